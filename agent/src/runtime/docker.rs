@@ -1,0 +1,394 @@
+//! `ContainerRuntime` on Docker Engine through bollard. The only file that names bollard types.
+
+use super::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, Network,
+    Result, RuntimeEvent,
+};
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, MountType,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Docker Engine, reached over its Unix socket (`DOCKER_HOST` is honoured).
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime").finish_non_exhaustive()
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the local Docker Engine and negotiates the API version, so an older engine
+    /// (Debian 12 ships 20.10, API 1.41) is spoken to in its own version.
+    pub async fn connect() -> Result<Self> {
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+fn unreachable(e: BollardError) -> Error {
+    let socket = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "/var/run/docker.sock".into());
+    Error::Unreachable(format!("Docker Engine not reachable at {socket}: {e}"))
+}
+
+fn map_err(id: &str, e: BollardError) -> Error {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => Error::NotFound(id.to_owned()),
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => Error::Api(format!("{id}: {status_code} {message}")),
+        BollardError::IOError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::HyperResponseError { .. }
+        | BollardError::RequestTimeoutError => unreachable(e),
+        other => Error::Api(format!("{id}: {other}")),
+    }
+}
+
+fn state_of(s: Option<ContainerStateStatusEnum>) -> ContainerState {
+    match s {
+        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            ContainerState::Exited
+        }
+        _ => ContainerState::Other,
+    }
+}
+
+fn info_of(r: ContainerInspectResponse) -> ContainerInfo {
+    let state = r.state.unwrap_or_default();
+    let config = r.config.unwrap_or_default();
+    let net = r.network_settings.unwrap_or_default();
+    let ips = net
+        .networks
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, ep)| {
+            ep.ip_address
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| (name, ip))
+        })
+        .collect();
+    let published = net
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(port, bindings)| {
+            let cport = port.split('/').next()?.parse::<u16>().ok()?;
+            let hport = bindings?
+                .into_iter()
+                .find_map(|b| b.host_port?.parse::<u16>().ok())?;
+            Some((cport, hport))
+        })
+        .collect();
+    ContainerInfo {
+        id: r.id.unwrap_or_default(),
+        name: r
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        image: config.image.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        state: state_of(state.status),
+        exit_code: state.exit_code,
+        oom_killed: state.oom_killed.unwrap_or(false),
+        pid: state
+            .pid
+            .filter(|p| *p > 0)
+            .and_then(|p| u32::try_from(p).ok()),
+        ips,
+        published,
+        started_at: state.started_at,
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> Result<()> {
+        self.docker.ping().await.map(|_| ()).map_err(unreachable)
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(map_err(image, e)),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        if !self.image_exists(&spec.image).await? {
+            return Err(Error::ImageMissing(spec.image.clone()));
+        }
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| bollard::models::Mount {
+                source: Some(m.source.to_string_lossy().into_owned()),
+                target: Some(m.target.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let network_mode = match &spec.network {
+            Network::Host => "host".to_owned(),
+            Network::Named(n) => n.clone(),
+        };
+        let port_bindings = spec.publish.as_ref().map(|(ip, host_port, cport)| {
+            HashMap::from([(
+                format!("{cport}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some(ip.clone()),
+                    host_port: Some(if *host_port == 0 {
+                        String::new()
+                    } else {
+                        host_port.to_string()
+                    }),
+                }]),
+            )])
+        });
+        let cpu_period = 100_000i64;
+        let host_config = HostConfig {
+            mounts: Some(mounts),
+            network_mode: Some(network_mode),
+            port_bindings,
+            // cgroup CFS quota from the requested cores (cAdvisor reports these as spec_cpu_*).
+            cpu_period: Some(cpu_period),
+            cpu_quota: Some(((spec.cpus * cpu_period as f64) as i64).max(1000)),
+            memory: Some(spec.memory_bytes),
+            // No swap beyond the memory limit: a database that swaps is a database that lies
+            // about latency.
+            memory_swap: Some(spec.memory_bytes),
+            pids_limit: Some(spec.pids_limit),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(spec.cap_add.clone()),
+            privileged: Some(false),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            // The agent is the supervisor: Docker must not restart behind its back.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(false),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            user: Some(spec.user.clone()),
+            hostname: Some(spec.name.clone()),
+            stop_timeout: Some(spec.stop_grace.as_secs() as i64),
+            exposed_ports: spec
+                .publish
+                .as_ref()
+                .map(|(_, _, cport)| vec![format!("{cport}/tcp")]),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err(&spec.name, e))?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| map_err(id, e))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let opts = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(opts)).await {
+            // 304: already stopped.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            r => r.map_err(|e| map_err(id, e)),
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: &str) -> Result<()> {
+        let opts = KillContainerOptions {
+            signal: signal.to_owned(),
+        };
+        self.docker
+            .kill_container(id, Some(opts))
+            .await
+            .map_err(|e| map_err(id, e))
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        let opts = RemoveContainerOptions {
+            force,
+            v: false,
+            link: false,
+        };
+        self.docker
+            .remove_container(id, Some(opts))
+            .await
+            .map_err(|e| map_err(id, e))
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .map(info_of)
+            .map_err(|e| map_err(id, e))
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect::<Vec<_>>(),
+        )]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| map_err("list", e))?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            match self.inspect(&id).await {
+                Ok(info) => out.push(info),
+                // Removed between list and inspect.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecOutput> {
+        let opts = CreateExecOptions {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: user.map(str::to_owned),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(id, opts)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(chunk) = output.next().await {
+                match chunk.map_err(|e| map_err(id, e))? {
+                    LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
+                    LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                    _ => {}
+                }
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code.unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    fn events(&self, label: (&str, &str)) -> BoxStream<'static, Result<RuntimeEvent>> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![format!("{}={}", label.0, label.1)]),
+        ]);
+        let opts = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.docker
+            .events(Some(opts))
+            .map(|ev| {
+                let ev = ev.map_err(|e| map_err("events", e))?;
+                let actor = ev.actor.unwrap_or_default();
+                let attrs = actor.attributes.unwrap_or_default();
+                // Event attributes carry the labels plus name/image; keep the labels we use.
+                let labels: BTreeMap<String, String> = attrs
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("mofang."))
+                    .collect();
+                Ok(RuntimeEvent {
+                    id: actor.id.unwrap_or_default(),
+                    action: ev.action.unwrap_or_default(),
+                    labels,
+                })
+            })
+            .boxed()
+    }
+}

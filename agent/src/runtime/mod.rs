@@ -1,0 +1,187 @@
+//! The container runtime seam: what the agent needs from Docker (or containerd), and nothing
+//! of either leaks through it. `DockerRuntime` is the implementation on bollard.
+
+mod docker;
+
+pub use docker::DockerRuntime;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of a container runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The runtime's daemon cannot be reached (socket missing, daemon down).
+    #[error("container runtime unreachable: {0}")]
+    Unreachable(String),
+    /// No such container.
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// The container does not carry this node's label: the agent refuses to touch it.
+    #[error("container {id} is not managed by node {node}")]
+    NotOwned {
+        /// The container.
+        id: String,
+        /// This agent's node.
+        node: String,
+    },
+    /// The image is not present locally (no registry is assumed).
+    #[error("image {0} not present: build it with packaging/images/build")]
+    ImageMissing(String),
+    /// The runtime refused or failed a call.
+    #[error("container runtime: {0}")]
+    Api(String),
+}
+
+/// Result of runtime calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A bind mount from the host into the container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// How the container is attached to the network.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Network {
+    /// The host's network namespace; the server listens on `port` of the host.
+    Host,
+    /// A named Docker network (bridge/macvlan/ipvlan); the container gets its own IP there.
+    Named(String),
+}
+
+/// Everything needed to create one container. Built by the engine adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Container name (unique on the host).
+    pub name: String,
+    /// Image reference, e.g. `mofang/mariadb:10.11`.
+    pub image: String,
+    /// Extra arguments to the image's entrypoint.
+    pub args: Vec<String>,
+    /// Environment (`KEY=VALUE`). Never secrets: they live in mounted 0600 files.
+    pub env: Vec<String>,
+    /// Labels; must include the `mofang.*` ownership labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// Network attachment.
+    pub network: Network,
+    /// Publish the container port on this host address:port (bridge networks only).
+    pub publish: Option<(String, u16, u16)>,
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// Maximum number of processes/threads.
+    pub pids_limit: i64,
+    /// Linux capabilities kept; every other one is dropped.
+    pub cap_add: Vec<String>,
+    /// `uid:gid` the process runs as (never root).
+    pub user: String,
+    /// Seconds Docker waits after SIGTERM on stop.
+    pub stop_grace: Duration,
+}
+
+/// The lifecycle state of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused (frozen).
+    Paused,
+    /// Restarting (should not happen: restart policy is `no`).
+    Restarting,
+    /// Exited or dead.
+    Exited,
+    /// Being removed or unknown.
+    Other,
+}
+
+/// What the agent knows of a container after an inspect or list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading '/'.
+    pub name: String,
+    /// Image reference as created.
+    pub image: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: ContainerState,
+    /// Exit code when exited.
+    pub exit_code: Option<i64>,
+    /// Killed by the OOM killer.
+    pub oom_killed: bool,
+    /// PID of the main process on the host, when running.
+    pub pid: Option<u32>,
+    /// IP addresses per attached network.
+    pub ips: BTreeMap<String, String>,
+    /// Host ports published for container ports (`container port -> host port`).
+    pub published: BTreeMap<u16, u16>,
+    /// When the container last started (RFC 3339), when known.
+    pub started_at: Option<String>,
+}
+
+/// Output of a command run inside a container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutput {
+    /// Exit code of the command.
+    pub exit_code: i64,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// A lifecycle event of a container (from the runtime's event stream).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeEvent {
+    /// Container id.
+    pub id: String,
+    /// `start`, `die`, `oom`, `stop`, `kill`, `destroy`, `pause`, `unpause`, ...
+    pub action: String,
+    /// The container's labels at the time of the event.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The operations the agent needs from a container runtime.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Checks the runtime answers.
+    async fn ping(&self) -> Result<()>;
+    /// Whether an image is present locally.
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Creates (does not start) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    /// Starts a created or exited container.
+    async fn start(&self, id: &str) -> Result<()>;
+    /// Stops with SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Sends a signal to the container's main process.
+    async fn kill(&self, id: &str, signal: &str) -> Result<()>;
+    /// Removes a stopped container (`force` also kills a running one).
+    async fn remove(&self, id: &str, force: bool) -> Result<()>;
+    /// Inspects one container.
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo>;
+    /// Lists containers (running or not) carrying every given `key=value` label (an empty
+    /// value matches any value of the key).
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>>;
+    /// Runs a command in a running container as `user` and waits for it.
+    async fn exec(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecOutput>;
+    /// A stream of container events for containers carrying the given label.
+    fn events(&self, label: (&str, &str)) -> BoxStream<'static, Result<RuntimeEvent>>;
+}
