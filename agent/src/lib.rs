@@ -1,4 +1,11 @@
 //! mofang-agent: the per-host daemon. It runs database containers, owns their volumes, checks
 //! their health, enforces their roles and reports to the scheduler.
 
+pub mod agent;
+pub mod config;
+pub mod engine;
+pub mod link;
+pub mod reconcile;
 pub mod runtime;
+pub mod state;
+pub mod volume;

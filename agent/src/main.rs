@@ -1,1 +1,95 @@
-fn main() {}
+//! mofang-agent: parse flags, load config (exit 64 naming the field when invalid), start
+//! tracing, run until SIGTERM/SIGINT, drain.
+
+use clap::Parser;
+use mofang_agent::config::AgentConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The Mofang agent: runs database containers on this host.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, short, env = "MOFANG_AGENT_CONFIG", default_value = "/etc/mofang/agent.toml")]
+    config: PathBuf,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// sysexits.h EX_CONFIG... EX_USAGE (64) is what operators' tooling expects for bad input.
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mofang-agent: invalid config: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if args.check {
+        println!("config {} is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cfg.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mofang-agent: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(mofang_agent::agent::run(cfg, shutdown.clone()));
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(10), agent).await {
+            Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "agent failed");
+                ExitCode::FAILURE
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "agent task panicked");
+                ExitCode::FAILURE
+            }
+            Err(_) => {
+                tracing::warn!("agent did not stop within 10s; exiting anyway");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

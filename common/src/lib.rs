@@ -9,3 +9,9 @@ pub mod spec;
 
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};
 pub use spec::{EngineKind, Resources, Role};
+
+/// The agent <-> scheduler gRPC protocol (`proto/mofang.proto`).
+#[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+pub mod proto {
+    tonic::include_proto!("mofang.v1");
+}

@@ -8,6 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+pub mod cluster;
+pub mod fake_scheduler;
+
 static CLEANED: OnceCell<()> = OnceCell::const_new();
 
 /// Connects to Docker, or fails the test with a message saying what is missing.

@@ -1,0 +1,146 @@
+//! Wires the agent together: runtime (with retry), volumes, local state, the scheduler link
+//! and the reconcile loop; answers the link's questions about this node.
+
+use crate::config::AgentConfig;
+use crate::link::{self, Lease, LinkConfig, NodeSource};
+use crate::reconcile::{self, Shared, Statuses};
+use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::state::LocalState;
+use crate::volume::VolumeManager;
+use mofang_common::proto::{DesiredState, Disk, HeartbeatRequest, RegisterRequest};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The volume manager could not open the data disks.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+}
+
+/// Result of agent start-up.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct Source {
+    cfg: AgentConfig,
+    volumes: Arc<VolumeManager>,
+    statuses: Statuses,
+    desired: watch::Receiver<Option<DesiredState>>,
+}
+
+fn disks(v: &VolumeManager) -> Vec<Disk> {
+    v.disks()
+        .into_iter()
+        .map(|d| Disk {
+            path: d.path.to_string_lossy().into_owned(),
+            class: d.class,
+            capacity_bytes: d.capacity_bytes,
+            free_bytes: d.free_bytes,
+            reserved_bytes: d.reserved_bytes,
+        })
+        .collect()
+}
+
+fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+impl NodeSource for Source {
+    fn register_request(&self) -> RegisterRequest {
+        let cpu = self.cfg.cpu.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+        });
+        let memory = self
+            .cfg
+            .memory_mib
+            .map(|m| m << 20)
+            .unwrap_or_else(|| host_memory_bytes().saturating_sub(1 << 30));
+        RegisterRequest {
+            node: self.cfg.node.clone(),
+            advertise_address: self.cfg.advertise_address.clone(),
+            labels: self.cfg.labels.clone().into_iter().collect(),
+            cpu,
+            memory_bytes: memory,
+            disks: disks(&self.volumes),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    fn heartbeat_request(&self) -> HeartbeatRequest {
+        let members = self.statuses.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        HeartbeatRequest {
+            node: self.cfg.node.clone(),
+            applied_revision: self.desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0),
+            disks: disks(&self.volumes),
+            members,
+            sent_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+        }
+    }
+}
+
+/// Connects to Docker, retrying with backoff until it answers or shutdown.
+async fn connect_runtime(shutdown: &CancellationToken) -> Option<DockerRuntime> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match DockerRuntime::connect().await {
+            Ok(rt) => return Some(rt),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "container runtime unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled. Database containers keep running after it
+/// returns: the agent adopts them again on its next start.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    let state = LocalState::open(&cfg.state_dir)?;
+    let volumes = Arc::new(VolumeManager::open(cfg.disks.clone())?);
+    let lease = Lease::new(cfg.lease_ttl());
+    // Serve the last desired state we saw while the scheduler is away.
+    let persisted = state.load_desired()?;
+    if let Some(d) = &persisted {
+        info!(revision = d.revision, members = d.members.len(), "loaded persisted desired state");
+    }
+    let (desired_tx, desired_rx) = watch::channel(persisted);
+
+    let Some(runtime) = connect_runtime(&shutdown).await else { return Ok(()) };
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
+    let shared = Shared::new(cfg.clone(), runtime, volumes.clone(), state, lease.clone(), desired_rx.clone());
+
+    let source = Arc::new(Source { cfg: cfg.clone(), volumes, statuses: shared.statuses.clone(), desired: desired_rx });
+    let link_cfg = LinkConfig {
+        node: cfg.node.clone(),
+        schedulers: cfg.schedulers.clone(),
+        heartbeat_interval: cfg.heartbeat_interval(),
+        lease_ttl: cfg.lease_ttl(),
+    };
+    let link = tokio::spawn(
+        link::run(link_cfg, source, desired_tx, lease, shutdown.child_token()).instrument(tracing::info_span!("link")),
+    );
+    let rec = tokio::spawn(reconcile::run(shared, shutdown.child_token()).instrument(tracing::info_span!("reconcile")));
+    info!(node = %cfg.node, network = %cfg.network, "agent running");
+    let _ = tokio::join!(link, rec);
+    info!("agent stopped; database containers keep running");
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The agent's TOML config file: what the node offers and how it reaches the scheduler.
+//! Unknown fields are refused; every default is documented next to its field.
+
+use crate::volume::DiskConfig;
+use mofang_common::ids::validate_dns_label;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a config file was refused. The message always names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the field).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What toml said, with the field and position.
+        message: String,
+    },
+    /// A field has a value the agent cannot use.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// The field, dotted (`disks[0].path`).
+        field: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Result of config loading.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How member containers reach the network.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkMode {
+    /// Host network; each member gets a port from `port_range` on `advertise_address`.
+    Host,
+    /// A named Docker network; each member has its own IP there and the engine's default port.
+    Docker(String),
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name (DNS label). Required.
+    pub node: String,
+    /// Scheduler gRPC endpoints, tried in turn. Default `["http://127.0.0.1:9090"]`.
+    #[serde(default = "default_schedulers")]
+    pub schedulers: Vec<String>,
+    /// The address clients use to reach this host (host network mode). Default `127.0.0.1`.
+    #[serde(default = "default_advertise")]
+    pub advertise_address: String,
+    /// Where the agent keeps its state (desired state, member configs, secrets).
+    /// Default `/var/lib/mofang/agent`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// `host`, or the name of a Docker network members attach to. Default `host`.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Ports for members in host network mode, inclusive. Default `[33000, 33999]`.
+    #[serde(default = "default_port_range")]
+    pub port_range: [u16; 2],
+    /// Node labels sent to the scheduler (`zone`, `region`, ...). Default none.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// CPU cores offered to members. Default: all cores of the host.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Memory offered to members in MiB. Default: the host's memory less 1 GiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Data disks. At least one is required.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Heartbeat interval in ms. Default 1000.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Without an acknowledged heartbeat for this long, primaries are fenced. Default 10000.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ttl_ms: u64,
+    /// Image per `engine:version`, e.g. `"mariadb:10.11" = "mofang/mariadb:10.11"`.
+    /// Default: `mofang/<engine>:<version>` (built by packaging/images/build).
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+    /// Seconds a database gets to shut down cleanly before SIGKILL. Default 30.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_secs: u64,
+    /// Log as JSON lines (for EFK). Default false.
+    #[serde(default)]
+    pub log_json: bool,
+}
+
+fn default_schedulers() -> Vec<String> {
+    vec!["http://127.0.0.1:9090".into()]
+}
+fn default_advertise() -> String {
+    "127.0.0.1".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/mofang/agent")
+}
+fn default_network() -> String {
+    "host".into()
+}
+fn default_port_range() -> [u16; 2] {
+    [33000, 33999]
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_lease_ms() -> u64 {
+    10_000
+}
+fn default_stop_grace() -> u64 {
+    30
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::Invalid { field: field.into(), message: message.into() }
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string().replace('\n', " ").trim().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_dns_label("node", &self.node, 63).map_err(|e| invalid("node", e.to_string()))?;
+        if self.schedulers.is_empty() {
+            return Err(invalid("schedulers", "at least one scheduler endpoint is needed"));
+        }
+        for (i, s) in self.schedulers.iter().enumerate() {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(invalid(format!("schedulers[{i}]"), format!("'{s}' must start with http:// or https://")));
+            }
+        }
+        if self.disks.is_empty() {
+            return Err(invalid("disks", "at least one data disk ([[disks]] path = ...) is needed"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !d.path.is_absolute() {
+                return Err(invalid(format!("disks[{i}].path"), "must be an absolute path"));
+            }
+        }
+        if self.port_range[0] == 0 || self.port_range[0] > self.port_range[1] {
+            return Err(invalid("port_range", "must be [low, high] with 0 < low <= high"));
+        }
+        if self.network.is_empty() {
+            return Err(invalid("network", "must be `host` or a Docker network name"));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.lease_ttl_ms {
+            return Err(invalid("heartbeat_interval_ms", "must be > 0 and below lease_ttl_ms"));
+        }
+        if let Some(cpu) = self.cpu {
+            if !(cpu.is_finite() && cpu > 0.0) {
+                return Err(invalid("cpu", "must be a positive number of cores"));
+            }
+        }
+        if self.stop_grace_secs > 3600 {
+            return Err(invalid("stop_grace_secs", "at most 3600"));
+        }
+        Ok(())
+    }
+
+    /// The network mode.
+    pub fn network_mode(&self) -> NetworkMode {
+        if self.network == "host" {
+            NetworkMode::Host
+        } else {
+            NetworkMode::Docker(self.network.clone())
+        }
+    }
+
+    /// The image for an engine version.
+    pub fn image(&self, engine: &str, version: &str) -> String {
+        self.images
+            .get(&format!("{engine}:{version}"))
+            .cloned()
+            .unwrap_or_else(|| format!("mofang/{engine}:{version}"))
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Lease ttl.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<AgentConfig> {
+        AgentConfig::parse(s, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("node = \"node-a\"\n[[disks]]\npath = \"/data/ssd0\"\n").unwrap();
+        assert_eq!(c.schedulers, vec!["http://127.0.0.1:9090"]);
+        assert_eq!(c.network_mode(), NetworkMode::Host);
+        assert_eq!(c.image("mariadb", "10.11"), "mofang/mariadb:10.11");
+        assert_eq!(c.lease_ttl(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("node = \"node-a\"\nbogus = 1\n[[disks]]\npath = \"/d\"\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("node = \"Node A\"\n[[disks]]\npath = \"/d\"\n").unwrap_err();
+        assert!(e.to_string().contains("`node`"), "{e}");
+        let e = parse("node = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("`disks`"), "{e}");
+        let e = parse("node = \"a\"\n[[disks]]\npath = \"rel\"\n").unwrap_err();
+        assert!(e.to_string().contains("disks[0].path"), "{e}");
+        let e = parse("node = \"a\"\nport_range = [5, 1]\n[[disks]]\npath = \"/d\"\n").unwrap_err();
+        assert!(e.to_string().contains("port_range"), "{e}");
+        let e = parse("node = 5\n").unwrap_err();
+        assert!(e.to_string().contains("node"), "{e}");
+    }
+}

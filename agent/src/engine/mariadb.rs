@@ -1,0 +1,314 @@
+//! MariaDB 10.11 adapter: my.cnf, least-privilege accounts, GTID + semi-sync replication,
+//! read_only fencing. Talks to the server with mysql_async as `mofang_admin`.
+
+use super::{
+    timed, ConfigFile, Engine, Error, MemberConfig, ObservedRole, Observation, Result, Secrets,
+    Target,
+};
+use async_trait::async_trait;
+use mofang_common::EngineKind;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row};
+use std::collections::BTreeMap;
+
+/// The MariaDB adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct MariaDb;
+
+const NAME: &str = "mariadb";
+/// Accounts whose sessions survive a fence (the agent, replication, monitoring).
+const SYSTEM_USERS: &[&str] =
+    &["mofang_admin", "mofang_repl", "mofang_monitor", "system user", "event_scheduler", ""];
+
+fn err(at: &Target, e: impl std::fmt::Display) -> Error {
+    Error::Server { engine: NAME, addr: at.to_string(), message: e.to_string() }
+}
+
+async fn connect(at: &Target, secrets: &Secrets) -> Result<Conn> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(at.host.clone())
+        .tcp_port(at.port)
+        .user(Some("mofang_admin"))
+        .pass(Some(secrets.admin.clone()))
+        .prefer_socket(false);
+    Conn::new(opts).await.map_err(|e| err(at, e))
+}
+
+/// SQL string literal for values we generated or validated (addresses, passwords).
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn get_str(row: &Row, col: &str) -> Option<String> {
+    row.get_opt::<Option<String>, _>(col).and_then(|r| r.ok()).flatten()
+}
+
+impl MariaDb {
+    async fn slave_status(conn: &mut Conn, at: &Target) -> Result<Option<Row>> {
+        let rows: Vec<Row> = conn.query("SHOW SLAVE STATUS").await.map_err(|e| err(at, e))?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn kill_app_sessions(conn: &mut Conn, at: &Target) -> Result<usize> {
+        let rows: Vec<(u64, String)> = conn
+            .query("SELECT ID, USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
+            .await
+            .map_err(|e| err(at, e))?;
+        let mut killed = 0;
+        for (id, user) in rows {
+            if SYSTEM_USERS.contains(&user.as_str()) {
+                continue;
+            }
+            // The session may end on its own meanwhile: "Unknown thread id" is fine.
+            if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+}
+
+#[async_trait]
+impl Engine for MariaDb {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Mariadb
+    }
+
+    fn data_dir(&self) -> &'static str {
+        "/var/lib/mysql"
+    }
+
+    fn render(&self, m: &MemberConfig, s: &Secrets) -> Vec<ConfigFile> {
+        let mib = m.memory_bytes >> 20;
+        // InnoDB gets half the container's memory: the rest is connections, sort buffers and
+        // the page cache, and an OOM kill is worse than a cold buffer pool.
+        let pool_mib = (mib / 2).max(32);
+        let max_conn: u64 = m.settings.get("max_connections").and_then(|v| v.parse().ok()).unwrap_or(200);
+        let semi_timeout: u64 =
+            m.settings.get("semi_sync_timeout_ms").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let cnf = format!(
+            "# Rendered by mofang-agent for member {member}. Do not edit: the agent rewrites it.\n\
+             [mysqld]\n\
+             datadir = /var/lib/mysql\n\
+             socket = /run/mysqld/mysqld.sock\n\
+             port = {port}\n\
+             bind-address = 0.0.0.0\n\
+             skip-name-resolve\n\
+             server_id = {server_id}\n\
+             # Every member starts read-only; the agent lifts it only for the primary of the\n\
+             # current epoch, so a restarted old primary can never take writes by itself.\n\
+             read_only = ON\n\
+             skip_slave_start = ON\n\
+             log_bin = mysql-bin\n\
+             log_slave_updates = ON\n\
+             binlog_format = ROW\n\
+             gtid_strict_mode = ON\n\
+             relay_log = relay-bin\n\
+             relay_log_recovery = ON\n\
+             sync_binlog = 1\n\
+             innodb_flush_log_at_trx_commit = 1\n\
+             innodb_buffer_pool_size = {pool_mib}M\n\
+             max_connections = {max_conn}\n\
+             # Semi-sync: a commit is acknowledged only once a replica has the event\n\
+             # (AFTER_SYNC, lossless; MariaDB's default AFTER_COMMIT can expose commits a\n\
+             # failover then loses: https://mariadb.com/kb/en/semisynchronous-replication/).\n\
+             rpl_semi_sync_master_wait_point = AFTER_SYNC\n\
+             rpl_semi_sync_master_timeout = {semi_timeout}\n\
+             rpl_semi_sync_slave_enabled = ON\n\
+             init_file = /etc/mofang/init.sql\n\
+             [client]\n\
+             socket = /run/mysqld/mysqld.sock\n",
+            member = m.member,
+            port = m.port,
+            server_id = super::server_id(&m.member),
+        );
+        // Runs at every start as the bootstrap thread. Not binlogged: accounts are per member,
+        // and a binlogged write here would be an errant GTID on a replica.
+        let init = format!(
+            "SET SESSION sql_log_bin = 0;\n\
+             CREATE USER IF NOT EXISTS 'mofang_admin'@'%' IDENTIFIED BY {admin};\n\
+             ALTER USER 'mofang_admin'@'%' IDENTIFIED BY {admin};\n\
+             GRANT ALL PRIVILEGES ON *.* TO 'mofang_admin'@'%' WITH GRANT OPTION;\n\
+             CREATE USER IF NOT EXISTS 'mofang_repl'@'%' IDENTIFIED BY {repl};\n\
+             ALTER USER 'mofang_repl'@'%' IDENTIFIED BY {repl};\n\
+             GRANT REPLICATION SLAVE ON *.* TO 'mofang_repl'@'%';\n\
+             CREATE USER IF NOT EXISTS 'mofang_monitor'@'%' IDENTIFIED BY {monitor} WITH MAX_USER_CONNECTIONS 3;\n\
+             ALTER USER 'mofang_monitor'@'%' IDENTIFIED BY {monitor};\n\
+             GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT ON *.* TO 'mofang_monitor'@'%';\n\
+             CREATE DATABASE IF NOT EXISTS app;\n\
+             CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY {app};\n\
+             ALTER USER 'app'@'%' IDENTIFIED BY {app};\n\
+             GRANT ALL PRIVILEGES ON app.* TO 'app'@'%';\n",
+            admin = lit(&s.admin),
+            repl = lit(&s.repl),
+            monitor = lit(&s.monitor),
+            app = lit(&s.app),
+        );
+        vec![
+            ConfigFile { name: "my.cnf", contents: cnf },
+            ConfigFile { name: "init.sql", contents: init },
+        ]
+    }
+
+    async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.ping().await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let (pos, ro): (String, u8) = c
+                .query_first("SELECT @@GLOBAL.gtid_current_pos, @@GLOBAL.read_only")
+                .await
+                .map_err(|e| err(at, e))?
+                .ok_or_else(|| err(at, "no row for gtid_current_pos"))?;
+            let semi: Option<(String, String)> = c
+                .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+                .await
+                .map_err(|e| err(at, e))?;
+            let slave = Self::slave_status(&mut c, at).await?;
+            let _ = c.disconnect().await;
+
+            let mut details = BTreeMap::new();
+            if let Some((_, v)) = semi {
+                details.insert("semi_sync_master_status".into(), v);
+            }
+            let read_only = ro != 0;
+            let obs = match slave {
+                Some(row) => {
+                    let io = get_str(&row, "Slave_IO_Running").unwrap_or_default();
+                    let sql = get_str(&row, "Slave_SQL_Running").unwrap_or_default();
+                    let host = get_str(&row, "Master_Host").unwrap_or_default();
+                    let port = get_str(&row, "Master_Port").unwrap_or_default();
+                    let gtid = get_str(&row, "Using_Gtid").unwrap_or_default();
+                    let lag = get_str(&row, "Seconds_Behind_Master").and_then(|v| v.parse().ok());
+                    let io_err = get_str(&row, "Last_IO_Error").unwrap_or_default();
+                    let sql_err = get_str(&row, "Last_SQL_Error").unwrap_or_default();
+                    details.insert("using_gtid".into(), gtid);
+                    let ok = io == "Yes" && sql == "Yes";
+                    let error = (!ok).then(|| {
+                        let e = [io_err, sql_err].into_iter().filter(|e| !e.is_empty()).collect::<Vec<_>>();
+                        if e.is_empty() {
+                            format!("IO thread {io}, SQL thread {sql}")
+                        } else {
+                            e.join("; ")
+                        }
+                    });
+                    Observation {
+                        role: ObservedRole::Replica,
+                        read_only,
+                        position: pos,
+                        replication_ok: ok,
+                        following: Some(format!("{host}:{port}")),
+                        lag_seconds: lag,
+                        replication_error: error,
+                        details,
+                    }
+                }
+                None => Observation {
+                    role: if read_only { ObservedRole::ReadOnly } else { ObservedRole::Primary },
+                    read_only,
+                    position: pos,
+                    replication_ok: false,
+                    following: None,
+                    lag_seconds: None,
+                    replication_error: None,
+                    details,
+                },
+            };
+            Ok(obs)
+        })
+        .await
+    }
+
+    async fn promote(&self, at: &Target, s: &Secrets, replicas: u32) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            if Self::slave_status(&mut c, at).await?.is_some() {
+                c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+                c.query_drop("RESET SLAVE ALL").await.map_err(|e| err(at, e))?;
+            }
+            // Semi-sync waits only when there are replicas to wait for; a lone primary
+            // would otherwise stall every commit for rpl_semi_sync_master_timeout.
+            let semi = if replicas > 0 { "ON" } else { "OFF" };
+            c.query_drop(format!("SET GLOBAL rpl_semi_sync_master_enabled = {semi}"))
+                .await
+                .map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL read_only = OFF").await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.query_drop("SET GLOBAL read_only = ON").await.map_err(|e| err(at, e))?;
+            // A replica never waits for semi-sync acks itself.
+            c.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF").await.map_err(|e| err(at, e))?;
+            if let Some(row) = Self::slave_status(&mut c, at).await? {
+                let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
+                    && get_str(&row, "Master_Port") == Some(primary.port.to_string())
+                    && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos");
+                if same {
+                    // Already pointed right; restart only stopped threads (after a crash).
+                    if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
+                        || get_str(&row, "Slave_SQL_Running").as_deref() != Some("Yes")
+                    {
+                        // An SQL error (diverged data) stays visible: START SLAVE is a no-op
+                        // for a thread that stopped on an error it would hit again.
+                        c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+                    }
+                    let _ = c.disconnect().await;
+                    return Ok(());
+                }
+                c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+            }
+            c.query_drop(format!(
+                "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
+                 MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
+                 MASTER_HEARTBEAT_PERIOD = 1",
+                lit(&primary.host),
+                primary.port,
+                lit(&s.repl)
+            ))
+            .await
+            .map_err(|e| err(at, e))?;
+            c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fence(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            // Kill first so a long transaction cannot hold up SET read_only (it waits for
+            // commits in flight), then again for sessions that slipped in between.
+            Self::kill_app_sessions(&mut c, at).await?;
+            c.query_drop("SET GLOBAL read_only = ON").await.map_err(|e| err(at, e))?;
+            Self::kill_app_sessions(&mut c, at).await?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unfence(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.query_drop("SET GLOBAL read_only = OFF").await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+}

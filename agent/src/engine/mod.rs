@@ -1,0 +1,285 @@
+//! Engine adapters: everything engine-specific (config files, accounts, replication, roles,
+//! observation) behind one `Engine` trait, so reconcile speaks of members, not of SQL or RESP.
+
+mod mariadb;
+mod redis;
+
+pub use mariadb::MariaDb;
+pub use redis::Redis;
+
+use async_trait::async_trait;
+use mofang_common::EngineKind;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Errors of an engine adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server did not answer within the time allowed.
+    #[error("{engine} at {addr}: no answer within {timeout:?}")]
+    Timeout {
+        /// Engine name.
+        engine: &'static str,
+        /// Address tried.
+        addr: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The server answered with an error, or the connection failed.
+    #[error("{engine} at {addr}: {message}")]
+    Server {
+        /// Engine name.
+        engine: &'static str,
+        /// Address tried.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value the engine needs is missing or malformed (e.g. a primary address).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result of engine calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long one engine call may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Instance-wide credentials. Generated once per instance, stored 0600, never logged.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Secrets {
+    /// Administrative account (`mofang_admin`): used by the agent only.
+    pub admin: String,
+    /// Replication account (`mofang_repl`).
+    pub repl: String,
+    /// Monitoring account (`mofang_monitor`).
+    pub monitor: String,
+    /// Application account (`app`): what users connect with.
+    pub app: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+impl Secrets {
+    /// Fresh random passwords (32 alphanumerics each: no quoting issues in any config).
+    pub fn generate() -> Self {
+        Secrets { admin: password(), repl: password(), monitor: password(), app: password() }
+    }
+
+    /// From the scheduler's map (`admin`, `repl`, `monitor`, `app`); None if any is missing.
+    pub fn from_map(m: &std::collections::HashMap<String, String>) -> Option<Self> {
+        let get = |k: &str| m.get(k).filter(|v| is_safe_password(v)).cloned();
+        Some(Secrets { admin: get("admin")?, repl: get("repl")?, monitor: get("monitor")?, app: get("app")? })
+    }
+}
+
+fn password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+/// Passwords go into config files and SQL literals: only accept ones that need no quoting.
+pub fn is_safe_password(p: &str) -> bool {
+    (16..=128).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where a member's server answers, from the agent's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Target {
+    /// Parses `host:port`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| Error::Invalid(format!("address '{s}' is not host:port")))?;
+        let port = port.parse().map_err(|_| Error::Invalid(format!("address '{s}': bad port")))?;
+        let host_ok = !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+        if !host_ok {
+            return Err(Error::Invalid(format!("address '{s}': bad host")));
+        }
+        Ok(Target { host: host.to_owned(), port })
+    }
+}
+
+/// What the agent needs to render a member's config.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// Member id (server identity).
+    pub member: String,
+    /// Port the server listens on.
+    pub port: u16,
+    /// Address other members and clients use for this member (Redis announces it).
+    pub announce: Target,
+    /// Memory limit in bytes (buffers are sized from it).
+    pub memory_bytes: u64,
+    /// Start as a replica of this primary (None: primary role, still read-only until promoted).
+    pub replica_of: Option<Target>,
+    /// Engine settings from the assignment.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A config file to mount read-only at `/etc/mofang/<name>`, owned by the server user, 0600.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// File name.
+    pub name: &'static str,
+    /// Contents (may hold secrets: never log).
+    pub contents: String,
+}
+
+/// The role a server has, as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedRole {
+    /// Accepts writes (MariaDB read_only=OFF without replication; Redis role:master).
+    Primary,
+    /// Replicates from another member.
+    Replica,
+    /// Neither replicating nor writable: a fenced or not yet promoted primary.
+    ReadOnly,
+}
+
+impl ObservedRole {
+    /// `primary`, `replica`, `read-only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservedRole::Primary => "primary",
+            ObservedRole::Replica => "replica",
+            ObservedRole::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// What one observation of a server says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Role as the server sees itself.
+    pub role: ObservedRole,
+    /// Refuses writes from applications.
+    pub read_only: bool,
+    /// Replication position (MariaDB `gtid_current_pos`, Redis `master_repl_offset`).
+    pub position: String,
+    /// Replica: replication threads/link are up.
+    pub replication_ok: bool,
+    /// Replica: the primary it follows (`host:port`).
+    pub following: Option<String>,
+    /// Replica: lag in seconds, when known.
+    pub lag_seconds: Option<i64>,
+    /// Replica: why replication is not OK (last IO/SQL error, link down).
+    pub replication_error: Option<String>,
+    /// Engine-specific facts shown to operators (GTID mode, semi-sync status, ...).
+    pub details: BTreeMap<String, String>,
+}
+
+/// An engine adapter. Every method is idempotent: reconcile may call it again at any time.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Which engine.
+    fn kind(&self) -> EngineKind;
+    /// uid:gid the server runs as inside its image (owner of the volume and config files).
+    fn uid(&self) -> u32 {
+        999
+    }
+    /// Where the data volume is mounted in the container.
+    fn data_dir(&self) -> &'static str;
+    /// Capabilities the server needs beyond none.
+    fn capabilities(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The config files for a member (the server's config and account setup).
+    fn render(&self, member: &MemberConfig, secrets: &Secrets) -> Vec<ConfigFile>;
+    /// A real protocol round trip with the admin account.
+    async fn ping(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+    /// Observes role, position, replication.
+    async fn observe(&self, at: &Target, secrets: &Secrets) -> Result<Observation>;
+    /// Makes the member a writable primary (stops replicating). `replicas` is how many
+    /// replicas the instance has (MariaDB enables semi-sync waiting only when > 0).
+    async fn promote(&self, at: &Target, secrets: &Secrets, replicas: u32) -> Result<()>;
+    /// Makes the member a read-only replica of `primary` (no-op if it already is).
+    async fn replicate_from(&self, at: &Target, secrets: &Secrets, primary: &Target) -> Result<()>;
+    /// Stops application writes at once (MariaDB read_only + kill sessions; Redis CLIENT PAUSE WRITE).
+    async fn fence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+    /// Lifts a fence.
+    async fn unfence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+}
+
+/// The adapter for an engine kind and version, or None if this build cannot run it.
+pub fn for_kind(kind: &str, version: &str) -> Option<Box<dyn Engine>> {
+    let kind = EngineKind::parse(kind)?;
+    if !kind.supported_versions().contains(&version) {
+        return None;
+    }
+    Some(match kind {
+        EngineKind::Mariadb => Box::new(MariaDb),
+        EngineKind::Redis => Box::new(Redis),
+    })
+}
+
+/// Runs `f` with `CALL_TIMEOUT`, mapping a time-out to `Error::Timeout`.
+pub(crate) async fn timed<T>(
+    engine: &'static str,
+    at: &Target,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout { engine, addr: at.to_string(), timeout: CALL_TIMEOUT }),
+    }
+}
+
+/// A stable server identity from a member id (MariaDB server_id must differ per member).
+pub fn server_id(member: &str) -> u32 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(member.as_bytes());
+    (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 0x7fff_fffe) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secrets::generate();
+        assert!(!format!("{s:?}").contains(&s.admin));
+        assert!(is_safe_password(&s.admin));
+    }
+
+    #[test]
+    fn targets_parse_and_refuse_injection() {
+        assert_eq!(Target::parse("10.0.0.1:3306").unwrap().port, 3306);
+        assert!(Target::parse("a';DROP:3306").is_err());
+        assert!(Target::parse("nohost").is_err());
+    }
+
+    #[test]
+    fn unknown_engines_and_versions() {
+        assert!(for_kind("mariadb", "10.11").is_some());
+        assert!(for_kind("redis", "7.0").is_some());
+        assert!(for_kind("mariadb", "5.5").is_none());
+        assert!(for_kind("oracle", "19").is_none());
+    }
+
+    #[test]
+    fn server_ids_differ() {
+        assert_ne!(server_id("orders-0"), server_id("orders-1"));
+        assert!(server_id("x") > 0);
+    }
+}

@@ -1,0 +1,238 @@
+//! Redis 7.0 adapter: redis.conf with ACL users, REPLICAOF replication announcing the member's
+//! reported address, CLIENT PAUSE fencing. Talks to the server as `mofang_admin`.
+
+use super::{
+    timed, ConfigFile, Engine, Error, MemberConfig, ObservedRole, Observation, Result, Secrets,
+    Target,
+};
+use async_trait::async_trait;
+use mofang_common::EngineKind;
+use redis::aio::MultiplexedConnection;
+use std::collections::BTreeMap;
+
+/// The Redis adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct Redis;
+
+const NAME: &str = "redis";
+/// A fence lasts until lifted; CLIENT PAUSE needs a bound, so a day, renewed by reconcile.
+const FENCE_MS: u64 = 86_400_000;
+
+fn err(at: &Target, e: impl std::fmt::Display) -> Error {
+    Error::Server { engine: NAME, addr: at.to_string(), message: e.to_string() }
+}
+
+async fn connect(at: &Target, s: &Secrets) -> Result<MultiplexedConnection> {
+    // Passwords are alphanumeric (see Secrets), so the URL needs no escaping.
+    let host = if at.host.contains(':') { format!("[{}]", at.host) } else { at.host.clone() };
+    let client = redis::Client::open(format!("redis://mofang_admin:{}@{host}:{}/", s.admin, at.port))
+        .map_err(|e| err(at, e))?;
+    client.get_multiplexed_async_connection().await.map_err(|e| err(at, e))
+}
+
+async fn cmd<T: redis::FromRedisValue>(
+    c: &mut MultiplexedConnection,
+    at: &Target,
+    args: &[&str],
+) -> Result<T> {
+    let mut command = redis::cmd(args[0]);
+    for a in &args[1..] {
+        command.arg(*a);
+    }
+    command.query_async(c).await.map_err(|e| err(at, e))
+}
+
+/// Parses `INFO` output into key -> value.
+fn parse_info(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[async_trait]
+impl Engine for Redis {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Redis
+    }
+
+    fn data_dir(&self) -> &'static str {
+        "/var/lib/redis"
+    }
+
+    fn render(&self, m: &MemberConfig, s: &Secrets) -> Vec<ConfigFile> {
+        let setting = |k: &str, d: u64| m.settings.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(d);
+        // Leave a quarter of the limit for fork (RDB/AOF rewrite) copy-on-write and buffers.
+        let maxmemory = m.memory_bytes / 4 * 3;
+        let mut conf = format!(
+            "# Rendered by mofang-agent for member {member}. Do not edit: the agent rewrites it.\n\
+             bind 0.0.0.0\n\
+             port {port}\n\
+             protected-mode no\n\
+             daemonize no\n\
+             dir /var/lib/redis\n\
+             appendonly yes\n\
+             appendfsync {fsync}\n\
+             maxmemory {maxmemory}\n\
+             maxmemory-policy noeviction\n\
+             replica-read-only yes\n\
+             replica-announce-ip {announce_ip}\n\
+             replica-announce-port {announce_port}\n\
+             min-replicas-to-write {min_replicas}\n\
+             min-replicas-max-lag {max_lag}\n\
+             masteruser mofang_repl\n\
+             masterauth {repl}\n\
+             # ACL: no default user; each account gets only what it needs.\n\
+             user default off\n\
+             user mofang_admin on >{admin} ~* &* +@all\n\
+             user mofang_repl on >{repl} +psync +sync +replconf +ping\n\
+             user mofang_monitor on >{monitor} +ping +info +client|list +config|get +slowlog|get +latency|latest +memory|stats\n\
+             user app on >{app} ~* &* +@all -@admin -@dangerous\n",
+            member = m.member,
+            port = m.port,
+            fsync = m.settings.get("appendfsync").map(String::as_str).filter(|v| ["always", "everysec", "no"].contains(v)).unwrap_or("everysec"),
+            announce_ip = m.announce.host,
+            announce_port = m.announce.port,
+            min_replicas = setting("min_replicas_to_write", 0),
+            max_lag = setting("min_replicas_max_lag", 10),
+            repl = s.repl,
+            admin = s.admin,
+            monitor = s.monitor,
+            app = s.app,
+        );
+        // A replica restarted by the agent comes back as a replica, never as an empty primary.
+        if let Some(p) = &m.replica_of {
+            conf.push_str(&format!("replicaof {} {}\n", p.host, p.port));
+        }
+        vec![ConfigFile { name: "redis.conf", contents: conf }]
+    }
+
+    async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let pong: String = cmd(&mut c, at, &["PING"]).await?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(err(at, format!("PING answered {pong:?}")))
+            }
+        })
+        .await
+    }
+
+    async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
+            let info = parse_info(&info);
+            let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
+            let mut details = BTreeMap::new();
+            if let Some(n) = info.get("connected_slaves") {
+                details.insert("connected_replicas".into(), n.clone());
+            }
+            if info.get("role").map(String::as_str) == Some("slave") {
+                let link_up = info.get("master_link_status").map(String::as_str) == Some("up");
+                let host = info.get("master_host").cloned().unwrap_or_default();
+                let port = info.get("master_port").cloned().unwrap_or_default();
+                let lag = info.get("master_last_io_seconds_ago").and_then(|v| v.parse::<i64>().ok());
+                Ok(Observation {
+                    role: ObservedRole::Replica,
+                    read_only: true,
+                    position: info.get("slave_repl_offset").cloned().unwrap_or(offset),
+                    replication_ok: link_up,
+                    following: Some(format!("{host}:{port}")),
+                    lag_seconds: if link_up { lag.filter(|l| *l >= 0) } else { None },
+                    replication_error: (!link_up).then(|| "master_link_status:down".to_owned()),
+                    details,
+                })
+            } else {
+                Ok(Observation {
+                    role: ObservedRole::Primary,
+                    read_only: false,
+                    position: offset,
+                    replication_ok: false,
+                    following: None,
+                    lag_seconds: None,
+                    replication_error: None,
+                    details,
+                })
+            }
+        })
+        .await
+    }
+
+    async fn promote(&self, at: &Target, s: &Secrets, _replicas: u32) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let _: String = cmd(&mut c, at, &["REPLICAOF", "NO", "ONE"]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
+            let info = parse_info(&info);
+            let same = info.get("role").map(String::as_str) == Some("slave")
+                && info.get("master_host") == Some(&primary.host)
+                && info.get("master_port") == Some(&primary.port.to_string());
+            if !same {
+                let port = primary.port.to_string();
+                let _: String = cmd(&mut c, at, &["REPLICAOF", &primary.host, &port]).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn fence(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let ms = FENCE_MS.to_string();
+            let _: String = cmd(&mut c, at, &["CLIENT", "PAUSE", &ms, "WRITE"]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unfence(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let _: String = cmd(&mut c, at, &["CLIENT", "UNPAUSE"]).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_parsing() {
+        let i = parse_info("# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\nmaster_link_status:up\r\n");
+        assert_eq!(i["role"], "slave");
+        assert_eq!(i["master_link_status"], "up");
+    }
+
+    #[test]
+    fn replica_config_carries_replicaof_and_no_default_user() {
+        let m = MemberConfig {
+            member: "c-1".into(),
+            port: 6379,
+            announce: Target { host: "10.1.0.5".into(), port: 6379 },
+            memory_bytes: 256 << 20,
+            replica_of: Some(Target { host: "10.1.0.4".into(), port: 6379 }),
+            settings: BTreeMap::from([("min_replicas_to_write".into(), "1".into())]),
+        };
+        let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
+        assert!(conf.contains("replicaof 10.1.0.4 6379"));
+        assert!(conf.contains("replica-announce-ip 10.1.0.5"));
+        assert!(conf.contains("min-replicas-to-write 1"));
+        assert!(conf.contains("user default off"));
+    }
+}

@@ -1,0 +1,629 @@
+//! The agent's link to the scheduler: dial, register, heartbeat to hold the lease, and follow the desired state.
+//!
+//! The agent is the gRPC client (the scheduler never dials agents). One session is: connect, `Register`, then
+//! `Heartbeat` on a timer and a `WatchAssignments` stream side by side; the first failure of either ends the
+//! session, and the link backs off and dials the next scheduler endpoint. The lease says whether the scheduler
+//! acknowledged us recently; the rest of the agent uses it to decide whether it may still act (fencing).
+
+use mofang_common::proto::agent_control_client::AgentControlClient;
+use mofang_common::proto::{DesiredState, HeartbeatRequest, RegisterRequest, WatchRequest};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, error, info, warn, Instrument};
+
+/// Default time between two heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default lifetime of the lease after the last acknowledged heartbeat.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How long dialing one endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `Register` and opening the watch stream may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// First delay between two sessions.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest delay between two sessions.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A zero interval would make `tokio::time::interval` panic and the link spin.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Errors of one link session; they end the session, never the link.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No scheduler endpoint is configured.
+    #[error("no scheduler endpoints configured")]
+    NoSchedulers,
+    /// The endpoint is not a valid URI.
+    #[error("invalid scheduler endpoint {endpoint:?}")]
+    InvalidEndpoint {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why it was rejected.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The scheduler could not be dialed (refused, unreachable, timed out).
+    #[error("cannot connect to the scheduler")]
+    Connect(#[source] tonic::transport::Error),
+    /// A call was answered with an error status.
+    #[error("{call} failed")]
+    Call {
+        /// The RPC.
+        call: &'static str,
+        /// The status the scheduler (or the transport) returned.
+        #[source]
+        status: tonic::Status,
+    },
+    /// A call got no answer in time.
+    #[error("{call} timed out after {after:?}")]
+    Timeout {
+        /// The RPC.
+        call: &'static str,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The scheduler ended the assignments stream.
+    #[error("the scheduler closed the assignments stream")]
+    StreamEnded,
+}
+
+/// Result of link operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where and how often the link talks to the scheduler.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This node's name, as registered.
+    pub node: String,
+    /// Scheduler gRPC endpoints, e.g. `["http://127.0.0.1:9090"]`; tried in turn (round robin) on failure.
+    pub schedulers: Vec<String>,
+    /// Time between two heartbeats. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// Lifetime of the lease after the last acknowledged heartbeat. Default 10 s.
+    pub lease_ttl: Duration,
+}
+
+impl LinkConfig {
+    /// A config with the default heartbeat interval and lease ttl.
+    pub fn new(node: impl Into<String>, schedulers: Vec<String>) -> Self {
+        Self {
+            node: node.into(),
+            schedulers,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
+
+    /// The heartbeat interval, never zero.
+    fn interval(&self) -> Duration {
+        self.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL)
+    }
+
+    /// How long one heartbeat may take: less than two intervals, so a hung call is noticed before the next
+    /// one is overdue.
+    fn heartbeat_timeout(&self) -> Duration {
+        self.interval().saturating_mul(3) / 2
+    }
+}
+
+/// Shared lease: the time of the last heartbeat the scheduler acknowledged.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    inner: Arc<LeaseInner>,
+}
+
+#[derive(Debug)]
+struct LeaseInner {
+    ttl: Duration,
+    last_ack: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// A lease that is not valid until the first [`renew`](Self::renew).
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(LeaseInner {
+                ttl,
+                last_ack: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// True while the last acknowledged heartbeat is younger than the ttl. False before the first ack.
+    pub fn valid(&self) -> bool {
+        self.valid_at(Instant::now())
+    }
+
+    /// Records an acknowledgement now.
+    pub fn renew(&self) {
+        self.renew_at(Instant::now());
+    }
+
+    /// The time of the last acknowledgement, if any.
+    pub fn last_ack(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    /// The lease's lifetime after an acknowledgement.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// Whether the lease holds at `now`.
+    fn valid_at(&self, now: Instant) -> bool {
+        self.last_ack()
+            .is_some_and(|at| now.saturating_duration_since(at) < self.inner.ttl)
+    }
+
+    /// Records an acknowledgement dated `at`; never moves the lease backwards.
+    ///
+    /// The link dates an ack by when the heartbeat was *sent*: the scheduler saw it no earlier, so the
+    /// agent's lease always runs out before the scheduler's view of it does, and the agent stops acting as
+    /// an owner before the scheduler hands its members to another node.
+    fn renew_at(&self, at: Instant) {
+        let mut last = self.lock();
+        if last.is_none_or(|prev| prev < at) {
+            *last = Some(at);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // The guarded value is a plain `Option<Instant>`: a panic while holding it cannot leave it torn.
+        self.inner
+            .last_ack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the link asks the rest of the agent for.
+pub trait NodeSource: Send + Sync + 'static {
+    /// The registration sent on every (re)connect.
+    fn register_request(&self) -> RegisterRequest;
+    /// The observed state sent on every heartbeat.
+    fn heartbeat_request(&self) -> HeartbeatRequest;
+}
+
+/// Exponential backoff between sessions, with jitter.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
+    }
+
+    /// Back to the shortest delay (after a successful `Register`).
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The upper bound of the next delay: `min * 2^attempt`, capped at `max`.
+    fn ceiling(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next delay, given `jitter` in [0, 1]: between half the ceiling and the ceiling ("equal jitter"),
+    /// so that agents cut off together by a scheduler restart do not all dial back at the same instant.
+    fn next_delay(&mut self, jitter: f64) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let half = ceiling / 2;
+        half + half.mul_f64(jitter)
+    }
+}
+
+/// Runs the link until `shutdown` is cancelled.
+///
+/// Connects (round robin over `cfg.schedulers`), registers, then heartbeats every interval (renewing `lease` on
+/// each acknowledgement) while following `WatchAssignments`: each desired state received is published in
+/// `desired` unless its revision is older than the one already there. Any failure is logged, then the link
+/// backs off and tries the next endpoint. Returns only on shutdown.
+pub async fn run(
+    cfg: LinkConfig,
+    source: Arc<dyn NodeSource>,
+    desired: watch::Sender<Option<DesiredState>>,
+    lease: Lease,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("scheduler_link", node = %cfg.node);
+    run_inner(cfg, source, desired, lease, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn run_inner(
+    cfg: LinkConfig,
+    source: Arc<dyn NodeSource>,
+    desired: watch::Sender<Option<DesiredState>>,
+    lease: Lease,
+    shutdown: CancellationToken,
+) {
+    if cfg.schedulers.is_empty() {
+        error!(error = %Error::NoSchedulers, "scheduler link cannot start");
+        shutdown.cancelled().await;
+        return;
+    }
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut next = 0usize;
+    loop {
+        let endpoint = &cfg.schedulers[next % cfg.schedulers.len()];
+        next = next.wrapping_add(1);
+
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            outcome = session(endpoint, &cfg, source.as_ref(), &desired, &lease, &mut backoff) => outcome,
+        };
+        // A session only ends on an error; `Ok` is unreachable but harmless.
+        if let Err(e) = outcome {
+            warn!(endpoint = %endpoint, error = %ErrorChain(&e), "scheduler link lost");
+        }
+
+        let delay = backoff.next_delay(rand::random::<f64>());
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "backing off before the next scheduler"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    info!("scheduler link stopped");
+}
+
+/// One session against one endpoint; returns when it fails.
+async fn session(
+    endpoint: &str,
+    cfg: &LinkConfig,
+    source: &dyn NodeSource,
+    desired: &watch::Sender<Option<DesiredState>>,
+    lease: &Lease,
+    backoff: &mut Backoff,
+) -> Result<()> {
+    let mut client = connect(endpoint).await?;
+
+    let request = source.register_request();
+    let answer = tokio::time::timeout(CALL_TIMEOUT, client.register(request))
+        .await
+        .map_err(|_| Error::Timeout {
+            call: "Register",
+            after: CALL_TIMEOUT,
+        })?
+        .map_err(|status| Error::Call {
+            call: "Register",
+            status,
+        })?
+        .into_inner();
+    backoff.reset();
+    info!(
+        endpoint = %endpoint,
+        scheduler_heartbeat_interval_ms = answer.heartbeat_interval_ms,
+        scheduler_lease_ttl_ms = answer.lease_ttl_ms,
+        "registered with the scheduler"
+    );
+
+    tokio::select! {
+        r = heartbeats(client.clone(), cfg, source, desired, lease) => r,
+        r = follow_assignments(client, cfg, desired) => r,
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<AgentControlClient<Channel>> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|source| Error::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        // A silently vanished scheduler (partition, dead host) must end the watch stream too.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(Error::Connect)?;
+    debug!(endpoint = %endpoint, "connected to the scheduler");
+    Ok(AgentControlClient::new(channel))
+}
+
+/// Heartbeats every interval, renewing the lease on each answer; returns on the first failure.
+async fn heartbeats(
+    mut client: AgentControlClient<Channel>,
+    cfg: &LinkConfig,
+    source: &dyn NodeSource,
+    desired: &watch::Sender<Option<DesiredState>>,
+    lease: &Lease,
+) -> Result<()> {
+    let timeout = cfg.heartbeat_timeout();
+    let mut ticker = tokio::time::interval(cfg.interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(timeout, client.heartbeat(source.heartbeat_request()))
+            .await
+            .map_err(|_| Error::Timeout {
+                call: "Heartbeat",
+                after: timeout,
+            })?
+            .map_err(|status| Error::Call {
+                call: "Heartbeat",
+                status,
+            })?
+            .into_inner();
+        lease.renew_at(sent);
+        let known = revision(&desired.borrow());
+        if answer.revision > known {
+            // Normal for a moment (the stream delivers it next); for long, the stream is stuck.
+            debug!(
+                scheduler_revision = answer.revision,
+                known_revision = known,
+                "scheduler is ahead of the assignments received"
+            );
+        }
+    }
+}
+
+/// Follows `WatchAssignments`, publishing each desired state that is not older than the current one.
+async fn follow_assignments(
+    mut client: AgentControlClient<Channel>,
+    cfg: &LinkConfig,
+    desired: &watch::Sender<Option<DesiredState>>,
+) -> Result<()> {
+    let request = WatchRequest {
+        node: cfg.node.clone(),
+        known_revision: revision(&desired.borrow()),
+    };
+    let mut stream = tokio::time::timeout(CALL_TIMEOUT, client.watch_assignments(request))
+        .await
+        .map_err(|_| Error::Timeout {
+            call: "WatchAssignments",
+            after: CALL_TIMEOUT,
+        })?
+        .map_err(|status| Error::Call {
+            call: "WatchAssignments",
+            status,
+        })?
+        .into_inner();
+    loop {
+        let state = stream
+            .message()
+            .await
+            .map_err(|status| Error::Call {
+                call: "WatchAssignments",
+                status,
+            })?
+            .ok_or(Error::StreamEnded)?;
+        if state.node != cfg.node {
+            warn!(for_node = %state.node, revision = state.revision, "ignoring desired state for another node");
+            continue;
+        }
+        let rev = state.revision;
+        let members = state.members.len();
+        if publish(desired, state) {
+            info!(revision = rev, members, "new desired state");
+        } else {
+            debug!(
+                revision = rev,
+                "desired state not newer; kept the current one"
+            );
+        }
+    }
+}
+
+/// Publishes `state` unless the watch already holds a newer revision or the very same state.
+/// Returns whether receivers were notified.
+fn publish(desired: &watch::Sender<Option<DesiredState>>, state: DesiredState) -> bool {
+    desired.send_if_modified(|current| {
+        let newer_or_same_revision = state.revision >= revision(current);
+        if newer_or_same_revision && current.as_ref() != Some(&state) {
+            *current = Some(state);
+            true
+        } else {
+            false
+        }
+    })
+}
+
+/// The revision held in the watch, 0 if none.
+fn revision(state: &Option<DesiredState>) -> u64 {
+    state.as_ref().map_or(0, |s| s.revision)
+}
+
+/// Displays an error with its sources, `outer: inner: innermost` (tonic's transport errors say little
+/// without them).
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mofang_common::proto::Assignment;
+
+    #[test]
+    fn lease_is_invalid_before_the_first_ack() {
+        let lease = Lease::new(Duration::from_secs(10));
+        assert!(!lease.valid());
+        assert!(lease.last_ack().is_none());
+    }
+
+    #[test]
+    fn lease_holds_for_the_ttl_after_an_ack() {
+        let ttl = Duration::from_secs(10);
+        let lease = Lease::new(ttl);
+        lease.renew();
+        let at = lease.last_ack().unwrap();
+        assert!(lease.valid());
+        assert!(lease.valid_at(at + ttl - Duration::from_millis(1)));
+        assert!(!lease.valid_at(at + ttl));
+        assert!(!lease.valid_at(at + ttl + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn lease_is_shared_between_clones() {
+        let lease = Lease::new(Duration::from_secs(10));
+        let other = lease.clone();
+        other.renew();
+        assert!(lease.valid());
+        assert_eq!(lease.last_ack(), other.last_ack());
+    }
+
+    #[test]
+    fn lease_never_moves_backwards() {
+        let lease = Lease::new(Duration::from_secs(10));
+        let now = Instant::now();
+        lease.renew_at(now);
+        lease.renew_at(now - Duration::from_secs(5));
+        assert_eq!(lease.last_ack(), Some(now));
+        let later = now + Duration::from_secs(1);
+        lease.renew_at(later);
+        assert_eq!(lease.last_ack(), Some(later));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay(1.0)).collect();
+        let ms: Vec<_> = delays.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
+
+    #[test]
+    fn backoff_jitter_stays_between_half_and_full_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(100));
+        assert_eq!(b.next_delay(0.5), Duration::from_millis(300));
+        for jitter in [-1.0, 2.0, f64::NAN, f64::INFINITY] {
+            let d = b.next_delay(jitter);
+            assert!(d <= Duration::from_secs(5), "{jitter}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_resets_and_survives_many_attempts() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        for _ in 0..1000 {
+            assert!(b.next_delay(1.0) <= Duration::from_secs(5));
+        }
+        b.reset();
+        assert_eq!(b.next_delay(1.0), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn heartbeat_timeout_is_below_two_intervals_and_never_zero() {
+        let mut cfg = LinkConfig::new("n1", vec![]);
+        assert_eq!(cfg.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        assert_eq!(cfg.lease_ttl, DEFAULT_LEASE_TTL);
+        assert!(cfg.heartbeat_timeout() < cfg.interval() * 2);
+        cfg.heartbeat_interval = Duration::ZERO;
+        assert!(cfg.interval() > Duration::ZERO);
+        assert!(cfg.heartbeat_timeout() > Duration::ZERO);
+    }
+
+    fn state(revision: u64, members: &[&str]) -> DesiredState {
+        DesiredState {
+            node: "n1".into(),
+            revision,
+            members: members
+                .iter()
+                .map(|m| Assignment {
+                    member: (*m).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn desired_state_never_goes_backwards() {
+        let (tx, rx) = watch::channel(None);
+        assert!(publish(&tx, state(0, &[])));
+        assert!(publish(&tx, state(3, &["a"])));
+        assert!(!publish(&tx, state(2, &["old"])));
+        assert_eq!(rx.borrow().as_ref().map(|s| s.revision), Some(3));
+        // The same revision again (a reconnect) changes nothing and wakes nobody.
+        assert!(!publish(&tx, state(3, &["a"])));
+        assert!(publish(&tx, state(4, &["a", "b"])));
+        assert_eq!(rx.borrow().as_ref().map(|s| s.members.len()), Some(2));
+    }
+
+    struct Node;
+
+    impl NodeSource for Node {
+        fn register_request(&self) -> RegisterRequest {
+            RegisterRequest::default()
+        }
+        fn heartbeat_request(&self) -> HeartbeatRequest {
+            HeartbeatRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn run_returns_on_shutdown_even_when_nothing_answers() {
+        let shutdown = CancellationToken::new();
+        let (tx, _rx) = watch::channel(None);
+        let lease = Lease::new(Duration::from_secs(1));
+        let task = tokio::spawn(run(
+            LinkConfig::new("n1", vec!["http://127.0.0.1:1".into(), "not a uri".into()]),
+            Arc::new(Node),
+            tx,
+            lease.clone(),
+            shutdown.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!lease.valid());
+    }
+
+    #[tokio::test]
+    async fn run_without_schedulers_waits_for_shutdown() {
+        let shutdown = CancellationToken::new();
+        let (tx, _rx) = watch::channel(None);
+        let task = tokio::spawn(run(
+            LinkConfig::new("n1", vec![]),
+            Arc::new(Node),
+            tx,
+            Lease::new(Duration::from_secs(1)),
+            shutdown.clone(),
+        ));
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,600 @@
+//! The reconcile loop (kube-runtime style): desired members of this node against actual
+//! containers. One worker per member, idempotent steps, periodic requeue, woken at once by
+//! container events. Steps: volume -> config -> container -> server answers -> role.
+
+use crate::config::{AgentConfig, NetworkMode};
+use crate::engine::{self, Engine, MemberConfig, ObservedRole, Secrets, Target};
+use crate::link::Lease;
+use crate::runtime::{self, ContainerRuntime, ContainerSpec, ContainerState, Mount, Network};
+use crate::state::{self, LocalState, MemberState};
+use crate::volume::{self, VolumeManager};
+use futures::StreamExt;
+use mofang_common::labels;
+use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// Why reconciling a member failed. The member's status carries the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The assignment names an engine or version this agent cannot run.
+    #[error("unsupported engine {engine} {version}")]
+    UnsupportedEngine {
+        /// Engine asked for.
+        engine: String,
+        /// Version asked for.
+        version: String,
+    },
+    /// The assignment is malformed (e.g. a replica without a primary address).
+    #[error("bad assignment: {0}")]
+    BadAssignment(String),
+    /// No port is free in the agent's port range.
+    #[error("no free port in port_range {0}-{1}")]
+    NoFreePort(u16, u16),
+    /// Volume reservation failed.
+    #[error(transparent)]
+    Volume(#[from] volume::Error),
+    /// The container runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    /// Local state could not be read or written.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The database did not do what was asked.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+}
+
+/// Result of reconcile steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Member statuses, shared with the heartbeat.
+pub type Statuses = Arc<Mutex<BTreeMap<String, MemberStatus>>>;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Everything a member worker needs; shared by all workers.
+pub struct Shared {
+    /// Agent config.
+    pub cfg: AgentConfig,
+    /// Container runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Data volumes.
+    pub volumes: Arc<VolumeManager>,
+    /// State directory.
+    pub state: LocalState,
+    /// Scheduler lease (fencing when lost).
+    pub lease: Lease,
+    /// Latest desired state.
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    /// Statuses reported in heartbeats.
+    pub statuses: Statuses,
+    /// Serialises port allocation across workers.
+    ports: Mutex<()>,
+    /// When this agent process started.
+    started: Instant,
+}
+
+impl Shared {
+    /// Bundles the parts.
+    pub fn new(
+        cfg: AgentConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        volumes: Arc<VolumeManager>,
+        state: LocalState,
+        lease: Lease,
+        desired: watch::Receiver<Option<DesiredState>>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            cfg,
+            runtime,
+            volumes,
+            state,
+            lease,
+            desired,
+            statuses: Arc::default(),
+            ports: Mutex::new(()),
+            started: Instant::now(),
+        })
+    }
+
+    fn assignment(&self, member: &str) -> Option<Assignment> {
+        self.desired.borrow().as_ref()?.members.iter().find(|a| a.member == member).cloned()
+    }
+
+    fn set_status(&self, s: MemberStatus) {
+        if let Ok(mut m) = self.statuses.lock() {
+            m.insert(s.member.clone(), s);
+        }
+    }
+
+    fn container_name(member: &str) -> String {
+        format!("mofang-{member}")
+    }
+
+    async fn find_container(&self, member: &str) -> Result<Option<runtime::ContainerInfo>> {
+        let node = self.cfg.node.as_str();
+        let mut found = self.runtime.list(&[(labels::NODE, node), (labels::MEMBER, member)]).await?;
+        Ok(found.pop())
+    }
+
+    fn allocate_port(&self, member: &str) -> Result<u16> {
+        let _guard = self.ports.lock().map_err(|_| Error::NoFreePort(0, 0))?;
+        let used: Vec<u16> = self
+            .state
+            .members()
+            .iter()
+            .filter(|m| m.as_str() != member)
+            .filter_map(|m| self.state.load_member(m).ok()?.port)
+            .collect();
+        let [lo, hi] = self.cfg.port_range;
+        let port = (lo..=hi).find(|p| !used.contains(p)).ok_or(Error::NoFreePort(lo, hi))?;
+        let mut st = self.state.load_member(member)?;
+        st.port = Some(port);
+        self.state.save_member(member, &st)?;
+        Ok(port)
+    }
+}
+
+/// One reconcile pass's outcome: when to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this long.
+    Requeue(Duration),
+}
+
+/// Per-member worker memory that need not survive restarts.
+#[derive(Default)]
+struct WorkerMemo {
+    last_usage: Option<(Instant, u64, bool)>,
+    ping_failures: u32,
+}
+
+/// Reconciles one member once.
+async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
+    let member = a.member.as_str();
+    let engine = engine::for_kind(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
+        engine: a.engine.clone(),
+        version: a.version.clone(),
+    })?;
+    let mut st = sh.state.load_member(member)?;
+    let orig = st.clone();
+
+    // 1. Volume.
+    let class = (!a.disk_class.is_empty()).then_some(a.disk_class.as_str());
+    let vol = sh.volumes.ensure(member, class, a.disk_bytes, engine.uid(), engine.uid())?;
+
+    // 2. Secrets and config.
+    let secrets = sh.state.secrets(&a.instance, Secrets::from_map(&a.secrets))?;
+    let network = sh.cfg.network_mode();
+    let port = match network {
+        NetworkMode::Host => match st.port {
+            Some(p) => p,
+            None => {
+                let p = sh.allocate_port(member)?;
+                st.port = Some(p);
+                p
+            }
+        },
+        NetworkMode::Docker(_) => engine.kind().port(),
+    };
+    let replica_of = match a.role.as_str() {
+        "replica" => Some(Target::parse(&a.primary_address).map_err(|_| {
+            Error::BadAssignment(format!("replica {member} has no valid primary_address ('{}')", a.primary_address))
+        })?),
+        "primary" => None,
+        other => return Err(Error::BadAssignment(format!("unknown role '{other}'"))),
+    };
+    let announce = match &network {
+        NetworkMode::Host => Target { host: sh.cfg.advertise_address.clone(), port },
+        // On a Docker network the container name resolves for every peer on it.
+        NetworkMode::Docker(_) => Target { host: Shared::container_name(member), port },
+    };
+    let mc = MemberConfig {
+        member: member.to_owned(),
+        port,
+        announce,
+        memory_bytes: a.memory_bytes,
+        replica_of: replica_of.clone(),
+        settings: a.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    sh.state.write_config(member, &engine.render(&mc, &secrets), engine.uid())?;
+
+    // 3. Container.
+    let container = match sh.find_container(member).await? {
+        Some(c) => c,
+        None => {
+            let spec = container_spec(sh, a, engine.as_ref(), &vol.path, &network, port);
+            let id = sh.runtime.create(&spec).await?;
+            info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
+            sh.runtime.start(&id).await?;
+            sh.runtime.inspect(&id).await?
+        }
+    };
+    let container = match container.state {
+        ContainerState::Running => container,
+        ContainerState::Exited | ContainerState::Created => {
+            // The agent is the supervisor (restart policy `no`): bring it back on the same
+            // container and volume, with the data it had.
+            warn!(
+                member,
+                exit_code = container.exit_code.unwrap_or(-1),
+                oom_killed = container.oom_killed,
+                "member container is not running, starting it again"
+            );
+            sh.runtime.start(&container.id).await?;
+            st.restarts += 1;
+            sh.state.save_member(member, &st)?;
+            sh.runtime.inspect(&container.id).await?
+        }
+        other => {
+            report(sh, a, &st, Some(&container), None, false, format!("container {other:?}"));
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+    };
+    if st != orig {
+        sh.state.save_member(member, &st)?;
+    }
+
+    // 4. The server answers a real protocol round trip.
+    let target = match &network {
+        NetworkMode::Host => Target { host: "127.0.0.1".into(), port },
+        NetworkMode::Docker(net) => match container.ips.get(net) {
+            Some(ip) => Target { host: ip.clone(), port },
+            None => {
+                report(sh, a, &st, Some(&container), None, false, format!("no IP on network {net} yet"));
+                return Ok(Action::Requeue(Duration::from_millis(250)));
+            }
+        },
+    };
+    let address = match &network {
+        NetworkMode::Host => format!("{}:{port}", sh.cfg.advertise_address),
+        NetworkMode::Docker(_) => target.to_string(),
+    };
+    if let Err(e) = engine.ping(&target, &secrets).await {
+        memo.ping_failures += 1;
+        let mut s = status(sh, a, &st, Some(&container), &address);
+        s.reason = format!("not answering ({} checks): {e}", memo.ping_failures);
+        sh.set_status(s);
+        return Ok(Action::Requeue(Duration::from_millis(250)));
+    }
+    memo.ping_failures = 0;
+
+    // 5. Role, under the epoch rule.
+    let mut reason = String::new();
+    if a.epoch < st.applied_epoch {
+        reason = format!("ignored assignment of epoch {} (member has {})", a.epoch, st.applied_epoch);
+        warn!(member, epoch = a.epoch, applied = st.applied_epoch, "stale role assignment ignored");
+    } else {
+        apply_role(sh, a, engine.as_ref(), &target, &secrets, replica_of.as_ref(), &mut st).await?;
+        if st.applied_epoch != a.epoch || st.applied_role != a.role {
+            info!(member, epoch = a.epoch, role = %a.role, "role applied");
+            st.applied_epoch = a.epoch;
+            st.applied_role = a.role.clone();
+        }
+        if st != orig {
+            sh.state.save_member(member, &st)?;
+        }
+    }
+
+    // 6. Observe and report.
+    let obs = engine.observe(&target, &secrets).await?;
+    let usage = match memo.last_usage {
+        Some((at, used, over)) if at.elapsed() < Duration::from_secs(15) => (used, over),
+        _ => {
+            let (used, over) = sh.volumes.usage(member).map(|u| (u.used_bytes, u.over)).unwrap_or((0, false));
+            if over {
+                warn!(member, used, size = a.disk_bytes, "volume over its reservation");
+            }
+            memo.last_usage = Some((Instant::now(), used, over));
+            (used, over)
+        }
+    };
+    let mut s = status(sh, a, &st, Some(&container), &address);
+    s.role = if st.fenced { "fenced".into() } else { obs.role.as_str().into() };
+    s.read_only = obs.read_only;
+    s.position = obs.position.clone();
+    s.lag_seconds = obs.lag_seconds.unwrap_or(-1);
+    s.replication_ok = obs.replication_ok;
+    s.volume_used_bytes = usage.0;
+    let role_ok = match a.role.as_str() {
+        "primary" => obs.role == ObservedRole::Primary || st.fenced,
+        _ => obs.role == ObservedRole::Replica && obs.replication_ok,
+    };
+    s.healthy = role_ok && !st.fenced;
+    if reason.is_empty() {
+        reason = match (&obs.replication_error, role_ok, st.fenced, usage.1) {
+            (_, _, true, _) => "fenced: scheduler lease expired".into(),
+            (Some(e), _, _, _) => format!("replication: {e}"),
+            (None, false, _, _) => format!("observed role {} while {} is desired", obs.role.as_str(), a.role),
+            (None, true, _, true) => "volume over its reservation".into(),
+            _ => String::new(),
+        };
+    }
+    s.reason = reason;
+    sh.set_status(s);
+    Ok(Action::Requeue(Duration::from_secs(1)))
+}
+
+async fn apply_role(
+    sh: &Shared,
+    a: &Assignment,
+    engine: &dyn Engine,
+    at: &Target,
+    secrets: &Secrets,
+    replica_of: Option<&Target>,
+    st: &mut MemberState,
+) -> Result<()> {
+    match replica_of {
+        Some(primary) => {
+            if st.fenced {
+                // A replica takes no application writes anyway; lift a Redis pause.
+                engine.unfence(at, secrets).await?;
+                st.fenced = false;
+            }
+            engine.replicate_from(at, secrets, primary).await?;
+        }
+        // Just (re)started and not yet heard from the scheduler: neither fence nor promote
+        // on a guess; the primary keeps whatever it was doing for up to lease_ttl.
+        None if sh.lease.last_ack().is_none() && sh.started.elapsed() < sh.lease.ttl() => {}
+        None if !sh.lease.valid() => {
+            // Cut off from the scheduler for lease_ttl: another member may be promoted
+            // elsewhere, so this primary stops taking writes (architecture: fencing).
+            if !st.fenced {
+                warn!(member = %a.member, epoch = a.epoch, "scheduler lease lost: fencing primary");
+            }
+            engine.fence(at, secrets).await?;
+            st.fenced = true;
+        }
+        None => {
+            let replicas = a.settings.get("replicas").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let obs = engine.observe(at, secrets).await?;
+            if obs.role != ObservedRole::Primary || st.applied_epoch != a.epoch {
+                engine.promote(at, secrets, replicas).await?;
+            }
+            if st.fenced {
+                engine.unfence(at, secrets).await?;
+                info!(member = %a.member, "scheduler lease back: primary unfenced");
+                st.fenced = false;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn container_spec(
+    sh: &Shared,
+    a: &Assignment,
+    engine: &dyn Engine,
+    volume: &std::path::Path,
+    network: &NetworkMode,
+    port: u16,
+) -> ContainerSpec {
+    let labels = BTreeMap::from([
+        (labels::NODE.to_owned(), sh.cfg.node.clone()),
+        (labels::INSTANCE.to_owned(), a.instance.clone()),
+        (labels::MEMBER.to_owned(), a.member.clone()),
+        (labels::ENGINE.to_owned(), a.engine.clone()),
+        ("mofang.version".to_owned(), a.version.clone()),
+        ("mofang.port".to_owned(), port.to_string()),
+    ]);
+    // MariaDB runs a thread per connection, and each thread counts against pids.max.
+    let pids_limit = match engine.kind() {
+        mofang_common::EngineKind::Mariadb => 2048,
+        mofang_common::EngineKind::Redis => 256,
+    };
+    ContainerSpec {
+        name: Shared::container_name(&a.member),
+        image: sh.cfg.image(&a.engine, &a.version),
+        args: vec![],
+        env: vec![],
+        labels,
+        mounts: vec![
+            Mount { source: volume.to_owned(), target: engine.data_dir().into(), read_only: false },
+            Mount { source: sh.state.config_dir(&a.member), target: "/etc/mofang".into(), read_only: true },
+        ],
+        network: match network {
+            NetworkMode::Host => Network::Host,
+            NetworkMode::Docker(n) => Network::Named(n.clone()),
+        },
+        publish: None,
+        cpus: if a.cpu > 0.0 { a.cpu } else { 1.0 },
+        memory_bytes: i64::try_from(a.memory_bytes).unwrap_or(i64::MAX).max(64 << 20),
+        pids_limit,
+        cap_add: engine.capabilities(),
+        user: format!("{0}:{0}", engine.uid()),
+        stop_grace: Duration::from_secs(sh.cfg.stop_grace_secs),
+    }
+}
+
+fn status(
+    sh: &Shared,
+    a: &Assignment,
+    st: &MemberState,
+    c: Option<&runtime::ContainerInfo>,
+    address: &str,
+) -> MemberStatus {
+    let _ = sh;
+    MemberStatus {
+        member: a.member.clone(),
+        instance: a.instance.clone(),
+        engine: a.engine.clone(),
+        container_state: c.map(|c| format!("{:?}", c.state).to_lowercase()).unwrap_or_else(|| "missing".into()),
+        container_id: c.map(|c| c.id.clone()).unwrap_or_default(),
+        healthy: false,
+        reason: String::new(),
+        role: "unknown".into(),
+        epoch: st.applied_epoch,
+        address: address.to_owned(),
+        position: String::new(),
+        lag_seconds: -1,
+        read_only: true,
+        replication_ok: false,
+        restarts: st.restarts,
+        checked_at_ms: now_ms(),
+        failed: false,
+        volume_used_bytes: 0,
+    }
+}
+
+fn report(
+    sh: &Shared,
+    a: &Assignment,
+    st: &MemberState,
+    c: Option<&runtime::ContainerInfo>,
+    address: Option<&str>,
+    failed: bool,
+    reason: String,
+) {
+    let mut s = status(sh, a, st, c, address.unwrap_or(""));
+    s.failed = failed;
+    s.reason = reason;
+    sh.set_status(s);
+}
+
+/// Removes a member that left the desired state: container first, then its volume.
+async fn teardown(sh: &Shared, member: &str) -> Result<()> {
+    if let Some(c) = sh.find_container(member).await? {
+        info!(member, container = %c.name, "member left desired state: removing its container");
+        sh.runtime.stop(&c.id, Duration::from_secs(sh.cfg.stop_grace_secs)).await?;
+        sh.runtime.remove(&c.id, true).await?;
+    }
+    // Only now, with the container gone and the member out of desired state, does the
+    // volume go (architecture: a volume lives as long as its member).
+    if sh.volumes.get(member).is_some() {
+        sh.volumes.delete(member)?;
+        info!(member, "volume deleted");
+    }
+    sh.state.remove_member(member)?;
+    if let Ok(mut m) = sh.statuses.lock() {
+        m.remove(member);
+    }
+    Ok(())
+}
+
+/// A member's worker: reconciles on wake-up or requeue until the member leaves desired state.
+async fn member_worker(sh: Arc<Shared>, member: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut memo = WorkerMemo::default();
+    let mut failures = 0u32;
+    loop {
+        let Some(a) = sh.assignment(&member) else {
+            match teardown(&sh, &member).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(member, error = %e, "teardown failed, retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+            }
+        };
+        let delay = match reconcile_member(&sh, &a, &mut memo).await {
+            Ok(Action::Requeue(d)) => {
+                failures = 0;
+                d
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let failed = matches!(e, Error::UnsupportedEngine { .. } | Error::BadAssignment(_) | Error::Volume(_));
+                if failures == 1 || failures % 30 == 0 {
+                    warn!(member, error = %e, failures, "reconcile failed");
+                }
+                let st = sh.state.load_member(&member).unwrap_or_default();
+                let c = sh.find_container(&member).await.ok().flatten();
+                report(&sh, &a, &st, c.as_ref(), None, failed, e.to_string());
+                // Back off on repeated failures: 0.5 s, 1 s, 2 s ... 10 s.
+                Duration::from_millis((250u64 << failures.min(6)).min(10_000))
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Runs the reconcile supervisor until shutdown: one worker per desired member, container
+/// events wake the worker concerned, members and containers no longer desired are removed.
+/// Stopping the agent never stops the databases.
+pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
+    let mut workers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut desired = sh.desired.clone();
+    let mut events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        // Spawn workers for desired members, and for members on disk or in Docker that are
+        // no longer desired (their worker tears them down). Nothing is removed before a
+        // desired state is known.
+        // Revision 0 is a scheduler that has nothing for this node yet: not authoritative.
+        let current = desired.borrow_and_update().clone();
+        if let Some(ds) = current.filter(|d| d.revision > 0) {
+            let mut names: Vec<String> = ds.members.iter().map(|a| a.member.clone()).collect();
+            names.extend(sh.state.members());
+            names.extend(sh.volumes.list().into_iter().map(|v| v.member));
+            if let Ok(cs) = sh.runtime.list(&[(labels::NODE, sh.cfg.node.as_str())]).await {
+                names.extend(cs.into_iter().filter_map(|c| c.labels.get(labels::MEMBER).cloned()));
+            }
+            workers.retain(|_, (_, h)| !h.is_finished());
+            for name in names {
+                if mofang_common::MemberId::new(name.clone()).is_err() {
+                    continue;
+                }
+                match workers.get(&name) {
+                    Some((wake, _)) => wake.notify_one(),
+                    None => {
+                        let wake = Arc::new(Notify::new());
+                        let h = tokio::spawn(
+                            member_worker(sh.clone(), name.clone(), wake.clone(), shutdown.child_token())
+                                .instrument(tracing::info_span!("member", member = %name)),
+                        );
+                        workers.insert(name, (wake, h));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = desired.changed() => {
+                if r.is_err() { break; }
+                if let Some(ds) = desired.borrow().as_ref() {
+                    if let Err(e) = sh.state.save_desired(ds) {
+                        warn!(error = %e, "could not persist desired state");
+                    }
+                    debug!(revision = ds.revision, members = ds.members.len(), "desired state received");
+                }
+            }
+            ev = events.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Some(m) = ev.labels.get(labels::MEMBER) {
+                        if let Some((wake, _)) = workers.get(m) {
+                            debug!(member = %m, action = %ev.action, "container event");
+                            wake.notify_one();
+                        }
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "container event stream failed, reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
+                }
+            },
+            _ = sweep.tick() => {}
+        }
+    }
+    for (_, (_, h)) in workers {
+        let _ = h.await;
+    }
+}
