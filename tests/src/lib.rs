@@ -35,19 +35,43 @@ pub fn test_label() -> (String, String) {
     (labels::TEST.to_owned(), std::process::id().to_string())
 }
 
-/// Removes containers labelled `mofang.test` whose test process is gone.
+fn pid_alive(pid: Option<u32>) -> bool {
+    pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// The test process id inside a name made by `unique_name` (`t-<prefix>-<pid>-<n>`).
+fn pid_in_name(name: &str) -> Option<u32> {
+    let mut parts = name.rsplit('-');
+    parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    name.starts_with("t-").then_some(pid)
+}
+
+/// Removes what earlier test processes left behind when they crashed: containers labelled
+/// `mofang.test` or owned by a test node (`mofang.node=t-...`), and test networks.
 async fn remove_leftovers(rt: &DockerRuntime) -> Result<()> {
     for c in rt.list(&[(labels::TEST, "")]).await? {
-        let owner_alive = c
-            .labels
-            .get(labels::TEST)
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        if !owner_alive {
+        if !pid_alive(c.labels.get(labels::TEST).and_then(|p| p.parse().ok())) {
             eprintln!("removing leftover test container {} ({})", c.name, c.id);
-            rt.remove(&c.id, true)
-                .await
-                .with_context(|| format!("removing {}", c.name))?;
+            rt.remove(&c.id, true).await.with_context(|| format!("removing {}", c.name))?;
+        }
+    }
+    for c in rt.list(&[(labels::NODE, "")]).await? {
+        let node = c.labels.get(labels::NODE).map(String::as_str).unwrap_or("");
+        if node.starts_with("t-") && !pid_alive(pid_in_name(node)) {
+            eprintln!("removing leftover test-node container {} ({})", c.name, c.id);
+            rt.remove(&c.id, true).await.with_context(|| format!("removing {}", c.name))?;
+        }
+    }
+    let format = format!("{{{{.Name}}}} {{{{.Label \"{}\"}}}}", labels::TEST);
+    let out = std::process::Command::new("docker")
+        .args(["network", "ls", "--filter", &format!("label={}", labels::TEST), "--format", &format])
+        .output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((name, pid)) = line.split_once(' ') {
+            if !pid_alive(pid.parse().ok()) {
+                let _ = std::process::Command::new("docker").args(["network", "rm", name]).output();
+            }
         }
     }
     Ok(())

@@ -1,0 +1,149 @@
+//! Simulated hosts for end-to-end tests: a Docker network the test owns, and real
+//! `mofang-agent` processes (built from this workspace) each with its own state and disks.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// Builds the workspace binaries once per test process and returns the directory holding them.
+pub fn binaries() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "mofang-agent", "--bins"])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the binaries failed: {status}"));
+            }
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| root.join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A Docker bridge network created for one test, removed on drop.
+#[derive(Debug)]
+pub struct TestNetwork {
+    /// Network name.
+    pub name: String,
+}
+
+impl TestNetwork {
+    /// Creates a labelled bridge network.
+    pub fn create(name: &str) -> Result<Self> {
+        let (k, v) = crate::test_label();
+        let out = Command::new("docker")
+            .args(["network", "create", "--driver", "bridge", "--label", &format!("{k}={v}"), name])
+            .output()
+            .context("running docker network create")?;
+        if !out.status.success() {
+            bail!("docker network create {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(TestNetwork { name: name.to_owned() })
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["network", "rm", &self.name]).output();
+    }
+}
+
+/// One agent process with its own state directory and a data disk.
+#[derive(Debug)]
+pub struct AgentProcess {
+    /// Node name.
+    pub node: String,
+    /// The agent's work directory (state, disks, config, log).
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Writes a config and starts the agent. `extra` is appended to the TOML.
+    pub fn start(node: &str, scheduler: &str, network: &str, disk_mib: u64, extra: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("mofang-agent-").tempdir_in("/var/tmp")?;
+        let cfg = format!(
+            "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
+             state_dir = \"{state}\"\nheartbeat_interval_ms = 200\nlease_ttl_ms = 2000\n\
+             stop_grace_secs = 5\n{extra}\n\
+             [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
+            state = dir.path().join("state").display(),
+            disk = dir.path().join("disk0").display(),
+        );
+        std::fs::write(dir.path().join("agent.toml"), cfg)?;
+        let mut a = AgentProcess { node: node.to_owned(), dir, child: None };
+        a.spawn()?;
+        Ok(a)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = binaries()?.join("mofang-agent");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(self.dir.path().join("agent.toml"))
+            .env("RUST_LOG", "info,mofang_agent=debug")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting mofang-agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `kill -9` of the agent process (containers keep running).
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again with the same config and state.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+        // Remove this node's containers: they carry its node label, not the test label.
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=mofang.node={}", self.node)])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent {} log ----\n{}", self.node, self.log());
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The agent on real Docker with the real images, driven by an in-process scheduler stand-in:
+//! replication (MariaDB GTID + semi-sync, Redis), self-healing after `kill -9` of the
+//! database, adoption after `kill -9` of the agent, fencing, and refusal of bad input.
+
+use anyhow::{bail, Context, Result};
+use mofang_agent::engine::{self, Secrets, Target};
+use mofang_common::proto::{Assignment, MemberStatus};
+use mofang_tests::cluster::{AgentProcess, TestNetwork};
+use mofang_tests::fake_scheduler::FakeScheduler;
+use mofang_tests::{docker, eventually, unique_name};
+use mysql_async::prelude::Queryable;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+fn secret_map(s: &Secrets) -> HashMap<String, String> {
+    HashMap::from([
+        ("admin".into(), s.admin.clone()),
+        ("repl".into(), s.repl.clone()),
+        ("monitor".into(), s.monitor.clone()),
+        ("app".into(), s.app.clone()),
+    ])
+}
+
+struct Member<'a> {
+    instance: &'a str,
+    member: &'a str,
+    engine: &'a str,
+    role: &'a str,
+    primary: &'a str,
+}
+
+fn assignment(m: Member<'_>, s: &Secrets) -> Assignment {
+    let version = if m.engine == "redis" { "7.0" } else { "10.11" };
+    Assignment {
+        member: m.member.into(),
+        instance: m.instance.into(),
+        engine: m.engine.into(),
+        version: version.into(),
+        role: m.role.into(),
+        epoch: 1,
+        cpu: 0.5,
+        memory_bytes: 384 * MIB,
+        disk_bytes: 512 * MIB,
+        disk_class: "ssd".into(),
+        primary_address: m.primary.into(),
+        secrets: secret_map(s),
+        settings: HashMap::from([("replicas".into(), "1".into())]),
+    }
+}
+
+/// Waits until the node's heartbeat reports `member` and `pred` holds for it.
+async fn wait_member(
+    fake: &FakeScheduler,
+    agent: &AgentProcess,
+    member: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&MemberStatus) -> bool,
+) -> Result<MemberStatus> {
+    let r = eventually(what, timeout, || async {
+        let hb = fake.last_heartbeat(&agent.node).context("no heartbeat yet")?;
+        let m = hb.members.into_iter().find(|m| m.member == member).context("member not reported")?;
+        if pred(&m) {
+            Ok(m)
+        } else {
+            bail!("{member}: {m:?}")
+        }
+    })
+    .await;
+    if r.is_err() {
+        eprintln!("---- agent log ----\n{}", agent.log());
+    }
+    r
+}
+
+fn healthy(m: &MemberStatus) -> bool {
+    m.healthy
+}
+
+async fn mysql(addr: &str, user: &str, pass: &str) -> Result<mysql_async::Conn> {
+    let t = Target::parse(addr)?;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(t.host)
+        .tcp_port(t.port)
+        .user(Some(user))
+        .pass(Some(pass))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    Ok(mysql_async::Conn::new(opts).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
+    let rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+    let s = Secrets::generate();
+    let inst = unique_name("db");
+    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
+
+    // The primary first; the replica once the primary's address is known (as the scheduler does).
+    let p = assignment(Member { instance: &inst, member: &m0, engine: "mariadb", role: "primary", primary: "" }, &s);
+    fake.set_desired(&agent.node, vec![p.clone()]);
+    let primary = wait_member(&fake, &agent, &m0, "primary healthy", Duration::from_secs(90), healthy).await?;
+    let r = assignment(
+        Member { instance: &inst, member: &m1, engine: "mariadb", role: "replica", primary: &primary.address },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p.clone(), r.clone()]);
+    let replica = wait_member(&fake, &agent, &m1, "replica healthy", Duration::from_secs(90), |m| {
+        m.healthy && m.replication_ok
+    })
+    .await?;
+
+    // A row written on the primary by the application account is read on the replica.
+    let mut c = mysql(&primary.address, "app", &s.app).await?;
+    c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))").await?;
+    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first")).await?;
+    drop(c);
+    let raddr = replica.address.clone();
+    let app = s.app.clone();
+    let item: String = eventually("row on replica", Duration::from_secs(20), || {
+        let (raddr, app) = (raddr.clone(), app.clone());
+        async move {
+            let mut rc = mysql(&raddr, "app", &app).await?;
+            let v: Option<String> = rc.query_first("SELECT item FROM orders WHERE id = 1").await?;
+            v.context("no row yet")
+        }
+    })
+    .await?;
+    assert_eq!(item, "first");
+    // The application cannot write on the replica.
+    let mut rc = mysql(&replica.address, "app", &s.app).await?;
+    assert!(rc.query_drop("INSERT INTO orders VALUES (2, 'x')").await.is_err(), "replica must be read-only");
+    drop(rc);
+
+    // GTID replication on the replica, lossless semi-sync active on the primary.
+    let mut admin_r = mysql(&replica.address, "mofang_admin", &s.admin).await?;
+    let row: mysql_async::Row = admin_r.query_first("SHOW SLAVE STATUS").await?.context("no slave status")?;
+    assert_eq!(row.get::<String, _>("Using_Gtid").as_deref(), Some("Slave_Pos"));
+    drop(admin_r);
+    let mut admin_p = mysql(&primary.address, "mofang_admin", &s.admin).await?;
+    let (_, semi): (String, String) =
+        admin_p.query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'").await?.context("no status")?;
+    assert_eq!(semi, "ON");
+    let wait_point: String =
+        admin_p.query_first("SELECT @@rpl_semi_sync_master_wait_point").await?.context("none")?;
+    assert_eq!(wait_point, "AFTER_SYNC");
+    let (_, yes_tx): (String, String) =
+        admin_p.query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'").await?.context("none")?;
+    assert!(yes_tx.parse::<u64>()? >= 1, "the insert must have been acknowledged by the replica");
+    drop(admin_p);
+
+    // kill -9 of mariadbd inside the primary: the agent brings it back on the same volume.
+    let before = primary.container_id.clone();
+    let out = rt.exec(&before, &["pkill", "-9", "mariadbd"], None).await?;
+    assert_eq!(out.exit_code, 0, "pkill: {out:?}");
+    let healed = wait_member(&fake, &agent, &m0, "primary restarted", Duration::from_secs(60), |m| {
+        m.healthy && m.restarts >= 1
+    })
+    .await?;
+    assert_eq!(healed.container_id, before, "same container, restarted in place");
+    let mut c = mysql(&healed.address, "app", &s.app).await?;
+    let item: Option<String> = c.query_first("SELECT item FROM orders WHERE id = 1").await?;
+    assert_eq!(item.as_deref(), Some("first"), "data written before the crash survives");
+    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (3, "after-restart")).await?;
+    drop(c);
+
+    // Scheduler lease lost: the agent fences its primary; application writes fail.
+    fake.refuse_heartbeats(true);
+    let addr = healed.address.clone();
+    eventually("write refused while fenced", Duration::from_secs(15), || {
+        let (addr, app) = (addr.clone(), app.clone());
+        async move {
+            let mut c = mysql(&addr, "app", &app).await?;
+            match c.exec_drop("INSERT INTO orders VALUES (?, ?)", (100, "fenced?")).await {
+                Err(e) if e.to_string().contains("read-only") => Ok(()),
+                Err(e) => bail!("unexpected error {e}"),
+                Ok(()) => {
+                    // Accepted before the fence: take it back so the check below holds.
+                    c.query_drop("DELETE FROM orders WHERE id = 100").await?;
+                    bail!("write accepted: not fenced yet")
+                }
+            }
+        }
+    })
+    .await?;
+    // Lease back: unfenced, writes work again.
+    fake.refuse_heartbeats(false);
+    eventually("write accepted after unfence", Duration::from_secs(15), || {
+        let (addr, app) = (addr.clone(), app.clone());
+        async move {
+            let mut c = mysql(&addr, "app", &app).await?;
+            c.exec_drop("INSERT INTO orders VALUES (?, ?)", (101, "unfenced")).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let mut c = mysql(&addr, "app", &app).await?;
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM orders WHERE id = 100").await?;
+    assert_eq!(n, Some(0), "no write was accepted while fenced");
+    drop(c);
+
+    // Leaving desired state removes container and volume.
+    fake.set_desired(&agent.node, vec![]);
+    eventually("members removed", Duration::from_secs(60), || async {
+        let left = rt.list(&[("mofang.node", agent.node.as_str())]).await?;
+        let vols = std::fs::read_dir(agent.dir.path().join("disk0"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .count();
+        if left.is_empty() && vols == 0 {
+            Ok(())
+        } else {
+            bail!("{} containers, {vols} volume dirs left", left.len())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn redis_conn(addr: &str, user: &str, pass: &str) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{user}:{pass}@{addr}/"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
+    let _rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+    let s = Secrets::generate();
+    let inst = unique_name("cache");
+    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
+    let p = assignment(Member { instance: &inst, member: &m0, engine: "redis", role: "primary", primary: "" }, &s);
+    fake.set_desired(&agent.node, vec![p.clone()]);
+    let primary = wait_member(&fake, &agent, &m0, "primary healthy", Duration::from_secs(60), healthy).await?;
+    let r = assignment(
+        Member { instance: &inst, member: &m1, engine: "redis", role: "replica", primary: &primary.address },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p, r]);
+    let replica = wait_member(&fake, &agent, &m1, "replica healthy", Duration::from_secs(60), |m| {
+        m.healthy && m.replication_ok
+    })
+    .await?;
+
+    let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
+    let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut pc).await?;
+    let rc = redis_conn(&replica.address, "app", &s.app).await?;
+    let v: String = eventually("key on replica", Duration::from_secs(10), || {
+        let mut rc = rc.clone();
+        async move {
+            let v: Option<String> = redis::cmd("GET").arg("greeting").query_async(&mut rc).await?;
+            v.context("not replicated yet")
+        }
+    })
+    .await?;
+    assert_eq!(v, "hello");
+    let mut rc = rc;
+    let denied: redis::RedisResult<()> = redis::cmd("SET").arg("x").arg("y").query_async(&mut rc).await;
+    assert!(denied.is_err(), "replica must refuse writes");
+
+    // Fence primitive: CLIENT PAUSE WRITE holds application writes; unfence releases them.
+    let target = Target::parse(&primary.address)?;
+    let redis = engine::for_kind("redis", "7.0").context("redis engine")?;
+    redis.fence(&target, &s).await?;
+    let blocked = tokio::time::timeout(Duration::from_secs(1), async {
+        let r: redis::RedisResult<()> = redis::cmd("SET").arg("during").arg("fence").query_async(&mut pc).await;
+        r
+    })
+    .await;
+    assert!(blocked.is_err(), "a write must not complete while fenced");
+    redis.unfence(&target, &s).await?;
+    let mut pc2 = redis_conn(&primary.address, "app", &s.app).await?;
+    let _: () = redis::cmd("SET").arg("after").arg("unfence").query_async(&mut pc2).await?;
+    let v: String = redis::cmd("GET").arg("after").query_async(&mut pc2).await?;
+    assert_eq!(v, "unfence");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_adopts_containers_and_bad_assignments_stay_isolated() -> Result<()> {
+    let rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    // 2 GiB of disk: 512 MiB fits, 4 GiB does not.
+    let mut agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 2048, "")?;
+    let s = Secrets::generate();
+    let good = assignment(Member { instance: "good", member: "good-0", engine: "redis", role: "primary", primary: "" }, &s);
+    let mut bad_engine =
+        assignment(Member { instance: "odd", member: "odd-0", engine: "oracle", role: "primary", primary: "" }, &s);
+    bad_engine.version = "19".into();
+    let mut too_big = assignment(Member { instance: "big", member: "big-0", engine: "redis", role: "primary", primary: "" }, &s);
+    too_big.disk_bytes = 4096 * MIB;
+    fake.set_desired(&agent.node, vec![good.clone(), bad_engine, too_big]);
+
+    let g = wait_member(&fake, &agent, "good-0", "good member healthy", Duration::from_secs(60), healthy).await?;
+    let odd = wait_member(&fake, &agent, "odd-0", "bad engine reported", Duration::from_secs(20), |m| m.failed).await?;
+    assert!(odd.reason.contains("unsupported engine oracle 19"), "{}", odd.reason);
+    let big =
+        wait_member(&fake, &agent, "big-0", "over-reservation reported", Duration::from_secs(20), |m| m.failed).await?;
+    assert!(big.reason.contains("4096 MiB asked"), "reason must give the figures: {}", big.reason);
+    assert!(big.reason.contains("disk0"), "reason must name the disk: {}", big.reason);
+
+    let before = rt.inspect(&g.container_id).await?;
+    agent.kill9()?;
+    let beats_before = fake.heartbeats(&agent.node);
+    agent.restart()?;
+    // Reported healthy again by the new process (heartbeats after the restart).
+    eventually("healthy after agent restart", Duration::from_secs(30), || async {
+        if fake.heartbeats(&agent.node) < beats_before + 3 {
+            bail!("new agent not heartbeating yet");
+        }
+        let hb = fake.last_heartbeat(&agent.node).context("no heartbeat")?;
+        let m = hb.members.iter().find(|m| m.member == "good-0").context("not reported")?;
+        if m.healthy {
+            Ok(())
+        } else {
+            bail!("{m:?}")
+        }
+    })
+    .await?;
+    let after = rt.inspect(&g.container_id).await?;
+    assert_eq!(after.id, before.id, "same container");
+    assert_eq!(after.started_at, before.started_at, "the container was not restarted");
+    assert_eq!(rt.list(&[("mofang.node", agent.node.as_str())]).await?.len(), 1, "only the good member runs");
+    Ok(())
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_field() -> Result<()> {
+    let bin = mofang_tests::cluster::binaries()?.join("mofang-agent");
+    let dir = tempfile::tempdir()?;
+    let cases = [
+        ("node = \"node-a\"\nbogus = 1\n[[disks]]\npath = \"/d\"\n", "bogus"),
+        ("node = \"Node A\"\n[[disks]]\npath = \"/d\"\n", "node"),
+        ("node = \"node-a\"\n", "disks"),
+        ("node = \"node-a\"\nlease_ttl_ms = \"ten\"\n[[disks]]\npath = \"/d\"\n", "lease_ttl_ms"),
+    ];
+    for (text, field) in cases {
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text)?;
+        let out = std::process::Command::new(&bin).arg("--config").arg(&p).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "config {text:?}: {stderr}");
+        assert!(stderr.contains(field), "message must name `{field}`: {stderr}");
+    }
+    let out = std::process::Command::new(&bin).arg("--config").arg("/nonexistent/agent.toml").output()?;
+    assert_eq!(out.status.code(), Some(64));
+    Ok(())
+}
