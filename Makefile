@@ -21,4 +21,5 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: setup lint
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace

@@ -2,7 +2,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/mofang.proto");
     tonic_prost_build::configure()
-        .type_attribute(".mofang.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(
+            ".mofang.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .type_attribute(".mofang.v1", "#[serde(default)]")
         .compile_protos(&["proto/mofang.proto"], &["proto"])?;
     Ok(())

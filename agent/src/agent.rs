@@ -63,7 +63,9 @@ fn host_memory_bytes() -> u64 {
 impl NodeSource for Source {
     fn register_request(&self) -> RegisterRequest {
         let cpu = self.cfg.cpu.unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
         });
         let memory = self
             .cfg
@@ -82,13 +84,25 @@ impl NodeSource for Source {
     }
 
     fn heartbeat_request(&self) -> HeartbeatRequest {
-        let members = self.statuses.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let members = self
+            .statuses
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         HeartbeatRequest {
             node: self.cfg.node.clone(),
-            applied_revision: self.desired.borrow().as_ref().map(|d| d.revision).unwrap_or(0),
+            applied_revision: self
+                .desired
+                .borrow()
+                .as_ref()
+                .map(|d| d.revision)
+                .unwrap_or(0),
             disks: disks(&self.volumes),
             members,
-            sent_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            sent_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
         }
     }
 }
@@ -120,15 +134,33 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     // Serve the last desired state we saw while the scheduler is away.
     let persisted = state.load_desired()?;
     if let Some(d) = &persisted {
-        info!(revision = d.revision, members = d.members.len(), "loaded persisted desired state");
+        info!(
+            revision = d.revision,
+            members = d.members.len(),
+            "loaded persisted desired state"
+        );
     }
     let (desired_tx, desired_rx) = watch::channel(persisted);
 
-    let Some(runtime) = connect_runtime(&shutdown).await else { return Ok(()) };
+    let Some(runtime) = connect_runtime(&shutdown).await else {
+        return Ok(());
+    };
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
-    let shared = Shared::new(cfg.clone(), runtime, volumes.clone(), state, lease.clone(), desired_rx.clone());
+    let shared = Shared::new(
+        cfg.clone(),
+        runtime,
+        volumes.clone(),
+        state,
+        lease.clone(),
+        desired_rx.clone(),
+    );
 
-    let source = Arc::new(Source { cfg: cfg.clone(), volumes, statuses: shared.statuses.clone(), desired: desired_rx });
+    let source = Arc::new(Source {
+        cfg: cfg.clone(),
+        volumes,
+        statuses: shared.statuses.clone(),
+        desired: desired_rx,
+    });
     let link_cfg = LinkConfig {
         node: cfg.node.clone(),
         schedulers: cfg.schedulers.clone(),
@@ -136,9 +168,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         lease_ttl: cfg.lease_ttl(),
     };
     let link = tokio::spawn(
-        link::run(link_cfg, source, desired_tx, lease, shutdown.child_token()).instrument(tracing::info_span!("link")),
+        link::run(link_cfg, source, desired_tx, lease, shutdown.child_token())
+            .instrument(tracing::info_span!("link")),
     );
-    let rec = tokio::spawn(reconcile::run(shared, shutdown.child_token()).instrument(tracing::info_span!("reconcile")));
+    let rec = tokio::spawn(
+        reconcile::run(shared, shutdown.child_token()).instrument(tracing::info_span!("reconcile")),
+    );
     info!(node = %cfg.node, network = %cfg.network, "agent running");
     let _ = tokio::join!(link, rec);
     info!("agent stopped; database containers keep running");

@@ -128,14 +128,19 @@ fn default_stop_grace() -> u64 {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Invalid { field: field.into(), message: message.into() }
+    Error::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 impl AgentConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -152,29 +157,50 @@ impl AgentConfig {
     fn validate(&self) -> Result<()> {
         validate_dns_label("node", &self.node, 63).map_err(|e| invalid("node", e.to_string()))?;
         if self.schedulers.is_empty() {
-            return Err(invalid("schedulers", "at least one scheduler endpoint is needed"));
+            return Err(invalid(
+                "schedulers",
+                "at least one scheduler endpoint is needed",
+            ));
         }
         for (i, s) in self.schedulers.iter().enumerate() {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
-                return Err(invalid(format!("schedulers[{i}]"), format!("'{s}' must start with http:// or https://")));
+                return Err(invalid(
+                    format!("schedulers[{i}]"),
+                    format!("'{s}' must start with http:// or https://"),
+                ));
             }
         }
         if self.disks.is_empty() {
-            return Err(invalid("disks", "at least one data disk ([[disks]] path = ...) is needed"));
+            return Err(invalid(
+                "disks",
+                "at least one data disk ([[disks]] path = ...) is needed",
+            ));
         }
         for (i, d) in self.disks.iter().enumerate() {
             if !d.path.is_absolute() {
-                return Err(invalid(format!("disks[{i}].path"), "must be an absolute path"));
+                return Err(invalid(
+                    format!("disks[{i}].path"),
+                    "must be an absolute path",
+                ));
             }
         }
         if self.port_range[0] == 0 || self.port_range[0] > self.port_range[1] {
-            return Err(invalid("port_range", "must be [low, high] with 0 < low <= high"));
+            return Err(invalid(
+                "port_range",
+                "must be [low, high] with 0 < low <= high",
+            ));
         }
         if self.network.is_empty() {
-            return Err(invalid("network", "must be `host` or a Docker network name"));
+            return Err(invalid(
+                "network",
+                "must be `host` or a Docker network name",
+            ));
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.lease_ttl_ms {
-            return Err(invalid("heartbeat_interval_ms", "must be > 0 and below lease_ttl_ms"));
+            return Err(invalid(
+                "heartbeat_interval_ms",
+                "must be > 0 and below lease_ttl_ms",
+            ));
         }
         if let Some(cpu) = self.cpu {
             if !(cpu.is_finite() && cpu > 0.0) {

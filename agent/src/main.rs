@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// Config file (TOML).
-    #[arg(long, short, env = "MOFANG_AGENT_CONFIG", default_value = "/etc/mofang/agent.toml")]
+    #[arg(
+        long,
+        short,
+        env = "MOFANG_AGENT_CONFIG",
+        default_value = "/etc/mofang/agent.toml"
+    )]
     config: PathBuf,
     /// Check the config file and exit.
     #[arg(long)]
@@ -37,7 +42,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cfg.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mofang-agent: cannot start runtime: {e}");
@@ -84,8 +92,8 @@ async fn wait_for_signal() {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();

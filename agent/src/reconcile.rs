@@ -56,7 +56,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub type Statuses = Arc<Mutex<BTreeMap<String, MemberStatus>>>;
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Everything a member worker needs; shared by all workers.
@@ -105,7 +108,13 @@ impl Shared {
     }
 
     fn assignment(&self, member: &str) -> Option<Assignment> {
-        self.desired.borrow().as_ref()?.members.iter().find(|a| a.member == member).cloned()
+        self.desired
+            .borrow()
+            .as_ref()?
+            .members
+            .iter()
+            .find(|a| a.member == member)
+            .cloned()
     }
 
     fn set_status(&self, s: MemberStatus) {
@@ -120,7 +129,10 @@ impl Shared {
 
     async fn find_container(&self, member: &str) -> Result<Option<runtime::ContainerInfo>> {
         let node = self.cfg.node.as_str();
-        let mut found = self.runtime.list(&[(labels::NODE, node), (labels::MEMBER, member)]).await?;
+        let mut found = self
+            .runtime
+            .list(&[(labels::NODE, node), (labels::MEMBER, member)])
+            .await?;
         Ok(found.pop())
     }
 
@@ -134,7 +146,9 @@ impl Shared {
             .filter_map(|m| self.state.load_member(m).ok()?.port)
             .collect();
         let [lo, hi] = self.cfg.port_range;
-        let port = (lo..=hi).find(|p| !used.contains(p)).ok_or(Error::NoFreePort(lo, hi))?;
+        let port = (lo..=hi)
+            .find(|p| !used.contains(p))
+            .ok_or(Error::NoFreePort(lo, hi))?;
         let mut st = self.state.load_member(member)?;
         st.port = Some(port);
         self.state.save_member(member, &st)?;
@@ -159,19 +173,24 @@ struct WorkerMemo {
 /// Reconciles one member once.
 async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
     let member = a.member.as_str();
-    let engine = engine::for_kind(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
-        engine: a.engine.clone(),
-        version: a.version.clone(),
-    })?;
+    let engine =
+        engine::for_kind(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
+            engine: a.engine.clone(),
+            version: a.version.clone(),
+        })?;
     let mut st = sh.state.load_member(member)?;
     let orig = st.clone();
 
     // 1. Volume.
     let class = (!a.disk_class.is_empty()).then_some(a.disk_class.as_str());
-    let vol = sh.volumes.ensure(member, class, a.disk_bytes, engine.uid(), engine.uid())?;
+    let vol = sh
+        .volumes
+        .ensure(member, class, a.disk_bytes, engine.uid(), engine.uid())?;
 
     // 2. Secrets and config.
-    let secrets = sh.state.secrets(&a.instance, Secrets::from_map(&a.secrets))?;
+    let secrets = sh
+        .state
+        .secrets(&a.instance, Secrets::from_map(&a.secrets))?;
     let network = sh.cfg.network_mode();
     let port = match network {
         NetworkMode::Host => match st.port {
@@ -186,15 +205,24 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     };
     let replica_of = match a.role.as_str() {
         "replica" => Some(Target::parse(&a.primary_address).map_err(|_| {
-            Error::BadAssignment(format!("replica {member} has no valid primary_address ('{}')", a.primary_address))
+            Error::BadAssignment(format!(
+                "replica {member} has no valid primary_address ('{}')",
+                a.primary_address
+            ))
         })?),
         "primary" => None,
         other => return Err(Error::BadAssignment(format!("unknown role '{other}'"))),
     };
     let announce = match &network {
-        NetworkMode::Host => Target { host: sh.cfg.advertise_address.clone(), port },
+        NetworkMode::Host => Target {
+            host: sh.cfg.advertise_address.clone(),
+            port,
+        },
         // On a Docker network the container name resolves for every peer on it.
-        NetworkMode::Docker(_) => Target { host: Shared::container_name(member), port },
+        NetworkMode::Docker(_) => Target {
+            host: Shared::container_name(member),
+            port,
+        },
     };
     let mc = MemberConfig {
         member: member.to_owned(),
@@ -202,9 +230,14 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         announce,
         memory_bytes: a.memory_bytes,
         replica_of: replica_of.clone(),
-        settings: a.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        settings: a
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     };
-    sh.state.write_config(member, &engine.render(&mc, &secrets), engine.uid())?;
+    sh.state
+        .write_config(member, &engine.render(&mc, &secrets), engine.uid())?;
 
     // 3. Container.
     let container = match sh.find_container(member).await? {
@@ -234,7 +267,15 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             sh.runtime.inspect(&container.id).await?
         }
         other => {
-            report(sh, a, &st, Some(&container), None, false, format!("container {other:?}"));
+            report(
+                sh,
+                a,
+                &st,
+                Some(&container),
+                None,
+                false,
+                format!("container {other:?}"),
+            );
             return Ok(Action::Requeue(Duration::from_secs(1)));
         }
     };
@@ -244,11 +285,25 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
 
     // 4. The server answers a real protocol round trip.
     let target = match &network {
-        NetworkMode::Host => Target { host: "127.0.0.1".into(), port },
+        NetworkMode::Host => Target {
+            host: "127.0.0.1".into(),
+            port,
+        },
         NetworkMode::Docker(net) => match container.ips.get(net) {
-            Some(ip) => Target { host: ip.clone(), port },
+            Some(ip) => Target {
+                host: ip.clone(),
+                port,
+            },
             None => {
-                report(sh, a, &st, Some(&container), None, false, format!("no IP on network {net} yet"));
+                report(
+                    sh,
+                    a,
+                    &st,
+                    Some(&container),
+                    None,
+                    false,
+                    format!("no IP on network {net} yet"),
+                );
                 return Ok(Action::Requeue(Duration::from_millis(250)));
             }
         },
@@ -269,10 +324,27 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     // 5. Role, under the epoch rule.
     let mut reason = String::new();
     if a.epoch < st.applied_epoch {
-        reason = format!("ignored assignment of epoch {} (member has {})", a.epoch, st.applied_epoch);
-        warn!(member, epoch = a.epoch, applied = st.applied_epoch, "stale role assignment ignored");
+        reason = format!(
+            "ignored assignment of epoch {} (member has {})",
+            a.epoch, st.applied_epoch
+        );
+        warn!(
+            member,
+            epoch = a.epoch,
+            applied = st.applied_epoch,
+            "stale role assignment ignored"
+        );
     } else {
-        apply_role(sh, a, engine.as_ref(), &target, &secrets, replica_of.as_ref(), &mut st).await?;
+        apply_role(
+            sh,
+            a,
+            engine.as_ref(),
+            &target,
+            &secrets,
+            replica_of.as_ref(),
+            &mut st,
+        )
+        .await?;
         if st.applied_epoch != a.epoch || st.applied_role != a.role {
             info!(member, epoch = a.epoch, role = %a.role, "role applied");
             st.applied_epoch = a.epoch;
@@ -288,16 +360,29 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     let usage = match memo.last_usage {
         Some((at, used, over)) if at.elapsed() < Duration::from_secs(15) => (used, over),
         _ => {
-            let (used, over) = sh.volumes.usage(member).map(|u| (u.used_bytes, u.over)).unwrap_or((0, false));
+            let (used, over) = sh
+                .volumes
+                .usage(member)
+                .map(|u| (u.used_bytes, u.over))
+                .unwrap_or((0, false));
             if over {
-                warn!(member, used, size = a.disk_bytes, "volume over its reservation");
+                warn!(
+                    member,
+                    used,
+                    size = a.disk_bytes,
+                    "volume over its reservation"
+                );
             }
             memo.last_usage = Some((Instant::now(), used, over));
             (used, over)
         }
     };
     let mut s = status(sh, a, &st, Some(&container), &address);
-    s.role = if st.fenced { "fenced".into() } else { obs.role.as_str().into() };
+    s.role = if st.fenced {
+        "fenced".into()
+    } else {
+        obs.role.as_str().into()
+    };
     s.read_only = obs.read_only;
     s.position = obs.position.clone();
     s.lag_seconds = obs.lag_seconds.unwrap_or(-1);
@@ -312,7 +397,11 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         reason = match (&obs.replication_error, role_ok, st.fenced, usage.1) {
             (_, _, true, _) => "fenced: scheduler lease expired".into(),
             (Some(e), _, _, _) => format!("replication: {e}"),
-            (None, false, _, _) => format!("observed role {} while {} is desired", obs.role.as_str(), a.role),
+            (None, false, _, _) => format!(
+                "observed role {} while {} is desired",
+                obs.role.as_str(),
+                a.role
+            ),
             (None, true, _, true) => "volume over its reservation".into(),
             _ => String::new(),
         };
@@ -353,7 +442,11 @@ async fn apply_role(
             st.fenced = true;
         }
         None => {
-            let replicas = a.settings.get("replicas").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let replicas = a
+                .settings
+                .get("replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let obs = engine.observe(at, secrets).await?;
             if obs.role != ObservedRole::Primary || st.applied_epoch != a.epoch {
                 engine.promote(at, secrets, replicas).await?;
@@ -396,8 +489,16 @@ fn container_spec(
         env: vec![],
         labels,
         mounts: vec![
-            Mount { source: volume.to_owned(), target: engine.data_dir().into(), read_only: false },
-            Mount { source: sh.state.config_dir(&a.member), target: "/etc/mofang".into(), read_only: true },
+            Mount {
+                source: volume.to_owned(),
+                target: engine.data_dir().into(),
+                read_only: false,
+            },
+            Mount {
+                source: sh.state.config_dir(&a.member),
+                target: "/etc/mofang".into(),
+                read_only: true,
+            },
         ],
         network: match network {
             NetworkMode::Host => Network::Host,
@@ -405,7 +506,9 @@ fn container_spec(
         },
         publish: None,
         cpus: if a.cpu > 0.0 { a.cpu } else { 1.0 },
-        memory_bytes: i64::try_from(a.memory_bytes).unwrap_or(i64::MAX).max(64 << 20),
+        memory_bytes: i64::try_from(a.memory_bytes)
+            .unwrap_or(i64::MAX)
+            .max(64 << 20),
         pids_limit,
         cap_add: engine.capabilities(),
         user: format!("{0}:{0}", engine.uid()),
@@ -425,7 +528,9 @@ fn status(
         member: a.member.clone(),
         instance: a.instance.clone(),
         engine: a.engine.clone(),
-        container_state: c.map(|c| format!("{:?}", c.state).to_lowercase()).unwrap_or_else(|| "missing".into()),
+        container_state: c
+            .map(|c| format!("{:?}", c.state).to_lowercase())
+            .unwrap_or_else(|| "missing".into()),
         container_id: c.map(|c| c.id.clone()).unwrap_or_default(),
         healthy: false,
         reason: String::new(),
@@ -462,7 +567,9 @@ fn report(
 async fn teardown(sh: &Shared, member: &str) -> Result<()> {
     if let Some(c) = sh.find_container(member).await? {
         info!(member, container = %c.name, "member left desired state: removing its container");
-        sh.runtime.stop(&c.id, Duration::from_secs(sh.cfg.stop_grace_secs)).await?;
+        sh.runtime
+            .stop(&c.id, Duration::from_secs(sh.cfg.stop_grace_secs))
+            .await?;
         sh.runtime.remove(&c.id, true).await?;
     }
     // Only now, with the container gone and the member out of desired state, does the
@@ -479,7 +586,12 @@ async fn teardown(sh: &Shared, member: &str) -> Result<()> {
 }
 
 /// A member's worker: reconciles on wake-up or requeue until the member leaves desired state.
-async fn member_worker(sh: Arc<Shared>, member: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+async fn member_worker(
+    sh: Arc<Shared>,
+    member: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut memo = WorkerMemo::default();
     let mut failures = 0u32;
     loop {
@@ -502,7 +614,10 @@ async fn member_worker(sh: Arc<Shared>, member: String, wake: Arc<Notify>, shutd
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let failed = matches!(e, Error::UnsupportedEngine { .. } | Error::BadAssignment(_) | Error::Volume(_));
+                let failed = matches!(
+                    e,
+                    Error::UnsupportedEngine { .. } | Error::BadAssignment(_) | Error::Volume(_)
+                );
                 if failures == 1 || failures % 30 == 0 {
                     warn!(member, error = %e, failures, "reconcile failed");
                 }
@@ -539,8 +654,15 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
             let mut names: Vec<String> = ds.members.iter().map(|a| a.member.clone()).collect();
             names.extend(sh.state.members());
             names.extend(sh.volumes.list().into_iter().map(|v| v.member));
-            if let Ok(cs) = sh.runtime.list(&[(labels::NODE, sh.cfg.node.as_str())]).await {
-                names.extend(cs.into_iter().filter_map(|c| c.labels.get(labels::MEMBER).cloned()));
+            if let Ok(cs) = sh
+                .runtime
+                .list(&[(labels::NODE, sh.cfg.node.as_str())])
+                .await
+            {
+                names.extend(
+                    cs.into_iter()
+                        .filter_map(|c| c.labels.get(labels::MEMBER).cloned()),
+                );
             }
             workers.retain(|_, (_, h)| !h.is_finished());
             for name in names {
@@ -552,8 +674,13 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
                     None => {
                         let wake = Arc::new(Notify::new());
                         let h = tokio::spawn(
-                            member_worker(sh.clone(), name.clone(), wake.clone(), shutdown.child_token())
-                                .instrument(tracing::info_span!("member", member = %name)),
+                            member_worker(
+                                sh.clone(),
+                                name.clone(),
+                                wake.clone(),
+                                shutdown.child_token(),
+                            )
+                            .instrument(tracing::info_span!("member", member = %name)),
                         );
                         workers.insert(name, (wake, h));
                     }

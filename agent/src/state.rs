@@ -35,7 +35,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What the agent remembers about one member between reconciles and restarts.
@@ -70,7 +73,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&tmp))?;
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
@@ -89,7 +93,9 @@ impl LocalState {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io(root))?;
-        Ok(LocalState { root: root.to_owned() })
+        Ok(LocalState {
+            root: root.to_owned(),
+        })
     }
 
     /// The last desired state received, if any.
@@ -98,7 +104,10 @@ impl LocalState {
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::Corrupt { path: p, message: e.to_string() }),
+                .map_err(|e| Error::Corrupt {
+                    path: p,
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&p)(e)),
         }
@@ -107,7 +116,10 @@ impl LocalState {
     /// Persists the desired state (0600: assignments carry secrets).
     pub fn save_desired(&self, d: &DesiredState) -> Result<()> {
         let p = self.root.join("desired.json");
-        let b = serde_json::to_vec(d).map_err(|e| Error::Corrupt { path: p.clone(), message: e.to_string() })?;
+        let b = serde_json::to_vec(d).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&p, &b, 0o600)
     }
 
@@ -124,7 +136,10 @@ impl LocalState {
     pub fn load_member(&self, member: &str) -> Result<MemberState> {
         let p = self.member_dir(member).join("state.json");
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt { path: p, message: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                path: p,
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MemberState::default()),
             Err(e) => Err(io(&p)(e)),
         }
@@ -135,7 +150,10 @@ impl LocalState {
         let dir = self.member_dir(member);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let p = dir.join("state.json");
-        let b = serde_json::to_vec(s).map_err(|e| Error::Corrupt { path: p.clone(), message: e.to_string() })?;
+        let b = serde_json::to_vec(s).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&p, &b, 0o600)
     }
 
@@ -172,7 +190,10 @@ impl LocalState {
     pub fn members(&self) -> Vec<String> {
         let dir = self.root.join("members");
         std::fs::read_dir(&dir)
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -181,18 +202,29 @@ impl LocalState {
     pub fn secrets(&self, instance: &str, from_scheduler: Option<Secrets>) -> Result<Secrets> {
         let p = self.root.join("secrets").join(format!("{instance}.json"));
         if let Some(s) = from_scheduler {
-            let stored: Option<Secrets> = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let stored: Option<Secrets> = std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             if stored.as_ref() != Some(&s) {
-                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt { path: p.clone(), message: e.to_string() })?;
+                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
                 write_atomic(&p, &b, 0o600)?;
             }
             return Ok(s);
         }
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt { path: p, message: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                path: p,
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let s = Secrets::generate();
-                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt { path: p.clone(), message: e.to_string() })?;
+                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
                 write_atomic(&p, &b, 0o600)?;
                 Ok(s)
             }
@@ -210,10 +242,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = LocalState::open(dir.path()).unwrap();
         assert!(st.load_desired().unwrap().is_none());
-        let d = DesiredState { node: "n".into(), revision: 7, members: vec![] };
+        let d = DesiredState {
+            node: "n".into(),
+            revision: 7,
+            members: vec![],
+        };
         st.save_desired(&d).unwrap();
         assert_eq!(st.load_desired().unwrap().unwrap().revision, 7);
-        let m = MemberState { applied_epoch: 3, applied_role: "primary".into(), ..Default::default() };
+        let m = MemberState {
+            applied_epoch: 3,
+            applied_role: "primary".into(),
+            ..Default::default()
+        };
         st.save_member("a-0", &m).unwrap();
         assert_eq!(st.load_member("a-0").unwrap(), m);
         assert_eq!(st.members(), vec!["a-0".to_owned()]);
@@ -228,7 +268,10 @@ mod tests {
         let a = st.secrets("orders", None).unwrap();
         let b = st.secrets("orders", None).unwrap();
         assert_eq!(a, b);
-        let mode = std::fs::metadata(dir.path().join("secrets/orders.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("secrets/orders.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

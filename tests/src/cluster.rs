@@ -42,19 +42,34 @@ impl TestNetwork {
     pub fn create(name: &str) -> Result<Self> {
         let (k, v) = crate::test_label();
         let out = Command::new("docker")
-            .args(["network", "create", "--driver", "bridge", "--label", &format!("{k}={v}"), name])
+            .args([
+                "network",
+                "create",
+                "--driver",
+                "bridge",
+                "--label",
+                &format!("{k}={v}"),
+                name,
+            ])
             .output()
             .context("running docker network create")?;
         if !out.status.success() {
-            bail!("docker network create {name}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "docker network create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(TestNetwork { name: name.to_owned() })
+        Ok(TestNetwork {
+            name: name.to_owned(),
+        })
     }
 }
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["network", "rm", &self.name]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
     }
 }
 
@@ -70,8 +85,16 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Writes a config and starts the agent. `extra` is appended to the TOML.
-    pub fn start(node: &str, scheduler: &str, network: &str, disk_mib: u64, extra: &str) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("mofang-agent-").tempdir_in("/var/tmp")?;
+    pub fn start(
+        node: &str,
+        scheduler: &str,
+        network: &str,
+        disk_mib: u64,
+        extra: &str,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("mofang-agent-")
+            .tempdir_in("/var/tmp")?;
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
              state_dir = \"{state}\"\nheartbeat_interval_ms = 200\nlease_ttl_ms = 2000\n\
@@ -81,7 +104,11 @@ impl AgentProcess {
             disk = dir.path().join("disk0").display(),
         );
         std::fs::write(dir.path().join("agent.toml"), cfg)?;
-        let mut a = AgentProcess { node: node.to_owned(), dir, child: None };
+        let mut a = AgentProcess {
+            node: node.to_owned(),
+            dir,
+            child: None,
+        };
         a.spawn()?;
         Ok(a)
     }
@@ -135,7 +162,12 @@ impl Drop for AgentProcess {
         let _ = self.kill9();
         // Remove this node's containers: they carry its node label, not the test label.
         if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=mofang.node={}", self.node)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=mofang.node={}", self.node),
+            ])
             .output()
         {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {

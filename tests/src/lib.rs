@@ -53,24 +53,40 @@ async fn remove_leftovers(rt: &DockerRuntime) -> Result<()> {
     for c in rt.list(&[(labels::TEST, "")]).await? {
         if !pid_alive(c.labels.get(labels::TEST).and_then(|p| p.parse().ok())) {
             eprintln!("removing leftover test container {} ({})", c.name, c.id);
-            rt.remove(&c.id, true).await.with_context(|| format!("removing {}", c.name))?;
+            rt.remove(&c.id, true)
+                .await
+                .with_context(|| format!("removing {}", c.name))?;
         }
     }
     for c in rt.list(&[(labels::NODE, "")]).await? {
         let node = c.labels.get(labels::NODE).map(String::as_str).unwrap_or("");
         if node.starts_with("t-") && !pid_alive(pid_in_name(node)) {
-            eprintln!("removing leftover test-node container {} ({})", c.name, c.id);
-            rt.remove(&c.id, true).await.with_context(|| format!("removing {}", c.name))?;
+            eprintln!(
+                "removing leftover test-node container {} ({})",
+                c.name, c.id
+            );
+            rt.remove(&c.id, true)
+                .await
+                .with_context(|| format!("removing {}", c.name))?;
         }
     }
     let format = format!("{{{{.Name}}}} {{{{.Label \"{}\"}}}}", labels::TEST);
     let out = std::process::Command::new("docker")
-        .args(["network", "ls", "--filter", &format!("label={}", labels::TEST), "--format", &format])
+        .args([
+            "network",
+            "ls",
+            "--filter",
+            &format!("label={}", labels::TEST),
+            "--format",
+            &format,
+        ])
         .output()?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some((name, pid)) = line.split_once(' ') {
             if !pid_alive(pid.parse().ok()) {
-                let _ = std::process::Command::new("docker").args(["network", "rm", name]).output();
+                let _ = std::process::Command::new("docker")
+                    .args(["network", "rm", name])
+                    .output();
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::engine::{self, Secrets, Target};
+use mofang_agent::runtime::ContainerRuntime;
 use mofang_common::proto::{Assignment, MemberStatus};
 use mofang_tests::cluster::{AgentProcess, TestNetwork};
 use mofang_tests::fake_scheduler::FakeScheduler;
@@ -60,8 +61,14 @@ async fn wait_member(
     pred: impl Fn(&MemberStatus) -> bool,
 ) -> Result<MemberStatus> {
     let r = eventually(what, timeout, || async {
-        let hb = fake.last_heartbeat(&agent.node).context("no heartbeat yet")?;
-        let m = hb.members.into_iter().find(|m| m.member == member).context("member not reported")?;
+        let hb = fake
+            .last_heartbeat(&agent.node)
+            .context("no heartbeat yet")?;
+        let m = hb
+            .members
+            .into_iter()
+            .find(|m| m.member == member)
+            .context("member not reported")?;
         if pred(&m) {
             Ok(m)
         } else {
@@ -102,23 +109,53 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
 
     // The primary first; the replica once the primary's address is known (as the scheduler does).
-    let p = assignment(Member { instance: &inst, member: &m0, engine: "mariadb", role: "primary", primary: "" }, &s);
+    let p = assignment(
+        Member {
+            instance: &inst,
+            member: &m0,
+            engine: "mariadb",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
     fake.set_desired(&agent.node, vec![p.clone()]);
-    let primary = wait_member(&fake, &agent, &m0, "primary healthy", Duration::from_secs(90), healthy).await?;
+    let primary = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy",
+        Duration::from_secs(90),
+        healthy,
+    )
+    .await?;
     let r = assignment(
-        Member { instance: &inst, member: &m1, engine: "mariadb", role: "replica", primary: &primary.address },
+        Member {
+            instance: &inst,
+            member: &m1,
+            engine: "mariadb",
+            role: "replica",
+            primary: &primary.address,
+        },
         &s,
     );
     fake.set_desired(&agent.node, vec![p.clone(), r.clone()]);
-    let replica = wait_member(&fake, &agent, &m1, "replica healthy", Duration::from_secs(90), |m| {
-        m.healthy && m.replication_ok
-    })
+    let replica = wait_member(
+        &fake,
+        &agent,
+        &m1,
+        "replica healthy",
+        Duration::from_secs(90),
+        |m| m.healthy && m.replication_ok,
+    )
     .await?;
 
     // A row written on the primary by the application account is read on the replica.
     let mut c = mysql(&primary.address, "app", &s.app).await?;
-    c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))").await?;
-    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first")).await?;
+    c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))")
+        .await?;
+    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first"))
+        .await?;
     drop(c);
     let raddr = replica.address.clone();
     let app = s.app.clone();
@@ -126,7 +163,9 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
         let (raddr, app) = (raddr.clone(), app.clone());
         async move {
             let mut rc = mysql(&raddr, "app", &app).await?;
-            let v: Option<String> = rc.query_first("SELECT item FROM orders WHERE id = 1").await?;
+            let v: Option<String> = rc
+                .query_first("SELECT item FROM orders WHERE id = 1")
+                .await?;
             v.context("no row yet")
         }
     })
@@ -134,73 +173,122 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     assert_eq!(item, "first");
     // The application cannot write on the replica.
     let mut rc = mysql(&replica.address, "app", &s.app).await?;
-    assert!(rc.query_drop("INSERT INTO orders VALUES (2, 'x')").await.is_err(), "replica must be read-only");
+    assert!(
+        rc.query_drop("INSERT INTO orders VALUES (2, 'x')")
+            .await
+            .is_err(),
+        "replica must be read-only"
+    );
     drop(rc);
 
     // GTID replication on the replica, lossless semi-sync active on the primary.
     let mut admin_r = mysql(&replica.address, "mofang_admin", &s.admin).await?;
-    let row: mysql_async::Row = admin_r.query_first("SHOW SLAVE STATUS").await?.context("no slave status")?;
-    assert_eq!(row.get::<String, _>("Using_Gtid").as_deref(), Some("Slave_Pos"));
+    let row: mysql_async::Row = admin_r
+        .query_first("SHOW SLAVE STATUS")
+        .await?
+        .context("no slave status")?;
+    assert_eq!(
+        row.get::<String, _>("Using_Gtid").as_deref(),
+        Some("Slave_Pos")
+    );
     drop(admin_r);
     let mut admin_p = mysql(&primary.address, "mofang_admin", &s.admin).await?;
-    let (_, semi): (String, String) =
-        admin_p.query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'").await?.context("no status")?;
+    let (_, semi): (String, String) = admin_p
+        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+        .await?
+        .context("no status")?;
     assert_eq!(semi, "ON");
-    let wait_point: String =
-        admin_p.query_first("SELECT @@rpl_semi_sync_master_wait_point").await?.context("none")?;
+    let wait_point: String = admin_p
+        .query_first("SELECT @@rpl_semi_sync_master_wait_point")
+        .await?
+        .context("none")?;
     assert_eq!(wait_point, "AFTER_SYNC");
-    let (_, yes_tx): (String, String) =
-        admin_p.query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'").await?.context("none")?;
-    assert!(yes_tx.parse::<u64>()? >= 1, "the insert must have been acknowledged by the replica");
+    let (_, yes_tx): (String, String) = admin_p
+        .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'")
+        .await?
+        .context("none")?;
+    assert!(
+        yes_tx.parse::<u64>()? >= 1,
+        "the insert must have been acknowledged by the replica"
+    );
     drop(admin_p);
 
     // kill -9 of mariadbd inside the primary: the agent brings it back on the same volume.
     let before = primary.container_id.clone();
     let out = rt.exec(&before, &["pkill", "-9", "mariadbd"], None).await?;
     assert_eq!(out.exit_code, 0, "pkill: {out:?}");
-    let healed = wait_member(&fake, &agent, &m0, "primary restarted", Duration::from_secs(60), |m| {
-        m.healthy && m.restarts >= 1
-    })
+    let healed = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary restarted",
+        Duration::from_secs(60),
+        |m| m.healthy && m.restarts >= 1,
+    )
     .await?;
-    assert_eq!(healed.container_id, before, "same container, restarted in place");
+    assert_eq!(
+        healed.container_id, before,
+        "same container, restarted in place"
+    );
     let mut c = mysql(&healed.address, "app", &s.app).await?;
-    let item: Option<String> = c.query_first("SELECT item FROM orders WHERE id = 1").await?;
-    assert_eq!(item.as_deref(), Some("first"), "data written before the crash survives");
-    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (3, "after-restart")).await?;
+    let item: Option<String> = c
+        .query_first("SELECT item FROM orders WHERE id = 1")
+        .await?;
+    assert_eq!(
+        item.as_deref(),
+        Some("first"),
+        "data written before the crash survives"
+    );
+    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (3, "after-restart"))
+        .await?;
     drop(c);
 
     // Scheduler lease lost: the agent fences its primary; application writes fail.
     fake.refuse_heartbeats(true);
     let addr = healed.address.clone();
-    eventually("write refused while fenced", Duration::from_secs(15), || {
-        let (addr, app) = (addr.clone(), app.clone());
-        async move {
-            let mut c = mysql(&addr, "app", &app).await?;
-            match c.exec_drop("INSERT INTO orders VALUES (?, ?)", (100, "fenced?")).await {
-                Err(e) if e.to_string().contains("read-only") => Ok(()),
-                Err(e) => bail!("unexpected error {e}"),
-                Ok(()) => {
-                    // Accepted before the fence: take it back so the check below holds.
-                    c.query_drop("DELETE FROM orders WHERE id = 100").await?;
-                    bail!("write accepted: not fenced yet")
+    eventually(
+        "write refused while fenced",
+        Duration::from_secs(15),
+        || {
+            let (addr, app) = (addr.clone(), app.clone());
+            async move {
+                let mut c = mysql(&addr, "app", &app).await?;
+                match c
+                    .exec_drop("INSERT INTO orders VALUES (?, ?)", (100, "fenced?"))
+                    .await
+                {
+                    Err(e) if e.to_string().contains("read-only") => Ok(()),
+                    Err(e) => bail!("unexpected error {e}"),
+                    Ok(()) => {
+                        // Accepted before the fence: take it back so the check below holds.
+                        c.query_drop("DELETE FROM orders WHERE id = 100").await?;
+                        bail!("write accepted: not fenced yet")
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .await?;
     // Lease back: unfenced, writes work again.
     fake.refuse_heartbeats(false);
-    eventually("write accepted after unfence", Duration::from_secs(15), || {
-        let (addr, app) = (addr.clone(), app.clone());
-        async move {
-            let mut c = mysql(&addr, "app", &app).await?;
-            c.exec_drop("INSERT INTO orders VALUES (?, ?)", (101, "unfenced")).await?;
-            Ok(())
-        }
-    })
+    eventually(
+        "write accepted after unfence",
+        Duration::from_secs(15),
+        || {
+            let (addr, app) = (addr.clone(), app.clone());
+            async move {
+                let mut c = mysql(&addr, "app", &app).await?;
+                c.exec_drop("INSERT INTO orders VALUES (?, ?)", (101, "unfenced"))
+                    .await?;
+                Ok(())
+            }
+        },
+    )
     .await?;
     let mut c = mysql(&addr, "app", &app).await?;
-    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM orders WHERE id = 100").await?;
+    let n: Option<i64> = c
+        .query_first("SELECT COUNT(*) FROM orders WHERE id = 100")
+        .await?;
     assert_eq!(n, Some(0), "no write was accepted while fenced");
     drop(c);
 
@@ -222,7 +310,11 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     Ok(())
 }
 
-async fn redis_conn(addr: &str, user: &str, pass: &str) -> Result<redis::aio::MultiplexedConnection> {
+async fn redis_conn(
+    addr: &str,
+    user: &str,
+    pass: &str,
+) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://{user}:{pass}@{addr}/"))?;
     Ok(client.get_multiplexed_async_connection().await?)
 }
@@ -236,33 +328,72 @@ async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     let s = Secrets::generate();
     let inst = unique_name("cache");
     let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
-    let p = assignment(Member { instance: &inst, member: &m0, engine: "redis", role: "primary", primary: "" }, &s);
+    let p = assignment(
+        Member {
+            instance: &inst,
+            member: &m0,
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
     fake.set_desired(&agent.node, vec![p.clone()]);
-    let primary = wait_member(&fake, &agent, &m0, "primary healthy", Duration::from_secs(60), healthy).await?;
+    let primary = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
     let r = assignment(
-        Member { instance: &inst, member: &m1, engine: "redis", role: "replica", primary: &primary.address },
+        Member {
+            instance: &inst,
+            member: &m1,
+            engine: "redis",
+            role: "replica",
+            primary: &primary.address,
+        },
         &s,
     );
     fake.set_desired(&agent.node, vec![p, r]);
-    let replica = wait_member(&fake, &agent, &m1, "replica healthy", Duration::from_secs(60), |m| {
-        m.healthy && m.replication_ok
-    })
+    let replica = wait_member(
+        &fake,
+        &agent,
+        &m1,
+        "replica healthy",
+        Duration::from_secs(60),
+        |m| m.healthy && m.replication_ok,
+    )
     .await?;
 
     let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
-    let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut pc).await?;
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .query_async(&mut pc)
+        .await?;
     let rc = redis_conn(&replica.address, "app", &s.app).await?;
     let v: String = eventually("key on replica", Duration::from_secs(10), || {
         let mut rc = rc.clone();
         async move {
-            let v: Option<String> = redis::cmd("GET").arg("greeting").query_async(&mut rc).await?;
+            let v: Option<String> = redis::cmd("GET")
+                .arg("greeting")
+                .query_async(&mut rc)
+                .await?;
             v.context("not replicated yet")
         }
     })
     .await?;
     assert_eq!(v, "hello");
     let mut rc = rc;
-    let denied: redis::RedisResult<()> = redis::cmd("SET").arg("x").arg("y").query_async(&mut rc).await;
+    let denied: redis::RedisResult<()> = redis::cmd("SET")
+        .arg("x")
+        .arg("y")
+        .query_async(&mut rc)
+        .await;
     assert!(denied.is_err(), "replica must refuse writes");
 
     // Fence primitive: CLIENT PAUSE WRITE holds application writes; unfence releases them.
@@ -270,14 +401,22 @@ async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     let redis = engine::for_kind("redis", "7.0").context("redis engine")?;
     redis.fence(&target, &s).await?;
     let blocked = tokio::time::timeout(Duration::from_secs(1), async {
-        let r: redis::RedisResult<()> = redis::cmd("SET").arg("during").arg("fence").query_async(&mut pc).await;
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("during")
+            .arg("fence")
+            .query_async(&mut pc)
+            .await;
         r
     })
     .await;
     assert!(blocked.is_err(), "a write must not complete while fenced");
     redis.unfence(&target, &s).await?;
     let mut pc2 = redis_conn(&primary.address, "app", &s.app).await?;
-    let _: () = redis::cmd("SET").arg("after").arg("unfence").query_async(&mut pc2).await?;
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("unfence")
+        .query_async(&mut pc2)
+        .await?;
     let v: String = redis::cmd("GET").arg("after").query_async(&mut pc2).await?;
     assert_eq!(v, "unfence");
     Ok(())
@@ -289,46 +428,125 @@ async fn agent_restart_adopts_containers_and_bad_assignments_stay_isolated() -> 
     let fake = FakeScheduler::start().await?;
     let net = TestNetwork::create(&unique_name("net"))?;
     // 2 GiB of disk: 512 MiB fits, 4 GiB does not.
-    let mut agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 2048, "")?;
+    let mut agent =
+        AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 2048, "")?;
     let s = Secrets::generate();
-    let good = assignment(Member { instance: "good", member: "good-0", engine: "redis", role: "primary", primary: "" }, &s);
-    let mut bad_engine =
-        assignment(Member { instance: "odd", member: "odd-0", engine: "oracle", role: "primary", primary: "" }, &s);
+    let good = assignment(
+        Member {
+            instance: "good",
+            member: "good-0",
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
+    let mut bad_engine = assignment(
+        Member {
+            instance: "odd",
+            member: "odd-0",
+            engine: "oracle",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
     bad_engine.version = "19".into();
-    let mut too_big = assignment(Member { instance: "big", member: "big-0", engine: "redis", role: "primary", primary: "" }, &s);
+    let mut too_big = assignment(
+        Member {
+            instance: "big",
+            member: "big-0",
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
     too_big.disk_bytes = 4096 * MIB;
     fake.set_desired(&agent.node, vec![good.clone(), bad_engine, too_big]);
 
-    let g = wait_member(&fake, &agent, "good-0", "good member healthy", Duration::from_secs(60), healthy).await?;
-    let odd = wait_member(&fake, &agent, "odd-0", "bad engine reported", Duration::from_secs(20), |m| m.failed).await?;
-    assert!(odd.reason.contains("unsupported engine oracle 19"), "{}", odd.reason);
-    let big =
-        wait_member(&fake, &agent, "big-0", "over-reservation reported", Duration::from_secs(20), |m| m.failed).await?;
-    assert!(big.reason.contains("4096 MiB asked"), "reason must give the figures: {}", big.reason);
-    assert!(big.reason.contains("disk0"), "reason must name the disk: {}", big.reason);
+    let g = wait_member(
+        &fake,
+        &agent,
+        "good-0",
+        "good member healthy",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
+    let odd = wait_member(
+        &fake,
+        &agent,
+        "odd-0",
+        "bad engine reported",
+        Duration::from_secs(20),
+        |m| m.failed,
+    )
+    .await?;
+    assert!(
+        odd.reason.contains("unsupported engine oracle 19"),
+        "{}",
+        odd.reason
+    );
+    let big = wait_member(
+        &fake,
+        &agent,
+        "big-0",
+        "over-reservation reported",
+        Duration::from_secs(20),
+        |m| m.failed,
+    )
+    .await?;
+    assert!(
+        big.reason.contains("4096 MiB asked"),
+        "reason must give the figures: {}",
+        big.reason
+    );
+    assert!(
+        big.reason.contains("disk0"),
+        "reason must name the disk: {}",
+        big.reason
+    );
 
     let before = rt.inspect(&g.container_id).await?;
     agent.kill9()?;
     let beats_before = fake.heartbeats(&agent.node);
     agent.restart()?;
     // Reported healthy again by the new process (heartbeats after the restart).
-    eventually("healthy after agent restart", Duration::from_secs(30), || async {
-        if fake.heartbeats(&agent.node) < beats_before + 3 {
-            bail!("new agent not heartbeating yet");
-        }
-        let hb = fake.last_heartbeat(&agent.node).context("no heartbeat")?;
-        let m = hb.members.iter().find(|m| m.member == "good-0").context("not reported")?;
-        if m.healthy {
-            Ok(())
-        } else {
-            bail!("{m:?}")
-        }
-    })
+    eventually(
+        "healthy after agent restart",
+        Duration::from_secs(30),
+        || async {
+            if fake.heartbeats(&agent.node) < beats_before + 3 {
+                bail!("new agent not heartbeating yet");
+            }
+            let hb = fake.last_heartbeat(&agent.node).context("no heartbeat")?;
+            let m = hb
+                .members
+                .iter()
+                .find(|m| m.member == "good-0")
+                .context("not reported")?;
+            if m.healthy {
+                Ok(())
+            } else {
+                bail!("{m:?}")
+            }
+        },
+    )
     .await?;
     let after = rt.inspect(&g.container_id).await?;
     assert_eq!(after.id, before.id, "same container");
-    assert_eq!(after.started_at, before.started_at, "the container was not restarted");
-    assert_eq!(rt.list(&[("mofang.node", agent.node.as_str())]).await?.len(), 1, "only the good member runs");
+    assert_eq!(
+        after.started_at, before.started_at,
+        "the container was not restarted"
+    );
+    assert_eq!(
+        rt.list(&[("mofang.node", agent.node.as_str())])
+            .await?
+            .len(),
+        1,
+        "only the good member runs"
+    );
     Ok(())
 }
 
@@ -337,20 +555,35 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
     let bin = mofang_tests::cluster::binaries()?.join("mofang-agent");
     let dir = tempfile::tempdir()?;
     let cases = [
-        ("node = \"node-a\"\nbogus = 1\n[[disks]]\npath = \"/d\"\n", "bogus"),
+        (
+            "node = \"node-a\"\nbogus = 1\n[[disks]]\npath = \"/d\"\n",
+            "bogus",
+        ),
         ("node = \"Node A\"\n[[disks]]\npath = \"/d\"\n", "node"),
         ("node = \"node-a\"\n", "disks"),
-        ("node = \"node-a\"\nlease_ttl_ms = \"ten\"\n[[disks]]\npath = \"/d\"\n", "lease_ttl_ms"),
+        (
+            "node = \"node-a\"\nlease_ttl_ms = \"ten\"\n[[disks]]\npath = \"/d\"\n",
+            "lease_ttl_ms",
+        ),
     ];
     for (text, field) in cases {
         let p = dir.path().join("agent.toml");
         std::fs::write(&p, text)?;
-        let out = std::process::Command::new(&bin).arg("--config").arg(&p).output()?;
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&p)
+            .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "config {text:?}: {stderr}");
-        assert!(stderr.contains(field), "message must name `{field}`: {stderr}");
+        assert!(
+            stderr.contains(field),
+            "message must name `{field}`: {stderr}"
+        );
     }
-    let out = std::process::Command::new(&bin).arg("--config").arg("/nonexistent/agent.toml").output()?;
+    let out = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg("/nonexistent/agent.toml")
+        .output()?;
     assert_eq!(out.status.code(), Some(64));
     Ok(())
 }

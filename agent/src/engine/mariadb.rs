@@ -2,7 +2,7 @@
 //! read_only fencing. Talks to the server with mysql_async as `mofang_admin`.
 
 use super::{
-    timed, ConfigFile, Engine, Error, MemberConfig, ObservedRole, Observation, Result, Secrets,
+    timed, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
     Target,
 };
 use async_trait::async_trait;
@@ -17,11 +17,21 @@ pub struct MariaDb;
 
 const NAME: &str = "mariadb";
 /// Accounts whose sessions survive a fence (the agent, replication, monitoring).
-const SYSTEM_USERS: &[&str] =
-    &["mofang_admin", "mofang_repl", "mofang_monitor", "system user", "event_scheduler", ""];
+const SYSTEM_USERS: &[&str] = &[
+    "mofang_admin",
+    "mofang_repl",
+    "mofang_monitor",
+    "system user",
+    "event_scheduler",
+    "",
+];
 
 fn err(at: &Target, e: impl std::fmt::Display) -> Error {
-    Error::Server { engine: NAME, addr: at.to_string(), message: e.to_string() }
+    Error::Server {
+        engine: NAME,
+        addr: at.to_string(),
+        message: e.to_string(),
+    }
 }
 
 async fn connect(at: &Target, secrets: &Secrets) -> Result<Conn> {
@@ -40,18 +50,25 @@ fn lit(s: &str) -> String {
 }
 
 fn get_str(row: &Row, col: &str) -> Option<String> {
-    row.get_opt::<Option<String>, _>(col).and_then(|r| r.ok()).flatten()
+    row.get_opt::<Option<String>, _>(col)
+        .and_then(|r| r.ok())
+        .flatten()
 }
 
 impl MariaDb {
     async fn slave_status(conn: &mut Conn, at: &Target) -> Result<Option<Row>> {
-        let rows: Vec<Row> = conn.query("SHOW SLAVE STATUS").await.map_err(|e| err(at, e))?;
+        let rows: Vec<Row> = conn
+            .query("SHOW SLAVE STATUS")
+            .await
+            .map_err(|e| err(at, e))?;
         Ok(rows.into_iter().next())
     }
 
     async fn kill_app_sessions(conn: &mut Conn, at: &Target) -> Result<usize> {
         let rows: Vec<(u64, String)> = conn
-            .query("SELECT ID, USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
+            .query(
+                "SELECT ID, USER FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
+            )
             .await
             .map_err(|e| err(at, e))?;
         let mut killed = 0;
@@ -60,7 +77,11 @@ impl MariaDb {
                 continue;
             }
             // The session may end on its own meanwhile: "Unknown thread id" is fine.
-            if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+            if conn
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
                 killed += 1;
             }
         }
@@ -83,9 +104,16 @@ impl Engine for MariaDb {
         // InnoDB gets half the container's memory: the rest is connections, sort buffers and
         // the page cache, and an OOM kill is worse than a cold buffer pool.
         let pool_mib = (mib / 2).max(32);
-        let max_conn: u64 = m.settings.get("max_connections").and_then(|v| v.parse().ok()).unwrap_or(200);
-        let semi_timeout: u64 =
-            m.settings.get("semi_sync_timeout_ms").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let max_conn: u64 = m
+            .settings
+            .get("max_connections")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let semi_timeout: u64 = m
+            .settings
+            .get("semi_sync_timeout_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
         let cnf = format!(
             "# Rendered by mofang-agent for member {member}. Do not edit: the agent rewrites it.\n\
              [mysqld]\n\
@@ -145,8 +173,14 @@ impl Engine for MariaDb {
             app = lit(&s.app),
         );
         vec![
-            ConfigFile { name: "my.cnf", contents: cnf },
-            ConfigFile { name: "init.sql", contents: init },
+            ConfigFile {
+                name: "my.cnf",
+                contents: cnf,
+            },
+            ConfigFile {
+                name: "init.sql",
+                contents: init,
+            },
         ]
     }
 
@@ -193,7 +227,10 @@ impl Engine for MariaDb {
                     details.insert("using_gtid".into(), gtid);
                     let ok = io == "Yes" && sql == "Yes";
                     let error = (!ok).then(|| {
-                        let e = [io_err, sql_err].into_iter().filter(|e| !e.is_empty()).collect::<Vec<_>>();
+                        let e = [io_err, sql_err]
+                            .into_iter()
+                            .filter(|e| !e.is_empty())
+                            .collect::<Vec<_>>();
                         if e.is_empty() {
                             format!("IO thread {io}, SQL thread {sql}")
                         } else {
@@ -212,7 +249,11 @@ impl Engine for MariaDb {
                     }
                 }
                 None => Observation {
-                    role: if read_only { ObservedRole::ReadOnly } else { ObservedRole::Primary },
+                    role: if read_only {
+                        ObservedRole::ReadOnly
+                    } else {
+                        ObservedRole::Primary
+                    },
                     read_only,
                     position: pos,
                     replication_ok: false,
@@ -232,7 +273,9 @@ impl Engine for MariaDb {
             let mut c = connect(at, s).await?;
             if Self::slave_status(&mut c, at).await?.is_some() {
                 c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
-                c.query_drop("RESET SLAVE ALL").await.map_err(|e| err(at, e))?;
+                c.query_drop("RESET SLAVE ALL")
+                    .await
+                    .map_err(|e| err(at, e))?;
             }
             // Semi-sync waits only when there are replicas to wait for; a lone primary
             // would otherwise stall every commit for rpl_semi_sync_master_timeout.
@@ -240,7 +283,9 @@ impl Engine for MariaDb {
             c.query_drop(format!("SET GLOBAL rpl_semi_sync_master_enabled = {semi}"))
                 .await
                 .map_err(|e| err(at, e))?;
-            c.query_drop("SET GLOBAL read_only = OFF").await.map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL read_only = OFF")
+                .await
+                .map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;
             Ok(())
         })
@@ -250,9 +295,13 @@ impl Engine for MariaDb {
     async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
-            c.query_drop("SET GLOBAL read_only = ON").await.map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL read_only = ON")
+                .await
+                .map_err(|e| err(at, e))?;
             // A replica never waits for semi-sync acks itself.
-            c.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF").await.map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+                .await
+                .map_err(|e| err(at, e))?;
             if let Some(row) = Self::slave_status(&mut c, at).await? {
                 let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
                     && get_str(&row, "Master_Port") == Some(primary.port.to_string())
@@ -294,7 +343,9 @@ impl Engine for MariaDb {
             // Kill first so a long transaction cannot hold up SET read_only (it waits for
             // commits in flight), then again for sessions that slipped in between.
             Self::kill_app_sessions(&mut c, at).await?;
-            c.query_drop("SET GLOBAL read_only = ON").await.map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL read_only = ON")
+                .await
+                .map_err(|e| err(at, e))?;
             Self::kill_app_sessions(&mut c, at).await?;
             let _ = c.disconnect().await;
             Ok(())
@@ -305,7 +356,9 @@ impl Engine for MariaDb {
     async fn unfence(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
-            c.query_drop("SET GLOBAL read_only = OFF").await.map_err(|e| err(at, e))?;
+            c.query_drop("SET GLOBAL read_only = OFF")
+                .await
+                .map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;
             Ok(())
         })

@@ -68,13 +68,23 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// Fresh random passwords (32 alphanumerics each: no quoting issues in any config).
     pub fn generate() -> Self {
-        Secrets { admin: password(), repl: password(), monitor: password(), app: password() }
+        Secrets {
+            admin: password(),
+            repl: password(),
+            monitor: password(),
+            app: password(),
+        }
     }
 
     /// From the scheduler's map (`admin`, `repl`, `monitor`, `app`); None if any is missing.
     pub fn from_map(m: &std::collections::HashMap<String, String>) -> Option<Self> {
         let get = |k: &str| m.get(k).filter(|v| is_safe_password(v)).cloned();
-        Some(Secrets { admin: get("admin")?, repl: get("repl")?, monitor: get("monitor")?, app: get("app")? })
+        Some(Secrets {
+            admin: get("admin")?,
+            repl: get("repl")?,
+            monitor: get("monitor")?,
+            app: get("app")?,
+        })
     }
 }
 
@@ -85,7 +95,9 @@ fn password() -> String {
 
 /// Passwords go into config files and SQL literals: only accept ones that need no quoting.
 pub fn is_safe_password(p: &str) -> bool {
-    (16..=128).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (16..=128).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Where a member's server answers, from the agent's point of view.
@@ -109,13 +121,20 @@ impl Target {
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| Error::Invalid(format!("address '{s}' is not host:port")))?;
-        let port = port.parse().map_err(|_| Error::Invalid(format!("address '{s}': bad port")))?;
+        let port = port
+            .parse()
+            .map_err(|_| Error::Invalid(format!("address '{s}': bad port")))?;
         let host_ok = !host.is_empty()
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
         if !host_ok {
             return Err(Error::Invalid(format!("address '{s}': bad host")));
         }
-        Ok(Target { host: host.to_owned(), port })
+        Ok(Target {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -240,7 +259,11 @@ pub(crate) async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout { engine, addr: at.to_string(), timeout: CALL_TIMEOUT }),
+        Err(_) => Err(Error::Timeout {
+            engine,
+            addr: at.to_string(),
+            timeout: CALL_TIMEOUT,
+        }),
     }
 }
 

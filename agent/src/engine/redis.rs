@@ -2,7 +2,7 @@
 //! reported address, CLIENT PAUSE fencing. Talks to the server as `mofang_admin`.
 
 use super::{
-    timed, ConfigFile, Engine, Error, MemberConfig, ObservedRole, Observation, Result, Secrets,
+    timed, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
     Target,
 };
 use async_trait::async_trait;
@@ -19,15 +19,29 @@ const NAME: &str = "redis";
 const FENCE_MS: u64 = 86_400_000;
 
 fn err(at: &Target, e: impl std::fmt::Display) -> Error {
-    Error::Server { engine: NAME, addr: at.to_string(), message: e.to_string() }
+    Error::Server {
+        engine: NAME,
+        addr: at.to_string(),
+        message: e.to_string(),
+    }
 }
 
 async fn connect(at: &Target, s: &Secrets) -> Result<MultiplexedConnection> {
     // Passwords are alphanumeric (see Secrets), so the URL needs no escaping.
-    let host = if at.host.contains(':') { format!("[{}]", at.host) } else { at.host.clone() };
-    let client = redis::Client::open(format!("redis://mofang_admin:{}@{host}:{}/", s.admin, at.port))
-        .map_err(|e| err(at, e))?;
-    client.get_multiplexed_async_connection().await.map_err(|e| err(at, e))
+    let host = if at.host.contains(':') {
+        format!("[{}]", at.host)
+    } else {
+        at.host.clone()
+    };
+    let client = redis::Client::open(format!(
+        "redis://mofang_admin:{}@{host}:{}/",
+        s.admin, at.port
+    ))
+    .map_err(|e| err(at, e))?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| err(at, e))
 }
 
 async fn cmd<T: redis::FromRedisValue>(
@@ -62,7 +76,12 @@ impl Engine for Redis {
     }
 
     fn render(&self, m: &MemberConfig, s: &Secrets) -> Vec<ConfigFile> {
-        let setting = |k: &str, d: u64| m.settings.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(d);
+        let setting = |k: &str, d: u64| {
+            m.settings
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(d)
+        };
         // Leave a quarter of the limit for fork (RDB/AOF rewrite) copy-on-write and buffers.
         let maxmemory = m.memory_bytes / 4 * 3;
         let mut conf = format!(
@@ -105,7 +124,10 @@ impl Engine for Redis {
         if let Some(p) = &m.replica_of {
             conf.push_str(&format!("replicaof {} {}\n", p.host, p.port));
         }
-        vec![ConfigFile { name: "redis.conf", contents: conf }]
+        vec![ConfigFile {
+            name: "redis.conf",
+            contents: conf,
+        }]
     }
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
@@ -135,14 +157,20 @@ impl Engine for Redis {
                 let link_up = info.get("master_link_status").map(String::as_str) == Some("up");
                 let host = info.get("master_host").cloned().unwrap_or_default();
                 let port = info.get("master_port").cloned().unwrap_or_default();
-                let lag = info.get("master_last_io_seconds_ago").and_then(|v| v.parse::<i64>().ok());
+                let lag = info
+                    .get("master_last_io_seconds_ago")
+                    .and_then(|v| v.parse::<i64>().ok());
                 Ok(Observation {
                     role: ObservedRole::Replica,
                     read_only: true,
                     position: info.get("slave_repl_offset").cloned().unwrap_or(offset),
                     replication_ok: link_up,
                     following: Some(format!("{host}:{port}")),
-                    lag_seconds: if link_up { lag.filter(|l| *l >= 0) } else { None },
+                    lag_seconds: if link_up {
+                        lag.filter(|l| *l >= 0)
+                    } else {
+                        None
+                    },
                     replication_error: (!link_up).then(|| "master_link_status:down".to_owned()),
                     details,
                 })
@@ -214,7 +242,9 @@ mod tests {
 
     #[test]
     fn info_parsing() {
-        let i = parse_info("# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\nmaster_link_status:up\r\n");
+        let i = parse_info(
+            "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\nmaster_link_status:up\r\n",
+        );
         assert_eq!(i["role"], "slave");
         assert_eq!(i["master_link_status"], "up");
     }
@@ -224,9 +254,15 @@ mod tests {
         let m = MemberConfig {
             member: "c-1".into(),
             port: 6379,
-            announce: Target { host: "10.1.0.5".into(), port: 6379 },
+            announce: Target {
+                host: "10.1.0.5".into(),
+                port: 6379,
+            },
             memory_bytes: 256 << 20,
-            replica_of: Some(Target { host: "10.1.0.4".into(), port: 6379 }),
+            replica_of: Some(Target {
+                host: "10.1.0.4".into(),
+                port: 6379,
+            }),
             settings: BTreeMap::from([("min_replicas_to_write".into(), "1".into())]),
         };
         let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
