@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build
+.PHONY: setup demo demo-down test lint build bench
 
 CARGO ?= cargo
 
@@ -10,11 +10,10 @@ build: setup
 	$(CARGO) build --workspace --all-targets
 
 demo: setup
-	$(CARGO) run -q -p mofang-tests --bin demo
+	scripts/demo
 
 demo-down:
-	-docker rm -f $$(docker ps -aq --filter label=mofang.demo=1) 2>/dev/null
-	rm -rf .demo
+	scripts/demo-down
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -23,3 +22,7 @@ lint:
 test: setup lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# Scheduler benchmark: 1,000 gRPC agents, 10,000 creations over REST (see docs/benchmarks.md).
+bench: setup
+	$(CARGO) run --release -q -p mofang-tests --bin bench-scheduler

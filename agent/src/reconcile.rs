@@ -203,7 +203,11 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         },
         NetworkMode::Docker(_) => engine.kind().port(),
     };
+    // A replica whose primary's address the scheduler does not know yet (just created, or the
+    // scheduler just restarted) is kept exactly as it is: no new config, no role change.
+    let waiting = a.role == "replica" && a.primary_address.is_empty();
     let replica_of = match a.role.as_str() {
+        "replica" if waiting => None,
         "replica" => Some(Target::parse(&a.primary_address).map_err(|_| {
             Error::BadAssignment(format!(
                 "replica {member} has no valid primary_address ('{}')",
@@ -236,12 +240,26 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    sh.state
-        .write_config(member, &engine.render(&mc, &secrets), engine.uid())?;
+    if !waiting {
+        sh.state
+            .write_config(member, &engine.render(&mc, &secrets), engine.uid())?;
+    }
 
     // 3. Container.
     let container = match sh.find_container(member).await? {
         Some(c) => c,
+        None if waiting => {
+            report(
+                sh,
+                a,
+                &st,
+                None,
+                None,
+                false,
+                "waiting for the primary's address".into(),
+            );
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
         None => {
             let spec = container_spec(sh, a, engine.as_ref(), &vol.path, &network, port);
             let id = sh.runtime.create(&spec).await?;
@@ -323,7 +341,9 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
 
     // 5. Role, under the epoch rule.
     let mut reason = String::new();
-    if a.epoch < st.applied_epoch {
+    if waiting {
+        reason = "waiting for the primary's address".into();
+    } else if a.epoch < st.applied_epoch {
         reason = format!(
             "ignored assignment of epoch {} (member has {})",
             a.epoch, st.applied_epoch

@@ -1,1 +1,12 @@
-//! placeholder
+//! mofang-scheduler: the thin central brain. It keeps the desired state durable, places
+//! members on nodes, serves the REST API and the agents' gRPC control plane.
+
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod model;
+pub mod placement;
+pub mod store;

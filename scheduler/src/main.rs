@@ -1,1 +1,89 @@
-fn main() {}
+//! mofang-scheduler: parse flags, load config (exit 64 naming the field when invalid), start
+//! tracing, serve until SIGTERM/SIGINT, drain.
+
+use clap::Parser;
+use mofang_scheduler::config::SchedulerConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// The Mofang scheduler: places database members and serves the API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML). Without it, defaults are used.
+    #[arg(long, short, env = "MOFANG_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match &args.config {
+        Some(p) => match SchedulerConfig::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mofang-scheduler: invalid config: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        None => SchedulerConfig::default(),
+    };
+    if args.check {
+        println!("config is valid");
+        return ExitCode::SUCCESS;
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if cfg.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mofang-scheduler: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (_, run) = match mofang_scheduler::daemon::start(cfg, shutdown.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler failed to start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let waiter = tokio::spawn(run);
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        let _ = waiter.await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

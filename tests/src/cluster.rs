@@ -14,7 +14,15 @@ pub fn binaries() -> Result<PathBuf> {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "mofang-agent", "--bins"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "mofang-agent",
+                    "-p",
+                    "mofang-scheduler",
+                    "--bins",
+                ])
                 .current_dir(&root)
                 .status()
                 .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -176,6 +184,113 @@ impl Drop for AgentProcess {
         }
         if std::thread::panicking() {
             eprintln!("---- agent {} log ----\n{}", self.node, self.log());
+        }
+    }
+}
+
+/// A `mofang-scheduler` process with its own data directory, on free loopback ports.
+#[derive(Debug)]
+pub struct SchedulerProcess {
+    /// Work directory (data, config, log).
+    pub dir: tempfile::TempDir,
+    /// REST base URL.
+    pub rest: String,
+    /// gRPC endpoint for agents.
+    pub grpc: String,
+    child: Option<Child>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl SchedulerProcess {
+    /// Starts a scheduler (node_ttl 1.5 s, heartbeats 200 ms) and waits for its health check.
+    pub fn start(extra: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("mofang-scheduler-")
+            .tempdir_in("/var/tmp")?;
+        let (rest, grpc) = (free_port()?, free_port()?);
+        let cfg = format!(
+            "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
+             data_dir = \"{data}\"\nnode_ttl_ms = 1500\nheartbeat_interval_ms = 200\n{extra}\n",
+            data = dir.path().join("data").display(),
+        );
+        std::fs::write(dir.path().join("scheduler.toml"), cfg)?;
+        let mut s = SchedulerProcess {
+            dir,
+            rest: format!("http://127.0.0.1:{rest}"),
+            grpc: format!("http://127.0.0.1:{grpc}"),
+            child: None,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = binaries()?.join("mofang-scheduler");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("scheduler.log"))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(self.dir.path().join("scheduler.toml"))
+            .env("RUST_LOG", "info,mofang_scheduler=debug")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting mofang-scheduler")?;
+        self.child = Some(child);
+        let addr = self.rest.trim_start_matches("http://").to_owned();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok()
+                && self.dir.path().join("data/admin.token").exists()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("scheduler did not come up: {}", self.log())
+    }
+
+    /// The generated admin token.
+    pub fn admin_token(&self) -> Result<String> {
+        Ok(
+            std::fs::read_to_string(self.dir.path().join("data/admin.token"))?
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts again on the same ports and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SchedulerProcess {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- scheduler log ----\n{}", self.log());
         }
     }
 }

@@ -134,7 +134,7 @@ impl FakeScheduler {
                 state.members = members;
                 revision = state.revision;
             });
-            info!(node, revision, "fake scheduler: desired state set");
+            info!(node = %node, revision, "fake scheduler: desired state set");
             revision
         })
     }

@@ -1,0 +1,116 @@
+//! The agent control plane: the gRPC server side of `Register`, `Heartbeat` and
+//! `WatchAssignments`. Agents dial in; each stream carries its node's full desired state.
+
+use crate::cluster::Cluster;
+use crate::model::{now_ms, DiskInfo, Node, NodeAdmin};
+use futures::Stream;
+use mofang_common::proto::agent_control_server::AgentControl;
+use mofang_common::proto::{
+    DesiredState, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    WatchRequest,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+/// The gRPC service.
+pub struct AgentService {
+    cluster: Arc<Cluster>,
+    heartbeat_interval_ms: u64,
+    lease_ttl_ms: u64,
+}
+
+impl AgentService {
+    /// A service over the cluster.
+    pub fn new(cluster: Arc<Cluster>, heartbeat_interval_ms: u64, lease_ttl_ms: u64) -> Self {
+        AgentService {
+            cluster,
+            heartbeat_interval_ms,
+            lease_ttl_ms,
+        }
+    }
+}
+
+fn check_node(name: &str) -> Result<(), Status> {
+    mofang_common::ids::validate_dns_label("node", name, 63)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl AgentControl for AgentService {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let r = req.into_inner();
+        check_node(&r.node)?;
+        if !(r.cpu.is_finite() && r.cpu >= 0.0) {
+            return Err(Status::invalid_argument(
+                "cpu must be a non-negative number",
+            ));
+        }
+        let node = Node {
+            name: r.node.clone(),
+            address: r.advertise_address,
+            labels: r.labels.into_iter().collect(),
+            cpu: r.cpu,
+            memory_bytes: r.memory_bytes,
+            disks: r
+                .disks
+                .into_iter()
+                .map(|d| DiskInfo {
+                    path: d.path,
+                    class: d.class,
+                    capacity_bytes: d.capacity_bytes,
+                    free_bytes: d.free_bytes,
+                })
+                .collect(),
+            admin: NodeAdmin::Active,
+            agent_version: r.agent_version,
+            registered_at_ms: now_ms(),
+        };
+        self.cluster
+            .register(node)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(node = %r.node, "agent registered");
+        Ok(Response::new(RegisterResponse {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            lease_ttl_ms: self.lease_ttl_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let hb = req.into_inner();
+        let node = hb.node.clone();
+        if !self.cluster.heartbeat(hb) {
+            // Unknown node: the agent registers again on this error.
+            return Err(Status::failed_precondition(format!(
+                "node {node} is not registered"
+            )));
+        }
+        Ok(Response::new(HeartbeatResponse {
+            revision: self.cluster.revision_of(&node),
+        }))
+    }
+
+    type WatchAssignmentsStream =
+        Pin<Box<dyn Stream<Item = Result<DesiredState, Status>> + Send + 'static>>;
+
+    async fn watch_assignments(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let w = req.into_inner();
+        check_node(&w.node)?;
+        debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
+        let rx = self.cluster.watch(&w.node);
+        Ok(Response::new(Box::pin(WatchStream::new(rx).map(Ok))))
+    }
+}

@@ -1,0 +1,517 @@
+//! REST API v1 (JSON, bearer tokens, audit of every mutating request, OpenAPI 3 document
+//! generated from these handlers at `/v1/openapi.json`).
+
+use crate::auth::{Identity, Tokens};
+use crate::cluster::{self, Cluster, InstanceView, MemberView, NodeView2};
+use crate::config::TokenRole;
+use crate::model::{
+    now_ms, AuditEntry, Credentials, Event, InstanceSpec, NodeAdmin, NodeState, PlacementSpec,
+    Resources, Strategy,
+};
+use crate::store;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::error;
+use utoipa::{OpenApi, ToSchema};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct Api {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Known tokens.
+    pub tokens: Arc<Tokens>,
+}
+
+/// The error body: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `unplaceable`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// An API error with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<cluster::Error> for ApiError {
+    fn from(e: cluster::Error) -> Self {
+        use cluster::Error as E;
+        match &e {
+            E::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
+            E::Unplaceable(_) => ApiError::new(StatusCode::CONFLICT, "unplaceable", e.to_string()),
+            E::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
+            E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            E::Store(store::Error::Conflict { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
+            }
+            E::Store(_) => {
+                error!(error = %e, "store failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the state store failed; nothing was changed",
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body strictly: 413 over 1 MiB, 400 for bad JSON, 422 for unknown fields
+/// or wrong types — always with a JSON reason.
+fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body over {MAX_BODY} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+        }
+    })
+}
+
+fn need(id: &Identity, role: TokenRole) -> ApiResult<()> {
+    if id.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token '{}' has role {:?}; {:?} is needed",
+                id.name, id.role, role
+            )
+            .to_lowercase(),
+        ))
+    }
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+/// Health of the scheduler.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)), security(()))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeView2])))]
+async fn list_nodes(State(api): State<Api>) -> Json<Vec<NodeView2>> {
+    Json(api.cluster.nodes())
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{name}", params(("name" = String, Path)), responses((status = 200, body = NodeView2), (status = 404, body = ErrorBody)))]
+async fn get_node(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Json<NodeView2>> {
+    api.cluster.node(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("node {name} not found"),
+        )
+    })
+}
+
+async fn set_admin(
+    api: &Api,
+    id: &Identity,
+    name: &str,
+    admin: NodeAdmin,
+) -> ApiResult<Json<NodeView2>> {
+    need(id, TokenRole::Operator)?;
+    api.cluster.set_node_admin(name, admin).await?;
+    get_node(State(api.clone()), Path(name.to_owned())).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", params(("name" = String, Path)), responses((status = 200, body = NodeView2), (status = 404, body = ErrorBody)))]
+async fn drain_node(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NodeView2>> {
+    set_admin(&api, &id, &name, NodeAdmin::Draining).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{name}/cordon", params(("name" = String, Path)), responses((status = 200, body = NodeView2), (status = 404, body = ErrorBody)))]
+async fn cordon_node(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NodeView2>> {
+    set_admin(&api, &id, &name, NodeAdmin::Cordoned).await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{name}/uncordon", params(("name" = String, Path)), responses((status = 200, body = NodeView2), (status = 404, body = ErrorBody)))]
+async fn uncordon_node(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<NodeView2>> {
+    set_admin(&api, &id, &name, NodeAdmin::Active).await
+}
+
+#[utoipa::path(post, path = "/v1/instances", request_body = InstanceSpec,
+    responses((status = 201, body = InstanceView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_instance(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    need(&id, TokenRole::Operator)?;
+    let spec: InstanceSpec = parse_body(body)?;
+    let name = spec.name.clone();
+    api.cluster.create_instance(spec).await?;
+    let view = api.cluster.instance(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} vanished"),
+        )
+    })?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(get, path = "/v1/instances", responses((status = 200, body = [InstanceView])))]
+async fn list_instances(State(api): State<Api>) -> Json<Vec<InstanceView>> {
+    Json(api.cluster.instances())
+}
+
+#[utoipa::path(get, path = "/v1/instances/{name}", params(("name" = String, Path)), responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
+async fn get_instance(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<InstanceView>> {
+    api.cluster.instance(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} not found"),
+        )
+    })
+}
+
+/// Answer to a delete.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    /// The instance.
+    pub name: String,
+    /// `deleting`: agents remove containers, then volumes.
+    pub status: String,
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{name}", params(("name" = String, Path)), responses((status = 202, body = Deleted), (status = 404, body = ErrorBody)))]
+async fn delete_instance(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Deleted>)> {
+    need(&id, TokenRole::Operator)?;
+    api.cluster.delete_instance(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Deleted {
+            name,
+            status: "deleting".into(),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{name}/credentials", params(("name" = String, Path)), responses((status = 200, body = Credentials), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn credentials(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Credentials>> {
+    need(&id, TokenRole::Admin)?;
+    api.cluster.credentials(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} not found"),
+        )
+    })
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Only events with a larger id.
+    pub since: Option<u64>,
+    /// At most this many (default 1000, max 10000).
+    pub limit: Option<usize>,
+}
+
+fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text())
+}
+
+#[utoipa::path(get, path = "/v1/events", params(EventQuery), responses((status = 200, body = [Event])))]
+async fn events(
+    State(api): State<Api>,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<Event>>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let evs = api
+        .cluster
+        .store()
+        .events(q.instance.as_deref(), q.since.unwrap_or(0), limit)
+        .await
+        .map_err(cluster::Error::Store)?;
+    Ok(Json(evs))
+}
+
+/// Filters of `GET /v1/audit`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only entries with a larger id.
+    pub since: Option<u64>,
+    /// At most this many (default 1000, max 10000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = [AuditEntry]), (status = 403, body = ErrorBody)))]
+async fn audit(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    need(&id, TokenRole::Admin)?;
+    let Query(q) = q.map_err(bad_query)?;
+    let entries = api
+        .cluster
+        .store()
+        .audit(q.since.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
+        .await
+        .map_err(cluster::Error::Store)?;
+    Ok(Json(entries))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+// ---- auth and audit ----------------------------------------------------------------------
+
+/// Resolves the bearer token into an `Identity` (401 without a valid one).
+async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| api.tokens.check(t)) {
+        Some(id) => {
+            req.extensions_mut().insert(id.clone());
+            next.run(req).await
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` is needed",
+        )
+        .into_response(),
+    }
+}
+
+/// Appends every mutating request to the audit log: an entry before it runs (if that cannot
+/// be written the request is refused with 503 and nothing happens) and one with its result.
+async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let who = req
+        .extensions()
+        .get::<Identity>()
+        .map(|i| i.name.clone())
+        .unwrap_or_default();
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let action = format!("{} {}", req.method(), req.uri().path());
+    let target = req.uri().path().trim_start_matches("/v1/").to_owned();
+    let mut entry = AuditEntry {
+        id: 0,
+        at_ms: now_ms(),
+        who,
+        source,
+        action,
+        target,
+        status: 0,
+        result: "requested".into(),
+    };
+    let store = api.cluster.store().clone();
+    if let Err(e) = store.append_audit(&entry).await {
+        error!(error = %e, "audit log unavailable: request refused");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log cannot be written; request refused",
+        )
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    entry.at_ms = now_ms();
+    entry.status = resp.status().as_u16();
+    entry.result = if resp.status().is_success() {
+        "ok".into()
+    } else {
+        format!("error {}", resp.status().as_u16())
+    };
+    if let Err(e) = store.append_audit(&entry).await {
+        error!(error = %e, action = %entry.action, "could not record the result of an audited request");
+    }
+    resp
+}
+
+// ---- router and OpenAPI ------------------------------------------------------------------
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mofang API", version = "1", description = "MariaDB and Redis instances on your own hosts."),
+    paths(
+        health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
+        list_instances, get_instance, delete_instance, credentials, events, audit
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
+        PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        crate::model::Node, crate::model::DiskInfo
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API router.
+pub fn router(api: Api) -> Router {
+    let protected = Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}", get(get_node))
+        .route("/v1/nodes/{name}/drain", post(drain_node))
+        .route("/v1/nodes/{name}/cordon", post(cordon_node))
+        .route("/v1/nodes/{name}/uncordon", post(uncordon_node))
+        .route("/v1/instances", get(list_instances).post(create_instance))
+        .route(
+            "/v1/instances/{name}",
+            get(get_instance).delete(delete_instance),
+        )
+        .route("/v1/instances/{name}/credentials", get(credentials))
+        .route("/v1/events", get(events))
+        .route("/v1/audit", get(audit))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}

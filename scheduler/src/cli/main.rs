@@ -1,0 +1,564 @@
+//! `mofang`: the CLI, a thin client of the REST API (MOFANG_ADDR, MOFANG_TOKEN). Tables by
+//! default, `--json` for scripts.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Mofang: MariaDB and Redis on your own hosts.
+#[derive(Parser, Debug)]
+#[command(name = "mofang", version, about)]
+struct Cli {
+    /// Scheduler REST address.
+    #[arg(
+        long,
+        env = "MOFANG_ADDR",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    addr: String,
+    /// API token.
+    #[arg(long, env = "MOFANG_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Database instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Nodes (hosts running an agent).
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// What happened (placements, state changes, failovers).
+    Events {
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// The audit log (admin).
+    Audit {
+        /// Only entries after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum InstanceCmd {
+    /// Create an instance.
+    Create {
+        /// Name (DNS label).
+        name: String,
+        /// mariadb or redis.
+        #[arg(long, default_value = "mariadb")]
+        engine: String,
+        /// Engine version (default: 10.11 for MariaDB, 7.0 for Redis).
+        #[arg(long)]
+        version: Option<String>,
+        /// Replicas besides the primary.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// CPU cores per member.
+        #[arg(long, default_value_t = 0.5)]
+        cpu: f64,
+        /// Memory per member, MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u64,
+        /// Disk per member, MiB.
+        #[arg(long, default_value_t = 1024)]
+        disk: u64,
+        /// Disk class.
+        #[arg(long)]
+        disk_class: Option<String>,
+        /// Allowed zones (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        zones: Vec<String>,
+        /// spread or binpack.
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Wait until every member is healthy, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// List instances.
+    List,
+    /// Show one instance with its members.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete an instance (containers, then volumes).
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Show an instance's credentials (admin).
+    Credentials {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List nodes.
+    List,
+    /// Show one node.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Stop placing on a node and move its members away.
+    Drain {
+        /// Name.
+        name: String,
+    },
+    /// Stop placing on a node.
+    Cordon {
+        /// Name.
+        name: String,
+    },
+    /// Allow placing on a node again.
+    Uncordon {
+        /// Name.
+        name: String,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{}", self.addr.trim_end_matches('/'), path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the scheduler at {}", self.addr))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the answer")?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let code = v["error"]["code"].as_str().unwrap_or("error");
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            bail!("{} ({}): {}", code, status.as_u16(), msg);
+        }
+        Ok(v)
+    }
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
+            .collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_instance(v: &Value) {
+    println!("name:     {}", s(&v["name"]));
+    println!("engine:   {} {}", s(&v["engine"]), s(&v["version"]));
+    println!("status:   {}", s(&v["status"]));
+    println!("epoch:    {}", s(&v["epoch"]));
+    println!("primary:  {}", s(&v["primary"]));
+    println!();
+    let rows = v["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let lag = m["lag_seconds"].as_i64().unwrap_or(-1);
+                    vec![
+                        s(&m["id"]),
+                        s(&m["node"]),
+                        s(&m["role"]),
+                        s(&m["state"]),
+                        s(&m["address"]),
+                        if lag < 0 {
+                            "-".into()
+                        } else {
+                            format!("{lag}s")
+                        },
+                        s(&m["epoch"]),
+                        if m["healthy"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        s(&m["reason"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "MEMBER", "NODE", "ROLE", "STATE", "ADDRESS", "LAG", "EPOCH", "HEALTHY", "REASON",
+        ],
+        rows,
+    );
+}
+
+fn ms_to_time(ms: &Value) -> String {
+    let ms = ms.as_i64().unwrap_or(0);
+    let secs = ms / 1000;
+    let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{sec:02}.{:03}Z", ms % 1000)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let c = Client {
+        http: reqwest::Client::new(),
+        addr: cli.addr.clone(),
+        token: cli.token.clone(),
+    };
+    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match cli.cmd {
+        Cmd::Instance(InstanceCmd::Create {
+            name,
+            engine,
+            version,
+            replicas,
+            cpu,
+            memory,
+            disk,
+            disk_class,
+            zones,
+            strategy,
+            wait,
+            timeout,
+        }) => {
+            let version = version.unwrap_or_else(|| {
+                if engine == "redis" {
+                    "7.0".into()
+                } else {
+                    "10.11".into()
+                }
+            });
+            let mut body = json!({
+                "name": name, "engine": engine, "version": version, "replicas": replicas,
+                "resources": {"cpu": cpu, "memory": memory, "disk": disk},
+            });
+            if let Some(dc) = disk_class {
+                body["disk_class"] = json!(dc);
+            }
+            if !zones.is_empty() || strategy.is_some() {
+                let mut p = json!({});
+                if !zones.is_empty() {
+                    p["zones"] = json!(zones);
+                }
+                if let Some(st) = strategy {
+                    p["spread"] = json!(st);
+                }
+                body["placement"] = p;
+            }
+            let v = c.post("/v1/instances", body).await?;
+            if !wait {
+                if cli.json {
+                    out(&v)
+                } else {
+                    print_instance(&v)
+                }
+                return Ok(());
+            }
+            let start = Instant::now();
+            let mut last = String::new();
+            loop {
+                let v = c.get(&format!("/v1/instances/{name}")).await?;
+                let members = v["members"].as_array().cloned().unwrap_or_default();
+                let ready = members
+                    .iter()
+                    .filter(|m| m["healthy"].as_bool() == Some(true))
+                    .count();
+                let progress = format!(
+                    "{name}: {ready}/{} members ready ({})",
+                    members.len(),
+                    members
+                        .iter()
+                        .map(|m| format!("{}={}", s(&m["id"]), s(&m["state"])))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if progress != last && !cli.json {
+                    eprintln!("[{:>5.1}s] {progress}", start.elapsed().as_secs_f64());
+                    last = progress;
+                }
+                if ready == members.len() && !members.is_empty() {
+                    if cli.json {
+                        out(&v)
+                    } else {
+                        print_instance(&v)
+                    }
+                    return Ok(());
+                }
+                if start.elapsed() > Duration::from_secs(timeout) {
+                    bail!("{name} not ready after {timeout}s: {last}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Cmd::Instance(InstanceCmd::List) => {
+            let v = c.get("/v1/instances").await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let rows = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|i| {
+                            let n = i["members"].as_array().map(|m| m.len()).unwrap_or(0);
+                            vec![
+                                s(&i["name"]),
+                                format!("{} {}", s(&i["engine"]), s(&i["version"])),
+                                n.to_string(),
+                                s(&i["status"]),
+                                s(&i["primary"]),
+                                s(&i["epoch"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &["NAME", "ENGINE", "MEMBERS", "STATUS", "PRIMARY", "EPOCH"],
+                rows,
+            );
+        }
+        Cmd::Instance(InstanceCmd::Show { name }) => {
+            let v = c.get(&format!("/v1/instances/{name}")).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                print_instance(&v)
+            }
+        }
+        Cmd::Instance(InstanceCmd::Delete { name }) => {
+            let v = c
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/instances/{name}"),
+                    None,
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{name}: {}", s(&v["status"]))
+            }
+        }
+        Cmd::Instance(InstanceCmd::Credentials { name }) => {
+            let v = c.get(&format!("/v1/instances/{name}/credentials")).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            table(
+                &["ACCOUNT", "USER", "PASSWORD"],
+                vec![
+                    vec!["application".into(), "app".into(), s(&v["app"])],
+                    vec!["admin".into(), "mofang_admin".into(), s(&v["admin"])],
+                    vec!["replication".into(), "mofang_repl".into(), s(&v["repl"])],
+                    vec![
+                        "monitoring".into(),
+                        "mofang_monitor".into(),
+                        s(&v["monitor"]),
+                    ],
+                ],
+            );
+        }
+        Cmd::Node(NodeCmd::List) => {
+            let v = c.get("/v1/nodes").await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let rows = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|n| {
+                            vec![
+                                s(&n["name"]),
+                                s(&n["state"]),
+                                s(&n["address"]),
+                                s(&n["labels"]["zone"]),
+                                format!(
+                                    "{:.1}/{}",
+                                    n["reserved_cpu"].as_f64().unwrap_or(0.0),
+                                    s(&n["cpu"])
+                                ),
+                                format!(
+                                    "{}/{}",
+                                    s(&n["reserved_memory_mib"]),
+                                    n["memory_bytes"].as_u64().unwrap_or(0) >> 20
+                                ),
+                                s(&n["members"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &[
+                    "NAME",
+                    "STATE",
+                    "ADDRESS",
+                    "ZONE",
+                    "CPU",
+                    "MEMORY MIB",
+                    "MEMBERS",
+                ],
+                rows,
+            );
+        }
+        Cmd::Node(NodeCmd::Show { name }) => out(&c.get(&format!("/v1/nodes/{name}")).await?),
+        Cmd::Node(NodeCmd::Drain { name }) => node_action(&c, &name, "drain", cli.json).await?,
+        Cmd::Node(NodeCmd::Cordon { name }) => node_action(&c, &name, "cordon", cli.json).await?,
+        Cmd::Node(NodeCmd::Uncordon { name }) => {
+            node_action(&c, &name, "uncordon", cli.json).await?
+        }
+        Cmd::Events { instance, since } => {
+            let mut path = format!("/v1/events?since={since}");
+            if let Some(i) = instance {
+                path.push_str(&format!("&instance={i}"));
+            }
+            let v = c.get(&path).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let rows = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            vec![
+                                s(&e["id"]),
+                                ms_to_time(&e["at_ms"]),
+                                s(&e["kind"]),
+                                s(&e["instance"]),
+                                s(&e["node"]),
+                                s(&e["message"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["ID", "TIME", "KIND", "INSTANCE", "NODE", "MESSAGE"], rows);
+        }
+        Cmd::Audit { since } => {
+            let v = c.get(&format!("/v1/audit?since={since}")).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let rows = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            vec![
+                                s(&e["id"]),
+                                ms_to_time(&e["at_ms"]),
+                                s(&e["who"]),
+                                s(&e["source"]),
+                                s(&e["action"]),
+                                s(&e["status"]),
+                                s(&e["result"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &["ID", "TIME", "WHO", "SOURCE", "ACTION", "STATUS", "RESULT"],
+                rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn node_action(c: &Client, name: &str, action: &str, json: bool) -> Result<()> {
+    let v = c
+        .post(&format!("/v1/nodes/{name}/{action}"), json!({}))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("{name}: {}", s(&v["state"]));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mofang: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

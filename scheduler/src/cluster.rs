@@ -1,0 +1,749 @@
+//! The scheduler's view of the cluster: durable records (through the `Store`) plus what
+//! agents report. It takes the decisions (create, delete, node admin) and computes each
+//! node's desired state, pushed to agents over `WatchAssignments`.
+
+use crate::model::{
+    now_ms, Credentials, Event, Instance, InstanceSpec, Node, NodeAdmin, NodeState,
+};
+use crate::placement::{self, NodeView};
+use crate::store::{self, Store};
+use mofang_common::proto::{Assignment, DesiredState, HeartbeatRequest, MemberStatus};
+use mofang_common::Role;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Errors of cluster operations; the API maps them to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is invalid (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// No placement exists (409 with the reason per node).
+    #[error(transparent)]
+    Unplaceable(#[from] placement::Error),
+    /// The name is taken (409).
+    #[error("instance {0} already exists")]
+    AlreadyExists(String),
+    /// No such object (404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(store::Error),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::AlreadyExists(n) => Error::AlreadyExists(n),
+            store::Error::NotFound(n) => Error::NotFound(n),
+            other => Error::Store(other),
+        }
+    }
+}
+
+/// Result of cluster operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What agents told us about a node, in memory only.
+#[derive(Debug, Clone)]
+struct Live {
+    last_heartbeat: Instant,
+    last_heartbeat_ms: i64,
+    members: HashMap<String, MemberStatus>,
+    down_reported: bool,
+}
+
+/// Resources reserved on a node by placed members.
+#[derive(Debug, Clone, Default)]
+struct Reserved {
+    cpu: f64,
+    memory_mib: u64,
+    disk_mib: BTreeMap<String, u64>,
+    primaries: u32,
+    members: u32,
+    instances: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: BTreeMap<String, Node>,
+    instances: BTreeMap<String, Instance>,
+    reserved: HashMap<String, Reserved>,
+    live: HashMap<String, Live>,
+    watchers: HashMap<String, watch::Sender<DesiredState>>,
+    revision: u64,
+}
+
+/// The cluster: one per scheduler process.
+pub struct Cluster {
+    store: Arc<dyn Store>,
+    inner: Mutex<Inner>,
+    node_ttl: Duration,
+}
+
+/// A member as the API shows it: decision plus observation.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    /// Member id.
+    pub id: String,
+    /// Node.
+    pub node: String,
+    /// Desired role.
+    pub role: String,
+    /// Observed state: `running`, `starting`, `failed`, `unknown` (node silent).
+    pub state: String,
+    /// Address clients use.
+    pub address: String,
+    /// Healthy as the agent sees it.
+    pub healthy: bool,
+    /// Observed role.
+    pub observed_role: String,
+    /// Replication lag in seconds (-1 unknown).
+    pub lag_seconds: i64,
+    /// Epoch applied by the agent.
+    pub epoch: u64,
+    /// Replication position.
+    pub position: String,
+    /// Why not healthy.
+    pub reason: String,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    /// Name.
+    pub name: String,
+    /// Engine.
+    pub engine: String,
+    /// Version.
+    pub version: String,
+    /// Replicas besides the primary.
+    pub replicas: u32,
+    /// Current epoch.
+    pub epoch: u64,
+    /// `ready` when every member is healthy, else `creating`/`degraded`.
+    pub status: String,
+    /// Address of the primary, when known.
+    pub primary: String,
+    /// Members.
+    pub members: Vec<MemberView>,
+    /// The spec.
+    pub spec: InstanceSpec,
+    /// Creation time, ms.
+    pub created_at_ms: i64,
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView2 {
+    /// The record.
+    #[serde(flatten)]
+    pub node: Node,
+    /// State.
+    pub state: NodeState,
+    /// Last heartbeat, ms (0: none since the scheduler started).
+    pub last_heartbeat_ms: i64,
+    /// Reserved CPU.
+    pub reserved_cpu: f64,
+    /// Reserved memory, MiB.
+    pub reserved_memory_mib: u64,
+    /// Members placed here.
+    pub members: u32,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+fn event(kind: &str, instance: Option<&str>, node: Option<&str>, message: String) -> Event {
+    Event {
+        id: 0,
+        at_ms: now_ms(),
+        instance: instance.map(str::to_owned),
+        node: node.map(str::to_owned),
+        kind: kind.to_owned(),
+        message,
+    }
+}
+
+/// Validates a create request beyond what serde checks.
+pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
+    mofang_common::ids::validate_dns_label("instance", &spec.name, 40)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    if !spec
+        .engine
+        .supported_versions()
+        .contains(&spec.version.as_str())
+    {
+        return Err(Error::Invalid(format!(
+            "{} version {} is not supported (supported: {})",
+            spec.engine,
+            spec.version,
+            spec.engine.supported_versions().join(", ")
+        )));
+    }
+    if spec.replicas > 8 {
+        return Err(Error::Invalid(format!(
+            "replicas {} is absurd: at most 8",
+            spec.replicas
+        )));
+    }
+    let r = &spec.resources;
+    if !(r.cpu.is_finite() && (0.1..=64.0).contains(&r.cpu)) {
+        return Err(Error::Invalid(format!(
+            "resources.cpu {} must be within 0.1 .. 64",
+            r.cpu
+        )));
+    }
+    if !(64..=1 << 20).contains(&r.memory) {
+        return Err(Error::Invalid(format!(
+            "resources.memory {} MiB must be within 64 MiB .. 1 TiB",
+            r.memory
+        )));
+    }
+    if !(64..=64 << 20).contains(&r.disk) {
+        return Err(Error::Invalid(format!(
+            "resources.disk {} MiB must be within 64 MiB .. 64 TiB",
+            r.disk
+        )));
+    }
+    if let Some(c) = &spec.disk_class {
+        mofang_common::ids::validate_dns_label("disk_class", c, 32)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Loads nodes and instances from the store.
+    pub async fn load(store: Arc<dyn Store>, node_ttl: Duration) -> Result<Arc<Self>> {
+        let nodes = store.nodes().await?;
+        let instances = store.instances().await?;
+        let mut inner = Inner::default();
+        for n in nodes {
+            inner.nodes.insert(n.name.clone(), n);
+        }
+        for i in instances {
+            reserve(&mut inner.reserved, &i, true);
+            inner.instances.insert(i.spec.name.clone(), i);
+        }
+        info!(
+            nodes = inner.nodes.len(),
+            instances = inner.instances.len(),
+            "cluster state loaded"
+        );
+        Ok(Arc::new(Cluster {
+            store,
+            inner: Mutex::new(inner),
+            node_ttl,
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn node_state(&self, inner: &Inner, node: &Node) -> NodeState {
+        let alive = inner
+            .live
+            .get(&node.name)
+            .is_some_and(|l| l.last_heartbeat.elapsed() < self.node_ttl);
+        match (alive, node.admin) {
+            (false, _) => NodeState::Down,
+            (true, NodeAdmin::Active) => NodeState::Ready,
+            (true, NodeAdmin::Cordoned) => NodeState::Cordoned,
+            (true, NodeAdmin::Draining) => NodeState::Draining,
+        }
+    }
+
+    // ---- decisions -------------------------------------------------------------------
+
+    /// Places and durably creates an instance. Placement and the in-memory reservation
+    /// happen under one lock (no two requests can take the same capacity); the store write
+    /// happens outside it so concurrent creations share a commit.
+    pub async fn create_instance(&self, spec: InstanceSpec) -> Result<Instance> {
+        validate_spec(&spec)?;
+        let inst = {
+            let mut inner = lock(&self.inner);
+            if inner.instances.contains_key(&spec.name) {
+                return Err(Error::AlreadyExists(spec.name.clone()));
+            }
+            let empty = Reserved::default();
+            let views: Vec<NodeView<'_>> = inner
+                .nodes
+                .values()
+                .map(|n| {
+                    let r = inner.reserved.get(&n.name).unwrap_or(&empty);
+                    NodeView {
+                        node: n,
+                        state: self.node_state(&inner, n),
+                        reserved_cpu: r.cpu,
+                        reserved_memory_mib: r.memory_mib,
+                        reserved_disk_mib: r.disk_mib.clone(),
+                        primaries: r.primaries,
+                        members: r.members,
+                    }
+                })
+                .collect();
+            let placed = placement::place(&spec, &views)?;
+            let inst = Instance {
+                spec: spec.clone(),
+                epoch: 1,
+                members: placed.members,
+                credentials: Credentials {
+                    admin: password(),
+                    repl: password(),
+                    monitor: password(),
+                    app: password(),
+                },
+                created_at_ms: now_ms(),
+                revision: 0,
+            };
+            // Reserve now; undone below if the store refuses.
+            reserve(&mut inner.reserved, &inst, true);
+            inner.instances.insert(spec.name.clone(), inst.clone());
+            inst
+        };
+        let mut events = vec![event(
+            "instance_created",
+            Some(&spec.name),
+            None,
+            format!(
+                "{} {} with {} replicas",
+                spec.engine, spec.version, spec.replicas
+            ),
+        )];
+        for m in &inst.members {
+            events.push(event(
+                "placed",
+                Some(&spec.name),
+                Some(&m.node),
+                format!("{} ({}) on {}", m.id, m.role, m.node),
+            ));
+        }
+        match self.store.create_instance(&inst, &events).await {
+            Ok(stored) => {
+                let mut inner = lock(&self.inner);
+                inner.instances.insert(spec.name.clone(), stored.clone());
+                let nodes: Vec<String> = stored.members.iter().map(|m| m.node.clone()).collect();
+                self.push_nodes(&mut inner, &nodes);
+                Ok(stored)
+            }
+            Err(e) => {
+                let mut inner = lock(&self.inner);
+                if inner
+                    .instances
+                    .get(&spec.name)
+                    .is_some_and(|i| i.revision == 0)
+                {
+                    inner.instances.remove(&spec.name);
+                    reserve(&mut inner.reserved, &inst, false);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes an instance: its members leave desired state; agents remove containers, then volumes.
+    pub async fn delete_instance(&self, name: &str) -> Result<()> {
+        let inst = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+        let ev = vec![event(
+            "instance_deleted",
+            Some(name),
+            None,
+            format!("{} members removed", inst.members.len()),
+        )];
+        self.store.delete_instance(name, inst.revision, &ev).await?;
+        let mut inner = lock(&self.inner);
+        if let Some(i) = inner.instances.remove(name) {
+            reserve(&mut inner.reserved, &i, false);
+            let nodes: Vec<String> = i.members.iter().map(|m| m.node.clone()).collect();
+            self.push_nodes(&mut inner, &nodes);
+        }
+        Ok(())
+    }
+
+    /// Sets a node's admin state.
+    pub async fn set_node_admin(&self, name: &str, admin: NodeAdmin) -> Result<Node> {
+        let node = self.store.set_node_admin(name, admin).await?;
+        self.store
+            .append_events(&[event(
+                "node_admin",
+                None,
+                Some(name),
+                format!("node set {admin:?}").to_lowercase(),
+            )])
+            .await?;
+        lock(&self.inner)
+            .nodes
+            .insert(name.to_owned(), node.clone());
+        Ok(node)
+    }
+
+    // ---- agents ------------------------------------------------------------------------
+
+    /// An agent registered: record the node (keeping its admin state).
+    pub async fn register(&self, mut node: Node) -> Result<()> {
+        let existing = lock(&self.inner).nodes.get(&node.name).cloned();
+        if let Some(e) = &existing {
+            node.admin = e.admin;
+            node.registered_at_ms = e.registered_at_ms;
+        }
+        if existing.as_ref() != Some(&node) {
+            self.store.put_node(&node).await?;
+            let kind = if existing.is_none() {
+                "node_registered"
+            } else {
+                "node_updated"
+            };
+            self.store
+                .append_events(&[event(
+                    kind,
+                    None,
+                    Some(&node.name),
+                    format!("{} at {}", node.name, node.address),
+                )])
+                .await?;
+        }
+        let mut inner = lock(&self.inner);
+        inner.nodes.insert(node.name.clone(), node);
+        Ok(())
+    }
+
+    /// A heartbeat: remember what the agent sees; push new desired states if a primary's
+    /// address changed (replicas follow it).
+    pub fn heartbeat(&self, hb: HeartbeatRequest) -> bool {
+        let mut inner = lock(&self.inner);
+        if !inner.nodes.contains_key(&hb.node) {
+            return false;
+        }
+        let mut moved_primaries = Vec::new();
+        let live = inner.live.entry(hb.node.clone()).or_insert_with(|| Live {
+            last_heartbeat: Instant::now(),
+            last_heartbeat_ms: 0,
+            members: HashMap::new(),
+            down_reported: false,
+        });
+        live.last_heartbeat = Instant::now();
+        live.last_heartbeat_ms = now_ms();
+        let was_down = std::mem::replace(&mut live.down_reported, false);
+        for m in hb.members {
+            let old = live.members.get(&m.member).map(|o| o.address.clone());
+            if !m.address.is_empty() && old.as_deref() != Some(m.address.as_str()) {
+                moved_primaries.push(m.instance.clone());
+            }
+            live.members.insert(m.member.clone(), m);
+        }
+        if was_down {
+            info!(node = %hb.node, "node is back");
+        }
+        // Replicas learn the primary's (new) address.
+        let mut nodes = Vec::new();
+        for name in moved_primaries {
+            if let Some(i) = inner.instances.get(&name) {
+                nodes.extend(i.members.iter().map(|m| m.node.clone()));
+            }
+        }
+        if !nodes.is_empty() {
+            nodes.sort();
+            nodes.dedup();
+            self.push_nodes(&mut inner, &nodes);
+        }
+        true
+    }
+
+    /// Subscribes to a node's desired state (sent on connect, then on every change).
+    pub fn watch(&self, node: &str) -> watch::Receiver<DesiredState> {
+        let mut inner = lock(&self.inner);
+        if let Some(tx) = inner.watchers.get(node) {
+            return tx.subscribe();
+        }
+        let rev = next_revision(&mut inner);
+        let ds = desired_for(&inner, node, rev);
+        let (tx, rx) = watch::channel(ds);
+        inner.watchers.insert(node.to_owned(), tx);
+        rx
+    }
+
+    /// The latest revision sent to a node.
+    pub fn revision_of(&self, node: &str) -> u64 {
+        lock(&self.inner)
+            .watchers
+            .get(node)
+            .map(|w| w.borrow().revision)
+            .unwrap_or(0)
+    }
+
+    fn push_nodes(&self, inner: &mut Inner, nodes: &[String]) {
+        for n in nodes {
+            if inner.watchers.contains_key(n) {
+                let rev = next_revision(inner);
+                let ds = desired_for(inner, n, rev);
+                if let Some(tx) = inner.watchers.get(n) {
+                    tx.send_replace(ds);
+                }
+            }
+        }
+    }
+
+    /// Marks nodes without heartbeats for `node_ttl` down (once), with an event.
+    pub async fn check_nodes(&self) {
+        let newly_down: Vec<String> = {
+            let mut inner = lock(&self.inner);
+            let ttl = self.node_ttl;
+            inner
+                .live
+                .iter_mut()
+                .filter(|(_, l)| !l.down_reported && l.last_heartbeat.elapsed() >= ttl)
+                .map(|(n, l)| {
+                    l.down_reported = true;
+                    n.clone()
+                })
+                .collect()
+        };
+        for n in newly_down {
+            warn!(node = %n, "node down: no heartbeat for node_ttl");
+            let ev = event(
+                "node_down",
+                None,
+                Some(&n),
+                format!("no heartbeat for {} ms", self.node_ttl.as_millis()),
+            );
+            if let Err(e) = self.store.append_events(&[ev]).await {
+                warn!(error = %e, "could not record node_down event");
+            }
+        }
+    }
+
+    // ---- views -------------------------------------------------------------------------
+
+    /// All nodes with their state.
+    pub fn nodes(&self) -> Vec<NodeView2> {
+        let inner = lock(&self.inner);
+        inner
+            .nodes
+            .values()
+            .map(|n| self.node_view(&inner, n))
+            .collect()
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Option<NodeView2> {
+        let inner = lock(&self.inner);
+        inner.nodes.get(name).map(|n| self.node_view(&inner, n))
+    }
+
+    fn node_view(&self, inner: &Inner, n: &Node) -> NodeView2 {
+        let r = inner.reserved.get(&n.name).cloned().unwrap_or_default();
+        NodeView2 {
+            node: n.clone(),
+            state: self.node_state(inner, n),
+            last_heartbeat_ms: inner
+                .live
+                .get(&n.name)
+                .map(|l| l.last_heartbeat_ms)
+                .unwrap_or(0),
+            reserved_cpu: r.cpu,
+            reserved_memory_mib: r.memory_mib,
+            members: r.members,
+        }
+    }
+
+    /// All instances (created ones; not those still being written).
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let inner = lock(&self.inner);
+        inner
+            .instances
+            .values()
+            .filter(|i| i.revision > 0)
+            .map(|i| self.instance_view(&inner, i))
+            .collect()
+    }
+
+    /// One instance.
+    pub fn instance(&self, name: &str) -> Option<InstanceView> {
+        let inner = lock(&self.inner);
+        inner
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .map(|i| self.instance_view(&inner, i))
+    }
+
+    /// An instance's credentials.
+    pub fn credentials(&self, name: &str) -> Option<Credentials> {
+        lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .map(|i| i.credentials.clone())
+    }
+
+    fn instance_view(&self, inner: &Inner, i: &Instance) -> InstanceView {
+        let members: Vec<MemberView> = i
+            .members
+            .iter()
+            .map(|m| {
+                let node_alive = inner
+                    .nodes
+                    .get(&m.node)
+                    .is_some_and(|n| self.node_state(inner, n) != NodeState::Down);
+                let obs = inner.live.get(&m.node).and_then(|l| l.members.get(&m.id));
+                let state = match (node_alive, obs) {
+                    (false, _) => "unknown",
+                    (true, None) => "pending",
+                    (true, Some(o)) if o.failed => "failed",
+                    (true, Some(o)) if o.healthy => "running",
+                    (true, Some(_)) => "starting",
+                };
+                MemberView {
+                    id: m.id.clone(),
+                    node: m.node.clone(),
+                    role: m.role.to_string(),
+                    state: state.into(),
+                    address: obs.map(|o| o.address.clone()).unwrap_or_default(),
+                    healthy: node_alive && obs.is_some_and(|o| o.healthy),
+                    observed_role: obs.map(|o| o.role.clone()).unwrap_or_default(),
+                    lag_seconds: obs.map(|o| o.lag_seconds).unwrap_or(-1),
+                    epoch: obs.map(|o| o.epoch).unwrap_or(0),
+                    position: obs.map(|o| o.position.clone()).unwrap_or_default(),
+                    reason: obs.map(|o| o.reason.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let all_ok = members.iter().all(|m| m.healthy);
+        let any_seen = members.iter().any(|m| m.healthy);
+        let primary = i
+            .members
+            .iter()
+            .zip(&members)
+            .find(|(r, _)| r.role == Role::Primary)
+            .map(|(_, v)| v.address.clone())
+            .unwrap_or_default();
+        InstanceView {
+            name: i.spec.name.clone(),
+            engine: i.spec.engine.to_string(),
+            version: i.spec.version.clone(),
+            replicas: i.spec.replicas,
+            epoch: i.epoch,
+            status: if all_ok {
+                "ready"
+            } else if any_seen {
+                "degraded"
+            } else {
+                "creating"
+            }
+            .into(),
+            primary,
+            members,
+            spec: i.spec.clone(),
+            created_at_ms: i.created_at_ms,
+        }
+    }
+}
+
+/// Revisions must grow across scheduler restarts too (agents ignore older ones), so they
+/// follow the clock in microseconds and only ever step forward.
+fn next_revision(inner: &mut Inner) -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    inner.revision = (inner.revision + 1).max(now_us);
+    inner.revision
+}
+
+/// Adds (or removes) an instance's reservations.
+fn reserve(reserved: &mut HashMap<String, Reserved>, i: &Instance, add: bool) {
+    let r = &i.spec.resources;
+    let class = i.spec.disk_class.clone().unwrap_or_else(|| "ssd".into());
+    for m in &i.members {
+        let e = reserved.entry(m.node.clone()).or_default();
+        if add {
+            e.cpu += r.cpu;
+            e.memory_mib += r.memory;
+            *e.disk_mib.entry(class.clone()).or_default() += r.disk;
+            e.members += 1;
+            e.primaries += u32::from(m.role == Role::Primary);
+            e.instances.insert(i.spec.name.clone());
+        } else {
+            e.cpu = (e.cpu - r.cpu).max(0.0);
+            e.memory_mib = e.memory_mib.saturating_sub(r.memory);
+            if let Some(d) = e.disk_mib.get_mut(&class) {
+                *d = d.saturating_sub(r.disk);
+            }
+            e.members = e.members.saturating_sub(1);
+            e.primaries = e
+                .primaries
+                .saturating_sub(u32::from(m.role == Role::Primary));
+            e.instances.remove(&i.spec.name);
+        }
+    }
+}
+
+/// A node's full desired state: one assignment per member placed on it.
+fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
+    let mut members = Vec::new();
+    if let Some(r) = inner.reserved.get(node) {
+        for name in &r.instances {
+            let Some(i) = inner.instances.get(name).filter(|i| i.revision > 0) else {
+                continue;
+            };
+            let primary = i.members.iter().find(|m| m.role == Role::Primary);
+            let primary_address = primary
+                .and_then(|p| inner.live.get(&p.node)?.members.get(&p.id))
+                .map(|s| s.address.clone())
+                .unwrap_or_default();
+            for m in i.members.iter().filter(|m| m.node == node) {
+                // A member is never left out of its node's desired state (the agent would remove
+                // it). A replica whose primary's address is not known yet (just created, or the
+                // scheduler just restarted) gets an empty address: the agent keeps it as it is.
+                let c = &i.credentials;
+                members.push(Assignment {
+                    member: m.id.clone(),
+                    instance: i.spec.name.clone(),
+                    engine: i.spec.engine.to_string(),
+                    version: i.spec.version.clone(),
+                    role: m.role.to_string(),
+                    epoch: i.epoch,
+                    cpu: i.spec.resources.cpu,
+                    memory_bytes: i.spec.resources.memory << 20,
+                    disk_bytes: i.spec.resources.disk << 20,
+                    disk_class: i.spec.disk_class.clone().unwrap_or_default(),
+                    primary_address: if m.role == Role::Replica {
+                        primary_address.clone()
+                    } else {
+                        String::new()
+                    },
+                    secrets: HashMap::from([
+                        ("admin".into(), c.admin.clone()),
+                        ("repl".into(), c.repl.clone()),
+                        ("monitor".into(), c.monitor.clone()),
+                        ("app".into(), c.app.clone()),
+                    ]),
+                    settings: HashMap::from([("replicas".into(), i.spec.replicas.to_string())]),
+                });
+            }
+        }
+    }
+    DesiredState {
+        node: node.to_owned(),
+        revision,
+        members,
+    }
+}

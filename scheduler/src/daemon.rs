@@ -1,0 +1,186 @@
+//! Runs the scheduler: store, cluster, REST and gRPC servers, the node-liveness loop, and a
+//! graceful shutdown that drains within a grace period.
+
+use crate::agents::AgentService;
+use crate::api::{self, Api};
+use crate::auth::{ensure_admin_token, Tokens};
+use crate::cluster::Cluster;
+use crate::config::{SchedulerConfig, TokenRole};
+use crate::store::{SqliteStore, Store};
+use mofang_common::proto::agent_control_server::AgentControlServer;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Errors that stop the scheduler from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory or token file could not be prepared.
+    #[error("data directory {path}")]
+    DataDir {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// Loading the cluster state failed.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result of running the daemon.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Addresses the servers actually listen on (port 0 in config picks free ones).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// REST.
+    pub rest: SocketAddr,
+    /// gRPC.
+    pub grpc: SocketAddr,
+}
+
+/// Starts everything; returns the bound addresses and a future that runs until shutdown.
+pub async fn start(
+    cfg: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> Result<(Bound, impl std::future::Future<Output = ()>)> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        Error::DataDir {
+            path: dir.clone(),
+            source,
+        }
+    })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("mofang.db"))?);
+
+    let mut tokens = Tokens::from_config(&cfg.tokens);
+    if tokens.is_empty() {
+        let (token, path) = ensure_admin_token(dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        tokens.insert(&token, "admin", TokenRole::Admin);
+        info!(path = %path.display(), "no tokens configured: admin token is in this file (mode 0600)");
+    }
+
+    let cluster = Cluster::load(store, cfg.node_ttl()).await?;
+    let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cfg.rest_listen,
+            source,
+        })?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cfg.grpc_listen,
+            source,
+        })?;
+    let bound = Bound {
+        rest: rest.local_addr().map_err(|source| Error::Bind {
+            addr: cfg.rest_listen,
+            source,
+        })?,
+        grpc: grpc.local_addr().map_err(|source| Error::Bind {
+            addr: cfg.grpc_listen,
+            source,
+        })?,
+    };
+
+    let app = api::router(Api {
+        cluster: cluster.clone(),
+        tokens: Arc::new(tokens),
+    });
+    let sd = shutdown.clone();
+    let rest_task = tokio::spawn(
+        async move {
+            let served = axum::serve(
+                rest,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await;
+            if let Err(e) = served {
+                warn!(error = %e, "REST server stopped with an error");
+            }
+        }
+        .instrument(tracing::info_span!("rest")),
+    );
+
+    // Agents are told a lease of twice the node ttl: the scheduler declares a node down
+    // before its agent fences.
+    let svc = AgentService::new(
+        cluster.clone(),
+        cfg.heartbeat_interval_ms,
+        cfg.node_ttl_ms * 2,
+    );
+    let sd = shutdown.clone();
+    let grpc_task = tokio::spawn(
+        async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+            let served = tonic::transport::Server::builder()
+                .add_service(AgentControlServer::new(svc))
+                .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "gRPC server stopped with an error");
+            }
+        }
+        .instrument(tracing::info_span!("grpc")),
+    );
+
+    let sd = shutdown.clone();
+    let liveness = tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => cluster.check_nodes().await,
+                }
+            }
+        }
+        .instrument(tracing::info_span!("liveness")),
+    );
+    info!(rest = %bound.rest, grpc = %bound.grpc, "scheduler listening");
+
+    let run = async move {
+        shutdown.cancelled().await;
+        // Open watch streams keep the gRPC server from finishing: give it a grace period.
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = tokio::join!(rest_task, liveness);
+        })
+        .await;
+        if drained.is_err() {
+            warn!("REST server did not drain within 5s");
+        }
+        if tokio::time::timeout(Duration::from_secs(2), grpc_task)
+            .await
+            .is_err()
+        {
+            warn!("agent streams still open after 2s; closing them");
+        }
+    };
+    Ok((bound, run))
+}

@@ -1,0 +1,222 @@
+//! The scheduler's durable records: nodes, instances with their members, events, audit
+//! entries. These are what the store keeps and what the API shows.
+
+use mofang_common::{EngineKind, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What an operator set on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAdmin {
+    /// Schedulable.
+    #[default]
+    Active,
+    /// No new members; existing ones stay.
+    Cordoned,
+    /// No new members; existing ones are to be moved away.
+    Draining,
+}
+
+/// The state a node is in, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeating and schedulable.
+    Ready,
+    /// No heartbeat for `node_ttl`.
+    Down,
+    /// Heartbeating, being drained.
+    Draining,
+    /// Heartbeating, cordoned.
+    Cordoned,
+}
+
+/// A data disk of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DiskInfo {
+    /// Path on the host.
+    pub path: String,
+    /// Class (`ssd`, `hdd`, ...).
+    pub class: String,
+    /// Capacity offered, bytes.
+    pub capacity_bytes: u64,
+    /// Free bytes on the filesystem (last report).
+    pub free_bytes: u64,
+}
+
+/// A registered node (one agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Address clients use for host-network members.
+    pub address: String,
+    /// Labels (`zone`, `region`, ...).
+    pub labels: BTreeMap<String, String>,
+    /// CPU cores offered.
+    pub cpu: f64,
+    /// Memory offered, bytes.
+    pub memory_bytes: u64,
+    /// Data disks.
+    pub disks: Vec<DiskInfo>,
+    /// Operator setting.
+    pub admin: NodeAdmin,
+    /// Agent version.
+    pub agent_version: String,
+    /// First registration, ms.
+    pub registered_at_ms: i64,
+}
+
+/// Resources of one member.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores (0.1 .. 64).
+    pub cpu: f64,
+    /// Memory in MiB (64 .. 1 TiB).
+    pub memory: u64,
+    /// Disk in MiB (64 .. 64 TiB).
+    pub disk: u64,
+}
+
+/// Scoring strategy of placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Prefer the least loaded nodes (default).
+    #[default]
+    Spread,
+    /// Prefer the most loaded nodes that still fit.
+    Binpack,
+}
+
+/// Placement constraints of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    /// Only nodes whose `zone` label is one of these.
+    #[serde(default)]
+    pub zones: Option<Vec<String>>,
+    /// Scoring strategy.
+    #[serde(default)]
+    pub spread: Option<Strategy>,
+}
+
+/// What a user asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Instance name (DNS label, at most 40 characters).
+    pub name: String,
+    /// Engine.
+    #[schema(value_type = String, example = "mariadb")]
+    pub engine: EngineKind,
+    /// Engine version (`10.11` for MariaDB, `7.0` for Redis).
+    pub version: String,
+    /// Number of replicas besides the primary (0 .. 8).
+    pub replicas: u32,
+    /// Resources of each member.
+    pub resources: Resources,
+    /// Disk class; any when absent.
+    #[serde(default)]
+    pub disk_class: Option<String>,
+    /// Placement constraints.
+    #[serde(default)]
+    pub placement: Option<PlacementSpec>,
+}
+
+/// One member of an instance, as decided by the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MemberRecord {
+    /// Member id: `<instance>-<ordinal>`.
+    pub id: String,
+    /// Node it is placed on.
+    pub node: String,
+    /// Desired role.
+    #[schema(value_type = String, example = "primary")]
+    pub role: Role,
+}
+
+/// Instance-wide credentials (generated at creation, shown only to admins).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Credentials {
+    /// `mofang_admin` password.
+    pub admin: String,
+    /// `mofang_repl` password.
+    pub repl: String,
+    /// `mofang_monitor` password.
+    pub monitor: String,
+    /// `app` password.
+    pub app: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+/// A database instance: the spec plus every decision taken about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The request.
+    pub spec: InstanceSpec,
+    /// Role-assignment generation; only grows.
+    pub epoch: u64,
+    /// Members with their nodes and roles.
+    pub members: Vec<MemberRecord>,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// Creation time, ms.
+    pub created_at_ms: i64,
+    /// Store revision of this record (compare-and-set).
+    pub revision: u64,
+}
+
+/// Something that happened, for `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Monotonic id (assigned by the store).
+    pub id: u64,
+    /// Time, ms.
+    pub at_ms: i64,
+    /// Instance concerned, if any.
+    pub instance: Option<String>,
+    /// Node concerned, if any.
+    pub node: Option<String>,
+    /// Kind: `placed`, `instance_created`, `instance_deleted`, `node_registered`, `node_down`, `node_up`, `member_state`, ...
+    pub kind: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// One mutating request, for `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Monotonic id (assigned by the store).
+    pub id: u64,
+    /// Time, ms.
+    pub at_ms: i64,
+    /// Token name.
+    pub who: String,
+    /// Source address.
+    pub source: String,
+    /// Method and path, e.g. `POST /v1/instances`.
+    pub action: String,
+    /// Target object.
+    pub target: String,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// Short result (`ok`, or the error code).
+    pub result: String,
+}

@@ -1,0 +1,746 @@
+//! Placement: which nodes get the members of a new instance, as a pure function of the cluster
+//! state and the request.
+//!
+//! The steps follow the Kubernetes scheduler's filter-then-score model
+//! (<https://kubernetes.io/docs/concepts/scheduling-eviction/kube-scheduler/>): every node is
+//! filtered (state, zone, cpu, memory, disk), the survivors are ranked by the strategy's score,
+//! and members are picked greedily so that they land in as many zones as possible, one member per
+//! node at most. The primary then goes to the chosen node carrying the fewest primaries, so that
+//! write load spreads over the hosts.
+//!
+//! Nothing here does I/O or reads the clock: the same input always gives the same output, so the
+//! reconcile loop may retry a placement and get the same answer.
+
+use crate::model::{InstanceSpec, MemberRecord, Node, NodeAdmin, NodeState, Strategy};
+use mofang_common::Role;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The label holding a node's zone.
+pub const ZONE_LABEL: &str = "zone";
+
+const MIB: u64 = 1024 * 1024;
+
+/// Slack on cpu comparisons, so that `0.3 - 0.2` cores free still fit a `0.1` core member.
+const CPU_EPSILON: f64 = 1e-9;
+
+/// What placement needs to know about a node right now.
+#[derive(Debug, Clone)]
+pub struct NodeView<'a> {
+    /// The node record.
+    pub node: &'a Node,
+    /// Its current state; only `Ready` nodes are schedulable.
+    pub state: NodeState,
+    /// CPU cores already reserved on this node by members of existing instances.
+    pub reserved_cpu: f64,
+    /// Memory MiB already reserved on this node by members of existing instances.
+    pub reserved_memory_mib: u64,
+    /// Reserved disk MiB per disk class on this node. A class may have several disks: the
+    /// capacity of a class is the sum of its disks' `capacity_bytes`, in MiB.
+    pub reserved_disk_mib: BTreeMap<String, u64>,
+    /// Number of primaries currently on this node (for primary balancing).
+    pub primaries: u32,
+    /// Number of members currently on this node.
+    pub members: u32,
+}
+
+/// The outcome of a placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// `members[0]` is the primary, the rest are replicas; ids are `<instance>-<ordinal>`.
+    pub members: Vec<MemberRecord>,
+}
+
+/// Why an instance cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Not enough nodes pass the filters for the hard anti-affinity (one member per node).
+    #[error("cannot place {wanted} members of {instance}: {fit} nodes fit; {}", .reasons.join("; "))]
+    Unplaceable {
+        /// Instance name.
+        instance: String,
+        /// Members asked for (primary plus replicas).
+        wanted: usize,
+        /// Nodes that passed every filter.
+        fit: usize,
+        /// Why each other node was filtered out, one entry per failed check,
+        /// e.g. `node-b: memory 512 MiB free, 1024 MiB asked`.
+        reasons: Vec<String>,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A node that passed the filters, with what scoring needs.
+struct Candidate<'a> {
+    name: &'a str,
+    /// `None` for a node without a zone label; such nodes count as one zone together.
+    zone: Option<&'a str>,
+    free_memory_mib: u64,
+    memory_mib: u64,
+    members: u32,
+    primaries: u32,
+}
+
+/// Places `1 + spec.replicas` members of `spec` on `nodes`, at most one per node.
+///
+/// `nodes` holds one view per node (names unique); their order does not matter.
+pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
+    let wanted = usize::try_from(spec.replicas)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    let placement = spec.placement.as_ref();
+    let strategy = placement.and_then(|p| p.spread).unwrap_or_default();
+    // An empty list is read as "no constraint" rather than "no node may be used".
+    let zones = placement
+        .and_then(|p| p.zones.as_deref())
+        .filter(|z| !z.is_empty());
+
+    let mut candidates = Vec::with_capacity(nodes.len());
+    let mut reasons = Vec::new();
+    for view in nodes {
+        let before = reasons.len();
+        check(spec, zones, view, &mut reasons);
+        if reasons.len() == before {
+            let memory_mib = view.node.memory_bytes / MIB;
+            candidates.push(Candidate {
+                name: &view.node.name,
+                zone: view.node.labels.get(ZONE_LABEL).map(String::as_str),
+                free_memory_mib: memory_mib.saturating_sub(view.reserved_memory_mib),
+                memory_mib,
+                members: view.members,
+                primaries: view.primaries,
+            });
+        }
+    }
+
+    if candidates.len() < wanted {
+        return Err(Error::Unplaceable {
+            instance: spec.name.clone(),
+            wanted,
+            fit: candidates.len(),
+            reasons,
+        });
+    }
+
+    // Rank once; a candidate's position is its score rank from here on.
+    candidates.sort_by(|a, b| by_score(strategy, a, b));
+
+    // Greedy zone spread: take the best-ranked node of a zone not used yet, else the best-ranked
+    // node left. Every zone among the candidates has at least one node, so this reaches
+    // min(wanted, zones) distinct zones, the most possible.
+    let mut taken = vec![false; candidates.len()];
+    let mut used_zones: BTreeSet<Option<&str>> = BTreeSet::new();
+    let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        let mut first_free = None;
+        let mut first_new_zone = None;
+        for (rank, candidate) in candidates.iter().enumerate() {
+            if taken[rank] {
+                continue;
+            }
+            first_free.get_or_insert(rank);
+            if !used_zones.contains(&candidate.zone) {
+                first_new_zone = Some(rank);
+                break;
+            }
+        }
+        // There are at least `wanted` candidates, so one is always left.
+        let Some(rank) = first_new_zone.or(first_free) else {
+            break;
+        };
+        taken[rank] = true;
+        used_zones.insert(candidates[rank].zone);
+        chosen.push(rank);
+    }
+
+    // Primary balancing: fewest primaries, ties to the best-ranked node.
+    if let Some(pos) = chosen
+        .iter()
+        .enumerate()
+        .min_by_key(|&(_, &rank)| (candidates[rank].primaries, rank))
+        .map(|(pos, _)| pos)
+    {
+        let primary = chosen.remove(pos);
+        chosen.insert(0, primary);
+    }
+
+    let members = chosen
+        .iter()
+        .enumerate()
+        .map(|(ordinal, &rank)| MemberRecord {
+            id: format!("{}-{ordinal}", spec.name),
+            node: candidates[rank].name.to_owned(),
+            role: if ordinal == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            },
+        })
+        .collect();
+    Ok(Placed { members })
+}
+
+/// Runs the filters on one node, pushing one reason per failed check. A node that is not
+/// schedulable at all gets only that reason: its free resources would be noise.
+fn check(
+    spec: &InstanceSpec,
+    zones: Option<&[String]>,
+    view: &NodeView<'_>,
+    reasons: &mut Vec<String>,
+) {
+    let node = view.node;
+    let name = node.name.as_str();
+
+    let unschedulable = match (view.state, node.admin) {
+        (NodeState::Down, _) => Some("down"),
+        (NodeState::Cordoned, _) | (NodeState::Ready, NodeAdmin::Cordoned) => Some("cordoned"),
+        (NodeState::Draining, _) | (NodeState::Ready, NodeAdmin::Draining) => Some("draining"),
+        (NodeState::Ready, NodeAdmin::Active) => None,
+    };
+    if let Some(state) = unschedulable {
+        reasons.push(format!("{name}: {state}"));
+        return;
+    }
+
+    if let Some(zones) = zones {
+        match node.labels.get(ZONE_LABEL) {
+            None => reasons.push(format!("{name}: no zone label")),
+            Some(zone) if !zones.contains(zone) => {
+                reasons.push(format!("{name}: zone {zone} not in [{}]", zones.join(", ")))
+            }
+            Some(_) => {}
+        }
+    }
+
+    let asked = &spec.resources;
+    let free_cpu = (node.cpu - view.reserved_cpu).max(0.0);
+    if free_cpu + CPU_EPSILON < asked.cpu || asked.cpu.is_nan() {
+        reasons.push(format!(
+            "{name}: cpu {} free, {} asked",
+            cores(free_cpu),
+            cores(asked.cpu)
+        ));
+    }
+
+    let free_memory = (node.memory_bytes / MIB).saturating_sub(view.reserved_memory_mib);
+    if free_memory < asked.memory {
+        reasons.push(format!(
+            "{name}: memory {free_memory} MiB free, {} MiB asked",
+            asked.memory
+        ));
+    }
+
+    let mut capacity: BTreeMap<&str, u64> = BTreeMap::new();
+    for disk in &node.disks {
+        let bytes = capacity.entry(disk.class.as_str()).or_default();
+        *bytes = bytes.saturating_add(disk.capacity_bytes);
+    }
+    let free_disk = |class: &str, bytes: u64| {
+        let reserved = view.reserved_disk_mib.get(class).copied().unwrap_or(0);
+        (bytes / MIB).saturating_sub(reserved)
+    };
+    let best = match spec.disk_class.as_deref() {
+        Some(class) => match capacity.get(class) {
+            Some(&bytes) => Some((class, free_disk(class, bytes))),
+            None => {
+                reasons.push(format!("{name}: no disk of class {class}"));
+                return;
+            }
+        },
+        // Any class will do: the one with the most free space (ties to the first by name).
+        None => capacity
+            .iter()
+            .map(|(&class, &bytes)| (class, free_disk(class, bytes)))
+            .fold(
+                None,
+                |best: Option<(&str, u64)>, (class, free)| match best {
+                    Some((_, most)) if most >= free => best,
+                    _ => Some((class, free)),
+                },
+            ),
+    };
+    match best {
+        None => reasons.push(format!("{name}: no disk")),
+        Some((class, free)) if free < asked.disk => reasons.push(format!(
+            "{name}: disk ({class}) {free} MiB free, {} MiB asked",
+            asked.disk
+        )),
+        Some(_) => {}
+    }
+}
+
+/// Cores rounded to thousandths, so reasons read `0.1`, not `0.09999999999999998`.
+fn cores(cpu: f64) -> f64 {
+    (cpu * 1000.0).round() / 1000.0
+}
+
+/// Orders candidates best first under `strategy`.
+fn by_score(strategy: Strategy, a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
+    match strategy {
+        Strategy::Spread => free_fraction(b, a)
+            .then(a.members.cmp(&b.members))
+            .then(a.name.cmp(b.name)),
+        Strategy::Binpack => free_fraction(a, b).then(a.name.cmp(b.name)),
+    }
+}
+
+/// Compares the free memory fractions of `a` and `b` exactly, by cross-multiplying instead of
+/// dividing floats. A node offering no memory counts as fully used.
+fn free_fraction(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
+    let (a_free, a_total) = fraction(a);
+    let (b_free, b_total) = fraction(b);
+    (a_free * b_total).cmp(&(b_free * a_total))
+}
+
+fn fraction(c: &Candidate<'_>) -> (u128, u128) {
+    if c.memory_mib == 0 {
+        (0, 1)
+    } else {
+        (u128::from(c.free_memory_mib), u128::from(c.memory_mib))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DiskInfo, PlacementSpec, Resources};
+    use mofang_common::EngineKind;
+
+    const GIB: u64 = 1024 * MIB;
+
+    fn node(name: &str, zone: Option<&str>) -> Node {
+        Node {
+            name: name.to_owned(),
+            address: format!("10.0.0.{}", name.len()),
+            labels: zone
+                .map(|z| BTreeMap::from([(ZONE_LABEL.to_owned(), z.to_owned())]))
+                .unwrap_or_default(),
+            cpu: 8.0,
+            memory_bytes: 16 * GIB,
+            disks: vec![DiskInfo {
+                path: "/data".to_owned(),
+                class: "ssd".to_owned(),
+                capacity_bytes: 100 * GIB,
+                free_bytes: 100 * GIB,
+            }],
+            admin: NodeAdmin::Active,
+            agent_version: "0.1.0".to_owned(),
+            registered_at_ms: 0,
+        }
+    }
+
+    fn view(node: &Node) -> NodeView<'_> {
+        NodeView {
+            node,
+            state: NodeState::Ready,
+            reserved_cpu: 0.0,
+            reserved_memory_mib: 0,
+            reserved_disk_mib: BTreeMap::new(),
+            primaries: 0,
+            members: 0,
+        }
+    }
+
+    fn spec(replicas: u32) -> InstanceSpec {
+        InstanceSpec {
+            name: "db".to_owned(),
+            engine: EngineKind::Mariadb,
+            version: "10.11".to_owned(),
+            replicas,
+            resources: Resources {
+                cpu: 1.0,
+                memory: 1024,
+                disk: 1024,
+            },
+            disk_class: None,
+            placement: None,
+        }
+    }
+
+    fn with_strategy(mut spec: InstanceSpec, strategy: Strategy) -> InstanceSpec {
+        spec.placement = Some(PlacementSpec {
+            zones: None,
+            spread: Some(strategy),
+        });
+        spec
+    }
+
+    fn nodes_of(placed: &Placed) -> Vec<&str> {
+        placed.members.iter().map(|m| m.node.as_str()).collect()
+    }
+
+    fn reasons_of(err: Error) -> Vec<String> {
+        let Error::Unplaceable { reasons, .. } = err;
+        reasons
+    }
+
+    #[test]
+    fn three_nodes_in_three_zones_get_one_member_each() {
+        let nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z2")),
+            node("node-c", Some("z3")),
+        ];
+        let views: Vec<_> = nodes.iter().map(view).collect();
+        let placed = place(&spec(2), &views).unwrap();
+
+        assert_eq!(placed.members.len(), 3);
+        let ids: Vec<_> = placed.members.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["db-0", "db-1", "db-2"]);
+        let roles: Vec<_> = placed.members.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::Primary, Role::Replica, Role::Replica]);
+        let on: BTreeSet<_> = nodes_of(&placed).into_iter().collect();
+        assert_eq!(on, BTreeSet::from(["node-a", "node-b", "node-c"]));
+    }
+
+    #[test]
+    fn too_few_nodes_is_unplaceable_with_each_reason() {
+        let nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z2")),
+            node("node-c", Some("z3")),
+        ];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[1].reserved_memory_mib = 16 * 1024 - 512;
+        views[2].reserved_cpu = 7.5;
+
+        let err = place(&spec(2), &views).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Unplaceable {
+                instance: "db".to_owned(),
+                wanted: 3,
+                fit: 1,
+                reasons: vec![
+                    "node-b: memory 512 MiB free, 1024 MiB asked".to_owned(),
+                    "node-c: cpu 0.5 free, 1 asked".to_owned(),
+                ],
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot place 3 members of db: 1 nodes fit; \
+             node-b: memory 512 MiB free, 1024 MiB asked; node-c: cpu 0.5 free, 1 asked"
+        );
+    }
+
+    #[test]
+    fn more_members_than_nodes_is_unplaceable() {
+        let nodes = [node("node-a", Some("z1")), node("node-b", Some("z1"))];
+        let views: Vec<_> = nodes.iter().map(view).collect();
+        let err = place(&spec(2), &views).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Unplaceable {
+                wanted: 3,
+                fit: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn down_cordoned_and_draining_nodes_are_excluded() {
+        let mut nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z1")),
+            node("node-c", Some("z1")),
+            node("node-d", Some("z1")),
+            node("node-e", Some("z1")),
+            node("node-f", Some("z1")),
+        ];
+        // Admin set but the state not yet refreshed: still not schedulable.
+        nodes[3].admin = NodeAdmin::Cordoned;
+        nodes[4].admin = NodeAdmin::Draining;
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[0].state = NodeState::Down;
+        views[1].state = NodeState::Cordoned;
+        views[2].state = NodeState::Draining;
+
+        let placed = place(&spec(0), &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["node-f"]);
+
+        let reasons = reasons_of(place(&spec(1), &views).unwrap_err());
+        assert_eq!(
+            reasons,
+            [
+                "node-a: down",
+                "node-b: cordoned",
+                "node-c: draining",
+                "node-d: cordoned",
+                "node-e: draining",
+            ]
+        );
+    }
+
+    #[test]
+    fn zones_constraint_limits_the_nodes() {
+        let nodes = [
+            node("node-a", Some("a")),
+            node("node-b", Some("b")),
+            node("node-c", Some("eu-1")),
+            node("node-d", None),
+        ];
+        let views: Vec<_> = nodes.iter().map(view).collect();
+        let mut wanted = spec(1);
+        wanted.placement = Some(PlacementSpec {
+            zones: Some(vec!["a".to_owned(), "b".to_owned()]),
+            spread: None,
+        });
+
+        let placed = place(&wanted, &views).unwrap();
+        let on: BTreeSet<_> = nodes_of(&placed).into_iter().collect();
+        assert_eq!(on, BTreeSet::from(["node-a", "node-b"]));
+
+        wanted.replicas = 2;
+        let reasons = reasons_of(place(&wanted, &views).unwrap_err());
+        assert_eq!(
+            reasons,
+            ["node-c: zone eu-1 not in [a, b]", "node-d: no zone label"]
+        );
+    }
+
+    #[test]
+    fn disk_class_is_honoured() {
+        let mut nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z2")),
+            node("node-c", Some("z3")),
+        ];
+        // node-b: two hdd disks whose sum fits, though neither does alone.
+        nodes[1].disks = vec![
+            DiskInfo {
+                path: "/hdd1".to_owned(),
+                class: "hdd".to_owned(),
+                capacity_bytes: 600 * MIB,
+                free_bytes: 600 * MIB,
+            },
+            DiskInfo {
+                path: "/hdd2".to_owned(),
+                class: "hdd".to_owned(),
+                capacity_bytes: 600 * MIB,
+                free_bytes: 600 * MIB,
+            },
+        ];
+        nodes[2].disks[0].class = "hdd".to_owned();
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[2]
+            .reserved_disk_mib
+            .insert("hdd".to_owned(), 100 * 1024 - 100);
+
+        let mut wanted = spec(0);
+        wanted.disk_class = Some("hdd".to_owned());
+        let placed = place(&wanted, &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["node-b"]);
+
+        wanted.replicas = 1;
+        let reasons = reasons_of(place(&wanted, &views).unwrap_err());
+        assert_eq!(
+            reasons,
+            [
+                "node-a: no disk of class hdd",
+                "node-c: disk (hdd) 100 MiB free, 1024 MiB asked",
+            ]
+        );
+    }
+
+    #[test]
+    fn any_disk_class_uses_the_class_with_most_free() {
+        let mut nodes = [node("node-a", Some("z1")), node("node-b", Some("z2"))];
+        nodes[0].disks.push(DiskInfo {
+            path: "/hdd".to_owned(),
+            class: "hdd".to_owned(),
+            capacity_bytes: 2 * GIB,
+            free_bytes: 2 * GIB,
+        });
+        nodes[1].disks.clear();
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        // ssd full, hdd has room: node-a still fits.
+        views[0]
+            .reserved_disk_mib
+            .insert("ssd".to_owned(), 100 * 1024);
+
+        let placed = place(&spec(0), &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["node-a"]);
+
+        views[0].reserved_disk_mib.insert("hdd".to_owned(), 1948);
+        let reasons = reasons_of(place(&spec(0), &views).unwrap_err());
+        assert_eq!(
+            reasons,
+            [
+                "node-a: disk (hdd) 100 MiB free, 1024 MiB asked",
+                "node-b: no disk",
+            ]
+        );
+    }
+
+    #[test]
+    fn spread_takes_the_emptiest_and_binpack_the_fullest_that_fits() {
+        let nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z1")),
+            node("node-c", Some("z1")),
+            node("node-d", Some("z1")),
+        ];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[0].reserved_memory_mib = 4 * 1024;
+        views[1].reserved_memory_mib = 1024;
+        views[2].reserved_memory_mib = 14 * 1024;
+        // Fullest of all, but 512 MiB free does not fit.
+        views[3].reserved_memory_mib = 16 * 1024 - 512;
+
+        let spread = place(&spec(0), &views).unwrap();
+        assert_eq!(nodes_of(&spread), ["node-b"]);
+        let explicit = place(&with_strategy(spec(0), Strategy::Spread), &views).unwrap();
+        assert_eq!(explicit, spread);
+
+        let binpack = place(&with_strategy(spec(0), Strategy::Binpack), &views).unwrap();
+        assert_eq!(nodes_of(&binpack), ["node-c"]);
+    }
+
+    #[test]
+    fn spread_compares_fractions_not_mebibytes() {
+        let mut nodes = [node("big", Some("z1")), node("small", Some("z1"))];
+        nodes[0].memory_bytes = 64 * GIB;
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        // big: 16 GiB free of 64 (25%); small: 8 GiB free of 16 (50%).
+        views[0].reserved_memory_mib = 48 * 1024;
+        views[1].reserved_memory_mib = 8 * 1024;
+
+        let placed = place(&spec(0), &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["small"]);
+    }
+
+    #[test]
+    fn spread_ties_go_to_fewer_members_then_name() {
+        let nodes = [
+            node("node-c", Some("z1")),
+            node("node-b", Some("z1")),
+            node("node-a", Some("z1")),
+        ];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[2].members = 3;
+
+        let placed = place(&spec(1), &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["node-b", "node-c"]);
+    }
+
+    #[test]
+    fn primary_goes_to_the_node_with_fewest_primaries() {
+        let nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z2")),
+            node("node-c", Some("z3")),
+        ];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[0].primaries = 2;
+        views[1].primaries = 0;
+        views[2].primaries = 1;
+        // Make node-a the best-scored, so it would get the primary without balancing.
+        views[1].reserved_memory_mib = 2048;
+        views[2].reserved_memory_mib = 1024;
+
+        let placed = place(&spec(2), &views).unwrap();
+        assert_eq!(placed.members[0].node, "node-b");
+        assert_eq!(placed.members[0].role, Role::Primary);
+        assert_eq!(placed.members[0].id, "db-0");
+        assert_eq!(nodes_of(&placed)[1..], ["node-a", "node-c"]);
+
+        // Ties on primaries: the best-scored node wins.
+        views[1].primaries = 2;
+        views[2].primaries = 2;
+        let placed = place(&spec(2), &views).unwrap();
+        assert_eq!(placed.members[0].node, "node-a");
+    }
+
+    #[test]
+    fn two_members_on_four_nodes_in_two_zones_use_both_zones() {
+        let nodes = [
+            node("node-a", Some("z1")),
+            node("node-b", Some("z1")),
+            node("node-c", Some("z2")),
+            node("node-d", Some("z2")),
+        ];
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        // Scoring alone would pick node-a and node-b, both in z1.
+        views[2].reserved_memory_mib = 4096;
+        views[3].reserved_memory_mib = 8192;
+
+        for strategy in [Strategy::Spread, Strategy::Binpack] {
+            let placed = place(&with_strategy(spec(1), strategy), &views).unwrap();
+            let zones: BTreeSet<_> = placed
+                .members
+                .iter()
+                .map(|m| {
+                    nodes
+                        .iter()
+                        .find(|n| n.name == m.node)
+                        .and_then(|n| n.labels.get(ZONE_LABEL))
+                        .unwrap()
+                        .as_str()
+                })
+                .collect();
+            assert_eq!(zones, BTreeSet::from(["z1", "z2"]), "{strategy:?}");
+        }
+        let placed = place(&spec(1), &views).unwrap();
+        assert_eq!(nodes_of(&placed), ["node-a", "node-c"]);
+    }
+
+    #[test]
+    fn same_input_gives_same_output_whatever_the_order() {
+        let nodes: Vec<_> = (0..12)
+            .map(|i| node(&format!("node-{i:02}"), Some(["z1", "z2", "z3"][i % 3])))
+            .collect();
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        // Several exact ties on score, broken by name.
+        for (i, v) in views.iter_mut().enumerate() {
+            v.reserved_memory_mib = (i as u64 % 4) * 1024;
+            v.primaries = i as u32 % 2;
+        }
+        let wanted = spec(4);
+        let first = place(&wanted, &views).unwrap();
+        assert_eq!(place(&wanted, &views).unwrap(), first);
+
+        views.reverse();
+        assert_eq!(place(&wanted, &views).unwrap(), first);
+        views.rotate_left(5);
+        assert_eq!(place(&wanted, &views).unwrap(), first);
+    }
+
+    #[test]
+    fn a_thousand_nodes_are_placed() {
+        let nodes: Vec<_> = (0..1000)
+            .map(|i| {
+                node(
+                    &format!("node-{i:04}"),
+                    Some(["z1", "z2", "z3", "z4"][i % 4]),
+                )
+            })
+            .collect();
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        for (i, v) in views.iter_mut().enumerate() {
+            v.reserved_memory_mib = (i as u64 * 7) % (16 * 1024);
+        }
+        let placed = place(&spec(8), &views).unwrap();
+        assert_eq!(placed.members.len(), 9);
+        let distinct: BTreeSet<_> = nodes_of(&placed).into_iter().collect();
+        assert_eq!(distinct.len(), 9);
+    }
+
+    #[test]
+    fn fractional_cpu_fits_despite_float_rounding() {
+        let mut nodes = [node("node-a", Some("z1"))];
+        nodes[0].cpu = 0.3;
+        let mut views: Vec<_> = nodes.iter().map(view).collect();
+        views[0].reserved_cpu = 0.2;
+        let mut wanted = spec(0);
+        wanted.resources.cpu = 0.1;
+        assert!(place(&wanted, &views).is_ok());
+
+        wanted.resources.cpu = 0.2;
+        let reasons = reasons_of(place(&wanted, &views).unwrap_err());
+        assert_eq!(reasons, ["node-a: cpu 0.1 free, 0.2 asked"]);
+    }
+}

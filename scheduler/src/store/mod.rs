@@ -1,0 +1,82 @@
+//! Durable storage of the scheduler's desired state: the `Store` trait and its errors.
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::model::{AuditEntry, Event, Instance, Node, NodeAdmin};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The instance already exists.
+    #[error("instance {0} already exists")]
+    AlreadyExists(String),
+    /// No such instance / node.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Compare-and-set failed: the record changed since it was read.
+    #[error("instance {name} changed: expected revision {expected}, found {actual}")]
+    Conflict {
+        /// Instance name.
+        name: String,
+        /// Revision the caller read.
+        expected: u64,
+        /// Revision stored now.
+        actual: u64,
+    },
+    /// The backend failed (disk, corruption); the write did not happen.
+    #[error("store backend failed: {0}")]
+    Backend(String),
+}
+
+/// Result of a store operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Durable state of the scheduler. Every write is on disk when its call returns `Ok`.
+///
+/// A call whose future is dropped before it completes may or may not have taken effect.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Upserts a node (registration). Keeps `admin` and `registered_at_ms` of an existing
+    /// record: those change only through [`Store::set_node_admin`] and first registration.
+    async fn put_node(&self, node: &Node) -> Result<()>;
+    /// All nodes, ordered by name.
+    async fn nodes(&self) -> Result<Vec<Node>>;
+    /// Sets the operator setting of a node and returns the stored node; `NotFound` if missing.
+    async fn set_node_admin(&self, name: &str, admin: NodeAdmin) -> Result<Node>;
+    /// Inserts a new instance with revision 1 (the stored and returned record has revision
+    /// 1); `AlreadyExists` if the name exists. Also appends `events` in the SAME transaction,
+    /// assigning their ids. Returns the stored instance.
+    async fn create_instance(&self, inst: &Instance, events: &[Event]) -> Result<Instance>;
+    /// Compare-and-set: replaces the instance iff its stored revision == `inst.revision`;
+    /// stores revision + 1; appends `events` in the same transaction. `Conflict` otherwise,
+    /// `NotFound` if gone. Returns the stored instance.
+    async fn update_instance(&self, inst: &Instance, events: &[Event]) -> Result<Instance>;
+    /// Deletes iff stored revision == `expected_revision` (`Conflict` otherwise, `NotFound`
+    /// if gone); appends `events` in the same transaction.
+    async fn delete_instance(
+        &self,
+        name: &str,
+        expected_revision: u64,
+        events: &[Event],
+    ) -> Result<()>;
+    /// One instance, if it exists.
+    async fn instance(&self, name: &str) -> Result<Option<Instance>>;
+    /// All instances, ordered by name.
+    async fn instances(&self) -> Result<Vec<Instance>>;
+    /// Appends events (ids assigned, monotonically increasing from 1); returns the stored
+    /// events.
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<Event>>;
+    /// Events with id > `since`, optionally only of one instance, oldest first, at most
+    /// `limit`.
+    async fn events(&self, instance: Option<&str>, since: u64, limit: usize) -> Result<Vec<Event>>;
+    /// Appends an audit entry (id assigned); returns it. Durable when it returns.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry>;
+    /// Audit entries with id > `since`, oldest first, at most `limit`.
+    async fn audit(&self, since: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// Small key/value for scheduler metadata (e.g. generated token hash).
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+    /// Sets a metadata value, replacing any previous one.
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+}

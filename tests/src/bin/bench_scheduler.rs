@@ -1,0 +1,370 @@
+//! Scheduler benchmark (`make bench`): a real `mofang-scheduler` process (release build),
+//! 1,000 simulated agents over real gRPC (register, heartbeat at 1 Hz, watch assignments),
+//! then 10,000 instance creations through the REST API. Prints placements committed per
+//! second, API latency p50/p99, the scheduler's CPU for heartbeats, and its RSS.
+//!
+//! Usage: bench_scheduler [--agents N] [--instances N] [--concurrency N] [--idle-secs N]
+
+use anyhow::{bail, Context, Result};
+use mofang_common::proto::agent_control_client::AgentControlClient;
+use mofang_common::proto::{Disk, HeartbeatRequest, MemberStatus, RegisterRequest, WatchRequest};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// (VmRSS, VmHWM) in MiB.
+fn rss_mib(pid: u32) -> Result<(f64, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |k: &str| -> f64 {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    Ok((get("VmRSS:"), get("VmHWM:")))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn agent(
+    endpoint: String,
+    node: String,
+    zone: String,
+    beats: Arc<AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)?
+        .connect()
+        .await?;
+    let mut client = AgentControlClient::new(channel);
+    client
+        .register(RegisterRequest {
+            node: node.clone(),
+            advertise_address: "127.0.0.1".into(),
+            labels: HashMap::from([("zone".to_owned(), zone)]),
+            cpu: 64.0,
+            memory_bytes: 256 << 30,
+            disks: vec![Disk {
+                path: "/data".into(),
+                class: "ssd".into(),
+                capacity_bytes: 10 << 40,
+                free_bytes: 10 << 40,
+                reserved_bytes: 0,
+            }],
+            agent_version: "bench".into(),
+        })
+        .await?;
+    let mut watch = client
+        .watch_assignments(WatchRequest {
+            node: node.clone(),
+            known_revision: 0,
+        })
+        .await?
+        .into_inner();
+    let members = Arc::new(std::sync::Mutex::new(Vec::<MemberStatus>::new()));
+    let m2 = members.clone();
+    let stop2 = stop.clone();
+    // Follow the desired state like an agent and report every member healthy.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop2.cancelled() => break,
+                msg = watch.next() => match msg {
+                    Some(Ok(ds)) => {
+                        let st: Vec<MemberStatus> = ds.members.iter().enumerate().map(|(i, a)| MemberStatus {
+                            member: a.member.clone(), instance: a.instance.clone(), engine: a.engine.clone(),
+                            container_state: "running".into(), healthy: true, role: a.role.clone(), epoch: a.epoch,
+                            address: format!("127.0.0.1:{}", 33000 + i), lag_seconds: 0, ..Default::default()
+                        }).collect();
+                        if let Ok(mut m) = m2.lock() { *m = st; }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    });
+    // Spread heartbeats over the second like real agents started at different times.
+    tokio::time::sleep(Duration::from_millis(rand_ms(&node))).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let ms = members.lock().map(|m| m.clone()).unwrap_or_default();
+                let hb = HeartbeatRequest { node: node.clone(), members: ms, ..Default::default() };
+                if client.heartbeat(hb).await.is_ok() {
+                    beats.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn rand_ms(seed: &str) -> u64 {
+    seed.bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 1000
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let n_agents = arg("--agents", 1000);
+    let n_instances = arg("--instances", 10_000);
+    let concurrency = arg("--concurrency", 64);
+    let idle_secs = arg("--idle-secs", 20) as u64;
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "mofang-scheduler",
+            "--bin",
+            "mofang-scheduler",
+        ])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("building the scheduler failed");
+    }
+    let bin = root.join("target/release/mofang-scheduler");
+    let dir = tempfile::Builder::new()
+        .prefix("mofang-bench-")
+        .tempdir_in("/var/tmp")?;
+    let (rest, grpc) = (free_port()?, free_port()?);
+    std::fs::write(
+        dir.path().join("s.toml"),
+        format!(
+            "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\ndata_dir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(dir.path().join("s.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.path().join("scheduler.log"),
+        )?))
+        .spawn()?;
+    let pid = child.id();
+    let token_path = dir.path().join("data/admin.token");
+    wait_for(&token_path).await?;
+    let token = std::fs::read_to_string(&token_path)?.trim().to_owned();
+    let base = format!("http://127.0.0.1:{rest}");
+
+    println!("mofang scheduler benchmark: {n_agents} agents over gRPC at 1 Hz, {n_instances} creations over REST ({concurrency} in flight)");
+    println!(
+        "machine: {} cores; scheduler: release build, embedded SQLite (WAL, synchronous=FULL)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let beats = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for i in 0..n_agents {
+        let (ep, b, s) = (
+            format!("http://127.0.0.1:{grpc}"),
+            beats.clone(),
+            stop.clone(),
+        );
+        let zone = ["z1", "z2", "z3"][i % 3].to_owned();
+        handles.push(tokio::spawn(agent(ep, format!("bench-{i:04}"), zone, b, s)));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    // Wait until every node is registered and heartbeating.
+    let t0 = Instant::now();
+    loop {
+        let nodes: serde_json::Value = http
+            .get(format!("{base}/v1/nodes"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ready = nodes
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+            .unwrap_or(0);
+        if ready == n_agents {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("only {ready}/{n_agents} nodes ready after 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Phase 1: heartbeats only.
+    let (cpu0, b0, w0) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (cpu1, b1, wall) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        w0.elapsed().as_secs_f64(),
+    );
+    let hb_rate = (b1 - b0) as f64 / wall;
+    let hb_core = (cpu1 - cpu0) / wall * 100.0;
+    let (rss_idle, _) = rss_mib(pid)?;
+    println!("heartbeats: {hb_rate:.0}/s handled; scheduler CPU {hb_core:.1}% of one core ({:.3} ms CPU per heartbeat); RSS {rss_idle:.0} MiB", (cpu1 - cpu0) * 1000.0 / (b1 - b0).max(1) as f64);
+
+    // Phase 2: creations through the REST API, heartbeats continuing.
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n_instances)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, base, token, next, lat, errors) = (
+            http.clone(),
+            base.clone(),
+            token.clone(),
+            next.clone(),
+            lat.clone(),
+            errors.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n_instances as u64 {
+                    break;
+                }
+                let engine = if i % 2 == 0 { ("mariadb", "10.11") } else { ("redis", "7.0") };
+                let body = json!({"name": format!("b{i}"), "engine": engine.0, "version": engine.1, "replicas": 1,
+                                  "resources": {"cpu": 0.5, "memory": 512, "disk": 1024}});
+                let t = Instant::now();
+                let r = http.post(format!("{base}/v1/instances")).bearer_auth(&token).json(&body).send().await;
+                let d = t.elapsed();
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        if let Ok(mut l) = lat.lock() {
+                            l.push(d);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu2 = cpu_seconds(pid)?;
+    let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort();
+    let ok = l.len();
+    let (rss, hwm) = rss_mib(pid)?;
+    println!(
+        "creations: {ok} committed in {secs:.2}s = {:.0} placements/s ({} members); {} errors",
+        ok as f64 / secs,
+        ok * 2,
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "API latency (POST /v1/instances): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&l, 0.5).as_secs_f64() * 1000.0,
+        percentile(&l, 0.99).as_secs_f64() * 1000.0,
+        l.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    );
+    println!(
+        "scheduler CPU during creations: {:.0}% of one core",
+        (cpu2 - cpu1) / secs * 100.0
+    );
+    println!("scheduler RSS: {rss:.0} MiB now, {hwm:.0} MiB peak");
+
+    // Everything committed is durable: a restart sees it.
+    stop.cancel();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(dir.path().join("s.toml"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut seen = 0;
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .get(format!("{base}/v1/instances"))
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                seen = v.as_array().map(|a| a.len()).unwrap_or(0);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("after kill -9 and restart: {seen} of {ok} acknowledged instances present");
+    let _ = child.kill();
+    let _ = child.wait();
+    if seen != ok {
+        bail!("acknowledged instances lost: {seen} of {ok}");
+    }
+    Ok(())
+}
+
+async fn wait_for(p: &Path) -> Result<()> {
+    for _ in 0..100 {
+        if p.exists() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("scheduler did not start")
+}

@@ -1,0 +1,488 @@
+//! The scheduler end to end, on real Docker: a scheduler and three agents (one zone each) on a
+//! test network, instances created through the REST API and the CLI, rows and keys read at
+//! replicas, bad requests refused with JSON reasons, kill -9 of the scheduler losing nothing,
+//! a silent agent's node going down.
+
+use anyhow::{bail, Context, Result};
+use mofang_agent::runtime::ContainerRuntime;
+use mofang_tests::cluster::{binaries, AgentProcess, SchedulerProcess, TestNetwork};
+use mofang_tests::{docker, eventually, unique_name};
+use mysql_async::prelude::Queryable;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct Env {
+    sched: SchedulerProcess,
+    agents: Vec<AgentProcess>,
+    _net: TestNetwork,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Env {
+    async fn start(nodes: usize) -> Result<Env> {
+        let _ = docker().await;
+        let net = TestNetwork::create(&unique_name("net"))?;
+        let sched = SchedulerProcess::start("")?;
+        let mut agents = Vec::new();
+        for z in ["a", "b", "c"].iter().take(nodes) {
+            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
+            agents.push(AgentProcess::start(
+                &unique_name("node"),
+                &sched.grpc,
+                &net.name,
+                4096,
+                &extra,
+            )?);
+        }
+        let token = sched.admin_token()?;
+        let env = Env {
+            sched,
+            agents,
+            _net: net,
+            http: reqwest::Client::new(),
+            token,
+        };
+        env.wait_ready_nodes(nodes).await?;
+        Ok(env)
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.sched.rest))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let (s, v) = self.call(reqwest::Method::GET, path, None).await?;
+        if !s.is_success() {
+            bail!("GET {path}: {s} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn wait_ready_nodes(&self, n: usize) -> Result<()> {
+        eventually("nodes ready", Duration::from_secs(30), || async {
+            let v = self.get("/v1/nodes").await?;
+            let ready = v
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+                .unwrap_or(0);
+            if ready == n {
+                Ok(())
+            } else {
+                bail!("{ready}/{n} ready: {v}")
+            }
+        })
+        .await
+    }
+
+    async fn wait_instance_ready(&self, name: &str) -> Result<Value> {
+        let r = eventually("instance ready", Duration::from_secs(120), || async {
+            let v = self.get(&format!("/v1/instances/{name}")).await?;
+            if v["status"] == "ready" {
+                Ok(v)
+            } else {
+                bail!("{v}")
+            }
+        })
+        .await;
+        if r.is_err() {
+            for a in &self.agents {
+                eprintln!("---- {} ----\n{}", a.node, a.log());
+            }
+        }
+        r
+    }
+}
+
+fn spec(name: &str, engine: &str, replicas: u32) -> Value {
+    let version = if engine == "redis" { "7.0" } else { "10.11" };
+    json!({"name": name, "engine": engine, "version": version, "replicas": replicas,
+           "resources": {"cpu": 0.5, "memory": 384, "disk": 512}})
+}
+
+async fn mysql(addr: &str, pass: &str) -> Result<mysql_async::Conn> {
+    let (host, port) = addr.rsplit_once(':').context("address")?;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port.parse()?)
+        .user(Some("app"))
+        .pass(Some(pass.to_owned()))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    Ok(mysql_async::Conn::new(opts).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()> {
+    let env = Env::start(3).await?;
+    let rt = docker().await;
+    let name = unique_name("shop");
+    // Created through the CLI, exactly as an operator would.
+    let out = std::process::Command::new(binaries()?.join("mofang"))
+        .args([
+            "instance",
+            "create",
+            &name,
+            "--engine",
+            "mariadb",
+            "--replicas",
+            "2",
+            "--memory",
+            "384",
+            "--disk",
+            "512",
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .env("MOFANG_ADDR", &env.sched.rest)
+        .env("MOFANG_TOKEN", &env.token)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "mofang instance create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("ready") && shown.contains("replica"),
+        "{shown}"
+    );
+
+    let inst = env.wait_instance_ready(&name).await?;
+    let members = inst["members"].as_array().context("members")?.clone();
+    assert_eq!(members.len(), 3);
+    let mut nodes: Vec<&str> = members.iter().filter_map(|m| m["node"].as_str()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "one member per host");
+
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    let pw = creds["app"].as_str().context("app password")?.to_owned();
+    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    let mut c = mysql(&primary, &pw).await?;
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(32))")
+        .await?;
+    c.exec_drop("INSERT INTO t VALUES (?, ?)", (1, "on every replica"))
+        .await?;
+    drop(c);
+    for m in members.iter().filter(|m| m["role"] == "replica") {
+        let addr = m["address"].as_str().context("address")?.to_owned();
+        let pw = pw.clone();
+        let v: String = eventually("row on replica", Duration::from_secs(20), || {
+            let (addr, pw) = (addr.clone(), pw.clone());
+            async move {
+                let mut c = mysql(&addr, &pw).await?;
+                let v: Option<String> = c.query_first("SELECT v FROM t WHERE id = 1").await?;
+                v.context("not yet")
+            }
+        })
+        .await?;
+        assert_eq!(v, "on every replica");
+    }
+
+    // Events and audit say what happened and who did it.
+    let evs = env.get(&format!("/v1/events?instance={name}")).await?;
+    let placed = evs
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["kind"] == "placed").count())
+        .unwrap_or(0);
+    assert_eq!(placed, 3, "{evs}");
+    let audit = env.get("/v1/audit").await?;
+    assert!(
+        audit
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["action"] == "POST /v1/instances"
+                && e["who"] == "admin"
+                && e["status"] == 201)),
+        "{audit}"
+    );
+
+    // Delete removes containers and volumes on every host.
+    let (s, _) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/instances/{name}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    eventually(
+        "containers and volumes gone",
+        Duration::from_secs(60),
+        || async {
+            let mut left = 0;
+            for a in &env.agents {
+                left += rt.list(&[("mofang.node", a.node.as_str())]).await?.len();
+                left += std::fs::read_dir(a.dir.path().join("disk0"))?
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .count();
+            }
+            if left == 0 {
+                Ok(())
+            } else {
+                bail!("{left} containers/volumes left")
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<()> {
+    let mut env = Env::start(2).await?;
+    let rt = docker().await;
+    let name = unique_name("cache");
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(spec(&name, "redis", 1)),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let inst = env.wait_instance_ready(&name).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    let pw = creds["app"].as_str().context("pw")?.to_owned();
+    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    let client = redis::Client::open(format!("redis://app:{pw}@{primary}/"))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v1")
+        .query_async(&mut conn)
+        .await?;
+    let replica = inst["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "replica"))
+        .context("replica")?;
+    let raddr = replica["address"].as_str().context("addr")?.to_owned();
+    let rclient = redis::Client::open(format!("redis://app:{pw}@{raddr}/"))?;
+    eventually("key on replica", Duration::from_secs(10), || async {
+        let mut rc = rclient.get_multiplexed_async_connection().await?;
+        let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut rc).await?;
+        (v.as_deref() == Some("v1"))
+            .then_some(())
+            .context("not yet")
+    })
+    .await?;
+
+    let containers_before: Vec<_> = {
+        let mut v = Vec::new();
+        for a in &env.agents {
+            for c in rt.list(&[("mofang.node", a.node.as_str())]).await? {
+                v.push((c.id, c.started_at));
+            }
+        }
+        v.sort();
+        v
+    };
+    assert_eq!(containers_before.len(), 2);
+
+    // kill -9 of the scheduler: nothing acknowledged is lost, agents reconnect, nothing recreated.
+    env.sched.restart()?;
+    env.token = env.sched.admin_token()?;
+    env.wait_ready_nodes(2).await?;
+    let again = env.wait_instance_ready(&name).await?;
+    assert_eq!(
+        again["members"],
+        inst["members"]
+            .clone()
+            .as_array()
+            .map(|_| again["members"].clone())
+            .unwrap_or_default()
+    );
+    assert_eq!(again["epoch"], inst["epoch"]);
+    let mut containers_after = Vec::new();
+    for a in &env.agents {
+        for c in rt.list(&[("mofang.node", a.node.as_str())]).await? {
+            containers_after.push((c.id, c.started_at));
+        }
+    }
+    containers_after.sort();
+    assert_eq!(
+        containers_before, containers_after,
+        "no container recreated or restarted"
+    );
+    let v: String = redis::cmd("GET").arg("k").query_async(&mut conn).await?;
+    assert_eq!(v, "v1");
+
+    // An agent silent for longer than node_ttl: its node shows down.
+    let silent = env.agents[1].node.clone();
+    env.agents[1].kill9()?;
+    eventually("node down", Duration::from_secs(15), || async {
+        let n = env.get(&format!("/v1/nodes/{silent}")).await?;
+        if n["state"] == "down" {
+            Ok(())
+        } else {
+            bail!("{n}")
+        }
+    })
+    .await?;
+    eventually("node_down event", Duration::from_secs(5), || async {
+        let evs = env.get("/v1/events").await?;
+        evs.as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|e| e["kind"] == "node_down" && e["node"] == silent.as_str())
+            })
+            .then_some(())
+            .context("no node_down event yet")
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_reasons_and_change_nothing() -> Result<()> {
+    let env = Env::start(2).await?;
+    let post = |body: Value| env.call(reqwest::Method::POST, "/v1/instances", Some(body));
+
+    // Cannot be placed: the reason names every node and the figures.
+    let mut big = spec("too-big", "mariadb", 1);
+    big["resources"]["memory"] = json!(4096);
+    let (s, v) = post(big).await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "unplaceable");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    for a in &env.agents {
+        assert!(
+            msg.contains(&format!("{}: memory 2048 MiB free, 4096 MiB asked", a.node)),
+            "{msg}"
+        );
+    }
+    // Anti-affinity: three members cannot fit on two hosts.
+    let (s, v) = post(spec("three", "redis", 2)).await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    for (body, want) in [
+        (
+            spec("Bad_Name", "mariadb", 1),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "engine": "mariadb", "version": "10.11", "replicas": 1, "resources": {"cpu": 1, "memory": 512, "disk": 1024}, "color": "red"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            spec("old", "mariadb", 1)
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("version".into(), json!("5.5"));
+                    Value::Object(o)
+                })
+                .unwrap_or_default(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "huge", "engine": "redis", "version": "7.0", "replicas": 1, "resources": {"cpu": 1, "memory": 512, "disk": 1u64 << 40}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "neg", "engine": "redis", "version": "7.0", "replicas": -1, "resources": {"cpu": 1, "memory": 512, "disk": 512}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "many", "engine": "redis", "version": "7.0", "replicas": 1000, "resources": {"cpu": 1, "memory": 512, "disk": 512}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!("just a string"), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (s, v) = post(body.clone()).await?;
+        assert_eq!(s, want, "{body} -> {v}");
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{v}"
+        );
+    }
+    // Not JSON at all; over 1 MiB.
+    let raw = |b: Vec<u8>| {
+        env.http
+            .post(format!("{}/v1/instances", env.sched.rest))
+            .bearer_auth(&env.token)
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+    };
+    let r = raw(b"{not json".to_vec()).await?;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.json::<Value>().await?["error"]["code"].is_string());
+    let r = raw(vec![b' '; 2 << 20]).await?;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.json::<Value>().await?["error"]["code"].is_string());
+
+    // No token, wrong token: 401. Unknown instance: 404.
+    let r = env
+        .http
+        .get(format!("{}/v1/instances", env.sched.rest))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = env
+        .http
+        .get(format!("{}/v1/instances", env.sched.rest))
+        .bearer_auth("wrong")
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (s, _) = env
+        .call(reqwest::Method::GET, "/v1/instances/nope", None)
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Health needs no token.
+    let r = env
+        .http
+        .get(format!("{}/v1/health", env.sched.rest))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Nothing was created by any of that.
+    let list = env.get("/v1/instances").await?;
+    assert_eq!(list.as_array().map(|a| a.len()), Some(0), "{list}");
+
+    // The OpenAPI document validates as OpenAPI 3.
+    let doc = env
+        .http
+        .get(format!("{}/v1/openapi.json", env.sched.rest))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let path = env.sched.dir.path().join("openapi.json");
+    std::fs::write(&path, doc)?;
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "openapi: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
