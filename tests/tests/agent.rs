@@ -246,29 +246,39 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     // Scheduler lease lost: the agent fences its primary; application writes fail.
     fake.refuse_heartbeats(true);
     let addr = healed.address.clone();
+    let attempt = std::sync::atomic::AtomicU32::new(1000);
     eventually(
         "write refused while fenced",
         Duration::from_secs(15),
         || {
             let (addr, app) = (addr.clone(), app.clone());
+            let id = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
                 let mut c = mysql(&addr, "app", &app).await?;
                 match c
-                    .exec_drop("INSERT INTO orders VALUES (?, ?)", (100, "fenced?"))
+                    .exec_drop("INSERT INTO orders VALUES (?, ?)", (id, "before fence"))
                     .await
                 {
                     Err(e) if e.to_string().contains("read-only") => Ok(()),
                     Err(e) => bail!("unexpected error {e}"),
-                    Ok(()) => {
-                        // Accepted before the fence: take it back so the check below holds.
-                        c.query_drop("DELETE FROM orders WHERE id = 100").await?;
-                        bail!("write accepted: not fenced yet")
-                    }
+                    Ok(()) => bail!("write accepted: not fenced yet"),
                 }
             }
         },
     )
     .await?;
+    // Once fenced, it stays fenced while the lease is lost: every later write is refused.
+    for i in 0..5 {
+        let mut c = mysql(&addr, "app", &app).await?;
+        let r = c
+            .exec_drop(
+                "INSERT INTO orders VALUES (?, ?)",
+                (2000 + i, "while fenced"),
+            )
+            .await;
+        assert!(r.is_err(), "write {i} accepted while fenced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Lease back: unfenced, writes work again.
     fake.refuse_heartbeats(false);
     eventually(
@@ -278,7 +288,7 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
             let (addr, app) = (addr.clone(), app.clone());
             async move {
                 let mut c = mysql(&addr, "app", &app).await?;
-                c.exec_drop("INSERT INTO orders VALUES (?, ?)", (101, "unfenced"))
+                c.exec_drop("INSERT INTO orders VALUES (?, ?)", (3000, "unfenced"))
                     .await?;
                 Ok(())
             }
@@ -287,7 +297,7 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     .await?;
     let mut c = mysql(&addr, "app", &app).await?;
     let n: Option<i64> = c
-        .query_first("SELECT COUNT(*) FROM orders WHERE id = 100")
+        .query_first("SELECT COUNT(*) FROM orders WHERE id BETWEEN 2000 AND 2999")
         .await?;
     assert_eq!(n, Some(0), "no write was accepted while fenced");
     drop(c);
