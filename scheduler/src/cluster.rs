@@ -433,7 +433,10 @@ impl Cluster {
             return false;
         }
         let mut moved_primaries = Vec::new();
-        let live = inner.live.entry(hb.node.clone()).or_insert_with(|| Live {
+        let Inner {
+            live, instances, ..
+        } = &mut *inner;
+        let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
             last_heartbeat: Instant::now(),
             last_heartbeat_ms: 0,
             members: HashMap::new(),
@@ -443,9 +446,17 @@ impl Cluster {
         live.last_heartbeat_ms = now_ms();
         let was_down = std::mem::replace(&mut live.down_reported, false);
         for m in hb.members {
-            let old = live.members.get(&m.member).map(|o| o.address.clone());
-            if !m.address.is_empty() && old.as_deref() != Some(m.address.as_str()) {
-                moved_primaries.push(m.instance.clone());
+            // Only a primary's address matters to others: its replicas follow it.
+            let is_primary = instances.get(&m.instance).is_some_and(|i| {
+                i.members
+                    .iter()
+                    .any(|r| r.id == m.member && r.role == Role::Primary)
+            });
+            if is_primary && !m.address.is_empty() {
+                let old = live.members.get(&m.member).map(|o| o.address.as_str());
+                if old != Some(m.address.as_str()) {
+                    moved_primaries.push(m.instance.clone());
+                }
             }
             live.members.insert(m.member.clone(), m);
         }

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::engine::{self, Secrets, Target};
-use mofang_agent::runtime::ContainerRuntime;
+use mofang_agent::runtime::{ContainerRuntime, ContainerState};
 use mofang_common::proto::{Assignment, MemberStatus};
 use mofang_tests::cluster::{AgentProcess, TestNetwork};
 use mofang_tests::fake_scheduler::FakeScheduler;
@@ -518,6 +518,34 @@ async fn agent_restart_adopts_containers_and_bad_assignments_stay_isolated() -> 
         big.reason
     );
 
+    // A container of another node, even one naming the same member, is never touched.
+    let foreign_name = unique_name("foreign");
+    let (tk, tv) = mofang_tests::test_label();
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &foreign_name,
+            "--label",
+            &format!("{tk}={tv}"),
+        ])
+        .args([
+            "--label",
+            "mofang.node=someone-else",
+            "--label",
+            "mofang.member=good-0",
+        ])
+        .args(["--network", &net.name, "mofang/redis:7.0"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let foreign_started = rt.inspect(&foreign).await?.started_at;
+
     let before = rt.inspect(&g.container_id).await?;
     agent.kill9()?;
     let beats_before = fake.heartbeats(&agent.node);
@@ -557,6 +585,80 @@ async fn agent_restart_adopts_containers_and_bad_assignments_stay_isolated() -> 
         1,
         "only the good member runs"
     );
+    assert_eq!(
+        rt.inspect(&foreign).await?.started_at,
+        foreign_started,
+        "a foreign container is never touched"
+    );
+
+    // The scheduler goes away and the agent restarts: it keeps serving from the desired
+    // state it persisted, and still brings a dead database back.
+    fake.stop().await;
+    agent.restart()?;
+    let out = rt
+        .exec(&g.container_id, &["pkill", "-9", "redis-server"], None)
+        .await?;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    eventually(
+        "restarted without a scheduler",
+        Duration::from_secs(30),
+        || async {
+            let c = rt.inspect(&g.container_id).await?;
+            if c.state == ContainerState::Running && c.started_at != after.started_at {
+                Ok(())
+            } else {
+                bail!("{:?} started {:?}", c.state, c.started_at)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        rt.inspect(&foreign).await?.started_at,
+        foreign_started,
+        "a foreign container is never touched"
+    );
+    rt.remove(&foreign, true).await?;
+    Ok(())
+}
+
+#[test]
+fn docker_unreachable_is_retried_not_fatal() -> Result<()> {
+    let bin = mofang_tests::cluster::binaries()?.join("mofang-agent");
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n[[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
+            dir.path().join("state").display(),
+            dir.path().join("disk").display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.path().join("log"))?;
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no-docker.sock", dir.path().display()),
+        )
+        .stderr(log.try_clone()?)
+        .stdout(log)
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let still_running = child.try_wait()?.is_none();
+    child.kill()?;
+    child.wait()?;
+    let text = std::fs::read_to_string(dir.path().join("log"))?;
+    assert!(
+        still_running,
+        "the agent must keep retrying, not exit: {text}"
+    );
+    assert!(
+        text.matches("container runtime unreachable").count() >= 2,
+        "retried with backoff: {text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
     Ok(())
 }
 

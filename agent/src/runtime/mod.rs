@@ -20,14 +20,6 @@ pub enum Error {
     /// No such container.
     #[error("container {0} not found")]
     NotFound(String),
-    /// The container does not carry this node's label: the agent refuses to touch it.
-    #[error("container {id} is not managed by node {node}")]
-    NotOwned {
-        /// The container.
-        id: String,
-        /// This agent's node.
-        node: String,
-    },
     /// The image is not present locally (no registry is assumed).
     #[error("image {0} not present: build it with packaging/images/build")]
     ImageMissing(String),

@@ -106,10 +106,10 @@ async fn agent(
                 _ = stop2.cancelled() => break,
                 msg = watch.next() => match msg {
                     Some(Ok(ds)) => {
-                        let st: Vec<MemberStatus> = ds.members.iter().enumerate().map(|(i, a)| MemberStatus {
+                        let st: Vec<MemberStatus> = ds.members.iter().map(|a| MemberStatus {
                             member: a.member.clone(), instance: a.instance.clone(), engine: a.engine.clone(),
                             container_state: "running".into(), healthy: true, role: a.role.clone(), epoch: a.epoch,
-                            address: format!("127.0.0.1:{}", 33000 + i), lag_seconds: 0, ..Default::default()
+                            address: format!("127.0.0.1:{}", 33000 + rand_ms(&a.member)), lag_seconds: 0, ..Default::default()
                         }).collect();
                         if let Ok(mut m) = m2.lock() { *m = st; }
                     }
