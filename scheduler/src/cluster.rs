@@ -254,10 +254,14 @@ impl Cluster {
     }
 
     fn node_state(&self, inner: &Inner, node: &Node) -> NodeState {
+        self.node_state_at(inner, node, Instant::now())
+    }
+
+    fn node_state_at(&self, inner: &Inner, node: &Node, now: Instant) -> NodeState {
         let alive = inner
             .live
             .get(&node.name)
-            .is_some_and(|l| l.last_heartbeat.elapsed() < self.node_ttl);
+            .is_some_and(|l| now.saturating_duration_since(l.last_heartbeat) < self.node_ttl);
         match (alive, node.admin) {
             (false, _) => NodeState::Down,
             (true, NodeAdmin::Active) => NodeState::Ready,
@@ -279,6 +283,7 @@ impl Cluster {
                 return Err(Error::AlreadyExists(spec.name.clone()));
             }
             let empty = Reserved::default();
+            let now = Instant::now();
             let views: Vec<NodeView<'_>> = inner
                 .nodes
                 .values()
@@ -286,10 +291,10 @@ impl Cluster {
                     let r = inner.reserved.get(&n.name).unwrap_or(&empty);
                     NodeView {
                         node: n,
-                        state: self.node_state(&inner, n),
+                        state: self.node_state_at(&inner, n, now),
                         reserved_cpu: r.cpu,
                         reserved_memory_mib: r.memory_mib,
-                        reserved_disk_mib: r.disk_mib.clone(),
+                        reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
                         primaries: r.primaries,
                         members: r.members,
                     }

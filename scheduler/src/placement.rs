@@ -37,7 +37,7 @@ pub struct NodeView<'a> {
     pub reserved_memory_mib: u64,
     /// Reserved disk MiB per disk class on this node. A class may have several disks: the
     /// capacity of a class is the sum of its disks' `capacity_bytes`, in MiB.
-    pub reserved_disk_mib: BTreeMap<String, u64>,
+    pub reserved_disk_mib: std::borrow::Cow<'a, BTreeMap<String, u64>>,
     /// Number of primaries currently on this node (for primary balancing).
     pub primaries: u32,
     /// Number of members currently on this node.
@@ -337,7 +337,7 @@ mod tests {
             state: NodeState::Ready,
             reserved_cpu: 0.0,
             reserved_memory_mib: 0,
-            reserved_disk_mib: BTreeMap::new(),
+            reserved_disk_mib: std::borrow::Cow::Owned(BTreeMap::new()),
             primaries: 0,
             members: 0,
         }
@@ -528,6 +528,7 @@ mod tests {
         let mut views: Vec<_> = nodes.iter().map(view).collect();
         views[2]
             .reserved_disk_mib
+            .to_mut()
             .insert("hdd".to_owned(), 100 * 1024 - 100);
 
         let mut wanted = spec(0);
@@ -560,12 +561,13 @@ mod tests {
         // ssd full, hdd has room: node-a still fits.
         views[0]
             .reserved_disk_mib
+            .to_mut()
             .insert("ssd".to_owned(), 100 * 1024);
 
         let placed = place(&spec(0), &views).unwrap();
         assert_eq!(nodes_of(&placed), ["node-a"]);
 
-        views[0].reserved_disk_mib.insert("hdd".to_owned(), 1948);
+        views[0].reserved_disk_mib.to_mut().insert("hdd".to_owned(), 1948);
         let reasons = reasons_of(place(&spec(0), &views).unwrap_err());
         assert_eq!(
             reasons,
