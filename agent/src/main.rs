@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let agent = tokio::spawn(mofang_agent::agent::run(cfg, shutdown.clone()));
-        wait_for_signal().await;
+        mofang_common::signal::shutdown_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
         match tokio::time::timeout(Duration::from_secs(10), agent).await {
@@ -74,21 +74,6 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn init_tracing(json: bool) {

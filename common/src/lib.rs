@@ -5,6 +5,7 @@
 
 pub mod ids;
 pub mod labels;
+pub mod signal;
 pub mod spec;
 
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};

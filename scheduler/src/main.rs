@@ -65,25 +65,10 @@ fn main() -> ExitCode {
             }
         };
         let waiter = tokio::spawn(run);
-        wait_for_signal().await;
+        mofang_common::signal::shutdown_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
         let _ = waiter.await;
         ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

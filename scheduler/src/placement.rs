@@ -567,7 +567,10 @@ mod tests {
         let placed = place(&spec(0), &views).unwrap();
         assert_eq!(nodes_of(&placed), ["node-a"]);
 
-        views[0].reserved_disk_mib.to_mut().insert("hdd".to_owned(), 1948);
+        views[0]
+            .reserved_disk_mib
+            .to_mut()
+            .insert("hdd".to_owned(), 1948);
         let reasons = reasons_of(place(&spec(0), &views).unwrap_err());
         assert_eq!(
             reasons,
