@@ -89,15 +89,13 @@ impl AgentControl for AgentService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let hb = req.into_inner();
         let node = hb.node.clone();
-        if !self.cluster.heartbeat(hb) {
+        match self.cluster.heartbeat(hb) {
+            Some(revision) => Ok(Response::new(HeartbeatResponse { revision })),
             // Unknown node: the agent registers again on this error.
-            return Err(Status::failed_precondition(format!(
+            None => Err(Status::failed_precondition(format!(
                 "node {node} is not registered"
-            )));
+            ))),
         }
-        Ok(Response::new(HeartbeatResponse {
-            revision: self.cluster.revision_of(&node),
-        }))
     }
 
     type WatchAssignmentsStream =

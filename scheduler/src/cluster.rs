@@ -432,10 +432,11 @@ impl Cluster {
 
     /// A heartbeat: remember what the agent sees; push new desired states if a primary's
     /// address changed (replicas follow it).
-    pub fn heartbeat(&self, hb: HeartbeatRequest) -> bool {
+    /// Returns the node's latest desired-state revision, or None for an unregistered node.
+    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<u64> {
         let mut inner = lock(&self.inner);
         if !inner.nodes.contains_key(&hb.node) {
-            return false;
+            return None;
         }
         let mut moved_primaries = Vec::new();
         let Inner {
@@ -480,7 +481,13 @@ impl Cluster {
             nodes.dedup();
             self.push_nodes(&mut inner, &nodes);
         }
-        true
+        Some(
+            inner
+                .watchers
+                .get(&hb.node)
+                .map(|w| w.borrow().revision)
+                .unwrap_or(0),
+        )
     }
 
     /// Subscribes to a node's desired state (sent on connect, then on every change).
@@ -494,15 +501,6 @@ impl Cluster {
         let (tx, rx) = watch::channel(ds);
         inner.watchers.insert(node.to_owned(), tx);
         rx
-    }
-
-    /// The latest revision sent to a node.
-    pub fn revision_of(&self, node: &str) -> u64 {
-        lock(&self.inner)
-            .watchers
-            .get(node)
-            .map(|w| w.borrow().revision)
-            .unwrap_or(0)
     }
 
     fn push_nodes(&self, inner: &mut Inner, nodes: &[String]) {

@@ -140,6 +140,7 @@ pub async fn start(
         async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
             let served = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
                 .add_service(AgentControlServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await })
                 .await;
