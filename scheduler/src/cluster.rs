@@ -72,8 +72,9 @@ struct Reserved {
 struct Inner {
     nodes: BTreeMap<String, Node>,
     instances: BTreeMap<String, Instance>,
-    reserved: HashMap<String, Reserved>,
-    live: HashMap<String, Live>,
+    // Ordered by node name like `nodes`, so placement walks all three in step, no hashing.
+    reserved: BTreeMap<String, Reserved>,
+    live: BTreeMap<String, Live>,
     watchers: HashMap<String, watch::Sender<DesiredState>>,
     revision: u64,
 }
@@ -262,12 +263,7 @@ impl Cluster {
             .live
             .get(&node.name)
             .is_some_and(|l| now.saturating_duration_since(l.last_heartbeat) < self.node_ttl);
-        match (alive, node.admin) {
-            (false, _) => NodeState::Down,
-            (true, NodeAdmin::Active) => NodeState::Ready,
-            (true, NodeAdmin::Cordoned) => NodeState::Cordoned,
-            (true, NodeAdmin::Draining) => NodeState::Draining,
-        }
+        state_of(alive, node.admin)
     }
 
     // ---- decisions -------------------------------------------------------------------
@@ -284,22 +280,34 @@ impl Cluster {
             }
             let empty = Reserved::default();
             let now = Instant::now();
-            let views: Vec<NodeView<'_>> = inner
-                .nodes
-                .values()
-                .map(|n| {
-                    let r = inner.reserved.get(&n.name).unwrap_or(&empty);
-                    NodeView {
-                        node: n,
-                        state: self.node_state_at(&inner, n, now),
-                        reserved_cpu: r.cpu,
-                        reserved_memory_mib: r.memory_mib,
-                        reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
-                        primaries: r.primaries,
-                        members: r.members,
-                    }
-                })
-                .collect();
+            let ttl = self.node_ttl;
+            let mut reserved = inner.reserved.iter().peekable();
+            let mut live = inner.live.iter().peekable();
+            let mut views: Vec<NodeView<'_>> = Vec::with_capacity(inner.nodes.len());
+            for (name, n) in &inner.nodes {
+                // Merge join over maps sorted by node name.
+                while reserved
+                    .next_if(|(k, _)| k.as_str() < name.as_str())
+                    .is_some()
+                {}
+                while live.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
+                let r = reserved
+                    .next_if(|(k, _)| *k == name)
+                    .map(|(_, r)| r)
+                    .unwrap_or(&empty);
+                let alive = live
+                    .next_if(|(k, _)| *k == name)
+                    .is_some_and(|(_, l)| now.saturating_duration_since(l.last_heartbeat) < ttl);
+                views.push(NodeView {
+                    node: n,
+                    state: state_of(alive, n.admin),
+                    reserved_cpu: r.cpu,
+                    reserved_memory_mib: r.memory_mib,
+                    reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
+                    primaries: r.primaries,
+                    members: r.members,
+                });
+            }
             let placed = placement::place(&spec, &views)?;
             let inst = Instance {
                 spec: spec.clone(),
@@ -452,19 +460,25 @@ impl Cluster {
         live.last_heartbeat_ms = now_ms();
         let was_down = std::mem::replace(&mut live.down_reported, false);
         for m in hb.members {
+            let moved = !m.address.is_empty()
+                && live.members.get(&m.member).map(|o| o.address.as_str())
+                    != Some(m.address.as_str());
             // Only a primary's address matters to others: its replicas follow it.
-            let is_primary = instances.get(&m.instance).is_some_and(|i| {
-                i.members
-                    .iter()
-                    .any(|r| r.id == m.member && r.role == Role::Primary)
-            });
-            if is_primary && !m.address.is_empty() {
-                let old = live.members.get(&m.member).map(|o| o.address.as_str());
-                if old != Some(m.address.as_str()) {
-                    moved_primaries.push(m.instance.clone());
+            if moved
+                && instances.get(&m.instance).is_some_and(|i| {
+                    i.members
+                        .iter()
+                        .any(|r| r.id == m.member && r.role == Role::Primary)
+                })
+            {
+                moved_primaries.push(m.instance.clone());
+            }
+            match live.members.get_mut(&m.member) {
+                Some(slot) => *slot = m,
+                None => {
+                    live.members.insert(m.member.clone(), m);
                 }
             }
-            live.members.insert(m.member.clone(), m);
         }
         if was_down {
             info!(node = %hb.node, "node is back");
@@ -671,6 +685,15 @@ impl Cluster {
     }
 }
 
+fn state_of(alive: bool, admin: NodeAdmin) -> NodeState {
+    match (alive, admin) {
+        (false, _) => NodeState::Down,
+        (true, NodeAdmin::Active) => NodeState::Ready,
+        (true, NodeAdmin::Cordoned) => NodeState::Cordoned,
+        (true, NodeAdmin::Draining) => NodeState::Draining,
+    }
+}
+
 /// Revisions must grow across scheduler restarts too (agents ignore older ones), so they
 /// follow the clock in microseconds and only ever step forward.
 fn next_revision(inner: &mut Inner) -> u64 {
@@ -683,7 +706,7 @@ fn next_revision(inner: &mut Inner) -> u64 {
 }
 
 /// Adds (or removes) an instance's reservations.
-fn reserve(reserved: &mut HashMap<String, Reserved>, i: &Instance, add: bool) {
+fn reserve(reserved: &mut BTreeMap<String, Reserved>, i: &Instance, add: bool) {
     let r = &i.spec.resources;
     let class = i.spec.disk_class.clone().unwrap_or_else(|| "ssd".into());
     for m in &i.members {
