@@ -8,38 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a config file was refused. The message always names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The file could not be read.
-    #[error("cannot read config {path}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (the message names the field).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// What toml said, with the field and position.
-        message: String,
-    },
-    /// A field has a value the agent cannot use.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// The field, dotted (`disks[0].path`).
-        field: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Result of config loading.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use mofang_common::config::invalid;
+pub use mofang_common::config::{Error, Result};
 
 /// How member containers reach the network.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,29 +97,16 @@ fn default_stop_grace() -> u64 {
     30
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 impl AgentConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = mofang_common::config::read(path)?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| Error::Parse {
-            path: path.to_owned(),
-            message: e.to_string().replace('\n', " ").trim().to_owned(),
-        })?;
+        let cfg: AgentConfig = mofang_common::config::parse_toml(text, path)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -6,38 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a config was refused. The message names the field.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The file could not be read.
-    #[error("cannot read config {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid TOML for this schema (toml's message names the field).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// toml's words.
-        message: String,
-    },
-    /// A field has an unusable value.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// The field.
-        field: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Result of config loading.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use mofang_common::config::invalid;
+pub use mofang_common::config::{Error, Result};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
@@ -124,29 +94,16 @@ impl Default for SchedulerConfig {
     }
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 impl SchedulerConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = mofang_common::config::read(path)?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: SchedulerConfig = toml::from_str(text).map_err(|e| Error::Parse {
-            path: path.to_owned(),
-            message: e.to_string().replace('\n', " ").trim().to_owned(),
-        })?;
+        let cfg: SchedulerConfig = mofang_common::config::parse_toml(text, path)?;
         cfg.validate()?;
         Ok(cfg)
     }
