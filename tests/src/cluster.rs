@@ -38,6 +38,36 @@ pub fn binaries() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// Starts `bin --config <dir>/<name>.toml`, appending its output to `<dir>/<name>.log`.
+fn spawn_daemon(bin: &str, dir: &Path, name: &str) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    Command::new(binaries()?.join(bin))
+        .arg("--config")
+        .arg(dir.join(format!("{name}.toml")))
+        .env("RUST_LOG", format!("info,{}=debug", bin.replace('-', "_")))
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("starting {bin}"))
+}
+
+/// `kill -9` of a daemon started by `spawn_daemon`, if it runs.
+fn kill9(child: &mut Option<Child>) -> Result<()> {
+    if let Some(mut c) = child.take() {
+        c.kill()?;
+        c.wait()?;
+    }
+    Ok(())
+}
+
+/// A daemon's log so far.
+fn read_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
 /// A Docker bridge network created for one test, removed on drop.
 #[derive(Debug)]
 pub struct TestNetwork {
@@ -122,20 +152,7 @@ impl AgentProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = binaries()?.join("mofang-agent");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(self.dir.path().join("agent.toml"))
-            .env("RUST_LOG", "info,mofang_agent=debug")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("starting mofang-agent")?;
-        self.child = Some(child);
+        self.child = Some(spawn_daemon("mofang-agent", self.dir.path(), "agent")?);
         Ok(())
     }
 
@@ -146,11 +163,7 @@ impl AgentProcess {
 
     /// `kill -9` of the agent process (containers keep running).
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        kill9(&mut self.child)
     }
 
     /// Starts the agent again with the same config and state.
@@ -161,7 +174,7 @@ impl AgentProcess {
 
     /// The agent's log so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        read_log(self.dir.path(), "agent")
     }
 }
 
@@ -230,20 +243,11 @@ impl SchedulerProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = binaries()?.join("mofang-scheduler");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("scheduler.log"))?;
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(self.dir.path().join("scheduler.toml"))
-            .env("RUST_LOG", "info,mofang_scheduler=debug")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("starting mofang-scheduler")?;
-        self.child = Some(child);
+        self.child = Some(spawn_daemon(
+            "mofang-scheduler",
+            self.dir.path(),
+            "scheduler",
+        )?);
         let addr = self.rest.trim_start_matches("http://").to_owned();
         for _ in 0..100 {
             if std::net::TcpStream::connect(&addr).is_ok()
@@ -267,11 +271,7 @@ impl SchedulerProcess {
 
     /// `kill -9`.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
+        kill9(&mut self.child)
     }
 
     /// Starts again on the same ports and data.
@@ -282,7 +282,7 @@ impl SchedulerProcess {
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("scheduler.log")).unwrap_or_default()
+        read_log(self.dir.path(), "scheduler")
     }
 }
 
