@@ -33,6 +33,7 @@ struct Source {
     volumes: Arc<VolumeManager>,
     statuses: Statuses,
     desired: watch::Receiver<Option<DesiredState>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn disks(v: &VolumeManager) -> Vec<Disk> {
@@ -80,6 +81,7 @@ impl NodeSource for Source {
             memory_bytes: memory,
             disks: disks(&self.volumes),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            lease_ttl_ms: self.cfg.lease_ttl_ms,
         }
     }
 
@@ -104,6 +106,10 @@ impl NodeSource for Source {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
         }
+    }
+
+    fn status_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.changed.clone())
     }
 }
 
@@ -160,6 +166,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         volumes,
         statuses: shared.statuses.clone(),
         desired: desired_rx,
+        changed: shared.status_changed.clone(),
     });
     let link_cfg = LinkConfig {
         node: cfg.node.clone(),

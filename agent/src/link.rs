@@ -185,6 +185,11 @@ pub trait NodeSource: Send + Sync + 'static {
     fn register_request(&self) -> RegisterRequest;
     /// The observed state sent on every heartbeat.
     fn heartbeat_request(&self) -> HeartbeatRequest;
+    /// Woken when a member's status changed in a way the scheduler must learn at once (a
+    /// primary died): the next heartbeat goes out without waiting for the interval.
+    fn status_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Exponential backoff between sessions, with jitter.
@@ -356,8 +361,19 @@ async fn heartbeats(
     let timeout = cfg.heartbeat_timeout();
     let mut ticker = tokio::time::interval(cfg.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changed = source.status_changed();
     loop {
-        ticker.tick().await;
+        match &changed {
+            Some(n) => {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = n.notified() => ticker.reset(),
+                }
+            }
+            None => {
+                ticker.tick().await;
+            }
+        }
         let sent = Instant::now();
         let answer = tokio::time::timeout(timeout, client.heartbeat(source.heartbeat_request()))
             .await

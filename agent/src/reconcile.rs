@@ -47,6 +47,9 @@ pub enum Error {
     /// The database did not do what was asked.
     #[error(transparent)]
     Engine(#[from] engine::Error),
+    /// Copying a snapshot from the primary into a new replica failed.
+    #[error("seeding from the primary failed: {0}")]
+    Seed(String),
 }
 
 /// Result of reconcile steps.
@@ -78,6 +81,8 @@ pub struct Shared {
     pub desired: watch::Receiver<Option<DesiredState>>,
     /// Statuses reported in heartbeats.
     pub statuses: Statuses,
+    /// Woken when a status changed in a way the scheduler must learn at once.
+    pub status_changed: Arc<Notify>,
     /// Serialises port allocation across workers.
     ports: Mutex<()>,
     /// When this agent process started.
@@ -102,6 +107,7 @@ impl Shared {
             lease,
             desired,
             statuses: Arc::default(),
+            status_changed: Arc::new(Notify::new()),
             ports: Mutex::new(()),
             started: Instant::now(),
         })
@@ -118,8 +124,23 @@ impl Shared {
     }
 
     fn set_status(&self, s: MemberStatus) {
-        if let Ok(mut m) = self.statuses.lock() {
-            m.insert(s.member.clone(), s);
+        let urgent = match self.statuses.lock() {
+            Ok(mut m) => {
+                let urgent = m.get(&s.member).is_none_or(|o| {
+                    o.healthy != s.healthy
+                        || o.held != s.held
+                        || o.failed != s.failed
+                        || o.container_state != s.container_state
+                        || o.role != s.role
+                        || o.epoch != s.epoch
+                });
+                m.insert(s.member.clone(), s);
+                urgent
+            }
+            Err(_) => false,
+        };
+        if urgent {
+            self.status_changed.notify_one();
         }
     }
 
@@ -163,6 +184,19 @@ pub enum Action {
     Requeue(Duration),
 }
 
+/// Restarts within [`CRASH_WINDOW_MS`] after which the agent stops restarting a member and
+/// reports it failed (the scheduler replaces it).
+pub const MAX_CRASH_RESTARTS: usize = 5;
+/// The crash-loop window.
+pub const CRASH_WINDOW_MS: i64 = 600_000;
+
+fn replicas_of(a: &Assignment) -> u32 {
+    a.settings
+        .get("replicas")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Per-member worker memory that need not survive restarts.
 #[derive(Default)]
 struct WorkerMemo {
@@ -180,6 +214,10 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         })?;
     let mut st = sh.state.load_member(member)?;
     let orig = st.clone();
+    // The scheduler decided about a held primary: a newer epoch releases it.
+    if st.held_at_epoch.is_some_and(|e| a.epoch > e) {
+        st.held_at_epoch = None;
+    }
 
     // 1. Volume.
     let class = (!a.disk_class.is_empty()).then_some(a.disk_class.as_str());
@@ -261,6 +299,14 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             return Ok(Action::Requeue(Duration::from_secs(1)));
         }
         None => {
+            // A replica on a fresh volume copies a snapshot of its primary first.
+            let fresh = std::fs::read_dir(&vol.path)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if fresh && a.role == "replica" && !st.needs_seed {
+                st.needs_seed = true;
+                sh.state.save_member(member, &st)?;
+            }
             let spec = container_spec(sh, a, engine.as_ref(), &vol.path, &network, port);
             let id = sh.runtime.create(&spec).await?;
             info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
@@ -271,6 +317,42 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     let container = match container.state {
         ContainerState::Running => container,
         ContainerState::Exited | ContainerState::Created => {
+            // A primary with replicas that died is held down for the scheduler to decide:
+            // fail over to a replica, or this member again at a newer epoch. Restarted by
+            // itself it would reopen at its old epoch, racing a promotion elsewhere, and
+            // recover as a primary (keeping transactions no replica acknowledged).
+            if a.role == "primary"
+                && replicas_of(a) > 0
+                && container.state == ContainerState::Exited
+                && st.applied_epoch == a.epoch
+                && st.held_at_epoch.is_none()
+            {
+                warn!(member, epoch = a.epoch, exit_code = container.exit_code.unwrap_or(-1),
+                    "primary container died: held for the scheduler's decision");
+                st.held_at_epoch = Some(a.epoch);
+                sh.state.save_member(member, &st)?;
+            }
+            if st.held_at_epoch.is_some() && sh.lease.valid() {
+                // The scheduler hears of it at once (urgent heartbeat) and decides.
+                report_held(sh, a, &st, &container);
+                return Ok(Action::Requeue(Duration::from_secs(1)));
+            }
+            // Without a scheduler nobody can decide: restart it, read-only, so its data
+            // stays served for reads; it reopens for writes only at a newer epoch.
+            if st.crash_looping {
+                report(sh, a, &st, Some(&container), None, true,
+                    format!("crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted", CRASH_WINDOW_MS / 1000));
+                return Ok(Action::Requeue(Duration::from_secs(5)));
+            }
+            let now = now_ms();
+            st.crash_restarts_ms.retain(|t| now - t < CRASH_WINDOW_MS);
+            if st.crash_restarts_ms.len() >= MAX_CRASH_RESTARTS {
+                warn!(member, restarts = st.crash_restarts_ms.len(), "crash loop: no more restarts");
+                st.crash_looping = true;
+                sh.state.save_member(member, &st)?;
+                return Ok(Action::Requeue(Duration::from_millis(10)));
+            }
+            st.crash_restarts_ms.push(now);
             // The agent is the supervisor (restart policy `no`): bring it back on the same
             // container and volume, with the data it had.
             warn!(
@@ -333,6 +415,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     if let Err(e) = engine.ping(&target, &secrets).await {
         memo.ping_failures += 1;
         let mut s = status(sh, a, &st, Some(&container), &address);
+        s.failed_checks = memo.ping_failures;
         s.reason = format!("not answering ({} checks): {e}", memo.ping_failures);
         sh.set_status(s);
         return Ok(Action::Requeue(Duration::from_millis(250)));
@@ -359,7 +442,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             sh,
             a,
             engine.as_ref(),
-            &target,
+            (&target, &container.id),
             &secrets,
             replica_of.as_ref(),
             &mut st,
@@ -377,6 +460,13 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
 
     // 6. Observe and report.
     let obs = engine.observe(&target, &secrets).await?;
+    if a.role == "replica" {
+        if let Some(e) = obs.replication_error.as_deref().filter(|e| engine.diverged(e)) {
+            warn!(member, error = %e, "replica diverged from its primary: rebuilding it from the primary");
+            rebuild(sh, member, &container.id).await?;
+            return Ok(Action::Requeue(Duration::from_millis(100)));
+        }
+    }
     let usage = match memo.last_usage {
         Some((at, used, over)) if at.elapsed() < Duration::from_secs(15) => (used, over),
         _ => {
@@ -409,12 +499,14 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     s.replication_ok = obs.replication_ok;
     s.volume_used_bytes = usage.0;
     let role_ok = match a.role.as_str() {
+        "primary" if a.fence => st.fenced,
         "primary" => obs.role == ObservedRole::Primary || st.fenced,
         _ => obs.role == ObservedRole::Replica && obs.replication_ok,
     };
-    s.healthy = role_ok && !st.fenced;
+    s.healthy = role_ok && (!st.fenced || a.fence);
     if reason.is_empty() {
         reason = match (&obs.replication_error, role_ok, st.fenced, usage.1) {
+            (_, _, true, _) if a.fence => "fenced for switchover".into(),
             (_, _, true, _) => "fenced: scheduler lease expired".into(),
             (Some(e), _, _, _) => format!("replication: {e}"),
             (None, false, _, _) => format!(
@@ -435,19 +527,38 @@ async fn apply_role(
     sh: &Shared,
     a: &Assignment,
     engine: &dyn Engine,
-    at: &Target,
+    (at, container): (&Target, &str),
     secrets: &Secrets,
     replica_of: Option<&Target>,
     st: &mut MemberState,
 ) -> Result<()> {
     match replica_of {
         Some(primary) => {
+            if st.needs_seed {
+                if let Some(script) = engine.seed_script(primary, at.port) {
+                    info!(member = %a.member, primary = %primary, "seeding replica from the primary");
+                    let out = sh
+                        .runtime
+                        .exec(container, &["bash", "-c", &script], None)
+                        .await?;
+                    if out.exit_code != 0 {
+                        return Err(Error::Seed(out.stderr.trim().chars().take(400).collect()));
+                    }
+                    info!(member = %a.member, "replica seeded");
+                }
+                st.needs_seed = false;
+                sh.state.save_member(&a.member, st)?;
+            }
+            // Read-only first (MariaDB), then follow the new primary.
+            engine.replicate_from(at, secrets, primary).await?;
             if st.fenced {
-                // A replica takes no application writes anyway; lift a Redis pause.
-                engine.unfence(at, secrets).await?;
+                // A Redis replica takes no application writes anyway; lift its pause. (A
+                // MariaDB fence is read_only, which a replica keeps.)
+                if engine.kind() == mofang_common::EngineKind::Redis {
+                    engine.unfence(at, secrets).await?;
+                }
                 st.fenced = false;
             }
-            engine.replicate_from(at, secrets, primary).await?;
         }
         // Just (re)started and not yet heard from the scheduler: neither fence nor promote
         // on a guess; the primary keeps whatever it was doing for up to lease_ttl.
@@ -461,23 +572,47 @@ async fn apply_role(
             engine.fence(at, secrets).await?;
             st.fenced = true;
         }
+        None if st.held_at_epoch.is_some() => {
+            // Restarted while held (no scheduler): stays read-only until a newer epoch.
+            engine.fence(at, secrets).await?;
+            st.fenced = true;
+        }
+        None if a.fence => {
+            // Switchover step 1: stop writes, keep the epoch; the target catches up next.
+            if !st.fenced {
+                info!(member = %a.member, epoch = a.epoch, "fencing primary for switchover");
+            }
+            engine.fence(at, secrets).await?;
+            st.fenced = true;
+        }
         None => {
-            let replicas = a
-                .settings
-                .get("replicas")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
             let obs = engine.observe(at, secrets).await?;
             if obs.role != ObservedRole::Primary || st.applied_epoch != a.epoch {
-                engine.promote(at, secrets, replicas).await?;
+                let after = (!a.promote_after.is_empty()).then_some(a.promote_after.as_str());
+                engine.promote(at, secrets, replicas_of(a), after).await?;
             }
             if st.fenced {
                 engine.unfence(at, secrets).await?;
-                info!(member = %a.member, "scheduler lease back: primary unfenced");
+                info!(member = %a.member, "primary unfenced");
                 st.fenced = false;
             }
         }
     }
+    Ok(())
+}
+
+/// Rebuilds a diverged replica: container and volume go, a fresh one is seeded next pass.
+async fn rebuild(sh: &Shared, member: &str, container: &str) -> Result<()> {
+    sh.runtime
+        .stop(container, Duration::from_secs(sh.cfg.stop_grace_secs))
+        .await?;
+    sh.runtime.remove(container, true).await?;
+    sh.volumes.delete(member)?;
+    let mut st = sh.state.load_member(member)?;
+    st.needs_seed = true;
+    st.fenced = false;
+    st.held_at_epoch = None;
+    sh.state.save_member(member, &st)?;
     Ok(())
 }
 
@@ -565,7 +700,24 @@ fn status(
         checked_at_ms: now_ms(),
         failed: false,
         volume_used_bytes: 0,
+        failed_checks: 0,
+        held: st.held_at_epoch.is_some(),
+        crash_restarts: st.crash_restarts_ms.len() as u64,
     }
+}
+
+fn report_held(sh: &Shared, a: &Assignment, st: &MemberState, c: &runtime::ContainerInfo) {
+    let mut s = status(sh, a, st, Some(c), "");
+    if let Some(old) = sh.statuses.lock().ok().and_then(|m| m.get(&a.member).cloned()) {
+        // Keep the last known address and position: the scheduler compares positions.
+        s.address = old.address;
+        s.position = old.position;
+    }
+    s.reason = format!(
+        "primary container exited (code {}); held down for the scheduler's decision",
+        c.exit_code.unwrap_or(-1)
+    );
+    sh.set_status(s);
 }
 
 fn report(

@@ -55,6 +55,15 @@ pub struct MemberState {
     pub port: Option<u16>,
     /// How often the agent restarted the member after it died.
     pub restarts: u64,
+    /// A primary (with replicas) whose container died at this epoch: held down until the
+    /// scheduler decides (a failover, or this member again at a newer epoch).
+    pub held_at_epoch: Option<u64>,
+    /// A replica on a fresh volume: copy a snapshot from the primary before replicating.
+    pub needs_seed: bool,
+    /// When the agent restarted the member recently (unix ms), for crash-loop detection.
+    pub crash_restarts_ms: Vec<i64>,
+    /// Too many restarts in the window: the agent stopped restarting it.
+    pub crash_looping: bool,
 }
 
 /// The state directory.

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod ids;
 pub mod labels;
+pub mod position;
 pub mod signal;
 pub mod spec;
 

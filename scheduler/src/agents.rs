@@ -52,6 +52,7 @@ impl AgentControl for AgentService {
                 "cpu must be a non-negative number",
             ));
         }
+        let lease_ttl_ms = r.lease_ttl_ms;
         let node = Node {
             name: r.node.clone(),
             address: r.advertise_address,
@@ -76,6 +77,7 @@ impl AgentControl for AgentService {
             .register(node)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.cluster.note_lease(&r.node, lease_ttl_ms);
         info!(node = %r.node, "agent registered");
         Ok(Response::new(RegisterResponse {
             heartbeat_interval_ms: self.heartbeat_interval_ms,

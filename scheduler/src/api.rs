@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -93,6 +93,7 @@ impl From<cluster::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             E::Store(store::Error::Conflict { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
             }
@@ -259,6 +260,133 @@ async fn get_instance(
             format!("instance {name} not found"),
         )
     })
+}
+
+/// Body of a switchover or failover request.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// Member to promote; default: the most advanced eligible replica.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// Body of `PUT /v1/instances/{name}/auto-failover`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoFailover {
+    /// On or off.
+    pub enabled: bool,
+}
+
+fn parse_optional<T: serde::de::DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
+        _ => parse_body(body),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/switchover", params(("name" = String, Path)), request_body = PromoteRequest,
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn switchover(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<InstanceView>> {
+    need(&id, TokenRole::Operator)?;
+    let req: PromoteRequest = parse_optional(body)?;
+    Ok(Json(
+        api.cluster.switchover(&name, req.target.as_deref()).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/failover", params(("name" = String, Path)), request_body = PromoteRequest,
+    responses((status = 202, body = InstanceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn failover(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    need(&id, TokenRole::Operator)?;
+    let req: PromoteRequest = parse_optional(body)?;
+    api.cluster
+        .fail_over(
+            &name,
+            &format!("forced by {}", id.name),
+            req.target.as_deref(),
+            cluster::Trigger::Operator,
+        )
+        .await?;
+    let view = api.cluster.instance(&name).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("instance {name} not found"))
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/failover/ack", params(("name" = String, Path)),
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
+async fn failover_ack(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<InstanceView>> {
+    need(&id, TokenRole::Operator)?;
+    api.cluster.acknowledge_failover(&name).await?;
+    get_instance(State(api), Path(name)).await
+}
+
+#[utoipa::path(put, path = "/v1/instances/{name}/auto-failover", params(("name" = String, Path)), request_body = AutoFailover,
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
+async fn auto_failover(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<InstanceView>> {
+    need(&id, TokenRole::Operator)?;
+    let req: AutoFailover = parse_body(body)?;
+    api.cluster.set_auto_failover(&name, req.enabled).await?;
+    get_instance(State(api), Path(name)).await
+}
+
+/// Answer to `POST /v1/failover/resume`.
+#[derive(Serialize, ToSchema)]
+pub struct Resumed {
+    /// False: automatic failover runs again.
+    pub mass_hold: bool,
+}
+
+#[utoipa::path(post, path = "/v1/failover/resume", responses((status = 200, body = Resumed)))]
+async fn failover_resume(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+) -> ApiResult<Json<Resumed>> {
+    need(&id, TokenRole::Operator)?;
+    api.cluster.resume_failover().await;
+    Ok(Json(Resumed {
+        mass_hold: api.cluster.mass_hold(),
+    }))
+}
+
+/// Scheduler metrics (Prometheus text): failover counters and the last failover duration.
+async fn metrics(State(api): State<Api>) -> Response {
+    let mut body = api.cluster.counters.render();
+    body.push_str(&format!(
+        "# HELP mofang_failover_mass_hold 1 while the mass-failure guard holds automatic failover.
+         # TYPE mofang_failover_mass_hold gauge
+         mofang_failover_mass_hold {}
+",
+        u8::from(api.cluster.mass_hold())
+    ));
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Answer to a delete.
@@ -463,11 +591,13 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
     info(title = "Mofang API", version = "1", description = "MariaDB and Redis instances on your own hosts."),
     paths(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
-        list_instances, get_instance, delete_instance, credentials, events, audit
+        list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
+        failover, failover_ack, auto_failover, failover_resume
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        PromoteRequest, AutoFailover, Resumed,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -502,6 +632,11 @@ pub fn router(api: Api) -> Router {
             get(get_instance).delete(delete_instance),
         )
         .route("/v1/instances/{name}/credentials", get(credentials))
+        .route("/v1/instances/{name}/switchover", post(switchover))
+        .route("/v1/instances/{name}/failover", post(failover))
+        .route("/v1/instances/{name}/failover/ack", post(failover_ack))
+        .route("/v1/instances/{name}/auto-failover", put(auto_failover))
+        .route("/v1/failover/resume", post(failover_resume))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
         .method_not_allowed_fallback(method_not_allowed)
@@ -510,6 +645,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -62,6 +62,9 @@ pub struct SchedulerConfig {
     /// JSON log lines. Default false.
     #[serde(default)]
     pub log_json: bool,
+    /// Failover, switchover and self-healing knobs (docs/failover.md).
+    #[serde(default)]
+    pub failover: crate::failover::FailoverConfig,
 }
 
 fn default_rest() -> SocketAddr {
@@ -90,6 +93,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval_ms: default_heartbeat(),
             tokens: Vec::new(),
             log_json: false,
+            failover: Default::default(),
         }
     }
 }
@@ -117,6 +121,9 @@ impl SchedulerConfig {
                 "heartbeat_interval_ms",
                 "must be > 0 and below node_ttl_ms",
             ));
+        }
+        if let Err((field, why)) = self.failover.validate() {
+            return Err(invalid(field, why));
         }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.name.is_empty() {

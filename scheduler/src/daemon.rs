@@ -84,7 +84,7 @@ pub async fn start(
         info!(path = %path.display(), "no tokens configured: admin token is in this file (mode 0600)");
     }
 
-    let cluster = Cluster::load(store, cfg.node_ttl()).await?;
+    let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
     let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
         .await
         .map_err(|source| Error::Bind {
@@ -128,12 +128,12 @@ pub async fn start(
         .instrument(tracing::info_span!("rest")),
     );
 
-    // Agents are told a lease of twice the node ttl: the scheduler declares a node down
-    // before its agent fences.
+    // Agents are told the failover lease; each announces its own at registration and the
+    // scheduler waits for the longer of the two before promoting after a node loss.
     let svc = AgentService::new(
         cluster.clone(),
         cfg.heartbeat_interval_ms,
-        cfg.node_ttl_ms * 2,
+        cfg.failover.lease_ttl_ms,
     );
     let sd = shutdown.clone();
     let grpc_task = tokio::spawn(
@@ -154,11 +154,15 @@ pub async fn start(
     let sd = shutdown.clone();
     let liveness = tokio::spawn(
         async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = sd.cancelled() => break,
-                    _ = tick.tick() => cluster.check_nodes().await,
+                    _ = tick.tick() => {
+                        cluster.check_nodes().await;
+                        cluster.check_failovers().await;
+                    }
                 }
             }
         }

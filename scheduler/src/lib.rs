@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod failover;
 pub mod model;
 pub mod placement;
 pub mod store;

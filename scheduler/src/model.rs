@@ -181,6 +181,54 @@ pub struct Instance {
     pub created_at_ms: i64,
     /// Store revision of this record (compare-and-set).
     pub revision: u64,
+    /// Automatic failover for this instance (the global switch is in the config).
+    #[serde(default = "yes")]
+    pub auto_failover: bool,
+    /// When the last failover or switchover of this instance was decided (unix ms; 0: never).
+    #[serde(default)]
+    pub last_failover_ms: i64,
+    /// An operator acknowledged the last failover: the block period no longer applies.
+    #[serde(default)]
+    pub failover_acked: bool,
+    /// Switchover step 1: the primary stops application writes (same epoch).
+    #[serde(default)]
+    pub fence_primary: bool,
+    /// Switchover step 2: the new primary reaches this position before it opens for writes.
+    #[serde(default)]
+    pub promote_after: String,
+    /// A lost member being replaced: (lost member, its replacement). The lost member leaves
+    /// once its replacement replicates.
+    #[serde(default)]
+    pub replacing: Option<(String, String)>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Instance {
+    /// A new instance at epoch 1, not yet stored (revision 0).
+    pub fn new(spec: InstanceSpec, members: Vec<MemberRecord>, credentials: Credentials) -> Self {
+        Instance {
+            spec,
+            epoch: 1,
+            members,
+            credentials,
+            created_at_ms: now_ms(),
+            revision: 0,
+            auto_failover: true,
+            last_failover_ms: 0,
+            failover_acked: false,
+            fence_primary: false,
+            promote_after: String::new(),
+            replacing: None,
+        }
+    }
+
+    /// The primary's record.
+    pub fn primary(&self) -> Option<&MemberRecord> {
+        self.members.iter().find(|m| m.role == Role::Primary)
+    }
 }
 
 /// Something that happened, for `GET /v1/events`.

@@ -213,11 +213,28 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     );
     drop(admin_p);
 
-    // kill -9 of mariadbd inside the primary: the agent brings it back on the same volume.
+    // kill -9 of mariadbd inside the primary: a primary with replicas is held down and
+    // reported at once, for the scheduler to decide; re-elected at a newer epoch, the agent
+    // brings it back on the same container and volume.
     let before = primary.container_id.clone();
     let out = rt.exec(&before, &["pkill", "-9", "mariadbd"], None).await?;
     // 137: the exec itself died with the container, which is the point.
     assert!([0, 137].contains(&out.exit_code), "pkill: {out:?}");
+    let held = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "dead primary held",
+        Duration::from_secs(30),
+        |m| m.held && !m.healthy,
+    )
+    .await?;
+    assert_eq!(held.container_state, "exited", "held down, not restarted");
+    let mut again = p.clone();
+    again.epoch += 1;
+    let mut r2 = r.clone();
+    r2.epoch += 1;
+    fake.set_desired(&agent.node, vec![again, r2]);
     let healed = wait_member(
         &fake,
         &agent,

@@ -2,7 +2,7 @@
 //! read_only fencing. Talks to the server with mysql_async as `mofang_admin`.
 
 use super::{
-    timed, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
     Target,
 };
 use async_trait::async_trait;
@@ -113,7 +113,18 @@ impl Engine for MariaDb {
             .settings
             .get("semi_sync_timeout_ms")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
+            // Longer than the agents' lease (10 s by default): a primary cut off from its
+            // replicas is fenced (sessions killed, no acknowledgement) before semi-sync
+            // would give up waiting and acknowledge a write no replica has.
+            .unwrap_or(30_000);
+        // A member that starts as a replica (e.g. an old primary rejoining after a crash)
+        // truncates binlog transactions that were prepared but never committed, which no
+        // replica acknowledged: it rejoins without diverging (MariaDB semi-sync recovery).
+        let rpl_role = if m.replica_of.is_some() {
+            "SLAVE"
+        } else {
+            "MASTER"
+        };
         let cnf = format!(
             "# Rendered by mofang-agent for member {member}. Do not edit: the agent rewrites it.\n\
              [mysqld]\n\
@@ -133,6 +144,9 @@ impl Engine for MariaDb {
              gtid_strict_mode = ON\n\
              relay_log = relay-bin\n\
              relay_log_recovery = ON\n\
+             # With MASTER_HEARTBEAT_PERIOD 1, a silent primary is noticed in 4 s (default\n\
+             # 60 s): replicas report their link down in time for the failover decision.\n\
+             slave_net_timeout = 4\n\
              sync_binlog = 1\n\
              innodb_flush_log_at_trx_commit = 1\n\
              innodb_buffer_pool_size = {pool_mib}M\n\
@@ -143,6 +157,7 @@ impl Engine for MariaDb {
              rpl_semi_sync_master_wait_point = AFTER_SYNC\n\
              rpl_semi_sync_master_timeout = {semi_timeout}\n\
              rpl_semi_sync_slave_enabled = ON\n\
+             init_rpl_role = {rpl_role}\n\
              init_file = /etc/mofang/init.sql\n\
              [client]\n\
              socket = /run/mysqld/mysqld.sock\n",
@@ -180,6 +195,14 @@ impl Engine for MariaDb {
             ConfigFile {
                 name: "init.sql",
                 contents: init,
+            },
+            // For tools the agent runs inside the container (replica seeding).
+            ConfigFile {
+                name: "client.cnf",
+                contents: format!(
+                    "[client]\nuser = mofang_admin\npassword = {}\n",
+                    s.admin
+                ),
             },
         ]
     }
@@ -223,6 +246,9 @@ impl Engine for MariaDb {
                     let gtid = get_str(&row, "Using_Gtid").unwrap_or_default();
                     let lag = get_str(&row, "Seconds_Behind_Master").and_then(|v| v.parse().ok());
                     let io_err = get_str(&row, "Last_IO_Error").unwrap_or_default();
+                    // Received counts, not only applied: promotion applies the rest first.
+                    let io_pos = get_str(&row, "Gtid_IO_Pos").unwrap_or_default();
+                    let position = merge_positions(&pos, &io_pos);
                     let sql_err = get_str(&row, "Last_SQL_Error").unwrap_or_default();
                     details.insert("using_gtid".into(), gtid);
                     let ok = io == "Yes" && sql == "Yes";
@@ -240,7 +266,7 @@ impl Engine for MariaDb {
                     Observation {
                         role: ObservedRole::Replica,
                         read_only,
-                        position: pos,
+                        position,
                         replication_ok: ok,
                         following: Some(format!("{host}:{port}")),
                         lag_seconds: lag,
@@ -268,10 +294,60 @@ impl Engine for MariaDb {
         .await
     }
 
-    async fn promote(&self, at: &Target, s: &Secrets, replicas: u32) -> Result<()> {
-        timed(NAME, at, async {
+    async fn promote(
+        &self,
+        at: &Target,
+        s: &Secrets,
+        replicas: u32,
+        after: Option<&str>,
+    ) -> Result<()> {
+        timed_for(NAME, at, super::PROMOTE_TIMEOUT, async {
             let mut c = connect(at, s).await?;
-            if Self::slave_status(&mut c, at).await?.is_some() {
+            if let Some(pos) = after.filter(|p| !p.is_empty()) {
+                // Switchover: the old primary is fenced at `pos`; reach it before opening.
+                let limit = super::PROMOTE_TIMEOUT.as_secs() - 5;
+                let r: Option<Option<i64>> = c
+                    .query_first(format!("SELECT MASTER_GTID_WAIT({}, {limit})", lit(pos)))
+                    .await
+                    .map_err(|e| err(at, e))?;
+                if r.flatten() != Some(0) {
+                    return Err(err(at, format!("did not reach position {pos} in {limit} s")));
+                }
+            }
+            if let Some(row) = Self::slave_status(&mut c, at).await? {
+                // Everything received is applied before the replica opens for writes: with
+                // semi-sync a write is acknowledged once a replica has *received* it, so
+                // stopping the SQL thread early would lose acknowledged writes.
+                c.query_drop("STOP SLAVE IO_THREAD")
+                    .await
+                    .map_err(|e| err(at, e))?;
+                let received = Self::slave_status(&mut c, at)
+                    .await?
+                    .and_then(|r| get_str(&r, "Gtid_IO_Pos"))
+                    .or_else(|| get_str(&row, "Gtid_IO_Pos"))
+                    .unwrap_or_default();
+                if !received.is_empty() {
+                    let sql_running = get_str(&row, "Slave_SQL_Running").as_deref() == Some("Yes");
+                    if !sql_running {
+                        c.query_drop("START SLAVE SQL_THREAD")
+                            .await
+                            .map_err(|e| err(at, e))?;
+                    }
+                    let limit = super::PROMOTE_TIMEOUT.as_secs() - 5;
+                    let r: Option<Option<i64>> = c
+                        .query_first(format!(
+                            "SELECT MASTER_GTID_WAIT({}, {limit})",
+                            lit(&received)
+                        ))
+                        .await
+                        .map_err(|e| err(at, e))?;
+                    if r.flatten() != Some(0) {
+                        return Err(err(
+                            at,
+                            format!("relay log not applied up to {received} in {limit} s"),
+                        ));
+                    }
+                }
                 c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
                 c.query_drop("RESET SLAVE ALL")
                     .await
@@ -319,6 +395,12 @@ impl Engine for MariaDb {
                     return Ok(());
                 }
                 c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+            } else {
+                // Not a replica until now (a demoted or rejoining old primary): it continues
+                // from everything it has, its own binlog included.
+                c.query_drop("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+                    .await
+                    .map_err(|e| err(at, e))?;
             }
             c.query_drop(format!(
                 "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
@@ -364,4 +446,47 @@ impl Engine for MariaDb {
         })
         .await
     }
+
+    fn seed_script(&self, primary: &Target, local_port: u16) -> Option<String> {
+        // A consistent snapshot of the application schemas (InnoDB, one transaction) with
+        // the GTID position it is at; restored without binlogging (no errant GTIDs here).
+        // Accounts are per member (init.sql) and never copied.
+        Some(format!(
+            "set -euo pipefail\n\
+             opts=--defaults-extra-file=/etc/mofang/client.cnf\n\
+             dbs=$(mariadb $opts -h {host} -P {port} -N -B -e \"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN ('mysql','information_schema','performance_schema','sys')\")\n\
+             mariadb-dump $opts -h {host} -P {port} --single-transaction --gtid --master-data=1 \
+               --routines --events --triggers --hex-blob --databases $dbs \
+             | mariadb $opts -h 127.0.0.1 -P {local_port} --init-command='SET SESSION sql_log_bin=0'\n",
+            host = primary.host,
+            port = primary.port,
+        ))
+    }
+
+    fn diverged(&self, replication_error: &str) -> bool {
+        // Error 1236 with GTIDs: the replica asks for a GTID its new primary never had.
+        replication_error.contains("not in the master's binlog")
+            || replication_error.contains("diverged")
+    }
+}
+
+/// The further of two GTID lists per domain (applied and received positions).
+fn merge_positions(applied: &str, received: &str) -> String {
+    let mut by_domain: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    for g in applied.split(',').chain(received.split(',')).map(str::trim) {
+        let mut f = g.splitn(3, '-');
+        let (Some(d), Some(_), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        let e = by_domain.entry(d).or_insert((g, n));
+        if n > e.1 {
+            *e = (g, n);
+        }
+    }
+    by_domain
+        .values()
+        .map(|(g, _)| *g)
+        .collect::<Vec<_>>()
+        .join(",")
 }

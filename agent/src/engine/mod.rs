@@ -229,15 +229,37 @@ pub trait Engine: Send + Sync {
     /// Observes role, position, replication.
     async fn observe(&self, at: &Target, secrets: &Secrets) -> Result<Observation>;
     /// Makes the member a writable primary (stops replicating). `replicas` is how many
-    /// replicas the instance has (MariaDB enables semi-sync waiting only when > 0).
-    async fn promote(&self, at: &Target, secrets: &Secrets, replicas: u32) -> Result<()>;
+    /// replicas the instance has (MariaDB enables semi-sync waiting only when > 0). A replica
+    /// first applies everything it has received (an acknowledged write may sit unapplied in
+    /// its relay log), and when `after` is given, first waits to reach that position.
+    async fn promote(
+        &self,
+        at: &Target,
+        secrets: &Secrets,
+        replicas: u32,
+        after: Option<&str>,
+    ) -> Result<()>;
     /// Makes the member a read-only replica of `primary` (no-op if it already is).
     async fn replicate_from(&self, at: &Target, secrets: &Secrets, primary: &Target) -> Result<()>;
     /// Stops application writes at once (MariaDB read_only + kill sessions; Redis CLIENT PAUSE WRITE).
     async fn fence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
     /// Lifts a fence.
     async fn unfence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+    /// A shell script run inside a new replica's own container that copies a consistent
+    /// snapshot from `primary` and sets the replication position to it; None when the
+    /// engine's replication copies everything by itself (Redis full sync).
+    fn seed_script(&self, _primary: &Target, _local_port: u16) -> Option<String> {
+        None
+    }
+    /// True when a replication error means the replica holds transactions its primary
+    /// lacks (diverged): it must be rebuilt from the primary.
+    fn diverged(&self, _replication_error: &str) -> bool {
+        false
+    }
 }
+
+/// How long a promotion may wait for a replica to apply what it has received.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The adapter for an engine kind and version, or None if this build cannot run it.
 pub fn for_kind(kind: &str, version: &str) -> Option<Box<dyn Engine>> {
@@ -257,12 +279,22 @@ pub(crate) async fn timed<T>(
     at: &Target,
     f: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+    timed_for(engine, at, CALL_TIMEOUT, f).await
+}
+
+/// Like [`timed`] with an explicit limit (promotion waits for replication to catch up).
+pub(crate) async fn timed_for<T>(
+    engine: &'static str,
+    at: &Target,
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout {
             engine,
             addr: at.to_string(),
-            timeout: CALL_TIMEOUT,
+            timeout: limit,
         }),
     }
 }

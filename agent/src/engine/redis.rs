@@ -2,7 +2,7 @@
 //! reported address, CLIENT PAUSE fencing. Talks to the server as `mofang_admin`.
 
 use super::{
-    timed, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
     Target,
 };
 use async_trait::async_trait;
@@ -96,6 +96,10 @@ impl Engine for Redis {
              maxmemory {maxmemory}\n\
              maxmemory-policy noeviction\n\
              replica-read-only yes\n\
+             # A dead or cut-off primary is noticed in seconds (default 60 s), so replicas\n\
+             # report their link down in time for the scheduler's failover decision.\n\
+             repl-timeout 5\n\
+             repl-ping-replica-period 1\n\
              replica-announce-ip {announce_ip}\n\
              replica-announce-port {announce_port}\n\
              min-replicas-to-write {min_replicas}\n\
@@ -190,9 +194,29 @@ impl Engine for Redis {
         .await
     }
 
-    async fn promote(&self, at: &Target, s: &Secrets, _replicas: u32) -> Result<()> {
-        timed(NAME, at, async {
+    async fn promote(
+        &self,
+        at: &Target,
+        s: &Secrets,
+        _replicas: u32,
+        after: Option<&str>,
+    ) -> Result<()> {
+        timed_for(NAME, at, super::PROMOTE_TIMEOUT, async {
             let mut c = connect(at, s).await?;
+            if let Some(want) = after.and_then(|p| p.parse::<u64>().ok()) {
+                // Switchover: the old primary is paused at offset `want`; reach it first.
+                loop {
+                    let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
+                    let have = parse_info(&info)
+                        .get("master_repl_offset")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if have >= want {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
             let _: String = cmd(&mut c, at, &["REPLICAOF", "NO", "ONE"]).await?;
             Ok(())
         })

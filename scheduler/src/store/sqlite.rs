@@ -733,6 +733,12 @@ mod tests {
             },
             created_at_ms: 1_700_000_000_000,
             revision: 0,
+            auto_failover: true,
+            last_failover_ms: 0,
+            failover_acked: false,
+            fence_primary: false,
+            promote_after: String::new(),
+            replacing: None,
         }
     }
 

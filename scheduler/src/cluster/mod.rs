@@ -2,6 +2,11 @@
 //! agents report. It takes the decisions (create, delete, node admin) and computes each
 //! node's desired state, pushed to agents over `WatchAssignments`.
 
+mod failover;
+
+pub use failover::Trigger;
+
+use crate::failover::{Counters, FailoverConfig};
 use crate::model::{
     now_ms, Credentials, Event, Instance, InstanceSpec, Node, NodeAdmin, NodeState,
 };
@@ -33,6 +38,10 @@ pub enum Error {
     /// The store refused or failed.
     #[error(transparent)]
     Store(store::Error),
+    /// The operation conflicts with the instance's state (409), e.g. no replica can be
+    /// promoted, a safety rail holds, or another operation is running.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<store::Error> for Error {
@@ -77,6 +86,18 @@ struct Inner {
     live: BTreeMap<String, Live>,
     watchers: HashMap<String, watch::Sender<DesiredState>>,
     revision: u64,
+    /// Last replication lag each member reported while replicating (failover eligibility).
+    last_lag: HashMap<String, i64>,
+    /// Lease each node's agent announced at registration.
+    node_lease: HashMap<String, Duration>,
+    /// Failovers decided and not yet confirmed, by instance.
+    inflight: HashMap<String, failover::InFlight>,
+    /// Instances a failover, switchover or replacement is being carried out for.
+    busy: BTreeSet<String>,
+    /// Conditions already reported by an event (reported once until they clear).
+    reported: BTreeSet<String>,
+    /// Mass-failure guard tripped: automatic failovers wait for an operator.
+    mass_hold: bool,
 }
 
 /// The cluster: one per scheduler process.
@@ -84,6 +105,9 @@ pub struct Cluster {
     store: Arc<dyn Store>,
     inner: Mutex<Inner>,
     node_ttl: Duration,
+    failover: FailoverConfig,
+    /// Failover counters for `/metrics`.
+    pub counters: Counters,
 }
 
 /// A member as the API shows it: decision plus observation.
@@ -136,6 +160,10 @@ pub struct InstanceView {
     pub spec: InstanceSpec,
     /// Creation time, ms.
     pub created_at_ms: i64,
+    /// Automatic failover switched on for this instance.
+    pub auto_failover: bool,
+    /// When the last failover was decided (unix ms; 0: never).
+    pub last_failover_ms: i64,
 }
 
 /// A node as the API shows it.
@@ -227,6 +255,15 @@ pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
 impl Cluster {
     /// Loads nodes and instances from the store.
     pub async fn load(store: Arc<dyn Store>, node_ttl: Duration) -> Result<Arc<Self>> {
+        Self::load_with(store, node_ttl, FailoverConfig::default()).await
+    }
+
+    /// Loads nodes and instances from the store, with failover settings.
+    pub async fn load_with(
+        store: Arc<dyn Store>,
+        node_ttl: Duration,
+        failover: FailoverConfig,
+    ) -> Result<Arc<Self>> {
         let nodes = store.nodes().await?;
         let instances = store.instances().await?;
         let mut inner = Inner::default();
@@ -246,6 +283,8 @@ impl Cluster {
             store,
             inner: Mutex::new(inner),
             node_ttl,
+            failover,
+            counters: Counters::default(),
         }))
     }
 
@@ -266,6 +305,41 @@ impl Cluster {
         state_of(alive, node.admin)
     }
 
+    /// Every node as placement sees it: merge join over the maps sorted by node name.
+    fn node_views<'a>(&self, inner: &'a Inner) -> Vec<NodeView<'a>> {
+        static EMPTY: std::sync::OnceLock<Reserved> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(Reserved::default);
+        let now = Instant::now();
+        let ttl = self.node_ttl;
+        let mut reserved = inner.reserved.iter().peekable();
+        let mut live = inner.live.iter().peekable();
+        let mut views: Vec<NodeView<'_>> = Vec::with_capacity(inner.nodes.len());
+        for (name, n) in &inner.nodes {
+            while reserved
+                .next_if(|(k, _)| k.as_str() < name.as_str())
+                .is_some()
+            {}
+            while live.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
+            let r = reserved
+                .next_if(|(k, _)| *k == name)
+                .map(|(_, r)| r)
+                .unwrap_or(empty);
+            let alive = live
+                .next_if(|(k, _)| *k == name)
+                .is_some_and(|(_, l)| now.saturating_duration_since(l.last_heartbeat) < ttl);
+            views.push(NodeView {
+                node: n,
+                state: state_of(alive, n.admin),
+                reserved_cpu: r.cpu,
+                reserved_memory_mib: r.memory_mib,
+                reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
+                primaries: r.primaries,
+                members: r.members,
+            });
+        }
+        views
+    }
+
     // ---- decisions -------------------------------------------------------------------
 
     /// Places and durably creates an instance. Placement and the in-memory reservation
@@ -278,50 +352,18 @@ impl Cluster {
             if inner.instances.contains_key(&spec.name) {
                 return Err(Error::AlreadyExists(spec.name.clone()));
             }
-            let empty = Reserved::default();
-            let now = Instant::now();
-            let ttl = self.node_ttl;
-            let mut reserved = inner.reserved.iter().peekable();
-            let mut live = inner.live.iter().peekable();
-            let mut views: Vec<NodeView<'_>> = Vec::with_capacity(inner.nodes.len());
-            for (name, n) in &inner.nodes {
-                // Merge join over maps sorted by node name.
-                while reserved
-                    .next_if(|(k, _)| k.as_str() < name.as_str())
-                    .is_some()
-                {}
-                while live.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
-                let r = reserved
-                    .next_if(|(k, _)| *k == name)
-                    .map(|(_, r)| r)
-                    .unwrap_or(&empty);
-                let alive = live
-                    .next_if(|(k, _)| *k == name)
-                    .is_some_and(|(_, l)| now.saturating_duration_since(l.last_heartbeat) < ttl);
-                views.push(NodeView {
-                    node: n,
-                    state: state_of(alive, n.admin),
-                    reserved_cpu: r.cpu,
-                    reserved_memory_mib: r.memory_mib,
-                    reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
-                    primaries: r.primaries,
-                    members: r.members,
-                });
-            }
+            let views = self.node_views(&inner);
             let placed = placement::place(&spec, &views)?;
-            let inst = Instance {
-                spec: spec.clone(),
-                epoch: 1,
-                members: placed.members,
-                credentials: Credentials {
+            let inst = Instance::new(
+                spec.clone(),
+                placed.members,
+                Credentials {
                     admin: password(),
                     repl: password(),
                     monitor: password(),
                     app: password(),
                 },
-                created_at_ms: now_ms(),
-                revision: 0,
-            };
+            );
             // Reserve now; undone below if the store refuses.
             reserve(&mut inner.reserved, &inst, true);
             inner.instances.insert(spec.name.clone(), inst.clone());
@@ -448,7 +490,10 @@ impl Cluster {
         }
         let mut moved_primaries = Vec::new();
         let Inner {
-            live, instances, ..
+            live,
+            instances,
+            last_lag,
+            ..
         } = &mut *inner;
         let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
             last_heartbeat: Instant::now(),
@@ -472,6 +517,9 @@ impl Cluster {
                 })
             {
                 moved_primaries.push(m.instance.clone());
+            }
+            if m.replication_ok && m.lag_seconds >= 0 {
+                last_lag.insert(m.member.clone(), m.lag_seconds);
             }
             match live.members.get_mut(&m.member) {
                 Some(slot) => *slot = m,
@@ -681,6 +729,8 @@ impl Cluster {
             members,
             spec: i.spec.clone(),
             created_at_ms: i.created_at_ms,
+            auto_failover: i.auto_failover,
+            last_failover_ms: i.last_failover_ms,
         }
     }
 }
@@ -774,6 +824,12 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                         ("app".into(), c.app.clone()),
                     ]),
                     settings: HashMap::from([("replicas".into(), i.spec.replicas.to_string())]),
+                    fence: m.role == Role::Primary && i.fence_primary,
+                    promote_after: if m.role == Role::Primary {
+                        i.promote_after.clone()
+                    } else {
+                        String::new()
+                    },
                 });
             }
         }

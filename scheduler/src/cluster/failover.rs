@@ -1,0 +1,881 @@
+//! Carrying out failovers, switchovers and member replacements. The rules are pure
+//! ([`crate::failover::decide`]); here they meet the store (every decision is written with
+//! compare-and-set before any agent hears of it) and the agents (desired state pushed after).
+
+use super::{event, lock, reserve, Cluster, Error, Inner, InstanceView, Result};
+use crate::failover::decide::{self, Health, Seen};
+use crate::failover::{hooks, HookEnv};
+use crate::model::{now_ms, Event, Instance, MemberRecord};
+use crate::placement::{self, NodeView};
+use mofang_common::Role;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// A failover decided and written, waiting for its new primary to report healthy.
+#[derive(Debug, Clone)]
+pub(super) struct InFlight {
+    started: Instant,
+    epoch: u64,
+    old_primary: String,
+    new_primary: String,
+    reason: String,
+}
+
+/// Who asked for a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The scheduler's own detection: every safety rail applies.
+    Auto,
+    /// An operator through the API: block period, switches and mass guard do not apply.
+    Operator,
+}
+
+impl Cluster {
+    fn seen<'a>(&self, inner: &'a Inner, rec: &MemberRecord, now: Instant) -> Seen<'a> {
+        let live = inner.live.get(&rec.node);
+        let node = inner.nodes.get(&rec.node);
+        let silent_for = live.map(|l| now.saturating_duration_since(l.last_heartbeat));
+        let lease = inner
+            .node_lease
+            .get(&rec.node)
+            .copied()
+            .unwrap_or_default()
+            .max(Duration::from_millis(self.failover.lease_ttl_ms));
+        Seen {
+            node_alive: silent_for.is_some_and(|s| s < self.node_ttl),
+            silent_for,
+            lease_ttl: lease,
+            zone: node.and_then(|n| n.labels.get("zone")).map(String::as_str),
+            status: live.and_then(|l| l.members.get(&rec.id)),
+            last_lag: inner.last_lag.get(&rec.id).copied(),
+        }
+    }
+
+    fn seen_fn<'a>(
+        &'a self,
+        inner: &'a Inner,
+        inst: &'a Instance,
+        now: Instant,
+    ) -> impl Fn(&str) -> Seen<'a> + 'a {
+        move |id: &str| match inst.members.iter().find(|m| m.id == id) {
+            Some(rec) => self.seen(inner, rec, now),
+            None => Seen {
+                node_alive: false,
+                silent_for: None,
+                lease_ttl: Duration::ZERO,
+                zone: None,
+                status: None,
+                last_lag: None,
+            },
+        }
+    }
+
+    /// Records the agent's announced lease for a node.
+    pub fn note_lease(&self, node: &str, lease_ttl_ms: u64) {
+        lock(&self.inner)
+            .node_lease
+            .insert(node.to_owned(), Duration::from_millis(lease_ttl_ms));
+    }
+
+    /// Appends events; a failure is logged (the decision itself is already durable).
+    async fn emit(&self, events: Vec<Event>) {
+        if let Err(e) = self.store.append_events(&events).await {
+            warn!(error = %e, "could not record events");
+        }
+    }
+
+    /// Emits an event once per condition `key` until [`Self::clear_reported`].
+    async fn emit_once(&self, key: String, ev: Event) {
+        if lock(&self.inner).reported.insert(key) {
+            self.emit(vec![ev]).await;
+        }
+    }
+
+    fn clear_reported(&self, instance: &str) {
+        let prefix = format!("{instance}/");
+        lock(&self.inner)
+            .reported
+            .retain(|k| !k.starts_with(&prefix));
+    }
+
+    /// One round of the failover and healing loop (every 250 ms): confirm failovers in
+    /// flight, detect failed primaries and fail them over, replace lost members.
+    pub async fn check_failovers(self: &Arc<Self>) {
+        self.confirm_inflight().await;
+        let now = Instant::now();
+        let rules = self.failover.rules();
+        let mut failing = Vec::new();
+        let mut waiting = Vec::new();
+        let mut witnessed = Vec::new();
+        let mut fine = Vec::new();
+        let mut lost = Vec::new();
+        let mut promoted = Vec::new();
+        let total;
+        {
+            let inner = lock(&self.inner);
+            total = inner.instances.values().filter(|i| i.revision > 0).count();
+            for (name, i) in inner.instances.iter().filter(|(_, i)| i.revision > 0) {
+                if inner.busy.contains(name) || inner.inflight.contains_key(name) {
+                    continue;
+                }
+                if i.fence_primary {
+                    continue; // a switchover is running
+                }
+                let seen = self.seen_fn(&inner, i, now);
+                match decide::assess(i, &seen, &rules) {
+                    Health::Fine => fine.push(name.clone()),
+                    Health::Failed { reason, wait } if wait.is_zero() => {
+                        failing.push((name.clone(), reason))
+                    }
+                    Health::Failed { reason, wait } => waiting.push((name.clone(), reason, wait)),
+                    Health::NodeLostPrimaryAlive { reason } => {
+                        witnessed.push((name.clone(), reason))
+                    }
+                }
+                if let Some((l, why)) = decide::lost_member(i, &seen, &rules) {
+                    lost.push((name.clone(), l, why));
+                }
+                if let Some((l, n)) = &i.replacing {
+                    let ok = i
+                        .members
+                        .iter()
+                        .find(|m| &m.id == n)
+                        .map(|m| self.seen(&inner, m, now))
+                        .and_then(|s| s.status)
+                        .is_some_and(|s| s.healthy && s.replication_ok);
+                    if ok {
+                        promoted.push((name.clone(), l.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+        for name in &fine {
+            if lock(&self.inner)
+                .reported
+                .iter()
+                .any(|k| k.starts_with(&format!("{name}/")))
+            {
+                self.clear_reported(name);
+            }
+        }
+        for (name, reason, wait) in waiting {
+            self.emit_once(
+                format!("{name}/detected"),
+                event(
+                    "failover_detected",
+                    Some(&name),
+                    None,
+                    format!("{reason}; promotion in {} ms, once its lease has expired", wait.as_millis()),
+                ),
+            )
+            .await;
+        }
+        for (name, reason) in witnessed {
+            self.emit_once(
+                format!("{name}/witnessed"),
+                event("failover_not_needed", Some(&name), None, reason),
+            )
+            .await;
+        }
+
+        // Mass-failure guard: many primaries failing at once is more likely the network or
+        // the scheduler's own view than the databases; stop and ask an operator.
+        let limit = ((total as f64) * self.failover.mass_failover_share).floor() as usize;
+        let limit = limit.max(self.failover.mass_failover_min);
+        if failing.len() > limit || lock(&self.inner).mass_hold {
+            let newly = {
+                let mut inner = lock(&self.inner);
+                !std::mem::replace(&mut inner.mass_hold, true)
+            };
+            if newly {
+                self.counters
+                    .blocked
+                    .fetch_add(failing.len() as u64, Ordering::Relaxed);
+                warn!(failing = failing.len(), total, "mass failure: automatic failover stopped");
+                self.emit(vec![event(
+                    "failover_mass_hold",
+                    None,
+                    None,
+                    format!(
+                        "{} of {total} instances would fail over at once (limit {limit}): automatic failover stopped until an operator resumes it (POST /v1/failover/resume)",
+                        failing.len()
+                    ),
+                )])
+                .await;
+            }
+            failing.clear();
+        }
+
+        let mut tasks = Vec::new();
+        for (name, reason) in failing {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                this.emit_once(
+                    format!("{name}/detected"),
+                    event("failover_detected", Some(&name), None, reason.clone()),
+                )
+                .await;
+                if let Err(e) = this.fail_over(&name, &reason, None, Trigger::Auto).await {
+                    this.emit_once(
+                        format!("{name}/refused"),
+                        event("failover_not_done", Some(&name), None, e.to_string()),
+                    )
+                    .await;
+                }
+            }));
+        }
+        for (name, member, why) in lost {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = this.replace_member(&name, &member, &why).await {
+                    this.emit_once(
+                        format!("{name}/replace"),
+                        event("replace_not_done", Some(&name), None, e.to_string()),
+                    )
+                    .await;
+                }
+            }));
+        }
+        for (name, old, new) in promoted {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = this.finish_replacement(&name, &old, &new).await {
+                    warn!(instance = %name, error = %e, "could not finish replacement");
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Marks an instance busy for the duration of an operation; None if it already is.
+    fn begin(self: &Arc<Self>, name: &str) -> Option<BusyGuard> {
+        lock(&self.inner)
+            .busy
+            .insert(name.to_owned())
+            .then(|| BusyGuard {
+                cluster: self.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// Fails an instance over to its best replica (or `target`). Every rail is checked for
+    /// `Trigger::Auto`; the new epoch is durable before any agent acts.
+    pub async fn fail_over(
+        self: &Arc<Self>,
+        name: &str,
+        reason: &str,
+        target: Option<&str>,
+        trigger: Trigger,
+    ) -> Result<Instance> {
+        let Some(_busy) = self.begin(name) else {
+            return Err(Error::Conflict(format!(
+                "instance {name}: another failover, switchover or replacement is running"
+            )));
+        };
+        let now = Instant::now();
+        let rules = self.failover.rules();
+        let (inst, choice) = {
+            let inner = lock(&self.inner);
+            let inst = inner
+                .instances
+                .get(name)
+                .filter(|i| i.revision > 0)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            let seen = self.seen_fn(&inner, &inst, now);
+            if trigger == Trigger::Operator {
+                // An operator's failover must not leave two writable primaries: a primary
+                // that is still healthy goes through a switchover instead.
+                if let Some(p) = inst.primary() {
+                    let s = seen(&p.id);
+                    if s.node_alive && s.status.is_some_and(|st| st.healthy) {
+                        return Err(Error::Conflict(format!(
+                            "primary {} is healthy: use switchover for a planned change",
+                            p.id
+                        )));
+                    }
+                    if let Health::Failed { wait, .. } = decide::assess(&inst, &seen, &rules) {
+                        if !wait.is_zero() {
+                            return Err(Error::Conflict(format!(
+                                "primary {}'s lease has not expired yet: retry in {} ms",
+                                p.id,
+                                wait.as_millis()
+                            )));
+                        }
+                    }
+                    if !s.node_alive {
+                        let lease = s.lease_ttl;
+                        if s.silent_for.is_some_and(|d| d < lease) {
+                            return Err(Error::Conflict(format!(
+                                "primary {}'s node may still hold its lease",
+                                p.id
+                            )));
+                        }
+                    }
+                }
+            }
+            let choice = decide::choose(&inst, &seen, &rules, target);
+            drop(seen);
+            (inst, choice)
+        };
+        let old = inst.primary().map(|p| p.id.clone()).unwrap_or_default();
+        if trigger == Trigger::Auto {
+            let blocked = if !self.failover.enabled {
+                Some("automatic failover is switched off in the config".to_owned())
+            } else if !inst.auto_failover {
+                Some("automatic failover is switched off for this instance".to_owned())
+            } else {
+                let block = self.failover.failover_block_period_s as i64 * 1000;
+                let since = now_ms() - inst.last_failover_ms;
+                (inst.last_failover_ms > 0 && since < block && !inst.failover_acked).then(|| {
+                    format!(
+                        "last failover {} s ago, within failover_block_period {} s: acknowledge it (POST /v1/instances/{name}/failover/ack) or fail over by hand",
+                        since / 1000,
+                        block / 1000
+                    )
+                })
+            };
+            if let Some(why) = blocked {
+                self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                self.emit_once(
+                    format!("{name}/blocked"),
+                    event("failover_blocked", Some(name), None, format!("{reason}; {why}")),
+                )
+                .await;
+                return Err(Error::Conflict(why));
+            }
+        }
+        let new = match choice {
+            Ok(id) => id,
+            Err(e) => {
+                // No replica can take over. A held primary whose node is fine comes back
+                // as the primary at a newer epoch (its agent restarts it).
+                let reelect = {
+                    let inner = lock(&self.inner);
+                    inst.primary().is_some_and(|p| {
+                        let s = self.seen(&inner, p, now);
+                        s.node_alive && s.status.is_some_and(|st| st.held && !st.failed)
+                    })
+                };
+                if !reelect {
+                    return Err(Error::Conflict(e.to_string()));
+                }
+                old.clone()
+            }
+        };
+        let epoch = inst.epoch + 1;
+        let env = HookEnv {
+            hook: "pre_failover".into(),
+            instance: name.to_owned(),
+            old_primary: old.clone(),
+            new_primary: new.clone(),
+            epoch,
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = hooks::run(&self.failover.hooks.pre_failover, &env).await {
+            self.counters.unsuccessful.fetch_add(1, Ordering::Relaxed);
+            self.emit(vec![event(
+                "failover_aborted",
+                Some(name),
+                None,
+                format!("pre_failover hook: {e}"),
+            )])
+            .await;
+            self.run_post_hooks(false, env).await;
+            return Err(Error::Conflict(format!("pre_failover hook aborted the failover: {e}")));
+        }
+        let mut next = inst.clone();
+        next.epoch = epoch;
+        for m in &mut next.members {
+            m.role = if m.id == new {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+        }
+        next.last_failover_ms = now_ms();
+        next.failover_acked = false;
+        next.fence_primary = false;
+        next.promote_after.clear();
+        let position = {
+            let inner = lock(&self.inner);
+            next.members
+                .iter()
+                .find(|m| m.id == new)
+                .and_then(|m| self.seen(&inner, m, now).status.map(|s| s.position.clone()))
+                .unwrap_or_default()
+        };
+        let message = if new == old {
+            format!("{reason}; no replica can take over: {old} restarts as primary at epoch {epoch}")
+        } else {
+            format!(
+                "{reason}; promoting {new} (position {position}) at epoch {epoch}; {old} becomes a replica"
+            )
+        };
+        info!(instance = %name, epoch, new_primary = %new, old_primary = %old, "failover decided");
+        let stored = self.write(next, vec![event("failover_decided", Some(name), None, message)]).await?;
+        lock(&self.inner).inflight.insert(
+            name.to_owned(),
+            InFlight {
+                started: now,
+                epoch,
+                old_primary: old,
+                new_primary: new,
+                reason: reason.to_owned(),
+            },
+        );
+        Ok(stored)
+    }
+
+    /// Writes an instance (compare-and-set on its revision), then updates memory and pushes
+    /// the desired state of every node with a member.
+    async fn write(&self, next: Instance, events: Vec<Event>) -> Result<Instance> {
+        let stored = self.store.update_instance(&next, &events).await?;
+        let mut inner = lock(&self.inner);
+        if let Some(old) = inner.instances.get(&stored.spec.name).cloned() {
+            reserve(&mut inner.reserved, &old, false);
+        }
+        reserve(&mut inner.reserved, &stored, true);
+        inner
+            .instances
+            .insert(stored.spec.name.clone(), stored.clone());
+        let mut nodes: BTreeSet<String> = stored.members.iter().map(|m| m.node.clone()).collect();
+        if let Some((lost, _)) = &next.replacing {
+            if let Some(m) = next.members.iter().find(|m| &m.id == lost) {
+                nodes.insert(m.node.clone());
+            }
+        }
+        let nodes: Vec<String> = nodes.into_iter().collect();
+        self.push_nodes(&mut inner, &nodes);
+        Ok(stored)
+    }
+
+    async fn confirm_inflight(&self) {
+        let timeout = Duration::from_secs(self.failover.completion_timeout_s);
+        let mut done = Vec::new();
+        {
+            let inner = lock(&self.inner);
+            for (name, f) in &inner.inflight {
+                let Some(i) = inner.instances.get(name) else {
+                    done.push((name.clone(), f.clone(), None));
+                    continue;
+                };
+                let ok = i
+                    .members
+                    .iter()
+                    .find(|m| m.id == f.new_primary)
+                    .and_then(|m| inner.live.get(&m.node)?.members.get(&m.id))
+                    .is_some_and(|s| s.healthy && s.epoch == f.epoch && s.role == "primary");
+                if ok {
+                    done.push((name.clone(), f.clone(), Some(true)));
+                } else if f.started.elapsed() > timeout {
+                    done.push((name.clone(), f.clone(), Some(false)));
+                }
+            }
+            let mut inner = inner;
+            for (name, _, _) in &done {
+                inner.inflight.remove(name);
+            }
+        }
+        for (name, f, outcome) in done {
+            let Some(ok) = outcome else { continue };
+            let ms = f.started.elapsed().as_millis() as u64;
+            let env = HookEnv {
+                hook: String::new(),
+                instance: name.clone(),
+                old_primary: f.old_primary.clone(),
+                new_primary: f.new_primary.clone(),
+                epoch: f.epoch,
+                reason: f.reason.clone(),
+            };
+            if ok {
+                self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                self.counters.last_duration_ms.store(ms, Ordering::Relaxed);
+                info!(instance = %name, epoch = f.epoch, ms, "failover completed");
+                self.emit(vec![event(
+                    "failover_completed",
+                    Some(&name),
+                    None,
+                    format!("{} is the writable primary at epoch {} after {ms} ms", f.new_primary, f.epoch),
+                )])
+                .await;
+            } else {
+                self.counters.unsuccessful.fetch_add(1, Ordering::Relaxed);
+                warn!(instance = %name, epoch = f.epoch, "failover not confirmed in time");
+                self.emit(vec![event(
+                    "failover_incomplete",
+                    Some(&name),
+                    None,
+                    format!("{} not a healthy primary at epoch {} after {ms} ms", f.new_primary, f.epoch),
+                )])
+                .await;
+            }
+            self.clear_reported(&name);
+            let this_hooks = self.failover.hooks.clone();
+            tokio::spawn(async move {
+                let (list, hook) = if ok {
+                    (this_hooks.post_failover, "post_failover")
+                } else {
+                    (this_hooks.post_unsuccessful_failover, "post_unsuccessful_failover")
+                };
+                let _ = hooks::run(&list, &HookEnv { hook: hook.into(), ..env }).await;
+            });
+        }
+    }
+
+    async fn run_post_hooks(&self, ok: bool, env: HookEnv) {
+        let h = self.failover.hooks.clone();
+        tokio::spawn(async move {
+            let (list, hook) = if ok {
+                (h.post_failover, "post_failover")
+            } else {
+                (h.post_unsuccessful_failover, "post_unsuccessful_failover")
+            };
+            let _ = hooks::run(&list, &HookEnv { hook: hook.into(), ..env }).await;
+        });
+    }
+
+    /// Planned switchover without loss: fence the primary, let the target apply everything
+    /// up to the primary's final position, promote it, make the old primary its replica.
+    pub async fn switchover(self: &Arc<Self>, name: &str, target: Option<&str>) -> Result<InstanceView> {
+        let Some(_busy) = self.begin(name) else {
+            return Err(Error::Conflict(format!(
+                "instance {name}: another failover, switchover or replacement is running"
+            )));
+        };
+        let started = Instant::now();
+        let rules = self.failover.rules();
+        let (inst, new, old) = {
+            let inner = lock(&self.inner);
+            let inst = inner
+                .instances
+                .get(name)
+                .filter(|i| i.revision > 0)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            let seen = self.seen_fn(&inner, &inst, started);
+            let p = inst
+                .primary()
+                .ok_or_else(|| Error::Conflict(format!("instance {name} has no primary")))?;
+            let ps = seen(&p.id);
+            if !(ps.node_alive && ps.status.is_some_and(|s| s.healthy)) {
+                return Err(Error::Conflict(format!(
+                    "primary {} is not healthy: a switchover needs it (use failover)",
+                    p.id
+                )));
+            }
+            let new = decide::choose(&inst, &seen, &rules, target)
+                .map_err(|e| Error::Conflict(e.to_string()))?;
+            if !seen(&new).status.is_some_and(|s| s.replication_ok && s.healthy) {
+                return Err(Error::Conflict(format!("{new} is not replicating")));
+            }
+            let old = p.id.clone();
+            drop(seen);
+            (inst, new, old)
+        };
+        // 1. Fence the primary (same epoch).
+        let mut fenced = inst.clone();
+        fenced.fence_primary = true;
+        fenced.promote_after.clear();
+        let fenced = self
+            .write(
+                fenced,
+                vec![event(
+                    "switchover_started",
+                    Some(name),
+                    None,
+                    format!("fencing {old}; {new} takes over"),
+                )],
+            )
+            .await?;
+        let epoch = fenced.epoch;
+        let position = self
+            .wait_status(name, &old, Duration::from_secs(10), |s| {
+                (s.role == "fenced" && s.epoch == epoch).then(|| s.position.clone())
+            })
+            .await;
+        let Some(position) = position else {
+            let mut undo = fenced.clone();
+            undo.fence_primary = false;
+            self.write(
+                undo,
+                vec![event(
+                    "switchover_aborted",
+                    Some(name),
+                    None,
+                    format!("{old} was not fenced within 10 s: unfenced, nothing changed"),
+                )],
+            )
+            .await?;
+            return Err(Error::Conflict(format!("{old} was not fenced within 10 s")));
+        };
+        // 2. New epoch: the target reaches the fenced position, then opens.
+        let mut next = fenced.clone();
+        next.epoch += 1;
+        next.fence_primary = false;
+        next.promote_after = position.clone();
+        for m in &mut next.members {
+            m.role = if m.id == new {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+        }
+        let next = self
+            .write(
+                next,
+                vec![event(
+                    "switchover_promoting",
+                    Some(name),
+                    None,
+                    format!("{old} fenced at {position}; promoting {new} at epoch {}", epoch + 1),
+                )],
+            )
+            .await?;
+        let ok = self
+            .wait_status(name, &new, Duration::from_secs(60), |s| {
+                (s.healthy && s.role == "primary" && s.epoch == next.epoch).then_some(())
+            })
+            .await
+            .is_some();
+        let ms = started.elapsed().as_millis();
+        if ok {
+            self.counters.switchovers.fetch_add(1, Ordering::Relaxed);
+            self.emit(vec![event(
+                "switchover_completed",
+                Some(name),
+                None,
+                format!("{new} is the primary at epoch {} after {ms} ms", next.epoch),
+            )])
+            .await;
+        } else {
+            self.emit(vec![event(
+                "switchover_incomplete",
+                Some(name),
+                None,
+                format!("{new} not a healthy primary after {ms} ms"),
+            )])
+            .await;
+            return Err(Error::Conflict(format!(
+                "{new} did not become a healthy primary within 60 s"
+            )));
+        }
+        self.instance(name)
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))
+    }
+
+    async fn wait_status<T>(
+        &self,
+        name: &str,
+        member: &str,
+        limit: Duration,
+        f: impl Fn(&mofang_common::proto::MemberStatus) -> Option<T>,
+    ) -> Option<T> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            let got = {
+                let inner = lock(&self.inner);
+                inner
+                    .instances
+                    .get(name)
+                    .and_then(|i| i.members.iter().find(|m| m.id == member))
+                    .and_then(|m| inner.live.get(&m.node)?.members.get(member))
+                    .and_then(&f)
+            };
+            if got.is_some() {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Places a replacement for a lost member (anti-affinity with the other members) and
+    /// adds it; the lost member leaves once the replacement replicates.
+    pub async fn replace_member(self: &Arc<Self>, name: &str, lost: &str, why: &str) -> Result<()> {
+        let Some(_busy) = self.begin(name) else {
+            return Ok(());
+        };
+        let next = {
+            let inner = lock(&self.inner);
+            let inst = inner
+                .instances
+                .get(name)
+                .filter(|i| i.revision > 0 && i.replacing.is_none())
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            let used: BTreeSet<&str> = inst.members.iter().map(|m| m.node.as_str()).collect();
+            let views: Vec<NodeView<'_>> = self
+                .node_views(&inner)
+                .into_iter()
+                .filter(|v| !used.contains(v.node.name.as_str()))
+                .collect();
+            let mut one = inst.spec.clone();
+            one.replicas = 0;
+            let placed = placement::place(&one, &views)?;
+            let node = placed
+                .members
+                .first()
+                .map(|m| m.node.clone())
+                .ok_or_else(|| Error::Invalid("placement returned no member".into()))?;
+            let ordinal = inst
+                .members
+                .iter()
+                .filter_map(|m| m.id.rsplit_once('-')?.1.parse::<u32>().ok())
+                .max()
+                .map_or(0, |n| n + 1);
+            let id = format!("{name}-{ordinal}");
+            let mut next = inst.clone();
+            next.members.push(MemberRecord {
+                id: id.clone(),
+                node,
+                role: Role::Replica,
+            });
+            next.replacing = Some((lost.to_owned(), id));
+            next
+        };
+        let (l, n) = next.replacing.clone().unwrap_or_default();
+        let node = next
+            .members
+            .iter()
+            .find(|m| m.id == n)
+            .map(|m| m.node.clone())
+            .unwrap_or_default();
+        info!(instance = %name, lost = %l, replacement = %n, node = %node, "replacing member");
+        self.write(
+            next,
+            vec![event(
+                "member_replacing",
+                Some(name),
+                Some(&node),
+                format!("{l} lost ({why}): {n} placed on {node}, seeded from the primary"),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_replacement(self: &Arc<Self>, name: &str, lost: &str, new: &str) -> Result<()> {
+        let Some(_busy) = self.begin(name) else {
+            return Ok(());
+        };
+        let next = {
+            let inner = lock(&self.inner);
+            let mut inst = inner
+                .instances
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            if inst.replacing.as_ref() != Some(&(lost.to_owned(), new.to_owned())) {
+                return Ok(());
+            }
+            inst.members.retain(|m| m.id != lost);
+            inst
+        };
+        // `write` pushes the lost member's node too (from `replacing`), then clears it.
+        let mut next = next;
+        let lost_node = lock(&self.inner)
+            .instances
+            .get(name)
+            .and_then(|i| i.members.iter().find(|m| m.id == lost))
+            .map(|m| m.node.clone());
+        next.replacing = None;
+        let stored = self
+            .write(
+                next,
+                vec![event(
+                    "member_replaced",
+                    Some(name),
+                    lost_node.as_deref(),
+                    format!("{new} replicates; {lost} left the desired state (its volume goes when its node is back)"),
+                )],
+            )
+            .await?;
+        if let Some(n) = lost_node {
+            let mut inner = lock(&self.inner);
+            self.push_nodes(&mut inner, &[n]);
+        }
+        let _ = stored;
+        self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Operator: allow the next automatic failover within the block period.
+    pub async fn acknowledge_failover(&self, name: &str) -> Result<()> {
+        let mut next = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+        next.failover_acked = true;
+        self.write(
+            next,
+            vec![event(
+                "failover_acknowledged",
+                Some(name),
+                None,
+                "an operator acknowledged the last failover".into(),
+            )],
+        )
+        .await?;
+        self.clear_reported(name);
+        Ok(())
+    }
+
+    /// Operator: switch automatic failover of one instance on or off.
+    pub async fn set_auto_failover(&self, name: &str, on: bool) -> Result<()> {
+        let mut next = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+        next.auto_failover = on;
+        self.write(
+            next,
+            vec![event(
+                "auto_failover",
+                Some(name),
+                None,
+                format!("automatic failover {}", if on { "on" } else { "off" }),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Operator: lift the mass-failure hold.
+    pub async fn resume_failover(&self) {
+        lock(&self.inner).mass_hold = false;
+        self.emit(vec![event(
+            "failover_resumed",
+            None,
+            None,
+            "an operator resumed automatic failover".into(),
+        )])
+        .await;
+    }
+
+    /// True while the mass-failure guard holds automatic failover.
+    pub fn mass_hold(&self) -> bool {
+        lock(&self.inner).mass_hold
+    }
+}
+
+/// Clears an instance's busy mark when an operation ends (however it ends).
+pub(super) struct BusyGuard {
+    cluster: Arc<Cluster>,
+    name: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        lock(&self.cluster.inner).busy.remove(&self.name);
+    }
+}
