@@ -48,6 +48,7 @@ fn assignment(m: Member<'_>, s: &Secrets) -> Assignment {
         primary_address: m.primary.into(),
         secrets: secret_map(s),
         settings: HashMap::from([("replicas".into(), "1".into())]),
+        ..Default::default()
     }
 }
 

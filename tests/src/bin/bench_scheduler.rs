@@ -87,6 +87,7 @@ async fn agent(
                 reserved_bytes: 0,
             }],
             agent_version: "bench".into(),
+            lease_ttl_ms: 10_000,
         })
         .await?;
     let mut watch = client
