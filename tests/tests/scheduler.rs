@@ -5,128 +5,13 @@
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::runtime::ContainerRuntime;
-use mofang_tests::cluster::{binaries, AgentProcess, SchedulerProcess, TestNetwork};
+use mofang_tests::cluster::binaries;
+use mofang_tests::scenario::{mysql, spec, Env};
 use mofang_tests::{docker, eventually, unique_name};
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-struct Env {
-    sched: SchedulerProcess,
-    agents: Vec<AgentProcess>,
-    _net: TestNetwork,
-    http: reqwest::Client,
-    token: String,
-}
-
-impl Env {
-    async fn start(nodes: usize) -> Result<Env> {
-        let _ = docker().await;
-        let net = TestNetwork::create(&unique_name("net"))?;
-        let sched = SchedulerProcess::start("")?;
-        let mut agents = Vec::new();
-        for z in ["a", "b", "c"].iter().take(nodes) {
-            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
-            agents.push(AgentProcess::start(
-                &unique_name("node"),
-                &sched.grpc,
-                &net.name,
-                4096,
-                &extra,
-            )?);
-        }
-        let token = sched.admin_token()?;
-        let env = Env {
-            sched,
-            agents,
-            _net: net,
-            http: reqwest::Client::new(),
-            token,
-        };
-        env.wait_ready_nodes(nodes).await?;
-        Ok(env)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.sched.rest))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, v))
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        let (s, v) = self.call(reqwest::Method::GET, path, None).await?;
-        if !s.is_success() {
-            bail!("GET {path}: {s} {v}");
-        }
-        Ok(v)
-    }
-
-    async fn wait_ready_nodes(&self, n: usize) -> Result<()> {
-        eventually("nodes ready", Duration::from_secs(30), || async {
-            let v = self.get("/v1/nodes").await?;
-            let ready = v
-                .as_array()
-                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-                .unwrap_or(0);
-            if ready == n {
-                Ok(())
-            } else {
-                bail!("{ready}/{n} ready: {v}")
-            }
-        })
-        .await
-    }
-
-    async fn wait_instance_ready(&self, name: &str) -> Result<Value> {
-        let r = eventually("instance ready", Duration::from_secs(120), || async {
-            let v = self.get(&format!("/v1/instances/{name}")).await?;
-            if v["status"] == "ready" {
-                Ok(v)
-            } else {
-                bail!("{v}")
-            }
-        })
-        .await;
-        if r.is_err() {
-            for a in &self.agents {
-                eprintln!("---- {} ----\n{}", a.node, a.log());
-            }
-        }
-        r
-    }
-}
-
-fn spec(name: &str, engine: &str, replicas: u32) -> Value {
-    let version = if engine == "redis" { "7.0" } else { "10.11" };
-    json!({"name": name, "engine": engine, "version": version, "replicas": replicas,
-           "resources": {"cpu": 0.5, "memory": 384, "disk": 512}})
-}
-
-async fn mysql(addr: &str, pass: &str) -> Result<mysql_async::Conn> {
-    let (host, port) = addr.rsplit_once(':').context("address")?;
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(host.to_owned())
-        .tcp_port(port.parse()?)
-        .user(Some("app"))
-        .pass(Some(pass.to_owned()))
-        .db_name(Some("app"))
-        .prefer_socket(false);
-    Ok(mysql_async::Conn::new(opts).await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()> {

@@ -1,0 +1,417 @@
+//! A whole cluster for end-to-end tests: scheduler, agents on one Docker network (one zone
+//! each), REST helpers, and a MariaDB client for the application account.
+
+use crate::cluster::{AgentProcess, SchedulerProcess, TestNetwork};
+use crate::faults::Link;
+use crate::{docker, eventually, unique_name};
+use anyhow::{bail, Context, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A scheduler and agents (one zone each: a, b, c, d, ...) on one test network, each agent
+/// reaching the scheduler through its own [`Link`] (cut to partition it).
+pub struct Env {
+    /// The scheduler.
+    pub sched: SchedulerProcess,
+    /// The agents, in zone order.
+    pub agents: Vec<AgentProcess>,
+    /// Each agent's link to the scheduler.
+    pub links: Vec<Link>,
+    /// The members' network.
+    pub net: TestNetwork,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Admin token.
+    pub token: String,
+}
+
+impl Env {
+    /// `nodes` agents and a scheduler with default settings.
+    pub async fn start(nodes: usize) -> Result<Env> {
+        Self::start_with(nodes, "").await
+    }
+
+    /// `nodes` agents and a scheduler with `sched_extra` appended to its config.
+    pub async fn start_with(nodes: usize, sched_extra: &str) -> Result<Env> {
+        let _ = docker().await;
+        let net = TestNetwork::create(&unique_name("net"))?;
+        let sched = SchedulerProcess::start(sched_extra)?;
+        let mut agents = Vec::new();
+        let mut links = Vec::new();
+        for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
+            let link = Link::start(&sched.grpc).await?;
+            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
+            agents.push(AgentProcess::start(
+                &unique_name("node"),
+                &link.endpoint,
+                &net.name,
+                4096,
+                &extra,
+            )?);
+            links.push(link);
+        }
+        let token = sched.admin_token()?;
+        let env = Env {
+            sched,
+            agents,
+            links,
+            net,
+            http: reqwest::Client::new(),
+            token,
+        };
+        env.wait_ready_nodes(nodes).await?;
+        Ok(env)
+    }
+
+    /// See the test files.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.sched.rest))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    /// See the test files.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let (s, v) = self.call(reqwest::Method::GET, path, None).await?;
+        if !s.is_success() {
+            bail!("GET {path}: {s} {v}");
+        }
+        Ok(v)
+    }
+
+    /// See the test files.
+    pub async fn wait_ready_nodes(&self, n: usize) -> Result<()> {
+        eventually("nodes ready", Duration::from_secs(30), || async {
+            let v = self.get("/v1/nodes").await?;
+            let ready = v
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
+                .unwrap_or(0);
+            if ready == n {
+                Ok(())
+            } else {
+                bail!("{ready}/{n} ready: {v}")
+            }
+        })
+        .await
+    }
+
+    /// See the test files.
+    pub async fn wait_instance_ready(&self, name: &str) -> Result<Value> {
+        let r = eventually("instance ready", Duration::from_secs(120), || async {
+            let v = self.get(&format!("/v1/instances/{name}")).await?;
+            if v["status"] == "ready" {
+                Ok(v)
+            } else {
+                bail!("{v}")
+            }
+        })
+        .await;
+        if r.is_err() {
+            for a in &self.agents {
+                eprintln!("---- {} ----\n{}", a.node, a.log());
+            }
+        }
+        r
+    }
+}
+
+/// A create request with small resources.
+pub fn spec(name: &str, engine: &str, replicas: u32) -> Value {
+    let version = if engine == "redis" { "7.0" } else { "10.11" };
+    json!({"name": name, "engine": engine, "version": version, "replicas": replicas,
+           "resources": {"cpu": 0.5, "memory": 384, "disk": 512}})
+}
+
+/// The application account's connection to `addr` (database `app`).
+pub async fn mysql(addr: &str, pass: &str) -> Result<mysql_async::Conn> {
+    let (host, port) = addr.rsplit_once(':').context("address")?;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port.parse()?)
+        .user(Some("app"))
+        .pass(Some(pass.to_owned()))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    Ok(mysql_async::Conn::new(opts).await?)
+}
+
+
+/// The outcome of a [`SetWriter`] run (Jepsen's set test): every id was attempted once.
+#[derive(Debug, Default, Clone)]
+pub struct SetOutcome {
+    /// Ids whose write was acknowledged.
+    pub acked: std::collections::BTreeSet<u64>,
+    /// Ids attempted (acknowledged, refused or unknown).
+    pub attempted: std::collections::BTreeSet<u64>,
+    /// The longest time between two consecutive acknowledgements (the outage).
+    pub longest_gap: Duration,
+    /// When that gap ended (first acknowledgement after it).
+    pub gap_end: Option<std::time::Instant>,
+}
+
+impl SetOutcome {
+    /// Acknowledged ids missing from `present`.
+    pub fn lost(&self, present: &std::collections::BTreeSet<u64>) -> Vec<u64> {
+        self.acked.difference(present).copied().collect()
+    }
+    /// Ids in `present` that were never attempted.
+    pub fn unexpected(&self, present: &std::collections::BTreeSet<u64>) -> Vec<u64> {
+        present.difference(&self.attempted).copied().collect()
+    }
+}
+
+/// Writes unique ids to an instance's current primary (as the API reports it) until
+/// stopped: MariaDB rows in `app.jepsen`, Redis members of the set `jepsen`.
+pub struct SetWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<SetOutcome>,
+}
+
+enum Conn {
+    My(mysql_async::Conn),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl SetWriter {
+    /// Starts writing; MariaDB's table is created first.
+    pub async fn start(env: &Env, instance: &str, engine: &str, password: &str) -> Result<Self> {
+        let (rest, token) = (env.sched.rest.clone(), env.token.clone());
+        let http = env.http.clone();
+        let (instance, engine, password) =
+            (instance.to_owned(), engine.to_owned(), password.to_owned());
+        if engine == "mariadb" {
+            let v = env.get(&format!("/v1/instances/{instance}")).await?;
+            let mut c = mysql(v["primary"].as_str().context("primary")?, &password).await?;
+            use mysql_async::prelude::Queryable;
+            c.query_drop("CREATE TABLE IF NOT EXISTS jepsen (id BIGINT PRIMARY KEY)")
+                .await?;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, a) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            let mut out = SetOutcome::default();
+            let mut conn: Option<Conn> = None;
+            let mut last_ack = std::time::Instant::now();
+            let mut id = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                if conn.is_none() {
+                    let primary = async {
+                        let v: Value = http
+                            .get(format!("{rest}/v1/instances/{instance}"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await?
+                            .json()
+                            .await?;
+                        anyhow::Ok(v["primary"].as_str().unwrap_or_default().to_owned())
+                    }
+                    .await
+                    .unwrap_or_default();
+                    let c = tokio::time::timeout(Duration::from_secs(2), async {
+                        if engine == "mariadb" {
+                            anyhow::Ok(Conn::My(mysql(&primary, &password).await?))
+                        } else {
+                            let client = redis::Client::open(format!(
+                                "redis://app:{password}@{primary}/"
+                            ))?;
+                            anyhow::Ok(Conn::Redis(
+                                client.get_multiplexed_async_connection().await?,
+                            ))
+                        }
+                    })
+                    .await;
+                    match c {
+                        Ok(Ok(c)) => conn = Some(c),
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                id += 1;
+                out.attempted.insert(id);
+                let r = tokio::time::timeout(Duration::from_secs(5), async {
+                    match conn.as_mut() {
+                        Some(Conn::My(c)) => {
+                            use mysql_async::prelude::Queryable;
+                            c.exec_drop("INSERT INTO jepsen (id) VALUES (?)", (id,))
+                                .await?;
+                        }
+                        Some(Conn::Redis(c)) => {
+                            let _: i64 = redis::cmd("SADD")
+                                .arg("jepsen")
+                                .arg(id)
+                                .query_async(c)
+                                .await?;
+                        }
+                        None => bail!("no connection"),
+                    }
+                    anyhow::Ok(())
+                })
+                .await;
+                match r {
+                    Ok(Ok(())) => {
+                        let now = std::time::Instant::now();
+                        let gap = now - last_ack;
+                        if gap > out.longest_gap {
+                            out.longest_gap = gap;
+                            out.gap_end = Some(now);
+                        }
+                        last_ack = now;
+                        out.acked.insert(id);
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            out
+        });
+        Ok(SetWriter { stop, acked, task })
+    }
+
+    /// Acknowledged writes so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` writes are acknowledged.
+    pub async fn wait_acked(&self, n: u64, limit: Duration) -> Result<()> {
+        let until = std::time::Instant::now() + limit;
+        while self.acked() < n {
+            if std::time::Instant::now() > until {
+                bail!("only {} of {n} writes acknowledged in {limit:?}", self.acked());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops and returns what happened.
+    pub async fn stop(self) -> Result<SetOutcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.task.await?)
+    }
+}
+
+/// The ids present in an instance (read at `addr` with the application account).
+pub async fn set_contents(
+    engine: &str,
+    addr: &str,
+    password: &str,
+) -> Result<std::collections::BTreeSet<u64>> {
+    if engine == "mariadb" {
+        use mysql_async::prelude::Queryable;
+        let mut c = mysql(addr, password).await?;
+        let ids: Vec<u64> = c.query("SELECT id FROM jepsen").await?;
+        Ok(ids.into_iter().collect())
+    } else {
+        let client = redis::Client::open(format!("redis://app:{password}@{addr}/"))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let ids: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg("jepsen")
+            .query_async(&mut c)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+}
+
+impl Env {
+    /// The app password of an instance.
+    pub async fn app_password(&self, name: &str) -> Result<String> {
+        let c = self.get(&format!("/v1/instances/{name}/credentials")).await?;
+        Ok(c["app"].as_str().context("app password")?.to_owned())
+    }
+
+    /// Creates an instance and waits until it is ready.
+    pub async fn create_ready(&self, name: &str, engine: &str, replicas: u32) -> Result<Value> {
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/v1/instances", Some(spec(name, engine, replicas)))
+            .await?;
+        if s != StatusCode::CREATED {
+            bail!("create {name}: {s} {v}");
+        }
+        self.wait_instance_ready(name).await
+    }
+
+    /// The agent (index) running a member.
+    pub fn agent_of(&self, inst: &Value, member: &str) -> Result<usize> {
+        let node = inst["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == member))
+            .and_then(|m| m["node"].as_str())
+            .context("member's node")?;
+        self.agents
+            .iter()
+            .position(|a| a.node == node)
+            .context("agent of node")
+    }
+
+    /// The primary member of an instance view.
+    pub fn primary_member(inst: &Value) -> Result<Value> {
+        inst["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["role"] == "primary"))
+            .cloned()
+            .context("no primary member")
+    }
+
+    /// Events of an instance.
+    pub async fn events(&self, name: &str) -> Result<Vec<Value>> {
+        let v = self.get(&format!("/v1/events?instance={name}")).await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until the instance has a new healthy primary at an epoch above `epoch`.
+    pub async fn wait_new_primary(&self, name: &str, epoch: u64, limit: Duration) -> Result<Value> {
+        eventually("new primary", limit, || async {
+            let v = self.get(&format!("/v1/instances/{name}")).await?;
+            let p = Self::primary_member(&v)?;
+            if v["epoch"].as_u64() > Some(epoch)
+                && p["healthy"] == true
+                && p["epoch"] == v["epoch"]
+                && p["observed_role"] == "primary"
+            {
+                Ok(v)
+            } else {
+                bail!("epoch {} primary {p}", v["epoch"])
+            }
+        })
+        .await
+    }
+}
+
+/// `docker` CLI, failing with its stderr.
+pub fn docker_cli(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        bail!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A member's container name.
+pub fn container_of(member: &str) -> String {
+    format!("mofang-{member}")
+}
+
