@@ -327,8 +327,12 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
                 && st.applied_epoch == a.epoch
                 && st.held_at_epoch.is_none()
             {
-                warn!(member, epoch = a.epoch, exit_code = container.exit_code.unwrap_or(-1),
-                    "primary container died: held for the scheduler's decision");
+                warn!(
+                    member,
+                    epoch = a.epoch,
+                    exit_code = container.exit_code.unwrap_or(-1),
+                    "primary container died: held for the scheduler's decision"
+                );
                 st.held_at_epoch = Some(a.epoch);
                 sh.state.save_member(member, &st)?;
             }
@@ -340,14 +344,28 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             // Without a scheduler nobody can decide: restart it, read-only, so its data
             // stays served for reads; it reopens for writes only at a newer epoch.
             if st.crash_looping {
-                report(sh, a, &st, Some(&container), None, true,
-                    format!("crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted", CRASH_WINDOW_MS / 1000));
+                report(
+                    sh,
+                    a,
+                    &st,
+                    Some(&container),
+                    None,
+                    true,
+                    format!(
+                        "crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted",
+                        CRASH_WINDOW_MS / 1000
+                    ),
+                );
                 return Ok(Action::Requeue(Duration::from_secs(5)));
             }
             let now = now_ms();
             st.crash_restarts_ms.retain(|t| now - t < CRASH_WINDOW_MS);
             if st.crash_restarts_ms.len() >= MAX_CRASH_RESTARTS {
-                warn!(member, restarts = st.crash_restarts_ms.len(), "crash loop: no more restarts");
+                warn!(
+                    member,
+                    restarts = st.crash_restarts_ms.len(),
+                    "crash loop: no more restarts"
+                );
                 st.crash_looping = true;
                 sh.state.save_member(member, &st)?;
                 return Ok(Action::Requeue(Duration::from_millis(10)));
@@ -461,7 +479,11 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     // 6. Observe and report.
     let obs = engine.observe(&target, &secrets).await?;
     if a.role == "replica" {
-        if let Some(e) = obs.replication_error.as_deref().filter(|e| engine.diverged(e)) {
+        if let Some(e) = obs
+            .replication_error
+            .as_deref()
+            .filter(|e| engine.diverged(e))
+        {
             warn!(member, error = %e, "replica diverged from its primary: rebuilding it from the primary");
             rebuild(sh, member, &container.id).await?;
             return Ok(Action::Requeue(Duration::from_millis(100)));
@@ -708,7 +730,12 @@ fn status(
 
 fn report_held(sh: &Shared, a: &Assignment, st: &MemberState, c: &runtime::ContainerInfo) {
     let mut s = status(sh, a, st, Some(c), "");
-    if let Some(old) = sh.statuses.lock().ok().and_then(|m| m.get(&a.member).cloned()) {
+    if let Some(old) = sh
+        .statuses
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&a.member).cloned())
+    {
         // Keep the last known address and position: the scheduler compares positions.
         s.address = old.address;
         s.position = old.position;

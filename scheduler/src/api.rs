@@ -322,7 +322,11 @@ async fn failover(
         )
         .await?;
     let view = api.cluster.instance(&name).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("instance {name} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} not found"),
+        )
     })?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
@@ -383,7 +387,10 @@ async fn metrics(State(api): State<Api>) -> Response {
         u8::from(api.cluster.mass_hold())
     ));
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

@@ -118,7 +118,10 @@ pub fn container_pid(container: &str) -> Result<u32> {
         .args(["inspect", "-f", "{{.State.Pid}}", container])
         .output()?;
     if !out.status.success() {
-        bail!("docker inspect {container}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "docker inspect {container}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
@@ -130,7 +133,10 @@ fn ns_iptables(pid: u32, args: &[&str]) -> Result<()> {
     full.extend_from_slice(args);
     let out = Command::new("nsenter").args(&full).output()?;
     if !out.status.success() {
-        bail!("nsenter iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "nsenter iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 pub mod cluster;
+pub mod fake_scheduler;
 pub mod faults;
 pub mod scenario;
-pub mod fake_scheduler;
 
 static CLEANED: OnceCell<()> = OnceCell::const_new();
 

@@ -55,7 +55,11 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
     let killed_at = Instant::now();
     docker_cli(&["kill", &container_of(&old_id)])?;
     let after = env
-        .wait_new_primary(&name, inst["epoch"].as_u64().unwrap_or(1), Duration::from_secs(60))
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(60),
+        )
         .await?;
     let detected = killed_at.elapsed();
     let acked_before = writer.acked();
@@ -77,9 +81,16 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
         out.longest_gap
     );
     assert!(out.acked.len() >= 1000, "at least 1000 acknowledged writes");
-    assert!(unexpected.is_empty(), "writes never attempted: {unexpected:?}");
+    assert!(
+        unexpected.is_empty(),
+        "writes never attempted: {unexpected:?}"
+    );
     let k = kinds(&env.events(&name).await?);
-    for want in ["failover_detected", "failover_decided", "failover_completed"] {
+    for want in [
+        "failover_detected",
+        "failover_decided",
+        "failover_completed",
+    ] {
         assert!(k.iter().any(|x| x == want), "event {want} in {k:?}");
     }
     if engine == "mariadb" {
@@ -151,7 +162,9 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("part");
     let inst = env.create_ready(&name, "mariadb", 2).await?;
-    let creds = env.get(&format!("/v1/instances/{name}/credentials")).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
     let admin = creds["admin"].as_str().context("admin")?.to_owned();
     let pw = env.app_password(&name).await?;
     let old = Env::primary_member(&inst)?;
@@ -210,10 +223,16 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     );
 
     let acked = writer.acked();
-    writer.wait_acked(acked + 300, Duration::from_secs(60)).await?;
+    writer
+        .wait_acked(acked + 300, Duration::from_secs(60))
+        .await?;
     let out = writer.stop().await?;
     let present = set_contents("mariadb", new["address"].as_str().context("addr")?, &pw).await?;
-    assert!(out.lost(&present).is_empty(), "lost {:?}", out.lost(&present));
+    assert!(
+        out.lost(&present).is_empty(),
+        "lost {:?}",
+        out.lost(&present)
+    );
     assert!(out.unexpected(&present).is_empty());
 
     // Heal: the old primary sees the newer epoch, stays read-only and rejoins as a replica.
@@ -221,14 +240,18 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     env.links[a].heal();
     let m = wait_replica_rejoined(&env, &name, &old_id, Duration::from_secs(120)).await?;
     let on_old = set_contents("mariadb", m["address"].as_str().context("addr")?, &pw).await?;
-    eventually("old primary holds every write", Duration::from_secs(30), || async {
-        let s = set_contents("mariadb", m["address"].as_str().unwrap_or_default(), &pw).await?;
-        if out.lost(&s).is_empty() {
-            Ok(())
-        } else {
-            bail!("{} missing", out.lost(&s).len())
-        }
-    })
+    eventually(
+        "old primary holds every write",
+        Duration::from_secs(30),
+        || async {
+            let s = set_contents("mariadb", m["address"].as_str().unwrap_or_default(), &pw).await?;
+            if out.lost(&s).is_empty() {
+                Ok(())
+            } else {
+                bail!("{} missing", out.lost(&s).len())
+            }
+        },
+    )
     .await?;
     assert!(out.unexpected(&on_old).is_empty());
     Ok(())
@@ -293,23 +316,38 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
     let old = Env::primary_member(&inst)?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/switchover"),
-            None,
-        )
+    // Through the CLI, as an operator would.
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(["--json", "instance", "switchover", &name])
+        .env("MOFANG_ADDR", &env.sched.rest)
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
         .await?;
-    assert!(s.is_success(), "switchover: {s} {v}");
+    assert!(
+        out.status.success(),
+        "mofang instance switchover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
     let new = Env::primary_member(&v)?;
     assert_ne!(new["id"], old["id"]);
     let acked = writer.acked();
-    writer.wait_acked(acked + 300, Duration::from_secs(60)).await?;
+    writer
+        .wait_acked(acked + 300, Duration::from_secs(60))
+        .await?;
     let out = writer.stop().await?;
-    let v = env.wait_new_primary(&name, inst["epoch"].as_u64().unwrap_or(1), Duration::from_secs(30)).await?;
+    let v = env
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(30),
+        )
+        .await?;
     let present = set_contents(
         "mariadb",
-        Env::primary_member(&v)?["address"].as_str().context("addr")?,
+        Env::primary_member(&v)?["address"]
+            .as_str()
+            .context("addr")?,
         &pw,
     )
     .await?;
@@ -319,9 +357,19 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
         out.lost(&present).len(),
         out.longest_gap
     );
-    assert!(out.lost(&present).is_empty(), "lost {:?}", out.lost(&present));
+    assert!(
+        out.lost(&present).is_empty(),
+        "lost {:?}",
+        out.lost(&present)
+    );
     assert!(out.unexpected(&present).is_empty());
-    wait_replica_rejoined(&env, &name, old["id"].as_str().unwrap_or_default(), Duration::from_secs(60)).await?;
+    wait_replica_rejoined(
+        &env,
+        &name,
+        old["id"].as_str().unwrap_or_default(),
+        Duration::from_secs(60),
+    )
+    .await?;
     let k = kinds(&env.events(&name).await?);
     assert!(k.iter().any(|x| x == "switchover_completed"), "{k:?}");
     Ok(())
@@ -344,22 +392,33 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
     // A pre_failover hook that fails aborts the failover.
     std::fs::write(&veto, "no")?;
     docker_cli(&["kill", &container_of(&old_id)])?;
-    eventually("failover aborted by the hook", Duration::from_secs(30), || async {
-        let k = kinds(&env.events(&name).await?);
-        if k.iter().any(|x| x == "failover_aborted") {
-            Ok(())
-        } else {
-            bail!("{k:?}")
-        }
-    })
+    eventually(
+        "failover aborted by the hook",
+        Duration::from_secs(30),
+        || async {
+            let k = kinds(&env.events(&name).await?);
+            if k.iter().any(|x| x == "failover_aborted") {
+                Ok(())
+            } else {
+                bail!("{k:?}")
+            }
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["epoch"], inst["epoch"], "no failover while the hook refuses");
+    assert_eq!(
+        v["epoch"], inst["epoch"],
+        "no failover while the hook refuses"
+    );
     // The hook agrees: the failover goes ahead.
     std::fs::remove_file(&veto)?;
     let after = env
-        .wait_new_primary(&name, inst["epoch"].as_u64().unwrap_or(1), Duration::from_secs(60))
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(60),
+        )
         .await?;
     wait_replica_rejoined(&env, &name, &old_id, Duration::from_secs(120)).await?;
 
@@ -388,8 +447,12 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
         )
         .await?;
     assert!(s.is_success(), "ack: {s} {body}");
-    env.wait_new_primary(&name, after["epoch"].as_u64().unwrap_or(2), Duration::from_secs(60))
-        .await?;
+    env.wait_new_primary(
+        &name,
+        after["epoch"].as_u64().unwrap_or(2),
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }
 
@@ -405,7 +468,8 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
         let mut c =
             mofang_tests::scenario::mysql(primary["address"].as_str().context("addr")?, &pw)
                 .await?;
-        c.query_drop("CREATE TABLE kept (id INT PRIMARY KEY)").await?;
+        c.query_drop("CREATE TABLE kept (id INT PRIMARY KEY)")
+            .await?;
         for i in 0..100 {
             c.exec_drop("INSERT INTO kept VALUES (?)", (i,)).await?;
         }
@@ -422,17 +486,21 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
     env.agents[a].kill9()?;
     docker_cli(&["kill", &container_of(&lost_id)])?;
 
-    let healed = eventually("member rebuilt elsewhere", Duration::from_secs(180), || async {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        let ms = v["members"].as_array().context("members")?;
-        let on_dead = ms.iter().any(|m| m["node"] == dead_node.as_str());
-        let all_ok = ms.len() == 3 && ms.iter().all(|m| m["healthy"] == true);
-        if !on_dead && all_ok {
-            Ok(v)
-        } else {
-            bail!("{v}")
-        }
-    })
+    let healed = eventually(
+        "member rebuilt elsewhere",
+        Duration::from_secs(180),
+        || async {
+            let v = env.get(&format!("/v1/instances/{name}")).await?;
+            let ms = v["members"].as_array().context("members")?;
+            let on_dead = ms.iter().any(|m| m["node"] == dead_node.as_str());
+            let all_ok = ms.len() == 3 && ms.iter().all(|m| m["healthy"] == true);
+            if !on_dead && all_ok {
+                Ok(v)
+            } else {
+                bail!("{v}")
+            }
+        },
+    )
     .await?;
     let new = healed["members"]
         .as_array()
@@ -451,7 +519,9 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
     let n: i64 = {
         use mysql_async::prelude::Queryable;
         let mut c = mofang_tests::scenario::mysql(&addr, &pw).await?;
-        c.query_first("SELECT COUNT(*) FROM kept").await?.context("count")?
+        c.query_first("SELECT COUNT(*) FROM kept")
+            .await?
+            .context("count")?
     };
     assert_eq!(n, 100, "the rebuilt member holds every row");
     let k = kinds(&env.events(&name).await?);

@@ -2,8 +2,8 @@
 //! read_only fencing. Talks to the server with mysql_async as `mofang_admin`.
 
 use super::{
-    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
-    Target,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result,
+    Secrets, Target,
 };
 use async_trait::async_trait;
 use mofang_common::EngineKind;
@@ -199,10 +199,7 @@ impl Engine for MariaDb {
             // For tools the agent runs inside the container (replica seeding).
             ConfigFile {
                 name: "client.cnf",
-                contents: format!(
-                    "[client]\nuser = mofang_admin\npassword = {}\n",
-                    s.admin
-                ),
+                contents: format!("[client]\nuser = mofang_admin\npassword = {}\n", s.admin),
             },
         ]
     }
@@ -311,7 +308,10 @@ impl Engine for MariaDb {
                     .await
                     .map_err(|e| err(at, e))?;
                 if r.flatten() != Some(0) {
-                    return Err(err(at, format!("did not reach position {pos} in {limit} s")));
+                    return Err(err(
+                        at,
+                        format!("did not reach position {pos} in {limit} s"),
+                    ));
                 }
             }
             if let Some(row) = Self::slave_status(&mut c, at).await? {

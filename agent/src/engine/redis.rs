@@ -2,8 +2,8 @@
 //! reported address, CLIENT PAUSE fencing. Talks to the server as `mofang_admin`.
 
 use super::{
-    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result, Secrets,
-    Target,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result,
+    Secrets, Target,
 };
 use async_trait::async_trait;
 use mofang_common::EngineKind;

@@ -45,6 +45,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+    /// Resume automatic failover after the mass-failure guard stopped it.
+    FailoverResume,
     /// The audit log (admin).
     Audit {
         /// Only entries after this id.
@@ -109,6 +111,37 @@ enum InstanceCmd {
     Credentials {
         /// Name.
         name: String,
+    },
+    /// Planned switchover without loss: fence the primary, let the target catch up,
+    /// promote it. Waits until done.
+    Switchover {
+        /// Name.
+        name: String,
+        /// Member to promote (default: the most advanced replica).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Forced failover of an instance whose primary is not healthy (ignores the block
+    /// period and the auto-failover switches).
+    Failover {
+        /// Name.
+        name: String,
+        /// Member to promote (default: the most advanced eligible replica).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Acknowledge the last failover: the next one may happen within the block period.
+    Ack {
+        /// Name.
+        name: String,
+    },
+    /// Switch automatic failover of an instance on or off.
+    AutoFailover {
+        /// Name.
+        name: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -406,6 +439,59 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{name}: {}", s(&v["status"]))
             }
         }
+        Cmd::Instance(InstanceCmd::Switchover { name, target }) => {
+            if !cli.json {
+                eprintln!("switching over {name} ...");
+            }
+            let v = c
+                .post(
+                    &format!("/v1/instances/{name}/switchover"),
+                    json!({ "target": target }),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                print_instance(&v)
+            }
+        }
+        Cmd::Instance(InstanceCmd::Failover { name, target }) => {
+            let v = c
+                .post(
+                    &format!("/v1/instances/{name}/failover"),
+                    json!({ "target": target }),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("failover of {name} decided at epoch {}; follow it with `mofang events --instance {name}`", s(&v["epoch"]));
+            }
+        }
+        Cmd::Instance(InstanceCmd::Ack { name }) => {
+            let v = c
+                .post(&format!("/v1/instances/{name}/failover/ack"), json!({}))
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{name}: last failover acknowledged");
+            }
+        }
+        Cmd::Instance(InstanceCmd::AutoFailover { name, state }) => {
+            let v = c
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/instances/{name}/auto-failover"),
+                    Some(json!({ "enabled": state == "on" })),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{name}: automatic failover {state}");
+            }
+        }
         Cmd::Instance(InstanceCmd::Credentials { name }) => {
             let v = c.get(&format!("/v1/instances/{name}/credentials")).await?;
             if cli.json {
@@ -476,6 +562,14 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Node(NodeCmd::Cordon { name }) => node_action(&c, &name, "cordon", cli.json).await?,
         Cmd::Node(NodeCmd::Uncordon { name }) => {
             node_action(&c, &name, "uncordon", cli.json).await?
+        }
+        Cmd::FailoverResume => {
+            let v = c.post("/v1/failover/resume", json!({})).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("automatic failover resumed");
+            }
         }
         Cmd::Events { instance, since } => {
             let mut path = format!("/v1/events?since={since}");

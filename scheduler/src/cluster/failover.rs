@@ -168,7 +168,10 @@ impl Cluster {
                     "failover_detected",
                     Some(&name),
                     None,
-                    format!("{reason}; promotion in {} ms, once its lease has expired", wait.as_millis()),
+                    format!(
+                        "{reason}; promotion in {} ms, once its lease has expired",
+                        wait.as_millis()
+                    ),
                 ),
             )
             .await;
@@ -194,7 +197,10 @@ impl Cluster {
                 self.counters
                     .blocked
                     .fetch_add(failing.len() as u64, Ordering::Relaxed);
-                warn!(failing = failing.len(), total, "mass failure: automatic failover stopped");
+                warn!(
+                    failing = failing.len(),
+                    total, "mass failure: automatic failover stopped"
+                );
                 self.emit(vec![event(
                     "failover_mass_hold",
                     None,
@@ -344,7 +350,12 @@ impl Cluster {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
                 self.emit_once(
                     format!("{name}/blocked"),
-                    event("failover_blocked", Some(name), None, format!("{reason}; {why}")),
+                    event(
+                        "failover_blocked",
+                        Some(name),
+                        None,
+                        format!("{reason}; {why}"),
+                    ),
                 )
                 .await;
                 return Err(Error::Conflict(why));
@@ -387,7 +398,9 @@ impl Cluster {
             )])
             .await;
             self.run_post_hooks(false, env).await;
-            return Err(Error::Conflict(format!("pre_failover hook aborted the failover: {e}")));
+            return Err(Error::Conflict(format!(
+                "pre_failover hook aborted the failover: {e}"
+            )));
         }
         let mut next = inst.clone();
         next.epoch = epoch;
@@ -411,14 +424,21 @@ impl Cluster {
                 .unwrap_or_default()
         };
         let message = if new == old {
-            format!("{reason}; no replica can take over: {old} restarts as primary at epoch {epoch}")
+            format!(
+                "{reason}; no replica can take over: {old} restarts as primary at epoch {epoch}"
+            )
         } else {
             format!(
                 "{reason}; promoting {new} (position {position}) at epoch {epoch}; {old} becomes a replica"
             )
         };
         info!(instance = %name, epoch, new_primary = %new, old_primary = %old, "failover decided");
-        let stored = self.write(next, vec![event("failover_decided", Some(name), None, message)]).await?;
+        let stored = self
+            .write(
+                next,
+                vec![event("failover_decided", Some(name), None, message)],
+            )
+            .await?;
         lock(&self.inner).inflight.insert(
             name.to_owned(),
             InFlight {
@@ -501,7 +521,10 @@ impl Cluster {
                     "failover_completed",
                     Some(&name),
                     None,
-                    format!("{} is the writable primary at epoch {} after {ms} ms", f.new_primary, f.epoch),
+                    format!(
+                        "{} is the writable primary at epoch {} after {ms} ms",
+                        f.new_primary, f.epoch
+                    ),
                 )])
                 .await;
             } else {
@@ -511,7 +534,10 @@ impl Cluster {
                     "failover_incomplete",
                     Some(&name),
                     None,
-                    format!("{} not a healthy primary at epoch {} after {ms} ms", f.new_primary, f.epoch),
+                    format!(
+                        "{} not a healthy primary at epoch {} after {ms} ms",
+                        f.new_primary, f.epoch
+                    ),
                 )])
                 .await;
             }
@@ -521,9 +547,19 @@ impl Cluster {
                 let (list, hook) = if ok {
                     (this_hooks.post_failover, "post_failover")
                 } else {
-                    (this_hooks.post_unsuccessful_failover, "post_unsuccessful_failover")
+                    (
+                        this_hooks.post_unsuccessful_failover,
+                        "post_unsuccessful_failover",
+                    )
                 };
-                let _ = hooks::run(&list, &HookEnv { hook: hook.into(), ..env }).await;
+                let _ = hooks::run(
+                    &list,
+                    &HookEnv {
+                        hook: hook.into(),
+                        ..env
+                    },
+                )
+                .await;
             });
         }
     }
@@ -536,13 +572,24 @@ impl Cluster {
             } else {
                 (h.post_unsuccessful_failover, "post_unsuccessful_failover")
             };
-            let _ = hooks::run(&list, &HookEnv { hook: hook.into(), ..env }).await;
+            let _ = hooks::run(
+                &list,
+                &HookEnv {
+                    hook: hook.into(),
+                    ..env
+                },
+            )
+            .await;
         });
     }
 
     /// Planned switchover without loss: fence the primary, let the target apply everything
     /// up to the primary's final position, promote it, make the old primary its replica.
-    pub async fn switchover(self: &Arc<Self>, name: &str, target: Option<&str>) -> Result<InstanceView> {
+    pub async fn switchover(
+        self: &Arc<Self>,
+        name: &str,
+        target: Option<&str>,
+    ) -> Result<InstanceView> {
         let Some(_busy) = self.begin(name) else {
             return Err(Error::Conflict(format!(
                 "instance {name}: another failover, switchover or replacement is running"
@@ -571,7 +618,10 @@ impl Cluster {
             }
             let new = decide::choose(&inst, &seen, &rules, target)
                 .map_err(|e| Error::Conflict(e.to_string()))?;
-            if !seen(&new).status.is_some_and(|s| s.replication_ok && s.healthy) {
+            if !seen(&new)
+                .status
+                .is_some_and(|s| s.replication_ok && s.healthy)
+            {
                 return Err(Error::Conflict(format!("{new} is not replicating")));
             }
             let old = p.id.clone();
@@ -633,7 +683,10 @@ impl Cluster {
                     "switchover_promoting",
                     Some(name),
                     None,
-                    format!("{old} fenced at {position}; promoting {new} at epoch {}", epoch + 1),
+                    format!(
+                        "{old} fenced at {position}; promoting {new} at epoch {}",
+                        epoch + 1
+                    ),
                 )],
             )
             .await?;

@@ -57,11 +57,7 @@ pub enum Health {
 }
 
 /// Assesses the primary of `inst`; `seen(member_id)` gives what is known of each member.
-pub fn assess<'a>(
-    inst: &Instance,
-    seen: impl Fn(&str) -> Seen<'a>,
-    rules: &Rules,
-) -> Health {
+pub fn assess<'a>(inst: &Instance, seen: impl Fn(&str) -> Seen<'a>, rules: &Rules) -> Health {
     let Some(p) = inst.primary() else {
         return Health::Fine;
     };
@@ -153,7 +149,10 @@ pub fn choose<'a>(
             }
         };
         if status.failed || status.held || status.container_state != "running" {
-            why.push(format!("{}: {} ({})", m.id, status.container_state, status.reason));
+            why.push(format!(
+                "{}: {} ({})",
+                m.id, status.container_state, status.reason
+            ));
             continue;
         }
         if status.failed_checks > 0 {
@@ -306,6 +305,11 @@ mod tests {
             w.st.insert("db-2", status("db-2", "0-1-10", true));
             w
         }
+        fn edit(&mut self, id: &str, f: impl FnOnce(&mut MemberStatus)) {
+            if let Some(s) = self.st.get_mut(id) {
+                f(s)
+            }
+        }
         fn seen(&self, id: &str) -> Seen<'_> {
             Seen {
                 node_alive: self.alive[id],
@@ -339,15 +343,15 @@ mod tests {
     #[test]
     fn held_or_unanswering_primary_fails_at_once() {
         let mut w = World::new();
-        w.st.get_mut("db-0").map(|s| s.held = true);
+        w.edit("db-0", |s| s.held = true);
         assert!(matches!(
             assess(&inst(), |m| w.seen(m), &rules()),
             Health::Failed { wait, .. } if wait == Duration::ZERO
         ));
         let mut w = World::new();
-        w.st.get_mut("db-0").map(|s| s.failed_checks = 2);
+        w.edit("db-0", |s| s.failed_checks = 2);
         assert_eq!(assess(&inst(), |m| w.seen(m), &rules()), Health::Fine);
-        w.st.get_mut("db-0").map(|s| s.failed_checks = 3);
+        w.edit("db-0", |s| s.failed_checks = 3);
         assert!(matches!(
             assess(&inst(), |m| w.seen(m), &rules()),
             Health::Failed { .. }
@@ -365,13 +369,12 @@ mod tests {
             Health::NodeLostPrimaryAlive { .. }
         ));
         for r in ["db-1", "db-2"] {
-            w.st.get_mut(r).map(|s| s.replication_ok = false);
+            w.edit(r, |s| s.replication_ok = false);
         }
         assert_eq!(
             assess(&inst(), |m| w.seen(m), &rules()),
             Health::Failed {
-                reason: "node of primary db-0 silent for 6000 ms and no replica reaches it"
-                    .into(),
+                reason: "node of primary db-0 silent for 6000 ms and no replica reaches it".into(),
                 wait: Duration::from_secs(4)
             }
         );
@@ -385,12 +388,21 @@ mod tests {
     #[test]
     fn most_advanced_replica_wins_ties_go_to_the_old_zone() {
         let mut w = World::new();
-        assert_eq!(choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(), "db-2");
-        w.st.get_mut("db-1").map(|s| s.position = "0-1-11".into());
-        assert_eq!(choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(), "db-1");
+        assert_eq!(
+            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            "db-2"
+        );
+        w.edit("db-1", |s| s.position = "0-1-11".into());
+        assert_eq!(
+            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            "db-1"
+        );
         // Lagging replicas are never promoted, however advanced.
         w.lag.insert("db-1", 31);
-        assert_eq!(choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(), "db-2");
+        assert_eq!(
+            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            "db-2"
+        );
         w.alive.insert("db-2", false);
         let e = choose(&inst(), |m| w.seen(m), &rules(), None).unwrap_err();
         assert!(e.to_string().contains("lag 31 s"), "{e}");
@@ -416,7 +428,7 @@ mod tests {
             Some("db-2".into())
         );
         let mut w = World::new();
-        w.st.get_mut("db-1").map(|s| s.failed = true);
+        w.edit("db-1", |s| s.failed = true);
         assert_eq!(
             lost_member(&inst(), |m| w.seen(m), &rules()).map(|(m, _)| m),
             Some("db-1".into())

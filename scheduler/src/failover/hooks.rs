@@ -43,7 +43,10 @@ impl Hooks {
         for (name, list) in [
             ("pre_failover", &self.pre_failover),
             ("post_failover", &self.post_failover),
-            ("post_unsuccessful_failover", &self.post_unsuccessful_failover),
+            (
+                "post_unsuccessful_failover",
+                &self.post_unsuccessful_failover,
+            ),
         ] {
             for (i, h) in list.iter().enumerate() {
                 let field = format!("failover.hooks.{name}[{i}]");
@@ -196,9 +199,12 @@ mod tests {
             instance: "db".into(),
             ..Default::default()
         };
-        assert!(run(&[cmd(&["sh", "-c", "test \"$MOFANG_INSTANCE\" = db"])], &env)
-            .await
-            .is_ok());
+        assert!(run(
+            &[cmd(&["sh", "-c", "test \"$MOFANG_INSTANCE\" = db"])],
+            &env
+        )
+        .await
+        .is_ok());
         assert!(run(&[cmd(&["sh", "-c", "exit 3"])], &env).await.is_err());
         let mut slow = cmd(&["sleep", "5"]);
         slow.timeout_ms = 100;
@@ -219,6 +225,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(h.validate().unwrap_err().0, "failover.hooks.pre_failover[0]");
+        assert_eq!(
+            h.validate().unwrap_err().0,
+            "failover.hooks.pre_failover[0]"
+        );
     }
 }
