@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod link;
 pub mod reconcile;
+pub mod roles;
 pub mod runtime;
 pub mod state;
 pub mod volume;
