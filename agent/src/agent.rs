@@ -82,6 +82,7 @@ impl NodeSource for Source {
             disks: disks(&self.volumes),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             lease_ttl_ms: self.cfg.lease_ttl_ms,
+            http_address: String::new(),
         }
     }
 

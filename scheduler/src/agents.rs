@@ -72,6 +72,7 @@ impl AgentControl for AgentService {
             admin: NodeAdmin::Active,
             agent_version: r.agent_version,
             registered_at_ms: now_ms(),
+            http_address: r.http_address,
         };
         self.cluster
             .register(node)

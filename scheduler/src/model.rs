@@ -75,6 +75,9 @@ pub struct Node {
     pub agent_version: String,
     /// First registration, ms.
     pub registered_at_ms: i64,
+    /// The agent's HTTP server (`host:port`: metrics, role checks); empty if it has none.
+    #[serde(default)]
+    pub http_address: String,
 }
 
 /// Resources of one member.

@@ -328,6 +328,7 @@ mod tests {
             admin: NodeAdmin::Active,
             agent_version: "0.1.0".to_owned(),
             registered_at_ms: 0,
+            http_address: String::new(),
         }
     }
 

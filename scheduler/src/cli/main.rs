@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod haproxy;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -134,6 +136,24 @@ enum InstanceCmd {
     Ack {
         /// Name.
         name: String,
+    },
+    /// Print an HAProxy config: a read-write port to the primary, a read-only port over the
+    /// replicas, with health checks answered by the members' agents.
+    HaproxyConfig {
+        /// Name.
+        name: String,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Read-write port.
+        #[arg(long, default_value_t = 3306)]
+        rw_port: u16,
+        /// Read-only port.
+        #[arg(long, default_value_t = 3307)]
+        ro_port: u16,
+        /// Replicas lagging more than this many seconds get no reads.
+        #[arg(long, default_value_t = 10)]
+        max_lag: u32,
     },
     /// Switch automatic failover of an instance on or off.
     AutoFailover {
@@ -467,6 +487,27 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("failover of {name} decided at epoch {}; follow it with `mofang events --instance {name}`", s(&v["epoch"]));
             }
+        }
+        Cmd::Instance(InstanceCmd::HaproxyConfig {
+            name,
+            bind,
+            rw_port,
+            ro_port,
+            max_lag,
+        }) => {
+            let v = c.get(&format!("/v1/instances/{name}")).await?;
+            print!(
+                "{}",
+                haproxy::render(
+                    &v,
+                    &haproxy::Ports {
+                        bind,
+                        rw: rw_port,
+                        ro: ro_port,
+                        max_lag,
+                    }
+                )
+            );
         }
         Cmd::Instance(InstanceCmd::Ack { name }) => {
             let v = c

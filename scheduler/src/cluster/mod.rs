@@ -135,6 +135,9 @@ pub struct MemberView {
     pub position: String,
     /// Why not healthy.
     pub reason: String,
+    /// The member's agent's HTTP address, for load balancer checks
+    /// (`/v1/members/{id}/primary`).
+    pub check_address: String,
 }
 
 /// An instance as the API shows it.
@@ -699,6 +702,11 @@ impl Cluster {
                     epoch: obs.map(|o| o.epoch).unwrap_or(0),
                     position: obs.map(|o| o.position.clone()).unwrap_or_default(),
                     reason: obs.map(|o| o.reason.clone()).unwrap_or_default(),
+                    check_address: inner
+                        .nodes
+                        .get(&m.node)
+                        .map(|n| n.http_address.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -88,6 +88,7 @@ async fn agent(
             }],
             agent_version: "bench".into(),
             lease_ttl_ms: 10_000,
+            http_address: String::new(),
         })
         .await?;
     let mut watch = client
