@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 pub mod cluster;
+pub mod coord;
 pub mod fake_scheduler;
 
 static CLEANED: OnceCell<()> = OnceCell::const_new();
