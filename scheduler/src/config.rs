@@ -236,13 +236,19 @@ fn check_prefix(field: &str, prefix: &str) -> Result<()> {
 fn check_http_url(field: &str, url: &str) -> Result<()> {
     let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field, format!("{url:?}: {e}")))?;
     if parsed.scheme() != "http" {
-        return Err(invalid(field, format!("{url:?}: only http:// is supported")));
+        return Err(invalid(
+            field,
+            format!("{url:?}: only http:// is supported"),
+        ));
     }
     if parsed.host_str().is_none_or(str::is_empty) || parsed.port_or_known_default().is_none() {
         return Err(invalid(field, format!("{url:?}: needs a host")));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() || parsed.path() != "/" {
-        return Err(invalid(field, format!("{url:?}: no path, query or fragment")));
+        return Err(invalid(
+            field,
+            format!("{url:?}: no path, query or fragment"),
+        ));
     }
     Ok(())
 }

@@ -272,11 +272,7 @@ impl ConsulClient {
     }
 
     /// `base` + `segments` (each percent-encoded as one path segment) + query pairs.
-    fn url<'a>(
-        &self,
-        segments: impl IntoIterator<Item = &'a str>,
-        query: &[(&str, &str)],
-    ) -> Url {
+    fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>, query: &[(&str, &str)]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -492,7 +488,12 @@ impl ConsulClient {
         let url = self.url(["v1", "session", "create"], &[]);
         let what = "PUT /v1/session/create".to_owned();
         let body = self
-            .call(Method::PUT, url, Some(body.to_string().into_bytes()), REQUEST_TIMEOUT)
+            .call(
+                Method::PUT,
+                url,
+                Some(body.to_string().into_bytes()),
+                REQUEST_TIMEOUT,
+            )
             .await?;
         #[derive(Deserialize)]
         struct Created {
@@ -563,10 +564,7 @@ impl ConsulClient {
 
     /// Sets the state of a TTL check (`pass`, `warn` or `fail`) with a note.
     pub async fn check_update(&self, check_id: &str, state: &str, note: &str) -> Result<()> {
-        let url = self.url(
-            ["v1", "agent", "check", state, check_id],
-            &[("note", note)],
-        );
+        let url = self.url(["v1", "agent", "check", state, check_id], &[("note", note)]);
         self.call(Method::PUT, url, None, REQUEST_TIMEOUT).await?;
         Ok(())
     }

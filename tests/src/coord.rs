@@ -25,7 +25,12 @@ fn spawn_logged(cmd: &mut Command, dir: &Path, log: &str) -> Result<Child> {
         .stdout(Stdio::from(file.try_clone()?))
         .stderr(Stdio::from(file))
         .spawn()
-        .with_context(|| format!("starting {:?} (installed by scripts/setup?)", cmd.get_program()))
+        .with_context(|| {
+            format!(
+                "starting {:?} (installed by scripts/setup?)",
+                cmd.get_program()
+            )
+        })
 }
 
 fn kill9(child: &mut Option<Child>) {
@@ -36,9 +41,7 @@ fn kill9(child: &mut Option<Child>) {
 }
 
 fn signal(child: &Option<Child>, sig: &str) -> Result<()> {
-    let Some(c) = child else {
-        bail!("not running")
-    };
+    let Some(c) = child else { bail!("not running") };
     let status = Command::new("kill")
         .args([sig, &c.id().to_string()])
         .status()?;

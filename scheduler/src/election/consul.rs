@@ -99,6 +99,8 @@ impl ConsulElection {
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>> {
         let mut index = 0;
+        // Whether the key was seen free before the last refused acquire.
+        let mut seen_free = false;
         loop {
             if session.dead.is_cancelled() {
                 return Ok(None);
@@ -136,7 +138,16 @@ impl ConsulElection {
                     Ok((entry, next)) => {
                         index = next;
                         if entry.as_ref().is_none_or(|e| e.session.is_none()) {
-                            tokio::time::sleep(LOCK_DELAY_POLL).await;
+                            // Free: try at once if it just became free; if it was free when
+                            // the acquire was refused, its lock-delay runs and nothing will
+                            // change the key when it ends, so poll without blocking.
+                            index = 0;
+                            if seen_free {
+                                tokio::time::sleep(LOCK_DELAY_POLL).await;
+                            }
+                            seen_free = true;
+                        } else {
+                            seen_free = false;
                         }
                     }
                     Err(e) => {
@@ -167,7 +178,7 @@ impl ConsulElection {
             let resign = resign.clone();
             tokio::spawn(
                 async move { keep(client, key, session, entry, started, lost, resign).await }
-                .instrument(tracing::info_span!("leadership", backend = "consul", term)),
+                    .instrument(tracing::info_span!("leadership", backend = "consul", term)),
             )
         };
         Leadership::new(term, lost, resign, keeper)

@@ -173,8 +173,9 @@ impl EtcdElection {
             let lost = lost.clone();
             let resign = resign.clone();
             tokio::spawn(
-                async move { keep(client, key, lease, term, lost, resign).await }
-                    .instrument(tracing::info_span!("leadership", backend = "etcd", term = term_u)),
+                async move { keep(client, key, lease, term, lost, resign).await }.instrument(
+                    tracing::info_span!("leadership", backend = "etcd", term = term_u),
+                ),
             )
         };
         Leadership::new(term_u, lost, resign, keeper)
@@ -280,7 +281,11 @@ impl Lease {
 
 /// Whether the leader key still is ours: `Ok(false)` if gone or recreated, with the revision
 /// to watch from next.
-async fn still_ours(client: &mut Client, key: &str, term: i64) -> std::result::Result<(bool, i64), etcd_client::Error> {
+async fn still_ours(
+    client: &mut Client,
+    key: &str,
+    term: i64,
+) -> std::result::Result<(bool, i64), etcd_client::Error> {
     let resp = client.get(key, None).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let ours = resp

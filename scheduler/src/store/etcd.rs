@@ -10,7 +10,9 @@
 
 use super::kv::{Commit, Entry, Expect, Kv, KvStore, Op};
 use super::{Error, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -40,7 +42,9 @@ impl KvStore<EtcdKv> {
 }
 
 /// A client of the etcd cluster at `endpoints`, with the timeouts the scheduler uses.
-pub(crate) async fn connect(endpoints: &[String]) -> std::result::Result<Client, etcd_client::Error> {
+pub(crate) async fn connect(
+    endpoints: &[String],
+) -> std::result::Result<Client, etcd_client::Error> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(REQUEST_TIMEOUT)

@@ -30,6 +30,7 @@ use crate::model::{AuditEntry, Event, Instance, Node, NodeAdmin};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn, Instrument};
 
@@ -37,7 +38,10 @@ use tracing::{debug, warn, Instrument};
 const CHUNK: u64 = 1000;
 /// Most rounds (read, plan, commit) for one batch before its requests are refused: only
 /// another writer changing the same keys all the time makes a round fail without an answer.
-const MAX_ROUNDS: usize = 16;
+const MAX_ROUNDS: u32 = 32;
+/// Upper bound of the random pause before a retried round (doubles per round up to 64x):
+/// two writers racing for the counter then stop colliding.
+const RETRY_PAUSE: Duration = Duration::from_millis(2);
 
 /// One entry read from the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +229,13 @@ impl<K: Kv> KvStore<K> {
     /// The last id of a sequence (0 if none yet).
     async fn last_id(&self, seq: Sequence) -> Result<u64> {
         let key = self.layout.counter(seq);
-        match self.kv.get(std::slice::from_ref(&key)).await?.pop().flatten() {
+        match self
+            .kv
+            .get(std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten()
+        {
             Some(entry) => parse_counter(&entry),
             None => Ok(0),
         }
@@ -398,7 +408,13 @@ impl<K: Kv> Store for KvStore<K> {
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = self.layout.meta(key);
-        match self.kv.get(std::slice::from_ref(&key)).await?.pop().flatten() {
+        match self
+            .kv
+            .get(std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten()
+        {
             Some(entry) => String::from_utf8(entry.value)
                 .map(Some)
                 .map_err(|_| Error::Backend(format!("corrupt meta record {key}: not UTF-8"))),
@@ -628,6 +644,9 @@ impl<K: Kv> Writer<K> {
             }
             if round > 0 {
                 debug!(round, "store batch retried after a rejected condition");
+                let max = RETRY_PAUSE * 2u32.pow(round.min(6));
+                let pause = rand::random_range(Duration::ZERO..=max);
+                tokio::time::sleep(pause).await;
             }
             if let Err(e) = self.round(&mut slots).await {
                 // The outcome is unknown: the counters may have moved.
@@ -781,10 +800,11 @@ impl<K: Kv> Writer<K> {
         let Some(cell) = slots.get_mut(i) else { return };
         let name = match cell {
             Some(Slot {
-                req: Request {
-                    write: Write::Create { inst, .. },
-                    ..
-                },
+                req:
+                    Request {
+                        write: Write::Create { inst, .. },
+                        ..
+                    },
                 ..
             }) => inst.spec.name.clone(),
             _ => return,
@@ -852,7 +872,11 @@ impl<K: Kv> Writer<K> {
                 inst.revision = inst.revision.checked_add(1).ok_or_else(|| {
                     Error::Backend(format!("revision of {} overflows", inst.spec.name))
                 })?;
-                let mut ops = vec![put(key, encode(&inst)?, Some(Expect::Version(entry.version)))];
+                let mut ops = vec![put(
+                    key,
+                    encode(&inst)?,
+                    Some(Expect::Version(entry.version)),
+                )];
                 self.event_ops(events, next, &mut ops)?;
                 Plan::Write(ops, Done::Instance(inst))
             }
@@ -894,16 +918,20 @@ impl<K: Kv> Writer<K> {
                 );
                 Plan::Write(vec![op], Done::Audit(entry))
             }
-            Write::Meta { value, .. } => Plan::Write(
-                vec![put(key, value.clone().into_bytes(), None)],
-                Done::Unit,
-            ),
+            Write::Meta { value, .. } => {
+                Plan::Write(vec![put(key, value.clone().into_bytes(), None)], Done::Unit)
+            }
         };
         Ok(plan)
     }
 
     /// Ops writing `events` with the next ids; returns the events as stored.
-    fn event_ops(&self, events: &[Event], next: &mut [u64; 2], ops: &mut Vec<Op>) -> Result<Vec<Event>> {
+    fn event_ops(
+        &self,
+        events: &[Event],
+        next: &mut [u64; 2],
+        ops: &mut Vec<Op>,
+    ) -> Result<Vec<Event>> {
         let mut stored = Vec::with_capacity(events.len());
         for event in events {
             let mut event = event.clone();
@@ -916,7 +944,11 @@ impl<K: Kv> Writer<K> {
                     None,
                 ));
             }
-            ops.push(put(self.layout.numbered(Sequence::Events, event.id), value, None));
+            ops.push(put(
+                self.layout.numbered(Sequence::Events, event.id),
+                value,
+                None,
+            ));
             stored.push(event);
         }
         Ok(stored)
