@@ -1327,3 +1327,97 @@ async fn consul_registry_schedulers_and_members() -> Result<()> {
     ensure!(catalog.as_array().is_some_and(Vec::is_empty), "{catalog}");
     Ok(())
 }
+
+// ---- The daemon on each backend ------------------------------------------------------------
+
+/// `mofang-scheduler` with `store = "consul"` / `"etcd"`: audited requests land in the shared
+/// store, survive a `kill -9` of the scheduler, and a bad backend setting exits 64 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
+    use mofang_tests::cluster::{binaries, SchedulerProcess};
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    let etcd = EtcdProcess::start().await?;
+    let configs = [
+        (
+            "consul",
+            format!(
+                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n",
+                consul.http,
+                prefix()
+            ),
+        ),
+        (
+            "etcd",
+            format!(
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n",
+                etcd.endpoint,
+                prefix()
+            ),
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (kind, extra) in &configs {
+        let mut sched = SchedulerProcess::start(extra)?;
+        let token = sched.admin_token()?;
+        let resp = http
+            .post(format!("{}/v1/nodes/ghost/cordon", sched.rest))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        ensure!(resp.status() == 404, "{kind}: {}", resp.status());
+        let audit_of = |sched: &SchedulerProcess| {
+            let url = format!("{}/v1/audit", sched.rest);
+            let req = http.get(url).bearer_auth(&token);
+            async move {
+                let entries: Value = req.send().await?.error_for_status()?.json().await?;
+                Ok::<_, anyhow::Error>(entries)
+            }
+        };
+        let before = audit_of(&sched).await?;
+        ensure!(
+            before.as_array().map(Vec::len) == Some(2),
+            "{kind}: {before}"
+        );
+        ensure!(before[1]["result"] == "error 404", "{kind}: {before}");
+        sched.restart()?;
+        let after = audit_of(&sched).await?;
+        ensure!(
+            after == before,
+            "{kind}: audit changed across a restart: {after}"
+        );
+        let log = sched.log();
+        ensure!(log.contains(&format!("store: {kind}")), "{kind}: {log}");
+    }
+
+    // Bad backend settings exit 64 naming the field.
+    let bin = binaries()?.join("mofang-scheduler");
+    let dir = tempfile::tempdir()?;
+    for (text, field) in [
+        (
+            "store = \"consul\"\n[consul]\nprefix = \"mofang\"\n",
+            "consul.prefix",
+        ),
+        (
+            "store = \"etcd\"\n[etcd]\nendpoints = []\n",
+            "etcd.endpoints",
+        ),
+        ("store = \"zookeeper\"\n", "store"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text)?;
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(64),
+            "{text}: {:?} {stderr}",
+            out.status
+        );
+        ensure!(stderr.contains(field), "{text}: {stderr}");
+    }
+    Ok(())
+}

@@ -1002,3 +1002,191 @@ fn decode<T: DeserializeOwned>(what: &str, entry: &Entry) -> Result<T> {
     serde_json::from_slice(&entry.value)
         .map_err(|e| Error::Backend(format!("corrupt {what} record {}: {e}", entry.key)))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer's logic on an in-memory backend that can misbehave on request: another
+    //! writer moving the counter between read and commit, and a commit applied whose answer
+    //! is lost. The real backends are tested in `tests/tests/store_backends.rs`.
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct MemKv {
+        /// key -> (value, version)
+        data: Mutex<(BTreeMap<String, (Vec<u8>, u64)>, u64)>,
+        /// Before the next commit, bump this counter key as another writer would.
+        interfere: Mutex<Option<String>>,
+        /// Apply the next commit but answer with an error (a lost answer).
+        lose_answer: AtomicBool,
+        commits: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Kv for MemKv {
+        fn name(&self) -> &'static str {
+            "mem"
+        }
+        fn max_ops(&self) -> usize {
+            16
+        }
+        fn max_bytes(&self) -> usize {
+            1 << 20
+        }
+        async fn get(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+            let data = self.data.lock().unwrap();
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    data.0.get(k).map(|(v, ver)| Entry {
+                        key: k.clone(),
+                        value: v.clone(),
+                        version: *ver,
+                    })
+                })
+                .collect())
+        }
+        async fn scan(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<Entry>> {
+            let data = self.data.lock().unwrap();
+            Ok(data
+                .0
+                .range(from.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit)
+                .map(|(k, (v, ver))| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                    version: *ver,
+                })
+                .collect())
+        }
+        async fn commit(&self, ops: &[Op]) -> Result<Commit> {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            let mut data = self.data.lock().unwrap();
+            if let Some(key) = self.interfere.lock().unwrap().take() {
+                data.1 += 1;
+                let version = data.1;
+                let last: u64 = data
+                    .0
+                    .get(&key)
+                    .and_then(|(v, _)| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+                // The other writer's event itself is not needed: only the counter moves.
+                data.0
+                    .insert(key, ((last + 1).to_string().into_bytes(), version));
+            }
+            let failed: Vec<usize> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| {
+                    let (key, expect) = match op {
+                        Op::Put { key, expect, .. } => (key, *expect),
+                        Op::Delete { key, version } => (key, Some(Expect::Version(*version))),
+                    };
+                    match (expect, data.0.get(key)) {
+                        (None, _) | (Some(Expect::Absent), None) => false,
+                        (Some(Expect::Version(v)), Some((_, cur))) => *cur != v,
+                        _ => true,
+                    }
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !failed.is_empty() {
+                return Ok(Commit::Rejected(failed));
+            }
+            data.1 += 1;
+            let version = data.1;
+            let mut written = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Put { key, value, .. } => {
+                        data.0.insert(key.clone(), (value.clone(), version));
+                        written.insert(key.clone(), version);
+                    }
+                    Op::Delete { key, .. } => {
+                        data.0.remove(key);
+                    }
+                }
+            }
+            if self.lose_answer.swap(false, Ordering::Relaxed) {
+                return Err(Error::Backend("connection reset".to_owned()));
+            }
+            Ok(Commit::Applied(written))
+        }
+    }
+
+    fn event(kind: &str) -> Event {
+        Event {
+            id: 0,
+            at_ms: 1,
+            instance: None,
+            node: None,
+            kind: kind.to_owned(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_writer_moving_the_counter_costs_a_retry_not_an_id() {
+        let kv = MemKv::default();
+        let store = KvStore::start(kv, "t/");
+        let first = store.append_events(&[event("a")]).await.unwrap();
+        assert_eq!(first[0].id, 1);
+        // Between this write's read of the (cached) counter and its commit, another writer
+        // takes id 2.
+        *store.kv.interfere.lock().unwrap() = Some("t/counters/events".to_owned());
+        let second = store.append_events(&[event("b")]).await.unwrap();
+        assert_eq!(second[0].id, 3);
+        assert_eq!(store.last_id(Sequence::Events).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_an_error_and_ids_continue_after_it() {
+        let kv = MemKv::default();
+        let store = KvStore::start(kv, "t/");
+        store.append_events(&[event("a")]).await.unwrap();
+        store.kv.lose_answer.store(true, Ordering::Relaxed);
+        // Applied, but the caller cannot know: it gets an error.
+        let err = store.append_events(&[event("b")]).await.unwrap_err();
+        assert!(matches!(err, Error::Backend(_)), "{err}");
+        // The writer forgot its counter and reads it again: no id is given twice.
+        let next = store.append_events(&[event("c")]).await.unwrap();
+        assert_eq!(next[0].id, 3);
+        let kinds: Vec<_> = store
+            .events(None, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_a_transaction_is_refused_whole() {
+        let kv = MemKv::default();
+        let store = KvStore::start(kv, "t/");
+        let many: Vec<Event> = (0..20).map(|i| event(&format!("e{i}"))).collect();
+        let err = store.append_events(&many).await.unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        assert!(store.events(None, 0, 100).await.unwrap().is_empty());
+        assert_eq!(store.kv.commits.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn names_stay_one_key_segment() {
+        assert_eq!(escape("db1"), "db1");
+        assert_eq!(escape("a/b%c"), "a%2Fb%25c");
+        let layout = Layout::new("m/");
+        assert_eq!(
+            layout.numbered(Sequence::Events, 1234),
+            "m/events/00000000000000001/00000000000000001234"
+        );
+        assert_eq!(
+            layout.instance_event("x", 7),
+            "m/instance-events/x/00000000000000000007"
+        );
+    }
+}
