@@ -1013,10 +1013,12 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
+    /// key -> (value, version), and the last version given.
+    type Data = (BTreeMap<String, (Vec<u8>, u64)>, u64);
+
     #[derive(Default)]
     struct MemKv {
-        /// key -> (value, version)
-        data: Mutex<(BTreeMap<String, (Vec<u8>, u64)>, u64)>,
+        data: Mutex<Data>,
         /// Before the next commit, bump this counter key as another writer would.
         interfere: Mutex<Option<String>>,
         /// Apply the next commit but answer with an error (a lost answer).
