@@ -112,6 +112,8 @@ pub trait Registry: Send + Sync + 'static {
     /// Removes a scheduler; removing one that is not there is not an error.
     async fn deregister_scheduler(&self, id: &str) -> Result<()>;
     /// Registers a member, or replaces its registration (role change: new tag, new check).
+    /// Consul keeps the check's current status across a re-registration, so a healthy
+    /// member stays resolvable through a role change.
     async fn register_member(&self, member: &MemberService) -> Result<()>;
     /// Removes a member; removing one that is not there is not an error.
     async fn deregister_member(&self, member: &str) -> Result<()>;
