@@ -161,9 +161,9 @@ pub enum TxnOp {
         /// Expected `ModifyIndex`.
         index: u64,
     },
-    /// Reads every key with this prefix.
-    GetTree {
-        /// Prefix.
+    /// Reads the key; fails the transaction if it does not exist.
+    Get {
+        /// Key.
         key: String,
     },
 }
@@ -184,7 +184,7 @@ impl TxnOp {
             TxnOp::DeleteCas { key, index } => {
                 serde_json::json!({"Verb": "delete-cas", "Key": key, "Index": index})
             }
-            TxnOp::GetTree { key } => serde_json::json!({"Verb": "get-tree", "Key": key}),
+            TxnOp::Get { key } => serde_json::json!({"Verb": "get", "Key": key}),
         };
         serde_json::json!({ "KV": kv })
     }

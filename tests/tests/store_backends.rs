@@ -170,6 +170,7 @@ async fn contract(kind: &str) -> Result<()> {
     check!(audit_append_and_list);
     check!(meta_get_and_put);
     check!(nodes_keep_admin_and_first_registration);
+    check!(concurrent_upserts_and_misses);
     check!(concurrent_creates_all_commit_with_dense_ids);
     check!(failed_requests_in_a_batch_fail_alone);
     check!(concurrent_updates_at_one_revision_one_wins);
@@ -347,6 +348,38 @@ async fn nodes_keep_admin_and_first_registration(b: &Backend) -> Result<()> {
         Err(StoreError::NotFound(n)) if n == "ghost" => {}
         other => bail!("expected NotFound, got {other:?}"),
     }
+    Ok(())
+}
+
+/// Many node upserts queued with writes of missing records: one batch reads present and
+/// missing keys together.
+async fn concurrent_upserts_and_misses(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    store.put_node(&node("n0")).await?;
+    store.set_node_admin("n0", NodeAdmin::Draining).await?;
+    let upserts: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put_node(&node(&format!("n{i}"))).await })
+        })
+        .collect();
+    let ghost = instance("ghost");
+    let (x, y) = ([event(Some("ghost"), "x")], [event(Some("ghost"), "y")]);
+    let (admin, update, delete) = tokio::join!(
+        store.set_node_admin("ghost", NodeAdmin::Cordoned),
+        store.update_instance(&ghost, &x),
+        store.delete_instance("ghost", 1, &y),
+    );
+    for task in upserts {
+        task.await??;
+    }
+    ensure!(matches!(admin, Err(StoreError::NotFound(_))), "{admin:?}");
+    ensure!(matches!(update, Err(StoreError::NotFound(_))), "{update:?}");
+    ensure!(matches!(delete, Err(StoreError::NotFound(_))), "{delete:?}");
+    let nodes = store.nodes().await?;
+    ensure!(nodes.len() == 20, "{} nodes", nodes.len());
+    ensure!(nodes[0].name == "n0" && nodes[0].admin == NodeAdmin::Draining);
+    ensure!(store.events(None, 0, 10).await?.is_empty());
     Ok(())
 }
 

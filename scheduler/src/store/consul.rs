@@ -130,28 +130,55 @@ impl Kv for ConsulKv {
             return Ok(vec![found.map(entry)]);
         }
         // A read-only transaction is one consistent read of many keys. `get` fails the
-        // whole transaction on a missing key, `get-tree` does not: take the exact key out
-        // of its tree.
-        let mut out = Vec::with_capacity(keys.len());
+        // whole transaction on a missing key and names it: read the others again without it.
+        let mut found: HashMap<String, KvEntry> = HashMap::new();
         for chunk in keys.chunks(MAX_TXN_OPS) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|k| TxnOp::GetTree { key: k.clone() })
-                .collect();
-            let outcome = self.read("read", || self.client.txn(&ops)).await?;
-            let entries = match outcome {
-                TxnOutcome::Applied(entries) => entries,
-                TxnOutcome::RolledBack(errors) => {
-                    return Err(Error::Backend(format!(
-                        "consul refused a read transaction: {errors:?}"
-                    )))
+            let mut wanted: Vec<&String> = chunk.iter().collect();
+            while !wanted.is_empty() {
+                let ops: Vec<TxnOp> = wanted
+                    .iter()
+                    .map(|k| TxnOp::Get { key: (*k).clone() })
+                    .collect();
+                match self.read("read", || self.client.txn(&ops)).await? {
+                    TxnOutcome::Applied(entries) => {
+                        found.extend(entries.into_iter().map(|e| (e.key.clone(), e)));
+                        break;
+                    }
+                    TxnOutcome::RolledBack(errors) => {
+                        if let Some((_, what)) = errors
+                            .iter()
+                            .find(|(_, what)| !what.contains("doesn't exist"))
+                        {
+                            return Err(Error::Backend(format!(
+                                "consul refused a read transaction: {what}"
+                            )));
+                        }
+                        let missing: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+                        tracing::trace!(
+                            missing = missing.len(),
+                            of = wanted.len(),
+                            "read again without missing keys"
+                        );
+                        let before = wanted.len();
+                        wanted = wanted
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| !missing.contains(i))
+                            .map(|(_, k)| k)
+                            .collect();
+                        if wanted.len() == before {
+                            return Err(Error::Backend(
+                                "consul rolled back a read without naming a key".to_owned(),
+                            ));
+                        }
+                    }
                 }
-            };
-            let mut by_key: HashMap<String, KvEntry> =
-                entries.into_iter().map(|e| (e.key.clone(), e)).collect();
-            out.extend(chunk.iter().map(|k| by_key.remove(k).map(entry)));
+            }
         }
-        Ok(out)
+        Ok(keys
+            .iter()
+            .map(|k| found.get(k).cloned().map(entry))
+            .collect())
     }
 
     async fn scan(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<Entry>> {
