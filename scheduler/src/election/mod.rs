@@ -12,9 +12,52 @@ pub mod etcd;
 pub use self::consul::{ConsulElection, ConsulElectionConfig};
 pub use self::etcd::{EtcdElection, EtcdElectionConfig};
 
+use crate::config::{SchedulerConfig, StoreKind};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The election of the configured backend, on `<prefix>leader`, advertising `address`:
+/// `None` with the SQLite store (one scheduler, always the leader). `checks` are Consul
+/// health checks the leader's session depends on (e.g. the scheduler's own service check,
+/// [`crate::registry::SchedulerService::check_id`]); etcd ignores them.
+pub async fn open(
+    cfg: &SchedulerConfig,
+    address: &str,
+    checks: Vec<String>,
+) -> Result<Option<Arc<dyn Election>>> {
+    Ok(match cfg.store {
+        StoreKind::Sqlite => None,
+        StoreKind::Consul => {
+            let client = cfg.consul.client().map_err(|e| Error::Backend {
+                backend: "consul",
+                message: e.to_string(),
+            })?;
+            Some(Arc::new(ConsulElection::new(
+                client,
+                ConsulElectionConfig {
+                    key: cfg.consul.leader_key(),
+                    address: address.to_owned(),
+                    session_ttl: cfg.consul.session_ttl(),
+                    lock_delay: cfg.consul.lock_delay(),
+                    checks,
+                },
+            )))
+        }
+        StoreKind::Etcd => Some(Arc::new(
+            EtcdElection::connect(
+                &cfg.etcd.endpoints,
+                EtcdElectionConfig {
+                    key: cfg.etcd.leader_key(),
+                    address: address.to_owned(),
+                    lease_ttl: cfg.etcd.lease_ttl(),
+                },
+            )
+            .await?,
+        )),
+    })
+}
 
 /// Why an election call failed.
 #[derive(Debug, thiserror::Error)]
