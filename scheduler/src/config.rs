@@ -1,4 +1,5 @@
-//! The scheduler's TOML config: listen addresses, state directory, timings, API tokens.
+//! The scheduler's TOML config: listen addresses, state directory, timings, API tokens, and
+//! the store backend (SQLite, Consul, etcd) with its connection settings.
 //! Unknown fields are refused; defaults are documented next to each field.
 
 use serde::Deserialize;
@@ -65,6 +66,194 @@ pub struct SchedulerConfig {
     /// Failover, switchover and self-healing knobs (docs/failover.md).
     #[serde(default)]
     pub failover: crate::failover::FailoverConfig,
+    /// Where the state lives: `sqlite` (a file in `data_dir`, one scheduler), `consul` or
+    /// `etcd` (shared by several schedulers). Default `sqlite`.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// Consul connection, used when `store = "consul"`.
+    #[serde(default)]
+    pub consul: ConsulConfig,
+    /// etcd connection, used when `store = "etcd"`.
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+}
+
+/// Store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite file in `data_dir`.
+    #[default]
+    Sqlite,
+    /// Consul KV.
+    Consul,
+    /// etcd v3.
+    Etcd,
+}
+
+/// `[consul]`: how to reach Consul and how to use it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// HTTP address of the local Consul agent (`http://` only). Default
+    /// `http://127.0.0.1:8500`.
+    #[serde(default = "default_consul_address")]
+    pub address: String,
+    /// Prefix of every KV key the scheduler writes; ends with `/`. Default `mofang/`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// ACL token, sent as `X-Consul-Token` (never logged). Default none.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// TTL of the leader election session, seconds (10 ..= 86400; Consul may expire a
+    /// session up to twice as late). Default 10.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl_secs: u64,
+    /// Lock-delay of the leader lock, milliseconds (1000 ..= 60000): after a leader's
+    /// session is invalidated nobody leads for this long, and a leader that cannot renew its
+    /// session steps down within it. Default 5000.
+    #[serde(default = "default_lock_delay")]
+    pub lock_delay_ms: u64,
+}
+
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &self.address)
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("lock_delay_ms", &self.lock_delay_ms)
+            .finish()
+    }
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            address: default_consul_address(),
+            prefix: default_prefix(),
+            token: None,
+            session_ttl_secs: default_session_ttl(),
+            lock_delay_ms: default_lock_delay(),
+        }
+    }
+}
+
+impl ConsulConfig {
+    /// A client of the configured agent.
+    pub fn client(&self) -> crate::consul::Result<crate::consul::ConsulClient> {
+        crate::consul::ConsulClient::new(&self.address, self.token.clone())
+    }
+
+    /// The leader lock key: `<prefix>leader`.
+    pub fn leader_key(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// Session TTL.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.session_ttl_secs)
+    }
+
+    /// Lock-delay.
+    pub fn lock_delay(&self) -> Duration {
+        Duration::from_millis(self.lock_delay_ms)
+    }
+}
+
+/// `[etcd]`: how to reach etcd and how to use it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members (`http://` only). Default `["http://127.0.0.1:2379"]`.
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Prefix of every key the scheduler writes; ends with `/`. Default `mofang/`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// TTL of the leader's lease, seconds (2 ..= 300): a dead leader's key goes after this,
+    /// and a leader that cannot renew steps down within it. Default 5.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: default_etcd_endpoints(),
+            prefix: default_prefix(),
+            lease_ttl_secs: default_lease_ttl(),
+        }
+    }
+}
+
+impl EtcdConfig {
+    /// The leader key: `<prefix>leader`.
+    pub fn leader_key(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// Lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+}
+
+fn default_consul_address() -> String {
+    "http://127.0.0.1:8500".to_owned()
+}
+fn default_prefix() -> String {
+    "mofang/".to_owned()
+}
+fn default_session_ttl() -> u64 {
+    10
+}
+fn default_lock_delay() -> u64 {
+    5000
+}
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["http://127.0.0.1:2379".to_owned()]
+}
+fn default_lease_ttl() -> u64 {
+    5
+}
+
+/// A key prefix: non-empty, ends with `/`, no leading `/`, printable ASCII without spaces.
+fn check_prefix(field: &str, prefix: &str) -> Result<()> {
+    if prefix.is_empty()
+        || !prefix.ends_with('/')
+        || prefix.starts_with('/')
+        || prefix.contains("//")
+        || !prefix.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid(
+            field,
+            "must end with `/`, not start with `/`, and hold printable ASCII without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// An `http://host:port` URL.
+fn check_http_url(field: &str, url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field, format!("{url:?}: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(invalid(
+            field,
+            format!("{url:?}: only http:// is supported"),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) || parsed.port_or_known_default().is_none() {
+        return Err(invalid(field, format!("{url:?}: needs a host")));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() || parsed.path() != "/" {
+        return Err(invalid(
+            field,
+            format!("{url:?}: no path, query or fragment"),
+        ));
+    }
+    Ok(())
 }
 
 fn default_rest() -> SocketAddr {
@@ -94,6 +283,9 @@ impl Default for SchedulerConfig {
             tokens: Vec::new(),
             log_json: false,
             failover: Default::default(),
+            store: StoreKind::default(),
+            consul: ConsulConfig::default(),
+            etcd: EtcdConfig::default(),
         }
     }
 }
@@ -152,6 +344,38 @@ impl SchedulerConfig {
                 }
             }
         }
+        self.validate_backends()
+    }
+
+    fn validate_backends(&self) -> Result<()> {
+        let c = &self.consul;
+        check_http_url("consul.address", &c.address)?;
+        check_prefix("consul.prefix", &c.prefix)?;
+        if let Some(token) = &c.token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "consul.token",
+                    "must be non-empty printable ASCII without spaces",
+                ));
+            }
+        }
+        if !(10..=86_400).contains(&c.session_ttl_secs) {
+            return Err(invalid("consul.session_ttl_secs", "must be 10 ..= 86400"));
+        }
+        if !(1000..=60_000).contains(&c.lock_delay_ms) {
+            return Err(invalid("consul.lock_delay_ms", "must be 1000 ..= 60000"));
+        }
+        let e = &self.etcd;
+        if e.endpoints.is_empty() {
+            return Err(invalid("etcd.endpoints", "must list at least one URL"));
+        }
+        for (i, url) in e.endpoints.iter().enumerate() {
+            check_http_url(&format!("etcd.endpoints[{i}]"), url)?;
+        }
+        check_prefix("etcd.prefix", &e.prefix)?;
+        if !(2..=300).contains(&e.lease_ttl_secs) {
+            return Err(invalid("etcd.lease_ttl_secs", "must be 2 ..= 300"));
+        }
         Ok(())
     }
 
@@ -179,5 +403,51 @@ mod tests {
         assert!(e.to_string().contains("tokens[0]"));
         let e = SchedulerConfig::parse("node_ttl_ms = 1", Path::new("s")).unwrap_err();
         assert!(e.to_string().contains("node_ttl_ms"));
+    }
+
+    #[test]
+    fn store_backends() {
+        let c = SchedulerConfig::parse("", Path::new("s")).unwrap();
+        assert_eq!(c.store, StoreKind::Sqlite);
+        assert_eq!(c.consul.address, "http://127.0.0.1:8500");
+        assert_eq!(c.consul.prefix, "mofang/");
+        assert_eq!(c.etcd.endpoints, ["http://127.0.0.1:2379"]);
+
+        let c = SchedulerConfig::parse(
+            "store = \"consul\"\n[consul]\naddress = \"http://10.0.0.1:8500\"\n\
+             prefix = \"prod/mofang/\"\ntoken = \"s3cr3t-token\"\n",
+            Path::new("s"),
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreKind::Consul);
+        assert_eq!(c.consul.leader_key(), "prod/mofang/leader");
+        assert!(!format!("{c:?}").contains("s3cr3t-token"));
+
+        let c = SchedulerConfig::parse(
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\n",
+            Path::new("s"),
+        )
+        .unwrap();
+        assert_eq!(c.store, StoreKind::Etcd);
+        assert_eq!(c.etcd.endpoints.len(), 2);
+
+        for (text, field) in [
+            ("store = \"zookeeper\"", "store"),
+            ("[consul]\nprefix = \"mofang\"", "consul.prefix"),
+            ("[consul]\nprefix = \"/mofang/\"", "consul.prefix"),
+            ("[consul]\naddress = \"https://c:8501\"", "consul.address"),
+            ("[consul]\naddress = \"c:8500\"", "consul.address"),
+            ("[consul]\ntoken = \"\"", "consul.token"),
+            ("[consul]\nsession_ttl_secs = 5", "consul.session_ttl_secs"),
+            ("[consul]\nlock_delay_ms = 0", "consul.lock_delay_ms"),
+            ("[consul]\nbogus = 1", "bogus"),
+            ("[etcd]\nendpoints = []", "etcd.endpoints"),
+            ("[etcd]\nendpoints = [\"x\"]", "etcd.endpoints[0]"),
+            ("[etcd]\nprefix = \"\"", "etcd.prefix"),
+            ("[etcd]\nlease_ttl_secs = 1", "etcd.lease_ttl_secs"),
+        ] {
+            let e = SchedulerConfig::parse(text, Path::new("s")).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
     }
 }

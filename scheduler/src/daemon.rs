@@ -6,7 +6,7 @@ use crate::api::{self, Api};
 use crate::auth::{ensure_admin_token, Tokens};
 use crate::cluster::Cluster;
 use crate::config::{SchedulerConfig, TokenRole};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use mofang_common::proto::agent_control_server::AgentControlServer;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -72,7 +72,7 @@ pub async fn start(
             source,
         }
     })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("mofang.db"))?);
+    let store: Arc<dyn Store> = crate::store::open(&cfg).await?;
 
     let mut tokens = Tokens::from_config(&cfg.tokens);
     if tokens.is_empty() {

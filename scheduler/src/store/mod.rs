@@ -1,10 +1,19 @@
-//! Durable storage of the scheduler's desired state: the `Store` trait and its errors.
+//! Durable storage of the scheduler's desired state: the `Store` trait, its errors, and the
+//! backends chosen by config (SQLite for one scheduler; Consul KV or etcd for several).
 
+pub mod consul;
+pub mod etcd;
+pub mod kv;
 pub mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use self::consul::ConsulStore;
+pub use self::etcd::EtcdStore;
+pub use self::kv::KvStore;
+pub use self::sqlite::SqliteStore;
 
+use crate::config::{SchedulerConfig, StoreKind};
 use crate::model::{AuditEntry, Event, Instance, Node, NodeAdmin};
+use std::sync::Arc;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,4 +88,27 @@ pub trait Store: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     /// Sets a metadata value, replacing any previous one.
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+}
+
+/// Opens the store `cfg.store` names: `<data_dir>/mofang.db`, or Consul KV / etcd under their
+/// configured prefix. Consul and etcd are reached lazily: an unreachable backend shows in the
+/// first call.
+pub async fn open(cfg: &SchedulerConfig) -> Result<Arc<dyn Store>> {
+    Ok(match cfg.store {
+        StoreKind::Sqlite => Arc::new(SqliteStore::open(&cfg.data_dir.join("mofang.db"))?),
+        StoreKind::Consul => {
+            let client = cfg
+                .consul
+                .client()
+                .map_err(|e| Error::Backend(e.to_string()))?;
+            tracing::info!(address = %cfg.consul.address, prefix = %cfg.consul.prefix,
+                "store: consul");
+            Arc::new(ConsulStore::consul(client, &cfg.consul.prefix))
+        }
+        StoreKind::Etcd => {
+            tracing::info!(endpoints = ?cfg.etcd.endpoints, prefix = %cfg.etcd.prefix,
+                "store: etcd");
+            Arc::new(EtcdStore::etcd(&cfg.etcd.endpoints, &cfg.etcd.prefix).await?)
+        }
+    })
 }

@@ -1,0 +1,1472 @@
+//! The scheduler's store and coordination backends against real servers started by the
+//! tests: one `Store` contract run on SQLite, Consul and etcd (records, compare-and-set,
+//! events and audit ids, concurrency, two schedulers sharing one prefix); acknowledged writes
+//! surviving a `kill -9` of Consul or etcd; leader election (one leader among three, takeover
+//! after resignation and after a crash, a leader learning that its session or lease is gone
+//! or that its server stopped answering); Consul service registration.
+
+use anyhow::{bail, ensure, Context, Result};
+use mofang_common::{EngineKind, Role};
+use mofang_scheduler::config::SchedulerConfig;
+use mofang_scheduler::consul::ConsulClient;
+use mofang_scheduler::election::{
+    self, ConsulElection, ConsulElectionConfig, Election, EtcdElection, EtcdElectionConfig,
+};
+use mofang_scheduler::model::{
+    AuditEntry, Credentials, Event, Instance, InstanceSpec, MemberRecord, Node, NodeAdmin,
+    Resources,
+};
+use mofang_scheduler::registry::{
+    ConsulRegistry, MemberCheck, MemberService, Registry, SchedulerService, SCHEDULER_SERVICE,
+};
+use mofang_scheduler::store::{ConsulStore, Error as StoreError, EtcdStore, SqliteStore, Store};
+use mofang_tests::coord::{free_port, ConsulProcess, EtcdProcess};
+use mofang_tests::{eventually, unique_name};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+// ---- Records ---------------------------------------------------------------------------------
+
+fn instance(name: &str) -> Instance {
+    let mut i = Instance::new(
+        InstanceSpec {
+            name: name.to_owned(),
+            engine: EngineKind::Mariadb,
+            version: "10.11".to_owned(),
+            replicas: 1,
+            resources: Resources {
+                cpu: 1.0,
+                memory: 1024,
+                disk: 10240,
+            },
+            disk_class: None,
+            placement: None,
+        },
+        vec![MemberRecord {
+            id: format!("{name}-0"),
+            node: "n1".to_owned(),
+            role: Role::Primary,
+        }],
+        Credentials {
+            admin: "a".to_owned(),
+            repl: "r".to_owned(),
+            monitor: "m".to_owned(),
+            app: "p".to_owned(),
+        },
+    );
+    i.created_at_ms = 1_700_000_000_000;
+    i
+}
+
+fn event(instance: Option<&str>, kind: &str) -> Event {
+    Event {
+        id: 0,
+        at_ms: 1_700_000_000_000,
+        instance: instance.map(str::to_owned),
+        node: None,
+        kind: kind.to_owned(),
+        message: format!("{kind} happened"),
+    }
+}
+
+fn node(name: &str) -> Node {
+    Node {
+        name: name.to_owned(),
+        address: "10.0.0.1".to_owned(),
+        labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
+        cpu: 8.0,
+        memory_bytes: 1 << 34,
+        disks: Vec::new(),
+        admin: NodeAdmin::Active,
+        agent_version: "0.1.0".to_owned(),
+        registered_at_ms: 1,
+        http_address: String::new(),
+    }
+}
+
+fn audit_entry(action: &str) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at_ms: 1,
+        who: "admin".to_owned(),
+        source: "127.0.0.1".to_owned(),
+        action: action.to_owned(),
+        target: "db1".to_owned(),
+        status: 201,
+        result: "ok".to_owned(),
+    }
+}
+
+/// The value behind a mutex, even if a writer task panicked holding it.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn kinds(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+// ---- Backends --------------------------------------------------------------------------------
+
+/// A running backend; each `open` with a new prefix gives an empty store, the same prefix
+/// gives a second view (a second scheduler) of the same state.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Consul(ConsulProcess),
+    Etcd(EtcdProcess),
+}
+
+impl Backend {
+    async fn start(kind: &str) -> Result<Backend> {
+        Ok(match kind {
+            "sqlite" => Backend::Sqlite(tempfile::tempdir()?),
+            "consul" => Backend::Consul(ConsulProcess::start().await?),
+            "etcd" => Backend::Etcd(EtcdProcess::start().await?),
+            other => bail!("no backend {other}"),
+        })
+    }
+
+    async fn open(&self, prefix: &str) -> Result<Arc<dyn Store>> {
+        Ok(match self {
+            Backend::Sqlite(dir) => {
+                let file = format!("{}.db", prefix.trim_end_matches('/'));
+                Arc::new(SqliteStore::open(&dir.path().join(file))?)
+            }
+            Backend::Consul(c) => Arc::new(ConsulStore::consul(
+                ConsulClient::new(&c.http, None)?,
+                prefix,
+            )),
+            Backend::Etcd(e) => {
+                Arc::new(EtcdStore::etcd(std::slice::from_ref(&e.endpoint), prefix).await?)
+            }
+        })
+    }
+}
+
+fn prefix() -> String {
+    format!("{}/", unique_name("p"))
+}
+
+// ---- The contract ----------------------------------------------------------------------------
+
+async fn contract(kind: &str) -> Result<()> {
+    mofang_tests::init_tracing();
+    let b = Backend::start(kind).await?;
+    macro_rules! check {
+        ($f:ident) => {
+            $f(&b)
+                .await
+                .with_context(|| format!("{kind}: {}", stringify!($f)))?
+        };
+    }
+    check!(create_get_list);
+    check!(create_existing_name_fails_and_appends_nothing);
+    check!(update_is_compare_and_set);
+    check!(delete_is_compare_and_set);
+    check!(events_filter_by_instance_and_since);
+    check!(audit_append_and_list);
+    check!(meta_get_and_put);
+    check!(nodes_keep_admin_and_first_registration);
+    check!(concurrent_upserts_and_misses);
+    check!(concurrent_creates_all_commit_with_dense_ids);
+    check!(failed_requests_in_a_batch_fail_alone);
+    check!(concurrent_updates_at_one_revision_one_wins);
+    check!(ids_stay_ordered_across_chunks);
+    check!(two_schedulers_on_one_prefix);
+    Ok(())
+}
+
+async fn create_get_list(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let created = store
+        .create_instance(&instance("db2"), &[event(Some("db2"), "instance_created")])
+        .await?;
+    ensure!(created.revision == 1, "revision {}", created.revision);
+    store.create_instance(&instance("db1"), &[]).await?;
+    ensure!(store.instance("db2").await? == Some(created));
+    ensure!(store.instance("nope").await?.is_none());
+    let names: Vec<_> = store
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| (i.spec.name, i.revision))
+        .collect();
+    ensure!(
+        names == [("db1".to_owned(), 1), ("db2".to_owned(), 1)],
+        "{names:?}"
+    );
+    let events = store.events(None, 0, 10).await?;
+    ensure!(events.len() == 1 && events[0].id == 1, "{events:?}");
+    ensure!(events[0].kind == "instance_created");
+    Ok(())
+}
+
+async fn create_existing_name_fails_and_appends_nothing(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    store.create_instance(&instance("db1"), &[]).await?;
+    let mut other = instance("db1");
+    other.epoch = 7;
+    match store
+        .create_instance(&other, &[event(Some("db1"), "instance_created")])
+        .await
+    {
+        Err(StoreError::AlreadyExists(n)) if n == "db1" => {}
+        other => bail!("expected AlreadyExists, got {other:?}"),
+    }
+    ensure!(store.instance("db1").await?.map(|i| i.epoch) == Some(1));
+    ensure!(store.events(None, 0, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn update_is_compare_and_set(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let mut inst = store.create_instance(&instance("db1"), &[]).await?;
+    inst.epoch = 2;
+    let updated = store
+        .update_instance(&inst, &[event(Some("db1"), "failover")])
+        .await?;
+    ensure!(updated.revision == 2 && updated.epoch == 2, "{updated:?}");
+    ensure!(store.instance("db1").await? == Some(updated.clone()));
+
+    // `inst` still carries revision 1: stale.
+    inst.epoch = 3;
+    match store
+        .update_instance(&inst, &[event(Some("db1"), "failover")])
+        .await
+    {
+        Err(StoreError::Conflict {
+            name,
+            expected: 1,
+            actual: 2,
+        }) if name == "db1" => {}
+        other => bail!("expected a conflict, got {other:?}"),
+    }
+    ensure!(store.instance("db1").await? == Some(updated));
+    ensure!(store.events(None, 0, 10).await?.len() == 1);
+    match store.update_instance(&instance("ghost"), &[]).await {
+        Err(StoreError::NotFound(n)) if n == "ghost" => {}
+        other => bail!("expected NotFound, got {other:?}"),
+    }
+    Ok(())
+}
+
+async fn delete_is_compare_and_set(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    store.create_instance(&instance("db1"), &[]).await?;
+    match store.delete_instance("db1", 5, &[]).await {
+        Err(StoreError::Conflict {
+            expected: 5,
+            actual: 1,
+            ..
+        }) => {}
+        other => bail!("expected a conflict, got {other:?}"),
+    }
+    ensure!(store.instance("db1").await?.is_some());
+    store
+        .delete_instance("db1", 1, &[event(Some("db1"), "instance_deleted")])
+        .await?;
+    ensure!(store.instance("db1").await?.is_none());
+    match store.delete_instance("db1", 1, &[]).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => bail!("expected NotFound, got {other:?}"),
+    }
+    ensure!(kinds(&store.events(Some("db1"), 0, 10).await?) == ["instance_deleted"]);
+    // The name is free again.
+    ensure!(store.create_instance(&instance("db1"), &[]).await?.revision == 1);
+    Ok(())
+}
+
+async fn events_filter_by_instance_and_since(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let stored = store
+        .append_events(&[
+            event(Some("a"), "e1"),
+            event(Some("b"), "e2"),
+            event(None, "e3"),
+            event(Some("a"), "e4"),
+            event(Some("a"), "e5"),
+        ])
+        .await?;
+    let ids: Vec<_> = stored.iter().map(|e| e.id).collect();
+    ensure!(ids == [1, 2, 3, 4, 5], "{ids:?}");
+    ensure!(store.events(None, 0, 100).await? == stored);
+    ensure!(kinds(&store.events(None, 2, 100).await?) == ["e3", "e4", "e5"]);
+    ensure!(kinds(&store.events(None, 0, 2).await?) == ["e1", "e2"]);
+    ensure!(kinds(&store.events(Some("a"), 0, 100).await?) == ["e1", "e4", "e5"]);
+    ensure!(kinds(&store.events(Some("a"), 1, 1).await?) == ["e4"]);
+    ensure!(store.events(Some("a"), 5, 100).await?.is_empty());
+    ensure!(store.events(None, 0, 0).await?.is_empty());
+    ensure!(store.events(None, u64::MAX, usize::MAX).await?.is_empty());
+    let more = store.append_events(&[event(Some("b"), "e6")]).await?;
+    ensure!(more[0].id == 6);
+    Ok(())
+}
+
+async fn audit_append_and_list(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let first = store
+        .append_audit(&audit_entry("POST /v1/instances"))
+        .await?;
+    let second = store
+        .append_audit(&audit_entry("DELETE /v1/instances/db1"))
+        .await?;
+    ensure!((first.id, second.id) == (1, 2));
+    ensure!(store.audit(0, 10).await? == [first.clone(), second.clone()]);
+    ensure!(store.audit(1, 10).await? == [second]);
+    ensure!(store.audit(0, 1).await? == [first]);
+    Ok(())
+}
+
+async fn meta_get_and_put(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    ensure!(store.get_meta("token_hash").await?.is_none());
+    store.put_meta("token_hash", "abc").await?;
+    store.put_meta("token_hash", "def").await?;
+    ensure!(store.get_meta("token_hash").await?.as_deref() == Some("def"));
+    Ok(())
+}
+
+async fn nodes_keep_admin_and_first_registration(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    store.put_node(&node("n2")).await?;
+    store.put_node(&node("n1")).await?;
+    let cordoned = store.set_node_admin("n1", NodeAdmin::Cordoned).await?;
+    ensure!(cordoned.admin == NodeAdmin::Cordoned);
+    let mut again = node("n1");
+    again.agent_version = "0.2.0".to_owned();
+    again.registered_at_ms = 99;
+    store.put_node(&again).await?;
+    let nodes = store.nodes().await?;
+    ensure!(nodes.len() == 2, "{nodes:?}");
+    ensure!(nodes[0].name == "n1" && nodes[0].agent_version == "0.2.0");
+    ensure!(nodes[0].admin == NodeAdmin::Cordoned && nodes[0].registered_at_ms == 1);
+    ensure!(nodes[1] == node("n2"));
+    match store.set_node_admin("ghost", NodeAdmin::Draining).await {
+        Err(StoreError::NotFound(n)) if n == "ghost" => {}
+        other => bail!("expected NotFound, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// Many node upserts queued with writes of missing records: one batch reads present and
+/// missing keys together.
+async fn concurrent_upserts_and_misses(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    store.put_node(&node("n0")).await?;
+    store.set_node_admin("n0", NodeAdmin::Draining).await?;
+    let upserts: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put_node(&node(&format!("n{i}"))).await })
+        })
+        .collect();
+    let ghost = instance("ghost");
+    let (x, y) = ([event(Some("ghost"), "x")], [event(Some("ghost"), "y")]);
+    let (admin, update, delete) = tokio::join!(
+        store.set_node_admin("ghost", NodeAdmin::Cordoned),
+        store.update_instance(&ghost, &x),
+        store.delete_instance("ghost", 1, &y),
+    );
+    for task in upserts {
+        task.await??;
+    }
+    ensure!(matches!(admin, Err(StoreError::NotFound(_))), "{admin:?}");
+    ensure!(matches!(update, Err(StoreError::NotFound(_))), "{update:?}");
+    ensure!(matches!(delete, Err(StoreError::NotFound(_))), "{delete:?}");
+    let nodes = store.nodes().await?;
+    ensure!(nodes.len() == 20, "{} nodes", nodes.len());
+    ensure!(nodes[0].name == "n0" && nodes[0].admin == NodeAdmin::Draining);
+    ensure!(store.events(None, 0, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn concurrent_creates_all_commit_with_dense_ids(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let name = format!("db{i}");
+                store
+                    .create_instance(
+                        &instance(&name),
+                        &[
+                            event(Some(&name), "placed"),
+                            event(Some(&name), "instance_created"),
+                        ],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        ensure!(task.await??.revision == 1);
+    }
+    println!(
+        "{}: 200 concurrent creates (2 events each) committed in {:?}",
+        match b {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Consul(_) => "consul",
+            Backend::Etcd(_) => "etcd",
+        },
+        started.elapsed()
+    );
+    ensure!(store.instances().await?.len() == 200);
+    let events = store.events(None, 0, 1000).await?;
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    ensure!(
+        ids == (1..=400).collect::<Vec<_>>(),
+        "ids not 1..=400 in order"
+    );
+    // Each instance's two events are adjacent: they were written in one transaction.
+    for i in 0..200 {
+        let mine = store.events(Some(&format!("db{i}")), 0, 10).await?;
+        ensure!(
+            kinds(&mine) == ["placed", "instance_created"],
+            "db{i}: {mine:?}"
+        );
+        ensure!(mine[1].id == mine[0].id + 1, "db{i}: {mine:?}");
+    }
+    Ok(())
+}
+
+async fn failed_requests_in_a_batch_fail_alone(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    // 100 creates of one name and 100 of distinct names, queued together.
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let name = if i % 2 == 0 {
+                "dup".to_owned()
+            } else {
+                format!("db{i}")
+            };
+            tokio::spawn(async move {
+                store
+                    .create_instance(&instance(&name), &[event(Some(&name), "created")])
+                    .await
+            })
+        })
+        .collect();
+    let (mut created, mut duplicates) = (0, 0);
+    for task in tasks {
+        match task.await? {
+            Ok(_) => created += 1,
+            Err(StoreError::AlreadyExists(name)) if name == "dup" => duplicates += 1,
+            Err(e) => bail!("unexpected error: {e}"),
+        }
+    }
+    ensure!((created, duplicates) == (101, 99), "{created} {duplicates}");
+    ensure!(store.instances().await?.len() == 101);
+    ensure!(store.events(Some("dup"), 0, 1000).await?.len() == 1);
+    ensure!(store.events(None, 0, 1000).await?.len() == 101);
+    Ok(())
+}
+
+async fn concurrent_updates_at_one_revision_one_wins(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let base = store.create_instance(&instance("db1"), &[]).await?;
+    let tasks: Vec<_> = (0..2u64)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut inst = base.clone();
+            inst.epoch = 10 + i;
+            tokio::spawn(async move {
+                store
+                    .update_instance(&inst, &[event(Some("db1"), "failover")])
+                    .await
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(inst) => won.push(inst),
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }) => conflicts += 1,
+            Err(e) => bail!("unexpected error: {e}"),
+        }
+    }
+    ensure!((won.len(), conflicts) == (1, 1), "{won:?} {conflicts}");
+    ensure!(store.instance("db1").await? == Some(won[0].clone()));
+    ensure!(store.events(Some("db1"), 0, 10).await?.len() == 1);
+    Ok(())
+}
+
+/// More than one chunk of ids (1000 per chunk in the key/value layout).
+async fn ids_stay_ordered_across_chunks(b: &Backend) -> Result<()> {
+    let store = b.open(&prefix()).await?;
+    let tasks: Vec<_> = (0..1100)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let name = if i % 2 == 0 { "even" } else { "odd" };
+                store
+                    .append_events(&[event(Some(name), &format!("e{i}"))])
+                    .await?;
+                store.append_audit(&audit_entry(&format!("a{i}"))).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let all = store.events(None, 0, usize::MAX).await?;
+    ensure!(all.len() == 1100, "{} events", all.len());
+    ensure!(
+        all.iter().map(|e| e.id).eq(1..=1100),
+        "event ids not 1..=1100 in order"
+    );
+    let window: Vec<u64> = store
+        .events(None, 990, 20)
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    ensure!(window == (991..=1010).collect::<Vec<_>>(), "{window:?}");
+    let even = store.events(Some("even"), 0, usize::MAX).await?;
+    ensure!(even.len() == 550 && even.windows(2).all(|w| w[0].id < w[1].id));
+    let audit = store.audit(998, 5).await?;
+    ensure!(audit.iter().map(|a| a.id).eq(999..=1003), "{audit:?}");
+    ensure!(store.audit(0, usize::MAX).await?.len() == 1100);
+    Ok(())
+}
+
+/// Two stores on one prefix, as two schedulers: a compare-and-set is won by one of them
+/// only, and ids stay unique and dense.
+async fn two_schedulers_on_one_prefix(b: &Backend) -> Result<()> {
+    let p = prefix();
+    let one = b.open(&p).await?;
+    let two = b.open(&p).await?;
+    let base = one.create_instance(&instance("db1"), &[]).await?;
+    ensure!(two.instance("db1").await? == Some(base.clone()));
+    for round in 0..5u64 {
+        let current = one.instance("db1").await?.context("db1 disappeared")?;
+        let mut a = current.clone();
+        a.epoch = 100 + round;
+        let mut c = current.clone();
+        c.epoch = 200 + round;
+        let (ea, ec) = (
+            [event(Some("db1"), "by-one")],
+            [event(Some("db1"), "by-two")],
+        );
+        let (ra, rc) = tokio::join!(one.update_instance(&a, &ea), two.update_instance(&c, &ec));
+        let winners = [&ra, &rc].iter().filter(|r| r.is_ok()).count();
+        ensure!(winners == 1, "round {round}: {ra:?} / {rc:?}");
+        for r in [&ra, &rc] {
+            if let Err(e) = r {
+                ensure!(
+                    matches!(e, StoreError::Conflict { .. }),
+                    "round {round}: {e}"
+                );
+            }
+        }
+        let stored = two.instance("db1").await?.context("db1 disappeared")?;
+        ensure!(stored.revision == current.revision + 1);
+        ensure!(Some(&stored) == ra.as_ref().ok().or(rc.as_ref().ok()));
+    }
+    ensure!(one.events(Some("db1"), 0, 100).await?.len() == 5);
+
+    let appends = |store: Arc<dyn Store>, who: &'static str| {
+        tokio::spawn(async move {
+            for i in 0..60 {
+                store
+                    .append_events(&[event(None, &format!("{who}{i}"))])
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
+    let (x, y) = tokio::join!(
+        appends(Arc::clone(&one), "x"),
+        appends(Arc::clone(&two), "y")
+    );
+    x??;
+    y??;
+    let all = two.events(None, 0, usize::MAX).await?;
+    ensure!(all.len() == 125, "{} events", all.len());
+    ensure!(all.iter().map(|e| e.id).eq(1..=125), "ids not dense");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_contract_sqlite() -> Result<()> {
+    contract("sqlite").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_contract_consul() -> Result<()> {
+    contract("consul").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_contract_etcd() -> Result<()> {
+    contract("etcd").await
+}
+
+// ---- Durability across a kill -9 of the server -------------------------------------------
+
+/// Writers run against the store while the server is killed with `kill -9` and started
+/// again: every write acknowledged before, during or after is there afterwards.
+async fn acknowledged_writes_survive_kill9(kind: &str) -> Result<()> {
+    mofang_tests::init_tracing();
+    let mut b = Backend::start(kind).await?;
+    let p = prefix();
+    let store = b.open(&p).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_instances = Arc::new(Mutex::new(Vec::new()));
+    let acked_audit = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            let (instances, audit) = (Arc::clone(&acked_instances), Arc::clone(&acked_audit));
+            tokio::spawn(async move {
+                let mut i = 0;
+                let mut failures = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("w{w}-{i}");
+                    i += 1;
+                    let created = store
+                        .create_instance(
+                            &instance(&name),
+                            &[event(Some(&name), "instance_created")],
+                        )
+                        .await;
+                    match created {
+                        Ok(_) => locked(&instances).push(name.clone()),
+                        Err(_) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    if let Ok(entry) = store.append_audit(&audit_entry(&name)).await {
+                        locked(&audit).push(entry);
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = locked(&acked_instances).len();
+    match &mut b {
+        Backend::Consul(c) => c.kill9(),
+        Backend::Etcd(e) => e.kill9(),
+        Backend::Sqlite(_) => bail!("not a server"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match &mut b {
+        Backend::Consul(c) => c.restart().await?,
+        Backend::Etcd(e) => e.restart().await?,
+        Backend::Sqlite(_) => {}
+    }
+    // Writers keep going after the restart too.
+    let at_restart = locked(&acked_instances).len();
+    eventually(
+        "writes succeed again after the restart",
+        Duration::from_secs(20),
+        || {
+            let acked = Arc::clone(&acked_instances);
+            async move {
+                ensure!(locked(&acked).len() > at_restart + 10);
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = 0;
+    for w in writers {
+        failures += w.await?;
+    }
+    let instances = locked(&acked_instances).clone();
+    let audit = locked(&acked_audit).clone();
+    println!(
+        "{kind}: {} creates acknowledged ({before_kill} before the kill), {} audit entries, \
+         {failures} creates failed around the kill",
+        instances.len(),
+        audit.len()
+    );
+    ensure!(before_kill > 0, "nothing was written before the kill");
+
+    // A fresh view (another scheduler) sees everything acknowledged.
+    let fresh = b.open(&p).await?;
+    let stored: BTreeSet<String> = fresh
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| i.spec.name)
+        .collect();
+    for name in &instances {
+        ensure!(stored.contains(name), "acknowledged instance {name} lost");
+        let events = fresh.events(Some(name), 0, 10).await?;
+        ensure!(kinds(&events) == ["instance_created"], "{name}: {events:?}");
+    }
+    let stored_audit = fresh.audit(0, usize::MAX).await?;
+    for entry in &audit {
+        ensure!(
+            stored_audit.iter().any(|s| s == entry),
+            "acknowledged audit entry {} lost",
+            entry.id
+        );
+    }
+    let ids: Vec<u64> = fresh
+        .events(None, 0, usize::MAX)
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    ensure!(
+        ids.iter().copied().eq(1..=ids.len() as u64),
+        "event ids not dense"
+    );
+    // Ids continue after the restart, in both views.
+    let next = store.append_events(&[event(None, "after")]).await?;
+    ensure!(
+        next[0].id == ids.len() as u64 + 1,
+        "{} after {}",
+        next[0].id,
+        ids.len()
+    );
+    let next = fresh.append_events(&[event(None, "after")]).await?;
+    ensure!(next[0].id == ids.len() as u64 + 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_store_keeps_acknowledged_writes_across_kill9() -> Result<()> {
+    acknowledged_writes_survive_kill9("consul").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_keeps_acknowledged_writes_across_kill9() -> Result<()> {
+    acknowledged_writes_survive_kill9("etcd").await
+}
+
+// ---- Election --------------------------------------------------------------------------------
+
+/// A tiny HTTP server answering 200 to everything: a scheduler's `/v1/health` for Consul's
+/// check. It lives as long as the runtime that runs it.
+async fn health_responder() -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Report {
+    Leading(u64),
+    Lost,
+    Resigned(bool),
+    Failed(String),
+}
+
+enum Command {
+    Resign,
+    Crash,
+}
+
+/// What a contender campaigns with.
+#[derive(Clone)]
+enum Setup {
+    /// A Consul election; the session depends on the contender's own service check.
+    Consul {
+        http: String,
+        key: String,
+        lock_delay: Duration,
+    },
+    Etcd {
+        endpoint: String,
+        key: String,
+        ttl: Duration,
+    },
+}
+
+/// The election a contender campaigns in; a Consul contender first registers its own
+/// scheduler service with a health endpoint, and its session depends on that check.
+async fn contender_election(setup: Setup, me: &str) -> Result<Box<dyn Election>> {
+    Ok(match setup {
+        Setup::Consul {
+            http,
+            key,
+            lock_delay,
+        } => {
+            let client = ConsulClient::new(&http, None)?;
+            let port = health_responder().await?;
+            let service = SchedulerService {
+                id: format!("sched-{me}"),
+                address: "127.0.0.1".to_owned(),
+                rest_port: port,
+                grpc_port: port,
+                health_url: format!("http://127.0.0.1:{port}/v1/health"),
+                check_interval: Duration::from_millis(500),
+            };
+            ConsulRegistry::new(client.clone())
+                .register_scheduler(&service)
+                .await?;
+            Box::new(ConsulElection::new(
+                client,
+                ConsulElectionConfig {
+                    key,
+                    address: me.to_owned(),
+                    session_ttl: Duration::from_secs(10),
+                    lock_delay,
+                    checks: vec![service.check_id()],
+                },
+            ))
+        }
+        Setup::Etcd { endpoint, key, ttl } => Box::new(
+            EtcdElection::connect(
+                &[endpoint],
+                EtcdElectionConfig {
+                    key,
+                    address: me.to_owned(),
+                    lease_ttl: ttl,
+                },
+            )
+            .await?,
+        ),
+    })
+}
+
+/// A scheduler-to-be: campaigns on its own thread and Tokio runtime, so that a "crash" can
+/// stop everything it runs at once (no resignation, no more renewals, its health endpoint
+/// gone).
+struct Contender {
+    name: String,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    reports: tokio::sync::mpsc::UnboundedReceiver<(Report, Instant)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Contender {
+    fn start(name: &str, setup: Setup) -> Result<Contender> {
+        let (commands, mut command_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (report_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let me = name.to_owned();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            let report = move |r: Report| {
+                let _ = report_tx.send((r, Instant::now()));
+            };
+            let kept = rt.block_on(async move {
+                let election = match contender_election(setup, &me).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        report(Report::Failed(format!("{e:#}")));
+                        return None;
+                    }
+                };
+                let never = CancellationToken::new();
+                let leadership = tokio::select! {
+                    l = election.campaign(&never) => match l {
+                        Ok(l) => l,
+                        Err(e) => {
+                            report(Report::Failed(e.to_string()));
+                            return None;
+                        }
+                    },
+                    _ = command_rx.recv() => return None,
+                };
+                report(Report::Leading(leadership.term()));
+                let lost = leadership.lost();
+                let mut reported = false;
+                loop {
+                    tokio::select! {
+                        _ = lost.cancelled(), if !reported => {
+                            reported = true;
+                            report(Report::Lost);
+                        }
+                        cmd = command_rx.recv() => match cmd {
+                            Some(Command::Resign) => {
+                                let ok = leadership.resign().await.is_ok();
+                                report(Report::Resigned(ok));
+                                return None;
+                            }
+                            Some(Command::Crash) | None => return Some(leadership),
+                        },
+                    }
+                }
+            });
+            // A crash: every task of this contender stops where it is.
+            rt.shutdown_background();
+            drop(kept);
+        });
+        Ok(Contender {
+            name: name.to_owned(),
+            commands,
+            reports,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, c: Command) {
+        let _ = self.commands.send(c);
+    }
+
+    /// The next report, if one comes within `within`.
+    async fn next(&mut self, within: Duration) -> Option<(Report, Instant)> {
+        tokio::time::timeout(within, self.reports.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        self.send(Command::Crash);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until exactly one contender reports leading; returns its index and term, and checks
+/// that nobody else reports leading for `quiet` afterwards.
+async fn one_leader(
+    contenders: &mut [Contender],
+    within: Duration,
+    quiet: Duration,
+) -> Result<(usize, u64, Instant)> {
+    let deadline = Instant::now() + within;
+    let (index, term, at) = loop {
+        if Instant::now() > deadline {
+            bail!("nobody leads after {within:?}");
+        }
+        let mut found = None;
+        for (i, c) in contenders.iter_mut().enumerate() {
+            if let Some((report, at)) = c.next(Duration::from_millis(50)).await {
+                match report {
+                    Report::Leading(term) => {
+                        ensure!(found.is_none(), "two leaders at once");
+                        found = Some((i, term, at));
+                    }
+                    other => bail!("{}: unexpected {other:?}", c.name),
+                }
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+    };
+    let end = Instant::now() + quiet;
+    while Instant::now() < end {
+        for c in contenders.iter_mut() {
+            if let Some((report, _)) = c.next(Duration::from_millis(50)).await {
+                bail!("{} reported {report:?} while another leads", c.name);
+            }
+        }
+    }
+    Ok((index, term, at))
+}
+
+/// Three contenders: one leads; after it resigns another leads at once; after that one
+/// crashes another leads within the backend's bound; followers see the leader's address.
+async fn election_takeovers(
+    setup: Setup,
+    observer: Arc<dyn Election>,
+    crash_bound: Duration,
+) -> Result<()> {
+    let mut contenders: Vec<Contender> = (0..3)
+        .map(|i| Contender::start(&format!("sched-{i}-{}", unique_name("c")), setup.clone()))
+        .collect::<Result<_>>()?;
+    let (first, term1, _) = one_leader(
+        &mut contenders,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    )
+    .await?;
+    let shown = observer
+        .leader()
+        .await?
+        .context("observer sees no leader")?;
+    ensure!(shown.address == contenders[first].name, "{shown:?}");
+    ensure!(shown.term == term1, "{shown:?} vs term {term1}");
+    let watch_stop = CancellationToken::new();
+    let mut watched = observer.watch_leader(watch_stop.clone());
+    eventually(
+        "the leader watch shows the leader",
+        Duration::from_secs(5),
+        || {
+            let current = watched.borrow().clone();
+            let want = contenders[first].name.clone();
+            async move {
+                ensure!(current.map(|l| l.address) == Some(want));
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    // Resignation: another leads at once (no timeout involved).
+    let resigned_at = Instant::now();
+    contenders[first].send(Command::Resign);
+    let mut old = contenders.remove(first);
+    match old.next(Duration::from_secs(5)).await {
+        Some((Report::Lost, _)) => match old.next(Duration::from_secs(5)).await {
+            Some((Report::Resigned(true), _)) => {}
+            other => bail!("resigning leader reported {other:?}"),
+        },
+        Some((Report::Resigned(true), _)) => {}
+        other => bail!("resigning leader reported {other:?}"),
+    }
+    drop(old);
+    let (second, term2, at) = one_leader(
+        &mut contenders,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await?;
+    println!("takeover after resignation: {:?}", at - resigned_at);
+    ensure!(term2 > term1, "term {term2} after {term1}");
+    let want = contenders[second].name.clone();
+    watched.changed().await?;
+    eventually("the leader watch follows", Duration::from_secs(5), || {
+        let current = watched.borrow().clone();
+        let want = want.clone();
+        async move {
+            ensure!(current.map(|l| l.address) == Some(want));
+            Ok(())
+        }
+    })
+    .await?;
+
+    // Crash: the last contender leads within the bound.
+    let crashed_at = Instant::now();
+    contenders[second].send(Command::Crash);
+    drop(contenders.remove(second));
+    let (_, term3, at) =
+        one_leader(&mut contenders, crash_bound, Duration::from_millis(200)).await?;
+    println!(
+        "takeover after a crash: {:?} (bound {crash_bound:?})",
+        at - crashed_at
+    );
+    ensure!(term3 > term2);
+    watch_stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_election_one_leader_and_takeovers() -> Result<()> {
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    // Followers' view, built from a scheduler config as the daemon builds it.
+    let cfg = SchedulerConfig::parse(
+        &format!(
+            "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n\
+             lock_delay_ms = 1000\n",
+            consul.http,
+            prefix()
+        ),
+        std::path::Path::new("test.toml"),
+    )?;
+    let key = cfg.consul.leader_key();
+    let setup = Setup::Consul {
+        http: consul.http.clone(),
+        key,
+        lock_delay: cfg.consul.lock_delay(),
+    };
+    let observer = election::open(&cfg, "observer", Vec::new())
+        .await?
+        .context("no election for consul")?;
+    // A crashed leader's check fails within its interval (0.5 s) plus timeout (1 s); its
+    // session dies with it; then the lock-delay (1 s). The issue asks for 10 s.
+    election_takeovers(setup, observer, Duration::from_secs(10)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_election_one_leader_and_takeovers() -> Result<()> {
+    mofang_tests::init_tracing();
+    let etcd = EtcdProcess::start().await?;
+    let cfg = SchedulerConfig::parse(
+        &format!(
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n\
+             lease_ttl_secs = 2\n",
+            etcd.endpoint,
+            prefix()
+        ),
+        std::path::Path::new("test.toml"),
+    )?;
+    let setup = Setup::Etcd {
+        endpoint: etcd.endpoint.clone(),
+        key: cfg.etcd.leader_key(),
+        ttl: cfg.etcd.lease_ttl(),
+    };
+    let observer = election::open(&cfg, "observer", Vec::new())
+        .await?
+        .context("no election for etcd")?;
+    // A crashed leader's lease expires within its TTL (2 s) of the last keep-alive.
+    election_takeovers(setup, observer, Duration::from_secs(10)).await
+}
+
+/// Waits for the leader's `Lost` report and returns when it came.
+async fn lost_within(c: &mut Contender, within: Duration) -> Result<Instant> {
+    match c.next(within).await {
+        Some((Report::Lost, at)) => Ok(at),
+        other => bail!("{}: expected Lost within {within:?}, got {other:?}", c.name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_leader_learns_of_a_lost_session_and_of_silence() -> Result<()> {
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    let http = reqwest::Client::new();
+    let key = format!("{}leader", prefix());
+    let lock_delay = Duration::from_secs(3);
+    let setup = Setup::Consul {
+        http: consul.http.clone(),
+        key: key.clone(),
+        lock_delay,
+    };
+
+    // 1. The session is destroyed behind the leader's back.
+    let mut leader = Contender::start("a", setup.clone())?;
+    match leader.next(Duration::from_secs(30)).await {
+        Some((Report::Leading(_), _)) => {}
+        other => bail!("expected to lead, got {other:?}"),
+    }
+    let entry: Value = http
+        .get(format!("{}/v1/kv/{key}", consul.http))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let session = entry[0]["Session"]
+        .as_str()
+        .context("no session on the lock")?;
+    let destroyed_at = Instant::now();
+    http.put(format!("{}/v1/session/destroy/{session}", consul.http))
+        .send()
+        .await?
+        .error_for_status()?;
+    let at = lost_within(&mut leader, Duration::from_secs(2)).await?;
+    println!(
+        "consul: leader learned of its destroyed session after {:?}",
+        at - destroyed_at
+    );
+    drop(leader);
+
+    // 2. Consul stops answering: the leader steps down before the lock-delay could let
+    // anyone else lead.
+    let mut leader = Contender::start("b", setup)?;
+    match leader.next(Duration::from_secs(30)).await {
+        Some((Report::Leading(_), _)) => {}
+        other => bail!("expected to lead, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    consul.pause()?;
+    let paused_at = Instant::now();
+    let at = lost_within(&mut leader, lock_delay).await;
+    consul.resume()?;
+    let at = at?;
+    println!(
+        "consul: leader stepped down {:?} after Consul froze (lock-delay {lock_delay:?})",
+        at - paused_at
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leader_learns_of_a_revoked_lease_and_of_silence() -> Result<()> {
+    mofang_tests::init_tracing();
+    let etcd = EtcdProcess::start().await?;
+    let key = format!("{}leader", prefix());
+    let ttl = Duration::from_secs(2);
+    let setup = Setup::Etcd {
+        endpoint: etcd.endpoint.clone(),
+        key: key.clone(),
+        ttl,
+    };
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await?;
+
+    // 1. The lease is revoked behind the leader's back.
+    let mut leader = Contender::start("a", setup.clone())?;
+    match leader.next(Duration::from_secs(30)).await {
+        Some((Report::Leading(_), _)) => {}
+        other => bail!("expected to lead, got {other:?}"),
+    }
+    let resp = client.get(key.as_str(), None).await?;
+    let lease = resp.kvs().first().context("no leader key")?.lease();
+    let revoked_at = Instant::now();
+    client.lease_revoke(lease).await?;
+    let at = lost_within(&mut leader, Duration::from_secs(2)).await?;
+    println!(
+        "etcd: leader learned of its revoked lease after {:?}",
+        at - revoked_at
+    );
+    drop(leader);
+
+    // 2. etcd stops answering: the leader steps down before its lease could expire.
+    let mut leader = Contender::start("b", setup)?;
+    match leader.next(Duration::from_secs(30)).await {
+        Some((Report::Leading(_), _)) => {}
+        other => bail!("expected to lead, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    etcd.pause()?;
+    let paused_at = Instant::now();
+    let at = lost_within(&mut leader, ttl).await;
+    etcd.resume()?;
+    let at = at?;
+    println!(
+        "etcd: leader stepped down {:?} after etcd froze (lease TTL {ttl:?})",
+        at - paused_at
+    );
+    Ok(())
+}
+
+// ---- Registration ----------------------------------------------------------------------------
+
+async fn get_json(url: &str) -> Result<Value> {
+    Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_registry_schedulers_and_members() -> Result<()> {
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    let registry = ConsulRegistry::new(ConsulClient::new(&consul.http, None)?);
+    let base = consul.http.clone();
+
+    // A scheduler with a passing health endpoint.
+    let port = health_responder().await?;
+    let grpc_port = free_port()?;
+    let scheduler = SchedulerService {
+        id: "mofang-scheduler-a".to_owned(),
+        address: "127.0.0.1".to_owned(),
+        rest_port: port,
+        grpc_port,
+        health_url: format!("http://127.0.0.1:{port}/v1/health"),
+        check_interval: Duration::from_millis(500),
+    };
+    registry.register_scheduler(&scheduler).await?;
+    let catalog = get_json(&format!("{base}/v1/catalog/service/{SCHEDULER_SERVICE}")).await?;
+    let entry = &catalog[0];
+    ensure!(entry["ServiceID"] == "mofang-scheduler-a", "{catalog}");
+    ensure!(entry["ServicePort"] == port, "{catalog}");
+    ensure!(
+        entry["ServiceMeta"]["grpc_port"] == grpc_port.to_string().as_str(),
+        "{catalog}"
+    );
+    ensure!(
+        entry["ServiceTaggedAddresses"]["grpc"]["Port"] == grpc_port,
+        "{catalog}"
+    );
+    let url = format!("{base}/v1/health/service/{SCHEDULER_SERVICE}?passing");
+    eventually(
+        "the scheduler's check passes",
+        Duration::from_secs(10),
+        || {
+            let url = url.clone();
+            async move {
+                let healthy = get_json(&url).await?;
+                ensure!(healthy.as_array().map(Vec::len) == Some(1), "{healthy}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    registry.deregister_scheduler("mofang-scheduler-a").await?;
+    let catalog = get_json(&format!("{base}/v1/catalog/service/{SCHEDULER_SERVICE}")).await?;
+    ensure!(catalog.as_array().is_some_and(Vec::is_empty), "{catalog}");
+    // Deregistering what is not there is fine.
+    registry.deregister_scheduler("mofang-scheduler-a").await?;
+
+    // Members: a primary with a TTL check, then a role change, then removal.
+    let member = |role: Role| MemberService {
+        instance: "orders".to_owned(),
+        member: "orders-0".to_owned(),
+        role,
+        address: "10.1.2.3".to_owned(),
+        port: 3306,
+        check: MemberCheck::Ttl {
+            ttl: Duration::from_secs(30),
+        },
+        meta: BTreeMap::from([("epoch".to_owned(), "1".to_owned())]),
+    };
+    let passing = |tag: &str| format!("{base}/v1/health/service/orders?tag={tag}&passing");
+    registry.register_member(&member(Role::Primary)).await?;
+    let healthy = get_json(&passing("primary")).await?;
+    ensure!(
+        healthy.as_array().is_some_and(Vec::is_empty),
+        "critical until passed: {healthy}"
+    );
+    registry
+        .set_member_health("orders-0", true, "replicating")
+        .await?;
+    let healthy = get_json(&passing("primary")).await?;
+    ensure!(healthy[0]["Service"]["Address"] == "10.1.2.3", "{healthy}");
+    ensure!(healthy[0]["Service"]["Port"] == 3306, "{healthy}");
+
+    registry.register_member(&member(Role::Replica)).await?;
+    let primary = get_json(&passing("primary")).await?;
+    ensure!(primary.as_array().is_some_and(Vec::is_empty), "{primary}");
+    // Re-registration keeps the check's status: the member stays in DNS through a role change.
+    let replica = get_json(&passing("replica")).await?;
+    ensure!(
+        replica[0]["Service"]["Tags"] == serde_json::json!(["replica"]),
+        "{replica}"
+    );
+    let catalog = get_json(&format!("{base}/v1/catalog/service/orders")).await?;
+    ensure!(catalog.as_array().map(Vec::len) == Some(1), "{catalog}");
+    ensure!(
+        catalog[0]["ServiceTags"] == serde_json::json!(["replica"]),
+        "{catalog}"
+    );
+
+    registry
+        .set_member_health("orders-0", false, "down")
+        .await?;
+    let replica = get_json(&passing("replica")).await?;
+    ensure!(replica.as_array().is_some_and(Vec::is_empty), "{replica}");
+
+    // An HTTP-checked member passes once its endpoint answers.
+    let mut http_member = member(Role::Primary);
+    http_member.member = "orders-1".to_owned();
+    http_member.check = MemberCheck::Http {
+        url: format!("http://127.0.0.1:{port}/v1/members/orders-1/primary"),
+        interval: Duration::from_millis(500),
+    };
+    registry.register_member(&http_member).await?;
+    eventually(
+        "the HTTP-checked primary passes",
+        Duration::from_secs(10),
+        || {
+            let url = passing("primary");
+            async move {
+                let healthy = get_json(&url).await?;
+                ensure!(healthy[0]["Service"]["ID"] == "orders-1", "{healthy}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    registry.deregister_member("orders-0").await?;
+    registry.deregister_member("orders-1").await?;
+    let catalog = get_json(&format!("{base}/v1/catalog/service/orders")).await?;
+    ensure!(catalog.as_array().is_some_and(Vec::is_empty), "{catalog}");
+    Ok(())
+}
+
+// ---- The daemon on each backend ------------------------------------------------------------
+
+/// `mofang-scheduler` with `store = "consul"` / `"etcd"`: audited requests land in the shared
+/// store, survive a `kill -9` of the scheduler, and a bad backend setting exits 64 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
+    use mofang_tests::cluster::{binaries, SchedulerProcess};
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    let etcd = EtcdProcess::start().await?;
+    let configs = [
+        (
+            "consul",
+            format!(
+                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n",
+                consul.http,
+                prefix()
+            ),
+        ),
+        (
+            "etcd",
+            format!(
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n",
+                etcd.endpoint,
+                prefix()
+            ),
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for (kind, extra) in &configs {
+        let mut sched = SchedulerProcess::start(extra)?;
+        let token = sched.admin_token()?;
+        let resp = http
+            .post(format!("{}/v1/nodes/ghost/cordon", sched.rest))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        ensure!(resp.status() == 404, "{kind}: {}", resp.status());
+        let audit_of = |sched: &SchedulerProcess| {
+            let url = format!("{}/v1/audit", sched.rest);
+            let req = http.get(url).bearer_auth(&token);
+            async move {
+                let entries: Value = req.send().await?.error_for_status()?.json().await?;
+                Ok::<_, anyhow::Error>(entries)
+            }
+        };
+        let before = audit_of(&sched).await?;
+        ensure!(
+            before.as_array().map(Vec::len) == Some(2),
+            "{kind}: {before}"
+        );
+        ensure!(before[1]["result"] == "error 404", "{kind}: {before}");
+        sched.restart()?;
+        let after = audit_of(&sched).await?;
+        ensure!(
+            after == before,
+            "{kind}: audit changed across a restart: {after}"
+        );
+        let log = sched.log();
+        ensure!(log.contains(&format!("store: {kind}")), "{kind}: {log}");
+    }
+
+    // Bad backend settings exit 64 naming the field.
+    let bin = binaries()?.join("mofang-scheduler");
+    let dir = tempfile::tempdir()?;
+    for (text, field) in [
+        (
+            "store = \"consul\"\n[consul]\nprefix = \"mofang\"\n",
+            "consul.prefix",
+        ),
+        (
+            "store = \"etcd\"\n[etcd]\nendpoints = []\n",
+            "etcd.endpoints",
+        ),
+        ("store = \"zookeeper\"\n", "store"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text)?;
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(64),
+            "{text}: {:?} {stderr}",
+            out.status
+        );
+        ensure!(stderr.contains(field), "{text}: {stderr}");
+    }
+    Ok(())
+}
