@@ -39,12 +39,26 @@ fn check_node(name: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+impl AgentService {
+    /// Only the leader talks to agents: a follower sends them on to the next scheduler.
+    fn leading(&self) -> Result<(), Status> {
+        if self.cluster.is_active() {
+            return Ok(());
+        }
+        Err(Status::unavailable(match self.cluster.leader_hint() {
+            Some(l) => format!("this scheduler follows; the leader is {l}"),
+            None => "this scheduler follows; no leader is known".to_owned(),
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl AgentControl for AgentService {
     async fn register(
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        self.leading()?;
         let r = req.into_inner();
         check_node(&r.node)?;
         if !(r.cpu.is_finite() && r.cpu >= 0.0) {
@@ -90,6 +104,7 @@ impl AgentControl for AgentService {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.leading()?;
         let hb = req.into_inner();
         let node = hb.node.clone();
         match self.cluster.heartbeat(hb) {
@@ -108,6 +123,7 @@ impl AgentControl for AgentService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        self.leading()?;
         let w = req.into_inner();
         check_node(&w.node)?;
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");

@@ -159,12 +159,15 @@ fn need(id: &Identity, role: TokenRole) -> ApiResult<()> {
 pub struct Health {
     /// `ok`.
     pub status: String,
+    /// True on the scheduler that leads (acts and serves the API); followers redirect.
+    pub leader: bool,
 }
 
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health)), security(()))]
-async fn health() -> Json<Health> {
+async fn health(State(api): State<Api>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
+        leader: api.cluster.is_active(),
     })
 }
 
@@ -625,6 +628,41 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// On a follower, every API request but health goes to the leader: 307 with its address
+/// (clients repeat the request there, body included), or 503 while no leader is known.
+async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if api.cluster.is_active() {
+        return next.run(req).await;
+    }
+    match api.cluster.leader_hint() {
+        Some(leader) => {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let location = format!("{}{path}", leader.trim_end_matches('/'));
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, location.clone())],
+                Json(ErrorBody {
+                    error: ErrorDetail {
+                        code: "not_leader".into(),
+                        message: format!("this scheduler follows; the leader is at {location}"),
+                    },
+                }),
+            )
+                .into_response()
+        }
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "no scheduler leads right now; retry shortly",
+        )
+        .into_response(),
+    }
+}
+
 /// The API router.
 pub fn router(api: Api) -> Router {
     let protected = Router::new()
@@ -648,7 +686,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/audit", get(audit))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
-        .layer(middleware::from_fn_with_state(api.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(api.clone(), leader_only));
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))

@@ -63,6 +63,10 @@ pub struct SchedulerConfig {
     /// JSON log lines. Default false.
     #[serde(default)]
     pub log_json: bool,
+    /// Address other schedulers, clients and Consul reach this one at (its REST port is
+    /// added). Followers redirect API requests to the leader's. Default `127.0.0.1`.
+    #[serde(default = "default_advertise")]
+    pub advertise_address: String,
     /// Failover, switchover and self-healing knobs (docs/failover.md).
     #[serde(default)]
     pub failover: crate::failover::FailoverConfig,
@@ -256,6 +260,9 @@ fn check_http_url(field: &str, url: &str) -> Result<()> {
     Ok(())
 }
 
+fn default_advertise() -> String {
+    "127.0.0.1".into()
+}
 fn default_rest() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
@@ -283,6 +290,7 @@ impl Default for SchedulerConfig {
             tokens: Vec::new(),
             log_json: false,
             failover: Default::default(),
+            advertise_address: default_advertise(),
             store: StoreKind::default(),
             consul: ConsulConfig::default(),
             etcd: EtcdConfig::default(),

@@ -4,8 +4,10 @@
 use crate::agents::AgentService;
 use crate::api::{self, Api};
 use crate::auth::{ensure_admin_token, Tokens};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Registered};
+use crate::config::StoreKind;
 use crate::config::{SchedulerConfig, TokenRole};
+use crate::registry::{ConsulRegistry, Registry, SchedulerService};
 use crate::store::Store;
 use mofang_common::proto::agent_control_server::AgentControlServer;
 use std::net::SocketAddr;
@@ -33,6 +35,12 @@ pub enum Error {
     /// Loading the cluster state failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::Error),
+    /// The election backend could not be set up.
+    #[error(transparent)]
+    Election(#[from] crate::election::Error),
+    /// The Consul client could not be built.
+    #[error(transparent)]
+    Consul(#[from] crate::consul::Error),
     /// A listener could not bind.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -151,7 +159,97 @@ pub async fn start(
         .instrument(tracing::info_span!("grpc")),
     );
 
+    // High availability: with a shared store (Consul, etcd) schedulers elect a leader; only
+    // the leader acts and serves the API and agents. With SQLite this one always leads.
+    let advertise_rest = format!("http://{}:{}", cfg.advertise_address, bound.rest.port());
+    let registry: Option<Arc<dyn Registry>> = match cfg.store {
+        StoreKind::Consul => Some(Arc::new(ConsulRegistry::new(cfg.consul.client()?))),
+        _ => None,
+    };
+    let me = SchedulerService {
+        id: format!(
+            "mofang-scheduler-{}-{}",
+            cfg.advertise_address.replace(['.', ':'], "-"),
+            bound.rest.port()
+        ),
+        address: cfg.advertise_address.clone(),
+        rest_port: bound.rest.port(),
+        grpc_port: bound.grpc.port(),
+        health_url: format!("{advertise_rest}/v1/health"),
+        check_interval: Duration::from_secs(1),
+    };
+    let mut checks = Vec::new();
+    if let Some(r) = &registry {
+        match r.register_scheduler(&me).await {
+            Ok(()) => {
+                info!(service = %me.id, "registered in Consul as mofang-scheduler");
+                checks.push(me.check_id());
+            }
+            Err(e) => warn!(error = %e, "could not register in Consul; continuing"),
+        }
+    }
+    let election = crate::election::open(&cfg, &advertise_rest, checks).await?;
+    let mut tasks = Vec::new();
+    if let Some(election) = election {
+        cluster.deactivate();
+        let (c, sd, e) = (cluster.clone(), shutdown.clone(), election.clone());
+        tasks.push(tokio::spawn(
+            async move {
+                let mut leader = e.watch_leader(sd.clone());
+                loop {
+                    let hint = leader
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|l| l.address.clone());
+                    c.set_leader_hint(hint);
+                    tokio::select! {
+                        _ = sd.cancelled() => break,
+                        r = leader.changed() => if r.is_err() { break },
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("leader_watch")),
+        ));
+        let (c, sd) = (cluster.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(
+            async move {
+                loop {
+                    let lead = match election.campaign(&sd).await {
+                        Ok(l) => l,
+                        Err(crate::election::Error::Cancelled) => break,
+                        Err(e) => {
+                            warn!(error = %e, "campaign failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
+                    if let Err(e) = c.activate().await {
+                        warn!(error = %e, "won the election but cannot load the state; resigning");
+                        let _ = lead.resign().await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    info!(term = lead.term(), "leading: state reloaded from the store");
+                    let lost = lead.lost();
+                    tokio::select! {
+                        _ = lost.cancelled() => {
+                            c.deactivate();
+                            warn!(term = lead.term(), "leadership lost: stopped acting");
+                        }
+                        _ = sd.cancelled() => {
+                            c.deactivate();
+                            let _ = lead.resign().await;
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("election")),
+        ));
+    }
+
     let sd = shutdown.clone();
+    let c = cluster.clone();
     let liveness = tokio::spawn(
         async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -160,14 +258,39 @@ pub async fn start(
                 tokio::select! {
                     _ = sd.cancelled() => break,
                     _ = tick.tick() => {
-                        cluster.check_nodes().await;
-                        cluster.check_failovers().await;
+                        if c.is_active() {
+                            c.check_nodes().await;
+                            c.check_failovers().await;
+                        }
                     }
                 }
             }
         }
         .instrument(tracing::info_span!("liveness")),
     );
+    if let Some(reg) = registry.clone() {
+        let (sd, c) = (shutdown.clone(), cluster.clone());
+        tasks.push(tokio::spawn(
+            async move {
+                let mut done = Registered::default();
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = sd.cancelled() => break,
+                        _ = tick.tick() => {
+                            if c.is_active() {
+                                c.sync_endpoints(reg.as_ref(), &mut done).await;
+                            } else {
+                                done.clear();
+                            }
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("endpoints")),
+        ));
+    }
     info!(rest = %bound.rest, grpc = %bound.grpc, "scheduler listening");
 
     let run = async move {
@@ -179,6 +302,14 @@ pub async fn start(
         .await;
         if drained.is_err() {
             warn!("REST server did not drain within 5s");
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        }
+        if let Some(r) = &registry {
+            if let Err(e) = r.deregister_scheduler(&me.id).await {
+                warn!(error = %e, "could not deregister from Consul");
+            }
         }
         if tokio::time::timeout(Duration::from_secs(2), grpc_task)
             .await

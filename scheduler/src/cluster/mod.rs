@@ -2,7 +2,10 @@
 //! agents report. It takes the decisions (create, delete, node admin) and computes each
 //! node's desired state, pushed to agents over `WatchAssignments`.
 
+mod endpoints;
 mod failover;
+
+pub use endpoints::Registered;
 
 pub use failover::Trigger;
 
@@ -108,6 +111,10 @@ pub struct Cluster {
     failover: FailoverConfig,
     /// Failover counters for `/metrics`.
     pub counters: Counters,
+    /// This scheduler leads (always, with the embedded store). Followers decide nothing.
+    active: std::sync::atomic::AtomicBool,
+    /// The leader's REST address, as the election reports it (followers redirect there).
+    leader: Mutex<Option<String>>,
 }
 
 /// A member as the API shows it: decision plus observation.
@@ -288,12 +295,65 @@ impl Cluster {
             node_ttl,
             failover,
             counters: Counters::default(),
+            active: std::sync::atomic::AtomicBool::new(true),
+            leader: Mutex::new(None),
         }))
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// True while this scheduler leads and acts.
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The leader's REST address, when this one follows.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records who leads (from the election's watch).
+    pub fn set_leader_hint(&self, address: Option<String>) {
+        *self.leader.lock().unwrap_or_else(PoisonError::into_inner) = address;
+    }
+
+    /// Stops acting at once: decisions stop, agent streams close (agents go to the leader).
+    pub fn deactivate(&self) {
+        self.active
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut inner = lock(&self.inner);
+        inner.watchers.clear();
+        inner.inflight.clear();
+    }
+
+    /// Becomes the leader: reloads every record from the shared store (another scheduler
+    /// may have written since), forgets what agents told the previous term, then acts.
+    pub async fn activate(&self) -> Result<()> {
+        let nodes = self.store.nodes().await?;
+        let instances = self.store.instances().await?;
+        {
+            let mut inner = lock(&self.inner);
+            inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+            inner.reserved.clear();
+            inner.instances.clear();
+            for i in instances {
+                reserve(&mut inner.reserved, &i, true);
+                inner.instances.insert(i.spec.name.clone(), i);
+            }
+            inner.live.clear();
+            inner.watchers.clear();
+            inner.inflight.clear();
+            inner.reported.clear();
+            inner.last_lag.clear();
+        }
+        self.active.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn node_state(&self, inner: &Inner, node: &Node) -> NodeState {
