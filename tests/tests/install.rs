@@ -127,8 +127,16 @@ impl Host {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = host("docker", &args)?.trim().to_owned();
         let h = Host { id };
-        // `--wait` returns once boot is done: running, or degraded with the failed units.
-        let state = h.sh("systemctl is-system-running --wait || true")?;
+        // systemd answers once it is up; `--wait` then returns when boot is done: running, or
+        // degraded with the failed units.
+        let mut state = String::new();
+        for _ in 0..120 {
+            state = h.sh("systemctl is-system-running --wait 2>/dev/null || true")?;
+            if !state.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         ensure!(
             state.trim() == "running",
             "systemd in the test host is {state:?}; failed units:\n{}",
@@ -273,7 +281,8 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         .prefix("pkg-upgrade-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let out = run(Command::new(workspace_root().join("scripts/packages"))
-        .args(["--no-build", "--version", &newer_version])
+        .args(["--no-build", "--format", "deb", "--fast"])
+        .args(["--version", &newer_version])
         .env("CARGO_TARGET_DIR", target_dir())
         .env("OUT", newer.path()))?;
     ensure!(
@@ -482,12 +491,18 @@ fn deb_script(deb: &Path, script: &str) -> Result<String> {
     host("dpkg-deb", &["-I", &deb.to_string_lossy(), script])
 }
 
-/// One scriptlet of `rpm -qp --scripts` output: the lines after its `<name> scriptlet` header.
+/// One scriptlet of `rpm -qp --scripts` output: the lines after its `<name> scriptlet...:`
+/// header, up to the next header.
 fn rpm_scriptlet(scripts: &str, name: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in scripts.lines() {
-        if line.ends_with("):") && line.contains("scriptlet (using") {
+        let header = line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|w| w.starts_with("scriptlet"))
+            && line.ends_with(':');
+        if header && !line.starts_with(char::is_whitespace) {
             inside = line.starts_with(&format!("{name} scriptlet"));
             continue;
         }
