@@ -192,11 +192,7 @@ impl Drop for Host {
 /// A running unit's main PID and invocation id: both change when the unit restarts.
 fn invocation(h: &Host, unit: &str) -> Result<(String, String)> {
     let state = h.unit_prop(unit, "ActiveState")?;
-    ensure!(
-        state == "active",
-        "{unit} is {state}:\n{}",
-        h.journal(unit)
-    );
+    ensure!(state == "active", "{unit} is {state}:\n{}", h.journal(unit));
     Ok((
         h.unit_prop(unit, "MainPID")?,
         h.unit_prop(unit, "InvocationID")?,
@@ -235,8 +231,7 @@ fn assert_sandboxed(h: &Host, unit: &str, caps: u64) -> Result<()> {
         mounts
             .lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.get(4) == Some(&point))
-            .last()
+            .rfind(|f| f.get(4) == Some(&point))
             .and_then(|f| f.get(5).map(|o| o.to_string()))
             .unwrap_or_default()
     };
@@ -303,7 +298,12 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
     h.sh(&format!("groupadd --system --gid {sock_gid} docker"))?;
 
     // --- install ---------------------------------------------------------------------------
-    let deb = |p: &Path| format!("/pkgs/{}", p.file_name().unwrap_or_default().to_string_lossy());
+    let deb = |p: &Path| {
+        format!(
+            "/pkgs/{}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        )
+    };
     h.sh(&format!(
         "dpkg -i {} {} </dev/null",
         deb(&agent_deb),
@@ -325,7 +325,9 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
     let uid: u32 = fields[2].parse()?;
     ensure!(uid < 1000, "mofang is not a system user (uid {uid})");
     ensure!(
-        h.sh("id -nG mofang")?.split_whitespace().any(|g| g == "docker"),
+        h.sh("id -nG mofang")?
+            .split_whitespace()
+            .any(|g| g == "docker"),
         "mofang is not in group docker: {}",
         h.sh("id -nG mofang")?
     );
@@ -338,7 +340,9 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         "conffiles: {conffiles:?}"
     );
     ensure!(
-        h.sh("stat -c '%U:%G %a' /etc/mofang/scheduler.toml")?.trim() == "root:mofang 640",
+        h.sh("stat -c '%U:%G %a' /etc/mofang/scheduler.toml")?
+            .trim()
+            == "root:mofang 640",
         "scheduler.toml must be root:mofang 0640 (it may hold token secrets)"
     );
     for (dir, mode) in [
@@ -385,15 +389,19 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
          echo '# edited by the install test' >> /etc/mofang/scheduler.toml && \
          systemctl restart mofang-scheduler && systemctl enable --now mofang-agent"
     ))?;
-    let registered = eventually("the packaged agent registers", Duration::from_secs(60), || {
-        let h = &h;
-        let node = &node;
-        async move {
-            let n = h.node(node)?;
-            ensure!(n["state"] == "ready", "node {node}: {n}");
-            Ok(n)
-        }
-    })
+    let registered = eventually(
+        "the packaged agent registers",
+        Duration::from_secs(60),
+        || {
+            let h = &h;
+            let node = &node;
+            async move {
+                let n = h.node(node)?;
+                ensure!(n["state"] == "ready", "node {node}: {n}");
+                Ok(n)
+            }
+        },
+    )
     .await
     .with_context(|| h.journal("mofang-agent"))?;
     ensure!(
@@ -406,6 +414,52 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         "mofang-agent.service",
         (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE) | (1 << CAP_FOWNER),
     )?;
+    // The sandboxed agent owns its data disk: for a member placed here it reserves a volume
+    // and writes the config, both owned by the database's uid 999, and deletes them again
+    // (CAP_CHOWN, CAP_FOWNER, CAP_DAC_OVERRIDE; without them this fails with "volume I/O").
+    // The container itself cannot start here: the volume lies inside this test host while
+    // Docker is the machine's, so `docker create` refuses the bind mount; that step is outside
+    // what the unit governs and is covered by the end-to-end tests.
+    let instance = unique_name("pkgdb");
+    let member = format!("{instance}-0");
+    h.sh(&format!(
+        "{CLI_ENV} mofang instance create {instance} --engine redis --replicas 0 \
+         --cpu 0.1 --memory 128 --disk 64"
+    ))?;
+    let volume = format!("/var/lib/mofang/volumes/{member}");
+    let config = format!("/var/lib/mofang/agent/members/{member}/etc/redis.conf");
+    eventually(
+        "the agent makes the member's volume and config",
+        Duration::from_secs(30),
+        || {
+            let (h, volume, config) = (&h, &volume, &config);
+            async move {
+                let got = h.sh(&format!("stat -c '%u:%g %a' {volume} {config}"))?;
+                ensure!(
+                    got == "999:999 750\n999:999 600\n",
+                    "{volume}, {config}: {got:?}"
+                );
+                Ok(())
+            }
+        },
+    )
+    .await
+    .with_context(|| h.journal("mofang-agent"))?;
+    h.sh(&format!("{CLI_ENV} mofang instance delete {instance}"))?;
+    eventually(
+        "the agent deletes the member's volume",
+        Duration::from_secs(30),
+        || {
+            let (h, volume) = (&h, &volume);
+            async move {
+                ensure!(!h.exec(&format!("test -e {volume}"))?.status.success());
+                Ok(())
+            }
+        },
+    )
+    .await
+    .with_context(|| h.journal("mofang-agent"))?;
+
     // Data that must outlive upgrade and removal.
     h.sh("echo precious > /var/lib/mofang/volumes/keep && chown mofang: /var/lib/mofang/volumes/keep")?;
     let store_before = h.sh("stat -c %i /var/lib/mofang/scheduler/mofang.db")?;
@@ -419,7 +473,11 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         ensure!(v == format!("{newer_version}-1"), "{p} after upgrade: {v}");
     }
     assert_edited(&h, "/etc/mofang/agent.toml", &format!("node = \"{node}\""))?;
-    assert_edited(&h, "/etc/mofang/scheduler.toml", "# edited by the install test")?;
+    assert_edited(
+        &h,
+        "/etc/mofang/scheduler.toml",
+        "# edited by the install test",
+    )?;
     let agent_after = invocation(&h, "mofang-agent.service")?;
     let scheduler_after = invocation(&h, "mofang-scheduler.service")?;
     ensure!(
@@ -431,15 +489,19 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         "the scheduler was not restarted by the upgrade (pid, invocation {scheduler_before:?})"
     );
     // The restarted scheduler still knows the node from its store, and the agent is back.
-    eventually("the agent is ready after the upgrade", Duration::from_secs(60), || {
-        let h = &h;
-        let node = &node;
-        async move {
-            let n = h.node(node)?;
-            ensure!(n["state"] == "ready", "node {node}: {n}");
-            Ok(())
-        }
-    })
+    eventually(
+        "the agent is ready after the upgrade",
+        Duration::from_secs(60),
+        || {
+            let h = &h;
+            let node = &node;
+            async move {
+                let n = h.node(node)?;
+                ensure!(n["state"] == "ready", "node {node}: {n}");
+                Ok(())
+            }
+        },
+    )
     .await?;
     ensure!(h.sh("cat /var/lib/mofang/volumes/keep")?.trim() == "precious");
     ensure!(h.sh("stat -c %i /var/lib/mofang/scheduler/mofang.db")? == store_before);
@@ -540,7 +602,10 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
             .lines()
             .map(str::to_owned)
             .collect();
-        ensure!(got == want, "{name}: rpm files {got:?}\n deb files {want:?}");
+        ensure!(
+            got == want,
+            "{name}: rpm files {got:?}\n deb files {want:?}"
+        );
         ensure!(
             got.contains(&format!("/usr/lib/systemd/system/{unit}")),
             "{name}: no unit"
@@ -550,17 +615,23 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
             "sh",
             &[
                 "-c",
-                &format!(
-                    "rpm2archive - <'{rpm_s}' | tar -xzO ./usr/lib/systemd/system/{unit}"
-                ),
+                &format!("rpm2archive - <'{rpm_s}' | tar -xzO ./usr/lib/systemd/system/{unit}"),
             ],
         )?;
-        ensure!(packaged_unit == unit_text, "{name}: rpm's unit differs from systemd/{unit}");
+        ensure!(
+            packaged_unit == unit_text,
+            "{name}: rpm's unit differs from systemd/{unit}"
+        );
 
         // Config files marked %config(noreplace): an upgrade keeps an edited one, as dpkg does.
         let flags = host(
             "rpm",
-            &["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", &rpm_s],
+            &[
+                "-qp",
+                "--qf",
+                "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
+                &rpm_s,
+            ],
         )?;
         let configs: Vec<&str> = flags.lines().filter(|l| l.starts_with("/etc/")).collect();
         ensure!(
@@ -569,14 +640,22 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
         );
         let meta = host(
             "rpm",
-            &["-qp", "--qf", "%{NAME} %{VERSION} %{LICENSE}\n%{SUMMARY}", &rpm_s],
+            &[
+                "-qp",
+                "--qf",
+                "%{NAME} %{VERSION} %{LICENSE}\n%{SUMMARY}",
+                &rpm_s,
+            ],
         )?;
         ensure!(
             meta.starts_with(&format!("{name} {VERSION} Apache-2.0\n"))
                 && meta.lines().nth(1).is_some_and(|s| s.len() > 20),
             "{name}: rpm metadata {meta:?}"
         );
-        let control = host("dpkg-deb", &["-f", &deb.to_string_lossy(), "Version", "Description"])?;
+        let control = host(
+            "dpkg-deb",
+            &["-f", &deb.to_string_lossy(), "Version", "Description"],
+        )?;
         ensure!(
             control.starts_with(&format!("Version: {VERSION}-1\n")) && control.len() > 60,
             "{name}: deb control {control:?}"
@@ -596,8 +675,14 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
         let postinst = deb_script(&deb, "postinst")?;
         let prerm = deb_script(&deb, "prerm")?;
         let useradd = "useradd --system --user-group --home-dir /var/lib/mofang";
-        ensure!(pre.contains(useradd), "{name}: rpm %pre has no useradd:\n{pre}");
-        ensure!(postinst.contains(useradd), "{name}: postinst has no useradd");
+        ensure!(
+            pre.contains(useradd),
+            "{name}: rpm %pre has no useradd:\n{pre}"
+        );
+        ensure!(
+            postinst.contains(useradd),
+            "{name}: postinst has no useradd"
+        );
         ensure!(
             state_dirs(&post).is_some() && state_dirs(&post) == state_dirs(&postinst),
             "{name}: state directories differ: rpm {:?}, deb {:?}",
@@ -605,8 +690,7 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
             state_dirs(&postinst)
         );
         ensure!(
-            preun.contains("[ \"$1\" -eq 0 ]")
-                && preun.contains(&format!("disable --now {unit}")),
+            preun.contains("[ \"$1\" -eq 0 ]") && preun.contains(&format!("disable --now {unit}")),
             "{name}: rpm %preun must stop and disable on removal only:\n{preun}"
         );
         ensure!(
@@ -614,8 +698,7 @@ fn rpm_packages_carry_the_deb_layout_and_scriptlets() -> Result<()> {
             "{name}: prerm must stop on removal only:\n{prerm}"
         );
         ensure!(
-            postun.contains("[ \"$1\" -ge 1 ]")
-                && postun.contains(&format!("try-restart {unit}")),
+            postun.contains("[ \"$1\" -ge 1 ]") && postun.contains(&format!("try-restart {unit}")),
             "{name}: rpm %postun must restart after an upgrade:\n{postun}"
         );
         ensure!(
