@@ -380,6 +380,20 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         "unedited agent.toml: --check exited {}",
         check.status
     );
+    // ... and the unit does not retry it: a bad config fails once (RestartPreventExitStatus=64)
+    // instead of restarting every RestartSec=2s.
+    h.exec("systemctl start mofang-agent")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (state, restarts, status) = (
+        h.unit_prop("mofang-agent", "ActiveState")?,
+        h.unit_prop("mofang-agent", "NRestarts")?,
+        h.unit_prop("mofang-agent", "ExecMainStatus")?,
+    );
+    ensure!(
+        state == "failed" && restarts == "0" && status == "64",
+        "after a bad config the agent unit is {state}, exit {status}, {restarts} restarts"
+    );
+    h.sh("systemctl reset-failed mofang-agent")?;
     assert_sandboxed(&h, "mofang-scheduler.service", 0)?;
 
     // --- the operator configures both and starts the agent ----------------------------------
