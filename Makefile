@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench
+.PHONY: setup demo demo-down test lint build bench packages
 
 CARGO ?= cargo
 
@@ -19,9 +19,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The install test (tests/tests/install.rs) installs the packages `packages` builds.
 test: setup lint
 	$(CARGO) build --workspace --bins
+	scripts/packages
 	$(CARGO) test --workspace
+
+# .deb and .rpm of mofang-agent and mofang-scheduler (with the CLI) in target/packages/.
+packages: setup
+	scripts/packages
 
 # Scheduler benchmark: 1,000 gRPC agents, 10,000 creations over REST (see docs/benchmarks.md).
 bench: setup
