@@ -628,36 +628,82 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// On a follower, every API request but health goes to the leader: 307 with its address
-/// (clients repeat the request there, body included), or 503 while no leader is known.
+/// On a follower, every API request but health is forwarded to the leader (same method,
+/// path, token and body) and its answer relayed; 503 while no leader is known. Clients may
+/// talk to any scheduler. (A 307 would make clients drop the token: they do not resend
+/// credentials to another origin.)
 async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Response {
     if api.cluster.is_active() {
         return next.run(req).await;
     }
-    match api.cluster.leader_hint() {
-        Some(leader) => {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            let location = format!("{}{path}", leader.trim_end_matches('/'));
-            (
-                StatusCode::TEMPORARY_REDIRECT,
-                [(header::LOCATION, location.clone())],
-                Json(ErrorBody {
-                    error: ErrorDetail {
-                        code: "not_leader".into(),
-                        message: format!("this scheduler follows; the leader is at {location}"),
-                    },
-                }),
-            )
-                .into_response()
-        }
-        None => ApiError::new(
+    let Some(leader) = api.cluster.leader_hint() else {
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_leader",
             "no scheduler leads right now; retry shortly",
+        )
+        .into_response();
+    };
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(90))
+            .build()
+            .unwrap_or_default()
+    });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body over 1 MiB",
+            )
+            .into_response()
+        }
+    };
+    let Ok(m) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
+        return method_not_allowed().await.into_response();
+    };
+    let mut fwd = client.request(m, &url).body(body.to_vec());
+    for h in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = headers.get(&h).and_then(|v| v.to_str().ok()) {
+            fwd = fwd.header(h.as_str(), v);
+        }
+    }
+    match fwd.send().await {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let ctype = r
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_owned();
+            match r.bytes().await {
+                Ok(b) => (status, [(header::CONTENT_TYPE, ctype)], b.to_vec()).into_response(),
+                Err(e) => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "leader_unreachable",
+                    format!("the leader at {leader} stopped answering: {e}; the request may or may not have been applied"),
+                )
+                .into_response(),
+            }
+        }
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!("the leader at {leader} is unreachable ({e}); retry shortly"),
         )
         .into_response(),
     }

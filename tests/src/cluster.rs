@@ -130,6 +130,18 @@ impl AgentProcess {
         disk_mib: u64,
         extra: &str,
     ) -> Result<Self> {
+        Self::start_with_schedulers(node, &[scheduler.to_owned()], network, disk_mib, extra)
+    }
+
+    /// Like [`AgentProcess::start`], with several schedulers (tried in turn).
+    pub fn start_with_schedulers(
+        node: &str,
+        schedulers: &[String],
+        network: &str,
+        disk_mib: u64,
+        extra: &str,
+    ) -> Result<Self> {
+        let scheduler = schedulers.join("\", \"");
         let dir = tempfile::Builder::new()
             .prefix("mofang-agent-")
             .tempdir_in("/var/tmp")?;
@@ -249,9 +261,12 @@ impl SchedulerProcess {
             "scheduler",
         )?);
         let addr = self.rest.trim_start_matches("http://").to_owned();
+        // With tokens in the config no admin token is generated.
+        let configured = std::fs::read_to_string(self.dir.path().join("scheduler.toml"))
+            .is_ok_and(|c| c.contains("[[tokens]]"));
         for _ in 0..100 {
             if std::net::TcpStream::connect(&addr).is_ok()
-                && self.dir.path().join("data/admin.token").exists()
+                && (configured || self.dir.path().join("data/admin.token").exists())
             {
                 return Ok(());
             }

@@ -1,0 +1,305 @@
+//! Highly available schedulers on a shared store, end to end: three real schedulers on a real
+//! Consul (and on a real etcd), real agents and databases. The leader is killed under API
+//! traffic; a follower must lead within 10 s with every acknowledged request intact, the
+//! agents must follow it, and a failover after the change must work. Database endpoints in
+//! Consul must follow a failover.
+
+use anyhow::{bail, Context, Result};
+use mofang_tests::cluster::{AgentProcess, SchedulerProcess, TestNetwork};
+use mofang_tests::coord::{ConsulProcess, EtcdProcess};
+use mofang_tests::scenario::{container_of, docker_cli, spec};
+use mofang_tests::{docker, eventually, unique_name};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "ha-test-admin-token-0123456789";
+
+struct Ha {
+    scheds: Vec<SchedulerProcess>,
+    _agents: Vec<AgentProcess>,
+    _net: TestNetwork,
+    http: reqwest::Client,
+}
+
+impl Ha {
+    async fn start(store: &str) -> Result<Ha> {
+        let _ = docker().await;
+        let net = TestNetwork::create(&unique_name("net"))?;
+        let mut scheds = Vec::new();
+        for _ in 0..3 {
+            scheds.push(SchedulerProcess::start(&format!(
+                "{store}\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{TOKEN}\"\n\
+                 [failover]\nlease_ttl_ms = 2000\n"
+            ))?);
+        }
+        let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
+        let mut agents = Vec::new();
+        for z in ["a", "b", "c"] {
+            agents.push(AgentProcess::start_with_schedulers(
+                &unique_name("node"),
+                &endpoints,
+                &net.name,
+                4096,
+                &format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048"),
+            )?);
+        }
+        Ok(Ha {
+            scheds,
+            _agents: agents,
+            _net: net,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Index of the scheduler that says it leads.
+    async fn leader(&self, skip: Option<usize>) -> Result<usize> {
+        eventually("a leader", Duration::from_secs(30), || async {
+            for (i, s) in self.scheds.iter().enumerate() {
+                if Some(i) == skip {
+                    continue;
+                }
+                let h: Value = match self.http.get(format!("{}/v1/health", s.rest)).send().await {
+                    Ok(r) => r.json().await?,
+                    Err(_) => continue,
+                };
+                if h["leader"] == true {
+                    return Ok(i);
+                }
+            }
+            bail!("nobody leads")
+        })
+        .await
+    }
+
+    async fn call(
+        &self,
+        via: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(reqwest::StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.scheds[via].rest))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await?;
+        let s = r.status();
+        Ok((s, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, via: usize, path: &str) -> Result<Value> {
+        let (s, v) = self.call(via, reqwest::Method::GET, path, None).await?;
+        if !s.is_success() {
+            bail!("GET {path}: {s} {v}");
+        }
+        Ok(v)
+    }
+}
+
+fn tiny(name: &str) -> Value {
+    json!({"name": name, "engine": "redis", "version": "7.0", "replicas": 0,
+           "resources": {"cpu": 0.1, "memory": 64, "disk": 64}})
+}
+
+async fn leader_killed_under_traffic(store: String) -> Result<()> {
+    let mut ha = Ha::start(&store).await?;
+    let first = ha.leader(None).await?;
+    let via = (first + 1) % 3; // a follower: requests are redirected to the leader
+    eventually("nodes ready", Duration::from_secs(30), || async {
+        let v = ha.get(via, "/v1/nodes").await?;
+        let n = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+        if n == Some(3) {
+            Ok(())
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    let db = unique_name("ha");
+    let (s, v) = ha
+        .call(
+            via,
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(spec(&db, "mariadb", 2)),
+        )
+        .await?;
+    assert_eq!(
+        s,
+        reqwest::StatusCode::CREATED,
+        "create through a follower: {v}"
+    );
+    let ready = eventually("instance ready", Duration::from_secs(120), || async {
+        let v = ha.get(via, &format!("/v1/instances/{db}")).await?;
+        if v["status"] == "ready" {
+            Ok(v)
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    let events_before = ha
+        .get(via, "/v1/events?limit=1000")
+        .await?
+        .as_array()
+        .map_or(0, Vec::len);
+    let audit_before = ha
+        .get(via, "/v1/audit?limit=1000")
+        .await?
+        .as_array()
+        .map_or(0, Vec::len);
+
+    // API traffic through the other follower while the leader dies.
+    let other = (first + 2) % 3;
+    let (rest, http) = (ha.scheds[other].rest.clone(), ha.http.clone());
+    let traffic = tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        let mut refused = 0u32;
+        for i in 0..40 {
+            let name = format!("t{i}-{}", std::process::id());
+            let r = http
+                .post(format!("{rest}/v1/instances"))
+                .bearer_auth(TOKEN)
+                .json(&tiny(&name))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    acked.insert(name);
+                }
+                _ => refused += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        (acked, refused)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    ha.scheds[first].kill9()?;
+    let second = ha.leader(Some(first)).await?;
+    let took = killed.elapsed();
+    let kind = store.lines().next().unwrap_or_default().to_owned();
+    eprintln!("{kind}: scheduler {second} leads {took:?} after the leader was killed");
+    assert!(
+        took < Duration::from_secs(10),
+        "a follower leads within 10 s: {took:?}"
+    );
+    let (acked, refused) = traffic.await?;
+    eprintln!(
+        "{kind}: {} requests acknowledged, {refused} refused during the change",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+
+    // Nothing acknowledged is lost; nothing written before is gone.
+    let names: BTreeSet<String> = ha
+        .get(second, "/v1/instances")
+        .await?
+        .as_array()
+        .context("instances")?
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_owned))
+        .collect();
+    for n in &acked {
+        assert!(names.contains(n), "acknowledged {n} lost");
+    }
+    assert!(names.contains(&db));
+    let events_after = ha
+        .get(second, "/v1/events?limit=1000")
+        .await?
+        .as_array()
+        .map_or(0, Vec::len);
+    let audit_after = ha
+        .get(second, "/v1/audit?limit=1000")
+        .await?
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(events_after >= events_before && audit_after >= audit_before);
+
+    // The agents follow the new leader; a failover after the change works.
+    eventually("agents reconnected", Duration::from_secs(30), || async {
+        let v = ha.get(second, "/v1/nodes").await?;
+        let n = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+        if n == Some(3) {
+            Ok(())
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    let primary = ready["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
+        .and_then(|m| m["id"].as_str())
+        .context("primary")?
+        .to_owned();
+    eventually(
+        "instance ready on the new leader",
+        Duration::from_secs(60),
+        || async {
+            let v = ha.get(second, &format!("/v1/instances/{db}")).await?;
+            if v["status"] == "ready" {
+                Ok(())
+            } else {
+                bail!("{v}")
+            }
+        },
+    )
+    .await?;
+    docker_cli(&["kill", &container_of(&primary)])?;
+    eventually(
+        "failover under the new leader",
+        Duration::from_secs(60),
+        || async {
+            let v = ha.get(second, &format!("/v1/instances/{db}")).await?;
+            let p = v["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
+                .cloned()
+                .unwrap_or_default();
+            if v["epoch"].as_u64() > ready["epoch"].as_u64()
+                && p["healthy"] == true
+                && p["id"] != primary.as_str()
+            {
+                Ok(())
+            } else {
+                bail!("{v}")
+            }
+        },
+    )
+    .await?;
+    let _ = &mut ha;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_leader_killed_under_traffic_loses_nothing() -> Result<()> {
+    let consul = ConsulProcess::start().await?;
+    let prefix = unique_name("mofang");
+    leader_killed_under_traffic(format!(
+        "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n",
+        consul.http
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leader_killed_under_traffic_loses_nothing() -> Result<()> {
+    let etcd = EtcdProcess::start().await?;
+    let prefix = unique_name("mofang");
+    leader_killed_under_traffic(format!(
+        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
+        etcd.endpoint
+    ))
+    .await
+}
