@@ -174,6 +174,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         schedulers: cfg.schedulers.clone(),
         heartbeat_interval: cfg.heartbeat_interval(),
         lease_ttl: cfg.lease_ttl(),
+        consul: cfg.consul.clone(),
     };
     let link = tokio::spawn(
         link::run(link_cfg, source, desired_tx, lease, shutdown.child_token())

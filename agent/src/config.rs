@@ -70,6 +70,10 @@ pub struct AgentConfig {
     /// Log as JSON lines (for EFK). Default false.
     #[serde(default)]
     pub log_json: bool,
+    /// Consul HTTP address (e.g. `http://127.0.0.1:8500`): schedulers are found there
+    /// (healthy `mofang-scheduler` services), `schedulers` is the fallback. Default none.
+    #[serde(default)]
+    pub consul: Option<String>,
 }
 
 fn default_schedulers() -> Vec<String> {

@@ -84,6 +84,9 @@ pub struct LinkConfig {
     pub heartbeat_interval: Duration,
     /// Lifetime of the lease after the last acknowledged heartbeat. Default 10 s.
     pub lease_ttl: Duration,
+    /// Consul HTTP address to find schedulers at (service `mofang-scheduler`); the static
+    /// list is the fallback. Default none.
+    pub consul: Option<String>,
 }
 
 impl LinkConfig {
@@ -94,6 +97,7 @@ impl LinkConfig {
             schedulers,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             lease_ttl: DEFAULT_LEASE_TTL,
+            consul: None,
         }
     }
 
@@ -269,7 +273,17 @@ async fn run_inner(
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut next = 0usize;
     loop {
-        let endpoint = &cfg.schedulers[next % cfg.schedulers.len()];
+        // Schedulers registered in Consul (healthy ones), else the static list.
+        let found = match &cfg.consul {
+            Some(c) => discover(c).await,
+            None => Vec::new(),
+        };
+        let list = if found.is_empty() {
+            &cfg.schedulers
+        } else {
+            &found
+        };
+        let endpoint = &list[next % list.len()];
         next = next.wrapping_add(1);
 
         let outcome = tokio::select! {
@@ -292,6 +306,50 @@ async fn run_inner(
         }
     }
     info!("scheduler link stopped");
+}
+
+/// The gRPC endpoints of the healthy `mofang-scheduler` services in Consul (its catalog, the
+/// same data its DNS answers from); empty when Consul cannot be asked.
+pub async fn discover(consul: &str) -> Vec<String> {
+    let url = format!(
+        "{}/v1/health/service/mofang-scheduler?passing=true",
+        consul.trim_end_matches('/')
+    );
+    let answer = async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        client
+            .get(&url)
+            .send()
+            .await?
+            .json::<serde_json::Value>()
+            .await
+    }
+    .await;
+    let entries = match answer {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(consul = %consul, error = %e, "cannot ask Consul for schedulers; using the static list");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<String> = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let svc = &e["Service"];
+            let addr = svc["Address"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .or_else(|| e["Node"]["Address"].as_str())?;
+            let port = svc["Meta"]["grpc_port"].as_str()?.parse::<u16>().ok()?;
+            Some(format!("http://{addr}:{port}"))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One session against one endpoint; returns when it fails.

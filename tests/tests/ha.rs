@@ -23,7 +23,9 @@ struct Ha {
 }
 
 impl Ha {
-    async fn start(store: &str) -> Result<Ha> {
+    /// Three schedulers on `store`; with `consul`, the third agent knows no scheduler address
+    /// (a dead one) and must find them in Consul.
+    async fn start(store: &str, consul: Option<&str>) -> Result<Ha> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
         let mut scheds = Vec::new();
@@ -36,12 +38,18 @@ impl Ha {
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
         for z in ["a", "b", "c"] {
+            let mut extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
+            let mut list = endpoints.clone();
+            if let (Some(c), "c") = (consul, z) {
+                extra.push_str(&format!("\nconsul = \"{c}\""));
+                list = vec!["http://127.0.0.1:9".to_owned()];
+            }
             agents.push(AgentProcess::start_with_schedulers(
                 &unique_name("node"),
-                &endpoints,
+                &list,
                 &net.name,
                 4096,
-                &format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048"),
+                &extra,
             )?);
         }
         Ok(Ha {
@@ -107,8 +115,8 @@ fn tiny(name: &str) -> Value {
            "resources": {"cpu": 0.1, "memory": 64, "disk": 64}})
 }
 
-async fn leader_killed_under_traffic(store: String) -> Result<()> {
-    let mut ha = Ha::start(&store).await?;
+async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Result<()> {
+    let mut ha = Ha::start(&store, consul).await?;
     let first = ha.leader(None).await?;
     let via = (first + 1) % 3; // a follower: requests are redirected to the leader
     eventually("nodes ready", Duration::from_secs(30), || async {
@@ -289,7 +297,7 @@ async fn consul_leader_killed_under_traffic_loses_nothing() -> Result<()> {
     leader_killed_under_traffic(format!(
         "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n",
         consul.http
-    ))
+    ), Some(&consul.http))
     .await
 }
 
@@ -300,6 +308,6 @@ async fn etcd_leader_killed_under_traffic_loses_nothing() -> Result<()> {
     leader_killed_under_traffic(format!(
         "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
         etcd.endpoint
-    ))
+    ), None)
     .await
 }
