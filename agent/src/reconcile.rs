@@ -385,16 +385,18 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             sh.runtime.inspect(&container.id).await?
         }
         other => {
-            report(
-                sh,
-                a,
-                &st,
-                Some(&container),
-                None,
-                false,
-                format!("container {other:?}"),
-            );
-            return Ok(Action::Requeue(Duration::from_secs(1)));
+            // Paused, restarting, dead: the database does not answer; it counts as a
+            // failed check like an unanswered ping.
+            memo.ping_failures += 1;
+            let mut s = status(sh, a, &st, Some(&container), "");
+            if let Some(old) = sh.statuses.lock().ok().and_then(|m| m.get(member).cloned()) {
+                s.address = old.address;
+                s.position = old.position;
+            }
+            s.failed_checks = memo.ping_failures;
+            s.reason = format!("container {other:?} ({} checks)", memo.ping_failures);
+            sh.set_status(s);
+            return Ok(Action::Requeue(Duration::from_millis(250)));
         }
     };
     if st != orig {
@@ -570,6 +572,12 @@ async fn apply_role(
                 }
                 st.needs_seed = false;
                 sh.state.save_member(&a.member, st)?;
+            }
+            if st.applied_role == "primary" && st.applied_epoch < a.epoch {
+                // Demoted: stop application writes first, killing sessions, so a commit that
+                // waits for a semi-sync acknowledgement from a replica that now follows the
+                // new primary can never complete and be acknowledged later.
+                engine.fence(at, secrets).await?;
             }
             // Read-only first (MariaDB), then follow the new primary.
             engine.replicate_from(at, secrets, primary).await?;

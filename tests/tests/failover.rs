@@ -41,8 +41,13 @@ async fn wait_replica_rejoined(env: &Env, name: &str, id: &str, limit: Duration)
     .await
 }
 
-/// Kills the primary's container (`docker kill`) under a write workload.
+/// Kills (`docker kill`) or freezes (`docker pause`) the primary's container under a write
+/// workload.
 async fn kill_primary_under_writes(engine: &str) -> Result<()> {
+    fault_primary_under_writes(engine, "kill").await
+}
+
+async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("kill");
     let inst = env.create_ready(&name, engine, 2).await?;
@@ -53,7 +58,7 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
     let writer = SetWriter::start(&env, &name, engine, &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
     let killed_at = Instant::now();
-    docker_cli(&["kill", &container_of(&old_id)])?;
+    docker_cli(&[fault, &container_of(&old_id)])?;
     let after = env
         .wait_new_primary(
             &name,
@@ -62,6 +67,10 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
         )
         .await?;
     let detected = killed_at.elapsed();
+    if fault == "pause" {
+        // The frozen old primary wakes up as a replica of the new one.
+        docker_cli(&["unpause", &container_of(&old_id)])?;
+    }
     let acked_before = writer.acked();
     writer
         .wait_acked(acked_before.max(1000) + 200, Duration::from_secs(120))
@@ -73,7 +82,7 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
     let lost = out.lost(&present);
     let unexpected = out.unexpected(&present);
     eprintln!(
-        "{engine}: attempted {}, acknowledged {}, lost {}, unexpected {}, outage {:?}, new primary healthy after {detected:?}",
+        "{engine} {fault}: attempted {}, acknowledged {}, lost {}, unexpected {}, outage {:?}, new primary healthy after {detected:?}",
         out.attempted.len(),
         out.acked.len(),
         lost.len(),
@@ -120,6 +129,11 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_primary_killed_under_writes_loses_nothing() -> Result<()> {
     kill_primary_under_writes("mariadb").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_primary_frozen_under_writes_loses_nothing() -> Result<()> {
+    fault_primary_under_writes("mariadb", "pause").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,7 +205,7 @@ impl Engine for MariaDb {
     }
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
-        timed(NAME, at, async {
+        timed_for(NAME, at, super::PING_TIMEOUT, async {
             let mut c = connect(at, s).await?;
             c.ping().await.map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;

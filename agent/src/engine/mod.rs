@@ -45,6 +45,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How long one engine call may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a health check (ping) may take: a hung database counts as a failed check soon.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Instance-wide credentials. Generated once per instance, stored 0600, never logged.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

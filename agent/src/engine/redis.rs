@@ -135,7 +135,7 @@ impl Engine for Redis {
     }
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
-        timed(NAME, at, async {
+        timed_for(NAME, at, super::PING_TIMEOUT, async {
             let mut c = connect(at, s).await?;
             let pong: String = cmd(&mut c, at, &["PING"]).await?;
             if pong == "PONG" {
