@@ -202,6 +202,19 @@ fn replicas_of(a: &Assignment) -> u32 {
 struct WorkerMemo {
     last_usage: Option<(Instant, u64, bool)>,
     ping_failures: u32,
+    /// The container in which the server last answered: failed checks count only after
+    /// the server answered once (a starting server is not a dead one).
+    answered_in: Option<String>,
+}
+
+impl WorkerMemo {
+    fn failed_checks(&self, container: &str) -> u32 {
+        if self.answered_in.as_deref() == Some(container) {
+            self.ping_failures
+        } else {
+            0
+        }
+    }
 }
 
 /// Reconciles one member once.
@@ -393,7 +406,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
                 s.address = old.address;
                 s.position = old.position;
             }
-            s.failed_checks = memo.ping_failures;
+            s.failed_checks = memo.failed_checks(&container.id);
             s.reason = format!("container {other:?} ({} checks)", memo.ping_failures);
             sh.set_status(s);
             return Ok(Action::Requeue(Duration::from_millis(250)));
@@ -435,12 +448,13 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     if let Err(e) = engine.ping(&target, &secrets).await {
         memo.ping_failures += 1;
         let mut s = status(sh, a, &st, Some(&container), &address);
-        s.failed_checks = memo.ping_failures;
+        s.failed_checks = memo.failed_checks(&container.id);
         s.reason = format!("not answering ({} checks): {e}", memo.ping_failures);
         sh.set_status(s);
         return Ok(Action::Requeue(Duration::from_millis(250)));
     }
     memo.ping_failures = 0;
+    memo.answered_in = Some(container.id.clone());
 
     // 5. Role, under the epoch rule.
     let mut reason = String::new();
