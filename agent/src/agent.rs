@@ -3,6 +3,7 @@
 
 use crate::config::AgentConfig;
 use crate::link::{self, Lease, LinkConfig, NodeSource};
+use crate::metrics::{AgentCounters, Exporter, Sources};
 use crate::reconcile::{self, Shared, Statuses};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::state::LocalState;
@@ -30,6 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 struct Source {
     cfg: AgentConfig,
+    counters: Arc<AgentCounters>,
     volumes: Arc<VolumeManager>,
     statuses: Statuses,
     desired: watch::Receiver<Option<DesiredState>>,
@@ -105,6 +107,10 @@ impl NodeSource for Source {
                 .unwrap_or(0),
         }
     }
+
+    fn heartbeat_result(&self, acknowledged: bool) {
+        self.counters.heartbeat(acknowledged);
+    }
 }
 
 /// Connects to Docker, retrying with backoff until it answers or shutdown.
@@ -155,8 +161,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired_rx.clone(),
     );
 
+    let counters = Arc::new(AgentCounters::default());
+    let exporter = Exporter::new(Sources {
+        cfg: cfg.clone(),
+        runtime: shared.runtime.clone(),
+        volumes: volumes.clone(),
+        state: shared.state.clone(),
+        statuses: shared.statuses.clone(),
+        desired: desired_rx.clone(),
+        counters: counters.clone(),
+    });
     let source = Arc::new(Source {
         cfg: cfg.clone(),
+        counters,
         volumes,
         statuses: shared.statuses.clone(),
         desired: desired_rx,
@@ -174,8 +191,22 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let rec = tokio::spawn(
         reconcile::run(shared, shutdown.child_token()).instrument(tracing::info_span!("reconcile")),
     );
-    info!(node = %cfg.node, network = %cfg.network, "agent running");
-    let _ = tokio::join!(link, rec);
+    let inventory = tokio::spawn(
+        exporter
+            .clone()
+            .run_inventory(shutdown.child_token())
+            .instrument(tracing::info_span!("metrics")),
+    );
+    // Validated by the config: a bad address never gets here.
+    let http = match cfg.http_listen.parse() {
+        Ok(addr) => tokio::spawn(
+            crate::http::serve(addr, exporter, shutdown.child_token())
+                .instrument(tracing::info_span!("http")),
+        ),
+        Err(_) => tokio::spawn(async {}),
+    };
+    info!(node = %cfg.node, network = %cfg.network, http = %cfg.http_listen, "agent running");
+    let _ = tokio::join!(link, rec, inventory, http);
     info!("agent stopped; database containers keep running");
     Ok(())
 }
