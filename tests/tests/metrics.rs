@@ -67,19 +67,23 @@ async fn wait_healthy(
     member: &str,
     pred: impl Fn(&MemberStatus) -> bool,
 ) -> Result<MemberStatus> {
-    eventually(&format!("{member} healthy"), Duration::from_secs(120), || async {
-        let hb = fake.last_heartbeat(&agent.node).context("no heartbeat")?;
-        let m = hb
-            .members
-            .into_iter()
-            .find(|m| m.member == member)
-            .context("not reported")?;
-        if pred(&m) {
-            Ok(m)
-        } else {
-            bail!("{m:?}")
-        }
-    })
+    eventually(
+        &format!("{member} healthy"),
+        Duration::from_secs(120),
+        || async {
+            let hb = fake.last_heartbeat(&agent.node).context("no heartbeat")?;
+            let m = hb
+                .members
+                .into_iter()
+                .find(|m| m.member == member)
+                .context("not reported")?;
+            if pred(&m) {
+                Ok(m)
+            } else {
+                bail!("{m:?}")
+            }
+        },
+    )
     .await
 }
 
@@ -185,12 +189,18 @@ fn label<'a>(series: &'a Value, name: &str) -> &'a str {
 /// Names the exporters that Mofang replaces already publish, which promtool's linter flags:
 /// mysqld_exporter's generic families embed the server's own variable names
 /// (`mysql_global_variables_expire_logs_days`: "use base unit seconds"), and redis_exporter
-/// names some durations `_sec`. Dashboards and rules depend on these spellings; every other
+/// names some durations `_sec`, node_exporter keeps /proc/meminfo's capitals. Dashboards and rules depend on these spellings; every other
 /// name (cAdvisor's, node_exporter's, Mofang's) must lint clean.
 fn is_inherited_exporter_name(metric: &str) -> bool {
-    ["mysql_global_variables_", "mysql_global_status_", "mysql_slave_status_"]
-        .iter()
-        .any(|p| metric.starts_with(p))
+    [
+        "mysql_global_variables_",
+        "mysql_global_status_",
+        "mysql_slave_status_",
+        // node_exporter's /proc/meminfo spelling (node_memory_MemAvailable_bytes): camelCase.
+        "node_memory_",
+    ]
+    .iter()
+    .any(|p| metric.starts_with(p))
         || [
             "redis_aof_current_rewrite_duration_sec",
             "redis_aof_last_rewrite_duration_sec",
@@ -290,14 +300,22 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let metrics_url = format!("{}/metrics", agent.http);
-    let text = eventually("metrics with all members up", Duration::from_secs(30), || async {
-        let t = http.get(&metrics_url).send().await?.text().await?;
-        for (name, m) in [("mysql_up", &m_db), ("redis_up", &m_c0), ("redis_up", &m_c1)] {
-            let up = sample(&t, name, &[&format!("mofang_member=\"{m}\"")]);
-            ensure!(up == Some(1.0), "{name} of {m} is {up:?}");
-        }
-        Ok(t)
-    })
+    let text = eventually(
+        "metrics with all members up",
+        Duration::from_secs(30),
+        || async {
+            let t = http.get(&metrics_url).send().await?.text().await?;
+            for (name, m) in [
+                ("mysql_up", &m_db),
+                ("redis_up", &m_c0),
+                ("redis_up", &m_c1),
+            ] {
+                let up = sample(&t, name, &[&format!("mofang_member=\"{m}\"")]);
+                ensure!(up == Some(1.0), "{name} of {m} is {up:?}");
+            }
+            Ok(t)
+        },
+    )
     .await?;
     promtool_check_metrics(&text)?;
     for family in [
@@ -310,13 +328,20 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     ] {
         assert!(text.contains(family), "missing {family}");
     }
-    let hb = sample(&text, "mofang_agent_heartbeats_total", &["result=\"success\""]);
+    let hb = sample(
+        &text,
+        "mofang_agent_heartbeats_total",
+        &["result=\"success\""],
+    );
     assert!(hb.is_some_and(|n| n >= 1.0), "heartbeats: {hb:?}");
 
     // OpenMetrics when asked for it, as Prometheus does.
     let om = http
         .get(&metrics_url)
-        .header("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
         .send()
         .await?;
     let ct = om
@@ -348,7 +373,9 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     let ws = prom
         .one(
             &http,
-            &format!("container_memory_working_set_bytes{{container_label_mofang_member=\"{m_db}\"}}"),
+            &format!(
+                "container_memory_working_set_bytes{{container_label_mofang_member=\"{m_db}\"}}"
+            ),
         )
         .await?;
     assert_eq!(label(&ws, "name"), format!("mofang-{m_db}"));
@@ -365,7 +392,9 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     let limit = prom
         .one(
             &http,
-            &format!("container_spec_memory_limit_bytes{{container_label_mofang_member=\"{m_db}\"}}"),
+            &format!(
+                "container_spec_memory_limit_bytes{{container_label_mofang_member=\"{m_db}\"}}"
+            ),
         )
         .await?;
     assert_eq!(value(&limit)?, 268_435_456.0);
@@ -415,12 +444,18 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     assert_eq!(label(&slaves, "mofang_instance"), cache);
     assert_eq!(label(&slaves, "role"), "primary");
     let link = prom
-        .one(&http, &format!("redis_master_link_up{{mofang_member=\"{m_c1}\"}}"))
+        .one(
+            &http,
+            &format!("redis_master_link_up{{mofang_member=\"{m_c1}\"}}"),
+        )
         .await?;
     assert_eq!(value(&link)?, 1.0);
     assert_eq!(label(&link, "role"), "replica");
     let info = prom
-        .one(&http, &format!("redis_instance_info{{mofang_member=\"{m_c1}\"}}"))
+        .one(
+            &http,
+            &format!("redis_instance_info{{mofang_member=\"{m_c1}\"}}"),
+        )
         .await?;
     assert_eq!(label(&info, "role"), "slave", "redis_exporter's word");
     assert!(label(&info, "redis_version").starts_with("7.0"), "{info}");
@@ -435,22 +470,32 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     let frozen = db_status.container_id.clone();
     let paused = Command::new("docker").args(["pause", &frozen]).status()?;
     ensure!(paused.success(), "docker pause failed");
-    let r = eventually("frozen member shows down", Duration::from_secs(30), || async {
-        let t = http.get(&metrics_url).send().await?.text().await?;
-        let db_up = sample(&t, "mysql_up", &[&format!("mofang_member=\"{m_db}\"")]);
-        ensure!(db_up == Some(0.0), "mysql_up of the frozen member: {db_up:?}");
-        for m in [&m_c0, &m_c1] {
-            let up = sample(&t, "redis_up", &[&format!("mofang_member=\"{m}\"")]);
-            ensure!(up == Some(1.0), "redis_up of {m}: {up:?}");
-        }
-        let ws = sample(
-            &t,
-            "container_memory_working_set_bytes",
-            &[&format!("container_label_mofang_member=\"{m_db}\"")],
-        );
-        ensure!(ws.is_some_and(|v| v > 0.0), "frozen container's memory: {ws:?}");
-        Ok(())
-    })
+    let r = eventually(
+        "frozen member shows down",
+        Duration::from_secs(30),
+        || async {
+            let t = http.get(&metrics_url).send().await?.text().await?;
+            let db_up = sample(&t, "mysql_up", &[&format!("mofang_member=\"{m_db}\"")]);
+            ensure!(
+                db_up == Some(0.0),
+                "mysql_up of the frozen member: {db_up:?}"
+            );
+            for m in [&m_c0, &m_c1] {
+                let up = sample(&t, "redis_up", &[&format!("mofang_member=\"{m}\"")]);
+                ensure!(up == Some(1.0), "redis_up of {m}: {up:?}");
+            }
+            let ws = sample(
+                &t,
+                "container_memory_working_set_bytes",
+                &[&format!("container_label_mofang_member=\"{m_db}\"")],
+            );
+            ensure!(
+                ws.is_some_and(|v| v > 0.0),
+                "frozen container's memory: {ws:?}"
+            );
+            Ok(())
+        },
+    )
     .await;
     let _ = Command::new("docker").args(["unpause", &frozen]).status();
     r?;
@@ -516,7 +561,10 @@ fn scrape_configs_and_alertmanager_config_are_valid() -> Result<()> {
             .filter(|l| l.trim_start().starts_with("line "))
             .collect();
         ensure!(
-            !errors.is_empty() && errors.iter().all(|l| l.contains("field consul_sd_configs not found")),
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|l| l.contains("field consul_sd_configs not found")),
             "promtool check config consul.yml:\n{out}"
         );
     }
@@ -531,14 +579,50 @@ fn scrape_configs_and_alertmanager_config_are_valid() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Alerts converge per instance and per node.
-    let routed = Command::new("amtool")
-        .args(["config", "routes", "show", "--config.file"])
-        .arg(dir.join("alertmanager/alertmanager.yml"))
-        .output()?;
-    let routes = String::from_utf8_lossy(&routed.stdout);
-    assert!(routes.contains("mofang_instance"), "{routes}");
-    assert!(routes.contains("node"), "{routes}");
+    // Critical database alerts page, whichever node raised them; host alerts route by node.
+    for (labels, receiver) in [
+        (
+            &[
+                "alertname=MofangDatabaseDown",
+                "severity=critical",
+                "mofang_instance=orders",
+            ][..],
+            "dba-pager",
+        ),
+        (
+            &[
+                "alertname=MofangReplicationLagging",
+                "severity=warning",
+                "mofang_instance=orders",
+            ][..],
+            "dba-oncall",
+        ),
+        (
+            &["alertname=MofangAgentDown", "severity=critical", "node=db3"][..],
+            "dba-pager",
+        ),
+        (
+            &[
+                "alertname=MofangDiskNearlyFull",
+                "severity=warning",
+                "node=db3",
+            ][..],
+            "dba-oncall",
+        ),
+    ] {
+        let out = Command::new("amtool")
+            .args(["config", "routes", "test", "--config.file"])
+            .arg(dir.join("alertmanager/alertmanager.yml"))
+            .arg(format!("--verify.receivers={receiver}"))
+            .args(labels)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{labels:?} should reach {receiver}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 
@@ -560,10 +644,19 @@ fn dashboards_are_grafana_json_over_agent_metrics() -> Result<()> {
         for p in panels {
             for t in p["targets"].as_array().into_iter().flatten() {
                 let expr = t["expr"].as_str().unwrap_or("");
-                ensure!(!expr.is_empty(), "{}: panel {} without expr", path.display(), p["title"]);
+                ensure!(
+                    !expr.is_empty(),
+                    "{}: panel {} without expr",
+                    path.display(),
+                    p["title"]
+                );
             }
         }
     }
-    ensure!(seen >= 2, "expected the instance and host dashboards in {}", dir.display());
+    ensure!(
+        seen >= 2,
+        "expected the instance and host dashboards in {}",
+        dir.display()
+    );
     Ok(())
 }

@@ -20,7 +20,7 @@ pub struct Tracked {
     pub info: ContainerInfo,
     /// cgroup directories (None while not running).
     pub paths: Option<Paths>,
-    /// Whether it has its own network namespace (not the host's).
+    /// Whether it has its own network namespace (not the host's, which the agent runs in).
     pub own_netns: bool,
     /// Start time, seconds since the epoch.
     pub started: Option<f64>,
@@ -32,7 +32,10 @@ impl Tracked {
         let running = info.state == ContainerState::Running;
         let pid = info.pid.filter(|_| running);
         let paths = pid.and_then(|p| mounts.paths_of(p));
-        let own_netns = match (pid.and_then(procfs::net_namespace), host_netns) {
+        let own_netns = match (
+            pid.and_then(|p| procfs::net_namespace(&p.to_string())),
+            host_netns,
+        ) {
             (Some(ns), Some(host)) => ns != host,
             _ => false,
         };

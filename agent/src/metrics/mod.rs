@@ -116,7 +116,9 @@ impl Exporter {
         Arc::new(Exporter {
             src,
             mounts: cgroup::Mounts::detect(),
-            host_netns: procfs::net_namespace(1),
+            // The agent runs in the host's network namespace (systemd unit); PID 1's may not
+            // be readable (containers, sandboxes), the agent's own always is.
+            host_netns: procfs::net_namespace("self"),
             inventory: RwLock::default(),
             refresh: Notify::new(),
             pool: db::Pool::default(),

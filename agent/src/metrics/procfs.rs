@@ -128,9 +128,9 @@ pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
         .collect()
 }
 
-/// The network namespace of a process (`net:[4026531992]`), to tell host-network containers
-/// (same namespace as PID 1) from those with their own.
-pub fn net_namespace(pid: u32) -> Option<String> {
+/// The network namespace of a process (`net:[4026531992]`; `pid` may be `self`), to tell
+/// host-network containers (in the agent's own namespace) from those with their own.
+pub fn net_namespace(pid: &str) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/ns/net"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())
