@@ -62,11 +62,7 @@ impl Mounts {
                 root: unescape(root),
             };
             match *fstype {
-                "cgroup2" => {
-                    if m.v2.is_none() {
-                        m.v2 = Some(mount);
-                    }
-                }
+                "cgroup2" if m.v2.is_none() => m.v2 = Some(mount),
                 "cgroup" => {
                     for opt in r.get(2).map(|o| o.split(',')).into_iter().flatten() {
                         if matches!(opt, "memory" | "cpu" | "cpuacct" | "blkio" | "pids") {
