@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench packages
+.PHONY: setup demo demo-down test lint build bench packages bench-metrics
 
 CARGO ?= cargo
 
@@ -32,3 +32,8 @@ packages: setup
 # Scheduler benchmark: 1,000 gRPC agents, 10,000 creations over REST (see docs/benchmarks.md).
 bench: setup
 	$(CARGO) run --release -q -p mofang-tests --bin bench-scheduler
+
+# Metrics benchmark: agent /metrics vs mysqld_exporter + redis_exporter at 10 and 50 containers
+# (see docs/benchmarks.md).
+bench-metrics: setup
+	$(CARGO) run --release -q -p mofang-tests --bin bench-metrics

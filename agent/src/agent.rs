@@ -3,6 +3,7 @@
 
 use crate::config::AgentConfig;
 use crate::link::{self, Lease, LinkConfig, NodeSource};
+use crate::metrics::{AgentCounters, Exporter, Sources};
 use crate::reconcile::{self, Shared, Statuses};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::state::LocalState;
@@ -30,6 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 struct Source {
     cfg: AgentConfig,
+    counters: Arc<AgentCounters>,
     volumes: Arc<VolumeManager>,
     statuses: Statuses,
     desired: watch::Receiver<Option<DesiredState>>,
@@ -82,7 +84,7 @@ impl NodeSource for Source {
             disks: disks(&self.volumes),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             lease_ttl_ms: self.cfg.lease_ttl_ms,
-            http_address: String::new(),
+            http_address: http_address(&self.cfg),
         }
     }
 
@@ -111,6 +113,20 @@ impl NodeSource for Source {
 
     fn status_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.changed.clone())
+    }
+
+    fn heartbeat_result(&self, acknowledged: bool) {
+        self.counters.heartbeat(acknowledged);
+    }
+}
+
+/// Where others reach this agent's HTTP server: `http_listen`, with an unspecified host
+/// (`0.0.0.0`, `[::]`) replaced by `advertise_address`.
+fn http_address(cfg: &AgentConfig) -> String {
+    match cfg.http_listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("{}:{}", cfg.advertise_address, a.port()),
+        Ok(a) => a.to_string(),
+        Err(_) => String::new(),
     }
 }
 
@@ -162,8 +178,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired_rx.clone(),
     );
 
+    let counters = Arc::new(AgentCounters::default());
+    let exporter = Exporter::new(Sources {
+        cfg: cfg.clone(),
+        runtime: shared.runtime.clone(),
+        volumes: volumes.clone(),
+        state: shared.state.clone(),
+        statuses: shared.statuses.clone(),
+        desired: desired_rx.clone(),
+        counters: counters.clone(),
+    });
     let source = Arc::new(Source {
         cfg: cfg.clone(),
+        counters,
         volumes,
         statuses: shared.statuses.clone(),
         desired: desired_rx,
@@ -176,6 +203,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         lease_ttl: cfg.lease_ttl(),
         consul: cfg.consul.clone(),
     };
+    let checks = crate::roles::router(Arc::new(crate::roles::RoleChecks {
+        statuses: shared.statuses.clone(),
+        desired: shared.desired.clone(),
+        lease: lease.clone(),
+        max_lag_seconds: 30,
+    }));
     let link = tokio::spawn(
         link::run(link_cfg, source, desired_tx, lease, shutdown.child_token())
             .instrument(tracing::info_span!("link")),
@@ -183,8 +216,22 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let rec = tokio::spawn(
         reconcile::run(shared, shutdown.child_token()).instrument(tracing::info_span!("reconcile")),
     );
-    info!(node = %cfg.node, network = %cfg.network, "agent running");
-    let _ = tokio::join!(link, rec);
+    let inventory = tokio::spawn(
+        exporter
+            .clone()
+            .run_inventory(shutdown.child_token())
+            .instrument(tracing::info_span!("metrics")),
+    );
+    // Validated by the config: a bad address never gets here.
+    let http = match cfg.http_listen.parse() {
+        Ok(addr) => tokio::spawn(
+            crate::http::serve(addr, exporter, checks, shutdown.child_token())
+                .instrument(tracing::info_span!("http")),
+        ),
+        Err(_) => tokio::spawn(async {}),
+    };
+    info!(node = %cfg.node, network = %cfg.network, http = %cfg.http_listen, "agent running");
+    let _ = tokio::join!(link, rec, inventory, http);
     info!("agent stopped; database containers keep running");
     Ok(())
 }

@@ -74,6 +74,14 @@ pub struct AgentConfig {
     /// (healthy `mofang-scheduler` services), `schedulers` is the fallback. Default none.
     #[serde(default)]
     pub consul: Option<String>,
+    /// Address of the agent's HTTP server (`GET /metrics`). Default `0.0.0.0:9187`: Prometheus
+    /// scrapes from another host; use `127.0.0.1:9187` to keep it local.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// How long one member's database may take to answer a metrics scrape before it shows
+    /// `mysql_up 0` / `redis_up 0` for that scrape, in ms. Default 2000.
+    #[serde(default = "default_metrics_timeout_ms")]
+    pub metrics_timeout_ms: u64,
 }
 
 fn default_schedulers() -> Vec<String> {
@@ -99,6 +107,12 @@ fn default_lease_ms() -> u64 {
 }
 fn default_stop_grace() -> u64 {
     30
+}
+fn default_http_listen() -> String {
+    "0.0.0.0:9187".into()
+}
+fn default_metrics_timeout_ms() -> u64 {
+    2000
 }
 
 impl AgentConfig {
@@ -171,6 +185,18 @@ impl AgentConfig {
         if self.stop_grace_secs > 3600 {
             return Err(invalid("stop_grace_secs", "at most 3600"));
         }
+        if self.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http_listen",
+                format!("'{}' is not an ip:port address", self.http_listen),
+            ));
+        }
+        if !(10..=60_000).contains(&self.metrics_timeout_ms) {
+            return Err(invalid(
+                "metrics_timeout_ms",
+                "must be between 10 and 60000",
+            ));
+        }
         Ok(())
     }
 
@@ -199,6 +225,11 @@ impl AgentConfig {
     /// Lease ttl.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    /// Per-member database deadline of a metrics scrape.
+    pub fn metrics_timeout(&self) -> Duration {
+        Duration::from_millis(self.metrics_timeout_ms)
     }
 }
 
@@ -231,6 +262,12 @@ mod tests {
         assert!(e.to_string().contains("disks[0].path"), "{e}");
         let e = parse("node = \"a\"\nport_range = [5, 1]\n[[disks]]\npath = \"/d\"\n").unwrap_err();
         assert!(e.to_string().contains("port_range"), "{e}");
+        let e = parse("node = \"a\"\nhttp_listen = \"localhost\"\n[[disks]]\npath = \"/d\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("http_listen"), "{e}");
+        let e =
+            parse("node = \"a\"\nmetrics_timeout_ms = 0\n[[disks]]\npath = \"/d\"\n").unwrap_err();
+        assert!(e.to_string().contains("metrics_timeout_ms"), "{e}");
         let e = parse("node = 5\n").unwrap_err();
         assert!(e.to_string().contains("node"), "{e}");
     }

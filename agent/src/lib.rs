@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod reconcile;
 pub mod roles;
 pub mod runtime;

@@ -194,6 +194,8 @@ pub trait NodeSource: Send + Sync + 'static {
     fn status_changed(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+    /// Told the outcome of each heartbeat (for the agent's metrics). Default: ignored.
+    fn heartbeat_result(&self, _acknowledged: bool) {}
 }
 
 /// Exponential backoff between sessions, with jitter.
@@ -438,12 +440,15 @@ async fn heartbeats(
             .map_err(|_| Error::Timeout {
                 call: "Heartbeat",
                 after: timeout,
-            })?
-            .map_err(|status| Error::Call {
-                call: "Heartbeat",
-                status,
-            })?
-            .into_inner();
+            })
+            .and_then(|r| {
+                r.map_err(|status| Error::Call {
+                    call: "Heartbeat",
+                    status,
+                })
+            });
+        source.heartbeat_result(answer.is_ok());
+        let answer = answer?.into_inner();
         lease.renew_at(sent);
         let known = revision(&desired.borrow());
         if answer.revision > known {

@@ -116,6 +116,8 @@ impl Drop for TestNetwork {
 pub struct AgentProcess {
     /// Node name.
     pub node: String,
+    /// Base URL of the agent's HTTP server (`/metrics`), on a free loopback port.
+    pub http: String,
     /// The agent's work directory (state, disks, config, log).
     pub dir: tempfile::TempDir,
     child: Option<Child>,
@@ -145,10 +147,11 @@ impl AgentProcess {
         let dir = tempfile::Builder::new()
             .prefix("mofang-agent-")
             .tempdir_in("/var/tmp")?;
+        let http_port = free_port()?;
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
              state_dir = \"{state}\"\nheartbeat_interval_ms = 200\nlease_ttl_ms = 2000\n\
-             stop_grace_secs = 5\n{extra}\n\
+             stop_grace_secs = 5\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
             disk = dir.path().join("disk0").display(),
@@ -156,6 +159,7 @@ impl AgentProcess {
         std::fs::write(dir.path().join("agent.toml"), cfg)?;
         let mut a = AgentProcess {
             node: node.to_owned(),
+            http: format!("http://127.0.0.1:{http_port}"),
             dir,
             child: None,
         };

@@ -1,0 +1,570 @@
+//! The agent's Prometheus metrics: in one scrape, container metrics under cAdvisor's names
+//! (from cgroup files), host metrics under node_exporter's names (from `/proc` and statvfs),
+//! database metrics under mysqld_exporter's and redis_exporter's names (over the wire, as the
+//! monitoring account), and the agent's own. Everything is gathered when scraped; samples carry
+//! no timestamps (https://prometheus.io/docs/instrumenting/writing_exporters/).
+
+pub mod cgroup;
+pub mod container;
+pub mod db;
+pub mod model;
+pub mod mysql;
+pub mod procfs;
+pub mod redis;
+
+use crate::config::{AgentConfig, NetworkMode};
+use crate::engine::Secrets;
+use crate::reconcile::Statuses;
+use crate::runtime::{ContainerRuntime, ContainerState};
+use crate::state::LocalState;
+use crate::volume::VolumeManager;
+use container::{DeviceNames, Tracked, VolumeFs};
+use futures::StreamExt;
+use model::{label, Families, Format, Kind};
+use mofang_common::labels;
+use mofang_common::proto::DesiredState;
+use mofang_common::EngineKind;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// How often the container inventory is refreshed without an event.
+const INVENTORY_REFRESH: Duration = Duration::from_secs(10);
+
+/// The agent's own counters, updated by the parts of the agent they describe.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    heartbeats_ok: AtomicU64,
+    heartbeats_failed: AtomicU64,
+    scrapes: AtomicU64,
+}
+
+impl AgentCounters {
+    /// Records one heartbeat's outcome.
+    pub fn heartbeat(&self, ok: bool) {
+        let c = if ok {
+            &self.heartbeats_ok
+        } else {
+            &self.heartbeats_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the metrics need from the rest of the agent.
+pub struct Sources {
+    /// Agent config (node name, network mode, state directory, timeouts).
+    pub cfg: AgentConfig,
+    /// The container runtime (container list, events; never stats).
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Data volumes.
+    pub volumes: Arc<VolumeManager>,
+    /// Local state (member ports in host network mode).
+    pub state: LocalState,
+    /// Member statuses from the reconcile loop.
+    pub statuses: Statuses,
+    /// The desired state (which members, engines, instances, secrets).
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    /// The agent's own counters.
+    pub counters: Arc<AgentCounters>,
+}
+
+/// Capacity of a data disk, known at start-up (it does not change while running).
+#[derive(Debug, Clone)]
+struct DiskInfo {
+    path: PathBuf,
+    class: String,
+    capacity: u64,
+}
+
+/// Gathers and encodes the metrics; shared by the HTTP handlers.
+pub struct Exporter {
+    src: Sources,
+    mounts: cgroup::Mounts,
+    host_netns: Option<String>,
+    inventory: RwLock<Arc<Vec<Tracked>>>,
+    refresh: Notify,
+    pool: db::Pool,
+    devices: DeviceNames,
+    disks: Vec<DiskInfo>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Builds the exporter; call [`Exporter::run_inventory`] to keep its container list fresh.
+    pub fn new(src: Sources) -> Arc<Self> {
+        let disks = src
+            .volumes
+            .disks()
+            .into_iter()
+            .map(|d| DiskInfo {
+                path: d.path,
+                class: d.class,
+                capacity: d.capacity_bytes,
+            })
+            .collect();
+        Arc::new(Exporter {
+            src,
+            mounts: cgroup::Mounts::detect(),
+            // The agent runs in the host's network namespace (systemd unit); PID 1's may not
+            // be readable (containers, sandboxes), the agent's own always is.
+            host_netns: procfs::net_namespace("self"),
+            inventory: RwLock::default(),
+            refresh: Notify::new(),
+            pool: db::Pool::default(),
+            devices: DeviceNames::default(),
+            disks,
+        })
+    }
+
+    fn inventory(&self) -> Arc<Vec<Tracked>> {
+        self.inventory.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    async fn refresh_inventory(&self) {
+        let node = self.src.cfg.node.as_str();
+        match self.src.runtime.list(&[(labels::NODE, node)]).await {
+            Ok(list) => {
+                let tracked: Vec<Tracked> = list
+                    .into_iter()
+                    .map(|c| Tracked::new(c, &self.mounts, self.host_netns.as_deref()))
+                    .collect();
+                debug!(containers = tracked.len(), "metrics inventory refreshed");
+                if let Ok(mut g) = self.inventory.write() {
+                    *g = Arc::new(tracked);
+                }
+            }
+            Err(e) => warn!(error = %e, "metrics: cannot list containers"),
+        }
+    }
+
+    /// Keeps the container inventory fresh until shutdown: every 10 s, on each container event
+    /// of this node, and when a scrape finds a container gone.
+    pub async fn run_inventory(self: Arc<Self>, shutdown: CancellationToken) {
+        let node = self.src.cfg.node.clone();
+        let mut events = self.src.runtime.events((labels::NODE, node.as_str()));
+        loop {
+            self.refresh_inventory().await;
+            let sleep = tokio::time::sleep(INVENTORY_REFRESH);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut sleep => break,
+                    _ = self.refresh.notified() => break,
+                    ev = events.next() => match ev {
+                        Some(Ok(_)) => {
+                            // Let a burst of events (create, start, ...) settle into one refresh.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
+                        Some(Err(_)) | None => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            events = self.src.runtime.events((labels::NODE, node.as_str()));
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// The members to scrape: desired members of this node, with where they answer.
+    fn db_targets(&self, inventory: &[Tracked]) -> Vec<db::Target> {
+        let desired = self.src.desired.borrow().clone();
+        let Some(desired) = desired else {
+            return Vec::new();
+        };
+        let statuses = self
+            .src
+            .statuses
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let by_member: BTreeMap<&str, &Tracked> = inventory
+            .iter()
+            .filter_map(|t| Some((t.member()?, t)))
+            .collect();
+        desired
+            .members
+            .iter()
+            .filter_map(|a| {
+                let engine = EngineKind::parse(&a.engine)?;
+                let role = statuses
+                    .get(&a.member)
+                    .map(|s| s.role.clone())
+                    .filter(|r| !r.is_empty() && r != "unknown")
+                    .unwrap_or_else(|| a.role.clone());
+                let running = by_member
+                    .get(a.member.as_str())
+                    .filter(|t| t.info.state == ContainerState::Running);
+                let addr = running.and_then(|t| match self.src.cfg.network_mode() {
+                    NetworkMode::Host => self
+                        .src
+                        .state
+                        .load_member(&a.member)
+                        .ok()?
+                        .port
+                        .map(|p| ("127.0.0.1".to_owned(), p)),
+                    NetworkMode::Docker(net) => {
+                        t.info.ips.get(&net).map(|ip| (ip.clone(), engine.port()))
+                    }
+                });
+                let password = Secrets::from_map(&a.secrets)
+                    .or_else(|| self.stored_secrets(&a.instance))
+                    .map(|s| s.monitor);
+                Some(db::Target {
+                    engine,
+                    labels: vec![
+                        label("mofang_instance", a.instance.clone()),
+                        label("mofang_member", a.member.clone()),
+                        label("role", role),
+                    ],
+                    member: a.member.clone(),
+                    addr,
+                    password,
+                })
+            })
+            .collect()
+    }
+
+    /// The instance's secrets as the agent stored them (`LocalState::secrets`), read only: the
+    /// metrics never create secrets, that is the reconcile loop's job.
+    fn stored_secrets(&self, instance: &str) -> Option<Secrets> {
+        let p = self
+            .src
+            .cfg
+            .state_dir
+            .join("secrets")
+            .join(format!("{instance}.json"));
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+
+    fn host_families(&self, out: &mut Families) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpus = procfs::parse_cpu_times(&stat);
+        out.add(
+            "machine_cpu_cores",
+            "Number of logical CPU cores.",
+            Kind::Gauge,
+            vec![],
+            cpus.len() as f64,
+        );
+        for c in &cpus {
+            for (mode, secs) in &c.modes {
+                out.add(
+                    "node_cpu_seconds",
+                    "Seconds the CPUs spent in each mode.",
+                    Kind::Counter,
+                    vec![label("cpu", c.cpu.clone()), label("mode", *mode)],
+                    *secs,
+                );
+            }
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        for (k, v) in procfs::parse_meminfo(&meminfo) {
+            if k == "MemTotal" {
+                out.add(
+                    "machine_memory_bytes",
+                    "Amount of memory installed on the machine.",
+                    Kind::Gauge,
+                    vec![],
+                    v as f64,
+                );
+            }
+            if matches!(
+                k.as_str(),
+                "MemTotal"
+                    | "MemFree"
+                    | "MemAvailable"
+                    | "Buffers"
+                    | "Cached"
+                    | "SwapTotal"
+                    | "SwapFree"
+            ) {
+                out.add(
+                    format!("node_memory_{k}_bytes"),
+                    format!("Memory information field {k}_bytes."),
+                    Kind::Gauge,
+                    vec![],
+                    v as f64,
+                );
+            }
+        }
+        if let Some([l1, l5, l15]) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| procfs::parse_loadavg(&t))
+        {
+            out.add("node_load1", "1m load average.", Kind::Gauge, vec![], l1);
+            out.add("node_load5", "5m load average.", Kind::Gauge, vec![], l5);
+            out.add("node_load15", "15m load average.", Kind::Gauge, vec![], l15);
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut reserved: BTreeMap<PathBuf, u64> = BTreeMap::new();
+        for v in self.src.volumes.list() {
+            *reserved.entry(v.disk).or_default() += v.size_bytes;
+        }
+        for d in &self.disks {
+            let fs_labels = |m: &Option<(String, String, String)>| match m {
+                Some((dev, fstype, point)) => vec![
+                    label("device", dev.clone()),
+                    label("fstype", fstype.clone()),
+                    label("mountpoint", point.clone()),
+                ],
+                None => vec![label("mountpoint", d.path.to_string_lossy().into_owned())],
+            };
+            let mount = procfs::mount_of(&mountinfo, &d.path);
+            if let Some((size, avail)) = procfs::fs_size_avail(&d.path) {
+                let l = fs_labels(&mount);
+                out.add(
+                    "node_filesystem_size_bytes",
+                    "Filesystem size in bytes.",
+                    Kind::Gauge,
+                    l.clone(),
+                    size as f64,
+                );
+                out.add(
+                    "node_filesystem_avail_bytes",
+                    "Filesystem space available to non-root users in bytes.",
+                    Kind::Gauge,
+                    l,
+                    avail as f64,
+                );
+            }
+            let l = vec![
+                label("disk", d.path.to_string_lossy().into_owned()),
+                label("class", d.class.clone()),
+            ];
+            out.add(
+                "mofang_volume_reserved_bytes",
+                "Bytes reserved for member volumes on the data disk.",
+                Kind::Gauge,
+                l.clone(),
+                reserved.get(&d.path).copied().unwrap_or(0) as f64,
+            );
+            out.add(
+                "mofang_volume_capacity_bytes",
+                "Bytes the data disk offers to member volumes.",
+                Kind::Gauge,
+                l,
+                d.capacity as f64,
+            );
+        }
+    }
+
+    fn agent_families(&self, out: &mut Families) {
+        let c = &self.src.counters;
+        out.add(
+            "mofang_agent_build",
+            "The agent's version.",
+            Kind::Info,
+            vec![
+                label("version", env!("CARGO_PKG_VERSION")),
+                label("node", self.src.cfg.node.clone()),
+            ],
+            1.0,
+        );
+        for (result, n) in [
+            ("success", c.heartbeats_ok.load(Ordering::Relaxed)),
+            ("failure", c.heartbeats_failed.load(Ordering::Relaxed)),
+        ] {
+            out.add(
+                "mofang_agent_heartbeats",
+                "Heartbeats sent to the scheduler, by outcome.",
+                Kind::Counter,
+                vec![label("result", result)],
+                n as f64,
+            );
+        }
+        out.add(
+            "mofang_agent_scrapes",
+            "Scrapes of this endpoint served.",
+            Kind::Counter,
+            vec![],
+            c.scrapes.load(Ordering::Relaxed) as f64,
+        );
+        let statuses = self
+            .src
+            .statuses
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let mut by_state: BTreeMap<&str, u64> =
+            [("healthy", 0), ("unhealthy", 0), ("failed", 0)].into();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for s in statuses.values() {
+            let state = if s.failed {
+                "failed"
+            } else if s.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            *by_state.entry(state).or_default() += 1;
+            let l = vec![
+                label("mofang_instance", s.instance.clone()),
+                label("mofang_member", s.member.clone()),
+                label("role", s.role.clone()),
+                label("engine", s.engine.clone()),
+            ];
+            out.add(
+                "mofang_member_healthy",
+                "1 if the member's last reconcile found it healthy in its desired role.",
+                Kind::Gauge,
+                l.clone(),
+                if s.healthy { 1.0 } else { 0.0 },
+            );
+            out.add(
+                "mofang_member_restarts",
+                "Times the agent restarted the member's container after it died.",
+                Kind::Counter,
+                l.clone(),
+                s.restarts as f64,
+            );
+            out.add(
+                "mofang_member_last_reconcile_age_seconds",
+                "Seconds since the reconcile loop last finished a pass on the member.",
+                Kind::Gauge,
+                l,
+                ((now_ms - s.checked_at_ms).max(0) as f64) / 1000.0,
+            );
+        }
+        for (state, n) in by_state {
+            out.add(
+                "mofang_agent_members",
+                "Members on this node by state of their last reconcile.",
+                Kind::Gauge,
+                vec![label("state", state)],
+                n as f64,
+            );
+        }
+        if let Some(p) = procfs::process_stats("self") {
+            out.add(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                Kind::Counter,
+                vec![],
+                p.cpu_seconds,
+            );
+            out.add(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                Kind::Gauge,
+                vec![],
+                p.rss_bytes as f64,
+            );
+            out.add(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                Kind::Gauge,
+                vec![],
+                p.virtual_bytes as f64,
+            );
+            out.add(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                Kind::Gauge,
+                vec![],
+                p.start_time,
+            );
+            out.add(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                Kind::Gauge,
+                vec![],
+                p.open_fds as f64,
+            );
+        }
+    }
+
+    /// Gathers everything once. `timeout` bounds each member's database scrape.
+    pub async fn gather(self: &Arc<Self>, timeout: Duration) -> Families {
+        self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        let inventory = self.inventory();
+        let targets = self.db_targets(&inventory);
+        let names: Vec<&str> = targets.iter().map(|t| t.member.as_str()).collect();
+        self.pool.retain(&names);
+
+        // cgroup and /proc reads are blocking file I/O: off the async threads, in parallel
+        // with the database round trips.
+        let me = self.clone();
+        let inv = inventory.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            let statuses = me
+                .src
+                .statuses
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
+            let mut readings = Vec::with_capacity(inv.len());
+            let mut gone = false;
+            for t in inv.iter() {
+                if t.info.state != ContainerState::Running {
+                    continue;
+                }
+                let volume = t.member().and_then(|m| {
+                    let v = me.src.volumes.get(m)?;
+                    Some(VolumeFs {
+                        path: v.path,
+                        used: statuses.get(m).map(|s| s.volume_used_bytes).unwrap_or(0),
+                        limit: v.size_bytes,
+                    })
+                });
+                match container::read(t, volume) {
+                    Some(r) => readings.push(r),
+                    None => gone = true,
+                }
+            }
+            let mut out = Families::default();
+            container::families(&readings, &me.devices, &mut out);
+            me.host_families(&mut out);
+            (out, gone)
+        });
+        let mut dbs = Families::default();
+        db::scrape_all(&self.pool, &targets, timeout, &mut dbs).await;
+        let mut out = match files.await {
+            Ok((f, gone)) => {
+                if gone {
+                    self.refresh.notify_one();
+                }
+                f
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics: reading cgroup files failed");
+                Families::default()
+            }
+        };
+        out.extend(dbs);
+        self.agent_families(&mut out);
+        out
+    }
+
+    /// Gathers and encodes in `format`.
+    pub async fn render(self: &Arc<Self>, format: Format, timeout: Duration) -> String {
+        let families = self.gather(timeout).await;
+        match model::encode(families, format) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics: encoding failed");
+                String::new()
+            }
+        }
+    }
+
+    /// The configured per-member database timeout.
+    pub fn member_timeout(&self) -> Duration {
+        self.src.cfg.metrics_timeout()
+    }
+}

@@ -1,0 +1,336 @@
+//! MariaDB metrics under mysqld_exporter's names, read over the MySQL protocol as the
+//! `mofang_monitor` account: `SHOW GLOBAL STATUS`, `SHOW GLOBAL VARIABLES`, `SHOW SLAVE STATUS`.
+//! Name mapping and value parsing follow mysqld_exporter's `global_status.go`,
+//! `global_variables.go` and `slave_status.go`, so its dashboards and alert rules apply.
+
+use super::model::{label, Families, Kind, Labels};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Row, Value};
+use std::borrow::Cow;
+
+/// The monitoring account (created by the MariaDB engine adapter's `init.sql`).
+pub const MONITOR_USER: &str = "mofang_monitor";
+
+/// Opens a connection as the monitoring account.
+pub async fn connect(host: &str, port: u16, password: &str) -> Result<Conn, mysql_async::Error> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port)
+        .user(Some(MONITOR_USER))
+        .pass(Some(password.to_owned()))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    Conn::new(opts).await
+}
+
+/// Raw answers of one scrape.
+#[derive(Debug, Default)]
+pub struct Raw {
+    /// `SHOW GLOBAL STATUS` rows.
+    pub status: Vec<(String, String)>,
+    /// `SHOW GLOBAL VARIABLES` rows.
+    pub variables: Vec<(String, String)>,
+    /// `SHOW SLAVE STATUS` columns of each row (one per replication connection).
+    pub slaves: Vec<Vec<(String, Option<String>)>>,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// Runs the three statements on `conn`.
+pub async fn query(conn: &mut Conn) -> Result<Raw, mysql_async::Error> {
+    let pairs = |rows: Vec<Row>| -> Vec<(String, String)> {
+        rows.iter()
+            .filter_map(|r| Some((text(r.as_ref(0)?)?, text(r.as_ref(1)?).unwrap_or_default())))
+            .collect()
+    };
+    let status: Vec<Row> = conn.query("SHOW GLOBAL STATUS").await?;
+    let variables: Vec<Row> = conn.query("SHOW GLOBAL VARIABLES").await?;
+    let slaves: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
+    Ok(Raw {
+        status: pairs(status),
+        variables: pairs(variables),
+        slaves: slaves
+            .iter()
+            .map(|r| {
+                r.columns_ref()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name_str().into_owned(), r.as_ref(i).and_then(text)))
+                    .collect()
+            })
+            .collect(),
+    })
+}
+
+/// mysqld_exporter's `parseStatus`: booleans and replication words to 0/1, else a float.
+pub fn parse_value(s: &str) -> Option<f64> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "on" | "primary" => return Some(1.0),
+        "no" | "off" | "disabled" | "connecting" | "non-primary" | "disconnected" => {
+            return Some(0.0)
+        }
+        _ => {}
+    }
+    s.parse::<f64>().ok()
+}
+
+/// mysqld_exporter's `validPrometheusName`: anything but `[a-zA-Z0-9_]` becomes `_`, lower-cased.
+pub fn metric_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn with(base: &Labels, extra: &[(&'static str, &str)]) -> Labels {
+    let mut l = base.clone();
+    l.extend(extra.iter().map(|(k, v)| label(k, *v)));
+    l
+}
+
+/// Turns one scrape's answers into families, every sample carrying `base` labels.
+pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
+    const STATUS_HELP: &str = "Generic metric from SHOW GLOBAL STATUS.";
+    for (k, v) in &raw.status {
+        let key = metric_name(k);
+        let Some(val) = parse_value(v) else { continue };
+        // The exporter's labelled families: ^(com|handler|connection_errors|
+        // innodb_buffer_pool_pages|innodb_rows|performance_schema)_(.*)$
+        let split = |p: &str| {
+            key.strip_prefix(p)
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+        };
+        if let Some(cmd) = split("com_") {
+            out.add(
+                "mysql_global_status_commands",
+                "Total number of executed MySQL commands.",
+                Kind::Counter,
+                with(base, &[("command", &cmd)]),
+                val,
+            );
+        } else if let Some(h) = split("handler_") {
+            out.add(
+                "mysql_global_status_handlers",
+                "Total number of executed MySQL handlers.",
+                Kind::Counter,
+                with(base, &[("handler", &h)]),
+                val,
+            );
+        } else if let Some(e) = split("connection_errors_") {
+            out.add(
+                "mysql_global_status_connection_errors",
+                "Total number of MySQL connection errors.",
+                Kind::Counter,
+                with(base, &[("error", &e)]),
+                val,
+            );
+        } else if let Some(p) = split("innodb_buffer_pool_pages_") {
+            match p.as_str() {
+                "data" | "free" | "misc" | "old" => out.add(
+                    "mysql_global_status_buffer_pool_pages",
+                    "Innodb buffer pool pages by state.",
+                    Kind::Gauge,
+                    with(base, &[("state", &p)]),
+                    val,
+                ),
+                "dirty" => out.add(
+                    "mysql_global_status_buffer_pool_dirty_pages",
+                    "Innodb buffer pool dirty pages.",
+                    Kind::Gauge,
+                    base.clone(),
+                    val,
+                ),
+                "total" => {}
+                _ => out.add(
+                    "mysql_global_status_buffer_pool_page_changes",
+                    "Innodb buffer pool page state changes.",
+                    Kind::Counter,
+                    with(base, &[("operation", &p)]),
+                    val,
+                ),
+            }
+        } else if let Some(op) = split("innodb_rows_") {
+            out.add(
+                "mysql_global_status_innodb_row_ops",
+                "Total number of MySQL InnoDB row operations.",
+                Kind::Counter,
+                with(base, &[("operation", &op)]),
+                val,
+            );
+        } else if let Some(i) = split("performance_schema_") {
+            out.add(
+                "mysql_global_status_performance_schema_lost",
+                "Total number of MySQL instrumentations that could not be loaded or created due to memory constraints.",
+                Kind::Counter,
+                with(base, &[("instrumentation", &i)]),
+                val,
+            );
+        } else {
+            out.add(
+                format!("mysql_global_status_{key}"),
+                STATUS_HELP,
+                Kind::Unknown,
+                base.clone(),
+                val,
+            );
+        }
+    }
+
+    let var = |name: &str| {
+        raw.variables
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    for (k, v) in &raw.variables {
+        let Some(val) = parse_value(v) else { continue };
+        out.add(
+            format!("mysql_global_variables_{}", metric_name(k)),
+            "Generic gauge metric from SHOW GLOBAL VARIABLES.",
+            Kind::Unknown,
+            base.clone(),
+            val,
+        );
+    }
+    if !raw.variables.is_empty() {
+        out.add(
+            "mysql_version",
+            "MySQL version and distribution.",
+            Kind::Info,
+            with(
+                base,
+                &[
+                    ("innodb_version", var("innodb_version")),
+                    ("version", var("version")),
+                    ("version_comment", var("version_comment")),
+                ],
+            ),
+            1.0,
+        );
+    }
+
+    for row in &raw.slaves {
+        let col = |name: &str| {
+            row.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let (host, uuid, channel, conn) = (
+            col("Master_Host"),
+            col("Master_UUID"),
+            col("Channel_Name"),
+            col("Connection_name"),
+        );
+        let labels = with(
+            base,
+            &[
+                ("master_host", &host),
+                ("master_uuid", &uuid),
+                ("channel_name", &channel),
+                ("connection_name", &conn),
+            ],
+        );
+        for (k, v) in row {
+            // NULL (Seconds_Behind_Master with the IO thread down) is no sample, as in the exporter.
+            let Some(val) = v.as_deref().and_then(parse_value) else {
+                continue;
+            };
+            out.add(
+                Cow::Owned(format!("mysql_slave_status_{}", metric_name(k))),
+                "Generic metric from SHOW SLAVE STATUS.",
+                Kind::Unknown,
+                labels.clone(),
+                val,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{encode, Format};
+
+    #[test]
+    fn values_parse_like_the_exporter() {
+        assert_eq!(parse_value("ON"), Some(1.0));
+        assert_eq!(parse_value("Yes"), Some(1.0));
+        assert_eq!(parse_value("Connecting"), Some(0.0));
+        assert_eq!(parse_value("12.5"), Some(12.5));
+        assert_eq!(parse_value("mysql-bin"), None);
+        assert_eq!(metric_name("Innodb_buffer-pool.x"), "innodb_buffer_pool_x");
+    }
+
+    #[test]
+    fn status_variables_and_slave_status_map_to_exporter_names() {
+        let raw = Raw {
+            status: vec![
+                ("Com_select".into(), "10".into()),
+                ("Handler_read_key".into(), "3".into()),
+                ("Innodb_buffer_pool_pages_free".into(), "100".into()),
+                ("Innodb_buffer_pool_pages_dirty".into(), "2".into()),
+                ("Innodb_buffer_pool_pages_total".into(), "200".into()),
+                ("Innodb_buffer_pool_pages_flushed".into(), "7".into()),
+                ("Innodb_rows_read".into(), "9".into()),
+                ("Rpl_semi_sync_master_status".into(), "ON".into()),
+                ("Uptime".into(), "42".into()),
+                ("Ssl_cipher".into(), "".into()),
+            ],
+            variables: vec![
+                ("read_only".into(), "OFF".into()),
+                ("max_connections".into(), "200".into()),
+                ("version".into(), "10.11.6-MariaDB-0+deb12u1-log".into()),
+                ("version_comment".into(), "Debian 12".into()),
+                ("innodb_version".into(), "10.11.6".into()),
+            ],
+            slaves: vec![vec![
+                ("Master_Host".into(), Some("10.0.0.2".into())),
+                ("Slave_IO_Running".into(), Some("Yes".into())),
+                ("Slave_SQL_Running".into(), Some("No".into())),
+                ("Seconds_Behind_Master".into(), None),
+                ("Connection_name".into(), Some("".into())),
+            ]],
+        };
+        let base = vec![label("mofang_member", "db-0")];
+        let mut f = Families::default();
+        families(&raw, &base, &mut f);
+        let t = encode(f, Format::Text).unwrap();
+        for want in [
+            "mysql_global_status_commands_total{mofang_member=\"db-0\",command=\"select\"} 10",
+            "mysql_global_status_handlers_total{mofang_member=\"db-0\",handler=\"read_key\"} 3",
+            "mysql_global_status_buffer_pool_pages{mofang_member=\"db-0\",state=\"free\"} 100",
+            "mysql_global_status_buffer_pool_dirty_pages{mofang_member=\"db-0\"} 2",
+            "mysql_global_status_buffer_pool_page_changes_total{mofang_member=\"db-0\",operation=\"flushed\"} 7",
+            "mysql_global_status_innodb_row_ops_total{mofang_member=\"db-0\",operation=\"read\"} 9",
+            "mysql_global_status_rpl_semi_sync_master_status{mofang_member=\"db-0\"} 1",
+            "# TYPE mysql_global_status_uptime untyped",
+            "mysql_global_variables_read_only{mofang_member=\"db-0\"} 0",
+            "mysql_version_info{mofang_member=\"db-0\",innodb_version=\"10.11.6\",version=\"10.11.6-MariaDB-0+deb12u1-log\",version_comment=\"Debian 12\"} 1",
+            "mysql_slave_status_slave_io_running{mofang_member=\"db-0\",master_host=\"10.0.0.2\",master_uuid=\"\",channel_name=\"\",connection_name=\"\"} 1",
+            "mysql_slave_status_slave_sql_running{mofang_member=\"db-0\",master_host=\"10.0.0.2\",master_uuid=\"\",channel_name=\"\",connection_name=\"\"} 0",
+        ] {
+            assert!(t.contains(want), "missing {want} in\n{t}");
+        }
+        assert!(!t.contains("pages_total"), "{t}");
+        assert!(!t.contains("seconds_behind_master"), "{t}");
+        assert!(!t.contains("ssl_cipher"), "{t}");
+    }
+}
