@@ -58,19 +58,19 @@ impl Pool {
     }
 }
 
+/// What one member's server answered.
+enum Answer {
+    Mysql(mysql::Raw),
+    Redis(String),
+}
+
 /// What one member's scrape gave.
 struct Outcome {
-    families: Families,
-    up: bool,
+    answer: Option<Answer>,
     error: Option<String>,
 }
 
-async fn scrape_mysql(
-    slot: &Slot,
-    addr: &(String, u16),
-    password: &str,
-    base: &Labels,
-) -> Result<Families, String> {
+async fn scrape_mysql(slot: &Slot, addr: &(String, u16), password: &str) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     // Taken out while in use: if the deadline cancels us mid-query, the half-used connection
     // is dropped with this future instead of being reused.
@@ -83,18 +83,10 @@ async fn scrape_mysql(
     let mut conn = conn;
     let raw = mysql::query(&mut conn).await.map_err(|e| e.to_string())?;
     *guard = Some((addr.clone(), Conn::Mysql(conn)));
-    drop(guard);
-    let mut f = Families::default();
-    mysql::families(&raw, base, &mut f);
-    Ok(f)
+    Ok(Answer::Mysql(raw))
 }
 
-async fn scrape_redis(
-    slot: &Slot,
-    addr: &(String, u16),
-    password: &str,
-    base: &Labels,
-) -> Result<Families, String> {
+async fn scrape_redis(slot: &Slot, addr: &(String, u16), password: &str) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     let mut client = match guard.take() {
         Some((a, Conn::Redis(c))) if &a == addr => c,
@@ -104,41 +96,34 @@ async fn scrape_redis(
     };
     let info = client.info_all().await.map_err(|e| e.to_string())?;
     *guard = Some((addr.clone(), Conn::Redis(client)));
-    drop(guard);
-    let mut f = Families::default();
-    redis::families(&info, base, &mut f);
-    Ok(f)
+    Ok(Answer::Redis(info))
 }
 
 async fn scrape_one(pool: &Pool, t: &Target, timeout: Duration) -> Outcome {
     let (Some(addr), Some(password)) = (&t.addr, &t.password) else {
         return Outcome {
-            families: Families::default(),
-            up: false,
+            answer: None,
             error: Some("no running container or no credentials yet".into()),
         };
     };
     let slot = pool.slot(&t.member);
     let work = async {
         match t.engine {
-            EngineKind::Mariadb => scrape_mysql(&slot, addr, password, &t.labels).await,
-            EngineKind::Redis => scrape_redis(&slot, addr, password, &t.labels).await,
+            EngineKind::Mariadb => scrape_mysql(&slot, addr, password).await,
+            EngineKind::Redis => scrape_redis(&slot, addr, password).await,
         }
     };
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(families)) => Outcome {
-            families,
-            up: true,
+        Ok(Ok(answer)) => Outcome {
+            answer: Some(answer),
             error: None,
         },
         Ok(Err(e)) => Outcome {
-            families: Families::default(),
-            up: false,
+            answer: None,
             error: Some(e),
         },
         Err(_) => Outcome {
-            families: Families::default(),
-            up: false,
+            answer: None,
             error: Some(format!("no answer within {timeout:?}")),
         },
     }
@@ -156,7 +141,7 @@ pub async fn scrape_all(pool: &Pool, targets: &[Target], timeout: Duration, out:
         if let Some(e) = &o.error {
             debug!(member = %t.member, error = %e, "database scrape failed");
         }
-        let up = if o.up { 1.0 } else { 0.0 };
+        let up = if o.answer.is_some() { 1.0 } else { 0.0 };
         match t.engine {
             EngineKind::Mariadb => out.add(
                 "mysql_up",
@@ -189,6 +174,13 @@ pub async fn scrape_all(pool: &Pool, targets: &[Target], timeout: Duration, out:
             l,
             up,
         );
-        out.extend(o.families);
+        // Turned into samples one member after the other, straight into `out`: the second
+        // member's families already exist and only get samples.
+        let base = Arc::new(t.labels.clone());
+        match &o.answer {
+            Some(Answer::Mysql(raw)) => mysql::families(raw, &base, out),
+            Some(Answer::Redis(info)) => redis::families(info, &base, out),
+            None => {}
+        }
     }
 }

@@ -3,10 +3,10 @@
 //! Name mapping and value parsing follow mysqld_exporter's `global_status.go`,
 //! `global_variables.go` and `slave_status.go`, so its dashboards and alert rules apply.
 
-use super::model::{label, Families, Kind, Labels};
+use super::model::{label, Families, Kind, LabelSet, Labels};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
-use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The monitoring account (created by the MariaDB engine adapter's `init.sql`).
 pub const MONITOR_USER: &str = "mofang_monitor";
@@ -97,31 +97,39 @@ pub fn metric_name(s: &str) -> String {
         .collect()
 }
 
-fn with(base: &Labels, extra: &[(&'static str, &str)]) -> Labels {
-    let mut l = base.clone();
-    l.extend(extra.iter().map(|(k, v)| label(k, *v)));
-    l
+fn with(base: &Arc<Labels>, extra: &[(&'static str, &str)]) -> LabelSet {
+    LabelSet::new(base, extra.iter().map(|(k, v)| label(k, *v)).collect())
+}
+
+/// Appends mysqld_exporter's `validPrometheusName` of `s` to `out`.
+fn push_metric_name(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        }
+    }));
 }
 
 /// Turns one scrape's answers into families, every sample carrying `base` labels.
-pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
+pub fn families(raw: &Raw, base: &Arc<Labels>, out: &mut Families) {
     const STATUS_HELP: &str = "Generic metric from SHOW GLOBAL STATUS.";
+    let mut key = String::with_capacity(64);
+    let mut name = String::with_capacity(96);
     for (k, v) in &raw.status {
-        let key = metric_name(k);
         let Some(val) = parse_value(v) else { continue };
+        key.clear();
+        push_metric_name(&mut key, k);
         // The exporter's labelled families: ^(com|handler|connection_errors|
         // innodb_buffer_pool_pages|innodb_rows|performance_schema)_(.*)$
-        let split = |p: &str| {
-            key.strip_prefix(p)
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned)
-        };
+        let split = |p: &str| key.strip_prefix(p).filter(|r| !r.is_empty());
         if let Some(cmd) = split("com_") {
             out.add(
                 "mysql_global_status_commands",
                 "Total number of executed MySQL commands.",
                 Kind::Counter,
-                with(base, &[("command", &cmd)]),
+                with(base, &[("command", cmd)]),
                 val,
             );
         } else if let Some(h) = split("handler_") {
@@ -129,7 +137,7 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
                 "mysql_global_status_handlers",
                 "Total number of executed MySQL handlers.",
                 Kind::Counter,
-                with(base, &[("handler", &h)]),
+                with(base, &[("handler", h)]),
                 val,
             );
         } else if let Some(e) = split("connection_errors_") {
@@ -137,23 +145,23 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
                 "mysql_global_status_connection_errors",
                 "Total number of MySQL connection errors.",
                 Kind::Counter,
-                with(base, &[("error", &e)]),
+                with(base, &[("error", e)]),
                 val,
             );
         } else if let Some(p) = split("innodb_buffer_pool_pages_") {
-            match p.as_str() {
+            match p {
                 "data" | "free" | "misc" | "old" => out.add(
                     "mysql_global_status_buffer_pool_pages",
                     "Innodb buffer pool pages by state.",
                     Kind::Gauge,
-                    with(base, &[("state", &p)]),
+                    with(base, &[("state", p)]),
                     val,
                 ),
                 "dirty" => out.add(
                     "mysql_global_status_buffer_pool_dirty_pages",
                     "Innodb buffer pool dirty pages.",
                     Kind::Gauge,
-                    base.clone(),
+                    with(base, &[]),
                     val,
                 ),
                 "total" => {}
@@ -161,7 +169,7 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
                     "mysql_global_status_buffer_pool_page_changes",
                     "Innodb buffer pool page state changes.",
                     Kind::Counter,
-                    with(base, &[("operation", &p)]),
+                    with(base, &[("operation", p)]),
                     val,
                 ),
             }
@@ -170,7 +178,7 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
                 "mysql_global_status_innodb_row_ops",
                 "Total number of MySQL InnoDB row operations.",
                 Kind::Counter,
-                with(base, &[("operation", &op)]),
+                with(base, &[("operation", op)]),
                 val,
             );
         } else if let Some(i) = split("performance_schema_") {
@@ -178,34 +186,34 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
                 "mysql_global_status_performance_schema_lost",
                 "Total number of MySQL instrumentations that could not be loaded or created due to memory constraints.",
                 Kind::Counter,
-                with(base, &[("instrumentation", &i)]),
+                with(base, &[("instrumentation", i)]),
                 val,
             );
         } else {
-            out.add(
-                format!("mysql_global_status_{key}"),
-                STATUS_HELP,
-                Kind::Unknown,
-                base.clone(),
-                val,
-            );
+            name.clear();
+            name.push_str("mysql_global_status_");
+            name.push_str(&key);
+            out.add_named(&name, STATUS_HELP, Kind::Unknown, with(base, &[]), val);
         }
     }
 
-    let var = |name: &str| {
+    let var = |n: &str| {
         raw.variables
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
             .map(|(_, v)| v.as_str())
             .unwrap_or("")
     };
     for (k, v) in &raw.variables {
         let Some(val) = parse_value(v) else { continue };
-        out.add(
-            format!("mysql_global_variables_{}", metric_name(k)),
+        name.clear();
+        name.push_str("mysql_global_variables_");
+        push_metric_name(&mut name, k);
+        out.add_named(
+            &name,
             "Generic gauge metric from SHOW GLOBAL VARIABLES.",
             Kind::Unknown,
-            base.clone(),
+            with(base, &[]),
             val,
         );
     }
@@ -227,9 +235,9 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
     }
 
     for row in &raw.slaves {
-        let col = |name: &str| {
+        let col = |n: &str| {
             row.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .and_then(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
@@ -253,8 +261,11 @@ pub fn families(raw: &Raw, base: &Labels, out: &mut Families) {
             let Some(val) = v.as_deref().and_then(parse_value) else {
                 continue;
             };
-            out.add(
-                Cow::Owned(format!("mysql_slave_status_{}", metric_name(k))),
+            name.clear();
+            name.push_str("mysql_slave_status_");
+            push_metric_name(&mut name, k);
+            out.add_named(
+                &name,
                 "Generic metric from SHOW SLAVE STATUS.",
                 Kind::Unknown,
                 labels.clone(),
@@ -309,7 +320,7 @@ mod tests {
                 ("Connection_name".into(), Some("".into())),
             ]],
         };
-        let base = vec![label("mofang_member", "db-0")];
+        let base = Arc::new(vec![label("mofang_member", "db-0")]);
         let mut f = Families::default();
         families(&raw, &base, &mut f);
         let t = encode(f, Format::Text).unwrap();

@@ -3,8 +3,9 @@
 //! follows redis_exporter's `metricMapGauges`/`metricMapCounters` and its `slaveN`,
 //! `dbN`, `cmdstat_*` parsing.
 
-use super::model::{label, Families, Kind, Labels};
+use super::model::{label, Families, Kind, LabelSet, Labels};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -244,20 +245,19 @@ fn num(v: &str) -> Option<f64> {
     }
 }
 
-fn with(base: &Labels, extra: &[(&'static str, &str)]) -> Labels {
-    let mut l = base.clone();
-    l.extend(extra.iter().map(|(k, v)| label(k, *v)));
-    l
+fn with(base: &Arc<Labels>, extra: &[(&'static str, &str)]) -> LabelSet {
+    LabelSet::new(base, extra.iter().map(|(k, v)| label(k, *v)).collect())
 }
 
 /// Turns `INFO ALL` text into families, every sample carrying `base` labels.
-pub fn families(info_text: &str, base: &Labels, out: &mut Families) {
+pub fn families(info_text: &str, base: &Arc<Labels>, out: &mut Families) {
     let info = parse_info(info_text);
     let get = |k: &str| info.get(k).copied().unwrap_or("");
     // As in redis_exporter, `role` here is Redis's own word (master/slave); it replaces the
     // agent's role label, which every other Redis family carries.
-    let mut info_base = base.clone();
+    let mut info_base: Labels = base.as_ref().clone();
     info_base.retain(|(k, _)| k != "role");
+    let info_base = Arc::new(info_base);
     out.add(
         "redis_instance",
         "Information about the Redis instance",
@@ -281,7 +281,7 @@ pub fn families(info_text: &str, base: &Labels, out: &mut Families) {
                 format!("redis_{name}"),
                 format!("{field} metric"),
                 Kind::Gauge,
-                base.clone(),
+                with(base, &[]),
                 v,
             );
         }
@@ -291,7 +291,7 @@ pub fn families(info_text: &str, base: &Labels, out: &mut Families) {
             "redis_master_link_up",
             "master_link_status metric",
             Kind::Gauge,
-            base.clone(),
+            with(base, &[]),
             up,
         );
     }
@@ -301,7 +301,7 @@ pub fn families(info_text: &str, base: &Labels, out: &mut Families) {
                 format!("redis_{name}"),
                 format!("{field} metric"),
                 Kind::Counter,
-                base.clone(),
+                with(base, &[]),
                 v,
             );
         }
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn info_maps_to_redis_exporter_names() {
         let mut f = Families::default();
-        families(INFO, &vec![label("mofang_member", "c-0")], &mut f);
+        families(INFO, &Arc::new(vec![label("mofang_member", "c-0")]), &mut f);
         let t = encode(f, Format::Text).unwrap();
         for want in [
             "redis_instance_info{mofang_member=\"c-0\",role=\"master\",redis_version=\"7.0.15\"",
@@ -460,7 +460,7 @@ mod tests {
         let mut f = Families::default();
         families(
             "role:slave\r\nmaster_link_status:down\r\nmaster_last_io_seconds_ago:-1\r\n",
-            &vec![],
+            &Arc::new(vec![]),
             &mut f,
         );
         let t = encode(f, Format::Text).unwrap();

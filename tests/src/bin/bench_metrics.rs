@@ -98,6 +98,7 @@ struct Run {
     containers: usize,
     agent_p50_ms: f64,
     agent_p99_ms: f64,
+    slowest_db_p50_ms: f64,
     agent_bytes: usize,
     agent_rss: f64,
     agent_cpu_ms: f64,
@@ -192,6 +193,7 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
     let idle_rate = (cpu_seconds(agent_pid) - c0) / idle.as_secs_f64();
 
     let mut lat = Vec::with_capacity(scrapes);
+    let mut slowest_db = Vec::with_capacity(scrapes);
     let c0 = cpu_seconds(agent_pid);
     let w0 = Instant::now();
     for _ in 0..scrapes {
@@ -199,7 +201,15 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
         let b = http.get(&url).send().await?.text().await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
         body_len = b.len();
+        // The slowest member's database answer in this scrape (they run concurrently).
+        let slowest = b
+            .lines()
+            .filter(|l| l.starts_with("mofang_db_scrape_duration_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0f64, f64::max);
+        slowest_db.push(slowest * 1000.0);
     }
+    slowest_db.sort_by(f64::total_cmp);
     let window = w0.elapsed().as_secs_f64();
     let agent_cpu = (cpu_seconds(agent_pid) - c0 - idle_rate * window).max(0.0) / scrapes as f64;
     let agent_rss = rss_mib(agent_pid);
@@ -318,6 +328,7 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
         containers: n,
         agent_p50_ms: percentile(&lat, 0.5),
         agent_p99_ms: percentile(&lat, 0.99),
+        slowest_db_p50_ms: percentile(&slowest_db, 0.5),
         agent_bytes: body_len,
         agent_rss,
         agent_cpu_ms: agent_cpu * 1000.0,
@@ -371,14 +382,15 @@ async fn main() -> Result<()> {
         runs.push(run(n, scrapes, idle, &agent_bin).await?);
     }
     println!();
-    println!("| containers | agent p50 | agent p99 | agent CPU/scrape | agent RSS | agent idle CPU | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS | agent idle CPU | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &runs {
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
             r.containers,
             r.agent_p50_ms,
             r.agent_p99_ms,
+            r.slowest_db_p50_ms,
             r.agent_cpu_ms,
             r.agent_rss,
             r.agent_idle_cpu_pct,
