@@ -181,6 +181,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let counters = Arc::new(AgentCounters::default());
     let exporter = Exporter::new(Sources {
         cfg: cfg.clone(),
+        reconcile: shared.stats.clone(),
         runtime: shared.runtime.clone(),
         volumes: volumes.clone(),
         state: shared.state.clone(),

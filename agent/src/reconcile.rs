@@ -65,6 +65,17 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Reconcile passes, for the agent's metrics.
+#[derive(Debug, Default)]
+pub struct ReconcileStats {
+    /// Passes that ended well.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Passes that ended with an error.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Total time spent in passes, microseconds.
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
 /// Everything a member worker needs; shared by all workers.
 pub struct Shared {
     /// Agent config.
@@ -83,6 +94,8 @@ pub struct Shared {
     pub statuses: Statuses,
     /// Woken when a status changed in a way the scheduler must learn at once.
     pub status_changed: Arc<Notify>,
+    /// Pass counts and durations.
+    pub stats: Arc<ReconcileStats>,
     /// Serialises port allocation across workers.
     ports: Mutex<()>,
     /// When this agent process started.
@@ -108,6 +121,7 @@ impl Shared {
             desired,
             statuses: Arc::default(),
             status_changed: Arc::new(Notify::new()),
+            stats: Arc::default(),
             ports: Mutex::new(()),
             started: Instant::now(),
         })
@@ -828,7 +842,18 @@ async fn member_worker(
                 _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
             }
         };
-        let delay = match reconcile_member(&sh, &a, &mut memo).await {
+        let started = Instant::now();
+        let outcome = reconcile_member(&sh, &a, &mut memo).await;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+            sh.stats.micros.fetch_add(us, Relaxed);
+            match &outcome {
+                Ok(_) => sh.stats.ok.fetch_add(1, Relaxed),
+                Err(_) => sh.stats.errors.fetch_add(1, Relaxed),
+            };
+        }
+        let delay = match outcome {
             Ok(Action::Requeue(d)) => {
                 failures = 0;
                 d

@@ -60,6 +60,8 @@ impl AgentCounters {
 pub struct Sources {
     /// Agent config (node name, network mode, state directory, timeouts).
     pub cfg: AgentConfig,
+    /// Reconcile pass counts and durations.
+    pub reconcile: Arc<crate::reconcile::ReconcileStats>,
     /// The container runtime (container list, events; never stats).
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Data volumes.
@@ -385,6 +387,26 @@ impl Exporter {
                 n as f64,
             );
         }
+        let r = &self.src.reconcile;
+        for (result, n) in [
+            ("success", r.ok.load(Ordering::Relaxed)),
+            ("error", r.errors.load(Ordering::Relaxed)),
+        ] {
+            out.add(
+                "mofang_agent_reconcile_passes",
+                "Reconcile passes over members, by outcome.",
+                Kind::Counter,
+                vec![label("result", result)],
+                n as f64,
+            );
+        }
+        out.add(
+            "mofang_agent_reconcile_duration_seconds",
+            "Time spent in reconcile passes (divide its rate by the passes' rate for the mean).",
+            Kind::Counter,
+            vec![],
+            r.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        );
         out.add(
             "mofang_agent_scrapes",
             "Scrapes of this endpoint served.",
