@@ -1406,8 +1406,25 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
         ),
     ];
     let http = reqwest::Client::new();
+    // With a shared store a scheduler acts once it leads; after a kill -9 the old session or
+    // lease must expire first.
+    let leads = |sched: &SchedulerProcess| {
+        let (url, http) = (format!("{}/v1/health", sched.rest), http.clone());
+        async move {
+            mofang_tests::eventually("scheduler leads", Duration::from_secs(90), || async {
+                let h: Value = http.get(&url).send().await?.json().await?;
+                if h["leader"] == true {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{h}")
+                }
+            })
+            .await
+        }
+    };
     for (kind, extra) in &configs {
         let mut sched = SchedulerProcess::start(extra)?;
+        leads(&sched).await?;
         let token = sched.admin_token()?;
         let resp = http
             .post(format!("{}/v1/nodes/ghost/cordon", sched.rest))
@@ -1430,6 +1447,7 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
         );
         ensure!(before[1]["result"] == "error 404", "{kind}: {before}");
         sched.restart()?;
+        leads(&sched).await?;
         let after = audit_of(&sched).await?;
         ensure!(
             after == before,
