@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench
+.PHONY: setup demo demo-down test lint build bench bench-failover
 
 CARGO ?= cargo
 
@@ -26,3 +26,8 @@ test: setup lint
 # Scheduler benchmark: 1,000 gRPC agents, 10,000 creations over REST (see docs/benchmarks.md).
 bench: setup
 	$(CARGO) run --release -q -p mofang-tests --bin bench-scheduler
+
+# Failover benchmark: RTO and lost writes over 20 kills and 20 host partitions per scenario,
+# Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
+bench-failover: setup
+	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)

@@ -7,7 +7,7 @@
 //! by the new one, the writer finding the primary as a client would (the instance's
 //! `primary` in the API, or `SENTINEL get-master-addr-by-name`) on every reconnect.
 //!
-//! Usage: bench_failover [--rounds N] [--scenarios a,b,...]
+//! Usage: bench_failover [--rounds N] [--scenarios a,b,...] [--logs DIR]
 //! Scenarios: mariadb-kill, mariadb-partition, redis-kill, sentinel-kill (the default set),
 //! and mariadb-partition-production (the daemons' default timers: lease 10 s, node_ttl 5 s).
 
@@ -268,6 +268,14 @@ async fn mofang_scenario(
             .with_context(|| format!("{label} round {}", r + 1))?;
         print_round(label, r, &round);
         out.push(round);
+    }
+    if let Some(dir) = str_arg("--logs") {
+        // For a breakdown of each failover (lease lost, decision, promotion) afterwards.
+        std::fs::create_dir_all(&dir)?;
+        for (i, a) in env.agents.iter().enumerate() {
+            std::fs::write(format!("{dir}/{label}-agent{i}.log"), a.log())?;
+        }
+        std::fs::write(format!("{dir}/{label}-scheduler.log"), env.sched.log())?;
     }
     Ok(Scenario {
         name: label,
