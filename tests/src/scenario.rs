@@ -156,7 +156,6 @@ pub async fn mysql(addr: &str, pass: &str) -> Result<mysql_async::Conn> {
     Ok(mysql_async::Conn::new(opts).await?)
 }
 
-
 /// The outcome of a [`SetWriter`] run (Jepsen's set test): every id was attempted once.
 #[derive(Debug, Default, Clone)]
 pub struct SetOutcome {
@@ -323,9 +322,8 @@ impl SetWriter {
                         if engine == "mariadb" {
                             anyhow::Ok(Conn::My(mysql(&primary, &password).await?))
                         } else {
-                            let client = redis::Client::open(format!(
-                                "redis://app:{password}@{primary}/"
-                            ))?;
+                            let client =
+                                redis::Client::open(format!("redis://app:{password}@{primary}/"))?;
                             anyhow::Ok(Conn::Redis(
                                 client.get_multiplexed_async_connection().await?,
                             ))
@@ -398,7 +396,10 @@ impl SetWriter {
         let until = std::time::Instant::now() + limit;
         while self.acked() < n {
             if std::time::Instant::now() > until {
-                bail!("only {} of {n} writes acknowledged in {limit:?}", self.acked());
+                bail!(
+                    "only {} of {n} writes acknowledged in {limit:?}",
+                    self.acked()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -437,14 +438,20 @@ pub async fn set_contents(
 impl Env {
     /// The app password of an instance.
     pub async fn app_password(&self, name: &str) -> Result<String> {
-        let c = self.get(&format!("/v1/instances/{name}/credentials")).await?;
+        let c = self
+            .get(&format!("/v1/instances/{name}/credentials"))
+            .await?;
         Ok(c["app"].as_str().context("app password")?.to_owned())
     }
 
     /// Creates an instance and waits until it is ready.
     pub async fn create_ready(&self, name: &str, engine: &str, replicas: u32) -> Result<Value> {
         let (s, v) = self
-            .call(reqwest::Method::POST, "/v1/instances", Some(spec(name, engine, replicas)))
+            .call(
+                reqwest::Method::POST,
+                "/v1/instances",
+                Some(spec(name, engine, replicas)),
+            )
             .await?;
         if s != StatusCode::CREATED {
             bail!("create {name}: {s} {v}");
@@ -512,4 +519,3 @@ pub fn docker_cli(args: &[&str]) -> Result<String> {
 pub fn container_of(member: &str) -> String {
     format!("mofang-{member}")
 }
-

@@ -91,9 +91,9 @@ fn rto_of(out: &SetOutcome, old: &str, new: &str, fault: Instant) -> Result<Dura
     let last_old = out
         .acks
         .iter()
-        .filter(|a| a.at <= first_new && &*a.primary == old)
+        .rev()
+        .find(|a| a.at <= first_new && &*a.primary == old)
         .map(|a| a.at)
-        .last()
         .with_context(|| format!("no write acknowledged by the old primary {old}"))?;
     Ok(first_new.saturating_duration_since(last_old))
 }
@@ -144,7 +144,9 @@ async fn wait_whole(env: &Env, name: &str, limit: Duration) -> Result<Value> {
                     && m["role"] == m["observed_role"]
                     && m["epoch"] == v["epoch"]
                     && (m["role"] == "primary"
-                        || m["lag_seconds"].as_i64().is_some_and(|l| (0..=1).contains(&l)))
+                        || m["lag_seconds"]
+                            .as_i64()
+                            .is_some_and(|l| (0..=1).contains(&l)))
             });
         if ok {
             Ok(v)
@@ -171,7 +173,9 @@ async fn mofang_round(
     let first_id = (round as u64 + 1) * ID_BLOCK + 1;
 
     let writer = SetWriter::start_from(PrimarySource::api(env, name), engine, pw, first_id).await?;
-    writer.wait_acked(WARMUP_ACKS, Duration::from_secs(60)).await?;
+    writer
+        .wait_acked(WARMUP_ACKS, Duration::from_secs(60))
+        .await?;
     let container = container_of(&old_id);
     let agent = env.agent_of(&inst, &old_id)?;
     let fault_at = Instant::now();
@@ -252,7 +256,10 @@ async fn mofang_scenario(
     let name = unique_name("bench");
     let t = Instant::now();
     env.create_ready(&name, engine, 2).await?;
-    println!("  {label}: cluster up, instance ready in {}", secs(t.elapsed()));
+    println!(
+        "  {label}: cluster up, instance ready in {}",
+        secs(t.elapsed())
+    );
     let pw = env.app_password(&name).await?;
     let what = format!(
         "{engine}, 1 primary + 2 replicas on 3 agents; agents' lease {} s, node_ttl {} s, heartbeats every {} ms",
@@ -462,15 +469,19 @@ impl SentinelSetup {
             setup.sentinel_addrs.push(format!("127.0.0.1:{port}"));
         }
         // The sentinels find each other through the master's hello channel.
-        eventually("sentinels know each other", Duration::from_secs(60), || async {
-            for s in &setup.sentinel_addrs {
-                let others: Vec<Vec<String>> = sentinel_cmd(s, &["sentinels", MASTER]).await?;
-                if others.len() != 2 {
-                    bail!("{s} knows {} other sentinels", others.len());
+        eventually(
+            "sentinels know each other",
+            Duration::from_secs(60),
+            || async {
+                for s in &setup.sentinel_addrs {
+                    let others: Vec<Vec<String>> = sentinel_cmd(s, &["sentinels", MASTER]).await?;
+                    if others.len() != 2 {
+                        bail!("{s} knows {} other sentinels", others.len());
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
         Ok(setup)
     }
@@ -580,7 +591,11 @@ async fn sentinel_cmd<T: redis::FromRedisValue>(addr: &str, args: &[&str]) -> Re
     .with_context(|| format!("sentinel {addr} timed out"))?
 }
 
-async fn sentinel_round(setup: &SentinelSetup, round: usize, last_fault: &mut Option<Instant>) -> Result<Round> {
+async fn sentinel_round(
+    setup: &SentinelSetup,
+    round: usize,
+    last_fault: &mut Option<Instant>,
+) -> Result<Round> {
     let old_addr = setup.wait_whole(Duration::from_secs(180)).await?;
     // Sentinel starts no second failover of one master within 2 x failover-timeout.
     if let Some(t) = *last_fault {
@@ -588,9 +603,10 @@ async fn sentinel_round(setup: &SentinelSetup, round: usize, last_fault: &mut Op
         tokio::time::sleep(gap.saturating_sub(t.elapsed())).await;
     }
     let first_id = (round as u64 + 1) * ID_BLOCK + 1;
-    let writer =
-        SetWriter::start_from(setup.source(), "redis", &setup.password, first_id).await?;
-    writer.wait_acked(WARMUP_ACKS, Duration::from_secs(60)).await?;
+    let writer = SetWriter::start_from(setup.source(), "redis", &setup.password, first_id).await?;
+    writer
+        .wait_acked(WARMUP_ACKS, Duration::from_secs(60))
+        .await?;
     let container = setup.container_at(&old_addr)?.to_owned();
     let fault_at = Instant::now();
     *last_fault = Some(fault_at);
@@ -689,8 +705,14 @@ async fn run(rounds: usize, which: &[String]) -> Result<()> {
     for w in which {
         let s = match w.as_str() {
             "mariadb-kill" => {
-                mofang_scenario("mariadb-kill", "mariadb", Fault::Kill, Timings::FAST, rounds)
-                    .await?
+                mofang_scenario(
+                    "mariadb-kill",
+                    "mariadb",
+                    Fault::Kill,
+                    Timings::FAST,
+                    rounds,
+                )
+                .await?
             }
             "mariadb-partition" => {
                 mofang_scenario(
