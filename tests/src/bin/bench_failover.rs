@@ -29,6 +29,12 @@ const AFTER_ACKS: u64 = 200;
 /// Ids of round `r` are `(r + 1) * ID_BLOCK + 1 ...`, so rounds never collide.
 const ID_BLOCK: u64 = 10_000_000;
 
+/// The agent stops restarting a member after 5 restarts within 10 minutes (its crash-loop
+/// guard, `MAX_CRASH_RESTARTS` in agent/src/reconcile.rs), and a `docker kill` counts as a
+/// crash: the kill scenarios move to a fresh instance every this many kills, so that no member
+/// is killed more than 5 times.
+const KILLS_PER_INSTANCE: usize = 10;
+
 /// Mofang's budget to call an unanswering database dead: `failover.failed_checks` (3)
 /// consecutive failed checks, one every 250 ms. Sentinel's `down-after-milliseconds`.
 const DETECTION_BUDGET_MS: u64 = 750;
@@ -253,14 +259,6 @@ async fn mofang_scenario(
         timings.lease_ttl_ms
     );
     let env = Env::start_timed(3, &extra, &timings).await?;
-    let name = unique_name("bench");
-    let t = Instant::now();
-    env.create_ready(&name, engine, 2).await?;
-    println!(
-        "  {label}: cluster up, instance ready in {}",
-        secs(t.elapsed())
-    );
-    let pw = env.app_password(&name).await?;
     let what = format!(
         "{engine}, 1 primary + 2 replicas on 3 agents; agents' lease {} s, node_ttl {} s, heartbeats every {} ms",
         timings.lease_ttl_ms as f64 / 1000.0,
@@ -269,13 +267,39 @@ async fn mofang_scenario(
     );
     println!("{label}: {what}");
     let mut out = Vec::new();
-    for r in 0..rounds {
-        let round = mofang_round(&env, &name, engine, &pw, fault, r)
-            .await
-            .with_context(|| format!("{label} round {}", r + 1))?;
-        print_round(label, r, &round);
-        out.push(round);
+    let result = async {
+        let mut instance: Option<(String, String)> = None;
+        for r in 0..rounds {
+            if fault == Fault::Kill && r % KILLS_PER_INSTANCE == 0 {
+                if let Some((old, _)) = instance.take() {
+                    env.call(
+                        reqwest::Method::DELETE,
+                        &format!("/v1/instances/{old}"),
+                        None,
+                    )
+                    .await?;
+                }
+            }
+            let (name, pw) = match &instance {
+                Some(i) => i.clone(),
+                None => {
+                    let name = unique_name("bench");
+                    let t = Instant::now();
+                    env.create_ready(&name, engine, 2).await?;
+                    println!("  {label}: instance {name} ready in {}", secs(t.elapsed()));
+                    let pw = env.app_password(&name).await?;
+                    instance.insert((name, pw)).clone()
+                }
+            };
+            let round = mofang_round(&env, &name, engine, &pw, fault, r)
+                .await
+                .with_context(|| format!("{label} round {}", r + 1))?;
+            print_round(label, r, &round);
+            out.push(round);
+        }
+        anyhow::Ok(())
     }
+    .await;
     if let Some(dir) = str_arg("--logs") {
         // For a breakdown of each failover (lease lost, decision, promotion) afterwards.
         std::fs::create_dir_all(&dir)?;
@@ -284,6 +308,7 @@ async fn mofang_scenario(
         }
         std::fs::write(format!("{dir}/{label}-scheduler.log"), env.sched.log())?;
     }
+    result?;
     Ok(Scenario {
         name: label,
         what,
