@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench packages bench-metrics
+.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover
 
 CARGO ?= cargo
 
@@ -37,3 +37,8 @@ bench: setup
 # (see docs/benchmarks.md).
 bench-metrics: setup
 	$(CARGO) run --release -q -p mofang-tests --bin bench-metrics
+
+# Failover benchmark: RTO and lost writes over 20 kills and 20 host partitions per scenario,
+# Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
+bench-failover: setup
+	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)

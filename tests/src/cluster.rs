@@ -111,6 +111,33 @@ impl Drop for TestNetwork {
     }
 }
 
+/// The timers of a test cluster: how often agents beat, when the scheduler calls a node
+/// down, when an agent fences its primaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Agents' heartbeat interval (agent and scheduler `heartbeat_interval_ms`).
+    pub heartbeat_interval_ms: u64,
+    /// The scheduler's `node_ttl_ms`.
+    pub node_ttl_ms: u64,
+    /// The agents' `lease_ttl_ms`.
+    pub lease_ttl_ms: u64,
+}
+
+impl Timings {
+    /// What the tests use: heartbeats every 200 ms, node_ttl 1.5 s, lease 2 s.
+    pub const FAST: Timings = Timings {
+        heartbeat_interval_ms: 200,
+        node_ttl_ms: 1500,
+        lease_ttl_ms: 2000,
+    };
+    /// The daemons' defaults: heartbeats every second, node_ttl 5 s, lease 10 s.
+    pub const PRODUCTION: Timings = Timings {
+        heartbeat_interval_ms: 1000,
+        node_ttl_ms: 5000,
+        lease_ttl_ms: 10_000,
+    };
+}
+
 /// One agent process with its own state directory and a data disk.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -132,7 +159,14 @@ impl AgentProcess {
         disk_mib: u64,
         extra: &str,
     ) -> Result<Self> {
-        Self::start_with_schedulers(node, &[scheduler.to_owned()], network, disk_mib, extra)
+        Self::start_timed(
+            node,
+            &[scheduler.to_owned()],
+            network,
+            disk_mib,
+            extra,
+            &Timings::FAST,
+        )
     }
 
     /// Like [`AgentProcess::start`], with several schedulers (tried in turn).
@@ -143,6 +177,18 @@ impl AgentProcess {
         disk_mib: u64,
         extra: &str,
     ) -> Result<Self> {
+        Self::start_timed(node, schedulers, network, disk_mib, extra, &Timings::FAST)
+    }
+
+    /// [`AgentProcess::start`] with the heartbeat interval and lease of `timings`.
+    pub fn start_timed(
+        node: &str,
+        schedulers: &[String],
+        network: &str,
+        disk_mib: u64,
+        extra: &str,
+        timings: &Timings,
+    ) -> Result<Self> {
         let scheduler = schedulers.join("\", \"");
         let dir = tempfile::Builder::new()
             .prefix("mofang-agent-")
@@ -150,11 +196,13 @@ impl AgentProcess {
         let http_port = free_port()?;
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
-             state_dir = \"{state}\"\nheartbeat_interval_ms = 200\nlease_ttl_ms = 2000\n\
+             state_dir = \"{state}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
              stop_grace_secs = 5\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
             disk = dir.path().join("disk0").display(),
+            hb = timings.heartbeat_interval_ms,
+            lease = timings.lease_ttl_ms,
         );
         std::fs::write(dir.path().join("agent.toml"), cfg)?;
         let mut a = AgentProcess {
@@ -238,14 +286,21 @@ fn free_port() -> Result<u16> {
 impl SchedulerProcess {
     /// Starts a scheduler (node_ttl 1.5 s, heartbeats 200 ms) and waits for its health check.
     pub fn start(extra: &str) -> Result<Self> {
+        Self::start_timed(extra, &Timings::FAST)
+    }
+
+    /// [`SchedulerProcess::start`] with the node_ttl and heartbeat interval of `timings`.
+    pub fn start_timed(extra: &str, timings: &Timings) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mofang-scheduler-")
             .tempdir_in("/var/tmp")?;
         let (rest, grpc) = (free_port()?, free_port()?);
         let cfg = format!(
             "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
-             data_dir = \"{data}\"\nnode_ttl_ms = 1500\nheartbeat_interval_ms = 200\n{extra}\n",
+             data_dir = \"{data}\"\nnode_ttl_ms = {ttl}\nheartbeat_interval_ms = {hb}\n{extra}\n",
             data = dir.path().join("data").display(),
+            ttl = timings.node_ttl_ms,
+            hb = timings.heartbeat_interval_ms,
         );
         std::fs::write(dir.path().join("scheduler.toml"), cfg)?;
         let mut s = SchedulerProcess {

@@ -1,7 +1,7 @@
 //! A whole cluster for end-to-end tests: scheduler, agents on one Docker network (one zone
 //! each), REST helpers, and a MariaDB client for the application account.
 
-use crate::cluster::{AgentProcess, SchedulerProcess, TestNetwork};
+use crate::cluster::{AgentProcess, SchedulerProcess, TestNetwork, Timings};
 use crate::faults::Link;
 use crate::{docker, eventually, unique_name};
 use anyhow::{bail, Context, Result};
@@ -34,20 +34,26 @@ impl Env {
 
     /// `nodes` agents and a scheduler with `sched_extra` appended to its config.
     pub async fn start_with(nodes: usize, sched_extra: &str) -> Result<Env> {
+        Self::start_timed(nodes, sched_extra, &Timings::FAST).await
+    }
+
+    /// [`Env::start_with`] with the heartbeat interval, node_ttl and lease of `timings`.
+    pub async fn start_timed(nodes: usize, sched_extra: &str, timings: &Timings) -> Result<Env> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
-        let sched = SchedulerProcess::start(sched_extra)?;
+        let sched = SchedulerProcess::start_timed(sched_extra, timings)?;
         let mut agents = Vec::new();
         let mut links = Vec::new();
         for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
             let link = Link::start(&sched.grpc).await?;
             let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
-            agents.push(AgentProcess::start(
+            agents.push(AgentProcess::start_timed(
                 &unique_name("node"),
-                &link.endpoint,
+                std::slice::from_ref(&link.endpoint),
                 &net.name,
                 4096,
                 &extra,
+                timings,
             )?);
             links.push(link);
         }
@@ -161,6 +167,97 @@ pub struct SetOutcome {
     pub longest_gap: Duration,
     /// When that gap ended (first acknowledgement after it).
     pub gap_end: Option<std::time::Instant>,
+    /// Every acknowledgement in order: when, and by which primary address.
+    pub acks: Vec<Ack>,
+}
+
+/// One acknowledged write of a [`SetWriter`].
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// When the acknowledgement arrived.
+    pub at: std::time::Instant,
+    /// The primary address the writer was connected to.
+    pub primary: std::sync::Arc<str>,
+}
+
+/// Where a [`SetWriter`] learns the primary's address, asked on every (re)connect as a
+/// client library would.
+#[derive(Debug, Clone)]
+pub enum PrimarySource {
+    /// The instance's `primary` as the Mofang API reports it.
+    Api {
+        /// HTTP client.
+        http: reqwest::Client,
+        /// REST base URL.
+        rest: String,
+        /// Bearer token.
+        token: String,
+        /// Instance name.
+        instance: String,
+    },
+    /// Redis Sentinel: `SENTINEL get-master-addr-by-name`, from the first sentinel that answers.
+    Sentinel {
+        /// Sentinel addresses (`host:port`).
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+    },
+}
+
+impl PrimarySource {
+    /// The Mofang API of `env` for `instance`.
+    pub fn api(env: &Env, instance: &str) -> Self {
+        PrimarySource::Api {
+            http: env.http.clone(),
+            rest: env.sched.rest.clone(),
+            token: env.token.clone(),
+            instance: instance.to_owned(),
+        }
+    }
+
+    /// The current primary's `host:port`.
+    pub async fn primary(&self) -> Result<String> {
+        match self {
+            PrimarySource::Api {
+                http,
+                rest,
+                token,
+                instance,
+            } => {
+                let v: Value = http
+                    .get(format!("{rest}/v1/instances/{instance}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok(v["primary"].as_str().unwrap_or_default().to_owned())
+            }
+            PrimarySource::Sentinel { sentinels, master } => {
+                let mut last = anyhow::anyhow!("no sentinel configured");
+                for s in sentinels {
+                    let r = tokio::time::timeout(Duration::from_millis(500), async {
+                        let client = redis::Client::open(format!("redis://{s}/"))?;
+                        let mut c = client.get_multiplexed_async_connection().await?;
+                        let a: Option<(String, u16)> = redis::cmd("SENTINEL")
+                            .arg("get-master-addr-by-name")
+                            .arg(master)
+                            .query_async(&mut c)
+                            .await?;
+                        let (h, p) = a.context("sentinel knows no such master")?;
+                        anyhow::Ok(format!("{h}:{p}"))
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(a)) => return Ok(a),
+                        Ok(Err(e)) => last = e,
+                        Err(_) => last = anyhow::anyhow!("sentinel {s} timed out"),
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
 }
 
 impl SetOutcome {
@@ -190,13 +287,20 @@ enum Conn {
 impl SetWriter {
     /// Starts writing; MariaDB's table is created first.
     pub async fn start(env: &Env, instance: &str, engine: &str, password: &str) -> Result<Self> {
-        let (rest, token) = (env.sched.rest.clone(), env.token.clone());
-        let http = env.http.clone();
-        let (instance, engine, password) =
-            (instance.to_owned(), engine.to_owned(), password.to_owned());
+        Self::start_from(PrimarySource::api(env, instance), engine, password, 1).await
+    }
+
+    /// Starts writing ids `first_id`, `first_id + 1`, ... (as the `app` account) to the
+    /// primary that `source` names; MariaDB's table is created first.
+    pub async fn start_from(
+        source: PrimarySource,
+        engine: &str,
+        password: &str,
+        first_id: u64,
+    ) -> Result<Self> {
+        let (engine, password) = (engine.to_owned(), password.to_owned());
         if engine == "mariadb" {
-            let v = env.get(&format!("/v1/instances/{instance}")).await?;
-            let mut c = mysql(v["primary"].as_str().context("primary")?, &password).await?;
+            let mut c = mysql(&source.primary().await?, &password).await?;
             use mysql_async::prelude::Queryable;
             c.query_drop("CREATE TABLE IF NOT EXISTS jepsen (id BIGINT PRIMARY KEY)")
                 .await?;
@@ -209,21 +313,11 @@ impl SetWriter {
             let mut out = SetOutcome::default();
             let mut conn: Option<Conn> = None;
             let mut last_ack = std::time::Instant::now();
-            let mut id = 0u64;
+            let mut id = first_id.saturating_sub(1);
+            let mut primary: std::sync::Arc<str> = std::sync::Arc::from("");
             while !s.load(Ordering::SeqCst) {
                 if conn.is_none() {
-                    let primary = async {
-                        let v: Value = http
-                            .get(format!("{rest}/v1/instances/{instance}"))
-                            .bearer_auth(&token)
-                            .send()
-                            .await?
-                            .json()
-                            .await?;
-                        anyhow::Ok(v["primary"].as_str().unwrap_or_default().to_owned())
-                    }
-                    .await
-                    .unwrap_or_default();
+                    primary = source.primary().await.unwrap_or_default().into();
                     let c = tokio::time::timeout(Duration::from_secs(2), async {
                         if engine == "mariadb" {
                             anyhow::Ok(Conn::My(mysql(&primary, &password).await?))
@@ -275,6 +369,10 @@ impl SetWriter {
                         }
                         last_ack = now;
                         out.acked.insert(id);
+                        out.acks.push(Ack {
+                            at: now,
+                            primary: primary.clone(),
+                        });
                         a.fetch_add(1, Ordering::SeqCst);
                     }
                     _ => {
