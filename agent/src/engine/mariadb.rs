@@ -144,9 +144,9 @@ impl Engine for MariaDb {
              gtid_strict_mode = ON\n\
              relay_log = relay-bin\n\
              relay_log_recovery = ON\n\
-             # With MASTER_HEARTBEAT_PERIOD 1, a silent primary is noticed in 4 s (default\n\
+             # With MASTER_HEARTBEAT_PERIOD 1, a silent primary is noticed in 2 s (default\n\
              # 60 s): replicas report their link down in time for the failover decision.\n\
-             slave_net_timeout = 4\n\
+             slave_net_timeout = 2\n\
              sync_binlog = 1\n\
              innodb_flush_log_at_trx_commit = 1\n\
              innodb_buffer_pool_size = {pool_mib}M\n\
