@@ -596,6 +596,16 @@ async fn apply_role(
                     if out.exit_code != 0 {
                         return Err(Error::Seed(out.stderr.trim().chars().take(400).collect()));
                     }
+                    // The copy is of the primary of `a.epoch`. If another member was promoted
+                    // meanwhile, its position means nothing to the new primary: start over.
+                    if sh.assignment(&a.member).map(|x| x.epoch) != Some(a.epoch) {
+                        warn!(member = %a.member, epoch = a.epoch, "primary changed while seeding: rebuilding");
+                        rebuild(sh, &a.member, container).await?;
+                        return Err(Error::Seed(
+                            "the primary changed while seeding; seeding again from the new one"
+                                .into(),
+                        ));
+                    }
                     info!(member = %a.member, "replica seeded");
                 }
                 st.needs_seed = false;

@@ -467,6 +467,10 @@ impl Engine for MariaDb {
         // Error 1236 with GTIDs: the replica asks for a GTID its new primary never had.
         replication_error.contains("not in the master's binlog")
             || replication_error.contains("diverged")
+            // A row the replica already has, or lacks, on a read-only replica: its data is
+            // not its primary's (e.g. seeded from a primary that was deposed meanwhile).
+            || replication_error.contains("Duplicate entry")
+            || replication_error.contains("Can't find record")
     }
 }
 
