@@ -415,11 +415,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             // Paused, restarting, dead: the database does not answer; it counts as a
             // failed check like an unanswered ping.
             memo.ping_failures += 1;
-            let mut s = status(sh, a, &st, Some(&container), "");
-            if let Some(old) = sh.statuses.lock().ok().and_then(|m| m.get(member).cloned()) {
-                s.address = old.address;
-                s.position = old.position;
-            }
+            let mut s = status_keeping_last(sh, a, &st, &container);
             s.failed_checks = memo.failed_checks(&container.id);
             s.reason = format!("container {other:?} ({} checks)", memo.ping_failures);
             sh.set_status(s);
@@ -774,7 +770,14 @@ fn status(
     }
 }
 
-fn report_held(sh: &Shared, a: &Assignment, st: &MemberState, c: &runtime::ContainerInfo) {
+/// A status for a member that cannot be asked now, keeping its last known address and
+/// position (the scheduler compares positions when it picks a new primary).
+fn status_keeping_last(
+    sh: &Shared,
+    a: &Assignment,
+    st: &MemberState,
+    c: &runtime::ContainerInfo,
+) -> MemberStatus {
     let mut s = status(sh, a, st, Some(c), "");
     if let Some(old) = sh
         .statuses
@@ -782,10 +785,14 @@ fn report_held(sh: &Shared, a: &Assignment, st: &MemberState, c: &runtime::Conta
         .ok()
         .and_then(|m| m.get(&a.member).cloned())
     {
-        // Keep the last known address and position: the scheduler compares positions.
         s.address = old.address;
         s.position = old.position;
     }
+    s
+}
+
+fn report_held(sh: &Shared, a: &Assignment, st: &MemberState, c: &runtime::ContainerInfo) {
+    let mut s = status_keeping_last(sh, a, st, c);
     s.reason = format!(
         "primary container exited (code {}); held down for the scheduler's decision",
         c.exit_code.unwrap_or(-1)

@@ -102,6 +102,21 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     ] {
         assert!(k.iter().any(|x| x == want), "event {want} in {k:?}");
     }
+    // The scheduler's own /metrics counts it and times it.
+    let m = reqwest::get(format!("{}/metrics", env.sched.rest))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        m.contains("mofang_failovers_total{result=\"completed\"} 1"),
+        "{m}"
+    );
+    let last = m
+        .lines()
+        .find_map(|l| l.strip_prefix("mofang_failover_last_duration_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("last failover duration")?;
+    assert!(last > 0.0, "{m}");
     if engine == "mariadb" {
         // Semi-sync AFTER_SYNC and promotion after the relay log is applied: nothing lost.
         assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");

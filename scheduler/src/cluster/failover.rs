@@ -542,25 +542,7 @@ impl Cluster {
                 .await;
             }
             self.clear_reported(&name);
-            let this_hooks = self.failover.hooks.clone();
-            tokio::spawn(async move {
-                let (list, hook) = if ok {
-                    (this_hooks.post_failover, "post_failover")
-                } else {
-                    (
-                        this_hooks.post_unsuccessful_failover,
-                        "post_unsuccessful_failover",
-                    )
-                };
-                let _ = hooks::run(
-                    &list,
-                    &HookEnv {
-                        hook: hook.into(),
-                        ..env
-                    },
-                )
-                .await;
-            });
+            self.run_post_hooks(ok, env).await;
         }
     }
 
