@@ -86,6 +86,12 @@ struct Candidate<'a> {
 /// Places `1 + spec.replicas` members of `spec` on `nodes`, at most one per node.
 ///
 /// `nodes` holds one view per node (names unique); their order does not matter.
+///
+/// Cost: one pass over the nodes, no allocation per node. Ranking does not sort every
+/// candidate: the greedy pick below only ever takes a zone's best node or one of the
+/// `wanted` best overall, and all of those are among the `wanted` best of their zone, so only
+/// those ("finalists") are ranked. The answer is the same as ranking everything (a unit test
+/// checks this against the full sort on random clusters).
 pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
     let wanted = usize::try_from(spec.replicas)
         .unwrap_or(usize::MAX)
@@ -97,34 +103,47 @@ pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
         .and_then(|p| p.zones.as_deref())
         .filter(|z| !z.is_empty());
 
-    let mut candidates = Vec::with_capacity(nodes.len());
-    let mut reasons = Vec::new();
+    // Per zone, its best `wanted` candidates so far, best first.
+    let mut by_zone: BTreeMap<Option<&str>, Vec<Candidate<'_>>> = BTreeMap::new();
+    let mut fit = 0usize;
     for view in nodes {
-        let before = reasons.len();
-        check(spec, zones, view, &mut reasons);
-        if reasons.len() == before {
-            let memory_mib = view.node.memory_bytes / MIB;
-            candidates.push(Candidate {
-                name: &view.node.name,
-                zone: view.node.labels.get(ZONE_LABEL).map(String::as_str),
-                free_memory_mib: memory_mib.saturating_sub(view.reserved_memory_mib),
-                memory_mib,
-                members: view.members,
-                primaries: view.primaries,
-            });
+        if !check(spec, zones, view, None) {
+            continue;
+        }
+        fit += 1;
+        let memory_mib = view.node.memory_bytes / MIB;
+        let candidate = Candidate {
+            name: &view.node.name,
+            zone: view.node.labels.get(ZONE_LABEL).map(String::as_str),
+            free_memory_mib: memory_mib.saturating_sub(view.reserved_memory_mib),
+            memory_mib,
+            members: view.members,
+            primaries: view.primaries,
+        };
+        let best = by_zone.entry(candidate.zone).or_default();
+        let at = best.partition_point(|c| by_score(strategy, c, &candidate) == Ordering::Less);
+        if at < wanted {
+            best.insert(at, candidate);
+            best.truncate(wanted);
         }
     }
 
-    if candidates.len() < wanted {
+    if fit < wanted {
+        // The rare path: a second pass for the reason each node was filtered out.
+        let mut reasons = Vec::new();
+        for view in nodes {
+            check(spec, zones, view, Some(&mut reasons));
+        }
         return Err(Error::Unplaceable {
             instance: spec.name.clone(),
             wanted,
-            fit: candidates.len(),
+            fit,
             reasons,
         });
     }
 
-    // Rank once; a candidate's position is its score rank from here on.
+    // Rank the finalists once; a candidate's position is its score rank from here on.
+    let mut candidates: Vec<Candidate<'_>> = by_zone.into_values().flatten().collect();
     candidates.sort_by(|a, b| by_score(strategy, a, b));
 
     // Greedy zone spread: take the best-ranked node of a zone not used yet, else the best-ranked
@@ -182,16 +201,29 @@ pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
     Ok(Placed { members })
 }
 
-/// Runs the filters on one node, pushing one reason per failed check. A node that is not
-/// schedulable at all gets only that reason: its free resources would be noise.
+/// Runs the filters on one node: true if it fits. With `reasons`, pushes one reason per
+/// failed check (a node that is not schedulable at all gets only that reason: its free
+/// resources would be noise); without, stops at the first failed check and formats nothing.
 fn check(
     spec: &InstanceSpec,
     zones: Option<&[String]>,
     view: &NodeView<'_>,
-    reasons: &mut Vec<String>,
-) {
+    mut reasons: Option<&mut Vec<String>>,
+) -> bool {
     let node = view.node;
     let name = node.name.as_str();
+    let mut fits = true;
+    // Records a failed check; `false` means "stop here" (no reasons wanted).
+    let mut fail = |reason: &dyn Fn() -> String| -> bool {
+        fits = false;
+        match reasons.as_deref_mut() {
+            Some(r) => {
+                r.push(format!("{name}: {}", reason()));
+                true
+            }
+            None => false,
+        }
+    };
 
     let unschedulable = match (view.state, node.admin) {
         (NodeState::Down, _) => Some("down"),
@@ -200,75 +232,82 @@ fn check(
         (NodeState::Ready, NodeAdmin::Active) => None,
     };
     if let Some(state) = unschedulable {
-        reasons.push(format!("{name}: {state}"));
-        return;
+        fail(&|| state.to_owned());
+        return false;
     }
 
     if let Some(zones) = zones {
-        match node.labels.get(ZONE_LABEL) {
-            None => reasons.push(format!("{name}: no zone label")),
+        let more = match node.labels.get(ZONE_LABEL) {
+            None => fail(&|| "no zone label".to_owned()),
             Some(zone) if !zones.contains(zone) => {
-                reasons.push(format!("{name}: zone {zone} not in [{}]", zones.join(", ")))
+                fail(&|| format!("zone {zone} not in [{}]", zones.join(", ")))
             }
-            Some(_) => {}
+            Some(_) => true,
+        };
+        if !more {
+            return false;
         }
     }
 
     let asked = &spec.resources;
     let free_cpu = (node.cpu - view.reserved_cpu).max(0.0);
-    if free_cpu + CPU_EPSILON < asked.cpu || asked.cpu.is_nan() {
-        reasons.push(format!(
-            "{name}: cpu {} free, {} asked",
-            cores(free_cpu),
-            cores(asked.cpu)
-        ));
+    if (free_cpu + CPU_EPSILON < asked.cpu || asked.cpu.is_nan())
+        && !fail(&|| format!("cpu {} free, {} asked", cores(free_cpu), cores(asked.cpu)))
+    {
+        return false;
     }
 
     let free_memory = (node.memory_bytes / MIB).saturating_sub(view.reserved_memory_mib);
-    if free_memory < asked.memory {
-        reasons.push(format!(
-            "{name}: memory {free_memory} MiB free, {} MiB asked",
-            asked.memory
-        ));
+    if free_memory < asked.memory
+        && !fail(&|| format!("memory {free_memory} MiB free, {} MiB asked", asked.memory))
+    {
+        return false;
     }
 
-    let mut capacity: BTreeMap<&str, u64> = BTreeMap::new();
-    for disk in &node.disks {
-        let bytes = capacity.entry(disk.class.as_str()).or_default();
-        *bytes = bytes.saturating_add(disk.capacity_bytes);
-    }
-    let free_disk = |class: &str, bytes: u64| {
+    let free_disk = |class: &str| {
+        let bytes = node
+            .disks
+            .iter()
+            .filter(|d| d.class == class)
+            .fold(0u64, |sum, d| sum.saturating_add(d.capacity_bytes));
         let reserved = view.reserved_disk_mib.get(class).copied().unwrap_or(0);
         (bytes / MIB).saturating_sub(reserved)
     };
     let best = match spec.disk_class.as_deref() {
-        Some(class) => match capacity.get(class) {
-            Some(&bytes) => Some((class, free_disk(class, bytes))),
-            None => {
-                reasons.push(format!("{name}: no disk of class {class}"));
-                return;
-            }
-        },
+        Some(class) if node.disks.iter().any(|d| d.class == class) => {
+            Some((class, free_disk(class)))
+        }
+        Some(class) => {
+            fail(&|| format!("no disk of class {class}"));
+            return false;
+        }
         // Any class will do: the one with the most free space (ties to the first by name).
-        None => capacity
+        None => node
+            .disks
             .iter()
-            .map(|(&class, &bytes)| (class, free_disk(class, bytes)))
+            .map(|d| (d.class.as_str(), free_disk(&d.class)))
             .fold(
                 None,
                 |best: Option<(&str, u64)>, (class, free)| match best {
-                    Some((_, most)) if most >= free => best,
+                    Some((most_class, most))
+                        if most > free || (most == free && most_class <= class) =>
+                    {
+                        best
+                    }
                     _ => Some((class, free)),
                 },
             ),
     };
     match best {
-        None => reasons.push(format!("{name}: no disk")),
-        Some((class, free)) if free < asked.disk => reasons.push(format!(
-            "{name}: disk ({class}) {free} MiB free, {} MiB asked",
-            asked.disk
-        )),
+        None => {
+            fail(&|| "no disk".to_owned());
+        }
+        Some((class, free)) if free < asked.disk => {
+            fail(&|| format!("disk ({class}) {free} MiB free, {} MiB asked", asked.disk));
+        }
         Some(_) => {}
     }
+    fits
 }
 
 /// Cores rounded to thousandths, so reasons read `0.1`, not `0.09999999999999998`.
@@ -748,5 +787,96 @@ mod tests {
         wanted.resources.cpu = 0.2;
         let reasons = reasons_of(place(&wanted, &views).unwrap_err());
         assert_eq!(reasons, ["node-a: cpu 0.1 free, 0.2 asked"]);
+    }
+
+    /// The reference: rank every candidate with a full sort, then the same greedy pick.
+    fn place_by_full_sort(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Option<Vec<String>> {
+        let wanted = spec.replicas as usize + 1;
+        let strategy = spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.spread)
+            .unwrap_or_default();
+        let zones = spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.zones.as_deref())
+            .filter(|z| !z.is_empty());
+        let mut c: Vec<Candidate<'_>> = nodes
+            .iter()
+            .filter(|v| check(spec, zones, v, None))
+            .map(|v| Candidate {
+                name: &v.node.name,
+                zone: v.node.labels.get(ZONE_LABEL).map(String::as_str),
+                free_memory_mib: (v.node.memory_bytes / MIB).saturating_sub(v.reserved_memory_mib),
+                memory_mib: v.node.memory_bytes / MIB,
+                members: v.members,
+                primaries: v.primaries,
+            })
+            .collect();
+        if c.len() < wanted {
+            return None;
+        }
+        c.sort_by(|a, b| by_score(strategy, a, b));
+        let mut taken = vec![false; c.len()];
+        let mut used = BTreeSet::new();
+        let mut chosen = Vec::new();
+        for _ in 0..wanted {
+            let free = (0..c.len()).find(|&r| !taken[r]).unwrap();
+            let rank = (0..c.len())
+                .find(|&r| !taken[r] && !used.contains(&c[r].zone))
+                .unwrap_or(free);
+            taken[rank] = true;
+            used.insert(c[rank].zone);
+            chosen.push(rank);
+        }
+        let pos = (0..chosen.len())
+            .min_by_key(|&p| (c[chosen[p]].primaries, chosen[p]))
+            .unwrap();
+        let primary = chosen.remove(pos);
+        chosen.insert(0, primary);
+        Some(chosen.iter().map(|&r| c[r].name.to_owned()).collect())
+    }
+
+    #[test]
+    fn ranking_only_the_finalists_gives_the_full_sorts_answer() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        for round in 0..300 {
+            let n = rng.random_range(1..60);
+            let zone_count = rng.random_range(1..6);
+            let nodes: Vec<_> = (0..n)
+                .map(|i| {
+                    let zone = rng.random_range(0..=zone_count);
+                    let zone = (zone < zone_count).then(|| format!("z{zone}"));
+                    let mut node = node(&format!("node-{i:03}"), zone.as_deref());
+                    node.memory_bytes = rng.random_range(1..8u64) * 4 * GIB;
+                    node
+                })
+                .collect();
+            let views: Vec<_> = nodes
+                .iter()
+                .map(|nd| {
+                    let mut v = view(nd);
+                    v.reserved_memory_mib = rng.random_range(0..4u64) * 2048;
+                    v.members = rng.random_range(0..4);
+                    v.primaries = rng.random_range(0..3);
+                    if rng.random_ratio(1, 10) {
+                        v.state = NodeState::Down;
+                    }
+                    v
+                })
+                .collect();
+            let strategy = if round % 2 == 0 {
+                Strategy::Spread
+            } else {
+                Strategy::Binpack
+            };
+            let wanted = with_strategy(spec(rng.random_range(0..5)), strategy);
+            let fast = place(&wanted, &views)
+                .ok()
+                .map(|p| p.members.into_iter().map(|m| m.node).collect::<Vec<_>>());
+            assert_eq!(fast, place_by_full_sort(&wanted, &views), "round {round}");
+        }
     }
 }
