@@ -11,7 +11,6 @@ use mofang_common::proto::{
 };
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
@@ -127,7 +126,7 @@ impl AgentControl for AgentService {
         let w = req.into_inner();
         check_node(&w.node)?;
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
-        let rx = self.cluster.watch(&w.node);
-        Ok(Response::new(Box::pin(WatchStream::new(rx).map(Ok))))
+        let states = self.cluster.watch(&w.node);
+        Ok(Response::new(Box::pin(states.map(Ok))))
     }
 }

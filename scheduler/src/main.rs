@@ -21,6 +21,11 @@ struct Args {
 
 const EX_CONFIG: u8 = 64;
 
+// mimalloc instead of glibc malloc: the scheduler allocates many small, short-lived objects
+// per request and per desired state (measured in docs/benchmarks.md, issue 4).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let cfg = match &args.config {
