@@ -93,24 +93,92 @@ struct Candidate<'a> {
 /// those ("finalists") are ranked. The answer is the same as ranking everything (a unit test
 /// checks this against the full sort on random clusters).
 pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
-    let wanted = usize::try_from(spec.replicas)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1);
-    let placement = spec.placement.as_ref();
-    let strategy = placement.and_then(|p| p.spread).unwrap_or_default();
-    // An empty list is read as "no constraint" rather than "no node may be used".
-    let zones = placement
-        .and_then(|p| p.zones.as_deref())
-        .filter(|z| !z.is_empty());
-
-    // Per zone, its best `wanted` candidates so far, best first.
-    let mut by_zone: BTreeMap<Option<&str>, Vec<Candidate<'_>>> = BTreeMap::new();
-    let mut fit = 0usize;
+    let mut finalists = Finalists::new(spec);
     for view in nodes {
-        if !check(spec, zones, view, None) {
-            continue;
+        finalists.offer(view);
+    }
+    if finalists.fit < finalists.wanted {
+        // The rare path: a second pass for the reason each node was filtered out.
+        let mut reasons = Vec::new();
+        for view in nodes {
+            check(spec, finalists.zones, view, Some(&mut reasons));
         }
-        fit += 1;
+        return Err(Error::Unplaceable {
+            instance: spec.name.clone(),
+            wanted: finalists.wanted,
+            fit: finalists.fit,
+            reasons,
+        });
+    }
+    Ok(finalists.pick())
+}
+
+/// Places like [`place`], walking `ranked`: the nodes in the order of a [`Ranking`] (best
+/// first for `spread`, reversed for `binpack`: exactly the strategy's score order). It stops
+/// as soon as the nodes seen decide the answer: at least `wanted` fit, in at least
+/// `min(wanted, zones_total)` zones (`zones_total`: how many distinct zones the cluster has, a
+/// node without a zone label counting as one). Every node after such a prefix ranks lower and
+/// cannot change the greedy pick, so the answer equals [`place`]'s. `None` when the walk ends
+/// with too few fitting nodes: the caller runs [`place`] over every node for the reasons.
+pub fn place_ranked<'a>(
+    spec: &InstanceSpec,
+    ranked: impl Iterator<Item = NodeView<'a>>,
+    zones_total: usize,
+) -> Option<Placed> {
+    let mut finalists = Finalists::new(spec);
+    let zones_needed = finalists
+        .wanted
+        .min(zones_total)
+        .min(finalists.zones.map_or(usize::MAX, <[String]>::len));
+    for view in ranked {
+        if finalists.fit >= finalists.wanted && finalists.zone_count() >= zones_needed {
+            break;
+        }
+        finalists.offer(&view);
+    }
+    (finalists.fit >= finalists.wanted).then(|| finalists.pick())
+}
+
+/// The candidates that can still be picked, per zone, as nodes are offered.
+struct Finalists<'s, 'a> {
+    spec: &'s InstanceSpec,
+    strategy: Strategy,
+    zones: Option<&'s [String]>,
+    wanted: usize,
+    /// Nodes that passed every filter.
+    fit: usize,
+    /// Per zone, its best `wanted` candidates so far, best first.
+    by_zone: BTreeMap<Option<&'a str>, Vec<Candidate<'a>>>,
+}
+
+impl<'s, 'a> Finalists<'s, 'a> {
+    fn new(spec: &'s InstanceSpec) -> Self {
+        let placement = spec.placement.as_ref();
+        Finalists {
+            spec,
+            strategy: placement.and_then(|p| p.spread).unwrap_or_default(),
+            // An empty list is read as "no constraint" rather than "no node may be used".
+            zones: placement
+                .and_then(|p| p.zones.as_deref())
+                .filter(|z| !z.is_empty()),
+            wanted: usize::try_from(spec.replicas)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+            fit: 0,
+            by_zone: BTreeMap::new(),
+        }
+    }
+
+    fn zone_count(&self) -> usize {
+        self.by_zone.len()
+    }
+
+    /// Filters one node and keeps it if it is among its zone's best `wanted`.
+    fn offer(&mut self, view: &NodeView<'a>) {
+        if !check(self.spec, self.zones, view, None) {
+            return;
+        }
+        self.fit += 1;
         let memory_mib = view.node.memory_bytes / MIB;
         let candidate = Candidate {
             name: &view.node.name,
@@ -120,85 +188,76 @@ pub fn place(spec: &InstanceSpec, nodes: &[NodeView<'_>]) -> Result<Placed> {
             members: view.members,
             primaries: view.primaries,
         };
-        let best = by_zone.entry(candidate.zone).or_default();
+        let strategy = self.strategy;
+        let best = self.by_zone.entry(candidate.zone).or_default();
         let at = best.partition_point(|c| by_score(strategy, c, &candidate) == Ordering::Less);
-        if at < wanted {
+        if at < self.wanted {
             best.insert(at, candidate);
-            best.truncate(wanted);
+            best.truncate(self.wanted);
         }
     }
 
-    if fit < wanted {
-        // The rare path: a second pass for the reason each node was filtered out.
-        let mut reasons = Vec::new();
-        for view in nodes {
-            check(spec, zones, view, Some(&mut reasons));
-        }
-        return Err(Error::Unplaceable {
-            instance: spec.name.clone(),
-            wanted,
-            fit,
-            reasons,
-        });
-    }
+    /// The greedy pick over the finalists; needs `fit >= wanted`.
+    fn pick(self) -> Placed {
+        let (spec, strategy, wanted) = (self.spec, self.strategy, self.wanted);
+        // Rank the finalists once; a candidate's position is its score rank from here on.
+        let mut candidates: Vec<Candidate<'_>> = self.by_zone.into_values().flatten().collect();
+        candidates.sort_by(|a, b| by_score(strategy, a, b));
 
-    // Rank the finalists once; a candidate's position is its score rank from here on.
-    let mut candidates: Vec<Candidate<'_>> = by_zone.into_values().flatten().collect();
-    candidates.sort_by(|a, b| by_score(strategy, a, b));
-
-    // Greedy zone spread: take the best-ranked node of a zone not used yet, else the best-ranked
-    // node left. Every zone among the candidates has at least one node, so this reaches
-    // min(wanted, zones) distinct zones, the most possible.
-    let mut taken = vec![false; candidates.len()];
-    let mut used_zones: BTreeSet<Option<&str>> = BTreeSet::new();
-    let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
-    for _ in 0..wanted {
-        let mut first_free = None;
-        let mut first_new_zone = None;
-        for (rank, candidate) in candidates.iter().enumerate() {
-            if taken[rank] {
-                continue;
+        // Greedy zone spread: take the best-ranked node of a zone not used yet, else the best-ranked
+        // node left. Every zone among the candidates has at least one node, so this reaches
+        // min(wanted, zones) distinct zones, the most possible.
+        let mut taken = vec![false; candidates.len()];
+        let mut used_zones: BTreeSet<Option<&str>> = BTreeSet::new();
+        let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            let mut first_free = None;
+            let mut first_new_zone = None;
+            for (rank, candidate) in candidates.iter().enumerate() {
+                if taken[rank] {
+                    continue;
+                }
+                first_free.get_or_insert(rank);
+                if !used_zones.contains(&candidate.zone) {
+                    first_new_zone = Some(rank);
+                    break;
+                }
             }
-            first_free.get_or_insert(rank);
-            if !used_zones.contains(&candidate.zone) {
-                first_new_zone = Some(rank);
+            // There are at least `wanted` candidates, so one is always left.
+            let Some(rank) = first_new_zone.or(first_free) else {
                 break;
-            }
+            };
+            taken[rank] = true;
+            used_zones.insert(candidates[rank].zone);
+            chosen.push(rank);
         }
-        // There are at least `wanted` candidates, so one is always left.
-        let Some(rank) = first_new_zone.or(first_free) else {
-            break;
-        };
-        taken[rank] = true;
-        used_zones.insert(candidates[rank].zone);
-        chosen.push(rank);
-    }
 
-    // Primary balancing: fewest primaries, ties to the best-ranked node.
-    if let Some(pos) = chosen
-        .iter()
-        .enumerate()
-        .min_by_key(|&(_, &rank)| (candidates[rank].primaries, rank))
-        .map(|(pos, _)| pos)
-    {
-        let primary = chosen.remove(pos);
-        chosen.insert(0, primary);
-    }
+        // Primary balancing: fewest primaries, ties to the best-ranked node.
+        if let Some(pos) = chosen
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &rank)| (candidates[rank].primaries, rank))
+            .map(|(pos, _)| pos)
+        {
+            let primary = chosen.remove(pos);
+            chosen.insert(0, primary);
+        }
 
-    let members = chosen
-        .iter()
-        .enumerate()
-        .map(|(ordinal, &rank)| MemberRecord {
-            id: format!("{}-{ordinal}", spec.name),
-            node: candidates[rank].name.to_owned(),
-            role: if ordinal == 0 {
-                Role::Primary
-            } else {
-                Role::Replica
-            },
-        })
-        .collect();
-    Ok(Placed { members })
+        let members = chosen
+            .iter()
+            .enumerate()
+            .map(|(ordinal, &rank)| MemberRecord {
+                id: format!("{}-{ordinal}", spec.name),
+                node: candidates[rank].name.to_owned(),
+                role: if ordinal == 0 {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                },
+            })
+            .collect();
+        Placed { members }
+    }
 }
 
 /// Runs the filters on one node: true if it fits. With `reasons`, pushes one reason per
@@ -321,7 +380,11 @@ fn by_score(strategy: Strategy, a: &Candidate<'_>, b: &Candidate<'_>) -> Orderin
         Strategy::Spread => free_fraction(b, a)
             .then(a.members.cmp(&b.members))
             .then(a.name.cmp(b.name)),
-        Strategy::Binpack => free_fraction(a, b).then(a.name.cmp(b.name)),
+        // Exactly spread's order reversed (fullest first, then more members, then the later
+        // name), so that one `Ranking` serves both strategies.
+        Strategy::Binpack => free_fraction(a, b)
+            .then(b.members.cmp(&a.members))
+            .then(b.name.cmp(a.name)),
     }
 }
 
@@ -338,6 +401,105 @@ fn fraction(c: &Candidate<'_>) -> (u128, u128) {
         (0, 1)
     } else {
         (u128::from(c.free_memory_mib), u128::from(c.memory_mib))
+    }
+}
+
+fn cmp_fraction((a_free, a_total): (u128, u128), (b_free, b_total): (u128, u128)) -> Ordering {
+    (a_free * b_total).cmp(&(b_free * a_total))
+}
+
+/// Where a node stands in the ranking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RankKey {
+    free_mib: u64,
+    total_mib: u64,
+    members: u32,
+    name: String,
+}
+
+impl RankKey {
+    fn fraction(&self) -> (u128, u128) {
+        if self.total_mib == 0 {
+            (0, 1)
+        } else {
+            (u128::from(self.free_mib), u128::from(self.total_mib))
+        }
+    }
+}
+
+impl Ord for RankKey {
+    /// `spread`'s order, best first: most free memory fraction, fewest members, name.
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_fraction(other.fraction(), self.fraction())
+            .then(self.members.cmp(&other.members))
+            .then_with(|| self.name.cmp(&other.name))
+    }
+}
+
+impl PartialOrd for RankKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Every node ordered by `spread`'s score (most free memory fraction first), kept up to date
+/// as reservations change, so that a placement walks a few nodes from the top instead of all
+/// of them ([`place_ranked`]). `binpack` walks it from the bottom.
+#[derive(Debug, Default)]
+pub struct Ranking {
+    order: BTreeSet<RankKey>,
+    keys: std::collections::HashMap<String, RankKey>,
+}
+
+impl Ranking {
+    /// Sets a node's place: `memory_bytes` it offers, `reserved_memory_mib` and `members`
+    /// already placed on it.
+    pub fn update(
+        &mut self,
+        name: &str,
+        memory_bytes: u64,
+        reserved_memory_mib: u64,
+        members: u32,
+    ) {
+        let total_mib = memory_bytes / MIB;
+        let key = RankKey {
+            free_mib: total_mib.saturating_sub(reserved_memory_mib),
+            total_mib,
+            members,
+            name: name.to_owned(),
+        };
+        if self.keys.get(name) == Some(&key) {
+            return;
+        }
+        if let Some(old) = self.keys.insert(name.to_owned(), key.clone()) {
+            self.order.remove(&old);
+        }
+        self.order.insert(key);
+    }
+
+    /// Forgets a node.
+    pub fn remove(&mut self, name: &str) {
+        if let Some(old) = self.keys.remove(name) {
+            self.order.remove(&old);
+        }
+    }
+
+    /// Node names, best first for `strategy` (the order of `by_score`).
+    pub fn names(&self, strategy: Strategy) -> Box<dyn Iterator<Item = &str> + '_> {
+        match strategy {
+            Strategy::Spread => Box::new(self.order.iter().map(|k| k.name.as_str())),
+            Strategy::Binpack => Box::new(self.order.iter().rev().map(|k| k.name.as_str())),
+        }
+    }
+
+    /// Number of nodes ranked.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no node is ranked.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -878,5 +1040,96 @@ mod tests {
                 .map(|p| p.members.into_iter().map(|m| m.node).collect::<Vec<_>>());
             assert_eq!(fast, place_by_full_sort(&wanted, &views), "round {round}");
         }
+    }
+
+    #[test]
+    fn walking_the_ranking_gives_the_same_answer_as_every_node() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut walked_less = 0;
+        for round in 0..400 {
+            let n = rng.random_range(1..80);
+            let zone_count = rng.random_range(1..5);
+            let nodes: Vec<_> = (0..n)
+                .map(|i| {
+                    let zone = rng.random_range(0..=zone_count);
+                    let zone = (zone < zone_count).then(|| format!("z{zone}"));
+                    let mut node = node(&format!("node-{i:03}"), zone.as_deref());
+                    node.memory_bytes = rng.random_range(1..5u64) * 4 * GIB;
+                    node
+                })
+                .collect();
+            let views: Vec<_> = nodes
+                .iter()
+                .map(|nd| {
+                    let mut v = view(nd);
+                    v.reserved_memory_mib = rng.random_range(0..4u64) * 2048;
+                    v.reserved_cpu = if rng.random_ratio(1, 5) { 7.5 } else { 0.0 };
+                    v.members = rng.random_range(0..4);
+                    v.primaries = rng.random_range(0..3);
+                    if rng.random_ratio(1, 10) {
+                        v.state = NodeState::Down;
+                    }
+                    v
+                })
+                .collect();
+            let mut ranking = Ranking::default();
+            for v in &views {
+                ranking.update(
+                    &v.node.name,
+                    v.node.memory_bytes,
+                    v.reserved_memory_mib,
+                    v.members,
+                );
+            }
+            let zones_total = nodes
+                .iter()
+                .map(|n| n.labels.get(ZONE_LABEL))
+                .collect::<BTreeSet<_>>()
+                .len();
+            let strategy = if round % 2 == 0 {
+                Strategy::Spread
+            } else {
+                Strategy::Binpack
+            };
+            let mut wanted = with_strategy(spec(rng.random_range(0..4)), strategy);
+            if round % 7 == 0 {
+                wanted.placement.as_mut().unwrap().zones = Some(vec!["z0".into(), "z1".into()]);
+            }
+            let by_name: BTreeMap<&str, &NodeView<'_>> =
+                views.iter().map(|v| (v.node.name.as_str(), v)).collect();
+            let seen = std::cell::Cell::new(0);
+            let ranked = ranking.names(strategy).map(|name| {
+                seen.set(seen.get() + 1);
+                by_name[name].clone()
+            });
+            let walked = place_ranked(&wanted, ranked, zones_total);
+            if seen.get() < n {
+                walked_less += 1;
+            }
+            let full = place(&wanted, &views).ok();
+            assert_eq!(walked, full, "round {round}");
+        }
+        // The point of the ranking: most placements stop early.
+        assert!(
+            walked_less > 200,
+            "only {walked_less} of 400 placements stopped early"
+        );
+    }
+
+    #[test]
+    fn the_ranking_follows_updates() {
+        let mut ranking = Ranking::default();
+        ranking.update("a", 16 * GIB, 0, 0);
+        ranking.update("b", 16 * GIB, 8192, 1);
+        ranking.update("c", 32 * GIB, 8192, 1);
+        let order = |r: &Ranking, s| r.names(s).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(order(&ranking, Strategy::Spread), ["a", "c", "b"]);
+        assert_eq!(order(&ranking, Strategy::Binpack), ["b", "c", "a"]);
+        ranking.update("a", 16 * GIB, 12288, 2);
+        assert_eq!(order(&ranking, Strategy::Spread), ["c", "b", "a"]);
+        ranking.remove("c");
+        assert_eq!(order(&ranking, Strategy::Spread), ["b", "a"]);
+        assert_eq!(ranking.len(), 2);
     }
 }

@@ -458,9 +458,9 @@ impl Cluster {
         let stored = self.store.update_instance(&next, &events).await?;
         let mut inner = lock(&self.inner);
         if let Some(old) = inner.instances.get(&stored.spec.name).cloned() {
-            reserve(&mut inner.reserved, &old, false);
+            reserve(&mut inner, &old, false);
         }
-        reserve(&mut inner.reserved, &stored, true);
+        reserve(&mut inner, &stored, true);
         inner
             .instances
             .insert(stored.spec.name.clone(), stored.clone());

@@ -104,6 +104,55 @@ struct Inner {
     reported: BTreeSet<String>,
     /// Mass-failure guard tripped: automatic failovers wait for an operator.
     mass_hold: bool,
+    /// Registered nodes ordered by placement score, kept in step with `nodes` and `reserved`.
+    ranking: placement::Ranking,
+    /// Distinct `zone` labels among registered nodes (no label counts as one zone).
+    zones_total: usize,
+}
+
+impl Inner {
+    /// Puts a node back in its place in the ranking after its record or reservations changed.
+    fn rerank(&mut self, name: &str) {
+        match self.nodes.get(name) {
+            Some(n) => {
+                let r = self.reserved.get(name);
+                self.ranking.update(
+                    name,
+                    n.memory_bytes,
+                    r.map_or(0, |r| r.memory_mib),
+                    r.map_or(0, |r| r.members),
+                );
+            }
+            None => self.ranking.remove(name),
+        }
+    }
+
+    /// Adds or replaces a node record.
+    fn put_node(&mut self, node: Node) {
+        let name = node.name.clone();
+        self.nodes.insert(name.clone(), node);
+        self.rerank(&name);
+        self.count_zones();
+    }
+
+    /// Rebuilds the ranking and the zone count from `nodes` and `reserved`.
+    fn rerank_all(&mut self) {
+        self.ranking = placement::Ranking::default();
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.rerank(&n);
+        }
+        self.count_zones();
+    }
+
+    fn count_zones(&mut self) {
+        self.zones_total = self
+            .nodes
+            .values()
+            .map(|n| n.labels.get(placement::ZONE_LABEL))
+            .collect::<BTreeSet<_>>()
+            .len();
+    }
 }
 
 /// The cluster: one per scheduler process.
@@ -284,9 +333,10 @@ impl Cluster {
             inner.nodes.insert(n.name.clone(), n);
         }
         for i in instances {
-            reserve(&mut inner.reserved, &i, true);
+            reserve(&mut inner, &i, true);
             inner.instances.insert(i.spec.name.clone(), i);
         }
+        inner.rerank_all();
         info!(
             nodes = inner.nodes.len(),
             instances = inner.instances.len(),
@@ -346,9 +396,10 @@ impl Cluster {
             inner.reserved.clear();
             inner.instances.clear();
             for i in instances {
-                reserve(&mut inner.reserved, &i, true);
+                reserve(&mut inner, &i, true);
                 inner.instances.insert(i.spec.name.clone(), i);
             }
+            inner.rerank_all();
             inner.live.clear();
             inner.watchers.clear();
             inner.inflight.clear();
@@ -406,6 +457,36 @@ impl Cluster {
         views
     }
 
+    /// Places `spec` walking the ranking from the top (a few nodes, usually); when that finds
+    /// too few nodes, over every node, which also says why each one was refused.
+    fn place(&self, inner: &Inner, spec: &InstanceSpec) -> placement::Result<placement::Placed> {
+        static EMPTY: std::sync::OnceLock<Reserved> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(Reserved::default);
+        let now = Instant::now();
+        let strategy = spec
+            .placement
+            .as_ref()
+            .and_then(|p| p.spread)
+            .unwrap_or_default();
+        let ranked = inner.ranking.names(strategy).filter_map(|name| {
+            let node = inner.nodes.get(name)?;
+            let r = inner.reserved.get(name).unwrap_or(empty);
+            Some(NodeView {
+                node,
+                state: self.node_state_at(inner, node, now),
+                reserved_cpu: r.cpu,
+                reserved_memory_mib: r.memory_mib,
+                reserved_disk_mib: std::borrow::Cow::Borrowed(&r.disk_mib),
+                primaries: r.primaries,
+                members: r.members,
+            })
+        });
+        match placement::place_ranked(spec, ranked, inner.zones_total) {
+            Some(placed) => Ok(placed),
+            None => placement::place(spec, &self.node_views(inner)),
+        }
+    }
+
     // ---- decisions -------------------------------------------------------------------
 
     /// Places and durably creates an instance. Placement and the in-memory reservation
@@ -418,8 +499,7 @@ impl Cluster {
             if inner.instances.contains_key(&spec.name) {
                 return Err(Error::AlreadyExists(spec.name.clone()));
             }
-            let views = self.node_views(&inner);
-            let placed = placement::place(&spec, &views)?;
+            let placed = self.place(&inner, &spec)?;
             let inst = Instance::new(
                 spec.clone(),
                 placed.members,
@@ -431,7 +511,7 @@ impl Cluster {
                 },
             );
             // Reserve now; undone below if the store refuses.
-            reserve(&mut inner.reserved, &inst, true);
+            reserve(&mut inner, &inst, true);
             inner.instances.insert(spec.name.clone(), inst.clone());
             inst
         };
@@ -468,7 +548,7 @@ impl Cluster {
                     .is_some_and(|i| i.revision == 0)
                 {
                     inner.instances.remove(&spec.name);
-                    reserve(&mut inner.reserved, &inst, false);
+                    reserve(&mut inner, &inst, false);
                 }
                 Err(e.into())
             }
@@ -492,7 +572,7 @@ impl Cluster {
         self.store.delete_instance(name, inst.revision, &ev).await?;
         let mut inner = lock(&self.inner);
         if let Some(i) = inner.instances.remove(name) {
-            reserve(&mut inner.reserved, &i, false);
+            reserve(&mut inner, &i, false);
             let nodes: Vec<String> = i.members.iter().map(|m| m.node.clone()).collect();
             self.push_nodes(&mut inner, &nodes);
         }
@@ -510,9 +590,7 @@ impl Cluster {
                 format!("node set {admin:?}").to_lowercase(),
             )])
             .await?;
-        lock(&self.inner)
-            .nodes
-            .insert(name.to_owned(), node.clone());
+        lock(&self.inner).put_node(node.clone());
         Ok(node)
     }
 
@@ -541,8 +619,7 @@ impl Cluster {
                 )])
                 .await?;
         }
-        let mut inner = lock(&self.inner);
-        inner.nodes.insert(node.name.clone(), node);
+        lock(&self.inner).put_node(node);
         Ok(())
     }
 
@@ -849,11 +926,11 @@ fn next_revision(inner: &mut Inner) -> u64 {
 }
 
 /// Adds (or removes) an instance's reservations.
-fn reserve(reserved: &mut BTreeMap<String, Reserved>, i: &Instance, add: bool) {
+fn reserve(inner: &mut Inner, i: &Instance, add: bool) {
     let r = &i.spec.resources;
     let class = i.spec.disk_class.clone().unwrap_or_else(|| "ssd".into());
     for m in &i.members {
-        let e = reserved.entry(m.node.clone()).or_default();
+        let e = inner.reserved.entry(m.node.clone()).or_default();
         if add {
             e.cpu += r.cpu;
             e.memory_mib += r.memory;
@@ -873,6 +950,7 @@ fn reserve(reserved: &mut BTreeMap<String, Reserved>, i: &Instance, add: bool) {
                 .saturating_sub(u32::from(m.role == Role::Primary));
             e.instances.remove(&i.spec.name);
         }
+        inner.rerank(&m.node);
     }
 }
 
