@@ -8,7 +8,7 @@ use crate::failover::{hooks, HookEnv};
 use crate::model::{now_ms, Event, Instance, MemberRecord};
 use crate::placement::{self, NodeView};
 use mofang_common::Role;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,27 @@ pub(super) struct InFlight {
     reason: String,
 }
 
+/// What the failover pass knows of one node.
+#[derive(Debug, Clone, Copy)]
+struct NodeSeen<'a> {
+    live: Option<&'a super::Live>,
+    node_alive: bool,
+    silent_for: Option<Duration>,
+    lease_ttl: Duration,
+    zone: Option<&'a str>,
+}
+
+fn member_seen<'a>(inner: &'a Inner, node: &NodeSeen<'a>, member: &str) -> Seen<'a> {
+    Seen {
+        node_alive: node.node_alive,
+        silent_for: node.silent_for,
+        lease_ttl: node.lease_ttl,
+        zone: node.zone,
+        status: node.live.and_then(|l| l.members.get(member)),
+        last_lag: inner.last_lag.get(member).copied(),
+    }
+}
+
 /// Who asked for a failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -34,24 +55,30 @@ pub enum Trigger {
 }
 
 impl Cluster {
-    fn seen<'a>(&self, inner: &'a Inner, rec: &MemberRecord, now: Instant) -> Seen<'a> {
-        let live = inner.live.get(&rec.node);
-        let node = inner.nodes.get(&rec.node);
+    /// What is known of one node right now.
+    fn node_seen<'a>(&self, inner: &'a Inner, node: &str, now: Instant) -> NodeSeen<'a> {
+        let live = inner.live.get(node);
         let silent_for = live.map(|l| now.saturating_duration_since(l.last_heartbeat));
-        let lease = inner
-            .node_lease
-            .get(&rec.node)
-            .copied()
-            .unwrap_or_default()
-            .max(Duration::from_millis(self.failover.lease_ttl_ms));
-        Seen {
+        NodeSeen {
+            live,
             node_alive: silent_for.is_some_and(|s| s < self.node_ttl),
             silent_for,
-            lease_ttl: lease,
-            zone: node.and_then(|n| n.labels.get("zone")).map(String::as_str),
-            status: live.and_then(|l| l.members.get(&rec.id)),
-            last_lag: inner.last_lag.get(&rec.id).copied(),
+            lease_ttl: inner
+                .node_lease
+                .get(node)
+                .copied()
+                .unwrap_or_default()
+                .max(Duration::from_millis(self.failover.lease_ttl_ms)),
+            zone: inner
+                .nodes
+                .get(node)
+                .and_then(|n| n.labels.get("zone"))
+                .map(String::as_str),
         }
+    }
+
+    fn seen<'a>(&self, inner: &'a Inner, rec: &MemberRecord, now: Instant) -> Seen<'a> {
+        member_seen(inner, &self.node_seen(inner, &rec.node, now), &rec.id)
     }
 
     fn seen_fn<'a>(
@@ -62,14 +89,24 @@ impl Cluster {
     ) -> impl Fn(&str) -> Seen<'a> + 'a {
         move |id: &str| match inst.members.iter().find(|m| m.id == id) {
             Some(rec) => self.seen(inner, rec, now),
-            None => Seen {
-                node_alive: false,
-                silent_for: None,
-                lease_ttl: Duration::ZERO,
-                zone: None,
-                status: None,
-                last_lag: None,
-            },
+            None => Seen::nothing(),
+        }
+    }
+
+    /// Like [`Self::seen_fn`], reading nodes from a table built once per pass.
+    fn seen_in<'a>(
+        inner: &'a Inner,
+        nodes: &'a HashMap<&'a str, NodeSeen<'a>>,
+        inst: &'a Instance,
+    ) -> impl Fn(&str) -> Seen<'a> + 'a {
+        move |id: &str| match inst
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|rec| nodes.get(rec.node.as_str()))
+        {
+            Some(node) => member_seen(inner, node, id),
+            None => Seen::nothing(),
         }
     }
 
@@ -113,30 +150,84 @@ impl Cluster {
         let mut fine = Vec::new();
         let mut lost = Vec::new();
         let mut promoted = Vec::new();
+        let mut calm: Vec<String> = Vec::new();
         let total;
         {
             let inner = lock(&self.inner);
+            // Every node looked up once per pass, not once per member.
+            let nodes: HashMap<&str, NodeSeen<'_>> = inner
+                .nodes
+                .keys()
+                .map(|n| (n.as_str(), self.node_seen(&inner, n, now)))
+                .collect();
+            let anything_reported = !inner.reported.is_empty();
             total = inner.instances.values().filter(|i| i.revision > 0).count();
-            for (name, i) in inner.instances.iter().filter(|(_, i)| i.revision > 0) {
+            // Only instances something may be wrong with are assessed: a member on a node not
+            // heartbeating, a member whose agent reported trouble (`suspects`, kept by
+            // heartbeats), a replacement under way, or a condition reported earlier. Every
+            // other instance would assess `Fine` with nothing lost (asserted by a unit test).
+            let mut todo: BTreeSet<&str> = inner.suspects.iter().map(String::as_str).collect();
+            for (node, r) in &inner.reserved {
+                if !nodes.get(node.as_str()).is_some_and(|n| n.node_alive) {
+                    todo.extend(r.instances.iter().map(String::as_str));
+                }
+            }
+            todo.extend(
+                inner
+                    .instances
+                    .iter()
+                    .filter(|(_, i)| i.replacing.is_some())
+                    .map(|(n, _)| n.as_str()),
+            );
+            todo.extend(
+                inner
+                    .reported
+                    .iter()
+                    .filter_map(|k| Some(k.split_once('/')?.0)),
+            );
+            for name in todo {
+                let Some(i) = inner.instances.get(name).filter(|i| i.revision > 0) else {
+                    calm.push(name.to_owned());
+                    continue;
+                };
                 if inner.busy.contains(name) || inner.inflight.contains_key(name) {
                     continue;
                 }
                 if i.fence_primary {
                     continue; // a switchover is running
                 }
-                let seen = self.seen_fn(&inner, i, now);
-                match decide::assess(i, &seen, &rules) {
-                    Health::Fine => fine.push(name.clone()),
-                    Health::Failed { reason, wait } if wait.is_zero() => {
-                        failing.push((name.clone(), reason))
+                let seen = Self::seen_in(&inner, &nodes, i);
+                let health = decide::assess(i, &seen, &rules);
+                let lost_one = decide::lost_member(i, &seen, &rules);
+                if health == Health::Fine && lost_one.is_none() && i.replacing.is_none() {
+                    calm.push(name.to_owned());
+                }
+                match health {
+                    // Conditions reported earlier have cleared.
+                    Health::Fine if anything_reported => {
+                        let prefix = format!("{name}/");
+                        if inner
+                            .reported
+                            .range(prefix.clone()..)
+                            .next()
+                            .is_some_and(|k| k.starts_with(&prefix))
+                        {
+                            fine.push(name.to_owned());
+                        }
                     }
-                    Health::Failed { reason, wait } => waiting.push((name.clone(), reason, wait)),
+                    Health::Fine => {}
+                    Health::Failed { reason, wait } if wait.is_zero() => {
+                        failing.push((name.to_owned(), reason))
+                    }
+                    Health::Failed { reason, wait } => {
+                        waiting.push((name.to_owned(), reason, wait))
+                    }
                     Health::NodeLostPrimaryAlive { reason } => {
-                        witnessed.push((name.clone(), reason))
+                        witnessed.push((name.to_owned(), reason))
                     }
                 }
-                if let Some((l, why)) = decide::lost_member(i, &seen, &rules) {
-                    lost.push((name.clone(), l, why));
+                if let Some((l, why)) = lost_one {
+                    lost.push((name.to_owned(), l, why));
                 }
                 if let Some((l, n)) = &i.replacing {
                     let ok = i
@@ -147,19 +238,31 @@ impl Cluster {
                         .and_then(|s| s.status)
                         .is_some_and(|s| s.healthy && s.replication_ok);
                     if ok {
-                        promoted.push((name.clone(), l.clone(), n.clone()));
+                        promoted.push((name.to_owned(), l.clone(), n.clone()));
                     }
                 }
             }
         }
-        for name in &fine {
-            if lock(&self.inner)
-                .reported
-                .iter()
-                .any(|k| k.starts_with(&format!("{name}/")))
-            {
-                self.clear_reported(name);
+        {
+            // Calm instances leave the suspects, unless a heartbeat flagged them meanwhile.
+            let mut inner = lock(&self.inner);
+            for name in calm {
+                let flagged = inner.instances.get(&name).is_some_and(|i| {
+                    i.members.iter().any(|m| {
+                        inner
+                            .live
+                            .get(&m.node)
+                            .and_then(|l| l.members.get(&m.id))
+                            .is_some_and(|s| !decide::calm(s))
+                    })
+                });
+                if !flagged {
+                    inner.suspects.remove(&name);
+                }
             }
+        }
+        for name in &fine {
+            self.clear_reported(name);
         }
         for (name, reason, wait) in waiting {
             self.emit_once(

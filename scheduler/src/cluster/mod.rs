@@ -17,7 +17,7 @@ use crate::placement::{self, NodeView};
 use crate::store::{self, Store};
 use mofang_common::proto::{Assignment, DesiredState, HeartbeatRequest, MemberStatus};
 use mofang_common::Role;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -104,6 +104,9 @@ struct Inner {
     reported: BTreeSet<String>,
     /// Mass-failure guard tripped: automatic failovers wait for an operator.
     mass_hold: bool,
+    /// Instances with a member whose agent reported trouble (see [`crate::failover::decide::calm`]); the failover
+    /// pass assesses these and those on silent nodes, not every instance.
+    suspects: HashSet<String>,
     /// Registered nodes ordered by placement score, kept in step with `nodes` and `reserved`.
     ranking: placement::Ranking,
     /// Distinct `zone` labels among registered nodes (no label counts as one zone).
@@ -405,6 +408,7 @@ impl Cluster {
             inner.inflight.clear();
             inner.reported.clear();
             inner.last_lag.clear();
+            inner.suspects.clear();
         }
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -636,6 +640,7 @@ impl Cluster {
             live,
             instances,
             last_lag,
+            suspects,
             ..
         } = &mut *inner;
         let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
@@ -662,7 +667,15 @@ impl Cluster {
                 moved_primaries.push(m.instance.clone());
             }
             if m.replication_ok && m.lag_seconds >= 0 {
-                last_lag.insert(m.member.clone(), m.lag_seconds);
+                match last_lag.get_mut(&m.member) {
+                    Some(lag) => *lag = m.lag_seconds,
+                    None => {
+                        last_lag.insert(m.member.clone(), m.lag_seconds);
+                    }
+                }
+            }
+            if !crate::failover::decide::calm(&m) && !suspects.contains(&m.instance) {
+                suspects.insert(m.instance.clone());
             }
             match live.members.get_mut(&m.member) {
                 Some(slot) => *slot = m,

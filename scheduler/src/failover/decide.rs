@@ -25,6 +25,20 @@ pub struct Seen<'a> {
     pub last_lag: Option<i64>,
 }
 
+impl Seen<'_> {
+    /// Nothing known: not a member, or its node never reported.
+    pub fn nothing() -> Self {
+        Seen {
+            node_alive: false,
+            silent_for: None,
+            lease_ttl: Duration::ZERO,
+            zone: None,
+            status: None,
+            last_lag: None,
+        }
+    }
+}
+
 /// Knobs of the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -117,6 +131,14 @@ pub fn assess<'a>(inst: &Instance, seen: impl Fn(&str) -> Seen<'a>, rules: &Rule
         ),
         wait: ps.lease_ttl.saturating_sub(silent),
     }
+}
+
+/// A member status that gives these rules nothing to act on: not held down, not failed,
+/// answering its checks. An instance whose members are all calm, on nodes that heartbeat, with
+/// no replacement under way, assesses [`Health::Fine`] with no [`lost_member`] (tested below),
+/// so the scheduler's failover pass skips it.
+pub fn calm(s: &MemberStatus) -> bool {
+    !s.held && !s.failed && s.failed_checks == 0
 }
 
 /// Why no replica can take over.
@@ -438,5 +460,41 @@ mod tests {
         w.alive.insert("db-0", false);
         w.silent = Duration::from_secs(600);
         assert_eq!(lost_member(&inst(), |m| w.seen(m), &rules()), None);
+    }
+
+    #[test]
+    fn calm_members_on_live_nodes_need_nothing() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let rules = rules();
+        for round in 0..500 {
+            let mut w = World::new();
+            for id in ["db-0", "db-1", "db-2"] {
+                if rng.random_ratio(1, 4) {
+                    w.st.remove(id); // not reported yet
+                    continue;
+                }
+                w.edit(id, |s| {
+                    s.healthy = rng.random();
+                    s.replication_ok = rng.random();
+                    s.container_state =
+                        ["running", "starting", "exited"][rng.random_range(0..3)].into();
+                    s.lag_seconds = rng.random_range(-1..100);
+                    s.held = rng.random_ratio(1, 6);
+                    s.failed = rng.random_ratio(1, 6);
+                    s.failed_checks = if rng.random_ratio(1, 6) {
+                        rng.random_range(1..5)
+                    } else {
+                        0
+                    };
+                });
+            }
+            let all_calm = w.st.values().all(calm);
+            let health = assess(&inst(), |id| w.seen(id), &rules);
+            let lost = lost_member(&inst(), |id| w.seen(id), &rules);
+            if all_calm {
+                assert_eq!((health, lost), (Health::Fine, None), "round {round}");
+            }
+        }
     }
 }

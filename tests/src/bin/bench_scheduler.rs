@@ -66,6 +66,7 @@ async fn agent(
     node: String,
     zone: String,
     beats: Arc<AtomicU64>,
+    statuses: Arc<AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint)?
@@ -128,9 +129,11 @@ async fn agent(
             _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 let ms = members.lock().map(|m| m.clone()).unwrap_or_default();
+                let n = ms.len() as u64;
                 let hb = HeartbeatRequest { node: node.clone(), members: ms, ..Default::default() };
                 if client.heartbeat(hb).await.is_ok() {
                     beats.fetch_add(1, Ordering::Relaxed);
+                    statuses.fetch_add(n, Ordering::Relaxed);
                 }
             }
         }
@@ -203,15 +206,24 @@ async fn main() -> Result<()> {
 
     let stop = tokio_util::sync::CancellationToken::new();
     let beats = Arc::new(AtomicU64::new(0));
+    let statuses = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for i in 0..n_agents {
-        let (ep, b, s) = (
+        let (ep, b, st, s) = (
             format!("http://127.0.0.1:{grpc}"),
             beats.clone(),
+            statuses.clone(),
             stop.clone(),
         );
         let zone = ["z1", "z2", "z3"][i % 3].to_owned();
-        handles.push(tokio::spawn(agent(ep, format!("bench-{i:04}"), zone, b, s)));
+        handles.push(tokio::spawn(agent(
+            ep,
+            format!("bench-{i:04}"),
+            zone,
+            b,
+            st,
+            s,
+        )));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -325,6 +337,30 @@ async fn main() -> Result<()> {
         (cpu2 - cpu1) / secs * 100.0
     );
     println!("scheduler RSS: {rss:.0} MiB now, {hwm:.0} MiB peak");
+
+    // Phase 3: steady state with every instance placed: each heartbeat now carries a status
+    // for every member on its node, and the failover loop watches every instance.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu3, b3, s3, w3) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        statuses.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (cpu4, b4, s4, wall) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        statuses.load(Ordering::Relaxed),
+        w3.elapsed().as_secs_f64(),
+    );
+    let (rss_full, _) = rss_mib(pid)?;
+    println!(
+        "steady state with {ok} instances: {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
+        (b4 - b3) as f64 / wall,
+        (s4 - s3) as f64 / wall,
+        (cpu4 - cpu3) / wall * 100.0
+    );
 
     // Everything committed is durable: a restart sees it.
     stop.cancel();
