@@ -138,10 +138,19 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         // moment before it died may be lost (docs/failover.md). Counted, and small.
         // On failure, say which writes: the last ones (replica lag at the kill) or a block
         // from the middle (the replica resynchronising when the primary died).
+        // And which primary address acknowledged them (ids only grow, so the k-th ack is
+        // the k-th smallest acknowledged id).
         let acked_ids: Vec<u64> = out.acked.iter().copied().collect();
+        let mut lost_by_primary: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (id, ack) in acked_ids.iter().zip(&out.acks) {
+            if lost.binary_search(id).is_ok() {
+                *lost_by_primary.entry(&*ack.primary).or_default() += 1;
+            }
+        }
         assert!(
             lost.len() <= 20,
-            "lost {} acknowledged writes: ids {:?}..{:?} of acknowledged {:?}..{:?}",
+            "lost {} acknowledged writes: ids {:?}..{:?} of acknowledged {:?}..{:?}; \
+             lost per acknowledging primary {lost_by_primary:?}; old primary {old_id}",
             lost.len(),
             lost.first(),
             lost.last(),
