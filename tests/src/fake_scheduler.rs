@@ -229,7 +229,10 @@ impl AgentControl for Service {
             r.last_heartbeat = Some(request);
             r.desired.borrow().revision
         });
-        Ok(Response::new(HeartbeatResponse { revision }))
+        Ok(Response::new(HeartbeatResponse {
+            revision,
+            send_full: false,
+        }))
     }
 
     type WatchAssignmentsStream = DesiredStream;
