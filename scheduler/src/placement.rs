@@ -1000,35 +1000,54 @@ mod tests {
         Some(chosen.iter().map(|&r| c[r].name.to_owned()).collect())
     }
 
+    /// Up to `max_nodes` nodes in up to `max_zones - 1` zones (some without a zone label),
+    /// with 4 .. 4 * (`max_memory` - 1) GiB of memory.
+    fn random_nodes(
+        rng: &mut rand::rngs::StdRng,
+        max_nodes: usize,
+        max_zones: u32,
+        max_memory: u64,
+    ) -> Vec<Node> {
+        use rand::Rng;
+        let zone_count = rng.random_range(1..max_zones);
+        (0..rng.random_range(1..max_nodes))
+            .map(|i| {
+                let zone = rng.random_range(0..=zone_count);
+                let zone = (zone < zone_count).then(|| format!("z{zone}"));
+                let mut node = node(&format!("node-{i:03}"), zone.as_deref());
+                node.memory_bytes = rng.random_range(1..max_memory) * 4 * GIB;
+                node
+            })
+            .collect()
+    }
+
+    /// Views with random reservations (some too full for a 1-core member), member and
+    /// primary counts, and one node in ten down.
+    fn random_views<'a>(rng: &mut rand::rngs::StdRng, nodes: &'a [Node]) -> Vec<NodeView<'a>> {
+        use rand::Rng;
+        nodes
+            .iter()
+            .map(|nd| {
+                let mut v = view(nd);
+                v.reserved_memory_mib = rng.random_range(0..4u64) * 2048;
+                v.reserved_cpu = if rng.random_ratio(1, 5) { 7.5 } else { 0.0 };
+                v.members = rng.random_range(0..4);
+                v.primaries = rng.random_range(0..3);
+                if rng.random_ratio(1, 10) {
+                    v.state = NodeState::Down;
+                }
+                v
+            })
+            .collect()
+    }
+
     #[test]
     fn ranking_only_the_finalists_gives_the_full_sorts_answer() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         for round in 0..300 {
-            let n = rng.random_range(1..60);
-            let zone_count = rng.random_range(1..6);
-            let nodes: Vec<_> = (0..n)
-                .map(|i| {
-                    let zone = rng.random_range(0..=zone_count);
-                    let zone = (zone < zone_count).then(|| format!("z{zone}"));
-                    let mut node = node(&format!("node-{i:03}"), zone.as_deref());
-                    node.memory_bytes = rng.random_range(1..8u64) * 4 * GIB;
-                    node
-                })
-                .collect();
-            let views: Vec<_> = nodes
-                .iter()
-                .map(|nd| {
-                    let mut v = view(nd);
-                    v.reserved_memory_mib = rng.random_range(0..4u64) * 2048;
-                    v.members = rng.random_range(0..4);
-                    v.primaries = rng.random_range(0..3);
-                    if rng.random_ratio(1, 10) {
-                        v.state = NodeState::Down;
-                    }
-                    v
-                })
-                .collect();
+            let nodes = random_nodes(&mut rng, 60, 6, 8);
+            let views = random_views(&mut rng, &nodes);
             let strategy = if round % 2 == 0 {
                 Strategy::Spread
             } else {
@@ -1048,31 +1067,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut walked_less = 0;
         for round in 0..400 {
-            let n = rng.random_range(1..80);
-            let zone_count = rng.random_range(1..5);
-            let nodes: Vec<_> = (0..n)
-                .map(|i| {
-                    let zone = rng.random_range(0..=zone_count);
-                    let zone = (zone < zone_count).then(|| format!("z{zone}"));
-                    let mut node = node(&format!("node-{i:03}"), zone.as_deref());
-                    node.memory_bytes = rng.random_range(1..5u64) * 4 * GIB;
-                    node
-                })
-                .collect();
-            let views: Vec<_> = nodes
-                .iter()
-                .map(|nd| {
-                    let mut v = view(nd);
-                    v.reserved_memory_mib = rng.random_range(0..4u64) * 2048;
-                    v.reserved_cpu = if rng.random_ratio(1, 5) { 7.5 } else { 0.0 };
-                    v.members = rng.random_range(0..4);
-                    v.primaries = rng.random_range(0..3);
-                    if rng.random_ratio(1, 10) {
-                        v.state = NodeState::Down;
-                    }
-                    v
-                })
-                .collect();
+            let nodes = random_nodes(&mut rng, 80, 5, 5);
+            let n = nodes.len();
+            let views = random_views(&mut rng, &nodes);
             let mut ranking = Ranking::default();
             for v in &views {
                 ranking.update(
