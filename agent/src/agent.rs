@@ -108,7 +108,6 @@ impl NodeSource for Source {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
-            partial: false, // the link trims it to what changed
         }
     }
 

@@ -6,10 +6,7 @@
 //! acknowledged us recently; the rest of the agent uses it to decide whether it may still act (fencing).
 
 use mofang_common::proto::agent_control_client::AgentControlClient;
-use mofang_common::proto::{
-    DesiredState, HeartbeatRequest, MemberStatus, RegisterRequest, WatchRequest,
-};
-use std::collections::HashMap;
+use mofang_common::proto::{DesiredState, HeartbeatRequest, RegisterRequest, WatchRequest};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -425,11 +422,8 @@ async fn heartbeats(
     let mut ticker = tokio::time::interval(cfg.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let changed = source.status_changed();
-    let mut reported = Reported::new();
-    let mut at_once = false;
     loop {
         match &changed {
-            _ if std::mem::take(&mut at_once) => {}
             Some(n) => {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -441,9 +435,7 @@ async fn heartbeats(
             }
         }
         let sent = Instant::now();
-        let mut request = source.heartbeat_request();
-        let all = reported.prepare(&mut request);
-        let answer = tokio::time::timeout(timeout, client.heartbeat(request))
+        let answer = tokio::time::timeout(timeout, client.heartbeat(source.heartbeat_request()))
             .await
             .map_err(|_| Error::Timeout {
                 call: "Heartbeat",
@@ -458,8 +450,6 @@ async fn heartbeats(
         source.heartbeat_result(answer.is_ok());
         let answer = answer?.into_inner();
         lease.renew_at(sent);
-        reported.acknowledged(all, answer.send_full);
-        at_once = answer.send_full;
         let known = revision(&desired.borrow());
         if answer.revision > known {
             // Normal for a moment (the stream delivers it next); for long, the stream is stuck.
@@ -469,49 +459,6 @@ async fn heartbeats(
                 "scheduler is ahead of the assignments received"
             );
         }
-    }
-}
-
-/// Every this many heartbeats the agent reports every member, changed or not.
-const FULL_REPORT_EVERY: u64 = 10;
-
-/// Which member statuses a heartbeat carries: every member on the first heartbeat of a
-/// connection, on every [`FULL_REPORT_EVERY`]th and when the scheduler asks (it started or took
-/// over and knows nothing of this node); otherwise only the statuses that differ from those the
-/// scheduler last acknowledged. A status sent in a heartbeat that failed counts as not sent.
-struct Reported {
-    acked: HashMap<String, MemberStatus>,
-    beats: u64,
-    full_next: bool,
-}
-
-impl Reported {
-    fn new() -> Self {
-        Reported {
-            acked: HashMap::new(),
-            beats: 0,
-            full_next: true,
-        }
-    }
-
-    /// Trims `request` to what must be sent; returns every status, to remember once the
-    /// scheduler acknowledges.
-    fn prepare(&self, request: &mut HeartbeatRequest) -> Vec<MemberStatus> {
-        let all = request.members.clone();
-        if !self.full_next && self.beats % FULL_REPORT_EVERY != 0 {
-            request
-                .members
-                .retain(|m| self.acked.get(&m.member) != Some(m));
-            request.partial = true;
-        }
-        all
-    }
-
-    /// The scheduler acknowledged the heartbeat built from `all`.
-    fn acknowledged(&mut self, all: Vec<MemberStatus>, send_full: bool) {
-        self.acked = all.into_iter().map(|m| (m.member.clone(), m)).collect();
-        self.beats += 1;
-        self.full_next = send_full;
     }
 }
 
@@ -757,67 +704,5 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-    }
-
-    #[test]
-    fn heartbeats_carry_changed_statuses_between_full_reports() {
-        let status = |m: &str, pos: &str| MemberStatus {
-            member: m.into(),
-            position: pos.into(),
-            healthy: true,
-            ..Default::default()
-        };
-        let request = |ms: Vec<MemberStatus>| HeartbeatRequest {
-            node: "n".into(),
-            members: ms,
-            ..Default::default()
-        };
-        let members = |r: &HeartbeatRequest| {
-            r.members
-                .iter()
-                .map(|m| m.member.clone())
-                .collect::<Vec<_>>()
-        };
-        let mut reported = Reported::new();
-        // First heartbeat of a connection: everything.
-        let mut r = request(vec![status("a", "1"), status("b", "1")]);
-        let all = reported.prepare(&mut r);
-        assert_eq!(
-            (members(&r), r.partial),
-            (vec!["a".into(), "b".into()], false)
-        );
-        reported.acknowledged(all, false);
-        // Then only what changed.
-        let mut r = request(vec![status("a", "2"), status("b", "1")]);
-        let all = reported.prepare(&mut r);
-        assert_eq!((members(&r), r.partial), (vec!["a".to_owned()], true));
-        // Not acknowledged (the call failed): the change is sent again.
-        let mut r = request(vec![status("a", "2"), status("b", "1")]);
-        assert_eq!(
-            members(&{
-                reported.prepare(&mut r);
-                r
-            }),
-            vec!["a".to_owned()]
-        );
-        reported.acknowledged(all, false);
-        let mut r = request(vec![status("a", "2"), status("b", "1")]);
-        let all = reported.prepare(&mut r);
-        assert!(r.members.is_empty() && r.partial);
-        // The scheduler asks for everything (it just took over).
-        reported.acknowledged(all, true);
-        let mut r = request(vec![status("a", "2"), status("b", "1")]);
-        let all = reported.prepare(&mut r);
-        assert_eq!((members(&r).len(), r.partial), (2, false));
-        reported.acknowledged(all, false);
-        // And every tenth heartbeat regardless.
-        let mut full = 0;
-        for _ in 0..FULL_REPORT_EVERY {
-            let mut r = request(vec![status("a", "2"), status("b", "1")]);
-            let all = reported.prepare(&mut r);
-            full += usize::from(!r.partial);
-            reported.acknowledged(all, false);
-        }
-        assert_eq!(full, 1);
     }
 }

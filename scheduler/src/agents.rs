@@ -107,10 +107,7 @@ impl AgentControl for AgentService {
         let hb = req.into_inner();
         let node = hb.node.clone();
         match self.cluster.heartbeat(hb) {
-            Some((revision, send_full)) => Ok(Response::new(HeartbeatResponse {
-                revision,
-                send_full,
-            })),
+            Some(revision) => Ok(Response::new(HeartbeatResponse { revision })),
             // Unknown node: the agent registers again on this error.
             None => Err(Status::failed_precondition(format!(
                 "node {node} is not registered"

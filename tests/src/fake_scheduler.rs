@@ -229,10 +229,7 @@ impl AgentControl for Service {
             r.last_heartbeat = Some(request);
             r.desired.borrow().revision
         });
-        Ok(Response::new(HeartbeatResponse {
-            revision,
-            send_full: false,
-        }))
+        Ok(Response::new(HeartbeatResponse { revision }))
     }
 
     type WatchAssignmentsStream = DesiredStream;

@@ -629,10 +629,8 @@ impl Cluster {
 
     /// A heartbeat: remember what the agent sees; push new desired states if a primary's
     /// address changed (replicas follow it).
-    /// Returns the node's latest desired-state revision and whether the agent must send a
-    /// full report (this scheduler has no statuses of the node yet, e.g. it just started or
-    /// took over; a partial heartbeat then says too little), or None for an unregistered node.
-    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<(u64, bool)> {
+    /// Returns the node's latest desired-state revision, or None for an unregistered node.
+    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<u64> {
         let mut inner = lock(&self.inner);
         if !inner.nodes.contains_key(&hb.node) {
             return None;
@@ -645,15 +643,11 @@ impl Cluster {
             suspects,
             ..
         } = &mut *inner;
-        let mut send_full = false;
-        let live = live.entry(hb.node.clone()).or_insert_with(|| {
-            send_full = hb.partial;
-            Live {
-                last_heartbeat: Instant::now(),
-                last_heartbeat_ms: 0,
-                members: HashMap::new(),
-                down_reported: false,
-            }
+        let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
+            last_heartbeat: Instant::now(),
+            last_heartbeat_ms: 0,
+            members: HashMap::new(),
+            down_reported: false,
         });
         live.last_heartbeat = Instant::now();
         live.last_heartbeat_ms = now_ms();
@@ -705,14 +699,13 @@ impl Cluster {
             nodes.dedup();
             self.push_nodes(&mut inner, &nodes);
         }
-        Some((
+        Some(
             inner
                 .watchers
                 .get(&hb.node)
                 .map(|w| *w.borrow())
                 .unwrap_or(0),
-            send_full,
-        ))
+        )
     }
 
     /// Subscribes to a node's desired state: the stream yields the full desired state on

@@ -123,30 +123,17 @@ async fn agent(
     });
     // Spread heartbeats over the second like real agents started at different times.
     tokio::time::sleep(Duration::from_millis(rand_ms(&node))).await;
-    // Like the real agent (agent/src/link.rs): every status on the first heartbeat, every
-    // tenth and when the scheduler asks; otherwise only those changed since the last ack.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut acked: Vec<MemberStatus> = Vec::new();
-    let (mut sent_beats, mut full_next) = (0u64, true);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {
-                let all = members.lock().map(|m| m.clone()).unwrap_or_default();
-                let full = full_next || sent_beats % 10 == 0;
-                let ms: Vec<MemberStatus> = if full {
-                    all.clone()
-                } else {
-                    all.iter().filter(|m| !acked.contains(m)).cloned().collect()
-                };
+                let ms = members.lock().map(|m| m.clone()).unwrap_or_default();
                 let n = ms.len() as u64;
-                let hb = HeartbeatRequest { node: node.clone(), members: ms, partial: !full, ..Default::default() };
-                if let Ok(answer) = client.heartbeat(hb).await {
+                let hb = HeartbeatRequest { node: node.clone(), members: ms, ..Default::default() };
+                if client.heartbeat(hb).await.is_ok() {
                     beats.fetch_add(1, Ordering::Relaxed);
                     statuses.fetch_add(n, Ordering::Relaxed);
-                    acked = all;
-                    sent_beats += 1;
-                    full_next = answer.into_inner().send_full;
                 }
             }
         }
@@ -369,7 +356,7 @@ async fn main() -> Result<()> {
     );
     let (rss_full, _) = rss_mib(pid)?;
     println!(
-        "steady state with {ok} instances: {:.0} heartbeats/s carrying {:.0} member statuses/s (changed ones, all every 10th beat); scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
+        "steady state with {ok} instances: {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
         (b4 - b3) as f64 / wall,
         (s4 - s3) as f64 / wall,
         (cpu4 - cpu3) / wall * 100.0
