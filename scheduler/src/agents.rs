@@ -11,6 +11,7 @@ use mofang_common::proto::{
 };
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
@@ -126,7 +127,7 @@ impl AgentControl for AgentService {
         let w = req.into_inner();
         check_node(&w.node)?;
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
-        let states = self.cluster.watch(&w.node);
-        Ok(Response::new(Box::pin(states.map(Ok))))
+        let rx = self.cluster.watch(&w.node);
+        Ok(Response::new(Box::pin(WatchStream::new(rx).map(Ok))))
     }
 }

@@ -87,10 +87,7 @@ struct Inner {
     // Ordered by node name like `nodes`, so placement walks all three in step, no hashing.
     reserved: BTreeMap<String, Reserved>,
     live: BTreeMap<String, Live>,
-    /// Per watched node, the revision of its latest desired state. The state itself is built
-    /// when the agent's stream is ready to send it (see [`Cluster::watch`]), so pushes that
-    /// an agent has not taken yet cost nothing and coalesce.
-    watchers: HashMap<String, watch::Sender<u64>>,
+    watchers: HashMap<String, watch::Sender<DesiredState>>,
     revision: u64,
     /// Last replication lag each member reported while replicating (failover eligibility).
     last_lag: HashMap<String, i64>,
@@ -703,53 +700,31 @@ impl Cluster {
             inner
                 .watchers
                 .get(&hb.node)
-                .map(|w| *w.borrow())
+                .map(|w| w.borrow().revision)
                 .unwrap_or(0),
         )
     }
 
-    /// Subscribes to a node's desired state: the stream yields the full desired state on
-    /// connect and again after every change. Each item is built from the current records when
-    /// the stream is polled, under the latest revision: changes made while the agent is still
-    /// busy with the previous state are sent as one.
-    pub fn watch(
-        self: &Arc<Self>,
-        node: &str,
-    ) -> impl futures::Stream<Item = DesiredState> + Send + 'static {
-        let rx = {
-            let mut inner = lock(&self.inner);
-            match inner.watchers.get(node) {
-                Some(tx) => tx.subscribe(),
-                None => {
-                    let rev = next_revision(&mut inner);
-                    let (tx, rx) = watch::channel(rev);
-                    inner.watchers.insert(node.to_owned(), tx);
-                    rx
-                }
-            }
-        };
-        let cluster = Arc::clone(self);
-        let node = node.to_owned();
-        futures::stream::unfold((rx, true), move |(mut rx, first)| {
-            let cluster = Arc::clone(&cluster);
-            let node = node.clone();
-            async move {
-                if !first && rx.changed().await.is_err() {
-                    return None; // the scheduler stopped leading: the agent reconnects
-                }
-                let revision = *rx.borrow_and_update();
-                let ds = desired_for(&lock(&cluster.inner), &node, revision);
-                Some((ds, (rx, false)))
-            }
-        })
+    /// Subscribes to a node's desired state (sent on connect, then on every change).
+    pub fn watch(&self, node: &str) -> watch::Receiver<DesiredState> {
+        let mut inner = lock(&self.inner);
+        if let Some(tx) = inner.watchers.get(node) {
+            return tx.subscribe();
+        }
+        let rev = next_revision(&mut inner);
+        let ds = desired_for(&inner, node, rev);
+        let (tx, rx) = watch::channel(ds);
+        inner.watchers.insert(node.to_owned(), tx);
+        rx
     }
 
     fn push_nodes(&self, inner: &mut Inner, nodes: &[String]) {
         for n in nodes {
             if inner.watchers.contains_key(n) {
                 let rev = next_revision(inner);
+                let ds = desired_for(inner, n, rev);
                 if let Some(tx) = inner.watchers.get(n) {
-                    tx.send_replace(rev);
+                    tx.send_replace(ds);
                 }
             }
         }
