@@ -457,7 +457,10 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     };
     if let Err(e) = engine.ping(&target, &secrets).await {
         memo.ping_failures += 1;
-        let mut s = status(sh, a, &st, Some(&container), &address);
+        // Its last position is kept: a replica that does not answer still holds what it
+        // received, and the scheduler compares positions when it picks a new primary.
+        let mut s = status_keeping_last(sh, a, &st, &container);
+        s.address = address.clone();
         s.failed_checks = memo.failed_checks(&container.id);
         s.reason = format!("not answering ({} checks): {e}", memo.ping_failures);
         sh.set_status(s);
@@ -549,7 +552,12 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     let role_ok = match a.role.as_str() {
         "primary" if a.fence => st.fenced,
         "primary" => obs.role == ObservedRole::Primary || st.fenced,
-        _ => obs.role == ObservedRole::Replica && obs.replication_ok,
+        // A replica is healthy only while it follows the primary it was told to follow.
+        _ => {
+            obs.role == ObservedRole::Replica
+                && obs.replication_ok
+                && follows(obs.following.as_deref(), replica_of.as_ref())
+        }
     };
     s.healthy = role_ok && (!st.fenced || a.fence);
     if reason.is_empty() {
@@ -557,6 +565,16 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             (_, _, true, _) if a.fence => "fenced for switchover".into(),
             (_, _, true, _) => "fenced: scheduler lease expired".into(),
             (Some(e), _, _, _) => format!("replication: {e}"),
+            (None, false, _, _)
+                if obs.role == ObservedRole::Replica
+                    && !follows(obs.following.as_deref(), replica_of.as_ref()) =>
+            {
+                format!(
+                    "replicating from {} while {} is its primary",
+                    obs.following.as_deref().unwrap_or("nobody"),
+                    a.primary_address
+                )
+            }
             (None, false, _, _) => format!(
                 "observed role {} while {} is desired",
                 obs.role.as_str(),
@@ -569,6 +587,14 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     s.reason = reason;
     sh.set_status(s);
     Ok(Action::Requeue(Duration::from_secs(1)))
+}
+
+/// True when a replica observed following `following` (`host:port`) follows `primary`.
+fn follows(following: Option<&str>, primary: Option<&Target>) -> bool {
+    match (following.map(Target::parse), primary) {
+        (Some(Ok(f)), Some(p)) => &f == p,
+        _ => false,
+    }
 }
 
 async fn apply_role(
@@ -886,7 +912,20 @@ async fn member_worker(
                 }
                 let st = sh.state.load_member(&member).unwrap_or_default();
                 let c = sh.find_container(&member).await.ok().flatten();
-                report(&sh, &a, &st, c.as_ref(), None, failed, e.to_string());
+                // The last address and position stay: a member whose server did not answer
+                // still holds what it had (the scheduler compares positions on failover).
+                let mut s = match &c {
+                    Some(c) => status_keeping_last(&sh, &a, &st, c),
+                    None => status(&sh, &a, &st, None, ""),
+                };
+                if let (Error::Engine(_), Some(c)) = (&e, &c) {
+                    // The server did not answer in time: that is a failed check.
+                    memo.ping_failures += 1;
+                    s.failed_checks = memo.failed_checks(&c.id);
+                }
+                s.failed = failed;
+                s.reason = e.to_string();
+                sh.set_status(s);
                 // Back off on repeated failures: 0.5 s, 1 s, 2 s ... 10 s.
                 Duration::from_millis((250u64 << failures.min(6)).min(10_000))
             }

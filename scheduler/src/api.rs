@@ -93,7 +93,7 @@ impl From<cluster::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            E::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.code(), r.to_string()),
             E::Store(store::Error::Conflict { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
             }

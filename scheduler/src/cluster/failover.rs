@@ -3,7 +3,8 @@
 //! compare-and-set before any agent hears of it) and the agents (desired state pushed after).
 
 use super::{event, lock, reserve, Cluster, Error, Inner, InstanceView, Result};
-use crate::failover::decide::{self, Health, Seen};
+use crate::failover::decide::{self, Health, NoPromotion, Purpose, Seen};
+use crate::failover::rails::{self, PrimaryFacts, RailFacts, Refusal};
 use crate::failover::{hooks, HookEnv};
 use crate::model::{now_ms, Event, Instance, MemberRecord};
 use crate::placement::{self, NodeView};
@@ -45,14 +46,7 @@ fn member_seen<'a>(inner: &'a Inner, node: &NodeSeen<'a>, member: &str) -> Seen<
     }
 }
 
-/// Who asked for a failover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The scheduler's own detection: every safety rail applies.
-    Auto,
-    /// An operator through the API: block period, switches and mass guard do not apply.
-    Operator,
-}
+pub use crate::failover::rails::Trigger;
 
 impl Cluster {
     /// What is known of one node right now.
@@ -382,13 +376,14 @@ impl Cluster {
         trigger: Trigger,
     ) -> Result<Instance> {
         let Some(_busy) = self.begin(name) else {
-            return Err(Error::Conflict(format!(
-                "instance {name}: another failover, switchover or replacement is running"
-            )));
+            return Err(Refusal::Busy {
+                instance: name.to_owned(),
+            }
+            .into());
         };
         let now = Instant::now();
         let rules = self.failover.rules();
-        let (inst, choice) = {
+        let (inst, facts, choice) = {
             let inner = lock(&self.inner);
             let inst = inner
                 .instances
@@ -397,59 +392,37 @@ impl Cluster {
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
             let seen = self.seen_fn(&inner, &inst, now);
-            if trigger == Trigger::Operator {
-                // An operator's failover must not leave two writable primaries: a primary
-                // that is still healthy goes through a switchover instead.
-                if let Some(p) = inst.primary() {
+            let wait = match decide::assess(&inst, &seen, &rules) {
+                Health::Failed { wait, .. } => wait,
+                _ => Duration::ZERO,
+            };
+            let facts = RailFacts {
+                instance: name.to_owned(),
+                enabled: self.failover.enabled,
+                auto_failover: inst.auto_failover,
+                mass_hold: inner.mass_hold,
+                last_failover_ms: inst.last_failover_ms,
+                failover_acked: inst.failover_acked,
+                block_period_ms: self.failover.failover_block_period_s as i64 * 1000,
+                primary: inst.primary().map(|p| {
                     let s = seen(&p.id);
-                    if s.node_alive && s.status.is_some_and(|st| st.healthy) {
-                        return Err(Error::Conflict(format!(
-                            "primary {} is healthy: use switchover for a planned change",
-                            p.id
-                        )));
+                    PrimaryFacts {
+                        id: p.id.clone(),
+                        node_alive: s.node_alive,
+                        healthy: s.status.is_some_and(|st| st.healthy),
+                        silent_for: s.silent_for,
+                        lease_ttl: s.lease_ttl,
+                        wait,
                     }
-                    if let Health::Failed { wait, .. } = decide::assess(&inst, &seen, &rules) {
-                        if !wait.is_zero() {
-                            return Err(Error::Conflict(format!(
-                                "primary {}'s lease has not expired yet: retry in {} ms",
-                                p.id,
-                                wait.as_millis()
-                            )));
-                        }
-                    }
-                    if !s.node_alive {
-                        let lease = s.lease_ttl;
-                        if s.silent_for.is_some_and(|d| d < lease) {
-                            return Err(Error::Conflict(format!(
-                                "primary {}'s node may still hold its lease",
-                                p.id
-                            )));
-                        }
-                    }
-                }
-            }
-            let choice = decide::choose(&inst, &seen, &rules, target);
+                }),
+            };
+            let choice = decide::choose(&inst, &seen, &rules, target, Purpose::Failover);
             drop(seen);
-            (inst, choice)
+            (inst, facts, choice)
         };
         let old = inst.primary().map(|p| p.id.clone()).unwrap_or_default();
-        if trigger == Trigger::Auto {
-            let blocked = if !self.failover.enabled {
-                Some("automatic failover is switched off in the config".to_owned())
-            } else if !inst.auto_failover {
-                Some("automatic failover is switched off for this instance".to_owned())
-            } else {
-                let block = self.failover.failover_block_period_s as i64 * 1000;
-                let since = now_ms() - inst.last_failover_ms;
-                (inst.last_failover_ms > 0 && since < block && !inst.failover_acked).then(|| {
-                    format!(
-                        "last failover {} s ago, within failover_block_period {} s: acknowledge it (POST /v1/instances/{name}/failover/ack) or fail over by hand",
-                        since / 1000,
-                        block / 1000
-                    )
-                })
-            };
-            if let Some(why) = blocked {
+        if let Err(refusal) = rails::may_fail_over(&facts, trigger, now_ms()) {
+            if trigger == Trigger::Auto {
                 self.counters.blocked.fetch_add(1, Ordering::Relaxed);
                 self.emit_once(
                     format!("{name}/blocked"),
@@ -457,16 +430,16 @@ impl Cluster {
                         "failover_blocked",
                         Some(name),
                         None,
-                        format!("{reason}; {why}"),
+                        format!("{reason}; {refusal}"),
                     ),
                 )
                 .await;
-                return Err(Error::Conflict(why));
             }
+            return Err(refusal.into());
         }
         let new = match choice {
             Ok(id) => id,
-            Err(e) => {
+            Err(e @ NoPromotion::NoCandidate(_)) => {
                 // No replica can take over. A held primary whose node is fine comes back
                 // as the primary at a newer epoch (its agent restarts it).
                 let reelect = {
@@ -477,10 +450,13 @@ impl Cluster {
                     })
                 };
                 if !reelect {
-                    return Err(Error::Conflict(e.to_string()));
+                    return Err(Refusal::from(e).into());
                 }
                 old.clone()
             }
+            // Positions not final yet, or the most advanced replica cannot be promoted:
+            // wait (the next pass asks again) rather than lose what it holds.
+            Err(e) => return Err(Refusal::from(e).into()),
         };
         let epoch = inst.epoch + 1;
         let env = HookEnv {
@@ -501,9 +477,10 @@ impl Cluster {
             )])
             .await;
             self.run_post_hooks(false, env).await;
-            return Err(Error::Conflict(format!(
-                "pre_failover hook aborted the failover: {e}"
-            )));
+            return Err(Refusal::HookAborted {
+                message: e.to_string(),
+            }
+            .into());
         }
         let mut next = inst.clone();
         next.epoch = epoch;
@@ -676,9 +653,10 @@ impl Cluster {
         target: Option<&str>,
     ) -> Result<InstanceView> {
         let Some(_busy) = self.begin(name) else {
-            return Err(Error::Conflict(format!(
-                "instance {name}: another failover, switchover or replacement is running"
-            )));
+            return Err(Refusal::Busy {
+                instance: name.to_owned(),
+            }
+            .into());
         };
         let started = Instant::now();
         let rules = self.failover.rules();
@@ -691,23 +669,23 @@ impl Cluster {
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
             let seen = self.seen_fn(&inner, &inst, started);
-            let p = inst
-                .primary()
-                .ok_or_else(|| Error::Conflict(format!("instance {name} has no primary")))?;
+            let p = inst.primary().ok_or_else(|| Refusal::NoPrimary {
+                instance: name.to_owned(),
+            })?;
             let ps = seen(&p.id);
             if !(ps.node_alive && ps.status.is_some_and(|s| s.healthy)) {
-                return Err(Error::Conflict(format!(
-                    "primary {} is not healthy: a switchover needs it (use failover)",
-                    p.id
-                )));
+                return Err(Refusal::PrimaryNotHealthy {
+                    primary: p.id.clone(),
+                }
+                .into());
             }
-            let new = decide::choose(&inst, &seen, &rules, target)
-                .map_err(|e| Error::Conflict(e.to_string()))?;
+            let new = decide::choose(&inst, &seen, &rules, target, Purpose::Switchover)
+                .map_err(Refusal::from)?;
             if !seen(&new)
                 .status
                 .is_some_and(|s| s.replication_ok && s.healthy)
             {
-                return Err(Error::Conflict(format!("{new} is not replicating")));
+                return Err(Refusal::NotReplicating { member: new }.into());
             }
             let old = p.id.clone();
             drop(seen);
@@ -747,7 +725,11 @@ impl Cluster {
                 )],
             )
             .await?;
-            return Err(Error::Conflict(format!("{old} was not fenced within 10 s")));
+            return Err(Refusal::NotFenced {
+                primary: old,
+                within_s: 10,
+            }
+            .into());
         };
         // 2. New epoch: the target reaches the fenced position, then opens.
         let mut next = fenced.clone();
@@ -799,9 +781,11 @@ impl Cluster {
                 format!("{new} not a healthy primary after {ms} ms"),
             )])
             .await;
-            return Err(Error::Conflict(format!(
-                "{new} did not become a healthy primary within 60 s"
-            )));
+            return Err(Refusal::NotPromoted {
+                member: new,
+                within_s: 60,
+            }
+            .into());
         }
         self.instance(name)
             .ok_or_else(|| Error::NotFound(format!("instance {name}")))

@@ -41,10 +41,10 @@ pub enum Error {
     /// The store refused or failed.
     #[error(transparent)]
     Store(store::Error),
-    /// The operation conflicts with the instance's state (409), e.g. no replica can be
-    /// promoted, a safety rail holds, or another operation is running.
-    #[error("{0}")]
-    Conflict(String),
+    /// A failover or switchover is refused (409, one error code per reason): no replica can
+    /// be promoted, a safety rail holds, or another operation is running.
+    #[error(transparent)]
+    Refused(#[from] crate::failover::rails::Refusal),
 }
 
 impl From<store::Error> for Error {

@@ -141,60 +141,118 @@ pub fn calm(s: &MemberStatus) -> bool {
     !s.held && !s.failed && s.failed_checks == 0
 }
 
-/// Why no replica can take over.
+/// Why no replica is promoted now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no replica can be promoted: {}", .0.join("; "))]
-pub struct NoCandidate(pub Vec<String>);
+pub enum NoPromotion {
+    /// No replica is eligible (every reason listed).
+    #[error("no replica can be promoted: {}", .0.join("; "))]
+    NoCandidate(Vec<String>),
+    /// A replica may still be receiving from the failed primary (its link is up, or it does
+    /// not answer), so its position is not final: choosing now could pick a replica that
+    /// lacks a write only this one has, which semi-sync acknowledged.
+    #[error("replica {replica} may still be receiving from the failed primary ({why}): waiting for its final position")]
+    NotSettled {
+        /// The replica.
+        replica: String,
+        /// Link up, or not answering.
+        why: String,
+    },
+    /// The replica with the most advanced position cannot be promoted now; promoting another
+    /// would lose what only it has.
+    #[error("replica {replica} holds the most advanced position ({position}) but cannot be promoted now ({why}); promoting another would lose what only it has: waiting (an operator can fail over to a named replica)")]
+    MostAdvancedUnfit {
+        /// The replica.
+        replica: String,
+        /// Its last known position.
+        position: String,
+        /// Why it is not eligible.
+        why: String,
+    },
+}
+
+/// What a replica is chosen for: the rules differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The primary failed: positions must be final and the choice must cover every replica's.
+    Failover,
+    /// Planned: the primary is fenced at a position the new one reaches before opening.
+    Switchover,
+}
+
+/// Why `s` cannot take over, or None when it can.
+fn unfit(s: &Seen<'_>, rules: &Rules) -> Option<String> {
+    let status = match s.status {
+        Some(st) if s.node_alive => st,
+        _ => return Some("node not reporting".into()),
+    };
+    if status.failed || status.held || status.container_state != "running" {
+        return Some(format!("{} ({})", status.container_state, status.reason));
+    }
+    if status.failed_checks > 0 {
+        return Some("not answering".into());
+    }
+    match s.last_lag {
+        Some(lag) if lag <= rules.max_lag => None,
+        Some(lag) => Some(format!(
+            "lag {lag} s over max_lag_on_failover {} s",
+            rules.max_lag
+        )),
+        None => Some("replication lag never observed".into()),
+    }
+}
 
 /// Picks the replica to promote: alive, answering, lag within `max_lag`, the most advanced
 /// position; ties go to the old primary's zone, then to the lowest id. `target` restricts the
-/// choice to one member (operator's request).
+/// choice to one member (operator's request: the operator takes responsibility, so the
+/// failover rules below do not apply to a named target).
+///
+/// For [`Purpose::Failover`] two more rules keep every acknowledged write (semi-sync
+/// acknowledges once *one* replica has received a write, so the replicas may differ):
+/// - every replica on a live node must have settled: its link to the failed primary seen
+///   down while it answers. Before that, its reported position may be older than what it
+///   holds (reports are periodic; a replica under load may not answer its check).
+/// - the chosen position must cover every replica's last known position, those on silent
+///   nodes included; when the most advanced replica is not eligible, nobody is promoted.
 pub fn choose<'a>(
     inst: &Instance,
     seen: impl Fn(&str) -> Seen<'a>,
     rules: &Rules,
     target: Option<&str>,
-) -> Result<String, NoCandidate> {
+    purpose: Purpose,
+) -> Result<String, NoPromotion> {
     let old_zone = inst.primary().and_then(|p| seen(&p.id).zone);
+    let strict = purpose == Purpose::Failover && target.is_none();
     let mut why = Vec::new();
     let mut best: Option<(&str, Position, bool)> = None;
+    // Every replica's last known position, and why it is not eligible (strict rules only).
+    let mut known: Vec<(&str, Position, &str, Option<String>)> = Vec::new();
     for m in inst.members.iter().filter(|m| m.role == Role::Replica) {
         if target.is_some_and(|t| t != m.id) {
             continue;
         }
         let s = seen(&m.id);
-        let status = match s.status {
-            Some(st) if s.node_alive => st,
-            _ => {
-                why.push(format!("{}: node not reporting", m.id));
-                continue;
+        let unfit = unfit(&s, rules);
+        if strict {
+            if let Some(st) = s.status {
+                if s.node_alive && (st.replication_ok || st.failed_checks > 0) {
+                    return Err(NoPromotion::NotSettled {
+                        replica: m.id.clone(),
+                        why: if st.failed_checks > 0 {
+                            format!("{} failed checks", st.failed_checks)
+                        } else {
+                            "link up".into()
+                        },
+                    });
+                }
+                let pos = Position::parse(&st.position);
+                known.push((m.id.as_str(), pos, st.position.as_str(), unfit.clone()));
             }
-        };
-        if status.failed || status.held || status.container_state != "running" {
-            why.push(format!(
-                "{}: {} ({})",
-                m.id, status.container_state, status.reason
-            ));
+        }
+        if let Some(w) = unfit {
+            why.push(format!("{}: {w}", m.id));
             continue;
         }
-        if status.failed_checks > 0 {
-            why.push(format!("{}: not answering", m.id));
-            continue;
-        }
-        match s.last_lag {
-            Some(lag) if lag <= rules.max_lag => {}
-            Some(lag) => {
-                why.push(format!(
-                    "{}: lag {lag} s over max_lag_on_failover {} s",
-                    m.id, rules.max_lag
-                ));
-                continue;
-            }
-            None => {
-                why.push(format!("{}: replication lag never observed", m.id));
-                continue;
-            }
-        }
+        let Some(status) = s.status else { continue };
         let pos = Position::parse(&status.position);
         let same_zone = old_zone.is_some() && s.zone == old_zone;
         let better = match &best {
@@ -208,13 +266,24 @@ pub fn choose<'a>(
             best = Some((m.id.as_str(), pos, same_zone));
         }
     }
+    if let Some((_, bp, _)) = &best {
+        if let Some((id, _, raw, unfit)) = known.iter().find(|(_, p, _, _)| !bp.covers(p)) {
+            return Err(NoPromotion::MostAdvancedUnfit {
+                replica: (*id).to_owned(),
+                position: (*raw).to_owned(),
+                why: unfit
+                    .clone()
+                    .unwrap_or_else(|| "positions diverge: no replica covers every other".into()),
+            });
+        }
+    }
     match best {
         Some((id, _, _)) => Ok(id.to_owned()),
-        None if why.is_empty() => Err(NoCandidate(vec![match target {
+        None if why.is_empty() => Err(NoPromotion::NoCandidate(vec![match target {
             Some(t) => format!("{t} is not a replica of this instance"),
             None => "the instance has no replicas".into(),
         }])),
-        None => Err(NoCandidate(why)),
+        None => Err(NoPromotion::NoCandidate(why)),
     }
 }
 
@@ -411,30 +480,159 @@ mod tests {
     fn most_advanced_replica_wins_ties_go_to_the_old_zone() {
         let mut w = World::new();
         assert_eq!(
-            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Switchover).unwrap(),
             "db-2"
         );
         w.edit("db-1", |s| s.position = "0-1-11".into());
         assert_eq!(
-            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Switchover).unwrap(),
             "db-1"
         );
         // Lagging replicas are never promoted, however advanced.
         w.lag.insert("db-1", 31);
         assert_eq!(
-            choose(&inst(), |m| w.seen(m), &rules(), None).unwrap(),
+            choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Switchover).unwrap(),
             "db-2"
         );
         w.alive.insert("db-2", false);
-        let e = choose(&inst(), |m| w.seen(m), &rules(), None).unwrap_err();
+        let e = choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Switchover).unwrap_err();
         assert!(e.to_string().contains("lag 31 s"), "{e}");
         // An operator's target is honoured only if eligible.
         let w = World::new();
         assert_eq!(
-            choose(&inst(), |m| w.seen(m), &rules(), Some("db-1")).unwrap(),
+            choose(
+                &inst(),
+                |m| w.seen(m),
+                &rules(),
+                Some("db-1"),
+                Purpose::Switchover
+            )
+            .unwrap(),
             "db-1"
         );
-        assert!(choose(&inst(), |m| w.seen(m), &rules(), Some("db-0")).is_err());
+        assert!(choose(
+            &inst(),
+            |m| w.seen(m),
+            &rules(),
+            Some("db-0"),
+            Purpose::Switchover
+        )
+        .is_err());
+    }
+
+    /// The world right after the primary died: every replica saw its link go down.
+    fn settled() -> World {
+        let mut w = World::new();
+        w.edit("db-0", |s| s.held = true);
+        for r in ["db-1", "db-2"] {
+            w.edit(r, |s| s.replication_ok = false);
+        }
+        w
+    }
+
+    fn failover_choice(w: &World) -> Result<String, NoPromotion> {
+        choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Failover)
+    }
+
+    /// Defect 2 (docs/failover.md): a frozen primary's last two writes were acknowledged by
+    /// db-1 alone; db-1's report still showed the older position (its link was still up),
+    /// db-2's the same, and the tie went to db-2, which lacked them.
+    #[test]
+    fn failover_waits_until_every_replica_position_is_final() {
+        let mut w = settled();
+        w.edit("db-1", |s| s.replication_ok = true);
+        assert!(matches!(
+            failover_choice(&w),
+            Err(NoPromotion::NotSettled { replica, .. }) if replica == "db-1"
+        ));
+        // A replica that does not answer may hold more than it last said.
+        let mut w = settled();
+        w.edit("db-1", |s| s.failed_checks = 1);
+        assert!(matches!(
+            failover_choice(&w),
+            Err(NoPromotion::NotSettled { replica, .. }) if replica == "db-1"
+        ));
+        // Settled: the final positions decide, whatever the zones say.
+        let mut w = settled();
+        w.edit("db-1", |s| s.position = "0-1-12".into());
+        assert_eq!(failover_choice(&w).unwrap(), "db-1");
+    }
+
+    #[test]
+    fn failover_never_promotes_past_a_more_advanced_replica() {
+        // db-1 holds the most writes, but its node went silent with the primary.
+        let mut w = settled();
+        w.edit("db-1", |s| s.position = "0-1-12".into());
+        w.alive.insert("db-1", false);
+        let e = failover_choice(&w).unwrap_err();
+        assert!(
+            matches!(&e, NoPromotion::MostAdvancedUnfit { replica, position, .. } if replica == "db-1" && position == "0-1-12"),
+            "{e}"
+        );
+        // ... or it lags too far to be promoted.
+        let mut w = settled();
+        w.edit("db-1", |s| s.position = "0-1-12".into());
+        w.lag.insert("db-1", 31);
+        assert!(matches!(
+            failover_choice(&w),
+            Err(NoPromotion::MostAdvancedUnfit { .. })
+        ));
+        // Equal positions: either may be promoted, the less advanced never is.
+        let mut w = settled();
+        w.alive.insert("db-1", false);
+        assert_eq!(failover_choice(&w).unwrap(), "db-2");
+        // An operator naming a replica takes responsibility for what it lacks.
+        let mut w = settled();
+        w.edit("db-1", |s| s.position = "0-1-12".into());
+        w.alive.insert("db-1", false);
+        assert_eq!(
+            choose(
+                &inst(),
+                |m| w.seen(m),
+                &rules(),
+                Some("db-2"),
+                Purpose::Failover
+            )
+            .unwrap(),
+            "db-2"
+        );
+    }
+
+    /// Seeded property: whatever the statuses, a failover choice covers the last known
+    /// position of every replica that reported one.
+    #[test]
+    fn failover_choice_covers_every_known_position() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for round in 0..2000 {
+            let mut w = settled();
+            for id in ["db-1", "db-2"] {
+                w.alive.insert(id, rng.random_ratio(4, 5));
+                if rng.random_ratio(1, 4) {
+                    w.lag.insert(id, rng.random_range(0..60));
+                }
+                w.edit(id, |s| {
+                    s.position = format!("0-1-{}", rng.random_range(5..15));
+                    s.replication_ok = rng.random_ratio(1, 5);
+                    s.failed_checks = if rng.random_ratio(1, 5) { 1 } else { 0 };
+                    s.held = rng.random_ratio(1, 10);
+                });
+            }
+            if let Ok(id) = failover_choice(&w) {
+                let chosen = Position::parse(&w.st[id.as_str()].position);
+                for other in ["db-1", "db-2"] {
+                    let p = Position::parse(&w.st[other].position);
+                    assert!(
+                        chosen.covers(&p),
+                        "round {round}: {id} does not cover {other}"
+                    );
+                    assert!(
+                        !w.st[other].replication_ok || !w.alive[other],
+                        "round {round}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

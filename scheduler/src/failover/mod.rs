@@ -4,6 +4,7 @@
 
 pub mod decide;
 pub mod hooks;
+pub mod rails;
 
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
