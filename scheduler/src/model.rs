@@ -148,6 +148,12 @@ pub struct MemberRecord {
     /// Desired role.
     #[schema(value_type = String, example = "primary")]
     pub role: Role,
+    /// The disk class its volume is on, decided once at placement (the request's
+    /// `disk_class`, or the node's class with the most free space): the scheduler books the
+    /// reservation under it and the agent creates the volume on it. Empty in records written
+    /// before it existed (read as the request's class, else the node's first disk's).
+    #[serde(default)]
+    pub disk_class: String,
 }
 
 /// Instance-wide credentials (generated at creation, shown only to admins).

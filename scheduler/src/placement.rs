@@ -81,6 +81,8 @@ struct Candidate<'a> {
     memory_mib: u64,
     members: u32,
     primaries: u32,
+    /// The disk class its member would get ([`disk_class_for`]).
+    disk_class: &'a str,
 }
 
 /// Places `1 + spec.replicas` members of `spec` on `nodes`, at most one per node.
@@ -187,6 +189,7 @@ impl<'s, 'a> Finalists<'s, 'a> {
             memory_mib,
             members: view.members,
             primaries: view.primaries,
+            disk_class: disk_class_for(self.spec, view).map_or("", |(c, _)| c),
         };
         let strategy = self.strategy;
         let best = self.by_zone.entry(candidate.zone).or_default();
@@ -254,6 +257,7 @@ impl<'s, 'a> Finalists<'s, 'a> {
                 } else {
                     Role::Replica
                 },
+                disk_class: candidates[rank].disk_class.to_owned(),
             })
             .collect();
         Placed { members }
@@ -323,6 +327,32 @@ fn check(
         return false;
     }
 
+    let best = match (spec.disk_class.as_deref(), disk_class_for(spec, view)) {
+        (Some(class), None) => {
+            fail(&|| format!("no disk of class {class}"));
+            return false;
+        }
+        (_, best) => best,
+    };
+    match best {
+        None => {
+            fail(&|| "no disk".to_owned());
+        }
+        Some((class, free)) if free < asked.disk => {
+            fail(&|| format!("disk ({class}) {free} MiB free, {} MiB asked", asked.disk));
+        }
+        Some(_) => {}
+    }
+    fits
+}
+
+/// The disk class a member of `spec` gets on this node, with its free MiB: the requested
+/// class, or, when none is requested, the class with the most free space (ties to the first
+/// by name). None when the node has no disk of a requested class, or no disk at all. The
+/// choice is recorded on the member ([`MemberRecord::disk_class`]): reservations and the agent
+/// follow it.
+pub fn disk_class_for<'a>(spec: &InstanceSpec, view: &NodeView<'a>) -> Option<(&'a str, u64)> {
+    let node = view.node;
     let free_disk = |class: &str| {
         let bytes = node
             .disks
@@ -332,15 +362,12 @@ fn check(
         let reserved = view.reserved_disk_mib.get(class).copied().unwrap_or(0);
         (bytes / MIB).saturating_sub(reserved)
     };
-    let best = match spec.disk_class.as_deref() {
-        Some(class) if node.disks.iter().any(|d| d.class == class) => {
-            Some((class, free_disk(class)))
-        }
-        Some(class) => {
-            fail(&|| format!("no disk of class {class}"));
-            return false;
-        }
-        // Any class will do: the one with the most free space (ties to the first by name).
+    match spec.disk_class.as_deref() {
+        Some(class) => node
+            .disks
+            .iter()
+            .find(|d| d.class == class)
+            .map(|d| (d.class.as_str(), free_disk(class))),
         None => node
             .disks
             .iter()
@@ -356,17 +383,7 @@ fn check(
                     _ => Some((class, free)),
                 },
             ),
-    };
-    match best {
-        None => {
-            fail(&|| "no disk".to_owned());
-        }
-        Some((class, free)) if free < asked.disk => {
-            fail(&|| format!("disk ({class}) {free} MiB free, {} MiB asked", asked.disk));
-        }
-        Some(_) => {}
     }
-    fits
 }
 
 /// Cores rounded to thousandths, so reasons read `0.1`, not `0.09999999999999998`.
@@ -974,6 +991,7 @@ mod tests {
                 memory_mib: v.node.memory_bytes / MIB,
                 members: v.members,
                 primaries: v.primaries,
+                disk_class: disk_class_for(spec, v).map_or("", |(c, _)| c),
             })
             .collect();
         if c.len() < wanted {

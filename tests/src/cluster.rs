@@ -63,6 +63,17 @@ fn kill9(child: &mut Option<Child>) -> Result<()> {
     Ok(())
 }
 
+/// With `MOFANG_TEST_LOGS=<dir>`, a daemon's log is kept there when its test ends (a test
+/// that fails with an error rather than a panic prints no log; this keeps them all).
+fn keep_log(name: &str, log: &str) {
+    if let Some(dir) = std::env::var_os("MOFANG_TEST_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let n = crate::unique_name(name);
+        let _ = std::fs::write(dir.join(format!("{n}.log")), log);
+    }
+}
+
 /// A daemon's log so far.
 fn read_log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -262,6 +273,7 @@ impl Drop for AgentProcess {
         if std::thread::panicking() {
             eprintln!("---- agent {} log ----\n{}", self.node, self.log());
         }
+        keep_log(&format!("agent-{}", self.node), &self.log());
     }
 }
 
@@ -366,5 +378,6 @@ impl Drop for SchedulerProcess {
         if std::thread::panicking() {
             eprintln!("---- scheduler log ----\n{}", self.log());
         }
+        keep_log("scheduler", &self.log());
     }
 }

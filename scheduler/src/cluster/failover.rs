@@ -840,10 +840,10 @@ impl Cluster {
             let mut one = inst.spec.clone();
             one.replicas = 0;
             let placed = placement::place(&one, &views)?;
-            let node = placed
+            let (node, disk_class) = placed
                 .members
                 .first()
-                .map(|m| m.node.clone())
+                .map(|m| (m.node.clone(), m.disk_class.clone()))
                 .ok_or_else(|| Error::Invalid("placement returned no member".into()))?;
             let ordinal = inst
                 .members
@@ -857,6 +857,7 @@ impl Cluster {
                 id: id.clone(),
                 node,
                 role: Role::Replica,
+                disk_class,
             });
             next.replacing = Some((lost.to_owned(), id));
             next

@@ -11,7 +11,7 @@ pub use failover::Trigger;
 
 use crate::failover::{Counters, FailoverConfig};
 use crate::model::{
-    now_ms, Credentials, Event, Instance, InstanceSpec, Node, NodeAdmin, NodeState,
+    now_ms, Credentials, Event, Instance, InstanceSpec, MemberRecord, Node, NodeAdmin, NodeState,
 };
 use crate::placement::{self, NodeView};
 use crate::store::{self, Store};
@@ -916,8 +916,8 @@ fn next_revision(inner: &mut Inner) -> u64 {
 /// Adds (or removes) an instance's reservations.
 fn reserve(inner: &mut Inner, i: &Instance, add: bool) {
     let r = &i.spec.resources;
-    let class = i.spec.disk_class.clone().unwrap_or_else(|| "ssd".into());
     for m in &i.members {
+        let class = disk_class_of(&inner.nodes, i, m);
         let e = inner.reserved.entry(m.node.clone()).or_default();
         if add {
             e.cpu += r.cpu;
@@ -940,6 +940,19 @@ fn reserve(inner: &mut Inner, i: &Instance, add: bool) {
         }
         inner.rerank(&m.node);
     }
+}
+
+/// The disk class a member's volume is on: the one placement recorded; for records written
+/// before it was recorded, the request's class, else the class of the node's first disk.
+fn disk_class_of(nodes: &BTreeMap<String, Node>, i: &Instance, m: &MemberRecord) -> String {
+    if !m.disk_class.is_empty() {
+        return m.disk_class.clone();
+    }
+    i.spec
+        .disk_class
+        .clone()
+        .or_else(|| Some(nodes.get(&m.node)?.disks.first()?.class.clone()))
+        .unwrap_or_default()
 }
 
 /// A node's full desired state: one assignment per member placed on it.
@@ -970,7 +983,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     cpu: i.spec.resources.cpu,
                     memory_bytes: i.spec.resources.memory << 20,
                     disk_bytes: i.spec.resources.disk << 20,
-                    disk_class: i.spec.disk_class.clone().unwrap_or_default(),
+                    disk_class: disk_class_of(&inner.nodes, i, m),
                     primary_address: if m.role == Role::Replica {
                         primary_address.clone()
                     } else {
@@ -997,5 +1010,129 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
         node: node.to_owned(),
         revision,
         members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DiskInfo, Resources};
+    use crate::store::sqlite::SqliteStore;
+    use mofang_common::EngineKind;
+
+    const MIB: u64 = 1 << 20;
+
+    fn node(name: &str, disks: &[(&str, u64)]) -> Node {
+        Node {
+            name: name.into(),
+            address: "127.0.0.1".into(),
+            labels: BTreeMap::from([("zone".into(), name.into())]),
+            cpu: 8.0,
+            memory_bytes: 16 << 30,
+            disks: disks
+                .iter()
+                .enumerate()
+                .map(|(i, (class, mib))| DiskInfo {
+                    path: format!("/data{i}"),
+                    class: (*class).into(),
+                    capacity_bytes: mib * MIB,
+                    free_bytes: mib * MIB,
+                })
+                .collect(),
+            admin: NodeAdmin::Active,
+            agent_version: "test".into(),
+            registered_at_ms: 0,
+            http_address: String::new(),
+        }
+    }
+
+    fn spec(name: &str, disk_mib: u64, class: Option<&str>) -> InstanceSpec {
+        InstanceSpec {
+            name: name.into(),
+            engine: EngineKind::Mariadb,
+            version: "10.11".into(),
+            replicas: 2,
+            resources: Resources {
+                cpu: 0.5,
+                memory: 256,
+                disk: disk_mib,
+            },
+            disk_class: class.map(str::to_owned),
+            placement: None,
+        }
+    }
+
+    async fn cluster(nodes: &[Node]) -> Arc<Cluster> {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = Cluster::load(store, Duration::from_secs(30))
+            .await
+            .expect("load");
+        for n in nodes {
+            c.register(n.clone()).await.expect("register");
+            c.heartbeat(HeartbeatRequest {
+                node: n.name.clone(),
+                ..Default::default()
+            });
+        }
+        c
+    }
+
+    /// Issue 13, point 4: with no class asked for, placement picks a class per node, and the
+    /// books and the agent must follow that pick. Before, the books said `ssd` whatever was
+    /// picked, so an all-hdd node never filled up.
+    #[tokio::test]
+    async fn an_hdd_only_node_books_what_placement_chose_and_fills_up() {
+        let nodes: Vec<Node> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, &[("hdd", 1000)]))
+            .collect();
+        let c = cluster(&nodes).await;
+        let i = c
+            .create_instance(spec("one", 600, None))
+            .await
+            .expect("first instance fits");
+        assert!(i.members.iter().all(|m| m.disk_class == "hdd"), "{i:?}");
+        let ds = c.watch("a").borrow().clone();
+        assert!(
+            ds.members.iter().all(|a| a.disk_class == "hdd"),
+            "the agent is told the class: {ds:?}"
+        );
+        let e = c
+            .create_instance(spec("two", 600, None))
+            .await
+            .expect_err("400 MiB left per node");
+        assert!(e.to_string().contains("disk (hdd) 400 MiB free"), "{e}");
+        // Deleting gives the space back under the same class.
+        c.delete_instance("one").await.expect("delete");
+        c.create_instance(spec("two", 600, None))
+            .await
+            .expect("space given back");
+    }
+
+    #[tokio::test]
+    async fn mixed_classes_book_each_member_under_its_own() {
+        let c = cluster(&[
+            node("a", &[("hdd", 1000)]),
+            node("b", &[("ssd", 1000)]),
+            node("c", &[("hdd", 100), ("ssd", 2000)]),
+        ])
+        .await;
+        let i = c
+            .create_instance(spec("one", 500, None))
+            .await
+            .expect("fits");
+        let class: BTreeMap<&str, &str> = i
+            .members
+            .iter()
+            .map(|m| (m.node.as_str(), m.disk_class.as_str()))
+            .collect();
+        assert_eq!(
+            class,
+            BTreeMap::from([("a", "hdd"), ("b", "ssd"), ("c", "ssd")])
+        );
+        let inner = lock(&c.inner);
+        assert_eq!(inner.reserved["a"].disk_mib.get("hdd"), Some(&500));
+        assert_eq!(inner.reserved["c"].disk_mib.get("ssd"), Some(&500));
+        assert_eq!(inner.reserved["c"].disk_mib.get("hdd"), None);
     }
 }

@@ -343,6 +343,7 @@ mod tests {
             id: format!("db-{i}"),
             node: node.into(),
             role,
+            disk_class: "ssd".into(),
         };
         Instance::new(
             spec,

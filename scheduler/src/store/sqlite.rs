@@ -724,6 +724,7 @@ mod tests {
                 id: format!("{name}-0"),
                 node: "n1".to_owned(),
                 role: Role::Primary,
+                disk_class: "ssd".to_owned(),
             }],
             credentials: Credentials {
                 admin: "a".to_owned(),
