@@ -50,6 +50,7 @@ fn instance(name: &str) -> Instance {
             id: format!("{name}-0"),
             node: "n1".to_owned(),
             role: Role::Primary,
+            disk_class: "ssd".to_owned(),
         }],
         Credentials {
             admin: "a".to_owned(),
