@@ -534,7 +534,7 @@ impl Cluster {
 
     /// Writes an instance (compare-and-set on its revision), then updates memory and pushes
     /// the desired state of every node with a member.
-    async fn write(&self, next: Instance, events: Vec<Event>) -> Result<Instance> {
+    pub(super) async fn write(&self, next: Instance, events: Vec<Event>) -> Result<Instance> {
         let stored = self.store.update_instance(&next, &events).await?;
         let mut inner = lock(&self.inner);
         if let Some(old) = inner.instances.get(&stored.spec.name).cloned() {
@@ -925,6 +925,35 @@ impl Cluster {
         }
         let _ = stored;
         self.counters.replaced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// On taking charge (start with the embedded store, or won election): a switchover whose
+    /// scheduler stopped between fencing the primary and promoting the target left
+    /// `fence_primary` set, which keeps that primary read-only and the failover pass away from
+    /// the instance. Nothing was promoted at that epoch, so lifting the fence is safe.
+    pub async fn abandon_switchovers(&self) -> Result<()> {
+        let stuck: Vec<Instance> = lock(&self.inner)
+            .instances
+            .values()
+            .filter(|i| i.revision > 0 && i.fence_primary)
+            .cloned()
+            .collect();
+        for mut next in stuck {
+            next.fence_primary = false;
+            let name = next.spec.name.clone();
+            warn!(instance = %name, epoch = next.epoch, "switchover interrupted by a scheduler stop: fence lifted");
+            self.write(
+                next,
+                vec![event(
+                    "switchover_abandoned",
+                    Some(&name),
+                    None,
+                    "a scheduler stopped between fencing the primary and promoting the target: the fence is lifted, nothing changed".into(),
+                )],
+            )
+            .await?;
+        }
         Ok(())
     }
 

@@ -408,7 +408,7 @@ impl Cluster {
             inner.suspects.clear();
         }
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
+        self.abandon_switchovers().await
     }
 
     fn node_state(&self, inner: &Inner, node: &Node) -> NodeState {
@@ -1107,6 +1107,46 @@ mod tests {
         c.create_instance(spec("two", 600, None))
             .await
             .expect("space given back");
+    }
+
+    /// Found reading the code (decision 33): a scheduler killed between a switchover's fence
+    /// and its promotion left the primary fenced for good.
+    #[tokio::test]
+    async fn a_switchover_cut_short_by_a_restart_is_undone() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .expect("load");
+        for n in ["a", "b", "c"] {
+            c.register(node(n, &[("ssd", 1000)]))
+                .await
+                .expect("register");
+            c.heartbeat(HeartbeatRequest {
+                node: n.into(),
+                ..Default::default()
+            });
+        }
+        let i = c
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        let mut fenced = i.clone();
+        fenced.fence_primary = true;
+        c.write(fenced, vec![]).await.expect("fence");
+        // A new scheduler on the same store.
+        let c = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .expect("reload");
+        c.activate().await.expect("activate");
+        let after = store.instances().await.expect("instances");
+        assert!(after.iter().all(|i| !i.fence_primary), "{after:?}");
+        assert_eq!(after[0].epoch, i.epoch, "nothing else changed");
+        let ev = store.events(Some("one"), 0, 100).await.expect("events");
+        assert!(
+            ev.iter().any(|e| e.kind == "switchover_abandoned"),
+            "{ev:?}"
+        );
     }
 
     #[tokio::test]
