@@ -363,6 +363,16 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
     let inst = env.create_ready(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
     let old = Env::primary_member(&inst)?;
+    // A failover of a healthy primary is refused with its own code: that is a switchover.
+    let (s, body) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/failover"),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "primary_healthy", "{body}");
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
     // Through the CLI, as an operator would.
