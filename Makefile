@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover
+.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover
 
 CARGO ?= cargo
 
@@ -42,3 +42,8 @@ bench-metrics: setup
 # Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
 bench-failover: setup
 	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)
+
+# The failover suite N times in a row with every core saturated by stress-ng (outside
+# `make test`: about 2 minutes a run). E.g. ARGS="10 8" (runs, test threads).
+stress-failover: setup
+	scripts/stress-failover $(ARGS)
