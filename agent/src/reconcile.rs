@@ -1,6 +1,10 @@
 //! The reconcile loop (kube-runtime style): desired members of this node against actual
 //! containers. One worker per member, idempotent steps, periodic requeue, woken at once by
-//! container events. Steps: volume -> config -> container -> server answers -> role.
+//! container events. Steps: volume -> config -> container -> server answers -> role. The
+//! decisions (the role asked for, a container that is not running, the role step) are pure
+//! functions in [`decide`]; this file carries them out.
+
+pub mod decide;
 
 use crate::config::{AgentConfig, NetworkMode};
 use crate::engine::{self, Engine, MemberConfig, ObservedRole, Secrets, Target};
@@ -8,9 +12,12 @@ use crate::link::Lease;
 use crate::runtime::{self, ContainerRuntime, ContainerSpec, ContainerState, Mount, Network};
 use crate::state::{self, LocalState, MemberState};
 use crate::volume::{self, VolumeManager};
+use decide::{DesiredRole, OnExit, RoleStep};
+pub use decide::{CRASH_WINDOW_MS, MAX_CRASH_RESTARTS};
 use futures::StreamExt;
 use mofang_common::labels;
 use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
+use mofang_common::Role;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,6 +83,10 @@ pub struct ReconcileStats {
     pub micros: std::sync::atomic::AtomicU64,
 }
 
+/// Makes the engine adapter for an engine kind and version ([`engine::for_kind`]; a fake in
+/// unit tests).
+pub type EngineFactory = Arc<dyn Fn(&str, &str) -> Option<Box<dyn Engine>> + Send + Sync>;
+
 /// Everything a member worker needs; shared by all workers.
 pub struct Shared {
     /// Agent config.
@@ -96,6 +107,8 @@ pub struct Shared {
     pub status_changed: Arc<Notify>,
     /// Pass counts and durations.
     pub stats: Arc<ReconcileStats>,
+    /// Engine adapters.
+    engines: EngineFactory,
     /// Serialises port allocation across workers.
     ports: Mutex<()>,
     /// When this agent process started.
@@ -122,6 +135,7 @@ impl Shared {
             statuses: Arc::default(),
             status_changed: Arc::new(Notify::new()),
             stats: Arc::default(),
+            engines: Arc::new(engine::for_kind),
             ports: Mutex::new(()),
             started: Instant::now(),
         })
@@ -198,12 +212,6 @@ pub enum Action {
     Requeue(Duration),
 }
 
-/// Restarts within [`CRASH_WINDOW_MS`] after which the agent stops restarting a member and
-/// reports it failed (the scheduler replaces it).
-pub const MAX_CRASH_RESTARTS: usize = 5;
-/// The crash-loop window.
-pub const CRASH_WINDOW_MS: i64 = 600_000;
-
 fn replicas_of(a: &Assignment) -> u32 {
     a.settings
         .get("replicas")
@@ -234,17 +242,15 @@ impl WorkerMemo {
 /// Reconciles one member once.
 async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
     let member = a.member.as_str();
-    let engine =
-        engine::for_kind(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
-            engine: a.engine.clone(),
-            version: a.version.clone(),
-        })?;
+    let engine = (sh.engines)(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
+        engine: a.engine.clone(),
+        version: a.version.clone(),
+    })?;
+    let role = DesiredRole::parse(a).map_err(Error::BadAssignment)?;
     let mut st = sh.state.load_member(member)?;
     let orig = st.clone();
     // The scheduler decided about a held primary: a newer epoch releases it.
-    if st.held_at_epoch.is_some_and(|e| a.epoch > e) {
-        st.held_at_epoch = None;
-    }
+    decide::release_hold(&mut st, a.epoch);
 
     // 1. Volume.
     let class = (!a.disk_class.is_empty()).then_some(a.disk_class.as_str());
@@ -270,18 +276,8 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     };
     // A replica whose primary's address the scheduler does not know yet (just created, or the
     // scheduler just restarted) is kept exactly as it is: no new config, no role change.
-    let waiting = a.role == "replica" && a.primary_address.is_empty();
-    let replica_of = match a.role.as_str() {
-        "replica" if waiting => None,
-        "replica" => Some(Target::parse(&a.primary_address).map_err(|_| {
-            Error::BadAssignment(format!(
-                "replica {member} has no valid primary_address ('{}')",
-                a.primary_address
-            ))
-        })?),
-        "primary" => None,
-        other => return Err(Error::BadAssignment(format!("unknown role '{other}'"))),
-    };
+    let waiting = role.waiting();
+    let replica_of = role.replica_of().cloned();
     let announce = match &network {
         NetworkMode::Host => Target {
             host: sh.cfg.advertise_address.clone(),
@@ -330,7 +326,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             let fresh = std::fs::read_dir(&vol.path)
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(false);
-            if fresh && a.role == "replica" && !st.needs_seed {
+            if fresh && role.role() == Role::Replica && !st.needs_seed {
                 st.needs_seed = true;
                 sh.state.save_member(member, &st)?;
             }
@@ -344,16 +340,8 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     let container = match container.state {
         ContainerState::Running => container,
         ContainerState::Exited | ContainerState::Created => {
-            // A primary with replicas that died is held down for the scheduler to decide:
-            // fail over to a replica, or this member again at a newer epoch. Restarted by
-            // itself it would reopen at its old epoch, racing a promotion elsewhere, and
-            // recover as a primary (keeping transactions no replica acknowledged).
-            if a.role == "primary"
-                && replicas_of(a) > 0
-                && container.state == ContainerState::Exited
-                && st.applied_epoch == a.epoch
-                && st.held_at_epoch.is_none()
-            {
+            let exited = container.state == ContainerState::Exited;
+            if decide::newly_held(&role, replicas_of(a), a.epoch, exited, &st) {
                 warn!(
                     member,
                     epoch = a.epoch,
@@ -363,40 +351,40 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
                 st.held_at_epoch = Some(a.epoch);
                 sh.state.save_member(member, &st)?;
             }
-            if st.held_at_epoch.is_some() && sh.lease.valid() {
-                // The scheduler hears of it at once (urgent heartbeat) and decides.
-                report_held(sh, a, &st, &container);
-                return Ok(Action::Requeue(Duration::from_secs(1)));
-            }
-            // Without a scheduler nobody can decide: restart it, read-only, so its data
-            // stays served for reads; it reopens for writes only at a newer epoch.
-            if st.crash_looping {
-                report(
-                    sh,
-                    a,
-                    &st,
-                    Some(&container),
-                    None,
-                    true,
-                    format!(
-                        "crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted",
-                        CRASH_WINDOW_MS / 1000
-                    ),
-                );
-                return Ok(Action::Requeue(Duration::from_secs(5)));
+            match decide::on_exit(&st, sh.lease.valid(), now_ms()) {
+                OnExit::Hold => {
+                    // The scheduler hears of it at once (urgent heartbeat) and decides.
+                    report_held(sh, a, &st, &container);
+                    return Ok(Action::Requeue(Duration::from_secs(1)));
+                }
+                OnExit::CrashLooping { newly } => {
+                    if newly {
+                        warn!(
+                            member,
+                            restarts = st.crash_restarts_ms.len(),
+                            "crash loop: no more restarts"
+                        );
+                        st.crash_looping = true;
+                        sh.state.save_member(member, &st)?;
+                    }
+                    report(
+                        sh,
+                        a,
+                        &st,
+                        Some(&container),
+                        None,
+                        true,
+                        format!(
+                            "crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted",
+                            CRASH_WINDOW_MS / 1000
+                        ),
+                    );
+                    return Ok(Action::Requeue(Duration::from_secs(5)));
+                }
+                OnExit::Restart => {}
             }
             let now = now_ms();
             st.crash_restarts_ms.retain(|t| now - t < CRASH_WINDOW_MS);
-            if st.crash_restarts_ms.len() >= MAX_CRASH_RESTARTS {
-                warn!(
-                    member,
-                    restarts = st.crash_restarts_ms.len(),
-                    "crash loop: no more restarts"
-                );
-                st.crash_looping = true;
-                sh.state.save_member(member, &st)?;
-                return Ok(Action::Requeue(Duration::from_millis(10)));
-            }
             st.crash_restarts_ms.push(now);
             // The agent is the supervisor (restart policy `no`): bring it back on the same
             // container and volume, with the data it had.
@@ -485,13 +473,21 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             "stale role assignment ignored"
         );
     } else {
+        let step = decide::role_step(
+            &role,
+            a.epoch,
+            &st,
+            sh.lease.valid(),
+            sh.lease.last_ack().is_some(),
+            sh.started.elapsed() < sh.lease.ttl(),
+        );
         apply_role(
             sh,
             a,
             engine.as_ref(),
             (&target, &container.id),
             &secrets,
-            replica_of.as_ref(),
+            step,
             &mut st,
         )
         .await?;
@@ -507,7 +503,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
 
     // 6. Observe and report.
     let obs = engine.observe(&target, &secrets).await?;
-    if a.role == "replica" {
+    if role.role() == Role::Replica {
         if let Some(e) = obs
             .replication_error
             .as_deref()
@@ -549,11 +545,11 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     s.lag_seconds = obs.lag_seconds.unwrap_or(-1);
     s.replication_ok = obs.replication_ok;
     s.volume_used_bytes = usage.0;
-    let role_ok = match a.role.as_str() {
-        "primary" if a.fence => st.fenced,
-        "primary" => obs.role == ObservedRole::Primary || st.fenced,
+    let role_ok = match &role {
+        DesiredRole::Primary { fence: true, .. } => st.fenced,
+        DesiredRole::Primary { .. } => obs.role == ObservedRole::Primary || st.fenced,
         // A replica is healthy only while it follows the primary it was told to follow.
-        _ => {
+        DesiredRole::Replica { .. } => {
             obs.role == ObservedRole::Replica
                 && obs.replication_ok
                 && follows(obs.following.as_deref(), replica_of.as_ref())
@@ -597,19 +593,24 @@ fn follows(following: Option<&str>, primary: Option<&Target>) -> bool {
     }
 }
 
+/// Carries out the role step [`decide::role_step`] chose.
 async fn apply_role(
     sh: &Shared,
     a: &Assignment,
     engine: &dyn Engine,
     (at, container): (&Target, &str),
     secrets: &Secrets,
-    replica_of: Option<&Target>,
+    step: RoleStep,
     st: &mut MemberState,
 ) -> Result<()> {
-    match replica_of {
-        Some(primary) => {
-            if st.needs_seed {
-                if let Some(script) = engine.seed_script(primary, at.port) {
+    match step {
+        RoleStep::Follow {
+            primary,
+            fence_first,
+            seed,
+        } => {
+            if seed {
+                if let Some(script) = engine.seed_script(&primary, at.port) {
                     info!(member = %a.member, primary = %primary, "seeding replica from the primary");
                     let out = sh
                         .runtime
@@ -633,14 +634,14 @@ async fn apply_role(
                 st.needs_seed = false;
                 sh.state.save_member(&a.member, st)?;
             }
-            if st.applied_role == "primary" && st.applied_epoch < a.epoch {
+            if fence_first {
                 // Demoted: stop application writes first, killing sessions, so a commit that
                 // waits for a semi-sync acknowledgement from a replica that now follows the
                 // new primary can never complete and be acknowledged later.
                 engine.fence(at, secrets).await?;
             }
             // Read-only first (MariaDB), then follow the new primary.
-            engine.replicate_from(at, secrets, primary).await?;
+            engine.replicate_from(at, secrets, &primary).await?;
             if st.fenced {
                 // A Redis replica takes no application writes anyway; lift its pause. (A
                 // MariaDB fence is read_only, which a replica keeps.)
@@ -652,8 +653,8 @@ async fn apply_role(
         }
         // Just (re)started and not yet heard from the scheduler: neither fence nor promote
         // on a guess; the primary keeps whatever it was doing for up to lease_ttl.
-        None if sh.lease.last_ack().is_none() && sh.started.elapsed() < sh.lease.ttl() => {}
-        None if !sh.lease.valid() => {
+        RoleStep::Wait | RoleStep::Ignore => {}
+        RoleStep::FenceLeaseLost => {
             // Cut off from the scheduler for lease_ttl: another member may be promoted
             // elsewhere, so this primary stops taking writes (architecture: fencing).
             if !st.fenced {
@@ -662,12 +663,12 @@ async fn apply_role(
             engine.fence(at, secrets).await?;
             st.fenced = true;
         }
-        None if st.held_at_epoch.is_some() => {
+        RoleStep::FenceHeld => {
             // Restarted while held (no scheduler): stays read-only until a newer epoch.
             engine.fence(at, secrets).await?;
             st.fenced = true;
         }
-        None if a.fence => {
+        RoleStep::FenceForSwitchover => {
             // Switchover step 1: stop writes, keep the epoch; the target catches up next.
             if !st.fenced {
                 info!(member = %a.member, epoch = a.epoch, "fencing primary for switchover");
@@ -675,11 +676,12 @@ async fn apply_role(
             engine.fence(at, secrets).await?;
             st.fenced = true;
         }
-        None => {
+        RoleStep::Open { after } => {
             let obs = engine.observe(at, secrets).await?;
             if obs.role != ObservedRole::Primary || st.applied_epoch != a.epoch {
-                let after = (!a.promote_after.is_empty()).then_some(a.promote_after.as_str());
-                engine.promote(at, secrets, replicas_of(a), after).await?;
+                engine
+                    .promote(at, secrets, replicas_of(a), after.as_deref())
+                    .await?;
             }
             if st.fenced {
                 engine.unfence(at, secrets).await?;
@@ -1025,5 +1027,221 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
     }
     for (_, (_, h)) in workers {
         let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod fake;
+
+#[cfg(test)]
+mod tests {
+    //! Reconcile's role paths on a recording fake runtime and engine: held primary, crash
+    //! loop, epochs, fences. The same paths against real Docker and databases are in
+    //! `tests/tests/{agent,failover}.rs`.
+
+    use super::fake::{FakeEngine, FakeRuntime};
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Rig {
+        sh: Arc<Shared>,
+        rt: Arc<FakeRuntime>,
+        db: FakeEngine,
+        memo: WorkerMemo,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig(lease_ttl: Duration) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let text = format!(
+            "node = \"n1\"\nstate_dir = \"{}\"\nnetwork = \"host\"\nadvertise_address = \"127.0.0.1\"\n\
+             [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = 4096\n",
+            root.join("state").display(),
+            root.join("disk").display()
+        );
+        let cfg = AgentConfig::parse(&text, &root.join("agent.toml")).expect("config");
+        let volumes = Arc::new(VolumeManager::open(cfg.disks.clone()).expect("volumes"));
+        let state = LocalState::open(&cfg.state_dir).expect("state");
+        let rt = Arc::new(FakeRuntime::default());
+        let db = FakeEngine::default();
+        let (_tx, rx) = watch::channel(None);
+        let mut sh = Shared::new(cfg, rt.clone(), volumes, state, Lease::new(lease_ttl), rx);
+        let engine = db.clone();
+        if let Some(s) = Arc::get_mut(&mut sh) {
+            s.engines = Arc::new(move |_, _| Some(Box::new(engine.clone()) as Box<dyn Engine>));
+        }
+        Rig {
+            sh,
+            rt,
+            db,
+            memo: WorkerMemo::default(),
+            _dir: dir,
+        }
+    }
+
+    fn assignment(role: &str, epoch: u64, primary: &str) -> Assignment {
+        let pw = "Abcdefghijklmnop0123456789";
+        Assignment {
+            member: "db-0".into(),
+            instance: "db".into(),
+            engine: "mariadb".into(),
+            version: "10.11".into(),
+            role: role.into(),
+            epoch,
+            cpu: 0.5,
+            memory_bytes: 256 << 20,
+            disk_bytes: 64 << 20,
+            primary_address: primary.into(),
+            secrets: HashMap::from(
+                ["admin", "repl", "monitor", "app"].map(|k| (k.to_owned(), pw.to_owned())),
+            ),
+            settings: HashMap::from([("replicas".to_owned(), "2".to_owned())]),
+            ..Default::default()
+        }
+    }
+
+    impl Rig {
+        async fn pass(&mut self, a: &Assignment) -> MemberStatus {
+            reconcile_member(&self.sh, a, &mut self.memo)
+                .await
+                .expect("reconcile");
+            self.status()
+        }
+        fn status(&self) -> MemberStatus {
+            self.sh
+                .statuses
+                .lock()
+                .expect("statuses")
+                .get("db-0")
+                .cloned()
+                .expect("a status")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_primary_is_held_until_a_newer_epoch_then_rejoins_fenced_first() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.rt.take_calls(), ["create mofang-db-0", "start c1"]);
+        assert_eq!(r.db.take_calls(), ["promote after=None"]);
+        assert!(s.healthy && s.role == "primary" && s.epoch == 3, "{s:?}");
+
+        // The container dies: held, not restarted, however often reconcile runs.
+        r.rt.set_state(ContainerState::Exited, Some(137));
+        for _ in 0..3 {
+            let s = r.pass(&assignment("primary", 3, "")).await;
+            assert!(s.held && !s.healthy, "{s:?}");
+            assert_eq!(s.position, "0-1-5", "the last position is kept");
+        }
+        assert!(r.rt.take_calls().is_empty(), "never restarted while held");
+        assert!(r.db.take_calls().is_empty());
+
+        // The scheduler failed over: a replica at epoch 4. Released, restarted, fenced before
+        // it follows the new primary.
+        let s = r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(r.db.take_calls(), ["fence", "replicate_from 10.0.0.9:3306"]);
+        assert!(
+            !s.held && s.healthy && s.role == "replica" && s.epoch == 4,
+            "{s:?}"
+        );
+
+        // An order of an older epoch is never applied.
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert!(r.db.take_calls().is_empty());
+        assert!(s.reason.contains("ignored assignment of epoch 3"), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn without_a_scheduler_a_dead_primary_restarts_read_only() {
+        let mut r = rig(Duration::from_millis(50));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.rt.take_calls();
+        r.db.take_calls();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.rt.set_state(ContainerState::Exited, Some(137));
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(s.held && !s.healthy, "{s:?}");
+        // The lease comes back: still held (fenced) until the scheduler's newer epoch.
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert!(s.held, "{s:?}");
+        assert!(!r.db.take_calls().contains(&"unfence".to_owned()));
+        let s = r.pass(&assignment("primary", 4, "")).await;
+        let calls = r.db.take_calls();
+        assert!(calls.contains(&"unfence".to_owned()), "{calls:?}");
+        assert!(!s.held && s.healthy && s.epoch == 4, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_fences_the_primary_and_a_renewed_one_lifts_it() {
+        let mut r = rig(Duration::from_millis(50));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.db.take_calls();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(!s.healthy && s.role == "fenced", "{s:?}");
+        assert!(s.reason.contains("lease expired"), "{s:?}");
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.db.take_calls(), ["promote after=None", "unfence"]);
+        assert!(s.healthy && s.role == "primary", "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_switchover_fences_at_the_same_epoch_and_reports_healthy() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.db.take_calls();
+        let mut a = assignment("primary", 3, "");
+        a.fence = true;
+        let s = r.pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(s.healthy && s.role == "fenced", "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_keeps_dying_stops_being_restarted() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        r.pass(&a).await;
+        r.rt.take_calls();
+        for _ in 0..MAX_CRASH_RESTARTS {
+            r.rt.set_state(ContainerState::Exited, Some(1));
+            let s = r.pass(&a).await;
+            assert!(!s.failed, "{s:?}");
+        }
+        assert_eq!(r.rt.take_calls().len(), MAX_CRASH_RESTARTS);
+        r.rt.set_state(ContainerState::Exited, Some(1));
+        let s = r.pass(&a).await;
+        let s = if s.failed { s } else { r.pass(&a).await };
+        assert!(s.failed && s.reason.contains("crash loop"), "{s:?}");
+        assert!(r.rt.take_calls().is_empty(), "no sixth restart");
+    }
+
+    #[tokio::test]
+    async fn a_replica_following_another_address_is_not_healthy() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(s.healthy, "{s:?}");
+        // The server follows another address, whatever it is told.
+        if let Ok(mut db) = r.db.0.lock() {
+            db.stuck_following = Some("10.0.0.7:3306".into());
+        }
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(
+            !s.healthy && s.reason.contains("replicating from 10.0.0.7:3306"),
+            "{s:?}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
+use mofang_common::Role;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -68,7 +69,7 @@ impl RoleChecks {
 
 /// Pure decision for `/primary`.
 pub fn primary_answer(a: &Assignment, s: &MemberStatus, lease_valid: bool) -> Answer {
-    let why = if a.role != "primary" {
+    let why = if Role::parse(&a.role) != Some(Role::Primary) {
         format!("desired role is {}", a.role)
     } else if a.fence {
         "fenced for a switchover".into()
@@ -86,7 +87,7 @@ pub fn primary_answer(a: &Assignment, s: &MemberStatus, lease_valid: bool) -> An
 
 /// Pure decision for `/replica`.
 pub fn replica_answer(a: &Assignment, s: &MemberStatus, max_lag: i64) -> Answer {
-    let why = if a.role != "replica" {
+    let why = if Role::parse(&a.role) != Some(Role::Replica) {
         format!("desired role is {}", a.role)
     } else if !(s.healthy && s.replication_ok) {
         format!("not replicating: {}", s.reason)

@@ -71,6 +71,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// From `primary` / `replica`; None for anything else.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "primary" => Some(Role::Primary),
+            "replica" => Some(Role::Replica),
+            _ => None,
+        }
+    }
+
     /// `primary` / `replica`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,388 @@
+//! Reconcile's decisions as pure functions of the assignment, the member's local state and
+//! what the runtime shows: the role an assignment asks for (parsed once), what to do with a
+//! container that is not running, and what the role step must do. No I/O, no clock: the
+//! caller passes `now_ms` and whether the scheduler's lease is valid. Unit-tested below.
+
+use crate::engine::Target;
+use crate::state::MemberState;
+use mofang_common::proto::Assignment;
+use mofang_common::Role;
+
+/// Restarts within [`CRASH_WINDOW_MS`] after which the agent stops restarting a member and
+/// reports it failed (the scheduler replaces it).
+pub const MAX_CRASH_RESTARTS: usize = 5;
+/// The crash-loop window.
+pub const CRASH_WINDOW_MS: i64 = 600_000;
+
+/// The role an assignment asks for, parsed once from its strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DesiredRole {
+    /// The writable member of the epoch.
+    Primary {
+        /// Switchover step 1: stop writes at this epoch.
+        fence: bool,
+        /// Switchover step 2: reach this position before opening.
+        promote_after: Option<String>,
+    },
+    /// Follows `primary`; None while the scheduler does not know the primary's address yet
+    /// (the member is then kept exactly as it is).
+    Replica {
+        /// The primary's address.
+        primary: Option<Target>,
+    },
+}
+
+impl DesiredRole {
+    /// Parses the assignment's role, fence, `promote_after` and `primary_address`.
+    pub fn parse(a: &Assignment) -> Result<Self, String> {
+        match Role::parse(&a.role) {
+            Some(Role::Primary) => Ok(DesiredRole::Primary {
+                fence: a.fence,
+                promote_after: (!a.promote_after.is_empty()).then(|| a.promote_after.clone()),
+            }),
+            Some(Role::Replica) if a.primary_address.is_empty() => {
+                Ok(DesiredRole::Replica { primary: None })
+            }
+            Some(Role::Replica) => Target::parse(&a.primary_address)
+                .map(|t| DesiredRole::Replica { primary: Some(t) })
+                .map_err(|_| {
+                    format!(
+                        "replica {} has no valid primary_address ('{}')",
+                        a.member, a.primary_address
+                    )
+                }),
+            None => Err(format!("unknown role '{}'", a.role)),
+        }
+    }
+
+    /// `Primary` or `Replica`.
+    pub fn role(&self) -> Role {
+        match self {
+            DesiredRole::Primary { .. } => Role::Primary,
+            DesiredRole::Replica { .. } => Role::Replica,
+        }
+    }
+
+    /// A replica whose primary's address is not known yet.
+    pub fn waiting(&self) -> bool {
+        matches!(self, DesiredRole::Replica { primary: None })
+    }
+
+    /// The primary to follow, for a replica that knows it.
+    pub fn replica_of(&self) -> Option<&Target> {
+        match self {
+            DesiredRole::Replica { primary } => primary.as_ref(),
+            DesiredRole::Primary { .. } => None,
+        }
+    }
+}
+
+/// What to do with a member whose container is not running (exited or never started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnExit {
+    /// A held primary while the scheduler can decide: keep it down and tell the scheduler at
+    /// once; it decides (fail over, or this member again at a newer epoch).
+    Hold,
+    /// Restarted too often within the window: report it failed, do not restart.
+    CrashLooping {
+        /// First time: save `crash_looping`.
+        newly: bool,
+    },
+    /// Start it again (the agent is the supervisor).
+    Restart,
+}
+
+/// True when a primary with replicas has just died at the epoch it applied: it must be held
+/// (recorded in `held_at_epoch`) whether or not a scheduler can decide now. Restarted by
+/// itself it would reopen at its old epoch while a replica may be promoted, and MariaDB's
+/// crash recovery as a primary would keep transactions no replica acknowledged (decision 14).
+/// `exited`: it ran and stopped (a container only created is simply started).
+pub fn newly_held(
+    role: &DesiredRole,
+    replicas: u32,
+    epoch: u64,
+    exited: bool,
+    st: &MemberState,
+) -> bool {
+    role.role() == Role::Primary
+        && replicas > 0
+        && exited
+        && st.applied_epoch == epoch
+        && st.held_at_epoch.is_none()
+}
+
+/// Decides about a container that is not running, once [`newly_held`] is recorded in `st`.
+/// A held primary stays down while the scheduler can decide (`lease_valid`); without one
+/// nobody can, so it is restarted, and the role step keeps it read-only until a newer epoch.
+/// Anything restarted more than [`MAX_CRASH_RESTARTS`] times in [`CRASH_WINDOW_MS`] stops.
+pub fn on_exit(st: &MemberState, lease_valid: bool, now_ms: i64) -> OnExit {
+    if st.held_at_epoch.is_some() && lease_valid {
+        return OnExit::Hold;
+    }
+    if st.crash_looping {
+        return OnExit::CrashLooping { newly: false };
+    }
+    let recent = st
+        .crash_restarts_ms
+        .iter()
+        .filter(|t| now_ms - **t < CRASH_WINDOW_MS)
+        .count();
+    if recent >= MAX_CRASH_RESTARTS {
+        return OnExit::CrashLooping { newly: true };
+    }
+    OnExit::Restart
+}
+
+/// A held primary is released by a newer epoch (the scheduler decided about it).
+pub fn release_hold(st: &mut MemberState, epoch: u64) {
+    if st.held_at_epoch.is_some_and(|e| epoch > e) {
+        st.held_at_epoch = None;
+    }
+}
+
+/// What the role step does for a member whose server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleStep {
+    /// Follow the primary; `fence_first` when it was the primary of an older epoch (demoted:
+    /// writes stop before it follows), `seed` when it needs a snapshot first.
+    Follow {
+        /// The primary.
+        primary: Target,
+        /// Demoted primary: fence before following.
+        fence_first: bool,
+        /// Fresh replica: copy a snapshot first.
+        seed: bool,
+    },
+    /// Just started and not yet heard from the scheduler: change nothing on a guess.
+    Wait,
+    /// Stop writes: the scheduler's lease ran out.
+    FenceLeaseLost,
+    /// Stop writes: restarted while held, without a scheduler.
+    FenceHeld,
+    /// Stop writes: switchover step 1.
+    FenceForSwitchover,
+    /// Open for writes at this epoch (promote first if it is not primary at it yet).
+    Open {
+        /// Position to reach first (switchover).
+        after: Option<String>,
+    },
+    /// A replica whose primary is not known yet, or an assignment older than what the member
+    /// applied: nothing.
+    Ignore,
+}
+
+/// Decides the role step. `heard`: the agent has had a heartbeat acknowledged since it
+/// started; `young`: it started less than a lease ago.
+pub fn role_step(
+    role: &DesiredRole,
+    epoch: u64,
+    st: &MemberState,
+    lease_valid: bool,
+    heard: bool,
+    young: bool,
+) -> RoleStep {
+    if epoch < st.applied_epoch {
+        return RoleStep::Ignore;
+    }
+    match role {
+        DesiredRole::Replica { primary: None } => RoleStep::Ignore,
+        DesiredRole::Replica {
+            primary: Some(primary),
+        } => RoleStep::Follow {
+            primary: primary.clone(),
+            fence_first: st.applied_role == Role::Primary.as_str() && st.applied_epoch < epoch,
+            seed: st.needs_seed,
+        },
+        DesiredRole::Primary { .. } if !heard && young => RoleStep::Wait,
+        DesiredRole::Primary { .. } if !lease_valid => RoleStep::FenceLeaseLost,
+        DesiredRole::Primary { .. } if st.held_at_epoch.is_some() => RoleStep::FenceHeld,
+        DesiredRole::Primary { fence: true, .. } => RoleStep::FenceForSwitchover,
+        DesiredRole::Primary { promote_after, .. } => RoleStep::Open {
+            after: promote_after.clone(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(role: &str, primary: &str) -> Assignment {
+        Assignment {
+            member: "db-1".into(),
+            role: role.into(),
+            epoch: 3,
+            primary_address: primary.into(),
+            ..Default::default()
+        }
+    }
+
+    fn primary() -> DesiredRole {
+        DesiredRole::Primary {
+            fence: false,
+            promote_after: None,
+        }
+    }
+
+    fn state(epoch: u64, role: &str) -> MemberState {
+        MemberState {
+            applied_epoch: epoch,
+            applied_role: role.into(),
+            ..Default::default()
+        }
+    }
+
+    const NOW: i64 = 10 * CRASH_WINDOW_MS;
+
+    #[test]
+    fn assignments_parse_once_into_a_role() {
+        assert_eq!(
+            DesiredRole::parse(&assignment("primary", "")).unwrap(),
+            primary()
+        );
+        let r = DesiredRole::parse(&assignment("replica", "10.0.0.2:3306")).unwrap();
+        assert_eq!(r.replica_of().map(|t| t.port), Some(3306));
+        assert!(DesiredRole::parse(&assignment("replica", ""))
+            .unwrap()
+            .waiting());
+        assert!(DesiredRole::parse(&assignment("replica", "x;y")).is_err());
+        assert!(DesiredRole::parse(&assignment("leader", "")).is_err());
+        let mut a = assignment("primary", "");
+        a.fence = true;
+        a.promote_after = "0-1-9".into();
+        assert_eq!(
+            DesiredRole::parse(&a).unwrap(),
+            DesiredRole::Primary {
+                fence: true,
+                promote_after: Some("0-1-9".into())
+            }
+        );
+    }
+
+    #[test]
+    fn a_dead_primary_with_replicas_is_held_while_the_scheduler_can_decide() {
+        let st = state(3, "primary");
+        assert!(newly_held(&primary(), 2, 3, true, &st));
+        let held = MemberState {
+            held_at_epoch: Some(3),
+            ..st.clone()
+        };
+        assert_eq!(on_exit(&held, true, NOW), OnExit::Hold);
+        // Already held: nothing new to record.
+        assert!(!newly_held(&primary(), 2, 3, true, &held));
+        // No scheduler to decide: restarted (the role step keeps it fenced, see below).
+        assert_eq!(on_exit(&held, false, NOW), OnExit::Restart);
+        assert_eq!(
+            role_step(&primary(), 3, &held, true, true, false),
+            RoleStep::FenceHeld
+        );
+        // A lone primary, a primary of an epoch it never applied, a replica, a container
+        // only created: not held, restarted.
+        assert!(!newly_held(&primary(), 0, 3, true, &st));
+        assert!(!newly_held(&primary(), 2, 4, true, &st));
+        let replica = DesiredRole::Replica { primary: None };
+        assert!(!newly_held(&replica, 2, 3, true, &state(3, "replica")));
+        assert!(!newly_held(&primary(), 2, 3, false, &st));
+        assert_eq!(on_exit(&st, true, NOW), OnExit::Restart);
+    }
+
+    #[test]
+    fn a_newer_epoch_releases_a_held_primary() {
+        let mut st = MemberState {
+            held_at_epoch: Some(3),
+            ..state(3, "primary")
+        };
+        release_hold(&mut st, 3);
+        assert_eq!(st.held_at_epoch, Some(3));
+        release_hold(&mut st, 4);
+        assert_eq!(st.held_at_epoch, None);
+    }
+
+    #[test]
+    fn crash_loops_stop_after_five_restarts_in_ten_minutes() {
+        let mut st = state(3, "replica");
+        st.crash_restarts_ms = vec![NOW - 1000; MAX_CRASH_RESTARTS - 1];
+        assert_eq!(on_exit(&st, true, NOW), OnExit::Restart);
+        st.crash_restarts_ms.push(NOW - 10);
+        assert_eq!(
+            on_exit(&st, true, NOW),
+            OnExit::CrashLooping { newly: true }
+        );
+        // Restarts older than the window do not count.
+        st.crash_restarts_ms = vec![NOW - CRASH_WINDOW_MS - 1; 10];
+        assert_eq!(on_exit(&st, true, NOW), OnExit::Restart);
+        st.crash_looping = true;
+        assert_eq!(
+            on_exit(&st, true, NOW),
+            OnExit::CrashLooping { newly: false }
+        );
+    }
+
+    #[test]
+    fn role_steps_follow_the_epoch_rule_and_the_lease() {
+        let st = state(3, "primary");
+        // Older assignments never act.
+        assert_eq!(
+            role_step(&primary(), 2, &st, true, true, false),
+            RoleStep::Ignore
+        );
+        // Just started, nothing heard yet: no guess.
+        assert_eq!(
+            role_step(&primary(), 3, &st, false, false, true),
+            RoleStep::Wait
+        );
+        assert_eq!(
+            role_step(&primary(), 3, &st, false, true, false),
+            RoleStep::FenceLeaseLost
+        );
+        let held = MemberState {
+            held_at_epoch: Some(3),
+            ..st.clone()
+        };
+        assert_eq!(
+            role_step(&primary(), 3, &held, true, true, false),
+            RoleStep::FenceHeld
+        );
+        let fence = DesiredRole::Primary {
+            fence: true,
+            promote_after: None,
+        };
+        assert_eq!(
+            role_step(&fence, 3, &st, true, true, false),
+            RoleStep::FenceForSwitchover
+        );
+        let after = DesiredRole::Primary {
+            fence: false,
+            promote_after: Some("0-1-9".into()),
+        };
+        assert_eq!(
+            role_step(&after, 4, &state(3, "replica"), true, true, false),
+            RoleStep::Open {
+                after: Some("0-1-9".into())
+            }
+        );
+        // A demoted primary is fenced before it follows; a replica is not.
+        let r = DesiredRole::Replica {
+            primary: Target::parse("10.0.0.3:3306").ok(),
+        };
+        assert!(matches!(
+            role_step(&r, 4, &st, true, true, false),
+            RoleStep::Follow {
+                fence_first: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            role_step(&r, 4, &state(3, "replica"), true, true, false),
+            RoleStep::Follow {
+                fence_first: false,
+                ..
+            }
+        ));
+        // A replica follows even without a lease: it takes no writes.
+        assert!(matches!(
+            role_step(&r, 4, &state(3, "replica"), false, true, false),
+            RoleStep::Follow { .. }
+        ));
+    }
+}
