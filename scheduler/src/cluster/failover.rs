@@ -4,6 +4,7 @@
 
 use super::{event, lock, reserve, Cluster, Error, Inner, InstanceView, Result};
 use crate::failover::decide::{self, Health, NoPromotion, Purpose, Seen};
+use crate::failover::plan;
 use crate::failover::rails::{self, PrimaryFacts, RailFacts, Refusal};
 use crate::failover::{hooks, HookEnv};
 use crate::model::{now_ms, Event, Instance, MemberRecord};
@@ -87,23 +88,6 @@ impl Cluster {
         }
     }
 
-    /// Like [`Self::seen_fn`], reading nodes from a table built once per pass.
-    fn seen_in<'a>(
-        inner: &'a Inner,
-        nodes: &'a HashMap<&'a str, NodeSeen<'a>>,
-        inst: &'a Instance,
-    ) -> impl Fn(&str) -> Seen<'a> + 'a {
-        move |id: &str| match inst
-            .members
-            .iter()
-            .find(|m| m.id == id)
-            .and_then(|rec| nodes.get(rec.node.as_str()))
-        {
-            Some(node) => member_seen(inner, node, id),
-            None => Seen::nothing(),
-        }
-    }
-
     /// Records the agent's announced lease for a node.
     pub fn note_lease(&self, node: &str, lease_ttl_ms: u64) {
         lock(&self.inner)
@@ -138,15 +122,7 @@ impl Cluster {
         self.confirm_inflight().await;
         let now = Instant::now();
         let rules = self.failover.rules();
-        let mut failing = Vec::new();
-        let mut waiting = Vec::new();
-        let mut witnessed = Vec::new();
-        let mut fine = Vec::new();
-        let mut lost = Vec::new();
-        let mut promoted = Vec::new();
-        let mut calm: Vec<String> = Vec::new();
-        let total;
-        {
+        let (plan, gone) = {
             let inner = lock(&self.inner);
             // Every node looked up once per pass, not once per member.
             let nodes: HashMap<&str, NodeSeen<'_>> = inner
@@ -154,8 +130,7 @@ impl Cluster {
                 .keys()
                 .map(|n| (n.as_str(), self.node_seen(&inner, n, now)))
                 .collect();
-            let anything_reported = !inner.reported.is_empty();
-            total = inner.instances.values().filter(|i| i.revision > 0).count();
+            let total = inner.instances.values().filter(|i| i.revision > 0).count();
             // Only instances something may be wrong with are assessed: a member on a node not
             // heartbeating, a member whose agent reported trouble (`suspects`, kept by
             // heartbeats), a replacement under way, or a condition reported earlier. Every
@@ -179,69 +154,45 @@ impl Cluster {
                     .iter()
                     .filter_map(|k| Some(k.split_once('/')?.0)),
             );
+            let mut gone = Vec::new();
+            let mut candidates = Vec::new();
             for name in todo {
                 let Some(i) = inner.instances.get(name).filter(|i| i.revision > 0) else {
-                    calm.push(name.to_owned());
+                    gone.push(name.to_owned());
                     continue;
                 };
-                if inner.busy.contains(name) || inner.inflight.contains_key(name) {
-                    continue;
-                }
-                if i.fence_primary {
-                    continue; // a switchover is running
-                }
-                let seen = Self::seen_in(&inner, &nodes, i);
-                let health = decide::assess(i, &seen, &rules);
-                let lost_one = decide::lost_member(i, &seen, &rules);
-                if health == Health::Fine && lost_one.is_none() && i.replacing.is_none() {
-                    calm.push(name.to_owned());
-                }
-                match health {
-                    // Conditions reported earlier have cleared.
-                    Health::Fine if anything_reported => {
-                        let prefix = format!("{name}/");
-                        if inner
-                            .reported
-                            .range(prefix.clone()..)
-                            .next()
-                            .is_some_and(|k| k.starts_with(&prefix))
-                        {
-                            fine.push(name.to_owned());
-                        }
-                    }
-                    Health::Fine => {}
-                    Health::Failed { reason, wait } if wait.is_zero() => {
-                        failing.push((name.to_owned(), reason))
-                    }
-                    Health::Failed { reason, wait } => {
-                        waiting.push((name.to_owned(), reason, wait))
-                    }
-                    Health::NodeLostPrimaryAlive { reason } => {
-                        witnessed.push((name.to_owned(), reason))
-                    }
-                }
-                if let Some((l, why)) = lost_one {
-                    lost.push((name.to_owned(), l, why));
-                }
-                if let Some((l, n)) = &i.replacing {
-                    let ok = i
-                        .members
-                        .iter()
-                        .find(|m| &m.id == n)
-                        .map(|m| self.seen(&inner, m, now))
-                        .and_then(|s| s.status)
-                        .is_some_and(|s| s.healthy && s.replication_ok);
-                    if ok {
-                        promoted.push((name.to_owned(), l.clone(), n.clone()));
-                    }
-                }
+                let prefix = format!("{name}/");
+                candidates.push(plan::Candidate {
+                    instance: i,
+                    busy: inner.busy.contains(name) || inner.inflight.contains_key(name),
+                    reported: inner
+                        .reported
+                        .range(prefix.clone()..)
+                        .next()
+                        .is_some_and(|k| k.starts_with(&prefix)),
+                });
             }
-        }
+            let seen = |i: &Instance, m: &str| match i
+                .members
+                .iter()
+                .find(|r| r.id == m)
+                .and_then(|r| nodes.get(r.node.as_str()))
+            {
+                Some(node) => member_seen(&inner, node, m),
+                None => Seen::nothing(),
+            };
+            let guard = plan::MassGuard {
+                share: self.failover.mass_failover_share,
+                min: self.failover.mass_failover_min,
+                holding: inner.mass_hold,
+            };
+            (plan::plan(candidates, seen, &rules, total, guard), gone)
+        };
         {
             // Calm instances leave the suspects, unless a heartbeat flagged them meanwhile.
             let mut inner = lock(&self.inner);
-            for name in calm {
-                let flagged = inner.instances.get(&name).is_some_and(|i| {
+            for name in plan.calm.iter().chain(&gone) {
+                let flagged = inner.instances.get(name).is_some_and(|i| {
                     i.members.iter().any(|m| {
                         inner
                             .live
@@ -251,69 +202,51 @@ impl Cluster {
                     })
                 });
                 if !flagged {
-                    inner.suspects.remove(&name);
+                    inner.suspects.remove(name);
                 }
             }
         }
-        for name in &fine {
+        for name in &plan.cleared {
             self.clear_reported(name);
         }
-        for (name, reason, wait) in waiting {
+        for (name, reason, wait_ms) in plan.wait {
             self.emit_once(
                 format!("{name}/detected"),
                 event(
                     "failover_detected",
                     Some(&name),
                     None,
-                    format!(
-                        "{reason}; promotion in {} ms, once its lease has expired",
-                        wait.as_millis()
-                    ),
+                    format!("{reason}; promotion in {wait_ms} ms, once its lease has expired"),
                 ),
             )
             .await;
         }
-        for (name, reason) in witnessed {
+        for (name, reason) in plan.witnessed {
             self.emit_once(
                 format!("{name}/witnessed"),
                 event("failover_not_needed", Some(&name), None, reason),
             )
             .await;
         }
-
-        // Mass-failure guard: many primaries failing at once is more likely the network or
-        // the scheduler's own view than the databases; stop and ask an operator.
-        let limit = ((total as f64) * self.failover.mass_failover_share).floor() as usize;
-        let limit = limit.max(self.failover.mass_failover_min);
-        if failing.len() > limit || lock(&self.inner).mass_hold {
-            let newly = {
-                let mut inner = lock(&self.inner);
-                !std::mem::replace(&mut inner.mass_hold, true)
-            };
-            if newly {
-                self.counters
-                    .blocked
-                    .fetch_add(failing.len() as u64, Ordering::Relaxed);
-                warn!(
-                    failing = failing.len(),
-                    total, "mass failure: automatic failover stopped"
-                );
-                self.emit(vec![event(
-                    "failover_mass_hold",
-                    None,
-                    None,
-                    format!(
-                        "{} of {total} instances would fail over at once (limit {limit}): automatic failover stopped until an operator resumes it (POST /v1/failover/resume)",
-                        failing.len()
-                    ),
-                )])
-                .await;
-            }
-            failing.clear();
+        if let Some((failing, total, limit)) = plan.mass_hold {
+            lock(&self.inner).mass_hold = true;
+            self.counters
+                .blocked
+                .fetch_add(failing as u64, Ordering::Relaxed);
+            warn!(failing, total, "mass failure: automatic failover stopped");
+            self.emit(vec![event(
+                "failover_mass_hold",
+                None,
+                None,
+                format!(
+                    "{failing} of {total} instances would fail over at once (limit {limit}): automatic failover stopped until an operator resumes it (POST /v1/failover/resume)"
+                ),
+            )])
+            .await;
         }
 
         let mut tasks = Vec::new();
-        for (name, reason) in failing {
+        for (name, reason) in plan.fail_over {
             let this = self.clone();
             tasks.push(tokio::spawn(async move {
                 this.emit_once(
@@ -330,7 +263,7 @@ impl Cluster {
                 }
             }));
         }
-        for (name, member, why) in lost {
+        for (name, member, why) in plan.replace {
             let this = self.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = this.replace_member(&name, &member, &why).await {
@@ -342,7 +275,7 @@ impl Cluster {
                 }
             }));
         }
-        for (name, old, new) in promoted {
+        for (name, old, new) in plan.finish {
             let this = self.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = this.finish_replacement(&name, &old, &new).await {

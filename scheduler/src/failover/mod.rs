@@ -4,6 +4,7 @@
 
 pub mod decide;
 pub mod hooks;
+pub mod plan;
 pub mod rails;
 
 use serde::Deserialize;
