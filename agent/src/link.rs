@@ -448,7 +448,20 @@ async fn heartbeats(
                 })
             });
         source.heartbeat_result(answer.is_ok());
-        let answer = answer?.into_inner();
+        let answer = match answer {
+            Ok(a) => a.into_inner(),
+            // A slow scheduler (a loaded machine) gets another chance on the same connection
+            // while half the lease is left: tearing the link down would re-register and
+            // re-watch, more work for a scheduler that is already late. The lease is not
+            // renewed by a missed answer, so safety does not depend on this.
+            Err(e @ Error::Timeout { .. })
+                if keep_link_after_miss(lease.last_ack().map(|t| t.elapsed()), lease.ttl()) =>
+            {
+                debug!(error = %e, "heartbeat not answered in time; trying again on this link");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         lease.renew_at(sent);
         let known = revision(&desired.borrow());
         if answer.revision > known {
@@ -460,6 +473,13 @@ async fn heartbeats(
             );
         }
     }
+}
+
+/// After a heartbeat that got no answer in time: keep the link while the last acknowledged
+/// heartbeat is younger than half the lease; after that, another scheduler endpoint gets the
+/// other half. A link with no acknowledgement yet is given up at once.
+fn keep_link_after_miss(since_last_ack: Option<Duration>, lease_ttl: Duration) -> bool {
+    since_last_ack.is_some_and(|d| d < lease_ttl / 2)
 }
 
 /// Follows `WatchAssignments`, publishing each desired state that is not older than the current one.
@@ -616,6 +636,15 @@ mod tests {
         }
         b.reset();
         assert_eq!(b.next_delay(1.0), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_slow_scheduler_keeps_its_link_for_half_the_lease() {
+        let ttl = Duration::from_secs(10);
+        assert!(keep_link_after_miss(Some(Duration::from_secs(1)), ttl));
+        assert!(keep_link_after_miss(Some(Duration::from_millis(4999)), ttl));
+        assert!(!keep_link_after_miss(Some(Duration::from_secs(5)), ttl));
+        assert!(!keep_link_after_miss(None, ttl));
     }
 
     #[test]

@@ -251,10 +251,145 @@ pub struct Event {
     pub instance: Option<String>,
     /// Node concerned, if any.
     pub node: Option<String>,
-    /// Kind: `placed`, `instance_created`, `instance_deleted`, `node_registered`, `node_down`, `node_up`, `member_state`, ...
+    /// Kind: an [`EventKind`] name (`placed`, `failover_decided`, ...).
     pub kind: String,
     /// Human-readable detail.
     pub message: String,
+}
+
+/// What an event records. Stored and served as its snake_case name ([`EventKind::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An instance was placed (members and nodes).
+    Placed,
+    /// An instance was created.
+    InstanceCreated,
+    /// An instance was deleted.
+    InstanceDeleted,
+    /// A node registered for the first time.
+    NodeRegistered,
+    /// A node registered again with changed facts.
+    NodeUpdated,
+    /// A node stopped heartbeating for `node_ttl`.
+    NodeDown,
+    /// An operator cordoned, drained or activated a node.
+    NodeAdmin,
+    /// A primary failed (or a lease wait started).
+    FailoverDetected,
+    /// The primary's node is lost but its replicas still see it.
+    FailoverNotNeeded,
+    /// A safety rail held an automatic failover back.
+    FailoverBlocked,
+    /// A `pre_failover` hook refused.
+    FailoverAborted,
+    /// A failover was refused (the refusal says why).
+    FailoverNotDone,
+    /// A new epoch and primary were written.
+    FailoverDecided,
+    /// The new primary is healthy at the new epoch.
+    FailoverCompleted,
+    /// The new primary was not healthy within `completion_timeout_s`.
+    FailoverIncomplete,
+    /// The mass-failure guard stopped automatic failover.
+    FailoverMassHold,
+    /// An operator resumed automatic failover.
+    FailoverResumed,
+    /// An operator acknowledged the last failover.
+    FailoverAcknowledged,
+    /// An instance's automatic failover was switched on or off.
+    AutoFailover,
+    /// A switchover fenced the primary.
+    SwitchoverStarted,
+    /// A switchover promotes its target at a new epoch.
+    SwitchoverPromoting,
+    /// A switchover completed.
+    SwitchoverCompleted,
+    /// The switchover target did not become a healthy primary in time.
+    SwitchoverIncomplete,
+    /// The primary was not fenced in time: nothing changed.
+    SwitchoverAborted,
+    /// A switchover cut short by a scheduler stop was undone.
+    SwitchoverAbandoned,
+    /// A replacement member was placed.
+    MemberReplacing,
+    /// The replacement replicates; the lost member left.
+    MemberReplaced,
+    /// A replacement could not be placed.
+    ReplaceNotDone,
+}
+
+impl EventKind {
+    /// Every kind, for documentation and tests.
+    pub const ALL: [EventKind; 28] = [
+        EventKind::Placed,
+        EventKind::InstanceCreated,
+        EventKind::InstanceDeleted,
+        EventKind::NodeRegistered,
+        EventKind::NodeUpdated,
+        EventKind::NodeDown,
+        EventKind::NodeAdmin,
+        EventKind::FailoverDetected,
+        EventKind::FailoverNotNeeded,
+        EventKind::FailoverBlocked,
+        EventKind::FailoverAborted,
+        EventKind::FailoverNotDone,
+        EventKind::FailoverDecided,
+        EventKind::FailoverCompleted,
+        EventKind::FailoverIncomplete,
+        EventKind::FailoverMassHold,
+        EventKind::FailoverResumed,
+        EventKind::FailoverAcknowledged,
+        EventKind::AutoFailover,
+        EventKind::SwitchoverStarted,
+        EventKind::SwitchoverPromoting,
+        EventKind::SwitchoverCompleted,
+        EventKind::SwitchoverIncomplete,
+        EventKind::SwitchoverAborted,
+        EventKind::SwitchoverAbandoned,
+        EventKind::MemberReplacing,
+        EventKind::MemberReplaced,
+        EventKind::ReplaceNotDone,
+    ];
+
+    /// The stored name, e.g. `failover_decided`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Placed => "placed",
+            EventKind::InstanceCreated => "instance_created",
+            EventKind::InstanceDeleted => "instance_deleted",
+            EventKind::NodeRegistered => "node_registered",
+            EventKind::NodeUpdated => "node_updated",
+            EventKind::NodeDown => "node_down",
+            EventKind::NodeAdmin => "node_admin",
+            EventKind::FailoverDetected => "failover_detected",
+            EventKind::FailoverNotNeeded => "failover_not_needed",
+            EventKind::FailoverBlocked => "failover_blocked",
+            EventKind::FailoverAborted => "failover_aborted",
+            EventKind::FailoverNotDone => "failover_not_done",
+            EventKind::FailoverDecided => "failover_decided",
+            EventKind::FailoverCompleted => "failover_completed",
+            EventKind::FailoverIncomplete => "failover_incomplete",
+            EventKind::FailoverMassHold => "failover_mass_hold",
+            EventKind::FailoverResumed => "failover_resumed",
+            EventKind::FailoverAcknowledged => "failover_acknowledged",
+            EventKind::AutoFailover => "auto_failover",
+            EventKind::SwitchoverStarted => "switchover_started",
+            EventKind::SwitchoverPromoting => "switchover_promoting",
+            EventKind::SwitchoverCompleted => "switchover_completed",
+            EventKind::SwitchoverIncomplete => "switchover_incomplete",
+            EventKind::SwitchoverAborted => "switchover_aborted",
+            EventKind::SwitchoverAbandoned => "switchover_abandoned",
+            EventKind::MemberReplacing => "member_replacing",
+            EventKind::MemberReplaced => "member_replaced",
+            EventKind::ReplaceNotDone => "replace_not_done",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One mutating request, for `GET /v1/audit`.
@@ -276,4 +411,19 @@ pub struct AuditEntry {
     pub status: u16,
     /// Short result (`ok`, or the error code).
     pub result: String,
+}
+
+#[cfg(test)]
+mod event_kind_tests {
+    use super::EventKind;
+
+    #[test]
+    fn event_kind_names_are_distinct_snake_case() {
+        let names: std::collections::BTreeSet<&str> =
+            EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len());
+        assert!(names
+            .iter()
+            .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
 }

@@ -7,7 +7,7 @@ use crate::failover::decide::{self, Health, NoPromotion, Purpose, Seen};
 use crate::failover::plan;
 use crate::failover::rails::{self, PrimaryFacts, RailFacts, Refusal};
 use crate::failover::{hooks, HookEnv};
-use crate::model::{now_ms, Event, Instance, MemberRecord};
+use crate::model::{now_ms, Event, EventKind, Instance, MemberRecord};
 use crate::placement::{self, NodeView};
 use mofang_common::Role;
 use std::collections::{BTreeSet, HashMap};
@@ -213,7 +213,7 @@ impl Cluster {
             self.emit_once(
                 format!("{name}/detected"),
                 event(
-                    "failover_detected",
+                    EventKind::FailoverDetected,
                     Some(&name),
                     None,
                     format!("{reason}; promotion in {wait_ms} ms, once its lease has expired"),
@@ -224,7 +224,7 @@ impl Cluster {
         for (name, reason) in plan.witnessed {
             self.emit_once(
                 format!("{name}/witnessed"),
-                event("failover_not_needed", Some(&name), None, reason),
+                event(EventKind::FailoverNotNeeded, Some(&name), None, reason),
             )
             .await;
         }
@@ -235,7 +235,7 @@ impl Cluster {
                 .fetch_add(failing as u64, Ordering::Relaxed);
             warn!(failing, total, "mass failure: automatic failover stopped");
             self.emit(vec![event(
-                "failover_mass_hold",
+                EventKind::FailoverMassHold,
                 None,
                 None,
                 format!(
@@ -251,13 +251,18 @@ impl Cluster {
             tasks.push(tokio::spawn(async move {
                 this.emit_once(
                     format!("{name}/detected"),
-                    event("failover_detected", Some(&name), None, reason.clone()),
+                    event(
+                        EventKind::FailoverDetected,
+                        Some(&name),
+                        None,
+                        reason.clone(),
+                    ),
                 )
                 .await;
                 if let Err(e) = this.fail_over(&name, &reason, None, Trigger::Auto).await {
                     this.emit_once(
                         format!("{name}/refused"),
-                        event("failover_not_done", Some(&name), None, e.to_string()),
+                        event(EventKind::FailoverNotDone, Some(&name), None, e.to_string()),
                     )
                     .await;
                 }
@@ -269,7 +274,7 @@ impl Cluster {
                 if let Err(e) = this.replace_member(&name, &member, &why).await {
                     this.emit_once(
                         format!("{name}/replace"),
-                        event("replace_not_done", Some(&name), None, e.to_string()),
+                        event(EventKind::ReplaceNotDone, Some(&name), None, e.to_string()),
                     )
                     .await;
                 }
@@ -360,7 +365,7 @@ impl Cluster {
                 self.emit_once(
                     format!("{name}/blocked"),
                     event(
-                        "failover_blocked",
+                        EventKind::FailoverBlocked,
                         Some(name),
                         None,
                         format!("{reason}; {refusal}"),
@@ -403,7 +408,7 @@ impl Cluster {
         if let Err(e) = hooks::run(&self.failover.hooks.pre_failover, &env).await {
             self.counters.unsuccessful.fetch_add(1, Ordering::Relaxed);
             self.emit(vec![event(
-                "failover_aborted",
+                EventKind::FailoverAborted,
                 Some(name),
                 None,
                 format!("pre_failover hook: {e}"),
@@ -449,7 +454,7 @@ impl Cluster {
         let stored = self
             .write(
                 next,
-                vec![event("failover_decided", Some(name), None, message)],
+                vec![event(EventKind::FailoverDecided, Some(name), None, message)],
             )
             .await?;
         lock(&self.inner).inflight.insert(
@@ -531,7 +536,7 @@ impl Cluster {
                 self.counters.last_duration_ms.store(ms, Ordering::Relaxed);
                 info!(instance = %name, epoch = f.epoch, ms, "failover completed");
                 self.emit(vec![event(
-                    "failover_completed",
+                    EventKind::FailoverCompleted,
                     Some(&name),
                     None,
                     format!(
@@ -544,7 +549,7 @@ impl Cluster {
                 self.counters.unsuccessful.fetch_add(1, Ordering::Relaxed);
                 warn!(instance = %name, epoch = f.epoch, "failover not confirmed in time");
                 self.emit(vec![event(
-                    "failover_incomplete",
+                    EventKind::FailoverIncomplete,
                     Some(&name),
                     None,
                     format!(
@@ -632,7 +637,7 @@ impl Cluster {
             .write(
                 fenced,
                 vec![event(
-                    "switchover_started",
+                    EventKind::SwitchoverStarted,
                     Some(name),
                     None,
                     format!("fencing {old}; {new} takes over"),
@@ -651,7 +656,7 @@ impl Cluster {
             self.write(
                 undo,
                 vec![event(
-                    "switchover_aborted",
+                    EventKind::SwitchoverAborted,
                     Some(name),
                     None,
                     format!("{old} was not fenced within 10 s: unfenced, nothing changed"),
@@ -680,7 +685,7 @@ impl Cluster {
             .write(
                 next,
                 vec![event(
-                    "switchover_promoting",
+                    EventKind::SwitchoverPromoting,
                     Some(name),
                     None,
                     format!(
@@ -700,7 +705,7 @@ impl Cluster {
         if ok {
             self.counters.switchovers.fetch_add(1, Ordering::Relaxed);
             self.emit(vec![event(
-                "switchover_completed",
+                EventKind::SwitchoverCompleted,
                 Some(name),
                 None,
                 format!("{new} is the primary at epoch {} after {ms} ms", next.epoch),
@@ -708,7 +713,7 @@ impl Cluster {
             .await;
         } else {
             self.emit(vec![event(
-                "switchover_incomplete",
+                EventKind::SwitchoverIncomplete,
                 Some(name),
                 None,
                 format!("{new} not a healthy primary after {ms} ms"),
@@ -806,7 +811,7 @@ impl Cluster {
         self.write(
             next,
             vec![event(
-                "member_replacing",
+                EventKind::MemberReplacing,
                 Some(name),
                 Some(&node),
                 format!("{l} lost ({why}): {n} placed on {node}, seeded from the primary"),
@@ -845,7 +850,7 @@ impl Cluster {
             .write(
                 next,
                 vec![event(
-                    "member_replaced",
+                    EventKind::MemberReplaced,
                     Some(name),
                     lost_node.as_deref(),
                     format!("{new} replicates; {lost} left the desired state (its volume goes when its node is back)"),
@@ -879,7 +884,7 @@ impl Cluster {
             self.write(
                 next,
                 vec![event(
-                    "switchover_abandoned",
+                    EventKind::SwitchoverAbandoned,
                     Some(&name),
                     None,
                     "a scheduler stopped between fencing the primary and promoting the target: the fence is lifted, nothing changed".into(),
@@ -902,7 +907,7 @@ impl Cluster {
         self.write(
             next,
             vec![event(
-                "failover_acknowledged",
+                EventKind::FailoverAcknowledged,
                 Some(name),
                 None,
                 "an operator acknowledged the last failover".into(),
@@ -925,7 +930,7 @@ impl Cluster {
         self.write(
             next,
             vec![event(
-                "auto_failover",
+                EventKind::AutoFailover,
                 Some(name),
                 None,
                 format!("automatic failover {}", if on { "on" } else { "off" }),
@@ -939,7 +944,7 @@ impl Cluster {
     pub async fn resume_failover(&self) {
         lock(&self.inner).mass_hold = false;
         self.emit(vec![event(
-            "failover_resumed",
+            EventKind::FailoverResumed,
             None,
             None,
             "an operator resumed automatic failover".into(),

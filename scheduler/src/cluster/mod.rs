@@ -11,7 +11,8 @@ pub use failover::Trigger;
 
 use crate::failover::{Counters, FailoverConfig};
 use crate::model::{
-    now_ms, Credentials, Event, Instance, InstanceSpec, MemberRecord, Node, NodeAdmin, NodeState,
+    now_ms, Credentials, Event, EventKind, Instance, InstanceSpec, MemberRecord, Node, NodeAdmin,
+    NodeState,
 };
 use crate::placement::{self, NodeView};
 use crate::store::{self, Store};
@@ -255,13 +256,13 @@ fn password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
-fn event(kind: &str, instance: Option<&str>, node: Option<&str>, message: String) -> Event {
+fn event(kind: EventKind, instance: Option<&str>, node: Option<&str>, message: String) -> Event {
     Event {
         id: 0,
         at_ms: now_ms(),
         instance: instance.map(str::to_owned),
         node: node.map(str::to_owned),
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         message,
     }
 }
@@ -517,7 +518,7 @@ impl Cluster {
             inst
         };
         let mut events = vec![event(
-            "instance_created",
+            EventKind::InstanceCreated,
             Some(&spec.name),
             None,
             format!(
@@ -527,7 +528,7 @@ impl Cluster {
         )];
         for m in &inst.members {
             events.push(event(
-                "placed",
+                EventKind::Placed,
                 Some(&spec.name),
                 Some(&m.node),
                 format!("{} ({}) on {}", m.id, m.role, m.node),
@@ -565,7 +566,7 @@ impl Cluster {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
         let ev = vec![event(
-            "instance_deleted",
+            EventKind::InstanceDeleted,
             Some(name),
             None,
             format!("{} members removed", inst.members.len()),
@@ -585,7 +586,7 @@ impl Cluster {
         let node = self.store.set_node_admin(name, admin).await?;
         self.store
             .append_events(&[event(
-                "node_admin",
+                EventKind::NodeAdmin,
                 None,
                 Some(name),
                 format!("node set {admin:?}").to_lowercase(),
@@ -607,9 +608,9 @@ impl Cluster {
         if existing.as_ref() != Some(&node) {
             self.store.put_node(&node).await?;
             let kind = if existing.is_none() {
-                "node_registered"
+                EventKind::NodeRegistered
             } else {
-                "node_updated"
+                EventKind::NodeUpdated
             };
             self.store
                 .append_events(&[event(
@@ -748,7 +749,7 @@ impl Cluster {
         for n in newly_down {
             warn!(node = %n, "node down: no heartbeat for node_ttl");
             let ev = event(
-                "node_down",
+                EventKind::NodeDown,
                 None,
                 Some(&n),
                 format!("no heartbeat for {} ms", self.node_ttl.as_millis()),
@@ -1144,7 +1145,8 @@ mod tests {
         assert_eq!(after[0].epoch, i.epoch, "nothing else changed");
         let ev = store.events(Some("one"), 0, 100).await.expect("events");
         assert!(
-            ev.iter().any(|e| e.kind == "switchover_abandoned"),
+            ev.iter()
+                .any(|e| e.kind == EventKind::SwitchoverAbandoned.as_str()),
             "{ev:?}"
         );
     }
