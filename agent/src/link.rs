@@ -106,10 +106,12 @@ impl LinkConfig {
         self.heartbeat_interval.max(MIN_HEARTBEAT_INTERVAL)
     }
 
-    /// How long one heartbeat may take: less than two intervals, so a hung call is noticed before the next
-    /// one is overdue.
+    /// How long one heartbeat may take: one and a half intervals, or a quarter of the lease if
+    /// that is longer. A late answer is still a safe renewal (the lease counts from when the
+    /// heartbeat was sent), so a loaded scheduler that answers in 400 ms must not cost the
+    /// lease of an agent beating every 200 ms; a hung one is still given up well within it.
     fn heartbeat_timeout(&self) -> Duration {
-        self.interval().saturating_mul(3) / 2
+        (self.interval().saturating_mul(3) / 2).max(self.lease_ttl / 4)
     }
 }
 
@@ -648,11 +650,19 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_timeout_is_below_two_intervals_and_never_zero() {
+    fn heartbeat_timeout_leaves_room_in_the_lease_and_is_never_zero() {
         let mut cfg = LinkConfig::new("n1", vec![]);
         assert_eq!(cfg.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
         assert_eq!(cfg.lease_ttl, DEFAULT_LEASE_TTL);
-        assert!(cfg.heartbeat_timeout() < cfg.interval() * 2);
+        assert_eq!(cfg.heartbeat_timeout(), Duration::from_millis(2500));
+        assert!(cfg.heartbeat_timeout() < cfg.lease_ttl / 2);
+        // Short intervals: a quarter of the lease, still well within it.
+        let fast = LinkConfig {
+            heartbeat_interval: Duration::from_millis(200),
+            lease_ttl: Duration::from_secs(2),
+            ..cfg.clone()
+        };
+        assert_eq!(fast.heartbeat_timeout(), Duration::from_millis(500));
         cfg.heartbeat_interval = Duration::ZERO;
         assert!(cfg.interval() > Duration::ZERO);
         assert!(cfg.heartbeat_timeout() > Duration::ZERO);
