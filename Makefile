@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover
+.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover soak-failover
 
 CARGO ?= cargo
 
@@ -47,3 +47,10 @@ bench-failover: setup
 # `make test`: about 2 minutes a run). E.g. ARGS="10 8" (runs, test threads).
 stress-failover: setup
 	scripts/stress-failover $(ARGS)
+
+# Failover soak: every fault (kill, stop, pause, partition, agent kill -9, scheduler kill -9,
+# two kills in a row) on MariaDB and Redis under a set writer, with stress-ng on every core;
+# exits non-zero if MariaDB lost an acknowledged write or members did not converge. Bounded:
+# ARGS="--rounds 20 --minutes 60" (default 20 rounds per scenario, no time bound).
+soak-failover: setup
+	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- --soak --stress $(ARGS)

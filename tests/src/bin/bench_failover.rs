@@ -7,9 +7,19 @@
 //! by the new one, the writer finding the primary as a client would (the instance's
 //! `primary` in the API, or `SENTINEL get-master-addr-by-name`) on every reconnect.
 //!
-//! Usage: bench_failover [--rounds N] [--scenarios a,b,...] [--logs DIR]
+//! Usage: bench_failover [--rounds N] [--scenarios a,b,...] [--logs DIR] [--minutes M]
+//!                       [--stress] [--soak]
 //! Scenarios: mariadb-kill, mariadb-partition, redis-kill, sentinel-kill (the default set),
 //! and mariadb-partition-production (the daemons' default timers: lease 10 s, node_ttl 5 s).
+//! Every `<engine>-<fault>` runs, for engine `mariadb` or `redis` and fault `kill`, `stop`,
+//! `pause`, `partition`, `agent-kill`, `scheduler-kill` or `double-kill` (see [`Fault`]).
+//!
+//! `--soak` (`make soak-failover`) runs every fault on both engines, rounds taken in turn
+//! across scenarios until `--rounds` each or `--minutes` in all; `--stress` saturates every
+//! core with `stress-ng` meanwhile. After each round every member must hold exactly the
+//! primary's set (converged). The run exits non-zero if an acknowledged write was lost where
+//! the mode promises none (MariaDB semi-sync), if a write appeared that was never attempted,
+//! or if members did not converge.
 
 use anyhow::{bail, Context, Result};
 use mofang_tests::cluster::{TestNetwork, Timings};
@@ -30,9 +40,9 @@ const AFTER_ACKS: u64 = 200;
 const ID_BLOCK: u64 = 10_000_000;
 
 /// The agent stops restarting a member after 5 restarts within 10 minutes (its crash-loop
-/// guard, `MAX_CRASH_RESTARTS` in agent/src/reconcile.rs), and a `docker kill` counts as a
-/// crash: the kill scenarios move to a fresh instance every this many kills, so that no member
-/// is killed more than 5 times.
+/// guard, `MAX_CRASH_RESTARTS` in agent/src/reconcile/decide.rs), and a killed or stopped
+/// container counts as a crash: scenarios that end containers move to a fresh instance every
+/// this many deaths, so that no member dies more than 5 times.
 const KILLS_PER_INSTANCE: usize = 10;
 
 /// Mofang's budget to call an unanswering database dead: `failover.failed_checks` (3)
@@ -65,10 +75,12 @@ struct Round {
     unexpected: usize,
     /// End of the round to the instance being whole again (old primary a replica).
     healed: Duration,
+    /// Every member holds exactly the primary's set of this round's ids.
+    converged: bool,
 }
 
 struct Scenario {
-    name: &'static str,
+    name: String,
     what: String,
     rounds: Vec<Round>,
 }
@@ -136,6 +148,53 @@ enum Fault {
     /// The primary's host: its agent's link to the scheduler cut, its container cut off
     /// from the other members (iptables); healed after the failover.
     Partition,
+    /// `docker stop` of the primary's container (SIGTERM, a clean shutdown).
+    Stop,
+    /// `docker pause` of the primary's container (a frozen server); unpaused after the
+    /// failover, it must rejoin as a replica.
+    Pause,
+    /// `docker kill` of the primary's container and `kill -9` of its agent: the scheduler
+    /// hears nothing more from that host; the agent comes back after the failover.
+    AgentKill,
+    /// `docker kill` of the primary's container, then `kill -9` of the scheduler as the
+    /// failover starts, restarted at once on the same data: the new process finishes the job.
+    SchedulerKill,
+    /// `docker kill` of the primary, and of the new primary as soon as it is healthy, before
+    /// the first one has rejoined: the third member must take over with every write.
+    DoubleKill,
+}
+
+impl Fault {
+    const ALL: [Fault; 7] = [
+        Fault::Kill,
+        Fault::Stop,
+        Fault::Pause,
+        Fault::Partition,
+        Fault::AgentKill,
+        Fault::SchedulerKill,
+        Fault::DoubleKill,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Partition => "partition",
+            Fault::Stop => "stop",
+            Fault::Pause => "pause",
+            Fault::AgentKill => "agent-kill",
+            Fault::SchedulerKill => "scheduler-kill",
+            Fault::DoubleKill => "double-kill",
+        }
+    }
+
+    /// Containers this fault ends (the agent's crash-loop guard counts them).
+    fn deaths(self) -> usize {
+        match self {
+            Fault::Partition | Fault::Pause => 0,
+            Fault::DoubleKill => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// How long an instance must look whole before the next fault: a member's first report
@@ -160,6 +219,37 @@ fn not_whole(v: &Value) -> Option<String> {
     let positions: BTreeSet<&str> = ms.iter().filter_map(|m| m["position"].as_str()).collect();
     let caught_up = v["engine"] != "mariadb" || positions.len() == 1;
     (v["status"] != "ready" || !members_ok || !caught_up).then(|| v.to_string())
+}
+
+/// True when every member of a whole instance holds exactly the primary's ids of this round
+/// (read at each member with the application account; replicas serve reads).
+async fn converged(whole: &Value, engine: &str, pw: &str, first_id: u64) -> Result<bool> {
+    let primary = Env::primary_member(whole)?;
+    let addr = primary["address"].as_str().context("address")?;
+    let round = |s: BTreeSet<u64>| -> BTreeSet<u64> {
+        s.range(first_id..first_id + ID_BLOCK).copied().collect()
+    };
+    let want = round(set_contents(engine, addr, pw).await?);
+    for m in whole["members"].as_array().into_iter().flatten() {
+        let Some(a) = m["address"].as_str() else {
+            return Ok(false);
+        };
+        // A replica may still apply the last events: give it a moment.
+        let ok = eventually("replica converged", Duration::from_secs(20), || async {
+            let have = round(set_contents(engine, a, pw).await?);
+            if have == want {
+                Ok(())
+            } else {
+                bail!("{} of {} ids", have.len(), want.len())
+            }
+        })
+        .await
+        .is_ok();
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Waits until the instance has been whole (see [`not_whole`]) for [`SETTLED_FOR`]: ready
@@ -191,7 +281,7 @@ async fn wait_whole(env: &Env, name: &str, limit: Duration) -> Result<Value> {
 }
 
 async fn mofang_round(
-    env: &Env,
+    env: &mut Env,
     name: &str,
     engine: &str,
     pw: &str,
@@ -213,8 +303,25 @@ async fn mofang_round(
     let agent = env.agent_of(&inst, &old_id)?;
     let fault_at = Instant::now();
     match fault {
-        Fault::Kill => {
+        Fault::Kill | Fault::DoubleKill => {
             docker_cli(&["kill", &container])?;
+        }
+        Fault::Stop => {
+            docker_cli(&["stop", "-t", "5", &container])?;
+        }
+        Fault::Pause => {
+            docker_cli(&["pause", &container])?;
+        }
+        Fault::AgentKill => {
+            docker_cli(&["kill", &container])?;
+            env.agents[agent].kill9()?;
+        }
+        Fault::SchedulerKill => {
+            docker_cli(&["kill", &container])?;
+            // The failover is detected within a few hundred ms: kill the scheduler in the
+            // middle of it, and start it again on the same data.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            env.sched.restart()?;
         }
         Fault::Partition => {
             let peers: Vec<String> = inst["members"]
@@ -240,9 +347,19 @@ async fn mofang_round(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let after = env
+    let mut after = env
         .wait_new_primary(name, epoch, Duration::from_secs(120))
         .await?;
+    if fault == Fault::DoubleKill {
+        // The new primary dies too, before the first one is back.
+        let second = Env::primary_member(&after)?;
+        let second_id = second["id"].as_str().context("id")?.to_owned();
+        let second_epoch = after["epoch"].as_u64().context("epoch")?;
+        docker_cli(&["kill", &container_of(&second_id)])?;
+        after = env
+            .wait_new_primary(name, second_epoch, Duration::from_secs(120))
+            .await?;
+    }
     let new_addr = Env::primary_member(&after)?["address"]
         .as_str()
         .context("address")?
@@ -257,11 +374,19 @@ async fn mofang_round(
     let rto = rto_of(&out, &old_addr, &new_addr, fault_at)?;
 
     let heal_at = Instant::now();
-    if fault == Fault::Partition {
-        rejoin(&container)?;
-        env.links[agent].heal();
+    match fault {
+        Fault::Partition => {
+            rejoin(&container)?;
+            env.links[agent].heal();
+        }
+        Fault::Pause => {
+            docker_cli(&["unpause", &container])?;
+        }
+        Fault::AgentKill => env.agents[agent].restart()?,
+        _ => {}
     }
-    wait_whole(env, name, Duration::from_secs(180)).await?;
+    let whole = wait_whole(env, name, Duration::from_secs(180)).await?;
+    let converged = converged(&whole, engine, pw, first_id).await?;
     Ok(Round {
         rto,
         switched,
@@ -269,15 +394,17 @@ async fn mofang_round(
         lost,
         unexpected,
         healed: heal_at.elapsed(),
+        converged,
     })
 }
 
 async fn mofang_scenario(
-    label: &'static str,
+    label: String,
     engine: &str,
     fault: Fault,
     timings: Timings,
     rounds: usize,
+    deadline: Option<Instant>,
 ) -> Result<Scenario> {
     // The bench fails over the same instance every round: no block period, no replacement
     // of the partitioned host's members while it is cut off.
@@ -285,7 +412,7 @@ async fn mofang_scenario(
         "[failover]\nlease_ttl_ms = {}\nfailover_block_period_s = 0\nreplace_after_s = 3600\n",
         timings.lease_ttl_ms
     );
-    let env = Env::start_timed(3, &extra, &timings).await?;
+    let mut env = Env::start_timed(3, &extra, &timings).await?;
     let what = format!(
         "{engine}, 1 primary + 2 replicas on 3 agents; agents' lease {} s, node_ttl {} s, heartbeats every {} ms",
         timings.lease_ttl_ms as f64 / 1000.0,
@@ -296,8 +423,14 @@ async fn mofang_scenario(
     let mut out = Vec::new();
     let result = async {
         let mut instance: Option<(String, String)> = None;
+        let mut deaths = 0;
         for r in 0..rounds {
-            if fault == Fault::Kill && r % KILLS_PER_INSTANCE == 0 {
+            if r > 0 && deadline.is_some_and(|d| Instant::now() > d) {
+                println!("  {label}: time is up after {r} rounds");
+                break;
+            }
+            if deaths + fault.deaths() > KILLS_PER_INSTANCE {
+                deaths = 0;
                 if let Some((old, _)) = instance.take() {
                     env.call(
                         reqwest::Method::DELETE,
@@ -318,10 +451,11 @@ async fn mofang_scenario(
                     instance.insert((name, pw)).clone()
                 }
             };
-            let round = mofang_round(&env, &name, engine, &pw, fault, r)
+            deaths += fault.deaths();
+            let round = mofang_round(&mut env, &name, engine, &pw, fault, r)
                 .await
                 .with_context(|| format!("{label} round {}", r + 1))?;
-            print_round(label, r, &round);
+            print_round(&label, r, &round);
             out.push(round);
         }
         anyhow::Ok(())
@@ -337,7 +471,7 @@ async fn mofang_scenario(
     }
     result?;
     Ok(Scenario {
-        name: label,
+        name: label.to_owned(),
         what,
         rounds: out,
     })
@@ -695,6 +829,8 @@ async fn sentinel_round(
         lost,
         unexpected,
         healed: heal_at.elapsed(),
+        // Not checked for Sentinel (the anchor for RTO only).
+        converged: true,
     })
 }
 
@@ -715,7 +851,7 @@ async fn sentinel_scenario(rounds: usize) -> Result<Scenario> {
         out.push(round);
     }
     Ok(Scenario {
-        name: label,
+        name: label.to_owned(),
         what,
         rounds: out,
     })
@@ -724,31 +860,68 @@ async fn sentinel_scenario(rounds: usize) -> Result<Scenario> {
 // ---------------------------------------------------------------------------------------
 
 fn summary(scenarios: &[Scenario]) {
-    println!("\n| scenario | rounds | RTO p50 | RTO p99 | RTO max | new primary named, p50 / max | lost acknowledged writes per round | unexpected |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("\n| scenario | rounds | acknowledged | lost | unexpected | converged | RTO p50 | RTO p99 | RTO max | new primary named, p50 / max | lost per round |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for s in scenarios {
         let mut rto: Vec<Duration> = s.rounds.iter().map(|r| r.rto).collect();
         rto.sort();
         let mut sw: Vec<Duration> = s.rounds.iter().map(|r| r.switched).collect();
         sw.sort();
-        let lost: Vec<String> = s.rounds.iter().map(|r| r.lost.to_string()).collect();
+        let per_round: Vec<String> = s.rounds.iter().map(|r| r.lost.to_string()).collect();
+        let acked: usize = s.rounds.iter().map(|r| r.acked).sum();
+        let lost: usize = s.rounds.iter().map(|r| r.lost).sum();
         let unexpected: usize = s.rounds.iter().map(|r| r.unexpected).sum();
+        let converged = s.rounds.iter().filter(|r| r.converged).count();
         println!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {acked} | {lost} | {unexpected} | {converged}/{} | {} | {} | {} | {} / {} | {} |",
             s.name,
+            s.rounds.len(),
             s.rounds.len(),
             secs(pct(&rto, 0.50)),
             secs(pct(&rto, 0.99)),
             secs(rto.last().copied().unwrap_or_default()),
             secs(pct(&sw, 0.50)),
             secs(sw.last().copied().unwrap_or_default()),
-            lost.join(" "),
-            unexpected
+            per_round.join(" "),
         );
     }
     for s in scenarios {
         println!("{}: {}", s.name, s.what);
     }
+}
+
+/// What broke a promise: acknowledged writes lost where the mode promises none (MariaDB
+/// semi-sync), writes never attempted, members that did not converge.
+fn broken_promises(scenarios: &[Scenario]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in scenarios {
+        for (i, r) in s.rounds.iter().enumerate() {
+            if s.name.starts_with("mariadb") && r.lost > 0 {
+                out.push(format!(
+                    "{} round {}: {} acknowledged writes lost",
+                    s.name,
+                    i + 1,
+                    r.lost
+                ));
+            }
+            if r.unexpected > 0 {
+                out.push(format!(
+                    "{} round {}: {} writes never attempted",
+                    s.name,
+                    i + 1,
+                    r.unexpected
+                ));
+            }
+            if !r.converged {
+                out.push(format!(
+                    "{} round {}: members did not converge",
+                    s.name,
+                    i + 1
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The machine's 1, 5 and 15 minute load averages: the bench shares 2 cores with whatever
@@ -759,47 +932,35 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-async fn run(rounds: usize, which: &[String]) -> Result<()> {
+/// `<engine>-<fault>` of a Mofang scenario.
+fn parse_scenario(name: &str) -> Option<(&'static str, Fault, Timings)> {
+    if name == "mariadb-partition-production" {
+        return Some(("mariadb", Fault::Partition, Timings::PRODUCTION));
+    }
+    let (engine, fault) = name.split_once('-')?;
+    let engine = match engine {
+        "mariadb" => "mariadb",
+        "redis" => "redis",
+        _ => return None,
+    };
+    let fault = Fault::ALL.into_iter().find(|f| f.name() == fault)?;
+    Some((engine, fault, Timings::FAST))
+}
+
+async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Vec<Scenario>> {
     let started = Instant::now();
     println!("load average at start: {}", loadavg());
+    // A time bound is shared out evenly, so every scenario gets its turn.
+    let share = minutes.map(|m| Duration::from_secs_f64(m * 60.0 / which.len().max(1) as f64));
     let mut done = Vec::new();
     for w in which {
-        let s = match w.as_str() {
-            "mariadb-kill" => {
-                mofang_scenario(
-                    "mariadb-kill",
-                    "mariadb",
-                    Fault::Kill,
-                    Timings::FAST,
-                    rounds,
-                )
-                .await?
+        let deadline = share.map(|d| Instant::now() + d);
+        let s = match (w.as_str(), parse_scenario(w)) {
+            ("sentinel-kill", _) => sentinel_scenario(rounds).await?,
+            (_, Some((engine, fault, timings))) => {
+                mofang_scenario(w.clone(), engine, fault, timings, rounds, deadline).await?
             }
-            "mariadb-partition" => {
-                mofang_scenario(
-                    "mariadb-partition",
-                    "mariadb",
-                    Fault::Partition,
-                    Timings::FAST,
-                    rounds,
-                )
-                .await?
-            }
-            "mariadb-partition-production" => {
-                mofang_scenario(
-                    "mariadb-partition-production",
-                    "mariadb",
-                    Fault::Partition,
-                    Timings::PRODUCTION,
-                    rounds,
-                )
-                .await?
-            }
-            "redis-kill" => {
-                mofang_scenario("redis-kill", "redis", Fault::Kill, Timings::FAST, rounds).await?
-            }
-            "sentinel-kill" => sentinel_scenario(rounds).await?,
-            other => bail!("unknown scenario {other}"),
+            (other, None) => bail!("unknown scenario {other}"),
         };
         done.push(s);
         println!(
@@ -810,7 +971,7 @@ async fn run(rounds: usize, which: &[String]) -> Result<()> {
     }
     summary(&done);
     println!("total: {}", secs(started.elapsed()));
-    Ok(())
+    Ok(done)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -820,19 +981,71 @@ async fn main() -> Result<()> {
         .transpose()
         .context("--rounds")?
         .unwrap_or(20);
+    let minutes = str_arg("--minutes")
+        .map(|m| m.parse::<f64>())
+        .transpose()
+        .context("--minutes")?;
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    let soak = flag("--soak");
+    let default = if soak {
+        ["mariadb", "redis"]
+            .iter()
+            .flat_map(|e| Fault::ALL.iter().map(move |f| format!("{e}-{}", f.name())))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        "mariadb-kill,mariadb-partition,redis-kill,sentinel-kill".into()
+    };
     let which: Vec<String> = str_arg("--scenarios")
-        .unwrap_or_else(|| "mariadb-kill,mariadb-partition,redis-kill,sentinel-kill".into())
+        .unwrap_or(default)
         .split(',')
         .map(str::to_owned)
         .collect();
     println!(
-        "failover benchmark: {rounds} rounds per scenario; scenarios {}; machine: {} cores",
+        "failover {}: {rounds} rounds per scenario{}; scenarios {}; machine: {} cores{}",
+        if soak { "soak" } else { "benchmark" },
+        minutes.map_or(String::new(), |m| format!(", at most {m} minutes")),
         which.join(", "),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if flag("--stress") {
+            "; stress-ng on every core"
+        } else {
+            ""
+        }
     );
+    // CPU saturation for the whole run: the faults meet a machine with no spare cycles.
+    let _stress = if flag("--stress") {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Some(StressNg(
+            Command::new("stress-ng")
+                .args(["--cpu", &cores.to_string(), "--timeout", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("stress-ng (scripts/setup installs it)")?,
+        ))
+    } else {
+        None
+    };
     // Ctrl-C drops the scenario in progress: its processes, containers and networks go.
-    tokio::select! {
-        r = run(rounds, &which) => r,
+    let done = tokio::select! {
+        r = run(rounds, &which, minutes) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    let broken = broken_promises(&done);
+    if !broken.is_empty() {
+        bail!("promises broken:\n{}", broken.join("\n"));
+    }
+    Ok(())
+}
+
+/// `stress-ng`, stopped with the run.
+struct StressNg(Child);
+
+impl Drop for StressNg {
+    fn drop(&mut self) {
+        // SIGTERM lets stress-ng stop its workers.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
     }
 }
