@@ -64,9 +64,12 @@ pub struct AgentConfig {
     /// Default: `mofang/<engine>:<version>` (built by packaging/images/build).
     #[serde(default)]
     pub images: BTreeMap<String, String>,
-    /// Seconds a database gets to shut down cleanly before SIGKILL. Default 30.
+    /// Milliseconds a database gets to shut down cleanly before SIGKILL. Default 30000.
     #[serde(default = "default_stop_grace")]
-    pub stop_grace_secs: u64,
+    pub stop_grace_ms: u64,
+    /// Deprecated name of `stop_grace_ms`, in seconds (every duration is `_ms` now).
+    #[serde(default, rename = "stop_grace_secs")]
+    pub deprecated_stop_grace_secs: Option<u64>,
     /// Log as JSON lines (for EFK). Default false.
     #[serde(default)]
     pub log_json: bool,
@@ -106,7 +109,7 @@ fn default_lease_ms() -> u64 {
     10_000
 }
 fn default_stop_grace() -> u64 {
-    30
+    30_000
 }
 fn default_http_listen() -> String {
     "0.0.0.0:9187".into()
@@ -124,7 +127,20 @@ impl AgentConfig {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: AgentConfig = mofang_common::config::parse_toml(text, path)?;
+        let mut cfg: AgentConfig = mofang_common::config::parse_toml(text, path)?;
+        if let Some(secs) = cfg.deprecated_stop_grace_secs.take() {
+            if cfg.stop_grace_ms != default_stop_grace() {
+                return Err(invalid(
+                    "stop_grace_secs",
+                    "given with stop_grace_ms: keep only stop_grace_ms",
+                ));
+            }
+            tracing::warn!(
+                field = "stop_grace_secs",
+                "deprecated config name: use stop_grace_ms (value in milliseconds)"
+            );
+            cfg.stop_grace_ms = secs.saturating_mul(1000);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -182,8 +198,8 @@ impl AgentConfig {
                 return Err(invalid("cpu", "must be a positive number of cores"));
             }
         }
-        if self.stop_grace_secs > 3600 {
-            return Err(invalid("stop_grace_secs", "at most 3600"));
+        if self.stop_grace_ms > 3_600_000 {
+            return Err(invalid("stop_grace_ms", "at most 3600000"));
         }
         if self.http_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
@@ -239,6 +255,19 @@ mod tests {
 
     fn parse(s: &str) -> Result<AgentConfig> {
         AgentConfig::parse(s, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn stop_grace_is_ms_and_the_old_seconds_name_still_reads() {
+        let base = "node = \"node-a\"\n[[disks]]\npath = \"/data/ssd0\"\n";
+        assert_eq!(parse(base).unwrap().stop_grace_ms, 30_000);
+        let c = parse(&format!("stop_grace_secs = 5\n{base}")).unwrap();
+        assert_eq!(c.stop_grace_ms, 5000);
+        let e = parse(&format!(
+            "stop_grace_secs = 5\nstop_grace_ms = 7000\n{base}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("stop_grace_secs"), "{e}");
     }
 
     #[test]

@@ -696,7 +696,7 @@ async fn apply_role(
 /// Rebuilds a diverged replica: container and volume go, a fresh one is seeded next pass.
 async fn rebuild(sh: &Shared, member: &str, container: &str) -> Result<()> {
     sh.runtime
-        .stop(container, Duration::from_secs(sh.cfg.stop_grace_secs))
+        .stop(container, Duration::from_millis(sh.cfg.stop_grace_ms))
         .await?;
     sh.runtime.remove(container, true).await?;
     sh.volumes.delete(member)?;
@@ -759,7 +759,7 @@ fn container_spec(
         pids_limit,
         cap_add: engine.capabilities(),
         user: format!("{0}:{0}", engine.uid()),
-        stop_grace: Duration::from_secs(sh.cfg.stop_grace_secs),
+        stop_grace: Duration::from_millis(sh.cfg.stop_grace_ms),
     }
 }
 
@@ -848,7 +848,7 @@ async fn teardown(sh: &Shared, member: &str) -> Result<()> {
     if let Some(c) = sh.find_container(member).await? {
         info!(member, container = %c.name, "member left desired state: removing its container");
         sh.runtime
-            .stop(&c.id, Duration::from_secs(sh.cfg.stop_grace_secs))
+            .stop(&c.id, Duration::from_millis(sh.cfg.stop_grace_ms))
             .await?;
         sh.runtime.remove(&c.id, true).await?;
     }

@@ -307,7 +307,18 @@ impl SchedulerConfig {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let cfg: SchedulerConfig = mofang_common::config::parse_toml(text, path)?;
+        let mut cfg: SchedulerConfig = mofang_common::config::parse_toml(text, path)?;
+        match cfg.failover.take_deprecated() {
+            Ok(used) => {
+                for old in used {
+                    tracing::warn!(
+                        field = %format!("failover.{old}"),
+                        "deprecated config name: use the _ms name (value in milliseconds)"
+                    );
+                }
+            }
+            Err((field, why)) => return Err(invalid(field, why)),
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -411,6 +422,27 @@ mod tests {
         assert!(e.to_string().contains("tokens[0]"));
         let e = SchedulerConfig::parse("node_ttl_ms = 1", Path::new("s")).unwrap_err();
         assert!(e.to_string().contains("node_ttl_ms"));
+    }
+
+    #[test]
+    fn durations_are_ms_and_the_old_second_names_still_read() {
+        let c = SchedulerConfig::parse(
+            "[failover]\nfailover_block_period_s = 0\nreplace_after_s = 8\n",
+            Path::new("s"),
+        )
+        .unwrap();
+        assert_eq!(c.failover.failover_block_period_ms, 0);
+        assert_eq!(c.failover.replace_after_ms, 8000);
+        assert_eq!(c.failover.deprecated_replace_after_s, None);
+        let c = SchedulerConfig::parse("[failover]\nreplace_after_ms = 8000\n", Path::new("s"))
+            .unwrap();
+        assert_eq!(c.failover.rules().replace_after, Duration::from_secs(8));
+        let e = SchedulerConfig::parse(
+            "[failover]\nreplace_after_s = 8\nreplace_after_ms = 9000\n",
+            Path::new("s"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("failover.replace_after_s"), "{e}");
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub enum EventKind {
     FailoverDecided,
     /// The new primary is healthy at the new epoch.
     FailoverCompleted,
-    /// The new primary was not healthy within `completion_timeout_s`.
+    /// The new primary was not healthy within `completion_timeout_ms`.
     FailoverIncomplete,
     /// The mass-failure guard stopped automatic failover.
     FailoverMassHold,

@@ -212,7 +212,7 @@ impl AgentProcess {
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
              state_dir = \"{state}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
-             stop_grace_secs = 5\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
+             stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
             disk = dir.path().join("disk0").display(),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Fast knobs for tests: agents' lease is 2 s (tests/src/cluster.rs), node_ttl 1.5 s.
-const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_s = 8\n";
+const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n";
 
 fn member<'a>(inst: &'a Value, id: &str) -> Result<&'a Value> {
     inst["members"]

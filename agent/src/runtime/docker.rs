@@ -208,7 +208,8 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone().into_iter().collect()),
             user: Some(spec.user.clone()),
             hostname: Some(spec.name.clone()),
-            stop_timeout: Some(spec.stop_grace.as_secs() as i64),
+            // Docker counts whole seconds: round up, never to zero.
+            stop_timeout: Some(spec.stop_grace.as_millis().div_ceil(1000).max(1) as i64),
             exposed_ports: spec
                 .publish
                 .as_ref()

@@ -341,7 +341,8 @@ impl Cluster {
                 mass_hold: inner.mass_hold,
                 last_failover_ms: inst.last_failover_ms,
                 failover_acked: inst.failover_acked,
-                block_period_ms: self.failover.failover_block_period_s as i64 * 1000,
+                block_period_ms: i64::try_from(self.failover.failover_block_period_ms)
+                    .unwrap_or(i64::MAX),
                 primary: inst.primary().map(|p| {
                     let s = seen(&p.id);
                     PrimaryFacts {
@@ -494,7 +495,7 @@ impl Cluster {
     }
 
     async fn confirm_inflight(&self) {
-        let timeout = Duration::from_secs(self.failover.completion_timeout_s);
+        let timeout = Duration::from_millis(self.failover.completion_timeout_ms);
         let mut done = Vec::new();
         {
             let inner = lock(&self.inner);

@@ -27,23 +27,37 @@ pub struct FailoverConfig {
     /// scheduler waits this long since its last heartbeat (or the agent's own, if longer)
     /// before promoting. Default 10000.
     pub lease_ttl_ms: u64,
-    /// Replicas lagging more than this many seconds are never promoted. Default 30.
-    pub max_lag_on_failover_s: i64,
-    /// No second automatic failover of one instance within this many seconds, unless an
-    /// operator acknowledges the first. Default 3600.
-    pub failover_block_period_s: u64,
-    /// A replica whose node has been down this long is rebuilt elsewhere, seconds. Default 60.
-    pub replace_after_s: u64,
+    /// Replicas lagging more than this are never promoted, ms (lag is measured in whole
+    /// seconds). Default 30000.
+    pub max_lag_on_failover_ms: u64,
+    /// No second automatic failover of one instance within this long, unless an operator
+    /// acknowledges the first, ms. Default 3600000 (one hour).
+    pub failover_block_period_ms: u64,
+    /// A replica whose node has been down this long is rebuilt elsewhere, ms. Default 60000.
+    pub replace_after_ms: u64,
     /// If more than this share of all instances would fail over in one round, none does:
     /// the scheduler raises an event and waits for an operator. Default 0.5.
     pub mass_failover_share: f64,
     /// ... and at least this many instances. Default 3.
     pub mass_failover_min: usize,
-    /// A promotion not confirmed healthy within this many seconds counts as unsuccessful.
-    /// Default 60.
-    pub completion_timeout_s: u64,
+    /// A promotion not confirmed healthy within this long counts as unsuccessful, ms.
+    /// Default 60000.
+    pub completion_timeout_ms: u64,
     /// Operator hooks.
     pub hooks: Hooks,
+    /// Deprecated names, in seconds (every duration is `_ms` now): read, converted by
+    /// [`FailoverConfig::validate`], and warned about.
+    #[serde(rename = "max_lag_on_failover_s")]
+    pub deprecated_max_lag_on_failover_s: Option<u64>,
+    /// Deprecated: `failover_block_period_ms`.
+    #[serde(rename = "failover_block_period_s")]
+    pub deprecated_failover_block_period_s: Option<u64>,
+    /// Deprecated: `replace_after_ms`.
+    #[serde(rename = "replace_after_s")]
+    pub deprecated_replace_after_s: Option<u64>,
+    /// Deprecated: `completion_timeout_ms`.
+    #[serde(rename = "completion_timeout_s")]
+    pub deprecated_completion_timeout_s: Option<u64>,
 }
 
 impl Default for FailoverConfig {
@@ -52,18 +66,71 @@ impl Default for FailoverConfig {
             enabled: true,
             failed_checks: 3,
             lease_ttl_ms: 10_000,
-            max_lag_on_failover_s: 30,
-            failover_block_period_s: 3600,
-            replace_after_s: 60,
+            max_lag_on_failover_ms: 30_000,
+            failover_block_period_ms: 3_600_000,
+            replace_after_ms: 60_000,
             mass_failover_share: 0.5,
             mass_failover_min: 3,
-            completion_timeout_s: 60,
+            completion_timeout_ms: 60_000,
             hooks: Hooks::default(),
+            deprecated_max_lag_on_failover_s: None,
+            deprecated_failover_block_period_s: None,
+            deprecated_replace_after_s: None,
+            deprecated_completion_timeout_s: None,
         }
     }
 }
 
 impl FailoverConfig {
+    /// Moves values given under a deprecated `_s` name to their `_ms` field; returns the
+    /// deprecated names used (to warn about). A name given both ways is an error.
+    pub fn take_deprecated(&mut self) -> Result<Vec<&'static str>, (String, String)> {
+        let defaults = FailoverConfig::default();
+        let mut used = Vec::new();
+        let pairs: [(&'static str, &'static str, Option<u64>, &mut u64, u64); 4] = [
+            (
+                "max_lag_on_failover_s",
+                "max_lag_on_failover_ms",
+                self.deprecated_max_lag_on_failover_s.take(),
+                &mut self.max_lag_on_failover_ms,
+                defaults.max_lag_on_failover_ms,
+            ),
+            (
+                "failover_block_period_s",
+                "failover_block_period_ms",
+                self.deprecated_failover_block_period_s.take(),
+                &mut self.failover_block_period_ms,
+                defaults.failover_block_period_ms,
+            ),
+            (
+                "replace_after_s",
+                "replace_after_ms",
+                self.deprecated_replace_after_s.take(),
+                &mut self.replace_after_ms,
+                defaults.replace_after_ms,
+            ),
+            (
+                "completion_timeout_s",
+                "completion_timeout_ms",
+                self.deprecated_completion_timeout_s.take(),
+                &mut self.completion_timeout_ms,
+                defaults.completion_timeout_ms,
+            ),
+        ];
+        for (old, new, value, field, default) in pairs {
+            let Some(v) = value else { continue };
+            if *field != default {
+                return Err((
+                    format!("failover.{old}"),
+                    format!("given with failover.{new}: keep only {new}"),
+                ));
+            }
+            *field = v.saturating_mul(1000);
+            used.push(old);
+        }
+        Ok(used)
+    }
+
     /// Checks values serde cannot: returns the offending field and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |f: &str, why: &str| Err((format!("failover.{f}"), why.to_owned()));
@@ -76,8 +143,8 @@ impl FailoverConfig {
         if !(self.mass_failover_share > 0.0 && self.mass_failover_share <= 1.0) {
             return bad("mass_failover_share", "must be within (0, 1]");
         }
-        if self.completion_timeout_s == 0 {
-            return bad("completion_timeout_s", "must be at least 1");
+        if self.completion_timeout_ms < 1000 {
+            return bad("completion_timeout_ms", "must be at least 1000");
         }
         self.hooks.validate()
     }
@@ -86,8 +153,8 @@ impl FailoverConfig {
     pub fn rules(&self) -> decide::Rules {
         decide::Rules {
             failed_checks: self.failed_checks,
-            max_lag: self.max_lag_on_failover_s,
-            replace_after: Duration::from_secs(self.replace_after_s),
+            max_lag: i64::try_from(self.max_lag_on_failover_ms / 1000).unwrap_or(i64::MAX),
+            replace_after: Duration::from_millis(self.replace_after_ms),
         }
     }
 }

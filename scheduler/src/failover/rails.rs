@@ -30,7 +30,7 @@ pub enum Refusal {
     /// The instance's automatic failover is switched off.
     #[error("automatic failover is switched off for this instance")]
     DisabledForInstance,
-    /// A failover happened within `failover_block_period_s` and nobody acknowledged it.
+    /// A failover happened within `failover_block_period_ms` and nobody acknowledged it.
     #[error("last failover {since_s} s ago, within failover_block_period {block_s} s: acknowledge it (POST /v1/instances/{instance}/failover/ack) or fail over by hand")]
     BlockPeriod {
         /// The instance.
@@ -143,7 +143,7 @@ pub struct RailFacts {
     pub last_failover_ms: i64,
     /// An operator acknowledged the last failover.
     pub failover_acked: bool,
-    /// `failover_block_period_s` in ms.
+    /// `failover_block_period_ms` in ms.
     pub block_period_ms: i64,
     /// The primary, when there is one.
     pub primary: Option<PrimaryFacts>,

@@ -409,7 +409,7 @@ async fn mofang_scenario(
     // The bench fails over the same instance every round: no block period, no replacement
     // of the partitioned host's members while it is cut off.
     let extra = format!(
-        "[failover]\nlease_ttl_ms = {}\nfailover_block_period_s = 0\nreplace_after_s = 3600\n",
+        "[failover]\nlease_ttl_ms = {}\nfailover_block_period_ms = 0\nreplace_after_ms = 3600000\n",
         timings.lease_ttl_ms
     );
     let mut env = Env::start_timed(3, &extra, &timings).await?;

@@ -138,7 +138,7 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
         dir.path().join("agent.toml"),
         format!(
             "node = \"{node}\"\nschedulers = [\"{}\"]\nnetwork = \"{}\"\nstate_dir = \"{}\"\n\
-             stop_grace_secs = 5\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+             stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
              [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = {}\n",
             fake.endpoint(),
             net.name,
