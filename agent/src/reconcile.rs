@@ -227,6 +227,9 @@ struct WorkerMemo {
     /// The container in which the server last answered: failed checks count only after
     /// the server answered once (a starting server is not a dead one).
     answered_in: Option<String>,
+    /// The replica's lag the last time its link was up: reported while the link is down,
+    /// so a scheduler that restarted after the primary failed still knows it.
+    last_lag: Option<i64>,
 }
 
 impl WorkerMemo {
@@ -237,6 +240,18 @@ impl WorkerMemo {
             0
         }
     }
+}
+
+/// The lag to report: the observed one while the link is up, else the last one seen with
+/// the link up (what the replica was behind when its primary failed); -1 when never seen.
+fn reported_lag(last: &mut Option<i64>, link_up: bool, observed: Option<i64>) -> i64 {
+    if link_up {
+        if let Some(l) = observed.filter(|l| *l >= 0) {
+            *last = Some(l);
+        }
+        return observed.unwrap_or(-1);
+    }
+    last.unwrap_or(-1)
 }
 
 /// Reconciles one member once.
@@ -542,7 +557,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     };
     s.read_only = obs.read_only;
     s.position = obs.position.clone();
-    s.lag_seconds = obs.lag_seconds.unwrap_or(-1);
+    s.lag_seconds = reported_lag(&mut memo.last_lag, obs.replication_ok, obs.lag_seconds);
     s.replication_ok = obs.replication_ok;
     s.volume_used_bytes = usage.0;
     let role_ok = match &role {
@@ -1242,6 +1257,47 @@ mod tests {
         assert!(
             !s.healthy && s.reason.contains("replicating from 10.0.0.7:3306"),
             "{s:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_link_went_down_keeps_reporting_its_last_lag() {
+        // A scheduler that starts after the primary failed learns the replicas' lag from
+        // these reports; without them it finds no candidate (soak: scheduler kill -9).
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        if let Ok(mut db) = r.db.0.lock() {
+            db.lag = 3;
+        }
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        let s = r.pass(&a).await;
+        assert!(s.replication_ok && s.lag_seconds == 3, "{s:?}");
+        if let Ok(mut db) = r.db.0.lock() {
+            db.link_up = false;
+            db.lag = 0;
+        }
+        let s = r.pass(&a).await;
+        assert!(!s.replication_ok, "{s:?}");
+        assert_eq!(s.lag_seconds, 3, "the last lag seen with the link up");
+    }
+
+    #[test]
+    fn the_reported_lag_is_the_observed_one_while_the_link_is_up() {
+        let mut last = None;
+        assert_eq!(reported_lag(&mut last, false, None), -1, "never seen");
+        assert_eq!(
+            reported_lag(&mut last, true, None),
+            -1,
+            "link up, lag unknown"
+        );
+        assert_eq!(reported_lag(&mut last, true, Some(2)), 2);
+        assert_eq!(reported_lag(&mut last, true, Some(0)), 0);
+        assert_eq!(reported_lag(&mut last, false, None), 0);
+        assert_eq!(reported_lag(&mut last, true, Some(5)), 5);
+        assert_eq!(
+            reported_lag(&mut last, false, Some(9)),
+            5,
+            "link down: the last one"
         );
     }
 }

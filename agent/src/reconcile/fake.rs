@@ -160,6 +160,10 @@ pub struct FakeDb {
     pub calls: Vec<String>,
     /// When set, the server keeps following this address whatever it is told.
     pub stuck_following: Option<String>,
+    /// A replica's link to its primary is up.
+    pub link_up: bool,
+    /// A replica's lag in seconds while its link is up.
+    pub lag: i64,
 }
 
 impl Default for FakeDb {
@@ -172,6 +176,8 @@ impl Default for FakeDb {
             position: "0-1-5".into(),
             calls: Vec::new(),
             stuck_following: None,
+            link_up: true,
+            lag: 0,
         }
     }
 }
@@ -214,14 +220,15 @@ impl Engine for FakeEngine {
 
     async fn observe(&self, _at: &Target, _s: &Secrets) -> engine::Result<Observation> {
         let db = lock(&self.0).clone();
-        let replica = db.role == ObservedRole::Replica;
+        let link_up = db.role == ObservedRole::Replica && db.link_up;
         Ok(Observation {
             role: db.role,
             read_only: db.read_only,
             position: db.position,
-            replication_ok: replica,
+            replication_ok: link_up,
             following: db.following,
-            lag_seconds: replica.then_some(0),
+            // Like the engines: no lag while the link is down.
+            lag_seconds: link_up.then_some(db.lag),
             replication_error: None,
             details: BTreeMap::new(),
         })

@@ -664,7 +664,9 @@ impl Cluster {
             {
                 moved_primaries.push(m.instance.clone());
             }
-            if m.replication_ok && m.lag_seconds >= 0 {
+            // Agents report the last lag seen with the link up while it is down, so a
+            // scheduler that started after the primary failed learns it too.
+            if m.lag_seconds >= 0 {
                 match last_lag.get_mut(&m.member) {
                     Some(lag) => *lag = m.lag_seconds,
                     None => {
@@ -1017,6 +1019,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failover::rails::Trigger;
     use crate::model::{DiskInfo, Resources};
     use crate::store::sqlite::SqliteStore;
     use mofang_common::EngineKind;
@@ -1176,5 +1179,73 @@ mod tests {
         assert_eq!(inner.reserved["a"].disk_mib.get("hdd"), Some(&500));
         assert_eq!(inner.reserved["c"].disk_mib.get("ssd"), Some(&500));
         assert_eq!(inner.reserved["c"].disk_mib.get("hdd"), None);
+    }
+
+    /// Soak, scheduler `kill -9` during a failover: the new scheduler never saw a replica's
+    /// link up, so it knew no lag, found no candidate and brought the held old primary back
+    /// instead of promoting a replica. Agents now report the last lag seen with the link up.
+    #[tokio::test]
+    async fn a_scheduler_started_after_the_primary_died_promotes_a_replica() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let first = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .expect("load");
+        for n in ["a", "b", "c"] {
+            first
+                .register(node(n, &[("ssd", 1000)]))
+                .await
+                .expect("register");
+            first.heartbeat(HeartbeatRequest {
+                node: n.into(),
+                ..Default::default()
+            });
+        }
+        let i = first
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        drop(first);
+        // A new scheduler on the same store; the primary is held dead, the replicas' links
+        // are down (they were down before this scheduler started).
+        let c = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .expect("reload");
+        c.activate().await.expect("activate");
+        let old = i.primary().expect("primary").clone();
+        for m in &i.members {
+            let primary = m.id == old.id;
+            let status = MemberStatus {
+                member: m.id.clone(),
+                instance: "one".into(),
+                engine: "mariadb".into(),
+                container_state: if primary { "exited" } else { "running" }.into(),
+                role: if primary { "unknown" } else { "replica" }.into(),
+                epoch: i.epoch,
+                address: format!("10.0.0.{}:3306", m.node.len()),
+                position: "0-1-40".into(),
+                lag_seconds: if primary { -1 } else { 0 },
+                held: primary,
+                read_only: !primary,
+                replication_ok: false,
+                checked_at_ms: now_ms(),
+                ..Default::default()
+            };
+            c.heartbeat(HeartbeatRequest {
+                node: m.node.clone(),
+                members: vec![status],
+                ..Default::default()
+            });
+        }
+        let after = c
+            .fail_over("one", "test", None, Trigger::Operator)
+            .await
+            .expect("fails over");
+        let new = after.primary().expect("new primary");
+        assert_ne!(
+            new.id, old.id,
+            "a replica is promoted, not the held primary: {after:?}"
+        );
+        assert_eq!(after.epoch, i.epoch + 1);
     }
 }

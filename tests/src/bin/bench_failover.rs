@@ -83,6 +83,8 @@ struct Scenario {
     name: String,
     what: String,
     rounds: Vec<Round>,
+    /// A soak goes on to the next scenario after one fails: why this one stopped.
+    error: Option<String>,
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -469,11 +471,11 @@ async fn mofang_scenario(
         }
         std::fs::write(format!("{dir}/{label}-scheduler.log"), env.sched.log())?;
     }
-    result?;
     Ok(Scenario {
         name: label.to_owned(),
         what,
         rounds: out,
+        error: result.err().map(|e| format!("{e:#}")),
     })
 }
 
@@ -854,6 +856,7 @@ async fn sentinel_scenario(rounds: usize) -> Result<Scenario> {
         name: label.to_owned(),
         what,
         rounds: out,
+        error: None,
     })
 }
 
@@ -888,6 +891,11 @@ fn summary(scenarios: &[Scenario]) {
     for s in scenarios {
         println!("{}: {}", s.name, s.what);
     }
+    for s in scenarios {
+        if let Some(e) = &s.error {
+            println!("{} STOPPED after {} rounds: {e}", s.name, s.rounds.len());
+        }
+    }
 }
 
 /// What broke a promise: acknowledged writes lost where the mode promises none (MariaDB
@@ -895,6 +903,13 @@ fn summary(scenarios: &[Scenario]) {
 fn broken_promises(scenarios: &[Scenario]) -> Vec<String> {
     let mut out = Vec::new();
     for s in scenarios {
+        if let Some(e) = &s.error {
+            out.push(format!(
+                "{} stopped after {} rounds: {e}",
+                s.name,
+                s.rounds.len()
+            ));
+        }
         for (i, r) in s.rounds.iter().enumerate() {
             if s.name.starts_with("mariadb") && r.lost > 0 {
                 out.push(format!(
@@ -962,6 +977,10 @@ async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Ve
             }
             (other, None) => bail!("unknown scenario {other}"),
         };
+        if let Some(e) = &s.error {
+            // The rounds so far count; the next scenario gets its turn.
+            println!("  {w}: STOPPED: {e}");
+        }
         done.push(s);
         println!(
             "  ({} elapsed; load average {})",
