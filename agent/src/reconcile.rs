@@ -551,7 +551,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     };
     let mut s = status(sh, a, &st, Some(&container), &address);
     s.role = if st.fenced {
-        "fenced".into()
+        ObservedRole::Fenced.as_str().into()
     } else {
         obs.role.as_str().into()
     };
@@ -796,7 +796,7 @@ fn status(
         container_id: c.map(|c| c.id.clone()).unwrap_or_default(),
         healthy: false,
         reason: String::new(),
-        role: "unknown".into(),
+        role: ObservedRole::Unknown.as_str().into(),
         epoch: st.applied_epoch,
         address: address.to_owned(),
         position: String::new(),

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
-use mofang_common::Role;
+use mofang_common::{ObservedRole, Role};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -77,7 +77,10 @@ pub fn primary_answer(a: &Assignment, s: &MemberStatus, lease_valid: bool) -> An
         "agent lost the scheduler lease: fenced".into()
     } else if s.epoch != a.epoch {
         format!("epoch {} not applied yet (at {})", a.epoch, s.epoch)
-    } else if !(s.healthy && s.role == "primary" && !s.read_only) {
+    } else if !(s.healthy
+        && ObservedRole::parse(&s.role) == Some(ObservedRole::Primary)
+        && !s.read_only)
+    {
         format!("not a writable primary: {} ({})", s.role, s.reason)
     } else {
         return (StatusCode::OK, format!("primary epoch {}\n", a.epoch));

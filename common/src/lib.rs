@@ -11,7 +11,7 @@ pub mod signal;
 pub mod spec;
 
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};
-pub use spec::{EngineKind, Resources, Role};
+pub use spec::{EngineKind, ObservedRole, Resources, Role};
 
 /// The agent <-> scheduler gRPC protocol (`proto/mofang.proto`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]

@@ -95,6 +95,61 @@ impl fmt::Display for Role {
     }
 }
 
+/// The role a member has as observed by its agent: `MemberStatus.role` in the heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObservedRole {
+    /// Accepts writes (MariaDB read_only=OFF without replication; Redis role:master).
+    Primary,
+    /// Replicates from another member.
+    Replica,
+    /// Neither replicating nor writable: a not yet promoted primary.
+    ReadOnly,
+    /// Made read-only by its agent (lease lost or switchover): must not take writes.
+    Fenced,
+    /// Not observed: no container, or the server did not answer.
+    Unknown,
+}
+
+impl ObservedRole {
+    /// Every variant, for round-trip checks.
+    pub const ALL: [ObservedRole; 5] = [
+        ObservedRole::Primary,
+        ObservedRole::Replica,
+        ObservedRole::ReadOnly,
+        ObservedRole::Fenced,
+        ObservedRole::Unknown,
+    ];
+
+    /// From `primary` / `replica` / `read-only` / `fenced` / `unknown`; None for anything else.
+    pub fn parse(s: &str) -> Option<ObservedRole> {
+        match s {
+            "primary" => Some(ObservedRole::Primary),
+            "replica" => Some(ObservedRole::Replica),
+            "read-only" => Some(ObservedRole::ReadOnly),
+            "fenced" => Some(ObservedRole::Fenced),
+            "unknown" => Some(ObservedRole::Unknown),
+            _ => None,
+        }
+    }
+
+    /// `primary` / `replica` / `read-only` / `fenced` / `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservedRole::Primary => "primary",
+            ObservedRole::Replica => "replica",
+            ObservedRole::ReadOnly => "read-only",
+            ObservedRole::Fenced => "fenced",
+            ObservedRole::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ObservedRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Resources of one member: enforced as container limits and volume reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,5 +169,28 @@ impl Default for Resources {
             memory_mib: 512,
             disk_mib: 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_role_round_trips_through_its_string() {
+        for r in ObservedRole::ALL {
+            assert_eq!(ObservedRole::parse(r.as_str()), Some(r));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        assert_eq!(ObservedRole::parse("master"), None);
+        assert_eq!(ObservedRole::parse("Primary"), None);
+    }
+
+    #[test]
+    fn role_round_trips_through_its_string() {
+        for r in [Role::Primary, Role::Replica] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("fenced"), None);
     }
 }

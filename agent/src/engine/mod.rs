@@ -9,6 +9,7 @@ pub use redis::Redis;
 
 use async_trait::async_trait;
 use mofang_common::EngineKind;
+pub use mofang_common::ObservedRole;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -164,28 +165,6 @@ pub struct ConfigFile {
     pub name: &'static str,
     /// Contents (may hold secrets: never log).
     pub contents: String,
-}
-
-/// The role a server has, as observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObservedRole {
-    /// Accepts writes (MariaDB read_only=OFF without replication; Redis role:master).
-    Primary,
-    /// Replicates from another member.
-    Replica,
-    /// Neither replicating nor writable: a fenced or not yet promoted primary.
-    ReadOnly,
-}
-
-impl ObservedRole {
-    /// `primary`, `replica`, `read-only`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObservedRole::Primary => "primary",
-            ObservedRole::Replica => "replica",
-            ObservedRole::ReadOnly => "read-only",
-        }
-    }
 }
 
 /// What one observation of a server says.

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use model::{label, Families, Format, Kind};
 use mofang_common::labels;
 use mofang_common::proto::DesiredState;
-use mofang_common::EngineKind;
+use mofang_common::{EngineKind, ObservedRole};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,7 +204,9 @@ impl Exporter {
                 let role = statuses
                     .get(&a.member)
                     .map(|s| s.role.clone())
-                    .filter(|r| !r.is_empty() && r != "unknown")
+                    .filter(|r| {
+                        !r.is_empty() && ObservedRole::parse(r) != Some(ObservedRole::Unknown)
+                    })
                     .unwrap_or_else(|| a.role.clone());
                 let running = by_member
                     .get(a.member.as_str())

@@ -9,7 +9,7 @@ use crate::failover::rails::{self, PrimaryFacts, RailFacts, Refusal};
 use crate::failover::{hooks, HookEnv};
 use crate::model::{now_ms, Event, EventKind, Instance, MemberRecord};
 use crate::placement::{self, NodeView};
-use mofang_common::Role;
+use mofang_common::{ObservedRole, Role};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -509,7 +509,11 @@ impl Cluster {
                     .iter()
                     .find(|m| m.id == f.new_primary)
                     .and_then(|m| inner.live.get(&m.node)?.members.get(&m.id))
-                    .is_some_and(|s| s.healthy && s.epoch == f.epoch && s.role == "primary");
+                    .is_some_and(|s| {
+                        s.healthy
+                            && s.epoch == f.epoch
+                            && ObservedRole::parse(&s.role) == Some(ObservedRole::Primary)
+                    });
                 if ok {
                     done.push((name.clone(), f.clone(), Some(true)));
                 } else if f.started.elapsed() > timeout {
@@ -648,7 +652,8 @@ impl Cluster {
         let epoch = fenced.epoch;
         let position = self
             .wait_status(name, &old, Duration::from_secs(10), |s| {
-                (s.role == "fenced" && s.epoch == epoch).then(|| s.position.clone())
+                (ObservedRole::parse(&s.role) == Some(ObservedRole::Fenced) && s.epoch == epoch)
+                    .then(|| s.position.clone())
             })
             .await;
         let Some(position) = position else {
@@ -698,7 +703,10 @@ impl Cluster {
             .await?;
         let ok = self
             .wait_status(name, &new, Duration::from_secs(60), |s| {
-                (s.healthy && s.role == "primary" && s.epoch == next.epoch).then_some(())
+                (s.healthy
+                    && ObservedRole::parse(&s.role) == Some(ObservedRole::Primary)
+                    && s.epoch == next.epoch)
+                    .then_some(())
             })
             .await
             .is_some();
