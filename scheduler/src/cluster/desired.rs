@@ -1,0 +1,205 @@
+//! Desired state: each node's full `DesiredState` (one assignment per member placed on it),
+//! computed from the records and the primaries' observed addresses, and the watch channel
+//! that pushes every new revision to the node's agent over `WatchAssignments`.
+
+use super::books::disk_class_of;
+use super::{lock, Cluster, Inner};
+use mofang_common::proto::{Assignment, DesiredState};
+use mofang_common::Role;
+use std::collections::HashMap;
+use tokio::sync::watch;
+
+impl Cluster {
+    /// Subscribes to a node's desired state (sent on connect, then on every change).
+    pub fn watch(&self, node: &str) -> watch::Receiver<DesiredState> {
+        let mut inner = lock(&self.inner);
+        if let Some(tx) = inner.watchers.get(node) {
+            return tx.subscribe();
+        }
+        let rev = next_revision(&mut inner);
+        let ds = desired_for(&inner, node, rev);
+        let (tx, rx) = watch::channel(ds);
+        inner.watchers.insert(node.to_owned(), tx);
+        rx
+    }
+
+    /// Sends a new revision of their desired state to the nodes that watch.
+    pub(super) fn push_nodes(&self, inner: &mut Inner, nodes: &[String]) {
+        for n in nodes {
+            if inner.watchers.contains_key(n) {
+                let rev = next_revision(inner);
+                let ds = desired_for(inner, n, rev);
+                if let Some(tx) = inner.watchers.get(n) {
+                    tx.send_replace(ds);
+                }
+            }
+        }
+    }
+}
+
+/// Revisions must grow across scheduler restarts too (agents ignore older ones), so they
+/// follow the clock in microseconds and only ever step forward.
+fn next_revision(inner: &mut Inner) -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    inner.revision = (inner.revision + 1).max(now_us);
+    inner.revision
+}
+
+/// A node's full desired state: one assignment per member placed on it.
+fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
+    let mut members = Vec::new();
+    if let Some(r) = inner.reserved.get(node) {
+        for name in &r.instances {
+            let Some(i) = inner.instances.get(name).filter(|i| i.revision > 0) else {
+                continue;
+            };
+            let primary = i.members.iter().find(|m| m.role == Role::Primary);
+            let primary_address = primary
+                .and_then(|p| inner.live.get(&p.node)?.members.get(&p.id))
+                .map(|s| s.address.clone())
+                .unwrap_or_default();
+            for m in i.members.iter().filter(|m| m.node == node) {
+                // A member is never left out of its node's desired state (the agent would remove
+                // it). A replica whose primary's address is not known yet (just created, or the
+                // scheduler just restarted) gets an empty address: the agent keeps it as it is.
+                let c = &i.credentials;
+                members.push(Assignment {
+                    member: m.id.clone(),
+                    instance: i.spec.name.clone(),
+                    engine: i.spec.engine.to_string(),
+                    version: i.spec.version.clone(),
+                    role: m.role.to_string(),
+                    epoch: i.epoch,
+                    cpu: i.spec.resources.cpu,
+                    memory_bytes: i.spec.resources.memory << 20,
+                    disk_bytes: i.spec.resources.disk << 20,
+                    disk_class: disk_class_of(&inner.nodes, i, m),
+                    primary_address: if m.role == Role::Replica {
+                        primary_address.clone()
+                    } else {
+                        String::new()
+                    },
+                    secrets: HashMap::from([
+                        ("admin".into(), c.admin.clone()),
+                        ("repl".into(), c.repl.clone()),
+                        ("monitor".into(), c.monitor.clone()),
+                        ("app".into(), c.app.clone()),
+                    ]),
+                    settings: HashMap::from([("replicas".into(), i.spec.replicas.to_string())]),
+                    fence: m.role == Role::Primary && i.fence_primary,
+                    promote_after: if m.role == Role::Primary {
+                        i.promote_after.clone()
+                    } else {
+                        String::new()
+                    },
+                });
+            }
+        }
+    }
+    DesiredState {
+        node: node.to_owned(),
+        revision,
+        members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{cluster, node, spec};
+    use mofang_common::proto::{HeartbeatRequest, MemberStatus};
+    use mofang_common::Role;
+    use std::collections::BTreeSet;
+
+    /// After `create_instance`, each node with members gets a new revision naming exactly its
+    /// members; a node without members keeps an empty state; replicas learn their primary's
+    /// address once its agent reports it.
+    #[tokio::test]
+    async fn watchers_get_their_members_after_a_create_and_nodes_without_get_nothing() {
+        let names = ["a", "b", "c", "d"];
+        let nodes: Vec<_> = names.iter().map(|n| node(n, &[("ssd", 1000)])).collect();
+        let c = cluster(&nodes).await;
+        let mut rx: Vec<_> = names.iter().map(|n| c.watch(n)).collect();
+        let first: Vec<u64> = rx
+            .iter_mut()
+            .map(|r| {
+                let ds = r.borrow_and_update();
+                assert!(ds.members.is_empty(), "nothing placed yet: {ds:?}");
+                ds.revision
+            })
+            .collect();
+
+        let i = c
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        assert_eq!(i.members.len(), 3);
+        let primary = i.primary().expect("primary").clone();
+        let mut last = 0;
+        for (k, name) in names.iter().enumerate() {
+            let mine: BTreeSet<&str> = i
+                .members
+                .iter()
+                .filter(|m| m.node == *name)
+                .map(|m| m.id.as_str())
+                .collect();
+            let changed = rx[k].has_changed().expect("sender alive");
+            let ds = rx[k].borrow_and_update().clone();
+            assert_eq!(ds.node, *name);
+            if mine.is_empty() {
+                assert!(!changed, "{name} has no member, no new revision");
+                assert!(ds.members.is_empty(), "{ds:?}");
+                assert_eq!(ds.revision, first[k]);
+                continue;
+            }
+            assert!(changed, "{name} is told");
+            assert!(ds.revision > first[k], "revisions grow: {ds:?}");
+            assert!(ds.revision > last, "and never repeat");
+            last = ds.revision;
+            let got: BTreeSet<&str> = ds.members.iter().map(|a| a.member.as_str()).collect();
+            assert_eq!(got, mine, "{name}: {ds:?}");
+            for a in &ds.members {
+                let r = i.members.iter().find(|m| m.id == a.member).expect("member");
+                assert_eq!(a.instance, "one");
+                assert_eq!(a.role, r.role.to_string());
+                assert_eq!(a.epoch, i.epoch);
+                assert_eq!(a.disk_class, "ssd");
+                assert_eq!(a.disk_bytes, 100 << 20);
+                assert_eq!(a.secrets["admin"], i.credentials.admin);
+                assert_eq!(a.primary_address, "", "primary's address not known yet");
+            }
+        }
+        // A node that starts watching after the create, with nothing on it: an empty state.
+        let empty = names
+            .iter()
+            .find(|n| i.members.iter().all(|m| m.node != **n))
+            .expect("one node of four is left out");
+        let late = c.watch(empty).borrow().clone();
+        assert!(late.members.is_empty(), "{late:?}");
+
+        // The primary's agent reports its address: the replicas' nodes are told it.
+        c.heartbeat(HeartbeatRequest {
+            node: primary.node.clone(),
+            members: vec![MemberStatus {
+                member: primary.id.clone(),
+                instance: "one".into(),
+                address: "10.0.0.1:3306".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        for m in i.members.iter().filter(|m| m.role == Role::Replica) {
+            let k = names.iter().position(|n| *n == m.node).expect("node");
+            assert!(rx[k].has_changed().expect("sender alive"));
+            let ds = rx[k].borrow_and_update().clone();
+            let a = ds
+                .members
+                .iter()
+                .find(|a| a.member == m.id)
+                .expect("replica");
+            assert_eq!(a.primary_address, "10.0.0.1:3306");
+        }
+    }
+}

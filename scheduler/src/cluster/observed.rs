@@ -1,0 +1,223 @@
+//! Observed state: what agents report in heartbeats (kept in memory only, never stored)
+//! and what it says about each node: ready, cordoned, draining or down for want of
+//! heartbeats.
+
+use super::{event, lock, Cluster, Inner};
+use crate::model::{now_ms, EventKind, Node, NodeAdmin, NodeState};
+use mofang_common::proto::{HeartbeatRequest, MemberStatus};
+use mofang_common::Role;
+use std::collections::HashMap;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// What agents told us about a node, in memory only.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    pub(super) last_heartbeat: Instant,
+    pub(super) last_heartbeat_ms: i64,
+    pub(super) members: HashMap<String, MemberStatus>,
+    pub(super) down_reported: bool,
+}
+
+impl Cluster {
+    /// A heartbeat: remember what the agent sees; push new desired states if a primary's
+    /// address changed (replicas follow it).
+    /// Returns the node's latest desired-state revision, or None for an unregistered node.
+    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<u64> {
+        let mut inner = lock(&self.inner);
+        if !inner.nodes.contains_key(&hb.node) {
+            return None;
+        }
+        let mut moved_primaries = Vec::new();
+        let Inner {
+            live,
+            instances,
+            last_lag,
+            suspects,
+            ..
+        } = &mut *inner;
+        let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
+            last_heartbeat: Instant::now(),
+            last_heartbeat_ms: 0,
+            members: HashMap::new(),
+            down_reported: false,
+        });
+        live.last_heartbeat = Instant::now();
+        live.last_heartbeat_ms = now_ms();
+        let was_down = std::mem::replace(&mut live.down_reported, false);
+        for m in hb.members {
+            let moved = !m.address.is_empty()
+                && live.members.get(&m.member).map(|o| o.address.as_str())
+                    != Some(m.address.as_str());
+            // Only a primary's address matters to others: its replicas follow it.
+            if moved
+                && instances.get(&m.instance).is_some_and(|i| {
+                    i.members
+                        .iter()
+                        .any(|r| r.id == m.member && r.role == Role::Primary)
+                })
+            {
+                moved_primaries.push(m.instance.clone());
+            }
+            // Agents report the last lag seen with the link up while it is down, so a
+            // scheduler that started after the primary failed learns it too.
+            if m.lag_seconds >= 0 {
+                match last_lag.get_mut(&m.member) {
+                    Some(lag) => *lag = m.lag_seconds,
+                    None => {
+                        last_lag.insert(m.member.clone(), m.lag_seconds);
+                    }
+                }
+            }
+            if !crate::failover::decide::calm(&m) && !suspects.contains(&m.instance) {
+                suspects.insert(m.instance.clone());
+            }
+            match live.members.get_mut(&m.member) {
+                Some(slot) => *slot = m,
+                None => {
+                    live.members.insert(m.member.clone(), m);
+                }
+            }
+        }
+        if was_down {
+            info!(node = %hb.node, "node is back");
+        }
+        // Replicas learn the primary's (new) address.
+        let mut nodes = Vec::new();
+        for name in moved_primaries {
+            if let Some(i) = inner.instances.get(&name) {
+                nodes.extend(i.members.iter().map(|m| m.node.clone()));
+            }
+        }
+        if !nodes.is_empty() {
+            nodes.sort();
+            nodes.dedup();
+            self.push_nodes(&mut inner, &nodes);
+        }
+        Some(
+            inner
+                .watchers
+                .get(&hb.node)
+                .map(|w| w.borrow().revision)
+                .unwrap_or(0),
+        )
+    }
+
+    /// Marks nodes without heartbeats for `node_ttl` down (once), with an event.
+    pub async fn check_nodes(&self) {
+        let newly_down: Vec<String> = {
+            let mut inner = lock(&self.inner);
+            let ttl = self.node_ttl;
+            inner
+                .live
+                .iter_mut()
+                .filter(|(_, l)| !l.down_reported && l.last_heartbeat.elapsed() >= ttl)
+                .map(|(n, l)| {
+                    l.down_reported = true;
+                    n.clone()
+                })
+                .collect()
+        };
+        for n in newly_down {
+            warn!(node = %n, "node down: no heartbeat for node_ttl");
+            let ev = event(
+                EventKind::NodeDown,
+                None,
+                Some(&n),
+                format!("no heartbeat for {} ms", self.node_ttl.as_millis()),
+            );
+            if let Err(e) = self.store.append_events(&[ev]).await {
+                warn!(error = %e, "could not record node_down event");
+            }
+        }
+    }
+
+    pub(super) fn node_state(&self, inner: &Inner, node: &Node) -> NodeState {
+        self.node_state_at(inner, node, Instant::now())
+    }
+
+    pub(super) fn node_state_at(&self, inner: &Inner, node: &Node, now: Instant) -> NodeState {
+        let alive = inner
+            .live
+            .get(&node.name)
+            .is_some_and(|l| now.saturating_duration_since(l.last_heartbeat) < self.node_ttl);
+        state_of(alive, node.admin)
+    }
+}
+
+/// A node's state from whether it heartbeats and what the operator set.
+pub(super) fn state_of(alive: bool, admin: NodeAdmin) -> NodeState {
+    match (alive, admin) {
+        (false, _) => NodeState::Down,
+        (true, NodeAdmin::Active) => NodeState::Ready,
+        (true, NodeAdmin::Cordoned) => NodeState::Cordoned,
+        (true, NodeAdmin::Draining) => NodeState::Draining,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{cluster_on, spec, three_ssd_nodes};
+    use super::super::Trigger;
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Soak, scheduler `kill -9` during a failover: the new scheduler never saw a replica's
+    /// link up, so it knew no lag, found no candidate and brought the held old primary back
+    /// instead of promoting a replica. Agents now report the last lag seen with the link up.
+    #[tokio::test]
+    async fn a_scheduler_started_after_the_primary_died_promotes_a_replica() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
+        let i = first
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        drop(first);
+        // A new scheduler on the same store; the primary is held dead, the replicas' links
+        // are down (they were down before this scheduler started).
+        let c = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .expect("reload");
+        c.activate().await.expect("activate");
+        let old = i.primary().expect("primary").clone();
+        for m in &i.members {
+            let primary = m.id == old.id;
+            let status = MemberStatus {
+                member: m.id.clone(),
+                instance: "one".into(),
+                engine: "mariadb".into(),
+                container_state: if primary { "exited" } else { "running" }.into(),
+                role: if primary { "unknown" } else { "replica" }.into(),
+                epoch: i.epoch,
+                address: format!("10.0.0.{}:3306", m.node.len()),
+                position: "0-1-40".into(),
+                lag_seconds: if primary { -1 } else { 0 },
+                held: primary,
+                read_only: !primary,
+                replication_ok: false,
+                checked_at_ms: now_ms(),
+                ..Default::default()
+            };
+            c.heartbeat(HeartbeatRequest {
+                node: m.node.clone(),
+                members: vec![status],
+                ..Default::default()
+            });
+        }
+        let after = c
+            .fail_over("one", "test", None, Trigger::Operator)
+            .await
+            .expect("fails over");
+        let new = after.primary().expect("new primary");
+        assert_ne!(
+            new.id, old.id,
+            "a replica is promoted, not the held primary: {after:?}"
+        );
+        assert_eq!(after.epoch, i.epoch + 1);
+    }
+}

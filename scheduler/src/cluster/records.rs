@@ -1,0 +1,194 @@
+//! Durable records: the decisions that write the store first (create and delete an
+//! instance, set a node's admin state, register a node) and the checks on a request.
+
+use super::books::reserve;
+use super::{event, lock, Cluster, Error, Result};
+use crate::model::{Credentials, EventKind, Instance, InstanceSpec, Node, NodeAdmin};
+
+/// Validates a create request beyond what serde checks.
+pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
+    mofang_common::ids::validate_dns_label("instance", &spec.name, 40)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    if !spec
+        .engine
+        .supported_versions()
+        .contains(&spec.version.as_str())
+    {
+        return Err(Error::Invalid(format!(
+            "{} version {} is not supported (supported: {})",
+            spec.engine,
+            spec.version,
+            spec.engine.supported_versions().join(", ")
+        )));
+    }
+    if spec.replicas > 8 {
+        return Err(Error::Invalid(format!(
+            "replicas {} is absurd: at most 8",
+            spec.replicas
+        )));
+    }
+    let r = &spec.resources;
+    if !(r.cpu.is_finite() && (0.1..=64.0).contains(&r.cpu)) {
+        return Err(Error::Invalid(format!(
+            "resources.cpu {} must be within 0.1 .. 64",
+            r.cpu
+        )));
+    }
+    if !(64..=1 << 20).contains(&r.memory) {
+        return Err(Error::Invalid(format!(
+            "resources.memory {} MiB must be within 64 MiB .. 1 TiB",
+            r.memory
+        )));
+    }
+    if !(64..=64 << 20).contains(&r.disk) {
+        return Err(Error::Invalid(format!(
+            "resources.disk {} MiB must be within 64 MiB .. 64 TiB",
+            r.disk
+        )));
+    }
+    if let Some(c) = &spec.disk_class {
+        mofang_common::ids::validate_dns_label("disk_class", c, 32)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Places and durably creates an instance. Placement and the in-memory reservation
+    /// happen under one lock (no two requests can take the same capacity); the store write
+    /// happens outside it so concurrent creations share a commit.
+    pub async fn create_instance(&self, spec: InstanceSpec) -> Result<Instance> {
+        validate_spec(&spec)?;
+        let inst = {
+            let mut inner = lock(&self.inner);
+            if inner.instances.contains_key(&spec.name) {
+                return Err(Error::AlreadyExists(spec.name.clone()));
+            }
+            let placed = self.place(&inner, &spec)?;
+            let inst = Instance::new(
+                spec.clone(),
+                placed.members,
+                Credentials {
+                    admin: password(),
+                    repl: password(),
+                    monitor: password(),
+                    app: password(),
+                },
+            );
+            // Reserve now; undone below if the store refuses.
+            reserve(&mut inner, &inst, true);
+            inner.instances.insert(spec.name.clone(), inst.clone());
+            inst
+        };
+        let mut events = vec![event(
+            EventKind::InstanceCreated,
+            Some(&spec.name),
+            None,
+            format!(
+                "{} {} with {} replicas",
+                spec.engine, spec.version, spec.replicas
+            ),
+        )];
+        for m in &inst.members {
+            events.push(event(
+                EventKind::Placed,
+                Some(&spec.name),
+                Some(&m.node),
+                format!("{} ({}) on {}", m.id, m.role, m.node),
+            ));
+        }
+        match self.store.create_instance(&inst, &events).await {
+            Ok(stored) => {
+                let mut inner = lock(&self.inner);
+                inner.instances.insert(spec.name.clone(), stored.clone());
+                let nodes: Vec<String> = stored.members.iter().map(|m| m.node.clone()).collect();
+                self.push_nodes(&mut inner, &nodes);
+                Ok(stored)
+            }
+            Err(e) => {
+                let mut inner = lock(&self.inner);
+                if inner
+                    .instances
+                    .get(&spec.name)
+                    .is_some_and(|i| i.revision == 0)
+                {
+                    inner.instances.remove(&spec.name);
+                    reserve(&mut inner, &inst, false);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes an instance: its members leave desired state; agents remove containers, then volumes.
+    pub async fn delete_instance(&self, name: &str) -> Result<()> {
+        let inst = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+        let ev = vec![event(
+            EventKind::InstanceDeleted,
+            Some(name),
+            None,
+            format!("{} members removed", inst.members.len()),
+        )];
+        self.store.delete_instance(name, inst.revision, &ev).await?;
+        let mut inner = lock(&self.inner);
+        if let Some(i) = inner.instances.remove(name) {
+            reserve(&mut inner, &i, false);
+            let nodes: Vec<String> = i.members.iter().map(|m| m.node.clone()).collect();
+            self.push_nodes(&mut inner, &nodes);
+        }
+        Ok(())
+    }
+
+    /// Sets a node's admin state.
+    pub async fn set_node_admin(&self, name: &str, admin: NodeAdmin) -> Result<Node> {
+        let node = self.store.set_node_admin(name, admin).await?;
+        self.store
+            .append_events(&[event(
+                EventKind::NodeAdmin,
+                None,
+                Some(name),
+                format!("node set {admin:?}").to_lowercase(),
+            )])
+            .await?;
+        lock(&self.inner).put_node(node.clone());
+        Ok(node)
+    }
+
+    /// An agent registered: record the node (keeping its admin state).
+    pub async fn register(&self, mut node: Node) -> Result<()> {
+        let existing = lock(&self.inner).nodes.get(&node.name).cloned();
+        if let Some(e) = &existing {
+            node.admin = e.admin;
+            node.registered_at_ms = e.registered_at_ms;
+        }
+        if existing.as_ref() != Some(&node) {
+            self.store.put_node(&node).await?;
+            let kind = if existing.is_none() {
+                EventKind::NodeRegistered
+            } else {
+                EventKind::NodeUpdated
+            };
+            self.store
+                .append_events(&[event(
+                    kind,
+                    None,
+                    Some(&node.name),
+                    format!("{} at {}", node.name, node.address),
+                )])
+                .await?;
+        }
+        lock(&self.inner).put_node(node);
+        Ok(())
+    }
+}
+
+/// A fresh random password: 32 alphanumerics.
+fn password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}

@@ -1,0 +1,86 @@
+//! Builders shared by the cluster's unit tests: nodes, instance specs, and a loaded cluster
+//! on an in-memory store with its nodes registered and heartbeating.
+
+use super::Cluster;
+use crate::model::{DiskInfo, InstanceSpec, Node, NodeAdmin, Resources};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+use mofang_common::proto::HeartbeatRequest;
+use mofang_common::EngineKind;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// A node in its own zone (named after it) with one disk per `(class, MiB)`.
+pub(super) fn node(name: &str, disks: &[(&str, u64)]) -> Node {
+    Node {
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        labels: BTreeMap::from([("zone".into(), name.into())]),
+        cpu: 8.0,
+        memory_bytes: 16 << 30,
+        disks: disks
+            .iter()
+            .enumerate()
+            .map(|(i, (class, mib))| DiskInfo {
+                path: format!("/data{i}"),
+                class: (*class).into(),
+                capacity_bytes: mib * MIB,
+                free_bytes: mib * MIB,
+            })
+            .collect(),
+        admin: NodeAdmin::Active,
+        agent_version: "test".into(),
+        registered_at_ms: 0,
+        http_address: String::new(),
+    }
+}
+
+/// A MariaDB instance with two replicas, half a CPU, 256 MiB of memory and `disk_mib` of disk.
+pub(super) fn spec(name: &str, disk_mib: u64, class: Option<&str>) -> InstanceSpec {
+    InstanceSpec {
+        name: name.into(),
+        engine: EngineKind::Mariadb,
+        version: "10.11".into(),
+        replicas: 2,
+        resources: Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: disk_mib,
+        },
+        disk_class: class.map(str::to_owned),
+        placement: None,
+    }
+}
+
+/// A cluster on a fresh in-memory store with `nodes` registered and heartbeating.
+pub(super) async fn cluster(nodes: &[Node]) -> Arc<Cluster> {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    cluster_on(store, nodes).await
+}
+
+/// A cluster loaded from `store` with `nodes` registered and heartbeating (a scheduler
+/// started on a store another one wrote).
+pub(super) async fn cluster_on(store: Arc<dyn Store>, nodes: &[Node]) -> Arc<Cluster> {
+    let c = Cluster::load(store, Duration::from_secs(30))
+        .await
+        .expect("load");
+    for n in nodes {
+        c.register(n.clone()).await.expect("register");
+        c.heartbeat(HeartbeatRequest {
+            node: n.name.clone(),
+            ..Default::default()
+        });
+    }
+    c
+}
+
+/// Three ssd nodes `a`, `b`, `c` with 1000 MiB each.
+pub(super) fn three_ssd_nodes() -> Vec<Node> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|n| node(n, &[("ssd", 1000)]))
+        .collect()
+}

@@ -1,0 +1,216 @@
+//! API views: nodes and instances as the REST API shows them, each record joined with
+//! what its agents report and what is reserved on it.
+
+use super::{lock, Cluster, Inner};
+use crate::model::{Credentials, Instance, InstanceSpec, Node, NodeState};
+use mofang_common::Role;
+
+/// A member as the API shows it: decision plus observation.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    /// Member id.
+    pub id: String,
+    /// Node.
+    pub node: String,
+    /// Desired role.
+    pub role: String,
+    /// Observed state: `running`, `starting`, `failed`, `unknown` (node silent).
+    pub state: String,
+    /// Address clients use.
+    pub address: String,
+    /// Healthy as the agent sees it.
+    pub healthy: bool,
+    /// Observed role.
+    pub observed_role: String,
+    /// Replication lag in seconds (-1 unknown).
+    pub lag_seconds: i64,
+    /// Epoch applied by the agent.
+    pub epoch: u64,
+    /// Replication position.
+    pub position: String,
+    /// Why not healthy.
+    pub reason: String,
+    /// The member's agent's HTTP address, for load balancer checks
+    /// (`/v1/members/{id}/primary`).
+    pub check_address: String,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    /// Name.
+    pub name: String,
+    /// Engine.
+    pub engine: String,
+    /// Version.
+    pub version: String,
+    /// Replicas besides the primary.
+    pub replicas: u32,
+    /// Current epoch.
+    pub epoch: u64,
+    /// `ready` when every member is healthy, else `creating`/`degraded`.
+    pub status: String,
+    /// Address of the primary, when known.
+    pub primary: String,
+    /// Members.
+    pub members: Vec<MemberView>,
+    /// The spec.
+    pub spec: InstanceSpec,
+    /// Creation time, ms.
+    pub created_at_ms: i64,
+    /// Automatic failover switched on for this instance.
+    pub auto_failover: bool,
+    /// When the last failover was decided (unix ms; 0: never).
+    pub last_failover_ms: i64,
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView2 {
+    /// The record.
+    #[serde(flatten)]
+    pub node: Node,
+    /// State.
+    pub state: NodeState,
+    /// Last heartbeat, ms (0: none since the scheduler started).
+    pub last_heartbeat_ms: i64,
+    /// Reserved CPU.
+    pub reserved_cpu: f64,
+    /// Reserved memory, MiB.
+    pub reserved_memory_mib: u64,
+    /// Members placed here.
+    pub members: u32,
+}
+
+impl Cluster {
+    /// All nodes with their state.
+    pub fn nodes(&self) -> Vec<NodeView2> {
+        let inner = lock(&self.inner);
+        inner
+            .nodes
+            .values()
+            .map(|n| self.node_view(&inner, n))
+            .collect()
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Option<NodeView2> {
+        let inner = lock(&self.inner);
+        inner.nodes.get(name).map(|n| self.node_view(&inner, n))
+    }
+
+    fn node_view(&self, inner: &Inner, n: &Node) -> NodeView2 {
+        let r = inner.reserved.get(&n.name).cloned().unwrap_or_default();
+        NodeView2 {
+            node: n.clone(),
+            state: self.node_state(inner, n),
+            last_heartbeat_ms: inner
+                .live
+                .get(&n.name)
+                .map(|l| l.last_heartbeat_ms)
+                .unwrap_or(0),
+            reserved_cpu: r.cpu,
+            reserved_memory_mib: r.memory_mib,
+            members: r.members,
+        }
+    }
+
+    /// All instances (created ones; not those still being written).
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let inner = lock(&self.inner);
+        inner
+            .instances
+            .values()
+            .filter(|i| i.revision > 0)
+            .map(|i| self.instance_view(&inner, i))
+            .collect()
+    }
+
+    /// One instance.
+    pub fn instance(&self, name: &str) -> Option<InstanceView> {
+        let inner = lock(&self.inner);
+        inner
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .map(|i| self.instance_view(&inner, i))
+    }
+
+    /// An instance's credentials.
+    pub fn credentials(&self, name: &str) -> Option<Credentials> {
+        lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .map(|i| i.credentials.clone())
+    }
+
+    fn instance_view(&self, inner: &Inner, i: &Instance) -> InstanceView {
+        let members: Vec<MemberView> = i
+            .members
+            .iter()
+            .map(|m| {
+                let node_alive = inner
+                    .nodes
+                    .get(&m.node)
+                    .is_some_and(|n| self.node_state(inner, n) != NodeState::Down);
+                let obs = inner.live.get(&m.node).and_then(|l| l.members.get(&m.id));
+                let state = match (node_alive, obs) {
+                    (false, _) => "unknown",
+                    (true, None) => "pending",
+                    (true, Some(o)) if o.failed => "failed",
+                    (true, Some(o)) if o.healthy => "running",
+                    (true, Some(_)) => "starting",
+                };
+                MemberView {
+                    id: m.id.clone(),
+                    node: m.node.clone(),
+                    role: m.role.to_string(),
+                    state: state.into(),
+                    address: obs.map(|o| o.address.clone()).unwrap_or_default(),
+                    healthy: node_alive && obs.is_some_and(|o| o.healthy),
+                    observed_role: obs.map(|o| o.role.clone()).unwrap_or_default(),
+                    lag_seconds: obs.map(|o| o.lag_seconds).unwrap_or(-1),
+                    epoch: obs.map(|o| o.epoch).unwrap_or(0),
+                    position: obs.map(|o| o.position.clone()).unwrap_or_default(),
+                    reason: obs.map(|o| o.reason.clone()).unwrap_or_default(),
+                    check_address: inner
+                        .nodes
+                        .get(&m.node)
+                        .map(|n| n.http_address.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        let all_ok = members.iter().all(|m| m.healthy);
+        let any_seen = members.iter().any(|m| m.healthy);
+        let primary = i
+            .members
+            .iter()
+            .zip(&members)
+            .find(|(r, _)| r.role == Role::Primary)
+            .map(|(_, v)| v.address.clone())
+            .unwrap_or_default();
+        InstanceView {
+            name: i.spec.name.clone(),
+            engine: i.spec.engine.to_string(),
+            version: i.spec.version.clone(),
+            replicas: i.spec.replicas,
+            epoch: i.epoch,
+            status: if all_ok {
+                "ready"
+            } else if any_seen {
+                "degraded"
+            } else {
+                "creating"
+            }
+            .into(),
+            primary,
+            members,
+            spec: i.spec.clone(),
+            created_at_ms: i.created_at_ms,
+            auto_failover: i.auto_failover,
+            last_failover_ms: i.last_failover_ms,
+        }
+    }
+}
