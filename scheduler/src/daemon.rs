@@ -191,7 +191,7 @@ pub async fn start(
     let election = crate::election::open(&cfg, &advertise_rest, checks).await?;
     if election.is_none() {
         // The only scheduler: it is in charge from the start (a leader does this on winning).
-        cluster.abandon_switchovers().await?;
+        cluster.take_charge().await?;
     }
     let mut tasks = Vec::new();
     if let Some(election) = election {

@@ -875,6 +875,54 @@ impl Cluster {
         Ok(())
     }
 
+    /// On taking charge: everything a previous scheduler left half done. Switchovers cut short
+    /// are undone ([`Cluster::abandon_switchovers`]); failovers it decided less than
+    /// `completion_timeout_ms` ago are in flight again, from when they were decided.
+    pub async fn take_charge(&self) -> Result<()> {
+        self.resume_failovers(now_ms());
+        self.abandon_switchovers().await
+    }
+
+    /// A failover decided by a previous scheduler (its epoch is durable) may still be carried
+    /// out by the agents: its new primary reports the old epoch, as a replica, until it is
+    /// promoted. Seen by a new scheduler as a failed primary, it would be failed over again
+    /// (soak: a `kill -9` of the scheduler right after a decision made the next process
+    /// promote a third member). So it is in flight, as if this process had decided it, and is
+    /// confirmed or given up after `completion_timeout_ms` like any other. Confirmation runs
+    /// the post-failover hooks: hooks run at least once.
+    pub(super) fn resume_failovers(&self, now_ms: i64) {
+        let timeout = self.failover.completion_timeout_ms;
+        let mut inner = lock(&self.inner);
+        let resumed: Vec<(String, InFlight)> = inner
+            .instances
+            .values()
+            .filter(|i| i.revision > 0 && i.last_failover_ms > 0)
+            .filter_map(|i| {
+                let age = u64::try_from(now_ms.saturating_sub(i.last_failover_ms)).ok()?;
+                if age >= timeout {
+                    return None;
+                }
+                let started = Instant::now()
+                    .checked_sub(Duration::from_millis(age))
+                    .unwrap_or_else(Instant::now);
+                Some((
+                    i.spec.name.clone(),
+                    InFlight {
+                        started,
+                        epoch: i.epoch,
+                        old_primary: String::new(),
+                        new_primary: i.primary()?.id.clone(),
+                        reason: "decided by a previous scheduler".into(),
+                    },
+                ))
+            })
+            .collect();
+        for (name, f) in resumed {
+            info!(instance = %name, epoch = f.epoch, new_primary = %f.new_primary, "failover decided by a previous scheduler: waiting for it to complete");
+            inner.inflight.insert(name, f);
+        }
+    }
+
     /// On taking charge (start with the embedded store, or won election): a switchover whose
     /// scheduler stopped between fencing the primary and promoting the target left
     /// `fence_primary` set, which keeps that primary read-only and the failover pass away from
@@ -976,5 +1024,117 @@ pub(super) struct BusyGuard {
 impl Drop for BusyGuard {
     fn drop(&mut self) {
         lock(&self.cluster.inner).busy.remove(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testkit::{cluster_on, spec, three_ssd_nodes};
+    use crate::failover::FailoverConfig;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+    use mofang_common::proto::{HeartbeatRequest, MemberStatus};
+
+    fn report(c: &Cluster, node: &str, s: MemberStatus) {
+        c.heartbeat(HeartbeatRequest {
+            node: node.into(),
+            members: vec![s],
+            ..Default::default()
+        });
+    }
+
+    /// Soak, scheduler `kill -9` right after a decision: the next process saw the new
+    /// primary, not yet promoted, as a failed primary and promoted a third member.
+    #[tokio::test]
+    async fn a_new_scheduler_waits_for_a_failover_its_predecessor_decided() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
+        let i = first
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        // The first scheduler decides: one-1 is the primary at epoch 2. Then it dies.
+        let mut next = i.clone();
+        next.epoch = 2;
+        next.last_failover_ms = now_ms();
+        for m in &mut next.members {
+            m.role = if m.id == "one-1" {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+        }
+        first.write(next, vec![]).await.expect("decided");
+        drop(first);
+        let cfg = FailoverConfig {
+            failover_block_period_ms: 0,
+            ..Default::default()
+        };
+        let c = Cluster::load_with(store.clone(), Duration::from_secs(30), cfg)
+            .await
+            .expect("reload");
+        c.activate().await.expect("activate");
+        // The agents have not carried it out yet: one-0 dead and held, one-1 and one-2 still
+        // replicas of one-0 at epoch 1, their links down.
+        let node_of = |id: &str| {
+            i.members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.node.clone())
+                .expect("member")
+        };
+        let status = |id: &str| MemberStatus {
+            member: id.into(),
+            instance: "one".into(),
+            engine: "mariadb".into(),
+            container_state: "running".into(),
+            role: "replica".into(),
+            epoch: 1,
+            address: format!("10.0.0.{}:3306", id.len()),
+            position: "0-1-40".into(),
+            lag_seconds: 0,
+            read_only: true,
+            checked_at_ms: now_ms(),
+            ..Default::default()
+        };
+        report(
+            &c,
+            &node_of("one-0"),
+            MemberStatus {
+                container_state: "exited".into(),
+                role: "unknown".into(),
+                held: true,
+                lag_seconds: -1,
+                ..status("one-0")
+            },
+        );
+        report(&c, &node_of("one-1"), status("one-1"));
+        report(&c, &node_of("one-2"), status("one-2"));
+        c.check_failovers().await;
+        let now = store.instances().await.expect("instances");
+        assert_eq!(now[0].epoch, 2, "no second failover: {:?}", now[0]);
+        assert_eq!(now[0].primary().map(|p| p.id.as_str()), Some("one-1"));
+        // one-1 is promoted: the failover completes under the new scheduler.
+        report(
+            &c,
+            &node_of("one-1"),
+            MemberStatus {
+                role: "primary".into(),
+                epoch: 2,
+                healthy: true,
+                read_only: false,
+                lag_seconds: -1,
+                ..status("one-1")
+            },
+        );
+        c.check_failovers().await;
+        let ev = store.events(Some("one"), 0, 100).await.expect("events");
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == EventKind::FailoverCompleted.as_str()),
+            "{ev:?}"
+        );
     }
 }

@@ -228,7 +228,7 @@ impl Cluster {
             inner.suspects.clear();
         }
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.abandon_switchovers().await
+        self.take_charge().await
     }
 }
 
