@@ -1,19 +1,27 @@
 //! Recording fakes for reconcile's unit tests (youki's `TestManager` is the model): a
 //! container runtime and a database engine that keep what they were asked and answer from
-//! state the test sets. Proof against real Docker and databases is in `tests/`.
+//! state the test sets, and a [`Rig`] that runs passes on them. Proof against real Docker
+//! and databases is in `tests/`.
 
+use super::{reconcile_member, Shared, WorkerMemo};
+use crate::config::AgentConfig;
 use crate::engine::{
     self, ConfigFile, Engine, MemberConfig, Observation, ObservedRole, Secrets, Target,
 };
+use crate::link::Lease;
 use crate::runtime::{
     self, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ExecOutput, RuntimeEvent,
 };
+use crate::state::LocalState;
+use crate::volume::VolumeManager;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use mofang_common::proto::{Assignment, MemberStatus};
 use mofang_common::EngineKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -24,12 +32,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct FakeRuntime {
     containers: Mutex<BTreeMap<String, ContainerInfo>>,
     calls: Mutex<Vec<String>>,
+    created: Mutex<Vec<ContainerSpec>>,
 }
 
 impl FakeRuntime {
     /// Calls so far (`create <name>`, `start <id>`, ...), and forgets them.
     pub fn take_calls(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.calls))
+    }
+
+    /// Specs of the containers created so far, in order.
+    pub fn created(&self) -> Vec<ContainerSpec> {
+        lock(&self.created).clone()
     }
 
     /// Sets the state of the one container (as if it died, or was paused).
@@ -57,8 +71,9 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> runtime::Result<String> {
         self.record(format!("create {}", spec.name));
+        lock(&self.created).push(spec.clone());
         let mut cs = lock(&self.containers);
-        let id = format!("c{}", cs.len() + 1);
+        let id = format!("c{}", lock(&self.created).len());
         cs.insert(
             id.clone(),
             ContainerInfo {
@@ -164,6 +179,8 @@ pub struct FakeDb {
     pub link_up: bool,
     /// A replica's lag in seconds while its link is up.
     pub lag: i64,
+    /// The server answers pings (else they fail like a refused connection).
+    pub answering: bool,
 }
 
 impl Default for FakeDb {
@@ -178,6 +195,7 @@ impl Default for FakeDb {
             stuck_following: None,
             link_up: true,
             lag: 0,
+            answering: true,
         }
     }
 }
@@ -214,8 +232,15 @@ impl Engine for FakeEngine {
         }]
     }
 
-    async fn ping(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
-        Ok(())
+    async fn ping(&self, at: &Target, _s: &Secrets) -> engine::Result<()> {
+        if lock(&self.0).answering {
+            return Ok(());
+        }
+        Err(engine::Error::Server {
+            engine: "fake",
+            addr: at.to_string(),
+            message: "connection refused".into(),
+        })
     }
 
     async fn observe(&self, _at: &Target, _s: &Secrets) -> engine::Result<Observation> {
@@ -281,5 +306,92 @@ impl Engine for FakeEngine {
     async fn unfence(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
         self.record("unfence".into());
         Ok(())
+    }
+}
+
+/// An agent on one node with a fake runtime and engine, a real volume manager and state
+/// directory in a temporary directory, host networking.
+pub struct Rig {
+    /// What the workers share.
+    pub sh: Arc<Shared>,
+    /// The runtime behind `sh`.
+    pub rt: Arc<FakeRuntime>,
+    /// The engine behind `sh`.
+    pub db: FakeEngine,
+    /// The member worker's memory across passes.
+    pub memo: WorkerMemo,
+    _dir: tempfile::TempDir,
+}
+
+/// A rig whose scheduler lease lasts `lease_ttl`.
+pub fn rig(lease_ttl: Duration) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let text = format!(
+        "node = \"n1\"\nstate_dir = \"{}\"\nnetwork = \"host\"\nadvertise_address = \"127.0.0.1\"\n\
+         [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = 4096\n",
+        root.join("state").display(),
+        root.join("disk").display()
+    );
+    let cfg = AgentConfig::parse(&text, &root.join("agent.toml")).expect("config");
+    let volumes = Arc::new(VolumeManager::open(cfg.disks.clone()).expect("volumes"));
+    let state = LocalState::open(&cfg.state_dir).expect("state");
+    let rt = Arc::new(FakeRuntime::default());
+    let db = FakeEngine::default();
+    let (_tx, rx) = watch::channel(None);
+    let mut sh = Shared::new(cfg, rt.clone(), volumes, state, Lease::new(lease_ttl), rx);
+    let engine = db.clone();
+    if let Some(s) = Arc::get_mut(&mut sh) {
+        s.engines = Arc::new(move |_, _| Some(Box::new(engine.clone()) as Box<dyn Engine>));
+    }
+    Rig {
+        sh,
+        rt,
+        db,
+        memo: WorkerMemo::default(),
+        _dir: dir,
+    }
+}
+
+/// Member `db-0` of MariaDB instance `db` (two replicas) in `role` at `epoch`.
+pub fn assignment(role: &str, epoch: u64, primary: &str) -> Assignment {
+    let pw = "Abcdefghijklmnop0123456789";
+    Assignment {
+        member: "db-0".into(),
+        instance: "db".into(),
+        engine: "mariadb".into(),
+        version: "10.11".into(),
+        role: role.into(),
+        epoch,
+        cpu: 0.5,
+        memory_bytes: 256 << 20,
+        disk_bytes: 64 << 20,
+        primary_address: primary.into(),
+        secrets: HashMap::from(
+            ["admin", "repl", "monitor", "app"].map(|k| (k.to_owned(), pw.to_owned())),
+        ),
+        settings: HashMap::from([("replicas".to_owned(), "2".to_owned())]),
+        ..Default::default()
+    }
+}
+
+impl Rig {
+    /// One whole pass; the status it left.
+    pub async fn pass(&mut self, a: &Assignment) -> MemberStatus {
+        reconcile_member(&self.sh, a, &mut self.memo)
+            .await
+            .expect("reconcile");
+        self.status()
+    }
+
+    /// The member's status as the heartbeat would carry it.
+    pub fn status(&self) -> MemberStatus {
+        self.sh
+            .statuses
+            .lock()
+            .expect("statuses")
+            .get("db-0")
+            .cloned()
+            .expect("a status")
     }
 }

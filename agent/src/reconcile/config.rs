@@ -1,0 +1,71 @@
+//! Step 2, secrets and config: the instance's credentials, the member's port, and the
+//! server's config files rendered by the engine into the member's config directory.
+
+use super::{Member, Result, Shared};
+use crate::config::NetworkMode;
+use crate::engine::{MemberConfig, Secrets, Target};
+use crate::state::MemberState;
+
+/// What the config step settled, for the steps after it.
+pub(super) struct Configured {
+    /// The instance's credentials.
+    pub(super) secrets: Secrets,
+    /// Host networking or a Docker network.
+    pub(super) network: NetworkMode,
+    /// The port the server listens on.
+    pub(super) port: u16,
+}
+
+/// Step 2: secrets kept, a port allocated (host networking), the config written. A replica
+/// whose primary's address the scheduler does not know yet (just created, or the scheduler
+/// just restarted) is kept exactly as it is: no new config.
+pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> {
+    let (sh, a, member) = (m.sh, m.a, m.name());
+    let secrets = sh
+        .state
+        .secrets(&a.instance, Secrets::from_map(&a.secrets))?;
+    let network = sh.cfg.network_mode();
+    let port = match network {
+        NetworkMode::Host => match st.port {
+            Some(p) => p,
+            None => {
+                let p = sh.allocate_port(member)?;
+                st.port = Some(p);
+                p
+            }
+        },
+        NetworkMode::Docker(_) => m.engine.kind().port(),
+    };
+    let announce = match &network {
+        NetworkMode::Host => Target {
+            host: sh.cfg.advertise_address.clone(),
+            port,
+        },
+        // On a Docker network the container name resolves for every peer on it.
+        NetworkMode::Docker(_) => Target {
+            host: Shared::container_name(member),
+            port,
+        },
+    };
+    let mc = MemberConfig {
+        member: member.to_owned(),
+        port,
+        announce,
+        memory_bytes: a.memory_bytes,
+        replica_of: m.role.replica_of().cloned(),
+        settings: a
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    if !m.role.waiting() {
+        sh.state
+            .write_config(member, &m.engine.render(&mc, &secrets), m.engine.uid())?;
+    }
+    Ok(Configured {
+        secrets,
+        network,
+        port,
+    })
+}

@@ -1,0 +1,326 @@
+//! Step 3, the member's container: created and started when missing; when not running,
+//! restarted, held (a dead primary waits for the scheduler) or left alone in a crash loop,
+//! as [`decide::on_exit`] says. The agent is the supervisor (restart policy `no`). Also the
+//! container's spec and the rebuild of a diverged replica.
+
+use super::config::Configured;
+use super::decide::{self, OnExit};
+use super::status::{report, report_held, status_keeping_last};
+use super::{now_ms, replicas_of, Action, Member, Result, Shared, Step, WorkerMemo};
+use super::{CRASH_WINDOW_MS, MAX_CRASH_RESTARTS};
+use crate::config::NetworkMode;
+use crate::engine::Engine;
+use crate::runtime::{ContainerInfo, ContainerSpec, ContainerState, Mount, Network};
+use crate::state::MemberState;
+use crate::volume::Volume;
+use mofang_common::proto::Assignment;
+use mofang_common::{labels, Role};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Step 3a: the member's container, created and started when missing. A replica still
+/// waiting for its primary's address gets none yet: the pass stops there.
+pub(super) async fn present(
+    m: &Member<'_>,
+    cfg: &Configured,
+    vol: &Volume,
+    st: &mut MemberState,
+) -> Result<Step<ContainerInfo>> {
+    let (sh, a, member) = (m.sh, m.a, m.name());
+    if let Some(c) = sh.find_container(member).await? {
+        return Ok(Step::Next(c));
+    }
+    if m.role.waiting() {
+        report(
+            sh,
+            a,
+            st,
+            None,
+            None,
+            false,
+            "waiting for the primary's address".into(),
+        );
+        return Ok(Step::Stop(Action::Requeue(Duration::from_secs(1))));
+    }
+    // A replica on a fresh volume copies a snapshot of its primary first.
+    let fresh = std::fs::read_dir(&vol.path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if fresh && m.role.role() == Role::Replica && !st.needs_seed {
+        st.needs_seed = true;
+        sh.state.save_member(member, st)?;
+    }
+    let spec = container_spec(sh, a, m.engine, &vol.path, &cfg.network, cfg.port);
+    let id = sh.runtime.create(&spec).await?;
+    info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
+    sh.runtime.start(&id).await?;
+    Ok(Step::Next(sh.runtime.inspect(&id).await?))
+}
+
+/// Step 3b: the container is running. One that exited is held, left in its crash loop, or
+/// started again on the same volume; one paused, restarting or dead counts as a failed
+/// check like an unanswered ping.
+pub(super) async fn running(
+    m: &Member<'_>,
+    container: ContainerInfo,
+    st: &mut MemberState,
+    memo: &mut WorkerMemo,
+) -> Result<Step<ContainerInfo>> {
+    let (sh, a, member) = (m.sh, m.a, m.name());
+    match container.state {
+        ContainerState::Running => Ok(Step::Next(container)),
+        ContainerState::Exited | ContainerState::Created => {
+            let exited = container.state == ContainerState::Exited;
+            if decide::newly_held(m.role, replicas_of(a), a.epoch, exited, st) {
+                warn!(
+                    member,
+                    epoch = a.epoch,
+                    exit_code = container.exit_code.unwrap_or(-1),
+                    "primary container died: held for the scheduler's decision"
+                );
+                st.held_at_epoch = Some(a.epoch);
+                sh.state.save_member(member, st)?;
+            }
+            match decide::on_exit(st, sh.lease.valid(), now_ms()) {
+                OnExit::Hold => {
+                    // The scheduler hears of it at once (urgent heartbeat) and decides.
+                    report_held(sh, a, st, &container);
+                    return Ok(Step::Stop(Action::Requeue(Duration::from_secs(1))));
+                }
+                OnExit::CrashLooping { newly } => {
+                    if newly {
+                        warn!(
+                            member,
+                            restarts = st.crash_restarts_ms.len(),
+                            "crash loop: no more restarts"
+                        );
+                        st.crash_looping = true;
+                        sh.state.save_member(member, st)?;
+                    }
+                    report(
+                        sh,
+                        a,
+                        st,
+                        Some(&container),
+                        None,
+                        true,
+                        format!(
+                            "crash loop: {MAX_CRASH_RESTARTS} restarts within {} s; not restarted",
+                            CRASH_WINDOW_MS / 1000
+                        ),
+                    );
+                    return Ok(Step::Stop(Action::Requeue(Duration::from_secs(5))));
+                }
+                OnExit::Restart => {}
+            }
+            let now = now_ms();
+            st.crash_restarts_ms.retain(|t| now - t < CRASH_WINDOW_MS);
+            st.crash_restarts_ms.push(now);
+            // The agent is the supervisor (restart policy `no`): bring it back on the same
+            // container and volume, with the data it had.
+            warn!(
+                member,
+                exit_code = container.exit_code.unwrap_or(-1),
+                oom_killed = container.oom_killed,
+                "member container is not running, starting it again"
+            );
+            sh.runtime.start(&container.id).await?;
+            st.restarts += 1;
+            sh.state.save_member(member, st)?;
+            Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
+        }
+        other => {
+            // Paused, restarting, dead: the database does not answer; it counts as a
+            // failed check like an unanswered ping.
+            memo.ping_failures += 1;
+            let mut s = status_keeping_last(sh, a, st, &container);
+            s.failed_checks = memo.failed_checks(&container.id);
+            s.reason = format!("container {other:?} ({} checks)", memo.ping_failures);
+            sh.set_status(s);
+            Ok(Step::Stop(Action::Requeue(Duration::from_millis(250))))
+        }
+    }
+}
+
+/// Rebuilds a diverged replica: container and volume go, a fresh one is seeded next pass.
+pub(super) async fn rebuild(sh: &Shared, member: &str, container: &str) -> Result<()> {
+    sh.runtime
+        .stop(container, Duration::from_millis(sh.cfg.stop_grace_ms))
+        .await?;
+    sh.runtime.remove(container, true).await?;
+    sh.volumes.delete(member)?;
+    let mut st = sh.state.load_member(member)?;
+    st.needs_seed = true;
+    st.fenced = false;
+    st.held_at_epoch = None;
+    sh.state.save_member(member, &st)?;
+    Ok(())
+}
+
+fn container_spec(
+    sh: &Shared,
+    a: &Assignment,
+    engine: &dyn Engine,
+    volume: &std::path::Path,
+    network: &NetworkMode,
+    port: u16,
+) -> ContainerSpec {
+    let labels = BTreeMap::from([
+        (labels::NODE.to_owned(), sh.cfg.node.clone()),
+        (labels::INSTANCE.to_owned(), a.instance.clone()),
+        (labels::MEMBER.to_owned(), a.member.clone()),
+        (labels::ENGINE.to_owned(), a.engine.clone()),
+        ("mofang.version".to_owned(), a.version.clone()),
+        ("mofang.port".to_owned(), port.to_string()),
+    ]);
+    // MariaDB runs a thread per connection, and each thread counts against pids.max.
+    let pids_limit = match engine.kind() {
+        mofang_common::EngineKind::Mariadb => 2048,
+        mofang_common::EngineKind::Redis => 256,
+    };
+    ContainerSpec {
+        name: Shared::container_name(&a.member),
+        image: sh.cfg.image(&a.engine, &a.version),
+        args: vec![],
+        env: vec![],
+        labels,
+        mounts: vec![
+            Mount {
+                source: volume.to_owned(),
+                target: engine.data_dir().into(),
+                read_only: false,
+            },
+            Mount {
+                source: sh.state.config_dir(&a.member),
+                target: "/etc/mofang".into(),
+                read_only: true,
+            },
+        ],
+        network: match network {
+            NetworkMode::Host => Network::Host,
+            NetworkMode::Docker(n) => Network::Named(n.clone()),
+        },
+        publish: None,
+        cpus: if a.cpu > 0.0 { a.cpu } else { 1.0 },
+        memory_bytes: i64::try_from(a.memory_bytes)
+            .unwrap_or(i64::MAX)
+            .max(64 << 20),
+        pids_limit,
+        cap_add: engine.capabilities(),
+        user: format!("{0}:{0}", engine.uid()),
+        stop_grace: Duration::from_millis(sh.cfg.stop_grace_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The container step on the recording fake runtime.
+
+    use super::super::decide::DesiredRole;
+    use super::super::fake::{assignment, rig};
+    use super::super::{config, volume};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_container_is_created_with_the_assignments_limits_and_started() {
+        let r = rig(Duration::from_secs(10));
+        let a = assignment("primary", 3, "");
+        let role = DesiredRole::parse(&a).expect("role");
+        let m = Member {
+            sh: &r.sh,
+            a: &a,
+            engine: &r.db,
+            role: &role,
+        };
+        let mut st = MemberState::default();
+        let vol = volume::ensure(&m).expect("volume");
+        let cfg = config::write(&m, &mut st).expect("config");
+
+        let Step::Next(c) = present(&m, &cfg, &vol, &mut st).await.expect("present") else {
+            panic!("the pass stopped without a container");
+        };
+        assert_eq!(r.rt.take_calls(), ["create mofang-db-0", "start c1"]);
+        assert_eq!((c.id.as_str(), c.state), ("c1", ContainerState::Running));
+        let specs = r.rt.created();
+        let [spec] = specs.as_slice() else {
+            panic!("one container, not {specs:?}");
+        };
+        assert_eq!(spec.name, "mofang-db-0");
+        assert_eq!(spec.cpus, 0.5);
+        assert_eq!(spec.memory_bytes, 256 << 20);
+        assert_eq!(spec.pids_limit, 2048, "a MariaDB thread per connection");
+        assert_eq!(spec.user, "999:999");
+        assert_eq!(spec.network, Network::Host);
+        assert_eq!(
+            spec.mounts,
+            [
+                Mount {
+                    source: vol.path.clone(),
+                    target: "/var/lib/mysql".into(),
+                    read_only: false,
+                },
+                Mount {
+                    source: r.sh.state.config_dir("db-0"),
+                    target: "/etc/mofang".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        let label = |k: &str| spec.labels.get(k).map(String::as_str);
+        assert_eq!(label(labels::NODE), Some("n1"));
+        assert_eq!(label(labels::MEMBER), Some("db-0"));
+        assert_eq!(label("mofang.port"), Some(cfg.port.to_string().as_str()));
+
+        // Found the next time, not created again.
+        let Step::Next(again) = present(&m, &cfg, &vol, &mut st).await.expect("present") else {
+            panic!("the pass stopped without a container");
+        };
+        assert_eq!(again.id, "c1");
+        assert!(r.rt.take_calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_replica_without_its_primarys_address_gets_no_container_yet() {
+        let r = rig(Duration::from_secs(10));
+        let a = assignment("replica", 3, "");
+        let role = DesiredRole::parse(&a).expect("role");
+        let m = Member {
+            sh: &r.sh,
+            a: &a,
+            engine: &r.db,
+            role: &role,
+        };
+        let mut st = MemberState::default();
+        let vol = volume::ensure(&m).expect("volume");
+        let cfg = config::write(&m, &mut st).expect("config");
+        let step = present(&m, &cfg, &vol, &mut st).await.expect("present");
+        assert!(
+            matches!(step, Step::Stop(Action::Requeue(d)) if d == Duration::from_secs(1)),
+            "{step:?}"
+        );
+        assert!(r.rt.take_calls().is_empty(), "nothing created");
+        let s = r.sh.statuses.lock().expect("statuses")["db-0"].clone();
+        assert_eq!(s.container_state, "missing");
+        assert_eq!(s.reason, "waiting for the primary's address");
+    }
+
+    #[test]
+    fn limits_left_at_zero_get_one_core_and_at_least_64_mib() {
+        let r = rig(Duration::from_secs(10));
+        let mut a = assignment("primary", 3, "");
+        a.cpu = 0.0;
+        a.memory_bytes = 1 << 20;
+        let spec = container_spec(
+            &r.sh,
+            &a,
+            &r.db,
+            std::path::Path::new("/data/db-0"),
+            &NetworkMode::Docker("mofang".into()),
+            3306,
+        );
+        assert_eq!(spec.cpus, 1.0);
+        assert_eq!(spec.memory_bytes, 64 << 20);
+        assert_eq!(spec.network, Network::Named("mofang".into()));
+    }
+}

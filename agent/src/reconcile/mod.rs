@@ -1,0 +1,339 @@
+//! The reconcile loop (kube-runtime style): desired members of this node against actual
+//! containers. One worker per member (`worker.rs`), idempotent steps, periodic requeue,
+//! woken at once by container events. A pass is the list of steps in `reconcile_member`,
+//! a file each: `volume.rs` -> `config.rs` -> `container.rs` -> `answers.rs` (the server
+//! answers a ping) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
+//! next what it produced, or reports the member's status and ends the pass with an
+//! [`Action`]. The decisions (the role asked for, a container that is not running, the role
+//! step) are pure functions in [`decide`]; `status.rs` builds the statuses the steps report.
+
+mod answers;
+mod config;
+mod container;
+pub mod decide;
+mod observe;
+mod role;
+mod shared;
+mod status;
+mod volume;
+mod worker;
+
+use crate::engine::{self, Engine};
+use crate::runtime;
+use crate::state;
+use decide::DesiredRole;
+pub use decide::{CRASH_WINDOW_MS, MAX_CRASH_RESTARTS};
+use mofang_common::proto::Assignment;
+pub use shared::{EngineFactory, ReconcileStats, Shared, Statuses};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+pub use worker::run;
+
+/// Why reconciling a member failed. The member's status carries the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The assignment names an engine or version this agent cannot run.
+    #[error("unsupported engine {engine} {version}")]
+    UnsupportedEngine {
+        /// Engine asked for.
+        engine: String,
+        /// Version asked for.
+        version: String,
+    },
+    /// The assignment is malformed (e.g. a replica without a primary address).
+    #[error("bad assignment: {0}")]
+    BadAssignment(String),
+    /// No port is free in the agent's port range.
+    #[error("no free port in port_range {0}-{1}")]
+    NoFreePort(u16, u16),
+    /// Volume reservation failed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
+    /// The container runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    /// Local state could not be read or written.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The database did not do what was asked.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    /// Copying a snapshot from the primary into a new replica failed.
+    #[error("seeding from the primary failed: {0}")]
+    Seed(String),
+}
+
+/// Result of reconcile steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One reconcile pass's outcome: when to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Look again after this long.
+    Requeue(Duration),
+}
+
+/// What one step of a pass says: go on with what it produced, or end the pass here (the
+/// step has reported the member's status).
+#[derive(Debug)]
+enum Step<T> {
+    /// Go on to the next step with this.
+    Next(T),
+    /// End the pass: look again as the action says.
+    Stop(Action),
+}
+
+/// The value of a step that goes on; returns the action of one that stops the pass.
+macro_rules! step {
+    ($step:expr) => {
+        match $step? {
+            Step::Next(v) => v,
+            Step::Stop(action) => return Ok(action),
+        }
+    };
+}
+
+/// One pass's view of the member: what every step reads and none changes.
+struct Member<'a> {
+    sh: &'a Shared,
+    a: &'a Assignment,
+    engine: &'a dyn Engine,
+    role: &'a DesiredRole,
+}
+
+impl Member<'_> {
+    fn name(&self) -> &str {
+        &self.a.member
+    }
+}
+
+fn replicas_of(a: &Assignment) -> u32 {
+    a.settings
+        .get("replicas")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Per-member worker memory that need not survive restarts.
+#[derive(Default)]
+struct WorkerMemo {
+    last_usage: Option<(Instant, u64, bool)>,
+    ping_failures: u32,
+    /// The container in which the server last answered: failed checks count only after
+    /// the server answered once (a starting server is not a dead one).
+    answered_in: Option<String>,
+    /// The replica's lag the last time its link was up: reported while the link is down,
+    /// so a scheduler that restarted after the primary failed still knows it.
+    last_lag: Option<i64>,
+}
+
+impl WorkerMemo {
+    fn failed_checks(&self, container: &str) -> u32 {
+        if self.answered_in.as_deref() == Some(container) {
+            self.ping_failures
+        } else {
+            0
+        }
+    }
+}
+
+/// Reconciles one member once: the steps in order, each either going on or ending the pass.
+async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
+    let engine = (sh.engines)(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
+        engine: a.engine.clone(),
+        version: a.version.clone(),
+    })?;
+    let role = DesiredRole::parse(a).map_err(Error::BadAssignment)?;
+    let m = Member {
+        sh,
+        a,
+        engine: engine.as_ref(),
+        role: &role,
+    };
+    let mut st = sh.state.load_member(&a.member)?;
+    let orig = st.clone();
+    // The scheduler decided about a held primary: a newer epoch releases it.
+    decide::release_hold(&mut st, a.epoch);
+
+    let vol = volume::ensure(&m)?;
+    let cfg = config::write(&m, &mut st)?;
+    let found = step!(container::present(&m, &cfg, &vol, &mut st).await);
+    let running = step!(container::running(&m, found, &mut st, memo).await);
+    if st != orig {
+        sh.state.save_member(&a.member, &st)?;
+    }
+    let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
+    let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
+    let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
+    Ok(observe::report(
+        &m, &st, &running, &server, &obs, note, memo,
+    ))
+}
+
+#[cfg(test)]
+mod fake;
+
+#[cfg(test)]
+mod tests {
+    //! Whole passes on a recording fake runtime and engine: held primary, crash loop,
+    //! epochs, fences. The same paths against real Docker and databases are in
+    //! `tests/tests/{agent,failover}.rs`.
+
+    use super::fake::{assignment, rig};
+    use super::MAX_CRASH_RESTARTS;
+    use crate::runtime::ContainerState;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_dead_primary_is_held_until_a_newer_epoch_then_rejoins_fenced_first() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.rt.take_calls(), ["create mofang-db-0", "start c1"]);
+        assert_eq!(r.db.take_calls(), ["promote after=None"]);
+        assert!(s.healthy && s.role == "primary" && s.epoch == 3, "{s:?}");
+
+        // The container dies: held, not restarted, however often reconcile runs.
+        r.rt.set_state(ContainerState::Exited, Some(137));
+        for _ in 0..3 {
+            let s = r.pass(&assignment("primary", 3, "")).await;
+            assert!(s.held && !s.healthy, "{s:?}");
+            assert_eq!(s.position, "0-1-5", "the last position is kept");
+        }
+        assert!(r.rt.take_calls().is_empty(), "never restarted while held");
+        assert!(r.db.take_calls().is_empty());
+
+        // The scheduler failed over: a replica at epoch 4. Released, restarted, fenced before
+        // it follows the new primary.
+        let s = r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(r.db.take_calls(), ["fence", "replicate_from 10.0.0.9:3306"]);
+        assert!(
+            !s.held && s.healthy && s.role == "replica" && s.epoch == 4,
+            "{s:?}"
+        );
+
+        // An order of an older epoch is never applied.
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert!(r.db.take_calls().is_empty());
+        assert!(s.reason.contains("ignored assignment of epoch 3"), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn without_a_scheduler_a_dead_primary_restarts_read_only() {
+        let mut r = rig(Duration::from_millis(50));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.rt.take_calls();
+        r.db.take_calls();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        r.rt.set_state(ContainerState::Exited, Some(137));
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(s.held && !s.healthy, "{s:?}");
+        // The lease comes back: still held (fenced) until the scheduler's newer epoch.
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert!(s.held, "{s:?}");
+        assert!(!r.db.take_calls().contains(&"unfence".to_owned()));
+        let s = r.pass(&assignment("primary", 4, "")).await;
+        let calls = r.db.take_calls();
+        assert!(calls.contains(&"unfence".to_owned()), "{calls:?}");
+        assert!(!s.held && s.healthy && s.epoch == 4, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_fences_the_primary_and_a_renewed_one_lifts_it() {
+        let mut r = rig(Duration::from_millis(50));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.db.take_calls();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(!s.healthy && s.role == "fenced", "{s:?}");
+        assert!(s.reason.contains("lease expired"), "{s:?}");
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("primary", 3, "")).await;
+        assert_eq!(r.db.take_calls(), ["promote after=None", "unfence"]);
+        assert!(s.healthy && s.role == "primary", "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_switchover_fences_at_the_same_epoch_and_reports_healthy() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.db.take_calls();
+        let mut a = assignment("primary", 3, "");
+        a.fence = true;
+        let s = r.pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["fence"]);
+        assert!(s.healthy && s.role == "fenced", "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_keeps_dying_stops_being_restarted() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        r.pass(&a).await;
+        r.rt.take_calls();
+        for _ in 0..MAX_CRASH_RESTARTS {
+            r.rt.set_state(ContainerState::Exited, Some(1));
+            let s = r.pass(&a).await;
+            assert!(!s.failed, "{s:?}");
+        }
+        assert_eq!(r.rt.take_calls().len(), MAX_CRASH_RESTARTS);
+        r.rt.set_state(ContainerState::Exited, Some(1));
+        let s = r.pass(&a).await;
+        let s = if s.failed { s } else { r.pass(&a).await };
+        assert!(s.failed && s.reason.contains("crash loop"), "{s:?}");
+        assert!(r.rt.take_calls().is_empty(), "no sixth restart");
+    }
+
+    #[tokio::test]
+    async fn a_replica_following_another_address_is_not_healthy() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(s.healthy, "{s:?}");
+        // The server follows another address, whatever it is told.
+        if let Ok(mut db) = r.db.0.lock() {
+            db.stuck_following = Some("10.0.0.7:3306".into());
+        }
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(
+            !s.healthy && s.reason.contains("replicating from 10.0.0.7:3306"),
+            "{s:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_link_went_down_keeps_reporting_its_last_lag() {
+        // A scheduler that starts after the primary failed learns the replicas' lag from
+        // these reports; without them it finds no candidate (soak: scheduler kill -9).
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        if let Ok(mut db) = r.db.0.lock() {
+            db.lag = 3;
+        }
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        let s = r.pass(&a).await;
+        assert!(s.replication_ok && s.lag_seconds == 3, "{s:?}");
+        if let Ok(mut db) = r.db.0.lock() {
+            db.link_up = false;
+            db.lag = 0;
+        }
+        let s = r.pass(&a).await;
+        assert!(!s.replication_ok, "{s:?}");
+        assert_eq!(s.lag_seconds, 3, "the last lag seen with the link up");
+    }
+}

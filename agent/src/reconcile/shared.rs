@@ -1,0 +1,155 @@
+//! What every member worker shares: config, runtime, volumes, local state, lease, the
+//! desired state, the statuses the heartbeat carries, and the port allocator.
+
+use super::{Error, Result};
+use crate::config::AgentConfig;
+use crate::engine::{self, Engine};
+use crate::link::Lease;
+use crate::runtime::{self, ContainerRuntime};
+use crate::state::LocalState;
+use crate::volume::VolumeManager;
+use mofang_common::labels;
+use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{watch, Notify};
+
+/// Member statuses, shared with the heartbeat.
+pub type Statuses = Arc<Mutex<BTreeMap<String, MemberStatus>>>;
+
+/// Reconcile passes, for the agent's metrics.
+#[derive(Debug, Default)]
+pub struct ReconcileStats {
+    /// Passes that ended well.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Passes that ended with an error.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Total time spent in passes, microseconds.
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+/// Makes the engine adapter for an engine kind and version ([`engine::for_kind`]; a fake in
+/// unit tests).
+pub type EngineFactory = Arc<dyn Fn(&str, &str) -> Option<Box<dyn Engine>> + Send + Sync>;
+
+/// Everything a member worker needs; shared by all workers.
+pub struct Shared {
+    /// Agent config.
+    pub cfg: AgentConfig,
+    /// Container runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Data volumes.
+    pub volumes: Arc<VolumeManager>,
+    /// State directory.
+    pub state: LocalState,
+    /// Scheduler lease (fencing when lost).
+    pub lease: Lease,
+    /// Latest desired state.
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    /// Statuses reported in heartbeats.
+    pub statuses: Statuses,
+    /// Woken when a status changed in a way the scheduler must learn at once.
+    pub status_changed: Arc<Notify>,
+    /// Pass counts and durations.
+    pub stats: Arc<ReconcileStats>,
+    /// Engine adapters.
+    pub(super) engines: EngineFactory,
+    /// Serialises port allocation across workers.
+    ports: Mutex<()>,
+    /// When this agent process started.
+    pub(super) started: Instant,
+}
+
+impl Shared {
+    /// Bundles the parts.
+    pub fn new(
+        cfg: AgentConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        volumes: Arc<VolumeManager>,
+        state: LocalState,
+        lease: Lease,
+        desired: watch::Receiver<Option<DesiredState>>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            cfg,
+            runtime,
+            volumes,
+            state,
+            lease,
+            desired,
+            statuses: Arc::default(),
+            status_changed: Arc::new(Notify::new()),
+            stats: Arc::default(),
+            engines: Arc::new(engine::for_kind),
+            ports: Mutex::new(()),
+            started: Instant::now(),
+        })
+    }
+
+    pub(super) fn assignment(&self, member: &str) -> Option<Assignment> {
+        self.desired
+            .borrow()
+            .as_ref()?
+            .members
+            .iter()
+            .find(|a| a.member == member)
+            .cloned()
+    }
+
+    pub(super) fn set_status(&self, s: MemberStatus) {
+        let urgent = match self.statuses.lock() {
+            Ok(mut m) => {
+                let urgent = m.get(&s.member).is_none_or(|o| {
+                    o.healthy != s.healthy
+                        || o.held != s.held
+                        || o.failed != s.failed
+                        || o.container_state != s.container_state
+                        || o.role != s.role
+                        || o.epoch != s.epoch
+                });
+                m.insert(s.member.clone(), s);
+                urgent
+            }
+            Err(_) => false,
+        };
+        if urgent {
+            self.status_changed.notify_one();
+        }
+    }
+
+    pub(super) fn container_name(member: &str) -> String {
+        format!("mofang-{member}")
+    }
+
+    pub(super) async fn find_container(
+        &self,
+        member: &str,
+    ) -> Result<Option<runtime::ContainerInfo>> {
+        let node = self.cfg.node.as_str();
+        let mut found = self
+            .runtime
+            .list(&[(labels::NODE, node), (labels::MEMBER, member)])
+            .await?;
+        Ok(found.pop())
+    }
+
+    pub(super) fn allocate_port(&self, member: &str) -> Result<u16> {
+        let _guard = self.ports.lock().map_err(|_| Error::NoFreePort(0, 0))?;
+        let used: Vec<u16> = self
+            .state
+            .members()
+            .iter()
+            .filter(|m| m.as_str() != member)
+            .filter_map(|m| self.state.load_member(m).ok()?.port)
+            .collect();
+        let [lo, hi] = self.cfg.port_range;
+        let port = (lo..=hi)
+            .find(|p| !used.contains(p))
+            .ok_or(Error::NoFreePort(lo, hi))?;
+        let mut st = self.state.load_member(member)?;
+        st.port = Some(port);
+        self.state.save_member(member, &st)?;
+        Ok(port)
+    }
+}
