@@ -218,6 +218,9 @@ impl Engine for Redis {
                 }
             }
             let _: String = cmd(&mut c, at, &["REPLICAOF", "NO", "ONE"]).await?;
+            // A promoted member takes writes: a pause left by a fence at an earlier epoch (a
+            // demoted primary is fenced before it follows) must not outlive the promotion.
+            let _: String = cmd(&mut c, at, &["CLIENT", "UNPAUSE"]).await?;
             Ok(())
         })
         .await

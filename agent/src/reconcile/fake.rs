@@ -181,6 +181,10 @@ pub struct FakeDb {
     pub lag: i64,
     /// The server answers pings (else they fail like a refused connection).
     pub answering: bool,
+    /// The engine: a Redis fence is a write pause that outlives a change of role.
+    pub kind: EngineKind,
+    /// Redis: application writes are paused (`CLIENT PAUSE WRITE`).
+    pub paused: bool,
 }
 
 impl Default for FakeDb {
@@ -196,6 +200,8 @@ impl Default for FakeDb {
             link_up: true,
             lag: 0,
             answering: true,
+            kind: EngineKind::Mariadb,
+            paused: false,
         }
     }
 }
@@ -218,7 +224,7 @@ impl FakeEngine {
 #[async_trait]
 impl Engine for FakeEngine {
     fn kind(&self) -> EngineKind {
-        EngineKind::Mariadb
+        lock(&self.0).kind
     }
 
     fn data_dir(&self) -> &'static str {
@@ -271,6 +277,8 @@ impl Engine for FakeEngine {
         db.role = ObservedRole::Primary;
         db.read_only = false;
         db.following = None;
+        // Like the Redis engine: a promoted member takes writes.
+        db.paused = false;
         Ok(())
     }
 
@@ -296,6 +304,7 @@ impl Engine for FakeEngine {
         self.record("fence".into());
         let mut db = lock(&self.0);
         db.read_only = true;
+        db.paused = db.kind == EngineKind::Redis;
         // MariaDB: a read-only server without replication observes as read-only.
         if db.role == ObservedRole::Primary {
             db.role = ObservedRole::ReadOnly;
@@ -305,6 +314,7 @@ impl Engine for FakeEngine {
 
     async fn unfence(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
         self.record("unfence".into());
+        lock(&self.0).paused = false;
         Ok(())
     }
 }

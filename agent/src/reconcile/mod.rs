@@ -336,4 +336,34 @@ mod tests {
         assert!(!s.replication_ok, "{s:?}");
         assert_eq!(s.lag_seconds, 3, "the last lag seen with the link up");
     }
+
+    #[tokio::test]
+    async fn a_demoted_redis_primary_promoted_again_takes_writes() {
+        // Soak, Redis round 3: the first primary, killed, came back fenced (CLIENT PAUSE
+        // WRITE) as a replica and was promoted again with the pause still on.
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        if let Ok(mut db) = r.db.0.lock() {
+            db.kind = mofang_common::EngineKind::Redis;
+        }
+        r.pass(&assignment("primary", 3, "")).await;
+        let s = r.pass(&assignment("replica", 4, "10.0.0.9:6379")).await;
+        assert_eq!(
+            r.db.take_calls(),
+            [
+                "promote after=None",
+                "fence",
+                "replicate_from 10.0.0.9:6379",
+                "unfence"
+            ]
+        );
+        assert!(s.healthy && s.role == "replica", "{s:?}");
+        assert!(!r.db.0.lock().expect("db").paused, "the pause is lifted");
+        let s = r.pass(&assignment("primary", 5, "")).await;
+        assert!(s.healthy && s.role == "primary" && s.epoch == 5, "{s:?}");
+        assert!(
+            !r.db.0.lock().expect("db").paused,
+            "the primary takes writes"
+        );
+    }
 }

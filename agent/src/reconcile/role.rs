@@ -113,6 +113,10 @@ async fn carry_out(
                 // waits for a semi-sync acknowledgement from a replica that now follows the
                 // new primary can never complete and be acknowledged later.
                 engine.fence(at, secrets).await?;
+                // Recorded, so that a Redis pause is lifted below once the member follows:
+                // left in place, it outlived a later promotion and stalled every write (soak,
+                // Redis round 3: the first primary, demoted, promoted again).
+                st.fenced = true;
             }
             // Read-only first (MariaDB), then follow the new primary.
             engine.replicate_from(at, secrets, &primary).await?;
