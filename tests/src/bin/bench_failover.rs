@@ -100,22 +100,25 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// The RTO of one round from the writer's acknowledgements.
-fn rto_of(out: &SetOutcome, old: &str, new: &str, fault: Instant) -> Result<Duration> {
+/// The RTO of one round from the writer's acknowledgements: from the last write acknowledged
+/// by another primary to the first acknowledged by `new` after `fault`. After two faults in a
+/// row that is the second outage (the interim primary's last write), and the final primary
+/// can be the first one again.
+fn rto_of(out: &SetOutcome, new: &str, fault: Instant) -> Result<Duration> {
     let first_new = out
         .acks
         .iter()
         .find(|a| a.at > fault && &*a.primary == new)
         .map(|a| a.at)
         .with_context(|| format!("no write acknowledged by the new primary {new}"))?;
-    let last_old = out
+    let last_before = out
         .acks
         .iter()
         .rev()
-        .find(|a| a.at <= first_new && &*a.primary == old)
+        .find(|a| a.at <= first_new && &*a.primary != new)
         .map(|a| a.at)
-        .with_context(|| format!("no write acknowledged by the old primary {old}"))?;
-    Ok(first_new.saturating_duration_since(last_old))
+        .context("no write acknowledged by another primary before the new one")?;
+    Ok(first_new.saturating_duration_since(last_before))
 }
 
 /// (lost, unexpected) of one round: `present` is the new primary's set.
@@ -373,7 +376,7 @@ async fn mofang_round(
     let out = writer.stop().await?;
     let present = set_contents(engine, &new_addr, pw).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
-    let rto = rto_of(&out, &old_addr, &new_addr, fault_at)?;
+    let rto = rto_of(&out, &new_addr, fault_at)?;
 
     let heal_at = Instant::now();
     match fault {
@@ -818,7 +821,7 @@ async fn sentinel_round(
     let out = writer.stop().await?;
     let present = set_contents("redis", &new_addr, &setup.password).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
-    let rto = rto_of(&out, &old_addr, &new_addr, fault_at)?;
+    let rto = rto_of(&out, &new_addr, fault_at)?;
     // The killed member comes back (as Mofang's agent restarts it); Sentinel turns it into
     // a replica of the new master.
     let heal_at = Instant::now();
