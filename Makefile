@@ -1,56 +1,74 @@
-# The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first.
-.PHONY: setup demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover soak-failover
+# The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first,
+# with its purpose, so it installs what that command needs and nothing more.
+.PHONY: setup setup-demo setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover soak-failover time-to-first-db
 
 CARGO ?= cargo
 
+# Everything (what every purpose needs).
 setup:
-	scripts/setup
+	scripts/setup all
 
-build: setup
+setup-demo:
+	scripts/setup demo
+
+setup-test:
+	scripts/setup test
+
+setup-packages:
+	scripts/setup packages
+
+build: setup-test
 	$(CARGO) build --workspace --all-targets
 
-demo: setup
+# Reuses a demo that already runs (prints its state and what to try); `make demo-down` first
+# to start afresh.
+demo: setup-demo
 	scripts/demo
 
 demo-down:
 	scripts/demo-down
+
+# From a machine without the project's images to the demo's first database answer, phase by
+# phase (removes the images and the base cache first; see docs/development.md).
+time-to-first-db:
+	scripts/time-to-first-db $(ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The install test (tests/tests/install.rs) installs the packages `packages` builds.
-test: setup lint
+test: setup-test lint
 	$(CARGO) build --workspace --bins
 	scripts/packages
 	$(CARGO) test --workspace
 
 # .deb and .rpm of mofang-agent and mofang-scheduler (with the CLI) in target/packages/.
-packages: setup
+packages: setup-packages
 	scripts/packages
 
 # Scheduler benchmark: 1,000 gRPC agents, 10,000 creations over REST (see docs/benchmarks.md).
-bench: setup
+bench: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-scheduler
 
 # Metrics benchmark: agent /metrics vs mysqld_exporter + redis_exporter at 10 and 50 containers
 # (see docs/benchmarks.md).
-bench-metrics: setup
+bench-metrics: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-metrics
 
 # Failover benchmark: RTO and lost writes over 20 kills and 20 host partitions per scenario,
 # Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
-bench-failover: setup
+bench-failover: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)
 
 # The failover suite N times in a row with every core saturated by stress-ng (outside
 # `make test`: about 2 minutes a run). E.g. ARGS="10 8" (runs, test threads).
-stress-failover: setup
+stress-failover: setup-test
 	scripts/stress-failover $(ARGS)
 
 # Failover soak: every fault (kill, stop, pause, partition, agent kill -9, scheduler kill -9,
 # two kills in a row) on MariaDB and Redis under a set writer, with stress-ng on every core;
 # exits non-zero if MariaDB lost an acknowledged write or members did not converge. Bounded:
 # ARGS="--rounds 20 --minutes 60" (default 20 rounds per scenario, no time bound).
-soak-failover: setup
+soak-failover: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- --soak --stress $(ARGS)
