@@ -178,6 +178,8 @@ pub struct Ack {
     pub at: std::time::Instant,
     /// The primary address the writer was connected to.
     pub primary: std::sync::Arc<str>,
+    /// The id written.
+    pub id: u64,
 }
 
 /// Where a [`SetWriter`] learns the primary's address, asked on every (re)connect as a
@@ -372,6 +374,7 @@ impl SetWriter {
                         out.acks.push(Ack {
                             at: now,
                             primary: primary.clone(),
+                            id,
                         });
                         a.fetch_add(1, Ordering::SeqCst);
                     }

@@ -71,6 +71,9 @@ struct Round {
     acked: usize,
     /// Acknowledged writes missing on the new primary.
     lost: usize,
+    /// Fault to the acknowledgement of the last lost write (partitions: how long the cut-off
+    /// primary kept acknowledging writes; the bound is its lease).
+    lost_window: Option<Duration>,
     /// Writes on the new primary never attempted.
     unexpected: usize,
     /// End of the round to the instance being whole again (old primary a replica).
@@ -130,14 +133,30 @@ fn count_loss(out: &SetOutcome, present: &BTreeSet<u64>, first_id: u64) -> (usiz
     (out.lost(&mine).len(), out.unexpected(&mine).len())
 }
 
+/// Fault to the last acknowledgement of a lost write, if any was lost.
+fn lost_window(
+    out: &SetOutcome,
+    present: &BTreeSet<u64>,
+    first_id: u64,
+    fault: Instant,
+) -> Option<Duration> {
+    out.acks
+        .iter()
+        .filter(|a| a.id >= first_id && a.id < first_id + ID_BLOCK && !present.contains(&a.id))
+        .map(|a| a.at.saturating_duration_since(fault))
+        .max()
+}
+
 fn print_round(scenario: &str, i: usize, r: &Round) {
     println!(
-        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}  unexpected {}  whole again after {}",
+        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}{}  unexpected {}  whole again after {}",
         i + 1,
         secs(r.rto),
         secs(r.switched),
         r.acked,
         r.lost,
+        r.lost_window
+            .map_or(String::new(), |w| format!(" (last acknowledged {} after the fault)", secs(w))),
         r.unexpected,
         secs(r.healed)
     );
@@ -376,6 +395,7 @@ async fn mofang_round(
     let out = writer.stop().await?;
     let present = set_contents(engine, &new_addr, pw).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
+    let lost_window = lost_window(&out, &present, first_id, fault_at);
     let rto = rto_of(&out, &new_addr, fault_at)?;
 
     let heal_at = Instant::now();
@@ -397,6 +417,7 @@ async fn mofang_round(
         switched,
         acked: out.acked.len(),
         lost,
+        lost_window,
         unexpected,
         healed: heal_at.elapsed(),
         converged,
@@ -821,6 +842,7 @@ async fn sentinel_round(
     let out = writer.stop().await?;
     let present = set_contents("redis", &new_addr, &setup.password).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
+    let lost_window = lost_window(&out, &present, first_id, fault_at);
     let rto = rto_of(&out, &new_addr, fault_at)?;
     // The killed member comes back (as Mofang's agent restarts it); Sentinel turns it into
     // a replica of the new master.
@@ -832,6 +854,7 @@ async fn sentinel_round(
         switched,
         acked: out.acked.len(),
         lost,
+        lost_window,
         unexpected,
         healed: heal_at.elapsed(),
         // Not checked for Sentinel (the anchor for RTO only).
