@@ -44,6 +44,36 @@ async fn connect(at: &Target, secrets: &Secrets) -> Result<Conn> {
     Conn::new(opts).await.map_err(|e| err(at, e))
 }
 
+/// Milliseconds per named step since the previous one, for a debug log line.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, (now - self.last).as_millis()));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.done.iter().enumerate() {
+            write!(f, "{}{step}={ms}ms", if i > 0 { " " } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
 /// SQL string literal for values we generated or validated (addresses, passwords).
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -299,7 +329,10 @@ impl Engine for MariaDb {
         after: Option<&str>,
     ) -> Result<()> {
         timed_for(NAME, at, super::PROMOTE_TIMEOUT, async {
+            // Where a promotion's time goes (issue 13, RTO): logged at debug, per step.
+            let mut steps = Steps::new();
             let mut c = connect(at, s).await?;
+            steps.mark("connect");
             if let Some(pos) = after.filter(|p| !p.is_empty()) {
                 // Switchover: the old primary is fenced at `pos`; reach it before opening.
                 let limit = super::PROMOTE_TIMEOUT.as_secs() - 5;
@@ -321,6 +354,7 @@ impl Engine for MariaDb {
                 c.query_drop("STOP SLAVE IO_THREAD")
                     .await
                     .map_err(|e| err(at, e))?;
+                steps.mark("stop_io");
                 let received = Self::slave_status(&mut c, at)
                     .await?
                     .and_then(|r| get_str(&r, "Gtid_IO_Pos"))
@@ -347,11 +381,13 @@ impl Engine for MariaDb {
                             format!("relay log not applied up to {received} in {limit} s"),
                         ));
                     }
+                    steps.mark("relay_applied");
                 }
                 c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
                 c.query_drop("RESET SLAVE ALL")
                     .await
                     .map_err(|e| err(at, e))?;
+                steps.mark("reset");
             }
             // Semi-sync waits only when there are replicas to wait for; a lone primary
             // would otherwise stall every commit for rpl_semi_sync_master_timeout.
@@ -362,6 +398,8 @@ impl Engine for MariaDb {
             c.query_drop("SET GLOBAL read_only = OFF")
                 .await
                 .map_err(|e| err(at, e))?;
+            steps.mark("open");
+            tracing::debug!(member_at = %at, steps = %steps, "promotion steps");
             let _ = c.disconnect().await;
             Ok(())
         })
@@ -370,7 +408,9 @@ impl Engine for MariaDb {
 
     async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
         timed(NAME, at, async {
+            let mut steps = Steps::new();
             let mut c = connect(at, s).await?;
+            steps.mark("connect");
             c.query_drop("SET GLOBAL read_only = ON")
                 .await
                 .map_err(|e| err(at, e))?;
@@ -395,6 +435,7 @@ impl Engine for MariaDb {
                     return Ok(());
                 }
                 c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+                steps.mark("stop");
             } else {
                 // Not a replica until now (a demoted or rejoining old primary): it continues
                 // from everything it has, its own binlog included.
@@ -413,6 +454,8 @@ impl Engine for MariaDb {
             .await
             .map_err(|e| err(at, e))?;
             c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+            steps.mark("repointed");
+            tracing::debug!(member_at = %at, steps = %steps, "repoint steps");
             let _ = c.disconnect().await;
             Ok(())
         })
