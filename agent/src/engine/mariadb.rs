@@ -537,3 +537,18 @@ fn merge_positions(applied: &str, received: &str) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotion_steps_print_as_one_line() {
+        let mut st = Steps::new();
+        st.mark("connect");
+        st.mark("open");
+        let line = st.to_string();
+        assert!(line.starts_with("connect=") && line.contains(" open="), "{line}");
+        assert!(line.ends_with("ms"), "{line}");
+    }
+}
