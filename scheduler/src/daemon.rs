@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+/// Least time between two failover passes a heartbeat asked for.
+const FAILOVER_WAKE_SPACING: Duration = Duration::from_millis(50);
+
 /// Errors that stop the scheduler from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -266,6 +269,15 @@ pub async fn start(
                             c.check_nodes().await;
                             c.check_failovers().await;
                         }
+                    }
+                    // A heartbeat changed what a pass decides on: no wait for the tick,
+                    // but at most one extra pass per FAILOVER_WAKE_SPACING (a mass failure
+                    // must not turn every heartbeat into a pass).
+                    _ = c.failover_wanted() => {
+                        if c.is_active() {
+                            c.check_failovers().await;
+                        }
+                        tokio::time::sleep(FAILOVER_WAKE_SPACING).await;
                     }
                 }
             }

@@ -115,6 +115,9 @@ pub struct Cluster {
     active: std::sync::atomic::AtomicBool,
     /// The leader's REST address, as the election reports it (followers redirect there).
     leader: Mutex<Option<String>>,
+    /// A heartbeat changed something a failover pass decides on (a suspect instance's member,
+    /// or an in-flight failover's): the next pass need not wait for the tick.
+    failover_wake: tokio::sync::Notify,
 }
 
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
@@ -170,6 +173,7 @@ impl Cluster {
             counters: Counters::default(),
             active: std::sync::atomic::AtomicBool::new(true),
             leader: Mutex::new(None),
+            failover_wake: tokio::sync::Notify::new(),
         }))
     }
 

@@ -19,7 +19,28 @@ pub(super) struct Live {
     pub(super) down_reported: bool,
 }
 
+/// What a failover pass decides on changed between two statuses of a member (or it is new).
+fn decision_changed(old: Option<&MemberStatus>, new: &MemberStatus) -> bool {
+    old.is_none_or(|o| {
+        o.healthy != new.healthy
+            || o.held != new.held
+            || o.failed != new.failed
+            || o.failed_checks != new.failed_checks
+            || o.replication_ok != new.replication_ok
+            || o.container_state != new.container_state
+            || o.role != new.role
+            || o.epoch != new.epoch
+    })
+}
+
 impl Cluster {
+    /// Returns when a heartbeat changed what a failover pass decides on (at once if one did
+    /// since the last call): the scheduler's liveness loop runs a pass then instead of
+    /// waiting for its tick.
+    pub async fn failover_wanted(&self) {
+        self.failover_wake.notified().await;
+    }
+
     /// A heartbeat: remember what the agent sees; push new desired states if a primary's
     /// address changed (replicas follow it).
     /// Returns the node's latest desired-state revision, or None for an unregistered node.
@@ -29,11 +50,13 @@ impl Cluster {
             return None;
         }
         let mut moved_primaries = Vec::new();
+        let mut wake = false;
         let Inner {
             live,
             instances,
             last_lag,
             suspects,
+            inflight,
             ..
         } = &mut *inner;
         let live = live.entry(hb.node.clone()).or_insert_with(|| Live {
@@ -72,6 +95,8 @@ impl Cluster {
             if !crate::failover::decide::calm(&m) && !suspects.contains(&m.instance) {
                 suspects.insert(m.instance.clone());
             }
+            wake |= (suspects.contains(&m.instance) || inflight.contains_key(&m.instance))
+                && decision_changed(live.members.get(&m.member), &m);
             match live.members.get_mut(&m.member) {
                 Some(slot) => *slot = m,
                 None => {
@@ -81,6 +106,9 @@ impl Cluster {
         }
         if was_down {
             info!(node = %hb.node, "node is back");
+        }
+        if wake {
+            self.failover_wake.notify_one();
         }
         // Replicas learn the primary's (new) address.
         let mut nodes = Vec::new();
@@ -219,5 +247,48 @@ mod tests {
             "a replica is promoted, not the held primary: {after:?}"
         );
         assert_eq!(after.epoch, i.epoch + 1);
+    }
+
+    /// Issue 13, point 8: a pass no longer waits up to a tick (250 ms) for a change it decides
+    /// on; calm heartbeats ask for nothing.
+    #[tokio::test]
+    async fn a_failing_member_asks_for_a_failover_pass_and_calm_heartbeats_do_not() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = cluster_on(store, &three_ssd_nodes()).await;
+        let i = c
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        let p = i.primary().expect("primary").clone();
+        let status = |held: bool| MemberStatus {
+            member: p.id.clone(),
+            instance: "one".into(),
+            container_state: if held { "exited" } else { "running" }.into(),
+            role: "primary".into(),
+            epoch: i.epoch,
+            healthy: !held,
+            held,
+            ..Default::default()
+        };
+        let beat = |held: bool| {
+            c.heartbeat(HeartbeatRequest {
+                node: p.node.clone(),
+                members: vec![status(held)],
+                ..Default::default()
+            })
+        };
+        let asked = || async {
+            tokio::time::timeout(Duration::from_millis(20), c.failover_wanted())
+                .await
+                .is_ok()
+        };
+        beat(false);
+        beat(false);
+        assert!(!asked().await, "a healthy primary asks for nothing");
+        beat(true);
+        assert!(asked().await, "a held primary asks for a pass at once");
+        beat(true);
+        assert!(!asked().await, "the same report again asks for nothing");
     }
 }
