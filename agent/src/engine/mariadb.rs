@@ -548,7 +548,10 @@ mod tests {
         st.mark("connect");
         st.mark("open");
         let line = st.to_string();
-        assert!(line.starts_with("connect=") && line.contains(" open="), "{line}");
+        assert!(
+            line.starts_with("connect=") && line.contains(" open="),
+            "{line}"
+        );
         assert!(line.ends_with("ms"), "{line}");
     }
 }
