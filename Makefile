@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first,
 # with its purpose, so it installs what that command needs and nothing more.
-.PHONY: setup setup-demo setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover stress-failover soak-failover time-to-first-db
+.PHONY: setup setup-demo setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision stress-failover soak-failover time-to-first-db
 
 CARGO ?= cargo
 
@@ -60,6 +60,12 @@ bench-metrics: setup-test
 # Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
 bench-failover: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)
+
+# Provisioning latency: MariaDB and Redis 1 primary + 2 replicas created N times, phase by
+# phase, next to a bare `docker run` of the same image to its ping (see docs/benchmarks.md).
+# E.g. ARGS="--runs 10" (default 5).
+bench-provision: setup-test
+	$(CARGO) run --release -q -p mofang-tests --bin bench-provision -- $(ARGS)
 
 # The failover suite N times in a row with every core saturated by stress-ng (outside
 # `make test`: about 2 minutes a run). E.g. ARGS="10 8" (runs, test threads).

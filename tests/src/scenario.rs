@@ -522,3 +522,20 @@ pub fn docker_cli(args: &[&str]) -> Result<String> {
 pub fn container_of(member: &str) -> String {
     format!("mofang-{member}")
 }
+
+/// Nearest-rank percentile (`p` in 0..=1) of sorted samples; zero for none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The machine's 1, 5 and 15 minute load averages: benchmarks share the machine with
+/// whatever else runs, and their figures move with it.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
