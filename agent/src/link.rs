@@ -158,6 +158,15 @@ impl Lease {
         self.inner.ttl
     }
 
+    /// How long the lease still holds: None when it does not hold now.
+    pub fn remaining(&self) -> Option<Duration> {
+        let at = self.last_ack()?;
+        self.inner
+            .ttl
+            .checked_sub(at.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
     /// Whether the lease holds at `now`.
     fn valid_at(&self, now: Instant) -> bool {
         self.last_ack()

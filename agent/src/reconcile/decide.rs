@@ -7,6 +7,7 @@ use crate::engine::Target;
 use crate::state::MemberState;
 use mofang_common::proto::Assignment;
 use mofang_common::Role;
+use std::time::Duration;
 
 /// Restarts within [`CRASH_WINDOW_MS`] after which the agent stops restarting a member and
 /// reports it failed (the scheduler replaces it).
@@ -203,9 +204,41 @@ pub fn role_step(
     }
 }
 
+/// A member in good order is looked at again after this long.
+pub const STEADY_LOOK: Duration = Duration::from_secs(1);
+
+/// When to look at a member in good order again: after [`STEADY_LOOK`], but an open primary
+/// no later than just after its lease runs out, so the fence (Redis: writes paused; MariaDB:
+/// read-only) comes at `lease_ttl`, not up to a steady look later. Before, a partitioned Redis
+/// primary acknowledged writes for up to `lease_ttl` + 1 s (soak: 2.9 s with a 2 s lease).
+pub fn next_look(role: &DesiredRole, fenced: bool, lease_left: Option<Duration>) -> Duration {
+    match (role, fenced, lease_left) {
+        (DesiredRole::Primary { fence: false, .. }, false, Some(left)) => {
+            STEADY_LOOK.min(left + Duration::from_millis(5))
+        }
+        _ => STEADY_LOOK,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_primary_is_looked_at_again_when_its_lease_runs_out() {
+        let open = primary();
+        let left = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(
+            next_look(&open, false, left(300)),
+            Duration::from_millis(305)
+        );
+        assert_eq!(next_look(&open, false, left(5000)), STEADY_LOOK);
+        // Lease gone (fenced next pass anyway), already fenced, or a replica: steady.
+        assert_eq!(next_look(&open, false, None), STEADY_LOOK);
+        assert_eq!(next_look(&open, true, left(300)), STEADY_LOOK);
+        let replica = DesiredRole::Replica { primary: None };
+        assert_eq!(next_look(&replica, false, left(300)), STEADY_LOOK);
+    }
 
     fn assignment(role: &str, primary: &str) -> Assignment {
         Assignment {

@@ -5,7 +5,7 @@
 use super::answers::Server;
 use super::config::Configured;
 use super::container::rebuild;
-use super::decide::DesiredRole;
+use super::decide::{self, DesiredRole};
 use super::status::status;
 use super::{volume, Action, Member, Result, Step, WorkerMemo};
 use crate::engine::{Observation, ObservedRole, Target};
@@ -100,7 +100,7 @@ pub(super) fn report(
         },
     };
     sh.set_status(s);
-    Action::Requeue(Duration::from_secs(1))
+    Action::Requeue(decide::next_look(m.role, st.fenced, sh.lease.remaining()))
 }
 
 /// True when a replica observed following `following` (`host:port`) follows `primary`.
