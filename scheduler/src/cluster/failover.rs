@@ -393,8 +393,14 @@ impl Cluster {
                 }
                 old.clone()
             }
-            // Positions not final yet, or the most advanced replica cannot be promoted:
-            // wait (the next pass asks again) rather than lose what it holds.
+            // Positions not final yet: the replicas are asked to look and report at once
+            // rather than at their next steady look (up to a second later).
+            Err(e @ NoPromotion::NotSettled { .. }) => {
+                self.nudge_replicas(&inst);
+                return Err(Refusal::from(e).into());
+            }
+            // The most advanced replica cannot be promoted: wait (the next pass asks again)
+            // rather than lose what it holds.
             Err(e) => return Err(Refusal::from(e).into()),
         };
         let epoch = inst.epoch + 1;
@@ -875,6 +881,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends the nodes of `inst`'s replicas their desired state again (a new revision, the
+    /// same assignments), once per epoch: an agent looks at every member of its node when a
+    /// desired state arrives, so a replica whose link to the failed primary is down says so
+    /// now, not at its next steady look. The push travels on the watch stream, so it does not
+    /// wait for a heartbeat either.
+    fn nudge_replicas(&self, inst: &Instance) {
+        let mut inner = lock(&self.inner);
+        if inner.nudged.get(&inst.spec.name) == Some(&inst.epoch) {
+            return;
+        }
+        inner.nudged.insert(inst.spec.name.clone(), inst.epoch);
+        let mut nodes: Vec<String> = inst
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Replica)
+            .map(|m| m.node.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        self.push_nodes(&mut inner, &nodes);
+    }
+
     /// On taking charge: everything a previous scheduler left half done. Switchovers cut short
     /// are undone ([`Cluster::abandon_switchovers`]); failovers it decided less than
     /// `completion_timeout_ms` ago are in flight again, from when they were decided.
@@ -1136,5 +1164,75 @@ mod tests {
                 .any(|e| e.kind == EventKind::FailoverCompleted.as_str()),
             "{ev:?}"
         );
+    }
+
+    /// Issue 13, point 8: a failover waiting for the replicas' final positions asks them to
+    /// report at once (a new desired-state revision wakes every member of their nodes), once
+    /// per epoch.
+    #[tokio::test]
+    async fn replicas_not_settled_are_asked_to_report_once_per_epoch() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = cluster_on(store, &three_ssd_nodes()).await;
+        let i = c
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        let node_of = |id: &str| {
+            i.members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.node.clone())
+                .expect("member")
+        };
+        let watchers: Vec<_> = ["one-0", "one-1", "one-2"]
+            .iter()
+            .map(|m| c.watch(&node_of(m)))
+            .collect();
+        let revisions = || -> Vec<u64> { watchers.iter().map(|w| w.borrow().revision).collect() };
+        let status = |id: &str| MemberStatus {
+            member: id.into(),
+            instance: "one".into(),
+            container_state: "running".into(),
+            role: "replica".into(),
+            epoch: i.epoch,
+            position: "0-1-40".into(),
+            lag_seconds: 0,
+            // The link to the dead primary still looks up: positions not final.
+            replication_ok: true,
+            healthy: true,
+            ..Default::default()
+        };
+        report(
+            &c,
+            &node_of("one-0"),
+            MemberStatus {
+                container_state: "exited".into(),
+                role: "unknown".into(),
+                held: true,
+                replication_ok: false,
+                healthy: false,
+                lag_seconds: -1,
+                ..status("one-0")
+            },
+        );
+        report(&c, &node_of("one-1"), status("one-1"));
+        report(&c, &node_of("one-2"), status("one-2"));
+        let before = revisions();
+        let e = c
+            .fail_over("one", "test", None, Trigger::Operator)
+            .await
+            .expect_err("not settled");
+        assert!(e.to_string().contains("final position"), "{e}");
+        let after = revisions();
+        assert_eq!(after[0], before[0], "the dead primary's node is not asked");
+        assert!(
+            after[1] > before[1] && after[2] > before[2],
+            "{before:?} -> {after:?}"
+        );
+        c.fail_over("one", "test", None, Trigger::Operator)
+            .await
+            .expect_err("still not settled");
+        assert_eq!(revisions(), after, "asked once per epoch");
     }
 }

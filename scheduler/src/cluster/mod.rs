@@ -97,6 +97,9 @@ struct Inner {
     /// Instances with a member whose agent reported trouble (see [`crate::failover::decide::calm`]); the failover
     /// pass assesses these and those on silent nodes, not every instance.
     suspects: HashSet<String>,
+    /// The epoch at which each instance's replicas were last asked to report at once (a
+    /// failover waiting for their final positions asks once per epoch).
+    nudged: HashMap<String, u64>,
     /// Registered nodes ordered by placement score, kept in step with `nodes` and `reserved`.
     ranking: placement::Ranking,
     /// Distinct `zone` labels among registered nodes (no label counts as one zone).
@@ -230,6 +233,7 @@ impl Cluster {
             inner.reported.clear();
             inner.last_lag.clear();
             inner.suspects.clear();
+            inner.nudged.clear();
         }
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
         self.take_charge().await
