@@ -10,13 +10,16 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// A scheduler and agents (one zone each: a, b, c, d, ...) on one test network, each agent
-/// reaching the scheduler through its own [`Link`] (cut to partition it).
+/// reaching the scheduler through its own [`Link`] (cut to partition it); or, from
+/// [`Env::start_ha`], three schedulers on one Consul that every agent knows directly.
 pub struct Env {
-    /// The scheduler.
+    /// The scheduler (the first of an HA environment).
     pub sched: SchedulerProcess,
+    /// The other schedulers of an HA environment; empty with one scheduler.
+    pub peers: Vec<SchedulerProcess>,
     /// The agents, in zone order.
     pub agents: Vec<AgentProcess>,
-    /// Each agent's link to the scheduler.
+    /// Each agent's link to the scheduler (none in an HA environment).
     pub links: Vec<Link>,
     /// The members' network.
     pub net: TestNetwork,
@@ -60,6 +63,7 @@ impl Env {
         let token = sched.admin_token()?;
         let env = Env {
             sched,
+            peers: Vec::new(),
             agents,
             links,
             net,
@@ -70,24 +74,126 @@ impl Env {
         Ok(env)
     }
 
-    /// See the test files.
+    /// Three schedulers on the Consul at `consul` (one store prefix, session TTL 10 s,
+    /// lock-delay 1 s, one configured admin token), `sched_extra` appended to each config,
+    /// and `nodes` agents that know all three. No links: no partitions here.
+    pub async fn start_ha(
+        nodes: usize,
+        consul: &str,
+        sched_extra: &str,
+        timings: &Timings,
+    ) -> Result<Env> {
+        let _ = docker().await;
+        let net = TestNetwork::create(&unique_name("net"))?;
+        let token = format!("{}-admin-token", unique_name("ha"));
+        let config = format!(
+            "store = \"consul\"\n{sched_extra}\n[consul]\naddress = \"{consul}\"\n\
+             prefix = \"{}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n\
+             [[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{token}\"\n",
+            unique_name("mofang")
+        );
+        let mut scheds = Vec::new();
+        for _ in 0..3 {
+            scheds.push(SchedulerProcess::start_timed(&config, timings)?);
+        }
+        let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
+        let mut agents = Vec::new();
+        for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
+            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
+            agents.push(AgentProcess::start_timed(
+                &unique_name("node"),
+                &endpoints,
+                &net.name,
+                4096,
+                &extra,
+                timings,
+            )?);
+        }
+        let sched = scheds.remove(0);
+        let env = Env {
+            sched,
+            peers: scheds,
+            agents,
+            links: Vec::new(),
+            net,
+            // A follower forwards to the leader; while the leader is changing, a forwarded
+            // call can hang: the caller tries again.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            token,
+        };
+        env.leader(Duration::from_secs(60)).await?;
+        env.wait_ready_nodes(nodes).await?;
+        Ok(env)
+    }
+
+    /// Every scheduler: [`Env::sched`], then the [`Env::peers`].
+    pub fn schedulers(&self) -> impl Iterator<Item = &SchedulerProcess> {
+        std::iter::once(&self.sched).chain(&self.peers)
+    }
+
+    /// Scheduler `i` in [`Env::schedulers`] order.
+    pub fn scheduler_mut(&mut self, i: usize) -> Result<&mut SchedulerProcess> {
+        match i {
+            0 => Ok(&mut self.sched),
+            _ => self.peers.get_mut(i - 1).context("no such scheduler"),
+        }
+    }
+
+    /// Index (in [`Env::schedulers`] order) of the scheduler whose `/v1/health` says it
+    /// leads, waiting up to `limit` for one.
+    pub async fn leader(&self, limit: Duration) -> Result<usize> {
+        eventually("a scheduler leads", limit, || async {
+            for (i, s) in self.schedulers().enumerate() {
+                let h = self
+                    .http
+                    .get(format!("{}/v1/health", s.rest))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                let Ok(h) = h else { continue };
+                if h.json::<Value>().await.is_ok_and(|h| h["leader"] == true) {
+                    return Ok(i);
+                }
+            }
+            bail!("no scheduler leads")
+        })
+        .await
+    }
+
+    /// A REST call, to the first scheduler that answers: one that is down or answers 503
+    /// (it knows no leader, or cannot reach it: nothing was applied) is passed over for the
+    /// next. A follower forwards the call to the leader and relays its answer.
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.sched.rest))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+        let count = 1 + self.peers.len();
+        for (i, s) in self.schedulers().enumerate() {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", s.rest))
+                .bearer_auth(&self.token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let last = i + 1 == count;
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(_) if !last => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let status = resp.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE && !last {
+                continue;
+            }
+            let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+            return Ok((status, v));
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, v))
+        bail!("no scheduler")
     }
 
     /// See the test files.

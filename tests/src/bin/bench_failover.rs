@@ -12,7 +12,9 @@
 //! Scenarios: mariadb-kill, mariadb-partition, redis-kill, sentinel-kill (the default set),
 //! and mariadb-partition-production (the daemons' default timers: lease 10 s, node_ttl 5 s).
 //! Every `<engine>-<fault>` runs, for engine `mariadb` or `redis` and fault `kill`, `stop`,
-//! `pause`, `partition`, `agent-kill`, `scheduler-kill` or `double-kill` (see [`Fault`]).
+//! `pause`, `partition`, `agent-kill`, `scheduler-kill`, `leader-kill` or `double-kill` (see
+//! [`Fault`]). `leader-kill` runs three schedulers on one Consul (a `consul` binary, installed
+//! by scripts/setup); the others one scheduler with its SQLite store.
 //!
 //! `--soak` (`make soak-failover`) runs every fault on both engines, rounds taken in turn
 //! across scenarios until `--rounds` each or `--minutes` in all; `--stress` saturates every
@@ -23,6 +25,7 @@
 
 use anyhow::{bail, Context, Result};
 use mofang_tests::cluster::{TestNetwork, Timings};
+use mofang_tests::coord::ConsulProcess;
 use mofang_tests::faults::{isolate, rejoin};
 use mofang_tests::scenario::{
     container_of, docker_cli, set_contents, Env, PrimarySource, SetOutcome, SetWriter,
@@ -80,6 +83,9 @@ struct Round {
     healed: Duration,
     /// Every member holds exactly the primary's set of this round's ids.
     converged: bool,
+    /// `leader-kill`: the leader's `kill -9` to another scheduler (or the restarted one)
+    /// saying it leads.
+    new_leader: Option<Duration>,
 }
 
 struct Scenario {
@@ -149,7 +155,7 @@ fn lost_window(
 
 fn print_round(scenario: &str, i: usize, r: &Round) {
     println!(
-        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}{}  unexpected {}  whole again after {}",
+        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}{}  unexpected {}  whole again after {}  converged {}{}",
         i + 1,
         secs(r.rto),
         secs(r.switched),
@@ -158,7 +164,10 @@ fn print_round(scenario: &str, i: usize, r: &Round) {
         r.lost_window
             .map_or(String::new(), |w| format!(" (last acknowledged {} after the fault)", secs(w))),
         r.unexpected,
-        secs(r.healed)
+        secs(r.healed),
+        if r.converged { "yes" } else { "NO" },
+        r.new_leader
+            .map_or(String::new(), |d| format!("  new leader {} after the kill", secs(d))),
     );
 }
 
@@ -183,19 +192,25 @@ enum Fault {
     /// `docker kill` of the primary's container, then `kill -9` of the scheduler as the
     /// failover starts, restarted at once on the same data: the new process finishes the job.
     SchedulerKill,
+    /// Three schedulers on one Consul: `docker kill` of the primary's container, then
+    /// `kill -9` of the leading scheduler as the failover starts, restarted at once on the
+    /// same data: the new leader (elected once the dead one's Consul session is gone)
+    /// finishes the job.
+    LeaderKill,
     /// `docker kill` of the primary, and of the new primary as soon as it is healthy, before
     /// the first one has rejoined: the third member must take over with every write.
     DoubleKill,
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 8] = [
         Fault::Kill,
         Fault::Stop,
         Fault::Pause,
         Fault::Partition,
         Fault::AgentKill,
         Fault::SchedulerKill,
+        Fault::LeaderKill,
         Fault::DoubleKill,
     ];
 
@@ -207,6 +222,7 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::AgentKill => "agent-kill",
             Fault::SchedulerKill => "scheduler-kill",
+            Fault::LeaderKill => "leader-kill",
             Fault::DoubleKill => "double-kill",
         }
     }
@@ -325,6 +341,11 @@ async fn mofang_round(
         .await?;
     let container = container_of(&old_id);
     let agent = env.agent_of(&inst, &old_id)?;
+    let leader = match fault {
+        Fault::LeaderKill => env.leader(Duration::from_secs(60)).await?,
+        _ => 0,
+    };
+    let mut new_leader = None;
     let fault_at = Instant::now();
     match fault {
         Fault::Kill | Fault::DoubleKill => {
@@ -347,6 +368,14 @@ async fn mofang_round(
             tokio::time::sleep(Duration::from_millis(400)).await;
             env.sched.restart()?;
         }
+        Fault::LeaderKill => {
+            docker_cli(&["kill", &container])?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let killed = Instant::now();
+            env.scheduler_mut(leader)?.restart()?;
+            env.leader(Duration::from_secs(120)).await?;
+            new_leader = Some(killed.elapsed());
+        }
         Fault::Partition => {
             let peers: Vec<String> = inst["members"]
                 .as_array()
@@ -359,15 +388,21 @@ async fn mofang_round(
             isolate(&container, &peers)?;
         }
     }
-    // When the API names another primary (what a reconnecting client gets).
+    // When the API names another primary (what a reconnecting client gets). A leader just
+    // elected may answer an error for a moment.
     let switched = loop {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        let p = v["primary"].as_str().unwrap_or_default();
+        let v = env.get(&format!("/v1/instances/{name}")).await;
+        let p = v
+            .as_ref()
+            .map_or("", |v| v["primary"].as_str().unwrap_or_default());
         if !p.is_empty() && p != old_addr {
             break fault_at.elapsed();
         }
         if fault_at.elapsed() > Duration::from_secs(120) {
-            bail!("no new primary named within 120 s: {v}");
+            bail!(
+                "no new primary named within 120 s: {}",
+                v.map_or_else(|e| format!("{e:#}"), |v| v.to_string())
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -421,6 +456,7 @@ async fn mofang_round(
         unexpected,
         healed: heal_at.elapsed(),
         converged,
+        new_leader,
     })
 }
 
@@ -438,9 +474,22 @@ async fn mofang_scenario(
         "[failover]\nlease_ttl_ms = {}\nfailover_block_period_ms = 0\nreplace_after_ms = 3600000\n",
         timings.lease_ttl_ms
     );
-    let mut env = Env::start_timed(3, &extra, &timings).await?;
+    // Declared before the environment, so dropped after its schedulers.
+    let consul = match fault {
+        Fault::LeaderKill => Some(ConsulProcess::start().await?),
+        _ => None,
+    };
+    let mut env = match &consul {
+        Some(c) => Env::start_ha(3, &c.http, &extra, &timings).await?,
+        None => Env::start_timed(3, &extra, &timings).await?,
+    };
     let what = format!(
-        "{engine}, 1 primary + 2 replicas on 3 agents; agents' lease {} s, node_ttl {} s, heartbeats every {} ms",
+        "{engine}, 1 primary + 2 replicas on 3 agents{}; agents' lease {} s, node_ttl {} s, heartbeats every {} ms",
+        if consul.is_some() {
+            ", 3 schedulers on one Consul (session TTL 10 s, lock-delay 1 s)"
+        } else {
+            ""
+        },
         timings.lease_ttl_ms as f64 / 1000.0,
         timings.node_ttl_ms as f64 / 1000.0,
         timings.heartbeat_interval_ms
@@ -494,6 +543,9 @@ async fn mofang_scenario(
             std::fs::write(format!("{dir}/{label}-agent{i}.log"), a.log())?;
         }
         std::fs::write(format!("{dir}/{label}-scheduler.log"), env.sched.log())?;
+        for (i, s) in env.peers.iter().enumerate() {
+            std::fs::write(format!("{dir}/{label}-scheduler{}.log", i + 1), s.log())?;
+        }
     }
     Ok(Scenario {
         name: label.to_owned(),
@@ -859,6 +911,7 @@ async fn sentinel_round(
         healed: heal_at.elapsed(),
         // Not checked for Sentinel (the anchor for RTO only).
         converged: true,
+        new_leader: None,
     })
 }
 
