@@ -24,6 +24,10 @@ pub(super) struct InFlight {
     old_primary: String,
     new_primary: String,
     reason: String,
+    /// Decided by a previous scheduler: whether it is still under way is learned from the
+    /// new primary's first report (an older epoch: under way; this epoch: it completed
+    /// before, and anything wrong now is a new failure).
+    resumed: bool,
 }
 
 /// What the failover pass knows of one node.
@@ -472,6 +476,7 @@ impl Cluster {
                 old_primary: old,
                 new_primary: new,
                 reason: reason.to_owned(),
+                resumed: false,
             },
         );
         Ok(stored)
@@ -503,6 +508,7 @@ impl Cluster {
     async fn confirm_inflight(&self) {
         let timeout = Duration::from_millis(self.failover.completion_timeout_ms);
         let mut done = Vec::new();
+        let mut forget = Vec::new();
         {
             let inner = lock(&self.inner);
             for (name, f) in &inner.inflight {
@@ -510,24 +516,28 @@ impl Cluster {
                     done.push((name.clone(), f.clone(), None));
                     continue;
                 };
-                let ok = i
+                let status = i
                     .members
                     .iter()
                     .find(|m| m.id == f.new_primary)
-                    .and_then(|m| inner.live.get(&m.node)?.members.get(&m.id))
-                    .is_some_and(|s| {
-                        s.healthy
-                            && s.epoch == f.epoch
-                            && ObservedRole::parse(&s.role) == Some(ObservedRole::Primary)
-                    });
-                if ok {
+                    .and_then(|m| inner.live.get(&m.node)?.members.get(&m.id));
+                let ok = status.is_some_and(|s| {
+                    s.healthy
+                        && s.epoch == f.epoch
+                        && ObservedRole::parse(&s.role) == Some(ObservedRole::Primary)
+                });
+                if f.resumed && !ok && status.is_some_and(|s| s.epoch >= f.epoch) {
+                    // It had completed before this scheduler took charge: not in flight,
+                    // and a primary failing now is a new failure for the pass to judge.
+                    forget.push(name.clone());
+                } else if ok {
                     done.push((name.clone(), f.clone(), Some(true)));
                 } else if f.started.elapsed() > timeout {
                     done.push((name.clone(), f.clone(), Some(false)));
                 }
             }
             let mut inner = inner;
-            for (name, _, _) in &done {
+            for name in done.iter().map(|(n, _, _)| n).chain(&forget) {
                 inner.inflight.remove(name);
             }
         }
@@ -941,6 +951,7 @@ impl Cluster {
                         old_primary: String::new(),
                         new_primary: i.primary()?.id.clone(),
                         reason: "decided by a previous scheduler".into(),
+                        resumed: true,
                     },
                 ))
             })
@@ -1234,5 +1245,80 @@ mod tests {
             .await
             .expect_err("still not settled");
         assert_eq!(revisions(), after, "asked once per epoch");
+    }
+
+    /// Soak, scheduler `kill -9` 0.4 s after a primary's container: the failover decided in
+    /// the previous round (seconds earlier, completed) was taken for one in flight and the new
+    /// failure waited for `completion_timeout_ms` (RTO 50 s). A resumed failover whose new
+    /// primary already reports its epoch is over.
+    #[tokio::test]
+    async fn a_failover_completed_before_a_restart_does_not_hold_up_the_next() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
+        let i = first
+            .create_instance(spec("one", 100, None))
+            .await
+            .expect("create");
+        let mut next = i.clone();
+        next.epoch = 2;
+        next.last_failover_ms = now_ms();
+        for m in &mut next.members {
+            m.role = if m.id == "one-1" {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+        }
+        first.write(next, vec![]).await.expect("decided");
+        drop(first);
+        let cfg = FailoverConfig {
+            failover_block_period_ms: 0,
+            ..Default::default()
+        };
+        let c = Cluster::load_with(store.clone(), Duration::from_secs(30), cfg)
+            .await
+            .expect("reload");
+        c.activate().await.expect("activate");
+        let node_of = |id: &str| {
+            i.members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.node.clone())
+                .expect("member")
+        };
+        // one-1 was promoted at epoch 2 (completed), then its container died.
+        let status = |id: &str| MemberStatus {
+            member: id.into(),
+            instance: "one".into(),
+            engine: "mariadb".into(),
+            container_state: "running".into(),
+            role: "replica".into(),
+            epoch: 2,
+            address: format!("10.0.0.{}:3306", id.len()),
+            position: "0-2-90".into(),
+            lag_seconds: 0,
+            read_only: true,
+            checked_at_ms: now_ms(),
+            ..Default::default()
+        };
+        report(
+            &c,
+            &node_of("one-1"),
+            MemberStatus {
+                container_state: "exited".into(),
+                role: "unknown".into(),
+                held: true,
+                lag_seconds: -1,
+                ..status("one-1")
+            },
+        );
+        report(&c, &node_of("one-0"), status("one-0"));
+        report(&c, &node_of("one-2"), status("one-2"));
+        c.check_failovers().await;
+        c.check_failovers().await;
+        let now = store.instances().await.expect("instances");
+        assert_eq!(now[0].epoch, 3, "failed over again at once: {:?}", now[0]);
+        assert_ne!(now[0].primary().map(|p| p.id.as_str()), Some("one-1"));
     }
 }
