@@ -632,11 +632,20 @@ impl utoipa::Modify for BearerAuth {
 /// path, token and body) and its answer relayed; 503 while no leader is known. Clients may
 /// talk to any scheduler. (A 307 would make clients drop the token: they do not resend
 /// credentials to another origin.)
+/// Marks a request a follower forwarded to the leader.
+const FORWARDED: &str = "x-mofang-forwarded";
+
 async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Response {
     if api.cluster.is_active() {
         return next.run(req).await;
     }
-    let Some(leader) = api.cluster.leader_hint() else {
+    // A request is forwarded once at most: a follower that receives a forwarded request
+    // (its leader hint is stale: the leader it named restarted on the same address and has
+    // not won yet) answers instead of forwarding again, so no request loops between
+    // schedulers, or from a scheduler to itself.
+    let forwarded = req.headers().contains_key(FORWARDED);
+    let leader = api.cluster.leader_hint().filter(|_| !forwarded);
+    let Some(leader) = leader else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_leader",
@@ -674,7 +683,10 @@ async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Respon
     let Ok(m) = reqwest::Method::from_bytes(method.as_str().as_bytes()) else {
         return method_not_allowed().await.into_response();
     };
-    let mut fwd = client.request(m, &url).body(body.to_vec());
+    let mut fwd = client
+        .request(m, &url)
+        .header(FORWARDED, "1")
+        .body(body.to_vec());
     for h in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
         if let Some(v) = headers.get(&h).and_then(|v| v.to_str().ok()) {
             fwd = fwd.header(h.as_str(), v);
@@ -742,4 +754,53 @@ pub fn router(api: Api) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenRole;
+    use crate::store::sqlite::SqliteStore;
+    use tower::ServiceExt;
+
+    /// HA soak, leader kill: a scheduler restarted on the leader's address was still named
+    /// leader by Consul and forwarded API calls to itself, over and over. A forwarded request
+    /// is never forwarded again.
+    #[tokio::test]
+    async fn a_forwarded_request_is_answered_not_forwarded_again() {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.deactivate();
+        cluster.set_leader_hint(Some("http://127.0.0.1:1".into()));
+        let mut tokens = Tokens::from_config(&[]);
+        tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
+        let app = router(Api {
+            cluster,
+            tokens: Arc::new(tokens),
+        });
+        let call = |forwarded: bool| {
+            let mut b = axum::http::Request::get("/v1/instances")
+                .header(header::AUTHORIZATION, "Bearer secret-token-0123456789");
+            if forwarded {
+                b = b.header(FORWARDED, "1");
+            }
+            app.clone()
+                .oneshot(b.body(axum::body::Body::empty()).expect("request"))
+        };
+        let code = |r: Response| async move {
+            let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+            v["error"]["code"].as_str().unwrap_or_default().to_owned()
+        };
+        let direct = call(false).await.expect("answer");
+        assert_eq!(direct.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code(direct).await, "leader_unreachable", "forwarded once");
+        let again = call(true).await.expect("answer");
+        assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code(again).await, "no_leader", "never forwarded twice");
+    }
 }
