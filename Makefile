@@ -73,6 +73,7 @@ stress-failover: setup-test
 	scripts/stress-failover $(ARGS)
 
 # Failover soak: every fault (kill, stop, pause, partition, agent kill -9, scheduler kill -9,
+# the leader kill -9 of three schedulers on Consul,
 # two kills in a row) on MariaDB and Redis under a set writer, with stress-ng on every core;
 # exits non-zero if MariaDB lost an acknowledged write or members did not converge. Bounded:
 # ARGS="--rounds 20 --minutes 60" (default 20 rounds per scenario, no time bound).
