@@ -1083,10 +1083,10 @@ mod tests {
         });
     }
 
-    /// Soak, scheduler `kill -9` right after a decision: the next process saw the new
-    /// primary, not yet promoted, as a failed primary and promoted a third member.
-    #[tokio::test]
-    async fn a_new_scheduler_waits_for_a_failover_its_predecessor_decided() {
+    /// A scheduler decided (one-1 the primary at epoch 2, durable) and died; a new one, with
+    /// no block period, took charge of the same store. Returns the store, the new scheduler
+    /// and the instance as first created.
+    async fn restarted_after_a_decision() -> (Arc<dyn Store>, Arc<Cluster>, Instance) {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
         let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
@@ -1094,7 +1094,6 @@ mod tests {
             .create_instance(spec("one", 100, None))
             .await
             .expect("create");
-        // The first scheduler decides: one-1 is the primary at epoch 2. Then it dies.
         let mut next = i.clone();
         next.epoch = 2;
         next.last_failover_ms = now_ms();
@@ -1115,15 +1114,25 @@ mod tests {
             .await
             .expect("reload");
         c.activate().await.expect("activate");
+        (store, c, i)
+    }
+
+    fn node_of(i: &Instance, id: &str) -> String {
+        i.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.node.clone())
+            .expect("member")
+    }
+
+    /// Soak, scheduler `kill -9` right after a decision: the next process saw the new
+    /// primary, not yet promoted, as a failed primary and promoted a third member.
+    #[tokio::test]
+    async fn a_new_scheduler_waits_for_a_failover_its_predecessor_decided() {
+        let (store, c, i) = restarted_after_a_decision().await;
         // The agents have not carried it out yet: one-0 dead and held, one-1 and one-2 still
         // replicas of one-0 at epoch 1, their links down.
-        let node_of = |id: &str| {
-            i.members
-                .iter()
-                .find(|m| m.id == id)
-                .map(|m| m.node.clone())
-                .expect("member")
-        };
+        let node_of = |id: &str| node_of(&i, id);
         let status = |id: &str| MemberStatus {
             member: id.into(),
             instance: "one".into(),
@@ -1189,13 +1198,7 @@ mod tests {
             .create_instance(spec("one", 100, None))
             .await
             .expect("create");
-        let node_of = |id: &str| {
-            i.members
-                .iter()
-                .find(|m| m.id == id)
-                .map(|m| m.node.clone())
-                .expect("member")
-        };
+        let node_of = |id: &str| node_of(&i, id);
         let watchers: Vec<_> = ["one-0", "one-1", "one-2"]
             .iter()
             .map(|m| c.watch(&node_of(m)))
@@ -1253,40 +1256,8 @@ mod tests {
     /// primary already reports its epoch is over.
     #[tokio::test]
     async fn a_failover_completed_before_a_restart_does_not_hold_up_the_next() {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
-        let i = first
-            .create_instance(spec("one", 100, None))
-            .await
-            .expect("create");
-        let mut next = i.clone();
-        next.epoch = 2;
-        next.last_failover_ms = now_ms();
-        for m in &mut next.members {
-            m.role = if m.id == "one-1" {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-        }
-        first.write(next, vec![]).await.expect("decided");
-        drop(first);
-        let cfg = FailoverConfig {
-            failover_block_period_ms: 0,
-            ..Default::default()
-        };
-        let c = Cluster::load_with(store.clone(), Duration::from_secs(30), cfg)
-            .await
-            .expect("reload");
-        c.activate().await.expect("activate");
-        let node_of = |id: &str| {
-            i.members
-                .iter()
-                .find(|m| m.id == id)
-                .map(|m| m.node.clone())
-                .expect("member")
-        };
+        let (store, c, i) = restarted_after_a_decision().await;
+        let node_of = |id: &str| node_of(&i, id);
         // one-1 was promoted at epoch 2 (completed), then its container died.
         let status = |id: &str| MemberStatus {
             member: id.into(),
