@@ -174,9 +174,12 @@ impl Engine for MariaDb {
              gtid_strict_mode = ON\n\
              relay_log = relay-bin\n\
              relay_log_recovery = ON\n\
-             # With MASTER_HEARTBEAT_PERIOD 1, a silent primary is noticed in 2 s (default\n\
+             # With MASTER_HEARTBEAT_PERIOD 0.5, a silent primary is noticed in 1 s (default\n\
              # 60 s): replicas report their link down in time for the failover decision.\n\
-             slave_net_timeout = 2\n\
+             # It is also the I/O thread's connect timeout, and STOP SLAVE waits for a\n\
+             # connect to a dead primary to time out: this bounds that wait in a promotion\n\
+             # (issue 13, RTO). A false \"link down\" alone fails nothing over.\n\
+             slave_net_timeout = 1\n\
              sync_binlog = 1\n\
              innodb_flush_log_at_trx_commit = 1\n\
              innodb_buffer_pool_size = {pool_mib}M\n\
@@ -446,7 +449,7 @@ impl Engine for MariaDb {
             c.query_drop(format!(
                 "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
                  MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 1",
+                 MASTER_HEARTBEAT_PERIOD = 0.5",
                 lit(&primary.host),
                 primary.port,
                 lit(&s.repl)

@@ -32,7 +32,7 @@ use mofang_tests::scenario::{
 };
 use mofang_tests::{eventually, test_label, unique_name};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,9 +44,12 @@ const ID_BLOCK: u64 = 10_000_000;
 
 /// The agent stops restarting a member after 5 restarts within 10 minutes (its crash-loop
 /// guard, `MAX_CRASH_RESTARTS` in agent/src/reconcile/decide.rs), and a killed or stopped
-/// container counts as a crash: scenarios that end containers move to a fresh instance every
-/// this many deaths, so that no member dies more than 5 times.
-const KILLS_PER_INSTANCE: usize = 10;
+/// container counts as a crash: scenarios that end containers move to a fresh instance
+/// before any one member would die more than this many times. Counted per member, not per
+/// instance: the primary that dies is the most advanced replica of the round before, and the
+/// same two members can take turns (soak, redis-agent-kill: stopped at round 18 by the guard
+/// when deaths were counted per instance).
+const DEATHS_PER_MEMBER: usize = 4;
 
 /// Mofang's budget to call an unanswering database dead: `failover.failed_checks` (3)
 /// consecutive failed checks, one every 250 ms. Sentinel's `down-after-milliseconds`.
@@ -86,6 +89,8 @@ struct Round {
     /// `leader-kill`: the leader's `kill -9` to another scheduler (or the restarted one)
     /// saying it leads.
     new_leader: Option<Duration>,
+    /// Members whose container the fault ended (kill, stop), for the crash-loop budget.
+    ended: Vec<String>,
 }
 
 struct Scenario {
@@ -409,10 +414,16 @@ async fn mofang_round(
     let mut after = env
         .wait_new_primary(name, epoch, Duration::from_secs(120))
         .await?;
+    let mut ended = if fault.deaths() > 0 {
+        vec![old_id.clone()]
+    } else {
+        Vec::new()
+    };
     if fault == Fault::DoubleKill {
         // The new primary dies too, before the first one is back.
         let second = Env::primary_member(&after)?;
         let second_id = second["id"].as_str().context("id")?.to_owned();
+        ended.push(second_id.clone());
         let second_epoch = after["epoch"].as_u64().context("epoch")?;
         docker_cli(&["kill", &container_of(&second_id)])?;
         after = env
@@ -457,6 +468,7 @@ async fn mofang_round(
         healed: heal_at.elapsed(),
         converged,
         new_leader,
+        ended,
     })
 }
 
@@ -498,14 +510,16 @@ async fn mofang_scenario(
     let mut out = Vec::new();
     let result = async {
         let mut instance: Option<(String, String)> = None;
-        let mut deaths = 0;
+        let mut deaths: HashMap<String, usize> = HashMap::new();
         for r in 0..rounds {
             if r > 0 && deadline.is_some_and(|d| Instant::now() > d) {
                 println!("  {label}: time is up after {r} rounds");
                 break;
             }
-            if deaths + fault.deaths() > KILLS_PER_INSTANCE {
-                deaths = 0;
+            // The next victim is whoever is primary then: assume the most-killed member.
+            let worst = deaths.values().copied().max().unwrap_or(0);
+            if worst + fault.deaths() > DEATHS_PER_MEMBER {
+                deaths.clear();
                 if let Some((old, _)) = instance.take() {
                     env.call(
                         reqwest::Method::DELETE,
@@ -526,10 +540,12 @@ async fn mofang_scenario(
                     instance.insert((name, pw)).clone()
                 }
             };
-            deaths += fault.deaths();
             let round = mofang_round(&mut env, &name, engine, &pw, fault, r)
                 .await
                 .with_context(|| format!("{label} round {}", r + 1))?;
+            for m in &round.ended {
+                *deaths.entry(m.clone()).or_default() += 1;
+            }
             print_round(&label, r, &round);
             out.push(round);
         }
@@ -912,6 +928,7 @@ async fn sentinel_round(
         // Not checked for Sentinel (the anchor for RTO only).
         converged: true,
         new_leader: None,
+        ended: Vec::new(),
     })
 }
 
