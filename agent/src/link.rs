@@ -27,6 +27,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest delay between two sessions.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Delay before the next scheduler after a follower answered: it is up, only not leading
+/// (an election is under way), so the agent polls the schedulers at this pace instead of
+/// backing off, and reaches the new leader within it of its win.
+const FOLLOWER_RETRY: Duration = Duration::from_millis(250);
 /// A zero interval would make `tokio::time::interval` panic and the link spin.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -72,6 +76,15 @@ pub enum Error {
 
 /// Result of link operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The call reached a scheduler that is up but does not lead (it marks its answer).
+    fn from_follower(&self) -> bool {
+        matches!(self, Error::Call { status, .. }
+            if status.code() == tonic::Code::Unavailable
+                && status.metadata().contains_key(mofang_common::FOLLOWER_METADATA))
+    }
+}
 
 /// Where and how often the link talks to the scheduler.
 #[derive(Debug, Clone)]
@@ -304,11 +317,20 @@ async fn run_inner(
             outcome = session(endpoint, &cfg, source.as_ref(), &desired, &lease, &mut backoff) => outcome,
         };
         // A session only ends on an error; `Ok` is unreachable but harmless.
-        if let Err(e) = outcome {
-            warn!(endpoint = %endpoint, error = %ErrorChain(&e), "scheduler link lost");
+        if let Err(e) = &outcome {
+            warn!(endpoint = %endpoint, error = %ErrorChain(e), "scheduler link lost");
         }
 
-        let delay = backoff.next_delay(rand::random::<f64>());
+        // A follower's answer shows the schedulers up and reachable: no backoff (which
+        // would otherwise grow with each try of a dead leader's address during the election
+        // and could hold the agent off for seconds after the new leader won).
+        let delay = match &outcome {
+            Err(e) if e.from_follower() => {
+                backoff.reset();
+                FOLLOWER_RETRY
+            }
+            _ => backoff.next_delay(rand::random::<f64>()),
+        };
         debug!(
             delay_ms = delay.as_millis() as u64,
             "backing off before the next scheduler"
@@ -618,6 +640,24 @@ mod tests {
         let later = now + Duration::from_secs(1);
         lease.renew_at(later);
         assert_eq!(lease.last_ack(), Some(later));
+    }
+
+    #[test]
+    fn only_a_marked_follower_answer_skips_the_backoff() {
+        let mut follower = tonic::Status::unavailable("this scheduler follows");
+        follower.metadata_mut().insert(
+            mofang_common::FOLLOWER_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let call = |status| Error::Call {
+            call: "Register",
+            status,
+        };
+        assert!(call(follower).from_follower());
+        // Unmarked: a proxy or an overloaded scheduler; back off as before.
+        assert!(!call(tonic::Status::unavailable("overloaded")).from_follower());
+        assert!(!call(tonic::Status::internal("boom")).from_follower());
+        assert!(!Error::StreamEnded.from_follower());
     }
 
     #[test]

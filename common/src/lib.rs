@@ -13,6 +13,12 @@ pub mod spec;
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};
 pub use spec::{EngineKind, ObservedRole, Resources, Role};
 
+/// gRPC metadata key a follower scheduler sets on its `Unavailable` answer: the call reached
+/// a scheduler that answers but does not lead (an election is under way, or the agent dialed a
+/// follower). The agent tries the next scheduler at once instead of backing off, so it is back
+/// with the new leader as soon as one wins (defect 7 in docs/failover.md).
+pub const FOLLOWER_METADATA: &str = "x-mofang-follower";
+
 /// The agent <-> scheduler gRPC protocol (`proto/mofang.proto`).
 #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
 pub mod proto {

@@ -45,10 +45,15 @@ impl AgentService {
         if self.cluster.is_active() {
             return Ok(());
         }
-        Err(Status::unavailable(match self.cluster.leader_hint() {
+        let mut status = Status::unavailable(match self.cluster.leader_hint() {
             Some(l) => format!("this scheduler follows; the leader is {l}"),
             None => "this scheduler follows; no leader is known".to_owned(),
-        }))
+        });
+        status.metadata_mut().insert(
+            mofang_common::FOLLOWER_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Err(status)
     }
 }
 
