@@ -509,6 +509,12 @@ impl Engine for MariaDb {
         ))
     }
 
+    /// Every member starts `read_only` with `skip_slave_start`; replication is set up by SQL
+    /// (`CHANGE MASTER`) in the role step, never by the config.
+    fn starts_before_primary_known(&self) -> bool {
+        true
+    }
+
     fn diverged(&self, replication_error: &str) -> bool {
         // Error 1236 with GTIDs: the replica asks for a GTID its new primary never had.
         replication_error.contains("not in the master's binlog")

@@ -237,6 +237,14 @@ pub trait Engine: Send + Sync {
     fn diverged(&self, _replication_error: &str) -> bool {
         false
     }
+    /// True when a new replica's server can start before its primary's address is known:
+    /// its config does not name the primary and it starts unable to take writes, the role
+    /// step pointing it at the primary later. Its start then overlaps the primary's
+    /// (issue 14, provisioning latency). False when the config names the primary (Redis
+    /// `replicaof`: without it the server would start as a writable primary).
+    fn starts_before_primary_known(&self) -> bool {
+        false
+    }
 }
 
 /// How long a promotion may wait for a replica to apply what it has received.

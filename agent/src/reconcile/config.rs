@@ -18,7 +18,9 @@ pub(super) struct Configured {
 
 /// Step 2: secrets kept, a port allocated (host networking), the config written. A replica
 /// whose primary's address the scheduler does not know yet (just created, or the scheduler
-/// just restarted) is kept exactly as it is: no new config.
+/// just restarted) is kept exactly as it is: no new config, except a first one for a new
+/// member of an engine that starts before its primary is known (see
+/// [`crate::engine::Engine::starts_before_primary_known`]).
 pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> {
     let (sh, a, member) = (m.sh, m.a, m.name());
     let secrets = sh
@@ -59,7 +61,12 @@ pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> 
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     };
-    if !m.role.waiting() {
+    let first_config = || {
+        std::fs::read_dir(sh.state.config_dir(member))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    if !m.role.waiting() || (m.engine.starts_before_primary_known() && first_config()) {
         sh.state
             .write_config(member, &m.engine.render(&mc, &secrets), m.engine.uid())?;
     }

@@ -20,7 +20,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// Step 3a: the member's container, created and started when missing. A replica still
-/// waiting for its primary's address gets none yet: the pass stops there.
+/// waiting for its primary's address gets none yet (the pass stops there), unless its
+/// engine starts it read-only without naming the primary (MariaDB): then its server boots
+/// while the primary's does, and the role step waits for the address instead.
 pub(super) async fn present(
     m: &Member<'_>,
     cfg: &Configured,
@@ -31,7 +33,7 @@ pub(super) async fn present(
     if let Some(c) = sh.find_container(member).await? {
         return Ok(Step::Next(c));
     }
-    if m.role.waiting() {
+    if m.role.waiting() && !m.engine.starts_before_primary_known() {
         report(
             sh,
             a,
@@ -303,6 +305,23 @@ mod tests {
         let s = r.sh.statuses.lock().expect("statuses")["db-0"].clone();
         assert_eq!(s.container_state, "missing");
         assert_eq!(s.reason, "waiting for the primary's address");
+    }
+
+    #[tokio::test]
+    async fn a_replica_of_an_engine_that_starts_read_only_boots_before_its_primary_is_known() {
+        let mut r = rig(Duration::from_secs(10));
+        r.db.0.lock().expect("db").starts_early = true;
+        // No address yet: the server boots anyway, but is not pointed anywhere.
+        let s = r.pass(&assignment("replica", 3, "")).await;
+        assert_eq!(r.rt.take_calls(), ["create mofang-db-0", "start c1"]);
+        assert!(r.db.take_calls().is_empty(), "no role applied: {s:?}");
+        assert_eq!(s.reason, "waiting for the primary's address");
+        assert!(!s.healthy, "{s:?}");
+        // The address arrives: the same container follows the primary, nothing recreated.
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(r.rt.take_calls().is_empty(), "container kept");
+        assert_eq!(r.db.take_calls(), ["replicate_from 10.0.0.9:3306"]);
+        assert!(s.healthy && s.role == "replica", "{s:?}");
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct FakeDb {
     pub kind: EngineKind,
     /// Redis: application writes are paused (`CLIENT PAUSE WRITE`).
     pub paused: bool,
+    /// A new replica's server may start before its primary's address is known (MariaDB).
+    pub starts_early: bool,
 }
 
 impl Default for FakeDb {
@@ -202,6 +204,7 @@ impl Default for FakeDb {
             answering: true,
             kind: EngineKind::Mariadb,
             paused: false,
+            starts_early: false,
         }
     }
 }
@@ -229,6 +232,10 @@ impl Engine for FakeEngine {
 
     fn data_dir(&self) -> &'static str {
         "/var/lib/mysql"
+    }
+
+    fn starts_before_primary_known(&self) -> bool {
+        lock(&self.0).starts_early
     }
 
     fn render(&self, _m: &MemberConfig, _s: &Secrets) -> Vec<ConfigFile> {
