@@ -79,7 +79,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The call reached a scheduler that is up but does not lead (it marks its answer).
-    fn from_follower(&self) -> bool {
+    fn is_follower_answer(&self) -> bool {
         matches!(self, Error::Call { status, .. }
             if status.code() == tonic::Code::Unavailable
                 && status.metadata().contains_key(mofang_common::FOLLOWER_METADATA))
@@ -325,7 +325,7 @@ async fn run_inner(
         // would otherwise grow with each try of a dead leader's address during the election
         // and could hold the agent off for seconds after the new leader won).
         let delay = match &outcome {
-            Err(e) if e.from_follower() => {
+            Err(e) if e.is_follower_answer() => {
                 backoff.reset();
                 FOLLOWER_RETRY
             }
@@ -653,11 +653,11 @@ mod tests {
             call: "Register",
             status,
         };
-        assert!(call(follower).from_follower());
+        assert!(call(follower).is_follower_answer());
         // Unmarked: a proxy or an overloaded scheduler; back off as before.
-        assert!(!call(tonic::Status::unavailable("overloaded")).from_follower());
-        assert!(!call(tonic::Status::internal("boom")).from_follower());
-        assert!(!Error::StreamEnded.from_follower());
+        assert!(!call(tonic::Status::unavailable("overloaded")).is_follower_answer());
+        assert!(!call(tonic::Status::internal("boom")).is_follower_answer());
+        assert!(!Error::StreamEnded.is_follower_answer());
     }
 
     #[test]
