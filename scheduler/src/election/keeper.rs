@@ -231,7 +231,7 @@ impl Keeper {
 
     /// Records the loss once and cancels `lost`.
     fn step_down(&self, why: Lost) -> Lost {
-        warn!(reason = %why, "claim lost; stepping down");
+        warn!(reason = %why, "claim lost: it can no longer be trusted");
         let why = self.reason.get_or_init(|| why).clone();
         self.lost.cancel();
         why
