@@ -93,7 +93,9 @@ pub struct LeaderInfo {
 #[async_trait::async_trait]
 pub trait Election: Send + Sync + 'static {
     /// Waits until this contender leads; keeps trying through backend failures (logging
-    /// them) until `shutdown` is cancelled, which ends it with [`Error::Cancelled`].
+    /// them) until `shutdown` is cancelled, which ends it with [`Error::Cancelled`]. A
+    /// campaign first clears any claim left under this contender's address (an earlier run's):
+    /// never campaign while holding a [`Leadership`] of the same election.
     async fn campaign(&self, shutdown: &CancellationToken) -> Result<Leadership>;
     /// The current leader, read consistently; `None` while nobody leads.
     async fn leader(&self) -> Result<Option<LeaderInfo>>;
