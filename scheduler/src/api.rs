@@ -763,6 +763,39 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use tower::ServiceExt;
 
+    /// HA soak, leader kill (failover.md defect 7): a starting scheduler answered
+    /// `leader: true` before its election ran, so clients and agents took it for the leader.
+    #[tokio::test]
+    async fn a_scheduler_that_has_not_won_says_it_does_not_lead() {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        let app = router(Api {
+            cluster: cluster.clone(),
+            tokens: Arc::new(Tokens::from_config(&[])),
+        });
+        let leader = |app: Router| async move {
+            let r = app
+                .oneshot(
+                    axum::http::Request::get("/v1/health")
+                        .body(axum::body::Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("answer");
+            assert_eq!(r.status(), StatusCode::OK);
+            let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+            v["leader"].clone()
+        };
+        assert_eq!(leader(app.clone()).await, serde_json::json!(false));
+        cluster.activate().await.expect("activate");
+        assert_eq!(leader(app).await, serde_json::json!(true));
+    }
+
     /// HA soak, leader kill: a scheduler restarted on the leader's address was still named
     /// leader by Consul and forwarded API calls to itself, over and over. A forwarded request
     /// is never forwarded again.

@@ -64,7 +64,9 @@ pub struct SchedulerConfig {
     #[serde(default)]
     pub log_json: bool,
     /// Address other schedulers, clients and Consul reach this one at (its REST port is
-    /// added). Followers redirect API requests to the leader's. Default `127.0.0.1`.
+    /// added). Followers redirect API requests to the leader's. Also this scheduler's identity
+    /// in the election: a campaign clears a claim left under the same address (a dead earlier
+    /// run), so each scheduler needs its own (docs/ha.md). Default `127.0.0.1`.
     #[serde(default = "default_advertise")]
     pub advertise_address: String,
     /// Failover, switchover and self-healing knobs (docs/failover.md).

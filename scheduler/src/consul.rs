@@ -236,6 +236,20 @@ pub struct SessionSpec {
     pub checks: Vec<String>,
 }
 
+/// A session as `GET /v1/session/list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionInfo {
+    /// Session id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Name given at creation (empty if none).
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    /// Consul node the session belongs to.
+    #[serde(rename = "Node", default)]
+    pub node: String,
+}
+
 impl ConsulClient {
     /// A client of the agent at `address` (`http://host:port`).
     pub fn new(address: &str, token: Option<String>) -> Result<Self> {
@@ -525,6 +539,19 @@ impl ConsulClient {
             }
             s => Err(status_error(what, s, &body)),
         }
+    }
+
+    /// Every session of the datacenter (`GET /v1/session/list`), read consistently.
+    pub async fn session_list(&self) -> Result<Vec<SessionInfo>> {
+        let url = self.url(["v1", "session", "list"], &[("consistent", "")]);
+        let what = format!("GET {}", url.path());
+        let body = self.call(Method::GET, url, None, REQUEST_TIMEOUT).await?;
+        let list: Option<Vec<SessionInfo>> =
+            serde_json::from_slice(&body).map_err(|e| Error::Decode {
+                what,
+                message: e.to_string(),
+            })?;
+        Ok(list.unwrap_or_default())
     }
 
     /// Destroys a session: its locks are released (and their lock-delay starts).

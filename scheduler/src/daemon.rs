@@ -95,7 +95,12 @@ pub async fn start(
         info!(path = %path.display(), "no tokens configured: admin token is in this file (mode 0600)");
     }
 
+    // A loaded cluster follows. The only scheduler (SQLite) is in charge from the start, before
+    // it serves anything; with a shared store it leads only once it wins the election below.
     let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
+    if cfg.store == StoreKind::Sqlite {
+        cluster.activate().await?;
+    }
     let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
         .await
         .map_err(|source| Error::Bind {
@@ -192,13 +197,8 @@ pub async fn start(
         }
     }
     let election = crate::election::open(&cfg, &advertise_rest, checks).await?;
-    if election.is_none() {
-        // The only scheduler: it is in charge from the start (a leader does this on winning).
-        cluster.take_charge().await?;
-    }
     let mut tasks = Vec::new();
     if let Some(election) = election {
-        cluster.deactivate();
         let (c, sd, e) = (cluster.clone(), shutdown.clone(), election.clone());
         tasks.push(tokio::spawn(
             async move {

@@ -18,8 +18,15 @@ const TOKEN: &str = "ha-test-admin-token-0123456789";
 struct Ha {
     scheds: Vec<SchedulerProcess>,
     _agents: Vec<AgentProcess>,
-    _net: TestNetwork,
+    _net: Option<TestNetwork>,
     http: reqwest::Client,
+}
+
+fn scheduler_config(store: &str) -> String {
+    format!(
+        "{store}\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{TOKEN}\"\n\
+         [failover]\nlease_ttl_ms = 2000\n"
+    )
 }
 
 impl Ha {
@@ -30,10 +37,7 @@ impl Ha {
         let net = TestNetwork::create(&unique_name("net"))?;
         let mut scheds = Vec::new();
         for _ in 0..3 {
-            scheds.push(SchedulerProcess::start(&format!(
-                "{store}\n[[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{TOKEN}\"\n\
-                 [failover]\nlease_ttl_ms = 2000\n"
-            ))?);
+            scheds.push(SchedulerProcess::start(&scheduler_config(store))?);
         }
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
@@ -55,7 +59,22 @@ impl Ha {
         Ok(Ha {
             scheds,
             _agents: agents,
-            _net: net,
+            _net: Some(net),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Three schedulers on `store`, no agents.
+    fn schedulers_only(store: &str) -> Result<Ha> {
+        let scheds = (0..3)
+            .map(|_| SchedulerProcess::start(&scheduler_config(store)))
+            .collect::<Result<_>>()?;
+        Ok(Ha {
+            scheds,
+            _agents: Vec::new(),
+            _net: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -309,5 +328,48 @@ async fn etcd_leader_killed_under_traffic_loses_nothing() -> Result<()> {
         "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
         etcd.endpoint
     ), None)
+    .await
+}
+
+/// failover.md defect 7: the leader killed and started again at once on the same address (as
+/// systemd's `Restart=` does). Its dead run's claim held the leadership until the session's
+/// TTL (Consul may take twice as long) or the lease's TTL ran out, 10 s here: nobody led
+/// for ~21 s in the soak. Now the restarted scheduler clears its dead run's claim and
+/// starts as a follower: someone leads well within the TTL.
+async fn leader_restarted_at_once(store: String) -> Result<()> {
+    let mut ha = Ha::schedulers_only(&store)?;
+    let first = ha.leader(None).await?;
+    let killed = Instant::now();
+    ha.scheds[first].restart()?;
+    let next = ha.leader(None).await?;
+    let took = killed.elapsed();
+    let kind = store.lines().next().unwrap_or_default().to_owned();
+    eprintln!("{kind}: scheduler {next} leads {took:?} after the leader was restarted");
+    assert!(
+        took < Duration::from_secs(5),
+        "someone leads within half the dead run's TTL (10 s): {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_leader_restarted_at_once_is_replaced_within_the_ttl() -> Result<()> {
+    let consul = ConsulProcess::start().await?;
+    let prefix = unique_name("mofang");
+    leader_restarted_at_once(format!(
+        "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n",
+        consul.http
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leader_restarted_at_once_is_replaced_within_the_ttl() -> Result<()> {
+    let etcd = EtcdProcess::start().await?;
+    let prefix = unique_name("mofang");
+    leader_restarted_at_once(format!(
+        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 10\n",
+        etcd.endpoint
+    ))
     .await
 }

@@ -1,25 +1,25 @@
 //! The scheduler's store and coordination backends against real servers started by the
-//! tests: one `Store` contract run on SQLite, Consul and etcd (records, compare-and-set,
-//! events and audit ids, concurrency, two schedulers sharing one prefix); acknowledged writes
+//! tests: the `Store` contract (`mofang_scheduler::store::contract`, the same functions the
+//! unit tests run on SQLite and the in-memory key/value core) on Consul and etcd (records,
+//! compare-and-set, events and audit ids, concurrency, two schedulers sharing one prefix);
+//! acknowledged writes
 //! surviving a `kill -9` of Consul or etcd; leader election (one leader among three, takeover
 //! after resignation and after a crash, a leader learning that its session or lease is gone
 //! or that its server stopped answering); Consul service registration.
 
 use anyhow::{bail, ensure, Context, Result};
-use mofang_common::{EngineKind, Role};
+use mofang_common::Role;
 use mofang_scheduler::config::SchedulerConfig;
 use mofang_scheduler::consul::ConsulClient;
 use mofang_scheduler::election::{
     self, ConsulElection, ConsulElectionConfig, Election, EtcdElection, EtcdElectionConfig,
 };
-use mofang_scheduler::model::{
-    AuditEntry, Credentials, Event, Instance, InstanceSpec, MemberRecord, Node, NodeAdmin,
-    Resources,
-};
+use mofang_scheduler::model::Event;
 use mofang_scheduler::registry::{
     ConsulRegistry, MemberCheck, MemberService, Registry, SchedulerService, SCHEDULER_SERVICE,
 };
-use mofang_scheduler::store::{ConsulStore, Error as StoreError, EtcdStore, SqliteStore, Store};
+use mofang_scheduler::store::contract::{self, audit_entry, event, instance};
+use mofang_scheduler::store::{ConsulStore, EtcdStore, Store};
 use mofang_tests::coord::{free_port, ConsulProcess, EtcdProcess};
 use mofang_tests::{eventually, unique_name};
 use serde_json::Value;
@@ -28,79 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-// ---- Records ---------------------------------------------------------------------------------
-
-fn instance(name: &str) -> Instance {
-    let mut i = Instance::new(
-        InstanceSpec {
-            name: name.to_owned(),
-            engine: EngineKind::Mariadb,
-            version: "10.11".to_owned(),
-            replicas: 1,
-            resources: Resources {
-                cpu: 1.0,
-                memory: 1024,
-                disk: 10240,
-            },
-            disk_class: None,
-            placement: None,
-        },
-        vec![MemberRecord {
-            id: format!("{name}-0"),
-            node: "n1".to_owned(),
-            role: Role::Primary,
-            disk_class: "ssd".to_owned(),
-        }],
-        Credentials {
-            admin: "a".to_owned(),
-            repl: "r".to_owned(),
-            monitor: "m".to_owned(),
-            app: "p".to_owned(),
-        },
-    );
-    i.created_at_ms = 1_700_000_000_000;
-    i
-}
-
-fn event(instance: Option<&str>, kind: &str) -> Event {
-    Event {
-        id: 0,
-        at_ms: 1_700_000_000_000,
-        instance: instance.map(str::to_owned),
-        node: None,
-        kind: kind.to_owned(),
-        message: format!("{kind} happened"),
-    }
-}
-
-fn node(name: &str) -> Node {
-    Node {
-        name: name.to_owned(),
-        address: "10.0.0.1".to_owned(),
-        labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
-        cpu: 8.0,
-        memory_bytes: 1 << 34,
-        disks: Vec::new(),
-        admin: NodeAdmin::Active,
-        agent_version: "0.1.0".to_owned(),
-        registered_at_ms: 1,
-        http_address: String::new(),
-    }
-}
-
-fn audit_entry(action: &str) -> AuditEntry {
-    AuditEntry {
-        id: 0,
-        at_ms: 1,
-        who: "admin".to_owned(),
-        source: "127.0.0.1".to_owned(),
-        action: action.to_owned(),
-        target: "db1".to_owned(),
-        status: 201,
-        result: "ok".to_owned(),
-    }
-}
 
 /// The value behind a mutex, even if a writer task panicked holding it.
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,10 +40,9 @@ fn kinds(events: &[Event]) -> Vec<&str> {
 
 // ---- Backends --------------------------------------------------------------------------------
 
-/// A running backend; each `open` with a new prefix gives an empty store, the same prefix
+/// A running server; each `open` with a new space gives an empty store, the same space
 /// gives a second view (a second scheduler) of the same state.
 enum Backend {
-    Sqlite(tempfile::TempDir),
     Consul(ConsulProcess),
     Etcd(EtcdProcess),
 }
@@ -124,7 +50,6 @@ enum Backend {
 impl Backend {
     async fn start(kind: &str) -> Result<Backend> {
         Ok(match kind {
-            "sqlite" => Backend::Sqlite(tempfile::tempdir()?),
             "consul" => Backend::Consul(ConsulProcess::start().await?),
             "etcd" => Backend::Etcd(EtcdProcess::start().await?),
             other => bail!("no backend {other}"),
@@ -133,10 +58,6 @@ impl Backend {
 
     async fn open(&self, prefix: &str) -> Result<Arc<dyn Store>> {
         Ok(match self {
-            Backend::Sqlite(dir) => {
-                let file = format!("{}.db", prefix.trim_end_matches('/'));
-                Arc::new(SqliteStore::open(&dir.path().join(file))?)
-            }
             Backend::Consul(c) => Arc::new(ConsulStore::consul(
                 ConsulClient::new(&c.http, None)?,
                 prefix,
@@ -148,6 +69,26 @@ impl Backend {
     }
 }
 
+/// Spaces of one run share a unique prefix, so a server may hold several runs.
+struct OnServer {
+    backend: Backend,
+    run: String,
+}
+
+#[async_trait::async_trait]
+impl contract::Backend for OnServer {
+    fn name(&self) -> &str {
+        match self.backend {
+            Backend::Consul(_) => "consul",
+            Backend::Etcd(_) => "etcd",
+        }
+    }
+
+    async fn open(&self, space: &str) -> Result<Arc<dyn Store>> {
+        self.backend.open(&format!("{}/{space}", self.run)).await
+    }
+}
+
 fn prefix() -> String {
     format!("{}/", unique_name("p"))
 }
@@ -156,452 +97,11 @@ fn prefix() -> String {
 
 async fn contract(kind: &str) -> Result<()> {
     mofang_tests::init_tracing();
-    let b = Backend::start(kind).await?;
-    macro_rules! check {
-        ($f:ident) => {
-            $f(&b)
-                .await
-                .with_context(|| format!("{kind}: {}", stringify!($f)))?
-        };
-    }
-    check!(create_get_list);
-    check!(create_existing_name_fails_and_appends_nothing);
-    check!(update_is_compare_and_set);
-    check!(delete_is_compare_and_set);
-    check!(events_filter_by_instance_and_since);
-    check!(audit_append_and_list);
-    check!(meta_get_and_put);
-    check!(nodes_keep_admin_and_first_registration);
-    check!(concurrent_upserts_and_misses);
-    check!(concurrent_creates_all_commit_with_dense_ids);
-    check!(failed_requests_in_a_batch_fail_alone);
-    check!(concurrent_updates_at_one_revision_one_wins);
-    check!(ids_stay_ordered_across_chunks);
-    check!(two_schedulers_on_one_prefix);
-    Ok(())
-}
-
-async fn create_get_list(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let created = store
-        .create_instance(&instance("db2"), &[event(Some("db2"), "instance_created")])
-        .await?;
-    ensure!(created.revision == 1, "revision {}", created.revision);
-    store.create_instance(&instance("db1"), &[]).await?;
-    ensure!(store.instance("db2").await? == Some(created));
-    ensure!(store.instance("nope").await?.is_none());
-    let names: Vec<_> = store
-        .instances()
-        .await?
-        .into_iter()
-        .map(|i| (i.spec.name, i.revision))
-        .collect();
-    ensure!(
-        names == [("db1".to_owned(), 1), ("db2".to_owned(), 1)],
-        "{names:?}"
-    );
-    let events = store.events(None, 0, 10).await?;
-    ensure!(events.len() == 1 && events[0].id == 1, "{events:?}");
-    ensure!(events[0].kind == "instance_created");
-    Ok(())
-}
-
-async fn create_existing_name_fails_and_appends_nothing(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    store.create_instance(&instance("db1"), &[]).await?;
-    let mut other = instance("db1");
-    other.epoch = 7;
-    match store
-        .create_instance(&other, &[event(Some("db1"), "instance_created")])
-        .await
-    {
-        Err(StoreError::AlreadyExists(n)) if n == "db1" => {}
-        other => bail!("expected AlreadyExists, got {other:?}"),
-    }
-    ensure!(store.instance("db1").await?.map(|i| i.epoch) == Some(1));
-    ensure!(store.events(None, 0, 10).await?.is_empty());
-    Ok(())
-}
-
-async fn update_is_compare_and_set(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let mut inst = store.create_instance(&instance("db1"), &[]).await?;
-    inst.epoch = 2;
-    let updated = store
-        .update_instance(&inst, &[event(Some("db1"), "failover")])
-        .await?;
-    ensure!(updated.revision == 2 && updated.epoch == 2, "{updated:?}");
-    ensure!(store.instance("db1").await? == Some(updated.clone()));
-
-    // `inst` still carries revision 1: stale.
-    inst.epoch = 3;
-    match store
-        .update_instance(&inst, &[event(Some("db1"), "failover")])
-        .await
-    {
-        Err(StoreError::Conflict {
-            name,
-            expected: 1,
-            actual: 2,
-        }) if name == "db1" => {}
-        other => bail!("expected a conflict, got {other:?}"),
-    }
-    ensure!(store.instance("db1").await? == Some(updated));
-    ensure!(store.events(None, 0, 10).await?.len() == 1);
-    match store.update_instance(&instance("ghost"), &[]).await {
-        Err(StoreError::NotFound(n)) if n == "ghost" => {}
-        other => bail!("expected NotFound, got {other:?}"),
-    }
-    Ok(())
-}
-
-async fn delete_is_compare_and_set(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    store.create_instance(&instance("db1"), &[]).await?;
-    match store.delete_instance("db1", 5, &[]).await {
-        Err(StoreError::Conflict {
-            expected: 5,
-            actual: 1,
-            ..
-        }) => {}
-        other => bail!("expected a conflict, got {other:?}"),
-    }
-    ensure!(store.instance("db1").await?.is_some());
-    store
-        .delete_instance("db1", 1, &[event(Some("db1"), "instance_deleted")])
-        .await?;
-    ensure!(store.instance("db1").await?.is_none());
-    match store.delete_instance("db1", 1, &[]).await {
-        Err(StoreError::NotFound(_)) => {}
-        other => bail!("expected NotFound, got {other:?}"),
-    }
-    ensure!(kinds(&store.events(Some("db1"), 0, 10).await?) == ["instance_deleted"]);
-    // The name is free again.
-    ensure!(store.create_instance(&instance("db1"), &[]).await?.revision == 1);
-    Ok(())
-}
-
-async fn events_filter_by_instance_and_since(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let stored = store
-        .append_events(&[
-            event(Some("a"), "e1"),
-            event(Some("b"), "e2"),
-            event(None, "e3"),
-            event(Some("a"), "e4"),
-            event(Some("a"), "e5"),
-        ])
-        .await?;
-    let ids: Vec<_> = stored.iter().map(|e| e.id).collect();
-    ensure!(ids == [1, 2, 3, 4, 5], "{ids:?}");
-    ensure!(store.events(None, 0, 100).await? == stored);
-    ensure!(kinds(&store.events(None, 2, 100).await?) == ["e3", "e4", "e5"]);
-    ensure!(kinds(&store.events(None, 0, 2).await?) == ["e1", "e2"]);
-    ensure!(kinds(&store.events(Some("a"), 0, 100).await?) == ["e1", "e4", "e5"]);
-    ensure!(kinds(&store.events(Some("a"), 1, 1).await?) == ["e4"]);
-    ensure!(store.events(Some("a"), 5, 100).await?.is_empty());
-    ensure!(store.events(None, 0, 0).await?.is_empty());
-    ensure!(store.events(None, u64::MAX, usize::MAX).await?.is_empty());
-    let more = store.append_events(&[event(Some("b"), "e6")]).await?;
-    ensure!(more[0].id == 6);
-    Ok(())
-}
-
-async fn audit_append_and_list(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let first = store
-        .append_audit(&audit_entry("POST /v1/instances"))
-        .await?;
-    let second = store
-        .append_audit(&audit_entry("DELETE /v1/instances/db1"))
-        .await?;
-    ensure!((first.id, second.id) == (1, 2));
-    ensure!(store.audit(0, 10).await? == [first.clone(), second.clone()]);
-    ensure!(store.audit(1, 10).await? == [second]);
-    ensure!(store.audit(0, 1).await? == [first]);
-    Ok(())
-}
-
-async fn meta_get_and_put(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    ensure!(store.get_meta("token_hash").await?.is_none());
-    store.put_meta("token_hash", "abc").await?;
-    store.put_meta("token_hash", "def").await?;
-    ensure!(store.get_meta("token_hash").await?.as_deref() == Some("def"));
-    Ok(())
-}
-
-async fn nodes_keep_admin_and_first_registration(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    store.put_node(&node("n2")).await?;
-    store.put_node(&node("n1")).await?;
-    let cordoned = store.set_node_admin("n1", NodeAdmin::Cordoned).await?;
-    ensure!(cordoned.admin == NodeAdmin::Cordoned);
-    let mut again = node("n1");
-    again.agent_version = "0.2.0".to_owned();
-    again.registered_at_ms = 99;
-    store.put_node(&again).await?;
-    let nodes = store.nodes().await?;
-    ensure!(nodes.len() == 2, "{nodes:?}");
-    ensure!(nodes[0].name == "n1" && nodes[0].agent_version == "0.2.0");
-    ensure!(nodes[0].admin == NodeAdmin::Cordoned && nodes[0].registered_at_ms == 1);
-    ensure!(nodes[1] == node("n2"));
-    match store.set_node_admin("ghost", NodeAdmin::Draining).await {
-        Err(StoreError::NotFound(n)) if n == "ghost" => {}
-        other => bail!("expected NotFound, got {other:?}"),
-    }
-    Ok(())
-}
-
-/// Many node upserts queued with writes of missing records: one batch reads present and
-/// missing keys together.
-async fn concurrent_upserts_and_misses(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    store.put_node(&node("n0")).await?;
-    store.set_node_admin("n0", NodeAdmin::Draining).await?;
-    let upserts: Vec<_> = (0..20)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.put_node(&node(&format!("n{i}"))).await })
-        })
-        .collect();
-    let ghost = instance("ghost");
-    let (x, y) = ([event(Some("ghost"), "x")], [event(Some("ghost"), "y")]);
-    let (admin, update, delete) = tokio::join!(
-        store.set_node_admin("ghost", NodeAdmin::Cordoned),
-        store.update_instance(&ghost, &x),
-        store.delete_instance("ghost", 1, &y),
-    );
-    for task in upserts {
-        task.await??;
-    }
-    ensure!(matches!(admin, Err(StoreError::NotFound(_))), "{admin:?}");
-    ensure!(matches!(update, Err(StoreError::NotFound(_))), "{update:?}");
-    ensure!(matches!(delete, Err(StoreError::NotFound(_))), "{delete:?}");
-    let nodes = store.nodes().await?;
-    ensure!(nodes.len() == 20, "{} nodes", nodes.len());
-    ensure!(nodes[0].name == "n0" && nodes[0].admin == NodeAdmin::Draining);
-    ensure!(store.events(None, 0, 10).await?.is_empty());
-    Ok(())
-}
-
-async fn concurrent_creates_all_commit_with_dense_ids(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let name = format!("db{i}");
-                store
-                    .create_instance(
-                        &instance(&name),
-                        &[
-                            event(Some(&name), "placed"),
-                            event(Some(&name), "instance_created"),
-                        ],
-                    )
-                    .await
-            })
-        })
-        .collect();
-    for task in tasks {
-        ensure!(task.await??.revision == 1);
-    }
-    println!(
-        "{}: 200 concurrent creates (2 events each) committed in {:?}",
-        match b {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Consul(_) => "consul",
-            Backend::Etcd(_) => "etcd",
-        },
-        started.elapsed()
-    );
-    ensure!(store.instances().await?.len() == 200);
-    let events = store.events(None, 0, 1000).await?;
-    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
-    ensure!(
-        ids == (1..=400).collect::<Vec<_>>(),
-        "ids not 1..=400 in order"
-    );
-    // Each instance's two events are adjacent: they were written in one transaction.
-    for i in 0..200 {
-        let mine = store.events(Some(&format!("db{i}")), 0, 10).await?;
-        ensure!(
-            kinds(&mine) == ["placed", "instance_created"],
-            "db{i}: {mine:?}"
-        );
-        ensure!(mine[1].id == mine[0].id + 1, "db{i}: {mine:?}");
-    }
-    Ok(())
-}
-
-async fn failed_requests_in_a_batch_fail_alone(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    // 100 creates of one name and 100 of distinct names, queued together.
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            let name = if i % 2 == 0 {
-                "dup".to_owned()
-            } else {
-                format!("db{i}")
-            };
-            tokio::spawn(async move {
-                store
-                    .create_instance(&instance(&name), &[event(Some(&name), "created")])
-                    .await
-            })
-        })
-        .collect();
-    let (mut created, mut duplicates) = (0, 0);
-    for task in tasks {
-        match task.await? {
-            Ok(_) => created += 1,
-            Err(StoreError::AlreadyExists(name)) if name == "dup" => duplicates += 1,
-            Err(e) => bail!("unexpected error: {e}"),
-        }
-    }
-    ensure!((created, duplicates) == (101, 99), "{created} {duplicates}");
-    ensure!(store.instances().await?.len() == 101);
-    ensure!(store.events(Some("dup"), 0, 1000).await?.len() == 1);
-    ensure!(store.events(None, 0, 1000).await?.len() == 101);
-    Ok(())
-}
-
-async fn concurrent_updates_at_one_revision_one_wins(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let base = store.create_instance(&instance("db1"), &[]).await?;
-    let tasks: Vec<_> = (0..2u64)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            let mut inst = base.clone();
-            inst.epoch = 10 + i;
-            tokio::spawn(async move {
-                store
-                    .update_instance(&inst, &[event(Some("db1"), "failover")])
-                    .await
-            })
-        })
-        .collect();
-    let mut won = Vec::new();
-    let mut conflicts = 0;
-    for task in tasks {
-        match task.await? {
-            Ok(inst) => won.push(inst),
-            Err(StoreError::Conflict {
-                expected: 1,
-                actual: 2,
-                ..
-            }) => conflicts += 1,
-            Err(e) => bail!("unexpected error: {e}"),
-        }
-    }
-    ensure!((won.len(), conflicts) == (1, 1), "{won:?} {conflicts}");
-    ensure!(store.instance("db1").await? == Some(won[0].clone()));
-    ensure!(store.events(Some("db1"), 0, 10).await?.len() == 1);
-    Ok(())
-}
-
-/// More than one chunk of ids (1000 per chunk in the key/value layout).
-async fn ids_stay_ordered_across_chunks(b: &Backend) -> Result<()> {
-    let store = b.open(&prefix()).await?;
-    let tasks: Vec<_> = (0..1100)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let name = if i % 2 == 0 { "even" } else { "odd" };
-                store
-                    .append_events(&[event(Some(name), &format!("e{i}"))])
-                    .await?;
-                store.append_audit(&audit_entry(&format!("a{i}"))).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    let all = store.events(None, 0, usize::MAX).await?;
-    ensure!(all.len() == 1100, "{} events", all.len());
-    ensure!(
-        all.iter().map(|e| e.id).eq(1..=1100),
-        "event ids not 1..=1100 in order"
-    );
-    let window: Vec<u64> = store
-        .events(None, 990, 20)
-        .await?
-        .iter()
-        .map(|e| e.id)
-        .collect();
-    ensure!(window == (991..=1010).collect::<Vec<_>>(), "{window:?}");
-    let even = store.events(Some("even"), 0, usize::MAX).await?;
-    ensure!(even.len() == 550 && even.windows(2).all(|w| w[0].id < w[1].id));
-    let audit = store.audit(998, 5).await?;
-    ensure!(audit.iter().map(|a| a.id).eq(999..=1003), "{audit:?}");
-    ensure!(store.audit(0, usize::MAX).await?.len() == 1100);
-    Ok(())
-}
-
-/// Two stores on one prefix, as two schedulers: a compare-and-set is won by one of them
-/// only, and ids stay unique and dense.
-async fn two_schedulers_on_one_prefix(b: &Backend) -> Result<()> {
-    let p = prefix();
-    let one = b.open(&p).await?;
-    let two = b.open(&p).await?;
-    let base = one.create_instance(&instance("db1"), &[]).await?;
-    ensure!(two.instance("db1").await? == Some(base.clone()));
-    for round in 0..5u64 {
-        let current = one.instance("db1").await?.context("db1 disappeared")?;
-        let mut a = current.clone();
-        a.epoch = 100 + round;
-        let mut c = current.clone();
-        c.epoch = 200 + round;
-        let (ea, ec) = (
-            [event(Some("db1"), "by-one")],
-            [event(Some("db1"), "by-two")],
-        );
-        let (ra, rc) = tokio::join!(one.update_instance(&a, &ea), two.update_instance(&c, &ec));
-        let winners = [&ra, &rc].iter().filter(|r| r.is_ok()).count();
-        ensure!(winners == 1, "round {round}: {ra:?} / {rc:?}");
-        for r in [&ra, &rc] {
-            if let Err(e) = r {
-                ensure!(
-                    matches!(e, StoreError::Conflict { .. }),
-                    "round {round}: {e}"
-                );
-            }
-        }
-        let stored = two.instance("db1").await?.context("db1 disappeared")?;
-        ensure!(stored.revision == current.revision + 1);
-        ensure!(Some(&stored) == ra.as_ref().ok().or(rc.as_ref().ok()));
-    }
-    ensure!(one.events(Some("db1"), 0, 100).await?.len() == 5);
-
-    let appends = |store: Arc<dyn Store>, who: &'static str| {
-        tokio::spawn(async move {
-            for i in 0..60 {
-                store
-                    .append_events(&[event(None, &format!("{who}{i}"))])
-                    .await?;
-            }
-            Ok::<_, StoreError>(())
-        })
+    let on = OnServer {
+        backend: Backend::start(kind).await?,
+        run: unique_name("contract"),
     };
-    let (x, y) = tokio::join!(
-        appends(Arc::clone(&one), "x"),
-        appends(Arc::clone(&two), "y")
-    );
-    x??;
-    y??;
-    let all = two.events(None, 0, usize::MAX).await?;
-    ensure!(all.len() == 125, "{} events", all.len());
-    ensure!(all.iter().map(|e| e.id).eq(1..=125), "ids not dense");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_contract_sqlite() -> Result<()> {
-    contract("sqlite").await
+    contract::run(&on).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,13 +162,11 @@ async fn acknowledged_writes_survive_kill9(kind: &str) -> Result<()> {
     match &mut b {
         Backend::Consul(c) => c.kill9(),
         Backend::Etcd(e) => e.kill9(),
-        Backend::Sqlite(_) => bail!("not a server"),
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     match &mut b {
         Backend::Consul(c) => c.restart().await?,
         Backend::Etcd(e) => e.restart().await?,
-        Backend::Sqlite(_) => {}
     }
     // Writers keep going after the restart too.
     let at_restart = locked(&acked_instances).len();
@@ -798,6 +296,9 @@ enum Setup {
         http: String,
         key: String,
         lock_delay: Duration,
+        /// Whether the session also depends on the contender's service check (else on
+        /// `serfHealth` only: a dead contender's session then lives until its TTL).
+        service_check: bool,
     },
     Etcd {
         endpoint: String,
@@ -814,6 +315,22 @@ async fn contender_election(setup: Setup, me: &str) -> Result<Box<dyn Election>>
             http,
             key,
             lock_delay,
+            service_check: false,
+        } => Box::new(ConsulElection::new(
+            ConsulClient::new(&http, None)?,
+            ConsulElectionConfig {
+                key,
+                address: me.to_owned(),
+                session_ttl: Duration::from_secs(10),
+                lock_delay,
+                checks: Vec::new(),
+            },
+        )),
+        Setup::Consul {
+            http,
+            key,
+            lock_delay,
+            service_check: true,
         } => {
             let client = ConsulClient::new(&http, None)?;
             let port = health_responder().await?;
@@ -915,9 +432,11 @@ impl Contender {
                     }
                 }
             });
-            // A crash: every task of this contender stops where it is.
+            // A crash: every task of this contender stops where it is. The leadership is not
+            // dropped (dropping resigns, and a worker still finishing its current poll could
+            // carry that out: the claim would be released, as no crashed process does).
             rt.shutdown_background();
-            drop(kept);
+            std::mem::forget(kept);
         });
         Ok(Contender {
             name: name.to_owned(),
@@ -1093,6 +612,7 @@ async fn consul_election_one_leader_and_takeovers() -> Result<()> {
         http: consul.http.clone(),
         key,
         lock_delay: cfg.consul.lock_delay(),
+        service_check: true,
     };
     let observer = election::open(&cfg, "observer", Vec::new())
         .await?
@@ -1146,6 +666,7 @@ async fn consul_leader_learns_of_a_lost_session_and_of_silence() -> Result<()> {
         http: consul.http.clone(),
         key: key.clone(),
         lock_delay,
+        service_check: true,
     };
 
     // 1. The session is destroyed behind the leader's back.
@@ -1240,6 +761,101 @@ async fn etcd_leader_learns_of_a_revoked_lease_and_of_silence() -> Result<()> {
     println!(
         "etcd: leader stepped down {:?} after etcd froze (lease TTL {ttl:?})",
         at - paused_at
+    );
+    Ok(())
+}
+
+/// failover.md defect 7: a scheduler killed and restarted at once under the same address.
+/// Its dead run's claim (a session on `serfHealth` only, TTL 10 s; a lease of 10 s) used to
+/// keep everyone from leading until it expired. Now the restarted contender clears it: while
+/// the dead run's claim holds, another contender waits; once the contender is back, someone
+/// leads within half the TTL (before the fix: no earlier than the TTL), and the dead run's
+/// claim is gone.
+async fn restarted_contender_clears_its_dead_run(setup: Setup) -> Result<()> {
+    let mut first = Contender::start("sched-a", setup.clone())?;
+    match first.next(Duration::from_secs(30)).await {
+        Some((Report::Leading(_), _)) => {}
+        other => bail!("expected to lead, got {other:?}"),
+    }
+    first.send(Command::Crash);
+    drop(first);
+    let crashed_at = Instant::now();
+    let mut other = Contender::start("sched-b", setup.clone())?;
+    if let Some(report) = other.next(Duration::from_secs(3)).await {
+        bail!("sched-b reported {report:?} while the dead run's claim holds the leadership");
+    }
+    let restarted_at = Instant::now();
+    let again = Contender::start("sched-a", setup)?;
+    let mut contenders = [again, other];
+    let (who, _, at) = one_leader(
+        &mut contenders,
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+    )
+    .await?;
+    println!(
+        "{} leads {:?} after sched-a restarted ({:?} after the crash)",
+        contenders[who].name,
+        at - restarted_at,
+        at - crashed_at
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_a_restarted_contender_destroys_its_dead_runs_session() -> Result<()> {
+    mofang_tests::init_tracing();
+    let consul = ConsulProcess::start().await?;
+    let key = format!("{}leader", prefix());
+    let setup = Setup::Consul {
+        http: consul.http.clone(),
+        key: key.clone(),
+        lock_delay: Duration::from_secs(1),
+        service_check: false,
+    };
+    let sessions = || async {
+        let list: Value = get_json(&format!("{}/v1/session/list", consul.http)).await?;
+        Ok::<_, anyhow::Error>(
+            list.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| {
+                            Some((s["ID"].as_str()?.to_owned(), s["Name"].as_str()?.to_owned()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    restarted_contender_clears_its_dead_run(setup).await?;
+    // One session per live contender: the dead run's is gone.
+    let named_a = sessions()
+        .await?
+        .into_iter()
+        .filter(|(_, name)| name.ends_with(" sched-a"))
+        .count();
+    ensure!(named_a == 1, "{named_a} sessions named after sched-a");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_restarted_contender_revokes_its_dead_runs_lease() -> Result<()> {
+    mofang_tests::init_tracing();
+    let etcd = EtcdProcess::start().await?;
+    let key = format!("{}leader", prefix());
+    let setup = Setup::Etcd {
+        endpoint: etcd.endpoint.clone(),
+        key: key.clone(),
+        ttl: Duration::from_secs(10),
+    };
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await?;
+    restarted_contender_clears_its_dead_run(setup).await?;
+    // The first run's lease is revoked, not merely outlived.
+    let leases = client.leases().await?;
+    ensure!(
+        leases.leases().len() == 2,
+        "{} leases: one per live contender expected",
+        leases.leases().len()
     );
     Ok(())
 }

@@ -114,7 +114,10 @@ pub struct Cluster {
     failover: FailoverConfig,
     /// Failover counters for `/metrics`.
     pub counters: Counters,
-    /// This scheduler leads (always, with the embedded store). Followers decide nothing.
+    /// This scheduler leads: set by [`Cluster::activate`] only (with the embedded store the
+    /// daemon activates at start; with a shared one, on winning the election). Followers
+    /// decide nothing, and a scheduler starts as one: until it holds the claim it must not
+    /// say it leads (it did, and clients and tests took a starting scheduler for the leader).
     active: std::sync::atomic::AtomicBool,
     /// The leader's REST address, as the election reports it (followers redirect there).
     leader: Mutex<Option<String>>,
@@ -174,7 +177,7 @@ impl Cluster {
             node_ttl,
             failover,
             counters: Counters::default(),
-            active: std::sync::atomic::AtomicBool::new(true),
+            active: std::sync::atomic::AtomicBool::new(false),
             leader: Mutex::new(None),
             failover_wake: tokio::sync::Notify::new(),
         }))
@@ -245,6 +248,22 @@ mod tests {
     use super::testkit::{cluster_on, spec, three_ssd_nodes};
     use super::*;
     use crate::store::sqlite::SqliteStore;
+
+    /// HA soak, leader kill (failover.md defect 7): a starting scheduler said `leader: true`
+    /// before its election ran. Loaded, it follows; only `activate` makes it lead.
+    #[tokio::test]
+    async fn a_loaded_cluster_follows_until_activated() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = Cluster::load(store, Duration::from_secs(30))
+            .await
+            .expect("load");
+        assert!(!c.is_active(), "leads before anyone said so");
+        c.activate().await.expect("activate");
+        assert!(c.is_active());
+        c.deactivate();
+        assert!(!c.is_active());
+    }
 
     /// Found reading the code (decision 33): a scheduler killed between a switchover's fence
     /// and its promotion left the primary fenced for good.

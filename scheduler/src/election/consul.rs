@@ -17,10 +17,13 @@
 //! A dead scheduler loses the lock when its session is invalidated: within the check
 //! interval when the session carries the scheduler's service check, otherwise when the TTL
 //! runs out (Consul may take up to twice the TTL). Then the lock-delay passes and a follower
-//! takes over.
+//! takes over. A scheduler restarted under the same address does not wait for that: its
+//! campaign destroys the session its earlier run left (the session's name carries the
+//! address), releasing the lock first so that no lock-delay applies.
 
-use super::{Error, LeaderInfo, Leadership, Result, Timings};
-use crate::consul::{ConsulClient, KvEntry, SessionSpec};
+use super::keeper::{self, Hold, Keeper, Renew, Renewal, Timings};
+use super::{Error, LeaderInfo, Leadership, Result};
+use crate::consul::{ConsulClient, KvEntry, SessionInfo, SessionSpec};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -40,7 +43,8 @@ const LOCK_DELAY_POLL: Duration = Duration::from_millis(250);
 pub struct ConsulElectionConfig {
     /// The lock key, e.g. `mofang/leader`.
     pub key: String,
-    /// Address this contender advertises when it leads.
+    /// Address this contender advertises when it leads. Also its identity: a session left
+    /// by an earlier run with this address is destroyed when a campaign starts.
     pub address: String,
     /// Session TTL (Consul accepts 10 s to 24 h).
     pub session_ttl: Duration,
@@ -65,6 +69,28 @@ fn backend(message: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The name of every session a contender advertising `address` creates: the same across
+/// restarts, so a new run finds what an earlier one left.
+fn session_name(address: &str) -> String {
+    format!("mofang-scheduler {address}")
+}
+
+/// Sessions left by an earlier run of this contender: those with its name on the Consul node
+/// of its new session `mine`, except `mine`.
+///
+/// Safe to destroy: the name is derived from the advertised address, and this process
+/// serves that address now, so the run that created them is gone (a session of the same
+/// name on another node is another host misconfigured with our address: left alone).
+fn leftovers<'a>(sessions: &'a [SessionInfo], name: &str, mine: &str) -> Vec<&'a SessionInfo> {
+    let Some(node) = sessions.iter().find(|s| s.id == mine).map(|s| &s.node) else {
+        return Vec::new();
+    };
+    sessions
+        .iter()
+        .filter(|s| s.id != mine && s.name == name && &s.node == node)
+        .collect()
+}
+
 impl ConsulElection {
     /// An election on `cfg.key` through the agent behind `client`.
     pub fn new(client: ConsulClient, cfg: ConsulElectionConfig) -> Self {
@@ -83,12 +109,37 @@ impl ConsulElection {
         checks.extend(self.cfg.checks.iter().cloned());
         self.client
             .session_create(&SessionSpec {
-                name: format!("mofang-scheduler {}", self.cfg.address),
+                name: session_name(&self.cfg.address),
                 ttl: self.cfg.session_ttl,
                 lock_delay: self.cfg.lock_delay,
                 checks,
             })
             .await
+    }
+
+    /// Destroys the sessions an earlier run under our name left (see [`leftovers`]): a
+    /// scheduler killed and restarted at once would otherwise find its dead run's session
+    /// still holding the lock until the TTL (Consul may take twice as long) and the
+    /// lock-delay have passed, with nobody leading. The lock is released first: a released
+    /// lock has no lock-delay, so anyone can lead at once. Best effort.
+    async fn clear_leftovers(&self, mine: &str) {
+        let sessions = match self.client.session_list().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "cannot list sessions to find leftovers");
+                return;
+            }
+        };
+        for old in leftovers(&sessions, &session_name(&self.cfg.address), mine) {
+            let released = self.client.kv_release(&self.cfg.key, &old.id).await;
+            let destroyed = self.client.session_destroy(&old.id).await;
+            match (released, destroyed) {
+                (Ok(held), Ok(())) => info!(session = %old.id, held_the_lock = held,
+                    "destroyed a session left by an earlier run of this scheduler"),
+                (r, d) => warn!(session = %old.id, release = ?r.err(), destroy = ?d.err(),
+                    "cannot clear a session left by an earlier run of this scheduler"),
+            }
+        }
     }
 
     /// One campaign with one session: `Ok(Some)` when leading, `Ok(None)` when the session
@@ -98,11 +149,12 @@ impl ConsulElection {
         session: &Session,
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>> {
+        let dead = session.keeper.lost();
         let mut index = 0;
         // Whether the key was seen free before the last refused acquire.
         let mut seen_free = false;
         loop {
-            if session.dead.is_cancelled() {
+            if dead.is_cancelled() {
                 return Ok(None);
             }
             let started = Instant::now();
@@ -114,7 +166,7 @@ impl ConsulElection {
                 Ok(acquired) => acquired,
                 Err(e) => {
                     warn!(error = %e, "cannot try the leader lock");
-                    pause(RETRY, shutdown, &session.dead).await;
+                    pause(RETRY, shutdown, dead).await;
                     continue;
                 }
             };
@@ -127,7 +179,7 @@ impl ConsulElection {
                     Ok(_) => continue,
                     Err(e) => {
                         warn!(error = %e, "cannot read the leader lock just taken");
-                        pause(RETRY, shutdown, &session.dead).await;
+                        pause(RETRY, shutdown, dead).await;
                         continue;
                     }
                 }
@@ -158,131 +210,76 @@ impl ConsulElection {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Error::Cancelled),
-                _ = session.dead.cancelled() => return Ok(None),
+                _ = dead.cancelled() => return Ok(None),
                 _ = wait => {}
             }
         }
     }
 
-    /// Starts keeping the lock just taken with `session` (acquire started at `started`).
+    /// Starts holding the lock just taken with `session` (acquire started at `started`).
     fn lead(&self, session: &Session, entry: KvEntry, started: Instant) -> Leadership {
         let term = entry.modify_index;
         info!(term, key = %self.cfg.key, "became the leader");
-        let lost = CancellationToken::new();
-        let resign = CancellationToken::new();
-        let keeper = {
-            let client = self.client.clone();
-            let key = self.cfg.key.clone();
-            let session = session.clone();
-            let lost = lost.clone();
-            let resign = resign.clone();
-            tokio::spawn(
-                async move { keep(client, key, session, entry, started, lost, resign).await }
-                    .instrument(tracing::info_span!("leadership", backend = "consul", term)),
-            )
+        // The acquire proved the session valid when it started.
+        session.keeper.confirm(started);
+        let held = HeldLock {
+            client: self.client.clone(),
+            key: self.cfg.key.clone(),
+            session: session.id.clone(),
+            index: entry.modify_index,
         };
-        Leadership::new(term, lost, resign, keeper)
+        keeper::lead(
+            term,
+            session.keeper.clone(),
+            held,
+            tracing::info_span!("leadership", backend = "consul", term),
+        )
     }
 }
 
-/// A session kept alive by a background renewal task.
-#[derive(Debug, Clone)]
+/// A session and the keeper renewing it.
+#[derive(Debug)]
 struct Session {
     id: String,
-    /// Cancelled when the session is gone or could not be confirmed in time.
-    dead: CancellationToken,
-    /// Cancelled to stop renewing.
-    stop: CancellationToken,
-    /// Start of the last confirmed renewal (or of the creation).
-    confirmed: Arc<std::sync::Mutex<Instant>>,
+    keeper: Keeper,
 }
 
-impl Session {
-    fn start(client: ConsulClient, id: String, created: Instant, timings: Timings) -> Self {
-        let session = Session {
-            id,
-            dead: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            confirmed: Arc::new(std::sync::Mutex::new(created)),
-        };
-        let s = session.clone();
-        tokio::spawn(
-            async move { s.renew_loop(client, timings).await }
-                .instrument(tracing::debug_span!("consul_session")),
-        );
-        session
-    }
+/// Renews a session (`PUT /v1/session/renew/<id>`).
+struct SessionRenew {
+    client: ConsulClient,
+    id: String,
+}
 
-    fn last_confirmed(&self) -> Instant {
-        self.confirmed
-            .lock()
-            .map(|t| *t)
-            .unwrap_or_else(|p| *p.into_inner())
-    }
-
-    async fn renew_loop(self, client: ConsulClient, timings: Timings) {
-        loop {
-            let deadline = self.last_confirmed() + timings.step_down_after;
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    warn!(session = %self.id, after = ?timings.step_down_after,
-                        "session not confirmed in time; giving it up");
-                    self.dead.cancel();
-                    return;
-                }
-                _ = tokio::time::sleep(timings.renew_every) => {}
-            }
-            let started = Instant::now();
-            let budget = deadline.saturating_duration_since(started);
-            if budget.is_zero() {
-                continue;
-            }
-            let renewed = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                r = client.session_renew(&self.id, budget) => r,
-            };
-            match renewed {
-                Ok(true) => {
-                    if let Ok(mut t) = self.confirmed.lock() {
-                        *t = started;
-                    }
-                }
-                Ok(false) => {
-                    warn!(session = %self.id, "session invalidated by consul");
-                    self.dead.cancel();
-                    return;
-                }
-                Err(e) => debug!(session = %self.id, error = %e, "session renewal failed"),
-            }
+#[async_trait::async_trait]
+impl Renew for SessionRenew {
+    async fn renew(&mut self, budget: Duration) -> Renewal {
+        // One HTTP request per call: a dropped call's answer cannot reach a later one.
+        match self.client.session_renew(&self.id, budget).await {
+            Ok(true) => Renewal::Renewed,
+            Ok(false) => Renewal::Gone,
+            Err(e) => Renewal::Failed(e.to_string()),
         }
     }
 }
 
-/// Keeps the lock until it is lost or given up. Cancels `lost` first in every case.
-async fn keep(
+/// The leader lock, held by `session`, as seen at `index`.
+struct HeldLock {
     client: ConsulClient,
     key: String,
-    session: Session,
-    entry: KvEntry,
-    started: Instant,
-    lost: CancellationToken,
-    resign: CancellationToken,
-) -> Result<()> {
-    // The acquire proved the session valid when it started.
-    if let Ok(mut t) = session.confirmed.lock() {
-        if *t < started {
-            *t = started;
-        }
-    }
-    let watcher = async {
-        let mut index = entry.modify_index;
+    session: String,
+    index: u64,
+}
+
+#[async_trait::async_trait]
+impl Hold for HeldLock {
+    async fn watch(&self) -> String {
+        let mut index = self.index;
         loop {
-            match client.kv_watch(&key, index, WATCH_WAIT).await {
+            match self.client.kv_watch(&self.key, index, WATCH_WAIT).await {
                 Ok((entry, next)) => {
                     index = next;
                     match entry {
-                        Some(e) if e.session.as_deref() == Some(session.id.as_str()) => {}
+                        Some(e) if e.session.as_deref() == Some(self.session.as_str()) => {}
                         Some(e) => {
                             return format!(
                                 "the lock is held by {}",
@@ -298,30 +295,20 @@ async fn keep(
                 }
             }
         }
-    };
-    let reason = tokio::select! {
-        _ = resign.cancelled() => None,
-        _ = session.dead.cancelled() => Some("the session is gone or could not be renewed in time".to_owned()),
-        r = watcher => Some(r),
-    };
-    lost.cancel();
-    session.stop.cancel();
-    match reason {
-        None => {
-            info!("resigning the leadership");
-            // Release first: a released lock has no lock-delay, so a follower leads at once.
-            let released = client.kv_release(&key, &session.id).await;
-            let destroyed = client.session_destroy(&session.id).await;
-            released.map_err(backend)?;
-            destroyed.map_err(backend)
-        }
-        Some(reason) => {
-            warn!(reason = %reason, "lost the leadership; stopped acting as leader");
-            // Best effort: a session we no longer trust must not keep the lock.
-            if let Err(e) = client.session_destroy(&session.id).await {
-                debug!(error = %e, "could not destroy the lost session");
-            }
-            Ok(())
+    }
+
+    async fn release(&self) -> Result<()> {
+        // Release first: a released lock has no lock-delay, so a follower leads at once.
+        let released = self.client.kv_release(&self.key, &self.session).await;
+        let destroyed = self.client.session_destroy(&self.session).await;
+        released.map_err(backend)?;
+        destroyed.map_err(backend)
+    }
+
+    async fn abandon(&self) {
+        // A session we no longer trust must not keep the lock.
+        if let Err(e) = self.client.session_destroy(&self.session).await {
+            debug!(error = %e, "could not destroy the lost session");
         }
     }
 }
@@ -361,10 +348,17 @@ impl super::Election for ConsulElection {
                 }
             };
             debug!(session = %id, "campaigning for the leader lock");
-            let session = Session::start(self.client.clone(), id, created, self.timings());
+            let renewer = SessionRenew {
+                client: self.client.clone(),
+                id: id.clone(),
+            };
+            let span = tracing::debug_span!("consul_session", session = %id);
+            let keeper = Keeper::start(renewer, created, self.timings(), span);
+            let session = Session { id, keeper };
+            self.clear_leftovers(&session.id).await;
             let outcome = self.campaign_with(&session, shutdown).await;
             if !matches!(outcome, Ok(Some(_))) {
-                session.stop.cancel();
+                session.keeper.stop();
                 if let Err(e) = self.client.session_destroy(&session.id).await {
                     debug!(error = %e, "could not destroy the campaign session");
                 }
@@ -417,5 +411,38 @@ impl super::Election for ConsulElection {
             .instrument(tracing::debug_span!("leader_watch", backend = "consul")),
         );
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, name: &str, node: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            node: node.to_owned(),
+        }
+    }
+
+    #[test]
+    fn leftovers_are_our_name_on_our_node_but_not_ours() {
+        let me = session_name("http://10.0.0.1:8080");
+        let other = session_name("http://10.0.0.2:8080");
+        let all = [
+            session("new", &me, "host-a"),
+            session("old", &me, "host-a"),
+            session("older", &me, "host-a"),
+            session("peer", &other, "host-a"),
+            session("misconfigured", &me, "host-b"),
+        ];
+        let ids: Vec<&str> = leftovers(&all, &me, "new")
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(ids, ["old", "older"]);
+        // Our own session not listed (yet): nothing is known to be ours, nothing is touched.
+        assert!(leftovers(&all[1..], &me, "new").is_empty());
     }
 }

@@ -14,8 +14,12 @@
 //! keep-alive, and only then can another contender create the key.
 //!
 //! A dead scheduler's key goes when its lease expires: within `ttl` of its last keep-alive.
+//! A scheduler restarted under the same address does not wait for that: when its campaign
+//! finds its own address on the key under another lease, it revokes that lease (its earlier
+//! run's) and the key goes at once.
 
-use super::{Error, LeaderInfo, Leadership, Result, Timings};
+use super::keeper::{self, Hold, Keeper, Renew, Renewal, Timings};
+use super::{Error, LeaderInfo, Leadership, Result};
 use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,8 +99,9 @@ impl EtcdElection {
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>> {
         let key = self.cfg.key.as_str();
+        let dead = lease.keeper.lost();
         loop {
-            if lease.dead.is_cancelled() {
+            if dead.is_cancelled() {
                 return Ok(None);
             }
             let started = Instant::now();
@@ -112,7 +117,7 @@ impl EtcdElection {
                 Ok(resp) => resp,
                 Err(e) => {
                     warn!(error = %e, "cannot try the leader key");
-                    pause(RETRY, shutdown, &lease.dead).await;
+                    pause(RETRY, shutdown, dead).await;
                     continue;
                 }
             };
@@ -120,7 +125,32 @@ impl EtcdElection {
             if resp.succeeded() {
                 return Ok(Some(self.lead(lease, revision, started)));
             }
-            // Someone leads: wait for the key to go, from the revision just read.
+            // Someone leads. If it is an earlier run of this contender, revoke its lease: the
+            // key goes with it and this run can lead at once.
+            let holder = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.lease())),
+                _ => None,
+            });
+            if let Some(old) = holder.and_then(|(value, held_by)| {
+                leftover_lease(&value, held_by, &self.cfg.address, lease.id)
+            }) {
+                match self.client.clone().lease_revoke(old).await {
+                    Ok(_) => {
+                        info!(lease = old,
+                        "revoked the lease an earlier run of this scheduler left on the leader key")
+                    }
+                    Err(e) => {
+                        warn!(lease = old, error = %e,
+                            "cannot revoke the lease an earlier run of this scheduler left");
+                        pause(RETRY, shutdown, dead).await;
+                    }
+                }
+                continue;
+            }
+            // Wait for the key to go, from the revision just read.
             let mut client = self.client.clone();
             let wait = async {
                 let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -153,128 +183,93 @@ impl EtcdElection {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(Error::Cancelled),
-                _ = lease.dead.cancelled() => return Ok(None),
+                _ = dead.cancelled() => return Ok(None),
                 _ = tokio::time::timeout(WATCH_WAIT, wait) => {}
             }
         }
     }
 
-    /// Starts keeping the key just created at `term` with `lease` (txn started at `started`).
+    /// Starts holding the key just created at `term` with `lease` (txn started at `started`).
     fn lead(&self, lease: &Lease, term: i64, started: Instant) -> Leadership {
         let term_u = u64::try_from(term).unwrap_or(0);
         info!(term = term_u, key = %self.cfg.key, "became the leader");
-        lease.confirmed_at(started);
-        let lost = CancellationToken::new();
-        let resign = CancellationToken::new();
-        let keeper = {
-            let client = self.client.clone();
-            let key = self.cfg.key.clone();
-            let lease = lease.clone();
-            let lost = lost.clone();
-            let resign = resign.clone();
-            tokio::spawn(
-                async move { keep(client, key, lease, term, lost, resign).await }.instrument(
-                    tracing::info_span!("leadership", backend = "etcd", term = term_u),
-                ),
-            )
+        // The transaction proved the lease valid when it started.
+        lease.keeper.confirm(started);
+        let held = HeldKey {
+            client: self.client.clone(),
+            key: self.cfg.key.clone(),
+            lease: lease.id,
+            term,
         };
-        Leadership::new(term_u, lost, resign, keeper)
+        keeper::lead(
+            term_u,
+            lease.keeper.clone(),
+            held,
+            tracing::info_span!("leadership", backend = "etcd", term = term_u),
+        )
     }
 }
 
-/// A lease kept alive by a background task.
-#[derive(Debug, Clone)]
+/// The lease an earlier run of the contender advertising `address` left on the leader key:
+/// the key holds our address under a lease that is not `mine`.
+///
+/// Safe to revoke: this process serves that address now, so the run that took the key is
+/// gone (or is this process after it stepped down: it no longer acts on that lease).
+fn leftover_lease(value: &[u8], held_by: i64, address: &str, mine: i64) -> Option<i64> {
+    (value == address.as_bytes() && held_by != mine && held_by != 0).then_some(held_by)
+}
+
+/// A lease and the keeper renewing it.
+#[derive(Debug)]
 struct Lease {
     id: i64,
-    /// Cancelled when the lease is gone or could not be confirmed in time.
-    dead: CancellationToken,
-    /// Cancelled to stop the keep-alives.
-    stop: CancellationToken,
-    /// Start of the last confirmed keep-alive (or of the grant).
-    confirmed: Arc<std::sync::Mutex<Instant>>,
+    keeper: Keeper,
 }
 
-impl Lease {
-    fn start(client: Client, id: i64, granted: Instant, timings: Timings) -> Self {
-        let lease = Lease {
-            id,
-            dead: CancellationToken::new(),
-            stop: CancellationToken::new(),
-            confirmed: Arc::new(std::sync::Mutex::new(granted)),
-        };
-        let l = lease.clone();
-        tokio::spawn(
-            async move { l.keep_alive_loop(client, timings).await }
-                .instrument(tracing::debug_span!("etcd_lease", lease = id)),
-        );
-        lease
-    }
+/// Keeps a lease alive over one keep-alive stream, opened again after any failure.
+struct LeaseRenew {
+    client: Client,
+    id: i64,
+    channel: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    /// A keep-alive was sent and its answer not read (its call was dropped): the stream
+    /// may still deliver that answer, so it is not used again.
+    in_flight: bool,
+}
 
-    fn last_confirmed(&self) -> Instant {
-        self.confirmed
-            .lock()
-            .map(|t| *t)
-            .unwrap_or_else(|p| *p.into_inner())
+#[async_trait::async_trait]
+impl Renew for LeaseRenew {
+    async fn renew(&mut self, _budget: Duration) -> Renewal {
+        if std::mem::replace(&mut self.in_flight, true) {
+            self.channel = None;
+        }
+        let outcome = self.attempt().await;
+        if !matches!(outcome, Renewal::Renewed | Renewal::Gone) {
+            self.channel = None;
+        }
+        self.in_flight = false;
+        outcome
     }
+}
 
-    fn confirmed_at(&self, at: Instant) {
-        if let Ok(mut t) = self.confirmed.lock() {
-            if *t < at {
-                *t = at;
+impl LeaseRenew {
+    async fn attempt(&mut self) -> Renewal {
+        if self.channel.is_none() {
+            match self.client.lease_keep_alive(self.id).await {
+                Ok(c) => self.channel = Some(c),
+                Err(e) => return Renewal::Failed(e.to_string()),
             }
         }
-    }
-
-    async fn keep_alive_loop(self, mut client: Client, timings: Timings) {
-        let mut channel = None;
-        loop {
-            let deadline = self.last_confirmed() + timings.step_down_after;
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    warn!(lease = self.id, after = ?timings.step_down_after,
-                        "lease not confirmed in time; giving it up");
-                    self.dead.cancel();
-                    return;
-                }
-                _ = tokio::time::sleep(timings.renew_every) => {}
-            }
-            let started = Instant::now();
-            let budget = deadline.saturating_duration_since(started);
-            let attempt = async {
-                if channel.is_none() {
-                    channel = Some(client.lease_keep_alive(self.id).await?);
-                }
-                let Some((keeper, stream)) = channel.as_mut() else {
-                    return Ok(None);
-                };
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            let outcome = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                r = tokio::time::timeout(budget, attempt) => r,
-            };
-            match outcome {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => self.confirmed_at(started),
-                Ok(Ok(Some(_))) => {
-                    warn!(lease = self.id, "lease expired or revoked");
-                    self.dead.cancel();
-                    return;
-                }
-                Ok(Ok(None)) => {
-                    debug!(lease = self.id, "keep-alive stream ended");
-                    channel = None;
-                }
-                Ok(Err(e)) => {
-                    debug!(lease = self.id, error = %e, "keep-alive failed");
-                    channel = None;
-                }
-                Err(_) => {
-                    debug!(lease = self.id, "keep-alive timed out");
-                    channel = None;
-                }
-            }
+        let Some((keeper, stream)) = self.channel.as_mut() else {
+            return Renewal::Failed("no keep-alive stream".to_owned());
+        };
+        if let Err(e) = keeper.keep_alive().await {
+            return Renewal::Failed(e.to_string());
+        }
+        match stream.message().await {
+            Ok(Some(resp)) if resp.ttl() > 0 => Renewal::Renewed,
+            Ok(Some(_)) => Renewal::Gone,
+            Ok(None) => Renewal::Failed("keep-alive stream ended".to_owned()),
+            Err(e) => Renewal::Failed(e.to_string()),
         }
     }
 }
@@ -295,21 +290,23 @@ async fn still_ours(
     Ok((ours, revision))
 }
 
-/// Keeps the key until it is lost or given up. Cancels `lost` first in every case.
-async fn keep(
+/// The leader key, created at `term` under `lease`.
+struct HeldKey {
     client: Client,
     key: String,
-    lease: Lease,
+    lease: i64,
     term: i64,
-    lost: CancellationToken,
-    resign: CancellationToken,
-) -> Result<()> {
-    let mut watch_client = client.clone();
-    let watcher = async {
+}
+
+#[async_trait::async_trait]
+impl Hold for HeldKey {
+    async fn watch(&self) -> String {
+        let (key, term) = (self.key.as_str(), self.term);
+        let mut watch_client = self.client.clone();
         let mut from = term + 1;
         loop {
             let options = WatchOptions::new().with_start_revision(from);
-            let mut stream = match watch_client.watch(key.as_str(), Some(options)).await {
+            let mut stream = match watch_client.watch(key, Some(options)).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     debug!(error = %e, "cannot watch the leader key");
@@ -346,7 +343,7 @@ async fn keep(
             }
             // The watch broke: check the key directly, then watch again from there.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            match still_ours(&mut watch_client, &key, term).await {
+            match still_ours(&mut watch_client, key, term).await {
                 Ok((true, revision)) => from = revision + 1,
                 Ok((false, _)) => return "the leader key was deleted or replaced".to_owned(),
                 Err(e) => {
@@ -355,32 +352,21 @@ async fn keep(
                 }
             }
         }
-    };
-    let reason = tokio::select! {
-        _ = resign.cancelled() => None,
-        _ = lease.dead.cancelled() => Some("the lease is gone or could not be renewed in time".to_owned()),
-        r = watcher => Some(r),
-    };
-    lost.cancel();
-    lease.stop.cancel();
-    // Revoking the lease deletes the key at once: a follower can lead without waiting.
-    let revoked = client.clone().lease_revoke(lease.id).await;
-    match reason {
-        None => {
-            info!("resigned the leadership");
-            match revoked {
-                Ok(_) => Ok(()),
-                // Already gone: nothing holds the key any more.
-                Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
-                Err(e) => Err(backend(e)),
-            }
+    }
+
+    async fn release(&self) -> Result<()> {
+        // Revoking the lease deletes the key at once: a follower can lead without waiting.
+        match self.client.clone().lease_revoke(self.lease).await {
+            Ok(_) => Ok(()),
+            // Already gone: nothing holds the key any more.
+            Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
+            Err(e) => Err(backend(e)),
         }
-        Some(reason) => {
-            warn!(reason = %reason, "lost the leadership; stopped acting as leader");
-            if let Err(e) = revoked {
-                debug!(error = %e, "could not revoke the lost lease");
-            }
-            Ok(())
+    }
+
+    async fn abandon(&self) {
+        if let Err(e) = self.client.clone().lease_revoke(self.lease).await {
+            debug!(error = %e, "could not revoke the lost lease");
         }
     }
 }
@@ -419,10 +405,20 @@ impl super::Election for EtcdElection {
                 }
             };
             debug!(lease = id, "campaigning for the leader key");
-            let lease = Lease::start(self.client.clone(), id, granted, self.timings());
+            let renewer = LeaseRenew {
+                client: self.client.clone(),
+                id,
+                channel: None,
+                in_flight: false,
+            };
+            let span = tracing::debug_span!("etcd_lease", lease = id);
+            let lease = Lease {
+                id,
+                keeper: Keeper::start(renewer, granted, self.timings(), span),
+            };
             let outcome = self.campaign_with(&lease, shutdown).await;
             if !matches!(outcome, Ok(Some(_))) {
-                lease.stop.cancel();
+                lease.keeper.stop();
                 if let Err(e) = self.client.clone().lease_revoke(id).await {
                     debug!(error = %e, "could not revoke the campaign lease");
                 }
@@ -493,5 +489,23 @@ impl super::Election for EtcdElection {
             .instrument(tracing::debug_span!("leader_watch", backend = "etcd")),
         );
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_address_under_another_lease_is_a_leftover() {
+        let me = "http://10.0.0.1:8080";
+        assert_eq!(leftover_lease(me.as_bytes(), 41, me, 42), Some(41));
+        assert_eq!(leftover_lease(me.as_bytes(), 42, me, 42), None, "ours");
+        assert_eq!(
+            leftover_lease(b"http://10.0.0.2:8080", 41, me, 42),
+            None,
+            "another scheduler's"
+        );
+        assert_eq!(leftover_lease(me.as_bytes(), 0, me, 42), None, "no lease");
     }
 }

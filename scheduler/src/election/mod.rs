@@ -1,13 +1,14 @@
 //! Leader election among schedulers: the `Election` trait, the `Leadership` a winner holds,
 //! and its Consul (session lock) and etcd (lease) implementations.
 //!
-//! A leader must stop acting before anyone else can start. Each implementation keeps its
-//! claim alive in the background and cancels [`Leadership::lost`] the moment it learns the
-//! claim is gone, or the moment it can no longer prove the claim is still held early enough:
-//! see each backend for the exact bound.
+//! A leader must stop acting before anyone else can start. One claim keeper
+//! ([`keeper`]) renews every backend's claim and cancels [`Leadership::lost`] the moment the
+//! claim is gone, or the moment it can no longer prove on its own clock that the claim is
+//! still held; the backends only acquire, watch and release (each says what its bound is).
 
 pub mod consul;
 pub mod etcd;
+mod keeper;
 
 pub use self::consul::{ConsulElection, ConsulElectionConfig};
 pub use self::etcd::{EtcdElection, EtcdElectionConfig};
@@ -92,7 +93,9 @@ pub struct LeaderInfo {
 #[async_trait::async_trait]
 pub trait Election: Send + Sync + 'static {
     /// Waits until this contender leads; keeps trying through backend failures (logging
-    /// them) until `shutdown` is cancelled, which ends it with [`Error::Cancelled`].
+    /// them) until `shutdown` is cancelled, which ends it with [`Error::Cancelled`]. A
+    /// campaign first clears any claim left under this contender's address (an earlier run's):
+    /// never campaign while holding a [`Leadership`] of the same election.
     async fn campaign(&self, shutdown: &CancellationToken) -> Result<Leadership>;
     /// The current leader, read consistently; `None` while nobody leads.
     async fn leader(&self) -> Result<Option<LeaderInfo>>;
@@ -164,51 +167,5 @@ impl Drop for Leadership {
     fn drop(&mut self) {
         self.lost.cancel();
         self.resign.cancel();
-    }
-}
-
-/// Timings derived from a claim's lifetime: how often to renew, and after how long without a
-/// confirmed renewal to step down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Timings {
-    /// Interval between renewals.
-    pub renew_every: std::time::Duration,
-    /// Step down when no renewal that started within this is confirmed.
-    pub step_down_after: std::time::Duration,
-}
-
-impl Timings {
-    /// For a claim that nobody else can take until `safe` after our last confirmed renewal
-    /// started: step down a margin (a fifth, at least 200 ms) before, renew four times in
-    /// that window (and at least three times per `ttl`).
-    pub(crate) fn new(safe: std::time::Duration, ttl: std::time::Duration) -> Self {
-        use std::time::Duration;
-        let margin = (safe / 5).max(Duration::from_millis(200));
-        let step_down_after = safe.saturating_sub(margin).max(Duration::from_millis(100));
-        let renew_every = (step_down_after / 4)
-            .min(ttl / 3)
-            .max(Duration::from_millis(50));
-        Timings {
-            renew_every,
-            step_down_after,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn timings_step_down_before_anyone_else_can_lead() {
-        let t = Timings::new(Duration::from_secs(5), Duration::from_secs(10));
-        assert_eq!(t.step_down_after, Duration::from_secs(4));
-        assert_eq!(t.renew_every, Duration::from_secs(1));
-        let t = Timings::new(Duration::from_secs(2), Duration::from_secs(2));
-        assert_eq!(t.step_down_after, Duration::from_millis(1600));
-        assert_eq!(t.renew_every, Duration::from_millis(400));
-        let t = Timings::new(Duration::from_millis(500), Duration::from_secs(10));
-        assert_eq!(t.step_down_after, Duration::from_millis(300));
     }
 }

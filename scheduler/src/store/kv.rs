@@ -1005,9 +1005,10 @@ fn decode<T: DeserializeOwned>(what: &str, entry: &Entry) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
-    //! The writer's logic on an in-memory backend that can misbehave on request: another
-    //! writer moving the counter between read and commit, and a commit applied whose answer
-    //! is lost. The real backends are tested in `tests/tests/store_backends.rs`.
+    //! The store contract ([`super::super::contract`]) on an in-memory backend, and the
+    //! writer's logic on that backend misbehaving on request: another writer moving the
+    //! counter between read and commit, and a commit applied whose answer is lost. The same
+    //! contract runs on real Consul and etcd in `tests/tests/store_backends.rs`.
     use super::*;
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1117,6 +1118,48 @@ mod tests {
             }
             Ok(Commit::Applied(written))
         }
+    }
+
+    /// One in-memory backend shared by stores: a second store on a prefix is a second
+    /// scheduler (its own writer and counters) on the same keys.
+    #[derive(Clone, Default)]
+    struct SharedKv(Arc<MemKv>);
+
+    #[async_trait::async_trait]
+    impl Kv for SharedKv {
+        fn name(&self) -> &'static str {
+            "mem"
+        }
+        fn max_ops(&self) -> usize {
+            self.0.max_ops()
+        }
+        fn max_bytes(&self) -> usize {
+            self.0.max_bytes()
+        }
+        async fn get(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+            self.0.get(keys).await
+        }
+        async fn scan(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<Entry>> {
+            self.0.scan(prefix, from, limit).await
+        }
+        async fn commit(&self, ops: &[Op]) -> Result<Commit> {
+            self.0.commit(ops).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl super::super::contract::Backend for SharedKv {
+        fn name(&self) -> &str {
+            "kv in memory"
+        }
+        async fn open(&self, space: &str) -> anyhow::Result<Arc<dyn Store>> {
+            Ok(Arc::new(KvStore::start(self.clone(), space)))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_contract_holds_on_the_kv_core() -> anyhow::Result<()> {
+        super::super::contract::run(&SharedKv::default()).await
     }
 
     fn event(kind: &str) -> Event {

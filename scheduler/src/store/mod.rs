@@ -2,6 +2,8 @@
 //! backends chosen by config (SQLite for one scheduler; Consul KV or etcd for several).
 
 pub mod consul;
+#[cfg(any(test, feature = "store-contract"))]
+pub mod contract;
 pub mod etcd;
 pub mod kv;
 pub mod sqlite;

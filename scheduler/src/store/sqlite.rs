@@ -699,317 +699,61 @@ impl<T> Context<T> for rusqlite::Result<T> {
 
 #[cfg(test)]
 mod tests {
+    //! The store contract ([`super::super::contract`]) on SQLite in memory and on files, and
+    //! what only a file has: permissions, reopening, corruption.
+    use super::super::contract::{self, audit_entry, event, instance, node};
     use super::*;
-    use crate::model::{Credentials, InstanceSpec, MemberRecord, Resources};
-    use mofang_common::{EngineKind, Role};
-    use std::collections::BTreeMap;
+    use std::collections::HashMap;
 
-    fn instance(name: &str) -> Instance {
-        Instance {
-            spec: InstanceSpec {
-                name: name.to_owned(),
-                engine: EngineKind::Mariadb,
-                version: "10.11".to_owned(),
-                replicas: 1,
-                resources: Resources {
-                    cpu: 1.0,
-                    memory: 1024,
-                    disk: 10240,
-                },
-                disk_class: None,
-                placement: None,
-            },
-            epoch: 1,
-            members: vec![MemberRecord {
-                id: format!("{name}-0"),
-                node: "n1".to_owned(),
-                role: Role::Primary,
-                disk_class: "ssd".to_owned(),
-            }],
-            credentials: Credentials {
-                admin: "a".to_owned(),
-                repl: "r".to_owned(),
-                monitor: "m".to_owned(),
-                app: "p".to_owned(),
-            },
-            created_at_ms: 1_700_000_000_000,
-            revision: 0,
-            auto_failover: true,
-            last_failover_ms: 0,
-            failover_acked: false,
-            fence_primary: false,
-            promote_after: String::new(),
-            replacing: None,
+    /// In memory: one store per space (a second view of a space is the same store: one
+    /// process, one database).
+    #[derive(Default)]
+    struct InMemory(std::sync::Mutex<HashMap<String, Arc<dyn Store>>>);
+
+    #[async_trait::async_trait]
+    impl contract::Backend for InMemory {
+        fn name(&self) -> &str {
+            "sqlite in memory"
+        }
+        async fn open(&self, space: &str) -> anyhow::Result<Arc<dyn Store>> {
+            let mut stores = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = stores.get(space) {
+                return Ok(Arc::clone(s));
+            }
+            let s: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
+            stores.insert(space.to_owned(), Arc::clone(&s));
+            Ok(s)
         }
     }
 
-    fn event(instance: Option<&str>, kind: &str) -> Event {
-        Event {
-            id: 0,
-            at_ms: 1_700_000_000_000,
-            instance: instance.map(str::to_owned),
-            node: None,
-            kind: kind.to_owned(),
-            message: format!("{kind} happened"),
+    /// Files: one per space; a second view opens the same file again (two connections).
+    struct Files(tempfile::TempDir);
+
+    #[async_trait::async_trait]
+    impl contract::Backend for Files {
+        fn name(&self) -> &str {
+            "sqlite files"
+        }
+        async fn open(&self, space: &str) -> anyhow::Result<Arc<dyn Store>> {
+            let file = format!("{}.db", space.trim_end_matches('/'));
+            Ok(Arc::new(SqliteStore::open(&self.0.path().join(file))?))
         }
     }
 
-    fn node(name: &str) -> Node {
-        Node {
-            name: name.to_owned(),
-            address: "10.0.0.1".to_owned(),
-            labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
-            cpu: 8.0,
-            memory_bytes: 1 << 34,
-            disks: Vec::new(),
-            admin: NodeAdmin::Active,
-            agent_version: "0.1.0".to_owned(),
-            registered_at_ms: 1,
-            http_address: String::new(),
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_contract_holds_in_memory() -> anyhow::Result<()> {
+        contract::run(&InMemory::default()).await
     }
 
-    fn audit_entry(action: &str) -> AuditEntry {
-        AuditEntry {
-            id: 0,
-            at_ms: 1,
-            who: "admin".to_owned(),
-            source: "127.0.0.1".to_owned(),
-            action: action.to_owned(),
-            target: "db1".to_owned(),
-            status: 201,
-            result: "ok".to_owned(),
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_contract_holds_on_files() -> anyhow::Result<()> {
+        contract::run(&Files(tempfile::tempdir()?)).await
     }
 
     fn open_temp() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("mofang.db")).unwrap();
         (dir, store)
-    }
-
-    #[tokio::test]
-    async fn create_get_list() {
-        let (_dir, store) = open_temp();
-        let created = store
-            .create_instance(&instance("db2"), &[event(Some("db2"), "instance_created")])
-            .await
-            .unwrap();
-        assert_eq!(created.revision, 1);
-        store.create_instance(&instance("db1"), &[]).await.unwrap();
-        assert_eq!(store.instance("db2").await.unwrap(), Some(created));
-        assert_eq!(store.instance("nope").await.unwrap(), None);
-        let names: Vec<_> = store
-            .instances()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| (i.spec.name, i.revision))
-            .collect();
-        assert_eq!(names, [("db1".to_owned(), 1), ("db2".to_owned(), 1)]);
-        let events = store.events(None, 0, 10).await.unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].id, 1);
-        assert_eq!(events[0].kind, "instance_created");
-    }
-
-    #[tokio::test]
-    async fn create_existing_name_fails_and_appends_nothing() {
-        let (_dir, store) = open_temp();
-        store.create_instance(&instance("db1"), &[]).await.unwrap();
-        let mut other = instance("db1");
-        other.epoch = 7;
-        let err = store
-            .create_instance(&other, &[event(Some("db1"), "instance_created")])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::AlreadyExists(ref n) if n == "db1"),
-            "{err}"
-        );
-        assert_eq!(store.instance("db1").await.unwrap().unwrap().epoch, 1);
-        assert!(store.events(None, 0, 10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn update_is_compare_and_set() {
-        let (_dir, store) = open_temp();
-        let mut inst = store.create_instance(&instance("db1"), &[]).await.unwrap();
-        inst.epoch = 2;
-        let updated = store
-            .update_instance(&inst, &[event(Some("db1"), "failover")])
-            .await
-            .unwrap();
-        assert_eq!(updated.revision, 2);
-        assert_eq!(updated.epoch, 2);
-        assert_eq!(store.instance("db1").await.unwrap(), Some(updated.clone()));
-
-        // `inst` still carries revision 1: stale.
-        inst.epoch = 3;
-        let err = store
-            .update_instance(&inst, &[event(Some("db1"), "failover")])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::Conflict { ref name, expected: 1, actual: 2 } if name == "db1"),
-            "{err}"
-        );
-        assert_eq!(store.instance("db1").await.unwrap(), Some(updated));
-        assert_eq!(store.events(None, 0, 10).await.unwrap().len(), 1);
-
-        let err = store
-            .update_instance(&instance("ghost"), &[])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::NotFound(ref n) if n == "ghost"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn delete_is_compare_and_set() {
-        let (_dir, store) = open_temp();
-        store.create_instance(&instance("db1"), &[]).await.unwrap();
-        let err = store.delete_instance("db1", 5, &[]).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Conflict {
-                    expected: 5,
-                    actual: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert!(store.instance("db1").await.unwrap().is_some());
-        store
-            .delete_instance("db1", 1, &[event(Some("db1"), "instance_deleted")])
-            .await
-            .unwrap();
-        assert_eq!(store.instance("db1").await.unwrap(), None);
-        let err = store.delete_instance("db1", 1, &[]).await.unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)), "{err}");
-        let kinds: Vec<_> = store
-            .events(Some("db1"), 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["instance_deleted"]);
-        // The name is free again.
-        store.create_instance(&instance("db1"), &[]).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn events_filter_by_instance_and_since() {
-        let (_dir, store) = open_temp();
-        let stored = store
-            .append_events(&[
-                event(Some("a"), "e1"),
-                event(Some("b"), "e2"),
-                event(None, "e3"),
-                event(Some("a"), "e4"),
-                event(Some("a"), "e5"),
-            ])
-            .await
-            .unwrap();
-        let ids: Vec<_> = stored.iter().map(|e| e.id).collect();
-        assert_eq!(ids, [1, 2, 3, 4, 5]);
-
-        let all = store.events(None, 0, 100).await.unwrap();
-        assert_eq!(all, stored);
-        let kinds = |events: Vec<Event>| events.into_iter().map(|e| e.kind).collect::<Vec<_>>();
-        assert_eq!(
-            kinds(store.events(None, 2, 100).await.unwrap()),
-            ["e3", "e4", "e5"]
-        );
-        assert_eq!(kinds(store.events(None, 0, 2).await.unwrap()), ["e1", "e2"]);
-        assert_eq!(
-            kinds(store.events(Some("a"), 0, 100).await.unwrap()),
-            ["e1", "e4", "e5"]
-        );
-        assert_eq!(kinds(store.events(Some("a"), 1, 1).await.unwrap()), ["e4"]);
-        assert!(store.events(Some("a"), 5, 100).await.unwrap().is_empty());
-        assert!(store
-            .events(None, u64::MAX, usize::MAX)
-            .await
-            .unwrap()
-            .is_empty());
-
-        let more = store
-            .append_events(&[event(Some("b"), "e6")])
-            .await
-            .unwrap();
-        assert_eq!(more[0].id, 6);
-    }
-
-    #[tokio::test]
-    async fn audit_append_and_list() {
-        let (_dir, store) = open_temp();
-        let first = store
-            .append_audit(&audit_entry("POST /v1/instances"))
-            .await
-            .unwrap();
-        let second = store
-            .append_audit(&audit_entry("DELETE /v1/instances/db1"))
-            .await
-            .unwrap();
-        assert_eq!((first.id, second.id), (1, 2));
-        assert_eq!(
-            store.audit(0, 10).await.unwrap(),
-            [first.clone(), second.clone()]
-        );
-        assert_eq!(store.audit(1, 10).await.unwrap(), [second]);
-        assert_eq!(store.audit(0, 1).await.unwrap(), [first]);
-    }
-
-    #[tokio::test]
-    async fn meta_get_and_put() {
-        let (_dir, store) = open_temp();
-        assert_eq!(store.get_meta("token_hash").await.unwrap(), None);
-        store.put_meta("token_hash", "abc").await.unwrap();
-        store.put_meta("token_hash", "def").await.unwrap();
-        assert_eq!(
-            store.get_meta("token_hash").await.unwrap().as_deref(),
-            Some("def")
-        );
-    }
-
-    #[tokio::test]
-    async fn nodes_keep_admin_and_first_registration() {
-        let (_dir, store) = open_temp();
-        store.put_node(&node("n2")).await.unwrap();
-        store.put_node(&node("n1")).await.unwrap();
-        let cordoned = store
-            .set_node_admin("n1", NodeAdmin::Cordoned)
-            .await
-            .unwrap();
-        assert_eq!(cordoned.admin, NodeAdmin::Cordoned);
-
-        let mut again = node("n1");
-        again.agent_version = "0.2.0".to_owned();
-        again.registered_at_ms = 99;
-        store.put_node(&again).await.unwrap();
-
-        let nodes = store.nodes().await.unwrap();
-        assert_eq!(nodes.len(), 2);
-        assert_eq!(nodes[0].name, "n1");
-        assert_eq!(nodes[0].agent_version, "0.2.0");
-        assert_eq!(nodes[0].admin, NodeAdmin::Cordoned);
-        assert_eq!(nodes[0].registered_at_ms, 1);
-        assert_eq!(nodes[1], node("n2"));
-
-        let err = store
-            .set_node_admin("ghost", NodeAdmin::Draining)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, Error::NotFound(ref n) if n == "ghost"),
-            "{err}"
-        );
     }
 
     #[tokio::test]
@@ -1039,118 +783,6 @@ mod tests {
         // Ids continue where they stopped.
         let next = store.append_events(&[event(None, "x")]).await.unwrap();
         assert_eq!(next[0].id, 2);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_creates_all_commit() {
-        let (_dir, store) = open_temp();
-        let store = Arc::new(store);
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    let name = format!("db{i}");
-                    store
-                        .create_instance(
-                            &instance(&name),
-                            &[
-                                event(Some(&name), "placed"),
-                                event(Some(&name), "instance_created"),
-                            ],
-                        )
-                        .await
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap().revision, 1);
-        }
-        assert_eq!(store.instances().await.unwrap().len(), 200);
-        let events = store.events(None, 0, 1000).await.unwrap();
-        assert_eq!(events.len(), 400);
-        let ids: std::collections::BTreeSet<_> = events.iter().map(|e| e.id).collect();
-        assert_eq!(ids.len(), 400);
-        assert_eq!(ids.first(), Some(&1));
-        assert_eq!(ids.last(), Some(&400));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_requests_in_a_batch_roll_back_only_themselves() {
-        let (_dir, store) = open_temp();
-        let store = Arc::new(store);
-        // 100 creates of one name and 100 of distinct names, queued together: they share
-        // batches, and each duplicate must undo its own events and nothing else.
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                let name = if i % 2 == 0 {
-                    "dup".to_owned()
-                } else {
-                    format!("db{i}")
-                };
-                tokio::spawn(async move {
-                    store
-                        .create_instance(&instance(&name), &[event(Some(&name), "created")])
-                        .await
-                })
-            })
-            .collect();
-        let mut created = 0;
-        let mut duplicates = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => created += 1,
-                Err(Error::AlreadyExists(name)) if name == "dup" => duplicates += 1,
-                Err(e) => panic!("unexpected error: {e}"),
-            }
-        }
-        assert_eq!((created, duplicates), (101, 99));
-        assert_eq!(store.instances().await.unwrap().len(), 101);
-        assert_eq!(store.events(Some("dup"), 0, 1000).await.unwrap().len(), 1);
-        assert_eq!(store.events(None, 0, 1000).await.unwrap().len(), 101);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_updates_at_one_revision_one_wins() {
-        let (_dir, store) = open_temp();
-        let store = Arc::new(store);
-        let base = store.create_instance(&instance("db1"), &[]).await.unwrap();
-        let tasks: Vec<_> = (0..2u64)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                let mut inst = base.clone();
-                inst.epoch = 10 + i;
-                tokio::spawn(async move { store.update_instance(&inst, &[]).await })
-            })
-            .collect();
-        let mut won = Vec::new();
-        let mut conflicts = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(inst) => won.push(inst),
-                Err(Error::Conflict {
-                    expected: 1,
-                    actual: 2,
-                    ..
-                }) => conflicts += 1,
-                Err(e) => panic!("unexpected error: {e}"),
-            }
-        }
-        assert_eq!((won.len(), conflicts), (1, 1));
-        assert_eq!(store.instance("db1").await.unwrap(), Some(won[0].clone()));
-        assert_eq!(won[0].revision, 2);
-    }
-
-    #[tokio::test]
-    async fn in_memory_store_works() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        let inst = store
-            .create_instance(&instance("db1"), &[event(Some("db1"), "instance_created")])
-            .await
-            .unwrap();
-        store.update_instance(&inst, &[]).await.unwrap();
-        assert_eq!(store.instance("db1").await.unwrap().unwrap().revision, 2);
-        assert_eq!(store.events(Some("db1"), 0, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
