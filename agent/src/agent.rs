@@ -151,7 +151,7 @@ async fn connect_runtime(shutdown: &CancellationToken) -> Option<DockerRuntime> 
 /// Runs the agent until `shutdown` is cancelled. Database containers keep running after it
 /// returns: the agent adopts them again on its next start.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
-    let state = LocalState::open(&cfg.state_dir)?;
+    let state = LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir)?;
     let volumes = Arc::new(VolumeManager::open(cfg.disks.clone())?);
     let lease = Lease::new(cfg.lease_ttl());
     // Serve the last desired state we saw while the scheduler is away.

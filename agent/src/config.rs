@@ -36,6 +36,16 @@ pub struct AgentConfig {
     /// Default `/var/lib/mofang/agent`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Key file (mode 0600) that seals the secrets kept in `state_dir` (docs/secrets.md).
+    /// Created on first start. Default: beside the state directory, `<state_dir>.key`
+    /// (`/var/lib/mofang/agent.key`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Where the members' rendered config files go: they hold the passwords the databases
+    /// read, so they live in RAM (tmpfs), mode 0700, and are rendered again from the sealed
+    /// copy in `state_dir` after a reboot. Default `/run/mofang-agent`.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
     /// `host`, or the name of a Docker network members attach to. Default `host`.
     #[serde(default = "default_network")]
     pub network: String,
@@ -96,6 +106,9 @@ fn default_advertise() -> String {
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/mofang/agent")
 }
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/mofang-agent")
+}
 fn default_network() -> String {
     "host".into()
 }
@@ -119,6 +132,15 @@ fn default_metrics_timeout_ms() -> u64 {
 }
 
 impl AgentConfig {
+    /// The key file: `key_file`, or `<state_dir>.key`.
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| {
+            let mut p = self.state_dir.clone().into_os_string();
+            p.push(".key");
+            PathBuf::from(p)
+        })
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = mofang_common::config::read(path)?;
@@ -172,6 +194,23 @@ impl AgentConfig {
                 return Err(invalid(
                     format!("disks[{i}].path"),
                     "must be an absolute path",
+                ));
+            }
+        }
+        if !self.run_dir.is_absolute() {
+            return Err(invalid("run_dir", "must be an absolute path"));
+        }
+        if self.run_dir.starts_with(&self.state_dir) {
+            return Err(invalid(
+                "run_dir",
+                "must not be inside state_dir: it holds passwords in clear",
+            ));
+        }
+        if let Some(k) = &self.key_file {
+            if k.as_os_str().is_empty() || k.starts_with(&self.state_dir) {
+                return Err(invalid(
+                    "key_file",
+                    "must be a file outside state_dir (it opens what state_dir holds)",
                 ));
             }
         }

@@ -42,6 +42,24 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(cfg.log_json);
+    // The key file and the sealed state are checked before anything runs: a missing or
+    // wrong key is the operator's to fix (exit 64 naming `key_file`), never a crash later.
+    if let Err(e) =
+        mofang_agent::state::LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir)
+    {
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        tracing::error!(error = %why, "agent cannot open its state");
+        if e.is_config() {
+            eprintln!("mofang-agent: invalid config: {why}");
+            return ExitCode::from(EX_CONFIG);
+        }
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,13 +1,22 @@
 //! The agent's local state on disk: the last desired state received, per-member facts
-//! (applied epoch, port, restarts), rendered config files and instance secrets.
+//! (applied epoch, port, restarts), the members' rendered config files and instance secrets.
 //! Every write is write-temp + fsync + rename, so a crash leaves the old or the new file.
+//!
+//! Nothing in the state directory holds a password in clear (docs/secrets.md): the desired
+//! state, the instance secrets and a copy of each member's config files are sealed with the
+//! node's key (`key_file`, 0600, outside the state directory). The config files the
+//! databases read are in `run_dir` (tmpfs), rendered again from the sealed copy after a reboot.
 
 use crate::engine::{ConfigFile, Secrets};
 use mofang_common::proto::DesiredState;
+use mofang_common::sealed::{self, Keyring, Sealed};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tracing::{info, warn};
 
 /// Errors of local state.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +38,38 @@ pub enum Error {
         /// The parser's words.
         message: String,
     },
+    /// A sealed state file does not open with the node's key.
+    #[error("state file {path} does not open with the key in `key_file`")]
+    Unsealable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: sealed::Error,
+    },
+    /// The key file is missing while the state directory holds secrets sealed with it.
+    #[error(
+        "config field `key_file`: {path} does not exist, and the state directory holds \
+         secrets sealed with it: restore the file (or empty the state directory's sealed files: \
+         the scheduler sends the secrets again)"
+    )]
+    KeyMissing {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read or created, or is not a key file.
+    #[error("config field `key_file`")]
+    Key(#[source] sealed::Error),
+}
+
+impl Error {
+    /// True when the operator's files are at fault: the agent exits 64.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::KeyMissing { .. } | Error::Key(_) | Error::Unsealable { .. }
+        )
+    }
 }
 
 /// Result of state operations.
@@ -66,10 +107,21 @@ pub struct MemberState {
     pub crash_looping: bool,
 }
 
-/// The state directory.
+/// The sealed copy of a member's config files.
+#[derive(Serialize, Deserialize)]
+struct ConfigBundle {
+    /// Owner of the files (the database server's uid).
+    uid: u32,
+    /// Name to contents.
+    files: BTreeMap<String, String>,
+}
+
+/// The state directory, the run directory and the key that seals what the first holds.
 #[derive(Debug, Clone)]
 pub struct LocalState {
     root: PathBuf,
+    run: PathBuf,
+    key: Arc<Keyring>,
 }
 
 /// Writes `data` to `path` atomically with `mode`.
@@ -95,50 +147,228 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+fn private_dir(d: &Path, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(d).map_err(io(d))?;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).map_err(io(d))
+}
+
+const DESIRED_AAD: &str = "mofang-agent/desired";
+
+fn secrets_aad(instance: &str) -> String {
+    format!("mofang-agent/secrets/{instance}")
+}
+
+fn config_aad(member: &str) -> String {
+    format!("mofang-agent/config/{member}")
+}
+
+/// True if the file starts like a sealed value.
+fn is_sealed_file(p: &Path) -> bool {
+    std::fs::read(p)
+        .map(|b| b.starts_with(sealed::PREFIX.as_bytes()))
+        .unwrap_or(false)
+}
+
 impl LocalState {
-    /// Opens (creating) the state directory, mode 0700: it holds secrets.
-    pub fn open(root: &Path) -> Result<Self> {
+    /// Opens (creating) the state directory (0700) and the run directory (0700), reads the
+    /// key file (created 0600 when missing and nothing sealed needs it), seals what an older
+    /// agent left in clear, and puts back the members' config files in the run directory
+    /// (gone after a reboot).
+    pub fn open(root: &Path, key_file: &Path, run: &Path) -> Result<Self> {
         for d in [root.to_owned(), root.join("members"), root.join("secrets")] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io(root))?;
-        Ok(LocalState {
+        private_dir(root, 0o700)?;
+        private_dir(run, 0o700)?;
+        let key = match Keyring::load(key_file) {
+            Ok(k) => k,
+            Err(sealed::Error::Missing { .. }) if !Self::holds_sealed(root) => {
+                let (k, created) = Keyring::load_or_create(key_file).map_err(Error::Key)?;
+                if created {
+                    info!(path = %key_file.display(), "key file created (mode 0600)");
+                }
+                k
+            }
+            Err(sealed::Error::Missing { .. }) => {
+                return Err(Error::KeyMissing {
+                    path: key_file.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::Key(e)),
+        };
+        let st = LocalState {
             root: root.to_owned(),
-        })
+            run: run.to_owned(),
+            key: Arc::new(key),
+        };
+        st.seal_legacy()?;
+        st.restore_configs()?;
+        Ok(st)
+    }
+
+    /// Whether anything in `root` is sealed (then its key file is needed).
+    fn holds_sealed(root: &Path) -> bool {
+        let in_dir = |d: PathBuf, f: &dyn Fn(&Path) -> bool| {
+            std::fs::read_dir(d)
+                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| f(&e.path())))
+                .unwrap_or(false)
+        };
+        is_sealed_file(&root.join("desired.json"))
+            || in_dir(root.join("secrets"), &|p| is_sealed_file(p))
+            || in_dir(root.join("members"), &|p| p.join("config.sealed").exists())
+    }
+
+    fn seal_text(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>> {
+        self.key
+            .seal(aad.as_bytes(), plain)
+            .map(|s| s.to_string().into_bytes())
+            .map_err(|source| Error::Unsealable {
+                path: self.root.clone(),
+                source,
+            })
+    }
+
+    /// Reads a file written by [`Self::write_sealed`] (or, from an older agent, in clear).
+    fn read_sealed(&self, p: &Path, aad: &str) -> Result<Option<Vec<u8>>> {
+        let bytes = match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(p)(e)),
+        };
+        if !bytes.starts_with(sealed::PREFIX.as_bytes()) {
+            return Ok(Some(bytes));
+        }
+        let unsealable = |source| Error::Unsealable {
+            path: p.to_owned(),
+            source,
+        };
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| unsealable(sealed::Error::Malformed("not UTF-8")))?;
+        let plain = self
+            .key
+            .open(
+                aad.as_bytes(),
+                &Sealed::parse(text.trim()).map_err(unsealable)?,
+            )
+            .map_err(unsealable)?;
+        Ok(Some(plain.to_vec()))
+    }
+
+    fn write_sealed(&self, p: &Path, aad: &str, plain: &[u8]) -> Result<()> {
+        write_atomic(p, &self.seal_text(aad, plain)?, 0o600)
+    }
+
+    /// Seals what an agent before secrets were sealed left in clear: the desired state,
+    /// instance secrets, and member config directories (moved to the run directory; the old
+    /// path becomes a link to it, so containers created with it still find their files).
+    fn seal_legacy(&self) -> Result<()> {
+        let desired = self.root.join("desired.json");
+        if desired.exists() && !is_sealed_file(&desired) {
+            if let Some(d) = self.load_desired()? {
+                self.save_desired(&d)?;
+                info!("sealed the desired state left in clear");
+            }
+        }
+        let dir = self.root.join("secrets");
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let p = entry.path();
+            let Some(instance) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if !is_sealed_file(&p) {
+                let plain = std::fs::read(&p).map_err(io(&p))?;
+                self.write_sealed(&p, &secrets_aad(instance), &plain)?;
+                info!(instance, "sealed the instance secrets left in clear");
+            }
+        }
+        for member in self.members() {
+            let etc = self.member_dir(&member).join("etc");
+            let Ok(meta) = std::fs::symlink_metadata(&etc) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            let mut files = Vec::new();
+            let mut uid = meta.uid();
+            for entry in std::fs::read_dir(&etc).map_err(io(&etc))?.flatten() {
+                let p = entry.path();
+                let (Some(name), Ok(contents)) = (
+                    p.file_name().and_then(|n| n.to_str()).map(str::to_owned),
+                    std::fs::read_to_string(&p),
+                ) else {
+                    continue;
+                };
+                if let Ok(m) = entry.metadata() {
+                    uid = m.uid();
+                }
+                files.push((name, contents));
+            }
+            self.write_files(&member, &files, uid)?;
+            std::fs::remove_dir_all(&etc).map_err(io(&etc))?;
+            std::os::unix::fs::symlink(self.config_dir(&member), &etc).map_err(io(&etc))?;
+            info!(member, run_dir = %self.run.display(), "moved the member's config files out of the state directory");
+        }
+        Ok(())
+    }
+
+    /// Puts the members' config files back in the run directory from their sealed copies
+    /// (after a reboot emptied it), so a stopped container can start before any reconcile.
+    fn restore_configs(&self) -> Result<()> {
+        for member in self.members() {
+            let p = self.member_dir(&member).join("config.sealed");
+            let Some(plain) = self.read_sealed(&p, &config_aad(&member))? else {
+                continue;
+            };
+            let bundle: ConfigBundle =
+                serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?;
+            let files: Vec<(String, String)> = bundle.files.into_iter().collect();
+            if self.write_run_files(&member, &files, bundle.uid)? {
+                info!(member, "config files restored in the run directory");
+            }
+        }
+        Ok(())
     }
 
     /// The last desired state received, if any.
     pub fn load_desired(&self) -> Result<Option<DesiredState>> {
         let p = self.root.join("desired.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
+        match self.read_sealed(&p, DESIRED_AAD)? {
+            Some(b) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| Error::Corrupt {
                     path: p,
                     message: e.to_string(),
                 }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
+            None => Ok(None),
         }
     }
 
-    /// Persists the desired state (0600: assignments carry secrets).
+    /// Persists the desired state, sealed (assignments carry secrets).
     pub fn save_desired(&self, d: &DesiredState) -> Result<()> {
         let p = self.root.join("desired.json");
         let b = serde_json::to_vec(d).map_err(|e| Error::Corrupt {
             path: p.clone(),
             message: e.to_string(),
         })?;
-        write_atomic(&p, &b, 0o600)
+        self.write_sealed(&p, DESIRED_AAD, &b)
     }
 
     fn member_dir(&self, member: &str) -> PathBuf {
         self.root.join("members").join(member)
     }
 
-    /// The directory mounted at `/etc/mofang` in the member's container.
+    /// The directory mounted at `/etc/mofang` in the member's container (in the run
+    /// directory: it holds passwords in clear for the database server).
     pub fn config_dir(&self, member: &str) -> PathBuf {
-        self.member_dir(member).join("etc")
+        self.run.join(member)
     }
 
     /// A member's remembered facts (default when new).
@@ -166,20 +396,52 @@ impl LocalState {
         write_atomic(&p, &b, 0o600)
     }
 
-    /// Writes the member's config files, owned by the server's uid, 0600, in a 0750 directory.
-    /// Returns true if any file changed.
+    /// Writes the member's config files, owned by the server's uid, 0600, in a 0750 directory
+    /// of the run directory, and their sealed copy in the state directory. Returns true if any
+    /// file changed.
     pub fn write_config(&self, member: &str, files: &[ConfigFile], uid: u32) -> Result<bool> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.name.to_owned(), f.contents.clone()))
+            .collect();
+        self.write_files(member, &files, uid)
+    }
+
+    fn write_files(&self, member: &str, files: &[(String, String)], uid: u32) -> Result<bool> {
+        let changed = self.write_run_files(member, files, uid)?;
+        let dir = self.member_dir(member);
+        let sealed = dir.join("config.sealed");
+        if changed || !sealed.exists() {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let bundle = ConfigBundle {
+                uid,
+                files: files.iter().cloned().collect(),
+            };
+            let b = serde_json::to_vec(&bundle).map_err(|e| Error::Corrupt {
+                path: sealed.clone(),
+                message: e.to_string(),
+            })?;
+            self.write_sealed(&sealed, &config_aad(member), &b)?;
+        }
+        Ok(changed)
+    }
+
+    fn write_run_files(&self, member: &str, files: &[(String, String)], uid: u32) -> Result<bool> {
         let dir = self.config_dir(member);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).map_err(io(&dir))?;
         std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(io(&dir))?;
         let mut changed = false;
-        for f in files {
-            let p = dir.join(f.name);
-            if std::fs::read(&p).ok().as_deref() == Some(f.contents.as_bytes()) {
+        for (name, contents) in files {
+            if name.contains('/') || name.starts_with('.') {
+                warn!(member, "config file with an unusable name skipped");
                 continue;
             }
-            write_atomic(&p, f.contents.as_bytes(), 0o600)?;
+            let p = dir.join(name);
+            if std::fs::read(&p).ok().as_deref() == Some(contents.as_bytes()) {
+                continue;
+            }
+            write_atomic(&p, contents.as_bytes(), 0o600)?;
             std::os::unix::fs::chown(&p, Some(uid), Some(uid)).map_err(io(&p))?;
             changed = true;
         }
@@ -188,11 +450,13 @@ impl LocalState {
 
     /// Forgets a member (after its container and volume are gone).
     pub fn remove_member(&self, member: &str) -> Result<()> {
-        let dir = self.member_dir(member);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
-            _ => Ok(()),
+        for dir in [self.member_dir(member), self.config_dir(member)] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&dir)(e)),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// Members with a state directory.
@@ -207,37 +471,38 @@ impl LocalState {
     }
 
     /// The instance's secrets: the scheduler's when it sent them, else generated once and
-    /// kept (0600) so every member of the instance on this node shares them.
+    /// kept (sealed) so every member of the instance on this node shares them.
     pub fn secrets(&self, instance: &str, from_scheduler: Option<Secrets>) -> Result<Secrets> {
         let p = self.root.join("secrets").join(format!("{instance}.json"));
+        let aad = secrets_aad(instance);
+        let encode = |s: &Secrets| {
+            serde_json::to_vec(s).map_err(|e| Error::Corrupt {
+                path: p.clone(),
+                message: e.to_string(),
+            })
+        };
         if let Some(s) = from_scheduler {
-            let stored: Option<Secrets> = std::fs::read(&p)
+            // What is kept may be older, or unreadable: the scheduler's word replaces it.
+            let stored: Option<Secrets> = self
+                .read_sealed(&p, &aad)
                 .ok()
+                .flatten()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            if stored.as_ref() != Some(&s) {
-                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?;
-                write_atomic(&p, &b, 0o600)?;
+            if stored.as_ref() != Some(&s) || !is_sealed_file(&p) {
+                self.write_sealed(&p, &aad, &encode(&s)?)?;
             }
             return Ok(s);
         }
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-                path: p,
+        match self.read_sealed(&p, &aad)? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                path: p.clone(),
                 message: e.to_string(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let s = Secrets::generate();
-                let b = serde_json::to_vec(&s).map_err(|e| Error::Corrupt {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?;
-                write_atomic(&p, &b, 0o600)?;
+                self.write_sealed(&p, &aad, &encode(&s)?)?;
                 Ok(s)
             }
-            Err(e) => Err(io(&p)(e)),
         }
     }
 }
@@ -246,17 +511,61 @@ impl LocalState {
 mod tests {
     use super::*;
 
+    const PW: &str = "Zq8Rt5Wn2Yk7Lp4Hs9Dm3Fv6Bx1Cj0Ga";
+
+    fn open(dir: &Path) -> Result<LocalState> {
+        LocalState::open(&dir.join("state"), &dir.join("state.key"), &dir.join("run"))
+    }
+
+    fn secrets() -> Secrets {
+        Secrets {
+            admin: format!("A{PW}"),
+            repl: format!("R{PW}"),
+            monitor: format!("M{PW}"),
+            app: format!("P{PW}"),
+        }
+    }
+
+    /// Every file under `dir`, byte by byte (links not followed): where `PW` appears.
+    fn holding_password(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    todo.push(e.path());
+                } else if ft.is_file() {
+                    let b = std::fs::read(e.path()).unwrap();
+                    if b.windows(PW.len()).any(|w| w == PW.as_bytes()) {
+                        found.push(e.path());
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn desired_with_secrets() -> DesiredState {
+        let mut a = mofang_common::proto::Assignment {
+            member: "db-0".into(),
+            instance: "db".into(),
+            ..Default::default()
+        };
+        a.secrets.insert("admin".into(), format!("A{PW}"));
+        DesiredState {
+            node: "n".into(),
+            revision: 7,
+            members: vec![a],
+        }
+    }
+
     #[test]
     fn desired_and_member_state_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let st = LocalState::open(dir.path()).unwrap();
+        let st = open(dir.path()).unwrap();
         assert!(st.load_desired().unwrap().is_none());
-        let d = DesiredState {
-            node: "n".into(),
-            revision: 7,
-            members: vec![],
-        };
-        st.save_desired(&d).unwrap();
+        st.save_desired(&desired_with_secrets()).unwrap();
         assert_eq!(st.load_desired().unwrap().unwrap().revision, 7);
         let m = MemberState {
             applied_epoch: 3,
@@ -271,16 +580,125 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_private_and_stable() {
+    fn secrets_are_stable_and_sealed() {
         let dir = tempfile::tempdir().unwrap();
-        let st = LocalState::open(dir.path()).unwrap();
+        let st = open(dir.path()).unwrap();
         let a = st.secrets("orders", None).unwrap();
         let b = st.secrets("orders", None).unwrap();
         assert_eq!(a, b);
-        let mode = std::fs::metadata(dir.path().join("secrets/orders.json"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let p = dir.path().join("state/secrets/orders.json");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        assert!(is_sealed_file(&p));
+        let key = std::fs::metadata(dir.path().join("state.key")).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_state_directory_holds_no_password_and_a_restart_reads_everything_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = rustix_uid();
+        {
+            let st = open(dir.path()).unwrap();
+            st.save_desired(&desired_with_secrets()).unwrap();
+            st.secrets("db", Some(secrets())).unwrap();
+            let files = [ConfigFile {
+                name: "redis.conf",
+                contents: format!("masterauth R{PW}\n"),
+            }];
+            assert!(st.write_config("db-0", &files, uid).unwrap());
+            assert!(!st.write_config("db-0", &files, uid).unwrap(), "unchanged");
+        }
+        assert_eq!(
+            holding_password(&dir.path().join("state")),
+            Vec::<PathBuf>::new()
+        );
+        // The server reads its file in clear, in the run directory only.
+        assert_eq!(
+            holding_password(&dir.path().join("run")),
+            vec![dir.path().join("run/db-0/redis.conf")]
+        );
+        // A reboot empties the run directory: the next start puts the file back.
+        std::fs::remove_dir_all(dir.path().join("run")).unwrap();
+        let st = open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("run/db-0/redis.conf")).unwrap(),
+            format!("masterauth R{PW}\n")
+        );
+        assert_eq!(st.secrets("db", None).unwrap(), secrets());
+        let d = st.load_desired().unwrap().unwrap();
+        assert_eq!(d.members[0].secrets["admin"], format!("A{PW}"));
+    }
+
+    #[test]
+    fn what_an_older_agent_left_in_clear_is_sealed_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        for d in ["members/db-0/etc", "secrets"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(
+            root.join("desired.json"),
+            serde_json::to_vec(&desired_with_secrets()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("secrets/db.json"),
+            serde_json::to_vec(&secrets()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(root.join("members/db-0/etc/init.sql"), format!("'A{PW}'")).unwrap();
+        assert_eq!(holding_password(&root).len(), 3);
+
+        let st = open(dir.path()).unwrap();
+        assert_eq!(holding_password(&root), Vec::<PathBuf>::new());
+        assert_eq!(st.secrets("db", None).unwrap(), secrets());
+        assert_eq!(st.load_desired().unwrap().unwrap().revision, 7);
+        // A container created with the old path still finds its files.
+        let old = root.join("members/db-0/etc");
+        assert!(std::fs::symlink_metadata(&old)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(old.join("init.sql")).unwrap(),
+            format!("'A{PW}'")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_wrong_key_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path())
+            .unwrap()
+            .secrets("db", Some(secrets()))
+            .unwrap();
+        let key = dir.path().join("state.key");
+        std::fs::remove_file(&key).unwrap();
+        let e = open(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, Error::KeyMissing { .. }) && e.is_config(),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`key_file`"), "{e}");
+        assert!(!key.exists(), "no new key for sealed state");
+        Keyring::generate().save(&key).unwrap();
+        let st = open(dir.path()).unwrap();
+        let e = st.secrets("db", None).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsealable { .. }) && e.is_config(),
+            "{e}"
+        );
+        // The scheduler's secrets replace what no longer opens.
+        assert_eq!(st.secrets("db", Some(secrets())).unwrap(), secrets());
+        assert_eq!(st.secrets("db", None).unwrap(), secrets());
+    }
+
+    /// The test's own uid: a chown to it needs no privilege.
+    fn rustix_uid() -> u32 {
+        std::fs::metadata(std::env::temp_dir()).map_or(0, |_| {
+            let probe = tempfile::NamedTempFile::new().expect("probe");
+            probe.as_file().metadata().expect("metadata").uid()
+        })
     }
 }

@@ -8,6 +8,7 @@ use crate::model::{
     now_ms, AuditEntry, Credentials, Event, InstanceSpec, NodeAdmin, NodeState, PlacementSpec,
     Resources, Strategy,
 };
+use crate::secrets::{KeyStatus, KeyringStatus, Rotation, SealedStore};
 use crate::store;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -33,6 +34,8 @@ pub struct Api {
     pub cluster: Arc<Cluster>,
     /// Known tokens.
     pub tokens: Arc<Tokens>,
+    /// The sealing store and its keyrings (`/v1/keyring`); `None` in tests of other routes.
+    pub sealed: Option<Arc<SealedStore>>,
 }
 
 /// The error body: `{"error": {"code", "message"}}`.
@@ -379,6 +382,40 @@ async fn failover_resume(
     }))
 }
 
+fn keyring_of(api: &Api) -> ApiResult<&Arc<SealedStore>> {
+    api.sealed.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_keyring",
+            "this scheduler has no keyring",
+        )
+    })
+}
+
+/// The data keyring: its keys, the active one, and how many stored secrets each seals.
+#[utoipa::path(get, path = "/v1/keyring", responses((status = 200, body = KeyringStatus), (status = 403, body = ErrorBody)))]
+async fn keyring_status(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+) -> ApiResult<Json<KeyringStatus>> {
+    need(&id, TokenRole::Admin)?;
+    let sealed = keyring_of(&api)?;
+    Ok(Json(sealed.status().await.map_err(cluster::Error::Store)?))
+}
+
+/// Rotates the data keyring: a new key seals from now on, every stored secret is sealed
+/// again with it, and older keys that seal nothing any more are retired (listed in the
+/// answer, and by a `key_retired` event).
+#[utoipa::path(post, path = "/v1/keyring/rotate", responses((status = 200, body = Rotation), (status = 403, body = ErrorBody)))]
+async fn keyring_rotate(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+) -> ApiResult<Json<Rotation>> {
+    need(&id, TokenRole::Admin)?;
+    let sealed = keyring_of(&api)?;
+    Ok(Json(crate::secrets::rotate(&api.cluster, sealed).await?))
+}
+
 /// Scheduler metrics (Prometheus text): failover counters and the last failover duration.
 async fn metrics(State(api): State<Api>) -> Response {
     let mut body = api.cluster.counters.render();
@@ -602,12 +639,12 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
     paths(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
-        failover, failover_ack, auto_failover, failover_resume
+        failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
-        PromoteRequest, AutoFailover, Resumed,
+        PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -740,6 +777,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/instances/{name}/failover/ack", post(failover_ack))
         .route("/v1/instances/{name}/auto-failover", put(auto_failover))
         .route("/v1/failover/resume", post(failover_resume))
+        .route("/v1/keyring", get(keyring_status))
+        .route("/v1/keyring/rotate", post(keyring_rotate))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
         .method_not_allowed_fallback(method_not_allowed)
@@ -812,6 +851,7 @@ mod tests {
         let app = router(Api {
             cluster,
             tokens: Arc::new(tokens),
+            sealed: None,
         });
         let call = |forwarded: bool| {
             let mut b = axum::http::Request::get("/v1/instances")

@@ -51,6 +51,12 @@ pub struct SchedulerConfig {
     /// State directory (SQLite store, generated token). Default `/var/lib/mofang/scheduler`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Root keyring file (0600) whose key seals the store's data keyring, which seals every
+    /// secret in the store (docs/secrets.md). Created on first start when the store holds no
+    /// secrets yet; several schedulers on one Consul or etcd store need the same file.
+    /// Default `<data_dir>/keyring.json`.
+    #[serde(default)]
+    pub keyring_file: Option<PathBuf>,
     /// A node without a heartbeat this long is `down`. Default 5000.
     #[serde(default = "default_node_ttl")]
     pub node_ttl_ms: u64,
@@ -287,6 +293,7 @@ impl Default for SchedulerConfig {
             rest_listen: default_rest(),
             grpc_listen: default_grpc(),
             data_dir: default_data_dir(),
+            keyring_file: None,
             node_ttl_ms: default_node_ttl(),
             heartbeat_interval_ms: default_heartbeat(),
             tokens: Vec::new(),
@@ -301,6 +308,13 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The root keyring file: `keyring_file`, or `<data_dir>/keyring.json`.
+    pub fn keyring_file(&self) -> PathBuf {
+        self.keyring_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keyring.json"))
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = mofang_common::config::read(path)?;

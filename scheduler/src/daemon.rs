@@ -8,6 +8,7 @@ use crate::cluster::{Cluster, Registered};
 use crate::config::StoreKind;
 use crate::config::{SchedulerConfig, TokenRole};
 use crate::registry::{ConsulRegistry, Registry, SchedulerService};
+use crate::secrets::SealedStore;
 use crate::store::Store;
 use mofang_common::proto::agent_control_server::AgentControlServer;
 use std::net::SocketAddr;
@@ -35,6 +36,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The keyring file is missing, unreadable or wrong (a config error: exit 64).
+    #[error(transparent)]
+    Keyring(#[from] crate::secrets::Error),
     /// Loading the cluster state failed.
     #[error(transparent)]
     Cluster(#[from] crate::cluster::Error),
@@ -53,6 +57,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// True when the operator's config or files are at fault: the daemon exits 64.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Keyring(e) if e.is_config())
+    }
 }
 
 /// Result of running the daemon.
@@ -83,7 +94,10 @@ pub async fn start(
             source,
         }
     })?;
-    let store: Arc<dyn Store> = crate::store::open(&cfg).await?;
+    let backend: Arc<dyn Store> = crate::store::open(&cfg).await?;
+    // Every secret is sealed before the backend sees it (docs/secrets.md).
+    let sealed = Arc::new(SealedStore::open(backend, &cfg.keyring_file()).await?);
+    let store: Arc<dyn Store> = sealed.clone();
 
     let mut tokens = Tokens::from_config(&cfg.tokens);
     if tokens.is_empty() {
@@ -100,6 +114,7 @@ pub async fn start(
     let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
     if cfg.store == StoreKind::Sqlite {
         cluster.activate().await?;
+        spawn_reencrypt(&cluster, &sealed);
     }
     let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
         .await
@@ -127,6 +142,7 @@ pub async fn start(
     let app = api::router(Api {
         cluster: cluster.clone(),
         tokens: Arc::new(tokens),
+        sealed: Some(sealed.clone()),
     });
     let sd = shutdown.clone();
     let rest_task = tokio::spawn(
@@ -217,7 +233,7 @@ pub async fn start(
             }
             .instrument(tracing::info_span!("leader_watch")),
         ));
-        let (c, sd) = (cluster.clone(), shutdown.clone());
+        let (c, sd, sealed) = (cluster.clone(), shutdown.clone(), sealed.clone());
         tasks.push(tokio::spawn(
             async move {
                 loop {
@@ -230,6 +246,14 @@ pub async fn start(
                             continue;
                         }
                     };
+                    // Another leader may have rotated the data keyring: seal with its
+                    // active key, never with one it may since have retired.
+                    if let Err(e) = sealed.vault().reload(sealed.inner().as_ref()).await {
+                        tracing::error!(error = %e, "won the election but cannot open the store's keyring; resigning");
+                        let _ = lead.resign().await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     if let Err(e) = c.activate().await {
                         warn!(error = %e, "won the election but cannot load the state; resigning");
                         let _ = lead.resign().await;
@@ -237,6 +261,7 @@ pub async fn start(
                         continue;
                     }
                     info!(term = lead.term(), "leading: state reloaded from the store");
+                    spawn_reencrypt(&c, &sealed);
                     let lost = lead.lost();
                     tokio::select! {
                         _ = lost.cancelled() => {
@@ -335,4 +360,23 @@ pub async fn start(
         }
     };
     Ok((bound, run))
+}
+
+/// Seals, in the background, what the store still holds in clear or under an older key (the
+/// first start after an upgrade, or a rotation a previous leader did not finish).
+fn spawn_reencrypt(cluster: &Arc<Cluster>, sealed: &Arc<SealedStore>) {
+    let (c, s) = (cluster.clone(), sealed.clone());
+    tokio::spawn(
+        async move {
+            match crate::secrets::reencrypt(&c, &s).await {
+                Ok(done) if done.resealed > 0 || !done.retired.is_empty() => {
+                    info!(resealed = done.resealed, retired = ?done.retired, left = done.left,
+                        "secrets sealed with the active key");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "re-encrypting secrets failed; the next leader term or rotation retries"),
+            }
+        }
+        .instrument(tracing::info_span!("reencrypt")),
+    );
 }

@@ -13,4 +13,5 @@ pub mod failover;
 pub mod model;
 pub mod placement;
 pub mod registry;
+pub mod secrets;
 pub mod store;

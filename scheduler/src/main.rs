@@ -64,6 +64,17 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         let (_, run) = match mofang_scheduler::daemon::start(cfg, shutdown.clone()).await {
             Ok(s) => s,
+            Err(e) if e.is_config() => {
+                let mut why = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    why.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                tracing::error!(error = %why, "scheduler failed to start");
+                eprintln!("mofang-scheduler: invalid config: {why}");
+                return ExitCode::from(EX_CONFIG);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "scheduler failed to start");
                 return ExitCode::FAILURE;

@@ -316,11 +316,15 @@ pub enum EventKind {
     MemberReplaced,
     /// A replacement could not be placed.
     ReplaceNotDone,
+    /// A new data key seals secrets from now on (`mofang keyring rotate`).
+    KeyringRotated,
+    /// Data keys that seal nothing any more were removed from the keyring.
+    KeyRetired,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -349,6 +353,8 @@ impl EventKind {
         EventKind::MemberReplacing,
         EventKind::MemberReplaced,
         EventKind::ReplaceNotDone,
+        EventKind::KeyringRotated,
+        EventKind::KeyRetired,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -382,6 +388,8 @@ impl EventKind {
             EventKind::MemberReplacing => "member_replacing",
             EventKind::MemberReplaced => "member_replaced",
             EventKind::ReplaceNotDone => "replace_not_done",
+            EventKind::KeyringRotated => "keyring_rotated",
+            EventKind::KeyRetired => "key_retired",
         }
     }
 }

@@ -345,14 +345,16 @@ pub fn rig(lease_ttl: Duration) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let text = format!(
-        "node = \"n1\"\nstate_dir = \"{}\"\nnetwork = \"host\"\nadvertise_address = \"127.0.0.1\"\n\
+        "node = \"n1\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\nnetwork = \"host\"\n\
+         advertise_address = \"127.0.0.1\"\n\
          [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = 4096\n",
         root.join("state").display(),
+        root.join("run").display(),
         root.join("disk").display()
     );
     let cfg = AgentConfig::parse(&text, &root.join("agent.toml")).expect("config");
     let volumes = Arc::new(VolumeManager::open(cfg.disks.clone()).expect("volumes"));
-    let state = LocalState::open(&cfg.state_dir).expect("state");
+    let state = LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir).expect("state");
     let rt = Arc::new(FakeRuntime::default());
     let db = FakeEngine::default();
     let (_tx, rx) = watch::channel(None);

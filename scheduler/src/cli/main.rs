@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 
 mod haproxy;
 use serde_json::{json, Value};
@@ -49,12 +50,25 @@ enum Cmd {
     },
     /// Resume automatic failover after the mass-failure guard stopped it.
     FailoverResume,
+    /// The data keyring that seals secrets in the store (admin; docs/secrets.md).
+    #[command(subcommand)]
+    Keyring(KeyringCmd),
     /// The audit log (admin).
     Audit {
         /// Only entries after this id.
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyringCmd {
+    /// Keys, the active one, and how many stored secrets each seals. A key that is no
+    /// longer listed is retired: nothing in the store is sealed with it.
+    Status,
+    /// A new key seals from now on; every stored secret is sealed again with it and older
+    /// keys that seal nothing any more are retired.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -641,6 +655,38 @@ async fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_default();
             table(&["ID", "TIME", "KIND", "INSTANCE", "NODE", "MESSAGE"], rows);
         }
+        Cmd::Keyring(KeyringCmd::Status) => {
+            let v = c.get("/v1/keyring").await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let status: KeyringStatus =
+                serde_json::from_value(v).context("unexpected answer from the scheduler")?;
+            print_keyring(&status);
+        }
+        Cmd::Keyring(KeyringCmd::Rotate) => {
+            let v = c.post("/v1/keyring/rotate", json!({})).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            let r: Rotation =
+                serde_json::from_value(v).context("unexpected answer from the scheduler")?;
+            println!(
+                "key {} is active; {} instance(s) sealed again",
+                r.active_key, r.resealed_instances
+            );
+            if r.retired_keys.is_empty() {
+                println!("no key retired");
+            } else {
+                println!(
+                    "retired keys: {:?} (nothing in the store is sealed with them)",
+                    r.retired_keys
+                );
+            }
+            print_keyring(&r.status);
+        }
         Cmd::Audit { since } => {
             let v = c.get(&format!("/v1/audit?since={since}")).await?;
             if cli.json {
@@ -672,6 +718,28 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_keyring(k: &KeyringStatus) {
+    let rows = k
+        .keys
+        .iter()
+        .map(|key| {
+            vec![
+                key.id.to_string(),
+                if key.active { "yes" } else { "" }.to_owned(),
+                key.sealed_values.to_string(),
+                ms_to_time(&json!(key.created_at_ms)),
+            ]
+        })
+        .collect();
+    table(&["KEY", "ACTIVE", "SEALED", "CREATED"], rows);
+    if k.clear_values > 0 || k.pending_instances > 0 {
+        println!(
+            "{} secret(s) in clear, {} instance(s) not yet sealed with the active key: re-encryption pending",
+            k.clear_values, k.pending_instances
+        );
+    }
 }
 
 async fn node_action(c: &Client, name: &str, action: &str, json: bool) -> Result<()> {

@@ -298,7 +298,7 @@ impl Cluster {
     }
 
     /// Marks an instance busy for the duration of an operation; None if it already is.
-    fn begin(self: &Arc<Self>, name: &str) -> Option<BusyGuard> {
+    pub(super) fn begin(self: &Arc<Self>, name: &str) -> Option<BusyGuard> {
         lock(&self.inner)
             .busy
             .insert(name.to_owned())

@@ -20,7 +20,7 @@ mod views;
 
 pub use endpoints::Registered;
 pub use failover::Trigger;
-pub use records::validate_spec;
+pub use records::{validate_spec, Resealed};
 pub use views::{InstanceView, MemberView, NodeView2};
 
 use crate::failover::{Counters, FailoverConfig};

@@ -4,6 +4,7 @@
 use super::books::reserve;
 use super::{event, lock, Cluster, Error, Result};
 use crate::model::{Credentials, EventKind, Instance, InstanceSpec, Node, NodeAdmin};
+use std::sync::Arc;
 
 /// Validates a create request beyond what serde checks.
 pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
@@ -185,6 +186,45 @@ impl Cluster {
         lock(&self.inner).put_node(node);
         Ok(())
     }
+
+    /// Writes an instance again exactly as it is, so the store seals its secrets with the
+    /// keyring's active key (migration from clear text, key rotation; docs/secrets.md).
+    /// Nothing an agent sees changes, so no desired state is pushed.
+    pub async fn reseal_instance(self: &Arc<Self>, name: &str) -> Result<Resealed> {
+        let Some(_busy) = self.begin(name) else {
+            return Ok(Resealed::Busy);
+        };
+        let Some(current) = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+        else {
+            return Ok(Resealed::Unknown);
+        };
+        let stored = match self.store.update_instance(&current, &[]).await {
+            Ok(stored) => stored,
+            Err(crate::store::Error::NotFound(_)) => return Ok(Resealed::Unknown),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(i) = lock(&self.inner).instances.get_mut(name) {
+            if i.revision == current.revision {
+                i.revision = stored.revision;
+            }
+        }
+        Ok(Resealed::Written)
+    }
+}
+
+/// What [`Cluster::reseal_instance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resealed {
+    /// Written again: the active key seals it.
+    Written,
+    /// Busy with an operation: try again later.
+    Busy,
+    /// Not an instance this scheduler knows (deleted meanwhile).
+    Unknown,
 }
 
 /// A fresh random password: 32 alphanumerics.

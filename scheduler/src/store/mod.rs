@@ -90,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     /// Sets a metadata value, replacing any previous one.
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// Rewrites the backend's own files so that nothing overwritten lingers in free pages or
+    /// logs (SQLite: `VACUUM` and a truncating WAL checkpoint), after secrets were sealed
+    /// again (docs/secrets.md). Backends whose history the server keeps do nothing here.
+    async fn compact(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens the store `cfg.store` names: `<data_dir>/mofang.db`, or Consul KV / etcd under their

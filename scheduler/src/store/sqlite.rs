@@ -414,6 +414,28 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn compact(&self) -> Result<()> {
+        if self.location == ":memory:" {
+            return Ok(()); // no file keeps anything
+        }
+        let path = self.location.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path).context(&format!("open {path}"))?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .context("set busy_timeout")?;
+            // VACUUM rewrites every page (old record versions in free pages are gone); the
+            // truncating checkpoint empties the WAL, which still holds the pages it replaced.
+            conn.execute_batch(
+                "PRAGMA secure_delete = ON; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .context("vacuum")?;
+            info!(path = %path, "store compacted");
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Backend(format!("store compaction task failed: {e}")))?
+    }
 }
 
 // ---- Writer thread -------------------------------------------------------------------------
@@ -645,6 +667,10 @@ fn configure_writer(conn: &Connection, file: bool) -> Result<()> {
     // loses nothing reported (https://www.sqlite.org/pragma.html#pragma_synchronous).
     conn.pragma_update(None, "synchronous", "FULL")
         .context("set synchronous")?;
+    // Deleted and overwritten records are zeroed, so a secret sealed again or a deleted
+    // instance leaves nothing behind in free pages (docs/secrets.md).
+    conn.pragma_update(None, "secure_delete", true)
+        .context("set secure_delete")?;
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .context("read user_version")?;

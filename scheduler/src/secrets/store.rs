@@ -1,0 +1,244 @@
+//! [`SealedStore`]: a [`Store`] that seals every instance's credentials with the data keyring
+//! before the backend (SQLite, Consul, etcd) sees them and opens them when read. Callers keep
+//! working with clear [`Instance`] records; only the backend's bytes change.
+
+use super::{credential_aad, Error as VaultError, KeyStatus, KeyringStatus, Vault};
+use crate::model::{AuditEntry, Credentials, Event, Instance, Node, NodeAdmin};
+use crate::store::{Error, Result, Store};
+use mofang_common::sealed::Sealed;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A store whose instance credentials are sealed at rest.
+pub struct SealedStore {
+    inner: Arc<dyn Store>,
+    vault: Vault,
+}
+
+impl std::fmt::Debug for SealedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedStore")
+            .field("vault", &self.vault)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The four credential fields, by name.
+fn fields(c: &mut Credentials) -> [(&'static str, &mut String); 4] {
+    [
+        ("admin", &mut c.admin),
+        ("repl", &mut c.repl),
+        ("monitor", &mut c.monitor),
+        ("app", &mut c.app),
+    ]
+}
+
+/// How the stored secrets are sealed, read from the backend's raw records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Values sealed by each key id.
+    pub by_key: BTreeMap<u32, usize>,
+    /// Values in clear.
+    pub clear: usize,
+    /// Instances with a value in clear or not sealed by the active key.
+    pub stale: Vec<String>,
+}
+
+fn backend(e: VaultError) -> Error {
+    match e {
+        VaultError::Store(e) => e,
+        other => Error::Backend(other.to_string()),
+    }
+}
+
+impl SealedStore {
+    /// Wraps `inner`, opening (or creating) the root keyring file at `keyring_file`.
+    pub async fn open(inner: Arc<dyn Store>, keyring_file: &Path) -> super::Result<Self> {
+        let vault = Vault::open(keyring_file, inner.as_ref()).await?;
+        Ok(SealedStore { inner, vault })
+    }
+
+    /// The keyrings.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The wrapped backend (its records hold ciphertext).
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    async fn seal(&self, inst: &Instance) -> Result<Instance> {
+        let mut sealed = inst.clone();
+        let name = inst.spec.name.clone();
+        for (field, value) in fields(&mut sealed.credentials) {
+            *value = self
+                .vault
+                .seal(self.inner.as_ref(), &credential_aad(&name, field), value)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(sealed)
+    }
+
+    async fn open_instance(&self, mut inst: Instance) -> Result<Instance> {
+        let name = inst.spec.name.clone();
+        for (field, value) in fields(&mut inst.credentials) {
+            *value = self
+                .vault
+                .open_value(self.inner.as_ref(), &credential_aad(&name, field), value)
+                .await
+                .map_err(|e| match e {
+                    VaultError::Store(e) => e,
+                    other => {
+                        Error::Backend(format!("instance {name}: {other}: {}", source(&other)))
+                    }
+                })?;
+        }
+        Ok(inst)
+    }
+
+    /// Counts the stored secrets by the key that sealed them (from the raw records).
+    pub async fn usage(&self) -> Result<Usage> {
+        let active = self.vault.active_key();
+        let mut usage = Usage::default();
+        for mut inst in self.inner.instances().await? {
+            let mut stale = false;
+            for (_, value) in fields(&mut inst.credentials) {
+                match Sealed::is_sealed(value)
+                    .then(|| Sealed::key_id_of(value).ok())
+                    .flatten()
+                {
+                    Some(id) => {
+                        *usage.by_key.entry(id).or_default() += 1;
+                        stale |= Some(id) != active;
+                    }
+                    None => {
+                        usage.clear += 1;
+                        stale = true;
+                    }
+                }
+            }
+            if stale {
+                usage.stale.push(inst.spec.name.clone());
+            }
+        }
+        Ok(usage)
+    }
+
+    /// The keyring and how the stored secrets are sealed.
+    pub async fn status(&self) -> Result<KeyringStatus> {
+        let usage = self.usage().await?;
+        let active = self.vault.active_key().unwrap_or(0);
+        Ok(KeyringStatus {
+            active_key: active,
+            keys: self
+                .vault
+                .keys()
+                .into_iter()
+                .map(|(id, created_at_ms)| KeyStatus {
+                    id,
+                    created_at_ms,
+                    active: id == active,
+                    sealed_values: usage.by_key.get(&id).copied().unwrap_or(0),
+                })
+                .collect(),
+            clear_values: usage.clear,
+            pending_instances: usage.stale.len(),
+        })
+    }
+}
+
+/// The innermost cause's words (the vault errors name the field, the cause says why).
+fn source(e: &VaultError) -> String {
+    std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+#[async_trait::async_trait]
+impl Store for SealedStore {
+    async fn put_node(&self, node: &Node) -> Result<()> {
+        self.inner.put_node(node).await
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>> {
+        self.inner.nodes().await
+    }
+
+    async fn set_node_admin(&self, name: &str, admin: NodeAdmin) -> Result<Node> {
+        self.inner.set_node_admin(name, admin).await
+    }
+
+    async fn create_instance(&self, inst: &Instance, events: &[Event]) -> Result<Instance> {
+        let stored = self
+            .inner
+            .create_instance(&self.seal(inst).await?, events)
+            .await?;
+        self.open_instance(stored).await
+    }
+
+    async fn update_instance(&self, inst: &Instance, events: &[Event]) -> Result<Instance> {
+        let stored = self
+            .inner
+            .update_instance(&self.seal(inst).await?, events)
+            .await?;
+        self.open_instance(stored).await
+    }
+
+    async fn delete_instance(
+        &self,
+        name: &str,
+        expected_revision: u64,
+        events: &[Event],
+    ) -> Result<()> {
+        self.inner
+            .delete_instance(name, expected_revision, events)
+            .await
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<Instance>> {
+        match self.inner.instance(name).await? {
+            Some(i) => Ok(Some(self.open_instance(i).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>> {
+        let raw = self.inner.instances().await?;
+        let mut out = Vec::with_capacity(raw.len());
+        for i in raw {
+            out.push(self.open_instance(i).await?);
+        }
+        Ok(out)
+    }
+
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<Event>> {
+        self.inner.append_events(events).await
+    }
+
+    async fn events(&self, instance: Option<&str>, since: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.events(instance, since, limit).await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry> {
+        self.inner.append_audit(entry).await
+    }
+
+    async fn audit(&self, since: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.inner.audit(since, limit).await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.inner.get_meta(key).await
+    }
+
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.inner.put_meta(key, value).await
+    }
+
+    async fn compact(&self) -> Result<()> {
+        self.inner.compact().await
+    }
+}
