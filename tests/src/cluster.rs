@@ -211,10 +211,11 @@ impl AgentProcess {
         let http_port = free_port()?;
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
-             state_dir = \"{state}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
+             state_dir = \"{state}\"\nrun_dir = \"{run}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
              stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
+            run = dir.path().join("run").display(),
             disk = dir.path().join("disk0").display(),
             hb = timings.heartbeat_interval_ms,
             lease = timings.lease_ttl_ms,
@@ -238,6 +239,16 @@ impl AgentProcess {
     /// The agent's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The agent's run directory (the members' rendered config files).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The agent's key file (beside the state directory).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("state.key")
     }
 
     /// `kill -9` of the agent process (containers keep running).

@@ -1105,3 +1105,231 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
     }
     Ok(())
 }
+
+// ---- Secrets at rest -------------------------------------------------------------------------
+
+/// Passwords no other test uses: 32 alphanumerics, as the scheduler generates them.
+fn sealed_test_instance(name: &str) -> Instance {
+    let mut i = instance(name);
+    let pw = |tag: &str| format!("{tag}Q7mZ2xV9kR4tW8pL3nB6sD1fH5jG0c")[..32].to_owned();
+    i.credentials = Credentials {
+        admin: pw("Adm"),
+        repl: pw("Rep"),
+        monitor: pw("Mon"),
+        app: pw("App"),
+    };
+    i
+}
+
+/// Every key and value under `prefix`, as the backend's own tools show them: `consul kv
+/// export` (values base64-decoded), or etcd's range over the prefix.
+async fn raw_dump(b: &Backend, prefix: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match b {
+        Backend::Consul(c) => {
+            let export = std::process::Command::new("consul")
+                .args(["kv", "export", &format!("-http-addr={}", c.http), prefix])
+                .output()?;
+            ensure!(export.status.success(), "consul kv export: {export:?}");
+            let entries: Vec<Value> = serde_json::from_slice(&export.stdout)?;
+            ensure!(!entries.is_empty(), "nothing exported under {prefix}");
+            out.extend_from_slice(&export.stdout);
+            for e in entries {
+                out.extend_from_slice(e["key"].as_str().unwrap_or_default().as_bytes());
+                let value = e["value"].as_str().unwrap_or_default();
+                out.extend(base64_decode(value)?);
+            }
+        }
+        Backend::Etcd(e) => {
+            let mut client = etcd_client::Client::connect([e.endpoint.as_str()], None).await?;
+            let resp = client
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await?;
+            ensure!(!resp.kvs().is_empty(), "nothing under {prefix}");
+            for kv in resp.kvs() {
+                out.extend_from_slice(kv.key());
+                out.extend_from_slice(kv.value());
+            }
+        }
+        Backend::Sqlite(_) => bail!("the SQLite file is checked by the scheduler's unit tests"),
+    }
+    Ok(out)
+}
+
+/// Standard base64 (what `consul kv export` writes), without a dependency for one test.
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .with_context(|| format!("not base64: {c}"))?;
+        acc = (acc << 6) | u32::try_from(v)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff)?);
+        }
+    }
+    Ok(out)
+}
+
+fn holds(raw: &[u8], i: &Instance) -> Vec<&'static str> {
+    let c = &i.credentials;
+    [
+        ("admin", &c.admin),
+        ("repl", &c.repl),
+        ("monitor", &c.monitor),
+        ("app", &c.app),
+    ]
+    .into_iter()
+    .filter(|(_, pw)| raw.windows(pw.len()).any(|w| w == pw.as_bytes()))
+    .map(|(field, _)| field)
+    .collect()
+}
+
+/// Issue 15 point 5 on the real backends: a store written in clear (as before secrets were
+/// sealed) is sealed by the first start of the scheduler; after a rotation the KV holds no
+/// password under any key or value; a restart with the keyring file reads them all back; a
+/// restart without it exits 64 naming `keyring_file` and changes nothing.
+async fn secrets_sealed_in(kind: &str) -> Result<()> {
+    use mofang_tests::cluster::{binaries, SchedulerProcess};
+    mofang_tests::init_tracing();
+    let b = Backend::start(kind).await?;
+    let prefix = prefix();
+    let legacy = sealed_test_instance("legacy");
+    b.open(&prefix).await?.create_instance(&legacy, &[]).await?;
+    ensure!(
+        holds(&raw_dump(&b, &prefix).await?, &legacy).len() == 4,
+        "{kind}: the old code's record is in clear"
+    );
+
+    let extra = match &b {
+        Backend::Consul(c) => format!(
+            "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}\"\n",
+            c.http
+        ),
+        Backend::Etcd(e) => format!(
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n",
+            e.endpoint
+        ),
+        Backend::Sqlite(_) => bail!("not a KV backend"),
+    };
+    let mut sched = SchedulerProcess::start(&extra)?;
+    let token = sched.admin_token()?;
+    let http = reqwest::Client::new();
+    let keyring = |sched: &SchedulerProcess| {
+        let req = http
+            .get(format!("{}/v1/keyring", sched.rest))
+            .bearer_auth(&token);
+        async move {
+            let v: Value = req.send().await?.error_for_status()?.json().await?;
+            Ok::<_, anyhow::Error>(v)
+        }
+    };
+    // The first start as leader seals what it finds in clear.
+    mofang_tests::eventually("sealed on first start", Duration::from_secs(90), || async {
+        let k = keyring(&sched).await?;
+        ensure!(
+            k["clear_values"] == 0 && k["pending_instances"] == 0 && k["active_key"] == 1,
+            "{k}"
+        );
+        Ok(())
+    })
+    .await?;
+    let found = holds(&raw_dump(&b, &prefix).await?, &legacy);
+    ensure!(
+        found.is_empty(),
+        "{kind}: in clear after the first start: {found:?}"
+    );
+
+    // Rotation: key 2 seals everything, key 1 is retired.
+    let r: Value = http
+        .post(format!("{}/v1/keyring/rotate", sched.rest))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    ensure!(r["active_key"] == 2, "{kind}: {r}");
+    ensure!(r["retired_keys"] == serde_json::json!([1]), "{kind}: {r}");
+    ensure!(r["status"]["keys"][0]["sealed_values"] == 4, "{kind}: {r}");
+    let raw = raw_dump(&b, &prefix).await?;
+    let found = holds(&raw, &legacy);
+    ensure!(
+        found.is_empty(),
+        "{kind}: in clear after rotation: {found:?}"
+    );
+    ensure!(
+        raw.windows(7).any(|w| w == b"mfs1:2:"),
+        "{kind}: sealed values under key 2 expected"
+    );
+
+    // A restart with the keyring file reads every secret back.
+    sched.restart()?;
+    let creds = mofang_tests::eventually(
+        "credentials after a restart",
+        Duration::from_secs(90),
+        || async {
+            let resp = http
+                .get(format!("{}/v1/instances/legacy/credentials", sched.rest))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            ensure!(resp.status() == 200, "{}", resp.status());
+            Ok(resp.json::<Credentials>().await?)
+        },
+    )
+    .await?;
+    ensure!(
+        creds == legacy.credentials,
+        "{kind}: credentials changed across the restart"
+    );
+    let k = keyring(&sched).await?;
+    ensure!(k["active_key"] == 2, "{kind}: {k}");
+
+    // Without the keyring file: exit 64 naming the field, nothing created, nothing changed.
+    sched.kill9()?;
+    let store = b.open(&prefix).await?;
+    let before = (
+        store.get_meta("secrets/keyring").await?,
+        store.instance("legacy").await?,
+    );
+    let file = sched.dir.path().join("data/keyring.json");
+    std::fs::rename(&file, sched.dir.path().join("keyring.saved"))?;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(binaries()?.join("mofang-scheduler"))
+            .arg("--config")
+            .arg(sched.dir.path().join("scheduler.toml"))
+            .output(),
+    )
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(64),
+        "{kind}: {:?} {stderr}",
+        out.status
+    );
+    ensure!(stderr.contains("keyring_file"), "{kind}: {stderr}");
+    ensure!(!file.exists(), "{kind}: a new keyring was made");
+    let after = (
+        store.get_meta("secrets/keyring").await?,
+        store.instance("legacy").await?,
+    );
+    ensure!(after == before, "{kind}: the store changed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_holds_no_password_and_a_restart_reads_them_back() -> Result<()> {
+    secrets_sealed_in("consul").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_holds_no_password_and_a_restart_reads_them_back() -> Result<()> {
+    secrets_sealed_in("etcd").await
+}
