@@ -451,6 +451,177 @@ async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     Ok(())
 }
 
+/// Files under `dir` (links not followed, as `grep -r` does) that hold any of the passwords.
+fn files_holding(dir: &std::path::Path, s: &Secrets) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_file() {
+                let bytes = std::fs::read(e.path())?;
+                for (account, pw) in [
+                    ("admin", &s.admin),
+                    ("repl", &s.repl),
+                    ("monitor", &s.monitor),
+                    ("app", &s.app),
+                ] {
+                    if bytes.windows(pw.len()).any(|w| w == pw.as_bytes()) {
+                        found.push(format!("{account} in {}", e.path().display()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Issue 15 point 5: once members run, the agent's state directory holds no password (the
+/// desired state, secrets and config copies are sealed with the node's key; the files the
+/// servers read are in the run directory). An agent restarted without its scheduler, after a
+/// "reboot" emptied the run directory and with its replica dead, still manages its members
+/// from the sealed state: the replica is started again and replicates with the repl password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_directory_holds_no_password_and_a_restart_still_manages_members() -> Result<()> {
+    let _rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let mut agent =
+        AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+    let s = Secrets::generate();
+    let inst = unique_name("vault");
+    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
+    let p = assignment(
+        Member {
+            instance: &inst,
+            member: &m0,
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p.clone()]);
+    let primary = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
+    let r = assignment(
+        Member {
+            instance: &inst,
+            member: &m1,
+            engine: "redis",
+            role: "replica",
+            primary: &primary.address,
+        },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p, r]);
+    let replica = wait_member(
+        &fake,
+        &agent,
+        &m1,
+        "replica healthy",
+        Duration::from_secs(60),
+        |m| m.healthy && m.replication_ok,
+    )
+    .await?;
+    let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("sealed")
+        .query_async(&mut pc)
+        .await?;
+
+    let in_state = files_holding(&agent.state_dir(), &s)?;
+    assert!(
+        in_state.is_empty(),
+        "passwords in the state directory: {in_state:?}"
+    );
+    // The servers' own config files do hold them (the search finds what is there).
+    let in_run = files_holding(&agent.run_dir(), &s)?;
+    assert!(
+        in_run
+            .iter()
+            .any(|f| f.starts_with("repl in") && f.ends_with("redis.conf")),
+        "{in_run:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent.key_file())?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key file mode");
+
+    // The scheduler goes away, the agent dies, the host "reboots" (run directory emptied)
+    // and the replica's container dies with it.
+    let started_at = || -> Result<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{.State.StartedAt}}",
+                &format!("mofang-{m1}"),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let first_start = started_at()?;
+    fake.stop().await;
+    agent.kill9()?;
+    std::fs::remove_dir_all(agent.run_dir())?;
+    let out = std::process::Command::new("docker")
+        .args(["kill", &format!("mofang-{m1}")])
+        .output()?;
+    assert!(out.status.success(), "docker kill: {out:?}");
+    agent.restart()?;
+
+    let link = eventually(
+        "replica started again and replicating",
+        Duration::from_secs(90),
+        || {
+            let (addr, pw) = (replica.address.clone(), s.admin.clone());
+            async move {
+                let mut c = redis_conn(&addr, "mofang_admin", &pw).await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await?;
+                let v: Option<String> = redis::cmd("GET")
+                    .arg("greeting")
+                    .query_async(&mut c)
+                    .await?;
+                if info.contains("master_link_status:up") && v.as_deref() == Some("sealed") {
+                    Ok(info)
+                } else {
+                    bail!("{info}")
+                }
+            }
+        },
+    )
+    .await;
+    if link.is_err() {
+        eprintln!("---- agent log ----\n{}", agent.log());
+    }
+    link?;
+    assert_ne!(
+        started_at()?,
+        first_start,
+        "the agent started the replica again"
+    );
+    let log = agent.log();
+    assert!(log.contains("loaded persisted desired state"), "{log}");
+    assert!(log.contains("config files restored"), "{log}");
+    let in_state = files_holding(&agent.state_dir(), &s)?;
+    assert!(in_state.is_empty(), "after the restart: {in_state:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_adopts_containers_and_bad_assignments_stay_isolated() -> Result<()> {
     let rt = docker().await;
