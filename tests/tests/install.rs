@@ -441,18 +441,23 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
          --cpu 0.1 --memory 128 --disk 64"
     ))?;
     let volume = format!("/var/lib/mofang/volumes/{member}");
-    let config = format!("/var/lib/mofang/agent/members/{member}/etc/redis.conf");
+    // The file the server reads is in the unit's RuntimeDirectory (RAM); the state directory
+    // keeps only its sealed copy (docs/secrets.md).
+    let config = format!("/run/mofang-agent/{member}/redis.conf");
+    let sealed = format!("/var/lib/mofang/agent/members/{member}/config.sealed");
     eventually(
         "the agent makes the member's volume and config",
         Duration::from_secs(30),
         || {
-            let (h, volume, config) = (&h, &volume, &config);
+            let (h, volume, config, sealed) = (&h, &volume, &config, &sealed);
             async move {
                 let got = h.sh(&format!("stat -c '%u:%g %a' {volume} {config}"))?;
                 ensure!(
                     got == "999:999 750\n999:999 600\n",
                     "{volume}, {config}: {got:?}"
                 );
+                let head = h.sh(&format!("stat -c '%a' {sealed} && head -c 5 {sealed}"))?;
+                ensure!(head == "600\nmfs1:", "{sealed}: {head:?}");
                 Ok(())
             }
         },
