@@ -191,12 +191,12 @@ impl Vault {
 
     /// The data keyring, created and stored on first use.
     async fn ensure(&self, store: &dyn Store) -> Result<()> {
-        if self.current().is_some() {
+        if self.has_data() {
             return Ok(());
         }
         let _change = self.change.lock().await;
         self.reload(store).await?;
-        if self.current().is_some() {
+        if self.has_data() {
             return Ok(());
         }
         let data = Keyring::generate();
@@ -204,6 +204,13 @@ impl Vault {
         info!(key = 1, "data keyring created in the store");
         // Read back what the store holds: with two writers, the last one's keyring wins.
         self.reload(store).await
+    }
+
+    fn has_data(&self) -> bool {
+        self.data
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn current(&self) -> Option<Keyring> {
