@@ -133,6 +133,30 @@ async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()
     Ok(())
 }
 
+/// Files under `dir` (links not followed) holding any of `secrets`, byte for byte.
+fn files_holding(dir: &std::path::Path, secrets: &[String]) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                todo.push(e.path());
+            } else if ft.is_file() {
+                let bytes = std::fs::read(e.path())?;
+                if secrets
+                    .iter()
+                    .any(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()))
+                {
+                    found.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<()> {
     let mut env = Env::start(2).await?;
@@ -151,6 +175,18 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
         .get(&format!("/v1/instances/{name}/credentials"))
         .await?;
     let pw = creds["app"].as_str().context("pw")?.to_owned();
+    // Secrets at rest (issue 15 point 5): no password in the scheduler's data directory (the
+    // SQLite file and its WAL) nor in any agent's state directory.
+    let passwords: Vec<String> = ["admin", "repl", "monitor", "app"]
+        .iter()
+        .map(|a| creds[*a].as_str().map(str::to_owned).context("password"))
+        .collect::<Result<_>>()?;
+    let mut dirs = vec![env.sched.dir.path().join("data")];
+    dirs.extend(env.agents.iter().map(|a| a.state_dir()));
+    for dir in &dirs {
+        let found = files_holding(dir, &passwords)?;
+        assert!(found.is_empty(), "passwords in clear: {found:?}");
+    }
     let primary = inst["primary"].as_str().context("primary")?.to_owned();
     let client = redis::Client::open(format!("redis://app:{pw}@{primary}/"))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -200,6 +236,13 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
             .unwrap_or_default()
     );
     assert_eq!(again["epoch"], inst["epoch"]);
+    let creds_again = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    assert_eq!(
+        creds_again, creds,
+        "the restarted scheduler opens every secret"
+    );
     let mut containers_after = Vec::new();
     for a in &env.agents {
         for c in rt.list(&[("mofang.node", a.node.as_str())]).await? {
