@@ -338,5 +338,20 @@ mod tests {
         assert!(e.to_string().contains("metrics_timeout_ms"), "{e}");
         let e = parse("node = 5\n").unwrap_err();
         assert!(e.to_string().contains("node"), "{e}");
+        // Secrets at rest: the key and the clear config files never inside state_dir.
+        let e = parse(
+            "node = \"a\"\nstate_dir = \"/s\"\nkey_file = \"/s/k\"\n[[disks]]\npath = \"/d\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`key_file`"), "{e}");
+        let e = parse(
+            "node = \"a\"\nstate_dir = \"/s\"\nrun_dir = \"/s/run\"\n[[disks]]\npath = \"/d\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`run_dir`"), "{e}");
+        let c =
+            parse("node = \"a\"\nstate_dir = \"/v/agent\"\n[[disks]]\npath = \"/d\"\n").unwrap();
+        assert_eq!(c.key_file(), PathBuf::from("/v/agent.key"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/mofang-agent"));
     }
 }

@@ -352,6 +352,13 @@ impl SchedulerConfig {
         if let Err((field, why)) = self.failover.validate() {
             return Err(invalid(field, why));
         }
+        if self
+            .keyring_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir())
+        {
+            return Err(invalid("keyring_file", "must name a file"));
+        }
         for (i, t) in self.tokens.iter().enumerate() {
             if t.name.is_empty() {
                 return Err(invalid(format!("tokens[{i}].name"), "must not be empty"));

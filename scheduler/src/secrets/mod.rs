@@ -595,6 +595,15 @@ mod tests {
         let e = SealedStore::open(sqlite(), &keyring).await.unwrap_err();
         assert!(matches!(e, Error::File(_)) && e.is_config(), "{e}");
 
+        // Unreadable (here: a directory where the file should be).
+        std::fs::rename(&keyring, &saved).unwrap();
+        std::fs::create_dir(&keyring).unwrap();
+        std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = SealedStore::open(sqlite(), &keyring).await.unwrap_err();
+        assert!(matches!(e, Error::File(_)) && e.is_config(), "{e}");
+        std::fs::remove_dir(&keyring).unwrap();
+        std::fs::rename(&saved, &keyring).unwrap();
+
         assert_eq!(
             sqlite().get_meta(KEYRING_META).await.unwrap(),
             stored_keyring
