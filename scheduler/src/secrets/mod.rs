@@ -562,6 +562,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tampered_or_moved_ciphertext_is_refused_naming_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        store.create_instance(&instance("a"), &[]).await.unwrap();
+        store.create_instance(&instance("b"), &[]).await.unwrap();
+        let raw = store.inner();
+        // One character of a's admin ciphertext changed.
+        let mut a = raw.instance("a").await.unwrap().unwrap();
+        let flip = |c: char| if c == 'A' { 'B' } else { 'A' };
+        let last = a.credentials.admin.pop().unwrap();
+        a.credentials.admin.push(flip(last));
+        raw.update_instance(&a, &[]).await.unwrap();
+        let e = store.instance("a").await.unwrap_err().to_string();
+        assert!(
+            e.contains("instance a") && e.contains("credentials/admin"),
+            "{e}"
+        );
+        assert!(e.contains("does not open"), "{e}");
+        // b's app ciphertext copied into b's admin field: bound to its field, refused.
+        let mut b = raw.instance("b").await.unwrap().unwrap();
+        b.credentials.admin = b.credentials.app.clone();
+        raw.update_instance(&b, &[]).await.unwrap();
+        let e = store.instance("b").await.unwrap_err().to_string();
+        assert!(e.contains("credentials/admin"), "{e}");
+        // A scheduler does not start on such a store: loading fails, nothing is used.
+        assert!(Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
     async fn a_missing_or_foreign_keyring_file_is_a_config_error_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let keyring = dir.path().join("keyring.json");
