@@ -361,6 +361,12 @@ impl SchedulerProcess {
         bail!("scheduler did not come up: {}", self.log())
     }
 
+    /// The root keyring file it created (`<data_dir>/keyring.json`): other schedulers of the
+    /// same cluster are given this file.
+    pub fn keyring_file(&self) -> PathBuf {
+        self.dir.path().join("data/keyring.json")
+    }
+
     /// The generated admin token.
     pub fn admin_token(&self) -> Result<String> {
         Ok(

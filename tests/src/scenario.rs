@@ -92,9 +92,17 @@ impl Env {
              [[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{token}\"\n",
             unique_name("mofang")
         );
-        let mut scheds = Vec::new();
+        let mut scheds: Vec<SchedulerProcess> = Vec::new();
         for _ in 0..3 {
-            scheds.push(SchedulerProcess::start_timed(&config, timings)?);
+            // One root keyring for the cluster, as an operator copies it (docs/secrets.md).
+            let keyring = scheds
+                .first()
+                .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
+                .unwrap_or_default();
+            scheds.push(SchedulerProcess::start_timed(
+                &format!("{keyring}{config}"),
+                timings,
+            )?);
         }
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();

@@ -29,16 +29,30 @@ fn scheduler_config(store: &str) -> String {
     )
 }
 
+/// Three schedulers on `store` with one root keyring, as an operator copies it
+/// (docs/secrets.md): the first creates it, the others are given that file.
+fn three_schedulers(store: &str) -> Result<Vec<SchedulerProcess>> {
+    let mut scheds: Vec<SchedulerProcess> = Vec::new();
+    for _ in 0..3 {
+        let keyring = scheds
+            .first()
+            .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
+            .unwrap_or_default();
+        scheds.push(SchedulerProcess::start(&format!(
+            "{keyring}{}",
+            scheduler_config(store)
+        ))?);
+    }
+    Ok(scheds)
+}
+
 impl Ha {
     /// Three schedulers on `store`; with `consul`, the third agent knows no scheduler address
     /// (a dead one) and must find them in Consul.
     async fn start(store: &str, consul: Option<&str>) -> Result<Ha> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
-        let mut scheds = Vec::new();
-        for _ in 0..3 {
-            scheds.push(SchedulerProcess::start(&scheduler_config(store))?);
-        }
+        let scheds = three_schedulers(store)?;
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
         for z in ["a", "b", "c"] {
@@ -68,9 +82,7 @@ impl Ha {
 
     /// Three schedulers on `store`, no agents.
     fn schedulers_only(store: &str) -> Result<Ha> {
-        let scheds = (0..3)
-            .map(|_| SchedulerProcess::start(&scheduler_config(store)))
-            .collect::<Result<_>>()?;
+        let scheds = three_schedulers(store)?;
         Ok(Ha {
             scheds,
             _agents: Vec::new(),

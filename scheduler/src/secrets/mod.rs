@@ -97,7 +97,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Vault {
     path: PathBuf,
     root: Keyring,
-    /// `None` until the first secret is sealed (a store written before secrets were sealed).
+    /// `None` only while opening a store that had none.
     data: RwLock<Option<Keyring>>,
     /// Serializes changes of the data keyring (creation, rotation, retirement).
     change: tokio::sync::Mutex<()>,
@@ -140,9 +140,15 @@ impl Vault {
             data: RwLock::new(None),
             change: tokio::sync::Mutex::new(()),
         };
-        if let Some(text) = stored {
-            let data = vault.unwrap_data(&text)?;
-            *vault.data.write().unwrap_or_else(PoisonError::into_inner) = Some(data);
+        match stored {
+            Some(text) => {
+                let data = vault.unwrap_data(&text)?;
+                *vault.data.write().unwrap_or_else(PoisonError::into_inner) = Some(data);
+            }
+            // The data keyring is made now, not at the first secret: a second scheduler
+            // started with a file of its own is then refused at its start (WrongFile), not
+            // when it first leads.
+            None => vault.ensure(store).await?,
         }
         Ok(vault)
     }
