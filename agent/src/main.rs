@@ -44,9 +44,9 @@ fn main() -> ExitCode {
     init_tracing(cfg.log_json);
     // The key file and the sealed state are checked before anything runs: a missing or
     // wrong key is the operator's to fix (exit 64 naming `key_file`), never a crash later.
-    if let Err(e) =
-        mofang_agent::state::LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir)
-    {
+    let state =
+        mofang_agent::state::LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir);
+    if let Err(e) = state.and_then(|s| s.load_desired().map(drop)) {
         let mut why = e.to_string();
         let mut cause = std::error::Error::source(&e);
         while let Some(c) = cause {

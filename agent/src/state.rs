@@ -202,8 +202,27 @@ impl LocalState {
             key: Arc::new(key),
         };
         st.seal_legacy()?;
+        st.verify_key()?;
         st.restore_configs()?;
         Ok(st)
+    }
+
+    /// Opens every sealed file once: a key that is not the one they were sealed with is
+    /// found at start (exit 64), not when a member first needs its secrets.
+    fn verify_key(&self) -> Result<()> {
+        self.read_sealed(&self.root.join("desired.json"), DESIRED_AAD)?;
+        let dir = self.root.join("secrets");
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let p = entry.path();
+            if let Some(instance) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                self.read_sealed(&p, &secrets_aad(instance))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether anything in `root` is sealed (then its key file is needed).
@@ -682,16 +701,22 @@ mod tests {
         );
         assert!(e.to_string().contains("`key_file`"), "{e}");
         assert!(!key.exists(), "no new key for sealed state");
+        // Another key: refused at open, for the secrets and for the desired state alike.
         Keyring::generate().save(&key).unwrap();
-        let st = open(dir.path()).unwrap();
-        let e = st.secrets("db", None).unwrap_err();
+        let e = open(dir.path()).unwrap_err();
         assert!(
             matches!(e, Error::Unsealable { .. }) && e.is_config(),
             "{e}"
         );
-        // The scheduler's secrets replace what no longer opens.
-        assert_eq!(st.secrets("db", Some(secrets())).unwrap(), secrets());
-        assert_eq!(st.secrets("db", None).unwrap(), secrets());
+        std::fs::remove_file(dir.path().join("state/secrets/db.json")).unwrap();
+        let st = open(dir.path()).unwrap();
+        st.save_desired(&desired_with_secrets()).unwrap();
+        Keyring::generate().save(&key).unwrap();
+        let e = open(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, Error::Unsealable { .. }) && e.is_config(),
+            "{e}"
+        );
     }
 
     /// The test's own uid: a chown to it needs no privilege.

@@ -887,5 +887,39 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
         .arg("/nonexistent/agent.toml")
         .output()?;
     assert_eq!(out.status.code(), Some(64));
+
+    // Secrets at rest: a state directory sealed with a key that is gone, or with another
+    // key, is refused naming `key_file`, before anything runs (docs/secrets.md).
+    let state = dir.path().join("state");
+    let key = dir.path().join("state.key");
+    let sealed = mofang_agent::state::LocalState::open(&state, &key, &dir.path().join("run"))?;
+    sealed.secrets("db", Some(Secrets::generate()))?;
+    let p = dir.path().join("agent.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "node = \"node-a\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n[[disks]]\npath = \"{}\"\n",
+            state.display(),
+            dir.path().join("run").display(),
+            dir.path().join("disk").display()
+        ),
+    )?;
+    for case in ["missing", "another key"] {
+        std::fs::remove_file(&key)?;
+        if case == "another key" {
+            mofang_common::sealed::Keyring::generate().save(&key)?;
+        }
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&p)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{case}: {stderr}");
+        assert!(stderr.contains("key_file"), "{case}: {stderr}");
+        if case == "missing" {
+            assert!(!key.exists(), "no new key made for a sealed state");
+            mofang_common::sealed::Keyring::generate().save(&key)?;
+        }
+    }
     Ok(())
 }
