@@ -813,6 +813,7 @@ mod tests {
         let app = router(Api {
             cluster: cluster.clone(),
             tokens: Arc::new(Tokens::from_config(&[])),
+            sealed: None,
         });
         let leader = |app: Router| async move {
             let r = app

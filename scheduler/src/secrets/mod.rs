@@ -506,6 +506,7 @@ mod tests {
             let cluster = Cluster::load(store.clone(), Duration::from_secs(30))
                 .await
                 .unwrap();
+            cluster.activate().await.unwrap();
             let done = reencrypt(&cluster, &store).await.unwrap();
             assert_eq!((done.resealed, done.left), (1, 0));
             let status = store.status().await.unwrap();
@@ -536,6 +537,7 @@ mod tests {
         let cluster = Cluster::load(store.clone(), Duration::from_secs(30))
             .await
             .unwrap();
+        cluster.activate().await.unwrap();
         let usage = store.usage().await.unwrap();
         assert_eq!(usage.by_key, BTreeMap::from([(1, 4), (2, 4)]));
         assert_eq!(usage.stale, vec!["a".to_owned()]);
