@@ -114,7 +114,7 @@ pub async fn start(
     let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
     if cfg.store == StoreKind::Sqlite {
         cluster.activate().await?;
-        spawn_reencrypt(&cluster, &sealed);
+        spawn_reencrypt(&cluster, &sealed, &shutdown);
     }
     let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
         .await
@@ -261,7 +261,7 @@ pub async fn start(
                         continue;
                     }
                     info!(term = lead.term(), "leading: state reloaded from the store");
-                    spawn_reencrypt(&c, &sealed);
+                    spawn_reencrypt(&c, &sealed, &sd);
                     let lost = lead.lost();
                     tokio::select! {
                         _ = lost.cancelled() => {
@@ -364,11 +364,19 @@ pub async fn start(
 
 /// Seals, in the background, what the store still holds in clear or under an older key (the
 /// first start after an upgrade, or a rotation a previous leader did not finish).
-fn spawn_reencrypt(cluster: &Arc<Cluster>, sealed: &Arc<SealedStore>) {
-    let (c, s) = (cluster.clone(), sealed.clone());
+fn spawn_reencrypt(
+    cluster: &Arc<Cluster>,
+    sealed: &Arc<SealedStore>,
+    shutdown: &CancellationToken,
+) {
+    let (c, s, sd) = (cluster.clone(), sealed.clone(), shutdown.clone());
     tokio::spawn(
         async move {
-            match crate::secrets::reencrypt(&c, &s).await {
+            let done = tokio::select! {
+                _ = sd.cancelled() => return,
+                done = crate::secrets::reencrypt(&c, &s) => done,
+            };
+            match done {
                 Ok(done) if done.resealed > 0 || !done.retired.is_empty() => {
                     info!(resealed = done.resealed, retired = ?done.retired, left = done.left,
                         "secrets sealed with the active key");

@@ -1261,6 +1261,27 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
         found.is_empty(),
         "{kind}: in clear after rotation: {found:?}"
     );
+    // The CLI shows the same: key 2 active, sealing the 4 secrets; key 1 gone.
+    let cli = tokio::process::Command::new(binaries()?.join("mofang"))
+        .args(["keyring", "status"])
+        .env("MOFANG_ADDR", &sched.rest)
+        .env("MOFANG_TOKEN", &token)
+        .output()
+        .await?;
+    let table = String::from_utf8_lossy(&cli.stdout);
+    ensure!(
+        cli.status.success(),
+        "{kind}: mofang keyring status: {cli:?}"
+    );
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    ensure!(
+        rows.len() == 1 && rows[0].starts_with(&["2", "yes", "4"]),
+        "{kind}: {table}"
+    );
     ensure!(
         raw.windows(7).any(|w| w == b"mfs1:2:"),
         "{kind}: sealed values under key 2 expected"
