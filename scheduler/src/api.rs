@@ -393,7 +393,7 @@ fn keyring_of(api: &Api) -> ApiResult<&Arc<SealedStore>> {
 }
 
 /// The data keyring: its keys, the active one, and how many stored secrets each seals.
-#[utoipa::path(get, path = "/v1/keyring", responses((status = 200, body = KeyringStatus), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/keyring", responses((status = 200, body = KeyringStatus), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn keyring_status(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,
@@ -406,7 +406,7 @@ async fn keyring_status(
 /// Rotates the data keyring: a new key seals from now on, every stored secret is sealed
 /// again with it, and older keys that seal nothing any more are retired (listed in the
 /// answer, and by a `key_retired` event).
-#[utoipa::path(post, path = "/v1/keyring/rotate", responses((status = 200, body = Rotation), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/keyring/rotate", responses((status = 200, body = Rotation), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn keyring_rotate(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,
