@@ -987,11 +987,48 @@ fn summary(scenarios: &[Scenario]) {
     for s in scenarios {
         println!("{}: {}", s.name, s.what);
     }
+    for line in rto_ratios(scenarios) {
+        println!("{line}");
+    }
     for s in scenarios {
         if let Some(e) = &s.error {
             println!("{} STOPPED after {} rounds: {e}", s.name, s.rounds.len());
         }
     }
+}
+
+/// Each Mofang container-kill scenario's RTO against Sentinel's in the same run (issue 13:
+/// p99 <= 0.55 x Sentinel's), when both ran.
+fn rto_ratios(scenarios: &[Scenario]) -> Vec<String> {
+    const TARGET: f64 = 0.55;
+    let sorted = |s: &Scenario| {
+        let mut v: Vec<Duration> = s.rounds.iter().map(|r| r.rto).collect();
+        v.sort();
+        v
+    };
+    let Some(sentinel) = scenarios
+        .iter()
+        .find(|s| s.name == "sentinel-kill" && !s.rounds.is_empty())
+    else {
+        return Vec::new();
+    };
+    let anchor = sorted(sentinel);
+    let (a50, a99) = (pct(&anchor, 0.50), pct(&anchor, 0.99));
+    scenarios
+        .iter()
+        .filter(|s| s.name.ends_with("-kill") && s.name != "sentinel-kill" && !s.rounds.is_empty())
+        .filter(|s| !s.name.contains("agent") && !s.name.contains("leader") && !s.name.contains("scheduler") && !s.name.contains("double"))
+        .map(|s| {
+            let v = sorted(s);
+            let r99 = pct(&v, 0.99).as_secs_f64() / a99.as_secs_f64().max(1e-9);
+            let r50 = pct(&v, 0.50).as_secs_f64() / a50.as_secs_f64().max(1e-9);
+            format!(
+                "RTO ratio {} / sentinel-kill: p50 {r50:.2}x, p99 {r99:.2}x (target p99 <= {TARGET}x: {})",
+                s.name,
+                if r99 <= TARGET { "met" } else { "not met" }
+            )
+        })
+        .collect()
 }
 
 /// What broke a promise: acknowledged writes lost where the mode promises none (MariaDB
