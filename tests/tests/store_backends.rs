@@ -1022,11 +1022,10 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
             ),
         ),
     ];
-    let http = reqwest::Client::new();
     // With a shared store a scheduler acts once it leads; after a kill -9 the old session or
     // lease must expire first.
     let leads = |sched: &SchedulerProcess| {
-        let (url, http) = (format!("{}/v1/health", sched.rest), http.clone());
+        let (url, http) = (format!("{}/v1/health", sched.rest), sched.http.clone());
         async move {
             mofang_tests::eventually("scheduler leads", Duration::from_secs(90), || async {
                 let h: Value = http.get(&url).send().await?.json().await?;
@@ -1041,6 +1040,7 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
     };
     for (kind, extra) in &configs {
         let mut sched = SchedulerProcess::start(extra)?;
+        let http = sched.http.clone();
         leads(&sched).await?;
         let token = sched.admin_token()?;
         let resp = http
