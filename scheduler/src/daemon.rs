@@ -101,9 +101,7 @@ pub async fn start(
     })?;
     // TLS first: a missing certificate file is a config error, found before anything starts.
     let tls = crate::tls::Tls::start(&cfg)?;
-    if let Some(t) = &tls {
-        t.reload_on_sighup(shutdown.clone());
-    }
+    crate::tls::reload_on_sighup(tls.clone(), shutdown.clone());
     let backend: Arc<dyn Store> = crate::store::open(&cfg).await?;
     // Every secret is sealed before the backend sees it (docs/secrets.md).
     let sealed = Arc::new(SealedStore::open(backend, &cfg.keyring_file()).await?);

@@ -111,3 +111,29 @@ fn issue_into(ca: &Ca, kind: &CertKind, dir: &Path) -> Result<KeyPairFiles> {
     files::write(&own.cert, issued.cert_pem.as_bytes(), files::PUBLIC, true)?;
     Ok(own)
 }
+
+/// A raw agent-service client over TLS trusting `pki`'s CA, presenting `own` if given (the
+/// probes of the TLS tests: what any program reaching the gRPC port could send).
+pub async fn grpc_client(
+    endpoint: &str,
+    ca_file: &Path,
+    own: Option<&KeyPairFiles>,
+) -> Result<mofang_common::proto::agent_control_client::AgentControlClient<tonic::transport::Channel>>
+{
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca_file)?))
+        .domain_name(mofang_common::tls::SERVER_NAME);
+    if let Some(own) = own {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&own.cert)?,
+            std::fs::read(&own.key)?,
+        ));
+    }
+    let channel = Endpoint::from_shared(endpoint.to_owned())?
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(mofang_common::proto::agent_control_client::AgentControlClient::new(channel))
+}

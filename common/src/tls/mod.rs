@@ -290,7 +290,8 @@ pub fn explain(e: &rustls::Error) -> String {
         E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
             "the peer's certificate is not valid yet (check the clocks)".into()
         }
-        E::InvalidCertificate(C::UnknownIssuer) => {
+        // Two CAs of the same name (the default `Mofang CA`) show as a bad signature.
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             "the peer's certificate is not signed by the trusted CA".into()
         }
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {

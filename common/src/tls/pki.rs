@@ -13,10 +13,12 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::net::IpAddr;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 /// Longest validity accepted, days (about 20 years).
 pub const MAX_DAYS: u32 = 7300;
+
+pub use time::{Duration as TimeDuration, OffsetDateTime};
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +285,27 @@ impl Ca {
     /// names the kind carries.
     pub fn issue(&self, kind: &CertKind, extra_sans: &[SanType], days: u32) -> Result<Issued> {
         let params = params_for(kind, extra_sans, days)?;
+        let key = KeyPair::generate().map_err(rcgen("generating a key"))?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(rcgen("signing the certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Like [`Ca::issue`] with an explicit validity (e.g. an already expired certificate,
+    /// to show what a peer says about it).
+    pub fn issue_valid_between(
+        &self,
+        kind: &CertKind,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued> {
+        let mut params = params_for(kind, &[], 1)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
         let key = KeyPair::generate().map_err(rcgen("generating a key"))?;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)

@@ -215,6 +215,25 @@ pub fn explain_send_error(e: &reqwest::Error, addr: &str, has_ca: bool) -> Strin
         text.push_str(&format!(": {inner}"));
         src = inner.source();
     }
+    // The rustls error can sit inside an io::Error the chain skips (io::Error's source is
+    // its inner error's source): read its text.
+    if let Some((_, why)) = text.split_once("invalid peer certificate: ") {
+        let said = if why.starts_with("UnknownIssuer") {
+            "the scheduler's certificate is not signed by the trusted CA"
+        } else if why.starts_with("Expired") {
+            "the scheduler's certificate has expired"
+        } else if why.starts_with("NotValidForName") {
+            "the scheduler's certificate is not valid for the address dialed (add it with --san)"
+        } else {
+            why
+        };
+        let hint = if has_ca {
+            "check that --ca-cert (MOFANG_CACERT) is the cluster CA"
+        } else {
+            "give the cluster CA with --ca-cert or MOFANG_CACERT"
+        };
+        return format!("TLS with the scheduler at {addr} failed: {said}; {hint}");
+    }
     if addr.starts_with("http://") && text.contains("connection closed") {
         text.push_str(" (does it speak HTTPS? use https://)");
     }

@@ -75,7 +75,11 @@ impl Tls {
             return Ok(None);
         }
         let paths = if cfg.tls.automatic() {
-            automatic(&cfg.data_dir, &cfg.advertise_address)?
+            automatic(
+                &cfg.data_dir,
+                &cfg.advertise_address,
+                cfg.tls.rest_verify_clients,
+            )?
         } else {
             configured(&cfg.tls)?
         };
@@ -112,34 +116,33 @@ impl Tls {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(material);
         Ok(())
     }
+}
 
-    /// Reloads on every SIGHUP until `shutdown`.
-    pub fn reload_on_sighup(self: &Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let tls = self.clone();
-        tokio::spawn(async move {
-            let mut hup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot watch SIGHUP: certificates reload only on restart");
-                    return;
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    got = hup.recv() => if got.is_none() { break },
-                }
-                match tls.reload() {
-                    Ok(()) => info!("SIGHUP: TLS certificates and keys reloaded"),
-                    Err(e) => {
-                        error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use")
-                    }
+/// Reloads `tls` on every SIGHUP until `shutdown` (`systemctl reload`). Without TLS the
+/// signal is only logged: it must not end the scheduler, as its default action would.
+pub fn reload_on_sighup(tls: Option<Arc<Tls>>, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGHUP: certificates reload only on restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                got = hup.recv() => if got.is_none() { break },
+            }
+            match tls.as_ref().map(|t| t.reload()) {
+                None => info!("SIGHUP: TLS is disabled, nothing to reload"),
+                Some(Ok(())) => info!("SIGHUP: TLS certificates and keys reloaded"),
+                Some(Err(e)) => {
+                    error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use")
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 fn configured(t: &TlsConfig) -> Result<Paths, ConfigError> {
@@ -175,7 +178,7 @@ fn configured(t: &TlsConfig) -> Result<Paths, ConfigError> {
 
 /// Automatic mode: `<data_dir>/tls/` holds a CA made on first start and a server
 /// certificate made again on every start (its names follow `advertise_address`).
-fn automatic(data_dir: &Path, advertise: &str) -> Result<Paths, ConfigError> {
+fn automatic(data_dir: &Path, advertise: &str, verify_rest: bool) -> Result<Paths, ConfigError> {
     let dir = data_dir.join("tls");
     let field = "tls.ca_file";
     let io = |what: &str, p: &Path, e: std::io::Error| {
@@ -221,7 +224,11 @@ fn automatic(data_dir: &Path, advertise: &str) -> Result<Paths, ConfigError> {
         rest: own.clone(),
         own,
         ca_key: Some(ca_key),
-        rest_auth: ClientAuth::Optional,
+        rest_auth: if verify_rest {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        },
     })
 }
 

@@ -19,6 +19,8 @@ use tracing::{debug, info, Instrument};
 
 /// How long a client may take to start and finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why a connection that closed without a byte was dropped.
+const CLOSED_EARLY: &str = "closed before the handshake";
 /// First byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -67,6 +69,10 @@ pub fn accept(
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;
                         }
+                        // A port probe (a readiness check connecting and leaving).
+                        Ok(Err(why)) if why == CLOSED_EARLY => {
+                            debug!(peer = %peer, "connection closed before the handshake")
+                        }
                         Ok(Err(why)) => {
                             info!(peer = %peer, reason = %why, "TLS connection refused")
                         }
@@ -84,7 +90,7 @@ async fn handshake(tcp: TcpStream, tls: &Tls, port: Port) -> Result<TlsStream<Tc
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await.map_err(|e| e.to_string())?;
     if n == 0 {
-        return Err("closed before the handshake".into());
+        return Err(CLOSED_EARLY.into());
     }
     if first[0] != TLS_HANDSHAKE {
         let mut tcp = tcp;
