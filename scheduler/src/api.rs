@@ -875,6 +875,7 @@ mod tests {
             .await
             .expect("load");
         let app = router(Api {
+            tls: None,
             cluster: cluster.clone(),
             tokens: Arc::new(Tokens::from_config(&[])),
             sealed: None,
