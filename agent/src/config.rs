@@ -260,7 +260,6 @@ impl AgentConfig {
                 ));
             }
         }
-        self.validate_tls()?;
         if self.disks.is_empty() {
             return Err(invalid(
                 "disks",
@@ -330,7 +329,8 @@ impl AgentConfig {
                 "must be between 10 and 60000",
             ));
         }
-        Ok(())
+        // Last: a config with other mistakes names those first.
+        self.validate_tls()
     }
 
     fn validate_tls(&self) -> Result<()> {

@@ -205,9 +205,10 @@ impl AgentControl for AgentService {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         self.leading()?;
-        check_node(&req.get_ref().node)?;
+        // Who is asking first: an anonymous caller learns nothing, not even about names.
         let node = req.get_ref().node.clone();
         self.check(&req, "Register", &node).await?;
+        check_node(&node)?;
         let r = req.into_inner();
         if !(r.cpu.is_finite() && r.cpu >= 0.0) {
             return Err(Status::invalid_argument(
@@ -274,9 +275,10 @@ impl AgentControl for AgentService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         self.leading()?;
-        check_node(&req.get_ref().node)?;
+        // Who is asking first: an anonymous caller learns nothing, not even about names.
         let node = req.get_ref().node.clone();
         self.check(&req, "WatchAssignments", &node).await?;
+        check_node(&node)?;
         let w = req.into_inner();
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
         let rx = self.cluster.watch(&w.node);

@@ -819,7 +819,8 @@ fn docker_unreachable_is_retried_not_fatal() -> Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n[[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
+            "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n[tls]\ndisable = true\n\
+             [[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
             dir.path().join("state").display(),
             dir.path().join("disk").display()
         ),
