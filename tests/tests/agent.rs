@@ -899,7 +899,8 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
     std::fs::write(
         &p,
         format!(
-            "node = \"node-a\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n[[disks]]\npath = \"{}\"\n",
+            "node = \"node-a\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\
+             schedulers = [\"http://127.0.0.1:1\"]\n[tls]\ndisable = true\n[[disks]]\npath = \"{}\"\n",
             state.display(),
             dir.path().join("run").display(),
             dir.path().join("disk").display()

@@ -1217,7 +1217,7 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     };
     let mut sched = SchedulerProcess::start(&extra)?;
     let token = sched.admin_token()?;
-    let http = reqwest::Client::new();
+    let http = sched.http.clone();
     let keyring = |sched: &SchedulerProcess| {
         let req = http
             .get(format!("{}/v1/keyring", sched.rest))
@@ -1264,7 +1264,7 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     // The CLI shows the same: key 2 active, sealing the 4 secrets; key 1 gone.
     let cli = tokio::process::Command::new(binaries()?.join("mofang"))
         .args(["keyring", "status"])
-        .env("MOFANG_ADDR", &sched.rest)
+        .envs(sched.cli_env())
         .env("MOFANG_TOKEN", &token)
         .output()
         .await?;
