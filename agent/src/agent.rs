@@ -203,7 +203,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         heartbeat_interval: cfg.heartbeat_interval(),
         lease_ttl: cfg.lease_ttl(),
         consul: cfg.consul.clone(),
+        tls: crate::tls::LinkTls::from_config(&cfg),
     };
+    if cfg.tls.disable {
+        warn!(
+            field = "tls.disable",
+            "TLS is disabled: plain gRPC to the scheduler; anyone on the path can read this \
+             node's assignments and act as it"
+        );
+    }
     let checks = crate::roles::router(Arc::new(crate::roles::RoleChecks {
         statuses: shared.statuses.clone(),
         desired: shared.desired.clone(),

@@ -26,7 +26,8 @@ pub enum NetworkMode {
 pub struct AgentConfig {
     /// This node's name (DNS label). Required.
     pub node: String,
-    /// Scheduler gRPC endpoints, tried in turn. Default `["http://127.0.0.1:9090"]`.
+    /// Scheduler gRPC endpoints, tried in turn: `https://` with TLS (the default), `http://`
+    /// with `tls.disable = true`. Default `["https://127.0.0.1:9090"]`.
     #[serde(default = "default_schedulers")]
     pub schedulers: Vec<String>,
     /// The address clients use to reach this host (host network mode). Default `127.0.0.1`.
@@ -95,10 +96,77 @@ pub struct AgentConfig {
     /// `mysql_up 0` / `redis_up 0` for that scrape, in ms. Default 2000.
     #[serde(default = "default_metrics_timeout_ms")]
     pub metrics_timeout_ms: u64,
+    /// `[tls]`: how the agent proves its node and checks the scheduler (docs/security.md).
+    #[serde(default)]
+    pub tls: AgentTlsConfig,
+}
+
+/// `[tls]`: the agent's side of mutual TLS with the scheduler.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTlsConfig {
+    /// Plain gRPC: the scheduler cannot tell this agent from anyone else. Only for a closed
+    /// test network; logged as a WARN at start. Default false.
+    #[serde(default)]
+    pub disable: bool,
+    /// The cluster CA certificate: the scheduler's certificate must chain to it. Required
+    /// unless `disable`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate (`mofang tls cert create --agent NODE`, or obtained with
+    /// `join_token`). Re-read when it changes, without restarting anything.
+    /// Default `<state_dir>/tls/agent.pem`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (0600). Default `<state_dir>/tls/agent-key.pem`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the scheduler's certificate must carry. Default `server.mofang` (every
+    /// scheduler certificate `mofang tls cert create --server` makes has it).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// A one-time join token (`mofang node join-token create`): with no certificate at
+    /// `cert_file`, the agent makes a key there, has the scheduler sign a request for it,
+    /// and goes on. Never logged. Default none.
+    #[serde(default)]
+    pub join_token: Option<String>,
+}
+
+impl Default for AgentTlsConfig {
+    fn default() -> Self {
+        AgentTlsConfig {
+            disable: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: default_server_name(),
+            join_token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTlsConfig")
+            .field("disable", &self.disable)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("server_name", &self.server_name)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+fn default_server_name() -> String {
+    mofang_common::tls::SERVER_NAME.to_owned()
 }
 
 fn default_schedulers() -> Vec<String> {
-    vec!["http://127.0.0.1:9090".into()]
+    vec!["https://127.0.0.1:9090".into()]
 }
 fn default_advertise() -> String {
     "127.0.0.1".into()
@@ -175,11 +243,20 @@ impl AgentConfig {
                 "at least one scheduler endpoint is needed",
             ));
         }
+        let scheme = if self.tls.disable {
+            "http://"
+        } else {
+            "https://"
+        };
         for (i, s) in self.schedulers.iter().enumerate() {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
+            if !s.starts_with(scheme) {
                 return Err(invalid(
                     format!("schedulers[{i}]"),
-                    format!("'{s}' must start with http:// or https://"),
+                    if self.tls.disable {
+                        format!("'{s}' must start with http:// (tls.disable = true)")
+                    } else {
+                        format!("'{s}' must start with https:// (TLS is on; tls.disable = true for plain gRPC)")
+                    },
                 ));
             }
         }
@@ -252,7 +329,63 @@ impl AgentConfig {
                 "must be between 10 and 60000",
             ));
         }
+        // Last: a config with other mistakes names those first.
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<()> {
+        let t = &self.tls;
+        if t.disable {
+            for (field, set) in [
+                ("tls.ca_file", t.ca_file.is_some()),
+                ("tls.cert_file", t.cert_file.is_some()),
+                ("tls.key_file", t.key_file.is_some()),
+                ("tls.join_token", t.join_token.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        field,
+                        "given with tls.disable = true: plain gRPC uses no certificate; drop one",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if t.ca_file.is_none() {
+            return Err(invalid(
+                "tls.ca_file",
+                "the cluster CA certificate is needed to check the scheduler \
+                 (or tls.disable = true for plain gRPC)",
+            ));
+        }
+        if t.server_name.is_empty() {
+            return Err(invalid("tls.server_name", "must not be empty"));
+        }
+        if let Some(token) = &t.join_token {
+            if token.trim().is_empty() || !token.trim().bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "tls.join_token",
+                    "must be the token `mofang node join-token create` printed",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This node's certificate file.
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tls/agent.pem"))
+    }
+
+    /// This node's key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tls/agent-key.pem"))
     }
 
     /// The network mode.
@@ -292,7 +425,16 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    /// Parses `s`, with a CA file added when it has no `[tls]` (TLS is on by default).
     fn parse(s: &str) -> Result<AgentConfig> {
+        if s.contains("[tls]") {
+            raw(s)
+        } else {
+            raw(&format!("{s}\n[tls]\nca_file = \"/etc/mofang/ca.pem\"\n"))
+        }
+    }
+
+    fn raw(s: &str) -> Result<AgentConfig> {
         AgentConfig::parse(s, Path::new("agent.toml"))
     }
 
@@ -311,11 +453,57 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = parse("node = \"node-a\"\n[[disks]]\npath = \"/data/ssd0\"\n").unwrap();
-        assert_eq!(c.schedulers, vec!["http://127.0.0.1:9090"]);
+        let c = parse(
+            "node = \"node-a\"\n[[disks]]\npath = \"/data/ssd0\"\n[tls]\nca_file = \"/etc/mofang/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.schedulers, vec!["https://127.0.0.1:9090"]);
+        assert_eq!(c.tls.server_name, "server.mofang");
+        assert_eq!(
+            c.cert_path(),
+            Path::new("/var/lib/mofang/agent/tls/agent.pem")
+        );
         assert_eq!(c.network_mode(), NetworkMode::Host);
         assert_eq!(c.image("mariadb", "10.11"), "mofang/mariadb:10.11");
         assert_eq!(c.lease_ttl(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tls_is_on_unless_disabled_and_the_token_is_never_printed() {
+        let base = "node = \"a\"\n[[disks]]\npath = \"/d\"\n";
+        let e = raw(base).unwrap_err();
+        assert!(e.to_string().contains("tls.ca_file"), "{e}");
+        let plain = parse(&format!(
+            "schedulers = [\"http://s:9090\"]\n{base}[tls]\ndisable = true\n"
+        ))
+        .unwrap();
+        assert!(plain.tls.disable);
+        for (text, field) in [
+            (
+                format!("schedulers = [\"http://s:9090\"]\n{base}[tls]\nca_file = \"/ca.pem\"\n"),
+                "schedulers[0]",
+            ),
+            (
+                format!("schedulers = [\"https://s:9090\"]\n{base}[tls]\ndisable = true\n"),
+                "schedulers[0]",
+            ),
+            (
+                format!("schedulers = [\"http://s:9090\"]\n{base}[tls]\ndisable = true\njoin_token = \"x\"\n"),
+                "tls.join_token",
+            ),
+            (
+                format!("{base}[tls]\nca_file = \"/ca.pem\"\njoin_token = \"two words\"\n"),
+                "tls.join_token",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+        let c = parse(&format!(
+            "{base}[tls]\nca_file = \"/ca.pem\"\njoin_token = \"0123456789abcdef\"\n"
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
     #[test]

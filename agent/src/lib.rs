@@ -11,4 +11,5 @@ pub mod reconcile;
 pub mod roles;
 pub mod runtime;
 pub mod state;
+pub mod tls;
 pub mod volume;

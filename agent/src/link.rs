@@ -72,6 +72,9 @@ pub enum Error {
     /// The scheduler ended the assignments stream.
     #[error("the scheduler closed the assignments stream")]
     StreamEnded,
+    /// TLS set-up failed (a file unreadable) or the join was refused.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
 }
 
 /// Result of link operations.
@@ -100,6 +103,8 @@ pub struct LinkConfig {
     /// Consul HTTP address to find schedulers at (service `mofang-scheduler`); the static
     /// list is the fallback. Default none.
     pub consul: Option<String>,
+    /// Mutual TLS (certificate files, server name, join token); `None`: plain gRPC.
+    pub tls: Option<crate::tls::LinkTls>,
 }
 
 impl LinkConfig {
@@ -111,6 +116,7 @@ impl LinkConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             lease_ttl: DEFAULT_LEASE_TTL,
             consul: None,
+            tls: None,
         }
     }
 
@@ -301,7 +307,7 @@ async fn run_inner(
     loop {
         // Schedulers registered in Consul (healthy ones), else the static list.
         let found = match &cfg.consul {
-            Some(c) => discover(c).await,
+            Some(c) => discover(c, cfg.tls.is_some()).await,
             None => Vec::new(),
         };
         let list = if found.is_empty() {
@@ -316,9 +322,20 @@ async fn run_inner(
             _ = shutdown.cancelled() => break,
             outcome = session(endpoint, &cfg, source.as_ref(), &desired, &lease, &mut backoff) => outcome,
         };
-        // A session only ends on an error; `Ok` is unreachable but harmless.
-        if let Err(e) = &outcome {
-            warn!(endpoint = %endpoint, error = %ErrorChain(e), "scheduler link lost");
+        match &outcome {
+            // The certificate files changed (a renewal): reconnect at once, to the same
+            // scheduler, with the new certificate. Database containers are not touched.
+            Ok(()) => {
+                info!(endpoint = %endpoint, "certificate files changed: reconnecting with them");
+                next = next.wrapping_sub(1);
+                continue;
+            }
+            Err(Error::Tls(e @ crate::tls::Error::Refused(_))) => {
+                error!(endpoint = %endpoint, error = %ErrorChain(e), "cannot join the cluster: the join token was refused; give a new one (tls.join_token)");
+            }
+            Err(e) => {
+                warn!(endpoint = %endpoint, error = %ErrorChain(e), "scheduler link lost");
+            }
         }
 
         // A follower's answer shows the schedulers up and reachable: no backoff (which
@@ -345,7 +362,8 @@ async fn run_inner(
 
 /// The gRPC endpoints of the healthy `mofang-scheduler` services in Consul (its catalog, the
 /// same data its DNS answers from); empty when Consul cannot be asked.
-pub async fn discover(consul: &str) -> Vec<String> {
+pub async fn discover(consul: &str, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
     let url = format!(
         "{}/v1/health/service/mofang-scheduler?passing=true",
         consul.trim_end_matches('/')
@@ -380,7 +398,7 @@ pub async fn discover(consul: &str) -> Vec<String> {
                 .filter(|a| !a.is_empty())
                 .or_else(|| e["Node"]["Address"].as_str())?;
             let port = svc["Meta"]["grpc_port"].as_str()?.parse::<u16>().ok()?;
-            Some(format!("http://{addr}:{port}"))
+            Some(format!("{scheme}://{addr}:{port}"))
         })
         .collect();
     out.sort();
@@ -396,7 +414,13 @@ async fn session(
     lease: &Lease,
     backoff: &mut Backoff,
 ) -> Result<()> {
-    let mut client = connect(endpoint).await?;
+    if let Some(tls) = &cfg.tls {
+        if !tls.has_certificate() {
+            tls.join(endpoint, CONNECT_TIMEOUT).await?;
+        }
+    }
+    let stamp = cfg.tls.as_ref().map(|t| t.stamp());
+    let mut client = connect(endpoint, cfg.tls.as_ref()).await?;
 
     let request = source.register_request();
     let answer = tokio::time::timeout(CALL_TIMEOUT, client.register(request))
@@ -421,15 +445,45 @@ async fn session(
     tokio::select! {
         r = heartbeats(client.clone(), cfg, source, desired, lease) => r,
         r = follow_assignments(client, cfg, desired) => r,
+        () = files_changed(cfg.tls.as_ref(), stamp) => Ok(()),
     }
 }
 
-async fn connect(endpoint: &str) -> Result<AgentControlClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|source| Error::InvalidEndpoint {
+/// Returns when the certificate, key or CA file changes (checked every 2 s); never without
+/// TLS.
+async fn files_changed(
+    tls: Option<&crate::tls::LinkTls>,
+    stamp: Option<Vec<Option<std::time::SystemTime>>>,
+) {
+    let (Some(tls), Some(stamp)) = (tls, stamp) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if tls.stamp() != stamp {
+            return;
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &str,
+    tls: Option<&crate::tls::LinkTls>,
+) -> Result<AgentControlClient<Channel>> {
+    let mut ep =
+        Endpoint::from_shared(endpoint.to_owned()).map_err(|source| Error::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
             source,
-        })?
+        })?;
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.client_config(false)?)
+            .map_err(|source| Error::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+    }
+    let channel = ep
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // A silently vanished scheduler (partition, dead host) must end the watch stream too.

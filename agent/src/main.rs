@@ -37,6 +37,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // The files the config names (CA, certificate, key) are part of the config: a missing
+    // one is refused here, naming its field, before anything starts.
+    if let Err(e) = mofang_agent::tls::check_files(&cfg) {
+        eprintln!("mofang-agent: invalid config: {e}");
+        return ExitCode::from(EX_CONFIG);
+    }
     if args.check {
         println!("config {} is valid", args.config.display());
         return ExitCode::SUCCESS;

@@ -10,6 +10,7 @@ pub mod position;
 pub mod sealed;
 pub mod signal;
 pub mod spec;
+pub mod tls;
 
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};
 pub use spec::{EngineKind, ObservedRole, Resources, Role};

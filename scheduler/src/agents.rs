@@ -1,36 +1,177 @@
-//! The agent control plane: the gRPC server side of `Register`, `Heartbeat` and
-//! `WatchAssignments`. Agents dial in; each stream carries its node's full desired state.
+//! The agent control plane: the gRPC server side of `Register`, `Heartbeat`,
+//! `WatchAssignments` and `Join`. Agents dial in; each stream carries its node's full desired
+//! state. With TLS on, every call but `Join` acts only as the node its client certificate
+//! names (`tls::authz`); a refusal is answered `Unauthenticated` / `PermissionDenied` and
+//! recorded as an `agent_refused` event and an audit entry with the peer address.
 
-use crate::cluster::Cluster;
-use crate::model::{now_ms, DiskInfo, Node, NodeAdmin};
+use crate::cluster::{Cluster, JoinRefusal};
+use crate::model::{now_ms, AuditEntry, DiskInfo, EventKind, Node, NodeAdmin};
+use crate::tls::authz::{authorize, Caller, Refusal};
+use crate::tls::Tls;
 use futures::Stream;
 use mofang_common::proto::agent_control_server::AgentControl;
 use mofang_common::proto::{
-    DesiredState, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
-    WatchRequest,
+    DesiredState, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, RegisterRequest,
+    RegisterResponse, WatchRequest,
 };
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+/// The same refusal (who, call, node, reason) is recorded at most once in this long: an
+/// agent retrying with a wrong certificate must not fill the store.
+const RECORD_SPACING: Duration = Duration::from_secs(10);
 
 /// The gRPC service.
 pub struct AgentService {
     cluster: Arc<Cluster>,
     heartbeat_interval_ms: u64,
     lease_ttl_ms: u64,
+    /// TLS material; `None`: plain text, calls are not checked.
+    tls: Option<Arc<Tls>>,
+    /// Validity of certificates signed for joins, days.
+    join_cert_days: u32,
+    /// When each refusal was last recorded.
+    recorded: Mutex<HashMap<String, Instant>>,
 }
 
 impl AgentService {
-    /// A service over the cluster.
+    /// A service over the cluster, plain text (no call is checked).
     pub fn new(cluster: Arc<Cluster>, heartbeat_interval_ms: u64, lease_ttl_ms: u64) -> Self {
         AgentService {
             cluster,
             heartbeat_interval_ms,
             lease_ttl_ms,
+            tls: None,
+            join_cert_days: 365,
+            recorded: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With TLS: every call is checked against the caller's certificate, and joins are
+    /// signed (certificates valid `join_cert_days`).
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>, join_cert_days: u32) -> Self {
+        self.tls = tls;
+        self.join_cert_days = join_cert_days;
+        self
+    }
+
+    /// Checks that the caller of `call` may act as `asked`; records a refusal.
+    async fn check<T>(
+        &self,
+        req: &Request<T>,
+        call: &'static str,
+        asked: &str,
+    ) -> Result<(), Status> {
+        if self.tls.is_none() {
+            return Ok(());
+        }
+        let caller = caller(req);
+        let verdict = self
+            .cluster
+            .with_revoked(|revoked| authorize(&caller, asked, revoked));
+        match verdict {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                let who = match &caller {
+                    Caller::Anonymous => "no certificate".to_owned(),
+                    Caller::Certified(Ok(id)) => format!("node:{}", id.node),
+                    Caller::Certified(Err(_)) => "certificate without a node".to_owned(),
+                };
+                let status = if matches!(refusal, Refusal::NoCertificate) {
+                    401
+                } else {
+                    403
+                };
+                self.record(
+                    req.remote_addr(),
+                    &who,
+                    call,
+                    asked,
+                    status,
+                    refusal.code(),
+                    &refusal.to_string(),
+                )
+                .await;
+                Err(refusal.status())
+            }
+        }
+    }
+
+    /// Records a refused call as an `agent_refused` event and an audit entry (at most once
+    /// per `RECORD_SPACING` for the same who, call, node and reason).
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        peer: Option<SocketAddr>,
+        who: &str,
+        call: &str,
+        asked: &str,
+        status: u16,
+        code: &str,
+        why: &str,
+    ) {
+        let peer = peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        warn!(peer = %peer, who = %who, call, node = %asked, reason = code, "agent call refused: {why}");
+        let key = format!("{who}|{call}|{asked}|{code}");
+        {
+            let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if recorded
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < RECORD_SPACING)
+            {
+                return;
+            }
+            if recorded.len() > 10_000 {
+                recorded.retain(|_, t| now.duration_since(*t) < RECORD_SPACING);
+            }
+            recorded.insert(key, now);
+        }
+        let store = self.cluster.store();
+        let ev = crate::model::Event {
+            id: 0,
+            at_ms: now_ms(),
+            instance: None,
+            node: (!asked.is_empty()).then(|| asked.to_owned()),
+            kind: EventKind::AgentRefused.as_str().to_owned(),
+            message: format!("{call} as node {asked} from {peer} ({who}) refused: {why}"),
+        };
+        if let Err(e) = store.append_events(&[ev]).await {
+            warn!(error = %e, "could not record the agent_refused event");
+        }
+        let entry = AuditEntry {
+            id: 0,
+            at_ms: now_ms(),
+            who: who.to_owned(),
+            source: peer,
+            action: format!("gRPC {call}"),
+            target: format!("nodes/{asked}"),
+            status,
+            result: format!("refused: {code}"),
+        };
+        if let Err(e) = store.append_audit(&entry).await {
+            warn!(error = %e, "could not audit a refused agent call");
+        }
+    }
+}
+
+/// What the TLS layer saw of the caller: its verified client certificate, read for a node.
+fn caller<T>(req: &Request<T>) -> Caller {
+    match req.peer_certs() {
+        Some(certs) => match certs.first() {
+            Some(leaf) => Caller::Certified(mofang_common::tls::node_identity(leaf)),
+            None => Caller::Anonymous,
+        },
+        None => Caller::Anonymous,
     }
 }
 
@@ -64,8 +205,11 @@ impl AgentControl for AgentService {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         self.leading()?;
+        // Who is asking first: an anonymous caller learns nothing, not even about names.
+        let node = req.get_ref().node.clone();
+        self.check(&req, "Register", &node).await?;
+        check_node(&node)?;
         let r = req.into_inner();
-        check_node(&r.node)?;
         if !(r.cpu.is_finite() && r.cpu >= 0.0) {
             return Err(Status::invalid_argument(
                 "cpu must be a non-negative number",
@@ -110,6 +254,8 @@ impl AgentControl for AgentService {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.leading()?;
+        let node = req.get_ref().node.clone();
+        self.check(&req, "Heartbeat", &node).await?;
         let hb = req.into_inner();
         let node = hb.node.clone();
         match self.cluster.heartbeat(hb) {
@@ -129,10 +275,65 @@ impl AgentControl for AgentService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         self.leading()?;
+        // Who is asking first: an anonymous caller learns nothing, not even about names.
+        let node = req.get_ref().node.clone();
+        self.check(&req, "WatchAssignments", &node).await?;
+        check_node(&node)?;
         let w = req.into_inner();
-        check_node(&w.node)?;
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
         let rx = self.cluster.watch(&w.node);
         Ok(Response::new(Box::pin(WatchStream::new(rx).map(Ok))))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        self.leading()?;
+        let Some(tls) = &self.tls else {
+            return Err(Status::failed_precondition(
+                "TLS is disabled on this scheduler: there is no certificate to join with",
+            ));
+        };
+        let peer = req.remote_addr();
+        let r = req.into_inner();
+        let node = mofang_common::tls::pki::csr_node(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let material = tls.current();
+        let Some(ca) = material.ca.clone() else {
+            return Err(Status::failed_precondition(
+                "this scheduler holds no CA key (tls.ca_key_file): join tokens cannot be used; \
+                 create the agent's certificate with `mofang tls cert create --agent NODE`",
+            ));
+        };
+        let days = self.join_cert_days;
+        let csr = r.csr_pem;
+        let signed = self
+            .cluster
+            .join(&r.token, &node, || {
+                ca.sign_agent_csr(&csr, &node, days)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        match signed {
+            Ok(cert_pem) => Ok(Response::new(JoinResponse {
+                cert_pem,
+                ca_pem: material.ca_pem.clone(),
+            })),
+            Err(refusal) => {
+                self.record(
+                    peer,
+                    "join token",
+                    "Join",
+                    &node,
+                    403,
+                    refusal.code(),
+                    &refusal.to_string(),
+                )
+                .await;
+                Err(match refusal {
+                    JoinRefusal::Store(_) => Status::unavailable(refusal.to_string()),
+                    JoinRefusal::Sign(_) => Status::invalid_argument(refusal.to_string()),
+                    _ => Status::permission_denied(refusal.to_string()),
+                })
+            }
+        }
     }
 }

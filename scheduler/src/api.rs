@@ -36,6 +36,8 @@ pub struct Api {
     pub tokens: Arc<Tokens>,
     /// The sealing store and its keyrings (`/v1/keyring`); `None` in tests of other routes.
     pub sealed: Option<Arc<SealedStore>>,
+    /// TLS material (`None`: plain HTTP); a follower forwards to the leader over TLS.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The error body: `{"error": {"code", "message"}}`.
@@ -539,6 +541,59 @@ async fn audit(
     Ok(Json(entries))
 }
 
+/// Body of `POST /v1/join-tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// Lifetime, seconds (60 ..= 604800, one week). Default 3600.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// The only node the token admits (a host joined again). Default: any node not
+    /// registered yet.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,
+    responses((status = 201, body = crate::cluster::JoinToken), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_join_token(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<crate::cluster::JoinToken>)> {
+    need(&id, TokenRole::Admin)?;
+    let req: JoinTokenRequest = parse_body(body)?;
+    let ttl = req.ttl_secs.unwrap_or(3600);
+    if !(60..=604_800).contains(&ttl) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "ttl_secs must be 60 ..= 604800 (one minute to one week)",
+        ));
+    }
+    if let Some(n) = &req.node {
+        mofang_common::ids::validate_dns_label("node", n, 63).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+        })?;
+    }
+    let token = api
+        .cluster
+        .create_join_token(ttl.saturating_mul(1000), req.node, &id.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{name}/revoke", params(("name" = String, Path)),
+    responses((status = 200, body = crate::cluster::Revocation), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn revoke_node(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<crate::cluster::Revocation>> {
+    need(&id, TokenRole::Admin)?;
+    Ok(Json(api.cluster.revoke_node(&name, &id.name).await?))
+}
+
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -639,12 +694,14 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
     paths(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
-        failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate
+        failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
+        create_join_token, revoke_node
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
+        JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -692,11 +749,16 @@ async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Respon
     };
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(90))
-            .build()
-            .unwrap_or_default()
+            .timeout(std::time::Duration::from_secs(90));
+        // The leader's certificate is checked against the cluster CA, and this scheduler
+        // presents its own (taken once: a CA change needs a restart of followers).
+        let builder = match &api.tls {
+            Some(t) => builder.use_preconfigured_tls((*t.current().client).clone()),
+            None => builder,
+        };
+        builder.build().unwrap_or_default()
     });
     let path = req
         .uri()
@@ -766,6 +828,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/cordon", post(cordon_node))
         .route("/v1/nodes/{name}/uncordon", post(uncordon_node))
+        .route("/v1/nodes/{name}/revoke", post(revoke_node))
+        .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/instances", get(list_instances).post(create_instance))
         .route(
             "/v1/instances/{name}",
@@ -811,6 +875,7 @@ mod tests {
             .await
             .expect("load");
         let app = router(Api {
+            tls: None,
             cluster: cluster.clone(),
             tokens: Arc::new(Tokens::from_config(&[])),
             sealed: None,
@@ -850,6 +915,7 @@ mod tests {
         let mut tokens = Tokens::from_config(&[]);
         tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
         let app = router(Api {
+            tls: None,
             cluster,
             tokens: Arc::new(tokens),
             sealed: None,

@@ -88,6 +88,147 @@ pub struct SchedulerConfig {
     /// etcd connection, used when `store = "etcd"`.
     #[serde(default)]
     pub etcd: EtcdConfig,
+    /// `[tls]`: certificates of the REST API and the agents' gRPC port (docs/security.md).
+    /// Absent: TLS on with a CA and certificate the scheduler makes in `<data_dir>/tls/`.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the scheduler's TLS. Given files are read at start (a missing one exits 64
+/// naming its field) and again on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Plain HTTP and plain gRPC: anyone who reaches the ports acts as any node and reads
+    /// tokens off the wire. Only for a closed test network; logged as a WARN at start.
+    /// Default false.
+    #[serde(default)]
+    pub disable: bool,
+    /// The cluster CA certificate: agents' (and, with `rest_verify_clients`, users')
+    /// client certificates must chain to it. With `cert_file` and `key_file`. Default: none,
+    /// and then all three are made in `<data_dir>/tls/` (one scheduler only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The scheduler's certificate (`mofang tls cert create --server NAME`), for gRPC and,
+    /// unless `rest_cert_file` is set, REST.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The CA's private key: signs agent certificates for join tokens. Default none: join
+    /// tokens cannot be used (agents get certificates from `mofang tls cert create`).
+    #[serde(default)]
+    pub ca_key_file: Option<PathBuf>,
+    /// REST's own certificate (e.g. from a public CA), with `rest_key_file`. Default:
+    /// `cert_file`.
+    #[serde(default)]
+    pub rest_cert_file: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub rest_key_file: Option<PathBuf>,
+    /// REST clients must present a certificate signed by `ca_file` (besides their token).
+    /// Default false.
+    #[serde(default)]
+    pub rest_verify_clients: bool,
+    /// Validity of agent certificates signed for join tokens, days (1 ..= 7300). Default 365.
+    #[serde(default = "default_join_cert_days")]
+    pub join_cert_days: u32,
+}
+
+fn default_join_cert_days() -> u32 {
+    365
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            disable: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            ca_key_file: None,
+            rest_cert_file: None,
+            rest_key_file: None,
+            rest_verify_clients: false,
+            join_cert_days: default_join_cert_days(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when the scheduler makes its own CA and certificate (`[tls]` names no files).
+    pub fn automatic(&self) -> bool {
+        !self.disable
+            && self.ca_file.is_none()
+            && self.cert_file.is_none()
+            && self.key_file.is_none()
+    }
+
+    fn validate(&self, store: StoreKind) -> Result<()> {
+        let files = [
+            ("tls.ca_file", &self.ca_file),
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+            ("tls.ca_key_file", &self.ca_key_file),
+            ("tls.rest_cert_file", &self.rest_cert_file),
+            ("tls.rest_key_file", &self.rest_key_file),
+        ];
+        if self.disable {
+            if let Some((field, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                return Err(invalid(
+                    *field,
+                    "given with tls.disable = true: plain text uses no certificate; drop one",
+                ));
+            }
+            return Ok(());
+        }
+        for (field, f) in files {
+            if f.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(field, "must not be empty"));
+            }
+        }
+        let trio = [
+            ("tls.ca_file", self.ca_file.is_some()),
+            ("tls.cert_file", self.cert_file.is_some()),
+            ("tls.key_file", self.key_file.is_some()),
+        ];
+        if trio.iter().any(|(_, set)| *set) {
+            if let Some((field, _)) = trio.iter().find(|(_, set)| !*set) {
+                return Err(invalid(
+                    *field,
+                    "needed with the other two of ca_file, cert_file, key_file",
+                ));
+            }
+        } else {
+            if self.ca_key_file.is_some() {
+                return Err(invalid(
+                    "tls.ca_key_file",
+                    "needs tls.ca_file, tls.cert_file and tls.key_file",
+                ));
+            }
+            if store != StoreKind::Sqlite {
+                return Err(invalid(
+                    "tls.ca_file",
+                    "several schedulers must share one CA: create it with `mofang tls ca create` \
+                     and give ca_file, cert_file and key_file",
+                ));
+            }
+        }
+        match (&self.rest_cert_file, &self.rest_key_file) {
+            (Some(_), None) => {
+                return Err(invalid("tls.rest_key_file", "needed with rest_cert_file"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.rest_cert_file", "needed with rest_key_file"))
+            }
+            _ => {}
+        }
+        if self.join_cert_days == 0 || self.join_cert_days > mofang_common::tls::pki::MAX_DAYS {
+            return Err(invalid("tls.join_cert_days", "must be 1 ..= 7300"));
+        }
+        Ok(())
+    }
 }
 
 /// Store backend.
@@ -303,6 +444,7 @@ impl Default for SchedulerConfig {
             store: StoreKind::default(),
             consul: ConsulConfig::default(),
             etcd: EtcdConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -386,7 +528,8 @@ impl SchedulerConfig {
                 }
             }
         }
-        self.validate_backends()
+        self.validate_backends()?;
+        self.tls.validate(self.store)
     }
 
     fn validate_backends(&self) -> Result<()> {
@@ -469,6 +612,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_section() {
+        let c = SchedulerConfig::parse("", Path::new("s")).unwrap();
+        assert!(
+            c.tls.automatic(),
+            "no [tls]: TLS on with files the scheduler makes"
+        );
+        assert_eq!(c.tls.join_cert_days, 365);
+        let c = SchedulerConfig::parse("[tls]\ndisable = true\n", Path::new("s")).unwrap();
+        assert!(c.tls.disable && !c.tls.automatic());
+        let full = "[tls]\nca_file = \"/p/ca.pem\"\ncert_file = \"/p/s.pem\"\nkey_file = \"/p/s-key.pem\"\n";
+        let c = SchedulerConfig::parse(full, Path::new("s")).unwrap();
+        assert!(!c.tls.automatic());
+        let c = SchedulerConfig::parse(&format!("store = \"consul\"\n{full}"), Path::new("s"));
+        assert!(c.is_ok(), "HA with one CA");
+        for (text, field) in [
+            (
+                "[tls]\ncert_file = \"/p/s.pem\"\nkey_file = \"/p/k.pem\"",
+                "tls.ca_file",
+            ),
+            (
+                "[tls]\nca_file = \"/p/ca.pem\"\nkey_file = \"/p/k.pem\"",
+                "tls.cert_file",
+            ),
+            (
+                "[tls]\nca_file = \"/p/ca.pem\"\ncert_file = \"/p/s.pem\"",
+                "tls.key_file",
+            ),
+            ("[tls]\nca_key_file = \"/p/ca-key.pem\"", "tls.ca_key_file"),
+            (
+                "[tls]\ndisable = true\nca_file = \"/p/ca.pem\"",
+                "tls.ca_file",
+            ),
+            ("[tls]\njoin_cert_days = 0", "tls.join_cert_days"),
+            ("[tls]\nrest_cert_file = \"/p/r.pem\"", "tls.rest_key_file"),
+            ("[tls]\nbogus = 1", "bogus"),
+            // Several schedulers cannot each make their own CA.
+            ("store = \"etcd\"", "tls.ca_file"),
+        ] {
+            let e = SchedulerConfig::parse(text, Path::new("s")).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn store_backends() {
         let c = SchedulerConfig::parse("", Path::new("s")).unwrap();
         assert_eq!(c.store, StoreKind::Sqlite);
@@ -478,7 +665,7 @@ mod tests {
 
         let c = SchedulerConfig::parse(
             "store = \"consul\"\n[consul]\naddress = \"http://10.0.0.1:8500\"\n\
-             prefix = \"prod/mofang/\"\ntoken = \"s3cr3t-token\"\n",
+             prefix = \"prod/mofang/\"\ntoken = \"s3cr3t-token\"\n[tls]\ndisable = true\n",
             Path::new("s"),
         )
         .unwrap();
@@ -487,7 +674,8 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cr3t-token"));
 
         let c = SchedulerConfig::parse(
-            "store = \"etcd\"\n[etcd]\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\n",
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\n\
+             [tls]\ndisable = true\n",
             Path::new("s"),
         )
         .unwrap();

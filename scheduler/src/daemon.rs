@@ -10,6 +10,7 @@ use crate::config::{SchedulerConfig, TokenRole};
 use crate::registry::{ConsulRegistry, Registry, SchedulerService};
 use crate::secrets::SealedStore;
 use crate::store::Store;
+use crate::tls::serve;
 use mofang_common::proto::agent_control_server::AgentControlServer;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -48,6 +49,10 @@ pub enum Error {
     /// The Consul client could not be built.
     #[error(transparent)]
     Consul(#[from] crate::consul::Error),
+    /// The config cannot be used (a TLS file is missing or unusable): exit 64, the message
+    /// names the field.
+    #[error(transparent)]
+    Config(#[from] mofang_common::config::Error),
     /// A listener could not bind.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -62,7 +67,7 @@ pub enum Error {
 impl Error {
     /// True when the operator's config or files are at fault: the daemon exits 64.
     pub fn is_config(&self) -> bool {
-        matches!(self, Error::Keyring(e) if e.is_config())
+        matches!(self, Error::Config(_)) || matches!(self, Error::Keyring(e) if e.is_config())
     }
 }
 
@@ -94,6 +99,9 @@ pub async fn start(
             source,
         }
     })?;
+    // TLS first: a missing certificate file is a config error, found before anything starts.
+    let tls = crate::tls::Tls::start(&cfg)?;
+    crate::tls::reload_on_sighup(tls.clone(), shutdown.clone());
     let backend: Arc<dyn Store> = crate::store::open(&cfg).await?;
     // Every secret is sealed before the backend sees it (docs/secrets.md).
     let sealed = Arc::new(SealedStore::open(backend, &cfg.keyring_file()).await?);
@@ -143,16 +151,31 @@ pub async fn start(
         cluster: cluster.clone(),
         tokens: Arc::new(tokens),
         sealed: Some(sealed.clone()),
+        tls: tls.clone(),
     });
     let sd = shutdown.clone();
+    let rest_tls = tls.clone();
     let rest_task = tokio::spawn(
         async move {
-            let served = axum::serve(
-                rest,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await;
+            let make = app.into_make_service_with_connect_info::<SocketAddr>();
+            let served = match rest_tls {
+                None => {
+                    axum::serve(rest, make)
+                        .with_graceful_shutdown(async move { sd.cancelled().await })
+                        .await
+                }
+                Some(t) => {
+                    let local = bound.rest;
+                    let rx = serve::accept(rest, t, serve::Port::Rest, sd.clone());
+                    // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for any listener
+                    // (the audit log records the peer address).
+                    use axum::serve::ListenerExt;
+                    let listener = serve::RestListener::new(rx, local).tap_io(|_| {});
+                    axum::serve(listener, make)
+                        .with_graceful_shutdown(async move { sd.cancelled().await })
+                        .await
+                }
+            };
             if let Err(e) = served {
                 warn!(error = %e, "REST server stopped with an error");
             }
@@ -166,16 +189,31 @@ pub async fn start(
         cluster.clone(),
         cfg.heartbeat_interval_ms,
         cfg.failover.lease_ttl_ms,
-    );
+    )
+    .with_tls(tls.clone(), cfg.tls.join_cert_days);
     let sd = shutdown.clone();
+    let grpc_tls = tls.clone();
     let grpc_task = tokio::spawn(
         async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-            let served = tonic::transport::Server::builder()
+            let server = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(AgentControlServer::new(svc))
-                .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await })
-                .await;
+                .add_service(AgentControlServer::new(svc));
+            let served = match grpc_tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+                    server
+                        .serve_with_incoming_shutdown(incoming, async move { sd.cancelled().await })
+                        .await
+                }
+                Some(t) => {
+                    let rx = serve::accept(grpc, t, serve::Port::Grpc, sd.clone());
+                    server
+                        .serve_with_incoming_shutdown(serve::grpc_incoming(rx), async move {
+                            sd.cancelled().await
+                        })
+                        .await
+                }
+            };
             if let Err(e) = served {
                 warn!(error = %e, "gRPC server stopped with an error");
             }
@@ -185,7 +223,8 @@ pub async fn start(
 
     // High availability: with a shared store (Consul, etcd) schedulers elect a leader; only
     // the leader acts and serves the API and agents. With SQLite this one always leads.
-    let advertise_rest = format!("http://{}:{}", cfg.advertise_address, bound.rest.port());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let advertise_rest = format!("{scheme}://{}:{}", cfg.advertise_address, bound.rest.port());
     let registry: Option<Arc<dyn Registry>> = match cfg.store {
         StoreKind::Consul => Some(Arc::new(ConsulRegistry::new(cfg.consul.client()?))),
         _ => None,

@@ -15,3 +15,4 @@ pub mod placement;
 pub mod registry;
 pub mod secrets;
 pub mod store;
+pub mod tls;

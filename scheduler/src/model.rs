@@ -320,11 +320,18 @@ pub enum EventKind {
     KeyringRotated,
     /// Data keys that seal nothing any more were removed from the keyring.
     KeyRetired,
+    /// An agent got its certificate with a join token.
+    NodeJoined,
+    /// An operator revoked a node: its certificates are refused.
+    NodeRevoked,
+    /// An agent-service call was refused: no certificate, another node's, a revoked one,
+    /// or a join token that is used, expired or for another node.
+    AgentRefused,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -355,6 +362,9 @@ impl EventKind {
         EventKind::ReplaceNotDone,
         EventKind::KeyringRotated,
         EventKind::KeyRetired,
+        EventKind::NodeJoined,
+        EventKind::NodeRevoked,
+        EventKind::AgentRefused,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -390,6 +400,9 @@ impl EventKind {
             EventKind::ReplaceNotDone => "replace_not_done",
             EventKind::KeyringRotated => "keyring_rotated",
             EventKind::KeyRetired => "key_retired",
+            EventKind::NodeJoined => "node_joined",
+            EventKind::NodeRevoked => "node_revoked",
+            EventKind::AgentRefused => "agent_refused",
         }
     }
 }

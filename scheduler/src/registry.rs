@@ -177,6 +177,9 @@ fn scheduler_definition(s: &SchedulerService) -> Value {
         "Check": {
             "Name": "mofang-scheduler health",
             "HTTP": s.health_url,
+            // Consul does not hold the cluster CA: the check asks "does it answer", the
+            // agents and the CLI verify the certificate themselves (docs/security.md).
+            "TLSSkipVerify": s.health_url.starts_with("https://"),
             "Method": "GET",
             "Interval": go_duration(s.check_interval),
             "Timeout": go_duration(s.check_interval.max(Duration::from_secs(1))),

@@ -195,10 +195,27 @@ impl AgentProcess {
         Self::start_timed(node, schedulers, network, disk_mib, extra, &Timings::FAST)
     }
 
-    /// [`AgentProcess::start`] with the heartbeat interval and lease of `timings`.
+    /// [`AgentProcess::start`] with the heartbeat interval and lease of `timings`. Plain
+    /// gRPC (`tls.disable`) for `http://` schedulers (the fake scheduler); `https://` ones
+    /// need [`AgentProcess::start_secure`].
     pub fn start_timed(
         node: &str,
         schedulers: &[String],
+        network: &str,
+        disk_mib: u64,
+        extra: &str,
+        timings: &Timings,
+    ) -> Result<Self> {
+        Self::start_secure(node, schedulers, None, network, disk_mib, extra, timings)
+    }
+
+    /// Starts an agent with its own certificate for `node` from `pki` (its `[tls]`
+    /// section); `None`: plain gRPC. An `extra` holding its own `[tls]` section replaces
+    /// the harness's (a test of TLS itself).
+    pub fn start_secure(
+        node: &str,
+        schedulers: &[String],
+        pki: Option<&crate::pki::TestPki>,
         network: &str,
         disk_mib: u64,
         extra: &str,
@@ -209,10 +226,21 @@ impl AgentProcess {
             .prefix("mofang-agent-")
             .tempdir_in("/var/tmp")?;
         let http_port = free_port()?;
+        let tls = if extra.contains("[tls]") {
+            String::new()
+        } else {
+            match pki {
+                Some(pki) => pki.agent_toml(node, dir.path())?,
+                None if schedulers.iter().any(|s| s.starts_with("https://")) => {
+                    bail!("https:// schedulers need the cluster's TestPki (AgentProcess::start_secure)")
+                }
+                None => "[tls]\ndisable = true\n".to_owned(),
+            }
+        };
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
              state_dir = \"{state}\"\nrun_dir = \"{run}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
-             stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n\
+             stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n{tls}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
             run = dir.path().join("run").display(),
@@ -301,6 +329,10 @@ pub struct SchedulerProcess {
     pub rest: String,
     /// gRPC endpoint for agents.
     pub grpc: String,
+    /// The cluster CA and certificates (`None`: this scheduler runs in plain text).
+    pub pki: Option<std::sync::Arc<crate::pki::TestPki>>,
+    /// An HTTP client for [`SchedulerProcess::rest`] (trusting the CA).
+    pub http: reqwest::Client,
     child: Option<Child>,
 }
 
@@ -316,24 +348,49 @@ impl SchedulerProcess {
         Self::start_timed(extra, &Timings::FAST)
     }
 
-    /// [`SchedulerProcess::start`] with the node_ttl and heartbeat interval of `timings`.
+    /// [`SchedulerProcess::start`] with the node_ttl and heartbeat interval of `timings`,
+    /// with TLS on (a new CA).
     pub fn start_timed(extra: &str, timings: &Timings) -> Result<Self> {
+        Self::start_with_pki(extra, timings, Some(crate::pki::TestPki::new()?))
+    }
+
+    /// A scheduler with the certificates of `pki` (several schedulers of one cluster share
+    /// it); `None`, or an `extra` with `[tls]\ndisable = true`: plain text. An `extra` with
+    /// its own `[tls]` section replaces the harness's.
+    pub fn start_with_pki(
+        extra: &str,
+        timings: &Timings,
+        pki: Option<std::sync::Arc<crate::pki::TestPki>>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mofang-scheduler-")
             .tempdir_in("/var/tmp")?;
         let (rest, grpc) = (free_port()?, free_port()?);
+        let plain = pki.is_none() || extra.contains("disable = true");
+        let tls = match &pki {
+            Some(p) if !extra.contains("[tls]") => p.scheduler_toml(),
+            None if !extra.contains("[tls]") => "[tls]\ndisable = true\n".to_owned(),
+            _ => String::new(),
+        };
         let cfg = format!(
             "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
-             data_dir = \"{data}\"\nnode_ttl_ms = {ttl}\nheartbeat_interval_ms = {hb}\n{extra}\n",
+             data_dir = \"{data}\"\nnode_ttl_ms = {ttl}\nheartbeat_interval_ms = {hb}\n{extra}\n{tls}\n",
             data = dir.path().join("data").display(),
             ttl = timings.node_ttl_ms,
             hb = timings.heartbeat_interval_ms,
         );
         std::fs::write(dir.path().join("scheduler.toml"), cfg)?;
+        let scheme = if plain { "http" } else { "https" };
+        let http = match (&pki, plain) {
+            (Some(p), false) => p.http_client(None)?,
+            _ => reqwest::Client::new(),
+        };
         let mut s = SchedulerProcess {
             dir,
-            rest: format!("http://127.0.0.1:{rest}"),
-            grpc: format!("http://127.0.0.1:{grpc}"),
+            rest: format!("{scheme}://127.0.0.1:{rest}"),
+            grpc: format!("{scheme}://127.0.0.1:{grpc}"),
+            pki: if plain { None } else { pki },
+            http,
             child: None,
         };
         s.spawn()?;
@@ -346,7 +403,11 @@ impl SchedulerProcess {
             self.dir.path(),
             "scheduler",
         )?);
-        let addr = self.rest.trim_start_matches("http://").to_owned();
+        let addr = self
+            .rest
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned();
         // With tokens in the config no admin token is generated.
         let configured = std::fs::read_to_string(self.dir.path().join("scheduler.toml"))
             .is_ok_and(|c| c.contains("[[tokens]]"));
@@ -365,6 +426,18 @@ impl SchedulerProcess {
     /// same cluster are given this file.
     pub fn keyring_file(&self) -> PathBuf {
         self.dir.path().join("data/keyring.json")
+    }
+
+    /// `MOFANG_ADDR` and, with TLS, `MOFANG_CACERT` for the `mofang` CLI.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("MOFANG_ADDR".to_owned(), self.rest.clone())];
+        if let Some(p) = &self.pki {
+            env.push((
+                "MOFANG_CACERT".to_owned(),
+                p.ca_file().display().to_string(),
+            ));
+        }
+        env
     }
 
     /// The generated admin token.

@@ -259,4 +259,13 @@ impl AgentControl for Service {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn join(
+        &self,
+        _request: Request<mofang_common::proto::JoinRequest>,
+    ) -> Result<Response<mofang_common::proto::JoinResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake scheduler speaks plain gRPC: no joins",
+        ))
+    }
 }

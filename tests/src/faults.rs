@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A TCP relay on a loopback port. While cut, bytes are read and dropped in both directions
 /// and new connections are held open without an answer: what a partitioned peer sees.
 pub struct Link {
-    /// `http://127.0.0.1:<port>`: give this to the client instead of the real endpoint.
+    /// `http(s)://127.0.0.1:<port>` (the upstream's scheme): give this to the client instead of
+    /// the real endpoint.
     pub endpoint: String,
     cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -22,12 +23,12 @@ pub struct Link {
 impl Link {
     /// Starts relaying to `upstream` (`http://host:port` or `host:port`).
     pub async fn start(upstream: &str) -> Result<Link> {
-        let target: SocketAddr = upstream
-            .trim_start_matches("http://")
-            .parse()
-            .context("upstream address")?;
+        // TLS passes through untouched: the agent checks the scheduler's name
+        // (`server.mofang`), not the address it dials.
+        let (scheme, addr) = upstream.split_once("://").unwrap_or(("http", upstream));
+        let target: SocketAddr = addr.parse().context("upstream address")?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let endpoint = format!("{scheme}://{}", listener.local_addr()?);
         let cut = Arc::new(AtomicBool::new(false));
         let c = cut.clone();
         let task = tokio::spawn(async move {

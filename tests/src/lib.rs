@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod coord;
 pub mod fake_scheduler;
 pub mod faults;
+pub mod pki;
 pub mod scenario;
 
 static CLEANED: OnceCell<()> = OnceCell::const_new();

@@ -50,9 +50,10 @@ impl Env {
         for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
             let link = Link::start(&sched.grpc).await?;
             let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
-            agents.push(AgentProcess::start_timed(
+            agents.push(AgentProcess::start_secure(
                 &unique_name("node"),
                 std::slice::from_ref(&link.endpoint),
+                sched.pki.as_deref(),
                 &net.name,
                 4096,
                 &extra,
@@ -61,13 +62,14 @@ impl Env {
             links.push(link);
         }
         let token = sched.admin_token()?;
+        let http = sched.http.clone();
         let env = Env {
             sched,
             peers: Vec::new(),
             agents,
             links,
             net,
-            http: reqwest::Client::new(),
+            http,
             token,
         };
         env.wait_ready_nodes(nodes).await?;
@@ -92,25 +94,29 @@ impl Env {
              [[tokens]]\nname = \"admin\"\nrole = \"admin\"\nsecret = \"{token}\"\n",
             unique_name("mofang")
         );
+        // One CA and one root keyring for the three (docs/security.md, docs/secrets.md):
+        // agents and followers check any scheduler's certificate.
+        let pki = crate::pki::TestPki::new()?;
         let mut scheds: Vec<SchedulerProcess> = Vec::new();
         for _ in 0..3 {
-            // One root keyring for the cluster, as an operator copies it (docs/secrets.md).
             let keyring = scheds
                 .first()
                 .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
                 .unwrap_or_default();
-            scheds.push(SchedulerProcess::start_timed(
+            scheds.push(SchedulerProcess::start_with_pki(
                 &format!("{keyring}{config}"),
                 timings,
+                Some(pki.clone()),
             )?);
         }
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
         for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
             let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
-            agents.push(AgentProcess::start_timed(
+            agents.push(AgentProcess::start_secure(
                 &unique_name("node"),
                 &endpoints,
+                scheds[0].pki.as_deref(),
                 &net.name,
                 4096,
                 &extra,
@@ -126,9 +132,7 @@ impl Env {
             net,
             // A follower forwards to the leader; while the leader is changing, a forwarded
             // call can hang: the caller tries again.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: pki.http_client(Some(Duration::from_secs(10)))?,
             token,
         };
         env.leader(Duration::from_secs(60)).await?;

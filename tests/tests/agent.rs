@@ -819,7 +819,8 @@ fn docker_unreachable_is_retried_not_fatal() -> Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n[[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
+            "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n[tls]\ndisable = true\n\
+             [[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
             dir.path().join("state").display(),
             dir.path().join("disk").display()
         ),
@@ -898,7 +899,8 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
     std::fs::write(
         &p,
         format!(
-            "node = \"node-a\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n[[disks]]\npath = \"{}\"\n",
+            "node = \"node-a\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\
+             schedulers = [\"http://127.0.0.1:1\"]\n[tls]\ndisable = true\n[[disks]]\npath = \"{}\"\n",
             state.display(),
             dir.path().join("run").display(),
             dir.path().join("disk").display()

@@ -98,7 +98,7 @@ async fn consul_tags_and_haproxy_follow_a_failover() -> Result<()> {
             "--ro-port",
             &ro.to_string(),
         ])
-        .env("MOFANG_ADDR", &env.sched.rest)
+        .envs(env.sched.cli_env())
         .env("MOFANG_TOKEN", &env.token)
         .output()?;
     assert!(

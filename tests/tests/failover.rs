@@ -378,7 +378,7 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
     // Through the CLI, as an operator would.
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .args(["--json", "instance", "switchover", &name])
-        .env("MOFANG_ADDR", &env.sched.rest)
+        .envs(env.sched.cli_env())
         .env("MOFANG_TOKEN", &env.token)
         .output()
         .await?;

@@ -5,12 +5,14 @@
 //! Consul must follow a failover.
 
 use anyhow::{bail, Context, Result};
-use mofang_tests::cluster::{AgentProcess, SchedulerProcess, TestNetwork};
+use mofang_tests::cluster::{AgentProcess, SchedulerProcess, TestNetwork, Timings};
 use mofang_tests::coord::{ConsulProcess, EtcdProcess};
+use mofang_tests::pki::TestPki;
 use mofang_tests::scenario::{container_of, docker_cli, spec};
 use mofang_tests::{docker, eventually, unique_name};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "ha-test-admin-token-0123456789";
@@ -31,17 +33,19 @@ fn scheduler_config(store: &str) -> String {
 
 /// Three schedulers on `store` with one root keyring, as an operator copies it
 /// (docs/secrets.md): the first creates it, the others are given that file.
-fn three_schedulers(store: &str) -> Result<Vec<SchedulerProcess>> {
+/// Three schedulers on `store` with one root keyring and one CA (`pki`).
+fn three_schedulers(store: &str, pki: &Arc<TestPki>) -> Result<Vec<SchedulerProcess>> {
     let mut scheds: Vec<SchedulerProcess> = Vec::new();
     for _ in 0..3 {
         let keyring = scheds
             .first()
             .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
             .unwrap_or_default();
-        scheds.push(SchedulerProcess::start(&format!(
-            "{keyring}{}",
-            scheduler_config(store)
-        ))?);
+        scheds.push(SchedulerProcess::start_with_pki(
+            &format!("{keyring}{}", scheduler_config(store)),
+            &Timings::FAST,
+            Some(pki.clone()),
+        )?);
     }
     Ok(scheds)
 }
@@ -52,7 +56,9 @@ impl Ha {
     async fn start(store: &str, consul: Option<&str>) -> Result<Ha> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
-        let scheds = three_schedulers(store)?;
+        // One CA for the three schedulers.
+        let pki = TestPki::new()?;
+        let scheds = three_schedulers(store, &pki)?;
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
         for z in ["a", "b", "c"] {
@@ -60,36 +66,35 @@ impl Ha {
             let mut list = endpoints.clone();
             if let (Some(c), "c") = (consul, z) {
                 extra.push_str(&format!("\nconsul = \"{c}\""));
-                list = vec!["http://127.0.0.1:9".to_owned()];
+                list = vec!["https://127.0.0.1:9".to_owned()];
             }
-            agents.push(AgentProcess::start_with_schedulers(
+            agents.push(AgentProcess::start_secure(
                 &unique_name("node"),
                 &list,
+                Some(&pki),
                 &net.name,
                 4096,
                 &extra,
+                &Timings::FAST,
             )?);
         }
         Ok(Ha {
             scheds,
             _agents: agents,
             _net: Some(net),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: pki.http_client(Some(Duration::from_secs(10)))?,
         })
     }
 
-    /// Three schedulers on `store`, no agents.
+    /// Three schedulers on `store` (one CA), no agents.
     fn schedulers_only(store: &str) -> Result<Ha> {
-        let scheds = three_schedulers(store)?;
+        let pki = TestPki::new()?;
+        let scheds = three_schedulers(store, &pki)?;
         Ok(Ha {
             scheds,
             _agents: Vec::new(),
             _net: None,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
+            http: pki.http_client(Some(Duration::from_secs(10)))?,
         })
     }
 

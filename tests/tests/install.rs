@@ -23,7 +23,9 @@ const CAP_CHOWN: u32 = 0;
 const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_FOWNER: u32 = 3;
 /// How the scheduler is reached inside the container: default REST address, generated token.
-const CLI_ENV: &str = "MOFANG_ADDR=http://127.0.0.1:8080 \
+/// TLS is on with the CA the scheduler made on its first start (no `[tls]` files shipped).
+const CLI_ENV: &str = "MOFANG_ADDR=https://127.0.0.1:8080 \
+     MOFANG_CACERT=/var/lib/mofang/scheduler/tls/ca.pem \
      MOFANG_TOKEN=$(cat /var/lib/mofang/scheduler/admin.token)";
 
 /// The cargo target directory this test was built in (`CARGO_TARGET_TMPDIR` is `<target>/tmp`).
@@ -398,8 +400,12 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
 
     // --- the operator configures both and starts the agent ----------------------------------
     let node = unique_name("pkg");
+    // As docs/install.md says: the scheduler's CA and a one-time join token on the agent.
     h.sh(&format!(
-        "sed -i 's/^node = .*/node = \"{node}\"/' /etc/mofang/agent.toml && \
+        "install -m 0644 /var/lib/mofang/scheduler/tls/ca.pem /etc/mofang/ca.pem && \
+         token=$({CLI_ENV} mofang node join-token create --ttl 10m) && \
+         sed -i -e 's/^node = .*/node = \"{node}\"/' \
+                -e \"s/^# join_token = .*/join_token = \\\"$token\\\"/\" /etc/mofang/agent.toml && \
          echo '# edited by the install test' >> /etc/mofang/scheduler.toml && \
          systemctl restart mofang-scheduler && systemctl enable --now mofang-agent"
     ))?;

@@ -56,6 +56,7 @@ impl Link {
             heartbeat_interval: Duration::from_millis(200),
             lease_ttl: Duration::from_secs(1),
             consul: None,
+            tls: None,
         };
         let lease = Lease::new(cfg.lease_ttl);
         let (tx, desired) = watch::channel(None);

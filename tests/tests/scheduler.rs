@@ -36,7 +36,7 @@ async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()
             "--timeout",
             "120",
         ])
-        .env("MOFANG_ADDR", &env.sched.rest)
+        .envs(env.sched.cli_env())
         .env("MOFANG_TOKEN", &env.token)
         .output()?;
     assert!(

@@ -1022,11 +1022,10 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
             ),
         ),
     ];
-    let http = reqwest::Client::new();
     // With a shared store a scheduler acts once it leads; after a kill -9 the old session or
     // lease must expire first.
     let leads = |sched: &SchedulerProcess| {
-        let (url, http) = (format!("{}/v1/health", sched.rest), http.clone());
+        let (url, http) = (format!("{}/v1/health", sched.rest), sched.http.clone());
         async move {
             mofang_tests::eventually("scheduler leads", Duration::from_secs(90), || async {
                 let h: Value = http.get(&url).send().await?.json().await?;
@@ -1041,6 +1040,7 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
     };
     for (kind, extra) in &configs {
         let mut sched = SchedulerProcess::start(extra)?;
+        let http = sched.http.clone();
         leads(&sched).await?;
         let token = sched.admin_token()?;
         let resp = http
@@ -1217,7 +1217,7 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     };
     let mut sched = SchedulerProcess::start(&extra)?;
     let token = sched.admin_token()?;
-    let http = reqwest::Client::new();
+    let http = sched.http.clone();
     let keyring = |sched: &SchedulerProcess| {
         let req = http
             .get(format!("{}/v1/keyring", sched.rest))
@@ -1264,7 +1264,7 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     // The CLI shows the same: key 2 active, sealing the 4 secrets; key 1 gone.
     let cli = tokio::process::Command::new(binaries()?.join("mofang"))
         .args(["keyring", "status"])
-        .env("MOFANG_ADDR", &sched.rest)
+        .envs(sched.cli_env())
         .env("MOFANG_TOKEN", &token)
         .output()
         .await?;

@@ -347,7 +347,8 @@ pub fn rig(lease_ttl: Duration) -> Rig {
     let text = format!(
         "node = \"n1\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\nnetwork = \"host\"\n\
          advertise_address = \"127.0.0.1\"\n\
-         [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = 4096\n",
+         [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = 4096\n\
+         [tls]\nca_file = \"/unused/ca.pem\"\n",
         root.join("state").display(),
         root.join("run").display(),
         root.join("disk").display()

@@ -1,11 +1,13 @@
-//! `mofang`: the CLI, a thin client of the REST API (MOFANG_ADDR, MOFANG_TOKEN). Tables by
-//! default, `--json` for scripts.
+//! `mofang`: the CLI, a thin client of the REST API (MOFANG_ADDR, MOFANG_TOKEN, and over
+//! TLS MOFANG_CACERT, MOFANG_CLIENT_CERT, MOFANG_CLIENT_KEY). Tables by default, `--json` for
+//! scripts. `mofang tls ...` makes the cluster's CA and certificates, offline.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 
 mod haproxy;
+mod tls;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -17,10 +19,19 @@ struct Cli {
     #[arg(
         long,
         env = "MOFANG_ADDR",
-        default_value = "http://127.0.0.1:8080",
+        default_value = "https://127.0.0.1:8080",
         global = true
     )]
     addr: String,
+    /// The cluster CA the scheduler's certificate must chain to.
+    #[arg(long, env = "MOFANG_CACERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// A client certificate to present (scheduler `tls.rest_verify_clients`).
+    #[arg(long, env = "MOFANG_CLIENT_CERT", global = true)]
+    client_cert: Option<std::path::PathBuf>,
+    /// Its key.
+    #[arg(long, env = "MOFANG_CLIENT_KEY", global = true)]
+    client_key: Option<std::path::PathBuf>,
     /// API token.
     #[arg(long, env = "MOFANG_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -59,6 +70,9 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+    /// The cluster PKI: CA and certificates (works offline, on files).
+    #[command(subcommand)]
+    Tls(tls::TlsCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,12 +217,35 @@ enum NodeCmd {
         /// Name.
         name: String,
     },
+    /// Refuse a node's certificates from now on (admin); its members are handled as on a
+    /// node loss. A new certificate (a join token made with --node) admits it again.
+    Revoke {
+        /// Name.
+        name: String,
+    },
+    /// One-time tokens with which a new agent gets its certificate (admin).
+    #[command(subcommand)]
+    JoinToken(JoinTokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum JoinTokenCmd {
+    /// Create a token; give it to one agent as `tls.join_token`.
+    Create {
+        /// Lifetime: 90s, 30m, 1h, 2d (one minute to one week).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Admit only this node (a host joined again); default: any node not registered.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 struct Client {
     http: reqwest::Client,
     addr: String,
     token: Option<String>,
+    has_ca: bool,
 }
 
 impl Client {
@@ -226,10 +263,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the scheduler at {}", self.addr))?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => bail!("{}", tls::explain_send_error(&e, &self.addr, self.has_ca)),
+        };
         let status = resp.status();
         let text = resp.text().await.context("reading the answer")?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -332,10 +369,18 @@ fn ms_to_time(ms: &Value) -> String {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Tls(cmd) = cli.cmd {
+        return tls::run(cmd);
+    }
     let c = Client {
-        http: reqwest::Client::new(),
+        http: tls::http_client(
+            cli.ca_cert.as_deref(),
+            cli.client_cert.as_deref(),
+            cli.client_key.as_deref(),
+        )?,
         addr: cli.addr.clone(),
         token: cli.token.clone(),
+        has_ca: cli.ca_cert.is_some(),
     };
     let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match cli.cmd {
@@ -618,6 +663,36 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Node(NodeCmd::Uncordon { name }) => {
             node_action(&c, &name, "uncordon", cli.json).await?
         }
+        Cmd::Node(NodeCmd::Revoke { name }) => {
+            let v = c
+                .post(&format!("/v1/nodes/{name}/revoke"), json!({}))
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!(
+                    "node {name} revoked: its certificates issued before now are refused; \
+                     its members are handled as on a node loss"
+                );
+            }
+        }
+        Cmd::Node(NodeCmd::JoinToken(JoinTokenCmd::Create { ttl, node })) => {
+            let secs = tls::parse_ttl(&ttl)?;
+            let v = c
+                .post("/v1/join-tokens", json!({ "ttl_secs": secs, "node": node }))
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{}", s(&v["token"]));
+                eprintln!(
+                    "one-time join token for {}, valid until {}: set it as tls.join_token in the agent's config",
+                    v["node"].as_str().map_or("a new node".to_owned(), |n| format!("node {n}")),
+                    ms_to_time(&v["expires_at_ms"])
+                );
+            }
+        }
+        Cmd::Tls(_) => {}
         Cmd::FailoverResume => {
             let v = c.post("/v1/failover/resume", json!({})).await?;
             if cli.json {

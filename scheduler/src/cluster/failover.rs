@@ -38,6 +38,7 @@ struct NodeSeen<'a> {
     silent_for: Option<Duration>,
     lease_ttl: Duration,
     zone: Option<&'a str>,
+    revoked: bool,
 }
 
 fn member_seen<'a>(inner: &'a Inner, node: &NodeSeen<'a>, member: &str) -> Seen<'a> {
@@ -48,6 +49,7 @@ fn member_seen<'a>(inner: &'a Inner, node: &NodeSeen<'a>, member: &str) -> Seen<
         zone: node.zone,
         status: node.live.and_then(|l| l.members.get(member)),
         last_lag: inner.last_lag.get(member).copied(),
+        node_revoked: node.revoked,
     }
 }
 
@@ -58,7 +60,14 @@ impl Cluster {
     fn node_seen<'a>(&self, inner: &'a Inner, node: &str, now: Instant) -> NodeSeen<'a> {
         let live = inner.live.get(node);
         let silent_for = live.map(|l| now.saturating_duration_since(l.last_heartbeat));
+        // Revoked and not heard from since (a host joined again with a new certificate
+        // heartbeats after its revocation).
+        let revoked = self.with_revoked(|r| {
+            r.get(node)
+                .is_some_and(|&at| live.is_none_or(|l| l.last_heartbeat_ms <= at))
+        });
         NodeSeen {
+            revoked,
             live,
             node_alive: silent_for.is_some_and(|s| s < self.node_ttl),
             silent_for,

@@ -12,6 +12,7 @@ mod books;
 mod desired;
 mod endpoints;
 mod failover;
+mod identity;
 mod observed;
 mod records;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod views;
 
 pub use endpoints::Registered;
 pub use failover::Trigger;
+pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use records::{validate_spec, Resealed};
 pub use views::{InstanceView, MemberView, NodeView2};
 
@@ -124,6 +126,10 @@ pub struct Cluster {
     /// A heartbeat changed something a failover pass decides on (a suspect instance's member,
     /// or an in-flight failover's): the next pass need not wait for the tick.
     failover_wake: tokio::sync::Notify,
+    /// Revoked nodes and when (unix ms), as stored; read by the agent service on every call.
+    revoked: watch::Sender<BTreeMap<String, i64>>,
+    /// One join at a time: a token is read and marked used under it.
+    joins: tokio::sync::Mutex<()>,
 }
 
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
@@ -166,9 +172,11 @@ impl Cluster {
             inner.instances.insert(i.spec.name.clone(), i);
         }
         inner.rerank_all();
+        let revoked = identity::load_revocations(store.as_ref()).await?;
         info!(
             nodes = inner.nodes.len(),
             instances = inner.instances.len(),
+            revoked = revoked.len(),
             "cluster state loaded"
         );
         Ok(Arc::new(Cluster {
@@ -180,6 +188,8 @@ impl Cluster {
             active: std::sync::atomic::AtomicBool::new(false),
             leader: Mutex::new(None),
             failover_wake: tokio::sync::Notify::new(),
+            revoked: watch::Sender::new(revoked),
+            joins: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -220,6 +230,9 @@ impl Cluster {
     pub async fn activate(&self) -> Result<()> {
         let nodes = self.store.nodes().await?;
         let instances = self.store.instances().await?;
+        // Another scheduler may have revoked nodes while this one followed.
+        self.revoked
+            .send_replace(identity::load_revocations(self.store.as_ref()).await?);
         {
             let mut inner = lock(&self.inner);
             inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();

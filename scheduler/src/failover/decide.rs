@@ -23,6 +23,10 @@ pub struct Seen<'a> {
     pub status: Option<&'a MemberStatus>,
     /// The member's replication lag in its last healthy report (seconds; None: unknown).
     pub last_lag: Option<i64>,
+    /// The node was revoked and has not been heard from since: it is lost for good, even
+    /// while its replicas still reach its primary (that primary is fenced by its own agent
+    /// when the lease runs out, and will never be heard from again).
+    pub node_revoked: bool,
 }
 
 impl Seen<'_> {
@@ -35,6 +39,7 @@ impl Seen<'_> {
             zone: None,
             status: None,
             last_lag: None,
+            node_revoked: false,
         }
     }
 }
@@ -114,7 +119,11 @@ pub fn assess<'a>(inst: &Instance, seen: impl Fn(&str) -> Seen<'a>, rules: &Rule
     if witnesses.is_empty() {
         return Health::Fine;
     }
-    if let Some((id, _)) = witnesses.iter().find(|(_, s)| s.replication_ok) {
+    if let Some((id, _)) = witnesses
+        .iter()
+        .find(|(_, s)| s.replication_ok)
+        .filter(|_| !ps.node_revoked)
+    {
         return Health::NodeLostPrimaryAlive {
             reason: format!(
                 "node of primary {} is silent, but replica {id} still replicates from it: no failover",
@@ -123,13 +132,28 @@ pub fn assess<'a>(inst: &Instance, seen: impl Fn(&str) -> Seen<'a>, rules: &Rule
         };
     }
     let silent = ps.silent_for.unwrap_or(Duration::MAX);
+    // A revoked node's primary still runs and its replicas stay linked to it: its agent
+    // fences it one lease after its last heartbeat; a second lease lets the replicas,
+    // still replicating from the fenced primary, report their final positions (`choose`
+    // then takes a linked replica as settled).
+    let (why, wait) = if ps.node_revoked {
+        (
+            "and revoked",
+            ps.lease_ttl.saturating_mul(2).saturating_sub(silent),
+        )
+    } else {
+        (
+            "and no replica reaches it",
+            ps.lease_ttl.saturating_sub(silent),
+        )
+    };
     Health::Failed {
         reason: format!(
-            "node of primary {} silent for {} ms and no replica reaches it",
+            "node of primary {} silent for {} ms {why}",
             p.id,
             silent.as_millis().min(u128::from(u64::MAX))
         ),
-        wait: ps.lease_ttl.saturating_sub(silent),
+        wait,
     }
 }
 
@@ -222,6 +246,9 @@ pub fn choose<'a>(
 ) -> Result<String, NoPromotion> {
     let old_zone = inst.primary().and_then(|p| seen(&p.id).zone);
     let strict = purpose == Purpose::Failover && target.is_none();
+    // A revoked node's primary was fenced by its agent (see `assess`): a replica still
+    // linked to it has its final position.
+    let primary_revoked = inst.primary().is_some_and(|p| seen(&p.id).node_revoked);
     let mut why = Vec::new();
     let mut best: Option<(&str, Position, bool)> = None;
     // Every replica's last known position, and why it is not eligible (strict rules only).
@@ -234,7 +261,8 @@ pub fn choose<'a>(
         let unfit = unfit(&s, rules);
         if strict {
             if let Some(st) = s.status {
-                if s.node_alive && (st.replication_ok || st.failed_checks > 0) {
+                if s.node_alive && ((st.replication_ok && !primary_revoked) || st.failed_checks > 0)
+                {
                     return Err(NoPromotion::NotSettled {
                         replica: m.id.clone(),
                         why: if st.failed_checks > 0 {
@@ -378,6 +406,7 @@ mod tests {
         st: HashMap<&'static str, MemberStatus>,
         lag: HashMap<&'static str, i64>,
         silent: Duration,
+        revoked: Vec<&'static str>,
     }
 
     impl World {
@@ -388,6 +417,7 @@ mod tests {
                 st: HashMap::new(),
                 lag: HashMap::from([("db-1", 0), ("db-2", 0)]),
                 silent: Duration::from_millis(100),
+                revoked: Vec::new(),
             };
             for m in ["db-0", "db-1", "db-2"] {
                 w.alive.insert(m, true);
@@ -414,6 +444,7 @@ mod tests {
                 zone: self.zone.get(id).copied(),
                 status: self.st.get(id),
                 last_lag: self.lag.get(id).copied(),
+                node_revoked: self.revoked.contains(&id),
             }
         }
     }
@@ -448,6 +479,34 @@ mod tests {
             assess(&inst(), |m| w.seen(m), &rules()),
             Health::Failed { .. }
         ));
+    }
+
+    #[test]
+    fn a_revoked_silent_node_is_lost_even_while_replicas_reach_its_primary() {
+        let mut w = World::new();
+        w.alive.insert("db-0", false);
+        w.silent = Duration::from_secs(6);
+        w.revoked.push("db-0");
+        // Its replicas still replicate, but it will never be heard from again: fail over
+        // once the lease has passed (its agent fences the primary by then).
+        assert_eq!(
+            assess(&inst(), |m| w.seen(m), &rules()),
+            Health::Failed {
+                reason: "node of primary db-0 silent for 6000 ms and revoked".into(),
+                wait: Duration::from_secs(14)
+            }
+        );
+        // Its replicas, still linked to the fenced primary, are settled (not so for a
+        // node that is only silent: see the next test).
+        assert!(choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Failover).is_ok());
+        w.revoked.clear();
+        assert!(matches!(
+            choose(&inst(), |m| w.seen(m), &rules(), None, Purpose::Failover),
+            Err(NoPromotion::NotSettled { .. })
+        ));
+        // Revoked but heartbeating again (a new certificate): judged as any live node.
+        w.alive.insert("db-0", true);
+        assert_eq!(assess(&inst(), |m| w.seen(m), &rules()), Health::Fine);
     }
 
     #[test]

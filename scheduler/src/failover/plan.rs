@@ -203,6 +203,7 @@ mod tests {
                 zone: None,
                 status: self.st.get(m),
                 last_lag: Some(0),
+                node_revoked: false,
             }
         }
     }

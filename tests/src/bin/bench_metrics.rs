@@ -139,6 +139,7 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
         format!(
             "node = \"{node}\"\nschedulers = [\"{}\"]\nnetwork = \"{}\"\nstate_dir = \"{}\"\n\
              stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+             [tls]\ndisable = true\n\
              [[disks]]\npath = \"{}\"\nclass = \"ssd\"\ncapacity_mib = {}\n",
             fake.endpoint(),
             net.name,
