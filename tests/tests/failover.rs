@@ -103,7 +103,11 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         assert!(k.iter().any(|x| x == want), "event {want} in {k:?}");
     }
     // The scheduler's own /metrics counts it and times it.
-    let m = reqwest::get(format!("{}/metrics", env.sched.rest))
+    let m = env
+        .sched
+        .http
+        .get(format!("{}/metrics", env.sched.rest))
+        .send()
         .await?
         .text()
         .await?;
