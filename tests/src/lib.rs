@@ -13,6 +13,7 @@ pub mod coord;
 pub mod fake_scheduler;
 pub mod faults;
 pub mod pki;
+pub mod s3;
 pub mod scenario;
 
 static CLEANED: OnceCell<()> = OnceCell::const_new();
