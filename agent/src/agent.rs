@@ -36,6 +36,7 @@ struct Source {
     statuses: Statuses,
     desired: watch::Receiver<Option<DesiredState>>,
     changed: Arc<tokio::sync::Notify>,
+    jobs: crate::backup::Jobs,
 }
 
 fn disks(v: &VolumeManager) -> Vec<Disk> {
@@ -108,6 +109,7 @@ impl NodeSource for Source {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
+            jobs: self.jobs.statuses(),
         }
     }
 
@@ -189,6 +191,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired: desired_rx.clone(),
         counters: counters.clone(),
     });
+    let jobs = crate::backup::Jobs::new(&cfg.node, shared.status_changed.clone());
+    let job_runner = tokio::spawn(
+        jobs.clone()
+            .run_loop(desired_rx.clone(), shutdown.child_token())
+            .instrument(tracing::info_span!("jobs")),
+    );
     let source = Arc::new(Source {
         cfg: cfg.clone(),
         counters,
@@ -196,6 +204,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         statuses: shared.statuses.clone(),
         desired: desired_rx,
         changed: shared.status_changed.clone(),
+        jobs,
     });
     let link_cfg = LinkConfig {
         node: cfg.node.clone(),
@@ -240,7 +249,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         Err(_) => tokio::spawn(async {}),
     };
     info!(node = %cfg.node, network = %cfg.network, http = %cfg.http_listen, "agent running");
-    let _ = tokio::join!(link, rec, inventory, http);
+    let _ = tokio::join!(link, rec, inventory, http, job_runner);
     info!("agent stopped; database containers keep running");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! their health, enforces their roles and reports to the scheduler.
 
 pub mod agent;
+pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -782,6 +782,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            jobs: vec![],
         }
     }
 

@@ -576,6 +576,7 @@ mod tests {
             node: "n".into(),
             revision: 7,
             members: vec![a],
+            jobs: vec![],
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ids;
 pub mod labels;
 pub mod position;
+pub mod repo;
 pub mod sealed;
 pub mod signal;
 pub mod spec;

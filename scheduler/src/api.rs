@@ -2,7 +2,7 @@
 //! generated from these handlers at `/v1/openapi.json`).
 
 use crate::auth::{Identity, Tokens};
-use crate::cluster::{self, Cluster, InstanceView, MemberView, NodeView2};
+use crate::cluster::{self, BackupRepoView, Cluster, InstanceView, MemberView, NodeView2};
 use crate::config::TokenRole;
 use crate::model::{
     now_ms, AuditEntry, Credentials, Event, InstanceSpec, NodeAdmin, NodeState, PlacementSpec,
@@ -99,6 +99,11 @@ impl From<cluster::Error> for ApiError {
             }
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             E::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.code(), r.to_string()),
+            E::RepoRefused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "repo_check_failed",
+                e.to_string(),
+            ),
             E::Store(store::Error::Conflict { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
             }
@@ -686,6 +691,74 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
     resp
 }
 
+// ---- backup repositories -----------------------------------------------------------------
+
+/// Body of `POST /v1/backup-repos`: `name` and the repository's fields, `kind` first
+/// (`s3`: `endpoint`, `bucket`, `prefix`, `region`, `access_key_id`, `secret_access_key`,
+/// `path_style`; `fs`: `path`). Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewBackupRepo {
+    /// Name (a DNS label).
+    pub name: String,
+    /// `s3` or `fs`.
+    pub kind: String,
+}
+
+#[utoipa::path(post, path = "/v1/backup-repos", request_body = NewBackupRepo,
+    responses((status = 201, body = BackupRepoView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn add_backup_repo(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<BackupRepoView>)> {
+    need(&id, TokenRole::Admin)?;
+    let mut fields: serde_json::Map<String, serde_json::Value> = parse_body(body)?;
+    let name = match fields.remove("name") {
+        Some(serde_json::Value::String(n)) => n,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "name (a string) is required",
+            ))
+        }
+    };
+    let spec: mofang_common::repo::RepoSpec =
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+        })?;
+    let repo = api.cluster.add_backup_repo(&name, spec).await?;
+    Ok((StatusCode::CREATED, Json(BackupRepoView::from(&repo))))
+}
+
+#[utoipa::path(get, path = "/v1/backup-repos", responses((status = 200, body = [BackupRepoView])))]
+async fn list_backup_repos(State(api): State<Api>) -> ApiResult<Json<Vec<BackupRepoView>>> {
+    let repos = api.cluster.backup_repos().await?;
+    Ok(Json(repos.iter().map(BackupRepoView::from).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/backup-repos/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = BackupRepoView), (status = 404, body = ErrorBody)))]
+async fn get_backup_repo(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BackupRepoView>> {
+    let repo = api.cluster.backup_repo(&name).await?;
+    Ok(Json(BackupRepoView::from(&repo)))
+}
+
+#[utoipa::path(delete, path = "/v1/backup-repos/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_backup_repo(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    need(&id, TokenRole::Admin)?;
+    api.cluster.delete_backup_repo(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- router and OpenAPI ------------------------------------------------------------------
 
 #[derive(OpenApi)]
@@ -695,13 +768,15 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
-        create_join_token, revoke_node
+        create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
+        delete_backup_repo
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
+        NewBackupRepo, BackupRepoView,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -845,6 +920,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/keyring/rotate", post(keyring_rotate))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
+        .route(
+            "/v1/backup-repos",
+            get(list_backup_repos).post(add_backup_repo),
+        )
+        .route(
+            "/v1/backup-repos/{name}",
+            get(get_backup_repo).delete(delete_backup_repo),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))

@@ -57,6 +57,7 @@ impl NodeRecord {
             node: node.to_owned(),
             revision: 0,
             members: vec![],
+            jobs: vec![],
         });
         Self {
             registered: None,

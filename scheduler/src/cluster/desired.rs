@@ -103,6 +103,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
         node: node.to_owned(),
         revision,
         members,
+        jobs: inner.jobs.get(node).cloned().unwrap_or_default(),
     }
 }
 

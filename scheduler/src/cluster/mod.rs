@@ -13,8 +13,10 @@ mod desired;
 mod endpoints;
 mod failover;
 mod identity;
+mod jobs;
 mod observed;
 mod records;
+mod repos;
 #[cfg(test)]
 mod testkit;
 mod views;
@@ -23,6 +25,7 @@ pub use endpoints::Registered;
 pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use records::{validate_spec, Resealed};
+pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use views::{InstanceView, MemberView, NodeView2};
 
 use crate::failover::{Counters, FailoverConfig};
@@ -60,6 +63,9 @@ pub enum Error {
     /// be promoted, a safety rail holds, or another operation is running.
     #[error(transparent)]
     Refused(#[from] crate::failover::rails::Refusal),
+    /// A backup repository failed its check on a host (422).
+    #[error(transparent)]
+    RepoRefused(#[from] RepoRefusal),
 }
 
 impl From<store::Error> for Error {
@@ -106,6 +112,10 @@ struct Inner {
     ranking: placement::Ranking,
     /// Distinct `zone` labels among registered nodes (no label counts as one zone).
     zones_total: usize,
+    /// Jobs asked of each node's agent (in its desired state), by node.
+    jobs: BTreeMap<String, Vec<mofang_common::proto::Job>>,
+    /// The last status agents reported for each job, by job id.
+    job_status: HashMap<String, mofang_common::proto::JobStatus>,
 }
 
 /// The cluster: one per scheduler process.
@@ -130,6 +140,8 @@ pub struct Cluster {
     revoked: watch::Sender<BTreeMap<String, i64>>,
     /// One join at a time: a token is read and marked used under it.
     joins: tokio::sync::Mutex<()>,
+    /// An agent reported a job's status.
+    jobs_changed: tokio::sync::Notify,
 }
 
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
@@ -190,6 +202,7 @@ impl Cluster {
             failover_wake: tokio::sync::Notify::new(),
             revoked: watch::Sender::new(revoked),
             joins: tokio::sync::Mutex::new(()),
+            jobs_changed: tokio::sync::Notify::new(),
         }))
     }
 

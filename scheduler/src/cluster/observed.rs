@@ -110,6 +110,12 @@ impl Cluster {
         if wake {
             self.failover_wake.notify_one();
         }
+        if !hb.jobs.is_empty() {
+            for j in hb.jobs {
+                inner.job_status.insert(j.id.clone(), j);
+            }
+            self.jobs_changed.notify_waiters();
+        }
         // Replicas learn the primary's (new) address.
         let mut nodes = Vec::new();
         for name in moved_primaries {

@@ -150,6 +150,33 @@ impl SealedStore {
     }
 }
 
+/// Metadata records sealed whole: backup repositories hold an S3 secret (issue 16).
+fn sealed_meta(key: &str) -> bool {
+    key.starts_with("backup-repo/")
+}
+
+/// What a sealed metadata value is bound to: its key (a value moved to another key does not
+/// open).
+fn meta_aad(key: &str) -> String {
+    format!("meta/{key}")
+}
+
+impl SealedStore {
+    /// Opens a sealed metadata value; one written in clear before sealing is read as it is.
+    async fn open_meta(&self, key: &str, value: String) -> Result<String> {
+        if !sealed_meta(key) || !Sealed::is_sealed(&value) {
+            return Ok(value);
+        }
+        self.vault
+            .open_value(self.inner.as_ref(), &meta_aad(key), &value)
+            .await
+            .map_err(|e| match e {
+                VaultError::Store(e) => e,
+                other => Error::Backend(format!("record {key}: {other}: {}", source(&other))),
+            })
+    }
+}
+
 /// The innermost cause's words (the vault errors name the field, the cause says why).
 fn source(e: &VaultError) -> String {
     std::error::Error::source(e)
@@ -231,11 +258,35 @@ impl Store for SealedStore {
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
-        self.inner.get_meta(key).await
+        match self.inner.get_meta(key).await? {
+            Some(v) => Ok(Some(self.open_meta(key, v).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.inner.put_meta(key, value).await
+        if !sealed_meta(key) {
+            return self.inner.put_meta(key, value).await;
+        }
+        let sealed = self
+            .vault
+            .seal(self.inner.as_ref(), &meta_aad(key), value)
+            .await
+            .map_err(backend)?;
+        self.inner.put_meta(key, &sealed).await
+    }
+
+    async fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (key, value) in self.inner.meta_with_prefix(prefix).await? {
+            let value = self.open_meta(&key, value).await?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<()> {
+        self.inner.delete_meta(key).await
     }
 
     async fn compact(&self) -> Result<()> {

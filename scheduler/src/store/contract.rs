@@ -43,6 +43,7 @@ pub async fn run(b: &dyn Backend) -> Result<()> {
     check!(events_filter_by_instance_and_since);
     check!(audit_append_and_list);
     check!(meta_get_and_put);
+    check!(meta_by_prefix_and_delete);
     check!(nodes_keep_admin_and_first_registration);
     check!(concurrent_upserts_and_misses);
     check!(concurrent_creates_all_commit_with_dense_ids);
@@ -289,6 +290,27 @@ async fn meta_get_and_put(b: &dyn Backend) -> Result<()> {
     store.put_meta("token_hash", "abc").await?;
     store.put_meta("token_hash", "def").await?;
     ensure!(store.get_meta("token_hash").await?.as_deref() == Some("def"));
+    Ok(())
+}
+
+async fn meta_by_prefix_and_delete(b: &dyn Backend) -> Result<()> {
+    let store = b.open(&space()).await?;
+    store.put_meta("backup-repo/b", "2").await?;
+    store.put_meta("backup-repo/a", "1").await?;
+    store.put_meta("backup-repos", "not this").await?;
+    store.put_meta("backup/x", "other").await?;
+    let got = store.meta_with_prefix("backup-repo/").await?;
+    ensure!(
+        got == [
+            ("backup-repo/a".to_owned(), "1".to_owned()),
+            ("backup-repo/b".to_owned(), "2".to_owned())
+        ],
+        "{got:?}"
+    );
+    store.delete_meta("backup-repo/a").await?;
+    store.delete_meta("backup-repo/missing").await?;
+    ensure!(store.get_meta("backup-repo/a").await?.is_none());
+    ensure!(store.meta_with_prefix("backup-repo/").await?.len() == 1);
     Ok(())
 }
 

@@ -183,6 +183,14 @@ fn escape(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")
 }
 
+/// The inverse of [`escape`].
+fn unescape(key: &str) -> String {
+    if !key.contains('%') {
+        return key.to_owned();
+    }
+    key.replace("%2F", "/").replace("%25", "%")
+}
+
 /// A [`Store`] on a transactional key/value backend (Consul KV, etcd).
 pub struct KvStore<K: Kv> {
     kv: Arc<K>,
@@ -429,6 +437,53 @@ impl<K: Kv> Store for KvStore<K> {
         })
         .await
         .map(drop)
+    }
+
+    async fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        // `escape` maps each character on its own, so escaped keys keep escaped prefixes.
+        let scan = self.layout.meta(prefix);
+        let whole = self.layout.meta("");
+        let mut out = Vec::new();
+        let mut from = scan.clone();
+        loop {
+            let page = self.kv.scan(&scan, &from, 1000).await?;
+            let last = page.len() < 1000;
+            for e in &page {
+                let value = String::from_utf8(e.value.clone()).map_err(|_| {
+                    Error::Backend(format!("corrupt meta record {}: not UTF-8", e.key))
+                })?;
+                let key = e.key.strip_prefix(&whole).unwrap_or(&e.key);
+                out.push((unescape(key), value));
+            }
+            match page.last() {
+                Some(e) if !last => from = format!("{}\0", e.key),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<()> {
+        // Not through the writer: a metadata key is written whole and without condition, so
+        // a delete at the version just read is enough (a write in between wins, as it
+        // would have a moment later).
+        let key = self.layout.meta(key);
+        let Some(entry) = self
+            .kv
+            .get(std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten()
+        else {
+            return Ok(());
+        };
+        self.kv
+            .commit(&[Op::Delete {
+                key,
+                version: entry.version,
+            }])
+            .await
+            .map(drop)
     }
 }
 

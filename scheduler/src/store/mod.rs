@@ -96,6 +96,11 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self) -> Result<()> {
         Ok(())
     }
+    /// Every metadata entry whose key starts with `prefix`, ordered by key (records kept as
+    /// metadata: backup repositories and backups, `backup-repo/<name>`, `backup/<id>`).
+    async fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+    /// Removes a metadata entry (nothing if absent).
+    async fn delete_meta(&self, key: &str) -> Result<()>;
 }
 
 /// Opens the store `cfg.store` names: `<data_dir>/mofang.db`, or Consul KV / etcd under their

@@ -436,6 +436,36 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| Error::Backend(format!("store compaction task failed: {e}")))?
     }
+
+    async fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = prefix.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, value FROM meta WHERE substr(key, 1, ?2) = ?1 ORDER BY key",
+                )
+                .context("read meta")?;
+            let rows = stmt
+                .query_map(params![prefix, prefix.chars().count() as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .context("read meta")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .context("read meta")
+        })
+        .await
+    }
+
+    async fn delete_meta(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM meta WHERE key = ?1")
+                .and_then(|mut stmt| stmt.execute(params![key]))
+                .context("delete meta")?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 // ---- Writer thread -------------------------------------------------------------------------

@@ -1,0 +1,332 @@
+//! Backup repositories: where backups are kept (an S3 bucket, or a directory mounted at the
+//! same path on every host), how a scheduler or an agent opens one, and the probe both run
+//! before a repository is accepted (write, read back, list, delete one small object).
+//!
+//! Both daemons use this one file, so the scheduler's check and every agent's check are the
+//! same steps with the same names ([`ProbeStep`]). Bytes move through `object_store`
+//! (decision 52): streaming multipart uploads for S3, no staging copy, no size cap.
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a repository could not be opened or probed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository's description is not usable (empty bucket, relative path, ...).
+    #[error("invalid repository: {0}")]
+    Invalid(String),
+    /// One step of the probe failed.
+    #[error("{step} of the probe object {object} failed: {message}")]
+    Probe {
+        /// The step that failed.
+        step: ProbeStep,
+        /// The probe object's path in the repository.
+        object: String,
+        /// What the store answered.
+        message: String,
+    },
+}
+
+/// Result of repository operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A secret that never shows in `Debug` output or logs. Serialized as the plain string: it
+/// travels to agents in their desired state and is kept in the store (sealed once the keyring
+/// of issue 15 is in the store; see docs/backup.md).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Where a repository keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RepoSpec {
+    /// An S3 bucket (AWS or any S3-compatible store).
+    S3 {
+        /// Endpoint URL, e.g. `http://10.0.0.5:8333`; empty: AWS for `region`.
+        #[serde(default)]
+        endpoint: String,
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket (no leading or trailing `/` needed).
+        #[serde(default)]
+        prefix: String,
+        /// Region (default `us-east-1`).
+        #[serde(default = "default_region")]
+        region: String,
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: Secret,
+        /// Path-style addressing (`endpoint/bucket/key`), as S3-compatible stores want
+        /// (default true); false: virtual-hosted style (`bucket.endpoint/key`).
+        #[serde(default = "yes")]
+        path_style: bool,
+    },
+    /// A directory at the same absolute path on every agent host and the scheduler (NFS).
+    Fs {
+        /// Absolute path of the directory; it must exist.
+        path: String,
+    },
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RepoSpec {
+    /// The kind's name: `s3` or `fs`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RepoSpec::S3 { .. } => "s3",
+            RepoSpec::Fs { .. } => "fs",
+        }
+    }
+
+    /// Checks what can be checked without reaching the store.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            RepoSpec::S3 {
+                bucket,
+                access_key_id,
+                secret_access_key,
+                endpoint,
+                ..
+            } => {
+                if bucket.is_empty() {
+                    return Err(Error::Invalid("bucket is empty".into()));
+                }
+                if access_key_id.is_empty() || secret_access_key.0.is_empty() {
+                    return Err(Error::Invalid(
+                        "access_key_id and secret_access_key are required".into(),
+                    ));
+                }
+                let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+                if !(endpoint.is_empty() || http) {
+                    return Err(Error::Invalid(format!(
+                        "endpoint {endpoint:?} is not an http:// or https:// URL"
+                    )));
+                }
+                Ok(())
+            }
+            RepoSpec::Fs { path } => {
+                if !path.starts_with('/') {
+                    return Err(Error::Invalid(format!("path {path:?} is not absolute")));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens the repository (no I/O for S3; the directory must exist for `fs`).
+    pub fn open(&self) -> Result<Repo> {
+        self.validate()?;
+        match self {
+            RepoSpec::S3 {
+                endpoint,
+                bucket,
+                prefix,
+                region,
+                access_key_id,
+                secret_access_key,
+                path_style,
+            } => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(&secret_access_key.0)
+                    .with_virtual_hosted_style_request(!path_style);
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                let store = b.build().map_err(|e| Error::Invalid(e.to_string()))?;
+                Ok(Repo {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::from(prefix.as_str()),
+                })
+            }
+            RepoSpec::Fs { path } => {
+                let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(|e| Error::Invalid(format!("directory {path}: {e}")))?;
+                Ok(Repo {
+                    store: Arc::new(store),
+                    prefix: ObjectPath::default(),
+                })
+            }
+        }
+    }
+}
+
+/// The steps of a probe, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStep {
+    /// Opening the repository (bad description, missing directory).
+    Open,
+    /// Writing the probe object.
+    Write,
+    /// Reading it back and comparing.
+    Read,
+    /// Listing it.
+    List,
+    /// Deleting it.
+    Delete,
+}
+
+impl fmt::Display for ProbeStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeStep::Open => "open",
+            ProbeStep::Write => "write",
+            ProbeStep::Read => "read",
+            ProbeStep::List => "list",
+            ProbeStep::Delete => "delete",
+        })
+    }
+}
+
+/// An open repository: a store and the prefix every object of Mofang lives under.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// The object store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Prefix of every path.
+    pub prefix: ObjectPath,
+}
+
+impl Repo {
+    /// The full path of `rel` (a `/`-separated path) in this repository.
+    pub fn path(&self, rel: &str) -> ObjectPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.child(part);
+        }
+        p
+    }
+
+    /// Writes, reads back, lists and deletes `.mofang-probe/<host>-<nonce>`; the first step
+    /// that fails is the error. `host` names who probes (`scheduler`, a node name).
+    pub async fn probe(&self, host: &str, nonce: &str) -> Result<()> {
+        let rel = format!(".mofang-probe/{host}-{nonce}");
+        let path = self.path(&rel);
+        let object = path.to_string();
+        let fail = |step: ProbeStep, message: String| Error::Probe {
+            step,
+            object: object.clone(),
+            message,
+        };
+        let body = format!("mofang probe from {host} {nonce}\n");
+        self.store
+            .put(&path, PutPayload::from(body.clone().into_bytes()))
+            .await
+            .map_err(|e| fail(ProbeStep::Write, e.to_string()))?;
+        let got = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| fail(ProbeStep::Read, e.to_string()))?;
+        if got.as_ref() != body.as_bytes() {
+            return Err(fail(
+                ProbeStep::Read,
+                format!(
+                    "read back {} bytes that differ from the {} written",
+                    got.len(),
+                    body.len()
+                ),
+            ));
+        }
+        let dir = self.path(".mofang-probe");
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| fail(ProbeStep::List, e.to_string()))?;
+        if !listed.iter().any(|m| m.location == path) {
+            return Err(fail(
+                ProbeStep::List,
+                format!("{} objects listed, the probe not among them", listed.len()),
+            ));
+        }
+        self.store
+            .delete(&path)
+            .await
+            .map_err(|e| fail(ProbeStep::Delete, e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Opens `spec` and probes it; an open failure is reported as the `open` step.
+pub async fn check(spec: &RepoSpec, host: &str, nonce: &str) -> Result<()> {
+    let repo = spec.open().map_err(|e| match e {
+        Error::Invalid(message) => Error::Probe {
+            step: ProbeStep::Open,
+            object: String::new(),
+            message,
+        },
+        other => other,
+    })?;
+    repo.probe(host, nonce).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory repository passes the probe and keeps nothing; a missing directory fails
+    /// at `open`; the secret never shows in `Debug`.
+    #[tokio::test]
+    async fn fs_repo_probes_clean_and_missing_dir_fails_at_open() {
+        let dir = std::env::temp_dir().join(format!("mofang-repo-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = RepoSpec::Fs {
+            path: dir.to_string_lossy().into_owned(),
+        };
+        check(&spec, "scheduler", "n1").await.unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.join(".mofang-probe"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "probe object deleted");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = RepoSpec::Fs {
+            path: dir.to_string_lossy().into_owned(),
+        };
+        match check(&missing, "node-1", "n2").await {
+            Err(Error::Probe { step, .. }) => assert_eq!(step, ProbeStep::Open),
+            other => panic!("expected an open failure, got {other:?}"),
+        }
+
+        let s3: RepoSpec = serde_json::from_str(
+            r#"{"kind":"s3","bucket":"b","access_key_id":"a","secret_access_key":"hunter2"}"#,
+        )
+        .unwrap();
+        assert!(!format!("{s3:?}").contains("hunter2"));
+        assert!(matches!(
+            s3,
+            RepoSpec::S3 {
+                path_style: true,
+                ..
+            }
+        ));
+        assert!(serde_json::from_str::<RepoSpec>(r#"{"kind":"fs","path":"/x","y":1}"#).is_err());
+        assert!(RepoSpec::Fs { path: "rel".into() }.validate().is_err());
+    }
+}
