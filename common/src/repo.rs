@@ -4,7 +4,7 @@
 //!
 //! Both daemons use this one file, so the scheduler's check and every agent's check are the
 //! same steps with the same names ([`ProbeStep`]). Bytes move through `object_store`
-//! (decision 52): streaming multipart uploads for S3, no staging copy, no size cap.
+//! (decision 63): streaming multipart uploads for S3, no staging copy, no size cap.
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
