@@ -14,6 +14,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+pub mod stream;
+
 /// Job states as reported.
 pub const RUNNING: &str = "running";
 /// The job ended well.

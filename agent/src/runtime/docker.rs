@@ -1,8 +1,8 @@
 //! `ContainerRuntime` on Docker Engine through bollard. The only file that names bollard types.
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, Network,
-    Result, RuntimeEvent,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, ExecStream,
+    Network, Result, RuntimeEvent,
 };
 use async_trait::async_trait;
 use bollard::container::LogOutput;
@@ -361,6 +361,91 @@ impl ContainerRuntime for DockerRuntime {
             exit_code: inspected.exit_code.unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    async fn exec_stream(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecStream> {
+        /// Standard error kept for the error message.
+        const STDERR_KEEP: usize = 64 * 1024;
+        let opts = CreateExecOptions {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            user: user.map(str::to_owned),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(id, opts)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(|e| map_err(id, e))?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(Error::Api(format!("exec in {id} did not attach")));
+        };
+        // A small bounded channel: the command writes no faster than the reader takes.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(8);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let docker = self.docker.clone();
+        let (id, exec_id) = (id.to_owned(), exec.id);
+        tokio::spawn(async move {
+            let mut stderr: Vec<u8> = Vec::new();
+            let mut failed = None;
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(LogOutput::StdOut { message }) => {
+                        if tx.send(Ok(message)).await.is_err() {
+                            // The reader is gone: stop reading (the exec is left to end).
+                            break;
+                        }
+                    }
+                    Ok(LogOutput::StdErr { message }) => {
+                        stderr.extend_from_slice(&message);
+                        if stderr.len() > 2 * STDERR_KEEP {
+                            stderr.drain(..stderr.len() - STDERR_KEEP);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let msg = map_err(&id, e).to_string();
+                        let _ = tx.send(Err(Error::Api(msg.clone()))).await;
+                        failed = Some(msg);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let result = match failed {
+                Some(msg) => Err(Error::Api(msg)),
+                None => docker
+                    .inspect_exec(&exec_id)
+                    .await
+                    .map_err(|e| map_err(&id, e))
+                    .map(|i| ExecOutput {
+                        exit_code: i.exit_code.unwrap_or(-1),
+                        stdout: String::new(),
+                        stderr: String::from_utf8_lossy(
+                            &stderr[stderr.len().saturating_sub(STDERR_KEEP)..],
+                        )
+                        .into_owned(),
+                    }),
+            };
+            let _ = done_tx.send(result);
+        });
+        Ok(ExecStream {
+            stdout: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+            done: done_rx,
         })
     }
 

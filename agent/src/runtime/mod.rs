@@ -139,6 +139,22 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
+/// A command running inside a container whose standard output is read as it comes
+/// ([`ContainerRuntime::exec_stream`]).
+pub struct ExecStream {
+    /// Standard output, chunk by chunk; ends when the command closes it. Reading slowly
+    /// slows the command down (bounded buffer): nothing is staged.
+    pub stdout: BoxStream<'static, Result<bytes::Bytes>>,
+    /// The exit code and the standard error (its last 64 KiB), once the output has ended.
+    pub done: tokio::sync::oneshot::Receiver<Result<ExecOutput>>,
+}
+
+impl std::fmt::Debug for ExecStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStream").finish_non_exhaustive()
+    }
+}
+
 /// A lifecycle event of a container (from the runtime's event stream).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeEvent {
@@ -174,6 +190,14 @@ pub trait ContainerRuntime: Send + Sync {
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>>;
     /// Runs a command in a running container as `user` and waits for it.
     async fn exec(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecOutput>;
+    /// Runs a command in a running container as `user`, its standard output streamed (a
+    /// backup: `mariadb-backup --stream`, an RDB file). A runtime that cannot stream says so.
+    async fn exec_stream(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecStream> {
+        let _ = (cmd, user);
+        Err(Error::Api(format!(
+            "this runtime cannot stream a command's output (container {id})"
+        )))
+    }
     /// A stream of container events for containers carrying the given label.
     fn events(&self, label: (&str, &str)) -> BoxStream<'static, Result<RuntimeEvent>>;
 }
