@@ -35,8 +35,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A secret that never shows in `Debug` output or logs. Serialized as the plain string: it
-/// travels to agents in their desired state and is kept in the store (sealed once the keyring
-/// of issue 15 is in the store; see docs/backup.md).
+/// travels to agents in their desired state (kept sealed by the agent) and is kept in the
+/// store in a record the scheduler's `SealedStore` seals (docs/backup.md).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Secret(pub String);

@@ -2,8 +2,8 @@
 //! written, read back, listed and deleted a probe object in it (`mofang_common::repo`), and
 //! kept in the store as metadata `backup-repo/<name>`.
 //!
-//! The S3 secret is kept in the record as given (`RepoSpec::S3::secret_access_key`): this is
-//! the one place to seal it once the keyring of issue 15 is in the store. Views never show it.
+//! The record (with its S3 secret) is sealed whole by `secrets::SealedStore` before the backend
+//! sees it (metadata keys `backup-repo/`). Views never show the secret.
 
 use super::{lock, Cluster, Error, Result};
 use crate::model::now_ms;
