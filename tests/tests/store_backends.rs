@@ -601,7 +601,7 @@ async fn consul_election_one_leader_and_takeovers() -> Result<()> {
     let cfg = SchedulerConfig::parse(
         &format!(
             "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n\
-             lock_delay_ms = 1000\n",
+             lock_delay_ms = 1000\n[tls]\ndisable = true\n",
             consul.http,
             prefix()
         ),
@@ -629,7 +629,7 @@ async fn etcd_election_one_leader_and_takeovers() -> Result<()> {
     let cfg = SchedulerConfig::parse(
         &format!(
             "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n\
-             lease_ttl_secs = 2\n",
+             lease_ttl_secs = 2\n[tls]\ndisable = true\n",
             etcd.endpoint,
             prefix()
         ),
