@@ -248,8 +248,8 @@ pub enum StoreKind {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulConfig {
-    /// HTTP address of the local Consul agent (`http://` only). Default
-    /// `http://127.0.0.1:8500`.
+    /// Address of the local Consul agent: `http://host:port`, or `https://host:port` with
+    /// `ca_file`. Default `http://127.0.0.1:8500`.
     #[serde(default = "default_consul_address")]
     pub address: String,
     /// Prefix of every KV key the scheduler writes; ends with `/`. Default `mofang/`.
@@ -267,6 +267,114 @@ pub struct ConsulConfig {
     /// session steps down within it. Default 5000.
     #[serde(default = "default_lock_delay")]
     pub lock_delay_ms: u64,
+    /// TLS to Consul (`https://` addresses): the CA that signed Consul's certificate (its
+    /// name is checked against the address), and the scheduler's client certificate and key
+    /// when Consul has `verify_incoming`. Default none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the servers, with `key_file`. Default none.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM, 0600). Default none.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// TLS toward Consul or etcd (`ca_file`, `cert_file`, `key_file` of `[consul]` and `[etcd]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendTls {
+    /// CA certificate (PEM) that signed the servers' certificates; only it is trusted.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) the scheduler presents, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM, 0600).
+    pub key_file: Option<PathBuf>,
+}
+
+impl BackendTls {
+    /// A rustls client config trusting `ca_file` and presenting `cert_file` if given; None
+    /// without `ca_file` (plain HTTP).
+    pub fn client_config(
+        &self,
+    ) -> std::result::Result<Option<rustls::ClientConfig>, mofang_common::tls::Error> {
+        let Some(ca) = &self.ca_file else {
+            return Ok(None);
+        };
+        let own = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(mofang_common::tls::KeyPairFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        mofang_common::tls::client_config(ca, own.as_ref()).map(Some)
+    }
+
+    /// Reads the files and builds the client config once, so that a missing or bad file is
+    /// a config error naming `<section>.<field>` (the daemon exits 64) before anything starts.
+    pub fn check_files(&self, section: &str) -> Result<()> {
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        for (name, f) in files {
+            if let Some(path) = f {
+                std::fs::read(path).map_err(|e| {
+                    invalid(
+                        format!("{section}.{name}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        self.client_config().map_err(|e| {
+            let field = match &e {
+                mofang_common::tls::Error::Rustls { .. } => "key_file",
+                _ => "ca_file",
+            };
+            invalid(format!("{section}.{field}"), e.to_string())
+        })?;
+        Ok(())
+    }
+
+    fn validate(&self, section: &str, https: bool) -> Result<()> {
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ];
+        for (name, f) in files {
+            if f.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(format!("{section}.{name}"), "must not be empty"));
+            }
+        }
+        if https && self.ca_file.is_none() {
+            return Err(invalid(
+                format!("{section}.ca_file"),
+                "needed with https:// (the CA that signed the server's certificate)",
+            ));
+        }
+        if !https {
+            if let Some((name, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                return Err(invalid(
+                    format!("{section}.{name}"),
+                    "given with an http:// address: use https://",
+                ));
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(invalid(
+                format!("{section}.key_file"),
+                "needed with cert_file",
+            )),
+            (None, Some(_)) => Err(invalid(
+                format!("{section}.cert_file"),
+                "needed with key_file",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ConsulConfig {
@@ -277,6 +385,9 @@ impl std::fmt::Debug for ConsulConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("session_ttl_secs", &self.session_ttl_secs)
             .field("lock_delay_ms", &self.lock_delay_ms)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
             .finish()
     }
 }
@@ -289,6 +400,9 @@ impl Default for ConsulConfig {
             token: None,
             session_ttl_secs: default_session_ttl(),
             lock_delay_ms: default_lock_delay(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -296,7 +410,23 @@ impl Default for ConsulConfig {
 impl ConsulConfig {
     /// A client of the configured agent.
     pub fn client(&self) -> crate::consul::Result<crate::consul::ConsulClient> {
-        crate::consul::ConsulClient::new(&self.address, self.token.clone())
+        let tls = self
+            .tls()
+            .client_config()
+            .map_err(|e| crate::consul::Error::Address {
+                address: self.address.clone(),
+                message: e.to_string(),
+            })?;
+        crate::consul::ConsulClient::with_tls(&self.address, self.token.clone(), tls)
+    }
+
+    /// Its TLS settings.
+    pub fn tls(&self) -> BackendTls {
+        BackendTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
     }
 
     /// The leader lock key: `<prefix>leader`.
@@ -319,7 +449,8 @@ impl ConsulConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
-    /// Client URLs of the etcd members (`http://` only). Default `["http://127.0.0.1:2379"]`.
+    /// Client URLs of the etcd members, all `http://`, or all `https://` with `ca_file`.
+    /// Default `["http://127.0.0.1:2379"]`.
     #[serde(default = "default_etcd_endpoints")]
     pub endpoints: Vec<String>,
     /// Prefix of every key the scheduler writes; ends with `/`. Default `mofang/`.
@@ -329,6 +460,16 @@ pub struct EtcdConfig {
     /// and a leader that cannot renew steps down within it. Default 5.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// TLS to etcd (`https://` endpoints): the CA that signed etcd's certificates, and the
+    /// scheduler's client certificate and key when etcd has `--client-cert-auth`. Default none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the servers, with `key_file`. Default none.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM, 0600). Default none.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for EtcdConfig {
@@ -337,11 +478,23 @@ impl Default for EtcdConfig {
             endpoints: default_etcd_endpoints(),
             prefix: default_prefix(),
             lease_ttl_secs: default_lease_ttl(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
 
 impl EtcdConfig {
+    /// Its TLS settings.
+    pub fn tls(&self) -> BackendTls {
+        BackendTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+
     /// The leader key: `<prefix>leader`.
     pub fn leader_key(&self) -> String {
         format!("{}leader", self.prefix)
@@ -389,12 +542,13 @@ fn check_prefix(field: &str, prefix: &str) -> Result<()> {
 }
 
 /// An `http://host:port` URL.
-fn check_http_url(field: &str, url: &str) -> Result<()> {
+/// Checks an `http://` or `https://` URL with a host and no path; true for `https://`.
+fn check_http_url(field: &str, url: &str) -> Result<bool> {
     let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field, format!("{url:?}: {e}")))?;
-    if parsed.scheme() != "http" {
+    if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid(
             field,
-            format!("{url:?}: only http:// is supported"),
+            format!("{url:?}: only http:// and https:// are supported"),
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) || parsed.port_or_known_default().is_none() {
@@ -406,7 +560,7 @@ fn check_http_url(field: &str, url: &str) -> Result<()> {
             format!("{url:?}: no path, query or fragment"),
         ));
     }
-    Ok(())
+    Ok(parsed.scheme() == "https")
 }
 
 fn default_advertise() -> String {
@@ -534,7 +688,8 @@ impl SchedulerConfig {
 
     fn validate_backends(&self) -> Result<()> {
         let c = &self.consul;
-        check_http_url("consul.address", &c.address)?;
+        let https = check_http_url("consul.address", &c.address)?;
+        c.tls().validate("consul", https)?;
         check_prefix("consul.prefix", &c.prefix)?;
         if let Some(token) = &c.token {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -554,9 +709,17 @@ impl SchedulerConfig {
         if e.endpoints.is_empty() {
             return Err(invalid("etcd.endpoints", "must list at least one URL"));
         }
+        let mut schemes = Vec::new();
         for (i, url) in e.endpoints.iter().enumerate() {
-            check_http_url(&format!("etcd.endpoints[{i}]"), url)?;
+            schemes.push(check_http_url(&format!("etcd.endpoints[{i}]"), url)?);
         }
+        if schemes.iter().any(|h| *h != schemes[0]) {
+            return Err(invalid(
+                "etcd.endpoints",
+                "mixes http:// and https://: all or none over TLS",
+            ));
+        }
+        e.tls().validate("etcd", schemes[0])?;
         check_prefix("etcd.prefix", &e.prefix)?;
         if !(2..=300).contains(&e.lease_ttl_secs) {
             return Err(invalid("etcd.lease_ttl_secs", "must be 2 ..= 300"));
@@ -686,7 +849,19 @@ mod tests {
             ("store = \"zookeeper\"", "store"),
             ("[consul]\nprefix = \"mofang\"", "consul.prefix"),
             ("[consul]\nprefix = \"/mofang/\"", "consul.prefix"),
-            ("[consul]\naddress = \"https://c:8501\"", "consul.address"),
+            ("[consul]\naddress = \"https://c:8501\"", "consul.ca_file"),
+            ("[consul]\naddress = \"ftp://c:8501\"", "consul.address"),
+            ("[consul]\nca_file = \"/ca.pem\"", "consul.ca_file"),
+            (
+                "[consul]\naddress = \"https://c:8501\"\nca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"",
+                "consul.key_file",
+            ),
+            (
+                "[etcd]\nendpoints = [\"https://a:2379\", \"http://b:2379\"]\nca_file = \"/ca.pem\"",
+                "etcd.endpoints",
+            ),
+            ("[etcd]\nendpoints = [\"https://a:2379\"]", "etcd.ca_file"),
+            ("[etcd]\nkey_file = \"/k.pem\"", "etcd.key_file"),
             ("[consul]\naddress = \"c:8500\"", "consul.address"),
             ("[consul]\ntoken = \"\"", "consul.token"),
             ("[consul]\nsession_ttl_secs = 5", "consul.session_ttl_secs"),

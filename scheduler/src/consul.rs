@@ -253,15 +253,35 @@ pub struct SessionInfo {
 impl ConsulClient {
     /// A client of the agent at `address` (`http://host:port`).
     pub fn new(address: &str, token: Option<String>) -> Result<Self> {
+        Self::with_tls(address, token, None)
+    }
+
+    /// A client of the agent at `address`: `http://host:port` without `tls`,
+    /// `https://host:port` with it (the CA that signed Consul's certificate, and the
+    /// scheduler's client certificate when Consul has `verify_incoming`).
+    pub fn with_tls(
+        address: &str,
+        token: Option<String>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self> {
         let bad = |message: &str| Error::Address {
             address: address.to_owned(),
             message: message.to_owned(),
         };
         let mut base = Url::parse(address).map_err(|e| bad(&e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(bad(
-                "only http:// is supported: talk to the local Consul agent",
-            ));
+        match (base.scheme(), tls.is_some()) {
+            ("http", false) | ("https", true) => {}
+            ("https", false) => {
+                return Err(bad(
+                    "https:// needs consul.ca_file (the CA that signed Consul's certificate)",
+                ))
+            }
+            ("http", true) => {
+                return Err(bad(
+                    "consul.ca_file is given but the address is http://: use https://",
+                ))
+            }
+            _ => return Err(bad("only http:// and https:// are supported")),
         }
         if base.host_str().is_none_or(str::is_empty) {
             return Err(bad("no host"));
@@ -273,8 +293,11 @@ impl ConsulClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls).https_only(true);
+        }
+        let http = builder
             .build()
             .map_err(|e| bad(&format!("cannot build an HTTP client: {e}")))?;
         Ok(ConsulClient { base, token, http })
@@ -658,6 +681,7 @@ mod tests {
     #[test]
     fn addresses_are_checked() {
         assert!(ConsulClient::new("https://consul:8501", None).is_err());
+        assert!(ConsulClient::new("ftp://consul:8501", None).is_err());
         assert!(ConsulClient::new("127.0.0.1:8500", None).is_err());
         assert!(ConsulClient::new("http://127.0.0.1:8500/?x=1", None).is_err());
         let c = ConsulClient::new("http://consul.local:8500", Some("s3cret".into())).unwrap();

@@ -102,6 +102,11 @@ pub async fn start(
     // TLS first: a missing certificate file is a config error, found before anything starts.
     let tls = crate::tls::Tls::start(&cfg)?;
     crate::tls::reload_on_sighup(tls.clone(), shutdown.clone());
+    match cfg.store {
+        StoreKind::Consul => cfg.consul.tls().check_files("consul")?,
+        StoreKind::Etcd => cfg.etcd.tls().check_files("etcd")?,
+        StoreKind::Sqlite => {}
+    }
     let backend: Arc<dyn Store> = crate::store::open(&cfg).await?;
     // Every secret is sealed before the backend sees it (docs/secrets.md).
     let sealed = Arc::new(SealedStore::open(backend, &cfg.keyring_file()).await?);

@@ -3,9 +3,14 @@
 //!
 //! Both keep their data on disk (Consul as a `-server -bootstrap-expect=1` agent, not
 //! `-dev`), so a test can `kill -9` one and start it again on the same data.
+//!
+//! `start_tls` starts either with TLS only: a server certificate from a test CA, client
+//! certificates required (Consul `verify_incoming`, etcd `--client-cert-auth`), no plain port.
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use mofang_common::tls::pki::CertKind;
+use mofang_common::tls::KeyPairFiles;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,23 +61,87 @@ fn signal(child: &Option<Child>, sig: &str) -> Result<()> {
 pub struct ConsulProcess {
     /// Work directory: config, data, log.
     pub dir: tempfile::TempDir,
-    /// HTTP API base URL, `http://127.0.0.1:<port>`.
+    /// HTTP API base URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub http: String,
     /// Consul node name.
     pub node: String,
+    /// With TLS: the CA and the client certificate a client needs.
+    pub tls: Option<ClientFiles>,
     child: Option<Child>,
+}
+
+/// What a client of a TLS-only Consul or etcd needs: the CA and a client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// A client certificate and key from that CA.
+    pub own: KeyPairFiles,
+}
+
+impl ClientFiles {
+    /// Issues a server certificate (names `localhost`, 127.0.0.1) and a client certificate
+    /// for `name` from `pki` into `dir`; returns the server's pair and the client's files.
+    fn issue(pki: &crate::pki::TestPki, name: &str, dir: &Path) -> Result<(KeyPairFiles, Self)> {
+        let server = pki.issue(&CertKind::Server(name.to_owned()), dir)?;
+        let own = pki.issue(&CertKind::Cli(format!("{name}-client")), dir)?;
+        Ok((
+            server,
+            ClientFiles {
+                ca: pki.ca_file(),
+                own,
+            },
+        ))
+    }
+
+    /// The `ca_file`, `cert_file`, `key_file` lines of a scheduler's `[consul]` or `[etcd]`.
+    pub fn toml(&self) -> String {
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.ca.display(),
+            self.own.cert.display(),
+            self.own.key.display()
+        )
+    }
+
+    /// An HTTP client trusting the CA and presenting the client certificate.
+    pub fn http_client(&self) -> Result<reqwest::Client> {
+        let cfg = mofang_common::tls::client_config(&self.ca, Some(&self.own))?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .build()
+            .context("HTTP client")
+    }
+}
+
+fn http_client(tls: &Option<ClientFiles>) -> Result<reqwest::Client> {
+    match tls {
+        Some(t) => t.http_client(),
+        None => Ok(reqwest::Client::new()),
+    }
 }
 
 impl ConsulProcess {
     /// Starts a server and waits until it leads its one-node cluster and its node is
     /// registered (sessions need the node's `serfHealth` check).
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`ConsulProcess::start`], HTTPS only (no HTTP port), with a server certificate
+    /// from `pki`, client certificates required (`verify_incoming`) and RPC over TLS
+    /// (`verify_outgoing`).
+    pub async fn start_tls(pki: &crate::pki::TestPki) -> Result<Self> {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&crate::pki::TestPki>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mofang-consul-")
             .tempdir_in("/var/tmp")?;
         let node = crate::unique_name("consul");
         let http = free_port()?;
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "node_name": node,
             "datacenter": "dc1",
             "server": true,
@@ -94,11 +163,27 @@ impl ConsulProcess {
             "disable_remote_exec": true,
             "log_level": "INFO",
         });
+        let tls = match pki {
+            None => None,
+            Some(pki) => {
+                let (server, client) = ClientFiles::issue(pki, "consul", dir.path())?;
+                config["ports"]["http"] = (-1).into();
+                config["ports"]["https"] = http.into();
+                config["ca_file"] = pki.ca_file().display().to_string().into();
+                config["cert_file"] = server.cert.display().to_string().into();
+                config["key_file"] = server.key.display().to_string().into();
+                config["verify_incoming"] = true.into();
+                config["verify_outgoing"] = true.into();
+                Some(client)
+            }
+        };
         std::fs::write(dir.path().join("consul.json"), config.to_string())?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut c = ConsulProcess {
             dir,
-            http: format!("http://127.0.0.1:{http}"),
+            http: format!("{scheme}://127.0.0.1:{http}"),
             node,
+            tls,
             child: None,
         };
         c.spawn().await?;
@@ -119,7 +204,7 @@ impl ConsulProcess {
 
     /// Waits until the server has a leader and its node's `serfHealth` passes.
     pub async fn wait_ready(&self) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = http_client(&self.tls)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let leader = http
@@ -202,8 +287,11 @@ impl Drop for ConsulProcess {
 pub struct EtcdProcess {
     /// Work directory: data, log.
     pub dir: tempfile::TempDir,
-    /// Client URL, `http://127.0.0.1:<port>`.
+    /// Client URL, `http://127.0.0.1:<port>` (`https://` with TLS).
     pub endpoint: String,
+    /// With TLS: the CA and the client certificate a client needs.
+    pub tls: Option<ClientFiles>,
+    server: Option<KeyPairFiles>,
     peer: String,
     name: String,
     child: Option<Child>,
@@ -212,12 +300,32 @@ pub struct EtcdProcess {
 impl EtcdProcess {
     /// Starts etcd and waits until it answers `/health`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`EtcdProcess::start`], clients over TLS only, with a server certificate from
+    /// `pki` and client certificates required (`--client-cert-auth`).
+    pub async fn start_tls(pki: &crate::pki::TestPki) -> Result<Self> {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(pki: Option<&crate::pki::TestPki>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mofang-etcd-")
             .tempdir_in("/var/tmp")?;
+        let (server, tls) = match pki {
+            Some(pki) => {
+                let (server, client) = ClientFiles::issue(pki, "etcd", dir.path())?;
+                (Some(server), Some(client))
+            }
+            None => (None, None),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut e = EtcdProcess {
             dir,
-            endpoint: format!("http://127.0.0.1:{}", free_port()?),
+            endpoint: format!("{scheme}://127.0.0.1:{}", free_port()?),
+            tls,
+            server,
             peer: format!("http://127.0.0.1:{}", free_port()?),
             name: crate::unique_name("etcd"),
             child: None,
@@ -244,13 +352,22 @@ impl EtcdProcess {
             .arg(format!("{}={}", self.name, self.peer))
             .arg("--initial-cluster-state")
             .arg("new");
+        if let (Some(server), Some(tls)) = (&self.server, &self.tls) {
+            cmd.arg("--cert-file")
+                .arg(&server.cert)
+                .arg("--key-file")
+                .arg(&server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         self.child = Some(spawn_logged(&mut cmd, self.dir.path(), "etcd.log")?);
         self.wait_ready().await
     }
 
     /// Waits until etcd reports itself healthy (it has a leader).
     pub async fn wait_ready(&self) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = http_client(&self.tls)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = http.get(format!("{}/health", self.endpoint)).send().await {

@@ -62,9 +62,14 @@ impl Backend {
                 ConsulClient::new(&c.http, None)?,
                 prefix,
             )),
-            Backend::Etcd(e) => {
-                Arc::new(EtcdStore::etcd(std::slice::from_ref(&e.endpoint), prefix).await?)
-            }
+            Backend::Etcd(e) => Arc::new(
+                EtcdStore::etcd(
+                    std::slice::from_ref(&e.endpoint),
+                    &Default::default(),
+                    prefix,
+                )
+                .await?,
+            ),
         })
     }
 }
@@ -359,6 +364,7 @@ async fn contender_election(setup: Setup, me: &str) -> Result<Box<dyn Election>>
         Setup::Etcd { endpoint, key, ttl } => Box::new(
             EtcdElection::connect(
                 &[endpoint],
+                &Default::default(),
                 EtcdElectionConfig {
                     key,
                     address: me.to_owned(),
@@ -996,29 +1002,64 @@ async fn consul_registry_schedulers_and_members() -> Result<()> {
 
 // ---- The daemon on each backend ------------------------------------------------------------
 
-/// `mofang-scheduler` with `store = "consul"` / `"etcd"`: audited requests land in the shared
-/// store, survive a `kill -9` of the scheduler, and a bad backend setting exits 64 naming it.
+/// `mofang-scheduler` with `store = "consul"` / `"etcd"`, both running with TLS only (client
+/// certificates required, no plain port, their own CA): a client without the CA's trust or
+/// without a client certificate is refused, while the scheduler's audited requests land in
+/// the shared store over TLS and survive a `kill -9` of the scheduler; a bad backend setting
+/// exits 64 naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
+async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd_over_tls() -> Result<()> {
     use mofang_tests::cluster::{binaries, SchedulerProcess};
     mofang_tests::init_tracing();
-    let consul = ConsulProcess::start().await?;
-    let etcd = EtcdProcess::start().await?;
+    // The backends' CA is not the scheduler's: Consul and etcd have their own PKI.
+    let backend_pki = mofang_tests::pki::TestPki::new()?;
+    let consul = ConsulProcess::start_tls(&backend_pki).await?;
+    let etcd = EtcdProcess::start_tls(&backend_pki).await?;
+    let consul_tls = consul.tls.clone().context("consul TLS")?;
+    let etcd_tls = etcd.tls.clone().context("etcd TLS")?;
+    let consul_status = format!("{}/v1/status/leader", consul.http);
+    let etcd_health = format!("{}/health", etcd.endpoint);
+    for url in [&consul_status, &etcd_health] {
+        // Plain HTTP to the TLS port: no answer a plain client can use.
+        let plain = url.replacen("https://", "http://", 1);
+        let r = reqwest::Client::new().get(&plain).send().await;
+        ensure!(
+            !r.as_ref().is_ok_and(|r| r.status().is_success()),
+            "plain HTTP was served at {plain}: {r:?}"
+        );
+        // TLS trusting the CA but without a client certificate: refused.
+        let no_cert = backend_pki.http_client(Some(Duration::from_secs(5)))?;
+        let r = no_cert.get(url).send().await;
+        ensure!(
+            !r.as_ref().is_ok_and(|r| r.status().is_success()),
+            "served without a client certificate at {url}: {r:?}"
+        );
+        // With one: served.
+        let with_cert = if url == &consul_status {
+            &consul_tls
+        } else {
+            &etcd_tls
+        };
+        let r = with_cert.http_client()?.get(url).send().await?;
+        ensure!(r.status().is_success(), "{url}: {}", r.status());
+    }
     let configs = [
         (
             "consul",
             format!(
-                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n",
+                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{}\"\n{}",
                 consul.http,
-                prefix()
+                prefix(),
+                consul_tls.toml()
             ),
         ),
         (
             "etcd",
             format!(
-                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n",
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{}\"\n{}",
                 etcd.endpoint,
-                prefix()
+                prefix(),
+                etcd_tls.toml()
             ),
         ),
     ];
@@ -1087,6 +1128,14 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd() -> Result<()> {
             "etcd.endpoints",
         ),
         ("store = \"zookeeper\"\n", "store"),
+        (
+            "store = \"consul\"\n[consul]\naddress = \"https://127.0.0.1:8501\"\n",
+            "consul.ca_file",
+        ),
+        (
+            "store = \"etcd\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\ncert_file = \"/c.pem\"\n",
+            "etcd.cert_file",
+        ),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text)?;

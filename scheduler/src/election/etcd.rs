@@ -67,9 +67,14 @@ fn backend(message: impl std::fmt::Display) -> Error {
 }
 
 impl EtcdElection {
-    /// An election on `cfg.key` in the etcd cluster at `endpoints` (connects lazily).
-    pub async fn connect(endpoints: &[String], cfg: EtcdElectionConfig) -> Result<Self> {
-        let client = crate::store::etcd::connect(endpoints)
+    /// An election on `cfg.key` in the etcd cluster at `endpoints` (connects lazily; over TLS
+    /// when `tls` names a CA).
+    pub async fn connect(
+        endpoints: &[String],
+        tls: &crate::config::BackendTls,
+        cfg: EtcdElectionConfig,
+    ) -> Result<Self> {
+        let client = crate::store::etcd::connect(endpoints, tls)
             .await
             .map_err(backend)?;
         Ok(Self::new(client, cfg))

@@ -49,6 +49,7 @@ pub async fn open(
         StoreKind::Etcd => Some(Arc::new(
             EtcdElection::connect(
                 &cfg.etcd.endpoints,
+                &cfg.etcd.tls(),
                 EtcdElectionConfig {
                     key: cfg.etcd.leader_key(),
                     address: address.to_owned(),

@@ -10,10 +10,13 @@
 
 use super::kv::{Commit, Entry, Expect, Kv, KvStore, Op};
 use super::{Error, Result};
+use crate::config::BackendTls;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp, TxnOpResponse,
 };
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Operations per transaction list: etcd's default `--max-txn-ops` is 128 per list
@@ -31,25 +34,65 @@ pub type EtcdStore = KvStore<EtcdKv>;
 
 impl KvStore<EtcdKv> {
     /// A store keeping everything under `prefix` (e.g. `mofang/`) in the etcd cluster at
-    /// `endpoints` (`http://host:port`). Connects lazily: an unreachable etcd shows in the
-    /// first call, not here.
-    pub async fn etcd(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let client = connect(endpoints)
+    /// `endpoints` (`http://host:port`, or `https://host:port` with `tls.ca_file`). Connects
+    /// lazily: an unreachable etcd shows in the first call, not here.
+    pub async fn etcd(endpoints: &[String], tls: &BackendTls, prefix: &str) -> Result<Self> {
+        let client = connect(endpoints, tls)
             .await
             .map_err(|e| Error::Backend(format!("etcd connect: {e}")))?;
         Ok(KvStore::start(EtcdKv { client }, prefix))
     }
 }
 
-/// A client of the etcd cluster at `endpoints`, with the timeouts the scheduler uses.
+/// Why no client of etcd could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// A TLS file could not be read.
+    #[error("cannot read etcd.{field} {path}: {message}")]
+    File {
+        /// `ca_file`, `cert_file` or `key_file`.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The client refused the options.
+    #[error(transparent)]
+    Client(#[from] etcd_client::Error),
+}
+
+fn read_pem(field: &'static str, path: &Path) -> std::result::Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|e| ConnectError::File {
+        field,
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// A client of the etcd cluster at `endpoints`, with the timeouts the scheduler uses, over
+/// TLS when `tls` names a CA (only that CA is trusted; the client certificate is presented
+/// when given).
 pub(crate) async fn connect(
     endpoints: &[String],
-) -> std::result::Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
+    tls: &BackendTls,
+) -> std::result::Result<Client, ConnectError> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-    Client::connect(endpoints, Some(options)).await
+    if let Some(ca) = &tls.ca_file {
+        let mut t =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem("ca_file", ca)?));
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            t = t.identity(Identity::from_pem(
+                read_pem("cert_file", cert)?,
+                read_pem("key_file", key)?,
+            ));
+        }
+        options = options.with_tls(t);
+    }
+    Ok(Client::connect(endpoints, Some(options)).await?)
 }
 
 /// etcd as a [`Kv`] backend.

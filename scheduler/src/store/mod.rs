@@ -121,7 +121,7 @@ pub async fn open(cfg: &SchedulerConfig) -> Result<Arc<dyn Store>> {
         StoreKind::Etcd => {
             tracing::info!(endpoints = ?cfg.etcd.endpoints, prefix = %cfg.etcd.prefix,
                 "store: etcd");
-            Arc::new(EtcdStore::etcd(&cfg.etcd.endpoints, &cfg.etcd.prefix).await?)
+            Arc::new(EtcdStore::etcd(&cfg.etcd.endpoints, &cfg.etcd.tls(), &cfg.etcd.prefix).await?)
         }
     })
 }
