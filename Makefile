@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first,
 # with its purpose, so it installs what that command needs and nothing more.
-.PHONY: setup setup-demo setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision stress-failover soak-failover time-to-first-db
+.PHONY: setup setup-demo setup-demo-ha demo-ha demo-ha-down setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision stress-failover soak-failover time-to-first-db
 
 CARGO ?= cargo
 
@@ -27,6 +27,17 @@ demo: setup-demo
 
 demo-down:
 	scripts/demo-down
+
+setup-demo-ha:
+	scripts/setup demo-ha
+
+# High availability: three Consul servers (TLS only), three schedulers electing a leader on
+# them, three agents, one MariaDB instance; prints the leader and how to kill it (docs/ha.md).
+demo-ha: setup-demo-ha
+	scripts/demo-ha
+
+demo-ha-down:
+	scripts/demo-ha-down
 
 # From a machine without the project's images to the demo's first database answer, phase by
 # phase (removes the images and the base cache first; see docs/development.md).
