@@ -3,7 +3,12 @@
 //! then 10,000 instance creations through the REST API. Prints placements committed per
 //! second, API latency p50/p99, the scheduler's CPU for heartbeats, and its RSS.
 //!
+//! Runs twice, side by side: plain text (`tls.disable`), then TLS as shipped (mutual TLS on
+//! gRPC with an agent certificate per simulated node, HTTPS on the API), and prints both and
+//! their ratios.
+//!
 //! Usage: bench_scheduler [--agents N] [--instances N] [--concurrency N] [--idle-secs N]
+//!        [--modes plain,tls]
 
 use anyhow::{bail, Context, Result};
 use mofang_common::proto::agent_control_client::AgentControlClient;
@@ -63,15 +68,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn agent(
     endpoint: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     node: String,
     zone: String,
     beats: Arc<AtomicU64>,
     statuses: Arc<AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)?
-        .connect()
-        .await?;
+    let mut ep = tonic::transport::Endpoint::from_shared(endpoint)?;
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls)?;
+    }
+    let channel = ep.connect().await?;
     let mut client = AgentControlClient::new(channel);
     client
         .register(RegisterRequest {
@@ -146,12 +154,48 @@ fn rand_ms(seed: &str) -> u64 {
         % 1000
 }
 
+/// Plain text or TLS as shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Tls,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    placements_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    heartbeat_cpu_pct: f64,
+    heartbeat_ms_cpu: f64,
+    create_cpu_pct: f64,
+    steady_cpu_pct: f64,
+    rss_idle_mib: f64,
+    rss_full_mib: f64,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let n_agents = arg("--agents", 1000);
     let n_instances = arg("--instances", 10_000);
     let concurrency = arg("--concurrency", 64);
     let idle_secs = arg("--idle-secs", 20) as u64;
+    let args: Vec<String> = std::env::args().collect();
+    let modes: Vec<Mode> = match args.iter().position(|a| a == "--modes") {
+        Some(i) => args
+            .get(i + 1)
+            .map(String::as_str)
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| match m {
+                "plain" => Ok(Mode::Plain),
+                "tls" => Ok(Mode::Tls),
+                other => bail!("--modes: unknown mode {other:?} (plain, tls)"),
+            })
+            .collect::<Result<_>>()?,
+        None => vec![Mode::Plain, Mode::Tls],
+    };
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -170,21 +214,100 @@ async fn main() -> Result<()> {
         bail!("building the scheduler failed");
     }
     let bin = root.join("target/release/mofang-scheduler");
+    println!("mofang scheduler benchmark: {n_agents} agents over gRPC at 1 Hz, {n_instances} creations over REST ({concurrency} in flight)");
+    println!(
+        "machine: {} cores; scheduler: release build, embedded SQLite (WAL, synchronous=FULL); load average {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    let mut results = Vec::new();
+    for mode in modes {
+        println!("\n== {} ==", match mode {
+            Mode::Plain => "plain text (tls.disable = true)",
+            Mode::Tls => "TLS as shipped: mutual TLS on gRPC (an agent certificate per node), HTTPS on the API",
+        });
+        let f = run(&bin, mode, n_agents, n_instances, concurrency, idle_secs).await?;
+        results.push((mode, f));
+    }
+    if let (Some((_, p)), Some((_, t))) = (
+        results.iter().find(|(m, _)| *m == Mode::Plain),
+        results.iter().find(|(m, _)| *m == Mode::Tls),
+    ) {
+        let pct = |a: f64, b: f64| if a > 0.0 { (b / a - 1.0) * 100.0 } else { 0.0 };
+        println!("\nside by side (plain | TLS | change), same run:");
+        println!(
+            "  placements/s:            {:>8.0} | {:>8.0} | {:+.1}%   (target: TLS >= 3,500/s)",
+            p.placements_per_s,
+            t.placements_per_s,
+            pct(p.placements_per_s, t.placements_per_s)
+        );
+        println!(
+            "  POST p50 / p99 (ms):     {:>4.1} / {:<4.1} | {:>4.1} / {:<4.1}",
+            p.p50_ms, p.p99_ms, t.p50_ms, t.p99_ms
+        );
+        println!(
+            "  heartbeat CPU (% core):  {:>8.1} | {:>8.1} | {:+.1}%   (target: growth <= 15%)",
+            p.heartbeat_cpu_pct,
+            t.heartbeat_cpu_pct,
+            pct(p.heartbeat_cpu_pct, t.heartbeat_cpu_pct)
+        );
+        println!(
+            "  ms CPU per heartbeat:    {:>8.3} | {:>8.3} | {:+.1}%",
+            p.heartbeat_ms_cpu,
+            t.heartbeat_ms_cpu,
+            pct(p.heartbeat_ms_cpu, t.heartbeat_ms_cpu)
+        );
+        println!(
+            "  CPU creating (% core):   {:>8.0} | {:>8.0} | {:+.1}%",
+            p.create_cpu_pct,
+            t.create_cpu_pct,
+            pct(p.create_cpu_pct, t.create_cpu_pct)
+        );
+        println!(
+            "  steady CPU (% core):     {:>8.1} | {:>8.1} | {:+.1}%",
+            p.steady_cpu_pct,
+            t.steady_cpu_pct,
+            pct(p.steady_cpu_pct, t.steady_cpu_pct)
+        );
+        println!(
+            "  RSS idle / full (MiB):   {:>4.0} / {:<4.0} | {:>4.0} / {:<4.0}",
+            p.rss_idle_mib, p.rss_full_mib, t.rss_idle_mib, t.rss_full_mib
+        );
+    }
+    Ok(())
+}
+
+async fn run(
+    bin: &Path,
+    mode: Mode,
+    n_agents: usize,
+    n_instances: usize,
+    concurrency: usize,
+    idle_secs: u64,
+) -> Result<Figures> {
+    let mut figures = Figures::default();
     let dir = tempfile::Builder::new()
         .prefix("mofang-bench-")
         .tempdir_in("/var/tmp")?;
     let (rest, grpc) = (free_port()?, free_port()?);
+    let pki = match mode {
+        Mode::Plain => None,
+        Mode::Tls => Some(mofang_tests::pki::TestPki::new()?),
+    };
+    let tls_section = match &pki {
+        None => "[tls]\ndisable = true\n".to_owned(),
+        Some(p) => p.scheduler_toml(),
+    };
     std::fs::write(
         dir.path().join("s.toml"),
         format!(
-            // Plain text, as the figures in docs/benchmarks.md were taken; the TLS run is
-            // issue 15's benchmark item.
-            "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\ndata_dir = \"{}\"\n\
-             [tls]\ndisable = true\n",
+            "rest_listen = \"127.0.0.1:{rest}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\ndata_dir = \"{}\"\n{tls_section}",
             dir.path().join("data").display()
         ),
     )?;
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .arg("--config")
         .arg(dir.path().join("s.toml"))
         .env("RUST_LOG", "warn")
@@ -197,15 +320,8 @@ async fn main() -> Result<()> {
     let token_path = dir.path().join("data/admin.token");
     wait_for(&token_path).await?;
     let token = std::fs::read_to_string(&token_path)?.trim().to_owned();
-    let base = format!("http://127.0.0.1:{rest}");
-
-    println!("mofang scheduler benchmark: {n_agents} agents over gRPC at 1 Hz, {n_instances} creations over REST ({concurrency} in flight)");
-    println!(
-        "machine: {} cores; scheduler: release build, embedded SQLite (WAL, synchronous=FULL)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://127.0.0.1:{rest}");
 
     let stop = tokio_util::sync::CancellationToken::new();
     let beats = Arc::new(AtomicU64::new(0));
@@ -213,27 +329,40 @@ async fn main() -> Result<()> {
     let mut handles = Vec::new();
     for i in 0..n_agents {
         let (ep, b, st, s) = (
-            format!("http://127.0.0.1:{grpc}"),
+            format!("{scheme}://127.0.0.1:{grpc}"),
             beats.clone(),
             statuses.clone(),
             stop.clone(),
         );
         let zone = ["z1", "z2", "z3"][i % 3].to_owned();
-        handles.push(tokio::spawn(agent(
-            ep,
-            format!("bench-{i:04}"),
-            zone,
-            b,
-            st,
-            s,
-        )));
+        let node = format!("bench-{i:04}");
+        let tls = match &pki {
+            None => None,
+            Some(p) => {
+                use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+                let own = p.ca().issue(
+                    &mofang_common::tls::pki::CertKind::Agent(node.clone()),
+                    &[],
+                    2,
+                )?;
+                Some(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(p.ca().cert_pem()))
+                        .identity(Identity::from_pem(&own.cert_pem, &own.key_pem))
+                        .domain_name(mofang_common::tls::SERVER_NAME),
+                )
+            }
+        };
+        handles.push(tokio::spawn(agent(ep, tls, node, zone, b, st, s)));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+    let mut http = reqwest::Client::builder().pool_max_idle_per_host(concurrency);
+    if let Some(p) = &pki {
+        http = http.use_preconfigured_tls(mofang_common::tls::client_config(&p.ca_file(), None)?);
+    }
+    let http = http.build()?;
     // Wait until every node is registered and heartbeating.
     let t0 = Instant::now();
     loop {
@@ -272,6 +401,9 @@ async fn main() -> Result<()> {
     let hb_rate = (b1 - b0) as f64 / wall;
     let hb_core = (cpu1 - cpu0) / wall * 100.0;
     let (rss_idle, _) = rss_mib(pid)?;
+    figures.heartbeat_cpu_pct = hb_core;
+    figures.heartbeat_ms_cpu = (cpu1 - cpu0) * 1000.0 / (b1 - b0).max(1) as f64;
+    figures.rss_idle_mib = rss_idle;
     println!("heartbeats: {hb_rate:.0}/s handled; scheduler CPU {hb_core:.1}% of one core ({:.3} ms CPU per heartbeat); RSS {rss_idle:.0} MiB", (cpu1 - cpu0) * 1000.0 / (b1 - b0).max(1) as f64);
 
     // Phase 2: creations through the REST API, heartbeats continuing.
@@ -339,6 +471,10 @@ async fn main() -> Result<()> {
         "scheduler CPU during creations: {:.0}% of one core",
         (cpu2 - cpu1) / secs * 100.0
     );
+    figures.placements_per_s = ok as f64 / secs;
+    figures.p50_ms = percentile(&l, 0.5).as_secs_f64() * 1000.0;
+    figures.p99_ms = percentile(&l, 0.99).as_secs_f64() * 1000.0;
+    figures.create_cpu_pct = (cpu2 - cpu1) / secs * 100.0;
     println!("scheduler RSS: {rss:.0} MiB now, {hwm:.0} MiB peak");
 
     // Phase 3: steady state with every instance placed: each heartbeat now carries a status
@@ -358,6 +494,8 @@ async fn main() -> Result<()> {
         w3.elapsed().as_secs_f64(),
     );
     let (rss_full, _) = rss_mib(pid)?;
+    figures.steady_cpu_pct = (cpu4 - cpu3) / wall * 100.0;
+    figures.rss_full_mib = rss_full;
     println!(
         "steady state with {ok} instances: {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
         (b4 - b3) as f64 / wall,
@@ -369,7 +507,7 @@ async fn main() -> Result<()> {
     stop.cancel();
     let _ = child.kill();
     let _ = child.wait();
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .arg("--config")
         .arg(dir.path().join("s.toml"))
         .env("RUST_LOG", "warn")
@@ -397,7 +535,10 @@ async fn main() -> Result<()> {
     if seen != ok {
         bail!("acknowledged instances lost: {seen} of {ok}");
     }
-    Ok(())
+    for h in handles {
+        h.abort();
+    }
+    Ok(figures)
 }
 
 async fn wait_for(p: &Path) -> Result<()> {
