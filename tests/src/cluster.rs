@@ -12,8 +12,17 @@ pub fn binaries() -> Result<PathBuf> {
     BUILT
         .get_or_init(|| {
             // A fixed set of binaries (scripts/stress-failover): no build, whatever the tree.
-            if let Some(dir) = std::env::var_os("MOFANG_TEST_BINARIES") {
-                return Ok(PathBuf::from(dir));
+            // Set but empty (`MOFANG_TEST_BINARIES= cargo test`) means unset, not the current
+            // directory.
+            if let Some(dir) = std::env::var_os("MOFANG_TEST_BINARIES").filter(|d| !d.is_empty()) {
+                let dir = PathBuf::from(dir);
+                if !dir.join("mofang-scheduler").is_file() || !dir.join("mofang-agent").is_file() {
+                    return Err(format!(
+                        "MOFANG_TEST_BINARIES={} holds no mofang-scheduler and mofang-agent",
+                        dir.display()
+                    ));
+                }
+                return Ok(dir);
             }
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
