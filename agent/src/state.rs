@@ -105,6 +105,8 @@ pub struct MemberState {
     pub crash_restarts_ms: Vec<i64>,
     /// Too many restarts in the window: the agent stopped restarting it.
     pub crash_looping: bool,
+    /// The newest restart generation the scheduler asked for that was carried out.
+    pub restart_generation: u64,
 }
 
 /// The sealed copy of a member's config files.

@@ -104,6 +104,12 @@ impl From<cluster::Error> for ApiError {
                 "repo_check_failed",
                 e.to_string(),
             ),
+            E::OperationRunning { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "operation_running", e.to_string())
+            }
+            E::NotReady(_) => {
+                ApiError::new(StatusCode::CONFLICT, "instance_not_ready", e.to_string())
+            }
             E::Store(store::Error::Conflict { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
             }
@@ -759,6 +765,67 @@ async fn delete_backup_repo(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---- day-2 operations (issue 17) -----------------------------------------------------------
+
+/// `POST /v1/instances/{name}/operations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperation {
+    /// The operation: `restart` (rolling).
+    #[serde(rename = "type")]
+    pub kind: crate::ops::OpKind,
+    /// Fails after this long (60 ..= 86400 s). Default 3600.
+    #[serde(default)]
+    pub timeout_s: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/operations", params(("name" = String, Path)), request_body = NewOperation,
+    responses((status = 202, body = crate::ops::Operation), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn start_operation(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<crate::ops::Operation>)> {
+    need(&id, TokenRole::Operator)?;
+    let req: NewOperation = parse_body(body)?;
+    let timeout_ms = req.timeout_s.map(|s| s.saturating_mul(1000));
+    let op = api
+        .cluster
+        .start_operation(&name, req.kind, timeout_ms, &id.name)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{name}/operations", params(("name" = String, Path)),
+    responses((status = 200, body = [crate::ops::Operation])))]
+async fn list_operations(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<crate::ops::Operation>>> {
+    Ok(Json(api.cluster.operations_of(&name).await?))
+}
+
+#[utoipa::path(get, path = "/v1/operations/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::ops::Operation), (status = 404, body = ErrorBody)))]
+async fn get_operation(
+    State(api): State<Api>,
+    Path(op): Path<String>,
+) -> ApiResult<Json<crate::ops::Operation>> {
+    Ok(Json(api.cluster.operation(&op).await?))
+}
+
+#[utoipa::path(post, path = "/v1/operations/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = crate::ops::Operation), (status = 404, body = ErrorBody)))]
+async fn cancel_operation(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(op): Path<String>,
+) -> ApiResult<Json<crate::ops::Operation>> {
+    need(&id, TokenRole::Operator)?;
+    Ok(Json(api.cluster.cancel_operation(&op, &id.name).await?))
+}
+
 // ---- router and OpenAPI ------------------------------------------------------------------
 
 #[derive(OpenApi)]
@@ -769,14 +836,15 @@ async fn delete_backup_repo(
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
-        delete_backup_repo
+        delete_backup_repo, start_operation, list_operations, get_operation, cancel_operation
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
-        NewBackupRepo, BackupRepoView,
+        NewBackupRepo, BackupRepoView, NewOperation, crate::ops::Operation, crate::ops::OpKind,
+        crate::ops::OpState, crate::ops::OpStep, crate::ops::StepState, crate::ops::StepAction,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -928,6 +996,12 @@ pub fn router(api: Api) -> Router {
             "/v1/backup-repos/{name}",
             get(get_backup_repo).delete(delete_backup_repo),
         )
+        .route(
+            "/v1/instances/{name}/operations",
+            get(list_operations).post(start_operation),
+        )
+        .route("/v1/operations/{id}", get(get_operation))
+        .route("/v1/operations/{id}/cancel", post(cancel_operation))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))

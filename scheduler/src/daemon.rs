@@ -353,6 +353,25 @@ pub async fn start(
         }
         .instrument(tracing::info_span!("liveness")),
     );
+    // Day-2 operations: the leader takes each unfinished one a step further (issue 17).
+    let (sd, c) = (shutdown.clone(), cluster.clone());
+    tasks.push(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        if c.is_active() {
+                            c.drive_operations();
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("operations")),
+    ));
     if let Some(reg) = registry.clone() {
         let (sd, c) = (shutdown.clone(), cluster.clone());
         tasks.push(tokio::spawn(

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod election;
 pub mod failover;
 pub mod model;
+pub mod ops;
 pub mod placement;
 pub mod registry;
 pub mod secrets;

@@ -209,6 +209,10 @@ pub struct Instance {
     /// once its replacement replicates.
     #[serde(default)]
     pub replacing: Option<(String, String)>,
+    /// Restarts asked per member (rolling restart, issue 17): the agent restarts a member's
+    /// container once whenever its number grows. Absent: 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restart_generations: BTreeMap<String, u64>,
 }
 
 fn yes() -> bool {
@@ -231,6 +235,7 @@ impl Instance {
             fence_primary: false,
             promote_after: String::new(),
             replacing: None,
+            restart_generations: BTreeMap::new(),
         }
     }
 
@@ -327,11 +332,21 @@ pub enum EventKind {
     /// An agent-service call was refused: no certificate, another node's, a revoked one,
     /// or a join token that is used, expired or for another node.
     AgentRefused,
+    /// A day-2 operation was accepted and began.
+    OperationStarted,
+    /// A step of an operation began, ended or failed.
+    OperationStep,
+    /// An operation's every step is done.
+    OperationSucceeded,
+    /// An operation failed (a step failed, or it timed out).
+    OperationFailed,
+    /// An operation was cancelled at a safe point.
+    OperationCancelled,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 38] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -365,6 +380,11 @@ impl EventKind {
         EventKind::NodeJoined,
         EventKind::NodeRevoked,
         EventKind::AgentRefused,
+        EventKind::OperationStarted,
+        EventKind::OperationStep,
+        EventKind::OperationSucceeded,
+        EventKind::OperationFailed,
+        EventKind::OperationCancelled,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -403,6 +423,11 @@ impl EventKind {
             EventKind::NodeJoined => "node_joined",
             EventKind::NodeRevoked => "node_revoked",
             EventKind::AgentRefused => "agent_refused",
+            EventKind::OperationStarted => "operation_started",
+            EventKind::OperationStep => "operation_step",
+            EventKind::OperationSucceeded => "operation_succeeded",
+            EventKind::OperationFailed => "operation_failed",
+            EventKind::OperationCancelled => "operation_cancelled",
         }
     }
 }

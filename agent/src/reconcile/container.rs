@@ -57,7 +57,17 @@ pub(super) async fn present(
     let id = sh.runtime.create(&spec).await?;
     info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
     sh.runtime.start(&id).await?;
+    // A container started now carries out every restart asked so far.
+    if st.restart_generation < a.restart_generation {
+        st.restart_generation = a.restart_generation;
+        sh.state.save_member(member, st)?;
+    }
     Ok(Step::Next(sh.runtime.inspect(&id).await?))
+}
+
+/// Whether the scheduler asked for a restart this member has not had yet.
+pub(super) fn restart_due(asked: u64, done: u64) -> bool {
+    asked > done
 }
 
 /// Step 3b: the container is running. One that exited is held, left in its crash loop, or
@@ -71,6 +81,24 @@ pub(super) async fn running(
 ) -> Result<Step<ContainerInfo>> {
     let (sh, a, member) = (m.sh, m.a, m.name());
     match container.state {
+        ContainerState::Running if restart_due(a.restart_generation, st.restart_generation) => {
+            // A restart the scheduler asked for (rolling restart): stopped with the grace
+            // period and started again on the same container and volume. Not a crash: the
+            // crash-loop window is left alone. Recorded once started again: an agent that
+            // dies in between restarts it once more rather than never.
+            info!(
+                member,
+                generation = a.restart_generation,
+                "restarting the member as the scheduler asked"
+            );
+            sh.runtime
+                .stop(&container.id, Duration::from_millis(sh.cfg.stop_grace_ms))
+                .await?;
+            sh.runtime.start(&container.id).await?;
+            st.restart_generation = a.restart_generation;
+            sh.state.save_member(member, st)?;
+            Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
+        }
         ContainerState::Running => Ok(Step::Next(container)),
         ContainerState::Exited | ContainerState::Created => {
             let exited = container.state == ContainerState::Exited;

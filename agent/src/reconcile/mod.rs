@@ -267,6 +267,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restart_asked_by_the_scheduler_happens_once_per_generation() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("replica", 3, "10.0.0.9:3306");
+        a.restart_generation = 2;
+        // A new container carries out every restart asked so far: none now.
+        let s = r.pass(&a).await;
+        assert_eq!(s.restart_generation, 2, "{s:?}");
+        assert!(!r.rt.take_calls().iter().any(|c| c.starts_with("stop")));
+        // A newer generation: stopped and started again, once, however often it passes.
+        a.restart_generation = 3;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["stop c1", "start c1"]);
+        assert_eq!(s.restart_generation, 3, "{s:?}");
+        r.pass(&a).await;
+        r.pass(&a).await;
+        assert!(r.rt.take_calls().is_empty());
+        // Not a crash: the crash-loop window is untouched.
+        assert_eq!(r.status().crash_restarts, 0);
+    }
+
+    #[tokio::test]
     async fn a_switchover_fences_at_the_same_epoch_and_reports_healthy() {
         let mut r = rig(Duration::from_secs(10));
         r.sh.lease.renew();

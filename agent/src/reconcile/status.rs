@@ -40,6 +40,7 @@ pub(super) fn status(
         failed_checks: 0,
         held: st.held_at_epoch.is_some(),
         crash_restarts: st.crash_restarts_ms.len() as u64,
+        restart_generation: st.restart_generation,
     }
 }
 

@@ -73,6 +73,28 @@ enum Cmd {
     /// The cluster PKI: CA and certificates (works offline, on files).
     #[command(subcommand)]
     Tls(tls::TlsCmd),
+    /// Day-2 operations (rolling restart, ...): show, list, cancel.
+    #[command(subcommand)]
+    Operation(OperationCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum OperationCmd {
+    /// One operation with its steps.
+    Show {
+        /// Operation id.
+        id: String,
+    },
+    /// The operations of an instance, newest first.
+    List {
+        /// Instance name.
+        instance: String,
+    },
+    /// Stop an operation at its next safe point (no step half done).
+    Cancel {
+        /// Operation id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +163,18 @@ enum InstanceCmd {
     Credentials {
         /// Name.
         name: String,
+    },
+    /// Rolling restart as an operation: replicas one at a time, then a switchover, then
+    /// the old primary; each member back, healthy and replicating before the next.
+    Restart {
+        /// Name.
+        name: String,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
     /// Planned switchover without loss: fence the primary, let the target catch up,
     /// promote it. Waits until done.
@@ -518,6 +552,78 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{name}: {}", s(&v["status"]))
             }
         }
+        Cmd::Instance(InstanceCmd::Restart {
+            name,
+            wait,
+            timeout,
+        }) => {
+            let v = c
+                .post(
+                    &format!("/v1/instances/{name}/operations"),
+                    json!({ "type": "restart", "timeout_s": timeout }),
+                )
+                .await?;
+            let id = s(&v["id"]);
+            if !wait {
+                if cli.json {
+                    out(&v)
+                } else {
+                    println!("operation {id} (rolling restart of {name}) started; follow it with `mofang operation show {id}`");
+                }
+                return Ok(());
+            }
+            let v = wait_operation(&c, &id, cli.json).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                print_operation(&v)
+            }
+            if v["state"] != "succeeded" {
+                bail!("operation {id} {}: {}", s(&v["state"]), s(&v["reason"]));
+            }
+        }
+        Cmd::Operation(OperationCmd::Show { id }) => {
+            let v = c.get(&format!("/v1/operations/{id}")).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                print_operation(&v)
+            }
+        }
+        Cmd::Operation(OperationCmd::List { instance }) => {
+            let v = c
+                .get(&format!("/v1/instances/{instance}/operations"))
+                .await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<8} {:<10} {:>5}  REASON",
+                "ID", "TYPE", "STATE", "DONE"
+            );
+            for o in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<8} {:<10} {:>2}/{:<2}  {}",
+                    s(&o["id"]),
+                    s(&o["type"]),
+                    s(&o["state"]),
+                    o["done"].as_array().map_or(0, Vec::len),
+                    s(&o["total"]),
+                    s(&o["reason"])
+                );
+            }
+        }
+        Cmd::Operation(OperationCmd::Cancel { id }) => {
+            let v = c
+                .post(&format!("/v1/operations/{id}/cancel"), json!({}))
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("operation {id}: cancel asked; it stops at its next safe point");
+            }
+        }
         Cmd::Instance(InstanceCmd::Switchover { name, target }) => {
             if !cli.json {
                 eprintln!("switching over {name} ...");
@@ -827,6 +933,78 @@ async fn node_action(c: &Client, name: &str, action: &str, json: bool) -> Result
         println!("{name}: {}", s(&v["state"]));
     }
     Ok(())
+}
+
+/// Polls an operation until it ends, printing each step as it changes.
+async fn wait_operation(c: &Client, id: &str, quiet: bool) -> Result<Value> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let v = c.get(&format!("/v1/operations/{id}")).await?;
+        let step = v["steps"]
+            .as_array()
+            .and_then(|st| st.last())
+            .map(step_line)
+            .unwrap_or_default();
+        let line = format!(
+            "{} {}/{} done; {step}{}",
+            s(&v["state"]),
+            v["done"].as_array().map_or(0, Vec::len),
+            s(&v["total"]),
+            if v["reason"].as_str().is_some_and(|r| !r.is_empty()) {
+                format!(" ({})", s(&v["reason"]))
+            } else {
+                String::new()
+            }
+        );
+        if line != last && !quiet {
+            eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+            last = line;
+        }
+        if matches!(
+            v["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn step_line(st: &Value) -> String {
+    let what = match st["action"].as_str() {
+        Some("restart") => format!("restart {}", s(&st["member"])),
+        Some("switchover") => format!("switchover from {}", s(&st["from"])),
+        other => other.unwrap_or("?").to_owned(),
+    };
+    let reason = st["reason"].as_str().filter(|r| !r.is_empty());
+    format!(
+        "{what}: {}{}",
+        s(&st["state"]),
+        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}
+
+fn print_operation(v: &Value) {
+    println!("operation: {}", s(&v["id"]));
+    println!("instance:  {}", s(&v["instance"]));
+    println!("type:      {}", s(&v["type"]));
+    println!("state:     {}", s(&v["state"]));
+    if v["reason"].as_str().is_some_and(|r| !r.is_empty()) {
+        println!("reason:    {}", s(&v["reason"]));
+    }
+    println!(
+        "done:      {} of {} members",
+        v["done"].as_array().map_or(0, Vec::len),
+        s(&v["total"])
+    );
+    for (i, st) in v["steps"].as_array().into_iter().flatten().enumerate() {
+        let secs = match (st["started_ms"].as_i64(), st["ended_ms"].as_i64()) {
+            (Some(a), Some(b)) if b >= a => format!("{:.1}s", (b - a) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        println!("  {:>2}. {:<40} {secs}", i + 1, step_line(st));
+    }
 }
 
 #[tokio::main]

@@ -95,6 +95,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     } else {
                         String::new()
                     },
+                    restart_generation: i.restart_generations.get(&m.id).copied().unwrap_or(0),
                 });
             }
         }

@@ -85,7 +85,7 @@ impl Cluster {
         }
     }
 
-    fn seen<'a>(&self, inner: &'a Inner, rec: &MemberRecord, now: Instant) -> Seen<'a> {
+    pub(super) fn seen<'a>(&self, inner: &'a Inner, rec: &MemberRecord, now: Instant) -> Seen<'a> {
         member_seen(inner, &self.node_seen(inner, &rec.node, now), &rec.id)
     }
 
@@ -109,7 +109,7 @@ impl Cluster {
     }
 
     /// Appends events; a failure is logged (the decision itself is already durable).
-    async fn emit(&self, events: Vec<Event>) {
+    pub(super) async fn emit(&self, events: Vec<Event>) {
         if let Err(e) = self.store.append_events(&events).await {
             warn!(error = %e, "could not record events");
         }

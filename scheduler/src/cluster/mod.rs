@@ -15,6 +15,7 @@ mod failover;
 mod identity;
 mod jobs;
 mod observed;
+mod operations;
 mod records;
 mod repos;
 #[cfg(test)]
@@ -66,6 +67,19 @@ pub enum Error {
     /// A backup repository failed its check on a host (422).
     #[error(transparent)]
     RepoRefused(#[from] RepoRefusal),
+    /// Another operation runs on the instance (409 `operation_running`).
+    #[error("operation {id} ({kind}) is running on instance {instance}: one at a time; cancel it or wait")]
+    OperationRunning {
+        /// The instance.
+        instance: String,
+        /// The running operation.
+        id: String,
+        /// Its type.
+        kind: String,
+    },
+    /// The instance is not in a state the request needs (409 `instance_not_ready`).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 impl From<store::Error> for Error {
@@ -116,6 +130,10 @@ struct Inner {
     jobs: BTreeMap<String, Vec<mofang_common::proto::Job>>,
     /// The last status agents reported for each job, by job id.
     job_status: HashMap<String, mofang_common::proto::JobStatus>,
+    /// Operations not finished, by id (loaded when this scheduler takes charge).
+    operations: BTreeMap<String, crate::ops::Operation>,
+    /// Operations a task is carrying a step of right now.
+    op_driving: BTreeSet<String>,
 }
 
 /// The cluster: one per scheduler process.
@@ -236,6 +254,7 @@ impl Cluster {
         let mut inner = lock(&self.inner);
         inner.watchers.clear();
         inner.inflight.clear();
+        inner.operations.clear();
     }
 
     /// Becomes the leader: reloads every record from the shared store (another scheduler
@@ -264,6 +283,7 @@ impl Cluster {
             inner.suspects.clear();
             inner.nudged.clear();
         }
+        self.load_operations().await?;
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
         self.take_charge().await
     }

@@ -319,7 +319,7 @@ impl<K: Kv> Store for KvStore<K> {
             events: events.to_vec(),
         };
         match self.write(write).await? {
-            Done::Instance(inst) => Ok(inst),
+            Done::Instance(inst) => Ok(*inst),
             other => Err(unexpected(&other)),
         }
     }
@@ -330,7 +330,7 @@ impl<K: Kv> Store for KvStore<K> {
             events: events.to_vec(),
         };
         match self.write(write).await? {
-            Done::Instance(inst) => Ok(inst),
+            Done::Instance(inst) => Ok(*inst),
             other => Err(unexpected(&other)),
         }
     }
@@ -523,7 +523,7 @@ enum Write {
 enum Done {
     Unit,
     Node(Node),
-    Instance(Instance),
+    Instance(Box<Instance>),
     Events(Vec<Event>),
     Audit(AuditEntry),
 }
@@ -909,7 +909,7 @@ impl<K: Kv> Writer<K> {
                 inst.revision = 1;
                 let mut ops = vec![put(key, encode(&inst)?, Some(Expect::Absent))];
                 self.event_ops(events, next, &mut ops)?;
-                Plan::Write(ops, Done::Instance(inst))
+                Plan::Write(ops, Done::Instance(Box::new(inst)))
             }
             Write::Update { inst, events } => {
                 let Some(entry) = stored else {
@@ -933,7 +933,7 @@ impl<K: Kv> Writer<K> {
                     Some(Expect::Version(entry.version)),
                 )];
                 self.event_ops(events, next, &mut ops)?;
-                Plan::Write(ops, Done::Instance(inst))
+                Plan::Write(ops, Done::Instance(Box::new(inst)))
             }
             Write::Delete {
                 name,

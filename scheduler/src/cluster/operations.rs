@@ -1,0 +1,486 @@
+//! Day-2 operations carried out (issue 17): stored as metadata `operation/<id>`, every change
+//! written before it is acted on, driven by the leader one step at a time with
+//! [`crate::ops::next`] deciding, and taken over by a new leader where the old one stopped.
+
+use super::{event, lock, Cluster, Error, Inner, Result};
+use crate::model::{now_ms, EventKind, Instance};
+use crate::ops::{
+    self, MemberNow, Next, OpKind, OpState, OpStep, Operation, StepAction, StepState,
+};
+use mofang_common::{ObservedRole, Role};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// Metadata prefix of operation records.
+const PREFIX: &str = "operation/";
+
+fn key(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+fn parse(value: &str) -> Result<Operation> {
+    serde_json::from_str(value)
+        .map_err(|e| Error::Invalid(format!("a stored operation does not parse: {e}")))
+}
+
+impl Cluster {
+    /// Loads the operations not finished (on taking charge).
+    pub(super) async fn load_operations(&self) -> Result<()> {
+        let mut open = std::collections::BTreeMap::new();
+        for (_, value) in self.store.meta_with_prefix(PREFIX).await? {
+            match parse(&value) {
+                Ok(op) if !op.state.is_terminal() => {
+                    open.insert(op.id.clone(), op);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "skipping an operation record"),
+            }
+        }
+        if !open.is_empty() {
+            info!(
+                operations = open.len(),
+                "resuming operations left running by the previous leader"
+            );
+        }
+        let mut inner = lock(&self.inner);
+        inner.operations = open;
+        inner.op_driving.clear();
+        Ok(())
+    }
+
+    async fn save_operation(&self, op: &Operation) -> Result<()> {
+        let value = serde_json::to_string(op)
+            .map_err(|e| Error::Invalid(format!("operation does not serialize: {e}")))?;
+        self.store.put_meta(&key(&op.id), &value).await?;
+        let mut inner = lock(&self.inner);
+        if op.state.is_terminal() {
+            inner.operations.remove(&op.id);
+        } else {
+            inner.operations.insert(op.id.clone(), op.clone());
+        }
+        Ok(())
+    }
+
+    /// Starts an operation on `instance`: stored, then carried out by the leader's operation
+    /// loop. One at a time per instance; every member must be healthy to begin.
+    pub async fn start_operation(
+        &self,
+        instance: &str,
+        kind: OpKind,
+        timeout_ms: Option<i64>,
+        requested_by: &str,
+    ) -> Result<Operation> {
+        let now = now_ms();
+        {
+            let inner = lock(&self.inner);
+            let inst = inner
+                .instances
+                .get(instance)
+                .filter(|i| i.revision > 0)
+                .ok_or_else(|| Error::NotFound(format!("instance {instance}")))?;
+            if let Some(op) = inner.operations.values().find(|o| o.instance == instance) {
+                return Err(Error::OperationRunning {
+                    instance: instance.to_owned(),
+                    id: op.id.clone(),
+                    kind: kind_name(op.kind).into(),
+                });
+            }
+            if let Some(m) = members_now(self, &inner, inst).iter().find(|m| !whole(m)) {
+                return Err(Error::NotReady(format!(
+                    "instance {instance}: member {} is not healthy and replicating; an operation begins on a whole instance",
+                    m.id
+                )));
+            }
+        }
+        let timeout_ms = timeout_ms.unwrap_or(ops::DEFAULT_TIMEOUT_MS);
+        if !(60_000..=86_400_000).contains(&timeout_ms) {
+            return Err(Error::Invalid(format!(
+                "timeout_s must be 60 ..= 86400, got {}",
+                timeout_ms / 1000
+            )));
+        }
+        let total = lock(&self.inner)
+            .instances
+            .get(instance)
+            .map_or(0, |i| i.members.len());
+        let op = Operation {
+            id: format!("op-{now}-{:04x}", rand::random::<u16>()),
+            instance: instance.to_owned(),
+            kind,
+            state: OpState::Running,
+            created_ms: now,
+            ended_ms: 0,
+            timeout_ms,
+            reason: String::new(),
+            cancel_requested: false,
+            requested_by: requested_by.to_owned(),
+            steps: Vec::new(),
+            done: Default::default(),
+            total,
+        };
+        self.save_operation(&op).await?;
+        info!(instance, id = %op.id, kind = kind_name(kind), "operation started");
+        self.emit(vec![event(
+            EventKind::OperationStarted,
+            Some(instance),
+            None,
+            format!(
+                "operation {} ({}) started by {requested_by}",
+                op.id,
+                kind_name(kind)
+            ),
+        )])
+        .await;
+        Ok(op)
+    }
+
+    /// One operation as stored.
+    pub async fn operation(&self, id: &str) -> Result<Operation> {
+        if let Some(op) = lock(&self.inner).operations.get(id) {
+            return Ok(op.clone());
+        }
+        match self.store.get_meta(&key(id)).await? {
+            Some(v) => parse(&v),
+            None => Err(Error::NotFound(format!("operation {id}"))),
+        }
+    }
+
+    /// The operations of an instance, newest first (they outlive the instance).
+    pub async fn operations_of(&self, instance: &str) -> Result<Vec<Operation>> {
+        let mut all: Vec<Operation> = Vec::new();
+        for (_, value) in self.store.meta_with_prefix(PREFIX).await? {
+            if let Ok(op) = parse(&value) {
+                if op.instance == instance {
+                    all.push(op);
+                }
+            }
+        }
+        {
+            // The in-memory copy carries what a step waits for.
+            let inner = lock(&self.inner);
+            for op in &mut all {
+                if let Some(live) = inner.operations.get(&op.id) {
+                    *op = live.clone();
+                }
+            }
+        }
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        Ok(all)
+    }
+
+    /// Asks an operation to stop at its next safe point (no step half done).
+    pub async fn cancel_operation(&self, id: &str, by: &str) -> Result<Operation> {
+        let mut op = self.operation(id).await?;
+        if op.state.is_terminal() || op.cancel_requested {
+            return Ok(op);
+        }
+        op.cancel_requested = true;
+        self.save_operation(&op).await?;
+        self.emit(vec![event(
+            EventKind::OperationStep,
+            Some(&op.instance),
+            None,
+            format!("operation {id}: cancel asked by {by}; it stops at the next safe point"),
+        )])
+        .await;
+        Ok(op)
+    }
+
+    /// One round of the operation loop (every 500 ms on the leader): each unfinished
+    /// operation not already being carried gets a task that takes its next step.
+    pub fn drive_operations(self: &Arc<Self>) {
+        let ids: Vec<String> = {
+            let mut inner = lock(&self.inner);
+            let ids: Vec<String> = inner
+                .operations
+                .keys()
+                .filter(|id| !inner.op_driving.contains(*id))
+                .cloned()
+                .collect();
+            inner.op_driving.extend(ids.iter().cloned());
+            ids
+        };
+        for id in ids {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.step_operation(&id).await {
+                    warn!(operation = %id, error = %e, "operation step failed to run; retried");
+                }
+                lock(&this.inner).op_driving.remove(&id);
+            });
+        }
+    }
+
+    /// Decides and takes the next step of one operation.
+    async fn step_operation(self: &Arc<Self>, id: &str) -> Result<()> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        let (mut op, inst, members, held) = {
+            let inner = lock(&self.inner);
+            let Some(op) = inner.operations.get(id).cloned() else {
+                return Ok(());
+            };
+            let inst = inner
+                .instances
+                .get(&op.instance)
+                .filter(|i| i.revision > 0)
+                .cloned();
+            let members = inst
+                .as_ref()
+                .map(|i| members_now(self, &inner, i))
+                .unwrap_or_default();
+            // A failover decided and not confirmed, or a replacement under way: wait.
+            let held = inner.inflight.contains_key(&op.instance)
+                || inst.as_ref().is_some_and(|i| i.replacing.is_some());
+            (op, inst, members, held)
+        };
+        let now = now_ms();
+        let Some(inst) = inst else {
+            return self
+                .finish(&mut op, OpState::Failed, "the instance was deleted".into())
+                .await;
+        };
+        // A restart asked before a leader change may not have reached the instance record.
+        if let Some(OpStep {
+            action: StepAction::Restart { member, generation },
+            ..
+        }) = op.running_step()
+        {
+            if inst.restart_generations.get(member).copied().unwrap_or(0) < *generation {
+                let (member, generation) = (member.clone(), *generation);
+                return self.ask_restart(&op, inst, &member, generation).await;
+            }
+        }
+        if held && op.running_step().is_none() {
+            return self
+                .note_wait(&op, "a failover or a replacement is under way")
+                .await;
+        }
+        match ops::next(&op, &members, now) {
+            Next::Wait(why) => self.note_wait(&op, &why).await,
+            Next::Restart { member, generation } => {
+                op.steps.push(OpStep {
+                    action: StepAction::Restart {
+                        member: member.clone(),
+                        generation,
+                    },
+                    state: StepState::Running,
+                    started_ms: now,
+                    ended_ms: 0,
+                    reason: String::new(),
+                });
+                // Stored before the instance asks it: a new leader finds the step and
+                // asks again if the ask did not land.
+                self.save_operation(&op).await?;
+                self.ask_restart(&op, inst, &member, generation).await
+            }
+            Next::Switchover { from } => {
+                op.steps.push(OpStep {
+                    action: StepAction::Switchover { from: from.clone() },
+                    state: StepState::Running,
+                    started_ms: now,
+                    ended_ms: 0,
+                    reason: String::new(),
+                });
+                self.save_operation(&op).await?;
+                self.step_event(&op, format!("switching over away from {from}"))
+                    .await;
+                self.run_switchover(op).await
+            }
+            Next::RetrySwitchover { .. } => self.run_switchover(op).await,
+            Next::StepDone => {
+                if let Some(step) = op.steps.last_mut() {
+                    step.state = StepState::Done;
+                    step.ended_ms = now;
+                    step.reason.clear();
+                    let text = match &step.action {
+                        StepAction::Restart { member, .. } => {
+                            op.done.insert(member.clone());
+                            format!("{member} restarted, healthy and replicating")
+                        }
+                        StepAction::Switchover { from } => {
+                            format!("switched over away from {from}")
+                        }
+                    };
+                    self.save_operation(&op).await?;
+                    self.step_event(&op, text).await;
+                }
+                Ok(())
+            }
+            Next::StepFailed(reason) => {
+                if let Some(step) = op.steps.last_mut() {
+                    step.state = StepState::Failed;
+                    step.ended_ms = now;
+                    step.reason = reason.clone();
+                }
+                self.finish(&mut op, OpState::Failed, reason).await
+            }
+            Next::Succeed => {
+                self.finish(&mut op, OpState::Succeeded, String::new())
+                    .await
+            }
+            Next::Cancel => {
+                self.finish(
+                    &mut op,
+                    OpState::Cancelled,
+                    "cancelled by an operator".into(),
+                )
+                .await
+            }
+            Next::Fail(reason) => self.finish(&mut op, OpState::Failed, reason).await,
+        }
+    }
+
+    /// Raises a member's restart generation in the instance record (its agent restarts it).
+    async fn ask_restart(
+        &self,
+        op: &Operation,
+        mut inst: Instance,
+        member: &str,
+        generation: u64,
+    ) -> Result<()> {
+        inst.restart_generations
+            .insert(member.to_owned(), generation);
+        let node = inst
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .map(|m| m.node.clone());
+        self.write(
+            inst,
+            vec![event(
+                EventKind::OperationStep,
+                Some(&op.instance),
+                node.as_deref(),
+                format!(
+                    "operation {}: restarting {member} (step {} of {})",
+                    op.id,
+                    op.steps.len(),
+                    op.total + 1
+                ),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The switchover step, carried out now; a failed switchover fails the operation (a
+    /// failover running meanwhile only delays it).
+    async fn run_switchover(self: &Arc<Self>, mut op: Operation) -> Result<()> {
+        match self.switchover(&op.instance, None).await {
+            Ok(_) => Ok(()), // the next round sees the primary moved: StepDone
+            Err(Error::Refused(crate::failover::rails::Refusal::Busy { .. })) => {
+                self.note_wait(&op, "a failover or switchover is under way")
+                    .await
+            }
+            Err(e) => {
+                let reason = format!("switchover failed: {e}");
+                if let Some(step) = op.steps.last_mut() {
+                    step.state = StepState::Failed;
+                    step.ended_ms = now_ms();
+                    step.reason = reason.clone();
+                }
+                self.finish(&mut op, OpState::Failed, reason).await
+            }
+        }
+    }
+
+    /// Keeps what the operation waits for in memory (shown by the API, not stored).
+    async fn note_wait(&self, op: &Operation, why: &str) -> Result<()> {
+        let mut inner = lock(&self.inner);
+        if let Some(o) = inner.operations.get_mut(&op.id) {
+            match o.steps.last_mut().filter(|s| s.state == StepState::Running) {
+                Some(step) => step.reason = why.to_owned(),
+                None => o.reason = why.to_owned(),
+            }
+        }
+        Ok(())
+    }
+
+    async fn step_event(&self, op: &Operation, text: String) {
+        self.emit(vec![event(
+            EventKind::OperationStep,
+            Some(&op.instance),
+            None,
+            format!("operation {}: {text}", op.id),
+        )])
+        .await;
+    }
+
+    async fn finish(&self, op: &mut Operation, state: OpState, reason: String) -> Result<()> {
+        op.state = state;
+        op.ended_ms = now_ms();
+        op.reason = reason;
+        self.save_operation(op).await?;
+        let (kind, text) = match state {
+            OpState::Succeeded => (
+                EventKind::OperationSucceeded,
+                format!(
+                    "operation {} ({}) succeeded in {} s",
+                    op.id,
+                    kind_name(op.kind),
+                    (op.ended_ms - op.created_ms) / 1000
+                ),
+            ),
+            OpState::Cancelled => (
+                EventKind::OperationCancelled,
+                format!(
+                    "operation {} cancelled; {} of {} members done",
+                    op.id,
+                    op.done.len(),
+                    op.total
+                ),
+            ),
+            _ => (
+                EventKind::OperationFailed,
+                format!("operation {} failed: {}", op.id, op.reason),
+            ),
+        };
+        info!(instance = %op.instance, id = %op.id, state = ?state, "operation finished");
+        self.emit(vec![event(kind, Some(&op.instance), None, text)])
+            .await;
+        Ok(())
+    }
+}
+
+/// The API name of an operation type.
+pub fn kind_name(kind: OpKind) -> &'static str {
+    match kind {
+        OpKind::Restart => "restart",
+    }
+}
+
+fn whole(m: &MemberNow) -> bool {
+    m.healthy && (m.primary || m.replicating)
+}
+
+/// The members of `inst` as the operation decision sees them.
+fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
+    let now = Instant::now();
+    inst.members
+        .iter()
+        .map(|m| {
+            let seen = c.seen(inner, m, now);
+            let primary = m.role == Role::Primary;
+            let status = seen.status.filter(|_| seen.node_alive);
+            let role_ok = status.is_some_and(|s| {
+                ObservedRole::parse(&s.role)
+                    == Some(if primary {
+                        ObservedRole::Primary
+                    } else {
+                        ObservedRole::Replica
+                    })
+            });
+            MemberNow {
+                id: m.id.clone(),
+                primary,
+                asked: inst.restart_generations.get(&m.id).copied().unwrap_or(0),
+                done: status.map_or(0, |s| s.restart_generation),
+                healthy: status.is_some_and(|s| s.healthy && s.epoch == inst.epoch) && role_ok,
+                replicating: primary || status.is_some_and(|s| s.replication_ok),
+            }
+        })
+        .collect()
+}
