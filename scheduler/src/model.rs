@@ -213,6 +213,10 @@ pub struct Instance {
     /// container once whenever its number grows. Absent: 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub restart_generations: BTreeMap<String, u64>,
+    /// Stopped by an operator (issue 17): containers stopped, volumes and reservations kept,
+    /// never failed over, no alert.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 fn yes() -> bool {
@@ -236,6 +240,7 @@ impl Instance {
             promote_after: String::new(),
             replacing: None,
             restart_generations: BTreeMap::new(),
+            stopped: false,
         }
     }
 

@@ -180,3 +180,94 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
     assert_eq!(list[0]["id"], id.as_str(), "{list}");
     Ok(())
 }
+
+/// Stop and start as operations, on Redis 1 + 1: a stopped instance's containers stop, its
+/// status says so, nothing is failed over however long it stays stopped, other operations are
+/// refused; started again it has the same primary at the same epoch and every acknowledged
+/// key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> Result<()> {
+    let env = Env::start_with(3, FAST).await?;
+    let name = unique_name("ss");
+    let inst = env.create_ready(&name, "redis", 1).await?;
+    let pw = env.app_password(&name).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
+    writer.wait_acked(200, Duration::from_secs(60)).await?;
+    let outcome = writer.stop().await?;
+
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(
+            mofang_tests::cluster::binaries()
+                .unwrap_or_default()
+                .join("mofang"),
+        );
+        cmd.args(args)
+            .envs(env.sched.cli_env())
+            .env("MOFANG_TOKEN", &env.token);
+        cmd.output()
+    };
+    let out = cli(&["instance", "stop", &name, "--wait"]).await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for m in inst["members"].as_array().context("members")? {
+        let id = m["id"].as_str().context("id")?;
+        let running = docker_cli(&["inspect", "-f", "{{.State.Running}}", &container_of(id)])?;
+        assert_eq!(running, "false", "{id} still runs");
+    }
+    // Longer than the lease and the failover detection: still nothing failed over.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(v["status"], "stopped", "{v}");
+    assert_eq!(v["epoch"], inst["epoch"], "failed over while stopped: {v}");
+    let (s, body) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "restart"})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "instance_not_ready", "{body}");
+
+    let out = cli(&["instance", "start", &name, "--wait"]).await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["epoch"], inst["epoch"], "{v}");
+    let now = Env::primary_member(&v)?;
+    assert_eq!(now["id"], primary.as_str(), "{v}");
+    let present = set_contents("redis", now["address"].as_str().context("address")?, &pw).await?;
+    assert!(
+        outcome.lost(&present).is_empty(),
+        "lost across stop and start: {:?}",
+        outcome.lost(&present)
+    );
+    let kinds: Vec<String> = env
+        .events(&name)
+        .await?
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("failover")),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "operation_succeeded").count(),
+        2,
+        "{kinds:?}"
+    );
+    Ok(())
+}

@@ -14,7 +14,7 @@ pub mod redis;
 
 use crate::config::{AgentConfig, NetworkMode};
 use crate::engine::Secrets;
-use crate::reconcile::Statuses;
+use crate::reconcile::{Statuses, STOPPED};
 use crate::runtime::{ContainerRuntime, ContainerState};
 use crate::state::LocalState;
 use crate::volume::VolumeManager;
@@ -199,6 +199,8 @@ impl Exporter {
         desired
             .members
             .iter()
+            // A stopped instance's members are not scraped: no `mysql_up 0`, no alert.
+            .filter(|a| !a.stopped)
             .filter_map(|a| {
                 let engine = EngineKind::parse(&a.engine)?;
                 let role = statuses
@@ -422,8 +424,13 @@ impl Exporter {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let mut by_state: BTreeMap<&str, u64> =
-            [("healthy", 0), ("unhealthy", 0), ("failed", 0)].into();
+        let mut by_state: BTreeMap<&str, u64> = [
+            ("healthy", 0),
+            ("unhealthy", 0),
+            ("failed", 0),
+            ("stopped", 0),
+        ]
+        .into();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -431,6 +438,8 @@ impl Exporter {
         for s in statuses.values() {
             let state = if s.failed {
                 "failed"
+            } else if s.container_state == STOPPED {
+                "stopped"
             } else if s.healthy {
                 "healthy"
             } else {

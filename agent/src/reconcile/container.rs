@@ -65,6 +65,41 @@ pub(super) async fn present(
     Ok(Step::Next(sh.runtime.inspect(&id).await?))
 }
 
+/// A member of a stopped instance: its container stopped (with the grace period) and kept
+/// so, volume and state kept; reported as stopped, never as a failure or a held primary.
+pub(super) async fn stopped(
+    m: &Member<'_>,
+    st: &mut MemberState,
+    memo: &mut WorkerMemo,
+) -> Result<Action> {
+    let (sh, a, member) = (m.sh, m.a, m.name());
+    let found = sh.find_container(member).await?;
+    if let Some(c) = &found {
+        if c.state == ContainerState::Running || c.state == ContainerState::Paused {
+            info!(member, "stopping the member: its instance is stopped");
+            sh.runtime
+                .stop(&c.id, Duration::from_millis(sh.cfg.stop_grace_ms))
+                .await?;
+        }
+    }
+    // A stop is not a death: nothing is held, no crash counted; and once started again the
+    // server's silence while it boots is no failed check until it has answered.
+    memo.answered_in = None;
+    memo.ping_failures = 0;
+    st.held_at_epoch = None;
+    st.stopped = true;
+    sh.state.save_member(member, st)?;
+    let c = match found {
+        Some(c) => Some(sh.runtime.inspect(&c.id).await?),
+        None => None,
+    };
+    let mut s = super::status::status(sh, a, st, c.as_ref(), "");
+    s.container_state = super::STOPPED.into();
+    s.reason = "stopped: the instance is stopped".into();
+    sh.set_status(s);
+    Ok(Action::Requeue(Duration::from_secs(5)))
+}
+
 /// Whether the scheduler asked for a restart this member has not had yet.
 pub(super) fn restart_due(asked: u64, done: u64) -> bool {
     asked > done
@@ -95,11 +130,22 @@ pub(super) async fn running(
                 .stop(&container.id, Duration::from_millis(sh.cfg.stop_grace_ms))
                 .await?;
             sh.runtime.start(&container.id).await?;
+            // Booting again: silence is no failed check until the server has answered.
+            memo.answered_in = None;
+            memo.ping_failures = 0;
             st.restart_generation = a.restart_generation;
             sh.state.save_member(member, st)?;
             Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
         }
         ContainerState::Running => Ok(Step::Next(container)),
+        ContainerState::Exited | ContainerState::Created if st.stopped => {
+            // Stopped with its instance, which is started again: not a death.
+            info!(member, "starting the member: its instance is started");
+            sh.runtime.start(&container.id).await?;
+            st.stopped = false;
+            sh.state.save_member(member, st)?;
+            Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
+        }
         ContainerState::Exited | ContainerState::Created => {
             let exited = container.state == ContainerState::Exited;
             if decide::newly_held(m.role, replicas_of(a), a.epoch, exited, st) {

@@ -143,6 +143,9 @@ impl WorkerMemo {
     }
 }
 
+/// `MemberStatus.container_state` of a member whose instance is stopped.
+pub const STOPPED: &str = "stopped";
+
 /// Reconciles one member once: the steps in order, each either going on or ending the pass.
 async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
     let engine = (sh.engines)(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
@@ -162,6 +165,9 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     decide::release_hold(&mut st, a.epoch);
 
     let vol = volume::ensure(&m)?;
+    if a.stopped {
+        return container::stopped(&m, &mut st, memo).await;
+    }
     let cfg = config::write(&m, &mut st)?;
     let found = step!(container::present(&m, &cfg, &vol, &mut st).await);
     let running = step!(container::running(&m, found, &mut st, memo).await);
@@ -286,6 +292,35 @@ mod tests {
         assert!(r.rt.take_calls().is_empty());
         // Not a crash: the crash-loop window is untouched.
         assert_eq!(r.status().crash_restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_instance_keeps_its_container_stopped_and_is_not_held() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("primary", 3, "");
+        r.pass(&a).await;
+        r.rt.take_calls();
+        a.stopped = true;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["stop c1"]);
+        assert!(!s.healthy && !s.held && !s.failed, "{s:?}");
+        assert_eq!(s.container_state, "stopped", "{s:?}");
+        // Stays stopped: no restart, however often it passes.
+        r.pass(&a).await;
+        assert!(r.rt.take_calls().is_empty());
+        // Started again: the same container. While its server boots, its silence is no
+        // failed check (it answered in this container before the stop: a scheduler counting
+        // those would fail the primary over; found end to end).
+        a.stopped = false;
+        r.db.0.lock().expect("db").answering = false;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(s.failed_checks, 0, "{s:?}");
+        r.db.0.lock().expect("db").answering = true;
+        let s = r.pass(&a).await;
+        assert!(s.healthy && s.role == "primary" && s.epoch == 3, "{s:?}");
+        assert_eq!(s.crash_restarts, 0, "{s:?}");
     }
 
     #[tokio::test]

@@ -176,6 +176,29 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Stop every member's container as an operation: volumes and reservations kept, no
+    /// failover, no alert.
+    Stop {
+        /// Name.
+        name: String,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Start a stopped instance again as an operation: the same members, the same primary.
+    Start {
+        /// Name.
+        name: String,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Planned switchover without loss: fence the primary, let the target catch up,
     /// promote it. Waits until done.
     Switchover {
@@ -556,32 +579,17 @@ async fn run(cli: Cli) -> Result<()> {
             name,
             wait,
             timeout,
-        }) => {
-            let v = c
-                .post(
-                    &format!("/v1/instances/{name}/operations"),
-                    json!({ "type": "restart", "timeout_s": timeout }),
-                )
-                .await?;
-            let id = s(&v["id"]);
-            if !wait {
-                if cli.json {
-                    out(&v)
-                } else {
-                    println!("operation {id} (rolling restart of {name}) started; follow it with `mofang operation show {id}`");
-                }
-                return Ok(());
-            }
-            let v = wait_operation(&c, &id, cli.json).await?;
-            if cli.json {
-                out(&v)
-            } else {
-                print_operation(&v)
-            }
-            if v["state"] != "succeeded" {
-                bail!("operation {id} {}: {}", s(&v["state"]), s(&v["reason"]));
-            }
-        }
+        }) => run_operation(&c, &name, "restart", wait, timeout, cli.json).await?,
+        Cmd::Instance(InstanceCmd::Stop {
+            name,
+            wait,
+            timeout,
+        }) => run_operation(&c, &name, "stop", wait, timeout, cli.json).await?,
+        Cmd::Instance(InstanceCmd::Start {
+            name,
+            wait,
+            timeout,
+        }) => run_operation(&c, &name, "start", wait, timeout, cli.json).await?,
         Cmd::Operation(OperationCmd::Show { id }) => {
             let v = c.get(&format!("/v1/operations/{id}")).await?;
             if cli.json {
@@ -935,6 +943,43 @@ async fn node_action(c: &Client, name: &str, action: &str, json: bool) -> Result
     Ok(())
 }
 
+/// Starts an operation of `kind` on `name`; with `wait`, follows it to its end.
+async fn run_operation(
+    c: &Client,
+    name: &str,
+    kind: &str,
+    wait: bool,
+    timeout: u64,
+    json: bool,
+) -> Result<()> {
+    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let v = c
+        .post(
+            &format!("/v1/instances/{name}/operations"),
+            json!({ "type": kind, "timeout_s": timeout }),
+        )
+        .await?;
+    let id = s(&v["id"]);
+    if !wait {
+        if json {
+            out(&v)
+        } else {
+            println!("operation {id} ({kind} of {name}) started; follow it with `mofang operation show {id}`");
+        }
+        return Ok(());
+    }
+    let v = wait_operation(c, &id, json).await?;
+    if json {
+        out(&v)
+    } else {
+        print_operation(&v)
+    }
+    if v["state"] != "succeeded" {
+        bail!("operation {id} {}: {}", s(&v["state"]), s(&v["reason"]));
+    }
+    Ok(())
+}
+
 /// Polls an operation until it ends, printing each step as it changes.
 async fn wait_operation(c: &Client, id: &str, quiet: bool) -> Result<Value> {
     let start = Instant::now();
@@ -974,6 +1019,8 @@ async fn wait_operation(c: &Client, id: &str, quiet: bool) -> Result<Value> {
 fn step_line(st: &Value) -> String {
     let what = match st["action"].as_str() {
         Some("restart") => format!("restart {}", s(&st["member"])),
+        Some("stop") => "stop every member".into(),
+        Some("start") => "start every member".into(),
         Some("switchover") => format!("switchover from {}", s(&st["from"])),
         other => other.unwrap_or("?").to_owned(),
     };

@@ -96,6 +96,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                         String::new()
                     },
                     restart_generation: i.restart_generations.get(&m.id).copied().unwrap_or(0),
+                    stopped: i.stopped,
                 });
             }
         }

@@ -170,7 +170,12 @@ impl Cluster {
             let mut gone = Vec::new();
             let mut candidates = Vec::new();
             for name in todo {
-                let Some(i) = inner.instances.get(name).filter(|i| i.revision > 0) else {
+                // A stopped instance is never failed over nor has members replaced.
+                let Some(i) = inner
+                    .instances
+                    .get(name)
+                    .filter(|i| i.revision > 0 && !i.stopped)
+                else {
                     gone.push(name.to_owned());
                     continue;
                 };
@@ -342,6 +347,11 @@ impl Cluster {
                 .filter(|i| i.revision > 0)
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            if inst.stopped {
+                return Err(Error::NotReady(format!(
+                    "instance {name} is stopped: start it first"
+                )));
+            }
             let seen = self.seen_fn(&inner, &inst, now);
             let wait = match decide::assess(&inst, &seen, &rules) {
                 Health::Failed { wait, .. } => wait,
@@ -636,6 +646,11 @@ impl Cluster {
                 .filter(|i| i.revision > 0)
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+            if inst.stopped {
+                return Err(Error::NotReady(format!(
+                    "instance {name} is stopped: start it first"
+                )));
+            }
             let seen = self.seen_fn(&inner, &inst, started);
             let p = inst.primary().ok_or_else(|| Refusal::NoPrimary {
                 instance: name.to_owned(),

@@ -86,11 +86,27 @@ impl Cluster {
                     kind: kind_name(op.kind).into(),
                 });
             }
-            if let Some(m) = members_now(self, &inner, inst).iter().find(|m| !whole(m)) {
-                return Err(Error::NotReady(format!(
-                    "instance {instance}: member {} is not healthy and replicating; an operation begins on a whole instance",
-                    m.id
-                )));
+            match (kind, inst.stopped) {
+                (OpKind::Start, false) => {
+                    return Err(Error::NotReady(format!(
+                        "instance {instance} is not stopped"
+                    )))
+                }
+                // A broken instance may be stopped too.
+                (OpKind::Start, true) | (OpKind::Stop, false) => {}
+                (_, true) => {
+                    return Err(Error::NotReady(format!(
+                        "instance {instance} is stopped: start it first"
+                    )))
+                }
+                (_, false) => {
+                    if let Some(m) = members_now(self, &inner, inst).iter().find(|m| !whole(m)) {
+                        return Err(Error::NotReady(format!(
+                            "instance {instance}: member {} is not healthy and replicating; an operation begins on a whole instance",
+                            m.id
+                        )));
+                    }
+                }
             }
         }
         let timeout_ms = timeout_ms.unwrap_or(ops::DEFAULT_TIMEOUT_MS);
@@ -253,6 +269,16 @@ impl Cluster {
                 return self.ask_restart(&op, inst, &member, generation).await;
             }
         }
+        if let Some(OpStep {
+            action: action @ (StepAction::Stop | StepAction::Start),
+            ..
+        }) = op.running_step()
+        {
+            let stop = matches!(action, StepAction::Stop);
+            if inst.stopped != stop {
+                return self.set_stopped(&op, inst, stop).await;
+            }
+        }
         if held && op.running_step().is_none() {
             return self
                 .note_wait(&op, "a failover or a replacement is under way")
@@ -290,6 +316,22 @@ impl Cluster {
                 self.run_switchover(op).await
             }
             Next::RetrySwitchover { .. } => self.run_switchover(op).await,
+            Next::Stop | Next::Start => {
+                let stop = matches!(op.kind, OpKind::Stop);
+                op.steps.push(OpStep {
+                    action: if stop {
+                        StepAction::Stop
+                    } else {
+                        StepAction::Start
+                    },
+                    state: StepState::Running,
+                    started_ms: now,
+                    ended_ms: 0,
+                    reason: String::new(),
+                });
+                self.save_operation(&op).await?;
+                self.set_stopped(&op, inst, stop).await
+            }
             Next::StepDone => {
                 if let Some(step) = op.steps.last_mut() {
                     step.state = StepState::Done;
@@ -303,6 +345,8 @@ impl Cluster {
                         StepAction::Switchover { from } => {
                             format!("switched over away from {from}")
                         }
+                        StepAction::Stop => "every container stopped".into(),
+                        StepAction::Start => "every member healthy and replicating".into(),
                     };
                     self.save_operation(&op).await?;
                     self.step_event(&op, text).await;
@@ -359,6 +403,29 @@ impl Cluster {
                     op.id,
                     op.steps.len(),
                     op.total + 1
+                ),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the instance stopped or started (its agents stop or start every container).
+    async fn set_stopped(&self, op: &Operation, mut inst: Instance, stopped: bool) -> Result<()> {
+        if inst.stopped == stopped {
+            return Ok(());
+        }
+        inst.stopped = stopped;
+        self.write(
+            inst,
+            vec![event(
+                EventKind::OperationStep,
+                Some(&op.instance),
+                None,
+                format!(
+                    "operation {}: {} every member",
+                    op.id,
+                    if stopped { "stopping" } else { "starting" }
                 ),
             )],
         )
@@ -449,6 +516,8 @@ impl Cluster {
 pub fn kind_name(kind: OpKind) -> &'static str {
     match kind {
         OpKind::Restart => "restart",
+        OpKind::Stop => "stop",
+        OpKind::Start => "start",
     }
 }
 
@@ -474,6 +543,7 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
                     })
             });
             MemberNow {
+                running: status.is_some_and(|s| s.container_state == "running"),
                 id: m.id.clone(),
                 primary,
                 asked: inst.restart_generations.get(&m.id).copied().unwrap_or(0),

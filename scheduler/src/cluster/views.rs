@@ -48,7 +48,8 @@ pub struct InstanceView {
     pub replicas: u32,
     /// Current epoch.
     pub epoch: u64,
-    /// `ready` when every member is healthy, else `creating`/`degraded`.
+    /// `ready` when every member is healthy, else `creating`/`degraded`; `stopped` when an
+    /// operator stopped it.
     pub status: String,
     /// Address of the primary, when known.
     pub primary: String,
@@ -197,7 +198,9 @@ impl Cluster {
             version: i.spec.version.clone(),
             replicas: i.spec.replicas,
             epoch: i.epoch,
-            status: if all_ok {
+            status: if i.stopped {
+                "stopped"
+            } else if all_ok {
                 "ready"
             } else if any_seen {
                 "degraded"

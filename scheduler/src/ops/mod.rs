@@ -26,6 +26,10 @@ pub const DEFAULT_TIMEOUT_MS: i64 = 3_600_000;
 pub enum OpKind {
     /// Rolling restart: replicas first, then a switchover, then the old primary.
     Restart,
+    /// Stop every member's container; volumes and reservations kept, no failover, no alert.
+    Stop,
+    /// Start a stopped instance again: the same members, the primary at the same epoch.
+    Start,
 }
 
 /// Where an operation is.
@@ -82,6 +86,10 @@ pub enum StepAction {
         /// The primary when the step began.
         from: String,
     },
+    /// Mark the instance stopped: every container stops.
+    Stop,
+    /// Mark the instance started: every container starts.
+    Start,
 }
 
 /// One step of an operation.
@@ -163,6 +171,8 @@ pub struct MemberNow {
     pub healthy: bool,
     /// A replica that replicates (always true for the primary).
     pub replicating: bool,
+    /// Its container runs.
+    pub running: bool,
 }
 
 impl MemberNow {
@@ -194,6 +204,10 @@ pub enum Next {
         /// The primary now.
         from: String,
     },
+    /// Begin stopping the instance (every member).
+    Stop,
+    /// Begin starting the stopped instance.
+    Start,
     /// The step under way is done.
     StepDone,
     /// The step under way failed: the operation fails with the reason.
@@ -235,6 +249,24 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 )),
                 Some(_) => Next::Wait(format!("{member} restarting")),
             },
+            StepAction::Stop => match members.iter().find(|m| m.running) {
+                None => Next::StepDone,
+                Some(m) if overdue => Next::StepFailed(format!(
+                    "{} still running {} s after the stop",
+                    m.id,
+                    STEP_TIMEOUT_MS / 1000
+                )),
+                Some(m) => Next::Wait(format!("{} stopping", m.id)),
+            },
+            StepAction::Start => match members.iter().find(|m| !m.whole()) {
+                None => Next::StepDone,
+                Some(m) if overdue => Next::StepFailed(format!(
+                    "{} not healthy and replicating {} s after the start",
+                    m.id,
+                    STEP_TIMEOUT_MS / 1000
+                )),
+                Some(m) => Next::Wait(format!("{} starting", m.id)),
+            },
             StepAction::Switchover { from } => {
                 if members.iter().any(|m| m.primary && &m.id != from) {
                     Next::StepDone
@@ -253,6 +285,16 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
     if op.cancel_requested {
         return Next::Cancel;
     }
+    match op.kind {
+        OpKind::Restart => next_restart(op, members),
+        OpKind::Stop | OpKind::Start if !op.steps.is_empty() => Next::Succeed,
+        OpKind::Stop => Next::Stop,
+        OpKind::Start => Next::Start,
+    }
+}
+
+/// The rolling restart's next step (no step under way, not cancelled).
+fn next_restart(op: &Operation, members: &[MemberNow]) -> Next {
     if let Some(m) = members.iter().find(|m| !m.whole()) {
         return Next::Wait(format!(
             "{} is not healthy{}: every member must be before the next step",
@@ -314,6 +356,7 @@ mod tests {
             done,
             healthy: true,
             replicating: true,
+            running: true,
         }
     }
 
@@ -334,6 +377,8 @@ mod tests {
             Next::Switchover { from } => op
                 .steps
                 .push(step(StepAction::Switchover { from: from.clone() })),
+            Next::Stop => op.steps.push(step(StepAction::Stop)),
+            Next::Start => op.steps.push(step(StepAction::Start)),
             Next::StepDone => {
                 let s = op.steps.last_mut().expect("a step");
                 s.state = StepState::Done;
@@ -539,6 +584,46 @@ mod tests {
         op.timeout_ms = 1000;
         let ms = vec![m("db-0", true, 0, 0)];
         assert!(matches!(next(&op, &ms, 1001), Next::Fail(r) if r.contains("timed out")));
+    }
+
+    #[test]
+    fn stop_ends_when_no_container_runs_and_start_when_every_member_is_whole() {
+        let mut stop = op();
+        stop.kind = OpKind::Stop;
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(next(&stop, &ms, 1), Next::Stop);
+        apply(&mut stop, &Next::Stop, 1);
+        assert!(matches!(next(&stop, &ms, 2), Next::Wait(w) if w.contains("db-0")));
+        for m in &mut ms {
+            m.running = false;
+            m.healthy = false;
+        }
+        assert_eq!(next(&stop, &ms, 3), Next::StepDone);
+        apply(&mut stop, &Next::StepDone, 3);
+        assert_eq!(next(&stop, &ms, 4), Next::Succeed);
+
+        let mut start = op();
+        start.kind = OpKind::Start;
+        assert_eq!(next(&start, &ms, 1), Next::Start);
+        apply(&mut start, &Next::Start, 1);
+        ms[0].running = true;
+        ms[0].healthy = true;
+        assert!(matches!(next(&start, &ms, 2), Next::Wait(w) if w.contains("db-1")));
+        ms[1].running = true;
+        ms[1].healthy = true;
+        assert_eq!(next(&start, &ms, 3), Next::StepDone);
+        match next(
+            &start,
+            &[m("db-0", true, 0, 0), {
+                let mut r = m("db-1", false, 0, 0);
+                r.replicating = false;
+                r
+            }],
+            STEP_TIMEOUT_MS + 5,
+        ) {
+            Next::StepFailed(r) => assert!(r.contains("db-1"), "{r}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
