@@ -107,6 +107,8 @@ pub struct MemberState {
     pub crash_looping: bool,
     /// The newest restart generation the scheduler asked for that was carried out.
     pub restart_generation: u64,
+    /// The newest rebuild generation the scheduler asked for that was carried out.
+    pub rebuild_generation: u64,
     /// The agent stopped the container because the instance is stopped: its exit is not a
     /// death (no hold, no crash counted) and it is started again when the instance is.
     pub stopped: bool,

@@ -771,9 +771,12 @@ async fn delete_backup_repo(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperation {
-    /// The operation: `restart` (rolling).
+    /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`).
     #[serde(rename = "type")]
     pub kind: crate::ops::OpKind,
+    /// The member a `rebuild` is for.
+    #[serde(default)]
+    pub member: Option<String>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
     #[serde(default)]
     pub timeout_s: Option<i64>,
@@ -792,7 +795,7 @@ async fn start_operation(
     let timeout_ms = req.timeout_s.map(|s| s.saturating_mul(1000));
     let op = api
         .cluster
-        .start_operation(&name, req.kind, timeout_ms, &id.name)
+        .start_operation(&name, req.kind, req.member, timeout_ms, &id.name)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
 }

@@ -213,6 +213,10 @@ pub struct Instance {
     /// container once whenever its number grows. Absent: 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub restart_generations: BTreeMap<String, u64>,
+    /// Rebuilds asked per member (issue 17): the agent removes a replica's container and
+    /// volume and seeds it again once whenever its number grows. Absent: 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rebuild_generations: BTreeMap<String, u64>,
     /// Stopped by an operator (issue 17): containers stopped, volumes and reservations kept,
     /// never failed over, no alert.
     #[serde(default)]
@@ -240,6 +244,7 @@ impl Instance {
             promote_after: String::new(),
             replacing: None,
             restart_generations: BTreeMap::new(),
+            rebuild_generations: BTreeMap::new(),
             stopped: false,
         }
     }

@@ -57,9 +57,11 @@ pub(super) async fn present(
     let id = sh.runtime.create(&spec).await?;
     info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
     sh.runtime.start(&id).await?;
-    // A container started now carries out every restart asked so far.
-    if st.restart_generation < a.restart_generation {
-        st.restart_generation = a.restart_generation;
+    // A container started now carries out every restart and rebuild asked so far.
+    if st.restart_generation < a.restart_generation || st.rebuild_generation < a.rebuild_generation
+    {
+        st.restart_generation = st.restart_generation.max(a.restart_generation);
+        st.rebuild_generation = st.rebuild_generation.max(a.rebuild_generation);
         sh.state.save_member(member, st)?;
     }
     Ok(Step::Next(sh.runtime.inspect(&id).await?))
@@ -116,6 +118,35 @@ pub(super) async fn running(
 ) -> Result<Step<ContainerInfo>> {
     let (sh, a, member) = (m.sh, m.a, m.name());
     match container.state {
+        _ if restart_due(a.rebuild_generation, st.rebuild_generation)
+            && m.role.role() == Role::Replica =>
+        {
+            // A rebuild the scheduler asked for (never of the primary: it switches over
+            // first): container and volume go, the next pass seeds a fresh one from the
+            // primary. Recorded once done: an agent that dies in between rebuilds again.
+            warn!(
+                member,
+                generation = a.rebuild_generation,
+                "rebuilding the member as the scheduler asked: container and volume removed"
+            );
+            rebuild(sh, member, &container.id).await?;
+            *st = sh.state.load_member(member)?;
+            st.rebuild_generation = a.rebuild_generation;
+            st.restart_generation = st.restart_generation.max(a.restart_generation);
+            sh.state.save_member(member, st)?;
+            memo.answered_in = None;
+            memo.ping_failures = 0;
+            report(
+                sh,
+                a,
+                st,
+                None,
+                None,
+                false,
+                "rebuilding: seeded again from the primary".into(),
+            );
+            Ok(Step::Stop(Action::Requeue(Duration::from_millis(100))))
+        }
         ContainerState::Running if restart_due(a.restart_generation, st.restart_generation) => {
             // A restart the scheduler asked for (rolling restart): stopped with the grace
             // period and started again on the same container and volume. Not a crash: the

@@ -295,6 +295,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rebuild_asked_by_the_scheduler_replaces_a_replicas_container_and_volume_once() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("replica", 3, "10.0.0.9:3306");
+        a.rebuild_generation = 1;
+        let s = r.pass(&a).await;
+        assert_eq!(
+            s.rebuild_generation, 1,
+            "a new container needs no rebuild: {s:?}"
+        );
+        r.rt.take_calls();
+        a.rebuild_generation = 2;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["stop c1", "remove c1"]);
+        assert_eq!(s.rebuild_generation, 2, "{s:?}");
+        // The next pass makes a fresh container, seeded from the primary; once only.
+        r.pass(&a).await;
+        let calls = r.rt.take_calls();
+        assert!(calls.iter().any(|c| c.starts_with("create")), "{calls:?}");
+        r.pass(&a).await;
+        let calls = r.rt.take_calls();
+        assert!(!calls.iter().any(|c| c.starts_with("remove")), "{calls:?}");
+        // Never the primary.
+        let mut p = assignment("primary", 4, "");
+        p.rebuild_generation = 9;
+        r.pass(&p).await;
+        let calls = r.rt.take_calls();
+        assert!(!calls.iter().any(|c| c.starts_with("remove")), "{calls:?}");
+    }
+
+    #[tokio::test]
     async fn a_stopped_instance_keeps_its_container_stopped_and_is_not_held() {
         let mut r = rig(Duration::from_secs(10));
         r.sh.lease.renew();

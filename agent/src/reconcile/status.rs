@@ -41,6 +41,7 @@ pub(super) fn status(
         held: st.held_at_epoch.is_some(),
         crash_restarts: st.crash_restarts_ms.len() as u64,
         restart_generation: st.restart_generation,
+        rebuild_generation: st.rebuild_generation,
     }
 }
 

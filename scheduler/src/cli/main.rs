@@ -188,6 +188,20 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Rebuild one member in place as an operation: a replica's container and volume are
+    /// removed and seeded again from the primary; a primary is switched over first.
+    Rebuild {
+        /// Name.
+        name: String,
+        /// The member.
+        member: String,
+        /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Start a stopped instance again as an operation: the same members, the same primary.
     Start {
         /// Name.
@@ -579,17 +593,23 @@ async fn run(cli: Cli) -> Result<()> {
             name,
             wait,
             timeout,
-        }) => run_operation(&c, &name, "restart", wait, timeout, cli.json).await?,
+        }) => run_operation(&c, &name, "restart", None, wait, timeout, cli.json).await?,
+        Cmd::Instance(InstanceCmd::Rebuild {
+            name,
+            member,
+            wait,
+            timeout,
+        }) => run_operation(&c, &name, "rebuild", Some(&member), wait, timeout, cli.json).await?,
         Cmd::Instance(InstanceCmd::Stop {
             name,
             wait,
             timeout,
-        }) => run_operation(&c, &name, "stop", wait, timeout, cli.json).await?,
+        }) => run_operation(&c, &name, "stop", None, wait, timeout, cli.json).await?,
         Cmd::Instance(InstanceCmd::Start {
             name,
             wait,
             timeout,
-        }) => run_operation(&c, &name, "start", wait, timeout, cli.json).await?,
+        }) => run_operation(&c, &name, "start", None, wait, timeout, cli.json).await?,
         Cmd::Operation(OperationCmd::Show { id }) => {
             let v = c.get(&format!("/v1/operations/{id}")).await?;
             if cli.json {
@@ -948,16 +968,18 @@ async fn run_operation(
     c: &Client,
     name: &str,
     kind: &str,
+    member: Option<&str>,
     wait: bool,
     timeout: u64,
     json: bool,
 ) -> Result<()> {
     let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let mut body = json!({ "type": kind, "timeout_s": timeout });
+    if let Some(m) = member {
+        body["member"] = json!(m);
+    }
     let v = c
-        .post(
-            &format!("/v1/instances/{name}/operations"),
-            json!({ "type": kind, "timeout_s": timeout }),
-        )
+        .post(&format!("/v1/instances/{name}/operations"), body)
         .await?;
     let id = s(&v["id"]);
     if !wait {
@@ -1019,6 +1041,7 @@ async fn wait_operation(c: &Client, id: &str, quiet: bool) -> Result<Value> {
 fn step_line(st: &Value) -> String {
     let what = match st["action"].as_str() {
         Some("restart") => format!("restart {}", s(&st["member"])),
+        Some("rebuild") => format!("rebuild {}", s(&st["member"])),
         Some("stop") => "stop every member".into(),
         Some("start") => "start every member".into(),
         Some("switchover") => format!("switchover from {}", s(&st["from"])),

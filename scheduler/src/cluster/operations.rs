@@ -68,10 +68,23 @@ impl Cluster {
         &self,
         instance: &str,
         kind: OpKind,
+        member: Option<String>,
         timeout_ms: Option<i64>,
         requested_by: &str,
     ) -> Result<Operation> {
         let now = now_ms();
+        match (&kind, &member) {
+            (OpKind::Rebuild, None) => {
+                return Err(Error::Invalid("a rebuild needs `member`".into()))
+            }
+            (OpKind::Rebuild, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "`member` is for rebuild only, not {}",
+                    kind_name(kind)
+                )))
+            }
+        }
         {
             let inner = lock(&self.inner);
             let inst = inner
@@ -98,6 +111,19 @@ impl Cluster {
                     return Err(Error::NotReady(format!(
                         "instance {instance} is stopped: start it first"
                     )))
+                }
+                (OpKind::Rebuild, false) => {
+                    let target = member.as_deref().unwrap_or_default();
+                    if !inst.members.iter().any(|m| m.id == target) {
+                        return Err(Error::Invalid(format!(
+                            "{target} is not a member of instance {instance}"
+                        )));
+                    }
+                    if inst.members.len() < 2 {
+                        return Err(Error::NotReady(format!(
+                            "{target} is the only member of {instance}: there is nothing to seed it from"
+                        )));
+                    }
                 }
                 (_, false) => {
                     if let Some(m) = members_now(self, &inner, inst).iter().find(|m| !whole(m)) {
@@ -134,6 +160,7 @@ impl Cluster {
             steps: Vec::new(),
             done: Default::default(),
             total,
+            member,
         };
         self.save_operation(&op).await?;
         info!(instance, id = %op.id, kind = kind_name(kind), "operation started");
@@ -270,6 +297,16 @@ impl Cluster {
             }
         }
         if let Some(OpStep {
+            action: StepAction::Rebuild { member, generation },
+            ..
+        }) = op.running_step()
+        {
+            if inst.rebuild_generations.get(member).copied().unwrap_or(0) < *generation {
+                let (member, generation) = (member.clone(), *generation);
+                return self.ask_rebuild(&op, inst, &member, generation).await;
+            }
+        }
+        if let Some(OpStep {
             action: action @ (StepAction::Stop | StepAction::Start),
             ..
         }) = op.running_step()
@@ -301,6 +338,20 @@ impl Cluster {
                 // asks again if the ask did not land.
                 self.save_operation(&op).await?;
                 self.ask_restart(&op, inst, &member, generation).await
+            }
+            Next::Rebuild { member, generation } => {
+                op.steps.push(OpStep {
+                    action: StepAction::Rebuild {
+                        member: member.clone(),
+                        generation,
+                    },
+                    state: StepState::Running,
+                    started_ms: now,
+                    ended_ms: 0,
+                    reason: String::new(),
+                });
+                self.save_operation(&op).await?;
+                self.ask_rebuild(&op, inst, &member, generation).await
             }
             Next::Switchover { from } => {
                 op.steps.push(OpStep {
@@ -344,6 +395,10 @@ impl Cluster {
                         }
                         StepAction::Switchover { from } => {
                             format!("switched over away from {from}")
+                        }
+                        StepAction::Rebuild { member, .. } => {
+                            op.done.insert(member.clone());
+                            format!("{member} rebuilt, seeded and replicating")
                         }
                         StepAction::Stop => "every container stopped".into(),
                         StepAction::Start => "every member healthy and replicating".into(),
@@ -403,6 +458,37 @@ impl Cluster {
                     op.id,
                     op.steps.len(),
                     op.total + 1
+                ),
+            )],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Raises a replica's rebuild generation in the instance record (its agent rebuilds it).
+    async fn ask_rebuild(
+        &self,
+        op: &Operation,
+        mut inst: Instance,
+        member: &str,
+        generation: u64,
+    ) -> Result<()> {
+        inst.rebuild_generations
+            .insert(member.to_owned(), generation);
+        let node = inst
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .map(|m| m.node.clone());
+        self.write(
+            inst,
+            vec![event(
+                EventKind::OperationStep,
+                Some(&op.instance),
+                node.as_deref(),
+                format!(
+                    "operation {}: rebuilding {member} (container and volume removed, seeded again from the primary)",
+                    op.id
                 ),
             )],
         )
@@ -518,6 +604,7 @@ pub fn kind_name(kind: OpKind) -> &'static str {
         OpKind::Restart => "restart",
         OpKind::Stop => "stop",
         OpKind::Start => "start",
+        OpKind::Rebuild => "rebuild",
     }
 }
 
@@ -544,6 +631,8 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
             });
             MemberNow {
                 running: status.is_some_and(|s| s.container_state == "running"),
+                rebuild_asked: inst.rebuild_generations.get(&m.id).copied().unwrap_or(0),
+                rebuild_done: status.map_or(0, |s| s.rebuild_generation),
                 id: m.id.clone(),
                 primary,
                 asked: inst.restart_generations.get(&m.id).copied().unwrap_or(0),

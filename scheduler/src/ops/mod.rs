@@ -30,6 +30,9 @@ pub enum OpKind {
     Stop,
     /// Start a stopped instance again: the same members, the primary at the same epoch.
     Start,
+    /// Rebuild one member in place: a replica's container and volume removed and seeded
+    /// again from the primary; the primary is switched over first.
+    Rebuild,
 }
 
 /// Where an operation is.
@@ -85,6 +88,13 @@ pub enum StepAction {
     Switchover {
         /// The primary when the step began.
         from: String,
+    },
+    /// Rebuild a replica (its rebuild generation raised to `generation`).
+    Rebuild {
+        /// The member.
+        member: String,
+        /// The rebuild generation asked.
+        generation: u64,
     },
     /// Mark the instance stopped: every container stops.
     Stop,
@@ -146,6 +156,9 @@ pub struct Operation {
     /// Members the instance had when the operation began (progress: done of these).
     #[serde(default)]
     pub total: usize,
+    /// The member a `rebuild` is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl Operation {
@@ -167,6 +180,10 @@ pub struct MemberNow {
     pub asked: u64,
     /// Restart generation its agent reports carried out.
     pub done: u64,
+    /// Rebuild generation asked of it.
+    pub rebuild_asked: u64,
+    /// Rebuild generation its agent reports carried out.
+    pub rebuild_done: u64,
     /// Reported healthy in its desired role at the instance's epoch.
     pub healthy: bool,
     /// A replica that replicates (always true for the primary).
@@ -191,6 +208,13 @@ pub enum Next {
         /// The member.
         member: String,
         /// Its next restart generation.
+        generation: u64,
+    },
+    /// Begin rebuilding `member` at rebuild generation `generation`.
+    Rebuild {
+        /// The member.
+        member: String,
+        /// Its next rebuild generation.
         generation: u64,
     },
     /// Begin a switchover away from `from`.
@@ -249,6 +273,18 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 )),
                 Some(_) => Next::Wait(format!("{member} restarting")),
             },
+            StepAction::Rebuild { member, generation } => match find(member) {
+                None => Next::StepFailed(format!("{member} left the instance while rebuilding")),
+                Some(m) if m.rebuild_done >= *generation && m.whole() => Next::StepDone,
+                Some(m) if overdue => Next::StepFailed(format!(
+                    "{member} not seeded and replicating within {} s of its rebuild (rebuilt: {}, healthy: {}, replicating: {})",
+                    STEP_TIMEOUT_MS / 1000,
+                    m.rebuild_done >= *generation,
+                    m.healthy,
+                    m.replicating
+                )),
+                Some(_) => Next::Wait(format!("{member} rebuilding")),
+            },
             StepAction::Stop => match members.iter().find(|m| m.running) {
                 None => Next::StepDone,
                 Some(m) if overdue => Next::StepFailed(format!(
@@ -287,9 +323,46 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
     }
     match op.kind {
         OpKind::Restart => next_restart(op, members),
+        OpKind::Rebuild => next_rebuild(op, members),
         OpKind::Stop | OpKind::Start if !op.steps.is_empty() => Next::Succeed,
         OpKind::Stop => Next::Stop,
         OpKind::Start => Next::Start,
+    }
+}
+
+/// The rebuild's next step (no step under way, not cancelled): the target is rebuilt while
+/// a replica; a primary target is switched over first. Every other member must be whole
+/// (the target may be the broken one).
+fn next_rebuild(op: &Operation, members: &[MemberNow]) -> Next {
+    let Some(target) = op.member.as_deref() else {
+        return Next::Fail("a rebuild names no member".into());
+    };
+    if op.done.contains(target) {
+        return Next::Succeed;
+    }
+    let Some(t) = members.iter().find(|m| m.id == target) else {
+        return Next::Fail(format!("{target} is not a member of the instance"));
+    };
+    if let Some(m) = members.iter().find(|m| m.id != target && !m.whole()) {
+        return Next::Wait(format!(
+            "{} is not healthy and replicating: every other member must be before the rebuild",
+            m.id
+        ));
+    }
+    if t.primary {
+        return if members.len() > 1 {
+            Next::Switchover {
+                from: target.to_owned(),
+            }
+        } else {
+            Next::Fail(format!(
+                "{target} is the only member: there is nothing to seed it from"
+            ))
+        };
+    }
+    Next::Rebuild {
+        member: target.to_owned(),
+        generation: t.rebuild_asked.max(t.rebuild_done) + 1,
     }
 }
 
@@ -345,6 +418,7 @@ mod tests {
             steps: Vec::new(),
             done: BTreeSet::new(),
             total: 3,
+            member: None,
         }
     }
 
@@ -357,6 +431,8 @@ mod tests {
             healthy: true,
             replicating: true,
             running: true,
+            rebuild_asked: 0,
+            rebuild_done: 0,
         }
     }
 
@@ -377,12 +453,18 @@ mod tests {
             Next::Switchover { from } => op
                 .steps
                 .push(step(StepAction::Switchover { from: from.clone() })),
+            Next::Rebuild { member, generation } => op.steps.push(step(StepAction::Rebuild {
+                member: member.clone(),
+                generation: *generation,
+            })),
             Next::Stop => op.steps.push(step(StepAction::Stop)),
             Next::Start => op.steps.push(step(StepAction::Start)),
             Next::StepDone => {
                 let s = op.steps.last_mut().expect("a step");
                 s.state = StepState::Done;
-                if let StepAction::Restart { member, .. } = &s.action {
+                if let StepAction::Restart { member, .. } | StepAction::Rebuild { member, .. } =
+                    &s.action
+                {
                     op.done.insert(member.clone());
                 }
             }
@@ -624,6 +706,53 @@ mod tests {
             Next::StepFailed(r) => assert!(r.contains("db-1"), "{r}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_rebuild_of_the_primary_switches_over_first_and_waits_for_the_seed() {
+        let mut op = op();
+        op.kind = OpKind::Rebuild;
+        op.member = Some("db-0".into());
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        // The target may be broken; the others must be whole.
+        ms[0].healthy = false;
+        assert_eq!(
+            next(&op, &ms, 1),
+            Next::Switchover {
+                from: "db-0".into()
+            }
+        );
+        let n = next(&op, &ms, 1);
+        apply(&mut op, &n, 1);
+        for m in &mut ms {
+            m.primary = m.id == "db-1";
+        }
+        assert_eq!(next(&op, &ms, 2), Next::StepDone);
+        apply(&mut op, &Next::StepDone, 2);
+        let n = next(&op, &ms, 3);
+        assert_eq!(
+            n,
+            Next::Rebuild {
+                member: "db-0".into(),
+                generation: 1
+            }
+        );
+        apply(&mut op, &n, 3);
+        ms[0].rebuild_asked = 1;
+        ms[0].rebuild_done = 1;
+        assert!(matches!(next(&op, &ms, 4), Next::Wait(_)), "not seeded yet");
+        ms[0].healthy = true;
+        assert_eq!(next(&op, &ms, 5), Next::StepDone);
+        apply(&mut op, &Next::StepDone, 5);
+        assert_eq!(next(&op, &ms, 6), Next::Succeed);
+        // A lone member cannot be rebuilt: nothing to seed it from.
+        let mut lone = self::op();
+        lone.kind = OpKind::Rebuild;
+        lone.member = Some("db-0".into());
+        assert!(matches!(
+            next(&lone, &[m("db-0", true, 0, 0)], 1),
+            Next::Fail(_)
+        ));
     }
 
     #[test]
