@@ -333,5 +333,32 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     let mut c = mofang_tests::scenario::mysql(m["address"].as_str().context("addr")?, &pw).await?;
     let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
     assert_eq!(n, Some(100), "rows on the rebuilt replica");
+    drop(c);
+
+    // A switchover as an operation, to the rebuilt member.
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "switchover", "member": id})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let op_id = op["id"].as_str().context("id")?.to_owned();
+    let done = eventually(
+        "switchover operation ended",
+        Duration::from_secs(120),
+        || async {
+            let v = env.get(&format!("/v1/operations/{op_id}")).await?;
+            match v["state"].as_str() {
+                Some("succeeded" | "failed" | "cancelled") => Ok(v),
+                _ => bail!("{v}"),
+            }
+        },
+    )
+    .await?;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(Env::primary_member(&v)?["id"], id.as_str(), "{v}");
     Ok(())
 }

@@ -77,10 +77,10 @@ impl Cluster {
             (OpKind::Rebuild, None) => {
                 return Err(Error::Invalid("a rebuild needs `member`".into()))
             }
-            (OpKind::Rebuild, Some(_)) | (_, None) => {}
+            (OpKind::Rebuild | OpKind::Switchover, Some(_)) | (_, None) => {}
             (_, Some(_)) => {
                 return Err(Error::Invalid(format!(
-                    "`member` is for rebuild only, not {}",
+                    "`member` is for rebuild and switchover only, not {}",
                     kind_name(kind)
                 )))
             }
@@ -522,7 +522,13 @@ impl Cluster {
     /// The switchover step, carried out now; a failed switchover fails the operation (a
     /// failover running meanwhile only delays it).
     async fn run_switchover(self: &Arc<Self>, mut op: Operation) -> Result<()> {
-        match self.switchover(&op.instance, None).await {
+        // A switchover operation may name its target; a step of another operation lets the
+        // most advanced replica take over.
+        let target = match op.kind {
+            OpKind::Switchover => op.member.clone(),
+            _ => None,
+        };
+        match self.switchover(&op.instance, target.as_deref()).await {
             Ok(_) => Ok(()), // the next round sees the primary moved: StepDone
             Err(Error::Refused(crate::failover::rails::Refusal::Busy { .. })) => {
                 self.note_wait(&op, "a failover or switchover is under way")
@@ -605,6 +611,7 @@ pub fn kind_name(kind: OpKind) -> &'static str {
         OpKind::Stop => "stop",
         OpKind::Start => "start",
         OpKind::Rebuild => "rebuild",
+        OpKind::Switchover => "switchover",
     }
 }
 

@@ -33,6 +33,8 @@ pub enum OpKind {
     /// Rebuild one member in place: a replica's container and volume removed and seeded
     /// again from the primary; the primary is switched over first.
     Rebuild,
+    /// The planned switchover, as an operation (to `member`, or the most advanced replica).
+    Switchover,
 }
 
 /// Where an operation is.
@@ -324,6 +326,15 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
     match op.kind {
         OpKind::Restart => next_restart(op, members),
         OpKind::Rebuild => next_rebuild(op, members),
+        OpKind::Switchover if !op.steps.is_empty() => Next::Succeed,
+        OpKind::Switchover => match members.iter().find(|m| m.primary) {
+            Some(p) if members.len() > 1 => Next::Switchover { from: p.id.clone() },
+            Some(p) => Next::Fail(format!(
+                "{} is the only member: no replica to switch to",
+                p.id
+            )),
+            None => Next::Wait("the instance has no primary".into()),
+        },
         OpKind::Stop | OpKind::Start if !op.steps.is_empty() => Next::Succeed,
         OpKind::Stop => Next::Stop,
         OpKind::Start => Next::Start,
@@ -753,6 +764,39 @@ mod tests {
             next(&lone, &[m("db-0", true, 0, 0)], 1),
             Next::Fail(_)
         ));
+    }
+
+    #[test]
+    fn a_switchover_operation_is_one_step() {
+        let mut op = op();
+        op.kind = OpKind::Switchover;
+        let ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        let n = next(&op, &ms, 1);
+        assert_eq!(
+            n,
+            Next::Switchover {
+                from: "db-0".into()
+            }
+        );
+        apply(&mut op, &n, 1);
+        let moved = vec![m("db-0", false, 0, 0), m("db-1", true, 0, 0)];
+        assert_eq!(next(&op, &moved, 2), Next::StepDone);
+        apply(&mut op, &Next::StepDone, 2);
+        assert_eq!(next(&op, &moved, 3), Next::Succeed);
+        assert!(matches!(
+            next(
+                &self::op_of(OpKind::Switchover),
+                &[m("db-0", true, 0, 0)],
+                1
+            ),
+            Next::Fail(_)
+        ));
+    }
+
+    fn op_of(kind: OpKind) -> Operation {
+        let mut o = op();
+        o.kind = kind;
+        o
     }
 
     #[test]
