@@ -262,9 +262,62 @@ async fn create_instance(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[utoipa::path(get, path = "/v1/instances", responses((status = 200, body = [InstanceView])))]
-async fn list_instances(State(api): State<Api>) -> Json<Vec<InstanceView>> {
-    Json(api.cluster.instances())
+/// Query of `GET /v1/instances`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceQuery {
+    /// Label selector: `k=v,k2=v2` (all equal), `k` (present), `k!=v`.
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/instances", params(InstanceQuery), responses((status = 200, body = [InstanceView]), (status = 422, body = ErrorBody)))]
+async fn list_instances(
+    State(api): State<Api>,
+    q: Result<Query<InstanceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<InstanceView>>> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let all = api.cluster.instances();
+    let Some(sel) = q.selector.filter(|s| !s.is_empty()) else {
+        return Ok(Json(all));
+    };
+    let mut out = Vec::new();
+    for v in all {
+        if cluster::matches_selector(&v.spec.labels, &sel)? {
+            out.push(v);
+        }
+    }
+    Ok(Json(out))
+}
+
+/// Body of `PATCH /v1/instances/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePatch {
+    /// Labels to set; `null` removes one (JSON merge patch).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, Option<String>>,
+}
+
+#[utoipa::path(patch, path = "/v1/instances/{name}", params(("name" = String, Path)), request_body = InstancePatch,
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn patch_instance(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<InstanceView>> {
+    need(&id, TokenRole::Operator)?;
+    let req: InstancePatch = parse_body(body)?;
+    api.cluster.patch_labels(&name, &req.labels).await?;
+    api.cluster.instance(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} vanished"),
+        )
+    })
 }
 
 #[utoipa::path(get, path = "/v1/instances/{name}", params(("name" = String, Path)), responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody)))]
@@ -839,14 +892,14 @@ async fn cancel_operation(
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
-        delete_backup_repo, start_operation, list_operations, get_operation, cancel_operation
+        delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
-        NewBackupRepo, BackupRepoView, NewOperation, crate::ops::Operation, crate::ops::OpKind,
+        NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, crate::ops::StepState, crate::ops::StepAction,
         crate::model::Node, crate::model::DiskInfo
     )),
@@ -979,7 +1032,9 @@ pub fn router(api: Api) -> Router {
         .route("/v1/instances", get(list_instances).post(create_instance))
         .route(
             "/v1/instances/{name}",
-            get(get_instance).delete(delete_instance),
+            get(get_instance)
+                .delete(delete_instance)
+                .patch(patch_instance),
         )
         .route("/v1/instances/{name}/credentials", get(credentials))
         .route("/v1/instances/{name}/switchover", post(switchover))

@@ -136,6 +136,11 @@ pub struct InstanceSpec {
     /// Placement constraints.
     #[serde(default)]
     pub placement: Option<PlacementSpec>,
+    /// Labels (`{"team": "pay", "env": "prod"}`) for selecting instances (list, batches):
+    /// at most 32; keys 1-63 characters of letters, digits, `.`, `_`, `-`, `/`; values at
+    /// most 63 of letters, digits, `.`, `_`, `-`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One member of an instance, as decided by the scheduler.
@@ -352,11 +357,13 @@ pub enum EventKind {
     OperationFailed,
     /// An operation was cancelled at a safe point.
     OperationCancelled,
+    /// An instance's labels changed.
+    InstanceUpdated,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 38] = [
+    pub const ALL: [EventKind; 39] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -395,6 +402,7 @@ impl EventKind {
         EventKind::OperationSucceeded,
         EventKind::OperationFailed,
         EventKind::OperationCancelled,
+        EventKind::InstanceUpdated,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -438,6 +446,7 @@ impl EventKind {
             EventKind::OperationSucceeded => "operation_succeeded",
             EventKind::OperationFailed => "operation_failed",
             EventKind::OperationCancelled => "operation_cancelled",
+            EventKind::InstanceUpdated => "instance_updated",
         }
     }
 }

@@ -199,6 +199,38 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
     writer.wait_acked(200, Duration::from_secs(60)).await?;
     let outcome = writer.stop().await?;
 
+    // Labels: set by PATCH, selected by the list.
+    let (s, body) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/instances/{name}"),
+            Some(json!({"labels": {"team": "pay", "env": "prod"}})),
+        )
+        .await?;
+    assert!(s.is_success(), "{body}");
+    let names = |v: Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let hit = names(
+        env.get("/v1/instances?selector=team%3Dpay%2Cenv%3Dprod")
+            .await?,
+    );
+    assert!(hit.contains(&name), "{hit:?}");
+    let miss = names(env.get("/v1/instances?selector=team%3Dops").await?);
+    assert!(!miss.contains(&name), "{miss:?}");
+    let (s, body) = env
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/instances/{name}"),
+            Some(json!({"labels": {"bad key": "x"}})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
     let cli = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(
             mofang_tests::cluster::binaries()

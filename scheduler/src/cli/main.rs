@@ -140,6 +140,9 @@ enum InstanceCmd {
         /// spread or binpack.
         #[arg(long)]
         strategy: Option<String>,
+        /// A label `k=v` (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
         /// Wait until every member is healthy, showing progress.
         #[arg(long)]
         wait: bool,
@@ -148,7 +151,19 @@ enum InstanceCmd {
         timeout: u64,
     },
     /// List instances.
-    List,
+    List {
+        /// Only instances whose labels match: `k=v,k2=v2`, `k`, `k!=v`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
+    /// Set (`k=v`) or remove (`k-`) labels of an instance.
+    Label {
+        /// Name.
+        name: String,
+        /// `k=v` to set, `k-` to remove.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
     /// Show one instance with its members.
     Show {
         /// Name.
@@ -466,6 +481,7 @@ async fn run(cli: Cli) -> Result<()> {
             disk_class,
             zones,
             strategy,
+            labels,
             wait,
             timeout,
         }) => {
@@ -482,6 +498,16 @@ async fn run(cli: Cli) -> Result<()> {
             });
             if let Some(dc) = disk_class {
                 body["disk_class"] = json!(dc);
+            }
+            if !labels.is_empty() {
+                let mut map = serde_json::Map::new();
+                for l in &labels {
+                    let (k, v) = l
+                        .split_once('=')
+                        .with_context(|| format!("--label {l:?}: use k=v"))?;
+                    map.insert(k.to_owned(), json!(v));
+                }
+                body["labels"] = Value::Object(map);
             }
             if !zones.is_empty() || strategy.is_some() {
                 let mut p = json!({});
@@ -538,8 +564,41 @@ async fn run(cli: Cli) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        Cmd::Instance(InstanceCmd::List) => {
-            let v = c.get("/v1/instances").await?;
+        Cmd::Instance(InstanceCmd::Label { name, labels }) => {
+            let mut patch = serde_json::Map::new();
+            for l in &labels {
+                if let Some((k, v)) = l.split_once('=') {
+                    patch.insert(k.to_owned(), json!(v));
+                } else if let Some(k) = l.strip_suffix('-') {
+                    patch.insert(k.to_owned(), Value::Null);
+                } else {
+                    bail!("{l:?}: use k=v to set a label, k- to remove it");
+                }
+            }
+            let v = c
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/instances/{name}"),
+                    Some(json!({ "labels": patch })),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{name}: labels {}", v["spec"]["labels"]);
+            }
+        }
+        Cmd::Instance(InstanceCmd::List { selector }) => {
+            let path = match &selector {
+                Some(sel) => {
+                    // Encoded: a selector holds `=`, `,` and `!`.
+                    let mut u = reqwest::Url::parse("http://x/v1/instances")?;
+                    u.query_pairs_mut().append_pair("selector", sel);
+                    format!("/v1/instances?{}", u.query().unwrap_or_default())
+                }
+                None => "/v1/instances".to_owned(),
+            };
+            let v = c.get(&path).await?;
             if cli.json {
                 out(&v);
                 return Ok(());

@@ -25,7 +25,7 @@ mod views;
 pub use endpoints::Registered;
 pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
-pub use records::{validate_spec, Resealed};
+pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use views::{InstanceView, MemberView, NodeView2};
 

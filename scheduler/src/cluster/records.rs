@@ -4,9 +4,64 @@
 use super::books::reserve;
 use super::{event, lock, Cluster, Error, Result};
 use crate::model::{Credentials, EventKind, Instance, InstanceSpec, Node, NodeAdmin};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Validates a create request beyond what serde checks.
+/// Labels: at most 32; keys 1-63 of letters, digits, `.`, `_`, `-`, `/`; values at most 63
+/// of letters, digits, `.`, `_`, `-`.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > 32 {
+        return Err(Error::Invalid(format!(
+            "labels: {} given, at most 32",
+            labels.len()
+        )));
+    }
+    let ok = |s: &str, extra: &[u8]| {
+        s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+    };
+    for (k, v) in labels {
+        if k.is_empty() || !ok(k, b"/") {
+            return Err(Error::Invalid(format!(
+                "label key {k:?}: 1-63 letters, digits, '.', '_', '-', '/'"
+            )));
+        }
+        if !ok(v, b"") {
+            return Err(Error::Invalid(format!(
+                "label {k}: value {v:?}: at most 63 letters, digits, '.', '_', '-'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `labels` match `selector` (`k=v,k2=v2`: every pair equal; `k`: the key present;
+/// `k!=v`: the key absent or another value). An empty selector matches everything.
+pub fn matches_selector(labels: &BTreeMap<String, String>, selector: &str) -> Result<bool> {
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let hit = if let Some((k, v)) = term.split_once("!=") {
+            labels.get(k.trim()).map(String::as_str) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels.get(k.trim()).map(String::as_str) == Some(v.trim())
+        } else if term
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        {
+            labels.contains_key(term)
+        } else {
+            return Err(Error::Invalid(format!(
+                "selector term {term:?}: use k=v, k!=v or k"
+            )));
+        };
+        if !hit {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
     mofang_common::ids::validate_dns_label("instance", &spec.name, 40)
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -22,6 +77,7 @@ pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
             spec.engine.supported_versions().join(", ")
         )));
     }
+    validate_labels(&spec.labels)?;
     if spec.replicas > 8 {
         return Err(Error::Invalid(format!(
             "replicas {} is absurd: at most 8",
@@ -231,4 +287,83 @@ pub enum Resealed {
 fn password() -> String {
     use rand::distr::{Alphanumeric, SampleString};
     Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+impl Cluster {
+    /// Changes an instance's labels, JSON merge-patch style: a value sets the label, `null`
+    /// removes it.
+    pub async fn patch_labels(
+        &self,
+        name: &str,
+        patch: &BTreeMap<String, Option<String>>,
+    ) -> Result<Instance> {
+        let mut next = lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))?;
+        for (k, v) in patch {
+            match v {
+                Some(v) => next.spec.labels.insert(k.clone(), v.clone()),
+                None => next.spec.labels.remove(k),
+            };
+        }
+        validate_labels(&next.spec.labels)?;
+        let text = next
+            .spec
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.write(
+            next,
+            vec![event(
+                EventKind::InstanceUpdated,
+                Some(name),
+                None,
+                format!("labels now {{{text}}}"),
+            )],
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_match_equal_present_and_not_equal() {
+        let l = labels(&[("team", "pay"), ("env", "prod")]);
+        assert!(matches_selector(&l, "").unwrap());
+        assert!(matches_selector(&l, "team=pay").unwrap());
+        assert!(matches_selector(&l, "team=pay, env=prod").unwrap());
+        assert!(!matches_selector(&l, "team=pay,env=dev").unwrap());
+        assert!(matches_selector(&l, "env").unwrap());
+        assert!(!matches_selector(&l, "tier").unwrap());
+        assert!(matches_selector(&l, "env!=dev").unwrap());
+        assert!(!matches_selector(&l, "env!=prod").unwrap());
+        assert!(matches_selector(&l, "tier!=gold").unwrap());
+        assert!(matches_selector(&l, "a b").is_err());
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(validate_labels(&labels(&[("team", "pay"), ("k8s.io/app", "")])).is_ok());
+        assert!(validate_labels(&labels(&[("", "x")])).is_err());
+        assert!(validate_labels(&labels(&[("team", "a b")])).is_err());
+        assert!(validate_labels(&labels(&[("t=x", "y")])).is_err());
+        let many: BTreeMap<String, String> =
+            (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(validate_labels(&many).is_err());
+    }
 }

@@ -131,6 +131,7 @@ mod tests {
             },
             disk_class: None,
             placement: None,
+            labels: Default::default(),
         };
         let m = |i: u32, role| MemberRecord {
             id: format!("{name}-{i}"),

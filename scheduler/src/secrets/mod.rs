@@ -394,6 +394,7 @@ mod tests {
                 },
                 disk_class: None,
                 placement: None,
+                labels: Default::default(),
             },
             vec![MemberRecord {
                 id: format!("{name}-0"),
