@@ -352,11 +352,21 @@ pub enum EventKind {
     OperationFailed,
     /// An operation was cancelled at a safe point.
     OperationCancelled,
+    /// A backup was asked for (the member chosen, the repository).
+    BackupRequested,
+    /// The member's agent started a backup.
+    BackupStarted,
+    /// A backup is stored with its manifest.
+    BackupSucceeded,
+    /// A backup failed (the reason).
+    BackupFailed,
+    /// A backup and its objects were deleted.
+    BackupDeleted,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 38] = [
+    pub const ALL: [EventKind; 43] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -395,6 +405,11 @@ impl EventKind {
         EventKind::OperationSucceeded,
         EventKind::OperationFailed,
         EventKind::OperationCancelled,
+        EventKind::BackupRequested,
+        EventKind::BackupStarted,
+        EventKind::BackupSucceeded,
+        EventKind::BackupFailed,
+        EventKind::BackupDeleted,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -438,6 +453,11 @@ impl EventKind {
             EventKind::OperationSucceeded => "operation_succeeded",
             EventKind::OperationFailed => "operation_failed",
             EventKind::OperationCancelled => "operation_cancelled",
+            EventKind::BackupRequested => "backup_requested",
+            EventKind::BackupStarted => "backup_started",
+            EventKind::BackupSucceeded => "backup_succeeded",
+            EventKind::BackupFailed => "backup_failed",
+            EventKind::BackupDeleted => "backup_deleted",
         }
     }
 }

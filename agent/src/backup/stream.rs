@@ -67,7 +67,7 @@ pub struct Stored {
 pub async fn store<E: std::fmt::Display>(
     repo: &Repo,
     rel: &str,
-    mut input: BoxStream<'_, Result<Bytes, E>>,
+    input: BoxStream<'_, Result<Bytes, E>>,
     zstd: Option<Zstd>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Stored> {
@@ -77,6 +77,14 @@ pub async fn store<E: std::fmt::Display>(
         object: object.clone(),
         source,
     };
+    // The upload is created once the source has produced its first bytes: a command that
+    // fails at once leaves nothing in the store, not even an upload to abort.
+    let mut input = input.peekable();
+    match std::pin::Pin::new(&mut input).peek().await {
+        Some(Ok(first)) => progress(first.len() as u64),
+        Some(Err(e)) => return Err(Error::Source(e.to_string())),
+        None => {}
+    }
     let upload = repo.store.put_multipart(&path).await.map_err(store_err)?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
     let mut encoder = match zstd {

@@ -6,8 +6,9 @@
 //! lifecycle (load, activate, deactivate); each concern is a file of `impl Cluster`:
 //! `records` (durable decisions), `books` (reservations and the placement ranking),
 //! `observed` (heartbeats and node liveness), `desired` (desired states and their
-//! watchers), `views` (what the API shows), `failover` and `endpoints`.
+//! watchers), `views` (what the API shows), `failover`, `endpoints`, `jobs`, `repos` and `backups`.
 
+mod backups;
 mod books;
 mod desired;
 mod endpoints;
@@ -80,6 +81,20 @@ pub enum Error {
     /// The instance is not in a state the request needs (409 `instance_not_ready`).
     #[error("{0}")]
     NotReady(String),
+    /// A backup of the instance is already pending or running (409 `backup_running`).
+    #[error("backup {id} of instance {instance} is still running")]
+    BackupRunning {
+        /// The instance.
+        instance: String,
+        /// The backup under way.
+        id: String,
+    },
+    /// No member can take the backup asked for (409 `no_backup_member`).
+    #[error(transparent)]
+    NoBackupMember(crate::backup::plan::NoMember),
+    /// The backup repository failed a listing or a deletion (503 `repo_unavailable`).
+    #[error("backup repository: {0}")]
+    RepoFailed(String),
 }
 
 impl From<store::Error> for Error {
@@ -134,6 +149,8 @@ struct Inner {
     operations: BTreeMap<String, crate::ops::Operation>,
     /// Operations a task is carrying a step of right now.
     op_driving: BTreeSet<String>,
+    /// The backup being driven for each instance (at most one), by instance.
+    backups_running: BTreeMap<String, String>,
 }
 
 /// The cluster: one per scheduler process.
