@@ -91,6 +91,27 @@ pub struct Manifest {
     pub tools: std::collections::BTreeMap<String, String>,
 }
 
+/// What the agent fills a restored instance's primary from (`Assignment.restore`, as JSON).
+/// It carries the repository with its secret: it travels and is kept like a backup job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSource {
+    /// The backup's id.
+    pub backup: String,
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// The repository; `None` when the scheduler no longer knows it (the agent refuses).
+    pub repo: Option<crate::repo::RepoSpec>,
+    /// The data object's path in the repository (under its prefix).
+    pub object: String,
+    /// Its size and sha256 as recorded: checked again as it is read.
+    pub size: u64,
+    /// sha256, hex.
+    pub sha256: String,
+    /// Bytes once decompressed (for progress).
+    pub raw_size: u64,
+}
+
 /// Reads "GTID of the last change '<gtid>'" and the binlog file/position from what
 /// `mariadb-backup --backup` printed on standard error (the same values it writes to
 /// `mariadb_backup_binlog_info`). Returns `(gtid, "file:position")`, empty when absent.

@@ -117,6 +117,11 @@ impl From<cluster::Error> for ApiError {
             E::NoBackupMember(_) => {
                 ApiError::new(StatusCode::CONFLICT, "no_backup_member", e.to_string())
             }
+            E::RestoreRefused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "restore_refused",
+                e.to_string(),
+            ),
             E::RepoFailed(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "repo_unavailable",
@@ -920,7 +925,7 @@ async fn delete_backup(
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
-        PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, NewOperation, crate::ops::Operation, crate::ops::OpKind,

@@ -136,6 +136,38 @@ pub struct InstanceSpec {
     /// Placement constraints.
     #[serde(default)]
     pub placement: Option<PlacementSpec>,
+    /// Create it from a backup ([`RestoreRequest`]): its primary's data is the backup's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRequest>,
+}
+
+/// `restore` of a create request: restore a backup of `from_instance` (which may have been
+/// deleted) into the new instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The instance the backup was taken of.
+    pub from_instance: String,
+    /// The backup's id; default: its latest succeeded backup.
+    #[serde(default)]
+    pub backup: Option<String>,
+}
+
+/// The backup an instance was created from, as checked at its creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Restored {
+    /// The backup's id.
+    pub backup: String,
+    /// Its repository.
+    pub repo: String,
+    /// The data object's path in the repository.
+    pub object: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its sha256, hex.
+    pub sha256: String,
+    /// Its size once decompressed.
+    pub raw_size: u64,
 }
 
 /// One member of an instance, as decided by the scheduler.
@@ -221,6 +253,9 @@ pub struct Instance {
     /// never failed over, no alert.
     #[serde(default)]
     pub stopped: bool,
+    /// The backup this instance was restored from (its primary's volume is filled from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Box<Restored>>,
 }
 
 fn yes() -> bool {
@@ -246,6 +281,7 @@ impl Instance {
             restart_generations: BTreeMap::new(),
             rebuild_generations: BTreeMap::new(),
             stopped: false,
+            restored: None,
         }
     }
 

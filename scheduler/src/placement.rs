@@ -575,6 +575,7 @@ mod tests {
             },
             disk_class: None,
             placement: None,
+            restore: None,
         }
     }
 

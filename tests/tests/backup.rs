@@ -554,6 +554,94 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     )
     .await?;
     ensure!(again["state"] == "succeeded", "the next backup: {again}");
+    let again_id = again["id"].as_str().context("id")?.to_owned();
+
+    // ---- MariaDB restore: exactly the rows of the backup --------------------------------
+    // Rows written after the backup must not be in the restored instance.
+    sql(
+        &primary,
+        "INSERT INTO bk.t SELECT seq FROM bk.seq_1001_to_1100",
+    )?;
+    let mut restore_spec = mofang_tests::scenario::spec("db2", "mariadb", 1);
+    restore_spec["restore"] = json!({"from_instance": "db", "backup": again_id});
+    let (status, v) = env
+        .call(Method::POST, "/v1/instances", Some(restore_spec))
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    ensure!(v["restored_from"] == again_id.as_str(), "{v}");
+    let db2 = env.wait_instance_ready("db2").await?;
+    let db2_primary = Env::primary_member(&db2)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let db2_replica = members_with(&db2, "replica").pop().context("replica")?;
+    let want = "1000\t1\t1000\t60000";
+    let q = "SELECT COUNT(*), MIN(id), MAX(id), (SELECT COUNT(*) FROM bk.big) FROM bk.t";
+    let got = sql(&db2_primary, q)?;
+    ensure!(
+        got == want,
+        "restored primary holds {got:?}, the backup {want:?}"
+    );
+    mofang_tests::eventually(
+        "restored replica seeded",
+        Duration::from_secs(120),
+        || async {
+            let got = sql(&db2_replica, q).unwrap_or_default();
+            ensure!(got == want, "restored replica holds {got:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    // The restored primary takes writes, and they replicate.
+    sql(&db2_primary, "INSERT INTO bk.t VALUES (5000)")?;
+    mofang_tests::eventually("write replicated", Duration::from_secs(60), || async {
+        let n = sql(&db2_replica, "SELECT COUNT(*) FROM bk.t").unwrap_or_default();
+        ensure!(n == "1001", "replica has {n}");
+        Ok(())
+    })
+    .await?;
+
+    // ---- a restore whose object is missing or tampered: refused naming it, nothing made --
+    let first_path = objects[0]["path"].as_str().context("path")?.to_owned();
+    let first_object = format!("bk/{first_path}");
+    let mut bad = mofang_tests::scenario::spec("db3", "mariadb", 1);
+    bad["restore"] = json!({"from_instance": "db", "backup": id});
+    {
+        use object_store::ObjectStore;
+        let store = s3.object_store()?;
+        store.delete(&first_object.as_str().into()).await?;
+        let (status, v) = env
+            .call(Method::POST, "/v1/instances", Some(bad.clone()))
+            .await?;
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && v["error"]["code"] == "restore_refused"
+                && v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&first_path),
+            "a missing object: {status} {v}"
+        );
+        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
+        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+        let mut tampered = data.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0xff;
+        store
+            .put(&first_object.as_str().into(), tampered.into())
+            .await?;
+        let (status, v) = env.call(Method::POST, "/v1/instances", Some(bad)).await?;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && v["error"]["code"] == "restore_refused"
+                && msg.contains(&first_path)
+                && msg.contains("sha256"),
+            "a tampered object: {status} {v}"
+        );
+        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
+        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+    }
 
     // ---- Redis ---------------------------------------------------------------------------
     let kv = env.create_ready("kv", "redis", 1).await?;
@@ -597,6 +685,14 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         zstd::decode_all(&rdb[..])?.starts_with(b"REDIS"),
         "not an RDB"
     );
+    // Keys written after the backup must not be restored.
+    for k in 500..600u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut c)
+            .await?;
+    }
 
     // ---- delete a backup; delete an instance ---------------------------------------------
     let (status, _) = env
@@ -616,6 +712,42 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         kept.as_array().map(Vec::len) == Some(1) && kept[0]["id"] == rb["id"],
         "the deleted instance's backups: {kept}"
     );
+
+    // ---- Redis restore from a deleted instance's latest backup: exactly its keys ---------
+    let mut kv2 = mofang_tests::scenario::spec("kv2", "redis", 1);
+    kv2["restore"] = json!({"from_instance": "kv"});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(kv2)).await?;
+    ensure!(
+        status == StatusCode::CREATED && v["restored_from"] == rb["id"],
+        "{status} {v}"
+    );
+    let kv2 = env.wait_instance_ready("kv2").await?;
+    let pass2 = env.app_password("kv2").await?;
+    let want: Vec<String> = (0..500).map(|k| format!("k{k}")).collect();
+    for m in kv2["members"].as_array().context("members")? {
+        let addr = m["address"].as_str().context("address")?;
+        let client = redis::Client::open(format!("redis://app:{pass2}@{addr}/"))?;
+        mofang_tests::eventually("restored keys", Duration::from_secs(60), || async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            // DBSIZE 500 and every k0..k499 there: exactly the backup's keys.
+            let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await?;
+            let mut mget = redis::cmd("MGET");
+            for k in &want {
+                mget.arg(k);
+            }
+            let values: Vec<Option<u32>> = mget.query_async(&mut c).await?;
+            let present = values.iter().filter(|v| v.is_some()).count();
+            ensure!(
+                n == 500 && present == 500,
+                "{} holds {n} keys, {present} of the backup's 500",
+                m["id"]
+            );
+            let v: u32 = redis::cmd("GET").arg("k499").query_async(&mut c).await?;
+            ensure!(v == 499, "k499 = {v}");
+            Ok(())
+        })
+        .await?;
+    }
 
     // ---- the repository unreachable ------------------------------------------------------
     drop(s3);

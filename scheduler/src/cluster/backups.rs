@@ -265,6 +265,120 @@ impl Cluster {
         Ok(())
     }
 
+    /// Resolves and checks the restore of a create request before anything is created: the
+    /// backup (named, or the latest succeeded one of `from_instance`), its engine and version
+    /// against the request's, its repository, its manifest and each data object, read whole
+    /// and compared with the recorded size and sha256. The first fault is the refusal, naming
+    /// the object.
+    pub(super) async fn check_restore(
+        &self,
+        spec: &crate::model::InstanceSpec,
+        req: &crate::model::RestoreRequest,
+    ) -> Result<crate::model::Restored> {
+        let refuse = |m: String| Error::RestoreRefused(m);
+        let b = match &req.backup {
+            Some(id) => {
+                let b = self.backup(id).await.map_err(|e| match e {
+                    Error::NotFound(_) => refuse(format!("backup {id} not found")),
+                    other => other,
+                })?;
+                if b.instance != req.from_instance {
+                    return Err(refuse(format!(
+                        "backup {id} is of instance {}, not {}",
+                        b.instance, req.from_instance
+                    )));
+                }
+                if b.state != BackupState::Succeeded {
+                    return Err(refuse(format!("backup {id} is {}, not succeeded", b.state)));
+                }
+                b
+            }
+            None => self
+                .all_backups()
+                .await?
+                .into_iter()
+                .filter(|b| b.instance == req.from_instance && b.state == BackupState::Succeeded)
+                .max_by(|a, b| a.ended_at_ms.cmp(&b.ended_at_ms).then(a.id.cmp(&b.id)))
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "instance {} has no succeeded backup",
+                        req.from_instance
+                    ))
+                })?,
+        };
+        if b.engine != spec.engine.to_string() || b.version != spec.version {
+            return Err(refuse(format!(
+                "backup {} is of {} {}; the new instance is {} {}",
+                b.id, b.engine, b.version, spec.engine, spec.version
+            )));
+        }
+        let [object] = b.objects.as_slice() else {
+            return Err(refuse(format!(
+                "backup {} has {} data objects, not one",
+                b.id,
+                b.objects.len()
+            )));
+        };
+        let repo = self.backup_repo(&b.repo).await.map_err(|e| match e {
+            Error::NotFound(_) => refuse(format!(
+                "backup repository {} of backup {} is gone",
+                b.repo, b.id
+            )),
+            other => other,
+        })?;
+        let store = repo
+            .spec
+            .open()
+            .map_err(|e| refuse(format!("repository {}: {e}", b.repo)))?;
+        let manifest = store.path(&b.manifest);
+        if let Err(e) = store.store.head(&manifest).await {
+            return Err(refuse(format!(
+                "object {} of backup {} in repository {}: {e}",
+                b.manifest, b.id, b.repo
+            )));
+        }
+        let path = store.path(&object.path);
+        let mut body = match store.store.get(&path).await {
+            Ok(r) => r.into_stream(),
+            Err(e) => {
+                return Err(refuse(format!(
+                    "object {} of backup {} in repository {}: {e}",
+                    object.path, b.id, b.repo
+                )))
+            }
+        };
+        use futures::StreamExt;
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                refuse(format!(
+                    "object {} of backup {}: reading failed: {e}",
+                    object.path, b.id
+                ))
+            })?;
+            hash.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        let sha = hex::encode(hash.finalize());
+        if sha != object.sha256 || size != object.size {
+            return Err(refuse(format!(
+                "object {} of backup {} is not the one backed up: {size} bytes with sha256 {sha}, \
+                 recorded {} bytes with sha256 {}",
+                object.path, b.id, object.size, object.sha256
+            )));
+        }
+        Ok(crate::model::Restored {
+            backup: b.id.clone(),
+            repo: b.repo.clone(),
+            object: object.path.clone(),
+            size: object.size,
+            sha256: object.sha256.clone(),
+            raw_size: object.raw_size,
+        })
+    }
+
     /// Every backup record.
     async fn all_backups(&self) -> Result<Vec<Backup>> {
         self.store

@@ -366,6 +366,7 @@ mod tests {
             },
             disk_class: None,
             placement: None,
+            restore: None,
         };
         let m = |i: u32, node: &str, role| MemberRecord {
             id: format!("db-{i}"),

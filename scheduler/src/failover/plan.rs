@@ -131,6 +131,7 @@ mod tests {
             },
             disk_class: None,
             placement: None,
+            restore: None,
         };
         let m = |i: u32, role| MemberRecord {
             id: format!("{name}-{i}"),

@@ -394,6 +394,7 @@ mod tests {
                 },
                 disk_class: None,
                 placement: None,
+                restore: None,
             },
             vec![MemberRecord {
                 id: format!("{name}-0"),

@@ -71,6 +71,7 @@ pub fn instance(name: &str) -> Instance {
             },
             disk_class: None,
             placement: None,
+            restore: None,
         },
         vec![MemberRecord {
             id: format!("{name}-0"),
