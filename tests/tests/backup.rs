@@ -353,6 +353,28 @@ async fn object(s3: &SeaweedFs, path: &str) -> Result<Vec<u8>> {
         .to_vec())
 }
 
+/// Runs the `mofang` CLI against the cluster; its JSON output.
+async fn mofang_cli(env: &Env, args: &[&str]) -> Result<Value> {
+    mofang_cli_env(env, args, &[]).await
+}
+
+/// [`mofang_cli`] with more environment.
+async fn mofang_cli_env(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Result<Value> {
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(args)
+        .envs(env.sched.cli_env())
+        .envs(extra.iter().copied())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "mofang {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// The member ids of an instance view with `role`.
 fn members_with(inst: &Value, role: &str) -> Vec<String> {
     inst["members"]
@@ -384,14 +406,29 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     let s3 = SeaweedFs::start().await?;
     let env = Env::start(2).await?;
     env.wait_ready_nodes(2).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(&s3, "main", &s3.secret_key, "bk")),
-        )
-        .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    // Through the CLI, the secret from the environment.
+    let v = mofang_cli_env(
+        &env,
+        &[
+            "--json",
+            "backup-repo",
+            "add",
+            "main",
+            "--kind",
+            "s3",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &s3.bucket,
+            "--prefix",
+            "bk",
+            "--access-key-id",
+            &s3.access_key,
+        ],
+        &[("MOFANG_S3_SECRET_ACCESS_KEY", &s3.secret_key)],
+    )
+    .await?;
+    ensure!(v["name"] == "main" && v["kind"] == "s3", "{v}");
 
     // ---- MariaDB: the default member, 409, the manifest ----------------------------------
     let inst = env.create_ready("db", "mariadb", 1).await?;
@@ -660,15 +697,16 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
             .query_async(&mut c)
             .await?;
     }
-    let rb = request_backup(&env, "kv", json!({"repo": "main"})).await?;
-    let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
-    ensure!(rb["member"] == kv_replica.as_str(), "{rb}");
-    let rb = wait_backup(
+    // Through the CLI, as an operator would: `--wait` ends with the backup's record.
+    let rb = mofang_cli(
         &env,
-        rb["id"].as_str().context("id")?,
-        Duration::from_secs(120),
+        &[
+            "--json", "backup", "create", "kv", "--repo", "main", "--wait",
+        ],
     )
     .await?;
+    let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
+    ensure!(rb["member"] == kv_replica.as_str(), "{rb}");
     ensure!(rb["state"] == "succeeded", "{rb}");
     ensure!(rb["consistent_at"]["offset"].as_u64() > Some(0), "{rb}");
     let rdb = object(
@@ -714,14 +752,29 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     );
 
     // ---- Redis restore from a deleted instance's latest backup: exactly its keys ---------
-    let mut kv2 = mofang_tests::scenario::spec("kv2", "redis", 1);
-    kv2["restore"] = json!({"from_instance": "kv"});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(kv2)).await?;
-    ensure!(
-        status == StatusCode::CREATED && v["restored_from"] == rb["id"],
-        "{status} {v}"
-    );
-    let kv2 = env.wait_instance_ready("kv2").await?;
+    let kv2 = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "create",
+            "kv2",
+            "--engine",
+            "redis",
+            "--memory",
+            "384",
+            "--disk",
+            "512",
+            "--restore-from",
+            "kv",
+            "--wait",
+        ],
+    )
+    .await?;
+    let listed = env.get("/v1/instances/kv2").await?;
+    ensure!(listed["restored_from"] == rb["id"], "{listed}");
+    let listed = mofang_cli(&env, &["--json", "backup", "list", "kv"]).await?;
+    ensure!(listed.as_array().map(Vec::len) == Some(1), "{listed}");
     let pass2 = env.app_password("kv2").await?;
     let want: Vec<String> = (0..500).map(|k| format!("k{k}")).collect();
     for m in kv2["members"].as_array().context("members")? {
