@@ -88,6 +88,8 @@ fn verified_stream(src: &RestoreSource, progress: Progress) -> Result<Input, Str
                 .flush()
                 .map_err(|e| format!("{}: zstd: {e}", src.object))?;
             let out = std::mem::take(decoder.get_mut());
+            raw += out.len() as u64;
+            progress(raw, src.raw_size);
             if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
                 return Err("the restore stopped reading".into());
             }
@@ -211,4 +213,85 @@ async fn write_redis(mut input: Input, volume: &Path, uid: u32) -> Result<(), St
         std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(|e| io(p, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mofang_common::repo::RepoSpec;
+
+    fn source(dir: &Path, stored: &super::super::stream::Stored, sha256: &str) -> RestoreSource {
+        RestoreSource {
+            backup: "b1".into(),
+            engine: "redis".into(),
+            repo: Some(RepoSpec::Fs {
+                path: dir.to_string_lossy().into_owned(),
+            }),
+            object: "backups/kv/b1/dump.rdb.zst".into(),
+            size: stored.size,
+            sha256: sha256.into(),
+            raw_size: stored.source_bytes,
+        }
+    }
+
+    /// A Redis restore writes the RDB as the AOF base with its manifest, replacing what a
+    /// failed attempt left; an object whose sha256 is not the recorded one is refused naming
+    /// it.
+    #[tokio::test]
+    async fn a_redis_restore_writes_the_aof_base_and_refuses_another_object() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = RepoSpec::Fs {
+            path: repo_dir.path().to_string_lossy().into_owned(),
+        }
+        .open()
+        .unwrap();
+        let rdb: Vec<u8> = (0..3_000_000u32).map(|i| (i % 97) as u8).collect();
+        let chunks: Vec<Result<Bytes, String>> = rdb
+            .chunks(100_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let stored = super::super::stream::store(
+            &repo,
+            "backups/kv/b1/dump.rdb.zst",
+            futures::stream::iter(chunks).boxed(),
+            Some(super::super::stream::Zstd {
+                level: 3,
+                threads: 0,
+            }),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        let vol = tempfile::tempdir().unwrap();
+        std::fs::write(vol.path().join("left-over"), b"x").unwrap();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(vol.path()).unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s2 = seen.clone();
+        let progress: Progress = Arc::new(move |done, _| {
+            s2.store(done, std::sync::atomic::Ordering::Relaxed);
+        });
+        let src = source(repo_dir.path(), &stored, &stored.sha256);
+        let input = verified_stream(&src, progress).unwrap();
+        write_redis(input, vol.path(), uid).await.unwrap();
+        let base = vol.path().join("appendonlydir/appendonly.aof.1.base.rdb");
+        assert_eq!(std::fs::read(&base).unwrap(), rdb);
+        assert_eq!(
+            std::fs::read_to_string(vol.path().join("appendonlydir/appendonly.aof.manifest"))
+                .unwrap(),
+            "file appendonly.aof.1.base.rdb seq 1 type b\n"
+        );
+        assert!(!vol.path().join("left-over").exists());
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            rdb.len() as u64
+        );
+
+        let wrong = source(repo_dir.path(), &stored, &"0".repeat(64));
+        let input = verified_stream(&wrong, Arc::new(|_, _| {})).unwrap();
+        let e = write_redis(input, vol.path(), uid).await.unwrap_err();
+        assert!(
+            e.contains("backups/kv/b1/dump.rdb.zst") && e.contains("sha256"),
+            "{e}"
+        );
+    }
 }
