@@ -2,7 +2,7 @@
 //! `backup/<id>`), a `backup` job in the chosen member's node's desired state, then
 //! `running` when its agent reports it, and `succeeded` (with the manifest the agent wrote) or
 //! `failed` (with the reason) when it ends or its node goes down. One task per backup drives
-//! it on the leader; a new leader fails the backups the old one was driving (decision 66).
+//! it on the leader; a new leader fails the backups the old one was driving (decision 68).
 //! Deleting a backup deletes its objects; deleting an instance never touches its backups.
 
 use super::{event, lock, Cluster, Error, Result};
