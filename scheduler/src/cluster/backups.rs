@@ -705,4 +705,102 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].id, b.id, "oldest first");
     }
+
+    /// A restore is checked before anything is made: the latest succeeded backup when none
+    /// is named; a backup of another engine, a missing object and an object whose bytes
+    /// changed are refused naming the object; a good one resolves to its object.
+    #[tokio::test]
+    async fn a_restore_is_refused_naming_the_object_before_anything_is_made() {
+        use crate::model::{InstanceSpec, RestoreRequest};
+        use sha2::Digest;
+        let c = cluster(&three_ssd_nodes()).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = super::super::BackupRepo {
+            name: "r".into(),
+            spec: mofang_common::repo::RepoSpec::Fs {
+                path: dir.path().to_string_lossy().into_owned(),
+            },
+            created_at_ms: 0,
+        };
+        c.store
+            .put_meta(
+                "backup-repo/r",
+                &serde_json::to_string(&repo).expect("json"),
+            )
+            .await
+            .expect("repo record");
+        let data = b"the backed-up bytes".to_vec();
+        let backup = |id: &str, state: BackupState, ended: i64, engine: &str| {
+            let d = common::dir("old", id);
+            std::fs::create_dir_all(dir.path().join(&d)).expect("dir");
+            std::fs::write(dir.path().join(&d).join(common::MARIADB_DATA), &data).expect("data");
+            std::fs::write(dir.path().join(&d).join(common::MANIFEST), "{}").expect("manifest");
+            Backup {
+                id: id.into(),
+                instance: "old".into(),
+                engine: engine.into(),
+                version: "10.11".into(),
+                repo: "r".into(),
+                member: "old-1".into(),
+                node: "a".into(),
+                state,
+                reason: String::new(),
+                requested_at_ms: ended - 10,
+                started_at_ms: ended - 5,
+                ended_at_ms: ended,
+                bytes: 100,
+                size: data.len() as u64,
+                consistent_at: Default::default(),
+                objects: vec![crate::backup::BackupObject {
+                    path: format!("{d}/{}", common::MARIADB_DATA),
+                    size: data.len() as u64,
+                    sha256: hex::encode(sha2::Sha256::digest(&data)),
+                    raw_size: 100,
+                }],
+                manifest: format!("{d}/{}", common::MANIFEST),
+                tools: Default::default(),
+            }
+        };
+        for b in [
+            backup("old-1", BackupState::Succeeded, 1000, "mariadb"),
+            backup("old-2", BackupState::Succeeded, 2000, "mariadb"),
+            backup("old-3", BackupState::Failed, 3000, "mariadb"),
+            backup("old-4", BackupState::Succeeded, 500, "redis"),
+        ] {
+            c.put_backup(&b).await.expect("record");
+        }
+        let spec: InstanceSpec = super::super::testkit::spec("new", 100, None);
+        let ask = |backup: Option<&str>| RestoreRequest {
+            from_instance: "old".into(),
+            backup: backup.map(str::to_owned),
+        };
+        let latest = c.check_restore(&spec, &ask(None)).await.expect("latest");
+        assert_eq!(latest.backup, "old-2", "the latest succeeded");
+        let refused = |r: Result<crate::model::Restored>| match r {
+            Err(Error::RestoreRefused(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(refused(c.check_restore(&spec, &ask(Some("old-3"))).await).contains("failed"));
+        assert!(refused(c.check_restore(&spec, &ask(Some("old-4"))).await).contains("redis"));
+        let object = format!("backups/old/old-1/{}", common::MARIADB_DATA);
+        std::fs::remove_file(dir.path().join(&object)).expect("remove");
+        let m = refused(c.check_restore(&spec, &ask(Some("old-1"))).await);
+        assert!(m.contains(&object), "{m}");
+        std::fs::write(dir.path().join(&object), b"the backed-up bytez").expect("tamper");
+        let m = refused(c.check_restore(&spec, &ask(Some("old-1"))).await);
+        assert!(m.contains(&object) && m.contains("sha256"), "{m}");
+        let mut other = spec.clone();
+        other.name = "elsewhere".into();
+        assert!(refused(
+            c.check_restore(
+                &other,
+                &RestoreRequest {
+                    from_instance: "nobody".into(),
+                    backup: None
+                }
+            )
+            .await
+        )
+        .contains("no succeeded backup"));
+    }
 }
