@@ -191,7 +191,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired: desired_rx.clone(),
         counters: counters.clone(),
     });
-    let jobs = crate::backup::Jobs::new(&cfg.node, shared.status_changed.clone());
+    let jobs = crate::backup::Jobs::new(&cfg.node, shared.status_changed.clone()).with_backups(
+        crate::backup::BackupContext {
+            runtime: shared.runtime.clone(),
+            statuses: shared.statuses.clone(),
+        },
+    );
     let job_runner = tokio::spawn(
         jobs.clone()
             .run_loop(desired_rx.clone(), shutdown.child_token())

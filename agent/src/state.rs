@@ -112,6 +112,12 @@ pub struct MemberState {
     /// The agent stopped the container because the instance is stopped: its exit is not a
     /// death (no hold, no crash counted) and it is started again when the instance is.
     pub stopped: bool,
+    /// The backup this member's volume was filled from (a restored instance's primary): it is
+    /// filled once, before its server first starts.
+    pub restored_from: Option<String>,
+    /// A restore from this backup was started on this volume (a volume holding data this agent
+    /// did not restore is never wiped).
+    pub restore_attempt: Option<String>,
 }
 
 /// The sealed copy of a member's config files.

@@ -3,6 +3,7 @@
 //! Everything that crosses a process boundary (agent <-> scheduler, API <-> CLI) is named here
 //! once, so the two sides cannot drift apart.
 
+pub mod backup;
 pub mod config;
 pub mod ids;
 pub mod labels;

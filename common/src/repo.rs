@@ -80,6 +80,17 @@ pub enum RepoSpec {
     },
 }
 
+/// Retries of a failed S3 request: at most 5, backing off from 100 ms (doubling, at most
+/// 15 s between tries), for at most 60 s in all. `object_store`'s default (10 tries, 3 minutes)
+/// held a backup to an unreachable store for about a minute before it failed.
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(60),
+        backoff: object_store::BackoffConfig::default(),
+    }
+}
+
 fn default_region() -> String {
     "us-east-1".to_owned()
 }
@@ -146,6 +157,7 @@ impl RepoSpec {
                 path_style,
             } => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_retry(retry())
                     .with_bucket_name(bucket)
                     .with_region(region)
                     .with_access_key_id(access_key_id)

@@ -2,6 +2,7 @@
 //! generated from these handlers at `/v1/openapi.json`).
 
 use crate::auth::{Identity, Tokens};
+use crate::backup::Backup;
 use crate::cluster::{self, BackupRepoView, Cluster, InstanceView, MemberView, NodeView2};
 use crate::config::TokenRole;
 use crate::model::{
@@ -110,6 +111,22 @@ impl From<cluster::Error> for ApiError {
             E::NotReady(_) => {
                 ApiError::new(StatusCode::CONFLICT, "instance_not_ready", e.to_string())
             }
+            E::BackupRunning { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "backup_running", e.to_string())
+            }
+            E::NoBackupMember(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_backup_member", e.to_string())
+            }
+            E::RestoreRefused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "restore_refused",
+                e.to_string(),
+            ),
+            E::RepoFailed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "repo_unavailable",
+                e.to_string(),
+            ),
             E::Store(store::Error::Conflict { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e}; retry"))
             }
@@ -882,6 +899,70 @@ async fn cancel_operation(
     Ok(Json(api.cluster.cancel_operation(&op, &id.name).await?))
 }
 
+// ---- backups -----------------------------------------------------------------------------
+
+/// Body of `POST /v1/instances/{name}/backups`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackup {
+    /// The backup repository to keep it in.
+    pub repo: String,
+    /// Take it on this member (it must be healthy).
+    #[serde(default)]
+    pub member: Option<String>,
+    /// Take it on the primary (default: a healthy replica, the primary only if none is).
+    #[serde(default)]
+    pub primary: bool,
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/backups", params(("name" = String, Path)),
+    request_body = NewBackup,
+    responses((status = 202, body = Backup), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_backup(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Backup>)> {
+    need(&id, TokenRole::Operator)?;
+    let req: NewBackup = parse_body(body)?;
+    let ask = crate::backup::plan::Ask {
+        member: req.member,
+        primary: req.primary,
+    };
+    let b = api.cluster.request_backup(&name, &req.repo, ask).await?;
+    Ok((StatusCode::ACCEPTED, Json(b)))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{name}/backups", params(("name" = String, Path)),
+    responses((status = 200, body = [Backup]), (status = 404, body = ErrorBody)))]
+async fn list_backups(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<Backup>>> {
+    Ok(Json(api.cluster.backups_of(&name).await?))
+}
+
+#[utoipa::path(get, path = "/v1/backups/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Backup), (status = 404, body = ErrorBody)))]
+async fn get_backup(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<Json<Backup>> {
+    Ok(Json(api.cluster.backup(&id).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/backups/{id}", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn delete_backup(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(backup): Path<String>,
+) -> ApiResult<StatusCode> {
+    need(&id, TokenRole::Operator)?;
+    api.cluster.delete_backup(&backup).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- router and OpenAPI ------------------------------------------------------------------
 
 #[derive(OpenApi)]
@@ -892,15 +973,17 @@ async fn cancel_operation(
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
-        delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation
+        delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
+        create_backup, list_backups, get_backup, delete_backup
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
-        PlacementSpec, Strategy, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, crate::ops::StepState, crate::ops::StepAction,
+        NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth),
@@ -1060,6 +1143,11 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel_operation))
+        .route(
+            "/v1/instances/{name}/backups",
+            get(list_backups).post(create_backup),
+        )
+        .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))

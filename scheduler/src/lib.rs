@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod consul;

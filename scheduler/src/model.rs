@@ -141,6 +141,38 @@ pub struct InstanceSpec {
     /// most 63 of letters, digits, `.`, `_`, `-`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Create it from a backup ([`RestoreRequest`]): its primary's data is the backup's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreRequest>,
+}
+
+/// `restore` of a create request: restore a backup of `from_instance` (which may have been
+/// deleted) into the new instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The instance the backup was taken of.
+    pub from_instance: String,
+    /// The backup's id; default: its latest succeeded backup.
+    #[serde(default)]
+    pub backup: Option<String>,
+}
+
+/// The backup an instance was created from, as checked at its creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Restored {
+    /// The backup's id.
+    pub backup: String,
+    /// Its repository.
+    pub repo: String,
+    /// The data object's path in the repository.
+    pub object: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its sha256, hex.
+    pub sha256: String,
+    /// Its size once decompressed.
+    pub raw_size: u64,
 }
 
 /// One member of an instance, as decided by the scheduler.
@@ -226,6 +258,9 @@ pub struct Instance {
     /// never failed over, no alert.
     #[serde(default)]
     pub stopped: bool,
+    /// The backup this instance was restored from (its primary's volume is filled from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Box<Restored>>,
 }
 
 fn yes() -> bool {
@@ -251,6 +286,7 @@ impl Instance {
             restart_generations: BTreeMap::new(),
             rebuild_generations: BTreeMap::new(),
             stopped: false,
+            restored: None,
         }
     }
 
@@ -359,11 +395,21 @@ pub enum EventKind {
     OperationCancelled,
     /// An instance's labels changed.
     InstanceUpdated,
+    /// A backup was asked for (the member chosen, the repository).
+    BackupRequested,
+    /// The member's agent started a backup.
+    BackupStarted,
+    /// A backup is stored with its manifest.
+    BackupSucceeded,
+    /// A backup failed (the reason).
+    BackupFailed,
+    /// A backup and its objects were deleted.
+    BackupDeleted,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 39] = [
+    pub const ALL: [EventKind; 44] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -403,6 +449,11 @@ impl EventKind {
         EventKind::OperationFailed,
         EventKind::OperationCancelled,
         EventKind::InstanceUpdated,
+        EventKind::BackupRequested,
+        EventKind::BackupStarted,
+        EventKind::BackupSucceeded,
+        EventKind::BackupFailed,
+        EventKind::BackupDeleted,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -447,6 +498,11 @@ impl EventKind {
             EventKind::OperationFailed => "operation_failed",
             EventKind::OperationCancelled => "operation_cancelled",
             EventKind::InstanceUpdated => "instance_updated",
+            EventKind::BackupRequested => "backup_requested",
+            EventKind::BackupStarted => "backup_started",
+            EventKind::BackupSucceeded => "backup_succeeded",
+            EventKind::BackupFailed => "backup_failed",
+            EventKind::BackupDeleted => "backup_deleted",
         }
     }
 }

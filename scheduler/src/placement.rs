@@ -576,6 +576,7 @@ mod tests {
             disk_class: None,
             placement: None,
             labels: Default::default(),
+            restore: None,
         }
     }
 

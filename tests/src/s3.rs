@@ -198,6 +198,29 @@ impl SeaweedFs {
         std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default()
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the `weed` process: while frozen, nothing sent to
+    /// it is answered, so an upload in progress cannot complete (a fault test's window).
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let watchdog = self.watchdog.as_ref().context("server already stopped")?;
+        let out = Command::new("pgrep")
+            .args(["-P", &watchdog.id().to_string()])
+            .output()
+            .context("pgrep")?;
+        let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if pids.is_empty() {
+            bail!("weed is not running under its watchdog");
+        }
+        for pid in pids.split_whitespace() {
+            let status = Command::new("kill")
+                .args([if frozen { "-STOP" } else { "-CONT" }, pid])
+                .status()?;
+            if !status.success() {
+                bail!("kill {pid} failed");
+            }
+        }
+        Ok(())
+    }
+
     /// The data directory (to corrupt or remove what it holds, in a fault test).
     pub fn data_dir(&self) -> &Path {
         &self.dir

@@ -304,3 +304,517 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
     );
     Ok(())
 }
+
+/// Polls a backup until its state is final (or `limit` passes).
+async fn wait_backup(env: &Env, id: &str, limit: Duration) -> Result<Value> {
+    mofang_tests::eventually("backup ended", limit, || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
+        Ok(b)
+    })
+    .await
+}
+
+/// Asks for a backup; checks the 202 and returns the record.
+async fn request_backup(env: &Env, instance: &str, body: Value) -> Result<Value> {
+    let (status, v) = env
+        .call(
+            Method::POST,
+            &format!("/v1/instances/{instance}/backups"),
+            Some(body),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    ensure!(v["state"] == "pending", "{v}");
+    Ok(v)
+}
+
+/// The objects under a prefix of the bucket.
+async fn objects_under(s3: &SeaweedFs, prefix: &str) -> Result<Vec<String>> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let listed: Vec<_> = s3
+        .object_store()?
+        .list(Some(&prefix.into()))
+        .try_collect()
+        .await?;
+    Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+}
+
+/// A stored object's bytes.
+async fn object(s3: &SeaweedFs, path: &str) -> Result<Vec<u8>> {
+    use object_store::ObjectStore;
+    Ok(s3
+        .object_store()?
+        .get(&path.into())
+        .await?
+        .bytes()
+        .await?
+        .to_vec())
+}
+
+/// Runs the `mofang` CLI against the cluster; its JSON output.
+async fn mofang_cli(env: &Env, args: &[&str]) -> Result<Value> {
+    mofang_cli_env(env, args, &[]).await
+}
+
+/// [`mofang_cli`] with more environment.
+async fn mofang_cli_env(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Result<Value> {
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(args)
+        .envs(env.sched.cli_env())
+        .envs(extra.iter().copied())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "mofang {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The member ids of an instance view with `role`.
+fn members_with(inst: &Value, role: &str) -> Vec<String> {
+    inst["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["role"] == role)
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Backups as records and jobs, on one cluster (two agents, a SeaweedFS of its own):
+/// - MariaDB: a backup is taken on the replica by default, answers 202 `pending`, a second one
+///   meanwhile is refused 409 naming the first; it succeeds with a manifest in the repository
+///   whose object sizes and sha256 are those stored, at the primary's GTID; events and audit
+///   entries name each step.
+/// - The replica's container killed mid-backup (the store frozen so the upload cannot finish
+///   first): `failed` with the reason, nothing left under the backup's directory; the next
+///   backup succeeds.
+/// - Redis: BGSAVE on the replica, the RDB stored with its replication offset.
+/// - A deleted backup's objects are gone; a deleted instance keeps its backups.
+/// - The repository unreachable: `failed` naming the repository write.
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
+    use sha2::Digest;
+    // Its own server: this test freezes and stops it.
+    let s3 = SeaweedFs::start().await?;
+    let env = Env::start(2).await?;
+    env.wait_ready_nodes(2).await?;
+    // Through the CLI, the secret from the environment.
+    let v = mofang_cli_env(
+        &env,
+        &[
+            "--json",
+            "backup-repo",
+            "add",
+            "main",
+            "--kind",
+            "s3",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &s3.bucket,
+            "--prefix",
+            "bk",
+            "--access-key-id",
+            &s3.access_key,
+        ],
+        &[("MOFANG_S3_SECRET_ACCESS_KEY", &s3.secret_key)],
+    )
+    .await?;
+    ensure!(v["name"] == "main" && v["kind"] == "s3", "{v}");
+
+    // ---- MariaDB: the default member, 409, the manifest ----------------------------------
+    let inst = env.create_ready("db", "mariadb", 1).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("primary id")?
+        .to_owned();
+    let replica = members_with(&inst, "replica").pop().context("a replica")?;
+    // 1000 small rows, and ~60 MiB that zstd cannot shrink (more than the upload holds in
+    // flight, so a frozen store stops the backup midway).
+    sql(
+        &primary,
+        "CREATE DATABASE bk; CREATE TABLE bk.t (id INT PRIMARY KEY); \
+         INSERT INTO bk.t SELECT seq FROM bk.seq_1_to_1000; \
+         CREATE TABLE bk.big (id INT PRIMARY KEY, b VARBINARY(1024)); \
+         INSERT INTO bk.big SELECT seq, RANDOM_BYTES(1024) FROM bk.seq_1_to_60000",
+    )?;
+    let gtid = sql(&primary, "SELECT @@gtid_current_pos")?;
+    mofang_tests::eventually("replica caught up", Duration::from_secs(120), || async {
+        let at = sql(&replica, "SELECT @@gtid_current_pos").unwrap_or_default();
+        ensure!(at == gtid, "replica at {at:?}, primary at {gtid:?}");
+        Ok(())
+    })
+    .await?;
+
+    let first = request_backup(&env, "db", json!({"repo": "main"})).await?;
+    let id = first["id"].as_str().context("id")?.to_owned();
+    ensure!(
+        first["member"] == replica.as_str(),
+        "not the replica: {first}"
+    );
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/instances/db/backups",
+            Some(json!({"repo": "main", "primary": true})),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::CONFLICT
+            && v["error"]["code"] == "backup_running"
+            && v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&id),
+        "a second backup while one runs: {status} {v}"
+    );
+    let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    ensure!(
+        b["consistent_at"]["gtid"] == gtid.as_str(),
+        "consistent at {} while the primary is at {gtid}: {b}",
+        b["consistent_at"]
+    );
+    ensure!(
+        b["tools"]["mariadb-backup"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10.11"),
+        "{b}"
+    );
+    let objects = b["objects"].as_array().context("objects")?;
+    ensure!(objects.len() == 1, "{b}");
+    let data = object(
+        &s3,
+        &format!("bk/{}", objects[0]["path"].as_str().context("path")?),
+    )
+    .await?;
+    ensure!(
+        data.len() as u64 == objects[0]["size"].as_u64().unwrap_or_default()
+            && hex::encode(sha2::Sha256::digest(&data))
+                == objects[0]["sha256"].as_str().unwrap_or_default(),
+        "the stored object differs from its record"
+    );
+    let raw = zstd::decode_all(&data[..])?;
+    ensure!(raw.starts_with(b"XBSTCK01"), "not an mbstream");
+    ensure!(
+        raw.len() > 60 << 20,
+        "{} bytes: the table is missing",
+        raw.len()
+    );
+    let manifest: Value = serde_json::from_slice(
+        &object(
+            &s3,
+            &format!("bk/{}", b["manifest"].as_str().context("manifest")?),
+        )
+        .await?,
+    )?;
+    ensure!(
+        manifest["id"] == id.as_str()
+            && manifest["instance"] == "db"
+            && manifest["engine"] == "mariadb"
+            && manifest["version"] == "10.11"
+            && manifest["consistent_at"]["gtid"] == gtid.as_str()
+            && manifest["objects"][0]["sha256"] == objects[0]["sha256"],
+        "manifest {manifest}"
+    );
+    let kinds: Vec<String> = env
+        .events("db")
+        .await?
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect();
+    for k in ["backup_requested", "backup_started", "backup_succeeded"] {
+        ensure!(kinds.iter().any(|x| x == k), "no {k} event: {kinds:?}");
+    }
+    let audit = env.get("/v1/audit").await?.to_string();
+    ensure!(
+        audit.contains("POST /v1/instances/db/backups") && audit.contains("backup_succeeded"),
+        "audit: {audit}"
+    );
+
+    // ---- killed mid-backup ---------------------------------------------------------------
+    s3.freeze(true)?;
+    let killed = request_backup(&env, "db", json!({"repo": "main"})).await;
+    let killed = match killed {
+        Ok(k) => k,
+        Err(e) => {
+            s3.freeze(false)?;
+            return Err(e);
+        }
+    };
+    let kid = killed["id"].as_str().context("id")?.to_owned();
+    let midway = mofang_tests::eventually("backup midway", Duration::from_secs(60), || async {
+        let b = env.get(&format!("/v1/backups/{kid}")).await?;
+        ensure!(
+            b["state"] == "running" && b["bytes"].as_u64() > Some(0),
+            "{b}"
+        );
+        Ok(b)
+    })
+    .await;
+    let kill = midway.and_then(|_| docker_cli(&["kill", &container_of(&replica)]));
+    s3.freeze(false)?;
+    kill?;
+    let b = wait_backup(&env, &kid, Duration::from_secs(120)).await?;
+    let reason = b["reason"].as_str().unwrap_or_default();
+    ensure!(
+        b["state"] == "failed"
+            && reason.contains("stream failed")
+            && reason.contains("mariadb-backup"),
+        "{b}"
+    );
+    let left = objects_under(&s3, &format!("bk/backups/db/{kid}")).await?;
+    ensure!(left.is_empty(), "a failed backup left {left:?}");
+    ensure!(
+        env.events("db")
+            .await?
+            .iter()
+            .any(|e| e["kind"] == "backup_failed"
+                && e["message"].as_str().unwrap_or_default().contains(&kid)),
+        "no backup_failed event"
+    );
+    env.wait_instance_ready("db").await?;
+    let again = request_backup(&env, "db", json!({"repo": "main"})).await?;
+    let again = wait_backup(
+        &env,
+        again["id"].as_str().context("id")?,
+        Duration::from_secs(180),
+    )
+    .await?;
+    ensure!(again["state"] == "succeeded", "the next backup: {again}");
+    let again_id = again["id"].as_str().context("id")?.to_owned();
+
+    // ---- MariaDB restore: exactly the rows of the backup --------------------------------
+    // Rows written after the backup must not be in the restored instance.
+    sql(
+        &primary,
+        "INSERT INTO bk.t SELECT seq FROM bk.seq_1001_to_1100",
+    )?;
+    let mut restore_spec = mofang_tests::scenario::spec("db2", "mariadb", 1);
+    restore_spec["restore"] = json!({"from_instance": "db", "backup": again_id});
+    let (status, v) = env
+        .call(Method::POST, "/v1/instances", Some(restore_spec))
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    ensure!(v["restored_from"] == again_id.as_str(), "{v}");
+    let db2 = env.wait_instance_ready("db2").await?;
+    let db2_primary = Env::primary_member(&db2)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let db2_replica = members_with(&db2, "replica").pop().context("replica")?;
+    let want = "1000\t1\t1000\t60000";
+    let q = "SELECT COUNT(*), MIN(id), MAX(id), (SELECT COUNT(*) FROM bk.big) FROM bk.t";
+    let got = sql(&db2_primary, q)?;
+    ensure!(
+        got == want,
+        "restored primary holds {got:?}, the backup {want:?}"
+    );
+    mofang_tests::eventually(
+        "restored replica seeded",
+        Duration::from_secs(120),
+        || async {
+            let got = sql(&db2_replica, q).unwrap_or_default();
+            ensure!(got == want, "restored replica holds {got:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    // The restored primary takes writes, and they replicate.
+    sql(&db2_primary, "INSERT INTO bk.t VALUES (5000)")?;
+    mofang_tests::eventually("write replicated", Duration::from_secs(60), || async {
+        let n = sql(&db2_replica, "SELECT COUNT(*) FROM bk.t").unwrap_or_default();
+        ensure!(n == "1001", "replica has {n}");
+        Ok(())
+    })
+    .await?;
+
+    // ---- a restore whose object is missing or tampered: refused naming it, nothing made --
+    let first_path = objects[0]["path"].as_str().context("path")?.to_owned();
+    let first_object = format!("bk/{first_path}");
+    let mut bad = mofang_tests::scenario::spec("db3", "mariadb", 1);
+    bad["restore"] = json!({"from_instance": "db", "backup": id});
+    {
+        use object_store::ObjectStore;
+        let store = s3.object_store()?;
+        store.delete(&first_object.as_str().into()).await?;
+        let (status, v) = env
+            .call(Method::POST, "/v1/instances", Some(bad.clone()))
+            .await?;
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && v["error"]["code"] == "restore_refused"
+                && v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&first_path),
+            "a missing object: {status} {v}"
+        );
+        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
+        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+        let mut tampered = data.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0xff;
+        store
+            .put(&first_object.as_str().into(), tampered.into())
+            .await?;
+        let (status, v) = env.call(Method::POST, "/v1/instances", Some(bad)).await?;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && v["error"]["code"] == "restore_refused"
+                && msg.contains(&first_path)
+                && msg.contains("sha256"),
+            "a tampered object: {status} {v}"
+        );
+        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
+        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+    }
+
+    // ---- Redis ---------------------------------------------------------------------------
+    let kv = env.create_ready("kv", "redis", 1).await?;
+    let kv_primary = Env::primary_member(&kv)?;
+    let addr = kv_primary["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let pass = env.app_password("kv").await?;
+    let client = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    for k in 0..500u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut c)
+            .await?;
+    }
+    // Through the CLI, as an operator would: `--wait` ends with the backup's record.
+    let rb = mofang_cli(
+        &env,
+        &[
+            "--json", "backup", "create", "kv", "--repo", "main", "--wait",
+        ],
+    )
+    .await?;
+    let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
+    ensure!(rb["member"] == kv_replica.as_str(), "{rb}");
+    ensure!(rb["state"] == "succeeded", "{rb}");
+    ensure!(rb["consistent_at"]["offset"].as_u64() > Some(0), "{rb}");
+    let rdb = object(
+        &s3,
+        &format!("bk/{}", rb["objects"][0]["path"].as_str().context("path")?),
+    )
+    .await?;
+    ensure!(
+        hex::encode(sha2::Sha256::digest(&rdb))
+            == rb["objects"][0]["sha256"].as_str().unwrap_or_default(),
+        "RDB sha256"
+    );
+    ensure!(
+        zstd::decode_all(&rdb[..])?.starts_with(b"REDIS"),
+        "not an RDB"
+    );
+    // Keys written after the backup must not be restored.
+    for k in 500..600u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut c)
+            .await?;
+    }
+
+    // ---- delete a backup; delete an instance ---------------------------------------------
+    let (status, _) = env
+        .call(Method::DELETE, &format!("/v1/backups/{id}"), None)
+        .await?;
+    ensure!(status == StatusCode::NO_CONTENT, "{status}");
+    let left = objects_under(&s3, &format!("bk/backups/db/{id}")).await?;
+    ensure!(left.is_empty(), "a deleted backup left {left:?}");
+    let (status, _) = env
+        .call(Method::GET, &format!("/v1/backups/{id}"), None)
+        .await?;
+    ensure!(status == StatusCode::NOT_FOUND, "{status}");
+    let (status, _) = env.call(Method::DELETE, "/v1/instances/kv", None).await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status}");
+    let kept = env.get("/v1/instances/kv/backups").await?;
+    ensure!(
+        kept.as_array().map(Vec::len) == Some(1) && kept[0]["id"] == rb["id"],
+        "the deleted instance's backups: {kept}"
+    );
+
+    // ---- Redis restore from a deleted instance's latest backup: exactly its keys ---------
+    let kv2 = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "create",
+            "kv2",
+            "--engine",
+            "redis",
+            "--memory",
+            "384",
+            "--disk",
+            "512",
+            "--restore-from",
+            "kv",
+            "--wait",
+        ],
+    )
+    .await?;
+    let listed = env.get("/v1/instances/kv2").await?;
+    ensure!(listed["restored_from"] == rb["id"], "{listed}");
+    let listed = mofang_cli(&env, &["--json", "backup", "list", "kv"]).await?;
+    ensure!(listed.as_array().map(Vec::len) == Some(1), "{listed}");
+    let pass2 = env.app_password("kv2").await?;
+    let want: Vec<String> = (0..500).map(|k| format!("k{k}")).collect();
+    for m in kv2["members"].as_array().context("members")? {
+        let addr = m["address"].as_str().context("address")?;
+        let client = redis::Client::open(format!("redis://app:{pass2}@{addr}/"))?;
+        mofang_tests::eventually("restored keys", Duration::from_secs(60), || async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            // DBSIZE 500 and every k0..k499 there: exactly the backup's keys.
+            let n: u64 = redis::cmd("DBSIZE").query_async(&mut c).await?;
+            let mut mget = redis::cmd("MGET");
+            for k in &want {
+                mget.arg(k);
+            }
+            let values: Vec<Option<u32>> = mget.query_async(&mut c).await?;
+            let present = values.iter().filter(|v| v.is_some()).count();
+            ensure!(
+                n == 500 && present == 500,
+                "{} holds {n} keys, {present} of the backup's 500",
+                m["id"]
+            );
+            let v: u32 = redis::cmd("GET").arg("k499").query_async(&mut c).await?;
+            ensure!(v == 499, "k499 = {v}");
+            Ok(())
+        })
+        .await?;
+    }
+
+    // ---- the repository unreachable ------------------------------------------------------
+    drop(s3);
+    let gone = request_backup(&env, "db", json!({"repo": "main"})).await?;
+    let gone = wait_backup(
+        &env,
+        gone["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let reason = gone["reason"].as_str().unwrap_or_default();
+    ensure!(
+        gone["state"] == "failed" && reason.contains("to the repository"),
+        "{gone}"
+    );
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! (and cancelled if it still runs).
 //!
 //! Kinds: `repo_probe` (write, read back, list and delete a probe object in a backup
-//! repository, `mofang_common::repo`).
+//! repository, `mofang_common::repo`); `backup` (a full backup of a member on this node,
+//! [`run`]), whose `JobStatus.result` is the manifest (JSON) and `bytes` the bytes read so far.
 
 use mofang_common::proto::{DesiredState, Job, JobStatus};
 use mofang_common::repo::{self, RepoSpec};
@@ -14,7 +15,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+pub mod restore;
+pub mod run;
 pub mod stream;
+
+pub use run::BackupContext;
 
 /// Job states as reported.
 pub const RUNNING: &str = "running";
@@ -32,6 +37,7 @@ struct Entry {
 #[derive(Clone)]
 pub struct Jobs {
     node: String,
+    backup: Option<BackupContext>,
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     changed: Arc<Notify>,
 }
@@ -48,9 +54,16 @@ impl Jobs {
     pub fn new(node: &str, changed: Arc<Notify>) -> Self {
         Jobs {
             node: node.to_owned(),
+            backup: None,
             entries: Arc::default(),
             changed,
         }
+    }
+
+    /// Also runs backups, with the agent's runtime and member statuses.
+    pub fn with_backups(mut self, ctx: BackupContext) -> Self {
+        self.backup = Some(ctx);
+        self
     }
 
     /// The statuses to report, ordered by id.
@@ -99,12 +112,17 @@ impl Jobs {
             );
             let this = self.clone();
             let job = job.clone();
+            let assignment = desired
+                .members
+                .iter()
+                .find(|a| a.member == job.member)
+                .cloned();
             let span = tracing::info_span!("job", id = %job.id, kind = %job.kind);
             tokio::spawn(
                 async move {
                     tokio::select! {
                         _ = cancel.cancelled() => info!("job left the desired state: cancelled"),
-                        () = this.run(&job) => {}
+                        () = this.run(&job, assignment) => {}
                     }
                 }
                 .instrument(span),
@@ -112,9 +130,10 @@ impl Jobs {
         }
     }
 
-    async fn run(&self, job: &Job) {
+    async fn run(&self, job: &Job, assignment: Option<mofang_common::proto::Assignment>) {
         let outcome = match job.kind.as_str() {
             "repo_probe" => self.repo_probe(job).await,
+            mofang_common::backup::JOB_KIND => self.backup(job, assignment).await,
             other => Err(("start".to_owned(), format!("unknown job kind {other:?}"))),
         };
         match outcome {
@@ -131,6 +150,34 @@ impl Jobs {
                 });
             }
         }
+    }
+
+    async fn backup(
+        &self,
+        job: &Job,
+        assignment: Option<mofang_common::proto::Assignment>,
+    ) -> Result<(), (String, String)> {
+        let ctx = self
+            .backup
+            .as_ref()
+            .ok_or_else(|| ("start".to_owned(), "this agent runs no backups".to_owned()))?;
+        info!(member = %job.member, "backup started");
+        let id = job.id.clone();
+        let this = self.clone();
+        // Progress is reported with the next heartbeat, not pushed at once.
+        let progress = move |n: u64| {
+            let mut entries = this.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = entries.get_mut(&id) {
+                e.status.bytes = n;
+            }
+        };
+        let manifest = run::run(ctx, &self.node, job, assignment, &progress).await?;
+        let result =
+            serde_json::to_string(&manifest).map_err(|e| ("manifest".to_owned(), e.to_string()))?;
+        info!(member = %job.member, bytes = manifest.objects.iter().map(|o| o.size).sum::<u64>(),
+            gtid = %manifest.consistent_at.gtid, "backup stored");
+        self.set(&job.id, |s| s.result = result);
+        Ok(())
     }
 
     async fn repo_probe(&self, job: &Job) -> Result<(), (String, String)> {

@@ -61,13 +61,27 @@ pub struct Stored {
     pub source_bytes: u64,
 }
 
-/// Stores `input` as `rel` in `repo`, compressed with `zstd` if given. On any failure the
-/// multipart upload is aborted: no partial object is left. `progress` is told the source
-/// bytes read so far.
+/// An upload that is aborted if it is dropped unfinished: a backup job cancelled mid-way (it
+/// left the desired state) drops its future, and the store must not keep its parts.
+struct AbortOnDrop(Option<WriteMultipart>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let (Some(w), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = w.abort().await;
+            });
+        }
+    }
+}
+
+/// Stores `input` as `rel` in `repo`, compressed with `zstd` if given. On any failure, and
+/// when the future is dropped unfinished, the multipart upload is aborted: no partial object
+/// is left. `progress` is told the source bytes read so far.
 pub async fn store<E: std::fmt::Display>(
     repo: &Repo,
     rel: &str,
-    mut input: BoxStream<'_, Result<Bytes, E>>,
+    input: BoxStream<'_, Result<Bytes, E>>,
     zstd: Option<Zstd>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Stored> {
@@ -77,8 +91,19 @@ pub async fn store<E: std::fmt::Display>(
         object: object.clone(),
         source,
     };
+    // The upload is created once the source has produced its first bytes: a command that
+    // fails at once leaves nothing in the store, not even an upload to abort.
+    let mut input = input.peekable();
+    match std::pin::Pin::new(&mut input).peek().await {
+        Some(Ok(first)) => progress(first.len() as u64),
+        Some(Err(e)) => return Err(Error::Source(e.to_string())),
+        None => {}
+    }
     let upload = repo.store.put_multipart(&path).await.map_err(store_err)?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+    let mut guard = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(upload, PART)));
+    let Some(w) = guard.0.as_mut() else {
+        return Err(Error::Source("the upload vanished".into()));
+    };
     let mut encoder = match zstd {
         Some(z) => {
             let mut e =
@@ -122,6 +147,9 @@ pub async fn store<E: std::fmt::Display>(
         Ok(())
     }
     .await;
+    let Some(w) = guard.0.take() else {
+        return Err(Error::Source("the upload vanished".into()));
+    };
     if let Err(e) = result {
         let _ = w.abort().await;
         return Err(e);
@@ -197,5 +225,141 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("container died"), "{e}");
         assert!(!dir.path().join("b2/data.zst").exists());
+    }
+
+    /// A store whose uploads record whether they were aborted (S3 keeps the parts of an
+    /// upload nobody aborts; the local store's uploads clean up after themselves, so they
+    /// cannot show it).
+    #[derive(Debug)]
+    struct Recording {
+        inner: object_store::memory::InMemory,
+        aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl std::fmt::Display for Recording {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Recording")
+        }
+    }
+
+    #[derive(Debug)]
+    struct RecordingUpload {
+        inner: Box<dyn object_store::MultipartUpload>,
+        aborted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::MultipartUpload for RecordingUpload {
+        fn put_part(&mut self, data: object_store::PutPayload) -> object_store::UploadPart {
+            self.inner.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            self.inner.complete().await
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.aborted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.inner.abort().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for Recording {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            Ok(Box::new(RecordingUpload {
+                inner: self.inner.put_multipart_opts(location, opts).await?,
+                aborted: self.aborted.clone(),
+            }))
+        }
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+        ) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+        ) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    /// A store cancelled mid-way (its task dropped, as when a job leaves the desired state)
+    /// aborts its upload.
+    #[tokio::test]
+    async fn a_dropped_store_aborts_its_upload() {
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let repo = Repo {
+            store: std::sync::Arc::new(Recording {
+                inner: object_store::memory::InMemory::new(),
+                aborted: aborted.clone(),
+            }),
+            prefix: object_store::path::Path::default(),
+        };
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = read.clone();
+        let first: Vec<Result<Bytes, String>> = vec![Ok(Bytes::from(vec![7u8; 9 << 20]))];
+        let endless = futures::stream::iter(first).chain(futures::stream::pending());
+        let task = tokio::spawn(async move {
+            let progress = move |n: u64| seen.store(n, std::sync::atomic::Ordering::SeqCst);
+            store(&repo, "b3/data", endless.boxed(), None, &progress).await
+        });
+        for _ in 0..500 {
+            if read.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            read.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the upload began"
+        );
+        assert!(!aborted.load(std::sync::atomic::Ordering::SeqCst));
+        task.abort();
+        let _ = task.await;
+        for _ in 0..500 {
+            if aborted.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("a dropped upload was not aborted");
     }
 }

@@ -5,7 +5,7 @@ mod mariadb;
 mod redis;
 
 pub use mariadb::MariaDb;
-pub use redis::Redis;
+pub use redis::{snapshot as redis_snapshot, Redis, Snapshot as RedisSnapshot};
 
 use async_trait::async_trait;
 use mofang_common::EngineKind;

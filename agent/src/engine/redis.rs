@@ -65,6 +65,88 @@ fn parse_info(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A snapshot `BGSAVE` made ([`snapshot`]): where the RDB file is inside the container and
+/// the replication offset the server was at when the save forked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The RDB file's path inside the container (`CONFIG GET dir` + `dbfilename`).
+    pub path: String,
+    /// `master_repl_offset` (a replica: `slave_repl_offset`) read right after BGSAVE forked.
+    pub offset: u64,
+}
+
+/// Runs `BGSAVE` (waiting for a save already under way first), waits until
+/// `rdb_bgsave_in_progress:0`, and checks `rdb_last_bgsave_status:ok` and that the last save
+/// is the one asked for. Polls every 200 ms for at most `limit`.
+pub async fn snapshot(at: &Target, s: &Secrets, limit: std::time::Duration) -> Result<Snapshot> {
+    timed_for(NAME, at, limit, async {
+        let mut c = connect(at, s).await?;
+        let persistence = |text: String| parse_info(&text);
+        // A save of Redis' own (a replica's full sync) may be running: BGSAVE then fails
+        // with "already in progress"; wait for it and ask again.
+        loop {
+            let before = persistence(cmd(&mut c, at, &["INFO", "persistence"]).await?);
+            if before.get("rdb_bgsave_in_progress").map(String::as_str) == Some("1") {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            let last_before = before
+                .get("rdb_saves")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            match cmd::<String>(&mut c, at, &["BGSAVE"]).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("in progress") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let repl = parse_info(&cmd::<String>(&mut c, at, &["INFO", "replication"]).await?);
+            let offset = repl
+                .get("slave_repl_offset")
+                .or_else(|| repl.get("master_repl_offset"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let p = persistence(cmd(&mut c, at, &["INFO", "persistence"]).await?);
+                if p.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0") {
+                    continue;
+                }
+                let status = p.get("rdb_last_bgsave_status").cloned().unwrap_or_default();
+                if status != "ok" {
+                    return Err(err(
+                        at,
+                        format!("BGSAVE failed: rdb_last_bgsave_status:{status}"),
+                    ));
+                }
+                let saves = p
+                    .get("rdb_saves")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if p.contains_key("rdb_saves") && saves <= last_before {
+                    return Err(err(
+                        at,
+                        "BGSAVE ended without a new save (rdb_saves unchanged)",
+                    ));
+                }
+                break;
+            }
+            let dir: Vec<String> = cmd(&mut c, at, &["CONFIG", "GET", "dir"]).await?;
+            let file: Vec<String> = cmd(&mut c, at, &["CONFIG", "GET", "dbfilename"]).await?;
+            let (Some(dir), Some(file)) = (dir.get(1), file.get(1)) else {
+                return Err(err(at, "CONFIG GET dir/dbfilename answered nothing"));
+            };
+            return Ok(Snapshot {
+                path: format!("{}/{}", dir.trim_end_matches('/'), file),
+                offset,
+            });
+        }
+    })
+    .await
+}
+
 #[async_trait]
 impl Engine for Redis {
     fn kind(&self) -> EngineKind {

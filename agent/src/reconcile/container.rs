@@ -45,6 +45,10 @@ pub(super) async fn present(
         );
         return Ok(Step::Stop(Action::Requeue(Duration::from_secs(1))));
     }
+    // A restored instance's primary: its volume is filled from the backup first.
+    if let Step::Stop(action) = super::restore::fill(m, vol, st).await? {
+        return Ok(Step::Stop(action));
+    }
     // A replica on a fresh volume copies a snapshot of its primary first.
     let fresh = std::fs::read_dir(&vol.path)
         .map(|mut d| d.next().is_none())

@@ -1,7 +1,7 @@
 //! The reconcile loop (kube-runtime style): desired members of this node against actual
 //! containers. One worker per member (`worker.rs`), idempotent steps, periodic requeue,
 //! woken at once by container events. A pass is the list of steps in `reconcile_member`,
-//! a file each: `volume.rs` -> `config.rs` -> `container.rs` -> `answers.rs` (the server
+//! a file each: `volume.rs` -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `answers.rs` (the server
 //! answers a ping) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
 //! next what it produced, or reports the member's status and ends the pass with an
 //! [`Action`]. The decisions (the role asked for, a container that is not running, the role
@@ -12,6 +12,7 @@ mod config;
 mod container;
 pub mod decide;
 mod observe;
+mod restore;
 mod role;
 mod shared;
 mod status;

@@ -2,7 +2,7 @@
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, ExecStream,
-    Network, Result, RuntimeEvent,
+    Input, Network, OneShot, Result, RuntimeEvent,
 };
 use async_trait::async_trait;
 use bollard::container::LogOutput;
@@ -13,8 +13,8 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures::stream::BoxStream;
@@ -447,6 +447,131 @@ impl ContainerRuntime for DockerRuntime {
             stdout: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
             done: done_rx,
         })
+    }
+
+    async fn run_once(&self, spec: &OneShot, mut input: Input) -> Result<ExecOutput> {
+        use tokio::io::AsyncWriteExt;
+        /// Output kept for the answer.
+        const KEEP: usize = 64 * 1024;
+        if !self.image_exists(&spec.image).await? {
+            return Err(Error::ImageMissing(spec.image.clone()));
+        }
+        // A container of this name left by an attempt that was cut short.
+        let _ = self.remove(&spec.name, true).await;
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| bollard::models::Mount {
+                source: Some(m.source.to_string_lossy().into_owned()),
+                target: Some(m.target.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(spec.cmd.clone()),
+            cmd: Some(vec![]),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            user: Some(spec.user.clone()),
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec!["CHOWN".into(), "DAC_OVERRIDE".into(), "FOWNER".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err(&spec.name, e))?
+            .id;
+        let result = async {
+            let attached = self
+                .docker
+                .attach_container(
+                    &id,
+                    Some(AttachContainerOptions {
+                        detach_keys: None,
+                        logs: false,
+                        stream: true,
+                        stdin: true,
+                        stdout: true,
+                        stderr: true,
+                    }),
+                )
+                .await
+                .map_err(|e| map_err(&id, e))?;
+            self.start(&id).await?;
+            let mut stdin = attached.input;
+            let mut output = attached.output;
+            let feed = async {
+                let mut fed = Ok(());
+                while let Some(chunk) = input.next().await {
+                    let written = match chunk {
+                        Ok(c) => stdin
+                            .write_all(&c)
+                            .await
+                            .map_err(|e| format!("writing to {}: {e}", spec.name)),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        fed = Err(e);
+                        break;
+                    }
+                }
+                // EOF on the container's standard input (stdin_once), also after a failure, so
+                // the command ends.
+                let _ = stdin.shutdown().await;
+                fed
+            };
+            let read = async {
+                let mut kept: Vec<u8> = Vec::new();
+                while let Some(Ok(chunk)) = output.next().await {
+                    kept.extend_from_slice(&chunk.into_bytes());
+                    if kept.len() > 2 * KEEP {
+                        kept.drain(..kept.len() - KEEP);
+                    }
+                }
+                kept
+            };
+            let (fed, kept) = tokio::join!(feed, read);
+            let mut wait = self
+                .docker
+                .wait_container(&id, None::<WaitContainerOptions>);
+            let exit_code = match wait.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(map_err(&id, e)),
+                None => -1,
+            };
+            if let Err(e) = fed {
+                return Err(Error::Api(format!("{}: input failed: {e}", spec.name)));
+            }
+            let text = String::from_utf8_lossy(&kept[kept.len().saturating_sub(KEEP)..]);
+            Ok(ExecOutput {
+                exit_code,
+                stdout: text.into_owned(),
+                stderr: String::new(),
+            })
+        }
+        .await;
+        let _ = self.remove(&id, true).await;
+        result
     }
 
     fn events(&self, label: (&str, &str)) -> BoxStream<'static, Result<RuntimeEvent>> {

@@ -155,6 +155,27 @@ impl std::fmt::Debug for ExecStream {
     }
 }
 
+/// A container run once for a command and removed (a restore's unpack and prepare): the
+/// member's own image, its volume mounted, no network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneShot {
+    /// Container name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// The command (replaces the image's entrypoint).
+    pub cmd: Vec<String>,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// `uid:gid` it runs as.
+    pub user: String,
+    /// Labels (the `mofang.*` ownership labels).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a one-shot container reads on its standard input.
+pub type Input = BoxStream<'static, std::result::Result<bytes::Bytes, String>>;
+
 /// A lifecycle event of a container (from the runtime's event stream).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeEvent {
@@ -196,6 +217,16 @@ pub trait ContainerRuntime: Send + Sync {
         let _ = (cmd, user);
         Err(Error::Api(format!(
             "this runtime cannot stream a command's output (container {id})"
+        )))
+    }
+    /// Runs `spec` to its end with `input` fed to its standard input, then removes it; the exit
+    /// code and the last 64 KiB of its output. An input that fails is an error whatever the
+    /// command did with what it got.
+    async fn run_once(&self, spec: &OneShot, input: Input) -> Result<ExecOutput> {
+        let _ = input;
+        Err(Error::Api(format!(
+            "this runtime cannot run one-shot containers ({})",
+            spec.name
         )))
     }
     /// A stream of container events for containers carrying the given label.

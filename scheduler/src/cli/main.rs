@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 
+mod backup;
 mod haproxy;
 mod tls;
 use serde_json::{json, Value};
@@ -76,6 +77,12 @@ enum Cmd {
     /// Day-2 operations (rolling restart, ...): show, list, cancel.
     #[command(subcommand)]
     Operation(OperationCmd),
+    /// Full backups of instances (docs/backup.md).
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
+    /// Where backups are kept.
+    #[command(subcommand)]
+    BackupRepo(backup::BackupRepoCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +150,12 @@ enum InstanceCmd {
         /// A label `k=v` (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Restore a backup of this instance (which may have been deleted) into the new one.
+        #[arg(long)]
+        restore_from: Option<String>,
+        /// The backup to restore (default: the latest succeeded one).
+        #[arg(long, requires = "restore_from")]
+        backup: Option<String>,
         /// Wait until every member is healthy, showing progress.
         #[arg(long)]
         wait: bool,
@@ -482,6 +495,8 @@ async fn run(cli: Cli) -> Result<()> {
             zones,
             strategy,
             labels,
+            restore_from,
+            backup,
             wait,
             timeout,
         }) => {
@@ -519,6 +534,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 body["placement"] = p;
             }
+            if let Some(from) = restore_from {
+                body["restore"] = json!({ "from_instance": from, "backup": backup });
+            }
             let v = c.post("/v1/instances", body).await?;
             if !wait {
                 if cli.json {
@@ -542,7 +560,14 @@ async fn run(cli: Cli) -> Result<()> {
                     members.len(),
                     members
                         .iter()
-                        .map(|m| format!("{}={}", s(&m["id"]), s(&m["state"])))
+                        .map(|m| {
+                            let reason = m["reason"].as_str().unwrap_or_default();
+                            if reason.starts_with("restoring") {
+                                format!("{}={}: {reason}", s(&m["id"]), s(&m["state"]))
+                            } else {
+                                format!("{}={}", s(&m["id"]), s(&m["state"]))
+                            }
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
@@ -923,6 +948,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_default();
             table(&["ID", "TIME", "KIND", "INSTANCE", "NODE", "MESSAGE"], rows);
         }
+        Cmd::Backup(cmd) => backup::run_backup(&c, cmd, cli.json).await?,
+        Cmd::BackupRepo(cmd) => backup::run_repo(&c, cmd, cli.json).await?,
         Cmd::Keyring(KeyringCmd::Status) => {
             let v = c.get("/v1/keyring").await?;
             if cli.json {

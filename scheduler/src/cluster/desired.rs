@@ -48,6 +48,25 @@ fn next_revision(inner: &mut Inner) -> u64 {
     inner.revision
 }
 
+/// The restore source of a restored instance's primary (JSON), or empty. The agent fills the
+/// volume once, before the server's first start; the repository (with its secret) comes from
+/// the records in memory, `None` if it was deleted since (the agent then refuses).
+fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
+    let Some(r) = &i.restored else {
+        return String::new();
+    };
+    let src = mofang_common::backup::RestoreSource {
+        backup: r.backup.clone(),
+        engine: i.spec.engine.to_string(),
+        repo: inner.repos.get(&r.repo).cloned(),
+        object: r.object.clone(),
+        size: r.size,
+        sha256: r.sha256.clone(),
+        raw_size: r.raw_size,
+    };
+    serde_json::to_string(&src).unwrap_or_default()
+}
+
 /// A node's full desired state: one assignment per member placed on it.
 fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
     let mut members = Vec::new();
@@ -98,6 +117,11 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     restart_generation: i.restart_generations.get(&m.id).copied().unwrap_or(0),
                     stopped: i.stopped,
                     rebuild_generation: i.rebuild_generations.get(&m.id).copied().unwrap_or(0),
+                    restore: if m.role == Role::Primary {
+                        restore_source(inner, i)
+                    } else {
+                        String::new()
+                    },
                 });
             }
         }

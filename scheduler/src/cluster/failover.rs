@@ -942,7 +942,8 @@ impl Cluster {
     /// `completion_timeout_ms` ago are in flight again, from when they were decided.
     pub async fn take_charge(&self) -> Result<()> {
         self.resume_failovers(now_ms());
-        self.abandon_switchovers().await
+        self.abandon_switchovers().await?;
+        self.fail_orphaned_backups().await
     }
 
     /// A failover decided by a previous scheduler (its epoch is durable) may still be carried

@@ -6,8 +6,9 @@
 //! lifecycle (load, activate, deactivate); each concern is a file of `impl Cluster`:
 //! `records` (durable decisions), `books` (reservations and the placement ranking),
 //! `observed` (heartbeats and node liveness), `desired` (desired states and their
-//! watchers), `views` (what the API shows), `failover` and `endpoints`.
+//! watchers), `views` (what the API shows), `failover`, `endpoints`, `jobs`, `repos` and `backups`.
 
+mod backups;
 mod books;
 mod desired;
 mod endpoints;
@@ -80,6 +81,24 @@ pub enum Error {
     /// The instance is not in a state the request needs (409 `instance_not_ready`).
     #[error("{0}")]
     NotReady(String),
+    /// A backup of the instance is already pending or running (409 `backup_running`).
+    #[error("backup {id} of instance {instance} is still running")]
+    BackupRunning {
+        /// The instance.
+        instance: String,
+        /// The backup under way.
+        id: String,
+    },
+    /// No member can take the backup asked for (409 `no_backup_member`).
+    #[error(transparent)]
+    NoBackupMember(crate::backup::plan::NoMember),
+    /// A restore cannot be done: the backup, its repository or an object is missing or is not
+    /// what was recorded (422 `restore_refused`); nothing was created.
+    #[error("restore refused: {0}")]
+    RestoreRefused(String),
+    /// The backup repository failed a listing or a deletion (503 `repo_unavailable`).
+    #[error("backup repository: {0}")]
+    RepoFailed(String),
 }
 
 impl From<store::Error> for Error {
@@ -134,6 +153,10 @@ struct Inner {
     operations: BTreeMap<String, crate::ops::Operation>,
     /// Operations a task is carrying a step of right now.
     op_driving: BTreeSet<String>,
+    /// The backup being driven for each instance (at most one), by instance.
+    backups_running: BTreeMap<String, String>,
+    /// Backup repositories by name (with their secret), for restored primaries' assignments.
+    repos: BTreeMap<String, mofang_common::repo::RepoSpec>,
 }
 
 /// The cluster: one per scheduler process.
@@ -262,12 +285,14 @@ impl Cluster {
     pub async fn activate(&self) -> Result<()> {
         let nodes = self.store.nodes().await?;
         let instances = self.store.instances().await?;
+        let repos = self.backup_repos().await?;
         // Another scheduler may have revoked nodes while this one followed.
         self.revoked
             .send_replace(identity::load_revocations(self.store.as_ref()).await?);
         {
             let mut inner = lock(&self.inner);
             inner.nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+            inner.repos = repos.into_iter().map(|r| (r.name, r.spec)).collect();
             inner.reserved.clear();
             inner.instances.clear();
             for i in instances {

@@ -116,13 +116,18 @@ impl Cluster {
     /// happens outside it so concurrent creations share a commit.
     pub async fn create_instance(&self, spec: InstanceSpec) -> Result<Instance> {
         validate_spec(&spec)?;
+        // Checked before anything is placed or written: a refused restore creates nothing.
+        let restored = match &spec.restore {
+            Some(r) => Some(self.check_restore(&spec, r).await?),
+            None => None,
+        };
         let inst = {
             let mut inner = lock(&self.inner);
             if inner.instances.contains_key(&spec.name) {
                 return Err(Error::AlreadyExists(spec.name.clone()));
             }
             let placed = self.place(&inner, &spec)?;
-            let inst = Instance::new(
+            let mut inst = Instance::new(
                 spec.clone(),
                 placed.members,
                 Credentials {
@@ -132,6 +137,7 @@ impl Cluster {
                     app: password(),
                 },
             );
+            inst.restored = restored.clone().map(Box::new);
             // Reserve now; undone below if the store refuses.
             reserve(&mut inner, &inst, true);
             inner.instances.insert(spec.name.clone(), inst.clone());
@@ -141,10 +147,16 @@ impl Cluster {
             EventKind::InstanceCreated,
             Some(&spec.name),
             None,
-            format!(
-                "{} {} with {} replicas",
-                spec.engine, spec.version, spec.replicas
-            ),
+            match &restored {
+                Some(r) => format!(
+                    "{} {} with {} replicas, restored from backup {}",
+                    spec.engine, spec.version, spec.replicas, r.backup
+                ),
+                None => format!(
+                    "{} {} with {} replicas",
+                    spec.engine, spec.version, spec.replicas
+                ),
+            },
         )];
         for m in &inst.members {
             events.push(event(

@@ -233,6 +233,9 @@ impl Cluster {
         self.store
             .put_meta(&format!("{PREFIX}{name}"), &json)
             .await?;
+        lock(&self.inner)
+            .repos
+            .insert(name.to_owned(), record.spec.clone());
         info!(repo = %name, kind = record.spec.kind(), agents = nodes.len(),
             "backup repository added");
         Ok(record)
@@ -272,6 +275,7 @@ impl Cluster {
     pub async fn delete_backup_repo(&self, name: &str) -> Result<()> {
         self.backup_repo(name).await?;
         self.store.delete_meta(&format!("{PREFIX}{name}")).await?;
+        lock(&self.inner).repos.remove(name);
         info!(repo = %name, "backup repository deleted");
         Ok(())
     }

@@ -53,6 +53,7 @@ pub(super) fn spec(name: &str, disk_mib: u64, class: Option<&str>) -> InstanceSp
         disk_class: class.map(str::to_owned),
         placement: None,
         labels: Default::default(),
+        restore: None,
     }
 }
 

@@ -63,6 +63,10 @@ pub struct InstanceView {
     pub auto_failover: bool,
     /// When the last failover was decided (unix ms; 0: never).
     pub last_failover_ms: i64,
+    /// The backup it was restored from (its primary's member shows the restore's progress in
+    /// `reason` until its server starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 /// A node as the API shows it.
@@ -213,6 +217,7 @@ impl Cluster {
             spec: i.spec.clone(),
             created_at_ms: i.created_at_ms,
             auto_failover: i.auto_failover,
+            restored_from: i.restored.as_ref().map(|r| r.backup.clone()),
             last_failover_ms: i.last_failover_ms,
         }
     }

@@ -367,6 +367,7 @@ mod tests {
             disk_class: None,
             placement: None,
             labels: Default::default(),
+            restore: None,
         };
         let m = |i: u32, node: &str, role| MemberRecord {
             id: format!("db-{i}"),

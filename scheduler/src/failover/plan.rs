@@ -132,6 +132,7 @@ mod tests {
             disk_class: None,
             placement: None,
             labels: Default::default(),
+            restore: None,
         };
         let m = |i: u32, role| MemberRecord {
             id: format!("{name}-{i}"),

@@ -395,6 +395,7 @@ mod tests {
                 disk_class: None,
                 placement: None,
                 labels: Default::default(),
+                restore: None,
             },
             vec![MemberRecord {
                 id: format!("{name}-0"),

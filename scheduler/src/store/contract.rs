@@ -72,6 +72,7 @@ pub fn instance(name: &str) -> Instance {
             disk_class: None,
             placement: None,
             labels: Default::default(),
+            restore: None,
         },
         vec![MemberRecord {
             id: format!("{name}-0"),

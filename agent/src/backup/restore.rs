@@ -1,0 +1,297 @@
+//! Filling a restored instance's primary from a backup, before its server first starts.
+//!
+//! The data object is read from the repository, its sha256 and size checked on the way, and
+//! decompressed as it comes. MariaDB: the stream is fed to a one-shot container of the
+//! member's own image with its data volume mounted, which unpacks it (`mbstream -x`),
+//! prepares it (`mariadb-backup --prepare`), clears the old instance's replication state
+//! (`mysql.gtid_slave_pos`) with a server started for that alone, and gives the files to the
+//! server's uid. Redis: the RDB is written into the volume as the base of a fresh append-only
+//! file (the server runs with `appendonly yes`, which loads the AOF and ignores `dump.rdb`).
+//! A restore that fails leaves the volume to be wiped and filled again on the next try.
+
+use crate::runtime::{ContainerRuntime, Input, Mount, OneShot};
+use bytes::Bytes;
+use futures::StreamExt;
+use mofang_common::backup::RestoreSource;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The one-shot container's script (MariaDB): unpack, prepare, clear the old replication
+/// state, hand the files to the server's user.
+const MARIADB_SCRIPT: &str = r#"set -e
+cd /var/lib/mysql
+find . -mindepth 1 -delete
+mbstream -x
+mariadb-backup --prepare --target-dir=/var/lib/mysql
+mariadbd --no-defaults --user=root --datadir=/var/lib/mysql --skip-networking \
+  --socket=/tmp/restore.sock --skip-grant-tables --skip-log-bin --log-error=/tmp/restore.err &
+pid=$!
+ok=
+for i in $(seq 1 600); do
+  if mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'; then ok=1; break; fi
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.2
+done
+if [ -z "$ok" ]; then cat /tmp/restore.err; kill $pid 2>/dev/null; exit 1; fi
+mariadb -S /tmp/restore.sock -e 'SHUTDOWN'
+wait $pid || true
+rm -f /var/lib/mysql/xtrabackup_* /var/lib/mysql/mariadb_backup_*
+chown -R "$MOFANG_UID:$MOFANG_UID" /var/lib/mysql
+echo restore-ok
+"#;
+
+/// Where the restore is (for the member's status).
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Reads the object, checking its sha256 and size, decompressed: a stream of raw bytes whose
+/// last item is an error if the object is not the one recorded.
+fn verified_stream(src: &RestoreSource, progress: Progress) -> Result<Input, String> {
+    let spec = src
+        .repo
+        .clone()
+        .ok_or_else(|| format!("the repository of backup {} is unknown", src.backup))?;
+    let repo = spec.open().map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
+    let src = src.clone();
+    tokio::spawn(async move {
+        let path = repo.path(&src.object);
+        let result: Result<(), String> = async {
+            let mut body = repo
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| format!("reading {}: {e}", src.object))?
+                .into_stream();
+            let mut hash = Sha256::new();
+            let mut decoder =
+                zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| format!("zstd: {e}"))?;
+            let (mut size, mut raw) = (0u64, 0u64);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| format!("reading {}: {e}", src.object))?;
+                hash.update(&chunk);
+                size += chunk.len() as u64;
+                decoder
+                    .write_all(&chunk)
+                    .map_err(|e| format!("{}: zstd: {e}", src.object))?;
+                let out = std::mem::take(decoder.get_mut());
+                raw += out.len() as u64;
+                progress(raw, src.raw_size);
+                if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                    return Err("the restore stopped reading".into());
+                }
+            }
+            decoder
+                .flush()
+                .map_err(|e| format!("{}: zstd: {e}", src.object))?;
+            let out = std::mem::take(decoder.get_mut());
+            raw += out.len() as u64;
+            progress(raw, src.raw_size);
+            if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                return Err("the restore stopped reading".into());
+            }
+            let sha = hex::encode(hash.finalize());
+            if sha != src.sha256 || size != src.size {
+                return Err(format!(
+                    "object {} is not the one backed up: {size} bytes with sha256 {sha}, \
+                     recorded {} bytes with sha256 {}",
+                    src.object, src.size, src.sha256
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+/// The member a restore fills.
+#[derive(Debug, Clone)]
+pub struct Into<'a> {
+    /// Member id.
+    pub member: &'a str,
+    /// Its image (the one-shot container's).
+    pub image: String,
+    /// Its data volume on the host.
+    pub volume: &'a Path,
+    /// The server's uid, owner of the files.
+    pub uid: u32,
+    /// Labels of the one-shot container.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Fills the member's volume (empty or left by a failed attempt) from `src`.
+pub async fn fill(
+    runtime: &dyn ContainerRuntime,
+    src: &RestoreSource,
+    to: Into<'_>,
+    progress: Progress,
+) -> Result<(), String> {
+    let Into {
+        member,
+        image,
+        volume,
+        uid,
+        labels,
+    } = to;
+    let input = verified_stream(src, progress)?;
+    match src.engine.as_str() {
+        "mariadb" => {
+            let script = format!("export MOFANG_UID={uid}\n{MARIADB_SCRIPT}");
+            let out = runtime
+                .run_once(
+                    &OneShot {
+                        name: format!("mofang-restore-{member}"),
+                        image,
+                        cmd: vec!["sh".into(), "-c".into(), script],
+                        mounts: vec![Mount {
+                            source: volume.to_owned(),
+                            target: "/var/lib/mysql".into(),
+                            read_only: false,
+                        }],
+                        user: "0:0".into(),
+                        labels,
+                    },
+                    input,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.exit_code != 0 || !out.stdout.contains("restore-ok") {
+                let tail: Vec<&str> = out.stdout.lines().rev().take(8).collect();
+                return Err(format!(
+                    "unpacking and preparing the backup failed (exit code {}): {}",
+                    out.exit_code,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+            Ok(())
+        }
+        "redis" => write_redis(input, volume, uid).await,
+        other => Err(format!("no restore for engine {other:?}")),
+    }
+}
+
+/// Writes the RDB as the base of a fresh multi-part append-only file
+/// (`appendonlydir/appendonly.aof.1.base.rdb` and its manifest), owned by the server's uid.
+async fn write_redis(mut input: Input, volume: &Path, uid: u32) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
+    // What a failed attempt left.
+    let mut entries = tokio::fs::read_dir(volume)
+        .await
+        .map_err(|e| io(volume, e))?;
+    while let Some(e) = entries.next_entry().await.map_err(|e| io(volume, e))? {
+        let p = e.path();
+        let removed = if p.is_dir() {
+            tokio::fs::remove_dir_all(&p).await
+        } else {
+            tokio::fs::remove_file(&p).await
+        };
+        removed.map_err(|e| io(&p, e))?;
+    }
+    let dir = volume.join("appendonlydir");
+    tokio::fs::create_dir(&dir).await.map_err(|e| io(&dir, e))?;
+    let base = dir.join("appendonly.aof.1.base.rdb");
+    let mut f = tokio::fs::File::create(&base)
+        .await
+        .map_err(|e| io(&base, e))?;
+    while let Some(chunk) = input.next().await {
+        f.write_all(&chunk?).await.map_err(|e| io(&base, e))?;
+    }
+    f.sync_all().await.map_err(|e| io(&base, e))?;
+    let manifest = dir.join("appendonly.aof.manifest");
+    tokio::fs::write(&manifest, "file appendonly.aof.1.base.rdb seq 1 type b\n")
+        .await
+        .map_err(|e| io(&manifest, e))?;
+    for p in [volume, dir.as_path(), base.as_path(), manifest.as_path()] {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(|e| io(p, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mofang_common::repo::RepoSpec;
+
+    fn source(dir: &Path, stored: &super::super::stream::Stored, sha256: &str) -> RestoreSource {
+        RestoreSource {
+            backup: "b1".into(),
+            engine: "redis".into(),
+            repo: Some(RepoSpec::Fs {
+                path: dir.to_string_lossy().into_owned(),
+            }),
+            object: "backups/kv/b1/dump.rdb.zst".into(),
+            size: stored.size,
+            sha256: sha256.into(),
+            raw_size: stored.source_bytes,
+        }
+    }
+
+    /// A Redis restore writes the RDB as the AOF base with its manifest, replacing what a
+    /// failed attempt left; an object whose sha256 is not the recorded one is refused naming
+    /// it.
+    #[tokio::test]
+    async fn a_redis_restore_writes_the_aof_base_and_refuses_another_object() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = RepoSpec::Fs {
+            path: repo_dir.path().to_string_lossy().into_owned(),
+        }
+        .open()
+        .unwrap();
+        let rdb: Vec<u8> = (0..3_000_000u32).map(|i| (i % 97) as u8).collect();
+        let chunks: Vec<Result<Bytes, String>> = rdb
+            .chunks(100_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let stored = super::super::stream::store(
+            &repo,
+            "backups/kv/b1/dump.rdb.zst",
+            futures::stream::iter(chunks).boxed(),
+            Some(super::super::stream::Zstd {
+                level: 3,
+                threads: 0,
+            }),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        let vol = tempfile::tempdir().unwrap();
+        std::fs::write(vol.path().join("left-over"), b"x").unwrap();
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(vol.path()).unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s2 = seen.clone();
+        let progress: Progress = Arc::new(move |done, _| {
+            s2.store(done, std::sync::atomic::Ordering::Relaxed);
+        });
+        let src = source(repo_dir.path(), &stored, &stored.sha256);
+        let input = verified_stream(&src, progress).unwrap();
+        write_redis(input, vol.path(), uid).await.unwrap();
+        let base = vol.path().join("appendonlydir/appendonly.aof.1.base.rdb");
+        assert_eq!(std::fs::read(&base).unwrap(), rdb);
+        assert_eq!(
+            std::fs::read_to_string(vol.path().join("appendonlydir/appendonly.aof.manifest"))
+                .unwrap(),
+            "file appendonly.aof.1.base.rdb seq 1 type b\n"
+        );
+        assert!(!vol.path().join("left-over").exists());
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            rdb.len() as u64
+        );
+
+        let wrong = source(repo_dir.path(), &stored, &"0".repeat(64));
+        let input = verified_stream(&wrong, Arc::new(|_, _| {})).unwrap();
+        let e = write_redis(input, vol.path(), uid).await.unwrap_err();
+        assert!(
+            e.contains("backups/kv/b1/dump.rdb.zst") && e.contains("sha256"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The `backup` job: a full backup of one member of this node, taken in the member's own
+//! container and streamed to the repository ([`super::stream`]), then its manifest.
+//!
+//! MariaDB: `mariadb-backup --backup --stream=mbstream` (the member's own tool for its own
+//! server); the position comes from what it prints (the values of `mariadb_backup_binlog_info`).
+//! Redis: `BGSAVE`, waited for and checked (`engine::redis::snapshot`), then the RDB file read
+//! with `cat` in the container. Either way the command's exit code is checked before the
+//! upload is completed, so a command that dies (its container killed) leaves no object.
+
+use super::stream::{self, Zstd};
+use crate::engine::{self, Secrets, Target};
+use crate::reconcile::Statuses;
+use crate::runtime::{ContainerRuntime, ExecOutput};
+use futures::StreamExt;
+use mofang_common::backup::{self as common, params, ConsistentAt, Manifest, ManifestObject};
+use mofang_common::proto::{Assignment, Job};
+use mofang_common::repo::{Repo, RepoSpec};
+use object_store::PutPayload;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tracing::info;
+
+/// The MariaDB backup command, run in the member's container.
+pub const MARIADB_BACKUP: [&str; 7] = [
+    "mariadb-backup",
+    "--defaults-extra-file=/etc/mofang/client.cnf",
+    "--backup",
+    "--stream=mbstream",
+    "--target-dir=/tmp",
+    "--datadir=/var/lib/mysql",
+    "--socket=/run/mysqld/mysqld.sock",
+];
+/// How long a Redis BGSAVE may take.
+const BGSAVE_LIMIT: Duration = Duration::from_secs(3600);
+
+/// What a backup job needs from the agent.
+#[derive(Clone)]
+pub struct BackupContext {
+    /// The container runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Member statuses (a Redis member's address).
+    pub statuses: Statuses,
+}
+
+/// A failed backup: the step (`open`, `snapshot`, `stream`, `manifest`) and why.
+pub type Failure = (String, String);
+
+fn fail(step: &str, e: impl std::fmt::Display) -> Failure {
+    (step.to_owned(), e.to_string())
+}
+
+/// Runs one backup job; `progress` is told the source bytes read so far.
+pub async fn run(
+    ctx: &BackupContext,
+    node: &str,
+    job: &Job,
+    assignment: Option<Assignment>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Manifest, Failure> {
+    let param = |k: &str| job.params.get(k).cloned().unwrap_or_default();
+    let (id, instance, engine_name) = (
+        param(params::ID),
+        param(params::INSTANCE),
+        param(params::ENGINE),
+    );
+    let spec: RepoSpec =
+        serde_json::from_str(&job.repo).map_err(|e| fail("open", format!("repository: {e}")))?;
+    let repo = spec.open().map_err(|e| fail("open", e))?;
+    let a = assignment.ok_or_else(|| {
+        fail(
+            "open",
+            format!("member {} is not on this node's desired state", job.member),
+        )
+    })?;
+    let container = format!("mofang-{}", job.member);
+    let dir = common::dir(&instance, &id);
+    let started_at_ms = now_ms();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get().min(4) as u32)
+        .unwrap_or(1);
+    let zstd = Some(Zstd { level: 3, threads });
+    let mut tools = BTreeMap::from([(
+        "mofang-agent".to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    )]);
+    let (object, consistent_at, stored) = match engine_name.as_str() {
+        "mariadb" => {
+            tools.insert(
+                "mariadb-backup".into(),
+                tool_version(ctx, &container, &["mariadb-backup", "--version"]).await,
+            );
+            let (stored, out) = stream_command(
+                ctx,
+                &repo,
+                &container,
+                &MARIADB_BACKUP,
+                &format!("{dir}/{}", common::MARIADB_DATA),
+                zstd,
+                progress,
+            )
+            .await?;
+            if !out.stderr.contains("completed OK") {
+                return Err(fail(
+                    "stream",
+                    format!(
+                        "mariadb-backup did not say completed OK: {}",
+                        tail(&out.stderr)
+                    ),
+                ));
+            }
+            let (gtid, binlog) = common::mariadb_position_from_log(&out.stderr);
+            (
+                common::MARIADB_DATA,
+                ConsistentAt {
+                    gtid,
+                    binlog,
+                    offset: None,
+                },
+                stored,
+            )
+        }
+        "redis" => {
+            tools.insert(
+                "redis-server".into(),
+                tool_version(ctx, &container, &["redis-server", "--version"]).await,
+            );
+            let secrets = Secrets::from_map(&a.secrets)
+                .ok_or_else(|| fail("snapshot", "the member's credentials are incomplete"))?;
+            let address = ctx
+                .statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&job.member)
+                .map(|s| s.address.clone())
+                .unwrap_or_default();
+            let at = Target::parse(&address).map_err(|e| {
+                fail(
+                    "snapshot",
+                    format!("member {} has no address yet: {e}", job.member),
+                )
+            })?;
+            let snap = engine::redis_snapshot(&at, &secrets, BGSAVE_LIMIT)
+                .await
+                .map_err(|e| fail("snapshot", e))?;
+            info!(path = %snap.path, offset = snap.offset, "BGSAVE done");
+            let (stored, _) = stream_command(
+                ctx,
+                &repo,
+                &container,
+                &["cat", &snap.path],
+                &format!("{dir}/{}", common::REDIS_DATA),
+                zstd,
+                progress,
+            )
+            .await?;
+            (
+                common::REDIS_DATA,
+                ConsistentAt {
+                    offset: Some(snap.offset),
+                    ..ConsistentAt::default()
+                },
+                stored,
+            )
+        }
+        other => return Err(fail("open", format!("no backup for engine {other:?}"))),
+    };
+    let manifest = Manifest {
+        id: id.clone(),
+        instance,
+        engine: engine_name,
+        version: param(params::VERSION),
+        member: job.member.clone(),
+        node: node.to_owned(),
+        started_at_ms,
+        ended_at_ms: now_ms(),
+        consistent_at,
+        objects: vec![ManifestObject {
+            name: object.to_owned(),
+            size: stored.size,
+            sha256: stored.sha256,
+            raw_size: stored.source_bytes,
+            compression: "zstd".into(),
+        }],
+        tools,
+    };
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| fail("manifest", e))?;
+    repo.store
+        .put(
+            &repo.path(&format!("{dir}/{}", common::MANIFEST)),
+            PutPayload::from(body),
+        )
+        .await
+        .map_err(|e| fail("manifest", e))?;
+    Ok(manifest)
+}
+
+/// Streams `cmd`'s output to `rel`; the command's exit code is checked before the upload is
+/// completed (a failure aborts it: nothing is left).
+async fn stream_command(
+    ctx: &BackupContext,
+    repo: &Repo,
+    container: &str,
+    cmd: &[&str],
+    rel: &str,
+    zstd: Option<Zstd>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(stream::Stored, ExecOutput), Failure> {
+    let exec = ctx
+        .runtime
+        .exec_stream(container, cmd, None)
+        .await
+        .map_err(|e| fail("stream", e))?;
+    let outcome: Arc<Mutex<Option<ExecOutput>>> = Arc::default();
+    let kept = outcome.clone();
+    let program = cmd[0].to_owned();
+    let name = program.clone();
+    let done = exec.done;
+    // After the last byte of output: the command's verdict, as one more item of the stream.
+    let verdict = futures::stream::once(async move {
+        match done.await {
+            Ok(Ok(out)) if out.exit_code == 0 => {
+                *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
+                None
+            }
+            Ok(Ok(out)) => Some(Err(format!(
+                "{program} exited with code {}: {}",
+                out.exit_code,
+                tail(&out.stderr)
+            ))),
+            Ok(Err(e)) => Some(Err(format!("{program}: {e}"))),
+            Err(_) => Some(Err(format!("{program}: the runtime dropped the command"))),
+        }
+    })
+    .filter_map(futures::future::ready);
+    let input = exec
+        .stdout
+        .map(move |r| r.map_err(|e| format!("{name}: {e}")))
+        .chain(verdict)
+        .boxed();
+    let stored = stream::store::<String>(repo, rel, input, zstd, progress)
+        .await
+        .map_err(|e| fail("stream", e))?;
+    let out = outcome
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| fail("stream", "the command's outcome is missing"))?;
+    Ok((stored, out))
+}
+
+async fn tool_version(ctx: &BackupContext, container: &str, cmd: &[&str]) -> String {
+    match ctx.runtime.exec(container, cmd, None).await {
+        Ok(o) => {
+            let text = if o.stdout.trim().is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        }
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// The last lines of a command's standard error, for a message.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

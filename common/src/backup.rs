@@ -1,0 +1,162 @@
+//! Backups as both daemons see them: where a backup's objects live in a repository, the
+//! manifest the agent writes beside them (and reports to the scheduler), and the parameters
+//! of a `backup` job. One file so the agent that writes and the scheduler that reads, lists
+//! and deletes cannot disagree on a name.
+
+use serde::{Deserialize, Serialize};
+
+/// Job kind of a backup (`Job.kind`).
+pub const JOB_KIND: &str = "backup";
+/// Name of the manifest object in a backup's directory.
+pub const MANIFEST: &str = "manifest.json";
+/// Name of the data object of a MariaDB backup (`mariadb-backup --stream=mbstream`, zstd).
+pub const MARIADB_DATA: &str = "full.mbstream.zst";
+/// Name of the data object of a Redis backup (the RDB file, zstd).
+pub const REDIS_DATA: &str = "dump.rdb.zst";
+
+/// A backup's directory in its repository: `backups/<instance>/<id>`.
+pub fn dir(instance: &str, id: &str) -> String {
+    format!("backups/{instance}/{id}")
+}
+
+/// Job parameter keys (`Job.params`) of a backup.
+pub mod params {
+    /// The backup's id.
+    pub const ID: &str = "backup_id";
+    /// The instance.
+    pub const INSTANCE: &str = "instance";
+    /// `mariadb` or `redis`.
+    pub const ENGINE: &str = "engine";
+    /// The engine version of the instance (`10.11`, `7.0`).
+    pub const VERSION: &str = "version";
+}
+
+/// One object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestObject {
+    /// Path relative to the backup's directory, e.g. `full.mbstream.zst`.
+    pub name: String,
+    /// Bytes stored (compressed).
+    pub size: u64,
+    /// sha256 of the stored bytes, hex.
+    pub sha256: String,
+    /// Bytes before compression.
+    pub raw_size: u64,
+    /// `zstd` or empty.
+    pub compression: String,
+}
+
+/// The point a backup is consistent at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistentAt {
+    /// MariaDB: the GTID list (`0-1-42`) mariadb-backup recorded (`xtrabackup_binlog_info`,
+    /// "GTID of the last change"). Empty for Redis.
+    #[serde(default)]
+    pub gtid: String,
+    /// MariaDB: binlog file and position of the member the backup was taken on.
+    #[serde(default)]
+    pub binlog: String,
+    /// Redis: the replication offset (`master_repl_offset`) read as BGSAVE forked.
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
+/// What a backup holds: written as `manifest.json` beside the data, kept on the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Backup id.
+    pub id: String,
+    /// Instance it was taken of.
+    pub instance: String,
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// Engine version of the instance (`10.11`, `7.0`).
+    pub version: String,
+    /// The member it was taken on.
+    pub member: String,
+    /// Node of that member.
+    pub node: String,
+    /// When the agent started it (unix ms).
+    pub started_at_ms: i64,
+    /// When its last object was stored (unix ms).
+    pub ended_at_ms: i64,
+    /// The position the backup is consistent at.
+    pub consistent_at: ConsistentAt,
+    /// The data objects.
+    pub objects: Vec<ManifestObject>,
+    /// Versions of the tools that made it (`mariadb-backup`, `redis-server`, `mofang-agent`).
+    pub tools: std::collections::BTreeMap<String, String>,
+}
+
+/// What the agent fills a restored instance's primary from (`Assignment.restore`, as JSON).
+/// It carries the repository with its secret: it travels and is kept like a backup job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSource {
+    /// The backup's id.
+    pub backup: String,
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// The repository; `None` when the scheduler no longer knows it (the agent refuses).
+    pub repo: Option<crate::repo::RepoSpec>,
+    /// The data object's path in the repository (under its prefix).
+    pub object: String,
+    /// Its size and sha256 as recorded: checked again as it is read.
+    pub size: u64,
+    /// sha256, hex.
+    pub sha256: String,
+    /// Bytes once decompressed (for progress).
+    pub raw_size: u64,
+}
+
+/// Reads "GTID of the last change '<gtid>'" and the binlog file/position from what
+/// `mariadb-backup --backup` printed on standard error (the same values it writes to
+/// `mariadb_backup_binlog_info`). Returns `(gtid, "file:position")`, empty when absent.
+pub fn mariadb_position_from_log(stderr: &str) -> (String, String) {
+    let quoted = |line: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(key)? + key.len()..];
+        let rest = rest.strip_prefix('\'')?;
+        Some(rest[..rest.find('\'')?].to_owned())
+    };
+    let mut gtid = String::new();
+    let mut binlog = String::new();
+    for line in stderr.lines().filter(|l| l.contains("binlog position")) {
+        if line.contains("slave binlog position") {
+            continue;
+        }
+        if let Some(g) = quoted(line, "GTID of the last change ") {
+            gtid = g;
+        }
+        if let (Some(f), Some(p)) = (quoted(line, "filename "), quoted(line, "position ")) {
+            binlog = format!("{f}:{p}");
+        }
+    }
+    (gtid, binlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadb_position_is_read_from_the_backup_log() {
+        let log = "[00] 2026-12-01 12:00:00 Backup created in directory '/tmp/xtrabackup_backupfiles/'\n\
+            [00] 2026-12-01 12:00:00 MySQL binlog position: filename 'mysql-bin.000002', position '3456', GTID of the last change '0-11-7,1-12-3'\n\
+            [00] 2026-12-01 12:00:00 completed OK!\n";
+        assert_eq!(
+            mariadb_position_from_log(log),
+            (
+                "0-11-7,1-12-3".to_owned(),
+                "mysql-bin.000002:3456".to_owned()
+            )
+        );
+        assert_eq!(
+            mariadb_position_from_log("completed OK!"),
+            (String::new(), String::new())
+        );
+        assert_eq!(dir("db", "db-1"), "backups/db/db-1");
+    }
+}

@@ -1,0 +1,345 @@
+//! `mofang backup ...` and `mofang backup-repo ...`: backups and their repositories
+//! (docs/backup.md), read through the API's own types.
+
+use super::{table, Client};
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use mofang_scheduler::backup::{Backup, BackupState};
+use mofang_scheduler::cluster::BackupRepoView;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BackupCmd {
+    /// Take a full backup of an instance (on a healthy replica unless told otherwise).
+    Create {
+        /// Instance.
+        instance: String,
+        /// Repository to keep it in.
+        #[arg(long)]
+        repo: String,
+        /// Take it on this member.
+        #[arg(long, conflicts_with = "primary")]
+        member: Option<String>,
+        /// Take it on the primary.
+        #[arg(long)]
+        primary: bool,
+        /// Wait until it ends, showing bytes read and the rate; fails if the backup fails.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// An instance's backups (also after the instance was deleted).
+    List {
+        /// Instance.
+        instance: String,
+    },
+    /// One backup: state, reason, position, objects.
+    Show {
+        /// Backup id.
+        id: String,
+    },
+    /// Delete a backup and its objects.
+    Delete {
+        /// Backup id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BackupRepoCmd {
+    /// Add a repository; it is checked from the scheduler and every live agent first (admin).
+    Add {
+        /// Name (DNS label).
+        name: String,
+        /// `s3` or `fs`.
+        #[arg(long, value_parser = ["s3", "fs"])]
+        kind: String,
+        /// s3: endpoint URL (empty: AWS for the region).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// s3: bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// s3: key prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// s3: region.
+        #[arg(long)]
+        region: Option<String>,
+        /// s3: access key id.
+        #[arg(long)]
+        access_key_id: Option<String>,
+        /// s3: secret access key (better from the environment than on a command line).
+        #[arg(long, env = "MOFANG_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_access_key: Option<String>,
+        /// s3: virtual-hosted style (`bucket.endpoint`) instead of path style.
+        #[arg(long)]
+        virtual_hosted: bool,
+        /// fs: the directory, mounted at the same path on every host.
+        #[arg(long)]
+        path: Option<String>,
+    },
+    /// List repositories (never their secret).
+    List,
+    /// Forget a repository (what it holds stays in it) (admin).
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn ms_ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let secs = (now - ms).max(0) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+fn position(b: &Backup) -> String {
+    match (b.consistent_at.offset, b.consistent_at.gtid.as_str()) {
+        (Some(o), _) => format!("offset {o}"),
+        (None, "") => "-".into(),
+        (None, g) => format!("gtid {g}"),
+    }
+}
+
+fn print_backup(b: &Backup) {
+    println!("id:        {}", b.id);
+    println!("instance:  {} ({} {})", b.instance, b.engine, b.version);
+    println!("state:     {}", b.state);
+    if !b.reason.is_empty() {
+        println!("reason:    {}", b.reason);
+    }
+    println!("member:    {} on {}", b.member, b.node);
+    println!("repo:      {}", b.repo);
+    println!("position:  {}", position(b));
+    println!("read:      {}", mib(b.bytes));
+    println!("stored:    {}", mib(b.size));
+    if b.ended_at_ms > 0 && b.started_at_ms > 0 {
+        println!(
+            "took:      {:.1}s",
+            (b.ended_at_ms - b.started_at_ms) as f64 / 1000.0
+        );
+    }
+    for o in &b.objects {
+        println!("object:    {} {} sha256 {}", o.path, o.size, o.sha256);
+    }
+    for (tool, version) in &b.tools {
+        println!("tool:      {tool}: {version}");
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    Ok(serde_json::from_value(v)?)
+}
+
+pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Result<()> {
+    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match cmd {
+        BackupCmd::Create {
+            instance,
+            repo,
+            member,
+            primary,
+            wait,
+            timeout,
+        } => {
+            let mut body = json!({ "repo": repo, "primary": primary });
+            if let Some(m) = member {
+                body["member"] = json!(m);
+            }
+            let v = c
+                .post(&format!("/v1/instances/{instance}/backups"), body)
+                .await?;
+            let b: Backup = parse(v.clone())?;
+            if !wait {
+                if json_out {
+                    out(&v)
+                } else {
+                    println!("backup {} of {instance} on {}: {}", b.id, b.member, b.state);
+                }
+                return Ok(());
+            }
+            let start = Instant::now();
+            let mut last = String::new();
+            let (mut prev_bytes, mut prev_at) = (0u64, Instant::now());
+            loop {
+                let v = c.get(&format!("/v1/backups/{}", b.id)).await?;
+                let now: Backup = parse(v.clone())?;
+                let dt = prev_at.elapsed().as_secs_f64().max(0.001);
+                let rate = now.bytes.saturating_sub(prev_bytes) as f64 / dt / (1 << 20) as f64;
+                let line = format!("{} {}: {} read", now.id, now.state, mib(now.bytes));
+                if line != last && !json_out {
+                    eprintln!(
+                        "[{:>6.1}s] {line} ({rate:.1} MiB/s)",
+                        start.elapsed().as_secs_f64()
+                    );
+                    last = line;
+                    (prev_bytes, prev_at) = (now.bytes, Instant::now());
+                }
+                if now.state.is_final() {
+                    if json_out {
+                        out(&v)
+                    } else {
+                        print_backup(&now)
+                    }
+                    if now.state == BackupState::Failed {
+                        bail!("backup {} failed: {}", now.id, now.reason);
+                    }
+                    return Ok(());
+                }
+                if start.elapsed() > Duration::from_secs(timeout) {
+                    bail!("backup {} not done after {timeout}s: {last}", now.id);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        BackupCmd::List { instance } => {
+            let v = c.get(&format!("/v1/instances/{instance}/backups")).await?;
+            if json_out {
+                out(&v);
+                return Ok(());
+            }
+            let list: Vec<Backup> = parse(v)?;
+            let rows = list
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.id.clone(),
+                        b.state.to_string(),
+                        ms_ago(b.requested_at_ms),
+                        b.member.clone(),
+                        b.repo.clone(),
+                        mib(b.size),
+                        position(b),
+                        b.reason.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID", "STATE", "ASKED", "MEMBER", "REPO", "STORED", "POSITION", "REASON",
+                ],
+                rows,
+            );
+        }
+        BackupCmd::Show { id } => {
+            let v = c.get(&format!("/v1/backups/{id}")).await?;
+            if json_out {
+                out(&v)
+            } else {
+                print_backup(&parse(v)?)
+            }
+        }
+        BackupCmd::Delete { id } => {
+            c.call(reqwest::Method::DELETE, &format!("/v1/backups/{id}"), None)
+                .await?;
+            if json_out {
+                out(&json!({ "id": id, "deleted": true }))
+            } else {
+                println!("{id}: deleted with its objects");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> Result<()> {
+    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match cmd {
+        BackupRepoCmd::Add {
+            name,
+            kind,
+            endpoint,
+            bucket,
+            prefix,
+            region,
+            access_key_id,
+            secret_access_key,
+            virtual_hosted,
+            path,
+        } => {
+            let mut body = json!({ "name": name, "kind": kind });
+            let mut set = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            };
+            if kind == "s3" {
+                set("endpoint", endpoint);
+                set("bucket", bucket);
+                set("prefix", prefix);
+                set("region", region);
+                set("access_key_id", access_key_id);
+                set("secret_access_key", secret_access_key);
+                body["path_style"] = json!(!virtual_hosted);
+            } else {
+                set("path", path);
+            }
+            if !json_out {
+                eprintln!("checking {name} from the scheduler and every live agent ...");
+            }
+            let v = c.post("/v1/backup-repos", body).await?;
+            if json_out {
+                out(&v)
+            } else {
+                let r: BackupRepoView = parse(v)?;
+                println!("{}: {} repository added", r.name, r.kind);
+            }
+        }
+        BackupRepoCmd::List => {
+            let v = c.get("/v1/backup-repos").await?;
+            if json_out {
+                out(&v);
+                return Ok(());
+            }
+            let list: Vec<BackupRepoView> = parse(v)?;
+            let rows = list
+                .iter()
+                .map(|r| {
+                    let place = match r.kind.as_str() {
+                        "s3" => format!(
+                            "{}/{}/{}",
+                            r.endpoint.clone().unwrap_or_default(),
+                            r.bucket.clone().unwrap_or_default(),
+                            r.prefix.clone().unwrap_or_default()
+                        ),
+                        _ => r.path.clone().unwrap_or_default(),
+                    };
+                    vec![r.name.clone(), r.kind.clone(), place]
+                })
+                .collect();
+            table(&["NAME", "KIND", "WHERE"], rows);
+        }
+        BackupRepoCmd::Delete { name } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/backup-repos/{name}"),
+                None,
+            )
+            .await?;
+            if json_out {
+                out(&json!({ "name": name, "deleted": true }))
+            } else {
+                println!("{name}: forgotten (its objects stay in the store)");
+            }
+        }
+    }
+    Ok(())
+}
