@@ -963,6 +963,73 @@ async fn delete_backup(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/batches`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBatch {
+    /// Label selector of the instances (`k=v,k2=v2`, `k`, `k!=v`), resolved now.
+    pub selector: String,
+    /// The operation on each: `restart`, `stop`, `start`.
+    #[serde(rename = "type")]
+    pub kind: crate::ops::OpKind,
+    /// Each operation's timeout (60 ..= 86400 s). Default 3600.
+    #[serde(default)]
+    pub timeout_s: Option<i64>,
+    /// At most this many operations at once (1 ..= 100). Default 1.
+    #[serde(default = "one")]
+    pub max_parallel: usize,
+    /// After this many failed operations no new one starts (at least 1). Default 1.
+    #[serde(default = "one")]
+    pub max_failures: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[utoipa::path(post, path = "/v1/batches", request_body = NewBatch,
+    responses((status = 202, body = crate::ops::batch::Batch), (status = 422, body = ErrorBody)))]
+async fn start_batch(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<crate::ops::batch::Batch>)> {
+    need(&id, TokenRole::Operator)?;
+    let req: NewBatch = parse_body(body)?;
+    let b = api
+        .cluster
+        .start_batch(
+            &req.selector,
+            req.kind,
+            req.timeout_s.map(|s| s.saturating_mul(1000)),
+            req.max_parallel,
+            req.max_failures,
+            &id.name,
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(b)))
+}
+
+#[utoipa::path(get, path = "/v1/batches/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::ops::batch::Batch), (status = 404, body = ErrorBody)))]
+async fn get_batch(
+    State(api): State<Api>,
+    Path(b): Path<String>,
+) -> ApiResult<Json<crate::ops::batch::Batch>> {
+    Ok(Json(api.cluster.batch(&b).await?))
+}
+
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = crate::ops::batch::Batch), (status = 404, body = ErrorBody)))]
+async fn cancel_batch(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(b): Path<String>,
+) -> ApiResult<Json<crate::ops::batch::Batch>> {
+    need(&id, TokenRole::Operator)?;
+    Ok(Json(api.cluster.cancel_batch(&b).await?))
+}
+
 // ---- router and OpenAPI ------------------------------------------------------------------
 
 #[derive(OpenApi)]
@@ -974,6 +1041,7 @@ async fn delete_backup(
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
+        start_batch, get_batch, cancel_batch,
         create_backup, list_backups, get_backup, delete_backup
     ),
     components(schemas(
@@ -981,7 +1049,7 @@ async fn delete_backup(
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
-        NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, crate::ops::Operation, crate::ops::OpKind,
+        NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, crate::ops::StepState, crate::ops::StepAction,
         NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
@@ -1143,6 +1211,9 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel_operation))
+        .route("/v1/batches", post(start_batch))
+        .route("/v1/batches/{id}", get(get_batch))
+        .route("/v1/batches/{id}/cancel", post(cancel_batch))
         .route(
             "/v1/instances/{name}/backups",
             get(list_backups).post(create_backup),

@@ -394,3 +394,77 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     assert_eq!(Env::primary_member(&v)?["id"], id.as_str(), "{v}");
     Ok(())
 }
+
+/// A batch restart of four Redis instances chosen by a label, `max_parallel` 2: every one
+/// succeeds, and their operations never overlap more than two at a time (from the stored
+/// operations' start and end times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() -> Result<()> {
+    let env = Env::start_with(3, FAST).await?;
+    let tag = unique_name("b");
+    let mut names = Vec::new();
+    for i in 0..4 {
+        let name = format!("{tag}-{i}");
+        env.create_ready(&name, "redis", 0).await?;
+        let (s, body) = env
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/instances/{name}"),
+                Some(json!({"labels": {"batch": tag}})),
+            )
+            .await?;
+        assert!(s.is_success(), "{body}");
+        names.push(name);
+    }
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args([
+            "--json",
+            "batch",
+            "create",
+            "-l",
+            &format!("batch={tag}"),
+            "--type",
+            "restart",
+            "--max-parallel",
+            "2",
+            "--wait",
+        ])
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang batch create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let items = b["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 4, "{b}");
+    let mut spans = Vec::new();
+    for it in items {
+        assert_eq!(it["state"], "succeeded", "{b}");
+        let op = env
+            .get(&format!(
+                "/v1/operations/{}",
+                it["operation"].as_str().unwrap_or_default()
+            ))
+            .await?;
+        assert_eq!(op["state"], "succeeded", "{op}");
+        spans.push((
+            op["created_ms"].as_i64().context("created")?,
+            op["ended_ms"].as_i64().context("ended")?,
+        ));
+    }
+    // The most operations running at any one start time.
+    let most = spans
+        .iter()
+        .map(|(at, _)| spans.iter().filter(|(s, e)| s <= at && at < e).count())
+        .max()
+        .unwrap_or(0);
+    // Two start in the same round and each takes seconds: exactly two overlap.
+    assert_eq!(most, 2, "{most} at once: {spans:?}");
+    Ok(())
+}

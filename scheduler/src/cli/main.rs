@@ -83,6 +83,41 @@ enum Cmd {
     /// Where backups are kept.
     #[command(subcommand)]
     BackupRepo(backup::BackupRepoCmd),
+    /// One operation on every instance a label selector chooses.
+    #[command(subcommand)]
+    Batch(BatchCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum BatchCmd {
+    /// Start a batch.
+    Create {
+        /// Label selector (`k=v,k2=v2`, `k`, `k!=v`).
+        #[arg(long, short = 'l')]
+        selector: String,
+        /// restart, stop or start.
+        #[arg(long = "type")]
+        kind: String,
+        /// At most this many operations at once.
+        #[arg(long, default_value_t = 1)]
+        max_parallel: usize,
+        /// After this many failed operations no new one starts.
+        #[arg(long, default_value_t = 1)]
+        max_failures: usize,
+        /// Wait until the batch ends, showing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// One batch with each instance's operation.
+    Show {
+        /// Batch id.
+        id: String,
+    },
+    /// Stop a batch: its running operations are cancelled, none started.
+    Cancel {
+        /// Batch id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -694,6 +729,72 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
         }) => run_operation(&c, &name, "start", None, wait, timeout, cli.json).await?,
+        Cmd::Batch(BatchCmd::Create {
+            selector,
+            kind,
+            max_parallel,
+            max_failures,
+            wait,
+        }) => {
+            let v = c
+                .post(
+                    "/v1/batches",
+                    json!({"selector": selector, "type": kind, "max_parallel": max_parallel, "max_failures": max_failures}),
+                )
+                .await?;
+            let id = s(&v["id"]);
+            if !wait {
+                if cli.json {
+                    out(&v)
+                } else {
+                    print_batch(&v)
+                }
+                return Ok(());
+            }
+            let start = Instant::now();
+            let mut last = String::new();
+            let v = loop {
+                let v = c.get(&format!("/v1/batches/{id}")).await?;
+                let line = batch_line(&v);
+                if line != last && !cli.json {
+                    eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+                    last = line;
+                }
+                if matches!(
+                    v["state"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                ) {
+                    break v;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            if cli.json {
+                out(&v)
+            } else {
+                print_batch(&v)
+            }
+            if v["state"] != "succeeded" {
+                bail!("batch {id} {}", s(&v["state"]));
+            }
+        }
+        Cmd::Batch(BatchCmd::Show { id }) => {
+            let v = c.get(&format!("/v1/batches/{id}")).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                print_batch(&v)
+            }
+        }
+        Cmd::Batch(BatchCmd::Cancel { id }) => {
+            let v = c
+                .post(&format!("/v1/batches/{id}/cancel"), json!({}))
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("batch {id}: cancel asked");
+            }
+        }
         Cmd::Operation(OperationCmd::Show { id }) => {
             let v = c.get(&format!("/v1/operations/{id}")).await?;
             if cli.json {
@@ -1047,6 +1148,36 @@ async fn node_action(c: &Client, name: &str, action: &str, json: bool) -> Result
         println!("{name}: {}", s(&v["state"]));
     }
     Ok(())
+}
+
+fn batch_line(v: &Value) -> String {
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    let count = |st: &str| items.iter().filter(|i| i["state"] == st).count();
+    format!(
+        "{} {}: {} succeeded, {} running, {} pending, {} failed of {}",
+        s(&v["type"]),
+        s(&v["state"]),
+        count("succeeded"),
+        count("running"),
+        count("pending"),
+        count("failed"),
+        items.len()
+    )
+}
+
+fn print_batch(v: &Value) {
+    println!("batch:    {}", s(&v["id"]));
+    println!("selector: {}", s(&v["selector"]));
+    println!("{}", batch_line(v));
+    for i in v["items"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<24} {:<12} {:<28} {}",
+            s(&i["instance"]),
+            s(&i["state"]),
+            s(&i["operation"]),
+            s(&i["reason"])
+        );
+    }
 }
 
 /// Starts an operation of `kind` on `name`; with `wait`, follows it to its end.

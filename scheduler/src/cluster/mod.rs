@@ -153,6 +153,10 @@ struct Inner {
     operations: BTreeMap<String, crate::ops::Operation>,
     /// Operations a task is carrying a step of right now.
     op_driving: BTreeSet<String>,
+    /// Batches not finished, by id (loaded when this scheduler takes charge).
+    batches: BTreeMap<String, crate::ops::batch::Batch>,
+    /// A task is taking the batches a step further.
+    batch_driving: bool,
     /// The backup being driven for each instance (at most one), by instance.
     backups_running: BTreeMap<String, String>,
     /// Backup repositories by name (with their secret), for restored primaries' assignments.
@@ -278,6 +282,7 @@ impl Cluster {
         inner.watchers.clear();
         inner.inflight.clear();
         inner.operations.clear();
+        inner.batches.clear();
     }
 
     /// Becomes the leader: reloads every record from the shared store (another scheduler

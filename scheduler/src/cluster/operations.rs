@@ -4,6 +4,7 @@
 
 use super::{event, lock, Cluster, Error, Inner, Result};
 use crate::model::{now_ms, EventKind, Instance};
+use crate::ops::batch::{self, Batch, BatchItem};
 use crate::ops::{
     self, MemberNow, Next, OpKind, OpState, OpStep, Operation, StepAction, StepState,
 };
@@ -14,6 +15,8 @@ use tracing::{info, warn};
 
 /// Metadata prefix of operation records.
 const PREFIX: &str = "operation/";
+/// Metadata prefix of batch records.
+const BATCH_PREFIX: &str = "batch/";
 
 fn key(id: &str) -> String {
     format!("{PREFIX}{id}")
@@ -43,9 +46,191 @@ impl Cluster {
                 "resuming operations left running by the previous leader"
             );
         }
+        let mut batches = std::collections::BTreeMap::new();
+        for (_, value) in self.store.meta_with_prefix(BATCH_PREFIX).await? {
+            match serde_json::from_str::<Batch>(&value) {
+                Ok(b) if !b.state.is_terminal() => {
+                    batches.insert(b.id.clone(), b);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "skipping a batch record"),
+            }
+        }
         let mut inner = lock(&self.inner);
         inner.operations = open;
         inner.op_driving.clear();
+        inner.batches = batches;
+        inner.batch_driving = false;
+        Ok(())
+    }
+
+    async fn save_batch(&self, b: &Batch) -> Result<()> {
+        let value = serde_json::to_string(b)
+            .map_err(|e| Error::Invalid(format!("batch does not serialize: {e}")))?;
+        self.store
+            .put_meta(&format!("{BATCH_PREFIX}{}", b.id), &value)
+            .await?;
+        let mut inner = lock(&self.inner);
+        if b.state.is_terminal() {
+            inner.batches.remove(&b.id);
+        } else {
+            inner.batches.insert(b.id.clone(), b.clone());
+        }
+        Ok(())
+    }
+
+    /// Starts a batch: `kind` on every instance `selector` matches now (by name), at most
+    /// `max_parallel` at once, none started after `max_failures` failed.
+    pub async fn start_batch(
+        &self,
+        selector: &str,
+        kind: OpKind,
+        timeout_ms: Option<i64>,
+        max_parallel: usize,
+        max_failures: usize,
+        requested_by: &str,
+    ) -> Result<Batch> {
+        if matches!(kind, OpKind::Rebuild | OpKind::Switchover) {
+            return Err(Error::Invalid(format!(
+                "a batch runs restart, stop or start, not {}",
+                kind_name(kind)
+            )));
+        }
+        if !(1..=100).contains(&max_parallel) {
+            return Err(Error::Invalid("max_parallel must be 1 ..= 100".into()));
+        }
+        if max_failures < 1 {
+            return Err(Error::Invalid("max_failures must be at least 1".into()));
+        }
+        let mut names = Vec::new();
+        {
+            let inner = lock(&self.inner);
+            for i in inner.instances.values().filter(|i| i.revision > 0) {
+                if super::matches_selector(&i.spec.labels, selector)? {
+                    names.push(i.spec.name.clone());
+                }
+            }
+        }
+        if names.is_empty() {
+            return Err(Error::Invalid(format!(
+                "selector {selector:?} matches no instance"
+            )));
+        }
+        let now = now_ms();
+        let b = Batch {
+            id: format!("batch-{now}-{:04x}", rand::random::<u16>()),
+            selector: selector.to_owned(),
+            kind,
+            timeout_ms: timeout_ms.unwrap_or(ops::DEFAULT_TIMEOUT_MS),
+            max_parallel,
+            max_failures,
+            state: OpState::Running,
+            created_ms: now,
+            ended_ms: 0,
+            cancel_requested: false,
+            requested_by: requested_by.to_owned(),
+            items: names
+                .into_iter()
+                .map(|instance| BatchItem {
+                    instance,
+                    operation: None,
+                    state: "pending".into(),
+                    reason: String::new(),
+                })
+                .collect(),
+        };
+        self.save_batch(&b).await?;
+        info!(id = %b.id, instances = b.items.len(), "batch started");
+        Ok(b)
+    }
+
+    /// One batch as stored.
+    pub async fn batch(&self, id: &str) -> Result<Batch> {
+        if let Some(b) = lock(&self.inner).batches.get(id) {
+            return Ok(b.clone());
+        }
+        match self.store.get_meta(&format!("{BATCH_PREFIX}{id}")).await? {
+            Some(v) => serde_json::from_str(&v)
+                .map_err(|e| Error::Invalid(format!("a stored batch does not parse: {e}"))),
+            None => Err(Error::NotFound(format!("batch {id}"))),
+        }
+    }
+
+    /// Asks a batch to stop: its running operations are cancelled, none started.
+    pub async fn cancel_batch(&self, id: &str) -> Result<Batch> {
+        let mut b = self.batch(id).await?;
+        if !b.state.is_terminal() && !b.cancel_requested {
+            b.cancel_requested = true;
+            self.save_batch(&b).await?;
+        }
+        Ok(b)
+    }
+
+    /// One round of the batches (from the operation loop): each takes what `batch::plan`
+    /// says, one task at a time.
+    fn drive_batches(self: &Arc<Self>) {
+        {
+            let mut inner = lock(&self.inner);
+            if inner.batch_driving || inner.batches.is_empty() {
+                return;
+            }
+            inner.batch_driving = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ids: Vec<String> = lock(&this.inner).batches.keys().cloned().collect();
+            for id in ids {
+                if let Err(e) = this.step_batch(&id).await {
+                    warn!(batch = %id, error = %e, "batch step failed to run; retried");
+                }
+            }
+            lock(&this.inner).batch_driving = false;
+        });
+    }
+
+    async fn step_batch(&self, id: &str) -> Result<()> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        let Some(mut b) = lock(&self.inner).batches.get(id).cloned() else {
+            return Ok(());
+        };
+        let before = b.clone();
+        let mut states = std::collections::BTreeMap::new();
+        for op_id in b.items.iter().filter_map(|i| i.operation.clone()) {
+            if let Ok(op) = self.operation(&op_id).await {
+                states.insert(op_id, op.state);
+            }
+        }
+        let plan = batch::plan(&mut b, &states);
+        for op_id in &plan.cancel {
+            let _ = self.cancel_operation(op_id, &b.requested_by).await;
+        }
+        for name in &plan.start {
+            let started = self
+                .start_operation(name, b.kind, None, Some(b.timeout_ms), &b.requested_by)
+                .await;
+            if let Some(item) = b.items.iter_mut().find(|i| &i.instance == name) {
+                match started {
+                    Ok(op) => {
+                        item.operation = Some(op.id);
+                        item.state = "running".into();
+                    }
+                    Err(e) => {
+                        item.state = "failed".into();
+                        item.reason = e.to_string();
+                    }
+                }
+            }
+        }
+        if let Some(state) = plan.finish {
+            b.state = state;
+            b.ended_ms = now_ms();
+            info!(batch = %b.id, state = ?state, "batch finished");
+        }
+        if b != before {
+            self.save_batch(&b).await?;
+        }
         Ok(())
     }
 
@@ -244,6 +429,7 @@ impl Cluster {
             inner.op_driving.extend(ids.iter().cloned());
             ids
         };
+        self.drive_batches();
         for id in ids {
             let this = self.clone();
             tokio::spawn(async move {

@@ -10,6 +10,8 @@
 //! what comes next and the primary is never restarted while it is the primary (but an
 //! instance without replicas, whose only member is restarted in place).
 
+pub mod batch;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use utoipa::ToSchema;
