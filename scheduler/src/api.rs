@@ -281,6 +281,7 @@ async fn create_instance(
 
 /// Query of `GET /v1/instances`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceQuery {
     /// Label selector: `k=v,k2=v2` (all equal), `k` (present), `k!=v`.
