@@ -118,6 +118,9 @@ pub struct MemberState {
     /// A restore from this backup was started on this volume (a volume holding data this agent
     /// did not restore is never wiped).
     pub restore_attempt: Option<String>,
+    /// The credential rotation (its id) for which replication was last pointed at the
+    /// primary with the new `repl` password: done once per rotation.
+    pub repl_switched: Option<u64>,
 }
 
 /// The sealed copy of a member's config files.

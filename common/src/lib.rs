@@ -9,6 +9,7 @@ pub mod ids;
 pub mod labels;
 pub mod position;
 pub mod repo;
+pub mod rotation;
 pub mod sealed;
 pub mod signal;
 pub mod spec;

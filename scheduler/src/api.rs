@@ -100,6 +100,15 @@ impl From<cluster::Error> for ApiError {
             }
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             E::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.code(), r.to_string()),
+            E::Rotation(r) => {
+                let status = match r {
+                    crate::rotation::Refusal::InProgress { .. } => StatusCode::CONFLICT,
+                    crate::rotation::Refusal::GraceTooLong { .. } => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                };
+                ApiError::new(status, r.code(), r.to_string())
+            }
             E::RepoRefused(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "repo_check_failed",
@@ -560,6 +569,95 @@ async fn credentials(
             format!("instance {name} not found"),
         )
     })
+}
+
+/// An account whose password `POST /v1/instances/{name}/credentials/rotate` changes.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RotateAccount {
+    /// `mofang_admin`, the agents' account.
+    Admin,
+    /// `mofang_repl`, replication.
+    Repl,
+    /// `mofang_monitor`, metrics.
+    Monitor,
+    /// `app`, applications.
+    App,
+}
+
+impl From<RotateAccount> for mofang_common::rotation::Account {
+    fn from(a: RotateAccount) -> Self {
+        use mofang_common::rotation::Account;
+        match a {
+            RotateAccount::Admin => Account::Admin,
+            RotateAccount::Repl => Account::Repl,
+            RotateAccount::Monitor => Account::Monitor,
+            RotateAccount::App => Account::App,
+        }
+    }
+}
+
+/// Body of `POST /v1/instances/{name}/credentials/rotate`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// The account whose password changes.
+    pub account: RotateAccount,
+    /// How long the old password stays accepted after the new one is in use, seconds
+    /// (0 ..= 604800, a week). Default 0: dropped as soon as every member uses the new one.
+    #[serde(default)]
+    pub grace_s: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/v1/instances/{name}/credentials/rotate", params(("name" = String, Path)), request_body = RotateRequest,
+    responses((status = 202, body = InstanceView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn rotate_credentials(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    extensions: axum::http::Extensions,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    need(&id, TokenRole::Admin)?;
+    let req: RotateRequest = parse_body(body)?;
+    let account = mofang_common::rotation::Account::from(req.account);
+    let grace_s = req.grace_s.unwrap_or(0);
+    let grace_ms = grace_s.checked_mul(1000).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("grace_s {grace_s} is too large"),
+        )
+    })?;
+    api.cluster
+        .rotate_credentials(&name, account, grace_ms)
+        .await?;
+    // The audit log names the account (the request's own entries name only the path);
+    // never a password.
+    let entry = AuditEntry {
+        id: 0,
+        at_ms: now_ms(),
+        who: id.name.clone(),
+        source: extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default(),
+        action: "rotate credentials".into(),
+        target: format!("instances/{name}/credentials/{account}"),
+        status: StatusCode::ACCEPTED.as_u16(),
+        result: format!("started: account {account}, grace {grace_s} s"),
+    };
+    if let Err(e) = api.cluster.store().append_audit(&entry).await {
+        error!(error = %e, "could not record a credential rotation in the audit log");
+    }
+    let view = api.cluster.instance(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} vanished"),
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 /// Filters of `GET /v1/events`.
@@ -1040,6 +1138,7 @@ async fn cancel_batch(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
+        rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
         start_batch, get_batch, cancel_batch,
@@ -1048,6 +1147,7 @@ async fn cancel_batch(
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        RotateRequest, RotateAccount, crate::cluster::RotationView,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
@@ -1189,6 +1289,10 @@ pub fn router(api: Api) -> Router {
                 .patch(patch_instance),
         )
         .route("/v1/instances/{name}/credentials", get(credentials))
+        .route(
+            "/v1/instances/{name}/credentials/rotate",
+            post(rotate_credentials),
+        )
         .route("/v1/instances/{name}/switchover", post(switchover))
         .route("/v1/instances/{name}/failover", post(failover))
         .route("/v1/instances/{name}/failover/ack", post(failover_ack))

@@ -337,6 +337,7 @@ pub async fn start(
                         if c.is_active() {
                             c.check_nodes().await;
                             c.check_failovers().await;
+                            c.check_rotations().await;
                         }
                     }
                     // A heartbeat changed what a pass decides on: no wait for the tick,

@@ -15,6 +15,7 @@ pub mod model;
 pub mod ops;
 pub mod placement;
 pub mod registry;
+pub mod rotation;
 pub mod secrets;
 pub mod store;
 pub mod tls;

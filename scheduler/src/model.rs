@@ -1,6 +1,7 @@
 //! The scheduler's durable records: nodes, instances with their members, events, audit
 //! entries. These are what the store keeps and what the API shows.
 
+use mofang_common::rotation::{Account, RotationStep};
 use mofang_common::{EngineKind, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -212,6 +213,59 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// The password of `account`.
+    pub fn get(&self, account: Account) -> &str {
+        match account {
+            Account::Admin => &self.admin,
+            Account::Repl => &self.repl,
+            Account::Monitor => &self.monitor,
+            Account::App => &self.app,
+        }
+    }
+
+    /// The password of `account`, to change it.
+    pub fn get_mut(&mut self, account: Account) -> &mut String {
+        match account {
+            Account::Admin => &mut self.admin,
+            Account::Repl => &mut self.repl,
+            Account::Monitor => &mut self.monitor,
+            Account::App => &mut self.app,
+        }
+    }
+}
+
+/// A credential rotation under way (docs/security.md): its steps are ordered by
+/// [`crate::rotation`] and carried out by every member's agent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRotation {
+    /// Its id: when it started, unix ms.
+    pub id: u64,
+    /// The account whose password changes.
+    pub account: Account,
+    /// The step every member is asked to carry out.
+    pub step: RotationStep,
+    /// The password that is not the instance's current one: the new one during `add`, the
+    /// old one during `switch` and `drop`. Sealed at rest like the credentials.
+    pub password: String,
+    /// How long the old password stays accepted after the switch, ms.
+    pub grace_ms: u64,
+    /// When the `switch` step was written (unix ms; 0 before).
+    pub switched_at_ms: i64,
+}
+
+impl std::fmt::Debug for CredentialRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRotation")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("step", &self.step)
+            .field("grace_ms", &self.grace_ms)
+            .field("switched_at_ms", &self.switched_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A database instance: the spec plus every decision taken about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -261,6 +315,9 @@ pub struct Instance {
     /// The backup this instance was restored from (its primary's volume is filled from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<Box<Restored>>,
+    /// A credential rotation under way (boxed: most records have none).
+    #[serde(default)]
+    pub rotation: Option<Box<CredentialRotation>>,
 }
 
 fn yes() -> bool {
@@ -287,6 +344,7 @@ impl Instance {
             rebuild_generations: BTreeMap::new(),
             stopped: false,
             restored: None,
+            rotation: None,
         }
     }
 
@@ -405,11 +463,17 @@ pub enum EventKind {
     BackupFailed,
     /// A backup and its objects were deleted.
     BackupDeleted,
+    /// A credential rotation started: every member is to accept the new password too.
+    CredentialsRotating,
+    /// Every member accepts the new password: it is the instance's from now on.
+    CredentialsSwitched,
+    /// The old password is accepted no more: the rotation is over.
+    CredentialsRotated,
 }
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 44] = [
+    pub const ALL: [EventKind; 47] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -454,6 +518,9 @@ impl EventKind {
         EventKind::BackupSucceeded,
         EventKind::BackupFailed,
         EventKind::BackupDeleted,
+        EventKind::CredentialsRotating,
+        EventKind::CredentialsSwitched,
+        EventKind::CredentialsRotated,
     ];
 
     /// The stored name, e.g. `failover_decided`.
@@ -503,6 +570,9 @@ impl EventKind {
             EventKind::BackupSucceeded => "backup_succeeded",
             EventKind::BackupFailed => "backup_failed",
             EventKind::BackupDeleted => "backup_deleted",
+            EventKind::CredentialsRotating => "credentials_rotating",
+            EventKind::CredentialsSwitched => "credentials_switched",
+            EventKind::CredentialsRotated => "credentials_rotated",
         }
     }
 }

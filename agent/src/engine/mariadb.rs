@@ -6,6 +6,7 @@ use super::{
     Secrets, Target,
 };
 use async_trait::async_trait;
+use mofang_common::rotation::Account;
 use mofang_common::EngineKind;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
@@ -77,6 +78,40 @@ impl std::fmt::Display for Steps {
 /// SQL string literal for values we generated or validated (addresses, passwords).
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The other password `account` accepts during a credential rotation, if any.
+fn other(m: &MemberConfig, account: Account) -> Option<&str> {
+    m.also_accepted
+        .as_ref()
+        .filter(|(a, _)| *a == account)
+        .map(|(_, p)| p.as_str())
+}
+
+/// The `IDENTIFIED ...` clause of an account with its password and, during a rotation, a
+/// second one: MariaDB 10.4+ tries each authentication of an `OR` chain in turn, so both
+/// passwords log in (https://mariadb.com/kb/en/alter-user/#identified-viawith).
+fn identified(password: &str, other: Option<&str>) -> String {
+    match other.filter(|o| *o != password) {
+        None => format!("IDENTIFIED BY {}", lit(password)),
+        Some(o) => format!(
+            "IDENTIFIED VIA mysql_native_password USING PASSWORD({}) \
+             OR mysql_native_password USING PASSWORD({})",
+            lit(password),
+            lit(o)
+        ),
+    }
+}
+
+/// The `mysql_native_password` hashes (`*` and 40 hex digits) in a `SHOW CREATE USER`.
+fn native_hashes(create_user: &str) -> std::collections::BTreeSet<String> {
+    create_user
+        .split('\'')
+        .filter(|t| {
+            t.len() == 41 && t.starts_with('*') && t[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|t| t.to_ascii_uppercase())
+        .collect()
 }
 
 fn get_str(row: &Row, col: &str) -> Option<String> {
@@ -200,25 +235,26 @@ impl Engine for MariaDb {
         );
         // Runs at every start as the bootstrap thread. Not binlogged: accounts are per member,
         // and a binlogged write here would be an errant GTID on a replica.
+        let id = |account: Account| identified(s.get(account), other(m, account));
         let init = format!(
             "SET SESSION sql_log_bin = 0;\n\
-             CREATE USER IF NOT EXISTS 'mofang_admin'@'%' IDENTIFIED BY {admin};\n\
-             ALTER USER 'mofang_admin'@'%' IDENTIFIED BY {admin};\n\
+             CREATE USER IF NOT EXISTS 'mofang_admin'@'%' {admin};\n\
+             ALTER USER 'mofang_admin'@'%' {admin};\n\
              GRANT ALL PRIVILEGES ON *.* TO 'mofang_admin'@'%' WITH GRANT OPTION;\n\
-             CREATE USER IF NOT EXISTS 'mofang_repl'@'%' IDENTIFIED BY {repl};\n\
-             ALTER USER 'mofang_repl'@'%' IDENTIFIED BY {repl};\n\
+             CREATE USER IF NOT EXISTS 'mofang_repl'@'%' {repl};\n\
+             ALTER USER 'mofang_repl'@'%' {repl};\n\
              GRANT REPLICATION SLAVE ON *.* TO 'mofang_repl'@'%';\n\
-             CREATE USER IF NOT EXISTS 'mofang_monitor'@'%' IDENTIFIED BY {monitor} WITH MAX_USER_CONNECTIONS 3;\n\
-             ALTER USER 'mofang_monitor'@'%' IDENTIFIED BY {monitor};\n\
+             CREATE USER IF NOT EXISTS 'mofang_monitor'@'%' {monitor} WITH MAX_USER_CONNECTIONS 3;\n\
+             ALTER USER 'mofang_monitor'@'%' {monitor};\n\
              GRANT PROCESS, REPLICATION CLIENT, SLAVE MONITOR, SELECT ON *.* TO 'mofang_monitor'@'%';\n\
              CREATE DATABASE IF NOT EXISTS app;\n\
-             CREATE USER IF NOT EXISTS 'app'@'%' IDENTIFIED BY {app};\n\
-             ALTER USER 'app'@'%' IDENTIFIED BY {app};\n\
+             CREATE USER IF NOT EXISTS 'app'@'%' {app};\n\
+             ALTER USER 'app'@'%' {app};\n\
              GRANT ALL PRIVILEGES ON app.* TO 'app'@'%';\n",
-            admin = lit(&s.admin),
-            repl = lit(&s.repl),
-            monitor = lit(&s.monitor),
-            app = lit(&s.app),
+            admin = id(Account::Admin),
+            repl = id(Account::Repl),
+            monitor = id(Account::Monitor),
+            app = id(Account::App),
         );
         vec![
             ConfigFile {
@@ -493,6 +529,73 @@ impl Engine for MariaDb {
         .await
     }
 
+    async fn set_passwords(
+        &self,
+        at: &Target,
+        s: &Secrets,
+        account: Account,
+        passwords: &[&str],
+    ) -> Result<bool> {
+        let Some(first) = passwords.first() else {
+            return Err(Error::Invalid("no password to set".into()));
+        };
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let user = format!("{}@'%'", lit(account.user()));
+            let shown: Option<String> = c
+                .query_first(format!("SHOW CREATE USER {user}"))
+                .await
+                .map_err(|e| err(at, e))?;
+            let mut want = std::collections::BTreeSet::new();
+            for p in passwords {
+                let h: Option<String> = c
+                    .query_first(format!("SELECT PASSWORD({})", lit(p)))
+                    .await
+                    .map_err(|e| err(at, e))?;
+                want.extend(h.map(|h| h.to_ascii_uppercase()));
+            }
+            if shown.as_deref().map(native_hashes) == Some(want) {
+                let _ = c.disconnect().await;
+                return Ok(false);
+            }
+            // Accounts are per member (init.sql): never binlogged, so no replica sees an
+            // errant transaction; each member's agent changes its own.
+            c.query_drop("SET SESSION sql_log_bin = 0")
+                .await
+                .map_err(|e| err(at, e))?;
+            c.query_drop(format!(
+                "ALTER USER {user} {}",
+                identified(first, passwords.get(1).copied())
+            ))
+            .await
+            .map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn use_repl_password(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            if Self::slave_status(&mut c, at).await?.is_some() {
+                // The link logs in again at once with the new password; every other setting
+                // (primary, GTID position) is kept.
+                c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+                c.query_drop(format!(
+                    "CHANGE MASTER TO MASTER_PASSWORD = {}",
+                    lit(&s.repl)
+                ))
+                .await
+                .map_err(|e| err(at, e))?;
+                c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+            }
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
     fn seed_script(&self, primary: &Target, local_port: u16) -> Option<String> {
         // A consistent snapshot of the application schemas (InnoDB, one transaction) with
         // the GTID position it is at; restored without binlogging (no errant GTIDs here).
@@ -562,5 +665,23 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("ms"), "{line}");
+    }
+
+    #[test]
+    fn a_rotating_account_is_identified_by_both_passwords() {
+        assert_eq!(identified("aaaa", None), "IDENTIFIED BY 'aaaa'");
+        assert_eq!(identified("aaaa", Some("aaaa")), "IDENTIFIED BY 'aaaa'");
+        let both = identified("aaaa", Some("bbbb"));
+        assert!(
+            both.contains("PASSWORD('aaaa') OR mysql_native_password USING PASSWORD('bbbb')"),
+            "{both}"
+        );
+        let shown = "CREATE USER `u`@`%` IDENTIFIED VIA mysql_native_password USING \
+                     '*12B62069D358C5BD67214B07EDC17B22E9253132' OR mysql_native_password \
+                     USING '*f2ed0116d28baf2d2c9be5a64c29d2240bd30010'";
+        let h = native_hashes(shown);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains("*F2ED0116D28BAF2D2C9BE5A64C29D2240BD30010"));
+        assert!(native_hashes("CREATE USER `u`@`%`").is_empty());
     }
 }

@@ -8,6 +8,7 @@ pub use mariadb::MariaDb;
 pub use redis::{snapshot as redis_snapshot, Redis, Snapshot as RedisSnapshot};
 
 use async_trait::async_trait;
+use mofang_common::rotation::Account;
 use mofang_common::EngineKind;
 pub use mofang_common::ObservedRole;
 use std::collections::BTreeMap;
@@ -69,6 +70,16 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
+    /// The password of `account`.
+    pub fn get(&self, account: Account) -> &str {
+        match account {
+            Account::Admin => &self.admin,
+            Account::Repl => &self.repl,
+            Account::Monitor => &self.monitor,
+            Account::App => &self.app,
+        }
+    }
+
     /// Fresh random passwords (32 alphanumerics each: no quoting issues in any config).
     pub fn generate() -> Self {
         Secrets {
@@ -156,6 +167,9 @@ pub struct MemberConfig {
     pub replica_of: Option<Target>,
     /// Engine settings from the assignment.
     pub settings: BTreeMap<String, String>,
+    /// During a credential rotation: an account that accepts a second password beside its
+    /// one in [`Secrets`] (rendered so a server restarted mid-rotation accepts both).
+    pub also_accepted: Option<(Account, String)>,
 }
 
 /// A config file to mount read-only at `/etc/mofang/<name>`, owned by the server user, 0600.
@@ -226,6 +240,20 @@ pub trait Engine: Send + Sync {
     async fn fence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
     /// Lifts a fence.
     async fn unfence(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+    /// Makes the server accept exactly `passwords` for `account` (credential rotation),
+    /// logged in with `secrets.admin`; changes nothing when it already does. True when it
+    /// changed something. Accounts are per member: nothing is replicated.
+    async fn set_passwords(
+        &self,
+        at: &Target,
+        secrets: &Secrets,
+        account: Account,
+        passwords: &[&str],
+    ) -> Result<bool>;
+    /// Replication logs in with `secrets.repl` from now on: a replica's link to its primary
+    /// is set up again with it (MariaDB `MASTER_PASSWORD`), or the server's `masterauth` is
+    /// set (Redis). Nothing on a MariaDB member that does not replicate.
+    async fn use_repl_password(&self, at: &Target, secrets: &Secrets) -> Result<()>;
     /// A shell script run inside a new replica's own container that copies a consistent
     /// snapshot from `primary` and sets the replication position to it; None when the
     /// engine's replication copies everything by itself (Redis full sync).

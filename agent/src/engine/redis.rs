@@ -6,6 +6,7 @@ use super::{
     Secrets, Target,
 };
 use async_trait::async_trait;
+use mofang_common::rotation::Account;
 use mofang_common::EngineKind;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
@@ -54,6 +55,47 @@ async fn cmd<T: redis::FromRedisValue>(
         command.arg(*a);
     }
     command.query_async(c).await.map_err(|e| err(at, e))
+}
+
+/// An ACL user's passwords in `redis.conf`: `>current`, and during a credential rotation
+/// `>other` too (an ACL user may hold several passwords).
+fn acl_passwords(m: &MemberConfig, s: &Secrets, account: Account) -> String {
+    let current = s.get(account);
+    match &m.also_accepted {
+        Some((a, other)) if *a == account && other != current => format!(">{current} >{other}"),
+        _ => format!(">{current}"),
+    }
+}
+
+/// The SHA-256 (lowercase hex) Redis keeps of an ACL password.
+fn acl_hash(password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(password.as_bytes()))
+}
+
+/// The `passwords` of an `ACL GETUSER` answer (a map, or a flat list of name and value).
+fn acl_user_hashes(v: &redis::Value) -> Option<std::collections::BTreeSet<String>> {
+    use redis::Value as V;
+    let pairs: Vec<(&V, &V)> = match v {
+        V::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        V::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| Some((c.first()?, c.get(1)?)))
+            .collect(),
+        _ => return None,
+    };
+    let text = |v: &V| match v {
+        V::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        V::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let (_, list) = pairs
+        .into_iter()
+        .find(|(k, _)| text(k).as_deref() == Some("passwords"))?;
+    match list {
+        V::Array(items) | V::Set(items) => Some(items.iter().filter_map(text).collect()),
+        _ => None,
+    }
 }
 
 /// Parses `INFO` output into key -> value.
@@ -196,10 +238,10 @@ impl Engine for Redis {
              masterauth {repl}\n\
              # ACL: no default user; each account gets only what it needs.\n\
              user default off\n\
-             user mofang_admin on >{admin} ~* &* +@all\n\
-             user mofang_repl on >{repl} +psync +sync +replconf +ping\n\
-             user mofang_monitor on >{monitor} +ping +info +client|list +config|get +slowlog|get +latency|latest +memory|stats\n\
-             user app on >{app} ~* &* +@all -@admin -@dangerous\n",
+             user mofang_admin on {admin} ~* &* +@all\n\
+             user mofang_repl on {repl_pw} +psync +sync +replconf +ping\n\
+             user mofang_monitor on {monitor} +ping +info +client|list +config|get +slowlog|get +latency|latest +memory|stats\n\
+             user app on {app} ~* &* +@all -@admin -@dangerous\n",
             member = m.member,
             port = m.port,
             fsync = m.settings.get("appendfsync").map(String::as_str).filter(|v| ["always", "everysec", "no"].contains(v)).unwrap_or("everysec"),
@@ -209,9 +251,10 @@ impl Engine for Redis {
             min_replicas = setting("min_replicas_to_write", 0),
             max_lag = setting("min_replicas_max_lag", 10),
             repl = s.repl,
-            admin = s.admin,
-            monitor = s.monitor,
-            app = s.app,
+            repl_pw = acl_passwords(m, s, Account::Repl),
+            admin = acl_passwords(m, s, Account::Admin),
+            monitor = acl_passwords(m, s, Account::Monitor),
+            app = acl_passwords(m, s, Account::App),
         );
         // A replica restarted by the agent comes back as a replica, never as an empty primary.
         if let Some(p) = &m.replica_of {
@@ -350,6 +393,46 @@ impl Engine for Redis {
         })
         .await
     }
+
+    async fn set_passwords(
+        &self,
+        at: &Target,
+        s: &Secrets,
+        account: Account,
+        passwords: &[&str],
+    ) -> Result<bool> {
+        if passwords.is_empty() {
+            return Err(Error::Invalid("no password to set".into()));
+        }
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let user: redis::Value = cmd(&mut c, at, &["ACL", "GETUSER", account.user()]).await?;
+            let want: std::collections::BTreeSet<String> =
+                passwords.iter().map(|p| acl_hash(p)).collect();
+            if acl_user_hashes(&user) == Some(want) {
+                return Ok(false);
+            }
+            // One command: the user never holds no password. ACL changes do not replicate:
+            // every member's agent sets its own.
+            let adds: Vec<String> = passwords.iter().map(|p| format!(">{p}")).collect();
+            let mut args = vec!["ACL", "SETUSER", account.user(), "resetpass"];
+            args.extend(adds.iter().map(String::as_str));
+            let _: String = cmd(&mut c, at, &args).await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn use_repl_password(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            // A replica's open link stays; its next one (and a later demotion's) logs in with
+            // the new password.
+            let _: String = cmd(&mut c, at, &["CONFIG", "SET", "masterauth", &s.repl]).await?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +466,7 @@ mod tests {
                 ("min_replicas_to_write".into(), "1".into()),
                 ("replicas".into(), "2".into()),
             ]),
+            also_accepted: None,
         };
         let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
         // The full sync starts once both replicas ask, not after Redis' 5 s default wait.
@@ -391,5 +475,38 @@ mod tests {
         assert!(conf.contains("replica-announce-ip 10.1.0.5"));
         assert!(conf.contains("min-replicas-to-write 1"));
         assert!(conf.contains("user default off"));
+    }
+
+    #[test]
+    fn a_rotating_acl_user_holds_both_passwords() {
+        let s = Secrets::generate();
+        let mut m = MemberConfig {
+            member: "c-0".into(),
+            port: 6379,
+            announce: Target {
+                host: "10.1.0.5".into(),
+                port: 6379,
+            },
+            memory_bytes: 256 << 20,
+            replica_of: None,
+            settings: BTreeMap::new(),
+            also_accepted: Some((Account::App, "OTHERpassword123456".into())),
+        };
+        let conf = &Redis.render(&m, &s)[0].contents;
+        assert!(
+            conf.contains(&format!("user app on >{} >OTHERpassword123456 ~*", s.app)),
+            "both app passwords"
+        );
+        assert!(conf.contains(&format!("user mofang_repl on >{} +psync", s.repl)));
+        m.also_accepted = None;
+        assert!(!Redis.render(&m, &s)[0].contents.contains("OTHERpassword"));
+        // ACL GETUSER's passwords, as RESP2 lists them.
+        let v = redis::Value::Array(vec![
+            redis::Value::BulkString(b"flags".to_vec()),
+            redis::Value::Array(vec![]),
+            redis::Value::BulkString(b"passwords".to_vec()),
+            redis::Value::Array(vec![redis::Value::BulkString(acl_hash("x").into_bytes())]),
+        ]);
+        assert_eq!(acl_user_hashes(&v), Some([acl_hash("x")].into()));
     }
 }

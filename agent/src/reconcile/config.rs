@@ -1,6 +1,7 @@
 //! Step 2, secrets and config: the instance's credentials, the member's port, and the
 //! server's config files rendered by the engine into the member's config directory.
 
+use super::decide::RotationOrder;
 use super::{Member, Result, Shared};
 use crate::config::NetworkMode;
 use crate::engine::{MemberConfig, Secrets, Target};
@@ -60,6 +61,10 @@ pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> 
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        // A server restarted during a rotation accepts what the running one does.
+        also_accepted: RotationOrder::parse(a)
+            .filter(|r| r.step.both_accepted())
+            .map(|r| (r.account, r.other)),
     };
     let first_config = || {
         std::fs::read_dir(sh.state.config_dir(member))

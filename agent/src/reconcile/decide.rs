@@ -6,6 +6,7 @@
 use crate::engine::Target;
 use crate::state::MemberState;
 use mofang_common::proto::Assignment;
+use mofang_common::rotation::{Account, RotationStep};
 use mofang_common::Role;
 use std::time::Duration;
 
@@ -220,6 +221,71 @@ pub fn next_look(role: &DesiredRole, fenced: bool, lease_left: Option<Duration>)
     }
 }
 
+/// A credential rotation step the assignment carries, parsed once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RotationOrder {
+    /// The rotation (its start, unix ms).
+    pub id: u64,
+    /// The account whose password changes.
+    pub account: Account,
+    /// The step to carry out.
+    pub step: RotationStep,
+    /// The other password the member accepts during `add` and `switch` (never logged).
+    pub other: String,
+}
+
+impl std::fmt::Debug for RotationOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RotationOrder({} {} {})",
+            self.id, self.account, self.step
+        )
+    }
+}
+
+impl RotationOrder {
+    /// The rotation the assignment carries; None when there is none, or it is malformed (an
+    /// unknown account or step, or no other password where one is needed: nothing is done).
+    pub fn parse(a: &Assignment) -> Option<Self> {
+        let r = a.rotation.as_ref()?;
+        let account = Account::parse(&r.account)?;
+        let step = RotationStep::parse(&r.step)?;
+        if step.both_accepted() && r.other_password.is_empty() {
+            return None;
+        }
+        Some(RotationOrder {
+            id: r.id,
+            account,
+            step,
+            other: r.other_password.clone(),
+        })
+    }
+
+    /// The passwords the member must accept for the account, the current one (`current`, the
+    /// assignment's) first.
+    pub fn accepted<'a>(&'a self, current: &'a str) -> Vec<&'a str> {
+        if self.step.both_accepted() && self.other != current {
+            vec![current, self.other.as_str()]
+        } else {
+            vec![current]
+        }
+    }
+
+    /// True when this step needs replication to log in with the current password: a replica
+    /// set up with the old `repl` password is pointed at its primary again with the new one.
+    pub fn repoint_replication(&self, st: &MemberState) -> bool {
+        self.account == Account::Repl
+            && self.step >= RotationStep::Switch
+            && st.repl_switched != Some(self.id)
+    }
+
+    /// What the member reports once it has carried the step out.
+    pub fn done(&self) -> String {
+        mofang_common::rotation::done(self.id, self.step)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +483,56 @@ mod tests {
             role_step(&r, 4, &state(3, "replica"), false, true, false),
             RoleStep::Follow { .. }
         ));
+    }
+
+    fn rotating(step: &str, other: &str) -> Assignment {
+        Assignment {
+            rotation: Some(mofang_common::proto::CredentialRotation {
+                id: 7,
+                account: "repl".into(),
+                step: step.into(),
+                other_password: other.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_rotation_accepts_both_passwords_until_its_drop_step() {
+        assert_eq!(RotationOrder::parse(&Assignment::default()), None);
+        let add = RotationOrder::parse(&rotating("add", "NEW")).expect("add");
+        assert_eq!(add.accepted("OLD"), ["OLD", "NEW"], "current one first");
+        let switch = RotationOrder::parse(&rotating("switch", "OLD")).expect("switch");
+        assert_eq!(switch.accepted("NEW"), ["NEW", "OLD"]);
+        let drop = RotationOrder::parse(&rotating("drop", "")).expect("drop");
+        assert_eq!(drop.accepted("NEW"), ["NEW"]);
+        assert_eq!(drop.done(), "7:drop");
+        // Nothing is done on an order the agent cannot read.
+        assert_eq!(RotationOrder::parse(&rotating("add", "")), None);
+        assert_eq!(RotationOrder::parse(&rotating("later", "X")), None);
+        // Never printed with its password.
+        assert!(!format!("{add:?}").contains("NEW"));
+    }
+
+    #[test]
+    fn replication_is_repointed_once_per_rotation_from_the_switch_step() {
+        let mut st = MemberState::default();
+        let add = RotationOrder::parse(&rotating("add", "NEW")).expect("add");
+        assert!(!add.repoint_replication(&st), "consumers keep the old one");
+        let switch = RotationOrder::parse(&rotating("switch", "OLD")).expect("switch");
+        assert!(switch.repoint_replication(&st));
+        st.repl_switched = Some(7);
+        assert!(!switch.repoint_replication(&st), "done once");
+        st.repl_switched = Some(3);
+        assert!(
+            switch.repoint_replication(&st),
+            "an earlier rotation's does not count"
+        );
+        let mut app = rotating("switch", "OLD");
+        if let Some(r) = app.rotation.as_mut() {
+            r.account = "app".into();
+        }
+        let app = RotationOrder::parse(&app).expect("app");
+        assert!(!app.repoint_replication(&MemberState::default()));
     }
 }

@@ -17,6 +17,7 @@ use crate::volume::VolumeManager;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use mofang_common::proto::{Assignment, MemberStatus};
+use mofang_common::rotation::Account;
 use mofang_common::EngineKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -322,6 +323,23 @@ impl Engine for FakeEngine {
     async fn unfence(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
         self.record("unfence".into());
         lock(&self.0).paused = false;
+        Ok(())
+    }
+
+    async fn set_passwords(
+        &self,
+        _at: &Target,
+        _s: &Secrets,
+        account: Account,
+        passwords: &[&str],
+    ) -> engine::Result<bool> {
+        // Recorded by count: a password never appears in a test's output.
+        self.record(format!("set_passwords {account} x{}", passwords.len()));
+        Ok(true)
+    }
+
+    async fn use_repl_password(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
+        self.record("use_repl_password".into());
         Ok(())
     }
 }

@@ -2,11 +2,12 @@
 //! containers. One worker per member (`worker.rs`), idempotent steps, periodic requeue,
 //! woken at once by container events. A pass is the list of steps in `reconcile_member`,
 //! a file each: `volume.rs` -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `answers.rs` (the server
-//! answers a ping) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
+//! answers a ping) -> `accounts.rs` (a credential rotation's step) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
 //! next what it produced, or reports the member's status and ends the pass with an
 //! [`Action`]. The decisions (the role asked for, a container that is not running, the role
 //! step) are pure functions in [`decide`]; `status.rs` builds the statuses the steps report.
 
+mod accounts;
 mod answers;
 mod config;
 mod container;
@@ -132,6 +133,8 @@ struct WorkerMemo {
     /// The replica's lag the last time its link was up: reported while the link is down,
     /// so a scheduler that restarted after the primary failed still knows it.
     last_lag: Option<i64>,
+    /// The credential rotation step this pass carried out (`<id>:<step>`), for its report.
+    rotated: Option<String>,
 }
 
 impl WorkerMemo {
@@ -176,6 +179,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         sh.state.save_member(&a.member, &st)?;
     }
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
+    memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
     Ok(observe::report(
@@ -230,6 +234,57 @@ mod tests {
         let s = r.pass(&assignment("primary", 3, "")).await;
         assert!(r.db.take_calls().is_empty());
         assert!(s.reason.contains("ignored assignment of epoch 3"), "{s:?}");
+    }
+
+    /// The engine calls of a rotation (the role step's, every pass, left out).
+    fn rotation_calls(r: &super::fake::Rig) -> Vec<String> {
+        r.db.take_calls()
+            .into_iter()
+            .filter(|c| c.starts_with("set_passwords") || c == "use_repl_password")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_rotation_step_is_carried_out_every_pass_and_reported_and_replication_switches_once()
+    {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let rotating = |step: &str, other: &str| {
+            let mut a = assignment("replica", 3, "10.0.0.9:3306");
+            a.rotation = Some(mofang_common::proto::CredentialRotation {
+                id: 42,
+                account: "repl".into(),
+                step: step.into(),
+                other_password: other.into(),
+            });
+            a
+        };
+        r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        let s = r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        assert!(s.healthy, "{s:?}");
+        assert_eq!(s.rotation, "", "no rotation, nothing reported");
+        rotation_calls(&r);
+        let s = r.pass(&rotating("add", "Newpassword0123456789")).await;
+        assert_eq!(rotation_calls(&r), ["set_passwords repl x2"]);
+        assert_eq!(s.rotation, "42:add");
+        assert!(s.healthy, "{s:?}");
+        // From the switch on, replication logs in with the new password: once.
+        let s = r.pass(&rotating("switch", "Oldpassword0123456789")).await;
+        assert_eq!(
+            rotation_calls(&r),
+            ["set_passwords repl x2", "use_repl_password"]
+        );
+        assert_eq!(s.rotation, "42:switch");
+        let s = r.pass(&rotating("switch", "Oldpassword0123456789")).await;
+        assert_eq!(rotation_calls(&r), ["set_passwords repl x2"]);
+        assert_eq!(s.rotation, "42:switch");
+        let s = r.pass(&rotating("drop", "")).await;
+        assert_eq!(rotation_calls(&r), ["set_passwords repl x1"]);
+        assert_eq!(s.rotation, "42:drop");
+        // An order it cannot read is not carried out, and not reported done.
+        let s = r.pass(&rotating("add", "")).await;
+        assert!(rotation_calls(&r).is_empty());
+        assert_eq!(s.rotation, "");
     }
 
     #[tokio::test]

@@ -63,6 +63,7 @@ pub(super) fn report(
     s.lag_seconds = reported_lag(&mut memo.last_lag, obs.replication_ok, obs.lag_seconds);
     s.replication_ok = obs.replication_ok;
     s.volume_used_bytes = usage.0;
+    s.rotation = memo.rotated.take().unwrap_or_default();
     let role_ok = match m.role {
         DesiredRole::Primary { fence: true, .. } => st.fenced,
         DesiredRole::Primary { .. } => obs.role == ObservedRole::Primary || st.fenced,

@@ -42,6 +42,7 @@ pub(super) fn status(
         crash_restarts: st.crash_restarts_ms.len() as u64,
         restart_generation: st.restart_generation,
         rebuild_generation: st.rebuild_generation,
+        rotation: String::new(),
     }
 }
 

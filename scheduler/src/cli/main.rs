@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use mofang_scheduler::model::now_ms;
 use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 
 mod backup;
@@ -276,6 +277,23 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Rotate an account's password (admin): every member accepts the new one beside the old,
+    /// then everything switches to the new one, then the old one is dropped after the grace.
+    /// Waits until the new password is in use.
+    RotateCredentials {
+        /// Name.
+        name: String,
+        /// The account: app, admin, repl or monitor.
+        #[arg(long, default_value = "app", value_parser = ["app", "admin", "repl", "monitor"])]
+        account: String,
+        /// How long the old password stays accepted once the new one is in use: 90s, 10m,
+        /// 2h, 1d (at most 7d). Default 0.
+        #[arg(long, value_parser = parse_grace)]
+        grace: Option<u64>,
+        /// Give up waiting after this many seconds (the rotation goes on).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Planned switchover without loss: fence the primary, let the target catch up,
     /// promote it. Waits until done.
     Switchover {
@@ -375,6 +393,27 @@ enum JoinTokenCmd {
     },
 }
 
+/// A grace period in seconds from `90`, `90s`, `10m`, `2h` or `1d`.
+fn parse_grace(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration like 90s, 10m, 2h or 1d"))?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{v}': unit must be s, m, h or d")),
+    };
+    n.checked_mul(per)
+        .ok_or_else(|| format!("'{v}' is too long"))
+}
+
 struct Client {
     http: reqwest::Client,
     addr: String,
@@ -457,6 +496,18 @@ fn print_instance(v: &Value) {
     println!("status:   {}", s(&v["status"]));
     println!("epoch:    {}", s(&v["epoch"]));
     println!("primary:  {}", s(&v["primary"]));
+    let r = &v["rotation"];
+    if r.is_object() {
+        println!(
+            "rotation: {} password, step {}{}",
+            s(&r["account"]),
+            s(&r["step"]),
+            match r["waiting_for"].as_array() {
+                Some(w) if !w.is_empty() => format!(", waiting for {}", s(&r["waiting_for"])),
+                _ => String::new(),
+            }
+        );
+    }
     println!();
     let rows = v["members"]
         .as_array()
@@ -835,6 +886,57 @@ async fn run(cli: Cli) -> Result<()> {
                 out(&v)
             } else {
                 println!("operation {id}: cancel asked; it stops at its next safe point");
+            }
+        }
+        Cmd::Instance(InstanceCmd::RotateCredentials {
+            name,
+            account,
+            grace,
+            timeout,
+        }) => {
+            let mut body = json!({ "account": account });
+            if let Some(g) = grace {
+                body["grace_s"] = json!(g);
+            }
+            let started = c
+                .post(&format!("/v1/instances/{name}/credentials/rotate"), body)
+                .await?;
+            let start = std::time::Instant::now();
+            let mut v = started;
+            let mut last = String::new();
+            // Until the new password is in use (step switch or later, or the rotation over).
+            loop {
+                let r = &v["rotation"];
+                let step = r["step"].as_str().unwrap_or("done");
+                if step != "add" {
+                    break;
+                }
+                let progress = format!(
+                    "{name}: {account} step {step}, waiting for {}",
+                    s(&r["waiting_for"])
+                );
+                if progress != last && !cli.json {
+                    eprintln!("[{:>5.1}s] {progress}", start.elapsed().as_secs_f64());
+                    last = progress;
+                }
+                if start.elapsed() > Duration::from_secs(timeout) {
+                    bail!("{name}: the new {account} password is not in use after {timeout}s ({last}); the rotation goes on: `mofang instance show {name}`");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                v = c.get(&format!("/v1/instances/{name}")).await?;
+            }
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            match v["rotation"]["old_accepted_until_ms"].as_i64() {
+                Some(until) if v["rotation"]["step"] == "switch" => println!(
+                    "{name}: the new {account} password is in use (`mofang instance credentials {name}`); the old one is accepted for {} s more",
+                    ((until - now_ms()) / 1000).max(0)
+                ),
+                _ => println!(
+                    "{name}: the new {account} password is in use (`mofang instance credentials {name}`); the old one is being dropped"
+                ),
             }
         }
         Cmd::Instance(InstanceCmd::Switchover { name, target }) => {
@@ -1303,5 +1405,22 @@ async fn main() -> std::process::ExitCode {
             eprintln!("mofang: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_grace;
+
+    #[test]
+    fn grace_periods_read_with_their_unit() {
+        assert_eq!(parse_grace("90"), Ok(90));
+        assert_eq!(parse_grace("90s"), Ok(90));
+        assert_eq!(parse_grace("10m"), Ok(600));
+        assert_eq!(parse_grace("2h"), Ok(7200));
+        assert_eq!(parse_grace("1d"), Ok(86_400));
+        assert!(parse_grace("10 minutes").is_err());
+        assert!(parse_grace("m").is_err());
+        assert!(parse_grace("99999999999999999999d").is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use super::books::disk_class_of;
 use super::{lock, Cluster, Inner};
-use mofang_common::proto::{Assignment, DesiredState};
+use mofang_common::proto::{Assignment, CredentialRotation, DesiredState};
 use mofang_common::Role;
 use std::collections::HashMap;
 use tokio::sync::watch;
@@ -122,6 +122,16 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     } else {
                         String::new()
                     },
+                    rotation: i.rotation.as_ref().map(|r| CredentialRotation {
+                        id: r.id,
+                        account: r.account.to_string(),
+                        step: r.step.to_string(),
+                        other_password: if r.step.both_accepted() {
+                            r.password.clone()
+                        } else {
+                            String::new()
+                        },
+                    }),
                 });
             }
         }

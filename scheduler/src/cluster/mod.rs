@@ -6,7 +6,8 @@
 //! lifecycle (load, activate, deactivate); each concern is a file of `impl Cluster`:
 //! `records` (durable decisions), `books` (reservations and the placement ranking),
 //! `observed` (heartbeats and node liveness), `desired` (desired states and their
-//! watchers), `views` (what the API shows), `failover`, `endpoints`, `jobs`, `repos` and `backups`.
+//! watchers), `views` (what the API shows), `failover`, `rotation` (credential rotations),
+//! `endpoints`, `jobs`, `repos` and `backups`.
 
 mod backups;
 mod books;
@@ -19,6 +20,7 @@ mod observed;
 mod operations;
 mod records;
 mod repos;
+mod rotation;
 #[cfg(test)]
 mod testkit;
 mod views;
@@ -28,6 +30,7 @@ pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
+pub use rotation::RotationView;
 pub use views::{InstanceView, MemberView, NodeView2};
 
 use crate::failover::{Counters, FailoverConfig};
@@ -99,6 +102,9 @@ pub enum Error {
     /// The backup repository failed a listing or a deletion (503 `repo_unavailable`).
     #[error("backup repository: {0}")]
     RepoFailed(String),
+    /// A credential rotation cannot start (409 while one is under way, 422 for a bad grace).
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::Refusal),
 }
 
 impl From<store::Error> for Error {

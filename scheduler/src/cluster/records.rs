@@ -296,7 +296,7 @@ pub enum Resealed {
 }
 
 /// A fresh random password: 32 alphanumerics.
-fn password() -> String {
+pub(super) fn password() -> String {
     use rand::distr::{Alphanumeric, SampleString};
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }

@@ -67,6 +67,8 @@ pub struct InstanceView {
     /// `reason` until its server starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// A credential rotation under way, if any.
+    pub rotation: Option<super::RotationView>,
 }
 
 /// A node as the API shows it.
@@ -219,6 +221,7 @@ impl Cluster {
             auto_failover: i.auto_failover,
             restored_from: i.restored.as_ref().map(|r| r.backup.clone()),
             last_failover_ms: i.last_failover_ms,
+            rotation: self.rotation_view(inner, i),
         }
     }
 }

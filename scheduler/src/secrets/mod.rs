@@ -516,6 +516,45 @@ mod tests {
         assert_eq!(store.instances().await.unwrap().len(), 1);
     }
 
+    /// A credential rotation's other password is sealed like the credentials, bound to its
+    /// place, and read back in clear.
+    #[tokio::test]
+    async fn a_rotation_password_is_sealed_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let new_pw = "RotatedPwq5S9dJ1mVw4Lc6EbZZ".to_owned();
+        {
+            let store = open(dir.path()).await;
+            let stored = store
+                .create_instance(&instance("orders"), &[])
+                .await
+                .unwrap();
+            let next = crate::rotation::start(
+                &stored,
+                mofang_common::rotation::Account::App,
+                new_pw.clone(),
+                0,
+                1,
+            )
+            .unwrap();
+            store.update_instance(&next, &[]).await.unwrap();
+            let raw = store.inner().instance("orders").await.unwrap().unwrap();
+            let r = raw.rotation.expect("rotation stored");
+            assert!(Sealed::is_sealed(&r.password));
+            assert_eq!(
+                store.usage().await.unwrap().by_key.values().sum::<usize>(),
+                5,
+                "counted with the credentials"
+            );
+        }
+        assert_eq!(
+            found_in(dir.path(), std::slice::from_ref(&new_pw)),
+            Vec::<String>::new()
+        );
+        let store = open(dir.path()).await;
+        let back = store.instance("orders").await.unwrap().unwrap();
+        assert_eq!(back.rotation.map(|r| r.password), Some(new_pw));
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]

@@ -24,14 +24,20 @@ impl std::fmt::Debug for SealedStore {
     }
 }
 
-/// The four credential fields, by name.
-fn fields(c: &mut Credentials) -> [(&'static str, &mut String); 4] {
-    [
+/// Every secret of an instance record, by name: the four credentials and, during a
+/// credential rotation, the rotation's other password (`rotation`).
+fn fields(i: &mut Instance) -> Vec<(&'static str, &mut String)> {
+    let c: &mut Credentials = &mut i.credentials;
+    let mut v = vec![
         ("admin", &mut c.admin),
         ("repl", &mut c.repl),
         ("monitor", &mut c.monitor),
         ("app", &mut c.app),
-    ]
+    ];
+    if let Some(r) = i.rotation.as_mut() {
+        v.push(("rotation", &mut r.password));
+    }
+    v
 }
 
 /// How the stored secrets are sealed, read from the backend's raw records.
@@ -72,7 +78,7 @@ impl SealedStore {
     async fn seal(&self, inst: &Instance) -> Result<Instance> {
         let mut sealed = inst.clone();
         let name = inst.spec.name.clone();
-        for (field, value) in fields(&mut sealed.credentials) {
+        for (field, value) in fields(&mut sealed) {
             *value = self
                 .vault
                 .seal(self.inner.as_ref(), &credential_aad(&name, field), value)
@@ -84,7 +90,7 @@ impl SealedStore {
 
     async fn open_instance(&self, mut inst: Instance) -> Result<Instance> {
         let name = inst.spec.name.clone();
-        for (field, value) in fields(&mut inst.credentials) {
+        for (field, value) in fields(&mut inst) {
             *value = self
                 .vault
                 .open_value(self.inner.as_ref(), &credential_aad(&name, field), value)
@@ -105,7 +111,7 @@ impl SealedStore {
         let mut usage = Usage::default();
         for mut inst in self.inner.instances().await? {
             let mut stale = false;
-            for (_, value) in fields(&mut inst.credentials) {
+            for (_, value) in fields(&mut inst) {
                 match Sealed::is_sealed(value)
                     .then(|| Sealed::key_id_of(value).ok())
                     .flatten()

@@ -1,0 +1,567 @@
+//! Credential rotation end to end (issue 15 point 6): a real scheduler, two agents, a
+//! MariaDB 1+1 and a Redis 1+1 under an application writer. Each account is rotated in turn
+//! (`repl`, `monitor` through the CLI, `admin`, then `app` with a grace) and after each one
+//! the new password logs in, the old one does not, replication carries a new write to the
+//! replica, and the agents' rendered files hold the new password only. Then a failover (MariaDB:
+//! the primary's container is killed; Redis: a switchover, since Redis' asynchronous
+//! replication may lose the last writes of a killed primary whatever the passwords,
+//! docs/failover.md) loses no acknowledged write, and the old primary comes back as a replica
+//! that logs in with the new passwords (its server restarted on the re-rendered files).
+
+use anyhow::{bail, Context, Result};
+use mofang_tests::scenario::{container_of, docker_cli, set_contents, Env, SetWriter};
+use mofang_tests::{eventually, unique_name};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Fast knobs: agents' lease 2 s (tests/src/cluster.rs), node_ttl 1.5 s.
+const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 60000\n";
+
+/// Logs in to `addr` as `user` with `password` and runs a trivial command.
+async fn login(engine: &str, addr: &str, user: &str, password: &str) -> Result<()> {
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        if engine == "mariadb" {
+            use mysql_async::prelude::Queryable;
+            let (host, port) = addr.rsplit_once(':').context("address")?;
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(host.to_owned())
+                .tcp_port(port.parse()?)
+                .user(Some(user))
+                .pass(Some(password.to_owned()))
+                .prefer_socket(false);
+            let mut c = mysql_async::Conn::new(opts).await?;
+            let one: Option<u8> = c.query_first("SELECT 1").await?;
+            let _ = c.disconnect().await;
+            anyhow::ensure!(one == Some(1), "SELECT 1 answered {one:?}");
+        } else {
+            let client = redis::Client::open(format!("redis://{user}:{password}@{addr}/"))?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            let pong: String = redis::cmd("PING").query_async(&mut c).await?;
+            anyhow::ensure!(pong == "PONG", "PING answered {pong}");
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match r {
+        Ok(r) => r,
+        Err(_) => bail!("login as {user} at {addr}: no answer in 10 s"),
+    }
+}
+
+/// The user of an account.
+fn user(account: &str) -> &'static str {
+    match account {
+        "admin" => "mofang_admin",
+        "repl" => "mofang_repl",
+        "monitor" => "mofang_monitor",
+        _ => "app",
+    }
+}
+
+/// Every member's client address.
+fn addresses(inst: &Value) -> Result<Vec<String>> {
+    inst["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| m["address"].as_str().map(str::to_owned).context("address"))
+        .collect()
+}
+
+/// The replica's address (the instance has one).
+fn replica_address(inst: &Value) -> Result<String> {
+    inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .and_then(|m| m["address"].as_str())
+        .map(str::to_owned)
+        .context("replica address")
+}
+
+/// Writes `id` into the `marks` set (MariaDB table `app.marks`, Redis set `marks`) at the
+/// primary with the application password, and waits until the replica has it.
+async fn replicated(env: &Env, name: &str, engine: &str, app: &str, id: u64) -> Result<()> {
+    let inst = env.wait_instance_ready(name).await?;
+    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    if engine == "mariadb" {
+        use mysql_async::prelude::Queryable;
+        let mut c = mofang_tests::scenario::mysql(&primary, app).await?;
+        c.query_drop("CREATE TABLE IF NOT EXISTS marks (id BIGINT PRIMARY KEY)")
+            .await?;
+        c.exec_drop("INSERT INTO marks (id) VALUES (?)", (id,))
+            .await?;
+    } else {
+        let client = redis::Client::open(format!("redis://app:{app}@{primary}/"))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let _: i64 = redis::cmd("SADD")
+            .arg("marks")
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+    }
+    let replica = replica_address(&inst)?;
+    eventually(
+        "the write is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let has = if engine == "mariadb" {
+                use mysql_async::prelude::Queryable;
+                let mut c = mofang_tests::scenario::mysql(&replica, app).await?;
+                let n: Option<u64> = c
+                    .exec_first("SELECT COUNT(*) FROM marks WHERE id = ?", (id,))
+                    .await?;
+                n == Some(1)
+            } else {
+                let client = redis::Client::open(format!("redis://app:{app}@{replica}/"))?;
+                let mut c = client.get_multiplexed_async_connection().await?;
+                redis::cmd("SISMEMBER")
+                    .arg("marks")
+                    .arg(id)
+                    .query_async::<bool>(&mut c)
+                    .await?
+            };
+            if has {
+                Ok(())
+            } else {
+                bail!("mark {id} not on the replica {replica} yet")
+            }
+        },
+    )
+    .await
+}
+
+/// Starts a rotation through the API.
+async fn rotate(env: &Env, name: &str, account: &str, grace_s: u64) -> Result<Value> {
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/credentials/rotate"),
+            Some(json!({"account": account, "grace_s": grace_s})),
+        )
+        .await?;
+    if s != reqwest::StatusCode::ACCEPTED {
+        bail!("rotate {account}: {s} {v}");
+    }
+    Ok(v)
+}
+
+/// Waits until the instance has no rotation under way.
+async fn rotation_over(env: &Env, name: &str) -> Result<Value> {
+    eventually("rotation over", Duration::from_secs(120), || async {
+        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        if v["rotation"].is_null() {
+            Ok(v)
+        } else {
+            bail!("rotation {}", v["rotation"])
+        }
+    })
+    .await
+}
+
+/// After a finished rotation of `account` from `old` to `new`: on every member the new
+/// password logs in and the old one is refused; the agents' rendered files hold the new one
+/// and not the old one; the state directories hold neither in clear.
+async fn check_rotated(
+    env: &Env,
+    name: &str,
+    engine: &str,
+    account: &str,
+    old: &str,
+    new: &str,
+) -> Result<()> {
+    assert_ne!(old, new, "{account}: a new password");
+    let inst = env.wait_instance_ready(name).await?;
+    for addr in addresses(&inst)? {
+        login(engine, &addr, user(account), new)
+            .await
+            .with_context(|| format!("{account}: the new password at {addr}"))?;
+        assert!(
+            login(engine, &addr, user(account), old).await.is_err(),
+            "{account}: the old password still logs in at {addr}"
+        );
+    }
+    for a in &env.agents {
+        let rendered = files_under(&a.run_dir());
+        let mine: Vec<&(String, Vec<u8>)> = rendered
+            .iter()
+            .filter(|(p, _)| p.contains(&format!("/{name}-")))
+            .collect();
+        assert!(!mine.is_empty(), "rendered files of {name} on {}", a.node);
+        for (p, bytes) in &mine {
+            assert!(
+                !contains(bytes, old),
+                "{account}: the old password is still in {p}"
+            );
+        }
+        // Every account is in redis.conf, or in MariaDB's init.sql (admin's in client.cnf too).
+        assert!(
+            mine.iter().any(|(_, b)| contains(b, new)),
+            "{account}: the new password in {name}'s rendered files on {}",
+            a.node
+        );
+        for (p, bytes) in files_under(&a.state_dir()) {
+            assert!(
+                !contains(&bytes, new) && !contains(&bytes, old),
+                "{account}: a password in clear in {p}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every regular file under `dir`, with its contents.
+fn files_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => {
+                    if let Ok(b) = std::fs::read(&p) {
+                        out.push((p.display().to_string(), b));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn credentials(env: &Env, name: &str) -> Result<Value> {
+    env.get(&format!("/v1/instances/{name}/credentials")).await
+}
+
+/// Runs the `mofang` CLI with the cluster's address, CA and admin token.
+async fn cli(env: &Env, args: &[&str]) -> Result<Value> {
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .arg("--json")
+        .args(args)
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("mofang {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `<engine>_up{...mofang_member="<member>"...} 1` on the member's agent's `/metrics`.
+async fn scraped(env: &Env, engine: &str, inst: &Value) -> Result<()> {
+    let metric = if engine == "mariadb" {
+        "mysql_up{"
+    } else {
+        "redis_up{"
+    };
+    for m in inst["members"].as_array().context("members")? {
+        let id = m["id"].as_str().context("id")?;
+        let at = m["check_address"].as_str().context("check address")?;
+        let label = format!("mofang_member=\"{id}\"");
+        eventually(
+            "monitoring scrapes the member",
+            Duration::from_secs(30),
+            || async {
+                let text = env
+                    .http
+                    .get(format!("http://{at}/metrics"))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let up = text
+                    .lines()
+                    .find(|l| l.starts_with(metric) && l.contains(&label))
+                    .with_context(|| format!("no {metric} line for {id}"))?;
+                let value = up
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.trim().parse::<f64>().ok());
+                if value == Some(1.0) {
+                    Ok(())
+                } else {
+                    bail!("{up}")
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
+    let mut env = Env::start_with(2, FAST).await?;
+    let name = unique_name("rot");
+    let inst = env.create_ready(&name, engine, 1).await?;
+    let first = credentials(&env, &name).await?;
+    let app0 = first["app"].as_str().context("app")?.to_owned();
+    let writer = SetWriter::start(&env, &name, engine, &app0).await?;
+    writer.wait_acked(100, Duration::from_secs(60)).await?;
+    let mut mark = 1;
+
+    // repl, monitor (through the CLI, as an operator would), admin: platform accounts, no
+    // grace. Replication, monitoring and the agents' own checks keep working throughout.
+    for account in ["repl", "monitor", "admin"] {
+        let before = credentials(&env, &name).await?;
+        if account == "monitor" {
+            let v = cli(
+                &env,
+                &[
+                    "instance",
+                    "rotate-credentials",
+                    &name,
+                    "--account",
+                    "monitor",
+                ],
+            )
+            .await?;
+            // It returns once the new password is in use.
+            assert_ne!(v["rotation"]["step"], "add", "{v}");
+        } else {
+            let v = rotate(&env, &name, account, 0).await?;
+            assert_eq!(v["rotation"]["account"], account, "{v}");
+            assert_eq!(v["rotation"]["step"], "add", "{v}");
+            // One rotation at a time.
+            let (s, body) = env
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/instances/{name}/credentials/rotate"),
+                    Some(json!({"account": "app"})),
+                )
+                .await?;
+            if s != reqwest::StatusCode::ACCEPTED {
+                assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
+                assert_eq!(body["error"]["code"], "rotation_in_progress", "{body}");
+            } else {
+                bail!("a second rotation was accepted while one is under way: {body}");
+            }
+        }
+        rotation_over(&env, &name).await?;
+        let after = credentials(&env, &name).await?;
+        for other in ["admin", "repl", "monitor", "app"] {
+            if other == account {
+                assert_ne!(after[other], before[other], "{account} changed");
+            } else {
+                assert_eq!(after[other], before[other], "{other} unchanged");
+            }
+        }
+        let (old, new) = (
+            before[account].as_str().context("old")?,
+            after[account].as_str().context("new")?,
+        );
+        check_rotated(&env, &name, engine, account, old, new).await?;
+        replicated(&env, &name, engine, &app0, mark).await?;
+        mark += 1;
+    }
+    // Monitoring scrapes with fresh connections after the agents restart: the new password
+    // (databases and their containers are not touched by an agent restart).
+    for a in env.agents.iter_mut() {
+        a.restart()?;
+    }
+    let inst_now = env.wait_instance_ready(&name).await?;
+    scraped(&env, engine, &inst_now).await?;
+    // The CLI shows the new passwords.
+    let shown = cli(&env, &["instance", "credentials", &name]).await?;
+    assert_eq!(shown, credentials(&env, &name).await?);
+    assert_ne!(shown["admin"], first["admin"]);
+
+    // A failover after rotating repl and admin: no acknowledged write lost.
+    let old = Env::primary_member(&inst_now)?;
+    let old_id = old["id"].as_str().context("id")?.to_owned();
+    let epoch = inst_now["epoch"].as_u64().unwrap_or(1);
+    if engine == "mariadb" {
+        docker_cli(&["kill", &container_of(&old_id)])?;
+    } else {
+        let (s, v) = env
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/instances/{name}/switchover"),
+                Some(json!({})),
+            )
+            .await?;
+        assert!(s.is_success(), "switchover: {s} {v}");
+    }
+    let after = env
+        .wait_new_primary(&name, epoch, Duration::from_secs(60))
+        .await?;
+    let new_primary = Env::primary_member(&after)?;
+    assert_ne!(new_primary["id"], old["id"], "a replica took over");
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 200, Duration::from_secs(120))
+        .await?;
+    let out = writer.stop().await?;
+    let addr = new_primary["address"].as_str().context("address")?;
+    let present = set_contents(engine, addr, &app0).await?;
+    eprintln!(
+        "{engine}: acknowledged {}, lost {}, outage {:?}",
+        out.acked.len(),
+        out.lost(&present).len(),
+        out.longest_gap
+    );
+    assert!(
+        out.lost(&present).is_empty(),
+        "acknowledged writes lost: {:?}",
+        out.lost(&present)
+    );
+    assert!(out.unexpected(&present).is_empty());
+    // The old primary is a replica again (MariaDB: restarted from files rendered with the
+    // new passwords), replicating with the new repl password.
+    env.wait_instance_ready(&name).await?;
+    replicated(&env, &name, engine, &app0, mark).await?;
+    mark += 1;
+
+    // app, with a grace: both passwords log in while it runs, then only the new one.
+    let v = rotate(&env, &name, "app", 20).await?;
+    assert_eq!(v["rotation"]["grace_s"], 20, "{v}");
+    let switched = eventually("app switched", Duration::from_secs(60), || async {
+        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        if v["rotation"]["step"] == "switch" {
+            Ok(v)
+        } else {
+            bail!("{}", v["rotation"])
+        }
+    })
+    .await?;
+    let app1 = credentials(&env, &name).await?["app"]
+        .as_str()
+        .context("app")?
+        .to_owned();
+    assert_ne!(app1, app0);
+    for addr in addresses(&switched)? {
+        login(engine, &addr, "app", &app1).await?;
+        login(engine, &addr, "app", &app0)
+            .await
+            .context("the old app password during the grace")?;
+    }
+    let still = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(
+        still["rotation"]["step"], "switch",
+        "the old password was checked within the grace: {still}"
+    );
+    let writer = SetWriter::start_from(
+        mofang_tests::scenario::PrimarySource::api(&env, &name),
+        engine,
+        &app1,
+        out.attempted.last().copied().unwrap_or(0) + 1,
+    )
+    .await?;
+    writer.wait_acked(50, Duration::from_secs(60)).await?;
+    let done = rotation_over(&env, &name).await?;
+    let until = switched["rotation"]["old_accepted_until_ms"]
+        .as_i64()
+        .context("until")?;
+    assert!(
+        now_ms() >= until,
+        "the old app password was dropped before the grace ended"
+    );
+    check_rotated(&env, &name, engine, "app", &app0, &app1).await?;
+    replicated(&env, &name, engine, &app1, mark).await?;
+    let out2 = writer.stop().await?;
+    let present = set_contents(engine, done["primary"].as_str().context("primary")?, &app1).await?;
+    assert!(out2.lost(&present).is_empty(), "{:?}", out2.lost(&present));
+
+    // Audited with the account, never a password; events say what happened.
+    let audit = env.get("/v1/audit").await?;
+    let text = audit.to_string();
+    for account in ["repl", "monitor", "admin", "app"] {
+        assert!(
+            audit
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["action"] == "rotate credentials"
+                    && e["target"] == format!("instances/{name}/credentials/{account}"))),
+            "audit entry for {account}: {audit}"
+        );
+    }
+    let now = credentials(&env, &name).await?;
+    for pw in [&first, &now].iter().flat_map(|c| {
+        ["admin", "repl", "monitor", "app"].map(|k| c[k].as_str().unwrap_or("-").to_owned())
+    }) {
+        assert!(!text.contains(&pw), "a password in the audit log");
+    }
+    let kinds: Vec<String> = env
+        .events(&name)
+        .await?
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect();
+    for k in [
+        "credentials_rotating",
+        "credentials_switched",
+        "credentials_rotated",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|x| *x == k).count(),
+            4,
+            "{k} once per rotation: {kinds:?}"
+        );
+    }
+    let _ = inst;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_every_account_rotates_under_writes_and_a_failover_loses_nothing() -> Result<()> {
+    rotate_every_account_under_writes("mariadb").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_every_account_rotates_under_writes_and_a_switchover_loses_nothing() -> Result<()> {
+    rotate_every_account_under_writes("redis").await
+}
+
+/// Refusals: an unknown account, unknown fields, a grace over a week, an unknown instance,
+/// and a token below admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rotation_requests_are_refused_with_a_reason() -> Result<()> {
+    let env = Env::start(1).await?;
+    let name = unique_name("rotbad");
+    env.create_ready(&name, "redis", 0).await?;
+    let path = format!("/v1/instances/{name}/credentials/rotate");
+    for (body, status, code) in [
+        (json!({"account": "root"}), 422, "invalid"),
+        (json!({"account": "app", "later": true}), 422, "invalid"),
+        (
+            json!({"account": "app", "grace_s": 604_801}),
+            422,
+            "invalid",
+        ),
+        (json!({"account": "app", "grace_s": -1}), 422, "invalid"),
+        (json!({}), 422, "invalid"),
+    ] {
+        let (s, v) = env
+            .call(reqwest::Method::POST, &path, Some(body.clone()))
+            .await?;
+        assert_eq!(s.as_u16(), status, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    }
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/nosuch/credentials/rotate",
+            Some(json!({"account": "app"})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "{v}");
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert!(v["rotation"].is_null(), "nothing started: {v}");
+    Ok(())
+}
