@@ -288,6 +288,11 @@ impl AgentProcess {
         self.dir.path().join("state.key")
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9` of the agent process (containers keep running).
     pub fn kill9(&mut self) -> Result<()> {
         kill9(&mut self.child)

@@ -341,12 +341,14 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         conffiles == BTreeSet::from(["/etc/mofang/agent.toml", "/etc/mofang/scheduler.toml"]),
         "conffiles: {conffiles:?}"
     );
-    ensure!(
-        h.sh("stat -c '%U:%G %a' /etc/mofang/scheduler.toml")?
-            .trim()
-            == "root:mofang 640",
-        "scheduler.toml must be root:mofang 0640 (it may hold token secrets)"
-    );
+    for conf in ["scheduler.toml", "agent.toml"] {
+        ensure!(
+            h.sh(&format!("stat -c '%U:%G %a' /etc/mofang/{conf}"))?
+                .trim()
+                == "root:mofang 640",
+            "{conf} must be root:mofang 0640 (it may hold token secrets, a join token)"
+        );
+    }
     for (dir, mode) in [
         ("/var/lib/mofang", "750"),
         ("/var/lib/mofang/agent", "700"),
@@ -434,6 +436,33 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         "mofang-agent.service",
         (1 << CAP_CHOWN) | (1 << CAP_DAC_OVERRIDE) | (1 << CAP_FOWNER),
     )?;
+    // Every key file the sandboxed daemons made is the service user's alone (docs/security.md,
+    // "Least exposure"): another user reads none of them.
+    // The probe itself works: another user reads a world-readable file.
+    h.sh("setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/hostname >/dev/null")?;
+    for key in [
+        "/var/lib/mofang/scheduler/keyring.json",
+        "/var/lib/mofang/scheduler/tls/ca-key.pem",
+        "/var/lib/mofang/scheduler/tls/server-key.pem",
+        "/var/lib/mofang/agent.key",
+        "/var/lib/mofang/agent/tls/agent-key.pem",
+    ] {
+        let got = h.sh(&format!("stat -c '%U:%G %a' {key}"))?;
+        ensure!(got.trim() == "mofang:mofang 600", "{key}: {got:?}");
+        ensure!(
+            !h.exec(&format!(
+                "setpriv --reuid=nobody --regid=nogroup --clear-groups cat {key}"
+            ))?
+            .status
+            .success(),
+            "{key} is readable by another user"
+        );
+    }
+    let run = h.sh("stat -c '%U:%G %a' /run/mofang-agent")?;
+    ensure!(
+        run.trim() == "mofang:mofang 700",
+        "/run/mofang-agent: {run:?}"
+    );
     // The sandboxed agent owns its data disk: for a member placed here it reserves a volume
     // and writes the config, both owned by the database's uid 999, and deletes them again
     // (CAP_CHOWN, CAP_FOWNER, CAP_DAC_OVERRIDE; without them this fails with "volume I/O").
