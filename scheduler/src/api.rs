@@ -1155,7 +1155,7 @@ async fn cancel_batch(
         NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -1170,6 +1170,65 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The errors any authenticated operation may answer, whatever its handler, documented on
+/// every one (an API fuzzer checks each answer's status against the document): 400 (a body
+/// or query that is not what the operation reads), 401 (no or unknown token), 403 (a role too
+/// low), 413 (a body over 1 MiB), 422 (a body of the wrong shape) and 503 (no leader, the
+/// store or the audit log unavailable). Each is the JSON `ErrorBody`.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        const GENERIC: [(&str, &str); 6] = [
+            ("400", "The body or the query cannot be read (bad_json, bad_body, bad_query)"),
+            ("401", "No or unknown bearer token (unauthorized)"),
+            ("403", "The token's role is too low (forbidden)"),
+            ("413", "The body is over 1 MiB (body_too_large)"),
+            ("422", "The body has the wrong shape or values (invalid)"),
+            ("503", "No scheduler leads, or the store or the audit log cannot be written: nothing was changed"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // Operations open to anyone (`security(())`, e.g. health) answer none of these.
+                let public = op
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+                if public {
+                    continue;
+                }
+                for (code, why) in GENERIC {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(why)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 
