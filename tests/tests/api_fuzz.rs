@@ -35,6 +35,8 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() -> Re
     let ca = sched.pki.as_ref().context("TLS is on")?.ca_file();
     let report = sched.dir.path().join("schemathesis");
     let out = Command::new(st)
+        // Its own files (`.schemathesis/`) go with the scheduler's, not into the tree.
+        .current_dir(sched.dir.path())
         .arg("run")
         .arg(format!("{}/v1/openapi.json", sched.rest))
         .args([
