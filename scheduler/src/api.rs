@@ -1404,6 +1404,34 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use tower::ServiceExt;
 
+    /// Every authenticated operation documents the errors any operation may answer (an API
+    /// fuzzer checks each answer's status against the document); health documents none.
+    #[test]
+    fn every_authenticated_operation_documents_the_generic_errors() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut checked = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("item") {
+                let codes = op["responses"].as_object().expect("responses");
+                if path == "/v1/health" {
+                    assert!(!codes.contains_key("401"), "{method} {path}");
+                    continue;
+                }
+                for code in ["400", "401", "403", "413", "422", "503"] {
+                    assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked} operations");
+        let rotate = &paths["/v1/instances/{name}/credentials/rotate"]["post"]["responses"];
+        assert!(
+            rotate["202"].is_object() && rotate["409"].is_object(),
+            "{rotate}"
+        );
+    }
+
     /// HA soak, leader kill (failover.md defect 7): a starting scheduler answered
     /// `leader: true` before its election ran, so clients and agents took it for the leader.
     #[tokio::test]
