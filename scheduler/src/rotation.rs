@@ -174,6 +174,8 @@ mod tests {
             },
             disk_class: None,
             placement: None,
+            labels: Default::default(),
+            restore: None,
         };
         let members = ["orders-0", "orders-1", "orders-2"]
             .iter()
