@@ -39,7 +39,14 @@ pub struct AgentService {
     join_cert_days: u32,
     /// When each refusal was last recorded.
     recorded: Mutex<HashMap<String, Instant>>,
+    /// What each client certificate (DER) names, read once: a heartbeat a second per agent
+    /// would otherwise parse its X.509 certificate every second (`make bench`, TLS side).
+    identities: Mutex<HashMap<Vec<u8>, Caller>>,
 }
+
+/// Client certificates remembered at most (a cluster has one per agent; renewals add more):
+/// past it the memory starts afresh.
+const IDENTITIES_MAX: usize = 16_384;
 
 impl AgentService {
     /// A service over the cluster, plain text (no call is checked).
@@ -51,6 +58,7 @@ impl AgentService {
             tls: None,
             join_cert_days: 365,
             recorded: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,7 +80,7 @@ impl AgentService {
         if self.tls.is_none() {
             return Ok(());
         }
-        let caller = caller(req);
+        let caller = self.caller(req);
         let verdict = self
             .cluster
             .with_revoked(|revoked| authorize(&caller, asked, revoked));
@@ -164,14 +172,30 @@ impl AgentService {
     }
 }
 
-/// What the TLS layer saw of the caller: its verified client certificate, read for a node.
-fn caller<T>(req: &Request<T>) -> Caller {
-    match req.peer_certs() {
-        Some(certs) => match certs.first() {
-            Some(leaf) => Caller::Certified(mofang_common::tls::node_identity(leaf)),
-            None => Caller::Anonymous,
-        },
-        None => Caller::Anonymous,
+impl AgentService {
+    /// What the TLS layer saw of the caller: its verified client certificate, read for a
+    /// node (once per certificate: the same bytes always name the same node and validity).
+    fn caller<T>(&self, req: &Request<T>) -> Caller {
+        let Some(certs) = req.peer_certs() else {
+            return Caller::Anonymous;
+        };
+        let Some(leaf) = certs.first() else {
+            return Caller::Anonymous;
+        };
+        let der: &[u8] = leaf.as_ref();
+        let mut known = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = known.get(der) {
+            return c.clone();
+        }
+        let c = Caller::Certified(mofang_common::tls::node_identity(der));
+        if known.len() >= IDENTITIES_MAX {
+            known.clear();
+        }
+        known.insert(der.to_vec(), c.clone());
+        c
     }
 }
 
