@@ -505,6 +505,20 @@ impl LocalState {
             .unwrap_or_default()
     }
 
+    /// The instance's secrets as kept (sealed), if any; never generates them.
+    pub fn stored_secrets(&self, instance: &str) -> Result<Option<Secrets>> {
+        let p = self.root.join("secrets").join(format!("{instance}.json"));
+        match self.read_sealed(&p, &secrets_aad(instance))? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    path: p.clone(),
+                    message: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
     /// The instance's secrets: the scheduler's when it sent them, else generated once and
     /// kept (sealed) so every member of the instance on this node shares them.
     pub fn secrets(&self, instance: &str, from_scheduler: Option<Secrets>) -> Result<Secrets> {
@@ -613,6 +627,16 @@ mod tests {
         assert_eq!(st.members(), vec!["a-0".to_owned()]);
         st.remove_member("a-0").unwrap();
         assert_eq!(st.load_member("a-0").unwrap(), MemberState::default());
+    }
+
+    #[test]
+    fn stored_secrets_read_what_is_kept_and_generate_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = open(dir.path()).unwrap();
+        assert_eq!(st.stored_secrets("none").unwrap(), None);
+        assert!(!dir.path().join("state/secrets/none.json").exists());
+        let s = st.secrets("db", None).unwrap();
+        assert_eq!(st.stored_secrets("db").unwrap(), Some(s));
     }
 
     #[test]

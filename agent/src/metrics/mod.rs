@@ -245,14 +245,10 @@ impl Exporter {
 
     /// The instance's secrets as the agent stored them (`LocalState::secrets`), read only: the
     /// metrics never create secrets, that is the reconcile loop's job.
+    /// The instance's secrets as the agent keeps them (sealed): for members whose
+    /// assignment carries none.
     fn stored_secrets(&self, instance: &str) -> Option<Secrets> {
-        let p = self
-            .src
-            .cfg
-            .state_dir
-            .join("secrets")
-            .join(format!("{instance}.json"));
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        self.src.state.stored_secrets(instance).ok().flatten()
     }
 
     fn host_families(&self, out: &mut Families) {
