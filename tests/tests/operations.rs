@@ -21,6 +21,18 @@ fn started_at(inst: &Value) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Waits until operation `id` has ended (succeeded, failed or cancelled); returns it.
+async fn operation_ended(env: &Env, id: &str, limit: Duration) -> Result<Value> {
+    eventually("operation ended", limit, || async {
+        let v = env.get(&format!("/v1/operations/{id}")).await?;
+        match v["state"].as_str() {
+            Some("succeeded" | "failed" | "cancelled") => Ok(v),
+            _ => bail!("{v}"),
+        }
+    })
+    .await
+}
+
 /// A rolling restart of MariaDB 1 + 2 under the set writer, with the scheduler `kill -9`ed
 /// and restarted mid-operation: the operation resumes and succeeds (replicas, switchover, the
 /// old primary), every container was restarted, and no acknowledged write is lost. A second
@@ -89,14 +101,7 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
     .await?;
     env.sched.restart()?;
 
-    let v = eventually("operation ended", Duration::from_secs(300), || async {
-        let v = env.get(&format!("/v1/operations/{id}")).await?;
-        match v["state"].as_str() {
-            Some("succeeded" | "failed" | "cancelled") => Ok(v),
-            _ => bail!("{v}"),
-        }
-    })
-    .await?;
+    let v = operation_ended(&env, &id, Duration::from_secs(300)).await?;
     assert_eq!(v["state"], "succeeded", "{v}");
     let steps: Vec<String> = v["steps"]
         .as_array()
@@ -377,18 +382,7 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
         .await?;
     assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
     let op_id = op["id"].as_str().context("id")?.to_owned();
-    let done = eventually(
-        "switchover operation ended",
-        Duration::from_secs(120),
-        || async {
-            let v = env.get(&format!("/v1/operations/{op_id}")).await?;
-            match v["state"].as_str() {
-                Some("succeeded" | "failed" | "cancelled") => Ok(v),
-                _ => bail!("{v}"),
-            }
-        },
-    )
-    .await?;
+    let done = operation_ended(&env, &op_id, Duration::from_secs(120)).await?;
     assert_eq!(done["state"], "succeeded", "{done}");
     let v = env.wait_instance_ready(&name).await?;
     assert_eq!(Env::primary_member(&v)?["id"], id.as_str(), "{v}");

@@ -197,7 +197,13 @@ impl Cluster {
         };
         let before = b.clone();
         let mut states = std::collections::BTreeMap::new();
-        for op_id in b.items.iter().filter_map(|i| i.operation.clone()) {
+        // Only the operations still running: a finished one's state is in the item already.
+        for op_id in b
+            .items
+            .iter()
+            .filter(|i| i.state == "running")
+            .filter_map(|i| i.operation.clone())
+        {
             if let Ok(op) = self.operation(&op_id).await {
                 states.insert(op_id, op.state);
             }
@@ -471,35 +477,12 @@ impl Cluster {
                 .finish(&mut op, OpState::Failed, "the instance was deleted".into())
                 .await;
         };
-        // A restart asked before a leader change may not have reached the instance record.
-        if let Some(OpStep {
-            action: StepAction::Restart { member, generation },
-            ..
-        }) = op.running_step()
-        {
-            if inst.restart_generations.get(member).copied().unwrap_or(0) < *generation {
-                let (member, generation) = (member.clone(), *generation);
-                return self.ask_restart(&op, inst, &member, generation).await;
-            }
-        }
-        if let Some(OpStep {
-            action: StepAction::Rebuild { member, generation },
-            ..
-        }) = op.running_step()
-        {
-            if inst.rebuild_generations.get(member).copied().unwrap_or(0) < *generation {
-                let (member, generation) = (member.clone(), *generation);
-                return self.ask_rebuild(&op, inst, &member, generation).await;
-            }
-        }
-        if let Some(OpStep {
-            action: action @ (StepAction::Stop | StepAction::Start),
-            ..
-        }) = op.running_step()
-        {
-            let stop = matches!(action, StepAction::Stop);
-            if inst.stopped != stop {
-                return self.set_stopped(&op, inst, stop).await;
+        // A step stored before a leader change may not have reached the instance record:
+        // asked again (each ask is idempotent).
+        if let Some(step) = op.running_step() {
+            if !carried(&inst, &step.action) {
+                let action = step.action.clone();
+                return self.ask(&op, inst, &action).await;
             }
         }
         if held && op.running_step().is_none() {
@@ -510,65 +493,23 @@ impl Cluster {
         match ops::next(&op, &members, now) {
             Next::Wait(why) => self.note_wait(&op, &why).await,
             Next::Restart { member, generation } => {
-                op.steps.push(OpStep {
-                    action: StepAction::Restart {
-                        member: member.clone(),
-                        generation,
-                    },
-                    state: StepState::Running,
-                    started_ms: now,
-                    ended_ms: 0,
-                    reason: String::new(),
-                });
-                // Stored before the instance asks it: a new leader finds the step and
-                // asks again if the ask did not land.
-                self.save_operation(&op).await?;
-                self.ask_restart(&op, inst, &member, generation).await
+                let action = StepAction::Restart { member, generation };
+                self.begin_step(&mut op, inst, action, now).await
             }
             Next::Rebuild { member, generation } => {
-                op.steps.push(OpStep {
-                    action: StepAction::Rebuild {
-                        member: member.clone(),
-                        generation,
-                    },
-                    state: StepState::Running,
-                    started_ms: now,
-                    ended_ms: 0,
-                    reason: String::new(),
-                });
-                self.save_operation(&op).await?;
-                self.ask_rebuild(&op, inst, &member, generation).await
+                let action = StepAction::Rebuild { member, generation };
+                self.begin_step(&mut op, inst, action, now).await
             }
+            Next::Stop => self.begin_step(&mut op, inst, StepAction::Stop, now).await,
+            Next::Start => self.begin_step(&mut op, inst, StepAction::Start, now).await,
             Next::Switchover { from } => {
-                op.steps.push(OpStep {
-                    action: StepAction::Switchover { from: from.clone() },
-                    state: StepState::Running,
-                    started_ms: now,
-                    ended_ms: 0,
-                    reason: String::new(),
-                });
-                self.save_operation(&op).await?;
+                let action = StepAction::Switchover { from: from.clone() };
+                self.begin_step(&mut op, inst, action, now).await?;
                 self.step_event(&op, format!("switching over away from {from}"))
                     .await;
                 self.run_switchover(op).await
             }
             Next::RetrySwitchover { .. } => self.run_switchover(op).await,
-            Next::Stop | Next::Start => {
-                let stop = matches!(op.kind, OpKind::Stop);
-                op.steps.push(OpStep {
-                    action: if stop {
-                        StepAction::Stop
-                    } else {
-                        StepAction::Start
-                    },
-                    state: StepState::Running,
-                    started_ms: now,
-                    ended_ms: 0,
-                    reason: String::new(),
-                });
-                self.save_operation(&op).await?;
-                self.set_stopped(&op, inst, stop).await
-            }
             Next::StepDone => {
                 if let Some(step) = op.steps.last_mut() {
                     step.state = StepState::Done;
@@ -618,87 +559,74 @@ impl Cluster {
         }
     }
 
-    /// Raises a member's restart generation in the instance record (its agent restarts it).
-    async fn ask_restart(
+    /// Records a new step as running, then asks the instance record for it. Stored first:
+    /// a new leader finds the step and asks again if the ask did not land.
+    async fn begin_step(
         &self,
-        op: &Operation,
-        mut inst: Instance,
-        member: &str,
-        generation: u64,
+        op: &mut Operation,
+        inst: Instance,
+        action: StepAction,
+        now: i64,
     ) -> Result<()> {
-        inst.restart_generations
-            .insert(member.to_owned(), generation);
-        let node = inst
-            .members
-            .iter()
-            .find(|m| m.id == member)
-            .map(|m| m.node.clone());
-        self.write(
-            inst,
-            vec![event(
-                EventKind::OperationStep,
-                Some(&op.instance),
-                node.as_deref(),
-                format!(
-                    "operation {}: restarting {member} (step {} of {})",
-                    op.id,
-                    op.steps.len(),
-                    op.total + 1
-                ),
-            )],
-        )
-        .await?;
-        Ok(())
+        op.steps.push(OpStep {
+            action: action.clone(),
+            state: StepState::Running,
+            started_ms: now,
+            ended_ms: 0,
+            reason: String::new(),
+        });
+        self.save_operation(op).await?;
+        self.ask(op, inst, &action).await
     }
 
-    /// Raises a replica's rebuild generation in the instance record (its agent rebuilds it).
-    async fn ask_rebuild(
-        &self,
-        op: &Operation,
-        mut inst: Instance,
-        member: &str,
-        generation: u64,
-    ) -> Result<()> {
-        inst.rebuild_generations
-            .insert(member.to_owned(), generation);
-        let node = inst
-            .members
-            .iter()
-            .find(|m| m.id == member)
-            .map(|m| m.node.clone());
-        self.write(
-            inst,
-            vec![event(
-                EventKind::OperationStep,
-                Some(&op.instance),
-                node.as_deref(),
-                format!(
-                    "operation {}: rebuilding {member} (container and volume removed, seeded again from the primary)",
-                    op.id
-                ),
-            )],
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Marks the instance stopped or started (its agents stop or start every container).
-    async fn set_stopped(&self, op: &Operation, mut inst: Instance, stopped: bool) -> Result<()> {
-        if inst.stopped == stopped {
+    /// Writes into the instance record what `action` asks of its agents: a member's restart
+    /// or rebuild generation raised, the instance stopped or started. A switchover is carried
+    /// out by [`Cluster::run_switchover`], not asked here.
+    async fn ask(&self, op: &Operation, mut inst: Instance, action: &StepAction) -> Result<()> {
+        if carried(&inst, action) {
             return Ok(());
         }
-        inst.stopped = stopped;
+        let node_of = |m: &str| {
+            inst.members
+                .iter()
+                .find(|r| r.id == m)
+                .map(|r| r.node.clone())
+        };
+        let (node, text) = match action {
+            StepAction::Restart { member, generation } => {
+                let node = node_of(member);
+                inst.restart_generations.insert(member.clone(), *generation);
+                (
+                    node,
+                    format!(
+                        "restarting {member} (step {} of {})",
+                        op.steps.len(),
+                        op.total + 1
+                    ),
+                )
+            }
+            StepAction::Rebuild { member, generation } => {
+                let node = node_of(member);
+                inst.rebuild_generations.insert(member.clone(), *generation);
+                (
+                    node,
+                    format!("rebuilding {member} (container and volume removed, seeded again from the primary)"),
+                )
+            }
+            StepAction::Stop | StepAction::Start => {
+                inst.stopped = matches!(action, StepAction::Stop);
+                let verb = if inst.stopped { "stopping" } else { "starting" };
+                (None, format!("{verb} every member"))
+            }
+            StepAction::Switchover { .. } => return Ok(()),
+        };
         self.write(
             inst,
             vec![event(
                 EventKind::OperationStep,
                 Some(&op.instance),
-                None,
-                format!(
-                    "operation {}: {} every member",
-                    op.id,
-                    if stopped { "stopping" } else { "starting" }
-                ),
+                node.as_deref(),
+                format!("operation {}: {text}", op.id),
             )],
         )
         .await?;
@@ -787,6 +715,23 @@ impl Cluster {
         self.emit(vec![event(kind, Some(&op.instance), None, text)])
             .await;
         Ok(())
+    }
+}
+
+/// Whether the instance record already carries what `action` asks of its agents.
+fn carried(inst: &Instance, action: &StepAction) -> bool {
+    let asked =
+        |gens: &std::collections::BTreeMap<String, u64>, m: &str| gens.get(m).copied().unwrap_or(0);
+    match action {
+        StepAction::Restart { member, generation } => {
+            asked(&inst.restart_generations, member) >= *generation
+        }
+        StepAction::Rebuild { member, generation } => {
+            asked(&inst.rebuild_generations, member) >= *generation
+        }
+        StepAction::Stop => inst.stopped,
+        StepAction::Start => !inst.stopped,
+        StepAction::Switchover { .. } => true,
     }
 }
 

@@ -77,7 +77,7 @@ pub fn plan(batch: &mut Batch, ops: &BTreeMap<String, OpState>) -> BatchPlan {
     let running: Vec<String> = batch
         .items
         .iter()
-        .filter(|i| i.state == "running" || i.state == "pending_start")
+        .filter(|i| i.state == "running")
         .filter_map(|i| i.operation.clone())
         .collect();
     let failed = batch
