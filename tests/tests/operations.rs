@@ -330,6 +330,35 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
             c.exec_drop("INSERT INTO kept VALUES (?)", (i,)).await?;
         }
     }
+    // Cancel: a rolling restart cancelled at once stops at its next safe point (the restart
+    // under way finishes), ends `cancelled`, and leaves the instance whole.
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "restart"})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let op_id = op["id"].as_str().context("id")?.to_owned();
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(["operation", "cancel", &op_id])
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "mofang operation cancel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cancelled = operation_ended(&env, &op_id, Duration::from_secs(120)).await?;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let steps = cancelled["steps"].as_array().context("steps")?;
+    assert!(steps.len() <= 1, "{cancelled}");
+    assert!(steps.iter().all(|s| s["state"] == "done"), "{cancelled}");
+    let inst = env.wait_instance_ready(&name).await?;
+
     let replica = inst["members"]
         .as_array()
         .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
