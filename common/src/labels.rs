@@ -13,3 +13,6 @@ pub const ENGINE: &str = "mofang.engine";
 pub const TEST: &str = "mofang.test";
 /// The recipe hash of a locally built image.
 pub const RECIPE: &str = "mofang.recipe";
+/// On the Docker runtime's network-namespace holder: the member container whose namespace
+/// (and so address) it keeps.
+pub const NETNS_OF: &str = "mofang.netns-of";

@@ -75,6 +75,34 @@ async fn remove_leftovers(rt: &DockerRuntime) -> Result<()> {
                 .with_context(|| format!("removing {}", c.name))?;
         }
     }
+    // Network-namespace holders (the Docker runtime's own containers, hidden from `list`)
+    // whose test process or test node is gone.
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}", labels::NETNS_OF),
+            "--format",
+            &format!(
+                "{{{{.Names}}}} {{{{.Label \"{}\"}}}} {{{{.Label \"{}\"}}}}",
+                labels::TEST,
+                labels::NODE
+            ),
+        ])
+        .output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split(' ');
+        let (name, pid, node) = (f.next(), f.next(), f.next().unwrap_or(""));
+        let by_test = pid.is_some_and(|p| !p.is_empty() && !pid_alive(p.parse().ok()));
+        let by_node = node.starts_with("t-") && !pid_alive(pid_in_name(node));
+        if let (Some(name), true) = (name, by_test || by_node) {
+            eprintln!("removing leftover network holder {name}");
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", name])
+                .output();
+        }
+    }
     let format = format!("{{{{.Name}}}} {{{{.Label \"{}\"}}}}", labels::TEST);
     let out = std::process::Command::new("docker")
         .args([

@@ -925,3 +925,127 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
     }
     Ok(())
 }
+
+/// On a Docker network a member's address outlives its database process (the runtime's
+/// network-namespace holder): a client of a killed member is refused at once instead of
+/// waiting out a connect timeout on a silent address, and the restarted member answers at
+/// the same address. Before the holder the address went away with the process, and
+/// connections to it went unanswered until the member was back (a semi-sync replica's
+/// `STOP SLAVE` waited on it: issue 13, RTO); this test failed on that code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_members_address_refuses_at_once_and_outlives_the_restart() -> Result<()> {
+    let _rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+    let s = Secrets::generate();
+    let inst = unique_name("cache");
+    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
+    let p = assignment(
+        Member {
+            instance: &inst,
+            member: &m0,
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p.clone()]);
+    let primary = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
+    let r = assignment(
+        Member {
+            instance: &inst,
+            member: &m1,
+            engine: "redis",
+            role: "replica",
+            primary: &primary.address,
+        },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p, r]);
+    let replica = wait_member(
+        &fake,
+        &agent,
+        &m1,
+        "replica healthy",
+        Duration::from_secs(60),
+        |m| m.healthy && m.replication_ok,
+    )
+    .await?;
+
+    let out = std::process::Command::new("docker")
+        .args(["kill", &format!("mofang-{m1}")])
+        .output()?;
+    assert!(out.status.success(), "docker kill: {out:?}");
+    // Refused, not silent: the address is still up and nothing listens on it. `docker kill`
+    // returns once the signal is sent, so connect until the first failure.
+    let first_failure = eventually("a failed connect", Duration::from_secs(10), || async {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(&replica.address),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                bail!("still answering")
+            }
+            Ok(Err(e)) => Ok(Some(e)),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    match first_failure {
+        Some(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "a killed member's address must refuse: {e}"
+        ),
+        None => bail!("a killed member's address went silent (no answer within 3 s)"),
+    }
+    // The agent starts it again, in the same namespace: same address, replicating again.
+    let back = wait_member(
+        &fake,
+        &agent,
+        &m1,
+        "replica restarted and replicating",
+        Duration::from_secs(60),
+        |m| m.healthy && m.replication_ok && m.restarts > 0,
+    )
+    .await?;
+    assert_eq!(
+        back.address, replica.address,
+        "the restarted member keeps its address"
+    );
+    let holders = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name=^mofang-{m1}-net$")])
+        .output()?;
+    assert!(!holders.stdout.is_empty(), "the member's holder runs");
+
+    // Removing the member removes its holder too.
+    fake.set_desired(&agent.node, vec![]);
+    eventually(
+        "members and holders gone",
+        Duration::from_secs(60),
+        || async {
+            let out = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("name=^mofang-{inst}")])
+                .output()?;
+            if out.stdout.is_empty() {
+                Ok(())
+            } else {
+                bail!("still there: {}", String::from_utf8_lossy(&out.stdout))
+            }
+        },
+    )
+    .await
+}

@@ -19,6 +19,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use mofang_common::labels::{self, NETNS_OF};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -64,6 +65,153 @@ fn map_err(id: &str, e: BollardError) -> Error {
         | BollardError::HyperResponseError { .. }
         | BollardError::RequestTimeoutError => unreachable(e),
         other => Error::Api(format!("{id}: {other}")),
+    }
+}
+
+/// The holder a member container joined (`container:<name>` network mode), if any.
+fn holder_of(r: &ContainerInspectResponse) -> Option<String> {
+    r.host_config
+        .as_ref()?
+        .network_mode
+        .as_deref()?
+        .strip_prefix("container:")
+        .map(str::to_owned)
+}
+
+/// The holder's name for a member container.
+fn holder_name(member_container: &str) -> String {
+    format!("{member_container}-net")
+}
+
+fn port_bindings(spec: &ContainerSpec) -> Option<HashMap<String, Option<Vec<PortBinding>>>> {
+    spec.publish.as_ref().map(|(ip, host_port, cport)| {
+        HashMap::from([(
+            format!("{cport}/tcp"),
+            Some(vec![PortBinding {
+                host_ip: Some(ip.clone()),
+                host_port: Some(if *host_port == 0 {
+                    String::new()
+                } else {
+                    host_port.to_string()
+                }),
+            }]),
+        )])
+    })
+}
+
+fn exposed_ports(spec: &ContainerSpec) -> Option<Vec<String>> {
+    spec.publish
+        .as_ref()
+        .map(|(_, _, cport)| vec![format!("{cport}/tcp")])
+}
+
+impl DockerRuntime {
+    /// Makes sure the member's holder runs and returns its name. The holder is a tiny
+    /// container (`sleep` under tini, from the member's own image) that owns the member's
+    /// network namespace on a Docker network, like a Kubernetes pod's sandbox: when the
+    /// database process dies, its address stays up and answers connection attempts with a
+    /// reset instead of going silent. Replicas and clients then learn at once that the
+    /// server is gone, and a semi-sync replica's `STOP SLAVE` (which first connects to the
+    /// old primary to kill its dump thread) no longer waits on a dead address (issue 13,
+    /// RTO). A restarted member keeps its address.
+    async fn ensure_holder(&self, spec: &ContainerSpec, network: &str) -> Result<String> {
+        let name = holder_name(&spec.name);
+        match self.docker.inspect_container(&name, None).await {
+            Ok(r) => {
+                let running = r.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                let same_net = r
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.network_mode.as_deref())
+                    == Some(network);
+                if same_net && running {
+                    return Ok(name);
+                }
+                if same_net && self.docker.start_container(&name, None).await.is_ok() {
+                    return Ok(name);
+                }
+                // On another network, or it cannot start: make it again.
+                self.remove_holder(&name).await?;
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(map_err(&name, e)),
+        }
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() == labels::NODE || k.as_str() == labels::TEST)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(NETNS_OF.to_owned(), spec.name.clone());
+        /// A holder only sleeps: a few MiB and processes are plenty.
+        const HOLDER_MEMORY: i64 = 16 * 1024 * 1024;
+        let host_config = HostConfig {
+            network_mode: Some(network.to_owned()),
+            port_bindings: port_bindings(spec),
+            cpu_period: Some(100_000),
+            cpu_quota: Some(10_000),
+            memory: Some(HOLDER_MEMORY),
+            memory_swap: Some(HOLDER_MEMORY),
+            pids_limit: Some(4),
+            cap_drop: Some(vec!["ALL".into()]),
+            privileged: Some(false),
+            readonly_rootfs: Some(true),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(false),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec![
+                "/usr/bin/tini".into(),
+                "--".into(),
+                "sleep".into(),
+                "infinity".into(),
+            ]),
+            cmd: Some(Vec::new()),
+            labels: Some(labels),
+            user: Some(spec.user.clone()),
+            hostname: Some(spec.name.clone()),
+            stop_timeout: Some(1),
+            exposed_ports: exposed_ports(spec),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| map_err(&name, e))?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| map_err(&name, e))?;
+        Ok(name)
+    }
+
+    /// Removes a holder; one already gone is fine.
+    async fn remove_holder(&self, name: &str) -> Result<()> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: false,
+            link: false,
+        };
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(map_err(name, e)),
+        }
     }
 }
 
@@ -159,28 +307,21 @@ impl ContainerRuntime for DockerRuntime {
                 ..Default::default()
             })
             .collect();
-        let network_mode = match &spec.network {
-            Network::Host => "host".to_owned(),
-            Network::Named(n) => n.clone(),
+        // On a Docker network the member joins the network namespace of its holder
+        // (labelled [`NETNS_OF`]): its address outlives the database process (see `ensure_holder`).
+        let (network_mode, hostname) = match &spec.network {
+            Network::Host => ("host".to_owned(), Some(spec.name.clone())),
+            Network::Named(n) => (
+                format!("container:{}", self.ensure_holder(spec, n).await?),
+                None,
+            ),
         };
-        let port_bindings = spec.publish.as_ref().map(|(ip, host_port, cport)| {
-            HashMap::from([(
-                format!("{cport}/tcp"),
-                Some(vec![PortBinding {
-                    host_ip: Some(ip.clone()),
-                    host_port: Some(if *host_port == 0 {
-                        String::new()
-                    } else {
-                        host_port.to_string()
-                    }),
-                }]),
-            )])
-        });
+        let on_host = matches!(spec.network, Network::Host);
         let cpu_period = 100_000i64;
         let host_config = HostConfig {
             mounts: Some(mounts),
             network_mode: Some(network_mode),
-            port_bindings,
+            port_bindings: if on_host { port_bindings(spec) } else { None },
             // cgroup CFS quota from the requested cores (cAdvisor reports these as spec_cpu_*).
             cpu_period: Some(cpu_period),
             cpu_quota: Some(((spec.cpus * cpu_period as f64) as i64).max(1000)),
@@ -207,13 +348,10 @@ impl ContainerRuntime for DockerRuntime {
             env: Some(spec.env.clone()),
             labels: Some(spec.labels.clone().into_iter().collect()),
             user: Some(spec.user.clone()),
-            hostname: Some(spec.name.clone()),
+            hostname,
             // Docker counts whole seconds: round up, never to zero.
             stop_timeout: Some(spec.stop_grace.as_millis().div_ceil(1000).max(1) as i64),
-            exposed_ports: spec
-                .publish
-                .as_ref()
-                .map(|(_, _, cport)| vec![format!("{cport}/tcp")]),
+            exposed_ports: if on_host { exposed_ports(spec) } else { None },
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -230,6 +368,25 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<()> {
+        // A member whose holder stopped (Docker restarted, someone stopped it) cannot start
+        // into its namespace: start the holder first.
+        let r = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| map_err(id, e))?;
+        if let Some(holder) = holder_of(&r) {
+            self.docker
+                .start_container(&holder, None)
+                .await
+                .or_else(|e| match e {
+                    // 304: already running.
+                    BollardError::DockerResponseServerError {
+                        status_code: 304, ..
+                    } => Ok(()),
+                    e => Err(map_err(&holder, e)),
+                })?;
+        }
         self.docker
             .start_container(id, None)
             .await
@@ -261,6 +418,10 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<()> {
+        let holder = match self.docker.inspect_container(id, None).await {
+            Ok(r) => holder_of(&r),
+            Err(e) => return Err(map_err(id, e)),
+        };
         let opts = RemoveContainerOptions {
             force,
             v: false,
@@ -269,15 +430,36 @@ impl ContainerRuntime for DockerRuntime {
         self.docker
             .remove_container(id, Some(opts))
             .await
-            .map_err(|e| map_err(id, e))
+            .map_err(|e| map_err(id, e))?;
+        if let Some(holder) = holder {
+            self.remove_holder(&holder).await?;
+        }
+        Ok(())
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo> {
-        self.docker
+        let r = self
+            .docker
             .inspect_container(id, None)
             .await
-            .map(info_of)
-            .map_err(|e| map_err(id, e))
+            .map_err(|e| map_err(id, e))?;
+        let holder = holder_of(&r);
+        let mut info = info_of(r);
+        if let Some(holder) = holder {
+            // The address and published ports belong to the holder's namespace.
+            match self.docker.inspect_container(&holder, None).await {
+                Ok(h) => {
+                    let h = info_of(h);
+                    info.ips = h.ips;
+                    info.published = h.published;
+                }
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(map_err(&holder, e)),
+            }
+        }
+        Ok(info)
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>> {
@@ -307,6 +489,10 @@ impl ContainerRuntime for DockerRuntime {
         let mut out = Vec::with_capacity(summaries.len());
         for s in summaries {
             let Some(id) = s.id else { continue };
+            // Holders are this runtime's own detail, never a member.
+            if s.labels.as_ref().is_some_and(|l| l.contains_key(NETNS_OF)) {
+                continue;
+            }
             match self.inspect(&id).await {
                 Ok(info) => out.push(info),
                 // Removed between list and inspect.

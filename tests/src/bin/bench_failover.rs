@@ -10,7 +10,8 @@
 //! Usage: bench_failover [--rounds N] [--scenarios a,b,...] [--logs DIR] [--minutes M]
 //!                       [--stress] [--soak]
 //! Scenarios: mariadb-kill, mariadb-partition, redis-kill, sentinel-kill (the default set),
-//! and mariadb-partition-production (the daemons' default timers: lease 10 s, node_ttl 5 s).
+//! and any of them with `-production` appended (the daemons' default timers: lease 10 s,
+//! node_ttl 5 s), e.g. mariadb-partition-production, mariadb-pause-production.
 //! Every `<engine>-<fault>` runs, for engine `mariadb` or `redis` and fault `kill`, `stop`,
 //! `pause`, `partition`, `agent-kill`, `scheduler-kill`, `leader-kill` or `double-kill` (see
 //! [`Fault`]). `leader-kill` runs three schedulers on one Consul (a `consul` binary, installed
@@ -1080,11 +1081,13 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// `<engine>-<fault>` of a Mofang scenario.
+/// `<engine>-<fault>` of a Mofang scenario, with the daemons' default timers when it ends in
+/// `-production` (e.g. `mariadb-pause-production`).
 fn parse_scenario(name: &str) -> Option<(&'static str, Fault, Timings)> {
-    if name == "mariadb-partition-production" {
-        return Some(("mariadb", Fault::Partition, Timings::PRODUCTION));
-    }
+    let (name, timings) = match name.strip_suffix("-production") {
+        Some(n) => (n, Timings::PRODUCTION),
+        None => (name, Timings::FAST),
+    };
     let (engine, fault) = name.split_once('-')?;
     let engine = match engine {
         "mariadb" => "mariadb",
@@ -1092,7 +1095,7 @@ fn parse_scenario(name: &str) -> Option<(&'static str, Fault, Timings)> {
         _ => return None,
     };
     let fault = Fault::ALL.into_iter().find(|f| f.name() == fault)?;
-    Some((engine, fault, Timings::FAST))
+    Some((engine, fault, timings))
 }
 
 async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Vec<Scenario>> {
