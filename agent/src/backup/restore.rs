@@ -231,6 +231,8 @@ mod tests {
             size: stored.size,
             sha256: sha256.into(),
             raw_size: stored.source_bytes,
+            binlogs: vec![],
+            stop_datetime: String::new(),
         }
     }
 
