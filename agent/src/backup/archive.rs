@@ -353,7 +353,9 @@ impl Archiver {
             sha256: stored.sha256,
             raw_size: stored.source_bytes,
             domain: sum.domain,
-            begin: sum.begin,
+            // The file holds every transaction after `begin`: after its Gtid_list, and (a
+            // member seeded by a dump logs nothing before its seed point) before its first.
+            begin: sum.first.map_or(sum.begin, |(_, n)| sum.begin.max(n.saturating_sub(1))),
             first: sum.first.map_or(0, |(_, n)| n),
             last: sum.last.map_or(sum.begin, |(_, n)| n),
             first_gtid: gtid(sum.first),
