@@ -211,8 +211,35 @@ impl Cluster {
                     continue;
                 }
             };
-            let r = pitr::readiness(&points(&backups, &instance, &repo), &indexes);
-            let lag_s = r.archived_ts.map(|t| (now_ms() / 1000 - t).max(0));
+            let pts = points(&backups, &instance, &repo);
+            let r = pitr::readiness(&pts, &indexes);
+            // The primary's position (heartbeats) beyond what is archived: the oldest
+            // unarchived transaction is at most this old.
+            let primary_seq = {
+                let inner = lock(&self.inner);
+                inner
+                    .instances
+                    .get(&instance)
+                    .and_then(|i| i.members.iter().find(|m| m.role == Role::Primary))
+                    .and_then(|m| inner.live.get(&m.node)?.members.get(&m.id))
+                    .map(|s| {
+                        mofang_common::position::Position::parse(&s.position)
+                            .domains()
+                            .map(|(_, n)| n)
+                            .max()
+                            .unwrap_or(0)
+                    })
+            };
+            let since = r.archived_ts.or_else(|| {
+                pts.iter()
+                    .map(|b| b.ended_at_ms / 1000)
+                    .max()
+            });
+            let lag_s = match (primary_seq, since) {
+                (Some(seq), Some(t)) if seq > r.reached => Some((now_ms() / 1000 - t).max(0)),
+                (Some(_), _) => Some(0),
+                (None, _) => None,
+            };
             let before = lock(&self.inner)
                 .pitr
                 .insert(
@@ -264,13 +291,35 @@ impl Cluster {
         }
     }
 
-    /// The archive lag of each archiving instance (seconds), for `/metrics`.
-    pub fn pitr_lags(&self) -> Vec<(String, i64)> {
-        lock(&self.inner)
+    /// `/metrics` lines of the binlog archives: `mofang_pitr_archive_lag_seconds` (0 when
+    /// the primary holds nothing unarchived, else the seconds since the latest archived event)
+    /// and `mofang_pitr_ready` per archiving instance.
+    pub fn pitr_metrics(&self) -> String {
+        let inner = lock(&self.inner);
+        let mut lag = String::from(
+            "# HELP mofang_pitr_archive_lag_seconds Seconds since the latest archived binlog event while the primary holds unarchived transactions (0: none).\n\
+             # TYPE mofang_pitr_archive_lag_seconds gauge\n",
+        );
+        let mut ready = String::from(
+            "# HELP mofang_pitr_ready 1 when the binlog archive continues the latest full backup without a gap.\n\
+             # TYPE mofang_pitr_ready gauge\n",
+        );
+        for (name, s) in inner
             .pitr
             .iter()
-            .filter_map(|(k, s)| s.lag_s.map(|l| (k.clone(), l)))
-            .collect()
+            .filter(|(k, _)| inner.instances.contains_key(*k))
+        {
+            if let Some(l) = s.lag_s {
+                lag.push_str(&format!(
+                    "mofang_pitr_archive_lag_seconds{{mofang_instance=\"{name}\"}} {l}\n"
+                ));
+            }
+            ready.push_str(&format!(
+                "mofang_pitr_ready{{mofang_instance=\"{name}\"}} {}\n",
+                u8::from(s.readiness.ready)
+            ));
+        }
+        lag + &ready
     }
 
     /// Plans a restore of `from_instance` to `time`: the backup (named, or the latest that
@@ -389,5 +438,121 @@ mod tests {
             })
         );
         assert!(!l.contains_key("b"));
+    }
+
+    /// Through the cluster, on a directory repository: a gap in the archive after the latest
+    /// backup is shown (`pitr_ready: false`, the reason, the window up to the gap), recorded
+    /// as a `pitr_gap` event and as `mofang_pitr_ready 0`; the next backup, taken after the
+    /// gap, closes it (`pitr_ready` event, the window from that backup) and the primary's
+    /// assignment archives from its GTID.
+    #[tokio::test]
+    async fn a_gap_is_reported_and_closed_by_the_next_backup() {
+        use super::super::testkit::{cluster, spec, three_ssd_nodes};
+        let nodes = three_ssd_nodes();
+        let c = cluster(&nodes).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = super::super::BackupRepo {
+            name: "r".into(),
+            spec: mofang_common::repo::RepoSpec::Fs {
+                path: dir.path().to_string_lossy().into_owned(),
+            },
+            created_at_ms: 0,
+        };
+        c.store
+            .put_meta("backup-repo/r", &serde_json::to_string(&repo).expect("json"))
+            .await
+            .expect("repo");
+        c.activate().await.expect("activate");
+        for n in &nodes {
+            c.heartbeat(mofang_common::proto::HeartbeatRequest {
+                node: n.name.clone(),
+                ..Default::default()
+            });
+        }
+        let inst = c.create_instance(spec("db", 100, None)).await.expect("create");
+        let put_backup = |id: &str, seq: u64, ended_ms: i64| {
+            let mut b = backup(id, "db", BackupState::Succeeded, ended_ms, "r");
+            b.consistent_at.gtid = format!("0-1-{seq}");
+            let c = c.clone();
+            async move {
+                c.store
+                    .put_meta(&format!("backup/{}", b.id), &serde_json::to_string(&b).expect("json"))
+                    .await
+                    .expect("backup record");
+            }
+        };
+        let put_index = |begin: u64, first: u64, last: u64, ts: (i64, i64)| {
+            let idx = BinlogIndex {
+                instance: "db".into(),
+                member: "db-0".into(),
+                server_id: 1,
+                file: format!("mysql-bin.{first:06}"),
+                object: format!("binlogs/db/data/{first}.zst"),
+                size: 1,
+                sha256: String::new(),
+                raw_size: 1,
+                domain: 0,
+                begin,
+                first,
+                last,
+                first_gtid: format!("0-1-{first}"),
+                last_gtid: format!("0-1-{last}"),
+                transactions: last - first + 1,
+                first_ts: ts.0,
+                last_ts: ts.1,
+                archived_at_ms: ts.1 * 1000,
+            };
+            let path = dir.path().join(pitr::index_object("db", &idx));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(path, serde_json::to_vec(&idx).expect("json")).expect("index");
+        };
+        put_backup("db-1", 10, 100_500).await;
+        put_index(0, 1, 30, (100, 130));
+        put_index(45, 46, 70, (150, 170)); // 31..=45 were never archived
+        c.refresh_pitr().await;
+        let v = c.instance("db").expect("view");
+        assert_eq!(v.pitr_ready, Some(false));
+        assert!(v.pitr_reason.as_deref().unwrap_or("").contains("0-*-31..45"), "{v:?}");
+        assert_eq!(
+            v.pitr_window,
+            Some(PitrWindow {
+                from: pitr::format_utc(101),
+                to: pitr::format_utc(130)
+            })
+        );
+        assert!(c.pitr_metrics().contains("mofang_pitr_ready{mofang_instance=\"db\"} 0"));
+        let kinds = |evs: Vec<crate::model::Event>| -> Vec<String> {
+            evs.into_iter().map(|e| e.kind).filter(|k| k.starts_with("pitr")).collect()
+        };
+        let evs = c.store.events(Some("db"), 0, 100).await.expect("events");
+        assert_eq!(kinds(evs), ["pitr_gap"]);
+
+        put_backup("db-2", 50, 155_000).await;
+        c.refresh_pitr().await;
+        let v = c.instance("db").expect("view");
+        assert_eq!((v.pitr_ready, v.pitr_reason.clone()), (Some(true), None), "{v:?}");
+        assert_eq!(
+            v.pitr_window,
+            Some(PitrWindow {
+                from: pitr::format_utc(155),
+                to: pitr::format_utc(170)
+            })
+        );
+        let evs = c.store.events(Some("db"), 0, 100).await.expect("events");
+        assert_eq!(kinds(evs), ["pitr_gap", "pitr_ready"]);
+        let primary = inst
+            .members
+            .iter()
+            .find(|m| m.role == Role::Primary)
+            .expect("primary");
+        let ds = c.watch(&primary.node).borrow().clone();
+        let a = ds
+            .members
+            .iter()
+            .find(|a| a.member == primary.id)
+            .expect("assignment");
+        let target: pitr::ArchiveTarget = serde_json::from_str(&a.archive).expect("archive target");
+        assert_eq!((target.after.as_str(), target.instance.as_str()), ("0-1-50", "db"));
+        assert!(ds.members.iter().filter(|x| x.member != primary.id).all(|x| x.archive.is_empty()));
     }
 }
