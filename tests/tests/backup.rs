@@ -911,14 +911,47 @@ async fn check_restore_to(
     name: &str,
     at: i64,
     writes: &[Write],
+    cli: bool,
 ) -> Result<usize> {
-    let mut spec = mofang_tests::scenario::spec(name, "mariadb", 1);
-    spec["restore"] = json!({"from_instance": from, "time": mofang_common::pitr::format_utc(at)});
-    let (status, v) = env
-        .call(Method::POST, "/v1/instances", Some(spec))
+    let time = mofang_common::pitr::format_utc(at);
+    let started = std::time::Instant::now();
+    if cli {
+        mofang_cli(
+            env,
+            &[
+                "--json",
+                "instance",
+                "create",
+                name,
+                "--engine",
+                "mariadb",
+                "--replicas",
+                "1",
+                "--memory",
+                "384",
+                "--disk",
+                "512",
+                "--restore-from",
+                from,
+                "--restore-time",
+                &time,
+            ],
+        )
         .await?;
-    ensure!(status == StatusCode::CREATED, "restore to {at}: {status} {v}");
+    } else {
+        let mut spec = mofang_tests::scenario::spec(name, "mariadb", 1);
+        spec["restore"] = json!({"from_instance": from, "time": time});
+        let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+        ensure!(
+            status == StatusCode::CREATED,
+            "restore to {at}: {status} {v}"
+        );
+    }
     let inst = env.wait_instance_ready(name).await?;
+    eprintln!(
+        "restore of {from} to {time} into {name}: ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let before: std::collections::BTreeSet<u64> = writes
         .iter()
         .filter(|w| w.acked.is_some_and(|a| unix_s(a) < at as f64))
@@ -929,7 +962,10 @@ async fn check_restore_to(
         .filter(|w| unix_s(w.attempted) >= at as f64)
         .map(|w| w.id)
         .collect();
-    ensure!(!before.is_empty() && !after.is_empty(), "writes on both sides of {at}");
+    ensure!(
+        !before.is_empty() && !after.is_empty(),
+        "writes on both sides of {at}"
+    );
     let mut seen = 0;
     for role in ["primary", "replica"] {
         let member = members_with(&inst, role)
@@ -990,11 +1026,19 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let b = request_backup(&env, "src", json!({"repo": "main"})).await?;
-    let b = wait_backup(&env, b["id"].as_str().context("id")?, Duration::from_secs(120)).await?;
+    let b = wait_backup(
+        &env,
+        b["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
     ensure!(b["state"] == "succeeded", "{b}");
     let archiving = mofang_tests::eventually("a window", Duration::from_secs(60), || async {
         let v = env.get("/v1/instances/src").await?;
-        ensure!(v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(), "{v}");
+        ensure!(
+            v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(),
+            "{v}"
+        );
         Ok(v)
     })
     .await?;
@@ -1003,7 +1047,11 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
     // Switchover.
     let epoch = archiving["epoch"].as_u64().unwrap_or(1);
     let (s, v) = env
-        .call(Method::POST, "/v1/instances/src/switchover", Some(json!({})))
+        .call(
+            Method::POST,
+            "/v1/instances/src/switchover",
+            Some(json!({})),
+        )
         .await?;
     ensure!(s.is_success(), "switchover: {s} {v}");
     let after_switch = env
@@ -1046,8 +1094,42 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
     .await?;
     eprintln!("window at the end: {}", done["pitr_window"]);
 
-    let n1 = check_restore_to(&env, "src", "at-switch", t1, &writes).await?;
-    let n2 = check_restore_to(&env, "src", "at-fail", t2, &writes).await?;
+    // Each primary in turn archived: index objects from at least two members, and the
+    // scheduler's metrics say the archive is ready and caught up.
+    {
+        use object_store::ObjectStore;
+        let store = s3.object_store()?;
+        let mut members = std::collections::BTreeSet::new();
+        for path in objects_under(s3, "pitr/binlogs/src").await? {
+            if path.ends_with(".json") {
+                let bytes = store.get(&path.as_str().into()).await?.bytes().await?;
+                let idx: mofang_common::pitr::BinlogIndex = serde_json::from_slice(&bytes)?;
+                members.insert(idx.member);
+            }
+        }
+        eprintln!("binlogs archived by {members:?}");
+        ensure!(members.len() >= 2, "archived by {members:?} only");
+        mofang_tests::eventually("archive caught up", Duration::from_secs(30), || async {
+            let metrics = env
+                .http
+                .get(format!("{}/metrics", env.sched.rest))
+                .send()
+                .await?
+                .text()
+                .await?;
+            ensure!(
+                metrics.contains("mofang_pitr_ready{mofang_instance=\"src\"} 1")
+                    && metrics
+                        .contains("mofang_pitr_archive_lag_seconds{mofang_instance=\"src\"} 0"),
+                "{metrics}"
+            );
+            Ok(())
+        })
+        .await?;
+    }
+
+    let n1 = check_restore_to(&env, "src", "at-switch", t1, &writes, false).await?;
+    let n2 = check_restore_to(&env, "src", "at-fail", t2, &writes, true).await?;
     eprintln!("restored to T1 {t1}: {n1} rows; to T2 {t2}: {n2} rows");
     ensure!(n2 > n1, "later time, more rows");
 
