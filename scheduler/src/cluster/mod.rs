@@ -29,9 +29,9 @@ mod views;
 pub use endpoints::Registered;
 pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
+pub use pitr::PitrWindow;
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
-pub use pitr::PitrWindow;
 pub use rotation::RotationView;
 pub use views::{InstanceView, MemberView, NodeView2};
 

@@ -168,12 +168,12 @@ impl Cluster {
                 .map_err(|e| Error::RepoFailed(format!("reading {}: {e}", o.location)))?;
             match serde_json::from_slice::<BinlogIndex>(&bytes) {
                 Ok(idx) => {
-                    lock(&self.inner)
-                        .binlog_indexes
-                        .insert(key, idx.clone());
+                    lock(&self.inner).binlog_indexes.insert(key, idx.clone());
                     out.push(idx);
                 }
-                Err(e) => warn!(object = %o.location, error = %e, "binlog index unreadable: ignored"),
+                Err(e) => {
+                    warn!(object = %o.location, error = %e, "binlog index unreadable: ignored")
+                }
             }
         }
         Ok(out)
@@ -230,11 +230,9 @@ impl Cluster {
                             .unwrap_or(0)
                     })
             };
-            let since = r.archived_ts.or_else(|| {
-                pts.iter()
-                    .map(|b| b.ended_at_ms / 1000)
-                    .max()
-            });
+            let since = r
+                .archived_ts
+                .or_else(|| pts.iter().map(|b| b.ended_at_ms / 1000).max());
             let lag_s = match (primary_seq, since) {
                 (Some(seq), Some(t)) if seq > r.reached => Some((now_ms() / 1000 - t).max(0)),
                 (Some(_), _) => Some(0),
@@ -263,7 +261,10 @@ impl Cluster {
                     )
                 } else {
                     warn!(instance = %instance, reason = %r.reason, "point-in-time restore not ready");
-                    (EventKind::PitrGap, format!("point-in-time restore not ready: {}", r.reason))
+                    (
+                        EventKind::PitrGap,
+                        format!("point-in-time restore not ready: {}", r.reason),
+                    )
                 };
                 let ev = event(kind, Some(&instance), None, message);
                 if let Err(e) = self.store.append_events(&[ev]).await {
@@ -294,7 +295,11 @@ impl Cluster {
     /// `/metrics` lines of the binlog archives: `mofang_pitr_archive_lag_seconds` (0 when
     /// the primary holds nothing unarchived, else the seconds since the latest archived event)
     /// and `mofang_pitr_ready` per archiving instance.
+    /// Only the leader, which refreshes them, exports them.
     pub fn pitr_metrics(&self) -> String {
+        if !self.is_active() {
+            return String::new();
+        }
         let inner = lock(&self.inner);
         let mut lag = String::from(
             "# HELP mofang_pitr_archive_lag_seconds Seconds since the latest archived binlog event while the primary holds unarchived transactions (0: none).\n\
@@ -459,7 +464,10 @@ mod tests {
             created_at_ms: 0,
         };
         c.store
-            .put_meta("backup-repo/r", &serde_json::to_string(&repo).expect("json"))
+            .put_meta(
+                "backup-repo/r",
+                &serde_json::to_string(&repo).expect("json"),
+            )
             .await
             .expect("repo");
         c.activate().await.expect("activate");
@@ -469,14 +477,20 @@ mod tests {
                 ..Default::default()
             });
         }
-        let inst = c.create_instance(spec("db", 100, None)).await.expect("create");
+        let inst = c
+            .create_instance(spec("db", 100, None))
+            .await
+            .expect("create");
         let put_backup = |id: &str, seq: u64, ended_ms: i64| {
             let mut b = backup(id, "db", BackupState::Succeeded, ended_ms, "r");
             b.consistent_at.gtid = format!("0-1-{seq}");
             let c = c.clone();
             async move {
                 c.store
-                    .put_meta(&format!("backup/{}", b.id), &serde_json::to_string(&b).expect("json"))
+                    .put_meta(
+                        &format!("backup/{}", b.id),
+                        &serde_json::to_string(&b).expect("json"),
+                    )
                     .await
                     .expect("backup record");
             }
@@ -512,7 +526,13 @@ mod tests {
         c.refresh_pitr().await;
         let v = c.instance("db").expect("view");
         assert_eq!(v.pitr_ready, Some(false));
-        assert!(v.pitr_reason.as_deref().unwrap_or("").contains("0-*-31..45"), "{v:?}");
+        assert!(
+            v.pitr_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("0-*-31..45"),
+            "{v:?}"
+        );
         assert_eq!(
             v.pitr_window,
             Some(PitrWindow {
@@ -520,9 +540,14 @@ mod tests {
                 to: pitr::format_utc(130)
             })
         );
-        assert!(c.pitr_metrics().contains("mofang_pitr_ready{mofang_instance=\"db\"} 0"));
+        assert!(c
+            .pitr_metrics()
+            .contains("mofang_pitr_ready{mofang_instance=\"db\"} 0"));
         let kinds = |evs: Vec<crate::model::Event>| -> Vec<String> {
-            evs.into_iter().map(|e| e.kind).filter(|k| k.starts_with("pitr")).collect()
+            evs.into_iter()
+                .map(|e| e.kind)
+                .filter(|k| k.starts_with("pitr"))
+                .collect()
         };
         let evs = c.store.events(Some("db"), 0, 100).await.expect("events");
         assert_eq!(kinds(evs), ["pitr_gap"]);
@@ -530,7 +555,11 @@ mod tests {
         put_backup("db-2", 50, 155_000).await;
         c.refresh_pitr().await;
         let v = c.instance("db").expect("view");
-        assert_eq!((v.pitr_ready, v.pitr_reason.clone()), (Some(true), None), "{v:?}");
+        assert_eq!(
+            (v.pitr_ready, v.pitr_reason.clone()),
+            (Some(true), None),
+            "{v:?}"
+        );
         assert_eq!(
             v.pitr_window,
             Some(PitrWindow {
@@ -552,7 +581,14 @@ mod tests {
             .find(|a| a.member == primary.id)
             .expect("assignment");
         let target: pitr::ArchiveTarget = serde_json::from_str(&a.archive).expect("archive target");
-        assert_eq!((target.after.as_str(), target.instance.as_str()), ("0-1-50", "db"));
-        assert!(ds.members.iter().filter(|x| x.member != primary.id).all(|x| x.archive.is_empty()));
+        assert_eq!(
+            (target.after.as_str(), target.instance.as_str()),
+            ("0-1-50", "db")
+        );
+        assert!(ds
+            .members
+            .iter()
+            .filter(|x| x.member != primary.id)
+            .all(|x| x.archive.is_empty()));
     }
 }
