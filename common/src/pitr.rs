@@ -184,7 +184,10 @@ pub fn chain(indexes: &[BinlogIndex], domain: u32, from: u64, from_gtid: &str) -
             .iter()
             .enumerate()
             .filter(|(_, i)| {
-                i.domain == domain && i.transactions > 0 && i.begin <= c.reached && i.last > c.reached
+                i.domain == domain
+                    && i.transactions > 0
+                    && i.begin <= c.reached
+                    && i.last > c.reached
             })
             .max_by(|(_, a), (_, b)| {
                 a.last
@@ -278,16 +281,14 @@ pub fn readiness(backups: &[BackupPoint], indexes: &[BinlogIndex]) -> Readiness 
     let mut from = ceil_s(latest.ended_at_ms);
     let mut older: Vec<&BackupPoint> = backups.iter().collect();
     older.sort_by_key(|b| b.ended_at_ms);
-    for b in older {
-        match single_domain(&b.gtid) {
-            Some((d, s)) if d == domain && s <= seq => {
-                if chain(indexes, d, s, &b.gtid).reached >= c.reached {
-                    from = from.min(ceil_s(b.ended_at_ms));
-                    break;
-                }
-            }
-            _ => {}
+    let reaches = |b: &BackupPoint| match single_domain(&b.gtid) {
+        Some((d, s)) => {
+            d == domain && s <= seq && chain(indexes, d, s, &b.gtid).reached >= c.reached
         }
+        None => false,
+    };
+    if let Some(b) = older.into_iter().find(|b| reaches(b)) {
+        from = from.min(ceil_s(b.ended_at_ms));
     }
     let window = to.filter(|t| *t >= from).map(|to| Window { from, to });
     match &c.gap {
@@ -532,14 +533,18 @@ mod tests {
     #[test]
     fn files_of_several_primaries_chain_by_gtid_without_duplicates() {
         let idx = vec![
-            file(1, 0, 1, 10, (90, 100)),   // 0: old primary, before the backup
+            file(1, 0, 1, 10, (90, 100)),    // 0: old primary, before the backup
             file(1, 10, 11, 30, (100, 120)), // 1: old primary
             file(2, 5, 6, 40, (95, 140)),    // 2: new primary, overlapping 1 (replicated)
             file(2, 40, 41, 60, (140, 160)), // 3: new primary
             file(3, 55, 56, 80, (150, 180)), // 4: after a failover, overlapping 3
         ];
         let c = chain(&idx, 0, 20, "0-1-20");
-        let order: Vec<(usize, &str)> = c.steps.iter().map(|s| (s.index, s.after.as_str())).collect();
+        let order: Vec<(usize, &str)> = c
+            .steps
+            .iter()
+            .map(|s| (s.index, s.after.as_str()))
+            .collect();
         assert_eq!(order, vec![(2, "0-1-20"), (3, "0-2-40"), (4, "0-2-60")]);
         assert_eq!((c.reached, c.gap.clone()), (80, None));
 
@@ -567,7 +572,11 @@ mod tests {
                     window: Some(Window { from: 111, to: 180 })
                 }
             );
-            assert!(e.to_string().contains("1970-01-01T00:01:51Z to 1970-01-01T00:03:00Z"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("1970-01-01T00:01:51Z to 1970-01-01T00:03:00Z"),
+                "{e}"
+            );
         }
     }
 
@@ -585,7 +594,10 @@ mod tests {
         assert!(!r.ready);
         assert!(r.reason.contains("0-*-31..45"), "{}", r.reason);
         assert_eq!(r.window, Some(Window { from: 106, to: 130 }));
-        assert!(plan("db", &one, &idx, 160, None).is_err(), "not across the gap");
+        assert!(
+            plan("db", &one, &idx, 160, None).is_err(),
+            "not across the gap"
+        );
         assert!(plan("db", &one, &idx, 120, None).is_ok(), "before it");
 
         let two = [backup("b1", 10, 105), backup("b2", 50, 155)];
@@ -593,7 +605,10 @@ mod tests {
         assert!(r.ready, "{r:?}");
         assert_eq!(r.window, Some(Window { from: 156, to: 170 }));
         let p = plan("db", &two, &idx, 160, None).expect("after the new backup");
-        assert_eq!((p.backup.as_str(), p.steps[0].after.as_str()), ("b2", "0-1-50"));
+        assert_eq!(
+            (p.backup.as_str(), p.steps[0].after.as_str()),
+            ("b2", "0-1-50")
+        );
         // Before the new backup, the old one still serves, up to the gap.
         assert_eq!(plan("db", &two, &idx, 120, None).expect("old").backup, "b1");
         // A named backup that ended after the time is refused as such.
@@ -608,13 +623,18 @@ mod tests {
     fn readiness_says_why_there_is_no_window() {
         assert_eq!(readiness(&[], &[]).reason, "no full backup yet");
         let r = readiness(&[backup("b1", 3, 10)], &[]);
-        assert!(r.ready && r.window.is_none() && r.reason.contains("b1"), "{r:?}");
+        assert!(
+            r.ready && r.window.is_none() && r.reason.contains("b1"),
+            "{r:?}"
+        );
         let multi = BackupPoint {
             id: "m".into(),
             gtid: "0-1-5,1-1-2".into(),
             ended_at_ms: 1,
         };
-        assert!(readiness(&[multi], &[]).reason.contains("more than one domain"));
+        assert!(readiness(&[multi], &[])
+            .reason
+            .contains("more than one domain"));
         // An empty backup (no transaction yet) chains from the first file.
         let empty = BackupPoint {
             id: "e".into(),
@@ -632,12 +652,29 @@ mod tests {
         assert_eq!(parse_utc("2026-12-01T14:45:10Z"), Ok(1_796_136_310));
         assert_eq!(parse_utc("2026-12-01T16:45:10+02:00"), Ok(1_796_136_310));
         assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(parse_utc("2024-02-29T00:00:00Z").map(format_utc), Ok("2024-02-29T00:00:00Z".into()));
-        assert!(parse_utc("2026-12-01T14:45:10.5Z").unwrap_err().contains("whole seconds"));
-        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-12-01T14:45:10", "2026-12-01T14:45:10+0200"] {
+        assert_eq!(
+            parse_utc("2024-02-29T00:00:00Z").map(format_utc),
+            Ok("2024-02-29T00:00:00Z".into())
+        );
+        assert!(parse_utc("2026-12-01T14:45:10.5Z")
+            .unwrap_err()
+            .contains("whole seconds"));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T14:45:10",
+            "2026-12-01T14:45:10+0200",
+        ] {
             assert!(parse_utc(bad).is_err(), "{bad}");
         }
-        assert_eq!(last_from_index_name("p/binlogs/db/00000000000000000042-7-mysql-bin.000003-1.json"), Some(42));
-        assert_eq!(last_from_index_name("p/binlogs/db/data/7-mysql-bin.000003-1.zst"), None);
+        assert_eq!(
+            last_from_index_name("p/binlogs/db/00000000000000000042-7-mysql-bin.000003-1.json"),
+            Some(42)
+        );
+        assert_eq!(
+            last_from_index_name("p/binlogs/db/data/7-mysql-bin.000003-1.zst"),
+            None
+        );
     }
 }

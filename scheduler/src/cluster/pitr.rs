@@ -369,7 +369,7 @@ impl Cluster {
         for s in &plan.steps {
             let idx = &indexes[s.index];
             match store.store.head(&store.path(&idx.object)).await {
-                Ok(m) if m.size as u64 == idx.size => {}
+                Ok(m) if m.size == idx.size => {}
                 Ok(m) => {
                     return Err(refuse(format!(
                         "binlog object {} is {} bytes, recorded {}",
