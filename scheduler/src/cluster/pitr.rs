@@ -37,6 +37,8 @@ pub(super) struct PitrSeen {
     pub readiness: Readiness,
     /// Seconds between now and the latest event archived, at the refresh.
     pub lag_s: Option<i64>,
+    /// Why the last refresh could not read the archive (the readiness is the one before).
+    pub error: Option<String>,
 }
 
 fn points(backups: &[Backup], instance: &str, repo: &str) -> Vec<BackupPoint> {
@@ -207,7 +209,14 @@ impl Cluster {
             let indexes = match self.archive_indexes(&repo, &instance).await {
                 Ok(i) => i,
                 Err(e) => {
-                    warn!(instance = %instance, error = %e, "binlog archive not read");
+                    let e = e.to_string();
+                    let mut inner = lock(&self.inner);
+                    let seen = inner.pitr.entry(instance.clone()).or_default();
+                    // Logged once per distinct error, not every refresh.
+                    if seen.error.as_ref() != Some(&e) {
+                        warn!(instance = %instance, error = %e, "binlog archive not read");
+                        seen.error = Some(e);
+                    }
                     continue;
                 }
             };
@@ -245,6 +254,7 @@ impl Cluster {
                     PitrSeen {
                         readiness: r.clone(),
                         lag_s,
+                        error: None,
                     },
                 )
                 .map(|s| s.readiness.ready);
@@ -283,7 +293,10 @@ impl Cluster {
             None => (None, None, None),
             Some(s) => (
                 Some(s.readiness.ready),
-                Some(s.readiness.reason.clone()).filter(|r| !r.is_empty()),
+                match &s.error {
+                    Some(e) => Some(format!("the binlog archive could not be read: {e}")),
+                    None => Some(s.readiness.reason.clone()).filter(|r| !r.is_empty()),
+                },
                 s.readiness.window.map(|w| PitrWindow {
                     from: pitr::format_utc(w.from),
                     to: pitr::format_utc(w.to),
