@@ -93,7 +93,8 @@ impl Archivers {
             let cancel = CancellationToken::new();
             running.insert(member.clone(), (json, cancel.clone()));
             let runtime = self.runtime.clone();
-            let span = tracing::info_span!("archive", member = %member, instance = %target.instance);
+            let span =
+                tracing::info_span!("archive", member = %member, instance = %target.instance);
             tokio::spawn(
                 async move {
                     info!("binlog archiving started");
@@ -244,13 +245,26 @@ impl Archiver {
             // A closed file holds what its successor's Gtid_list says was logged by its end.
             let next = &files[k + 1];
             let end = self.gtid_list(next).await?;
-            let end_seq = end.domains().find(|(d, _)| *d == domain).map_or(0, |(_, s)| s);
+            let end_seq = end
+                .domains()
+                .find(|(d, _)| *d == domain)
+                .map_or(0, |(_, s)| s);
             if end_seq <= reached {
                 debug!(file = %closed[k], "nothing new in it");
                 self.done.insert(closed[k].clone());
                 continue;
             }
-            let idx = self.upload(&closed[k]).await?;
+            let idx = match self.upload(&closed[k]).await {
+                Ok(idx) => idx,
+                Err(Upload::Unreadable(e)) => {
+                    // Reading it again would fail again (and cost the primary a read each
+                    // pass): left out, which the scheduler reports as a gap.
+                    warn!(file = %closed[k], error = %e, "binlog file not archivable: left out");
+                    self.done.insert(closed[k].clone());
+                    return Err(e);
+                }
+                Err(Upload::Failed(e)) => return Err(e),
+            };
             if idx.begin > reached {
                 warn!(file = %idx.file, begin = idx.begin, archived = reached,
                     "binlog archive gap: this member's binlog does not hold the transactions after the last archived one");
@@ -290,12 +304,12 @@ impl Archiver {
 
     /// Streams a closed file to the repository, reading its index on the way, then writes
     /// the index (the commit: a data object without one is ignored).
-    async fn upload(&self, file: &str) -> Result<BinlogIndex, String> {
+    async fn upload(&self, file: &str) -> Result<BinlogIndex, Upload> {
         if !valid_file(file) {
-            return Err(format!("binlog file name {file:?}"));
+            return Err(Upload::Unreadable(format!("binlog file name {file:?}")));
         }
         let Some(repo) = self.repo.as_ref() else {
-            return Err("no repository".into());
+            return Err(Upload::Failed("no repository".into()));
         };
         let at_ms = now_ms();
         let rel = pitr::data_object(&self.target.instance, self.server_id, file, at_ms);
@@ -304,7 +318,7 @@ impl Archiver {
             .runtime
             .exec_stream(&self.container, &["cat", &path], None)
             .await
-            .map_err(|e| format!("cat {path}: {e}"))?;
+            .map_err(|e| Upload::Failed(format!("cat {path}: {e}")))?;
         let scanner = Arc::new(Mutex::new(Scanner::default()));
         let fed = scanner.clone();
         let done = exec.done;
@@ -325,7 +339,9 @@ impl Archiver {
             .stdout
             .map(move |r| {
                 let chunk = r.map_err(|e| format!("cat: {e}"))?;
-                fed.lock().unwrap_or_else(PoisonError::into_inner).feed(&chunk);
+                fed.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .feed(&chunk);
                 Ok(chunk)
             })
             .chain(verdict)
@@ -336,9 +352,16 @@ impl Archiver {
         });
         let stored = stream::store::<String>(repo, &rel, input, zstd, &|_| {})
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Upload::Failed(e.to_string()))?;
         let scanned = std::mem::take(&mut *scanner.lock().unwrap_or_else(PoisonError::into_inner));
-        let sum = scanned.finish().map_err(|e| format!("{file}: {e}"))?;
+        let sum = match scanned.finish() {
+            Ok(s) => s,
+            Err(e) => {
+                // No index will name it: the data object is deleted.
+                let _ = repo.store.delete(&repo.path(&rel)).await;
+                return Err(Upload::Unreadable(format!("{file}: {e}")));
+            }
+        };
         let gtid = |g: Option<(u32, u64)>| {
             g.map(|(s, n)| format!("{}-{s}-{n}", sum.domain))
                 .unwrap_or_default()
@@ -355,7 +378,9 @@ impl Archiver {
             domain: sum.domain,
             // The file holds every transaction after `begin`: after its Gtid_list, and (a
             // member seeded by a dump logs nothing before its seed point) before its first.
-            begin: sum.first.map_or(sum.begin, |(_, n)| sum.begin.max(n.saturating_sub(1))),
+            begin: sum
+                .first
+                .map_or(sum.begin, |(_, n)| sum.begin.max(n.saturating_sub(1))),
             first: sum.first.map_or(0, |(_, n)| n),
             last: sum.last.map_or(sum.begin, |(_, n)| n),
             first_gtid: gtid(sum.first),
@@ -365,14 +390,23 @@ impl Archiver {
             last_ts: sum.last_ts,
             archived_at_ms: at_ms,
         };
-        let body = serde_json::to_vec_pretty(&idx).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec_pretty(&idx).map_err(|e| Upload::Failed(e.to_string()))?;
         let index = pitr::index_object(&self.target.instance, &idx);
         repo.store
             .put(&repo.path(&index), PutPayload::from(body))
             .await
-            .map_err(|e| format!("writing {index}: {e}"))?;
+            .map_err(|e| Upload::Failed(format!("writing {index}: {e}")))?;
         Ok(idx)
     }
+}
+
+/// Why a file was not archived.
+enum Upload {
+    /// Trying again may work (the container, the repository).
+    Failed(String),
+    /// The file itself cannot be archived (not a binlog, several GTID domains): trying again
+    /// would fail the same way.
+    Unreadable(String),
 }
 
 /// A binlog file name as the server lists it (no quoting, no path).
@@ -404,7 +438,10 @@ fn parse_gtid_list(out: &str) -> Position {
     out.lines()
         .map(|l| l.split('\t').collect::<Vec<_>>())
         .find(|cols| cols.get(2) == Some(&"Gtid_list"))
-        .and_then(|cols| cols.get(5).map(|i| i.trim_matches(|c| c == '[' || c == ']').to_owned()))
+        .and_then(|cols| {
+            cols.get(5)
+                .map(|i| i.trim_matches(|c| c == '[' || c == ']').to_owned())
+        })
         .map(|list| Position::parse(&list))
         .unwrap_or_default()
 }
@@ -423,9 +460,13 @@ mod tests {
     /// What the client prints (`-N -B`), from a real MariaDB 10.11.
     #[test]
     fn the_servers_answers_are_read() {
-        let (files, pos) =
-            parse_binary_logs("mysql-bin.000001\t1050\nmysql-bin.000002\t1035\nmysql-bin.000003\t342\n0-7-7\n");
-        assert_eq!(files, ["mysql-bin.000001", "mysql-bin.000002", "mysql-bin.000003"]);
+        let (files, pos) = parse_binary_logs(
+            "mysql-bin.000001\t1050\nmysql-bin.000002\t1035\nmysql-bin.000003\t342\n0-7-7\n",
+        );
+        assert_eq!(
+            files,
+            ["mysql-bin.000001", "mysql-bin.000002", "mysql-bin.000003"]
+        );
         assert_eq!(pos, "0-7-7");
         let (_, empty) = parse_binary_logs("mysql-bin.000001\t256\n\n");
         assert_eq!(empty, "");

@@ -114,7 +114,13 @@ impl Cluster {
     /// Sets where each instance archives from the backup records; the primaries whose target
     /// changed get a new desired state.
     pub(super) async fn refresh_archives(&self) -> Result<()> {
-        let latest = latest_backups(&self.all_backups().await?);
+        let backups = self.all_backups().await?;
+        self.set_archives(&backups);
+        Ok(())
+    }
+
+    fn set_archives(&self, backups: &[Backup]) {
+        let latest = latest_backups(backups);
         let mut inner = lock(&self.inner);
         let mut nodes = Vec::new();
         for (name, i) in &inner.instances {
@@ -129,7 +135,6 @@ impl Cluster {
         }
         inner.archives = latest;
         self.push_nodes(&mut inner, &nodes);
-        Ok(())
     }
 
     /// The archive's indexes of `instance` in `repo`: listed, and each new one read once
@@ -185,17 +190,14 @@ impl Cluster {
     /// instance's readiness and window from its archive, with an event when a gap appears
     /// (`pitr_gap`) or is closed (`pitr_ready`).
     pub async fn refresh_pitr(&self) {
-        if let Err(e) = self.refresh_archives().await {
-            warn!(error = %e, "archive targets not refreshed");
-            return;
-        }
         let backups = match self.all_backups().await {
             Ok(b) => b,
             Err(e) => {
-                warn!(error = %e, "backups not read");
+                warn!(error = %e, "backups not read: archive targets not refreshed");
                 return;
             }
         };
+        self.set_archives(&backups);
         let targets: Vec<(String, String)> = {
             let inner = lock(&self.inner);
             inner
