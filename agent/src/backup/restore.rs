@@ -387,4 +387,78 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A point-in-time restore stages its binlog files (decompressed, in order) and the
+    /// replay's plan in the volume, replacing what a failed attempt left; a file whose sha256
+    /// is not the recorded one is refused naming it; a restore without binlogs stages nothing.
+    #[tokio::test]
+    async fn binlogs_are_staged_in_order_with_their_plan() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = RepoSpec::Fs {
+            path: repo_dir.path().to_string_lossy().into_owned(),
+        }
+        .open()
+        .unwrap();
+        let mut binlogs = Vec::new();
+        for (k, after) in [(1u8, "0-7-4"), (2, "")] {
+            let data = vec![k; 100_000];
+            let object = format!("binlogs/db/data/7-mysql-bin.00000{k}-1.zst");
+            let stored = super::super::stream::store(
+                &repo,
+                &object,
+                futures::stream::iter(vec![Ok::<_, String>(Bytes::from(data))]).boxed(),
+                Some(super::super::stream::Zstd {
+                    level: 3,
+                    threads: 0,
+                }),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+            binlogs.push(mofang_common::backup::RestoreBinlog {
+                object,
+                size: stored.size,
+                sha256: stored.sha256,
+                after: after.into(),
+            });
+        }
+        let stored = super::super::stream::Stored {
+            path: String::new(),
+            size: 0,
+            sha256: String::new(),
+            source_bytes: 0,
+        };
+        let mut src = source(repo_dir.path(), &stored, "");
+        src.engine = "mariadb".into();
+        src.binlogs = binlogs;
+        let vol = tempfile::tempdir().unwrap();
+        std::fs::create_dir(vol.path().join(PITR_DIR)).unwrap();
+        std::fs::write(vol.path().join(PITR_DIR).join("stale"), b"x").unwrap();
+        stage_binlogs(&src, vol.path()).await.unwrap();
+        let dir = vol.path().join(PITR_DIR);
+        assert_eq!(
+            std::fs::read(dir.join("000000.bin")).unwrap(),
+            vec![1u8; 100_000]
+        );
+        assert_eq!(
+            std::fs::read(dir.join("000001.bin")).unwrap(),
+            vec![2u8; 100_000]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("plan")).unwrap(),
+            "000000.bin 0-7-4\n000001.bin -\n"
+        );
+        assert!(!dir.join("stale").exists());
+
+        src.binlogs[1].sha256 = "0".repeat(64);
+        let e = stage_binlogs(&src, vol.path()).await.unwrap_err();
+        assert!(
+            e.contains("mysql-bin.000002") && e.contains("sha256"),
+            "{e}"
+        );
+
+        src.binlogs.clear();
+        stage_binlogs(&src, vol.path()).await.unwrap();
+        assert!(!dir.exists(), "nothing staged without binlogs");
+    }
 }
