@@ -338,6 +338,15 @@ pub enum Refusal {
         /// The window.
         window: Option<Window>,
     },
+    /// The named backup is not one the archive continues (not succeeded, another engine or
+    /// another repository than the archive's).
+    #[error("backup {backup} of {instance} is not a succeeded MariaDB backup in the repository its binlogs are archived to")]
+    UnknownBackup {
+        /// The instance.
+        instance: String,
+        /// The backup.
+        backup: String,
+    },
     /// The named backup ended after the time.
     #[error("backup {backup} ended at {}, after {}: name an earlier backup or none", format_utc(*.ended), format_utc(*.at))]
     BackupAfter {
@@ -368,7 +377,13 @@ pub fn plan(
     };
     let b = match named {
         Some(id) => {
-            let b = backups.iter().find(|b| b.id == id).ok_or_else(outside)?;
+            let b = backups
+                .iter()
+                .find(|b| b.id == id)
+                .ok_or_else(|| Refusal::UnknownBackup {
+                    instance: instance.to_owned(),
+                    backup: id.to_owned(),
+                })?;
             if ceil_s(b.ended_at_ms) > at {
                 return Err(Refusal::BackupAfter {
                     backup: b.id.clone(),
@@ -611,11 +626,21 @@ mod tests {
         );
         // Before the new backup, the old one still serves, up to the gap.
         assert_eq!(plan("db", &two, &idx, 120, None).expect("old").backup, "b1");
-        // A named backup that ended after the time is refused as such.
+        // A named backup that ended after the time is refused as such; an unknown one too.
         assert!(matches!(
             plan("db", &two, &idx, 120, Some("b2")),
             Err(Refusal::BackupAfter { .. })
         ));
+        assert!(matches!(
+            plan("db", &two, &idx, 120, Some("b9")),
+            Err(Refusal::UnknownBackup { .. })
+        ));
+        assert_eq!(
+            plan("db", &two, &idx, 120, Some("b1"))
+                .expect("named")
+                .backup,
+            "b1"
+        );
     }
 
     /// No backup, no archive yet, several domains: not ready or no window, with the reason.
