@@ -1062,6 +1062,7 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
 
     // Failover: the primary's container killed.
     let old = Env::primary_member(&after_switch)?;
+    let killed = std::time::Instant::now();
     docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
     let after_fail = env
         .wait_new_primary(
@@ -1070,13 +1071,23 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
             Duration::from_secs(60),
         )
         .await?;
+    let failover_s = killed.elapsed().as_secs_f64();
     let t2 = now_s() + 2;
     sleep_until(t2 + 3).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = writer.await?;
     let acked = writes.iter().filter(|w| w.acked.is_some()).count();
+    let mut outage = 0.0f64;
+    let mut last: Option<f64> = None;
+    for a in writes.iter().filter_map(|w| w.acked).map(unix_s) {
+        if let Some(l) = last {
+            outage = outage.max(a - l);
+        }
+        last = Some(a);
+    }
     eprintln!(
-        "{} writes, {acked} acknowledged; primaries {} -> {} -> {}",
+        "{} writes, {acked} acknowledged, longest time between two acknowledgements {outage:.2} s; \
+         kill to new primary {failover_s:.1} s; primaries {} -> {} -> {}",
         writes.len(),
         Env::primary_member(&inst)?["id"],
         old["id"],
