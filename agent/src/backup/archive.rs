@@ -142,6 +142,7 @@ async fn archive(runtime: Arc<dyn ContainerRuntime>, member: String, target: Arc
         member,
         target,
         repo: None,
+        reached: None,
         done: HashSet::new(),
         closed_seen: 0,
         last_rotation: Instant::now(),
@@ -157,6 +158,8 @@ async fn archive(runtime: Arc<dyn ContainerRuntime>, member: String, target: Arc
                 }
             }
             Err(e) => {
+                // Listed again next time: another primary may have archived meanwhile.
+                a.reached = None;
                 if e != last_error {
                     warn!(error = %e, "binlog archiving pass failed; trying again");
                     last_error = e;
@@ -174,6 +177,9 @@ struct Archiver {
     server_id: u32,
     target: ArchiveTarget,
     repo: Option<Repo>,
+    /// The last sequence number archived, once listed (kept up to date by this task's own
+    /// uploads; listed again after an error).
+    reached: Option<u64>,
     /// Closed files already archived or found to hold nothing new.
     done: HashSet<String>,
     closed_seen: usize,
@@ -196,8 +202,12 @@ impl Archiver {
         Ok(out.stdout)
     }
 
-    /// The last sequence number archived in `domain` (the backup's if nothing after it).
-    async fn archived(&mut self, domain: u32, after: u64) -> Result<u64, String> {
+    /// The last sequence number archived (the backup's if nothing after it): listed from the
+    /// index names in the repository the first time.
+    async fn archived(&mut self, after: u64) -> Result<u64, String> {
+        if let Some(r) = self.reached {
+            return Ok(r.max(after));
+        }
         if self.repo.is_none() {
             self.repo = Some(self.target.repo.open().map_err(|e| e.to_string())?);
         }
@@ -211,11 +221,12 @@ impl Archiver {
             .try_collect()
             .await
             .map_err(|e| format!("listing {dir}: {e}"))?;
-        let _ = domain;
-        Ok(listed
+        let reached = listed
             .iter()
             .filter_map(|o| pitr::last_from_index_name(o.location.as_ref()))
-            .fold(after, u64::max))
+            .fold(after, u64::max);
+        self.reached = Some(reached);
+        Ok(reached)
     }
 
     /// One pass: archive what is closed and new; flush when due. `Ok(true)`: look again at
@@ -240,7 +251,7 @@ impl Archiver {
         for k in todo {
             let reached = match reached {
                 Some(r) => r,
-                None => *reached.insert(self.archived(domain, after).await?),
+                None => *reached.insert(self.archived(after).await?),
             };
             // A closed file holds what its successor's Gtid_list says was logged by its end.
             let next = &files[k + 1];
@@ -271,6 +282,7 @@ impl Archiver {
             }
             info!(file = %idx.file, first = %idx.first_gtid, last = %idx.last_gtid,
                 transactions = idx.transactions, bytes = idx.size, "binlog archived");
+            self.reached = Some(reached.max(idx.last));
             self.done.insert(closed[k].clone());
             return Ok(true);
         }
@@ -280,7 +292,7 @@ impl Archiver {
             .map_or(0, |(_, s)| s);
         let reached = match reached {
             Some(r) => r,
-            None if current > after => self.archived(domain, after).await?,
+            None if current > after => self.archived(after).await?,
             None => after,
         };
         if current > reached && self.last_rotation.elapsed() >= self.interval {
