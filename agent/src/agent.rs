@@ -202,6 +202,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             .run_loop(desired_rx.clone(), shutdown.child_token())
             .instrument(tracing::info_span!("jobs")),
     );
+    // Binlog archiving of this node's primaries, when their assignment asks (issue 16).
+    let archivers = tokio::spawn(
+        crate::backup::archive::Archivers::new(shared.runtime.clone())
+            .run_loop(desired_rx.clone(), shutdown.child_token())
+            .instrument(tracing::info_span!("archivers")),
+    );
     let source = Arc::new(Source {
         cfg: cfg.clone(),
         counters,
@@ -254,7 +260,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         Err(_) => tokio::spawn(async {}),
     };
     info!(node = %cfg.node, network = %cfg.network, http = %cfg.http_listen, "agent running");
-    let _ = tokio::join!(link, rec, inventory, http, job_runner);
+    let _ = tokio::join!(link, rec, inventory, http, job_runner, archivers);
     info!("agent stopped; database containers keep running");
     Ok(())
 }

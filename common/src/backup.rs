@@ -110,6 +110,27 @@ pub struct RestoreSource {
     pub sha256: String,
     /// Bytes once decompressed (for progress).
     pub raw_size: u64,
+    /// Point-in-time restore: archived binlog files replayed after the backup, in order.
+    #[serde(default)]
+    pub binlogs: Vec<RestoreBinlog>,
+    /// Point-in-time restore: replay stops at the first event at or after this time
+    /// (`mariadb-binlog --stop-datetime`, UTC, `2026-12-01 14:45:10`); empty: none.
+    #[serde(default)]
+    pub stop_datetime: String,
+}
+
+/// One archived binlog file a point-in-time restore replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBinlog {
+    /// The data object's path in the repository (zstd).
+    pub object: String,
+    /// Its size and sha256, checked as it is read.
+    pub size: u64,
+    /// sha256, hex.
+    pub sha256: String,
+    /// The replay starts after this GTID (`--start-position`); empty: from the file's start.
+    pub after: String,
 }
 
 /// Reads "GTID of the last change '<gtid>'" and the binlog file/position from what

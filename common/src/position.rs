@@ -38,6 +38,11 @@ impl Position {
             .all(|(d, n)| self.0.get(d).is_some_and(|m| m >= n))
     }
 
+    /// `(domain, sequence)` pairs, by domain.
+    pub fn domains(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.0.iter().map(|(d, n)| (*d, *n))
+    }
+
     /// Total progress (sum over domains): orders positions none of which covers the others.
     pub fn total(&self) -> u128 {
         self.0.values().map(|&n| u128::from(n)).sum()

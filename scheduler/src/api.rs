@@ -509,7 +509,8 @@ async fn keyring_rotate(
     Ok(Json(crate::secrets::rotate(&api.cluster, sealed).await?))
 }
 
-/// Scheduler metrics (Prometheus text): failover counters and the last failover duration.
+/// Scheduler metrics (Prometheus text): failover counters and the last failover duration,
+/// binlog archive lag and readiness per instance.
 async fn metrics(State(api): State<Api>) -> Response {
     let mut body = api.cluster.counters.render();
     body.push_str(&format!(
@@ -519,6 +520,7 @@ async fn metrics(State(api): State<Api>) -> Response {
 ",
         u8::from(api.cluster.mass_hold())
     ));
+    body.push_str(&api.cluster.pitr_metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -1147,7 +1149,7 @@ async fn cancel_batch(
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
-        RotateRequest, RotateAccount, crate::cluster::RotationView,
+        RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,

@@ -92,6 +92,32 @@ pub struct SchedulerConfig {
     /// Absent: TLS on with a CA and certificate the scheduler makes in `<data_dir>/tls/`.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[backup]`: backup and binlog archiving knobs (docs/backup.md).
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: backup and binlog archiving knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The primary's binlog is flushed (closed and archived) when this many seconds passed
+    /// without a rotation while it holds unarchived transactions: the archive's lag, and so
+    /// the latest time a point-in-time restore reaches, stays within about this. Default 60.
+    #[serde(default = "default_archive_interval")]
+    pub archive_interval_s: u64,
+}
+
+fn default_archive_interval() -> u64 {
+    60
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            archive_interval_s: default_archive_interval(),
+        }
+    }
 }
 
 /// `[tls]`: the scheduler's TLS. Given files are read at start (a missing one exits 64
@@ -599,6 +625,7 @@ impl Default for SchedulerConfig {
             consul: ConsulConfig::default(),
             etcd: EtcdConfig::default(),
             tls: TlsConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -643,6 +670,12 @@ impl SchedulerConfig {
             return Err(invalid(
                 "heartbeat_interval_ms",
                 "must be > 0 and below node_ttl_ms",
+            ));
+        }
+        if !(1..=86_400).contains(&self.backup.archive_interval_s) {
+            return Err(invalid(
+                "backup.archive_interval_s",
+                "between 1 and 86400 seconds",
             ));
         }
         if let Err((field, why)) = self.failover.validate() {

@@ -21,6 +21,8 @@ use tracing::{info, warn, Instrument};
 
 /// Least time between two failover passes a heartbeat asked for.
 const FAILOVER_WAKE_SPACING: Duration = Duration::from_millis(50);
+/// How often the leader refreshes each binlog archive's window and gaps.
+const PITR_REFRESH: Duration = Duration::from_secs(2);
 
 /// Errors that stop the scheduler from starting.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,7 @@ pub async fn start(
     // A loaded cluster follows. The only scheduler (SQLite) is in charge from the start, before
     // it serves anything; with a shared store it leads only once it wins the election below.
     let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
+    cluster.set_archive_interval(cfg.backup.archive_interval_s);
     if cfg.store == StoreKind::Sqlite {
         cluster.activate().await?;
         spawn_reencrypt(&cluster, &sealed, &shutdown);
@@ -354,6 +357,26 @@ pub async fn start(
         }
         .instrument(tracing::info_span!("liveness")),
     );
+    // Point-in-time restore: where each primary archives, and each archive's window and
+    // gaps, refreshed from the backup records and the repositories (issue 16).
+    let (sd, c) = (shutdown.clone(), cluster.clone());
+    tasks.push(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(PITR_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        if c.is_active() {
+                            c.refresh_pitr().await;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("pitr")),
+    ));
     // Day-2 operations: the leader takes each unfinished one a step further (issue 17).
     let (sd, c) = (shutdown.clone(), cluster.clone());
     tasks.push(tokio::spawn(

@@ -154,9 +154,15 @@ pub struct InstanceSpec {
 pub struct RestoreRequest {
     /// The instance the backup was taken of.
     pub from_instance: String,
-    /// The backup's id; default: its latest succeeded backup.
+    /// The backup's id; default: its latest succeeded backup (with `time`: the latest that
+    /// ended at or before it).
     #[serde(default)]
     pub backup: Option<String>,
+    /// Restore to this time (MariaDB; RFC 3339 in whole seconds, e.g.
+    /// `2026-12-01T14:45:10Z`): the backup, then the archived binlogs replayed up to the first
+    /// transaction begun at or after it. It must be within the source's `pitr_window`.
+    #[serde(default)]
+    pub time: Option<String>,
 }
 
 /// The backup an instance was created from, as checked at its creation.
@@ -174,6 +180,13 @@ pub struct Restored {
     pub sha256: String,
     /// Its size once decompressed.
     pub raw_size: u64,
+    /// Point-in-time restore: the time restored to (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Point-in-time restore: the archived binlog files replayed after the backup, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub binlogs: Vec<mofang_common::backup::RestoreBinlog>,
 }
 
 /// One member of an instance, as decided by the scheduler.
@@ -463,6 +476,11 @@ pub enum EventKind {
     BackupFailed,
     /// A backup and its objects were deleted.
     BackupDeleted,
+    /// The binlog archive of an instance has a gap after its latest full backup: it cannot
+    /// be restored to a time past the gap until the next full backup (the reason).
+    PitrGap,
+    /// The binlog archive continues the latest full backup again (a backup after the gap).
+    PitrReady,
     /// A credential rotation started: every member is to accept the new password too.
     CredentialsRotating,
     /// Every member accepts the new password: it is the instance's from now on.
@@ -473,7 +491,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 47] = [
+    pub const ALL: [EventKind; 49] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -518,6 +536,8 @@ impl EventKind {
         EventKind::BackupSucceeded,
         EventKind::BackupFailed,
         EventKind::BackupDeleted,
+        EventKind::PitrGap,
+        EventKind::PitrReady,
         EventKind::CredentialsRotating,
         EventKind::CredentialsSwitched,
         EventKind::CredentialsRotated,
@@ -570,6 +590,8 @@ impl EventKind {
             EventKind::BackupSucceeded => "backup_succeeded",
             EventKind::BackupFailed => "backup_failed",
             EventKind::BackupDeleted => "backup_deleted",
+            EventKind::PitrGap => "pitr_gap",
+            EventKind::PitrReady => "pitr_ready",
             EventKind::CredentialsRotating => "credentials_rotating",
             EventKind::CredentialsSwitched => "credentials_switched",
             EventKind::CredentialsRotated => "credentials_rotated",

@@ -818,3 +818,481 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     );
     Ok(())
 }
+
+/// One write of the PITR writer: when it was sent and when (if) it was acknowledged, by the
+/// wall clock MariaDB timestamps binlog events with.
+#[derive(Debug, Clone, Copy)]
+struct Write {
+    id: u64,
+    attempted: std::time::SystemTime,
+    acked: Option<std::time::SystemTime>,
+}
+
+/// Inserts ids 1, 2, … into `app.pitr` one at a time at the instance's primary (found
+/// through the API again after any error), every 20 ms, recording each write's times.
+fn pitr_writer(
+    env: &Env,
+    instance: &str,
+    password: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Write>> {
+    use mysql_async::prelude::Queryable;
+    let source = mofang_tests::scenario::PrimarySource::api(env, instance);
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut conn: Option<mysql_async::Conn> = None;
+        let mut id = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if conn.is_none() {
+                let c = tokio::time::timeout(Duration::from_secs(2), async {
+                    let at = source.primary().await?;
+                    mofang_tests::scenario::mysql(&at, &password).await
+                })
+                .await;
+                match c {
+                    Ok(Ok(c)) => conn = Some(c),
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            id += 1;
+            let attempted = std::time::SystemTime::now();
+            let r = match conn.as_mut() {
+                Some(c) => tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.exec_drop("INSERT INTO pitr (id) VALUES (?)", (id,)),
+                )
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ())),
+                None => Err(()),
+            };
+            let acked = r.is_ok().then(std::time::SystemTime::now);
+            out.push(Write {
+                id,
+                attempted,
+                acked,
+            });
+            if r.is_err() {
+                conn = None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out
+    })
+}
+
+fn unix_s(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn now_s() -> i64 {
+    unix_s(std::time::SystemTime::now()) as i64
+}
+
+/// Sleeps until the wall clock reads `t` (unix seconds).
+async fn sleep_until(t: i64) {
+    let left = t as f64 - unix_s(std::time::SystemTime::now());
+    if left > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(left)).await;
+    }
+}
+
+/// Restores `from` to `at` into `name` and checks it holds exactly the writes acknowledged
+/// before `at`, none attempted at or after it (the one write in flight across `at` may be
+/// either), on its primary and its seeded replica. Returns the number of rows.
+async fn check_restore_to(
+    env: &Env,
+    from: &str,
+    name: &str,
+    at: i64,
+    writes: &[Write],
+    cli: bool,
+) -> Result<usize> {
+    let time = mofang_common::pitr::format_utc(at);
+    let started = std::time::Instant::now();
+    if cli {
+        mofang_cli(
+            env,
+            &[
+                "--json",
+                "instance",
+                "create",
+                name,
+                "--engine",
+                "mariadb",
+                "--replicas",
+                "1",
+                "--memory",
+                "384",
+                "--disk",
+                "512",
+                "--restore-from",
+                from,
+                "--restore-time",
+                &time,
+            ],
+        )
+        .await?;
+    } else {
+        let mut spec = mofang_tests::scenario::spec(name, "mariadb", 1);
+        spec["restore"] = json!({"from_instance": from, "time": time});
+        let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+        ensure!(
+            status == StatusCode::CREATED,
+            "restore to {at}: {status} {v}"
+        );
+    }
+    let inst = env.wait_instance_ready(name).await?;
+    eprintln!(
+        "restore of {from} to {time} into {name}: ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let before: std::collections::BTreeSet<u64> = writes
+        .iter()
+        .filter(|w| w.acked.is_some_and(|a| unix_s(a) < at as f64))
+        .map(|w| w.id)
+        .collect();
+    let after: std::collections::BTreeSet<u64> = writes
+        .iter()
+        .filter(|w| unix_s(w.attempted) >= at as f64)
+        .map(|w| w.id)
+        .collect();
+    ensure!(
+        !before.is_empty() && !after.is_empty(),
+        "writes on both sides of {at}"
+    );
+    let mut seen = 0;
+    for role in ["primary", "replica"] {
+        let member = members_with(&inst, role)
+            .into_iter()
+            .next()
+            .context("member")?;
+        let rows = mofang_tests::eventually("restored rows", Duration::from_secs(60), || async {
+            let text = sql(&member, "SELECT id FROM app.pitr ORDER BY id")?;
+            let rows: std::collections::BTreeSet<u64> =
+                text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let missing: Vec<_> = before.difference(&rows).collect();
+            let extra: Vec<_> = rows.intersection(&after).collect();
+            ensure!(
+                missing.is_empty() && extra.is_empty(),
+                "{role} {member} restored to {at}: {} rows; acknowledged before and missing: {missing:?}; attempted after and present: {extra:?}",
+                rows.len()
+            );
+            Ok(rows)
+        })
+        .await?;
+        seen = rows.len();
+    }
+    Ok(seen)
+}
+
+/// PITR exactness (issue 16): a writer inserts rows continuously, recording each write's
+/// acknowledgement; a full backup is taken; writes go on through a switchover and a
+/// failover (the primary's container killed) while each primary in turn archives its closed
+/// binlogs. The archive stays ready (no gap across the change of primary), and a restore to
+/// a time T between the switchover and the failover, and to one just after the failover,
+/// holds exactly the rows acknowledged before T and none attempted at or after it. A time
+/// outside the window is refused naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start_with(3, "\n[backup]\narchive_interval_s = 2\n").await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(s3_repo(s3, "main", &s3.secret_key, "pitr")),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let inst = env.create_ready("src", "mariadb", 2).await?;
+    let password = env.app_password("src").await?;
+    {
+        use mysql_async::prelude::Queryable;
+        let p = Env::primary_member(&inst)?;
+        let mut c =
+            mofang_tests::scenario::mysql(p["address"].as_str().context("address")?, &password)
+                .await?;
+        c.query_drop("CREATE TABLE pitr (id BIGINT PRIMARY KEY)")
+            .await?;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = pitr_writer(&env, "src", password, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let b = request_backup(&env, "src", json!({"repo": "main"})).await?;
+    let b = wait_backup(
+        &env,
+        b["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    let archiving = mofang_tests::eventually("a window", Duration::from_secs(60), || async {
+        let v = env.get("/v1/instances/src").await?;
+        ensure!(
+            v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(),
+            "{v}"
+        );
+        Ok(v)
+    })
+    .await?;
+    eprintln!("window after the backup: {}", archiving["pitr_window"]);
+
+    // Switchover.
+    let epoch = archiving["epoch"].as_u64().unwrap_or(1);
+    let (s, v) = env
+        .call(
+            Method::POST,
+            "/v1/instances/src/switchover",
+            Some(json!({})),
+        )
+        .await?;
+    ensure!(s.is_success(), "switchover: {s} {v}");
+    let after_switch = env
+        .wait_new_primary("src", epoch, Duration::from_secs(60))
+        .await?;
+    let t1 = now_s() + 3;
+    sleep_until(t1 + 3).await;
+
+    // Failover: the primary's container killed.
+    let old = Env::primary_member(&after_switch)?;
+    let killed = std::time::Instant::now();
+    docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
+    let after_fail = env
+        .wait_new_primary(
+            "src",
+            after_switch["epoch"].as_u64().unwrap_or(epoch),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let failover_s = killed.elapsed().as_secs_f64();
+    let t2 = now_s() + 2;
+    sleep_until(t2 + 3).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await?;
+    let acked = writes.iter().filter(|w| w.acked.is_some()).count();
+    let mut outage = 0.0f64;
+    let mut last: Option<f64> = None;
+    for a in writes.iter().filter_map(|w| w.acked).map(unix_s) {
+        if let Some(l) = last {
+            outage = outage.max(a - l);
+        }
+        last = Some(a);
+    }
+    eprintln!(
+        "{} writes, {acked} acknowledged, longest time between two acknowledgements {outage:.2} s; \
+         kill to new primary {failover_s:.1} s; primaries {} -> {} -> {}",
+        writes.len(),
+        Env::primary_member(&inst)?["id"],
+        old["id"],
+        Env::primary_member(&after_fail)?["id"]
+    );
+
+    // The archive reaches past T2 and has no gap across the switchover and the failover.
+    let done = mofang_tests::eventually("the archive past T2", Duration::from_secs(60), || async {
+        let v = env.get("/v1/instances/src").await?;
+        let to = v["pitr_window"]["to"].as_str().unwrap_or_default();
+        let to = mofang_common::pitr::parse_utc(to).unwrap_or(0);
+        ensure!(v["pitr_ready"] == true && to > t2, "{v}");
+        Ok(v)
+    })
+    .await?;
+    eprintln!("window at the end: {}", done["pitr_window"]);
+
+    // Each primary in turn archived: index objects from at least two members, and the
+    // scheduler's metrics say the archive is ready and caught up.
+    {
+        use object_store::ObjectStore;
+        let store = s3.object_store()?;
+        let mut members = std::collections::BTreeSet::new();
+        for path in objects_under(s3, "pitr/binlogs/src").await? {
+            if path.ends_with(".json") {
+                let bytes = store.get(&path.as_str().into()).await?.bytes().await?;
+                let idx: mofang_common::pitr::BinlogIndex = serde_json::from_slice(&bytes)?;
+                members.insert(idx.member);
+            }
+        }
+        eprintln!("binlogs archived by {members:?}");
+        ensure!(members.len() >= 2, "archived by {members:?} only");
+        mofang_tests::eventually("archive caught up", Duration::from_secs(30), || async {
+            let metrics = env
+                .http
+                .get(format!("{}/metrics", env.sched.rest))
+                .send()
+                .await?
+                .text()
+                .await?;
+            ensure!(
+                metrics.contains("mofang_pitr_ready{mofang_instance=\"src\"} 1")
+                    && metrics
+                        .contains("mofang_pitr_archive_lag_seconds{mofang_instance=\"src\"} 0"),
+                "{metrics}"
+            );
+            Ok(())
+        })
+        .await?;
+    }
+
+    let n1 = check_restore_to(&env, "src", "at-switch", t1, &writes, false).await?;
+    let n2 = check_restore_to(&env, "src", "at-fail", t2, &writes, true).await?;
+    eprintln!("restored to T1 {t1}: {n1} rows; to T2 {t2}: {n2} rows");
+    ensure!(n2 > n1, "later time, more rows");
+
+    // Outside the window: 422 naming it.
+    let from = mofang_common::pitr::parse_utc(done["pitr_window"]["from"].as_str().unwrap_or(""))
+        .unwrap_or(0);
+    let mut spec = mofang_tests::scenario::spec("too-early", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "src",
+        "time": mofang_common::pitr::format_utc(from - 3600)});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && msg.contains("outside the point-in-time window")
+            && msg.contains(done["pitr_window"]["from"].as_str().unwrap_or("?")),
+        "{status} {v}"
+    );
+    ensure!(
+        env.get("/v1/instances/too-early").await.is_err(),
+        "nothing created"
+    );
+    Ok(())
+}
+
+/// Gap detection on a real archive: binlogs the primary purged before they were archived
+/// leave a gap; the instance shows `pitr_ready: false` naming the missing transactions, a
+/// `pitr_gap` event is recorded, a restore to a time past the gap is refused; the next full
+/// backup closes the gap (`pitr_ready` event) and a time after it restores again.
+#[tokio::test(flavor = "multi_thread")]
+async fn purged_binlogs_are_a_gap_until_the_next_full_backup() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(s3_repo(s3, "main", &s3.secret_key, "gap")),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let inst = env.create_ready("gp", "mariadb", 1).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("primary")?
+        .to_owned();
+    sql(
+        &primary,
+        "CREATE TABLE app.g (id INT PRIMARY KEY); INSERT INTO app.g VALUES (1),(2),(3)",
+    )?;
+    let b = request_backup(&env, "gp", json!({"repo": "main"})).await?;
+    let b = wait_backup(
+        &env,
+        b["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    sql(&primary, "INSERT INTO app.g VALUES (4)")?;
+    mofang_tests::eventually("a window", Duration::from_secs(60), || async {
+        let v = env.get("/v1/instances/gp").await?;
+        ensure!(
+            v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(),
+            "{v}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // Transactions 5 and 6 go to a file that is closed and purged at once, before the
+    // archiver's next pass (every second here) can read it; 7 and 8 follow in a file that is
+    // archived. 7 is acknowledged by the replica (semi-sync) before the purge, so the
+    // replica's dump thread has left the purged file (MariaDB keeps a file in use).
+    sql(
+        &primary,
+        "FLUSH BINARY LOGS; INSERT INTO app.g VALUES (5); INSERT INTO app.g VALUES (6); \
+         FLUSH BINARY LOGS; INSERT INTO app.g VALUES (7); \
+         PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY; INSERT INTO app.g VALUES (8)",
+    )?;
+    let gap = mofang_tests::eventually("a gap", Duration::from_secs(60), || async {
+        let v = env.get("/v1/instances/gp").await?;
+        ensure!(v["pitr_ready"] == false, "{v}");
+        Ok(v)
+    })
+    .await?;
+    let reason = gap["pitr_reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("no transactions") && reason.contains("next full backup"),
+        "{gap}"
+    );
+    let events = env.events("gp").await?;
+    ensure!(
+        events.iter().any(|e| e["kind"] == "pitr_gap"),
+        "no pitr_gap event: {events:?}"
+    );
+    // A time after the gap cannot be restored to.
+    let mut spec = mofang_tests::scenario::spec("gp-late", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "gp",
+        "time": mofang_common::pitr::format_utc(now_s())});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("outside the point-in-time window"),
+        "{status} {v}"
+    );
+
+    // The next full backup closes it.
+    let b2 = request_backup(&env, "gp", json!({"repo": "main"})).await?;
+    let b2 = wait_backup(
+        &env,
+        b2["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(b2["state"] == "succeeded", "{b2}");
+    sql(&primary, "INSERT INTO app.g VALUES (9)")?;
+    let after = now_s() + 2;
+    sleep_until(after + 1).await;
+    sql(&primary, "INSERT INTO app.g VALUES (10)")?;
+    let ready = mofang_tests::eventually("ready again", Duration::from_secs(60), || async {
+        let v = env.get("/v1/instances/gp").await?;
+        let to = mofang_common::pitr::parse_utc(v["pitr_window"]["to"].as_str().unwrap_or(""))
+            .unwrap_or(0);
+        ensure!(v["pitr_ready"] == true && to >= after, "{v}");
+        Ok(v)
+    })
+    .await?;
+    eprintln!("after the gap: {}", ready["pitr_window"]);
+    let events = env.events("gp").await?;
+    ensure!(
+        events.iter().any(|e| e["kind"] == "pitr_ready"),
+        "no pitr_ready event: {events:?}"
+    );
+    let mut spec = mofang_tests::scenario::spec("gp-now", "mariadb", 0);
+    spec["restore"] =
+        json!({"from_instance": "gp", "time": mofang_common::pitr::format_utc(after)});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let restored = env.wait_instance_ready("gp-now").await?;
+    let member = Env::primary_member(&restored)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let rows = mofang_tests::eventually("restored rows", Duration::from_secs(60), || async {
+        sql(&member, "SELECT GROUP_CONCAT(id ORDER BY id) FROM app.g")
+    })
+    .await?;
+    ensure!(
+        rows == "1,2,3,4,5,6,7,8,9",
+        "restored after the gap: {rows}"
+    );
+    Ok(())
+}

@@ -15,6 +15,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+pub mod archive;
+pub mod binlog;
 pub mod restore;
 pub mod run;
 pub mod stream;

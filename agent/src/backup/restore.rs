@@ -20,11 +20,16 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The one-shot container's script (MariaDB): unpack, prepare, clear the old replication
-/// state, hand the files to the server's user.
+/// The one-shot container's script (MariaDB, bash): unpack, prepare, replay the archived
+/// binlogs a point-in-time restore brought (`.mofang-pitr/plan`: one file and the GTID its
+/// replay starts after per line, `-` for none; each replay stops at `MOFANG_PITR_STOP`, UTC),
+/// clear the old replication state, hand the files to the server's user. A replay that stops
+/// at the time before it reached its start GTID (`never reached expected GTID state`) had
+/// nothing to apply: the time falls before that file's first new transaction.
 const MARIADB_SCRIPT: &str = r#"set -e
+set -o pipefail
 cd /var/lib/mysql
-find . -mindepth 1 -delete
+find . -mindepth 1 -maxdepth 1 ! -name .mofang-pitr -exec rm -rf {} +
 mbstream -x
 mariadb-backup --prepare --target-dir=/var/lib/mysql
 mariadbd --no-defaults --user=root --datadir=/var/lib/mysql --skip-networking \
@@ -32,11 +37,31 @@ mariadbd --no-defaults --user=root --datadir=/var/lib/mysql --skip-networking \
 pid=$!
 ok=
 for i in $(seq 1 600); do
-  if mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'; then ok=1; break; fi
-  kill -0 $pid 2>/dev/null || break
+  if mariadb -S /tmp/restore.sock -e 'SELECT 1' >/dev/null 2>&1; then ok=1; break; fi
+  if ! kill -0 $pid 2>/dev/null; then break; fi
   sleep 0.2
 done
 if [ -z "$ok" ]; then cat /tmp/restore.err; kill $pid 2>/dev/null; exit 1; fi
+if [ -f .mofang-pitr/plan ]; then
+  export TZ=UTC
+  while read -r f after; do
+    args=()
+    if [ "$after" != "-" ]; then args+=("--start-position=$after"); fi
+    if [ -n "${MOFANG_PITR_STOP:-}" ]; then args+=("--stop-datetime=$MOFANG_PITR_STOP"); fi
+    if ! mariadb-binlog "${args[@]}" ".mofang-pitr/$f" 2>/tmp/binlog.err | mariadb -S /tmp/restore.sock 2>/tmp/replay.err; then
+      if [ -n "${MOFANG_PITR_STOP:-}" ] && grep -q "never reached expected GTID state" /tmp/binlog.err && [ ! -s /tmp/replay.err ]; then
+        echo "replay of $f: the time comes before its first new transaction"
+      else
+        echo "replay of binlog $f failed: $(tail -c 2000 /tmp/binlog.err) $(tail -c 2000 /tmp/replay.err)"
+        mariadb -S /tmp/restore.sock -e 'SHUTDOWN' || true
+        exit 1
+      fi
+    fi
+    echo "replayed binlog $f after ${after}"
+  done < .mofang-pitr/plan
+  rm -rf .mofang-pitr
+fi
+mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'
 mariadb -S /tmp/restore.sock -e 'SHUTDOWN'
 wait $pid || true
 rm -f /var/lib/mysql/xtrabackup_* /var/lib/mysql/mariadb_backup_*
@@ -140,16 +165,29 @@ pub async fn fill(
         uid,
         labels,
     } = to;
+    if src.engine == "mariadb" {
+        stage_binlogs(src, volume).await?;
+    }
     let input = verified_stream(src, progress)?;
     match src.engine.as_str() {
         "mariadb" => {
-            let script = format!("export MOFANG_UID={uid}\n{MARIADB_SCRIPT}");
+            if !src
+                .stop_datetime
+                .bytes()
+                .all(|c| c.is_ascii_digit() || b" :-".contains(&c))
+            {
+                return Err(format!("stop time {:?}", src.stop_datetime));
+            }
+            let script = format!(
+                "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\n{MARIADB_SCRIPT}",
+                src.stop_datetime
+            );
             let out = runtime
                 .run_once(
                     &OneShot {
                         name: format!("mofang-restore-{member}"),
                         image,
-                        cmd: vec!["sh".into(), "-c".into(), script],
+                        cmd: vec!["bash".into(), "-c".into(), script],
                         mounts: vec![Mount {
                             source: volume.to_owned(),
                             target: "/var/lib/mysql".into(),
@@ -175,6 +213,59 @@ pub async fn fill(
         "redis" => write_redis(input, volume, uid).await,
         other => Err(format!("no restore for engine {other:?}")),
     }
+}
+
+/// Directory of the volume where a point-in-time restore's binlogs wait for their replay.
+const PITR_DIR: &str = ".mofang-pitr";
+
+/// Point-in-time restore: the archived binlog files are read (sha256 and size checked),
+/// decompressed into `.mofang-pitr/` of the volume with the replay's plan; the one-shot
+/// container replays and removes them. Nothing when the restore brings no binlog.
+async fn stage_binlogs(src: &RestoreSource, volume: &Path) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let dir = volume.join(PITR_DIR);
+    let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
+    if dir.exists() {
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| io(&dir, e))?;
+    }
+    if src.binlogs.is_empty() {
+        return Ok(());
+    }
+    tokio::fs::create_dir(&dir).await.map_err(|e| io(&dir, e))?;
+    let mut plan = String::new();
+    for (k, b) in src.binlogs.iter().enumerate() {
+        if !b
+            .after
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c == b'-' || c == b',')
+        {
+            return Err(format!("binlog start position {:?}", b.after));
+        }
+        let one = RestoreSource {
+            object: b.object.clone(),
+            size: b.size,
+            sha256: b.sha256.clone(),
+            raw_size: 0,
+            binlogs: vec![],
+            ..src.clone()
+        };
+        let mut input = verified_stream(&one, Arc::new(|_, _| {}))?;
+        let name = format!("{k:06}.bin");
+        let path = dir.join(&name);
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| io(&path, e))?;
+        while let Some(chunk) = input.next().await {
+            f.write_all(&chunk?).await.map_err(|e| io(&path, e))?;
+        }
+        f.sync_all().await.map_err(|e| io(&path, e))?;
+        let after = if b.after.is_empty() { "-" } else { &b.after };
+        plan.push_str(&format!("{name} {after}\n"));
+    }
+    let p = dir.join("plan");
+    tokio::fs::write(&p, plan).await.map_err(|e| io(&p, e))
 }
 
 /// Writes the RDB as the base of a fresh multi-part append-only file
@@ -231,6 +322,8 @@ mod tests {
             size: stored.size,
             sha256: sha256.into(),
             raw_size: stored.source_bytes,
+            binlogs: vec![],
+            stop_datetime: String::new(),
         }
     }
 
@@ -293,5 +386,79 @@ mod tests {
             e.contains("backups/kv/b1/dump.rdb.zst") && e.contains("sha256"),
             "{e}"
         );
+    }
+
+    /// A point-in-time restore stages its binlog files (decompressed, in order) and the
+    /// replay's plan in the volume, replacing what a failed attempt left; a file whose sha256
+    /// is not the recorded one is refused naming it; a restore without binlogs stages nothing.
+    #[tokio::test]
+    async fn binlogs_are_staged_in_order_with_their_plan() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = RepoSpec::Fs {
+            path: repo_dir.path().to_string_lossy().into_owned(),
+        }
+        .open()
+        .unwrap();
+        let mut binlogs = Vec::new();
+        for (k, after) in [(1u8, "0-7-4"), (2, "")] {
+            let data = vec![k; 100_000];
+            let object = format!("binlogs/db/data/7-mysql-bin.00000{k}-1.zst");
+            let stored = super::super::stream::store(
+                &repo,
+                &object,
+                futures::stream::iter(vec![Ok::<_, String>(Bytes::from(data))]).boxed(),
+                Some(super::super::stream::Zstd {
+                    level: 3,
+                    threads: 0,
+                }),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+            binlogs.push(mofang_common::backup::RestoreBinlog {
+                object,
+                size: stored.size,
+                sha256: stored.sha256,
+                after: after.into(),
+            });
+        }
+        let stored = super::super::stream::Stored {
+            path: String::new(),
+            size: 0,
+            sha256: String::new(),
+            source_bytes: 0,
+        };
+        let mut src = source(repo_dir.path(), &stored, "");
+        src.engine = "mariadb".into();
+        src.binlogs = binlogs;
+        let vol = tempfile::tempdir().unwrap();
+        std::fs::create_dir(vol.path().join(PITR_DIR)).unwrap();
+        std::fs::write(vol.path().join(PITR_DIR).join("stale"), b"x").unwrap();
+        stage_binlogs(&src, vol.path()).await.unwrap();
+        let dir = vol.path().join(PITR_DIR);
+        assert_eq!(
+            std::fs::read(dir.join("000000.bin")).unwrap(),
+            vec![1u8; 100_000]
+        );
+        assert_eq!(
+            std::fs::read(dir.join("000001.bin")).unwrap(),
+            vec![2u8; 100_000]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("plan")).unwrap(),
+            "000000.bin 0-7-4\n000001.bin -\n"
+        );
+        assert!(!dir.join("stale").exists());
+
+        src.binlogs[1].sha256 = "0".repeat(64);
+        let e = stage_binlogs(&src, vol.path()).await.unwrap_err();
+        assert!(
+            e.contains("mysql-bin.000002") && e.contains("sha256"),
+            "{e}"
+        );
+
+        src.binlogs.clear();
+        stage_binlogs(&src, vol.path()).await.unwrap();
+        assert!(!dir.exists(), "nothing staged without binlogs");
     }
 }

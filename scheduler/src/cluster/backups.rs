@@ -217,6 +217,12 @@ impl Cluster {
         if let Err(e) = self.put_backup(&b).await {
             warn!(error = %e, "backup record not updated (final)");
         }
+        if b.state == BackupState::Succeeded {
+            // Its primary archives binlogs from this backup on, to its repository.
+            if let Err(e) = self.refresh_archives().await {
+                warn!(error = %e, "archive targets not refreshed");
+            }
+        }
         let (kind, message) = match b.state {
             BackupState::Succeeded => (
                 EventKind::BackupSucceeded,
@@ -276,8 +282,22 @@ impl Cluster {
         req: &crate::model::RestoreRequest,
     ) -> Result<crate::model::Restored> {
         let refuse = |m: String| Error::RestoreRefused(m);
-        let b = match &req.backup {
-            Some(id) => {
+        let mut pitr = None;
+        let b = match (&req.backup, &req.time) {
+            (named, Some(time)) => {
+                if spec.engine != mofang_common::EngineKind::Mariadb {
+                    return Err(refuse(format!(
+                        "a restore to a time needs MariaDB; the new instance is {}",
+                        spec.engine
+                    )));
+                }
+                let (b, files, at) = self
+                    .plan_pitr(&req.from_instance, named.as_deref(), time)
+                    .await?;
+                pitr = Some((files, mofang_common::pitr::format_utc(at)));
+                b
+            }
+            (Some(id), None) => {
                 let b = self.backup(id).await.map_err(|e| match e {
                     Error::NotFound(_) => refuse(format!("backup {id} not found")),
                     other => other,
@@ -293,7 +313,7 @@ impl Cluster {
                 }
                 b
             }
-            None => self
+            (None, None) => self
                 .all_backups()
                 .await?
                 .into_iter()
@@ -376,11 +396,13 @@ impl Cluster {
             size: object.size,
             sha256: object.sha256.clone(),
             raw_size: object.raw_size,
+            time: pitr.as_ref().map(|(_, t)| t.clone()),
+            binlogs: pitr.map(|(f, _)| f).unwrap_or_default(),
         })
     }
 
     /// Every backup record.
-    async fn all_backups(&self) -> Result<Vec<Backup>> {
+    pub(super) async fn all_backups(&self) -> Result<Vec<Backup>> {
         self.store
             .meta_with_prefix(PREFIX)
             .await?
@@ -773,6 +795,7 @@ mod tests {
         let ask = |backup: Option<&str>| RestoreRequest {
             from_instance: "old".into(),
             backup: backup.map(str::to_owned),
+            time: None,
         };
         let latest = c.check_restore(&spec, &ask(None)).await.expect("latest");
         assert_eq!(latest.backup, "old-2", "the latest succeeded");
@@ -796,7 +819,8 @@ mod tests {
                 &other,
                 &RestoreRequest {
                     from_instance: "nobody".into(),
-                    backup: None
+                    backup: None,
+                    time: None,
                 }
             )
             .await

@@ -63,6 +63,13 @@ fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
         size: r.size,
         sha256: r.sha256.clone(),
         raw_size: r.raw_size,
+        binlogs: r.binlogs.clone(),
+        stop_datetime: r
+            .time
+            .as_deref()
+            .and_then(|t| mofang_common::pitr::parse_utc(t).ok())
+            .map(mofang_common::pitr::format_sql_utc)
+            .unwrap_or_default(),
     };
     serde_json::to_string(&src).unwrap_or_default()
 }
@@ -119,6 +126,11 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     rebuild_generation: i.rebuild_generations.get(&m.id).copied().unwrap_or(0),
                     restore: if m.role == Role::Primary {
                         restore_source(inner, i)
+                    } else {
+                        String::new()
+                    },
+                    archive: if m.role == Role::Primary {
+                        Cluster::archive_target(inner, i)
                     } else {
                         String::new()
                     },

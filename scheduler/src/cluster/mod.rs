@@ -18,6 +18,7 @@ mod identity;
 mod jobs;
 mod observed;
 mod operations;
+mod pitr;
 mod records;
 mod repos;
 mod rotation;
@@ -28,6 +29,7 @@ mod views;
 pub use endpoints::Registered;
 pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
+pub use pitr::PitrWindow;
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
@@ -167,6 +169,14 @@ struct Inner {
     backups_running: BTreeMap<String, String>,
     /// Backup repositories by name (with their secret), for restored primaries' assignments.
     repos: BTreeMap<String, mofang_common::repo::RepoSpec>,
+    /// Where each instance's primary archives its binlogs (its latest full backup).
+    archives: BTreeMap<String, pitr::ArchiveFrom>,
+    /// `[backup] archive_interval_s` (0: the default, 60).
+    archive_interval_s: u64,
+    /// Each archiving instance's archive as last refreshed.
+    pitr: BTreeMap<String, pitr::PitrSeen>,
+    /// Archived binlog indexes read so far, by `<repo>/<path>` (they never change).
+    binlog_indexes: HashMap<String, mofang_common::pitr::BinlogIndex>,
 }
 
 /// The cluster: one per scheduler process.

@@ -149,8 +149,18 @@ impl Cluster {
             None,
             match &restored {
                 Some(r) => format!(
-                    "{} {} with {} replicas, restored from backup {}",
-                    spec.engine, spec.version, spec.replicas, r.backup
+                    "{} {} with {} replicas, restored from backup {}{}",
+                    spec.engine,
+                    spec.version,
+                    spec.replicas,
+                    r.backup,
+                    match &r.time {
+                        Some(t) => format!(
+                            " to {t} ({} archived binlog files replayed)",
+                            r.binlogs.len()
+                        ),
+                        None => String::new(),
+                    }
                 ),
                 None => format!(
                     "{} {} with {} replicas",

@@ -69,6 +69,17 @@ pub struct InstanceView {
     pub restored_from: Option<String>,
     /// A credential rotation under way, if any.
     pub rotation: Option<super::RotationView>,
+    /// MariaDB with a full backup: whether the binlog archive continues its latest full
+    /// backup without a gap (false: `pitr_reason` says where the gap is; the next full backup
+    /// closes it). Absent: no archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_ready: Option<bool>,
+    /// Why it is not ready, or has no window yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_reason: Option<String>,
+    /// The range of times it can be restored to (`restore.time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_window: Option<super::PitrWindow>,
 }
 
 /// A node as the API shows it.
@@ -198,6 +209,7 @@ impl Cluster {
             .find(|(r, _)| r.role == Role::Primary)
             .map(|(_, v)| v.address.clone())
             .unwrap_or_default();
+        let (pitr_ready, pitr_reason, pitr_window) = Cluster::pitr_view(inner, &i.spec.name);
         InstanceView {
             name: i.spec.name.clone(),
             engine: i.spec.engine.to_string(),
@@ -222,6 +234,9 @@ impl Cluster {
             restored_from: i.restored.as_ref().map(|r| r.backup.clone()),
             last_failover_ms: i.last_failover_ms,
             rotation: self.rotation_view(inner, i),
+            pitr_ready,
+            pitr_reason,
+            pitr_window,
         }
     }
 }
