@@ -628,6 +628,15 @@ impl Env {
 }
 
 /// `docker` CLI, failing with its stderr.
+/// `docker unpause`; a container that is no longer paused is fine: its agent kills a
+/// deposed primary that stays silent (decision 74), and restarts it.
+pub fn unpause(container: &str) -> Result<()> {
+    match docker_cli(&["unpause", container]) {
+        Err(e) if e.to_string().contains("is not paused") => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 pub fn docker_cli(args: &[&str]) -> Result<String> {
     let out = std::process::Command::new("docker").args(args).output()?;
     if !out.status.success() {

@@ -69,7 +69,7 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     let detected = killed_at.elapsed();
     if fault == "pause" {
         // The frozen old primary wakes up as a replica of the new one.
-        docker_cli(&["unpause", &container_of(&old_id)])?;
+        mofang_tests::scenario::unpause(&container_of(&old_id))?;
     }
     let acked_before = writer.acked();
     writer

@@ -60,11 +60,15 @@ pub(super) async fn ping(
     };
     if let Err(e) = m.engine.ping(&target, &cfg.secrets).await {
         memo.ping_failures += 1;
+        let failed = memo.failed_checks(&container.id);
+        if super::container::kill_if_deposed(m, st, container, failed, memo).await? {
+            return Ok(Step::Stop(Action::Requeue(Duration::from_millis(100))));
+        }
         // Its last position is kept: a replica that does not answer still holds what it
         // received, and the scheduler compares positions when it picks a new primary.
         let mut s = status_keeping_last(sh, a, st, container);
         s.address = address;
-        s.failed_checks = memo.failed_checks(&container.id);
+        s.failed_checks = failed;
         s.reason = format!("not answering ({} checks): {e}", memo.ping_failures);
         sh.set_status(s);
         return Ok(Step::Stop(Action::Requeue(Duration::from_millis(250))));

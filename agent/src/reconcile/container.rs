@@ -177,6 +177,8 @@ pub(super) async fn running(
             // Stopped with its instance, which is started again: not a death.
             info!(member, "starting the member: its instance is started");
             sh.runtime.start(&container.id).await?;
+            memo.answered_in = None;
+            memo.ping_failures = 0;
             st.stopped = false;
             sh.state.save_member(member, st)?;
             Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
@@ -227,7 +229,9 @@ pub(super) async fn running(
             }
             let now = now_ms();
             st.crash_restarts_ms.retain(|t| now - t < CRASH_WINDOW_MS);
-            st.crash_restarts_ms.push(now);
+            if memo.killed_deposed.as_deref() != Some(container.id.as_str()) {
+                st.crash_restarts_ms.push(now);
+            }
             // The agent is the supervisor (restart policy `no`): bring it back on the same
             // container and volume, with the data it had.
             warn!(
@@ -237,6 +241,10 @@ pub(super) async fn running(
                 "member container is not running, starting it again"
             );
             sh.runtime.start(&container.id).await?;
+            // Booting again in the same container: silence is no failed check until the
+            // server has answered (else a silent deposed primary's restart is killed again).
+            memo.answered_in = None;
+            memo.ping_failures = 0;
             st.restarts += 1;
             sh.state.save_member(member, st)?;
             Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
@@ -245,13 +253,41 @@ pub(super) async fn running(
             // Paused, restarting, dead: the database does not answer; it counts as a
             // failed check like an unanswered ping.
             memo.ping_failures += 1;
+            let failed = memo.failed_checks(&container.id);
+            if kill_if_deposed(m, st, &container, failed, memo).await? {
+                return Ok(Step::Stop(Action::Requeue(Duration::from_millis(100))));
+            }
             let mut s = status_keeping_last(sh, a, st, &container);
-            s.failed_checks = memo.failed_checks(&container.id);
+            s.failed_checks = failed;
             s.reason = format!("container {other:?} ({} checks)", memo.ping_failures);
             sh.set_status(s);
             Ok(Step::Stop(Action::Requeue(Duration::from_millis(250))))
         }
     }
+}
+
+/// Kills a deposed primary that stopped answering ([`decide::kill_deposed`]); true when it
+/// did. Its exit is then not counted as a crash.
+pub(super) async fn kill_if_deposed(
+    m: &Member<'_>,
+    st: &MemberState,
+    container: &ContainerInfo,
+    failed_checks: u32,
+    memo: &mut WorkerMemo,
+) -> Result<bool> {
+    if !decide::kill_deposed(m.role, m.a.epoch, st, failed_checks) {
+        return Ok(false);
+    }
+    warn!(
+        member = m.name(),
+        epoch = m.a.epoch,
+        failed_checks,
+        "deposed primary does not answer: killed, so its clients are cut at once and it can \
+         acknowledge nothing when it wakes; it restarts as a replica"
+    );
+    m.sh.runtime.kill(&container.id, "KILL").await?;
+    memo.killed_deposed = Some(container.id.clone());
+    Ok(true)
 }
 
 /// Rebuilds a diverged replica: container and volume go, a fresh one is seeded next pass.

@@ -113,6 +113,26 @@ pub fn newly_held(
         && st.held_at_epoch.is_none()
 }
 
+/// Silent checks after which a deposed primary is killed ([`kill_deposed`]): with passes
+/// requeued every 250 ms while it is silent, about half a second after the new epoch.
+pub const DEPOSED_SILENT_CHECKS: u32 = 2;
+
+/// A deposed primary that does not answer is killed (decision 74): its role was primary at an
+/// older epoch, the scheduler now wants it a replica, and it has failed `failed_checks`
+/// checks in this container (a frozen or hung server; one that answers is fenced instead).
+/// Killing it cuts its clients at once (their requests fail and they reconnect to the new
+/// primary, instead of waiting on a frozen server until their own timeout), and a process
+/// that is gone cannot wake later and acknowledge a write on semi-sync's timeout. It
+/// restarts as a replica, and its crash recovery as a replica drops what no replica
+/// acknowledged. Safe for the data: the failover is decided and written before any agent
+/// hears of the new epoch.
+pub fn kill_deposed(role: &DesiredRole, epoch: u64, st: &MemberState, failed_checks: u32) -> bool {
+    role.role() == Role::Replica
+        && st.applied_role == Role::Primary.as_str()
+        && st.applied_epoch < epoch
+        && failed_checks >= DEPOSED_SILENT_CHECKS
+}
+
 /// Decides about a container that is not running, once [`newly_held`] is recorded in `st`.
 /// A held primary stays down while the scheduler can decide (`lease_valid`); without one
 /// nobody can, so it is restarted, and the role step keeps it read-only until a newer epoch.
@@ -534,5 +554,37 @@ mod tests {
         }
         let app = RotationOrder::parse(&app).expect("app");
         assert!(!app.repoint_replication(&MemberState::default()));
+    }
+
+    #[test]
+    fn only_a_silent_deposed_primary_is_killed() {
+        let replica = DesiredRole::Replica { primary: None };
+        let primary = DesiredRole::Primary {
+            fence: false,
+            promote_after: None,
+        };
+        let was = |role: &str, epoch| MemberState {
+            applied_role: role.into(),
+            applied_epoch: epoch,
+            ..MemberState::default()
+        };
+        let n = DEPOSED_SILENT_CHECKS;
+        assert!(kill_deposed(&replica, 4, &was("primary", 3), n));
+        assert!(
+            !kill_deposed(&replica, 4, &was("primary", 3), n - 1),
+            "not silent enough"
+        );
+        assert!(
+            !kill_deposed(&primary, 3, &was("primary", 3), n + 5),
+            "still the primary"
+        );
+        assert!(
+            !kill_deposed(&replica, 4, &was("replica", 3), n + 5),
+            "a replica is not deposed"
+        );
+        assert!(
+            !kill_deposed(&replica, 4, &was("primary", 4), n + 5),
+            "the role step already ran"
+        );
     }
 }

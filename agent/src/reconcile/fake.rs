@@ -114,6 +114,12 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn kill(&self, id: &str, signal: &str) -> runtime::Result<()> {
         self.record(format!("kill {id} {signal}"));
+        if signal == "KILL" {
+            if let Some(c) = lock(&self.containers).get_mut(id) {
+                c.state = ContainerState::Exited;
+                c.exit_code = Some(137);
+            }
+        }
         Ok(())
     }
 

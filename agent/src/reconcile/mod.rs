@@ -135,6 +135,8 @@ struct WorkerMemo {
     last_lag: Option<i64>,
     /// The credential rotation step this pass carried out (`<id>:<step>`), for its report.
     rotated: Option<String>,
+    /// The container the agent killed as a silent deposed primary: its exit is no crash.
+    killed_deposed: Option<String>,
 }
 
 impl WorkerMemo {
@@ -196,10 +198,69 @@ mod tests {
     //! epochs, fences. The same paths against real Docker and databases are in
     //! `tests/tests/{agent,failover}.rs`.
 
-    use super::fake::{assignment, rig};
+    use super::fake::{assignment, rig, Rig};
     use super::MAX_CRASH_RESTARTS;
     use crate::runtime::ContainerState;
     use std::time::Duration;
+
+    /// The server answers (true) or not.
+    fn answering(r: &Rig, yes: bool) {
+        if let Ok(mut db) = r.db.0.lock() {
+            db.answering = yes;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frozen_deposed_primary_is_killed_and_rejoins_with_no_crash_counted() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.rt.take_calls();
+        r.db.take_calls();
+
+        // Frozen while it is the primary of its epoch: silent, reported, never killed (the
+        // scheduler decides whether to fail over).
+        r.rt.set_state(ContainerState::Paused, None);
+        for _ in 0..4 {
+            let s = r.pass(&assignment("primary", 3, "")).await;
+            assert!(!s.healthy && s.failed_checks > 0, "{s:?}");
+        }
+        assert!(
+            r.rt.take_calls().is_empty(),
+            "the epoch's primary is never killed"
+        );
+
+        // Deposed (a replica at epoch 4) and still silent: killed at once.
+        r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert_eq!(r.rt.take_calls(), ["kill c1 KILL"]);
+        // Started again as a replica, fenced before it follows; not a crash.
+        let s = r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+        assert_eq!(r.db.take_calls(), ["fence", "replicate_from 10.0.0.9:3306"]);
+        assert!(s.healthy && s.role == "replica" && s.epoch == 4, "{s:?}");
+        assert_eq!((s.restarts, s.crash_restarts), (1, 0), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hung_deposed_primary_is_killed_but_a_starting_one_is_not() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        r.pass(&assignment("primary", 3, "")).await;
+        r.rt.take_calls();
+        answering(&r, false);
+        r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert!(
+            r.rt.take_calls().is_empty(),
+            "one silent check is not enough"
+        );
+        r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        assert_eq!(r.rt.take_calls(), ["kill c1 KILL"]);
+        // Restarted; silent while it boots: no failed check, so never killed again.
+        for _ in 0..4 {
+            r.pass(&assignment("replica", 4, "10.0.0.9:3306")).await;
+        }
+        assert_eq!(r.rt.take_calls(), ["start c1"]);
+    }
 
     #[tokio::test]
     async fn a_dead_primary_is_held_until_a_newer_epoch_then_rejoins_fenced_first() {

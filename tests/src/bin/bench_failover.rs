@@ -452,7 +452,7 @@ async fn mofang_round(
             env.links[agent].heal();
         }
         Fault::Pause => {
-            docker_cli(&["unpause", &container])?;
+            mofang_tests::scenario::unpause(&container)?;
         }
         Fault::AgentKill => env.agents[agent].restart()?,
         _ => {}
