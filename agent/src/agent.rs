@@ -224,6 +224,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         lease_ttl: cfg.lease_ttl(),
         consul: cfg.consul.clone(),
         tls: crate::tls::LinkTls::from_config(&cfg),
+        current: shared.scheduler.clone(),
     };
     if cfg.tls.disable {
         warn!(

@@ -105,6 +105,46 @@ pub struct LinkConfig {
     pub consul: Option<String>,
     /// Mutual TLS (certificate files, server name, join token); `None`: plain gRPC.
     pub tls: Option<crate::tls::LinkTls>,
+    /// Where the session's client is published for the agent's other calls.
+    pub current: Current,
+}
+
+/// The client of the link's current session with the leading scheduler, published for the
+/// agent's calls outside the link (a member's certificate, `SignMemberCertificate`); None
+/// between sessions.
+#[derive(Clone, Default)]
+pub struct Current(Arc<std::sync::Mutex<Option<AgentControlClient<Channel>>>>);
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Current")
+    }
+}
+
+impl Current {
+    /// The current session's client, if a session is up.
+    pub fn get(&self) -> Option<AgentControlClient<Channel>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, client: Option<AgentControlClient<Channel>>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+    }
+}
+
+/// Clears the published client when a session ends, however it ends.
+struct Published<'a>(&'a Current);
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 impl LinkConfig {
@@ -117,6 +157,7 @@ impl LinkConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             consul: None,
             tls: None,
+            current: Current::default(),
         }
     }
 
@@ -442,6 +483,8 @@ async fn session(
         "registered with the scheduler"
     );
 
+    cfg.current.set(Some(client.clone()));
+    let _published = Published(&cfg.current);
     tokio::select! {
         r = heartbeats(client.clone(), cfg, source, desired, lease) => r,
         r = follow_assignments(client, cfg, desired) => r,

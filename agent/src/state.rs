@@ -178,6 +178,35 @@ fn config_aad(member: &str) -> String {
     format!("mofang-agent/config/{member}")
 }
 
+fn tls_aad(member: &str) -> String {
+    format!("mofang-agent/tls/{member}")
+}
+
+/// A member's TLS material as kept (sealed: it holds the member's private key): the key made
+/// here, the certificate the cluster CA signed for it, the CA, and the names it was asked for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberTlsState {
+    /// The member's private key, PEM.
+    pub key_pem: String,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The names the certificate carries besides the member id.
+    pub names: Vec<String>,
+    /// When it expires, unix seconds.
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for MemberTlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberTlsState")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
 /// True if the file starts like a sealed value.
 fn is_sealed_file(p: &Path) -> bool {
     std::fs::read(p)
@@ -481,6 +510,32 @@ impl LocalState {
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// A member's TLS material, if it has some (`members/<member>/tls.sealed`).
+    pub fn member_tls(&self, member: &str) -> Result<Option<MemberTlsState>> {
+        let p = self.member_dir(member).join("tls.sealed");
+        match self.read_sealed(&p, &tls_aad(member))? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    path: p,
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Keeps a member's TLS material, sealed.
+    pub fn save_member_tls(&self, member: &str, t: &MemberTlsState) -> Result<()> {
+        let dir = self.member_dir(member);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let p = dir.join("tls.sealed");
+        let b = serde_json::to_vec(t).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        self.write_sealed(&p, &tls_aad(member), &b)
     }
 
     /// Forgets a member (after its container and volume are gone).

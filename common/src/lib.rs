@@ -17,7 +17,7 @@ pub mod spec;
 pub mod tls;
 
 pub use ids::{Epoch, InstanceName, MemberId, NodeId};
-pub use spec::{EngineKind, ObservedRole, Resources, Role};
+pub use spec::{DbTls, EngineKind, ObservedRole, Resources, Role};
 
 /// gRPC metadata key a follower scheduler sets on its `Unavailable` answer: the call reached
 /// a scheduler that answers but does not lead (an election is under way, or the agent dialed a

@@ -59,6 +59,56 @@ impl fmt::Display for EngineKind {
     }
 }
 
+/// Database traffic TLS of an instance (issue 15 point 7; docs/security.md): `off` (plain
+/// text only, the default), `optional` (TLS offered beside plain text; MariaDB only, since a
+/// Redis port speaks one or the other) or `required` (plain text refused). With `optional` or
+/// `required` every member has a server certificate of the cluster CA and replication runs
+/// over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DbTls {
+    /// Plain text only.
+    #[default]
+    Off,
+    /// TLS offered, plain text accepted.
+    Optional,
+    /// TLS only.
+    Required,
+}
+
+impl DbTls {
+    /// `off`, `optional` or `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbTls::Off => "off",
+            DbTls::Optional => "optional",
+            DbTls::Required => "required",
+        }
+    }
+
+    /// From `off` / `optional` / `required`; the empty string (an assignment of an older
+    /// scheduler) is `off`; None for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "off" => Some(DbTls::Off),
+            "optional" => Some(DbTls::Optional),
+            "required" => Some(DbTls::Required),
+            _ => None,
+        }
+    }
+
+    /// Members have certificates and replicate over TLS.
+    pub fn is_on(self) -> bool {
+        self != DbTls::Off
+    }
+}
+
+impl fmt::Display for DbTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The role of a member in its instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

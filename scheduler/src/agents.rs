@@ -4,15 +4,16 @@
 //! names (`tls::authz`); a refusal is answered `Unauthenticated` / `PermissionDenied` and
 //! recorded as an `agent_refused` event and an audit entry with the peer address.
 
-use crate::cluster::{Cluster, JoinRefusal};
+use crate::cluster::{Cluster, JoinRefusal, MemberCertRefusal};
 use crate::model::{now_ms, AuditEntry, DiskInfo, EventKind, Node, NodeAdmin};
 use crate::tls::authz::{authorize, Caller, Refusal};
 use crate::tls::Tls;
 use futures::Stream;
 use mofang_common::proto::agent_control_server::AgentControl;
 use mofang_common::proto::{
-    DesiredState, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, RegisterRequest,
-    RegisterResponse, WatchRequest,
+    DesiredState, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
+    MemberCertificateRequest, MemberCertificateResponse, RegisterRequest, RegisterResponse,
+    WatchRequest,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -359,5 +360,44 @@ impl AgentControl for AgentService {
                 })
             }
         }
+    }
+
+    async fn sign_member_certificate(
+        &self,
+        req: Request<MemberCertificateRequest>,
+    ) -> Result<Response<MemberCertificateResponse>, Status> {
+        self.leading()?;
+        let node = req.get_ref().node.clone();
+        self.check(&req, "SignMemberCertificate", &node).await?;
+        let r = req.into_inner();
+        let Some(tls) = &self.tls else {
+            return Err(Status::failed_precondition(
+                "TLS is disabled on this scheduler: it signs no member certificate",
+            ));
+        };
+        let material = tls.current();
+        let Some(ca) = material.ca.clone() else {
+            return Err(Status::failed_precondition(
+                "this scheduler holds no CA key (tls.ca_key_file): it cannot sign member \
+                 certificates",
+            ));
+        };
+        let names = self
+            .cluster
+            .member_cert_names(&r.node, &r.member, &r.names)
+            .map_err(|refusal| match refusal {
+                MemberCertRefusal::NotOnNode { .. } => {
+                    Status::permission_denied(refusal.to_string())
+                }
+                _ => Status::failed_precondition(refusal.to_string()),
+            })?;
+        let cert_pem = ca
+            .sign_member_csr(&r.csr_pem, &r.member, &names, self.join_cert_days)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(node = %r.node, member = %r.member, names = ?names, "member certificate signed");
+        Ok(Response::new(MemberCertificateResponse {
+            cert_pem,
+            ca_pem: material.ca_pem.clone(),
+        }))
     }
 }

@@ -277,6 +277,19 @@ async fn create_instance(
     need(&id, TokenRole::Operator)?;
     let spec: InstanceSpec = parse_body(body)?;
     let name = spec.name.clone();
+    // Members' certificates are signed by this scheduler's CA (SignMemberCertificate).
+    let can_sign = api.tls.as_ref().is_some_and(|t| t.current().ca.is_some());
+    if spec.tls.is_on() && !can_sign {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tls_unavailable",
+            format!(
+                "tls: {} needs the scheduler to sign the members' certificates, and it holds \
+                 no CA key (tls.ca_key_file; TLS must not be disabled)",
+                spec.tls
+            ),
+        ));
+    }
     api.cluster.create_instance(spec).await?;
     let view = api.cluster.instance(&name).ok_or_else(|| {
         ApiError::new(
@@ -557,20 +570,45 @@ async fn delete_instance(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/instances/{name}/credentials", params(("name" = String, Path)), responses((status = 200, body = Credentials), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// An instance's credentials, and the CA its members' certificates chain to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialsView {
+    /// The passwords.
+    #[serde(flatten)]
+    pub credentials: Credentials,
+    /// The instance's database traffic TLS: `off`, `optional` or `required`.
+    pub tls: String,
+    /// With TLS on: the cluster CA (PEM) that signs the members' certificates. A client
+    /// verifies a member's certificate against it with the member's address as the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/instances/{name}/credentials", params(("name" = String, Path)), responses((status = 200, body = CredentialsView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn credentials(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Credentials>> {
+) -> ApiResult<Json<CredentialsView>> {
     need(&id, TokenRole::Admin)?;
-    api.cluster.credentials(&name).map(Json).ok_or_else(|| {
+    let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("instance {name} not found"),
         )
-    })
+    };
+    let credentials = api.cluster.credentials(&name).ok_or_else(not_found)?;
+    let tls = api.cluster.instance(&name).ok_or_else(not_found)?.spec.tls;
+    let ca_pem = tls
+        .is_on()
+        .then(|| api.tls.as_ref().map(|t| t.current().ca_pem.clone()))
+        .flatten();
+    Ok(Json(CredentialsView {
+        credentials,
+        tls: tls.to_string(),
+        ca_pem,
+    }))
 }
 
 /// An account whose password `POST /v1/instances/{name}/credentials/rotate` changes.
@@ -1148,7 +1186,7 @@ async fn cancel_batch(
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
-        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, Deleted, Event, AuditEntry,
+        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
         RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,

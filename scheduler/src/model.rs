@@ -145,6 +145,13 @@ pub struct InstanceSpec {
     /// Create it from a backup ([`RestoreRequest`]): its primary's data is the backup's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreRequest>,
+    /// Database traffic TLS: `off` (default: plain text), `optional` (TLS offered beside
+    /// plain text; MariaDB only) or `required` (plain text refused). With TLS each member
+    /// serves a certificate of the cluster CA naming its address, and replication is
+    /// encrypted and verified (docs/security.md).
+    #[serde(default)]
+    #[schema(value_type = String, example = "required")]
+    pub tls: mofang_common::DbTls,
 }
 
 /// `restore` of a create request: restore a backup of `from_instance` (which may have been

@@ -577,6 +577,7 @@ mod tests {
             placement: None,
             labels: Default::default(),
             restore: None,
+            tls: Default::default(),
         }
     }
 

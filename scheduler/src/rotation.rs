@@ -176,6 +176,7 @@ mod tests {
             placement: None,
             labels: Default::default(),
             restore: None,
+            tls: Default::default(),
         };
         let members = ["orders-0", "orders-1", "orders-2"]
             .iter()

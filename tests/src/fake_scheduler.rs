@@ -269,4 +269,13 @@ impl AgentControl for Service {
             "the fake scheduler speaks plain gRPC: no joins",
         ))
     }
+
+    async fn sign_member_certificate(
+        &self,
+        _request: Request<mofang_common::proto::MemberCertificateRequest>,
+    ) -> Result<Response<mofang_common::proto::MemberCertificateResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake scheduler holds no CA: no member certificates",
+        ))
+    }
 }

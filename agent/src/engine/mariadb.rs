@@ -41,8 +41,50 @@ async fn connect(at: &Target, secrets: &Secrets) -> Result<Conn> {
         .tcp_port(at.port)
         .user(Some("mofang_admin"))
         .pass(Some(secrets.admin.clone()))
-        .prefer_socket(false);
+        .prefer_socket(false)
+        .ssl_opts(at.tls.as_ref().map(ssl_opts));
     Conn::new(opts).await.map_err(|e| err(at, e))
+}
+
+/// TLS to a member: only the cluster CA is trusted (no bundled public roots) and the
+/// certificate must name the member (`ClientTls::server_name`), whatever address is dialed.
+pub fn ssl_opts(t: &super::ClientTls) -> mysql_async::SslOpts {
+    mysql_async::SslOpts::default()
+        .with_root_certs(vec![t.ca_pem.as_bytes().to_vec().into()])
+        .with_disable_built_in_roots(true)
+        .with_danger_tls_hostname_override(Some(t.server_name.clone()))
+}
+
+/// The `[mysqld]` lines of a member with TLS: its certificate, key and CA, and with
+/// `required` no plain-text TCP session (the local socket stays open to tools in the
+/// container, https://mariadb.com/kb/en/server-system-variables/#require_secure_transport).
+fn tls_lines(tls: Option<&super::MemberTls>) -> String {
+    let Some(t) = tls else {
+        return String::new();
+    };
+    let mut out = format!(
+        "ssl_cert = {}\nssl_key = {}\nssl_ca = {}\n",
+        super::TLS_CERT,
+        super::TLS_KEY,
+        super::TLS_CA
+    );
+    if t.mode == mofang_common::DbTls::Required {
+        out.push_str("require_secure_transport = ON\n");
+    }
+    out
+}
+
+/// The TLS part of `CHANGE MASTER`: replication over TLS, the primary's certificate verified
+/// against the cluster CA and its address (`MASTER_HOST`), when the instance has TLS.
+fn master_ssl(tls: bool) -> String {
+    if tls {
+        format!(
+            ", MASTER_SSL = 1, MASTER_SSL_CA = {}, MASTER_SSL_VERIFY_SERVER_CERT = 1",
+            lit(super::TLS_CA)
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Milliseconds per named step since the previous one, for a debug log line.
@@ -227,8 +269,10 @@ impl Engine for MariaDb {
              rpl_semi_sync_slave_enabled = ON\n\
              init_rpl_role = {rpl_role}\n\
              init_file = /etc/mofang/init.sql\n\
+             {tls}\
              [client]\n\
              socket = /run/mysqld/mysqld.sock\n",
+            tls = tls_lines(m.tls.as_ref()),
             member = m.member,
             port = m.port,
             server_id = super::server_id(&m.member),
@@ -256,7 +300,7 @@ impl Engine for MariaDb {
             monitor = id(Account::Monitor),
             app = id(Account::App),
         );
-        vec![
+        let mut files = vec![
             ConfigFile {
                 name: "my.cnf",
                 contents: cnf,
@@ -270,7 +314,9 @@ impl Engine for MariaDb {
                 name: "client.cnf",
                 contents: format!("[client]\nuser = mofang_admin\npassword = {}\n", s.admin),
             },
-        ]
+        ];
+        files.extend(m.tls.iter().flat_map(super::MemberTls::files));
+        files
     }
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
@@ -458,9 +504,11 @@ impl Engine for MariaDb {
                 .await
                 .map_err(|e| err(at, e))?;
             if let Some(row) = Self::slave_status(&mut c, at).await? {
+                let ssl = get_str(&row, "Master_SSL_Allowed").as_deref() == Some("Yes");
                 let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
                     && get_str(&row, "Master_Port") == Some(primary.port.to_string())
-                    && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos");
+                    && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos")
+                    && ssl == at.tls.is_some();
                 if same {
                     // Already pointed right; restart only stopped threads (after a crash).
                     if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
@@ -485,10 +533,11 @@ impl Engine for MariaDb {
             c.query_drop(format!(
                 "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
                  MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 0.5",
+                 MASTER_HEARTBEAT_PERIOD = 0.5{}",
                 lit(&primary.host),
                 primary.port,
-                lit(&s.repl)
+                lit(&s.repl),
+                master_ssl(at.tls.is_some()),
             ))
             .await
             .map_err(|e| err(at, e))?;
@@ -596,17 +645,38 @@ impl Engine for MariaDb {
         .await
     }
 
-    fn seed_script(&self, primary: &Target, local_port: u16) -> Option<String> {
+    async fn reload_tls(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.query_drop("FLUSH SSL").await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    fn seed_script(&self, primary: &Target, local: &Target) -> Option<String> {
         // A consistent snapshot of the application schemas (InnoDB, one transaction) with
         // the GTID position it is at; restored without binlogging (no errant GTIDs here).
-        // Accounts are per member (init.sql) and never copied.
+        // Accounts are per member (init.sql) and never copied. With TLS the copy from the
+        // primary is encrypted and the primary's certificate verified against the cluster CA
+        // and its address; the local server is reached over its socket.
+        let (remote_tls, local_at) = if local.tls.is_some() {
+            (
+                format!(" --ssl --ssl-ca={} --ssl-verify-server-cert", super::TLS_CA),
+                "--protocol=socket --socket=/run/mysqld/mysqld.sock".to_owned(),
+            )
+        } else {
+            (String::new(), format!("-h 127.0.0.1 -P {}", local.port))
+        };
         Some(format!(
             "set -euo pipefail\n\
              opts=--defaults-extra-file=/etc/mofang/client.cnf\n\
-             dbs=$(mariadb $opts -h {host} -P {port} -N -B -e \"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN ('mysql','information_schema','performance_schema','sys')\")\n\
-             mariadb-dump $opts -h {host} -P {port} --single-transaction --gtid --master-data=1 \
+             remote=\"-h {host} -P {port}{remote_tls}\"\n\
+             dbs=$(mariadb $opts $remote -N -B -e \"SELECT schema_name FROM information_schema.schemata WHERE schema_name NOT IN ('mysql','information_schema','performance_schema','sys')\")\n\
+             mariadb-dump $opts $remote --single-transaction --gtid --master-data=1 \
                --routines --events --triggers --hex-blob --databases $dbs \
-             | mariadb $opts -h 127.0.0.1 -P {local_port} --init-command='SET SESSION sql_log_bin=0'\n",
+             | mariadb $opts {local_at} --init-command='SET SESSION sql_log_bin=0'\n",
             host = primary.host,
             port = primary.port,
         ))
@@ -683,5 +753,84 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.contains("*F2ED0116D28BAF2D2C9BE5A64C29D2240BD30010"));
         assert!(native_hashes("CREATE USER `u`@`%`").is_empty());
+    }
+
+    fn member(tls: Option<mofang_common::DbTls>) -> MemberConfig {
+        MemberConfig {
+            member: "shop-1".into(),
+            port: 3306,
+            announce: Target {
+                host: "10.1.0.5".into(),
+                port: 3306,
+                tls: None,
+            },
+            memory_bytes: 512 << 20,
+            replica_of: None,
+            settings: BTreeMap::new(),
+            also_accepted: None,
+            tls: tls.map(|mode| crate::engine::MemberTls {
+                mode,
+                cert_pem: "CERT".into(),
+                key_pem: "KEY".into(),
+                ca_pem: "CA".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn tls_renders_the_certificate_files_and_required_refuses_plain_text() {
+        use mofang_common::DbTls;
+        let s = Secrets::generate();
+        let files = MariaDb.render(&member(Some(DbTls::Required)), &s);
+        let get = |name: &str| {
+            files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.contents.clone())
+                .unwrap_or_default()
+        };
+        let cnf = get("my.cnf");
+        assert!(cnf.contains("ssl_cert = /etc/mofang/server.pem\n"), "{cnf}");
+        assert!(cnf.contains("ssl_key = /etc/mofang/server-key.pem\n"));
+        assert!(cnf.contains("ssl_ca = /etc/mofang/ca.pem\n"));
+        assert!(cnf.contains("require_secure_transport = ON\n"));
+        // In [mysqld], before [client].
+        assert!(cnf.find("ssl_cert").unwrap() < cnf.find("[client]").unwrap());
+        assert_eq!(
+            (get("server.pem"), get("server-key.pem"), get("ca.pem")),
+            ("CERT".into(), "KEY".into(), "CA".into())
+        );
+        // optional: TLS offered, plain text still accepted.
+        let cnf = &MariaDb.render(&member(Some(DbTls::Optional)), &s)[0].contents;
+        assert!(cnf.contains("ssl_cert") && !cnf.contains("require_secure_transport"));
+        // off: nothing of it.
+        let files = MariaDb.render(&member(None), &s);
+        assert!(!files[0].contents.contains("ssl_"));
+        assert!(files.iter().all(|f| !f.name.ends_with(".pem")));
+    }
+
+    #[test]
+    fn replication_and_seeding_run_over_verified_tls_when_on() {
+        let on = master_ssl(true);
+        assert!(on.contains("MASTER_SSL = 1"), "{on}");
+        assert!(on.contains("MASTER_SSL_CA = '/etc/mofang/ca.pem'"));
+        assert!(on.contains("MASTER_SSL_VERIFY_SERVER_CERT = 1"));
+        assert_eq!(master_ssl(false), "");
+        let primary = Target::parse("172.18.0.2:3306").unwrap();
+        let mut local = Target::parse("172.18.0.3:3306").unwrap();
+        let plain = MariaDb.seed_script(&primary, &local).unwrap();
+        assert!(!plain.contains("--ssl") && plain.contains("-h 127.0.0.1 -P 3306"));
+        local.tls = Some(crate::engine::ClientTls {
+            ca_pem: "CA".into(),
+            server_name: "shop-1".into(),
+        });
+        let tls = MariaDb.seed_script(&primary, &local).unwrap();
+        assert!(
+            tls.contains(
+                "-h 172.18.0.2 -P 3306 --ssl --ssl-ca=/etc/mofang/ca.pem --ssl-verify-server-cert"
+            ),
+            "{tls}"
+        );
+        assert!(tls.contains("--protocol=socket"), "{tls}");
     }
 }

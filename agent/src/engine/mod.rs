@@ -4,7 +4,7 @@
 mod mariadb;
 mod redis;
 
-pub use mariadb::MariaDb;
+pub use mariadb::{ssl_opts as mariadb_ssl_opts, MariaDb};
 pub use redis::{snapshot as redis_snapshot, Redis, Snapshot as RedisSnapshot};
 
 use async_trait::async_trait;
@@ -121,6 +121,105 @@ pub struct Target {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Talk TLS to it (its instance has TLS on); None: plain text.
+    pub tls: Option<ClientTls>,
+}
+
+/// How the agent talks TLS to a member (issue 15 point 7): the cluster CA to verify its
+/// certificate against and the name to verify, the member id (a name its certificate always
+/// carries, whatever address the agent dials: its container's IP changes across restarts).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The name the member's certificate must carry.
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// A rustls client config trusting only the CA.
+    pub fn rustls_config(&self) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in mofang_common::tls::certs_from_pem(self.ca_pem.as_bytes()).map_err(bad)? {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(mofang_common::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(cfg))
+    }
+
+    /// Opens a TLS session over `tcp`, verifying the member's certificate.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        tokio_rustls::TlsConnector::from(self.rustls_config()?)
+            .connect(name, tcp)
+            .await
+    }
+}
+
+/// A member's TLS material for its config directory: rendered as `server.pem`,
+/// `server-key.pem` and `ca.pem` (0600, owned by the server's uid, like every config file).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MemberTls {
+    /// `optional` or `required`.
+    pub mode: mofang_common::DbTls,
+    /// The member's certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM. Never logged.
+    pub key_pem: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for MemberTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberTls")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a member's TLS files are inside its container.
+pub const TLS_CERT: &str = "/etc/mofang/server.pem";
+/// The member's key inside its container.
+pub const TLS_KEY: &str = "/etc/mofang/server-key.pem";
+/// The cluster CA inside the container.
+pub const TLS_CA: &str = "/etc/mofang/ca.pem";
+
+impl MemberTls {
+    /// The three files.
+    pub fn files(&self) -> Vec<ConfigFile> {
+        vec![
+            ConfigFile {
+                name: "server.pem",
+                contents: self.cert_pem.clone(),
+            },
+            ConfigFile {
+                name: "server-key.pem",
+                contents: self.key_pem.clone(),
+            },
+            ConfigFile {
+                name: "ca.pem",
+                contents: self.ca_pem.clone(),
+            },
+        ]
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -148,6 +247,7 @@ impl Target {
         Ok(Target {
             host: host.to_owned(),
             port,
+            tls: None,
         })
     }
 }
@@ -170,6 +270,8 @@ pub struct MemberConfig {
     /// During a credential rotation: an account that accepts a second password beside its
     /// one in [`Secrets`] (rendered so a server restarted mid-rotation accepts both).
     pub also_accepted: Option<(Account, String)>,
+    /// Database traffic TLS: the member's certificate, key and CA; None: plain text.
+    pub tls: Option<MemberTls>,
 }
 
 /// A config file to mount read-only at `/etc/mofang/<name>`, owned by the server user, 0600.
@@ -254,10 +356,15 @@ pub trait Engine: Send + Sync {
     /// is set up again with it (MariaDB `MASTER_PASSWORD`), or the server's `masterauth` is
     /// set (Redis). Nothing on a MariaDB member that does not replicate.
     async fn use_repl_password(&self, at: &Target, secrets: &Secrets) -> Result<()>;
+    /// Makes the server read its certificate files again (they were renewed or gained a
+    /// name): MariaDB `FLUSH SSL`, Redis `CONFIG SET tls-cert-file ...`.
+    async fn reload_tls(&self, _at: &Target, _secrets: &Secrets) -> Result<()> {
+        Ok(())
+    }
     /// A shell script run inside a new replica's own container that copies a consistent
     /// snapshot from `primary` and sets the replication position to it; None when the
     /// engine's replication copies everything by itself (Redis full sync).
-    fn seed_script(&self, _primary: &Target, _local_port: u16) -> Option<String> {
+    fn seed_script(&self, _primary: &Target, _local: &Target) -> Option<String> {
         None
     }
     /// True when a replication error means the replica holds transactions its primary

@@ -28,6 +28,23 @@ fn err(at: &Target, e: impl std::fmt::Display) -> Error {
 }
 
 async fn connect(at: &Target, s: &Secrets) -> Result<MultiplexedConnection> {
+    if let Some(tls) = &at.tls {
+        // TLS with the cluster CA and the member's name (redis-rs would verify the dialed
+        // address, which is not what the agent verifies: see `ClientTls`).
+        let tcp = tokio::net::TcpStream::connect((at.host.as_str(), at.port))
+            .await
+            .map_err(|e| err(at, e))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tls.connect(tcp).await.map_err(|e| err(at, e))?;
+        let mut info = redis::RedisConnectionInfo::default();
+        info.username = Some("mofang_admin".into());
+        info.password = Some(s.admin.clone());
+        let (conn, driver) = MultiplexedConnection::new(&info, stream)
+            .await
+            .map_err(|e| err(at, e))?;
+        tokio::spawn(driver);
+        return Ok(conn);
+    }
     // Passwords are alphanumeric (see Secrets), so the URL needs no escaping.
     let host = if at.host.contains(':') {
         format!("[{}]", at.host)
@@ -96,6 +113,30 @@ fn acl_user_hashes(v: &redis::Value) -> Option<std::collections::BTreeSet<String
         V::Array(items) | V::Set(items) => Some(items.iter().filter_map(text).collect()),
         _ => None,
     }
+}
+
+/// The TLS lines of `redis.conf` (https://redis.io/docs/latest/operate/oss_and_stack/management/security/encryption/):
+/// TLS on the member's port (`port 0`: no plain text; `optional` is refused at creation for
+/// Redis, a port speaks one or the other), clients authenticate by password and need no
+/// certificate, replication over TLS with the primary's certificate checked against the CA.
+fn tls_lines(m: &MemberConfig) -> String {
+    if m.tls.is_none() {
+        return String::new();
+    }
+    format!(
+        "# Database traffic TLS: plain text is refused (port 0).\n\
+         port 0\n\
+         tls-port {port}\n\
+         tls-cert-file {cert}\n\
+         tls-key-file {key}\n\
+         tls-ca-cert-file {ca}\n\
+         tls-auth-clients no\n\
+         tls-replication yes\n",
+        port = m.port,
+        cert = super::TLS_CERT,
+        key = super::TLS_KEY,
+        ca = super::TLS_CA,
+    )
 }
 
 /// Parses `INFO` output into key -> value.
@@ -256,14 +297,17 @@ impl Engine for Redis {
             monitor = acl_passwords(m, s, Account::Monitor),
             app = acl_passwords(m, s, Account::App),
         );
+        conf.push_str(&tls_lines(m));
         // A replica restarted by the agent comes back as a replica, never as an empty primary.
         if let Some(p) = &m.replica_of {
             conf.push_str(&format!("replicaof {} {}\n", p.host, p.port));
         }
-        vec![ConfigFile {
+        let mut files = vec![ConfigFile {
             name: "redis.conf",
             contents: conf,
-        }]
+        }];
+        files.extend(m.tls.iter().flat_map(super::MemberTls::files));
+        files
     }
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
@@ -423,6 +467,30 @@ impl Engine for Redis {
         .await
     }
 
+    async fn reload_tls(&self, at: &Target, s: &Secrets) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            // Setting a TLS file, even to the same path, makes Redis load the files again.
+            let _: String = cmd(
+                &mut c,
+                at,
+                &[
+                    "CONFIG",
+                    "SET",
+                    "tls-cert-file",
+                    super::TLS_CERT,
+                    "tls-key-file",
+                    super::TLS_KEY,
+                    "tls-ca-cert-file",
+                    super::TLS_CA,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn use_repl_password(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
@@ -456,17 +524,20 @@ mod tests {
             announce: Target {
                 host: "10.1.0.5".into(),
                 port: 6379,
+                tls: None,
             },
             memory_bytes: 256 << 20,
             replica_of: Some(Target {
                 host: "10.1.0.4".into(),
                 port: 6379,
+                tls: None,
             }),
             settings: BTreeMap::from([
                 ("min_replicas_to_write".into(), "1".into()),
                 ("replicas".into(), "2".into()),
             ]),
             also_accepted: None,
+            tls: None,
         };
         let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
         // The full sync starts once both replicas ask, not after Redis' 5 s default wait.
@@ -486,11 +557,13 @@ mod tests {
             announce: Target {
                 host: "10.1.0.5".into(),
                 port: 6379,
+                tls: None,
             },
             memory_bytes: 256 << 20,
             replica_of: None,
             settings: BTreeMap::new(),
             also_accepted: Some((Account::App, "OTHERpassword123456".into())),
+            tls: None,
         };
         let conf = &Redis.render(&m, &s)[0].contents;
         assert!(
@@ -508,5 +581,51 @@ mod tests {
             redis::Value::Array(vec![redis::Value::BulkString(acl_hash("x").into_bytes())]),
         ]);
         assert_eq!(acl_user_hashes(&v), Some([acl_hash("x")].into()));
+    }
+
+    #[test]
+    fn tls_required_serves_tls_only_on_the_member_port_and_replicates_over_it() {
+        let mut m = MemberConfig {
+            member: "c-0".into(),
+            port: 6379,
+            announce: Target {
+                host: "10.1.0.5".into(),
+                port: 6379,
+                tls: None,
+            },
+            memory_bytes: 256 << 20,
+            replica_of: None,
+            settings: BTreeMap::new(),
+            also_accepted: None,
+            tls: Some(crate::engine::MemberTls {
+                mode: mofang_common::DbTls::Required,
+                cert_pem: "CERT".into(),
+                key_pem: "KEY".into(),
+                ca_pem: "CA".into(),
+            }),
+        };
+        let files = Redis.render(&m, &Secrets::generate());
+        let conf = &files[0].contents;
+        for line in [
+            "tls-port 6379\n",
+            "tls-cert-file /etc/mofang/server.pem\n",
+            "tls-key-file /etc/mofang/server-key.pem\n",
+            "tls-ca-cert-file /etc/mofang/ca.pem\n",
+            "tls-auth-clients no\n",
+            "tls-replication yes\n",
+        ] {
+            assert!(conf.contains(line), "{line} in {conf}");
+        }
+        // The last `port` wins in redis.conf: plain text is off.
+        let ports: Vec<&str> = conf.lines().filter(|l| l.starts_with("port ")).collect();
+        assert_eq!(ports.last(), Some(&"port 0"), "{ports:?}");
+        let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            ["redis.conf", "server.pem", "server-key.pem", "ca.pem"]
+        );
+        m.tls = None;
+        let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
+        assert!(!conf.contains("tls-") && conf.contains("port 6379\n"));
     }
 }

@@ -23,6 +23,8 @@ pub struct Target {
     pub addr: Option<(String, u16)>,
     /// Monitoring password, when known.
     pub password: Option<String>,
+    /// TLS to the member (its instance has TLS on and it has a certificate).
+    pub tls: Option<crate::engine::ClientTls>,
 }
 
 enum Conn {
@@ -70,13 +72,18 @@ struct Outcome {
     error: Option<String>,
 }
 
-async fn scrape_mysql(slot: &Slot, addr: &(String, u16), password: &str) -> Result<Answer, String> {
+async fn scrape_mysql(
+    slot: &Slot,
+    addr: &(String, u16),
+    password: &str,
+    tls: Option<&crate::engine::ClientTls>,
+) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     // Taken out while in use: if the deadline cancels us mid-query, the half-used connection
     // is dropped with this future instead of being reused.
     let conn = match guard.take() {
         Some((a, Conn::Mysql(c))) if &a == addr => c,
-        _ => mysql::connect(&addr.0, addr.1, password)
+        _ => mysql::connect(&addr.0, addr.1, password, tls)
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -86,11 +93,16 @@ async fn scrape_mysql(slot: &Slot, addr: &(String, u16), password: &str) -> Resu
     Ok(Answer::Mysql(raw))
 }
 
-async fn scrape_redis(slot: &Slot, addr: &(String, u16), password: &str) -> Result<Answer, String> {
+async fn scrape_redis(
+    slot: &Slot,
+    addr: &(String, u16),
+    password: &str,
+    tls: Option<&crate::engine::ClientTls>,
+) -> Result<Answer, String> {
     let mut guard = slot.lock().await;
     let mut client = match guard.take() {
         Some((a, Conn::Redis(c))) if &a == addr => c,
-        _ => redis::Client::connect(&addr.0, addr.1, password)
+        _ => redis::Client::connect(&addr.0, addr.1, password, tls)
             .await
             .map_err(|e| e.to_string())?,
     };
@@ -109,8 +121,8 @@ async fn scrape_one(pool: &Pool, t: &Target, timeout: Duration) -> Outcome {
     let slot = pool.slot(&t.member);
     let work = async {
         match t.engine {
-            EngineKind::Mariadb => scrape_mysql(&slot, addr, password).await,
-            EngineKind::Redis => scrape_redis(&slot, addr, password).await,
+            EngineKind::Mariadb => scrape_mysql(&slot, addr, password, t.tls.as_ref()).await,
+            EngineKind::Redis => scrape_redis(&slot, addr, password, t.tls.as_ref()).await,
         }
     };
     match tokio::time::timeout(timeout, work).await {

@@ -238,6 +238,13 @@ impl Exporter {
                     member: a.member.clone(),
                     addr,
                     password,
+                    tls: mofang_common::DbTls::parse(&a.tls)
+                        .filter(|t| t.is_on())
+                        .and_then(|_| self.src.state.member_tls(&a.member).ok().flatten())
+                        .map(|t| crate::engine::ClientTls {
+                            ca_pem: t.ca_pem,
+                            server_name: a.member.clone(),
+                        }),
                 })
             })
             .collect()

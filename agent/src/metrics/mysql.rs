@@ -12,14 +12,20 @@ use std::sync::Arc;
 pub const MONITOR_USER: &str = "mofang_monitor";
 
 /// Opens a connection as the monitoring account.
-pub async fn connect(host: &str, port: u16, password: &str) -> Result<Conn, mysql_async::Error> {
+pub async fn connect(
+    host: &str,
+    port: u16,
+    password: &str,
+    tls: Option<&crate::engine::ClientTls>,
+) -> Result<Conn, mysql_async::Error> {
     let opts = OptsBuilder::default()
         .ip_or_hostname(host.to_owned())
         .tcp_port(port)
         .user(Some(MONITOR_USER))
         .pass(Some(password.to_owned()))
         .prefer_socket(false)
-        .stmt_cache_size(0);
+        .stmt_cache_size(0)
+        .ssl_opts(tls.map(crate::engine::mariadb_ssl_opts));
     Conn::new(opts).await
 }
 

@@ -15,10 +15,19 @@ pub const MONITOR_USER: &str = "mofang_monitor";
 /// Largest bulk reply accepted (INFO ALL is a few tens of KiB).
 const MAX_BULK: usize = 16 << 20;
 
+/// A byte stream to a server: plain TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
 /// A RESP connection authenticated as the monitoring user.
-#[derive(Debug)]
 pub struct Client {
-    io: BufReader<TcpStream>,
+    io: BufReader<Box<dyn Stream>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 /// What went wrong talking RESP.
@@ -44,10 +53,19 @@ enum Reply {
 }
 
 impl Client {
-    /// Connects and authenticates.
-    pub async fn connect(host: &str, port: u16, password: &str) -> Result<Self, Error> {
+    /// Connects (over TLS when `tls` is given) and authenticates.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        password: &str,
+        tls: Option<&crate::engine::ClientTls>,
+    ) -> Result<Self, Error> {
         let stream = TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match tls {
+            Some(t) => Box::new(t.connect(stream).await?),
+            None => Box::new(stream),
+        };
         let mut c = Client {
             io: BufReader::new(stream),
         };

@@ -31,15 +31,9 @@ pub(super) async fn ping(
 ) -> Result<Step<Server>> {
     let (sh, a, port) = (m.sh, m.a, cfg.port);
     let target = match &cfg.network {
-        NetworkMode::Host => Target {
-            host: "127.0.0.1".into(),
-            port,
-        },
+        NetworkMode::Host => cfg.target(m.name(), "127.0.0.1".into()),
         NetworkMode::Docker(net) => match container.ips.get(net) {
-            Some(ip) => Target {
-                host: ip.clone(),
-                port,
-            },
+            Some(ip) => cfg.target(m.name(), ip.clone()),
             None => {
                 report(
                     sh,
@@ -156,7 +150,7 @@ mod tests {
             role: &role,
         };
         let mut st = r.sh.state.load_member("db-0").expect("state");
-        let cfg = super::super::config::write(&m, &mut st).expect("config");
+        let cfg = super::super::config::write(&m, &mut st, None).expect("config");
         let c = r.sh.runtime.inspect("c1").await.expect("container");
         let step = ping(&m, &cfg, &c, &st, &mut r.memo).await.expect("ping");
         assert!(

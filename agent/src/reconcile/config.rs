@@ -4,8 +4,9 @@
 use super::decide::RotationOrder;
 use super::{Member, Result, Shared};
 use crate::config::NetworkMode;
-use crate::engine::{MemberConfig, Secrets, Target};
-use crate::state::MemberState;
+use crate::engine::{MemberConfig, MemberTls, Secrets, Target};
+use crate::state::{MemberState, MemberTlsState};
+use mofang_common::DbTls;
 
 /// What the config step settled, for the steps after it.
 pub(super) struct Configured {
@@ -15,6 +16,22 @@ pub(super) struct Configured {
     pub(super) network: NetworkMode,
     /// The port the server listens on.
     pub(super) port: u16,
+    /// Database traffic TLS: the member's key, certificate and CA (None: plain text).
+    pub(super) tls: Option<MemberTlsState>,
+}
+
+impl Configured {
+    /// Where the agent reaches the server: `host:port`, over TLS when the member has it.
+    pub(super) fn target(&self, member: &str, host: String) -> Target {
+        Target {
+            host,
+            port: self.port,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| super::certs::client_tls(member, t)),
+        }
+    }
 }
 
 /// Step 2: secrets kept, a port allocated (host networking), the config written. A replica
@@ -22,7 +39,11 @@ pub(super) struct Configured {
 /// just restarted) is kept exactly as it is: no new config, except a first one for a new
 /// member of an engine that starts before its primary is known (see
 /// [`crate::engine::Engine::starts_before_primary_known`]).
-pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> {
+pub(super) fn write(
+    m: &Member<'_>,
+    st: &mut MemberState,
+    tls: Option<(DbTls, MemberTlsState)>,
+) -> Result<Configured> {
     let (sh, a, member) = (m.sh, m.a, m.name());
     let secrets = sh
         .state
@@ -43,11 +64,13 @@ pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> 
         NetworkMode::Host => Target {
             host: sh.cfg.advertise_address.clone(),
             port,
+            tls: None,
         },
         // On a Docker network the container name resolves for every peer on it.
         NetworkMode::Docker(_) => Target {
             host: Shared::container_name(member),
             port,
+            tls: None,
         },
     };
     let mc = MemberConfig {
@@ -65,6 +88,12 @@ pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> 
         also_accepted: RotationOrder::parse(a)
             .filter(|r| r.step.both_accepted())
             .map(|r| (r.account, r.other)),
+        tls: tls.as_ref().map(|(mode, t)| MemberTls {
+            mode: *mode,
+            cert_pem: t.cert_pem.clone(),
+            key_pem: t.key_pem.clone(),
+            ca_pem: t.ca_pem.clone(),
+        }),
     };
     let first_config = || {
         std::fs::read_dir(sh.state.config_dir(member))
@@ -79,5 +108,6 @@ pub(super) fn write(m: &Member<'_>, st: &mut MemberState) -> Result<Configured> 
         secrets,
         network,
         port,
+        tls: tls.map(|(_, t)| t),
     })
 }

@@ -382,7 +382,7 @@ mod tests {
         };
         let mut st = MemberState::default();
         let vol = volume::ensure(&m).expect("volume");
-        let cfg = config::write(&m, &mut st).expect("config");
+        let cfg = config::write(&m, &mut st, None).expect("config");
 
         let Step::Next(c) = present(&m, &cfg, &vol, &mut st).await.expect("present") else {
             panic!("the pass stopped without a container");
@@ -440,7 +440,7 @@ mod tests {
         };
         let mut st = MemberState::default();
         let vol = volume::ensure(&m).expect("volume");
-        let cfg = config::write(&m, &mut st).expect("config");
+        let cfg = config::write(&m, &mut st, None).expect("config");
         let step = present(&m, &cfg, &vol, &mut st).await.expect("present");
         assert!(
             matches!(step, Step::Stop(Action::Requeue(d)) if d == Duration::from_secs(1)),

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod answers;
+mod certs;
 mod config;
 mod container;
 pub mod decide;
@@ -137,6 +138,10 @@ struct WorkerMemo {
     rotated: Option<String>,
     /// The container the agent killed as a silent deposed primary: its exit is no crash.
     killed_deposed: Option<String>,
+    /// The container and the certificate its server was last told to load (TLS).
+    tls_loaded: Option<(String, String)>,
+    /// No new certificate is asked for before this (after a refusal; the kept one serves).
+    tls_retry_at: Option<Instant>,
 }
 
 impl WorkerMemo {
@@ -174,13 +179,61 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     if a.stopped {
         return container::stopped(&m, &mut st, memo).await;
     }
-    let cfg = config::write(&m, &mut st)?;
+    let tls_mode = mofang_common::DbTls::parse(&a.tls)
+        .ok_or_else(|| Error::BadAssignment(format!("tls {:?}", a.tls)))?;
+    let network = sh.cfg.network_mode();
+    let names =
+        |ip: Option<&str>| certs::wanted_names(&a.member, &network, &sh.cfg.advertise_address, ip);
+    let tls = if tls_mode.is_on() {
+        match certs::ensure(&m, &names(None)).await {
+            Ok(t) => Some((tls_mode, t)),
+            Err(reason) => {
+                status::report(sh, a, &st, None, None, false, reason);
+                return Ok(Action::Requeue(Duration::from_secs(1)));
+            }
+        }
+    } else {
+        None
+    };
+    let mut cfg = config::write(&m, &mut st, tls)?;
     let found = step!(container::present(&m, &cfg, &vol, &mut st).await);
     let running = step!(container::running(&m, found, &mut st, memo).await);
     if st != orig {
         sh.state.save_member(&a.member, &st)?;
     }
+    // On a Docker network the certificate names the container's IP too, once it runs.
+    if let (Some(kept), crate::config::NetworkMode::Docker(net)) =
+        (cfg.tls.clone(), cfg.network.clone())
+    {
+        let wanted = names(running.ips.get(&net).map(String::as_str));
+        let may_ask = memo.tls_retry_at.is_none_or(|t| Instant::now() >= t);
+        if may_ask && !certs::covers(&kept, &wanted, now_ms() / 1000) {
+            let renewed = certs::ensure(&m, &wanted)
+                .await
+                .unwrap_or_else(|_| kept.clone());
+            if certs::covers(&renewed, &wanted, now_ms() / 1000) {
+                memo.tls_retry_at = None;
+            } else {
+                memo.tls_retry_at = Some(Instant::now() + Duration::from_secs(2));
+            }
+            if renewed != kept {
+                cfg = config::write(&m, &mut st, Some((tls_mode, renewed)))?;
+            }
+        }
+    }
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
+    if let Some(t) = &cfg.tls {
+        // A certificate written after the server started is loaded without a restart.
+        let loaded = Some((running.id.clone(), t.cert_pem.clone()));
+        if memo.tls_loaded != loaded {
+            match m.engine.reload_tls(&server.target, &cfg.secrets).await {
+                Ok(()) => memo.tls_loaded = loaded,
+                Err(e) => {
+                    tracing::warn!(member = %a.member, error = %e, "could not make the server load its certificate")
+                }
+            }
+        }
+    }
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);

@@ -84,7 +84,7 @@ async fn carry_out(
             seed,
         } => {
             if seed {
-                if let Some(script) = engine.seed_script(&primary, at.port) {
+                if let Some(script) = engine.seed_script(&primary, at) {
                     info!(member = %a.member, primary = %primary, "seeding replica from the primary");
                     let out = sh
                         .runtime

@@ -55,6 +55,8 @@ pub struct Shared {
     pub stats: Arc<ReconcileStats>,
     /// Engine adapters.
     pub(super) engines: EngineFactory,
+    /// The scheduler link's current client (members' certificates are signed through it).
+    pub scheduler: crate::link::Current,
     /// Serialises port allocation across workers.
     ports: Mutex<()>,
     /// When this agent process started.
@@ -82,6 +84,7 @@ impl Shared {
             status_changed: Arc::new(Notify::new()),
             stats: Arc::default(),
             engines: Arc::new(engine::for_kind),
+            scheduler: crate::link::Current::default(),
             ports: Mutex::new(()),
             started: Instant::now(),
         })

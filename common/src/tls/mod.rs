@@ -225,6 +225,16 @@ pub fn client_config(ca: &Path, own: Option<&KeyPairFiles>) -> Result<ClientConf
     }
 }
 
+/// When the first certificate of a PEM text expires, unix seconds.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let der = certs_from_pem(cert_pem.as_bytes())
+        .ok()?
+        .into_iter()
+        .next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Checks that a certificate and a key (PEM) belong together.
 pub fn check_key_pair(cert_pem: &str, key_pem: &str) -> std::result::Result<(), String> {
     let chain = certs_from_pem(cert_pem.as_bytes())?;

@@ -328,6 +328,83 @@ impl Ca {
             .map_err(rcgen("signing the certificate request"))?;
         Ok(cert.pem())
     }
+
+    /// Signs a database member's CSR (PEM) as its server certificate, valid `days`: CN and
+    /// DNS name `member`, the `names` the scheduler allowed ([`member_san`]), server auth
+    /// only. Only the CSR's public key (its signature checked) is taken.
+    pub fn sign_member_csr(
+        &self,
+        csr_pem: &str,
+        member: &str,
+        names: &[String],
+        days: u32,
+    ) -> Result<String> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(rcgen("reading the certificate request"))?;
+        csr.params = member_params(member, names, days)?;
+        let cert = csr
+            .signed_by(&self.cert, &self.key)
+            .map_err(rcgen("signing the certificate request"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// The names a database member's certificate may carry besides its member id: each an IP
+/// address or a DNS name, none under `.mofang` (the names of schedulers, agents and CLIs) and
+/// no wildcard, so a member certificate can never pose as anything of the platform's.
+pub fn member_san(name: &str) -> Result<SanType> {
+    let lower = name.to_ascii_lowercase();
+    if lower == "mofang" || lower.ends_with(".mofang") || name.contains('*') {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            message: "a member certificate carries no wildcard and no name under .mofang".into(),
+        });
+    }
+    san(name)
+}
+
+/// The parameters of a member's server certificate: CN and DNS name the member id, the
+/// `names` given (its address, its container name), server auth only.
+fn member_params(member: &str, names: &[String], days: u32) -> Result<CertificateParams> {
+    check_label("member", member)?;
+    let mut p = CertificateParams::default();
+    validity(&mut p, days)?;
+    p.distinguished_name = subject(member);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let mut sans = vec![member_san(member)?];
+    for n in names {
+        let s = member_san(n)?;
+        if !sans.contains(&s) {
+            sans.push(s);
+        }
+    }
+    p.subject_alt_names = sans;
+    Ok(p)
+}
+
+/// A database member's certificate request (issue 15 point 7): made by the agent with the
+/// member's key (PEM; a new one when None, returned in `key_pem`), asking for `names`.
+/// The request travels in `cert_pem`; the key never leaves the host.
+pub fn member_csr(member: &str, names: &[String], key_pem: Option<&str>) -> Result<Issued> {
+    // A request carries names only: the signer sets validity and usages.
+    let full = member_params(member, names, 1)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = full.distinguished_name;
+    p.subject_alt_names = full.subject_alt_names;
+    let key = match key_pem {
+        Some(k) => KeyPair::from_pem(k).map_err(rcgen("reading the key"))?,
+        None => KeyPair::generate().map_err(rcgen("generating a key"))?,
+    };
+    let csr = p
+        .serialize_request(&key)
+        .map_err(rcgen("making the certificate request"))?;
+    Ok(Issued {
+        cert_pem: csr
+            .pem()
+            .map_err(rcgen("encoding the certificate request"))?,
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// An agent's new key and its certificate request for `node` (the key stays on the host).
@@ -514,5 +591,34 @@ mod tests {
         let issued = ca.issue(&CertKind::Cli("ops".into()), &[], 1).unwrap();
         assert!(!format!("{issued:?}").contains("PRIVATE KEY"));
         assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_member_certificate_serves_its_address_and_name_and_nothing_of_the_platform() {
+        let ca = Ca::create("Mofang CA", 30).unwrap();
+        let names = vec!["10.1.0.7".to_owned(), "mofang-shop-0".to_owned()];
+        let req = member_csr("shop-0", &names, None).unwrap();
+        let cert = ca
+            .sign_member_csr(&req.cert_pem, "shop-0", &names, 30)
+            .unwrap();
+        crate::tls::check_key_pair(&cert, &req.key_pem).unwrap();
+        for name in ["10.1.0.7", "shop-0", "mofang-shop-0"] {
+            crate::tls::verify_server_cert(ca.cert_pem(), &cert, name).unwrap();
+        }
+        assert!(crate::tls::verify_server_cert(ca.cert_pem(), &cert, "10.1.0.8").is_err());
+        // Never a client (agent, CLI) and never a node.
+        assert!(crate::tls::verify_client_cert(ca.cert_pem(), &cert).is_err());
+        assert!(node_identity(&der(&cert)).is_err());
+        // The same key asks again with more names (an address learnt later).
+        let again = member_csr("shop-0", &names, Some(&req.key_pem)).unwrap();
+        assert_eq!(again.key_pem, req.key_pem);
+        // Names of the platform's are refused, whatever the CSR asks.
+        for bad in ["server.mofang", "node.a.mofang", "*.example.org", "a b"] {
+            assert!(
+                ca.sign_member_csr(&req.cert_pem, "shop-0", &[bad.to_owned()], 30)
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -198,6 +198,9 @@ enum InstanceCmd {
         /// 2026-12-01T14:45:10Z): within the source's pitr_window.
         #[arg(long, requires = "restore_from")]
         restore_time: Option<String>,
+        /// Database traffic TLS: off (default), optional (MariaDB only) or required.
+        #[arg(long)]
+        tls: Option<String>,
         /// Wait until every member is healthy, showing progress.
         #[arg(long)]
         wait: bool,
@@ -229,10 +232,14 @@ enum InstanceCmd {
         /// Name.
         name: String,
     },
-    /// Show an instance's credentials (admin).
+    /// Show an instance's credentials (admin), and with TLS on the CA to verify its members
+    /// against.
     Credentials {
         /// Name.
         name: String,
+        /// With TLS on: write the CA certificate (PEM) to this file instead of printing it.
+        #[arg(long)]
+        ca_out: Option<std::path::PathBuf>,
     },
     /// Rolling restart as an operation: replicas one at a time, then a switchover, then
     /// the old primary; each member back, healthy and replicating before the next.
@@ -518,6 +525,7 @@ fn print_instance(v: &Value) {
             if ready { "ready" } else { "NOT ready" }
         );
     }
+    println!("tls:      {}", s(&v["spec"]["tls"]));
     let r = &v["rotation"];
     if r.is_object() {
         println!(
@@ -606,6 +614,7 @@ async fn run(cli: Cli) -> Result<()> {
             restore_from,
             backup,
             restore_time,
+            tls,
             wait,
             timeout,
         }) => {
@@ -646,6 +655,9 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(from) = restore_from {
                 body["restore"] =
                     json!({ "from_instance": from, "backup": backup, "time": restore_time });
+            }
+            if let Some(t) = tls {
+                body["tls"] = json!(t);
             }
             let v = c.post("/v1/instances", body).await?;
             if !wait {
@@ -1037,8 +1049,13 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{name}: automatic failover {state}");
             }
         }
-        Cmd::Instance(InstanceCmd::Credentials { name }) => {
+        Cmd::Instance(InstanceCmd::Credentials { name, ca_out }) => {
             let v = c.get(&format!("/v1/instances/{name}/credentials")).await?;
+            let ca = v["ca_pem"].as_str().map(str::to_owned);
+            if let (Some(path), Some(ca)) = (&ca_out, &ca) {
+                std::fs::write(path, ca)
+                    .with_context(|| format!("--ca-out {}: cannot write", path.display()))?;
+            }
             if cli.json {
                 out(&v);
                 return Ok(());
@@ -1056,6 +1073,19 @@ async fn run(cli: Cli) -> Result<()> {
                     ],
                 ],
             );
+            match (ca, ca_out) {
+                (Some(_), Some(path)) => println!(
+                    "\ntls: {}; the members' CA is in {} (verify a member with its address as the name)",
+                    s(&v["tls"]),
+                    path.display()
+                ),
+                (Some(ca), None) => println!(
+                    "\ntls: {}; verify a member against this CA with its address as the name:\n{}",
+                    s(&v["tls"]),
+                    ca.trim_end()
+                ),
+                (None, _) => println!("\ntls: {}", s(&v["tls"])),
+            }
         }
         Cmd::Node(NodeCmd::List) => {
             let v = c.get("/v1/nodes").await?;

@@ -134,6 +134,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     } else {
                         String::new()
                     },
+                    tls: i.spec.tls.to_string(),
                     rotation: i.rotation.as_ref().map(|r| CredentialRotation {
                         id: r.id,
                         account: r.account.to_string(),

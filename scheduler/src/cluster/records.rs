@@ -4,6 +4,7 @@
 use super::books::reserve;
 use super::{event, lock, Cluster, Error, Result};
 use crate::model::{Credentials, EventKind, Instance, InstanceSpec, Node, NodeAdmin};
+use mofang_common::DbTls;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -78,6 +79,13 @@ pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
         )));
     }
     validate_labels(&spec.labels)?;
+    if spec.engine == mofang_common::EngineKind::Redis && spec.tls == DbTls::Optional {
+        return Err(Error::Invalid(
+            "tls: optional is not available for redis (a Redis port speaks TLS or plain text, \
+             not both): use off or required"
+                .into(),
+        ));
+    }
     if spec.replicas > 8 {
         return Err(Error::Invalid(format!(
             "replicas {} is absurd: at most 8",

@@ -54,6 +54,7 @@ pub(super) fn spec(name: &str, disk_mib: u64, class: Option<&str>) -> InstanceSp
         placement: None,
         labels: Default::default(),
         restore: None,
+        tls: Default::default(),
     }
 }
 

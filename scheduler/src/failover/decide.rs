@@ -368,6 +368,7 @@ mod tests {
             placement: None,
             labels: Default::default(),
             restore: None,
+            tls: Default::default(),
         };
         let m = |i: u32, node: &str, role| MemberRecord {
             id: format!("db-{i}"),

@@ -133,6 +133,7 @@ mod tests {
             placement: None,
             labels: Default::default(),
             restore: None,
+            tls: Default::default(),
         };
         let m = |i: u32, role| MemberRecord {
             id: format!("{name}-{i}"),

@@ -396,6 +396,7 @@ mod tests {
                 placement: None,
                 labels: Default::default(),
                 restore: None,
+                tls: Default::default(),
             },
             vec![MemberRecord {
                 id: format!("{name}-0"),

@@ -73,6 +73,7 @@ pub fn instance(name: &str) -> Instance {
             placement: None,
             labels: Default::default(),
             restore: None,
+            tls: Default::default(),
         },
         vec![MemberRecord {
             id: format!("{name}-0"),

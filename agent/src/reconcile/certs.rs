@@ -1,0 +1,192 @@
+//! Step 2a, database traffic TLS (issue 15 point 7): a member of an instance with TLS has its
+//! own key and a certificate of the cluster CA for the names it is reached at.
+//!
+//! The key is made here and never leaves the host: it is kept sealed in the state directory
+//! (`members/<member>/tls.sealed`) and rendered 0600 for the server's uid into the member's
+//! config directory. The agent sends a certificate request to the scheduler
+//! (`SignMemberCertificate`, over the link's mutual TLS), which signs it for the names it
+//! allows (`scheduler/src/cluster/member_certs.rs`). On a Docker network the member's address
+//! is its container's IP, known only once the container runs: the first certificate names the
+//! member and its container, a second one (same key) adds the IP once the scheduler has seen
+//! it reported, and the server loads it without a restart (`Engine::reload_tls`).
+
+use super::Member;
+use crate::config::NetworkMode;
+use crate::engine::ClientTls;
+use crate::state::MemberTlsState;
+use mofang_common::proto::MemberCertificateRequest;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info};
+
+/// A certificate is renewed this long before it expires.
+const RENEW_BEFORE_S: i64 = 30 * 86_400;
+/// How long a signing call may take.
+const SIGN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The names a member is reached at besides its id: its container's name, and its address
+/// (the node's advertised address with host networking, its IP on a Docker network once known).
+pub(super) fn wanted_names(
+    member: &str,
+    network: &NetworkMode,
+    advertise_address: &str,
+    ip: Option<&str>,
+) -> Vec<String> {
+    let mut names = vec![super::Shared::container_name(member)];
+    let address = match network {
+        NetworkMode::Host => Some(advertise_address),
+        NetworkMode::Docker(_) => ip,
+    };
+    if let Some(a) = address.filter(|a| !a.is_empty()) {
+        names.push(a.to_owned());
+    }
+    names
+}
+
+/// Whether a kept certificate serves: it carries every name wanted and does not expire within
+/// [`RENEW_BEFORE_S`].
+pub(super) fn covers(kept: &MemberTlsState, wanted: &[String], now_s: i64) -> bool {
+    wanted.iter().all(|w| kept.names.contains(w)) && kept.not_after - now_s > RENEW_BEFORE_S
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// How the agent itself talks to the member: the CA, and the member id as the name.
+pub(super) fn client_tls(member: &str, kept: &MemberTlsState) -> ClientTls {
+    ClientTls {
+        ca_pem: kept.ca_pem.clone(),
+        server_name: member.to_owned(),
+    }
+}
+
+/// The member's TLS material for `wanted` names: the kept one when it covers them, else a
+/// certificate newly signed for them (with the kept key, or a new one). When signing fails,
+/// the kept material is used as it is, if any; with none, the reason (the pass waits).
+pub(super) async fn ensure(m: &Member<'_>, wanted: &[String]) -> Result<MemberTlsState, String> {
+    let member = m.name();
+    let kept =
+        m.sh.state
+            .member_tls(member)
+            .map_err(|e| format!("member TLS state: {e}"))?;
+    if let Some(k) = &kept {
+        if covers(k, wanted, now_s()) {
+            return Ok(k.clone());
+        }
+    }
+    match sign(m, kept.as_ref(), wanted).await {
+        Ok(new) => {
+            m.sh.state
+                .save_member_tls(member, &new)
+                .map_err(|e| format!("member TLS state: {e}"))?;
+            info!(member, names = ?new.names, "member certificate signed by the cluster CA");
+            Ok(new)
+        }
+        Err(e) => match kept {
+            Some(k) => {
+                debug!(member, error = %e, "member certificate not renewed yet; the kept one serves");
+                Ok(k)
+            }
+            None => Err(format!("waiting for the member's certificate: {e}")),
+        },
+    }
+}
+
+/// Asks the scheduler to sign a request for `wanted` made with the kept key (or a new one).
+async fn sign(
+    m: &Member<'_>,
+    kept: Option<&MemberTlsState>,
+    wanted: &[String],
+) -> Result<MemberTlsState, String> {
+    let member = m.name();
+    // Names already signed stay (an address learnt later adds to them).
+    let mut names: Vec<String> = kept.map(|k| k.names.clone()).unwrap_or_default();
+    for w in wanted {
+        if !names.contains(w) {
+            names.push(w.clone());
+        }
+    }
+    let req = mofang_common::tls::pki::member_csr(member, &names, kept.map(|k| k.key_pem.as_str()))
+        .map_err(|e| e.to_string())?;
+    let Some(mut client) = m.sh.scheduler.get() else {
+        return Err("no session with the scheduler".into());
+    };
+    let call = client.sign_member_certificate(MemberCertificateRequest {
+        node: m.sh.cfg.node.clone(),
+        member: member.to_owned(),
+        csr_pem: req.cert_pem,
+        names: names.clone(),
+    });
+    let answer = tokio::time::timeout(SIGN_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("the scheduler did not answer within {SIGN_TIMEOUT:?}"))?
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    mofang_common::tls::check_key_pair(&answer.cert_pem, &req.key_pem)
+        .map_err(|e| format!("the signed certificate does not fit the member's key: {e}"))?;
+    let not_after = mofang_common::tls::not_after(&answer.cert_pem)
+        .ok_or("the signed certificate cannot be read")?;
+    Ok(MemberTlsState {
+        key_pem: req.key_pem,
+        cert_pem: answer.cert_pem,
+        ca_pem: answer.ca_pem,
+        names,
+        not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(names: &[&str], not_after: i64) -> MemberTlsState {
+        MemberTlsState {
+            key_pem: String::new(),
+            cert_pem: String::new(),
+            ca_pem: String::new(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_member_is_named_by_its_container_and_its_address_once_known() {
+        let docker = NetworkMode::Docker("net".into());
+        assert_eq!(
+            wanted_names("db-0", &docker, "10.0.0.5", None),
+            ["mofang-db-0"]
+        );
+        assert_eq!(
+            wanted_names("db-0", &docker, "10.0.0.5", Some("172.18.0.3")),
+            ["mofang-db-0", "172.18.0.3"]
+        );
+        assert_eq!(
+            wanted_names("db-0", &NetworkMode::Host, "10.0.0.5", Some("172.18.0.3")),
+            ["mofang-db-0", "10.0.0.5"]
+        );
+    }
+
+    #[test]
+    fn a_kept_certificate_serves_until_a_name_is_missing_or_it_nears_its_end() {
+        let now = 1_000_000_000;
+        let year = now + 365 * 86_400;
+        let k = kept(&["mofang-db-0", "172.18.0.3"], year);
+        assert!(covers(&k, &["mofang-db-0".into()], now));
+        assert!(covers(
+            &k,
+            &["mofang-db-0".into(), "172.18.0.3".into()],
+            now
+        ));
+        // The container came back with another IP.
+        assert!(!covers(
+            &k,
+            &["mofang-db-0".into(), "172.18.0.9".into()],
+            now
+        ));
+        // Renewed 30 days before it expires.
+        assert!(!covers(&k, &["mofang-db-0".into()], year - 29 * 86_400));
+    }
+}
