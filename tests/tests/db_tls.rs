@@ -78,7 +78,12 @@ async fn mysql(
 
 /// A Redis session as `user` over TLS, trusting only `ca` and verifying the host of `addr`
 /// (an IP address) as the name: what any TLS client does, written with rustls here.
-async fn redis_tls(addr: &str, user: &str, password: &str, ca: &str) -> Result<redis::aio::MultiplexedConnection> {
+async fn redis_tls(
+    addr: &str,
+    user: &str,
+    password: &str,
+    ca: &str,
+) -> Result<redis::aio::MultiplexedConnection> {
     let (host, port) = addr.rsplit_once(':').context("address")?;
     let mut roots = rustls::RootCertStore::empty();
     for c in mofang_common::tls::certs_from_pem(ca.as_bytes()).map_err(anyhow::Error::msg)? {
@@ -109,7 +114,10 @@ async fn credentials(env: &Env, name: &str) -> Result<(Value, String)> {
         .get(&format!("/v1/instances/{name}/credentials"))
         .await?;
     ensure!(c["tls"] == "required", "credentials: {c}");
-    let ca = c["ca_pem"].as_str().context("ca_pem in credentials")?.to_owned();
+    let ca = c["ca_pem"]
+        .as_str()
+        .context("ca_pem in credentials")?
+        .to_owned();
     ensure!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
     Ok((c, ca))
 }
@@ -119,27 +127,43 @@ async fn bad_tls_values_are_refused_with_a_reason() -> Result<()> {
     mofang_tests::init_tracing();
     let env = Env::start(1).await?;
     for (engine, tls, status_wanted, want) in [
-        ("mariadb", json!("sometimes"), 422, "unknown variant `sometimes`, expected one of `off`, `optional`, `required`"),
+        (
+            "mariadb",
+            json!("sometimes"),
+            422,
+            "unknown variant `sometimes`, expected one of `off`, `optional`, `required`",
+        ),
         ("mariadb", json!(true), 400, "expected value"),
-        ("redis", json!("optional"), 422, "tls: optional is not available for redis"),
+        (
+            "redis",
+            json!("optional"),
+            422,
+            "tls: optional is not available for redis",
+        ),
     ] {
         let mut s = spec(&unique_name("bad"), engine, "off");
         s["tls"] = tls.clone();
         let (status, v) = env
             .call(reqwest::Method::POST, "/v1/instances", Some(s))
             .await?;
-        ensure!(status.as_u16() == status_wanted, "{engine} {tls}: {status} {v}");
+        ensure!(
+            status.as_u16() == status_wanted,
+            "{engine} {tls}: {status} {v}"
+        );
         let msg = v["error"]["message"].as_str().unwrap_or_default();
         ensure!(msg.contains(want), "{engine} {tls}: {v}");
     }
     let list = env.get("/v1/instances").await?;
-    ensure!(list.as_array().is_some_and(|a| a.is_empty()), "nothing created: {list}");
+    ensure!(
+        list.as_array().is_some_and(|a| a.is_empty()),
+        "nothing created: {list}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verified_tls() -> Result<()>
-{
+async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verified_tls(
+) -> Result<()> {
     mofang_tests::init_tracing();
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("tlsdb");
@@ -165,52 +189,89 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     );
     // TLS with a name the certificate does not carry: refused by the client.
     ensure!(
-        mysql(&primary, "app", &app, Some(&ca), Some("10.9.9.9")).await.is_err(),
+        mysql(&primary, "app", &app, Some(&ca), Some("10.9.9.9"))
+            .await
+            .is_err(),
         "a certificate for 10.9.9.9 was accepted"
     );
     // TLS verifying the member's address against the CA: in.
     let mut c = mysql(&primary, "app", &app, Some(&ca), None)
         .await
         .context("TLS session verifying the primary's address")?;
-    let cipher: Option<(String, String)> = c.query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'").await?;
-    ensure!(cipher.as_ref().is_some_and(|(_, v)| !v.is_empty()), "{cipher:?}");
-    c.query_drop("CREATE TABLE app.marks (id BIGINT PRIMARY KEY)").await?;
+    let cipher: Option<(String, String)> = c
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await?;
+    ensure!(
+        cipher.as_ref().is_some_and(|(_, v)| !v.is_empty()),
+        "{cipher:?}"
+    );
+    c.query_drop("CREATE TABLE app.marks (id BIGINT PRIMARY KEY)")
+        .await?;
     c.query_drop("INSERT INTO app.marks VALUES (1)").await?;
     drop(c);
 
     // Replicated, over TLS with the primary's certificate verified.
-    eventually("the row is on the replica", Duration::from_secs(30), || async {
-        let mut r = mysql(&replica, "app", &app, Some(&ca), None).await?;
-        let n: Option<u64> = r.query_first("SELECT COUNT(*) FROM app.marks WHERE id = 1").await?;
-        ensure!(n == Some(1), "not yet: {n:?}");
-        Ok(())
-    })
+    eventually(
+        "the row is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut r = mysql(&replica, "app", &app, Some(&ca), None).await?;
+            let n: Option<u64> = r
+                .query_first("SELECT COUNT(*) FROM app.marks WHERE id = 1")
+                .await?;
+            ensure!(n == Some(1), "not yet: {n:?}");
+            Ok(())
+        },
+    )
     .await?;
     let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
     let row: mysql_async::Row = r
         .query_first("SHOW SLAVE STATUS")
         .await?
         .context("the replica has no replication")?;
-    let col = |c: &str| row.get_opt::<String, _>(c).and_then(|v| v.ok()).unwrap_or_default();
-    ensure!(col("Master_SSL_Allowed") == "Yes", "Master_SSL_Allowed {}", col("Master_SSL_Allowed"));
+    let col = |c: &str| {
+        row.get_opt::<String, _>(c)
+            .and_then(|v| v.ok())
+            .unwrap_or_default()
+    };
+    ensure!(
+        col("Master_SSL_Allowed") == "Yes",
+        "Master_SSL_Allowed {}",
+        col("Master_SSL_Allowed")
+    );
     ensure!(
         col("Master_SSL_Verify_Server_Cert") == "Yes",
         "Master_SSL_Verify_Server_Cert {}",
         col("Master_SSL_Verify_Server_Cert")
     );
-    ensure!(col("Slave_IO_Running") == "Yes", "IO thread {}", col("Slave_IO_Running"));
-    ensure!(col("Master_SSL_CA_File") == "/etc/mofang/ca.pem", "{}", col("Master_SSL_CA_File"));
+    ensure!(
+        col("Slave_IO_Running") == "Yes",
+        "IO thread {}",
+        col("Slave_IO_Running")
+    );
+    ensure!(
+        col("Master_SSL_CA_File") == "/etc/mofang/ca.pem",
+        "{}",
+        col("Master_SSL_CA_File")
+    );
     drop(r);
 
     // The agent's own monitoring logs in over TLS too.
-    let agent = env.agent_of(&inst, Env::primary_member(&inst)?["id"].as_str().context("id")?)?;
+    let agent = env.agent_of(
+        &inst,
+        Env::primary_member(&inst)?["id"].as_str().context("id")?,
+    )?;
     let metrics_url = format!("{}/metrics", env.agents[agent].http);
     eventually("mysql_up 1 over TLS", Duration::from_secs(20), || async {
         let text = reqwest::get(&metrics_url).await?.text().await?;
         ensure!(
-            text.lines().any(|l| l.starts_with("mysql_up{") && l.contains(&name) && (l.ends_with(" 1") || l.ends_with(" 1.0"))),
+            text.lines().any(|l| l.starts_with("mysql_up{")
+                && l.contains(&name)
+                && (l.ends_with(" 1") || l.ends_with(" 1.0"))),
             "no mysql_up 1 for {name}: {:?}",
-            text.lines().filter(|l| l.starts_with("mysql_up")).collect::<Vec<_>>()
+            text.lines()
+                .filter(|l| l.starts_with("mysql_up"))
+                .collect::<Vec<_>>()
         );
         Ok(())
     })
@@ -220,12 +281,21 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     let old = Env::primary_member(&inst)?;
     docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
     let after = env
-        .wait_new_primary(&name, inst["epoch"].as_u64().unwrap_or(1), Duration::from_secs(60))
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(60),
+        )
         .await?;
     let new_primary = after["primary"].as_str().context("primary")?.to_owned();
-    ensure!(new_primary == replica, "promoted {new_primary}, expected {replica}");
+    ensure!(
+        new_primary == replica,
+        "promoted {new_primary}, expected {replica}"
+    );
     let mut c = mysql(&new_primary, "app", &app, Some(&ca), None).await?;
-    let n: Option<u64> = c.query_first("SELECT COUNT(*) FROM app.marks WHERE id = 1").await?;
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM app.marks WHERE id = 1")
+        .await?;
     ensure!(n == Some(1), "the row written before the kill: {n:?}");
     c.query_drop("INSERT INTO app.marks VALUES (2)").await?;
     ensure!(
@@ -255,42 +325,77 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
         anyhow::Ok(pong)
     })
     .await;
-    ensure!(!matches!(plain, Ok(Ok(_))), "a plain-text client got an answer at {primary}");
+    ensure!(
+        !matches!(plain, Ok(Ok(_))),
+        "a plain-text client got an answer at {primary}"
+    );
 
     // TLS verifying the member's address against the CA: in.
     let mut c = redis_tls(&primary, "app", &app, &ca).await?;
-    let _: () = redis::cmd("SET").arg("mark").arg("1").query_async(&mut c).await?;
-    eventually("the key is on the replica", Duration::from_secs(30), || async {
-        let mut r = redis_tls(&replica, "app", &app, &ca).await?;
-        let v: Option<String> = redis::cmd("GET").arg("mark").query_async(&mut r).await?;
-        ensure!(v.as_deref() == Some("1"), "not yet: {v:?}");
-        Ok(())
-    })
+    let _: () = redis::cmd("SET")
+        .arg("mark")
+        .arg("1")
+        .query_async(&mut c)
+        .await?;
+    eventually(
+        "the key is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut r = redis_tls(&replica, "app", &app, &ca).await?;
+            let v: Option<String> = redis::cmd("GET").arg("mark").query_async(&mut r).await?;
+            ensure!(v.as_deref() == Some("1"), "not yet: {v:?}");
+            Ok(())
+        },
+    )
     .await?;
     // The replica's link is up although its primary has no plain-text port: replication is TLS.
     let admin = creds["admin"].as_str().context("admin")?.to_owned();
     let mut r = redis_tls(&replica, "mofang_admin", &admin, &ca).await?;
-    let info: String = redis::cmd("INFO").arg("replication").query_async(&mut r).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut r)
+        .await?;
     ensure!(info.contains("master_link_status:up"), "{info}");
-    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("port").query_async(&mut r).await?;
-    ensure!(cfg.get(1).map(String::as_str) == Some("0"), "plain port {cfg:?}");
+    let cfg: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("port")
+        .query_async(&mut r)
+        .await?;
+    ensure!(
+        cfg.get(1).map(String::as_str) == Some("0"),
+        "plain port {cfg:?}"
+    );
     let repl: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("tls-replication")
         .query_async(&mut r)
         .await?;
-    ensure!(repl.get(1).map(String::as_str) == Some("yes"), "tls-replication {repl:?}");
+    ensure!(
+        repl.get(1).map(String::as_str) == Some("yes"),
+        "tls-replication {repl:?}"
+    );
 
     // One kill of the primary after the write reached the replica: the new primary has it.
     let old = Env::primary_member(&inst)?;
     docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
     let after = env
-        .wait_new_primary(&name, inst["epoch"].as_u64().unwrap_or(1), Duration::from_secs(60))
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(60),
+        )
         .await?;
     let new_primary = after["primary"].as_str().context("primary")?.to_owned();
     let mut c = redis_tls(&new_primary, "app", &app, &ca).await?;
     let v: Option<String> = redis::cmd("GET").arg("mark").query_async(&mut c).await?;
-    ensure!(v.as_deref() == Some("1"), "the key written before the kill: {v:?}");
-    let _: () = redis::cmd("SET").arg("mark").arg("2").query_async(&mut c).await?;
+    ensure!(
+        v.as_deref() == Some("1"),
+        "the key written before the kill: {v:?}"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("mark")
+        .arg("2")
+        .query_async(&mut c)
+        .await?;
     Ok(())
 }

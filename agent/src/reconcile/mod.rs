@@ -142,6 +142,10 @@ struct WorkerMemo {
     tls_loaded: Option<(String, String)>,
     /// No new certificate is asked for before this (after a refusal; the kept one serves).
     tls_retry_at: Option<Instant>,
+    /// Why the member's TLS is not what clients need yet (its certificate does not name its
+    /// address yet, or the server has not loaded it): it is not reported healthy meanwhile,
+    /// so `ready` means a client verifying the member's address gets in.
+    tls_pending: Option<String>,
 }
 
 impl WorkerMemo {
@@ -220,6 +224,11 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
                 cfg = config::write(&m, &mut st, Some((tls_mode, renewed)))?;
             }
         }
+        memo.tls_pending = cfg
+            .tls
+            .as_ref()
+            .filter(|t| !certs::covers(t, &wanted, now_ms() / 1000))
+            .map(|_| format!("waiting for a certificate naming {}", wanted.join(", ")));
     }
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
     if let Some(t) = &cfg.tls {
@@ -229,7 +238,9 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
             match m.engine.reload_tls(&server.target, &cfg.secrets).await {
                 Ok(()) => memo.tls_loaded = loaded,
                 Err(e) => {
-                    tracing::warn!(member = %a.member, error = %e, "could not make the server load its certificate")
+                    tracing::warn!(member = %a.member, error = %e, "could not make the server load its certificate");
+                    memo.tls_pending =
+                        Some(format!("the server has not loaded its certificate: {e}"));
                 }
             }
         }

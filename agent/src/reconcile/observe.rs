@@ -74,8 +74,8 @@ pub(super) fn report(
                 && follows(obs.following.as_deref(), replica_of)
         }
     };
-    s.healthy = role_ok && (!st.fenced || a.fence);
-    s.reason = match note {
+    s.healthy = role_ok && (!st.fenced || a.fence) && memo.tls_pending.is_none();
+    s.reason = match note.or_else(|| memo.tls_pending.clone()) {
         Some(note) => note,
         None => match (&obs.replication_error, role_ok, st.fenced, usage.1) {
             (_, _, true, _) if a.fence => "fenced for switchover".into(),
