@@ -101,9 +101,11 @@ async fn redis_tls(
     )
     .await
     .context("TLS handshake: no answer in 10 s")??;
-    let mut info = redis::RedisConnectionInfo::default();
-    info.username = Some(user.to_owned());
-    info.password = Some(password.to_owned());
+    let info = redis::RedisConnectionInfo {
+        username: Some(user.to_owned()),
+        password: Some(password.to_owned()),
+        ..Default::default()
+    };
     let (conn, driver) = redis::aio::MultiplexedConnection::new(&info, stream).await?;
     tokio::spawn(driver);
     Ok(conn)

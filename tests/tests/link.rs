@@ -57,6 +57,7 @@ impl Link {
             lease_ttl: Duration::from_secs(1),
             consul: None,
             tls: None,
+            current: Default::default(),
         };
         let lease = Lease::new(cfg.lease_ttl);
         let (tx, desired) = watch::channel(None);

@@ -36,9 +36,11 @@ async fn connect(at: &Target, s: &Secrets) -> Result<MultiplexedConnection> {
             .map_err(|e| err(at, e))?;
         let _ = tcp.set_nodelay(true);
         let stream = tls.connect(tcp).await.map_err(|e| err(at, e))?;
-        let mut info = redis::RedisConnectionInfo::default();
-        info.username = Some("mofang_admin".into());
-        info.password = Some(s.admin.clone());
+        let info = redis::RedisConnectionInfo {
+            username: Some("mofang_admin".into()),
+            password: Some(s.admin.clone()),
+            ..Default::default()
+        };
         let (conn, driver) = MultiplexedConnection::new(&info, stream)
             .await
             .map_err(|e| err(at, e))?;
