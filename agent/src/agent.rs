@@ -195,6 +195,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         crate::backup::BackupContext {
             runtime: shared.runtime.clone(),
             statuses: shared.statuses.clone(),
+            state: shared.state.clone(),
         },
     );
     let job_runner = tokio::spawn(

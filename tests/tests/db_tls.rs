@@ -401,3 +401,127 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
         .await?;
     Ok(())
 }
+
+/// `mofang --json ARGS...` against the environment's scheduler.
+async fn cli(env: &Env, args: &[&str]) -> Result<Value> {
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .arg("--json")
+        .args(args)
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("mofang {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_over_tls(
+) -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("tlsopt");
+    let created = cli(
+        &env,
+        &[
+            "instance",
+            "create",
+            &name,
+            "--engine",
+            "mariadb",
+            "--replicas",
+            "1",
+            "--cpu",
+            "0.5",
+            "--memory",
+            "384",
+            "--disk",
+            "512",
+            "--tls",
+            "optional",
+        ],
+    )
+    .await?;
+    ensure!(created["spec"]["tls"] == "optional", "{created}");
+    let inst = env.wait_instance_ready(&name).await?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = dir.path().join("ca.pem");
+    let creds = cli(
+        &env,
+        &[
+            "instance",
+            "credentials",
+            &name,
+            "--ca-out",
+            ca_file.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    ensure!(creds["tls"] == "optional", "{creds}");
+    let ca = std::fs::read_to_string(&ca_file)?;
+    ensure!(
+        Some(ca.as_str()) == creds["ca_pem"].as_str(),
+        "--ca-out wrote the CA"
+    );
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let primary = member_address(&inst, "primary")?;
+    let replica = member_address(&inst, "replica")?;
+
+    // Both: plain text, and TLS verifying the address.
+    let mut plain = mysql(&primary, "app", &app, None, None).await?;
+    let cipher: Option<(String, String)> = plain
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await?;
+    ensure!(
+        cipher.as_ref().is_some_and(|(_, v)| v.is_empty()),
+        "plain: {cipher:?}"
+    );
+    plain
+        .query_drop("CREATE TABLE app.marks (id BIGINT PRIMARY KEY)")
+        .await?;
+    plain.query_drop("INSERT INTO app.marks VALUES (7)").await?;
+    drop(plain);
+    let mut tls = mysql(&primary, "app", &app, Some(&ca), None).await?;
+    let cipher: Option<(String, String)> = tls
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await?;
+    ensure!(
+        cipher.as_ref().is_some_and(|(_, v)| !v.is_empty()),
+        "TLS: {cipher:?}"
+    );
+    drop(tls);
+
+    eventually(
+        "the row is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut r = mysql(&replica, "app", &app, Some(&ca), None).await?;
+            let n: Option<u64> = r
+                .query_first("SELECT COUNT(*) FROM app.marks WHERE id = 7")
+                .await?;
+            ensure!(n == Some(1), "not yet: {n:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
+    let row: mysql_async::Row = r
+        .query_first("SHOW SLAVE STATUS")
+        .await?
+        .context("the replica has no replication")?;
+    let col = |c: &str| {
+        row.get_opt::<String, _>(c)
+            .and_then(|v| v.ok())
+            .unwrap_or_default()
+    };
+    ensure!(
+        col("Master_SSL_Allowed") == "Yes" && col("Master_SSL_Verify_Server_Cert") == "Yes",
+        "replication TLS: {} {}",
+        col("Master_SSL_Allowed"),
+        col("Master_SSL_Verify_Server_Cert")
+    );
+    Ok(())
+}

@@ -41,6 +41,8 @@ pub struct BackupContext {
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Member statuses (a Redis member's address).
     pub statuses: Statuses,
+    /// The agent's state (a member's TLS material, to reach a Redis member with TLS on).
+    pub state: crate::state::LocalState,
 }
 
 /// A failed backup: the step (`open`, `snapshot`, `stream`, `manifest`) and why.
@@ -134,12 +136,29 @@ pub async fn run(
                 .get(&job.member)
                 .map(|s| s.address.clone())
                 .unwrap_or_default();
-            let at = Target::parse(&address).map_err(|e| {
+            let mut at = Target::parse(&address).map_err(|e| {
                 fail(
                     "snapshot",
                     format!("member {} has no address yet: {e}", job.member),
                 )
             })?;
+            if mofang_common::DbTls::parse(&a.tls).is_some_and(|t| t.is_on()) {
+                let kept = ctx
+                    .state
+                    .member_tls(&job.member)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        fail(
+                            "snapshot",
+                            format!("member {} has no certificate yet", job.member),
+                        )
+                    })?;
+                at.tls = Some(engine::ClientTls {
+                    ca_pem: kept.ca_pem,
+                    server_name: job.member.clone(),
+                });
+            }
             let snap = engine::redis_snapshot(&at, &secrets, BGSAVE_LIMIT)
                 .await
                 .map_err(|e| fail("snapshot", e))?;
