@@ -258,11 +258,56 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     );
     drop(r);
 
+    // The member's key: in its config directory 0600 for the database's uid (999) only, and
+    // nowhere in clear in the agent's state directory or in any log.
+    let primary_id = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let agent = env.agent_of(&inst, &primary_id)?;
+    let key_file = env.agents[agent]
+        .run_dir()
+        .join(&primary_id)
+        .join("server-key.pem");
+    let meta = std::fs::metadata(&key_file).with_context(|| key_file.display().to_string())?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        ensure!(
+            meta.mode() & 0o777 == 0o600,
+            "key mode {:o}",
+            meta.mode() & 0o777
+        );
+        ensure!(
+            meta.uid() == 999 && meta.gid() == 999,
+            "key owner {}:{}",
+            meta.uid(),
+            meta.gid()
+        );
+    }
+    let key = std::fs::read_to_string(&key_file)?;
+    ensure!(key.contains("PRIVATE KEY"), "not a key: {key_file:?}");
+    let body = key
+        .lines()
+        .find(|l| !l.starts_with("-----") && l.len() > 40)
+        .context("key body")?
+        .to_owned();
+    ensure!(
+        !dir_contains(&env.agents[agent].state_dir(), &body)?,
+        "the member's key is in clear in the agent's state directory"
+    );
+    for a in &env.agents {
+        ensure!(
+            !a.log().contains(&body),
+            "the member's key in {}'s log",
+            a.node
+        );
+    }
+    ensure!(
+        !env.sched.log().contains(&body),
+        "the member's key in the scheduler's log"
+    );
+
     // The agent's own monitoring logs in over TLS too.
-    let agent = env.agent_of(
-        &inst,
-        Env::primary_member(&inst)?["id"].as_str().context("id")?,
-    )?;
     let metrics_url = format!("{}/metrics", env.agents[agent].http);
     eventually("mysql_up 1 over TLS", Duration::from_secs(20), || async {
         let text = reqwest::get(&metrics_url).await?.text().await?;
@@ -524,4 +569,22 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
         col("Master_SSL_Verify_Server_Cert")
     );
     Ok(())
+}
+
+/// True when any file under `dir` contains `needle`.
+fn dir_contains(dir: &std::path::Path, needle: &str) -> Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            if dir_contains(&p, needle)? {
+                return Ok(true);
+            }
+        } else if std::fs::read(&p)
+            .map(|b| String::from_utf8_lossy(&b).contains(needle))
+            .unwrap_or(false)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
