@@ -1549,4 +1549,62 @@ mod tests {
         assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(code(again).await, "no_leader", "never forwarded twice");
     }
+
+    /// Database TLS needs the scheduler to sign members' certificates: without a CA key the
+    /// request is refused with its reason and nothing is created; a bad value names the field.
+    #[tokio::test]
+    async fn an_instance_with_tls_needs_a_scheduler_that_signs() {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.activate().await.expect("activate");
+        let mut tokens = Tokens::from_config(&[]);
+        tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
+        let app = router(Api {
+            tls: None,
+            cluster: cluster.clone(),
+            tokens: Arc::new(tokens),
+            sealed: None,
+        });
+        let create = |tls: serde_json::Value| {
+            let body = serde_json::json!({"name": "shop", "engine": "mariadb", "version": "10.11",
+                "replicas": 0, "resources": {"cpu": 0.5, "memory": 256, "disk": 512}, "tls": tls});
+            app.clone().oneshot(
+                axum::http::Request::post("/v1/instances")
+                    .header(header::AUTHORIZATION, "Bearer secret-token-0123456789")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(axum::body::Body::from(body.to_string()))
+                    .expect("request"),
+            )
+        };
+        let error = |r: Response| async move {
+            let status = r.status();
+            let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+            (status, v["error"].clone())
+        };
+        let (status, e) = error(create(serde_json::json!("required")).await.expect("answer")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert_eq!(e["code"], "tls_unavailable", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("tls.ca_key_file"),
+            "{e}"
+        );
+        let (status, e) = error(create(serde_json::json!("always")).await.expect("answer")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unknown variant `always`"),
+            "{e}"
+        );
+        assert!(cluster.instances().is_empty(), "nothing created");
+    }
 }
