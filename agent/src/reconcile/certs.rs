@@ -10,18 +10,112 @@
 //! member and its container, a second one (same key) adds the IP once the scheduler has seen
 //! it reported, and the server loads it without a restart (`Engine::reload_tls`).
 
-use super::Member;
+use super::answers::Server;
+use super::config::{self, Configured};
+use super::status::report;
+use super::{Action, Error, Member, Result, Step, WorkerMemo};
 use crate::config::NetworkMode;
 use crate::engine::ClientTls;
-use crate::state::MemberTlsState;
+use crate::runtime::ContainerInfo;
+use crate::state::{MemberState, MemberTlsState};
 use mofang_common::proto::MemberCertificateRequest;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::{debug, info};
+use mofang_common::DbTls;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
 
 /// A certificate is renewed this long before it expires.
 const RENEW_BEFORE_S: i64 = 30 * 86_400;
 /// How long a signing call may take.
 const SIGN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Step 2a: with TLS on, the member's key and a certificate naming what is known before its
+/// container runs (its container's name; with host networking its address too). Until the
+/// first certificate is signed the pass stops: the server must find its files at start.
+pub(super) async fn material(
+    m: &Member<'_>,
+    st: &MemberState,
+) -> Result<Step<Option<(DbTls, MemberTlsState)>>> {
+    let (sh, a) = (m.sh, m.a);
+    let mode =
+        DbTls::parse(&a.tls).ok_or_else(|| Error::BadAssignment(format!("tls {:?}", a.tls)))?;
+    if !mode.is_on() {
+        return Ok(Step::Next(None));
+    }
+    let wanted = wanted_names(
+        m.name(),
+        &sh.cfg.network_mode(),
+        &sh.cfg.advertise_address,
+        None,
+    );
+    match ensure(m, &wanted).await {
+        Ok(t) => Ok(Step::Next(Some((mode, t)))),
+        Err(reason) => {
+            report(sh, a, st, None, None, false, reason);
+            Ok(Step::Stop(Action::Requeue(Duration::from_secs(1))))
+        }
+    }
+}
+
+/// Step 3a, on a Docker network: once the container runs, its certificate names its IP too
+/// (signed again with the same key once the scheduler has seen the address reported; asked at
+/// most every 2 s while refused). Until it does, the member is not healthy
+/// (`WorkerMemo::tls_pending`).
+pub(super) async fn name_address(
+    m: &Member<'_>,
+    cfg: &mut Configured,
+    st: &mut MemberState,
+    running: &ContainerInfo,
+    memo: &mut WorkerMemo,
+) -> Result<()> {
+    memo.tls_pending = None;
+    let (Some(kept), NetworkMode::Docker(net)) = (cfg.tls.clone(), cfg.network.clone()) else {
+        return Ok(());
+    };
+    let ip = running.ips.get(&net).map(String::as_str);
+    let wanted = wanted_names(m.name(), &cfg.network, &m.sh.cfg.advertise_address, ip);
+    let may_ask = memo.tls_retry_at.is_none_or(|t| Instant::now() >= t);
+    if may_ask && !covers(&kept, &wanted, now_s()) {
+        let renewed = ensure(m, &wanted).await.unwrap_or_else(|_| kept.clone());
+        memo.tls_retry_at =
+            (!covers(&renewed, &wanted, now_s())).then(|| Instant::now() + Duration::from_secs(2));
+        if renewed != kept {
+            let mode = DbTls::parse(&m.a.tls).unwrap_or(DbTls::Required);
+            *cfg = config::write(m, st, Some((mode, renewed)))?;
+        }
+    }
+    memo.tls_pending = cfg
+        .tls
+        .as_ref()
+        .filter(|t| !covers(t, &wanted, now_s()))
+        .map(|_| format!("waiting for a certificate naming {}", wanted.join(", ")));
+    Ok(())
+}
+
+/// Step 4a: a server that started before its current certificate was written loads it
+/// without a restart, once per container and certificate. A failure keeps the member
+/// unhealthy and is tried again next pass.
+pub(super) async fn load(
+    m: &Member<'_>,
+    cfg: &Configured,
+    server: &Server,
+    running: &ContainerInfo,
+    memo: &mut WorkerMemo,
+) {
+    let Some(t) = &cfg.tls else {
+        return;
+    };
+    let loaded = Some((running.id.clone(), t.cert_pem.clone()));
+    if memo.tls_loaded == loaded {
+        return;
+    }
+    match m.engine.reload_tls(&server.target, &cfg.secrets).await {
+        Ok(()) => memo.tls_loaded = loaded,
+        Err(e) => {
+            warn!(member = %m.name(), error = %e, "could not make the server load its certificate");
+            memo.tls_pending = Some(format!("the server has not loaded its certificate: {e}"));
+        }
+    }
+}
 
 /// The names a member is reached at besides its id: its container's name, and its address
 /// (the node's advertised address with host networking, its IP on a Docker network once known).

@@ -1,7 +1,7 @@
 //! The reconcile loop (kube-runtime style): desired members of this node against actual
 //! containers. One worker per member (`worker.rs`), idempotent steps, periodic requeue,
 //! woken at once by container events. A pass is the list of steps in `reconcile_member`,
-//! a file each: `volume.rs` -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `answers.rs` (the server
+//! a file each: `volume.rs` -> `certs.rs` (database TLS: the member's certificate) -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `certs.rs` (its address named, the certificate loaded) -> `answers.rs` (the server
 //! answers a ping) -> `accounts.rs` (a credential rotation's step) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
 //! next what it produced, or reports the member's status and ends the pass with an
 //! [`Action`]. The decisions (the role asked for, a container that is not running, the role
@@ -183,68 +183,16 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     if a.stopped {
         return container::stopped(&m, &mut st, memo).await;
     }
-    let tls_mode = mofang_common::DbTls::parse(&a.tls)
-        .ok_or_else(|| Error::BadAssignment(format!("tls {:?}", a.tls)))?;
-    let network = sh.cfg.network_mode();
-    let names =
-        |ip: Option<&str>| certs::wanted_names(&a.member, &network, &sh.cfg.advertise_address, ip);
-    let tls = if tls_mode.is_on() {
-        match certs::ensure(&m, &names(None)).await {
-            Ok(t) => Some((tls_mode, t)),
-            Err(reason) => {
-                status::report(sh, a, &st, None, None, false, reason);
-                return Ok(Action::Requeue(Duration::from_secs(1)));
-            }
-        }
-    } else {
-        None
-    };
+    let tls = step!(certs::material(&m, &st).await);
     let mut cfg = config::write(&m, &mut st, tls)?;
     let found = step!(container::present(&m, &cfg, &vol, &mut st).await);
     let running = step!(container::running(&m, found, &mut st, memo).await);
     if st != orig {
         sh.state.save_member(&a.member, &st)?;
     }
-    // On a Docker network the certificate names the container's IP too, once it runs.
-    if let (Some(kept), crate::config::NetworkMode::Docker(net)) =
-        (cfg.tls.clone(), cfg.network.clone())
-    {
-        let wanted = names(running.ips.get(&net).map(String::as_str));
-        let may_ask = memo.tls_retry_at.is_none_or(|t| Instant::now() >= t);
-        if may_ask && !certs::covers(&kept, &wanted, now_ms() / 1000) {
-            let renewed = certs::ensure(&m, &wanted)
-                .await
-                .unwrap_or_else(|_| kept.clone());
-            if certs::covers(&renewed, &wanted, now_ms() / 1000) {
-                memo.tls_retry_at = None;
-            } else {
-                memo.tls_retry_at = Some(Instant::now() + Duration::from_secs(2));
-            }
-            if renewed != kept {
-                cfg = config::write(&m, &mut st, Some((tls_mode, renewed)))?;
-            }
-        }
-        memo.tls_pending = cfg
-            .tls
-            .as_ref()
-            .filter(|t| !certs::covers(t, &wanted, now_ms() / 1000))
-            .map(|_| format!("waiting for a certificate naming {}", wanted.join(", ")));
-    }
+    certs::name_address(&m, &mut cfg, &mut st, &running, memo).await?;
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
-    if let Some(t) = &cfg.tls {
-        // A certificate written after the server started is loaded without a restart.
-        let loaded = Some((running.id.clone(), t.cert_pem.clone()));
-        if memo.tls_loaded != loaded {
-            match m.engine.reload_tls(&server.target, &cfg.secrets).await {
-                Ok(()) => memo.tls_loaded = loaded,
-                Err(e) => {
-                    tracing::warn!(member = %a.member, error = %e, "could not make the server load its certificate");
-                    memo.tls_pending =
-                        Some(format!("the server has not loaded its certificate: {e}"));
-                }
-            }
-        }
-    }
+    certs::load(&m, &cfg, &server, &running, memo).await;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
