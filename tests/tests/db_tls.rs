@@ -4,8 +4,9 @@
 //! credentials` and verifies the member's address as the name gets in; a write at the
 //! primary arrives at the replica over replication that runs on verified TLS (MariaDB
 //! `SHOW SLAVE STATUS`: `Master_SSL_Allowed` and `Master_SSL_Verify_Server_Cert`; Redis: the
-//! primary has no plain-text port at all); and after one kill of the primary's container the
-//! write made before it is on the new primary. Bad `tls` values are refused with a JSON reason.
+//! primary has no plain-text port at all); a Redis backup runs over TLS; and after one kill of
+//! the primary's container the write made before it is on the new primary. Bad `tls` values
+//! are refused with a JSON reason.
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_tests::scenario::{container_of, docker_cli, Env};
@@ -420,6 +421,43 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
     ensure!(
         repl.get(1).map(String::as_str) == Some("yes"),
         "tls-replication {repl:?}"
+    );
+
+    // A backup (BGSAVE through the agent's TLS session with the member) to a real S3.
+    let s3 = mofang_tests::s3::SeaweedFs::shared().await?;
+    let (status, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/backup-repos",
+            Some(
+                json!({"name": "tlsrepo", "kind": "s3", "endpoint": s3.endpoint,
+                "bucket": s3.bucket, "prefix": unique_name("tls"),
+                "access_key_id": s3.access_key, "secret_access_key": s3.secret_key}),
+            ),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::CREATED,
+        "backup repository: {status} {v}"
+    );
+    let (status, b) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/backups"),
+            Some(json!({"repo": "tlsrepo", "primary": true})),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "backup: {status} {b}");
+    let id = b["id"].as_str().context("backup id")?.to_owned();
+    let done = eventually("the backup ended", Duration::from_secs(60), || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
+        Ok(b)
+    })
+    .await?;
+    ensure!(
+        done["state"] == "succeeded",
+        "backup of a TLS member: {done}"
     );
 
     // One kill of the primary after the write reached the replica: the new primary has it.
