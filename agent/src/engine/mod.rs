@@ -127,7 +127,8 @@ pub struct Target {
 
 /// How the agent talks TLS to a member (issue 15 point 7): the cluster CA to verify its
 /// certificate against and the name to verify, the member id (a name its certificate always
-/// carries, whatever address the agent dials: its container's IP changes across restarts).
+/// carries, whatever address the agent dials: `127.0.0.1` with host networking, or an IP the
+/// certificate does not name yet on a Docker network).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientTls {
     /// The cluster CA, PEM.
