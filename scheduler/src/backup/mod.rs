@@ -4,6 +4,7 @@
 //! (`cluster/backups.rs`) carries the decisions out.
 
 pub mod plan;
+pub mod schedule;
 
 use mofang_common::backup::{ConsistentAt, Manifest, ManifestObject};
 use serde::{Deserialize, Serialize};
