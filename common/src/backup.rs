@@ -13,6 +13,59 @@ pub const MANIFEST: &str = "manifest.json";
 pub const MARIADB_DATA: &str = "full.mbstream.zst";
 /// Name of the data object of a Redis backup (the RDB file, zstd).
 pub const REDIS_DATA: &str = "dump.rdb.zst";
+/// Job kind of a verification (`Job.kind`): the backup restored in a throwaway container.
+pub const VERIFY_JOB_KIND: &str = "verify";
+
+/// SQL (MariaDB) that writes the query counting the rows of every application table: one
+/// `SELECT '<schema>', '<table>', COUNT(*) FROM ...` per base table outside the system
+/// schemas, joined by `UNION ALL` (`NULL` when there is none). Run with `-N -B`, its output
+/// is the query; the query's output is `schema<TAB>table<TAB>rows` lines. The same text
+/// counts at backup time (on the member) and at verification (in the throwaway), so the two
+/// cannot count differently.
+pub const COUNT_QUERY_SQL: &str = "SET SESSION group_concat_max_len = 67108864; \
+SELECT GROUP_CONCAT(CONCAT('SELECT ', QUOTE(table_schema), ', ', QUOTE(table_name), ', COUNT(*) FROM `', \
+REPLACE(table_schema, '`', '``'), '`.`', REPLACE(table_name, '`', '``'), '`') \
+ORDER BY table_schema, table_name SEPARATOR ' UNION ALL ') \
+FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')";
+
+/// Reads `schema<TAB>table<TAB>rows` lines (the count query's output, after an optional
+/// `prefix` on each line) into `schema.table -> rows`; other lines are ignored.
+pub fn parse_row_counts(out: &str, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|l| {
+            let mut it = l.split('\t');
+            let (s, t, n) = (it.next()?, it.next()?, it.next()?.trim().parse().ok()?);
+            Some((format!("{s}.{t}"), n))
+        })
+        .collect()
+}
+
+/// Verification job parameter keys (`Job.params`), besides [`params::ID`], [`params::ENGINE`]
+/// and [`params::VERSION`].
+pub mod verify_params {
+    /// The data object's path in the repository.
+    pub const OBJECT: &str = "object";
+    /// Its recorded size.
+    pub const SIZE: &str = "size";
+    /// Its recorded sha256.
+    pub const SHA256: &str = "sha256";
+    /// Bytes once decompressed.
+    pub const RAW_SIZE: &str = "raw_size";
+}
+
+/// What a verification found in its throwaway container (`JobStatus.result`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFound {
+    /// MariaDB: rows per application table, `schema.table`.
+    #[serde(default)]
+    pub row_counts: std::collections::BTreeMap<String, u64>,
+    /// Redis: `DBSIZE` once the RDB is loaded.
+    #[serde(default)]
+    pub keys: Option<u64>,
+}
 
 /// A backup's directory in its repository: `backups/<instance>/<id>`.
 pub fn dir(instance: &str, id: &str) -> String {
@@ -89,6 +142,14 @@ pub struct Manifest {
     pub objects: Vec<ManifestObject>,
     /// Versions of the tools that made it (`mariadb-backup`, `redis-server`, `mofang-agent`).
     pub tools: std::collections::BTreeMap<String, String>,
+    /// MariaDB: rows per application table (`schema.table`), counted on the member while
+    /// it stood at the backup's GTID (a replica's SQL thread stopped); absent when the
+    /// counts could not be tied to that GTID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// Redis: the keys in the RDB (`redis-check-rdb` on the snapshot file that was uploaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
 }
 
 /// What the agent fills a restored instance's primary from (`Assignment.restore`, as JSON).

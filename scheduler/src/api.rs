@@ -123,6 +123,9 @@ impl From<cluster::Error> for ApiError {
             E::BackupRunning { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "backup_running", e.to_string())
             }
+            E::VerifyRunning(_) => {
+                ApiError::new(StatusCode::CONFLICT, "verify_running", e.to_string())
+            }
             E::NoBackupMember(_) => {
                 ApiError::new(StatusCode::CONFLICT, "no_backup_member", e.to_string())
             }
@@ -338,6 +341,19 @@ pub struct InstancePatch {
     /// Labels to set; `null` removes one (JSON merge patch).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, Option<String>>,
+    /// The backup policy, replaced whole; `null` removes it; absent: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::backup::schedule::BackupPolicy>)]
+    pub backup: Option<Option<crate::backup::schedule::BackupPolicy>>,
+}
+
+/// A field given (even as `null`) is `Some`: tells `null` from absent in a merge patch.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[utoipa::path(patch, path = "/v1/instances/{name}", params(("name" = String, Path)), request_body = InstancePatch,
@@ -350,7 +366,9 @@ async fn patch_instance(
 ) -> ApiResult<Json<InstanceView>> {
     need(&id, TokenRole::Operator)?;
     let req: InstancePatch = parse_body(body)?;
-    api.cluster.patch_labels(&name, &req.labels).await?;
+    api.cluster
+        .patch_instance(&name, &req.labels, req.backup)
+        .await?;
     api.cluster.instance(&name).map(Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -534,6 +552,7 @@ async fn metrics(State(api): State<Api>) -> Response {
         u8::from(api.cluster.mass_hold())
     ));
     body.push_str(&api.cluster.pitr_metrics());
+    body.push_str(&api.cluster.schedule_metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -1102,6 +1121,19 @@ async fn delete_backup(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/backups/{id}/verify", params(("id" = String, Path)),
+    responses((status = 202, body = Backup), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn verify_backup(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(backup): Path<String>,
+) -> ApiResult<(StatusCode, Json<Backup>)> {
+    need(&id, TokenRole::Operator)?;
+    let b = api.cluster.request_verify(&backup).await?;
+    Ok((StatusCode::ACCEPTED, Json(b)))
+}
+
 /// `POST /v1/batches`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1182,11 +1214,11 @@ async fn cancel_batch(
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
         start_batch, get_batch, cancel_batch,
-        create_backup, list_backups, get_backup, delete_backup
+        create_backup, list_backups, get_backup, delete_backup, verify_backup
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
-        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
+        PlacementSpec, Strategy, crate::model::RestoreRequest, crate::backup::schedule::BackupPolicy, crate::backup::schedule::Retention, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
         RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
@@ -1423,6 +1455,7 @@ pub fn router(api: Api) -> Router {
             get(list_backups).post(create_backup),
         )
         .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
+        .route("/v1/backups/{id}/verify", post(verify_backup))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(api.clone(), audit_mw))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))

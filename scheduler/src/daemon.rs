@@ -21,6 +21,10 @@ use tracing::{info, warn, Instrument};
 
 /// Least time between two failover passes a heartbeat asked for.
 const FAILOVER_WAKE_SPACING: Duration = Duration::from_millis(50);
+/// How often the leader looks for due backup and verification slots (a slot runs within
+/// this of its time).
+const SCHEDULE_TICK: Duration = Duration::from_millis(500);
+
 /// How often the leader refreshes each binlog archive's window and gaps.
 const PITR_REFRESH: Duration = Duration::from_secs(2);
 
@@ -376,6 +380,26 @@ pub async fn start(
             }
         }
         .instrument(tracing::info_span!("pitr")),
+    ));
+    // Backup schedules, verification schedules and retention (issue 16): the leader only;
+    // each slot is recorded on the instance (compare-and-set) before it runs.
+    let (sd, c) = (shutdown.clone(), cluster.clone());
+    tasks.push(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(SCHEDULE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        if c.is_active() {
+                            c.run_schedules().await;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("schedules")),
     ));
     // Day-2 operations: the leader takes each unfinished one a step further (issue 17).
     let (sd, c) = (shutdown.clone(), cluster.clone());

@@ -152,6 +152,11 @@ pub struct InstanceSpec {
     #[serde(default)]
     #[schema(value_type = String, example = "required")]
     pub tls: mofang_common::DbTls,
+    /// Scheduled backups, their retention and verification
+    /// ([`crate::backup::schedule::BackupPolicy`]); none when absent. Changed later with
+    /// `PATCH /v1/instances/{name}` (`"backup": null` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::schedule::BackupPolicy>,
 }
 
 /// `restore` of a create request: restore a backup of `from_instance` (which may have been
@@ -338,6 +343,14 @@ pub struct Instance {
     /// A credential rotation under way (boxed: most records have none).
     #[serde(default)]
     pub rotation: Option<Box<CredentialRotation>>,
+    /// The last backup slot of `spec.backup.schedule` the leader ran (unix ms), or the time
+    /// the schedule was set: written (compare-and-set) before the backup starts, so a new
+    /// leader never runs a slot twice.
+    #[serde(default)]
+    pub backup_slot_ms: i64,
+    /// The same for `spec.backup.verify`.
+    #[serde(default)]
+    pub verify_slot_ms: i64,
 }
 
 fn yes() -> bool {
@@ -365,6 +378,8 @@ impl Instance {
             stopped: false,
             restored: None,
             rotation: None,
+            backup_slot_ms: 0,
+            verify_slot_ms: 0,
         }
     }
 
@@ -483,6 +498,18 @@ pub enum EventKind {
     BackupFailed,
     /// A backup and its objects were deleted.
     BackupDeleted,
+    /// A scheduled backup or verification did not run at its slot (slots passed while no
+    /// scheduler led, or it could not start: one already running, no healthy member).
+    BackupMissed,
+    /// Retention deleted an expired backup with its objects, or archived binlogs no retained
+    /// backup needs.
+    BackupExpired,
+    /// A backup's verification began (the node of its throwaway container).
+    VerifyStarted,
+    /// A backup's verification passed: it restored and its row counts (key count) match.
+    VerifySucceeded,
+    /// A backup's verification failed (the reason).
+    VerifyFailed,
     /// The binlog archive of an instance has a gap after its latest full backup: it cannot
     /// be restored to a time past the gap until the next full backup (the reason).
     PitrGap,
@@ -498,7 +525,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 49] = [
+    pub const ALL: [EventKind; 54] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -543,6 +570,11 @@ impl EventKind {
         EventKind::BackupSucceeded,
         EventKind::BackupFailed,
         EventKind::BackupDeleted,
+        EventKind::BackupMissed,
+        EventKind::BackupExpired,
+        EventKind::VerifyStarted,
+        EventKind::VerifySucceeded,
+        EventKind::VerifyFailed,
         EventKind::PitrGap,
         EventKind::PitrReady,
         EventKind::CredentialsRotating,
@@ -597,6 +629,11 @@ impl EventKind {
             EventKind::BackupSucceeded => "backup_succeeded",
             EventKind::BackupFailed => "backup_failed",
             EventKind::BackupDeleted => "backup_deleted",
+            EventKind::BackupMissed => "backup_missed",
+            EventKind::BackupExpired => "backup_expired",
+            EventKind::VerifyStarted => "verify_started",
+            EventKind::VerifySucceeded => "verify_succeeded",
+            EventKind::VerifyFailed => "verify_failed",
             EventKind::PitrGap => "pitr_gap",
             EventKind::PitrReady => "pitr_ready",
             EventKind::CredentialsRotating => "credentials_rotating",

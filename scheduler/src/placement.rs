@@ -578,6 +578,7 @@ mod tests {
             labels: Default::default(),
             restore: None,
             tls: Default::default(),
+            backup: None,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             labels: Default::default(),
             restore: None,
             tls: Default::default(),
+            backup: None,
         };
         let members = ["orders-0", "orders-1", "orders-2"]
             .iter()

@@ -118,6 +118,26 @@ pub struct Backup {
     /// Versions of the tools that made it.
     #[serde(default)]
     pub tools: std::collections::BTreeMap<String, String>,
+    /// MariaDB: rows per application table (`schema.table`) at the backup's GTID, from the
+    /// manifest; absent when they could not be tied to it (verification then only shows
+    /// what it counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<std::collections::BTreeMap<String, u64>>,
+    /// Redis: keys in the RDB, from the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// A verification of it is running.
+    #[serde(default)]
+    pub verifying: bool,
+    /// When its last verification ended (unix ms; 0: never verified).
+    #[serde(default)]
+    pub verified_at_ms: i64,
+    /// Whether its last verification passed (absent: never verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_ok: Option<bool>,
+    /// What the last verification found, or why it failed.
+    #[serde(default)]
+    pub verify_reason: String,
 }
 
 impl Backup {
@@ -141,6 +161,8 @@ impl Backup {
         self.bytes = m.objects.iter().map(|o| o.raw_size).sum();
         self.manifest = format!("{dir}/{}", mofang_common::backup::MANIFEST);
         self.tools = m.tools.clone();
+        self.row_counts = m.row_counts.clone();
+        self.keys = m.keys;
     }
 }
 

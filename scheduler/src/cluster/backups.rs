@@ -106,6 +106,12 @@ impl Cluster {
                 objects: vec![],
                 manifest: String::new(),
                 tools: Default::default(),
+                row_counts: None,
+                keys: None,
+                verifying: false,
+                verified_at_ms: 0,
+                verify_ok: None,
+                verify_reason: String::new(),
             };
             inner
                 .backups_running
@@ -476,7 +482,7 @@ impl Cluster {
     }
 
     /// Deletes every object under the backup's directory in its repository.
-    async fn delete_objects(&self, b: &Backup) -> Result<()> {
+    pub(super) async fn delete_objects(&self, b: &Backup) -> Result<()> {
         let repo = self.backup_repo(&b.repo).await.map_err(|e| match e {
             Error::NotFound(_) => Error::Invalid(format!(
                 "backup repository {} is gone: the objects of backup {} cannot be deleted",
@@ -504,7 +510,7 @@ impl Cluster {
         Ok(())
     }
 
-    async fn put_backup(&self, b: &Backup) -> Result<()> {
+    pub(super) async fn put_backup(&self, b: &Backup) -> Result<()> {
         let json = serde_json::to_string(b).map_err(|e| Error::Invalid(e.to_string()))?;
         self.store
             .put_meta(&format!("{PREFIX}{}", b.id), &json)
@@ -514,7 +520,7 @@ impl Cluster {
 
     /// An event and an audit entry for one step of a backup (the store failing to take them
     /// is logged; the backup goes on).
-    async fn backup_step(&self, b: &Backup, kind: EventKind, message: String) {
+    pub(super) async fn backup_step(&self, b: &Backup, kind: EventKind, message: String) {
         let ev = event(kind, Some(&b.instance), Some(&b.node), message.clone());
         if let Err(e) = self.store.append_events(&[ev]).await {
             warn!(error = %e, "backup event not recorded");
@@ -670,6 +676,8 @@ mod tests {
                 compression: "zstd".into(),
             }],
             tools: Default::default(),
+            row_counts: None,
+            keys: None,
         };
         c.heartbeat(report(
             "succeeded",
@@ -781,6 +789,12 @@ mod tests {
                 }],
                 manifest: format!("{d}/{}", common::MANIFEST),
                 tools: Default::default(),
+                row_counts: None,
+                keys: None,
+                verifying: false,
+                verified_at_ms: 0,
+                verify_ok: None,
+                verify_reason: String::new(),
             }
         };
         for b in [

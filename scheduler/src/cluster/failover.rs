@@ -943,7 +943,8 @@ impl Cluster {
     pub async fn take_charge(&self) -> Result<()> {
         self.resume_failovers(now_ms());
         self.abandon_switchovers().await?;
-        self.fail_orphaned_backups().await
+        self.fail_orphaned_backups().await?;
+        self.clear_orphaned_verifications().await
     }
 
     /// A failover decided by a previous scheduler (its epoch is durable) may still be carried

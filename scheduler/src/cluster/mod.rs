@@ -23,8 +23,10 @@ mod pitr;
 mod records;
 mod repos;
 mod rotation;
+mod schedules;
 #[cfg(test)]
 mod testkit;
+mod verify;
 mod views;
 
 pub use endpoints::Registered;
@@ -32,6 +34,7 @@ pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use member_certs::MemberCertRefusal;
 pub use pitr::PitrWindow;
+pub use verify::{judge, verify_node};
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
@@ -96,6 +99,9 @@ pub enum Error {
         /// The backup under way.
         id: String,
     },
+    /// A verification of the backup is already running (409 `verify_running`).
+    #[error("a verification of backup {0} is still running")]
+    VerifyRunning(String),
     /// No member can take the backup asked for (409 `no_backup_member`).
     #[error(transparent)]
     NoBackupMember(crate::backup::plan::NoMember),
@@ -179,6 +185,12 @@ struct Inner {
     pitr: BTreeMap<String, pitr::PitrSeen>,
     /// Archived binlog indexes read so far, by `<repo>/<path>` (they never change).
     binlog_indexes: HashMap<String, mofang_common::pitr::BinlogIndex>,
+    /// Backups being verified, by id.
+    verifying: BTreeSet<String>,
+    /// Scheduled runs missed since this scheduler leads, by instance (metrics).
+    backup_missed: BTreeMap<String, u64>,
+    /// When retention last looked at each instance (unix ms).
+    retention_at: HashMap<String, i64>,
 }
 
 /// The cluster: one per scheduler process.

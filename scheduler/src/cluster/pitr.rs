@@ -139,7 +139,7 @@ impl Cluster {
 
     /// The archive's indexes of `instance` in `repo`: listed, and each new one read once
     /// (they never change).
-    async fn archive_indexes(&self, repo: &str, instance: &str) -> Result<Vec<BinlogIndex>> {
+    pub(super) async fn archive_indexes(&self, repo: &str, instance: &str) -> Result<Vec<BinlogIndex>> {
         let spec = lock(&self.inner)
             .repos
             .get(repo)
@@ -438,6 +438,12 @@ mod tests {
             objects: vec![],
             manifest: String::new(),
             tools: Default::default(),
+            row_counts: None,
+            keys: None,
+            verifying: false,
+            verified_at_ms: 0,
+            verify_ok: None,
+            verify_reason: String::new(),
         }
     }
 

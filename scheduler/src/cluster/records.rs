@@ -115,6 +115,9 @@ pub fn validate_spec(spec: &InstanceSpec) -> Result<()> {
         mofang_common::ids::validate_dns_label("disk_class", c, 32)
             .map_err(|e| Error::Invalid(e.to_string()))?;
     }
+    if let Some(b) = &spec.backup {
+        b.validate().map_err(Error::Invalid)?;
+    }
     Ok(())
 }
 
@@ -124,6 +127,12 @@ impl Cluster {
     /// happens outside it so concurrent creations share a commit.
     pub async fn create_instance(&self, spec: InstanceSpec) -> Result<Instance> {
         validate_spec(&spec)?;
+        if let Some(b) = &spec.backup {
+            self.backup_repo(&b.repo).await.map_err(|e| match e {
+                Error::NotFound(what) => Error::Invalid(format!("backup.repo: {what} not found")),
+                other => other,
+            })?;
+        }
         // Checked before anything is placed or written: a refused restore creates nothing.
         let restored = match &spec.restore {
             Some(r) => Some(self.check_restore(&spec, r).await?),
@@ -146,6 +155,9 @@ impl Cluster {
                 },
             );
             inst.restored = restored.clone().map(Box::new);
+            // Schedules count their slots from now: nothing is missed before creation.
+            inst.backup_slot_ms = inst.created_at_ms;
+            inst.verify_slot_ms = inst.created_at_ms;
             // Reserve now; undone below if the store refuses.
             reserve(&mut inner, &inst, true);
             inner.instances.insert(spec.name.clone(), inst.clone());
@@ -327,6 +339,25 @@ impl Cluster {
         name: &str,
         patch: &BTreeMap<String, Option<String>>,
     ) -> Result<Instance> {
+        self.patch_instance(name, patch, None).await
+    }
+
+    /// `PATCH /v1/instances/{name}`: labels (merge patch) and, when `backup` is given, the
+    /// backup policy (`Some(None)` removes it). A new or changed schedule counts its slots
+    /// from now.
+    pub async fn patch_instance(
+        &self,
+        name: &str,
+        patch: &BTreeMap<String, Option<String>>,
+        backup: Option<Option<crate::backup::schedule::BackupPolicy>>,
+    ) -> Result<Instance> {
+        if let Some(Some(b)) = &backup {
+            b.validate().map_err(Error::Invalid)?;
+            self.backup_repo(&b.repo).await.map_err(|e| match e {
+                Error::NotFound(what) => Error::Invalid(format!("backup.repo: {what} not found")),
+                other => other,
+            })?;
+        }
         let mut next = lock(&self.inner)
             .instances
             .get(name)
@@ -340,6 +371,30 @@ impl Cluster {
             };
         }
         validate_labels(&next.spec.labels)?;
+        let mut what = Vec::new();
+        if let Some(policy) = backup {
+            let now = crate::model::now_ms();
+            let old = next.spec.backup.clone();
+            if old.as_ref().map(|p| &p.schedule) != policy.as_ref().map(|p| &p.schedule) {
+                next.backup_slot_ms = now;
+            }
+            if old.as_ref().and_then(|p| p.verify.as_ref())
+                != policy.as_ref().and_then(|p| p.verify.as_ref())
+            {
+                next.verify_slot_ms = now;
+            }
+            what.push(match &policy {
+                Some(p) => format!(
+                    "backup schedule {:?} to repository {}, retention {}, verify {}",
+                    p.schedule,
+                    p.repo,
+                    serde_json::to_string(&p.retention).unwrap_or_default(),
+                    p.verify.as_deref().unwrap_or("never")
+                ),
+                None => "no backup schedule".to_owned(),
+            });
+            next.spec.backup = policy;
+        }
         let text = next
             .spec
             .labels
@@ -353,7 +408,11 @@ impl Cluster {
                 EventKind::InstanceUpdated,
                 Some(name),
                 None,
-                format!("labels now {{{text}}}"),
+                if what.is_empty() {
+                    format!("labels now {{{text}}}")
+                } else {
+                    format!("labels now {{{text}}}; {}", what.join("; "))
+                },
             )],
         )
         .await

@@ -55,6 +55,7 @@ pub(super) fn spec(name: &str, disk_mib: u64, class: Option<&str>) -> InstanceSp
         labels: Default::default(),
         restore: None,
         tls: Default::default(),
+        backup: None,
     }
 }
 

@@ -369,6 +369,7 @@ mod tests {
             labels: Default::default(),
             restore: None,
             tls: Default::default(),
+            backup: None,
         };
         let m = |i: u32, node: &str, role| MemberRecord {
             id: format!("db-{i}"),

@@ -134,6 +134,7 @@ mod tests {
             labels: Default::default(),
             restore: None,
             tls: Default::default(),
+            backup: None,
         };
         let m = |i: u32, role| MemberRecord {
             id: format!("{name}-{i}"),

@@ -397,6 +397,7 @@ mod tests {
                 labels: Default::default(),
                 restore: None,
                 tls: Default::default(),
+                backup: None,
             },
             vec![MemberRecord {
                 id: format!("{name}-0"),

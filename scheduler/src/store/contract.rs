@@ -74,6 +74,7 @@ pub fn instance(name: &str) -> Instance {
             labels: Default::default(),
             restore: None,
             tls: Default::default(),
+            backup: None,
         },
         vec![MemberRecord {
             id: format!("{name}-0"),

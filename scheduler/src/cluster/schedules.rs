@@ -1,0 +1,284 @@
+//! Carrying out instances' backup policies on the leader (issue 16): each pass takes the
+//! slot of `backup.schedule` (and of `backup.verify`) that is due ([`schedule::next_due`]),
+//! records it on the instance with a compare-and-set *before* starting the backup (a new
+//! leader reloads the record and never runs a slot twice; two schedulers racing on one slot
+//! cannot both win), reports missed slots (an event, `mofang_backup_missed_total`), and every
+//! [`RETENTION_EVERY`] deletes the backups retention has expired ([`schedule::expired`]) and the
+//! archived binlog files no retained backup needs ([`schedule::binlogs_unneeded`]).
+
+use super::{lock, Cluster, Error, Result};
+use crate::backup::plan::Ask;
+use crate::backup::schedule::{self, Archived, BackupPolicy, Kept};
+use crate::backup::{Backup, BackupState, PREFIX};
+use crate::model::{now_ms, EventKind, Instance};
+use mofang_common::pitr;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// How often retention looks at an instance's backups and archive.
+pub const RETENTION_EVERY_MS: i64 = 5_000;
+
+/// Which of an instance's schedules a slot is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Backup,
+    Verify,
+}
+
+impl Cluster {
+    /// One pass of the leader over every instance with a backup policy.
+    pub async fn run_schedules(self: &Arc<Self>) {
+        let now = now_ms();
+        let with_policy: Vec<Instance> = lock(&self.inner)
+            .instances
+            .values()
+            .filter(|i| i.revision > 0 && i.spec.backup.is_some())
+            .cloned()
+            .collect();
+        for inst in with_policy {
+            let Some(policy) = inst.spec.backup.clone() else {
+                continue;
+            };
+            let inst = match self.take_slot(inst, &policy, Which::Backup, now).await {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(error = %e, "backup schedule not evaluated");
+                    continue;
+                }
+            };
+            if let Err(e) = self.take_slot(inst.clone(), &policy, Which::Verify, now).await {
+                warn!(instance = %inst.spec.name, error = %e, "verify schedule not evaluated");
+            }
+            let due = {
+                let mut inner = lock(&self.inner);
+                let last = inner
+                    .retention_at
+                    .get(&inst.spec.name)
+                    .copied()
+                    .unwrap_or(0);
+                let due = now - last >= RETENTION_EVERY_MS;
+                if due {
+                    inner.retention_at.insert(inst.spec.name.clone(), now);
+                }
+                due
+            };
+            if due {
+                if let Err(e) = self.apply_retention(&inst.spec.name, &policy, now).await {
+                    warn!(instance = %inst.spec.name, error = %e, "retention not applied; retried at its next pass");
+                }
+            }
+        }
+    }
+
+    /// Runs the slot of one schedule if one is due: recorded first (compare-and-set on the
+    /// instance's revision: a conflict means another writer, perhaps another leader, moved
+    /// it; the next pass looks again), then the backup or verification asked for. Returns
+    /// the instance as stored.
+    async fn take_slot(
+        self: &Arc<Self>,
+        inst: Instance,
+        policy: &BackupPolicy,
+        which: Which,
+        now: i64,
+    ) -> Result<Instance> {
+        let name = inst.spec.name.clone();
+        let (expr, last) = match which {
+            Which::Backup => (Some(policy.schedule.as_str()), inst.backup_slot_ms),
+            Which::Verify => (policy.verify.as_deref(), inst.verify_slot_ms),
+        };
+        let Some(expr) = expr else {
+            return Ok(inst);
+        };
+        let cron = schedule::parse_cron(expr).map_err(Error::Invalid)?;
+        let Some(due) = schedule::next_due(&cron, last, now) else {
+            return Ok(inst);
+        };
+        let mut next = inst.clone();
+        match which {
+            Which::Backup => next.backup_slot_ms = due.slot_ms,
+            Which::Verify => next.verify_slot_ms = due.slot_ms,
+        }
+        let stored = self.write(next, vec![]).await?;
+        let what = match which {
+            Which::Backup => "backup",
+            Which::Verify => "verification",
+        };
+        if due.missed > 0 {
+            self.report_missed(
+                &name,
+                u64::from(due.missed),
+                format!(
+                    "{} slots of the {what} schedule {expr:?} passed without a run (no scheduler leading); running the latest, {}",
+                    due.missed,
+                    pitr::format_utc(due.slot_ms / 1000)
+                ),
+            )
+            .await;
+        }
+        let outcome = match which {
+            Which::Backup => self
+                .request_backup(&name, &policy.repo, Ask::default())
+                .await
+                .map(|b| b.id),
+            Which::Verify => match self.latest_succeeded(&name).await {
+                Ok(Some(b)) => self.request_verify(&b.id).await.map(|b| b.id),
+                Ok(None) => Err(Error::Invalid(format!(
+                    "instance {name} has no succeeded backup to verify"
+                ))),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(id) => {
+                info!(instance = %name, slot = due.slot_ms, backup = %id, "scheduled {what} started")
+            }
+            Err(e) => {
+                self.report_missed(
+                    &name,
+                    1,
+                    format!(
+                        "the scheduled {what} of {} did not start: {e}",
+                        pitr::format_utc(due.slot_ms / 1000)
+                    ),
+                )
+                .await
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn report_missed(&self, instance: &str, n: u64, message: String) {
+        warn!(instance, missed = n, "{message}");
+        *lock(&self.inner)
+            .backup_missed
+            .entry(instance.to_owned())
+            .or_default() += n;
+        let ev = super::event(EventKind::BackupMissed, Some(instance), None, message);
+        if let Err(e) = self.store.append_events(&[ev]).await {
+            warn!(error = %e, "backup_missed event not recorded");
+        }
+    }
+
+    /// The newest succeeded backup of `instance` (by end time), if any.
+    pub(super) async fn latest_succeeded(&self, instance: &str) -> Result<Option<Backup>> {
+        Ok(self
+            .all_backups()
+            .await?
+            .into_iter()
+            .filter(|b| b.instance == instance && b.state == BackupState::Succeeded)
+            .max_by(|a, b| a.ended_at_ms.cmp(&b.ended_at_ms).then(a.id.cmp(&b.id))))
+    }
+
+    /// Deletes what retention expired of `instance` in the policy's repository: backups
+    /// (objects, then record), then archived binlog files that end at or before the oldest
+    /// retained backup's GTID (index first: data without an index is ignored).
+    async fn apply_retention(&self, instance: &str, policy: &BackupPolicy, now: i64) -> Result<()> {
+        let mine: Vec<Backup> = self
+            .all_backups()
+            .await?
+            .into_iter()
+            .filter(|b| b.instance == instance && b.repo == policy.repo)
+            .collect();
+        let seen: Vec<Kept> = mine
+            .iter()
+            .map(|b| Kept {
+                id: b.id.clone(),
+                succeeded: b.state == BackupState::Succeeded,
+                ended: b.state.is_final(),
+                ended_at_ms: b.ended_at_ms,
+            })
+            .collect();
+        let expired = schedule::expired(&seen, &policy.retention, now);
+        for id in &expired {
+            let Some(b) = mine.iter().find(|b| &b.id == id) else {
+                continue;
+            };
+            if b.verifying {
+                continue;
+            }
+            self.delete_objects(b).await?;
+            self.store.delete_meta(&format!("{PREFIX}{id}")).await?;
+            self.backup_step(
+                b,
+                EventKind::BackupExpired,
+                format!(
+                    "backup {id} expired (retention {}): deleted with its objects",
+                    serde_json::to_string(&policy.retention).unwrap_or_default()
+                ),
+            )
+            .await;
+            info!(backup = %id, instance, "backup expired: deleted");
+        }
+        let oldest = mine
+            .iter()
+            .filter(|b| b.state == BackupState::Succeeded && !expired.contains(&b.id))
+            .min_by(|a, b| a.ended_at_ms.cmp(&b.ended_at_ms).then(a.id.cmp(&b.id)));
+        let Some(oldest) = oldest else {
+            return Ok(());
+        };
+        if oldest.engine != "mariadb" {
+            return Ok(());
+        }
+        let indexes = self.archive_indexes(&policy.repo, instance).await?;
+        let files: Vec<Archived> = indexes
+            .iter()
+            .map(|i| Archived {
+                domain: i.domain,
+                last: i.last,
+            })
+            .collect();
+        let unneeded =
+            schedule::binlogs_unneeded(&files, pitr::single_domain(&oldest.consistent_at.gtid));
+        if unneeded.is_empty() {
+            return Ok(());
+        }
+        let spec = self.backup_repo(&policy.repo).await?;
+        let repo = spec
+            .spec
+            .open()
+            .map_err(|e| Error::RepoFailed(format!("repository {}: {e}", policy.repo)))?;
+        for k in &unneeded {
+            let idx = &indexes[*k];
+            let index = repo.path(&pitr::index_object(instance, idx));
+            let key = format!("{}/{index}", policy.repo);
+            repo.store
+                .delete(&index)
+                .await
+                .map_err(|e| Error::RepoFailed(format!("deleting {index}: {e}")))?;
+            lock(&self.inner).binlog_indexes.remove(&key);
+            let data = repo.path(&idx.object);
+            repo.store
+                .delete(&data)
+                .await
+                .map_err(|e| Error::RepoFailed(format!("deleting {data}: {e}")))?;
+        }
+        let message = format!(
+            "{} archived binlog files ending at or before GTID {} of backup {}, the oldest retained, deleted",
+            unneeded.len(),
+            oldest.consistent_at.gtid,
+            oldest.id
+        );
+        info!(instance, files = unneeded.len(), "{message}");
+        self.backup_step(oldest, EventKind::BackupExpired, message)
+            .await;
+        Ok(())
+    }
+
+    /// `/metrics` lines of schedules: `mofang_backup_missed_total` per instance (leader only).
+    pub fn schedule_metrics(&self) -> String {
+        if !self.is_active() {
+            return String::new();
+        }
+        let inner = lock(&self.inner);
+        let mut out = String::from(
+            "# HELP mofang_backup_missed_total Scheduled backups and verifications that did not run at their slot, since this scheduler leads.\n\
+             # TYPE mofang_backup_missed_total counter\n",
+        );
+        for (name, n) in &inner.backup_missed {
+            out.push_str(&format!(
+                "mofang_backup_missed_total{{mofang_instance=\"{name}\"}} {n}\n"
+            ));
+        }
+        out
+    }
+}
