@@ -196,6 +196,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             runtime: shared.runtime.clone(),
             statuses: shared.statuses.clone(),
             state: shared.state.clone(),
+            image: {
+                let cfg = cfg.clone();
+                std::sync::Arc::new(move |engine: &str, version: &str| cfg.image(engine, version))
+            },
+            // A verification unpacks a whole backup: on the first data disk, not the state dir.
+            scratch: cfg
+                .disks
+                .first()
+                .map(|d| d.path.join(".mofang-verify"))
+                .unwrap_or_else(|| cfg.state_dir.join("verify")),
         },
     );
     let job_runner = tokio::spawn(

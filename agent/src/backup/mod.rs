@@ -5,7 +5,9 @@
 //!
 //! Kinds: `repo_probe` (write, read back, list and delete a probe object in a backup
 //! repository, `mofang_common::repo`); `backup` (a full backup of a member on this node,
-//! [`run`]), whose `JobStatus.result` is the manifest (JSON) and `bytes` the bytes read so far.
+//! [`run`]), whose `JobStatus.result` is the manifest (JSON) and `bytes` the bytes read so far;
+//! `verify` (a backup restored in a throwaway container, [`verify`]), whose result is what it
+//! counted ([`mofang_common::backup::VerifyFound`]).
 
 use mofang_common::proto::{DesiredState, Job, JobStatus};
 use mofang_common::repo::{self, RepoSpec};
@@ -20,6 +22,7 @@ pub mod binlog;
 pub mod restore;
 pub mod run;
 pub mod stream;
+pub mod verify;
 
 pub use run::BackupContext;
 
@@ -136,6 +139,7 @@ impl Jobs {
         let outcome = match job.kind.as_str() {
             "repo_probe" => self.repo_probe(job).await,
             mofang_common::backup::JOB_KIND => self.backup(job, assignment).await,
+            mofang_common::backup::VERIFY_JOB_KIND => self.verify(job).await,
             other => Err(("start".to_owned(), format!("unknown job kind {other:?}"))),
         };
         match outcome {
@@ -178,6 +182,27 @@ impl Jobs {
             serde_json::to_string(&manifest).map_err(|e| ("manifest".to_owned(), e.to_string()))?;
         info!(member = %job.member, bytes = manifest.objects.iter().map(|o| o.size).sum::<u64>(),
             gtid = %manifest.consistent_at.gtid, "backup stored");
+        self.set(&job.id, |s| s.result = result);
+        Ok(())
+    }
+
+    async fn verify(&self, job: &Job) -> Result<(), (String, String)> {
+        let ctx = self
+            .backup
+            .as_ref()
+            .ok_or_else(|| ("start".to_owned(), "this agent runs no backups".to_owned()))?;
+        info!("verification started");
+        let id = job.id.clone();
+        let this = self.clone();
+        let progress = move |n: u64| {
+            let mut entries = this.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = entries.get_mut(&id) {
+                e.status.bytes = n;
+            }
+        };
+        let found = verify::run(ctx, job, &progress).await?;
+        let result =
+            serde_json::to_string(&found).map_err(|e| ("result".to_owned(), e.to_string()))?;
         self.set(&job.id, |s| s.result = result);
         Ok(())
     }

@@ -74,7 +74,7 @@ pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Reads the object, checking its sha256 and size, decompressed: a stream of raw bytes whose
 /// last item is an error if the object is not the one recorded.
-fn verified_stream(src: &RestoreSource, progress: Progress) -> Result<Input, String> {
+pub(super) fn verified_stream(src: &RestoreSource, progress: Progress) -> Result<Input, String> {
     let spec = src
         .repo
         .clone()

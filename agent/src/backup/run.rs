@@ -19,7 +19,7 @@ use object_store::PutPayload;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 
 /// The MariaDB backup command, run in the member's container.
 pub const MARIADB_BACKUP: [&str; 7] = [
@@ -43,6 +43,10 @@ pub struct BackupContext {
     pub statuses: Statuses,
     /// The agent's state (a member's TLS material, to reach a Redis member with TLS on).
     pub state: crate::state::LocalState,
+    /// The image of an engine version (`engine`, `version`), for a verification's throwaway.
+    pub image: Arc<dyn Fn(&str, &str) -> String + Send + Sync>,
+    /// Where a verification unpacks a backup (a directory on a data disk).
+    pub scratch: std::path::PathBuf,
 }
 
 /// A failed backup: the step (`open`, `snapshot`, `stream`, `manifest`) and why.
@@ -86,13 +90,25 @@ pub async fn run(
         "mofang-agent".to_owned(),
         env!("CARGO_PKG_VERSION").to_owned(),
     )]);
+    let mut row_counts = None;
+    let mut keys = None;
     let (object, consistent_at, stored) = match engine_name.as_str() {
         "mariadb" => {
             tools.insert(
                 "mariadb-backup".into(),
                 tool_version(ctx, &container, &["mariadb-backup", "--version"]).await,
             );
-            let (stored, out) = stream_command(
+            // Row counts tied to the backup's GTID: on a replica its SQL thread stands still
+            // from before the count until the backup ends, so both see the same GTID (checked
+            // below: counts whose GTID is not the backup's are dropped).
+            let replica = a.role == "replica";
+            if replica {
+                if let Err(e) = sql(ctx, &container, "STOP SLAVE SQL_THREAD").await {
+                    warn!(error = %e, "SQL thread not stopped: row counts may not be kept");
+                }
+            }
+            let counted = count_rows(ctx, &container).await;
+            let streamed = stream_command(
                 ctx,
                 &repo,
                 &container,
@@ -101,7 +117,13 @@ pub async fn run(
                 zstd,
                 progress,
             )
-            .await?;
+            .await;
+            if replica {
+                if let Err(e) = sql(ctx, &container, "START SLAVE SQL_THREAD").await {
+                    warn!(error = %e, "SQL thread not started again after the backup");
+                }
+            }
+            let (stored, out) = streamed?;
             if !out.stderr.contains("completed OK") {
                 return Err(fail(
                     "stream",
@@ -112,6 +134,17 @@ pub async fn run(
                 ));
             }
             let (gtid, binlog) = common::mariadb_position_from_log(&out.stderr);
+            row_counts = match counted {
+                Ok((at, counts)) if at == gtid => Some(counts),
+                Ok((at, _)) => {
+                    warn!(counted_at = %at, backup_at = %gtid, "row counts not at the backup's GTID: not recorded");
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "row counts not taken");
+                    None
+                }
+            };
             (
                 common::MARIADB_DATA,
                 ConsistentAt {
@@ -163,6 +196,18 @@ pub async fn run(
                 .await
                 .map_err(|e| fail("snapshot", e))?;
             info!(path = %snap.path, offset = snap.offset, "BGSAVE done");
+            // The keys of the very file uploaded next (redis-check-rdb reads it whole).
+            keys = match ctx
+                .runtime
+                .exec(&container, &["redis-check-rdb", &snap.path], None)
+                .await
+            {
+                Ok(o) => rdb_keys(&o.stdout).or_else(|| rdb_keys(&o.stderr)),
+                Err(e) => {
+                    warn!(error = %e, "redis-check-rdb failed: key count not recorded");
+                    None
+                }
+            };
             let (stored, _) = stream_command(
                 ctx,
                 &repo,
@@ -202,6 +247,8 @@ pub async fn run(
             compression: "zstd".into(),
         }],
         tools,
+        row_counts,
+        keys,
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| fail("manifest", e))?;
     repo.store
@@ -280,6 +327,60 @@ async fn tool_version(ctx: &BackupContext, container: &str, cmd: &[&str]) -> Str
         }
         Err(e) => format!("unknown ({e})"),
     }
+}
+
+/// Runs one SQL statement on the member with its admin account (`client.cnf`); its output.
+async fn sql(ctx: &BackupContext, container: &str, statement: &str) -> Result<String, String> {
+    let out = ctx
+        .runtime
+        .exec(
+            container,
+            &[
+                "mariadb",
+                "--defaults-extra-file=/etc/mofang/client.cnf",
+                "--socket=/run/mysqld/mysqld.sock",
+                "-N",
+                "-B",
+                "-e",
+                statement,
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "{statement:.40}: exit code {}: {}",
+            out.exit_code,
+            tail(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// Rows per application table and the GTID they were counted at (`@@gtid_current_pos`,
+/// read after the count: the caller made sure nothing is applied in between).
+async fn count_rows(
+    ctx: &BackupContext,
+    container: &str,
+) -> Result<(String, BTreeMap<String, u64>), String> {
+    let query = sql(ctx, container, common::COUNT_QUERY_SQL).await?;
+    let query = query.trim();
+    let counts = if query.is_empty() || query == "NULL" {
+        BTreeMap::new()
+    } else {
+        common::parse_row_counts(&sql(ctx, container, query).await?, "")
+    };
+    let at = sql(ctx, container, "SELECT @@gtid_current_pos").await?;
+    Ok((at.trim().to_owned(), counts))
+}
+
+/// The key count `redis-check-rdb` printed (`[info] 500 keys read`).
+pub fn rdb_keys(out: &str) -> Option<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_suffix("keys read"))
+        .filter_map(|l| l.trim().rsplit(' ').next()?.parse().ok())
+        .next()
 }
 
 /// The last lines of a command's standard error, for a message.

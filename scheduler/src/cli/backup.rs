@@ -46,6 +46,19 @@ pub(crate) enum BackupCmd {
         /// Backup id.
         id: String,
     },
+    /// Verify a backup: restore it in a throwaway container on an agent, check that it
+    /// recovers and that its row counts (Redis: key count) match those recorded at backup
+    /// time; the outcome is recorded on the backup.
+    Verify {
+        /// Backup id.
+        id: String,
+        /// Wait for the outcome; fails (exit 1) if the verification fails.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +155,26 @@ fn print_backup(b: &Backup) {
     }
     for (tool, version) in &b.tools {
         println!("tool:      {tool}: {version}");
+    }
+    if let Some(counts) = &b.row_counts {
+        println!(
+            "counted:   {} tables, {} rows at backup time",
+            counts.len(),
+            counts.values().sum::<u64>()
+        );
+    }
+    if let Some(k) = b.keys {
+        println!("counted:   {k} keys at backup time");
+    }
+    if b.verifying {
+        println!("verify:    running");
+    } else if let Some(ok) = b.verify_ok {
+        println!(
+            "verify:    {} {} ({})",
+            if ok { "passed" } else { "FAILED" },
+            ms_ago(b.verified_at_ms),
+            b.verify_reason
+        );
     }
 }
 
@@ -245,6 +278,37 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
                 out(&v)
             } else {
                 print_backup(&parse(v)?)
+            }
+        }
+        BackupCmd::Verify { id, wait, timeout } => {
+            let v = c.post(&format!("/v1/backups/{id}/verify"), json!({})).await?;
+            if !wait {
+                if json_out {
+                    out(&v)
+                } else {
+                    println!("{id}: verification started");
+                }
+                return Ok(());
+            }
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let v = c.get(&format!("/v1/backups/{id}")).await?;
+                let b: Backup = parse(v.clone())?;
+                if !b.verifying {
+                    if json_out {
+                        out(&v)
+                    } else {
+                        print_backup(&b)
+                    }
+                    if b.verify_ok != Some(true) {
+                        bail!("verification of backup {id} failed: {}", b.verify_reason);
+                    }
+                    return Ok(());
+                }
+                if start.elapsed() > Duration::from_secs(timeout) {
+                    bail!("verification of backup {id} not done after {timeout}s");
+                }
             }
         }
         BackupCmd::Delete { id } => {
