@@ -1296,3 +1296,375 @@ async fn purged_binlogs_are_a_gap_until_the_next_full_backup() -> Result<()> {
     );
     Ok(())
 }
+
+/// The events of `kind` of an instance.
+async fn events_of(env: &Env, instance: &str, kind: &str) -> Result<Vec<Value>> {
+    Ok(env
+        .events(instance)
+        .await?
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect())
+}
+
+/// Polls a backup until no verification of it runs.
+async fn wait_verified(env: &Env, id: &str) -> Result<Value> {
+    mofang_tests::eventually("verification ended", Duration::from_secs(180), || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(
+            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(0),
+            "{b}"
+        );
+        Ok(b)
+    })
+    .await
+}
+
+/// Schedules, retention and verification on one cluster (two agents, real MariaDB, Redis and
+/// SeaweedFS):
+/// - a bad cron, a bad retention and an unknown repository are refused at create with 422
+///   naming the field;
+/// - an instance created with `backup: {schedule: every 4 s, retention: {count: 2}}` is backed
+///   up by the leader at its slots while rows are written; retention deletes the older
+///   backups, their objects and the archived binlogs that only they needed: once the schedule
+///   is changed (PATCH) to a yearly one, exactly the newest two backups are left, and the
+///   bucket holds exactly their objects and no binlog index ending at or before the older
+///   one's GTID;
+/// - the newest backup's manifest holds the row counts per table at its GTID; its
+///   verification (CLI `backup verify --wait`) restores it in a throwaway container and
+///   passes; the other, its data object overwritten in the bucket, fails naming the object;
+/// - a `verify` schedule verifies the latest backup again by itself;
+/// - Redis: a backup records the RDB's key count, and its verification loads it and passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
+    env.wait_ready_nodes(2).await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(s3_repo(s3, "main", &s3.secret_key, "sched")),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+
+    // ---- refusals naming the field ---------------------------------------------------------
+    for (policy, field) in [
+        (
+            json!({"repo": "main", "schedule": "every minute"}),
+            "backup.schedule",
+        ),
+        (
+            json!({"repo": "main", "schedule": "@daily", "verify": "61 * * * *"}),
+            "backup.verify",
+        ),
+        (
+            json!({"repo": "main", "schedule": "@daily", "retention": {"count": 0}}),
+            "backup.retention.count",
+        ),
+        (
+            json!({"repo": "nowhere", "schedule": "@daily"}),
+            "backup.repo",
+        ),
+    ] {
+        let mut s = mofang_tests::scenario::spec("sc", "mariadb", 1);
+        s["backup"] = policy;
+        let (status, v) = env.call(Method::POST, "/v1/instances", Some(s)).await?;
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(field),
+            "{field}: {status} {v}"
+        );
+    }
+
+    // ---- a schedule of every 4 s, retention count 2 ----------------------------------------
+    let mut s = mofang_tests::scenario::spec("sc", "mariadb", 1);
+    s["backup"] = json!({"repo": "main", "schedule": "*/4 * * * * *", "retention": {"count": 2}});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(s)).await?;
+    ensure!(status.is_success(), "{status} {v}");
+    let inst = env.wait_instance_ready("sc").await?;
+    ensure!(inst["spec"]["backup"]["retention"]["count"] == 2, "{inst}");
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("primary")?
+        .to_owned();
+    sql(
+        &primary,
+        "CREATE TABLE app.s (id INT PRIMARY KEY); CREATE TABLE app.u (id INT PRIMARY KEY)",
+    )?;
+    // Rows in three steps, backups between them (so older backups have archived binlogs that
+    // only they need).
+    for (from, to) in [(1, 200), (201, 400), (401, 500)] {
+        sql(
+            &primary,
+            &format!("INSERT INTO app.s SELECT seq FROM app.seq_{from}_to_{to}; INSERT INTO app.u VALUES ({to})"),
+        )?;
+        let seen = events_of(&env, "sc", "backup_succeeded").await?.len();
+        mofang_tests::eventually(
+            "two more scheduled backups",
+            Duration::from_secs(120),
+            || async {
+                let n = events_of(&env, "sc", "backup_succeeded").await?.len();
+                ensure!(n >= seen + 2, "{n} backups succeeded, {seen} before");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    let expired = events_of(&env, "sc", "backup_expired").await?;
+    ensure!(!expired.is_empty(), "no backup expired");
+    // A yearly schedule: no more backups; retention goes on.
+    let (status, v) = env
+        .call(
+            Method::PATCH,
+            "/v1/instances/sc",
+            Some(json!({"backup": {"repo": "main", "schedule": "0 0 1 1 *", "retention": {"count": 2}}})),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::OK && v["spec"]["backup"]["schedule"] == "0 0 1 1 *",
+        "{status} {v}"
+    );
+    let kept = mofang_tests::eventually("two backups left", Duration::from_secs(60), || async {
+        let list = env.get("/v1/instances/sc/backups").await?;
+        let list = list.as_array().context("list")?.clone();
+        ensure!(
+            list.len() == 2 && list.iter().all(|b| b["state"] == "succeeded"),
+            "{}",
+            list.iter()
+                .map(|b| format!("{} {}", b["id"], b["state"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(list)
+    })
+    .await?;
+    let ids: Vec<String> = kept
+        .iter()
+        .filter_map(|b| b["id"].as_str().map(str::to_owned))
+        .collect();
+    let succeeded = events_of(&env, "sc", "backup_succeeded").await?.len();
+    ensure!(succeeded >= 6, "{succeeded} scheduled backups");
+    let left = objects_under(s3, "sched/backups/sc").await?;
+    let mut dirs: Vec<String> = left
+        .iter()
+        .filter_map(|p| p.split('/').nth(3).map(str::to_owned))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut want = ids.clone();
+    want.sort();
+    ensure!(
+        dirs == want,
+        "objects of {dirs:?} in the bucket, backups {want:?} kept: {left:?}"
+    );
+    ensure!(
+        left.len() == 4,
+        "a data object and a manifest each: {left:?}"
+    );
+    // Archived binlogs: none left that ends at or before the older kept backup's GTID, and
+    // some were deleted.
+    let older = &kept[0];
+    let older_seq: u64 = older["consistent_at"]["gtid"]
+        .as_str()
+        .and_then(|g| g.rsplit('-').next()?.parse().ok())
+        .context("gtid")?;
+    mofang_tests::eventually(
+        "unneeded binlogs deleted",
+        Duration::from_secs(30),
+        || async {
+            let idx = objects_under(s3, "sched/binlogs/sc").await?;
+            let stale: Vec<&String> = idx
+                .iter()
+                .filter(|p| p.ends_with(".json"))
+                .filter(|p| {
+                    p.rsplit('/')
+                        .next()
+                        .and_then(|n| n.split('-').next()?.parse::<u64>().ok())
+                        .is_some_and(|last| last <= older_seq)
+                })
+                .collect();
+            ensure!(
+                stale.is_empty(),
+                "binlog indexes at or before {older_seq}: {stale:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        events_of(&env, "sc", "backup_expired")
+            .await?
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("archived binlog files")),
+        "no archived binlog deleted"
+    );
+
+    // ---- verification ----------------------------------------------------------------------
+    let newest = &kept[1];
+    let newest_id = newest["id"].as_str().context("id")?;
+    ensure!(
+        newest["row_counts"] == json!({"app.s": 500, "app.u": 3}),
+        "row counts at backup time: {newest}"
+    );
+    let v = mofang_cli(&env, &["--json", "backup", "verify", newest_id, "--wait"]).await?;
+    ensure!(
+        v["verify_ok"] == true
+            && v["verify_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("match those recorded"),
+        "{v}"
+    );
+    // The older one's data object overwritten in the bucket.
+    let older_id = older["id"].as_str().context("id")?;
+    let path = older["objects"][0]["path"]
+        .as_str()
+        .context("path")?
+        .to_owned();
+    {
+        use object_store::ObjectStore;
+        let store = s3.object_store()?;
+        let bytes = object(s3, &format!("sched/{path}")).await?;
+        let mut tampered = bytes.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0xff;
+        store
+            .put(&format!("sched/{path}").as_str().into(), tampered.into())
+            .await?;
+    }
+    let (status, v) = env
+        .call(
+            Method::POST,
+            &format!("/v1/backups/{older_id}/verify"),
+            Some(json!({})),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::ACCEPTED && v["verifying"] == true,
+        "{status} {v}"
+    );
+    let (status, v) = env
+        .call(
+            Method::POST,
+            &format!("/v1/backups/{older_id}/verify"),
+            Some(json!({})),
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::CONFLICT && v["error"]["code"] == "verify_running",
+        "a second verification meanwhile: {status} {v}"
+    );
+    let b = wait_verified(&env, older_id).await?;
+    ensure!(
+        b["verify_ok"] == false
+            && b["verify_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&path),
+        "a tampered backup: {b}"
+    );
+    ensure!(
+        !events_of(&env, "sc", "verify_failed").await?.is_empty(),
+        "no verify_failed event"
+    );
+
+    // ---- a verification schedule -----------------------------------------------------------
+    let before = env.get(&format!("/v1/backups/{newest_id}")).await?["verified_at_ms"]
+        .as_i64()
+        .unwrap_or_default();
+    let (status, v) = env
+        .call(
+            Method::PATCH,
+            "/v1/instances/sc",
+            Some(json!({"backup": {"repo": "main", "schedule": "0 0 1 1 *", "retention": {"count": 2}, "verify": "*/3 * * * * *"}})),
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status} {v}");
+    mofang_tests::eventually(
+        "a scheduled verification",
+        Duration::from_secs(120),
+        || async {
+            let b = env.get(&format!("/v1/backups/{newest_id}")).await?;
+            ensure!(
+                b["verified_at_ms"].as_i64() > Some(before) && b["verify_ok"] == true,
+                "{b}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let (status, _) = env
+        .call(
+            Method::PATCH,
+            "/v1/instances/sc",
+            Some(json!({"backup": null})),
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status}");
+    ensure!(
+        env.get("/v1/instances/sc").await?["spec"]["backup"].is_null(),
+        "policy removed"
+    );
+
+    // ---- Redis -----------------------------------------------------------------------------
+    let kv = env.create_ready("kv", "redis", 1).await?;
+    let addr = Env::primary_member(&kv)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let pass = env.app_password("kv").await?;
+    let client = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    for k in 0..300u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut c)
+            .await?;
+    }
+    let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
+    let replica_addr = kv["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["id"] == kv_replica.as_str()))
+        .and_then(|m| m["address"].as_str())
+        .context("replica address")?
+        .to_owned();
+    let rc = redis::Client::open(format!("redis://app:{pass}@{replica_addr}/"))?;
+    let rc = rc.get_multiplexed_async_connection().await?;
+    mofang_tests::eventually("replica holds 300 keys", Duration::from_secs(30), || {
+        let mut rc = rc.clone();
+        async move {
+            let n: u64 = redis::cmd("DBSIZE").query_async(&mut rc).await?;
+            ensure!(n == 300, "{n} keys on the replica");
+            Ok(())
+        }
+    })
+    .await?;
+    let rb = mofang_cli(
+        &env,
+        &[
+            "--json", "backup", "create", "kv", "--repo", "main", "--wait",
+        ],
+    )
+    .await?;
+    ensure!(rb["state"] == "succeeded" && rb["keys"] == 300, "{rb}");
+    let id = rb["id"].as_str().context("id")?;
+    let v = mofang_cli(&env, &["--json", "backup", "verify", id, "--wait"]).await?;
+    ensure!(
+        v["verify_ok"] == true
+            && v["verify_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("300 keys"),
+        "{v}"
+    );
+    Ok(())
+}
