@@ -1219,7 +1219,7 @@ async fn cancel_batch(
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::backup::schedule::BackupPolicy, crate::backup::schedule::Retention, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
-        RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow,
+        RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow, crate::cluster::RestoreProgress,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,

@@ -83,11 +83,15 @@ pub async fn run(
     let param = |k: &str| job.params.get(k).cloned().unwrap_or_default();
     let num = |k: &str| param(k).parse::<u64>().unwrap_or(0);
     let id = param(params::ID);
-    if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
         return Err(fail("open", format!("backup id {id:?}")));
     }
-    let spec: RepoSpec = serde_json::from_str(&job.repo)
-        .map_err(|e| fail("open", format!("repository: {e}")))?;
+    let spec: RepoSpec =
+        serde_json::from_str(&job.repo).map_err(|e| fail("open", format!("repository: {e}")))?;
     let engine = param(params::ENGINE);
     let src = RestoreSource {
         backup: id.clone(),
@@ -165,7 +169,12 @@ async fn restore_and_count(
                 futures::stream::empty().boxed(),
             )
         }
-        other => return Err(fail("open", format!("no verification for engine {other:?}"))),
+        other => {
+            return Err(fail(
+                "open",
+                format!("no verification for engine {other:?}"),
+            ))
+        }
     };
     let out = ctx
         .runtime

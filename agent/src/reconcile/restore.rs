@@ -62,6 +62,8 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
         }
         let mut s = base.clone();
         s.reason = format!("restoring backup {backup}: {done} of {total} bytes");
+        s.restore_bytes = done;
+        s.restore_total = total;
         let first = step == 0;
         statuses
             .lock()

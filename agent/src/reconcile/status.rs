@@ -43,6 +43,8 @@ pub(super) fn status(
         restart_generation: st.restart_generation,
         rebuild_generation: st.rebuild_generation,
         rotation: String::new(),
+        restore_bytes: 0,
+        restore_total: 0,
     }
 }
 

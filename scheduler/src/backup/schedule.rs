@@ -63,7 +63,9 @@ impl BackupPolicy {
         }
         if let Some(d) = self.retention.days {
             if !(1..=36_500).contains(&d) {
-                return Err(format!("backup.retention.days: {d} is not within 1 ..= 36500"));
+                return Err(format!(
+                    "backup.retention.days: {d} is not within 1 ..= 36500"
+                ));
             }
         }
         if let Some(c) = self.retention.count {
@@ -303,13 +305,21 @@ mod tests {
             }
         );
         let every5s = parse_cron("*/5 * * * * *").expect("cron");
-        let d = next_due(&every5s, ms("2026-12-01T10:00:00Z"), ms("2026-12-01T10:00:07Z"))
-            .expect("due");
+        let d = next_due(
+            &every5s,
+            ms("2026-12-01T10:00:00Z"),
+            ms("2026-12-01T10:00:07Z"),
+        )
+        .expect("due");
         assert_eq!((d.slot_ms, d.missed), (ms("2026-12-01T10:00:05Z"), 0));
         // A schedule of every second left alone for a day: capped, the latest slot still run.
         let every1s = parse_cron("* * * * * *").expect("cron");
-        let d = next_due(&every1s, ms("2026-12-01T00:00:00Z"), ms("2026-12-02T00:00:00Z"))
-            .expect("due");
+        let d = next_due(
+            &every1s,
+            ms("2026-12-01T00:00:00Z"),
+            ms("2026-12-02T00:00:00Z"),
+        )
+        .expect("due");
         assert_eq!(
             (d.slot_ms, d.missed),
             (ms("2026-12-02T00:00:00Z"), MISSED_CAP)

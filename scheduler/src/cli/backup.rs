@@ -281,7 +281,9 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             }
         }
         BackupCmd::Verify { id, wait, timeout } => {
-            let v = c.post(&format!("/v1/backups/{id}/verify"), json!({})).await?;
+            let v = c
+                .post(&format!("/v1/backups/{id}/verify"), json!({}))
+                .await?;
             if !wait {
                 if json_out {
                     out(&v)

@@ -34,11 +34,11 @@ pub use failover::Trigger;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use member_certs::MemberCertRefusal;
 pub use pitr::PitrWindow;
-pub use verify::{judge, verify_node};
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
-pub use views::{InstanceView, MemberView, NodeView2};
+pub use verify::{judge, verify_node};
+pub use views::{InstanceView, MemberView, NodeView2, RestoreProgress};
 
 use crate::failover::{Counters, FailoverConfig};
 use crate::model::{now_ms, Event, EventKind, Instance, Node};

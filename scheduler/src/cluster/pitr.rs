@@ -139,7 +139,11 @@ impl Cluster {
 
     /// The archive's indexes of `instance` in `repo`: listed, and each new one read once
     /// (they never change).
-    pub(super) async fn archive_indexes(&self, repo: &str, instance: &str) -> Result<Vec<BinlogIndex>> {
+    pub(super) async fn archive_indexes(
+        &self,
+        repo: &str,
+        instance: &str,
+    ) -> Result<Vec<BinlogIndex>> {
         let spec = lock(&self.inner)
             .repos
             .get(repo)

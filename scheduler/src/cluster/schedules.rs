@@ -46,7 +46,10 @@ impl Cluster {
                     continue;
                 }
             };
-            if let Err(e) = self.take_slot(inst.clone(), &policy, Which::Verify, now).await {
+            if let Err(e) = self
+                .take_slot(inst.clone(), &policy, Which::Verify, now)
+                .await
+            {
                 warn!(instance = %inst.spec.name, error = %e, "verify schedule not evaluated");
             }
             let due = {

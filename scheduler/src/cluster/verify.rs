@@ -112,9 +112,8 @@ impl Cluster {
                 .filter(|n| self.node_state(&inner, n) != NodeState::Down)
                 .map(|n| n.name.clone())
                 .collect();
-            let node = verify_node(&b.node, &up).ok_or_else(|| {
-                Error::Invalid(format!("no node is up to verify backup {id} on"))
-            })?;
+            let node = verify_node(&b.node, &up)
+                .ok_or_else(|| Error::Invalid(format!("no node is up to verify backup {id} on")))?;
             inner.verifying.insert(id.to_owned());
             node
         };
@@ -136,7 +135,10 @@ impl Cluster {
                 (verify_params::OBJECT.to_owned(), object.path.clone()),
                 (verify_params::SIZE.to_owned(), object.size.to_string()),
                 (verify_params::SHA256.to_owned(), object.sha256.clone()),
-                (verify_params::RAW_SIZE.to_owned(), object.raw_size.to_string()),
+                (
+                    verify_params::RAW_SIZE.to_owned(),
+                    object.raw_size.to_string(),
+                ),
             ]),
         };
         self.backup_step(
@@ -148,7 +150,11 @@ impl Cluster {
         info!(backup = %id, node = %node, "verification requested");
         self.start_jobs(vec![(node.clone(), job)]);
         let span = tracing::info_span!("verify", id = %id, node = %node);
-        tokio::spawn(self.clone().drive_verify(b.id.clone(), node).instrument(span));
+        tokio::spawn(
+            self.clone()
+                .drive_verify(b.id.clone(), node)
+                .instrument(span),
+        );
         Ok(b)
     }
 
@@ -235,7 +241,8 @@ impl Cluster {
             b.verifying = false;
             b.verified_at_ms = now_ms();
             b.verify_ok = Some(false);
-            b.verify_reason = "the scheduler driving the verification stopped leading before it ended".into();
+            b.verify_reason =
+                "the scheduler driving the verification stopped leading before it ended".into();
             self.put_backup(&b).await?;
         }
         lock(&self.inner).verifying.clear();
@@ -300,7 +307,10 @@ mod tests {
         assert!(judge(&b, &found).0);
         b.row_counts = Some([("shop.t".to_owned(), 6u64)].into());
         let (ok, why) = judge(&b, &found);
-        assert!(!ok && why.contains("shop.t: 6 rows recorded, 5 found"), "{why}");
+        assert!(
+            !ok && why.contains("shop.t: 6 rows recorded, 5 found"),
+            "{why}"
+        );
         let mut r = backup("redis");
         r.keys = Some(500);
         let k = |n| VerifyFound {

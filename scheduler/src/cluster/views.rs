@@ -67,6 +67,10 @@ pub struct InstanceView {
     /// `reason` until its server starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// While the primary of a restored instance fills its volume from the backup: how far
+    /// (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_progress: Option<RestoreProgress>,
     /// A credential rotation under way, if any.
     pub rotation: Option<super::RotationView>,
     /// MariaDB with a full backup: whether the binlog archive continues its latest full
@@ -80,6 +84,17 @@ pub struct InstanceView {
     /// The range of times it can be restored to (`restore.time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pitr_window: Option<super::PitrWindow>,
+}
+
+/// A restore under way: the primary's volume being filled from the backup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RestoreProgress {
+    /// The backup restored.
+    pub backup: String,
+    /// Bytes of its data object read and unpacked so far (decompressed).
+    pub bytes: u64,
+    /// Bytes in all (decompressed), as recorded.
+    pub total: u64,
 }
 
 /// A node as the API shows it.
@@ -210,6 +225,15 @@ impl Cluster {
             .map(|(_, v)| v.address.clone())
             .unwrap_or_default();
         let (pitr_ready, pitr_reason, pitr_window) = Cluster::pitr_view(inner, &i.spec.name);
+        let restore_progress = i.restored.as_ref().and_then(|r| {
+            let p = i.primary()?;
+            let o = inner.live.get(&p.node)?.members.get(&p.id)?;
+            (o.restore_total > 0 || o.restore_bytes > 0).then(|| RestoreProgress {
+                backup: r.backup.clone(),
+                bytes: o.restore_bytes,
+                total: o.restore_total,
+            })
+        });
         InstanceView {
             name: i.spec.name.clone(),
             engine: i.spec.engine.to_string(),
@@ -232,6 +256,7 @@ impl Cluster {
             created_at_ms: i.created_at_ms,
             auto_failover: i.auto_failover,
             restored_from: i.restored.as_ref().map(|r| r.backup.clone()),
+            restore_progress,
             last_failover_ms: i.last_failover_ms,
             rotation: self.rotation_view(inner, i),
             pitr_ready,
