@@ -105,7 +105,15 @@ pub async fn run(
         stop_datetime: String::new(),
     };
     let image = (ctx.image)(&engine, &param(params::VERSION));
-    let dir = ctx.scratch.join(format!("verify-{id}"));
+    // Named by the job (one per verification): a cancelled one's leftovers never collide.
+    let name = &job.id;
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return Err(fail("open", format!("job id {name:?}")));
+    }
+    let dir = ctx.scratch.join(name);
     let io = |what: &Path, e: std::io::Error| fail("open", format!("{}: {e}", what.display()));
     if dir.exists() {
         let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -114,7 +122,7 @@ pub async fn run(
         .await
         .map_err(|e| io(&dir, e))?;
     std::os::unix::fs::chown(&dir, Some(UID), Some(UID)).map_err(|e| io(&dir, e))?;
-    let outcome = restore_and_count(ctx, &src, &image, &dir, &id, progress).await;
+    let outcome = restore_and_count(ctx, &src, &image, &dir, name, progress).await;
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         warn!(dir = %dir.display(), error = %e, "scratch directory of a verification not removed");
     }
@@ -126,7 +134,7 @@ async fn restore_and_count(
     src: &RestoreSource,
     image: &str,
     dir: &Path,
-    id: &str,
+    name: &str,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<VerifyFound, Failure> {
     let fail = |step: &str, e: String| (step.to_owned(), e);
@@ -137,7 +145,7 @@ async fn restore_and_count(
         Arc::new(move |n, _| seen.store(n, std::sync::atomic::Ordering::Relaxed)),
     )
     .map_err(|e| fail("read", e))?;
-    let labels = BTreeMap::from([("mofang.verify".to_owned(), id.to_owned())]);
+    let labels = BTreeMap::from([("mofang.verify".to_owned(), src.backup.clone())]);
     let (cmd, target, input) = match src.engine.as_str() {
         "mariadb" => (
             vec!["bash".to_owned(), "-c".to_owned(), mariadb_script()],
@@ -180,7 +188,7 @@ async fn restore_and_count(
         .runtime
         .run_once(
             &OneShot {
-                name: format!("mofang-verify-{id}"),
+                name: format!("mofang-{name}"),
                 image: image.to_owned(),
                 cmd,
                 mounts: vec![Mount {

@@ -19,8 +19,10 @@ use tracing::{info, warn, Instrument};
 /// How often a verification's job is looked at when no heartbeat wakes its task.
 const TICK: Duration = Duration::from_secs(1);
 
+/// A job id of its own per verification: a verification asked again right after one ended
+/// must not be taken for the old job by an agent that has not yet dropped it.
 fn job_id(backup: &str) -> String {
-    format!("verify-{backup}")
+    format!("verify-{backup}-{}", now_ms())
 }
 
 /// The node a verification runs on: the backup's own node if it is up (its agent reached the
@@ -122,8 +124,9 @@ impl Cluster {
             lock(&self.inner).verifying.remove(id);
             return Err(e);
         }
+        let jid = job_id(id);
         let job = Job {
-            id: job_id(id),
+            id: jid.clone(),
             kind: common::VERIFY_JOB_KIND.into(),
             repo: repo_json,
             member: String::new(),
@@ -152,14 +155,13 @@ impl Cluster {
         let span = tracing::info_span!("verify", id = %id, node = %node);
         tokio::spawn(
             self.clone()
-                .drive_verify(b.id.clone(), node)
+                .drive_verify(b.id.clone(), node, jid)
                 .instrument(span),
         );
         Ok(b)
     }
 
-    async fn drive_verify(self: Arc<Self>, id: String, node: String) {
-        let jid = job_id(&id);
+    async fn drive_verify(self: Arc<Self>, id: String, node: String, jid: String) {
         let outcome: std::result::Result<VerifyFound, String> = loop {
             if !self.is_active() {
                 info!("no longer leading: the next leader clears this verification");
