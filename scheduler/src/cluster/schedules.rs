@@ -28,7 +28,11 @@ enum Which {
 impl Cluster {
     /// One pass of the leader over every instance with a backup policy.
     pub async fn run_schedules(self: &Arc<Self>) {
-        let now = now_ms();
+        self.run_schedules_at(now_ms()).await
+    }
+
+    /// [`Cluster::run_schedules`] at the time `now` (unix ms).
+    pub(super) async fn run_schedules_at(self: &Arc<Self>, now: i64) {
         let with_policy: Vec<Instance> = lock(&self.inner)
             .instances
             .values()
@@ -283,5 +287,99 @@ impl Cluster {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{cluster_on, spec, three_ssd_nodes};
+    use super::*;
+    use crate::backup::schedule::Retention;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+
+    async fn kinds(store: &dyn Store) -> Vec<String> {
+        store
+            .events(Some("one"), 0, 1000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "backup_missed")
+            .map(|e| e.message)
+            .collect()
+    }
+
+    /// A slot is recorded on the instance before it runs and runs once: again at the same
+    /// time nothing happens, a new leader loaded from the store does not run it again, the old
+    /// leader's stale record loses the compare-and-set; slots that passed unrun are reported
+    /// (and a backup that cannot start is reported too), and counted in the metrics.
+    #[tokio::test]
+    async fn a_slot_runs_once_across_leaders_and_missed_ones_are_reported() {
+        let nodes = three_ssd_nodes();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let beat = |c: &Cluster| {
+            for n in &nodes {
+                c.heartbeat(mofang_common::proto::HeartbeatRequest {
+                    node: n.name.clone(),
+                    ..Default::default()
+                });
+            }
+        };
+        let c1 = cluster_on(store.clone(), &nodes).await;
+        c1.activate().await.expect("activate");
+        beat(&c1);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = super::super::BackupRepo {
+            name: "r".into(),
+            spec: mofang_common::repo::RepoSpec::Fs {
+                path: dir.path().to_string_lossy().into_owned(),
+            },
+            created_at_ms: 0,
+        };
+        store
+            .put_meta("backup-repo/r", &serde_json::to_string(&repo).expect("json"))
+            .await
+            .expect("repo record");
+        let mut s = spec("one", 100, None);
+        s.backup = Some(BackupPolicy {
+            repo: "r".into(),
+            schedule: "* * * * * *".into(),
+            retention: Retention::default(),
+            verify: None,
+        });
+        let inst = c1.create_instance(s).await.expect("create");
+        assert_eq!(inst.backup_slot_ms, inst.created_at_ms);
+        // 2.5 s later: two or three slots passed; the latest runs (and cannot start: no member
+        // reported healthy), the others are reported missed.
+        let t = (inst.created_at_ms / 1000 + 3) * 1000 + 500;
+        c1.run_schedules_at(t).await;
+        let stored = store.instance("one").await.expect("read").expect("one");
+        assert_eq!(stored.backup_slot_ms, t - 500, "the latest slot, recorded");
+        let first = kinds(store.as_ref()).await;
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].contains("passed without a run"), "{first:?}");
+        assert!(first[1].contains("did not start"), "{first:?}");
+        c1.run_schedules_at(t).await;
+        assert_eq!(kinds(store.as_ref()).await.len(), 2, "a slot runs once");
+
+        // A new leader on the same store: the slot is taken already.
+        let c2 = cluster_on(store.clone(), &nodes).await;
+        c2.activate().await.expect("activate");
+        beat(&c2);
+        c2.run_schedules_at(t).await;
+        assert_eq!(kinds(store.as_ref()).await.len(), 2, "not run again by a new leader");
+        c2.run_schedules_at(t + 1000).await;
+        assert_eq!(kinds(store.as_ref()).await.len(), 3, "the next slot runs");
+        // The old leader, unaware, with its stale record: its write loses.
+        c1.run_schedules_at(t + 1000).await;
+        assert_eq!(kinds(store.as_ref()).await.len(), 3, "no double run");
+        assert_eq!(
+            store.instance("one").await.expect("read").expect("one").backup_slot_ms,
+            t + 500
+        );
+        assert!(c2
+            .schedule_metrics()
+            .contains("mofang_backup_missed_total{mofang_instance=\"one\"} 1\n"));
     }
 }
