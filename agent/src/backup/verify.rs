@@ -122,7 +122,14 @@ pub async fn run(
         .await
         .map_err(|e| io(&dir, e))?;
     std::os::unix::fs::chown(&dir, Some(UID), Some(UID)).map_err(|e| io(&dir, e))?;
-    let outcome = restore_and_count(ctx, &src, &image, &dir, name, progress).await;
+    let mut outcome = restore_and_count(ctx, &src, &image, &dir, name, progress).await;
+    if outcome.is_err() {
+        // A corrupt object usually breaks the unpacking before its last byte, where the
+        // streamed sha256 check would have named it: read it once more to tell.
+        if let Err(e) = check_object(&src).await {
+            outcome = Err(fail("read", e));
+        }
+    }
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         warn!(dir = %dir.display(), error = %e, "scratch directory of a verification not removed");
     }
@@ -230,4 +237,35 @@ async fn restore_and_count(
     };
     info!(tables = found.row_counts.len(), keys = ?found.keys, "backup restored in a throwaway container");
     Ok(found)
+}
+
+/// Reads the data object whole, as stored, and compares its size and sha256 with the record.
+async fn check_object(src: &RestoreSource) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let repo = src
+        .repo
+        .as_ref()
+        .ok_or_else(|| "the repository is unknown".to_owned())?
+        .open()
+        .map_err(|e| e.to_string())?;
+    let mut body = repo
+        .store
+        .get(&repo.path(&src.object))
+        .await
+        .map_err(|e| format!("reading {}: {e}", src.object))?
+        .into_stream();
+    let (mut hash, mut size) = (Sha256::new(), 0u64);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("reading {}: {e}", src.object))?;
+        hash.update(&chunk);
+        size += chunk.len() as u64;
+    }
+    let sha = hex::encode(hash.finalize());
+    if sha != src.sha256 || size != src.size {
+        return Err(format!(
+            "object {} is not the one backed up: {size} bytes with sha256 {sha}, recorded {} bytes with sha256 {}",
+            src.object, src.size, src.sha256
+        ));
+    }
+    Ok(())
 }
