@@ -1514,7 +1514,9 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         newest["row_counts"] == json!({"app.s": 500, "app.u": 3}),
         "row counts at backup time: {newest}"
     );
+    let verify_started = std::time::Instant::now();
     let v = mofang_cli(&env, &["--json", "backup", "verify", newest_id, "--wait"]).await?;
+    let verify_took = verify_started.elapsed();
     ensure!(
         v["verify_ok"] == true
             && v["verify_reason"]
@@ -1523,6 +1525,62 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
                 .contains("match those recorded"),
         "{v}"
     );
+    eprintln!(
+        "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; `backup verify --wait` of {newest_id} took {verify_took:?}",
+        events_of(&env, "sc", "backup_expired").await?.len(),
+        events_of(&env, "sc", "backup_missed").await?.len(),
+    );
+
+    // ---- restore progress as a field, on a restore of the newest backup --------------------
+    let mut r = mofang_tests::scenario::spec("sc-copy", "mariadb", 0);
+    r["restore"] = json!({"from_instance": "sc", "backup": newest_id});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(r)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let raw = newest["objects"][0]["raw_size"]
+        .as_u64()
+        .context("raw_size")?;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let copy = loop {
+        let v = env.get("/v1/instances/sc-copy").await?;
+        if let Some(p) = v.get("restore_progress").filter(|p| !p.is_null()) {
+            seen.push(p.clone());
+        }
+        if v["status"] == "ready" {
+            break v;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the restored copy is not ready: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        copy.get("restore_progress").is_none_or(Value::is_null),
+        "progress shown after the restore: {copy}"
+    );
+    ensure!(
+        !seen.is_empty()
+            && seen
+                .iter()
+                .all(|p| p["backup"] == newest_id && p["total"] == raw)
+            && seen.iter().all(|p| p["bytes"].as_u64() <= Some(raw)),
+        "restore progress seen: {seen:?} (raw size {raw})"
+    );
+    eprintln!(
+        "figures: restore_progress seen {} times: {:?}",
+        seen.len(),
+        seen.iter().map(|p| p["bytes"].clone()).collect::<Vec<_>>()
+    );
+    let copy_primary = Env::primary_member(&copy)?["id"]
+        .as_str()
+        .context("primary")?
+        .to_owned();
+    ensure!(
+        sql(&copy_primary, "SELECT COUNT(*) FROM app.s")? == "500",
+        "the copy's rows"
+    );
+
     // The older one's data object overwritten in the bucket.
     let older_id = older["id"].as_str().context("id")?;
     let path = older["objects"][0]["path"]

@@ -338,7 +338,10 @@ mod tests {
             created_at_ms: 0,
         };
         store
-            .put_meta("backup-repo/r", &serde_json::to_string(&repo).expect("json"))
+            .put_meta(
+                "backup-repo/r",
+                &serde_json::to_string(&repo).expect("json"),
+            )
             .await
             .expect("repo record");
         let mut s = spec("one", 100, None);
@@ -368,14 +371,23 @@ mod tests {
         c2.activate().await.expect("activate");
         beat(&c2);
         c2.run_schedules_at(t).await;
-        assert_eq!(kinds(store.as_ref()).await.len(), 2, "not run again by a new leader");
+        assert_eq!(
+            kinds(store.as_ref()).await.len(),
+            2,
+            "not run again by a new leader"
+        );
         c2.run_schedules_at(t + 1000).await;
         assert_eq!(kinds(store.as_ref()).await.len(), 3, "the next slot runs");
         // The old leader, unaware, with its stale record: its write loses.
         c1.run_schedules_at(t + 1000).await;
         assert_eq!(kinds(store.as_ref()).await.len(), 3, "no double run");
         assert_eq!(
-            store.instance("one").await.expect("read").expect("one").backup_slot_ms,
+            store
+                .instance("one")
+                .await
+                .expect("read")
+                .expect("one")
+                .backup_slot_ms,
             t + 500
         );
         assert!(c2
