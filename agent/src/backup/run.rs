@@ -34,6 +34,9 @@ pub const MARIADB_BACKUP: [&str; 7] = [
 /// How long a Redis BGSAVE may take.
 const BGSAVE_LIMIT: Duration = Duration::from_secs(3600);
 
+/// The image of an engine version: `(engine, version) -> image`.
+pub type ImageOf = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
 /// What a backup job needs from the agent.
 #[derive(Clone)]
 pub struct BackupContext {
@@ -44,7 +47,7 @@ pub struct BackupContext {
     /// The agent's state (a member's TLS material, to reach a Redis member with TLS on).
     pub state: crate::state::LocalState,
     /// The image of an engine version (`engine`, `version`), for a verification's throwaway.
-    pub image: Arc<dyn Fn(&str, &str) -> String + Send + Sync>,
+    pub image: ImageOf,
     /// Where a verification unpacks a backup (a directory on a data disk).
     pub scratch: std::path::PathBuf,
 }

@@ -100,10 +100,7 @@ pub fn next_due(cron: &Cron, last_ms: i64, now_ms: i64) -> Option<Due> {
     let now = utc(now_ms)?;
     let mut latest = None;
     let mut seen: u32 = 0;
-    loop {
-        let Ok(next) = cron.find_next_occurrence(&t, false) else {
-            break;
-        };
+    while let Ok(next) = cron.find_next_occurrence(&t, false) {
         if next > now {
             break;
         }
