@@ -241,4 +241,20 @@ mod tests {
         );
         assert_eq!(dir("db", "db-1"), "backups/db/db-1");
     }
+
+    /// The count query's output, with or without a prefix per line; other lines ignored.
+    #[test]
+    fn row_counts_are_read_from_tab_separated_lines() {
+        let out = "ROWS\tshop\torders\t1000\nnoise\nROWS\tshop\tusers\t7\n";
+        let got = parse_row_counts(out, "ROWS\t");
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("shop.orders".to_owned(), 1000),
+                ("shop.users".to_owned(), 7)
+            ]
+        );
+        assert_eq!(parse_row_counts("app\tt\t3\n", "").get("app.t"), Some(&3));
+        assert!(COUNT_QUERY_SQL.contains("UNION ALL") && !COUNT_QUERY_SQL.contains('\n'));
+    }
 }

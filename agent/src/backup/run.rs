@@ -398,3 +398,16 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    /// What redis-check-rdb 7.0 prints at the end of a good file.
+    #[test]
+    fn the_key_count_is_read_from_redis_check_rdb() {
+        let out =
+            "[offset 0] Checking RDB file dump.rdb\n[offset 27] AUX FIELD redis-ver = '7.0.15'\n\
+            [offset 4521] \\o/ RDB looks OK! \\o/\n[info] 300 keys read\n[info] 0 expires\n";
+        assert_eq!(super::rdb_keys(out), Some(300));
+        assert_eq!(super::rdb_keys("nothing"), None);
+    }
+}
