@@ -1659,14 +1659,13 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         },
     )
     .await?;
-    let (status, _) = env
-        .call(
-            Method::PATCH,
-            "/v1/instances/sc",
-            Some(json!({"backup": null})),
-        )
-        .await?;
-    ensure!(status == StatusCode::OK, "{status}");
+    // Removed through the CLI.
+    let v = mofang_cli(
+        &env,
+        &["--json", "instance", "backup-policy", "sc", "--none"],
+    )
+    .await?;
+    ensure!(v["spec"]["backup"].is_null(), "{v}");
     ensure!(
         env.get("/v1/instances/sc").await?["spec"]["backup"].is_null(),
         "policy removed"

@@ -150,6 +150,45 @@ enum KeyringCmd {
     Rotate,
 }
 
+/// An instance's backup policy on the command line.
+#[derive(clap::Args, Debug)]
+struct BackupPolicyArgs {
+    /// Repository of the scheduled backups.
+    #[arg(long, requires = "backup_schedule")]
+    backup_repo: Option<String>,
+    /// When to back up: cron in UTC, five fields (`0 3 * * *`) or six with seconds first.
+    #[arg(long, requires = "backup_repo")]
+    backup_schedule: Option<String>,
+    /// Keep backups this many days (the newest is always kept).
+    #[arg(long, requires = "backup_schedule")]
+    retention_days: Option<u32>,
+    /// Keep only the newest this many succeeded backups.
+    #[arg(long, requires = "backup_schedule")]
+    retention_count: Option<u32>,
+    /// When to verify the latest backup (cron, as --backup-schedule).
+    #[arg(long, requires = "backup_schedule")]
+    verify_schedule: Option<String>,
+}
+
+impl BackupPolicyArgs {
+    /// The API's `backup` field, if a schedule was given.
+    fn json(&self) -> Option<Value> {
+        let (repo, schedule) = (self.backup_repo.as_ref()?, self.backup_schedule.as_ref()?);
+        let mut retention = json!({});
+        if let Some(d) = self.retention_days {
+            retention["days"] = json!(d);
+        }
+        if let Some(n) = self.retention_count {
+            retention["count"] = json!(n);
+        }
+        let mut p = json!({"repo": repo, "schedule": schedule, "retention": retention});
+        if let Some(v) = &self.verify_schedule {
+            p["verify"] = json!(v);
+        }
+        Some(p)
+    }
+}
+
 // Parsed once per run: the size of its largest variant (create's many flags) costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
@@ -201,12 +240,27 @@ enum InstanceCmd {
         /// Database traffic TLS: off (default), optional (MariaDB only) or required.
         #[arg(long)]
         tls: Option<String>,
+        /// Scheduled backups, retention and verification (docs/backup.md).
+        #[command(flatten)]
+        policy: BackupPolicyArgs,
         /// Wait until every member is healthy, showing progress.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+    },
+    /// Set an instance's backup schedule, retention and verification schedule (the policy
+    /// is replaced whole), or remove it with --none.
+    BackupPolicy {
+        /// Name.
+        name: String,
+        /// The policy.
+        #[command(flatten)]
+        policy: BackupPolicyArgs,
+        /// Remove the policy: no more scheduled backups, verifications or retention.
+        #[arg(long, conflicts_with_all = ["backup_repo", "backup_schedule"])]
+        none: bool,
     },
     /// List instances.
     List {
@@ -615,6 +669,7 @@ async fn run(cli: Cli) -> Result<()> {
             backup,
             restore_time,
             tls,
+            policy,
             wait,
             timeout,
         }) => {
@@ -658,6 +713,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             if let Some(t) = tls {
                 body["tls"] = json!(t);
+            }
+            if let Some(p) = policy.json() {
+                body["backup"] = p;
             }
             let v = c.post("/v1/instances", body).await?;
             if !wait {
@@ -709,6 +767,25 @@ async fn run(cli: Cli) -> Result<()> {
                     bail!("{name} not ready after {timeout}s: {last}");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Cmd::Instance(InstanceCmd::BackupPolicy { name, policy, none }) => {
+            let p = match (none, policy.json()) {
+                (true, _) => Value::Null,
+                (false, Some(p)) => p,
+                (false, None) => bail!("give --backup-repo and --backup-schedule, or --none"),
+            };
+            let v = c
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/instances/{name}"),
+                    Some(json!({ "backup": p })),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{name}: backup policy {}", v["spec"]["backup"]);
             }
         }
         Cmd::Instance(InstanceCmd::Label { name, labels }) => {
