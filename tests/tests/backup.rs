@@ -1383,7 +1383,7 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
 
     // ---- a schedule of every 4 s, retention count 2 ----------------------------------------
     let mut s = mofang_tests::scenario::spec("sc", "mariadb", 1);
-    s["backup"] = json!({"repo": "main", "schedule": "*/4 * * * * *", "retention": {"count": 2}});
+    s["backup"] = json!({"repo": "main", "schedule": "*/6 * * * * *", "retention": {"count": 2}});
     let (status, v) = env.call(Method::POST, "/v1/instances", Some(s)).await?;
     ensure!(status.is_success(), "{status} {v}");
     let inst = env.wait_instance_ready("sc").await?;
@@ -1394,8 +1394,11 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         .to_owned();
     sql(
         &primary,
-        "CREATE TABLE app.s (id INT PRIMARY KEY); CREATE TABLE app.u (id INT PRIMARY KEY)",
+        "CREATE TABLE app.s (id INT PRIMARY KEY); CREATE TABLE app.u (id INT PRIMARY KEY); \
+         CREATE TABLE app.big (id INT PRIMARY KEY, b VARBINARY(1024)); \
+         INSERT INTO app.big SELECT seq, RANDOM_BYTES(1024) FROM app.seq_1_to_40000",
     )?;
+    let mut paused_seen = 0;
     // Rows in three steps, backups between them (so older backups have archived binlogs that
     // only they need).
     for (from, to) in [(1, 200), (201, 400), (401, 500)] {
@@ -1404,17 +1407,36 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
             &format!("INSERT INTO app.s SELECT seq FROM app.seq_{from}_to_{to}; INSERT INTO app.u VALUES ({to})"),
         )?;
         let seen = events_of(&env, "sc", "backup_succeeded").await?.len();
-        mofang_tests::eventually(
-            "two more scheduled backups",
-            Duration::from_secs(120),
-            || async {
-                let n = events_of(&env, "sc", "backup_succeeded").await?.len();
-                ensure!(n >= seen + 2, "{n} backups succeeded, {seen} before");
-                Ok(())
-            },
-        )
-        .await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            // The replica's SQL thread stands still during each backup: it stays healthy.
+            let v = env.get("/v1/instances/sc").await?;
+            for m in v["members"].as_array().into_iter().flatten() {
+                let reason = m["reason"].as_str().unwrap_or_default();
+                if reason.contains("stopped by a backup") {
+                    paused_seen += 1;
+                    ensure!(m["healthy"] == true, "paused replica unhealthy: {m}");
+                }
+                ensure!(
+                    !reason.contains("SQL thread No"),
+                    "a replica shown broken during a backup: {m}"
+                );
+            }
+            let n = events_of(&env, "sc", "backup_succeeded").await?.len();
+            if n >= seen + 2 {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{n} backups succeeded, {seen} before"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+    ensure!(
+        paused_seen > 0,
+        "no backup seen with the replica's SQL thread stopped"
+    );
     let expired = events_of(&env, "sc", "backup_expired").await?;
     ensure!(!expired.is_empty(), "no backup expired");
     // A yearly schedule: no more backups; retention goes on.
@@ -1511,7 +1533,7 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     let newest = &kept[1];
     let newest_id = newest["id"].as_str().context("id")?;
     ensure!(
-        newest["row_counts"] == json!({"app.s": 500, "app.u": 3}),
+        newest["row_counts"] == json!({"app.big": 40000, "app.s": 500, "app.u": 3}),
         "row counts at backup time: {newest}"
     );
     let verify_started = std::time::Instant::now();
@@ -1526,7 +1548,7 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         "{v}"
     );
     eprintln!(
-        "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; `backup verify --wait` of {newest_id} took {verify_took:?}",
+        "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; replica seen paused by a backup and healthy {paused_seen} times; `backup verify --wait` of {newest_id} took {verify_took:?}",
         events_of(&env, "sc", "backup_expired").await?.len(),
         events_of(&env, "sc", "backup_missed").await?.len(),
     );

@@ -104,12 +104,11 @@ pub async fn run(
             // Row counts tied to the backup's GTID: on a replica its SQL thread stands still
             // from before the count until the backup ends, so both see the same GTID (checked
             // below: counts whose GTID is not the backup's are dropped).
-            let replica = a.role == "replica";
-            if replica {
-                if let Err(e) = sql(ctx, &container, "STOP SLAVE SQL_THREAD").await {
-                    warn!(error = %e, "SQL thread not stopped: row counts may not be kept");
-                }
-            }
+            let pause = if a.role == "replica" {
+                SqlPause::start(ctx, &job.member, &container).await
+            } else {
+                None
+            };
             let counted = count_rows(ctx, &container).await;
             let streamed = stream_command(
                 ctx,
@@ -121,10 +120,8 @@ pub async fn run(
                 progress,
             )
             .await;
-            if replica {
-                if let Err(e) = sql(ctx, &container, "START SLAVE SQL_THREAD").await {
-                    warn!(error = %e, "SQL thread not started again after the backup");
-                }
+            if let Some(p) = pause {
+                p.resume().await;
             }
             let (stored, out) = streamed?;
             if !out.stderr.contains("completed OK") {
@@ -329,6 +326,83 @@ async fn tool_version(ctx: &BackupContext, container: &str, cmd: &[&str]) -> Str
             text.lines().next().unwrap_or_default().trim().to_owned()
         }
         Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Replicas whose SQL thread a backup stopped (member ids). While a member is here, a stopped
+/// SQL thread without error, its IO thread running, is not a replication fault: the agent
+/// still reports it replicating and healthy ([`paused_by_backup`]), so a backup does not turn
+/// the replica unhealthy for the load balancer, nor take it for a replica that lost its
+/// primary (a failover witness), nor out of promotion (which applies what it received).
+static SQL_PAUSED: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether a backup stopped `member`'s SQL thread.
+pub fn paused_by_backup(member: &str) -> bool {
+    SQL_PAUSED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(member)
+}
+
+/// A replica's SQL thread stopped for a backup; started again by [`SqlPause::resume`], or,
+/// when the backup is dropped midway (its job cancelled), by a task spawned on drop.
+struct SqlPause {
+    member: String,
+    container: String,
+    ctx: Option<BackupContext>,
+}
+
+impl SqlPause {
+    async fn start(ctx: &BackupContext, member: &str, container: &str) -> Option<SqlPause> {
+        SQL_PAUSED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(member.to_owned());
+        let pause = SqlPause {
+            member: member.to_owned(),
+            container: container.to_owned(),
+            ctx: Some(ctx.clone()),
+        };
+        match sql(ctx, container, "STOP SLAVE SQL_THREAD").await {
+            Ok(_) => Some(pause),
+            Err(e) => {
+                warn!(error = %e, "SQL thread not stopped: row counts may not be kept");
+                Some(pause)
+            }
+        }
+    }
+
+    async fn resume(mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            if let Err(e) = sql(&ctx, &self.container, "START SLAVE SQL_THREAD").await {
+                warn!(error = %e, "SQL thread not started again after the backup");
+            }
+        }
+        SQL_PAUSED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.member);
+    }
+}
+
+impl Drop for SqlPause {
+    fn drop(&mut self) {
+        let Some(ctx) = self.ctx.take() else {
+            return;
+        };
+        let (member, container) = (self.member.clone(), self.container.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = sql(&ctx, &container, "START SLAVE SQL_THREAD").await {
+                    warn!(error = %e, "SQL thread not started again after a cancelled backup");
+                }
+                SQL_PAUSED
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&member);
+            });
+        }
     }
 }
 

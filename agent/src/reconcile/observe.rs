@@ -60,8 +60,18 @@ pub(super) fn report(
     };
     s.read_only = obs.read_only;
     s.position = obs.position.clone();
-    s.lag_seconds = reported_lag(&mut memo.last_lag, obs.replication_ok, obs.lag_seconds);
-    s.replication_ok = obs.replication_ok;
+    // A backup stopped the SQL thread (row counts at its GTID): still receiving, not a fault.
+    let paused = !obs.replication_ok
+        && obs.replication_error.as_deref() == Some("IO thread Yes, SQL thread No")
+        && crate::backup::run::paused_by_backup(&a.member);
+    let repl_ok = obs.replication_ok || paused;
+    let repl_error = if paused {
+        Some("SQL thread stopped by a backup (row counts at its GTID); receiving".to_owned())
+    } else {
+        obs.replication_error.clone()
+    };
+    s.lag_seconds = reported_lag(&mut memo.last_lag, repl_ok, obs.lag_seconds);
+    s.replication_ok = repl_ok;
     s.volume_used_bytes = usage.0;
     s.rotation = memo.rotated.take().unwrap_or_default();
     let role_ok = match m.role {
@@ -70,14 +80,14 @@ pub(super) fn report(
         // A replica is healthy only while it follows the primary it was told to follow.
         DesiredRole::Replica { .. } => {
             obs.role == ObservedRole::Replica
-                && obs.replication_ok
+                && repl_ok
                 && follows(obs.following.as_deref(), replica_of)
         }
     };
     s.healthy = role_ok && (!st.fenced || a.fence) && memo.tls_pending.is_none();
     s.reason = match note.or_else(|| memo.tls_pending.clone()) {
         Some(note) => note,
-        None => match (&obs.replication_error, role_ok, st.fenced, usage.1) {
+        None => match (&repl_error, role_ok, st.fenced, usage.1) {
             (_, _, true, _) if a.fence => "fenced for switchover".into(),
             (_, _, true, _) => "fenced: scheduler lease expired".into(),
             (Some(e), _, _, _) => format!("replication: {e}"),
