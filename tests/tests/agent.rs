@@ -348,55 +348,91 @@ async fn redis_conn(
     Ok(client.get_multiplexed_async_connection().await?)
 }
 
+/// A Redis primary and its replica on one agent driven by the scheduler stand-in, both
+/// healthy and replicating.
+struct RedisPair {
+    fake: FakeScheduler,
+    net: TestNetwork,
+    agent: AgentProcess,
+    s: Secrets,
+    inst: String,
+    primary: MemberStatus,
+    replica: MemberStatus,
+}
+
+impl RedisPair {
+    async fn start() -> Result<Self> {
+        let fake = FakeScheduler::start().await?;
+        let net = TestNetwork::create(&unique_name("net"))?;
+        let agent =
+            AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+        let s = Secrets::generate();
+        let inst = unique_name("cache");
+        let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
+        let p = assignment(
+            Member {
+                instance: &inst,
+                member: &m0,
+                engine: "redis",
+                role: "primary",
+                primary: "",
+            },
+            &s,
+        );
+        fake.set_desired(&agent.node, vec![p.clone()]);
+        let primary = wait_member(
+            &fake,
+            &agent,
+            &m0,
+            "primary healthy",
+            Duration::from_secs(60),
+            healthy,
+        )
+        .await?;
+        let r = assignment(
+            Member {
+                instance: &inst,
+                member: &m1,
+                engine: "redis",
+                role: "replica",
+                primary: &primary.address,
+            },
+            &s,
+        );
+        fake.set_desired(&agent.node, vec![p, r]);
+        let replica = wait_member(
+            &fake,
+            &agent,
+            &m1,
+            "replica healthy",
+            Duration::from_secs(60),
+            |m| m.healthy && m.replication_ok,
+        )
+        .await?;
+        Ok(RedisPair {
+            fake,
+            net,
+            agent,
+            s,
+            inst,
+            primary,
+            replica,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     let _rt = docker().await;
-    let fake = FakeScheduler::start().await?;
-    let net = TestNetwork::create(&unique_name("net"))?;
-    let agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
-    let s = Secrets::generate();
-    let inst = unique_name("cache");
-    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
-    let p = assignment(
-        Member {
-            instance: &inst,
-            member: &m0,
-            engine: "redis",
-            role: "primary",
-            primary: "",
-        },
-        &s,
-    );
-    fake.set_desired(&agent.node, vec![p.clone()]);
-    let primary = wait_member(
-        &fake,
-        &agent,
-        &m0,
-        "primary healthy",
-        Duration::from_secs(60),
-        healthy,
-    )
-    .await?;
-    let r = assignment(
-        Member {
-            instance: &inst,
-            member: &m1,
-            engine: "redis",
-            role: "replica",
-            primary: &primary.address,
-        },
-        &s,
-    );
-    fake.set_desired(&agent.node, vec![p, r]);
-    let replica = wait_member(
-        &fake,
-        &agent,
-        &m1,
-        "replica healthy",
-        Duration::from_secs(60),
-        |m| m.healthy && m.replication_ok,
-    )
-    .await?;
+    let RedisPair {
+        fake: _fake,
+        net: _net,
+        agent: _agent,
+        s,
+        primary,
+        replica,
+        ..
+    } = RedisPair::start().await?;
 
     let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
     let _: () = redis::cmd("SET")
@@ -935,52 +971,15 @@ fn bad_config_exits_64_naming_the_field() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_members_address_refuses_at_once_and_outlives_the_restart() -> Result<()> {
     let _rt = docker().await;
-    let fake = FakeScheduler::start().await?;
-    let net = TestNetwork::create(&unique_name("net"))?;
-    let agent = AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
-    let s = Secrets::generate();
-    let inst = unique_name("cache");
-    let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
-    let p = assignment(
-        Member {
-            instance: &inst,
-            member: &m0,
-            engine: "redis",
-            role: "primary",
-            primary: "",
-        },
-        &s,
-    );
-    fake.set_desired(&agent.node, vec![p.clone()]);
-    let primary = wait_member(
-        &fake,
-        &agent,
-        &m0,
-        "primary healthy",
-        Duration::from_secs(60),
-        healthy,
-    )
-    .await?;
-    let r = assignment(
-        Member {
-            instance: &inst,
-            member: &m1,
-            engine: "redis",
-            role: "replica",
-            primary: &primary.address,
-        },
-        &s,
-    );
-    fake.set_desired(&agent.node, vec![p, r]);
-    let replica = wait_member(
-        &fake,
-        &agent,
-        &m1,
-        "replica healthy",
-        Duration::from_secs(60),
-        |m| m.healthy && m.replication_ok,
-    )
-    .await?;
+    let RedisPair {
+        fake,
+        net: _net,
+        agent,
+        inst,
+        replica,
+        ..
+    } = RedisPair::start().await?;
+    let m1 = format!("{inst}-1");
 
     let out = std::process::Command::new("docker")
         .args(["kill", &format!("mofang-{m1}")])
