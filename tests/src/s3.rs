@@ -7,7 +7,7 @@
 //! small shell watchdog that ends it when the test process is gone, so the one server a test
 //! binary shares ([`SeaweedFs::shared`], never dropped) does not outlive it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use object_store::ObjectStore;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -124,6 +124,7 @@ impl SeaweedFs {
         let script = r#"
             parent=$1; dir=$2; shift 2
             "$@" & w=$!
+            echo $w > "$dir/weed.pid"
             trap 'kill -9 $w 2>/dev/null; wait $w 2>/dev/null; rm -rf "$dir"; exit 0' TERM INT
             while kill -0 "$parent" 2>/dev/null && kill -0 $w 2>/dev/null; do sleep 0.5; done
             kill -9 $w 2>/dev/null; wait $w 2>/dev/null; rm -rf "$dir"
@@ -201,22 +202,16 @@ impl SeaweedFs {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the `weed` process: while frozen, nothing sent to
     /// it is answered, so an upload in progress cannot complete (a fault test's window).
     pub fn freeze(&self, frozen: bool) -> Result<()> {
-        let watchdog = self.watchdog.as_ref().context("server already stopped")?;
-        let out = Command::new("pgrep")
-            .args(["-P", &watchdog.id().to_string()])
-            .output()
-            .context("pgrep")?;
-        let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if pids.is_empty() {
-            bail!("weed is not running under its watchdog");
-        }
-        for pid in pids.split_whitespace() {
-            let status = Command::new("kill")
-                .args([if frozen { "-STOP" } else { "-CONT" }, pid])
-                .status()?;
-            if !status.success() {
-                bail!("kill {pid} failed");
-            }
+        ensure!(self.watchdog.is_some(), "server already stopped");
+        // weed's own pid, written by the watchdog: its other children (the `sleep` of its
+        // loop) come and go, so they are no way to find it.
+        let pid = std::fs::read_to_string(self.dir.join("weed.pid")).context("weed.pid")?;
+        let pid = pid.trim();
+        let status = Command::new("kill")
+            .args([if frozen { "-STOP" } else { "-CONT" }, pid])
+            .status()?;
+        if !status.success() {
+            bail!("kill {pid} failed: weed is not running");
         }
         Ok(())
     }
