@@ -110,6 +110,8 @@ impl NodeSource for Source {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
             jobs: self.jobs.statuses(),
+            // Complete: the link reduces it to what changed (link::delta) and numbers it.
+            ..Default::default()
         }
     }
 

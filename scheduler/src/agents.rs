@@ -284,7 +284,10 @@ impl AgentControl for AgentService {
         let hb = req.into_inner();
         let node = hb.node.clone();
         match self.cluster.heartbeat(hb) {
-            Some(revision) => Ok(Response::new(HeartbeatResponse { revision })),
+            Some(beat) => Ok(Response::new(HeartbeatResponse {
+                revision: beat.revision,
+                want_full: beat.want_full,
+            })),
             // Unknown node: the agent registers again on this error.
             None => Err(Status::failed_precondition(format!(
                 "node {node} is not registered"

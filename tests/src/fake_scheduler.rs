@@ -45,7 +45,11 @@ struct Shared {
 /// Everything known about one node.
 struct NodeRecord {
     registered: Option<RegisterRequest>,
+    /// The last heartbeat, its `members` replaced by every status held (as the real
+    /// scheduler holds them: complete beats replace, partial ones update).
     last_heartbeat: Option<HeartbeatRequest>,
+    /// Every member's last status, once a complete heartbeat has come.
+    members: Option<std::collections::BTreeMap<String, mofang_common::proto::MemberStatus>>,
     heartbeats: u64,
     /// The node's desired state; every open `WatchAssignments` stream holds a receiver.
     desired: watch::Sender<DesiredState>,
@@ -62,6 +66,7 @@ impl NodeRecord {
         Self {
             registered: None,
             last_heartbeat: None,
+            members: None,
             heartbeats: 0,
             desired,
         }
@@ -225,12 +230,31 @@ impl AgentControl for Service {
         let request = request.into_inner();
         debug!(node = %request.node, applied_revision = request.applied_revision, "fake scheduler: heartbeat");
         let node = request.node.clone();
-        let revision = self.shared.with_node(&node, |r| {
+        let (revision, want_full) = self.shared.with_node(&node, |r| {
             r.heartbeats += 1;
+            let mut request = request;
+            if !request.partial {
+                r.members = Some(Default::default());
+            }
+            let want_full = r.members.is_none();
+            let held = r.members.get_or_insert_with(Default::default);
+            for id in &request.gone {
+                held.remove(id);
+            }
+            for m in std::mem::take(&mut request.members) {
+                held.insert(m.member.clone(), m);
+            }
+            request.members = held.values().cloned().collect();
+            if want_full {
+                r.members = None;
+            }
             r.last_heartbeat = Some(request);
-            r.desired.borrow().revision
+            (r.desired.borrow().revision, want_full)
         });
-        Ok(Response::new(HeartbeatResponse { revision }))
+        Ok(Response::new(HeartbeatResponse {
+            revision,
+            want_full,
+        }))
     }
 
     type WatchAssignmentsStream = DesiredStream;

@@ -420,10 +420,16 @@ impl SetWriter {
     ) -> Result<Self> {
         let (engine, password) = (engine.to_owned(), password.to_owned());
         if engine == "mariadb" {
-            let mut c = mysql(&source.primary().await?, &password).await?;
-            use mysql_async::prelude::Queryable;
-            c.query_drop("CREATE TABLE IF NOT EXISTS jepsen (id BIGINT PRIMARY KEY)")
-                .await?;
+            // The primary may refuse for a moment (fenced while its agent's lease lapsed on a
+            // saturated machine, then unfenced): the table is made once it takes writes.
+            eventually("the writer's table", Duration::from_secs(30), || async {
+                let mut c = mysql(&source.primary().await?, &password).await?;
+                use mysql_async::prelude::Queryable;
+                c.query_drop("CREATE TABLE IF NOT EXISTS jepsen (id BIGINT PRIMARY KEY)")
+                    .await?;
+                Ok(())
+            })
+            .await?;
         }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -17,6 +17,29 @@ pub(super) struct Live {
     pub(super) last_heartbeat_ms: i64,
     pub(super) members: HashMap<String, MemberStatus>,
     pub(super) down_reported: bool,
+    /// `members` holds every member the agent runs: a complete heartbeat came since this
+    /// scheduler began to lead (decision 75). Until then the agent is asked for one.
+    pub(super) complete: bool,
+    /// The agent process (`boot`) and number (`seq`) of the last heartbeat applied: an older
+    /// one of the same process arriving late changes nothing.
+    pub(super) boot: u64,
+    pub(super) seq: u64,
+}
+
+/// What a heartbeat's answer tells the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// The node's latest desired-state revision.
+    pub revision: u64,
+    /// The next heartbeat must carry every member.
+    pub want_full: bool,
+}
+
+/// A heartbeat of `(boot, seq)` arrived after the one of `(last_boot, last_seq)` was applied:
+/// it is older (the same process, a lower number) and must not overwrite what that said.
+/// 0 is "not numbered" (agents before decision 75): never older.
+fn overtaken(boot: u64, seq: u64, last_boot: u64, last_seq: u64) -> bool {
+    boot != 0 && seq != 0 && boot == last_boot && seq <= last_seq
 }
 
 /// What a failover pass decides on changed between two statuses of a member (or it is new).
@@ -43,8 +66,9 @@ impl Cluster {
 
     /// A heartbeat: remember what the agent sees; push new desired states if a primary's
     /// address changed (replicas follow it).
-    /// Returns the node's latest desired-state revision, or None for an unregistered node.
-    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<u64> {
+    /// Returns the node's latest desired-state revision and whether its next heartbeat must be
+    /// complete, or None for an unregistered node.
+    pub fn heartbeat(&self, hb: HeartbeatRequest) -> Option<Beat> {
         let mut inner = lock(&self.inner);
         if !inner.nodes.contains_key(&hb.node) {
             return None;
@@ -64,11 +88,31 @@ impl Cluster {
             last_heartbeat_ms: 0,
             members: HashMap::new(),
             down_reported: false,
+            complete: false,
+            boot: 0,
+            seq: 0,
         });
         live.last_heartbeat = Instant::now();
         live.last_heartbeat_ms = now_ms();
         let was_down = std::mem::replace(&mut live.down_reported, false);
-        for m in hb.members {
+        let mut members = hb.members;
+        if overtaken(hb.boot, hb.seq, live.boot, live.seq) {
+            // Alive, but what it says is older than what is held.
+            members.clear();
+        } else {
+            (live.boot, live.seq) = (hb.boot, hb.seq);
+            if hb.partial {
+                for id in &hb.gone {
+                    live.members.remove(id);
+                }
+            } else {
+                live.complete = true;
+                live.members
+                    .retain(|id, _| members.iter().any(|m| &m.member == id));
+            }
+        }
+        let want_full = !live.complete;
+        for m in members {
             let moved = !m.address.is_empty()
                 && live.members.get(&m.member).map(|o| o.address.as_str())
                     != Some(m.address.as_str());
@@ -128,13 +172,14 @@ impl Cluster {
             nodes.dedup();
             self.push_nodes(&mut inner, &nodes);
         }
-        Some(
-            inner
+        Some(Beat {
+            revision: inner
                 .watchers
                 .get(&hb.node)
                 .map(|w| w.borrow().revision)
                 .unwrap_or(0),
-        )
+            want_full,
+        })
     }
 
     /// Marks nodes without heartbeats for `node_ttl` down (once), with an event.
@@ -296,5 +341,81 @@ mod tests {
         assert!(asked().await, "a held primary asks for a pass at once");
         beat(true);
         assert!(!asked().await, "the same report again asks for nothing");
+    }
+
+    /// Decision 75: heartbeats carry only what changed. A scheduler without a complete view
+    /// of a node (a new leader) asks for one, a complete heartbeat replaces what it held,
+    /// `gone` members leave, and a late heartbeat of the same agent process changes nothing.
+    #[tokio::test]
+    async fn partial_heartbeats_update_complete_ones_replace_and_late_ones_are_ignored() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let c = cluster_on(store, &three_ssd_nodes()).await;
+        let node = three_ssd_nodes()[0].name.clone();
+        let st = |id: &str, healthy: bool| MemberStatus {
+            member: id.into(),
+            instance: "one".into(),
+            healthy,
+            ..Default::default()
+        };
+        let held = |id: &str| {
+            let inner = lock(&c.inner);
+            inner
+                .live
+                .get(&node)
+                .and_then(|l| l.members.get(id))
+                .map(|s| s.healthy)
+        };
+        let beat = |partial: bool, seq: u64, members: Vec<MemberStatus>, gone: Vec<&str>| {
+            c.heartbeat(HeartbeatRequest {
+                node: node.clone(),
+                members,
+                partial,
+                gone: gone.into_iter().map(String::from).collect(),
+                boot: 7,
+                seq,
+                ..Default::default()
+            })
+            .expect("registered node")
+        };
+        // A new leader forgets what agents told the previous term (`activate`).
+        lock(&c.inner).live.clear();
+        // A partial heartbeat to a scheduler that never had a complete one: applied, and a
+        // complete one asked for.
+        let b = beat(true, 1, vec![st("a", true)], vec![]);
+        assert!(b.want_full);
+        assert_eq!(held("a"), Some(true));
+        // The complete one: what it does not name is not on the node.
+        let b = beat(false, 2, vec![st("b", true), st("c", true)], vec![]);
+        assert!(!b.want_full);
+        assert_eq!((held("a"), held("b")), (None, Some(true)));
+        // Changes only, and a member gone.
+        let b = beat(true, 3, vec![st("b", false)], vec!["c"]);
+        assert!(!b.want_full);
+        assert_eq!((held("b"), held("c")), (Some(false), None));
+        // A heartbeat made before the last one, arriving after it: ignored.
+        beat(false, 2, vec![st("b", true), st("c", true)], vec![]);
+        assert_eq!((held("b"), held("c")), (Some(false), None));
+        // A new agent process numbers from 1 again: applied.
+        c.heartbeat(HeartbeatRequest {
+            node: node.clone(),
+            members: vec![st("b", true)],
+            boot: 8,
+            seq: 1,
+            ..Default::default()
+        });
+        assert_eq!(held("b"), Some(true));
+    }
+
+    #[test]
+    fn a_heartbeat_is_overtaken_only_by_a_later_one_of_the_same_process() {
+        assert!(overtaken(7, 3, 7, 3));
+        assert!(overtaken(7, 2, 7, 3));
+        assert!(!overtaken(7, 4, 7, 3));
+        assert!(!overtaken(8, 1, 7, 3), "another process");
+        assert!(
+            !overtaken(0, 0, 7, 3),
+            "an agent before decision 75 numbers nothing"
+        );
     }
 }

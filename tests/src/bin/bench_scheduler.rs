@@ -73,6 +73,7 @@ async fn agent(
     zone: String,
     beats: Arc<AtomicU64>,
     statuses: Arc<AtomicU64>,
+    full_beats: Arc<std::sync::atomic::AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let mut ep = tonic::transport::Endpoint::from_shared(endpoint)?;
@@ -132,16 +133,23 @@ async fn agent(
     // Spread heartbeats over the second like real agents started at different times.
     tokio::time::sleep(Duration::from_millis(rand_ms(&node))).await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // As the agent does (decision 75): only changed statuses, unless complete beats are asked.
+    let mut delta = mofang_agent::link::delta::Delta::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 let ms = members.lock().map(|m| m.clone()).unwrap_or_default();
-                let n = ms.len() as u64;
                 let hb = HeartbeatRequest { node: node.clone(), members: ms, ..Default::default() };
-                if client.heartbeat(hb).await.is_ok() {
-                    beats.fetch_add(1, Ordering::Relaxed);
-                    statuses.fetch_add(n, Ordering::Relaxed);
+                let hb = if full_beats.load(Ordering::Relaxed) { hb } else { delta.next(hb) };
+                let n = hb.members.len() as u64;
+                match client.heartbeat(hb).await {
+                    Ok(a) => {
+                        delta.answered(a.into_inner().want_full);
+                        beats.fetch_add(1, Ordering::Relaxed);
+                        statuses.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => delta.missed(),
                 }
             }
         }
@@ -171,6 +179,7 @@ struct Figures {
     heartbeat_ms_cpu: f64,
     create_cpu_pct: f64,
     steady_cpu_pct: f64,
+    steady_full_cpu_pct: f64,
     rss_idle_mib: f64,
     rss_full_mib: f64,
 }
@@ -272,6 +281,12 @@ async fn main() -> Result<()> {
             pct(p.steady_cpu_pct, t.steady_cpu_pct)
         );
         println!(
+            "  steady CPU, complete beats: {:>5.1} | {:>8.1} | {:+.1}%   (as before decision 75)",
+            p.steady_full_cpu_pct,
+            t.steady_full_cpu_pct,
+            pct(p.steady_full_cpu_pct, t.steady_full_cpu_pct)
+        );
+        println!(
             "  RSS idle / full (MiB):   {:>4.0} / {:<4.0} | {:>4.0} / {:<4.0}",
             p.rss_idle_mib, p.rss_full_mib, t.rss_idle_mib, t.rss_full_mib
         );
@@ -326,6 +341,7 @@ async fn run(
     let stop = tokio_util::sync::CancellationToken::new();
     let beats = Arc::new(AtomicU64::new(0));
     let statuses = Arc::new(AtomicU64::new(0));
+    let full_beats = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
     for i in 0..n_agents {
         let (ep, b, st, s) = (
@@ -353,7 +369,8 @@ async fn run(
                 )
             }
         };
-        handles.push(tokio::spawn(agent(ep, tls, node, zone, b, st, s)));
+        let fb = full_beats.clone();
+        handles.push(tokio::spawn(agent(ep, tls, node, zone, b, st, fb, s)));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -497,10 +514,43 @@ async fn run(
     figures.steady_cpu_pct = (cpu4 - cpu3) / wall * 100.0;
     figures.rss_full_mib = rss_full;
     println!(
-        "steady state with {ok} instances: {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
+        "steady state with {ok} instances, changed statuses only (decision 75): {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
         (b4 - b3) as f64 / wall,
         (s4 - s3) as f64 / wall,
         (cpu4 - cpu3) / wall * 100.0
+    );
+    // The same, every heartbeat carrying every status (as before decision 75).
+    full_beats.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu5, b5, s5, w5) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        statuses.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let (cpu6, b6, s6, wall) = (
+        cpu_seconds(pid)?,
+        beats.load(Ordering::Relaxed),
+        statuses.load(Ordering::Relaxed),
+        w5.elapsed().as_secs_f64(),
+    );
+    figures.steady_full_cpu_pct = (cpu6 - cpu5) / wall * 100.0;
+    println!(
+        "steady state, every status in every heartbeat: {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core",
+        (b6 - b5) as f64 / wall,
+        (s6 - s5) as f64 / wall,
+        figures.steady_full_cpu_pct
+    );
+    println!(
+        "steady CPU, changed-only vs complete heartbeats: {:.1} % vs {:.1} % of one core ({:+.0} %)",
+        figures.steady_cpu_pct,
+        figures.steady_full_cpu_pct,
+        if figures.steady_full_cpu_pct > 0.0 {
+            (figures.steady_cpu_pct / figures.steady_full_cpu_pct - 1.0) * 100.0
+        } else {
+            0.0
+        }
     );
 
     // Everything committed is durable: a restart sees it.

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn, Instrument};
 
+pub mod delta;
+
 /// Default time between two heartbeats.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default lifetime of the lease after the last acknowledged heartbeat.
@@ -552,8 +554,13 @@ async fn heartbeats(
     let mut ticker = tokio::time::interval(cfg.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let changed = source.status_changed();
+    // Complete on the first beat of every session, then only what changed (decision 75).
+    let mut delta = delta::Delta::default();
+    let mut now_full = false;
     loop {
         match &changed {
+            // The scheduler asked for every status: no wait.
+            _ if now_full => now_full = false,
             Some(n) => {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -565,7 +572,11 @@ async fn heartbeats(
             }
         }
         let sent = Instant::now();
-        let answer = tokio::time::timeout(timeout, client.heartbeat(source.heartbeat_request()))
+        let mut request = delta.next(source.heartbeat_request());
+        request.boot = boot();
+        request.seq = next_seq();
+        let was_partial = request.partial;
+        let answer = tokio::time::timeout(timeout, client.heartbeat(request))
             .await
             .map_err(|_| Error::Timeout {
                 call: "Heartbeat",
@@ -588,10 +599,15 @@ async fn heartbeats(
                 if keep_link_after_miss(lease.last_ack().map(|t| t.elapsed()), lease.ttl()) =>
             {
                 debug!(error = %e, "heartbeat not answered in time; trying again on this link");
+                delta.missed();
                 continue;
             }
             Err(e) => return Err(e),
         };
+        delta.answered(answer.want_full);
+        // At once, but only after a partial beat: a scheduler that asked again after a
+        // complete one is answered at the next tick, not in a loop.
+        now_full = answer.want_full && was_partial;
         lease.renew_at(sent);
         let known = revision(&desired.borrow());
         if answer.revision > known {
@@ -603,6 +619,18 @@ async fn heartbeats(
             );
         }
     }
+}
+
+/// This agent process, for the scheduler to tell its heartbeats from an earlier process's.
+fn boot() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| rand::random::<u64>().max(1))
+}
+
+/// The next heartbeat's number in this process (from 1; 0 means "not numbered").
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// After a heartbeat that got no answer in time: keep the link while the last acknowledged
