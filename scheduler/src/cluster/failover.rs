@@ -182,7 +182,9 @@ impl Cluster {
                 let prefix = format!("{name}/");
                 candidates.push(plan::Candidate {
                     instance: i,
-                    busy: inner.busy.contains(name) || inner.inflight.contains_key(name),
+                    busy: inner.busy.contains(name)
+                        || inner.inflight.contains_key(name)
+                        || inner.pass_tasks.contains(name),
                     reported: inner
                         .reported
                         .range(prefix.clone()..)
@@ -263,10 +265,16 @@ impl Cluster {
             .await;
         }
 
-        let mut tasks = Vec::new();
+        // Each failover or replacement runs as its own task, and the pass does not wait for
+        // it: a slow `pre_failover` hook or store write of one instance must not hold back
+        // the detection and confirmation of every other (the next pass leaves an instance
+        // with a task running alone, `pass_tasks`).
         for (name, reason) in plan.fail_over {
-            let this = self.clone();
-            tasks.push(tokio::spawn(async move {
+            let Some(task) = self.pass_task(&name) else {
+                continue;
+            };
+            self.spawn_pass_task(async move {
+                let this = task.cluster.clone();
                 this.emit_once(
                     format!("{name}/detected"),
                     event(
@@ -284,11 +292,15 @@ impl Cluster {
                     )
                     .await;
                 }
-            }));
+                drop(task);
+            });
         }
         for (name, member, why) in plan.replace {
-            let this = self.clone();
-            tasks.push(tokio::spawn(async move {
+            let Some(task) = self.pass_task(&name) else {
+                continue;
+            };
+            self.spawn_pass_task(async move {
+                let this = task.cluster.clone();
                 if let Err(e) = this.replace_member(&name, &member, &why).await {
                     this.emit_once(
                         format!("{name}/replace"),
@@ -296,18 +308,60 @@ impl Cluster {
                     )
                     .await;
                 }
-            }));
+                drop(task);
+            });
         }
         for (name, old, new) in plan.finish {
-            let this = self.clone();
-            tasks.push(tokio::spawn(async move {
+            let Some(task) = self.pass_task(&name) else {
+                continue;
+            };
+            self.spawn_pass_task(async move {
+                let this = task.cluster.clone();
                 if let Err(e) = this.finish_replacement(&name, &old, &new).await {
                     warn!(instance = %name, error = %e, "could not finish replacement");
                 }
-            }));
+                drop(task);
+            });
         }
-        for t in tasks {
-            let _ = t.await;
+    }
+
+    /// Marks an instance as having a pass task; None if it already has one.
+    fn pass_task(self: &Arc<Self>, name: &str) -> Option<PassTask> {
+        lock(&self.inner)
+            .pass_tasks
+            .insert(name.to_owned())
+            .then(|| PassTask {
+                cluster: self.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    fn spawn_pass_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut handles = self
+            .pass_handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        handles.retain(|h| !h.is_finished());
+        handles.push(tokio::spawn(task));
+    }
+
+    /// Waits for every task the failover passes started so far (tests: a pass and what it
+    /// started, as one step).
+    #[cfg(test)]
+    pub(super) async fn pass_tasks_done(&self) {
+        loop {
+            let handles: Vec<_> = std::mem::take(
+                &mut *self
+                    .pass_handles
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if handles.is_empty() {
+                return;
+            }
+            for h in handles {
+                let _ = h.await;
+            }
         }
     }
 
@@ -1092,6 +1146,19 @@ impl Drop for BusyGuard {
     }
 }
 
+/// An instance's task started by a failover pass; ends its mark when dropped (the task ended,
+/// however).
+pub(super) struct PassTask {
+    cluster: Arc<Cluster>,
+    name: String,
+}
+
+impl Drop for PassTask {
+    fn drop(&mut self) {
+        lock(&self.cluster.inner).pass_tasks.remove(&self.name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1101,10 +1168,12 @@ mod tests {
     use crate::store::Store;
     use mofang_common::proto::{HeartbeatRequest, MemberStatus};
 
+    /// One member's changed status, as an agent reports it (decision 75).
     fn report(c: &Cluster, node: &str, s: MemberStatus) {
         c.heartbeat(HeartbeatRequest {
             node: node.into(),
             members: vec![s],
+            partial: true,
             ..Default::default()
         });
     }
@@ -1151,6 +1220,104 @@ mod tests {
             .expect("member")
     }
 
+    /// Defect 3's lead (issue 13): a pass awaited every task it started before the next pass
+    /// could confirm or decide anything, so one instance's slow `pre_failover` hook (up to its
+    /// 10 s timeout) held back the failover of every other instance. Passes no longer wait.
+    #[tokio::test]
+    async fn a_slow_hook_on_one_instance_does_not_hold_back_another_failover() {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let mut cfg = FailoverConfig {
+            mass_failover_min: 100,
+            ..Default::default()
+        };
+        cfg.hooks.pre_failover = vec![crate::failover::Hook {
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "if [ \"$MOFANG_INSTANCE\" = slow ]; then sleep 3; fi".into(),
+            ]),
+            url: None,
+            timeout_ms: 10_000,
+        }];
+        let c = Cluster::load_with(store.clone(), Duration::from_secs(30), cfg)
+            .await
+            .expect("load");
+        c.activate().await.expect("activate");
+        for n in three_ssd_nodes() {
+            c.register(n.clone()).await.expect("register");
+            c.heartbeat(HeartbeatRequest {
+                node: n.name.clone(),
+                ..Default::default()
+            });
+        }
+        let mut made = Vec::new();
+        for name in ["slow", "fast"] {
+            made.push(
+                c.create_instance(spec(name, 100, None))
+                    .await
+                    .expect("create"),
+            );
+        }
+        // An instance's primary died and was held; its replicas saw their links go down.
+        let fail = |i: &Instance| {
+            for m in &i.members {
+                let primary = m.role == Role::Primary;
+                report(
+                    &c,
+                    &m.node,
+                    MemberStatus {
+                        member: m.id.clone(),
+                        instance: i.spec.name.clone(),
+                        engine: "mariadb".into(),
+                        container_state: if primary { "exited" } else { "running" }.into(),
+                        role: if primary { "unknown" } else { "replica" }.into(),
+                        held: primary,
+                        epoch: 1,
+                        address: format!("10.0.0.{}:3306", m.id.len()),
+                        position: "0-1-40".into(),
+                        lag_seconds: if primary { -1 } else { 0 },
+                        read_only: true,
+                        checked_at_ms: now_ms(),
+                        ..Default::default()
+                    },
+                );
+            }
+        };
+        let epoch = |name: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .instances()
+                    .await
+                    .expect("instances")
+                    .into_iter()
+                    .find(|i| i.spec.name == name)
+                    .map(|i| i.epoch)
+            }
+        };
+        fail(&made[0]);
+        tokio::time::timeout(Duration::from_secs(1), c.check_failovers())
+            .await
+            .expect("a pass does not wait for the slow instance's hook");
+        fail(&made[1]);
+        tokio::time::timeout(Duration::from_secs(1), c.check_failovers())
+            .await
+            .expect("nor does the next");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while epoch("fast").await != Some(2) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(epoch("fast").await, Some(2), "fast failed over");
+        assert_eq!(epoch("slow").await, Some(1), "slow still in its hook");
+        c.pass_tasks_done().await;
+        assert_eq!(
+            epoch("slow").await,
+            Some(2),
+            "slow failed over once its hook agreed"
+        );
+    }
+
     /// Soak, scheduler `kill -9` right after a decision: the next process saw the new
     /// primary, not yet promoted, as a failed primary and promoted a third member.
     #[tokio::test]
@@ -1187,6 +1354,7 @@ mod tests {
         report(&c, &node_of("one-1"), status("one-1"));
         report(&c, &node_of("one-2"), status("one-2"));
         c.check_failovers().await;
+        c.pass_tasks_done().await;
         let now = store.instances().await.expect("instances");
         assert_eq!(now[0].epoch, 2, "no second failover: {:?}", now[0]);
         assert_eq!(now[0].primary().map(|p| p.id.as_str()), Some("one-1"));
@@ -1204,6 +1372,7 @@ mod tests {
             },
         );
         c.check_failovers().await;
+        c.pass_tasks_done().await;
         let ev = store.events(Some("one"), 0, 100).await.expect("events");
         assert!(
             ev.iter()
@@ -1313,7 +1482,9 @@ mod tests {
         report(&c, &node_of("one-0"), status("one-0"));
         report(&c, &node_of("one-2"), status("one-2"));
         c.check_failovers().await;
+        c.pass_tasks_done().await;
         c.check_failovers().await;
+        c.pass_tasks_done().await;
         let now = store.instances().await.expect("instances");
         assert_eq!(now[0].epoch, 3, "failed over again at once: {:?}", now[0]);
         assert_ne!(now[0].primary().map(|p| p.id.as_str()), Some("one-1"));

@@ -147,6 +147,9 @@ struct Inner {
     inflight: HashMap<String, failover::InFlight>,
     /// Instances a failover, switchover or replacement is being carried out for.
     busy: BTreeSet<String>,
+    /// Instances a failover pass started a task for (failover, replacement) that has not
+    /// ended: later passes leave them alone, and do not wait for it.
+    pass_tasks: BTreeSet<String>,
     /// Conditions already reported by an event (reported once until they clear).
     reported: BTreeSet<String>,
     /// Mass-failure guard tripped: automatic failovers wait for an operator.
@@ -217,6 +220,8 @@ pub struct Cluster {
     joins: tokio::sync::Mutex<()>,
     /// An agent reported a job's status.
     jobs_changed: tokio::sync::Notify,
+    /// The tasks failover passes started (pruned as they end), for tests to wait on.
+    pass_handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
@@ -278,6 +283,7 @@ impl Cluster {
             revoked: watch::Sender::new(revoked),
             joins: tokio::sync::Mutex::new(()),
             jobs_changed: tokio::sync::Notify::new(),
+            pass_handles: Mutex::new(Vec::new()),
         }))
     }
 
