@@ -221,7 +221,7 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     drop(c);
 
     // Replicated, over TLS with the primary's certificate verified.
-    eventually(
+    let arrived = eventually(
         "the row is on the replica",
         Duration::from_secs(30),
         || async {
@@ -233,7 +233,10 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
             Ok(())
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = arrived {
+        bail!("{e:#}{}", replication_report(&inst, &admin, &ca).await);
+    }
     let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
     let row: mysql_async::Row = r
         .query_first("SHOW SLAVE STATUS")
@@ -264,7 +267,16 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
         "{}",
         col("Master_SSL_CA_File")
     );
-    drop(r);
+    // The replica's binlog holds no transaction of its own (an errant GTID): the agent's
+    // certificate reload was binlogged once, and stopped replication at the primary's next
+    // write when the replica was certified after being repointed (issue 15, db_tls defect).
+    let mut p = mysql(&primary, "mofang_admin", &admin, Some(&ca), None).await?;
+    let errant = own_gtids(&mut r, &mut p).await?;
+    ensure!(
+        errant.is_empty(),
+        "the replica's own transactions: {errant:?}"
+    );
+    drop((r, p));
 
     // The member's key: in its config directory 0600 for the database's uid (999) only, and
     // nowhere in clear in the agent's state directory or in any log.
@@ -584,7 +596,7 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
     );
     drop(tls);
 
-    eventually(
+    let arrived = eventually(
         "the row is on the replica",
         Duration::from_secs(30),
         || async {
@@ -596,7 +608,10 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
             Ok(())
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = arrived {
+        bail!("{e:#}{}", replication_report(&inst, &admin, &ca).await);
+    }
     let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
     let row: mysql_async::Row = r
         .query_first("SHOW SLAVE STATUS")
@@ -613,7 +628,90 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
         col("Master_SSL_Allowed"),
         col("Master_SSL_Verify_Server_Cert")
     );
+    // The replica's binlog holds no transaction of its own (an errant GTID): the agent's
+    // certificate reload was binlogged once, and stopped replication at the primary's next
+    // write when the replica was certified after being repointed (issue 15, db_tls defect).
+    let mut p = mysql(&primary, "mofang_admin", &admin, Some(&ca), None).await?;
+    let errant = own_gtids(&mut r, &mut p).await?;
+    ensure!(
+        errant.is_empty(),
+        "the replica's own transactions: {errant:?}"
+    );
     Ok(())
+}
+
+/// The GTIDs in the replica's binlog of another server id than its primary's: transactions of
+/// its own (errant GTIDs), which stop replication under gtid_strict_mode once the primary's
+/// sequence numbers meet them, and make failover positions lie.
+async fn own_gtids(
+    replica: &mut mysql_async::Conn,
+    primary: &mut mysql_async::Conn,
+) -> Result<Vec<String>> {
+    let id: Option<u32> = primary.query_first("SELECT @@GLOBAL.server_id").await?;
+    let id = id.context("the primary's server_id")?.to_string();
+    let state: Option<String> = replica
+        .query_first("SELECT @@GLOBAL.gtid_binlog_state")
+        .await?;
+    Ok(state
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty() && g.split('-').nth(1) != Some(id.as_str()))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What the replication looks like when a row did not arrive, for the failure message:
+/// each member's `SHOW SLAVE STATUS` essentials and the tail of its server log.
+async fn replication_report(inst: &Value, admin: &str, ca: &str) -> String {
+    let mut out = String::new();
+    for m in inst["members"].as_array().into_iter().flatten() {
+        let (id, addr) = (
+            m["id"].as_str().unwrap_or_default(),
+            m["address"].as_str().unwrap_or_default(),
+        );
+        out.push_str(&format!("\n---- {id} at {addr} ({})\n", m["role"]));
+        match mysql(addr, "mofang_admin", admin, Some(ca), None).await {
+            Ok(mut c) => {
+                let row: Result<Option<mysql_async::Row>, _> =
+                    c.query_first("SHOW SLAVE STATUS").await;
+                if let Ok(Some(row)) = row {
+                    for col in [
+                        "Master_Host",
+                        "Slave_IO_Running",
+                        "Slave_SQL_Running",
+                        "Last_IO_Error",
+                        "Last_SQL_Error",
+                        "Gtid_IO_Pos",
+                        "Master_SSL_Allowed",
+                    ] {
+                        let v = row
+                            .get_opt::<String, _>(col)
+                            .and_then(|v| v.ok())
+                            .unwrap_or_default();
+                        out.push_str(&format!("{col}: {v}\n"));
+                    }
+                }
+                let pos: Result<Option<String>, _> =
+                    c.query_first("SELECT @@GLOBAL.gtid_current_pos").await;
+                out.push_str(&format!("gtid_current_pos: {pos:?}\n"));
+            }
+            Err(e) => out.push_str(&format!("no session: {e:#}\n")),
+        }
+        let logs = std::process::Command::new("docker")
+            .args(["logs", "--tail", "40", &container_of(id)])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&logs);
+    }
+    out
 }
 
 /// True when any file under `dir` contains `needle`.

@@ -76,6 +76,14 @@ fn tls_lines(tls: Option<&super::MemberTls>) -> String {
 
 /// The TLS part of `CHANGE MASTER`: replication over TLS, the primary's certificate verified
 /// against the cluster CA and its address (`MASTER_HOST`), when the instance has TLS.
+/// Makes the server load its certificate files again. `NO_WRITE_TO_BINLOG`: a plain `FLUSH
+/// SSL` is written to the binary log like most FLUSH statements, so on a replica it was a
+/// transaction of its own (an errant GTID of its server id), and a replica certified after it
+/// was repointed stopped at the primary's next write with gtid_strict_mode's out-of-order
+/// error 1950 (docs/security.md, "Defects found").
+/// <https://mariadb.com/kb/en/flush/>
+const RELOAD_TLS: &str = "FLUSH NO_WRITE_TO_BINLOG SSL";
+
 fn master_ssl(tls: bool) -> String {
     if tls {
         format!(
@@ -648,7 +656,7 @@ impl Engine for MariaDb {
     async fn reload_tls(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
-            c.query_drop("FLUSH SSL").await.map_err(|e| err(at, e))?;
+            c.query_drop(RELOAD_TLS).await.map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;
             Ok(())
         })
@@ -696,6 +704,10 @@ impl Engine for MariaDb {
             // not its primary's (e.g. seeded from a primary that was deposed meanwhile).
             || replication_error.contains("Duplicate entry")
             || replication_error.contains("Can't find record")
+            // Error 1950 under gtid_strict_mode: the replica's binlog holds a GTID of the
+            // domain the primary's stream does not (a transaction of its own, e.g. the
+            // binlogged FLUSH SSL of agents before the fix): its history is not its primary's.
+            || replication_error.contains("out-of-order sequence number")
     }
 }
 
@@ -807,6 +819,31 @@ mod tests {
         let files = MariaDb.render(&member(None), &s);
         assert!(!files[0].contents.contains("ssl_"));
         assert!(files.iter().all(|f| !f.name.ends_with(".pem")));
+    }
+
+    #[test]
+    fn a_replica_with_a_transaction_of_its_own_is_diverged() {
+        // The SQL thread's error of a replica certified after it was repointed, before the
+        // certificate reload stopped being binlogged (db_tls, issue 15 point 7).
+        let e = "An attempt was made to binlog GTID 0-1476458121-2 which would create an \
+                 out-of-order sequence number with existing GTID 0-175817257-2, and gtid strict \
+                 mode is enabled";
+        assert!(MariaDb.diverged(e));
+        assert!(MariaDb.diverged(
+            "Got fatal error 1236 from master when reading data from binary log: 'Error: \
+             connecting slave requested to start from GTID 0-2-9, which is not in the master's binlog'"
+        ));
+        assert!(!MariaDb
+            .diverged("error connecting to master 'mofang_repl@172.18.0.2:3306' - retry-time: 1"));
+        assert!(!MariaDb.diverged("IO thread Connecting, SQL thread Yes"));
+    }
+
+    #[test]
+    fn the_certificate_reload_is_never_binlogged() {
+        // A binlogged FLUSH is a transaction of the member's own server id: errant on a
+        // replica. The statement's effect on the binlog is checked against a real MariaDB in
+        // tests/tests/db_tls.rs (gtid_binlog_state).
+        assert_eq!(RELOAD_TLS, "FLUSH NO_WRITE_TO_BINLOG SSL");
     }
 
     #[test]
