@@ -516,7 +516,7 @@ impl Engine for MariaDb {
                 let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
                     && get_str(&row, "Master_Port") == Some(primary.port.to_string())
                     && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos")
-                    && ssl == at.tls.is_some();
+                    && ssl == primary.tls.is_some();
                 if same {
                     // Already pointed right; restart only stopped threads (after a crash).
                     if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
@@ -545,7 +545,7 @@ impl Engine for MariaDb {
                 lit(&primary.host),
                 primary.port,
                 lit(&s.repl),
-                master_ssl(at.tls.is_some()),
+                master_ssl(primary.tls.is_some()),
             ))
             .await
             .map_err(|e| err(at, e))?;
@@ -663,19 +663,36 @@ impl Engine for MariaDb {
         .await
     }
 
+    async fn require_tls(&self, at: &Target, s: &Secrets, required: bool) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let on = if required { "ON" } else { "OFF" };
+            c.query_drop(format!("SET GLOBAL require_secure_transport = {on}"))
+                .await
+                .map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
     fn seed_script(&self, primary: &Target, local: &Target) -> Option<String> {
         // A consistent snapshot of the application schemas (InnoDB, one transaction) with
         // the GTID position it is at; restored without binlogging (no errant GTIDs here).
         // Accounts are per member (init.sql) and never copied. With TLS the copy from the
         // primary is encrypted and the primary's certificate verified against the cluster CA
         // and its address; the local server is reached over its socket.
-        let (remote_tls, local_at) = if local.tls.is_some() {
-            (
-                format!(" --ssl --ssl-ca={} --ssl-verify-server-cert", super::TLS_CA),
-                "--protocol=socket --socket=/run/mysqld/mysqld.sock".to_owned(),
-            )
+        // The copy is over TLS when replication is (`primary.tls`: the replica has the CA and
+        // its primary serves TLS); the local server, when it serves TLS, over its socket.
+        let remote_tls = if primary.tls.is_some() {
+            format!(" --ssl --ssl-ca={} --ssl-verify-server-cert", super::TLS_CA)
         } else {
-            (String::new(), format!("-h 127.0.0.1 -P {}", local.port))
+            String::new()
+        };
+        let local_at = if local.tls.is_some() {
+            "--protocol=socket --socket=/run/mysqld/mysqld.sock".to_owned()
+        } else {
+            format!("-h 127.0.0.1 -P {}", local.port)
         };
         Some(format!(
             "set -euo pipefail\n\
@@ -853,14 +870,22 @@ mod tests {
         assert!(on.contains("MASTER_SSL_CA = '/etc/mofang/ca.pem'"));
         assert!(on.contains("MASTER_SSL_VERIFY_SERVER_CERT = 1"));
         assert_eq!(master_ssl(false), "");
-        let primary = Target::parse("172.18.0.2:3306").unwrap();
+        let mut primary = Target::parse("172.18.0.2:3306").unwrap();
         let mut local = Target::parse("172.18.0.3:3306").unwrap();
         let plain = MariaDb.seed_script(&primary, &local).unwrap();
         assert!(!plain.contains("--ssl") && plain.contains("-h 127.0.0.1 -P 3306"));
-        local.tls = Some(crate::engine::ClientTls {
-            ca_pem: "CA".into(),
-            server_name: "shop-1".into(),
-        });
+        let tls = || {
+            Some(crate::engine::ClientTls {
+                ca_pem: "CA".into(),
+                server_name: "shop-1".into(),
+            })
+        };
+        // TLS being turned on, the primary not restarted yet: the copy is plain text, the
+        // local server (serving TLS) is reached over its socket.
+        local.tls = tls();
+        let mixed = MariaDb.seed_script(&primary, &local).unwrap();
+        assert!(!mixed.contains("--ssl") && mixed.contains("--protocol=socket"));
+        primary.tls = tls();
         let tls = MariaDb.seed_script(&primary, &local).unwrap();
         assert!(
             tls.contains(
