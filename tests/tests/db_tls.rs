@@ -644,8 +644,10 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
 /// a MariaDB 1+1 created plain, rows written in plain text; the change is a rolling restart
 /// (replica, switchover, old primary). Then plain text is refused, verified TLS gets in,
 /// replication is TLS and no row is lost; a second change while it rolls is refused (409).
+/// Then `optional`, set live (plain text in again, no restart), and `off` (a second rolling
+/// restart): replication in plain text, no row lost.
 #[tokio::test(flavor = "multi_thread")]
-async fn mariadb_created_plain_turns_tls_required_with_a_rolling_restart_and_no_row_lost(
+async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row(
 ) -> Result<()> {
     mofang_tests::init_tracing();
     let env = Env::start_with(2, FAST).await?;
@@ -773,7 +775,76 @@ async fn mariadb_created_plain_turns_tls_required_with_a_rolling_restart_and_no_
     );
     drop((r, p));
 
-    // The change is an event, and its request is in the audit log.
+    // Back: `optional` is set live (no restart, no operation): plain text gets in again.
+    let (s, v) = env
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"tls": "optional"})),
+        )
+        .await?;
+    ensure!(s == StatusCode::OK, "patch tls optional: {s} {v}");
+    eventually(
+        "plain text accepted with tls optional",
+        Duration::from_secs(20),
+        || async {
+            mysql(&primary, "app", &app, None, None).await?;
+            Ok(())
+        },
+    )
+    .await?;
+    let ops = env.get(&format!("{path}/operations")).await?;
+    ensure!(
+        ops.as_array().map(Vec::len) == Some(1),
+        "optional <-> required restarts nothing: {ops}"
+    );
+    // And off: a second rolling restart; replication back to plain text, no row lost.
+    let (s, v) = env
+        .call(reqwest::Method::PATCH, &path, Some(json!({"tls": "off"})))
+        .await?;
+    ensure!(s == StatusCode::OK, "patch tls off: {s} {v}");
+    eventually(
+        "the second rolling restart succeeded",
+        Duration::from_secs(240),
+        || async {
+            let ops = env.get(&format!("{path}/operations")).await?;
+            let states: Vec<Value> = ops
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| o["state"].clone())
+                .collect();
+            ensure!(states == [json!("succeeded"), json!("succeeded")], "{ops}");
+            Ok(())
+        },
+    )
+    .await?;
+    let inst = env.wait_instance_ready(&name).await?;
+    let primary = member_address(&inst, "primary")?;
+    let replica = member_address(&inst, "replica")?;
+    let mut c = mysql(&primary, "app", &app, None, None).await?;
+    c.query_drop("INSERT INTO app.marks VALUES (5)").await?;
+    drop(c);
+    eventually(
+        "the row is on the replica over plain text",
+        Duration::from_secs(30),
+        || async {
+            let mut r = mysql(&replica, "app", &app, None, None).await?;
+            let n: Option<u64> = r.query_first("SELECT COUNT(*) FROM app.marks").await?;
+            ensure!(n == Some(5), "not yet: {n:?}");
+            let mut r = mysql(&replica, "mofang_admin", &admin, None, None).await?;
+            let row: mysql_async::Row = r
+                .query_first("SHOW SLAVE STATUS")
+                .await?
+                .context("the replica has no replication")?;
+            let ssl: Option<String> = row.get_opt("Master_SSL_Allowed").and_then(|v| v.ok());
+            ensure!(ssl.as_deref() == Some("No"), "Master_SSL_Allowed {ssl:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The changes are events, and their requests are in the audit log.
     let events = env.events(&name).await?;
     ensure!(
         events.iter().any(|e| e["message"]
