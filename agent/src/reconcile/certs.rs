@@ -131,8 +131,8 @@ pub(super) fn serving(
     let started_at = running.started_at.clone().unwrap_or_default();
     let now = serving_after(st.serving_tls.as_ref(), &started_at, cfg.mode);
     if st.serving_tls.as_ref() != Some(&now) {
-        if st.serving_tls.is_some() {
-            info!(member = m.name(), serving = %now.mode, desired = %cfg.mode, "the server serves with the TLS mode of its config from this start");
+        if st.serving_tls.as_ref().is_some_and(|k| k.mode != now.mode) {
+            info!(member = m.name(), serving = %now.mode, "the server serves the TLS mode of its config from this start");
         }
         st.serving_tls = Some(now.clone());
         m.sh.state.save_member(m.name(), st)?;
