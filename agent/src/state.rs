@@ -121,6 +121,19 @@ pub struct MemberState {
     /// The credential rotation (its id) for which replication was last pointed at the
     /// primary with the new `repl` password: done once per rotation.
     pub repl_switched: Option<u64>,
+    /// The TLS mode the running server serves with and the container start it was read at
+    /// (`ContainerInfo::started_at`): the config files hold the desired mode, which a server
+    /// reads only when it starts (decision 95). None: not known yet (taken as the desired).
+    pub serving_tls: Option<ServingTls>,
+}
+
+/// The TLS mode a member's server runs with ([`MemberState::serving_tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingTls {
+    /// `off`, `optional` or `required` (`mofang_common::DbTls`).
+    pub mode: String,
+    /// The container start (RFC 3339) at which the server read it from its config.
+    pub started_at: String,
 }
 
 /// The sealed copy of a member's config files.

@@ -345,6 +345,12 @@ pub struct InstancePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<crate::backup::schedule::BackupPolicy>)]
     pub backup: Option<Option<crate::backup::schedule::BackupPolicy>>,
+    /// Database traffic TLS, changed on the running instance (MariaDB; docs/security.md):
+    /// `off` <-> `optional`/`required` restarts the members one at a time, replicas first (a
+    /// rolling restart operation); `optional` <-> `required` is set live. Absent: unchanged.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub tls: Option<mofang_common::DbTls>,
 }
 
 /// A field given (even as `null`) is `Some`: tells `null` from absent in a merge patch.
@@ -357,7 +363,7 @@ where
 }
 
 #[utoipa::path(patch, path = "/v1/instances/{name}", params(("name" = String, Path)), request_body = InstancePatch,
-    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = InstanceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn patch_instance(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,
@@ -366,8 +372,26 @@ async fn patch_instance(
 ) -> ApiResult<Json<InstanceView>> {
     need(&id, TokenRole::Operator)?;
     let req: InstancePatch = parse_body(body)?;
+    if let Some(tls) = req.tls.filter(|t| t.is_on()) {
+        // Members' certificates are signed by this scheduler's CA, as at creation.
+        let can_sign = api.tls.as_ref().is_some_and(|t| t.current().ca.is_some());
+        let was_on = api
+            .cluster
+            .instance(&name)
+            .is_some_and(|v| v.spec.tls.is_on());
+        if !can_sign && !was_on {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "tls_unavailable",
+                format!(
+                    "tls: {tls} needs the scheduler to sign the members' certificates, and it \
+                     holds no CA key (tls.ca_key_file; TLS must not be disabled)"
+                ),
+            ));
+        }
+    }
     api.cluster
-        .patch_instance(&name, &req.labels, req.backup)
+        .patch_instance(&name, &req.labels, req.backup, req.tls, &id.name)
         .await?;
     api.cluster.instance(&name).map(Json).ok_or_else(|| {
         ApiError::new(

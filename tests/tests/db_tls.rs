@@ -221,7 +221,7 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     drop(c);
 
     // Replicated, over TLS with the primary's certificate verified.
-    eventually(
+    let arrived = eventually(
         "the row is on the replica",
         Duration::from_secs(30),
         || async {
@@ -233,7 +233,10 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
             Ok(())
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = arrived {
+        bail!("{e:#}{}", replication_report(&inst, &admin, &ca).await);
+    }
     let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
     let row: mysql_async::Row = r
         .query_first("SHOW SLAVE STATUS")
@@ -264,7 +267,16 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
         "{}",
         col("Master_SSL_CA_File")
     );
-    drop(r);
+    // The replica's binlog holds no transaction of its own (an errant GTID): the agent's
+    // certificate reload was binlogged once, and stopped replication at the primary's next
+    // write when the replica was certified after being repointed (issue 15, db_tls defect).
+    let mut p = mysql(&primary, "mofang_admin", &admin, Some(&ca), None).await?;
+    let errant = errant_gtids(&mut r, &mut p).await?;
+    ensure!(
+        errant.is_empty(),
+        "the replica's own transactions: {errant:?}"
+    );
+    drop((r, p));
 
     // The member's key: in its config directory 0600 for the database's uid (999) only, and
     // nowhere in clear in the agent's state directory or in any log.
@@ -584,7 +596,7 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
     );
     drop(tls);
 
-    eventually(
+    let arrived = eventually(
         "the row is on the replica",
         Duration::from_secs(30),
         || async {
@@ -596,7 +608,10 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
             Ok(())
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = arrived {
+        bail!("{e:#}{}", replication_report(&inst, &admin, &ca).await);
+    }
     let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
     let row: mysql_async::Row = r
         .query_first("SHOW SLAVE STATUS")
@@ -613,7 +628,314 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
         col("Master_SSL_Allowed"),
         col("Master_SSL_Verify_Server_Cert")
     );
+    // The replica's binlog holds no transaction of its own (an errant GTID): the agent's
+    // certificate reload was binlogged once, and stopped replication at the primary's next
+    // write when the replica was certified after being repointed (issue 15, db_tls defect).
+    let mut p = mysql(&primary, "mofang_admin", &admin, Some(&ca), None).await?;
+    let errant = errant_gtids(&mut r, &mut p).await?;
+    ensure!(
+        errant.is_empty(),
+        "the replica's own transactions: {errant:?}"
+    );
     Ok(())
+}
+
+/// TLS turned on for a running instance (`PATCH /v1/instances/{name}` `{"tls": "required"}`):
+/// a MariaDB 1+1 created plain, rows written in plain text; the change is a rolling restart
+/// (replica, switchover, old primary). Then plain text is refused, verified TLS gets in,
+/// replication is TLS and no row is lost; a second change while it rolls is refused (409).
+/// Then `optional` through the CLI, set live (plain text in again, no restart), and `off` (a
+/// second rolling restart): replication in plain text, no row lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("tlsup");
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(spec(&name, "mariadb", "off")),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
+    let inst = env.wait_instance_ready(&name).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    ensure!(creds["tls"] == "off", "{creds}");
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let mut c = mysql(&member_address(&inst, "primary")?, "app", &app, None, None).await?;
+    c.query_drop("CREATE TABLE app.marks (id BIGINT PRIMARY KEY)")
+        .await?;
+    c.query_drop("INSERT INTO app.marks VALUES (1), (2), (3)")
+        .await?;
+    drop(c);
+
+    let path = format!("/v1/instances/{name}");
+    let (s, v) = env
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"tls": "required"})),
+        )
+        .await?;
+    ensure!(s == StatusCode::OK, "patch tls: {s} {v}");
+    ensure!(v["spec"]["tls"] == "required", "{v}");
+    // One change at a time: the rolling restart is under way.
+    let (s, v) = env
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"tls": "optional"})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && v["error"]["code"] == "operation_running",
+        "a second change while the first rolls: {s} {v}"
+    );
+    let op = eventually(
+        "the rolling restart succeeded",
+        Duration::from_secs(240),
+        || async {
+            let ops = env.get(&format!("{path}/operations")).await?;
+            let op = ops
+                .as_array()
+                .and_then(|a| a.first())
+                .cloned()
+                .context("no operation")?;
+            if op["state"] == "failed" || op["state"] == "cancelled" {
+                return Ok(Err(op));
+            }
+            ensure!(op["state"] == "succeeded", "{op}");
+            Ok(Ok(op))
+        },
+    )
+    .await?;
+    let op = op.map_err(|op| anyhow::anyhow!("the rolling restart did not succeed: {op}"))?;
+    ensure!(op["type"] == "restart", "{op}");
+
+    let inst = env.wait_instance_ready(&name).await?;
+    let (_, ca) = credentials(&env, &name).await?;
+    let primary = member_address(&inst, "primary")?;
+    let replica = member_address(&inst, "replica")?;
+    for at in [&primary, &replica] {
+        ensure!(
+            mysql(at, "app", &app, None, None).await.is_err(),
+            "plain text accepted at {at} after tls required"
+        );
+    }
+    let mut c = mysql(&primary, "app", &app, Some(&ca), None)
+        .await
+        .context("TLS session verifying the primary's address")?;
+    let n: Option<u64> = c.query_first("SELECT COUNT(*) FROM app.marks").await?;
+    ensure!(n == Some(3), "the rows written in plain text: {n:?}");
+    c.query_drop("INSERT INTO app.marks VALUES (4)").await?;
+    drop(c);
+    let arrived = eventually(
+        "the row is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut r = mysql(&replica, "app", &app, Some(&ca), None).await?;
+            let n: Option<u64> = r.query_first("SELECT COUNT(*) FROM app.marks").await?;
+            ensure!(n == Some(4), "not yet: {n:?}");
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = arrived {
+        bail!("{e:#}{}", replication_report(&inst, &admin, &ca).await);
+    }
+    let mut r = mysql(&replica, "mofang_admin", &admin, Some(&ca), None).await?;
+    let row: mysql_async::Row = r
+        .query_first("SHOW SLAVE STATUS")
+        .await?
+        .context("the replica has no replication")?;
+    let col = |c: &str| {
+        row.get_opt::<String, _>(c)
+            .and_then(|v| v.ok())
+            .unwrap_or_default()
+    };
+    ensure!(
+        col("Master_SSL_Allowed") == "Yes"
+            && col("Master_SSL_Verify_Server_Cert") == "Yes"
+            && col("Slave_IO_Running") == "Yes",
+        "replication after the change: SSL {} verify {} IO {}",
+        col("Master_SSL_Allowed"),
+        col("Master_SSL_Verify_Server_Cert"),
+        col("Slave_IO_Running")
+    );
+    let mut p = mysql(&primary, "mofang_admin", &admin, Some(&ca), None).await?;
+    let errant = errant_gtids(&mut r, &mut p).await?;
+    ensure!(
+        errant.is_empty(),
+        "the replica's own transactions: {errant:?}"
+    );
+    drop((r, p));
+
+    // Back: `optional` (through the CLI) is set live (no restart, no operation): plain text
+    // gets in again.
+    let v = cli(&env, &["instance", "tls", &name, "optional"]).await?;
+    ensure!(v["spec"]["tls"] == "optional", "{v}");
+    eventually(
+        "plain text accepted with tls optional",
+        Duration::from_secs(20),
+        || async {
+            mysql(&primary, "app", &app, None, None).await?;
+            Ok(())
+        },
+    )
+    .await?;
+    let ops = env.get(&format!("{path}/operations")).await?;
+    ensure!(
+        ops.as_array().map(Vec::len) == Some(1),
+        "optional <-> required restarts nothing: {ops}"
+    );
+    // And off: a second rolling restart; replication back to plain text, no row lost.
+    let (s, v) = env
+        .call(reqwest::Method::PATCH, &path, Some(json!({"tls": "off"})))
+        .await?;
+    ensure!(s == StatusCode::OK, "patch tls off: {s} {v}");
+    eventually(
+        "the second rolling restart succeeded",
+        Duration::from_secs(240),
+        || async {
+            let ops = env.get(&format!("{path}/operations")).await?;
+            let states: Vec<Value> = ops
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| o["state"].clone())
+                .collect();
+            ensure!(states == [json!("succeeded"), json!("succeeded")], "{ops}");
+            Ok(())
+        },
+    )
+    .await?;
+    let inst = env.wait_instance_ready(&name).await?;
+    let primary = member_address(&inst, "primary")?;
+    let replica = member_address(&inst, "replica")?;
+    let mut c = mysql(&primary, "app", &app, None, None).await?;
+    c.query_drop("INSERT INTO app.marks VALUES (5)").await?;
+    drop(c);
+    eventually(
+        "the row is on the replica over plain text",
+        Duration::from_secs(30),
+        || async {
+            let mut r = mysql(&replica, "app", &app, None, None).await?;
+            let n: Option<u64> = r.query_first("SELECT COUNT(*) FROM app.marks").await?;
+            ensure!(n == Some(5), "not yet: {n:?}");
+            let mut r = mysql(&replica, "mofang_admin", &admin, None, None).await?;
+            let row: mysql_async::Row = r
+                .query_first("SHOW SLAVE STATUS")
+                .await?
+                .context("the replica has no replication")?;
+            let ssl: Option<String> = row.get_opt("Master_SSL_Allowed").and_then(|v| v.ok());
+            ensure!(ssl.as_deref() == Some("No"), "Master_SSL_Allowed {ssl:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The changes are events, and their requests are in the audit log.
+    let events = env.events(&name).await?;
+    ensure!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tls off -> required"))),
+        "no event for the change: {events:?}"
+    );
+    let audit = env.get("/v1/audit").await?;
+    ensure!(
+        audit.as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["action"] == format!("PATCH /v1/instances/{name}") && e["status"] == 200)),
+        "no audit entry for the change"
+    );
+    Ok(())
+}
+
+/// The GTIDs in the replica's binlog its primary's lacks (`gtid_binlog_state`, per domain and
+/// server id): transactions of its own (errant GTIDs), which stop replication under
+/// gtid_strict_mode once the primary's sequence numbers meet them, and make failover
+/// positions lie. A replica that was the primary before keeps its own older GTIDs: the
+/// primary has them too.
+async fn errant_gtids(
+    replica: &mut mysql_async::Conn,
+    primary: &mut mysql_async::Conn,
+) -> Result<Vec<String>> {
+    async fn state(c: &mut mysql_async::Conn) -> Result<Vec<(String, u64)>> {
+        let s: Option<String> = c.query_first("SELECT @@GLOBAL.gtid_binlog_state").await?;
+        Ok(s.unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter_map(|g| {
+                let (domain_server, seq) = g.rsplit_once('-')?;
+                Some((domain_server.to_owned(), seq.parse().ok()?))
+            })
+            .collect())
+    }
+    let on_primary = state(primary).await?;
+    Ok(state(replica)
+        .await?
+        .into_iter()
+        .filter(|(ds, seq)| !on_primary.iter().any(|(p, n)| p == ds && n >= seq))
+        .map(|(ds, seq)| format!("{ds}-{seq}"))
+        .collect())
+}
+
+/// What the replication looks like when a row did not arrive, for the failure message:
+/// each member's `SHOW SLAVE STATUS` essentials and the tail of its server log.
+async fn replication_report(inst: &Value, admin: &str, ca: &str) -> String {
+    let mut out = String::new();
+    for m in inst["members"].as_array().into_iter().flatten() {
+        let (id, addr) = (
+            m["id"].as_str().unwrap_or_default(),
+            m["address"].as_str().unwrap_or_default(),
+        );
+        out.push_str(&format!("\n---- {id} at {addr} ({})\n", m["role"]));
+        match mysql(addr, "mofang_admin", admin, Some(ca), None).await {
+            Ok(mut c) => {
+                let row: Result<Option<mysql_async::Row>, _> =
+                    c.query_first("SHOW SLAVE STATUS").await;
+                if let Ok(Some(row)) = row {
+                    for col in [
+                        "Master_Host",
+                        "Slave_IO_Running",
+                        "Slave_SQL_Running",
+                        "Last_IO_Error",
+                        "Last_SQL_Error",
+                        "Gtid_IO_Pos",
+                        "Master_SSL_Allowed",
+                    ] {
+                        let v = row
+                            .get_opt::<String, _>(col)
+                            .and_then(|v| v.ok())
+                            .unwrap_or_default();
+                        out.push_str(&format!("{col}: {v}\n"));
+                    }
+                }
+                let pos: Result<Option<String>, _> =
+                    c.query_first("SELECT @@GLOBAL.gtid_current_pos").await;
+                out.push_str(&format!("gtid_current_pos: {pos:?}\n"));
+            }
+            Err(e) => out.push_str(&format!("no session: {e:#}\n")),
+        }
+        let logs = std::process::Command::new("docker")
+            .args(["logs", "--tail", "40", &container_of(id)])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        out.push_str(&logs);
+    }
+    out
 }
 
 /// True when any file under `dir` contains `needle`.

@@ -76,6 +76,14 @@ fn tls_lines(tls: Option<&super::MemberTls>) -> String {
 
 /// The TLS part of `CHANGE MASTER`: replication over TLS, the primary's certificate verified
 /// against the cluster CA and its address (`MASTER_HOST`), when the instance has TLS.
+/// Makes the server load its certificate files again. `NO_WRITE_TO_BINLOG`: a plain `FLUSH
+/// SSL` is written to the binary log like most FLUSH statements, so on a replica it was a
+/// transaction of its own (an errant GTID of its server id), and a replica certified after it
+/// was repointed stopped at the primary's next write with gtid_strict_mode's out-of-order
+/// error 1950 (docs/security.md, "Defects found").
+/// <https://mariadb.com/kb/en/flush/>
+const RELOAD_TLS: &str = "FLUSH NO_WRITE_TO_BINLOG SSL";
+
 fn master_ssl(tls: bool) -> String {
     if tls {
         format!(
@@ -508,7 +516,7 @@ impl Engine for MariaDb {
                 let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
                     && get_str(&row, "Master_Port") == Some(primary.port.to_string())
                     && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos")
-                    && ssl == at.tls.is_some();
+                    && ssl == primary.tls.is_some();
                 if same {
                     // Already pointed right; restart only stopped threads (after a crash).
                     if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
@@ -537,7 +545,7 @@ impl Engine for MariaDb {
                 lit(&primary.host),
                 primary.port,
                 lit(&s.repl),
-                master_ssl(at.tls.is_some()),
+                master_ssl(primary.tls.is_some()),
             ))
             .await
             .map_err(|e| err(at, e))?;
@@ -648,7 +656,20 @@ impl Engine for MariaDb {
     async fn reload_tls(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
-            c.query_drop("FLUSH SSL").await.map_err(|e| err(at, e))?;
+            c.query_drop(RELOAD_TLS).await.map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn require_tls(&self, at: &Target, s: &Secrets, required: bool) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let on = if required { "ON" } else { "OFF" };
+            c.query_drop(format!("SET GLOBAL require_secure_transport = {on}"))
+                .await
+                .map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;
             Ok(())
         })
@@ -661,13 +682,17 @@ impl Engine for MariaDb {
         // Accounts are per member (init.sql) and never copied. With TLS the copy from the
         // primary is encrypted and the primary's certificate verified against the cluster CA
         // and its address; the local server is reached over its socket.
-        let (remote_tls, local_at) = if local.tls.is_some() {
-            (
-                format!(" --ssl --ssl-ca={} --ssl-verify-server-cert", super::TLS_CA),
-                "--protocol=socket --socket=/run/mysqld/mysqld.sock".to_owned(),
-            )
+        // The copy is over TLS when replication is (`primary.tls`: the replica has the CA and
+        // its primary serves TLS); the local server, when it serves TLS, over its socket.
+        let remote_tls = if primary.tls.is_some() {
+            format!(" --ssl --ssl-ca={} --ssl-verify-server-cert", super::TLS_CA)
         } else {
-            (String::new(), format!("-h 127.0.0.1 -P {}", local.port))
+            String::new()
+        };
+        let local_at = if local.tls.is_some() {
+            "--protocol=socket --socket=/run/mysqld/mysqld.sock".to_owned()
+        } else {
+            format!("-h 127.0.0.1 -P {}", local.port)
         };
         Some(format!(
             "set -euo pipefail\n\
@@ -696,6 +721,10 @@ impl Engine for MariaDb {
             // not its primary's (e.g. seeded from a primary that was deposed meanwhile).
             || replication_error.contains("Duplicate entry")
             || replication_error.contains("Can't find record")
+            // Error 1950 under gtid_strict_mode: the replica's binlog holds a GTID of the
+            // domain the primary's stream does not (a transaction of its own, e.g. the
+            // binlogged FLUSH SSL of agents before the fix): its history is not its primary's.
+            || replication_error.contains("out-of-order sequence number")
     }
 }
 
@@ -810,20 +839,53 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_with_a_transaction_of_its_own_is_diverged() {
+        // The SQL thread's error of a replica certified after it was repointed, before the
+        // certificate reload stopped being binlogged (db_tls, issue 15 point 7).
+        let e = "An attempt was made to binlog GTID 0-1476458121-2 which would create an \
+                 out-of-order sequence number with existing GTID 0-175817257-2, and gtid strict \
+                 mode is enabled";
+        assert!(MariaDb.diverged(e));
+        assert!(MariaDb.diverged(
+            "Got fatal error 1236 from master when reading data from binary log: 'Error: \
+             connecting slave requested to start from GTID 0-2-9, which is not in the master's binlog'"
+        ));
+        assert!(!MariaDb
+            .diverged("error connecting to master 'mofang_repl@172.18.0.2:3306' - retry-time: 1"));
+        assert!(!MariaDb.diverged("IO thread Connecting, SQL thread Yes"));
+    }
+
+    #[test]
+    fn the_certificate_reload_is_never_binlogged() {
+        // A binlogged FLUSH is a transaction of the member's own server id: errant on a
+        // replica. The statement's effect on the binlog is checked against a real MariaDB in
+        // tests/tests/db_tls.rs (gtid_binlog_state).
+        assert_eq!(RELOAD_TLS, "FLUSH NO_WRITE_TO_BINLOG SSL");
+    }
+
+    #[test]
     fn replication_and_seeding_run_over_verified_tls_when_on() {
         let on = master_ssl(true);
         assert!(on.contains("MASTER_SSL = 1"), "{on}");
         assert!(on.contains("MASTER_SSL_CA = '/etc/mofang/ca.pem'"));
         assert!(on.contains("MASTER_SSL_VERIFY_SERVER_CERT = 1"));
         assert_eq!(master_ssl(false), "");
-        let primary = Target::parse("172.18.0.2:3306").unwrap();
+        let mut primary = Target::parse("172.18.0.2:3306").unwrap();
         let mut local = Target::parse("172.18.0.3:3306").unwrap();
         let plain = MariaDb.seed_script(&primary, &local).unwrap();
         assert!(!plain.contains("--ssl") && plain.contains("-h 127.0.0.1 -P 3306"));
-        local.tls = Some(crate::engine::ClientTls {
-            ca_pem: "CA".into(),
-            server_name: "shop-1".into(),
-        });
+        let tls = || {
+            Some(crate::engine::ClientTls {
+                ca_pem: "CA".into(),
+                server_name: "shop-1".into(),
+            })
+        };
+        // TLS being turned on, the primary not restarted yet: the copy is plain text, the
+        // local server (serving TLS) is reached over its socket.
+        local.tls = tls();
+        let mixed = MariaDb.seed_script(&primary, &local).unwrap();
+        assert!(!mixed.contains("--ssl") && mixed.contains("--protocol=socket"));
+        primary.tls = tls();
         let tls = MariaDb.seed_script(&primary, &local).unwrap();
         assert!(
             tls.contains(

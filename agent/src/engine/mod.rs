@@ -362,6 +362,14 @@ pub trait Engine: Send + Sync {
     async fn reload_tls(&self, _at: &Target, _secrets: &Secrets) -> Result<()> {
         Ok(())
     }
+    /// Makes a server that serves TLS refuse plain-text sessions (`required`) or accept them
+    /// (`optional`) without a restart: MariaDB `require_secure_transport`. Engines without
+    /// the choice (Redis has no `optional`) refuse.
+    async fn require_tls(&self, _at: &Target, _secrets: &Secrets, _required: bool) -> Result<()> {
+        Err(Error::Invalid(
+            "this engine cannot change its TLS mode without a restart".into(),
+        ))
+    }
     /// A shell script run inside a new replica's own container that copies a consistent
     /// snapshot from `primary` and sets the replication position to it; None when the
     /// engine's replication copies everything by itself (Redis full sync).

@@ -158,7 +158,9 @@ fn replica_link(info: &BTreeMap<String, String>) -> (bool, Option<String>) {
     {
         Some(s) if s >= LINK_SILENT_S => (
             false,
-            Some(format!("nothing from the primary for {s} s (link still open)")),
+            Some(format!(
+                "nothing from the primary for {s} s (link still open)"
+            )),
         ),
         _ => (true, None),
     }

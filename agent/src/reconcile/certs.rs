@@ -117,6 +117,113 @@ pub(super) async fn load(
     }
 }
 
+/// Step 3b, TLS as the running server has it (decision 95): the mode it read from its config
+/// at its last start, kept in the member's state. After a change of the instance's `tls` the
+/// config holds the new mode at once, but a server turns TLS on or off only when it restarts
+/// (the rolling restart of the change): until then the agent reaches it as it serves, over
+/// TLS with the member's kept certificate's CA, or in plain text.
+pub(super) fn serving(
+    m: &Member<'_>,
+    cfg: &mut Configured,
+    st: &mut MemberState,
+    running: &ContainerInfo,
+) -> Result<()> {
+    let started_at = running.started_at.clone().unwrap_or_default();
+    let now = serving_after(st.serving_tls.as_ref(), &started_at, cfg.mode);
+    if st.serving_tls.as_ref() != Some(&now) {
+        if st.serving_tls.as_ref().is_some_and(|k| k.mode != now.mode) {
+            info!(member = m.name(), serving = %now.mode, "the server serves the TLS mode of its config from this start");
+        }
+        st.serving_tls = Some(now.clone());
+        m.sh.state.save_member(m.name(), st)?;
+    }
+    let serving = DbTls::parse(&now.mode).unwrap_or(cfg.mode);
+    cfg.client = if !serving.is_on() {
+        None
+    } else if let Some(t) = &cfg.tls {
+        Some(client_tls(m.name(), t))
+    } else {
+        // Turning TLS off: the server still serves it until its restart.
+        m.sh.state
+            .member_tls(m.name())?
+            .map(|t| client_tls(m.name(), &t))
+    };
+    Ok(())
+}
+
+/// Step 4b: `optional` <-> `required` needs no restart: a MariaDB server that serves TLS
+/// refuses plain text or not as `require_secure_transport` says, set live. Turning TLS off,
+/// a server that required it accepts plain text at once (`optional`) until it restarts
+/// without TLS, so members already restarted reach it. A failure is tried again next pass.
+pub(super) async fn set_live(
+    m: &Member<'_>,
+    cfg: &Configured,
+    server: &Server,
+    st: &mut MemberState,
+) -> Result<()> {
+    let Some(kept) = st.serving_tls.clone() else {
+        return Ok(());
+    };
+    let serving = DbTls::parse(&kept.mode).unwrap_or(cfg.mode);
+    let Some(to) = live_change(serving, cfg.mode) else {
+        return Ok(());
+    };
+    match m
+        .engine
+        .require_tls(&server.target, &cfg.secrets, to == DbTls::Required)
+        .await
+    {
+        Ok(()) => {
+            info!(member = m.name(), from = %serving, to = %to, "TLS mode set on the running server");
+            st.serving_tls = Some(crate::state::ServingTls {
+                mode: to.as_str().into(),
+                started_at: kept.started_at,
+            });
+            m.sh.state.save_member(m.name(), st)?;
+        }
+        Err(e) => {
+            warn!(member = m.name(), error = %e, "could not set the TLS mode on the running server");
+        }
+    }
+    Ok(())
+}
+
+/// The mode a server serves with ([`serving`]): what it was last seen with while it runs in
+/// the same start, else (a start not seen yet, or never seen) the mode its config holds now,
+/// which it read at that start: the agent writes the config before it starts a container.
+pub(super) fn serving_after(
+    kept: Option<&crate::state::ServingTls>,
+    started_at: &str,
+    desired: DbTls,
+) -> crate::state::ServingTls {
+    match kept {
+        Some(k) if k.started_at == started_at => k.clone(),
+        _ => crate::state::ServingTls {
+            mode: desired.as_str().into(),
+            started_at: started_at.to_owned(),
+        },
+    }
+}
+
+/// What to set on a running server that serves TLS ([`set_live`]): the desired mode when it
+/// is on; `optional` while it is off and the server still requires TLS; nothing when the
+/// server serves no TLS (that takes a restart) or already serves as wanted.
+pub(super) fn live_change(serving: DbTls, desired: DbTls) -> Option<DbTls> {
+    let want = match (serving, desired) {
+        (DbTls::Off, _) => return None,
+        (_, DbTls::Off) => DbTls::Optional,
+        (_, on) => on,
+    };
+    (want != serving).then_some(want)
+}
+
+/// Whether a replica replicates over TLS: it has the cluster CA (its instance's TLS is on)
+/// and its primary serves TLS (`primary_tls`, as the primary last reported it; empty from an
+/// older scheduler: as the instance's mode says).
+pub(super) fn replicate_over_tls(desired: DbTls, primary_tls: &str) -> bool {
+    desired.is_on() && (primary_tls.is_empty() || DbTls::parse(primary_tls) != Some(DbTls::Off))
+}
+
 /// The names a member is reached at besides its id: its container's name, and its address
 /// (the node's advertised address with host networking, its IP on a Docker network once known).
 pub(super) fn wanted_names(
@@ -261,6 +368,54 @@ mod tests {
             wanted_names("db-0", &NetworkMode::Host, "10.0.0.5", Some("172.18.0.3")),
             ["mofang-db-0", "10.0.0.5"]
         );
+    }
+
+    #[test]
+    fn a_server_serves_the_tls_mode_of_its_config_at_its_last_start() {
+        use crate::state::ServingTls;
+        let kept = |mode: &str, at: &str| ServingTls {
+            mode: mode.into(),
+            started_at: at.into(),
+        };
+        // Never seen: the config's mode (an agent that knew no serving mode, or a new member).
+        assert_eq!(serving_after(None, "t1", DbTls::Off), kept("off", "t1"));
+        // The instance's tls changed, the server has not restarted: it serves as before.
+        let before = kept("off", "t1");
+        assert_eq!(serving_after(Some(&before), "t1", DbTls::Required), before);
+        // Restarted (the rolling restart, or any start): it read the new config.
+        assert_eq!(
+            serving_after(Some(&before), "t2", DbTls::Required),
+            kept("required", "t2")
+        );
+    }
+
+    #[test]
+    fn optional_and_required_change_live_and_tls_on_or_off_waits_for_a_restart() {
+        use DbTls::*;
+        assert_eq!(live_change(Optional, Required), Some(Required));
+        assert_eq!(live_change(Required, Optional), Some(Optional));
+        // Turning off: plain text accepted at once, TLS itself goes with the restart.
+        assert_eq!(live_change(Required, Off), Some(Optional));
+        assert_eq!(live_change(Optional, Off), None);
+        // Turning on: nothing live, the server has no certificate loaded until it restarts.
+        assert_eq!(live_change(Off, Required), None);
+        assert_eq!(live_change(Off, Optional), None);
+        assert_eq!(live_change(Required, Required), None);
+    }
+
+    #[test]
+    fn a_replica_replicates_over_tls_only_from_a_primary_that_serves_it() {
+        use DbTls::*;
+        assert!(replicate_over_tls(Required, "required"));
+        assert!(replicate_over_tls(Optional, "optional"));
+        // The primary not restarted yet after TLS was turned on: plain text, it accepts it.
+        assert!(!replicate_over_tls(Required, "off"));
+        // TLS being turned off: this replica has no CA file any more; the primary accepts
+        // plain text (set live to optional).
+        assert!(!replicate_over_tls(Off, "optional"));
+        // A scheduler that does not say: as the instance's mode.
+        assert!(replicate_over_tls(Required, ""));
+        assert!(!replicate_over_tls(Off, ""));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::decide::RotationOrder;
 use super::{Member, Result, Shared};
 use crate::config::NetworkMode;
-use crate::engine::{MemberConfig, MemberTls, Secrets, Target};
+use crate::engine::{ClientTls, MemberConfig, MemberTls, Secrets, Target};
 use crate::state::{MemberState, MemberTlsState};
 use mofang_common::DbTls;
 
@@ -18,6 +18,11 @@ pub(super) struct Configured {
     pub(super) port: u16,
     /// Database traffic TLS: the member's key, certificate and CA (None: plain text).
     pub(super) tls: Option<MemberTlsState>,
+    /// The instance's TLS mode, which the config files carry.
+    pub(super) mode: DbTls,
+    /// How the agent reaches the server: over TLS while the running server serves it, which
+    /// after a change of `mode` lasts until its restart (`certs::serving`).
+    pub(super) client: Option<ClientTls>,
 }
 
 impl Configured {
@@ -26,10 +31,10 @@ impl Configured {
         Target {
             host,
             port: self.port,
-            tls: self
-                .tls
-                .as_ref()
-                .map(|t| super::certs::client_tls(member, t)),
+            tls: self.client.clone().map(|mut c| {
+                c.server_name = member.to_owned();
+                c
+            }),
         }
     }
 }
@@ -104,10 +109,15 @@ pub(super) fn write(
         sh.state
             .write_config(member, &m.engine.render(&mc, &secrets), m.engine.uid())?;
     }
+    let mode = tls.as_ref().map_or(DbTls::Off, |(mode, _)| *mode);
     Ok(Configured {
         secrets,
         network,
         port,
+        client: tls
+            .as_ref()
+            .map(|(_, t)| super::certs::client_tls(member, t)),
         tls: tls.map(|(_, t)| t),
+        mode,
     })
 }

@@ -1,7 +1,7 @@
 //! The reconcile loop (kube-runtime style): desired members of this node against actual
 //! containers. One worker per member (`worker.rs`), idempotent steps, periodic requeue,
 //! woken at once by container events. A pass is the list of steps in `reconcile_member`,
-//! a file each: `volume.rs` -> `certs.rs` (database TLS: the member's certificate) -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `certs.rs` (its address named, the certificate loaded) -> `answers.rs` (the server
+//! a file each: `volume.rs` -> `certs.rs` (database TLS: the member's certificate) -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `certs.rs` (its address named, the mode its server serves, the certificate loaded) -> `answers.rs` (the server
 //! answers a ping) -> `accounts.rs` (a credential rotation's step) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
 //! next what it produced, or reports the member's status and ends the pass with an
 //! [`Action`]. The decisions (the role asked for, a container that is not running, the role
@@ -191,8 +191,10 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         sh.state.save_member(&a.member, &st)?;
     }
     certs::name_address(&m, &mut cfg, &mut st, &running, memo).await?;
+    certs::serving(&m, &mut cfg, &mut st, &running)?;
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
     certs::load(&m, &cfg, &server, &running, memo).await;
+    certs::set_live(&m, &cfg, &server, &mut st).await?;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);

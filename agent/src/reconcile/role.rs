@@ -38,7 +38,7 @@ pub(super) async fn apply(
             a.epoch, st.applied_epoch
         )));
     }
-    let step = decide::role_step(
+    let mut step = decide::role_step(
         m.role,
         a.epoch,
         st,
@@ -46,6 +46,17 @@ pub(super) async fn apply(
         sh.lease.last_ack().is_some(),
         sh.started.elapsed() < sh.lease.ttl(),
     );
+    if let RoleStep::Follow { primary, .. } = &mut step {
+        // Over TLS once the primary serves it (a TLS change is rolled out member by member).
+        primary.tls = cfg
+            .tls
+            .as_ref()
+            .filter(|_| super::certs::replicate_over_tls(cfg.mode, &a.primary_tls))
+            .map(|t| crate::engine::ClientTls {
+                ca_pem: t.ca_pem.clone(),
+                server_name: primary.host.clone(),
+            });
+    }
     carry_out(
         sh,
         a,

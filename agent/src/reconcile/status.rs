@@ -45,6 +45,11 @@ pub(super) fn status(
         rotation: String::new(),
         restore_bytes: 0,
         restore_total: 0,
+        tls: st
+            .serving_tls
+            .as_ref()
+            .map(|t| t.mode.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -262,6 +262,15 @@ enum InstanceCmd {
         #[arg(long, conflicts_with_all = ["backup_repo", "backup_schedule"])]
         none: bool,
     },
+    /// Change an instance's database traffic TLS (MariaDB): off <-> optional/required
+    /// restarts the members one at a time, replicas first (a rolling restart operation,
+    /// shown by `mofang operation list NAME`); optional <-> required is set live.
+    Tls {
+        /// Name.
+        name: String,
+        /// off, optional or required.
+        mode: String,
+    },
     /// List instances.
     List {
         /// Only instances whose labels match: `k=v,k2=v2`, `k`, `k!=v`.
@@ -786,6 +795,23 @@ async fn run(cli: Cli) -> Result<()> {
                 out(&v)
             } else {
                 println!("{name}: backup policy {}", v["spec"]["backup"]);
+            }
+        }
+        Cmd::Instance(InstanceCmd::Tls { name, mode }) => {
+            let v = c
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/v1/instances/{name}"),
+                    Some(json!({ "tls": mode })),
+                )
+                .await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!(
+                    "{name}: tls {} (members take it as they restart: see the instance's operations and events)",
+                    v["spec"]["tls"].as_str().unwrap_or("?")
+                );
             }
         }
         Cmd::Instance(InstanceCmd::Label { name, labels }) => {

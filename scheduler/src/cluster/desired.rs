@@ -83,10 +83,14 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                 continue;
             };
             let primary = i.members.iter().find(|m| m.role == Role::Primary);
-            let primary_address = primary
-                .and_then(|p| inner.live.get(&p.node)?.members.get(&p.id))
-                .map(|s| s.address.clone())
-                .unwrap_or_default();
+            let primary_seen = primary.and_then(|p| inner.live.get(&p.node)?.members.get(&p.id));
+            let primary_address = primary_seen.map(|s| s.address.clone()).unwrap_or_default();
+            // The mode the primary's server serves with (a TLS change rolls out member by
+            // member); an agent that does not report it serves the instance's mode.
+            let primary_tls = primary_seen
+                .map(|s| s.tls.clone())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| i.spec.tls.to_string());
             for m in i.members.iter().filter(|m| m.node == node) {
                 // A member is never left out of its node's desired state (the agent would remove
                 // it). A replica whose primary's address is not known yet (just created, or the
@@ -135,6 +139,11 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                         String::new()
                     },
                     tls: i.spec.tls.to_string(),
+                    primary_tls: if m.role == Role::Replica {
+                        primary_tls.clone()
+                    } else {
+                        String::new()
+                    },
                     rotation: i.rotation.as_ref().map(|r| CredentialRotation {
                         id: r.id,
                         account: r.account.to_string(),

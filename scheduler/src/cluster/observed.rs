@@ -113,10 +113,13 @@ impl Cluster {
         }
         let want_full = !live.complete;
         for m in members {
-            let moved = !m.address.is_empty()
+            let moved = (!m.address.is_empty()
                 && live.members.get(&m.member).map(|o| o.address.as_str())
-                    != Some(m.address.as_str());
-            // Only a primary's address matters to others: its replicas follow it.
+                    != Some(m.address.as_str()))
+                || (!m.tls.is_empty()
+                    && live.members.get(&m.member).map(|o| o.tls.as_str()) != Some(m.tls.as_str()));
+            // Only a primary's address matters to others: its replicas follow it, over TLS
+            // once it serves TLS.
             if moved
                 && instances.get(&m.instance).is_some_and(|i| {
                     i.members

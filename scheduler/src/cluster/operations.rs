@@ -253,6 +253,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// Why an operation could not begin on `instance` now: one already running, or (`whole`)
+    /// a member not healthy and replicating (what [`Cluster::start_operation`] checks).
+    pub(super) fn operation_blocker(&self, instance: &str, whole_needed: bool) -> Result<()> {
+        let inner = lock(&self.inner);
+        let inst = inner
+            .instances
+            .get(instance)
+            .filter(|i| i.revision > 0)
+            .ok_or_else(|| Error::NotFound(format!("instance {instance}")))?;
+        if let Some(op) = inner.operations.values().find(|o| o.instance == instance) {
+            return Err(Error::OperationRunning {
+                instance: instance.to_owned(),
+                id: op.id.clone(),
+                kind: kind_name(op.kind).into(),
+            });
+        }
+        if let Some(m) = members_now(self, &inner, inst)
+            .iter()
+            .find(|m| whole_needed && !whole(m))
+        {
+            return Err(Error::NotReady(format!(
+                "instance {instance}: member {} is not healthy and replicating; an operation begins on a whole instance",
+                m.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts an operation on `instance`: stored, then carried out by the leader's operation
     /// loop. One at a time per instance; every member must be healthy to begin.
     pub async fn start_operation(

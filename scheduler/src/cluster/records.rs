@@ -331,6 +331,48 @@ pub(super) fn password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 32)
 }
 
+/// How a change of an instance's `tls` is carried out (decision 95).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsChange {
+    /// The same mode: nothing to do.
+    Same,
+    /// `optional` <-> `required`: each agent sets it on the running server.
+    Live,
+    /// TLS turned on or off: every member restarts with it, one at a time, replicas first
+    /// (the rolling restart operation).
+    Rolling,
+    /// A stopped instance: its members start with the new mode.
+    AtStart,
+}
+
+/// How an instance of `engine` at `from` goes to `to` ([`TlsChange`]), or why it cannot.
+pub fn tls_change(
+    engine: mofang_common::EngineKind,
+    from: DbTls,
+    to: DbTls,
+    stopped: bool,
+) -> Result<TlsChange> {
+    if from == to {
+        return Ok(TlsChange::Same);
+    }
+    if engine == mofang_common::EngineKind::Redis {
+        // A Redis port speaks TLS or plain text: a member restarted with TLS could not
+        // replicate from a primary not restarted yet, nor one without from one with it.
+        return Err(Error::Invalid(format!(
+            "tls: a redis instance keeps the mode it was created with ({from}); changing it \
+             would stop replication between the members restarted and the others (create a \
+             new instance and restore a backup into it)"
+        )));
+    }
+    Ok(if stopped {
+        TlsChange::AtStart
+    } else if from.is_on() == to.is_on() {
+        TlsChange::Live
+    } else {
+        TlsChange::Rolling
+    })
+}
+
 impl Cluster {
     /// Changes an instance's labels, JSON merge-patch style: a value sets the label, `null`
     /// removes it.
@@ -339,17 +381,21 @@ impl Cluster {
         name: &str,
         patch: &BTreeMap<String, Option<String>>,
     ) -> Result<Instance> {
-        self.patch_instance(name, patch, None).await
+        self.patch_instance(name, patch, None, None, "").await
     }
 
     /// `PATCH /v1/instances/{name}`: labels (merge patch) and, when `backup` is given, the
     /// backup policy (`Some(None)` removes it). A new or changed schedule counts its slots
-    /// from now.
+    /// from now. A new `tls` mode ([`tls_change`]) is written, then, when TLS is turned on or
+    /// off on a running instance, rolled out by a rolling restart started by `by`; refused
+    /// while an operation runs or, for a restart, while a member is not whole.
     pub async fn patch_instance(
         &self,
         name: &str,
         patch: &BTreeMap<String, Option<String>>,
         backup: Option<Option<crate::backup::schedule::BackupPolicy>>,
+        tls: Option<DbTls>,
+        by: &str,
     ) -> Result<Instance> {
         if let Some(Some(b)) = &backup {
             b.validate().map_err(Error::Invalid)?;
@@ -372,6 +418,27 @@ impl Cluster {
         }
         validate_labels(&next.spec.labels)?;
         let mut what = Vec::new();
+        let mut change = TlsChange::Same;
+        if let Some(to) = tls {
+            let from = next.spec.tls;
+            change = tls_change(next.spec.engine, from, to, next.stopped)?;
+            match change {
+                TlsChange::Same => {}
+                TlsChange::AtStart | TlsChange::Live => self.operation_blocker(name, false)?,
+                TlsChange::Rolling => self.operation_blocker(name, true)?,
+            }
+            if change != TlsChange::Same {
+                what.push(format!(
+                    "tls {from} -> {to}{}",
+                    match change {
+                        TlsChange::Rolling => ": members restart one at a time, replicas first",
+                        TlsChange::Live => ": set on the running servers",
+                        _ => ": at the next start",
+                    }
+                ));
+                next.spec.tls = to;
+            }
+        }
         if let Some(policy) = backup {
             let now = crate::model::now_ms();
             let old = next.spec.backup.clone();
@@ -402,26 +469,56 @@ impl Cluster {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        self.write(
-            next,
-            vec![event(
-                EventKind::InstanceUpdated,
-                Some(name),
-                None,
-                if what.is_empty() {
-                    format!("labels now {{{text}}}")
-                } else {
-                    format!("labels now {{{text}}}; {}", what.join("; "))
-                },
-            )],
-        )
-        .await
+        let written = self
+            .write(
+                next,
+                vec![event(
+                    EventKind::InstanceUpdated,
+                    Some(name),
+                    None,
+                    if what.is_empty() {
+                        format!("labels now {{{text}}}")
+                    } else {
+                        format!("labels now {{{text}}}; {}", what.join("; "))
+                    },
+                )],
+            )
+            .await?;
+        if change == TlsChange::Rolling {
+            // The new mode is in every member's config now; each server takes it when it
+            // restarts.
+            self.start_operation(name, crate::ops::OpKind::Restart, None, None, by)
+                .await?;
+        }
+        Ok(written)
     }
 }
 
 #[cfg(test)]
 mod label_tests {
     use super::*;
+
+    #[test]
+    fn tls_is_turned_on_or_off_by_a_rolling_restart_and_set_live_between_on_modes() {
+        use mofang_common::EngineKind::{Mariadb as MariaDb, Redis};
+        use DbTls::*;
+        let ok = |e, from, to, stopped| tls_change(e, from, to, stopped).expect("allowed");
+        assert_eq!(ok(MariaDb, Off, Required, false), TlsChange::Rolling);
+        assert_eq!(ok(MariaDb, Off, Optional, false), TlsChange::Rolling);
+        assert_eq!(ok(MariaDb, Required, Off, false), TlsChange::Rolling);
+        assert_eq!(ok(MariaDb, Optional, Required, false), TlsChange::Live);
+        assert_eq!(ok(MariaDb, Required, Optional, false), TlsChange::Live);
+        assert_eq!(ok(MariaDb, Off, Required, true), TlsChange::AtStart);
+        assert_eq!(ok(MariaDb, Required, Required, false), TlsChange::Same);
+        assert_eq!(ok(Redis, Required, Required, false), TlsChange::Same);
+        for (from, to) in [(Off, Required), (Required, Off), (Off, Optional)] {
+            let e = tls_change(Redis, from, to, false).expect_err("redis");
+            assert!(
+                matches!(&e, Error::Invalid(m) if m.contains("redis instance keeps the mode")),
+                "{e}"
+            );
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

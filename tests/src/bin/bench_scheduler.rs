@@ -66,6 +66,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+// One simulated agent's settings and counters, each its own argument (a bench binary).
+#[allow(clippy::too_many_arguments)]
 async fn agent(
     endpoint: String,
     tls: Option<tonic::transport::ClientTlsConfig>,
