@@ -1491,7 +1491,30 @@ pub fn router(api: Api) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(read_whole_body))
         .with_state(api)
+}
+
+/// Reads a request's whole body (up to [`MAX_BODY`]) before anything answers it. A layer or
+/// handler that answers before reading it (a refused token, a path that does not parse, a
+/// wrong content type) left the client's bytes unread: the server then closed the connection
+/// with data unread, the kernel reset it, and a TLS client still sending saw "EOF occurred in
+/// violation of protocol" instead of the answer (schemathesis did, now and then, on POST
+/// routes). Bodies here are small JSON documents, so holding one in memory costs nothing.
+async fn read_whole_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "request body over 1 MiB",
+        )
+        .into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -1500,6 +1523,45 @@ mod tests {
     use crate::config::TokenRole;
     use crate::store::sqlite::SqliteStore;
     use tower::ServiceExt;
+
+    /// A request refused before its handler (no token) still has its body read to the end, so
+    /// the connection is not reset under a client still sending it.
+    #[tokio::test]
+    async fn a_refused_request_has_its_body_read_to_the_end() {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.activate().await.expect("activate");
+        let api = Api {
+            tls: None,
+            cluster,
+            tokens: Arc::new(Tokens::from_config(&[])),
+            sealed: None,
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"{\"replicas\":")),
+            Ok(Bytes::from_static(b"2}")),
+        ])
+        .chain(futures::stream::poll_fn(move |_| {
+            d.store(true, Ordering::SeqCst);
+            std::task::Poll::Ready(None)
+        }));
+        let req = axum::http::Request::post("/v1/instances/db/operations")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from_stream(chunks))
+            .expect("request");
+        let res = router(api).oneshot(req).await.expect("answer");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the body was not read to its end"
+        );
+    }
 
     /// Every authenticated operation documents the errors any operation may answer (an API
     /// fuzzer checks each answer's status against the document); health documents none.
