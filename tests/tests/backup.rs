@@ -1427,7 +1427,12 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
                 .into_iter()
                 .flatten()
                 .filter(|b| b["state"] == "running")
-                .filter_map(|b| Some((b["id"].as_str()?.to_owned(), b["member"].as_str()?.to_owned())))
+                .filter_map(|b| {
+                    Some((
+                        b["id"].as_str()?.to_owned(),
+                        b["member"].as_str()?.to_owned(),
+                    ))
+                })
                 .collect();
             let v = env.get("/v1/instances/sc").await?;
             for m in v["members"].as_array().into_iter().flatten() {
@@ -1572,7 +1577,9 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     let newest = &kept[1];
     let newest_id = newest["id"].as_str().context("id")?;
     // Taken while the writer ran: `app.pitr` has some count, the others are known.
-    let pitr_rows = newest["row_counts"]["app.pitr"].as_u64().unwrap_or_default();
+    let pitr_rows = newest["row_counts"]["app.pitr"]
+        .as_u64()
+        .unwrap_or_default();
     ensure!(
         newest["row_counts"]
             == json!({"app.big": 40000, "app.pitr": pitr_rows, "app.s": 500, "app.u": 3})

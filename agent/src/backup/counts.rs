@@ -136,9 +136,8 @@ pub fn at_backup(
             return Err(format!("rows changed in {table}, which was not counted"));
         };
         let before = i128::from(*count) - i128::from(*n);
-        *count = u64::try_from(before).map_err(|_| {
-            format!("{table}: {count} rows counted, {n} gained since the backup")
-        })?;
+        *count = u64::try_from(before)
+            .map_err(|_| format!("{table}: {count} rows counted, {n} gained since the backup"))?;
     }
     Ok(out)
 }

@@ -523,14 +523,27 @@ mod tests {
         );
         assert_eq!(h.last_failed, Some(true));
         assert_eq!(h.overdue_s, Some(24 * 3600 + 1800));
-        assert_eq!(h.last_success.map(|s| s.0), Some(ms("2026-12-01T03:10:00Z")));
+        assert_eq!(
+            h.last_success.map(|s| s.0),
+            Some(ms("2026-12-01T03:10:00Z"))
+        );
         // A later success resets it; no schedule, no overdue figure.
         let later = seen("2026-12-03T03:00:00Z", "2026-12-03T03:20:00Z", Some(true));
-        let h = health(&[ok, failed, later], Some(&cron), 0, ms("2026-12-03T04:00:00Z"));
+        let h = health(
+            &[ok, failed, later],
+            Some(&cron),
+            0,
+            ms("2026-12-03T04:00:00Z"),
+        );
         assert_eq!((h.last_failed, h.overdue_s), (Some(false), Some(0)));
         assert_eq!(health(&[], None, 0, 0), Health::default());
         // Never a backup: from the slot recorded when the schedule was set.
-        let h = health(&[], Some(&cron), ms("2026-12-01T12:00:00Z"), ms("2026-12-02T04:00:00Z"));
+        let h = health(
+            &[],
+            Some(&cron),
+            ms("2026-12-01T12:00:00Z"),
+            ms("2026-12-02T04:00:00Z"),
+        );
         assert_eq!(h.overdue_s, Some(3600));
     }
 

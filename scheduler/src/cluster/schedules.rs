@@ -356,7 +356,8 @@ impl Cluster {
             let cron = expr.as_deref().and_then(|e| schedule::parse_cron(e).ok());
             let h = schedule::health(&seen, cron.as_ref(), slot_ms, now);
             let label = format!("{{mofang_instance=\"{name}\"}}");
-            let mut put = |i: usize, v: String| fams[i].3.push_str(&format!("{}{label} {v}\n", fams[i].0));
+            let mut put =
+                |i: usize, v: String| fams[i].3.push_str(&format!("{}{label} {v}\n", fams[i].0));
             if let Some((end, took, size)) = h.last_success {
                 put(0, format!("{:.3}", end as f64 / 1000.0));
                 put(1, format!("{:.3}", took as f64 / 1000.0));
