@@ -504,7 +504,12 @@ mod tests {
         let failed = seen("2026-12-02T03:00:00Z", "2026-12-02T03:01:00Z", Some(false));
         let running = seen("2026-12-03T03:00:00Z", "", None);
         // Before the next slot: not overdue, the last backup succeeded.
-        let h = health(&[ok.clone()], Some(&cron), 0, ms("2026-12-02T02:00:00Z"));
+        let h = health(
+            std::slice::from_ref(&ok),
+            Some(&cron),
+            0,
+            ms("2026-12-02T02:00:00Z"),
+        );
         assert_eq!(
             h,
             Health {

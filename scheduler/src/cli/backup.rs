@@ -113,10 +113,11 @@ fn mib(bytes: u64) -> String {
 pub(crate) fn restore_bar(backup: &str, bytes: u64, total: u64, rate_mib_s: f64) -> String {
     const CELLS: u64 = 30;
     let done = bytes.min(total);
-    let (filled, pct) = if total == 0 {
-        (0, 0.0)
+    let filled = done.saturating_mul(CELLS).checked_div(total).unwrap_or(0);
+    let pct = if total == 0 {
+        0.0
     } else {
-        (done * CELLS / total, done as f64 * 100.0 / total as f64)
+        done as f64 * 100.0 / total as f64
     };
     format!(
         "restoring {backup} [{}{}] {pct:>5.1}% {} of {} ({rate_mib_s:.1} MiB/s)",
