@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first,
 # with its purpose, so it installs what that command needs and nothing more.
-.PHONY: setup setup-demo setup-demo-ha demo-ha demo-ha-down setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision stress-failover soak-failover time-to-first-db
+.PHONY: setup setup-demo setup-demo-ha demo-ha demo-ha-down setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision bench-backup stress-failover soak-failover time-to-first-db
 
 CARGO ?= cargo
 
@@ -77,6 +77,14 @@ bench-failover: setup-test
 # E.g. ARGS="--runs 10" (default 5).
 bench-provision: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-provision -- $(ARGS)
+
+# Backup benchmark: throughput against mariadb-backup | zstd by hand, restore time, the
+# primary's write p99 with and without a replica backup, on one generated dataset (see
+# docs/benchmarks.md). E.g. ARGS="--mib 1024 --write-secs 30" (default 2048 MiB, 30 s).
+# The daemons are release builds here (their zstd and sha256 are the figures).
+bench-backup: setup-test
+	$(CARGO) build --release -q -p mofang-agent -p mofang-scheduler --bins
+	MOFANG_TEST_BINARIES=$${CARGO_TARGET_DIR:-target}/release $(CARGO) run --release -q -p mofang-tests --bin bench-backup -- $(ARGS)
 
 # The failover suite N times in a row with every core saturated by stress-ng (outside
 # `make test`: about 2 minutes a run). E.g. ARGS="10 8" (runs, test threads).

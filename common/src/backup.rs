@@ -142,9 +142,9 @@ pub struct Manifest {
     pub objects: Vec<ManifestObject>,
     /// Versions of the tools that made it (`mariadb-backup`, `redis-server`, `mofang-agent`).
     pub tools: std::collections::BTreeMap<String, String>,
-    /// MariaDB: rows per application table (`schema.table`), counted on the member while
-    /// it stood at the backup's GTID (a replica's SQL thread stopped); absent when the
-    /// counts could not be tied to that GTID.
+    /// MariaDB: rows per application table (`schema.table`) at the backup's position:
+    /// counted in a consistent snapshot after it and moved back by the row events logged
+    /// in between (decision 87); absent when they could not be tied to that position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<std::collections::BTreeMap<String, u64>>,
     /// Redis: the keys in the RDB (`redis-check-rdb` on the snapshot file that was uploaded).

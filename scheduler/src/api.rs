@@ -565,7 +565,7 @@ async fn keyring_rotate(
 }
 
 /// Scheduler metrics (Prometheus text): failover counters and the last failover duration,
-/// binlog archive lag and readiness per instance.
+/// binlog archive lag and readiness, backup health per instance.
 async fn metrics(State(api): State<Api>) -> Response {
     let mut body = api.cluster.counters.render();
     body.push_str(&format!(
@@ -577,6 +577,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     ));
     body.push_str(&api.cluster.pitr_metrics());
     body.push_str(&api.cluster.schedule_metrics());
+    body.push_str(&api.cluster.backup_metrics().await);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -42,6 +42,17 @@ impl Env {
 
     /// [`Env::start_with`] with the heartbeat interval, node_ttl and lease of `timings`.
     pub async fn start_timed(nodes: usize, sched_extra: &str, timings: &Timings) -> Result<Env> {
+        Self::start_sized(nodes, sched_extra, timings, 4096).await
+    }
+
+    /// [`Env::start_timed`] with agents whose data disk has `disk_mib` (a benchmark's large
+    /// dataset).
+    pub async fn start_sized(
+        nodes: usize,
+        sched_extra: &str,
+        timings: &Timings,
+        disk_mib: u64,
+    ) -> Result<Env> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
         let sched = SchedulerProcess::start_timed(sched_extra, timings)?;
@@ -55,7 +66,7 @@ impl Env {
                 std::slice::from_ref(&link.endpoint),
                 sched.pki.as_deref(),
                 &net.name,
-                4096,
+                disk_mib,
                 &extra,
                 timings,
             )?);

@@ -1330,9 +1330,12 @@ async fn wait_verified(env: &Env, id: &str) -> Result<Value> {
 ///   is changed (PATCH) to a yearly one, exactly the newest two backups are left, and the
 ///   bucket holds exactly their objects and no binlog index ending at or before the older
 ///   one's GTID;
-/// - the newest backup's manifest holds the row counts per table at its GTID; its
-///   verification (CLI `backup verify --wait`) restores it in a throwaway container and
-///   passes; the other, its data object overwritten in the bucket, fails naming the object;
+/// - a writer inserts on the primary all through the backups: the backed-up replica stays
+///   healthy, never shows its SQL thread stopped, and its position moves while a backup runs;
+/// - every kept backup's manifest holds row counts; the newest's are those at its position
+///   (the writer's table included); its verification (CLI `backup verify --wait`) restores it
+///   in a throwaway container and finds exactly those counts; the other, its data object
+///   overwritten in the bucket, fails naming the object;
 /// - a `verify` schedule verifies the latest backup again by itself;
 /// - Redis: a backup records the RDB's key count, and its verification loads it and passes.
 #[tokio::test(flavor = "multi_thread")]
@@ -1395,10 +1398,17 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     sql(
         &primary,
         "CREATE TABLE app.s (id INT PRIMARY KEY); CREATE TABLE app.u (id INT PRIMARY KEY); \
+         CREATE TABLE app.pitr (id BIGINT PRIMARY KEY); \
          CREATE TABLE app.big (id INT PRIMARY KEY, b VARBINARY(1024)); \
          INSERT INTO app.big SELECT seq, RANDOM_BYTES(1024) FROM app.seq_1_to_40000",
     )?;
-    let mut paused_seen = 0;
+    // A writer on the primary all through the backups: the backed-up replica must keep
+    // applying, and the row counts recorded must still be those at each backup's position.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = pitr_writer(&env, "sc", env.app_password("sc").await?, stop.clone());
+    // Per backup seen running: the positions its member reported meanwhile.
+    let mut during: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let (mut observed, mut silent) = (0, 0);
     // Rows in three steps, backups between them (so older backups have archived binlogs that
     // only they need).
     for (from, to) in [(1, 200), (201, 400), (401, 500)] {
@@ -1409,18 +1419,46 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         let seen = events_of(&env, "sc", "backup_succeeded").await?.len();
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
-            // The replica's SQL thread stands still during each backup: it stays healthy.
+            // While a backup runs on the replica, it stays healthy and replicating, and its
+            // position moves on.
+            let list = env.get("/v1/instances/sc/backups").await?;
+            let running: Vec<(String, String)> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["state"] == "running")
+                .filter_map(|b| {
+                    Some((
+                        b["id"].as_str()?.to_owned(),
+                        b["member"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect();
             let v = env.get("/v1/instances/sc").await?;
             for m in v["members"].as_array().into_iter().flatten() {
                 let reason = m["reason"].as_str().unwrap_or_default();
-                if reason.contains("stopped by a backup") {
-                    paused_seen += 1;
-                    ensure!(m["healthy"] == true, "paused replica unhealthy: {m}");
-                }
                 ensure!(
-                    !reason.contains("SQL thread No"),
-                    "a replica shown broken during a backup: {m}"
+                    !reason.contains("SQL thread"),
+                    "a replica shown stopped or broken during a backup: {m}"
                 );
+                for (id, member) in &running {
+                    // A node whose heartbeats are late shows `unknown` (nothing the backup
+                    // did to replication): counted apart.
+                    if m["id"] == member.as_str() && m["state"] == "unknown" {
+                        silent += 1;
+                    } else if m["id"] == member.as_str() {
+                        observed += 1;
+                        ensure!(
+                            m["healthy"] == true,
+                            "the backed-up member during backup {id}: {m}"
+                        );
+                        let pos = m["position"].as_str().unwrap_or_default().to_owned();
+                        let seen = during.entry(id.clone()).or_default();
+                        if seen.last() != Some(&pos) {
+                            seen.push(pos);
+                        }
+                    }
+                }
             }
             let n = events_of(&env, "sc", "backup_succeeded").await?.len();
             if n >= seen + 2 {
@@ -1433,7 +1471,16 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Not asserted: a backup of a few seconds may fall between two status reports.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.await?;
+    let acked = writes.iter().filter(|w| w.acked.is_some()).count();
+    // The replica applied the primary's writes while backed up: a position seen moving
+    // during some backup (each heartbeat carries it; a backup of a second or two may show one).
+    let advanced = during.values().filter(|p| p.len() >= 2).count();
+    ensure!(
+        advanced >= 1,
+        "no backup saw its member's position move: {during:?}"
+    );
     let expired = events_of(&env, "sc", "backup_expired").await?;
     ensure!(!expired.is_empty(), "no backup expired");
     // A yearly schedule: no more backups; retention goes on.
@@ -1529,9 +1576,17 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     // ---- verification ----------------------------------------------------------------------
     let newest = &kept[1];
     let newest_id = newest["id"].as_str().context("id")?;
+    // Taken while the writer ran: `app.pitr` has some count, the others are known.
+    let pitr_rows = newest["row_counts"]["app.pitr"]
+        .as_u64()
+        .unwrap_or_default();
     ensure!(
-        newest["row_counts"] == json!({"app.big": 40000, "app.s": 500, "app.u": 3}),
-        "row counts at backup time: {newest}"
+        newest["row_counts"]
+            == json!({"app.big": 40000, "app.pitr": pitr_rows, "app.s": 500, "app.u": 3})
+            && pitr_rows > 0
+            && pitr_rows <= writes.len() as u64
+            && kept.iter().all(|b| b["row_counts"].is_object()),
+        "row counts at backup time: {kept:?}"
     );
     let verify_started = std::time::Instant::now();
     let v = mofang_cli(&env, &["--json", "backup", "verify", newest_id, "--wait"]).await?;
@@ -1544,10 +1599,27 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
                 .contains("match those recorded"),
         "{v}"
     );
+    // Backup health on the leader's /metrics: the newest succeeded, none failed, not overdue.
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.sched.rest))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("mofang_backup_last_success_timestamp_seconds{mofang_instance=\"sc\"} ")
+            && metrics.contains("mofang_backup_verify_last_failed{mofang_instance=\"sc\"} 0\n")
+            && metrics.contains("mofang_backup_missed_total{mofang_instance=\"sc\"} "),
+        "{metrics}"
+    );
     eprintln!(
-        "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; replica seen paused by a backup and healthy {paused_seen} times; `backup verify --wait` of {newest_id} took {verify_took:?}",
+        "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; {acked} of {} writes acknowledged during the backups; the backed-up member seen healthy {observed} times while its backup ran ({silent} times its node's heartbeat late), its position moving during {advanced} of {} backups seen running (distinct positions seen per backup: {:?}); the newest backup's app.pitr count {pitr_rows}; `backup verify --wait` of {newest_id} took {verify_took:?}",
         events_of(&env, "sc", "backup_expired").await?.len(),
         events_of(&env, "sc", "backup_missed").await?.len(),
+        writes.len(),
+        during.len(),
+        during.values().map(Vec::len).collect::<Vec<_>>(),
     );
 
     // ---- restore progress as a field, on a restore of the newest backup --------------------
@@ -1651,6 +1723,17 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     ensure!(
         !events_of(&env, "sc", "verify_failed").await?.is_empty(),
         "no verify_failed event"
+    );
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.sched.rest))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("mofang_backup_verify_last_failed{mofang_instance=\"sc\"} 1\n"),
+        "a failed verification on /metrics: {metrics}"
     );
 
     // ---- a verification schedule -----------------------------------------------------------

@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 
 pub mod archive;
 pub mod binlog;
+pub mod counts;
 pub mod restore;
 pub mod run;
 pub mod stream;

@@ -7,6 +7,7 @@
 //! with `cat` in the container. Either way the command's exit code is checked before the
 //! upload is completed, so a command that dies (its container killed) leaves no object.
 
+use super::counts;
 use super::stream::{self, Zstd};
 use crate::engine::{self, Secrets, Target};
 use crate::reconcile::Statuses;
@@ -101,16 +102,9 @@ pub async fn run(
                 "mariadb-backup".into(),
                 tool_version(ctx, &container, &["mariadb-backup", "--version"]).await,
             );
-            // Row counts tied to the backup's GTID: on a replica its SQL thread stands still
-            // from before the count until the backup ends, so both see the same GTID (checked
-            // below: counts whose GTID is not the backup's are dropped).
-            let pause = if a.role == "replica" {
-                SqlPause::start(ctx, &job.member, &container).await
-            } else {
-                None
-            };
-            let counted = count_rows(ctx, &container).await;
-            let streamed = stream_command(
+            // Replication runs on: the counts are taken after the backup, in a consistent
+            // snapshot, and moved back to the backup's binlog position (decision 87).
+            let (stored, out) = stream_command(
                 ctx,
                 &repo,
                 &container,
@@ -119,11 +113,7 @@ pub async fn run(
                 zstd,
                 progress,
             )
-            .await;
-            if let Some(p) = pause {
-                p.resume().await;
-            }
-            let (stored, out) = streamed?;
+            .await?;
             if !out.stderr.contains("completed OK") {
                 return Err(fail(
                     "stream",
@@ -134,14 +124,10 @@ pub async fn run(
                 ));
             }
             let (gtid, binlog) = common::mariadb_position_from_log(&out.stderr);
-            row_counts = match counted {
-                Ok((at, counts)) if at == gtid => Some(counts),
-                Ok((at, _)) => {
-                    warn!(counted_at = %at, backup_at = %gtid, "row counts not at the backup's GTID: not recorded");
-                    None
-                }
+            row_counts = match count_rows_at(ctx, &container, &binlog).await {
+                Ok(counts) => Some(counts),
                 Err(e) => {
-                    warn!(error = %e, "row counts not taken");
+                    warn!(error = %e, backup_at = %binlog, "row counts at the backup's position not recorded");
                     None
                 }
             };
@@ -329,83 +315,6 @@ async fn tool_version(ctx: &BackupContext, container: &str, cmd: &[&str]) -> Str
     }
 }
 
-/// Replicas whose SQL thread a backup stopped (member ids). While a member is here, a stopped
-/// SQL thread without error, its IO thread running, is not a replication fault: the agent
-/// still reports it replicating and healthy ([`paused_by_backup`]), so a backup does not turn
-/// the replica unhealthy for the load balancer, nor take it for a replica that lost its
-/// primary (a failover witness), nor out of promotion (which applies what it received).
-static SQL_PAUSED: Mutex<std::collections::BTreeSet<String>> =
-    Mutex::new(std::collections::BTreeSet::new());
-
-/// Whether a backup stopped `member`'s SQL thread.
-pub fn paused_by_backup(member: &str) -> bool {
-    SQL_PAUSED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .contains(member)
-}
-
-/// A replica's SQL thread stopped for a backup; started again by [`SqlPause::resume`], or,
-/// when the backup is dropped midway (its job cancelled), by a task spawned on drop.
-struct SqlPause {
-    member: String,
-    container: String,
-    ctx: Option<BackupContext>,
-}
-
-impl SqlPause {
-    async fn start(ctx: &BackupContext, member: &str, container: &str) -> Option<SqlPause> {
-        SQL_PAUSED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(member.to_owned());
-        let pause = SqlPause {
-            member: member.to_owned(),
-            container: container.to_owned(),
-            ctx: Some(ctx.clone()),
-        };
-        match sql(ctx, container, "STOP SLAVE SQL_THREAD").await {
-            Ok(_) => Some(pause),
-            Err(e) => {
-                warn!(error = %e, "SQL thread not stopped: row counts may not be kept");
-                Some(pause)
-            }
-        }
-    }
-
-    async fn resume(mut self) {
-        if let Some(ctx) = self.ctx.take() {
-            if let Err(e) = sql(&ctx, &self.container, "START SLAVE SQL_THREAD").await {
-                warn!(error = %e, "SQL thread not started again after the backup");
-            }
-        }
-        SQL_PAUSED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.member);
-    }
-}
-
-impl Drop for SqlPause {
-    fn drop(&mut self) {
-        let Some(ctx) = self.ctx.take() else {
-            return;
-        };
-        let (member, container) = (self.member.clone(), self.container.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = sql(&ctx, &container, "START SLAVE SQL_THREAD").await {
-                    warn!(error = %e, "SQL thread not started again after a cancelled backup");
-                }
-                SQL_PAUSED
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&member);
-            });
-        }
-    }
-}
-
 /// Runs one SQL statement on the member with its admin account (`client.cnf`); its output.
 async fn sql(ctx: &BackupContext, container: &str, statement: &str) -> Result<String, String> {
     let out = ctx
@@ -435,21 +344,72 @@ async fn sql(ctx: &BackupContext, container: &str, statement: &str) -> Result<St
     Ok(out.stdout)
 }
 
-/// Rows per application table and the GTID they were counted at (`@@gtid_current_pos`,
-/// read after the count: the caller made sure nothing is applied in between).
-async fn count_rows(
+/// Rows per application table at the binlog position `at` (`file:offset`, the backup's, in
+/// this member's binlog): counted in a consistent snapshot taken now, then moved back by the
+/// row events logged between `at` and the snapshot ([`counts`], decision 87). Nothing is
+/// stopped or locked: the member keeps applying (a replica) or taking writes (a primary).
+async fn count_rows_at(
     ctx: &BackupContext,
     container: &str,
-) -> Result<(String, BTreeMap<String, u64>), String> {
+    at: &str,
+) -> Result<BTreeMap<String, u64>, String> {
+    let (from_file, from_pos) = counts::parse_position(at)
+        .ok_or_else(|| format!("the backup recorded no binlog position ({at:?})"))?;
     let query = sql(ctx, container, common::COUNT_QUERY_SQL).await?;
     let query = query.trim();
-    let counts = if query.is_empty() || query == "NULL" {
-        BTreeMap::new()
+    let counted = if query.is_empty() || query == "NULL" {
+        "SHOW STATUS LIKE 'binlog_snapshot_%'".to_owned()
     } else {
-        common::parse_row_counts(&sql(ctx, container, query).await?, "")
+        format!("SHOW STATUS LIKE 'binlog_snapshot_%'; {query}")
     };
-    let at = sql(ctx, container, "SELECT @@gtid_current_pos").await?;
-    Ok((at.trim().to_owned(), counts))
+    let out = sql(
+        ctx,
+        container,
+        &format!("START TRANSACTION WITH CONSISTENT SNAPSHOT; {counted}; COMMIT"),
+    )
+    .await?;
+    let (to_file, to_pos) = counts::snapshot_position(&out)
+        .ok_or_else(|| "the snapshot has no binlog position (binlog off?)".to_owned())?;
+    let snapshot = common::parse_row_counts(&out, "");
+    if (from_file.as_str(), from_pos) == (to_file.as_str(), to_pos) {
+        return Ok(snapshot);
+    }
+    let files = counts::files_between(
+        &sql(ctx, container, "SHOW BINARY LOGS").await?,
+        &from_file,
+        &to_file,
+    )?;
+    let dir = sql(ctx, container, "SELECT @@log_bin_basename").await?;
+    let dir = dir
+        .trim()
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_owned())
+        .ok_or_else(|| format!("log_bin_basename {:?}", dir.trim()))?;
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| format!("'{dir}/{}'", f.replace('\'', "")))
+        .collect();
+    // The value lines are dropped in the container: only row and event lines matter.
+    let script = format!(
+        "set -o pipefail; mariadb-binlog -v --base64-output=DECODE-ROWS --start-position={from_pos} \
+         --stop-position={to_pos} {} | grep -v -e '^###   ' -e '^### SET$' -e '^### WHERE$'",
+        paths.join(" ")
+    );
+    let read = ctx
+        .runtime
+        .exec(container, &["bash", "-c", &script], None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if read.exit_code != 0 {
+        return Err(format!(
+            "mariadb-binlog exited with code {}: {}",
+            read.exit_code,
+            tail(&read.stderr)
+        ));
+    }
+    let delta = counts::row_delta(&read.stdout)?;
+    info!(from = %at, to = %format!("{to_file}:{to_pos}"), tables = delta.len(), "row counts moved back to the backup's position");
+    counts::at_backup(&snapshot, &delta)
 }
 
 /// The key count `redis-check-rdb` printed (`[info] 500 keys read`).

@@ -60,16 +60,8 @@ pub(super) fn report(
     };
     s.read_only = obs.read_only;
     s.position = obs.position.clone();
-    // A backup stopped the SQL thread (row counts at its GTID): still receiving, not a fault.
-    let paused = !obs.replication_ok
-        && obs.replication_error.as_deref() == Some("IO thread Yes, SQL thread No")
-        && crate::backup::run::paused_by_backup(&a.member);
-    let repl_ok = obs.replication_ok || paused;
-    let repl_error = if paused {
-        Some("SQL thread stopped by a backup (row counts at its GTID); receiving".to_owned())
-    } else {
-        obs.replication_error.clone()
-    };
+    let repl_ok = obs.replication_ok;
+    let repl_error = obs.replication_error.clone();
     s.lag_seconds = reported_lag(&mut memo.last_lag, repl_ok, obs.lag_seconds);
     s.replication_ok = repl_ok;
     s.volume_used_bytes = usage.0;

@@ -220,6 +220,83 @@ pub fn count_mismatch(
     Some(s)
 }
 
+/// A backup as the health metrics see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// When it was asked for (unix ms): for a scheduled one, just after its slot.
+    pub requested_ms: i64,
+    /// When the agent started it and when it ended (0: not yet).
+    pub started_ms: i64,
+    /// When it ended (0: not yet).
+    pub ended_ms: i64,
+    /// Succeeded (`Some(true)`), failed (`Some(false)`) or still pending/running (`None`).
+    pub succeeded: Option<bool>,
+    /// Bytes stored.
+    pub size: u64,
+    /// When its last verification ended (0: never) and whether it passed.
+    pub verified_ms: i64,
+    /// Whether that verification passed.
+    pub verify_ok: Option<bool>,
+}
+
+/// What an instance's backups say about its health, for `/metrics` and the alert rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The newest succeeded backup (by end): its end (unix ms), duration (ms) and size.
+    pub last_success: Option<(i64, i64, u64)>,
+    /// Whether the newest finished backup (by end) failed (`None`: none finished).
+    pub last_failed: Option<bool>,
+    /// Whether the newest verification (by end) failed (`None`: none ended).
+    pub verify_failed: Option<bool>,
+    /// With a schedule: seconds since the first slot after the newest succeeded backup was
+    /// asked for (or, with none, after the first backup was asked for, or else after
+    /// `slot_ms`, the last slot run or when the schedule was set); 0 before that slot.
+    pub overdue_s: Option<i64>,
+}
+
+/// An instance's backup health at `now_ms`, from its backups and its schedule (`cron`, and
+/// `slot_ms` as on the instance record). A backup that ends after its slot resets the count;
+/// one that fails does not.
+pub fn health(backups: &[Seen], cron: Option<&Cron>, slot_ms: i64, now_ms: i64) -> Health {
+    let finished = backups
+        .iter()
+        .filter(|b| b.succeeded.is_some())
+        .max_by_key(|b| (b.ended_ms, b.requested_ms));
+    let success = backups
+        .iter()
+        .filter(|b| b.succeeded == Some(true))
+        .max_by_key(|b| (b.ended_ms, b.requested_ms));
+    let verified = backups
+        .iter()
+        .filter(|b| b.verified_ms > 0 && b.verify_ok.is_some())
+        .max_by_key(|b| b.verified_ms);
+    let overdue_s = cron.map(|cron| {
+        let since = success
+            .map(|b| b.requested_ms)
+            .or_else(|| backups.iter().map(|b| b.requested_ms).min())
+            .unwrap_or(slot_ms);
+        let due = utc(since)
+            .and_then(|t| cron.find_next_occurrence(&t, false).ok())
+            .map(|t| t.timestamp_millis());
+        match due {
+            Some(due) if now_ms > due => (now_ms - due) / 1000,
+            _ => 0,
+        }
+    });
+    Health {
+        last_success: success.map(|b| {
+            (
+                b.ended_ms,
+                (b.ended_ms - b.started_ms.max(b.requested_ms)).max(0),
+                b.size,
+            )
+        }),
+        last_failed: finished.map(|b| b.succeeded == Some(false)),
+        verify_failed: verified.map(|b| b.verify_ok == Some(false)),
+        overdue_s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +481,91 @@ mod tests {
             count_mismatch(&rec, &got).expect("mismatch"),
             "shop.orders: 1000 rows recorded, 998 found; shop.users: 10 rows recorded, table missing; shop.extra: not recorded, 1 rows found"
         );
+    }
+
+    fn seen(requested: &str, ended: &str, ok: Option<bool>) -> Seen {
+        Seen {
+            requested_ms: ms(requested),
+            started_ms: ms(requested) + 1_000,
+            ended_ms: if ok.is_some() { ms(ended) } else { 0 },
+            succeeded: ok,
+            size: 100,
+            verified_ms: 0,
+            verify_ok: None,
+        }
+    }
+
+    /// The newest success, the newest outcome, the newest verification; overdue counted from
+    /// the first slot after the newest success was asked for, failures not resetting it.
+    #[test]
+    fn backup_health_follows_the_newest_outcomes_and_the_schedule() {
+        let cron = parse_cron("0 3 * * *").expect("cron");
+        let ok = seen("2026-12-01T03:00:00Z", "2026-12-01T03:10:00Z", Some(true));
+        let failed = seen("2026-12-02T03:00:00Z", "2026-12-02T03:01:00Z", Some(false));
+        let running = seen("2026-12-03T03:00:00Z", "", None);
+        // Before the next slot: not overdue, the last backup succeeded.
+        let h = health(
+            std::slice::from_ref(&ok),
+            Some(&cron),
+            0,
+            ms("2026-12-02T02:00:00Z"),
+        );
+        assert_eq!(
+            h,
+            Health {
+                last_success: Some((ms("2026-12-01T03:10:00Z"), 599_000, 100)),
+                last_failed: Some(false),
+                verify_failed: None,
+                overdue_s: Some(0),
+            }
+        );
+        // The next slot's backup failed and the one after runs: overdue since the next slot.
+        let h = health(
+            &[ok.clone(), failed.clone(), running],
+            Some(&cron),
+            0,
+            ms("2026-12-03T03:30:00Z"),
+        );
+        assert_eq!(h.last_failed, Some(true));
+        assert_eq!(h.overdue_s, Some(24 * 3600 + 1800));
+        assert_eq!(
+            h.last_success.map(|s| s.0),
+            Some(ms("2026-12-01T03:10:00Z"))
+        );
+        // A later success resets it; no schedule, no overdue figure.
+        let later = seen("2026-12-03T03:00:00Z", "2026-12-03T03:20:00Z", Some(true));
+        let h = health(
+            &[ok, failed, later],
+            Some(&cron),
+            0,
+            ms("2026-12-03T04:00:00Z"),
+        );
+        assert_eq!((h.last_failed, h.overdue_s), (Some(false), Some(0)));
+        assert_eq!(health(&[], None, 0, 0), Health::default());
+        // Never a backup: from the slot recorded when the schedule was set.
+        let h = health(
+            &[],
+            Some(&cron),
+            ms("2026-12-01T12:00:00Z"),
+            ms("2026-12-02T04:00:00Z"),
+        );
+        assert_eq!(h.overdue_s, Some(3600));
+    }
+
+    /// The newest verification decides, whichever backup it was of.
+    #[test]
+    fn the_newest_verification_decides() {
+        let mut a = seen("2026-12-01T03:00:00Z", "2026-12-01T03:10:00Z", Some(true));
+        let mut b = seen("2026-12-02T03:00:00Z", "2026-12-02T03:10:00Z", Some(true));
+        a.verified_ms = ms("2026-12-02T05:00:00Z");
+        a.verify_ok = Some(false);
+        b.verified_ms = ms("2026-12-02T04:00:00Z");
+        b.verify_ok = Some(true);
+        assert_eq!(
+            health(&[a.clone(), b.clone()], None, 0, 0).verify_failed,
+            Some(true)
+        );
+        b.verified_ms = ms("2026-12-02T06:00:00Z");
+        assert_eq!(health(&[a, b], None, 0, 0).verify_failed, Some(false));
     }
 }

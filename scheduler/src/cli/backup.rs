@@ -108,6 +108,26 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// A restore's progress as one line: a 30-cell bar, the percentage, bytes of the total and
+/// the rate since the previous line (`restore_progress` of an instance's view).
+pub(crate) fn restore_bar(backup: &str, bytes: u64, total: u64, rate_mib_s: f64) -> String {
+    const CELLS: u64 = 30;
+    let done = bytes.min(total);
+    let filled = done.saturating_mul(CELLS).checked_div(total).unwrap_or(0);
+    let pct = if total == 0 {
+        0.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    format!(
+        "restoring {backup} [{}{}] {pct:>5.1}% {} of {} ({rate_mib_s:.1} MiB/s)",
+        "#".repeat(filled as usize),
+        ".".repeat((CELLS - filled) as usize),
+        mib(done),
+        mib(total)
+    )
+}
+
 fn ms_ago(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
@@ -408,4 +428,24 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bar fills with the bytes, never past the total; an unknown total shows 0 %.
+    #[test]
+    fn the_restore_bar_shows_bytes_of_the_total() {
+        let mib = 1 << 20;
+        assert_eq!(
+            super::restore_bar("db-1", 50 * mib, 100 * mib, 12.34),
+            format!(
+                "restoring db-1 [{}{}]  50.0% 50.0 MiB of 100.0 MiB (12.3 MiB/s)",
+                "#".repeat(15),
+                ".".repeat(15)
+            )
+        );
+        assert!(super::restore_bar("db-1", 200, 100, 0.0)
+            .contains(&format!("[{}] 100.0%", "#".repeat(30))));
+        assert!(super::restore_bar("db-1", 0, 0, 0.0).contains("  0.0% 0.0 MiB of 0.0 MiB"));
+    }
 }

@@ -737,8 +737,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let start = Instant::now();
             let mut last = String::new();
+            let (mut prev_bytes, mut prev_at) = (0u64, Instant::now());
             loop {
                 let v = c.get(&format!("/v1/instances/{name}")).await?;
+                // A restore's progress (the primary filling its volume): a bar per update.
+                let p = &v["restore_progress"];
+                if let (Some(bytes), Some(total)) = (p["bytes"].as_u64(), p["total"].as_u64()) {
+                    if bytes != prev_bytes && !cli.json {
+                        let dt = prev_at.elapsed().as_secs_f64().max(0.001);
+                        let rate = bytes.saturating_sub(prev_bytes) as f64 / dt / (1 << 20) as f64;
+                        eprintln!(
+                            "[{:>5.1}s] {}",
+                            start.elapsed().as_secs_f64(),
+                            backup::restore_bar(&s(&p["backup"]), bytes, total, rate)
+                        );
+                        (prev_bytes, prev_at) = (bytes, Instant::now());
+                    }
+                }
                 let members = v["members"].as_array().cloned().unwrap_or_default();
                 let ready = members
                     .iter()
@@ -751,7 +766,8 @@ async fn run(cli: Cli) -> Result<()> {
                         .iter()
                         .map(|m| {
                             let reason = m["reason"].as_str().unwrap_or_default();
-                            if reason.starts_with("restoring") {
+                            // Shown by the bar above when the view has the progress.
+                            if reason.starts_with("restoring") && p.is_null() {
                                 format!("{}={}: {reason}", s(&m["id"]), s(&m["state"]))
                             } else {
                                 format!("{}={}", s(&m["id"]), s(&m["state"]))

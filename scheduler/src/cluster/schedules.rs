@@ -281,12 +281,104 @@ impl Cluster {
             "# HELP mofang_backup_missed_total Scheduled backups and verifications that did not run at their slot, since this scheduler leads.\n\
              # TYPE mofang_backup_missed_total counter\n",
         );
+        // Every instance with a policy has the series, from 0: `increase()` then sees its
+        // first miss.
+        let mut missed: std::collections::BTreeMap<&str, u64> = inner
+            .instances
+            .values()
+            .filter(|i| i.spec.backup.is_some())
+            .map(|i| (i.spec.name.as_str(), 0))
+            .collect();
         for (name, n) in &inner.backup_missed {
+            missed.insert(name, *n);
+        }
+        for (name, n) in missed {
             out.push_str(&format!(
                 "mofang_backup_missed_total{{mofang_instance=\"{name}\"}} {n}\n"
             ));
         }
         out
+    }
+
+    /// `/metrics` lines of backup health per existing instance (leader only), from the
+    /// backup records ([`schedule::health`]): the newest success's end, duration and size,
+    /// whether the newest finished backup and the newest verification failed, and how
+    /// overdue a scheduled backup is.
+    pub async fn backup_metrics(&self) -> String {
+        if !self.is_active() {
+            return String::new();
+        }
+        let backups = match self.all_backups().await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "backup records not read for /metrics");
+                return String::new();
+            }
+        };
+        let instances: Vec<(String, Option<String>, i64)> = lock(&self.inner)
+            .instances
+            .values()
+            .map(|i| {
+                (
+                    i.spec.name.clone(),
+                    i.spec.backup.as_ref().map(|p| p.schedule.clone()),
+                    i.backup_slot_ms,
+                )
+            })
+            .collect();
+        let now = now_ms();
+        let mut fams: [(&str, &str, &str, String); 6] = [
+            ("mofang_backup_last_success_timestamp_seconds", "gauge", "End of the newest succeeded backup (unix seconds).", String::new()),
+            ("mofang_backup_duration_seconds", "gauge", "Duration of the newest succeeded backup.", String::new()),
+            ("mofang_backup_size_bytes", "gauge", "Bytes stored by the newest succeeded backup.", String::new()),
+            ("mofang_backup_last_failed", "gauge", "1 when the newest finished backup failed.", String::new()),
+            ("mofang_backup_verify_last_failed", "gauge", "1 when the newest verification of a backup failed.", String::new()),
+            ("mofang_backup_overdue_seconds", "gauge", "Seconds since the first slot of the backup schedule after the newest succeeded backup was asked for; 0 before it.", String::new()),
+        ];
+        for (name, expr, slot_ms) in instances {
+            let seen: Vec<schedule::Seen> = backups
+                .iter()
+                .filter(|b| b.instance == name)
+                .map(|b| schedule::Seen {
+                    requested_ms: b.requested_at_ms,
+                    started_ms: b.started_at_ms,
+                    ended_ms: b.ended_at_ms,
+                    succeeded: match b.state {
+                        BackupState::Succeeded => Some(true),
+                        BackupState::Failed => Some(false),
+                        _ => None,
+                    },
+                    size: b.size,
+                    verified_ms: b.verified_at_ms,
+                    verify_ok: b.verify_ok,
+                })
+                .collect();
+            let cron = expr.as_deref().and_then(|e| schedule::parse_cron(e).ok());
+            let h = schedule::health(&seen, cron.as_ref(), slot_ms, now);
+            let label = format!("{{mofang_instance=\"{name}\"}}");
+            let mut put =
+                |i: usize, v: String| fams[i].3.push_str(&format!("{}{label} {v}\n", fams[i].0));
+            if let Some((end, took, size)) = h.last_success {
+                put(0, format!("{:.3}", end as f64 / 1000.0));
+                put(1, format!("{:.3}", took as f64 / 1000.0));
+                put(2, size.to_string());
+            }
+            if let Some(f) = h.last_failed {
+                put(3, u8::from(f).to_string());
+            }
+            if let Some(f) = h.verify_failed {
+                put(4, u8::from(f).to_string());
+            }
+            if let Some(s) = h.overdue_s {
+                put(5, s.to_string());
+            }
+        }
+        fams.iter()
+            .filter(|f| !f.3.is_empty())
+            .map(|(name, kind, help, lines)| {
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{lines}")
+            })
+            .collect()
     }
 }
 
@@ -393,5 +485,10 @@ mod tests {
         assert!(c2
             .schedule_metrics()
             .contains("mofang_backup_missed_total{mofang_instance=\"one\"} 1\n"));
+        // Backup health: the schedule's overdue figure for the instance, on the leader.
+        assert!(c2
+            .backup_metrics()
+            .await
+            .contains("mofang_backup_overdue_seconds{mofang_instance=\"one\"} "));
     }
 }
