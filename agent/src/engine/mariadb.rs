@@ -277,10 +277,17 @@ impl Engine for MariaDb {
              rpl_semi_sync_slave_enabled = ON\n\
              init_rpl_role = {rpl_role}\n\
              init_file = /etc/mofang/init.sql\n\
+             {params}\
              {tls}\
              [client]\n\
              socket = /run/mysqld/mysqld.sock\n",
             tls = tls_lines(m.tls.as_ref()),
+            // Set by `reconfigure`: after the defaults above, so they win.
+            params = super::catalogue_settings(EngineKind::Mariadb, &m.settings)
+                .into_iter()
+                .filter(|(k, _)| *k != "max_connections")
+                .map(|(k, v)| format!("{k} = {v}\n"))
+                .collect::<String>(),
             member = m.member,
             port = m.port,
             server_id = super::server_id(&m.member),
@@ -668,6 +675,25 @@ impl Engine for MariaDb {
             let mut c = connect(at, s).await?;
             let on = if required { "ON" } else { "OFF" };
             c.query_drop(format!("SET GLOBAL require_secure_transport = {on}"))
+                .await
+                .map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_parameter(&self, at: &Target, s: &Secrets, name: &str, value: &str) -> Result<()> {
+        // Both come from the catalogue's check: an identifier of the catalogue and a whole
+        // number (MariaDB's parameters there are all integers).
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            || value.parse::<i64>().is_err()
+        {
+            return Err(Error::Invalid(format!("parameter {name}={value}")));
+        }
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.query_drop(format!("SET GLOBAL {name} = {value}"))
                 .await
                 .map_err(|e| err(at, e))?;
             let _ = c.disconnect().await;

@@ -14,6 +14,7 @@ mod config;
 mod container;
 pub mod decide;
 mod observe;
+mod params;
 mod restore;
 mod role;
 mod shared;
@@ -196,6 +197,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     certs::load(&m, &cfg, &server, &running, memo).await;
     certs::set_live(&m, &cfg, &server, &mut st).await?;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
+    params::apply(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
     Ok(observe::report(
