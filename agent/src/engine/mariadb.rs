@@ -833,6 +833,29 @@ mod tests {
     }
 
     #[test]
+    fn parameters_of_the_catalogue_are_rendered_in_mysqld_and_nothing_else() {
+        let mut m = member(None);
+        m.settings = [
+            ("max_connections", "321"),
+            ("innodb_log_buffer_size", "8388608"),
+            ("wait_timeout", "5; DROP"),
+            ("bogus", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cnf = &MariaDb.render(&m, &Secrets::generate())[0].contents;
+        assert!(cnf.contains("max_connections = 321\n"), "{cnf}");
+        assert_eq!(cnf.matches("max_connections").count(), 1, "{cnf}");
+        assert!(cnf.contains("innodb_log_buffer_size = 8388608\n"), "{cnf}");
+        assert!(
+            !cnf.contains("wait_timeout") && !cnf.contains("bogus"),
+            "{cnf}"
+        );
+        assert!(cnf.find("innodb_log_buffer_size").unwrap() < cnf.find("[client]").unwrap());
+    }
+
+    #[test]
     fn tls_renders_the_certificate_files_and_required_refuses_plain_text() {
         use mofang_common::DbTls;
         let s = Secrets::generate();

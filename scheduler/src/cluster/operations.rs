@@ -1181,3 +1181,146 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{cluster_on, node, spec};
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+    use mofang_common::proto::{HeartbeatRequest, MemberStatus};
+
+    fn beat(c: &Cluster, nodes: &[crate::model::Node]) {
+        for n in nodes {
+            c.heartbeat(HeartbeatRequest {
+                node: n.name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Every member of `name` reported healthy in its role, replicating, at the epoch.
+    fn all_healthy(c: &Cluster, name: &str) {
+        let inst = lock(&c.inner)
+            .instances
+            .get(name)
+            .cloned()
+            .expect("instance");
+        for m in &inst.members {
+            c.heartbeat(HeartbeatRequest {
+                node: m.node.clone(),
+                members: vec![MemberStatus {
+                    member: m.id.clone(),
+                    instance: name.into(),
+                    healthy: true,
+                    role: m.role.to_string(),
+                    epoch: inst.epoch,
+                    replication_ok: true,
+                    container_state: "running".into(),
+                    address: format!("{}:3306", m.node),
+                    cpu: inst.spec.resources.cpu,
+                    memory_bytes: inst.spec.resources.memory << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+
+    /// A scale-up's step stored by a leader that died before it wrote the instance record:
+    /// the next leader, loading both from the store, writes the member asked on the node the
+    /// step names (booked once), waits for it to be seeded, and finishes.
+    #[tokio::test]
+    async fn a_new_leader_resumes_a_scale_whose_step_never_reached_the_record() {
+        let nodes: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| node(n, &[("ssd", 4000)]))
+            .collect();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let c1 = cluster_on(store.clone(), &nodes).await;
+        c1.activate().await.expect("activate");
+        beat(&c1, &nodes);
+        let mut s = spec("db", 500, None);
+        s.replicas = 1;
+        c1.create_instance(s).await.expect("create");
+        all_healthy(&c1, "db");
+        // Refusals change nothing.
+        let scale = |n| OpArgs {
+            replicas: Some(n),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c1.start_operation("db", OpKind::Scale, scale(1), None, "t")
+                .await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            c1.start_operation("db", OpKind::Scale, scale(4), None, "t")
+                .await,
+            Err(Error::Unplaceable(_))
+        ));
+        let op = c1
+            .start_operation("db", OpKind::Scale, scale(2), None, "t")
+            .await
+            .expect("scale");
+        // The leader decides and stores the step, then dies before the record write.
+        let inst = lock(&c1.inner).instances.get("db").cloned().expect("db");
+        let members = members_now(&c1, &lock(&c1.inner), &inst);
+        let Next::AddReplica { member, donor } = ops::next(&op, &members, now_ms()) else {
+            panic!("an add first");
+        };
+        assert_eq!(member, "db-2");
+        assert_eq!(donor.as_deref(), Some("db-1"), "copied from the replica");
+        let (node, disk_class) = c1.place_replica(&lock(&c1.inner), &inst).expect("room");
+        let mut stored = op.clone();
+        stored.steps.push(OpStep {
+            action: StepAction::AddReplica {
+                member: member.clone(),
+                node: node.clone(),
+                disk_class,
+                donor,
+            },
+            state: StepState::Running,
+            started_ms: now_ms(),
+            ended_ms: 0,
+            reason: String::new(),
+        });
+        c1.save_operation(&stored).await.expect("save");
+        c1.deactivate();
+
+        // The next leader.
+        let c2 = cluster_on(store.clone(), &nodes).await;
+        c2.activate().await.expect("activate");
+        beat(&c2, &nodes);
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("step");
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        let added = inst.members.iter().find(|m| m.id == member).expect("added");
+        assert_eq!(added.node, node, "on the node the stored step names");
+        assert_eq!(inst.spec.replicas, 2);
+        assert_eq!(
+            inst.seed_donors.get(&member).map(String::as_str),
+            Some("db-1")
+        );
+        // Asked once: the same step again changes nothing.
+        let rev = inst.revision;
+        c2.step_operation(&op.id).await.expect("step");
+        assert_eq!(
+            lock(&c2.inner).instances.get("db").map(|i| i.revision),
+            Some(rev)
+        );
+        // Seeded and replicating: the step is done, the donor cleared, the operation ends.
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("done");
+        c2.step_operation(&op.id).await.expect("succeed");
+        let end = c2.operation(&op.id).await.expect("op");
+        assert_eq!(end.state, OpState::Succeeded, "{end:?}");
+        assert!(end.done.contains(&member));
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        assert!(inst.seed_donors.is_empty());
+        assert_eq!(
+            lock(&c2.inner).reserved.get(&node).map(|r| r.members),
+            Some(1)
+        );
+    }
+}
