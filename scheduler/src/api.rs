@@ -1026,7 +1026,7 @@ async fn delete_backup_repo(
 pub struct NewOperation {
     /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`),
     /// `switchover` (`member`: the target), `scale` (with `replicas`), `resize` (with `cpu`,
-    /// `memory` or both), `reconfigure` (with `settings`).
+    /// `memory` or both), `reconfigure` (with `settings`), `expand` (with `disk`).
     #[serde(rename = "type")]
     pub kind: crate::ops::OpKind,
     /// The member a `rebuild` is for.
@@ -1049,6 +1049,10 @@ pub struct NewOperation {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<BTreeMap<String, serde_json::Value>>,
+    /// `expand`: disk of each member, MiB (64 ..= 67108864), more than now.
+    #[serde(default)]
+    #[schema(minimum = 64, maximum = 67108864)]
+    pub disk: Option<u64>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
     #[serde(default)]
     pub timeout_s: Option<i64>,
@@ -1092,6 +1096,7 @@ async fn start_operation(
         cpu: req.cpu,
         memory: req.memory,
         settings,
+        disk: req.disk,
     };
     let op = api
         .cluster

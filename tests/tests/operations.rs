@@ -539,12 +539,13 @@ fn step_lines(op: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Scale, resize and reconfigure, one MariaDB instance driven through all three under the
+/// Scale, resize, reconfigure and expand, one MariaDB instance driven through all four under the
 /// Jepsen set writer (issue 17): 1 + 1 scaled to 1 + 2 (the new replica seeded from the
 /// replica, holding every acknowledged row), back to 1 + 1 (the primary unchanged, the newest
 /// replica's container gone), a memory and CPU resize by rolling restart (the new limits in
 /// `docker inspect` and the API), then `max_connections` changed live on every member with no
-/// restart. Bad input answers 4xx naming the field; nothing acknowledged is lost.
+/// restart, then the volumes grown in place. Bad input answers 4xx naming the field; nothing
+/// acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_resize_and_reconfigure_one_instance_under_writes_lose_nothing() -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
@@ -819,6 +820,46 @@ async fn scale_resize_and_reconfigure_one_instance_under_writes_lose_nothing() -
         assert_eq!(n, Some(321), "{}", m["id"]);
     }
     assert_eq!(started_at(&v)?, before, "a live change restarts nothing");
+
+    // Expand: volumes only grow, within the disk's room; in place, no restart.
+    refused(
+        &env,
+        &name,
+        json!({"type": "expand", "disk": 256}),
+        422,
+        "disk",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "expand", "disk": 100_000}),
+        409,
+        "MiB free",
+    )
+    .await?;
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json", "instance", "expand", &name, "--disk", "1024", "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance expand: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step_lines(&op), ["set_disk  done"], "{op}");
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(v["spec"]["resources"]["disk"], 1024, "{v}");
+    for m in v["members"].as_array().context("members")? {
+        assert_eq!(m["volume_bytes"], 1024u64 << 20, "{v}");
+    }
+    assert_eq!(started_at(&v)?, before, "an expand restarts nothing");
 
     // Nothing acknowledged was lost through all of it.
     let outcome = writer.stop().await?;

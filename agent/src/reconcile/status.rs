@@ -53,6 +53,7 @@ pub(super) fn status(
         cpu: c.map_or(0.0, |c| c.cpus),
         memory_bytes: c.map_or(0, |c| u64::try_from(c.memory_bytes).unwrap_or(0)),
         parameters_generation: st.parameters_generation,
+        volume_bytes: 0,
     }
 }
 

@@ -378,6 +378,21 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Grow every member's volume as an operation: reservations and quotas grown in place,
+    /// no restart.
+    Expand {
+        /// Name.
+        name: String,
+        /// Disk of each member, MiB (more than now).
+        #[arg(long)]
+        disk: u64,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Set engine parameters as an operation (`mofang engines` lists them): dynamic ones
     /// live on every member, the others by a rolling restart.
     Reconfigure {
@@ -989,6 +1004,15 @@ async fn run(cli: Cli) -> Result<()> {
                 extra["memory"] = json!(m);
             }
             run_operation_with(&c, &name, "resize", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Instance(InstanceCmd::Expand {
+            name,
+            disk,
+            wait,
+            timeout,
+        }) => {
+            let extra = json!({ "disk": disk });
+            run_operation_with(&c, &name, "expand", extra, wait, timeout, cli.json).await?
         }
         Cmd::Instance(InstanceCmd::Reconfigure {
             name,
@@ -1690,6 +1714,7 @@ fn step_line(st: &Value) -> String {
         ),
         Some("remove_replica") => format!("remove {}", s(&st["member"])),
         Some("set_resources") => format!("set {} cores, {} MiB", s(&st["cpu"]), s(&st["memory"])),
+        Some("set_disk") => format!("grow volumes to {} MiB", s(&st["disk"])),
         Some("set_parameters") => format!("set parameters (generation {})", s(&st["generation"])),
         other => other.unwrap_or("?").to_owned(),
     };

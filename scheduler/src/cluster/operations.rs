@@ -431,6 +431,33 @@ impl Cluster {
                     from_memory = Some(old.memory);
                     inst.members.len()
                 }
+                OpKind::Expand => {
+                    let old = inst.spec.resources;
+                    let disk = args.disk.unwrap_or_default();
+                    if disk <= old.disk {
+                        return Err(Error::Invalid(format!(
+                            "disk: {disk} MiB is not more than the {} MiB each member has (volumes only grow)",
+                            old.disk
+                        )));
+                    }
+                    let views = self.node_views(&inner);
+                    let refusals = ops::expand_refusals(
+                        inst,
+                        &views,
+                        |m| super::books::disk_class_of(&inner.nodes, inst, m),
+                        disk,
+                    );
+                    if !refusals.is_empty() {
+                        return Err(Error::Unplaceable(placement::Error::Unplaceable {
+                            instance: instance.to_owned(),
+                            wanted: inst.members.len(),
+                            fit: inst.members.len().saturating_sub(refusals.len()),
+                            reasons: refusals,
+                        }));
+                    }
+                    resources = Some(Resources { disk, ..old });
+                    inst.members.len()
+                }
                 OpKind::Reconfigure => {
                     let mut checked = BTreeMap::new();
                     for (k, v) in args.settings.as_ref().into_iter().flatten() {
@@ -663,6 +690,15 @@ impl Cluster {
                 };
                 self.begin_step(&mut op, inst, action, now).await
             }
+            Next::SetDisk => {
+                let Some(r) = op.resources else {
+                    return self
+                        .finish(&mut op, OpState::Failed, "an expand names no disk".into())
+                        .await;
+                };
+                let action = StepAction::SetDisk { disk: r.disk };
+                self.begin_step(&mut op, inst, action, now).await
+            }
             Next::SetParameters => {
                 let action = StepAction::SetParameters {
                     generation: inst.parameters_generation + 1,
@@ -715,6 +751,9 @@ impl Cluster {
                         StepAction::SetParameters { generation } => format!(
                             "parameters generation {generation} applied on every member"
                         ),
+                        StepAction::SetDisk { disk } => {
+                            format!("every member's volume is now {disk} MiB")
+                        }
                     };
                     let added = match &step.action {
                         StepAction::AddReplica { member, .. } => Some(member.clone()),
@@ -876,6 +915,14 @@ impl Cluster {
                     format!("resources set to {cpu} cores, {memory} MiB (reservations re-booked)"),
                 )
             }
+            StepAction::SetDisk { disk } => {
+                let from = inst.spec.resources.disk;
+                inst.spec.resources.disk = *disk;
+                (
+                    None,
+                    format!("disk set from {from} to {disk} MiB per member (reservations grown); agents grow the volumes"),
+                )
+            }
             StepAction::SetParameters { generation } => {
                 for (k, v) in op.settings.iter().flatten() {
                     inst.parameters.insert(k.clone(), v.clone());
@@ -1014,6 +1061,7 @@ fn carried(inst: &Instance, action: &StepAction) -> bool {
             inst.spec.resources.cpu == *cpu && inst.spec.resources.memory == *memory
         }
         StepAction::SetParameters { generation } => inst.parameters_generation >= *generation,
+        StepAction::SetDisk { disk } => inst.spec.resources.disk >= *disk,
     }
 }
 
@@ -1050,6 +1098,9 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
     if kind != OpKind::Reconfigure {
         given("settings", a.settings.is_some())?;
     }
+    if kind != OpKind::Expand {
+        given("disk", a.disk.is_some())?;
+    }
     match kind {
         OpKind::Scale => match a.replicas {
             None => Err(Error::Invalid("a scale needs `replicas`".into())),
@@ -1083,6 +1134,13 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
             }
             Ok(())
         }
+        OpKind::Expand => match a.disk {
+            None => Err(Error::Invalid("an expand needs `disk`".into())),
+            Some(d) if !(64..=64 << 20).contains(&d) => Err(Error::Invalid(format!(
+                "disk: {d} MiB must be within 64 MiB .. 64 TiB"
+            ))),
+            Some(_) => Ok(()),
+        },
         OpKind::Reconfigure => match &a.settings {
             Some(s) if !s.is_empty() => Ok(()),
             _ => Err(Error::Invalid("a reconfigure needs `settings`".into())),
@@ -1138,6 +1196,7 @@ pub fn kind_name(kind: OpKind) -> &'static str {
         OpKind::Scale => "scale",
         OpKind::Resize => "resize",
         OpKind::Reconfigure => "reconfigure",
+        OpKind::Expand => "expand",
     }
 }
 
@@ -1177,6 +1236,7 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
                 lag_seconds: status.map_or(-1, |s| s.lag_seconds),
                 position: status.map_or(0, |s| Position::parse(&s.position).total()),
                 params_done: status.map_or(0, |s| s.parameters_generation),
+                volume_mib: status.map_or(0, |s| s.volume_bytes >> 20),
             }
         })
         .collect()

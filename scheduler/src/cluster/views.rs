@@ -37,6 +37,8 @@ pub struct MemberView {
     pub cpu: f64,
     /// Memory limit of its container as its agent reads it from Docker (bytes; 0: unknown).
     pub memory_bytes: u64,
+    /// Its volume's reservation on its node (bytes; 0: unknown); `expand` grows it.
+    pub volume_bytes: u64,
 }
 
 /// An instance as the API shows it.
@@ -221,6 +223,7 @@ impl Cluster {
                         .unwrap_or_default(),
                     cpu: obs.map(|o| o.cpu).unwrap_or(0.0),
                     memory_bytes: obs.map(|o| o.memory_bytes).unwrap_or(0),
+                    volume_bytes: obs.map(|o| o.volume_bytes).unwrap_or(0),
                 }
             })
             .collect();

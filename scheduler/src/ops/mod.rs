@@ -47,6 +47,9 @@ pub enum OpKind {
     /// Engine parameters (`settings`): dynamic ones applied live on every member, then a
     /// rolling restart when one needs a restart.
     Reconfigure,
+    /// Volume expansion to `disk` MiB per member: reservations grown, every agent grows its
+    /// member's volume (ledger and quota) in place, no restart.
+    Expand,
 }
 
 /// Where an operation is.
@@ -147,6 +150,12 @@ pub enum StepAction {
         /// The parameters generation.
         generation: u64,
     },
+    /// The instance's disk set in the record (reservations grown); done when every member
+    /// reports its volume at that size.
+    SetDisk {
+        /// Disk per member, MiB.
+        disk: u64,
+    },
 }
 
 /// One step of an operation.
@@ -237,6 +246,8 @@ pub struct OpArgs {
     pub memory: Option<u64>,
     /// `reconfigure`: parameter values.
     pub settings: Option<std::collections::BTreeMap<String, String>>,
+    /// `expand`: disk per member, MiB.
+    pub disk: Option<u64>,
 }
 
 impl Operation {
@@ -278,6 +289,8 @@ pub struct MemberNow {
     pub position: u128,
     /// The parameters generation it reports applied.
     pub params_done: u64,
+    /// Its volume's reservation as its agent reports it, MiB (0: unknown).
+    pub volume_mib: u64,
 }
 
 impl MemberNow {
@@ -333,6 +346,8 @@ pub enum Next {
     SetResources,
     /// Set the parameters asked in the record (the caller gives the next generation).
     SetParameters,
+    /// Set the disk asked in the record.
+    SetDisk,
     /// Begin stopping the instance (every member).
     Stop,
     /// Begin starting the stopped instance.
@@ -449,6 +464,18 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                     Some(m) => Next::Wait(format!("{} applying the parameters", m.id)),
                 }
             }
+            StepAction::SetDisk { disk } => {
+                match members.iter().find(|m| m.volume_mib < *disk) {
+                    None => Next::StepDone,
+                    Some(m) if overdue => Next::StepFailed(format!(
+                        "{}'s volume is {} MiB, not {disk} MiB, {} s after the expand (its node's disk may lack room: see the member's reason)",
+                        m.id,
+                        m.volume_mib,
+                        STEP_TIMEOUT_MS / 1000
+                    )),
+                    Some(m) => Next::Wait(format!("{}'s volume growing", m.id)),
+                }
+            }
             StepAction::Switchover { from } => {
                 if members.iter().any(|m| m.primary && &m.id != from) {
                     Next::StepDone
@@ -483,6 +510,11 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
         OpKind::Stop => Next::Stop,
         OpKind::Start => Next::Start,
         OpKind::Scale => next_scale(op, members),
+        OpKind::Expand if !op.steps.is_empty() => Next::Succeed,
+        OpKind::Expand => match members.iter().find(|m| !m.whole()) {
+            Some(m) => Next::Wait(format!("{} is not healthy and replicating", m.id)),
+            None => Next::SetDisk,
+        },
         OpKind::Resize => {
             if op.steps.is_empty() {
                 return match members.iter().find(|m| !m.whole()) {
@@ -557,6 +589,41 @@ pub fn resize_refusals(
             out.push(format!(
                 "{} (of {}): memory {free_mib} MiB free, {} MiB asked",
                 m.node, m.id, new.memory
+            ));
+        }
+    }
+    out
+}
+
+/// Why each member's node cannot grow the member's volume to `disk` MiB (empty: every node
+/// can): the free MiB of the member's disk class, counting its current reservation as free.
+pub fn expand_refusals(
+    inst: &crate::model::Instance,
+    views: &[crate::placement::NodeView<'_>],
+    class_of: impl Fn(&crate::model::MemberRecord) -> String,
+    disk: u64,
+) -> Vec<String> {
+    let old = inst.spec.resources.disk;
+    let mut out = Vec::new();
+    for m in &inst.members {
+        let Some(v) = views.iter().find(|v| v.node.name == m.node) else {
+            out.push(format!("{} (of {}): not a known node", m.node, m.id));
+            continue;
+        };
+        let class = class_of(m);
+        let capacity: u64 = v
+            .node
+            .disks
+            .iter()
+            .filter(|d| d.class == class)
+            .fold(0u64, |s, d| s.saturating_add(d.capacity_bytes))
+            >> 20;
+        let reserved = v.reserved_disk_mib.get(&class).copied().unwrap_or(0);
+        let free = (capacity + old).saturating_sub(reserved);
+        if free < disk {
+            out.push(format!(
+                "{} (of {}): disk ({class}) {free} MiB free, {disk} MiB asked",
+                m.node, m.id
             ));
         }
     }
@@ -748,6 +815,7 @@ mod tests {
             lag_seconds: 0,
             position: 100,
             params_done: 0,
+            volume_mib: 512,
         }
     }
 
@@ -793,6 +861,9 @@ mod tests {
             Next::SetParameters => op
                 .steps
                 .push(step(StepAction::SetParameters { generation: 1 })),
+            Next::SetDisk => op.steps.push(step(StepAction::SetDisk {
+                disk: op.resources.expect("resources").disk,
+            })),
             Next::StepDone => {
                 let s = op.steps.last_mut().expect("a step");
                 s.state = StepState::Done;
@@ -1190,6 +1261,13 @@ mod tests {
                     m.params_done = 1;
                 }
             }
+            Next::SetDisk => {
+                seen.push("set disk".into());
+                let disk = op.resources.expect("resources").disk;
+                for m in ms.iter_mut() {
+                    m.volume_mib = disk;
+                }
+            }
             Next::Succeed => {
                 seen.push("succeed".into());
                 return false;
@@ -1389,11 +1467,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn expand_grows_every_volume_in_one_step_without_a_restart() {
+        let mut op = op_of(OpKind::Expand);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: 1024,
+        });
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(walk(&mut op, &mut ms, 256), ["set disk", "succeed"]);
+        // One volume not grown: the step waits, then fails naming it.
+        let mut op = op_of(OpKind::Expand);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: 1024,
+        });
+        apply(&mut op, &Next::SetDisk, 1);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        ms[0].volume_mib = 1024;
+        assert!(matches!(next(&op, &ms, 2), Next::Wait(w) if w.contains("db-1")));
+        assert!(matches!(
+            next(&op, &ms, STEP_TIMEOUT_MS + 2),
+            Next::StepFailed(r) if r.contains("db-1") && r.contains("512 MiB")
+        ));
+    }
+
     /// A new leader loads the stored record and decides from it: every new kind resumes at
     /// the step it was in, from the record alone (nothing kept in memory is needed).
     #[test]
     fn the_new_kinds_resume_from_their_stored_record() {
-        for kind in [OpKind::Scale, OpKind::Resize, OpKind::Reconfigure] {
+        for kind in [
+            OpKind::Scale,
+            OpKind::Resize,
+            OpKind::Reconfigure,
+            OpKind::Expand,
+        ] {
             let mut op = op_of(kind);
             op.replicas = Some(3);
             op.resources = Some(crate::model::Resources {
