@@ -547,7 +547,8 @@ fn step_lines(op: &Value) -> Vec<String> {
 /// restart, then the volumes grown in place. Bad input answers 4xx naming the field; nothing
 /// acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_resize_and_reconfigure_one_instance_under_writes_lose_nothing() -> Result<()> {
+async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_nothing() -> Result<()>
+{
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("sc");
     let inst = env.create_ready(&name, "mariadb", 1).await?;
@@ -873,7 +874,7 @@ async fn scale_resize_and_reconfigure_one_instance_under_writes_lose_nothing() -
     )
     .await?;
     eprintln!(
-        "scale, resize, reconfigure: acknowledged {}, lost {}, longest write outage {:?}",
+        "scale, resize, reconfigure, expand: acknowledged {}, lost {}, longest write outage {:?}",
         outcome.acked.len(),
         outcome.lost(&present).len(),
         outcome.longest_gap
