@@ -400,6 +400,24 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
     assert_eq!(n, Some(100), "rows on the rebuilt replica");
     drop(c);
+    // Seeded from the other replica, not the primary (the step's event names the donor).
+    let other = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["role"] == "replica" && m["id"] != id.as_str())
+        .and_then(|m| m["id"].as_str())
+        .context("the other replica")?
+        .to_owned();
+    let seeded_from =
+        format!("rebuilding {id} (container and volume removed, seeded again from {other})");
+    let events = env.events(&name).await?;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&seeded_from))),
+        "no event {seeded_from:?}"
+    );
 
     // A switchover as an operation, to the rebuilt member.
     let (s, op) = env

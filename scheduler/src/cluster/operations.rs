@@ -756,13 +756,15 @@ impl Cluster {
                         }
                     };
                     let added = match &step.action {
-                        StepAction::AddReplica { member, .. } => Some(member.clone()),
+                        StepAction::AddReplica { member, .. }
+                        | StepAction::Rebuild { member, .. } => Some(member.clone()),
                         _ => None,
                     };
                     self.save_operation(&op).await?;
                     self.step_event(&op, text).await;
                     if let Some(member) = added {
-                        // Seeded: a later rebuild of it copies from the primary as usual.
+                        // Seeded: a later seed of it (a diverged replica rebuilt by its agent)
+                        // copies from the primary as usual.
                         let mut next = inst;
                         if next.seed_donors.remove(&member).is_some() {
                             self.write(next, Vec::new()).await?;
@@ -844,9 +846,26 @@ impl Cluster {
             StepAction::Rebuild { member, generation } => {
                 let node = node_of(member);
                 inst.rebuild_generations.insert(member.clone(), *generation);
+                // Seeded from a healthy replica other than itself when there is one (the
+                // primary serves no copy), in the same write as the generation.
+                let donor = {
+                    let inner = lock(&self.inner);
+                    let others: Vec<MemberNow> = members_now(self, &inner, &inst)
+                        .into_iter()
+                        .filter(|m| &m.id != member)
+                        .collect();
+                    ops::seed_donor(&others).map(|m| m.id.clone())
+                };
+                match &donor {
+                    Some(d) => inst.seed_donors.insert(member.clone(), d.clone()),
+                    None => inst.seed_donors.remove(member),
+                };
                 (
                     node,
-                    format!("rebuilding {member} (container and volume removed, seeded again from the primary)"),
+                    format!(
+                        "rebuilding {member} (container and volume removed, seeded again from {})",
+                        donor.as_deref().unwrap_or("the primary")
+                    ),
                 )
             }
             StepAction::Stop | StepAction::Start => {
