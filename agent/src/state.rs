@@ -125,6 +125,9 @@ pub struct MemberState {
     /// (`ContainerInfo::started_at`): the config files hold the desired mode, which a server
     /// reads only when it starts (decision 95). None: not known yet (taken as the desired).
     pub serving_tls: Option<ServingTls>,
+    /// The parameters generation (`reconfigure`, issue 17) whose dynamic parameters were
+    /// applied live on this member's server.
+    pub parameters_generation: u64,
 }
 
 /// The TLS mode a member's server runs with ([`MemberState::serving_tls`]).

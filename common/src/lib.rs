@@ -7,6 +7,7 @@ pub mod backup;
 pub mod config;
 pub mod ids;
 pub mod labels;
+pub mod params;
 pub mod pitr;
 pub mod position;
 pub mod repo;

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::error;
@@ -1024,12 +1025,35 @@ async fn delete_backup_repo(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperation {
-    /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`).
+    /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`),
+    /// `switchover` (`member`: the target), `scale` (with `replicas`), `resize` (with `cpu`,
+    /// `memory` or both), `reconfigure` (with `settings`), `expand` (with `disk`).
     #[serde(rename = "type")]
     pub kind: crate::ops::OpKind,
     /// The member a `rebuild` is for.
     #[serde(default)]
     pub member: Option<String>,
+    /// `scale`: the replica count wanted (1 ..= 8).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 8)]
+    pub replicas: Option<u32>,
+    /// `resize`: CPU cores of each member (0.1 ..= 64).
+    #[serde(default)]
+    #[schema(minimum = 0.1, maximum = 64)]
+    pub cpu: Option<f64>,
+    /// `resize`: memory of each member, MiB (64 ..= 1048576).
+    #[serde(default)]
+    #[schema(minimum = 64, maximum = 1048576)]
+    pub memory: Option<u64>,
+    /// `reconfigure`: parameter values by name (`GET /v1/engines` lists them); numbers may
+    /// be given as JSON numbers or strings.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<BTreeMap<String, serde_json::Value>>,
+    /// `expand`: disk of each member, MiB (64 ..= 67108864), more than now.
+    #[serde(default)]
+    #[schema(minimum = 64, maximum = 67108864)]
+    pub disk: Option<u64>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
     #[serde(default)]
     pub timeout_s: Option<i64>,
@@ -1046,9 +1070,38 @@ async fn start_operation(
     need(&id, TokenRole::Operator)?;
     let req: NewOperation = parse_body(body)?;
     let timeout_ms = req.timeout_s.map(|s| s.saturating_mul(1000));
+    let settings = match req.settings {
+        None => None,
+        Some(m) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "invalid",
+                            format!("settings.{k}: {other} is not a number or a string"),
+                        ))
+                    }
+                };
+                out.insert(k, v);
+            }
+            Some(out)
+        }
+    };
+    let args = crate::ops::OpArgs {
+        member: req.member,
+        replicas: req.replicas,
+        cpu: req.cpu,
+        memory: req.memory,
+        settings,
+        disk: req.disk,
+    };
     let op = api
         .cluster
-        .start_operation(&name, req.kind, req.member, timeout_ms, &id.name)
+        .start_operation(&name, req.kind, args, timeout_ms, &id.name)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
@@ -1226,6 +1279,89 @@ async fn cancel_batch(
     Ok(Json(api.cluster.cancel_batch(&b).await?))
 }
 
+/// One settable engine parameter (`reconfigure`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EngineParameter {
+    /// The engine's own name.
+    pub name: String,
+    /// `integer` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Integers: the smallest allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    /// Integers: the largest allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+    /// Enums: the allowed words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Unit of an integer, empty if none.
+    pub unit: String,
+    /// True: applied live on every member; false: applied by a rolling restart.
+    pub dynamic: bool,
+    /// One line.
+    pub description: String,
+}
+
+/// An engine this build runs: its versions and settable parameters.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EngineView {
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// Versions, newest first.
+    pub versions: Vec<String>,
+    /// What `reconfigure` may set.
+    pub parameters: Vec<EngineParameter>,
+}
+
+/// The engines, their versions and parameters.
+pub fn engine_views() -> Vec<EngineView> {
+    use mofang_common::params::{catalogue, ParamType};
+    use mofang_common::EngineKind;
+    [EngineKind::Mariadb, EngineKind::Redis]
+        .into_iter()
+        .map(|e| EngineView {
+            engine: e.to_string(),
+            versions: e
+                .supported_versions()
+                .iter()
+                .map(|v| (*v).to_owned())
+                .collect(),
+            parameters: catalogue(e)
+                .iter()
+                .map(|p| {
+                    let (kind, min, max, values) = match p.ty {
+                        ParamType::Int { min, max } => ("integer", Some(min), Some(max), vec![]),
+                        ParamType::Enum(w) => (
+                            "enum",
+                            None,
+                            None,
+                            w.iter().map(|w| (*w).to_owned()).collect(),
+                        ),
+                    };
+                    EngineParameter {
+                        name: p.name.to_owned(),
+                        kind: kind.to_owned(),
+                        min,
+                        max,
+                        values,
+                        unit: p.unit.to_owned(),
+                        dynamic: p.dynamic,
+                        description: p.description.to_owned(),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/v1/engines",
+    responses((status = 200, body = [EngineView])))]
+async fn engines() -> Json<Vec<EngineView>> {
+    Json(engine_views())
+}
+
 // ---- router and OpenAPI ------------------------------------------------------------------
 
 #[derive(OpenApi)]
@@ -1238,7 +1374,7 @@ async fn cancel_batch(
         rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
-        start_batch, get_batch, cancel_batch,
+        start_batch, get_batch, cancel_batch, engines,
         create_backup, list_backups, get_backup, delete_backup, verify_backup
     ),
     components(schemas(
@@ -1248,7 +1384,7 @@ async fn cancel_batch(
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
-        crate::ops::OpState, crate::ops::OpStep, crate::ops::StepState, crate::ops::StepAction,
+        crate::ops::OpState, crate::ops::OpStep, EngineView, EngineParameter, crate::ops::StepState, crate::ops::StepAction,
         NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
     )),
@@ -1472,6 +1608,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel_operation))
+        .route("/v1/engines", get(engines))
         .route("/v1/batches", post(start_batch))
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))

@@ -337,6 +337,17 @@ pub struct Instance {
     /// never failed over, no alert.
     #[serde(default)]
     pub stopped: bool,
+    /// A replica being added by a `scale` (issue 17) and the healthy replica it copies its
+    /// first snapshot from (MariaDB), instead of the primary. Cleared once it replicates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seed_donors: BTreeMap<String, String>,
+    /// Engine parameters set by `reconfigure` (issue 17), checked against
+    /// [`mofang_common::params`]; rendered into every member's config.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+    /// Grows with every change of `parameters`; members report the one they applied.
+    #[serde(default)]
+    pub parameters_generation: u64,
     /// The backup this instance was restored from (its primary's volume is filled from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<Box<Restored>>,
@@ -376,6 +387,9 @@ impl Instance {
             restart_generations: BTreeMap::new(),
             rebuild_generations: BTreeMap::new(),
             stopped: false,
+            seed_donors: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+            parameters_generation: 0,
             restored: None,
             rotation: None,
             backup_slot_ms: 0,

@@ -400,6 +400,24 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
     assert_eq!(n, Some(100), "rows on the rebuilt replica");
     drop(c);
+    // Seeded from the other replica, not the primary (the step's event names the donor).
+    let other = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["role"] == "replica" && m["id"] != id.as_str())
+        .and_then(|m| m["id"].as_str())
+        .context("the other replica")?
+        .to_owned();
+    let seeded_from =
+        format!("rebuilding {id} (container and volume removed, seeded again from {other})");
+    let events = env.events(&name).await?;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&seeded_from))),
+        "no event {seeded_from:?}"
+    );
 
     // A switchover as an operation, to the rebuilt member.
     let (s, op) = env
@@ -489,5 +507,401 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
         .unwrap_or(0);
     // Two start in the same round and each takes seconds: exactly two overlap.
     assert_eq!(most, 2, "{most} at once: {spans:?}");
+    Ok(())
+}
+
+/// Runs the `mofang` CLI with the environment's scheduler and token.
+async fn mofang_cli(env: &Env, args: &[&str]) -> Result<std::process::Output> {
+    Ok(
+        tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+            .args(args)
+            .envs(env.sched.cli_env())
+            .env("MOFANG_TOKEN", &env.token)
+            .output()
+            .await?,
+    )
+}
+
+/// Starts an operation and expects a refusal: the status and a message naming `names`.
+async fn refused(env: &Env, name: &str, body: Value, status: u16, names: &str) -> Result<()> {
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(body.clone()),
+        )
+        .await?;
+    assert_eq!(s.as_u16(), status, "{body} -> {v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(names), "{body} -> {v}");
+    Ok(())
+}
+
+/// The steps of an operation as `action member-or-from state`.
+fn step_lines(op: &Value) -> Vec<String> {
+    op["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["action"].as_str().unwrap_or_default(),
+                s["member"]
+                    .as_str()
+                    .or(s["from"].as_str())
+                    .unwrap_or_default(),
+                s["state"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Scale, resize, reconfigure and expand, one MariaDB instance driven through all four under the
+/// Jepsen set writer (issue 17): 1 + 1 scaled to 1 + 2 (the new replica seeded from the
+/// replica, holding every acknowledged row), back to 1 + 1 (the primary unchanged, the newest
+/// replica's container gone), a memory and CPU resize by rolling restart (the new limits in
+/// `docker inspect` and the API), then `max_connections` changed live on every member with no
+/// restart, then the volumes grown in place. Bad input answers 4xx naming the field; nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_nothing() -> Result<()>
+{
+    let env = Env::start_with(3, FAST).await?;
+    let name = unique_name("sc");
+    let inst = env.create_ready(&name, "mariadb", 1).await?;
+    let pw = env.app_password(&name).await?;
+    let first = Env::primary_member(&inst)?;
+    let primary = first["id"].as_str().context("id")?.to_owned();
+    let replica = inst["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["role"] == "replica")
+        .and_then(|m| m["id"].as_str())
+        .context("replica")?
+        .to_owned();
+    let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    writer.wait_acked(100, Duration::from_secs(60)).await?;
+
+    // Bad input: nothing starts.
+    refused(&env, &name, json!({"type": "scale"}), 422, "replicas").await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "scale", "replicas": 0}),
+        422,
+        "replicas",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "scale", "replicas": 9}),
+        422,
+        "replicas",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "scale", "replicas": 1}),
+        422,
+        "already",
+    )
+    .await?;
+    // 1 + 3 needs four nodes, one member per node: refused with each node's reason.
+    refused(
+        &env,
+        &name,
+        json!({"type": "scale", "replicas": 3}),
+        409,
+        "cannot place",
+    )
+    .await?;
+
+    // Scale up through the CLI.
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "scale",
+            &name,
+            "--replicas",
+            "2",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance scale: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let steps = op["steps"].as_array().context("steps")?;
+    assert_eq!(steps.len(), 1, "{op}");
+    assert_eq!(steps[0]["action"], "add_replica", "{op}");
+    assert_eq!(
+        steps[0]["donor"],
+        replica.as_str(),
+        "seeded from the replica, not the primary: {op}"
+    );
+    let added = steps[0]["member"].as_str().context("member")?.to_owned();
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["replicas"], 2, "{v}");
+    let new = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["id"] == added.as_str())
+        .context("the new member")?
+        .clone();
+    assert_eq!(new["role"], "replica", "{v}");
+    assert_ne!(new["node"], first["node"], "{v}");
+    // It holds every row acknowledged so far (and keeps replicating).
+    let acked_now = writer.acked();
+    writer
+        .wait_acked(acked_now + 50, Duration::from_secs(60))
+        .await?;
+    let addr = new["address"].as_str().context("address")?.to_owned();
+    let primary_addr = Env::primary_member(&v)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    eventually(
+        "the new replica holds what the primary has",
+        Duration::from_secs(60),
+        || async {
+            let at_primary = set_contents("mariadb", &primary_addr, &pw).await?;
+            let at_new = set_contents("mariadb", &addr, &pw).await?;
+            let missing = at_primary.difference(&at_new).count();
+            if at_primary.len() >= 150 && missing == 0 {
+                Ok(())
+            } else {
+                bail!("{missing} of {} rows missing", at_primary.len())
+            }
+        },
+    )
+    .await?;
+
+    // Scale down: the newest of two equal replicas goes; the primary stays.
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "scale", "replicas": 1})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().context("id")?.to_owned();
+    let op = operation_ended(&env, &id, Duration::from_secs(180)).await?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let lines = step_lines(&op);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("remove_replica "), "{lines:?}");
+    assert!(!lines[0].contains(&primary), "never the primary: {lines:?}");
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
+    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    let removed = lines[0].split(' ').nth(1).context("member")?.to_owned();
+    eventually(
+        "the removed member's container is gone",
+        Duration::from_secs(60),
+        || async {
+            match docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&removed)]) {
+                Err(_) => Ok(()),
+                Ok(id) => bail!("{removed} still has container {id}"),
+            }
+        },
+    )
+    .await?;
+
+    // Resize: a size no node holds is refused with the figures; then memory and CPU.
+    refused(&env, &name, json!({"type": "resize"}), 422, "cpu").await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "resize", "cpu": 100}),
+        422,
+        "cpu",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "resize", "memory": 1_000_000}),
+        409,
+        "MiB free",
+    )
+    .await?;
+    let before = started_at(&v)?;
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "resize", "cpu": 0.75, "memory": 512})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().context("id")?.to_owned();
+    let op = operation_ended(&env, &id, Duration::from_secs(300)).await?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let lines = step_lines(&op);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("set_resources"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("restart ") && !lines[1].contains(&primary),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2], format!("switchover {primary} done"), "{lines:?}");
+    assert_eq!(lines[3], format!("restart {primary} done"), "{lines:?}");
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["spec"]["resources"]["memory"], 512, "{v}");
+    let after = started_at(&v)?;
+    for m in v["members"].as_array().context("members")? {
+        let id = m["id"].as_str().context("id")?;
+        let limits = docker_cli(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.CpuQuota}} {{.HostConfig.CpuPeriod}}",
+            &container_of(id),
+        ])?;
+        assert_eq!(limits, format!("{} 75000 100000", 512u64 << 20), "{id}");
+        assert_eq!(m["memory_bytes"], 512u64 << 20, "{v}");
+        assert_eq!(m["cpu"], 0.75, "{v}");
+        assert_ne!(after.get(id), before.get(id), "{id} was not restarted");
+    }
+
+    // Reconfigure: the catalogue, bad input, then max_connections live everywhere.
+    let engines = env.get("/v1/engines").await?;
+    let param = engines
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["engine"] == "mariadb")
+        .flat_map(|e| e["parameters"].as_array().cloned().unwrap_or_default())
+        .find(|p| p["name"] == "max_connections")
+        .context("max_connections in /v1/engines")?;
+    assert_eq!(param["dynamic"], true, "{param}");
+    assert_eq!(param["type"], "integer", "{param}");
+    refused(
+        &env,
+        &name,
+        json!({"type": "reconfigure", "settings": {"max_conections": 300}}),
+        422,
+        "settings.max_conections",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "reconfigure", "settings": {"max_connections": 5}}),
+        422,
+        "10 ..= 10000",
+    )
+    .await?;
+    let before = started_at(&v)?;
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            "max_connections=321",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance reconfigure: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step_lines(&op), ["set_parameters  done"], "{op}");
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(v["parameters"]["max_connections"], "321", "{v}");
+    for m in v["members"].as_array().context("members")? {
+        use mysql_async::prelude::Queryable;
+        let addr = m["address"].as_str().context("address")?;
+        let mut c = mofang_tests::scenario::mysql(addr, &pw).await?;
+        let n: Option<u64> = c.query_first("SELECT @@global.max_connections").await?;
+        assert_eq!(n, Some(321), "{}", m["id"]);
+    }
+    assert_eq!(started_at(&v)?, before, "a live change restarts nothing");
+
+    // Expand: volumes only grow, within the disk's room; in place, no restart.
+    refused(
+        &env,
+        &name,
+        json!({"type": "expand", "disk": 256}),
+        422,
+        "disk",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "expand", "disk": 100_000}),
+        409,
+        "MiB free",
+    )
+    .await?;
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json", "instance", "expand", &name, "--disk", "1024", "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance expand: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step_lines(&op), ["set_disk  done"], "{op}");
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(v["spec"]["resources"]["disk"], 1024, "{v}");
+    for m in v["members"].as_array().context("members")? {
+        assert_eq!(m["volume_bytes"], 1024u64 << 20, "{v}");
+    }
+    assert_eq!(started_at(&v)?, before, "an expand restarts nothing");
+
+    // Nothing acknowledged was lost through all of it.
+    let outcome = writer.stop().await?;
+    let v = env.wait_instance_ready(&name).await?;
+    let present = set_contents(
+        "mariadb",
+        Env::primary_member(&v)?["address"]
+            .as_str()
+            .context("address")?,
+        &pw,
+    )
+    .await?;
+    eprintln!(
+        "scale, resize, reconfigure, expand: acknowledged {}, lost {}, longest write outage {:?}",
+        outcome.acked.len(),
+        outcome.lost(&present).len(),
+        outcome.longest_gap
+    );
+    assert!(
+        outcome.lost(&present).is_empty(),
+        "lost {:?}",
+        outcome.lost(&present)
+    );
+    assert!(outcome.unexpected(&present).is_empty());
     Ok(())
 }

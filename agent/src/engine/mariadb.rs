@@ -277,10 +277,17 @@ impl Engine for MariaDb {
              rpl_semi_sync_slave_enabled = ON\n\
              init_rpl_role = {rpl_role}\n\
              init_file = /etc/mofang/init.sql\n\
+             {params}\
              {tls}\
              [client]\n\
              socket = /run/mysqld/mysqld.sock\n",
             tls = tls_lines(m.tls.as_ref()),
+            // Set by `reconfigure`: after the defaults above, so they win.
+            params = super::catalogue_settings(EngineKind::Mariadb, &m.settings)
+                .into_iter()
+                .filter(|(k, _)| *k != "max_connections")
+                .map(|(k, v)| format!("{k} = {v}\n"))
+                .collect::<String>(),
             member = m.member,
             port = m.port,
             server_id = super::server_id(&m.member),
@@ -676,6 +683,25 @@ impl Engine for MariaDb {
         .await
     }
 
+    async fn set_parameter(&self, at: &Target, s: &Secrets, name: &str, value: &str) -> Result<()> {
+        // Both come from the catalogue's check: an identifier of the catalogue and a whole
+        // number (MariaDB's parameters there are all integers).
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            || value.parse::<i64>().is_err()
+        {
+            return Err(Error::Invalid(format!("parameter {name}={value}")));
+        }
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            c.query_drop(format!("SET GLOBAL {name} = {value}"))
+                .await
+                .map_err(|e| err(at, e))?;
+            let _ = c.disconnect().await;
+            Ok(())
+        })
+        .await
+    }
+
     fn seed_script(&self, primary: &Target, local: &Target) -> Option<String> {
         // A consistent snapshot of the application schemas (InnoDB, one transaction) with
         // the GTID position it is at; restored without binlogging (no errant GTIDs here).
@@ -804,6 +830,29 @@ mod tests {
                 ca_pem: "CA".into(),
             }),
         }
+    }
+
+    #[test]
+    fn parameters_of_the_catalogue_are_rendered_in_mysqld_and_nothing_else() {
+        let mut m = member(None);
+        m.settings = [
+            ("max_connections", "321"),
+            ("innodb_log_buffer_size", "8388608"),
+            ("wait_timeout", "5; DROP"),
+            ("bogus", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cnf = &MariaDb.render(&m, &Secrets::generate())[0].contents;
+        assert!(cnf.contains("max_connections = 321\n"), "{cnf}");
+        assert_eq!(cnf.matches("max_connections").count(), 1, "{cnf}");
+        assert!(cnf.contains("innodb_log_buffer_size = 8388608\n"), "{cnf}");
+        assert!(
+            !cnf.contains("wait_timeout") && !cnf.contains("bogus"),
+            "{cnf}"
+        );
+        assert!(cnf.find("innodb_log_buffer_size").unwrap() < cnf.find("[client]").unwrap());
     }
 
     #[test]

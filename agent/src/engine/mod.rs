@@ -275,6 +275,23 @@ pub struct MemberConfig {
     pub tls: Option<MemberTls>,
 }
 
+/// The parameters of [`mofang_common::params`] in `settings` (`reconfigure`), each checked
+/// against the catalogue (anything else is left out), as `(name, value)`.
+pub fn catalogue_settings(
+    engine: mofang_common::EngineKind,
+    settings: &BTreeMap<String, String>,
+) -> Vec<(&'static str, String)> {
+    mofang_common::params::catalogue(engine)
+        .iter()
+        .filter_map(|p| {
+            let v = settings.get(p.name)?;
+            mofang_common::params::check(engine, p.name, v)
+                .ok()
+                .map(|(p, v)| (p.name, v))
+        })
+        .collect()
+}
+
 /// A config file to mount read-only at `/etc/mofang/<name>`, owned by the server user, 0600.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigFile {
@@ -369,6 +386,18 @@ pub trait Engine: Send + Sync {
         Err(Error::Invalid(
             "this engine cannot change its TLS mode without a restart".into(),
         ))
+    }
+    /// Sets a dynamic server parameter of [`mofang_common::params`] live (MariaDB
+    /// `SET GLOBAL`, Redis `CONFIG SET`). `name` and `value` were checked against the
+    /// catalogue by the caller.
+    async fn set_parameter(
+        &self,
+        _at: &Target,
+        _secrets: &Secrets,
+        _name: &str,
+        _value: &str,
+    ) -> Result<()> {
+        Ok(())
     }
     /// A shell script run inside a new replica's own container that copies a consistent
     /// snapshot from `primary` and sets the replication position to it; None when the

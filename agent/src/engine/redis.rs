@@ -329,6 +329,10 @@ impl Engine for Redis {
             app = acl_passwords(m, s, Account::App),
         );
         conf.push_str(&tls_lines(m));
+        // Set by `reconfigure`: after the defaults above, so they win (the last one counts).
+        for (k, v) in super::catalogue_settings(EngineKind::Redis, &m.settings) {
+            conf.push_str(&format!("{k} {v}\n"));
+        }
         // A replica restarted by the agent comes back as a replica, never as an empty primary.
         if let Some(p) = &m.replica_of {
             conf.push_str(&format!("replicaof {} {}\n", p.host, p.port));
@@ -494,6 +498,15 @@ impl Engine for Redis {
             args.extend(adds.iter().map(String::as_str));
             let _: String = cmd(&mut c, at, &args).await?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn set_parameter(&self, at: &Target, s: &Secrets, name: &str, value: &str) -> Result<()> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let _: String = cmd(&mut c, at, &["CONFIG", "SET", name, value]).await?;
+            Ok(())
         })
         .await
     }

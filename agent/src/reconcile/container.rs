@@ -164,12 +164,43 @@ pub(super) async fn running(
             sh.runtime
                 .stop(&container.id, Duration::from_millis(sh.cfg.stop_grace_ms))
                 .await?;
+            // A resize's memory (and CPU) limits are taken while it is down: the server
+            // starts with the buffers its new config sizes from them.
+            let (cpus, memory) = limits(a);
+            if differs(&container, cpus, memory) {
+                info!(
+                    member,
+                    cpus,
+                    memory_mib = memory >> 20,
+                    "new container limits"
+                );
+                sh.runtime
+                    .update_limits(&container.id, cpus, memory)
+                    .await?;
+            }
             sh.runtime.start(&container.id).await?;
             // Booting again: silence is no failed check until the server has answered.
             memo.answered_in = None;
             memo.ping_failures = 0;
             st.restart_generation = a.restart_generation;
             sh.state.save_member(member, st)?;
+            Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
+        }
+        ContainerState::Running
+            if container.memory_bytes > 0 && (container.cpus - limits(a).0).abs() > 1e-3 =>
+        {
+            // A resize's CPU limit is taken live (no restart); memory waits for the member's
+            // restart step, so the server's buffers follow it.
+            let cpus = limits(a).0;
+            info!(
+                member,
+                cpus,
+                was = container.cpus,
+                "new CPU limit, applied live"
+            );
+            sh.runtime
+                .update_limits(&container.id, cpus, container.memory_bytes)
+                .await?;
             Ok(Step::Next(sh.runtime.inspect(&container.id).await?))
         }
         ContainerState::Running => Ok(Step::Next(container)),
@@ -305,6 +336,22 @@ pub(super) async fn rebuild(sh: &Shared, member: &str, container: &str) -> Resul
     Ok(())
 }
 
+/// The container limits an assignment asks for: CPU cores and memory bytes (unset: one
+/// core; at least 64 MiB).
+fn limits(a: &Assignment) -> (f64, i64) {
+    (
+        if a.cpu > 0.0 { a.cpu } else { 1.0 },
+        i64::try_from(a.memory_bytes)
+            .unwrap_or(i64::MAX)
+            .max(64 << 20),
+    )
+}
+
+/// Whether a container's limits are not the ones asked.
+fn differs(c: &ContainerInfo, cpus: f64, memory: i64) -> bool {
+    (c.cpus - cpus).abs() > 1e-3 || c.memory_bytes != memory
+}
+
 fn container_spec(
     sh: &Shared,
     a: &Assignment,
@@ -349,10 +396,8 @@ fn container_spec(
             NetworkMode::Docker(n) => Network::Named(n.clone()),
         },
         publish: None,
-        cpus: if a.cpu > 0.0 { a.cpu } else { 1.0 },
-        memory_bytes: i64::try_from(a.memory_bytes)
-            .unwrap_or(i64::MAX)
-            .max(64 << 20),
+        cpus: limits(a).0,
+        memory_bytes: limits(a).1,
         pids_limit,
         cap_add: engine.capabilities(),
         user: format!("{0}:{0}", engine.uid()),

@@ -89,9 +89,22 @@ impl ContainerRuntime for FakeRuntime {
                 ips: BTreeMap::new(),
                 published: BTreeMap::new(),
                 started_at: None,
+                cpus: spec.cpus,
+                memory_bytes: spec.memory_bytes,
             },
         );
         Ok(id)
+    }
+
+    async fn update_limits(&self, id: &str, cpus: f64, memory_bytes: i64) -> runtime::Result<()> {
+        self.record(format!("update {id} {cpus} {}", memory_bytes >> 20));
+        let mut cs = lock(&self.containers);
+        let c = cs
+            .get_mut(id)
+            .ok_or_else(|| runtime::Error::NotFound(id.to_owned()))?;
+        c.cpus = cpus;
+        c.memory_bytes = memory_bytes;
+        Ok(())
     }
 
     async fn start(&self, id: &str) -> runtime::Result<()> {

@@ -14,6 +14,7 @@ mod config;
 mod container;
 pub mod decide;
 mod observe;
+mod params;
 mod restore;
 mod role;
 mod shared;
@@ -196,6 +197,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     certs::load(&m, &cfg, &server, &running, memo).await;
     certs::set_live(&m, &cfg, &server, &mut st).await?;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
+    params::apply(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
     Ok(observe::report(
@@ -584,5 +586,49 @@ mod tests {
             !r.db.0.lock().expect("db").paused,
             "the primary takes writes"
         );
+    }
+
+    /// Resize (issue 17): a new CPU limit is applied to the running container at once, with
+    /// no restart; new memory waits for the member's restart and is applied while it is down.
+    /// Both are reported.
+    #[tokio::test]
+    async fn a_new_cpu_limit_goes_live_and_new_memory_waits_for_the_restart() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("primary", 3, "");
+        let s = r.pass(&a).await;
+        assert_eq!((s.cpu, s.memory_bytes), (0.5, 256 << 20), "{s:?}");
+        r.rt.take_calls();
+        a.cpu = 1.0;
+        a.memory_bytes = 512 << 20;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["update c1 1 256"], "CPU only, live");
+        assert_eq!((s.cpu, s.memory_bytes), (1.0, 256 << 20), "{s:?}");
+        r.pass(&a).await;
+        assert!(r.rt.take_calls().is_empty(), "applied once");
+        a.restart_generation = 1;
+        let s = r.pass(&a).await;
+        assert_eq!(
+            r.rt.take_calls(),
+            ["stop c1", "update c1 1 512", "start c1"],
+            "memory while it is down"
+        );
+        assert_eq!((s.cpu, s.memory_bytes), (1.0, 512 << 20), "{s:?}");
+        assert_eq!(s.restart_generation, 1);
+    }
+
+    /// Reconfigure (issue 17): the parameters generation is reported once applied, and only a
+    /// newer one is applied again.
+    #[tokio::test]
+    async fn parameters_are_applied_once_per_generation_and_reported() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("primary", 3, "");
+        assert_eq!(r.pass(&a).await.parameters_generation, 0);
+        a.settings.insert("max_connections".into(), "321".into());
+        a.parameters_generation = 2;
+        assert_eq!(r.pass(&a).await.parameters_generation, 2);
+        let st = r.sh.state.load_member("db-0").expect("state");
+        assert_eq!(st.parameters_generation, 2);
     }
 }

@@ -65,6 +65,7 @@ pub(super) fn report(
     s.lag_seconds = reported_lag(&mut memo.last_lag, repl_ok, obs.lag_seconds);
     s.replication_ok = repl_ok;
     s.volume_used_bytes = usage.0;
+    s.volume_bytes = m.sh.volumes.get(&a.member).map_or(0, |v| v.size_bytes);
     s.rotation = memo.rotated.take().unwrap_or_default();
     let role_ok = match m.role {
         DesiredRole::Primary { fence: true, .. } => st.fenced,

@@ -78,6 +78,15 @@ pub(super) async fn apply(
     Ok(None)
 }
 
+/// The replica a new member copies its first snapshot from (`seed_from`), if the scheduler
+/// named one with a valid address.
+fn seed_donor(a: &Assignment) -> Option<Target> {
+    if a.seed_from.is_empty() {
+        return None;
+    }
+    Target::parse(&a.seed_from).ok()
+}
+
 /// Carries out the role step [`decide::role_step`] chose.
 async fn carry_out(
     sh: &Shared,
@@ -95,8 +104,11 @@ async fn carry_out(
             seed,
         } => {
             if seed {
-                if let Some(script) = engine.seed_script(&primary, at) {
-                    info!(member = %a.member, primary = %primary, "seeding replica from the primary");
+                // A replica added by a scale copies from a healthy replica the scheduler
+                // names (the primary is not loaded); else from the primary.
+                let donor = seed_donor(a).unwrap_or_else(|| primary.clone());
+                if let Some(script) = engine.seed_script(&donor, at) {
+                    info!(member = %a.member, primary = %primary, from = %donor, "seeding replica");
                     let out = sh
                         .runtime
                         .exec(container, &["bash", "-c", &script], None)

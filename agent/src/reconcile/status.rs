@@ -50,6 +50,10 @@ pub(super) fn status(
             .as_ref()
             .map(|t| t.mode.clone())
             .unwrap_or_default(),
+        cpu: c.map_or(0.0, |c| c.cpus),
+        memory_bytes: c.map_or(0, |c| u64::try_from(c.memory_bytes).unwrap_or(0)),
+        parameters_generation: st.parameters_generation,
+        volume_bytes: 0,
     }
 }
 

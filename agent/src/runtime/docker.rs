@@ -231,6 +231,12 @@ fn state_of(s: Option<ContainerStateStatusEnum>) -> ContainerState {
 fn info_of(r: ContainerInspectResponse) -> ContainerInfo {
     let state = r.state.unwrap_or_default();
     let config = r.config.unwrap_or_default();
+    let host = r.host_config.unwrap_or_default();
+    let cpus = match (host.cpu_quota, host.cpu_period, host.nano_cpus) {
+        (Some(q), Some(p), _) if q > 0 && p > 0 => q as f64 / p as f64,
+        (_, _, Some(n)) if n > 0 => n as f64 / 1e9,
+        _ => 0.0,
+    };
     let net = r.network_settings.unwrap_or_default();
     let ips = net
         .networks
@@ -273,6 +279,9 @@ fn info_of(r: ContainerInspectResponse) -> ContainerInfo {
         ips,
         published,
         started_at: state.started_at,
+        // Rounded to thousandths of a core, as asked (0.5, not 0.49999).
+        cpus: (cpus * 1000.0).round() / 1000.0,
+        memory_bytes: host.memory.unwrap_or(0),
     }
 }
 
@@ -435,6 +444,21 @@ impl ContainerRuntime for DockerRuntime {
             self.remove_holder(&holder).await?;
         }
         Ok(())
+    }
+
+    async fn update_limits(&self, id: &str, cpus: f64, memory_bytes: i64) -> Result<()> {
+        let cpu_period = 100_000i64;
+        let body = bollard::models::ContainerUpdateBody {
+            cpu_period: Some(cpu_period),
+            cpu_quota: Some(((cpus * cpu_period as f64) as i64).max(1000)),
+            memory: Some(memory_bytes),
+            memory_swap: Some(memory_bytes),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(|e| map_err(id, e))
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo> {

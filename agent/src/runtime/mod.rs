@@ -126,6 +126,10 @@ pub struct ContainerInfo {
     pub published: BTreeMap<u16, u16>,
     /// When the container last started (RFC 3339), when known.
     pub started_at: Option<String>,
+    /// Its CPU limit in cores (CFS quota over period; 0: none or unknown).
+    pub cpus: f64,
+    /// Its memory limit in bytes (0: none or unknown).
+    pub memory_bytes: i64,
 }
 
 /// Output of a command run inside a container.
@@ -206,6 +210,9 @@ pub trait ContainerRuntime: Send + Sync {
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
     /// Inspects one container.
     async fn inspect(&self, id: &str) -> Result<ContainerInfo>;
+    /// Changes a container's CPU (cores) and memory (bytes, swap none beyond it) limits,
+    /// running or not (`resize`, issue 17): the cgroup takes them at once.
+    async fn update_limits(&self, id: &str, cpus: f64, memory_bytes: i64) -> Result<()>;
     /// Lists containers (running or not) carrying every given `key=value` label (an empty
     /// value matches any value of the key).
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>>;

@@ -87,6 +87,8 @@ enum Cmd {
     /// One operation on every instance a label selector chooses.
     #[command(subcommand)]
     Batch(BatchCmd),
+    /// The engines, their versions and the parameters `instance reconfigure` may set.
+    Engines,
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +338,70 @@ enum InstanceCmd {
         /// The member.
         member: String,
         /// Wait until the operation ends.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Scale to N replicas as an operation: new replicas placed and seeded one at a time
+    /// (MariaDB: copied from a healthy replica), or the most-lagging replicas removed one at
+    /// a time; never the primary.
+    Scale {
+        /// Name.
+        name: String,
+        /// The replica count wanted (1 ..= 8).
+        #[arg(long)]
+        replicas: u32,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Change every member's CPU and/or memory as an operation: reservations re-booked,
+    /// CPU applied live, memory by a rolling restart.
+    Resize {
+        /// Name.
+        name: String,
+        /// CPU cores of each member.
+        #[arg(long)]
+        cpu: Option<f64>,
+        /// Memory of each member, MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Grow every member's volume as an operation: reservations and quotas grown in place,
+    /// no restart.
+    Expand {
+        /// Name.
+        name: String,
+        /// Disk of each member, MiB (more than now).
+        #[arg(long)]
+        disk: u64,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Set engine parameters as an operation (`mofang engines` lists them): dynamic ones
+    /// live on every member, the others by a rolling restart.
+    Reconfigure {
+        /// Name.
+        name: String,
+        /// `name=value`, repeated.
+        #[arg(long = "set", value_parser = parse_setting, required = true)]
+        settings: Vec<(String, String)>,
+        /// Wait until the operation ends, showing its steps.
         #[arg(long)]
         wait: bool,
         /// The operation fails after this many seconds.
@@ -930,6 +996,97 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
         }) => run_operation(&c, &name, "stop", None, wait, timeout, cli.json).await?,
+        Cmd::Instance(InstanceCmd::Scale {
+            name,
+            replicas,
+            wait,
+            timeout,
+        }) => {
+            let extra = json!({ "replicas": replicas });
+            run_operation_with(&c, &name, "scale", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Instance(InstanceCmd::Resize {
+            name,
+            cpu,
+            memory,
+            wait,
+            timeout,
+        }) => {
+            let mut extra = json!({});
+            if let Some(cpu) = cpu {
+                extra["cpu"] = json!(cpu);
+            }
+            if let Some(m) = memory {
+                extra["memory"] = json!(m);
+            }
+            run_operation_with(&c, &name, "resize", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Instance(InstanceCmd::Expand {
+            name,
+            disk,
+            wait,
+            timeout,
+        }) => {
+            let extra = json!({ "disk": disk });
+            run_operation_with(&c, &name, "expand", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Instance(InstanceCmd::Reconfigure {
+            name,
+            settings,
+            wait,
+            timeout,
+        }) => {
+            let map: serde_json::Map<String, Value> = settings
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            let extra = json!({ "settings": map });
+            run_operation_with(&c, &name, "reconfigure", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Engines => {
+            let v = c.get("/v1/engines").await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                for e in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} (versions {})",
+                        s(&e["engine"]),
+                        e["versions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(s)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    for p in e["parameters"].as_array().into_iter().flatten() {
+                        let range = match p["type"].as_str() {
+                            Some("integer") => format!("{} ..= {}", s(&p["min"]), s(&p["max"])),
+                            _ => p["values"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(s)
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        };
+                        println!(
+                            "  {:<24} {:<8} {:<32} {:<8} {}",
+                            s(&p["name"]),
+                            s(&p["type"]),
+                            range,
+                            if p["dynamic"] == true {
+                                "live"
+                            } else {
+                                "restart"
+                            },
+                            s(&p["description"])
+                        );
+                    }
+                }
+            }
+        }
         Cmd::Instance(InstanceCmd::Start {
             name,
             wait,
@@ -1465,10 +1622,38 @@ async fn run_operation(
     timeout: u64,
     json: bool,
 ) -> Result<()> {
+    let extra = match member {
+        Some(m) => json!({ "member": m }),
+        None => json!({}),
+    };
+    run_operation_with(c, name, kind, extra, wait, timeout, json).await
+}
+
+/// `name=value` of `--set`.
+fn parse_setting(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?}: use name=value")),
+    }
+}
+
+/// Starts an operation with the type's own fields in `extra` (an object), and with `wait`
+/// follows it to its end.
+async fn run_operation_with(
+    c: &Client,
+    name: &str,
+    kind: &str,
+    extra: Value,
+    wait: bool,
+    timeout: u64,
+    json: bool,
+) -> Result<()> {
     let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     let mut body = json!({ "type": kind, "timeout_s": timeout });
-    if let Some(m) = member {
-        body["member"] = json!(m);
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
     }
     let v = c
         .post(&format!("/v1/instances/{name}/operations"), body)
@@ -1537,6 +1722,16 @@ fn step_line(st: &Value) -> String {
         Some("stop") => "stop every member".into(),
         Some("start") => "start every member".into(),
         Some("switchover") => format!("switchover from {}", s(&st["from"])),
+        Some("add_replica") => format!(
+            "add {} on {} (seeded from {})",
+            s(&st["member"]),
+            s(&st["node"]),
+            st["donor"].as_str().unwrap_or("the primary")
+        ),
+        Some("remove_replica") => format!("remove {}", s(&st["member"])),
+        Some("set_resources") => format!("set {} cores, {} MiB", s(&st["cpu"]), s(&st["memory"])),
+        Some("set_disk") => format!("grow volumes to {} MiB", s(&st["disk"])),
+        Some("set_parameters") => format!("set parameters (generation {})", s(&st["generation"])),
         other => other.unwrap_or("?").to_owned(),
     };
     let reason = st["reason"].as_str().filter(|r| !r.is_empty());

@@ -74,6 +74,22 @@ fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
     serde_json::to_string(&src).unwrap_or_default()
 }
 
+/// The address of the healthy replica a new replica of a `scale` copies from, or empty (the
+/// primary). Only while the donor is a replica of the record and reported healthy: a donor
+/// that failed leaves the seed to the primary rather than to a dead address.
+fn seed_from(inner: &Inner, i: &crate::model::Instance, member: &str) -> String {
+    let Some(donor) = i.seed_donors.get(member) else {
+        return String::new();
+    };
+    i.members
+        .iter()
+        .find(|d| &d.id == donor && d.role == Role::Replica)
+        .and_then(|d| inner.live.get(&d.node)?.members.get(&d.id))
+        .filter(|s| s.healthy && s.replication_ok && !s.address.is_empty())
+        .map(|s| s.address.clone())
+        .unwrap_or_default()
+}
+
 /// A node's full desired state: one assignment per member placed on it.
 fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
     let mut members = Vec::new();
@@ -118,7 +134,14 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                         ("monitor".into(), c.monitor.clone()),
                         ("app".into(), c.app.clone()),
                     ]),
-                    settings: HashMap::from([("replicas".into(), i.spec.replicas.to_string())]),
+                    settings: i
+                        .parameters
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .chain([("replicas".to_owned(), i.spec.replicas.to_string())])
+                        .collect(),
+                    seed_from: seed_from(inner, i, &m.id),
+                    parameters_generation: i.parameters_generation,
                     fence: m.role == Role::Primary && i.fence_primary,
                     promote_after: if m.role == Role::Primary {
                         i.promote_after.clone()

@@ -4,11 +4,15 @@
 
 use super::{event, lock, Cluster, Error, Inner, Result};
 use crate::model::{now_ms, EventKind, Instance};
+use crate::model::{MemberRecord, Resources};
 use crate::ops::batch::{self, Batch, BatchItem};
 use crate::ops::{
-    self, MemberNow, Next, OpKind, OpState, OpStep, Operation, StepAction, StepState,
+    self, MemberNow, Next, OpArgs, OpKind, OpState, OpStep, Operation, StepAction, StepState,
 };
+use crate::placement::{self, NodeView};
+use mofang_common::position::Position;
 use mofang_common::{ObservedRole, Role};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -90,7 +94,7 @@ impl Cluster {
         max_failures: usize,
         requested_by: &str,
     ) -> Result<Batch> {
-        if matches!(kind, OpKind::Rebuild | OpKind::Switchover) {
+        if !matches!(kind, OpKind::Restart | OpKind::Stop | OpKind::Start) {
             return Err(Error::Invalid(format!(
                 "a batch runs restart, stop or start, not {}",
                 kind_name(kind)
@@ -214,7 +218,13 @@ impl Cluster {
         }
         for name in &plan.start {
             let started = self
-                .start_operation(name, b.kind, None, Some(b.timeout_ms), &b.requested_by)
+                .start_operation(
+                    name,
+                    b.kind,
+                    OpArgs::default(),
+                    Some(b.timeout_ms),
+                    &b.requested_by,
+                )
                 .await;
             if let Some(item) = b.items.iter_mut().find(|i| &i.instance == name) {
                 match started {
@@ -287,11 +297,13 @@ impl Cluster {
         &self,
         instance: &str,
         kind: OpKind,
-        member: Option<String>,
+        args: OpArgs,
         timeout_ms: Option<i64>,
         requested_by: &str,
     ) -> Result<Operation> {
         let now = now_ms();
+        let member = args.member.clone();
+        check_args(kind, &args)?;
         match (&kind, &member) {
             (OpKind::Rebuild, None) => {
                 return Err(Error::Invalid("a rebuild needs `member`".into()))
@@ -361,10 +373,108 @@ impl Cluster {
                 timeout_ms / 1000
             )));
         }
-        let total = lock(&self.inner)
-            .instances
-            .get(instance)
-            .map_or(0, |i| i.members.len());
+        // What the new kinds need beside a whole instance: room on the nodes, known
+        // parameters. Checked before anything is stored: a refusal changes nothing.
+        let (mut replicas, mut resources, mut from_memory) = (None, None, None);
+        let (mut settings, mut restart_needed) = (None, false);
+        let mut total = {
+            let inner = lock(&self.inner);
+            let inst = inner
+                .instances
+                .get(instance)
+                .filter(|i| i.revision > 0)
+                .ok_or_else(|| Error::NotFound(format!("instance {instance}")))?;
+            match kind {
+                OpKind::Scale => {
+                    let want = args.replicas.unwrap_or_default();
+                    let now = inst
+                        .members
+                        .iter()
+                        .filter(|m| m.role == Role::Replica)
+                        .count();
+                    let now = u32::try_from(now).unwrap_or(u32::MAX);
+                    if want == now {
+                        return Err(Error::Invalid(format!(
+                            "replicas: instance {instance} already has {now} replicas"
+                        )));
+                    }
+                    if want > now {
+                        self.check_scale_room(&inner, inst, want - now)?;
+                    }
+                    replicas = Some(want);
+                    want.abs_diff(now) as usize
+                }
+                OpKind::Resize => {
+                    let old = inst.spec.resources;
+                    let new = Resources {
+                        cpu: args.cpu.unwrap_or(old.cpu),
+                        memory: args.memory.unwrap_or(old.memory),
+                        disk: old.disk,
+                    };
+                    if new == old {
+                        return Err(Error::Invalid(format!(
+                            "cpu, memory: instance {instance} already has {} cores and {} MiB",
+                            old.cpu, old.memory
+                        )));
+                    }
+                    let views = self.node_views(&inner);
+                    let refusals = ops::resize_refusals(inst, &views, new);
+                    if !refusals.is_empty() {
+                        return Err(Error::Unplaceable(placement::Error::Unplaceable {
+                            instance: instance.to_owned(),
+                            wanted: inst.members.len(),
+                            fit: inst.members.len().saturating_sub(refusals.len()),
+                            reasons: refusals,
+                        }));
+                    }
+                    resources = Some(new);
+                    from_memory = Some(old.memory);
+                    inst.members.len()
+                }
+                OpKind::Expand => {
+                    let old = inst.spec.resources;
+                    let disk = args.disk.unwrap_or_default();
+                    if disk <= old.disk {
+                        return Err(Error::Invalid(format!(
+                            "disk: {disk} MiB is not more than the {} MiB each member has (volumes only grow)",
+                            old.disk
+                        )));
+                    }
+                    let views = self.node_views(&inner);
+                    let refusals = ops::expand_refusals(
+                        inst,
+                        &views,
+                        |m| super::books::disk_class_of(&inner.nodes, inst, m),
+                        disk,
+                    );
+                    if !refusals.is_empty() {
+                        return Err(Error::Unplaceable(placement::Error::Unplaceable {
+                            instance: instance.to_owned(),
+                            wanted: inst.members.len(),
+                            fit: inst.members.len().saturating_sub(refusals.len()),
+                            reasons: refusals,
+                        }));
+                    }
+                    resources = Some(Resources { disk, ..old });
+                    inst.members.len()
+                }
+                OpKind::Reconfigure => {
+                    let mut checked = BTreeMap::new();
+                    for (k, v) in args.settings.as_ref().into_iter().flatten() {
+                        let (p, v) = mofang_common::params::check(inst.spec.engine, k, v)
+                            .map_err(Error::Invalid)?;
+                        restart_needed |= !p.dynamic && inst.parameters.get(k) != Some(&v);
+                        checked.insert(k.clone(), v);
+                    }
+                    settings = Some(checked);
+                    inst.members.len()
+                }
+                _ => inst.members.len(),
+            }
+        };
+        if kind == OpKind::Reconfigure && !restart_needed {
+            total = 0;
+        }
         let op = Operation {
             id: format!("op-{now}-{:04x}", rand::random::<u16>()),
             instance: instance.to_owned(),
@@ -380,6 +490,11 @@ impl Cluster {
             done: Default::default(),
             total,
             member,
+            replicas,
+            resources,
+            from_memory,
+            settings,
+            restart_needed,
         };
         self.save_operation(&op).await?;
         info!(instance, id = %op.id, kind = kind_name(kind), "operation started");
@@ -528,6 +643,68 @@ impl Cluster {
                 let action = StepAction::Rebuild { member, generation };
                 self.begin_step(&mut op, inst, action, now).await
             }
+            Next::AddReplica { member, donor } => {
+                // Placed now, with the other members' nodes excluded (one member per node);
+                // the step (with its node) is stored before the record books it.
+                let placed = {
+                    let inner = lock(&self.inner);
+                    self.place_replica(&inner, &inst)
+                };
+                match placed {
+                    Ok((node, disk_class)) => {
+                        let action = StepAction::AddReplica {
+                            member,
+                            node,
+                            disk_class,
+                            donor,
+                        };
+                        self.begin_step(&mut op, inst, action, now).await
+                    }
+                    Err(e) => {
+                        self.finish(
+                            &mut op,
+                            OpState::Failed,
+                            format!("no node for a new replica: {e}"),
+                        )
+                        .await
+                    }
+                }
+            }
+            Next::RemoveReplica { member } => {
+                let action = StepAction::RemoveReplica { member };
+                self.begin_step(&mut op, inst, action, now).await
+            }
+            Next::SetResources => {
+                let Some(r) = op.resources else {
+                    return self
+                        .finish(
+                            &mut op,
+                            OpState::Failed,
+                            "a resize names no resources".into(),
+                        )
+                        .await;
+                };
+                let action = StepAction::SetResources {
+                    cpu: r.cpu,
+                    memory: r.memory,
+                };
+                self.begin_step(&mut op, inst, action, now).await
+            }
+            Next::SetDisk => {
+                let Some(r) = op.resources else {
+                    return self
+                        .finish(&mut op, OpState::Failed, "an expand names no disk".into())
+                        .await;
+                };
+                let action = StepAction::SetDisk { disk: r.disk };
+                self.begin_step(&mut op, inst, action, now).await
+            }
+            Next::SetParameters => {
+                let action = StepAction::SetParameters {
+                    generation: inst.parameters_generation + 1,
+                };
+                self.begin_step(&mut op, inst, action, now).await
+            }
             Next::Stop => self.begin_step(&mut op, inst, StepAction::Stop, now).await,
             Next::Start => self.begin_step(&mut op, inst, StepAction::Start, now).await,
             Next::Switchover { from } => {
@@ -557,9 +734,42 @@ impl Cluster {
                         }
                         StepAction::Stop => "every container stopped".into(),
                         StepAction::Start => "every member healthy and replicating".into(),
+                        StepAction::AddReplica { member, donor, .. } => {
+                            op.done.insert(member.clone());
+                            format!(
+                                "{member} added, seeded from {} and replicating",
+                                donor.as_deref().unwrap_or("the primary")
+                            )
+                        }
+                        StepAction::RemoveReplica { member } => {
+                            op.done.insert(member.clone());
+                            format!("{member} removed; its reservation released")
+                        }
+                        StepAction::SetResources { cpu, memory } => format!(
+                            "resources now {cpu} cores, {memory} MiB; every container has the new CPU limit"
+                        ),
+                        StepAction::SetParameters { generation } => format!(
+                            "parameters generation {generation} applied on every member"
+                        ),
+                        StepAction::SetDisk { disk } => {
+                            format!("every member's volume is now {disk} MiB")
+                        }
+                    };
+                    let added = match &step.action {
+                        StepAction::AddReplica { member, .. }
+                        | StepAction::Rebuild { member, .. } => Some(member.clone()),
+                        _ => None,
                     };
                     self.save_operation(&op).await?;
                     self.step_event(&op, text).await;
+                    if let Some(member) = added {
+                        // Seeded: a later seed of it (a diverged replica rebuilt by its agent)
+                        // copies from the primary as usual.
+                        let mut next = inst;
+                        if next.seed_donors.remove(&member).is_some() {
+                            self.write(next, Vec::new()).await?;
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -636,15 +846,119 @@ impl Cluster {
             StepAction::Rebuild { member, generation } => {
                 let node = node_of(member);
                 inst.rebuild_generations.insert(member.clone(), *generation);
+                // Seeded from a healthy replica other than itself when there is one (the
+                // primary serves no copy), in the same write as the generation.
+                let donor = {
+                    let inner = lock(&self.inner);
+                    let others: Vec<MemberNow> = members_now(self, &inner, &inst)
+                        .into_iter()
+                        .filter(|m| &m.id != member)
+                        .collect();
+                    ops::seed_donor(&others).map(|m| m.id.clone())
+                };
+                match &donor {
+                    Some(d) => inst.seed_donors.insert(member.clone(), d.clone()),
+                    None => inst.seed_donors.remove(member),
+                };
                 (
                     node,
-                    format!("rebuilding {member} (container and volume removed, seeded again from the primary)"),
+                    format!(
+                        "rebuilding {member} (container and volume removed, seeded again from {})",
+                        donor.as_deref().unwrap_or("the primary")
+                    ),
                 )
             }
             StepAction::Stop | StepAction::Start => {
                 inst.stopped = matches!(action, StepAction::Stop);
                 let verb = if inst.stopped { "stopping" } else { "starting" };
                 (None, format!("{verb} every member"))
+            }
+            StepAction::AddReplica {
+                member,
+                node,
+                disk_class,
+                donor,
+            } => {
+                inst.members.push(MemberRecord {
+                    id: member.clone(),
+                    node: node.clone(),
+                    role: Role::Replica,
+                    disk_class: disk_class.clone(),
+                });
+                inst.spec.replicas = replica_count(&inst);
+                if let Some(d) = donor {
+                    inst.seed_donors.insert(member.clone(), d.clone());
+                }
+                (
+                    Some(node.clone()),
+                    format!(
+                        "adding replica {member} on {node} (reservation booked), seeded from {}",
+                        donor.as_deref().unwrap_or("the primary")
+                    ),
+                )
+            }
+            StepAction::RemoveReplica { member } => {
+                let node = node_of(member);
+                inst.members.retain(|m| &m.id != member);
+                inst.spec.replicas = replica_count(&inst);
+                inst.restart_generations.remove(member);
+                inst.rebuild_generations.remove(member);
+                inst.seed_donors.remove(member);
+                let stored = self
+                    .write(
+                        inst,
+                        vec![event(
+                            EventKind::OperationStep,
+                            Some(&op.instance),
+                            node.as_deref(),
+                            format!(
+                                "operation {}: removing replica {member} (the most lagging); its container and volume go, its reservation is released",
+                                op.id
+                            ),
+                        )],
+                    )
+                    .await?;
+                // Its node no longer has it in the record: told so, its agent removes it.
+                if let Some(n) = node {
+                    let mut inner = lock(&self.inner);
+                    self.push_nodes(&mut inner, &[n]);
+                }
+                let _ = stored;
+                return Ok(());
+            }
+            StepAction::SetResources { cpu, memory } => {
+                inst.spec.resources.cpu = *cpu;
+                inst.spec.resources.memory = *memory;
+                (
+                    None,
+                    format!("resources set to {cpu} cores, {memory} MiB (reservations re-booked)"),
+                )
+            }
+            StepAction::SetDisk { disk } => {
+                let from = inst.spec.resources.disk;
+                inst.spec.resources.disk = *disk;
+                (
+                    None,
+                    format!("disk set from {from} to {disk} MiB per member (reservations grown); agents grow the volumes"),
+                )
+            }
+            StepAction::SetParameters { generation } => {
+                for (k, v) in op.settings.iter().flatten() {
+                    inst.parameters.insert(k.clone(), v.clone());
+                }
+                inst.parameters_generation = *generation;
+                (
+                    None,
+                    format!(
+                        "parameters set: {}",
+                        op.settings
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
             }
             StepAction::Switchover { .. } => return Ok(()),
         };
@@ -760,6 +1074,133 @@ fn carried(inst: &Instance, action: &StepAction) -> bool {
         StepAction::Stop => inst.stopped,
         StepAction::Start => !inst.stopped,
         StepAction::Switchover { .. } => true,
+        StepAction::AddReplica { member, .. } => inst.members.iter().any(|m| &m.id == member),
+        StepAction::RemoveReplica { member } => inst.members.iter().all(|m| &m.id != member),
+        StepAction::SetResources { cpu, memory } => {
+            inst.spec.resources.cpu == *cpu && inst.spec.resources.memory == *memory
+        }
+        StepAction::SetParameters { generation } => inst.parameters_generation >= *generation,
+        StepAction::SetDisk { disk } => inst.spec.resources.disk >= *disk,
+    }
+}
+
+/// Replicas in the record.
+fn replica_count(inst: &Instance) -> u32 {
+    u32::try_from(
+        inst.members
+            .iter()
+            .filter(|m| m.role == Role::Replica)
+            .count(),
+    )
+    .unwrap_or(u32::MAX)
+}
+
+/// The request's arguments for its type: each type takes its own, and only those.
+fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
+    let given = |name: &str, present: bool| -> Result<()> {
+        if present {
+            Err(Error::Invalid(format!(
+                "`{name}` is not an argument of {}",
+                kind_name(kind)
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    if kind != OpKind::Scale {
+        given("replicas", a.replicas.is_some())?;
+    }
+    if kind != OpKind::Resize {
+        given("cpu", a.cpu.is_some())?;
+        given("memory", a.memory.is_some())?;
+    }
+    if kind != OpKind::Reconfigure {
+        given("settings", a.settings.is_some())?;
+    }
+    if kind != OpKind::Expand {
+        given("disk", a.disk.is_some())?;
+    }
+    match kind {
+        OpKind::Scale => match a.replicas {
+            None => Err(Error::Invalid("a scale needs `replicas`".into())),
+            // A lone MariaDB primary keeps semi-sync on after its replicas go (it would wait
+            // for each commit's acknowledgement until the timeout): an instance keeps one.
+            Some(0) => Err(Error::Invalid(
+                "replicas: 0 is not allowed by scale (at least 1; see docs/operations.md)".into(),
+            )),
+            Some(n) if n > 8 => Err(Error::Invalid(format!(
+                "replicas: {n} is absurd: at most 8"
+            ))),
+            Some(_) => Ok(()),
+        },
+        OpKind::Resize => {
+            if a.cpu.is_none() && a.memory.is_none() {
+                return Err(Error::Invalid(
+                    "a resize needs `cpu`, `memory` or both".into(),
+                ));
+            }
+            if let Some(c) = a.cpu {
+                if !(c.is_finite() && (0.1..=64.0).contains(&c)) {
+                    return Err(Error::Invalid(format!("cpu: {c} must be within 0.1 .. 64")));
+                }
+            }
+            if let Some(m) = a.memory {
+                if !(64..=1 << 20).contains(&m) {
+                    return Err(Error::Invalid(format!(
+                        "memory: {m} MiB must be within 64 MiB .. 1 TiB"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        OpKind::Expand => match a.disk {
+            None => Err(Error::Invalid("an expand needs `disk`".into())),
+            Some(d) if !(64..=64 << 20).contains(&d) => Err(Error::Invalid(format!(
+                "disk: {d} MiB must be within 64 MiB .. 64 TiB"
+            ))),
+            Some(_) => Ok(()),
+        },
+        OpKind::Reconfigure => match &a.settings {
+            Some(s) if !s.is_empty() => Ok(()),
+            _ => Err(Error::Invalid("a reconfigure needs `settings`".into())),
+        },
+        _ => Ok(()),
+    }
+}
+
+impl Cluster {
+    /// A node for one more replica of `inst`: placement over the nodes that have none of its
+    /// members, with the instance's constraints; `Err` says why each node does not fit.
+    fn place_replica(&self, inner: &Inner, inst: &Instance) -> Result<(String, String)> {
+        let used: BTreeSet<&str> = inst.members.iter().map(|m| m.node.as_str()).collect();
+        let views: Vec<NodeView<'_>> = self
+            .node_views(inner)
+            .into_iter()
+            .filter(|v| !used.contains(v.node.name.as_str()))
+            .collect();
+        let mut one = inst.spec.clone();
+        one.replicas = 0;
+        let placed = placement::place(&one, &views)?;
+        placed
+            .members
+            .first()
+            .map(|m| (m.node.clone(), m.disk_class.clone()))
+            .ok_or_else(|| Error::Invalid("placement returned no member".into()))
+    }
+
+    /// Refuses a scale-up by `more` replicas that the nodes without a member of `inst`
+    /// cannot hold (409 with each node's reason).
+    fn check_scale_room(&self, inner: &Inner, inst: &Instance, more: u32) -> Result<()> {
+        let used: BTreeSet<&str> = inst.members.iter().map(|m| m.node.as_str()).collect();
+        let views: Vec<NodeView<'_>> = self
+            .node_views(inner)
+            .into_iter()
+            .filter(|v| !used.contains(v.node.name.as_str()))
+            .collect();
+        let mut some = inst.spec.clone();
+        some.replicas = more - 1;
+        placement::place(&some, &views)?;
+        Ok(())
     }
 }
 
@@ -771,6 +1212,10 @@ pub fn kind_name(kind: OpKind) -> &'static str {
         OpKind::Start => "start",
         OpKind::Rebuild => "rebuild",
         OpKind::Switchover => "switchover",
+        OpKind::Scale => "scale",
+        OpKind::Resize => "resize",
+        OpKind::Reconfigure => "reconfigure",
+        OpKind::Expand => "expand",
     }
 }
 
@@ -805,7 +1250,156 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
                 done: status.map_or(0, |s| s.restart_generation),
                 healthy: status.is_some_and(|s| s.healthy && s.epoch == inst.epoch) && role_ok,
                 replicating: primary || status.is_some_and(|s| s.replication_ok),
+                cpu: status.map_or(0.0, |s| s.cpu),
+                memory_mib: status.map_or(0, |s| s.memory_bytes >> 20),
+                lag_seconds: status.map_or(-1, |s| s.lag_seconds),
+                position: status.map_or(0, |s| Position::parse(&s.position).total()),
+                params_done: status.map_or(0, |s| s.parameters_generation),
+                volume_mib: status.map_or(0, |s| s.volume_bytes >> 20),
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{cluster_on, node, spec};
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Store;
+    use mofang_common::proto::{HeartbeatRequest, MemberStatus};
+
+    fn beat(c: &Cluster, nodes: &[crate::model::Node]) {
+        for n in nodes {
+            c.heartbeat(HeartbeatRequest {
+                node: n.name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Every member of `name` reported healthy in its role, replicating, at the epoch.
+    fn all_healthy(c: &Cluster, name: &str) {
+        let inst = lock(&c.inner)
+            .instances
+            .get(name)
+            .cloned()
+            .expect("instance");
+        for m in &inst.members {
+            c.heartbeat(HeartbeatRequest {
+                node: m.node.clone(),
+                members: vec![MemberStatus {
+                    member: m.id.clone(),
+                    instance: name.into(),
+                    healthy: true,
+                    role: m.role.to_string(),
+                    epoch: inst.epoch,
+                    replication_ok: true,
+                    container_state: "running".into(),
+                    address: format!("{}:3306", m.node),
+                    cpu: inst.spec.resources.cpu,
+                    memory_bytes: inst.spec.resources.memory << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+    }
+
+    /// A scale-up's step stored by a leader that died before it wrote the instance record:
+    /// the next leader, loading both from the store, writes the member asked on the node the
+    /// step names (booked once), waits for it to be seeded, and finishes.
+    #[tokio::test]
+    async fn a_new_leader_resumes_a_scale_whose_step_never_reached_the_record() {
+        let nodes: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| node(n, &[("ssd", 4000)]))
+            .collect();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let c1 = cluster_on(store.clone(), &nodes).await;
+        c1.activate().await.expect("activate");
+        beat(&c1, &nodes);
+        let mut s = spec("db", 500, None);
+        s.replicas = 1;
+        c1.create_instance(s).await.expect("create");
+        all_healthy(&c1, "db");
+        // Refusals change nothing.
+        let scale = |n| OpArgs {
+            replicas: Some(n),
+            ..Default::default()
+        };
+        assert!(matches!(
+            c1.start_operation("db", OpKind::Scale, scale(1), None, "t")
+                .await,
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            c1.start_operation("db", OpKind::Scale, scale(4), None, "t")
+                .await,
+            Err(Error::Unplaceable(_))
+        ));
+        let op = c1
+            .start_operation("db", OpKind::Scale, scale(2), None, "t")
+            .await
+            .expect("scale");
+        // The leader decides and stores the step, then dies before the record write.
+        let inst = lock(&c1.inner).instances.get("db").cloned().expect("db");
+        let members = members_now(&c1, &lock(&c1.inner), &inst);
+        let Next::AddReplica { member, donor } = ops::next(&op, &members, now_ms()) else {
+            panic!("an add first");
+        };
+        assert_eq!(member, "db-2");
+        assert_eq!(donor.as_deref(), Some("db-1"), "copied from the replica");
+        let (node, disk_class) = c1.place_replica(&lock(&c1.inner), &inst).expect("room");
+        let mut stored = op.clone();
+        stored.steps.push(OpStep {
+            action: StepAction::AddReplica {
+                member: member.clone(),
+                node: node.clone(),
+                disk_class,
+                donor,
+            },
+            state: StepState::Running,
+            started_ms: now_ms(),
+            ended_ms: 0,
+            reason: String::new(),
+        });
+        c1.save_operation(&stored).await.expect("save");
+        c1.deactivate();
+
+        // The next leader.
+        let c2 = cluster_on(store.clone(), &nodes).await;
+        c2.activate().await.expect("activate");
+        beat(&c2, &nodes);
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("step");
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        let added = inst.members.iter().find(|m| m.id == member).expect("added");
+        assert_eq!(added.node, node, "on the node the stored step names");
+        assert_eq!(inst.spec.replicas, 2);
+        assert_eq!(
+            inst.seed_donors.get(&member).map(String::as_str),
+            Some("db-1")
+        );
+        // Asked once: the same step again changes nothing.
+        let rev = inst.revision;
+        c2.step_operation(&op.id).await.expect("step");
+        assert_eq!(
+            lock(&c2.inner).instances.get("db").map(|i| i.revision),
+            Some(rev)
+        );
+        // Seeded and replicating: the step is done, the donor cleared, the operation ends.
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("done");
+        c2.step_operation(&op.id).await.expect("succeed");
+        let end = c2.operation(&op.id).await.expect("op");
+        assert_eq!(end.state, OpState::Succeeded, "{end:?}");
+        assert!(end.done.contains(&member));
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        assert!(inst.seed_donors.is_empty());
+        assert_eq!(
+            lock(&c2.inner).reserved.get(&node).map(|r| r.members),
+            Some(1)
+        );
+    }
 }

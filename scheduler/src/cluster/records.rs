@@ -487,8 +487,14 @@ impl Cluster {
         if change == TlsChange::Rolling {
             // The new mode is in every member's config now; each server takes it when it
             // restarts.
-            self.start_operation(name, crate::ops::OpKind::Restart, None, None, by)
-                .await?;
+            self.start_operation(
+                name,
+                crate::ops::OpKind::Restart,
+                Default::default(),
+                None,
+                by,
+            )
+            .await?;
         }
         Ok(written)
     }

@@ -33,6 +33,12 @@ pub struct MemberView {
     /// The member's agent's HTTP address, for load balancer checks
     /// (`/v1/members/{id}/primary`).
     pub check_address: String,
+    /// CPU limit of its container as its agent reads it from Docker (cores; 0: unknown).
+    pub cpu: f64,
+    /// Memory limit of its container as its agent reads it from Docker (bytes; 0: unknown).
+    pub memory_bytes: u64,
+    /// Its volume's reservation on its node (bytes; 0: unknown); `expand` grows it.
+    pub volume_bytes: u64,
 }
 
 /// An instance as the API shows it.
@@ -84,6 +90,9 @@ pub struct InstanceView {
     /// The range of times it can be restored to (`restore.time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pitr_window: Option<super::PitrWindow>,
+    /// Engine parameters set by `reconfigure` (name: value); empty: the defaults.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 /// A restore under way: the primary's volume being filled from the backup.
@@ -212,6 +221,9 @@ impl Cluster {
                         .get(&m.node)
                         .map(|n| n.http_address.clone())
                         .unwrap_or_default(),
+                    cpu: obs.map(|o| o.cpu).unwrap_or(0.0),
+                    memory_bytes: obs.map(|o| o.memory_bytes).unwrap_or(0),
+                    volume_bytes: obs.map(|o| o.volume_bytes).unwrap_or(0),
                 }
             })
             .collect();
@@ -262,6 +274,7 @@ impl Cluster {
             pitr_ready,
             pitr_reason,
             pitr_window,
+            parameters: i.parameters.clone(),
         }
     }
 }

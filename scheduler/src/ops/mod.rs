@@ -37,6 +37,19 @@ pub enum OpKind {
     Rebuild,
     /// The planned switchover, as an operation (to `member`, or the most advanced replica).
     Switchover,
+    /// Horizontal scaling to `replicas`: new replicas placed and seeded one at a time (from a
+    /// healthy replica where the engine allows), or the most-lagging replicas removed one at
+    /// a time; never the primary.
+    Scale,
+    /// Vertical scaling to `resources` (cpu, memory): the record and reservations first,
+    /// CPU applied live, then a rolling restart for memory (the restart's order).
+    Resize,
+    /// Engine parameters (`settings`): dynamic ones applied live on every member, then a
+    /// rolling restart when one needs a restart.
+    Reconfigure,
+    /// Volume expansion to `disk` MiB per member: reservations grown, every agent grows its
+    /// member's volume (ledger and quota) in place, no restart.
+    Expand,
 }
 
 /// Where an operation is.
@@ -78,7 +91,7 @@ pub enum StepState {
 }
 
 /// What a step does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum StepAction {
     /// Restart a member's container (its restart generation raised to `generation`).
@@ -104,10 +117,49 @@ pub enum StepAction {
     Stop,
     /// Mark the instance started: every container starts.
     Start,
+    /// A new replica placed on `node` (its reservation booked), seeded from `donor` (a
+    /// healthy replica) or, with none, from the primary.
+    AddReplica {
+        /// The new member.
+        member: String,
+        /// Its node.
+        node: String,
+        /// The disk class its volume is on.
+        disk_class: String,
+        /// The replica it copies its first snapshot from (MariaDB); none: the primary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        donor: Option<String>,
+    },
+    /// A replica removed: it leaves the record (reservation released); its agent removes the
+    /// container and the volume.
+    RemoveReplica {
+        /// The member.
+        member: String,
+    },
+    /// The instance's resources set in the record (reservations re-booked); done when every
+    /// member's container has the new CPU limit (applied live).
+    SetResources {
+        /// CPU cores.
+        cpu: f64,
+        /// Memory, MiB.
+        memory: u64,
+    },
+    /// The instance's parameters set in the record at `generation`; done when every member
+    /// reports it applied (dynamic ones live, all in its rendered config).
+    SetParameters {
+        /// The parameters generation.
+        generation: u64,
+    },
+    /// The instance's disk set in the record (reservations grown); done when every member
+    /// reports its volume at that size.
+    SetDisk {
+        /// Disk per member, MiB.
+        disk: u64,
+    },
 }
 
 /// One step of an operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OpStep {
     /// What it does.
     #[serde(flatten)]
@@ -163,6 +215,39 @@ pub struct Operation {
     /// The member a `rebuild` is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// `scale`: the replica count asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `resize`: the resources asked (disk unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::model::Resources>,
+    /// `resize`: the memory (MiB) when the operation began; a changed memory needs the
+    /// rolling restart, a CPU change alone does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_memory: Option<u64>,
+    /// `reconfigure`: the parameters asked, checked against the catalogue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<std::collections::BTreeMap<String, String>>,
+    /// `reconfigure`: a parameter asked needs a restart (a rolling restart follows).
+    #[serde(default)]
+    pub restart_needed: bool,
+}
+
+/// What an operation request carries beside its type (each type reads its own).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpArgs {
+    /// `rebuild`, `switchover`: the member.
+    pub member: Option<String>,
+    /// `scale`: the replica count.
+    pub replicas: Option<u32>,
+    /// `resize`: CPU cores.
+    pub cpu: Option<f64>,
+    /// `resize`: memory, MiB.
+    pub memory: Option<u64>,
+    /// `reconfigure`: parameter values.
+    pub settings: Option<std::collections::BTreeMap<String, String>>,
+    /// `expand`: disk per member, MiB.
+    pub disk: Option<u64>,
 }
 
 impl Operation {
@@ -174,7 +259,7 @@ impl Operation {
 
 /// A member as the decision sees it: its desired role, the restart asked of it and the one
 /// its agent reports done, and what it observes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemberNow {
     /// Member id.
     pub id: String,
@@ -194,6 +279,18 @@ pub struct MemberNow {
     pub replicating: bool,
     /// Its container runs.
     pub running: bool,
+    /// CPU limit of its container as reported (0: unknown).
+    pub cpu: f64,
+    /// Memory limit of its container as reported, MiB (0: unknown).
+    pub memory_mib: u64,
+    /// Replication lag in seconds (-1: unknown).
+    pub lag_seconds: i64,
+    /// Its replication position's total progress ([`mofang_common::position::Position::total`]).
+    pub position: u128,
+    /// The parameters generation it reports applied.
+    pub params_done: u64,
+    /// Its volume's reservation as its agent reports it, MiB (0: unknown).
+    pub volume_mib: u64,
 }
 
 impl MemberNow {
@@ -232,6 +329,25 @@ pub enum Next {
         /// The primary now.
         from: String,
     },
+    /// Add the replica `member`, seeded from `donor` (none: the primary). Placed by the
+    /// caller.
+    AddReplica {
+        /// The new member's id.
+        member: String,
+        /// The healthy replica it copies from.
+        donor: Option<String>,
+    },
+    /// Remove the replica `member`.
+    RemoveReplica {
+        /// The member.
+        member: String,
+    },
+    /// Set the resources asked in the record.
+    SetResources,
+    /// Set the parameters asked in the record (the caller gives the next generation).
+    SetParameters,
+    /// Set the disk asked in the record.
+    SetDisk,
     /// Begin stopping the instance (every member).
     Stop,
     /// Begin starting the stopped instance.
@@ -267,7 +383,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
         return match &step.action {
             StepAction::Restart { member, generation } => match find(member) {
                 None => Next::StepFailed(format!("{member} left the instance while restarting")),
-                Some(m) if m.done >= *generation && m.whole() => Next::StepDone,
+                Some(m) if m.done >= *generation && m.whole() && resized(op, m) => Next::StepDone,
                 Some(m) if overdue => Next::StepFailed(format!(
                     "{member} not back within {} s after its restart (restarted: {}, healthy: {}, replicating: {})",
                     STEP_TIMEOUT_MS / 1000,
@@ -307,6 +423,60 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 )),
                 Some(m) => Next::Wait(format!("{} starting", m.id)),
             },
+            StepAction::AddReplica { member, .. } => match find(member) {
+                Some(m) if m.whole() => Next::StepDone,
+                Some(m) if overdue => Next::StepFailed(format!(
+                    "{member} not seeded and replicating within {} s of its placement (running: {}, healthy: {}, replicating: {})",
+                    STEP_TIMEOUT_MS / 1000,
+                    m.running,
+                    m.healthy,
+                    m.replicating
+                )),
+                Some(_) => Next::Wait(format!("{member} being seeded")),
+                // Not in the record yet: the caller writes it (asked again after a leader
+                // change), then it appears.
+                None => Next::Wait(format!("{member} being placed")),
+            },
+            StepAction::RemoveReplica { member } => match find(member) {
+                None => Next::StepDone,
+                Some(_) => Next::Wait(format!("{member} leaving the instance")),
+            },
+            StepAction::SetResources { cpu, .. } => {
+                // Docker keeps a CFS quota: compared to a thousandth of a core, as the agent reports it.
+                match members.iter().find(|m| (m.cpu - cpu).abs() > 1e-3) {
+                    None => Next::StepDone,
+                    Some(m) if overdue => Next::StepFailed(format!(
+                        "{}'s container has {} cores, not {cpu}, {} s after the resize",
+                        m.id,
+                        m.cpu,
+                        STEP_TIMEOUT_MS / 1000
+                    )),
+                    Some(m) => Next::Wait(format!("{} taking its new CPU limit", m.id)),
+                }
+            }
+            StepAction::SetParameters { generation } => {
+                match members.iter().find(|m| m.params_done < *generation) {
+                    None => Next::StepDone,
+                    Some(m) if overdue => Next::StepFailed(format!(
+                        "{} has not applied the parameters {} s after the reconfigure",
+                        m.id,
+                        STEP_TIMEOUT_MS / 1000
+                    )),
+                    Some(m) => Next::Wait(format!("{} applying the parameters", m.id)),
+                }
+            }
+            StepAction::SetDisk { disk } => {
+                match members.iter().find(|m| m.volume_mib < *disk) {
+                    None => Next::StepDone,
+                    Some(m) if overdue => Next::StepFailed(format!(
+                        "{}'s volume is {} MiB, not {disk} MiB, {} s after the expand (its node's disk may lack room: see the member's reason)",
+                        m.id,
+                        m.volume_mib,
+                        STEP_TIMEOUT_MS / 1000
+                    )),
+                    Some(m) => Next::Wait(format!("{}'s volume growing", m.id)),
+                }
+            }
             StepAction::Switchover { from } => {
                 if members.iter().any(|m| m.primary && &m.id != from) {
                     Next::StepDone
@@ -340,6 +510,196 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
         OpKind::Stop | OpKind::Start if !op.steps.is_empty() => Next::Succeed,
         OpKind::Stop => Next::Stop,
         OpKind::Start => Next::Start,
+        OpKind::Scale => next_scale(op, members),
+        OpKind::Expand if !op.steps.is_empty() => Next::Succeed,
+        OpKind::Expand => match members.iter().find(|m| !m.whole()) {
+            Some(m) => Next::Wait(format!("{} is not healthy and replicating", m.id)),
+            None => Next::SetDisk,
+        },
+        OpKind::Resize => {
+            if op.steps.is_empty() {
+                return match members.iter().find(|m| !m.whole()) {
+                    Some(m) => Next::Wait(format!("{} is not healthy and replicating", m.id)),
+                    None => Next::SetResources,
+                };
+            }
+            // CPU went live with the record; memory needs each server restarted (its
+            // buffers are sized from it), in the rolling restart's order.
+            let memory_changed = match (op.from_memory, op.resources) {
+                (Some(from), Some(to)) => from != to.memory,
+                _ => false,
+            };
+            if memory_changed {
+                next_restart(op, members)
+            } else {
+                Next::Succeed
+            }
+        }
+        OpKind::Reconfigure => {
+            if op.steps.is_empty() {
+                return match members.iter().find(|m| !m.whole()) {
+                    Some(m) => Next::Wait(format!("{} is not healthy and replicating", m.id)),
+                    None => Next::SetParameters,
+                };
+            }
+            if op.restart_needed {
+                next_restart(op, members)
+            } else {
+                Next::Succeed
+            }
+        }
+    }
+}
+
+/// A restart step of a `resize` is done only once the member's container has the new memory
+/// limit (other operations: always).
+fn resized(op: &Operation, m: &MemberNow) -> bool {
+    match (op.kind, op.resources) {
+        (OpKind::Resize, Some(r)) => m.memory_mib == r.memory,
+        _ => true,
+    }
+}
+
+/// Why each member's node cannot take `inst` resized to `new` (empty: every node can): the
+/// node's free CPU and memory, counting the member's own current reservation as free.
+pub fn resize_refusals(
+    inst: &crate::model::Instance,
+    views: &[crate::placement::NodeView<'_>],
+    new: crate::model::Resources,
+) -> Vec<String> {
+    let old = inst.spec.resources;
+    let mut out = Vec::new();
+    for m in &inst.members {
+        let Some(v) = views.iter().find(|v| v.node.name == m.node) else {
+            out.push(format!("{} (of {}): not a known node", m.node, m.id));
+            continue;
+        };
+        let free_cpu = (v.node.cpu - v.reserved_cpu + old.cpu).max(0.0);
+        if free_cpu + 1e-9 < new.cpu {
+            out.push(format!(
+                "{} (of {}): cpu {} free, {} asked",
+                m.node,
+                m.id,
+                (free_cpu * 1000.0).round() / 1000.0,
+                new.cpu
+            ));
+        }
+        let free_mib =
+            ((v.node.memory_bytes >> 20) + old.memory).saturating_sub(v.reserved_memory_mib);
+        if free_mib < new.memory {
+            out.push(format!(
+                "{} (of {}): memory {free_mib} MiB free, {} MiB asked",
+                m.node, m.id, new.memory
+            ));
+        }
+    }
+    out
+}
+
+/// Why each member's node cannot grow the member's volume to `disk` MiB (empty: every node
+/// can): the free MiB of the member's disk class, counting its current reservation as free.
+pub fn expand_refusals(
+    inst: &crate::model::Instance,
+    views: &[crate::placement::NodeView<'_>],
+    class_of: impl Fn(&crate::model::MemberRecord) -> String,
+    disk: u64,
+) -> Vec<String> {
+    let old = inst.spec.resources.disk;
+    let mut out = Vec::new();
+    for m in &inst.members {
+        let Some(v) = views.iter().find(|v| v.node.name == m.node) else {
+            out.push(format!("{} (of {}): not a known node", m.node, m.id));
+            continue;
+        };
+        let class = class_of(m);
+        let capacity: u64 = v
+            .node
+            .disks
+            .iter()
+            .filter(|d| d.class == class)
+            .fold(0u64, |s, d| s.saturating_add(d.capacity_bytes))
+            >> 20;
+        let reserved = v.reserved_disk_mib.get(&class).copied().unwrap_or(0);
+        let free = (capacity + old).saturating_sub(reserved);
+        if free < disk {
+            out.push(format!(
+                "{} (of {}): disk ({class}) {free} MiB free, {disk} MiB asked",
+                m.node, m.id
+            ));
+        }
+    }
+    out
+}
+
+/// The id of a new member: `<instance>-<ordinal>`, the ordinal one past the highest in use.
+pub fn new_member_id(instance: &str, members: &[MemberNow]) -> String {
+    let ordinal = members
+        .iter()
+        .filter_map(|m| m.id.rsplit_once('-')?.1.parse::<u32>().ok())
+        .max()
+        .map_or(0, |n| n + 1);
+    format!("{instance}-{ordinal}")
+}
+
+/// The replica to remove first: one not whole, else the most lagging (largest lag, then the
+/// least advanced position), ties to the newest (highest ordinal). Never the primary.
+pub fn most_lagging(members: &[MemberNow]) -> Option<&MemberNow> {
+    let ordinal = |m: &MemberNow| {
+        m.id.rsplit_once('-')
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    members.iter().filter(|m| !m.primary).max_by(|a, b| {
+        (!a.whole())
+            .cmp(&!b.whole())
+            .then(a.lag_seconds.cmp(&b.lag_seconds))
+            .then(b.position.cmp(&a.position))
+            .then(ordinal(a).cmp(&ordinal(b)))
+    })
+}
+
+/// The replica a new one copies from: the most advanced whole replica; none (the primary)
+/// when there is no whole replica.
+pub fn seed_donor(members: &[MemberNow]) -> Option<&MemberNow> {
+    members
+        .iter()
+        .filter(|m| !m.primary && m.whole())
+        .max_by(|a, b| {
+            b.lag_seconds
+                .max(0)
+                .cmp(&a.lag_seconds.max(0))
+                .then(a.position.cmp(&b.position))
+        })
+}
+
+/// The scale's next step (no step under way, not cancelled): one replica added or removed at
+/// a time, each on a whole instance.
+fn next_scale(op: &Operation, members: &[MemberNow]) -> Next {
+    let Some(target) = op.replicas else {
+        return Next::Fail("a scale names no replica count".into());
+    };
+    if let Some(m) = members.iter().find(|m| !m.whole()) {
+        return Next::Wait(format!(
+            "{} is not healthy and replicating: every member must be before the next step",
+            m.id
+        ));
+    }
+    let now = members.iter().filter(|m| !m.primary).count();
+    let target = target as usize;
+    if now < target {
+        Next::AddReplica {
+            member: new_member_id(&op.instance, members),
+            donor: seed_donor(members).map(|m| m.id.clone()),
+        }
+    } else if now > target {
+        match most_lagging(members) {
+            Some(m) => Next::RemoveReplica {
+                member: m.id.clone(),
+            },
+            None => Next::Fail("no replica to remove".into()),
+        }
+    } else {
+        Next::Succeed
     }
 }
 
@@ -432,6 +792,11 @@ mod tests {
             done: BTreeSet::new(),
             total: 3,
             member: None,
+            replicas: None,
+            resources: None,
+            from_memory: None,
+            settings: None,
+            restart_needed: false,
         }
     }
 
@@ -446,6 +811,12 @@ mod tests {
             running: true,
             rebuild_asked: 0,
             rebuild_done: 0,
+            cpu: 1.0,
+            memory_mib: 256,
+            lag_seconds: 0,
+            position: 100,
+            params_done: 0,
+            volume_mib: 512,
         }
     }
 
@@ -472,11 +843,35 @@ mod tests {
             })),
             Next::Stop => op.steps.push(step(StepAction::Stop)),
             Next::Start => op.steps.push(step(StepAction::Start)),
+            Next::AddReplica { member, donor } => op.steps.push(step(StepAction::AddReplica {
+                member: member.clone(),
+                node: "n".into(),
+                disk_class: "ssd".into(),
+                donor: donor.clone(),
+            })),
+            Next::RemoveReplica { member } => op.steps.push(step(StepAction::RemoveReplica {
+                member: member.clone(),
+            })),
+            Next::SetResources => {
+                let r = op.resources.expect("resources");
+                op.steps.push(step(StepAction::SetResources {
+                    cpu: r.cpu,
+                    memory: r.memory,
+                }))
+            }
+            Next::SetParameters => op
+                .steps
+                .push(step(StepAction::SetParameters { generation: 1 })),
+            Next::SetDisk => op.steps.push(step(StepAction::SetDisk {
+                disk: op.resources.expect("resources").disk,
+            })),
             Next::StepDone => {
                 let s = op.steps.last_mut().expect("a step");
                 s.state = StepState::Done;
-                if let StepAction::Restart { member, .. } | StepAction::Rebuild { member, .. } =
-                    &s.action
+                if let StepAction::Restart { member, .. }
+                | StepAction::Rebuild { member, .. }
+                | StepAction::AddReplica { member, .. }
+                | StepAction::RemoveReplica { member } = &s.action
                 {
                     op.done.insert(member.clone());
                 }
@@ -799,6 +1194,425 @@ mod tests {
         let mut o = op();
         o.kind = kind;
         o
+    }
+
+    /// Drives `op` to its end on `ms`, the way the agents would answer: restarts carried out
+    /// (with `mem` as the new memory), replicas added whole, removed ones gone, CPU and
+    /// parameters applied. Returns the steps taken.
+    fn walk(op: &mut Operation, ms: &mut Vec<MemberNow>, mem: u64) -> Vec<String> {
+        let mut seen = Vec::new();
+        for now in 1..100 {
+            let n = next(op, ms, now);
+            if !answer(op, ms, &n, mem, &mut seen) {
+                break;
+            }
+            apply(op, &n, now);
+        }
+        seen
+    }
+
+    /// What the agents (and the switchover) do for decision `n`; false once it succeeded.
+    fn answer(
+        op: &Operation,
+        ms: &mut Vec<MemberNow>,
+        n: &Next,
+        mem: u64,
+        seen: &mut Vec<String>,
+    ) -> bool {
+        match n {
+            Next::Restart { member, generation } => {
+                seen.push(format!("restart {member}"));
+                let m = ms.iter_mut().find(|m| &m.id == member).expect("member");
+                m.asked = *generation;
+                m.done = *generation;
+                m.memory_mib = mem;
+            }
+            Next::Switchover { from } => {
+                seen.push(format!("switchover from {from}"));
+                let to = ms
+                    .iter()
+                    .find(|m| !m.primary)
+                    .map(|m| m.id.clone())
+                    .expect("a replica");
+                for m in ms.iter_mut() {
+                    m.primary = m.id == to;
+                }
+            }
+            Next::AddReplica { member, donor } => {
+                seen.push(format!(
+                    "add {member} from {}",
+                    donor.as_deref().unwrap_or("the primary")
+                ));
+                ms.push(self::m(member, false, 0, 0));
+            }
+            Next::RemoveReplica { member } => {
+                seen.push(format!("remove {member}"));
+                ms.retain(|m| &m.id != member);
+            }
+            Next::SetResources => {
+                seen.push("set resources".into());
+                let cpu = op.resources.expect("resources").cpu;
+                for m in ms.iter_mut() {
+                    m.cpu = cpu;
+                }
+            }
+            Next::SetParameters => {
+                seen.push("set parameters".into());
+                for m in ms.iter_mut() {
+                    m.params_done = 1;
+                }
+            }
+            Next::SetDisk => {
+                seen.push("set disk".into());
+                let disk = op.resources.expect("resources").disk;
+                for m in ms.iter_mut() {
+                    m.volume_mib = disk;
+                }
+            }
+            Next::Succeed => {
+                seen.push("succeed".into());
+                return false;
+            }
+            Next::StepDone => {}
+            other => panic!("unexpected {other:?} after {seen:?}"),
+        }
+        true
+    }
+
+    #[test]
+    fn scale_up_adds_replicas_one_at_a_time_seeded_from_a_replica() {
+        let mut op = op_of(OpKind::Scale);
+        op.replicas = Some(3);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        let seen = walk(&mut op, &mut ms, 256);
+        assert_eq!(
+            seen,
+            ["add db-2 from db-1", "add db-3 from db-2", "succeed"],
+            "the primary is never the donor while a replica is whole"
+        );
+        // A lone primary: the new replica copies from it (nothing else holds the data).
+        let mut op = op_of(OpKind::Scale);
+        op.replicas = Some(1);
+        let mut ms = vec![m("db-0", true, 0, 0)];
+        assert_eq!(
+            walk(&mut op, &mut ms, 256),
+            ["add db-1 from the primary", "succeed"]
+        );
+    }
+
+    #[test]
+    fn an_added_replica_is_done_only_once_seeded_and_replicating() {
+        let mut op = op_of(OpKind::Scale);
+        op.replicas = Some(2);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        let n = next(&op, &ms, 1);
+        apply(&mut op, &n, 1);
+        assert!(matches!(next(&op, &ms, 2), Next::Wait(w) if w.contains("placed")));
+        let mut new = m("db-2", false, 0, 0);
+        new.healthy = false;
+        new.replicating = false;
+        ms.push(new);
+        assert!(matches!(next(&op, &ms, 3), Next::Wait(w) if w.contains("seeded")));
+        match next(&op, &ms, STEP_TIMEOUT_MS + 5) {
+            Next::StepFailed(r) => assert!(r.contains("db-2") && r.contains("healthy: false")),
+            other => panic!("{other:?}"),
+        }
+        ms[2].healthy = true;
+        ms[2].replicating = true;
+        assert_eq!(next(&op, &ms, 4), Next::StepDone);
+    }
+
+    #[test]
+    fn scale_down_removes_the_most_lagging_replica_first_never_the_primary() {
+        let mut op = op_of(OpKind::Scale);
+        op.replicas = Some(1);
+        let mut ms = vec![
+            m("db-0", true, 0, 0),
+            m("db-1", false, 0, 0),
+            m("db-2", false, 0, 0),
+            m("db-3", false, 0, 0),
+        ];
+        ms[1].lag_seconds = 4;
+        ms[3].position = 90;
+        let seen = walk(&mut op, &mut ms, 256);
+        assert_eq!(seen, ["remove db-1", "remove db-3", "succeed"]);
+        assert_eq!(
+            ms.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["db-0", "db-2"]
+        );
+        // Equal replicas: the newest goes first.
+        let ms = vec![
+            m("db-0", true, 0, 0),
+            m("db-1", false, 0, 0),
+            m("db-2", false, 0, 0),
+        ];
+        assert_eq!(most_lagging(&ms).map(|m| m.id.as_str()), Some("db-2"));
+        // The primary is never a candidate, even lagging.
+        let mut lone = vec![m("db-0", true, 0, 0)];
+        lone[0].lag_seconds = 99;
+        assert_eq!(most_lagging(&lone), None);
+        // A failover mid-scale: the new primary is kept, the old one (now a replica) may go.
+        let mut op = op_of(OpKind::Scale);
+        op.replicas = Some(1);
+        let ms = vec![
+            m("db-0", false, 0, 0),
+            m("db-1", true, 0, 0),
+            m("db-2", false, 0, 0),
+        ];
+        assert!(matches!(next(&op, &ms, 1), Next::RemoveReplica { member } if member != "db-1"));
+    }
+
+    #[test]
+    fn resize_sets_the_record_then_restarts_in_the_rolling_order_for_memory_only() {
+        let mut op = op_of(OpKind::Resize);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 512,
+            disk: 512,
+        });
+        op.from_memory = Some(256);
+        let mut ms = vec![
+            m("db-0", true, 0, 0),
+            m("db-1", false, 0, 0),
+            m("db-2", false, 0, 0),
+        ];
+        assert_eq!(
+            walk(&mut op, &mut ms, 512),
+            [
+                "set resources",
+                "restart db-1",
+                "restart db-2",
+                "switchover from db-0",
+                "restart db-0",
+                "succeed"
+            ]
+        );
+        assert!(ms.iter().all(|m| m.memory_mib == 512 && m.cpu == 0.5));
+        // CPU alone: live, no restart.
+        let mut op = op_of(OpKind::Resize);
+        op.resources = Some(crate::model::Resources {
+            cpu: 2.0,
+            memory: 256,
+            disk: 512,
+        });
+        op.from_memory = Some(256);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(walk(&mut op, &mut ms, 256), ["set resources", "succeed"]);
+    }
+
+    #[test]
+    fn a_resize_restart_is_done_only_with_the_new_memory_and_cpu_waits_for_every_member() {
+        let mut op = op_of(OpKind::Resize);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 512,
+            disk: 512,
+        });
+        op.from_memory = Some(256);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        apply(&mut op, &Next::SetResources, 1);
+        ms[0].cpu = 0.5;
+        assert!(matches!(next(&op, &ms, 2), Next::Wait(w) if w.contains("db-1")));
+        // Reported to a thousandth of a core (a CFS quota).
+        ms[1].cpu = 0.5004;
+        assert_eq!(next(&op, &ms, 3), Next::StepDone);
+        apply(&mut op, &Next::StepDone, 3);
+        let n = next(&op, &ms, 4);
+        assert_eq!(
+            n,
+            Next::Restart {
+                member: "db-1".into(),
+                generation: 1
+            }
+        );
+        apply(&mut op, &n, 4);
+        ms[1].asked = 1;
+        ms[1].done = 1;
+        assert!(
+            matches!(next(&op, &ms, 5), Next::Wait(_)),
+            "restarted, old memory"
+        );
+        ms[1].memory_mib = 512;
+        assert_eq!(next(&op, &ms, 6), Next::StepDone);
+    }
+
+    #[test]
+    fn reconfigure_applies_live_and_restarts_only_when_a_parameter_needs_it() {
+        let mut op = op_of(OpKind::Reconfigure);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(
+            walk(&mut op, &mut ms, 256),
+            ["set parameters", "succeed"],
+            "dynamic only: no restart"
+        );
+        let mut op = op_of(OpKind::Reconfigure);
+        op.restart_needed = true;
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(
+            walk(&mut op, &mut ms, 256),
+            [
+                "set parameters",
+                "restart db-1",
+                "switchover from db-0",
+                "restart db-0",
+                "succeed"
+            ]
+        );
+        // Not applied by every member: the step waits, then fails naming it.
+        let mut op = op_of(OpKind::Reconfigure);
+        apply(&mut op, &Next::SetParameters, 1);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        ms[0].params_done = 1;
+        assert!(matches!(next(&op, &ms, 2), Next::Wait(w) if w.contains("db-1")));
+        assert!(
+            matches!(next(&op, &ms, STEP_TIMEOUT_MS + 2), Next::StepFailed(r) if r.contains("db-1"))
+        );
+    }
+
+    #[test]
+    fn expand_grows_every_volume_in_one_step_without_a_restart() {
+        let mut op = op_of(OpKind::Expand);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: 1024,
+        });
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        assert_eq!(walk(&mut op, &mut ms, 256), ["set disk", "succeed"]);
+        // One volume not grown: the step waits, then fails naming it.
+        let mut op = op_of(OpKind::Expand);
+        op.resources = Some(crate::model::Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: 1024,
+        });
+        apply(&mut op, &Next::SetDisk, 1);
+        let mut ms = vec![m("db-0", true, 0, 0), m("db-1", false, 0, 0)];
+        ms[0].volume_mib = 1024;
+        assert!(matches!(next(&op, &ms, 2), Next::Wait(w) if w.contains("db-1")));
+        assert!(matches!(
+            next(&op, &ms, STEP_TIMEOUT_MS + 2),
+            Next::StepFailed(r) if r.contains("db-1") && r.contains("512 MiB")
+        ));
+    }
+
+    /// A new leader loads the stored record and decides from it: every new kind resumes at
+    /// the step it was in, from the record alone (nothing kept in memory is needed).
+    #[test]
+    fn the_new_kinds_resume_from_their_stored_record() {
+        for kind in [
+            OpKind::Scale,
+            OpKind::Resize,
+            OpKind::Reconfigure,
+            OpKind::Expand,
+        ] {
+            let mut op = op_of(kind);
+            op.replicas = Some(3);
+            op.resources = Some(crate::model::Resources {
+                cpu: 0.5,
+                memory: 512,
+                disk: 512,
+            });
+            op.from_memory = Some(256);
+            op.restart_needed = true;
+            op.settings = Some([("max_connections".to_owned(), "300".to_owned())].into());
+            let mut ms = vec![
+                m("db-0", true, 0, 0),
+                m("db-1", false, 0, 0),
+                m("db-2", false, 0, 0),
+            ];
+            // Two decisions in, the leader dies; the next one reads the stored record.
+            let mut seen = Vec::new();
+            for now in 1..=2 {
+                let n = next(&op, &ms, now);
+                answer(&op, &mut ms, &n, 512, &mut seen);
+                apply(&mut op, &n, now);
+            }
+            let stored = serde_json::to_string(&op).expect("json");
+            let resumed: Operation = serde_json::from_str(&stored).expect("parse");
+            assert_eq!(resumed, op, "{kind:?}");
+            assert_eq!(next(&resumed, &ms, 3), next(&op, &ms, 3), "{kind:?}");
+            // And it goes on to the end like one that never stopped.
+            let mut a = resumed;
+            let mut b = op.clone();
+            let mut ms2 = ms.clone();
+            assert_eq!(
+                walk(&mut a, &mut ms, 512),
+                walk(&mut b, &mut ms2, 512),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resize_that_a_node_cannot_hold_is_refused_with_its_figures() {
+        use crate::model::{Instance, MemberRecord, Node, NodeAdmin, NodeState, Resources};
+        let node = |name: &str| Node {
+            name: name.into(),
+            address: String::new(),
+            labels: Default::default(),
+            cpu: 2.0,
+            memory_bytes: 1024 << 20,
+            disks: vec![],
+            admin: NodeAdmin::Active,
+            agent_version: String::new(),
+            registered_at_ms: 0,
+            http_address: String::new(),
+        };
+        let (a, b) = (node("a"), node("b"));
+        fn view(n: &Node, cpu: f64, mem: u64) -> crate::placement::NodeView<'_> {
+            crate::placement::NodeView {
+                node: n,
+                state: NodeState::Ready,
+                reserved_cpu: cpu,
+                reserved_memory_mib: mem,
+                reserved_disk_mib: Default::default(),
+                primaries: 0,
+                members: 1,
+            }
+        }
+        let r = Resources {
+            cpu: 0.5,
+            memory: 256,
+            disk: 512,
+        };
+        let spec: crate::model::InstanceSpec = serde_json::from_value(serde_json::json!({
+            "name": "db", "engine": "mariadb", "version": "10.11", "replicas": 1,
+            "resources": {"cpu": 0.5, "memory": 256, "disk": 512}
+        }))
+        .expect("spec");
+        let member = |id: &str, node: &str| MemberRecord {
+            id: id.into(),
+            node: node.into(),
+            role: mofang_common::Role::Replica,
+            disk_class: "ssd".into(),
+        };
+        let inst = Instance::new(
+            spec,
+            vec![member("db-0", "a"), member("db-1", "b")],
+            serde_json::from_value(serde_json::json!({
+                "admin": "", "repl": "", "monitor": "", "app": ""
+            }))
+            .expect("credentials"),
+        );
+        // a: only this instance (0.5 cores, 256 MiB); b: 768 MiB more of others.
+        let views = [view(&a, 0.5, 256), view(&b, 0.5, 1024)];
+        assert!(resize_refusals(&inst, &views, Resources { memory: 512, ..r }).len() == 1);
+        let why = resize_refusals(&inst, &views, Resources { memory: 512, ..r });
+        assert_eq!(why, ["b (of db-1): memory 256 MiB free, 512 MiB asked"]);
+        assert!(resize_refusals(
+            &inst,
+            &views,
+            Resources {
+                memory: 256,
+                cpu: 2.0,
+                ..r
+            }
+        )
+        .is_empty());
+        let why = resize_refusals(&inst, &views, Resources { cpu: 2.5, ..r });
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why[0].contains("cpu 2 free, 2.5 asked"), "{why:?}");
     }
 
     #[test]
