@@ -1101,11 +1101,15 @@ fn parse_scenario(name: &str) -> Option<(&'static str, Fault, Timings)> {
 async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Vec<Scenario>> {
     let started = Instant::now();
     println!("load average at start: {}", loadavg());
-    // A time bound is shared out evenly, so every scenario gets its turn.
-    let share = minutes.map(|m| Duration::from_secs_f64(m * 60.0 / which.len().max(1) as f64));
+    // A time bound is shared out evenly among the scenarios still to run, so every scenario
+    // gets its turn and the time one leaves (its rounds done early) goes to the next.
+    let end = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
     let mut done = Vec::new();
-    for w in which {
-        let deadline = share.map(|d| Instant::now() + d);
+    for (i, w) in which.iter().enumerate() {
+        let deadline = end.map(|end| {
+            let now = Instant::now();
+            now + end.saturating_duration_since(now) / (which.len() - i) as u32
+        });
         let s = match (w.as_str(), parse_scenario(w)) {
             ("sentinel-kill", _) => sentinel_scenario(rounds).await?,
             (_, Some((engine, fault, timings))) => {
