@@ -128,6 +128,14 @@ pub struct MemberState {
     /// The parameters generation (`reconfigure`, issue 17) whose dynamic parameters were
     /// applied live on this member's server.
     pub parameters_generation: u64,
+    /// The engine version the member's container runs (`10.11`); empty: a member from before
+    /// upgrades existed, on the assignment's version. An `upgrade` changes the assignment's
+    /// version first; the member moves to it at its restart step (container recreated on the
+    /// new image, same volume), never before (issue 17).
+    pub version: String,
+    /// MariaDB: the server runs a newer version than its data files were last upgraded for:
+    /// `mariadb-upgrade` runs once the server answers, before the new version is reported.
+    pub upgrade_pending: bool,
 }
 
 /// The TLS mode a member's server runs with ([`MemberState::serving_tls`]).

@@ -31,11 +31,50 @@ impl EngineKind {
         }
     }
 
-    /// The versions this build can run, newest first.
+    /// The versions this build can run, newest first: each from the Debian suite that ships
+    /// it (bullseye, bookworm, trixie; `packaging/images/build`).
     pub fn supported_versions(self) -> &'static [&'static str] {
         match self {
-            EngineKind::Mariadb => &["10.11"],
-            EngineKind::Redis => &["7.0"],
+            EngineKind::Mariadb => &["11.8", "10.11", "10.5"],
+            EngineKind::Redis => &["8.0", "7.0", "6.0"],
+        }
+    }
+
+    /// The version an instance gets when none is asked, and the one `scripts/setup` builds
+    /// the image of for the demo.
+    pub fn default_version(self) -> &'static str {
+        match self {
+            EngineKind::Mariadb => "10.11",
+            EngineKind::Redis => "7.0",
+        }
+    }
+
+    /// Whether an instance on version `from` may be upgraded to `to`, and if not why: only
+    /// up, one rung of the ladder at a time (every member, rolling, replicas first: a
+    /// replica one version ahead of its primary is what both engines support during an
+    /// upgrade; two rungs apart is not, and MariaDB's `mariadb-upgrade` is written for
+    /// the next version).
+    pub fn upgrade_check(self, from: &str, to: &str) -> Result<(), String> {
+        let ladder = self.supported_versions();
+        let rung = |v: &str| ladder.iter().position(|l| *l == v);
+        let (Some(f), Some(t)) = (rung(from), rung(to)) else {
+            return Err(format!(
+                "version: {self} {to} is not supported (supported: {})",
+                ladder.join(", ")
+            ));
+        };
+        // Newest first: a newer version has the smaller index.
+        match f.cmp(&t) {
+            std::cmp::Ordering::Equal => Err(format!("version: the instance already runs {self} {to}")),
+            std::cmp::Ordering::Less => Err(format!(
+                "version: {self} {from} cannot be downgraded to {to} (its data files and system tables are already in {from}'s format)"
+            )),
+            std::cmp::Ordering::Greater if f - t > 1 => Err(format!(
+                "version: {self} {from} to {to} skips {}: upgrade one version at a time ({from} -> {})",
+                ladder[t + 1..f].join(", "),
+                ladder[f - 1]
+            )),
+            std::cmp::Ordering::Greater => Ok(()),
         }
     }
 
@@ -225,6 +264,36 @@ impl Default for Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_go_up_one_rung_at_a_time() {
+        let m = EngineKind::Mariadb;
+        assert_eq!(m.upgrade_check("10.5", "10.11"), Ok(()));
+        assert_eq!(m.upgrade_check("10.11", "11.8"), Ok(()));
+        let skip = m.upgrade_check("10.5", "11.8").unwrap_err();
+        assert!(
+            skip.contains("skips 10.11") && skip.contains("10.5 -> 10.11"),
+            "{skip}"
+        );
+        let down = m.upgrade_check("11.8", "10.11").unwrap_err();
+        assert!(down.contains("cannot be downgraded"), "{down}");
+        assert!(m
+            .upgrade_check("10.11", "10.11")
+            .unwrap_err()
+            .contains("already runs"));
+        assert!(m
+            .upgrade_check("10.11", "12.0")
+            .unwrap_err()
+            .contains("not supported"));
+        let r = EngineKind::Redis;
+        assert_eq!(r.upgrade_check("6.0", "7.0"), Ok(()));
+        assert_eq!(r.upgrade_check("7.0", "8.0"), Ok(()));
+        assert!(r.upgrade_check("6.0", "8.0").is_err());
+        assert!(r.upgrade_check("8.0", "6.0").is_err());
+        for e in [m, r] {
+            assert!(e.supported_versions().contains(&e.default_version()));
+        }
+    }
 
     #[test]
     fn observed_role_round_trips_through_its_string() {

@@ -1027,7 +1027,8 @@ async fn delete_backup_repo(
 pub struct NewOperation {
     /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`),
     /// `switchover` (`member`: the target), `scale` (with `replicas`), `resize` (with `cpu`,
-    /// `memory` or both), `reconfigure` (with `settings`), `expand` (with `disk`).
+    /// `memory` or both), `reconfigure` (with `settings`), `expand` (with `disk`), `upgrade`
+    /// (with `version`).
     #[serde(rename = "type")]
     pub kind: crate::ops::OpKind,
     /// The member a `rebuild` is for.
@@ -1054,6 +1055,10 @@ pub struct NewOperation {
     #[serde(default)]
     #[schema(minimum = 64, maximum = 67108864)]
     pub disk: Option<u64>,
+    /// `upgrade`: the engine version, the next one of the engine's ladder (`GET /v1/engines`
+    /// lists the versions, newest first; one rung at a time, never down).
+    #[serde(default)]
+    pub version: Option<String>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
     #[serde(default)]
     pub timeout_s: Option<i64>,
@@ -1098,6 +1103,7 @@ async fn start_operation(
         memory: req.memory,
         settings,
         disk: req.disk,
+        version: req.version,
     };
     let op = api
         .cluster

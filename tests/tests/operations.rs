@@ -905,3 +905,199 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     assert!(outcome.unexpected(&present).is_empty());
     Ok(())
 }
+
+/// Each member's container image (`docker inspect`) and the server binary's version in it.
+fn member_versions(inst: &Value, engine: &str) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for m in inst["members"].as_array().context("members")? {
+        let id = m["id"].as_str().context("id")?.to_owned();
+        let c = container_of(&id);
+        let image = docker_cli(&["inspect", "-f", "{{.Config.Image}}", &c])?;
+        let binary = match engine {
+            "mariadb" => docker_cli(&["exec", &c, "mariadbd", "--version"])?,
+            _ => docker_cli(&["exec", &c, "redis-server", "--version"])?,
+        };
+        out.push((id, image.trim().to_owned(), binary.trim().to_owned()));
+    }
+    Ok(out)
+}
+
+/// An instance of `engine` on the first version of `ladder`, with two replicas, upgraded rung
+/// by rung to the last under the Jepsen set writer (issue 17): a skip and a downgrade are
+/// refused with 422 naming the versions; each upgrade sets the record's version, then restarts
+/// the replicas, switches over and restarts the old primary, each member recreated on the new
+/// version's image (the container's image and server binary checked) and reporting it; no
+/// acknowledged write is lost. The longest write outage is printed beside a plain switchover's.
+async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()> {
+    let env = Env::start_with(3, FAST).await?;
+    let name = unique_name(&format!("up{}", &engine[..1]));
+    let mut body = mofang_tests::scenario::spec(&name, engine, 2);
+    body["version"] = json!(ladder[0]);
+    let (s, v) = env
+        .call(reqwest::Method::POST, "/v1/instances", Some(body))
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+    env.wait_instance_ready(&name).await?;
+    let pw = env.app_password(&name).await?;
+    // One rung at a time, never down.
+    let top = ladder[ladder.len() - 1];
+    refused(
+        &env,
+        &name,
+        json!({"type": "upgrade", "version": top}),
+        422,
+        &format!("skips {}", ladder[1]),
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "upgrade", "version": ladder[0]}),
+        422,
+        "already runs",
+    )
+    .await?;
+    refused(
+        &env,
+        &name,
+        json!({"type": "upgrade"}),
+        422,
+        "needs `version`",
+    )
+    .await?;
+
+    let writer = SetWriter::start(&env, &name, engine, &pw).await?;
+    writer.wait_acked(200, Duration::from_secs(60)).await?;
+    for (from, to) in ladder.iter().zip(&ladder[1..]) {
+        let started = std::time::Instant::now();
+        let out = mofang_cli(&env, &["--json", "instance", "upgrade", &name, to]).await?;
+        if !out.status.success() {
+            bail!(
+                "mofang instance upgrade: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let op: Value = serde_json::from_slice(&out.stdout)?;
+        let id = op["id"].as_str().context("operation id")?.to_owned();
+        let v = operation_ended(&env, &id, Duration::from_secs(600)).await?;
+        let steps = step_lines(&v);
+        eprintln!(
+            "{engine} {from} -> {to}: {} in {:?}: {steps:?}",
+            v["state"],
+            started.elapsed()
+        );
+        assert_eq!(v["state"], "succeeded", "{v}");
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        assert_eq!(steps[0], format!("set_version {from} done"), "{steps:?}");
+        assert!(
+            steps[1].starts_with("restart ") && steps[2].starts_with("restart "),
+            "{steps:?}"
+        );
+        assert!(
+            steps[3].starts_with("switchover ") && steps[4].starts_with("restart "),
+            "{steps:?}"
+        );
+        // Downgrading back is refused.
+        refused(
+            &env,
+            &name,
+            json!({"type": "upgrade", "version": from}),
+            422,
+            "cannot be downgraded",
+        )
+        .await?;
+
+        let inst = env.wait_instance_ready(&name).await?;
+        assert_eq!(inst["version"], *to, "{inst}");
+        for m in inst["members"].as_array().context("members")? {
+            assert_eq!(m["version"], *to, "every member reports {to}: {inst}");
+        }
+        for (id, image, binary) in member_versions(&inst, engine)? {
+            eprintln!("  {id}: {image}: {binary}");
+            assert!(
+                image.ends_with(&format!("/{engine}:{to}")),
+                "{id} runs {image}"
+            );
+            let expect = if engine == "mariadb" {
+                format!("Ver {to}.")
+            } else {
+                format!("v={to}.")
+            };
+            assert!(binary.contains(&expect), "{id}: {binary}");
+        }
+    }
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 200, Duration::from_secs(60))
+        .await?;
+    let upgrades = writer.stop().await?;
+
+    // A plain switchover under a writer of its own (ids from 1,000,000 on), for the outage
+    // to compare with.
+    let writer = SetWriter::start_from(
+        mofang_tests::scenario::PrimarySource::api(&env, &name),
+        engine,
+        &pw,
+        1_000_000,
+    )
+    .await?;
+    writer.wait_acked(100, Duration::from_secs(60)).await?;
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "switchover"})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let v = operation_ended(
+        &env,
+        op["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 100, Duration::from_secs(60))
+        .await?;
+    let switchover = writer.stop().await?;
+
+    let now = env.wait_instance_ready(&name).await?;
+    let primary = Env::primary_member(&now)?;
+    let present =
+        set_contents(engine, primary["address"].as_str().context("address")?, &pw).await?;
+    eprintln!(
+        "{engine} upgrade {}: acknowledged {}, lost {}, longest write outage {:?}; a plain switchover's: {:?}",
+        ladder.join(" -> "),
+        upgrades.acked.len(),
+        upgrades.lost(&present).len(),
+        upgrades.longest_gap,
+        switchover.longest_gap
+    );
+    assert!(
+        upgrades.lost(&present).is_empty(),
+        "lost {:?}",
+        upgrades.lost(&present)
+    );
+    assert!(
+        switchover.lost(&present).is_empty(),
+        "lost {:?}",
+        switchover.lost(&present)
+    );
+    let (first, second): (std::collections::BTreeSet<u64>, _) =
+        present.iter().partition(|id| **id < 1_000_000);
+    assert!(upgrades.unexpected(&first).is_empty());
+    assert!(switchover.unexpected(&second).is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_upgrades_from_10_5_to_10_11_to_11_8_under_writes_losing_nothing() -> Result<()> {
+    upgrade_ladder_under_writes("mariadb", &["10.5", "10.11", "11.8"]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_upgrades_from_6_0_to_7_0_to_8_0_under_writes_losing_nothing() -> Result<()> {
+    upgrade_ladder_under_writes("redis", &["6.0", "7.0", "8.0"]).await
+}

@@ -214,6 +214,17 @@ impl Engine for MariaDb {
         "/var/lib/mysql"
     }
 
+    fn upgrade_command(&self) -> Option<Vec<&'static str>> {
+        // As the admin account over the socket; not binlogged (the default, said anyway): a
+        // replica's system table changes are its own, never an errant GTID.
+        Some(vec![
+            "mariadb-upgrade",
+            "--defaults-extra-file=/etc/mofang/client.cnf",
+            "--socket=/run/mysqld/mysqld.sock",
+            "--skip-write-binlog",
+        ])
+    }
+
     fn render(&self, m: &MemberConfig, s: &Secrets) -> Vec<ConfigFile> {
         let mib = m.memory_bytes >> 20;
         // InnoDB gets half the container's memory: the rest is connections, sort buffers and

@@ -410,6 +410,12 @@ pub trait Engine: Send + Sync {
     fn diverged(&self, _replication_error: &str) -> bool {
         false
     }
+    /// The command run once inside the member's container after it first starts on a newer
+    /// version, upgrading its data (MariaDB: `mariadb-upgrade`); None: nothing to run.
+    fn upgrade_command(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+
     /// True when a new replica's server can start before its primary's address is known:
     /// its config does not name the primary and it starts unable to take writes, the role
     /// step pointing it at the primary later. Its start then overlaps the primary's
@@ -431,7 +437,7 @@ pub fn for_kind(kind: &str, version: &str) -> Option<Box<dyn Engine>> {
     }
     Some(match kind {
         EngineKind::Mariadb => Box::new(MariaDb),
-        EngineKind::Redis => Box::new(Redis),
+        EngineKind::Redis => Box::new(Redis::for_version(version)),
     })
 }
 

@@ -1,5 +1,7 @@
-//! Redis 7.0 adapter: redis.conf with ACL users, REPLICAOF replication announcing the member's
-//! reported address, CLIENT PAUSE fencing. Talks to the server as `mofang_admin`.
+//! Redis adapter (6.0, 7.0, 8.0): redis.conf with ACL users, REPLICAOF replication announcing
+//! the member's reported address, CLIENT PAUSE fencing (on 6.0, which has no write-only
+//! pause, the application user's write commands are taken away instead). Talks to the server
+//! as `mofang_admin`.
 
 use super::{
     timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result,
@@ -11,9 +13,43 @@ use mofang_common::EngineKind;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
 
-/// The Redis adapter.
-#[derive(Debug, Clone, Copy)]
-pub struct Redis;
+/// The Redis adapter, for one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redis {
+    /// Redis 6.0 (Debian bullseye), which lacks what 6.2 and 7.0 added and the other
+    /// versions use: `CLIENT PAUSE ... WRITE` / `CLIENT UNPAUSE`, pub/sub channel rules in
+    /// ACLs (`&*`) and `repl-diskless-sync-max-replicas`.
+    pub v6_0: bool,
+}
+
+impl Redis {
+    /// The adapter of Redis 7.0 and later.
+    pub const V7: Redis = Redis { v6_0: false };
+
+    /// Lifts a fence: the write pause, or on 6.0 the application user's commands as
+    /// redis.conf gives them.
+    async fn lift_fence(&self, c: &mut MultiplexedConnection, at: &Target) -> Result<()> {
+        if self.v6_0 {
+            let mut args = vec!["ACL", "SETUSER", "app"];
+            args.extend(APP_COMMANDS.split(' '));
+            let _: String = cmd(c, at, &args).await?;
+        } else {
+            let _: String = cmd(c, at, &["CLIENT", "UNPAUSE"]).await?;
+        }
+        Ok(())
+    }
+
+    /// The adapter of a version (`6.0`, `7.0`, `8.0`).
+    pub fn for_version(version: &str) -> Redis {
+        Redis {
+            v6_0: version == "6.0",
+        }
+    }
+}
+
+/// The application account's commands: everything but administration (CONFIG, SHUTDOWN,
+/// DEBUG, ...). Written in redis.conf and given back by a 6.0 member's unfence.
+const APP_COMMANDS: &str = "+@all -@admin -@dangerous";
 
 const NAME: &str = "redis";
 /// A fence lasts until lifted; CLIENT PAUSE needs a bound, so a day, renewed by reconcile.
@@ -301,7 +337,7 @@ impl Engine for Redis {
              # fork: a new instance's replicas are in sync seconds sooner (issue 14). A lone\n\
              # replica asking later waits 1 s for company.\n\
              repl-diskless-sync-delay 1\n\
-             repl-diskless-sync-max-replicas {sync_replicas}\n\
+             {sync_max}\
              replica-announce-ip {announce_ip}\n\
              replica-announce-port {announce_port}\n\
              min-replicas-to-write {min_replicas}\n\
@@ -310,16 +346,23 @@ impl Engine for Redis {
              masterauth {repl}\n\
              # ACL: no default user; each account gets only what it needs.\n\
              user default off\n\
-             user mofang_admin on {admin} ~* &* +@all\n\
+             user mofang_admin on {admin} ~* {channels}+@all\n\
              user mofang_repl on {repl_pw} +psync +sync +replconf +ping\n\
              user mofang_monitor on {monitor} +ping +info +client|list +config|get +slowlog|get +latency|latest +memory|stats\n\
-             user app on {app} ~* &* +@all -@admin -@dangerous\n",
+             user app on {app} ~* {channels}{APP_COMMANDS}\n",
             member = m.member,
             port = m.port,
             fsync = m.settings.get("appendfsync").map(String::as_str).filter(|v| ["always", "everysec", "no"].contains(v)).unwrap_or("everysec"),
             announce_ip = m.announce.host,
             announce_port = m.announce.port,
-            sync_replicas = setting("replicas", 0),
+            // 7.0 and later: the sync starts once every replica asked.
+            sync_max = if self.v6_0 {
+                String::new()
+            } else {
+                format!("repl-diskless-sync-max-replicas {}\n", setting("replicas", 0))
+            },
+            // 6.2 and later: pub/sub channels are ACL-checked (6.0 allows every channel).
+            channels = if self.v6_0 { "" } else { "&* " },
             min_replicas = setting("min_replicas_to_write", 0),
             max_lag = setting("min_replicas_max_lag", 10),
             repl = s.repl,
@@ -431,8 +474,7 @@ impl Engine for Redis {
             let _: String = cmd(&mut c, at, &["REPLICAOF", "NO", "ONE"]).await?;
             // A promoted member takes writes: a pause left by a fence at an earlier epoch (a
             // demoted primary is fenced before it follows) must not outlive the promotion.
-            let _: String = cmd(&mut c, at, &["CLIENT", "UNPAUSE"]).await?;
-            Ok(())
+            self.lift_fence(&mut c, at).await
         })
         .await
     }
@@ -457,6 +499,13 @@ impl Engine for Redis {
     async fn fence(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
+            if self.v6_0 {
+                // No write-only pause before 6.2 (a whole pause would stop the agent's own
+                // commands too): the application user loses its write commands, at once on
+                // every open connection, until the fence is lifted.
+                let _: String = cmd(&mut c, at, &["ACL", "SETUSER", "app", "-@write"]).await?;
+                return Ok(());
+            }
             let ms = FENCE_MS.to_string();
             let _: String = cmd(&mut c, at, &["CLIENT", "PAUSE", &ms, "WRITE"]).await?;
             Ok(())
@@ -467,8 +516,7 @@ impl Engine for Redis {
     async fn unfence(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;
-            let _: String = cmd(&mut c, at, &["CLIENT", "UNPAUSE"]).await?;
-            Ok(())
+            self.lift_fence(&mut c, at).await
         })
         .await
     }
@@ -600,13 +648,23 @@ mod tests {
             also_accepted: None,
             tls: None,
         };
-        let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
+        let conf = &Redis::V7.render(&m, &Secrets::generate())[0].contents;
         // The full sync starts once both replicas ask, not after Redis' 5 s default wait.
         assert!(conf.contains("repl-diskless-sync-max-replicas 2"));
         assert!(conf.contains("replicaof 10.1.0.4 6379"));
         assert!(conf.contains("replica-announce-ip 10.1.0.5"));
         assert!(conf.contains("min-replicas-to-write 1"));
         assert!(conf.contains("user default off"));
+        assert!(conf.contains("user app on ") && conf.contains(" ~* &* +@all -@admin -@dangerous"));
+
+        // Redis 6.0 refuses to start on what it does not know: no sync limit, no channel
+        // rules (real 6.0 servers start on this in tests/tests/operations.rs).
+        let old = &Redis::for_version("6.0").render(&m, &Secrets::generate())[0].contents;
+        assert!(!old.contains("repl-diskless-sync-max-replicas"), "{old}");
+        assert!(!old.contains("&*"), "{old}");
+        assert!(old.contains(" ~* +@all -@admin -@dangerous"), "{old}");
+        assert!(old.contains("replicaof 10.1.0.4 6379"));
+        assert_eq!(Redis::for_version("8.0"), Redis::V7);
     }
 
     #[test]
@@ -626,14 +684,16 @@ mod tests {
             also_accepted: Some((Account::App, "OTHERpassword123456".into())),
             tls: None,
         };
-        let conf = &Redis.render(&m, &s)[0].contents;
+        let conf = &Redis::V7.render(&m, &s)[0].contents;
         assert!(
             conf.contains(&format!("user app on >{} >OTHERpassword123456 ~*", s.app)),
             "both app passwords"
         );
         assert!(conf.contains(&format!("user mofang_repl on >{} +psync", s.repl)));
         m.also_accepted = None;
-        assert!(!Redis.render(&m, &s)[0].contents.contains("OTHERpassword"));
+        assert!(!Redis::V7.render(&m, &s)[0]
+            .contents
+            .contains("OTHERpassword"));
         // ACL GETUSER's passwords, as RESP2 lists them.
         let v = redis::Value::Array(vec![
             redis::Value::BulkString(b"flags".to_vec()),
@@ -665,7 +725,7 @@ mod tests {
                 ca_pem: "CA".into(),
             }),
         };
-        let files = Redis.render(&m, &Secrets::generate());
+        let files = Redis::V7.render(&m, &Secrets::generate());
         let conf = &files[0].contents;
         for line in [
             "tls-port 6379\n",
@@ -686,7 +746,7 @@ mod tests {
             ["redis.conf", "server.pem", "server-key.pem", "ca.pem"]
         );
         m.tls = None;
-        let conf = &Redis.render(&m, &Secrets::generate())[0].contents;
+        let conf = &Redis::V7.render(&m, &Secrets::generate())[0].contents;
         assert!(!conf.contains("tls-") && conf.contains("port 6379\n"));
     }
 }

@@ -148,6 +148,7 @@ mod tests {
             a: &a,
             engine: &r.db,
             role: &role,
+            version: "10.11",
         };
         let mut st = r.sh.state.load_member("db-0").expect("state");
         let cfg = super::super::config::write(&m, &mut st, None).expect("config");

@@ -57,7 +57,15 @@ pub(super) async fn present(
         st.needs_seed = true;
         sh.state.save_member(member, st)?;
     }
-    let spec = container_spec(sh, a, m.engine, &vol.path, &cfg.network, cfg.port);
+    let spec = container_spec(
+        sh,
+        a,
+        m.engine,
+        m.version,
+        &vol.path,
+        &cfg.network,
+        cfg.port,
+    );
     let id = sh.runtime.create(&spec).await?;
     info!(member, container = %&id[..12.min(id.len())], image = %spec.image, "created container");
     sh.runtime.start(&id).await?;
@@ -106,6 +114,45 @@ pub(super) async fn stopped(
     Ok(Action::Requeue(Duration::from_secs(5)))
 }
 
+/// After an upgrade's restart, once the server answers on its new version: the engine's
+/// upgrade of its data (MariaDB: `mariadb-upgrade`, not binlogged), once; until it has run
+/// the member reports no version and is not healthy, so the upgrade waits for it.
+pub(super) async fn finish_upgrade(
+    m: &Member<'_>,
+    container: &ContainerInfo,
+    st: &mut MemberState,
+) -> Result<Step<()>> {
+    let (sh, a, member) = (m.sh, m.a, m.name());
+    let Some(cmd) = m.engine.upgrade_command().filter(|_| st.upgrade_pending) else {
+        return Ok(Step::Next(()));
+    };
+    let out = sh.runtime.exec(&container.id, &cmd, None).await?;
+    if out.exit_code != 0 {
+        let why = format!(
+            "{} on {} failed (exit code {}): {}",
+            cmd[0],
+            m.version,
+            out.exit_code,
+            out.stderr
+                .lines()
+                .chain(out.stdout.lines())
+                .last()
+                .unwrap_or_default()
+        );
+        warn!(member, "{why}");
+        report(sh, a, st, Some(container), None, false, why);
+        return Ok(Step::Stop(Action::Requeue(Duration::from_secs(5))));
+    }
+    info!(
+        member,
+        version = m.version,
+        "data upgraded to the new version"
+    );
+    st.upgrade_pending = false;
+    sh.state.save_member(member, st)?;
+    Ok(Step::Next(()))
+}
+
 /// Whether the scheduler asked for a restart this member has not had yet.
 pub(super) fn restart_due(asked: u64, done: u64) -> bool {
     asked > done
@@ -148,6 +195,42 @@ pub(super) async fn running(
                 None,
                 false,
                 "rebuilding: seeded again from the primary".into(),
+            );
+            Ok(Step::Stop(Action::Requeue(Duration::from_millis(100))))
+        }
+        ContainerState::Running
+            if restart_due(a.restart_generation, st.restart_generation)
+                && a.version != st.version =>
+        {
+            // An upgrade's restart step: the server stopped with the grace period (a clean
+            // shutdown: a newer InnoDB reads no older redo log), its container removed and
+            // created again on the new version's image by the next pass, on the same volume.
+            // The new version is recorded first: an agent that dies in between creates the
+            // new container, never the old one again.
+            info!(
+                member,
+                from = %st.version,
+                to = %a.version,
+                generation = a.restart_generation,
+                "upgrading the member as the scheduler asked: container recreated on the new version"
+            );
+            sh.runtime
+                .stop(&container.id, Duration::from_millis(sh.cfg.stop_grace_ms))
+                .await?;
+            st.version = a.version.clone();
+            st.upgrade_pending = m.engine.upgrade_command().is_some();
+            sh.state.save_member(member, st)?;
+            sh.runtime.remove(&container.id, true).await?;
+            memo.answered_in = None;
+            memo.ping_failures = 0;
+            report(
+                sh,
+                a,
+                st,
+                None,
+                None,
+                false,
+                format!("upgrading to {}: container recreated", a.version),
             );
             Ok(Step::Stop(Action::Requeue(Duration::from_millis(100))))
         }
@@ -356,6 +439,7 @@ fn container_spec(
     sh: &Shared,
     a: &Assignment,
     engine: &dyn Engine,
+    version: &str,
     volume: &std::path::Path,
     network: &NetworkMode,
     port: u16,
@@ -365,7 +449,7 @@ fn container_spec(
         (labels::INSTANCE.to_owned(), a.instance.clone()),
         (labels::MEMBER.to_owned(), a.member.clone()),
         (labels::ENGINE.to_owned(), a.engine.clone()),
-        ("mofang.version".to_owned(), a.version.clone()),
+        ("mofang.version".to_owned(), version.to_owned()),
         ("mofang.port".to_owned(), port.to_string()),
     ]);
     // MariaDB runs a thread per connection, and each thread counts against pids.max.
@@ -375,7 +459,7 @@ fn container_spec(
     };
     ContainerSpec {
         name: Shared::container_name(&a.member),
-        image: sh.cfg.image(&a.engine, &a.version),
+        image: sh.cfg.image(&a.engine, version),
         args: vec![],
         env: vec![],
         labels,
@@ -424,6 +508,7 @@ mod tests {
             a: &a,
             engine: &r.db,
             role: &role,
+            version: "10.11",
         };
         let mut st = MemberState::default();
         let vol = volume::ensure(&m).expect("volume");
@@ -482,6 +567,7 @@ mod tests {
             a: &a,
             engine: &r.db,
             role: &role,
+            version: "10.11",
         };
         let mut st = MemberState::default();
         let vol = volume::ensure(&m).expect("volume");
@@ -524,6 +610,7 @@ mod tests {
             &r.sh,
             &a,
             &r.db,
+            "10.11",
             std::path::Path::new("/data/db-0"),
             &NetworkMode::Docker("mofang".into()),
             3306,

@@ -258,6 +258,10 @@ impl Engine for FakeEngine {
         lock(&self.0).starts_early
     }
 
+    fn upgrade_command(&self) -> Option<Vec<&'static str>> {
+        Some(vec!["mariadb-upgrade"])
+    }
+
     fn render(&self, _m: &MemberConfig, _s: &Secrets) -> Vec<ConfigFile> {
         vec![ConfigFile {
             name: "my.cnf",

@@ -109,6 +109,9 @@ struct Member<'a> {
     a: &'a Assignment,
     engine: &'a dyn Engine,
     role: &'a DesiredRole,
+    /// The engine version the member's container runs ([`MemberState::version`]): the
+    /// assignment's, but for a member an `upgrade` has not restarted yet.
+    version: &'a str,
 }
 
 impl Member<'_> {
@@ -164,9 +167,17 @@ pub const STOPPED: &str = "stopped";
 
 /// Reconciles one member once: the steps in order, each either going on or ending the pass.
 async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
-    let engine = (sh.engines)(&a.engine, &a.version).ok_or_else(|| Error::UnsupportedEngine {
+    let mut st = sh.state.load_member(&a.member)?;
+    let orig = st.clone();
+    // A new member, or one from before upgrades existed, is on the assignment's version; an
+    // upgraded assignment reaches the member at its restart step (`container::running`).
+    if st.version.is_empty() {
+        st.version = a.version.clone();
+    }
+    let version = st.version.clone();
+    let engine = (sh.engines)(&a.engine, &version).ok_or_else(|| Error::UnsupportedEngine {
         engine: a.engine.clone(),
-        version: a.version.clone(),
+        version: version.clone(),
     })?;
     let role = DesiredRole::parse(a).map_err(Error::BadAssignment)?;
     let m = Member {
@@ -174,9 +185,8 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
         a,
         engine: engine.as_ref(),
         role: &role,
+        version: &version,
     };
-    let mut st = sh.state.load_member(&a.member)?;
-    let orig = st.clone();
     // The scheduler decided about a held primary: a newer epoch releases it.
     decide::release_hold(&mut st, a.epoch);
 
@@ -194,6 +204,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     certs::name_address(&m, &mut cfg, &mut st, &running, memo).await?;
     certs::serving(&m, &mut cfg, &mut st, &running)?;
     let server = step!(answers::ping(&m, &cfg, &running, &st, memo).await);
+    step!(container::finish_upgrade(&m, &running, &mut st).await);
     certs::load(&m, &cfg, &server, &running, memo).await;
     certs::set_live(&m, &cfg, &server, &mut st).await?;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
@@ -586,6 +597,47 @@ mod tests {
             !r.db.0.lock().expect("db").paused,
             "the primary takes writes"
         );
+    }
+
+    /// An upgrade (issue 17): the assignment's new version reaches the member only at its
+    /// restart step; then the container is recreated on the new image (same volume), the
+    /// engine's data upgrade runs once the server answers, and only then is the new version
+    /// reported.
+    #[tokio::test]
+    async fn an_upgrade_recreates_the_container_at_its_restart_step_and_reports_once_upgraded() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let mut a = assignment("primary", 3, "");
+        let s = r.pass(&a).await;
+        assert_eq!(s.version, "10.11", "{s:?}");
+        r.rt.take_calls();
+
+        a.version = "11.8".into();
+        let s = r.pass(&a).await;
+        assert!(r.rt.take_calls().is_empty(), "not before its restart step");
+        assert_eq!(s.version, "10.11", "still on its old version: {s:?}");
+
+        a.restart_generation = 1;
+        let s = r.pass(&a).await;
+        assert_eq!(r.rt.take_calls(), ["stop c1", "remove c1"]);
+        assert!(
+            !s.healthy && s.reason.contains("upgrading to 11.8"),
+            "{s:?}"
+        );
+        let s = r.pass(&a).await;
+        assert_eq!(
+            r.rt.take_calls(),
+            ["create mofang-db-0", "start c2", "exec c2 mariadb-upgrade"]
+        );
+        assert_eq!(r.rt.created()[1].image, "mofang/mariadb:11.8");
+        assert_eq!(r.rt.created()[1].labels["mofang.version"], "11.8");
+        assert!(
+            s.healthy && s.version == "11.8" && s.restart_generation == 1,
+            "{s:?}"
+        );
+        // Once: the next passes run nothing more.
+        r.pass(&a).await;
+        assert!(r.rt.take_calls().is_empty());
     }
 
     /// Resize (issue 17): a new CPU limit is applied to the running container at once, with

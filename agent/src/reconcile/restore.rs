@@ -80,7 +80,7 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
     ]);
     let to = crate::backup::restore::Into {
         member,
-        image: sh.cfg.image(&a.engine, &a.version),
+        image: sh.cfg.image(&a.engine, m.version),
         volume: &vol.path,
         uid: m.engine.uid(),
         labels,

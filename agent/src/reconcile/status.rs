@@ -54,6 +54,12 @@ pub(super) fn status(
         memory_bytes: c.map_or(0, |c| u64::try_from(c.memory_bytes).unwrap_or(0)),
         parameters_generation: st.parameters_generation,
         volume_bytes: 0,
+        // Reported once the member's data is on it: an upgrade waits for that.
+        version: if st.upgrade_pending {
+            String::new()
+        } else {
+            st.version.clone()
+        },
     }
 }
 

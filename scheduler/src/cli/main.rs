@@ -378,6 +378,21 @@ enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
+    /// Upgrade the engine to the next version of its ladder as an operation (`mofang
+    /// engines` lists them): replicas first, a switchover, the old primary last, each
+    /// recreated on the new version's image with its data upgraded.
+    Upgrade {
+        /// Name.
+        name: String,
+        /// The version (e.g. 11.8).
+        version: String,
+        /// Wait until the operation ends, showing its steps.
+        #[arg(long)]
+        wait: bool,
+        /// The operation fails after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Grow every member's volume as an operation: reservations and quotas grown in place,
     /// no restart.
     Expand {
@@ -1020,6 +1035,15 @@ async fn run(cli: Cli) -> Result<()> {
                 extra["memory"] = json!(m);
             }
             run_operation_with(&c, &name, "resize", extra, wait, timeout, cli.json).await?
+        }
+        Cmd::Instance(InstanceCmd::Upgrade {
+            name,
+            version,
+            wait,
+            timeout,
+        }) => {
+            let extra = json!({ "version": version });
+            run_operation_with(&c, &name, "upgrade", extra, wait, timeout, cli.json).await?
         }
         Cmd::Instance(InstanceCmd::Expand {
             name,

@@ -377,6 +377,7 @@ impl Cluster {
         // parameters. Checked before anything is stored: a refusal changes nothing.
         let (mut replicas, mut resources, mut from_memory) = (None, None, None);
         let (mut settings, mut restart_needed) = (None, false);
+        let mut version = None;
         let mut total = {
             let inner = lock(&self.inner);
             let inst = inner
@@ -458,6 +459,15 @@ impl Cluster {
                     resources = Some(Resources { disk, ..old });
                     inst.members.len()
                 }
+                OpKind::Upgrade => {
+                    let to = args.version.clone().unwrap_or_default();
+                    inst.spec
+                        .engine
+                        .upgrade_check(&inst.spec.version, &to)
+                        .map_err(Error::Invalid)?;
+                    version = Some(to);
+                    inst.members.len()
+                }
                 OpKind::Reconfigure => {
                     let mut checked = BTreeMap::new();
                     for (k, v) in args.settings.as_ref().into_iter().flatten() {
@@ -495,6 +505,7 @@ impl Cluster {
             from_memory,
             settings,
             restart_needed,
+            version,
         };
         self.save_operation(&op).await?;
         info!(instance, id = %op.id, kind = kind_name(kind), "operation started");
@@ -699,6 +710,22 @@ impl Cluster {
                 let action = StepAction::SetDisk { disk: r.disk };
                 self.begin_step(&mut op, inst, action, now).await
             }
+            Next::SetVersion => {
+                let Some(version) = op.version.clone() else {
+                    return self
+                        .finish(
+                            &mut op,
+                            OpState::Failed,
+                            "an upgrade names no version".into(),
+                        )
+                        .await;
+                };
+                let action = StepAction::SetVersion {
+                    version,
+                    from: inst.spec.version.clone(),
+                };
+                self.begin_step(&mut op, inst, action, now).await
+            }
             Next::SetParameters => {
                 let action = StepAction::SetParameters {
                     generation: inst.parameters_generation + 1,
@@ -753,6 +780,9 @@ impl Cluster {
                         ),
                         StepAction::SetDisk { disk } => {
                             format!("every member's volume is now {disk} MiB")
+                        }
+                        StepAction::SetVersion { version, .. } => {
+                            format!("the instance's version is now {version}")
                         }
                     };
                     let added = match &step.action {
@@ -934,6 +964,13 @@ impl Cluster {
                     format!("resources set to {cpu} cores, {memory} MiB (reservations re-booked)"),
                 )
             }
+            StepAction::SetVersion { version, from } => {
+                inst.spec.version = version.clone();
+                (
+                    None,
+                    format!("version set from {from} to {version}: each member moves to it at its restart step"),
+                )
+            }
             StepAction::SetDisk { disk } => {
                 let from = inst.spec.resources.disk;
                 inst.spec.resources.disk = *disk;
@@ -1081,6 +1118,7 @@ fn carried(inst: &Instance, action: &StepAction) -> bool {
         }
         StepAction::SetParameters { generation } => inst.parameters_generation >= *generation,
         StepAction::SetDisk { disk } => inst.spec.resources.disk >= *disk,
+        StepAction::SetVersion { version, .. } => inst.spec.version == *version,
     }
 }
 
@@ -1119,6 +1157,9 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
     }
     if kind != OpKind::Expand {
         given("disk", a.disk.is_some())?;
+    }
+    if kind != OpKind::Upgrade {
+        given("version", a.version.is_some())?;
     }
     match kind {
         OpKind::Scale => match a.replicas {
@@ -1163,6 +1204,10 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
         OpKind::Reconfigure => match &a.settings {
             Some(s) if !s.is_empty() => Ok(()),
             _ => Err(Error::Invalid("a reconfigure needs `settings`".into())),
+        },
+        OpKind::Upgrade => match &a.version {
+            Some(v) if !v.is_empty() => Ok(()),
+            _ => Err(Error::Invalid("an upgrade needs `version`".into())),
         },
         _ => Ok(()),
     }
@@ -1216,6 +1261,7 @@ pub fn kind_name(kind: OpKind) -> &'static str {
         OpKind::Resize => "resize",
         OpKind::Reconfigure => "reconfigure",
         OpKind::Expand => "expand",
+        OpKind::Upgrade => "upgrade",
     }
 }
 
@@ -1256,6 +1302,7 @@ fn members_now(c: &Cluster, inner: &Inner, inst: &Instance) -> Vec<MemberNow> {
                 position: status.map_or(0, |s| Position::parse(&s.position).total()),
                 params_done: status.map_or(0, |s| s.parameters_generation),
                 volume_mib: status.map_or(0, |s| s.volume_bytes >> 20),
+                version: status.map_or_else(String::new, |s| s.version.clone()),
             }
         })
         .collect()

@@ -39,6 +39,9 @@ pub struct MemberView {
     pub memory_bytes: u64,
     /// Its volume's reservation on its node (bytes; 0: unknown); `expand` grows it.
     pub volume_bytes: u64,
+    /// The engine version its server runs with its data upgraded, as its agent reports it
+    /// (empty: unknown); differs from the instance's during an `upgrade`.
+    pub version: String,
 }
 
 /// An instance as the API shows it.
@@ -224,6 +227,7 @@ impl Cluster {
                     cpu: obs.map(|o| o.cpu).unwrap_or(0.0),
                     memory_bytes: obs.map(|o| o.memory_bytes).unwrap_or(0),
                     volume_bytes: obs.map(|o| o.volume_bytes).unwrap_or(0),
+                    version: obs.map(|o| o.version.clone()).unwrap_or_default(),
                 }
             })
             .collect();

@@ -50,6 +50,10 @@ pub enum OpKind {
     /// Volume expansion to `disk` MiB per member: reservations grown, every agent grows its
     /// member's volume (ledger and quota) in place, no restart.
     Expand,
+    /// Engine upgrade to `version` (the next rung of the ladder): the record's version
+    /// first, then the rolling restart's order (replicas, switchover, old primary), each
+    /// member recreated on the new version's image and its data upgraded before the next.
+    Upgrade,
 }
 
 /// Where an operation is.
@@ -156,6 +160,14 @@ pub enum StepAction {
         /// Disk per member, MiB.
         disk: u64,
     },
+    /// The instance's engine version set in the record: members move to it at their restart
+    /// step, new members start on it. Done at once.
+    SetVersion {
+        /// The version (`11.8`).
+        version: String,
+        /// The version before.
+        from: String,
+    },
 }
 
 /// One step of an operation.
@@ -231,6 +243,9 @@ pub struct Operation {
     /// `reconfigure`: a parameter asked needs a restart (a rolling restart follows).
     #[serde(default)]
     pub restart_needed: bool,
+    /// `upgrade`: the version asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// What an operation request carries beside its type (each type reads its own).
@@ -248,6 +263,8 @@ pub struct OpArgs {
     pub settings: Option<std::collections::BTreeMap<String, String>>,
     /// `expand`: disk per member, MiB.
     pub disk: Option<u64>,
+    /// `upgrade`: the engine version.
+    pub version: Option<String>,
 }
 
 impl Operation {
@@ -291,6 +308,8 @@ pub struct MemberNow {
     pub params_done: u64,
     /// Its volume's reservation as its agent reports it, MiB (0: unknown).
     pub volume_mib: u64,
+    /// The engine version its server runs with its data upgraded (empty: unknown).
+    pub version: String,
 }
 
 impl MemberNow {
@@ -348,6 +367,8 @@ pub enum Next {
     SetParameters,
     /// Set the disk asked in the record.
     SetDisk,
+    /// Set the version asked in the record.
+    SetVersion,
     /// Begin stopping the instance (every member).
     Stop,
     /// Begin starting the stopped instance.
@@ -383,13 +404,19 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
         return match &step.action {
             StepAction::Restart { member, generation } => match find(member) {
                 None => Next::StepFailed(format!("{member} left the instance while restarting")),
-                Some(m) if m.done >= *generation && m.whole() && resized(op, m) => Next::StepDone,
+                Some(m) if m.done >= *generation && m.whole() && restart_took(op, m) => {
+                    Next::StepDone
+                }
                 Some(m) if overdue => Next::StepFailed(format!(
-                    "{member} not back within {} s after its restart (restarted: {}, healthy: {}, replicating: {})",
+                    "{member} not back within {} s after its restart (restarted: {}, healthy: {}, replicating: {}{})",
                     STEP_TIMEOUT_MS / 1000,
                     m.done >= *generation,
                     m.healthy,
-                    m.replicating
+                    m.replicating,
+                    match &op.version {
+                        Some(v) if op.kind == OpKind::Upgrade => format!(", on {v}: {}", m.version == *v),
+                        _ => String::new(),
+                    }
                 )),
                 Some(_) => Next::Wait(format!("{member} restarting")),
             },
@@ -477,6 +504,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                     Some(m) => Next::Wait(format!("{}'s volume growing", m.id)),
                 }
             }
+            StepAction::SetVersion { .. } => Next::StepDone,
             StepAction::Switchover { from } => {
                 if members.iter().any(|m| m.primary && &m.id != from) {
                     Next::StepDone
@@ -535,6 +563,15 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 Next::Succeed
             }
         }
+        OpKind::Upgrade => {
+            if op.steps.is_empty() {
+                return match members.iter().find(|m| !m.whole()) {
+                    Some(m) => Next::Wait(format!("{} is not healthy and replicating", m.id)),
+                    None => Next::SetVersion,
+                };
+            }
+            next_restart(op, members)
+        }
         OpKind::Reconfigure => {
             if op.steps.is_empty() {
                 return match members.iter().find(|m| !m.whole()) {
@@ -552,10 +589,12 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
 }
 
 /// A restart step of a `resize` is done only once the member's container has the new memory
-/// limit (other operations: always).
-fn resized(op: &Operation, m: &MemberNow) -> bool {
-    match (op.kind, op.resources) {
-        (OpKind::Resize, Some(r)) => m.memory_mib == r.memory,
+/// limit, of an `upgrade` once the member runs the new version with its data upgraded (other
+/// operations: always).
+fn restart_took(op: &Operation, m: &MemberNow) -> bool {
+    match (op.kind, op.resources, &op.version) {
+        (OpKind::Resize, Some(r), _) => m.memory_mib == r.memory,
+        (OpKind::Upgrade, _, Some(v)) => m.version == *v,
         _ => true,
     }
 }
@@ -797,6 +836,7 @@ mod tests {
             from_memory: None,
             settings: None,
             restart_needed: false,
+            version: None,
         }
     }
 
@@ -817,6 +857,7 @@ mod tests {
             position: 100,
             params_done: 0,
             volume_mib: 512,
+            version: "10.11".into(),
         }
     }
 
@@ -865,6 +906,10 @@ mod tests {
             Next::SetDisk => op.steps.push(step(StepAction::SetDisk {
                 disk: op.resources.expect("resources").disk,
             })),
+            Next::SetVersion => op.steps.push(step(StepAction::SetVersion {
+                version: op.version.clone().expect("version"),
+                from: "10.11".into(),
+            })),
             Next::StepDone => {
                 let s = op.steps.last_mut().expect("a step");
                 s.state = StepState::Done;
@@ -878,6 +923,70 @@ mod tests {
             }
             _ => {}
         }
+    }
+
+    /// An upgrade: the record's version first, then replicas, a switchover, the old primary;
+    /// a restart step is done only once the member reports the new version (its data
+    /// upgraded), so nothing moves on while a member still runs the old one.
+    #[test]
+    fn an_upgrade_sets_the_version_then_restarts_each_member_until_it_runs_it() {
+        let mut op = Operation {
+            kind: OpKind::Upgrade,
+            version: Some("11.8".into()),
+            ..op()
+        };
+        let mut ms = vec![
+            m("db-0", true, 0, 0),
+            m("db-1", false, 0, 0),
+            m("db-2", false, 0, 0),
+        ];
+        let n = next(&op, &ms, 1);
+        assert_eq!(n, Next::SetVersion);
+        apply(&mut op, &n, 1);
+        assert_eq!(next(&op, &ms, 2), Next::StepDone);
+        apply(&mut op, &Next::StepDone, 2);
+        let mut seen = Vec::new();
+        for now in 3..40 {
+            let n = next(&op, &ms, now);
+            match &n {
+                Next::Restart { member, generation } => {
+                    seen.push(format!("restart {member}"));
+                    let m = ms.iter_mut().find(|m| &m.id == member).expect("member");
+                    m.asked = *generation;
+                    m.done = *generation;
+                    // Restarted, not yet upgraded: the step waits.
+                    apply(&mut op, &n, now);
+                    assert!(matches!(next(&op, &ms, now), Next::Wait(_)));
+                    let m = ms.iter_mut().find(|m| &m.id == member).expect("member");
+                    m.version = "11.8".into();
+                    continue;
+                }
+                Next::Switchover { from } => {
+                    seen.push(format!("switchover from {from}"));
+                    for m in &mut ms {
+                        m.primary = m.id == "db-1";
+                    }
+                }
+                Next::Succeed => {
+                    seen.push("succeed".into());
+                    break;
+                }
+                Next::StepDone => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            apply(&mut op, &n, now);
+        }
+        assert_eq!(
+            seen,
+            [
+                "restart db-1",
+                "restart db-2",
+                "switchover from db-0",
+                "restart db-0",
+                "succeed"
+            ]
+        );
+        assert!(ms.iter().all(|m| m.version == "11.8"));
     }
 
     #[test]
