@@ -646,6 +646,145 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
 /// replication is TLS and no row is lost; a second change while it rolls is refused (409).
 /// Then `optional` through the CLI, set live (plain text in again, no restart), and `off` (a
 /// second rolling restart): replication in plain text, no row lost.
+/// A replica whose primary refuses its connection (here: the replication account made to
+/// require TLS the replica does not use, as when a primary turned to `required` and the
+/// replica cannot connect) is reported not healthy with MariaDB's `Last_IO_Error` as the
+/// reason while its I/O thread retries, and its agent's replica check answers 503; once the
+/// primary accepts it again it reconnects and stays healthy (no flapping), and a row written
+/// meanwhile reaches it (issue 15, open point 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reconnects(
+) -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("refused");
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(spec(&name, "mariadb", "off")),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
+    let inst = env.wait_instance_ready(&name).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let primary_at = member_address(&inst, "primary")?;
+    let replica = inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .cloned()
+        .context("replica")?;
+    let replica_id = replica["id"].as_str().context("id")?.to_owned();
+    let check = format!(
+        "http://{}/v1/members/{replica_id}/replica",
+        replica["check_address"].as_str().context("check address")?
+    );
+
+    // The primary refuses the replication account in plain text, and the replica's current
+    // connection is cut: its I/O thread retries and is refused every second.
+    let mut p = mysql(&primary_at, "mofang_admin", &admin, None, None).await?;
+    p.query_drop("SET SESSION sql_log_bin = 0").await?;
+    p.query_drop("ALTER USER 'mofang_repl'@'%' REQUIRE SSL")
+        .await?;
+    let dumps: Vec<u64> = p
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+        .await?;
+    ensure!(
+        !dumps.is_empty(),
+        "no replication connection at the primary"
+    );
+    for id in dumps {
+        p.query_drop(format!("KILL {id}")).await?;
+    }
+    let path = format!("/v1/instances/{name}");
+    let refused = eventually(
+        "the replica is reported not healthy, with the reason",
+        Duration::from_secs(30),
+        || async {
+            let v = env.get(&path).await?;
+            let m = v["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
+                .cloned()
+                .context("replica")?;
+            ensure!(m["healthy"] == false, "{m}");
+            Ok(m)
+        },
+    )
+    .await?;
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("connecting to master") && reason.contains("Access denied"),
+        "the reason names MariaDB's Last_IO_Error: {refused}"
+    );
+    // What a load balancer asks: not a replica to send reads to.
+    let r = env.http.get(&check).send().await?;
+    ensure!(
+        r.status() == StatusCode::SERVICE_UNAVAILABLE,
+        "replica check while refused: {}",
+        r.status()
+    );
+    // It stays so while the retries go on (the state is not a transient of one look).
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let v = env.get(&path).await?;
+        ensure!(
+            v["status"] != "ready",
+            "ready while its replica is refused: {v}"
+        );
+    }
+
+    // Accepted again: the next retry connects and the replica is healthy, and stays so.
+    p.query_drop("ALTER USER 'mofang_repl'@'%' REQUIRE NONE")
+        .await?;
+    drop(p);
+    let mut w = mysql(&primary_at, "app", &app, None, None).await?;
+    w.query_drop("CREATE TABLE app.after_refusal (id BIGINT PRIMARY KEY)")
+        .await?;
+    w.query_drop("INSERT INTO app.after_refusal VALUES (1)")
+        .await?;
+    drop(w);
+    env.wait_instance_ready(&name).await?;
+    for i in 0..10 {
+        let v = env.get(&path).await?;
+        let m = v["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
+            .cloned()
+            .context("replica")?;
+        ensure!(
+            m["healthy"] == true && m["reason"] == "",
+            "sample {i}: the reconnected replica flapped: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = env.http.get(&check).send().await?;
+    ensure!(
+        r.status() == StatusCode::OK,
+        "replica check: {}",
+        r.status()
+    );
+    let replica_at = member_address(&env.get(&path).await?, "replica")?;
+    eventually(
+        "the row is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut c = mysql(&replica_at, "app", &app, None, None).await?;
+            let n: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM app.after_refusal")
+                .await?;
+            ensure!(n == Some(1), "{n:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> Result<()> {
     mofang_tests::init_tracing();
