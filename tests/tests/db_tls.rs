@@ -652,6 +652,156 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
 /// reason while its I/O thread retries, and its agent's replica check answers 503; once the
 /// primary accepts it again it reconnects and stays healthy (no flapping), and a row written
 /// meanwhile reaches it (issue 15, open point 1).
+/// A running HAProxy, stopped when dropped.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mofang instance haproxy-config NAME ... --ca-file CA` written to `file` (after `edit`),
+/// checked by `haproxy -c` and run.
+fn run_haproxy(
+    env: &Env,
+    name: &str,
+    ca: &std::path::Path,
+    file: &str,
+    edit: impl Fn(String) -> String,
+) -> Result<(Haproxy, u16, u16)> {
+    use mofang_tests::coord::free_port;
+    use std::process::Command;
+    let (rw, ro) = (free_port()?, free_port()?);
+    let out = Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(["instance", "haproxy-config", name, "--bind", "127.0.0.1"])
+        .args(["--rw-port", &rw.to_string(), "--ro-port", &ro.to_string()])
+        .arg("--ca-file")
+        .arg(ca)
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "haproxy-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = edit(String::from_utf8(out.stdout)?);
+    let path = env.sched.dir.path().join(file);
+    std::fs::write(&path, &cfg)?;
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "haproxy -c: {}\n{cfg}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let h = Haproxy(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    Ok((h, rw, ro))
+}
+
+/// A plain RESP session through HAProxy as `app`: PING, then SET / GET of `key`.
+async fn through(at: &str, app: &str, key: &str, set: bool) -> Result<Option<String>> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let client = redis::Client::open(format!("redis://app:{app}@{at}/"))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        if set {
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg("via")
+                .query_async(&mut c)
+                .await?;
+        }
+        let v: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
+        anyhow::Ok(v)
+    })
+    .await
+    .context("no answer in 5 s")?
+}
+
+/// HAProxy rendered with `--ca-file` for a Redis instance with `tls: required` speaks TLS to
+/// the members and verifies each one's certificate and name (issue 15, open point 3): writes
+/// through its read-write port reach the primary and reads through the read-only port the
+/// replica; the same config with another name to verify (`verifyhost`) forwards nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_reaches_redis_members_over_tls_verifying_each_members_name() -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("hatls");
+    let inst = create_ready(&env, &name, "redis").await?;
+    let (creds, ca) = credentials(&env, &name).await?;
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let ca_file = env.sched.dir.path().join("instance-ca.pem");
+    std::fs::write(&ca_file, &ca)?;
+
+    let (_h, rw, ro) = run_haproxy(&env, &name, &ca_file, "haproxy.cfg", |c| c)?;
+    let (rw_at, ro_at) = (format!("127.0.0.1:{rw}"), format!("127.0.0.1:{ro}"));
+    eventually(
+        "a write through the read-write port",
+        Duration::from_secs(30),
+        || async {
+            let v = through(&rw_at, &app, "via-haproxy", true).await?;
+            ensure!(v.as_deref() == Some("via"), "{v:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    eventually(
+        "the key read through the read-only port (the replica)",
+        Duration::from_secs(30),
+        || async {
+            let v = through(&ro_at, &app, "via-haproxy", false).await?;
+            ensure!(v.as_deref() == Some("via"), "{v:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The same config, but each member checked against a name its certificate does not
+    // carry: HAProxy refuses the handshake and forwards nothing, though the chain is good.
+    let ids: Vec<String> = inst["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(ids.len() == 2, "{inst}");
+    let (_wrong, rw2, _) = run_haproxy(&env, &name, &ca_file, "haproxy-wrong.cfg", |c| {
+        ids.iter().fold(c, |c, id| {
+            // HAProxy checks the SNI name when one is sent (`verifyhost` otherwise, seen
+            // with `openssl s_server` behind HAProxy 2.6): both are changed.
+            c.replace(
+                &format!("verifyhost {id} sni str({id})"),
+                "verifyhost someone-else.mofang sni str(someone-else.mofang)",
+            )
+        })
+    })?;
+    let at = format!("127.0.0.1:{rw2}");
+    // Give HAProxy time to mark its servers up by the agents' checks, then try for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let r = through(&at, &app, "via-haproxy", false).await;
+        ensure!(
+            r.is_err(),
+            "an answer through a server whose name does not match: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reconnects(
 ) -> Result<()> {

@@ -476,6 +476,13 @@ enum InstanceCmd {
         /// Replicas lagging more than this many seconds get no reads.
         #[arg(long, default_value_t = 10)]
         max_lag: u32,
+        /// The cluster CA (`mofang instance credentials NAME --ca-out FILE`): HAProxy speaks
+        /// TLS to the members and verifies each one's certificate and name (Redis with TLS).
+        #[arg(long)]
+        ca_file: Option<String>,
+        /// HAProxy's own certificate and key in one PEM file: clients speak TLS to HAProxy.
+        #[arg(long)]
+        frontend_cert: Option<String>,
     },
     /// Switch automatic failover of an instance on or off.
     AutoFailover {
@@ -1286,20 +1293,23 @@ async fn run(cli: Cli) -> Result<()> {
             rw_port,
             ro_port,
             max_lag,
+            ca_file,
+            frontend_cert,
         }) => {
             let v = c.get(&format!("/v1/instances/{name}")).await?;
-            print!(
-                "{}",
-                haproxy::render(
-                    &v,
-                    &haproxy::Ports {
-                        bind,
-                        rw: rw_port,
-                        ro: ro_port,
-                        max_lag,
-                    }
-                )
-            );
+            let cfg = haproxy::render(
+                &v,
+                &haproxy::Ports {
+                    bind,
+                    rw: rw_port,
+                    ro: ro_port,
+                    max_lag,
+                    ca_file,
+                    frontend_cert,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            print!("{cfg}");
         }
         Cmd::Instance(InstanceCmd::Ack { name }) => {
             let v = c
