@@ -452,6 +452,15 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
         s["tls"] = json!("required");
         s
     };
+    eventually("nodes ready", Duration::from_secs(30), || async {
+        let v = ha.get(0, "/v1/nodes").await?;
+        let n = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+        anyhow::ensure!(n == Some(2), "{v}");
+        Ok(())
+    })
+    .await?;
     let first = unique_name("tlsa");
     let (s, v) = ha
         .call(
