@@ -150,6 +150,10 @@ enum KeyringCmd {
     /// A new key seals from now on; every stored secret is sealed again with it and older
     /// keys that seal nothing any more are retired.
     Rotate,
+    /// Rotate the root keyring file (`keyring_file`) on the leader: a new root key seals the
+    /// data keyring, the old one leaves the file. Then copy the file to every other
+    /// scheduler.
+    RotateRoot,
 }
 
 /// An instance's backup policy on the command line.
@@ -1524,6 +1528,18 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             print_keyring(&r.status);
+        }
+        Cmd::Keyring(KeyringCmd::RotateRoot) => {
+            let v = c.post("/v1/keyring/rotate-root", json!({})).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            println!(
+                "root key {} seals the data keyring; retired root keys: {}",
+                v["root_key"], v["retired_root_keys"]
+            );
+            println!("{}", v["next"].as_str().unwrap_or_default());
         }
         Cmd::Audit { since } => {
             let v = c.get(&format!("/v1/audit?since={since}")).await?;
