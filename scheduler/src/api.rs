@@ -594,7 +594,7 @@ async fn keyring_rotate_root(
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "keyring_unavailable",
-            &e.to_string(),
+            e.to_string(),
         )
     })?;
     Ok(Json(RootRotation {
