@@ -23,6 +23,10 @@ struct Args {
     /// Check the config file and exit.
     #[arg(long)]
     check: bool,
+    /// Rotate the state directory's key (`key_file`) and exit: every sealed file is sealed
+    /// again with a new key and the old one is removed. The agent must be stopped.
+    #[arg(long)]
+    rotate_key: bool,
 }
 
 /// sysexits.h EX_CONFIG... EX_USAGE (64) is what operators' tooling expects for bad input.
@@ -46,6 +50,38 @@ fn main() -> ExitCode {
     if args.check {
         println!("config {} is valid", args.config.display());
         return ExitCode::SUCCESS;
+    }
+    if args.rotate_key {
+        // A running agent keeps the old key in memory and would seal with it after the
+        // rotation: refused while something listens on its HTTP address.
+        if std::net::TcpListener::bind(&cfg.http_listen).is_err() {
+            eprintln!(
+                "mofang-agent: {} is in use: is the agent running? Stop it (systemctl stop \
+                 mofang-agent), then rotate the key",
+                cfg.http_listen
+            );
+            return ExitCode::FAILURE;
+        }
+        return match mofang_agent::state::LocalState::rotate_key(&cfg.state_dir, &cfg.key_file()) {
+            Ok(r) => {
+                println!(
+                    "key_file {}: key {} now seals {} files; retired keys: {:?}",
+                    cfg.key_file().display(),
+                    r.key,
+                    r.files,
+                    r.retired
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mofang-agent: key not rotated: {e}");
+                if e.is_config() {
+                    ExitCode::from(EX_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+        };
     }
     init_tracing(cfg.log_json);
     // The key file and the sealed state are checked before anything runs: a missing or

@@ -238,6 +238,17 @@ fn is_sealed_file(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What [`LocalState::rotate_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new key's id (it seals everything now).
+    pub key: u32,
+    /// The ids removed from the key file.
+    pub retired: Vec<u32>,
+    /// Sealed files written again with the new key.
+    pub files: usize,
+}
+
 impl LocalState {
     /// Opens (creating) the state directory (0700) and the run directory (0700), reads the
     /// key file (created 0600 when missing and nothing sealed needs it), seals what an older
@@ -274,6 +285,95 @@ impl LocalState {
         st.verify_key()?;
         st.restore_configs()?;
         Ok(st)
+    }
+
+    /// Rotates the state directory's key (`mofang-agent --rotate-key`, agent stopped;
+    /// decision 113): a new key is added to `key_file` and made active (the file then holds
+    /// both: whatever happens next, every file opens), every sealed file is opened and sealed
+    /// again with it, then the older keys are removed from the file. Refused, changing
+    /// nothing, when the key file is missing or does not open every sealed file.
+    pub fn rotate_key(root: &Path, key_file: &Path) -> Result<Rotated> {
+        let mut ring = match Keyring::load(key_file) {
+            Ok(k) => k,
+            Err(sealed::Error::Missing { .. }) => {
+                return Err(Error::KeyMissing {
+                    path: key_file.to_owned(),
+                })
+            }
+            Err(e) => return Err(Error::Key(e)),
+        };
+        let old = LocalState {
+            root: root.to_owned(),
+            run: root.to_owned(),
+            key: Arc::new(ring.clone()),
+        };
+        let files = old.sealed_files()?;
+        // Every file opens with the current key before anything is written.
+        for (p, aad) in &files {
+            old.read_sealed(p, aad)?;
+        }
+        let key = ring.rotate();
+        ring.save(key_file).map_err(Error::Key)?;
+        let st = LocalState {
+            key: Arc::new(ring.clone()),
+            ..old
+        };
+        for (p, aad) in &files {
+            if let Some(plain) = st.read_sealed(p, aad)? {
+                st.write_sealed(p, aad, &plain)?;
+            }
+        }
+        let retired: Vec<u32> = ring.ids().into_iter().filter(|id| *id != key).collect();
+        for id in &retired {
+            ring.retire(*id);
+        }
+        ring.save(key_file).map_err(Error::Key)?;
+        Ok(Rotated {
+            key,
+            retired,
+            files: files.len(),
+        })
+    }
+
+    /// Every sealed file of the state directory with its associated data.
+    fn sealed_files(&self) -> Result<Vec<(PathBuf, String)>> {
+        let mut out = Vec::new();
+        let desired = self.root.join("desired.json");
+        if is_sealed_file(&desired) {
+            out.push((desired, DESIRED_AAD.to_owned()));
+        }
+        let list = |d: &Path| -> Result<Vec<PathBuf>> {
+            match std::fs::read_dir(d) {
+                Ok(rd) => Ok(rd.flatten().map(|e| e.path()).collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(io(d)(e)),
+            }
+        };
+        for p in list(&self.root.join("secrets"))? {
+            let instance = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_owned);
+            if let Some(instance) = instance.filter(|_| is_sealed_file(&p)) {
+                out.push((p, secrets_aad(&instance)));
+            }
+        }
+        for dir in list(&self.root.join("members"))? {
+            let Some(member) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            for (name, aad) in [
+                ("config.sealed", config_aad(&member)),
+                ("tls.sealed", tls_aad(&member)),
+            ] {
+                let p = dir.join(name);
+                if is_sealed_file(&p) {
+                    out.push((p, aad));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Opens every sealed file once: a key that is not the one they were sealed with is
@@ -803,6 +903,68 @@ mod tests {
             std::fs::read_to_string(old.join("init.sql")).unwrap(),
             format!("'A{PW}'")
         );
+    }
+
+    #[test]
+    fn the_state_key_is_rotated_and_every_sealed_file_opens_with_the_new_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = open(dir.path()).unwrap();
+        st.save_desired(&desired_with_secrets()).unwrap();
+        st.secrets("db", Some(secrets())).unwrap();
+        let files = [ConfigFile {
+            name: "client.cnf",
+            contents: format!("password = A{PW}\n"),
+        }];
+        let uid = nix_uid();
+        st.write_config("db-0", &files, uid).unwrap();
+        st.save_member_tls(
+            "db-0",
+            &MemberTlsState {
+                key_pem: format!("K{PW}"),
+                cert_pem: "c".into(),
+                ca_pem: "a".into(),
+                names: vec!["db-0".into()],
+                not_after: 1,
+            },
+        )
+        .unwrap();
+        drop(st);
+        let key = dir.path().join("state.key");
+        let before = Keyring::load(&key).unwrap();
+        let r = LocalState::rotate_key(&dir.path().join("state"), &key).unwrap();
+        assert_eq!(r.files, 4, "desired, secrets, config, tls: {r:?}");
+        assert_eq!(r.retired, before.ids());
+        let after = Keyring::load(&key).unwrap();
+        assert_eq!(after.ids(), vec![r.key], "only the new key is left");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Everything opens with the new key alone, and nothing is in clear.
+        let st = open(dir.path()).unwrap();
+        assert_eq!(st.load_desired().unwrap().unwrap().revision, 7);
+        assert_eq!(st.secrets("db", None).unwrap().app, format!("P{PW}"));
+        assert_eq!(
+            st.member_tls("db-0").unwrap().unwrap().key_pem,
+            format!("K{PW}")
+        );
+        assert!(holding_password(&dir.path().join("state")).is_empty());
+        // The old key opens none of it any more.
+        before.save(&key).unwrap();
+        assert!(matches!(open(dir.path()), Err(Error::Unsealable { .. })));
+        // A wrong key file: refused, nothing written.
+        Keyring::generate().save(&key).unwrap();
+        let e = LocalState::rotate_key(&dir.path().join("state"), &key).unwrap_err();
+        assert!(matches!(e, Error::Unsealable { .. }), "{e}");
+        assert_eq!(
+            Keyring::load(&key).unwrap().ids(),
+            vec![1],
+            "key file untouched"
+        );
+    }
+
+    fn nix_uid() -> u32 {
+        std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m))
     }
 
     #[test]

@@ -565,6 +565,47 @@ async fn keyring_rotate(
     Ok(Json(crate::secrets::rotate(&api.cluster, sealed).await?))
 }
 
+/// The root keyring after `POST /v1/keyring/rotate-root`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RootRotation {
+    /// The new root key: it seals the data keyring in the store now.
+    pub root_key: u32,
+    /// Root keys removed from the leader's `keyring_file`.
+    pub retired_root_keys: Vec<u32>,
+    /// What to do next.
+    pub next: String,
+}
+
+/// Rotates the root keyring file of the leading scheduler: a new root key seals the data
+/// keyring in the store, older root keys are removed from the file. Copy the file to every
+/// other scheduler (docs/secrets.md).
+#[utoipa::path(post, path = "/v1/keyring/rotate-root", responses((status = 200, body = RootRotation), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn keyring_rotate_root(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+) -> ApiResult<Json<RootRotation>> {
+    need(&id, TokenRole::Admin)?;
+    let sealed = keyring_of(&api)?;
+    let (root_key, retired_root_keys) = sealed
+        .vault()
+        .rotate_root(sealed.inner().as_ref())
+        .await
+        .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keyring_unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(RootRotation {
+        root_key,
+        retired_root_keys,
+        next: "copy the leader's keyring_file to every other scheduler of the cluster (mode \
+               0600, owned by the service user); each reads it when it next needs it"
+            .into(),
+    }))
+}
+
 /// Scheduler metrics (Prometheus text): failover counters and the last failover duration,
 /// binlog archive lag and readiness, backup health per instance.
 async fn metrics(State(api): State<Api>) -> Response {
@@ -1376,7 +1417,7 @@ async fn engines() -> Json<Vec<EngineView>> {
     paths(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
         list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
-        failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate,
+        failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate, keyring_rotate_root,
         rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
@@ -1387,7 +1428,7 @@ async fn engines() -> Json<Vec<EngineView>> {
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::backup::schedule::BackupPolicy, crate::backup::schedule::Retention, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
         RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow, crate::cluster::RestoreProgress,
-        PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation,
+        PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation, RootRotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, EngineView, EngineParameter, crate::ops::StepState, crate::ops::StepAction,
@@ -1598,6 +1639,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/failover/resume", post(failover_resume))
         .route("/v1/keyring", get(keyring_status))
         .route("/v1/keyring/rotate", post(keyring_rotate))
+        .route("/v1/keyring/rotate-root", post(keyring_rotate_root))
         .route("/v1/events", get(events))
         .route("/v1/audit", get(audit))
         .route(

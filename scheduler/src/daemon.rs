@@ -132,8 +132,18 @@ pub async fn start(
     // it serves anything; with a shared store it leads only once it wins the election below.
     let cluster = Cluster::load_with(store, cfg.node_ttl(), cfg.failover.clone()).await?;
     cluster.set_archive_interval(cfg.backup.archive_interval_s);
+    // Whether this scheduler can sign member certificates (decision 112), said when it leads.
+    let signer = tls.clone();
+    let can_sign = move || {
+        (
+            signer.is_some(),
+            signer.as_ref().is_some_and(|t| t.current().ca.is_some()),
+        )
+    };
     if cfg.store == StoreKind::Sqlite {
         cluster.activate().await?;
+        let (on, signs) = can_sign();
+        cluster.note_signing(on, signs).await;
         spawn_reencrypt(&cluster, &sealed, &shutdown);
     }
     let rest = tokio::net::TcpListener::bind(cfg.rest_listen)
@@ -312,6 +322,8 @@ pub async fn start(
                         continue;
                     }
                     info!(term = lead.term(), "leading: state reloaded from the store");
+                    let (on, signs) = can_sign();
+                    c.note_signing(on, signs).await;
                     spawn_reencrypt(&c, &sealed, &sd);
                     let lost = lead.lost();
                     tokio::select! {

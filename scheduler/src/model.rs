@@ -483,6 +483,8 @@ pub enum EventKind {
     KeyringRotated,
     /// Data keys that seal nothing any more were removed from the keyring.
     KeyRetired,
+    /// This scheduler leads but holds no CA key: it cannot sign member certificates.
+    TlsSigningUnavailable,
     /// An agent got its certificate with a join token.
     NodeJoined,
     /// An operator revoked a node: its certificates are refused.
@@ -539,7 +541,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 54] = [
+    pub const ALL: [EventKind; 55] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -570,6 +572,7 @@ impl EventKind {
         EventKind::ReplaceNotDone,
         EventKind::KeyringRotated,
         EventKind::KeyRetired,
+        EventKind::TlsSigningUnavailable,
         EventKind::NodeJoined,
         EventKind::NodeRevoked,
         EventKind::AgentRefused,
@@ -629,6 +632,7 @@ impl EventKind {
             EventKind::ReplaceNotDone => "replace_not_done",
             EventKind::KeyringRotated => "keyring_rotated",
             EventKind::KeyRetired => "key_retired",
+            EventKind::TlsSigningUnavailable => "tls_signing_unavailable",
             EventKind::NodeJoined => "node_joined",
             EventKind::NodeRevoked => "node_revoked",
             EventKind::AgentRefused => "agent_refused",

@@ -1048,3 +1048,120 @@ async fn a_killed_members_address_refuses_at_once_and_outlives_the_restart() -> 
     )
     .await
 }
+
+/// The state directory's key rotated (issue 15, open point 5): refused while the agent runs;
+/// with the agent stopped, `mofang-agent --rotate-key` seals every file again with a new key
+/// and removes the old one; the agent started again manages its member as before and its
+/// state directory holds no password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_key_is_rotated_with_the_agent_stopped_and_the_member_is_still_managed(
+) -> Result<()> {
+    let _rt = docker().await;
+    let fake = FakeScheduler::start().await?;
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let mut agent =
+        AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
+    let s = Secrets::generate();
+    let inst = unique_name("rekey");
+    let m0 = format!("{inst}-0");
+    let p = assignment(
+        Member {
+            instance: &inst,
+            member: &m0,
+            engine: "redis",
+            role: "primary",
+            primary: "",
+        },
+        &s,
+    );
+    fake.set_desired(&agent.node, vec![p]);
+    let primary = wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
+    let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("rekeyed")
+        .query_async(&mut pc)
+        .await?;
+    let config = agent
+        .key_file()
+        .parent()
+        .context("agent dir")?
+        .join("agent.toml");
+    let bin = mofang_tests::cluster::binaries()?.join("mofang-agent");
+    let rotate = || {
+        std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--rotate-key")
+            .output()
+    };
+    let before = mofang_common::sealed::Keyring::load(&agent.key_file())?.ids();
+
+    // While the agent runs: refused, nothing changed.
+    let out = rotate()?;
+    anyhow::ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is the agent running?"),
+        "rotation while running: {out:?}"
+    );
+    anyhow::ensure!(mofang_common::sealed::Keyring::load(&agent.key_file())?.ids() == before);
+
+    agent.kill9()?;
+    let out = rotate()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(out.status.success(), "rotate: {out:?}");
+    let after = mofang_common::sealed::Keyring::load(&agent.key_file())?.ids();
+    anyhow::ensure!(
+        after.len() == 1 && !before.contains(&after[0]),
+        "key ids before {before:?}, after {after:?}: {said}"
+    );
+    anyhow::ensure!(said.contains("retired keys"), "{said}");
+
+    agent.restart()?;
+    // It opened its sealed desired state with the new key (an agent that cannot exits 64).
+    eventually(
+        "the restarted agent loaded its sealed state",
+        Duration::from_secs(30),
+        || async {
+            let log = agent.log();
+            anyhow::ensure!(
+                log.matches("loaded persisted desired state").count() >= 1,
+                "not yet"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    wait_member(
+        &fake,
+        &agent,
+        &m0,
+        "primary healthy after the rotation",
+        Duration::from_secs(60),
+        healthy,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(
+        !agent.log().contains("cannot open its state"),
+        "{}",
+        agent.log()
+    );
+    let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
+    let v: Option<String> = redis::cmd("GET")
+        .arg("greeting")
+        .query_async(&mut pc)
+        .await?;
+    anyhow::ensure!(v.as_deref() == Some("rekeyed"), "{v:?}");
+    let in_state = files_holding(&agent.state_dir(), &s)?;
+    anyhow::ensure!(in_state.is_empty(), "after the rotation: {in_state:?}");
+    Ok(())
+}

@@ -646,6 +646,295 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
 /// replication is TLS and no row is lost; a second change while it rolls is refused (409).
 /// Then `optional` through the CLI, set live (plain text in again, no restart), and `off` (a
 /// second rolling restart): replication in plain text, no row lost.
+/// A replica whose primary refuses its connection (here: the replication account made to
+/// require TLS the replica does not use, as when a primary turned to `required` and the
+/// replica cannot connect) is reported not healthy with MariaDB's `Last_IO_Error` as the
+/// reason while its I/O thread retries, and its agent's replica check answers 503; once the
+/// primary accepts it again it reconnects and stays healthy (no flapping), and a row written
+/// meanwhile reaches it (issue 15, open point 1).
+/// A running HAProxy, stopped when dropped.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mofang instance haproxy-config NAME ... --ca-file CA` written to `file` (after `edit`),
+/// checked by `haproxy -c` and run.
+fn run_haproxy(
+    env: &Env,
+    name: &str,
+    ca: &std::path::Path,
+    file: &str,
+    edit: impl Fn(String) -> String,
+) -> Result<(Haproxy, u16, u16)> {
+    use mofang_tests::coord::free_port;
+    use std::process::Command;
+    let (rw, ro) = (free_port()?, free_port()?);
+    let out = Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args(["instance", "haproxy-config", name, "--bind", "127.0.0.1"])
+        .args(["--rw-port", &rw.to_string(), "--ro-port", &ro.to_string()])
+        .arg("--ca-file")
+        .arg(ca)
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "haproxy-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = edit(String::from_utf8(out.stdout)?);
+    let path = env.sched.dir.path().join(file);
+    std::fs::write(&path, &cfg)?;
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "haproxy -c: {}\n{cfg}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let h = Haproxy(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    Ok((h, rw, ro))
+}
+
+/// A plain RESP session through HAProxy as `app`: PING, then SET / GET of `key`.
+async fn through(at: &str, app: &str, key: &str, set: bool) -> Result<Option<String>> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let client = redis::Client::open(format!("redis://app:{app}@{at}/"))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        if set {
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg("via")
+                .query_async(&mut c)
+                .await?;
+        }
+        let v: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
+        anyhow::Ok(v)
+    })
+    .await
+    .context("no answer in 5 s")?
+}
+
+/// HAProxy rendered with `--ca-file` for a Redis instance with `tls: required` speaks TLS to
+/// the members and verifies each one's certificate and name (issue 15, open point 3): writes
+/// through its read-write port reach the primary and reads through the read-only port the
+/// replica; the same config with another name to verify (`verifyhost`) forwards nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_reaches_redis_members_over_tls_verifying_each_members_name() -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("hatls");
+    let inst = create_ready(&env, &name, "redis").await?;
+    let (creds, ca) = credentials(&env, &name).await?;
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let ca_file = env.sched.dir.path().join("instance-ca.pem");
+    std::fs::write(&ca_file, &ca)?;
+
+    let (_h, rw, ro) = run_haproxy(&env, &name, &ca_file, "haproxy.cfg", |c| c)?;
+    let (rw_at, ro_at) = (format!("127.0.0.1:{rw}"), format!("127.0.0.1:{ro}"));
+    eventually(
+        "a write through the read-write port",
+        Duration::from_secs(30),
+        || async {
+            let v = through(&rw_at, &app, "via-haproxy", true).await?;
+            ensure!(v.as_deref() == Some("via"), "{v:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    eventually(
+        "the key read through the read-only port (the replica)",
+        Duration::from_secs(30),
+        || async {
+            let v = through(&ro_at, &app, "via-haproxy", false).await?;
+            ensure!(v.as_deref() == Some("via"), "{v:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The same config, but each member checked against a name its certificate does not
+    // carry: HAProxy refuses the handshake and forwards nothing, though the chain is good.
+    let ids: Vec<String> = inst["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(ids.len() == 2, "{inst}");
+    let (_wrong, rw2, _) = run_haproxy(&env, &name, &ca_file, "haproxy-wrong.cfg", |c| {
+        ids.iter().fold(c, |c, id| {
+            // HAProxy checks the SNI name when one is sent (`verifyhost` otherwise, seen
+            // with `openssl s_server` behind HAProxy 2.6): both are changed.
+            c.replace(
+                &format!("verifyhost {id} sni str({id})"),
+                "verifyhost someone-else.mofang sni str(someone-else.mofang)",
+            )
+        })
+    })?;
+    let at = format!("127.0.0.1:{rw2}");
+    // Give HAProxy time to mark its servers up by the agents' checks, then try for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let r = through(&at, &app, "via-haproxy", false).await;
+        ensure!(
+            r.is_err(),
+            "an answer through a server whose name does not match: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reconnects(
+) -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("refused");
+    let (s, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(spec(&name, "mariadb", "off")),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
+    let inst = env.wait_instance_ready(&name).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let app = creds["app"].as_str().context("app")?.to_owned();
+    let primary_at = member_address(&inst, "primary")?;
+    let replica = inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .cloned()
+        .context("replica")?;
+    let replica_id = replica["id"].as_str().context("id")?.to_owned();
+    let check = format!(
+        "http://{}/v1/members/{replica_id}/replica",
+        replica["check_address"].as_str().context("check address")?
+    );
+
+    // The primary refuses the replication account in plain text, and the replica's current
+    // connection is cut: its I/O thread retries and is refused every second.
+    let mut p = mysql(&primary_at, "mofang_admin", &admin, None, None).await?;
+    p.query_drop("SET SESSION sql_log_bin = 0").await?;
+    p.query_drop("ALTER USER 'mofang_repl'@'%' REQUIRE SSL")
+        .await?;
+    let dumps: Vec<u64> = p
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+        .await?;
+    ensure!(
+        !dumps.is_empty(),
+        "no replication connection at the primary"
+    );
+    for id in dumps {
+        p.query_drop(format!("KILL {id}")).await?;
+    }
+    let path = format!("/v1/instances/{name}");
+    let refused = eventually(
+        "the replica is reported not healthy, with the reason",
+        Duration::from_secs(30),
+        || async {
+            let v = env.get(&path).await?;
+            let m = v["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
+                .cloned()
+                .context("replica")?;
+            ensure!(m["healthy"] == false, "{m}");
+            Ok(m)
+        },
+    )
+    .await?;
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    ensure!(
+        reason.contains("connecting to master") && reason.contains("Access denied"),
+        "the reason names MariaDB's Last_IO_Error: {refused}"
+    );
+    // What a load balancer asks: not a replica to send reads to.
+    let r = env.http.get(&check).send().await?;
+    ensure!(
+        r.status() == StatusCode::SERVICE_UNAVAILABLE,
+        "replica check while refused: {}",
+        r.status()
+    );
+    // It stays so while the retries go on (the state is not a transient of one look).
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let v = env.get(&path).await?;
+        ensure!(
+            v["status"] != "ready",
+            "ready while its replica is refused: {v}"
+        );
+    }
+
+    // Accepted again: the next retry connects and the replica is healthy, and stays so.
+    p.query_drop("ALTER USER 'mofang_repl'@'%' REQUIRE NONE")
+        .await?;
+    drop(p);
+    let mut w = mysql(&primary_at, "app", &app, None, None).await?;
+    w.query_drop("CREATE TABLE app.after_refusal (id BIGINT PRIMARY KEY)")
+        .await?;
+    w.query_drop("INSERT INTO app.after_refusal VALUES (1)")
+        .await?;
+    drop(w);
+    env.wait_instance_ready(&name).await?;
+    for i in 0..10 {
+        let v = env.get(&path).await?;
+        let m = v["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
+            .cloned()
+            .context("replica")?;
+        ensure!(
+            m["healthy"] == true && m["reason"] == "",
+            "sample {i}: the reconnected replica flapped: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = env.http.get(&check).send().await?;
+    ensure!(
+        r.status() == StatusCode::OK,
+        "replica check: {}",
+        r.status()
+    );
+    let replica_at = member_address(&env.get(&path).await?, "replica")?;
+    eventually(
+        "the row is on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut c = mysql(&replica_at, "app", &app, None, None).await?;
+            let n: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM app.after_refusal")
+                .await?;
+            ensure!(n == Some(1), "{n:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> Result<()> {
     mofang_tests::init_tracing();

@@ -390,3 +390,195 @@ async fn etcd_leader_restarted_at_once_is_replaced_within_the_ttl() -> Result<()
     ))
     .await
 }
+
+/// A leader change and member certificates (issue 15, open point 4), on etcd: a TLS instance
+/// created under a first leader; that leader killed, the next one (holding the CA key too)
+/// signs the certificates of a second TLS instance's members; then a scheduler without the
+/// CA key takes over: it says so when it starts leading (a WARN in its log and a
+/// `tls_signing_unavailable` event naming the instances with TLS), and a create with TLS is
+/// refused with 422 `tls_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader_says_why(
+) -> Result<()> {
+    let _ = docker().await;
+    let etcd = EtcdProcess::start().await?;
+    let prefix = unique_name("mofang");
+    let store = format!(
+        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
+        etcd.endpoint
+    );
+    let net = TestNetwork::create(&unique_name("net"))?;
+    let pki = TestPki::new()?;
+    let start = |keyring: Option<std::path::PathBuf>, tls: Option<String>| {
+        let keyring = keyring
+            .map(|k| format!("keyring_file = \"{}\"\n", k.display()))
+            .unwrap_or_default();
+        SchedulerProcess::start_with_pki(
+            &format!(
+                "{keyring}{}{}",
+                scheduler_config(&store),
+                tls.unwrap_or_default()
+            ),
+            &Timings::FAST,
+            Some(pki.clone()),
+        )
+    };
+    let mut ha = Ha {
+        scheds: vec![start(None, None)?],
+        _agents: Vec::new(),
+        _net: None,
+        http: pki.http_client(Some(Duration::from_secs(10)))?,
+    };
+    ensure_eq(ha.leader(None).await?, 0, "the first scheduler leads")?;
+    let keyring = ha.scheds[0].keyring_file();
+    ha.scheds.push(start(Some(keyring.clone()), None)?);
+    let endpoints: Vec<String> = ha.scheds.iter().map(|s| s.grpc.clone()).collect();
+    let mut agents = Vec::new();
+    for z in ["a", "b"] {
+        agents.push(AgentProcess::start_secure(
+            &unique_name("node"),
+            &endpoints,
+            Some(&pki),
+            &net.name,
+            4096,
+            &format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048"),
+            &Timings::FAST,
+        )?);
+    }
+    ha._agents = agents;
+    ha._net = Some(net);
+    let with_tls = |name: &str| {
+        let mut s = tiny(name);
+        s["tls"] = json!("required");
+        s
+    };
+    eventually("nodes ready", Duration::from_secs(30), || async {
+        let v = ha.get(0, "/v1/nodes").await?;
+        let n = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+        anyhow::ensure!(n == Some(2), "{v}");
+        Ok(())
+    })
+    .await?;
+    let first = unique_name("tlsa");
+    let (s, v) = ha
+        .call(
+            0,
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(with_tls(&first)),
+        )
+        .await?;
+    anyhow::ensure!(s.is_success(), "create {first}: {s} {v}");
+    ready(&ha, 0, &first).await?;
+
+    // The leader dies; the other one, holding the CA key too, leads and signs.
+    ha.scheds[0].kill9()?;
+    ensure_eq(ha.leader(Some(0)).await?, 1, "the second scheduler leads")?;
+    let second = unique_name("tlsb");
+    let (s, v) = ha
+        .call(
+            1,
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(with_tls(&second)),
+        )
+        .await?;
+    anyhow::ensure!(
+        s.is_success(),
+        "create {second} under the new leader: {s} {v}"
+    );
+    ready(&ha, 1, &second).await?;
+    anyhow::ensure!(
+        !ha.scheds[1].log().contains("holds no CA key"),
+        "a leader with the CA key warned"
+    );
+
+    // A scheduler without the CA key takes over.
+    let no_key: String = pki
+        .scheduler_toml()
+        .lines()
+        .filter(|l| !l.starts_with("ca_key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    ha.scheds.push(start(Some(keyring), Some(no_key))?);
+    ha.scheds[1].kill9()?;
+    let skip_dead = eventually(
+        "the scheduler without the CA key leads",
+        Duration::from_secs(30),
+        || async {
+            let h: Value = ha
+                .http
+                .get(format!("{}/v1/health", ha.scheds[2].rest))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::ensure!(h["leader"] == true, "{h}");
+            Ok(())
+        },
+    )
+    .await;
+    skip_dead?;
+    let said = eventually("its warning", Duration::from_secs(10), || async {
+        let log = ha.scheds[2].log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("holds no CA key (tls.ca_key_file)"))
+            .map(str::to_owned)
+            .context("no warning in the log yet")?;
+        Ok(line)
+    })
+    .await?;
+    anyhow::ensure!(
+        said.contains("WARN") && said.contains(&first) && said.contains(&second),
+        "the warning names the instances with TLS: {said}"
+    );
+    let events = ha.get(2, "/v1/events?limit=1000").await?;
+    let ev = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "tls_signing_unavailable")
+        .cloned()
+        .with_context(|| format!("no tls_signing_unavailable event: {events}"))?;
+    anyhow::ensure!(
+        ev["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Give tls.ca_key_file"),
+        "{ev}"
+    );
+    let third = unique_name("tlsc");
+    let (s, v) = ha
+        .call(
+            2,
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(with_tls(&third)),
+        )
+        .await?;
+    anyhow::ensure!(
+        s == reqwest::StatusCode::UNPROCESSABLE_ENTITY && v["error"]["code"] == "tls_unavailable",
+        "create with TLS under a leader without the CA key: {s} {v}"
+    );
+    Ok(())
+}
+
+fn ensure_eq(got: usize, want: usize, what: &str) -> Result<()> {
+    anyhow::ensure!(got == want, "{what}: scheduler {got} leads, not {want}");
+    Ok(())
+}
+
+async fn ready(ha: &Ha, via: usize, name: &str) -> Result<Value> {
+    eventually("instance ready", Duration::from_secs(120), || async {
+        let v = ha.get(via, &format!("/v1/instances/{name}")).await?;
+        if v["status"] == "ready" {
+            Ok(v)
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await
+}

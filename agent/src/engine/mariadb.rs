@@ -164,6 +164,48 @@ fn native_hashes(create_user: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// A replica's two replication threads as `SHOW SLAVE STATUS` shows them.
+struct Threads<'a> {
+    io: &'a str,
+    sql: &'a str,
+    io_errno: u32,
+    io_error: &'a str,
+    sql_errno: u32,
+    sql_error: &'a str,
+}
+
+/// Whether a replica replicates, and the reason when it does not. Both threads must run
+/// (`Yes`: the I/O thread connected and reading; `Connecting` and `Preparing` are retries or
+/// a connection not set up yet) **and** neither may carry an error: an I/O error is what a
+/// retrying connection leaves (a refused TLS handshake, a primary gone, access denied), and
+/// MariaDB clears it once a connection succeeds, so a replica that reconnected fine is
+/// replicating again (no flapping). The reason is MariaDB's own error text.
+fn replication_state(t: &Threads<'_>) -> (bool, Option<String>) {
+    let running = t.io == "Yes" && t.sql == "Yes";
+    if running && t.io_errno == 0 && t.sql_errno == 0 {
+        return (true, None);
+    }
+    let mut why = Vec::new();
+    if t.io_errno != 0 || !t.io_error.is_empty() {
+        why.push(if t.io_error.is_empty() {
+            format!("IO thread error {}", t.io_errno)
+        } else {
+            t.io_error.to_owned()
+        });
+    }
+    if t.sql_errno != 0 || !t.sql_error.is_empty() {
+        why.push(if t.sql_error.is_empty() {
+            format!("SQL thread error {}", t.sql_errno)
+        } else {
+            t.sql_error.to_owned()
+        });
+    }
+    if why.is_empty() {
+        why.push(format!("IO thread {}, SQL thread {}", t.io, t.sql));
+    }
+    (false, Some(why.join("; ")))
+}
+
 fn get_str(row: &Row, col: &str) -> Option<String> {
     row.get_opt::<Option<String>, _>(col)
         .and_then(|r| r.ok())
@@ -389,17 +431,14 @@ impl Engine for MariaDb {
                     let position = merge_positions(&pos, &io_pos);
                     let sql_err = get_str(&row, "Last_SQL_Error").unwrap_or_default();
                     details.insert("using_gtid".into(), gtid);
-                    let ok = io == "Yes" && sql == "Yes";
-                    let error = (!ok).then(|| {
-                        let e = [io_err, sql_err]
-                            .into_iter()
-                            .filter(|e| !e.is_empty())
-                            .collect::<Vec<_>>();
-                        if e.is_empty() {
-                            format!("IO thread {io}, SQL thread {sql}")
-                        } else {
-                            e.join("; ")
-                        }
+                    let errno = |col| get_str(&row, col).and_then(|v| v.parse().ok());
+                    let (ok, error) = replication_state(&Threads {
+                        io: &io,
+                        sql: &sql,
+                        io_errno: errno("Last_IO_Errno").unwrap_or(0),
+                        io_error: &io_err,
+                        sql_errno: errno("Last_SQL_Errno").unwrap_or(0),
+                        sql_error: &sql_err,
                     });
                     Observation {
                         role: ObservedRole::Replica,
@@ -789,6 +828,69 @@ fn merge_positions(applied: &str, received: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn threads<'a>(io: &'a str, io_errno: u32, io_error: &'a str) -> Threads<'a> {
+        Threads {
+            io,
+            sql: "Yes",
+            io_errno,
+            io_error,
+            sql_errno: 0,
+            sql_error: "",
+        }
+    }
+
+    #[test]
+    fn a_replica_retrying_its_connection_is_not_replicating_and_says_why() {
+        let healthy = threads("Yes", 0, "");
+        assert_eq!(replication_state(&healthy), (true, None));
+        // What MariaDB 10.11 shows while the I/O thread retries (seen against a real server:
+        // primary stopped, paused, requiring TLS the replica lacks, a certificate that fails
+        // verification).
+        for (io, errno, e) in [
+            ("Connecting", 2026, "error connecting to master 'mofang_repl@10.0.0.2:3306' - retry-time: 1  maximum-retries: 100000  message: SSL connection error: SSL certificate validation failure"),
+            ("Connecting", 1045, "error connecting to master 'mofang_repl@10.0.0.2:3306' - retry-time: 1  maximum-retries: 100000  message: Access denied for user 'mofang_repl'@'10.0.0.3' (using password: YES)"),
+            ("Connecting", 2003, "error reconnecting to master 'mofang_repl@10.0.0.2:3306' - retry-time: 1  maximum-retries: 100000  message: Can't connect to server on '10.0.0.2' (111 \"Connection refused\")"),
+            // The I/O thread's own state says Yes while an error of the retry is still set:
+            // the error decides.
+            ("Yes", 2013, "error reconnecting to master 'mofang_repl@10.0.0.2:3306' - retry-time: 1  maximum-retries: 100000  message: Lost connection to server"),
+            ("Preparing", 0, ""),
+        ] {
+            let (ok, why) = replication_state(&threads(io, errno, e));
+            assert!(!ok, "{io} {errno}");
+            let why = why.unwrap_or_default();
+            if e.is_empty() {
+                assert_eq!(why, "IO thread Preparing, SQL thread Yes");
+            } else {
+                assert_eq!(why, e, "the reason is MariaDB's Last_IO_Error");
+            }
+        }
+        // A number without a text still counts.
+        let (ok, why) = replication_state(&threads("Yes", 2003, ""));
+        assert!(!ok);
+        assert_eq!(why.as_deref(), Some("IO thread error 2003"));
+        // Reconnected: MariaDB cleared the error; replicating again.
+        assert_eq!(replication_state(&threads("Yes", 0, "")), (true, None));
+        // An SQL error with both threads up (a retried transaction's) is not hidden either.
+        let sql = Threads {
+            sql_errno: 1205,
+            sql_error: "Lock wait timeout exceeded",
+            ..threads("Yes", 0, "")
+        };
+        assert_eq!(
+            replication_state(&sql),
+            (false, Some("Lock wait timeout exceeded".into()))
+        );
+        // Both stopped without an error: the threads' states.
+        let stopped = Threads {
+            sql: "No",
+            ..threads("No", 0, "")
+        };
+        assert_eq!(
+            replication_state(&stopped).1.as_deref(),
+            Some("IO thread No, SQL thread No")
+        );
+    }
 
     #[test]
     fn promotion_steps_print_as_one_line() {

@@ -150,6 +150,10 @@ enum KeyringCmd {
     /// A new key seals from now on; every stored secret is sealed again with it and older
     /// keys that seal nothing any more are retired.
     Rotate,
+    /// Rotate the root keyring file (`keyring_file`) on the leader: a new root key seals the
+    /// data keyring, the old one leaves the file. Then copy the file to every other
+    /// scheduler.
+    RotateRoot,
 }
 
 /// An instance's backup policy on the command line.
@@ -491,6 +495,13 @@ enum InstanceCmd {
         /// Replicas lagging more than this many seconds get no reads.
         #[arg(long, default_value_t = 10)]
         max_lag: u32,
+        /// The cluster CA (`mofang instance credentials NAME --ca-out FILE`): HAProxy speaks
+        /// TLS to the members and verifies each one's certificate and name (Redis with TLS).
+        #[arg(long)]
+        ca_file: Option<String>,
+        /// HAProxy's own certificate and key in one PEM file: clients speak TLS to HAProxy.
+        #[arg(long)]
+        frontend_cert: Option<String>,
     },
     /// Switch automatic failover of an instance on or off.
     AutoFailover {
@@ -1310,20 +1321,23 @@ async fn run(cli: Cli) -> Result<()> {
             rw_port,
             ro_port,
             max_lag,
+            ca_file,
+            frontend_cert,
         }) => {
             let v = c.get(&format!("/v1/instances/{name}")).await?;
-            print!(
-                "{}",
-                haproxy::render(
-                    &v,
-                    &haproxy::Ports {
-                        bind,
-                        rw: rw_port,
-                        ro: ro_port,
-                        max_lag,
-                    }
-                )
-            );
+            let cfg = haproxy::render(
+                &v,
+                &haproxy::Ports {
+                    bind,
+                    rw: rw_port,
+                    ro: ro_port,
+                    max_lag,
+                    ca_file,
+                    frontend_cert,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            print!("{cfg}");
         }
         Cmd::Instance(InstanceCmd::Ack { name }) => {
             let v = c
@@ -1538,6 +1552,18 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             print_keyring(&r.status);
+        }
+        Cmd::Keyring(KeyringCmd::RotateRoot) => {
+            let v = c.post("/v1/keyring/rotate-root", json!({})).await?;
+            if cli.json {
+                out(&v);
+                return Ok(());
+            }
+            println!(
+                "root key {} seals the data keyring; retired root keys: {}",
+                v["root_key"], v["retired_root_keys"]
+            );
+            println!("{}", v["next"].as_str().unwrap_or_default());
         }
         Cmd::Audit { since } => {
             let v = c.get(&format!("/v1/audit?since={since}")).await?;

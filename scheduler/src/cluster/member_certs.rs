@@ -82,7 +82,52 @@ pub fn allowed_names(
     Ok(out)
 }
 
+/// What a leader that holds no CA key says when it takes over (decision 112): the instances
+/// with TLS that it cannot serve new member certificates for, and what to do. `None` when it
+/// can sign, or when TLS is disabled on it altogether.
+pub fn signing_warning(tls_on: bool, can_sign: bool, with_tls: &[String]) -> Option<String> {
+    if !tls_on || can_sign {
+        return None;
+    }
+    let which = if with_tls.is_empty() {
+        "no instance has TLS now".to_owned()
+    } else {
+        format!(
+            "instances with TLS: {}; their members keep the certificates they have, but a new \
+             member, or one whose address changed, waits for a certificate until a scheduler \
+             holding the CA key leads",
+            with_tls.join(", ")
+        )
+    };
+    Some(format!(
+        "this scheduler leads but holds no CA key (tls.ca_key_file): it cannot sign member \
+         certificates, and creating an instance with TLS or turning TLS on is refused (422 \
+         tls_unavailable); {which}. Give tls.ca_key_file to every scheduler that may lead"
+    ))
+}
+
 impl Cluster {
+    /// Said once per term by a leader without a CA key ([`signing_warning`]): logged as a
+    /// WARN and recorded as a `tls_signing_unavailable` event.
+    pub async fn note_signing(&self, tls_on: bool, can_sign: bool) -> Option<String> {
+        let with_tls: Vec<String> = lock(&self.inner)
+            .instances
+            .values()
+            .filter(|i| i.revision > 0 && i.spec.tls != DbTls::Off)
+            .map(|i| i.spec.name.clone())
+            .collect();
+        let text = signing_warning(tls_on, can_sign, &with_tls)?;
+        tracing::warn!("{text}");
+        self.emit(vec![super::event(
+            crate::model::EventKind::TlsSigningUnavailable,
+            None,
+            None,
+            text.clone(),
+        )])
+        .await;
+        Some(text)
+    }
+
     /// The names `node`'s agent may have signed into `member`'s certificate, of those it asks
     /// for ([`allowed_names`]).
     pub fn member_cert_names(
@@ -122,6 +167,26 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_without_the_ca_key_says_what_waits_and_what_to_do() {
+        assert_eq!(signing_warning(true, true, &["a".into()]), None, "it signs");
+        assert_eq!(
+            signing_warning(false, false, &["a".into()]),
+            None,
+            "TLS disabled"
+        );
+        let w = signing_warning(true, false, &["shop".into(), "cache".into()]).expect("warn");
+        assert!(w.contains("holds no CA key (tls.ca_key_file)"), "{w}");
+        assert!(w.contains("instances with TLS: shop, cache"), "{w}");
+        assert!(w.contains("422 tls_unavailable"), "{w}");
+        assert!(
+            w.contains("Give tls.ca_key_file to every scheduler that may lead"),
+            "{w}"
+        );
+        let none = signing_warning(true, false, &[]).expect("warn");
+        assert!(none.contains("no instance has TLS now"), "{none}");
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

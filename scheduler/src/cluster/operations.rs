@@ -301,6 +301,21 @@ impl Cluster {
         timeout_ms: Option<i64>,
         requested_by: &str,
     ) -> Result<Operation> {
+        self.start_operation_carrying(instance, kind, args, timeout_ms, requested_by, None)
+            .await
+    }
+
+    /// [`Cluster::start_operation`], the operation carrying the `tls` mode it rolls out
+    /// (a `restart` for a change of `tls`, [`Cluster::patch_instance`]).
+    pub(super) async fn start_operation_carrying(
+        &self,
+        instance: &str,
+        kind: OpKind,
+        args: OpArgs,
+        timeout_ms: Option<i64>,
+        requested_by: &str,
+        tls: Option<mofang_common::DbTls>,
+    ) -> Result<Operation> {
         let now = now_ms();
         let member = args.member.clone();
         check_args(kind, &args)?;
@@ -506,6 +521,7 @@ impl Cluster {
             settings,
             restart_needed,
             version,
+            tls,
         };
         self.save_operation(&op).await?;
         info!(instance, id = %op.id, kind = kind_name(kind), "operation started");
@@ -638,6 +654,11 @@ impl Cluster {
                 let action = step.action.clone();
                 return self.ask(&op, inst, &action).await;
             }
+        }
+        // A `tls` change whose record write did not happen (the scheduler stopped between
+        // storing the operation and writing the record): the mode goes in before any step.
+        if let Some(to) = ops::tls_to_write(&op, inst.spec.tls) {
+            return self.write_operation_tls(&op, to).await.map(|_| ());
         }
         if held && op.running_step().is_none() {
             return self
@@ -1351,6 +1372,206 @@ mod tests {
                 ..Default::default()
             });
         }
+    }
+
+    /// A store that refuses to write operations while `fail_ops` is set (a backend failing
+    /// between two writes); everything else goes to SQLite in memory.
+    struct FailingOps {
+        inner: SqliteStore,
+        fail_ops: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for FailingOps {
+        async fn put_node(&self, n: &crate::model::Node) -> crate::store::Result<()> {
+            self.inner.put_node(n).await
+        }
+        async fn nodes(&self) -> crate::store::Result<Vec<crate::model::Node>> {
+            self.inner.nodes().await
+        }
+        async fn set_node_admin(
+            &self,
+            name: &str,
+            admin: crate::model::NodeAdmin,
+        ) -> crate::store::Result<crate::model::Node> {
+            self.inner.set_node_admin(name, admin).await
+        }
+        async fn create_instance(
+            &self,
+            i: &Instance,
+            e: &[crate::model::Event],
+        ) -> crate::store::Result<Instance> {
+            self.inner.create_instance(i, e).await
+        }
+        async fn update_instance(
+            &self,
+            i: &Instance,
+            e: &[crate::model::Event],
+        ) -> crate::store::Result<Instance> {
+            self.inner.update_instance(i, e).await
+        }
+        async fn delete_instance(
+            &self,
+            name: &str,
+            rev: u64,
+            e: &[crate::model::Event],
+        ) -> crate::store::Result<()> {
+            self.inner.delete_instance(name, rev, e).await
+        }
+        async fn instance(&self, name: &str) -> crate::store::Result<Option<Instance>> {
+            self.inner.instance(name).await
+        }
+        async fn instances(&self) -> crate::store::Result<Vec<Instance>> {
+            self.inner.instances().await
+        }
+        async fn append_events(
+            &self,
+            e: &[crate::model::Event],
+        ) -> crate::store::Result<Vec<crate::model::Event>> {
+            self.inner.append_events(e).await
+        }
+        async fn events(
+            &self,
+            i: Option<&str>,
+            since: u64,
+            limit: usize,
+        ) -> crate::store::Result<Vec<crate::model::Event>> {
+            self.inner.events(i, since, limit).await
+        }
+        async fn append_audit(
+            &self,
+            a: &crate::model::AuditEntry,
+        ) -> crate::store::Result<crate::model::AuditEntry> {
+            self.inner.append_audit(a).await
+        }
+        async fn audit(
+            &self,
+            since: u64,
+            limit: usize,
+        ) -> crate::store::Result<Vec<crate::model::AuditEntry>> {
+            self.inner.audit(since, limit).await
+        }
+        async fn get_meta(&self, key: &str) -> crate::store::Result<Option<String>> {
+            self.inner.get_meta(key).await
+        }
+        async fn put_meta(&self, key: &str, value: &str) -> crate::store::Result<()> {
+            if key.starts_with(PREFIX) && self.fail_ops.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::Error::Backend("disk full".into()));
+            }
+            self.inner.put_meta(key, value).await
+        }
+        async fn meta_with_prefix(
+            &self,
+            prefix: &str,
+        ) -> crate::store::Result<Vec<(String, String)>> {
+            self.inner.meta_with_prefix(prefix).await
+        }
+        async fn delete_meta(&self, key: &str) -> crate::store::Result<()> {
+            self.inner.delete_meta(key).await
+        }
+    }
+
+    /// `PATCH {"tls": ...}` whose rolling restart cannot start changes nothing and says why;
+    /// one that starts has both the operation (carrying the mode) and the mode in the record.
+    #[tokio::test]
+    async fn a_tls_change_whose_restart_cannot_start_changes_nothing() {
+        use mofang_common::DbTls;
+        use std::sync::atomic::Ordering;
+        let nodes = super::super::testkit::three_ssd_nodes();
+        let store = Arc::new(FailingOps {
+            inner: SqliteStore::open_in_memory().expect("store"),
+            fail_ops: false.into(),
+        });
+        let c = cluster_on(store.clone(), &nodes).await;
+        c.activate().await.expect("activate");
+        beat(&c, &nodes);
+        c.create_instance(spec("db", 100, None))
+            .await
+            .expect("create");
+        all_healthy(&c, "db");
+        let none = BTreeMap::new();
+
+        store.fail_ops.store(true, Ordering::SeqCst);
+        let e = c
+            .patch_instance("db", &none, None, Some(DbTls::Required), "t")
+            .await
+            .expect_err("the restart cannot be stored");
+        assert!(e.to_string().contains("disk full"), "{e}");
+        let stored = store.instance("db").await.expect("read").expect("db");
+        assert_eq!(stored.spec.tls, DbTls::Off, "the mode was written");
+        assert_eq!(
+            lock(&c.inner).instances.get("db").map(|i| i.spec.tls),
+            Some(DbTls::Off)
+        );
+        assert!(c.operations_of("db").await.expect("ops").is_empty());
+
+        store.fail_ops.store(false, Ordering::SeqCst);
+        let inst = c
+            .patch_instance("db", &none, None, Some(DbTls::Required), "t")
+            .await
+            .expect("patch");
+        assert_eq!(inst.spec.tls, DbTls::Required);
+        let ops = c.operations_of("db").await.expect("ops");
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert_eq!(
+            (ops[0].kind, ops[0].tls),
+            (OpKind::Restart, Some(DbTls::Required))
+        );
+        let stored = store.instance("db").await.expect("read").expect("db");
+        assert_eq!(stored.spec.tls, DbTls::Required);
+    }
+
+    /// The scheduler stored the operation of a `tls` change and stopped before the record
+    /// write: the next leader writes the mode before the operation's first restart.
+    #[tokio::test]
+    async fn a_tls_change_stored_only_as_its_operation_reaches_the_record_before_any_restart() {
+        use mofang_common::DbTls;
+        let nodes = super::super::testkit::three_ssd_nodes();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let c1 = cluster_on(store.clone(), &nodes).await;
+        c1.activate().await.expect("activate");
+        beat(&c1, &nodes);
+        c1.create_instance(spec("db", 100, None))
+            .await
+            .expect("create");
+        all_healthy(&c1, "db");
+        let op = c1
+            .start_operation_carrying(
+                "db",
+                OpKind::Restart,
+                OpArgs::default(),
+                None,
+                "t",
+                Some(DbTls::Required),
+            )
+            .await
+            .expect("start");
+        c1.deactivate();
+
+        let c2 = cluster_on(store.clone(), &nodes).await;
+        c2.activate().await.expect("activate");
+        beat(&c2, &nodes);
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("step");
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        assert_eq!(inst.spec.tls, DbTls::Required);
+        assert!(
+            inst.restart_generations.is_empty(),
+            "no restart before the mode"
+        );
+        let events = store.events(Some("db"), 0, 100).await.expect("events");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.contains("tls off -> required") && e.message.contains(&op.id)),
+            "{events:?}"
+        );
+        // Then the restarts begin, and the mode is not written again.
+        all_healthy(&c2, "db");
+        c2.step_operation(&op.id).await.expect("step");
+        let inst = lock(&c2.inner).instances.get("db").cloned().expect("db");
+        assert_eq!(inst.restart_generations.len(), 1, "{inst:?}");
+        assert_eq!(inst.spec.tls, DbTls::Required);
     }
 
     /// A scale-up's step stored by a leader that died before it wrote the instance record:

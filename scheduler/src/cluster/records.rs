@@ -418,10 +418,10 @@ impl Cluster {
         }
         validate_labels(&next.spec.labels)?;
         let mut what = Vec::new();
-        let mut change = TlsChange::Same;
+        let mut rolled = None;
         if let Some(to) = tls {
             let from = next.spec.tls;
-            change = tls_change(next.spec.engine, from, to, next.stopped)?;
+            let change = tls_change(next.spec.engine, from, to, next.stopped)?;
             match change {
                 TlsChange::Same => {}
                 TlsChange::AtStart | TlsChange::Live => self.operation_blocker(name, false)?,
@@ -437,8 +437,29 @@ impl Cluster {
                     }
                 ));
                 next.spec.tls = to;
+                if change == TlsChange::Rolling {
+                    rolled = Some(to);
+                }
             }
         }
+        // A rolling change is one decision stored once: the operation, carrying the mode, is
+        // stored before the record is written. If it cannot start, nothing has changed; once
+        // stored, the mode reaches the record (here, or from the operation before its first
+        // step if this scheduler stops first) (decision 110).
+        let op = match rolled {
+            Some(to) => Some(
+                self.start_operation_carrying(
+                    name,
+                    crate::ops::OpKind::Restart,
+                    Default::default(),
+                    None,
+                    by,
+                    Some(to),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         if let Some(policy) = backup {
             let now = crate::model::now_ms();
             let old = next.spec.backup.clone();
@@ -483,20 +504,64 @@ impl Cluster {
                     },
                 )],
             )
-            .await?;
-        if change == TlsChange::Rolling {
-            // The new mode is in every member's config now; each server takes it when it
-            // restarts.
-            self.start_operation(
-                name,
-                crate::ops::OpKind::Restart,
-                Default::default(),
-                None,
-                by,
-            )
-            .await?;
+            .await;
+        match (written, op) {
+            (Ok(w), _) => Ok(w),
+            // The operation is stored and will write the mode itself before its first step
+            // (a concurrent write of the record, or the store failing just now); labels and
+            // backup policy of this request were not written.
+            (Err(e), Some(op)) => {
+                tracing::warn!(instance = name, id = %op.id, error = %e, "tls change: the record write failed; the operation writes the mode before its first step");
+                self.write_operation_tls(&op, op.tls.unwrap_or_default())
+                    .await
+            }
+            (Err(e), None) => Err(e),
         }
-        Ok(written)
+    }
+
+    /// Writes the `tls` mode a rolling operation carries into its instance's record (the
+    /// record as it is now, compare-and-set, a few tries on a concurrent write), with the
+    /// change's event; the record unchanged when it has the mode already.
+    pub(super) async fn write_operation_tls(
+        &self,
+        op: &crate::ops::Operation,
+        to: DbTls,
+    ) -> Result<Instance> {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut next = lock(&self.inner)
+                .instances
+                .get(&op.instance)
+                .filter(|i| i.revision > 0)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("instance {}", op.instance)))?;
+            if next.spec.tls == to {
+                return Ok(next);
+            }
+            let from = next.spec.tls;
+            next.spec.tls = to;
+            match self
+                .write(
+                    next,
+                    vec![event(
+                        EventKind::InstanceUpdated,
+                        Some(&op.instance),
+                        None,
+                        format!(
+                            "tls {from} -> {to}: members restart one at a time, replicas first (operation {})",
+                            op.id
+                        ),
+                    )],
+                )
+                .await
+            {
+                Ok(w) => return Ok(w),
+                Err(e @ Error::Store(crate::store::Error::Conflict { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| Error::NotReady(format!("instance {} kept changing", op.instance))))
     }
 }
 

@@ -246,6 +246,13 @@ pub struct Operation {
     /// `upgrade`: the version asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// A `restart` started by a change of the instance's `tls`: the mode it rolls out. The
+    /// operation is stored first and carries the mode; the record takes it right after, from
+    /// the request or, if the scheduler stopped in between, from the operation before its
+    /// first step (decision 110). Absent for every other operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "required")]
+    pub tls: Option<mofang_common::DbTls>,
 }
 
 /// What an operation request carries beside its type (each type reads its own).
@@ -383,6 +390,14 @@ pub enum Next {
     Cancel,
     /// Timed out (the reason says after how long).
     Fail(String),
+}
+
+/// The `tls` mode a running operation must still write into its instance's record before it
+/// takes any step: the one it carries, when the record has another and no step began yet
+/// (decision 110). `None` once written, and for every operation that carries none.
+pub fn tls_to_write(op: &Operation, record: mofang_common::DbTls) -> Option<mofang_common::DbTls> {
+    op.tls
+        .filter(|to| *to != record && op.steps.is_empty() && op.state == OpState::Running)
 }
 
 /// The next thing to do for `op` given the members as they are now. Pure: the caller stores
@@ -837,7 +852,43 @@ mod tests {
             settings: None,
             restart_needed: false,
             version: None,
+            tls: None,
         }
+    }
+
+    #[test]
+    fn a_tls_change_is_written_into_the_record_before_the_first_step_and_only_then() {
+        use mofang_common::DbTls::{Off, Required};
+        assert_eq!(tls_to_write(&op(), Off), None, "carries no mode");
+        let tls = Operation {
+            tls: Some(Required),
+            ..op()
+        };
+        assert_eq!(tls_to_write(&tls, Off), Some(Required), "not written yet");
+        assert_eq!(tls_to_write(&tls, Required), None, "written");
+        let begun = Operation {
+            steps: vec![OpStep {
+                action: StepAction::Restart {
+                    member: "db-1".into(),
+                    generation: 1,
+                },
+                state: StepState::Running,
+                started_ms: 1,
+                ended_ms: 0,
+                reason: String::new(),
+            }],
+            ..tls.clone()
+        };
+        assert_eq!(tls_to_write(&begun, Off), None, "a step began: never again");
+        let ended = Operation {
+            state: OpState::Failed,
+            ..tls
+        };
+        assert_eq!(
+            tls_to_write(&ended, Off),
+            None,
+            "an ended operation writes nothing"
+        );
     }
 
     fn m(id: &str, primary: bool, asked: u64, done: u64) -> MemberNow {

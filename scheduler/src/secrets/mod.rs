@@ -96,7 +96,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The root keyring (from the file) and the data keyring (from the store).
 pub struct Vault {
     path: PathBuf,
-    root: Keyring,
+    /// The root keyring as last read from `path` (read again before each use that needs
+    /// it to match the file: another scheduler's file may have been rotated and copied here).
+    root: RwLock<Keyring>,
     /// `None` only while opening a store that had none.
     data: RwLock<Option<Keyring>>,
     /// Serializes changes of the data keyring (creation, rotation, retirement).
@@ -136,7 +138,7 @@ impl Vault {
         };
         let vault = Vault {
             path: path.to_owned(),
-            root,
+            root: RwLock::new(root),
             data: RwLock::new(None),
             change: tokio::sync::Mutex::new(()),
         };
@@ -158,9 +160,21 @@ impl Vault {
             path: self.path.clone(),
             source,
         };
+        let sealed = Sealed::parse(text).map_err(wrong)?;
+        // A data keyring sealed by a root key this scheduler does not hold yet: the file may
+        // have been rotated and copied here since it was read (decision 114).
+        if self
+            .root_keyring()
+            .open(KEYRING_AAD.as_bytes(), &sealed)
+            .is_err()
+        {
+            if let Ok(k) = Keyring::load(&self.path) {
+                *self.root.write().unwrap_or_else(PoisonError::into_inner) = k;
+            }
+        }
         let json = self
-            .root
-            .open(KEYRING_AAD.as_bytes(), &Sealed::parse(text).map_err(wrong)?)
+            .root_keyring()
+            .open(KEYRING_AAD.as_bytes(), &sealed)
             .map_err(wrong)?;
         let json = std::str::from_utf8(&json)
             .map_err(|_| wrong(sealed::Error::Malformed("keyring is not UTF-8")))?;
@@ -174,8 +188,12 @@ impl Vault {
     }
 
     async fn save_data(&self, store: &dyn Store, data: &Keyring) -> Result<()> {
+        // Sealed with the file's active root key, never with one the file no longer holds.
+        if let Ok(k) = Keyring::load(&self.path) {
+            *self.root.write().unwrap_or_else(PoisonError::into_inner) = k;
+        }
         let sealed = self
-            .root
+            .root_keyring()
             .seal(KEYRING_AAD.as_bytes(), data.to_json().as_bytes())
             .map_err(|source| Error::Seal {
                 what: "the data keyring".into(),
@@ -291,6 +309,42 @@ impl Vault {
             "data keyring rotated: new secrets are sealed with the new key"
         );
         Ok(id)
+    }
+
+    fn root_keyring(&self) -> Keyring {
+        self.root
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rotates the root keyring (decision 114): a new root key is added to `keyring_file`
+    /// (the file then holds both, so whatever happens next the store's data keyring opens),
+    /// the data keyring is sealed again with it and stored, then the old root keys are
+    /// removed from the file. Returns (new key, retired keys). Copy the new file to every
+    /// other scheduler afterwards: each reads it again when it next needs it.
+    pub async fn rotate_root(&self, store: &dyn Store) -> Result<(u32, Vec<u32>)> {
+        self.ensure(store).await?;
+        let _change = self.change.lock().await;
+        self.reload(store).await?;
+        let data = self.current().ok_or_else(|| Error::Open {
+            what: format!("store meta {KEYRING_META}"),
+            source: sealed::Error::Malformed("no data keyring"),
+        })?;
+        let mut root = Keyring::load(&self.path).map_err(Error::File)?;
+        let id = root.rotate();
+        root.save(&self.path).map_err(Error::File)?;
+        self.save_data(store, &data).await?;
+        let retired: Vec<u32> = root.ids().into_iter().filter(|k| *k != id).collect();
+        for k in &retired {
+            root.retire(*k);
+        }
+        root.save(&self.path).map_err(Error::File)?;
+        *self.root.write().unwrap_or_else(PoisonError::into_inner) = root;
+        // What the store holds now opens with the file as it is.
+        self.reload(store).await?;
+        warn!(key = id, retired = ?retired, path = %self.path.display(), "root keyring rotated: copy this file to every other scheduler of the cluster");
+        Ok((id, retired))
     }
 
     /// Removes data keys (never the active one); returns those removed.
@@ -482,6 +536,51 @@ mod tests {
             store.compact().await.unwrap();
         }
         assert_eq!(found_in(dir.path(), &[secret]), Vec::<String>::new());
+    }
+
+    /// The root keyring file rotated: a new root key wraps the data keyring, the old one is
+    /// gone from the file and opens nothing; a scheduler started again with the new file
+    /// reads every secret (decision 114).
+    #[tokio::test]
+    async fn the_root_keyring_is_rotated_without_losing_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders = instance("orders");
+        let file = dir.path().join("keyring.json");
+        let old_file;
+        {
+            let store = open(dir.path()).await;
+            store.create_instance(&orders, &[]).await.unwrap();
+            old_file = std::fs::read_to_string(&file).unwrap();
+            let before = Keyring::load(&file).unwrap().ids();
+            let (id, retired) = store
+                .vault()
+                .rotate_root(store.inner().as_ref())
+                .await
+                .unwrap();
+            assert_eq!(retired, before);
+            assert_eq!(Keyring::load(&file).unwrap().ids(), vec![id]);
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            // Secrets are still sealed and written with the (unchanged) data keyring.
+            let mut next = store.instance("orders").await.unwrap().unwrap();
+            next.auto_failover = false;
+            store.update_instance(&next, &[]).await.unwrap();
+            store.vault().rotate(store.inner().as_ref()).await.unwrap();
+        }
+        // Started again with the new file: every secret reads back.
+        let store = open(dir.path()).await;
+        let got = store.instance("orders").await.unwrap().unwrap();
+        assert_eq!(got.credentials, orders.credentials);
+        drop(store);
+        // The old file opens nothing any more: refused at start, naming the field.
+        std::fs::write(&file, &old_file).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let sqlite: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("mofang.db")).unwrap());
+        let e = SealedStore::open(sqlite, &file).await.unwrap_err();
+        assert!(e.to_string().contains("keyring"), "{e}");
     }
 
     #[tokio::test]
