@@ -460,9 +460,19 @@ impl Cluster {
                 // as the primary at a newer epoch (its agent restarts it).
                 let reelect = {
                     let inner = lock(&self.inner);
+                    let led_for = self.led_for(now);
                     inst.primary().is_some_and(|p| {
-                        let s = self.seen(&inner, p, now);
-                        s.node_alive && s.status.is_some_and(|st| st.held && !st.failed)
+                        let replicas = inst
+                            .members
+                            .iter()
+                            .filter(|m| m.id != p.id)
+                            .map(|m| self.seen(&inner, m, now));
+                        decide::may_reelect(
+                            &self.seen(&inner, p, now),
+                            replicas,
+                            led_for,
+                            self.node_ttl,
+                        )
                     })
                 };
                 if !reelect {

@@ -49,7 +49,7 @@ use mofang_common::proto::DesiredState;
 use observed::Live;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -222,6 +222,8 @@ pub struct Cluster {
     jobs_changed: tokio::sync::Notify,
     /// The tasks failover passes started (pruned as they end), for tests to wait on.
     pass_handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// When this scheduler last began to lead ([`Cluster::activate`]).
+    activated_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
@@ -278,6 +280,7 @@ impl Cluster {
             failover,
             counters: Counters::default(),
             active: std::sync::atomic::AtomicBool::new(false),
+            activated_at: std::sync::Mutex::new(None),
             leader: Mutex::new(None),
             failover_wake: tokio::sync::Notify::new(),
             revoked: watch::Sender::new(revoked),
@@ -321,6 +324,14 @@ impl Cluster {
         inner.batches.clear();
     }
 
+    /// How long this scheduler has led (zero while it follows).
+    pub(crate) fn led_for(&self, now: Instant) -> Duration {
+        self.activated_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
     /// Becomes the leader: reloads every record from the shared store (another scheduler
     /// may have written since), forgets what agents told the previous term, then acts.
     pub async fn activate(&self) -> Result<()> {
@@ -351,6 +362,10 @@ impl Cluster {
         }
         self.load_operations().await?;
         self.active.store(true, std::sync::atomic::Ordering::SeqCst);
+        *self
+            .activated_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.take_charge().await
     }
 }

@@ -346,8 +346,77 @@ pub fn lost_member<'a>(
         })
 }
 
+/// No replica can take over: may the held primary come back as the primary at a newer
+/// epoch (its agent restarts it on its own data)? Only when its node is alive and it is held
+/// (its container died, its data is there), and only once this scheduler can know that no
+/// replica can: every replica's node has reported since the scheduler began to lead, or it
+/// has led for a `node_ttl` (a replica's node that has not reported by then is taken as
+/// down). Just after a restart the replicas' nodes have not reported yet, and a dead
+/// primary's node reporting first must not decide the failover for them (soak, session 10:
+/// a scheduler restarted mid-failover re-elected the dead primary 0.2 s after it started,
+/// before its replicas' nodes had registered).
+pub fn may_reelect<'a>(
+    primary: &Seen<'_>,
+    replicas: impl IntoIterator<Item = Seen<'a>>,
+    led_for: std::time::Duration,
+    node_ttl: std::time::Duration,
+) -> bool {
+    let held = primary.node_alive && primary.status.is_some_and(|s| s.held && !s.failed);
+    held && (led_for >= node_ttl || replicas.into_iter().all(|r| r.silent_for.is_some()))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_held_primary_is_reelected_only_once_its_replicas_could_have_reported() {
+        use std::time::Duration;
+        let held = MemberStatus {
+            held: true,
+            ..Default::default()
+        };
+        let primary = Seen {
+            node_alive: true,
+            silent_for: Some(Duration::from_millis(100)),
+            status: Some(&held),
+            ..Seen::nothing()
+        };
+        let heard = Seen {
+            node_alive: false,
+            silent_for: Some(Duration::from_secs(30)),
+            ..Seen::nothing()
+        };
+        let ttl = Duration::from_secs(5);
+        let just_started = Duration::from_millis(200);
+        // A replica's node not heard since the scheduler began to lead: wait.
+        assert!(!may_reelect(
+            &primary,
+            [heard, Seen::nothing()],
+            just_started,
+            ttl
+        ));
+        // Every replica's node reported (down or not): no replica can take over.
+        assert!(may_reelect(
+            &primary,
+            [heard, heard],
+            just_started,
+            ttl
+        ));
+        // Led for a node_ttl: a node that never reported is down.
+        assert!(may_reelect(&primary, [Seen::nothing()], ttl, ttl));
+        // Never a primary that is not held, or whose node is silent.
+        let running = MemberStatus::default();
+        let alive = Seen {
+            status: Some(&running),
+            ..primary
+        };
+        assert!(!may_reelect(&alive, [heard], ttl, ttl));
+        let silent = Seen {
+            node_alive: false,
+            ..primary
+        };
+        assert!(!may_reelect(&silent, [heard], ttl, ttl));
+    }
     use super::*;
     use crate::model::{Credentials, InstanceSpec, MemberRecord, Resources};
     use mofang_common::EngineKind;
