@@ -46,6 +46,10 @@ pub struct Zstd {
     pub level: i32,
     /// Worker threads (0: single-threaded).
     pub threads: u32,
+    /// Nice value (0 ..= 19) of the compressing thread and of zstd's workers, which inherit
+    /// it: 19 lets every other process of the host (the members' databases above all) run
+    /// first, the backup taking what CPU is left (decision 116); 0 competes as equals.
+    pub nice: i32,
 }
 
 /// What was stored.
@@ -85,7 +89,7 @@ struct Sealed {
     sha256: String,
 }
 
-/// The CPU work of a stream, on a thread of its own (`spawn_blocking`), never on the async
+/// The CPU work of a stream, on a thread of its own, never on the async
 /// runtime's workers: compresses each chunk received (zstd's own worker threads do the
 /// compressing when `threads > 0`), hashes what will be stored, and hands it on. On a small
 /// host this work would otherwise hold a runtime worker for seconds at a time and delay the
@@ -141,12 +145,22 @@ fn seal(
     }))
 }
 
+/// Lowers the calling thread's CPU priority to `nice` (Linux keeps a nice value per thread,
+/// and threads it creates inherit it). Raising it back would need privileges, which is why
+/// the thread is not a pooled one. A failure only leaves the priority as it was.
+fn lower_priority(nice: i32) {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+        tracing::warn!(nice, error = %e, "could not lower the backup's CPU priority");
+    }
+}
+
 /// Stores `input` as `rel` in `repo`, compressed with `zstd` if given. On any failure, and
 /// when the future is dropped unfinished, the multipart upload is aborted: no partial object
 /// is left. `progress` is told the source bytes read so far.
 ///
 /// Three stages run at once, joined by bounded channels: reading `input` (this task), the
-/// compression and hashing ([`seal`], a blocking thread), and the upload (this task, parts
+/// compression and hashing ([`seal`], a thread of its own), and the upload (this task, parts
 /// in flight on the runtime). The async side only moves buffers.
 pub async fn store<E: std::fmt::Display>(
     repo: &Repo,
@@ -176,7 +190,18 @@ pub async fn store<E: std::fmt::Display>(
     };
     let (raw_tx, raw_rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHANNEL);
-    let sealing = tokio::task::spawn_blocking(move || seal(raw_rx, out_tx, zstd));
+    // A thread of its own rather than one of the runtime's blocking pool: its nice value is
+    // lowered for the backup and must not stay on a pooled thread afterwards.
+    let (done_tx, sealing) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("backup-zstd".into())
+        .spawn(move || {
+            if let Some(z) = zstd.filter(|z| z.nice > 0) {
+                lower_priority(z.nice);
+            }
+            let _ = done_tx.send(seal(raw_rx, out_tx, zstd));
+        })
+        .map_err(Error::Compress)?;
     let mut source_bytes = 0u64;
     // Reads the source into the compressing thread. A closed channel means that thread
     // ended early: its own result says why.
@@ -209,7 +234,9 @@ pub async fn store<E: std::fmt::Display>(
             Ok(Ok(Some(sealed))) => Ok(sealed),
             Ok(Ok(None)) => Err(Error::Source("the upload stopped taking data".into())),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(Error::Compress(std::io::Error::other(e.to_string()))),
+            Err(_) => Err(Error::Compress(std::io::Error::other(
+                "the compressing thread ended without a result",
+            ))),
         },
         Err(e) => Err(e),
     };
@@ -266,6 +293,7 @@ mod tests {
             Some(Zstd {
                 level: 3,
                 threads: 2,
+                nice: 0,
             }),
             &|n| seen.store(n, std::sync::atomic::Ordering::Relaxed),
         )
@@ -349,6 +377,7 @@ mod tests {
                 Some(Zstd {
                     level: 3,
                     threads: 2,
+                    nice: 0,
                 }),
                 &|_| {},
             )
@@ -367,6 +396,23 @@ mod tests {
                 "{missed} of {expected} ticks missed ({ticks} ticked in {elapsed} ms)"
             );
         });
+    }
+
+    /// The compressing thread's nice value is lowered for itself only (zstd's workers, which
+    /// it creates, inherit it); the thread that asked keeps its own.
+    #[test]
+    fn a_lowered_priority_is_the_threads_own() {
+        let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let before = own();
+        let (lowered, inherited) = std::thread::spawn(move || {
+            lower_priority(before.max(0) + 5);
+            let child = std::thread::spawn(own).join().unwrap();
+            (own(), child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!((lowered, inherited), (before.max(0) + 5, before.max(0) + 5));
+        assert_eq!(own(), before);
     }
 
     /// A store whose uploads record whether they were aborted (S3 keeps the parts of an
