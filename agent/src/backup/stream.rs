@@ -500,7 +500,10 @@ mod tests {
         assert_eq!(on_disk.len() as u64, stored.size);
         assert_eq!(hex::encode(Sha256::digest(&on_disk)), stored.sha256);
         assert!(!on_disk.windows(12).any(|w| w == b"secret value"));
-        assert!(on_disk.starts_with(mofang_common::backup_crypt::MAGIC), "no zstd frame first");
+        assert!(
+            on_disk.starts_with(mofang_common::backup_crypt::MAGIC),
+            "no zstd frame first"
+        );
         let mut d = Decryptor::new(&key, b"b5/data.zst");
         let mut plain = Vec::new();
         d.update(&on_disk, &mut plain).unwrap();
