@@ -208,6 +208,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
                 .first()
                 .map(|d| d.path.join(".mofang-verify"))
                 .unwrap_or_else(|| cfg.state_dir.join("verify")),
+            nice: cfg.backup_nice,
         },
     );
     let job_runner = tokio::spawn(

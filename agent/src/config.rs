@@ -96,6 +96,11 @@ pub struct AgentConfig {
     /// `mysql_up 0` / `redis_up 0` for that scrape, in ms. Default 2000.
     #[serde(default = "default_metrics_timeout_ms")]
     pub metrics_timeout_ms: u64,
+    /// Nice value (0 ..= 19) of a backup's work: mariadb-backup in the member's container and
+    /// the agent's zstd threads. 19 (the default): the databases of the host run first and the
+    /// backup takes what CPU is left; 0: the backup competes as an equal (docs/backup.md).
+    #[serde(default = "default_backup_nice")]
+    pub backup_nice: i32,
     /// `[tls]`: how the agent proves its node and checks the scheduler (docs/security.md).
     #[serde(default)]
     pub tls: AgentTlsConfig,
@@ -197,6 +202,10 @@ fn default_http_listen() -> String {
 }
 fn default_metrics_timeout_ms() -> u64 {
     2000
+}
+
+fn default_backup_nice() -> i32 {
+    19
 }
 
 impl AgentConfig {
@@ -328,6 +337,9 @@ impl AgentConfig {
                 "metrics_timeout_ms",
                 "must be between 10 and 60000",
             ));
+        }
+        if !(0..=19).contains(&self.backup_nice) {
+            return Err(invalid("backup_nice", "must be between 0 and 19"));
         }
         // Last: a config with other mistakes names those first.
         self.validate_tls()
@@ -524,6 +536,8 @@ mod tests {
         let e =
             parse("node = \"a\"\nmetrics_timeout_ms = 0\n[[disks]]\npath = \"/d\"\n").unwrap_err();
         assert!(e.to_string().contains("metrics_timeout_ms"), "{e}");
+        let e = parse("node = \"a\"\nbackup_nice = 20\n[[disks]]\npath = \"/d\"\n").unwrap_err();
+        assert!(e.to_string().contains("backup_nice"), "{e}");
         let e = parse("node = 5\n").unwrap_err();
         assert!(e.to_string().contains("node"), "{e}");
         // Secrets at rest: the key and the clear config files never inside state_dir.

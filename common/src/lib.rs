@@ -4,6 +4,7 @@
 //! once, so the two sides cannot drift apart.
 
 pub mod backup;
+pub mod backup_crypt;
 pub mod config;
 pub mod ids;
 pub mod labels;

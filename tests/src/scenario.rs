@@ -53,6 +53,17 @@ impl Env {
         timings: &Timings,
         disk_mib: u64,
     ) -> Result<Env> {
+        Self::start_sized_with(nodes, sched_extra, "", timings, disk_mib).await
+    }
+
+    /// As [`Env::start_sized`], each agent's config also holding `agent_extra`.
+    pub async fn start_sized_with(
+        nodes: usize,
+        sched_extra: &str,
+        agent_extra: &str,
+        timings: &Timings,
+        disk_mib: u64,
+    ) -> Result<Env> {
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
         let sched = SchedulerProcess::start_timed(sched_extra, timings)?;
@@ -60,7 +71,9 @@ impl Env {
         let mut links = Vec::new();
         for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
             let link = Link::start(&sched.grpc).await?;
-            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048");
+            let extra = format!(
+                "labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048\n{agent_extra}"
+            );
             agents.push(AgentProcess::start_secure(
                 &unique_name("node"),
                 std::slice::from_ref(&link.endpoint),

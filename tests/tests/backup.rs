@@ -233,6 +233,7 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
         Some(Zstd {
             level: 3,
             threads: 2,
+            nice: 19,
         }),
         &|_| {},
     )
@@ -1824,6 +1825,59 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
                 .unwrap_or_default()
                 .contains("300 keys"),
         "{v}"
+    );
+    Ok(())
+}
+
+/// `mofang keyring rotate` seals the backup repository records (their S3 secret) again with
+/// the new data key before it retires the old one: after a rotation and a scheduler restart
+/// (which reads every record back from the store), the repository is still listed and a
+/// backup into it succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let mut env = Env::start(2).await?;
+    env.wait_ready_nodes(2).await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(s3_repo(s3, "rot", &s3.secret_key, "rotation")),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    env.create_ready("kv", "redis", 1).await?;
+    let before = mofang_cli(&env, &["keyring", "status", "--json"]).await?;
+    ensure!(
+        before["active_key"] == 1 && before["keys"][0]["sealed_values"] == 5,
+        "four credentials and the repository under key 1: {before}"
+    );
+
+    let r = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    ensure!(
+        r["active_key"] == 2 && r["retired_keys"] == json!([1]),
+        "{r}"
+    );
+    ensure!(
+        r["status"]["pending_records"] == 0
+            && r["status"]["keys"].as_array().map(Vec::len) == Some(1)
+            && r["status"]["keys"][0]["sealed_values"] == 5,
+        "{r}"
+    );
+
+    env.sched.restart()?;
+    env.token = env.sched.admin_token()?;
+    env.wait_ready_nodes(2).await?;
+    let listed = env.get("/v1/backup-repos").await?;
+    ensure!(listed[0]["name"] == "rot", "{listed}");
+    let b = request_backup(&env, "kv", json!({"repo": "rot"})).await?;
+    let id = b["id"].as_str().context("id")?.to_owned();
+    let b = wait_backup(&env, &id, Duration::from_secs(300)).await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    let stored = objects_under(s3, &format!("rotation/backups/kv/{id}")).await?;
+    ensure!(
+        stored.iter().any(|p| p.ends_with("manifest.json")),
+        "{stored:?}"
     );
     Ok(())
 }

@@ -361,6 +361,7 @@ impl Archiver {
         let zstd = Some(Zstd {
             level: 3,
             threads: 0,
+            nice: 0,
         });
         let stored = stream::store::<String>(repo, &rel, input, zstd, &|_| {})
             .await

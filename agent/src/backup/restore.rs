@@ -350,6 +350,7 @@ mod tests {
             Some(super::super::stream::Zstd {
                 level: 3,
                 threads: 0,
+                nice: 0,
             }),
             &|_| {},
         )
@@ -410,6 +411,7 @@ mod tests {
                 Some(super::super::stream::Zstd {
                     level: 3,
                     threads: 0,
+                    nice: 0,
                 }),
                 &|_| {},
             )

@@ -51,6 +51,9 @@ pub struct BackupContext {
     pub image: ImageOf,
     /// Where a verification unpacks a backup (a directory on a data disk).
     pub scratch: std::path::PathBuf,
+    /// Nice value (0 ..= 19) of a backup's work: mariadb-backup in the member's container and
+    /// the agent's compression (`backup_nice` in the agent's config; decision 116).
+    pub nice: i32,
 }
 
 /// A failed backup: the step (`open`, `snapshot`, `stream`, `manifest`) and why.
@@ -89,7 +92,11 @@ pub async fn run(
     let threads = std::thread::available_parallelism()
         .map(|n| n.get().min(4) as u32)
         .unwrap_or(1);
-    let zstd = Some(Zstd { level: 3, threads });
+    let zstd = Some(Zstd {
+        level: 3,
+        threads,
+        nice: ctx.nice,
+    });
     let mut tools = BTreeMap::from([(
         "mofang-agent".to_owned(),
         env!("CARGO_PKG_VERSION").to_owned(),
@@ -104,11 +111,13 @@ pub async fn run(
             );
             // Replication runs on: the counts are taken after the backup, in a consistent
             // snapshot, and moved back to the backup's binlog position (decision 87).
+            let backup_cmd = niced(ctx.nice, &MARIADB_BACKUP);
+            let argv: Vec<&str> = backup_cmd.iter().map(String::as_str).collect();
             let (stored, out) = stream_command(
                 ctx,
                 &repo,
                 &container,
-                &MARIADB_BACKUP,
+                &argv,
                 &format!("{dir}/{}", common::MARIADB_DATA),
                 zstd,
                 progress,
@@ -247,6 +256,17 @@ pub async fn run(
     Ok(manifest)
 }
 
+/// `cmd` run at nice value `nice` (inside the container: an unprivileged process may lower
+/// its own priority), as is when `nice` is 0.
+fn niced(nice: i32, cmd: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::with_capacity(cmd.len() + 3);
+    if nice > 0 {
+        v.extend(["nice".to_owned(), "-n".to_owned(), nice.to_string()]);
+    }
+    v.extend(cmd.iter().map(|a| (*a).to_owned()));
+    v
+}
+
 /// Streams `cmd`'s output to `rel`; the command's exit code is checked before the upload is
 /// completed (a failure aborts it: nothing is left).
 async fn stream_command(
@@ -265,7 +285,11 @@ async fn stream_command(
         .map_err(|e| fail("stream", e))?;
     let outcome: Arc<Mutex<Option<ExecOutput>>> = Arc::default();
     let kept = outcome.clone();
-    let program = cmd[0].to_owned();
+    // The program, not `nice` before it.
+    let program = match cmd {
+        ["nice", "-n", _, program, ..] => (*program).to_owned(),
+        _ => cmd.first().copied().unwrap_or_default().to_owned(),
+    };
     let name = program.clone();
     let done = exec.done;
     // After the last byte of output: the command's verdict, as one more item of the stream.
@@ -435,6 +459,17 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    /// mariadb-backup runs under `nice` when the agent lowers a backup's priority, and an
+    /// error still names mariadb-backup, not `nice`.
+    #[test]
+    fn the_backup_command_is_niced() {
+        assert_eq!(super::niced(0, &["a", "-b"]), vec!["a", "-b"]);
+        assert_eq!(
+            super::niced(19, &super::MARIADB_BACKUP)[..4],
+            ["nice", "-n", "19", "mariadb-backup"]
+        );
+    }
+
     /// What redis-check-rdb 7.0 prints at the end of a good file.
     #[test]
     fn the_key_count_is_read_from_redis_check_rdb() {

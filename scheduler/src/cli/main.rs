@@ -1612,10 +1612,10 @@ fn print_keyring(k: &KeyringStatus) {
         })
         .collect();
     table(&["KEY", "ACTIVE", "SEALED", "CREATED"], rows);
-    if k.clear_values > 0 || k.pending_instances > 0 {
+    if k.clear_values > 0 || k.pending_instances > 0 || k.pending_records > 0 {
         println!(
-            "{} secret(s) in clear, {} instance(s) not yet sealed with the active key: re-encryption pending",
-            k.clear_values, k.pending_instances
+            "{} secret(s) in clear, {} instance(s) and {} other record(s) not yet sealed with the active key: re-encryption pending",
+            k.clear_values, k.pending_instances, k.pending_records
         );
     }
 }

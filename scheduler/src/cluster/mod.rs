@@ -218,6 +218,9 @@ pub struct Cluster {
     revoked: watch::Sender<BTreeMap<String, i64>>,
     /// One join at a time: a token is read and marked used under it.
     joins: tokio::sync::Mutex<()>,
+    /// Writes of backup repository records, one at a time: a record written again by the
+    /// re-encryption pass must not bring back one deleted meanwhile.
+    repo_writes: tokio::sync::Mutex<()>,
     /// An agent reported a job's status.
     jobs_changed: tokio::sync::Notify,
     /// The tasks failover passes started (pruned as they end), for tests to wait on.
@@ -285,6 +288,7 @@ impl Cluster {
             failover_wake: tokio::sync::Notify::new(),
             revoked: watch::Sender::new(revoked),
             joins: tokio::sync::Mutex::new(()),
+            repo_writes: tokio::sync::Mutex::new(()),
             jobs_changed: tokio::sync::Notify::new(),
             pass_handles: Mutex::new(Vec::new()),
         }))

@@ -230,9 +230,11 @@ impl Cluster {
             created_at_ms: now_ms(),
         };
         let json = serde_json::to_string(&record).map_err(|e| Error::Invalid(e.to_string()))?;
+        let writing = self.repo_writes.lock().await;
         self.store
             .put_meta(&format!("{PREFIX}{name}"), &json)
             .await?;
+        drop(writing);
         lock(&self.inner)
             .repos
             .insert(name.to_owned(), record.spec.clone());
@@ -271,8 +273,22 @@ impl Cluster {
         })
     }
 
+    /// Writes a record sealed whole (`key`, e.g. `backup-repo/main`) again as it reads, so
+    /// the active data key seals it (the re-encryption pass after a rotation). False when it
+    /// is gone.
+    pub async fn reseal_record(&self, key: &str) -> Result<bool> {
+        let _writing = self.repo_writes.lock().await;
+        let Some(value) = self.store.get_meta(key).await? else {
+            return Ok(false);
+        };
+        self.store.put_meta(key, &value).await?;
+        info!(record = %key, "record sealed again with the active data key");
+        Ok(true)
+    }
+
     /// Forgets a repository (what it holds stays where it is).
     pub async fn delete_backup_repo(&self, name: &str) -> Result<()> {
+        let _writing = self.repo_writes.lock().await;
         self.backup_repo(name).await?;
         self.store.delete_meta(&format!("{PREFIX}{name}")).await?;
         lock(&self.inner).repos.remove(name);

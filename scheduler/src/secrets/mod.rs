@@ -388,6 +388,10 @@ pub struct KeyringStatus {
     pub clear_values: usize,
     /// Instances with a secret not sealed by the active key (re-encryption pending).
     pub pending_instances: usize,
+    /// Other records sealed whole (backup repositories) not sealed by the active key
+    /// (re-encryption pending).
+    #[serde(default)]
+    pub pending_records: usize,
 }
 
 /// One data key.
@@ -744,6 +748,70 @@ mod tests {
             assert_eq!(back.credentials, i.credentials);
         }
         assert_eq!(store.vault().active_key(), Some(3));
+    }
+
+    /// A backup repository record (sealed whole, with its S3 secret) is sealed again by a
+    /// rotation like the instances' secrets, counted meanwhile, and still opens after its old
+    /// key is retired, also after a restart; one written in clear is sealed by the pass.
+    #[tokio::test]
+    async fn rotation_seals_repository_records_again_before_retiring_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let repo = |name: &str| {
+            serde_json::json!({"name": name, "created_at_ms": 1, "spec": {"kind": "s3",
+                "endpoint": "http://127.0.0.1:1", "bucket": "b", "access_key_id": "ak",
+                "secret_access_key": format!("s3-secret-{name}")}})
+            .to_string()
+        };
+        let (main, old) = (repo("main"), repo("old"));
+        let (main, old) = (main.as_str(), old.as_str());
+        store.put_meta("backup-repo/main", main).await.unwrap();
+        store
+            .inner()
+            .put_meta("backup-repo/old", old)
+            .await
+            .unwrap();
+        let status = store.status().await.unwrap();
+        assert_eq!((status.clear_values, status.pending_records), (1, 1));
+        assert_eq!(status.keys[0].sealed_values, 1);
+        let cluster = Cluster::load(store.clone(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        cluster.activate().await.unwrap();
+
+        let r = rotate(&cluster, &store).await.unwrap();
+        assert_eq!((r.active_key, r.retired_keys.clone()), (2, vec![1]));
+        assert_eq!(
+            (r.status.clear_values, r.status.pending_records),
+            (0, 0),
+            "{r:?}"
+        );
+        assert_eq!(
+            (r.status.keys.len(), r.status.keys[0].sealed_values),
+            (1, 2)
+        );
+        for key in ["backup-repo/main", "backup-repo/old"] {
+            let raw = store.inner().get_meta(key).await.unwrap().unwrap();
+            assert_eq!(Sealed::key_id_of(&raw).unwrap(), 2, "{key}");
+        }
+        drop((cluster, store));
+        assert_eq!(
+            found_in(
+                dir.path(),
+                &["s3-secret-main".into(), "s3-secret-old".into()]
+            ),
+            Vec::<String>::new()
+        );
+
+        let store = open(dir.path()).await;
+        assert_eq!(store.vault().active_key(), Some(2));
+        assert_eq!(
+            store.meta_with_prefix("backup-repo/").await.unwrap(),
+            vec![
+                ("backup-repo/main".to_owned(), main.to_owned()),
+                ("backup-repo/old".to_owned(), old.to_owned())
+            ]
+        );
     }
 
     #[tokio::test]

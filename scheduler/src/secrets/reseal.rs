@@ -26,6 +26,8 @@ pub struct Reencrypted {
     /// Instances still not sealed by the active key (busy all along, or this scheduler
     /// stopped leading): a later pass finishes them.
     pub left: usize,
+    /// Other records sealed whole (backup repositories) written again.
+    pub resealed_records: usize,
 }
 
 fn event(kind: EventKind, message: String) -> Event {
@@ -53,6 +55,15 @@ pub async fn reencrypt(
         }
         let usage = sealed.usage().await?;
         had_clear |= usage.clear > 0;
+        // Records sealed whole have no operation to wait for: written once, in the first
+        // round (before any key could be retired).
+        if round == 0 {
+            for key in &usage.stale_records {
+                if cluster.reseal_record(key).await? {
+                    done.resealed_records += 1;
+                }
+            }
+        }
         if usage.stale.is_empty() {
             break;
         }
@@ -72,7 +83,7 @@ pub async fn reencrypt(
         }
     }
     let usage = sealed.usage().await?;
-    done.left = usage.stale.len();
+    done.left = usage.stale.len() + usage.stale_records.len();
     if !cluster.is_active() {
         return Ok(done);
     }
@@ -102,7 +113,7 @@ pub async fn reencrypt(
                 .await?;
         }
     }
-    if done.resealed > 0 {
+    if done.resealed + done.resealed_records > 0 {
         if had_clear {
             info!(
                 instances = done.resealed,

@@ -49,6 +49,9 @@ pub struct Usage {
     pub clear: usize,
     /// Instances with a value in clear or not sealed by the active key.
     pub stale: Vec<String>,
+    /// Metadata records sealed whole (backup repositories) in clear or not sealed by the
+    /// active key: their keys.
+    pub stale_records: Vec<String>,
 }
 
 fn backend(e: VaultError) -> Error {
@@ -130,6 +133,25 @@ impl SealedStore {
                 usage.stale.push(inst.spec.name.clone());
             }
         }
+        for prefix in SEALED_META {
+            for (key, value) in self.inner.meta_with_prefix(prefix).await? {
+                match Sealed::is_sealed(&value)
+                    .then(|| Sealed::key_id_of(&value).ok())
+                    .flatten()
+                {
+                    Some(id) => {
+                        *usage.by_key.entry(id).or_default() += 1;
+                        if Some(id) != active {
+                            usage.stale_records.push(key);
+                        }
+                    }
+                    None => {
+                        usage.clear += 1;
+                        usage.stale_records.push(key);
+                    }
+                }
+            }
+        }
         Ok(usage)
     }
 
@@ -152,13 +174,18 @@ impl SealedStore {
                 .collect(),
             clear_values: usage.clear,
             pending_instances: usage.stale.len(),
+            pending_records: usage.stale_records.len(),
         })
     }
 }
 
-/// Metadata records sealed whole: backup repositories hold an S3 secret (issue 16).
+/// Prefixes of metadata records sealed whole: backup repositories hold an S3 secret (issue
+/// 16).
+const SEALED_META: [&str; 1] = ["backup-repo/"];
+
+/// Metadata records sealed whole.
 fn sealed_meta(key: &str) -> bool {
-    key.starts_with("backup-repo/")
+    SEALED_META.iter().any(|p| key.starts_with(p))
 }
 
 /// What a sealed metadata value is bound to: its key (a value moved to another key does not

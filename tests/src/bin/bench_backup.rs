@@ -13,7 +13,8 @@
 //!   the replica runs: p50 and p99 side by side.
 //!
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
-//! (default 2048 MiB of rows, half random bytes and half text; 30 s).
+//! [--backup-nice N] (default 2048 MiB of rows, half random bytes and half text; 30 s; the
+//! agents' default `backup_nice`, 19: `--backup-nice 0` measures backups at normal priority).
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_tests::cluster::Timings;
@@ -242,15 +243,17 @@ async fn hand_restore(s3: &SeaweedFs, path: &str) -> Result<f64> {
     Ok(took)
 }
 
-async fn run(mib: u64, write_secs: u64) -> Result<()> {
+async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
     println!(
-        "backup benchmark: {mib} MiB of rows; machine: {} cores; load average at start: {}",
+        "backup benchmark: {mib} MiB of rows; machine: {} cores; load average at start: {}; agents' backup_nice: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
+        loadavg(),
+        nice.map_or("default (19)".to_owned(), |n| n.to_string())
     );
     let s3 = SeaweedFs::start().await?;
     let disk = mib * 8 + 8192;
-    let env = Env::start_sized(2, "", &Timings::PRODUCTION, disk).await?;
+    let extra = nice.map_or(String::new(), |n| format!("backup_nice = {n}\n"));
+    let env = Env::start_sized_with(2, "", &extra, &Timings::PRODUCTION, disk).await?;
     let (s, v) = env
         .call(
             Method::POST,
@@ -458,7 +461,7 @@ async fn run(mib: u64, write_secs: u64) -> Result<()> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut mib, mut write_secs) = (2048u64, 30u64);
+    let (mut mib, mut write_secs, mut nice) = (2048u64, 30u64, None::<i32>);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it.next().with_context(|| format!("{a} needs a value"))?;
@@ -467,7 +470,12 @@ async fn main() -> Result<()> {
             "--write-secs" => {
                 write_secs = v.parse().with_context(|| format!("--write-secs {v}"))?
             }
-            other => bail!("usage: bench-backup [--mib N] [--write-secs S]; got {other:?}"),
+            "--backup-nice" => {
+                nice = Some(v.parse().with_context(|| format!("--backup-nice {v}"))?)
+            }
+            other => bail!(
+                "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19]; got {other:?}"
+            ),
         }
     }
     if mib == 0 || write_secs == 0 {
@@ -475,7 +483,7 @@ async fn main() -> Result<()> {
     }
     // Ctrl-C drops the run: the daemons, their containers and SeaweedFS go with it.
     tokio::select! {
-        r = run(mib, write_secs) => r,
+        r = run(mib, write_secs, nice) => r,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
     }
 }
