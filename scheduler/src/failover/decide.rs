@@ -396,12 +396,7 @@ mod tests {
             ttl
         ));
         // Every replica's node reported (down or not): no replica can take over.
-        assert!(may_reelect(
-            &primary,
-            [heard, heard],
-            just_started,
-            ttl
-        ));
+        assert!(may_reelect(&primary, [heard, heard], just_started, ttl));
         // Led for a node_ttl: a node that never reported is down.
         assert!(may_reelect(&primary, [Seen::nothing()], ttl, ttl));
         // Never a primary that is not held, or whose node is silent.

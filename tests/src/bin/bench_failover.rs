@@ -79,8 +79,9 @@ struct Round {
     /// Acknowledged writes missing on the new primary.
     lost: usize,
     /// Fault to the acknowledgement of the last lost write (partitions: how long the cut-off
-    /// primary kept acknowledging writes; the bound is its lease).
-    lost_window: Option<Duration>,
+    /// primary kept acknowledging writes; the bound is its lease), and which server
+    /// acknowledged it ("old primary", "new primary" or its address).
+    lost_window: Option<(Duration, String)>,
     /// Writes on the new primary never attempted.
     unexpected: usize,
     /// End of the round to the instance being whole again (old primary a replica).
@@ -151,12 +152,20 @@ fn lost_window(
     present: &BTreeSet<u64>,
     first_id: u64,
     fault: Instant,
-) -> Option<Duration> {
+    (old, new): (&str, &str),
+) -> Option<(Duration, String)> {
     out.acks
         .iter()
         .filter(|a| a.id >= first_id && a.id < first_id + ID_BLOCK && !present.contains(&a.id))
-        .map(|a| a.at.saturating_duration_since(fault))
-        .max()
+        .max_by_key(|a| a.at)
+        .map(|a| {
+            let by = match &*a.primary {
+                p if p == old => "the old primary".to_owned(),
+                p if p == new => "the new primary".to_owned(),
+                p => p.to_owned(),
+            };
+            (a.at.saturating_duration_since(fault), by)
+        })
 }
 
 fn print_round(scenario: &str, i: usize, r: &Round) {
@@ -167,8 +176,10 @@ fn print_round(scenario: &str, i: usize, r: &Round) {
         secs(r.switched),
         r.acked,
         r.lost,
-        r.lost_window
-            .map_or(String::new(), |w| format!(" (last acknowledged {} after the fault)", secs(w))),
+        r.lost_window.as_ref().map_or(String::new(), |(w, by)| format!(
+            " (last acknowledged {} after the fault, by {by})",
+            secs(*w)
+        )),
         r.unexpected,
         secs(r.healed),
         if r.converged { "yes" } else { "NO" },
@@ -442,7 +453,7 @@ async fn mofang_round(
     let out = writer.stop().await?;
     let present = set_contents(engine, &new_addr, pw).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
-    let lost_window = lost_window(&out, &present, first_id, fault_at);
+    let lost_window = lost_window(&out, &present, first_id, fault_at, (&old_addr, &new_addr));
     let rto = rto_of(&out, &new_addr, fault_at)?;
 
     let heal_at = Instant::now();
@@ -911,7 +922,7 @@ async fn sentinel_round(
     let out = writer.stop().await?;
     let present = set_contents("redis", &new_addr, &setup.password).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
-    let lost_window = lost_window(&out, &present, first_id, fault_at);
+    let lost_window = lost_window(&out, &present, first_id, fault_at, (&old_addr, &new_addr));
     let rto = rto_of(&out, &new_addr, fault_at)?;
     // The killed member comes back (as Mofang's agent restarts it); Sentinel turns it into
     // a replica of the new master.
