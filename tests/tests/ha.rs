@@ -476,6 +476,21 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
     // The leader dies; the other one, holding the CA key too, leads and signs.
     ha.scheds[0].kill9()?;
     ensure_eq(ha.leader(Some(0)).await?, 1, "the second scheduler leads")?;
+    // A new leader knows a node is up only from its own heartbeats: before the agents have
+    // reached it, placement finds every node down (409 unplaceable).
+    eventually(
+        "nodes ready under the new leader",
+        Duration::from_secs(30),
+        || async {
+            let v = ha.get(1, "/v1/nodes").await?;
+            let n = v
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+            anyhow::ensure!(n == Some(2), "{v}");
+            Ok(())
+        },
+    )
+    .await?;
     let second = unique_name("tlsb");
     let (s, v) = ha
         .call(
