@@ -1042,14 +1042,20 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
     )
     .await?;
     writer.wait_acked(100, Duration::from_secs(60)).await?;
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "switchover"})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    // An operation begins on a whole instance: the last upgraded member may still be
+    // catching up when the instance reads ready (409 instance_not_ready meanwhile).
+    let op = eventually("switchover accepted", Duration::from_secs(60), || async {
+        let (s, op) = env
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/instances/{name}/operations"),
+                Some(json!({"type": "switchover"})),
+            )
+            .await?;
+        anyhow::ensure!(s == reqwest::StatusCode::ACCEPTED, "{s} {op}");
+        Ok(op)
+    })
+    .await?;
     let v = operation_ended(
         &env,
         op["id"].as_str().context("id")?,
