@@ -81,7 +81,11 @@ struct Round {
     /// Fault to the acknowledgement of the last lost write (partitions: how long the cut-off
     /// primary kept acknowledging writes; the bound is its lease), and which server
     /// acknowledged it ("old primary", "new primary" or its address).
-    lost_window: Option<(Duration, String)>,
+    lost_window: Option<(Duration, Duration, String)>,
+    /// Writes acknowledged after the fault by a server other than the new primary: how many,
+    /// the last one's time after the fault and who ("old primary" or its address). A frozen
+    /// or cut-off primary should acknowledge nothing once it is frozen or fenced.
+    late_acks: Option<(usize, Duration, String)>,
     /// Writes on the new primary never attempted.
     unexpected: usize,
     /// End of the round to the instance being whole again (old primary a replica).
@@ -146,43 +150,99 @@ fn count_loss(out: &SetOutcome, present: &BTreeSet<u64>, first_id: u64) -> (usiz
     (out.lost(&mine).len(), out.unexpected(&mine).len())
 }
 
-/// Fault to the last acknowledgement of a lost write, if any was lost.
+/// Fault to the first and the last acknowledgement of a lost write, if any was lost, and
+/// who acknowledged the last one.
 fn lost_window(
     out: &SetOutcome,
     present: &BTreeSet<u64>,
     first_id: u64,
     fault: Instant,
     (old, new): (&str, &str),
-) -> Option<(Duration, String)> {
-    out.acks
+) -> Option<(Duration, Duration, String)> {
+    let lost: Vec<_> = out
+        .acks
         .iter()
         .filter(|a| a.id >= first_id && a.id < first_id + ID_BLOCK && !present.contains(&a.id))
-        .max_by_key(|a| a.at)
-        .map(|a| {
-            let by = match &*a.primary {
-                p if p == old => "the old primary".to_owned(),
-                p if p == new => "the new primary".to_owned(),
-                p => p.to_owned(),
-            };
-            (a.at.saturating_duration_since(fault), by)
-        })
+        .collect();
+    let first = lost.iter().map(|a| a.at).min()?;
+    let last = lost.iter().max_by_key(|a| a.at)?;
+    let by = match &*last.primary {
+        p if p == old => "the old primary".to_owned(),
+        p if p == new => "the new primary".to_owned(),
+        p => p.to_owned(),
+    };
+    let since = |t: Instant| {
+        if t >= fault {
+            t - fault
+        } else {
+            Duration::ZERO
+        }
+    };
+    Some((since(first), since(last.at), by))
+}
+
+/// Past this after the fault, an acknowledgement by anyone but the new primary is reported
+/// (a write in flight when the fault struck may still be answered just after it).
+const LATE_AFTER: Duration = Duration::from_millis(100);
+
+/// Acknowledgements after `after` by anyone but the new primary: count, last one's time after
+/// the fault, and by whom.
+fn late_acks(
+    out: &SetOutcome,
+    fault: Instant,
+    after: Duration,
+    (old, new): (&str, &str),
+) -> Option<(usize, Duration, String)> {
+    let late: Vec<_> = out
+        .acks
+        .iter()
+        .filter(|a| a.at > fault + after && &*a.primary != new)
+        .collect();
+    let last = late.last()?;
+    let by = if &*last.primary == old {
+        "the old primary".to_owned()
+    } else {
+        last.primary.to_string()
+    };
+    Some((late.len(), last.at.saturating_duration_since(fault), by))
+}
+
+/// `docker` with `args` on a blocking thread: run on a runtime worker, the command (seconds
+/// under a saturated CPU) held up the writer's task queued behind it, which then recorded
+/// acknowledgements that had arrived before the fault as arriving seconds after it.
+async fn docker_off_runtime(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_cli(&args)
+    })
+    .await?
 }
 
 fn print_round(scenario: &str, i: usize, r: &Round) {
     println!(
-        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}{}  unexpected {}  whole again after {}  converged {}{}",
+        "  {scenario} round {:>2}: RTO {:>7}  new primary named after {:>7}  acked {:>5}  lost {}{}  unexpected {}  whole again after {}  converged {}{}{}",
         i + 1,
         secs(r.rto),
         secs(r.switched),
         r.acked,
         r.lost,
-        r.lost_window.as_ref().map_or(String::new(), |(w, by)| format!(
-            " (last acknowledged {} after the fault, by {by})",
-            secs(*w)
-        )),
+        r.lost_window
+            .as_ref()
+            .map_or(String::new(), |(first, last, by)| format!(
+                " (acknowledged {} to {} after the fault, the last by {by})",
+                secs(*first),
+                secs(*last)
+            )),
         r.unexpected,
         secs(r.healed),
         if r.converged { "yes" } else { "NO" },
+        r.late_acks
+            .as_ref()
+            .map_or(String::new(), |(n, last, by)| format!(
+                "  late acks {n} (last {} after the fault, by {by})",
+                secs(*last)
+            )),
         r.new_leader
             .map_or(String::new(), |d| format!("  new leader {} after the kill", secs(d))),
     );
@@ -366,27 +426,27 @@ async fn mofang_round(
     let fault_at = Instant::now();
     match fault {
         Fault::Kill | Fault::DoubleKill => {
-            docker_cli(&["kill", &container])?;
+            docker_off_runtime(&["kill", &container]).await?;
         }
         Fault::Stop => {
-            docker_cli(&["stop", "-t", "5", &container])?;
+            docker_off_runtime(&["stop", "-t", "5", &container]).await?;
         }
         Fault::Pause => {
-            docker_cli(&["pause", &container])?;
+            docker_off_runtime(&["pause", &container]).await?;
         }
         Fault::AgentKill => {
-            docker_cli(&["kill", &container])?;
+            docker_off_runtime(&["kill", &container]).await?;
             env.agents[agent].kill9()?;
         }
         Fault::SchedulerKill => {
-            docker_cli(&["kill", &container])?;
+            docker_off_runtime(&["kill", &container]).await?;
             // The failover is detected within a few hundred ms: kill the scheduler in the
             // middle of it, and start it again on the same data.
             tokio::time::sleep(Duration::from_millis(400)).await;
             env.sched.restart()?;
         }
         Fault::LeaderKill => {
-            docker_cli(&["kill", &container])?;
+            docker_off_runtime(&["kill", &container]).await?;
             tokio::time::sleep(Duration::from_millis(400)).await;
             let killed = Instant::now();
             env.scheduler_mut(leader)?.restart()?;
@@ -437,7 +497,7 @@ async fn mofang_round(
         let second_id = second["id"].as_str().context("id")?.to_owned();
         ended.push(second_id.clone());
         let second_epoch = after["epoch"].as_u64().context("epoch")?;
-        docker_cli(&["kill", &container_of(&second_id)])?;
+        docker_off_runtime(&["kill", &container_of(&second_id)]).await?;
         after = env
             .wait_new_primary(name, second_epoch, Duration::from_secs(120))
             .await?;
@@ -454,6 +514,7 @@ async fn mofang_round(
     let present = set_contents(engine, &new_addr, pw).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
     let lost_window = lost_window(&out, &present, first_id, fault_at, (&old_addr, &new_addr));
+    let late_acks = late_acks(&out, fault_at, LATE_AFTER, (&old_addr, &new_addr));
     let rto = rto_of(&out, &new_addr, fault_at)?;
 
     let heal_at = Instant::now();
@@ -476,6 +537,7 @@ async fn mofang_round(
         acked: out.acked.len(),
         lost,
         lost_window,
+        late_acks,
         unexpected,
         healed: heal_at.elapsed(),
         converged,
@@ -902,7 +964,7 @@ async fn sentinel_round(
     let container = setup.container_at(&old_addr)?.to_owned();
     let fault_at = Instant::now();
     *last_fault = Some(fault_at);
-    docker_cli(&["kill", &container])?;
+    docker_off_runtime(&["kill", &container]).await?;
     let source = setup.source();
     let (switched, new_addr) = loop {
         if let Ok(p) = source.primary().await {
@@ -923,6 +985,7 @@ async fn sentinel_round(
     let present = set_contents("redis", &new_addr, &setup.password).await?;
     let (lost, unexpected) = count_loss(&out, &present, first_id);
     let lost_window = lost_window(&out, &present, first_id, fault_at, (&old_addr, &new_addr));
+    let late_acks = late_acks(&out, fault_at, LATE_AFTER, (&old_addr, &new_addr));
     let rto = rto_of(&out, &new_addr, fault_at)?;
     // The killed member comes back (as Mofang's agent restarts it); Sentinel turns it into
     // a replica of the new master.
@@ -935,6 +998,7 @@ async fn sentinel_round(
         acked: out.acked.len(),
         lost,
         lost_window,
+        late_acks,
         unexpected,
         healed: heal_at.elapsed(),
         // Not checked for Sentinel (the anchor for RTO only).
