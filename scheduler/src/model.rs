@@ -321,6 +321,11 @@ pub struct Instance {
     /// Switchover step 2: the new primary reaches this position before it opens for writes.
     #[serde(default)]
     pub promote_after: String,
+    /// The primary a failover deposed while it may still acknowledge writes (frozen, hung,
+    /// its node's lease not yet run out): the new primary does not open until it is known
+    /// dead, fenced, demoted or leaseless, then this is cleared (decision 123).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposed: Option<String>,
     /// A lost member being replaced: (lost member, its replacement). The lost member leaves
     /// once its replacement replicates.
     #[serde(default)]
@@ -383,6 +388,7 @@ impl Instance {
             failover_acked: false,
             fence_primary: false,
             promote_after: String::new(),
+            deposed: None,
             replacing: None,
             restart_generations: BTreeMap::new(),
             rebuild_generations: BTreeMap::new(),
@@ -449,6 +455,8 @@ pub enum EventKind {
     FailoverNotDone,
     /// A new epoch and primary were written.
     FailoverDecided,
+    /// The old primary of a failover can acknowledge no write any more: the new one opens.
+    FailoverOldPrimaryGone,
     /// The new primary is healthy at the new epoch.
     FailoverCompleted,
     /// The new primary was not healthy within `completion_timeout_ms`.
@@ -541,7 +549,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [EventKind; 55] = [
+    pub const ALL: [EventKind; 56] = [
         EventKind::Placed,
         EventKind::InstanceCreated,
         EventKind::InstanceDeleted,
@@ -555,6 +563,7 @@ impl EventKind {
         EventKind::FailoverAborted,
         EventKind::FailoverNotDone,
         EventKind::FailoverDecided,
+        EventKind::FailoverOldPrimaryGone,
         EventKind::FailoverCompleted,
         EventKind::FailoverIncomplete,
         EventKind::FailoverMassHold,
@@ -615,6 +624,7 @@ impl EventKind {
             EventKind::FailoverAborted => "failover_aborted",
             EventKind::FailoverNotDone => "failover_not_done",
             EventKind::FailoverDecided => "failover_decided",
+            EventKind::FailoverOldPrimaryGone => "failover_old_primary_gone",
             EventKind::FailoverCompleted => "failover_completed",
             EventKind::FailoverIncomplete => "failover_incomplete",
             EventKind::FailoverMassHold => "failover_mass_hold",

@@ -401,6 +401,13 @@ pub(super) async fn kill_if_deposed(
     );
     m.sh.runtime.kill(&container.id, "KILL").await?;
     memo.killed_deposed = Some(container.id.clone());
+    // Reported at once: the new primary opens only once this one is known dead (decision
+    // 119), and Docker answers a kill once the process is gone.
+    if let Ok(c) = m.sh.runtime.inspect(&container.id).await {
+        let mut s = status_keeping_last(m.sh, m.a, st, &c);
+        s.reason = format!("deposed primary killed after {failed_checks} failed checks");
+        m.sh.set_status(s);
+    }
     Ok(true)
 }
 

@@ -25,6 +25,9 @@ pub enum DesiredRole {
         fence: bool,
         /// Switchover step 2: reach this position before opening.
         promote_after: Option<String>,
+        /// Failover: the old primary may still acknowledge writes; do not open yet (keep
+        /// replicating from it) until the scheduler clears this (decision 123).
+        hold: bool,
     },
     /// Follows `primary`; None while the scheduler does not know the primary's address yet
     /// (the member is then kept exactly as it is).
@@ -41,6 +44,7 @@ impl DesiredRole {
             Some(Role::Primary) => Ok(DesiredRole::Primary {
                 fence: a.fence,
                 promote_after: (!a.promote_after.is_empty()).then(|| a.promote_after.clone()),
+                hold: a.hold_open,
             }),
             Some(Role::Replica) if a.primary_address.is_empty() => {
                 Ok(DesiredRole::Replica { primary: None })
@@ -177,6 +181,10 @@ pub enum RoleStep {
     },
     /// Just started and not yet heard from the scheduler: change nothing on a guess.
     Wait,
+    /// The new primary of a failover while the old one may still acknowledge writes: change
+    /// nothing (it keeps replicating from the old primary, and takes no writes) until the
+    /// scheduler lifts the hold.
+    HoldOpen,
     /// Stop writes: the scheduler's lease ran out.
     FenceLeaseLost,
     /// Stop writes: restarted while held, without a scheduler.
@@ -216,6 +224,13 @@ pub fn role_step(
             seed: st.needs_seed,
         },
         DesiredRole::Primary { .. } if !heard && young => RoleStep::Wait,
+        // Not yet opened at this epoch: wait for the old primary to be gone. (One already
+        // open at this epoch, should a hold come back after a scheduler restart, stays so.)
+        DesiredRole::Primary { hold: true, .. }
+            if !(st.applied_role == Role::Primary.as_str() && st.applied_epoch >= epoch) =>
+        {
+            RoleStep::HoldOpen
+        }
         DesiredRole::Primary { .. } if !lease_valid => RoleStep::FenceLeaseLost,
         DesiredRole::Primary { .. } if st.held_at_epoch.is_some() => RoleStep::FenceHeld,
         DesiredRole::Primary { fence: true, .. } => RoleStep::FenceForSwitchover,
@@ -340,6 +355,7 @@ mod tests {
         DesiredRole::Primary {
             fence: false,
             promote_after: None,
+            hold: false,
         }
     }
 
@@ -373,7 +389,8 @@ mod tests {
             DesiredRole::parse(&a).unwrap(),
             DesiredRole::Primary {
                 fence: true,
-                promote_after: Some("0-1-9".into())
+                promote_after: Some("0-1-9".into()),
+                hold: false,
             }
         );
     }
@@ -465,6 +482,7 @@ mod tests {
         let fence = DesiredRole::Primary {
             fence: true,
             promote_after: None,
+            hold: false,
         };
         assert_eq!(
             role_step(&fence, 3, &st, true, true, false),
@@ -473,6 +491,7 @@ mod tests {
         let after = DesiredRole::Primary {
             fence: false,
             promote_after: Some("0-1-9".into()),
+            hold: false,
         };
         assert_eq!(
             role_step(&after, 4, &state(3, "replica"), true, true, false),
@@ -556,12 +575,46 @@ mod tests {
         assert!(!app.repoint_replication(&MemberState::default()));
     }
 
+    /// Soak, Redis freeze (failover.md defect 9): the new primary opened while the frozen
+    /// old one could still wake and acknowledge writes. Held, it changes nothing until the
+    /// hold is lifted; one already open at the epoch stays open.
+    #[test]
+    fn a_held_new_primary_does_not_open_until_the_hold_is_lifted() {
+        let held = DesiredRole::Primary {
+            fence: false,
+            promote_after: None,
+            hold: true,
+        };
+        let mut a = assignment("primary", "");
+        a.hold_open = true;
+        assert_eq!(DesiredRole::parse(&a).unwrap(), held);
+        let replica = state(3, "replica");
+        assert_eq!(
+            role_step(&held, 4, &replica, true, true, false),
+            RoleStep::HoldOpen
+        );
+        assert_eq!(
+            role_step(&primary(), 4, &replica, true, true, false),
+            RoleStep::Open { after: None }
+        );
+        assert_eq!(
+            role_step(&held, 4, &state(4, "primary"), true, true, false),
+            RoleStep::Open { after: None }
+        );
+        // The lease and the epoch rule still come first.
+        assert_eq!(
+            role_step(&held, 3, &state(4, "replica"), true, true, false),
+            RoleStep::Ignore
+        );
+    }
+
     #[test]
     fn only_a_silent_deposed_primary_is_killed() {
         let replica = DesiredRole::Replica { primary: None };
         let primary = DesiredRole::Primary {
             fence: false,
             promote_after: None,
+            hold: false,
         };
         let was = |role: &str, epoch| MemberState {
             applied_role: role.into(),

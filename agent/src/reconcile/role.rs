@@ -154,7 +154,9 @@ async fn carry_out(
         }
         // Just (re)started and not yet heard from the scheduler: neither fence nor promote
         // on a guess; the primary keeps whatever it was doing for up to lease_ttl.
-        RoleStep::Wait | RoleStep::Ignore => {}
+        // The new primary of a failover while the old one may still acknowledge a write:
+        // nothing (it keeps replicating from the old primary) until the hold is lifted.
+        RoleStep::Wait | RoleStep::HoldOpen | RoleStep::Ignore => {}
         RoleStep::FenceLeaseLost => {
             // Cut off from the scheduler for lease_ttl: another member may be promoted
             // elsewhere, so this primary stops taking writes (architecture: fencing).

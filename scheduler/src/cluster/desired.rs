@@ -148,6 +148,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     } else {
                         String::new()
                     },
+                    hold_open: m.role == Role::Primary && i.deposed.is_some(),
                     restart_generation: i.restart_generations.get(&m.id).copied().unwrap_or(0),
                     stopped: i.stopped,
                     rebuild_generation: i.rebuild_generations.get(&m.id).copied().unwrap_or(0),

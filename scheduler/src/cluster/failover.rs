@@ -3,7 +3,7 @@
 //! compare-and-set before any agent hears of it) and the agents (desired state pushed after).
 
 use super::{event, lock, reserve, Cluster, Error, Inner, InstanceView, Result};
-use crate::failover::decide::{self, Health, NoPromotion, Purpose, Seen};
+use crate::failover::decide::{self, old_primary_gone, Health, NoPromotion, Purpose, Seen};
 use crate::failover::plan;
 use crate::failover::rails::{self, PrimaryFacts, RailFacts, Refusal};
 use crate::failover::{hooks, HookEnv};
@@ -132,6 +132,7 @@ impl Cluster {
     /// One round of the failover and healing loop (every 250 ms): confirm failovers in
     /// flight, detect failed primaries and fail them over, replace lost members.
     pub async fn check_failovers(self: &Arc<Self>) {
+        self.release_deposed().await;
         self.confirm_inflight().await;
         let now = Instant::now();
         let rules = self.failover.rules();
@@ -527,6 +528,16 @@ impl Cluster {
         next.failover_acked = false;
         next.fence_primary = false;
         next.promote_after.clear();
+        // The new primary opens only once the old one can acknowledge nothing (decision 123).
+        next.deposed = None;
+        if new != old {
+            let inner = lock(&self.inner);
+            if let Some(r) = next.members.iter().find(|m| m.id == old) {
+                if !old_primary_gone(&self.seen(&inner, r, now), epoch, self.led_for(now)) {
+                    next.deposed = Some(old.clone());
+                }
+            }
+        }
         let position = {
             let inner = lock(&self.inner);
             next.members
@@ -586,6 +597,47 @@ impl Cluster {
         let nodes: Vec<String> = nodes.into_iter().collect();
         self.push_nodes(&mut inner, &nodes);
         Ok(stored)
+    }
+
+    /// Lifts the hold on each new primary whose old primary can acknowledge no write any
+    /// more ([`old_primary_gone`], decision 123): the new primary opens on the push.
+    async fn release_deposed(&self) {
+        let now = Instant::now();
+        let ready: Vec<Instance> = {
+            let inner = lock(&self.inner);
+            let led = self.led_for(now);
+            inner
+                .instances
+                .values()
+                .filter(|i| {
+                    i.deposed.as_ref().is_some_and(|old| {
+                        i.members.iter().find(|m| &m.id == old).is_none_or(|r| {
+                            old_primary_gone(&self.seen(&inner, r, now), i.epoch, led)
+                        })
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        for mut next in ready {
+            let old = next.deposed.take().unwrap_or_default();
+            let name = next.spec.name.clone();
+            let new = next.primary().map(|p| p.id.clone()).unwrap_or_default();
+            let message = format!(
+                "{old} can acknowledge no write any more: {new} opens for writes at epoch {}",
+                next.epoch
+            );
+            info!(instance = %name, epoch = next.epoch, old_primary = %old, "old primary gone: the new primary opens");
+            let events = vec![event(
+                EventKind::FailoverOldPrimaryGone,
+                Some(&name),
+                None,
+                message,
+            )];
+            if let Err(e) = self.write(next, events).await {
+                warn!(instance = %name, error = %e, "lifting the new primary's hold failed; retried on the next pass");
+            }
+        }
     }
 
     async fn confirm_inflight(&self) {

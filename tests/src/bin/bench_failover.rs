@@ -432,7 +432,16 @@ async fn mofang_round(
             docker_off_runtime(&["stop", "-t", "5", &container]).await?;
         }
         Fault::Pause => {
-            docker_off_runtime(&["pause", &container]).await?;
+            // On a saturated host runc's cgroup-v1 freezer may give up ("unable to freeze")
+            // and leave the container running: the fault was not made, so it is made again.
+            let mut tries = 0;
+            while let Err(e) = docker_off_runtime(&["pause", &container]).await {
+                tries += 1;
+                if tries >= 5 || !e.to_string().contains("unable to freeze") {
+                    return Err(e);
+                }
+                println!("    (docker pause: unable to freeze under load; trying again)");
+            }
         }
         Fault::AgentKill => {
             docker_off_runtime(&["kill", &container]).await?;
