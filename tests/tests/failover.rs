@@ -102,6 +102,19 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     ] {
         assert!(k.iter().any(|x| x == want), "event {want} in {k:?}");
     }
+    // Decision 123: a frozen primary is not dead at the decision, so the new primary waits
+    // until it is (killed by its agent); a killed one is dead already and nobody waits.
+    let at = |want: &str| k.iter().position(|x| x == want);
+    let gone = at("failover_old_primary_gone");
+    if fault == "pause" {
+        let gone = gone.with_context(|| format!("failover_old_primary_gone in {k:?}"))?;
+        assert!(
+            at("failover_decided") < Some(gone) && Some(gone) < at("failover_completed"),
+            "the new primary opened only after the old one was gone: {k:?}"
+        );
+    } else {
+        assert_eq!(gone, None, "a dead primary is not waited for: {k:?}");
+    }
     // The scheduler's own /metrics counts it and times it.
     let m = env
         .sched

@@ -268,6 +268,35 @@ mod tests {
         assert_eq!((s.restarts, s.crash_restarts), (1, 0), "{s:?}");
     }
 
+    /// Decision 123, soak (failover.md defect 9): a held new primary must not open, on this
+    /// pass or any later one, until the hold is lifted. The first fix recorded the held role
+    /// as applied, and the next pass took it for a primary already open and opened it.
+    #[tokio::test]
+    async fn a_held_new_primary_stays_a_replica_until_the_hold_is_lifted() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        r.pass(&assignment("replica", 3, "10.0.0.9:3306")).await;
+        r.rt.take_calls();
+        r.db.take_calls();
+        let mut held = assignment("primary", 4, "");
+        held.hold_open = true;
+        for _ in 0..3 {
+            let s = r.pass(&held).await;
+            assert!(s.reason.contains("waiting until the old primary"), "{s:?}");
+            assert_ne!(
+                s.epoch, 4,
+                "the held role is not recorded as applied: {s:?}"
+            );
+        }
+        assert!(
+            !r.db.take_calls().iter().any(|c| c.starts_with("promote")),
+            "never opened while held"
+        );
+        let s = r.pass(&assignment("primary", 4, "")).await;
+        assert_eq!(r.db.take_calls(), ["promote after=None"]);
+        assert!(s.role == "primary" && s.epoch == 4, "{s:?}");
+    }
+
     #[tokio::test]
     async fn a_hung_deposed_primary_is_killed_but_a_starting_one_is_not() {
         let mut r = rig(Duration::from_secs(10));

@@ -57,6 +57,9 @@ pub(super) async fn apply(
                 server_name: primary.host.clone(),
             });
     }
+    // A held new primary has not taken its role: recorded as applied, the next pass would
+    // take it for a primary already open at this epoch and open it (decision 123).
+    let held = step == RoleStep::HoldOpen;
     carry_out(
         sh,
         a,
@@ -67,6 +70,11 @@ pub(super) async fn apply(
         st,
     )
     .await?;
+    if held {
+        return Ok(Some(
+            "new primary: waiting until the old primary can acknowledge no write".into(),
+        ));
+    }
     if st.applied_epoch != a.epoch || st.applied_role != a.role {
         info!(member, epoch = a.epoch, role = %a.role, "role applied");
         st.applied_epoch = a.epoch;
