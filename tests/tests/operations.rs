@@ -1361,3 +1361,108 @@ async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instan
     assert!(outcome.unexpected(&present).is_empty());
     Ok(())
 }
+
+/// The most intervals of `spans` (start, end) open at once: counted at each start.
+fn most_at_once(spans: &[(i64, i64)]) -> usize {
+    spans
+        .iter()
+        .map(|(at, _)| spans.iter().filter(|(s, e)| s <= at && at < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A batch restart of 20 instances with `max_parallel` 4 (issue 17): twenty single-member
+/// Redis instances as small as the API takes, labelled, restarted by one batch through the
+/// CLI. Every operation succeeds, and never more than four instances are restarting at once:
+/// counted from each instance's events (`operation_started` to `operation_succeeded`) and
+/// from the stored operations' times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once() -> Result<()> {
+    const N: usize = 20;
+    let env = Env::start_with(3, FAST).await?;
+    let tag = unique_name("b20");
+    let mut names = Vec::new();
+    for i in 0..N {
+        let name = format!("{tag}-{i}");
+        let mut body = mofang_tests::scenario::spec(&name, "redis", 0);
+        // Twenty on three agents of 2 cores and 2 GiB each.
+        body["resources"] = json!({"cpu": 0.2, "memory": 128, "disk": 128});
+        body["labels"] = json!({"batch": tag});
+        let (s, v) = env
+            .call(reqwest::Method::POST, "/v1/instances", Some(body))
+            .await?;
+        assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+        names.push(name);
+    }
+    for name in &names {
+        env.wait_instance_ready(name).await?;
+    }
+    let started = std::time::Instant::now();
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "batch",
+            "create",
+            "-l",
+            &format!("batch={tag}"),
+            "--type",
+            "restart",
+            "--max-parallel",
+            "4",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang batch create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let items = b["items"].as_array().context("items")?;
+    assert_eq!(items.len(), N, "{b}");
+
+    let mut from_ops = Vec::new();
+    let mut from_events = Vec::new();
+    for it in items {
+        assert_eq!(it["state"], "succeeded", "{b}");
+        let id = it["operation"].as_str().context("operation")?;
+        let op = env.get(&format!("/v1/operations/{id}")).await?;
+        assert_eq!(op["state"], "succeeded", "{op}");
+        from_ops.push((
+            op["created_ms"].as_i64().context("created")?,
+            op["ended_ms"].as_i64().context("ended")?,
+        ));
+        // The instance's own record of it.
+        let instance = op["instance"].as_str().context("instance")?;
+        let events = env.events(instance).await?;
+        let at = |kind: &str| {
+            events
+                .iter()
+                .find(|e| {
+                    e["kind"] == kind && e["message"].as_str().is_some_and(|m| m.contains(id))
+                })
+                .and_then(|e| e["at_ms"].as_i64())
+        };
+        let (Some(s), Some(e)) = (at("operation_started"), at("operation_succeeded")) else {
+            bail!("{instance}: no start or end event for {id}: {events:?}");
+        };
+        from_events.push((s, e));
+    }
+    let (by_events, by_ops) = (most_at_once(&from_events), most_at_once(&from_ops));
+    let first = from_events.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = from_events.iter().map(|s| s.1).max().unwrap_or(0);
+    eprintln!(
+        "batch restart of {N}, max_parallel 4: all succeeded in {:?} ({} ms from the first start event to the last end); at most {by_events} at once by the events, {by_ops} by the operations",
+        started.elapsed(),
+        last - first
+    );
+    assert!(by_events <= 4, "{by_events} at once: {from_events:?}");
+    assert!(by_ops <= 4, "{by_ops} at once: {from_ops:?}");
+    // The limit is used, not only kept: four start together and each takes seconds.
+    assert_eq!(by_ops, 4, "{from_ops:?}");
+    Ok(())
+}
