@@ -1107,3 +1107,362 @@ async fn mariadb_upgrades_from_10_5_to_10_11_to_11_8_under_writes_losing_nothing
 async fn redis_upgrades_from_6_0_to_7_0_to_8_0_under_writes_losing_nothing() -> Result<()> {
     upgrade_ladder_under_writes("redis", &["6.0", "7.0", "8.0"]).await
 }
+
+/// Scheduler `kill -9` at every step of a rolling upgrade (issue 17): MariaDB 10.5 with two
+/// replicas upgraded to 10.11 under the Jepsen set writer; each time the operation shows a
+/// new step, the scheduler is killed and started again on the same data. The operation ends
+/// `succeeded` with its five steps (each once), every member runs and reports 10.11, there
+/// is one primary, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing() -> Result<()> {
+    let (from, to) = ("10.5", "10.11");
+    let mut env = Env::start_with(3, FAST).await?;
+    let name = unique_name("upk");
+    let mut body = mofang_tests::scenario::spec(&name, "mariadb", 2);
+    body["version"] = json!(from);
+    let (s, v) = env
+        .call(reqwest::Method::POST, "/v1/instances", Some(body))
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+    env.wait_instance_ready(&name).await?;
+    let pw = env.app_password(&name).await?;
+    let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    writer.wait_acked(200, Duration::from_secs(60)).await?;
+
+    let started = std::time::Instant::now();
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "upgrade", "version": to})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().context("operation id")?.to_owned();
+
+    // Each new step seen: the scheduler dies and comes back on the same data. A step done at
+    // once (`set_version`) may be seen done; the kill still lands between two steps.
+    let mut kills: Vec<String> = Vec::new();
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    let end = loop {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the upgrade did not end in 900 s; kills at {kills:?}"
+        );
+        // Just restarted, the scheduler may not answer yet.
+        let Ok(v) = env.get(&format!("/v1/operations/{id}")).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if matches!(
+            v["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            break v;
+        }
+        let steps = step_lines(&v);
+        if steps.len() > seen {
+            seen = steps.len();
+            let at = steps.last().cloned().unwrap_or_default();
+            eprintln!("{:?}: kill -9 at {at}", started.elapsed());
+            kills.push(at);
+            env.sched.restart()?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let steps = step_lines(&end);
+    eprintln!(
+        "upgrade {from} -> {to} with {} scheduler kills: {} in {:?}: {steps:?}",
+        kills.len(),
+        end["state"],
+        started.elapsed()
+    );
+    assert_eq!(end["state"], "succeeded", "{end}\nkills at {kills:?}");
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(steps[0], format!("set_version {from} done"), "{steps:?}");
+    assert!(
+        steps[1].starts_with("restart ") && steps[2].starts_with("restart "),
+        "{steps:?}"
+    );
+    assert!(
+        steps[3].starts_with("switchover ") && steps[4].starts_with("restart "),
+        "{steps:?}"
+    );
+    assert!(steps.iter().all(|s| s.ends_with(" done")), "{steps:?}");
+    // A kill at each step (the first may be seen already done).
+    assert!(kills.len() >= 4, "kills at {kills:?}");
+
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 200, Duration::from_secs(120))
+        .await?;
+    let outcome = writer.stop().await?;
+    let inst = env.wait_instance_ready(&name).await?;
+    let members = inst["members"].as_array().context("members")?;
+    assert_eq!(
+        members.iter().filter(|m| m["role"] == "primary").count(),
+        1,
+        "one primary: {inst}"
+    );
+    for m in members {
+        assert_eq!(m["version"], to, "every member reports {to}: {inst}");
+    }
+    for (id, image, binary) in member_versions(&inst, "mariadb")? {
+        eprintln!("  {id}: {image}: {binary}");
+        assert!(
+            image.ends_with(&format!("/mariadb:{to}")),
+            "{id} runs {image}"
+        );
+        assert!(binary.contains(&format!("Ver {to}.")), "{id}: {binary}");
+    }
+    let primary = Env::primary_member(&inst)?;
+    let present = set_contents(
+        "mariadb",
+        primary["address"].as_str().context("address")?,
+        &pw,
+    )
+    .await?;
+    eprintln!(
+        "upgrade under scheduler kills: acknowledged {}, lost {}, longest write outage {:?}",
+        outcome.acked.len(),
+        outcome.lost(&present).len(),
+        outcome.longest_gap
+    );
+    assert!(
+        outcome.lost(&present).is_empty(),
+        "lost {:?}",
+        outcome.lost(&present)
+    );
+    assert!(outcome.unexpected(&present).is_empty());
+    Ok(())
+}
+
+/// Cancel mid-upgrade (issue 17): MariaDB 10.5 with two replicas, upgrading to 10.11 under
+/// the Jepsen set writer, cancelled once the first replica is upgraded. The operation ends
+/// `cancelled` at a safe point (a restart under way finishes first) and leaves a consistent
+/// instance: every member healthy, on 10.5 or 10.11 (at least the upgraded replica on 10.11),
+/// exactly one primary, writes go on, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instance() -> Result<()> {
+    let (from, to) = ("10.5", "10.11");
+    let env = Env::start_with(3, FAST).await?;
+    let name = unique_name("upc");
+    let mut body = mofang_tests::scenario::spec(&name, "mariadb", 2);
+    body["version"] = json!(from);
+    let (s, v) = env
+        .call(reqwest::Method::POST, "/v1/instances", Some(body))
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+    env.wait_instance_ready(&name).await?;
+    let pw = env.app_password(&name).await?;
+    let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    writer.wait_acked(200, Duration::from_secs(60)).await?;
+
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "upgrade", "version": to})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().context("operation id")?.to_owned();
+    // The first replica's restart step done: it runs 10.11 beside a 10.5 primary.
+    let first = eventually(
+        "the first replica upgraded",
+        Duration::from_secs(300),
+        || async {
+            let v = env.get(&format!("/v1/operations/{id}")).await?;
+            let steps = step_lines(&v);
+            match steps.get(1) {
+                Some(s) if s.starts_with("restart ") && s.ends_with(" done") => {
+                    Ok(s.split(' ').nth(1).unwrap_or_default().to_owned())
+                }
+                _ => bail!("{steps:?}"),
+            }
+        },
+    )
+    .await?;
+    let out = mofang_cli(&env, &["--json", "operation", "cancel", &id]).await?;
+    assert!(
+        out.status.success(),
+        "mofang operation cancel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let end = operation_ended(&env, &id, Duration::from_secs(600)).await?;
+    let steps = step_lines(&end);
+    eprintln!(
+        "upgrade cancelled after {first}: {} {steps:?}",
+        end["state"]
+    );
+    assert_eq!(end["state"], "cancelled", "{end}");
+    assert!(steps.iter().all(|s| s.ends_with(" done")), "{steps:?}");
+
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 200, Duration::from_secs(120))
+        .await?;
+    let outcome = writer.stop().await?;
+    let inst = env.wait_instance_ready(&name).await?;
+    let members = inst["members"].as_array().context("members")?;
+    assert_eq!(members.len(), 3, "{inst}");
+    assert_eq!(
+        members.iter().filter(|m| m["role"] == "primary").count(),
+        1,
+        "one primary: {inst}"
+    );
+    for m in members {
+        assert_eq!(m["healthy"], true, "{inst}");
+        assert!(
+            m["version"] == from || m["version"] == to,
+            "{} on {}: {inst}",
+            m["id"],
+            m["version"]
+        );
+        if m["id"] == first.as_str() {
+            assert_eq!(m["version"], to, "{first} was upgraded: {inst}");
+        }
+    }
+    for (id, image, binary) in member_versions(&inst, "mariadb")? {
+        eprintln!("  {id}: {image}: {binary}");
+        let reported = members
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .and_then(|m| m["version"].as_str())
+            .unwrap_or_default();
+        assert!(
+            image.ends_with(&format!("/mariadb:{reported}")),
+            "{id} reports {reported}, runs {image}"
+        );
+        assert!(
+            binary.contains(&format!("Ver {reported}.")),
+            "{id}: {binary}"
+        );
+    }
+    let primary = Env::primary_member(&inst)?;
+    let present = set_contents(
+        "mariadb",
+        primary["address"].as_str().context("address")?,
+        &pw,
+    )
+    .await?;
+    eprintln!(
+        "cancelled upgrade: acknowledged {}, lost {}, longest write outage {:?}",
+        outcome.acked.len(),
+        outcome.lost(&present).len(),
+        outcome.longest_gap
+    );
+    assert!(
+        outcome.lost(&present).is_empty(),
+        "lost {:?}",
+        outcome.lost(&present)
+    );
+    assert!(outcome.unexpected(&present).is_empty());
+    Ok(())
+}
+
+/// The most intervals of `spans` (start, end) open at once: counted at each start.
+fn most_at_once(spans: &[(i64, i64)]) -> usize {
+    spans
+        .iter()
+        .map(|(at, _)| spans.iter().filter(|(s, e)| s <= at && at < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A batch restart of 20 instances with `max_parallel` 4 (issue 17): twenty single-member
+/// Redis instances as small as the API takes, labelled, restarted by one batch through the
+/// CLI. Every operation succeeds, and never more than four instances are restarting at once:
+/// counted from each instance's events (`operation_started` to `operation_succeeded`) and
+/// from the stored operations' times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once() -> Result<()> {
+    const N: usize = 20;
+    let env = Env::start_with(3, FAST).await?;
+    let tag = unique_name("b20");
+    let mut names = Vec::new();
+    for i in 0..N {
+        let name = format!("{tag}-{i}");
+        let mut body = mofang_tests::scenario::spec(&name, "redis", 0);
+        // Twenty on three agents of 2 cores and 2 GiB each.
+        body["resources"] = json!({"cpu": 0.2, "memory": 128, "disk": 128});
+        body["labels"] = json!({"batch": tag});
+        let (s, v) = env
+            .call(reqwest::Method::POST, "/v1/instances", Some(body))
+            .await?;
+        assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+        names.push(name);
+    }
+    for name in &names {
+        env.wait_instance_ready(name).await?;
+    }
+    let started = std::time::Instant::now();
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "batch",
+            "create",
+            "-l",
+            &format!("batch={tag}"),
+            "--type",
+            "restart",
+            "--max-parallel",
+            "4",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang batch create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let b: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let items = b["items"].as_array().context("items")?;
+    assert_eq!(items.len(), N, "{b}");
+
+    let mut from_ops = Vec::new();
+    let mut from_events = Vec::new();
+    for it in items {
+        assert_eq!(it["state"], "succeeded", "{b}");
+        let id = it["operation"].as_str().context("operation")?;
+        let op = env.get(&format!("/v1/operations/{id}")).await?;
+        assert_eq!(op["state"], "succeeded", "{op}");
+        from_ops.push((
+            op["created_ms"].as_i64().context("created")?,
+            op["ended_ms"].as_i64().context("ended")?,
+        ));
+        // The instance's own record of it.
+        let instance = op["instance"].as_str().context("instance")?;
+        let events = env.events(instance).await?;
+        let at = |kind: &str| {
+            events
+                .iter()
+                .find(|e| {
+                    e["kind"] == kind && e["message"].as_str().is_some_and(|m| m.contains(id))
+                })
+                .and_then(|e| e["at_ms"].as_i64())
+        };
+        let (Some(s), Some(e)) = (at("operation_started"), at("operation_succeeded")) else {
+            bail!("{instance}: no start or end event for {id}: {events:?}");
+        };
+        from_events.push((s, e));
+    }
+    let (by_events, by_ops) = (most_at_once(&from_events), most_at_once(&from_ops));
+    let first = from_events.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = from_events.iter().map(|s| s.1).max().unwrap_or(0);
+    eprintln!(
+        "batch restart of {N}, max_parallel 4: all succeeded in {:?} ({} ms from the first start event to the last end); at most {by_events} at once by the events, {by_ops} by the operations",
+        started.elapsed(),
+        last - first
+    );
+    assert!(by_events <= 4, "{by_events} at once: {from_events:?}");
+    assert!(by_ops <= 4, "{by_ops} at once: {from_ops:?}");
+    // The limit is used, not only kept: four start together and each takes seconds.
+    assert_eq!(by_ops, 4, "{from_ops:?}");
+    Ok(())
+}

@@ -638,32 +638,76 @@ fn s(v: &Value) -> String {
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    print!("{}", render_table(headers, rows));
+}
+
+/// The table `table` prints: columns padded to their widest cell, two spaces apart.
+fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.len());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut text = String::new();
+    let mut line = |cells: Vec<String>| {
         let out: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
             .collect();
-        println!("{}", out.join("  ").trim_end());
+        text.push_str(out.join("  ").trim_end());
+        text.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r);
     }
+    text
+}
+
+/// A member's version as its agent reports it; `-` before it has reported one (a MariaDB
+/// member reports none until `mariadb-upgrade` has run on a new version).
+fn member_version(m: &Value) -> String {
+    match m["version"].as_str() {
+        Some(v) if !v.is_empty() => v.to_owned(),
+        _ => "-".into(),
+    }
+}
+
+/// The distinct versions an instance's members report, in the order first seen: one value
+/// normally, two in the middle of an upgrade.
+fn member_versions(i: &Value) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for m in i["members"].as_array().into_iter().flatten() {
+        let v = member_version(m);
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    if seen.is_empty() {
+        "-".into()
+    } else {
+        seen.join(",")
+    }
 }
 
 fn print_instance(v: &Value) {
-    println!("name:     {}", s(&v["name"]));
-    println!("engine:   {} {}", s(&v["engine"]), s(&v["version"]));
-    println!("status:   {}", s(&v["status"]));
-    println!("epoch:    {}", s(&v["epoch"]));
-    println!("primary:  {}", s(&v["primary"]));
+    print!("{}", render_instance(v));
+}
+
+fn render_instance(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    // Writing into a String cannot fail.
+    macro_rules! line {
+        ($($arg:tt)*) => { let _ = writeln!(o, $($arg)*); };
+    }
+    line!("name:     {}", s(&v["name"]));
+    line!("engine:   {} {}", s(&v["engine"]), s(&v["version"]));
+    line!("status:   {}", s(&v["status"]));
+    line!("epoch:    {}", s(&v["epoch"]));
+    line!("primary:  {}", s(&v["primary"]));
     if let Some(ready) = v["pitr_ready"].as_bool() {
         let w = &v["pitr_window"];
         let window = if w.is_object() {
@@ -675,15 +719,15 @@ fn print_instance(v: &Value) {
             .as_str()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        println!(
+        line!(
             "pitr:     {}, window {window}{why}",
             if ready { "ready" } else { "NOT ready" }
         );
     }
-    println!("tls:      {}", s(&v["spec"]["tls"]));
+    line!("tls:      {}", s(&v["spec"]["tls"]));
     let r = &v["rotation"];
     if r.is_object() {
-        println!(
+        line!(
             "rotation: {} password, step {}{}",
             s(&r["account"]),
             s(&r["step"]),
@@ -693,7 +737,7 @@ fn print_instance(v: &Value) {
             }
         );
     }
-    println!();
+    line!();
     let rows = v["members"]
         .as_array()
         .map(|ms| {
@@ -712,6 +756,7 @@ fn print_instance(v: &Value) {
                             format!("{lag}s")
                         },
                         s(&m["epoch"]),
+                        member_version(m),
                         if m["healthy"].as_bool() == Some(true) {
                             "yes".into()
                         } else {
@@ -723,12 +768,44 @@ fn print_instance(v: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    table(
+    o.push_str(&render_table(
         &[
-            "MEMBER", "NODE", "ROLE", "STATE", "ADDRESS", "LAG", "EPOCH", "HEALTHY", "REASON",
+            "MEMBER", "NODE", "ROLE", "STATE", "ADDRESS", "LAG", "EPOCH", "VERSION", "HEALTHY",
+            "REASON",
         ],
         rows,
-    );
+    ));
+    o
+}
+
+/// `instance list`: one line per instance; ENGINE is the version asked, VERSIONS what its
+/// members report (two during an upgrade).
+fn render_instance_list(v: &Value) -> String {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    let n = i["members"].as_array().map(|m| m.len()).unwrap_or(0);
+                    vec![
+                        s(&i["name"]),
+                        format!("{} {}", s(&i["engine"]), s(&i["version"])),
+                        n.to_string(),
+                        s(&i["status"]),
+                        s(&i["primary"]),
+                        s(&i["epoch"]),
+                        member_versions(i),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    render_table(
+        &[
+            "NAME", "ENGINE", "MEMBERS", "STATUS", "PRIMARY", "EPOCH", "VERSIONS",
+        ],
+        rows,
+    )
 }
 
 fn ms_to_time(ms: &Value) -> String {
@@ -961,28 +1038,7 @@ async fn run(cli: Cli) -> Result<()> {
                 out(&v);
                 return Ok(());
             }
-            let rows = v
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|i| {
-                            let n = i["members"].as_array().map(|m| m.len()).unwrap_or(0);
-                            vec![
-                                s(&i["name"]),
-                                format!("{} {}", s(&i["engine"]), s(&i["version"])),
-                                n.to_string(),
-                                s(&i["status"]),
-                                s(&i["primary"]),
-                                s(&i["epoch"]),
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(
-                &["NAME", "ENGINE", "MEMBERS", "STATUS", "PRIMARY", "EPOCH"],
-                rows,
-            );
+            print!("{}", render_instance_list(&v));
         }
         Cmd::Instance(InstanceCmd::Show { name }) => {
             let v = c.get(&format!("/v1/instances/{name}")).await?;
@@ -1828,7 +1884,50 @@ async fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_grace;
+    use super::{parse_grace, render_instance, render_instance_list};
+    use serde_json::json;
+
+    /// An instance half-way through an upgrade from 10.5 to 10.11, as `GET /v1/instances/{name}`
+    /// answers: one replica done, one member not reporting a version yet.
+    fn upgrading() -> serde_json::Value {
+        let member = |id: &str, role: &str, version: &str| {
+            json!({"id": id, "node": format!("node-{id}"), "role": role, "state": "running",
+                   "address": "10.0.0.1:3306", "lag_seconds": 0, "epoch": 3,
+                   "healthy": true, "version": version, "reason": null})
+        };
+        json!({"name": "shop", "engine": "mariadb", "version": "10.11", "status": "running",
+               "epoch": 3, "primary": "shop-1", "spec": {"tls": "off"},
+               "members": [member("shop-1", "primary", "10.5"),
+                           member("shop-2", "replica", "10.11"),
+                           member("shop-3", "replica", "")]})
+    }
+
+    #[test]
+    fn instance_show_has_each_members_version() {
+        let text = render_instance(&upgrading());
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines.iter().find(|l| l.starts_with("MEMBER")).unwrap();
+        let col = header.find("VERSION").unwrap();
+        let cell = |id: &str| {
+            let l = lines.iter().find(|l| l.starts_with(id)).unwrap();
+            l[col..].split_whitespace().next().unwrap().to_owned()
+        };
+        assert_eq!(cell("shop-1"), "10.5");
+        assert_eq!(cell("shop-2"), "10.11");
+        assert_eq!(cell("shop-3"), "-", "no version reported yet");
+        assert!(text.contains("engine:   mariadb 10.11"));
+    }
+
+    #[test]
+    fn instance_list_shows_the_versions_members_run() {
+        let text = render_instance_list(&json!([upgrading()]));
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().ends_with("VERSIONS"));
+        let row = lines.next().unwrap();
+        assert!(row.starts_with("shop"));
+        assert!(row.contains("mariadb 10.11"));
+        assert!(row.ends_with("10.5,10.11,-"), "{row}");
+    }
 
     #[test]
     fn grace_periods_read_with_their_unit() {

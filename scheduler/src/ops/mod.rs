@@ -528,6 +528,15 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                         "the switchover away from {from} did not complete within {} s",
                         STEP_TIMEOUT_MS / 1000
                     ))
+                } else if let Some(m) = members.iter().find(|m| !m.whole()) {
+                    // Run again only on a whole instance: a new leader sees no member healthy
+                    // until its agent reports again (and a primary fenced by the cut-short
+                    // switchover until the fence is lifted), and a switchover refused for
+                    // that would fail the operation (decision 106).
+                    Next::Wait(format!(
+                        "{} is not healthy and replicating: the switchover runs again once every member is",
+                        m.id
+                    ))
                 } else {
                     Next::RetrySwitchover { from: from.clone() }
                 }
@@ -1226,6 +1235,51 @@ mod tests {
         );
         let after = vec![m("db-0", false, 0, 0), m("db-1", true, 1, 1)];
         assert_eq!(next(&op, &after, 2), Next::StepDone);
+    }
+
+    /// Found by the e2e test of a scheduler `kill -9` at every step of an upgrade: killed
+    /// during the switchover step, the new leader ran the switchover again before any agent
+    /// had reported, the switchover refused (`primary ... is not healthy`) and the operation
+    /// failed. A switchover found running is run again only on a whole instance.
+    #[test]
+    fn a_switchover_found_running_by_a_new_leader_waits_for_the_members_reports() {
+        let mut op = op();
+        apply(
+            &mut op,
+            &Next::Switchover {
+                from: "db-0".into(),
+            },
+            1,
+        );
+        // Nothing reported yet: nobody healthy.
+        let mut unseen = vec![m("db-0", true, 0, 0), m("db-1", false, 1, 1)];
+        for m in &mut unseen {
+            m.healthy = false;
+            m.replicating = false;
+        }
+        assert!(
+            matches!(next(&op, &unseen, 2), Next::Wait(w) if w.contains("db-0")),
+            "{:?}",
+            next(&op, &unseen, 2)
+        );
+        // The primary back (its fence lifted), the replica not yet replicating.
+        unseen[0].healthy = true;
+        unseen[1].healthy = true;
+        assert!(matches!(next(&op, &unseen, 3), Next::Wait(w) if w.contains("db-1")));
+        // Whole: run again.
+        unseen[1].replicating = true;
+        assert_eq!(
+            next(&op, &unseen, 4),
+            Next::RetrySwitchover {
+                from: "db-0".into()
+            }
+        );
+        // Never whole again within the step's time: the step fails, naming the switchover.
+        unseen[1].replicating = false;
+        assert!(matches!(
+            next(&op, &unseen, 1 + STEP_TIMEOUT_MS + 1),
+            Next::StepFailed(r) if r.contains("did not complete")
+        ));
     }
 
     #[test]
