@@ -1891,7 +1891,8 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
 /// - a MariaDB backup into it records the algorithm and key id on each object; the object
 ///   read raw through the S3 API starts with `backup_crypt::MAGIC` and holds no row's text;
 ///   the archived binlogs are encrypted the same way (their index says so);
-/// - a restore holds exactly the backup's rows (none written after it); a point-in-time
+/// - after a keyring rotation that retires the key which sealed the repository record, a
+///   restore holds exactly the backup's rows (none written after it); a point-in-time
 ///   restore, which decrypts the archived binlogs too, holds exactly the rows written before
 ///   its time; a verification passes;
 /// - one byte of the data object overwritten through S3: the verification fails naming the
@@ -1957,7 +1958,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         &primary,
         &format!(
             "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(64)); \
-             INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM seq_1_to_1000"
+             INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1_to_1000"
         ),
     )?;
     let b = request_backup(&env, "db", json!({"repo": "enc"})).await?;
@@ -1989,14 +1990,31 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     );
     sql(
         &primary,
-        &format!("INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM seq_1001_to_1100"),
+        &format!(
+            "INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1001_to_1100"
+        ),
     )?;
     let t = now_s() + 2;
     sleep_until(t + 1).await;
     sql(
         &primary,
-        &format!("INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM seq_1101_to_1200"),
+        &format!(
+            "INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1101_to_1200"
+        ),
     )?;
+
+    // ---- a keyring rotation retires the key that sealed the repository record; the backup
+    // ---- still restores (the repository key inside the record did not change) -----------
+    let r = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    ensure!(
+        r["active_key"] == 2 && r["retired_keys"] == json!([1]),
+        "{r}"
+    );
+    let listed = env.get("/v1/backup-repos").await?;
+    ensure!(
+        listed[0]["key_id"] == key_id.as_str() && listed[0]["encrypted"] == true,
+        "{listed}"
+    );
 
     // ---- a restore of the backup: exactly its rows ------------------------------------------
     let mut spec = mofang_tests::scenario::spec("db2", "mariadb", 0);
