@@ -53,6 +53,57 @@ pub mod verify_params {
     pub const SHA256: &str = "sha256";
     /// Bytes once decompressed.
     pub const RAW_SIZE: &str = "raw_size";
+    /// The object's [`super::ObjectEncryption`] as JSON; absent: stored in clear.
+    pub const ENCRYPTION: &str = "encryption";
+}
+
+/// How a stored object is encrypted (client-side, `crate::backup_crypt`): the algorithm and
+/// the id of the repository key its own key is derived from. The key itself is never here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectEncryption {
+    /// `crate::backup_crypt::ALGORITHM`.
+    pub algorithm: String,
+    /// `crate::backup_crypt::RepoKey::id` of the repository key.
+    pub key_id: String,
+}
+
+impl ObjectEncryption {
+    /// What an object encrypted now with `key` records.
+    pub fn with(key: &crate::backup_crypt::RepoKey) -> Self {
+        ObjectEncryption {
+            algorithm: crate::backup_crypt::ALGORITHM.to_owned(),
+            key_id: key.id(),
+        }
+    }
+
+    /// The repository key that opens an object of `rel` encrypted like this, or why none can:
+    /// another algorithm, no key, or another key than the one it was encrypted with.
+    pub fn key_for(
+        &self,
+        rel: &str,
+        key: Option<&crate::backup_crypt::RepoKey>,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+        if self.algorithm != crate::backup_crypt::ALGORITHM {
+            return Err(format!(
+                "object {rel} is encrypted with {:?}, which this version does not know",
+                self.algorithm
+            ));
+        }
+        match key {
+            None => Err(format!(
+                "object {rel} is encrypted (repository key {}) but the repository has no \
+                 encryption key",
+                self.key_id
+            )),
+            Some(k) if k.id() != self.key_id => Err(format!(
+                "object {rel} was encrypted with repository key {}, the repository holds key {}",
+                self.key_id,
+                k.id()
+            )),
+            Some(k) => Ok(k.object_key(rel)),
+        }
+    }
 }
 
 /// What a verification found in its throwaway container (`JobStatus.result`, JSON).
@@ -98,6 +149,10 @@ pub struct ManifestObject {
     pub raw_size: u64,
     /// `zstd` or empty.
     pub compression: String,
+    /// Encrypted after compression (`size` and `sha256` are then the encrypted bytes'):
+    /// how; absent: stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<ObjectEncryption>,
 }
 
 /// The point a backup is consistent at.
@@ -171,6 +226,10 @@ pub struct RestoreSource {
     pub sha256: String,
     /// Bytes once decompressed (for progress).
     pub raw_size: u64,
+    /// How the data object is encrypted (its key derived from the repository's); absent:
+    /// in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<ObjectEncryption>,
     /// Point-in-time restore: archived binlog files replayed after the backup, in order.
     #[serde(default)]
     pub binlogs: Vec<RestoreBinlog>,
@@ -192,6 +251,9 @@ pub struct RestoreBinlog {
     pub sha256: String,
     /// The replay starts after this GTID (`--start-position`); empty: from the file's start.
     pub after: String,
+    /// How the object is encrypted; absent: in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<ObjectEncryption>,
 }
 
 /// Reads "GTID of the last change '<gtid>'" and the binlog file/position from what

@@ -12,7 +12,10 @@
 //! chunk boundary (its last chunk is not marked last), nor one moved to another backup (the
 //! associated data names it).
 //!
-//! Not wired into backups yet: nothing encrypts by default (docs/backup.md, "Not built yet").
+//! A repository created with `"encrypt": true` holds a [`RepoKey`]; each object's key is
+//! derived from it and the object's path with HKDF-SHA256 ([`RepoKey::object_key`]), so
+//! nothing per object needs storing and a keyring rotation, which seals the repository record
+//! again, never changes what an object needs (decision 119).
 
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
@@ -63,6 +66,77 @@ pub enum Error {
 
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A repository's encryption key: 256 bits, kept in the repository record (sealed by the
+/// data keyring) and sent to agents with the repository. Its text form is base64url without
+/// padding (43 characters). Never printed.
+#[derive(Clone)]
+pub struct RepoKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for RepoKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoKey({}, <redacted>)", self.id())
+    }
+}
+
+/// Why a repository key's text is refused (never quoting it).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("encryption_key is not 32 bytes in base64url (43 characters, no padding)")]
+pub struct BadKey;
+
+impl RepoKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        RepoKey(new_key())
+    }
+
+    /// Reads the text form.
+    pub fn parse(text: &str) -> Result<Self, BadKey> {
+        use base64::Engine as _;
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim())
+                .map_err(|_| BadKey)?,
+        );
+        let mut k = Zeroizing::new([0u8; 32]);
+        if raw.len() != k.len() {
+            return Err(BadKey);
+        }
+        k.copy_from_slice(&raw);
+        Ok(RepoKey(k))
+    }
+
+    /// The text form (secret: store it sealed only).
+    pub fn to_text(&self) -> Zeroizing<String> {
+        use base64::Engine as _;
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_ref()))
+    }
+
+    /// A public name of the key (16 hex digits, derived one way): what manifests record, so
+    /// a restore with another key is refused by name before any byte is read.
+    pub fn id(&self) -> String {
+        let mut id = [0u8; 8];
+        self.expand(b"mofang backup key id v1", &mut id);
+        hex::encode(id)
+    }
+
+    /// The key of the object at `rel` (its path under the repository's prefix).
+    pub fn object_key(&self, rel: &str) -> Zeroizing<[u8; 32]> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        let mut info = b"mofang backup object key v1\0".to_vec();
+        info.extend_from_slice(rel.as_bytes());
+        self.expand(&info, k.as_mut());
+        k
+    }
+
+    fn expand(&self, info: &[u8], out: &mut [u8]) {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, self.0.as_ref());
+        // Lengths of 8 and 32 bytes are far below HKDF-SHA256's limit (8160).
+        if hk.expand(info, out).is_err() {
+            out.fill(0);
+        }
+    }
+}
 
 /// A new random 256-bit object key.
 pub fn new_key() -> Zeroizing<[u8; 32]> {
@@ -319,6 +393,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Object keys differ per path and per repository key; the id names the key; the text
+    /// form round-trips and a bad one is refused.
+    #[test]
+    fn repository_keys_derive_one_key_per_object() {
+        let k = RepoKey::generate();
+        let again = RepoKey::parse(&k.to_text()).unwrap();
+        assert_eq!(k.id(), again.id());
+        assert_eq!(k.id().len(), 16);
+        assert_eq!(*k.object_key("a/b"), *again.object_key("a/b"));
+        assert_ne!(*k.object_key("a/b"), *k.object_key("a/c"));
+        let other = RepoKey::generate();
+        assert_ne!(k.id(), other.id());
+        assert_ne!(*k.object_key("a/b"), *other.object_key("a/b"));
+        assert_eq!(RepoKey::parse("short").unwrap_err(), BadKey);
+        assert!(!format!("{k:?}").contains(k.to_text().as_str()));
+        // A fixed key derives fixed values (computed apart, with Python's hmac as RFC 5869
+        // says): the derivation must never change, or existing backups would stop opening.
+        let zero = RepoKey::parse(&"A".repeat(43)).unwrap();
+        assert_eq!(zero.id(), "4ec187019342b408");
+        assert_eq!(
+            hex::encode(*zero.object_key("backups/db/db-1/full.mbstream.zst")),
+            "a1d69ab103d6c820a2eeb2576993faad48fe700996a9697fc9540ed433cdc376"
+        );
     }
 
     /// The wrong key, another object's associated data, an altered byte, a cut, a dropped

@@ -98,6 +98,9 @@ pub struct BinlogIndex {
     pub last_ts: i64,
     /// When it was archived (unix ms).
     pub archived_at_ms: i64,
+    /// How the data object is encrypted; absent: in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::backup::ObjectEncryption>,
 }
 
 /// A full backup as the planner sees it.
@@ -530,6 +533,7 @@ mod tests {
             first_ts: ts.0,
             last_ts: ts.1,
             archived_at_ms: ts.1 * 1000,
+            encryption: None,
         }
     }
 

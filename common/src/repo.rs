@@ -72,11 +72,18 @@ pub enum RepoSpec {
         /// (default true); false: virtual-hosted style (`bucket.endpoint/key`).
         #[serde(default = "yes")]
         path_style: bool,
+        /// The repository key of client-side encryption (`backup_crypt::RepoKey`'s text);
+        /// absent: objects are stored in clear.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption_key: Option<Secret>,
     },
     /// A directory at the same absolute path on every agent host and the scheduler (NFS).
     Fs {
         /// Absolute path of the directory; it must exist.
         path: String,
+        /// As for `s3`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encryption_key: Option<Secret>,
     },
 }
 
@@ -108,8 +115,36 @@ impl RepoSpec {
         }
     }
 
+    /// The client-side encryption key's text, if the repository encrypts.
+    pub fn encryption_key(&self) -> Option<&Secret> {
+        match self {
+            RepoSpec::S3 { encryption_key, .. } | RepoSpec::Fs { encryption_key, .. } => {
+                encryption_key.as_ref()
+            }
+        }
+    }
+
+    /// Sets (or clears) the client-side encryption key.
+    pub fn set_encryption_key(&mut self, key: Option<Secret>) {
+        match self {
+            RepoSpec::S3 { encryption_key, .. } | RepoSpec::Fs { encryption_key, .. } => {
+                *encryption_key = key;
+            }
+        }
+    }
+
+    /// The client-side encryption key, if the repository encrypts.
+    pub fn key(&self) -> Result<Option<crate::backup_crypt::RepoKey>> {
+        self.encryption_key()
+            .map(|k| {
+                crate::backup_crypt::RepoKey::parse(&k.0).map_err(|e| Error::Invalid(e.to_string()))
+            })
+            .transpose()
+    }
+
     /// Checks what can be checked without reaching the store.
     pub fn validate(&self) -> Result<()> {
+        self.key()?;
         match self {
             RepoSpec::S3 {
                 bucket,
@@ -134,7 +169,7 @@ impl RepoSpec {
                 }
                 Ok(())
             }
-            RepoSpec::Fs { path } => {
+            RepoSpec::Fs { path, .. } => {
                 if !path.starts_with('/') {
                     return Err(Error::Invalid(format!("path {path:?} is not absolute")));
                 }
@@ -146,6 +181,7 @@ impl RepoSpec {
     /// Opens the repository (no I/O for S3; the directory must exist for `fs`).
     pub fn open(&self) -> Result<Repo> {
         self.validate()?;
+        let key = self.key()?;
         match self {
             RepoSpec::S3 {
                 endpoint,
@@ -155,6 +191,7 @@ impl RepoSpec {
                 access_key_id,
                 secret_access_key,
                 path_style,
+                ..
             } => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
                     .with_retry(retry())
@@ -172,14 +209,16 @@ impl RepoSpec {
                 Ok(Repo {
                     store: Arc::new(store),
                     prefix: ObjectPath::from(prefix.as_str()),
+                    key,
                 })
             }
-            RepoSpec::Fs { path } => {
+            RepoSpec::Fs { path, .. } => {
                 let store = object_store::local::LocalFileSystem::new_with_prefix(path)
                     .map_err(|e| Error::Invalid(format!("directory {path}: {e}")))?;
                 Ok(Repo {
                     store: Arc::new(store),
                     prefix: ObjectPath::default(),
+                    key,
                 })
             }
         }
@@ -221,6 +260,9 @@ pub struct Repo {
     pub store: Arc<dyn ObjectStore>,
     /// Prefix of every path.
     pub prefix: ObjectPath,
+    /// Client-side encryption: every data object stored through this repository is
+    /// encrypted with a key derived from this one (decision 119); `None`: in clear.
+    pub key: Option<crate::backup_crypt::RepoKey>,
 }
 
 impl Repo {
@@ -310,6 +352,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let spec = RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
+            encryption_key: None,
         };
         check(&spec, "scheduler", "n1").await.unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.join(".mofang-probe"))
@@ -320,6 +363,7 @@ mod tests {
 
         let missing = RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
+            encryption_key: None,
         };
         match check(&missing, "node-1", "n2").await {
             Err(Error::Probe { step, .. }) => assert_eq!(step, ProbeStep::Open),
@@ -339,6 +383,11 @@ mod tests {
             }
         ));
         assert!(serde_json::from_str::<RepoSpec>(r#"{"kind":"fs","path":"/x","y":1}"#).is_err());
-        assert!(RepoSpec::Fs { path: "rel".into() }.validate().is_err());
+        assert!(RepoSpec::Fs {
+            path: "rel".into(),
+            encryption_key: None
+        }
+        .validate()
+        .is_err());
     }
 }

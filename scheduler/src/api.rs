@@ -996,13 +996,22 @@ async fn audit_mw(State(api): State<Api>, req: Request, next: Next) -> Response 
 
 /// Body of `POST /v1/backup-repos`: `name` and the repository's fields, `kind` first
 /// (`s3`: `endpoint`, `bucket`, `prefix`, `region`, `access_key_id`, `secret_access_key`,
-/// `path_style`; `fs`: `path`). Unknown fields are refused.
+/// `path_style`; `fs`: `path`), and `encrypt`. Unknown fields are refused.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewBackupRepo {
     /// Name (a DNS label).
     pub name: String,
     /// `s3` or `fs`.
     pub kind: String,
+    /// Client-side encryption of every backup and archived binlog stored in it (default
+    /// false). The scheduler makes a random repository key unless `encryption_key` gives one
+    /// (32 bytes, base64url without padding: the same key on another cluster, or after the
+    /// repository was deleted, opens its backups). Fixed for the repository's life.
+    #[serde(default)]
+    pub encrypt: bool,
+    /// With `encrypt`: the repository key to use rather than a new one (never shown again).
+    #[serde(default)]
+    pub encryption_key: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/backup-repos", request_body = NewBackupRepo,
@@ -1024,10 +1033,43 @@ async fn add_backup_repo(
             ))
         }
     };
-    let spec: mofang_common::repo::RepoSpec =
+    let encrypt = match fields.remove("encrypt") {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "encrypt must be true or false",
+            ))
+        }
+    };
+    // Never quoted in an error: serde's messages may echo the value.
+    let given_key = match fields.remove("encryption_key") {
+        None => None,
+        Some(serde_json::Value::String(k)) if encrypt => Some(k),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "encryption_key is a string, given only with \"encrypt\": true",
+            ))
+        }
+    };
+    let mut spec: mofang_common::repo::RepoSpec =
         serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
         })?;
+    if encrypt {
+        use mofang_common::backup_crypt::RepoKey;
+        let key = match given_key {
+            Some(text) => RepoKey::parse(&text).map_err(|e| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            })?,
+            None => RepoKey::generate(),
+        };
+        spec.set_encryption_key(Some(mofang_common::repo::Secret(key.to_text().to_string())));
+    }
     let repo = api.cluster.add_backup_repo(&name, spec).await?;
     Ok((StatusCode::CREATED, Json(BackupRepoView::from(&repo))))
 }

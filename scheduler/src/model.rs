@@ -192,6 +192,10 @@ pub struct Restored {
     pub sha256: String,
     /// Its size once decompressed.
     pub raw_size: u64,
+    /// Client-side encryption of the data object; absent: in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub encryption: Option<mofang_common::backup::ObjectEncryption>,
     /// Point-in-time restore: the time restored to (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,

@@ -224,6 +224,7 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
         access_key_id: s3.access_key.clone(),
         secret_access_key: mofang_common::repo::Secret(s3.secret_key.clone()),
         path_style: true,
+        encryption_key: None,
     }
     .open()?;
     let stored = stream::store(
@@ -1878,6 +1879,337 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
     ensure!(
         stored.iter().any(|p| p.ends_with("manifest.json")),
         "{stored:?}"
+    );
+    Ok(())
+}
+
+/// Client-side encryption (issue 16, decisions 119-122), against real MariaDB, Redis and
+/// SeaweedFS:
+/// - a repository added with `"encrypt": true` shows `encrypted` and its key id, never the
+///   key; a malformed `encryption_key`, or one without `encrypt`, is refused 422 with nothing
+///   kept;
+/// - a MariaDB backup into it records the algorithm and key id on each object; the object
+///   read raw through the S3 API starts with `backup_crypt::MAGIC` and holds no row's text;
+///   the archived binlogs are encrypted the same way (their index says so);
+/// - after a keyring rotation that retires the key which sealed the repository record, a
+///   restore holds exactly the backup's rows (none written after it); a point-in-time
+///   restore, which decrypts the archived binlogs too, holds exactly the rows written before
+///   its time; a verification passes;
+/// - one byte of the data object overwritten through S3: the verification fails naming the
+///   object, and a restore from it is refused naming it, nothing created;
+/// - Redis: the RDB is stored encrypted and a restore holds exactly its keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> Result<()> {
+    use mofang_common::backup_crypt::{ALGORITHM, MAGIC};
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
+    env.wait_ready_nodes(2).await?;
+
+    // ---- bad input: refused, nothing kept ------------------------------------------------
+    for (extra, what) in [
+        (
+            json!({"encrypt": true, "encryption_key": "c2hvcnQ"}),
+            "encryption_key",
+        ),
+        (json!({"encryption_key": "A".repeat(43)}), "encrypt"),
+        (json!({"encrypt": "yes"}), "encrypt"),
+    ] {
+        let mut body = s3_repo(s3, "bad", &s3.secret_key, "enc-bad");
+        for (k, v) in extra.as_object().context("object")? {
+            body[k] = v.clone();
+        }
+        let (status, v) = env
+            .call(Method::POST, "/v1/backup-repos", Some(body))
+            .await?;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            status == StatusCode::UNPROCESSABLE_ENTITY
+                && msg.contains(what)
+                && !msg.contains("c2hvcnQ"),
+            "{extra}: {status} {v}"
+        );
+    }
+    ensure!(
+        env.get("/v1/backup-repos").await?.as_array().map(Vec::len) == Some(0),
+        "a refused repository was kept"
+    );
+
+    // ---- an encrypting repository ----------------------------------------------------------
+    let mut body = s3_repo(s3, "enc", &s3.secret_key, "enc");
+    body["encrypt"] = json!(true);
+    let (status, repo) = env
+        .call(Method::POST, "/v1/backup-repos", Some(body))
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {repo}");
+    let key_id = repo["key_id"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        repo["encrypted"] == true && key_id.len() == 16 && repo.get("encryption_key").is_none(),
+        "{repo}"
+    );
+
+    // ---- MariaDB: known rows, a backup, rows after it -------------------------------------
+    let inst = env.create_ready("db", "mariadb", 1).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("primary")?
+        .to_owned();
+    let marker = "mofang-plaintext-marker";
+    sql(
+        &primary,
+        &format!(
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(64)); \
+             INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1_to_1000"
+        ),
+    )?;
+    let b = request_backup(&env, "db", json!({"repo": "enc"})).await?;
+    let id = b["id"].as_str().context("id")?.to_owned();
+    let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    let enc = &b["objects"][0]["encryption"];
+    ensure!(
+        enc["algorithm"] == ALGORITHM && enc["key_id"] == key_id.as_str(),
+        "the record: {b}"
+    );
+    let path = b["objects"][0]["path"].as_str().context("path")?.to_owned();
+    let raw = object(s3, &format!("enc/{path}")).await?;
+    ensure!(
+        raw.starts_with(MAGIC) && raw.len() as u64 == b["objects"][0]["size"].as_u64().unwrap_or(0),
+        "the stored object does not start with the encryption header ({} bytes)",
+        raw.len()
+    );
+    ensure!(
+        !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "a row's text is readable in the stored object"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&object(s3, &format!("enc/backups/db/{id}/manifest.json")).await?)?;
+    ensure!(
+        manifest["objects"][0]["encryption"]["algorithm"] == ALGORITHM
+            && manifest["objects"][0]["encryption"]["key_id"] == key_id.as_str(),
+        "the manifest: {manifest}"
+    );
+    sql(
+        &primary,
+        &format!(
+            "INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1001_to_1100"
+        ),
+    )?;
+    let t = now_s() + 2;
+    sleep_until(t + 1).await;
+    sql(
+        &primary,
+        &format!(
+            "INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1101_to_1200"
+        ),
+    )?;
+
+    // ---- a keyring rotation retires the key that sealed the repository record; the backup
+    // ---- still restores (the repository key inside the record did not change) -----------
+    let r = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    ensure!(
+        r["active_key"] == 2 && r["retired_keys"] == json!([1]),
+        "{r}"
+    );
+    let listed = env.get("/v1/backup-repos").await?;
+    ensure!(
+        listed[0]["key_id"] == key_id.as_str() && listed[0]["encrypted"] == true,
+        "{listed}"
+    );
+
+    // ---- a restore of the backup: exactly its rows ------------------------------------------
+    let mut spec = mofang_tests::scenario::spec("db2", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "db", "backup": id});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let db2 = env.wait_instance_ready("db2").await?;
+    let db2_primary = Env::primary_member(&db2)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let q =
+        format!("SELECT COUNT(*), MIN(id), MAX(id), SUM(v = CONCAT('{marker}-', id)) FROM app.t");
+    let got = sql(&db2_primary, &q)?;
+    ensure!(got == "1000\t1\t1000\t1000", "the restore holds {got:?}");
+
+    // ---- archived binlogs are encrypted; a point-in-time restore decrypts them -------------
+    let to = mofang_common::pitr::format_utc(t + 1);
+    mofang_tests::eventually(
+        "the window past the time",
+        Duration::from_secs(90),
+        || async {
+            let v = env.get("/v1/instances/db").await?;
+            let end = v["pitr_window"]["to"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            ensure!(v["pitr_ready"] == true && end >= to, "{v}");
+            Ok(())
+        },
+    )
+    .await?;
+    let archived = objects_under(s3, "enc/binlogs/db").await?;
+    let (mut data, mut indexes) = (0, 0);
+    for p in &archived {
+        let bytes = object(s3, p).await?;
+        if p.ends_with(".json") {
+            let idx: Value = serde_json::from_slice(&bytes)?;
+            ensure!(
+                idx["encryption"]["algorithm"] == ALGORITHM
+                    && idx["encryption"]["key_id"] == key_id.as_str(),
+                "index {p}: {idx}"
+            );
+            indexes += 1;
+        } else {
+            ensure!(
+                bytes.starts_with(MAGIC)
+                    && !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "archived binlog {p} is readable"
+            );
+            data += 1;
+        }
+    }
+    ensure!(data > 0 && indexes > 0, "archived: {archived:?}");
+    let mut spec = mofang_tests::scenario::spec("db3", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "db", "time": mofang_common::pitr::format_utc(t)});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let db3 = env.wait_instance_ready("db3").await?;
+    let db3_primary = Env::primary_member(&db3)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let got = sql(&db3_primary, &q)?;
+    ensure!(
+        got == "1100\t1\t1100\t1100",
+        "the point-in-time restore holds {got:?}"
+    );
+
+    // ---- verification: passes, then fails on one altered byte, naming the object ----------
+    let (status, v) = env
+        .call(
+            Method::POST,
+            &format!("/v1/backups/{id}/verify"),
+            Some(json!({})),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    let v = wait_verified(&env, &id).await?;
+    ensure!(v["verify_ok"] == true, "{v}");
+    let before = v["verified_at_ms"].as_i64().unwrap_or(0);
+    {
+        use object_store::ObjectStore;
+        let mut tampered = raw.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0x01;
+        s3.object_store()?
+            .put(&format!("enc/{path}").as_str().into(), tampered.into())
+            .await?;
+    }
+    let (status, v) = env
+        .call(
+            Method::POST,
+            &format!("/v1/backups/{id}/verify"),
+            Some(json!({})),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    let v = mofang_tests::eventually("verification ended", Duration::from_secs(180), || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(
+            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(before),
+            "{b}"
+        );
+        Ok(b)
+    })
+    .await?;
+    let reason = v["verify_reason"].as_str().unwrap_or_default();
+    ensure!(
+        v["verify_ok"] == false && reason.contains(&path),
+        "a tampered encrypted backup: {v}"
+    );
+    eprintln!("tampered backup's verification: {reason}");
+    let mut spec = mofang_tests::scenario::spec("db4", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "db", "backup": id});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&path),
+        "a restore of the tampered backup: {status} {v}"
+    );
+    let (status, _) = env.call(Method::GET, "/v1/instances/db4", None).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "an instance was created: {status}"
+    );
+
+    // ---- Redis: the RDB stored encrypted, restored exactly ---------------------------------
+    let kv = env.create_ready("kv", "redis", 0).await?;
+    let addr = Env::primary_member(&kv)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let pass = env.app_password("kv").await?;
+    let mut c = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    for k in 0..200u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(format!("{marker}-{k}"))
+            .query_async(&mut c)
+            .await?;
+    }
+    let rb = request_backup(&env, "kv", json!({"repo": "enc"})).await?;
+    let rb = wait_backup(
+        &env,
+        rb["id"].as_str().context("id")?,
+        Duration::from_secs(120),
+    )
+    .await?;
+    ensure!(rb["state"] == "succeeded" && rb["keys"] == 200, "{rb}");
+    let rdb = object(
+        s3,
+        &format!("enc/{}", rb["objects"][0]["path"].as_str().context("path")?),
+    )
+    .await?;
+    ensure!(
+        rdb.starts_with(MAGIC) && !rdb.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the RDB is readable in the store"
+    );
+    for k in 200..250u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut c)
+            .await?;
+    }
+    let mut spec = mofang_tests::scenario::spec("kv2", "redis", 0);
+    spec["restore"] = json!({"from_instance": "kv"});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let kv2 = env.wait_instance_ready("kv2").await?;
+    let addr2 = Env::primary_member(&kv2)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let pass2 = env.app_password("kv2").await?;
+    let mut c2 = redis::Client::open(format!("redis://app:{pass2}@{addr2}/"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    let n: u64 = redis::cmd("DBSIZE").query_async(&mut c2).await?;
+    let v: String = redis::cmd("GET").arg("k7").query_async(&mut c2).await?;
+    ensure!(
+        n == 200 && v == format!("{marker}-7"),
+        "the Redis restore: {n} keys, k7 {v:?}"
+    );
+    eprintln!(
+        "encrypted: MariaDB object {} bytes, {} archived binlogs, RDB {} bytes",
+        raw.len(),
+        data,
+        rdb.len()
     );
     Ok(())
 }

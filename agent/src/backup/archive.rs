@@ -388,6 +388,7 @@ impl Archiver {
             size: stored.size,
             sha256: stored.sha256,
             raw_size: stored.source_bytes,
+            encryption: stored.encryption,
             domain: sum.domain,
             // The file holds every transaction after `begin`: after its Gtid_list, and (a
             // member seeded by a dump logs nothing before its seed point) before its first.

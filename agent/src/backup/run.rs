@@ -240,6 +240,7 @@ pub async fn run(
             sha256: stored.sha256,
             raw_size: stored.source_bytes,
             compression: "zstd".into(),
+            encryption: stored.encryption,
         }],
         tools,
         row_counts,

@@ -56,7 +56,7 @@ pub struct Zstd {
 }
 
 /// Client-side encryption of an object (`mofang_common::backup_crypt`): its key and what it
-/// is bound to (its path). Not used by backups yet (docs/backup.md, "Not built yet").
+/// is bound to (its path). [`store`] makes it from the repository's key (decision 119).
 pub struct Encrypt {
     /// The object's 256-bit key.
     pub key: zeroize::Zeroizing<[u8; 32]>,
@@ -81,6 +81,9 @@ pub struct Stored {
     pub sha256: String,
     /// Bytes read from the source (before compression).
     pub source_bytes: u64,
+    /// How it was encrypted (the repository's key id); `None`: stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<mofang_common::backup::ObjectEncryption>,
 }
 
 /// An upload that is aborted if it is dropped unfinished: a backup job cancelled mid-way (it
@@ -189,7 +192,8 @@ fn lower_priority(nice: i32) {
     }
 }
 
-/// Stores `input` as `rel` in `repo`, compressed with `zstd` if given. On any failure, and
+/// Stores `input` as `rel` in `repo`, compressed with `zstd` if given, then encrypted if the
+/// repository has a key (with the key derived for `rel`, bound to `rel`). On any failure, and
 /// when the future is dropped unfinished, the multipart upload is aborted: no partial object
 /// is left. `progress` is told the source bytes read so far.
 ///
@@ -203,7 +207,16 @@ pub async fn store<E: std::fmt::Display>(
     zstd: Option<Zstd>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Stored> {
-    store_encrypted(repo, rel, input, zstd, None, progress).await
+    let encrypt = repo.key.as_ref().map(|k| Encrypt {
+        key: k.object_key(rel),
+        aad: rel.as_bytes().to_vec(),
+    });
+    let mut stored = store_encrypted(repo, rel, input, zstd, encrypt, progress).await?;
+    stored.encryption = repo
+        .key
+        .as_ref()
+        .map(mofang_common::backup::ObjectEncryption::with);
+    Ok(stored)
 }
 
 /// [`store`], the compressed stream also encrypted with `encrypt` if given (size and sha256
@@ -303,6 +316,7 @@ pub async fn store_encrypted<E: std::fmt::Display>(
         size: sealed.size,
         sha256: sealed.sha256,
         source_bytes,
+        encryption: None,
     })
 }
 
@@ -314,6 +328,7 @@ mod tests {
     fn repo(dir: &std::path::Path) -> Repo {
         RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
+            encryption_key: None,
         }
         .open()
         .unwrap()
@@ -462,14 +477,17 @@ mod tests {
         assert_eq!(own(), before);
     }
 
-    /// An encrypted object holds none of its plaintext and starts with no zstd frame; with its key
-    /// and path it decrypts and decompresses to the input; its size and sha256 are those of
-    /// the stored bytes.
+    /// Through a repository with a key, an object holds none of its plaintext and starts
+    /// with the encryption's header, not a zstd frame; with the key derived for its path it
+    /// decrypts and decompresses to the input; its size and sha256 are those of the stored
+    /// bytes, and it records the repository key's id.
     #[tokio::test]
     async fn an_encrypted_object_is_not_readable_without_its_key() {
-        use mofang_common::backup_crypt::{new_key, Decryptor};
+        use mofang_common::backup_crypt::{Decryptor, RepoKey};
         let dir = tempfile::tempdir().unwrap();
-        let repo = repo(dir.path());
+        let mut repo = repo(dir.path());
+        let key = RepoKey::generate();
+        repo.key = Some(key.clone());
         let data: Vec<u8> = (0..3_000_000u32)
             .flat_map(|i| format!("row {i} secret value;").into_bytes())
             .take(5 << 20)
@@ -478,8 +496,7 @@ mod tests {
             .chunks(700_001)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        let key = new_key();
-        let stored = store_encrypted(
+        let stored = store(
             &repo,
             "b5/data.zst",
             futures::stream::iter(chunks).boxed(),
@@ -488,14 +505,13 @@ mod tests {
                 threads: 2,
                 nice: 0,
             }),
-            Some(Encrypt {
-                key: key.clone(),
-                aad: b"b5/data.zst".to_vec(),
-            }),
             &|_| {},
         )
         .await
         .unwrap();
+        let enc = stored.encryption.clone().expect("recorded as encrypted");
+        assert_eq!(enc.algorithm, mofang_common::backup_crypt::ALGORITHM);
+        assert_eq!(enc.key_id, key.id());
         let on_disk = std::fs::read(dir.path().join("b5/data.zst")).unwrap();
         assert_eq!(on_disk.len() as u64, stored.size);
         assert_eq!(hex::encode(Sha256::digest(&on_disk)), stored.sha256);
@@ -504,7 +520,7 @@ mod tests {
             on_disk.starts_with(mofang_common::backup_crypt::MAGIC),
             "no zstd frame first"
         );
-        let mut d = Decryptor::new(&key, b"b5/data.zst");
+        let mut d = Decryptor::new(&key.object_key("b5/data.zst"), b"b5/data.zst");
         let mut plain = Vec::new();
         d.update(&on_disk, &mut plain).unwrap();
         d.finish(&mut plain).unwrap();
@@ -616,6 +632,7 @@ mod tests {
                 aborted: aborted.clone(),
             }),
             prefix: object_store::path::Path::default(),
+            key: None,
         };
         let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = read.clone();

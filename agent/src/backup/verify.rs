@@ -101,6 +101,12 @@ pub async fn run(
         size: num(verify_params::SIZE),
         sha256: param(verify_params::SHA256),
         raw_size: num(verify_params::RAW_SIZE),
+        encryption: match job.params.get(verify_params::ENCRYPTION) {
+            Some(e) => Some(
+                serde_json::from_str(e).map_err(|e| fail("open", format!("encryption: {e}")))?,
+            ),
+            None => None,
+        },
         binlogs: vec![],
         stop_datetime: String::new(),
     };
@@ -239,33 +245,12 @@ async fn restore_and_count(
     Ok(found)
 }
 
-/// Reads the data object whole, as stored, and compares its size and sha256 with the record.
+/// Reads the data object whole, as the restore did (decrypted, decompressed), and compares
+/// its size and sha256 with the record: why it is not the one backed up, naming it.
 async fn check_object(src: &RestoreSource) -> Result<(), String> {
-    use sha2::{Digest, Sha256};
-    let repo = src
-        .repo
-        .as_ref()
-        .ok_or_else(|| "the repository is unknown".to_owned())?
-        .open()
-        .map_err(|e| e.to_string())?;
-    let mut body = repo
-        .store
-        .get(&repo.path(&src.object))
-        .await
-        .map_err(|e| format!("reading {}: {e}", src.object))?
-        .into_stream();
-    let (mut hash, mut size) = (Sha256::new(), 0u64);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("reading {}: {e}", src.object))?;
-        hash.update(&chunk);
-        size += chunk.len() as u64;
-    }
-    let sha = hex::encode(hash.finalize());
-    if sha != src.sha256 || size != src.size {
-        return Err(format!(
-            "object {} is not the one backed up: {size} bytes with sha256 {sha}, recorded {} bytes with sha256 {}",
-            src.object, src.size, src.sha256
-        ));
+    let mut input = super::restore::verified_stream(src, Arc::new(|_, _| {}))?;
+    while let Some(chunk) = input.next().await {
+        chunk?;
     }
     Ok(())
 }

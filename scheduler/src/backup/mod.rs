@@ -66,6 +66,10 @@ pub struct BackupObject {
     pub sha256: String,
     /// Bytes before compression.
     pub raw_size: u64,
+    /// Client-side encryption (algorithm, repository key id); absent: stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub encryption: Option<mofang_common::backup::ObjectEncryption>,
 }
 
 /// A backup: the record stored as `backup/<id>` and what the API shows. It holds no secret
@@ -155,6 +159,7 @@ impl Backup {
                 size: o.size,
                 sha256: o.sha256.clone(),
                 raw_size: o.raw_size,
+                encryption: o.encryption.clone(),
             })
             .collect();
         self.size = m.objects.iter().map(|o| o.size).sum();

@@ -356,6 +356,12 @@ impl Cluster {
             .spec
             .open()
             .map_err(|e| refuse(format!("repository {}: {e}", b.repo)))?;
+        // An encrypted object whose key the repository no longer holds (a repository added
+        // again with another key) is refused by name before anything is created.
+        if let Some(enc) = &object.encryption {
+            enc.key_for(&object.path, store.key.as_ref())
+                .map_err(|e| refuse(format!("backup {} in repository {}: {e}", b.id, b.repo)))?;
+        }
         let manifest = store.path(&b.manifest);
         if let Err(e) = store.store.head(&manifest).await {
             return Err(refuse(format!(
@@ -402,6 +408,7 @@ impl Cluster {
             size: object.size,
             sha256: object.sha256.clone(),
             raw_size: object.raw_size,
+            encryption: object.encryption.clone(),
             time: pitr.as_ref().map(|(_, t)| t.clone()),
             binlogs: pitr.map(|(f, _)| f).unwrap_or_default(),
         })
@@ -587,6 +594,7 @@ mod tests {
             name: "r".into(),
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
+                encryption_key: None,
             },
             created_at_ms: 0,
         };
@@ -674,6 +682,7 @@ mod tests {
                 sha256: "ab".into(),
                 raw_size: 30,
                 compression: "zstd".into(),
+                encryption: None,
             }],
             tools: Default::default(),
             row_counts: None,
@@ -749,6 +758,7 @@ mod tests {
             name: "r".into(),
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
+                encryption_key: None,
             },
             created_at_ms: 0,
         };
@@ -786,6 +796,7 @@ mod tests {
                     size: data.len() as u64,
                     sha256: hex::encode(sha2::Sha256::digest(&data)),
                     raw_size: 100,
+                    encryption: None,
                 }],
                 manifest: format!("{d}/{}", common::MANIFEST),
                 tools: Default::default(),

@@ -63,6 +63,7 @@ fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
         size: r.size,
         sha256: r.sha256.clone(),
         raw_size: r.raw_size,
+        encryption: r.encryption.clone(),
         binlogs: r.binlogs.clone(),
         stop_datetime: r
             .time

@@ -407,6 +407,7 @@ impl Cluster {
                 size: idx.size,
                 sha256: idx.sha256.clone(),
                 after: s.after.clone(),
+                encryption: idx.encryption.clone(),
             });
         }
         info!(instance = %from_instance, backup = %b.id, files = files.len(), at = %pitr::format_utc(at),
@@ -485,6 +486,7 @@ mod tests {
             name: "r".into(),
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
+                encryption_key: None,
             },
             created_at_ms: 0,
         };
@@ -540,6 +542,7 @@ mod tests {
                 first_ts: ts.0,
                 last_ts: ts.1,
                 archived_at_ms: ts.1 * 1000,
+                encryption: None,
             };
             let path = dir.path().join(pitr::index_object("db", &idx));
             std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");

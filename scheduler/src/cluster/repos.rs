@@ -60,6 +60,12 @@ pub struct BackupRepoView {
     /// fs: the directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Backups and archived binlogs are encrypted by the agents before they leave the host
+    /// (client-side; the key is never shown).
+    pub encrypted: bool,
+    /// The id of the repository key (what manifests record), when encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// When it was added (unix ms).
     pub created_at_ms: i64,
 }
@@ -76,6 +82,8 @@ impl From<&BackupRepo> for BackupRepoView {
             access_key_id: None,
             path_style: None,
             path: None,
+            encrypted: r.spec.encryption_key().is_some(),
+            key_id: r.spec.key().ok().flatten().map(|k| k.id()),
             created_at_ms: r.created_at_ms,
         };
         match &r.spec {
@@ -95,7 +103,7 @@ impl From<&BackupRepo> for BackupRepoView {
                 v.access_key_id = Some(access_key_id.clone());
                 v.path_style = Some(*path_style);
             }
-            RepoSpec::Fs { path } => v.path = Some(path.clone()),
+            RepoSpec::Fs { path, .. } => v.path = Some(path.clone()),
         }
         v
     }

@@ -426,6 +426,7 @@ mod tests {
             name: "r".into(),
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
+                encryption_key: None,
             },
             created_at_ms: 0,
         };

@@ -142,7 +142,16 @@ impl Cluster {
                     verify_params::RAW_SIZE.to_owned(),
                     object.raw_size.to_string(),
                 ),
-            ]),
+            ])
+            .into_iter()
+            .chain(
+                object
+                    .encryption
+                    .as_ref()
+                    .and_then(|e| serde_json::to_string(e).ok())
+                    .map(|e| (verify_params::ENCRYPTION.to_owned(), e)),
+            )
+            .collect(),
         };
         self.backup_step(
             &b,
