@@ -1776,12 +1776,12 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     );
 
     // ---- Redis -----------------------------------------------------------------------------
-    let kv = env.create_ready("kv", "redis", 1).await?;
+    let kv = env.create_ready("skv", "redis", 1).await?;
     let addr = Env::primary_member(&kv)?["address"]
         .as_str()
         .context("address")?
         .to_owned();
-    let pass = env.app_password("kv").await?;
+    let pass = env.app_password("skv").await?;
     let client = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?;
     let mut c = client.get_multiplexed_async_connection().await?;
     for k in 0..300u32 {
@@ -1812,7 +1812,7 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     let rb = mofang_cli(
         &env,
         &[
-            "--json", "backup", "create", "kv", "--repo", "main", "--wait",
+            "--json", "backup", "create", "skv", "--repo", "main", "--wait",
         ],
     )
     .await?;
@@ -1847,7 +1847,7 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
         )
         .await?;
     ensure!(status == StatusCode::CREATED, "{status} {v}");
-    env.create_ready("kv", "redis", 1).await?;
+    env.create_ready("rkv", "redis", 1).await?;
     let before = mofang_cli(&env, &["keyring", "status", "--json"]).await?;
     ensure!(
         before["active_key"] == 1 && before["keys"][0]["sealed_values"] == 5,
@@ -1871,11 +1871,11 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
     env.wait_ready_nodes(2).await?;
     let listed = env.get("/v1/backup-repos").await?;
     ensure!(listed[0]["name"] == "rot", "{listed}");
-    let b = request_backup(&env, "kv", json!({"repo": "rot"})).await?;
+    let b = request_backup(&env, "rkv", json!({"repo": "rot"})).await?;
     let id = b["id"].as_str().context("id")?.to_owned();
     let b = wait_backup(&env, &id, Duration::from_secs(300)).await?;
     ensure!(b["state"] == "succeeded", "{b}");
-    let stored = objects_under(s3, &format!("rotation/backups/kv/{id}")).await?;
+    let stored = objects_under(s3, &format!("rotation/backups/rkv/{id}")).await?;
     ensure!(
         stored.iter().any(|p| p.ends_with("manifest.json")),
         "{stored:?}"
@@ -1900,6 +1900,9 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
 /// - Redis: the RDB is stored encrypted and a restore holds exactly its keys.
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> Result<()> {
+    // Instance names unique in this binary: container names are `mofang-<member>` on the one
+    // Docker host, so two tests running at once with an instance `db` took each other's
+    // containers (make test, session 11: "the container name /mofang-db-0 is already in use").
     use mofang_common::backup_crypt::{ALGORITHM, MAGIC};
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
@@ -1948,7 +1951,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     );
 
     // ---- MariaDB: known rows, a backup, rows after it -------------------------------------
-    let inst = env.create_ready("db", "mariadb", 1).await?;
+    let inst = env.create_ready("edb", "mariadb", 1).await?;
     let primary = Env::primary_member(&inst)?["id"]
         .as_str()
         .context("primary")?
@@ -1961,7 +1964,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
              INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1_to_1000"
         ),
     )?;
-    let b = request_backup(&env, "db", json!({"repo": "enc"})).await?;
+    let b = request_backup(&env, "edb", json!({"repo": "enc"})).await?;
     let id = b["id"].as_str().context("id")?.to_owned();
     let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
     ensure!(b["state"] == "succeeded", "{b}");
@@ -1982,7 +1985,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         "a row's text is readable in the stored object"
     );
     let manifest: Value =
-        serde_json::from_slice(&object(s3, &format!("enc/backups/db/{id}/manifest.json")).await?)?;
+        serde_json::from_slice(&object(s3, &format!("enc/backups/edb/{id}/manifest.json")).await?)?;
     ensure!(
         manifest["objects"][0]["encryption"]["algorithm"] == ALGORITHM
             && manifest["objects"][0]["encryption"]["key_id"] == key_id.as_str(),
@@ -2017,11 +2020,11 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     );
 
     // ---- a restore of the backup: exactly its rows ------------------------------------------
-    let mut spec = mofang_tests::scenario::spec("db2", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "db", "backup": id});
+    let mut spec = mofang_tests::scenario::spec("edb2", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "edb", "backup": id});
     let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
     ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let db2 = env.wait_instance_ready("db2").await?;
+    let db2 = env.wait_instance_ready("edb2").await?;
     let db2_primary = Env::primary_member(&db2)?["id"]
         .as_str()
         .context("id")?
@@ -2037,7 +2040,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         "the window past the time",
         Duration::from_secs(90),
         || async {
-            let v = env.get("/v1/instances/db").await?;
+            let v = env.get("/v1/instances/edb").await?;
             let end = v["pitr_window"]["to"]
                 .as_str()
                 .unwrap_or_default()
@@ -2047,7 +2050,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         },
     )
     .await?;
-    let archived = objects_under(s3, "enc/binlogs/db").await?;
+    let archived = objects_under(s3, "enc/binlogs/edb").await?;
     let (mut data, mut indexes) = (0, 0);
     for p in &archived {
         let bytes = object(s3, p).await?;
@@ -2069,11 +2072,11 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         }
     }
     ensure!(data > 0 && indexes > 0, "archived: {archived:?}");
-    let mut spec = mofang_tests::scenario::spec("db3", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "db", "time": mofang_common::pitr::format_utc(t)});
+    let mut spec = mofang_tests::scenario::spec("edb3", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "edb", "time": mofang_common::pitr::format_utc(t)});
     let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
     ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let db3 = env.wait_instance_ready("db3").await?;
+    let db3 = env.wait_instance_ready("edb3").await?;
     let db3_primary = Env::primary_member(&db3)?["id"]
         .as_str()
         .context("id")?
@@ -2128,8 +2131,8 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         "a tampered encrypted backup: {v}"
     );
     eprintln!("tampered backup's verification: {reason}");
-    let mut spec = mofang_tests::scenario::spec("db4", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "db", "backup": id});
+    let mut spec = mofang_tests::scenario::spec("edb4", "mariadb", 0);
+    spec["restore"] = json!({"from_instance": "edb", "backup": id});
     let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
     ensure!(
         status == StatusCode::UNPROCESSABLE_ENTITY
@@ -2139,19 +2142,19 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
                 .contains(&path),
         "a restore of the tampered backup: {status} {v}"
     );
-    let (status, _) = env.call(Method::GET, "/v1/instances/db4", None).await?;
+    let (status, _) = env.call(Method::GET, "/v1/instances/edb4", None).await?;
     ensure!(
         status == StatusCode::NOT_FOUND,
         "an instance was created: {status}"
     );
 
     // ---- Redis: the RDB stored encrypted, restored exactly ---------------------------------
-    let kv = env.create_ready("kv", "redis", 0).await?;
+    let kv = env.create_ready("ekv", "redis", 0).await?;
     let addr = Env::primary_member(&kv)?["address"]
         .as_str()
         .context("address")?
         .to_owned();
-    let pass = env.app_password("kv").await?;
+    let pass = env.app_password("ekv").await?;
     let mut c = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
         .get_multiplexed_async_connection()
         .await?;
@@ -2162,7 +2165,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
             .query_async(&mut c)
             .await?;
     }
-    let rb = request_backup(&env, "kv", json!({"repo": "enc"})).await?;
+    let rb = request_backup(&env, "ekv", json!({"repo": "enc"})).await?;
     let rb = wait_backup(
         &env,
         rb["id"].as_str().context("id")?,
@@ -2186,16 +2189,16 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
             .query_async(&mut c)
             .await?;
     }
-    let mut spec = mofang_tests::scenario::spec("kv2", "redis", 0);
-    spec["restore"] = json!({"from_instance": "kv"});
+    let mut spec = mofang_tests::scenario::spec("ekv2", "redis", 0);
+    spec["restore"] = json!({"from_instance": "ekv"});
     let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
     ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let kv2 = env.wait_instance_ready("kv2").await?;
+    let kv2 = env.wait_instance_ready("ekv2").await?;
     let addr2 = Env::primary_member(&kv2)?["address"]
         .as_str()
         .context("address")?
         .to_owned();
-    let pass2 = env.app_password("kv2").await?;
+    let pass2 = env.app_password("ekv2").await?;
     let mut c2 = redis::Client::open(format!("redis://app:{pass2}@{addr2}/"))?
         .get_multiplexed_async_connection()
         .await?;
