@@ -1798,23 +1798,28 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use tower::ServiceExt;
 
+    /// An activated scheduler on an in-memory store, with no token accepted.
+    async fn api_without_tokens() -> Api {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.activate().await.expect("activate");
+        Api {
+            tls: None,
+            cluster,
+            tokens: Arc::new(Tokens::from_config(&[])),
+            sealed: None,
+        }
+    }
+
     /// A request refused before its handler (no token) still has its body read to the end, so
     /// the connection is not reset under a client still sending it.
     #[tokio::test]
     async fn a_refused_request_has_its_body_read_to_the_end() {
         use futures::StreamExt;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-            .await
-            .expect("load");
-        cluster.activate().await.expect("activate");
-        let api = Api {
-            tls: None,
-            cluster,
-            tokens: Arc::new(Tokens::from_config(&[])),
-            sealed: None,
-        };
+        let api = api_without_tokens().await;
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
         let chunks = futures::stream::iter(vec![
@@ -1843,17 +1848,7 @@ mod tests {
     async fn an_oversized_body_is_read_to_its_end_before_the_413() {
         use futures::StreamExt;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-            .await
-            .expect("load");
-        cluster.activate().await.expect("activate");
-        let api = Api {
-            tls: None,
-            cluster,
-            tokens: Arc::new(Tokens::from_config(&[])),
-            sealed: None,
-        };
+        let api = api_without_tokens().await;
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
         let chunk = Bytes::from(vec![b' '; 64 << 10]);
