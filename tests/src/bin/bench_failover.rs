@@ -123,7 +123,9 @@ fn secs(d: Duration) -> String {
 /// The RTO of one round from the writer's acknowledgements: from the last write acknowledged
 /// by another primary to the first acknowledged by `new` after `fault`. After two faults in a
 /// row that is the second outage (the interim primary's last write), and the final primary
-/// can be the first one again.
+/// can be the first one again: when the interim primary was killed before it acknowledged
+/// anything, every acknowledgement is the first primary's, and the outage runs from its last
+/// one before the fault.
 fn rto_of(out: &SetOutcome, new: &str, fault: Instant) -> Result<Duration> {
     let first_new = out
         .acks
@@ -136,8 +138,9 @@ fn rto_of(out: &SetOutcome, new: &str, fault: Instant) -> Result<Duration> {
         .iter()
         .rev()
         .find(|a| a.at <= first_new && &*a.primary != new)
+        .or_else(|| out.acks.iter().rev().find(|a| a.at <= fault))
         .map(|a| a.at)
-        .context("no write acknowledged by another primary before the new one")?;
+        .context("no write acknowledged before the fault")?;
     Ok(first_new.saturating_duration_since(last_before))
 }
 
