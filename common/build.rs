@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
         .type_attribute(".mofang.v1", "#[serde(default)]")
+        // Ordered, so two reports of the same values compare equal and print in one order.
+        .btree_map(".mofang.v1.MemberStatus.parameters")
         .compile_protos(&["proto/mofang.proto"], &["proto"])?;
     Ok(())
 }

@@ -32,6 +32,10 @@ pub struct Param {
     pub unit: &'static str,
     /// The server takes it live (`SET GLOBAL` / `CONFIG SET`); false: a restart is needed.
     pub dynamic: bool,
+    /// An integer must be a multiple of this (1: any): the server rounds other values down
+    /// (MariaDB's `max_allowed_packet` to KiB), which would then differ from the desired one
+    /// for ever.
+    pub multiple_of: i64,
     /// One line.
     pub description: &'static str,
 }
@@ -45,6 +49,7 @@ const MARIADB: &[Param] = &[
         },
         unit: "connections",
         dynamic: true,
+        multiple_of: 1,
         description: "Most client connections at once (default 200).",
     },
     Param {
@@ -55,6 +60,7 @@ const MARIADB: &[Param] = &[
         },
         unit: "seconds",
         dynamic: true,
+        multiple_of: 1,
         description: "An idle client connection is closed after this long (default 28800).",
     },
     Param {
@@ -65,6 +71,7 @@ const MARIADB: &[Param] = &[
         },
         unit: "bytes",
         dynamic: true,
+        multiple_of: 1024,
         description: "Largest packet or row a client may send (default 16 MiB).",
     },
     Param {
@@ -72,6 +79,7 @@ const MARIADB: &[Param] = &[
         ty: ParamType::Int { min: 0, max: 3600 },
         unit: "seconds",
         dynamic: true,
+        multiple_of: 1,
         description: "A query slower than this counts as slow (default 10).",
     },
     Param {
@@ -82,6 +90,7 @@ const MARIADB: &[Param] = &[
         },
         unit: "threads",
         dynamic: true,
+        multiple_of: 1,
         description: "Threads kept for reuse after their connection closes.",
     },
     Param {
@@ -92,6 +101,7 @@ const MARIADB: &[Param] = &[
         },
         unit: "bytes",
         dynamic: false,
+        multiple_of: 1,
         description: "InnoDB's redo log buffer (default 16 MiB); read at start.",
     },
 ];
@@ -111,6 +121,7 @@ const REDIS: &[Param] = &[
         ]),
         unit: "",
         dynamic: true,
+        multiple_of: 1,
         description: "What happens at maxmemory: refuse writes (default) or evict keys.",
     },
     Param {
@@ -121,6 +132,7 @@ const REDIS: &[Param] = &[
         },
         unit: "seconds",
         dynamic: true,
+        multiple_of: 1,
         description: "An idle client connection is closed after this long (0: never, default).",
     },
     Param {
@@ -128,6 +140,7 @@ const REDIS: &[Param] = &[
         ty: ParamType::Int { min: 1, max: 500 },
         unit: "per second",
         dynamic: true,
+        multiple_of: 1,
         description: "Background task frequency (default 10).",
     },
     Param {
@@ -138,6 +151,7 @@ const REDIS: &[Param] = &[
         },
         unit: "connections",
         dynamic: true,
+        multiple_of: 1,
         description: "Most client connections at once (default 10000).",
     },
     Param {
@@ -145,6 +159,7 @@ const REDIS: &[Param] = &[
         ty: ParamType::Int { min: 1, max: 1024 },
         unit: "databases",
         dynamic: false,
+        multiple_of: 1,
         description: "Number of logical databases (default 16); read at start.",
     },
 ];
@@ -182,13 +197,20 @@ pub fn check(
     })?;
     match p.ty {
         ParamType::Int { min, max } => match value.trim().parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok((p, n.to_string())),
+            Ok(n) if (min..=max).contains(&n) && n % p.multiple_of.max(1) == 0 => {
+                Ok((p, n.to_string()))
+            }
             _ => Err(format!(
-                "settings.{name}: {value:?} is not a whole number within {min} ..= {max}{}",
+                "settings.{name}: {value:?} is not a whole number within {min} ..= {max}{}{}",
                 if p.unit.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", p.unit)
+                },
+                if p.multiple_of > 1 {
+                    format!(", a multiple of {}", p.multiple_of)
+                } else {
+                    String::new()
                 }
             )),
         },
@@ -199,6 +221,27 @@ pub fn check(
                 words.join(", ")
             )),
         },
+    }
+}
+
+/// A value as a running server reports it (`SHOW GLOBAL VARIABLES`, `CONFIG GET`), in the
+/// canonical form [`check`] gives desired values, so the two compare equal when the server
+/// runs what was asked: MariaDB shows the whole seconds of `long_query_time` as `10.000000`.
+/// A value that is not a whole number (`0.5` set by hand) is kept as reported.
+pub fn canonical_effective(engine: EngineKind, name: &str, reported: &str) -> String {
+    let t = reported.trim();
+    let Some(ParamType::Int { .. }) = find(engine, name).map(|p| p.ty) else {
+        return t.to_owned();
+    };
+    if let Ok(n) = t.parse::<i64>() {
+        return n.to_string();
+    }
+    // `10.000000`: an integer part and zeros only.
+    match t.split_once('.') {
+        Some((whole, frac)) if !frac.is_empty() && frac.bytes().all(|b| b == b'0') => whole
+            .parse::<i64>()
+            .map_or_else(|_| t.to_owned(), |n| n.to_string()),
+        _ => t.to_owned(),
     }
 }
 
@@ -237,6 +280,28 @@ mod tests {
         );
         assert!(check(EngineKind::Redis, "maxmemory-policy", "lru").is_err());
         assert!(check(EngineKind::Redis, "max_connections", "100").is_err());
+    }
+
+    #[test]
+    fn a_packet_size_must_be_whole_kib_since_the_server_rounds_it_down() {
+        assert!(check(EngineKind::Mariadb, "max_allowed_packet", "2097152").is_ok());
+        let e = check(EngineKind::Mariadb, "max_allowed_packet", "2097153").unwrap_err();
+        assert!(e.contains("a multiple of 1024"), "{e}");
+    }
+
+    #[test]
+    fn effective_values_compare_in_the_canonical_form_of_desired_ones() {
+        let c = |name, v| canonical_effective(EngineKind::Mariadb, name, v);
+        assert_eq!(c("long_query_time", "10.000000"), "10");
+        assert_eq!(c("long_query_time", "0.500000"), "0.500000");
+        assert_eq!(c("max_connections", " 321\n"), "321");
+        assert_eq!(c("max_connections", "+321"), "321");
+        assert_eq!(
+            canonical_effective(EngineKind::Redis, "maxmemory-policy", "allkeys-lru"),
+            "allkeys-lru"
+        );
+        // Not of the catalogue: kept as reported.
+        assert_eq!(c("innodb_buffer_pool_size", "1.0"), "1.0");
     }
 
     #[test]

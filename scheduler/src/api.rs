@@ -417,6 +417,22 @@ async fn get_instance(
     })
 }
 
+#[utoipa::path(get, path = "/v1/instances/{name}/parameters", params(("name" = String, Path)),
+    description = "Desired (set by `reconfigure`) against effective (what each member's server runs) engine parameters, per member, with any drift.",
+    responses((status = 200, body = crate::ops::drift::ParametersView), (status = 404, body = ErrorBody)))]
+async fn get_parameters(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<crate::ops::drift::ParametersView>> {
+    api.cluster.parameters(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {name} not found"),
+        )
+    })
+}
+
 /// Body of a switchover or failover request.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1458,7 +1474,7 @@ async fn engines() -> Json<Vec<EngineView>> {
     info(title = "Mofang API", version = "1", description = "MariaDB and Redis instances on your own hosts."),
     paths(
         health, list_nodes, get_node, drain_node, cordon_node, uncordon_node, create_instance,
-        list_instances, get_instance, delete_instance, credentials, events, audit, switchover,
+        list_instances, get_instance, get_parameters, delete_instance, credentials, events, audit, switchover,
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate, keyring_rotate_root,
         rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
@@ -1474,6 +1490,8 @@ async fn engines() -> Json<Vec<EngineView>> {
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, EngineView, EngineParameter, crate::ops::StepState, crate::ops::StepAction,
+        crate::ops::drift::ParametersView, crate::ops::drift::MemberParameters, crate::ops::drift::ParameterValue,
+        crate::ops::drift::ParamState, crate::ops::drift::Drift,
         NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
     )),
@@ -1670,6 +1688,7 @@ pub fn router(api: Api) -> Router {
                 .patch(patch_instance),
         )
         .route("/v1/instances/{name}/credentials", get(credentials))
+        .route("/v1/instances/{name}/parameters", get(get_parameters))
         .route(
             "/v1/instances/{name}/credentials/rotate",
             post(rotate_credentials),
@@ -1897,6 +1916,36 @@ mod tests {
             rotate["202"].is_object() && rotate["409"].is_object(),
             "{rotate}"
         );
+    }
+
+    /// `GET /v1/instances/{name}/parameters` (issue 17): documented with its view, open to a
+    /// viewer, 404 JSON for an unknown instance.
+    #[tokio::test]
+    async fn parameters_of_an_unknown_instance_are_a_json_404_and_documented() {
+        let mut api = api_without_tokens().await;
+        let mut tokens = Tokens::from_config(&[]);
+        tokens.insert("viewer-token-0123456789", "grafana", TokenRole::Viewer);
+        api.tokens = Arc::new(tokens);
+        let res = router(api)
+            .oneshot(
+                axum::http::Request::get("/v1/instances/nope/parameters")
+                    .header(header::AUTHORIZATION, "Bearer viewer-token-0123456789")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let b = axum::body::to_bytes(res.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        let op = &doc["paths"]["/v1/instances/{name}/parameters"]["get"]["responses"];
+        assert!(op["200"].is_object() && op["404"].is_object(), "{op}");
+        assert!(doc["components"]["schemas"]["ParametersView"].is_object());
+        assert!(doc["components"]["schemas"]["ParamState"].is_object());
     }
 
     /// HA soak, leader kill (failover.md defect 7): a starting scheduler answered

@@ -339,6 +339,8 @@ pub enum PrimarySource {
         /// Instance name.
         instance: String,
     },
+    /// One fixed `host:port`: a server run by hand (the anchors of `bench-operations`).
+    Fixed(String),
     /// Redis Sentinel: `SENTINEL get-master-addr-by-name`, from the first sentinel that answers.
     Sentinel {
         /// Sentinel addresses (`host:port`).
@@ -377,6 +379,7 @@ impl PrimarySource {
                     .await?;
                 Ok(v["primary"].as_str().unwrap_or_default().to_owned())
             }
+            PrimarySource::Fixed(addr) => Ok(addr.clone()),
             PrimarySource::Sentinel { sentinels, master } => {
                 let mut last = anyhow::anyhow!("no sentinel configured");
                 for s in sentinels {

@@ -1466,3 +1466,388 @@ async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once()
     assert_eq!(by_ops, 4, "{from_ops:?}");
     Ok(())
 }
+
+/// The parameters of each member (issue 17, `GET /v1/instances/{name}/parameters`).
+async fn parameters(env: &Env, name: &str) -> Result<Value> {
+    env.get(&format!("/v1/instances/{name}/parameters")).await
+}
+
+/// One member's entry for `param` in the parameters view.
+fn member_param<'v>(view: &'v Value, member: &str, param: &str) -> Result<&'v Value> {
+    view["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["member"] == member)
+        .and_then(|m| {
+            m["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == param)
+        })
+        .with_context(|| format!("{member} {param} in {view}"))
+}
+
+/// Desired against effective parameters (issue 17): MariaDB 1 + 1 reconfigured live to
+/// `max_connections=321` shows 321 on every member and no drift (the API and `mofang instance
+/// parameters`); then `SET GLOBAL max_connections = 77` run directly in the replica's server,
+/// behind the platform's back, shows that member drifting and the primary not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_platforms_back_as_drift(
+) -> Result<()> {
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("prm");
+    let inst = env.create_ready(&name, "mariadb", 1).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let replica = inst["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["role"] == "replica")
+        .and_then(|m| m["id"].as_str())
+        .context("replica")?
+        .to_owned();
+    let members = [primary.clone(), replica.clone()];
+
+    // Before any reconfigure: every value is the server's own, read from it; nothing drifts.
+    let v = eventually(
+        "every member reports its parameters",
+        Duration::from_secs(60),
+        || async {
+            let v = parameters(&env, &name).await?;
+            for m in &members {
+                let p = member_param(&v, m, "max_connections")?;
+                if p["state"] != "default" || !p["effective"].is_string() {
+                    bail!("{m}: {p}");
+                }
+            }
+            Ok(v)
+        },
+    )
+    .await?;
+    assert_eq!(v["drift"], json!([]), "{v}");
+    assert_eq!(v["engine"], "mariadb", "{v}");
+    let (s, body) = env
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/t-no-such/parameters",
+            None,
+        )
+        .await?;
+    assert_eq!(s.as_u16(), 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    // A live reconfigure: the new value on every member, in sync, no drift.
+    let before = started_at(&inst)?;
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            "max_connections=321",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance reconfigure: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let v = eventually(
+        "every member runs max_connections 321",
+        Duration::from_secs(60),
+        || async {
+            let v = parameters(&env, &name).await?;
+            for m in &members {
+                let p = member_param(&v, m, "max_connections")?;
+                if p["state"] != "in_sync" {
+                    bail!("{m}: {p}");
+                }
+            }
+            Ok(v)
+        },
+    )
+    .await?;
+    assert_eq!(v["desired"], json!({"max_connections": "321"}), "{v}");
+    assert_eq!(v["drift"], json!([]), "{v}");
+    for m in &members {
+        let p = member_param(&v, m, "max_connections")?;
+        assert_eq!(p["effective"], "321", "{v}");
+        assert_eq!(p["desired"], "321", "{v}");
+    }
+    assert_eq!(started_at(&inst)?, before, "a live change restarts nothing");
+    let out = mofang_cli(&env, &["instance", "parameters", &name]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no drift"), "{text}");
+    eprintln!("{text}");
+
+    // Behind the platform's back: SET GLOBAL in the replica's own server.
+    docker_cli(&[
+        "exec",
+        &container_of(&replica),
+        "mariadb",
+        "--defaults-extra-file=/etc/mofang/client.cnf",
+        "--socket=/run/mysqld/mysqld.sock",
+        "-e",
+        "SET GLOBAL max_connections = 77",
+    ])?;
+    let v = eventually(
+        "the replica shows as drifting",
+        Duration::from_secs(60),
+        || async {
+            let v = parameters(&env, &name).await?;
+            if v["drift"].as_array().is_some_and(|d| !d.is_empty()) {
+                Ok(v)
+            } else {
+                bail!("{v}")
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        v["drift"],
+        json!([{"member": replica, "parameter": "max_connections", "desired": "321", "effective": "77"}]),
+        "{v}"
+    );
+    assert_eq!(
+        member_param(&v, &replica, "max_connections")?["state"],
+        "drift",
+        "{v}"
+    );
+    assert_eq!(
+        member_param(&v, &primary, "max_connections")?["state"],
+        "in_sync",
+        "{v}"
+    );
+    let out = mofang_cli(&env, &["instance", "parameters", &name]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "drift: {replica} runs max_connections=77, desired 321"
+        )),
+        "{text}"
+    );
+    eprintln!("{text}");
+    let out = mofang_cli(&env, &["--json", "instance", "parameters", &name]).await?;
+    let j: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(j["drift"], v["drift"], "{j}");
+
+    // A reconfigure with the desired value sets it again: the drift is gone.
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "reconfigure",
+            &name,
+            "--set",
+            "max_connections=321",
+            "--wait",
+        ],
+    )
+    .await?;
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    eventually("the drift is gone", Duration::from_secs(60), || async {
+        let v = parameters(&env, &name).await?;
+        let p = member_param(&v, &replica, "max_connections")?;
+        if v["drift"] == json!([]) && p["effective"] == "321" {
+            Ok(())
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Redis scale 1 -> 3 -> 1 replicas under the Jepsen set writer (issue 17): through the CLI
+/// two `add_replica` steps, each new replica on a node of its own and, after a full sync
+/// from the primary, holding every acknowledged write; back to one replica through the API:
+/// two `remove_replica` steps, never the primary, no failover (the epoch and the primary
+/// unchanged), the removed members' containers gone; nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_nothing() -> Result<()>
+{
+    let env = Env::start_with(4, FAST).await?;
+    let name = unique_name("rsc");
+    let inst = env.create_ready(&name, "redis", 1).await?;
+    let pw = env.app_password(&name).await?;
+    let first = Env::primary_member(&inst)?;
+    let primary = first["id"].as_str().context("id")?.to_owned();
+    let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
+    writer.wait_acked(100, Duration::from_secs(60)).await?;
+
+    // Up to three replicas through the CLI, one at a time.
+    let out = mofang_cli(
+        &env,
+        &[
+            "--json",
+            "instance",
+            "scale",
+            &name,
+            "--replicas",
+            "3",
+            "--wait",
+        ],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance scale: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let lines = step_lines(&op);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("add_replica ")),
+        "{lines:?}"
+    );
+    let added: Vec<String> = op["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["member"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(added.len(), 2, "{op}");
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["replicas"], 3, "{v}");
+    let members = v["members"].as_array().context("members")?;
+    assert_eq!(members.len(), 4, "{v}");
+    let nodes: std::collections::BTreeSet<&str> =
+        members.iter().filter_map(|m| m["node"].as_str()).collect();
+    assert_eq!(nodes.len(), 4, "one member per node: {v}");
+    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
+    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+
+    // Each new replica holds every write acknowledged before it was looked at, and follows.
+    let acked_now = writer.acked();
+    writer
+        .wait_acked(acked_now + 50, Duration::from_secs(60))
+        .await?;
+    for id in &added {
+        let m = members
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .context("new member")?;
+        assert_eq!(m["role"], "replica", "{v}");
+        let addr = m["address"].as_str().context("address")?.to_owned();
+        let primary_addr = Env::primary_member(&v)?["address"]
+            .as_str()
+            .context("address")?
+            .to_owned();
+        eventually(
+            "the new replica holds every key the primary has",
+            Duration::from_secs(60),
+            || async {
+                let at_primary = set_contents("redis", &primary_addr, &pw).await?;
+                let at_new = set_contents("redis", &addr, &pw).await?;
+                let missing = at_primary.difference(&at_new).count();
+                if at_primary.len() as u64 >= acked_now && missing == 0 {
+                    Ok(())
+                } else {
+                    bail!("{id}: {missing} of {} keys missing", at_primary.len())
+                }
+            },
+        )
+        .await?;
+    }
+
+    // Back to one replica through the API: two removals, never the primary.
+    let (s, op) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "scale", "replicas": 1})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().context("id")?.to_owned();
+    let op = operation_ended(&env, &id, Duration::from_secs(300)).await?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let lines = step_lines(&op);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let mut removed = Vec::new();
+    for l in &lines {
+        assert!(l.starts_with("remove_replica "), "{lines:?}");
+        let m = l.split(' ').nth(1).context("member")?.to_owned();
+        assert_ne!(m, primary, "never the primary: {lines:?}");
+        removed.push(m);
+    }
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(v["replicas"], 1, "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
+    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    for m in &removed {
+        eventually(
+            "the removed member's container is gone",
+            Duration::from_secs(60),
+            || async {
+                match docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(m)]) {
+                    Err(_) => Ok(()),
+                    Ok(id) => bail!("{m} still has container {id}"),
+                }
+            },
+        )
+        .await?;
+    }
+
+    // Nothing acknowledged was lost; the replica left holds it all too.
+    let outcome = writer.stop().await?;
+    let v = env.wait_instance_ready(&name).await?;
+    let present = set_contents(
+        "redis",
+        Env::primary_member(&v)?["address"]
+            .as_str()
+            .context("address")?,
+        &pw,
+    )
+    .await?;
+    let lost = outcome.lost(&present);
+    eprintln!(
+        "redis scale 1 -> 3 -> 1: acknowledged {}, lost {}, longest write outage {:?}, removed {removed:?}",
+        outcome.acked.len(),
+        lost.len(),
+        outcome.longest_gap
+    );
+    assert!(lost.is_empty(), "lost {lost:?}");
+    let left = v["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["role"] == "replica")
+        .and_then(|m| m["address"].as_str())
+        .context("replica")?
+        .to_owned();
+    eventually(
+        "the replica left holds every acknowledged key",
+        Duration::from_secs(60),
+        || async {
+            let at = set_contents("redis", &left, &pw).await?;
+            let missing = outcome.lost(&at);
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} acknowledged keys missing", missing.len())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -410,6 +410,7 @@ impl Engine for MariaDb {
                 .await
                 .map_err(|e| err(at, e))?;
             let slave = Self::slave_status(&mut c, at).await?;
+            let parameters = effective_parameters(&mut c).await;
             let _ = c.disconnect().await;
 
             let mut details = BTreeMap::new();
@@ -449,6 +450,7 @@ impl Engine for MariaDb {
                         lag_seconds: lag,
                         replication_error: error,
                         details,
+                        parameters,
                     }
                 }
                 None => Observation {
@@ -464,6 +466,7 @@ impl Engine for MariaDb {
                     lag_seconds: None,
                     replication_error: None,
                     details,
+                    parameters,
                 },
             };
             Ok(obs)
@@ -823,6 +826,31 @@ fn merge_positions(applied: &str, received: &str) -> String {
         .map(|(g, _)| *g)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The catalogue's parameters as the server runs them (`SHOW GLOBAL VARIABLES`), in
+/// canonical form; empty when the query fails: an observation never fails for them.
+async fn effective_parameters(c: &mut Conn) -> BTreeMap<String, String> {
+    let names: Vec<String> = mofang_common::params::catalogue(EngineKind::Mariadb)
+        .iter()
+        .map(|p| format!("'{}'", p.name))
+        .collect();
+    // The names are identifiers of the catalogue (a unit test holds them to that).
+    let q = format!(
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN ({})",
+        names.join(",")
+    );
+    match c.query::<(String, String), _>(q).await {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(name, value)| {
+                let v =
+                    mofang_common::params::canonical_effective(EngineKind::Mariadb, &name, &value);
+                (name, v)
+            })
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
 }
 
 #[cfg(test)]

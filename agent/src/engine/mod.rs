@@ -320,6 +320,11 @@ pub struct Observation {
     pub replication_error: Option<String>,
     /// Engine-specific facts shown to operators (GTID mode, semi-sync status, ...).
     pub details: BTreeMap<String, String>,
+    /// The effective value of every parameter of the engine's catalogue
+    /// ([`mofang_common::params`]) as the server reports it, in canonical form
+    /// ([`mofang_common::params::canonical_effective`]); empty when they could not be read
+    /// (that never fails an observation).
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// An engine adapter. Every method is idempotent: reconcile may call it again at any time.

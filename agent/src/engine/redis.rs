@@ -406,6 +406,7 @@ impl Engine for Redis {
             let mut c = connect(at, s).await?;
             let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
             let info = parse_info(&info);
+            let parameters = effective_parameters(&mut c).await;
             let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
             let mut details = BTreeMap::new();
             if let Some(n) = info.get("connected_slaves") {
@@ -431,6 +432,7 @@ impl Engine for Redis {
                     },
                     replication_error: link_error,
                     details,
+                    parameters,
                 })
             } else {
                 Ok(Observation {
@@ -442,6 +444,7 @@ impl Engine for Redis {
                     lag_seconds: None,
                     replication_error: None,
                     details,
+                    parameters,
                 })
             }
         })
@@ -595,9 +598,70 @@ impl Engine for Redis {
     }
 }
 
+/// The catalogue's parameters as the server runs them, one `CONFIG GET` each in one
+/// pipeline (Redis 6.0 takes one pattern per call), in canonical form; empty when the call
+/// fails: an observation never fails for them.
+async fn effective_parameters(c: &mut MultiplexedConnection) -> BTreeMap<String, String> {
+    let mut pipe = redis::pipe();
+    for p in mofang_common::params::catalogue(EngineKind::Redis) {
+        pipe.cmd("CONFIG").arg("GET").arg(p.name);
+    }
+    match pipe.query_async::<Vec<redis::Value>>(c).await {
+        Ok(answers) => answers
+            .iter()
+            .flat_map(config_pairs)
+            .map(|(name, value)| {
+                let v =
+                    mofang_common::params::canonical_effective(EngineKind::Redis, &name, &value);
+                (name, v)
+            })
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// The `(name, value)` pairs of a `CONFIG GET` answer: a map (RESP3) or a flat list of
+/// names and values (RESP2).
+fn config_pairs(v: &redis::Value) -> Vec<(String, String)> {
+    use redis::Value as V;
+    let text = |v: &V| match v {
+        V::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        V::SimpleString(s) => Some(s.clone()),
+        V::Int(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let pairs: Vec<(&V, &V)> = match v {
+        V::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        V::Array(items) => items
+            .chunks(2)
+            .filter_map(|c| Some((c.first()?, c.get(1)?)))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_get_answers_give_name_value_pairs_in_either_protocol() {
+        use redis::Value as V;
+        let b = |s: &str| V::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            config_pairs(&V::Array(vec![b("hz"), b("10")])),
+            [("hz".to_owned(), "10".to_owned())]
+        );
+        assert_eq!(
+            config_pairs(&V::Map(vec![(b("maxmemory-policy"), b("allkeys-lru"))])),
+            [("maxmemory-policy".to_owned(), "allkeys-lru".to_owned())]
+        );
+        assert!(config_pairs(&V::Nil).is_empty());
+    }
 
     #[test]
     fn info_parsing() {

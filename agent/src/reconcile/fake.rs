@@ -207,6 +207,8 @@ pub struct FakeDb {
     pub paused: bool,
     /// A new replica's server may start before its primary's address is known (MariaDB).
     pub starts_early: bool,
+    /// Server parameters as it runs them (`set_parameter` changes them).
+    pub parameters: BTreeMap<String, String>,
 }
 
 impl Default for FakeDb {
@@ -225,6 +227,7 @@ impl Default for FakeDb {
             kind: EngineKind::Mariadb,
             paused: false,
             starts_early: false,
+            parameters: BTreeMap::new(),
         }
     }
 }
@@ -293,7 +296,22 @@ impl Engine for FakeEngine {
             lag_seconds: link_up.then_some(db.lag),
             replication_error: None,
             details: BTreeMap::new(),
+            parameters: db.parameters,
         })
+    }
+
+    async fn set_parameter(
+        &self,
+        _at: &Target,
+        _s: &Secrets,
+        name: &str,
+        value: &str,
+    ) -> engine::Result<()> {
+        self.record(format!("set_parameter {name}={value}"));
+        lock(&self.0)
+            .parameters
+            .insert(name.to_owned(), value.to_owned());
+        Ok(())
     }
 
     async fn promote(

@@ -699,7 +699,7 @@ mod tests {
     }
 
     /// Reconfigure (issue 17): the parameters generation is reported once applied, and only a
-    /// newer one is applied again.
+    /// newer one is applied again; the status carries the values the server runs.
     #[tokio::test]
     async fn parameters_are_applied_once_per_generation_and_reported() {
         let mut r = rig(Duration::from_secs(10));
@@ -708,8 +708,26 @@ mod tests {
         assert_eq!(r.pass(&a).await.parameters_generation, 0);
         a.settings.insert("max_connections".into(), "321".into());
         a.parameters_generation = 2;
-        assert_eq!(r.pass(&a).await.parameters_generation, 2);
+        let s = r.pass(&a).await;
+        assert_eq!(s.parameters_generation, 2);
+        assert_eq!(
+            s.parameters.get("max_connections").map(String::as_str),
+            Some("321"),
+            "the effective value, as the server reports it: {s:?}"
+        );
         let st = r.sh.state.load_member("db-0").expect("state");
         assert_eq!(st.parameters_generation, 2);
+        // Changed on the server behind the agent's back: reported as the server runs it,
+        // and not set again (the generation is applied).
+        r.db.0
+            .lock()
+            .expect("db")
+            .parameters
+            .insert("max_connections".into(), "77".into());
+        let s = r.pass(&a).await;
+        assert_eq!(
+            s.parameters.get("max_connections").map(String::as_str),
+            Some("77")
+        );
     }
 }

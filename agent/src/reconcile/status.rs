@@ -60,6 +60,8 @@ pub(super) fn status(
         } else {
             st.version.clone()
         },
+        // Read by an observation (`observe::report`); none without one.
+        parameters: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mofang_scheduler::model::now_ms;
+use mofang_scheduler::ops::drift::{ParamState, ParametersView};
 use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 
 mod backup;
@@ -293,6 +294,12 @@ enum InstanceCmd {
     },
     /// Show one instance with its members.
     Show {
+        /// Name.
+        name: String,
+    },
+    /// Engine parameters: the desired value (set by `reconfigure`) and the value each
+    /// member's server runs, with any drift.
+    Parameters {
         /// Name.
         name: String,
     },
@@ -780,6 +787,66 @@ fn render_instance(v: &Value) -> String {
 
 /// `instance list`: one line per instance; ENGINE is the version asked, VERSIONS what its
 /// members report (two during an upgrade).
+/// `instance parameters`: a row per parameter, its desired value and each member's
+/// effective one (marked when pending or drifting), then the drift.
+fn render_parameters(v: &ParametersView) -> String {
+    let mut headers = vec!["PARAMETER".to_owned(), "DESIRED".to_owned()];
+    headers.extend(
+        v.members
+            .iter()
+            .map(|m| format!("{} ({})", m.member, m.role)),
+    );
+    let names: Vec<&str> = v
+        .members
+        .first()
+        .map(|m| m.parameters.iter().map(|p| p.name.as_str()).collect())
+        .unwrap_or_default();
+    let rows = names
+        .iter()
+        .map(|name| {
+            let mut row = vec![
+                (*name).to_owned(),
+                v.desired
+                    .get(*name)
+                    .cloned()
+                    .unwrap_or_else(|| "(default)".into()),
+            ];
+            for m in &v.members {
+                let cell = match m.parameters.iter().find(|p| p.name == *name) {
+                    Some(p) => {
+                        let value = p.effective.clone().unwrap_or_else(|| "?".into());
+                        match p.state {
+                            ParamState::Drift => format!("{value} DRIFT"),
+                            ParamState::Pending => format!("{value} (pending)"),
+                            _ => value,
+                        }
+                    }
+                    None => "?".into(),
+                };
+                row.push(cell);
+            }
+            row
+        })
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut text = format!(
+        "instance: {} ({}), parameters generation {}\n",
+        v.instance, v.engine, v.generation
+    );
+    text.push_str(&render_table(&headers, rows));
+    if v.drift.is_empty() {
+        text.push_str("no drift\n");
+    } else {
+        for d in &v.drift {
+            text.push_str(&format!(
+                "drift: {} runs {}={}, desired {}\n",
+                d.member, d.parameter, d.effective, d.desired
+            ));
+        }
+    }
+    text
+}
+
 fn render_instance_list(v: &Value) -> String {
     let rows = v
         .as_array()
@@ -1046,6 +1113,16 @@ async fn run(cli: Cli) -> Result<()> {
                 out(&v)
             } else {
                 print_instance(&v)
+            }
+        }
+        Cmd::Instance(InstanceCmd::Parameters { name }) => {
+            let v = c.get(&format!("/v1/instances/{name}/parameters")).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                let view: ParametersView = serde_json::from_value(v)
+                    .context("the scheduler's parameters view did not parse")?;
+                print!("{}", render_parameters(&view));
             }
         }
         Cmd::Instance(InstanceCmd::Delete { name }) => {
@@ -1884,8 +1961,46 @@ async fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_grace, render_instance, render_instance_list};
+    use super::{parse_grace, render_instance, render_instance_list, render_parameters};
     use serde_json::json;
+
+    #[test]
+    fn instance_parameters_mark_the_drifting_member() {
+        let v = serde_json::from_value(json!({
+            "instance": "shop", "engine": "mariadb", "generation": 1,
+            "desired": {"max_connections": "321"},
+            "members": [
+                {"member": "shop-0", "role": "primary", "applied_generation": 1, "parameters": [
+                    {"name": "max_connections", "desired": "321", "effective": "321", "state": "in_sync"},
+                    {"name": "wait_timeout", "effective": "28800", "state": "default"}]},
+                {"member": "shop-1", "role": "replica", "applied_generation": 1, "parameters": [
+                    {"name": "max_connections", "desired": "321", "effective": "77", "state": "drift"},
+                    {"name": "wait_timeout", "state": "unknown"}]}],
+            "drift": [{"member": "shop-1", "parameter": "max_connections", "desired": "321", "effective": "77"}]
+        }))
+        .expect("view");
+        let text = render_parameters(&v);
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("max_connections"),
+            ["max_connections", "321", "321", "77", "DRIFT"]
+        );
+        assert_eq!(
+            row("wait_timeout"),
+            ["wait_timeout", "(default)", "28800", "?"]
+        );
+        assert!(text.contains("shop-1 (replica)"), "{text}");
+        assert!(
+            text.contains("drift: shop-1 runs max_connections=77, desired 321"),
+            "{text}"
+        );
+    }
 
     /// An instance half-way through an upgrade from 10.5 to 10.11, as `GET /v1/instances/{name}`
     /// answers: one replica done, one member not reporting a version yet.

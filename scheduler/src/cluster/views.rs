@@ -181,6 +181,49 @@ impl Cluster {
             .map(|i| self.instance_view(&inner, i))
     }
 
+    /// Desired against effective parameters of an instance's members, with any drift
+    /// (`GET /v1/instances/{name}/parameters`); None: no such instance. A member whose node
+    /// is down reports nothing (unknown).
+    pub fn parameters(&self, name: &str) -> Option<crate::ops::drift::ParametersView> {
+        use crate::ops::drift::{view, Desired, MemberSeen};
+        let inner = lock(&self.inner);
+        let i = inner.instances.get(name).filter(|i| i.revision > 0)?;
+        let roles: Vec<String> = i.members.iter().map(|m| m.role.to_string()).collect();
+        let seen: Vec<MemberSeen<'_>> = i
+            .members
+            .iter()
+            .zip(&roles)
+            .map(|(m, role)| {
+                let node_alive = inner
+                    .nodes
+                    .get(&m.node)
+                    .is_some_and(|n| self.node_state(&inner, n) != NodeState::Down);
+                let obs = inner
+                    .live
+                    .get(&m.node)
+                    .and_then(|l| l.members.get(&m.id))
+                    .filter(|_| node_alive);
+                MemberSeen {
+                    member: &m.id,
+                    role,
+                    applied_generation: obs.map_or(0, |o| o.parameters_generation),
+                    effective: obs.map(|o| &o.parameters),
+                }
+            })
+            .collect();
+        let operation_running = inner.operations.values().any(|o| o.instance == name);
+        Some(view(
+            Desired {
+                instance: &i.spec.name,
+                engine: i.spec.engine,
+                values: &i.parameters,
+                generation: i.parameters_generation,
+                operation_running,
+            },
+            &seen,
+        ))
+    }
+
     /// An instance's credentials.
     pub fn credentials(&self, name: &str) -> Option<Credentials> {
         lock(&self.inner)

@@ -11,6 +11,7 @@
 //! instance without replicas, whose only member is restarted in place).
 
 pub mod batch;
+pub mod drift;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
