@@ -1,0 +1,445 @@
+//! Day-2 operations benchmark (`make bench-operations`, issue 17): the time and the longest
+//! write outage of each operation type on a 3-member MariaDB instance (1 primary + 2
+//! replicas) under the Jepsen set writer, side by side with the same work done by hand on
+//! the server an application writes to. Prints figures; asserts no timing.
+//!
+//! Usage: bench-operations
+//!
+//! Mofang: a scheduler and four agents with the daemons' default timers (as `make demo`),
+//! one instance created on MariaDB 10.5 (0.5 CPU, 384 MiB, as the tests' `spec`), the set
+//! writer writing to its primary (asked of the API on every reconnect, as a client library
+//! would) throughout, and one operation after another through the API: `restart`, `resize`
+//! of the memory (384 -> 512 MiB), `upgrade` to 10.11, `scale` to 3 replicas and back to 2.
+//! The time is from the POST to the operation's end as `GET /v1/operations/{id}` shows it
+//! (polled every 100 ms); the outage is the longest time between two acknowledged writes
+//! from the POST to the first write after the end.
+//!
+//! By hand: one `docker run` of the same image on a named volume, port published, its
+//! default config, the `app` account made inside it, the same writer writing to it; then
+//! what an operator types: `docker restart -t 30`; `docker stop -t 30`, `docker update
+//! --memory 512m`, `docker start`; `docker stop -t 30`, `docker rm`, `docker run` of the
+//! 10.11 image on the same volume, `mariadb-upgrade`; a second container run and loaded with
+//! `mariadb-dump --single-transaction | mariadb` (no replication set up: a lower bound for
+//! adding a replica by hand), and removed with its volume. The time is from the first
+//! command to the server answering `mariadb-admin ping` (the copy's end for the scale); the
+//! outage as above. One server by hand has no replica to switch to, so its outage is the
+//! whole stop and start: that difference is what the figures show.
+
+use anyhow::{bail, Context, Result};
+use mofang_tests::scenario::{
+    docker_cli, loadavg, set_contents, spec, Ack, Env, PrimarySource, SetOutcome, SetWriter,
+};
+use mofang_tests::{test_label, unique_name};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A server or operation not done by then has failed.
+const LIMIT: Duration = Duration::from_secs(900);
+const POLL: Duration = Duration::from_millis(100);
+/// Writes acknowledged between two operations before the next begins.
+const SETTLE_WRITES: u64 = 100;
+
+/// One operation measured.
+struct Measured {
+    what: String,
+    took: Duration,
+    from: Instant,
+    to: Instant,
+    note: String,
+}
+
+/// The longest time without an acknowledged write from `from` to the first
+/// acknowledgement after `to` (counting from the last one at or before `from`).
+fn outage(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+    let mut prev = acks
+        .iter()
+        .rev()
+        .find(|a| a.at <= from)
+        .map_or(from, |a| a.at);
+    let mut longest = Duration::ZERO;
+    for a in acks.iter().filter(|a| a.at > from) {
+        longest = longest.max(a.at - prev);
+        prev = a.at;
+        if a.at > to {
+            break;
+        }
+    }
+    longest
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------
+// Mofang
+
+/// Waits until the writer has `more` acknowledgements beyond now.
+async fn settle(writer: &SetWriter) -> Result<()> {
+    let n = writer.acked();
+    writer
+        .wait_acked(n + SETTLE_WRITES, Duration::from_secs(120))
+        .await
+}
+
+/// Runs one operation through the API until it ends; fails unless it succeeded.
+async fn operation(env: &Env, name: &str, what: &str, body: Value) -> Result<Measured> {
+    let from = Instant::now();
+    let (s, op) = env
+        .call(
+            Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(body),
+        )
+        .await?;
+    if s != StatusCode::ACCEPTED {
+        bail!("{what}: {s} {op}");
+    }
+    let id = op["id"].as_str().context("operation id")?.to_owned();
+    loop {
+        let v = env.get(&format!("/v1/operations/{id}")).await?;
+        match v["state"].as_str() {
+            Some("succeeded") => {
+                let to = Instant::now();
+                let steps = v["steps"].as_array().map_or(0, Vec::len);
+                return Ok(Measured {
+                    what: what.to_owned(),
+                    took: to - from,
+                    from,
+                    to,
+                    note: format!("{steps} steps"),
+                });
+            }
+            Some("failed" | "cancelled") => bail!("{what}: {v}"),
+            _ => {}
+        }
+        if from.elapsed() > LIMIT {
+            bail!("{what}: not done within {LIMIT:?}: {v}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
+    let env = Env::start_with(4, "").await?;
+    let name = unique_name("bop");
+    let mut body = spec(&name, "mariadb", 2);
+    body["version"] = json!("10.5");
+    let (s, v) = env.call(Method::POST, "/v1/instances", Some(body)).await?;
+    if s != StatusCode::CREATED {
+        bail!("create {name}: {s} {v}");
+    }
+    env.wait_instance_ready(&name).await?;
+    let pw = env.app_password(&name).await?;
+    let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    let ops = [
+        ("restart (rolling)", json!({"type": "restart"})),
+        (
+            "resize memory 384 -> 512 MiB",
+            json!({"type": "resize", "memory": 512}),
+        ),
+        (
+            "upgrade 10.5 -> 10.11",
+            json!({"type": "upgrade", "version": "10.11"}),
+        ),
+        (
+            "scale up 2 -> 3 replicas",
+            json!({"type": "scale", "replicas": 3}),
+        ),
+        (
+            "scale down 3 -> 2 replicas",
+            json!({"type": "scale", "replicas": 2}),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (what, body) in ops {
+        env.wait_instance_ready(&name).await?;
+        settle(&writer).await?;
+        let m = operation(&env, &name, what, body).await?;
+        eprintln!("mofang: {what}: {}", secs(m.took));
+        out.push(m);
+    }
+    settle(&writer).await?;
+    let outcome = writer.stop().await?;
+    let v = env.wait_instance_ready(&name).await?;
+    let present = set_contents(
+        "mariadb",
+        Env::primary_member(&v)?["address"]
+            .as_str()
+            .context("address")?,
+        &pw,
+    )
+    .await?;
+    let lost = outcome.lost(&present).len();
+    let _ = env
+        .call(Method::DELETE, &format!("/v1/instances/{name}"), None)
+        .await;
+    Ok((out, outcome, lost))
+}
+
+// ---------------------------------------------------------------------------------------
+// By hand
+
+/// The containers and volumes run by hand, removed when dropped: after the run, on an error
+/// or on Ctrl-C.
+struct ByHand {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Drop for ByHand {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v", c])
+                .output();
+        }
+        for v in &self.volumes {
+            let _ = std::process::Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel's choice, released at once).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `docker run -d` of `image` on `volume`, its port published on `port` (0: none).
+fn run_server(name: &str, volume: &str, port: u16, memory: &str, image: &str) -> Result<()> {
+    let (k, v) = test_label();
+    let label = format!("{k}={v}");
+    let mount = format!("{volume}:/var/lib/mysql");
+    let publish = format!("127.0.0.1:{port}:3306");
+    let mut args = vec![
+        "run", "-d", "--name", name, "--label", &label, "-v", &mount, "--cpus", "0.5", "--memory",
+        memory,
+    ];
+    if port != 0 {
+        args.extend(["-p", publish.as_str()]);
+    }
+    args.push(image);
+    docker_cli(&args).with_context(|| format!("docker run of {image}"))?;
+    Ok(())
+}
+
+/// Waits until the server in `name` answers `mariadb-admin ping`.
+async fn answering(name: &str) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if docker_cli(&["exec", "-u", "root", name, "mariadb-admin", "ping"]).is_ok() {
+            return Ok(());
+        }
+        if t0.elapsed() > LIMIT {
+            bail!("{name} did not answer within {LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs `work` as one operation done by hand.
+async fn by_hand_step<F, Fut>(what: &str, note: &str, work: F) -> Result<Measured>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let from = Instant::now();
+    work().await.with_context(|| what.to_owned())?;
+    let to = Instant::now();
+    eprintln!("by hand: {what}: {}", secs(to - from));
+    Ok(Measured {
+        what: what.to_owned(),
+        took: to - from,
+        from,
+        to,
+        note: note.to_owned(),
+    })
+}
+
+async fn by_hand() -> Result<(Vec<Measured>, SetOutcome, usize)> {
+    let name = unique_name("hand");
+    let second = unique_name("hand");
+    let volume = unique_name("hand-vol");
+    let volume2 = unique_name("hand-vol");
+    let _cleanup = ByHand {
+        containers: vec![name.clone(), second.clone()],
+        volumes: vec![volume.clone(), volume2.clone()],
+    };
+    let port = free_port()?;
+    let old = "mofang/mariadb:10.5";
+    let new = "mofang/mariadb:10.11";
+    run_server(&name, &volume, port, "384m", old)?;
+    answering(&name).await?;
+    let pw = format!("hand{}", std::process::id());
+    docker_cli(&[
+        "exec",
+        "-u",
+        "root",
+        &name,
+        "mariadb",
+        "-e",
+        &format!(
+            "CREATE DATABASE app; CREATE USER app@'%' IDENTIFIED BY '{pw}'; \
+             GRANT ALL ON app.* TO app@'%';"
+        ),
+    ])?;
+    let addr = format!("127.0.0.1:{port}");
+    let writer =
+        SetWriter::start_from(PrimarySource::Fixed(addr.clone()), "mariadb", &pw, 1).await?;
+    let mut out = Vec::new();
+
+    settle(&writer).await?;
+    out.push(
+        by_hand_step("restart", "docker restart -t 30", || async {
+            docker_cli(&["restart", "-t", "30", &name])?;
+            answering(&name).await
+        })
+        .await?,
+    );
+    settle(&writer).await?;
+    out.push(
+        by_hand_step(
+            "resize memory 384 -> 512 MiB",
+            "docker stop, update --memory, start",
+            || async {
+                docker_cli(&["stop", "-t", "30", &name])?;
+                docker_cli(&["update", "--memory", "512m", "--memory-swap", "512m", &name])?;
+                docker_cli(&["start", &name])?;
+                answering(&name).await
+            },
+        )
+        .await?,
+    );
+    settle(&writer).await?;
+    out.push(
+        by_hand_step(
+            "upgrade 10.5 -> 10.11",
+            "docker stop, rm, run 10.11 on the volume, mariadb-upgrade",
+            || async {
+                docker_cli(&["stop", "-t", "30", &name])?;
+                docker_cli(&["rm", &name])?;
+                run_server(&name, &volume, port, "512m", new)?;
+                answering(&name).await?;
+                docker_cli(&["exec", "-u", "root", &name, "mariadb-upgrade"])?;
+                Ok(())
+            },
+        )
+        .await?,
+    );
+    settle(&writer).await?;
+    out.push(
+        by_hand_step(
+            "scale up 2 -> 3 replicas",
+            "docker run, mariadb-dump | mariadb (no replication set up)",
+            || async {
+                run_server(&second, &volume2, 0, "512m", new)?;
+                answering(&second).await?;
+                let copy = format!(
+                    "docker exec -u root {name} mariadb-dump --single-transaction --databases app \
+                     | docker exec -i -u root {second} mariadb"
+                );
+                let o = std::process::Command::new("sh")
+                    .args(["-c", &copy])
+                    .output()?;
+                if !o.status.success() {
+                    bail!("copy: {}", String::from_utf8_lossy(&o.stderr));
+                }
+                Ok(())
+            },
+        )
+        .await?,
+    );
+    settle(&writer).await?;
+    out.push(
+        by_hand_step(
+            "scale down 3 -> 2 replicas",
+            "docker rm -f -v, volume rm",
+            || async {
+                docker_cli(&["rm", "-f", "-v", &second])?;
+                docker_cli(&["volume", "rm", &volume2])?;
+                Ok(())
+            },
+        )
+        .await?,
+    );
+    settle(&writer).await?;
+    let outcome = writer.stop().await?;
+    let present = set_contents("mariadb", &addr, &pw).await?;
+    let lost = outcome.lost(&present).len();
+    Ok((out, outcome, lost))
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    mofang_tests::init_tracing();
+    eprintln!("load before: {}", loadavg());
+    let (hand, hand_outcome, hand_lost) = by_hand().await?;
+    let (ops, outcome, lost) = mofang().await?;
+    println!();
+    println!(
+        "Day-2 operations on MariaDB, 3 members (Mofang) vs the same work by hand on one server"
+    );
+    println!("(load average at the end: {})", loadavg());
+    println!();
+    println!(
+        "| operation | Mofang: time | Mofang: longest write outage | by hand: time | by hand: longest write outage | Mofang steps | by hand |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for m in &ops {
+        let h = hand.iter().find(|h| h.what == m.what);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.what,
+            secs(m.took),
+            secs(outage(&outcome.acks, m.from, m.to)),
+            h.map_or("-".into(), |h| secs(h.took)),
+            h.map_or("-".into(), |h| secs(outage(
+                &hand_outcome.acks,
+                h.from,
+                h.to
+            ))),
+            m.note,
+            h.map_or("-", |h| h.note.as_str()),
+        );
+    }
+    println!();
+    println!(
+        "writes: Mofang {} acknowledged, {lost} lost; by hand {} acknowledged, {hand_lost} lost",
+        outcome.acked.len(),
+        hand_outcome.acked.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_outage_is_the_longest_gap_around_the_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let acks: Vec<Ack> = [0, 10, 20, 500, 510, 2000, 2010]
+            .into_iter()
+            .enumerate()
+            .map(|(i, ms)| Ack {
+                at: at(ms),
+                primary: Arc::from("p"),
+                id: i as u64,
+            })
+            .collect();
+        // From 15 to 600: the gap 20 -> 500 counts, 510 -> 2000 too (the first write after
+        // the end closes the window).
+        assert_eq!(outage(&acks, at(15), at(600)), Duration::from_millis(1490));
+        assert_eq!(outage(&acks, at(15), at(400)), Duration::from_millis(480));
+        assert_eq!(outage(&acks, at(2005), at(2006)), Duration::from_millis(10));
+    }
+}
