@@ -108,7 +108,7 @@ async fn operation(env: &Env, name: &str, what: &str, body: Value) -> Result<Mea
                     took: to - from,
                     from,
                     to,
-                    note: format!("{steps} steps"),
+                    note: format!("{steps} step(s)"),
                 });
             }
             Some("failed" | "cancelled") => bail!("{what}: {v}"),
@@ -134,7 +134,7 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     let pw = env.app_password(&name).await?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     let ops = [
-        ("restart (rolling)", json!({"type": "restart"})),
+        ("restart", json!({"type": "restart"})),
         (
             "resize memory 384 -> 512 MiB",
             json!({"type": "resize", "memory": 512}),
@@ -335,7 +335,7 @@ async fn by_hand() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     out.push(
         by_hand_step(
             "scale up 2 -> 3 replicas",
-            "docker run, mariadb-dump | mariadb (no replication set up)",
+            "docker run, mariadb-dump piped to mariadb (no replication set up)",
             || async {
                 run_server(&second, &volume2, 0, "512m", new)?;
                 answering(&second).await?;
