@@ -18,7 +18,7 @@ pub mod redis;
 use crate::config::{AgentConfig, NetworkMode};
 use crate::engine::Secrets;
 use crate::reconcile::{Statuses, STOPPED};
-use crate::runtime::{ContainerRuntime, ContainerState};
+use crate::runtime::ContainerRuntime;
 use crate::state::LocalState;
 use crate::volume::VolumeManager;
 use container::{DeviceNames, Tracked, VolumeFs};
@@ -215,7 +215,7 @@ impl Exporter {
                     .unwrap_or_else(|| a.role.clone());
                 let running = by_member
                     .get(a.member.as_str())
-                    .filter(|t| t.info.state == ContainerState::Running);
+                    .filter(|t| t.info.state.has_processes());
                 let addr = running.and_then(|t| match self.src.cfg.network_mode() {
                     NetworkMode::Host => self
                         .src
@@ -564,7 +564,7 @@ impl Exporter {
             let mut readings = Vec::with_capacity(inv.len());
             let mut gone = false;
             for t in inv.iter() {
-                if t.info.state != ContainerState::Running {
+                if !t.info.state.has_processes() {
                     continue;
                 }
                 let volume = t.member().and_then(|m| {
