@@ -527,21 +527,21 @@ mod tests {
         let before = target(EngineKind::Redis, "kv-0", None);
         // An hour between collections: only a change of target can bring the next one.
         c.sync(
-            &[before.clone()],
+            std::slice::from_ref(&before),
             Duration::from_secs(3600),
             Duration::from_millis(100),
             &shutdown,
         );
-        let first = wait_for(|| c.last(&[before.clone()])[0].clone()).await;
+        let first = wait_for(|| c.last(std::slice::from_ref(&before))[0].clone()).await;
         let after = target(EngineKind::Redis, "kv-0", Some(addr));
         c.sync(
-            &[after.clone()],
+            std::slice::from_ref(&after),
             Duration::from_secs(3600),
             Duration::from_millis(100),
             &shutdown,
         );
         wait_for(|| {
-            c.last(&[after.clone()])[0]
+            c.last(std::slice::from_ref(&after))[0]
                 .clone()
                 .filter(|l| l.at > first.at)
         })
