@@ -92,10 +92,14 @@ pub struct AgentConfig {
     /// scrapes from another host; use `127.0.0.1:9187` to keep it local.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
-    /// How long one member's database may take to answer a metrics scrape before it shows
-    /// `mysql_up 0` / `redis_up 0` for that scrape, in ms. Default 2000.
+    /// How long one member's database may take to answer a metrics collection before it shows
+    /// `mysql_up 0` / `redis_up 0`, in ms. Default 2000.
     #[serde(default = "default_metrics_timeout_ms")]
     pub metrics_timeout_ms: u64,
+    /// How often each member's database statistics are collected in the background, in ms;
+    /// scrapes serve the last collection (`mofang_agent_collect_age_seconds`). Default 5000.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub metrics_interval_ms: u64,
     /// Nice value (0 ..= 19) of a backup's work: mariadb-backup in the member's container and
     /// the agent's zstd threads. 19 (the default): the databases of the host run first and the
     /// backup takes what CPU is left; 0: the backup competes as an equal (docs/backup.md).
@@ -202,6 +206,9 @@ fn default_http_listen() -> String {
 }
 fn default_metrics_timeout_ms() -> u64 {
     2000
+}
+fn default_metrics_interval_ms() -> u64 {
+    5000
 }
 
 fn default_backup_nice() -> i32 {
@@ -338,6 +345,12 @@ impl AgentConfig {
                 "must be between 10 and 60000",
             ));
         }
+        if !(250..=300_000).contains(&self.metrics_interval_ms) {
+            return Err(invalid(
+                "metrics_interval_ms",
+                "must be between 250 and 300000",
+            ));
+        }
         if !(0..=19).contains(&self.backup_nice) {
             return Err(invalid("backup_nice", "must be between 0 and 19"));
         }
@@ -427,9 +440,14 @@ impl AgentConfig {
         Duration::from_millis(self.lease_ttl_ms)
     }
 
-    /// Per-member database deadline of a metrics scrape.
+    /// Per-member deadline of a database metrics collection.
     pub fn metrics_timeout(&self) -> Duration {
         Duration::from_millis(self.metrics_timeout_ms)
+    }
+
+    /// `metrics_interval_ms` as a duration.
+    pub fn metrics_interval(&self) -> Duration {
+        Duration::from_millis(self.metrics_interval_ms)
     }
 }
 
@@ -536,6 +554,9 @@ mod tests {
         let e =
             parse("node = \"a\"\nmetrics_timeout_ms = 0\n[[disks]]\npath = \"/d\"\n").unwrap_err();
         assert!(e.to_string().contains("metrics_timeout_ms"), "{e}");
+        let e = parse("node = \"a\"\nmetrics_interval_ms = 10\n[[disks]]\npath = \"/d\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("metrics_interval_ms"), "{e}");
         let e = parse("node = \"a\"\nbackup_nice = 20\n[[disks]]\npath = \"/d\"\n").unwrap_err();
         assert!(e.to_string().contains("backup_nice"), "{e}");
         let e = parse("node = 5\n").unwrap_err();

@@ -15,11 +15,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// Prometheus sends its scrape timeout; a member's deadline stays this far below it.
-const SCRAPE_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
-/// Shortest per-member deadline, whatever the scraper asks.
-const MIN_MEMBER_TIMEOUT: Duration = Duration::from_millis(100);
-
 /// The routes, for the server and for tests.
 pub fn router(exporter: Arc<Exporter>) -> Router {
     Router::new()
@@ -28,25 +23,10 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
         .with_state(exporter)
 }
 
-/// The per-member deadline: the configured one, shortened to fit Prometheus's own scrape
-/// timeout (`X-Prometheus-Scrape-Timeout-Seconds`) when that is shorter.
-fn member_timeout(configured: Duration, headers: &HeaderMap) -> Duration {
-    let scraper = headers
-        .get("x-prometheus-scrape-timeout-seconds")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(|s| Duration::from_secs_f64(s).saturating_sub(SCRAPE_TIMEOUT_MARGIN));
-    match scraper {
-        Some(s) => configured.min(s).max(MIN_MEMBER_TIMEOUT),
-        None => configured,
-    }
-}
-
+/// A scrape renders what was last collected: it never waits on a database.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let timeout = member_timeout(exporter.member_timeout(), &headers);
-    let body = exporter.render(format, timeout).await;
+    let body = exporter.render(format).await;
     if body.is_empty() {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,29 +65,5 @@ pub async fn serve(
         .await
     {
         error!(error = %e, "HTTP server failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_deadline_fits_the_scrapers_timeout() {
-        let mut h = HeaderMap::new();
-        let cfg = Duration::from_secs(2);
-        assert_eq!(member_timeout(cfg, &h), cfg);
-        h.insert(
-            "x-prometheus-scrape-timeout-seconds",
-            "1.5".parse().unwrap(),
-        );
-        assert_eq!(member_timeout(cfg, &h), Duration::from_secs(1));
-        h.insert(
-            "x-prometheus-scrape-timeout-seconds",
-            "0.2".parse().unwrap(),
-        );
-        assert_eq!(member_timeout(cfg, &h), MIN_MEMBER_TIMEOUT);
-        h.insert("x-prometheus-scrape-timeout-seconds", "30".parse().unwrap());
-        assert_eq!(member_timeout(cfg, &h), cfg);
     }
 }

@@ -275,7 +275,8 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
         &fake.endpoint(),
         &net.name,
         4096,
-        "metrics_timeout_ms = 1500",
+        // A long deadline, so that a scrape that waited on a database would be seen waiting.
+        "metrics_timeout_ms = 10000\nmetrics_interval_ms = 1000",
     )?;
     let s = Secrets::generate();
     let db = unique_name("db");
@@ -471,6 +472,25 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     let frozen = db_status.container_id.clone();
     let paused = Command::new("docker").args(["pause", &frozen]).status()?;
     ensure!(paused.success(), "docker pause failed");
+    // Scrapes are served from the last collections: while the frozen member's collection waits
+    // out its 10 s deadline, a scrape still answers at once (with a 3 s client, several times).
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    for _ in 0..3 {
+        let t = quick
+            .get(&metrics_url)
+            .send()
+            .await
+            .context("a scrape while a member is frozen must not wait on its database")?
+            .text()
+            .await?;
+        ensure!(
+            sample(&t, "redis_up", &[&format!("mofang_member=\"{m_c0}\"")]) == Some(1.0),
+            "redis_up of {m_c0} during the freeze"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let r = eventually(
         "frozen member shows down",
         Duration::from_secs(30),

@@ -6,7 +6,7 @@
 use super::cgroup::{self, Mounts, Paths, Stats};
 use super::model::{label, Families, Kind, Labels};
 use super::procfs;
-use crate::runtime::{ContainerInfo, ContainerState};
+use crate::runtime::ContainerInfo;
 use mofang_common::labels;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Tracked {
     /// What the runtime said.
     pub info: ContainerInfo,
-    /// cgroup directories (None while not running).
+    /// cgroup directories (None unless running or paused).
     pub paths: Option<Paths>,
     /// Whether it has its own network namespace (not the host's, which the agent runs in).
     pub own_netns: bool,
@@ -29,8 +29,8 @@ pub struct Tracked {
 impl Tracked {
     /// Resolves what a scrape needs from an inspected container.
     pub fn new(info: ContainerInfo, mounts: &Mounts, host_netns: Option<&str>) -> Self {
-        let running = info.state == ContainerState::Running;
-        let pid = info.pid.filter(|_| running);
+        let live = info.state.has_processes();
+        let pid = info.pid.filter(|_| live);
         let paths = pid.and_then(|p| mounts.paths_of(p));
         let own_netns = match (
             pid.and_then(|p| procfs::net_namespace(&p.to_string())),

@@ -1,6 +1,10 @@
-//! Database scrapes, one per member, each within its own deadline: a slow or hung server turns
-//! into `mysql_up 0` / `redis_up 0` for that member and never holds up the rest of the scrape.
-//! Connections (monitoring account only) are kept between scrapes and dropped on any error.
+//! Database collection, in the background: one task per member asks its server for its
+//! statistics every `metrics_interval_ms`, each time within its own deadline
+//! (`metrics_timeout_ms`), and keeps the last answer with when it came. A scrape renders the
+//! last answers and never waits on a database (cAdvisor's housekeeping model): a slow or hung
+//! server turns into `mysql_up 0` / `redis_up 0` for that member once its collection misses the
+//! deadline, and never holds up the others or the scrape. Connections (monitoring account only)
+//! are kept between collections and dropped on any error.
 
 use super::model::{label, Families, Kind, Labels};
 use super::{mysql, redis};
@@ -8,10 +12,12 @@ use mofang_common::EngineKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// One member to scrape.
-#[derive(Debug, Clone)]
+/// One member to collect.
+#[derive(Clone, PartialEq)]
 pub struct Target {
     /// Engine.
     pub engine: EngineKind,
@@ -25,6 +31,18 @@ pub struct Target {
     pub password: Option<String>,
     /// TLS to the member (its instance has TLS on and it has a certificate).
     pub tls: Option<crate::engine::ClientTls>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("engine", &self.engine)
+            .field("member", &self.member)
+            .field("addr", &self.addr)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 enum Conn {
@@ -61,12 +79,14 @@ impl Pool {
 }
 
 /// What one member's server answered.
+#[derive(Debug)]
 enum Answer {
     Mysql(mysql::Raw),
     Redis(String),
 }
 
-/// What one member's scrape gave.
+/// What one member's collection gave.
+#[derive(Debug)]
 struct Outcome {
     answer: Option<Answer>,
     error: Option<String>,
@@ -141,19 +161,145 @@ async fn scrape_one(pool: &Pool, t: &Target, timeout: Duration) -> Outcome {
     }
 }
 
-/// Scrapes every target concurrently, each within `timeout`, and adds `mysql_up`/`redis_up`
-/// and the per-member scrape duration and success.
-pub async fn scrape_all(pool: &Pool, targets: &[Target], timeout: Duration, out: &mut Families) {
-    let runs = targets.iter().map(|t| async move {
-        let start = Instant::now();
-        let o = scrape_one(pool, t, timeout).await;
-        (t, o, start.elapsed())
-    });
-    for (t, o, took) in futures::future::join_all(runs).await {
-        if let Some(e) = &o.error {
-            debug!(member = %t.member, error = %e, "database scrape failed");
+/// The last collection of one member's database.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// The server's answer, or why there is none.
+    outcome: Arc<Outcome>,
+    /// How long the collection took.
+    took: Duration,
+    /// When it ended.
+    at: Instant,
+}
+
+/// Keeps one collecting task per member and their last answers.
+#[derive(Debug, Default)]
+pub struct Collector {
+    pool: Pool,
+    last: Mutex<HashMap<String, Collected>>,
+    tasks: Mutex<HashMap<String, Task>>,
+}
+
+/// A member's collecting task: its target (changes wake it) and its stop switch.
+#[derive(Debug)]
+struct Task {
+    target: watch::Sender<Target>,
+    stop: CancellationToken,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Collector {
+    /// Starts a task for each new target, hands changed targets (address, password, role
+    /// label, TLS) to theirs (which collect again at once), and stops the tasks, connections and
+    /// answers of members no longer among `targets`.
+    pub fn sync(
+        self: &Arc<Self>,
+        targets: &[Target],
+        interval: Duration,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let names: Vec<&str> = targets.iter().map(|t| t.member.as_str()).collect();
+        {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            tasks.retain(|m, _| names.contains(&m.as_str()));
+            for t in targets {
+                match tasks.get(&t.member) {
+                    Some(task) => {
+                        task.target.send_if_modified(|cur| {
+                            let changed = cur != t;
+                            if changed {
+                                *cur = t.clone();
+                            }
+                            changed
+                        });
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(t.clone());
+                        let stop = shutdown.child_token();
+                        tokio::spawn(self.clone().collect_member(
+                            rx,
+                            interval,
+                            timeout,
+                            stop.clone(),
+                        ));
+                        tasks.insert(t.member.clone(), Task { target: tx, stop });
+                    }
+                }
+            }
         }
-        let up = if o.answer.is_some() { 1.0 } else { 0.0 };
+        self.pool.retain(&names);
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m, _| names.contains(&m.as_str()));
+    }
+
+    /// One member's loop: collect, keep the answer, wait for the next tick or a new target.
+    async fn collect_member(
+        self: Arc<Self>,
+        mut target: watch::Receiver<Target>,
+        interval: Duration,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let t = target.borrow_and_update().clone();
+            let start = Instant::now();
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                o = scrape_one(&self.pool, &t, timeout) => o,
+            };
+            if let Some(e) = &outcome.error {
+                debug!(member = %t.member, error = %e, "database collection failed");
+            }
+            let c = Collected {
+                outcome: Arc::new(outcome),
+                took: start.elapsed(),
+                at: Instant::now(),
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            self.last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(t.member.clone(), c);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                r = target.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// The last answers of `targets`' members, for one scrape.
+    pub fn last(&self, targets: &[Target]) -> Vec<Option<Collected>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        targets
+            .iter()
+            .map(|t| last.get(&t.member).cloned())
+            .collect()
+    }
+}
+
+/// Renders the last collection of each target (`collected[i]` is `targets[i]`'s): `mysql_up` /
+/// `redis_up`, the collection's duration, success and age, and the server's statistics. A
+/// member not collected yet (its task just started) renders nothing: absent is not down.
+pub fn render(
+    targets: &[Target],
+    collected: &[Option<Collected>],
+    now: Instant,
+    out: &mut Families,
+) {
+    for (t, c) in targets.iter().zip(collected) {
+        let Some(c) = c else { continue };
+        let up = if c.outcome.answer.is_some() { 1.0 } else { 0.0 };
         match t.engine {
             EngineKind::Mariadb => out.add(
                 "mysql_up",
@@ -174,25 +320,232 @@ pub async fn scrape_all(pool: &Pool, targets: &[Target], timeout: Duration, out:
         l.push(label("engine", t.engine.as_str()));
         out.add(
             "mofang_db_scrape_duration_seconds",
-            "How long the last scrape of the member's database took.",
+            "How long the last collection of the member's database took.",
             Kind::Gauge,
             l.clone(),
-            took.as_secs_f64(),
+            c.took.as_secs_f64(),
         );
         out.add(
             "mofang_db_scrape_success",
-            "1 if the last scrape of the member's database succeeded within its deadline.",
+            "1 if the last collection of the member's database succeeded within its deadline.",
             Kind::Gauge,
             l,
             up,
         );
+        let mut s = t.labels.clone();
+        s.push(label("source", "database"));
+        out.add(
+            "mofang_agent_collect_duration_seconds",
+            "How long the last collection from the source took.",
+            Kind::Gauge,
+            s.clone(),
+            c.took.as_secs_f64(),
+        );
+        out.add(
+            "mofang_agent_collect_age_seconds",
+            "Seconds since the source's values served here were collected.",
+            Kind::Gauge,
+            s,
+            now.saturating_duration_since(c.at).as_secs_f64(),
+        );
         // Turned into samples one member after the other, straight into `out`: the second
         // member's families already exist and only get samples.
         let base = Arc::new(t.labels.clone());
-        match &o.answer {
+        match &c.outcome.answer {
             Some(Answer::Mysql(raw)) => mysql::families(raw, &base, out),
             Some(Answer::Redis(info)) => redis::families(info, &base, out),
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{encode, Format};
+
+    fn target(engine: EngineKind, member: &str, addr: Option<(String, u16)>) -> Target {
+        Target {
+            engine,
+            labels: vec![label("mofang_member", member), label("role", "primary")],
+            member: member.into(),
+            addr,
+            password: Some("monitor-secret".into()),
+            tls: None,
+        }
+    }
+
+    fn collected(answer: Option<Answer>, error: Option<&str>, age: Duration) -> Collected {
+        Collected {
+            outcome: Arc::new(Outcome {
+                answer,
+                error: error.map(str::to_owned),
+            }),
+            took: Duration::from_millis(7),
+            at: Instant::now() - age,
+        }
+    }
+
+    fn text(out: Families) -> String {
+        encode(out, Format::Text).expect("encodes")
+    }
+
+    fn value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn a_scrape_renders_each_members_last_collection_with_its_age() {
+        let targets = [
+            target(EngineKind::Mariadb, "db-0", Some(("10.0.0.2".into(), 3306))),
+            target(EngineKind::Redis, "kv-0", Some(("10.0.0.3".into(), 6379))),
+            target(EngineKind::Redis, "kv-1", None),
+        ];
+        let raw = mysql::Raw {
+            status: vec![("Threads_connected".into(), "4".into())],
+            ..Default::default()
+        };
+        let last = [
+            Some(collected(
+                Some(Answer::Mysql(raw)),
+                None,
+                Duration::from_secs(3),
+            )),
+            Some(collected(None, Some("no answer within 2s"), Duration::ZERO)),
+            // kv-1's task has not finished its first collection: nothing, not "down".
+            None,
+        ];
+        let mut out = Families::default();
+        render(&targets, &last, Instant::now(), &mut out);
+        let t = text(out);
+        assert_eq!(
+            value(&t, "mysql_up{mofang_member=\"db-0\""),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(
+                &t,
+                "mysql_global_status_threads_connected{mofang_member=\"db-0\""
+            ),
+            Some(4.0),
+            "{t}"
+        );
+        assert_eq!(
+            value(&t, "redis_up{mofang_member=\"kv-0\""),
+            Some(0.0),
+            "{t}"
+        );
+        assert!(
+            !t.contains("kv-1"),
+            "a member not collected yet renders nothing: {t}"
+        );
+        let age = value(
+            &t,
+            "mofang_agent_collect_age_seconds{mofang_member=\"db-0\",role=\"primary\",source=\"database\"}",
+        )
+        .expect("db-0's age");
+        assert!((3.0..4.0).contains(&age), "age {age}");
+        assert!(!t.contains("monitor-secret"), "no password in the output");
+    }
+
+    /// A server that accepts connections and never answers (a frozen container).
+    async fn silent_server() -> (tokio::net::TcpListener, (String, u16)) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let port = l.local_addr().expect("has an address").port();
+        (l, ("127.0.0.1".into(), port))
+    }
+
+    async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..500 {
+            if let Some(v) = f() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached within 5 s");
+    }
+
+    #[tokio::test]
+    async fn collections_run_in_the_background_and_follow_the_member_list() {
+        let (_listener, addr) = silent_server().await;
+        let hung = target(EngineKind::Redis, "kv-0", Some(addr));
+        let absent = target(EngineKind::Mariadb, "db-0", None);
+        let c = Arc::new(Collector::default());
+        let shutdown = CancellationToken::new();
+        let targets = [hung.clone(), absent.clone()];
+        c.sync(
+            &targets,
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            &shutdown,
+        );
+        // Reading the last answers never waits on the hung server.
+        let first = c.last(&targets);
+        assert!(
+            first[0].is_none(),
+            "the hung member's first collection is still running"
+        );
+        // The member without a container is down at once; the hung one once its deadline passed.
+        let down = wait_for(|| {
+            let l = c.last(&targets);
+            match (&l[0], &l[1]) {
+                (Some(a), Some(b)) => Some((a.clone(), b.clone())),
+                _ => None,
+            }
+        })
+        .await;
+        assert!(down.0.outcome.answer.is_none());
+        assert!(
+            down.0.took >= Duration::from_millis(300),
+            "{:?}",
+            down.0.took
+        );
+        assert!(down.1.outcome.answer.is_none());
+        // A member that leaves takes its task and its answer with it.
+        c.sync(
+            &targets[1..],
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            &shutdown,
+        );
+        assert!(c.last(&targets[..1])[0].is_none());
+        assert!(c.tasks.lock().expect("lock").len() == 1);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_changed_target_is_collected_again_at_once() {
+        let (_listener, addr) = silent_server().await;
+        let c = Arc::new(Collector::default());
+        let shutdown = CancellationToken::new();
+        let before = target(EngineKind::Redis, "kv-0", None);
+        // An hour between collections: only a change of target can bring the next one.
+        c.sync(
+            std::slice::from_ref(&before),
+            Duration::from_secs(3600),
+            Duration::from_millis(100),
+            &shutdown,
+        );
+        let first = wait_for(|| c.last(std::slice::from_ref(&before))[0].clone()).await;
+        let after = target(EngineKind::Redis, "kv-0", Some(addr));
+        c.sync(
+            std::slice::from_ref(&after),
+            Duration::from_secs(3600),
+            Duration::from_millis(100),
+            &shutdown,
+        );
+        wait_for(|| {
+            c.last(std::slice::from_ref(&after))[0]
+                .clone()
+                .filter(|l| l.at > first.at)
+        })
+        .await;
+        shutdown.cancel();
     }
 }

@@ -1,8 +1,11 @@
 //! The agent's Prometheus metrics: in one scrape, container metrics under cAdvisor's names
 //! (from cgroup files), host metrics under node_exporter's names (from `/proc` and statvfs),
 //! database metrics under mysqld_exporter's and redis_exporter's names (over the wire, as the
-//! monitoring account), and the agent's own. Everything is gathered when scraped; samples carry
-//! no timestamps (https://prometheus.io/docs/instrumenting/writing_exporters/).
+//! monitoring account), and the agent's own. Databases are collected in the background
+//! ([`db::Collector`], every `metrics_interval_ms`) and a scrape renders their last answers with
+//! their age, so it never waits on a database; cgroup and `/proc` files are read when scraped
+//! (local reads, no network). Samples carry no timestamps
+//! (https://prometheus.io/docs/instrumenting/writing_exporters/): the age is a gauge of its own.
 
 pub mod cgroup;
 pub mod container;
@@ -15,7 +18,7 @@ pub mod redis;
 use crate::config::{AgentConfig, NetworkMode};
 use crate::engine::Secrets;
 use crate::reconcile::{Statuses, STOPPED};
-use crate::runtime::{ContainerRuntime, ContainerState};
+use crate::runtime::ContainerRuntime;
 use crate::state::LocalState;
 use crate::volume::VolumeManager;
 use container::{DeviceNames, Tracked, VolumeFs};
@@ -91,7 +94,7 @@ pub struct Exporter {
     host_netns: Option<String>,
     inventory: RwLock<Arc<Vec<Tracked>>>,
     refresh: Notify,
-    pool: db::Pool,
+    collector: Arc<db::Collector>,
     devices: DeviceNames,
     disks: Vec<DiskInfo>,
 }
@@ -123,7 +126,7 @@ impl Exporter {
             host_netns: procfs::net_namespace("self"),
             inventory: RwLock::default(),
             refresh: Notify::new(),
-            pool: db::Pool::default(),
+            collector: Arc::default(),
             devices: DeviceNames::default(),
             disks,
         })
@@ -212,7 +215,7 @@ impl Exporter {
                     .unwrap_or_else(|| a.role.clone());
                 let running = by_member
                     .get(a.member.as_str())
-                    .filter(|t| t.info.state == ContainerState::Running);
+                    .filter(|t| t.info.state.has_processes());
                 let addr = running.and_then(|t| match self.src.cfg.network_mode() {
                     NetworkMode::Host => self
                         .src
@@ -525,19 +528,33 @@ impl Exporter {
         }
     }
 
-    /// Gathers everything once. `timeout` bounds each member's database scrape.
-    pub async fn gather(self: &Arc<Self>, timeout: Duration) -> Families {
+    /// Keeps one database collector per member of this node until shutdown: the member list
+    /// is looked at again every second and on container events (the inventory's refresh).
+    pub async fn run_collectors(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = self.src.cfg.metrics_interval();
+        let timeout = self.src.cfg.metrics_timeout();
+        loop {
+            let targets = self.db_targets(&self.inventory());
+            self.collector.sync(&targets, interval, timeout, &shutdown);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Gathers everything once: files read now, databases as last collected.
+    pub async fn gather(self: &Arc<Self>) -> Families {
         self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         let inventory = self.inventory();
         let targets = self.db_targets(&inventory);
-        let names: Vec<&str> = targets.iter().map(|t| t.member.as_str()).collect();
-        self.pool.retain(&names);
+        let collected = self.collector.last(&targets);
 
-        // cgroup and /proc reads are blocking file I/O: off the async threads, in parallel
-        // with the database round trips.
+        // cgroup and /proc reads are blocking file I/O: off the async threads.
         let me = self.clone();
         let inv = inventory.clone();
         let files = tokio::task::spawn_blocking(move || {
+            let start = std::time::Instant::now();
             let statuses = me
                 .src
                 .statuses
@@ -547,7 +564,7 @@ impl Exporter {
             let mut readings = Vec::with_capacity(inv.len());
             let mut gone = false;
             for t in inv.iter() {
-                if t.info.state != ContainerState::Running {
+                if !t.info.state.has_processes() {
                     continue;
                 }
                 let volume = t.member().and_then(|m| {
@@ -566,10 +583,22 @@ impl Exporter {
             let mut out = Families::default();
             container::families(&readings, &me.devices, &mut out);
             me.host_families(&mut out);
+            out.add(
+                "mofang_agent_collect_duration_seconds",
+                "How long the last collection from the source took.",
+                Kind::Gauge,
+                vec![label("source", "files")],
+                start.elapsed().as_secs_f64(),
+            );
+            out.add(
+                "mofang_agent_collect_age_seconds",
+                "Seconds since the source's values served here were collected.",
+                Kind::Gauge,
+                vec![label("source", "files")],
+                0.0,
+            );
             (out, gone)
         });
-        let mut dbs = Families::default();
-        db::scrape_all(&self.pool, &targets, timeout, &mut dbs).await;
         let mut out = match files.await {
             Ok((f, gone)) => {
                 if gone {
@@ -582,14 +611,14 @@ impl Exporter {
                 Families::default()
             }
         };
-        out.extend(dbs);
+        db::render(&targets, &collected, std::time::Instant::now(), &mut out);
         self.agent_families(&mut out);
         out
     }
 
     /// Gathers and encodes in `format`.
-    pub async fn render(self: &Arc<Self>, format: Format, timeout: Duration) -> String {
-        let families = self.gather(timeout).await;
+    pub async fn render(self: &Arc<Self>, format: Format) -> String {
+        let families = self.gather().await;
         match model::encode(families, format) {
             Ok(s) => s,
             Err(e) => {
@@ -597,10 +626,5 @@ impl Exporter {
                 String::new()
             }
         }
-    }
-
-    /// The configured per-member database timeout.
-    pub fn member_timeout(&self) -> Duration {
-        self.src.cfg.metrics_timeout()
     }
 }

@@ -101,6 +101,14 @@ pub enum ContainerState {
     Other,
 }
 
+impl ContainerState {
+    /// Its processes exist (running or frozen): it has cgroup files, memory in use and an
+    /// address. Metrics keep reporting a paused container, as cAdvisor does.
+    pub fn has_processes(self) -> bool {
+        matches!(self, ContainerState::Running | ContainerState::Paused)
+    }
+}
+
 /// What the agent knows of a container after an inspect or list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerInfo {
