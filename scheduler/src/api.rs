@@ -64,6 +64,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (a 503 the client should retry).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -72,6 +74,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -84,7 +87,12 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -96,6 +104,14 @@ impl From<cluster::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
             }
             E::Unplaceable(_) => ApiError::new(StatusCode::CONFLICT, "unplaceable", e.to_string()),
+            E::WarmingUp { retry_after, .. } => ApiError {
+                retry_after: Some(cluster::retry_after_secs(*retry_after)),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "leader_warming_up",
+                    e.to_string(),
+                )
+            },
             E::AlreadyExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
@@ -272,7 +288,8 @@ async fn uncordon_node(
 }
 
 #[utoipa::path(post, path = "/v1/instances", request_body = InstanceSpec,
-    responses((status = 201, body = InstanceView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = InstanceView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, description = "a new leader has not heard from the nodes the placement needs yet (`leader_warming_up`, with Retry-After), or the store failed", body = ErrorBody)))]
 async fn create_instance(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,
@@ -1830,6 +1847,29 @@ mod tests {
             tokens: Arc::new(Tokens::from_config(&[])),
             sealed: None,
         }
+    }
+
+    /// A create refused while a new leader warms up (decision 134): 503 with Retry-After in
+    /// whole seconds (rounded up) and the JSON error naming the nodes not heard from.
+    #[tokio::test]
+    async fn a_leader_warming_up_answers_503_with_retry_after() {
+        let e = cluster::Error::WarmingUp {
+            unheard: vec!["node-a".into(), "node-b".into()],
+            retry_after: std::time::Duration::from_millis(1200),
+        };
+        let res = ApiError::from(e).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["error"]["code"], "leader_warming_up");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("node(s) node-a, node-b") && message.contains("retry in 2s"),
+            "{message}"
+        );
     }
 
     /// A request refused before its handler (no token) still has its body read to the end, so

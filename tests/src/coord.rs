@@ -265,6 +265,30 @@ impl ConsulProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("consul.log")).unwrap_or_default()
     }
+
+    /// What `consul kv export` (the operator's tool) writes for `prefix`: every key under it
+    /// with its value decoded, in key order. Plain HTTP only.
+    pub fn kv_export(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        let out = Command::new("consul")
+            .args(["kv", "export", &format!("-http-addr={}", self.http), prefix])
+            .output()
+            .context("consul kv export (installed by scripts/setup?)")?;
+        if !out.status.success() {
+            bail!("consul kv export: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        let mut kvs = Vec::with_capacity(entries.len());
+        for e in entries {
+            let key = e["key"].as_str().unwrap_or_default().to_owned();
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(e["value"].as_str().unwrap_or_default())
+                .with_context(|| format!("the value of {key}"))?;
+            kvs.push((key, value));
+        }
+        kvs.sort();
+        Ok(kvs)
+    }
 }
 
 impl Drop for ConsulProcess {

@@ -5,13 +5,14 @@
 //! Consul must follow a failover.
 
 use anyhow::{bail, Context, Result};
-use mofang_tests::cluster::{AgentProcess, SchedulerProcess, TestNetwork, Timings};
+use mofang_tests::cluster::{binaries, AgentProcess, SchedulerProcess, TestNetwork, Timings};
 use mofang_tests::coord::{ConsulProcess, EtcdProcess};
 use mofang_tests::pki::TestPki;
 use mofang_tests::scenario::{container_of, docker_cli, spec};
 use mofang_tests::{docker, eventually, unique_name};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,31 @@ const TOKEN: &str = "ha-test-admin-token-0123456789";
 
 struct Ha {
     scheds: Vec<SchedulerProcess>,
+    /// The root keyring file each scheduler reads (`keyring_file`).
+    keyrings: Vec<PathBuf>,
     _agents: Vec<AgentProcess>,
     _net: Option<TestNetwork>,
     http: reqwest::Client,
+}
+
+/// The store section for a Consul at `consul` (keys under `prefix`, session TTL 10 s,
+/// lock-delay 1 s).
+fn consul_store(consul: &ConsulProcess, prefix: &str) -> String {
+    format!(
+        "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\n\
+         session_ttl_secs = 10\nlock_delay_ms = 1000\n",
+        consul.http
+    )
+}
+
+/// The store section for an etcd at `etcd` (a prefix of its own, lease TTL `ttl` s).
+fn etcd_store(etcd: &EtcdProcess, ttl: u32) -> String {
+    let prefix = unique_name("mofang");
+    format!(
+        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\n\
+         lease_ttl_secs = {ttl}\n",
+        etcd.endpoint
+    )
 }
 
 fn scheduler_config(store: &str) -> String {
@@ -31,23 +54,47 @@ fn scheduler_config(store: &str) -> String {
     )
 }
 
-/// Three schedulers on `store` with one root keyring, as an operator copies it
-/// (docs/secrets.md): the first creates it, the others are given that file.
-/// Three schedulers on `store` with one root keyring and one CA (`pki`).
-fn three_schedulers(store: &str, pki: &Arc<TestPki>) -> Result<Vec<SchedulerProcess>> {
+/// A copy (mode 0600 kept) of the root keyring file `from`, as an operator gives it to
+/// another scheduler (docs/secrets.md): `to`, or a new file next to `from`.
+fn copy_keyring(from: &std::path::Path, to: Option<&std::path::Path>) -> Result<PathBuf> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let to = match to {
+        Some(t) => t.to_owned(),
+        None => from.with_file_name(format!(
+            "keyring-copy-{}.json",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )),
+    };
+    std::fs::copy(from, &to).with_context(|| format!("copy {}", from.display()))?;
+    Ok(to)
+}
+
+/// Three schedulers on `store` with one CA (`pki`) and one root keyring, as an operator
+/// installs them (docs/secrets.md): the first creates the file, each other one is given a
+/// copy of its own. Returns them with the keyring file each one reads.
+fn three_schedulers(
+    store: &str,
+    pki: &Arc<TestPki>,
+) -> Result<(Vec<SchedulerProcess>, Vec<PathBuf>)> {
     let mut scheds: Vec<SchedulerProcess> = Vec::new();
+    let mut keyrings = Vec::new();
     for _ in 0..3 {
-        let keyring = scheds
-            .first()
-            .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
+        let keyring = match scheds.first() {
+            Some(s) => Some(copy_keyring(&s.keyring_file(), None)?),
+            None => None,
+        };
+        let line = keyring
+            .as_ref()
+            .map(|k| format!("keyring_file = \"{}\"\n", k.display()))
             .unwrap_or_default();
         scheds.push(SchedulerProcess::start_with_pki(
-            &format!("{keyring}{}", scheduler_config(store)),
+            &format!("{line}{}", scheduler_config(store)),
             &Timings::FAST,
             Some(pki.clone()),
         )?);
+        keyrings.push(keyring.unwrap_or_else(|| scheds[0].keyring_file()));
     }
-    Ok(scheds)
+    Ok((scheds, keyrings))
 }
 
 impl Ha {
@@ -58,7 +105,7 @@ impl Ha {
         let net = TestNetwork::create(&unique_name("net"))?;
         // One CA for the three schedulers.
         let pki = TestPki::new()?;
-        let scheds = three_schedulers(store, &pki)?;
+        let (scheds, keyrings) = three_schedulers(store, &pki)?;
         let endpoints: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
         let mut agents = Vec::new();
         for z in ["a", "b", "c"] {
@@ -80,6 +127,7 @@ impl Ha {
         }
         Ok(Ha {
             scheds,
+            keyrings,
             _agents: agents,
             _net: Some(net),
             http: pki.http_client(Some(Duration::from_secs(10)))?,
@@ -89,9 +137,10 @@ impl Ha {
     /// Three schedulers on `store` (one CA), no agents.
     fn schedulers_only(store: &str) -> Result<Ha> {
         let pki = TestPki::new()?;
-        let scheds = three_schedulers(store, &pki)?;
+        let (scheds, keyrings) = three_schedulers(store, &pki)?;
         Ok(Ha {
             scheds,
+            keyrings,
             _agents: Vec::new(),
             _net: None,
             http: pki.http_client(Some(Duration::from_secs(10)))?,
@@ -329,23 +378,17 @@ async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_leader_killed_under_traffic_loses_nothing() -> Result<()> {
     let consul = ConsulProcess::start().await?;
-    let prefix = unique_name("mofang");
-    leader_killed_under_traffic(format!(
-        "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n",
-        consul.http
-    ), Some(&consul.http))
+    leader_killed_under_traffic(
+        consul_store(&consul, &unique_name("mofang")),
+        Some(&consul.http),
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_leader_killed_under_traffic_loses_nothing() -> Result<()> {
     let etcd = EtcdProcess::start().await?;
-    let prefix = unique_name("mofang");
-    leader_killed_under_traffic(format!(
-        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
-        etcd.endpoint
-    ), None)
-    .await
+    leader_killed_under_traffic(etcd_store(&etcd, 2), None).await
 }
 
 /// failover.md defect 7: the leader killed and started again at once on the same address (as
@@ -372,41 +415,23 @@ async fn leader_restarted_at_once(store: String) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_leader_restarted_at_once_is_replaced_within_the_ttl() -> Result<()> {
     let consul = ConsulProcess::start().await?;
-    let prefix = unique_name("mofang");
-    leader_restarted_at_once(format!(
-        "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}/\"\nsession_ttl_secs = 10\nlock_delay_ms = 1000\n",
-        consul.http
-    ))
-    .await
+    leader_restarted_at_once(consul_store(&consul, &unique_name("mofang"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_leader_restarted_at_once_is_replaced_within_the_ttl() -> Result<()> {
     let etcd = EtcdProcess::start().await?;
-    let prefix = unique_name("mofang");
-    leader_restarted_at_once(format!(
-        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 10\n",
-        etcd.endpoint
-    ))
-    .await
+    leader_restarted_at_once(etcd_store(&etcd, 10)).await
 }
 
-/// A leader change and member certificates (issue 15, open point 4), on etcd: a TLS instance
-/// created under a first leader; that leader killed, the next one (holding the CA key too)
-/// signs the certificates of a second TLS instance's members; then a scheduler without the
-/// CA key takes over: it says so when it starts leading (a WARN in its log and a
+/// A leader change and member certificates (issue 15, open point 4): a TLS instance created
+/// under a first leader; that leader killed, the next one (holding the CA key too) signs the
+/// certificates of a second TLS instance's members; then a scheduler without the CA key
+/// takes over: it says so when it starts leading (a WARN in its log and a
 /// `tls_signing_unavailable` event naming the instances with TLS), and a create with TLS is
-/// refused with 422 `tls_unavailable`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader_says_why(
-) -> Result<()> {
+/// refused with 422 `tls_unavailable`. Run on Consul and on etcd.
+async fn member_certificates_after_a_leader_change(store: String) -> Result<()> {
     let _ = docker().await;
-    let etcd = EtcdProcess::start().await?;
-    let prefix = unique_name("mofang");
-    let store = format!(
-        "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}/\"\nlease_ttl_secs = 2\n",
-        etcd.endpoint
-    );
     let net = TestNetwork::create(&unique_name("net"))?;
     let pki = TestPki::new()?;
     let start = |keyring: Option<std::path::PathBuf>, tls: Option<String>| {
@@ -425,13 +450,16 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
     };
     let mut ha = Ha {
         scheds: vec![start(None, None)?],
+        keyrings: Vec::new(),
         _agents: Vec::new(),
         _net: None,
         http: pki.http_client(Some(Duration::from_secs(10)))?,
     };
     ensure_eq(ha.leader(None).await?, 0, "the first scheduler leads")?;
     let keyring = ha.scheds[0].keyring_file();
-    ha.scheds.push(start(Some(keyring.clone()), None)?);
+    ha.keyrings.push(keyring.clone());
+    ha.keyrings.push(copy_keyring(&keyring, None)?);
+    ha.scheds.push(start(Some(ha.keyrings[1].clone()), None)?);
     let endpoints: Vec<String> = ha.scheds.iter().map(|s| s.grpc.clone()).collect();
     let mut agents = Vec::new();
     for z in ["a", "b"] {
@@ -477,7 +505,7 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
     ha.scheds[0].kill9()?;
     ensure_eq(ha.leader(Some(0)).await?, 1, "the second scheduler leads")?;
     // A new leader knows a node is up only from its own heartbeats: before the agents have
-    // reached it, placement finds every node down (409 unplaceable).
+    // reached it, a create is asked to retry (503 leader_warming_up, decision 134).
     eventually(
         "nodes ready under the new leader",
         Duration::from_secs(30),
@@ -517,7 +545,9 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
         .filter(|l| !l.starts_with("ca_key_file"))
         .map(|l| format!("{l}\n"))
         .collect();
-    ha.scheds.push(start(Some(keyring), Some(no_key))?);
+    ha.keyrings.push(copy_keyring(&keyring, None)?);
+    ha.scheds
+        .push(start(Some(ha.keyrings[2].clone()), Some(no_key))?);
     ha.scheds[1].kill9()?;
     let skip_dead = eventually(
         "the scheduler without the CA key leads",
@@ -578,6 +608,241 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
         s == reqwest::StatusCode::UNPROCESSABLE_ENTITY && v["error"]["code"] == "tls_unavailable",
         "create with TLS under a leader without the CA key: {s} {v}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_member_certificates_after_a_leader_change_are_signed_or_the_leader_says_why(
+) -> Result<()> {
+    let consul = ConsulProcess::start().await?;
+    member_certificates_after_a_leader_change(consul_store(&consul, &unique_name("mofang"))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader_says_why(
+) -> Result<()> {
+    let etcd = EtcdProcess::start().await?;
+    member_certificates_after_a_leader_change(etcd_store(&etcd, 2)).await
+}
+
+/// The accounts of a Redis instance and their users (docs/api.md).
+const ACCOUNTS: [(&str, &str); 4] = [
+    ("admin", "mofang_admin"),
+    ("repl", "mofang_repl"),
+    ("monitor", "mofang_monitor"),
+    ("app", "app"),
+];
+
+/// The instance's credentials as `GET /v1/instances/{name}/credentials` gives them, after
+/// checking that its Redis member accepts each of them.
+async fn credentials_accepted(ha: &Ha, via: usize, name: &str) -> Result<Value> {
+    let inst = ready(ha, via, name).await?;
+    let addr = inst["primary"].as_str().context("primary")?.to_owned();
+    let creds = ha
+        .get(via, &format!("/v1/instances/{name}/credentials"))
+        .await?;
+    for (account, user) in ACCOUNTS {
+        let pw = creds[account].as_str().context("password")?;
+        eventually(
+            "the database accepts the password",
+            Duration::from_secs(30),
+            || async {
+                let client = redis::Client::open(format!("redis://{user}:{pw}@{addr}/"))?;
+                let mut c = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.get_multiplexed_async_connection(),
+                )
+                .await??;
+                let pong: String = redis::cmd("PING").query_async(&mut c).await?;
+                anyhow::ensure!(pong == "PONG", "{user}: PING answered {pong}");
+                Ok(())
+            },
+        )
+        .await
+        .with_context(|| format!("{name}: {account}"))?;
+    }
+    Ok(creds)
+}
+
+/// The passwords of `creds` found in `kvs`, by account.
+fn passwords_in(kvs: &[(String, Vec<u8>)], creds: &Value) -> Vec<String> {
+    ACCOUNTS
+        .iter()
+        .filter_map(|(account, _)| {
+            let pw = creds[*account].as_str().unwrap_or_default().as_bytes();
+            let found = !pw.is_empty()
+                && kvs.iter().any(|(k, v)| {
+                    [k.as_bytes(), v]
+                        .iter()
+                        .any(|b| b.windows(pw.len()).any(|w| w == pw))
+                });
+            found.then(|| (*account).to_owned())
+        })
+        .collect()
+}
+
+/// Root keyring rotation with three schedulers on Consul (decision 114, docs/secrets.md):
+/// `mofang keyring rotate-root` on the leader; the leader is killed before anyone got the
+/// new file: whoever wins the election cannot open the data keyring, resigns (logged) and
+/// nothing in the store changes. The operator copies the file to one follower: it takes
+/// over without a restart, reads every secret (the credentials are those from before and
+/// the database accepts them) and creates a new instance. Consul's KV export holds no
+/// password. The last scheduler, given the file too, leads when that one dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader_changes(
+) -> Result<()> {
+    let consul = ConsulProcess::start().await?;
+    let prefix = format!("{}/", unique_name("mofang"));
+    let mut ha = Ha::start(&consul_store(&consul, &prefix), None).await?;
+    let first = ha.leader(None).await?;
+    eventually("nodes ready", Duration::from_secs(30), || async {
+        let v = ha.get(first, "/v1/nodes").await?;
+        let n = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
+        anyhow::ensure!(n == Some(3), "{v}");
+        Ok(())
+    })
+    .await?;
+    let db = unique_name("rootkr");
+    let (s, v) = ha
+        .call(
+            first,
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(tiny(&db)),
+        )
+        .await?;
+    anyhow::ensure!(s == reqwest::StatusCode::CREATED, "create {db}: {s} {v}");
+    let creds = credentials_accepted(&ha, first, &db).await?;
+
+    // The operator rotates the root key on the leader, with the CLI.
+    let old_file = std::fs::read(&ha.keyrings[first])?;
+    let cli = tokio::process::Command::new(binaries()?.join("mofang"))
+        .args(["keyring", "rotate-root"])
+        .envs(ha.scheds[first].cli_env())
+        .env("MOFANG_TOKEN", TOKEN)
+        .output()
+        .await?;
+    let said = String::from_utf8_lossy(&cli.stdout).into_owned();
+    anyhow::ensure!(cli.status.success(), "mofang keyring rotate-root: {cli:?}");
+    anyhow::ensure!(
+        said.contains("root key 2 seals the data keyring; retired root keys: [1]"),
+        "{said}"
+    );
+    anyhow::ensure!(
+        std::fs::read(&ha.keyrings[first])? != old_file,
+        "the file is rewritten"
+    );
+    let (a, b) = ((first + 1) % 3, (first + 2) % 3);
+    for f in [a, b] {
+        anyhow::ensure!(
+            std::fs::read(&ha.keyrings[f])? == old_file,
+            "{f} has the old file"
+        );
+    }
+
+    // The leader dies before anyone got the new file.
+    ha.scheds[first].kill9()?;
+    let leader_key = format!("{prefix}leader");
+    let data = |kvs: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+        kvs.into_iter().filter(|(k, _)| *k != leader_key).collect()
+    };
+    let before = data(consul.kv_export(&prefix)?);
+    const RESIGNED: &str = "won the election but cannot open the store's keyring; resigning";
+    eventually(
+        "a follower without the new file wins and resigns",
+        Duration::from_secs(30),
+        || async {
+            anyhow::ensure!(
+                [a, b]
+                    .iter()
+                    .any(|&f| ha.scheds[f].log().contains(RESIGNED)),
+                "no resignation logged yet"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    for f in [a, b] {
+        let h: Value = ha
+            .http
+            .get(format!("{}/v1/health", ha.scheds[f].rest))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(h["leader"] == false, "{f} leads without the file: {h}");
+    }
+    anyhow::ensure!(
+        data(consul.kv_export(&prefix)?) == before,
+        "the store changed while schedulers without the new file won the election"
+    );
+
+    // The operator copies the file to one follower: it leads, without a restart.
+    copy_keyring(&ha.keyrings[first], Some(&ha.keyrings[a]))?;
+    ensure_eq(
+        ha.leader(Some(first)).await?,
+        a,
+        "the scheduler given the file leads",
+    )?;
+    let after = credentials_accepted(&ha, a, &db).await?;
+    anyhow::ensure!(after == creds, "credentials changed: {after} != {creds}");
+    // A create at once: before the agents have reached the new leader it is asked to retry
+    // (503 `leader_warming_up` with Retry-After, decision 134), never refused 409.
+    let db2 = unique_name("rootkr");
+    let mut warming = 0;
+    loop {
+        let r = ha
+            .http
+            .post(format!("{}/v1/instances", ha.scheds[a].rest))
+            .bearer_auth(TOKEN)
+            .json(&tiny(&db2))
+            .send()
+            .await?;
+        let (s, retry) = (r.status(), r.headers().get("retry-after").cloned());
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if s == reqwest::StatusCode::CREATED {
+            break;
+        }
+        anyhow::ensure!(
+            s == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && v["error"]["code"] == "leader_warming_up"
+                && retry.is_some()
+                && warming < 30,
+            "create {db2} under the new leader: {s} {v}"
+        );
+        warming += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("create under the new leader: {warming} answers leader_warming_up first");
+    let creds2 = credentials_accepted(&ha, a, &db2).await?;
+    let kvs = consul.kv_export(&prefix)?;
+    for c in [&creds, &creds2] {
+        let found = passwords_in(&kvs, c);
+        anyhow::ensure!(
+            found.is_empty(),
+            "passwords in Consul's KV export: {found:?}"
+        );
+    }
+    anyhow::ensure!(
+        passwords_in(
+            &[("k".into(), creds["app"].to_string().into_bytes())],
+            &creds
+        ) == ["app"],
+        "the search finds a password where there is one"
+    );
+
+    // The last scheduler is given the file too, and leads when this one dies.
+    copy_keyring(&ha.keyrings[first], Some(&ha.keyrings[b]))?;
+    ha.scheds[a].kill9()?;
+    ensure_eq(ha.leader(Some(a)).await?, b, "the last scheduler leads")?;
+    for (name, c) in [(&db, &creds), (&db2, &creds2)] {
+        let got = ha
+            .get(b, &format!("/v1/instances/{name}/credentials"))
+            .await?;
+        anyhow::ensure!(got == *c, "{name}: credentials changed: {got} != {c}");
+    }
     Ok(())
 }
 

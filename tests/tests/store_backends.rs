@@ -1176,17 +1176,11 @@ async fn raw_dump(b: &Backend, prefix: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     match b {
         Backend::Consul(c) => {
-            let export = std::process::Command::new("consul")
-                .args(["kv", "export", &format!("-http-addr={}", c.http), prefix])
-                .output()?;
-            ensure!(export.status.success(), "consul kv export: {export:?}");
-            let entries: Vec<Value> = serde_json::from_slice(&export.stdout)?;
+            let entries = c.kv_export(prefix)?;
             ensure!(!entries.is_empty(), "nothing exported under {prefix}");
-            out.extend_from_slice(&export.stdout);
-            for e in entries {
-                out.extend_from_slice(e["key"].as_str().unwrap_or_default().as_bytes());
-                let value = e["value"].as_str().unwrap_or_default();
-                out.extend(base64_decode(value)?);
+            for (key, value) in entries {
+                out.extend_from_slice(key.as_bytes());
+                out.extend(value);
             }
         }
         Backend::Etcd(e) => {
@@ -1199,26 +1193,6 @@ async fn raw_dump(b: &Backend, prefix: &str) -> Result<Vec<u8>> {
                 out.extend_from_slice(kv.key());
                 out.extend_from_slice(kv.value());
             }
-        }
-    }
-    Ok(out)
-}
-
-/// Standard base64 (what `consul kv export` writes), without a dependency for one test.
-fn base64_decode(text: &str) -> Result<Vec<u8>> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let v = ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .with_context(|| format!("not base64: {c}"))?;
-        acc = (acc << 6) | u32::try_from(v)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff)?);
         }
     }
     Ok(out)

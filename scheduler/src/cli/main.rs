@@ -589,6 +589,25 @@ fn parse_grace(v: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{v}' is too long"))
 }
 
+/// The longest the CLI waits in all for a new leader to warm up before it gives its refusal.
+const WARM_UP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long to wait before sending a request again: only after a 503 `leader_warming_up`
+/// (nothing was done: a new leader has not heard from its nodes yet, decision 134), for the
+/// `Retry-After` it gave, and not past [`WARM_UP_PATIENCE`] in all.
+fn warm_up_wait(
+    status: u16,
+    code: &str,
+    retry_after_secs: Option<u64>,
+    waited: Duration,
+) -> Option<Duration> {
+    if status != 503 || code != "leader_warming_up" {
+        return None;
+    }
+    let wait = Duration::from_secs(retry_after_secs.unwrap_or(1).clamp(1, 10));
+    (waited + wait <= WARM_UP_PATIENCE).then_some(wait)
+}
+
 struct Client {
     http: reqwest::Client,
     addr: String,
@@ -611,13 +630,33 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => bail!("{}", tls::explain_send_error(&e, &self.addr, self.has_ca)),
+        let mut waited = Duration::ZERO;
+        let (status, v) = loop {
+            let Some(attempt) = req.try_clone() else {
+                bail!("request to {url} cannot be sent again");
+            };
+            let resp = match attempt.send().await {
+                Ok(r) => r,
+                Err(e) => bail!("{}", tls::explain_send_error(&e, &self.addr, self.has_ca)),
+            };
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<u64>().ok());
+            let text = resp.text().await.context("reading the answer")?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let code = v["error"]["code"].as_str().unwrap_or_default();
+            match warm_up_wait(status.as_u16(), code, retry_after, waited) {
+                Some(wait) => {
+                    eprintln!("the scheduler has just begun to lead and waits to hear from its nodes; retrying in {}s", wait.as_secs());
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                }
+                None => break (status, v),
+            }
         };
-        let status = resp.status();
-        let text = resp.text().await.context("reading the answer")?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
             let code = v["error"]["code"].as_str().unwrap_or("error");
             let msg = v["error"]["message"]
@@ -1961,6 +2000,28 @@ async fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_create_refused_while_the_leader_warms_up_is_sent_again_within_a_bound() {
+        use super::{warm_up_wait, Duration};
+        let s = Duration::from_secs;
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", Some(2), s(0)),
+            Some(s(2))
+        );
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", None, s(0)),
+            Some(s(1))
+        );
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", Some(600), s(0)),
+            Some(s(10))
+        );
+        assert_eq!(warm_up_wait(503, "leader_warming_up", Some(2), s(29)), None);
+        assert_eq!(warm_up_wait(503, "no_leader", Some(2), s(0)), None);
+        assert_eq!(warm_up_wait(409, "unplaceable", None, s(0)), None);
+        assert_eq!(warm_up_wait(201, "", None, s(0)), None);
+    }
+
     use super::{parse_grace, render_instance, render_instance_list, render_parameters};
     use serde_json::json;
 

@@ -3,7 +3,7 @@
 //! itself is pure ([`crate::placement`]); here it meets the reservations.
 
 use super::observed::state_of;
-use super::{Cluster, Inner};
+use super::{Cluster, Error, Inner, Result};
 use crate::model::{Instance, InstanceSpec, MemberRecord, Node};
 use crate::placement::{self, NodeView};
 use mofang_common::Role;
@@ -137,6 +137,41 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Places a new instance: [`Cluster::place`], except that while this scheduler warms
+    /// up as a new leader (decision 134) a refusal that counting the nodes it has not heard
+    /// from yet as up would lift is [`Error::WarmingUp`] ("retry shortly"), not a 409: their
+    /// agents may not have found the new leader yet.
+    pub(super) fn place_new(
+        &self,
+        inner: &Inner,
+        spec: &InstanceSpec,
+    ) -> Result<placement::Placed> {
+        let refused = match self.place(inner, spec) {
+            Ok(placed) => return Ok(placed),
+            Err(e) => e,
+        };
+        let Some(left) = self.warming_up(Instant::now()) else {
+            return Err(refused.into());
+        };
+        let mut views = self.node_views(inner);
+        let mut unheard = Vec::new();
+        for v in &mut views {
+            if !inner.live.contains_key(&v.node.name) {
+                v.state = state_of(true, v.node.admin);
+                unheard.push(v.node.name.clone());
+            }
+        }
+        if unheard.is_empty() || placement::place(spec, &views).is_err() {
+            return Err(refused.into());
+        }
+        Err(Error::WarmingUp {
+            unheard,
+            retry_after: left,
+        })
+    }
+}
+
 /// Adds (or removes) an instance's reservations.
 pub(super) fn reserve(inner: &mut Inner, i: &Instance, add: bool) {
     let r = &i.spec.resources;
@@ -186,8 +221,106 @@ pub(super) fn disk_class_of(
 #[cfg(test)]
 mod tests {
     use super::super::lock;
-    use super::super::testkit::{cluster, node, spec};
+    use super::super::testkit::{cluster, cluster_on, node, spec, three_ssd_nodes};
     use super::*;
+    use crate::store::{sqlite::SqliteStore, Store};
+    use mofang_common::proto::HeartbeatRequest;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A scheduler that begins to lead on `store` (whose nodes another one registered), with
+    /// `node_ttl`, before any agent has reached it.
+    async fn new_leader(store: Arc<dyn Store>, node_ttl: Duration) -> Arc<Cluster> {
+        let c = Cluster::load(store, node_ttl).await.expect("load");
+        c.activate().await.expect("activate");
+        c
+    }
+
+    fn memory_store() -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open_in_memory().expect("in-memory store"))
+    }
+
+    /// Issue 15 rough edge (decision 134): right after a leader change every node looked down
+    /// to the new leader until its agent heartbeated it, so a create was refused 409
+    /// `unplaceable`. Now, while the leader warms up (one node_ttl) and counting the nodes
+    /// it has not heard from as up would place the instance, the answer is "retry" with how
+    /// long; nothing is written; a placement no node could take stays a 409; once the agents
+    /// are heard it places.
+    #[tokio::test]
+    async fn a_new_leader_asks_to_retry_a_create_until_it_has_heard_the_nodes() {
+        let store = memory_store();
+        drop(cluster_on(store.clone(), &three_ssd_nodes()).await);
+        let c = new_leader(store.clone(), Duration::from_secs(30)).await;
+
+        let e = c
+            .create_instance(spec("db", 100, None))
+            .await
+            .expect_err("no node heard yet");
+        match &e {
+            Error::WarmingUp {
+                unheard,
+                retry_after,
+            } => {
+                assert_eq!(unheard, &["a", "b", "c"]);
+                assert!(
+                    *retry_after > Duration::from_secs(25)
+                        && *retry_after <= Duration::from_secs(30),
+                    "{retry_after:?}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("retry in 30s"), "{e}");
+        assert!(
+            store.instances().await.expect("instances").is_empty(),
+            "nothing created"
+        );
+
+        // More disk than any node has: refused for what it is, warm-up or not.
+        let e = c
+            .create_instance(spec("huge", 5000, None))
+            .await
+            .expect_err("too big");
+        assert!(matches!(e, Error::Unplaceable(_)), "{e}");
+
+        // Two agents heard: a third node is still needed (three zones), still "retry".
+        for n in ["a", "b"] {
+            c.heartbeat(HeartbeatRequest {
+                node: n.into(),
+                ..Default::default()
+            });
+        }
+        let e = c
+            .create_instance(spec("db", 100, None))
+            .await
+            .expect_err("c not heard");
+        assert!(
+            matches!(&e, Error::WarmingUp { unheard, .. } if unheard == &["c"]),
+            "{e}"
+        );
+        c.heartbeat(HeartbeatRequest {
+            node: "c".into(),
+            ..Default::default()
+        });
+        c.create_instance(spec("db", 100, None))
+            .await
+            .expect("placed once every agent is heard");
+    }
+
+    /// After one node_ttl of leading, a node never heard from is down like any silent one:
+    /// the create is refused 409 `unplaceable`, as before.
+    #[tokio::test]
+    async fn after_the_warm_up_a_node_never_heard_is_down() {
+        let store = memory_store();
+        drop(cluster_on(store.clone(), &three_ssd_nodes()).await);
+        let c = new_leader(store, Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let e = c
+            .create_instance(spec("db", 100, None))
+            .await
+            .expect_err("every node down");
+        assert!(matches!(e, Error::Unplaceable(_)), "{e}");
+    }
 
     /// Issue 13, point 4: with no class asked for, placement picks a class per node, and the
     /// books and the agent must follow that pick. Before, the books said `ssd` whatever was

@@ -62,6 +62,21 @@ pub enum Error {
     /// No placement exists (409 with the reason per node).
     #[error(transparent)]
     Unplaceable(#[from] placement::Error),
+    /// This scheduler began to lead less than `node_ttl` ago and the placement needs nodes
+    /// it has not heard from yet (503 `leader_warming_up` with Retry-After, decision 134):
+    /// nothing was created.
+    #[error(
+        "this scheduler has just begun to lead and has not heard from node(s) {} yet; \
+         nothing was created: retry in {}s",
+        .unheard.join(", "),
+        retry_after_secs(*.retry_after)
+    )]
+    WarmingUp {
+        /// The nodes not heard from since this scheduler began to lead.
+        unheard: Vec<String>,
+        /// How much longer the warm-up lasts.
+        retry_after: Duration,
+    },
     /// The name is taken (409).
     #[error("instance {0} already exists")]
     AlreadyExists(String),
@@ -229,6 +244,12 @@ pub struct Cluster {
     activated_at: std::sync::Mutex<Option<Instant>>,
 }
 
+/// Whole seconds to wait for `d` (rounded up, at least 1), as a `Retry-After` header says it.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 /// Locks the shared state; a panic while it was held does not stop the scheduler.
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -334,6 +355,13 @@ impl Cluster {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
+    /// How much longer this leader warms up ([`observed::warm_up_left`]); `None` when it
+    /// does not lead or has led for `node_ttl` already.
+    pub(crate) fn warming_up(&self, now: Instant) -> Option<Duration> {
+        let led_for = self.is_active().then(|| self.led_for(now));
+        observed::warm_up_left(led_for, self.node_ttl)
     }
 
     /// Becomes the leader: reloads every record from the shared store (another scheduler

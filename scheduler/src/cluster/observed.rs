@@ -7,7 +7,7 @@ use crate::model::{now_ms, EventKind, Node, NodeAdmin, NodeState};
 use mofang_common::proto::{HeartbeatRequest, MemberStatus};
 use mofang_common::Role;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// What agents told us about a node, in memory only.
@@ -227,6 +227,15 @@ impl Cluster {
     }
 }
 
+/// How much longer a new leader is warming up: it has led for `led_for` (`None`: it does not
+/// lead) and takes a node it has not heard from this term for down only after `node_ttl`, as
+/// it would any node silent that long. Until then a node it never heard is not known to be
+/// down: its agent may simply not have found the new leader yet. `None` once warmed up.
+pub(super) fn warm_up_left(led_for: Option<Duration>, node_ttl: Duration) -> Option<Duration> {
+    let left = node_ttl.checked_sub(led_for?)?;
+    (!left.is_zero()).then_some(left)
+}
+
 /// A node's state from whether it heartbeats and what the operator set.
 pub(super) fn state_of(alive: bool, admin: NodeAdmin) -> NodeState {
     match (alive, admin) {
@@ -246,6 +255,19 @@ mod tests {
     use crate::store::Store;
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn a_new_leader_warms_up_for_one_node_ttl() {
+        let ttl = Duration::from_millis(1500);
+        assert_eq!(warm_up_left(None, ttl), None, "a follower does not warm up");
+        assert_eq!(warm_up_left(Some(Duration::ZERO), ttl), Some(ttl));
+        assert_eq!(
+            warm_up_left(Some(Duration::from_millis(1000)), ttl),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(warm_up_left(Some(ttl), ttl), None);
+        assert_eq!(warm_up_left(Some(Duration::from_secs(60)), ttl), None);
+    }
 
     /// Soak, scheduler `kill -9` during a failover: the new scheduler never saw a replica's
     /// link up, so it knew no lag, found no candidate and brought the held old primary back

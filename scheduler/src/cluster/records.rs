@@ -143,7 +143,7 @@ impl Cluster {
             if inner.instances.contains_key(&spec.name) {
                 return Err(Error::AlreadyExists(spec.name.clone()));
             }
-            let placed = self.place(&inner, &spec)?;
+            let placed = self.place_new(&inner, &spec)?;
             let mut inst = Instance::new(
                 spec.clone(),
                 placed.members,
