@@ -27,7 +27,7 @@ struct Ha {
     http: reqwest::Client,
 }
 
-/// The store section for a Consul at `consul` (keys under `prefix`, session TTL 10 s,
+/// The store section for a Consul at `consul` (keys under `<prefix>/`, session TTL 10 s,
 /// lock-delay 1 s).
 fn consul_store(consul: &ConsulProcess, prefix: &str) -> String {
     format!(
@@ -504,34 +504,10 @@ async fn member_certificates_after_a_leader_change(store: String) -> Result<()> 
     // The leader dies; the other one, holding the CA key too, leads and signs.
     ha.scheds[0].kill9()?;
     ensure_eq(ha.leader(Some(0)).await?, 1, "the second scheduler leads")?;
-    // A new leader knows a node is up only from its own heartbeats: before the agents have
-    // reached it, a create is asked to retry (503 leader_warming_up, decision 134).
-    eventually(
-        "nodes ready under the new leader",
-        Duration::from_secs(30),
-        || async {
-            let v = ha.get(1, "/v1/nodes").await?;
-            let n = v
-                .as_array()
-                .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
-            anyhow::ensure!(n == Some(2), "{v}");
-            Ok(())
-        },
-    )
-    .await?;
+    // A new leader knows a node is up only from its own heartbeats: a create at once is
+    // asked to retry until the agents have reached it (503 leader_warming_up, decision 134).
     let second = unique_name("tlsb");
-    let (s, v) = ha
-        .call(
-            1,
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(with_tls(&second)),
-        )
-        .await?;
-    anyhow::ensure!(
-        s.is_success(),
-        "create {second} under the new leader: {s} {v}"
-    );
+    create_on_a_new_leader(&ha, 1, &with_tls(&second)).await?;
     ready(&ha, 1, &second).await?;
     anyhow::ensure!(
         !ha.scheds[1].log().contains("holds no CA key"),
@@ -692,8 +668,9 @@ fn passwords_in(kvs: &[(String, Vec<u8>)], creds: &Value) -> Vec<String> {
 async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader_changes(
 ) -> Result<()> {
     let consul = ConsulProcess::start().await?;
-    let prefix = format!("{}/", unique_name("mofang"));
-    let mut ha = Ha::start(&consul_store(&consul, &prefix), None).await?;
+    let name = unique_name("mofang");
+    let prefix = format!("{name}/");
+    let mut ha = Ha::start(&consul_store(&consul, &name), None).await?;
     let first = ha.leader(None).await?;
     eventually("nodes ready", Duration::from_secs(30), || async {
         let v = ha.get(first, "/v1/nodes").await?;
@@ -750,20 +727,26 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
     };
     let before = data(consul.kv_export(&prefix)?);
     const RESIGNED: &str = "won the election but cannot open the store's keyring; resigning";
-    eventually(
+    let line = eventually(
         "a follower without the new file wins and resigns",
         Duration::from_secs(30),
         || async {
-            anyhow::ensure!(
-                [a, b]
-                    .iter()
-                    .any(|&f| ha.scheds[f].log().contains(RESIGNED)),
-                "no resignation logged yet"
-            );
-            Ok(())
+            [a, b]
+                .iter()
+                .find_map(|&f| {
+                    let log = ha.scheds[f].log();
+                    log.lines()
+                        .find(|l| l.contains(RESIGNED))
+                        .map(str::to_owned)
+                })
+                .context("no resignation logged yet")
         },
     )
     .await?;
+    anyhow::ensure!(
+        line.contains("ERROR") && line.contains("copy that scheduler's keyring_file here"),
+        "the log says what to do: {line}"
+    );
     for f in [a, b] {
         let h: Value = ha
             .http
@@ -786,36 +769,12 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
         a,
         "the scheduler given the file leads",
     )?;
+    // A create at once: before the agents have reached the new leader it is asked to retry
+    // (503 `leader_warming_up`), never refused 409.
+    let db2 = unique_name("rootkr");
+    create_on_a_new_leader(&ha, a, &tiny(&db2)).await?;
     let after = credentials_accepted(&ha, a, &db).await?;
     anyhow::ensure!(after == creds, "credentials changed: {after} != {creds}");
-    // A create at once: before the agents have reached the new leader it is asked to retry
-    // (503 `leader_warming_up` with Retry-After, decision 134), never refused 409.
-    let db2 = unique_name("rootkr");
-    let mut warming = 0;
-    loop {
-        let r = ha
-            .http
-            .post(format!("{}/v1/instances", ha.scheds[a].rest))
-            .bearer_auth(TOKEN)
-            .json(&tiny(&db2))
-            .send()
-            .await?;
-        let (s, retry) = (r.status(), r.headers().get("retry-after").cloned());
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if s == reqwest::StatusCode::CREATED {
-            break;
-        }
-        anyhow::ensure!(
-            s == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                && v["error"]["code"] == "leader_warming_up"
-                && retry.is_some()
-                && warming < 30,
-            "create {db2} under the new leader: {s} {v}"
-        );
-        warming += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    eprintln!("create under the new leader: {warming} answers leader_warming_up first");
     let creds2 = credentials_accepted(&ha, a, &db2).await?;
     let kvs = consul.kv_export(&prefix)?;
     for c in [&creds, &creds2] {
@@ -844,6 +803,39 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
         anyhow::ensure!(got == *c, "{name}: credentials changed: {got} != {c}");
     }
     Ok(())
+}
+
+/// Creates `spec` through scheduler `via` at once after it began to lead: until the agents
+/// have reached it the answer may be 503 `leader_warming_up` with a `Retry-After` (decision
+/// 134), sent again after half a second; anything else but 201 fails. Returns how many
+/// such answers came first.
+async fn create_on_a_new_leader(ha: &Ha, via: usize, spec: &Value) -> Result<u32> {
+    let mut warming = 0;
+    loop {
+        let r = ha
+            .http
+            .post(format!("{}/v1/instances", ha.scheds[via].rest))
+            .bearer_auth(TOKEN)
+            .json(spec)
+            .send()
+            .await?;
+        let (s, retry) = (r.status(), r.headers().get("retry-after").cloned());
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if s == reqwest::StatusCode::CREATED {
+            eprintln!("create under a new leader: {warming} answers leader_warming_up first");
+            return Ok(warming);
+        }
+        anyhow::ensure!(
+            s == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && v["error"]["code"] == "leader_warming_up"
+                && retry.is_some()
+                && warming < 30,
+            "create {} under a new leader: {s} {v}",
+            spec["name"]
+        );
+        warming += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn ensure_eq(got: usize, want: usize, what: &str) -> Result<()> {

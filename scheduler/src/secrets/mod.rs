@@ -45,10 +45,12 @@ pub enum Error {
     /// The root keyring file cannot be read or created, or is not a keyring.
     #[error("config field `{FIELD}`")]
     File(#[source] sealed::Error),
-    /// The root keyring file does not open the store's data keyring: another cluster's file.
+    /// The root keyring file does not open the store's data keyring: another cluster's
+    /// file, or one from before a root rotation on another scheduler (decision 132).
     #[error(
-        "config field `{FIELD}`: {path} does not open the store's keyring (a file from \
-         another cluster?)"
+        "config field `{FIELD}`: {path} does not open the store's keyring: if the root \
+         keyring was rotated on another scheduler (`mofang keyring rotate-root`), copy that \
+         scheduler's keyring_file here (mode 0600); otherwise it is a file from another cluster"
     )]
     WrongFile {
         /// The configured file.
@@ -584,7 +586,14 @@ mod tests {
         let sqlite: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("mofang.db")).unwrap());
         let e = SealedStore::open(sqlite, &file).await.unwrap_err();
-        assert!(e.to_string().contains("keyring"), "{e}");
+        assert!(matches!(e, Error::WrongFile { .. }) && e.is_config(), "{e}");
+        // It says what to do after a rotation, not only "another cluster" (decision 132).
+        assert!(
+            e.to_string().contains("rotate-root")
+                && e.to_string()
+                    .contains("copy that scheduler's keyring_file here"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
