@@ -122,11 +122,17 @@ impl Env {
         // agents and followers check any scheduler's certificate.
         let pki = crate::pki::TestPki::new()?;
         let mut scheds: Vec<SchedulerProcess> = Vec::new();
-        for _ in 0..3 {
-            let keyring = scheds
-                .first()
-                .map(|s| format!("keyring_file = \"{}\"\n", s.keyring_file().display()))
-                .unwrap_or_default();
+        for n in 0..3 {
+            // Each one its own copy of the first one's file, as an operator installs them:
+            // a shared path would carry a root rotation to all without the copy it needs.
+            let keyring = match scheds.first() {
+                Some(s) => {
+                    let copy = s.keyring_file().with_file_name(format!("keyring-{n}.json"));
+                    std::fs::copy(s.keyring_file(), &copy)?;
+                    format!("keyring_file = \"{}\"\n", copy.display())
+                }
+                None => String::new(),
+            };
             scheds.push(SchedulerProcess::start_with_pki(
                 &format!("{keyring}{config}"),
                 timings,
