@@ -209,6 +209,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
                 .map(|d| d.path.join(".mofang-verify"))
                 .unwrap_or_else(|| cfg.state_dir.join("verify")),
             nice: cfg.backup_nice,
+            tuning: crate::backup::run::Tuning {
+                throttle_mib_s: cfg.backup_throttle_mib_s,
+                ionice_idle: cfg.backup_ionice_idle,
+                zstd_threads: cfg.backup_zstd_threads,
+            },
         },
     );
     let job_runner = tokio::spawn(

@@ -105,6 +105,19 @@ pub struct AgentConfig {
     /// backup takes what CPU is left; 0: the backup competes as an equal (docs/backup.md).
     #[serde(default = "default_backup_nice")]
     pub backup_nice: i32,
+    /// Limit of a MariaDB backup's reads of InnoDB data files, in MiB/s (`mariadb-backup
+    /// --throttle`: I/O operations of 1 MiB per second). 0 (the default): no limit. The
+    /// backup then lasts at least its data size divided by the limit (docs/backup.md).
+    #[serde(default)]
+    pub backup_throttle_mib_s: u32,
+    /// Run mariadb-backup in the idle I/O class (`ionice -c 3`). Only a disk scheduler that
+    /// honours I/O classes (BFQ) acts on it; mq-deadline and none ignore it. Default false.
+    #[serde(default)]
+    pub backup_ionice_idle: bool,
+    /// zstd worker threads of a full backup's compression. 0 (the default): the host's
+    /// cores, at most 4.
+    #[serde(default)]
+    pub backup_zstd_threads: u32,
     /// `[tls]`: how the agent proves its node and checks the scheduler (docs/security.md).
     #[serde(default)]
     pub tls: AgentTlsConfig,
@@ -354,6 +367,18 @@ impl AgentConfig {
         if !(0..=19).contains(&self.backup_nice) {
             return Err(invalid("backup_nice", "must be between 0 and 19"));
         }
+        if self.backup_throttle_mib_s > 100_000 {
+            return Err(invalid(
+                "backup_throttle_mib_s",
+                "must be between 0 (no limit) and 100000",
+            ));
+        }
+        if self.backup_zstd_threads > 64 {
+            return Err(invalid(
+                "backup_zstd_threads",
+                "must be between 0 (the host's cores, at most 4) and 64",
+            ));
+        }
         // Last: a config with other mistakes names those first.
         self.validate_tls()
     }
@@ -559,6 +584,11 @@ mod tests {
         assert!(e.to_string().contains("metrics_interval_ms"), "{e}");
         let e = parse("node = \"a\"\nbackup_nice = 20\n[[disks]]\npath = \"/d\"\n").unwrap_err();
         assert!(e.to_string().contains("backup_nice"), "{e}");
+        for bad in ["backup_throttle_mib_s = 100001", "backup_zstd_threads = 65"] {
+            let e = parse(&format!("node = \"a\"\n{bad}\n[[disks]]\npath = \"/d\"\n")).unwrap_err();
+            let field = bad.split(' ').next().unwrap_or_default();
+            assert!(e.to_string().contains(field), "{e}");
+        }
         let e = parse("node = 5\n").unwrap_err();
         assert!(e.to_string().contains("node"), "{e}");
         // Secrets at rest: the key and the clear config files never inside state_dir.

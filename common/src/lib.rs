@@ -12,6 +12,7 @@ pub mod params;
 pub mod pitr;
 pub mod position;
 pub mod repo;
+pub mod restore_phase;
 pub mod rotation;
 pub mod sealed;
 pub mod signal;

@@ -239,6 +239,10 @@ pub enum ProbeStep {
     List,
     /// Deleting it.
     Delete,
+    /// An encrypting repository only: a second probe object sealed with the key derived
+    /// from the repository key for its path (as every backup object is), read back, checked
+    /// to hold nothing in clear, opened and compared, then deleted.
+    Encrypt,
 }
 
 impl fmt::Display for ProbeStep {
@@ -249,6 +253,7 @@ impl fmt::Display for ProbeStep {
             ProbeStep::Read => "read",
             ProbeStep::List => "list",
             ProbeStep::Delete => "delete",
+            ProbeStep::Encrypt => "encrypt",
         })
     }
 }
@@ -323,8 +328,95 @@ impl Repo {
             .delete(&path)
             .await
             .map_err(|e| fail(ProbeStep::Delete, e.to_string()))?;
+        if let Some(key) = &self.key {
+            self.probe_encrypted(key, host, nonce).await?;
+        }
         Ok(())
     }
+
+    /// The `encrypt` step: `.mofang-probe/<host>-<nonce>.enc`, sealed as a backup object is
+    /// (the key derived for its path, bound to it), written, read back, opened and compared
+    /// ([`open_probe`]), deleted. The object is deleted whatever failed after it was written.
+    async fn probe_encrypted(
+        &self,
+        key: &crate::backup_crypt::RepoKey,
+        host: &str,
+        nonce: &str,
+    ) -> Result<()> {
+        let rel = format!(".mofang-probe/{host}-{nonce}.enc");
+        let path = self.path(&rel);
+        let fail = |message: String| Error::Probe {
+            step: ProbeStep::Encrypt,
+            object: path.to_string(),
+            message,
+        };
+        let body = format!("mofang encrypted probe from {host} {nonce}\n");
+        let sealed = seal_probe(key, &rel, body.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        self.store
+            .put(&path, PutPayload::from(sealed))
+            .await
+            .map_err(|e| fail(format!("writing: {e}")))?;
+        let opened = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|e| format!("reading back: {e}")),
+            Err(e) => Err(format!("reading back: {e}")),
+        }
+        .and_then(|got| open_probe(key, &rel, &got, body.as_bytes()));
+        let deleted = self.store.delete(&path).await;
+        opened.map_err(fail)?;
+        deleted.map_err(|e| fail(format!("deleting: {e}")))
+    }
+}
+
+/// `plain` sealed as a backup object at `rel` is: with the key derived for `rel`, bound to
+/// `rel` (decisions 118, 119).
+fn seal_probe(
+    key: &crate::backup_crypt::RepoKey,
+    rel: &str,
+    plain: &[u8],
+) -> Result<Vec<u8>, crate::backup_crypt::Error> {
+    let mut e = crate::backup_crypt::Encryptor::new(&key.object_key(rel), rel.as_bytes());
+    let mut out = Vec::new();
+    e.update(plain, &mut out)?;
+    e.finish(&mut out)?;
+    Ok(out)
+}
+
+/// Checks the encrypted probe `stored` as read back: it starts with the format's magic,
+/// holds nothing of `plain` in clear, opens with the key derived for `rel` and gives back
+/// `plain`. Why not, otherwise, without quoting the key.
+pub fn open_probe(
+    key: &crate::backup_crypt::RepoKey,
+    rel: &str,
+    stored: &[u8],
+    plain: &[u8],
+) -> Result<(), String> {
+    if !stored.starts_with(crate::backup_crypt::MAGIC) {
+        return Err(format!(
+            "the {} bytes read back do not start as an encrypted object",
+            stored.len()
+        ));
+    }
+    if stored.windows(plain.len().max(1)).any(|w| w == plain) {
+        return Err("the bytes read back hold the probe in clear".into());
+    }
+    let mut d = crate::backup_crypt::Decryptor::new(&key.object_key(rel), rel.as_bytes());
+    let mut out = Vec::new();
+    d.update(stored, &mut out)
+        .and_then(|()| d.finish(&mut out))
+        .map_err(|e| {
+            format!(
+                "the object read back does not open with key {}: {e}",
+                key.id()
+            )
+        })?;
+    if out != plain {
+        return Err(format!(
+            "the object opened to {} bytes that differ from the {} sealed",
+            out.len(),
+            plain.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `spec` and probes it; an open failure is reported as the `open` step.
@@ -389,5 +481,49 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    /// An encrypting repository's probe also seals, reads back, opens and deletes an
+    /// encrypted object and keeps nothing; the check of what was read back refuses bytes in
+    /// clear, altered bytes and another key's object, naming why (never the key itself).
+    #[tokio::test]
+    async fn an_encrypting_repository_probes_an_encrypted_round_trip() {
+        use crate::backup_crypt::RepoKey;
+        let dir = tempfile::tempdir().unwrap();
+        let key = RepoKey::generate();
+        let spec = RepoSpec::Fs {
+            path: dir.path().to_string_lossy().into_owned(),
+            encryption_key: Some(Secret(key.to_text().to_string())),
+        };
+        check(&spec, "node-1", "n3").await.unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(".mofang-probe"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "both probe objects deleted: {left:?}");
+
+        let rel = ".mofang-probe/node-1-n4.enc";
+        let plain = b"mofang encrypted probe from node-1 n4\n";
+        let sealed = seal_probe(&key, rel, plain).unwrap();
+        open_probe(&key, rel, &sealed, plain).unwrap();
+        let e = open_probe(&key, rel, plain, plain).unwrap_err();
+        assert!(e.contains("do not start as an encrypted object"), "{e}");
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let e = open_probe(&key, rel, &altered, plain).unwrap_err();
+        assert!(e.contains("does not open"), "{e}");
+        let other = RepoKey::generate();
+        let e = open_probe(&other, rel, &sealed, plain).unwrap_err();
+        assert!(
+            e.contains("does not open") && e.contains(&other.id()),
+            "{e}"
+        );
+        assert!(!e.contains(key.to_text().as_str()), "the key is not quoted");
+        let e = open_probe(&key, ".mofang-probe/elsewhere.enc", &sealed, plain).unwrap_err();
+        assert!(e.contains("does not open"), "bound to its path: {e}");
+        let mut clear = sealed.clone();
+        clear.extend_from_slice(plain);
+        let e = open_probe(&key, rel, &clear, plain).unwrap_err();
+        assert!(e.contains("in clear"), "{e}");
     }
 }

@@ -1502,7 +1502,7 @@ async fn engines() -> Json<Vec<EngineView>> {
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
         PlacementSpec, Strategy, crate::model::RestoreRequest, crate::backup::schedule::BackupPolicy, crate::backup::schedule::Retention, crate::model::Restored, InstanceView, MemberView, Credentials, CredentialsView, Deleted, Event, AuditEntry,
-        RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow, crate::cluster::RestoreProgress,
+        RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow, crate::cluster::RestoreProgress, crate::cluster::RestorePhaseView,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation, RootRotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
         NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,

@@ -22,7 +22,9 @@ fn s3_repo(s3: &SeaweedFs, name: &str, secret: &str, prefix: &str) -> Value {
 }
 
 /// A good S3 repository is probed by the scheduler and by both agents, then listed without
-/// its secret; one with a wrong secret is refused at the scheduler's `write` step; a directory
+/// its secret; an encrypting one added through the CLI (`--encrypt`, the key from the
+/// environment) is probed with an encrypted round trip everywhere and never shows its key;
+/// one with a wrong secret is refused at the scheduler's `write` step; a directory
 /// repository whose directory is missing is refused at `open`; an agent that does not answer
 /// gets its node named; a deleted repository is gone.
 #[tokio::test(flavor = "multi_thread")]
@@ -73,6 +75,103 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
             .await?;
         ensure!(left.is_empty(), "probe objects left: {left:?}");
     }
+
+    // Encrypting, through the CLI (`backup-repo add --encrypt`), the key from the
+    // environment: the scheduler and both agents also seal, read back and open an encrypted
+    // probe object; the key id is the key's, the key itself shown and logged nowhere; a
+    // malformed key is refused by the CLI's request, naming the field, with nothing kept.
+    let key = mofang_common::backup_crypt::RepoKey::generate();
+    let key_text = key.to_text().to_string();
+    let cli_add = |name: &'static str, key: String| {
+        let env = &env;
+        async move {
+            tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+                .args([
+                    "--json",
+                    "backup-repo",
+                    "add",
+                    name,
+                    "--kind",
+                    "s3",
+                    "--endpoint",
+                    &s3.endpoint,
+                    "--bucket",
+                    &s3.bucket,
+                    "--prefix",
+                    "vault",
+                    "--access-key-id",
+                    &s3.access_key,
+                    "--encrypt",
+                ])
+                .envs(env.sched.cli_env())
+                .env("MOFANG_TOKEN", &env.token)
+                .env("MOFANG_S3_SECRET_ACCESS_KEY", &s3.secret_key)
+                .env("MOFANG_BACKUP_ENCRYPTION_KEY", key)
+                .output()
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let out = cli_add("vault", key_text.clone()).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "backup-repo add --encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&stdout)?;
+    ensure!(
+        v["encrypted"] == true && v["key_id"] == key.id().as_str(),
+        "{v} (key id {})",
+        key.id()
+    );
+    for a in &env.agents {
+        let log = a.log();
+        ensure!(
+            log.contains("repository probe passed: write, read, list, delete, encrypt"),
+            "agent {} did not probe the encrypted round trip:\n{log}",
+            a.node
+        );
+        ensure!(!log.contains(&key_text), "agent {} logged the key", a.node);
+    }
+    let listed = env.get("/v1/backup-repos/vault").await?;
+    ensure!(
+        listed["encrypted"] == true && !listed.to_string().contains(&key_text),
+        "{listed}"
+    );
+    ensure!(
+        !stdout.contains(&key_text) && !env.sched.log().contains(&key_text),
+        "the key is shown or logged"
+    );
+    {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let left: Vec<_> = s3
+            .object_store()?
+            .list(Some(&"vault/.mofang-probe".into()))
+            .try_collect()
+            .await?;
+        ensure!(left.is_empty(), "encrypted probe objects left: {left:?}");
+    }
+    let bad = "not-a-key-at-all";
+    let out = cli_add("vault2", bad.to_owned()).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        !out.status.success() && stderr.contains("encryption_key") && !stderr.contains(bad),
+        "a malformed key through the CLI: {} {stderr}",
+        out.status
+    );
+    let (status, _) = env
+        .call(Method::GET, "/v1/backup-repos/vault2", None)
+        .await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "a refused repository is kept: {status}"
+    );
+    let (status, _) = env
+        .call(Method::DELETE, "/v1/backup-repos/vault", None)
+        .await?;
+    ensure!(status == StatusCode::NO_CONTENT, "{status}");
 
     let (status, v) = env
         .call(
@@ -904,6 +1003,64 @@ async fn sleep_until(t: i64) {
     }
 }
 
+/// Waits for the restored instance `name` to be ready, reading its view every 50 ms; checks
+/// every `restore_progress` seen on the way is a point-in-time restore's four phases in
+/// order (`binlogs`, `data`, `prepare`, `replay`; the done ones before the running one, the
+/// pending after; the binlog files downloaded and replayed counted against the same total;
+/// the current `phase` the running one), and that none is shown once ready. Returns the
+/// view and the phases seen running, in the order first seen.
+async fn ready_watching_phases(env: &Env, name: &str) -> Result<(Value, Vec<String>)> {
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        if v["status"] == "ready" {
+            ensure!(
+                v.get("restore_progress").is_none_or(Value::is_null),
+                "progress shown after the restore: {v}"
+            );
+            return Ok((v, seen));
+        }
+        if let Some(p) = v.get("restore_progress").filter(|p| !p.is_null()) {
+            let phases = p["phases"].as_array().cloned().unwrap_or_default();
+            let names: Vec<&str> = phases.iter().filter_map(|x| x["name"].as_str()).collect();
+            ensure!(
+                names == ["binlogs", "data", "prepare", "replay"],
+                "phases of a point-in-time restore: {p}"
+            );
+            let states: Vec<&str> = phases.iter().filter_map(|x| x["state"].as_str()).collect();
+            let running = states.iter().position(|s| *s == "running");
+            let ordered = states.iter().enumerate().all(|(i, s)| match running {
+                Some(r) if i < r => *s == "done",
+                Some(r) if i > r => *s == "pending",
+                Some(_) => true,
+                None => *s == "pending",
+            });
+            let files = phases[0]["total"].as_u64().unwrap_or(0);
+            ensure!(
+                ordered
+                    && files > 0
+                    && phases[3]["total"].as_u64() == Some(files)
+                    && phases
+                        .iter()
+                        .all(|x| x["done"].as_u64() <= x["total"].as_u64() || x["name"] == "data"),
+                "phase states and counters: {p}"
+            );
+            if let Some(r) = running {
+                ensure!(p["phase"] == names[r], "current phase: {p}");
+                if !seen.iter().any(|s| s == names[r]) {
+                    seen.push(names[r].to_owned());
+                }
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{name} is not ready: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Restores `from` to `at` into `name` and checks it holds exactly the writes acknowledged
 /// before `at`, none attempted at or after it (the one write in flight across `at` may be
 /// either), on its primary and its seeded replica. Returns the number of rows.
@@ -949,10 +1106,15 @@ async fn check_restore_to(
             "restore to {at}: {status} {v}"
         );
     }
-    let inst = env.wait_instance_ready(name).await?;
+    let (inst, phases) = ready_watching_phases(env, name).await?;
     eprintln!(
-        "restore of {from} to {time} into {name}: ready in {:.1} s",
+        "restore of {from} to {time} into {name}: ready in {:.1} s; phases seen: {phases:?}",
         started.elapsed().as_secs_f64()
+    );
+    // The phases past the data object (its prepare, or the binlogs' replay) show too.
+    ensure!(
+        phases.iter().any(|p| p == "prepare" || p == "replay"),
+        "restore of {name}: no phase past the data seen ({phases:?})"
     );
     let before: std::collections::BTreeSet<u64> = writes
         .iter()

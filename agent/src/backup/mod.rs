@@ -4,7 +4,7 @@
 //! (and cancelled if it still runs).
 //!
 //! Kinds: `repo_probe` (write, read back, list and delete a probe object in a backup
-//! repository, `mofang_common::repo`); `backup` (a full backup of a member on this node,
+//! repository, and for an encrypting one an encrypted round trip, `mofang_common::repo`); `backup` (a full backup of a member on this node,
 //! [`run`]), whose `JobStatus.result` is the manifest (JSON) and `bytes` the bytes read so far;
 //! `verify` (a backup restored in a throwaway container, [`verify`]), whose result is what it
 //! counted ([`mofang_common::backup::VerifyFound`]).
@@ -212,7 +212,16 @@ impl Jobs {
         let spec: RepoSpec = serde_json::from_str(&job.repo)
             .map_err(|e| ("open".to_owned(), format!("repository description: {e}")))?;
         match repo::check(&spec, &self.node, &job.id).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // An encrypting repository's probe also sealed and opened an object.
+                let encrypted = spec.encryption_key().is_some();
+                info!(
+                    encrypted,
+                    "repository probe passed: write, read, list, delete{}",
+                    if encrypted { ", encrypt" } else { "" }
+                );
+                Ok(())
+            }
             Err(repo::Error::Probe { step, message, .. }) => Err((step.to_string(), message)),
             Err(e) => Err(("open".to_owned(), e.to_string())),
         }

@@ -13,6 +13,7 @@ use crate::runtime::{ContainerRuntime, Input, Mount, OneShot};
 use bytes::Bytes;
 use futures::StreamExt;
 use mofang_common::backup::RestoreSource;
+use mofang_common::restore_phase::{self, Phase};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +24,9 @@ use tokio::sync::mpsc;
 /// The one-shot container's script (MariaDB, bash): unpack, prepare, replay the archived
 /// binlogs a point-in-time restore brought (`.mofang-pitr/plan`: one file and the GTID its
 /// replay starts after per line, `-` for none; each replay stops at `MOFANG_PITR_STOP`, UTC),
-/// clear the old replication state, hand the files to the server's user. A replay that stops
+/// clear the old replication state, hand the files to the server's user. It writes its phase
+/// to `restore_phase::MARKER` (`prepare`, `replay <done> <total>`), which the agent reads
+/// while it runs. A replay that stops
 /// at the time before it reached its start GTID (`never reached expected GTID state`) had
 /// nothing to apply: the time falls before that file's first new transaction.
 const MARIADB_SCRIPT: &str = r#"set -e
@@ -31,6 +34,7 @@ set -o pipefail
 cd /var/lib/mysql
 find . -mindepth 1 -maxdepth 1 ! -name .mofang-pitr -exec rm -rf {} +
 mbstream -x
+echo prepare > .mofang-restore-phase
 mariadb-backup --prepare --target-dir=/var/lib/mysql
 mariadbd --no-defaults --user=root --datadir=/var/lib/mysql --skip-networking \
   --socket=/tmp/restore.sock --skip-grant-tables --skip-log-bin --log-error=/tmp/restore.err &
@@ -44,7 +48,10 @@ done
 if [ -z "$ok" ]; then cat /tmp/restore.err; kill $pid 2>/dev/null; exit 1; fi
 if [ -f .mofang-pitr/plan ]; then
   export TZ=UTC
+  total=$(wc -l < .mofang-pitr/plan)
+  k=0
   while read -r f after; do
+    echo "replay $k $total" > .mofang-restore-phase
     args=()
     if [ "$after" != "-" ]; then args+=("--start-position=$after"); fi
     if [ -n "${MOFANG_PITR_STOP:-}" ]; then args+=("--stop-datetime=$MOFANG_PITR_STOP"); fi
@@ -58,19 +65,28 @@ if [ -f .mofang-pitr/plan ]; then
       fi
     fi
     echo "replayed binlog $f after ${after}"
+    k=$((k + 1))
   done < .mofang-pitr/plan
+  echo "replay $k $total" > .mofang-restore-phase
   rm -rf .mofang-pitr
 fi
 mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'
 mariadb -S /tmp/restore.sock -e 'SHUTDOWN'
 wait $pid || true
-rm -f /var/lib/mysql/xtrabackup_* /var/lib/mysql/mariadb_backup_*
+rm -f /var/lib/mysql/xtrabackup_* /var/lib/mysql/mariadb_backup_* /var/lib/mysql/.mofang-restore-phase
 chown -R "$MOFANG_UID:$MOFANG_UID" /var/lib/mysql
 echo restore-ok
 "#;
 
 /// Where the restore is (for the member's status).
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Where a restore is, phase by phase: the phase, its units done and in all
+/// ([`Phase::unit`]); the data phase's units are its bytes (decompressed).
+pub type PhaseProgress = Arc<dyn Fn(Phase, u64, u64) + Send + Sync>;
+
+/// How often the one-shot container's phase marker is read while it runs.
+const MARKER_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The CPU work of reading an object back, in order: the sha256 and size of the stored
 /// bytes, their decryption when the object is encrypted (`backup_crypt`, the key derived for
@@ -254,12 +270,13 @@ pub struct Into<'a> {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Fills the member's volume (empty or left by a failed attempt) from `src`.
+/// Fills the member's volume (empty or left by a failed attempt) from `src`; `progress` is
+/// told each phase ([`restore_phase::plan`]) as it goes.
 pub async fn fill(
     runtime: &dyn ContainerRuntime,
     src: &RestoreSource,
     to: Into<'_>,
-    progress: Progress,
+    progress: PhaseProgress,
 ) -> Result<(), String> {
     let Into {
         member,
@@ -269,9 +286,13 @@ pub async fn fill(
         labels,
     } = to;
     if src.engine == "mariadb" {
-        stage_binlogs(src, volume).await?;
+        stage_binlogs(src, volume, &progress).await?;
     }
-    let input = verified_stream(src, progress)?;
+    let data = progress.clone();
+    let input = verified_stream(
+        src,
+        Arc::new(move |done, total| data(Phase::Data, done, total)),
+    )?;
     match src.engine.as_str() {
         "mariadb" => {
             if !src
@@ -285,24 +306,44 @@ pub async fn fill(
                 "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\n{MARIADB_SCRIPT}",
                 src.stop_datetime
             );
-            let out = runtime
-                .run_once(
-                    &OneShot {
-                        name: format!("mofang-restore-{member}"),
-                        image,
-                        cmd: vec!["bash".into(), "-c".into(), script],
-                        mounts: vec![Mount {
-                            source: volume.to_owned(),
-                            target: "/var/lib/mysql".into(),
-                            read_only: false,
-                        }],
-                        user: "0:0".into(),
-                        labels,
-                    },
-                    input,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let shot = OneShot {
+                name: format!("mofang-restore-{member}"),
+                image,
+                cmd: vec!["bash".into(), "-c".into(), script],
+                mounts: vec![Mount {
+                    source: volume.to_owned(),
+                    target: "/var/lib/mysql".into(),
+                    read_only: false,
+                }],
+                user: "0:0".into(),
+                labels,
+            };
+            // The container's phase, read from its marker while it runs (one a failed
+            // attempt left is not this attempt's).
+            let marker = volume.join(restore_phase::MARKER);
+            if let Err(e) = tokio::fs::remove_file(&marker).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(format!("{}: {e}", marker.display()));
+                }
+            }
+            let run = runtime.run_once(&shot, input);
+            tokio::pin!(run);
+            let mut seen = None;
+            let out = loop {
+                tokio::select! {
+                    out = &mut run => break out.map_err(|e| e.to_string())?,
+                    () = tokio::time::sleep(MARKER_POLL) => {
+                        let now = tokio::fs::read_to_string(&marker)
+                            .await
+                            .ok()
+                            .and_then(|t| restore_phase::parse_marker(&t));
+                        if let Some((phase, done, total)) = now.filter(|n| Some(*n) != seen) {
+                            progress(phase, done, total);
+                            seen = now;
+                        }
+                    }
+                }
+            };
             if out.exit_code != 0 || !out.stdout.contains("restore-ok") {
                 let tail: Vec<&str> = out.stdout.lines().rev().take(8).collect();
                 return Err(format!(
@@ -324,7 +365,11 @@ const PITR_DIR: &str = ".mofang-pitr";
 /// Point-in-time restore: the archived binlog files are read (sha256 and size checked),
 /// decompressed into `.mofang-pitr/` of the volume with the replay's plan; the one-shot
 /// container replays and removes them. Nothing when the restore brings no binlog.
-async fn stage_binlogs(src: &RestoreSource, volume: &Path) -> Result<(), String> {
+async fn stage_binlogs(
+    src: &RestoreSource,
+    volume: &Path,
+    progress: &PhaseProgress,
+) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let dir = volume.join(PITR_DIR);
     let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
@@ -338,7 +383,9 @@ async fn stage_binlogs(src: &RestoreSource, volume: &Path) -> Result<(), String>
     }
     tokio::fs::create_dir(&dir).await.map_err(|e| io(&dir, e))?;
     let mut plan = String::new();
+    let files = src.binlogs.len() as u64;
     for (k, b) in src.binlogs.iter().enumerate() {
+        progress(Phase::Binlogs, k as u64, files);
         if !b
             .after
             .bytes()
@@ -368,6 +415,7 @@ async fn stage_binlogs(src: &RestoreSource, volume: &Path) -> Result<(), String>
         let after = if b.after.is_empty() { "-" } else { &b.after };
         plan.push_str(&format!("{name} {after}\n"));
     }
+    progress(Phase::Binlogs, files, files);
     let p = dir.join("plan");
     tokio::fs::write(&p, plan).await.map_err(|e| io(&p, e))
 }
@@ -720,7 +768,21 @@ mod tests {
         let vol = tempfile::tempdir().unwrap();
         std::fs::create_dir(vol.path().join(PITR_DIR)).unwrap();
         std::fs::write(vol.path().join(PITR_DIR).join("stale"), b"x").unwrap();
-        stage_binlogs(&src, vol.path()).await.unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let progress: PhaseProgress = Arc::new(move |p, done, total| {
+            s2.lock().unwrap().push((p, done, total));
+        });
+        stage_binlogs(&src, vol.path(), &progress).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (Phase::Binlogs, 0, 2),
+                (Phase::Binlogs, 1, 2),
+                (Phase::Binlogs, 2, 2)
+            ],
+            "the download counts files"
+        );
         let dir = vol.path().join(PITR_DIR);
         assert_eq!(
             std::fs::read(dir.join("000000.bin")).unwrap(),
@@ -737,14 +799,16 @@ mod tests {
         assert!(!dir.join("stale").exists());
 
         src.binlogs[1].sha256 = "0".repeat(64);
-        let e = stage_binlogs(&src, vol.path()).await.unwrap_err();
+        let e = stage_binlogs(&src, vol.path(), &progress)
+            .await
+            .unwrap_err();
         assert!(
             e.contains("mysql-bin.000002") && e.contains("sha256"),
             "{e}"
         );
 
         src.binlogs.clear();
-        stage_binlogs(&src, vol.path()).await.unwrap();
+        stage_binlogs(&src, vol.path(), &progress).await.unwrap();
         assert!(!dir.exists(), "nothing staged without binlogs");
     }
 }

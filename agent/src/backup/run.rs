@@ -54,6 +54,57 @@ pub struct BackupContext {
     /// Nice value (0 ..= 19) of a backup's work: mariadb-backup in the member's container and
     /// the agent's compression (`backup_nice` in the agent's config; decision 116).
     pub nice: i32,
+    /// How hard a full backup may press on the host's disk and cores (the agent's
+    /// `backup_throttle_mib_s`, `backup_ionice_idle`, `backup_zstd_threads`).
+    pub tuning: Tuning,
+}
+
+/// A full backup's pressure on its host, besides its CPU priority (`nice`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// mariadb-backup's `--throttle` (1 MiB reads of InnoDB data files per second); 0: none.
+    pub throttle_mib_s: u32,
+    /// mariadb-backup in the idle I/O class (`ionice -c 3`).
+    pub ionice_idle: bool,
+    /// zstd worker threads; 0: the host's cores, at most 4.
+    pub zstd_threads: u32,
+}
+
+impl Tuning {
+    /// zstd worker threads for a host of `cores`.
+    pub fn zstd_threads(&self, cores: usize) -> u32 {
+        match self.zstd_threads {
+            0 => cores.clamp(1, 4) as u32,
+            n => n,
+        }
+    }
+
+    /// The MariaDB backup command: [`MARIADB_BACKUP`] with `--throttle`, under `ionice` and
+    /// `nice` as asked. An error still names mariadb-backup ([`program_of`]).
+    pub fn mariadb_backup(&self, nice: i32) -> Vec<String> {
+        let mut cmd: Vec<String> = MARIADB_BACKUP.iter().map(|a| (*a).to_owned()).collect();
+        if self.throttle_mib_s > 0 {
+            cmd.push(format!("--throttle={}", self.throttle_mib_s));
+        }
+        if self.ionice_idle {
+            let mut v = vec!["ionice".to_owned(), "-c".to_owned(), "3".to_owned()];
+            v.append(&mut cmd);
+            cmd = v;
+        }
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        niced(nice, &argv)
+    }
+}
+
+/// The program a backup command runs, past `nice -n N` and `ionice -c N`.
+fn program_of(cmd: &[&str]) -> String {
+    let mut rest = cmd;
+    loop {
+        match rest {
+            ["nice", "-n", _, tail @ ..] | ["ionice", "-c", _, tail @ ..] => rest = tail,
+            _ => return rest.first().copied().unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 /// A failed backup: the step (`open`, `snapshot`, `stream`, `manifest`) and why.
@@ -89,9 +140,9 @@ pub async fn run(
     let container = format!("mofang-{}", job.member);
     let dir = common::dir(&instance, &id);
     let started_at_ms = now_ms();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get().min(4) as u32)
-        .unwrap_or(1);
+    let threads = ctx
+        .tuning
+        .zstd_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let zstd = Some(Zstd {
         level: 3,
         threads,
@@ -111,7 +162,7 @@ pub async fn run(
             );
             // Replication runs on: the counts are taken after the backup, in a consistent
             // snapshot, and moved back to the backup's binlog position (decision 87).
-            let backup_cmd = niced(ctx.nice, &MARIADB_BACKUP);
+            let backup_cmd = ctx.tuning.mariadb_backup(ctx.nice);
             let argv: Vec<&str> = backup_cmd.iter().map(String::as_str).collect();
             let (stored, out) = stream_command(
                 ctx,
@@ -286,11 +337,8 @@ async fn stream_command(
         .map_err(|e| fail("stream", e))?;
     let outcome: Arc<Mutex<Option<ExecOutput>>> = Arc::default();
     let kept = outcome.clone();
-    // The program, not `nice` before it.
-    let program = match cmd {
-        ["nice", "-n", _, program, ..] => (*program).to_owned(),
-        _ => cmd.first().copied().unwrap_or_default().to_owned(),
-    };
+    // The program, not `nice` or `ionice` before it.
+    let program = program_of(cmd);
     let name = program.clone();
     let done = exec.done;
     // After the last byte of output: the command's verdict, as one more item of the stream.
@@ -469,6 +517,33 @@ mod tests {
             super::niced(19, &super::MARIADB_BACKUP)[..4],
             ["nice", "-n", "19", "mariadb-backup"]
         );
+    }
+
+    /// The tuning knobs put `--throttle` and `ionice -c 3` where mariadb-backup and the
+    /// kernel read them, and the program named in errors is still mariadb-backup.
+    #[test]
+    fn the_backup_command_takes_its_tuning() {
+        use super::{program_of, Tuning};
+        let plain = Tuning::default().mariadb_backup(0);
+        assert_eq!(plain, super::MARIADB_BACKUP.to_vec());
+        let t = Tuning {
+            throttle_mib_s: 20,
+            ionice_idle: true,
+            zstd_threads: 1,
+        };
+        let cmd = t.mariadb_backup(19);
+        assert_eq!(
+            cmd[..7],
+            ["nice", "-n", "19", "ionice", "-c", "3", "mariadb-backup"]
+        );
+        assert_eq!(cmd.last().map(String::as_str), Some("--throttle=20"));
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        assert_eq!(program_of(&argv), "mariadb-backup");
+        assert_eq!(program_of(&["cat", "/data/dump.rdb"]), "cat");
+        assert_eq!(t.zstd_threads(8), 1);
+        assert_eq!(Tuning::default().zstd_threads(8), 4);
+        assert_eq!(Tuning::default().zstd_threads(2), 2);
+        assert_eq!(Tuning::default().zstd_threads(0), 1);
     }
 
     /// What redis-check-rdb 7.0 prints at the end of a good file.

@@ -45,6 +45,9 @@ pub(super) fn status(
         rotation: String::new(),
         restore_bytes: 0,
         restore_total: 0,
+        restore_phase: String::new(),
+        restore_phase_done: 0,
+        restore_phase_total: 0,
         tls: st
             .serving_tls
             .as_ref()

@@ -5,7 +5,7 @@ use super::{table, Client};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use mofang_scheduler::backup::{Backup, BackupState};
-use mofang_scheduler::cluster::BackupRepoView;
+use mofang_scheduler::cluster::{BackupRepoView, RestoreProgress};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,26 @@ pub(crate) fn restore_bar(backup: &str, bytes: u64, total: u64, rate_mib_s: f64)
         mib(done),
         mib(total)
     )
+}
+
+/// A restore's phases as one line (`restore_progress.phases`), printed when the phase or
+/// its counters change: `restoring db-1: replay (binlogs 3/3 files done, data 117.2 MiB
+/// done, prepare done, replay 1/3 files running)`.
+pub(crate) fn restore_phases_line(p: &RestoreProgress) -> String {
+    let each: Vec<String> = p
+        .phases
+        .iter()
+        .map(|ph| {
+            let count = match ph.unit.as_str() {
+                "bytes" if ph.state == "done" => format!(" {}", mib(ph.total)),
+                "bytes" => format!(" {} of {}", mib(ph.done), mib(ph.total)),
+                "" => String::new(),
+                unit => format!(" {}/{} {unit}", ph.done, ph.total),
+            };
+            format!("{}{count} {}", ph.name, ph.state)
+        })
+        .collect();
+    format!("restoring {}: {} ({})", p.backup, p.phase, each.join(", "))
 }
 
 fn ms_ago(ms: i64) -> String {
@@ -476,5 +496,41 @@ mod tests {
         assert!(super::restore_bar("db-1", 200, 100, 0.0)
             .contains(&format!("[{}] 100.0%", "#".repeat(30))));
         assert!(super::restore_bar("db-1", 0, 0, 0.0).contains("  0.0% 0.0 MiB of 0.0 MiB"));
+    }
+
+    /// Each phase with its counters in its unit and its state, the current one first.
+    #[test]
+    fn the_restore_phases_read_as_one_line() {
+        use mofang_scheduler::cluster::{RestorePhaseView, RestoreProgress};
+        let ph = |name: &str, state: &str, done, total, unit: &str| RestorePhaseView {
+            name: name.into(),
+            state: state.into(),
+            done,
+            total,
+            unit: unit.into(),
+        };
+        let p = RestoreProgress {
+            backup: "db-1".into(),
+            bytes: 3 << 20,
+            total: 3 << 20,
+            phase: "replay".into(),
+            phases: vec![
+                ph("binlogs", "done", 3, 3, "files"),
+                ph("data", "done", 3 << 20, 3 << 20, "bytes"),
+                ph("prepare", "done", 0, 0, ""),
+                ph("replay", "running", 1, 3, "files"),
+            ],
+        };
+        assert_eq!(
+            super::restore_phases_line(&p),
+            "restoring db-1: replay (binlogs 3/3 files done, data 3.0 MiB done, prepare done, replay 1/3 files running)"
+        );
+        let mut d = p.clone();
+        d.phase = "data".into();
+        d.phases = vec![ph("data", "running", 1 << 20, 4 << 20, "bytes")];
+        assert_eq!(
+            super::restore_phases_line(&d),
+            "restoring db-1: data (data 1.0 MiB of 4.0 MiB running)"
+        );
     }
 }

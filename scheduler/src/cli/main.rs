@@ -1012,11 +1012,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let start = Instant::now();
             let mut last = String::new();
+            let mut last_phases = String::new();
             let (mut prev_bytes, mut prev_at) = (0u64, Instant::now());
             loop {
                 let v = c.get(&format!("/v1/instances/{name}")).await?;
                 // A restore's progress (the primary filling its volume): a bar per update.
                 let p = &v["restore_progress"];
+                // Past the data (binlogs before it, prepare and replay after): a line per
+                // change of phase or counter.
+                if let Ok(progress) =
+                    serde_json::from_value::<mofang_scheduler::cluster::RestoreProgress>(p.clone())
+                {
+                    let line = backup::restore_phases_line(&progress);
+                    if progress.phase != "data" && line != last_phases && !cli.json {
+                        eprintln!("[{:>5.1}s] {line}", start.elapsed().as_secs_f64());
+                        last_phases = line;
+                    }
+                }
                 if let (Some(bytes), Some(total)) = (p["bytes"].as_u64(), p["total"].as_u64()) {
                     if bytes != prev_bytes && !cli.json {
                         let dt = prev_at.elapsed().as_secs_f64().max(0.001);

@@ -38,7 +38,7 @@ pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
 pub use verify::{judge, verify_node};
-pub use views::{InstanceView, MemberView, NodeView2, RestoreProgress};
+pub use views::{InstanceView, MemberView, NodeView2, RestorePhaseView, RestoreProgress};
 
 use crate::failover::{Counters, FailoverConfig};
 use crate::model::{now_ms, Event, EventKind, Instance, Node};

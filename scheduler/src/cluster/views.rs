@@ -107,6 +107,49 @@ pub struct RestoreProgress {
     pub bytes: u64,
     /// Bytes in all (decompressed), as recorded.
     pub total: u64,
+    /// The phase under way: `binlogs`, `data`, `prepare` or `replay`.
+    #[serde(default)]
+    pub phase: String,
+    /// Every phase of this restore in order, each with its state and counters: `binlogs`
+    /// (a point-in-time restore's archived files read from the repository: files), `data`
+    /// (the data object: bytes, decompressed), `prepare` (MariaDB: `mariadb-backup
+    /// --prepare` and a server started to replay into: no counter), `replay` (binlog files
+    /// replayed: files).
+    #[serde(default)]
+    pub phases: Vec<RestorePhaseView>,
+}
+
+/// One phase of a restore (`mofang_common::restore_phase`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RestorePhaseView {
+    /// `binlogs`, `data`, `prepare` or `replay`.
+    pub name: String,
+    /// `done`, `running` or `pending`.
+    pub state: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all (0: no counter).
+    pub total: u64,
+    /// What the counters count: `bytes`, `files`, or empty.
+    pub unit: String,
+}
+
+impl RestorePhaseView {
+    fn from_progress(p: &mofang_common::restore_phase::PhaseProgress) -> Self {
+        use mofang_common::restore_phase::PhaseState;
+        RestorePhaseView {
+            name: p.phase.as_str().to_owned(),
+            state: match p.state {
+                PhaseState::Done => "done",
+                PhaseState::Running => "running",
+                PhaseState::Pending => "pending",
+            }
+            .to_owned(),
+            done: p.done,
+            total: p.total,
+            unit: p.unit.to_owned(),
+        }
+    }
 }
 
 /// A node as the API shows it.
@@ -287,10 +330,27 @@ impl Cluster {
         let restore_progress = i.restored.as_ref().and_then(|r| {
             let p = i.primary()?;
             let o = inner.live.get(&p.node)?.members.get(&p.id)?;
-            (o.restore_total > 0 || o.restore_bytes > 0).then(|| RestoreProgress {
-                backup: r.backup.clone(),
-                bytes: o.restore_bytes,
-                total: o.restore_total,
+            use mofang_common::restore_phase::{self, Phase, Reported};
+            let reported = Reported {
+                phase: Phase::parse(&o.restore_phase),
+                done: o.restore_phase_done,
+                total: o.restore_phase_total,
+                data_bytes: o.restore_bytes,
+                data_total: o.restore_total,
+            };
+            let phases = restore_phase::phases(i.spec.engine.as_str(), r.binlogs.len(), &reported);
+            (o.restore_total > 0 || o.restore_bytes > 0 || reported.phase.is_some()).then(|| {
+                RestoreProgress {
+                    backup: r.backup.clone(),
+                    bytes: o.restore_bytes,
+                    total: o.restore_total,
+                    phase: phases
+                        .iter()
+                        .find(|p| p.state == restore_phase::PhaseState::Running)
+                        .map(|p| p.phase.as_str().to_owned())
+                        .unwrap_or_default(),
+                    phases: phases.iter().map(RestorePhaseView::from_progress).collect(),
+                }
             })
         });
         InstanceView {

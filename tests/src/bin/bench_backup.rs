@@ -13,8 +13,17 @@
 //!   the replica runs: p50 and p99 side by side.
 //!
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
-//! [--backup-nice N] (default 2048 MiB of rows, half random bytes and half text; 30 s; the
-//! agents' default `backup_nice`, 19: `--backup-nice 0` measures backups at normal priority).
+//! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
+//! [--rounds N] [--latency-only] (default 2048 MiB of rows, half random bytes and half text;
+//! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
+//! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
+//! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
+//! semi-sync acknowledgement can come from the replica not being backed up. With `--rounds N`
+//! the latency figures pool N rounds of (writes with no backup for as long as the previous
+//! backup ran, then writes during a backup): both sides see the same drift of a shared
+//! machine's load. `--latency-only` skips the by-hand backup and both restores. The
+//! primary's semi-sync status counters are read around each window: how much of a commit
+//! waited for a replica's acknowledgement.
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_tests::cluster::Timings;
@@ -117,12 +126,12 @@ async fn wait_backup(env: &Env, id: &str) -> Result<(Value, Option<Instant>, Ins
     }
 }
 
-async fn mofang_backup(env: &Env) -> Result<(Value, Option<Instant>, Instant)> {
+async fn mofang_backup(env: &Env, repo: &str) -> Result<(Value, Option<Instant>, Instant)> {
     let (s, v) = env
         .call(
             Method::POST,
             "/v1/instances/bb/backups",
-            Some(json!({"repo": "bench"})),
+            Some(json!({"repo": repo})),
         )
         .await?;
     ensure!(s == StatusCode::ACCEPTED, "{s} {v}");
@@ -243,17 +252,149 @@ async fn hand_restore(s3: &SeaweedFs, path: &str) -> Result<f64> {
     Ok(took)
 }
 
-async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
+/// What the command line asks.
+#[derive(Debug, Clone)]
+struct Args {
+    mib: u64,
+    write_secs: u64,
+    nice: Option<i32>,
+    throttle: Option<u32>,
+    ionice: bool,
+    zstd_threads: Option<u32>,
+    replicas: u32,
+    rounds: u32,
+    latency_only: bool,
+}
+
+impl Args {
+    /// The agents' config lines for the knobs given.
+    fn agent_extra(&self) -> String {
+        let mut extra = String::new();
+        if let Some(n) = self.nice {
+            extra.push_str(&format!("backup_nice = {n}\n"));
+        }
+        if let Some(n) = self.throttle {
+            extra.push_str(&format!("backup_throttle_mib_s = {n}\n"));
+        }
+        if self.ionice {
+            extra.push_str("backup_ionice_idle = true\n");
+        }
+        if let Some(n) = self.zstd_threads {
+            extra.push_str(&format!("backup_zstd_threads = {n}\n"));
+        }
+        extra
+    }
+}
+
+/// The primary's semi-sync counters: (transactions that waited for an acknowledgement,
+/// total microseconds they waited, transactions that got none).
+fn semi_sync(primary: &str) -> Result<(u64, u64, u64)> {
+    let out = admin_sql(
+        primary,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_tx_waits', \
+         'Rpl_semi_sync_master_tx_wait_time', 'Rpl_semi_sync_master_no_tx')",
+    )?;
+    let get = |k: &str| -> u64 {
+        out.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((
+        get("Rpl_semi_sync_master_tx_waits"),
+        get("Rpl_semi_sync_master_tx_wait_time"),
+        get("Rpl_semi_sync_master_no_tx"),
+    ))
+}
+
+/// Semi-sync figures of a window: the mean wait for an acknowledgement per acknowledged
+/// transaction, and how many got none.
+fn semi_sync_delta(before: (u64, u64, u64), after: (u64, u64, u64)) -> String {
+    let tx = after.0.saturating_sub(before.0);
+    let waited = after.1.saturating_sub(before.1);
+    format!(
+        "semi-sync: {tx} commits waited, mean wait {:.2} ms, {} without acknowledgement",
+        waited as f64 / 1000.0 / tx.max(1) as f64,
+        after.2.saturating_sub(before.2)
+    )
+}
+
+/// One window of writes: latencies of the writes sent in it, and the semi-sync figures.
+struct Window {
+    latencies: Vec<Duration>,
+    semi: String,
+}
+
+/// Writes for `secs` with nothing else running.
+async fn idle_window(primary: &str, addr: &str, pass: &str, secs: f64) -> Result<Window> {
+    let before = semi_sync(primary)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(addr.to_owned(), pass.to_owned(), stop.clone());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::SeqCst);
+    let latencies = w.await??.into_iter().map(|(_, d)| d).collect();
+    Ok(Window {
+        latencies,
+        semi: semi_sync_delta(before, semi_sync(primary)?),
+    })
+}
+
+/// Writes while a backup of a replica runs (only those sent while it was seen running); the
+/// backup and the seconds it was seen running.
+async fn backup_window(
+    env: &Env,
+    primary: &str,
+    addr: &str,
+    pass: &str,
+) -> Result<(Window, Value, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(addr.to_owned(), pass.to_owned(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = semi_sync(primary)?;
+    let (b, running, ended) = mofang_backup(env, "bench").await?;
+    let after = semi_sync(primary)?;
+    stop.store(true, Ordering::SeqCst);
+    let running = running.context("the backup was never seen running")?;
+    let latencies = w
+        .await??
+        .into_iter()
+        .filter(|(t, _)| *t >= running && *t <= ended)
+        .map(|(_, d)| d)
+        .collect();
+    Ok((
+        Window {
+            latencies,
+            semi: semi_sync_delta(before, after),
+        },
+        b,
+        (ended - running).as_secs_f64(),
+    ))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let Args {
+        mib,
+        write_secs,
+        nice,
+        ..
+    } = args.clone();
     println!(
-        "backup benchmark: {mib} MiB of rows; machine: {} cores; load average at start: {}; agents' backup_nice: {}",
+        "backup benchmark: {mib} MiB of rows; machine: {} cores; load average at start: {}; agents' backup_nice: {}; {args:?}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg(),
         nice.map_or("default (19)".to_owned(), |n| n.to_string())
     );
     let s3 = SeaweedFs::start().await?;
     let disk = mib * 8 + 8192;
-    let extra = nice.map_or(String::new(), |n| format!("backup_nice = {n}\n"));
-    let env = Env::start_sized_with(2, "", &extra, &Timings::PRODUCTION, disk).await?;
+    let env = Env::start_sized_with(
+        args.replicas as usize + 1,
+        "",
+        &args.agent_extra(),
+        &Timings::PRODUCTION,
+        disk,
+    )
+    .await?;
     let (s, v) = env
         .call(
             Method::POST,
@@ -266,18 +407,44 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
         )
         .await?;
     ensure!(s == StatusCode::CREATED, "{s} {v}");
+    // The same store, encrypting (decision 119): the cost of encryption, side by side.
+    let (s, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(
+                json!({"name": "bench-enc", "kind": "s3", "endpoint": s3.endpoint,
+                "bucket": s3.bucket, "prefix": "bench-enc", "access_key_id": s3.access_key,
+                "secret_access_key": s3.secret_key, "encrypt": true}),
+            ),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "{s} {v}");
     let member_disk = mib * 3 + 2048;
     let spec = |name: &str, replicas: u32| {
         json!({"name": name, "engine": "mariadb", "version": "10.11", "replicas": replicas,
                "resources": {"cpu": 1.0, "memory": 1024, "disk": member_disk}})
     };
     let (s, v) = env
-        .call(Method::POST, "/v1/instances", Some(spec("bb", 1)))
+        .call(
+            Method::POST,
+            "/v1/instances",
+            Some(spec("bb", args.replicas)),
+        )
         .await?;
     ensure!(s == StatusCode::CREATED, "{s} {v}");
     let inst = env.wait_instance_ready("bb").await?;
     let (primary, primary_addr) = member(&inst, "primary")?;
     let (replica, _) = member(&inst, "replica")?;
+    let replicas: Vec<String> = inst["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["role"] == "replica")
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     let pass = env.app_password("bb").await?;
 
     // ---- the dataset -------------------------------------------------------------------
@@ -301,17 +468,19 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
     }
     drop(c);
     let target = admin_sql(&primary, "SELECT @@gtid_binlog_pos")?;
-    mofang_tests::eventually(
-        "the replica caught up",
-        Duration::from_secs(1800),
-        || async {
-            let at = admin_sql(&replica, "SELECT @@gtid_slave_pos")?;
-            ensure!(at == target, "replica at {at}, primary at {target}");
-            Ok(())
-        },
-    )
-    .await?;
-    for m in [&primary, &replica] {
+    for r in &replicas {
+        mofang_tests::eventually(
+            "the replicas caught up",
+            Duration::from_secs(1800),
+            || async {
+                let at = admin_sql(r, "SELECT @@gtid_slave_pos")?;
+                ensure!(at == target, "{r} at {at}, primary at {target}");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    for m in std::iter::once(&primary).chain(&replicas) {
         admin_sql(m, "FLUSH BINARY LOGS")?;
         admin_sql(m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 SECOND")?;
     }
@@ -327,19 +496,26 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
     );
 
     // ---- write latency without a backup --------------------------------------------------
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(primary_addr.clone(), pass.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_secs(write_secs)).await;
-    stop.store(true, Ordering::SeqCst);
-    let idle = p50_p99(w.await??.into_iter().map(|(_, d)| d).collect());
+    println!(
+        "semi-sync clients of the primary: {}",
+        admin_sql(
+            &primary,
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'"
+        )?
+    );
+    let first = idle_window(&primary, &primary_addr, &pass, write_secs as f64).await?;
+    println!("no backup ({write_secs} s): {}", first.semi);
+    let mut idle_all = first.latencies;
 
     // ---- throughput: Mofang, then by hand, nothing else running --------------------------
-    let (b, _, _) = mofang_backup(&env).await?;
+    let (b, _, _) = mofang_backup(&env, "bench").await?;
     let raw = b["objects"][0]["raw_size"].as_u64().context("raw_size")?;
     let size = b["size"].as_u64().context("size")?;
-    let took = (b["ended_at_ms"].as_i64().unwrap_or(0) - b["started_at_ms"].as_i64().unwrap_or(0))
-        as f64
-        / 1000.0;
+    let agent_secs = |b: &Value| {
+        (b["ended_at_ms"].as_i64().unwrap_or(0) - b["started_at_ms"].as_i64().unwrap_or(0)) as f64
+            / 1000.0
+    };
+    let took = agent_secs(&b);
     let wall = (b["ended_at_ms"].as_i64().unwrap_or(0) - b["requested_at_ms"].as_i64().unwrap_or(0))
         as f64
         / 1000.0;
@@ -362,34 +538,85 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
     println!(
         "  the row count by itself (consistent snapshot, every table): {count_took:.1} s; the stream alone then ~{streamed:.1} MiB/s"
     );
-    let (hraw, hsize, htook) = hand_backup(&s3, &replica).await?;
-    let hand = hraw as f64 / MIB / htook;
+    // The same, into the encrypting repository, right after.
+    let (be, _, _) = mofang_backup(&env, "bench-enc").await?;
+    let (eraw, etook) = (
+        be["objects"][0]["raw_size"].as_u64().context("raw_size")?,
+        agent_secs(&be),
+    );
+    ensure!(
+        be["objects"][0]["encryption"]["key_id"].is_string(),
+        "the backup into bench-enc is not encrypted: {be}"
+    );
+    let encrypted = eraw as f64 / MIB / etook;
     println!(
-        "by hand (mariadb-backup | zstd -3 -T{} | multipart upload): {:.0} MiB read, {:.0} MiB stored, {htook:.1} s: {hand:.1} MiB/s",
-        zstd_threads(),
-        hraw as f64 / MIB,
-        hsize as f64 / MIB
+        "Mofang backup {} into the encrypting repository: {:.0} MiB read, {:.0} MiB stored, {etook:.1} s in the agent: {encrypted:.1} MiB/s",
+        be["id"].as_str().unwrap_or_default(),
+        eraw as f64 / MIB,
+        be["size"].as_u64().unwrap_or(0) as f64 / MIB
+    );
+    let hand = if args.latency_only {
+        f64::NAN
+    } else {
+        let (hraw, hsize, htook) = hand_backup(&s3, &replica).await?;
+        println!(
+            "by hand (mariadb-backup | zstd -3 -T{} | multipart upload): {:.0} MiB read, {:.0} MiB stored, {htook:.1} s: {:.1} MiB/s",
+            zstd_threads(),
+            hraw as f64 / MIB,
+            hsize as f64 / MIB,
+            hraw as f64 / MIB / htook
+        );
+        hraw as f64 / MIB / htook
+    };
+    let encryption_row = format!(
+        "| backup throughput (MiB/s read, the whole job), encrypting repository vs plain, same run | {encrypted:.1} | {ours:.1} (plain) | {:.2} | |",
+        encrypted / ours
     );
 
-    // ---- write latency while a backup of the replica runs ---------------------------------
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = writer(primary_addr.clone(), pass.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (b2, running, ended) = mofang_backup(&env).await?;
-    stop.store(true, Ordering::SeqCst);
-    let running = running.context("the backup was never seen running")?;
-    let during = p50_p99(
-        w.await??
-            .into_iter()
-            .filter(|(t, _)| *t >= running && *t <= ended)
-            .map(|(_, d)| d)
-            .collect(),
-    );
-    println!(
-        "writes during backup {} (on {replica}, {:.1} s seen running)",
-        b2["id"].as_str().unwrap_or_default(),
-        (ended - running).as_secs_f64()
-    );
+    // ---- write latency while a backup of a replica runs, in rounds ------------------------
+    let mut during_all = Vec::new();
+    let mut backed_up = String::new();
+    for round in 1..=args.rounds {
+        let (w, b2, seen) = backup_window(&env, &primary, &primary_addr, &pass).await?;
+        backed_up = b2["member"].as_str().unwrap_or_default().to_owned();
+        let (p50, p99, n) = p50_p99(w.latencies.clone());
+        println!(
+            "round {round}: writes during backup {} (on {backed_up}, {seen:.1} s seen running): p50 {} p99 {} ({n} writes); {}",
+            b2["id"].as_str().unwrap_or_default(),
+            ms(p50),
+            ms(p99),
+            w.semi
+        );
+        during_all.extend(w.latencies);
+        if round < args.rounds {
+            // As long as that backup ran, with no backup: the same stretch of the machine's
+            // load on both sides.
+            let quiet = idle_window(&primary, &primary_addr, &pass, seen.max(5.0)).await?;
+            let (p50, p99, n) = p50_p99(quiet.latencies.clone());
+            println!(
+                "round {}: no backup ({:.1} s): p50 {} p99 {} ({n} writes); {}",
+                round + 1,
+                seen.max(5.0),
+                ms(p50),
+                ms(p99),
+                quiet.semi
+            );
+            idle_all.extend(quiet.latencies);
+        }
+    }
+    let idle = p50_p99(idle_all);
+    let during = p50_p99(during_all);
+
+    if args.latency_only {
+        println!();
+        println!("| figure | Mofang | anchor | ratio | target |");
+        println!("| --- | --- | --- | --- | --- |");
+        println!("{encryption_row}");
+        println!();
+        print_latency(&idle, &during, write_secs, args.rounds, &backed_up);
+        println!("load average at the end: {}", loadavg());
+        return Ok(());
+    }
 
     // ---- restore -------------------------------------------------------------------------
     let mut r = spec("bb-copy", 0);
@@ -430,22 +657,36 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
         "| the same without the row count ({count_took:.1} s timed alone) | {streamed:.1} | {hand:.1} | {:.2} | >= 0.9 |",
         streamed / hand
     );
+    println!("{encryption_row}");
     println!(
         "| restore of {:.0} MiB (InnoDB) to a server answering | {restored:.1} s (API answered after its object check: {answered:.1} s) | {hand_restored:.1} s | {:.2} | |",
         innodb / MIB,
         restored / hand_restored
     );
     println!();
+    print_latency(&idle, &during, write_secs, args.rounds, &backed_up);
+    println!("load average at the end: {}", loadavg());
+    Ok(())
+}
+
+/// The latency table, side by side with the issue's bar.
+fn print_latency(
+    idle: &(Duration, Duration, usize),
+    during: &(Duration, Duration, usize),
+    write_secs: u64,
+    rounds: u32,
+    member: &str,
+) {
     println!("| primary writes (insert, semi-sync) | p50 | p99 | writes |");
     println!("| --- | --- | --- | --- |");
     println!(
-        "| no backup ({write_secs} s) | {} | {} | {} |",
+        "| no backup ({write_secs} s, then between rounds; {rounds} round(s)) | {} | {} | {} |",
         ms(idle.0),
         ms(idle.1),
         idle.2
     );
     println!(
-        "| backup of the replica running | {} | {} | {} |",
+        "| backup of replica {member} running | {} | {} | {} |",
         ms(during.0),
         ms(during.1),
         during.2
@@ -454,36 +695,60 @@ async fn run(mib: u64, write_secs: u64, nice: Option<i32>) -> Result<()> {
         "p99 during / without: {:.2} (target <= 1.20)",
         during.1.as_secs_f64() / idle.1.as_secs_f64().max(1e-9)
     );
-    println!("load average at the end: {}", loadavg());
-    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut mib, mut write_secs, mut nice) = (2048u64, 30u64, None::<i32>);
-    let mut it = args.iter();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = Args {
+        mib: 2048,
+        write_secs: 30,
+        nice: None,
+        throttle: None,
+        ionice: false,
+        zstd_threads: None,
+        replicas: 1,
+        rounds: 1,
+        latency_only: false,
+    };
+    let usage =
+        "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
+        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only]";
+    let mut it = argv.iter();
     while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
-            "--mib" => mib = v.parse().with_context(|| format!("--mib {v}"))?,
-            "--write-secs" => {
-                write_secs = v.parse().with_context(|| format!("--write-secs {v}"))?
+            "--ionice" => {
+                args.ionice = true;
+                continue;
             }
-            "--backup-nice" => {
-                nice = Some(v.parse().with_context(|| format!("--backup-nice {v}"))?)
+            "--latency-only" => {
+                args.latency_only = true;
+                continue;
             }
-            other => bail!(
-                "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19]; got {other:?}"
-            ),
+            _ => {}
+        }
+        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        let bad = || format!("{a} {v}");
+        match a.as_str() {
+            "--mib" => args.mib = v.parse().with_context(bad)?,
+            "--write-secs" => args.write_secs = v.parse().with_context(bad)?,
+            "--backup-nice" => args.nice = Some(v.parse().with_context(bad)?),
+            "--throttle" => args.throttle = Some(v.parse().with_context(bad)?),
+            "--zstd-threads" => args.zstd_threads = Some(v.parse().with_context(bad)?),
+            "--replicas" => args.replicas = v.parse().with_context(bad)?,
+            "--rounds" => args.rounds = v.parse().with_context(bad)?,
+            other => bail!("{usage}; got {other:?}"),
         }
     }
-    if mib == 0 || write_secs == 0 {
-        bail!("--mib and --write-secs must be at least 1");
+    if args.mib == 0 || args.write_secs == 0 || args.rounds == 0 {
+        bail!("--mib, --write-secs and --rounds must be at least 1");
+    }
+    if !(1..=2).contains(&args.replicas) {
+        bail!("--replicas must be 1 or 2");
     }
     // Ctrl-C drops the run: the daemons, their containers and SeaweedFS go with it.
     tokio::select! {
-        r = run(mib, write_secs, nice) => r,
+        r = run(args) => r,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
     }
 }
