@@ -410,7 +410,6 @@ impl Engine for MariaDb {
                 .await
                 .map_err(|e| err(at, e))?;
             let slave = Self::slave_status(&mut c, at).await?;
-            let parameters = effective_parameters(&mut c).await;
             let _ = c.disconnect().await;
 
             let mut details = BTreeMap::new();
@@ -450,7 +449,6 @@ impl Engine for MariaDb {
                         lag_seconds: lag,
                         replication_error: error,
                         details,
-                        parameters,
                     }
                 }
                 None => Observation {
@@ -466,10 +464,19 @@ impl Engine for MariaDb {
                     lag_seconds: None,
                     replication_error: None,
                     details,
-                    parameters,
                 },
             };
             Ok(obs)
+        })
+        .await
+    }
+
+    async fn parameters(&self, at: &Target, s: &Secrets) -> Result<BTreeMap<String, String>> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            let parameters = effective_parameters(&mut c).await.map_err(|e| err(at, e));
+            let _ = c.disconnect().await;
+            parameters
         })
         .await
     }
@@ -829,8 +836,10 @@ fn merge_positions(applied: &str, received: &str) -> String {
 }
 
 /// The catalogue's parameters as the server runs them (`SHOW GLOBAL VARIABLES`), in
-/// canonical form; empty when the query fails: an observation never fails for them.
-async fn effective_parameters(c: &mut Conn) -> BTreeMap<String, String> {
+/// canonical form.
+async fn effective_parameters(
+    c: &mut Conn,
+) -> Result<BTreeMap<String, String>, mysql_async::Error> {
     let names: Vec<String> = mofang_common::params::catalogue(EngineKind::Mariadb)
         .iter()
         .map(|p| format!("'{}'", p.name))
@@ -840,17 +849,14 @@ async fn effective_parameters(c: &mut Conn) -> BTreeMap<String, String> {
         "SHOW GLOBAL VARIABLES WHERE Variable_name IN ({})",
         names.join(",")
     );
-    match c.query::<(String, String), _>(q).await {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|(name, value)| {
-                let v =
-                    mofang_common::params::canonical_effective(EngineKind::Mariadb, &name, &value);
-                (name, v)
-            })
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    }
+    let rows = c.query::<(String, String), _>(q).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, value)| {
+            let v = mofang_common::params::canonical_effective(EngineKind::Mariadb, &name, &value);
+            (name, v)
+        })
+        .collect())
 }
 
 #[cfg(test)]

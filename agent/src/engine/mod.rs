@@ -320,11 +320,6 @@ pub struct Observation {
     pub replication_error: Option<String>,
     /// Engine-specific facts shown to operators (GTID mode, semi-sync status, ...).
     pub details: BTreeMap<String, String>,
-    /// The effective value of every parameter of the engine's catalogue
-    /// ([`mofang_common::params`]) as the server reports it, in canonical form
-    /// ([`mofang_common::params::canonical_effective`]); empty when they could not be read
-    /// (that never fails an observation).
-    pub parameters: BTreeMap<String, String>,
 }
 
 /// An engine adapter. Every method is idempotent: reconcile may call it again at any time.
@@ -348,6 +343,12 @@ pub trait Engine: Send + Sync {
     async fn ping(&self, at: &Target, secrets: &Secrets) -> Result<()>;
     /// Observes role, position, replication.
     async fn observe(&self, at: &Target, secrets: &Secrets) -> Result<Observation>;
+    /// The effective value of every parameter of the engine's catalogue
+    /// ([`mofang_common::params`]) as the server reports it, in canonical form
+    /// ([`mofang_common::params::canonical_effective`]). Read on a slower cadence than
+    /// [`Engine::observe`] (`reconcile::params::read`): a few hundred variables are no
+    /// liveness check.
+    async fn parameters(&self, at: &Target, secrets: &Secrets) -> Result<BTreeMap<String, String>>;
     /// Makes the member a writable primary (stops replicating). `replicas` is how many
     /// replicas the instance has (MariaDB enables semi-sync waiting only when > 0). A replica
     /// first applies everything it has received (an acknowledged write may sit unapplied in

@@ -406,7 +406,6 @@ impl Engine for Redis {
             let mut c = connect(at, s).await?;
             let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
             let info = parse_info(&info);
-            let parameters = effective_parameters(&mut c).await;
             let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
             let mut details = BTreeMap::new();
             if let Some(n) = info.get("connected_slaves") {
@@ -432,7 +431,6 @@ impl Engine for Redis {
                     },
                     replication_error: link_error,
                     details,
-                    parameters,
                 })
             } else {
                 Ok(Observation {
@@ -444,9 +442,16 @@ impl Engine for Redis {
                     lag_seconds: None,
                     replication_error: None,
                     details,
-                    parameters,
                 })
             }
+        })
+        .await
+    }
+
+    async fn parameters(&self, at: &Target, s: &Secrets) -> Result<BTreeMap<String, String>> {
+        timed(NAME, at, async {
+            let mut c = connect(at, s).await?;
+            effective_parameters(&mut c).await.map_err(|e| err(at, e))
         })
         .await
     }
@@ -599,25 +604,23 @@ impl Engine for Redis {
 }
 
 /// The catalogue's parameters as the server runs them, one `CONFIG GET` each in one
-/// pipeline (Redis 6.0 takes one pattern per call), in canonical form; empty when the call
-/// fails: an observation never fails for them.
-async fn effective_parameters(c: &mut MultiplexedConnection) -> BTreeMap<String, String> {
+/// pipeline (Redis 6.0 takes one pattern per call), in canonical form.
+async fn effective_parameters(
+    c: &mut MultiplexedConnection,
+) -> redis::RedisResult<BTreeMap<String, String>> {
     let mut pipe = redis::pipe();
     for p in mofang_common::params::catalogue(EngineKind::Redis) {
         pipe.cmd("CONFIG").arg("GET").arg(p.name);
     }
-    match pipe.query_async::<Vec<redis::Value>>(c).await {
-        Ok(answers) => answers
-            .iter()
-            .flat_map(config_pairs)
-            .map(|(name, value)| {
-                let v =
-                    mofang_common::params::canonical_effective(EngineKind::Redis, &name, &value);
-                (name, v)
-            })
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    }
+    let answers = pipe.query_async::<Vec<redis::Value>>(c).await?;
+    Ok(answers
+        .iter()
+        .flat_map(config_pairs)
+        .map(|(name, value)| {
+            let v = mofang_common::params::canonical_effective(EngineKind::Redis, &name, &value);
+            (name, v)
+        })
+        .collect())
 }
 
 /// The `(name, value)` pairs of a `CONFIG GET` answer: a map (RESP3) or a flat list of

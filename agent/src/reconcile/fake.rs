@@ -296,8 +296,15 @@ impl Engine for FakeEngine {
             lag_seconds: link_up.then_some(db.lag),
             replication_error: None,
             details: BTreeMap::new(),
-            parameters: db.parameters,
         })
+    }
+
+    async fn parameters(
+        &self,
+        _at: &Target,
+        _s: &Secrets,
+    ) -> engine::Result<BTreeMap<String, String>> {
+        Ok(lock(&self.0).parameters.clone())
     }
 
     async fn set_parameter(

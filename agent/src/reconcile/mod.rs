@@ -150,6 +150,9 @@ struct WorkerMemo {
     /// address yet, or the server has not loaded it): it is not reported healthy meanwhile,
     /// so `ready` means a client verifying the member's address gets in.
     tls_pending: Option<String>,
+    /// The effective parameters as last read ([`params::read`]) and when.
+    parameters: std::collections::BTreeMap<String, String>,
+    parameters_read: Option<params::ParametersRead>,
 }
 
 impl WorkerMemo {
@@ -211,6 +214,7 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     params::apply(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
+    params::read(&m, &cfg, &server, &running.id, &st, memo).await;
     Ok(observe::report(
         &m, &st, &running, &server, &obs, note, memo,
     ))
@@ -717,7 +721,9 @@ mod tests {
         );
         let st = r.sh.state.load_member("db-0").expect("state");
         assert_eq!(st.parameters_generation, 2);
-        // Changed on the server behind the agent's back: reported as the server runs it,
+        r.db.take_calls();
+        // Changed on the server behind the agent's back: not read back at every pass (the
+        // pass is the liveness check), reported as the server runs it once the read is due,
         // and not set again (the generation is applied).
         r.db.0
             .lock()
@@ -727,7 +733,46 @@ mod tests {
         let s = r.pass(&a).await;
         assert_eq!(
             s.parameters.get("max_connections").map(String::as_str),
+            Some("321"),
+            "read again only when due: {s:?}"
+        );
+        let read = r.memo.parameters_read.as_mut().expect("parameters read");
+        read.at = read
+            .at
+            .checked_sub(super::params::PARAMETERS_EVERY)
+            .expect("an instant 10 s back");
+        let s = r.pass(&a).await;
+        assert_eq!(
+            s.parameters.get("max_connections").map(String::as_str),
             Some("77")
         );
+        assert!(
+            !r.db
+                .take_calls()
+                .iter()
+                .any(|c| c.starts_with("set_parameter")),
+            "an applied generation is not set again"
+        );
+    }
+
+    /// The parameters' cadence: first read at once, again in a new container or after a
+    /// new generation was applied, otherwise only every `PARAMETERS_EVERY`.
+    #[test]
+    fn parameters_are_read_when_due_and_not_at_every_pass() {
+        use super::params::{parameters_due, ParametersRead, PARAMETERS_EVERY};
+        let t0 = std::time::Instant::now();
+        assert!(parameters_due(None, t0, "c1", 0));
+        let last = ParametersRead {
+            at: t0,
+            container: "c1".into(),
+            generation: 2,
+        };
+        let soon = t0 + Duration::from_millis(250);
+        assert!(!parameters_due(Some(&last), soon, "c1", 2));
+        assert!(parameters_due(Some(&last), soon, "c2", 2), "restarted");
+        assert!(parameters_due(Some(&last), soon, "c1", 3), "new generation");
+        assert!(parameters_due(Some(&last), t0 + PARAMETERS_EVERY, "c1", 2));
+        // A clock that went back never makes a read overdue forever nor panics.
+        assert!(!parameters_due(Some(&last), t0, "c1", 2));
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn report(
     };
     s.read_only = obs.read_only;
     s.position = obs.position.clone();
-    s.parameters = obs.parameters.clone();
+    s.parameters = super::params::last(memo);
     let repl_ok = obs.replication_ok;
     let repl_error = obs.replication_error.clone();
     s.lag_seconds = reported_lag(&mut memo.last_lag, repl_ok, obs.lag_seconds);

@@ -4,13 +4,89 @@
 //! `CONFIG SET`); the config already carries every one of them (step 2), so a restart keeps
 //! them and the restart-needed ones take effect at the rolling restart that follows. The
 //! member then reports the generation.
+//!
+//! Step 6c, reading them back (`GET /v1/instances/{name}/parameters`, drift): the effective
+//! values are read on their own cadence ([`PARAMETERS_EVERY`]), at once after a new
+//! generation was applied or the server restarted, never at every pass: the pass is the
+//! liveness check, and a few hundred variables per member every 250 ms were most of its
+//! cost on a busy host.
 
 use super::answers::Server;
 use super::config::Configured;
-use super::Member;
+use super::{Member, WorkerMemo};
 use crate::engine::catalogue_settings;
 use crate::state::MemberState;
-use tracing::{info, warn};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// How often a member's effective parameters are read when nothing changed.
+pub(super) const PARAMETERS_EVERY: Duration = Duration::from_secs(10);
+
+/// When, in which container and at which applied generation the parameters were last read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ParametersRead {
+    pub at: Instant,
+    pub container: String,
+    pub generation: u64,
+}
+
+/// Whether the effective parameters are due for a read: never read, read in another
+/// container (restarted, upgraded), before the generation now applied, or long enough ago.
+pub(super) fn parameters_due(
+    last: Option<&ParametersRead>,
+    now: Instant,
+    container: &str,
+    generation: u64,
+) -> bool {
+    match last {
+        None => true,
+        Some(r) => {
+            r.container != container
+                || r.generation != generation
+                || now.saturating_duration_since(r.at) >= PARAMETERS_EVERY
+        }
+    }
+}
+
+/// Reads the effective parameters when due and keeps them in the worker's memory for the
+/// report. A failed read keeps the last values and is tried again on the next pass.
+pub(super) async fn read(
+    m: &Member<'_>,
+    cfg: &Configured,
+    server: &Server,
+    container: &str,
+    st: &MemberState,
+    memo: &mut WorkerMemo,
+) {
+    let now = Instant::now();
+    if !parameters_due(
+        memo.parameters_read.as_ref(),
+        now,
+        container,
+        st.parameters_generation,
+    ) {
+        return;
+    }
+    match m.engine.parameters(&server.target, &cfg.secrets).await {
+        Ok(values) => {
+            memo.parameters = values;
+            memo.parameters_read = Some(ParametersRead {
+                at: now,
+                container: container.to_owned(),
+                generation: st.parameters_generation,
+            });
+        }
+        Err(e) => {
+            debug!(member = m.name(), error = %e, "could not read the parameters; trying again")
+        }
+    }
+}
+
+/// The parameters a report carries: the last read, empty before the first.
+pub(super) fn last(memo: &WorkerMemo) -> BTreeMap<String, String> {
+    memo.parameters.clone()
+}
 
 /// Applies the dynamic parameters once per generation. A failure is logged and tried again
 /// on the next pass; it never stops the pass.
