@@ -800,9 +800,21 @@ impl Engine for MariaDb {
     }
 
     fn diverged(&self, replication_error: &str) -> bool {
-        // Error 1236 with GTIDs: the replica asks for a GTID its new primary never had.
-        replication_error.contains("not in the master's binlog")
-            || replication_error.contains("diverged")
+        // Error 1236 with GTIDs comes in two forms. "... which is not in the master's binlog.
+        // Since the master's binlog contains GTIDs with higher sequence numbers, it probably
+        // means that the slave has diverged ...": the primary went on without the replica's
+        // last transactions, so they are not its primary's history. The short form alone
+        // ("... which is not in the master's binlog") says the primary has nothing that far
+        // yet: the replica is AHEAD, which is what every replica is during a switchover
+        // while the new primary still applies the fenced primary's last transactions. That
+        // replica (and the fenced old primary) holds acknowledged writes the new primary is
+        // still fetching from it: rebuilding it destroyed them (a three-member upgrade lost
+        // every full copy this way, session 13). It is no divergence: the role step starts
+        // replication again on every pass until the primary has caught up, and the member
+        // stays unhealthy meanwhile. Should the primary never reach it (an old primary's
+        // unacknowledged transactions after a failover), the first write the new primary
+        // takes turns the error into the long form, and the member is rebuilt then.
+        replication_error.contains("diverged")
             // A row the replica already has, or lacks, on a read-only replica: its data is
             // not its primary's (e.g. seeded from a primary that was deposed meanwhile).
             || replication_error.contains("Duplicate entry")
@@ -1043,6 +1055,14 @@ mod tests {
                  mode is enabled";
         assert!(MariaDb.diverged(e));
         assert!(MariaDb.diverged(
+            "Got fatal error 1236 from master when reading data from binary log: 'Error: \
+             connecting slave requested to start from GTID 0-2-9, which is not in the master's \
+             binlog. Since the master's binlog contains GTIDs with higher sequence numbers, it \
+             probably means that the slave has diverged due to executing extra erroneous \
+             transactions'"
+        ));
+        // Ahead of a primary still catching up (switchover): not diverged, never rebuilt.
+        assert!(!MariaDb.diverged(
             "Got fatal error 1236 from master when reading data from binary log: 'Error: \
              connecting slave requested to start from GTID 0-2-9, which is not in the master's binlog'"
         ));
