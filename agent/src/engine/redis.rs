@@ -207,6 +207,24 @@ fn replica_link(info: &BTreeMap<String, String>) -> (bool, Option<String>) {
 pub const LINK_SILENT_S: i64 = 2;
 
 /// Parses `INFO` output into key -> value.
+/// Whether a member (`own`, its `INFO replication`) holds off following a new primary
+/// (`target`'s): while the target is still a replica of the same history (same replication
+/// id) and behind this member. That is a switchover's target still applying the fenced
+/// primary's last writes; followed now, the target would serve this member a full resync of
+/// its older dataset, and the fenced old primary, its only source, would lose the writes
+/// the target was still fetching (decision 144). Once the target is promoted, or is on
+/// another history (a failover), it is followed at once.
+fn hold_off(own: &BTreeMap<String, String>, target: &BTreeMap<String, String>) -> bool {
+    let offset = |m: &BTreeMap<String, String>| {
+        m.get("master_repl_offset")
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    target.get("role").map(String::as_str) == Some("slave")
+        && own.get("master_replid").is_some()
+        && own.get("master_replid") == target.get("master_replid")
+        && matches!((offset(own), offset(target)), (Some(mine), Some(theirs)) if mine > theirs)
+}
+
 fn parse_info(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -496,6 +514,18 @@ impl Engine for Redis {
                 && info.get("master_host") == Some(&primary.host)
                 && info.get("master_port") == Some(&primary.port.to_string());
             if !same {
+                // A switchover's target still catching up from this member's history: not
+                // yet (see `hold_off`). Unreachable: follow it anyway, as before.
+                if let Ok(mut t) = connect(primary, s).await {
+                    if let Ok(text) = cmd::<String>(&mut t, primary, &["INFO", "replication"]).await
+                    {
+                        if hold_off(&info, &parse_info(&text)) {
+                            tracing::debug!(member_at = %at, primary = %primary,
+                                "new primary still behind this member: following it once it caught up");
+                            return Ok(());
+                        }
+                    }
+                }
                 let port = primary.port.to_string();
                 let _: String = cmd(&mut c, at, &["REPLICAOF", &primary.host, &port]).await?;
             }
@@ -649,6 +679,40 @@ fn config_pairs(v: &redis::Value) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    /// A switchover's target still behind: held off; caught up, promoted, or on another
+    /// history: followed.
+    #[test]
+    fn a_member_ahead_holds_off_following_a_target_still_catching_up() {
+        let info = |role: &str, id: &str, off: u64| {
+            super::parse_info(&format!(
+                "# Replication\r\nrole:{role}\r\nmaster_replid:{id}\r\nmaster_repl_offset:{off}\r\n"
+            ))
+        };
+        let old_primary = info("master", "aaa", 1000);
+        assert!(super::hold_off(&old_primary, &info("slave", "aaa", 900)));
+        assert!(
+            !super::hold_off(&old_primary, &info("slave", "aaa", 1000)),
+            "caught up"
+        );
+        assert!(
+            !super::hold_off(&old_primary, &info("master", "bbb", 900)),
+            "promoted"
+        );
+        assert!(
+            !super::hold_off(&old_primary, &info("slave", "ccc", 900)),
+            "other history"
+        );
+        // A replica of the fenced primary, ahead of the target: the same.
+        assert!(super::hold_off(
+            &info("slave", "aaa", 1000),
+            &info("slave", "aaa", 990)
+        ));
+        assert!(
+            !super::hold_off(&old_primary, &BTreeMap::new()),
+            "nothing known"
+        );
+    }
+
     use super::*;
 
     #[test]
