@@ -12,5 +12,6 @@ pub mod reconcile;
 pub mod roles;
 pub mod runtime;
 pub mod state;
+pub mod statuses;
 pub mod tls;
 pub mod volume;

@@ -4,7 +4,7 @@
 //! the reason) otherwise, 404 for a member this agent does not run.
 
 use crate::link::Lease;
-use crate::reconcile::Statuses;
+use crate::statuses::Statuses;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;

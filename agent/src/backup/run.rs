@@ -10,8 +10,8 @@
 use super::counts;
 use super::stream::{self, Zstd};
 use crate::engine::{self, Secrets, Target};
-use crate::reconcile::Statuses;
 use crate::runtime::{ContainerRuntime, ExecOutput};
+use crate::statuses::Statuses;
 use futures::StreamExt;
 use mofang_common::backup::{self as common, params, ConsistentAt, Manifest, ManifestObject};
 use mofang_common::proto::{Assignment, Job};

@@ -17,9 +17,9 @@ pub mod redis;
 
 use crate::config::{AgentConfig, NetworkMode};
 use crate::engine::Secrets;
-use crate::reconcile::{Statuses, STOPPED};
 use crate::runtime::ContainerRuntime;
 use crate::state::LocalState;
+use crate::statuses::{ReconcileStats, Statuses, STOPPED};
 use crate::volume::VolumeManager;
 use container::{DeviceNames, Tracked, VolumeFs};
 use futures::StreamExt;
@@ -64,7 +64,7 @@ pub struct Sources {
     /// Agent config (node name, network mode, state directory, timeouts).
     pub cfg: AgentConfig,
     /// Reconcile pass counts and durations.
-    pub reconcile: Arc<crate::reconcile::ReconcileStats>,
+    pub reconcile: Arc<ReconcileStats>,
     /// The container runtime (container list, events; never stats).
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Data volumes.

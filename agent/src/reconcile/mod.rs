@@ -165,8 +165,7 @@ impl WorkerMemo {
     }
 }
 
-/// `MemberStatus.container_state` of a member whose instance is stopped.
-pub const STOPPED: &str = "stopped";
+pub use crate::statuses::STOPPED;
 
 /// Reconciles one member once: the steps in order, each either going on or ending the pass.
 async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {

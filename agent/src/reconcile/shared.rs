@@ -10,24 +10,11 @@ use crate::state::LocalState;
 use crate::volume::VolumeManager;
 use mofang_common::labels;
 use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
 
-/// Member statuses, shared with the heartbeat.
-pub type Statuses = Arc<Mutex<BTreeMap<String, MemberStatus>>>;
-
-/// Reconcile passes, for the agent's metrics.
-#[derive(Debug, Default)]
-pub struct ReconcileStats {
-    /// Passes that ended well.
-    pub ok: std::sync::atomic::AtomicU64,
-    /// Passes that ended with an error.
-    pub errors: std::sync::atomic::AtomicU64,
-    /// Total time spent in passes, microseconds.
-    pub micros: std::sync::atomic::AtomicU64,
-}
+pub use crate::statuses::{ReconcileStats, Statuses};
 
 /// Makes the engine adapter for an engine kind and version ([`engine::for_kind`]; a fake in
 /// unit tests).
