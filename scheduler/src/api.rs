@@ -1687,8 +1687,8 @@ async fn leader_only(State(api): State<Api>, req: Request, next: Next) -> Respon
     }
 }
 
-/// The API router.
-pub fn router(api: Api) -> Router {
+/// The REST API's routes alone (what the console calls in-process).
+pub fn v1_router(api: Api) -> Router {
     let protected = Router::new()
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node))
@@ -1754,9 +1754,17 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
+        .with_state(api)
+}
+
+/// The router of the REST listener: the API and the web console at `/ui`, which calls the
+/// API router in-process with the signed-in user's token (docs/console.md).
+pub fn router(api: Api) -> Router {
+    let console = crate::console::Console::new(api.clone(), v1_router(api.clone()));
+    v1_router(api)
+        .merge(crate::console::router(console))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(read_whole_body))
-        .with_state(api)
 }
 
 /// Bytes of an over-limit body read and dropped before the 413 is sent ([`read_whole_body`]).

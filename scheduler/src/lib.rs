@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backup;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod consul;
 pub mod daemon;
 pub mod election;

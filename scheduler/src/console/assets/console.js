@@ -1,0 +1,48 @@
+// Mofang console: live updates by polling. Every element with `data-live` and an id is
+// refreshed from a fresh copy of the same page (rendered by the scheduler, so there is one
+// renderer); forms outside those elements are never touched. A lost connection (scheduler
+// restarting, leader changing) shows a banner and polling goes on; an expired session goes
+// back to sign-in, remembering the page.
+(function () {
+  'use strict';
+  var every = parseInt(document.body.getAttribute('data-refresh') || '0', 10);
+  var banner = document.getElementById('conn-banner');
+  function show(text) {
+    if (banner) { banner.textContent = text; banner.hidden = false; }
+  }
+  function hide() {
+    if (banner) { banner.hidden = true; }
+  }
+  function schedule() { window.setTimeout(tick, every); }
+  function apply(html) {
+    var doc = new DOMParser().parseFromString(html, 'text/html');
+    var live = document.querySelectorAll('[data-live]');
+    for (var i = 0; i < live.length; i++) {
+      var fresh = doc.getElementById(live[i].id);
+      if (fresh && fresh.innerHTML !== live[i].innerHTML) {
+        live[i].innerHTML = fresh.innerHTML;
+      }
+    }
+  }
+  function tick() {
+    if (document.hidden) { schedule(); return; }
+    fetch(window.location.href, { credentials: 'same-origin', headers: { 'X-Mofang-Live': '1' } })
+      .then(function (r) {
+        if (r.redirected && r.url.indexOf('/ui/login') !== -1) {
+          window.location.assign(r.url);
+          return null;
+        }
+        if (!r.ok) {
+          show('The scheduler answered ' + r.status + '; retrying…');
+          return null;
+        }
+        return r.text();
+      })
+      .then(function (html) {
+        if (html !== null) { hide(); apply(html); }
+      })
+      .catch(function () { show('Connection to the scheduler lost; reconnecting…'); })
+      .then(schedule);
+  }
+  if (every > 0) { schedule(); }
+})();

@@ -1,0 +1,1171 @@
+//! The web console at `/ui`: server-rendered pages over the REST API's own answers.
+//!
+//! Every page and every action is a call of the API router in this process, made with the
+//! signed-in user's token: the same validation, role checks, audit entries and follower
+//! forwarding as `mofang` and curl get (one source of truth). The console adds sessions
+//! (cookie + CSRF token), HTML, and live updates by polling (`assets/console.js`).
+//! Assets are embedded; responses carry a strict Content-Security-Policy.
+
+pub mod pages;
+pub mod session;
+pub mod views;
+
+use crate::api::Api;
+use crate::model::now_ms;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::Markup;
+use pages::{Frame, Nav};
+use serde::de::DeserializeOwned;
+use session::{Session, Sessions};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tower::ServiceExt;
+use tracing::{info, warn};
+use views::{Event, Instance, Node};
+
+/// Errors of the console's calls of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API answered with an error (its status, code and reason).
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The API's error code.
+        code: String,
+        /// The API's reason.
+        message: String,
+    },
+    /// An answer of the API did not parse as the view expected.
+    #[error("the API's answer to {path} does not parse")]
+    Decode {
+        /// The API path.
+        path: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An answer of the API could not be read.
+    #[error("the API's answer to {path} could not be read")]
+    Read {
+        /// The API path.
+        path: String,
+    },
+    /// A request to the API could not be built (a name no API path can hold).
+    #[error("no API request can be made for {path}")]
+    Request {
+        /// The API path.
+        path: String,
+    },
+}
+
+/// `Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The Content-Security-Policy of every console answer: nothing but this origin, no inline
+/// script or style, no framing, forms only to this origin.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' \
+     data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
+     object-src 'none'";
+
+/// Largest API answer read (2,000 instances are a few MiB of JSON).
+const MAX_ANSWER: usize = 256 << 20;
+/// Events kept for the overview and the events page (the last 24 h, at most this many).
+const EVENTS_KEPT: usize = 5_000;
+
+const CSS: &str = include_str!("assets/console.css");
+const JS: &str = include_str!("assets/console.js");
+
+/// The events this scheduler has read from `GET /v1/events`, newest last: a cursor so each
+/// page reads only what is new.
+#[derive(Debug, Default)]
+struct Recent {
+    since: u64,
+    events: VecDeque<Event>,
+}
+
+struct Inner {
+    api: Api,
+    /// The REST API's router (without the console), called in-process.
+    v1: Router,
+    sessions: Sessions,
+    recent: tokio::sync::Mutex<Recent>,
+}
+
+/// The console's state.
+#[derive(Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+impl Console {
+    /// A console over `api`, calling the API through `v1` (the REST router of the same
+    /// scheduler, so followers forward to the leader as for any API call).
+    pub fn new(api: Api, v1: Router) -> Self {
+        Console {
+            inner: Arc::new(Inner {
+                api,
+                v1,
+                sessions: Sessions::default(),
+                recent: tokio::sync::Mutex::new(Recent::default()),
+            }),
+        }
+    }
+
+    /// Calls the API as the signed-in user; the body of a 2xx answer.
+    async fn call(
+        &self,
+        v: &Visit,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Bytes> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", v.session.token));
+        let body = match body {
+            Some(json) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        let mut req = b.body(body).map_err(|_| Error::Request {
+            path: path.to_owned(),
+        })?;
+        // The audit log records the browser's address, as for a direct API call.
+        if let Some(peer) = v.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        let resp = match self.inner.v1.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), MAX_ANSWER)
+            .await
+            .map_err(|_| Error::Read {
+                path: path.to_owned(),
+            })?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        #[derive(serde::Deserialize)]
+        struct ErrBody {
+            error: Detail,
+        }
+        #[derive(serde::Deserialize)]
+        struct Detail {
+            code: String,
+            message: String,
+        }
+        let (code, message) = match serde_json::from_slice::<ErrBody>(&bytes) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => (
+                "error".to_owned(),
+                String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            ),
+        };
+        Err(Error::Api {
+            status,
+            code,
+            message,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, v: &Visit, path: &str) -> Result<T> {
+        let bytes = self.call(v, Method::GET, path, None).await?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The events of the last 24 h, newest first, reading only those not read before.
+    async fn recent_events(&self, v: &Visit, now: i64) -> Result<Vec<Event>> {
+        let mut r = self.inner.recent.lock().await;
+        // At most 10 pages per visit: a long history is caught up over a few visits.
+        for _ in 0..10 {
+            let page: Vec<Event> = self
+                .get(v, &format!("/v1/events?since={}&limit=10000", r.since))
+                .await?;
+            let full = page.len() == 10_000;
+            for e in page {
+                r.since = r.since.max(e.id);
+                if e.at_ms > now - views::RECENT_MS {
+                    r.events.push_back(e);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        while r.events.len() > EVENTS_KEPT
+            || r.events
+                .front()
+                .is_some_and(|e| e.at_ms <= now - views::RECENT_MS)
+        {
+            r.events.pop_front();
+        }
+        Ok(r.events.iter().rev().cloned().collect())
+    }
+
+    /// Instances, nodes and the problems they show.
+    async fn fleet(&self, v: &Visit) -> Result<(Vec<Instance>, Vec<Node>, Vec<views::Problem>)> {
+        let instances: Vec<Instance> = self.get(v, "/v1/instances").await?;
+        let nodes: Vec<Node> = self.get(v, "/v1/nodes").await?;
+        // Only the leader knows the hold; a follower shows none rather than a stale one.
+        let cluster = &self.inner.api.cluster;
+        let hold = cluster.is_active() && cluster.mass_hold();
+        let problems = views::problems(&instances, &nodes, hold);
+        Ok((instances, nodes, problems))
+    }
+}
+
+/// A request of a signed-in browser.
+pub struct Visit {
+    session: Session,
+    cookie: String,
+    peer: Option<SocketAddr>,
+}
+
+impl Visit {
+    fn frame(&self, problems: usize) -> Frame {
+        Frame {
+            who: self.session.who.clone(),
+            role: format!("{:?}", self.session.role).to_lowercase(),
+            can_act: self.session.can_act(),
+            is_admin: self.session.is_admin(),
+            csrf: self.session.csrf.clone(),
+            problems,
+            now_ms: now_ms(),
+        }
+    }
+}
+
+fn cookie_of(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| session::cookie_value(h, name))
+        .map(str::to_owned)
+}
+
+impl FromRequestParts<Console> for Visit {
+    type Rejection = Response;
+
+    /// The session of the request's cookie; without one, to sign-in remembering the page
+    /// (a form posted with an expired session remembers the page it was posted from).
+    async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Response> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        if let Some(cookie) = cookie_of(parts, session::COOKIE) {
+            if let Some(session) = c.inner.sessions.get(&cookie, now_ms()) {
+                return Ok(Visit {
+                    session,
+                    cookie,
+                    peer,
+                });
+            }
+        }
+        let here = if parts.method == Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/ui".to_owned(), |p| p.as_str().to_owned())
+        } else {
+            parts
+                .headers
+                .get(header::REFERER)
+                .and_then(|r| r.to_str().ok())
+                .and_then(|r| r.splitn(4, '/').nth(3))
+                .map_or("/ui".to_owned(), |p| format!("/{p}"))
+        };
+        Err(Redirect::to(&session::login_redirect(&here)).into_response())
+    }
+}
+
+fn html(status: StatusCode, m: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
+}
+
+/// An error page for a failed API call; a token no longer accepted signs the session out.
+fn failed(c: &Console, v: &Visit, e: &Error) -> Response {
+    match e {
+        Error::Api { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+            c.inner.sessions.close(&v.cookie);
+            Redirect::to("/ui/login").into_response()
+        }
+        Error::Api {
+            status, message, ..
+        } => html(
+            *status,
+            pages::message(Some(&v.frame(0)), "The scheduler refused", message),
+        ),
+        other => {
+            warn!(error = %other, "console: API call failed");
+            html(
+                StatusCode::BAD_GATEWAY,
+                pages::message(Some(&v.frame(0)), "Something failed", &other.to_string()),
+            )
+        }
+    }
+}
+
+/// Checks a form's CSRF token: 403 without the session's.
+fn check_csrf(v: &Visit, form: &BTreeMap<String, String>) -> Result<(), Response> {
+    if session::csrf_matches(&v.session.csrf, form.get("csrf").map(String::as_str)) {
+        Ok(())
+    } else {
+        warn!(who = %v.session.who, "console: form refused without its CSRF token");
+        Err(html(
+            StatusCode::FORBIDDEN,
+            pages::message(
+                Some(&v.frame(0)),
+                "Refused",
+                "This form's security token is missing or stale: reload the page and try again.",
+            ),
+        ))
+    }
+}
+
+/// Names in console paths are those the API accepts (DNS labels, member ids, operation
+/// ids); anything else is not looked up.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn not_found(v: &Visit) -> Response {
+    html(
+        StatusCode::NOT_FOUND,
+        pages::message(Some(&v.frame(0)), "Not found", "No such page."),
+    )
+}
+
+/// Fixed texts of `?done=` (never the query's own text: no content injection).
+fn flash(done: Option<&str>) -> Option<&'static str> {
+    match done? {
+        "created" => Some("Instance created: it is being placed and started."),
+        "switchover" => Some("Switchover done."),
+        "deleted" => Some("Instance deleted: its members are being removed."),
+        "cordon" => Some("Node cordoned: no new members are placed on it."),
+        "drain" => Some("Node draining: its members are being moved away."),
+        "uncordon" => Some("Node active again."),
+        _ => None,
+    }
+}
+
+// ---- handlers --------------------------------------------------------------------------------
+
+#[derive(serde::Deserialize, Default)]
+struct LoginQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+    let pre = session::random_id();
+    let next = q.next.as_deref().and_then(session::safe_next);
+    let mut resp = html(StatusCode::OK, pages::login(&pre, next, None));
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(session::LOGIN_COOKIE, &pre, 600)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn login(
+    State(c): State<Console>,
+    parts: Parts,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    let next = form
+        .get("next")
+        .and_then(|n| session::safe_next(n))
+        .unwrap_or("/ui")
+        .to_owned();
+    // Login CSRF: the form's token must be the one its page set in a cookie (double submit).
+    let pre = cookie_of(&parts, session::LOGIN_COOKIE).unwrap_or_default();
+    if !session::csrf_matches(&pre, form.get("csrf").map(String::as_str)) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::message(
+                None,
+                "Refused",
+                "The sign-in form expired or did not come from this console: load it again.",
+            ),
+        );
+    }
+    let token = form.get("token").map_or("", |t| t.trim());
+    let Some(id) = c.inner.api.tokens.check(token).cloned() else {
+        warn!("console: sign-in with an unknown token");
+        let pre = session::random_id();
+        let mut resp = html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(
+                &pre,
+                Some(&next),
+                Some("That token is not known to this scheduler."),
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&session::set_cookie(session::LOGIN_COOKIE, &pre, 600))
+        {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+        return resp;
+    };
+    let (cookie, s) = c.inner.sessions.open(token, &id.name, id.role, now_ms());
+    info!(who = %s.who, role = ?s.role, "console: signed in");
+    let mut resp = Redirect::to(&next).into_response();
+    let max_age = session::SESSION_TTL_MS / 1000;
+    for v in [
+        session::set_cookie(session::COOKIE, &cookie, max_age),
+        session::set_cookie(session::LOGIN_COOKIE, "gone", 0),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+async fn logout(
+    State(c): State<Console>,
+    v: Visit,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_csrf(&v, &form) {
+        return r;
+    }
+    c.inner.sessions.close(&v.cookie);
+    let mut resp = Redirect::to("/ui/login").into_response();
+    if let Ok(h) = HeaderValue::from_str(&session::set_cookie(session::COOKIE, "gone", 0)) {
+        resp.headers_mut().append(header::SET_COOKIE, h);
+    }
+    resp
+}
+
+async fn overview(State(c): State<Console>, v: Visit) -> Response {
+    let now = now_ms();
+    let (instances, nodes, problems) = match c.fleet(&v).await {
+        Ok(f) => f,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let recent = match c.recent_events(&v, now).await {
+        Ok(e) => views::recent_notable(&e, now),
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let f = v.frame(problems.len());
+    html(
+        StatusCode::OK,
+        pages::overview(&f, &instances, &nodes, &problems, &recent),
+    )
+}
+
+async fn problems(State(c): State<Console>, v: Visit) -> Response {
+    match c.fleet(&v).await {
+        Ok((_, _, p)) => html(StatusCode::OK, pages::problems(&v.frame(p.len()), &p)),
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ListQuery {
+    #[serde(flatten)]
+    filter: views::InstanceFilter,
+    #[serde(default)]
+    done: Option<String>,
+}
+
+async fn instances(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    match c.fleet(&v).await {
+        Ok((all, _, p)) => html(
+            StatusCode::OK,
+            pages::instances(&v.frame(p.len()), &all, &q.filter, flash(q.done.as_deref())),
+        ),
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn create_page(State(c): State<Console>, v: Visit) -> Response {
+    render_create(&c, &v, StatusCode::OK, &BTreeMap::new(), &BTreeMap::new()).await
+}
+
+async fn render_create(
+    c: &Console,
+    v: &Visit,
+    status: StatusCode,
+    values: &BTreeMap<String, String>,
+    errors: &BTreeMap<String, String>,
+) -> Response {
+    let engines: Vec<views::Engine> = match c.get(v, "/v1/engines").await {
+        Ok(e) => e,
+        Err(e) => return failed(c, v, &e),
+    };
+    let problems = match c.fleet(v).await {
+        Ok((_, _, p)) => p.len(),
+        Err(e) => return failed(c, v, &e),
+    };
+    html(
+        status,
+        pages::create(&v.frame(problems), &engines, values, errors),
+    )
+}
+
+async fn create(
+    State(c): State<Console>,
+    v: Visit,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_csrf(&v, &form) {
+        return r;
+    }
+    let body = views::create_body(&form);
+    match c.call(&v, Method::POST, "/v1/instances", Some(body)).await {
+        Ok(_) => {
+            let name = form.get("name").map_or("", |n| n.trim());
+            Redirect::to(&format!("/ui/instances/{name}?done=created")).into_response()
+        }
+        Err(Error::Api {
+            status,
+            code,
+            message,
+        }) if status != StatusCode::UNAUTHORIZED => {
+            let field = views::field_of_error(&code, &message).unwrap_or("");
+            let errors = BTreeMap::from([(field.to_owned(), message)]);
+            let mut values = form.clone();
+            values.remove("csrf");
+            render_create(&c, &v, status, &values, &errors).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DoneQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+async fn instance_page(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let done = q.ok().and_then(|Query(q)| q.done);
+    render_instance(&c, &v, &name, StatusCode::OK, flash(done.as_deref()), None).await
+}
+
+async fn render_instance(
+    c: &Console,
+    v: &Visit,
+    name: &str,
+    status: StatusCode,
+    flash: Option<&str>,
+    action_error: Option<&str>,
+) -> Response {
+    if !plain_name(name) {
+        return not_found(v);
+    }
+    let (instances, nodes, problems) = match c.fleet(v).await {
+        Ok(f) => f,
+        Err(e) => return failed(c, v, &e),
+    };
+    let Some(i) = instances.iter().find(|i| i.name == name) else {
+        return html(
+            StatusCode::NOT_FOUND,
+            pages::message(
+                Some(&v.frame(problems.len())),
+                "Not found",
+                &format!("There is no instance {name}."),
+            ),
+        );
+    };
+    let mut events: Vec<Event> = match c
+        .get(v, &format!("/v1/events?instance={name}&limit=10000"))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return failed(c, v, &e),
+    };
+    events.reverse();
+    events.truncate(40);
+    let topo = views::topology(i, &nodes);
+    html(
+        status,
+        pages::instance(
+            &v.frame(problems.len()),
+            i,
+            &topo,
+            &events,
+            flash,
+            action_error,
+        ),
+    )
+}
+
+async fn switchover(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_csrf(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) {
+        return not_found(&v);
+    }
+    let body = match form
+        .get("target")
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => serde_json::json!({ "target": t }),
+        None => serde_json::json!({}),
+    };
+    let path = format!("/v1/instances/{name}/switchover");
+    match c.call(&v, Method::POST, &path, Some(body)).await {
+        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=switchover")).into_response(),
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn delete(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_csrf(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) {
+        return not_found(&v);
+    }
+    if form.get("confirm").map(|s| s.trim()) != Some(name.as_str()) {
+        let why = format!("Type the instance's name, {name}, to delete it. Nothing was deleted.");
+        return render_instance(
+            &c,
+            &v,
+            &name,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            Some(&why),
+        )
+        .await;
+    }
+    let path = format!("/v1/instances/{name}");
+    match c.call(&v, Method::DELETE, &path, None).await {
+        Ok(_) => Redirect::to("/ui/instances?done=deleted").into_response(),
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn nodes_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let done = q.ok().and_then(|Query(q)| q.done);
+    match c.fleet(&v).await {
+        Ok((_, nodes, p)) => html(
+            StatusCode::OK,
+            pages::nodes(&v.frame(p.len()), &nodes, flash(done.as_deref())),
+        ),
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn node_action(
+    State(c): State<Console>,
+    v: Visit,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_csrf(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) || !matches!(action.as_str(), "cordon" | "drain" | "uncordon") {
+        return not_found(&v);
+    }
+    let path = format!("/v1/nodes/{name}/{action}");
+    // A refusal (403 for a viewer, 404, 409) is the API's status and reason.
+    match c.call(&v, Method::POST, &path, None).await {
+        Ok(_) => Redirect::to(&format!("/ui/nodes?done={action}")).into_response(),
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct EventsQuery {
+    #[serde(default)]
+    instance: String,
+    #[serde(default)]
+    kind: String,
+}
+
+async fn events_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let now = now_ms();
+    let problems = match c.fleet(&v).await {
+        Ok((_, _, p)) => p.len(),
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let all = match c.recent_events(&v, now).await {
+        Ok(e) => e,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let (inst, kind) = (q.instance.trim(), q.kind.trim());
+    let shown: Vec<Event> = all
+        .into_iter()
+        .filter(|e| inst.is_empty() || e.instance.as_deref() == Some(inst))
+        .filter(|e| kind.is_empty() || e.kind.contains(kind))
+        .take(500)
+        .collect();
+    html(
+        StatusCode::OK,
+        pages::events(&v.frame(problems), &shown, inst, kind),
+    )
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AuditQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn audit_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let problems = match c.fleet(&v).await {
+        Ok((_, _, p)) => p.len(),
+        Err(e) => return failed(&c, &v, &e),
+    };
+    // The API refuses a non-admin (403), as it does for `mofang audit`.
+    let mut entries: Vec<views::AuditEntry> = match c.get(&v, "/v1/audit?limit=10000").await {
+        Ok(e) => e,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    entries.reverse();
+    let needle = q.q.trim().to_lowercase();
+    let shown: Vec<views::AuditEntry> = entries
+        .into_iter()
+        .filter(|e| {
+            needle.is_empty()
+                || format!("{} {} {}", e.who, e.action, e.target)
+                    .to_lowercase()
+                    .contains(&needle)
+        })
+        .take(500)
+        .collect();
+    html(
+        StatusCode::OK,
+        pages::audit(&v.frame(problems), &shown, q.q.trim()),
+    )
+}
+
+async fn operations_page(State(c): State<Console>, v: Visit) -> Response {
+    not_built_page(&c, &v, Nav::Operations, "Operations",
+        "Running and recent operations with their steps, and cancel, are not here yet: use <code>mofang ops</code> (or <code>GET /v1/instances/{name}/operations</code>); operation failures of the last 24 hours are on the overview.").await
+}
+
+async fn backups_page(State(c): State<Console>, v: Visit) -> Response {
+    not_built_page(&c, &v, Nav::Backups, "Backups",
+        "The backup timeline, the PITR window and restore are not here yet: use <code>mofang backup</code> (or <code>GET /v1/instances/{name}/backups</code>); backup failures of the last 24 hours are on the overview.").await
+}
+
+async fn not_built_page(
+    c: &Console,
+    v: &Visit,
+    nav: Nav,
+    title: &str,
+    instead: &'static str,
+) -> Response {
+    match c.fleet(v).await {
+        Ok((_, _, p)) => html(
+            StatusCode::OK,
+            pages::not_built(&v.frame(p.len()), nav, title, instead),
+        ),
+        Err(e) => failed(c, v, &e),
+    }
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        JS,
+    )
+        .into_response()
+}
+
+async fn ui_not_found() -> Response {
+    html(
+        StatusCode::NOT_FOUND,
+        pages::message(None, "Not found", "No such console page."),
+    )
+}
+
+/// Security headers on every console answer.
+async fn secure_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The console's routes (all under `/ui`), to be merged into the API's router.
+pub fn router(console: Console) -> Router {
+    Router::new()
+        .route("/ui", get(overview))
+        .route("/ui/", get(overview))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/problems", get(problems))
+        .route("/ui/instances", get(instances).post(create))
+        .route("/ui/instances/new", get(create_page))
+        .route("/ui/instances/{name}", get(instance_page))
+        .route("/ui/instances/{name}/switchover", post(switchover))
+        .route("/ui/instances/{name}/delete", post(delete))
+        .route("/ui/nodes", get(nodes_page))
+        .route("/ui/nodes/{name}/{action}", post(node_action))
+        .route("/ui/events", get(events_page))
+        .route("/ui/audit", get(audit_page))
+        .route("/ui/operations", get(operations_page))
+        .route("/ui/backups", get(backups_page))
+        .route("/ui/assets/console.css", get(css))
+        .route("/ui/assets/console.js", get(js))
+        .route("/ui/{*rest}", get(ui_not_found))
+        .layer(middleware::from_fn(secure_headers))
+        .with_state(console)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Tokens;
+    use crate::cluster::Cluster;
+    use crate::config::TokenRole;
+    use crate::store::sqlite::SqliteStore;
+
+    const ADMIN: &str = "admin-token-0123456789abcdef";
+    const VIEWER: &str = "viewer-token-0123456789abcdef";
+
+    async fn app() -> Router {
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.activate().await.expect("activate");
+        let mut tokens = Tokens::from_config(&[]);
+        tokens.insert(ADMIN, "root", TokenRole::Admin);
+        tokens.insert(VIEWER, "grafana", TokenRole::Viewer);
+        crate::api::router(Api {
+            tls: None,
+            cluster,
+            tokens: Arc::new(tokens),
+            sealed: None,
+        })
+    }
+
+    async fn send(app: &Router, req: axum::http::Request<Body>) -> (StatusCode, Response) {
+        let r = app.clone().oneshot(req).await.expect("answer");
+        (r.status(), r)
+    }
+
+    async fn text(r: Response) -> String {
+        let b = axum::body::to_bytes(r.into_body(), MAX_ANSWER)
+            .await
+            .expect("body");
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    fn get(path: &str, cookie: &str) -> axum::http::Request<Body> {
+        axum::http::Request::get(path)
+            .header(header::COOKIE, cookie)
+            .body(Body::empty())
+            .expect("request")
+    }
+
+    fn post(path: &str, cookie: &str, form: &str) -> axum::http::Request<Body> {
+        axum::http::Request::post(path)
+            .header(header::COOKIE, cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_owned()))
+            .expect("request")
+    }
+
+    fn set_cookie(r: &Response, name: &str) -> String {
+        r.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| session::cookie_value(v.split(';').next().unwrap_or(""), name))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Signs in with `token`; the session cookie header and the session's CSRF token.
+    async fn sign_in(app: &Router, token: &str) -> (String, String) {
+        let (_, page) = send(app, get("/ui/login", "")).await;
+        let pre = set_cookie(&page, session::LOGIN_COOKIE);
+        let (status, r) = send(
+            app,
+            post(
+                "/ui/login",
+                &format!("{}={pre}", session::LOGIN_COOKIE),
+                &format!("csrf={pre}&token={token}&next=%2Fui%2Fnodes"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/ui/nodes");
+        let cookie = format!("{}={}", session::COOKIE, set_cookie(&r, session::COOKIE));
+        let (_, page) = send(app, get("/ui/nodes", &cookie)).await;
+        let html = text(page).await;
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("a CSRF field")
+            .to_owned();
+        (cookie, csrf)
+    }
+
+    #[tokio::test]
+    async fn pages_need_a_session_and_remember_where_they_were() {
+        let app = app().await;
+        let (status, r) = send(&app, get("/ui/instances?engine=redis", "")).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "/ui/login?next=/ui/instances%3Fengine%3Dredis"
+        );
+        let (_, r) = send(&app, get("/ui", "mofang_session=forged")).await;
+        assert_eq!(r.headers()[header::LOCATION], "/ui/login");
+    }
+
+    #[tokio::test]
+    async fn every_answer_has_the_strict_headers() {
+        let app = app().await;
+        for path in ["/ui/login", "/ui", "/ui/assets/console.js", "/ui/nope/x"] {
+            let (_, r) = send(&app, get(path, "")).await;
+            let h = r.headers();
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP, "{path}");
+            assert!(CSP.contains("default-src 'self'") && CSP.contains("frame-ancestors 'none'"));
+            assert!(!CSP.contains("unsafe-inline"));
+            assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{path}");
+        }
+        let (_, r) = send(&app, get("/ui/login", "")).await;
+        let cookie = r.headers()[header::SET_COOKIE].to_str().expect("ascii");
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        let html = text(r).await;
+        assert!(
+            !html.contains("<style") && !html.contains("style=\""),
+            "no inline style"
+        );
+        assert!(!html.contains("<script>"), "no inline script");
+    }
+
+    #[tokio::test]
+    async fn sign_in_needs_a_known_token_and_the_forms_own_cookie() {
+        let app = app().await;
+        let (_, page) = send(&app, get("/ui/login", "")).await;
+        let pre = set_cookie(&page, session::LOGIN_COOKIE);
+        let jar = format!("{}={pre}", session::LOGIN_COOKIE);
+        let (status, _) = send(
+            &app,
+            post("/ui/login", &jar, &format!("csrf={pre}&token=nope")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = send(
+            &app,
+            post("/ui/login", "", &format!("csrf={pre}&token={ADMIN}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "login CSRF: no cookie");
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/login",
+                &jar,
+                &format!("csrf={pre}&token={ADMIN}&next=https://evil.example/"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/ui", "no open redirect");
+        let session = r
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("mofang_session="))
+            .expect("a session cookie")
+            .to_owned();
+        for part in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Path=/ui",
+            "Max-Age=28800",
+        ] {
+            assert!(session.contains(part), "{session} lacks {part}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_form_without_its_csrf_token_is_refused() {
+        let app = app().await;
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let form = "name=shop&engine=mariadb&version=10.11&replicas=0&cpu=0.5&memory=256&disk=512";
+        let (status, _) = send(&app, post("/ui/instances", &cookie, form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = send(
+            &app,
+            post(
+                "/ui/instances",
+                &cookie,
+                &format!("{form}&csrf=wrong{csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = send(&app, post("/ui/logout", &cookie, "")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "sign-out is a form too");
+    }
+
+    #[tokio::test]
+    async fn the_apis_reason_is_shown_next_to_the_field_and_nothing_is_created() {
+        let app = app().await;
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let form = format!(
+            "csrf={csrf}&name=shop&engine=mariadb&version=10.11&replicas=9&cpu=0.5&memory=256&disk=512"
+        );
+        let (status, r) = send(&app, post("/ui/instances", &cookie, &form)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let html = text(r).await;
+        assert!(
+            html.contains("id=\"replicas-error\" role=\"alert\">replicas 9 is absurd: at most 8"),
+            "{html}"
+        );
+        assert!(html.contains("value=\"shop\""), "values kept");
+        let (_, r) = send(&app, get("/ui/instances", &cookie)).await;
+        assert!(text(r).await.contains("0 of 0"), "nothing created");
+    }
+
+    #[tokio::test]
+    async fn a_viewer_sees_no_actions_and_its_posts_are_refused_and_audited() {
+        let app = app().await;
+        let (cookie, csrf) = sign_in(&app, VIEWER).await;
+        let (_, r) = send(&app, get("/ui/nodes", &cookie)).await;
+        assert!(
+            !text(r).await.contains("class=\"act"),
+            "no action for a viewer"
+        );
+        let (_, r) = send(&app, get("/ui/instances", &cookie)).await;
+        assert!(!text(r).await.contains("/ui/instances/new"));
+        let form = format!(
+            "csrf={csrf}&name=shop&engine=mariadb&version=10.11&replicas=0&cpu=0.5&memory=256&disk=512"
+        );
+        let (status, r) = send(&app, post("/ui/instances", &cookie, &form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(r).await.contains("operator is needed"));
+        let (status, _) = send(&app, get("/ui/audit", &cookie)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "the audit log is for admins");
+        let (admin, _) = sign_in(&app, ADMIN).await;
+        let (status, r) = send(&app, get("/ui/audit", &admin)).await;
+        assert_eq!(status, StatusCode::OK);
+        let html = text(r).await;
+        assert!(
+            html.contains("grafana") && html.contains("POST /v1/instances"),
+            "the refused POST is in the audit log like an API call: {html}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sign_out_ends_the_session() {
+        let app = app().await;
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let (status, _) = send(&app, post("/ui/logout", &cookie, &format!("csrf={csrf}"))).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (status, r) = send(&app, get("/ui", &cookie)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/ui/login");
+    }
+}

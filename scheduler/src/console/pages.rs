@@ -1,0 +1,623 @@
+//! The console's HTML, rendered with maud (escaped by default) from the view models of
+//! `views`. No inline script or style: the page works under `default-src 'self'`.
+
+use super::views::{
+    self, ago, count_by, lag, utc, AuditEntry, Event, Fill, Instance, InstanceFilter, Node,
+    Problem, Severity, Topology, TopologyNode,
+};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use std::collections::BTreeMap;
+
+/// Pages of the navigation bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    /// Overview.
+    Overview,
+    /// Instances.
+    Instances,
+    /// Nodes.
+    Nodes,
+    /// Operations (not built yet).
+    Operations,
+    /// Backups (not built yet).
+    Backups,
+    /// Events.
+    Events,
+    /// Audit (admins).
+    Audit,
+    /// Problems.
+    Problems,
+}
+
+/// What every page of a signed-in user needs.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The token name signed in.
+    pub who: String,
+    /// Its role, lower case.
+    pub role: String,
+    /// May act (operator or admin).
+    pub can_act: bool,
+    /// Admin.
+    pub is_admin: bool,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// How many problems there are now.
+    pub problems: usize,
+    /// Now, unix ms (rendering is given the clock).
+    pub now_ms: i64,
+}
+
+/// Live refresh interval of pages that update, ms.
+pub const REFRESH_MS: u32 = 2000;
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Mofang" }
+            link rel="stylesheet" href="/ui/assets/console.css";
+            script src="/ui/assets/console.js" defer {}
+        }
+    }
+}
+
+/// The hidden CSRF field of a state-changing form.
+pub fn csrf_field(f: &Frame) -> Markup {
+    html! { input type="hidden" name="csrf" value=(f.csrf); }
+}
+
+/// A whole page: navigation, the connection banner, the Problems link, and `main`.
+pub fn page(f: &Frame, title: &str, nav: Nav, refresh: bool, main: Markup) -> Markup {
+    let item = |n: Nav, href: &str, label: &str| {
+        html! { a href=(href) aria-current=[(n == nav).then_some("page")] { (label) } }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body data-refresh=(if refresh { REFRESH_MS } else { 0 }) {
+                a.skip href="#main" { "Skip to content" }
+                p.banner id="conn-banner" role="status" hidden {}
+                header.top {
+                    a.brand href="/ui" { "Mofang" }
+                    nav aria-label="Console" {
+                        (item(Nav::Overview, "/ui", "Overview"))
+                        (item(Nav::Instances, "/ui/instances", "Instances"))
+                        (item(Nav::Nodes, "/ui/nodes", "Nodes"))
+                        (item(Nav::Operations, "/ui/operations", "Operations"))
+                        (item(Nav::Backups, "/ui/backups", "Backups"))
+                        (item(Nav::Events, "/ui/events", "Events"))
+                        @if f.is_admin { (item(Nav::Audit, "/ui/audit", "Audit")) }
+                        span id="nav-problems" data-live {
+                            a.problems-link.has[f.problems > 0] href="/ui/problems"
+                                aria-current=[(nav == Nav::Problems).then_some("page")] {
+                                "Problems (" (f.problems) ")"
+                            }
+                        }
+                    }
+                    div.who {
+                        span { (f.who) " · " (f.role) }
+                        form.inline method="post" action="/ui/logout" {
+                            (csrf_field(f))
+                            button.small type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main id="main" { (main) }
+            }
+        }
+    }
+}
+
+/// The sign-in page.
+pub fn login(login_csrf: &str, next: Option<&str>, error: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Sign in"))
+            body data-refresh="0" {
+                main.login id="main" {
+                    h1 { "Mofang console" }
+                    @if let Some(e) = error { p.error role="alert" { (e) } }
+                    form.stack.card method="post" action="/ui/login" id="login" {
+                        input type="hidden" name="csrf" value=(login_csrf);
+                        @if let Some(n) = next { input type="hidden" name="next" value=(n); }
+                        div.field {
+                            label for="token" { "API token" }
+                            input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
+                            p.hint { "The token you use with the mofang CLI or the REST API. It stays on the scheduler; your browser gets a session cookie." }
+                        }
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A page that only says something (errors, refusals).
+pub fn message(f: Option<&Frame>, title: &str, text: &str) -> Markup {
+    let body = html! { h1 { (title) } p.error role="alert" { (text) } p { a href="/ui" { "Back to the overview" } } };
+    match f {
+        Some(f) => page(f, title, Nav::Overview, false, body),
+        None => html! {
+            (DOCTYPE)
+            html lang="en" { (head(title)) body data-refresh="0" { main id="main" { (body) } } }
+        },
+    }
+}
+
+fn badge(text: &str) -> Markup {
+    html! { span.badge.(text) { (text) } }
+}
+
+fn counts(caption: &str, rows: &[(String, usize)]) -> Markup {
+    html! {
+        table {
+            caption.muted { (caption) }
+            @for (k, n) in rows { tr { td { (badge(k)) } td.num { (n) } } }
+            @if rows.is_empty() { tr { td.muted colspan="2" { "none" } } }
+        }
+    }
+}
+
+fn meter_row(label: &str, u: views::Usage, unit: &str, digits: usize) -> Markup {
+    let pct = (u.fraction() * 100.0).round();
+    html! {
+        span { (label) }
+        meter min="0" max="1" low="0.7" high="0.9" optimum="0" value=(format!("{:.3}", u.fraction()))
+            aria-label=(format!("{label} {pct}%")) {}
+        span.num { (format!("{:.*} / {:.*} {unit}", digits, u.used, digits, u.capacity)) }
+    }
+}
+
+fn fill_card(f: &Fill, what: &str) -> Markup {
+    html! {
+        div.card {
+            h2 { (what) " " (f.name) }
+            div.fill {
+                (meter_row("CPU", f.cpu, "cores", 1))
+                (meter_row("Memory", f.memory_mib, "MiB", 0))
+                (meter_row("Disk", f.disk_mib, "MiB used", 0))
+            }
+            p.hint { (f.members) " members · CPU and memory reserved by members; disk as the filesystems report it" }
+        }
+    }
+}
+
+fn problem_list(ps: &[Problem]) -> Markup {
+    html! {
+        @if ps.is_empty() {
+            p.muted { "No problems." }
+        } @else {
+            ul.problems {
+                @for p in ps {
+                    li {
+                        (badge(match p.severity { Severity::Critical => "critical", Severity::Warning => "warning" }))
+                        " " a href=(p.link) { (p.subject) } ": " (p.what)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn event_rows(events: &[Event], now_ms: i64, with_instance: bool) -> Markup {
+    html! {
+        @if events.is_empty() {
+            p.muted { "No events." }
+        } @else {
+            ol.timeline {
+                @for e in events {
+                    li.notable[views::NOTABLE.contains(&e.kind.as_str())] data-kind=(e.kind) {
+                        span title=(utc(e.at_ms)) { (utc(e.at_ms)) br; span.muted { (ago(e.at_ms, now_ms)) } }
+                        span {
+                            strong { (e.kind) }
+                            @if with_instance {
+                                @if let Some(i) = &e.instance { br; a href=(format!("/ui/instances/{i}")) { (i) } }
+                                @if let Some(n) = &e.node { br; span.muted { "node " (n) } }
+                            }
+                        }
+                        span { (e.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The overview.
+pub fn overview(
+    f: &Frame,
+    instances: &[Instance],
+    nodes: &[Node],
+    problems: &[Problem],
+    recent: &[Event],
+) -> Markup {
+    let by_status = count_by(instances, |i| i.status.clone());
+    let by_engine = count_by(instances, |i| format!("{} {}", i.engine, i.version));
+    let by_state = count_by(nodes, |n| n.state.clone());
+    let failed_over: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.last_failover_ms > f.now_ms - views::RECENT_MS)
+        .collect();
+    let zones = views::zone_fill(nodes);
+    let main = html! {
+        h1 { "Overview" }
+        div id="overview" data-live {
+            div.grid {
+                div.card { h2 { "Instances (" (instances.len()) ")" } (counts("by status", &by_status)) (counts("by engine and version", &by_engine)) }
+                div.card { h2 { "Nodes (" (nodes.len()) ")" } (counts("by state", &by_state)) }
+                div.card {
+                    h2 { a href="/ui/problems" { "Problems (" (problems.len()) ")" } }
+                    (problem_list(&problems[..problems.len().min(8)]))
+                    @if problems.len() > 8 { p { a href="/ui/problems" { "All " (problems.len()) " problems" } } }
+                }
+            }
+            h2 { "Failovers in the last 24 h (" (failed_over.len()) " instances)" }
+            @if failed_over.is_empty() { p.muted { "None." } } @else {
+                ul { @for i in &failed_over { li { a href=(format!("/ui/instances/{}", i.name)) { (i.name) } " — " (ago(i.last_failover_ms, f.now_ms)) } } }
+            }
+            h2 { "Failovers and failures in the last 24 h (events)" }
+            (event_rows(&recent[..recent.len().min(20)], f.now_ms, true))
+            h2 { "How full the fleet is, by zone" }
+            div.grid { @for z in &zones { (fill_card(z, "Zone")) } }
+            h2 { "By node" }
+            div.grid { @for n in nodes { (fill_card(&views::node_fill(n), "Node")) } }
+            p.note { "Backups failing or overdue and PITR archive lag are not summarised here yet: see Problems (archive gaps) and the backup events." }
+        }
+    };
+    page(f, "Overview", Nav::Overview, true, main)
+}
+
+/// The Problems page.
+pub fn problems(f: &Frame, ps: &[Problem]) -> Markup {
+    let main = html! {
+        h1 { "Problems" }
+        p.hint { "Nodes down, the mass-failure hold, degraded instances, replicas not replicating, binlog archives with a gap." }
+        div id="problems" data-live { (problem_list(ps)) }
+    };
+    page(f, "Problems", Nav::Problems, true, main)
+}
+
+fn select(name: &str, label: &str, current: &str, options: &[String]) -> Markup {
+    html! {
+        div.field {
+            label for=(name) { (label) }
+            select id=(name) name=(name) {
+                option value="" selected[current.is_empty()] { "any" }
+                @for o in options { option value=(o) selected[o == current] { (o) } }
+            }
+        }
+    }
+}
+
+/// The instances list with its filters.
+pub fn instances(
+    f: &Frame,
+    all: &[Instance],
+    filter: &InstanceFilter,
+    flash: Option<&str>,
+) -> Markup {
+    let distinct = |key: fn(&Instance) -> &str| -> Vec<String> {
+        let mut v: Vec<String> = all.iter().map(|i| key(i).to_owned()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let shown: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
+    let main = html! {
+        h1 { "Instances" }
+        @if let Some(m) = flash { p.flash role="status" { (m) } }
+        @if f.can_act { p { a href="/ui/instances/new" { "Create an instance" } } }
+        form.filters method="get" action="/ui/instances" role="search" {
+            div.field { label for="q" { "Name or label" } input id="q" name="q" type="search" value=(filter.q); }
+            (select("engine", "Engine", &filter.engine, &distinct(|i| &i.engine)))
+            (select("version", "Version", &filter.version, &distinct(|i| &i.version)))
+            (select("status", "Status", &filter.status, &distinct(|i| &i.status)))
+            button type="submit" { "Filter" }
+        }
+        div.scroll id="instances" data-live {
+            p.muted { (shown.len()) " of " (all.len()) }
+            table {
+                thead { tr { th { "Name" } th { "Engine" } th { "Status" } th.num { "Members" } th.num { "Epoch" } th { "Primary" } th { "Labels" } } }
+                tbody {
+                    @for i in &shown {
+                        tr {
+                            td { a href=(format!("/ui/instances/{}", i.name)) { (i.name) } }
+                            td { (i.engine) " " (i.version) }
+                            td { (badge(&i.status)) }
+                            td.num { (i.members.len()) }
+                            td.num { (i.epoch) }
+                            td { code { (i.primary) } }
+                            td { @for (k, v) in &i.spec.labels { span.badge { (k) "=" (v) } " " } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(f, "Instances", Nav::Instances, true, main)
+}
+
+/// The create form: the values typed, and the API's reason next to the field it is about
+/// (`errors[""]`: the form as a whole).
+pub fn create(
+    f: &Frame,
+    engines: &[views::Engine],
+    values: &BTreeMap<String, String>,
+    errors: &BTreeMap<String, String>,
+) -> Markup {
+    let val = |k: &str, default: &str| values.get(k).cloned().unwrap_or_else(|| default.to_owned());
+    let field = |name: &str, label: &str, default: &str, kind: &str, hint: &str| {
+        let err = errors.get(name);
+        let described = format!(
+            "{name}-hint{}",
+            if err.is_some() {
+                format!(" {name}-error")
+            } else {
+                String::new()
+            }
+        );
+        html! {
+            div.field {
+                label for=(name) { (label) }
+                input id=(name) name=(name) type=(kind) value=(val(name, default))
+                    aria-invalid=[err.map(|_| "true")] aria-describedby=(described)
+                    step=[(kind == "number").then_some("any")]
+                    list=[(name == "version").then_some("versions")];
+                p.hint id=(format!("{name}-hint")) { (hint) }
+                @if let Some(e) = err { p.field-error id=(format!("{name}-error")) role="alert" { (e) } }
+            }
+        }
+    };
+    let engine = val("engine", "mariadb");
+    let engine_err = errors.get("engine");
+    let versions: Vec<String> = engines
+        .iter()
+        .flat_map(|e| e.versions.iter().map(move |v| format!("{v}")))
+        .collect();
+    let main = html! {
+        h1 { "Create an instance" }
+        @if let Some(e) = errors.get("") { p.error role="alert" id="form-error" { (e) } }
+        form.stack.card method="post" action="/ui/instances" id="create" novalidate {
+            (csrf_field(f))
+            (field("name", "Name", "", "text", "Lower-case letters, digits and '-', at most 40."))
+            div.field {
+                label for="engine" { "Engine" }
+                select id="engine" name="engine" aria-invalid=[engine_err.map(|_| "true")] {
+                    @for e in engines { option value=(e.engine) selected[e.engine == engine] { (e.engine) } }
+                }
+                @if let Some(e) = engine_err { p.field-error id="engine-error" role="alert" { (e) } }
+            }
+            (field("version", "Version", "10.11", "text",
+                &engines.iter().map(|e| format!("{}: {}", e.engine, e.versions.join(", "))).collect::<Vec<_>>().join("; ")))
+            datalist id="versions" { @for v in &versions { option value=(v) {} } }
+            (field("replicas", "Replicas (besides the primary)", "1", "number", "0 to 8."))
+            (field("cpu", "CPU cores per member", "0.5", "number", "0.1 to 64."))
+            (field("memory", "Memory per member (MiB)", "256", "number", "64 MiB to 1 TiB."))
+            (field("disk", "Disk per member (MiB)", "512", "number", "64 MiB to 64 TiB."))
+            (field("labels", "Labels", "", "text", "Optional: key=value pairs separated by commas."))
+            button.act type="submit" { "Create" }
+        }
+    };
+    page(f, "Create an instance", Nav::Instances, false, main)
+}
+
+fn member_box(t: &TopologyNode, primary: bool) -> Markup {
+    let m = &t.member;
+    let sick = !m.healthy || m.state != "running";
+    html! {
+        div.member.primary[primary].sick[sick] data-member=(m.id) data-role=(m.role) {
+            h3 { (if primary { "Primary " } else { "Replica " }) (m.id) }
+            dl {
+                dt { "node" } dd { (m.node) " (zone " (t.zone) ")" }
+                dt { "health" } dd { (badge(if m.healthy { "healthy" } else { "unhealthy" })) " " (m.state) }
+                dt { "role" } dd { (m.observed_role) @if m.observed_role != m.role { " (desired " (m.role) ")" } }
+                dt { "epoch" } dd { (m.epoch) }
+                @if !primary { dt { "lag" } dd { (lag(m.lag_seconds)) } }
+                dt { "address" } dd { code { (m.address) } }
+                @if !m.reason.is_empty() && sick { dt { "why" } dd { (m.reason) } }
+            }
+        }
+    }
+}
+
+fn topology_diagram(t: &Topology) -> Markup {
+    html! {
+        div.topology role="img" aria-label="Replication topology: the primary and its replicas" {
+            @match &t.primary {
+                Some(p) => (member_box(p, true)),
+                None => p.error { "No primary known." },
+            }
+            div.replicas {
+                @for r in &t.replicas {
+                    div.branch data-replica=(r.member.id) {
+                        div.arrow.broken[r.broken.is_some()] {}
+                        @if let Some(why) = &r.broken { p.broken-why { "replication broken: " (why) } }
+                        (member_box(r, false))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The instance page: topology, members, events (all live), and the actions of the role.
+pub fn instance(
+    f: &Frame,
+    i: &Instance,
+    topo: &Topology,
+    events: &[Event],
+    flash: Option<&str>,
+    action_error: Option<&str>,
+) -> Markup {
+    let replicas: Vec<&str> = i
+        .members
+        .iter()
+        .filter(|m| m.role == "replica")
+        .map(|m| m.id.as_str())
+        .collect();
+    let main = html! {
+        h1 { "Instance " (i.name) }
+        @if let Some(m) = flash { p.flash role="status" { (m) } }
+        @if let Some(e) = action_error { p.error role="alert" id="action-error" { (e) } }
+        div id="summary" data-live {
+            p {
+                "Status " span id="status" class=(format!("badge {}", i.status)) { (i.status) }
+                " · " (i.engine) " " (i.version)
+                " · epoch " span id="epoch" { (i.epoch) }
+                " · primary " code { (i.primary) }
+                " · automatic failover " (if i.auto_failover { "on" } else { "off" })
+                @if i.last_failover_ms > 0 { " · last failover " (ago(i.last_failover_ms, f.now_ms)) }
+            }
+        }
+        h2 { "Topology" }
+        div id="topology" data-live { (topology_diagram(topo)) }
+        h2 { "Members" }
+        div.scroll id="members" data-live {
+            table {
+                thead { tr { th { "Member" } th { "Node" } th { "Role" } th { "State" } th { "Health" } th.num { "Epoch" } th.num { "Lag" } th { "Address" } th { "Reason" } } }
+                tbody {
+                    @for m in &i.members {
+                        tr {
+                            td { (m.id) } td { (m.node) } td { (m.role) " / " (m.observed_role) }
+                            td { (badge(&m.state)) } td { (badge(if m.healthy { "healthy" } else { "unhealthy" })) }
+                            td.num { (m.epoch) } td.num { (lag(m.lag_seconds)) }
+                            td { code { (m.address) } } td { (m.reason) }
+                        }
+                    }
+                }
+            }
+        }
+        @if f.can_act {
+            h2 { "Actions" }
+            div.grid {
+                form.card.stack.act method="post" action=(format!("/ui/instances/{}/switchover", i.name)) id="switchover" {
+                    (csrf_field(f))
+                    div.field {
+                        label for="target" { "Switch over to" }
+                        select id="target" name="target" {
+                            option value="" { "the most advanced healthy replica" }
+                            @for r in &replicas { option value=(r) { (r) } }
+                        }
+                        p.hint { "The primary hands over to the replica without losing writes." }
+                    }
+                    button.act type="submit" { "Switch over" }
+                }
+                form.card.stack.act method="post" action=(format!("/ui/instances/{}/delete", i.name)) id="delete" {
+                    (csrf_field(f))
+                    div.field {
+                        label for="confirm" { "Type " code { (i.name) } " to delete it" }
+                        input id="confirm" name="confirm" type="text" autocomplete="off";
+                        p.hint { "Its members, containers and volumes are removed. This cannot be undone." }
+                    }
+                    button.act.danger type="submit" { "Delete" }
+                }
+            }
+            p.note { "Scale, resize, expand, restart, upgrade, reconfigure, stop/start and credentials are not in the console yet: use " code { "mofang" } " or the REST API." }
+        }
+        h2 { "Backups" }
+        p.note { "The backup timeline and restore are not in the console yet: use " code { "mofang backup" } "." }
+        h2 { "Events" }
+        div id="events" data-live { (event_rows(events, f.now_ms, false)) }
+    };
+    page(
+        f,
+        &format!("Instance {}", i.name),
+        Nav::Instances,
+        true,
+        main,
+    )
+}
+
+/// The nodes page: capacity and reservations, and cordon/drain/uncordon for operators.
+pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
+    let main = html! {
+        h1 { "Nodes" }
+        @if let Some(m) = flash { p.flash role="status" { (m) } }
+        div.scroll id="nodes" data-live {
+            table {
+                thead { tr { th { "Node" } th { "Zone" } th { "State" } th { "Heartbeat" } th.num { "Members" } th { "CPU reserved" } th { "Memory reserved" } th { "Agent" } @if f.can_act { th { "Actions" } } } }
+                tbody {
+                    @for n in nodes {
+                        @let fill = views::node_fill(n);
+                        tr {
+                            td { (n.name) br; code.muted { (n.address) } }
+                            td { (n.zone()) }
+                            td { (badge(&n.state)) }
+                            td { (ago(n.last_heartbeat_ms, f.now_ms)) }
+                            td.num { (n.members) }
+                            td { meter min="0" max="1" value=(format!("{:.3}", fill.cpu.fraction())) aria-label="CPU reserved" {} br; (format!("{:.1} / {:.1}", fill.cpu.used, fill.cpu.capacity)) }
+                            td { meter min="0" max="1" value=(format!("{:.3}", fill.memory_mib.fraction())) aria-label="memory reserved" {} br; (format!("{:.0} / {:.0} MiB", fill.memory_mib.used, fill.memory_mib.capacity)) }
+                            td { (n.agent_version) }
+                            @if f.can_act {
+                                td {
+                                    @for (action, label) in [("cordon", "Cordon"), ("drain", "Drain"), ("uncordon", "Uncordon")] {
+                                        @let shown = match action { "uncordon" => n.admin != "active", _ => n.admin == "active" };
+                                        @if shown {
+                                            form.inline.act method="post" action=(format!("/ui/nodes/{}/{action}", n.name)) {
+                                                (csrf_field(f))
+                                                button.small.act type="submit" { (label) }
+                                            } " "
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(f, "Nodes", Nav::Nodes, true, main)
+}
+
+/// The events of the last 24 hours (as this scheduler has read them), filtered.
+pub fn events(f: &Frame, evs: &[Event], instance: &str, kind: &str) -> Markup {
+    let main = html! {
+        h1 { "Events" }
+        form.filters method="get" action="/ui/events" role="search" {
+            div.field { label for="instance" { "Instance" } input id="instance" name="instance" type="search" value=(instance); }
+            div.field { label for="kind" { "Kind" } input id="kind" name="kind" type="search" value=(kind); }
+            button type="submit" { "Filter" }
+        }
+        p.hint { "The last 24 hours, newest first, at most 500 shown. Older events: " code { "mofang events" } "." }
+        div id="events" data-live { (event_rows(evs, f.now_ms, true)) }
+    };
+    page(f, "Events", Nav::Events, true, main)
+}
+
+/// The audit log (admins), newest first.
+pub fn audit(f: &Frame, entries: &[AuditEntry], q: &str) -> Markup {
+    let main = html! {
+        h1 { "Audit log" }
+        form.filters method="get" action="/ui/audit" role="search" {
+            div.field { label for="q" { "Who, action or target" } input id="q" name="q" type="search" value=(q); }
+            button type="submit" { "Filter" }
+        }
+        p.hint { "Newest first, at most 500 shown." }
+        div.scroll {
+            table {
+                thead { tr { th { "Time" } th { "Who" } th { "Source" } th { "Action" } th { "Target" } th.num { "Status" } th { "Result" } } }
+                tbody {
+                    @for e in entries {
+                        tr { td { (utc(e.at_ms)) } td { (e.who) } td { code { (e.source) } } td { code { (e.action) } } td { (e.target) } td.num { (e.status) } td { (e.result) } }
+                    }
+                }
+            }
+        }
+    };
+    page(f, "Audit", Nav::Audit, false, main)
+}
+
+/// A page of the console not built yet: says so and where to go instead.
+pub fn not_built(f: &Frame, nav: Nav, title: &str, instead: &str) -> Markup {
+    let main = html! {
+        h1 { (title) }
+        p.note { "This page is not in the console yet. " (PreEscaped(instead)) }
+    };
+    page(f, title, nav, false, main)
+}

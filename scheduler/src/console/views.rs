@@ -1,0 +1,984 @@
+//! What the console's pages show, built from the API's JSON views (the same answers the REST
+//! API gives) by pure functions: summaries, the Problems list, topologies, filters, and where
+//! an API error belongs on a form. No I/O and no clock inside: `now_ms` is passed in.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A member as `GET /v1/instances` shows it (the fields the console uses).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Member {
+    /// Member id.
+    pub id: String,
+    /// Node it runs on.
+    pub node: String,
+    /// Desired role (`primary`, `replica`).
+    pub role: String,
+    /// Observed state (`running`, `starting`, `failed`, `unknown`).
+    pub state: String,
+    /// Address clients use.
+    pub address: String,
+    /// Healthy as its agent sees it.
+    pub healthy: bool,
+    /// Role its server reports.
+    pub observed_role: String,
+    /// Replication lag in seconds (-1: unknown).
+    pub lag_seconds: i64,
+    /// Epoch its agent applied.
+    pub epoch: u64,
+    /// Why it is not healthy.
+    pub reason: String,
+}
+
+/// Resources of each member.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory, MiB.
+    pub memory: u64,
+    /// Disk, MiB.
+    pub disk: u64,
+}
+
+/// The parts of an instance's spec the console shows.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Spec {
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Resources of each member.
+    pub resources: Resources,
+}
+
+/// An instance as `GET /v1/instances` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Instance {
+    /// Name.
+    pub name: String,
+    /// Engine (`mariadb`, `redis`).
+    pub engine: String,
+    /// Engine version.
+    pub version: String,
+    /// Replicas besides the primary.
+    pub replicas: u32,
+    /// Current epoch.
+    pub epoch: u64,
+    /// `ready`, `creating`, `degraded`, `stopped`, `deleting`, ...
+    pub status: String,
+    /// Address of the primary.
+    pub primary: String,
+    /// Members.
+    pub members: Vec<Member>,
+    /// Spec.
+    pub spec: Spec,
+    /// Creation time, unix ms.
+    pub created_at_ms: i64,
+    /// Automatic failover on.
+    pub auto_failover: bool,
+    /// Last failover decided (unix ms, 0: never).
+    pub last_failover_ms: i64,
+    /// Binlog archive continuous since the last full backup (absent: no archive).
+    pub pitr_ready: Option<bool>,
+    /// Why the archive is not ready.
+    pub pitr_reason: Option<String>,
+}
+
+/// A data disk of a node.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Disk {
+    /// Path on the host.
+    pub path: String,
+    /// Class.
+    pub class: String,
+    /// Capacity, bytes.
+    pub capacity_bytes: u64,
+    /// Free bytes (last report).
+    pub free_bytes: u64,
+}
+
+/// A node as `GET /v1/nodes` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Labels (`zone`, ...).
+    pub labels: BTreeMap<String, String>,
+    /// CPU cores offered.
+    pub cpu: f64,
+    /// Memory offered, bytes.
+    pub memory_bytes: u64,
+    /// Data disks.
+    pub disks: Vec<Disk>,
+    /// Operator setting (`active`, `cordoned`, `draining`).
+    pub admin: String,
+    /// State (`ready`, `down`, `draining`, `cordoned`).
+    pub state: String,
+    /// Last heartbeat, unix ms.
+    pub last_heartbeat_ms: i64,
+    /// CPU reserved by members.
+    pub reserved_cpu: f64,
+    /// Memory reserved by members, MiB.
+    pub reserved_memory_mib: u64,
+    /// Members placed here.
+    pub members: u32,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+impl Node {
+    /// Its `zone` label, or `-`.
+    pub fn zone(&self) -> &str {
+        self.labels.get("zone").map_or("-", String::as_str)
+    }
+}
+
+/// An event as `GET /v1/events` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    /// Id (monotonic).
+    pub id: u64,
+    /// Time, unix ms.
+    pub at_ms: i64,
+    /// Instance concerned.
+    pub instance: Option<String>,
+    /// Node concerned.
+    pub node: Option<String>,
+    /// Kind (`failover_decided`, ...).
+    pub kind: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// An audit entry as `GET /v1/audit` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AuditEntry {
+    /// Id.
+    pub id: u64,
+    /// Time, unix ms.
+    pub at_ms: i64,
+    /// Token name.
+    pub who: String,
+    /// Source address.
+    pub source: String,
+    /// Method and path.
+    pub action: String,
+    /// Target.
+    pub target: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Result.
+    pub result: String,
+}
+
+/// An engine and its versions as `GET /v1/engines` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Engine {
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// Supported versions.
+    pub versions: Vec<String>,
+}
+
+// ---- counts and the overview ----------------------------------------------------------------
+
+/// How many of each key, sorted by key.
+pub fn count_by<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    key: impl Fn(&T) -> String,
+) -> Vec<(String, usize)> {
+    let mut m: BTreeMap<String, usize> = BTreeMap::new();
+    for i in items {
+        *m.entry(key(i)).or_default() += 1;
+    }
+    m.into_iter().collect()
+}
+
+/// Reserved against capacity of one resource.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// Reserved (or used).
+    pub used: f64,
+    /// Capacity.
+    pub capacity: f64,
+}
+
+impl Usage {
+    /// Fraction used, 0 ..= 1 (0 with no capacity).
+    pub fn fraction(&self) -> f64 {
+        if self.capacity > 0.0 {
+            (self.used / self.capacity).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// CPU, memory and disk of a node or a zone: reserved (disk: used) against capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fill {
+    /// Node or zone name.
+    pub name: String,
+    /// CPU cores reserved / offered.
+    pub cpu: Usage,
+    /// Memory MiB reserved / offered.
+    pub memory_mib: Usage,
+    /// Disk MiB used / capacity (as the agent reports its filesystems).
+    pub disk_mib: Usage,
+    /// Members placed.
+    pub members: u32,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// How full a node is.
+pub fn node_fill(n: &Node) -> Fill {
+    let cap: u64 = n.disks.iter().map(|d| d.capacity_bytes).sum();
+    let free: u64 = n
+        .disks
+        .iter()
+        .map(|d| d.free_bytes.min(d.capacity_bytes))
+        .sum();
+    Fill {
+        name: n.name.clone(),
+        cpu: Usage {
+            used: n.reserved_cpu,
+            capacity: n.cpu,
+        },
+        memory_mib: Usage {
+            used: n.reserved_memory_mib as f64,
+            capacity: n.memory_bytes as f64 / MIB,
+        },
+        disk_mib: Usage {
+            used: cap.saturating_sub(free) as f64 / MIB,
+            capacity: cap as f64 / MIB,
+        },
+        members: n.members,
+    }
+}
+
+/// How full each zone is (its nodes summed), by zone name.
+pub fn zone_fill(nodes: &[Node]) -> Vec<Fill> {
+    let mut m: BTreeMap<String, Fill> = BTreeMap::new();
+    for n in nodes {
+        let f = node_fill(n);
+        let z = m.entry(n.zone().to_owned()).or_insert_with(|| Fill {
+            name: n.zone().to_owned(),
+            cpu: Usage {
+                used: 0.0,
+                capacity: 0.0,
+            },
+            memory_mib: Usage {
+                used: 0.0,
+                capacity: 0.0,
+            },
+            disk_mib: Usage {
+                used: 0.0,
+                capacity: 0.0,
+            },
+            members: 0,
+        });
+        for (a, b) in [
+            (&mut z.cpu, f.cpu),
+            (&mut z.memory_mib, f.memory_mib),
+            (&mut z.disk_mib, f.disk_mib),
+        ] {
+            a.used += b.used;
+            a.capacity += b.capacity;
+        }
+        z.members += f.members;
+    }
+    m.into_values().collect()
+}
+
+/// Event kinds the overview lists for the last 24 hours: failovers and what failed.
+pub const NOTABLE: &[&str] = &[
+    "failover_decided",
+    "failover_completed",
+    "failover_incomplete",
+    "failover_blocked",
+    "failover_mass_hold",
+    "switchover_incomplete",
+    "switchover_aborted",
+    "operation_failed",
+    "backup_failed",
+    "backup_missed",
+    "verify_failed",
+    "pitr_gap",
+    "node_down",
+];
+
+/// How far back the overview looks: 24 hours.
+pub const RECENT_MS: i64 = 24 * 3600 * 1000;
+
+/// The notable events of the last 24 hours before `now_ms`, newest first.
+pub fn recent_notable(events: &[Event], now_ms: i64) -> Vec<Event> {
+    let mut out: Vec<Event> = events
+        .iter()
+        .filter(|e| e.at_ms > now_ms - RECENT_MS && NOTABLE.contains(&e.kind.as_str()))
+        .cloned()
+        .collect();
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out
+}
+
+// ---- problems -------------------------------------------------------------------------------
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Service at risk or down: act now.
+    Critical,
+    /// Redundancy reduced or a safeguard missing.
+    Warning,
+}
+
+/// One entry of the Problems list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// How bad.
+    pub severity: Severity,
+    /// What it concerns (`instance shop`, `node n1`, `cluster`).
+    pub subject: String,
+    /// Console page of the subject.
+    pub link: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// Why a replica does not replicate, if it does not: unhealthy, not running, its server not
+/// a replica, or its lag unknown.
+pub fn broken_replication(m: &Member) -> Option<String> {
+    if m.role != "replica" {
+        return None;
+    }
+    let why = if m.state != "running" {
+        format!("member {}", m.state)
+    } else if !m.healthy {
+        if m.reason.is_empty() {
+            "unhealthy".to_owned()
+        } else {
+            m.reason.clone()
+        }
+    } else if !m.observed_role.is_empty() && m.observed_role != "replica" {
+        format!("its server reports role {}", m.observed_role)
+    } else if m.lag_seconds < 0 {
+        "replication lag unknown".to_owned()
+    } else {
+        return None;
+    };
+    Some(why)
+}
+
+/// The Problems list: nodes down, the mass-failure hold, instances degraded or without a
+/// healthy primary, members not replicating, PITR archives with a gap. Most severe first.
+pub fn problems(instances: &[Instance], nodes: &[Node], mass_hold: bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if mass_hold {
+        out.push(Problem {
+            severity: Severity::Critical,
+            subject: "cluster".into(),
+            link: "/ui/problems".into(),
+            what: "automatic failover is held (mass-failure guard): `mofang failover resume` \
+                   once the cause is fixed"
+                .into(),
+        });
+    }
+    for n in nodes {
+        if n.state == "down" {
+            out.push(Problem {
+                severity: Severity::Critical,
+                subject: format!("node {}", n.name),
+                link: "/ui/nodes".into(),
+                what: format!("down: no heartbeat ({} members placed there)", n.members),
+            });
+        }
+    }
+    for i in instances {
+        let link = format!("/ui/instances/{}", i.name);
+        let subject = format!("instance {}", i.name);
+        let primary_ok = i
+            .members
+            .iter()
+            .any(|m| m.role == "primary" && m.healthy && m.state == "running");
+        if i.status == "degraded" || (i.status == "ready" && !primary_ok) {
+            let what = if primary_ok {
+                "degraded".to_owned()
+            } else {
+                "degraded: no healthy primary".to_owned()
+            };
+            out.push(Problem {
+                severity: if primary_ok {
+                    Severity::Warning
+                } else {
+                    Severity::Critical
+                },
+                subject: subject.clone(),
+                link: link.clone(),
+                what,
+            });
+        }
+        if i.status != "creating" && i.status != "stopped" && i.status != "deleting" {
+            for m in &i.members {
+                if let Some(why) = broken_replication(m) {
+                    out.push(Problem {
+                        severity: Severity::Warning,
+                        subject: subject.clone(),
+                        link: link.clone(),
+                        what: format!("replica {} on {} not replicating: {why}", m.id, m.node),
+                    });
+                }
+            }
+        }
+        if i.pitr_ready == Some(false) {
+            out.push(Problem {
+                severity: Severity::Warning,
+                subject: subject.clone(),
+                link: link.clone(),
+                what: format!(
+                    "binlog archive has a gap: {}",
+                    i.pitr_reason.as_deref().unwrap_or("no reason given")
+                ),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.severity.cmp(&b.severity));
+    out
+}
+
+// ---- instances list -------------------------------------------------------------------------
+
+/// Filters of the instances list (`GET /ui/instances?q=&engine=&version=&status=`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct InstanceFilter {
+    /// Text in the name or a label (`key=value` or part of either).
+    pub q: String,
+    /// Engine, exact.
+    pub engine: String,
+    /// Version, exact.
+    pub version: String,
+    /// Status, exact.
+    pub status: String,
+}
+
+impl InstanceFilter {
+    /// Whether an instance passes every filter given.
+    pub fn matches(&self, i: &Instance) -> bool {
+        let q = self.q.trim().to_lowercase();
+        let text = q.is_empty()
+            || i.name.to_lowercase().contains(&q)
+            || i.spec
+                .labels
+                .iter()
+                .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&q));
+        text && (self.engine.is_empty() || i.engine == self.engine)
+            && (self.version.is_empty() || i.version == self.version)
+            && (self.status.is_empty() || i.status == self.status)
+    }
+}
+
+// ---- topology -------------------------------------------------------------------------------
+
+/// One box of the topology diagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyNode {
+    /// The member.
+    pub member: Member,
+    /// Zone of its node (`-` if unknown).
+    pub zone: String,
+    /// For a replica: why the arrow from the primary is broken.
+    pub broken: Option<String>,
+}
+
+/// The topology of an instance: its primary (if one is known) and the replicas under it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The member whose desired role is primary.
+    pub primary: Option<TopologyNode>,
+    /// The others, in member id order.
+    pub replicas: Vec<TopologyNode>,
+}
+
+/// The primary → replicas tree of an instance, zones from its nodes.
+pub fn topology(i: &Instance, nodes: &[Node]) -> Topology {
+    let zone_of = |node: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map_or("-".to_owned(), |n| n.zone().to_owned())
+    };
+    let mut primary = None;
+    let mut replicas = Vec::new();
+    for m in &i.members {
+        let t = TopologyNode {
+            member: m.clone(),
+            zone: zone_of(&m.node),
+            broken: broken_replication(m),
+        };
+        if m.role == "primary" && primary.is_none() {
+            primary = Some(t);
+        } else {
+            replicas.push(t);
+        }
+    }
+    replicas.sort_by(|a, b| a.member.id.cmp(&b.member.id));
+    Topology { primary, replicas }
+}
+
+// ---- forms ----------------------------------------------------------------------------------
+
+/// Fields of the create form.
+pub const CREATE_FIELDS: &[&str] = &[
+    "name", "engine", "version", "replicas", "cpu", "memory", "disk", "labels",
+];
+
+/// The create form's field an API error is about (`None`: the form as a whole, e.g. no room
+/// to place it). The API's message is shown as is; this only decides where.
+pub fn field_of_error(code: &str, message: &str) -> Option<&'static str> {
+    if code == "already_exists" {
+        return Some("name");
+    }
+    if code != "invalid" {
+        return None;
+    }
+    let m = message.to_lowercase();
+    if m.starts_with("resources.cpu") {
+        Some("cpu")
+    } else if m.starts_with("resources.memory") {
+        Some("memory")
+    } else if m.starts_with("resources.disk") {
+        Some("disk")
+    } else if m.starts_with("replicas") {
+        Some("replicas")
+    } else if m.contains(" version ") || m.starts_with("version") {
+        Some("version")
+    } else if m.starts_with("instance") || m.starts_with("name") {
+        Some("name")
+    } else if m.contains("label") {
+        Some("labels")
+    } else if m.contains("unknown variant") && (m.contains("mariadb") || m.contains("redis")) {
+        Some("engine")
+    } else {
+        None
+    }
+}
+
+/// The JSON body `POST /v1/instances` is sent for the create form. Numbers that parse are
+/// sent as numbers, anything else as the text typed, so the API's own validation answers.
+/// Labels: `k=v` pairs separated by commas; an entry without `=` is sent as a key with an
+/// empty value (the API says what is wrong with it).
+pub fn create_body(form: &BTreeMap<String, String>) -> serde_json::Value {
+    let get = |k: &str| form.get(k).map_or("", |v| v.trim());
+    let num = |k: &str| -> serde_json::Value {
+        let v = get(k);
+        if let Ok(n) = v.parse::<u64>() {
+            serde_json::json!(n)
+        } else if let Ok(f) = v.parse::<f64>() {
+            serde_json::json!(f)
+        } else {
+            serde_json::json!(v)
+        }
+    };
+    let labels: serde_json::Map<String, serde_json::Value> = get("labels")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.trim().to_owned(), serde_json::json!(v.trim())),
+            None => (kv.to_owned(), serde_json::json!("")),
+        })
+        .collect();
+    serde_json::json!({
+        "name": get("name"),
+        "engine": get("engine"),
+        "version": get("version"),
+        "replicas": num("replicas"),
+        "resources": {"cpu": num("cpu"), "memory": num("memory"), "disk": num("disk")},
+        "labels": labels,
+    })
+}
+
+// ---- formatting -----------------------------------------------------------------------------
+
+/// A unix-ms time as `2026-12-02 07:30:39Z` (empty for 0).
+pub fn utc(ms: i64) -> String {
+    if ms <= 0 {
+        return String::new();
+    }
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+/// How long ago, roughly: `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago` (`never` for 0).
+pub fn ago(ms: i64, now_ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let s = (now_ms - ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// A lag for people: `0 s`, `12 s`, `unknown`.
+pub fn lag(seconds: i64) -> String {
+    if seconds < 0 {
+        "unknown".into()
+    } else {
+        format!("{seconds} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, node: &str, role: &str) -> Member {
+        Member {
+            id: id.into(),
+            node: node.into(),
+            role: role.into(),
+            state: "running".into(),
+            address: format!("10.0.0.1:{}", id.len()),
+            healthy: true,
+            observed_role: role.into(),
+            lag_seconds: 0,
+            epoch: 2,
+            reason: String::new(),
+        }
+    }
+
+    fn instance(name: &str, status: &str, members: Vec<Member>) -> Instance {
+        Instance {
+            name: name.into(),
+            engine: "mariadb".into(),
+            version: "10.11".into(),
+            replicas: members.len().saturating_sub(1) as u32,
+            epoch: 2,
+            status: status.into(),
+            members,
+            ..Instance::default()
+        }
+    }
+
+    fn node(name: &str, zone: &str, state: &str) -> Node {
+        Node {
+            name: name.into(),
+            labels: [("zone".to_owned(), zone.to_owned())].into(),
+            cpu: 2.0,
+            memory_bytes: 2048 * 1024 * 1024,
+            disks: vec![Disk {
+                path: "/d".into(),
+                class: "ssd".into(),
+                capacity_bytes: 4096 * 1024 * 1024,
+                free_bytes: 1024 * 1024 * 1024,
+            }],
+            admin: "active".into(),
+            state: state.into(),
+            reserved_cpu: 0.5,
+            reserved_memory_mib: 512,
+            members: 1,
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn the_api_views_parse_into_the_console_views() {
+        let v = serde_json::json!({"name": "shop", "engine": "mariadb", "version": "10.11",
+            "replicas": 1, "epoch": 3, "status": "ready", "primary": "10.0.0.2:3306",
+            "members": [{"id": "shop-0", "node": "n1", "role": "primary", "state": "running",
+                "address": "a", "healthy": true, "observed_role": "primary", "lag_seconds": 0,
+                "epoch": 3, "position": "x", "reason": "", "check_address": "", "cpu": 0.5,
+                "memory_bytes": 1, "volume_bytes": 2, "version": "10.11"}],
+            "spec": {"name": "shop", "engine": "mariadb", "version": "10.11", "replicas": 1,
+                "resources": {"cpu": 0.5, "memory": 256, "disk": 512}, "labels": {"team": "pay"}},
+            "created_at_ms": 1, "auto_failover": true, "last_failover_ms": 0, "rotation": null});
+        let i: Instance = serde_json::from_value(v).expect("parses");
+        assert_eq!(i.members[0].epoch, 3);
+        assert_eq!(i.spec.resources.memory, 256);
+        assert_eq!(i.spec.labels["team"], "pay");
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_no_problems() {
+        let i = instance(
+            "shop",
+            "ready",
+            vec![
+                member("shop-0", "n1", "primary"),
+                member("shop-1", "n2", "replica"),
+            ],
+        );
+        assert!(problems(&[i], &[node("n1", "a", "ready")], false).is_empty());
+    }
+
+    #[test]
+    fn problems_name_what_is_wrong_most_severe_first() {
+        let mut broken = member("shop-1", "n2", "replica");
+        broken.healthy = false;
+        broken.reason = "Slave_IO_Running: No".into();
+        let shop = instance(
+            "shop",
+            "degraded",
+            vec![member("shop-0", "n1", "primary"), broken],
+        );
+        let mut dead = member("cart-0", "n2", "primary");
+        dead.healthy = false;
+        dead.state = "unknown".into();
+        let cart = instance("cart", "degraded", vec![dead]);
+        let mut gap = instance("logs", "ready", vec![member("logs-0", "n1", "primary")]);
+        gap.pitr_ready = Some(false);
+        gap.pitr_reason = Some("binlog 7 missing".into());
+        let nodes = [node("n1", "a", "ready"), node("n2", "b", "down")];
+        let p = problems(&[shop, cart, gap], &nodes, true);
+        let whats: Vec<&str> = p.iter().map(|p| p.what.as_str()).collect();
+        assert_eq!(p[0].severity, Severity::Critical);
+        assert!(p
+            .iter()
+            .take_while(|p| p.severity == Severity::Critical)
+            .any(|p| p.subject == "instance cart" && p.what.contains("no healthy primary")));
+        assert!(whats.iter().any(|w| w.contains("mass-failure")));
+        assert!(p
+            .iter()
+            .any(|p| p.subject == "node n2" && p.severity == Severity::Critical));
+        assert!(whats
+            .iter()
+            .any(|w| w.contains("shop-1") && w.contains("Slave_IO_Running: No")));
+        assert!(whats.iter().any(|w| w.contains("binlog 7 missing")));
+        let sorted = p.windows(2).all(|w| w[0].severity <= w[1].severity);
+        assert!(sorted, "{p:?}");
+    }
+
+    #[test]
+    fn a_replica_is_broken_when_it_does_not_replicate() {
+        let ok = member("a-1", "n", "replica");
+        assert_eq!(broken_replication(&ok), None);
+        assert_eq!(broken_replication(&member("a-0", "n", "primary")), None);
+        let mut m = ok.clone();
+        m.lag_seconds = -1;
+        assert_eq!(
+            broken_replication(&m).as_deref(),
+            Some("replication lag unknown")
+        );
+        let mut m = ok.clone();
+        m.observed_role = "primary".into();
+        assert!(broken_replication(&m).is_some_and(|w| w.contains("role primary")));
+        let mut m = ok.clone();
+        m.state = "failed".into();
+        assert_eq!(broken_replication(&m).as_deref(), Some("member failed"));
+        let mut m = ok;
+        m.healthy = false;
+        assert_eq!(broken_replication(&m).as_deref(), Some("unhealthy"));
+    }
+
+    #[test]
+    fn the_topology_puts_the_primary_on_top_and_marks_broken_arrows() {
+        let mut r2 = member("shop-2", "n3", "replica");
+        r2.healthy = false;
+        r2.reason = "io thread stopped".into();
+        let i = instance(
+            "shop",
+            "degraded",
+            vec![
+                r2,
+                member("shop-1", "n2", "replica"),
+                member("shop-0", "n1", "primary"),
+            ],
+        );
+        let nodes = [node("n1", "a", "ready"), node("n2", "b", "ready")];
+        let t = topology(&i, &nodes);
+        let p = t.primary.expect("a primary");
+        assert_eq!(p.member.id, "shop-0");
+        assert_eq!(p.zone, "a");
+        let ids: Vec<&str> = t.replicas.iter().map(|r| r.member.id.as_str()).collect();
+        assert_eq!(ids, ["shop-1", "shop-2"]);
+        assert_eq!(t.replicas[0].broken, None);
+        assert_eq!(t.replicas[1].broken.as_deref(), Some("io thread stopped"));
+        assert_eq!(t.replicas[1].zone, "-", "node unknown to the list");
+    }
+
+    #[test]
+    fn fills_add_up_per_node_and_per_zone() {
+        let nodes = [
+            node("n1", "a", "ready"),
+            node("n2", "a", "ready"),
+            node("n3", "b", "ready"),
+        ];
+        let f = node_fill(&nodes[0]);
+        assert_eq!(f.cpu.fraction(), 0.25);
+        assert_eq!(f.memory_mib.fraction(), 0.25);
+        assert_eq!(f.disk_mib.used, 3072.0);
+        assert_eq!(f.disk_mib.fraction(), 0.75);
+        let z = zone_fill(&nodes);
+        assert_eq!(z.len(), 2);
+        assert_eq!(z[0].name, "a");
+        assert_eq!(z[0].cpu.capacity, 4.0);
+        assert_eq!(z[0].members, 2);
+        assert_eq!(
+            Usage {
+                used: 1.0,
+                capacity: 0.0
+            }
+            .fraction(),
+            0.0
+        );
+        assert_eq!(
+            Usage {
+                used: 3.0,
+                capacity: 2.0
+            }
+            .fraction(),
+            1.0
+        );
+    }
+
+    #[test]
+    fn counts_are_by_key() {
+        let is = [
+            instance("a", "ready", vec![]),
+            instance("b", "ready", vec![]),
+            instance("c", "degraded", vec![]),
+        ];
+        assert_eq!(
+            count_by(&is, |i| i.status.clone()),
+            vec![("degraded".to_owned(), 1), ("ready".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn recent_notable_events_are_the_last_day_newest_first() {
+        let e = |id: u64, at_ms: i64, kind: &str| Event {
+            id,
+            at_ms,
+            kind: kind.into(),
+            ..Event::default()
+        };
+        let now = 10 * RECENT_MS;
+        let evs = [
+            e(1, now - RECENT_MS - 1, "failover_completed"),
+            e(2, now - 1000, "failover_completed"),
+            e(3, now - 500, "placed"),
+            e(4, now - 100, "operation_failed"),
+        ];
+        let ids: Vec<u64> = recent_notable(&evs, now).iter().map(|e| e.id).collect();
+        assert_eq!(ids, [4, 2]);
+    }
+
+    #[test]
+    fn the_filter_matches_name_labels_engine_version_status() {
+        let mut i = instance("shop-db", "ready", vec![]);
+        i.spec.labels.insert("team".into(), "pay".into());
+        let f = |q: &str, engine: &str, version: &str, status: &str| InstanceFilter {
+            q: q.into(),
+            engine: engine.into(),
+            version: version.into(),
+            status: status.into(),
+        };
+        assert!(f("", "", "", "").matches(&i));
+        assert!(f("SHOP", "", "", "").matches(&i));
+        assert!(f("team=pay", "mariadb", "10.11", "ready").matches(&i));
+        assert!(!f("team=ops", "", "", "").matches(&i));
+        assert!(!f("", "redis", "", "").matches(&i));
+        assert!(!f("", "", "11.8", "").matches(&i));
+        assert!(!f("", "", "", "degraded").matches(&i));
+    }
+
+    #[test]
+    fn api_errors_land_next_to_their_field() {
+        let cases = [
+            (
+                "invalid",
+                "replicas 9 is absurd: at most 8",
+                Some("replicas"),
+            ),
+            (
+                "invalid",
+                "resources.memory 32 MiB must be within 64 MiB .. 1 TiB",
+                Some("memory"),
+            ),
+            (
+                "invalid",
+                "resources.cpu 0 must be within 0.1 .. 64",
+                Some("cpu"),
+            ),
+            (
+                "invalid",
+                "resources.disk 1 MiB must be within 64 MiB .. 64 TiB",
+                Some("disk"),
+            ),
+            (
+                "invalid",
+                "mariadb version 9.9 is not supported (supported: 10.11)",
+                Some("version"),
+            ),
+            (
+                "invalid",
+                "instance name 'A_B' must be a DNS label",
+                Some("name"),
+            ),
+            ("invalid", "label key 'x y' is not allowed", Some("labels")),
+            (
+                "already_exists",
+                "instance shop already exists",
+                Some("name"),
+            ),
+            ("unplaceable", "no node has room", None),
+            ("invalid", "invalid type: string \"x\", expected u32", None),
+        ];
+        for (code, msg, field) in cases {
+            assert_eq!(field_of_error(code, msg), field, "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_create_form_becomes_the_api_body() {
+        let form: BTreeMap<String, String> = [
+            ("name", " shop "),
+            ("engine", "mariadb"),
+            ("version", "10.11"),
+            ("replicas", "1"),
+            ("cpu", "0.5"),
+            ("memory", "256"),
+            ("disk", "abc"),
+            ("labels", "team=pay, env = prod ,bare"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let b = create_body(&form);
+        assert_eq!(b["name"], "shop");
+        assert_eq!(b["replicas"], 1);
+        assert_eq!(b["resources"]["cpu"], 0.5);
+        assert_eq!(b["resources"]["memory"], 256);
+        assert_eq!(b["resources"]["disk"], "abc", "left for the API to refuse");
+        assert_eq!(b["labels"]["team"], "pay");
+        assert_eq!(b["labels"]["env"], "prod");
+        assert_eq!(b["labels"]["bare"], "");
+    }
+
+    #[test]
+    fn times_and_lags_read_well() {
+        assert_eq!(utc(0), "");
+        assert_eq!(utc(1_000), "1970-01-01 00:00:01Z");
+        assert_eq!(ago(0, 5), "never");
+        assert_eq!(ago(1_000, 13_000), "12 s ago");
+        assert_eq!(ago(0 + 1, 1 + 3 * 3600 * 1000), "3 h ago");
+        assert_eq!(lag(-1), "unknown");
+        assert_eq!(lag(4), "4 s");
+    }
+}
