@@ -454,13 +454,28 @@ impl SchedulerProcess {
         env
     }
 
-    /// The generated admin token.
+    /// The generated admin token; with tokens in the config (no token generated), the
+    /// secret of the first configured admin token.
     pub fn admin_token(&self) -> Result<String> {
-        Ok(
-            std::fs::read_to_string(self.dir.path().join("data/admin.token"))?
-                .trim()
-                .to_owned(),
-        )
+        match std::fs::read_to_string(self.dir.path().join("data/admin.token")) {
+            Ok(t) => Ok(t.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.configured_token("admin"),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The secret of the first `[[tokens]]` entry of `role` in its config.
+    pub fn configured_token(&self, role: &str) -> Result<String> {
+        let cfg = std::fs::read_to_string(self.dir.path().join("scheduler.toml"))?;
+        let cfg: toml::Value = toml::from_str(&cfg)?;
+        cfg.get("tokens")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+            .find(|t| t.get("role").and_then(|r| r.as_str()) == Some(role))
+            .and_then(|t| t.get("secret").and_then(|s| s.as_str()))
+            .map(str::to_owned)
+            .with_context(|| format!("no generated admin token and no configured {role} token"))
     }
 
     /// `kill -9`.

@@ -331,13 +331,13 @@ fn failed(c: &Console, v: &Visit, e: &Error) -> Response {
     }
 }
 
-/// Checks a form's CSRF token: 403 without the session's.
-fn check_csrf(v: &Visit, form: &BTreeMap<String, String>) -> Result<(), Response> {
+/// Checks a form's CSRF token: the 403 to answer without the session's.
+fn csrf_refusal(v: &Visit, form: &BTreeMap<String, String>) -> Option<Response> {
     if session::csrf_matches(&v.session.csrf, form.get("csrf").map(String::as_str)) {
-        Ok(())
+        None
     } else {
         warn!(who = %v.session.who, "console: form refused without its CSRF token");
-        Err(html(
+        Some(html(
             StatusCode::FORBIDDEN,
             pages::message(
                 Some(&v.frame(0)),
@@ -456,7 +456,7 @@ async fn logout(
     v: Visit,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&v, &form) {
+    if let Some(r) = csrf_refusal(&v, &form) {
         return r;
     }
     c.inner.sessions.close(&v.cookie);
@@ -544,7 +544,7 @@ async fn create(
     v: Visit,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&v, &form) {
+    if let Some(r) = csrf_refusal(&v, &form) {
         return r;
     }
     let body = views::create_body(&form);
@@ -638,7 +638,7 @@ async fn switchover(
     Path(name): Path<String>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&v, &form) {
+    if let Some(r) = csrf_refusal(&v, &form) {
         return r;
     }
     if !plain_name(&name) {
@@ -670,7 +670,7 @@ async fn delete(
     Path(name): Path<String>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&v, &form) {
+    if let Some(r) = csrf_refusal(&v, &form) {
         return r;
     }
     if !plain_name(&name) {
@@ -721,7 +721,7 @@ async fn node_action(
     Path((name, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_csrf(&v, &form) {
+    if let Some(r) = csrf_refusal(&v, &form) {
         return r;
     }
     if !plain_name(&name) || !matches!(action.as_str(), "cordon" | "drain" | "uncordon") {

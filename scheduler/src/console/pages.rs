@@ -377,7 +377,7 @@ pub fn create(
     let engine_err = errors.get("engine");
     let versions: Vec<String> = engines
         .iter()
-        .flat_map(|e| e.versions.iter().map(move |v| format!("{v}")))
+        .flat_map(|e| e.versions.iter().cloned())
         .collect();
     let main = html! {
         h1 { "Create an instance" }

@@ -328,7 +328,7 @@ pub fn recent_notable(events: &[Event], now_ms: i64) -> Vec<Event> {
         .filter(|e| e.at_ms > now_ms - RECENT_MS && NOTABLE.contains(&e.kind.as_str()))
         .cloned()
         .collect();
-    out.sort_by(|a, b| b.id.cmp(&a.id));
+    out.sort_by_key(|e| std::cmp::Reverse(e.id));
     out
 }
 
@@ -452,7 +452,7 @@ pub fn problems(instances: &[Instance], nodes: &[Node], mass_hold: bool) -> Vec<
             });
         }
     }
-    out.sort_by(|a, b| a.severity.cmp(&b.severity));
+    out.sort_by_key(|p| p.severity);
     out
 }
 
@@ -977,7 +977,7 @@ mod tests {
         assert_eq!(utc(1_000), "1970-01-01 00:00:01Z");
         assert_eq!(ago(0, 5), "never");
         assert_eq!(ago(1_000, 13_000), "12 s ago");
-        assert_eq!(ago(0 + 1, 1 + 3 * 3600 * 1000), "3 h ago");
+        assert_eq!(ago(1, 1 + 3 * 3600 * 1000), "3 h ago");
         assert_eq!(lag(-1), "unknown");
         assert_eq!(lag(4), "4 s");
     }

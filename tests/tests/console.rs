@@ -1,0 +1,482 @@
+//! The web console in a real browser against the real daemons: headless Chromium (Debian's
+//! `chromium`, driven through `chromedriver` over WebDriver) signs in to a real scheduler
+//! with real agents and MariaDB, creates an instance through the form, switches over from
+//! the instance page, watches a `docker kill` failover on the diagram and in the events, and
+//! checks the refusals (a viewer, a form without its CSRF token). It takes a screenshot of
+//! each page (to `$MOFANG_SCREENSHOTS`, docs/console.md) and checks each page's weight.
+//!
+//! One test, one environment: the scenarios run in order on one cluster to keep wall time
+//! small.
+
+use anyhow::{bail, Context, Result};
+use fantoccini::{Client, ClientBuilder, Locator};
+use mofang_tests::scenario::{container_of, docker_cli, Env};
+use mofang_tests::{eventually, unique_name};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Fast failover (as tests/tests/failover.rs) and two tokens: an admin and a viewer.
+const ADMIN_TOKEN: &str = "console-admin-token-0123456789";
+const VIEWER_TOKEN: &str = "console-viewer-token-0123456789";
+
+fn config() -> String {
+    format!(
+        "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n\
+         [[tokens]]\nname = \"console-admin\"\nrole = \"admin\"\nsecret = \"{ADMIN_TOKEN}\"\n\
+         [[tokens]]\nname = \"console-viewer\"\nrole = \"viewer\"\nsecret = \"{VIEWER_TOKEN}\"\n"
+    )
+}
+
+/// Largest HTML+CSS+JS of one page (issue 18).
+const PAGE_BUDGET: usize = 200 * 1024;
+
+/// chromedriver on a free loopback port, and a headless Chromium session through it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Result<Browser> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("chromedriver (Debian's chromium-driver; scripts/setup test)")?;
+        let profile = tempfile::Builder::new()
+            .prefix("mofang-chromium-")
+            .tempdir()?;
+        let caps = json!({
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--ignore-certificate-errors", "--window-size=1280,800", "--hide-scrollbars",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        });
+        let caps = match caps {
+            Value::Object(m) => m,
+            _ => bail!("capabilities"),
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let mut browser = None;
+        for _ in 0..50 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => {
+                    browser = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let client = browser.context("no WebDriver session from chromedriver")?;
+        client.set_window_size(1280, 800).await?;
+        Ok(Browser {
+            client,
+            driver,
+            _profile: profile,
+        })
+    }
+
+    async fn text(&self, css: &str) -> Result<String> {
+        Ok(self.client.find(Locator::Css(css)).await?.text().await?)
+    }
+
+    async fn count(&self, css: &str) -> Result<usize> {
+        Ok(self.client.find_all(Locator::Css(css)).await?.len())
+    }
+
+    async fn fill(&self, id: &str, value: &str) -> Result<()> {
+        let e = self.client.find(Locator::Id(id)).await?;
+        e.clear().await?;
+        e.send_keys(value).await?;
+        Ok(())
+    }
+
+    async fn path(&self) -> Result<String> {
+        let u = self.client.current_url().await?;
+        Ok(match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        })
+    }
+
+    /// Clicks `css` (a submit button) and waits for the next page to have loaded.
+    async fn submit(&self, css: &str) -> Result<()> {
+        self.client
+            .execute("window.mofangOldPage = true; return null;", vec![])
+            .await?;
+        self.client.find(Locator::Css(css)).await?.click().await?;
+        eventually("the next page", Duration::from_secs(60), || async {
+            let v = self
+                .client
+                .execute(
+                    "return window.mofangOldPage === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await?;
+            if v == json!(true) {
+                Ok(())
+            } else {
+                bail!("still loading")
+            }
+        })
+        .await
+    }
+
+    /// Signs in with `token` on the sign-in page the browser is on.
+    async fn sign_in(&self, token: &str) -> Result<()> {
+        self.fill("token", token).await?;
+        self.submit("#login button[type=submit]").await
+    }
+
+    /// A hand-made POST from the page (the browser's cookies go with it): its HTTP status.
+    async fn post(&self, path: &str, body: &str) -> Result<u64> {
+        let r = self
+            .client
+            .execute_async(
+                "const [path, body, done] = arguments;
+                 fetch(path, {method: 'POST', body: body, credentials: 'same-origin',
+                   headers: {'Content-Type': 'application/x-www-form-urlencoded'}})
+                   .then(r => done(r.status)).catch(e => done(String(e)));",
+                vec![json!(path), json!(body)],
+            )
+            .await?;
+        r.as_u64().with_context(|| format!("POST {path}: {r}"))
+    }
+
+    /// Bytes of a GET of `path` with the browser's session.
+    async fn size(&self, path: &str) -> Result<usize> {
+        let r = self
+            .client
+            .execute_async(
+                "const [path, done] = arguments;
+                 fetch(path, {credentials: 'same-origin', cache: 'no-store'}).then(r => r.arrayBuffer())
+                   .then(b => done(b.byteLength)).catch(e => done(String(e)));",
+                vec![json!(path)],
+            )
+            .await?;
+        r.as_u64()
+            .map(|n| n as usize)
+            .with_context(|| format!("GET {path}: {r}"))
+    }
+
+    /// Saves a screenshot as `<name>.png` under `$MOFANG_SCREENSHOTS` (or the test's
+    /// target directory).
+    async fn shot(&self, name: &str) -> Result<()> {
+        let dir = std::env::var_os("MOFANG_SCREENSHOTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"));
+        std::fs::create_dir_all(&dir)?;
+        let png = self.client.screenshot().await?;
+        std::fs::write(dir.join(format!("{name}.png")), png)?;
+        Ok(())
+    }
+
+    /// Whether the page fits the window's width (no sideways scrolling of the page).
+    async fn fits_width(&self) -> Result<bool> {
+        let v = self
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+                vec![],
+            )
+            .await?;
+        Ok(v == json!(true))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The member id the topology diagram shows as primary.
+async fn diagram_primary(b: &Browser) -> Result<String> {
+    b.client
+        .find(Locator::Css("#topology .member.primary"))
+        .await?
+        .attr("data-member")
+        .await?
+        .context("data-member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser() -> Result<()> {
+    mofang_tests::init_tracing();
+    let env = Env::start_with(3, &config()).await?;
+    let base = env.sched.rest.clone();
+    let b = Browser::start().await?;
+    let ui = |p: &str| format!("{base}{p}");
+
+    // Sign in: a page asked without a session goes to sign-in and comes back after it.
+    b.client.goto(&ui("/ui/nodes")).await?;
+    assert_eq!(b.path().await?, "/ui/login?next=/ui/nodes");
+    b.shot("login").await?;
+    b.sign_in("not-a-token-at-all-000").await?;
+    assert!(b.text(".error").await?.contains("not known"));
+    b.sign_in(ADMIN_TOKEN).await?;
+    assert_eq!(b.path().await?, "/ui/nodes");
+    assert_eq!(b.count("#nodes tbody tr").await?, 3, "three nodes listed");
+
+    // A bad form value: the API's reason next to the field, nothing created.
+    let name = unique_name("console");
+    b.client.goto(&ui("/ui/instances/new")).await?;
+    b.fill("name", &name).await?;
+    b.fill("replicas", "9").await?;
+    b.submit("#create button[type=submit]").await?;
+    let why = b.text("#replicas-error").await?;
+    assert!(why.contains("at most 8"), "{why}");
+    assert_eq!(
+        b.client
+            .find(Locator::Id("replicas"))
+            .await?
+            .attr("aria-invalid")
+            .await?
+            .as_deref(),
+        Some("true")
+    );
+    b.shot("create-error").await?;
+    let (status, _) = env
+        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+        .await?;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing created");
+
+    // Create a MariaDB instance with one replica through the form; the page turns ready by
+    // itself (live updates).
+    b.fill("replicas", "1").await?;
+    b.submit("#create button[type=submit]").await?;
+    assert_eq!(
+        b.path().await?,
+        format!("/ui/instances/{name}?done=created")
+    );
+    eventually(
+        "the instance page shows ready",
+        Duration::from_secs(180),
+        || async {
+            let s = b.text("#status").await?;
+            if s == "ready" && b.count("#topology .member").await? == 2 {
+                Ok(())
+            } else {
+                bail!("status {s}")
+            }
+        },
+    )
+    .await?;
+    assert!(b.count("form.act").await? >= 2, "an admin has actions");
+    b.shot("instance").await?;
+
+    // Switch over to the replica from the instance page; the diagram follows.
+    let inst = env.get(&format!("/v1/instances/{name}")).await?;
+    let old = diagram_primary(&b).await?;
+    assert_eq!(Env::primary_member(&inst)?["id"], json!(old));
+    let target = inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .and_then(|m| m["id"].as_str())
+        .context("a replica")?
+        .to_owned();
+    b.client
+        .find(Locator::Id("target"))
+        .await?
+        .select_by_value(&target)
+        .await?;
+    b.submit("#switchover button[type=submit]").await?;
+    eventually(
+        "the diagram shows the new primary",
+        Duration::from_secs(60),
+        || async {
+            let p = diagram_primary(&b).await?;
+            if p == target {
+                Ok(())
+            } else {
+                bail!("primary {p}")
+            }
+        },
+    )
+    .await?;
+    assert!(
+        b.count("#events li[data-kind=switchover_completed]")
+            .await?
+            >= 1
+    );
+    b.shot("instance-switched-over").await?;
+
+    // Kill the primary's container: the open page shows the failover on the diagram and in
+    // the events, without a reload.
+    let killed = diagram_primary(&b).await?;
+    docker_cli(&["kill", &container_of(&killed)])?;
+    eventually(
+        "the diagram shows the failover",
+        Duration::from_secs(90),
+        || async {
+            let p = diagram_primary(&b).await?;
+            let done = b.count("#events li[data-kind=failover_completed]").await?;
+            if p != killed && done >= 1 {
+                Ok(())
+            } else {
+                bail!("primary {p}, failover_completed events {done}")
+            }
+        },
+    )
+    .await?;
+    b.shot("instance-after-failover").await?;
+
+    // A form without its CSRF token is refused, and nothing changes.
+    let epoch = env.get(&format!("/v1/instances/{name}")).await?["epoch"].clone();
+    let status = b
+        .post(&format!("/ui/instances/{name}/switchover"), "target=")
+        .await?;
+    assert_eq!(status, 403, "a switchover form without its CSRF token");
+    assert_eq!(
+        env.get(&format!("/v1/instances/{name}")).await?["epoch"],
+        epoch
+    );
+
+    // The other pages, with screenshots and their weights.
+    for (path, shot) in [
+        ("/ui", "overview"),
+        ("/ui/instances", "instances"),
+        ("/ui/nodes", "nodes"),
+        ("/ui/events", "events"),
+        ("/ui/problems", "problems"),
+        ("/ui/audit", "audit"),
+        ("/ui/operations", "operations"),
+        ("/ui/backups", "backups"),
+    ] {
+        b.client.goto(&ui(path)).await?;
+        b.shot(shot).await?;
+    }
+    b.client.goto(&ui("/ui")).await?;
+    let assets = b.size("/ui/assets/console.css").await? + b.size("/ui/assets/console.js").await?;
+    for path in [
+        "/ui".to_owned(),
+        "/ui/instances".to_owned(),
+        "/ui/instances/new".to_owned(),
+        format!("/ui/instances/{name}"),
+        "/ui/nodes".to_owned(),
+        "/ui/events".to_owned(),
+        "/ui/audit".to_owned(),
+    ] {
+        let html = b.size(&path).await?;
+        println!("page weight {path}: HTML {html} B + CSS/JS {assets} B");
+        assert!(html + assets < PAGE_BUDGET, "{path}: {} B", html + assets);
+    }
+    b.client.goto(&ui("/ui/audit?q=switchover")).await?;
+    let audit = b.text("main table").await?;
+    assert!(
+        audit.contains("console-admin") && audit.contains("/switchover"),
+        "console actions are audited like API calls: {audit}"
+    );
+
+    // A phone's screen: the pages fit its width.
+    b.client.set_window_size(390, 844).await?;
+    for (path, shot) in [
+        ("/ui".to_owned(), "phone-overview"),
+        (format!("/ui/instances/{name}"), "phone-instance"),
+    ] {
+        b.client.goto(&ui(&path)).await?;
+        assert!(b.fits_width().await?, "{path} fits 390 px");
+        b.shot(shot).await?;
+    }
+    b.client.set_window_size(1280, 800).await?;
+
+    // A viewer: no action buttons, and a hand-made POST (with its own CSRF token) is refused.
+    b.client.goto(&ui("/ui")).await?;
+    b.submit("header form button").await?;
+    assert_eq!(b.path().await?, "/ui/login");
+    b.sign_in(VIEWER_TOKEN).await?;
+    for path in [
+        format!("/ui/instances/{name}"),
+        "/ui/instances".to_owned(),
+        "/ui/nodes".to_owned(),
+    ] {
+        b.client.goto(&ui(&path)).await?;
+        let actions = b
+            .count("form.act, button.act, a[href='/ui/instances/new']")
+            .await?;
+        assert_eq!(actions, 0, "a viewer sees no action on {path}");
+    }
+    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+    b.shot("viewer-instance").await?;
+    let csrf = b
+        .client
+        .find(Locator::Css("header input[name=csrf]"))
+        .await?
+        .attr("value")
+        .await?
+        .context("the viewer's CSRF token")?;
+    let status = b
+        .post(
+            &format!("/ui/instances/{name}/switchover"),
+            &format!("csrf={csrf}&target="),
+        )
+        .await?;
+    assert_eq!(status, 403, "a viewer's hand-made POST");
+    assert_eq!(
+        env.get(&format!("/v1/instances/{name}")).await?["epoch"],
+        epoch
+    );
+
+    // A lost session goes back to sign-in and returns to the page after it.
+    b.client.delete_all_cookies().await?;
+    b.client.goto(&ui("/ui/events")).await?;
+    assert_eq!(b.path().await?, "/ui/login?next=/ui/events");
+    b.sign_in(VIEWER_TOKEN).await?;
+    assert_eq!(b.path().await?, "/ui/events");
+
+    // Delete from the instance page as an admin: refused until the name is typed.
+    b.submit("header form button").await?;
+    b.sign_in(ADMIN_TOKEN).await?;
+    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+    if b.count("#confirm").await? == 0 {
+        bail!(
+            "no delete form at {}: {}",
+            b.path().await?,
+            b.text("body").await?
+        );
+    }
+    b.fill("confirm", "not-the-name").await?;
+    b.submit("#delete button[type=submit]").await?;
+    assert!(b
+        .text("#action-error")
+        .await?
+        .contains("Nothing was deleted"));
+    let (status, _) = env
+        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+        .await?;
+    assert_eq!(status, reqwest::StatusCode::OK, "still there");
+    b.fill("confirm", &name).await?;
+    b.submit("#delete button[type=submit]").await?;
+    assert_eq!(b.path().await?, "/ui/instances?done=deleted");
+    eventually("the instance is gone", Duration::from_secs(60), || async {
+        let (status, v) = env
+            .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+            .await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            bail!("{status} {}", v["status"])
+        }
+    })
+    .await?;
+    b.client.clone().close().await?;
+    Ok(())
+}
