@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each runs scripts/setup first,
 # with its purpose, so it installs what that command needs and nothing more.
-.PHONY: setup setup-demo setup-demo-ha demo-ha demo-ha-down setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision bench-backup bench-operations stress-failover soak-failover time-to-first-db
+.PHONY: setup setup-demo setup-demo-ha demo-ha demo-ha-down setup-test setup-packages demo demo-down test lint build bench packages bench-metrics bench-failover bench-provision bench-backup bench-operations bench-console stress-failover soak-failover time-to-first-db
 
 CARGO ?= cargo
 
@@ -71,6 +71,11 @@ bench-metrics: setup-test
 # Redis Sentinel as the anchor (see docs/benchmarks.md). E.g. ARGS="--rounds 5".
 bench-failover: setup-test
 	$(CARGO) run --release -q -p mofang-tests --bin bench-failover -- $(ARGS)
+
+# Console benchmark: the web console's pages answering with 2,000 instances in the store,
+# in-process, no Docker (see docs/benchmarks.md). E.g. ARGS="--instances 5000".
+bench-console:
+	$(CARGO) run --release -q -p mofang-tests --bin bench-console -- $(ARGS)
 
 # Day-2 operations: time and longest write outage of restart, resize, upgrade and scale on a
 # 3-member MariaDB instance under writes, next to the same work by hand (see docs/benchmarks.md).

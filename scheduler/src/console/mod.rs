@@ -222,10 +222,22 @@ impl Console {
 
     /// Instances, nodes and the problems they show.
     async fn fleet(&self, v: &Visit) -> Result<(Vec<Instance>, Vec<Node>, Vec<views::Problem>)> {
-        let instances: Vec<Instance> = self.get(v, "/v1/instances").await?;
-        let nodes: Vec<Node> = self.get(v, "/v1/nodes").await?;
-        // Only the leader knows the hold; a follower shows none rather than a stale one.
         let cluster = &self.inner.api.cluster;
+        let (instances, nodes): (Vec<Instance>, Vec<Node>) = if cluster.is_active() {
+            // The leader: the API's views themselves (what `GET /v1/instances` and
+            // `GET /v1/nodes` answer, any role may read them), without a JSON round trip.
+            (
+                cluster.instances().iter().map(Instance::from).collect(),
+                cluster.nodes().iter().map(Node::from).collect(),
+            )
+        } else {
+            // A follower: through the API router, which forwards to the leader.
+            (
+                self.get(v, "/v1/instances").await?,
+                self.get(v, "/v1/nodes").await?,
+            )
+        };
+        // Only the leader knows the hold; a follower shows none rather than a stale one.
         let hold = cluster.is_active() && cluster.mass_hold();
         let problems = views::problems(&instances, &nodes, hold);
         Ok((instances, nodes, problems))
@@ -497,6 +509,9 @@ struct ListQuery {
     filter: views::InstanceFilter,
     #[serde(default)]
     done: Option<String>,
+    /// Page number from 1 (text: numbers do not parse inside a flattened query).
+    #[serde(default)]
+    page: String,
 }
 
 async fn instances(
@@ -508,7 +523,13 @@ async fn instances(
     match c.fleet(&v).await {
         Ok((all, _, p)) => html(
             StatusCode::OK,
-            pages::instances(&v.frame(p.len()), &all, &q.filter, flash(q.done.as_deref())),
+            pages::instances(
+                &v.frame(p.len()),
+                &all,
+                &q.filter,
+                q.page.parse().unwrap_or(1),
+                flash(q.done.as_deref()),
+            ),
         ),
         Err(e) => failed(&c, &v, &e),
     }
@@ -931,6 +952,10 @@ mod tests {
             .await
             .expect("load");
         cluster.activate().await.expect("activate");
+        app_of(cluster)
+    }
+
+    fn app_of(cluster: Arc<Cluster>) -> Router {
         let mut tokens = Tokens::from_config(&[]);
         tokens.insert(ADMIN, "root", TokenRole::Admin);
         tokens.insert(VIEWER, "grafana", TokenRole::Viewer);
@@ -940,6 +965,115 @@ mod tests {
             tokens: Arc::new(tokens),
             sealed: None,
         })
+    }
+
+    /// A leading cluster with two nodes heartbeating and an instance `shop` placed on them.
+    async fn cluster_with_shop() -> Arc<Cluster> {
+        use crate::model::{DiskInfo, InstanceSpec, Node as NodeRecord, NodeAdmin, Resources};
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        cluster.activate().await.expect("activate");
+        for n in ["n1", "n2"] {
+            cluster
+                .register(NodeRecord {
+                    name: n.into(),
+                    address: "127.0.0.1".into(),
+                    labels: BTreeMap::from([("zone".into(), n.into())]),
+                    cpu: 4.0,
+                    memory_bytes: 8 << 30,
+                    disks: vec![DiskInfo {
+                        path: "/d".into(),
+                        class: "ssd".into(),
+                        capacity_bytes: 10 << 30,
+                        free_bytes: 10 << 30,
+                    }],
+                    admin: NodeAdmin::Active,
+                    agent_version: "test".into(),
+                    registered_at_ms: 0,
+                    http_address: String::new(),
+                })
+                .await
+                .expect("register");
+            cluster.heartbeat(mofang_common::proto::HeartbeatRequest {
+                node: n.into(),
+                ..Default::default()
+            });
+        }
+        cluster
+            .create_instance(InstanceSpec {
+                name: "shop".into(),
+                engine: mofang_common::EngineKind::Mariadb,
+                version: "10.11".into(),
+                replicas: 1,
+                resources: Resources {
+                    cpu: 0.5,
+                    memory: 256,
+                    disk: 512,
+                },
+                disk_class: None,
+                placement: None,
+                labels: BTreeMap::from([("team".into(), "pay".into())]),
+                restore: None,
+                tls: Default::default(),
+                backup: None,
+            })
+            .await
+            .expect("create");
+        cluster
+    }
+
+    /// The leader's direct path (the API's view structs) and a follower's (their JSON) give
+    /// the console the same views.
+    #[tokio::test]
+    async fn the_leaders_views_and_their_json_give_the_same_console_views() {
+        let cluster = cluster_with_shop().await;
+        let is = cluster.instances();
+        assert_eq!(is.len(), 1);
+        let direct = Instance::from(&is[0]);
+        let json: Instance =
+            serde_json::from_value(serde_json::to_value(&is[0]).expect("json")).expect("parses");
+        assert_eq!(direct, json);
+        assert_eq!(direct.members.len(), 2);
+        for n in cluster.nodes() {
+            let json: Node =
+                serde_json::from_value(serde_json::to_value(&n).expect("json")).expect("parses");
+            assert_eq!(Node::from(&n), json);
+            assert_eq!(json.state, "ready");
+        }
+    }
+
+    /// A follower's console shows the leader's fleet: its reads go through the API router,
+    /// which forwards them to the leader.
+    #[tokio::test]
+    async fn a_followers_console_shows_the_leaders_fleet() {
+        let leader = app_of(cluster_with_shop().await);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move { axum::serve(listener, leader).await });
+        let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+        let follower = Cluster::load(store, std::time::Duration::from_secs(30))
+            .await
+            .expect("load");
+        follower.deactivate();
+        follower.set_leader_hint(Some(format!("http://{addr}")));
+        let app = app_of(follower.clone());
+        let (cookie, _) = sign_in(&app, VIEWER).await;
+        let (status, r) = send(&app, get("/ui/instances", &cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        let html = text(r).await;
+        assert!(
+            html.contains("/ui/instances/shop") && html.contains("team=pay"),
+            "{html}"
+        );
+        // The leader gone: the page says so (503 with the reason), never a blank page.
+        follower.set_leader_hint(Some("http://127.0.0.1:1".into()));
+        let (status, r) = send(&app, get("/ui", &cookie)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text(r).await.contains("unreachable"));
     }
 
     async fn send(app: &Router, req: axum::http::Request<Body>) -> (StatusCode, Response) {

@@ -1,6 +1,7 @@
 //! The console's HTML, rendered with maud (escaped by default) from the view models of
 //! `views`. No inline script or style: the page works under `default-src 'self'`.
 
+use super::session::encode_query;
 use super::views::{
     self, ago, count_by, lag, utc, AuditEntry, Event, Fill, Instance, InstanceFilter, Node,
     Problem, Severity, Topology, TopologyNode,
@@ -47,6 +48,9 @@ pub struct Frame {
     /// Now, unix ms (rendering is given the clock).
     pub now_ms: i64,
 }
+
+/// Instances per page of the list (a page stays well under 200 KB).
+pub const PAGE_SIZE: usize = 100;
 
 /// Live refresh interval of pages that update, ms.
 pub const REFRESH_MS: u32 = 2000;
@@ -299,6 +303,7 @@ pub fn instances(
     f: &Frame,
     all: &[Instance],
     filter: &InstanceFilter,
+    page_no: usize,
     flash: Option<&str>,
 ) -> Markup {
     let distinct = |key: fn(&Instance) -> &str| -> Vec<String> {
@@ -307,7 +312,19 @@ pub fn instances(
         v.dedup();
         v
     };
-    let shown: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
+    let matching: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
+    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
+    let page_no = page_no.clamp(1, pages);
+    let shown = &matching[(page_no - 1) * PAGE_SIZE..(page_no * PAGE_SIZE).min(matching.len())];
+    let link = |n: usize| {
+        format!(
+            "/ui/instances?q={}&engine={}&version={}&status={}&page={n}",
+            encode_query(&filter.q),
+            encode_query(&filter.engine),
+            encode_query(&filter.version),
+            encode_query(&filter.status)
+        )
+    };
     let main = html! {
         h1 { "Instances" }
         @if let Some(m) = flash { p.flash role="status" { (m) } }
@@ -320,11 +337,11 @@ pub fn instances(
             button type="submit" { "Filter" }
         }
         div.scroll id="instances" data-live {
-            p.muted { (shown.len()) " of " (all.len()) }
+            p.muted { (matching.len()) " of " (all.len()) @if pages > 1 { " · page " (page_no) " of " (pages) } }
             table {
                 thead { tr { th { "Name" } th { "Engine" } th { "Status" } th.num { "Members" } th.num { "Epoch" } th { "Primary" } th { "Labels" } } }
                 tbody {
-                    @for i in &shown {
+                    @for i in shown {
                         tr {
                             td { a href=(format!("/ui/instances/{}", i.name)) { (i.name) } }
                             td { (i.engine) " " (i.version) }
@@ -335,6 +352,12 @@ pub fn instances(
                             td { @for (k, v) in &i.spec.labels { span.badge { (k) "=" (v) } " " } }
                         }
                     }
+                }
+            }
+            @if pages > 1 {
+                nav.pager aria-label="Pages" {
+                    @if page_no > 1 { a href=(link(page_no - 1)) rel="prev" { "Previous" } " " }
+                    @if page_no < pages { a href=(link(page_no + 1)) rel="next" { "Next" } }
                 }
             }
         }

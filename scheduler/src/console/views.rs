@@ -190,6 +190,95 @@ pub struct Engine {
     pub versions: Vec<String>,
 }
 
+// ---- from the API's own view structs ----------------------------------------------------------
+
+// On the leader the console takes the API's views (`Cluster::instances`, `Cluster::nodes`:
+// what `GET /v1/instances` and `GET /v1/nodes` serialize) without a JSON round trip; these
+// conversions keep exactly the fields the JSON parse above keeps.
+
+impl From<&crate::cluster::MemberView> for Member {
+    fn from(m: &crate::cluster::MemberView) -> Self {
+        Member {
+            id: m.id.clone(),
+            node: m.node.clone(),
+            role: m.role.clone(),
+            state: m.state.clone(),
+            address: m.address.clone(),
+            healthy: m.healthy,
+            observed_role: m.observed_role.clone(),
+            lag_seconds: m.lag_seconds,
+            epoch: m.epoch,
+            reason: m.reason.clone(),
+        }
+    }
+}
+
+impl From<&crate::cluster::InstanceView> for Instance {
+    fn from(i: &crate::cluster::InstanceView) -> Self {
+        Instance {
+            name: i.name.clone(),
+            engine: i.engine.clone(),
+            version: i.version.clone(),
+            replicas: i.replicas,
+            epoch: i.epoch,
+            status: i.status.clone(),
+            primary: i.primary.clone(),
+            members: i.members.iter().map(Member::from).collect(),
+            spec: Spec {
+                labels: i.spec.labels.clone(),
+                resources: Resources {
+                    cpu: i.spec.resources.cpu,
+                    memory: i.spec.resources.memory,
+                    disk: i.spec.resources.disk,
+                },
+            },
+            created_at_ms: i.created_at_ms,
+            auto_failover: i.auto_failover,
+            last_failover_ms: i.last_failover_ms,
+            pitr_ready: i.pitr_ready,
+            pitr_reason: i.pitr_reason.clone(),
+        }
+    }
+}
+
+/// An enum's serialized (lower-case) name, as the JSON shows it.
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+impl From<&crate::cluster::NodeView2> for Node {
+    fn from(n: &crate::cluster::NodeView2) -> Self {
+        Node {
+            name: n.node.name.clone(),
+            address: n.node.address.clone(),
+            labels: n.node.labels.clone(),
+            cpu: n.node.cpu,
+            memory_bytes: n.node.memory_bytes,
+            disks: n
+                .node
+                .disks
+                .iter()
+                .map(|d| Disk {
+                    path: d.path.clone(),
+                    class: d.class.clone(),
+                    capacity_bytes: d.capacity_bytes,
+                    free_bytes: d.free_bytes,
+                })
+                .collect(),
+            admin: serde_name(&n.node.admin),
+            state: serde_name(&n.state),
+            last_heartbeat_ms: n.last_heartbeat_ms,
+            reserved_cpu: n.reserved_cpu,
+            reserved_memory_mib: n.reserved_memory_mib,
+            members: n.members,
+            agent_version: n.node.agent_version.clone(),
+        }
+    }
+}
+
 // ---- counts and the overview ----------------------------------------------------------------
 
 /// How many of each key, sorted by key.
