@@ -339,6 +339,125 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     .await?;
     b.shot("instance-after-failover").await?;
 
+    // A day-2 operation from the instance page: a rolling restart, its steps shown as they
+    // happen.
+    eventually(
+        "ready again after the failover",
+        Duration::from_secs(90),
+        || async {
+            let s = b.text("#status").await?;
+            if s == "ready" {
+                Ok(())
+            } else {
+                bail!("status {s}")
+            }
+        },
+    )
+    .await?;
+    b.client
+        .find(Locator::Id("op-type"))
+        .await?
+        .select_by_value("restart")
+        .await?;
+    b.submit("#operation button[type=submit]").await?;
+    eventually(
+        "the restart succeeds on the page",
+        Duration::from_secs(120),
+        || async {
+            let state = b.text("#operations tbody tr:first-child .badge").await?;
+            if state == "succeeded" {
+                Ok(())
+            } else {
+                bail!("operation {state}")
+            }
+        },
+    )
+    .await?;
+    b.shot("instance-operations").await?;
+
+    // Back up from the instance page into a directory repository, then restore that backup
+    // into a new instance from the timeline.
+    let repo_dir = tempfile::Builder::new()
+        .prefix("mofang-console-repo-")
+        .tempdir_in("/var/tmp")?;
+    let (status, v) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/backup-repos",
+            Some(json!({"name": "local", "kind": "fs", "path": repo_dir.path().display().to_string()})),
+        )
+        .await?;
+    assert!(status.is_success(), "{status} {v}");
+    b.client.refresh().await?;
+    b.client
+        .find(Locator::Id("repo"))
+        .await?
+        .select_by_value("local")
+        .await?;
+    b.submit("#backup button[type=submit]").await?;
+    eventually(
+        "the backup succeeds on the timeline",
+        Duration::from_secs(120),
+        || async {
+            match b.count("#backups tr[data-state=succeeded]").await? {
+                0 => bail!("{}", b.text("#backups").await?),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await?;
+    b.shot("instance-backups").await?;
+    b.client
+        .find(Locator::Css("#backups tr[data-state=succeeded] a.act"))
+        .await?
+        .click()
+        .await?;
+    eventually("the restore form", Duration::from_secs(30), || async {
+        b.client
+            .find(Locator::Css("#create input[name=restore_from]"))
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let restored = unique_name("restored");
+    b.fill("name", &restored).await?;
+    b.fill("replicas", "0").await?;
+    b.shot("restore-form").await?;
+    b.submit("#create button[type=submit]").await?;
+    assert_eq!(
+        b.path().await?,
+        format!("/ui/instances/{restored}?done=created")
+    );
+    eventually(
+        "the restored instance is ready",
+        Duration::from_secs(180),
+        || async {
+            let s = b.text("#status").await?;
+            if s == "ready" {
+                Ok(())
+            } else {
+                bail!("status {s}")
+            }
+        },
+    )
+    .await?;
+    let v = env.get(&format!("/v1/instances/{restored}")).await?;
+    assert!(
+        v["restored_from"]
+            .as_str()
+            .is_some_and(|b| b.starts_with(&name)),
+        "{v}"
+    );
+    let (status, v) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/instances/{restored}"),
+            None,
+        )
+        .await?;
+    assert!(status.is_success(), "{status} {v}");
+    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+
     // A form without its CSRF token is refused, and nothing changes.
     let epoch = env.get(&format!("/v1/instances/{name}")).await?["epoch"].clone();
     let status = b

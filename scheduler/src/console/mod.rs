@@ -386,6 +386,9 @@ fn flash(done: Option<&str>) -> Option<&'static str> {
         "cordon" => Some("Node cordoned: no new members are placed on it."),
         "drain" => Some("Node draining: its members are being moved away."),
         "uncordon" => Some("Node active again."),
+        "operation" => Some("Operation started: its steps are below."),
+        "backup" => Some("Backup asked: it shows below as it runs."),
+        "cancel" => Some("Cancel asked: the operation stops at its next safe point."),
         _ => None,
     }
 }
@@ -535,8 +538,74 @@ async fn instances(
     }
 }
 
-async fn create_page(State(c): State<Console>, v: Visit) -> Response {
-    render_create(&c, &v, StatusCode::OK, &BTreeMap::new(), &BTreeMap::new()).await
+#[derive(serde::Deserialize, Default)]
+struct RestoreQuery {
+    #[serde(default)]
+    restore_from: String,
+    #[serde(default)]
+    backup: String,
+    #[serde(default)]
+    time: String,
+}
+
+/// The create form; opened from a backup (`?restore_from=&backup=` or `&time=`), prefilled
+/// with the source instance's engine, version, replicas and resources.
+async fn create_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<RestoreQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let mut values = BTreeMap::new();
+    if plain_name(&q.restore_from) {
+        let src = match c.fleet(&v).await {
+            Ok((all, _, _)) => all.into_iter().find(|i| i.name == q.restore_from),
+            Err(e) => return failed(&c, &v, &e),
+        };
+        if let Some(src) = src {
+            let r = &src.spec.resources;
+            for (k, val) in [
+                ("name", format!("{}-restored", src.name)),
+                ("engine", src.engine.clone()),
+                ("version", src.version.clone()),
+                ("replicas", src.replicas.to_string()),
+                ("cpu", r.cpu.to_string()),
+                ("memory", r.memory.to_string()),
+                ("disk", r.disk.to_string()),
+                ("restore_from", src.name.clone()),
+                ("backup", q.backup.clone()),
+                ("time", q.time.clone()),
+            ] {
+                values.insert(k.to_owned(), val);
+            }
+        }
+    }
+    render_create(&c, &v, StatusCode::OK, &values, &BTreeMap::new()).await
+}
+
+async fn create_backup(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) {
+        return not_found(&v);
+    }
+    let body = serde_json::json!({ "repo": form.get("repo").map_or("", |r| r.trim()) });
+    let path = format!("/v1/instances/{name}/backups");
+    match c.call(&v, Method::POST, &path, Some(body)).await {
+        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=backup")).into_response(),
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
 }
 
 async fn render_create(
@@ -639,6 +708,27 @@ async fn render_instance(
     };
     events.reverse();
     events.truncate(40);
+    let mut ops: Vec<views::Operation> =
+        match c.get(v, &format!("/v1/instances/{name}/operations")).await {
+            Ok(o) => o,
+            Err(e) => return failed(c, v, &e),
+        };
+    ops.truncate(10);
+    let mut backups: Vec<views::Backup> =
+        match c.get(v, &format!("/v1/instances/{name}/backups")).await {
+            Ok(b) => b,
+            Err(e) => return failed(c, v, &e),
+        };
+    backups.sort_by_key(|b| std::cmp::Reverse(b.requested_at_ms));
+    backups.truncate(30);
+    let repos: Vec<views::BackupRepo> = if v.session.can_act() {
+        match c.get(v, "/v1/backup-repos").await {
+            Ok(r) => r,
+            Err(e) => return failed(c, v, &e),
+        }
+    } else {
+        Vec::new()
+    };
     let topo = views::topology(i, &nodes);
     html(
         status,
@@ -647,6 +737,9 @@ async fn render_instance(
             i,
             &topo,
             &events,
+            &ops,
+            &backups,
+            &repos,
             flash,
             action_error,
         ),
@@ -831,14 +924,97 @@ async fn audit_page(
     )
 }
 
-async fn operations_page(State(c): State<Console>, v: Visit) -> Response {
-    not_built_page(&c, &v, Nav::Operations, "Operations",
-        "Running and recent operations with their steps, and cancel, are not here yet: use <code>mofang ops</code> (or <code>GET /v1/instances/{name}/operations</code>); operation failures of the last 24 hours are on the overview.").await
+async fn operations_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<DoneQuery>, QueryRejection>,
+) -> Response {
+    let done = q.ok().and_then(|Query(q)| q.done);
+    let problems = match c.fleet(&v).await {
+        Ok((_, _, p)) => p.len(),
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let events = match c.recent_events(&v, now_ms()).await {
+        Ok(e) => e,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let mut ops = Vec::new();
+    for id in views::operation_ids(&events).into_iter().take(50) {
+        if !plain_name(&id) {
+            continue;
+        }
+        match c
+            .get::<views::Operation>(&v, &format!("/v1/operations/{id}"))
+            .await
+        {
+            Ok(op) => ops.push(op),
+            // Deleted with its instance since.
+            Err(Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
+            Err(e) => return failed(&c, &v, &e),
+        }
+    }
+    html(
+        StatusCode::OK,
+        pages::operations(&v.frame(problems), &ops, flash(done.as_deref())),
+    )
+}
+
+async fn start_operation(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) {
+        return not_found(&v);
+    }
+    let path = format!("/v1/instances/{name}/operations");
+    match c
+        .call(&v, Method::POST, &path, Some(views::operation_body(&form)))
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=operation")).into_response(),
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn cancel_operation(
+    State(c): State<Console>,
+    v: Visit,
+    Path(id): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    if !plain_name(&id) {
+        return not_found(&v);
+    }
+    let back = form
+        .get("back")
+        .map(|b| b.trim())
+        .filter(|b| plain_name(b))
+        .map_or("/ui/operations?done=cancel".to_owned(), |b| {
+            format!("/ui/instances/{b}?done=cancel")
+        });
+    let path = format!("/v1/operations/{id}/cancel");
+    match c.call(&v, Method::POST, &path, None).await {
+        Ok(_) => Redirect::to(&back).into_response(),
+        Err(e) => failed(&c, &v, &e),
+    }
 }
 
 async fn backups_page(State(c): State<Console>, v: Visit) -> Response {
     not_built_page(&c, &v, Nav::Backups, "Backups",
-        "The backup timeline, the PITR window and restore are not here yet: use <code>mofang backup</code> (or <code>GET /v1/instances/{name}/backups</code>); backup failures of the last 24 hours are on the overview.").await
+        "A fleet-wide backups view is not here yet: each instance's page has its backups, the PITR window, \"Back up now\" and restore; <code>mofang backup list</code> lists them all. Backup failures of the last 24 hours are on the overview.").await
 }
 
 async fn not_built_page(
@@ -927,6 +1103,9 @@ pub fn router(console: Console) -> Router {
         .route("/ui/events", get(events_page))
         .route("/ui/audit", get(audit_page))
         .route("/ui/operations", get(operations_page))
+        .route("/ui/operations/{id}/cancel", post(cancel_operation))
+        .route("/ui/instances/{name}/operations", post(start_operation))
+        .route("/ui/instances/{name}/backups", post(create_backup))
         .route("/ui/backups", get(backups_page))
         .route("/ui/assets/console.css", get(css))
         .route("/ui/assets/console.js", get(js))

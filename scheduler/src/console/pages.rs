@@ -402,11 +402,26 @@ pub fn create(
         .iter()
         .flat_map(|e| e.versions.iter().cloned())
         .collect();
+    let restore_from = values.get("restore_from").filter(|v| !v.is_empty());
     let main = html! {
-        h1 { "Create an instance" }
+        h1 { @if restore_from.is_some() { "Restore into a new instance" } @else { "Create an instance" } }
+        @if let Some(src) = restore_from {
+            p.note {
+                "From instance " a href=(format!("/ui/instances/{src}")) { (src) } ": "
+                @match (values.get("backup").filter(|v| !v.is_empty()), values.get("time").filter(|v| !v.is_empty())) {
+                    (_, Some(t)) => { "to the time " code { (t) } " (its backup, then the archived binlogs)" },
+                    (Some(b), None) => { "backup " code { (b) } },
+                    (None, None) => { "its latest backup" },
+                }
+                ". A new instance is created; the source is not changed."
+            }
+        }
         @if let Some(e) = errors.get("") { p.error role="alert" id="form-error" { (e) } }
         form.stack.card method="post" action="/ui/instances" id="create" novalidate {
             (csrf_field(f))
+            @for k in views::RESTORE_FIELDS {
+                @if let Some(v) = values.get(*k).filter(|v| !v.is_empty()) { input type="hidden" name=(k) value=(v); }
+            }
             (field("name", "Name", "", "text", "Lower-case letters, digits and '-', at most 40."))
             div.field {
                 label for="engine" { "Engine" }
@@ -468,12 +483,69 @@ fn topology_diagram(t: &Topology) -> Markup {
     }
 }
 
+/// An instance's backups, newest first, with the PITR window; operators get "Restore" on
+/// each succeeded one (a create form prefilled, which makes a new instance).
+fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    html! {
+        @if let Some(w) = &i.pitr_window {
+            p {
+                "Point-in-time restore window: " code { (w.from) } " → " code { (w.to) } " "
+                meter min="0" max="1" value="1" aria-label="restorable window" {}
+                @if f.can_act {
+                    " " a.act href=(format!("/ui/instances/new?restore_from={}&time={}", i.name, encode_query(&w.to))) { "Restore to the latest point" }
+                }
+            }
+        } @else if let Some(r) = &i.pitr_reason {
+            p.muted { "No point-in-time window: " (r) }
+        }
+        @if backups.is_empty() {
+            p.muted { "No backups." }
+        } @else {
+            div.scroll {
+                table {
+                    thead { tr { th { "Backup" } th { "State" } th { "Taken" } th.num { "Size" } th { "On" } th { "Verified" } @if f.can_act { th { "" } } } }
+                    tbody {
+                        @for b in backups {
+                            tr data-backup=(b.id) data-state=(b.state) {
+                                td { code { (b.id) } br; span.muted { (b.repo) } }
+                                td { (badge(&b.state)) @if !b.reason.is_empty() { br; span.muted { (b.reason) } } }
+                                td { (utc(b.requested_at_ms)) br; span.muted { (ago(b.requested_at_ms, f.now_ms)) } }
+                                td.num { @if b.size > 0 { (mib(b.size)) } @else if b.bytes > 0 { (mib(b.bytes)) " read" } }
+                                td { (b.member) br; span.muted { (b.node) } }
+                                td {
+                                    @if b.verifying { "verifying…" }
+                                    @else {
+                                        @match b.verify_ok {
+                                            Some(true) => { (badge("healthy")) " " (ago(b.verified_at_ms, f.now_ms)) },
+                                            Some(false) => { (badge("failed")) " " (b.verify_reason) },
+                                            None => { span.muted { "never" } },
+                                        }
+                                    }
+                                }
+                                @if f.can_act {
+                                    td { @if b.state == "succeeded" {
+                                        a.act href=(format!("/ui/instances/new?restore_from={}&backup={}", i.name, encode_query(&b.id))) { "Restore…" }
+                                    } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The instance page: topology, members, events (all live), and the actions of the role.
 pub fn instance(
     f: &Frame,
     i: &Instance,
     topo: &Topology,
     events: &[Event],
+    ops: &[views::Operation],
+    backups: &[views::Backup],
+    repos: &[views::BackupRepo],
     flash: Option<&str>,
     action_error: Option<&str>,
 ) -> Markup {
@@ -540,10 +612,26 @@ pub fn instance(
                     button.act.danger type="submit" { "Delete" }
                 }
             }
-            p.note { "Scale, resize, expand, restart, upgrade, reconfigure, stop/start and credentials are not in the console yet: use " code { "mofang" } " or the REST API." }
+            (operation_form(f, i))
         }
+        h2 { "Operations" }
+        div id="operations" data-live { (operations_table(f, ops, false)) }
         h2 { "Backups" }
-        p.note { "The backup timeline and restore are not in the console yet: use " code { "mofang backup" } "." }
+        @if f.can_act {
+            @if repos.is_empty() {
+                p.muted { "No backup repository: add one with " code { "mofang backup-repo add" } "." }
+            } @else {
+                form.filters.act method="post" action=(format!("/ui/instances/{}/backups", i.name)) id="backup" {
+                    (csrf_field(f))
+                    div.field {
+                        label for="repo" { "Repository" }
+                        select id="repo" name="repo" { @for r in repos { option value=(r.name) { (r.name) " (" (r.kind) ")" } } }
+                    }
+                    button.act type="submit" { "Back up now" }
+                }
+            }
+        }
+        div id="backups" data-live { (backup_timeline(f, i, backups)) }
         h2 { "Events" }
         div id="events" data-live { (event_rows(events, f.now_ms, false)) }
     };
@@ -554,6 +642,104 @@ pub fn instance(
         true,
         main,
     )
+}
+
+/// The form that starts a day-2 operation: the type and the fields it takes. The API says
+/// what a type needs (its reason is shown on the page).
+fn operation_form(f: &Frame, i: &Instance) -> Markup {
+    let kinds = [
+        ("restart", "Restart (rolling, replicas first)"),
+        ("scale", "Scale (replicas)"),
+        ("resize", "Resize (CPU, memory)"),
+        ("expand", "Expand (disk)"),
+        ("upgrade", "Upgrade (version)"),
+        ("reconfigure", "Reconfigure (parameters)"),
+        ("stop", "Stop"),
+        ("start", "Start"),
+    ];
+    html! {
+        form.card.stack.act method="post" action=(format!("/ui/instances/{}/operations", i.name)) id="operation" {
+            (csrf_field(f))
+            div.field {
+                label for="op-type" { "Operation" }
+                select id="op-type" name="type" {
+                    @for (k, label) in kinds { option value=(k) { (label) } }
+                }
+            }
+            div.grid {
+                div.field { label for="op-replicas" { "Replicas (scale)" } input id="op-replicas" name="replicas" type="number" placeholder=(i.replicas); }
+                div.field { label for="op-cpu" { "CPU (resize)" } input id="op-cpu" name="cpu" type="number" step="any" placeholder=(i.spec.resources.cpu); }
+                div.field { label for="op-memory" { "Memory MiB (resize)" } input id="op-memory" name="memory" type="number" placeholder=(i.spec.resources.memory); }
+                div.field { label for="op-disk" { "Disk MiB (expand)" } input id="op-disk" name="disk" type="number" placeholder=(i.spec.resources.disk); }
+                div.field { label for="op-version" { "Version (upgrade)" } input id="op-version" name="version" type="text" placeholder=(i.version); }
+                div.field { label for="op-settings" { "Parameters (reconfigure)" } input id="op-settings" name="settings" type="text" placeholder="max_connections=200"; }
+            }
+            p.hint { "Parameters, their ranges and whether a change restarts the members: " code { "mofang engines" } " (or " code { "GET /v1/engines" } ")." }
+            button.act type="submit" { "Start the operation" }
+        }
+    }
+}
+
+/// Operations with their steps, newest first; operators may cancel live ones.
+pub fn operations_table(f: &Frame, ops: &[views::Operation], with_instance: bool) -> Markup {
+    html! {
+        @if ops.is_empty() {
+            p.muted { "No operations." }
+        } @else {
+            div.scroll {
+                table {
+                    thead { tr {
+                        th { "Operation" } @if with_instance { th { "Instance" } } th { "State" } th { "Progress" }
+                        th { "Started" } th { "By" } th { "Steps" } @if f.can_act { th { "" } }
+                    } }
+                    tbody {
+                        @for op in ops {
+                            tr data-op=(op.id) {
+                                td { strong { (op.kind) } br; code.muted { (op.id) } }
+                                @if with_instance { td { a href=(format!("/ui/instances/{}", op.instance)) { (op.instance) } } }
+                                td { (badge(&op.state)) @if op.cancel_requested && op.is_live() { " cancelling" } @if !op.reason.is_empty() { br; span.muted { (op.reason) } } }
+                                td { @if op.total > 0 { meter min="0" max=(op.total) value=(op.done.len()) aria-label="members done" {} " " (op.done.len()) "/" (op.total) } }
+                                td { (ago(op.created_ms, f.now_ms)) }
+                                td { (op.requested_by) }
+                                td {
+                                    details {
+                                        summary { (op.steps.len()) " steps" }
+                                        ol {
+                                            @for st in &op.steps {
+                                                li { (st.action) @if let Some(m) = &st.member { " " (m) } " — " (st.state) @if !st.reason.is_empty() { ": " (st.reason) } }
+                                            }
+                                        }
+                                    }
+                                }
+                                @if f.can_act {
+                                    td {
+                                        @if op.is_live() && !op.cancel_requested {
+                                            form.inline.act method="post" action=(format!("/ui/operations/{}/cancel", op.id)) {
+                                                (csrf_field(f))
+                                                input type="hidden" name="back" value=(if with_instance { String::new() } else { op.instance.clone() });
+                                                button.small.danger.act type="submit" { "Cancel" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Running and recent (24 h) operations across instances.
+pub fn operations(f: &Frame, ops: &[views::Operation], flash: Option<&str>) -> Markup {
+    let main = html! {
+        h1 { "Operations" }
+        @if let Some(m) = flash { p.flash role="status" { (m) } }
+        p.hint { "Operations started in the last 24 hours (as the events name them), newest first, at most 50. Start one from its instance's page. Batches: " code { "mofang batch" } " (not in the console yet)." }
+        div id="operations" data-live { (operations_table(f, ops, true)) }
+    };
+    page(f, "Operations", Nav::Operations, true, main)
 }
 
 /// The nodes page: capacity and reservations, and cordon/drain/uncordon for operators.

@@ -85,6 +85,64 @@ pub struct Instance {
     pub pitr_ready: Option<bool>,
     /// Why the archive is not ready.
     pub pitr_reason: Option<String>,
+    /// The times it can be restored to.
+    pub pitr_window: Option<PitrWindow>,
+}
+
+/// The range of times an instance can be restored to (RFC 3339).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PitrWindow {
+    /// Earliest.
+    pub from: String,
+    /// Latest.
+    pub to: String,
+}
+
+/// A backup as `GET /v1/instances/{name}/backups` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Backup {
+    /// Id.
+    pub id: String,
+    /// The instance it is of.
+    pub instance: String,
+    /// Repository.
+    pub repo: String,
+    /// Member it was taken on.
+    pub member: String,
+    /// That member's node.
+    pub node: String,
+    /// `pending`, `running`, `succeeded`, `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub reason: String,
+    /// Asked for, unix ms.
+    pub requested_at_ms: i64,
+    /// Ended, unix ms (0: not yet).
+    pub ended_at_ms: i64,
+    /// Source bytes.
+    pub bytes: u64,
+    /// Bytes stored.
+    pub size: u64,
+    /// A verification runs.
+    pub verifying: bool,
+    /// Last verification ended, unix ms (0: never).
+    pub verified_at_ms: i64,
+    /// Whether it passed.
+    pub verify_ok: Option<bool>,
+    /// What it found.
+    pub verify_reason: String,
+}
+
+/// A backup repository as `GET /v1/backup-repos` shows it (name and kind only).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BackupRepo {
+    /// Name.
+    pub name: String,
+    /// `s3` or `fs`.
+    pub kind: String,
 }
 
 /// A data disk of a node.
@@ -190,6 +248,122 @@ pub struct Engine {
     pub versions: Vec<String>,
 }
 
+/// A step of an operation as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct OpStep {
+    /// What it does (`restart`, `switchover`, `add_replica`, ...).
+    pub action: String,
+    /// The member it is about, if any.
+    pub member: Option<String>,
+    /// `running`, `done`, `failed`.
+    pub state: String,
+    /// Began, unix ms.
+    pub started_ms: i64,
+    /// Ended, unix ms (0 while running).
+    pub ended_ms: i64,
+    /// Why it failed, or what it waits for.
+    pub reason: String,
+}
+
+/// A day-2 operation as `GET /v1/instances/{name}/operations` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Operation {
+    /// Id.
+    pub id: String,
+    /// The instance.
+    pub instance: String,
+    /// `restart`, `scale`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// Created, unix ms.
+    pub created_ms: i64,
+    /// Ended, unix ms (0 until then).
+    pub ended_ms: i64,
+    /// Why it failed or was cancelled.
+    pub reason: String,
+    /// Cancel asked.
+    pub cancel_requested: bool,
+    /// Who asked.
+    pub requested_by: String,
+    /// Steps so far.
+    pub steps: Vec<OpStep>,
+    /// Members done.
+    pub done: Vec<String>,
+    /// Members at the start.
+    pub total: usize,
+}
+
+impl Operation {
+    /// Still under way (pending or running): it may be cancelled.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "running")
+    }
+}
+
+/// Ids of the operations the events name (`operation_started`: "operation op-... (kind)
+/// started by ..."), newest first, each once.
+pub fn operation_ids(events: &[Event]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events.iter().filter(|e| e.kind == "operation_started") {
+        let id = e
+            .message
+            .strip_prefix("operation ")
+            .and_then(|m| m.split_whitespace().next())
+            .filter(|id| id.starts_with("op-"));
+        if let Some(id) = id {
+            if !out.iter().any(|o| o == id) {
+                out.push(id.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The JSON body `POST /v1/instances/{name}/operations` is sent for the operation form:
+/// the type, and each field given (numbers as numbers when they parse, else as typed, for
+/// the API to refuse); `settings` as `name=value` pairs separated by commas.
+pub fn operation_body(form: &BTreeMap<String, String>) -> serde_json::Value {
+    let get = |k: &str| form.get(k).map_or("", |v| v.trim());
+    let mut body = serde_json::Map::new();
+    body.insert("type".into(), serde_json::json!(get("type")));
+    for k in ["replicas", "cpu", "memory", "disk"] {
+        let v = get(k);
+        if v.is_empty() {
+            continue;
+        }
+        let n = if let Ok(n) = v.parse::<u64>() {
+            serde_json::json!(n)
+        } else if let Ok(f) = v.parse::<f64>() {
+            serde_json::json!(f)
+        } else {
+            serde_json::json!(v)
+        };
+        body.insert(k.into(), n);
+    }
+    for k in ["version", "member"] {
+        if !get(k).is_empty() {
+            body.insert(k.into(), serde_json::json!(get(k)));
+        }
+    }
+    let settings: serde_json::Map<String, serde_json::Value> = get("settings")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.trim().to_owned(), serde_json::json!(v.trim())),
+            None => (kv.to_owned(), serde_json::json!("")),
+        })
+        .collect();
+    if !settings.is_empty() {
+        body.insert("settings".into(), serde_json::Value::Object(settings));
+    }
+    serde_json::Value::Object(body)
+}
+
 // ---- from the API's own view structs ----------------------------------------------------------
 
 // On the leader the console takes the API's views (`Cluster::instances`, `Cluster::nodes`:
@@ -237,6 +411,10 @@ impl From<&crate::cluster::InstanceView> for Instance {
             last_failover_ms: i.last_failover_ms,
             pitr_ready: i.pitr_ready,
             pitr_reason: i.pitr_reason.clone(),
+            pitr_window: i.pitr_window.as_ref().map(|w| PitrWindow {
+                from: w.from.clone(),
+                to: w.to.clone(),
+            }),
         }
     }
 }
@@ -632,6 +810,9 @@ pub const CREATE_FIELDS: &[&str] = &[
     "name", "engine", "version", "replicas", "cpu", "memory", "disk", "labels",
 ];
 
+/// Hidden fields of the create form when it restores a backup.
+pub const RESTORE_FIELDS: &[&str] = &["restore_from", "backup", "time"];
+
 /// The create form's field an API error is about (`None`: the form as a whole, e.g. no room
 /// to place it). The API's message is shown as is; this only decides where.
 pub fn field_of_error(code: &str, message: &str) -> Option<&'static str> {
@@ -688,14 +869,29 @@ pub fn create_body(form: &BTreeMap<String, String>) -> serde_json::Value {
             None => (kv.to_owned(), serde_json::json!("")),
         })
         .collect();
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "name": get("name"),
         "engine": get("engine"),
         "version": get("version"),
         "replicas": num("replicas"),
         "resources": {"cpu": num("cpu"), "memory": num("memory"), "disk": num("disk")},
         "labels": labels,
-    })
+    });
+    // A restore: the form opened from a backup (or a point in the PITR window).
+    if !get("restore_from").is_empty() {
+        let mut r = serde_json::Map::new();
+        r.insert(
+            "from_instance".into(),
+            serde_json::json!(get("restore_from")),
+        );
+        for k in ["backup", "time"] {
+            if !get(k).is_empty() {
+                r.insert(k.into(), serde_json::json!(get(k)));
+            }
+        }
+        body["restore"] = serde_json::Value::Object(r);
+    }
+    body
 }
 
 // ---- formatting -----------------------------------------------------------------------------
@@ -1058,6 +1254,80 @@ mod tests {
         assert_eq!(b["labels"]["team"], "pay");
         assert_eq!(b["labels"]["env"], "prod");
         assert_eq!(b["labels"]["bare"], "");
+        assert!(b.get("restore").is_none());
+        let mut form = form;
+        form.insert("restore_from".into(), "shop".into());
+        form.insert("backup".into(), "shop-123".into());
+        form.insert("time".into(), String::new());
+        let b = create_body(&form);
+        assert_eq!(
+            b["restore"],
+            serde_json::json!({"from_instance": "shop", "backup": "shop-123"})
+        );
+    }
+
+    #[test]
+    fn operations_parse_and_their_ids_come_from_the_events() {
+        let v = serde_json::json!({"id": "op-1-ab", "instance": "shop", "type": "restart",
+            "state": "running", "created_ms": 5, "ended_ms": 0, "timeout_ms": 1000,
+            "reason": "", "cancel_requested": false, "requested_by": "ops",
+            "steps": [{"action": "restart", "member": "shop-1", "generation": 2,
+                "state": "done", "started_ms": 6, "ended_ms": 7, "reason": ""}],
+            "done": ["shop-1"], "total": 2});
+        let op: Operation = serde_json::from_value(v).expect("parses");
+        assert!(op.is_live());
+        assert_eq!(op.kind, "restart");
+        assert_eq!(op.steps[0].member.as_deref(), Some("shop-1"));
+        let e = |id: u64, kind: &str, message: &str| Event {
+            id,
+            kind: kind.into(),
+            message: message.into(),
+            ..Event::default()
+        };
+        let evs = [
+            e(
+                3,
+                "operation_started",
+                "operation op-3-cc (scale) started by ops",
+            ),
+            e(
+                2,
+                "operation_step",
+                "operation op-1-ab: step restart shop-1 done",
+            ),
+            e(
+                1,
+                "operation_started",
+                "operation op-1-ab (restart) started by ops",
+            ),
+            e(0, "operation_started", "something else"),
+        ];
+        assert_eq!(operation_ids(&evs), ["op-3-cc", "op-1-ab"]);
+    }
+
+    #[test]
+    fn the_operation_form_becomes_the_api_body() {
+        let form: BTreeMap<String, String> = [
+            ("type", "scale"),
+            ("replicas", "2"),
+            ("cpu", ""),
+            ("memory", "lots"),
+            ("version", ""),
+            (
+                "settings",
+                "max_connections=200, innodb_buffer_pool_size = 256M",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let b = operation_body(&form);
+        assert_eq!(b["type"], "scale");
+        assert_eq!(b["replicas"], 2);
+        assert!(b.get("cpu").is_none() && b.get("version").is_none());
+        assert_eq!(b["memory"], "lots", "left for the API to refuse");
+        assert_eq!(b["settings"]["max_connections"], "200");
+        assert_eq!(b["settings"]["innodb_buffer_pool_size"], "256M");
     }
 
     #[test]
