@@ -188,6 +188,17 @@ impl Browser {
         Ok(())
     }
 
+    /// Scrolls element `id` to the top of the window, then takes a screenshot.
+    async fn shot_at(&self, name: &str, id: &str) -> Result<()> {
+        self.client
+            .execute(
+                "document.getElementById(arguments[0]).scrollIntoView(); return null;",
+                vec![json!(id)],
+            )
+            .await?;
+        self.shot(name).await
+    }
+
     /// Whether the page fits the window's width (no sideways scrolling of the page).
     async fn fits_width(&self) -> Result<bool> {
         let v = self
@@ -338,6 +349,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     )
     .await?;
     b.shot("instance-after-failover").await?;
+    b.shot_at("instance-events", "events").await?;
 
     // A day-2 operation from the instance page: a rolling restart, its steps shown as they
     // happen.
@@ -373,7 +385,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         },
     )
     .await?;
-    b.shot("instance-operations").await?;
+    b.shot_at("instance-operations", "operation").await?;
 
     // Back up from the instance page into a directory repository, then restore that backup
     // into a new instance from the timeline.
@@ -406,7 +418,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         },
     )
     .await?;
-    b.shot("instance-backups").await?;
+    b.shot_at("instance-backups", "backup").await?;
     b.client
         .find(Locator::Css("#backups tr[data-state=succeeded] a.act"))
         .await?
@@ -478,7 +490,6 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         ("/ui/problems", "problems"),
         ("/ui/audit", "audit"),
         ("/ui/operations", "operations"),
-        ("/ui/backups", "backups"),
     ] {
         b.client.goto(&ui(path)).await?;
         b.shot(shot).await?;

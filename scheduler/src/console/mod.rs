@@ -1223,6 +1223,47 @@ mod tests {
         }
     }
 
+    /// An operation the API refuses: its status and reason on the instance page, nothing
+    /// started; a restore form opened from a backup is prefilled from the source.
+    #[tokio::test]
+    async fn operation_refusals_and_the_restore_form_come_from_the_api() {
+        let cluster = cluster_with_shop().await;
+        let app = app_of(cluster.clone());
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/instances/shop/operations",
+                &cookie,
+                &format!("csrf={csrf}&type=scale"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let html = text(r).await;
+        assert!(html.contains("id=\"action-error\""), "{html}");
+        assert!(cluster
+            .operations_of("shop")
+            .await
+            .expect("operations")
+            .is_empty());
+        let (status, r) = send(
+            &app,
+            get("/ui/instances/new?restore_from=shop&backup=shop-1", &cookie),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let html = text(r).await;
+        for want in [
+            "name=\"restore_from\" value=\"shop\"",
+            "name=\"backup\" value=\"shop-1\"",
+            "value=\"shop-restored\"",
+            "value=\"256\"",
+        ] {
+            assert!(html.contains(want), "{want} in {html}");
+        }
+    }
+
     /// A follower's console shows the leader's fleet: its reads go through the API router,
     /// which forwards them to the leader.
     #[tokio::test]
