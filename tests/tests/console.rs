@@ -385,7 +385,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         },
     )
     .await?;
-    b.shot_at("instance-operations", "operation").await?;
+    b.shot_at("instance-operations", "operations").await?;
 
     // Back up from the instance page into a directory repository, then restore that backup
     // into a new instance from the timeline.

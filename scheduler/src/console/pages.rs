@@ -537,18 +537,38 @@ fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup
     }
 }
 
+/// What the instance page shows.
+#[derive(Debug)]
+pub struct InstanceData<'a> {
+    /// The instance.
+    pub instance: &'a Instance,
+    /// Its topology.
+    pub topology: &'a Topology,
+    /// Its last events, newest first.
+    pub events: &'a [Event],
+    /// Its last operations, newest first.
+    pub operations: &'a [views::Operation],
+    /// Its backups, newest first.
+    pub backups: &'a [views::Backup],
+    /// The backup repositories (operators: "Back up now").
+    pub repos: &'a [views::BackupRepo],
+}
+
 /// The instance page: topology, members, events (all live), and the actions of the role.
 pub fn instance(
     f: &Frame,
-    i: &Instance,
-    topo: &Topology,
-    events: &[Event],
-    ops: &[views::Operation],
-    backups: &[views::Backup],
-    repos: &[views::BackupRepo],
+    d: &InstanceData<'_>,
     flash: Option<&str>,
     action_error: Option<&str>,
 ) -> Markup {
+    let (i, topo, events, ops, backups, repos) = (
+        d.instance,
+        d.topology,
+        d.events,
+        d.operations,
+        d.backups,
+        d.repos,
+    );
     let replicas: Vec<&str> = i
         .members
         .iter()
