@@ -93,6 +93,13 @@ impl Browser {
         })
     }
 
+    /// Where the browser is and what `main` says (for failure messages).
+    async fn dump(&self) -> String {
+        let at = self.path().await.unwrap_or_default();
+        let main = self.text("main").await.unwrap_or_default();
+        format!("at {at}: {}", main.chars().take(3000).collect::<String>())
+    }
+
     async fn text(&self, css: &str) -> Result<String> {
         Ok(self.client.find(Locator::Css(css)).await?.text().await?)
     }
@@ -116,8 +123,38 @@ impl Browser {
         })
     }
 
-    /// Clicks `css` (a submit button) and waits for the next page to have loaded.
-    async fn submit(&self, css: &str) -> Result<()> {
+    /// Whether the page is Chromium's network error page. Chromium aborts every load under
+    /// way when the host's addresses change (ERR_NETWORK_CHANGED), and Docker changes them
+    /// whenever a container starts (its veth gets an address); other tests start containers
+    /// all the time. So navigations are retried, and forms resubmitted unless the server
+    /// did what they ask (the answer was lost, not the request).
+    async fn net_error(&self) -> Result<bool> {
+        let v = self
+            .client
+            .execute(
+                "return !!document.getElementById('main-frame-error') \
+                 || (!!document.body && document.body.classList.contains('neterror'));",
+                vec![],
+            )
+            .await?;
+        Ok(v == json!(true))
+    }
+
+    /// Loads `url`, again while Chromium shows its network error page.
+    async fn goto(&self, url: &str) -> Result<()> {
+        for _ in 0..10 {
+            self.client.goto(url).await?;
+            if !self.net_error().await? {
+                return Ok(());
+            }
+            eprintln!("{url}: Chromium's network error page (a network change); loading again");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("{url}: network error page ten times")
+    }
+
+    /// Clicks `css` and waits for the next page to have loaded.
+    async fn click_and_wait(&self, css: &str) -> Result<()> {
         self.client
             .execute("window.mofangOldPage = true; return null;", vec![])
             .await?;
@@ -139,41 +176,101 @@ impl Browser {
         .await
     }
 
+    /// Submits the form of button `css` (already filled) and waits for the next page. When
+    /// Chromium aborted it, asks `done` whether the server did it anyway (then loads
+    /// `landing`), else loads `form_page`, fills the form as it was and submits again.
+    async fn submit_checked(
+        &self,
+        css: &str,
+        form_page: &str,
+        done: impl AsyncFn() -> Result<bool>,
+        landing: &str,
+    ) -> Result<()> {
+        let fields = self
+            .client
+            .execute(
+                "return Array.from(document.querySelector(arguments[0]).form.elements)
+                   .filter(e => e.name && e.type !== 'hidden').map(e => [e.name, e.value]);",
+                vec![json!(css)],
+            )
+            .await?;
+        for attempt in 0..6 {
+            if attempt > 0 {
+                if done().await? {
+                    return self.goto(landing).await;
+                }
+                self.goto(form_page).await?;
+                self.client
+                    .execute(
+                        "const [css, fields] = arguments;
+                         const f = document.querySelector(css).form;
+                         for (const [n, v] of fields) { const e = f.elements.namedItem(n); if (e) { e.value = v; } }
+                         return null;",
+                        vec![json!(css), fields.clone()],
+                    )
+                    .await?;
+            }
+            self.click_and_wait(css).await?;
+            if !self.net_error().await? {
+                return Ok(());
+            }
+            eprintln!("{css}: Chromium's network error page (a network change); again");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("{css}: network error page six times")
+    }
+
+    /// [`Browser::submit_checked`] for a form whose effect is harmless to repeat (or that
+    /// changes nothing), posted from the page the browser is on.
+    async fn submit(&self, css: &str) -> Result<()> {
+        let here = self.client.current_url().await?.to_string();
+        self.submit_checked(css, &here, async || Ok(false), &here)
+            .await
+    }
+
     /// Signs in with `token` on the sign-in page the browser is on.
     async fn sign_in(&self, token: &str) -> Result<()> {
         self.fill("token", token).await?;
         self.submit("#login button[type=submit]").await
     }
 
+    /// Runs `script` (async, its result passed to the last argument) until it gives a
+    /// number: a fetch aborted by a network change gives a TypeError.
+    async fn fetch_number(&self, script: &str, args: Vec<Value>) -> Result<u64> {
+        let mut last = Value::Null;
+        for _ in 0..10 {
+            last = self.client.execute_async(script, args.clone()).await?;
+            if let Some(n) = last.as_u64() {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("{args:?}: {last}")
+    }
+
     /// A hand-made POST from the page (the browser's cookies go with it): its HTTP status.
     async fn post(&self, path: &str, body: &str) -> Result<u64> {
-        let r = self
-            .client
-            .execute_async(
-                "const [path, body, done] = arguments;
-                 fetch(path, {method: 'POST', body: body, credentials: 'same-origin',
-                   headers: {'Content-Type': 'application/x-www-form-urlencoded'}})
-                   .then(r => done(r.status)).catch(e => done(String(e)));",
-                vec![json!(path), json!(body)],
-            )
-            .await?;
-        r.as_u64().with_context(|| format!("POST {path}: {r}"))
+        self.fetch_number(
+            "const [path, body, done] = arguments;
+             fetch(path, {method: 'POST', body: body, credentials: 'same-origin',
+               headers: {'Content-Type': 'application/x-www-form-urlencoded'}})
+               .then(r => done(r.status)).catch(e => done(String(e)));",
+            vec![json!(path), json!(body)],
+        )
+        .await
     }
 
     /// Bytes of a GET of `path` with the browser's session.
     async fn size(&self, path: &str) -> Result<usize> {
-        let r = self
-            .client
-            .execute_async(
+        let n = self
+            .fetch_number(
                 "const [path, done] = arguments;
                  fetch(path, {credentials: 'same-origin', cache: 'no-store'}).then(r => r.arrayBuffer())
                    .then(b => done(b.byteLength)).catch(e => done(String(e)));",
                 vec![json!(path)],
             )
             .await?;
-        r.as_u64()
-            .map(|n| n as usize)
-            .with_context(|| format!("GET {path}: {r}"))
+        Ok(n as usize)
     }
 
     /// Saves a screenshot as `<name>.png` under `$MOFANG_SCREENSHOTS` (or the test's
@@ -219,6 +316,27 @@ impl Drop for Browser {
     }
 }
 
+/// Whether instance `name` exists (and is not being deleted).
+async fn exists(env: &Env, name: &str) -> Result<bool> {
+    let (status, v) = env
+        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+        .await?;
+    Ok(status.is_success() && v["status"] != "deleting")
+}
+
+/// How many items `GET path` lists.
+async fn listed(env: &Env, path: &str) -> Result<usize> {
+    Ok(env.get(path).await?.as_array().map_or(0, Vec::len))
+}
+
+/// `r`, or its error with where the browser is and what the page says.
+async fn explain<T>(b: &Browser, r: Result<T>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => bail!("{e:#}\n{}", b.dump().await),
+    }
+}
+
 /// The member id the topology diagram shows as primary.
 async fn diagram_primary(b: &Browser) -> Result<String> {
     b.client
@@ -238,8 +356,11 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     let ui = |p: &str| format!("{base}{p}");
 
     // Sign in: a page asked without a session goes to sign-in and comes back after it.
-    b.client.goto(&ui("/ui/nodes")).await?;
-    assert_eq!(b.path().await?, "/ui/login?next=/ui/nodes");
+    b.goto(&ui("/ui/nodes")).await?;
+    let at = b.path().await?;
+    if at != "/ui/login?next=/ui/nodes" {
+        bail!("at {at}: {}", b.client.source().await?);
+    }
     b.shot("login").await?;
     b.sign_in("not-a-token-at-all-000").await?;
     assert!(b.text(".error").await?.contains("not known"));
@@ -249,7 +370,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // A bad form value: the API's reason next to the field, nothing created.
     let name = unique_name("console");
-    b.client.goto(&ui("/ui/instances/new")).await?;
+    b.goto(&ui("/ui/instances/new")).await?;
     b.fill("name", &name).await?;
     b.fill("replicas", "9").await?;
     b.submit("#create button[type=submit]").await?;
@@ -273,22 +394,33 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     // Create a MariaDB instance with one replica through the form; the page turns ready by
     // itself (live updates).
     b.fill("replicas", "1").await?;
-    b.submit("#create button[type=submit]").await?;
-    assert_eq!(
-        b.path().await?,
-        format!("/ui/instances/{name}?done=created")
-    );
-    eventually(
-        "the instance page shows ready",
-        Duration::from_secs(180),
-        || async {
-            let s = b.text("#status").await?;
-            if s == "ready" && b.count("#topology .member").await? == 2 {
-                Ok(())
-            } else {
-                bail!("status {s}")
-            }
-        },
+    let page = ui(&format!("/ui/instances/{name}"));
+    b.submit_checked(
+        "#create button[type=submit]",
+        &ui("/ui/instances/new"),
+        async || exists(&env, &name).await,
+        &format!("{page}?done=created"),
+    )
+    .await?;
+    let at = b.path().await?;
+    if at != format!("/ui/instances/{name}?done=created") {
+        bail!("create: at {at}: {}", b.text("main").await?);
+    }
+    explain(
+        &b,
+        eventually(
+            "the instance page shows ready",
+            Duration::from_secs(180),
+            || async {
+                let s = b.text("#status").await?;
+                if s == "ready" && b.count("#topology .member").await? == 2 {
+                    Ok(())
+                } else {
+                    bail!("status {s}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     assert!(b.count("form.act").await? >= 2, "an admin has actions");
@@ -309,18 +441,31 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .await?
         .select_by_value(&target)
         .await?;
-    b.submit("#switchover button[type=submit]").await?;
-    eventually(
-        "the diagram shows the new primary",
-        Duration::from_secs(60),
-        || async {
-            let p = diagram_primary(&b).await?;
-            if p == target {
-                Ok(())
-            } else {
-                bail!("primary {p}")
-            }
+    b.submit_checked(
+        "#switchover button[type=submit]",
+        &page,
+        async || {
+            let v = env.get(&format!("/v1/instances/{name}")).await?;
+            Ok(Env::primary_member(&v)?["id"] == json!(target))
         },
+        &format!("{page}?done=switchover"),
+    )
+    .await?;
+    explain(
+        &b,
+        eventually(
+            "the diagram shows the new primary",
+            Duration::from_secs(60),
+            || async {
+                let p = diagram_primary(&b).await?;
+                if p == target {
+                    Ok(())
+                } else {
+                    bail!("primary {p}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     assert!(
@@ -334,18 +479,22 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     // the events, without a reload.
     let killed = diagram_primary(&b).await?;
     docker_cli(&["kill", &container_of(&killed)])?;
-    eventually(
-        "the diagram shows the failover",
-        Duration::from_secs(90),
-        || async {
-            let p = diagram_primary(&b).await?;
-            let done = b.count("#events li[data-kind=failover_completed]").await?;
-            if p != killed && done >= 1 {
-                Ok(())
-            } else {
-                bail!("primary {p}, failover_completed events {done}")
-            }
-        },
+    explain(
+        &b,
+        eventually(
+            "the diagram shows the failover",
+            Duration::from_secs(90),
+            || async {
+                let p = diagram_primary(&b).await?;
+                let done = b.count("#events li[data-kind=failover_completed]").await?;
+                if p != killed && done >= 1 {
+                    Ok(())
+                } else {
+                    bail!("primary {p}, failover_completed events {done}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     b.shot("instance-after-failover").await?;
@@ -353,17 +502,21 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // A day-2 operation from the instance page: a rolling restart, its steps shown as they
     // happen.
-    eventually(
-        "ready again after the failover",
-        Duration::from_secs(90),
-        || async {
-            let s = b.text("#status").await?;
-            if s == "ready" {
-                Ok(())
-            } else {
-                bail!("status {s}")
-            }
-        },
+    explain(
+        &b,
+        eventually(
+            "ready again after the failover",
+            Duration::from_secs(90),
+            || async {
+                let s = b.text("#status").await?;
+                if s == "ready" {
+                    Ok(())
+                } else {
+                    bail!("status {s}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     b.client
@@ -371,18 +524,28 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .await?
         .select_by_value("restart")
         .await?;
-    b.submit("#operation button[type=submit]").await?;
-    eventually(
-        "the restart succeeds on the page",
-        Duration::from_secs(120),
-        || async {
-            let state = b.text("#operations tbody tr:first-child .badge").await?;
-            if state == "succeeded" {
-                Ok(())
-            } else {
-                bail!("operation {state}")
-            }
-        },
+    b.submit_checked(
+        "#operation button[type=submit]",
+        &page,
+        async || Ok(listed(&env, &format!("/v1/instances/{name}/operations")).await? > 0),
+        &format!("{page}?done=operation"),
+    )
+    .await?;
+    explain(
+        &b,
+        eventually(
+            "the restart succeeds on the page",
+            Duration::from_secs(120),
+            || async {
+                let state = b.text("#operations tbody tr:first-child .badge").await?;
+                if state == "succeeded" {
+                    Ok(())
+                } else {
+                    bail!("operation {state}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     b.shot_at("instance-operations", "operations").await?;
@@ -400,57 +563,84 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         )
         .await?;
     assert!(status.is_success(), "{status} {v}");
-    b.client.refresh().await?;
+    b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
     b.client
         .find(Locator::Id("repo"))
         .await?
         .select_by_value("local")
         .await?;
-    b.submit("#backup button[type=submit]").await?;
-    eventually(
-        "the backup succeeds on the timeline",
-        Duration::from_secs(120),
-        || async {
-            match b.count("#backups tr[data-state=succeeded]").await? {
-                0 => bail!("{}", b.text("#backups").await?),
-                _ => Ok(()),
-            }
-        },
+    b.submit_checked(
+        "#backup button[type=submit]",
+        &page,
+        async || Ok(listed(&env, &format!("/v1/instances/{name}/backups")).await? > 0),
+        &format!("{page}?done=backup"),
+    )
+    .await?;
+    explain(
+        &b,
+        eventually(
+            "the backup succeeds on the timeline",
+            Duration::from_secs(120),
+            || async {
+                match b.count("#backups tr[data-state=succeeded]").await? {
+                    0 => bail!("{}", b.text("#backups").await?),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await,
     )
     .await?;
     b.shot_at("instance-backups", "backup").await?;
-    b.client
+    let restore_link = b
+        .client
         .find(Locator::Css("#backups tr[data-state=succeeded] a.act"))
         .await?
-        .click()
-        .await?;
-    eventually("the restore form", Duration::from_secs(30), || async {
-        b.client
-            .find(Locator::Css("#create input[name=restore_from]"))
-            .await?;
-        Ok(())
-    })
+        .prop("href")
+        .await?
+        .context("the restore link")?;
+    b.goto(&restore_link).await?;
+    explain(
+        &b,
+        eventually("the restore form", Duration::from_secs(30), || async {
+            b.client
+                .find(Locator::Css("#create input[name=restore_from]"))
+                .await?;
+            Ok(())
+        })
+        .await,
+    )
     .await?;
     let restored = unique_name("restored");
     b.fill("name", &restored).await?;
     b.fill("replicas", "0").await?;
     b.shot("restore-form").await?;
-    b.submit("#create button[type=submit]").await?;
+    b.submit_checked(
+        "#create button[type=submit]",
+        &restore_link,
+        async || exists(&env, &restored).await,
+        &ui(&format!("/ui/instances/{restored}?done=created")),
+    )
+    .await?;
     assert_eq!(
         b.path().await?,
         format!("/ui/instances/{restored}?done=created")
     );
-    eventually(
-        "the restored instance is ready",
-        Duration::from_secs(180),
-        || async {
-            let s = b.text("#status").await?;
-            if s == "ready" {
-                Ok(())
-            } else {
-                bail!("status {s}")
-            }
-        },
+    explain(
+        &b,
+        eventually(
+            "the restored instance is ready",
+            Duration::from_secs(180),
+            || async {
+                let s = b.text("#status").await?;
+                if s == "ready" {
+                    Ok(())
+                } else {
+                    bail!("status {s}")
+                }
+            },
+        )
+        .await,
     )
     .await?;
     let v = env.get(&format!("/v1/instances/{restored}")).await?;
@@ -468,7 +658,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         )
         .await?;
     assert!(status.is_success(), "{status} {v}");
-    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+    b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
 
     // A form without its CSRF token is refused, and nothing changes.
     let epoch = env.get(&format!("/v1/instances/{name}")).await?["epoch"].clone();
@@ -491,10 +681,10 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         ("/ui/audit", "audit"),
         ("/ui/operations", "operations"),
     ] {
-        b.client.goto(&ui(path)).await?;
+        b.goto(&ui(path)).await?;
         b.shot(shot).await?;
     }
-    b.client.goto(&ui("/ui")).await?;
+    b.goto(&ui("/ui")).await?;
     let assets = b.size("/ui/assets/console.css").await? + b.size("/ui/assets/console.js").await?;
     for path in [
         "/ui".to_owned(),
@@ -509,7 +699,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         println!("page weight {path}: HTML {html} B + CSS/JS {assets} B");
         assert!(html + assets < PAGE_BUDGET, "{path}: {} B", html + assets);
     }
-    b.client.goto(&ui("/ui/audit?q=switchover")).await?;
+    b.goto(&ui("/ui/audit?q=switchover")).await?;
     let audit = b.text("main table").await?;
     assert!(
         audit.contains("console-admin") && audit.contains("/switchover"),
@@ -522,14 +712,14 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         ("/ui".to_owned(), "phone-overview"),
         (format!("/ui/instances/{name}"), "phone-instance"),
     ] {
-        b.client.goto(&ui(&path)).await?;
+        b.goto(&ui(&path)).await?;
         assert!(b.fits_width().await?, "{path} fits 390 px");
         b.shot(shot).await?;
     }
     b.client.set_window_size(1280, 800).await?;
 
     // A viewer: no action buttons, and a hand-made POST (with its own CSRF token) is refused.
-    b.client.goto(&ui("/ui")).await?;
+    b.goto(&ui("/ui")).await?;
     b.submit("header form button").await?;
     assert_eq!(b.path().await?, "/ui/login");
     b.sign_in(VIEWER_TOKEN).await?;
@@ -538,13 +728,13 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         "/ui/instances".to_owned(),
         "/ui/nodes".to_owned(),
     ] {
-        b.client.goto(&ui(&path)).await?;
+        b.goto(&ui(&path)).await?;
         let actions = b
             .count("form.act, button.act, a[href='/ui/instances/new']")
             .await?;
         assert_eq!(actions, 0, "a viewer sees no action on {path}");
     }
-    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+    b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
     b.shot("viewer-instance").await?;
     let csrf = b
         .client
@@ -567,7 +757,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // A lost session goes back to sign-in and returns to the page after it.
     b.client.delete_all_cookies().await?;
-    b.client.goto(&ui("/ui/events")).await?;
+    b.goto(&ui("/ui/events")).await?;
     assert_eq!(b.path().await?, "/ui/login?next=/ui/events");
     b.sign_in(VIEWER_TOKEN).await?;
     assert_eq!(b.path().await?, "/ui/events");
@@ -575,7 +765,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     // Delete from the instance page as an admin: refused until the name is typed.
     b.submit("header form button").await?;
     b.sign_in(ADMIN_TOKEN).await?;
-    b.client.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+    b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
     if b.count("#confirm").await? == 0 {
         bail!(
             "no delete form at {}: {}",
@@ -594,18 +784,28 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .await?;
     assert_eq!(status, reqwest::StatusCode::OK, "still there");
     b.fill("confirm", &name).await?;
-    b.submit("#delete button[type=submit]").await?;
+    b.submit_checked(
+        "#delete button[type=submit]",
+        &page,
+        async || Ok(!exists(&env, &name).await?),
+        &ui("/ui/instances?done=deleted"),
+    )
+    .await?;
     assert_eq!(b.path().await?, "/ui/instances?done=deleted");
-    eventually("the instance is gone", Duration::from_secs(60), || async {
-        let (status, v) = env
-            .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
-            .await?;
-        if status == reqwest::StatusCode::NOT_FOUND {
-            Ok(())
-        } else {
-            bail!("{status} {}", v["status"])
-        }
-    })
+    explain(
+        &b,
+        eventually("the instance is gone", Duration::from_secs(60), || async {
+            let (status, v) = env
+                .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
+                .await?;
+            if status == reqwest::StatusCode::NOT_FOUND {
+                Ok(())
+            } else {
+                bail!("{status} {}", v["status"])
+            }
+        })
+        .await,
+    )
     .await?;
     b.client.clone().close().await?;
     Ok(())
