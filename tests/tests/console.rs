@@ -285,11 +285,14 @@ impl Browser {
         Ok(())
     }
 
-    /// Scrolls element `id` to the top of the window, then takes a screenshot.
+    /// Opens folded details, scrolls element `id` (and its heading) to the top of the window,
+    /// then takes a screenshot.
     async fn shot_at(&self, name: &str, id: &str) -> Result<()> {
         self.client
             .execute(
-                "document.getElementById(arguments[0]).scrollIntoView(); return null;",
+                "document.querySelectorAll('details').forEach(d => { d.open = true; });
+                 document.getElementById(arguments[0]).scrollIntoView();
+                 window.scrollBy(0, -48); return null;",
                 vec![json!(id)],
             )
             .await?;
