@@ -100,8 +100,33 @@ impl Browser {
         format!("at {at}: {}", main.chars().take(3000).collect::<String>())
     }
 
+    /// An attribute of the first element matching `css`, read in one step (live regions are
+    /// replaced every 2 s: an element found first may be gone when it is read).
+    async fn attr(&self, css: &str, name: &str) -> Result<Option<String>> {
+        let v = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]);
+                 return e ? e.getAttribute(arguments[1]) : null;",
+                vec![json!(css), json!(name)],
+            )
+            .await?;
+        Ok(v.as_str().map(str::to_owned))
+    }
+
+    /// Text of the first element matching `css`, read in one step (see [`Browser::attr`]).
     async fn text(&self, css: &str) -> Result<String> {
-        Ok(self.client.find(Locator::Css(css)).await?.text().await?)
+        let v = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]);
+                 return e ? e.innerText : null;",
+                vec![json!(css)],
+            )
+            .await?;
+        v.as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {css} on the page"))
     }
 
     async fn count(&self, css: &str) -> Result<usize> {
@@ -342,12 +367,9 @@ async fn explain<T>(b: &Browser, r: Result<T>) -> Result<T> {
 
 /// The member id the topology diagram shows as primary.
 async fn diagram_primary(b: &Browser) -> Result<String> {
-    b.client
-        .find(Locator::Css("#topology .member.primary"))
+    b.attr("#topology .member.primary", "data-member")
         .await?
-        .attr("data-member")
-        .await?
-        .context("data-member")
+        .context("no primary on the diagram")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +499,33 @@ async fn the_console_in_a_real_browser() -> Result<()> {
             >= 1
     );
     b.shot("instance-switched-over").await?;
+    // The old primary back as a healthy replica first: until then no replica could take
+    // over, and the scheduler restarts a killed primary in place instead.
+    explain(
+        &b,
+        eventually(
+            "the old primary replicates again",
+            Duration::from_secs(90),
+            || async {
+                let v = env.get(&format!("/v1/instances/{name}")).await?;
+                let m = v["members"]
+                    .as_array()
+                    .and_then(|ms| ms.iter().find(|m| m["id"] == json!(old)))
+                    .context("the old primary")?;
+                if m["role"] == "replica"
+                    && m["healthy"] == true
+                    && m["observed_role"] == "replica"
+                    && m["lag_seconds"] == 0
+                {
+                    Ok(())
+                } else {
+                    bail!("{m}")
+                }
+            },
+        )
+        .await,
+    )
+    .await?;
 
     // Kill the primary's container: the open page shows the failover on the diagram and in
     // the events, without a reload.
@@ -596,10 +645,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     .await?;
     b.shot_at("instance-backups", "backup").await?;
     let restore_link = b
-        .client
-        .find(Locator::Css("#backups tr[data-state=succeeded] a.act"))
-        .await?
-        .prop("href")
+        .attr("#backups tr[data-state=succeeded] a.act", "href")
         .await?
         .context("the restore link")?;
     b.goto(&restore_link).await?;
@@ -663,6 +709,14 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     assert!(status.is_success(), "{status} {v}");
     b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
 
+    // An admin reveals the credentials on request; the reveal is audited.
+    b.submit("#credentials button[type=submit]").await?;
+    let shown = b.text("#credentials-shown").await?;
+    let app = env.app_password(&name).await?;
+    assert!(shown.contains(&app), "the app password is shown");
+    b.goto(&page).await?;
+    assert_eq!(b.count("#credentials-shown").await?, 0, "shown once");
+
     // A form without its CSRF token is refused, and nothing changes.
     let epoch = env.get(&format!("/v1/instances/{name}")).await?["epoch"].clone();
     let status = b
@@ -708,6 +762,8 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         audit.contains("console-admin") && audit.contains("/switchover"),
         "console actions are audited like API calls: {audit}"
     );
+    b.goto(&ui("/ui/audit?q=credentials")).await?;
+    assert!(b.text("main table").await?.contains("reveal credentials"));
 
     // A phone's screen: the pages fit its width.
     b.client.set_window_size(390, 844).await?;

@@ -682,6 +682,18 @@ async fn render_instance(
     flash: Option<&str>,
     action_error: Option<&str>,
 ) -> Response {
+    render_instance_with(c, v, name, status, flash, action_error, None).await
+}
+
+async fn render_instance_with(
+    c: &Console,
+    v: &Visit,
+    name: &str,
+    status: StatusCode,
+    flash: Option<&str>,
+    action_error: Option<&str>,
+    credentials: Option<&views::Credentials>,
+) -> Response {
     if !plain_name(name) {
         return not_found(v);
     }
@@ -741,6 +753,7 @@ async fn render_instance(
                 operations: &ops,
                 backups: &backups,
                 repos: &repos,
+                credentials,
             },
             flash,
             action_error,
@@ -778,6 +791,59 @@ async fn switchover(
         }
         Err(e) => failed(&c, &v, &e),
     }
+}
+
+/// Shows an instance's credentials to an admin, once: the API decides (403 for anyone
+/// else), and the reveal is written to the audit log before anything is shown (no entry, no
+/// credentials: as the API's audit of a mutating call).
+async fn reveal_credentials(
+    State(c): State<Console>,
+    v: Visit,
+    Path(name): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    if !plain_name(&name) {
+        return not_found(&v);
+    }
+    let creds: views::Credentials = match c
+        .get(&v, &format!("/v1/instances/{name}/credentials"))
+        .await
+    {
+        Ok(cr) => cr,
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            return render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let entry = crate::model::AuditEntry {
+        id: 0,
+        at_ms: now_ms(),
+        who: v.session.who.clone(),
+        source: v.peer.map(|p| p.to_string()).unwrap_or_default(),
+        action: "reveal credentials (console)".into(),
+        target: format!("instances/{name}/credentials"),
+        status: StatusCode::OK.as_u16(),
+        result: "shown".into(),
+    };
+    if let Err(e) = c.inner.api.cluster.store().append_audit(&entry).await {
+        warn!(error = %e, instance = %name, "console: audit log unavailable: credentials not shown");
+        return render_instance(
+            &c,
+            &v,
+            &name,
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            Some("The audit log cannot be written: credentials are not shown."),
+        )
+        .await;
+    }
+    info!(who = %v.session.who, instance = %name, "console: credentials revealed");
+    render_instance_with(&c, &v, &name, StatusCode::OK, None, None, Some(&creds)).await
 }
 
 async fn delete(
@@ -1108,6 +1174,7 @@ pub fn router(console: Console) -> Router {
         .route("/ui/operations/{id}/cancel", post(cancel_operation))
         .route("/ui/instances/{name}/operations", post(start_operation))
         .route("/ui/instances/{name}/backups", post(create_backup))
+        .route("/ui/instances/{name}/credentials", post(reveal_credentials))
         .route("/ui/backups", get(backups_page))
         .route("/ui/assets/console.css", get(css))
         .route("/ui/assets/console.js", get(js))
@@ -1264,6 +1331,62 @@ mod tests {
         ] {
             assert!(html.contains(want), "{want} in {html}");
         }
+    }
+
+    /// Credentials are shown to an admin who asks, once, with an audit entry; an operator's
+    /// ask is the API's 403 and shows nothing.
+    #[tokio::test]
+    async fn credentials_are_revealed_to_admins_on_request_and_audited() {
+        let cluster = cluster_with_shop().await;
+        let app = app_of(cluster.clone());
+        let app_password = cluster.credentials("shop").expect("credentials").app;
+        let (admin, csrf) = sign_in(&app, ADMIN).await;
+        let (_, r) = send(&app, get("/ui/instances/shop", &admin)).await;
+        let page = text(r).await;
+        assert!(page.contains("id=\"credentials\"") && !page.contains(&app_password));
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/instances/shop/credentials",
+                &admin,
+                &format!("csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text(r).await.contains(&app_password));
+        let audit = cluster.store().audit(0, 100).await.expect("audit");
+        assert!(
+            audit.iter().any(|e| e.who == "root"
+                && e.action.contains("reveal credentials")
+                && e.target == "instances/shop/credentials"),
+            "{audit:?}"
+        );
+        let mut tokens = Tokens::from_config(&[]);
+        tokens.insert(ADMIN, "root", TokenRole::Operator);
+        let app = crate::api::router(Api {
+            tls: None,
+            cluster: cluster.clone(),
+            tokens: Arc::new(tokens),
+            sealed: None,
+        });
+        let (op, csrf) = sign_in(&app, ADMIN).await;
+        let (_, r) = send(&app, get("/ui/instances/shop", &op)).await;
+        assert!(
+            !text(r).await.contains("id=\"credentials\""),
+            "no button for an operator"
+        );
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/instances/shop/credentials",
+                &op,
+                &format!("csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!text(r).await.contains(&app_password));
     }
 
     /// A follower's console shows the leader's fleet: its reads go through the API router,

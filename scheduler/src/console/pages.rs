@@ -72,8 +72,16 @@ pub fn csrf_field(f: &Frame) -> Markup {
     html! { input type="hidden" name="csrf" value=(f.csrf); }
 }
 
-/// A whole page: navigation, the connection banner, the Problems link, and `main`.
+/// A whole page: navigation, the connection banner, the Problems link, and `main`; with
+/// `refresh`, its live regions follow the page's own address.
 pub fn page(f: &Frame, title: &str, nav: Nav, refresh: bool, main: Markup) -> Markup {
+    page_at(f, title, nav, refresh.then_some(""), main)
+}
+
+/// [`page`] whose live regions follow `live` (empty: the page's own address). A page
+/// rendered as the answer to a form (a refusal shown on the instance page) follows the
+/// page's GET address, not the form's.
+pub fn page_at(f: &Frame, title: &str, nav: Nav, live: Option<&str>, main: Markup) -> Markup {
     let item = |n: Nav, href: &str, label: &str| {
         html! { a href=(href) aria-current=[(n == nav).then_some("page")] { (label) } }
     };
@@ -81,7 +89,8 @@ pub fn page(f: &Frame, title: &str, nav: Nav, refresh: bool, main: Markup) -> Ma
         (DOCTYPE)
         html lang="en" {
             (head(title))
-            body data-refresh=(if refresh { REFRESH_MS } else { 0 }) {
+            body data-refresh=(if live.is_some() { REFRESH_MS } else { 0 })
+                data-live-url=[live.filter(|u| !u.is_empty())] {
                 a.skip href="#main" { "Skip to content" }
                 p.banner id="conn-banner" role="status" hidden {}
                 header.top {
@@ -552,6 +561,8 @@ pub struct InstanceData<'a> {
     pub backups: &'a [views::Backup],
     /// The backup repositories (operators: "Back up now").
     pub repos: &'a [views::BackupRepo],
+    /// The credentials an admin asked to see (this answer only).
+    pub credentials: Option<&'a views::Credentials>,
 }
 
 /// The instance page: topology, members, events (all live), and the actions of the role.
@@ -587,6 +598,19 @@ pub fn instance(
                 " · primary " code { (i.primary) }
                 " · automatic failover " (if i.auto_failover { "on" } else { "off" })
                 @if i.last_failover_ms > 0 { " · last failover " (ago(i.last_failover_ms, f.now_ms)) }
+            }
+        }
+        @if let Some(c) = d.credentials {
+            div.card id="credentials-shown" {
+                h2 { "Credentials" }
+                p.hint { "Shown to you once, for this page; the reveal is in the audit log. Reload the page to hide them." }
+                dl.creds {
+                    dt { "app" } dd { code { (c.app) } }
+                    dt { "mofang_admin" } dd { code { (c.admin) } }
+                    dt { "mofang_repl" } dd { code { (c.repl) } }
+                    dt { "mofang_monitor" } dd { code { (c.monitor) } }
+                    dt { "TLS" } dd { (c.tls) }
+                }
             }
         }
         h2 { "Topology" }
@@ -633,6 +657,13 @@ pub fn instance(
                 }
             }
             (operation_form(f, i))
+            @if f.is_admin && d.credentials.is_none() {
+                form.filters.act method="post" action=(format!("/ui/instances/{}/credentials", i.name)) id="credentials" {
+                    (csrf_field(f))
+                    button.act type="submit" { "Show credentials" }
+                    span.hint { "Admins only; each reveal is audited." }
+                }
+            }
         }
         h2 { "Operations" }
         div id="operations" data-live { (operations_table(f, ops, false)) }
@@ -655,11 +686,11 @@ pub fn instance(
         h2 { "Events" }
         div id="events" data-live { (event_rows(events, f.now_ms, false)) }
     };
-    page(
+    page_at(
         f,
         &format!("Instance {}", i.name),
         Nav::Instances,
-        true,
+        Some(&format!("/ui/instances/{}", i.name)),
         main,
     )
 }

@@ -364,6 +364,28 @@ pub fn operation_body(form: &BTreeMap<String, String>) -> serde_json::Value {
     serde_json::Value::Object(body)
 }
 
+/// An instance's credentials as `GET /v1/instances/{name}/credentials` shows them (admins).
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Credentials {
+    /// `mofang_admin` password.
+    pub admin: String,
+    /// `mofang_repl` password.
+    pub repl: String,
+    /// `mofang_monitor` password.
+    pub monitor: String,
+    /// `app` password.
+    pub app: String,
+    /// Database traffic TLS.
+    pub tls: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
 // ---- from the API's own view structs ----------------------------------------------------------
 
 // On the leader the console takes the API's views (`Cluster::instances`, `Cluster::nodes`:

@@ -6,6 +6,8 @@
 (function () {
   'use strict';
   var every = parseInt(document.body.getAttribute('data-refresh') || '0', 10);
+  // A page shown as the answer to a form follows its own GET address, not the form's.
+  var url = document.body.getAttribute('data-live-url') || window.location.href;
   var banner = document.getElementById('conn-banner');
   function show(text) {
     if (banner) { banner.textContent = text; banner.hidden = false; }
@@ -26,7 +28,7 @@
   }
   function tick() {
     if (document.hidden) { schedule(); return; }
-    fetch(window.location.href, { credentials: 'same-origin', headers: { 'X-Mofang-Live': '1' } })
+    fetch(url, { credentials: 'same-origin', headers: { 'X-Mofang-Live': '1' } })
       .then(function (r) {
         if (r.redirected && r.url.indexOf('/ui/login') !== -1) {
           window.location.assign(r.url);
