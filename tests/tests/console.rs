@@ -818,6 +818,12 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.client.delete_all_cookies().await?;
     b.goto(&ui("/ui/events")).await?;
     assert_eq!(b.path().await?, "/ui/login?next=/ui/events");
+    // From the keyboard: the token field has the focus, Tab goes to the button.
+    let focused = b.client.active_element().await?;
+    assert_eq!(focused.attr("id").await?.as_deref(), Some("token"));
+    focused.send_keys("\u{E004}").await?;
+    let focused = b.client.active_element().await?;
+    assert_eq!(focused.attr("type").await?.as_deref(), Some("submit"));
     b.sign_in(VIEWER_TOKEN).await?;
     assert_eq!(b.path().await?, "/ui/events");
 
