@@ -16,13 +16,36 @@
     if (banner) { banner.hidden = true; }
   }
   function schedule() { window.setTimeout(tick, every); }
+  // Rows whose folded details the user opened (by the row's data-op), to open them again.
+  function openRows(el) {
+    var keys = {};
+    var ds = el.querySelectorAll('details[open]');
+    for (var i = 0; i < ds.length; i++) {
+      var row = ds[i].closest('[data-op]');
+      if (row) { keys[row.getAttribute('data-op')] = true; }
+    }
+    return keys;
+  }
+  function reopen(el, keys) {
+    var rows = el.querySelectorAll('[data-op]');
+    for (var i = 0; i < rows.length; i++) {
+      var d = rows[i].querySelector('details');
+      if (d && keys[rows[i].getAttribute('data-op')]) { d.open = true; }
+    }
+  }
   function apply(html) {
     var doc = new DOMParser().parseFromString(html, 'text/html');
     var live = document.querySelectorAll('[data-live]');
     for (var i = 0; i < live.length; i++) {
       var fresh = doc.getElementById(live[i].id);
+      // A region holding the keyboard focus waits: replacing it would lose the focus.
+      if (live[i].contains(document.activeElement) && document.activeElement !== document.body) {
+        continue;
+      }
       if (fresh && fresh.innerHTML !== live[i].innerHTML) {
+        var keys = openRows(live[i]);
         live[i].innerHTML = fresh.innerHTML;
+        reopen(live[i], keys);
       }
     }
   }
