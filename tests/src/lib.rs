@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 pub mod cluster;
+pub mod containerd;
 pub mod coord;
 pub mod fake_scheduler;
 pub mod faults;

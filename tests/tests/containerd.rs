@@ -1,0 +1,332 @@
+//! The containerd runtime against a standalone containerd (Debian's binary, started by the
+//! test setup with its own root and socket) and the real Redis image imported from Docker:
+//! create, start, exec, limits in the task's cgroup, uid 999 without privileges, the member's
+//! own address on the CNI bridge, list by label, the event stream, kill, stop with grace,
+//! update of limits, remove; a missing image, a missing socket and Docker's namespace refused.
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt;
+use mofang_agent::runtime::{
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, Error, Mount, Network,
+};
+use mofang_common::labels;
+use mofang_tests::containerd::containerd;
+use mofang_tests::{eventually, unique_name};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MIB: i64 = 1 << 20;
+const NET: &str = "t-ctrd-net";
+
+/// The cgroup v1 directory of `controller` for process `pid`.
+fn cgroup_dir(pid: u32, controller: &str) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
+        })
+        .with_context(|| format!("no {controller} cgroup for {pid}"))?;
+    let mount = match controller {
+        "cpu" => "cpu,cpuacct",
+        other => other,
+    };
+    let base = Path::new("/sys/fs/cgroup");
+    let dir = if base.join(mount).exists() {
+        base.join(mount)
+    } else {
+        base.join(controller)
+    };
+    Ok(dir.join(path.trim_start_matches('/')))
+}
+
+fn read_num(p: &Path) -> Result<i64> {
+    let s = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+    s.trim()
+        .parse()
+        .with_context(|| format!("{}: {s}", p.display()))
+}
+
+fn status_field(pid: u32, field: &str) -> Result<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// A real Redis round trip over TCP from the host.
+fn redis_ping(ip: &str) -> Result<()> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:6379").parse()?,
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf)?;
+    ensure!(
+        &buf == b"+PONG\r\n",
+        "answer {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    Ok(())
+}
+
+fn redis_spec(name: &str, node: &str, data: &Path, conf: &Path) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        image: "mofang/redis:7.0".into(),
+        args: vec![],
+        env: vec![],
+        labels: BTreeMap::from([
+            (labels::NODE.to_owned(), node.to_owned()),
+            (labels::MEMBER.to_owned(), name.to_owned()),
+            (labels::TEST.to_owned(), std::process::id().to_string()),
+        ]),
+        mounts: vec![
+            Mount {
+                source: data.to_owned(),
+                target: "/var/lib/redis".into(),
+                read_only: false,
+            },
+            Mount {
+                source: conf.to_owned(),
+                target: "/etc/mofang".into(),
+                read_only: true,
+            },
+        ],
+        network: Network::Named(NET.into()),
+        publish: None,
+        cpus: 0.5,
+        memory_bytes: 128 * MIB,
+        pids_limit: 256,
+        cap_add: vec![],
+        user: "999:999".into(),
+        stop_grace: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_runs_on_a_standalone_containerd_with_the_dockers_limits_and_hardening(
+) -> Result<()> {
+    mofang_tests::init_tracing();
+    let ctrd = containerd()?;
+    let t = Instant::now();
+    ctrd.import_images(&["mofang/redis:7.0"])?;
+    println!(
+        "figure: image import into containerd took {:?}",
+        t.elapsed()
+    );
+    let work = tempfile::tempdir()?;
+    let rt = ContainerdRuntime::connect(ctrd.options(&work.path().join("rt"), NET)).await?;
+
+    let node = unique_name("ctrd");
+    let name = format!("mofang-{node}-r1");
+    let (data, conf) = (work.path().join("data"), work.path().join("conf"));
+    std::fs::create_dir_all(&data)?;
+    std::fs::create_dir_all(&conf)?;
+    std::os::unix::fs::chown(&data, Some(999), Some(999))?;
+    std::fs::write(
+        conf.join("redis.conf"),
+        "bind 0.0.0.0\nport 6379\nprotected-mode no\ndir /var/lib/redis\n",
+    )?;
+    let spec = redis_spec(&name, &node, &data, &conf);
+    let mut events = rt.events((labels::NODE, &node));
+
+    let id = rt.create(&spec).await?;
+    let created = rt.inspect(&id).await?;
+    assert_eq!(created.state, ContainerState::Created);
+    assert_eq!(created.image, "mofang/redis:7.0");
+    assert_eq!(created.labels.get(labels::NODE), Some(&node));
+    rt.start(&id).await?;
+
+    let out = eventually(
+        "redis answers in the container",
+        Duration::from_secs(30),
+        || async {
+            let o = rt.exec(&id, &["redis-cli", "PING"], None).await?;
+            ensure!(o.exit_code == 0 && o.stdout.trim() == "PONG", "{o:?}");
+            Ok(o)
+        },
+    )
+    .await?;
+    assert_eq!(out.stdout.trim(), "PONG");
+
+    // exec: exit code, stdout and stderr apart, the container's user.
+    let o = rt
+        .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 3"], None)
+        .await?;
+    assert_eq!(
+        (o.exit_code, o.stdout.as_str(), o.stderr.as_str()),
+        (3, "out\n", "err\n")
+    );
+    let o = rt.exec(&id, &["id", "-u"], None).await?;
+    assert_eq!(o.stdout.trim(), "999");
+    let o = rt.exec(&id, &["touch", "/etc/mofang/x"], None).await?;
+    assert_ne!(o.exit_code, 0, "the config mount must be read-only");
+    let o = rt.exec(&id, &["touch", "/var/lib/redis/x"], None).await?;
+    assert_eq!(o.exit_code, 0, "the data volume must be writable: {o:?}");
+    assert!(data.join("x").exists());
+
+    // The task: running as 999, no capabilities, no new privileges, the limits in its cgroup.
+    let info = rt.inspect(&id).await?;
+    assert_eq!(info.state, ContainerState::Running);
+    let pid = info.pid.context("a running task has a pid")?;
+    let server = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let server: u32 = server
+        .split_whitespace()
+        .next()
+        .context("tini has a child")?
+        .parse()?;
+    for p in [pid, server] {
+        assert!(status_field(p, "Uid")?.starts_with("999\t"), "uid of {p}");
+        assert_eq!(status_field(p, "CapEff")?, "0000000000000000");
+        assert_eq!(status_field(p, "CapBnd")?, "0000000000000000");
+        assert_eq!(status_field(p, "NoNewPrivs")?, "1");
+    }
+    assert_eq!((info.cpus, info.memory_bytes), (0.5, 128 * MIB));
+    let mem = cgroup_dir(pid, "memory")?;
+    assert_eq!(read_num(&mem.join("memory.limit_in_bytes"))?, 128 * MIB);
+    if mem.join("memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(
+            read_num(&mem.join("memory.memsw.limit_in_bytes"))?,
+            128 * MIB
+        );
+    }
+    let cpu = cgroup_dir(pid, "cpu")?;
+    assert_eq!(read_num(&cpu.join("cpu.cfs_quota_us"))?, 50_000);
+    assert_eq!(read_num(&cpu.join("cpu.cfs_period_us"))?, 100_000);
+    assert_eq!(read_num(&cgroup_dir(pid, "pids")?.join("pids.max"))?, 256);
+    assert!(info.started_at.is_some());
+
+    // Its own address on the CNI bridge, reachable from the host.
+    let ip = info
+        .ips
+        .get(NET)
+        .context("an address on the CNI network")?
+        .clone();
+    assert!(
+        ip.starts_with(ctrd.subnet.trim_end_matches("0/24")),
+        "{ip} in {}",
+        ctrd.subnet
+    );
+    eventually(
+        "redis answers at its address",
+        Duration::from_secs(10),
+        || async { redis_ping(&ip) },
+    )
+    .await?;
+
+    // List by label: this node's container, nobody else's.
+    let listed = rt.list(&[(labels::NODE, &node)]).await?;
+    assert_eq!(
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    assert!(rt.list(&[(labels::NODE, "someone-else")]).await?.is_empty());
+    assert!(!rt.list(&[(labels::NODE, "")]).await?.is_empty());
+
+    // Limits changed while it runs: the cgroup takes them at once.
+    rt.update_limits(&id, 1.0, 256 * MIB).await?;
+    assert_eq!(read_num(&mem.join("memory.limit_in_bytes"))?, 256 * MIB);
+    assert_eq!(read_num(&cpu.join("cpu.cfs_quota_us"))?, 100_000);
+    let info = rt.inspect(&id).await?;
+    assert_eq!((info.cpus, info.memory_bytes), (1.0, 256 * MIB));
+
+    // kill -9: the death is on the event stream.
+    let killed = Instant::now();
+    rt.kill(&id, "SIGKILL").await?;
+    let die = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .context("no die event within 30 s")?
+            .context("the event stream ended")??;
+        if ev.action == "die" {
+            break ev;
+        }
+    };
+    println!("figure: die event {:?} after kill -9", killed.elapsed());
+    assert_eq!(die.id, id);
+    assert_eq!(die.labels.get(labels::NODE), Some(&node));
+    let dead = rt.inspect(&id).await?;
+    assert_eq!(dead.state, ContainerState::Exited);
+    assert_eq!(dead.exit_code, Some(137));
+    assert_eq!(dead.pid, None);
+    assert!(rt.exec(&id, &["true"], None).await.is_err());
+
+    // Started again: same address, limits kept from the update.
+    rt.start(&id).await?;
+    eventually(
+        "redis answers again at the same address",
+        Duration::from_secs(30),
+        || async { redis_ping(&ip) },
+    )
+    .await?;
+    let again = rt.inspect(&id).await?;
+    assert_eq!(again.ips.get(NET), Some(&ip));
+    assert_eq!(again.memory_bytes, 256 * MIB);
+
+    // Stop with grace: SIGTERM is enough for Redis (exit 0) ...
+    let t = Instant::now();
+    rt.stop(&id, Duration::from_secs(10)).await?;
+    println!("figure: stop (SIGTERM) took {:?}", t.elapsed());
+    let stopped = rt.inspect(&id).await?;
+    assert_eq!(
+        (stopped.state, stopped.exit_code),
+        (ContainerState::Exited, Some(0))
+    );
+    // ... and a task that cannot act on SIGTERM (frozen by SIGSTOP) is killed after the grace.
+    rt.start(&id).await?;
+    eventually(
+        "redis up for the grace test",
+        Duration::from_secs(30),
+        || async { redis_ping(&ip) },
+    )
+    .await?;
+    rt.kill(&id, "SIGSTOP").await?;
+    rt.stop(&id, Duration::from_secs(1)).await?;
+    let forced = rt.inspect(&id).await?;
+    assert_eq!(
+        (forced.state, forced.exit_code),
+        (ContainerState::Exited, Some(137))
+    );
+
+    // Removed: gone from containerd, its network namespace and address released.
+    rt.remove(&id, true).await?;
+    assert!(matches!(rt.inspect(&id).await, Err(Error::NotFound(_))));
+    assert!(!Path::new(&format!("/var/run/netns/{}-{id}", ctrd.namespace)).exists());
+    assert!(rt.list(&[(labels::NODE, &node)]).await?.is_empty());
+
+    // A missing image: the member cannot be created, and says why.
+    let mut missing = redis_spec(&format!("{name}-x"), &node, &data, &conf);
+    missing.image = "mofang/redis:0.0".into();
+    match rt.create(&missing).await {
+        Err(Error::ImageMissing(i)) => assert!(i.contains("mofang/redis:0.0"), "{i}"),
+        other => bail!("a missing image must be ImageMissing, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_socket_is_unreachable_and_dockers_namespace_is_refused() -> Result<()> {
+    let ctrd = containerd()?;
+    let work = tempfile::tempdir()?;
+    let mut opts = ctrd.options(work.path(), NET);
+    opts.socket = work.path().join("none.sock");
+    match ContainerdRuntime::connect(opts).await {
+        Err(Error::Unreachable(m)) => assert!(m.contains("none.sock"), "{m}"),
+        other => bail!("expected Unreachable, got {other:?}"),
+    }
+    let mut opts = ctrd.options(work.path(), NET);
+    opts.namespace = "moby".into();
+    assert!(ContainerdRuntime::connect(opts).await.is_err());
+    Ok(())
+}
