@@ -32,7 +32,7 @@ pub struct Containerd {
 /// removed, network namespaces and the bridge deleted, containerd stopped, mounts undone,
 /// the directory removed.
 const WATCHDOG: &str = r#"
-tp=$1 dir=$2 ns=$3 bridge=$4
+tp=$1 dir=$2 ns=$3 bridge=$4 pfx=$5
 echo $$ > "$dir/watchdog.pid"
 while kill -0 "$tp" 2>/dev/null; do sleep 1; done
 A="--address $dir/containerd.sock --namespace $ns"
@@ -45,6 +45,15 @@ if [ -S "$dir/containerd.sock" ]; then
   done
 fi
 for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$ns-"); do ip netns delete "$n"; done
+# The bridge and firewall plugins' iptables rules of members never removed (no CNI DEL ran).
+iptables -t nat -S POSTROUTING 2>/dev/null | grep -F -- "-s $pfx" | while read -r rule; do
+  eval "iptables -t nat -D ${rule#-A }"
+  chain=${rule##* }
+  iptables -t nat -F "$chain" 2>/dev/null; iptables -t nat -X "$chain" 2>/dev/null
+done
+iptables -S CNI-FORWARD 2>/dev/null | grep -F -- " $pfx" | while read -r rule; do
+  eval "iptables -D ${rule#-A }"
+done
 ip link delete "$bridge" >/dev/null 2>&1
 if [ -f "$dir/containerd.pid" ]; then
   cp=$(cat "$dir/containerd.pid")
@@ -98,7 +107,7 @@ fn start() -> Result<Containerd> {
         socket,
         namespace: format!("mofang-t{pid}"),
         bridge: format!("mfc{pid}"),
-        subnet: format!("10.214.{}.0/24", pid % 250),
+        subnet: subnet_of(pid),
         dir,
     };
     watchdog(pid, &c)?;
@@ -127,6 +136,16 @@ fn start() -> Result<Containerd> {
     Ok(c)
 }
 
+/// The /24 of a test process's CNI bridge.
+fn subnet_of(pid: u32) -> String {
+    format!("10.214.{}.0/24", pid % 250)
+}
+
+/// `10.214.7.` of `10.214.7.0/24`: what the addresses of that subnet start with.
+fn subnet_prefix(subnet: &str) -> String {
+    subnet.trim_end_matches("0/24").to_owned()
+}
+
 fn watchdog(test_pid: u32, c: &Containerd) -> Result<()> {
     let log = std::fs::File::create(c.dir.join("watchdog.log"))?;
     Command::new("sh")
@@ -137,6 +156,7 @@ fn watchdog(test_pid: u32, c: &Containerd) -> Result<()> {
         .arg(&c.dir)
         .arg(&c.namespace)
         .arg(&c.bridge)
+        .arg(subnet_prefix(&c.subnet))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -177,6 +197,7 @@ fn remove_leftovers() {
             .arg(e.path())
             .arg(format!("mofang-t{pid}"))
             .arg(format!("mfc{pid}"))
+            .arg(subnet_prefix(&subnet_of(pid)))
             .status();
     }
 }

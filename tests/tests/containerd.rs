@@ -330,3 +330,233 @@ async fn a_missing_socket_is_unreachable_and_dockers_namespace_is_refused() -> R
     assert!(ContainerdRuntime::connect(opts).await.is_err());
     Ok(())
 }
+
+/// Only the container families (cAdvisor's names) of an exposition, for promtool.
+fn container_families(exposition: &str) -> String {
+    exposition
+        .lines()
+        .filter(|l| {
+            let name = l
+                .strip_prefix("# HELP ")
+                .or_else(|| l.strip_prefix("# TYPE "))
+                .unwrap_or(l);
+            name.starts_with("container_")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn promtool_check(exposition: &str) -> Result<()> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian package `prometheus`)")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(exposition.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The agent end to end on containerd: three agents with `runtime = "containerd"` on the
+/// standalone containerd, a real scheduler. MariaDB primary + replica (the row on the
+/// replica), Redis the same; container metrics under cAdvisor's names; an agent `kill -9`ed
+/// and restarted adopts its running tasks without restarting them; the MariaDB primary's task
+/// killed under writes fails over with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
+    use mofang_tests::cluster::Timings;
+    use mofang_tests::scenario::{mysql, set_contents, Env, SetWriter};
+    use mysql_async::prelude::Queryable;
+
+    let ctrd = containerd()?;
+    ctrd.import_images(&["mofang/mariadb:10.11", "mofang/redis:7.0"])?;
+    let work = tempfile::tempdir()?;
+    let extra = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    let mut env = Env::start_sized_with(
+        3,
+        "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n",
+        &extra,
+        &Timings::FAST,
+        4096,
+    )
+    .await?;
+    let rt =
+        ContainerdRuntime::connect(ctrd.options(&work.path().join("rt"), &env.net.name)).await?;
+    let docker = mofang_tests::docker().await;
+
+    // MariaDB: a primary and its replicas on containerd tasks, the row on a replica.
+    let name = unique_name("cdb");
+    let t = Instant::now();
+    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    println!(
+        "figure: MariaDB primary + 2 replicas ready on containerd in {:?}",
+        t.elapsed()
+    );
+    let pw = env.app_password(&name).await?;
+    let primary = Env::primary_member(&inst)?;
+    let primary_id = primary["id"].as_str().context("id")?.to_owned();
+    let replica = inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .cloned()
+        .context("a replica")?;
+    let mut c = mysql(primary["address"].as_str().context("address")?, &pw).await?;
+    c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))")
+        .await?;
+    c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first"))
+        .await?;
+    drop(c);
+    let raddr = replica["address"].as_str().context("address")?.to_owned();
+    let item: String = eventually("row on the replica", Duration::from_secs(30), || async {
+        let mut rc = mysql(&raddr, &pw).await?;
+        let v: Option<String> = rc
+            .query_first("SELECT item FROM orders WHERE id = 1")
+            .await?;
+        v.context("no row yet")
+    })
+    .await?;
+    assert_eq!(item, "first");
+    // The members are containerd tasks, not Docker containers.
+    let tasks = rt.list(&[(labels::INSTANCE, &name)]).await?;
+    let members = inst["members"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(tasks.len(), members, "one task per member: {tasks:?}");
+    assert!(tasks.iter().all(|t| t.state == ContainerState::Running));
+    assert!(docker.list(&[(labels::INSTANCE, &name)]).await?.is_empty());
+
+    // Container metrics of a containerd member: cAdvisor's names, promtool-clean.
+    let pa = env.agent_of(&inst, &primary_id)?;
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.agents[pa].http))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let cname = format!("name=\"mofang-{primary_id}\"");
+    for family in [
+        "container_memory_usage_bytes",
+        "container_spec_memory_limit_bytes",
+        "container_cpu_usage_seconds_total",
+        "container_start_time_seconds",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(family) && l.contains(&cname)),
+            "{family} for {cname} missing"
+        );
+    }
+    promtool_check(&container_families(&metrics))?;
+
+    // Redis: primary and replica, the key on the replica.
+    let rname = unique_name("crd");
+    let rinst = env.create_ready(&rname, "redis", 2).await?;
+    let rpw = env.app_password(&rname).await?;
+    let rwriter = SetWriter::start(&env, &rname, "redis", &rpw).await?;
+    rwriter.wait_acked(50, Duration::from_secs(60)).await?;
+    let rout = rwriter.stop().await?;
+    let rrep = rinst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .and_then(|m| m["address"].as_str())
+        .context("redis replica")?
+        .to_owned();
+    eventually(
+        "redis writes on the replica",
+        Duration::from_secs(30),
+        || async {
+            let s = set_contents("redis", &rrep, &rpw).await?;
+            ensure!(rout.lost(&s).is_empty(), "{} missing", rout.lost(&s).len());
+            Ok(())
+        },
+    )
+    .await?;
+
+    // An agent killed and restarted adopts its tasks: same task, same process, no restart.
+    let ra = env.agent_of(&inst, replica["id"].as_str().context("id")?)?;
+    let node = env.agents[ra].node.clone();
+    let before = rt.list(&[(labels::NODE, &node)]).await?;
+    ensure!(!before.is_empty(), "the replica's node runs tasks");
+    env.agents[ra].kill9()?;
+    env.agents[ra].restart()?;
+    eventually(
+        "restarted agent reports its members",
+        Duration::from_secs(60),
+        || async {
+            let v = env.get(&format!("/v1/instances/{name}")).await?;
+            let m = v["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["id"] == replica["id"]))
+                .cloned()
+                .context("replica")?;
+            ensure!(m["healthy"] == true, "{m}");
+            Ok(())
+        },
+    )
+    .await?;
+    // A few reconcile passes after adoption, then the same processes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rt.list(&[(labels::NODE, &node)]).await?;
+    for b in &before {
+        let a = after
+            .iter()
+            .find(|a| a.id == b.id)
+            .with_context(|| format!("{} gone after the agent restart", b.id))?;
+        assert_eq!(
+            (a.pid, &a.started_at),
+            (b.pid, &b.started_at),
+            "{} restarted",
+            b.id
+        );
+    }
+
+    // The MariaDB primary's task killed under writes: failover, nothing acknowledged lost.
+    let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    writer.wait_acked(300, Duration::from_secs(60)).await?;
+    let killed = Instant::now();
+    rt.kill(&format!("mofang-{primary_id}"), "SIGKILL").await?;
+    let after = env
+        .wait_new_primary(
+            &name,
+            inst["epoch"].as_u64().unwrap_or(1),
+            Duration::from_secs(60),
+        )
+        .await?;
+    println!(
+        "figure: new primary healthy {:?} after the task was killed",
+        killed.elapsed()
+    );
+    let acked = writer.acked();
+    writer
+        .wait_acked(acked + 200, Duration::from_secs(60))
+        .await?;
+    let out = writer.stop().await?;
+    let new = Env::primary_member(&after)?;
+    assert_ne!(new["id"], primary_id.as_str(), "a replica took over");
+    let present = set_contents("mariadb", new["address"].as_str().context("address")?, &pw).await?;
+    println!(
+        "figure: failover on containerd: acknowledged {}, lost {}, longest gap {:?}",
+        out.acked.len(),
+        out.lost(&present).len(),
+        out.longest_gap
+    );
+    assert!(
+        out.lost(&present).is_empty(),
+        "acknowledged writes lost: {:?}",
+        out.lost(&present)
+    );
+    assert!(out.unexpected(&present).is_empty());
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Member networking for the containerd runtime through CNI plugins (Debian's
 //! `containernetworking-plugins`): one bridge network the agent defines itself (bridge +
-//! host-local IPAM), a network namespace per member made with `ip netns`, the plugins run
+//! host-local IPAM, then firewall for the FORWARD chain), a network namespace per member made with `ip netns`, the plugins run
 //! as the CNI spec says (config on stdin, `CNI_*` in the environment, the result on stdout).
 //! The address lives as long as the namespace, not the database process, like the Docker
 //! runtime's holder: a dead server's address answers with a reset.
@@ -73,6 +73,22 @@ impl Cni {
         serde_json::json!({ "cniVersion": CNI_VERSION, "name": self.network, "type": "loopback" })
     }
 
+    /// The firewall plugin chained after the bridge: it accepts the member's forwarded
+    /// traffic, which a host whose FORWARD policy is DROP (Docker Engine sets it, with
+    /// br_netfilter loaded) would otherwise drop between two members on the bridge.
+    fn firewall_config(&self, prev: &serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": CNI_VERSION,
+            "name": self.network,
+            "type": "firewall",
+            "prevResult": prev,
+        })
+    }
+
+    fn result_path(&self, id: &str) -> PathBuf {
+        self.data_dir.join("results").join(format!("{id}.json"))
+    }
+
     /// Makes sure the member's namespace exists with its address; returns the address. Idempotent:
     /// a namespace that has an address keeps it (an agent restart, a restarted member).
     pub async fn ensure(&self, id: &str, netns: &str) -> Result<String> {
@@ -80,13 +96,28 @@ impl Cni {
         if !path.exists() {
             run_ip(&["netns", "add", netns]).await?;
         }
-        if let Some(ip) = self.ip_of(id) {
+        let saved = self.result_path(id);
+        if let (Some(ip), true) = (self.ip_of(id), saved.exists()) {
             return Ok(ip);
+        }
+        if self.ip_of(id).is_some() {
+            // Half made (cut short before the firewall): the address released and made again.
+            self.invoke("DEL", &self.bridge_config(), id, &path).await?;
         }
         self.invoke("ADD", &self.loopback_config(), id, &path)
             .await?;
         let out = self.invoke("ADD", &self.bridge_config(), id, &path).await?;
-        let result: CniResult = serde_json::from_slice(&out)
+        let prev: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|e| Error::Api(format!("CNI bridge result for {id}: {e}")))?;
+        self.invoke("ADD", &self.firewall_config(&prev), id, &path)
+            .await?;
+        if let Some(dir) = saved.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Api(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::write(&saved, prev.to_string())
+            .map_err(|e| Error::Api(format!("{}: {e}", saved.display())))?;
+        let result: CniResult = serde_json::from_value(prev)
             .map_err(|e| Error::Api(format!("CNI bridge result for {id}: {e}")))?;
         result
             .ips
@@ -99,8 +130,22 @@ impl Cni {
     /// Releases the member's address and deletes its namespace; what is already gone is fine.
     pub async fn teardown(&self, id: &str, netns: &str) -> Result<()> {
         let path = netns_path(netns);
+        let saved = self.result_path(id);
+        // The firewall's rules are found from the result its ADD was given.
+        if let Some(prev) = std::fs::read(&saved)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
+            if let Err(e) = self
+                .invoke("DEL", &self.firewall_config(&prev), id, &path)
+                .await
+            {
+                tracing::warn!(container = %id, error = %e, "CNI firewall DEL failed");
+            }
+        }
         // DEL is idempotent by the spec; host-local releases the address even without a namespace.
         self.invoke("DEL", &self.bridge_config(), id, &path).await?;
+        let _ = std::fs::remove_file(&saved);
         if path.exists() {
             run_ip(&["netns", "delete", netns]).await?;
         }

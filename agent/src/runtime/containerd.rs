@@ -266,6 +266,7 @@ fn runtime_spec(
     image: &ImageConfig,
     netns: Option<&std::path::Path>,
     cgroups_path: &str,
+    etc_dir: &std::path::Path,
 ) -> Result<Spec> {
     let (uid, gid) = parse_user(&spec.user).ok_or_else(|| {
         Error::Api(format!(
@@ -341,12 +342,21 @@ fn runtime_spec(
         ]));
         mounts.push(b);
     }
-    // Name resolution as the host does it (Docker copies the host's resolv.conf too).
+    // Name resolution as Docker sets it up: the host's resolv.conf, and hosts and hostname
+    // files of the container's own (`mariadb-install-db` refuses to run when the hostname
+    // does not resolve).
+    let mut files = vec![
+        (etc_dir.join("hosts"), "/etc/hosts"),
+        (etc_dir.join("hostname"), "/etc/hostname"),
+    ];
     if std::path::Path::new("/etc/resolv.conf").exists() {
+        files.push(("/etc/resolv.conf".into(), "/etc/resolv.conf"));
+    }
+    for (source, target) in files {
         let mut b = OciMount::default();
-        b.set_destination("/etc/resolv.conf".into());
+        b.set_destination(target.into());
         b.set_typ(Some("bind".into()));
-        b.set_source(Some("/etc/resolv.conf".into()));
+        b.set_source(Some(source));
         b.set_options(Some(vec!["rbind".into(), "rprivate".into(), "ro".into()]));
         mounts.push(b);
     }
@@ -377,6 +387,15 @@ fn runtime_spec(
     }
     linux.set_namespaces(Some(namespaces));
     Ok(oci)
+}
+
+/// The `/etc/hosts` of a container: localhost, and its hostname at its address (127.0.1.1
+/// on the host network, as Debian does for the host's own name).
+fn hosts_file(hostname: &str, ip: Option<&str>) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{hostname}\n",
+        ip.unwrap_or("127.0.1.1")
+    )
 }
 
 /// The network namespace path a runtime spec joins, if any.
@@ -689,9 +708,23 @@ impl ContainerdRuntime {
     }
 
     /// The member's address: its namespace made and joined to the CNI network.
-    async fn ensure_network(&self, id: &str) -> Result<()> {
+    async fn ensure_network(&self, id: &str) -> Result<String> {
         let netns = netns_name(&self.opts.namespace, id);
-        self.opts.cni.ensure(id, &netns).await.map(|_| ())
+        self.opts.cni.ensure(id, &netns).await
+    }
+
+    fn etc_dir(&self, id: &str) -> PathBuf {
+        self.opts.state_dir.join("etc").join(id)
+    }
+
+    /// Writes the container's `hosts` and `hostname` files; returns their directory.
+    fn write_etc(&self, id: &str, ip: Option<&str>) -> Result<PathBuf> {
+        let dir = self.etc_dir(id);
+        let io = |e: std::io::Error| Error::Api(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::write(dir.join("hosts"), hosts_file(id, ip)).map_err(io)?;
+        std::fs::write(dir.join("hostname"), format!("{id}\n")).map_err(io)?;
+        Ok(dir)
     }
 
     /// The process spec an exec runs with: the container's own (user, environment,
@@ -783,7 +816,12 @@ impl ContainerRuntime for ContainerdRuntime {
             Network::Named(_) => Some(cni::netns_path(&netns_name(&self.opts.namespace, &id))),
         };
         let cgroups = format!("/{}/{id}", self.opts.namespace);
-        let oci = runtime_spec(spec, &image.config, netns.as_deref(), &cgroups)?;
+        let ip = match netns {
+            Some(_) => Some(self.ensure_network(&id).await?),
+            None => None,
+        };
+        let etc = self.write_etc(&id, ip.as_deref())?;
+        let oci = runtime_spec(spec, &image.config, netns.as_deref(), &cgroups, &etc)?;
         let container = Container {
             id: id.clone(),
             labels: spec.labels.clone().into_iter().collect(),
@@ -844,9 +882,6 @@ impl ContainerRuntime for ContainerdRuntime {
                 _ => map_status(&id, s),
             });
         }
-        if netns.is_some() {
-            self.ensure_network(&id).await?;
-        }
         Ok(id)
     }
 
@@ -858,10 +893,12 @@ impl ContainerRuntime for ContainerdRuntime {
             None => {}
         }
         let spec = Self::spec_of(&c)?;
-        if netns_of(&spec).is_some() {
-            // After a host reboot the namespace is gone: made again, same network.
-            self.ensure_network(id).await?;
-        }
+        // After a host reboot the namespace is gone: made again, same network.
+        let ip = match netns_of(&spec) {
+            Some(_) => Some(self.ensure_network(id).await?),
+            None => None,
+        };
+        self.write_etc(id, ip.as_deref())?;
         let mounts = self
             .snapshots()
             .mounts(self.req(MountsRequest {
@@ -981,6 +1018,7 @@ impl ContainerRuntime for ContainerdRuntime {
             Err(s) => return Err(map_status(id, s)),
         }
         let _ = std::fs::remove_file(self.log_path(id));
+        let _ = std::fs::remove_dir_all(self.etc_dir(id));
         Ok(())
     }
 
@@ -1317,6 +1355,7 @@ fn decode_event(topic: &str, value: &[u8]) -> Option<(String, String)> {
 mod tests {
     use super::*;
     use crate::runtime::Mount;
+    use std::path::Path;
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
@@ -1387,8 +1426,14 @@ mod tests {
     #[test]
     fn the_runtime_spec_carries_the_limits_and_the_hardening() {
         let netns = PathBuf::from("/var/run/netns/mofang-mofang-db-0");
-        let oci =
-            runtime_spec(&spec(), &image(), Some(&netns), "/mofang/mofang-db-0").expect("spec");
+        let oci = runtime_spec(
+            &spec(),
+            &image(),
+            Some(&netns),
+            "/mofang/mofang-db-0",
+            Path::new("/s/etc/mofang-db-0"),
+        )
+        .expect("spec");
         let v = serde_json::to_value(&oci).expect("json");
         let p = &v["process"];
         assert_eq!(p["user"]["uid"], 999);
@@ -1431,6 +1476,11 @@ mod tests {
             .as_array()
             .expect("options")
             .contains(&"rw".into()));
+        let hosts = mounts
+            .iter()
+            .find(|m| m["destination"] == "/etc/hosts")
+            .expect("hosts");
+        assert_eq!(hosts["source"], "/s/etc/mofang-db-0/hosts");
         assert_eq!(netns_of(&oci), Some(netns));
         assert_eq!(limits_of(&oci), (0.5, 256 << 20));
     }
@@ -1439,7 +1489,7 @@ mod tests {
     fn on_the_host_network_the_spec_joins_no_namespace() {
         let mut s = spec();
         s.network = Network::Host;
-        let oci = runtime_spec(&s, &image(), None, "/mofang/x").expect("spec");
+        let oci = runtime_spec(&s, &image(), None, "/mofang/x", Path::new("/e")).expect("spec");
         assert_eq!(netns_of(&oci), None);
         let v = serde_json::to_value(&oci).expect("json");
         let kinds: Vec<&str> = v["linux"]["namespaces"]
@@ -1455,9 +1505,17 @@ mod tests {
     fn a_user_that_is_not_numeric_is_refused() {
         let mut s = spec();
         s.user = "mysql".into();
-        assert!(runtime_spec(&s, &image(), None, "/x").is_err());
+        assert!(runtime_spec(&s, &image(), None, "/x", Path::new("/e")).is_err());
         assert_eq!(parse_user("999:998"), Some((999, 998)));
         assert_eq!(parse_user("999"), Some((999, 999)));
+    }
+
+    #[test]
+    fn the_hostname_resolves_to_the_members_address() {
+        let h = hosts_file("mofang-db-0", Some("10.213.0.5"));
+        assert!(h.contains("127.0.0.1\tlocalhost\n"));
+        assert!(h.contains("10.213.0.5\tmofang-db-0\n"));
+        assert!(hosts_file("x", None).contains("127.0.1.1\tx\n"));
     }
 
     #[test]
