@@ -558,5 +558,128 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
         out.lost(&present)
     );
     assert!(out.unexpected(&present).is_empty());
+
+    // An image not imported into containerd (MariaDB 10.5 is built for Docker only here):
+    // the member cannot start and says why.
+    let missing = unique_name("cmi");
+    let (status, body) = env
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(
+                serde_json::json!({"name": missing, "engine": "mariadb", "version": "10.5",
+                "replicas": 0, "resources": {"cpu": 0.5, "memory": 384, "disk": 512}}),
+            ),
+        )
+        .await?;
+    ensure!(status == reqwest::StatusCode::CREATED, "{status} {body}");
+    let reason = eventually(
+        "the member reports the missing image",
+        Duration::from_secs(60),
+        || async {
+            let v = env.get(&format!("/v1/instances/{missing}")).await?;
+            let m = v["members"]
+                .as_array()
+                .and_then(|ms| ms.first())
+                .cloned()
+                .context("member")?;
+            let reason = m["reason"].as_str().unwrap_or_default().to_owned();
+            ensure!(
+                m["healthy"] == false && reason.contains("not present"),
+                "{m}"
+            );
+            Ok(reason)
+        },
+    )
+    .await?;
+    assert!(reason.contains("mofang/mariadb:10.5"), "{reason}");
+    assert!(reason.contains("containerd-import"), "{reason}");
+    Ok(())
+}
+
+/// The agent binary: an unknown `runtime` or Docker's namespace exits 64 naming the field; a
+/// containerd socket that is missing is logged and retried with backoff (never a panic), and
+/// the agent connects once the socket is there.
+#[test]
+fn the_agent_refuses_a_bad_runtime_and_waits_for_a_missing_containerd() -> Result<()> {
+    let ctrd = containerd()?;
+    let bin = mofang_tests::cluster::binaries()?.join("mofang-agent");
+    let dir = tempfile::tempdir()?;
+    let base = format!(
+        "node = \"lonely\"\nstate_dir = \"{}\"\nschedulers = [\"http://127.0.0.1:1\"]\n",
+        dir.path().join("state").display()
+    );
+    let tail = format!(
+        "[tls]\ndisable = true\n[[disks]]\npath = \"{}\"\ncapacity_mib = 100\n",
+        dir.path().join("disk").display()
+    );
+    let cfg = dir.path().join("agent.toml");
+    for (text, field) in [
+        (format!("{base}runtime = \"podman\"\n{tail}"), "runtime"),
+        (
+            format!("{base}runtime = \"containerd\"\n{tail}[containerd]\nnamespace = \"moby\"\n"),
+            "containerd.namespace",
+        ),
+    ] {
+        std::fs::write(&cfg, &text)?;
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{text}: {stderr}");
+        assert!(stderr.contains(field), "must name `{field}`: {stderr}");
+    }
+
+    let socket = dir.path().join("containerd.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}runtime = \"containerd\"\n{tail}[containerd]\nsocket = \"{}\"\nnamespace = \"{}\"\nstate_dir = \"{}\"\n",
+            socket.display(),
+            ctrd.namespace,
+            dir.path().join("rt").display()
+        ),
+    )?;
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(log.try_clone()?)
+        .stdout(log)
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let still_running = child.try_wait()?.is_none();
+    let text = std::fs::read_to_string(&log_path)?;
+    // The socket appears (a symlink to the standalone containerd's): the agent connects.
+    std::os::unix::fs::symlink(&ctrd.socket, &socket)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connected = loop {
+        let t = std::fs::read_to_string(&log_path)?;
+        if t.contains("container runtime connected") || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    child.kill()?;
+    child.wait()?;
+    assert!(
+        still_running,
+        "the agent must keep retrying, not exit: {text}"
+    );
+    assert!(
+        text.matches("container runtime unreachable").count() >= 2,
+        "retried with backoff: {text}"
+    );
+    assert!(
+        text.contains(&socket.display().to_string()),
+        "names the socket: {text}"
+    );
+    assert!(!connected.contains("panicked"), "{connected}");
+    assert!(
+        connected.contains("container runtime connected"),
+        "connected once the socket was there: {connected}"
+    );
     Ok(())
 }

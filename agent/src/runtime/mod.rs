@@ -26,7 +26,10 @@ pub enum Error {
     #[error("container {0} not found")]
     NotFound(String),
     /// The image is not present locally (no registry is assumed).
-    #[error("image {0} not present: build it with packaging/images/build")]
+    #[error(
+        "image {0} not present: build it with packaging/images/build \
+         (on containerd, import it with packaging/images/containerd-import)"
+    )]
     ImageMissing(String),
     /// The runtime refused or failed a call.
     #[error("container runtime: {0}")]
