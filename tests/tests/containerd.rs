@@ -369,13 +369,33 @@ fn promtool_check(exposition: &str) -> Result<()> {
     Ok(())
 }
 
-/// The agent end to end on containerd: three agents with `runtime = "containerd"` on the
-/// standalone containerd, a real scheduler. MariaDB primary + replica (the row on the
-/// replica), Redis the same; container metrics under cAdvisor's names; an agent `kill -9`ed
-/// and restarted adopts its running tasks without restarting them; the MariaDB primary's task
-/// killed under writes fails over with nothing acknowledged lost.
+/// How a test kills a member's container: through the runtime its host runs.
+async fn kill_member(
+    env: &mofang_tests::scenario::Env,
+    rt: &ContainerdRuntime,
+    docker_agent: usize,
+    inst: &serde_json::Value,
+    member: &str,
+) -> Result<()> {
+    let container = format!("mofang-{member}");
+    if env.agent_of(inst, member)? == docker_agent {
+        mofang_tests::scenario::docker_cli(&["kill", &container])?;
+    } else {
+        rt.kill(&container, "SIGKILL").await?;
+    }
+    Ok(())
+}
+
+/// The agent end to end on containerd, in a mixed cluster: a real scheduler and three
+/// agents, one on Docker (zone a) and two with `runtime = "containerd"` on the standalone
+/// containerd (zones b, c). MariaDB primary + replicas across both runtimes (the row on every
+/// replica), Redis the same; container metrics of a containerd member under cAdvisor's names,
+/// promtool-clean; a containerd agent `kill -9`ed and restarted adopts its running tasks
+/// without restarting them; the primary killed under writes (through its own runtime) fails
+/// over with nothing acknowledged lost; an image missing from containerd is the member's
+/// reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
+async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_over() -> Result<()> {
     use mofang_tests::cluster::Timings;
     use mofang_tests::scenario::{mysql, set_contents, Env, SetWriter};
     use mysql_async::prelude::Queryable;
@@ -383,11 +403,11 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
     let ctrd = containerd()?;
     ctrd.import_images(&["mofang/mariadb:10.11", "mofang/redis:7.0"])?;
     let work = tempfile::tempdir()?;
-    let extra = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
-    let mut env = Env::start_sized_with(
-        3,
-        "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n",
-        &extra,
+    let on_containerd = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    const DOCKER_AGENT: usize = 0;
+    let mut env = Env::start_each_with(
+        "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\nfailover_block_period_ms = 0\n",
+        &[String::new(), on_containerd.clone(), on_containerd],
         &Timings::FAST,
         4096,
     )
@@ -396,55 +416,73 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
         ContainerdRuntime::connect(ctrd.options(&work.path().join("rt"), &env.net.name)).await?;
     let docker = mofang_tests::docker().await;
 
-    // MariaDB: a primary and its replicas on containerd tasks, the row on a replica.
+    // MariaDB: a primary and two replicas, on both runtimes; the row on every replica.
     let name = unique_name("cdb");
     let t = Instant::now();
     let inst = env.create_ready(&name, "mariadb", 2).await?;
     println!(
-        "figure: MariaDB primary + 2 replicas ready on containerd in {:?}",
+        "figure: MariaDB primary + 2 replicas ready (Docker + containerd) in {:?}",
         t.elapsed()
     );
     let pw = env.app_password(&name).await?;
+    let members: Vec<serde_json::Value> = inst["members"].as_array().cloned().context("members")?;
     let primary = Env::primary_member(&inst)?;
     let primary_id = primary["id"].as_str().context("id")?.to_owned();
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .cloned()
-        .context("a replica")?;
     let mut c = mysql(primary["address"].as_str().context("address")?, &pw).await?;
     c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))")
         .await?;
     c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first"))
         .await?;
     drop(c);
-    let raddr = replica["address"].as_str().context("address")?.to_owned();
-    let item: String = eventually("row on the replica", Duration::from_secs(30), || async {
-        let mut rc = mysql(&raddr, &pw).await?;
-        let v: Option<String> = rc
-            .query_first("SELECT item FROM orders WHERE id = 1")
-            .await?;
-        v.context("no row yet")
-    })
-    .await?;
-    assert_eq!(item, "first");
-    // The members are containerd tasks, not Docker containers.
+    for replica in members.iter().filter(|m| m["role"] == "replica") {
+        let raddr = replica["address"].as_str().context("address")?.to_owned();
+        let item: String = eventually("row on the replica", Duration::from_secs(30), || async {
+            let mut rc = mysql(&raddr, &pw).await?;
+            let v: Option<String> = rc
+                .query_first("SELECT item FROM orders WHERE id = 1")
+                .await?;
+            v.context("no row yet")
+        })
+        .await?;
+        assert_eq!(item, "first", "on {replica}");
+    }
+    // Members of the containerd hosts are containerd tasks; the Docker host's, a container.
+    let mut on_ctrd = Vec::new();
+    for m in &members {
+        let id = m["id"].as_str().context("id")?;
+        if env.agent_of(&inst, id)? != DOCKER_AGENT {
+            on_ctrd.push(id.to_owned());
+        }
+    }
     let tasks = rt.list(&[(labels::INSTANCE, &name)]).await?;
-    let members = inst["members"].as_array().map(Vec::len).unwrap_or(0);
-    assert_eq!(tasks.len(), members, "one task per member: {tasks:?}");
+    assert_eq!(
+        tasks.len(),
+        on_ctrd.len(),
+        "one task per containerd member: {tasks:?}"
+    );
+    assert!(
+        !on_ctrd.is_empty(),
+        "members on containerd hosts: {members:?}"
+    );
     assert!(tasks.iter().all(|t| t.state == ContainerState::Running));
-    assert!(docker.list(&[(labels::INSTANCE, &name)]).await?.is_empty());
+    let in_docker = docker.list(&[(labels::INSTANCE, &name)]).await?;
+    assert_eq!(
+        in_docker.len(),
+        members.len() - on_ctrd.len(),
+        "{in_docker:?}"
+    );
 
     // Container metrics of a containerd member: cAdvisor's names, promtool-clean.
-    let pa = env.agent_of(&inst, &primary_id)?;
+    let ctrd_member = on_ctrd[0].clone();
+    let ca = env.agent_of(&inst, &ctrd_member)?;
     let metrics = env
         .http
-        .get(format!("{}/metrics", env.agents[pa].http))
+        .get(format!("{}/metrics", env.agents[ca].http))
         .send()
         .await?
         .text()
         .await?;
-    let cname = format!("name=\"mofang-{primary_id}\"");
+    let cname = format!("name=\"mofang-{ctrd_member}\"");
     for family in [
         "container_memory_usage_bytes",
         "container_spec_memory_limit_bytes",
@@ -460,37 +498,38 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
     }
     promtool_check(&container_families(&metrics))?;
 
-    // Redis: primary and replica, the key on the replica.
+    // Redis: primary and replicas, the writes on every replica.
     let rname = unique_name("crd");
     let rinst = env.create_ready(&rname, "redis", 2).await?;
     let rpw = env.app_password(&rname).await?;
     let rwriter = SetWriter::start(&env, &rname, "redis", &rpw).await?;
     rwriter.wait_acked(50, Duration::from_secs(60)).await?;
     let rout = rwriter.stop().await?;
-    let rrep = rinst["members"]
+    for rep in rinst["members"]
         .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["address"].as_str())
-        .context("redis replica")?
-        .to_owned();
-    eventually(
-        "redis writes on the replica",
-        Duration::from_secs(30),
-        || async {
-            let s = set_contents("redis", &rrep, &rpw).await?;
-            ensure!(rout.lost(&s).is_empty(), "{} missing", rout.lost(&s).len());
-            Ok(())
-        },
-    )
-    .await?;
+        .context("members")?
+        .iter()
+        .filter(|m| m["role"] == "replica")
+    {
+        let addr = rep["address"].as_str().context("address")?.to_owned();
+        eventually(
+            "redis writes on the replica",
+            Duration::from_secs(30),
+            || async {
+                let s = set_contents("redis", &addr, &rpw).await?;
+                ensure!(rout.lost(&s).is_empty(), "{} missing", rout.lost(&s).len());
+                Ok(())
+            },
+        )
+        .await?;
+    }
 
-    // An agent killed and restarted adopts its tasks: same task, same process, no restart.
-    let ra = env.agent_of(&inst, replica["id"].as_str().context("id")?)?;
-    let node = env.agents[ra].node.clone();
+    // A containerd agent killed and restarted adopts its tasks: same process, no restart.
+    let node = env.agents[ca].node.clone();
     let before = rt.list(&[(labels::NODE, &node)]).await?;
-    ensure!(!before.is_empty(), "the replica's node runs tasks");
-    env.agents[ra].kill9()?;
-    env.agents[ra].restart()?;
+    ensure!(!before.is_empty(), "the node runs tasks");
+    env.agents[ca].kill9()?;
+    env.agents[ca].restart()?;
     eventually(
         "restarted agent reports its members",
         Duration::from_secs(60),
@@ -498,9 +537,9 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
             let v = env.get(&format!("/v1/instances/{name}")).await?;
             let m = v["members"]
                 .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["id"] == replica["id"]))
+                .and_then(|ms| ms.iter().find(|m| m["id"] == ctrd_member.as_str()))
                 .cloned()
-                .context("replica")?;
+                .context("member")?;
             ensure!(m["healthy"] == true, "{m}");
             Ok(())
         },
@@ -522,11 +561,12 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
         );
     }
 
-    // The MariaDB primary's task killed under writes: failover, nothing acknowledged lost.
+    // The MariaDB primary killed under writes (through its host's runtime): failover to a
+    // replica, whichever runtime it is on, nothing acknowledged lost.
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
     let killed = Instant::now();
-    rt.kill(&format!("mofang-{primary_id}"), "SIGKILL").await?;
+    kill_member(&env, &rt, DOCKER_AGENT, &inst, &primary_id).await?;
     let after = env
         .wait_new_primary(
             &name,
@@ -535,8 +575,13 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
         )
         .await?;
     println!(
-        "figure: new primary healthy {:?} after the task was killed",
-        killed.elapsed()
+        "figure: new primary healthy {:?} after the primary was killed (old primary on {})",
+        killed.elapsed(),
+        if env.agent_of(&inst, &primary_id)? == DOCKER_AGENT {
+            "Docker"
+        } else {
+            "containerd"
+        }
     );
     let acked = writer.acked();
     writer
@@ -547,7 +592,7 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
     assert_ne!(new["id"], primary_id.as_str(), "a replica took over");
     let present = set_contents("mariadb", new["address"].as_str().context("address")?, &pw).await?;
     println!(
-        "figure: failover on containerd: acknowledged {}, lost {}, longest gap {:?}",
+        "figure: failover in the mixed cluster: acknowledged {}, lost {}, longest gap {:?}",
         out.acked.len(),
         out.lost(&present).len(),
         out.longest_gap
@@ -559,8 +604,61 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
     );
     assert!(out.unexpected(&present).is_empty());
 
-    // An image not imported into containerd (MariaDB 10.5 is built for Docker only here):
-    // the member cannot start and says why.
+    // The first primary was on Docker: its successor, on containerd, is killed as well (its
+    // task), and a replica takes over again with nothing acknowledged lost.
+    if env.agent_of(&inst, &primary_id)? == DOCKER_AGENT {
+        let current = after;
+        let victim = new["id"].as_str().context("id")?.to_owned();
+        assert_ne!(
+            env.agent_of(&inst, &victim)?,
+            DOCKER_AGENT,
+            "successor on containerd"
+        );
+        let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+        writer.wait_acked(300, Duration::from_secs(60)).await?;
+        let killed = Instant::now();
+        kill_member(&env, &rt, DOCKER_AGENT, &current, &victim).await?;
+        let next = env
+            .wait_new_primary(
+                &name,
+                current["epoch"].as_u64().unwrap_or(1),
+                Duration::from_secs(60),
+            )
+            .await?;
+        println!(
+            "figure: new primary healthy {:?} after the primary was killed (old primary on {})",
+            killed.elapsed(),
+            if env.agent_of(&current, &victim)? == DOCKER_AGENT {
+                "Docker"
+            } else {
+                "containerd"
+            }
+        );
+        let acked = writer.acked();
+        writer
+            .wait_acked(acked + 200, Duration::from_secs(60))
+            .await?;
+        let out = writer.stop().await?;
+        let np = Env::primary_member(&next)?;
+        assert_ne!(np["id"], victim.as_str(), "a replica took over");
+        let present =
+            set_contents("mariadb", np["address"].as_str().context("address")?, &pw).await?;
+        println!(
+            "figure: failover in the mixed cluster: acknowledged {}, lost {}, longest gap {:?}",
+            out.acked.len(),
+            out.lost(&present).len(),
+            out.longest_gap
+        );
+        assert!(
+            out.lost(&present).is_empty(),
+            "acknowledged writes lost: {:?}",
+            out.lost(&present)
+        );
+        assert!(out.unexpected(&present).is_empty());
+    }
+
+    // An image not imported into containerd (MariaDB 10.5 is built for Docker only here): a
+    // member on a containerd host cannot start and says why.
     let missing = unique_name("cmi");
     let (status, body) = env
         .call(
@@ -568,21 +666,27 @@ async fn agents_on_containerd_replicate_adopt_and_fail_over() -> Result<()> {
             "/v1/instances",
             Some(
                 serde_json::json!({"name": missing, "engine": "mariadb", "version": "10.5",
-                "replicas": 0, "resources": {"cpu": 0.5, "memory": 384, "disk": 512}}),
+                "replicas": 2, "resources": {"cpu": 0.5, "memory": 384, "disk": 512}}),
             ),
         )
         .await?;
     ensure!(status == reqwest::StatusCode::CREATED, "{status} {body}");
     let reason = eventually(
-        "the member reports the missing image",
+        "a containerd member reports the missing image",
         Duration::from_secs(60),
         || async {
             let v = env.get(&format!("/v1/instances/{missing}")).await?;
-            let m = v["members"]
-                .as_array()
-                .and_then(|ms| ms.first())
+            let ms = v["members"].as_array().cloned().context("members")?;
+            let m = ms
+                .iter()
+                .find(|m| {
+                    env.agents
+                        .iter()
+                        .position(|a| m["node"] == a.node.as_str())
+                        .is_some_and(|i| i != DOCKER_AGENT)
+                })
                 .cloned()
-                .context("member")?;
+                .context("a member on a containerd host")?;
             let reason = m["reason"].as_str().unwrap_or_default().to_owned();
             ensure!(
                 m["healthy"] == false && reason.contains("not present"),
