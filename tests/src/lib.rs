@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+pub mod agent_scenarios;
 pub mod cluster;
 pub mod containerd;
 pub mod coord;

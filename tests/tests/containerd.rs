@@ -787,3 +787,19 @@ fn the_agent_refuses_a_bad_runtime_and_waits_for_a_missing_containerd() -> Resul
     );
     Ok(())
 }
+
+/// The agent scenario of `tests/agent.rs` (`mariadb_primary_and_replica_replicate_heal_and_fence`)
+/// on containerd: the same code, the runtime a parameter. Replication, `kill -9` of mariadbd
+/// in the task held and brought back in place with its data, fence on lease loss and unfence,
+/// removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_on_containerd_replicates_heals_and_fences() -> Result<()> {
+    let ctrd = containerd()?;
+    ctrd.import_images(&["mofang/mariadb:10.11"])?;
+    let work = tempfile::tempdir()?;
+    // Members on the CNI network named like the scenario's network (its Docker network is
+    // made but unused by a containerd agent).
+    let extra = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    let rt = ContainerdRuntime::connect(ctrd.options(&work.path().join("rt"), NET)).await?;
+    mofang_tests::agent_scenarios::mariadb_replicate_heal_and_fence(&rt, &extra).await
+}
