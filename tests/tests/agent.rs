@@ -3,10 +3,11 @@
 //! database, adoption after `kill -9` of the agent, fencing, and refusal of bad input.
 
 use anyhow::{bail, Context, Result};
-use mofang_agent::engine::{self, Secrets, Target};
+use mofang_agent::engine::Secrets;
 use mofang_agent::runtime::{ContainerRuntime, ContainerState};
-use mofang_common::proto::MemberStatus;
-use mofang_tests::agent_scenarios::{assignment, healthy, wait_member, Member, MIB};
+use mofang_tests::agent_scenarios::{
+    assignment, healthy, redis_conn, wait_member, Member, RedisPair, MIB,
+};
 use mofang_tests::cluster::{AgentProcess, TestNetwork};
 use mofang_tests::fake_scheduler::FakeScheduler;
 use mofang_tests::{docker, eventually, unique_name};
@@ -18,152 +19,10 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
     mofang_tests::agent_scenarios::mariadb_replicate_heal_and_fence(&rt, "").await
 }
 
-async fn redis_conn(
-    addr: &str,
-    user: &str,
-    pass: &str,
-) -> Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://{user}:{pass}@{addr}/"))?;
-    Ok(client.get_multiplexed_async_connection().await?)
-}
-
-/// A Redis primary and its replica on one agent driven by the scheduler stand-in, both
-/// healthy and replicating.
-struct RedisPair {
-    fake: FakeScheduler,
-    net: TestNetwork,
-    agent: AgentProcess,
-    s: Secrets,
-    inst: String,
-    primary: MemberStatus,
-    replica: MemberStatus,
-}
-
-impl RedisPair {
-    async fn start() -> Result<Self> {
-        let fake = FakeScheduler::start().await?;
-        let net = TestNetwork::create(&unique_name("net"))?;
-        let agent =
-            AgentProcess::start(&unique_name("node"), &fake.endpoint(), &net.name, 4096, "")?;
-        let s = Secrets::generate();
-        let inst = unique_name("cache");
-        let (m0, m1) = (format!("{inst}-0"), format!("{inst}-1"));
-        let p = assignment(
-            Member {
-                instance: &inst,
-                member: &m0,
-                engine: "redis",
-                role: "primary",
-                primary: "",
-            },
-            &s,
-        );
-        fake.set_desired(&agent.node, vec![p.clone()]);
-        let primary = wait_member(
-            &fake,
-            &agent,
-            &m0,
-            "primary healthy",
-            Duration::from_secs(60),
-            healthy,
-        )
-        .await?;
-        let r = assignment(
-            Member {
-                instance: &inst,
-                member: &m1,
-                engine: "redis",
-                role: "replica",
-                primary: &primary.address,
-            },
-            &s,
-        );
-        fake.set_desired(&agent.node, vec![p, r]);
-        let replica = wait_member(
-            &fake,
-            &agent,
-            &m1,
-            "replica healthy",
-            Duration::from_secs(60),
-            |m| m.healthy && m.replication_ok,
-        )
-        .await?;
-        Ok(RedisPair {
-            fake,
-            net,
-            agent,
-            s,
-            inst,
-            primary,
-            replica,
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     let _rt = docker().await;
-    let RedisPair {
-        fake: _fake,
-        net: _net,
-        agent: _agent,
-        s,
-        primary,
-        replica,
-        ..
-    } = RedisPair::start().await?;
-
-    let mut pc = redis_conn(&primary.address, "app", &s.app).await?;
-    let _: () = redis::cmd("SET")
-        .arg("greeting")
-        .arg("hello")
-        .query_async(&mut pc)
-        .await?;
-    let rc = redis_conn(&replica.address, "app", &s.app).await?;
-    let v: String = eventually("key on replica", Duration::from_secs(10), || {
-        let mut rc = rc.clone();
-        async move {
-            let v: Option<String> = redis::cmd("GET")
-                .arg("greeting")
-                .query_async(&mut rc)
-                .await?;
-            v.context("not replicated yet")
-        }
-    })
-    .await?;
-    assert_eq!(v, "hello");
-    let mut rc = rc;
-    let denied: redis::RedisResult<()> = redis::cmd("SET")
-        .arg("x")
-        .arg("y")
-        .query_async(&mut rc)
-        .await;
-    assert!(denied.is_err(), "replica must refuse writes");
-
-    // Fence primitive: CLIENT PAUSE WRITE holds application writes; unfence releases them.
-    let target = Target::parse(&primary.address)?;
-    let redis = engine::for_kind("redis", "7.0").context("redis engine")?;
-    redis.fence(&target, &s).await?;
-    let blocked = tokio::time::timeout(Duration::from_secs(1), async {
-        let r: redis::RedisResult<()> = redis::cmd("SET")
-            .arg("during")
-            .arg("fence")
-            .query_async(&mut pc)
-            .await;
-        r
-    })
-    .await;
-    assert!(blocked.is_err(), "a write must not complete while fenced");
-    redis.unfence(&target, &s).await?;
-    let mut pc2 = redis_conn(&primary.address, "app", &s.app).await?;
-    let _: () = redis::cmd("SET")
-        .arg("after")
-        .arg("unfence")
-        .query_async(&mut pc2)
-        .await?;
-    let v: String = redis::cmd("GET").arg("after").query_async(&mut pc2).await?;
-    assert_eq!(v, "unfence");
-    Ok(())
+    mofang_tests::agent_scenarios::redis_replicate_and_fence("").await
 }
 
 /// Files under `dir` (links not followed, as `grep -r` does) that hold any of the passwords.
@@ -657,7 +516,7 @@ async fn a_killed_members_address_refuses_at_once_and_outlives_the_restart() -> 
         inst,
         replica,
         ..
-    } = RedisPair::start().await?;
+    } = RedisPair::start("").await?;
     let m1 = format!("{inst}-1");
 
     let out = std::process::Command::new("docker")

@@ -803,3 +803,13 @@ async fn mariadb_on_containerd_replicates_heals_and_fences() -> Result<()> {
     let rt = ContainerdRuntime::connect(ctrd.options(&work.path().join("rt"), NET)).await?;
     mofang_tests::agent_scenarios::mariadb_replicate_heal_and_fence(&rt, &extra).await
 }
+
+/// The Redis agent scenario of `tests/agent.rs` on containerd: replication, the replica
+/// read-only, fence and unfence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_on_containerd_replicates_and_fences() -> Result<()> {
+    let ctrd = containerd()?;
+    ctrd.import_images(&["mofang/redis:7.0"])?;
+    let extra = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    mofang_tests::agent_scenarios::redis_replicate_and_fence(&extra).await
+}

@@ -21,7 +21,9 @@ const IFNAME: &str = "eth0";
 pub struct Cni {
     /// Where the plugin binaries are (`/usr/lib/cni`).
     pub plugin_dir: PathBuf,
-    /// The network's name (the agent's `network`): `ContainerInfo::ips` is keyed by it.
+    /// The network's name (the agent's `network`): `ContainerInfo::ips` is keyed by it. The
+    /// CNI network itself is named after the bridge, so every network name on one bridge
+    /// shares one address pool (host-local keeps a pool per CNI network name).
     pub network: String,
     /// The Linux bridge the plugin makes (at most 15 characters).
     pub bridge: String,
@@ -54,7 +56,7 @@ impl Cni {
     pub fn bridge_config(&self) -> serde_json::Value {
         serde_json::json!({
             "cniVersion": CNI_VERSION,
-            "name": self.network,
+            "name": self.bridge,
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
@@ -70,7 +72,7 @@ impl Cni {
     }
 
     fn loopback_config(&self) -> serde_json::Value {
-        serde_json::json!({ "cniVersion": CNI_VERSION, "name": self.network, "type": "loopback" })
+        serde_json::json!({ "cniVersion": CNI_VERSION, "name": self.bridge, "type": "loopback" })
     }
 
     /// The firewall plugin chained after the bridge: it accepts the member's forwarded
@@ -79,7 +81,7 @@ impl Cni {
     fn firewall_config(&self, prev: &serde_json::Value) -> serde_json::Value {
         serde_json::json!({
             "cniVersion": CNI_VERSION,
-            "name": self.network,
+            "name": self.bridge,
             "type": "firewall",
             "prevResult": prev,
         })
@@ -154,7 +156,7 @@ impl Cni {
 
     /// The address host-local gave container `id`, read from its allocation files.
     pub fn ip_of(&self, id: &str) -> Option<String> {
-        let dir = self.data_dir.join(&self.network);
+        let dir = self.data_dir.join(&self.bridge);
         std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             name.parse::<std::net::IpAddr>().ok()?;
@@ -246,7 +248,7 @@ mod tests {
     fn the_bridge_config_names_the_network_bridge_and_subnet() {
         let c = cni(Path::new("/var/lib/x"));
         let v = c.bridge_config();
-        assert_eq!(v["name"], "mofang");
+        assert_eq!(v["name"], "mofang0", "the CNI network is the bridge's");
         assert_eq!(v["bridge"], "mofang0");
         assert_eq!(v["ipam"]["type"], "host-local");
         assert_eq!(v["ipam"]["subnet"], "10.213.0.0/16");
@@ -256,7 +258,7 @@ mod tests {
     #[test]
     fn an_address_is_found_from_host_locals_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let net = dir.path().join("mofang");
+        let net = dir.path().join("mofang0");
         std::fs::create_dir_all(&net).expect("mkdir");
         std::fs::write(net.join("10.213.0.2"), "mofang-a\r\neth0").expect("write");
         std::fs::write(net.join("10.213.0.3"), "mofang-b").expect("write");
