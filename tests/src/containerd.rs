@@ -61,6 +61,8 @@ if [ -f "$dir/containerd.pid" ]; then
   for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$cp" 2>/dev/null || break; sleep 0.5; done
   kill -9 "$cp" 2>/dev/null
 fi
+# Shims of this containerd still alive (a task that would not die): killed with their tasks.
+for p in $(pgrep -f -- "-address $dir/containerd.sock"); do pkill -9 -P "$p"; kill -9 "$p"; done
 awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
 rm -rf "$dir"
 "#;

@@ -305,6 +305,51 @@ async fn a_member_runs_on_a_standalone_containerd_with_the_dockers_limits_and_ha
     assert!(!Path::new(&format!("/var/run/netns/{}-{id}", ctrd.namespace)).exists());
     assert!(rt.list(&[(labels::NODE, &node)]).await?.is_empty());
 
+    // A one-shot container (a restore's unpack): input on stdin, the data volume mounted,
+    // its output and exit code, removed after.
+    let input: Vec<Result<bytes::Bytes, String>> = (0..1000)
+        .map(|_| Ok(bytes::Bytes::from_static(b"hello world\n")))
+        .collect();
+    let once = mofang_agent::runtime::OneShot {
+        name: format!("{name}-once"),
+        image: "mofang/redis:7.0".into(),
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat > /var/lib/redis/in.txt; wc -c < /var/lib/redis/in.txt; id -u; echo done >&2; exit 4"
+                .into(),
+        ],
+        mounts: vec![Mount {
+            source: data.clone(),
+            target: "/var/lib/redis".into(),
+            read_only: false,
+        }],
+        user: "999:999".into(),
+        labels: BTreeMap::from([(labels::NODE.to_owned(), node.clone())]),
+    };
+    let out = rt
+        .run_once(&once, futures::stream::iter(input).boxed())
+        .await?;
+    assert_eq!(out.exit_code, 4, "{out:?}");
+    assert_eq!(out.stdout, "12000\n999\ndone\n");
+    assert_eq!(std::fs::metadata(data.join("in.txt"))?.len(), 12_000);
+    assert!(matches!(
+        rt.inspect(&once.name).await,
+        Err(Error::NotFound(_))
+    ));
+    // An input that fails is an error, whatever the command made of what it got.
+    let failing: Vec<Result<bytes::Bytes, String>> = vec![
+        Ok(bytes::Bytes::from_static(b"partial")),
+        Err("the backup object ended early".into()),
+    ];
+    match rt
+        .run_once(&once, futures::stream::iter(failing).boxed())
+        .await
+    {
+        Err(e) => assert!(e.to_string().contains("ended early"), "{e}"),
+        Ok(o) => bail!("a failed input must fail the run: {o:?}"),
+    }
+
     // A missing image: the member cannot be created, and says why.
     let mut missing = redis_spec(&format!("{name}-x"), &node, &data, &conf);
     missing.image = "mofang/redis:0.0".into();

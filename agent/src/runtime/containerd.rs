@@ -9,9 +9,10 @@
 use super::cni::{self, Cni};
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, ExecStream,
-    Network, Result, RuntimeEvent,
+    Input, Network, OneShot, Result, RuntimeEvent,
 };
 use async_trait::async_trait;
+use containerd_client::services::v1::CloseIoRequest;
 use containerd_client::services::v1::{
     container::Runtime, containers_client::ContainersClient, content_client::ContentClient,
     events_client::EventsClient, images_client::ImagesClient,
@@ -589,6 +590,239 @@ impl ContainerdRuntime {
         Ok((name, chain, file))
     }
 
+    /// The container record and its snapshot on the image's layers: the snapshot after the
+    /// record, which keeps it from the garbage collector. One left by an attempt cut short is
+    /// replaced.
+    async fn create_record(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        image: &str,
+        (image_name, chain): (String, String),
+        oci: &Spec,
+    ) -> Result<()> {
+        let id = id.to_owned();
+        let container = Container {
+            id: id.clone(),
+            labels: labels.clone().into_iter().collect(),
+            image: image_name,
+            runtime: Some(Runtime {
+                name: RUNC_SHIM.into(),
+                options: None,
+            }),
+            spec: Some(any(SPEC_TYPE, oci)?),
+            snapshotter: self.opts.snapshotter.clone(),
+            snapshot_key: id.clone(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(self.req(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(|e| match e.code() {
+                Code::AlreadyExists => Error::Api(format!("container {id} already exists")),
+                _ => map_status(&id, e),
+            })?;
+        let prepare = || async {
+            self.snapshots()
+                .prepare(self.req(PrepareSnapshotRequest {
+                    snapshotter: self.opts.snapshotter.clone(),
+                    key: id.clone(),
+                    parent: chain.clone(),
+                    labels: HashMap::new(),
+                }))
+                .await
+        };
+        let prepared = match prepare().await {
+            Err(s) if s.code() == Code::AlreadyExists => {
+                let _ = self
+                    .snapshots()
+                    .remove(self.req(RemoveSnapshotRequest {
+                        snapshotter: self.opts.snapshotter.clone(),
+                        key: id.clone(),
+                    }))
+                    .await;
+                prepare().await
+            }
+            other => other,
+        };
+        if let Err(s) = prepared {
+            let _ = self
+                .containers()
+                .delete(self.req(DeleteContainerRequest { id: id.clone() }))
+                .await;
+            return Err(match s.code() {
+                Code::NotFound => Error::ImageMissing(format!(
+                    "{image} (not unpacked for {})",
+                    self.opts.snapshotter
+                )),
+                _ => map_status(&id, s),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the task of a one-shot container: `input` on its standard input, its output (the
+    /// last `keep` bytes of standard output, then of standard error) and exit code.
+    async fn run_task_once(&self, id: &str, input: &mut Input, keep: usize) -> Result<ExecOutput> {
+        use std::io::Write;
+        let dir = self.opts.state_dir.join("exec");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Api(format!("{}: {e}", dir.display())))?;
+        let paths: Vec<PathBuf> = ["in", "out", "err"]
+            .iter()
+            .map(|k| dir.join(format!("{id}-once.{k}")))
+            .collect();
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+            make_fifo(p)?;
+        }
+        let (in_path, out_path, err_path) = (paths[0].clone(), paths[1].clone(), paths[2].clone());
+        let tail = move |path: PathBuf| {
+            tokio::task::spawn_blocking(move || {
+                let mut kept = Vec::new();
+                if let Ok(mut f) = std::fs::File::open(&path) {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = f.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        kept.extend_from_slice(&buf[..n]);
+                        if kept.len() > 2 * keep {
+                            kept.drain(..kept.len() - keep);
+                        }
+                    }
+                }
+                kept
+            })
+        };
+        let out_reader = tail(out_path.clone());
+        let err_reader = tail(err_path.clone());
+        // The writer end of stdin opens once the shim has opened its reader.
+        let writer = {
+            let path = in_path.clone();
+            tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(path))
+        };
+        let run = async {
+            let c = self.get_container(id).await?;
+            let mounts = self
+                .snapshots()
+                .mounts(self.req(MountsRequest {
+                    snapshotter: c.snapshotter.clone(),
+                    key: c.snapshot_key.clone(),
+                }))
+                .await
+                .map_err(|e| map_status(id, e))?
+                .into_inner()
+                .mounts;
+            self.tasks()
+                .create(self.req(CreateTaskRequest {
+                    container_id: id.to_owned(),
+                    rootfs: mounts,
+                    stdin: in_path.display().to_string(),
+                    stdout: out_path.display().to_string(),
+                    stderr: err_path.display().to_string(),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| map_status(id, e))?;
+            self.tasks()
+                .start(self.req(StartRequest {
+                    container_id: id.to_owned(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .map_err(|e| map_status(id, e))?;
+            let stdin = writer
+                .await
+                .map_err(|e| Error::Api(format!("{id}: stdin: {e}")))?
+                .map_err(|e| Error::Api(format!("{id}: stdin: {e}")))?;
+            // Fed from a thread: the FIFO is a blocking file; closing it is the end of input.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(4);
+            let feeder = tokio::task::spawn_blocking(move || {
+                let mut stdin = stdin;
+                for chunk in rx {
+                    if let Err(e) = stdin.write_all(&chunk) {
+                        return Err(e.to_string());
+                    }
+                }
+                Ok(())
+            });
+            let mut fed: std::result::Result<(), String> = Ok(());
+            while let Some(chunk) = input.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let tx = tx.clone();
+                        let sent = tokio::task::spawn_blocking(move || tx.send(c)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        fed = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            if let Ok(Err(e)) = feeder.await {
+                fed = fed.and(Err(format!("writing to {id}: {e}")));
+            }
+            // The shim never sees end of file on the FIFO: it closes the process's stdin when
+            // asked (what `ctr` does once its copy is done).
+            self.tasks()
+                .close_io(self.req(CloseIoRequest {
+                    container_id: id.to_owned(),
+                    exec_id: String::new(),
+                    stdin: true,
+                }))
+                .await
+                .map_err(|e| map_status(id, e))?;
+            let waited = self
+                .tasks()
+                .wait(self.req(WaitRequest {
+                    container_id: id.to_owned(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .map_err(|e| map_status(id, e))?
+                .into_inner();
+            Ok::<_, Error>((fed, waited.exit_status))
+        }
+        .await;
+        if run.is_err() {
+            for p in &paths {
+                release_fifo(p);
+            }
+            // A writer still waiting for a reader that will never come (a non-blocking open
+            // for reading lets it go and never waits itself).
+            let _ = rustix::fs::openat(
+                rustix::fs::CWD,
+                &in_path,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            );
+        }
+        let out = out_reader.await.unwrap_or_default();
+        let err = err_reader.await.unwrap_or_default();
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let (fed, exit_status) = run?;
+        if let Err(e) = fed {
+            return Err(Error::Api(format!("{id}: input failed: {e}")));
+        }
+        let mut text = out;
+        text.extend_from_slice(&err);
+        Ok(ExecOutput {
+            exit_code: i64::from(exit_status),
+            stdout: String::from_utf8_lossy(&text[text.len().saturating_sub(keep)..]).into_owned(),
+            stderr: String::new(),
+        })
+    }
+
     async fn get_container(&self, id: &str) -> Result<Container> {
         self.containers()
             .get(self.req(GetContainerRequest { id: id.to_owned() }))
@@ -822,66 +1056,8 @@ impl ContainerRuntime for ContainerdRuntime {
         };
         let etc = self.write_etc(&id, ip.as_deref())?;
         let oci = runtime_spec(spec, &image.config, netns.as_deref(), &cgroups, &etc)?;
-        let container = Container {
-            id: id.clone(),
-            labels: spec.labels.clone().into_iter().collect(),
-            image: image_name,
-            runtime: Some(Runtime {
-                name: RUNC_SHIM.into(),
-                options: None,
-            }),
-            spec: Some(any(SPEC_TYPE, &oci)?),
-            snapshotter: self.opts.snapshotter.clone(),
-            snapshot_key: id.clone(),
-            ..Default::default()
-        };
-        self.containers()
-            .create(self.req(CreateContainerRequest {
-                container: Some(container),
-            }))
-            .await
-            .map_err(|e| match e.code() {
-                Code::AlreadyExists => Error::Api(format!("container {id} already exists")),
-                _ => map_status(&id, e),
-            })?;
-        // The snapshot after the container: the container record keeps it from the garbage
-        // collector. One left by an attempt cut short is replaced.
-        let prepare = || async {
-            self.snapshots()
-                .prepare(self.req(PrepareSnapshotRequest {
-                    snapshotter: self.opts.snapshotter.clone(),
-                    key: id.clone(),
-                    parent: chain.clone(),
-                    labels: HashMap::new(),
-                }))
-                .await
-        };
-        let prepared = match prepare().await {
-            Err(s) if s.code() == Code::AlreadyExists => {
-                let _ = self
-                    .snapshots()
-                    .remove(self.req(RemoveSnapshotRequest {
-                        snapshotter: self.opts.snapshotter.clone(),
-                        key: id.clone(),
-                    }))
-                    .await;
-                prepare().await
-            }
-            other => other,
-        };
-        if let Err(s) = prepared {
-            let _ = self
-                .containers()
-                .delete(self.req(DeleteContainerRequest { id: id.clone() }))
-                .await;
-            return Err(match s.code() {
-                Code::NotFound => Error::ImageMissing(format!(
-                    "{} (not unpacked for {})",
-                    spec.image, self.opts.snapshotter
-                )),
-                _ => map_status(&id, s),
-            });
-        }
+        self.create_record(&id, &spec.labels, &spec.image, (image_name, chain), &oci)
+            .await?;
         Ok(id)
     }
 
@@ -1259,6 +1435,58 @@ impl ContainerRuntime for ContainerdRuntime {
             stdout: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
             done: done_rx,
         })
+    }
+
+    async fn run_once(&self, spec: &OneShot, mut input: Input) -> Result<ExecOutput> {
+        /// Output kept for the answer.
+        const KEEP: usize = 64 * 1024;
+        let (image_name, chain, image) = self.image_config(&spec.image).await?;
+        // A container of this name left by an attempt that was cut short.
+        let _ = self.remove(&spec.name, true).await;
+        let id = spec.name.clone();
+        // The member's hardening without its limits; the command instead of the entrypoint;
+        // a network namespace of its own with nothing in it (no network).
+        let as_member = ContainerSpec {
+            name: id.clone(),
+            image: spec.image.clone(),
+            args: vec![],
+            env: vec![],
+            labels: spec.labels.clone(),
+            mounts: spec.mounts.clone(),
+            network: Network::Host,
+            publish: None,
+            cpus: 1.0,
+            memory_bytes: 0,
+            pids_limit: 0,
+            cap_add: vec!["CHOWN".into(), "DAC_OVERRIDE".into(), "FOWNER".into()],
+            user: spec.user.clone(),
+            stop_grace: Duration::from_secs(1),
+        };
+        let config = ImageConfig {
+            entrypoint: Some(spec.cmd.clone()),
+            cmd: None,
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+        };
+        let etc = self.write_etc(&id, None)?;
+        let cgroups = format!("/{}/{id}", self.opts.namespace);
+        let mut oci = runtime_spec(&as_member, &config, None, &cgroups, &etc)?;
+        if let Some(linux) = oci.linux_mut().as_mut() {
+            let mut res = resources(1.0, 0, None);
+            res.set_cpu(None);
+            res.set_memory(None);
+            linux.set_resources(Some(res));
+            let mut ns = linux.namespaces().clone().unwrap_or_default();
+            let mut net = LinuxNamespace::default();
+            net.set_typ(LinuxNamespaceType::Network);
+            ns.push(net);
+            linux.set_namespaces(Some(ns));
+        }
+        self.create_record(&id, &spec.labels, &spec.image, (image_name, chain), &oci)
+            .await?;
+        let result = self.run_task_once(&id, &mut input, KEEP).await;
+        let _ = self.remove(&id, true).await;
+        result
     }
 
     fn events(&self, label: (&str, &str)) -> BoxStream<'static, Result<RuntimeEvent>> {
