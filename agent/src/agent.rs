@@ -2,10 +2,11 @@
 //! and the reconcile loop; answers the link's questions about this node.
 
 use crate::config::AgentConfig;
+use crate::config::RuntimeKind;
 use crate::link::{self, Lease, LinkConfig, NodeSource};
 use crate::metrics::{AgentCounters, Exporter, Sources};
 use crate::reconcile::{self, Shared, Statuses};
-use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::runtime::{Cni, ContainerRuntime, ContainerdOptions, ContainerdRuntime, DockerRuntime};
 use crate::state::LocalState;
 use crate::volume::VolumeManager;
 use mofang_common::proto::{DesiredState, Disk, HeartbeatRequest, RegisterRequest};
@@ -134,14 +135,48 @@ fn http_address(cfg: &AgentConfig) -> String {
     }
 }
 
-/// Connects to Docker, retrying with backoff until it answers or shutdown.
-async fn connect_runtime(shutdown: &CancellationToken) -> Option<DockerRuntime> {
+/// The containerd runtime's options from the config.
+fn containerd_options(cfg: &AgentConfig) -> ContainerdOptions {
+    let state_dir = cfg.containerd_state_dir();
+    ContainerdOptions {
+        socket: cfg.containerd.socket.clone(),
+        namespace: cfg.containerd.namespace.clone(),
+        snapshotter: cfg.containerd.snapshotter.clone(),
+        cni: Cni {
+            plugin_dir: cfg.containerd.cni_plugin_dir.clone(),
+            network: cfg.network.clone(),
+            bridge: cfg.containerd.bridge.clone(),
+            subnet: cfg.containerd.subnet.clone(),
+            data_dir: state_dir.join("cni"),
+        },
+        state_dir,
+    }
+}
+
+/// Connects to the configured runtime (Docker or containerd), retrying with backoff until it
+/// answers or shutdown: a missing socket or a daemon down is logged, never fatal.
+async fn connect_runtime(
+    cfg: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Option<Arc<dyn ContainerRuntime>> {
     let mut delay = Duration::from_millis(500);
+    let kind = cfg.runtime_kind().unwrap_or(RuntimeKind::Docker);
     loop {
-        match DockerRuntime::connect().await {
-            Ok(rt) => return Some(rt),
+        let connected: crate::runtime::Result<Arc<dyn ContainerRuntime>> = match kind {
+            RuntimeKind::Docker => DockerRuntime::connect()
+                .await
+                .map(|rt| Arc::new(rt) as Arc<dyn ContainerRuntime>),
+            RuntimeKind::Containerd => ContainerdRuntime::connect(containerd_options(cfg))
+                .await
+                .map(|rt| Arc::new(rt) as Arc<dyn ContainerRuntime>),
+        };
+        match connected {
+            Ok(rt) => {
+                info!(runtime = %cfg.runtime, "container runtime connected");
+                return Some(rt);
+            }
             Err(e) => {
-                warn!(error = %e, retry_in = ?delay, "container runtime unreachable");
+                warn!(runtime = %cfg.runtime, error = %e, retry_in = ?delay, "container runtime unreachable");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
@@ -169,10 +204,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     }
     let (desired_tx, desired_rx) = watch::channel(persisted);
 
-    let Some(runtime) = connect_runtime(&shutdown).await else {
+    let Some(runtime) = connect_runtime(&cfg, &shutdown).await else {
         return Ok(());
     };
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
     let shared = Shared::new(
         cfg.clone(),
         runtime,

@@ -47,7 +47,15 @@ pub struct AgentConfig {
     /// copy in `state_dir` after a reboot. Default `/run/mofang-agent`.
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
-    /// `host`, or the name of a Docker network members attach to. Default `host`.
+    /// The container runtime members run on: `docker` (Docker Engine at `DOCKER_HOST` or
+    /// `/var/run/docker.sock`) or `containerd` (settings in `[containerd]`). Default `docker`.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+    /// `[containerd]`: the containerd runtime's socket, namespace and CNI network.
+    #[serde(default)]
+    pub containerd: ContainerdConfig,
+    /// `host`, or the name of the network members attach to: a Docker network (runtime
+    /// `docker`) or the CNI bridge network the agent defines (runtime `containerd`). Default `host`.
     #[serde(default = "default_network")]
     pub network: String,
     /// Ports for members in host network mode, inclusive. Default `[33000, 33999]`.
@@ -121,6 +129,89 @@ pub struct AgentConfig {
     /// `[tls]`: how the agent proves its node and checks the scheduler (docs/security.md).
     #[serde(default)]
     pub tls: AgentTlsConfig,
+}
+
+/// Which container runtime runs the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Docker Engine.
+    Docker,
+    /// containerd, through its gRPC API.
+    Containerd,
+}
+
+/// `[containerd]`: used when `runtime = "containerd"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket. Default `/run/containerd/containerd.sock`.
+    #[serde(default = "default_containerd_socket")]
+    pub socket: PathBuf,
+    /// The containerd namespace of the agent's images and containers; `moby` (Docker Engine's)
+    /// is refused. Default `mofang`.
+    #[serde(default = "default_containerd_namespace")]
+    pub namespace: String,
+    /// Snapshotter of the members' root filesystems. Default `overlayfs`.
+    #[serde(default = "default_snapshotter")]
+    pub snapshotter: String,
+    /// Where the runtime keeps task logs, exec pipes and CNI address allocations.
+    /// Default `<state_dir>/containerd`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// CNI plugin binaries (Debian's `containernetworking-plugins`). Default `/usr/lib/cni`.
+    #[serde(default = "default_cni_plugin_dir")]
+    pub cni_plugin_dir: PathBuf,
+    /// The Linux bridge of the members' network (at most 15 characters). Default `mofang0`.
+    #[serde(default = "default_cni_bridge")]
+    pub bridge: String,
+    /// The subnet members get addresses from (IPv4 CIDR). Default `10.213.0.0/16`.
+    #[serde(default = "default_cni_subnet")]
+    pub subnet: String,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            socket: default_containerd_socket(),
+            namespace: default_containerd_namespace(),
+            snapshotter: default_snapshotter(),
+            state_dir: None,
+            cni_plugin_dir: default_cni_plugin_dir(),
+            bridge: default_cni_bridge(),
+            subnet: default_cni_subnet(),
+        }
+    }
+}
+
+fn default_runtime() -> String {
+    "docker".into()
+}
+fn default_containerd_socket() -> PathBuf {
+    PathBuf::from("/run/containerd/containerd.sock")
+}
+fn default_containerd_namespace() -> String {
+    "mofang".into()
+}
+fn default_snapshotter() -> String {
+    "overlayfs".into()
+}
+fn default_cni_plugin_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/cni")
+}
+fn default_cni_bridge() -> String {
+    "mofang0".into()
+}
+fn default_cni_subnet() -> String {
+    "10.213.0.0/16".into()
+}
+
+/// Whether `s` is an IPv4 CIDR (`a.b.c.d/n`, n in 8 ..= 30).
+fn is_ipv4_cidr(s: &str) -> bool {
+    let Some((ip, len)) = s.split_once('/') else {
+        return false;
+    };
+    ip.parse::<std::net::Ipv4Addr>().is_ok()
+        && len.parse::<u8>().is_ok_and(|n| (8..=30).contains(&n))
 }
 
 /// `[tls]`: the agent's side of mutual TLS with the scheduler.
@@ -379,8 +470,90 @@ impl AgentConfig {
                 "must be between 0 (the host's cores, at most 4) and 64",
             ));
         }
+        self.validate_runtime()?;
         // Last: a config with other mistakes names those first.
         self.validate_tls()
+    }
+
+    fn validate_runtime(&self) -> Result<()> {
+        if self.runtime_kind().is_none() {
+            return Err(invalid(
+                "runtime",
+                format!(
+                    "'{}' is not a runtime: `docker` or `containerd`",
+                    self.runtime
+                ),
+            ));
+        }
+        let c = &self.containerd;
+        if !c.socket.is_absolute() {
+            return Err(invalid("containerd.socket", "must be an absolute path"));
+        }
+        let ns_ok = !c.namespace.is_empty()
+            && c.namespace.len() <= 76
+            && c.namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ns_ok {
+            return Err(invalid(
+                "containerd.namespace",
+                "must be letters, digits, '-', '_' or '.' (at most 76)",
+            ));
+        }
+        if c.namespace == "moby" {
+            return Err(invalid(
+                "containerd.namespace",
+                "`moby` is Docker Engine's namespace: the agent never touches its containers",
+            ));
+        }
+        if c.snapshotter.is_empty() {
+            return Err(invalid("containerd.snapshotter", "must not be empty"));
+        }
+        if c.state_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(invalid("containerd.state_dir", "must be an absolute path"));
+        }
+        if !c.cni_plugin_dir.is_absolute() {
+            return Err(invalid(
+                "containerd.cni_plugin_dir",
+                "must be an absolute path",
+            ));
+        }
+        if c.bridge.is_empty()
+            || c.bridge.len() > 15
+            || !c
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid(
+                "containerd.bridge",
+                "must be an interface name: 1 to 15 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !is_ipv4_cidr(&c.subnet) {
+            return Err(invalid(
+                "containerd.subnet",
+                format!("'{}' is not an IPv4 CIDR such as 10.213.0.0/16", c.subnet),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The runtime chosen by `runtime`; None for a name that is not one.
+    pub fn runtime_kind(&self) -> Option<RuntimeKind> {
+        match self.runtime.as_str() {
+            "docker" => Some(RuntimeKind::Docker),
+            "containerd" => Some(RuntimeKind::Containerd),
+            _ => None,
+        }
+    }
+
+    /// The containerd runtime's directory: `containerd.state_dir`, or `<state_dir>/containerd`.
+    pub fn containerd_state_dir(&self) -> PathBuf {
+        self.containerd
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("containerd"))
     }
 
     fn validate_tls(&self) -> Result<()> {
@@ -504,6 +677,57 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("stop_grace_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_is_docker_unless_containerd_is_chosen_and_bad_fields_are_named() {
+        let base = "node = \"node-a\"\n[[disks]]\npath = \"/data/ssd0\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.runtime_kind(), Some(RuntimeKind::Docker));
+        assert_eq!(c.containerd.namespace, "mofang");
+        assert_eq!(
+            c.containerd.socket,
+            Path::new("/run/containerd/containerd.sock")
+        );
+        assert_eq!(
+            c.containerd_state_dir(),
+            Path::new("/var/lib/mofang/agent/containerd")
+        );
+        let c = parse(&format!(
+            "runtime = \"containerd\"\n{base}[containerd]\nsocket = \"/tmp/c.sock\"\nnamespace = \"db\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.runtime_kind(), Some(RuntimeKind::Containerd));
+        assert_eq!(c.containerd.namespace, "db");
+        for (text, field) in [
+            (format!("runtime = \"podman\"\n{base}"), "runtime"),
+            (
+                format!("{base}[containerd]\nnamespace = \"moby\"\n"),
+                "containerd.namespace",
+            ),
+            (
+                format!("{base}[containerd]\nnamespace = \"a/b\"\n"),
+                "containerd.namespace",
+            ),
+            (
+                format!("{base}[containerd]\nsocket = \"c.sock\"\n"),
+                "containerd.socket",
+            ),
+            (
+                format!("{base}[containerd]\nbridge = \"a-very-long-bridge-name\"\n"),
+                "containerd.bridge",
+            ),
+            (
+                format!("{base}[containerd]\nsubnet = \"10.0.0.0\"\n"),
+                "containerd.subnet",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid { field: f, .. } if f == field),
+                "{field}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
+pub mod agent_scenarios;
 pub mod cluster;
+pub mod containerd;
 pub mod coord;
 pub mod fake_scheduler;
 pub mod faults;

@@ -64,12 +64,25 @@ impl Env {
         timings: &Timings,
         disk_mib: u64,
     ) -> Result<Env> {
+        let extras = vec![agent_extra.to_owned(); nodes];
+        Self::start_each_with(sched_extra, &extras, timings, disk_mib).await
+    }
+
+    /// One agent per entry of `agent_extras` (zones a, b, c, ...), each config also holding its
+    /// entry: hosts that differ, e.g. one on Docker and two on containerd.
+    pub async fn start_each_with(
+        sched_extra: &str,
+        agent_extras: &[String],
+        timings: &Timings,
+        disk_mib: u64,
+    ) -> Result<Env> {
+        let nodes = agent_extras.len();
         let _ = docker().await;
         let net = TestNetwork::create(&unique_name("net"))?;
         let sched = SchedulerProcess::start_timed(sched_extra, timings)?;
         let mut agents = Vec::new();
         let mut links = Vec::new();
-        for z in ["a", "b", "c", "d", "e"].iter().take(nodes) {
+        for (z, agent_extra) in ["a", "b", "c", "d", "e"].iter().zip(agent_extras) {
             let link = Link::start(&sched.grpc).await?;
             let extra = format!(
                 "labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048\n{agent_extra}"

@@ -1,8 +1,13 @@
 //! The container runtime seam: what the agent needs from Docker (or containerd), and nothing
-//! of either leaks through it. `DockerRuntime` is the implementation on bollard.
+//! of either leaks through it. `DockerRuntime` is the implementation on bollard,
+//! `ContainerdRuntime` the one on containerd's gRPC API (members networked through CNI).
 
+mod cni;
+mod containerd;
 mod docker;
 
+pub use cni::Cni;
+pub use containerd::{normalize_image, ContainerdOptions, ContainerdRuntime};
 pub use docker::DockerRuntime;
 
 use async_trait::async_trait;
@@ -21,7 +26,10 @@ pub enum Error {
     #[error("container {0} not found")]
     NotFound(String),
     /// The image is not present locally (no registry is assumed).
-    #[error("image {0} not present: build it with packaging/images/build")]
+    #[error(
+        "image {0} not present: build it with packaging/images/build \
+         (on containerd, import it with packaging/images/containerd-import)"
+    )]
     ImageMissing(String),
     /// The runtime refused or failed a call.
     #[error("container runtime: {0}")]
