@@ -320,6 +320,28 @@ fn html(status: StatusCode, m: Markup) -> Response {
         .into_response()
 }
 
+/// Carries out an action on an instance through the API: on success, to `done`; refused by
+/// the API (but for an expired token), the instance page again with the API's reason.
+async fn instance_action(
+    c: &Console,
+    v: &Visit,
+    name: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    done: &str,
+) -> Response {
+    match c.call(v, method, path, body).await {
+        Ok(_) => Redirect::to(done).into_response(),
+        Err(Error::Api {
+            status, message, ..
+        }) if status != StatusCode::UNAUTHORIZED => {
+            render_instance(c, v, name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(c, v, &e),
+    }
+}
+
 /// An error page for a failed API call; a token no longer accepted signs the session out.
 fn failed(c: &Console, v: &Visit, e: &Error) -> Response {
     match e {
@@ -597,15 +619,16 @@ async fn create_backup(
     }
     let body = serde_json::json!({ "repo": form.get("repo").map_or("", |r| r.trim()) });
     let path = format!("/v1/instances/{name}/backups");
-    match c.call(&v, Method::POST, &path, Some(body)).await {
-        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=backup")).into_response(),
-        Err(Error::Api {
-            status, message, ..
-        }) if status != StatusCode::UNAUTHORIZED => {
-            render_instance(&c, &v, &name, status, None, Some(&message)).await
-        }
-        Err(e) => failed(&c, &v, &e),
-    }
+    instance_action(
+        &c,
+        &v,
+        &name,
+        Method::POST,
+        &path,
+        Some(body),
+        &format!("/ui/instances/{name}?done=backup"),
+    )
+    .await
 }
 
 async fn render_create(
@@ -782,15 +805,16 @@ async fn switchover(
         None => serde_json::json!({}),
     };
     let path = format!("/v1/instances/{name}/switchover");
-    match c.call(&v, Method::POST, &path, Some(body)).await {
-        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=switchover")).into_response(),
-        Err(Error::Api {
-            status, message, ..
-        }) if status != StatusCode::UNAUTHORIZED => {
-            render_instance(&c, &v, &name, status, None, Some(&message)).await
-        }
-        Err(e) => failed(&c, &v, &e),
-    }
+    instance_action(
+        &c,
+        &v,
+        &name,
+        Method::POST,
+        &path,
+        Some(body),
+        &format!("/ui/instances/{name}?done=switchover"),
+    )
+    .await
 }
 
 /// Shows an instance's credentials to an admin, once: the API decides (403 for anyone
@@ -871,15 +895,16 @@ async fn delete(
         .await;
     }
     let path = format!("/v1/instances/{name}");
-    match c.call(&v, Method::DELETE, &path, None).await {
-        Ok(_) => Redirect::to("/ui/instances?done=deleted").into_response(),
-        Err(Error::Api {
-            status, message, ..
-        }) if status != StatusCode::UNAUTHORIZED => {
-            render_instance(&c, &v, &name, status, None, Some(&message)).await
-        }
-        Err(e) => failed(&c, &v, &e),
-    }
+    instance_action(
+        &c,
+        &v,
+        &name,
+        Method::DELETE,
+        &path,
+        None,
+        "/ui/instances?done=deleted",
+    )
+    .await
 }
 
 async fn nodes_page(
@@ -1040,18 +1065,9 @@ async fn start_operation(
         return not_found(&v);
     }
     let path = format!("/v1/instances/{name}/operations");
-    match c
-        .call(&v, Method::POST, &path, Some(views::operation_body(&form)))
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=operation")).into_response(),
-        Err(Error::Api {
-            status, message, ..
-        }) if status != StatusCode::UNAUTHORIZED => {
-            render_instance(&c, &v, &name, status, None, Some(&message)).await
-        }
-        Err(e) => failed(&c, &v, &e),
-    }
+    let body = views::operation_body(&form);
+    let done = format!("/ui/instances/{name}?done=operation");
+    instance_action(&c, &v, &name, Method::POST, &path, Some(body), &done).await
 }
 
 async fn cancel_operation(
