@@ -192,7 +192,7 @@ async fn connect_runtime(
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let state = LocalState::open(&cfg.state_dir, &cfg.key_file(), &cfg.run_dir)?;
     let volumes = Arc::new(VolumeManager::open(cfg.disks.clone())?);
-    let lease = Lease::new(cfg.lease_ttl());
+    let lease = Lease::with_fence_budget(cfg.lease_ttl(), cfg.fence_budget());
     // Serve the last desired state we saw while the scheduler is away.
     let persisted = state.load_desired()?;
     if let Some(d) = &persisted {

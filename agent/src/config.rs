@@ -79,6 +79,11 @@ pub struct AgentConfig {
     /// Without an acknowledged heartbeat for this long, primaries are fenced. Default 10000.
     #[serde(default = "default_lease_ms")]
     pub lease_ttl_ms: u64,
+    /// A primary stops writes (is fenced) this long before its lease runs out, and is killed
+    /// if the fence has not finished when the lease runs out (decision 145). Must be below
+    /// `lease_ttl_ms`. Default: three tenths of the lease (3000 of the default 10000).
+    #[serde(default)]
+    pub fence_budget_ms: Option<u64>,
     /// Image per `engine:version`, e.g. `"mariadb:10.11" = "mofang/mariadb:10.11"`.
     /// Default: `mofang/<engine>:<version>` (built by packaging/images/build).
     #[serde(default)]
@@ -429,6 +434,9 @@ impl AgentConfig {
                 "must be > 0 and below lease_ttl_ms",
             ));
         }
+        if self.fence_budget_ms.is_some_and(|b| b >= self.lease_ttl_ms) {
+            return Err(invalid("fence_budget_ms", "must be below lease_ttl_ms"));
+        }
         if let Some(cpu) = self.cpu {
             if !(cpu.is_finite() && cpu > 0.0) {
                 return Err(invalid("cpu", "must be a positive number of cores"));
@@ -638,6 +646,14 @@ impl AgentConfig {
         Duration::from_millis(self.lease_ttl_ms)
     }
 
+    /// How long before the lease runs out a primary stops writes.
+    pub fn fence_budget(&self) -> Duration {
+        self.fence_budget_ms.map_or_else(
+            || crate::link::default_fence_budget(self.lease_ttl()),
+            Duration::from_millis,
+        )
+    }
+
     /// Per-member deadline of a database metrics collection.
     pub fn metrics_timeout(&self) -> Duration {
         Duration::from_millis(self.metrics_timeout_ms)
@@ -745,6 +761,27 @@ mod tests {
         assert_eq!(c.network_mode(), NetworkMode::Host);
         assert_eq!(c.image("mariadb", "10.11"), "mofang/mariadb:10.11");
         assert_eq!(c.lease_ttl(), Duration::from_secs(10));
+        assert_eq!(c.fence_budget(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_fence_budget_is_set_below_the_lease() {
+        let base = "node = \"a\"\n[[disks]]\npath = \"/d\"\n[tls]\nca_file = \"/ca.pem\"\n";
+        let c = parse(&format!(
+            "lease_ttl_ms = 2000\nfence_budget_ms = 500\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(c.fence_budget(), Duration::from_millis(500));
+        let c = parse(&format!("lease_ttl_ms = 2000\n{base}")).unwrap();
+        assert_eq!(c.fence_budget(), Duration::from_millis(600));
+        let e = parse(&format!(
+            "lease_ttl_ms = 2000\nfence_budget_ms = 2000\n{base}"
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "fence_budget_ms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn replica_answer(a: &Assignment, s: &MemberStatus, max_lag: i64) -> Answer 
 
 async fn primary(State(c): State<Arc<RoleChecks>>, Path(member): Path<String>) -> Answer {
     match c.lookup(&member) {
-        Ok((a, s)) => primary_answer(&a, &s, c.lease.valid()),
+        Ok((a, s)) => primary_answer(&a, &s, c.lease.writable()),
         Err(e) => e,
     }
 }

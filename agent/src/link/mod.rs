@@ -177,6 +177,12 @@ impl LinkConfig {
     }
 }
 
+/// The fence budget when none is configured: three tenths of the lease (3 s of the default
+/// 10 s; 600 ms of the test suite's 2 s).
+pub fn default_fence_budget(ttl: Duration) -> Duration {
+    ttl * 3 / 10
+}
+
 /// Shared lease: the time of the last heartbeat the scheduler acknowledged.
 #[derive(Clone, Debug)]
 pub struct Lease {
@@ -186,18 +192,47 @@ pub struct Lease {
 #[derive(Debug)]
 struct LeaseInner {
     ttl: Duration,
+    fence_budget: Duration,
     last_ack: Mutex<Option<Instant>>,
 }
 
 impl Lease {
-    /// A lease that is not valid until the first [`renew`](Self::renew).
+    /// A lease that is not valid until the first [`renew`](Self::renew), whose primaries
+    /// stop writes [`default_fence_budget`] before it runs out.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_fence_budget(ttl, default_fence_budget(ttl))
+    }
+
+    /// A lease whose primaries stop writes `fence_budget` before it runs out (decision 145):
+    /// a fence is a call to a server that may be starved, and the scheduler may open another
+    /// primary as soon as the lease has run out.
+    pub fn with_fence_budget(ttl: Duration, fence_budget: Duration) -> Self {
         Self {
             inner: Arc::new(LeaseInner {
                 ttl,
+                fence_budget: fence_budget.min(ttl),
                 last_ack: Mutex::new(None),
             }),
         }
+    }
+
+    /// True while a primary may take writes: the lease holds for longer than the fence
+    /// budget. Once false, the primary is fenced, and killed if the fence has not finished
+    /// when the lease runs out.
+    pub fn writable(&self) -> bool {
+        self.writable_for().is_some()
+    }
+
+    /// How long a primary may still take writes: None when it may not now.
+    pub fn writable_for(&self) -> Option<Duration> {
+        self.remaining()?
+            .checked_sub(self.inner.fence_budget)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// How long before the lease runs out a primary stops writes.
+    pub fn fence_budget(&self) -> Duration {
+        self.inner.fence_budget
     }
 
     /// True while the last acknowledged heartbeat is younger than the ttl. False before the first ack.
@@ -744,6 +779,28 @@ mod tests {
         assert!(lease.valid_at(at + ttl - Duration::from_millis(1)));
         assert!(!lease.valid_at(at + ttl));
         assert!(!lease.valid_at(at + ttl + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_primary_stops_writes_a_fence_budget_before_the_lease_runs_out() {
+        let lease = Lease::with_fence_budget(Duration::from_secs(10), Duration::from_secs(3));
+        assert!(!lease.writable());
+        let now = Instant::now();
+        lease.renew_at(now);
+        let left = lease.writable_for().expect("writable");
+        assert!(
+            left <= Duration::from_secs(7) && left > Duration::from_secs(6),
+            "{left:?}"
+        );
+        // Six tenths of the way through a 1 s lease with a 300 ms budget: valid, not writable.
+        let short = Lease::with_fence_budget(Duration::from_secs(1), Duration::from_millis(300));
+        short.renew_at(now - Duration::from_millis(750));
+        assert!(short.valid() && !short.writable());
+        // The budget never exceeds the lease; the default is three tenths of it.
+        let odd = Lease::with_fence_budget(Duration::from_secs(1), Duration::from_secs(5));
+        assert_eq!(odd.fence_budget(), Duration::from_secs(1));
+        let dflt = Lease::new(Duration::from_secs(10));
+        assert_eq!(dflt.fence_budget(), Duration::from_secs(3));
     }
 
     #[test]

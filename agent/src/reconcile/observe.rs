@@ -105,7 +105,11 @@ pub(super) fn report(
         },
     };
     sh.set_status(s);
-    Action::Requeue(decide::next_look(m.role, st.fenced, sh.lease.remaining()))
+    Action::Requeue(decide::next_look(
+        m.role,
+        st.fenced,
+        sh.lease.writable_for(),
+    ))
 }
 
 /// True when a replica observed following `following` (`host:port`) follows `primary`.
