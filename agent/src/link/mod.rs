@@ -175,6 +175,12 @@ impl LinkConfig {
     fn heartbeat_timeout(&self) -> Duration {
         (self.interval().saturating_mul(3) / 2).max(self.lease_ttl / 4)
     }
+
+    /// One scheduler endpoint and no Consul to find others: a slow link is never traded for
+    /// another ([`keep_link_after_miss`]).
+    fn sole_endpoint(&self) -> bool {
+        self.schedulers.len() == 1 && self.consul.is_none()
+    }
 }
 
 /// The fence budget when none is configured: three tenths of the lease (3 s of the default
@@ -631,7 +637,11 @@ async fn heartbeats(
             // re-watch, more work for a scheduler that is already late. The lease is not
             // renewed by a missed answer, so safety does not depend on this.
             Err(e @ Error::Timeout { .. })
-                if keep_link_after_miss(lease.last_ack().map(|t| t.elapsed()), lease.ttl()) =>
+                if keep_link_after_miss(
+                    lease.last_ack().map(|t| t.elapsed()),
+                    lease.ttl(),
+                    cfg.sole_endpoint(),
+                ) =>
             {
                 debug!(error = %e, "heartbeat not answered in time; trying again on this link");
                 delta.missed();
@@ -670,9 +680,13 @@ fn next_seq() -> u64 {
 
 /// After a heartbeat that got no answer in time: keep the link while the last acknowledged
 /// heartbeat is younger than half the lease; after that, another scheduler endpoint gets the
-/// other half. A link with no acknowledgement yet is given up at once.
-fn keep_link_after_miss(since_last_ack: Option<Duration>, lease_ttl: Duration) -> bool {
-    since_last_ack.is_some_and(|d| d < lease_ttl / 2)
+/// other half. With one endpoint and nothing to discover others there is no other to try: the
+/// link is kept once it has had an acknowledgement (HTTP/2 keep-alive ends a connection to a
+/// scheduler that vanished). Re-registering over a new TLS connection took 2 to 3 s on a
+/// saturated machine, the whole of a 2 s lease (`scripts/stress-failover`, session 14).
+/// A link with no acknowledgement yet is given up at once.
+fn keep_link_after_miss(since_last_ack: Option<Duration>, lease_ttl: Duration, sole: bool) -> bool {
+    since_last_ack.is_some_and(|d| sole || d < lease_ttl / 2)
 }
 
 /// Follows `WatchAssignments`, publishing each desired state that is not older than the current one.
@@ -874,10 +888,38 @@ mod tests {
     #[test]
     fn a_slow_scheduler_keeps_its_link_for_half_the_lease() {
         let ttl = Duration::from_secs(10);
-        assert!(keep_link_after_miss(Some(Duration::from_secs(1)), ttl));
-        assert!(keep_link_after_miss(Some(Duration::from_millis(4999)), ttl));
-        assert!(!keep_link_after_miss(Some(Duration::from_secs(5)), ttl));
-        assert!(!keep_link_after_miss(None, ttl));
+        assert!(keep_link_after_miss(
+            Some(Duration::from_secs(1)),
+            ttl,
+            false
+        ));
+        assert!(keep_link_after_miss(
+            Some(Duration::from_millis(4999)),
+            ttl,
+            false
+        ));
+        assert!(!keep_link_after_miss(
+            Some(Duration::from_secs(5)),
+            ttl,
+            false
+        ));
+        assert!(!keep_link_after_miss(None, ttl, false));
+        // The sole endpoint: kept however late, once it has answered at all.
+        assert!(keep_link_after_miss(
+            Some(Duration::from_secs(60)),
+            ttl,
+            true
+        ));
+        assert!(!keep_link_after_miss(None, ttl, true));
+        let one = LinkConfig::new("n1", vec!["https://s:9090".into()]);
+        assert!(one.sole_endpoint());
+        let two = LinkConfig::new("n1", vec!["https://s:9090".into(), "https://t:9090".into()]);
+        assert!(!two.sole_endpoint());
+        let found = LinkConfig {
+            consul: Some("127.0.0.1:8500".into()),
+            ..one
+        };
+        assert!(!found.sole_endpoint());
     }
 
     #[test]

@@ -389,42 +389,23 @@ pub(super) async fn kill_if_deposed(
     failed_checks: u32,
     memo: &mut WorkerMemo,
 ) -> Result<bool> {
-    let lease_gone = m.sh.lease.remaining().is_none();
-    let why = if decide::kill_deposed(m.role, m.a.epoch, st, failed_checks) {
-        warn!(
-            member = m.name(),
-            epoch = m.a.epoch,
-            failed_checks,
-            "deposed primary does not answer: killed, so its clients are cut at once and it \
-             can acknowledge nothing when it wakes; it restarts as a replica"
-        );
-        "deposed primary"
-    } else if decide::kill_unfenced(
-        m.role,
-        m.a.epoch,
-        st,
-        replicas_of(m.a),
-        lease_gone,
-        failed_checks,
-    ) {
-        warn!(
-            member = m.name(),
-            epoch = m.a.epoch,
-            failed_checks,
-            "the scheduler's lease ran out and the primary does not answer, so it cannot be \
-             fenced: killed, so it can acknowledge nothing when it wakes; it restarts read-only"
-        );
-        "unfenced primary past its lease"
-    } else {
+    if !decide::kill_deposed(m.role, m.a.epoch, st, failed_checks) {
         return Ok(false);
-    };
+    }
+    warn!(
+        member = m.name(),
+        epoch = m.a.epoch,
+        failed_checks,
+        "deposed primary does not answer: killed, so its clients are cut at once and it can \
+         acknowledge nothing when it wakes; it restarts as a replica"
+    );
     m.sh.runtime.kill(&container.id, "KILL").await?;
     memo.killed_deposed = Some(container.id.clone());
     // Reported at once: the new primary opens only once this one is known dead (decision
     // 119), and Docker answers a kill once the process is gone.
     if let Ok(c) = m.sh.runtime.inspect(&container.id).await {
         let mut s = status_keeping_last(m.sh, m.a, st, &c);
-        s.reason = format!("{why} killed after {failed_checks} failed checks");
+        s.reason = format!("deposed primary killed after {failed_checks} failed checks");
         m.sh.set_status(s);
     }
     Ok(true)

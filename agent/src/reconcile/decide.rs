@@ -137,29 +137,6 @@ pub fn kill_deposed(role: &DesiredRole, epoch: u64, st: &MemberState, failed_che
         && failed_checks >= DEPOSED_SILENT_CHECKS
 }
 
-/// A primary open at this epoch whose lease has run out while it is neither fenced nor
-/// answering is killed (decision 145): the scheduler may open another member now, a server
-/// that does not answer cannot be fenced, and one that wakes later could acknowledge a write.
-/// Only with replicas (a lone primary has nobody promoted in its place: killing it would only
-/// take it down), and once: killed, it is held ([`newly_held`]) and restarts read-only.
-pub fn kill_unfenced(
-    role: &DesiredRole,
-    epoch: u64,
-    st: &MemberState,
-    replicas: u32,
-    lease_gone: bool,
-    failed_checks: u32,
-) -> bool {
-    role.role() == Role::Primary
-        && lease_gone
-        && replicas > 0
-        && failed_checks >= 1
-        && !st.fenced
-        && st.held_at_epoch.is_none()
-        && st.applied_role == Role::Primary.as_str()
-        && st.applied_epoch == epoch
-}
-
 /// Decides about a container that is not running, once [`newly_held`] is recorded in `st`.
 /// A held primary stays down while the scheduler can decide (`lease_valid`); without one
 /// nobody can, so it is restarted, and the role step keeps it read-only until a newer epoch.
@@ -661,51 +638,6 @@ mod tests {
         assert!(
             !kill_deposed(&replica, 4, &was("primary", 4), n + 5),
             "the role step already ran"
-        );
-    }
-
-    /// Decision 145: a primary cut off from the scheduler that cannot be fenced is killed
-    /// once its lease is gone, and only then.
-    #[test]
-    fn an_unanswering_primary_past_its_lease_is_killed_once() {
-        let open = state(3, "primary");
-        assert!(kill_unfenced(&primary(), 3, &open, 2, true, 1));
-        assert!(
-            !kill_unfenced(&primary(), 3, &open, 2, false, 5),
-            "lease holds"
-        );
-        assert!(
-            !kill_unfenced(&primary(), 3, &open, 2, true, 0),
-            "it answers"
-        );
-        assert!(
-            !kill_unfenced(&primary(), 3, &open, 0, true, 5),
-            "nobody to promote"
-        );
-        let fenced = MemberState {
-            fenced: true,
-            ..open.clone()
-        };
-        assert!(
-            !kill_unfenced(&primary(), 3, &fenced, 2, true, 5),
-            "fenced already"
-        );
-        let held = MemberState {
-            held_at_epoch: Some(3),
-            ..open.clone()
-        };
-        assert!(
-            !kill_unfenced(&primary(), 3, &held, 2, true, 5),
-            "killed once already"
-        );
-        let replica = DesiredRole::Replica { primary: None };
-        assert!(
-            !kill_unfenced(&replica, 3, &open, 2, true, 5),
-            "deposed: kill_deposed's"
-        );
-        assert!(
-            !kill_unfenced(&primary(), 4, &open, 2, true, 5),
-            "not open at this epoch yet"
         );
     }
 }

@@ -209,8 +209,6 @@ pub struct FakeDb {
     pub starts_early: bool,
     /// Server parameters as it runs them (`set_parameter` changes them).
     pub parameters: BTreeMap<String, String>,
-    /// A fence never answers (a server starved of CPU).
-    pub fence_hangs: bool,
 }
 
 impl Default for FakeDb {
@@ -230,7 +228,6 @@ impl Default for FakeDb {
             paused: false,
             starts_early: false,
             parameters: BTreeMap::new(),
-            fence_hangs: false,
         }
     }
 }
@@ -361,9 +358,6 @@ impl Engine for FakeEngine {
 
     async fn fence(&self, _at: &Target, _s: &Secrets) -> engine::Result<()> {
         self.record("fence".into());
-        if lock(&self.0).fence_hangs {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
         let mut db = lock(&self.0);
         db.read_only = true;
         db.paused = db.kind == EngineKind::Redis;
@@ -474,14 +468,6 @@ impl Rig {
             .await
             .expect("reconcile");
         self.status()
-    }
-
-    /// One whole pass that fails; the error.
-    pub async fn failing_pass(&mut self, a: &Assignment) -> super::Error {
-        match reconcile_member(&self.sh, a, &mut self.memo).await {
-            Ok(action) => panic!("the pass succeeded: {action:?}"),
-            Err(e) => e,
-        }
     }
 
     /// The member's status as the heartbeat would carry it.

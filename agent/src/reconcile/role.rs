@@ -10,7 +10,6 @@ use super::{replicas_of, Error, Member, Result, Shared};
 use crate::engine::{Engine, ObservedRole, Secrets, Target};
 use crate::state::MemberState;
 use mofang_common::proto::Assignment;
-use std::time::Duration;
 use tracing::{info, warn};
 
 /// Step 5: applies the assignment's role unless the member waits for its primary's address
@@ -96,53 +95,6 @@ fn seed_donor(a: &Assignment) -> Option<Target> {
     Target::parse(&a.seed_from).ok()
 }
 
-/// The least time a fence is given once the lease has run out, before the container is
-/// killed: a pass that comes late still tries the fence first.
-const FENCE_AFTER_LEASE: Duration = Duration::from_millis(250);
-
-/// Fences a primary whose lease is running out, by the time the lease runs out; a fence that
-/// has not finished by then (a server starved of CPU, hung or frozen) is followed by a kill
-/// of its container when the instance has replicas, one of which may be opened once the
-/// scheduler counts the lease gone (decision 145). A lone primary is only fenced: nobody else
-/// can be promoted, and killing it would only take it down. The same rule for a primary that
-/// does not even answer its ping is [`decide::kill_unfenced`].
-async fn fence_within_lease(
-    sh: &Shared,
-    a: &Assignment,
-    engine: &dyn Engine,
-    (at, container): (&Target, &str),
-    secrets: &Secrets,
-    st: &MemberState,
-) -> Result<()> {
-    let why = loop {
-        let left = sh.lease.remaining();
-        let budget = left.unwrap_or(FENCE_AFTER_LEASE);
-        let why = match tokio::time::timeout(budget, engine.fence(at, secrets)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", budget.as_millis()),
-        };
-        if left.is_none() || sh.lease.remaining().is_none() {
-            break why;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Killed once already (held) and restarted read-only: fenced again next pass, not killed.
-    if replicas_of(a) == 0 || st.held_at_epoch.is_some() {
-        return Err(Error::Fence(why));
-    }
-    warn!(
-        member = %a.member,
-        epoch = a.epoch,
-        error = %why,
-        "the fence did not finish within the lease: killing the primary"
-    );
-    sh.runtime.kill(container, "KILL").await?;
-    Err(Error::Fence(format!(
-        "{why}; killed: the lease ran out before the fence finished"
-    )))
-}
-
 /// Carries out the role step [`decide::role_step`] chose.
 async fn carry_out(
     sh: &Shared,
@@ -213,18 +165,19 @@ async fn carry_out(
         // The new primary of a failover while the old one may still acknowledge a write:
         // nothing (it keeps replicating from the old primary) until the hold is lifted.
         RoleStep::Wait | RoleStep::HoldOpen | RoleStep::Ignore => {}
-        RoleStep::FenceLeaseLost if st.fenced => engine.fence(at, secrets).await?,
         RoleStep::FenceLeaseLost => {
             // Cut off from the scheduler for lease_ttl less the fence budget: another member
             // may be promoted elsewhere once the lease has run out, so this primary stops
-            // taking writes before then, or is killed (decision 145).
-            warn!(
-                member = %a.member,
-                epoch = a.epoch,
-                left_ms = sh.lease.remaining().map_or(0, |d| d.as_millis()),
-                "scheduler lease running out: fencing primary"
-            );
-            fence_within_lease(sh, a, engine, (at, container), secrets, st).await?;
+            // taking writes a budget before then (decision 145).
+            if !st.fenced {
+                warn!(
+                    member = %a.member,
+                    epoch = a.epoch,
+                    left_ms = sh.lease.remaining().map_or(0, |d| d.as_millis()),
+                    "scheduler lease running out: fencing primary"
+                );
+            }
+            engine.fence(at, secrets).await?;
             st.fenced = true;
         }
         RoleStep::FenceHeld => {
