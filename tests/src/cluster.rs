@@ -145,20 +145,27 @@ pub struct Timings {
     pub node_ttl_ms: u64,
     /// The agents' `lease_ttl_ms`.
     pub lease_ttl_ms: u64,
+    /// The agents' `fence_budget_ms`: primaries fence this long before the lease runs out.
+    pub fence_budget_ms: u64,
 }
 
 impl Timings {
-    /// What the tests use: heartbeats every 200 ms, node_ttl 1.5 s, lease 2 s.
+    /// What the tests use: heartbeats every 200 ms, node_ttl 1.5 s, lease 2.5 s of which the
+    /// last 0.5 s is the fence budget, so primaries fence after 2 s without an acknowledged
+    /// heartbeat (decision 145).
     pub const FAST: Timings = Timings {
         heartbeat_interval_ms: 200,
         node_ttl_ms: 1500,
-        lease_ttl_ms: 2000,
+        lease_ttl_ms: 2500,
+        fence_budget_ms: 500,
     };
-    /// The daemons' defaults: heartbeats every second, node_ttl 5 s, lease 10 s.
+    /// The daemons' defaults: heartbeats every second, node_ttl 5 s, lease 10 s, fence budget
+    /// 3 s.
     pub const PRODUCTION: Timings = Timings {
         heartbeat_interval_ms: 1000,
         node_ttl_ms: 5000,
         lease_ttl_ms: 10_000,
+        fence_budget_ms: 3000,
     };
 }
 
@@ -249,13 +256,14 @@ impl AgentProcess {
         let cfg = format!(
             "node = \"{node}\"\nschedulers = [\"{scheduler}\"]\nnetwork = \"{network}\"\n\
              state_dir = \"{state}\"\nrun_dir = \"{run}\"\nheartbeat_interval_ms = {hb}\nlease_ttl_ms = {lease}\n\
-             stop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n{tls}\n\
+             fence_budget_ms = {budget}\nstop_grace_ms = 5000\nhttp_listen = \"127.0.0.1:{http_port}\"\n{extra}\n{tls}\n\
              [[disks]]\npath = \"{disk}\"\nclass = \"ssd\"\ncapacity_mib = {disk_mib}\n",
             state = dir.path().join("state").display(),
             run = dir.path().join("run").display(),
             disk = dir.path().join("disk0").display(),
             hb = timings.heartbeat_interval_ms,
             lease = timings.lease_ttl_ms,
+            budget = timings.fence_budget_ms,
         );
         std::fs::write(dir.path().join("agent.toml"), cfg)?;
         let mut a = AgentProcess {

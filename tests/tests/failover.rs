@@ -285,7 +285,7 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     let fenced_after = fenced_after.context("the old primary was never seen read-only")?;
     assert!(
         fenced_after < Duration::from_millis(2000 + 2500),
-        "old primary read-only within lease_ttl (2 s) plus one check: took {fenced_after:?}"
+        "old primary read-only within lease_ttl less the fence budget (2 s) plus one check: took {fenced_after:?}"
     );
 
     let acked = writer.acked();
@@ -552,7 +552,7 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
     let pw = env.app_password(&name).await?;
     let primary = Env::primary_member(&inst)?;
     // The 100 rows, written again until all are in: on a saturated machine the primary's
-    // agent may miss the suite's 2 s lease and fence it for a moment, closing the connection.
+    // agent may miss the suite's lease and fence it for a moment, closing the connection.
     eventually("100 rows written", Duration::from_secs(60), || async {
         use mysql_async::prelude::Queryable;
         let mut c =
