@@ -1,9 +1,10 @@
 //! MariaDB 10.11 adapter: my.cnf, least-privilege accounts, GTID + semi-sync replication,
 //! read_only fencing. Talks to the server with mysql_async as `mofang_admin`.
 
+use super::kept::{on_kept, Sessions};
 use super::{
-    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result,
-    Secrets, Target,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Probe,
+    Result, Secrets, Target,
 };
 use async_trait::async_trait;
 use mofang_common::rotation::Account;
@@ -11,6 +12,7 @@ use mofang_common::EngineKind;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row};
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// The MariaDB adapter.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,9 @@ async fn connect(at: &Target, secrets: &Secrets) -> Result<Conn> {
         .ssl_opts(at.tls.as_ref().map(ssl_opts));
     Conn::new(opts).await.map_err(|e| err(at, e))
 }
+
+/// The kept admin sessions to MariaDB servers (`kept.rs`).
+static KEPT: LazyLock<Sessions<Conn>> = LazyLock::new(Sessions::default);
 
 /// TLS to a member: only the cluster CA is trusted (no bundled public roots) and the
 /// certificate must name the member (`ClientTls::server_name`), whatever address is dialed.
@@ -206,6 +211,45 @@ fn replication_state(t: &Threads<'_>) -> (bool, Option<String>) {
     (false, Some(why.join("; ")))
 }
 
+/// [`replication_state`] of a `SHOW SLAVE STATUS` row.
+fn replication_of(row: &Row) -> (bool, Option<String>) {
+    let col = |c| get_str(row, c).unwrap_or_default();
+    let errno = |c| get_str(row, c).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (io, sql, io_error, sql_error) = (
+        col("Slave_IO_Running"),
+        col("Slave_SQL_Running"),
+        col("Last_IO_Error"),
+        col("Last_SQL_Error"),
+    );
+    replication_state(&Threads {
+        io: &io,
+        sql: &sql,
+        io_errno: errno("Last_IO_Errno"),
+        io_error: &io_error,
+        sql_errno: errno("Last_SQL_Errno"),
+        sql_error: &sql_error,
+    })
+}
+
+/// The primary a `SHOW SLAVE STATUS` row follows, `host:port`.
+fn following_of(row: &Row) -> String {
+    let host = get_str(row, "Master_Host").unwrap_or_default();
+    let port = get_str(row, "Master_Port").unwrap_or_default();
+    format!("{host}:{port}")
+}
+
+/// The probe's reading of the `SHOW SLAVE STATUS` row (none: not a replica), the same as
+/// `observe` makes of it.
+fn probe_of(row: Option<&Row>) -> Probe {
+    match row {
+        Some(row) => Probe {
+            replicating: replication_of(row).0,
+            following: Some(following_of(row)),
+        },
+        None => Probe::default(),
+    }
+}
+
 fn get_str(row: &Row, col: &str) -> Option<String> {
     row.get_opt::<Option<String>, _>(col)
         .and_then(|r| r.ok())
@@ -213,6 +257,77 @@ fn get_str(row: &Row, col: &str) -> Option<String> {
 }
 
 impl MariaDb {
+    /// What `observe` reads: position and read_only, the semi-sync status, the replica row.
+    async fn observe_on(
+        c: &mut Conn,
+        at: &Target,
+    ) -> Result<(String, u8, Option<(String, String)>, Option<Row>)> {
+        let (pos, ro): (String, u8) = c
+            .query_first("SELECT @@GLOBAL.gtid_current_pos, @@GLOBAL.read_only")
+            .await
+            .map_err(|e| err(at, e))?
+            .ok_or_else(|| err(at, "no row for gtid_current_pos"))?;
+        let semi: Option<(String, String)> = c
+            .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
+            .await
+            .map_err(|e| err(at, e))?;
+        let slave = Self::slave_status(c, at).await?;
+        Ok((pos, ro, semi, slave))
+    }
+
+    /// `replicate_from` on a session.
+    async fn replicate_on(c: &mut Conn, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
+        let mut steps = Steps::new();
+        c.query_drop("SET GLOBAL read_only = ON")
+            .await
+            .map_err(|e| err(at, e))?;
+        // A replica never waits for semi-sync acks itself.
+        c.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+            .await
+            .map_err(|e| err(at, e))?;
+        if let Some(row) = Self::slave_status(c, at).await? {
+            let ssl = get_str(&row, "Master_SSL_Allowed").as_deref() == Some("Yes");
+            let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
+                && get_str(&row, "Master_Port") == Some(primary.port.to_string())
+                && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos")
+                && ssl == primary.tls.is_some();
+            if same {
+                // Already pointed right; restart only stopped threads (after a crash).
+                if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
+                    || get_str(&row, "Slave_SQL_Running").as_deref() != Some("Yes")
+                {
+                    // An SQL error (diverged data) stays visible: START SLAVE is a no-op
+                    // for a thread that stopped on an error it would hit again.
+                    c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+                }
+                return Ok(());
+            }
+            c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
+            steps.mark("stop");
+        } else {
+            // Not a replica until now (a demoted or rejoining old primary): it continues
+            // from everything it has, its own binlog included.
+            c.query_drop("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+                .await
+                .map_err(|e| err(at, e))?;
+        }
+        c.query_drop(format!(
+            "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
+             MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
+             MASTER_HEARTBEAT_PERIOD = 0.5{}",
+            lit(&primary.host),
+            primary.port,
+            lit(&s.repl),
+            master_ssl(primary.tls.is_some()),
+        ))
+        .await
+        .map_err(|e| err(at, e))?;
+        c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
+        steps.mark("repointed");
+        tracing::debug!(member_at = %at, steps = %steps, "repoint steps");
+        Ok(())
+    }
+
     async fn slave_status(conn: &mut Conn, at: &Target) -> Result<Option<Row>> {
         let rows: Vec<Row> = conn
             .query("SHOW SLAVE STATUS")
@@ -389,28 +504,28 @@ impl Engine for MariaDb {
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed_for(NAME, at, super::PING_TIMEOUT, async {
-            let mut c = connect(at, s).await?;
-            c.ping().await.map_err(|e| err(at, e))?;
-            let _ = c.disconnect().await;
-            Ok(())
+            on_kept!(KEPT, connect, at, s, |c| c
+                .ping()
+                .await
+                .map_err(|e| err(at, e)))
         })
         .await
     }
 
+    async fn probe(&self, at: &Target, s: &Secrets) -> Result<Probe> {
+        // One round trip; its answer is the same row `observe` reads the replication from.
+        timed_for(NAME, at, super::PING_TIMEOUT, async {
+            on_kept!(KEPT, connect, at, s, |c| Self::slave_status(&mut c, at)
+                .await)
+        })
+        .await
+        .map(|row| probe_of(row.as_ref()))
+    }
+
     async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
         timed(NAME, at, async {
-            let mut c = connect(at, s).await?;
-            let (pos, ro): (String, u8) = c
-                .query_first("SELECT @@GLOBAL.gtid_current_pos, @@GLOBAL.read_only")
-                .await
-                .map_err(|e| err(at, e))?
-                .ok_or_else(|| err(at, "no row for gtid_current_pos"))?;
-            let semi: Option<(String, String)> = c
-                .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
-                .await
-                .map_err(|e| err(at, e))?;
-            let slave = Self::slave_status(&mut c, at).await?;
-            let _ = c.disconnect().await;
+            let (pos, ro, semi, slave) =
+                on_kept!(KEPT, connect, at, s, |c| Self::observe_on(&mut c, at).await)?;
 
             let mut details = BTreeMap::new();
             if let Some((_, v)) = semi {
@@ -419,33 +534,19 @@ impl Engine for MariaDb {
             let read_only = ro != 0;
             let obs = match slave {
                 Some(row) => {
-                    let io = get_str(&row, "Slave_IO_Running").unwrap_or_default();
-                    let sql = get_str(&row, "Slave_SQL_Running").unwrap_or_default();
-                    let host = get_str(&row, "Master_Host").unwrap_or_default();
-                    let port = get_str(&row, "Master_Port").unwrap_or_default();
                     let gtid = get_str(&row, "Using_Gtid").unwrap_or_default();
                     let lag = get_str(&row, "Seconds_Behind_Master").and_then(|v| v.parse().ok());
-                    let io_err = get_str(&row, "Last_IO_Error").unwrap_or_default();
                     // Received counts, not only applied: promotion applies the rest first.
                     let io_pos = get_str(&row, "Gtid_IO_Pos").unwrap_or_default();
                     let position = merge_positions(&pos, &io_pos);
-                    let sql_err = get_str(&row, "Last_SQL_Error").unwrap_or_default();
                     details.insert("using_gtid".into(), gtid);
-                    let errno = |col| get_str(&row, col).and_then(|v| v.parse().ok());
-                    let (ok, error) = replication_state(&Threads {
-                        io: &io,
-                        sql: &sql,
-                        io_errno: errno("Last_IO_Errno").unwrap_or(0),
-                        io_error: &io_err,
-                        sql_errno: errno("Last_SQL_Errno").unwrap_or(0),
-                        sql_error: &sql_err,
-                    });
+                    let (ok, error) = replication_of(&row);
                     Observation {
                         role: ObservedRole::Replica,
                         read_only,
                         position,
                         replication_ok: ok,
-                        following: Some(format!("{host}:{port}")),
+                        following: Some(following_of(&row)),
                         lag_seconds: lag,
                         replication_error: error,
                         details,
@@ -473,10 +574,9 @@ impl Engine for MariaDb {
 
     async fn parameters(&self, at: &Target, s: &Secrets) -> Result<BTreeMap<String, String>> {
         timed(NAME, at, async {
-            let mut c = connect(at, s).await?;
-            let parameters = effective_parameters(&mut c).await.map_err(|e| err(at, e));
-            let _ = c.disconnect().await;
-            parameters
+            on_kept!(KEPT, connect, at, s, |c| effective_parameters(&mut c)
+                .await
+                .map_err(|e| err(at, e)))
         })
         .await
     }
@@ -568,59 +668,10 @@ impl Engine for MariaDb {
 
     async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
         timed(NAME, at, async {
-            let mut steps = Steps::new();
-            let mut c = connect(at, s).await?;
-            steps.mark("connect");
-            c.query_drop("SET GLOBAL read_only = ON")
-                .await
-                .map_err(|e| err(at, e))?;
-            // A replica never waits for semi-sync acks itself.
-            c.query_drop("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
-                .await
-                .map_err(|e| err(at, e))?;
-            if let Some(row) = Self::slave_status(&mut c, at).await? {
-                let ssl = get_str(&row, "Master_SSL_Allowed").as_deref() == Some("Yes");
-                let same = get_str(&row, "Master_Host").as_deref() == Some(primary.host.as_str())
-                    && get_str(&row, "Master_Port") == Some(primary.port.to_string())
-                    && get_str(&row, "Using_Gtid").as_deref() == Some("Slave_Pos")
-                    && ssl == primary.tls.is_some();
-                if same {
-                    // Already pointed right; restart only stopped threads (after a crash).
-                    if get_str(&row, "Slave_IO_Running").as_deref() != Some("Yes")
-                        || get_str(&row, "Slave_SQL_Running").as_deref() != Some("Yes")
-                    {
-                        // An SQL error (diverged data) stays visible: START SLAVE is a no-op
-                        // for a thread that stopped on an error it would hit again.
-                        c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
-                    }
-                    let _ = c.disconnect().await;
-                    return Ok(());
-                }
-                c.query_drop("STOP SLAVE").await.map_err(|e| err(at, e))?;
-                steps.mark("stop");
-            } else {
-                // Not a replica until now (a demoted or rejoining old primary): it continues
-                // from everything it has, its own binlog included.
-                c.query_drop("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
-                    .await
-                    .map_err(|e| err(at, e))?;
-            }
-            c.query_drop(format!(
-                "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = 'mofang_repl', \
-                 MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, \
-                 MASTER_HEARTBEAT_PERIOD = 0.5{}",
-                lit(&primary.host),
-                primary.port,
-                lit(&s.repl),
-                master_ssl(primary.tls.is_some()),
-            ))
-            .await
-            .map_err(|e| err(at, e))?;
-            c.query_drop("START SLAVE").await.map_err(|e| err(at, e))?;
-            steps.mark("repointed");
-            tracing::debug!(member_at = %at, steps = %steps, "repoint steps");
-            let _ = c.disconnect().await;
-            Ok(())
+            on_kept!(KEPT, connect, at, s, |c| Self::replicate_on(
+                &mut c, at, s, primary
+            )
+            .await)
         })
         .await
     }

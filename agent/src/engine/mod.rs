@@ -1,6 +1,7 @@
 //! Engine adapters: everything engine-specific (config files, accounts, replication, roles,
 //! observation) behind one `Engine` trait, so reconcile speaks of members, not of SQL or RESP.
 
+mod kept;
 mod mariadb;
 mod redis;
 
@@ -322,6 +323,16 @@ pub struct Observation {
     pub details: BTreeMap<String, String>,
 }
 
+/// What the fast liveness check sees besides an answer ([`Engine::probe`]): enough to tell
+/// whether the member's last full observation still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// The server replicates with its link up ([`Observation::replication_ok`]).
+    pub replicating: bool,
+    /// The primary it is set to follow (`host:port`), if any ([`Observation::following`]).
+    pub following: Option<String>,
+}
+
 /// An engine adapter. Every method is idempotent: reconcile may call it again at any time.
 #[async_trait]
 pub trait Engine: Send + Sync {
@@ -343,6 +354,17 @@ pub trait Engine: Send + Sync {
     async fn ping(&self, at: &Target, secrets: &Secrets) -> Result<()>;
     /// Observes role, position, replication.
     async fn observe(&self, at: &Target, secrets: &Secrets) -> Result<Observation>;
+    /// The fast liveness check between full observations (issue 19): one round trip within
+    /// [`PING_TIMEOUT`] that also says whether the server replicates and from where, so
+    /// reconcile can tell whether its last observation still holds. The engines answer it on
+    /// a kept session; this default observes in full.
+    async fn probe(&self, at: &Target, secrets: &Secrets) -> Result<Probe> {
+        let o = timed_for("engine", at, PING_TIMEOUT, self.observe(at, secrets)).await?;
+        Ok(Probe {
+            replicating: o.replication_ok,
+            following: o.following,
+        })
+    }
     /// The effective value of every parameter of the engine's catalogue
     /// ([`mofang_common::params`]) as the server reports it, in canonical form
     /// ([`mofang_common::params::canonical_effective`]). Read on a slower cadence than

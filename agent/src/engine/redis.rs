@@ -3,15 +3,20 @@
 //! pause, the application user's write commands are taken away instead). Talks to the server
 //! as `mofang_admin`.
 
+use super::kept::{on_kept, Sessions};
 use super::{
-    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Result,
-    Secrets, Target,
+    timed, timed_for, ConfigFile, Engine, Error, MemberConfig, Observation, ObservedRole, Probe,
+    Result, Secrets, Target,
 };
 use async_trait::async_trait;
 use mofang_common::rotation::Account;
 use mofang_common::EngineKind;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+/// The kept admin connections to Redis servers (`kept.rs`).
+static KEPT: LazyLock<Sessions<MultiplexedConnection>> = LazyLock::new(Sessions::default);
 
 /// The Redis adapter, for one version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,37 @@ impl Redis {
             let _: String = cmd(c, at, &args).await?;
         } else {
             let _: String = cmd(c, at, &["CLIENT", "UNPAUSE"]).await?;
+        }
+        Ok(())
+    }
+
+    /// `replicate_from` on a connection.
+    async fn replicate_on(
+        &self,
+        c: &mut MultiplexedConnection,
+        at: &Target,
+        s: &Secrets,
+        primary: &Target,
+    ) -> Result<()> {
+        let info: String = cmd(c, at, &["INFO", "replication"]).await?;
+        let info = parse_info(&info);
+        let same = info.get("role").map(String::as_str) == Some("slave")
+            && info.get("master_host") == Some(&primary.host)
+            && info.get("master_port") == Some(&primary.port.to_string());
+        if !same {
+            // A switchover's target still catching up from this member's history: not
+            // yet (see `hold_off`). Unreachable: follow it anyway, as before.
+            if let Ok(mut t) = connect(primary, s).await {
+                if let Ok(text) = cmd::<String>(&mut t, primary, &["INFO", "replication"]).await {
+                    if hold_off(&info, &parse_info(&text)) {
+                        tracing::debug!(member_at = %at, primary = %primary,
+                            "new primary still behind this member: following it once it caught up");
+                        return Ok(());
+                    }
+                }
+            }
+            let port = primary.port.to_string();
+            let _: String = cmd(c, at, &["REPLICAOF", &primary.host, &port]).await?;
         }
         Ok(())
     }
@@ -175,6 +211,13 @@ fn tls_lines(m: &MemberConfig) -> String {
         key = super::TLS_KEY,
         ca = super::TLS_CA,
     )
+}
+
+/// The primary an `INFO replication` of a replica follows, `host:port`.
+fn following(info: &BTreeMap<String, String>) -> String {
+    let host = info.get("master_host").map_or("", String::as_str);
+    let port = info.get("master_port").map_or("", String::as_str);
+    format!("{host}:{port}")
 }
 
 /// A replica's link to its primary, from `INFO replication`: up while Redis says so and the
@@ -408,8 +451,8 @@ impl Engine for Redis {
 
     async fn ping(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed_for(NAME, at, super::PING_TIMEOUT, async {
-            let mut c = connect(at, s).await?;
-            let pong: String = cmd(&mut c, at, &["PING"]).await?;
+            let pong: String =
+                on_kept!(KEPT, connect, at, s, |c| cmd(&mut c, at, &["PING"]).await)?;
             if pong == "PONG" {
                 Ok(())
             } else {
@@ -419,10 +462,35 @@ impl Engine for Redis {
         .await
     }
 
+    async fn probe(&self, at: &Target, s: &Secrets) -> Result<Probe> {
+        // One round trip: the section `observe` reads the replication from.
+        let info = timed_for(NAME, at, super::PING_TIMEOUT, async {
+            on_kept!(KEPT, connect, at, s, |c| cmd::<String>(
+                &mut c,
+                at,
+                &["INFO", "replication"]
+            )
+            .await)
+        })
+        .await?;
+        let info = parse_info(&info);
+        if info.get("role").map(String::as_str) != Some("slave") {
+            return Ok(Probe::default());
+        }
+        Ok(Probe {
+            replicating: replica_link(&info).0,
+            following: Some(following(&info)),
+        })
+    }
+
     async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
         timed(NAME, at, async {
-            let mut c = connect(at, s).await?;
-            let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
+            let info: String = on_kept!(KEPT, connect, at, s, |c| cmd(
+                &mut c,
+                at,
+                &["INFO", "replication"]
+            )
+            .await)?;
             let info = parse_info(&info);
             let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
             let mut details = BTreeMap::new();
@@ -431,8 +499,6 @@ impl Engine for Redis {
             }
             if info.get("role").map(String::as_str) == Some("slave") {
                 let (link_up, link_error) = replica_link(&info);
-                let host = info.get("master_host").cloned().unwrap_or_default();
-                let port = info.get("master_port").cloned().unwrap_or_default();
                 let lag = info
                     .get("master_last_io_seconds_ago")
                     .and_then(|v| v.parse::<i64>().ok());
@@ -441,7 +507,7 @@ impl Engine for Redis {
                     read_only: true,
                     position: info.get("slave_repl_offset").cloned().unwrap_or(offset),
                     replication_ok: link_up,
-                    following: Some(format!("{host}:{port}")),
+                    following: Some(following(&info)),
                     lag_seconds: if link_up {
                         lag.filter(|l| *l >= 0)
                     } else {
@@ -468,8 +534,9 @@ impl Engine for Redis {
 
     async fn parameters(&self, at: &Target, s: &Secrets) -> Result<BTreeMap<String, String>> {
         timed(NAME, at, async {
-            let mut c = connect(at, s).await?;
-            effective_parameters(&mut c).await.map_err(|e| err(at, e))
+            on_kept!(KEPT, connect, at, s, |c| effective_parameters(&mut c)
+                .await
+                .map_err(|e| err(at, e)))
         })
         .await
     }
@@ -507,29 +574,9 @@ impl Engine for Redis {
 
     async fn replicate_from(&self, at: &Target, s: &Secrets, primary: &Target) -> Result<()> {
         timed(NAME, at, async {
-            let mut c = connect(at, s).await?;
-            let info: String = cmd(&mut c, at, &["INFO", "replication"]).await?;
-            let info = parse_info(&info);
-            let same = info.get("role").map(String::as_str) == Some("slave")
-                && info.get("master_host") == Some(&primary.host)
-                && info.get("master_port") == Some(&primary.port.to_string());
-            if !same {
-                // A switchover's target still catching up from this member's history: not
-                // yet (see `hold_off`). Unreachable: follow it anyway, as before.
-                if let Ok(mut t) = connect(primary, s).await {
-                    if let Ok(text) = cmd::<String>(&mut t, primary, &["INFO", "replication"]).await
-                    {
-                        if hold_off(&info, &parse_info(&text)) {
-                            tracing::debug!(member_at = %at, primary = %primary,
-                                "new primary still behind this member: following it once it caught up");
-                            return Ok(());
-                        }
-                    }
-                }
-                let port = primary.port.to_string();
-                let _: String = cmd(&mut c, at, &["REPLICAOF", &primary.host, &port]).await?;
-            }
-            Ok(())
+            on_kept!(KEPT, connect, at, s, |c| self
+                .replicate_on(&mut c, at, s, primary)
+                .await)
         })
         .await
     }
@@ -550,7 +597,6 @@ impl Engine for Redis {
         })
         .await
     }
-
     async fn unfence(&self, at: &Target, s: &Secrets) -> Result<()> {
         timed(NAME, at, async {
             let mut c = connect(at, s).await?;

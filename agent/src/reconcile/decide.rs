@@ -8,7 +8,7 @@ use crate::state::MemberState;
 use mofang_common::proto::Assignment;
 use mofang_common::rotation::{Account, RotationStep};
 use mofang_common::Role;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Restarts within [`CRASH_WINDOW_MS`] after which the agent stops restarting a member and
 /// reports it failed (the scheduler replaces it).
@@ -256,6 +256,79 @@ pub fn next_look(role: &DesiredRole, fenced: bool, lease_left: Option<Duration>)
     }
 }
 
+/// How often a member in good order gets a full pass when nothing changed (issue 19): its
+/// position, lag, effective parameters, volume and certificate are looked at again, its
+/// container inspected and its config rendered. In between it is only probed, at
+/// [`next_look`]'s cadence.
+pub const FULL_PASS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the last full pass left when it found the member in good order (reported healthy),
+/// for deciding whether the next pass may be a probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettledView<'a> {
+    /// The assignment that pass carried out.
+    pub assignment: &'a Assignment,
+    /// When it started.
+    pub at: Instant,
+    /// Whether a primary could take writes then ([`crate::link::Lease::writable`]).
+    pub lease_writable: bool,
+}
+
+/// What the next pass of a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    /// Every step, from the volume to the observation.
+    Full,
+    /// Only the liveness probe, compared with what the last full pass observed.
+    Probe,
+}
+
+/// Whether a pass may be a probe: only after a full pass that found the member in good
+/// order, for the same assignment (a new epoch, role, primary, generation, rotation or
+/// setting is carried out at once), with no container event since (a container that died
+/// is held or restarted at once, not a failed probe later), the lease's writability as it
+/// was (an open primary is fenced by `lease_ttl - fence_budget`: decision 145), and less
+/// than [`FULL_PASS_EVERY`] ago. Everything else, a member not in good order included, gets
+/// a full pass as before. `now` is the caller's clock.
+pub fn pass_kind(
+    settled: Option<&SettledView<'_>>,
+    a: &Assignment,
+    now: Instant,
+    container_event: bool,
+    lease_writable: bool,
+) -> PassKind {
+    match settled {
+        Some(s)
+            if !container_event
+                && s.assignment == a
+                && s.lease_writable == lease_writable
+                && now.saturating_duration_since(s.at) < FULL_PASS_EVERY =>
+        {
+            PassKind::Probe
+        }
+        _ => PassKind::Full,
+    }
+}
+
+/// Whether a replica's follow step can be left out (issue 19 point 4): the last full pass in
+/// this container asked it to follow the very same primary (address and TLS) and observed it
+/// following that primary, replicating and read-only; it is not a demoted primary to fence
+/// first, not waiting for a seed, and not fenced. `replicate_from` would change nothing then
+/// but cost a session and three statements.
+pub fn follow_in_order(
+    followed: Option<&(String, Target)>,
+    container: &str,
+    primary: &Target,
+    fence_first: bool,
+    seed: bool,
+    fenced: bool,
+) -> bool {
+    !fence_first
+        && !seed
+        && !fenced
+        && followed.is_some_and(|(c, p)| c == container && p == primary)
+}
+
 /// A credential rotation step the assignment carries, parsed once.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RotationOrder {
@@ -339,6 +412,106 @@ mod tests {
         assert_eq!(next_look(&open, true, left(300)), STEADY_LOOK);
         let replica = DesiredRole::Replica { primary: None };
         assert_eq!(next_look(&replica, false, left(300)), STEADY_LOOK);
+    }
+
+    /// Issue 19: a member in good order is only probed between full passes, and anything
+    /// that changed brings the full pass at once.
+    #[test]
+    fn a_settled_member_is_probed_until_something_changes_or_a_full_pass_is_due() {
+        let a = assignment("primary", "");
+        let t0 = Instant::now();
+        let settled = SettledView {
+            assignment: &a,
+            at: t0,
+            lease_writable: true,
+        };
+        let soon = t0 + STEADY_LOOK;
+        assert_eq!(pass_kind(None, &a, soon, false, true), PassKind::Full);
+        assert_eq!(
+            pass_kind(Some(&settled), &a, soon, false, true),
+            PassKind::Probe
+        );
+        // A container event (it died, was paused, restarted): at once.
+        assert_eq!(
+            pass_kind(Some(&settled), &a, soon, true, true),
+            PassKind::Full
+        );
+        // The lease stopped (or started) letting a primary take writes: fenced at once.
+        assert_eq!(
+            pass_kind(Some(&settled), &a, soon, false, false),
+            PassKind::Full
+        );
+        // Any change of the assignment: a new epoch, a setting, a generation.
+        let mut newer = a.clone();
+        newer.epoch += 1;
+        assert_eq!(
+            pass_kind(Some(&settled), &newer, soon, false, true),
+            PassKind::Full
+        );
+        let mut restart = a.clone();
+        restart.restart_generation += 1;
+        assert_eq!(
+            pass_kind(Some(&settled), &restart, soon, false, true),
+            PassKind::Full
+        );
+        // Due again after FULL_PASS_EVERY; a clock that went back never panics.
+        assert_eq!(
+            pass_kind(Some(&settled), &a, t0 + FULL_PASS_EVERY, false, true),
+            PassKind::Full
+        );
+        let late = SettledView {
+            at: soon,
+            ..settled
+        };
+        assert_eq!(pass_kind(Some(&late), &a, t0, false, true), PassKind::Probe);
+    }
+
+    #[test]
+    fn a_replica_observed_in_order_is_not_told_to_follow_again() {
+        let p = Target::parse("10.0.0.9:3306").expect("target");
+        let followed = ("c1".to_owned(), p.clone());
+        assert!(follow_in_order(
+            Some(&followed),
+            "c1",
+            &p,
+            false,
+            false,
+            false
+        ));
+        assert!(
+            !follow_in_order(None, "c1", &p, false, false, false),
+            "never seen"
+        );
+        assert!(
+            !follow_in_order(Some(&followed), "c2", &p, false, false, false),
+            "another container"
+        );
+        let other = Target::parse("10.0.0.7:3306").expect("target");
+        assert!(
+            !follow_in_order(Some(&followed), "c1", &other, false, false, false),
+            "a new primary"
+        );
+        let mut tls = p.clone();
+        tls.tls = Some(crate::engine::ClientTls {
+            ca_pem: "CA".into(),
+            server_name: "db-1".into(),
+        });
+        assert!(
+            !follow_in_order(Some(&followed), "c1", &tls, false, false, false),
+            "replication over TLS from now on"
+        );
+        assert!(
+            !follow_in_order(Some(&followed), "c1", &p, true, false, false),
+            "demoted"
+        );
+        assert!(
+            !follow_in_order(Some(&followed), "c1", &p, false, true, false),
+            "seed"
+        );
+        assert!(
+            !follow_in_order(Some(&followed), "c1", &p, false, false, true),
+            "fenced"
+        );
     }
 
     fn assignment(role: &str, primary: &str) -> Assignment {

@@ -291,11 +291,28 @@ impl Engine for FakeEngine {
             read_only: db.read_only,
             position: db.position,
             replication_ok: link_up,
-            following: db.following,
+            // A server stuck on another primary shows it, whatever it was told.
+            following: db.stuck_following.or(db.following),
             // Like the engines: no lag while the link is down.
             lag_seconds: link_up.then_some(db.lag),
             replication_error: None,
             details: BTreeMap::new(),
+        })
+    }
+
+    async fn probe(&self, at: &Target, _s: &Secrets) -> engine::Result<engine::Probe> {
+        self.record("probe".into());
+        let db = lock(&self.0).clone();
+        if !db.answering {
+            return Err(engine::Error::Server {
+                engine: "fake",
+                addr: at.to_string(),
+                message: "connection refused".into(),
+            });
+        }
+        Ok(engine::Probe {
+            replicating: db.role == ObservedRole::Replica && db.link_up,
+            following: db.stuck_following.or(db.following),
         })
     }
 
@@ -462,12 +479,21 @@ pub fn assignment(role: &str, epoch: u64, primary: &str) -> Assignment {
 }
 
 impl Rig {
-    /// One whole pass; the status it left.
+    /// One whole pass, as after a container event (always a full pass); the status it left.
     pub async fn pass(&mut self, a: &Assignment) -> MemberStatus {
-        reconcile_member(&self.sh, a, &mut self.memo)
+        reconcile_member(&self.sh, a, &mut self.memo, true)
             .await
             .expect("reconcile");
         self.status()
+    }
+
+    /// One pass on the steady cadence (no container event: a probe when the member is in
+    /// good order and nothing changed); the action and the status it left.
+    pub async fn steady_pass(&mut self, a: &Assignment) -> (super::Action, MemberStatus) {
+        let action = reconcile_member(&self.sh, a, &mut self.memo, false)
+            .await
+            .expect("reconcile");
+        (action, self.status())
     }
 
     /// The member's status as the heartbeat would carry it.

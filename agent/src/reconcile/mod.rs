@@ -4,8 +4,10 @@
 //! a file each: `volume.rs` -> `certs.rs` (database TLS: the member's certificate) -> `config.rs` -> `restore.rs` (a restored primary's volume) -> `container.rs` -> `certs.rs` (its address named, the mode its server serves, the certificate loaded) -> `answers.rs` (the server
 //! answers a ping) -> `accounts.rs` (a credential rotation's step) -> `role.rs` -> `observe.rs` (observe and report). Each step hands the
 //! next what it produced, or reports the member's status and ends the pass with an
-//! [`Action`]. The decisions (the role asked for, a container that is not running, the role
-//! step) are pure functions in [`decide`]; `status.rs` builds the statuses the steps report.
+//! [`Action`]. Between full passes a member in good order is only probed (`probe.rs`,
+//! decision 146: issue 19, an idle agent's CPU). The decisions (the role asked for, a
+//! container that is not running, the role step, probe or full pass) are pure functions in
+//! [`decide`]; `status.rs` builds the statuses the steps report.
 
 mod accounts;
 mod answers;
@@ -15,6 +17,7 @@ mod container;
 pub mod decide;
 mod observe;
 mod params;
+mod probe;
 mod restore;
 mod role;
 mod shared;
@@ -153,6 +156,14 @@ struct WorkerMemo {
     /// The effective parameters as last read ([`params::read`]) and when.
     parameters: std::collections::BTreeMap<String, String>,
     parameters_read: Option<params::ParametersRead>,
+    /// What the last full pass left when it found the member in good order: the passes
+    /// after it only probe ([`probe`], [`decide::pass_kind`]).
+    settled: Option<probe::Settled>,
+    /// The primary (address and TLS) a replica was last told to follow, in which container
+    /// it was then observed following it in order ([`decide::follow_in_order`]).
+    followed: Option<(String, engine::Target)>,
+    /// The primary this pass's role step asked the replica to follow.
+    follow_asked: Option<engine::Target>,
 }
 
 impl WorkerMemo {
@@ -167,8 +178,32 @@ impl WorkerMemo {
 
 pub use crate::statuses::STOPPED;
 
-/// Reconciles one member once: the steps in order, each either going on or ending the pass.
-async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> Result<Action> {
+/// Reconciles one member once: a probe when the member is in good order and nothing changed
+/// ([`decide::pass_kind`]), else the steps in order, each either going on or ending the pass.
+/// `container_event`: the runtime reported an event of the member's container since the
+/// last pass.
+async fn reconcile_member(
+    sh: &Shared,
+    a: &Assignment,
+    memo: &mut WorkerMemo,
+    container_event: bool,
+) -> Result<Action> {
+    let started = Instant::now();
+    let lease_writable = sh.lease.writable();
+    let kind = decide::pass_kind(
+        memo.settled.as_ref().map(probe::Settled::view).as_ref(),
+        a,
+        started,
+        container_event,
+        lease_writable,
+    );
+    if kind == decide::PassKind::Probe {
+        if let Some(action) = probe::pass(sh, a, memo).await {
+            return Ok(action);
+        }
+    }
+    memo.settled = None;
+    memo.follow_asked = None;
     let mut st = sh.state.load_member(&a.member)?;
     let orig = st.clone();
     // A new member, or one from before upgrades existed, is on the assignment's version; an
@@ -211,12 +246,34 @@ async fn reconcile_member(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) ->
     certs::set_live(&m, &cfg, &server, &mut st).await?;
     memo.rotated = accounts::rotate(&m, &cfg, &server, &mut st).await;
     params::apply(&m, &cfg, &server, &mut st).await;
-    let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig).await?;
+    let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig, memo).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
     params::read(&m, &cfg, &server, &running.id, &st, memo).await;
-    Ok(observe::report(
-        &m, &st, &running, &server, &obs, note, memo,
-    ))
+    memo.followed = memo
+        .follow_asked
+        .take()
+        .filter(|p| obs.replication_ok && obs.read_only && observe::follows_target(&obs, p))
+        .map(|p| (running.id.clone(), p));
+    let (action, healthy) = observe::report(&m, &st, &running, &server, &obs, note, memo);
+    if healthy {
+        memo.settled = Some(probe::Settled {
+            assignment: a.clone(),
+            at: started,
+            lease_writable,
+            version,
+            role,
+            st,
+            container: running,
+            target: server.target,
+            address: server.address,
+            secrets: cfg.secrets,
+            expect: engine::Probe {
+                replicating: obs.replication_ok,
+                following: obs.following,
+            },
+        });
+    }
+    Ok(action)
 }
 
 #[cfg(test)]
@@ -354,6 +411,115 @@ mod tests {
         let s = r.pass(&assignment("primary", 3, "")).await;
         assert!(r.db.take_calls().is_empty());
         assert!(s.reason.contains("ignored assignment of epoch 3"), "{s:?}");
+    }
+
+    /// Issue 19: a member in good order is only probed on the steady cadence; the probe
+    /// seeing its replica's link go down brings the full pass (and the report) at once.
+    #[tokio::test]
+    async fn a_member_in_good_order_is_only_probed_until_its_server_shows_a_change() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        let s = r.pass(&a).await;
+        assert!(s.healthy && s.replication_ok, "{s:?}");
+        r.rt.take_calls();
+        r.db.take_calls();
+        for _ in 0..3 {
+            let (action, s) = r.steady_pass(&a).await;
+            assert_eq!(r.db.take_calls(), ["probe"], "nothing but the probe");
+            assert!(r.rt.take_calls().is_empty(), "no runtime call");
+            assert!(s.healthy && s.replication_ok, "{s:?}");
+            assert_eq!(action, super::Action::Requeue(super::decide::STEADY_LOOK));
+        }
+        // The primary is gone: the replica's link goes down. Seen by the next probe, observed
+        // and reported in the same pass, and the replica is told to follow again.
+        r.db.0.lock().expect("db").link_up = false;
+        let (_, s) = r.steady_pass(&a).await;
+        assert!(!s.healthy && !s.replication_ok, "{s:?}");
+        assert_eq!(r.db.take_calls(), ["probe", "replicate_from 10.0.0.9:3306"]);
+        // Not in good order: full passes until it is again.
+        r.steady_pass(&a).await;
+        assert!(!r.db.take_calls().contains(&"probe".to_owned()));
+        r.db.0.lock().expect("db").link_up = true;
+        assert!(r.steady_pass(&a).await.1.healthy);
+        r.db.take_calls();
+        r.steady_pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["probe"]);
+        // A new assignment is carried out at once.
+        let (_, s) = r
+            .steady_pass(&assignment("replica", 4, "10.0.0.7:3306"))
+            .await;
+        assert_eq!(r.db.take_calls(), ["replicate_from 10.0.0.7:3306"]);
+        assert!(s.healthy && s.epoch == 4, "{s:?}");
+    }
+
+    /// A probe that is not answered is a failed check, as a failed ping is; the passes after
+    /// it are full ones, so a frozen server is counted down at the same cadence as before.
+    #[tokio::test]
+    async fn an_unanswered_probe_is_a_failed_check_and_the_next_pass_is_full() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("primary", 3, "");
+        assert!(r.pass(&a).await.healthy);
+        r.db.take_calls();
+        answering(&r, false);
+        let (action, s) = r.steady_pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["probe"]);
+        assert!(!s.healthy && s.failed_checks == 1, "{s:?}");
+        assert_eq!(
+            action,
+            super::Action::Requeue(Duration::from_millis(250)),
+            "looked at again soon"
+        );
+        let (_, s) = r.steady_pass(&a).await;
+        assert!(r.db.take_calls().is_empty(), "a full pass: the ping fails");
+        assert_eq!(s.failed_checks, 2, "{s:?}");
+        answering(&r, true);
+        let (_, s) = r.steady_pass(&a).await;
+        assert!(s.healthy && s.failed_checks == 0, "{s:?}");
+    }
+
+    /// Decision 145 kept: an open primary is looked at when its lease stops being writable,
+    /// and that look is a full pass that fences it, probe cadence or not.
+    #[tokio::test]
+    async fn an_open_primary_is_fenced_when_its_lease_stops_being_writable_between_probes() {
+        let mut r = rig(Duration::from_millis(500));
+        r.sh.lease.renew();
+        let a = assignment("primary", 3, "");
+        assert!(r.pass(&a).await.healthy);
+        r.db.take_calls();
+        let (action, _) = r.steady_pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["probe"]);
+        let super::Action::Requeue(next) = action;
+        // No later than the lease's writable time after its renewal (and a 5 ms margin).
+        let writable = r.sh.lease.ttl() - r.sh.lease.fence_budget();
+        assert!(
+            next <= writable + Duration::from_millis(5),
+            "looked at again when the lease stops being writable: {next:?} > {writable:?}"
+        );
+        tokio::time::sleep(next).await;
+        let (_, s) = r.steady_pass(&a).await;
+        assert!(r.db.take_calls().contains(&"fence".to_owned()));
+        assert_eq!(s.role, "fenced", "{s:?}");
+    }
+
+    /// Issue 19 point 4: a replica observed following its primary is not told to again.
+    #[tokio::test]
+    async fn a_replica_in_order_is_not_repointed_at_every_pass() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        r.pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["replicate_from 10.0.0.9:3306"]);
+        let s = r.pass(&a).await;
+        assert!(r.db.take_calls().is_empty(), "in order: left alone");
+        assert!(s.healthy, "{s:?}");
+        // Its replication stops: told to follow again (which restarts it).
+        r.db.0.lock().expect("db").link_up = false;
+        r.pass(&a).await;
+        r.db.0.lock().expect("db").link_up = true;
+        r.pass(&a).await;
+        assert_eq!(r.db.take_calls(), ["replicate_from 10.0.0.9:3306"]);
     }
 
     /// The engine calls of a rotation (the role step's, every pass, left out).

@@ -39,7 +39,8 @@ pub(super) async fn observe(
 }
 
 /// Step 6b: the status the heartbeat carries; `note` (from the role step) is the reason
-/// when there is one. Ends the pass: look again in a second.
+/// when there is one. Ends the pass: look again in a second; true when the member was
+/// reported healthy (in good order: the passes after it may only probe it).
 pub(super) fn report(
     m: &Member<'_>,
     st: &MemberState,
@@ -48,7 +49,7 @@ pub(super) fn report(
     obs: &Observation,
     note: Option<String>,
     memo: &mut WorkerMemo,
-) -> Action {
+) -> (Action, bool) {
     let (sh, a) = (m.sh, m.a);
     let replica_of = m.role.replica_of();
     let usage = volume::usage(m, memo);
@@ -104,12 +105,22 @@ pub(super) fn report(
             _ => String::new(),
         },
     };
+    let healthy = s.healthy;
     sh.set_status(s);
-    Action::Requeue(decide::next_look(
+    let action = Action::Requeue(decide::next_look(
         m.role,
         st.fenced,
         sh.lease.writable_for(),
-    ))
+    ));
+    (action, healthy)
+}
+
+/// True when the observation shows the server following `primary`'s address.
+pub(super) fn follows_target(obs: &Observation, primary: &Target) -> bool {
+    match obs.following.as_deref().map(Target::parse) {
+        Some(Ok(f)) => f.host == primary.host && f.port == primary.port,
+        _ => false,
+    }
 }
 
 /// True when a replica observed following `following` (`host:port`) follows `primary`.

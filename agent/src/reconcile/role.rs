@@ -6,7 +6,7 @@ use super::answers::Server;
 use super::config::Configured;
 use super::container::rebuild;
 use super::decide::{self, RoleStep};
-use super::{replicas_of, Error, Member, Result, Shared};
+use super::{replicas_of, Error, Member, Result, Shared, WorkerMemo};
 use crate::engine::{Engine, ObservedRole, Secrets, Target};
 use crate::state::MemberState;
 use mofang_common::proto::Assignment;
@@ -21,6 +21,7 @@ pub(super) async fn apply(
     container: &str,
     st: &mut MemberState,
     orig: &MemberState,
+    memo: &mut WorkerMemo,
 ) -> Result<Option<String>> {
     let (sh, a, member) = (m.sh, m.a, m.name());
     if m.role.waiting() {
@@ -56,6 +57,25 @@ pub(super) async fn apply(
                 ca_pem: t.ca_pem.clone(),
                 server_name: primary.host.clone(),
             });
+    }
+    if let RoleStep::Follow {
+        primary,
+        fence_first,
+        seed,
+    } = &step
+    {
+        memo.follow_asked = Some(primary.clone());
+        // Observed following this very primary last time, in this container: nothing to do.
+        if decide::follow_in_order(
+            memo.followed.as_ref(),
+            container,
+            primary,
+            *fence_first,
+            *seed,
+            st.fenced,
+        ) {
+            step = RoleStep::Ignore;
+        }
     }
     // A held new primary has not taken its role: recorded as applied, the next pass would
     // take it for a primary already open at this epoch and open it (decision 123).

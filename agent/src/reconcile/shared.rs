@@ -108,6 +108,16 @@ impl Shared {
         }
     }
 
+    /// Records that a member's status still holds as of now (a probe found the server as
+    /// last observed): its check time moves on, nothing the scheduler acts on changes.
+    pub(super) fn touch_status(&self, member: &str) {
+        if let Ok(mut m) = self.statuses.lock() {
+            if let Some(s) = m.get_mut(member) {
+                s.checked_at_ms = super::now_ms();
+            }
+        }
+    }
+
     pub(super) fn container_name(member: &str) -> String {
         format!("mofang-{member}")
     }

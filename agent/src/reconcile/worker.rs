@@ -1,17 +1,43 @@
 //! The member workers and their supervisor: one worker per member runs passes
 //! ([`reconcile_member`]) on wake-up or requeue, backs off on errors, and tears the member
-//! down when it leaves the desired state.
+//! down when it leaves the desired state. A container event makes the member's next pass a
+//! full one; other wake-ups (a new desired state, the sweep) leave that to
+//! [`super::decide::pass_kind`].
 
 use super::status::{status, status_keeping_last};
 use super::{reconcile_member, Action, Error, Result, Shared, WorkerMemo};
 use futures::StreamExt;
 use mofang_common::labels;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
+
+/// How the supervisor wakes a member's worker: at once, and with a full pass when the
+/// member's container had an event (a member in good order is otherwise only probed).
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    container_event: AtomicBool,
+}
+
+impl Wake {
+    /// Wakes the worker for a look (a new desired state, the sweep).
+    fn look(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Wakes the worker for a full pass: its container had an event, or events may have
+    /// been missed.
+    fn container_event(&self) {
+        self.container_event.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+}
 
 /// Removes a member that left the desired state: container first, then its volume.
 async fn teardown(sh: &Shared, member: &str) -> Result<()> {
@@ -39,7 +65,7 @@ async fn teardown(sh: &Shared, member: &str) -> Result<()> {
 async fn member_worker(
     sh: Arc<Shared>,
     member: String,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) {
     let mut memo = WorkerMemo::default();
@@ -58,7 +84,8 @@ async fn member_worker(
             }
         };
         let started = Instant::now();
-        let outcome = reconcile_member(&sh, &a, &mut memo).await;
+        let container_event = wake.container_event.swap(false, Ordering::Relaxed);
+        let outcome = reconcile_member(&sh, &a, &mut memo, container_event).await;
         {
             use std::sync::atomic::Ordering::Relaxed;
             let us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
@@ -104,7 +131,7 @@ async fn member_worker(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = wake.notified() => {}
+            _ = wake.notify.notified() => {}
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -114,7 +141,7 @@ async fn member_worker(
 /// events wake the worker concerned, members and containers no longer desired are removed.
 /// Stopping the agent never stops the databases.
 pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
-    let mut workers: HashMap<String, (Arc<Notify>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut workers: HashMap<String, (Arc<Wake>, tokio::task::JoinHandle<()>)> = HashMap::new();
     let mut desired = sh.desired.clone();
     let mut events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -144,9 +171,9 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
                     continue;
                 }
                 match workers.get(&name) {
-                    Some((wake, _)) => wake.notify_one(),
+                    Some((wake, _)) => wake.look(),
                     None => {
-                        let wake = Arc::new(Notify::new());
+                        let wake = Arc::new(Wake::default());
                         let h = tokio::spawn(
                             member_worker(
                                 sh.clone(),
@@ -177,17 +204,20 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
                     if let Some(m) = ev.labels.get(labels::MEMBER) {
                         if let Some((wake, _)) = workers.get(m) {
                             debug!(member = %m, action = %ev.action, "container event");
-                            wake.notify_one();
+                            wake.container_event();
                         }
                     }
                     continue;
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "container event stream failed, reconnecting");
+                    // Events may be lost meanwhile: every member gets a full pass.
+                    workers.values().for_each(|(wake, _)| wake.container_event());
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
                 }
                 None => {
+                    workers.values().for_each(|(wake, _)| wake.container_event());
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
                 }
