@@ -51,13 +51,36 @@ pub fn binaries() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The `mofang-agent` binary agents start from instead of the one in [`binaries`] (a
+/// benchmark comparing two agents side by side in one run: `bench-failover --agents`).
+static AGENT_BINARY: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes agents started from now on run `bin` (None: the one in [`binaries`]).
+pub fn use_agent_binary(bin: Option<PathBuf>) {
+    *AGENT_BINARY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = bin;
+}
+
+/// The binary `bin` is started from.
+fn binary(bin: &str) -> Result<PathBuf> {
+    let agent = AGENT_BINARY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    match agent {
+        Some(path) if bin == "mofang-agent" => Ok(path),
+        _ => Ok(binaries()?.join(bin)),
+    }
+}
+
 /// Starts `bin --config <dir>/<name>.toml`, appending its output to `<dir>/<name>.log`.
 fn spawn_daemon(bin: &str, dir: &Path, name: &str) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))?;
-    Command::new(binaries()?.join(bin))
+    Command::new(binary(bin)?)
         .arg("--config")
         .arg(dir.join(format!("{name}.toml")))
         .env("RUST_LOG", format!("info,{}=debug", bin.replace('-', "_")))

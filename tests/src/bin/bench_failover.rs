@@ -8,7 +8,10 @@
 //! `primary` in the API, or `SENTINEL get-master-addr-by-name`) on every reconnect.
 //!
 //! Usage: bench_failover [--rounds N] [--scenarios a,b,...] [--logs DIR] [--minutes M]
-//!                       [--stress] [--soak]
+//!                       [--stress] [--soak] [--agents NAME=PATH,NAME=PATH]
+//! `--agents` runs every Mofang scenario once per named `mofang-agent` binary, one after the
+//! other in the same run (side by side: before and after a change), each row labelled
+//! `<scenario> [<name>]`; without it the agents are the workspace's.
 //! Scenarios: mariadb-kill, mariadb-partition, redis-kill, sentinel-kill (the default set),
 //! and any of them with `-production` appended (the daemons' default timers: lease 10 s,
 //! node_ttl 5 s), e.g. mariadb-partition-production, mariadb-pause-production.
@@ -1104,7 +1107,7 @@ fn rto_ratios(scenarios: &[Scenario]) -> Vec<String> {
     let (a50, a99) = (pct(&anchor, 0.50), pct(&anchor, 0.99));
     scenarios
         .iter()
-        .filter(|s| s.name.ends_with("-kill") && s.name != "sentinel-kill" && !s.rounds.is_empty())
+        .filter(|s| s.name.split(' ').next().is_some_and(|n| n.ends_with("-kill")) && s.name != "sentinel-kill" && !s.rounds.is_empty())
         .filter(|s| !s.name.contains("agent") && !s.name.contains("leader") && !s.name.contains("scheduler") && !s.name.contains("double"))
         .map(|s| {
             let v = sorted(s);
@@ -1185,7 +1188,16 @@ fn parse_scenario(name: &str) -> Option<(&'static str, Fault, Timings)> {
     Some((engine, fault, timings))
 }
 
-async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Vec<Scenario>> {
+/// The agents to compare (`--agents NAME=PATH,...`): a name and binary each; one unnamed
+/// entry, the workspace's agent, without the option.
+type Agents = [(Option<String>, Option<std::path::PathBuf>)];
+
+async fn run(
+    rounds: usize,
+    which: &[String],
+    minutes: Option<f64>,
+    agents: &Agents,
+) -> Result<Vec<Scenario>> {
     let started = Instant::now();
     println!("load average at start: {}", loadavg());
     // A time bound is shared out evenly among the scenarios still to run, so every scenario
@@ -1197,18 +1209,32 @@ async fn run(rounds: usize, which: &[String], minutes: Option<f64>) -> Result<Ve
             let now = Instant::now();
             now + end.saturating_duration_since(now) / (which.len() - i) as u32
         });
-        let s = match (w.as_str(), parse_scenario(w)) {
-            ("sentinel-kill", _) => sentinel_scenario(rounds).await?,
+        let runs = match (w.as_str(), parse_scenario(w)) {
+            ("sentinel-kill", _) => vec![sentinel_scenario(rounds).await?],
             (_, Some((engine, fault, timings))) => {
-                mofang_scenario(w.clone(), engine, fault, timings, rounds, deadline).await?
+                let mut runs = Vec::new();
+                for (name, bin) in agents {
+                    mofang_tests::cluster::use_agent_binary(bin.clone());
+                    let label = match name {
+                        Some(n) => format!("{w} [{n}]"),
+                        None => w.clone(),
+                    };
+                    runs.push(
+                        mofang_scenario(label, engine, fault, timings, rounds, deadline).await?,
+                    );
+                }
+                mofang_tests::cluster::use_agent_binary(None);
+                runs
             }
             (other, None) => bail!("unknown scenario {other}"),
         };
-        if let Some(e) = &s.error {
-            // The rounds so far count; the next scenario gets its turn.
-            println!("  {w}: STOPPED: {e}");
+        for s in runs {
+            if let Some(e) = &s.error {
+                // The rounds so far count; the next scenario gets its turn.
+                println!("  {}: STOPPED: {e}", s.name);
+            }
+            done.push(s);
         }
-        done.push(s);
         println!(
             "  ({} elapsed; load average {})",
             secs(started.elapsed()),
@@ -1273,9 +1299,25 @@ async fn main() -> Result<()> {
     } else {
         None
     };
+    let agents: Vec<(Option<String>, Option<std::path::PathBuf>)> = match str_arg("--agents") {
+        None => vec![(None, None)],
+        Some(list) => list
+            .split(',')
+            .map(|a| {
+                let (name, path) = a
+                    .split_once('=')
+                    .with_context(|| format!("--agents: '{a}' is not NAME=PATH"))?;
+                let path = std::path::PathBuf::from(path);
+                if !path.is_file() {
+                    bail!("--agents: no file {}", path.display());
+                }
+                Ok((Some(name.to_owned()), Some(path)))
+            })
+            .collect::<Result<_>>()?,
+    };
     // Ctrl-C drops the scenario in progress: its processes, containers and networks go.
     let done = tokio::select! {
-        r = run(rounds, &which, minutes) => r?,
+        r = run(rounds, &which, minutes, &agents) => r?,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
     };
     let broken = broken_promises(&done);

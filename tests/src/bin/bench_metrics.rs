@@ -5,7 +5,9 @@
 //! with the same monitoring account. Prints scrape latency (median, p99), RSS and CPU seconds
 //! per scrape. Figures only: nothing here asserts on time.
 //!
-//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 10`.
+//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 10`, and `--agents
+//! NAME=PATH,NAME=PATH` to measure given `mofang-agent` binaries one after the other in the
+//! same run (side by side: before and after a change) instead of building this workspace's.
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::engine::Secrets;
@@ -189,6 +191,7 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
     }
 
     // The agent's background work (reconcile passes, heartbeats) without scrapes.
+    eprintln!("  agent pid {agent_pid}: idle for {} s", idle.as_secs_f64());
     let c0 = cpu_seconds(agent_pid);
     tokio::time::sleep(idle).await;
     let idle_rate = (cpu_seconds(agent_pid) - c0) / idle.as_secs_f64();
@@ -352,22 +355,21 @@ async fn main() -> Result<()> {
     let idle = Duration::from_secs(arg("--idle-secs", "10").parse().unwrap_or(10));
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "mofang-agent",
-            "--bin",
-            "mofang-agent",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("building the agent failed");
-    }
-    let agent_bin = target_dir(&root).join("release/mofang-agent");
+    let given: Vec<(String, PathBuf)> = arg("--agents", "")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let (name, path) = a
+                .split_once('=')
+                .with_context(|| format!("--agents: '{a}' is not NAME=PATH"))?;
+            Ok((name.to_owned(), PathBuf::from(path)))
+        })
+        .collect::<Result<_>>()?;
+    let agents = if given.is_empty() {
+        vec![(String::new(), build_agent(&root)?)]
+    } else {
+        given
+    };
     println!(
         "mofang metrics benchmark: agent /metrics vs prometheus-mysqld-exporter + prometheus-redis-exporter, {scrapes} scrapes each"
     );
@@ -379,15 +381,17 @@ async fn main() -> Result<()> {
     );
     let mut runs = Vec::new();
     for n in sizes {
-        eprintln!("running with {n} containers ...");
-        runs.push(run(n, scrapes, idle, &agent_bin).await?);
+        for (name, bin) in &agents {
+            eprintln!("running with {n} containers {name}...");
+            runs.push((name.clone(), run(n, scrapes, idle, bin).await?));
+        }
     }
     println!();
-    println!("| containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS | agent idle CPU | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for r in &runs {
+    println!("| agent | containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS | agent idle CPU | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, r) in &runs {
         println!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
+            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
             r.containers,
             r.agent_p50_ms,
             r.agent_p99_ms,
@@ -404,4 +408,24 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Builds this workspace's agent (release) and returns its path.
+fn build_agent(root: &Path) -> Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "mofang-agent",
+            "--bin",
+            "mofang-agent",
+        ])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("building the agent failed");
+    }
+    Ok(target_dir(root).join("release/mofang-agent"))
 }
