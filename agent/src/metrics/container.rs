@@ -6,7 +6,7 @@
 use super::cgroup::{self, Mounts, Paths, Stats};
 use super::model::{label, Families, Kind, Labels};
 use super::procfs;
-use crate::runtime::ContainerInfo;
+use crate::runtime::{Brief, ContainerInfo};
 use mofang_common::labels;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -464,9 +464,90 @@ pub fn families(readings: &[Reading], devices: &DeviceNames, out: &mut Families)
     }
 }
 
+/// A periodic inventory refresh from a listing: a container listed in the state it had when
+/// last inspected is kept as it was (its pid, cgroup paths and limits cannot have changed
+/// without an event, which refreshes everything); the others, new or changed, are to be
+/// inspected. Gone containers drop out. Returns what is kept and the ids to inspect.
+pub fn reuse_or_inspect(old: &[Tracked], listed: Vec<Brief>) -> (Vec<Tracked>, Vec<String>) {
+    let mut kept = Vec::with_capacity(listed.len());
+    let mut inspect = Vec::new();
+    for b in listed {
+        match old
+            .iter()
+            .find(|t| t.info.id == b.id && t.info.state == b.state)
+        {
+            Some(t) => kept.push(t.clone()),
+            None => inspect.push(b.id),
+        }
+    }
+    (kept, inspect)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ContainerState;
+
+    fn tracked(id: &str, state: ContainerState) -> Tracked {
+        Tracked {
+            info: ContainerInfo {
+                id: id.into(),
+                name: id.into(),
+                image: "mofang/mariadb:10.11".into(),
+                labels: Default::default(),
+                state,
+                exit_code: None,
+                oom_killed: false,
+                pid: Some(42),
+                ips: Default::default(),
+                published: Default::default(),
+                started_at: None,
+                cpus: 1.0,
+                memory_bytes: 1 << 30,
+            },
+            paths: None,
+            own_netns: true,
+            started: None,
+        }
+    }
+
+    fn brief(id: &str, state: ContainerState) -> Brief {
+        Brief {
+            id: id.into(),
+            labels: Default::default(),
+            state,
+        }
+    }
+
+    #[test]
+    fn an_idle_refresh_inspects_only_new_and_changed_containers() {
+        use ContainerState::*;
+        let old = [
+            tracked("a", Running),
+            tracked("b", Running),
+            tracked("gone", Running),
+        ];
+        let (kept, inspect) = reuse_or_inspect(
+            &old,
+            vec![
+                brief("a", Running),
+                brief("b", Exited),
+                brief("new", Created),
+            ],
+        );
+        let kept: Vec<&str> = kept.iter().map(|t| t.info.id.as_str()).collect();
+        assert_eq!(kept, ["a"], "unchanged kept, the gone one dropped");
+        assert_eq!(
+            inspect,
+            ["b", "new"],
+            "a changed state and a new one inspected"
+        );
+        // Nothing changed: no inspection at all.
+        let (kept, inspect) =
+            reuse_or_inspect(&old[..2], vec![brief("a", Running), brief("b", Running)]);
+        assert_eq!(kept.len(), 2);
+        assert!(inspect.is_empty());
+    }
 
     #[test]
     fn docker_timestamps() {

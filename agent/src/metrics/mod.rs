@@ -21,7 +21,7 @@ use crate::runtime::ContainerRuntime;
 use crate::state::LocalState;
 use crate::statuses::{ReconcileStats, Statuses, STOPPED};
 use crate::volume::VolumeManager;
-use container::{DeviceNames, Tracked, VolumeFs};
+use container::{reuse_or_inspect, DeviceNames, Tracked, VolumeFs};
 use futures::StreamExt;
 use model::{label, Families, Format, Kind};
 use mofang_common::labels;
@@ -136,20 +136,54 @@ impl Exporter {
         self.inventory.read().map(|g| g.clone()).unwrap_or_default()
     }
 
-    async fn refresh_inventory(&self) {
+    /// Lists the node's containers again. `full`: inspects every one (after a container
+    /// event, or when a scrape found one gone); otherwise only those new or whose state
+    /// changed since they were inspected ([`reuse_or_inspect`]), so an idle node costs one
+    /// listing per refresh.
+    async fn refresh_inventory(&self, full: bool) {
         let node = self.src.cfg.node.as_str();
-        match self.src.runtime.list(&[(labels::NODE, node)]).await {
-            Ok(list) => {
-                let tracked: Vec<Tracked> = list
-                    .into_iter()
-                    .map(|c| Tracked::new(c, &self.mounts, self.host_netns.as_deref()))
-                    .collect();
-                debug!(containers = tracked.len(), "metrics inventory refreshed");
-                if let Ok(mut g) = self.inventory.write() {
-                    *g = Arc::new(tracked);
+        let listed = if full {
+            self.src.runtime.list(&[(labels::NODE, node)]).await
+        } else {
+            match self.src.runtime.list_brief(&[(labels::NODE, node)]).await {
+                Ok(briefs) => {
+                    let (mut kept, ids) = reuse_or_inspect(&self.inventory(), briefs);
+                    let mut failed = None;
+                    for id in ids {
+                        match self.src.runtime.inspect(&id).await {
+                            Ok(c) => {
+                                kept.push(Tracked::new(c, &self.mounts, self.host_netns.as_deref()))
+                            }
+                            // Removed between the listing and the inspection.
+                            Err(crate::runtime::Error::NotFound(_)) => {}
+                            Err(e) => failed = Some(e),
+                        }
+                    }
+                    match failed {
+                        Some(e) => Err(e),
+                        None => {
+                            self.set_inventory(kept);
+                            return;
+                        }
+                    }
                 }
+                Err(e) => Err(e),
             }
+        };
+        match listed {
+            Ok(list) => self.set_inventory(
+                list.into_iter()
+                    .map(|c| Tracked::new(c, &self.mounts, self.host_netns.as_deref()))
+                    .collect(),
+            ),
             Err(e) => warn!(error = %e, "metrics: cannot list containers"),
+        }
+    }
+
+    fn set_inventory(&self, tracked: Vec<Tracked>) {
+        debug!(containers = tracked.len(), "metrics inventory refreshed");
+        if let Ok(mut g) = self.inventory.write() {
+            *g = Arc::new(tracked);
         }
     }
 
@@ -158,28 +192,32 @@ impl Exporter {
     pub async fn run_inventory(self: Arc<Self>, shutdown: CancellationToken) {
         let node = self.src.cfg.node.clone();
         let mut events = self.src.runtime.events((labels::NODE, node.as_str()));
+        let mut full = true;
         loop {
-            self.refresh_inventory().await;
+            self.refresh_inventory(full).await;
             let sleep = tokio::time::sleep(INVENTORY_REFRESH);
             tokio::pin!(sleep);
-            loop {
+            let mut missed = false;
+            full = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = &mut sleep => break,
-                    _ = self.refresh.notified() => break,
+                    _ = &mut sleep => break missed,
+                    _ = self.refresh.notified() => break true,
                     ev = events.next() => match ev {
                         Some(Ok(_)) => {
                             // Let a burst of events (create, start, ...) settle into one refresh.
                             tokio::time::sleep(Duration::from_millis(200)).await;
-                            break;
+                            break true;
                         }
                         Some(Err(_)) | None => {
+                            // Events may be lost meanwhile: the next refresh inspects all.
+                            missed = true;
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             events = self.src.runtime.events((labels::NODE, node.as_str()));
                         }
                     },
                 }
-            }
+            };
         }
     }
 

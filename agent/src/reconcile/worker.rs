@@ -155,9 +155,10 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
             let mut names: Vec<String> = ds.members.iter().map(|a| a.member.clone()).collect();
             names.extend(sh.state.members());
             names.extend(sh.volumes.list().into_iter().map(|v| v.member));
+            // Which members have a container: one listing, nothing inspected.
             if let Ok(cs) = sh
                 .runtime
-                .list(&[(labels::NODE, sh.cfg.node.as_str())])
+                .list_brief(&[(labels::NODE, sh.cfg.node.as_str())])
                 .await
             {
                 names.extend(

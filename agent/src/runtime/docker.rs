@@ -1,16 +1,17 @@
 //! `ContainerRuntime` on Docker Engine through bollard. The only file that names bollard types.
 
 use super::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, ExecStream,
-    Input, Network, OneShot, Result, RuntimeEvent,
+    Brief, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput,
+    ExecStream, Input, Network, OneShot, Result, RuntimeEvent,
 };
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, MountType,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummaryStateEnum, HostConfig, MountType, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, EventsOptions, KillContainerOptions,
@@ -222,6 +223,20 @@ fn state_of(s: Option<ContainerStateStatusEnum>) -> ContainerState {
         Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
         Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
         Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            ContainerState::Exited
+        }
+        _ => ContainerState::Other,
+    }
+}
+
+/// A listing's state, read as [`state_of`] reads an inspection's.
+fn summary_state(s: Option<ContainerSummaryStateEnum>) -> ContainerState {
+    match s {
+        Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+        Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
+        Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
+        Some(ContainerSummaryStateEnum::EXITED) | Some(ContainerSummaryStateEnum::DEAD) => {
             ContainerState::Exited
         }
         _ => ContainerState::Other,
@@ -487,6 +502,20 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>> {
+        let briefs = self.list_brief(labels).await?;
+        let mut out = Vec::with_capacity(briefs.len());
+        for b in briefs {
+            match self.inspect(&b.id).await {
+                Ok(info) => out.push(info),
+                // Removed between list and inspect.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_brief(&self, labels: &[(&str, &str)]) -> Result<Vec<Brief>> {
         let filters = HashMap::from([(
             "label".to_owned(),
             labels
@@ -510,21 +539,18 @@ impl ContainerRuntime for DockerRuntime {
             .list_containers(Some(opts))
             .await
             .map_err(|e| map_err("list", e))?;
-        let mut out = Vec::with_capacity(summaries.len());
-        for s in summaries {
-            let Some(id) = s.id else { continue };
+        Ok(summaries
+            .into_iter()
             // Holders are this runtime's own detail, never a member.
-            if s.labels.as_ref().is_some_and(|l| l.contains_key(NETNS_OF)) {
-                continue;
-            }
-            match self.inspect(&id).await {
-                Ok(info) => out.push(info),
-                // Removed between list and inspect.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+            .filter(|s| !s.labels.as_ref().is_some_and(|l| l.contains_key(NETNS_OF)))
+            .filter_map(|s| {
+                Some(Brief {
+                    id: s.id?,
+                    labels: s.labels.unwrap_or_default().into_iter().collect(),
+                    state: summary_state(s.state),
+                })
+            })
+            .collect())
     }
 
     async fn exec(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecOutput> {

@@ -148,6 +148,18 @@ pub struct ContainerInfo {
     pub memory_bytes: i64,
 }
 
+/// What a listing says of a container without inspecting it: enough to know which members
+/// have a container and whether an inspected copy is still current.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Brief {
+    /// Full container id.
+    pub id: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: ContainerState,
+}
+
 /// Output of a command run inside a container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecOutput {
@@ -232,6 +244,21 @@ pub trait ContainerRuntime: Send + Sync {
     /// Lists containers (running or not) carrying every given `key=value` label (an empty
     /// value matches any value of the key).
     async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerInfo>>;
+    /// Lists as [`Self::list`] does, without inspecting each container: one call to the
+    /// runtime however many containers match (the supervisor's sweep, the metrics
+    /// inventory's check for changes). A runtime whose listing holds no state inspects.
+    async fn list_brief(&self, labels: &[(&str, &str)]) -> Result<Vec<Brief>> {
+        Ok(self
+            .list(labels)
+            .await?
+            .into_iter()
+            .map(|c| Brief {
+                id: c.id,
+                labels: c.labels,
+                state: c.state,
+            })
+            .collect())
+    }
     /// Runs a command in a running container as `user` and waits for it.
     async fn exec(&self, id: &str, cmd: &[&str], user: Option<&str>) -> Result<ExecOutput>;
     /// Runs a command in a running container as `user`, its standard output streamed (a
