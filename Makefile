@@ -49,8 +49,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The install test (tests/tests/install.rs) installs the packages `packages` builds.
-# The end-to-end suites run the release daemons the packages hold (what ships, and a tenth of
-# the debug builds' CPU on a loaded 2-core box); `cargo test` alone builds and runs debug ones.
+# The end-to-end suites run the release daemons the packages hold (what ships; a debug agent
+# costs 3.3 times the idle CPU, benchmarks.md); `cargo test` alone builds and runs debug ones.
 test: setup-test lint
 	$(CARGO) build --workspace --bins
 	scripts/packages
