@@ -1302,6 +1302,22 @@ async fn list_backups(
     Ok(Json(api.cluster.backups_of(&name).await?))
 }
 
+#[utoipa::path(get, path = "/v1/backups",
+    description = "Every instance's backups (deleted instances' too), oldest first.",
+    responses((status = 200, body = [Backup])))]
+async fn list_all_backups(State(api): State<Api>) -> ApiResult<Json<Vec<Backup>>> {
+    Ok(Json(api.cluster.backups().await?))
+}
+
+#[utoipa::path(get, path = "/v1/backup-health",
+    description = "Per instance: its newest success, whether its newest backup and verification failed, how overdue a scheduled backup is (the `mofang_backup_*` metrics' figures).",
+    responses((status = 200, body = [crate::cluster::BackupHealthView])))]
+async fn backup_health(
+    State(api): State<Api>,
+) -> ApiResult<Json<Vec<crate::cluster::BackupHealthView>>> {
+    Ok(Json(api.cluster.backup_health().await?))
+}
+
 #[utoipa::path(get, path = "/v1/backups/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Backup), (status = 404, body = ErrorBody)))]
 async fn get_backup(State(api): State<Api>, Path(id): Path<String>) -> ApiResult<Json<Backup>> {
@@ -1497,7 +1513,8 @@ async fn engines() -> Json<Vec<EngineView>> {
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
         start_batch, get_batch, cancel_batch, engines,
-        create_backup, list_backups, get_backup, delete_backup, verify_backup
+        create_backup, list_backups, list_all_backups, backup_health, get_backup, delete_backup,
+        verify_backup
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Health, NodeView2, NodeState, NodeAdmin, InstanceSpec, Resources,
@@ -1509,7 +1526,7 @@ async fn engines() -> Json<Vec<EngineView>> {
         crate::ops::OpState, crate::ops::OpStep, EngineView, EngineParameter, crate::ops::StepState, crate::ops::StepAction,
         crate::ops::drift::ParametersView, crate::ops::drift::MemberParameters, crate::ops::drift::ParameterValue,
         crate::ops::drift::ParamState, crate::ops::drift::Drift,
-        NewBackup, Backup, crate::backup::BackupState, crate::backup::BackupObject,
+        NewBackup, Backup, crate::cluster::BackupHealthView, crate::backup::BackupState, crate::backup::BackupObject,
         crate::model::Node, crate::model::DiskInfo
     )),
     modifiers(&BearerAuth, &ErrorResponses),
@@ -1742,6 +1759,8 @@ pub fn v1_router(api: Api) -> Router {
             "/v1/instances/{name}/backups",
             get(list_backups).post(create_backup),
         )
+        .route("/v1/backups", get(list_all_backups))
+        .route("/v1/backup-health", get(backup_health))
         .route("/v1/backups/{id}", get(get_backup).delete(delete_backup))
         .route("/v1/backups/{id}/verify", post(verify_backup))
         .method_not_allowed_fallback(method_not_allowed)

@@ -427,21 +427,33 @@ impl Cluster {
     /// Backups of `instance` (which may have been deleted), oldest first, with the bytes a
     /// running one has read so far. 404 when neither the instance nor a backup of it exists.
     pub async fn backups_of(&self, instance: &str) -> Result<Vec<Backup>> {
+        let list = self.backups_where(|b| b.instance == instance).await?;
+        if list.is_empty() && !lock(&self.inner).instances.contains_key(instance) {
+            return Err(Error::NotFound(format!("instance {instance}")));
+        }
+        Ok(list)
+    }
+
+    /// Every backup of every instance (deleted ones' too), oldest first, with the bytes a
+    /// running one has read so far: `GET /v1/backups`.
+    pub async fn backups(&self) -> Result<Vec<Backup>> {
+        self.backups_where(|_| true).await
+    }
+
+    /// The backups `keep` keeps, oldest first, with the bytes running ones have read so far.
+    async fn backups_where(&self, keep: impl Fn(&Backup) -> bool) -> Result<Vec<Backup>> {
         let mut list: Vec<Backup> = self
             .all_backups()
             .await?
             .into_iter()
-            .filter(|b| b.instance == instance)
+            .filter(|b| keep(b))
             .collect();
-        let inner = lock(&self.inner);
-        if list.is_empty() && !inner.instances.contains_key(instance) {
-            return Err(Error::NotFound(format!("instance {instance}")));
-        }
         list.sort_by(|a, b| {
             a.requested_at_ms
                 .cmp(&b.requested_at_ms)
                 .then(a.id.cmp(&b.id))
         });
+        let inner = lock(&self.inner);
         for b in list.iter_mut().filter(|b| !b.state.is_final()) {
             if let Some(s) = inner.job_status.get(&job_id(&b.id)) {
                 b.bytes = s.bytes;

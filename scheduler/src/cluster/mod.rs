@@ -37,6 +37,7 @@ pub use pitr::PitrWindow;
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
+pub use schedules::BackupHealthView;
 pub use verify::{judge, verify_node};
 pub use views::{InstanceView, MemberView, NodeView2, RestorePhaseView, RestoreProgress};
 

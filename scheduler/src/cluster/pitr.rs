@@ -31,6 +31,15 @@ pub struct PitrWindow {
     pub to: String,
 }
 
+/// An archive as the API shows it: ready, why not, the window, the lag in seconds (the
+/// figure `mofang_pitr_archive_lag_seconds` exports).
+pub(super) type PitrView = (
+    Option<bool>,
+    Option<String>,
+    Option<PitrWindow>,
+    Option<i64>,
+);
+
 /// The archive seen at the last refresh.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PitrSeen {
@@ -290,13 +299,10 @@ impl Cluster {
         }
     }
 
-    /// What the API shows of an instance's archive: ready, why not, the window.
-    pub(super) fn pitr_view(
-        inner: &super::Inner,
-        instance: &str,
-    ) -> (Option<bool>, Option<String>, Option<PitrWindow>) {
+    /// What the API shows of an instance's archive: ready, why not, the window, the lag.
+    pub(super) fn pitr_view(inner: &super::Inner, instance: &str) -> PitrView {
         match inner.pitr.get(instance) {
-            None => (None, None, None),
+            None => (None, None, None, None),
             Some(s) => (
                 Some(s.readiness.ready),
                 match &s.error {
@@ -307,6 +313,7 @@ impl Cluster {
                     from: pitr::format_utc(w.from),
                     to: pitr::format_utc(w.to),
                 }),
+                s.lag_s,
             ),
         }
     }

@@ -300,21 +300,11 @@ impl Cluster {
         out
     }
 
-    /// `/metrics` lines of backup health per existing instance (leader only), from the
-    /// backup records ([`schedule::health`]): the newest success's end, duration and size,
-    /// whether the newest finished backup and the newest verification failed, and how
-    /// overdue a scheduled backup is.
-    pub async fn backup_metrics(&self) -> String {
-        if !self.is_active() {
-            return String::new();
-        }
-        let backups = match self.all_backups().await {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "backup records not read for /metrics");
-                return String::new();
-            }
-        };
+    /// Backup health per existing instance, by name, from the backup records
+    /// ([`schedule::health`]): what `GET /v1/backup-health` answers and what `/metrics`
+    /// exports.
+    pub async fn backup_health(&self) -> Result<Vec<BackupHealthView>> {
+        let backups = self.all_backups().await?;
         let instances: Vec<(String, Option<String>, i64)> = lock(&self.inner)
             .instances
             .values()
@@ -327,6 +317,60 @@ impl Cluster {
             })
             .collect();
         let now = now_ms();
+        let mut out: Vec<BackupHealthView> = instances
+            .into_iter()
+            .map(|(name, expr, slot_ms)| {
+                let seen: Vec<schedule::Seen> = backups
+                    .iter()
+                    .filter(|b| b.instance == name)
+                    .map(|b| schedule::Seen {
+                        requested_ms: b.requested_at_ms,
+                        started_ms: b.started_at_ms,
+                        ended_ms: b.ended_at_ms,
+                        succeeded: match b.state {
+                            BackupState::Succeeded => Some(true),
+                            BackupState::Failed => Some(false),
+                            _ => None,
+                        },
+                        size: b.size,
+                        verified_ms: b.verified_at_ms,
+                        verify_ok: b.verify_ok,
+                    })
+                    .collect();
+                let cron = expr.as_deref().and_then(|e| schedule::parse_cron(e).ok());
+                let h = schedule::health(&seen, cron.as_ref(), slot_ms, now);
+                BackupHealthView {
+                    instance: name,
+                    schedule: expr,
+                    backups: seen.len(),
+                    last_success_ms: h.last_success.map(|s| s.0),
+                    last_duration_ms: h.last_success.map(|s| s.1),
+                    last_size: h.last_success.map(|s| s.2),
+                    last_failed: h.last_failed,
+                    verify_failed: h.verify_failed,
+                    overdue_s: h.overdue_s,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(out)
+    }
+
+    /// `/metrics` lines of backup health per existing instance (leader only), from
+    /// [`Cluster::backup_health`]: the newest success's end, duration and size, whether the
+    /// newest finished backup and the newest verification failed, and how overdue a
+    /// scheduled backup is.
+    pub async fn backup_metrics(&self) -> String {
+        if !self.is_active() {
+            return String::new();
+        }
+        let health = match self.backup_health().await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "backup records not read for /metrics");
+                return String::new();
+            }
+        };
         let mut fams: [(&str, &str, &str, String); 6] = [
             ("mofang_backup_last_success_timestamp_seconds", "gauge", "End of the newest succeeded backup (unix seconds).", String::new()),
             ("mofang_backup_duration_seconds", "gauge", "Duration of the newest succeeded backup.", String::new()),
@@ -335,30 +379,13 @@ impl Cluster {
             ("mofang_backup_verify_last_failed", "gauge", "1 when the newest verification of a backup failed.", String::new()),
             ("mofang_backup_overdue_seconds", "gauge", "Seconds since the first slot of the backup schedule after the newest succeeded backup was asked for; 0 before it.", String::new()),
         ];
-        for (name, expr, slot_ms) in instances {
-            let seen: Vec<schedule::Seen> = backups
-                .iter()
-                .filter(|b| b.instance == name)
-                .map(|b| schedule::Seen {
-                    requested_ms: b.requested_at_ms,
-                    started_ms: b.started_at_ms,
-                    ended_ms: b.ended_at_ms,
-                    succeeded: match b.state {
-                        BackupState::Succeeded => Some(true),
-                        BackupState::Failed => Some(false),
-                        _ => None,
-                    },
-                    size: b.size,
-                    verified_ms: b.verified_at_ms,
-                    verify_ok: b.verify_ok,
-                })
-                .collect();
-            let cron = expr.as_deref().and_then(|e| schedule::parse_cron(e).ok());
-            let h = schedule::health(&seen, cron.as_ref(), slot_ms, now);
-            let label = format!("{{mofang_instance=\"{name}\"}}");
+        for h in health {
+            let label = format!("{{mofang_instance=\"{}\"}}", h.instance);
             let mut put =
                 |i: usize, v: String| fams[i].3.push_str(&format!("{}{label} {v}\n", fams[i].0));
-            if let Some((end, took, size)) = h.last_success {
+            if let (Some(end), Some(took), Some(size)) =
+                (h.last_success_ms, h.last_duration_ms, h.last_size)
+            {
                 put(0, format!("{:.3}", end as f64 / 1000.0));
                 put(1, format!("{:.3}", took as f64 / 1000.0));
                 put(2, size.to_string());
@@ -380,6 +407,38 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// What an instance's backups say about its health (`GET /v1/backup-health`; the same
+/// figures as the `mofang_backup_*` metrics).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BackupHealthView {
+    /// The instance.
+    pub instance: String,
+    /// Its backup schedule (cron), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// How many backup records it has.
+    pub backups: usize,
+    /// End of the newest succeeded backup (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_ms: Option<i64>,
+    /// Its duration (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_duration_ms: Option<i64>,
+    /// Bytes it stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_size: Option<u64>,
+    /// Whether the newest finished backup failed (absent: none finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed: Option<bool>,
+    /// Whether the newest verification failed (absent: none ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_failed: Option<bool>,
+    /// With a schedule: seconds since the first slot after the newest succeeded backup was
+    /// asked for, 0 before it (`mofang_backup_overdue_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_s: Option<i64>,
 }
 
 #[cfg(test)]

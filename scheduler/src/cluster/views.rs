@@ -93,6 +93,11 @@ pub struct InstanceView {
     /// The range of times it can be restored to (`restore.time`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pitr_window: Option<super::PitrWindow>,
+    /// Seconds since the latest archived binlog event while the primary holds unarchived
+    /// transactions (0: none; absent: no archive or the primary's position unknown), as at
+    /// the last refresh: `mofang_pitr_archive_lag_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_lag_s: Option<i64>,
     /// Engine parameters set by `reconfigure` (name: value); empty: the defaults.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub parameters: std::collections::BTreeMap<String, String>,
@@ -326,7 +331,8 @@ impl Cluster {
             .find(|(r, _)| r.role == Role::Primary)
             .map(|(_, v)| v.address.clone())
             .unwrap_or_default();
-        let (pitr_ready, pitr_reason, pitr_window) = Cluster::pitr_view(inner, &i.spec.name);
+        let (pitr_ready, pitr_reason, pitr_window, pitr_lag_s) =
+            Cluster::pitr_view(inner, &i.spec.name);
         let restore_progress = i.restored.as_ref().and_then(|r| {
             let p = i.primary()?;
             let o = inner.live.get(&p.node)?.members.get(&p.id)?;
@@ -381,6 +387,7 @@ impl Cluster {
             pitr_ready,
             pitr_reason,
             pitr_window,
+            pitr_lag_s,
             parameters: i.parameters.clone(),
         }
     }
