@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Fast failover (as tests/tests/failover.rs) and two tokens: an admin and a viewer.
+/// Fast failover (as tests/tests/failover.rs), two tokens (an admin and a viewer), and binlogs
+/// archived every 2 s so the point-in-time window shows soon after a backup.
 const ADMIN_TOKEN: &str = "console-admin-token-0123456789";
 const VIEWER_TOKEN: &str = "console-viewer-token-0123456789";
 
@@ -25,7 +26,8 @@ fn config() -> String {
     format!(
         "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n\
          [[tokens]]\nname = \"console-admin\"\nrole = \"admin\"\nsecret = \"{ADMIN_TOKEN}\"\n\
-         [[tokens]]\nname = \"console-viewer\"\nrole = \"viewer\"\nsecret = \"{VIEWER_TOKEN}\"\n"
+         [[tokens]]\nname = \"console-viewer\"\nrole = \"viewer\"\nsecret = \"{VIEWER_TOKEN}\"\n\
+         [backup]\narchive_interval_s = 2\n"
     )
 }
 
@@ -643,7 +645,10 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .await,
     )
     .await?;
-    b.shot_at("instance-backups", "backup").await?;
+    assert!(
+        b.count("#pitr-axis g.mark.succeeded").await? >= 1,
+        "the backup on the time axis"
+    );
     let restore_link = b
         .attr("#backups tr[data-state=succeeded] a.act", "href")
         .await?
@@ -707,7 +712,118 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         )
         .await?;
     assert!(status.is_success(), "{status} {v}");
-    b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
+
+    // Point-in-time: rows written after the backup are archived; the window shows on the
+    // time axis by itself. A time picked outside it: the API's reason next to the time
+    // field, nothing created; the latest point (prefilled): restored, ready.
+    {
+        use mysql_async::prelude::Queryable;
+        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        let p = Env::primary_member(&v)?;
+        let password = env.app_password(&name).await?;
+        let mut c =
+            mofang_tests::scenario::mysql(p["address"].as_str().context("address")?, &password)
+                .await?;
+        c.query_drop("CREATE TABLE IF NOT EXISTS picked (id INT PRIMARY KEY)")
+            .await?;
+        c.query_drop("INSERT INTO picked VALUES (1), (2), (3)")
+            .await?;
+    }
+    b.goto(&page).await?;
+    explain(
+        &b,
+        eventually(
+            "the PITR window on the time axis",
+            Duration::from_secs(90),
+            || async {
+                match b.attr("#pitr-window", "data-to").await? {
+                    Some(to) => Ok(to),
+                    None => bail!("{}", b.text("#backups").await?),
+                }
+            },
+        )
+        .await,
+    )
+    .await?;
+    b.shot_at("instance-backups", "backup").await?;
+    // The picker is outside the live region: the page loaded again to have it.
+    b.goto(&page).await?;
+    let latest = b
+        .attr("#pitr-time", "value")
+        .await?
+        .context("the time picker, prefilled")?;
+    let set_time = async |id: &str, value: &str| -> Result<()> {
+        b.client
+            .execute(
+                "document.getElementById(arguments[0]).value = arguments[1]; return null;",
+                vec![json!(id), json!(value)],
+            )
+            .await?;
+        Ok(())
+    };
+    set_time("pitr-time", "2000-01-01T00:00:00").await?;
+    b.submit("#restore-time button[type=submit]").await?;
+    let at_time = unique_name("attime");
+    b.fill("name", &at_time).await?;
+    b.fill("replicas", "0").await?;
+    b.submit("#create button[type=submit]").await?;
+    let why = b.text("#time-error").await?;
+    assert!(why.contains("outside the point-in-time window"), "{why}");
+    b.shot("restore-time-error").await?;
+    assert!(!exists(&env, &at_time).await?, "nothing created");
+    set_time("time", &latest).await?;
+    let form_page = ui(&format!(
+        "/ui/instances/new?restore_from={name}&time={latest}"
+    ));
+    b.submit_checked(
+        "#create button[type=submit]",
+        &form_page,
+        async || exists(&env, &at_time).await,
+        &ui(&format!("/ui/instances/{at_time}?done=created")),
+    )
+    .await?;
+    assert_eq!(
+        b.path().await?,
+        format!("/ui/instances/{at_time}?done=created")
+    );
+    explain(
+        &b,
+        eventually(
+            "the instance restored to a time is ready",
+            Duration::from_secs(180),
+            || async {
+                let s = b.text("#status").await?;
+                if s == "ready" {
+                    Ok(())
+                } else {
+                    bail!("status {s}")
+                }
+            },
+        )
+        .await,
+    )
+    .await?;
+    let (status, v) = env
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/instances/{at_time}"),
+            None,
+        )
+        .await?;
+    assert!(status.is_success(), "{status} {v}");
+
+    // Every instance's backups on one page; the overview's backup figures.
+    b.goto(&ui("/ui/backups")).await?;
+    assert!(
+        b.count(&format!("#fleet-backups tr[data-backup^='{name}-']"))
+            .await?
+            >= 1,
+        "the backup on the fleet page"
+    );
+    b.goto(&ui("/ui")).await?;
+    assert_eq!(b.text("#backups-failing").await?, "0");
+    assert!(b.text("#archive-figures").await?.contains("PITR archives"));
+    b.goto(&page).await?;
 
     // An admin reveals the credentials on request; the reveal is audited.
     b.submit("#credentials button[type=submit]").await?;
@@ -737,6 +853,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         ("/ui/problems", "problems"),
         ("/ui/audit", "audit"),
         ("/ui/operations", "operations"),
+        ("/ui/backups", "backups"),
     ] {
         b.goto(&ui(path)).await?;
         b.shot(shot).await?;
@@ -751,6 +868,8 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         "/ui/nodes".to_owned(),
         "/ui/events".to_owned(),
         "/ui/audit".to_owned(),
+        "/ui/backups".to_owned(),
+        "/ui/operations".to_owned(),
     ] {
         let html = b.size(&path).await?;
         println!("page weight {path}: HTML {html} B + CSS/JS {assets} B");
@@ -764,6 +883,56 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     );
     b.goto(&ui("/ui/audit?q=credentials")).await?;
     assert!(b.text("main table").await?.contains("reveal credentials"));
+
+    // Paging: 110 automatic-failover settings, each an event and two audit entries. The
+    // events and audit pages show 100 a page, newest first; "Older" keeps the filters.
+    for _ in 0..110 {
+        let (status, v) = env
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/instances/{name}/auto-failover"),
+                Some(json!({"enabled": true})),
+            )
+            .await?;
+        assert!(status.is_success(), "{status} {v}");
+    }
+    b.goto(&ui(&format!(
+        "/ui/events?instance={name}&kind=auto_failover"
+    )))
+    .await?;
+    assert_eq!(b.count("#events li[data-kind=auto_failover]").await?, 100);
+    let older = b
+        .attr("#events a[rel=next]", "href")
+        .await?
+        .context("an Older link")?;
+    assert!(
+        older.starts_with(&format!(
+            "/ui/events?instance={name}&kind=auto_failover&before="
+        )),
+        "{older}"
+    );
+    b.goto(&ui(&older)).await?;
+    let rest = b.count("#events li[data-kind=auto_failover]").await?;
+    assert!((10..100).contains(&rest), "{rest} on the older page");
+    assert!(b.attr("#events a[rel=prev]", "href").await?.is_some());
+    b.goto(&ui("/ui/audit?q=auto-failover")).await?;
+    assert_eq!(b.count("#audit tbody tr").await?, 100);
+    let older = b
+        .attr("a[rel=next]", "href")
+        .await?
+        .context("an Older link")?;
+    assert!(
+        older.starts_with("/ui/audit?q=auto-failover&before="),
+        "{older}"
+    );
+    b.goto(&ui(&older)).await?;
+    assert_eq!(b.count("#audit tbody tr").await?, 100);
+    assert_eq!(
+        b.attr("#q", "value").await?.as_deref(),
+        Some("auto-failover"),
+        "the filter kept"
+    );
+    b.shot("audit-older").await?;
 
     // A phone's screen: the pages fit its width.
     b.client.set_window_size(390, 844).await?;
@@ -786,6 +955,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         format!("/ui/instances/{name}"),
         "/ui/instances".to_owned(),
         "/ui/nodes".to_owned(),
+        "/ui/backups".to_owned(),
     ] {
         b.goto(&ui(&path)).await?;
         let actions = b

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::Markup;
-use pages::{Frame, Nav};
+use pages::Frame;
 use serde::de::DeserializeOwned;
 use session::{Session, Sessions};
 use std::collections::{BTreeMap, VecDeque};
@@ -81,16 +81,27 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 const MAX_ANSWER: usize = 256 << 20;
 /// Events kept for the overview and the events page (the last 24 h, at most this many).
 const EVENTS_KEPT: usize = 5_000;
+/// Audit entries kept for the audit page (the newest).
+const AUDIT_KEPT: usize = 10_000;
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 
-/// The events this scheduler has read from `GET /v1/events`, newest last: a cursor so each
-/// page reads only what is new.
-#[derive(Debug, Default)]
-struct Recent {
+/// The entries of a log (`GET /v1/events`, `GET /v1/audit`) this scheduler has read, newest
+/// last: a cursor so each page reads only what is new.
+#[derive(Debug)]
+struct Tail<T> {
     since: u64,
-    events: VecDeque<Event>,
+    items: VecDeque<T>,
+}
+
+impl<T> Default for Tail<T> {
+    fn default() -> Self {
+        Tail {
+            since: 0,
+            items: VecDeque::new(),
+        }
+    }
 }
 
 struct Inner {
@@ -98,7 +109,8 @@ struct Inner {
     /// The REST API's router (without the console), called in-process.
     v1: Router,
     sessions: Sessions,
-    recent: tokio::sync::Mutex<Recent>,
+    recent: tokio::sync::Mutex<Tail<Event>>,
+    audit: tokio::sync::Mutex<Tail<views::AuditEntry>>,
 }
 
 /// The console's state.
@@ -116,7 +128,8 @@ impl Console {
                 api,
                 v1,
                 sessions: Sessions::default(),
-                recent: tokio::sync::Mutex::new(Recent::default()),
+                recent: tokio::sync::Mutex::new(Tail::default()),
+                audit: tokio::sync::Mutex::new(Tail::default()),
             }),
         }
     }
@@ -191,33 +204,68 @@ impl Console {
         })
     }
 
-    /// The events of the last 24 h, newest first, reading only those not read before.
+    /// The events of the last 24 h (at most [`EVENTS_KEPT`]), newest first, reading only
+    /// those not read before.
     async fn recent_events(&self, v: &Visit, now: i64) -> Result<Vec<Event>> {
-        let mut r = self.inner.recent.lock().await;
-        // At most 10 pages per visit: a long history is caught up over a few visits.
+        let fresh = |e: &Event| e.at_ms > now - views::RECENT_MS;
+        self.follow(
+            v,
+            &self.inner.recent,
+            "/v1/events",
+            |e| e.id,
+            fresh,
+            EVENTS_KEPT,
+        )
+        .await
+    }
+
+    /// The newest audit entries (at most [`AUDIT_KEPT`]), newest first, reading only those
+    /// not read before. Each visit asks the API with the visitor's token first, so anyone
+    /// but an admin gets its 403 and nothing read before.
+    async fn recent_audit(&self, v: &Visit) -> Result<Vec<views::AuditEntry>> {
+        self.follow(
+            v,
+            &self.inner.audit,
+            "/v1/audit",
+            |e| e.id,
+            |_| true,
+            AUDIT_KEPT,
+        )
+        .await
+    }
+
+    /// Reads a log from `path` past `tail`'s cursor (at most 10 pages of 10,000 a visit: a
+    /// long history is caught up over a few visits), keeps the last `max` entries that
+    /// `keep`; all kept, newest first.
+    async fn follow<T: DeserializeOwned + Clone>(
+        &self,
+        v: &Visit,
+        tail: &tokio::sync::Mutex<Tail<T>>,
+        path: &str,
+        id: fn(&T) -> u64,
+        keep: impl Fn(&T) -> bool,
+        max: usize,
+    ) -> Result<Vec<T>> {
+        let mut t = tail.lock().await;
         for _ in 0..10 {
-            let page: Vec<Event> = self
-                .get(v, &format!("/v1/events?since={}&limit=10000", r.since))
+            let page: Vec<T> = self
+                .get(v, &format!("{path}?since={}&limit=10000", t.since))
                 .await?;
             let full = page.len() == 10_000;
             for e in page {
-                r.since = r.since.max(e.id);
-                if e.at_ms > now - views::RECENT_MS {
-                    r.events.push_back(e);
+                t.since = t.since.max(id(&e));
+                if keep(&e) {
+                    t.items.push_back(e);
                 }
             }
             if !full {
                 break;
             }
         }
-        while r.events.len() > EVENTS_KEPT
-            || r.events
-                .front()
-                .is_some_and(|e| e.at_ms <= now - views::RECENT_MS)
-        {
-            r.events.pop_front();
+        while t.items.len() > max || t.items.front().is_some_and(|e| !keep(e)) {
+            t.items.pop_front();
         }
-        Ok(r.events.iter().rev().cloned().collect())
+        Ok(t.items.iter().rev().cloned().collect())
     }
 
     /// Instances, nodes and the problems they show.
@@ -514,10 +562,17 @@ async fn overview(State(c): State<Console>, v: Visit) -> Response {
         Ok(e) => views::recent_notable(&e, now),
         Err(e) => return failed(&c, &v, &e),
     };
+    let backups = match c
+        .get::<Vec<views::BackupHealth>>(&v, "/v1/backup-health")
+        .await
+    {
+        Ok(h) => views::backup_summary(&h, &instances),
+        Err(e) => return failed(&c, &v, &e),
+    };
     let f = v.frame(problems.len());
     html(
         StatusCode::OK,
-        pages::overview(&f, &instances, &nodes, &problems, &recent),
+        pages::overview(&f, &instances, &nodes, &problems, &recent, &backups),
     )
 }
 
@@ -948,6 +1003,11 @@ struct EventsQuery {
     instance: String,
     #[serde(default)]
     kind: String,
+    /// Page cursors (text: anything not a number is none).
+    #[serde(default)]
+    before: String,
+    #[serde(default)]
+    after: String,
 }
 
 async fn events_page(
@@ -965,16 +1025,20 @@ async fn events_page(
         Ok(e) => e,
         Err(e) => return failed(&c, &v, &e),
     };
-    let (inst, kind) = (q.instance.trim(), q.kind.trim());
-    let shown: Vec<Event> = all
-        .into_iter()
-        .filter(|e| inst.is_empty() || e.instance.as_deref() == Some(inst))
-        .filter(|e| kind.is_empty() || e.kind.contains(kind))
-        .take(500)
-        .collect();
+    let filter = views::EventFilter {
+        instance: q.instance.trim().to_owned(),
+        kind: q.kind.trim().to_owned(),
+    };
+    let matching: Vec<Event> = all.into_iter().filter(|e| filter.keeps(e)).collect();
+    let page = views::log_page(
+        &matching,
+        |e| e.id,
+        views::Cursor::parse(&q.before, &q.after),
+        pages::LOG_ROWS,
+    );
     html(
         StatusCode::OK,
-        pages::events(&v.frame(problems), &shown, inst, kind),
+        pages::events(&v.frame(problems), &page, matching.len(), &filter),
     )
 }
 
@@ -982,6 +1046,11 @@ async fn events_page(
 struct AuditQuery {
     #[serde(default)]
     q: String,
+    /// Page cursors (text: anything not a number is none).
+    #[serde(default)]
+    before: String,
+    #[serde(default)]
+    after: String,
 }
 
 async fn audit_page(
@@ -995,13 +1064,12 @@ async fn audit_page(
         Err(e) => return failed(&c, &v, &e),
     };
     // The API refuses a non-admin (403), as it does for `mofang audit`.
-    let mut entries: Vec<views::AuditEntry> = match c.get(&v, "/v1/audit?limit=10000").await {
+    let entries = match c.recent_audit(&v).await {
         Ok(e) => e,
         Err(e) => return failed(&c, &v, &e),
     };
-    entries.reverse();
     let needle = q.q.trim().to_lowercase();
-    let shown: Vec<views::AuditEntry> = entries
+    let matching: Vec<views::AuditEntry> = entries
         .into_iter()
         .filter(|e| {
             needle.is_empty()
@@ -1009,11 +1077,16 @@ async fn audit_page(
                     .to_lowercase()
                     .contains(&needle)
         })
-        .take(500)
         .collect();
+    let page = views::log_page(
+        &matching,
+        |e| e.id,
+        views::Cursor::parse(&q.before, &q.after),
+        pages::LOG_ROWS,
+    );
     html(
         StatusCode::OK,
-        pages::audit(&v.frame(problems), &shown, q.q.trim()),
+        pages::audit(&v.frame(problems), &page, matching.len(), q.q.trim()),
     )
 }
 
@@ -1096,25 +1169,44 @@ async fn cancel_operation(
     }
 }
 
-async fn backups_page(State(c): State<Console>, v: Visit) -> Response {
-    not_built_page(&c, &v, Nav::Backups, "Backups",
-        "A fleet-wide backups view is not here yet: each instance's page has its backups, the PITR window, \"Back up now\" and restore; <code>mofang backup list</code> lists them all. Backup failures of the last 24 hours are on the overview.").await
+#[derive(serde::Deserialize, Default)]
+struct BackupsQuery {
+    #[serde(flatten)]
+    filter: views::BackupFilter,
+    /// Page number from 1 (text: numbers do not parse inside a flattened query).
+    #[serde(default)]
+    page: String,
 }
 
-async fn not_built_page(
-    c: &Console,
-    v: &Visit,
-    nav: Nav,
-    title: &str,
-    instead: &'static str,
+/// Every instance's backups: the API's backup health and backup list.
+async fn backups_page(
+    State(c): State<Console>,
+    v: Visit,
+    q: Result<Query<BackupsQuery>, QueryRejection>,
 ) -> Response {
-    match c.fleet(v).await {
-        Ok((_, _, p)) => html(
-            StatusCode::OK,
-            pages::not_built(&v.frame(p.len()), nav, title, instead),
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let problems = match c.fleet(&v).await {
+        Ok((_, _, p)) => p.len(),
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let health: Vec<views::BackupHealth> = match c.get(&v, "/v1/backup-health").await {
+        Ok(h) => h,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let all: Vec<views::Backup> = match c.get(&v, "/v1/backups").await {
+        Ok(b) => b,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    let fleet = views::fleet_backups(&health, &all, &q.filter);
+    html(
+        StatusCode::OK,
+        pages::backups(
+            &v.frame(problems),
+            &fleet,
+            &q.filter,
+            q.page.parse().unwrap_or(1),
         ),
-        Err(e) => failed(c, v, &e),
-    }
+    )
 }
 
 async fn css() -> Response {
@@ -1347,6 +1439,172 @@ mod tests {
         ] {
             assert!(html.contains(want), "{want} in {html}");
         }
+    }
+
+    /// The fleet backups page, the instance's time axis and the overview's figures are the
+    /// API's backup list and health: a failed backup first and its instance needing
+    /// attention, the filter kept; a time picked for a restore that the API refuses shows
+    /// its reason next to the time field, nothing created.
+    #[tokio::test]
+    async fn backups_the_pitr_axis_and_the_overview_figures_come_from_the_api() {
+        let cluster = cluster_with_shop().await;
+        for (id, state, at) in [
+            ("shop-1000", "succeeded", 1_000),
+            ("shop-2000", "failed", 2_000),
+        ] {
+            let b = serde_json::json!({"id": id, "instance": "shop", "engine": "mariadb",
+                "version": "10.11", "repo": "r", "member": "shop-0", "node": "n1", "state": state,
+                "reason": if state == "failed" { "disk full" } else { "" },
+                "requested_at_ms": at, "ended_at_ms": at + 10, "size": 1 << 20});
+            cluster
+                .store()
+                .put_meta(&format!("backup/{id}"), &b.to_string())
+                .await
+                .expect("backup record");
+        }
+        let app = app_of(cluster.clone());
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let (status, r) = send(&app, get("/ui/backups", &cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        let html = text(r).await;
+        assert!(
+            html.contains("data-instance=\"shop\" data-standing=\"failing\""),
+            "{html}"
+        );
+        let at = |id: &str| html.find(&format!("data-backup=\"{id}\"")).expect(id);
+        assert!(at("shop-2000") < at("shop-1000"), "the failed one first");
+        assert!(html.contains("disk full"));
+        assert!(html.contains("/ui/instances/new?restore_from=shop&amp;backup=shop-1000"));
+        let (_, r) = send(
+            &app,
+            get("/ui/backups?status=succeeded&instance=sh", &cookie),
+        )
+        .await;
+        let html = text(r).await;
+        assert!(html.contains("data-backup=\"shop-1000\""));
+        assert!(!html.contains("data-backup=\"shop-2000\""));
+        assert!(
+            html.contains("name=\"instance\" type=\"search\" value=\"sh\""),
+            "filter kept"
+        );
+        let (_, r) = send(&app, get("/ui", &cookie)).await;
+        let html = text(r).await;
+        assert!(
+            html.contains("id=\"backups-failing\">1<"),
+            "the overview counts it: {html}"
+        );
+        let (_, r) = send(&app, get("/ui/instances/shop", &cookie)).await;
+        let html = text(r).await;
+        assert!(html.contains("id=\"pitr-axis\""), "{html}");
+        assert!(html.contains("class=\"mark succeeded\" data-backup=\"shop-1000\""));
+        assert!(html.contains("class=\"mark failed\" data-backup=\"shop-2000\""));
+        let (_, r) = send(
+            &app,
+            get(
+                "/ui/instances/new?restore_from=shop&time=2026-12-01T14%3A45%3A10Z",
+                &cookie,
+            ),
+        )
+        .await;
+        let html = text(r).await;
+        assert!(
+            html.contains("type=\"datetime-local\" step=\"1\" value=\"2026-12-01T14:45:10\""),
+            "{html}"
+        );
+        let form = format!(
+            "csrf={csrf}&restore_from=shop&time=noon&name=back&engine=mariadb&version=10.11\
+             &replicas=0&cpu=0.5&memory=256&disk=512"
+        );
+        let (status, r) = send(&app, post("/ui/instances", &cookie, &form)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let html = text(r).await;
+        assert!(
+            html.contains("id=\"time-error\" role=\"alert\">restore.time:"),
+            "{html}"
+        );
+        assert!(cluster.instance("back").is_none(), "nothing created");
+    }
+
+    /// The events and audit pages go by cursor, 100 a page, newest first, the filters kept
+    /// in the page links; a page stays put while new entries arrive.
+    #[tokio::test]
+    async fn events_and_audit_are_paged_by_cursor_with_their_filters() {
+        let cluster = cluster_with_shop().await;
+        let now = now_ms();
+        let evs: Vec<crate::model::Event> = (0..250)
+            .map(|k| crate::model::Event {
+                id: 0,
+                at_ms: now - 1_000 + k,
+                instance: Some("shop".into()),
+                node: None,
+                kind: "paged_test".into(),
+                message: format!("event {k}"),
+            })
+            .collect();
+        cluster.store().append_events(&evs).await.expect("events");
+        let app = app_of(cluster.clone());
+        let (cookie, _) = sign_in(&app, ADMIN).await;
+        let rows = |html: &str| html.matches("data-kind=\"paged_test\"").count();
+        let next = |html: &str, rel: &str| -> String {
+            let at = html
+                .find(&format!("rel=\"{rel}\""))
+                .unwrap_or_else(|| panic!("a {rel} link in {html}"));
+            let href = html[..at].rsplit("href=\"").next().expect("href");
+            href.split('"').next().expect("link").replace("&amp;", "&")
+        };
+        let (_, r) = send(&app, get("/ui/events?kind=paged&instance=shop", &cookie)).await;
+        let first = text(r).await;
+        assert_eq!(rows(&first), 100);
+        assert!(first.contains("event 249") && !first.contains("event 149<"));
+        let older = next(&first, "next");
+        assert!(
+            older.starts_with("/ui/events?instance=shop&kind=paged&before="),
+            "{older}"
+        );
+        // New events arrive: the second page is still the one after the first.
+        let more = crate::model::Event {
+            message: "event new".into(),
+            ..evs[0].clone()
+        };
+        cluster.store().append_events(&[more]).await.expect("event");
+        let (_, r) = send(&app, get(&older, &cookie)).await;
+        let second = text(r).await;
+        assert_eq!(rows(&second), 100);
+        assert!(second.contains(">event 149<") && second.contains(">event 50<"));
+        let (_, r) = send(&app, get(&next(&second, "next"), &cookie)).await;
+        let third = text(r).await;
+        assert_eq!(rows(&third), 50, "the oldest 50");
+        assert!(!third.contains("rel=\"next\""), "no older page");
+        let (_, r) = send(&app, get(&next(&third, "prev"), &cookie)).await;
+        assert!(
+            text(r).await.contains(">event 149<"),
+            "newer: back to the second"
+        );
+        let (_, r) = send(&app, get("/ui/events?kind=nothing-such", &cookie)).await;
+        assert!(!text(r).await.contains("rel=\"next\""));
+        for k in 0..120 {
+            let entry = crate::model::AuditEntry {
+                id: 0,
+                at_ms: now,
+                who: "pager".into(),
+                source: String::new(),
+                action: format!("POST /v1/thing/{k}"),
+                target: format!("thing-{k}"),
+                status: 200,
+                result: "ok".into(),
+            };
+            cluster.store().append_audit(&entry).await.expect("audit");
+        }
+        let (_, r) = send(&app, get("/ui/audit?q=pager", &cookie)).await;
+        let first = text(r).await;
+        assert_eq!(first.matches(">pager<").count(), 100);
+        assert!(first.contains(">thing-119<") && !first.contains(">thing-19<"));
+        let older = next(&first, "next");
+        assert!(older.starts_with("/ui/audit?q=pager&before="), "{older}");
+        let (_, r) = send(&app, get(&older, &cookie)).await;
+        let second = text(r).await;
+        assert_eq!(second.matches(">pager<").count(), 20);
+        assert!(second.contains(">thing-0<"));
     }
 
     /// Credentials are shown to an admin who asks, once, with an audit entry; an operator's

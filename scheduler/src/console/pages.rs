@@ -6,7 +6,7 @@ use super::views::{
     self, ago, count_by, lag, utc, AuditEntry, Event, Fill, Instance, InstanceFilter, Node,
     Problem, Severity, Topology, TopologyNode,
 };
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 use std::collections::BTreeMap;
 
 /// Pages of the navigation bar.
@@ -18,9 +18,9 @@ pub enum Nav {
     Instances,
     /// Nodes.
     Nodes,
-    /// Operations (not built yet).
+    /// Operations.
     Operations,
-    /// Backups (not built yet).
+    /// Backups.
     Backups,
     /// Events.
     Events,
@@ -51,6 +51,9 @@ pub struct Frame {
 
 /// Instances per page of the list (a page stays well under 200 KB).
 pub const PAGE_SIZE: usize = 100;
+
+/// Entries per page of the events and audit pages.
+pub const LOG_ROWS: usize = 100;
 
 /// Live refresh interval of pages that update, ms.
 pub const REFRESH_MS: u32 = 2000;
@@ -248,6 +251,7 @@ pub fn overview(
     nodes: &[Node],
     problems: &[Problem],
     recent: &[Event],
+    backups: &views::BackupSummary,
 ) -> Markup {
     let by_status = count_by(instances, |i| i.status.clone());
     let by_engine = count_by(instances, |i| format!("{} {}", i.engine, i.version));
@@ -268,6 +272,7 @@ pub fn overview(
                     (problem_list(&problems[..problems.len().min(8)]))
                     @if problems.len() > 8 { p { a href="/ui/problems" { "All " (problems.len()) " problems" } } }
                 }
+                (backup_cards(backups))
             }
             h2 { "Failovers in the last 24 h (" (failed_over.len()) " instances)" }
             @if failed_over.is_empty() { p.muted { "None." } } @else {
@@ -279,7 +284,6 @@ pub fn overview(
             div.grid { @for z in &zones { (fill_card(z, "Zone")) } }
             h2 { "By node" }
             div.grid { @for n in nodes { (fill_card(&views::node_fill(n), "Node")) } }
-            p.note { "Backups failing or overdue and PITR archive lag are not summarised here yet: see Problems (archive gaps) and the backup events." }
         }
     };
     page(f, "Overview", Nav::Overview, true, main)
@@ -322,9 +326,7 @@ pub fn instances(
         v
     };
     let matching: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
-    let pages = matching.len().div_ceil(PAGE_SIZE).max(1);
-    let page_no = page_no.clamp(1, pages);
-    let shown = &matching[(page_no - 1) * PAGE_SIZE..(page_no * PAGE_SIZE).min(matching.len())];
+    let (page_no, pages, shown) = views::page_of(&matching, page_no, PAGE_SIZE);
     let link = |n: usize| {
         format!(
             "/ui/instances?q={}&engine={}&version={}&status={}&page={n}",
@@ -363,15 +365,26 @@ pub fn instances(
                     }
                 }
             }
-            @if pages > 1 {
-                nav.pager aria-label="Pages" {
-                    @if page_no > 1 { a href=(link(page_no - 1)) rel="prev" { "Previous" } " " }
-                    @if page_no < pages { a href=(link(page_no + 1)) rel="next" { "Next" } }
-                }
-            }
+            (pager(page_no, pages, link))
         }
     };
     page(f, "Instances", Nav::Instances, true, main)
+}
+
+/// Links to the previous and next of `pages` pages (`link(n)`: page n's address, the
+/// filters kept), and to the first and last when they are further away.
+pub fn pager(page_no: usize, pages: usize, link: impl Fn(usize) -> String) -> Markup {
+    html! {
+        @if pages > 1 {
+            nav.pager aria-label="Pages" {
+                @if page_no > 2 { a href=(link(1)) { "First" } " " }
+                @if page_no > 1 { a href=(link(page_no - 1)) rel="prev" { "Previous" } " " }
+                span.muted { "page " (page_no) " of " (pages) } " "
+                @if page_no < pages { a href=(link(page_no + 1)) rel="next" { "Next" } " " }
+                @if page_no + 1 < pages { a href=(link(pages)) { "Last" } }
+            }
+        }
+    }
 }
 
 /// The create form: the values typed, and the API's reason next to the field it is about
@@ -412,13 +425,16 @@ pub fn create(
         .flat_map(|e| e.versions.iter().cloned())
         .collect();
     let restore_from = values.get("restore_from").filter(|v| !v.is_empty());
+    // A restore to a time: the time is a field of its own (the API's reason next to it).
+    let to_time = restore_from.is_some()
+        && (values.get("time").is_some_and(|t| !t.is_empty()) || errors.contains_key("time"));
     let main = html! {
         h1 { @if restore_from.is_some() { "Restore into a new instance" } @else { "Create an instance" } }
         @if let Some(src) = restore_from {
             p.note {
                 "From instance " a href=(format!("/ui/instances/{src}")) { (src) } ": "
                 @match (values.get("backup").filter(|v| !v.is_empty()), values.get("time").filter(|v| !v.is_empty())) {
-                    (_, Some(t)) => { "to the time " code { (t) } " (its backup, then the archived binlogs)" },
+                    (_, Some(_)) => { "to the time below (the backup before it, then the archived binlogs)" },
                     (Some(b), None) => { "backup " code { (b) } },
                     (None, None) => { "its latest backup" },
                 }
@@ -429,7 +445,19 @@ pub fn create(
         form.stack.card method="post" action="/ui/instances" id="create" novalidate {
             (csrf_field(f))
             @for k in views::RESTORE_FIELDS {
-                @if let Some(v) = values.get(*k).filter(|v| !v.is_empty()) { input type="hidden" name=(k) value=(v); }
+                @if let Some(v) = values.get(*k).filter(|v| !v.is_empty() && (*k != "time" || !to_time)) { input type="hidden" name=(k) value=(v); }
+            }
+            @if to_time {
+                @let err = errors.get("time");
+                div.field {
+                    label for="time" { "Restore to the time (UTC)" }
+                    input id="time" name="time" type="datetime-local" step="1"
+                        value=(views::local_input_of(&val("time", "")))
+                        aria-invalid=[err.map(|_| "true")]
+                        aria-describedby=(if err.is_some() { "time-hint time-error" } else { "time-hint" });
+                    p.hint id="time-hint" { "Within the source's point-in-time window, to the second; the backup before it is restored and the archived binlogs replayed up to it." }
+                    @if let Some(e) = err { p.field-error id="time-error" role="alert" { (e) } }
+                }
             }
             (field("name", "Name", "", "text", "Lower-case letters, digits and '-', at most 40."))
             div.field {
@@ -492,32 +520,26 @@ fn topology_diagram(t: &Topology) -> Markup {
     }
 }
 
-/// An instance's backups, newest first, with the PITR window; operators get "Restore" on
-/// each succeeded one (a create form prefilled, which makes a new instance).
-fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup {
+/// Backups as a table, in the order given; operators get "Restore…" on each succeeded one
+/// (a create form prefilled, which makes a new instance). `with_instance`: a column naming
+/// each one's instance (the fleet page).
+pub fn backup_table(f: &Frame, backups: &[views::Backup], with_instance: bool) -> Markup {
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
     html! {
-        @if let Some(w) = &i.pitr_window {
-            p {
-                "Point-in-time restore window: " code { (w.from) } " → " code { (w.to) } " "
-                meter min="0" max="1" value="1" aria-label="restorable window" {}
-                @if f.can_act {
-                    " " a.act href=(format!("/ui/instances/new?restore_from={}&time={}", i.name, encode_query(&w.to))) { "Restore to the latest point" }
-                }
-            }
-        } @else if let Some(r) = &i.pitr_reason {
-            p.muted { "No point-in-time window: " (r) }
-        }
         @if backups.is_empty() {
             p.muted { "No backups." }
         } @else {
             div.scroll {
                 table {
-                    thead { tr { th { "Backup" } th { "State" } th { "Taken" } th.num { "Size" } th { "On" } th { "Verified" } @if f.can_act { th { "" } } } }
+                    thead { tr {
+                        th { "Backup" } @if with_instance { th { "Instance" } } th { "State" } th { "Taken" }
+                        th.num { "Size" } th { "On" } th { "Verified" } @if f.can_act { th { "" } }
+                    } }
                     tbody {
                         @for b in backups {
                             tr data-backup=(b.id) data-state=(b.state) {
                                 td { code { (b.id) } br; span.muted { (b.repo) } }
+                                @if with_instance { td { a href=(format!("/ui/instances/{}", b.instance)) { (b.instance) } } }
                                 td { (badge(&b.state)) @if !b.reason.is_empty() { br; span.muted { (b.reason) } } }
                                 td { (utc(b.requested_at_ms)) br; span.muted { (ago(b.requested_at_ms, f.now_ms)) } }
                                 td.num { @if b.size > 0 { (mib(b.size)) } @else if b.bytes > 0 { (mib(b.bytes)) " read" } }
@@ -534,13 +556,111 @@ fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup
                                 }
                                 @if f.can_act {
                                     td { @if b.state == "succeeded" {
-                                        a.act href=(format!("/ui/instances/new?restore_from={}&backup={}", i.name, encode_query(&b.id))) { "Restore…" }
+                                        a.act href=(format!("/ui/instances/new?restore_from={}&backup={}", b.instance, encode_query(&b.id))) { "Restore…" }
                                     } }
                                 }
                             }
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The PITR window on a time axis with the full backups as marks (inline SVG, styled by the
+/// stylesheet: no inline style, no script).
+fn pitr_svg(axis: &views::PitrAxis) -> Markup {
+    // The drawing is 1000 wide; the axis runs from 20 to 980.
+    let x = |ms: i64| format!("{:.1}", 20.0 + 960.0 * axis.x(ms));
+    let ticks = axis.ticks(5);
+    let label = match axis.window {
+        Some((a, b)) => format!(
+            "Point-in-time window from {} to {}; {} full backups",
+            utc(a),
+            utc(b),
+            axis.marks.len()
+        ),
+        None => format!("No point-in-time window; {} full backups", axis.marks.len()),
+    };
+    html! {
+        svg.pitr-axis id="pitr-axis" viewBox="0 0 1000 92" role="img" aria-label=(label) xmlns="http://www.w3.org/2000/svg" {
+            title { (label) }
+            line.axis x1="20" y1="50" x2="980" y2="50" {}
+            @if let Some((a, b)) = axis.window {
+                @let (x1, x2) = (20.0 + 960.0 * axis.x(a), 20.0 + 960.0 * axis.x(b));
+                rect.window id="pitr-window" x=(format!("{x1:.1}")) y="38" width=(format!("{:.1}", (x2 - x1).max(2.0))) height="24"
+                    data-from=(utc(a)) data-to=(utc(b)) {
+                    title { "restorable: " (utc(a)) " → " (utc(b)) }
+                }
+            }
+            line.now x1=(x(axis.now_ms)) y1="14" x2=(x(axis.now_ms)) y2="66" {}
+            text.now x=(x(axis.now_ms)) y="11" text-anchor="middle" { "now" }
+            @for m in &axis.marks {
+                g class=(format!("mark {}", m.state)) data-backup=(m.id) {
+                    title { (m.id) " " (m.state) " " (utc(m.at_ms)) }
+                    line x1=(x(m.at_ms)) y1="28" x2=(x(m.at_ms)) y2="72" {}
+                    circle cx=(x(m.at_ms)) cy="50" r="6" {}
+                }
+            }
+            @for (k, t) in ticks.iter().enumerate() {
+                text.tick x=(x(*t)) y="88"
+                    text-anchor=(if k == 0 { "start" } else if k + 1 == ticks.len() { "end" } else { "middle" }) {
+                    (axis.label(*t))
+                }
+            }
+        }
+    }
+}
+
+/// An instance's backups: the PITR window and the full backups on a time axis, "restore to
+/// a time" (operators), the backups newest first.
+fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup {
+    let axis = views::pitr_axis(i, backups, f.now_ms);
+    html! {
+        @if let Some(w) = &i.pitr_window {
+            p {
+                "Point-in-time restore window: " code { (w.from) } " → " code { (w.to) }
+                @if let Some(l) = i.pitr_lag_s { " · archive lag " (lag(l)) }
+                @if f.can_act {
+                    " · " a.act href=(format!("/ui/instances/new?restore_from={}&time={}", i.name, encode_query(&w.to))) { "Restore to the latest point" }
+                }
+            }
+        } @else if let Some(r) = &i.pitr_reason {
+            p.muted { "No point-in-time window: " (r) }
+        }
+        @if let Some(a) = &axis {
+            figure.pitr {
+                (pitr_svg(a))
+                figcaption.hint {
+                    span.key.window {} " restorable window · "
+                    span.key.succeeded {} " full backup · "
+                    span.key.failed {} " failed · "
+                    span.key.running {} " running"
+                }
+            }
+        }
+        (backup_table(f, backups, false))
+    }
+}
+
+/// The "restore to a time" form (operators, with a window): a time picked within the
+/// window, prefilled with its latest point, opens the restore form; the API judges the time
+/// (its reason shown next to the field there). Outside the live region: a time being picked
+/// is never replaced.
+fn restore_time_form(i: &Instance) -> Markup {
+    html! {
+        @if let Some(w) = &i.pitr_window {
+            form.filters.act method="get" action="/ui/instances/new" id="restore-time" novalidate {
+                input type="hidden" name="restore_from" value=(i.name);
+                div.field {
+                    label for="pitr-time" { "Restore to a time (UTC)" }
+                    input id="pitr-time" name="time" type="datetime-local" step="1"
+                        value=(views::local_input_of(&w.to)) min=(views::local_input_of(&w.from))
+                        max=(views::local_input_of(&w.to)) aria-describedby="pitr-time-hint";
+                    p.hint id="pitr-time-hint" { "From " (w.from) " to " (w.to) "." }
+                }
+                button.act type="submit" { "Restore to this time…" }
             }
         }
     }
@@ -682,6 +802,7 @@ pub fn instance(
                 }
             }
         }
+        @if f.can_act { (restore_time_form(i)) }
         div id="backups" data-live { (backup_timeline(f, i, backups)) }
         h2 { "Events" }
         div id="events" data-live { (event_rows(events, f.now_ms, false)) }
@@ -835,49 +956,182 @@ pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
     page(f, "Nodes", Nav::Nodes, true, main)
 }
 
-/// The events of the last 24 hours (as this scheduler has read them), filtered.
-pub fn events(f: &Frame, evs: &[Event], instance: &str, kind: &str) -> Markup {
+/// Links of a page of a log, newest first: to the newest page, the newer and the older one;
+/// `link(cursor)` is the page's address with its filters and `cursor` (`before=`/`after=`).
+fn log_pager<T>(page: &views::LogPage<'_, T>, link: impl Fn(&str) -> String) -> Markup {
+    html! {
+        @if page.newer.is_some() || page.older.is_some() {
+            nav.pager aria-label="Pages" {
+                @if let Some(a) = page.newer {
+                    a href=(link("")) { "Newest" } " "
+                    a href=(link(&format!("after={a}"))) rel="prev" { "Newer" } " "
+                }
+                @if let Some(b) = page.older { a href=(link(&format!("before={b}"))) rel="next" { "Older" } }
+            }
+        }
+    }
+}
+
+/// The events of the last 24 hours (as this scheduler has read them), filtered, a page.
+pub fn events(
+    f: &Frame,
+    log: &views::LogPage<'_, Event>,
+    matching: usize,
+    filter: &views::EventFilter,
+) -> Markup {
+    let link = |cursor: &str| {
+        format!(
+            "/ui/events?instance={}&kind={}&{cursor}",
+            encode_query(&filter.instance),
+            encode_query(&filter.kind)
+        )
+    };
+    let evs: Vec<Event> = log.items.iter().map(|e| (*e).clone()).collect();
     let main = html! {
         h1 { "Events" }
         form.filters method="get" action="/ui/events" role="search" {
-            div.field { label for="instance" { "Instance" } input id="instance" name="instance" type="search" value=(instance); }
-            div.field { label for="kind" { "Kind" } input id="kind" name="kind" type="search" value=(kind); }
+            div.field { label for="instance" { "Instance" } input id="instance" name="instance" type="search" value=(filter.instance); }
+            div.field { label for="kind" { "Kind" } input id="kind" name="kind" type="search" value=(filter.kind); }
             button type="submit" { "Filter" }
         }
-        p.hint { "The last 24 hours, newest first, at most 500 shown. Older events: " code { "mofang events" } "." }
-        div id="events" data-live { (event_rows(evs, f.now_ms, true)) }
+        p.hint { "The last 24 hours, newest first, " (LOG_ROWS) " a page. Older events: " code { "mofang events" } "." }
+        div id="events" data-live {
+            p.muted { (matching) " events" @if let (Some(a), Some(b)) = (log.items.first(), log.items.last()) { " · this page: " (utc(b.at_ms)) " to " (utc(a.at_ms)) } }
+            (event_rows(&evs, f.now_ms, true))
+            (log_pager(log, link))
+        }
     };
     page(f, "Events", Nav::Events, true, main)
 }
 
-/// The audit log (admins), newest first.
-pub fn audit(f: &Frame, entries: &[AuditEntry], q: &str) -> Markup {
+/// The audit log (admins), newest first, a page.
+pub fn audit(f: &Frame, log: &views::LogPage<'_, AuditEntry>, matching: usize, q: &str) -> Markup {
+    let link = |cursor: &str| format!("/ui/audit?q={}&{cursor}", encode_query(q));
     let main = html! {
         h1 { "Audit log" }
         form.filters method="get" action="/ui/audit" role="search" {
             div.field { label for="q" { "Who, action or target" } input id="q" name="q" type="search" value=(q); }
             button type="submit" { "Filter" }
         }
-        p.hint { "Newest first, at most 500 shown." }
-        div.scroll {
+        p.hint { "Newest first, " (LOG_ROWS) " a page, of the last 10,000 entries. Older: " code { "mofang audit" } "." }
+        p.muted { (matching) " entries" }
+        div.scroll id="audit" {
             table {
                 thead { tr { th { "Time" } th { "Who" } th { "Source" } th { "Action" } th { "Target" } th.num { "Status" } th { "Result" } } }
                 tbody {
-                    @for e in entries {
-                        tr { td { (utc(e.at_ms)) } td { (e.who) } td { code { (e.source) } } td { code { (e.action) } } td { (e.target) } td.num { (e.status) } td { (e.result) } }
+                    @for e in &log.items {
+                        tr data-id=(e.id) { td { (utc(e.at_ms)) } td { (e.who) } td { code { (e.source) } } td { code { (e.action) } } td { (e.target) } td.num { (e.status) } td { (e.result) } }
                     }
                 }
             }
         }
+        (log_pager(log, link))
     };
     page(f, "Audit", Nav::Audit, false, main)
 }
 
-/// A page of the console not built yet: says so and where to go instead.
-pub fn not_built(f: &Frame, nav: Nav, title: &str, instead: &str) -> Markup {
-    let main = html! {
-        h1 { (title) }
-        p.note { "This page is not in the console yet. " (PreEscaped(instead)) }
+/// Rows of the backups page's "needs attention" table at most (the filter finds the rest).
+pub const ATTENTION_ROWS: usize = 100;
+
+/// The fleet-wide backups page: instances whose backups fail, are overdue or failed
+/// verification (worst first), then every backup the filters keep (failed first), paged.
+pub fn backups(
+    f: &Frame,
+    fleet: &views::FleetBackups,
+    filter: &views::BackupFilter,
+    page_no: usize,
+) -> Markup {
+    let (page_no, pages, shown) = views::page_of(&fleet.backups, page_no, PAGE_SIZE);
+    let link = |n: usize| {
+        format!(
+            "/ui/backups?instance={}&status={}&page={n}",
+            encode_query(&filter.instance),
+            encode_query(&filter.status)
+        )
     };
-    page(f, title, nav, false, main)
+    let statuses: Vec<String> = views::BACKUP_STATUSES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let main = html! {
+        h1 { "Backups" }
+        p.hint { "Every instance's backups. Failing: the newest finished backup failed; overdue: a scheduled backup over "
+            (views::OVERDUE_AFTER_S / 60) " minutes past its slot with no success since (the alerts' thresholds). "
+            "Back up and restore from an instance's page." }
+        form.filters method="get" action="/ui/backups" role="search" {
+            div.field { label for="instance" { "Instance" } input id="instance" name="instance" type="search" value=(filter.instance); }
+            (select("status", "Status", &filter.status, &statuses))
+            button type="submit" { "Filter" }
+        }
+        div id="backup-health" data-live {
+            p {
+                @for (st, n) in &fleet.counts {
+                    span class=(format!("badge {}", st.label())) data-standing=(st.label()) { (st.label()) " " (n) } " "
+                }
+                @if fleet.counts.is_empty() { span.muted { "No instances." } }
+            }
+            h2 { "Needing attention (" (fleet.attention.len()) ")" }
+            @if fleet.attention.is_empty() {
+                p.muted { "None: no backup failing, overdue or failing verification." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th { "Instance" } th { "Standing" } th { "Last success" } th { "Schedule" } th.num { "Overdue" } th.num { "Backups" } } }
+                        tbody {
+                            @for (st, h) in fleet.attention.iter().take(ATTENTION_ROWS) {
+                                tr data-instance=(h.instance) data-standing=(st.label()) {
+                                    td { a href=(format!("/ui/instances/{}", h.instance)) { (h.instance) } }
+                                    td { (badge(st.label())) }
+                                    td { (ago(h.last_success_ms.unwrap_or(0), f.now_ms)) }
+                                    td { @if let Some(c) = &h.schedule { code { (c) } } @else { span.muted { "none" } } }
+                                    td.num { @if let Some(o) = h.overdue_s.filter(|o| *o > 0) { (lag(o)) } }
+                                    td.num { (h.backups) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if fleet.attention.len() > ATTENTION_ROWS { p.muted { "The first " (ATTENTION_ROWS) " shown: filter by instance for the others." } }
+            }
+        }
+        h2 { "All backups" }
+        div id="fleet-backups" data-live {
+            p.muted { (fleet.backups.len()) " backups: failed first, then failed verifications, then those of failing and overdue instances, newest first" }
+            (backup_table(f, shown, true))
+            (pager(page_no, pages, link))
+        }
+    };
+    page(f, "Backups", Nav::Backups, true, main)
+}
+
+/// The overview's backup and archive figures.
+fn backup_cards(s: &views::BackupSummary) -> Markup {
+    let names = |list: &[String]| {
+        html! {
+            @for (k, n) in list.iter().take(8).enumerate() {
+                @if k > 0 { ", " } a href=(format!("/ui/instances/{n}")) { (n) }
+            }
+            @if list.len() > 8 { " …" }
+        }
+    };
+    let overdue: Vec<String> = s.overdue.iter().map(|(n, _)| n.clone()).collect();
+    let lagging: Vec<String> = s.lagging.iter().map(|(n, _)| n.clone()).collect();
+    html! {
+        div.card id="backup-figures" {
+            h2 { a href="/ui/backups" { "Backups" } }
+            table {
+                tr { td { "failing" } td.num.bad[!s.failing.is_empty()] id="backups-failing" { (s.failing.len()) } td { (names(&s.failing)) } }
+                tr { td { "overdue (over " (views::OVERDUE_AFTER_S / 60) " min)" } td.num.bad[!s.overdue.is_empty()] id="backups-overdue" { (s.overdue.len()) } td { (names(&overdue)) } }
+                tr { td { "verification failed" } td.num.bad[!s.verify_failed.is_empty()] id="backups-verify-failed" { (s.verify_failed.len()) } td { (names(&s.verify_failed)) } }
+            }
+        }
+        div.card id="archive-figures" {
+            h2 { "PITR archives (" (s.archiving) ")" }
+            table {
+                tr { td { "lagging (over " (views::ARCHIVE_LAG_AFTER_S / 60) " min)" } td.num.bad[!s.lagging.is_empty()] id="archives-lagging" { (s.lagging.len()) } td { (names(&lagging)) } }
+                tr { td { "largest lag" } td.num id="archive-worst-lag" { @match &s.worst_lag { Some((_, l)) => (lag(*l)), None => "-" } }
+                    td { @if let Some((n, _)) = &s.worst_lag { a href=(format!("/ui/instances/{n}")) { (n) } } } }
+            }
+        }
+    }
 }

@@ -87,6 +87,8 @@ pub struct Instance {
     pub pitr_reason: Option<String>,
     /// The times it can be restored to.
     pub pitr_window: Option<PitrWindow>,
+    /// Seconds the binlog archive lags the primary (absent: no archive).
+    pub pitr_lag_s: Option<i64>,
 }
 
 /// The range of times an instance can be restored to (RFC 3339).
@@ -143,6 +145,352 @@ pub struct BackupRepo {
     pub name: String,
     /// `s3` or `fs`.
     pub kind: String,
+}
+
+/// An instance's backup health as `GET /v1/backup-health` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BackupHealth {
+    /// The instance.
+    pub instance: String,
+    /// Its backup schedule (cron), if any.
+    pub schedule: Option<String>,
+    /// How many backups it has.
+    pub backups: usize,
+    /// End of the newest succeeded backup, unix ms.
+    pub last_success_ms: Option<i64>,
+    /// Whether the newest finished backup failed.
+    pub last_failed: Option<bool>,
+    /// Whether the newest verification failed.
+    pub verify_failed: Option<bool>,
+    /// Seconds past the first slot after the newest success (with a schedule).
+    pub overdue_s: Option<i64>,
+}
+
+/// Seconds past a slot with no success after which a scheduled backup counts as overdue:
+/// the `MofangBackupOverdue` alert's threshold (`packaging/monitoring/rules/mofang.rules.yml`).
+pub const OVERDUE_AFTER_S: i64 = 3600;
+
+/// Seconds of binlog archive lag from which an archive counts as lagging: the
+/// `MofangPitrArchiveLagging` alert's threshold.
+pub const ARCHIVE_LAG_AFTER_S: i64 = 300;
+
+/// How an instance's backups stand, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Its newest finished backup failed.
+    Failing,
+    /// Scheduled, and over [`OVERDUE_AFTER_S`] past a slot without a success.
+    Overdue,
+    /// Its newest verification failed.
+    VerifyFailed,
+    /// Backed up, nothing wrong.
+    Fine,
+    /// No backup and no schedule.
+    NoBackups,
+}
+
+impl Standing {
+    /// The word shown (and the badge's class).
+    pub fn label(self) -> &'static str {
+        match self {
+            Standing::Failing => "failing",
+            Standing::Overdue => "overdue",
+            Standing::VerifyFailed => "verify-failed",
+            Standing::Fine => "fine",
+            Standing::NoBackups => "none",
+        }
+    }
+
+    /// Whether an operator should look (failing, overdue, verification failed).
+    pub fn needs_attention(self) -> bool {
+        self < Standing::Fine
+    }
+}
+
+/// How an instance's backups stand, from its health: failing before overdue before a
+/// failed verification (the alerts `MofangBackupFailed`, `MofangBackupOverdue`,
+/// `MofangBackupVerificationFailed`).
+pub fn standing(h: &BackupHealth) -> Standing {
+    if h.last_failed == Some(true) {
+        Standing::Failing
+    } else if h.overdue_s.is_some_and(|s| s > OVERDUE_AFTER_S) {
+        Standing::Overdue
+    } else if h.verify_failed == Some(true) {
+        Standing::VerifyFailed
+    } else if h.backups == 0 && h.schedule.is_none() {
+        Standing::NoBackups
+    } else {
+        Standing::Fine
+    }
+}
+
+/// Filters of the fleet backups page (`GET /ui/backups?instance=&status=&page=`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BackupFilter {
+    /// Part of the instance's name.
+    pub instance: String,
+    /// A backup state (`failed`, `running`, ...) or `verify-failed`.
+    pub status: String,
+}
+
+/// The statuses the backups page filters by.
+pub const BACKUP_STATUSES: &[&str] =
+    &["failed", "verify-failed", "running", "pending", "succeeded"];
+
+impl BackupFilter {
+    /// Whether the filter keeps instance `name`.
+    pub fn keeps_instance(&self, name: &str) -> bool {
+        let q = self.instance.trim().to_lowercase();
+        q.is_empty() || name.to_lowercase().contains(&q)
+    }
+
+    /// Whether the filter keeps backup `b`.
+    pub fn keeps(&self, b: &Backup) -> bool {
+        self.keeps_instance(&b.instance)
+            && match self.status.as_str() {
+                "" => true,
+                "verify-failed" => b.verify_ok == Some(false),
+                s => b.state == s,
+            }
+    }
+}
+
+/// The fleet backups page: instances needing attention (worst first, then by name), and
+/// the backups the filter keeps: failed ones first, then failed verifications, then those
+/// of failing and overdue instances, each newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetBackups {
+    /// Instances by standing: how many of each.
+    pub counts: Vec<(Standing, usize)>,
+    /// The instances the filter keeps that need attention, worst first.
+    pub attention: Vec<(Standing, BackupHealth)>,
+    /// The backups the filter keeps, in the page's order.
+    pub backups: Vec<Backup>,
+}
+
+/// Builds the fleet backups page from the API's health and backup lists.
+pub fn fleet_backups(health: &[BackupHealth], all: &[Backup], f: &BackupFilter) -> FleetBackups {
+    let of: BTreeMap<&str, Standing> = health
+        .iter()
+        .map(|h| (h.instance.as_str(), standing(h)))
+        .collect();
+    let mut counts: BTreeMap<Standing, usize> = BTreeMap::new();
+    for s in of.values() {
+        *counts.entry(*s).or_default() += 1;
+    }
+    let mut attention: Vec<(Standing, BackupHealth)> = health
+        .iter()
+        .map(|h| (standing(h), h.clone()))
+        .filter(|(s, h)| s.needs_attention() && f.keeps_instance(&h.instance))
+        .collect();
+    attention.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.instance.cmp(&b.1.instance)));
+    let mut backups: Vec<Backup> = all.iter().filter(|b| f.keeps(b)).cloned().collect();
+    // Deleted instances' backups have no standing: after every existing instance's.
+    let rank = |b: &Backup| {
+        let own = if b.state == "failed" {
+            0
+        } else if b.verify_ok == Some(false) {
+            1
+        } else {
+            2
+        };
+        let inst = of
+            .get(b.instance.as_str())
+            .copied()
+            .unwrap_or(Standing::NoBackups);
+        (own, inst, std::cmp::Reverse(b.requested_at_ms))
+    };
+    backups.sort_by_key(|b| rank(b));
+    FleetBackups {
+        counts: counts.into_iter().collect(),
+        attention,
+        backups,
+    }
+}
+
+/// The overview's backup and archive figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackupSummary {
+    /// Instances whose newest backup failed.
+    pub failing: Vec<String>,
+    /// Instances overdue, with the seconds past their slot, most overdue first.
+    pub overdue: Vec<(String, i64)>,
+    /// Instances whose newest verification failed.
+    pub verify_failed: Vec<String>,
+    /// Instances with a binlog archive.
+    pub archiving: usize,
+    /// Archives lagging over [`ARCHIVE_LAG_AFTER_S`], with their lag, most first.
+    pub lagging: Vec<(String, i64)>,
+    /// The largest archive lag and its instance.
+    pub worst_lag: Option<(String, i64)>,
+}
+
+/// The overview's backup figures from the backup health and the instances' archives.
+pub fn backup_summary(health: &[BackupHealth], instances: &[Instance]) -> BackupSummary {
+    let mut s = BackupSummary::default();
+    for h in health {
+        if h.last_failed == Some(true) {
+            s.failing.push(h.instance.clone());
+        }
+        if let Some(o) = h.overdue_s.filter(|o| *o > OVERDUE_AFTER_S) {
+            s.overdue.push((h.instance.clone(), o));
+        }
+        if h.verify_failed == Some(true) {
+            s.verify_failed.push(h.instance.clone());
+        }
+    }
+    s.overdue
+        .sort_by_key(|(n, o)| (std::cmp::Reverse(*o), n.clone()));
+    for i in instances {
+        if i.pitr_ready.is_some() {
+            s.archiving += 1;
+        }
+        if let Some(l) = i.pitr_lag_s {
+            if l > ARCHIVE_LAG_AFTER_S {
+                s.lagging.push((i.name.clone(), l));
+            }
+            if s.worst_lag.as_ref().is_none_or(|(_, w)| l > *w) {
+                s.worst_lag = Some((i.name.clone(), l));
+            }
+        }
+    }
+    s.lagging
+        .sort_by_key(|(n, l)| (std::cmp::Reverse(*l), n.clone()));
+    s
+}
+
+// ---- the PITR window on a time axis ---------------------------------------------------------
+
+/// A full backup on the time axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisMark {
+    /// The backup.
+    pub id: String,
+    /// Its state.
+    pub state: String,
+    /// Where it sits, unix ms: its end once ended, else when it was asked for.
+    pub at_ms: i64,
+}
+
+/// An instance's PITR window and full backups on one time axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PitrAxis {
+    /// The axis' left end, unix ms.
+    pub start_ms: i64,
+    /// Its right end, unix ms.
+    pub end_ms: i64,
+    /// The window, unix ms (whole seconds).
+    pub window: Option<(i64, i64)>,
+    /// The backups, oldest first.
+    pub marks: Vec<AxisMark>,
+    /// Now, unix ms.
+    pub now_ms: i64,
+}
+
+impl PitrAxis {
+    /// Where `ms` is along the axis, 0 ..= 1.
+    pub fn x(&self, ms: i64) -> f64 {
+        let span = (self.end_ms - self.start_ms).max(1) as f64;
+        ((ms - self.start_ms) as f64 / span).clamp(0.0, 1.0)
+    }
+
+    /// A label of time `ms` on this axis, as precise as its span needs: `14:45:10` within
+    /// an hour, `14:45` within a day, else `12-01 14:45` (UTC).
+    pub fn label(&self, ms: i64) -> String {
+        let t = utc(ms);
+        let span = self.end_ms - self.start_ms;
+        let part = if span <= 3_600_000 {
+            t.get(11..19)
+        } else if span <= 86_400_000 {
+            t.get(11..16)
+        } else {
+            t.get(5..16)
+        };
+        part.unwrap_or("").to_owned()
+    }
+
+    /// `n` (at least 2) evenly spaced times from end to end, for the axis' labels.
+    pub fn ticks(&self, n: usize) -> Vec<i64> {
+        let n = n.max(2);
+        (0..n)
+            .map(|k| self.start_ms + (self.end_ms - self.start_ms) * k as i64 / (n - 1) as i64)
+            .collect()
+    }
+}
+
+/// The time axis of an instance's PITR window (`pitr_window`, RFC 3339, read with the API's
+/// own parser) and its full backups, through now; `None` with neither.
+pub fn pitr_axis(i: &Instance, backups: &[Backup], now_ms: i64) -> Option<PitrAxis> {
+    let window = i.pitr_window.as_ref().and_then(|w| {
+        let from = mofang_common::pitr::parse_utc(&w.from).ok()?;
+        let to = mofang_common::pitr::parse_utc(&w.to).ok()?;
+        Some((from * 1000, to * 1000))
+    });
+    let mut marks: Vec<AxisMark> = backups
+        .iter()
+        .map(|b| AxisMark {
+            id: b.id.clone(),
+            state: b.state.clone(),
+            at_ms: if b.ended_at_ms > 0 {
+                b.ended_at_ms
+            } else {
+                b.requested_at_ms
+            },
+        })
+        .filter(|m| m.at_ms > 0)
+        .collect();
+    if window.is_none() && marks.is_empty() {
+        return None;
+    }
+    marks.sort_by_key(|m| m.at_ms);
+    let times = marks
+        .iter()
+        .map(|m| m.at_ms)
+        .chain(window.into_iter().flat_map(|(a, b)| [a, b]))
+        .chain([now_ms]);
+    let (lo, hi) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    // A margin of 3 % each side (at least a minute) keeps the ends' marks off the edge.
+    let pad = ((hi - lo) * 3 / 100).max(60_000);
+    Some(PitrAxis {
+        start_ms: lo - pad,
+        end_ms: hi + pad,
+        window,
+        marks,
+        now_ms,
+    })
+}
+
+/// An RFC 3339 UTC time (`2026-12-01T14:45:10Z`) as a `datetime-local` input's value
+/// (`2026-12-01T14:45:10`); anything else as it is.
+pub fn local_input_of(rfc3339: &str) -> String {
+    match rfc3339.strip_suffix(['Z', 'z']) {
+        Some(t) if t.len() == 19 && t.as_bytes()[10] == b'T' => t.to_owned(),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// A `datetime-local` input's value, read as UTC, as the API's RFC 3339 time: seconds added
+/// when the browser left them out (it does when they are 0), `Z` appended. Anything else
+/// (a time with its zone, or not a time) is sent as typed, for the API to judge.
+pub fn utc_of_local_input(v: &str) -> String {
+    let b = v.as_bytes();
+    let local = |n: usize| {
+        b.len() == n
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && (n == 16 || b[16] == b':')
+    };
+    if local(16) {
+        format!("{v}:00Z")
+    } else if local(19) {
+        format!("{v}Z")
+    } else {
+        v.to_owned()
+    }
 }
 
 /// A data disk of a node.
@@ -437,6 +785,7 @@ impl From<&crate::cluster::InstanceView> for Instance {
                 from: w.from.clone(),
                 to: w.to.clone(),
             }),
+            pitr_lag_s: i.pitr_lag_s,
         }
     }
 }
@@ -841,10 +1190,16 @@ pub fn field_of_error(code: &str, message: &str) -> Option<&'static str> {
     if code == "already_exists" {
         return Some("name");
     }
+    let m = message.to_lowercase();
+    // A restore to a time: the API's parse of it, or the time outside the window.
+    if (code == "invalid" && m.starts_with("restore.time"))
+        || (code == "restore_refused" && m.contains("point-in-time window"))
+    {
+        return Some("time");
+    }
     if code != "invalid" {
         return None;
     }
-    let m = message.to_lowercase();
     if m.starts_with("resources.cpu") {
         Some("cpu")
     } else if m.starts_with("resources.memory") {
@@ -906,14 +1261,108 @@ pub fn create_body(form: &BTreeMap<String, String>) -> serde_json::Value {
             "from_instance".into(),
             serde_json::json!(get("restore_from")),
         );
-        for k in ["backup", "time"] {
-            if !get(k).is_empty() {
-                r.insert(k.into(), serde_json::json!(get(k)));
-            }
+        if !get("backup").is_empty() {
+            r.insert("backup".into(), serde_json::json!(get("backup")));
+        }
+        if !get("time").is_empty() {
+            r.insert(
+                "time".into(),
+                serde_json::json!(utc_of_local_input(get("time"))),
+            );
         }
         body["restore"] = serde_json::Value::Object(r);
     }
     body
+}
+
+/// Page `page_no` (from 1; clamped to those there are) of `items`, `size` a page: the page
+/// number, how many pages (at least 1), and the items on it.
+pub fn page_of<T>(items: &[T], page_no: usize, size: usize) -> (usize, usize, &[T]) {
+    let size = size.max(1);
+    let pages = items.len().div_ceil(size).max(1);
+    let page_no = page_no.clamp(1, pages);
+    let from = (page_no - 1) * size;
+    (page_no, pages, &items[from..(from + size).min(items.len())])
+}
+
+/// Filters of the events page (`GET /ui/events?instance=&kind=`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    /// The instance, exact.
+    pub instance: String,
+    /// Part of the kind.
+    pub kind: String,
+}
+
+impl EventFilter {
+    /// Whether the filter keeps `e`.
+    pub fn keeps(&self, e: &Event) -> bool {
+        (self.instance.is_empty() || e.instance.as_deref() == Some(self.instance.as_str()))
+            && (self.kind.is_empty() || e.kind.contains(&self.kind))
+    }
+}
+
+/// Where a page of a log (events, audit) starts: entries older than `before`, or newer than
+/// `after`, or (neither) the newest. Ids, not offsets: a page stays the same page while new
+/// entries arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Entries with a smaller id.
+    pub before: Option<u64>,
+    /// Entries with a larger id.
+    pub after: Option<u64>,
+}
+
+impl Cursor {
+    /// From the query's `before=` and `after=` (text, as typed: anything not a number is
+    /// no cursor).
+    pub fn parse(before: &str, after: &str) -> Cursor {
+        Cursor {
+            before: before.trim().parse().ok(),
+            after: after.trim().parse().ok(),
+        }
+    }
+}
+
+/// One page of a log, newest first, and the cursors of its neighbours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage<'a, T> {
+    /// The entries on it, newest first.
+    pub items: Vec<&'a T>,
+    /// `after=` of the next newer page, if there are newer entries.
+    pub newer: Option<u64>,
+    /// `before=` of the next older page, if there are older entries.
+    pub older: Option<u64>,
+}
+
+/// The page of `items` (newest first, ids decreasing) at `cursor`, `size` a page.
+pub fn log_page<T>(
+    items: &[T],
+    id: impl Fn(&T) -> u64,
+    cursor: Cursor,
+    size: usize,
+) -> LogPage<'_, T> {
+    let size = size.max(1);
+    let (start, end) = match (cursor.before, cursor.after) {
+        (Some(b), _) => {
+            let start = items.iter().position(|e| id(e) < b).unwrap_or(items.len());
+            (start, (start + size).min(items.len()))
+        }
+        (None, Some(a)) => {
+            // The `size` oldest entries newer than `a`, shown newest first.
+            let end = items.iter().position(|e| id(e) <= a).unwrap_or(items.len());
+            (end.saturating_sub(size), end)
+        }
+        (None, None) => (0, size.min(items.len())),
+    };
+    let page: Vec<&T> = items[start..end].iter().collect();
+    LogPage {
+        newer: (start > 0).then(|| page.first().map(|e| id(e))).flatten(),
+        older: (end < items.len())
+            .then(|| page.last().map(|e| id(e)))
+            .flatten(),
+        items: page,
+    }
 }
 
 // ---- formatting -----------------------------------------------------------------------------
@@ -1350,6 +1799,321 @@ mod tests {
         assert_eq!(b["memory"], "lots", "left for the API to refuse");
         assert_eq!(b["settings"]["max_connections"], "200");
         assert_eq!(b["settings"]["innodb_buffer_pool_size"], "256M");
+    }
+
+    fn health(name: &str) -> BackupHealth {
+        BackupHealth {
+            instance: name.into(),
+            backups: 1,
+            last_success_ms: Some(1_000),
+            last_failed: Some(false),
+            ..BackupHealth::default()
+        }
+    }
+
+    fn backup(id: &str, instance: &str, state: &str, requested_at_ms: i64) -> Backup {
+        Backup {
+            id: id.into(),
+            instance: instance.into(),
+            state: state.into(),
+            requested_at_ms,
+            ..Backup::default()
+        }
+    }
+
+    #[test]
+    fn backups_stand_failing_before_overdue_before_a_failed_verification() {
+        let fine = health("a");
+        assert_eq!(standing(&fine), Standing::Fine);
+        let mut h = fine.clone();
+        h.verify_failed = Some(true);
+        assert_eq!(standing(&h), Standing::VerifyFailed);
+        h.schedule = Some("0 0 3 * * *".into());
+        h.overdue_s = Some(OVERDUE_AFTER_S);
+        assert_eq!(
+            standing(&h),
+            Standing::VerifyFailed,
+            "at the threshold: not yet"
+        );
+        h.overdue_s = Some(OVERDUE_AFTER_S + 1);
+        assert_eq!(standing(&h), Standing::Overdue);
+        h.last_failed = Some(true);
+        assert_eq!(standing(&h), Standing::Failing);
+        let none = BackupHealth {
+            instance: "b".into(),
+            ..BackupHealth::default()
+        };
+        assert_eq!(standing(&none), Standing::NoBackups);
+        assert!(Standing::Overdue.needs_attention() && !Standing::Fine.needs_attention());
+    }
+
+    #[test]
+    fn the_fleet_backups_page_puts_failing_and_overdue_first_and_filters() {
+        let mut failing = health("pay");
+        failing.last_failed = Some(true);
+        let mut overdue = health("logs");
+        overdue.schedule = Some("0 0 * * * *".into());
+        overdue.overdue_s = Some(2 * OVERDUE_AFTER_S);
+        let hs = [health("shop"), overdue, failing];
+        let mut unverified = backup("shop-3", "shop", "succeeded", 3);
+        unverified.verify_ok = Some(false);
+        let all = [
+            backup("shop-1", "shop", "succeeded", 1),
+            backup("logs-2", "logs", "succeeded", 2),
+            unverified,
+            backup("pay-4", "pay", "failed", 4),
+            backup("pay-5", "pay", "succeeded", 5),
+            backup("gone-6", "gone", "succeeded", 6),
+            backup("shop-7", "shop", "running", 7),
+        ];
+        let page = fleet_backups(&hs, &all, &BackupFilter::default());
+        let att: Vec<(&str, Standing)> = page
+            .attention
+            .iter()
+            .map(|(s, h)| (h.instance.as_str(), *s))
+            .collect();
+        assert_eq!(
+            att,
+            [("pay", Standing::Failing), ("logs", Standing::Overdue)]
+        );
+        assert_eq!(
+            page.counts,
+            [
+                (Standing::Failing, 1),
+                (Standing::Overdue, 1),
+                (Standing::Fine, 1)
+            ]
+        );
+        let ids: Vec<&str> = page.backups.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["pay-4", "shop-3", "pay-5", "logs-2", "shop-7", "shop-1", "gone-6"],
+            "failed, verification failed, failing and overdue instances', then the rest newest first"
+        );
+        let f = |instance: &str, status: &str| BackupFilter {
+            instance: instance.into(),
+            status: status.into(),
+        };
+        let page = fleet_backups(&hs, &all, &f("SHO", ""));
+        assert!(page.attention.is_empty());
+        assert!(page.backups.iter().all(|b| b.instance == "shop"));
+        let page = fleet_backups(&hs, &all, &f("", "verify-failed"));
+        let ids: Vec<&str> = page.backups.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, ["shop-3"]);
+        let page = fleet_backups(&hs, &all, &f("", "running"));
+        assert_eq!(page.backups.len(), 1);
+        assert_eq!(
+            page.attention.len(),
+            2,
+            "the state filter keeps the attention list"
+        );
+    }
+
+    #[test]
+    fn the_overview_counts_failing_overdue_and_lagging_archives() {
+        let mut failing = health("pay");
+        failing.last_failed = Some(true);
+        failing.verify_failed = Some(true);
+        let mut overdue = health("logs");
+        overdue.overdue_s = Some(OVERDUE_AFTER_S + 5);
+        let mut late = health("cart");
+        late.overdue_s = Some(OVERDUE_AFTER_S - 5);
+        let mut a = instance("pay", "ready", vec![]);
+        a.pitr_ready = Some(true);
+        a.pitr_lag_s = Some(ARCHIVE_LAG_AFTER_S + 1);
+        let mut b = instance("logs", "ready", vec![]);
+        b.pitr_ready = Some(false);
+        b.pitr_lag_s = Some(ARCHIVE_LAG_AFTER_S * 4);
+        let mut c = instance("cart", "ready", vec![]);
+        c.pitr_ready = Some(true);
+        c.pitr_lag_s = Some(0);
+        let s = backup_summary(
+            &[failing, overdue, late],
+            &[a, b, c, instance("redis", "ready", vec![])],
+        );
+        assert_eq!(s.failing, ["pay"]);
+        assert_eq!(s.overdue, [("logs".to_owned(), OVERDUE_AFTER_S + 5)]);
+        assert_eq!(s.verify_failed, ["pay"]);
+        assert_eq!(s.archiving, 3);
+        assert_eq!(
+            s.lagging,
+            [
+                ("logs".to_owned(), ARCHIVE_LAG_AFTER_S * 4),
+                ("pay".to_owned(), ARCHIVE_LAG_AFTER_S + 1)
+            ]
+        );
+        assert_eq!(
+            s.worst_lag,
+            Some(("logs".to_owned(), ARCHIVE_LAG_AFTER_S * 4))
+        );
+        assert_eq!(backup_summary(&[], &[]), BackupSummary::default());
+    }
+
+    #[test]
+    fn the_pitr_axis_spans_the_window_the_backups_and_now() {
+        let mut i = instance("db", "ready", vec![]);
+        assert_eq!(pitr_axis(&i, &[], 5_000_000), None, "nothing to draw");
+        i.pitr_window = Some(PitrWindow {
+            from: "1970-01-01T01:00:00Z".into(),
+            to: "1970-01-01T02:00:00Z".into(),
+        });
+        let mut done = backup("db-1", "db", "succeeded", 3_500_000);
+        done.ended_at_ms = 3_600_000;
+        let bs = [backup("db-2", "db", "running", 7_000_000), done];
+        let a = pitr_axis(&i, &bs, 8_000_000).expect("an axis");
+        assert_eq!(a.window, Some((3_600_000, 7_200_000)));
+        let ids: Vec<(&str, i64)> = a.marks.iter().map(|m| (m.id.as_str(), m.at_ms)).collect();
+        assert_eq!(
+            ids,
+            [("db-1", 3_600_000), ("db-2", 7_000_000)],
+            "oldest first, an ended backup at its end"
+        );
+        // 3 % margins around 3_600_000 ..= 8_000_000 (now).
+        assert_eq!((a.start_ms, a.end_ms), (3_468_000, 8_132_000));
+        assert!(a.x(3_600_000) > 0.0 && a.x(8_000_000) < 1.0);
+        assert!(a.x(3_600_000) < a.x(7_200_000));
+        assert_eq!(a.x(0), 0.0, "clamped");
+        let t = a.ticks(5);
+        assert_eq!((t.len(), t[0], t[4]), (5, a.start_ms, a.end_ms));
+        let hour = PitrAxis {
+            end_ms: a.start_ms + 3_600_000,
+            ..a.clone()
+        };
+        assert_eq!(hour.label(3_600_000), "01:00:00", "within an hour: seconds");
+        let day = PitrAxis {
+            end_ms: a.start_ms + 2 * 3_600_000,
+            ..a.clone()
+        };
+        assert_eq!(day.label(3_600_000), "01:00");
+        let week = PitrAxis {
+            end_ms: a.start_ms + 7 * 86_400_000,
+            ..a.clone()
+        };
+        assert_eq!(week.label(3_600_000), "01-01 01:00");
+        // A window the API's parser refuses is not drawn; the backups still are.
+        i.pitr_window = Some(PitrWindow {
+            from: "yesterday".into(),
+            to: "today".into(),
+        });
+        let a = pitr_axis(&i, &bs, 8_000_000).expect("an axis");
+        assert_eq!((a.window, a.marks.len()), (None, 2));
+        // One point only: at least a minute each side.
+        let a = pitr_axis(&instance("x", "ready", vec![]), &bs[..1], 7_000_000).expect("axis");
+        assert_eq!((a.start_ms, a.end_ms), (6_940_000, 7_060_000));
+    }
+
+    #[test]
+    fn a_picked_time_is_sent_as_the_apis_utc_time() {
+        assert_eq!(
+            local_input_of("2026-12-01T14:45:10Z"),
+            "2026-12-01T14:45:10"
+        );
+        assert_eq!(local_input_of("soon"), "soon");
+        assert_eq!(
+            utc_of_local_input("2026-12-01T14:45:10"),
+            "2026-12-01T14:45:10Z"
+        );
+        assert_eq!(
+            utc_of_local_input("2026-12-01T14:45"),
+            "2026-12-01T14:45:00Z",
+            "browsers leave out :00"
+        );
+        for as_typed in [
+            "2026-12-01T14:45:10+02:00",
+            "2026-12-01T14:45:10Z",
+            "noon",
+            "",
+        ] {
+            assert_eq!(utc_of_local_input(as_typed), as_typed);
+        }
+        let form: BTreeMap<String, String> = [
+            ("name", "back"),
+            ("restore_from", "shop"),
+            ("time", "2026-12-01T14:45"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(
+            create_body(&form)["restore"],
+            serde_json::json!({"from_instance": "shop", "time": "2026-12-01T14:45:00Z"})
+        );
+        assert_eq!(
+            field_of_error("invalid", "restore.time: \"noon\" is not an RFC 3339 time"),
+            Some("time")
+        );
+        assert_eq!(
+            field_of_error(
+                "restore_refused",
+                "restore refused: time 2000-01-01T00:00:00Z is outside the point-in-time window of shop: none yet"
+            ),
+            Some("time")
+        );
+        assert_eq!(
+            field_of_error("restore_refused", "restore refused: repository r is gone"),
+            None
+        );
+    }
+
+    #[test]
+    fn pages_are_clamped_and_cut() {
+        let items: Vec<u32> = (1..=250).collect();
+        assert_eq!(page_of(&items, 1, 100).2.len(), 100);
+        let (n, pages, last) = page_of(&items, 9, 100);
+        assert_eq!((n, pages, last.first(), last.len()), (3, 3, Some(&201), 50));
+        assert_eq!(page_of(&items, 0, 100).0, 1);
+        let none: [u32; 0] = [];
+        assert_eq!(page_of(&none, 4, 100), (1, 1, &none[..]));
+    }
+
+    #[test]
+    fn log_pages_go_by_id_and_stay_put_while_entries_arrive() {
+        let ids: Vec<u64> = (1..=250).rev().collect();
+        let id = |e: &u64| *e;
+        let at = |c: Cursor| {
+            let p = log_page(&ids, id, c, 100);
+            (
+                p.items.first().copied().copied(),
+                p.items.last().copied().copied(),
+                p.items.len(),
+                p.newer,
+                p.older,
+            )
+        };
+        let newest = Cursor::default();
+        assert_eq!(at(newest), (Some(250), Some(151), 100, None, Some(151)));
+        let older = Cursor::parse("151", "");
+        assert_eq!(at(older), (Some(150), Some(51), 100, Some(150), Some(51)));
+        assert_eq!(
+            at(Cursor::parse("51", "")),
+            (Some(50), Some(1), 50, Some(50), None)
+        );
+        assert_eq!(
+            at(Cursor::parse("", "150")),
+            (Some(250), Some(151), 100, None, Some(151)),
+            "back from the second page"
+        );
+        assert_eq!(
+            at(Cursor::parse("", "50")),
+            (Some(150), Some(51), 100, Some(150), Some(51))
+        );
+        // New entries arrive: the second page is the same page.
+        let more: Vec<u64> = (1..=260).rev().collect();
+        let p = log_page(&more, id, older, 100);
+        assert_eq!((p.items[0], p.items[99]), (&150, &51));
+        assert_eq!(p.newer, Some(150));
+        // A cursor past either end: an empty page leading back.
+        let p = log_page(&ids, id, Cursor::parse("1", ""), 100);
+        assert!(p.items.is_empty() && p.older.is_none());
+        assert_eq!(
+            Cursor::parse("x", " 7 "),
+            Cursor {
+                before: None,
+                after: Some(7)
+            }
+        );
+        let none: [u64; 0] = [];
+        assert_eq!(log_page(&none, id, newest, 100).items.len(), 0);
     }
 
     #[test]
