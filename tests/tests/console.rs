@@ -604,6 +604,54 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     .await?;
     b.shot_at("instance-operations", "operations").await?;
 
+    // Reconfigure with the engine's catalogue on the page: a value out of range is refused
+    // next to its parameter, nothing started; one in range is applied (live).
+    let ops = format!("/v1/instances/{name}/operations");
+    let before = listed(&env, &ops).await?;
+    b.goto(&page).await?;
+    let row = b
+        .text("#reconfigure tr[data-param=innodb_log_buffer_size]")
+        .await?;
+    assert!(row.contains("restart"), "{row}");
+    b.fill("param-max_connections", "5").await?;
+    b.submit("#reconfigure button[type=submit]").await?;
+    let why = b.text("#param-max_connections-error").await?;
+    assert!(why.contains("10 ..= 10000"), "{why}");
+    b.shot_at("reconfigure-error", "reconfigure").await?;
+    assert_eq!(listed(&env, &ops).await?, before, "nothing started");
+    b.fill("param-max_connections", "300").await?;
+    b.submit_checked(
+        "#reconfigure button[type=submit]",
+        &page,
+        async || Ok(listed(&env, &ops).await? > before),
+        &format!("{page}?done=operation"),
+    )
+    .await?;
+    explain(
+        &b,
+        eventually(
+            "the reconfigure succeeds on the page",
+            Duration::from_secs(120),
+            || async {
+                let row = b.text("#operations tbody tr:first-child").await?;
+                if row.contains("reconfigure") && row.contains("succeeded") {
+                    Ok(())
+                } else {
+                    bail!("{row}")
+                }
+            },
+        )
+        .await,
+    )
+    .await?;
+    let v = env.get(&format!("/v1/instances/{name}")).await?;
+    assert_eq!(v["parameters"]["max_connections"], "300", "{v}");
+    b.goto(&page).await?;
+    assert!(b
+        .text("#reconfigure tr[data-param=max_connections]")
+        .await?
+        .contains("300"));
+
     // Back up from the instance page into a directory repository, then restore that backup
     // into a new instance from the timeline.
     let repo_dir = tempfile::Builder::new()

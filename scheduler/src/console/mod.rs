@@ -760,7 +760,22 @@ async fn render_instance(
     flash: Option<&str>,
     action_error: Option<&str>,
 ) -> Response {
-    render_instance_with(c, v, name, status, flash, action_error, None).await
+    let shown = Shown {
+        flash,
+        action_error,
+        ..Shown::default()
+    };
+    render_instance_with(c, v, name, status, &shown).await
+}
+
+/// What an instance page shows besides the instance: a flash, the API's refusal of an
+/// action, credentials an admin asked for, the reconfigure form as sent and its refusal.
+#[derive(Default)]
+struct Shown<'a> {
+    flash: Option<&'a str>,
+    action_error: Option<&'a str>,
+    credentials: Option<&'a views::Credentials>,
+    reconfigure: views::FormState,
 }
 
 async fn render_instance_with(
@@ -768,9 +783,7 @@ async fn render_instance_with(
     v: &Visit,
     name: &str,
     status: StatusCode,
-    flash: Option<&str>,
-    action_error: Option<&str>,
-    credentials: Option<&views::Credentials>,
+    shown: &Shown<'_>,
 ) -> Response {
     if !plain_name(name) {
         return not_found(v);
@@ -811,13 +824,17 @@ async fn render_instance_with(
         };
     backups.sort_by_key(|b| std::cmp::Reverse(b.requested_at_ms));
     backups.truncate(30);
-    let repos: Vec<views::BackupRepo> = if v.session.can_act() {
-        match c.get(v, "/v1/backup-repos").await {
+    let (repos, engines): (Vec<views::BackupRepo>, Vec<views::Engine>) = if v.session.can_act() {
+        let repos = match c.get(v, "/v1/backup-repos").await {
             Ok(r) => r,
+            Err(e) => return failed(c, v, &e),
+        };
+        match c.get(v, "/v1/engines").await {
+            Ok(e) => (repos, e),
             Err(e) => return failed(c, v, &e),
         }
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let topo = views::topology(i, &nodes);
     html(
@@ -831,10 +848,12 @@ async fn render_instance_with(
                 operations: &ops,
                 backups: &backups,
                 repos: &repos,
-                credentials,
+                credentials: shown.credentials,
+                engine: engines.iter().find(|e| e.engine == i.engine),
+                reconfigure: &shown.reconfigure,
             },
-            flash,
-            action_error,
+            shown.flash,
+            shown.action_error,
         ),
     )
 }
@@ -922,7 +941,11 @@ async fn reveal_credentials(
         .await;
     }
     info!(who = %v.session.who, instance = %name, "console: credentials revealed");
-    render_instance_with(&c, &v, &name, StatusCode::OK, None, None, Some(&creds)).await
+    let shown = Shown {
+        credentials: Some(&creds),
+        ..Shown::default()
+    };
+    render_instance_with(&c, &v, &name, StatusCode::OK, &shown).await
 }
 
 async fn delete(
@@ -1139,8 +1162,27 @@ async fn start_operation(
     }
     let path = format!("/v1/instances/{name}/operations");
     let body = views::operation_body(&form);
-    let done = format!("/ui/instances/{name}?done=operation");
-    instance_action(&c, &v, &name, Method::POST, &path, Some(body), &done).await
+    match c.call(&v, Method::POST, &path, Some(body)).await {
+        Ok(_) => Redirect::to(&format!("/ui/instances/{name}?done=operation")).into_response(),
+        // A parameter refused: the API's reason next to it, the values typed kept.
+        Err(Error::Api {
+            status,
+            code,
+            message,
+        }) if status != StatusCode::UNAUTHORIZED => {
+            if form.get("type").map(String::as_str) == Some("reconfigure") {
+                if let Some(field) = views::parameter_of_error(&code, &message) {
+                    let mut shown = Shown::default();
+                    shown.reconfigure.values = form.clone();
+                    shown.reconfigure.values.remove("csrf");
+                    shown.reconfigure.errors.insert(field, message);
+                    return render_instance_with(&c, &v, &name, status, &shown).await;
+                }
+            }
+            render_instance(&c, &v, &name, status, None, Some(&message)).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
 }
 
 async fn cancel_operation(
@@ -1605,6 +1647,76 @@ mod tests {
         let second = text(r).await;
         assert_eq!(second.matches(">pager<").count(), 20);
         assert!(second.contains(">thing-0<"));
+    }
+
+    /// The reconfigure form is the engine's catalogue (`GET /v1/engines`): each parameter
+    /// with what it accepts and whether it restarts the members; a value the API refuses is
+    /// shown next to its parameter with the values typed kept, nothing started.
+    #[tokio::test]
+    async fn reconfigure_shows_the_catalogue_and_the_apis_reason_next_to_the_parameter() {
+        let cluster = cluster_with_shop().await;
+        // Its members healthy and replicating: an operation is refused on anything less
+        // before its parameters are looked at.
+        let v = cluster.instance("shop").expect("shop");
+        for m in &v.members {
+            cluster.heartbeat(mofang_common::proto::HeartbeatRequest {
+                node: m.node.clone(),
+                members: vec![mofang_common::proto::MemberStatus {
+                    member: m.id.clone(),
+                    instance: "shop".into(),
+                    healthy: true,
+                    role: m.role.clone(),
+                    epoch: v.epoch,
+                    replication_ok: true,
+                    container_state: "running".into(),
+                    address: format!("{}:3306", m.node),
+                    cpu: v.spec.resources.cpu,
+                    memory_bytes: v.spec.resources.memory << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let app = app_of(cluster.clone());
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        let (_, r) = send(&app, get("/ui/instances/shop", &cookie)).await;
+        let html = text(r).await;
+        for p in mofang_common::params::catalogue(mofang_common::EngineKind::Mariadb) {
+            assert!(
+                html.contains(&format!("data-param=\"{}\"", p.name)),
+                "{}",
+                p.name
+            );
+        }
+        assert!(html.contains("10 ..= 10000 connections"), "{html}");
+        let row = html
+            .split("data-param=\"innodb_log_buffer_size\"")
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .expect("its row");
+        assert!(row.contains("badge restart"), "a restart is needed: {row}");
+        let form =
+            format!("csrf={csrf}&type=reconfigure&param.max_connections=5&param.wait_timeout=60");
+        let (status, r) = send(&app, post("/ui/instances/shop/operations", &cookie, &form)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let html = text(r).await;
+        assert!(
+            html.contains(
+                "id=\"param-max_connections-error\" role=\"alert\">settings.max_connections:"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("name=\"param.max_connections\" type=\"number\" value=\"5\""));
+        assert!(html.contains("name=\"param.wait_timeout\" type=\"number\" value=\"60\""));
+        assert!(cluster
+            .operations_of("shop")
+            .await
+            .expect("operations")
+            .is_empty());
+        // A viewer sees the catalogue nowhere (no form to fill).
+        let (viewer, _) = sign_in(&app, VIEWER).await;
+        let (_, r) = send(&app, get("/ui/instances/shop", &viewer)).await;
+        assert!(!text(r).await.contains("id=\"reconfigure\""));
     }
 
     /// Credentials are shown to an admin who asks, once, with an audit entry; an operator's

@@ -683,6 +683,10 @@ pub struct InstanceData<'a> {
     pub repos: &'a [views::BackupRepo],
     /// The credentials an admin asked to see (this answer only).
     pub credentials: Option<&'a views::Credentials>,
+    /// The instance's engine with its parameter catalogue (operators: reconfigure).
+    pub engine: Option<&'a views::Engine>,
+    /// The reconfigure form as sent, and the API's reason by field (a refusal).
+    pub reconfigure: &'a views::FormState,
 }
 
 /// The instance page: topology, members, events (all live), and the actions of the role.
@@ -777,6 +781,7 @@ pub fn instance(
                 }
             }
             (operation_form(f, i))
+            @if let Some(e) = d.engine { (reconfigure_form(f, i, e, d.reconfigure)) }
             @if f.is_admin && d.credentials.is_none() {
                 form.filters.act method="post" action=(format!("/ui/instances/{}/credentials", i.name)) id="credentials" {
                     (csrf_field(f))
@@ -825,7 +830,6 @@ fn operation_form(f: &Frame, i: &Instance) -> Markup {
         ("resize", "Resize (CPU, memory)"),
         ("expand", "Expand (disk)"),
         ("upgrade", "Upgrade (version)"),
-        ("reconfigure", "Reconfigure (parameters)"),
         ("stop", "Stop"),
         ("start", "Start"),
     ];
@@ -844,10 +848,56 @@ fn operation_form(f: &Frame, i: &Instance) -> Markup {
                 div.field { label for="op-memory" { "Memory MiB (resize)" } input id="op-memory" name="memory" type="number" placeholder=(i.spec.resources.memory); }
                 div.field { label for="op-disk" { "Disk MiB (expand)" } input id="op-disk" name="disk" type="number" placeholder=(i.spec.resources.disk); }
                 div.field { label for="op-version" { "Version (upgrade)" } input id="op-version" name="version" type="text" placeholder=(i.version); }
-                div.field { label for="op-settings" { "Parameters (reconfigure)" } input id="op-settings" name="settings" type="text" placeholder="max_connections=200"; }
             }
-            p.hint { "Parameters, their ranges and whether a change restarts the members: " code { "mofang engines" } " (or " code { "GET /v1/engines" } ")." }
+            p.hint { "Engine parameters: Reconfigure below." }
             button.act type="submit" { "Start the operation" }
+        }
+    }
+}
+
+/// The reconfigure form: the engine's parameter catalogue (`GET /v1/engines`) with each
+/// one's value now, what it accepts and whether a change restarts the members; a field per
+/// parameter, those filled sent. The API judges the values (`novalidate`): its reason is
+/// shown next to the parameter it names, the values typed kept.
+fn reconfigure_form(f: &Frame, i: &Instance, e: &views::Engine, st: &views::FormState) -> Markup {
+    html! {
+        form.card.stack.act.wide method="post" action=(format!("/ui/instances/{}/operations", i.name)) id="reconfigure" novalidate {
+            (csrf_field(f))
+            input type="hidden" name="type" value="reconfigure";
+            h3 { "Reconfigure" }
+            p.hint { "Fill the parameters to change, leave the others empty. Live ones are applied on every member at once; the others by a rolling restart, replicas first." }
+            div.scroll {
+                table.params {
+                    thead { tr { th { "Parameter" } th { "Now" } th { "Allowed" } th { "Applied" } th { "New value" } } }
+                    tbody {
+                        @for p in &e.parameters {
+                            @let field = format!("param.{}", p.name);
+                            @let id = format!("param-{}", p.name);
+                            @let err = st.errors.get(&field);
+                            @let typed = st.values.get(&field).map_or("", String::as_str);
+                            tr data-param=(p.name) {
+                                td { label for=(id) { code { (p.name) } } br; span.hint { (p.description) } }
+                                td { @match i.parameters.get(&p.name) { Some(v) => code { (v) }, None => span.muted { "default" } } }
+                                td { (p.allowed()) }
+                                td { @if p.dynamic { "live" } @else { (badge("restart")) } }
+                                td {
+                                    @if p.values.is_empty() {
+                                        input id=(id) name=(field) type="number" value=(typed) min=[p.min] max=[p.max]
+                                            aria-invalid=[err.map(|_| "true")] aria-describedby=[err.map(|_| format!("{id}-error"))];
+                                    } @else {
+                                        select id=(id) name=(field) aria-invalid=[err.map(|_| "true")] aria-describedby=[err.map(|_| format!("{id}-error"))] {
+                                            option value="" selected[typed.is_empty()] { "unchanged" }
+                                            @for w in &p.values { option value=(w) selected[w == typed] { (w) } }
+                                        }
+                                    }
+                                    @if let Some(msg) = err { p.field-error id=(format!("{id}-error")) role="alert" { (msg) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            button.act type="submit" { "Reconfigure" }
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct Instance {
     pub pitr_window: Option<PitrWindow>,
     /// Seconds the binlog archive lags the primary (absent: no archive).
     pub pitr_lag_s: Option<i64>,
+    /// Engine parameters set by `reconfigure` (name: value); empty: the defaults.
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// The range of times an instance can be restored to (RFC 3339).
@@ -586,7 +588,7 @@ pub struct AuditEntry {
     pub result: String,
 }
 
-/// An engine and its versions as `GET /v1/engines` shows it.
+/// An engine, its versions and settable parameters as `GET /v1/engines` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Engine {
@@ -594,6 +596,60 @@ pub struct Engine {
     pub engine: String,
     /// Supported versions.
     pub versions: Vec<String>,
+    /// What `reconfigure` may set (the catalogue).
+    pub parameters: Vec<EngineParameter>,
+}
+
+/// A settable engine parameter as `GET /v1/engines` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct EngineParameter {
+    /// The engine's own name.
+    pub name: String,
+    /// `integer` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Integers: the smallest allowed.
+    pub min: Option<i64>,
+    /// Integers: the largest allowed.
+    pub max: Option<i64>,
+    /// Enums: the allowed words.
+    pub values: Vec<String>,
+    /// Unit of an integer, empty if none.
+    pub unit: String,
+    /// Applied live (true) or by a rolling restart (false).
+    pub dynamic: bool,
+    /// One line.
+    pub description: String,
+}
+
+impl EngineParameter {
+    /// What it accepts, for people: `10 ..= 10000 connections`, `noeviction | allkeys-lru`.
+    pub fn allowed(&self) -> String {
+        match (self.min, self.max) {
+            (Some(lo), Some(hi)) => format!("{lo} ..= {hi} {}", self.unit).trim_end().to_owned(),
+            _ => self.values.join(" | "),
+        }
+    }
+}
+
+/// A form as it was sent and the API's reasons by field (empty: a fresh form).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FormState {
+    /// The values typed, by field name.
+    pub values: BTreeMap<String, String>,
+    /// The API's reason, by the field it is about.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// The reconfigure form's field a refusal is about: the API names the parameter
+/// (`settings.max_connections: ...`, `params::check`), the field is `param.<name>`.
+pub fn parameter_of_error(code: &str, message: &str) -> Option<String> {
+    if code != "invalid" {
+        return None;
+    }
+    let name = message.strip_prefix("settings.")?.split(':').next()?;
+    (!name.is_empty() && !name.contains(' ')).then(|| format!("param.{name}"))
 }
 
 /// A step of an operation as the API shows it.
@@ -671,9 +727,9 @@ pub fn operation_ids(events: &[Event]) -> Vec<String> {
     out
 }
 
-/// The JSON body `POST /v1/instances/{name}/operations` is sent for the operation form:
+/// The JSON body `POST /v1/instances/{name}/operations` is sent for the operation forms:
 /// the type, and each field given (numbers as numbers when they parse, else as typed, for
-/// the API to refuse); `settings` as `name=value` pairs separated by commas.
+/// the API to refuse); the reconfigure form's `param.<name>` fields given as `settings`.
 pub fn operation_body(form: &BTreeMap<String, String>) -> serde_json::Value {
     let get = |k: &str| form.get(k).map_or("", |v| v.trim());
     let mut body = serde_json::Map::new();
@@ -697,14 +753,13 @@ pub fn operation_body(form: &BTreeMap<String, String>) -> serde_json::Value {
             body.insert(k.into(), serde_json::json!(get(k)));
         }
     }
-    let settings: serde_json::Map<String, serde_json::Value> = get("settings")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.trim().to_owned(), serde_json::json!(v.trim())),
-            None => (kv.to_owned(), serde_json::json!("")),
-        })
+    // The reconfigure form: a field `param.<name>` per parameter of the catalogue, those
+    // given sent.
+    let settings: serde_json::Map<String, serde_json::Value> = form
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("param.")?, v.trim())))
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), serde_json::json!(v)))
         .collect();
     if !settings.is_empty() {
         body.insert("settings".into(), serde_json::Value::Object(settings));
@@ -786,6 +841,7 @@ impl From<&crate::cluster::InstanceView> for Instance {
                 to: w.to.clone(),
             }),
             pitr_lag_s: i.pitr_lag_s,
+            parameters: i.parameters.clone(),
         }
     }
 }
@@ -1777,17 +1833,13 @@ mod tests {
     }
 
     #[test]
-    fn the_operation_form_becomes_the_api_body() {
+    fn the_operation_forms_become_the_api_body() {
         let form: BTreeMap<String, String> = [
             ("type", "scale"),
             ("replicas", "2"),
             ("cpu", ""),
             ("memory", "lots"),
             ("version", ""),
-            (
-                "settings",
-                "max_connections=200, innodb_buffer_pool_size = 256M",
-            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -1797,8 +1849,52 @@ mod tests {
         assert_eq!(b["replicas"], 2);
         assert!(b.get("cpu").is_none() && b.get("version").is_none());
         assert_eq!(b["memory"], "lots", "left for the API to refuse");
-        assert_eq!(b["settings"]["max_connections"], "200");
-        assert_eq!(b["settings"]["innodb_buffer_pool_size"], "256M");
+        assert!(b.get("settings").is_none());
+        let form: BTreeMap<String, String> = [
+            ("type", "reconfigure"),
+            ("param.max_connections", " 300 "),
+            ("param.wait_timeout", ""),
+            ("param.innodb_log_buffer_size", "lots"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let b = operation_body(&form);
+        assert_eq!(
+            b["settings"],
+            serde_json::json!({"max_connections": "300", "innodb_log_buffer_size": "lots"}),
+            "those given, as typed, for the API to judge"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_parses_and_refusals_name_their_parameter() {
+        let v = serde_json::json!([{"engine": "redis", "versions": ["8.0"], "parameters": [
+            {"name": "maxmemory-policy", "type": "enum", "values": ["noeviction", "allkeys-lru"],
+             "unit": "", "dynamic": true, "description": "d"},
+            {"name": "databases", "type": "integer", "min": 1, "max": 1024, "unit": "",
+             "dynamic": false, "description": "d"},
+            {"name": "timeout", "type": "integer", "min": 0, "max": 86400, "unit": "seconds",
+             "dynamic": true, "description": "d"}]}]);
+        let e: Vec<Engine> = serde_json::from_value(v).expect("parses");
+        let ps = &e[0].parameters;
+        assert_eq!(ps[0].allowed(), "noeviction | allkeys-lru");
+        assert_eq!(ps[1].allowed(), "1 ..= 1024");
+        assert_eq!(ps[2].allowed(), "0 ..= 86400 seconds");
+        assert!(!ps[1].dynamic);
+        assert_eq!(
+            parameter_of_error(
+                "invalid",
+                "settings.max_connections: \"5\" is not a whole number within 10 ..= 10000 (connections)"
+            )
+            .as_deref(),
+            Some("param.max_connections")
+        );
+        assert_eq!(
+            parameter_of_error("invalid", "a reconfigure needs `settings`"),
+            None
+        );
+        assert_eq!(parameter_of_error("conflict", "settings.x: busy"), None);
     }
 
     fn health(name: &str) -> BackupHealth {
