@@ -416,8 +416,13 @@ impl Cluster {
 
     /// Every backup record.
     pub(super) async fn all_backups(&self) -> Result<Vec<Backup>> {
+        self.backup_records(PREFIX).await
+    }
+
+    /// The backup records under store key `prefix`.
+    async fn backup_records(&self, prefix: &str) -> Result<Vec<Backup>> {
         self.store
-            .meta_with_prefix(PREFIX)
+            .meta_with_prefix(prefix)
             .await?
             .into_iter()
             .map(|(key, json)| serde_json::from_str(&json).map_err(|e| corrupt(&key, e)))
@@ -427,7 +432,11 @@ impl Cluster {
     /// Backups of `instance` (which may have been deleted), oldest first, with the bytes a
     /// running one has read so far. 404 when neither the instance nor a backup of it exists.
     pub async fn backups_of(&self, instance: &str) -> Result<Vec<Backup>> {
-        let list = self.backups_where(|b| b.instance == instance).await?;
+        // Ids are `<instance>-<ms>`: only the records under that prefix are read (another
+        // instance whose name extends this one's is filtered out).
+        let list = self
+            .backups_where(&format!("{PREFIX}{instance}-"), |b| b.instance == instance)
+            .await?;
         if list.is_empty() && !lock(&self.inner).instances.contains_key(instance) {
             return Err(Error::NotFound(format!("instance {instance}")));
         }
@@ -437,13 +446,18 @@ impl Cluster {
     /// Every backup of every instance (deleted ones' too), oldest first, with the bytes a
     /// running one has read so far: `GET /v1/backups`.
     pub async fn backups(&self) -> Result<Vec<Backup>> {
-        self.backups_where(|_| true).await
+        self.backups_where(PREFIX, |_| true).await
     }
 
-    /// The backups `keep` keeps, oldest first, with the bytes running ones have read so far.
-    async fn backups_where(&self, keep: impl Fn(&Backup) -> bool) -> Result<Vec<Backup>> {
+    /// The backups under store key `prefix` that `keep` keeps, oldest first, with the bytes
+    /// running ones have read so far.
+    async fn backups_where(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&Backup) -> bool,
+    ) -> Result<Vec<Backup>> {
         let mut list: Vec<Backup> = self
-            .all_backups()
+            .backup_records(prefix)
             .await?
             .into_iter()
             .filter(|b| keep(b))
@@ -584,6 +598,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("backup {id} never became {state}");
+    }
+
+    /// An instance's backups are read under its id prefix: another instance whose name
+    /// extends it (`db-2` of `db`) is not listed with it; the fleet list has both, oldest
+    /// first.
+    #[tokio::test]
+    async fn backups_of_an_instance_are_its_own_and_the_fleet_list_has_all() {
+        let c = cluster(&three_ssd_nodes()).await;
+        for (id, instance, at) in [("db-2-5", "db-2", 5), ("db-7", "db", 7), ("db-3", "db", 3)] {
+            let b = serde_json::json!({"id": id, "instance": instance, "engine": "mariadb",
+                "version": "10.11", "repo": "r", "member": "m", "node": "n",
+                "state": "succeeded", "requested_at_ms": at});
+            c.store
+                .put_meta(&format!("{PREFIX}{id}"), &b.to_string())
+                .await
+                .expect("record");
+        }
+        let ids = |bs: Vec<Backup>| bs.into_iter().map(|b| b.id).collect::<Vec<_>>();
+        assert_eq!(ids(c.backups_of("db").await.expect("db")), ["db-3", "db-7"]);
+        assert_eq!(ids(c.backups_of("db-2").await.expect("db-2")), ["db-2-5"]);
+        assert!(c.backups_of("nope").await.is_err());
+        assert_eq!(
+            ids(c.backups().await.expect("all")),
+            ["db-3", "db-2-5", "db-7"]
+        );
     }
 
     /// The record follows the job: pending at once (on the least lagging healthy replica, a

@@ -317,12 +317,19 @@ impl Cluster {
             })
             .collect();
         let now = now_ms();
+        // Grouped once: the fleet's backups are read once for all instances.
+        let mut by_instance: std::collections::HashMap<&str, Vec<&Backup>> =
+            std::collections::HashMap::new();
+        for b in &backups {
+            by_instance.entry(b.instance.as_str()).or_default().push(b);
+        }
         let mut out: Vec<BackupHealthView> = instances
             .into_iter()
             .map(|(name, expr, slot_ms)| {
-                let seen: Vec<schedule::Seen> = backups
-                    .iter()
-                    .filter(|b| b.instance == name)
+                let seen: Vec<schedule::Seen> = by_instance
+                    .get(name.as_str())
+                    .into_iter()
+                    .flatten()
                     .map(|b| schedule::Seen {
                         requested_ms: b.requested_at_ms,
                         started_ms: b.started_at_ms,

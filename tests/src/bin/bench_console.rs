@@ -8,7 +8,12 @@
 //! listener serves) with a signed-in session cookie; TLS and the network are not in the
 //! figures. Prints p50/p90/p99/max per page and the page's size.
 //!
-//! Usage: bench_console [--instances N] [--nodes N] [--requests N]
+//! Backup records (`--backups N` per instance, default 3: a week of daily backups for a few
+//! instances, or a few for all) are written to the store as the scheduler keeps them, for
+//! the backups page and the overview's backup figures; every fifth instance's newest one
+//! failed.
+//!
+//! Usage: bench_console [--instances N] [--nodes N] [--requests N] [--backups N]
 
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
@@ -110,6 +115,7 @@ async fn main() -> Result<()> {
     let instances = arg("--instances", 2000);
     let nodes = arg("--nodes", 50);
     let requests = arg("--requests", 50);
+    let backups = arg("--backups", 3);
     let dir = tempfile::tempdir()?;
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db"))?);
     let cluster = Cluster::load(store, Duration::from_secs(30)).await?;
@@ -151,6 +157,27 @@ async fn main() -> Result<()> {
         "{instances} instances on {nodes} nodes created in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    {
+        let store = cluster.store();
+        for i in 0..instances {
+            for k in 0..backups {
+                let at = 1_790_000_000_000 + (k as i64) * 86_400_000;
+                let failed = i % 5 == 0 && k + 1 == backups;
+                let id = format!("db-{i:05}-{at}");
+                let b = serde_json::json!({"id": id, "instance": format!("db-{i:05}"),
+                    "engine": "mariadb", "version": "10.11", "repo": "main",
+                    "member": format!("db-{i:05}-0"), "node": "node-000",
+                    "state": if failed { "failed" } else { "succeeded" },
+                    "reason": if failed { "disk full" } else { "" },
+                    "requested_at_ms": at, "started_at_ms": at, "ended_at_ms": at + 60_000,
+                    "bytes": 50 << 20, "size": 12 << 20});
+                store
+                    .put_meta(&format!("backup/{id}"), &b.to_string())
+                    .await?;
+            }
+        }
+        println!("{} backup records written", instances * backups);
+    }
     let mut tokens = Tokens::from_config(&[]);
     tokens.insert(TOKEN, "bench", TokenRole::Admin);
     let app = router(Api {
@@ -188,6 +215,8 @@ async fn main() -> Result<()> {
         "/ui/instances",
         "/ui/instances/db-00007",
         "/ui/problems",
+        "/ui/backups",
+        "/ui/events",
     ] {
         let mut times = Vec::with_capacity(requests);
         let mut bytes = 0;
