@@ -367,6 +367,38 @@ async fn explain<T>(b: &Browser, r: Result<T>) -> Result<T> {
     }
 }
 
+/// Waits until the instance page the browser is on shows the status `ready` by itself.
+async fn wait_ready(b: &Browser, what: &str, secs: u64) -> Result<()> {
+    let r = eventually(what, Duration::from_secs(secs), || async {
+        let s = b.text("#status").await?;
+        if s == "ready" {
+            Ok(())
+        } else {
+            bail!("status {s}")
+        }
+    })
+    .await;
+    explain(b, r).await
+}
+
+/// Submits the create (or restore) form the browser is on, filled, for instance `name`
+/// (opening `form_page` again if Chromium lost the answer), and waits on the new instance's
+/// page until it is ready.
+async fn create_from_form(b: &Browser, env: &Env, form_page: &str, name: &str) -> Result<()> {
+    let landing = format!("/ui/instances/{name}?done=created");
+    let base = b.client.current_url().await?;
+    let landing_url = base.join(&landing)?.to_string();
+    b.submit_checked(
+        "#create button[type=submit]",
+        form_page,
+        async || exists(env, name).await,
+        &landing_url,
+    )
+    .await?;
+    assert_eq!(b.path().await?, landing);
+    wait_ready(b, &format!("{name} is ready"), 180).await
+}
+
 /// The member id the topology diagram shows as primary.
 async fn diagram_primary(b: &Browser) -> Result<String> {
     b.attr("#topology .member.primary", "data-member")
@@ -556,23 +588,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // A day-2 operation from the instance page: a rolling restart, its steps shown as they
     // happen.
-    explain(
-        &b,
-        eventually(
-            "ready again after the failover",
-            Duration::from_secs(90),
-            || async {
-                let s = b.text("#status").await?;
-                if s == "ready" {
-                    Ok(())
-                } else {
-                    bail!("status {s}")
-                }
-            },
-        )
-        .await,
-    )
-    .await?;
+    wait_ready(&b, "ready again after the failover", 90).await?;
     b.client
         .find(Locator::Id("op-type"))
         .await?
@@ -717,34 +733,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.fill("name", &restored).await?;
     b.fill("replicas", "0").await?;
     b.shot("restore-form").await?;
-    b.submit_checked(
-        "#create button[type=submit]",
-        &restore_link,
-        async || exists(&env, &restored).await,
-        &ui(&format!("/ui/instances/{restored}?done=created")),
-    )
-    .await?;
-    assert_eq!(
-        b.path().await?,
-        format!("/ui/instances/{restored}?done=created")
-    );
-    explain(
-        &b,
-        eventually(
-            "the restored instance is ready",
-            Duration::from_secs(180),
-            || async {
-                let s = b.text("#status").await?;
-                if s == "ready" {
-                    Ok(())
-                } else {
-                    bail!("status {s}")
-                }
-            },
-        )
-        .await,
-    )
-    .await?;
+    create_from_form(&b, &env, &restore_link, &restored).await?;
     let v = env.get(&format!("/v1/instances/{restored}")).await?;
     assert!(
         v["restored_from"]
@@ -823,34 +812,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     let form_page = ui(&format!(
         "/ui/instances/new?restore_from={name}&time={latest}"
     ));
-    b.submit_checked(
-        "#create button[type=submit]",
-        &form_page,
-        async || exists(&env, &at_time).await,
-        &ui(&format!("/ui/instances/{at_time}?done=created")),
-    )
-    .await?;
-    assert_eq!(
-        b.path().await?,
-        format!("/ui/instances/{at_time}?done=created")
-    );
-    explain(
-        &b,
-        eventually(
-            "the instance restored to a time is ready",
-            Duration::from_secs(180),
-            || async {
-                let s = b.text("#status").await?;
-                if s == "ready" {
-                    Ok(())
-                } else {
-                    bail!("status {s}")
-                }
-            },
-        )
-        .await,
-    )
-    .await?;
+    create_from_form(&b, &env, &form_page, &at_time).await?;
     let (status, v) = env
         .call(
             reqwest::Method::DELETE,
