@@ -89,6 +89,9 @@ fn tls_lines(tls: Option<&super::MemberTls>) -> String {
 /// <https://mariadb.com/kb/en/flush/>
 const RELOAD_TLS: &str = "FLUSH NO_WRITE_TO_BINLOG SSL";
 
+/// The TLS options of `CHANGE MASTER TO`, both ways: the statement keeps every option it is
+/// not given, so a replica turned back to plain text must be told `MASTER_SSL = 0` or it goes
+/// on over TLS (and is repointed on every pass, never matching what is wanted).
 fn master_ssl(tls: bool) -> String {
     if tls {
         format!(
@@ -96,7 +99,7 @@ fn master_ssl(tls: bool) -> String {
             lit(super::TLS_CA)
         )
     } else {
-        String::new()
+        ", MASTER_SSL = 0, MASTER_SSL_VERIFY_SERVER_CERT = 0".into()
     }
 }
 
@@ -1136,7 +1139,10 @@ mod tests {
         assert!(on.contains("MASTER_SSL = 1"), "{on}");
         assert!(on.contains("MASTER_SSL_CA = '/etc/mofang/ca.pem'"));
         assert!(on.contains("MASTER_SSL_VERIFY_SERVER_CERT = 1"));
-        assert_eq!(master_ssl(false), "");
+        // CHANGE MASTER keeps what it is not given: plain text is said, not left out.
+        let off = master_ssl(false);
+        assert!(off.contains("MASTER_SSL = 0"), "{off}");
+        assert!(!off.contains("MASTER_SSL_CA"), "{off}");
         let mut primary = Target::parse("172.18.0.2:3306").unwrap();
         let mut local = Target::parse("172.18.0.3:3306").unwrap();
         let plain = MariaDb.seed_script(&primary, &local).unwrap();
