@@ -6,7 +6,7 @@
 //! deadline, and never holds up the others or the scrape. Connections (monitoring account only)
 //! are kept between collections and dropped on any error.
 
-use super::model::{label, Families, Kind, Labels};
+use super::model::{label, Families, Kind, Labels, Rendered};
 use super::{mysql, redis};
 use mofang_common::EngineKind;
 use std::collections::HashMap;
@@ -170,6 +170,21 @@ pub struct Collected {
     took: Duration,
     /// When it ended.
     at: Instant,
+    /// The member's families, written once when collected, with the labels they carry.
+    rendered: Arc<(Labels, Rendered)>,
+}
+
+impl Collected {
+    fn new(t: &Target, outcome: Outcome, took: Duration, at: Instant) -> Self {
+        let mut f = Families::default();
+        member_families(t, &outcome, took, &mut f);
+        Collected {
+            outcome: Arc::new(outcome),
+            took,
+            at,
+            rendered: Arc::new((t.labels.clone(), f.render())),
+        }
+    }
 }
 
 /// Keeps one collecting task per member and their last answers.
@@ -258,11 +273,8 @@ impl Collector {
             if let Some(e) = &outcome.error {
                 debug!(member = %t.member, error = %e, "database collection failed");
             }
-            let c = Collected {
-                outcome: Arc::new(outcome),
-                took: start.elapsed(),
-                at: Instant::now(),
-            };
+            // Written now, once: every scrape until the next collection only copies it.
+            let c = Collected::new(&t, outcome, start.elapsed(), Instant::now());
             if stop.is_cancelled() {
                 return;
             }
@@ -288,59 +300,22 @@ impl Collector {
     }
 }
 
-/// Renders the last collection of each target (`collected[i]` is `targets[i]`'s): `mysql_up` /
-/// `redis_up`, the collection's duration, success and age, and the server's statistics. A
-/// member not collected yet (its task just started) renders nothing: absent is not down.
+/// The last collection of each target (`collected[i]` is `targets[i]`'s), for one scrape: its
+/// families as written when collected (`mysql_up` / `redis_up`, the collection's duration and
+/// success, the server's statistics), and its age, added to `out`. A member not collected yet
+/// (its task just started) renders nothing: absent is not down. A member whose labels changed
+/// since (its role) is written again now; its task is already collecting again.
 pub fn render(
     targets: &[Target],
     collected: &[Option<Collected>],
     now: Instant,
     out: &mut Families,
-) {
+) -> Vec<Arc<(Labels, Rendered)>> {
+    let mut parts = Vec::with_capacity(targets.len());
     for (t, c) in targets.iter().zip(collected) {
         let Some(c) = c else { continue };
-        let up = if c.outcome.answer.is_some() { 1.0 } else { 0.0 };
-        match t.engine {
-            EngineKind::Mariadb => out.add(
-                "mysql_up",
-                "Whether the MySQL server is up.",
-                Kind::Gauge,
-                t.labels.clone(),
-                up,
-            ),
-            EngineKind::Redis => out.add(
-                "redis_up",
-                "Information about the Redis instance",
-                Kind::Gauge,
-                t.labels.clone(),
-                up,
-            ),
-        }
-        let mut l = t.labels.clone();
-        l.push(label("engine", t.engine.as_str()));
-        out.add(
-            "mofang_db_scrape_duration_seconds",
-            "How long the last collection of the member's database took.",
-            Kind::Gauge,
-            l.clone(),
-            c.took.as_secs_f64(),
-        );
-        out.add(
-            "mofang_db_scrape_success",
-            "1 if the last collection of the member's database succeeded within its deadline.",
-            Kind::Gauge,
-            l,
-            up,
-        );
         let mut s = t.labels.clone();
         s.push(label("source", "database"));
-        out.add(
-            "mofang_agent_collect_duration_seconds",
-            "How long the last collection from the source took.",
-            Kind::Gauge,
-            s.clone(),
-            c.took.as_secs_f64(),
-        );
         out.add(
             "mofang_agent_collect_age_seconds",
             "Seconds since the source's values served here were collected.",
@@ -348,21 +323,73 @@ pub fn render(
             s,
             now.saturating_duration_since(c.at).as_secs_f64(),
         );
-        // Turned into samples one member after the other, straight into `out`: the second
-        // member's families already exist and only get samples.
-        let base = Arc::new(t.labels.clone());
-        match &c.outcome.answer {
-            Some(Answer::Mysql(raw)) => mysql::families(raw, &base, out),
-            Some(Answer::Redis(info)) => redis::families(info, &base, out),
-            None => {}
+        if c.rendered.0 == t.labels {
+            parts.push(c.rendered.clone());
+        } else {
+            let mut f = Families::default();
+            member_families(t, &c.outcome, c.took, &mut f);
+            parts.push(Arc::new((t.labels.clone(), f.render())));
         }
+    }
+    parts
+}
+
+/// One member's families from one collection.
+fn member_families(t: &Target, outcome: &Outcome, took: Duration, out: &mut Families) {
+    let up = if outcome.answer.is_some() { 1.0 } else { 0.0 };
+    match t.engine {
+        EngineKind::Mariadb => out.add(
+            "mysql_up",
+            "Whether the MySQL server is up.",
+            Kind::Gauge,
+            t.labels.clone(),
+            up,
+        ),
+        EngineKind::Redis => out.add(
+            "redis_up",
+            "Information about the Redis instance",
+            Kind::Gauge,
+            t.labels.clone(),
+            up,
+        ),
+    }
+    let mut l = t.labels.clone();
+    l.push(label("engine", t.engine.as_str()));
+    out.add(
+        "mofang_db_scrape_duration_seconds",
+        "How long the last collection of the member's database took.",
+        Kind::Gauge,
+        l.clone(),
+        took.as_secs_f64(),
+    );
+    out.add(
+        "mofang_db_scrape_success",
+        "1 if the last collection of the member's database succeeded within its deadline.",
+        Kind::Gauge,
+        l,
+        up,
+    );
+    let mut s = t.labels.clone();
+    s.push(label("source", "database"));
+    out.add(
+        "mofang_agent_collect_duration_seconds",
+        "How long the last collection from the source took.",
+        Kind::Gauge,
+        s,
+        took.as_secs_f64(),
+    );
+    let base = Arc::new(t.labels.clone());
+    match &outcome.answer {
+        Some(Answer::Mysql(raw)) => mysql::families(raw, &base, out),
+        Some(Answer::Redis(info)) => redis::families(info, &base, out),
+        None => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::model::{encode, Format};
+    use crate::metrics::model::{write, Format};
 
     fn target(engine: EngineKind, member: &str, addr: Option<(String, u16)>) -> Target {
         Target {
@@ -375,19 +402,27 @@ mod tests {
         }
     }
 
-    fn collected(answer: Option<Answer>, error: Option<&str>, age: Duration) -> Collected {
-        Collected {
-            outcome: Arc::new(Outcome {
-                answer,
-                error: error.map(str::to_owned),
-            }),
-            took: Duration::from_millis(7),
-            at: Instant::now() - age,
-        }
+    fn collected(
+        t: &Target,
+        answer: Option<Answer>,
+        error: Option<&str>,
+        age: Duration,
+    ) -> Collected {
+        let outcome = Outcome {
+            answer,
+            error: error.map(str::to_owned),
+        };
+        Collected::new(t, outcome, Duration::from_millis(7), Instant::now() - age)
     }
 
-    fn text(out: Families) -> String {
-        encode(out, Format::Text).expect("encodes")
+    /// What a scrape writes: the families added to `out` and the members' written parts.
+    fn scrape_text(targets: &[Target], last: &[Option<Collected>]) -> String {
+        let mut out = Families::default();
+        let parts = render(targets, last, Instant::now(), &mut out);
+        let own = out.render();
+        let mut all: Vec<&Rendered> = vec![&own];
+        all.extend(parts.iter().map(|p| &p.1));
+        write(&all, Format::Text)
     }
 
     fn value(text: &str, prefix: &str) -> Option<f64> {
@@ -410,17 +445,21 @@ mod tests {
         };
         let last = [
             Some(collected(
+                &targets[0],
                 Some(Answer::Mysql(raw)),
                 None,
                 Duration::from_secs(3),
             )),
-            Some(collected(None, Some("no answer within 2s"), Duration::ZERO)),
+            Some(collected(
+                &targets[1],
+                None,
+                Some("no answer within 2s"),
+                Duration::ZERO,
+            )),
             // kv-1's task has not finished its first collection: nothing, not "down".
             None,
         ];
-        let mut out = Families::default();
-        render(&targets, &last, Instant::now(), &mut out);
-        let t = text(out);
+        let t = scrape_text(&targets, &last);
         assert_eq!(
             value(&t, "mysql_up{mofang_member=\"db-0\""),
             Some(1.0),
@@ -450,6 +489,32 @@ mod tests {
         .expect("db-0's age");
         assert!((3.0..4.0).contains(&age), "age {age}");
         assert!(!t.contains("monitor-secret"), "no password in the output");
+    }
+
+    #[test]
+    fn a_member_whose_role_changed_since_its_collection_is_served_with_its_new_role() {
+        let mut t = target(EngineKind::Redis, "kv-0", Some(("10.0.0.3".into(), 6379)));
+        let info = "# Server\r\nredis_version:7.0.15\r\n# Clients\r\nconnected_clients:3\r\n";
+        let last = [Some(collected(
+            &t,
+            Some(Answer::Redis(info.into())),
+            None,
+            Duration::ZERO,
+        ))];
+        let before = scrape_text(std::slice::from_ref(&t), &last);
+        assert!(
+            before.contains("redis_connected_clients{mofang_member=\"kv-0\",role=\"primary\"} 3"),
+            "{before}"
+        );
+        // Promoted/demoted between two collections: no sample keeps the old role.
+        t.labels = vec![label("mofang_member", "kv-0"), label("role", "replica")];
+        let after = scrape_text(std::slice::from_ref(&t), &last);
+        assert!(!after.contains("role=\"primary\""), "{after}");
+        assert!(
+            after.contains("redis_connected_clients{mofang_member=\"kv-0\",role=\"replica\"} 3"),
+            "{after}"
+        );
+        assert_eq!(after.matches("# TYPE redis_up gauge").count(), 1, "{after}");
     }
 
     /// A server that accepts connections and never answers (a frozen container).

@@ -23,7 +23,7 @@ use crate::statuses::{ReconcileStats, Statuses, STOPPED};
 use crate::volume::VolumeManager;
 use container::{reuse_or_inspect, DeviceNames, Tracked, VolumeFs};
 use futures::StreamExt;
-use model::{label, Families, Format, Kind};
+use model::{label, Families, Format, Kind, Rendered};
 use mofang_common::labels;
 use mofang_common::proto::DesiredState;
 use mofang_common::{EngineKind, ObservedRole};
@@ -581,8 +581,9 @@ impl Exporter {
         }
     }
 
-    /// Gathers everything once: files read now, databases as last collected.
-    pub async fn gather(self: &Arc<Self>) -> Families {
+    /// Gathers everything once: files read now, databases as last collected (written when
+    /// collected: only copied here).
+    pub async fn gather(self: &Arc<Self>) -> (Families, Vec<Arc<(model::Labels, Rendered)>>) {
         self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         let inventory = self.inventory();
         let targets = self.db_targets(&inventory);
@@ -649,20 +650,18 @@ impl Exporter {
                 Families::default()
             }
         };
-        db::render(&targets, &collected, std::time::Instant::now(), &mut out);
+        let parts = db::render(&targets, &collected, std::time::Instant::now(), &mut out);
         self.agent_families(&mut out);
-        out
+        (out, parts)
     }
 
     /// Gathers and encodes in `format`.
     pub async fn render(self: &Arc<Self>, format: Format) -> String {
-        let families = self.gather().await;
-        match model::encode(families, format) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics: encoding failed");
-                String::new()
-            }
-        }
+        let (families, parts) = self.gather().await;
+        let own = families.render();
+        let mut all: Vec<&Rendered> = Vec::with_capacity(parts.len() + 1);
+        all.push(&own);
+        all.extend(parts.iter().map(|p| &p.1));
+        model::write(&all, format)
     }
 }

@@ -1,11 +1,8 @@
-//! The exposition model: metric families gathered at scrape time, encoded by `prometheus-client`
-//! as OpenMetrics, and rewritten line by line into the Prometheus text format 0.0.4 for scrapers
-//! that do not ask for OpenMetrics (`promtool check metrics`, older Prometheus, curl).
+//! The exposition model: metric families, written to sample lines once ([`Families::render`])
+//! and put together per scrape ([`write`]) in OpenMetrics 1.0.0 or the Prometheus text format
+//! 0.0.4 (`promtool check metrics`, older Prometheus, curl). The two formats share sample
+//! lines and differ only in metadata (decision 151).
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
 use std::borrow::Cow;
 
 /// A metric's type, as OpenMetrics names it.
@@ -184,48 +181,6 @@ impl Families {
     }
 }
 
-/// The families as a `prometheus-client` collector, so the crate writes the exposition.
-#[derive(Debug)]
-struct Snapshot(Families);
-
-impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // One label buffer for every sample: no allocation per sample.
-        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
-        for f in self.0.iter().filter(|f| !f.samples.is_empty()) {
-            let ty = match f.kind {
-                Kind::Counter => MetricType::Counter,
-                Kind::Gauge => MetricType::Gauge,
-                Kind::Info => MetricType::Info,
-                Kind::Unknown => MetricType::Unknown,
-            };
-            let mut metric = encoder.encode_descriptor(&f.name, &f.help, None, ty)?;
-            for s in &f.samples {
-                labels.clear();
-                labels.extend(s.labels.iter().map(|(k, v)| (k.as_ref(), v.as_str())));
-                if f.kind == Kind::Info {
-                    // Info labels go straight to encode_info (no family level in between).
-                    metric.encode_info(&labels)?;
-                    continue;
-                }
-                if s.labels.is_empty() {
-                    encode_value(&mut metric, f.kind, s.value)?;
-                } else {
-                    encode_value(&mut metric.encode_family(&labels)?, f.kind, s.value)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn encode_value(m: &mut MetricEncoder<'_>, kind: Kind, v: f64) -> Result<(), std::fmt::Error> {
-    match kind {
-        Kind::Counter => m.encode_counter::<NoLabelSet, f64, f64>(&v, None),
-        _ => m.encode_gauge(&v),
-    }
-}
-
 /// Exposition formats the endpoint speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -272,67 +227,164 @@ impl Format {
     }
 }
 
-/// Encodes the families in `format`.
-pub fn encode(families: Families, format: Format) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot(families)));
-    let mut om = String::with_capacity(64 * 1024);
-    prometheus_client::encoding::text::encode(&mut om, &registry)?;
-    Ok(match format {
-        Format::OpenMetrics => om,
-        Format::Text => openmetrics_to_text(&om),
-    })
+/// One family's sample lines, written once: a member's database statistics are written when
+/// they are collected and copied into every scrape until the next collection.
+#[derive(Debug)]
+pub struct Chunk {
+    name: Cow<'static, str>,
+    help: Cow<'static, str>,
+    kind: Kind,
+    lines: String,
 }
 
-/// Rewrites the OpenMetrics text that `prometheus-client` writes into the Prometheus text
-/// format 0.0.4. The sample lines are the same; only the metadata differs: a counter's and an
-/// info's HELP/TYPE name carries the `_total`/`_info` suffix the samples carry, info becomes
-/// gauge, unknown becomes untyped, and there are no `# UNIT` or `# EOF` lines.
-/// Exemplars and `_created` samples, which the text format lacks, are never written by us.
-pub fn openmetrics_to_text(om: &str) -> String {
-    let mut out = String::with_capacity(om.len());
-    let mut lines = om.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            // HELP precedes TYPE: look ahead to learn the suffix.
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            let ty = lines
-                .peek()
-                .and_then(|l| l.strip_prefix("# TYPE "))
-                .and_then(|t| t.split_once(' '))
-                .map(|(_, ty)| ty)
-                .unwrap_or("");
-            let (suffix, text_ty) = match ty {
-                "counter" => ("_total", "counter"),
-                "info" => ("_info", "gauge"),
-                "gauge" => ("", "gauge"),
-                "histogram" => ("", "histogram"),
-                _ => ("", "untyped"),
-            };
-            out.push_str("# HELP ");
-            out.push_str(name);
-            out.push_str(suffix);
-            out.push(' ');
-            out.push_str(help);
-            out.push('\n');
-            if lines.peek().is_some_and(|l| l.starts_with("# TYPE ")) {
-                lines.next();
-                out.push_str("# TYPE ");
-                out.push_str(name);
-                out.push_str(suffix);
-                out.push(' ');
-                out.push_str(text_ty);
-                out.push('\n');
+/// Families written to sample lines, family by family (see [`Families::render`]).
+#[derive(Debug, Default)]
+pub struct Rendered {
+    chunks: Vec<Chunk>,
+}
+
+impl Rendered {
+    /// Bytes of sample lines held.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.lines.len()).sum()
+    }
+
+    /// Whether no sample is held.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(|c| c.lines.is_empty())
+    }
+}
+
+impl Families {
+    /// The sample lines of every family (the same in both formats: only metadata differs).
+    pub fn render(&self) -> Rendered {
+        let chunks = self
+            .iter()
+            .filter(|f| !f.samples.is_empty())
+            .map(|f| {
+                let mut lines = String::with_capacity(f.samples.len() * 96);
+                for s in &f.samples {
+                    write_sample(&mut lines, f, s);
+                }
+                Chunk {
+                    name: f.name.clone(),
+                    help: f.help.clone(),
+                    kind: f.kind,
+                    lines,
+                }
+            })
+            .collect();
+        Rendered { chunks }
+    }
+}
+
+/// The suffix a family's samples carry after its name.
+fn suffix(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Counter => "_total",
+        Kind::Info => "_info",
+        Kind::Gauge | Kind::Unknown => "",
+    }
+}
+
+fn write_sample(out: &mut String, f: &Family, s: &Sample) {
+    use std::fmt::Write;
+    out.push_str(&f.name);
+    out.push_str(suffix(f.kind));
+    if !s.labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in s.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
-            continue;
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_into(out, v, true);
+            out.push('"');
         }
-        out.push_str(line);
+        out.push('}');
+    }
+    out.push(' ');
+    if f.kind == Kind::Info {
+        out.push('1');
+    } else {
+        // Shortest round-trip form, never an exponent; non-finite values never get here.
+        let _ = write!(out, "{}", s.value);
+    }
+    out.push('\n');
+}
+
+/// Backslash, newline and (in label values and OpenMetrics help) double quote, escaped as
+/// both formats want.
+fn escape_into(out: &mut String, v: &str, quote: bool) {
+    if !v.contains(['\\', '\n', '"']) {
+        out.push_str(v);
+        return;
+    }
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes the families of every part in `format`: one HELP/TYPE per family name, with the
+/// sample lines of all parts that have it, in the order names first appear. Only copies: the
+/// sample lines were written by [`Families::render`].
+pub fn write(parts: &[&Rendered], format: Format) -> String {
+    let mut order: Vec<(&Chunk, Vec<&str>)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut bytes = 0;
+    for c in parts.iter().flat_map(|p| p.chunks.iter()) {
+        bytes += c.lines.len();
+        match index.get(c.name.as_ref()) {
+            Some(&i) => order[i].1.push(&c.lines),
+            None => {
+                index.insert(&c.name, order.len());
+                order.push((c, vec![&c.lines]));
+            }
+        }
+    }
+    let mut out = String::with_capacity(bytes + order.len() * 160 + 16);
+    for (c, lines) in order {
+        let (name_suffix, ty) = match (format, c.kind) {
+            (Format::OpenMetrics, Kind::Counter) => ("", "counter"),
+            (Format::OpenMetrics, Kind::Gauge) => ("", "gauge"),
+            (Format::OpenMetrics, Kind::Info) => ("", "info"),
+            (Format::OpenMetrics, Kind::Unknown) => ("", "unknown"),
+            // The text format's metadata names what the samples are called.
+            (Format::Text, Kind::Counter) => ("_total", "counter"),
+            (Format::Text, Kind::Gauge) => ("", "gauge"),
+            (Format::Text, Kind::Info) => ("_info", "gauge"),
+            (Format::Text, Kind::Unknown) => ("", "untyped"),
+        };
+        out.push_str("# HELP ");
+        out.push_str(&c.name);
+        out.push_str(name_suffix);
+        out.push(' ');
+        escape_into(&mut out, &c.help, format == Format::OpenMetrics);
+        out.push_str("\n# TYPE ");
+        out.push_str(&c.name);
+        out.push_str(name_suffix);
+        out.push(' ');
+        out.push_str(ty);
         out.push('\n');
+        for l in lines {
+            out.push_str(l);
+        }
+    }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
     }
     out
+}
+
+/// Encodes the families in `format`.
+pub fn encode(families: &Families, format: Format) -> String {
+    write(&[&families.render()], format)
 }
 
 /// `(name, value)` label pair helper.
@@ -386,7 +438,7 @@ mod tests {
 
     #[test]
     fn openmetrics_has_suffixes_on_samples_and_eof() {
-        let om = encode(sample_families(), Format::OpenMetrics).unwrap();
+        let om = encode(&sample_families(), Format::OpenMetrics);
         assert!(
             om.contains("# TYPE container_cpu_usage_seconds counter\n"),
             "{om}"
@@ -411,7 +463,7 @@ mod tests {
 
     #[test]
     fn text_format_names_metadata_like_the_samples() {
-        let t = encode(sample_families(), Format::Text).unwrap();
+        let t = encode(&sample_families(), Format::Text);
         assert!(t.contains("# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n# TYPE container_cpu_usage_seconds_total counter\ncontainer_cpu_usage_seconds_total{"), "{t}");
         assert!(
             t.contains("# TYPE mysql_version_info gauge\nmysql_version_info{"),
@@ -426,6 +478,26 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("# EOF"));
+    }
+
+    #[test]
+    fn parts_written_apart_are_put_together_family_by_family() {
+        let mut a = Families::default();
+        a.add("redis_up", "h", Kind::Gauge, vec![label("m", "a")], 1.0);
+        a.add("c", "x\\y\nz", Kind::Counter, vec![label("m", "a\nb")], 2.0);
+        let mut b = Families::default();
+        b.add("redis_up", "h", Kind::Gauge, vec![label("m", "b")], 0.0);
+        let (a, b) = (a.render(), b.render());
+        let t = write(&[&a, &b], Format::Text);
+        assert_eq!(
+            t,
+            "# HELP redis_up h\n# TYPE redis_up gauge\nredis_up{m=\"a\"} 1\nredis_up{m=\"b\"} 0\n\
+             # HELP c_total x\\\\y\\nz\n# TYPE c_total counter\nc_total{m=\"a\\nb\"} 2\n"
+        );
+        let om = write(&[&a, &b], Format::OpenMetrics);
+        assert!(om.starts_with("# HELP redis_up h\n# TYPE redis_up gauge\nredis_up{m=\"a\"} 1\nredis_up{m=\"b\"} 0\n"), "{om}");
+        assert!(om.contains("# TYPE c counter\nc_total{"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
     }
 
     #[test]
@@ -451,7 +523,7 @@ mod tests {
         let mut b = Families::default();
         b.add("redis_up", "h", Kind::Gauge, vec![label("m", "b")], 0.0);
         a.extend(b);
-        let t = encode(a, Format::Text).unwrap();
+        let t = encode(&a, Format::Text);
         assert_eq!(t.matches("# TYPE redis_up gauge").count(), 1, "{t}");
         assert!(t.contains("redis_up{m=\"b\"} 0"), "{t}");
     }

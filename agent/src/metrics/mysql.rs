@@ -329,7 +329,7 @@ mod tests {
         let base = Arc::new(vec![label("mofang_member", "db-0")]);
         let mut f = Families::default();
         families(&raw, &base, &mut f);
-        let t = encode(f, Format::Text).unwrap();
+        let t = encode(&f, Format::Text);
         for want in [
             "mysql_global_status_commands_total{mofang_member=\"db-0\",command=\"select\"} 10",
             "mysql_global_status_handlers_total{mofang_member=\"db-0\",handler=\"read_key\"} 3",

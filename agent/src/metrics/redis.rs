@@ -448,7 +448,7 @@ mod tests {
     fn info_maps_to_redis_exporter_names() {
         let mut f = Families::default();
         families(INFO, &Arc::new(vec![label("mofang_member", "c-0")]), &mut f);
-        let t = encode(f, Format::Text).unwrap();
+        let t = encode(&f, Format::Text);
         for want in [
             "redis_instance_info{mofang_member=\"c-0\",role=\"master\",redis_version=\"7.0.15\"",
             "redis_uptime_in_seconds{mofang_member=\"c-0\"} 42",
@@ -481,7 +481,7 @@ mod tests {
             &Arc::new(vec![]),
             &mut f,
         );
-        let t = encode(f, Format::Text).unwrap();
+        let t = encode(&f, Format::Text);
         assert!(t.contains("redis_master_link_up 0"), "{t}");
         assert!(t.contains("redis_db_keys{db=\"db0\"} 0"), "{t}");
     }
