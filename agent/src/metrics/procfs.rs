@@ -1,11 +1,18 @@
 //! Readers of `/proc`: host CPU, memory and load (node_exporter's sources), a process's network
 //! counters (`/proc/<pid>/net/dev`, its network namespace's view), and the agent's own process
 //! figures. Filesystem sizes come from statvfs(3), like node_exporter.
+//!
+//! The `procfs` crate parses what it covers: `/proc/stat`, `net/dev`, `mountinfo` and a
+//! process's `stat`, `status` and `fd` (decision 150). Two files stay hand-read here:
+//! `meminfo`, which node_exporter exports line by line whatever the kernel lists (the crate's
+//! `Meminfo` is a fixed struct of the fields it knows), and `loadavg`, which the crate keeps as
+//! `f32` (0.52 would be exposed as 0.519999980926).
 
+use procfs::net::InterfaceDeviceStatus;
+use procfs::prelude::*;
+use procfs::process::MountInfos;
+use procfs::{CpuTime, KernelStats};
 use std::path::Path;
-
-/// Clock ticks per second of `/proc/stat` and `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
-const USER_HZ: f64 = 100.0;
 
 /// One CPU's times from `/proc/stat`, in seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,37 +23,52 @@ pub struct CpuTimes {
     pub modes: Vec<(&'static str, f64)>,
 }
 
-/// Per-CPU times (`cpuN` lines; guest time is already inside user and nice, as node_exporter
-/// reports it).
+/// Per-CPU times (`cpuN` lines, numbered in the order the kernel lists them, which is the
+/// CPU's number unless a CPU is offline; guest time is already inside user and nice, as
+/// node_exporter reports it). Text that does not parse gives none.
 pub fn parse_cpu_times(stat: &str) -> Vec<CpuTimes> {
-    const MODES: [&str; 8] = [
-        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
-    ];
-    stat.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let cpu = w.next()?.strip_prefix("cpu")?;
-            if cpu.is_empty() {
-                return None;
-            }
-            let vals: Vec<f64> = w.filter_map(|v| v.parse::<f64>().ok()).collect();
-            Some(CpuTimes {
-                cpu: cpu.to_owned(),
-                modes: MODES
-                    .iter()
-                    .zip(vals.iter())
-                    .map(|(m, v)| (*m, v / USER_HZ))
-                    .collect(),
-            })
+    let Ok(k) = KernelStats::from_read(stat.as_bytes(), procfs::current_system_info()) else {
+        return Vec::new();
+    };
+    k.cpu_time
+        .iter()
+        .enumerate()
+        .map(|(i, t)| CpuTimes {
+            cpu: i.to_string(),
+            modes: modes(t),
         })
         .collect()
 }
 
+/// A CPU's times in seconds, in node_exporter's mode names; modes the kernel does not report
+/// are left out.
+fn modes(t: &CpuTime) -> Vec<(&'static str, f64)> {
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let mut out = vec![
+        ("user", secs(t.user_ms())),
+        ("nice", secs(t.nice_ms())),
+        ("system", secs(t.system_ms())),
+        ("idle", secs(t.idle_ms())),
+    ];
+    let optional = [
+        ("iowait", t.iowait_ms()),
+        ("irq", t.irq_ms()),
+        ("softirq", t.softirq_ms()),
+        ("steal", t.steal_ms()),
+    ];
+    out.extend(
+        optional
+            .into_iter()
+            .filter_map(|(m, v)| Some((m, secs(v?)))),
+    );
+    out
+}
+
 /// `/proc/stat` `btime`: boot time, seconds since the epoch.
 pub fn boot_time(stat: &str) -> Option<u64> {
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
+    KernelStats::from_read(stat.as_bytes(), procfs::current_system_info())
+        .ok()
+        .map(|k| k.btime)
 }
 
 /// `/proc/meminfo` as `(field, bytes)`.
@@ -96,36 +118,28 @@ pub struct NetDev {
     pub tx_dropped: u64,
 }
 
-/// Parses `net/dev`, leaving out `lo` (cAdvisor ignores it too).
+/// Parses `net/dev`, leaving out `lo` (cAdvisor ignores it too), sorted by interface.
 pub fn parse_net_dev(text: &str) -> Vec<NetDev> {
-    text.lines()
-        .skip(2)
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let name = name.trim();
-            if name == "lo" {
-                return None;
-            }
-            let v: Vec<u64> = rest
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if v.len() < 12 {
-                return None;
-            }
-            Some(NetDev {
-                interface: name.to_owned(),
-                rx_bytes: v[0],
-                rx_packets: v[1],
-                rx_errors: v[2],
-                rx_dropped: v[3],
-                tx_bytes: v[8],
-                tx_packets: v[9],
-                tx_errors: v[10],
-                tx_dropped: v[11],
-            })
+    let Ok(InterfaceDeviceStatus(devs)) = InterfaceDeviceStatus::from_read(text.as_bytes()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<NetDev> = devs
+        .into_values()
+        .filter(|d| d.name != "lo")
+        .map(|d| NetDev {
+            interface: d.name,
+            rx_bytes: d.recv_bytes,
+            rx_packets: d.recv_packets,
+            rx_errors: d.recv_errs,
+            rx_dropped: d.recv_drop,
+            tx_bytes: d.sent_bytes,
+            tx_packets: d.sent_packets,
+            tx_errors: d.sent_errs,
+            tx_dropped: d.sent_drop,
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.interface.cmp(&b.interface));
+    out
 }
 
 /// The network namespace of a process (`net:[4026531992]`; `pid` may be `self`), to tell
@@ -150,26 +164,19 @@ pub fn fs_size_avail(path: &Path) -> Option<(u64, u64)> {
 /// mount point that is a prefix of the canonical path.
 pub fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, String, String)> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let mut best: Option<(usize, (String, String, String))> = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let (Some(point), Some(fstype), Some(source)) = (
-            left.split(' ').nth(4),
-            right.split(' ').next(),
-            right.split(' ').nth(1),
-        ) else {
-            continue;
-        };
-        if path.starts_with(point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((
-                point.len(),
-                (source.to_owned(), fstype.to_owned(), point.to_owned()),
-            ));
-        }
-    }
-    best.map(|(_, m)| m)
+    let MountInfos(mounts) = MountInfos::from_read(mountinfo.as_bytes()).ok()?;
+    mounts
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        // The last of the longest: a later mount over the same point hides the earlier.
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .map(|m| {
+            (
+                m.mount_source.unwrap_or_default(),
+                m.fs_type,
+                m.mount_point.to_string_lossy().into_owned(),
+            )
+        })
 }
 
 /// A process's own figures (`process_*` metrics, and the benchmark's RSS/CPU).
@@ -189,40 +196,30 @@ pub struct ProcessStats {
     pub threads: u64,
 }
 
-/// Reads `/proc/<pid>/{stat,status,fd}`.
+/// Reads `/proc/<pid>/{stat,status,fd}` (`pid` may be `self`).
 pub fn process_stats(pid: &str) -> Option<ProcessStats> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command, which may hold spaces: cut at the last ')'.
-    let after = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // proc(5) numbering: state is field 3, so index = field - 3.
-    let num =
-        |field: usize| -> f64 { f.get(field - 3).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-    let cpu_seconds = (num(14) + num(15)) / USER_HZ;
-    let threads = num(20) as u64;
-    let start_ticks = num(22);
-    let virtual_bytes = num(23) as u64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_bytes = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or(0);
-    let btime = std::fs::read_to_string("/proc/stat")
+    let p = match pid {
+        "self" => procfs::process::Process::myself(),
+        n => procfs::process::Process::new(n.parse().ok()?),
+    }
+    .ok()?;
+    let stat = p.stat().ok()?;
+    let tps = procfs::ticks_per_second() as f64;
+    // VmRSS from status, as before; the stat's page count if status cannot be read.
+    let rss_bytes = p
+        .status()
         .ok()
-        .and_then(|s| boot_time(&s))
-        .unwrap_or(0);
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0);
+        .and_then(|s| s.vmrss)
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| stat.rss.saturating_mul(procfs::page_size()));
+    let btime = procfs::boot_time_secs().unwrap_or(0);
     Some(ProcessStats {
-        cpu_seconds,
+        cpu_seconds: (stat.utime + stat.stime) as f64 / tps,
         rss_bytes,
-        virtual_bytes,
-        start_time: btime as f64 + start_ticks / USER_HZ,
-        open_fds,
-        threads,
+        virtual_bytes: stat.vsize,
+        start_time: btime as f64 + stat.starttime as f64 / tps,
+        open_fds: p.fd_count().map(|n| n as u64).unwrap_or(0),
+        threads: u64::try_from(stat.num_threads).unwrap_or(0),
     })
 }
 
@@ -232,14 +229,25 @@ mod tests {
 
     #[test]
     fn cpu_times_per_cpu_in_seconds() {
-        let t = parse_cpu_times(
-            "cpu  71039 0 18055 43542 597 0 238 231 0 0\ncpu0 34763 0 8518 23313 122 0 16 104 0 0\ncpu1 36275 0 9537 20229 475 0 222 126 0 0\nintr 1\nbtime 1700000000\n",
-        );
+        let stat =
+            "cpu  71039 0 18055 43542 597 0 238 231 0 0\ncpu0 34763 0 8518 23313 122 0 16 104 0 0\ncpu1 36275 0 9537 20229 475 0 222 126 0 0\nintr 1\nctxt 12345\nbtime 1700000000\nprocesses 4321\nprocs_running 2\nprocs_blocked 0\n";
+        assert_eq!(boot_time(stat), Some(1_700_000_000));
+        let t = parse_cpu_times(stat);
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].cpu, "0");
         assert_eq!(t[0].modes[0], ("user", 347.63));
         assert_eq!(t[1].modes[3], ("idle", 202.29));
         assert_eq!(t[1].modes.len(), 8);
+    }
+
+    #[test]
+    fn this_hosts_proc_stat_gives_every_cpu_and_the_boot_time() {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let cpus = parse_cpu_times(&stat);
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(cpus.len() >= online, "{} CPUs, {online} online", cpus.len());
+        assert!(cpus.iter().all(|c| c.modes.len() == 8), "{cpus:?}");
+        assert!(boot_time(&stat).is_some_and(|b| b > 1_500_000_000));
     }
 
     #[test]
