@@ -133,6 +133,10 @@ pub async fn grpc_client(
     let channel = Endpoint::from_shared(endpoint.to_owned())?
         .tls_config(tls)?
         .connect_timeout(std::time::Duration::from_secs(5))
+        // A call on a connection the server refused after the client's side of a TLS 1.3
+        // handshake (a foreign or expired client certificate) can otherwise wait forever in
+        // tonic's reconnect loop: it ends as an error, which is what a refusal is.
+        .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await?;
     Ok(mofang_common::proto::agent_control_client::AgentControlClient::new(channel))
