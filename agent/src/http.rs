@@ -1,5 +1,5 @@
 //! The agent's HTTP server: `GET /metrics` (Prometheus text format or OpenMetrics, by the
-//! `Accept` header) and `GET /healthz`. A port already in use is retried, never fatal: the
+//! `Accept` header), `GET /healthz` (alive) and `GET /v1/health` (ready, or why not). A port already in use is retried, never fatal: the
 //! agent's first job is keeping its databases running.
 
 use crate::metrics::model::Format;
@@ -20,6 +20,7 @@ pub fn router(exporter: Arc<Exporter>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/health", get(health))
         .with_state(exporter)
 }
 
@@ -35,6 +36,17 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
             .into_response();
     }
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+/// Readiness: 200 when ready, 503 with the reasons when not (JSON either way).
+async fn health(State(exporter): State<Arc<Exporter>>) -> Response {
+    let h = exporter.health().await;
+    let status = if h.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(h)).into_response()
 }
 
 /// Serves until `shutdown`. Binding is retried every 10 s while the address is unavailable.

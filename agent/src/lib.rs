@@ -5,6 +5,7 @@ pub mod agent;
 pub mod backup;
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod http;
 pub mod link;
 pub mod metrics;

@@ -23,4 +23,6 @@ pub struct ReconcileStats {
     pub errors: AtomicU64,
     /// Total time spent in passes, microseconds.
     pub micros: AtomicU64,
+    /// Each pass's duration.
+    pub pass_seconds: crate::metrics::histogram::Histogram,
 }

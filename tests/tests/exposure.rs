@@ -26,6 +26,7 @@ async fn unauthenticated_answers(env: &Env) -> Result<Vec<(String, String)>> {
     for a in &env.agents {
         urls.push(format!("{}/metrics", a.http));
         urls.push(format!("{}/healthz", a.http));
+        urls.push(format!("{}/v1/health", a.http));
         urls.push(format!("{}/v1/members/nosuch/primary", a.http));
     }
     for i in instances.as_array().context("instances")? {

@@ -327,9 +327,40 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
         "# TYPE mysql_global_status_commands_total counter",
         "# TYPE redis_commands_processed_total counter",
         "# TYPE mofang_agent_heartbeats_total counter",
+        "# TYPE mofang_agent_reconcile_pass_seconds histogram",
+        "# TYPE mofang_agent_collect_seconds histogram",
+        "# TYPE mofang_agent_heartbeat_ack_age_seconds gauge",
     ] {
         assert!(text.contains(family), "missing {family}");
     }
+    // Every pass and every collection is in its histogram.
+    let passes = sample(&text, "mofang_agent_reconcile_pass_seconds_count", &[]);
+    let in_inf = sample(
+        &text,
+        "mofang_agent_reconcile_pass_seconds_bucket",
+        &["le=\"+Inf\""],
+    );
+    ensure!(
+        passes.is_some_and(|n| n >= 3.0) && passes == in_inf,
+        "reconcile passes: count {passes:?}, +Inf bucket {in_inf:?}"
+    );
+    let collected = sample(
+        &text,
+        "mofang_agent_collect_seconds_count",
+        &["source=\"database\""],
+    );
+    ensure!(
+        collected.is_some_and(|n| n >= 3.0),
+        "database collections: {collected:?}"
+    );
+    // Ready: linked to the scheduler, the runtime answers; members by state beside.
+    let health = http.get(format!("{}/v1/health", agent.http)).send().await?;
+    ensure!(health.status() == 200, "health: {}", health.status());
+    let health: Value = health.json().await?;
+    ensure!(
+        health["ready"] == true && health["members"]["healthy"] == 3,
+        "{health}"
+    );
     let hb = sample(
         &text,
         "mofang_agent_heartbeats_total",
@@ -362,6 +393,14 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     let prom = Prometheus::start(target)?;
     let up = prom.one(&http, "up{job=\"mofang-agent\"} == 1").await?;
     assert_eq!(value(&up)?, 1.0);
+    // The histograms parse in Prometheus's OpenMetrics scrape too: a quantile is computed.
+    let p99 = prom
+        .one(
+            &http,
+            "histogram_quantile(0.99, sum by (le) (mofang_agent_reconcile_pass_seconds_bucket))",
+        )
+        .await?;
+    ensure!(value(&p99)? > 0.0, "reconcile pass p99: {p99}");
     let targets: Value = http
         .get(format!("{}/api/v1/targets", prom.url))
         .send()
@@ -520,6 +559,28 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     .await;
     let _ = Command::new("docker").args(["unpause", &frozen]).status();
     r?;
+
+    // The scheduler stops acknowledging: once the lease has run out the agent says it is not
+    // ready, and why.
+    fake.refuse_heartbeats(true);
+    let why = eventually(
+        "the agent reports itself unready",
+        Duration::from_secs(60),
+        || async {
+            let resp = http.get(format!("{}/v1/health", agent.http)).send().await?;
+            ensure!(resp.status() == 503, "health: {}", resp.status());
+            let v: Value = resp.json().await?;
+            Ok(v)
+        },
+    )
+    .await?;
+    ensure!(
+        why["ready"] == false
+            && why["reasons"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.contains("lease")))),
+        "{why}"
+    );
     Ok(())
 }
 

@@ -190,6 +190,8 @@ impl Collected {
 /// Keeps one collecting task per member and their last answers.
 #[derive(Debug, Default)]
 pub struct Collector {
+    /// Each member's collection durations.
+    pub durations: super::histogram::Histogram,
     pool: Pool,
     last: Mutex<HashMap<String, Collected>>,
     tasks: Mutex<HashMap<String, Task>>,
@@ -274,7 +276,9 @@ impl Collector {
                 debug!(member = %t.member, error = %e, "database collection failed");
             }
             // Written now, once: every scrape until the next collection only copies it.
-            let c = Collected::new(&t, outcome, start.elapsed(), Instant::now());
+            let took = start.elapsed();
+            self.durations.observe(took);
+            let c = Collected::new(&t, outcome, took, Instant::now());
             if stop.is_cancelled() {
                 return;
             }

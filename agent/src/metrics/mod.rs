@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod db;
+pub mod histogram;
 pub mod model;
 pub mod mysql;
 pub mod procfs;
@@ -45,17 +46,26 @@ pub struct AgentCounters {
     heartbeats_ok: AtomicU64,
     heartbeats_failed: AtomicU64,
     scrapes: AtomicU64,
+    last_ack: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl AgentCounters {
     /// Records one heartbeat's outcome.
     pub fn heartbeat(&self, ok: bool) {
         let c = if ok {
+            if let Ok(mut at) = self.last_ack.lock() {
+                *at = Some(std::time::Instant::now());
+            }
             &self.heartbeats_ok
         } else {
             &self.heartbeats_failed
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long ago the scheduler last acknowledged a heartbeat; None before the first.
+    pub fn ack_age(&self) -> Option<Duration> {
+        self.last_ack.lock().ok()?.map(|at| at.elapsed())
     }
 }
 
@@ -79,6 +89,33 @@ pub struct Sources {
     pub counters: Arc<AgentCounters>,
 }
 
+/// Members by the state of their last reconcile: healthy, unhealthy, failed, stopped (each
+/// named, zero or not).
+fn members_by_state<'a>(
+    statuses: impl Iterator<Item = &'a mofang_common::proto::MemberStatus>,
+) -> BTreeMap<&'static str, u64> {
+    let mut by_state: BTreeMap<&'static str, u64> = [
+        ("healthy", 0),
+        ("unhealthy", 0),
+        ("failed", 0),
+        ("stopped", 0),
+    ]
+    .into();
+    for s in statuses {
+        let state = if s.failed {
+            "failed"
+        } else if s.container_state == STOPPED {
+            "stopped"
+        } else if s.healthy {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        *by_state.entry(state).or_default() += 1;
+    }
+    by_state
+}
+
 /// Capacity of a data disk, known at start-up (it does not change while running).
 #[derive(Debug, Clone)]
 struct DiskInfo {
@@ -97,6 +134,7 @@ pub struct Exporter {
     collector: Arc<db::Collector>,
     devices: DeviceNames,
     disks: Vec<DiskInfo>,
+    files_seconds: histogram::Histogram,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -129,6 +167,7 @@ impl Exporter {
             collector: Arc::default(),
             devices: DeviceNames::default(),
             disks,
+            files_seconds: histogram::Histogram::default(),
         })
     }
 
@@ -455,6 +494,34 @@ impl Exporter {
             vec![],
             r.micros.load(Ordering::Relaxed) as f64 / 1e6,
         );
+        let (cum, sum) = r.pass_seconds.snapshot();
+        out.add_histogram(
+            "mofang_agent_reconcile_pass_seconds",
+            "How long reconcile passes over one member took (probes and full passes).",
+            vec![],
+            (&histogram::BOUNDS, &cum, sum),
+        );
+        for (source, h) in [
+            ("database", &self.collector.durations),
+            ("files", &self.files_seconds),
+        ] {
+            let (cum, sum) = h.snapshot();
+            out.add_histogram(
+                "mofang_agent_collect_seconds",
+                "How long collections from the source took (databases: each member's).",
+                vec![label("source", source)],
+                (&histogram::BOUNDS, &cum, sum),
+            );
+        }
+        if let Some(age) = c.ack_age() {
+            out.add(
+                "mofang_agent_heartbeat_ack_age_seconds",
+                "Seconds since the scheduler last acknowledged a heartbeat (absent before the first).",
+                Kind::Gauge,
+                vec![],
+                age.as_secs_f64(),
+            );
+        }
         out.add(
             "mofang_agent_scrapes",
             "Scrapes of this endpoint served.",
@@ -468,28 +535,11 @@ impl Exporter {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default();
-        let mut by_state: BTreeMap<&str, u64> = [
-            ("healthy", 0),
-            ("unhealthy", 0),
-            ("failed", 0),
-            ("stopped", 0),
-        ]
-        .into();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         for s in statuses.values() {
-            let state = if s.failed {
-                "failed"
-            } else if s.container_state == STOPPED {
-                "stopped"
-            } else if s.healthy {
-                "healthy"
-            } else {
-                "unhealthy"
-            };
-            *by_state.entry(state).or_default() += 1;
             let l = vec![
                 label("mofang_instance", s.instance.clone()),
                 label("mofang_member", s.member.clone()),
@@ -518,7 +568,7 @@ impl Exporter {
                 ((now_ms - s.checked_at_ms).max(0) as f64) / 1000.0,
             );
         }
-        for (state, n) in by_state {
+        for (state, n) in members_by_state(statuses.values()) {
             out.add(
                 "mofang_agent_members",
                 "Members on this node by state of their last reconcile.",
@@ -622,12 +672,14 @@ impl Exporter {
             let mut out = Families::default();
             container::families(&readings, &me.devices, &mut out);
             me.host_families(&mut out);
+            let took = start.elapsed();
+            me.files_seconds.observe(took);
             out.add(
                 "mofang_agent_collect_duration_seconds",
                 "How long the last collection from the source took.",
                 Kind::Gauge,
                 vec![label("source", "files")],
-                start.elapsed().as_secs_f64(),
+                took.as_secs_f64(),
             );
             out.add(
                 "mofang_agent_collect_age_seconds",
@@ -653,6 +705,31 @@ impl Exporter {
         let parts = db::render(&targets, &collected, std::time::Instant::now(), &mut out);
         self.agent_families(&mut out);
         (out, parts)
+    }
+
+    /// The agent's readiness and why not (`GET /v1/health`): the link to the scheduler, the
+    /// runtime (pinged within 2 s), and members by state.
+    pub async fn health(&self) -> crate::health::Health {
+        let runtime = match tokio::time::timeout(Duration::from_secs(2), self.src.runtime.ping())
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer to a ping within 2 s".to_owned()),
+        };
+        let statuses = self
+            .src
+            .statuses
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        crate::health::decide(&crate::health::Inputs {
+            desired: self.src.desired.borrow().is_some(),
+            ack_age: self.src.counters.ack_age(),
+            lease_ttl: Duration::from_millis(self.src.cfg.lease_ttl_ms),
+            runtime,
+            members: members_by_state(statuses.values()),
+        })
     }
 
     /// Gathers and encodes in `format`.

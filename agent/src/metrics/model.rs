@@ -16,6 +16,8 @@ pub enum Kind {
     Info,
     /// Untyped (mysqld_exporter's generic `SHOW GLOBAL STATUS` values).
     Unknown,
+    /// Cumulative buckets, sum and count; each sample names its own suffix.
+    Histogram,
 }
 
 /// A label set: `(name, value)` pairs in the order they are printed.
@@ -66,6 +68,9 @@ pub struct Sample {
     pub labels: LabelSet,
     /// Value (1 for info).
     pub value: f64,
+    /// A histogram sample's suffix (`_bucket`, `_sum`, `_count`); other kinds' come from the
+    /// kind.
+    pub suffix: &'static str,
 }
 
 /// A metric family: one name, one help, one type, many label sets.
@@ -102,6 +107,7 @@ impl Family {
             self.samples.push(Sample {
                 labels: labels.into(),
                 value,
+                suffix: "",
             });
         }
     }
@@ -163,6 +169,41 @@ impl Families {
                 self.list[i].push(labels, value);
             }
             None => self.add(name.to_owned(), help, kind, labels, value),
+        }
+    }
+
+    /// A histogram's samples: cumulative `_bucket`s by upper bound `le` (the last `+Inf`),
+    /// `_sum` and `_count`. `cumulative` holds one count per bound of `bounds` and one more
+    /// for `+Inf`.
+    pub fn add_histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: Labels,
+        (bounds, cumulative, sum): (&[f64], &[u64], f64),
+    ) {
+        let f = self.get(name, help, Kind::Histogram);
+        let les = bounds
+            .iter()
+            // `{:?}` keeps the `.0` of whole bounds (`1.0`), as OpenMetrics writes floats.
+            .map(|b| format!("{b:?}"))
+            .chain(std::iter::once("+Inf".to_owned()));
+        for (le, n) in les.zip(cumulative) {
+            let mut l = labels.clone();
+            l.push(label("le", le));
+            f.samples.push(Sample {
+                labels: l.into(),
+                value: *n as f64,
+                suffix: "_bucket",
+            });
+        }
+        let count = cumulative.last().copied().unwrap_or(0);
+        for (suffix, value) in [("_sum", sum), ("_count", count as f64)] {
+            f.samples.push(Sample {
+                labels: labels.clone().into(),
+                value,
+                suffix,
+            });
         }
     }
 
@@ -283,7 +324,7 @@ fn suffix(kind: Kind) -> &'static str {
     match kind {
         Kind::Counter => "_total",
         Kind::Info => "_info",
-        Kind::Gauge | Kind::Unknown => "",
+        Kind::Gauge | Kind::Unknown | Kind::Histogram => "",
     }
 }
 
@@ -291,6 +332,7 @@ fn write_sample(out: &mut String, f: &Family, s: &Sample) {
     use std::fmt::Write;
     out.push_str(&f.name);
     out.push_str(suffix(f.kind));
+    out.push_str(s.suffix);
     if !s.labels.is_empty() {
         out.push('{');
         for (i, (k, v)) in s.labels.iter().enumerate() {
@@ -355,6 +397,7 @@ pub fn write(parts: &[&Rendered], format: Format) -> String {
             (Format::OpenMetrics, Kind::Gauge) => ("", "gauge"),
             (Format::OpenMetrics, Kind::Info) => ("", "info"),
             (Format::OpenMetrics, Kind::Unknown) => ("", "unknown"),
+            (_, Kind::Histogram) => ("", "histogram"),
             // The text format's metadata names what the samples are called.
             (Format::Text, Kind::Counter) => ("_total", "counter"),
             (Format::Text, Kind::Gauge) => ("", "gauge"),

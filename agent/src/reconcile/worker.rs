@@ -88,7 +88,9 @@ async fn member_worker(
         let outcome = reconcile_member(&sh, &a, &mut memo, container_event).await;
         {
             use std::sync::atomic::Ordering::Relaxed;
-            let us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+            let took = started.elapsed();
+            sh.stats.pass_seconds.observe(took);
+            let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
             sh.stats.micros.fetch_add(us, Relaxed);
             match &outcome {
                 Ok(_) => sh.stats.ok.fetch_add(1, Relaxed),
