@@ -57,7 +57,9 @@ pub fn decide(i: &Inputs) -> Health {
     Health {
         ready: reasons.is_empty(),
         reasons,
-        heartbeat_ack_age_s: i.ack_age.map(|a| (a.as_secs_f64() * 1000.0).round() / 1000.0),
+        heartbeat_ack_age_s: i
+            .ack_age
+            .map(|a| (a.as_secs_f64() * 1000.0).round() / 1000.0),
         members: i.members.clone(),
     }
 }
@@ -81,7 +83,10 @@ mod tests {
         let h = decide(&ready_inputs());
         assert!(h.ready, "{h:?}");
         assert!(h.reasons.is_empty());
-        assert_eq!(h.members["failed"], 1, "a failed member is reported, not unready");
+        assert_eq!(
+            h.members["failed"], 1,
+            "a failed member is reported, not unready"
+        );
         assert_eq!(h.heartbeat_ack_age_s, Some(0.8));
     }
 

@@ -576,9 +576,9 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
     .await?;
     ensure!(
         why["ready"] == false
-            && why["reasons"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.contains("lease")))),
+            && why["reasons"].as_array().is_some_and(|r| r
+                .iter()
+                .any(|r| r.as_str().is_some_and(|r| r.contains("lease")))),
         "{why}"
     );
     Ok(())

@@ -710,13 +710,12 @@ impl Exporter {
     /// The agent's readiness and why not (`GET /v1/health`): the link to the scheduler, the
     /// runtime (pinged within 2 s), and members by state.
     pub async fn health(&self) -> crate::health::Health {
-        let runtime = match tokio::time::timeout(Duration::from_secs(2), self.src.runtime.ping())
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer to a ping within 2 s".to_owned()),
-        };
+        let runtime =
+            match tokio::time::timeout(Duration::from_secs(2), self.src.runtime.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer to a ping within 2 s".to_owned()),
+            };
         let statuses = self
             .src
             .statuses
