@@ -270,7 +270,7 @@ impl Format {
 
 /// One family's sample lines, written once: a member's database statistics are written when
 /// they are collected and copied into every scrape until the next collection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Chunk {
     name: Cow<'static, str>,
     help: Cow<'static, str>,
@@ -279,7 +279,7 @@ pub struct Chunk {
 }
 
 /// Families written to sample lines, family by family (see [`Families::render`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Rendered {
     chunks: Vec<Chunk>,
 }
@@ -294,6 +294,40 @@ impl Rendered {
     pub fn is_empty(&self) -> bool {
         self.chunks.iter().all(|c| c.lines.is_empty())
     }
+
+    /// The same lines with the label set `old`, which every sample starts with (a member's
+    /// `mofang_*` and `role` labels), written as `new`.
+    pub fn relabel(&self, old: &Labels, new: &Labels) -> Rendered {
+        let (old, new) = (open_labels(old), open_labels(new));
+        if old.len() < 2 {
+            // No labels to find: nothing can be relabelled.
+            return self.clone();
+        }
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|c| Chunk {
+                name: c.name.clone(),
+                help: c.help.clone(),
+                kind: c.kind,
+                lines: c.lines.replace(&old, &new),
+            })
+            .collect();
+        Rendered { chunks }
+    }
+}
+
+/// `{` and the labels as a sample line starts with them: the needle of [`Rendered::relabel`].
+fn open_labels(labels: &Labels) -> String {
+    let mut out = String::from("{");
+    for (k, v) in labels {
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(&mut out, v, true);
+        out.push_str("\",");
+    }
+    out.pop();
+    out
 }
 
 impl Families {
