@@ -578,6 +578,32 @@ mod tests {
     }
 
     #[test]
+    fn relabelling_rewrites_the_leading_labels_of_every_sample_and_nothing_else() {
+        let old = vec![label("mofang_member", "db-0"), label("role", "primary")];
+        let new = vec![label("mofang_member", "db-0"), label("role", "replica")];
+        let base = std::sync::Arc::new(old.clone());
+        let mut f = Families::default();
+        f.add("mysql_up", "h", Kind::Gauge, old.clone(), 1.0);
+        f.add(
+            "x",
+            "h",
+            Kind::Counter,
+            LabelSet::new(&base, vec![label("note", "role=\"primary\"")]),
+            2.0,
+        );
+        let t = write(&[&f.render().relabel(&old, &new)], Format::Text);
+        assert!(
+            t.contains("mysql_up{mofang_member=\"db-0\",role=\"replica\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("x_total{mofang_member=\"db-0\",role=\"replica\",note=\"role=\\\"primary\\\"\"} 2\n"),
+            "a label value that looks like the old ones is left alone: {t}"
+        );
+        assert!(!t.contains("role=\"primary\""), "{t}");
+    }
+
+    #[test]
     fn negotiation_follows_prometheus_accept_header() {
         let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
