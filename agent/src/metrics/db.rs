@@ -161,13 +161,10 @@ async fn scrape_one(pool: &Pool, t: &Target, timeout: Duration) -> Outcome {
     }
 }
 
-/// The last collection of one member's database.
+/// The last collection of one member's database: only its families as written (the rows
+/// they came from are dropped, a member's written lines are all that is kept of it).
 #[derive(Debug, Clone)]
 pub struct Collected {
-    /// The server's answer, or why there is none.
-    outcome: Arc<Outcome>,
-    /// How long the collection took.
-    took: Duration,
     /// When it ended.
     at: Instant,
     /// The member's families, written once when collected, with the labels they carry.
@@ -179,8 +176,6 @@ impl Collected {
         let mut f = Families::default();
         member_families(t, &outcome, took, &mut f);
         Collected {
-            outcome: Arc::new(outcome),
-            took,
             at,
             rendered: Arc::new((t.labels.clone(), f.render())),
         }
@@ -308,7 +303,7 @@ impl Collector {
 /// families as written when collected (`mysql_up` / `redis_up`, the collection's duration and
 /// success, the server's statistics), and its age, added to `out`. A member not collected yet
 /// (its task just started) renders nothing: absent is not down. A member whose labels changed
-/// since (its role) is written again now; its task is already collecting again.
+/// since (its role) is served with the new labels; its task is already collecting again.
 pub fn render(
     targets: &[Target],
     collected: &[Option<Collected>],
@@ -330,9 +325,10 @@ pub fn render(
         if c.rendered.0 == t.labels {
             parts.push(c.rendered.clone());
         } else {
-            let mut f = Families::default();
-            member_families(t, &c.outcome, c.took, &mut f);
-            parts.push(Arc::new((t.labels.clone(), f.render())));
+            // Every sample of the member starts with its labels: written again with the new
+            // ones, nothing else changes.
+            let relabelled = c.rendered.1.relabel(&c.rendered.0, &t.labels);
+            parts.push(Arc::new((t.labels.clone(), relabelled)));
         }
     }
     parts
@@ -569,13 +565,14 @@ mod tests {
             }
         })
         .await;
-        assert!(down.0.outcome.answer.is_none());
-        assert!(
-            down.0.took >= Duration::from_millis(300),
-            "{:?}",
-            down.0.took
+        let (hung_text, absent_text) = (
+            write(&[&down.0.rendered.1], Format::Text),
+            write(&[&down.1.rendered.1], Format::Text),
         );
-        assert!(down.1.outcome.answer.is_none());
+        assert_eq!(value(&hung_text, "redis_up{"), Some(0.0), "{hung_text}");
+        let took = value(&hung_text, "mofang_db_scrape_duration_seconds{");
+        assert!(took.is_some_and(|t| t >= 0.3), "{took:?}");
+        assert_eq!(value(&absent_text, "mysql_up{"), Some(0.0), "{absent_text}");
         // A member that leaves takes its task and its answer with it.
         c.sync(
             &targets[1..],

@@ -270,7 +270,7 @@ impl Format {
 
 /// One family's sample lines, written once: a member's database statistics are written when
 /// they are collected and copied into every scrape until the next collection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Chunk {
     name: Cow<'static, str>,
     help: Cow<'static, str>,
@@ -279,7 +279,7 @@ pub struct Chunk {
 }
 
 /// Families written to sample lines, family by family (see [`Families::render`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Rendered {
     chunks: Vec<Chunk>,
 }
@@ -294,6 +294,40 @@ impl Rendered {
     pub fn is_empty(&self) -> bool {
         self.chunks.iter().all(|c| c.lines.is_empty())
     }
+
+    /// The same lines with the label set `old`, which every sample starts with (a member's
+    /// `mofang_*` and `role` labels), written as `new`.
+    pub fn relabel(&self, old: &Labels, new: &Labels) -> Rendered {
+        let (old, new) = (open_labels(old), open_labels(new));
+        if old.len() < 2 {
+            // No labels to find: nothing can be relabelled.
+            return self.clone();
+        }
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|c| Chunk {
+                name: c.name.clone(),
+                help: c.help.clone(),
+                kind: c.kind,
+                lines: c.lines.replace(&old, &new),
+            })
+            .collect();
+        Rendered { chunks }
+    }
+}
+
+/// `{` and the labels as a sample line starts with them: the needle of [`Rendered::relabel`].
+fn open_labels(labels: &Labels) -> String {
+    let mut out = String::from("{");
+    for (k, v) in labels {
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(&mut out, v, true);
+        out.push_str("\",");
+    }
+    out.pop();
+    out
 }
 
 impl Families {
@@ -541,6 +575,32 @@ mod tests {
         assert!(om.starts_with("# HELP redis_up h\n# TYPE redis_up gauge\nredis_up{m=\"a\"} 1\nredis_up{m=\"b\"} 0\n"), "{om}");
         assert!(om.contains("# TYPE c counter\nc_total{"), "{om}");
         assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn relabelling_rewrites_the_leading_labels_of_every_sample_and_nothing_else() {
+        let old = vec![label("mofang_member", "db-0"), label("role", "primary")];
+        let new = vec![label("mofang_member", "db-0"), label("role", "replica")];
+        let base = std::sync::Arc::new(old.clone());
+        let mut f = Families::default();
+        f.add("mysql_up", "h", Kind::Gauge, old.clone(), 1.0);
+        f.add(
+            "x",
+            "h",
+            Kind::Counter,
+            LabelSet::new(&base, vec![label("note", "role=\"primary\"")]),
+            2.0,
+        );
+        let t = write(&[&f.render().relabel(&old, &new)], Format::Text);
+        assert!(
+            t.contains("mysql_up{mofang_member=\"db-0\",role=\"replica\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("x_total{mofang_member=\"db-0\",role=\"replica\",note=\"role=\\\"primary\\\"\"} 2\n"),
+            "a label value that looks like the old ones is left alone: {t}"
+        );
+        assert!(!t.contains("role=\"primary\""), "{t}");
     }
 
     #[test]
