@@ -337,22 +337,11 @@ pub fn render(
 /// One member's families from one collection.
 fn member_families(t: &Target, outcome: &Outcome, took: Duration, out: &mut Families) {
     let up = if outcome.answer.is_some() { 1.0 } else { 0.0 };
-    match t.engine {
-        EngineKind::Mariadb => out.add(
-            "mysql_up",
-            "Whether the MySQL server is up.",
-            Kind::Gauge,
-            t.labels.clone(),
-            up,
-        ),
-        EngineKind::Redis => out.add(
-            "redis_up",
-            "Information about the Redis instance",
-            Kind::Gauge,
-            t.labels.clone(),
-            up,
-        ),
-    }
+    let (name, help) = match t.engine {
+        EngineKind::Mariadb => ("mysql_up", "Whether the MySQL server is up."),
+        EngineKind::Redis => ("redis_up", "Information about the Redis instance"),
+    };
+    out.add(name, help, Kind::Gauge, t.labels.clone(), up);
     let mut l = t.labels.clone();
     l.push(label("engine", t.engine.as_str()));
     out.add(

@@ -171,6 +171,15 @@ impl Exporter {
         })
     }
 
+    /// A snapshot of the members' statuses reconcile published.
+    fn statuses(&self) -> BTreeMap<String, mofang_common::proto::MemberStatus> {
+        self.src
+            .statuses
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
     fn inventory(&self) -> Arc<Vec<Tracked>> {
         self.inventory.read().map(|g| g.clone()).unwrap_or_default()
     }
@@ -266,12 +275,7 @@ impl Exporter {
         let Some(desired) = desired else {
             return Vec::new();
         };
-        let statuses = self
-            .src
-            .statuses
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let statuses = self.statuses();
         let by_member: BTreeMap<&str, &Tracked> = inventory
             .iter()
             .filter_map(|t| Some((t.member()?, t)))
@@ -529,12 +533,7 @@ impl Exporter {
             vec![],
             c.scrapes.load(Ordering::Relaxed) as f64,
         );
-        let statuses = self
-            .src
-            .statuses
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let statuses = self.statuses();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -644,12 +643,7 @@ impl Exporter {
         let inv = inventory.clone();
         let files = tokio::task::spawn_blocking(move || {
             let start = std::time::Instant::now();
-            let statuses = me
-                .src
-                .statuses
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default();
+            let statuses = me.statuses();
             let mut readings = Vec::with_capacity(inv.len());
             let mut gone = false;
             for t in inv.iter() {
@@ -716,12 +710,7 @@ impl Exporter {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("no answer to a ping within 2 s".to_owned()),
             };
-        let statuses = self
-            .src
-            .statuses
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
+        let statuses = self.statuses();
         crate::health::decide(&crate::health::Inputs {
             desired: self.src.desired.borrow().is_some(),
             ack_age: self.src.counters.ack_age(),
