@@ -285,16 +285,6 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// Bytes of sample lines held.
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(|c| c.lines.len()).sum()
-    }
-
-    /// Whether no sample is held.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.iter().all(|c| c.lines.is_empty())
-    }
-
     /// The same lines with the label set `old`, which every sample starts with (a member's
     /// `mofang_*` and `role` labels), written as `new`.
     pub fn relabel(&self, old: &Labels, new: &Labels) -> Rendered {
