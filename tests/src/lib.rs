@@ -54,13 +54,33 @@ fn pid_in_name(name: &str) -> Option<u32> {
     name.starts_with("t-").then_some(pid)
 }
 
+/// Removes one leftover container, or waits until someone else's removal of it ends: an
+/// earlier test process killed while its agent removed a container leaves that removal
+/// running in Docker (`409 ... already in progress`), and a container can go between the
+/// listing and the removal (`NotFound`). Either way what matters is that it is gone.
+async fn remove_leftover(rt: &DockerRuntime, id: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rt.remove(id, true).await {
+            Ok(()) | Err(mofang_agent::runtime::Error::NotFound(_)) => return Ok(()),
+            Err(e) if e.to_string().contains("already in progress") => {
+                if Instant::now() > deadline {
+                    return Err(e).context("its removal did not end in 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Removes what earlier test processes left behind when they crashed: containers labelled
 /// `mofang.test` or owned by a test node (`mofang.node=t-...`), and test networks.
 async fn remove_leftovers(rt: &DockerRuntime) -> Result<()> {
     for c in rt.list(&[(labels::TEST, "")]).await? {
         if !pid_alive(c.labels.get(labels::TEST).and_then(|p| p.parse().ok())) {
             eprintln!("removing leftover test container {} ({})", c.name, c.id);
-            rt.remove(&c.id, true)
+            remove_leftover(rt, &c.id)
                 .await
                 .with_context(|| format!("removing {}", c.name))?;
         }
@@ -72,7 +92,7 @@ async fn remove_leftovers(rt: &DockerRuntime) -> Result<()> {
                 "removing leftover test-node container {} ({})",
                 c.name, c.id
             );
-            rt.remove(&c.id, true)
+            remove_leftover(rt, &c.id)
                 .await
                 .with_context(|| format!("removing {}", c.name))?;
         }
