@@ -46,7 +46,8 @@ impl std::fmt::Debug for Target {
 }
 
 enum Conn {
-    Mysql(mysql_async::Conn),
+    /// The connection and the variables last read on it.
+    Mysql(mysql_async::Conn, Option<mysql::KeptVariables>),
     Redis(redis::Client),
 }
 
@@ -101,15 +102,19 @@ async fn scrape_mysql(
     let mut guard = slot.lock().await;
     // Taken out while in use: if the deadline cancels us mid-query, the half-used connection
     // is dropped with this future instead of being reused.
-    let conn = match guard.take() {
-        Some((a, Conn::Mysql(c))) if &a == addr => c,
-        _ => mysql::connect(&addr.0, addr.1, password, tls)
-            .await
-            .map_err(|e| e.to_string())?,
+    let (mut conn, mut kept) = match guard.take() {
+        Some((a, Conn::Mysql(c, kept))) if &a == addr => (c, kept),
+        _ => (
+            mysql::connect(&addr.0, addr.1, password, tls)
+                .await
+                .map_err(|e| e.to_string())?,
+            None,
+        ),
     };
-    let mut conn = conn;
-    let raw = mysql::query(&mut conn).await.map_err(|e| e.to_string())?;
-    *guard = Some((addr.clone(), Conn::Mysql(conn)));
+    let raw = mysql::query(&mut conn, &mut kept, Instant::now())
+        .await
+        .map_err(|e| e.to_string())?;
+    *guard = Some((addr.clone(), Conn::Mysql(conn, kept)));
     Ok(Answer::Mysql(raw))
 }
 

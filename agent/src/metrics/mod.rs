@@ -253,8 +253,12 @@ impl Exporter {
                     _ = self.refresh.notified() => break true,
                     ev = events.next() => match ev {
                         Some(Ok(_)) => {
-                            // Let a burst of events (create, start, ...) settle into one refresh.
+                            // Let a burst of events (create, start, ...) settle, then take all
+                            // of it into one refresh.
                             tokio::time::sleep(Duration::from_millis(200)).await;
+                            if crate::runtime::ready_events(&mut events).broken {
+                                events = self.src.runtime.events((labels::NODE, node.as_str()));
+                            }
                             break true;
                         }
                         Some(Err(_)) | None => {

@@ -7,6 +7,7 @@ use super::model::{label, Families, Kind, LabelSet, Labels};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The monitoring account (created by the MariaDB engine adapter's `init.sql`).
 pub const MONITOR_USER: &str = "mofang_monitor";
@@ -34,8 +35,8 @@ pub async fn connect(
 pub struct Raw {
     /// `SHOW GLOBAL STATUS` rows.
     pub status: Vec<(String, String)>,
-    /// `SHOW GLOBAL VARIABLES` rows.
-    pub variables: Vec<(String, String)>,
+    /// `SHOW GLOBAL VARIABLES` rows (kept between collections: [`VARIABLES_EVERY`]).
+    pub variables: Arc<Vec<(String, String)>>,
     /// `SHOW SLAVE STATUS` columns of each row (one per replication connection).
     pub slaves: Vec<Vec<(String, Option<String>)>>,
 }
@@ -52,19 +53,79 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// Runs the three statements on `conn`.
-pub async fn query(conn: &mut Conn) -> Result<Raw, mysql_async::Error> {
-    let pairs = |rows: Vec<Row>| -> Vec<(String, String)> {
-        rows.iter()
-            .filter_map(|r| Some((text(r.as_ref(0)?)?, text(r.as_ref(1)?).unwrap_or_default())))
-            .collect()
+/// How long a connection's `SHOW GLOBAL VARIABLES` answer serves (issue 19): about 650 rows,
+/// half of what a MariaDB member answers, and they change only when an operator reconfigures
+/// the server. Those a failover or a fence changes ([`ROLE_VARIABLES`]) are read on every
+/// collection.
+pub const VARIABLES_EVERY: Duration = Duration::from_secs(60);
+
+/// The variables the agent itself changes when a member's role changes, read on every
+/// collection: dashboards and alerts follow a failover at the next collection.
+const ROLE_VARIABLES: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+     ('read_only', 'rpl_semi_sync_master_enabled', 'rpl_semi_sync_slave_enabled')";
+
+/// The variables last read on a connection, and when (a new connection reads them again).
+#[derive(Debug)]
+pub struct KeptVariables {
+    at: Instant,
+    variables: Arc<Vec<(String, String)>>,
+}
+
+/// Whether the kept variables still serve at `now`.
+fn variables_fresh(kept: Option<&KeptVariables>, now: Instant) -> bool {
+    kept.is_some_and(|k| now.saturating_duration_since(k.at) < VARIABLES_EVERY)
+}
+
+/// `variables` with `name` set to `value` (copied only when the value changed).
+fn with_variable(variables: &mut Arc<Vec<(String, String)>>, name: &str, value: &str) {
+    let Some(i) = variables
+        .iter()
+        .position(|(k, _)| k.eq_ignore_ascii_case(name))
+    else {
+        return;
     };
+    if variables[i].1 != value {
+        Arc::make_mut(variables)[i].1 = value.to_owned();
+    }
+}
+
+fn pairs(rows: Vec<Row>) -> Vec<(String, String)> {
+    rows.iter()
+        .filter_map(|r| Some((text(r.as_ref(0)?)?, text(r.as_ref(1)?).unwrap_or_default())))
+        .collect()
+}
+
+/// Runs the statements on `conn`: `SHOW GLOBAL STATUS` and `SHOW SLAVE STATUS` every time,
+/// `SHOW GLOBAL VARIABLES` when `kept` is older than [`VARIABLES_EVERY`] (else only the
+/// [`ROLE_VARIABLES`], patched into the kept answer).
+pub async fn query(
+    conn: &mut Conn,
+    kept: &mut Option<KeptVariables>,
+    now: Instant,
+) -> Result<Raw, mysql_async::Error> {
     let status: Vec<Row> = conn.query("SHOW GLOBAL STATUS").await?;
-    let variables: Vec<Row> = conn.query("SHOW GLOBAL VARIABLES").await?;
+    let variables = match kept {
+        Some(k) if variables_fresh(Some(k), now) => {
+            let ro: Vec<Row> = conn.query(ROLE_VARIABLES).await?;
+            for (name, value) in pairs(ro) {
+                with_variable(&mut k.variables, &name, &value);
+            }
+            k.variables.clone()
+        }
+        _ => {
+            let rows: Vec<Row> = conn.query("SHOW GLOBAL VARIABLES").await?;
+            let variables = Arc::new(pairs(rows));
+            *kept = Some(KeptVariables {
+                at: now,
+                variables: variables.clone(),
+            });
+            variables
+        }
+    };
     let slaves: Vec<Row> = conn.query("SHOW SLAVE STATUS").await?;
     Ok(Raw {
         status: pairs(status),
-        variables: pairs(variables),
+        variables,
         slaves: slaves
             .iter()
             .map(|r| {
@@ -210,7 +271,7 @@ pub fn families(raw: &Raw, base: &Arc<Labels>, out: &mut Families) {
             .map(|(_, v)| v.as_str())
             .unwrap_or("")
     };
-    for (k, v) in &raw.variables {
+    for (k, v) in raw.variables.iter() {
         let Some(val) = parse_value(v) else { continue };
         name.clear();
         name.push_str("mysql_global_variables_");
@@ -311,13 +372,13 @@ mod tests {
                 ("Uptime".into(), "42".into()),
                 ("Ssl_cipher".into(), "".into()),
             ],
-            variables: vec![
+            variables: Arc::new(vec![
                 ("read_only".into(), "OFF".into()),
                 ("max_connections".into(), "200".into()),
                 ("version".into(), "10.11.6-MariaDB-0+deb12u1-log".into()),
                 ("version_comment".into(), "Debian 12".into()),
                 ("innodb_version".into(), "10.11.6".into()),
-            ],
+            ]),
             slaves: vec![vec![
                 ("Master_Host".into(), Some("10.0.0.2".into())),
                 ("Slave_IO_Running".into(), Some("Yes".into())),
@@ -349,5 +410,39 @@ mod tests {
         assert!(!t.contains("pages_total"), "{t}");
         assert!(!t.contains("seconds_behind_master"), "{t}");
         assert!(!t.contains("ssl_cipher"), "{t}");
+    }
+
+    /// Issue 19: the variables are read again once a minute; `read_only` is patched in between
+    /// (a failover's change shows at the next collection), copying the rows only when it moved.
+    #[test]
+    fn kept_variables_serve_a_minute_and_read_only_is_patched_in() {
+        let t0 = Instant::now();
+        let kept = KeptVariables {
+            at: t0,
+            variables: Arc::new(vec![
+                ("max_connections".into(), "200".into()),
+                ("read_only".into(), "OFF".into()),
+            ]),
+        };
+        assert!(!variables_fresh(None, t0));
+        assert!(variables_fresh(Some(&kept), t0 + Duration::from_secs(59)));
+        assert!(!variables_fresh(Some(&kept), t0 + VARIABLES_EVERY));
+        // A clock read before `at` (another task's Instant) is fresh, never a panic.
+        assert!(variables_fresh(
+            Some(&kept),
+            t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0)
+        ));
+
+        let mut vars = kept.variables.clone();
+        with_variable(&mut vars, "READ_ONLY", "OFF");
+        assert!(Arc::ptr_eq(&vars, &kept.variables), "unchanged: no copy");
+        with_variable(&mut vars, "read_only", "ON");
+        assert_eq!(vars[1], ("read_only".to_owned(), "ON".to_owned()));
+        assert_eq!(
+            kept.variables[1].1, "OFF",
+            "the kept answer a scrape serves is not changed under it"
+        );
+        with_variable(&mut vars, "no_such_variable", "1");
+        assert_eq!(vars.len(), 2);
     }
 }

@@ -204,11 +204,19 @@ pub async fn run(sh: Arc<Shared>, shutdown: CancellationToken) {
             }
             ev = events.next() => match ev {
                 Some(Ok(ev)) => {
-                    if let Some(m) = ev.labels.get(labels::MEMBER) {
-                        if let Some((wake, _)) = workers.get(m) {
-                            debug!(member = %m, action = %ev.action, "container event");
-                            wake.container_event();
+                    // The rest of a burst is handled now too: one listing for all of it.
+                    let more = crate::runtime::ready_events(&mut events);
+                    for ev in std::iter::once(ev).chain(more.events) {
+                        if let Some(m) = ev.labels.get(labels::MEMBER) {
+                            if let Some((wake, _)) = workers.get(m) {
+                                debug!(member = %m, action = %ev.action, "container event");
+                                wake.container_event();
+                            }
                         }
+                    }
+                    if more.broken {
+                        workers.values().for_each(|(wake, _)| wake.container_event());
+                        events = sh.runtime.events((labels::NODE, sh.cfg.node.as_str()));
                     }
                     continue;
                 }

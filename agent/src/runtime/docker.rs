@@ -821,6 +821,13 @@ impl ContainerRuntime for DockerRuntime {
         };
         self.docker
             .events(Some(opts))
+            // An exec's events (`exec_create: ...`, `exec_start`, `exec_die`) say nothing of
+            // the container's state: every backup, upgrade step or certificate reload would
+            // otherwise cost a full pass and a new inventory.
+            .filter(|ev| {
+                let exec = matches!(ev, Ok(e) if e.action.as_deref().is_some_and(|a| a.starts_with("exec_")));
+                futures::future::ready(!exec)
+            })
             .map(|ev| {
                 let ev = ev.map_err(|e| map_err("events", e))?;
                 let actor = ev.actor.unwrap_or_default();

@@ -154,7 +154,12 @@ async fn run(n: usize, scrapes: usize, idle: Duration, agent_bin: &Path) -> Resu
     let agent = Command::new(agent_bin)
         .arg("--config")
         .arg(dir.path().join("agent.toml"))
-        .env("RUST_LOG", "warn")
+        // MOFANG_BENCH_RUST_LOG: the agent's log filter (its log is kept in the run's
+        // directory under /var/tmp while the run lasts).
+        .env(
+            "RUST_LOG",
+            std::env::var("MOFANG_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(
             dir.path().join("agent.log"),
