@@ -836,15 +836,12 @@ fn run_on(program: &str, args: &[&str], path: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Size and available bytes of the filesystem holding `path`, from statvfs(2) (`f_blocks` and
-/// `f_bavail` in `f_frsize` units, as `df -B1 --output=size,avail` reports them). Heartbeats
-/// ask every second: a system call, not a `df` child process each time.
+/// Size and available bytes of the filesystem holding `path`, from statvfs(2) (the metrics'
+/// reader, [`crate::metrics::procfs::fs_size_avail`]). Heartbeats ask every second: a system
+/// call, not a `df` child process each time.
 fn fs_space(path: &Path) -> Result<(u64, u64), String> {
-    let s = rustix::fs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
-    Ok((
-        s.f_blocks.saturating_mul(s.f_frsize),
-        s.f_bavail.saturating_mul(s.f_frsize),
-    ))
+    crate::metrics::procfs::fs_size_avail(path)
+        .ok_or_else(|| format!("statvfs {} failed", path.display()))
 }
 
 /// The mount point of `path` if its filesystem is XFS (the only one whose project quotas we use).
