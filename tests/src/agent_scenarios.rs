@@ -195,6 +195,31 @@ pub async fn mariadb_replicate_heal_and_fence(
     })
     .await?;
     assert_eq!(item, "first");
+    // Issue 19: both members' reported positions follow each write within a few seconds,
+    // between the full passes (every 10 s): the probe reads them every second. Three writes,
+    // so a full pass falling in the window by chance cannot pass this for it.
+    let mut c = mysql(&primary.address, "app", &s.app).await?;
+    for id in 10..13 {
+        c.exec_drop("INSERT INTO orders VALUES (?, ?)", (id, "moving"))
+            .await?;
+        let pos: String = c
+            .query_first("SELECT @@GLOBAL.gtid_current_pos")
+            .await?
+            .context("gtid_current_pos")?;
+        for m in [&m0, &m1] {
+            wait_member(
+                &fake,
+                &agent,
+                m,
+                "position reported between full passes",
+                Duration::from_secs(4),
+                |st| st.position == pos,
+            )
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(c);
     // The application cannot write on the replica.
     let mut rc = mysql(&replica.address, "app", &s.app).await?;
     assert!(

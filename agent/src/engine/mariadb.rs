@@ -241,15 +241,29 @@ fn following_of(row: &Row) -> String {
     format!("{host}:{port}")
 }
 
-/// The probe's reading of the `SHOW SLAVE STATUS` row (none: not a replica), the same as
-/// `observe` makes of it.
-fn probe_of(row: Option<&Row>) -> Probe {
+/// A server's position and, for a replica, its lag, from `@@GLOBAL.gtid_current_pos` and its
+/// `SHOW SLAVE STATUS` row: what `observe` and the probe both report.
+fn position_and_lag(current: &str, row: Option<&Row>) -> (String, Option<i64>) {
     match row {
-        Some(row) => Probe {
-            replicating: replication_of(row).0,
-            following: Some(following_of(row)),
-        },
-        None => Probe::default(),
+        Some(row) => {
+            // Received counts, not only applied: promotion applies the rest first.
+            let io_pos = get_str(row, "Gtid_IO_Pos").unwrap_or_default();
+            let lag = get_str(row, "Seconds_Behind_Master").and_then(|v| v.parse().ok());
+            (merge_positions(current, &io_pos), lag)
+        }
+        None => (current.to_owned(), None),
+    }
+}
+
+/// The probe's reading of the position and the `SHOW SLAVE STATUS` row (none: not a
+/// replica), the same as `observe` makes of them.
+fn probe_of(current: &str, row: Option<&Row>) -> Probe {
+    let (position, lag_seconds) = position_and_lag(current, row);
+    Probe {
+        replicating: row.is_some_and(|r| replication_of(r).0),
+        following: row.map(following_of),
+        position,
+        lag_seconds,
     }
 }
 
@@ -276,6 +290,22 @@ impl MariaDb {
             .map_err(|e| err(at, e))?;
         let slave = Self::slave_status(c, at).await?;
         Ok((pos, ro, semi, slave))
+    }
+
+    /// The probe's statements in one round trip: the position and the replica row.
+    async fn probe_on(c: &mut Conn, at: &Target) -> Result<(String, Option<Row>)> {
+        let mut r = c
+            .query_iter("SELECT @@GLOBAL.gtid_current_pos; SHOW SLAVE STATUS")
+            .await
+            .map_err(|e| err(at, e))?;
+        let current: Vec<Row> = r.collect().await.map_err(|e| err(at, e))?;
+        let slave: Vec<Row> = r.collect().await.map_err(|e| err(at, e))?;
+        r.drop_result().await.map_err(|e| err(at, e))?;
+        let current = current
+            .first()
+            .and_then(|row| row.get_opt::<String, _>(0)?.ok())
+            .ok_or_else(|| err(at, "no row for gtid_current_pos"))?;
+        Ok((current, slave.into_iter().next()))
     }
 
     /// `replicate_from` on a session.
@@ -516,13 +546,13 @@ impl Engine for MariaDb {
     }
 
     async fn probe(&self, at: &Target, s: &Secrets) -> Result<Probe> {
-        // One round trip; its answer is the same row `observe` reads the replication from.
+        // One round trip; its answers are those `observe` reads the position and the
+        // replication from.
         timed_for(NAME, at, super::PING_TIMEOUT, async {
-            on_kept!(KEPT, connect, at, s, |c| Self::slave_status(&mut c, at)
-                .await)
+            on_kept!(KEPT, connect, at, s, |c| Self::probe_on(&mut c, at).await)
         })
         .await
-        .map(|row| probe_of(row.as_ref()))
+        .map(|(current, row)| probe_of(&current, row.as_ref()))
     }
 
     async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
@@ -538,10 +568,7 @@ impl Engine for MariaDb {
             let obs = match slave {
                 Some(row) => {
                     let gtid = get_str(&row, "Using_Gtid").unwrap_or_default();
-                    let lag = get_str(&row, "Seconds_Behind_Master").and_then(|v| v.parse().ok());
-                    // Received counts, not only applied: promotion applies the rest first.
-                    let io_pos = get_str(&row, "Gtid_IO_Pos").unwrap_or_default();
-                    let position = merge_positions(&pos, &io_pos);
+                    let (position, lag) = position_and_lag(&pos, Some(&row));
                     details.insert("using_gtid".into(), gtid);
                     let (ok, error) = replication_of(&row);
                     Observation {

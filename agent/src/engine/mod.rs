@@ -324,13 +324,36 @@ pub struct Observation {
 }
 
 /// What the fast liveness check sees besides an answer ([`Engine::probe`]): enough to tell
-/// whether the member's last full observation still holds.
+/// whether the member's last full observation still holds, and where the server is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Probe {
     /// The server replicates with its link up ([`Observation::replication_ok`]).
     pub replicating: bool,
     /// The primary it is set to follow (`host:port`), if any ([`Observation::following`]).
     pub following: Option<String>,
+    /// Its position, read as [`Observation::position`] is: it moves with every write, so it
+    /// is reported, never compared ([`Probe::same_order`]).
+    pub position: String,
+    /// A replica's lag, read as [`Observation::lag_seconds`] is; reported, never compared.
+    pub lag_seconds: Option<i64>,
+}
+
+impl Probe {
+    /// The probe of an observation.
+    pub fn of(o: &Observation) -> Probe {
+        Probe {
+            replicating: o.replication_ok,
+            following: o.following.clone(),
+            position: o.position.clone(),
+            lag_seconds: o.lag_seconds,
+        }
+    }
+
+    /// Whether the server is in the order `expect` (a full observation's probe) found it:
+    /// replicating or not, following the same primary. Position and lag move on their own.
+    pub fn same_order(&self, expect: &Probe) -> bool {
+        self.replicating == expect.replicating && self.following == expect.following
+    }
 }
 
 /// An engine adapter. Every method is idempotent: reconcile may call it again at any time.
@@ -360,10 +383,7 @@ pub trait Engine: Send + Sync {
     /// a kept session; this default observes in full.
     async fn probe(&self, at: &Target, secrets: &Secrets) -> Result<Probe> {
         let o = timed_for("engine", at, PING_TIMEOUT, self.observe(at, secrets)).await?;
-        Ok(Probe {
-            replicating: o.replication_ok,
-            following: o.following,
-        })
+        Ok(Probe::of(&o))
     }
     /// The effective value of every parameter of the engine's catalogue
     /// ([`mofang_common::params`]) as the server reports it, in canonical form

@@ -213,6 +213,46 @@ fn tls_lines(m: &MemberConfig) -> String {
     )
 }
 
+/// What `INFO replication` says of a server: the observation (and the probe) read from it.
+fn observation_of(info: &BTreeMap<String, String>) -> Observation {
+    let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
+    let mut details = BTreeMap::new();
+    if let Some(n) = info.get("connected_slaves") {
+        details.insert("connected_replicas".into(), n.clone());
+    }
+    if info.get("role").map(String::as_str) == Some("slave") {
+        let (link_up, link_error) = replica_link(info);
+        let lag = info
+            .get("master_last_io_seconds_ago")
+            .and_then(|v| v.parse::<i64>().ok());
+        Observation {
+            role: ObservedRole::Replica,
+            read_only: true,
+            position: info.get("slave_repl_offset").cloned().unwrap_or(offset),
+            replication_ok: link_up,
+            following: Some(following(info)),
+            lag_seconds: if link_up {
+                lag.filter(|l| *l >= 0)
+            } else {
+                None
+            },
+            replication_error: link_error,
+            details,
+        }
+    } else {
+        Observation {
+            role: ObservedRole::Primary,
+            read_only: false,
+            position: offset,
+            replication_ok: false,
+            following: None,
+            lag_seconds: None,
+            replication_error: None,
+            details,
+        }
+    }
+}
+
 /// The primary an `INFO replication` of a replica follows, `host:port`.
 fn following(info: &BTreeMap<String, String>) -> String {
     let host = info.get("master_host").map_or("", String::as_str);
@@ -463,7 +503,7 @@ impl Engine for Redis {
     }
 
     async fn probe(&self, at: &Target, s: &Secrets) -> Result<Probe> {
-        // One round trip: the section `observe` reads the replication from.
+        // One round trip: the section `observe` reads everything from.
         let info = timed_for(NAME, at, super::PING_TIMEOUT, async {
             on_kept!(KEPT, connect, at, s, |c| cmd::<String>(
                 &mut c,
@@ -473,14 +513,7 @@ impl Engine for Redis {
             .await)
         })
         .await?;
-        let info = parse_info(&info);
-        if info.get("role").map(String::as_str) != Some("slave") {
-            return Ok(Probe::default());
-        }
-        Ok(Probe {
-            replicating: replica_link(&info).0,
-            following: Some(following(&info)),
-        })
+        Ok(Probe::of(&observation_of(&parse_info(&info))))
     }
 
     async fn observe(&self, at: &Target, s: &Secrets) -> Result<Observation> {
@@ -491,43 +524,7 @@ impl Engine for Redis {
                 &["INFO", "replication"]
             )
             .await)?;
-            let info = parse_info(&info);
-            let offset = info.get("master_repl_offset").cloned().unwrap_or_default();
-            let mut details = BTreeMap::new();
-            if let Some(n) = info.get("connected_slaves") {
-                details.insert("connected_replicas".into(), n.clone());
-            }
-            if info.get("role").map(String::as_str) == Some("slave") {
-                let (link_up, link_error) = replica_link(&info);
-                let lag = info
-                    .get("master_last_io_seconds_ago")
-                    .and_then(|v| v.parse::<i64>().ok());
-                Ok(Observation {
-                    role: ObservedRole::Replica,
-                    read_only: true,
-                    position: info.get("slave_repl_offset").cloned().unwrap_or(offset),
-                    replication_ok: link_up,
-                    following: Some(following(&info)),
-                    lag_seconds: if link_up {
-                        lag.filter(|l| *l >= 0)
-                    } else {
-                        None
-                    },
-                    replication_error: link_error,
-                    details,
-                })
-            } else {
-                Ok(Observation {
-                    role: ObservedRole::Primary,
-                    read_only: false,
-                    position: offset,
-                    replication_ok: false,
-                    following: None,
-                    lag_seconds: None,
-                    replication_error: None,
-                    details,
-                })
-            }
+            Ok(observation_of(&parse_info(&info)))
         })
         .await
     }

@@ -310,9 +310,12 @@ impl Engine for FakeEngine {
                 message: "connection refused".into(),
             });
         }
+        let link_up = db.role == ObservedRole::Replica && db.link_up;
         Ok(engine::Probe {
-            replicating: db.role == ObservedRole::Replica && db.link_up,
+            replicating: link_up,
             following: db.stuck_following.or(db.following),
+            position: db.position,
+            lag_seconds: link_up.then_some(db.lag),
         })
     }
 

@@ -267,10 +267,7 @@ async fn reconcile_member(
             target: server.target,
             address: server.address,
             secrets: cfg.secrets,
-            expect: engine::Probe {
-                replicating: obs.replication_ok,
-                following: obs.following,
-            },
+            expect: engine::Probe::of(&obs),
         });
     }
     Ok(action)
@@ -451,6 +448,32 @@ mod tests {
             .await;
         assert_eq!(r.db.take_calls(), ["replicate_from 10.0.0.7:3306"]);
         assert!(s.healthy && s.epoch == 4, "{s:?}");
+    }
+
+    /// Between full passes a replica's position and lag still move in its report: the probe
+    /// reads them (as `observe` does) and they are reported without a full pass, so an
+    /// instance is seen caught up as soon as it is, not at the next full pass.
+    #[tokio::test]
+    async fn a_probed_member_reports_its_position_and_lag_as_they_move() {
+        let mut r = rig(Duration::from_secs(10));
+        r.sh.lease.renew();
+        let a = assignment("replica", 3, "10.0.0.9:3306");
+        let s = r.pass(&a).await;
+        assert!(s.healthy, "{s:?}");
+        r.db.take_calls();
+        {
+            let mut db = r.db.0.lock().expect("db");
+            db.position = "0-1-42".into();
+            db.lag = 3;
+        }
+        let (_, s) = r.steady_pass(&a).await;
+        assert_eq!(
+            r.db.take_calls(),
+            ["probe"],
+            "no full pass for a moved position"
+        );
+        assert_eq!((s.position.as_str(), s.lag_seconds), ("0-1-42", 3), "{s:?}");
+        assert!(s.healthy, "{s:?}");
     }
 
     /// A probe that is not answered is a failed check, as a failed ping is; the passes after

@@ -133,7 +133,7 @@ fn follows(following: Option<&str>, primary: Option<&Target>) -> bool {
 
 /// The lag to report: the observed one while the link is up, else the last one seen with
 /// the link up (what the replica was behind when its primary failed); -1 when never seen.
-fn reported_lag(last: &mut Option<i64>, link_up: bool, observed: Option<i64>) -> i64 {
+pub(super) fn reported_lag(last: &mut Option<i64>, link_up: bool, observed: Option<i64>) -> i64 {
     if link_up {
         if let Some(l) = observed.filter(|l| *l >= 0) {
             *last = Some(l);

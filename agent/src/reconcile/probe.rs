@@ -3,10 +3,12 @@
 //! something changes or a full pass is due ([`decide::pass_kind`]). A probe that fails is a
 //! failed check, as a failed ping is, and the next pass is a full one; a probe that sees
 //! something other than what the last full pass observed (a replica's link down, another
-//! primary) makes the full pass at once. Container deaths come from the runtime's events,
+//! primary) makes the full pass at once; the position and lag it reads are reported as they
+//! move, as a full pass would report them. Container deaths come from the runtime's events,
 //! which always bring a full pass.
 
 use super::decide::{self, DesiredRole, SettledView};
+use super::observe;
 use super::status::status_keeping_last;
 use super::{Action, Shared, WorkerMemo};
 use crate::engine::{Engine, Probe, Secrets, Target};
@@ -58,9 +60,10 @@ pub(super) async fn pass(sh: &Shared, a: &Assignment, memo: &mut WorkerMemo) -> 
     let settled = memo.settled.as_ref()?;
     let engine: Box<dyn Engine> = (sh.engines)(&a.engine, &settled.version)?;
     match engine.probe(&settled.target, &settled.secrets).await {
-        Ok(seen) if seen == settled.expect => {
+        Ok(seen) if seen.same_order(&settled.expect) => {
             memo.ping_failures = 0;
-            sh.touch_status(&a.member);
+            let lag = observe::reported_lag(&mut memo.last_lag, seen.replicating, seen.lag_seconds);
+            sh.touch_status(&a.member, &seen.position, lag);
             Some(Action::Requeue(decide::next_look(
                 &settled.role,
                 settled.st.fenced,

@@ -109,11 +109,16 @@ impl Shared {
     }
 
     /// Records that a member's status still holds as of now (a probe found the server as
-    /// last observed): its check time moves on, nothing the scheduler acts on changes.
-    pub(super) fn touch_status(&self, member: &str) {
+    /// last observed): its check time, position and lag move on, nothing the scheduler acts
+    /// on changes.
+    pub(super) fn touch_status(&self, member: &str, position: &str, lag_seconds: i64) {
         if let Ok(mut m) = self.statuses.lock() {
             if let Some(s) = m.get_mut(member) {
                 s.checked_at_ms = super::now_ms();
+                if s.position != position {
+                    position.clone_into(&mut s.position);
+                }
+                s.lag_seconds = lag_seconds;
             }
         }
     }
