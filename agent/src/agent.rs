@@ -311,6 +311,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             .run_collectors(shutdown.child_token())
             .instrument(tracing::info_span!("metrics")),
     );
+    let files = tokio::spawn(
+        exporter
+            .clone()
+            .run_files(shutdown.child_token())
+            .instrument(tracing::info_span!("metrics")),
+    );
     // Validated by the config: a bad address never gets here.
     let http = match cfg.http_listen.parse() {
         Ok(addr) => tokio::spawn(
@@ -320,7 +326,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         Err(_) => tokio::spawn(async {}),
     };
     info!(node = %cfg.node, network = %cfg.network, http = %cfg.http_listen, "agent running");
-    let _ = tokio::join!(link, rec, inventory, collectors, http, job_runner, archivers);
+    let _ = tokio::join!(link, rec, inventory, collectors, files, http, job_runner, archivers);
     info!("agent stopped; database containers keep running");
     Ok(())
 }

@@ -484,11 +484,11 @@ pub fn reuse_or_inspect(old: &[Tracked], listed: Vec<Brief>) -> (Vec<Tracked>, V
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::ContainerState;
 
-    fn tracked(id: &str, state: ContainerState) -> Tracked {
+    pub(crate) fn tracked(id: &str, state: ContainerState) -> Tracked {
         Tracked {
             info: ContainerInfo {
                 id: id.into(),

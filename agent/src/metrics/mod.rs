@@ -3,8 +3,10 @@
 //! database metrics under mysqld_exporter's and redis_exporter's names (over the wire, as the
 //! monitoring account), and the agent's own. Databases are collected in the background
 //! ([`db::Collector`], every `metrics_interval_ms`) and a scrape renders their last answers with
-//! their age, so it never waits on a database; cgroup and `/proc` files are read when scraped
-//! (local reads, no network). Samples carry no timestamps
+//! their age, so it never waits on a database; cgroup and `/proc` files are read in the
+//! background too ([`Exporter::run_files`], every `metrics_interval_ms` and when the
+//! containers change), so a scrape reads no file either: it copies lines written at
+//! collection time (decision 154). Samples carry no timestamps
 //! (https://prometheus.io/docs/instrumenting/writing_exporters/): the age is a gauge of its own.
 
 pub mod cgroup;
@@ -116,6 +118,16 @@ fn members_by_state<'a>(
     by_state
 }
 
+/// Whether two inventories hold the same containers in the same states (the files to read
+/// are the same).
+fn same_containers(old: &[Tracked], new: &[Tracked]) -> bool {
+    old.len() == new.len()
+        && old
+            .iter()
+            .zip(new)
+            .all(|(a, b)| a.info.id == b.info.id && a.info.state == b.info.state)
+}
+
 /// Capacity of a data disk, known at start-up (it does not change while running).
 #[derive(Debug, Clone)]
 struct DiskInfo {
@@ -135,6 +147,19 @@ pub struct Exporter {
     devices: DeviceNames,
     disks: Vec<DiskInfo>,
     files_seconds: histogram::Histogram,
+    /// The containers' and the host's file statistics as last read ([`Exporter::run_files`]).
+    files: RwLock<Option<Arc<FilesReading>>>,
+    /// Read the files again now (the containers changed).
+    files_wake: Notify,
+}
+
+/// One reading of the cgroup and `/proc` files, written to sample lines: what every scrape
+/// until the next reading copies.
+struct FilesReading {
+    /// The lines (no labels of their own: the part's label set is empty).
+    part: Arc<(model::Labels, Rendered)>,
+    at: std::time::Instant,
+    took: Duration,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -168,6 +193,8 @@ impl Exporter {
             devices: DeviceNames::default(),
             disks,
             files_seconds: histogram::Histogram::default(),
+            files: RwLock::default(),
+            files_wake: Notify::new(),
         })
     }
 
@@ -230,8 +257,18 @@ impl Exporter {
 
     fn set_inventory(&self, tracked: Vec<Tracked>) {
         debug!(containers = tracked.len(), "metrics inventory refreshed");
-        if let Ok(mut g) = self.inventory.write() {
-            *g = Arc::new(tracked);
+        let changed = match self.inventory.write() {
+            Ok(mut g) => {
+                let changed = !same_containers(&g, &tracked);
+                *g = Arc::new(tracked);
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            // A new, stopped or removed container shows in the next scrape, not one
+            // `metrics_interval` later.
+            self.files_wake.notify_one();
         }
     }
 
@@ -634,18 +671,12 @@ impl Exporter {
         }
     }
 
-    /// Gathers everything once: files read now, databases as last collected (written when
-    /// collected: only copied here).
-    pub async fn gather(self: &Arc<Self>) -> (Families, Vec<Arc<(model::Labels, Rendered)>>) {
-        self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
-        let inventory = self.inventory();
-        let targets = self.db_targets(&inventory);
-        let collected = self.collector.last(&targets);
-
-        // cgroup and /proc reads are blocking file I/O: off the async threads.
+    /// Reads the containers' cgroup and `/proc` files and the host's once (blocking file I/O,
+    /// off the async threads), writes them to sample lines and keeps them for the scrapes.
+    async fn collect_files(self: &Arc<Self>) -> Option<Arc<FilesReading>> {
         let me = self.clone();
-        let inv = inventory.clone();
-        let files = tokio::task::spawn_blocking(move || {
+        let inv = self.inventory();
+        let read = tokio::task::spawn_blocking(move || {
             let start = std::time::Instant::now();
             let statuses = me.statuses();
             let mut readings = Vec::with_capacity(inv.len());
@@ -670,37 +701,87 @@ impl Exporter {
             let mut out = Families::default();
             container::families(&readings, &me.devices, &mut out);
             me.host_families(&mut out);
+            let rendered = out.render();
             let took = start.elapsed();
             me.files_seconds.observe(took);
+            (
+                FilesReading {
+                    part: Arc::new((Vec::new(), rendered)),
+                    at: start,
+                    took,
+                },
+                gone,
+            )
+        });
+        match read.await {
+            Ok((reading, gone)) => {
+                if gone {
+                    self.refresh.notify_one();
+                }
+                let reading = Arc::new(reading);
+                if let Ok(mut g) = self.files.write() {
+                    *g = Some(reading.clone());
+                }
+                Some(reading)
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics: reading cgroup files failed");
+                None
+            }
+        }
+    }
+
+    /// Reads the files every `metrics_interval` and at once when the containers change, until
+    /// shutdown (cAdvisor's housekeeping): a scrape never reads a file.
+    pub async fn run_files(self: Arc<Self>, shutdown: CancellationToken) {
+        let interval = self.src.cfg.metrics_interval();
+        loop {
+            self.collect_files().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.files_wake.notified() => {}
+            }
+        }
+    }
+
+    /// Gathers everything once: files and databases as last collected (written when
+    /// collected: only copied here). Before the first file reading, the files are read now.
+    pub async fn gather(self: &Arc<Self>) -> (Families, Vec<Arc<(model::Labels, Rendered)>>) {
+        self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        let inventory = self.inventory();
+        let targets = self.db_targets(&inventory);
+        let collected = self.collector.last(&targets);
+        let kept = self.files.read().ok().and_then(|g| g.clone());
+        let files = match kept {
+            Some(f) => Some(f),
+            None => self.collect_files().await,
+        };
+        let mut out = Families::default();
+        let mut parts = Vec::with_capacity(targets.len() + 1);
+        if let Some(f) = files {
             out.add(
                 "mofang_agent_collect_duration_seconds",
                 "How long the last collection from the source took.",
                 Kind::Gauge,
                 vec![label("source", "files")],
-                took.as_secs_f64(),
+                f.took.as_secs_f64(),
             );
             out.add(
                 "mofang_agent_collect_age_seconds",
                 "Seconds since the source's values served here were collected.",
                 Kind::Gauge,
                 vec![label("source", "files")],
-                0.0,
+                f.at.elapsed().as_secs_f64(),
             );
-            (out, gone)
-        });
-        let mut out = match files.await {
-            Ok((f, gone)) => {
-                if gone {
-                    self.refresh.notify_one();
-                }
-                f
-            }
-            Err(e) => {
-                warn!(error = %e, "metrics: reading cgroup files failed");
-                Families::default()
-            }
-        };
-        let parts = db::render(&targets, &collected, std::time::Instant::now(), &mut out);
+            parts.push(f.part.clone());
+        }
+        parts.extend(db::render(
+            &targets,
+            &collected,
+            std::time::Instant::now(),
+            &mut out,
+        ));
         self.agent_families(&mut out);
         (out, parts)
     }
@@ -732,5 +813,34 @@ impl Exporter {
         all.push(&own);
         all.extend(parts.iter().map(|p| &p.1));
         model::write(&all, format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container::tests::tracked;
+    use super::same_containers;
+    use crate::runtime::ContainerState;
+
+    /// The files are read again at once only when the containers to read changed: an idle
+    /// inventory refresh (the same containers, the same states) leaves them to the cadence.
+    #[test]
+    fn the_files_are_read_again_when_the_containers_change_and_only_then() {
+        let a = vec![
+            tracked("a", ContainerState::Running),
+            tracked("b", ContainerState::Running),
+        ];
+        assert!(same_containers(&a, &a.clone()), "idle refresh");
+        let stopped = vec![
+            tracked("a", ContainerState::Running),
+            tracked("b", ContainerState::Exited),
+        ];
+        assert!(!same_containers(&a, &stopped), "one stopped");
+        assert!(!same_containers(&a, &a[..1]), "one removed");
+        let replaced = vec![
+            tracked("a", ContainerState::Running),
+            tracked("c", ContainerState::Running),
+        ];
+        assert!(!same_containers(&a, &replaced), "one recreated");
     }
 }

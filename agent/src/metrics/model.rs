@@ -402,7 +402,9 @@ fn escape_into(out: &mut String, v: &str, quote: bool) {
 /// sample lines were written by [`Families::render`].
 pub fn write(parts: &[&Rendered], format: Format) -> String {
     let mut order: Vec<(&Chunk, Vec<&str>)> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    // Keyed by family name for every chunk of every part (tens of thousands per scrape at
+    // 50 members): FxHash, not SipHash, which was 8 % of a scrape's CPU.
+    let mut index: rustc_hash::FxHashMap<&str, usize> = rustc_hash::FxHashMap::default();
     let mut bytes = 0;
     for c in parts.iter().flat_map(|p| p.chunks.iter()) {
         bytes += c.lines.len();
