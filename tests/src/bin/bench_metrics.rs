@@ -41,6 +41,22 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Of a process's resident memory, the anonymous part (its heap and stacks) and the part
+/// mapped from files (its binary's code and read-only data: shared, clean, reclaimable), in
+/// MiB, from `/proc/<pid>/status`.
+fn rss_split_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (kib("RssAnon:"), kib("RssFile:"))
+}
+
 fn rss_mib(pid: u32) -> f64 {
     mofang_agent::metrics::procfs::process_stats(&pid.to_string())
         .map(|s| s.rss_bytes as f64 / MIB as f64)
@@ -107,6 +123,8 @@ struct Run {
     slowest_db_p50_ms: f64,
     agent_bytes: usize,
     agent_rss: f64,
+    /// `agent_rss` as (anonymous, file-backed).
+    agent_rss_split: (f64, f64),
     agent_cpu_ms: f64,
     agent_idle_cpu_pct: f64,
     agent_settle_cpu_pct: f64,
@@ -239,6 +257,7 @@ async fn run(
     let window = w0.elapsed().as_secs_f64();
     let agent_cpu = (cpu_seconds(agent_pid) - c0 - idle_rate * window).max(0.0) / scrapes as f64;
     let agent_rss = rss_mib(agent_pid);
+    let agent_rss_split = rss_split_mib(agent_pid);
     lat.sort_by(f64::total_cmp);
 
     // The exporters, on the same members with the same account.
@@ -357,6 +376,7 @@ async fn run(
         slowest_db_p50_ms: percentile(&slowest_db, 0.5),
         agent_bytes: body_len,
         agent_rss,
+        agent_rss_split,
         agent_cpu_ms: agent_cpu * 1000.0,
         agent_idle_cpu_pct: idle_rate * 100.0,
         agent_settle_cpu_pct: settle_rate * 100.0,
@@ -412,19 +432,21 @@ async fn main() -> Result<()> {
     }
     println!();
     let settle_s = settle.as_secs();
-    println!("| agent | containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS | agent idle CPU | idle CPU, first {settle_s} s | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
+    println!("| agent | containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS (anon + file) | agent idle CPU | idle CPU, first {settle_s} s | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for (name, r) in &runs {
         println!(
-            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB | {:.1} % | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
+            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({:.1} + {:.1}) | {:.1} % | {:.1} % | {:.1} ms | {:.1} ms | {:.2} ms | {:.1} MiB ({}) | {} KiB |",
             r.containers,
             r.agent_p50_ms,
             r.agent_p99_ms,
             r.slowest_db_p50_ms,
             r.agent_cpu_ms,
             r.agent_rss,
+            r.agent_rss_split.0,
+            r.agent_rss_split.1,
             r.agent_idle_cpu_pct,
             r.agent_settle_cpu_pct,
             r.exp_p50_ms,
