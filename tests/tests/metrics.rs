@@ -528,6 +528,17 @@ async fn agent_metrics_reach_a_real_prometheus() -> Result<()> {
             sample(&t, "redis_up", &[&format!("mofang_member=\"{m_c0}\"")]) == Some(1.0),
             "redis_up of {m_c0} during the freeze"
         );
+        // The cgroup and /proc files too are served as last read in the background (decision
+        // 154): their age is that reading's, never the scrape's 0, and within the cadence.
+        let files_age = sample(
+            &t,
+            "mofang_agent_collect_age_seconds",
+            &["source=\"files\""],
+        );
+        ensure!(
+            files_age.is_some_and(|a| a > 0.0 && a < 30.0),
+            "age of the file reading served: {files_age:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let r = eventually(
