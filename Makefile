@@ -51,10 +51,12 @@ lint:
 # The install test (tests/tests/install.rs) installs the packages `packages` builds.
 # The end-to-end suites run the release daemons the packages hold (what ships; a debug agent
 # costs 3.3 times the idle CPU, benchmarks.md); `cargo test` alone builds and runs debug ones.
+# RUST_LIB_BACKTRACE=0: a failed end-to-end test ends with its reason, not with an error's
+# 40-frame backtrace (CI keeps only the head and the tail of a failure's output).
 test: setup-test lint
 	$(CARGO) build --workspace --bins
 	scripts/packages
-	MOFANG_TEST_BINARIES="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release" $(CARGO) test --workspace
+	RUST_LIB_BACKTRACE=0 MOFANG_TEST_BINARIES="$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release" $(CARGO) test --workspace
 
 # .deb and .rpm of mofang-agent and mofang-scheduler (with the CLI) in target/packages/.
 packages: setup-packages

@@ -288,9 +288,18 @@ impl Env {
             }
         })
         .await;
-        if r.is_err() {
+        if let Err(e) = &r {
+            // The reason first: CI keeps the head and the tail of a failure's output, and the
+            // agents' logs in between are long.
+            eprintln!("---- {name} not ready ----\n{e:#}");
             for a in &self.agents {
-                eprintln!("---- {} ----\n{}", a.node, a.log());
+                // Without the inventory refreshes every 10 s: they hide what happened.
+                let log = a.log();
+                let kept: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("metrics inventory refreshed"))
+                    .collect();
+                eprintln!("---- {} ----\n{}", a.node, kept.join("\n"));
             }
         }
         r
