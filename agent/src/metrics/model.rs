@@ -115,10 +115,12 @@ impl Family {
 
 /// Families gathered by name, kept in first-registration order so related metrics stay
 /// together; the same name twice is merged (samples of two members into one family).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Families {
     list: Vec<Family>,
-    index: std::collections::HashMap<Cow<'static, str>, usize>,
+    // FxHash: the keys are our own family names (about 1,300 per MariaDB member and
+    // collection), not an attacker's input; SipHash was 1.7 % of an idle agent's samples.
+    index: rustc_hash::FxHashMap<Cow<'static, str>, usize>,
 }
 
 impl Families {
@@ -322,18 +324,21 @@ fn open_labels(labels: &Labels) -> String {
 
 impl Families {
     /// The sample lines of every family (the same in both formats: only metadata differs).
-    pub fn render(&self) -> Rendered {
+    /// Consumes the families: their names move into the chunks instead of being copied (a
+    /// MariaDB member's collection has about 1,300 families, most with a run-time name).
+    pub fn render(self) -> Rendered {
         let chunks = self
-            .iter()
+            .list
+            .into_iter()
             .filter(|f| !f.samples.is_empty())
             .map(|f| {
                 let mut lines = String::with_capacity(f.samples.len() * 96);
                 for s in &f.samples {
-                    write_sample(&mut lines, f, s);
+                    write_sample(&mut lines, &f, s);
                 }
                 Chunk {
-                    name: f.name.clone(),
-                    help: f.help.clone(),
+                    name: f.name,
+                    help: f.help,
                     kind: f.kind,
                     lines,
                 }
@@ -453,7 +458,7 @@ pub fn write(parts: &[&Rendered], format: Format) -> String {
 
 /// Encodes the families in `format`.
 pub fn encode(families: &Families, format: Format) -> String {
-    write(&[&families.render()], format)
+    write(&[&families.clone().render()], format)
 }
 
 /// `(name, value)` label pair helper.

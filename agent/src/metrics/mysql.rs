@@ -89,10 +89,27 @@ fn with_variable(variables: &mut Arc<Vec<(String, String)>>, name: &str, value: 
     }
 }
 
+/// The first two columns of each row as text, the rows' own bytes moved rather than copied
+/// (about 1,300 values per MariaDB collection).
 fn pairs(rows: Vec<Row>) -> Vec<(String, String)> {
-    rows.iter()
-        .filter_map(|r| Some((text(r.as_ref(0)?)?, text(r.as_ref(1)?).unwrap_or_default())))
+    rows.into_iter()
+        .filter_map(|r| {
+            let mut values = r.unwrap().into_iter();
+            let name = owned_text(values.next()?)?;
+            Some((name, values.next().and_then(owned_text).unwrap_or_default()))
+        })
         .collect()
+}
+
+/// [`text`] of a value that is given away: valid UTF-8 bytes become the string as they are.
+fn owned_text(v: Value) -> Option<String> {
+    match v {
+        Value::Bytes(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        v => text(&v),
+    }
 }
 
 /// Runs the statements on `conn`: `SHOW GLOBAL STATUS` and `SHOW SLAVE STATUS` every time,
@@ -141,12 +158,23 @@ pub async fn query(
 
 /// mysqld_exporter's `parseStatus`: booleans and replication words to 0/1, else a float.
 pub fn parse_value(s: &str) -> Option<f64> {
-    match s.to_ascii_lowercase().as_str() {
-        "yes" | "on" | "primary" => return Some(1.0),
-        "no" | "off" | "disabled" | "connecting" | "non-primary" | "disconnected" => {
-            return Some(0.0)
-        }
-        _ => {}
+    // Without lower-casing a copy: this runs for each of about 1,300 values per collection.
+    let is = |w: &str| s.eq_ignore_ascii_case(w);
+    if ["yes", "on", "primary"].into_iter().any(is) {
+        return Some(1.0);
+    }
+    if [
+        "no",
+        "off",
+        "disabled",
+        "connecting",
+        "non-primary",
+        "disconnected",
+    ]
+    .into_iter()
+    .any(is)
+    {
+        return Some(0.0);
     }
     s.parse::<f64>().ok()
 }
