@@ -94,7 +94,8 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         unexpected.is_empty(),
         "writes never attempted: {unexpected:?}"
     );
-    let k = kinds(&env.events(&name).await?);
+    let events = env.events(&name).await?;
+    let k = kinds(&events);
     for want in [
         "failover_detected",
         "failover_decided",
@@ -102,6 +103,17 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     ] {
         assert!(k.iter().any(|x| x == want), "event {want} in {k:?}");
     }
+    // The decision names the position the new primary was promoted at (what an operator
+    // compares with the old primary's last one), never an empty one.
+    let decided = events
+        .iter()
+        .find(|e| e["kind"] == "failover_decided")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default();
+    assert!(
+        decided.contains("promoting") && !decided.contains("(position )"),
+        "the decision names the new primary's position: {decided}"
+    );
     // Decision 123: a frozen primary is not dead at the decision, so the new primary waits
     // until it is (killed by its agent); a killed one is dead already and nobody waits.
     let at = |want: &str| k.iter().position(|x| x == want);
