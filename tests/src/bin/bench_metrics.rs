@@ -45,16 +45,12 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// mapped from files (its binary's code and read-only data: shared, clean, reclaimable), in
 /// MiB, from `/proc/<pid>/status`.
 fn rss_split_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (kib("RssAnon:"), kib("RssFile:"))
+    let status = procfs::process::Process::new(pid as i32).and_then(|p| p.status());
+    let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+    match status {
+        Ok(s) => (mib(s.rssanon), mib(s.rssfile)),
+        Err(_) => (0.0, 0.0),
+    }
 }
 
 fn rss_mib(pid: u32) -> f64 {
