@@ -826,10 +826,25 @@ async fn rotate_credentials(
 pub struct EventQuery {
     /// Only this instance.
     pub instance: Option<String>,
-    /// Only events with a larger id.
+    /// Only events with a larger id (oldest first from there).
     pub since: Option<u64>,
+    /// Only events with a smaller id: the newest `limit` of them, oldest first (a page older
+    /// than one read before; not with `since`).
+    pub before: Option<u64>,
     /// At most this many (default 1000, max 10000).
     pub limit: Option<usize>,
+}
+
+/// `since` and `before` of a log read: one direction at a time.
+fn one_direction(since: Option<u64>, before: Option<u64>) -> ApiResult<()> {
+    match (since, before) {
+        (Some(_), Some(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "since and before read in opposite directions: give one",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
@@ -842,13 +857,22 @@ async fn events(
     q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<Event>>> {
     let Query(q) = q.map_err(bad_query)?;
+    one_direction(q.since, q.before)?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let evs = api
-        .cluster
-        .store()
-        .events(q.instance.as_deref(), q.since.unwrap_or(0), limit)
-        .await
-        .map_err(cluster::Error::Store)?;
+    let store = api.cluster.store();
+    let evs = match q.before {
+        Some(before) => {
+            store
+                .events_before(q.instance.as_deref(), before, limit)
+                .await
+        }
+        None => {
+            store
+                .events(q.instance.as_deref(), q.since.unwrap_or(0), limit)
+                .await
+        }
+    }
+    .map_err(cluster::Error::Store)?;
     Ok(Json(evs))
 }
 
@@ -857,8 +881,11 @@ async fn events(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// Only entries with a larger id.
+    /// Only entries with a larger id (oldest first from there).
     pub since: Option<u64>,
+    /// Only entries with a smaller id: the newest `limit` of them, oldest first (not with
+    /// `since`).
+    pub before: Option<u64>,
     /// At most this many (default 1000, max 10000).
     pub limit: Option<usize>,
 }
@@ -871,12 +898,14 @@ async fn audit(
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     need(&id, TokenRole::Admin)?;
     let Query(q) = q.map_err(bad_query)?;
-    let entries = api
-        .cluster
-        .store()
-        .audit(q.since.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
-        .await
-        .map_err(cluster::Error::Store)?;
+    one_direction(q.since, q.before)?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let store = api.cluster.store();
+    let entries = match q.before {
+        Some(before) => store.audit_before(before, limit).await,
+        None => store.audit(q.since.unwrap_or(0), limit).await,
+    }
+    .map_err(cluster::Error::Store)?;
     Ok(Json(entries))
 }
 
@@ -1397,6 +1426,26 @@ async fn start_batch(
     Ok((StatusCode::ACCEPTED, Json(b)))
 }
 
+/// Filters of `GET /v1/batches`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// At most this many, newest first (default 50, max 500).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/batches", params(BatchQuery),
+    responses((status = 200, body = [crate::ops::batch::Batch]), (status = 400, body = ErrorBody)))]
+async fn list_batches(
+    State(api): State<Api>,
+    q: Result<Query<BatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::ops::batch::Batch>>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(api.cluster.batches(limit).await?))
+}
+
 #[utoipa::path(get, path = "/v1/batches/{id}", params(("id" = String, Path)),
     responses((status = 200, body = crate::ops::batch::Batch), (status = 404, body = ErrorBody)))]
 async fn get_batch(
@@ -1512,7 +1561,7 @@ async fn engines() -> Json<Vec<EngineView>> {
         rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
         delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
-        start_batch, get_batch, cancel_batch, engines,
+        start_batch, list_batches, get_batch, cancel_batch, engines,
         create_backup, list_backups, list_all_backups, backup_health, get_backup, delete_backup,
         verify_backup
     ),
@@ -1752,7 +1801,7 @@ pub fn v1_router(api: Api) -> Router {
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel_operation))
         .route("/v1/engines", get(engines))
-        .route("/v1/batches", post(start_batch))
+        .route("/v1/batches", get(list_batches).post(start_batch))
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
         .route(

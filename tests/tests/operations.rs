@@ -507,6 +507,55 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
         .unwrap_or(0);
     // Two start in the same round and each takes seconds: exactly two overlap.
     assert_eq!(most, 2, "{most} at once: {spans:?}");
+
+    // Listed newest first (`mofang batch list`), and its events read backward
+    // (`mofang events --last`, `--before`): the newest page, then the one older than it.
+    let out = mofang_cli(&env, &["--json", "batch", "list", "--limit", "5"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed[0]["id"], b["id"], "{listed}");
+    let all = env.get("/v1/events?limit=10000").await?;
+    let last = all.as_array().and_then(|a| a.last()).context("events")?["id"].as_u64();
+    let out = mofang_cli(&env, &["--json", "events", "--last", "5"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let ids = |evs: &[Value]| -> Vec<u64> { evs.iter().filter_map(|e| e["id"].as_u64()).collect() };
+    let top = ids(&newest);
+    assert_eq!(top.len(), 5, "{newest:?}");
+    assert!(top.windows(2).all(|w| w[0] < w[1]), "oldest first: {top:?}");
+    assert!(
+        top.last().copied() >= last,
+        "the newest: {top:?} vs {last:?}"
+    );
+    let before = top[0].to_string();
+    let out = mofang_cli(
+        &env,
+        &["--json", "events", "--before", &before, "--limit", "3"],
+    )
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let older: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        ids(&older),
+        ((top[0] - 3)..top[0]).collect::<Vec<_>>(),
+        "{older:?}"
+    );
+    let (s, v) = env
+        .call(reqwest::Method::GET, "/v1/events?since=1&before=9", None)
+        .await?;
+    assert_eq!(s.as_u16(), 400, "{v}");
     Ok(())
 }
 

@@ -61,6 +61,8 @@ enum Cmd {
         /// Only events after this id.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        #[command(flatten)]
+        back: Backward,
     },
     /// Resume automatic failover after the mass-failure guard stopped it.
     FailoverResume,
@@ -72,6 +74,8 @@ enum Cmd {
         /// Only entries after this id.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        #[command(flatten)]
+        back: Backward,
     },
     /// The cluster PKI: CA and certificates (works offline, on files).
     #[command(subcommand)]
@@ -90,6 +94,31 @@ enum Cmd {
     Batch(BatchCmd),
     /// The engines, their versions and the parameters `instance reconfigure` may set.
     Engines,
+}
+
+/// Reading a log backward: a page older than an id, or the newest entries.
+#[derive(clap::Args, Debug)]
+struct Backward {
+    /// Only the newest `--limit` entries before this id (a page older than one seen).
+    #[arg(long, conflicts_with_all = ["since", "last"])]
+    before: Option<u64>,
+    /// The newest this many entries.
+    #[arg(long, conflicts_with = "since")]
+    last: Option<usize>,
+    /// At most this many (with --before; at most 10000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+impl Backward {
+    /// The query of a log read: forward from `since`, or backward.
+    fn query(&self, since: u64) -> String {
+        match (self.before, self.last) {
+            (Some(before), _) => format!("before={before}&limit={}", self.limit),
+            (None, Some(last)) => format!("before={}&limit={last}", u64::MAX),
+            (None, None) => format!("since={since}"),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +140,12 @@ enum BatchCmd {
         /// Wait until the batch ends, showing its progress.
         #[arg(long)]
         wait: bool,
+    },
+    /// The newest batches, newest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
     /// One batch with each instance's operation.
     Show {
@@ -1359,6 +1394,22 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("batch {id} {}", s(&v["state"]));
             }
         }
+        Cmd::Batch(BatchCmd::List { limit }) => {
+            let v = c.get(&format!("/v1/batches?limit={limit}")).await?;
+            if cli.json {
+                out(&v)
+            } else {
+                println!("{:<28} {:<20} PROGRESS", "BATCH", "SELECTOR");
+                for b in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<20} {}",
+                        s(&b["id"]),
+                        s(&b["selector"]),
+                        batch_line(b)
+                    );
+                }
+            }
+        }
         Cmd::Batch(BatchCmd::Show { id }) => {
             let v = c.get(&format!("/v1/batches/{id}")).await?;
             if cli.json {
@@ -1674,8 +1725,12 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("automatic failover resumed");
             }
         }
-        Cmd::Events { instance, since } => {
-            let mut path = format!("/v1/events?since={since}");
+        Cmd::Events {
+            instance,
+            since,
+            back,
+        } => {
+            let mut path = format!("/v1/events?{}", back.query(since));
             if let Some(i) = instance {
                 path.push_str(&format!("&instance={i}"));
             }
@@ -1749,8 +1804,8 @@ async fn run(cli: Cli) -> Result<()> {
             );
             println!("{}", v["next"].as_str().unwrap_or_default());
         }
-        Cmd::Audit { since } => {
-            let v = c.get(&format!("/v1/audit?since={since}")).await?;
+        Cmd::Audit { since, back } => {
+            let v = c.get(&format!("/v1/audit?{}", back.query(since))).await?;
             if cli.json {
                 out(&v);
                 return Ok(());

@@ -160,6 +160,20 @@ impl Cluster {
         }
     }
 
+    /// The `limit` newest batches (by creation), newest first, as stored.
+    pub async fn batches(&self, limit: usize) -> Result<Vec<Batch>> {
+        let mut all = Vec::new();
+        for (_, value) in self.store.meta_with_prefix(BATCH_PREFIX).await? {
+            match serde_json::from_str::<Batch>(&value) {
+                Ok(b) => all.push(b),
+                Err(e) => warn!(error = %e, "skipping a batch record"),
+            }
+        }
+        all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// Asks a batch to stop: its running operations are cancelled, none started.
     pub async fn cancel_batch(&self, id: &str) -> Result<Batch> {
         let mut b = self.batch(id).await?;
@@ -1450,6 +1464,21 @@ mod tests {
             limit: usize,
         ) -> crate::store::Result<Vec<crate::model::AuditEntry>> {
             self.inner.audit(since, limit).await
+        }
+        async fn events_before(
+            &self,
+            i: Option<&str>,
+            before: u64,
+            limit: usize,
+        ) -> crate::store::Result<Vec<crate::model::Event>> {
+            self.inner.events_before(i, before, limit).await
+        }
+        async fn audit_before(
+            &self,
+            before: u64,
+            limit: usize,
+        ) -> crate::store::Result<Vec<crate::model::AuditEntry>> {
+            self.inner.audit_before(before, limit).await
         }
         async fn get_meta(&self, key: &str) -> crate::store::Result<Option<String>> {
             self.inner.get_meta(key).await

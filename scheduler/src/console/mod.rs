@@ -86,6 +86,11 @@ const EVENTS_KEPT: usize = 5_000;
 const BACKUP_HEALTH_TTL_MS: i64 = 5_000;
 /// Audit entries kept for the audit page (the newest).
 const AUDIT_KEPT: usize = 10_000;
+/// Entries a read of a log past the kept tail asks the API for at once ...
+const PAST_STEP: usize = 1_000;
+/// ... and at most this many reads for one page (a rare filter shows what it found and
+/// links on from where it stopped).
+const PAST_READS: usize = 10;
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
@@ -96,6 +101,13 @@ const JS: &str = include_str!("assets/console.js");
 struct Tail<T> {
     since: u64,
     items: VecDeque<T>,
+}
+
+impl<T> Tail<T> {
+    /// The oldest id kept (the next to come when nothing is): ids below it are not kept.
+    fn floor(&self, id: fn(&T) -> u64) -> u64 {
+        self.items.front().map_or(self.since.saturating_add(1), id)
+    }
 }
 
 impl<T> Default for Tail<T> {
@@ -262,6 +274,10 @@ impl Console {
                 t.since = t.since.max(id(&e));
                 if keep(&e) {
                     t.items.push_back(e);
+                } else {
+                    // What is kept stays one stretch of the log's newest entries, so the
+                    // oldest kept is where reading the API past the tail starts (`floor`).
+                    t.items.clear();
                 }
             }
             if !full {
@@ -272,6 +288,109 @@ impl Console {
             t.items.pop_front();
         }
         Ok(t.items.iter().rev().cloned().collect())
+    }
+
+    /// The oldest event id the console keeps.
+    async fn events_floor(&self) -> u64 {
+        self.inner.recent.lock().await.floor(|e| e.id)
+    }
+
+    /// The oldest audit id the console keeps.
+    async fn audit_floor(&self) -> u64 {
+        self.inner.audit.lock().await.floor(|e| e.id)
+    }
+
+    /// A page of a log past the kept tail, read from the API at `query` (`/v1/events?...&`):
+    /// backward from `Older(b)` (the newest `want` that `keep` accepts below b), or forward
+    /// from `Newer` (the oldest `want` between its ids); newest first, with its links.
+    async fn read_past<T: DeserializeOwned>(
+        &self,
+        v: &Visit,
+        query: &str,
+        id: fn(&T) -> u64,
+        source: views::LogSource,
+        keep: impl Fn(&T) -> bool,
+        want: usize,
+    ) -> Result<views::ReadPage<T>> {
+        let mut items = Vec::new();
+        match source {
+            views::LogSource::Kept => {}
+            views::LogSource::Older(before) => {
+                let mut b = before;
+                let mut more = b > 1;
+                'reads: for _ in 0..PAST_READS {
+                    if !more {
+                        break;
+                    }
+                    let chunk: Vec<T> = self
+                        .get(v, &format!("{query}before={b}&limit={PAST_STEP}"))
+                        .await?;
+                    let n = chunk.len();
+                    more = n == PAST_STEP;
+                    // Oldest first: walked newest first.
+                    for (i, e) in chunk.into_iter().rev().enumerate() {
+                        b = id(&e);
+                        if keep(&e) {
+                            items.push(e);
+                            if items.len() == want {
+                                more = (more || i + 1 < n) && b > 1;
+                                break 'reads;
+                            }
+                        }
+                    }
+                    more = more && b > 1;
+                }
+                return Ok(views::ReadPage {
+                    newer: Some(items.first().map_or(before.saturating_sub(1), id)),
+                    older: more.then_some(b),
+                    items,
+                });
+            }
+            views::LogSource::Newer { after, floor } => {
+                let mut a = after;
+                let mut reached_floor = false;
+                'reads: for _ in 0..PAST_READS {
+                    let chunk: Vec<T> = self
+                        .get(v, &format!("{query}since={a}&limit={PAST_STEP}"))
+                        .await?;
+                    let short = chunk.len() < PAST_STEP;
+                    for e in chunk {
+                        if id(&e) >= floor {
+                            reached_floor = true;
+                            break 'reads;
+                        }
+                        a = id(&e);
+                        if keep(&e) {
+                            items.push(e);
+                            if items.len() == want {
+                                break 'reads;
+                            }
+                        }
+                    }
+                    if short {
+                        reached_floor = true;
+                        break;
+                    }
+                }
+                let newest = items.last().map_or(a, id);
+                items.reverse();
+                return Ok(views::ReadPage {
+                    // Reaching the tail: its oldest page comes next.
+                    newer: Some(if reached_floor {
+                        floor.saturating_sub(1)
+                    } else {
+                        newest
+                    }),
+                    older: Some(items.last().map_or(after.saturating_add(1), id)),
+                    items,
+                });
+            }
+        }
+        Ok(views::ReadPage {
+            items,
+            newer: None,
+            older: None,
+        })
     }
 
     /// The API's backup health (`GET /v1/backup-health`), read again when older than
@@ -480,6 +599,10 @@ fn flash(done: Option<&str>) -> Option<&'static str> {
         "operation" => Some("Operation started: its steps are below."),
         "backup" => Some("Backup asked: it shows below as it runs."),
         "cancel" => Some("Cancel asked: the operation stops at its next safe point."),
+        "batch" => Some("Batch started: its progress is below."),
+        "batch-cancel" => {
+            Some("Cancel asked: the batch's running operations stop, no new one starts.")
+        }
         _ => None,
     }
 }
@@ -1070,16 +1193,46 @@ async fn events_page(
         instance: q.instance.trim().to_owned(),
         kind: q.kind.trim().to_owned(),
     };
+    let cursor = views::Cursor::parse(&q.before, &q.after);
+    let floor = c.events_floor().await;
+    let source = views::log_source(cursor, floor);
+    if source != views::LogSource::Kept {
+        // Older than the last 24 hours: from the API (the instance filtered by it).
+        let query = if filter.instance.is_empty() {
+            "/v1/events?".to_owned()
+        } else {
+            format!(
+                "/v1/events?instance={}&",
+                session::encode_query(&filter.instance)
+            )
+        };
+        let past = match c
+            .read_past(
+                &v,
+                &query,
+                |e: &Event| e.id,
+                source,
+                |e| filter.keeps(e),
+                pages::LOG_ROWS,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return failed(&c, &v, &e),
+        };
+        return html(
+            StatusCode::OK,
+            pages::events(&v.frame(problems), &past.page(), None, &filter),
+        );
+    }
     let matching: Vec<Event> = all.into_iter().filter(|e| filter.keeps(e)).collect();
-    let page = views::log_page(
-        &matching,
-        |e| e.id,
-        views::Cursor::parse(&q.before, &q.after),
-        pages::LOG_ROWS,
+    let page = views::past_the_tail(
+        views::log_page(&matching, |e| e.id, cursor, pages::LOG_ROWS),
+        floor,
     );
     html(
         StatusCode::OK,
-        pages::events(&v.frame(problems), &page, matching.len(), &filter),
+        pages::events(&v.frame(problems), &page, Some(matching.len()), &filter),
     )
 }
 
@@ -1110,24 +1263,44 @@ async fn audit_page(
         Err(e) => return failed(&c, &v, &e),
     };
     let needle = q.q.trim().to_lowercase();
-    let matching: Vec<views::AuditEntry> = entries
-        .into_iter()
-        .filter(|e| {
-            needle.is_empty()
-                || format!("{} {} {}", e.who, e.action, e.target)
-                    .to_lowercase()
-                    .contains(&needle)
-        })
-        .collect();
-    let page = views::log_page(
-        &matching,
-        |e| e.id,
-        views::Cursor::parse(&q.before, &q.after),
-        pages::LOG_ROWS,
+    let keeps = |e: &views::AuditEntry| {
+        needle.is_empty()
+            || format!("{} {} {}", e.who, e.action, e.target)
+                .to_lowercase()
+                .contains(&needle)
+    };
+    let cursor = views::Cursor::parse(&q.before, &q.after);
+    let floor = c.audit_floor().await;
+    let source = views::log_source(cursor, floor);
+    if source != views::LogSource::Kept {
+        // Older than the newest 10,000: from the API.
+        let past = match c
+            .read_past(
+                &v,
+                "/v1/audit?",
+                |e: &views::AuditEntry| e.id,
+                source,
+                keeps,
+                pages::LOG_ROWS,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return failed(&c, &v, &e),
+        };
+        return html(
+            StatusCode::OK,
+            pages::audit(&v.frame(problems), &past.page(), None, q.q.trim()),
+        );
+    }
+    let matching: Vec<views::AuditEntry> = entries.into_iter().filter(|e| keeps(e)).collect();
+    let page = views::past_the_tail(
+        views::log_page(&matching, |e| e.id, cursor, pages::LOG_ROWS),
+        floor,
     );
     html(
         StatusCode::OK,
-        pages::audit(&v.frame(problems), &page, matching.len(), q.q.trim()),
+        pages::audit(&v.frame(problems), &page, Some(matching.len()), q.q.trim()),
     )
 }
 
@@ -1137,13 +1310,31 @@ async fn operations_page(
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
     let done = q.ok().and_then(|Query(q)| q.done);
-    let problems = match c.fleet(&v).await {
+    render_operations(
+        &c,
+        &v,
+        StatusCode::OK,
+        flash(done.as_deref()),
+        &views::FormState::default(),
+    )
+    .await
+}
+
+/// The operations page: recent operations, the newest batches, the batch form as `form` has it.
+async fn render_operations(
+    c: &Console,
+    v: &Visit,
+    status: StatusCode,
+    flash: Option<&str>,
+    form: &views::FormState,
+) -> Response {
+    let problems = match c.fleet(v).await {
         Ok((_, _, p)) => p.len(),
-        Err(e) => return failed(&c, &v, &e),
+        Err(e) => return failed(c, v, &e),
     };
-    let events = match c.recent_events(&v, now_ms()).await {
+    let events = match c.recent_events(v, now_ms()).await {
         Ok(e) => e,
-        Err(e) => return failed(&c, &v, &e),
+        Err(e) => return failed(c, v, &e),
     };
     let mut ops = Vec::new();
     for id in views::operation_ids(&events).into_iter().take(50) {
@@ -1151,19 +1342,83 @@ async fn operations_page(
             continue;
         }
         match c
-            .get::<views::Operation>(&v, &format!("/v1/operations/{id}"))
+            .get::<views::Operation>(v, &format!("/v1/operations/{id}"))
             .await
         {
             Ok(op) => ops.push(op),
             // Deleted with its instance since.
             Err(Error::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
-            Err(e) => return failed(&c, &v, &e),
+            Err(e) => return failed(c, v, &e),
         }
     }
+    let batches = match c
+        .get::<Vec<views::Batch>>(v, &format!("/v1/batches?limit={}", pages::BATCHES_SHOWN))
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return failed(c, v, &e),
+    };
     html(
-        StatusCode::OK,
-        pages::operations(&v.frame(problems), &ops, flash(done.as_deref())),
+        status,
+        pages::operations(&v.frame(problems), &ops, &batches, form, flash),
     )
+}
+
+/// Starts a batch from the operations page; a refusal is shown next to its field, the values
+/// typed kept.
+async fn start_batch(
+    State(c): State<Console>,
+    v: Visit,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    let mut shown = views::FormState {
+        values: form.clone(),
+        errors: BTreeMap::new(),
+    };
+    shown.values.remove("csrf");
+    let body = match views::batch_body(&form) {
+        Ok(b) => b,
+        Err((field, why)) => {
+            shown.errors.insert(field.to_owned(), why);
+            return render_operations(&c, &v, StatusCode::UNPROCESSABLE_ENTITY, None, &shown).await;
+        }
+    };
+    match c.call(&v, Method::POST, "/v1/batches", Some(body)).await {
+        Ok(_) => Redirect::to("/ui/operations?done=batch").into_response(),
+        Err(Error::Api {
+            status,
+            code: _,
+            message,
+        }) if status != StatusCode::UNAUTHORIZED => {
+            shown
+                .errors
+                .insert(views::batch_field_of_error(&message).to_owned(), message);
+            render_operations(&c, &v, status, None, &shown).await
+        }
+        Err(e) => failed(&c, &v, &e),
+    }
+}
+
+async fn cancel_batch(
+    State(c): State<Console>,
+    v: Visit,
+    Path(id): Path<String>,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(r) = csrf_refusal(&v, &form) {
+        return r;
+    }
+    if !plain_name(&id) {
+        return not_found(&v);
+    }
+    let path = format!("/v1/batches/{id}/cancel");
+    match c.call(&v, Method::POST, &path, None).await {
+        Ok(_) => Redirect::to("/ui/operations?done=batch-cancel").into_response(),
+        Err(e) => failed(&c, &v, &e),
+    }
 }
 
 async fn start_operation(
@@ -1340,6 +1595,8 @@ pub fn router(console: Console) -> Router {
         .route("/ui/audit", get(audit_page))
         .route("/ui/operations", get(operations_page))
         .route("/ui/operations/{id}/cancel", post(cancel_operation))
+        .route("/ui/batches", post(start_batch))
+        .route("/ui/batches/{id}/cancel", post(cancel_batch))
         .route("/ui/instances/{name}/operations", post(start_operation))
         .route("/ui/instances/{name}/backups", post(create_backup))
         .route("/ui/instances/{name}/credentials", post(reveal_credentials))
@@ -1499,6 +1756,138 @@ mod tests {
         ] {
             assert!(html.contains(want), "{want} in {html}");
         }
+    }
+
+    /// Batches from the operations page: a selector matching nothing is refused next to the
+    /// selector with the values kept and nothing started; one matching starts a batch listed
+    /// with its instances; cancel asks it to stop; a viewer sees neither form nor button and
+    /// its post is refused.
+    #[tokio::test]
+    async fn batches_start_show_and_cancel_from_the_operations_page() {
+        let cluster = cluster_with_shop().await;
+        let app = app_of(cluster.clone());
+        let (cookie, csrf) = sign_in(&app, ADMIN).await;
+        // The instances a selector chooses, previewed in the list with the same syntax.
+        for (selector, shown) in [("team%3Dpay", true), ("team%3Dops", false), ("team", true)] {
+            let (status, r) = send(
+                &app,
+                get(&format!("/ui/instances?labels={selector}"), &cookie),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            let html = text(r).await;
+            assert_eq!(
+                html.contains("href=\"/ui/instances/shop\""),
+                shown,
+                "{selector}: {html}"
+            );
+        }
+        let (_, r) = send(&app, get("/ui/instances?labels=team~pay", &cookie)).await;
+        let html = text(r).await;
+        assert!(html.contains("id=\"labels-error\""), "{html}");
+        assert!(!html.contains("href=\"/ui/instances/shop\""), "{html}");
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/batches",
+                &cookie,
+                &format!(
+                    "csrf={csrf}&selector=team%3Dnobody&type=restart&max_parallel=3&max_failures=1"
+                ),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let html = text(r).await;
+        assert!(html.contains("id=\"batch-selector-error\""), "{html}");
+        assert!(html.contains("matches no instance"), "{html}");
+        assert!(html.contains("value=\"team=nobody\""), "{html}");
+        assert!(html.contains("value=\"3\""), "{html}");
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/batches",
+                &cookie,
+                &format!("csrf={csrf}&selector=team%3Dpay&type=restart&max_parallel=many"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(text(r).await.contains("id=\"batch-max_parallel-error\""));
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/batches",
+                &cookie,
+                &format!("csrf={csrf}&selector=team%3Dpay&type=scale"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(text(r).await.contains("id=\"batch-type-error\""));
+        assert!(cluster.batches(10).await.expect("batches").is_empty());
+
+        let (status, r) = send(
+            &app,
+            post(
+                "/ui/batches",
+                &cookie,
+                &format!(
+                    "csrf={csrf}&selector=team%3Dpay&type=restart&max_parallel=1&max_failures=1"
+                ),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            r.headers().get(header::LOCATION).expect("location"),
+            "/ui/operations?done=batch"
+        );
+        let batches = cluster.batches(10).await.expect("batches");
+        assert_eq!(batches.len(), 1);
+        let id = batches[0].id.clone();
+        assert_eq!(batches[0].items[0].instance, "shop");
+        let (status, r) = send(&app, get("/ui/operations?done=batch", &cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        let html = text(r).await;
+        assert!(html.contains(&format!("data-batch=\"{id}\"")), "{html}");
+        assert!(html.contains("data-instance=\"shop\""), "{html}");
+        assert!(html.contains("Batch started"), "{html}");
+        assert!(html.contains(&format!("/ui/batches/{id}/cancel")), "{html}");
+
+        let (viewer, viewer_csrf) = sign_in(&app, VIEWER).await;
+        let (_, r) = send(&app, get("/ui/operations", &viewer)).await;
+        let html = text(r).await;
+        assert!(html.contains(&format!("data-batch=\"{id}\"")), "{html}");
+        assert!(!html.contains("id=\"batch\""), "no batch form for a viewer");
+        assert!(!html.contains("/cancel"), "no cancel button for a viewer");
+        let (status, _) = send(
+            &app,
+            post(
+                &format!("/ui/batches/{id}/cancel"),
+                &viewer,
+                &format!("csrf={viewer_csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(!cluster.batch(&id).await.expect("batch").cancel_requested);
+
+        let (status, r) = send(
+            &app,
+            post(
+                &format!("/ui/batches/{id}/cancel"),
+                &cookie,
+                &format!("csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(
+            r.headers().get(header::LOCATION).expect("location"),
+            "/ui/operations?done=batch-cancel"
+        );
+        assert!(cluster.batch(&id).await.expect("batch").cancel_requested);
     }
 
     /// The fleet backups page, the instance's time axis and the overview's figures are the
@@ -1665,6 +2054,88 @@ mod tests {
         let second = text(r).await;
         assert_eq!(second.matches(">pager<").count(), 20);
         assert!(second.contains(">thing-0<"));
+    }
+
+    /// Pages older than what the console keeps (events past 24 hours, audit entries past the
+    /// newest 10,000) are read from the store through the API: "Older" goes on below the
+    /// kept tail, "Newer" comes back up to it, the filters kept.
+    #[tokio::test]
+    async fn pages_older_than_the_kept_tail_come_from_the_store() {
+        let cluster = cluster_with_shop().await;
+        let now = now_ms();
+        let event = |k: usize, at_ms: i64, what: &str| crate::model::Event {
+            id: 0,
+            at_ms,
+            instance: Some("shop".into()),
+            node: None,
+            kind: "aged_test".into(),
+            message: format!("{what} {k}"),
+        };
+        let old: Vec<_> = (0..130)
+            .map(|k| event(k, now - 2 * 86_400_000, "old"))
+            .collect();
+        let new: Vec<_> = (0..30).map(|k| event(k, now, "new")).collect();
+        cluster.store().append_events(&old).await.expect("events");
+        cluster.store().append_events(&new).await.expect("events");
+        let app = app_of(cluster.clone());
+        let (cookie, _) = sign_in(&app, ADMIN).await;
+        let rows = |html: &str| html.matches("data-kind=\"aged_test\"").count();
+        let link = |html: &str, rel: &str| -> Option<String> {
+            let at = html.find(&format!("rel=\"{rel}\""))?;
+            let href = html[..at].rsplit("href=\"").next()?;
+            Some(href.split('"').next()?.replace("&amp;", "&"))
+        };
+        let page = |path: String| {
+            let app = app.clone();
+            let cookie = cookie.clone();
+            async move {
+                let (status, r) = send(&app, get(&path, &cookie)).await;
+                assert_eq!(status, StatusCode::OK, "{path}");
+                text(r).await
+            }
+        };
+        let first = page("/ui/events?kind=aged&instance=shop".into()).await;
+        assert_eq!(rows(&first), 30, "the last 24 hours");
+        assert!(first.contains(">new 29<") && first.contains(">new 0<"));
+        let second = page(link(&first, "next").expect("older past the tail")).await;
+        assert!(second.contains("Older events, from the store"), "{second}");
+        assert_eq!(rows(&second), 100);
+        assert!(second.contains(">old 129<") && second.contains(">old 30<"));
+        assert!(!second.contains(">new 0<"));
+        let third = page(link(&second, "next").expect("older")).await;
+        assert_eq!(rows(&third), 30);
+        assert!(third.contains(">old 29<") && third.contains(">old 0<"));
+        assert_eq!(link(&third, "next"), None, "the log's beginning");
+        let back = page(link(&third, "prev").expect("newer")).await;
+        assert_eq!(rows(&back), 100);
+        assert!(back.contains(">old 129<") && back.contains(">old 30<"));
+        let top = page(link(&back, "prev").expect("newer, into the tail")).await;
+        assert!(
+            top.contains(">new 0<") && !top.contains(">old 129<"),
+            "{top}"
+        );
+
+        // The audit log past its newest 10,000 entries.
+        for k in 0..(AUDIT_KEPT + 30) {
+            let entry = crate::model::AuditEntry {
+                id: 0,
+                at_ms: now,
+                who: "ager".into(),
+                source: String::new(),
+                action: "POST /v1/thing".into(),
+                target: format!("thing-{k}"),
+                status: 200,
+                result: "ok".into(),
+            };
+            cluster.store().append_audit(&entry).await.expect("audit");
+        }
+        let mut html = page("/ui/audit?q=ager".into()).await;
+        for _ in 0..AUDIT_KEPT / pages::LOG_ROWS {
+            html = page(link(&html, "next").expect("older")).await;
+        }
+        assert!(html.contains("Older entries, from the store"), "{html}");
+        assert_eq!(html.matches(">ager<").count(), 30);
+        assert!(html.contains(">thing-29<") && html.contains(">thing-0<"));
     }
 
     /// The reconfigure form is the engine's catalogue (`GET /v1/engines`): each parameter

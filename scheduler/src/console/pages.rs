@@ -326,11 +326,13 @@ pub fn instances(
         v
     };
     let matching: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
+    let selector_error = filter.selector_error();
     let (page_no, pages, shown) = views::page_of(&matching, page_no, PAGE_SIZE);
     let link = |n: usize| {
         format!(
-            "/ui/instances?q={}&engine={}&version={}&status={}&page={n}",
+            "/ui/instances?q={}&labels={}&engine={}&version={}&status={}&page={n}",
             encode_query(&filter.q),
+            encode_query(&filter.labels),
             encode_query(&filter.engine),
             encode_query(&filter.version),
             encode_query(&filter.status)
@@ -342,6 +344,13 @@ pub fn instances(
         @if f.can_act { p { a href="/ui/instances/new" { "Create an instance" } } }
         form.filters method="get" action="/ui/instances" role="search" {
             div.field { label for="q" { "Name or label" } input id="q" name="q" type="search" value=(filter.q); }
+            div.field {
+                label for="labels" { "Label selector" }
+                input id="labels" name="labels" type="search" value=(filter.labels) placeholder="team=pay,env!=dev"
+                    aria-invalid=[selector_error.as_ref().map(|_| "true")]
+                    aria-describedby=[selector_error.as_ref().map(|_| "labels-error")];
+                @if let Some(e) = &selector_error { p.field-error id="labels-error" role="alert" { (e) } }
+            }
             (select("engine", "Engine", &filter.engine, &distinct(|i| &i.engine)))
             (select("version", "Version", &filter.version, &distinct(|i| &i.version)))
             (select("status", "Status", &filter.status, &distinct(|i| &i.status)))
@@ -953,16 +962,138 @@ pub fn operations_table(f: &Frame, ops: &[views::Operation], with_instance: bool
     }
 }
 
-/// Running and recent (24 h) operations across instances.
-pub fn operations(f: &Frame, ops: &[views::Operation], flash: Option<&str>) -> Markup {
+/// Batches as a table, newest first: progress, each instance's operation, cancel.
+pub fn batches_table(f: &Frame, batches: &[views::Batch]) -> Markup {
+    html! {
+        @if batches.is_empty() {
+            p.muted { "No batches." }
+        } @else {
+            div.scroll {
+                table {
+                    thead { tr {
+                        th { "Batch" } th { "Selector" } th { "State" } th { "Progress" }
+                        th { "Started" } th { "By" } th { "Instances" } @if f.can_act { th { "" } }
+                    } }
+                    tbody {
+                        @for b in batches {
+                            tr data-batch=(b.id) data-state=(b.state) {
+                                td { strong { (b.kind) } br; code.muted { (b.id) } }
+                                td { code { (b.selector) } br; span.muted { (b.max_parallel) " at once, stop after " (b.max_failures) " failed" } }
+                                td { (badge(&b.state)) @if b.cancel_requested && b.is_live() { " cancelling" } }
+                                td {
+                                    meter min="0" max=(b.items.len()) value=(b.ended()) aria-label="instances done" {}
+                                    " " (b.ended()) "/" (b.items.len()) br;
+                                    span.muted {
+                                        (b.count("succeeded")) " succeeded, " (b.count("running")) " running"
+                                        @if b.count("failed") + b.count("cancelled") > 0 { ", " (b.count("failed") + b.count("cancelled")) " failed" }
+                                        @if b.count("not_started") > 0 { ", " (b.count("not_started")) " not started" }
+                                    }
+                                }
+                                td { (ago(b.created_ms, f.now_ms)) }
+                                td { (b.requested_by) }
+                                td {
+                                    details {
+                                        summary { (b.items.len()) " instances" }
+                                        ol {
+                                            @for i in &b.items {
+                                                li data-instance=(i.instance) data-state=(i.state) {
+                                                    a href=(format!("/ui/instances/{}", i.instance)) { (i.instance) }
+                                                    " — " (i.state)
+                                                    @if let Some(op) = &i.operation { " " code.muted { (op) } }
+                                                    @if !i.reason.is_empty() { ": " (i.reason) }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                                @if f.can_act {
+                                    td {
+                                        @if b.is_live() && !b.cancel_requested {
+                                            form.inline.act method="post" action=(format!("/ui/batches/{}/cancel", b.id)) {
+                                                (csrf_field(f))
+                                                button.small.danger.act type="submit" { "Cancel" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The form that starts a batch; `form` holds the values sent and the API's refusal.
+fn batch_form(f: &Frame, form: &views::FormState) -> Markup {
+    let val = |k: &str, default: &str| {
+        form.values
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let field = |name: &str, label: &str, default: &str, kind: &str, hint: &str| {
+        let id = format!("batch-{name}");
+        let err = form.errors.get(name);
+        let described = match err {
+            Some(_) => format!("{id}-hint {id}-error"),
+            None => format!("{id}-hint"),
+        };
+        html! {
+            div.field {
+                label for=(id) { (label) }
+                input id=(id) name=(name) type=(kind) value=(val(name, default))
+                    min=[(kind == "number").then_some("1")]
+                    aria-invalid=[err.map(|_| "true")] aria-describedby=(described);
+                p.hint id=(format!("{id}-hint")) { (hint) }
+                @if let Some(e) = err { p.field-error id=(format!("{id}-error")) role="alert" { (e) } }
+            }
+        }
+    };
+    let kind = val("type", "restart");
+    let type_err = form.errors.get("type");
+    html! {
+        form.stack.card method="post" action="/ui/batches" id="batch" novalidate {
+            (csrf_field(f))
+            (field("selector", "Instances with labels", "", "text", "A label selector: k=v,k2=v2, k, or k!=v; resolved when the batch starts. The instances list's label selector shows which instances it chooses."))
+            div.field {
+                label for="batch-type" { "Operation" }
+                select id="batch-type" name="type" aria-invalid=[type_err.map(|_| "true")] {
+                    @for t in views::BATCH_TYPES { option value=(t) selected[t == kind] { (t) } }
+                }
+                @if let Some(e) = type_err { p.field-error id="batch-type-error" role="alert" { (e) } }
+            }
+            (field("max_parallel", "At most at once", "1", "number", "1 to 100 operations running at the same time."))
+            (field("max_failures", "Stop after failures", "1", "number", "No new operation starts once this many failed."))
+            button.act type="submit" { "Start the batch" }
+        }
+    }
+}
+
+/// Running and recent (24 h) operations across instances, and the newest batches.
+pub fn operations(
+    f: &Frame,
+    ops: &[views::Operation],
+    batches: &[views::Batch],
+    form: &views::FormState,
+    flash: Option<&str>,
+) -> Markup {
     let main = html! {
         h1 { "Operations" }
         @if let Some(m) = flash { p.flash role="status" { (m) } }
-        p.hint { "Operations started in the last 24 hours (as the events name them), newest first, at most 50. Start one from its instance's page. Batches: " code { "mofang batch" } " (not in the console yet)." }
+        p.hint { "Operations started in the last 24 hours (as the events name them), newest first, at most 50. Start one from its instance's page." }
         div id="operations" data-live { (operations_table(f, ops, true)) }
+        h2 id="batches-heading" { "Batches" }
+        p.hint { "One operation on every instance a label selector chooses, a few at a time; none started after too many failed. The newest " (BATCHES_SHOWN) "." }
+        @if f.can_act { (batch_form(f, form)) }
+        div id="batches" data-live { (batches_table(f, batches)) }
     };
     page(f, "Operations", Nav::Operations, true, main)
 }
+
+/// Batches the operations page lists.
+pub const BATCHES_SHOWN: usize = 20;
 
 /// The nodes page: capacity and reservations, and cordon/drain/uncordon for operators.
 pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
@@ -1026,7 +1157,7 @@ fn log_pager<T>(page: &views::LogPage<'_, T>, link: impl Fn(&str) -> String) -> 
 pub fn events(
     f: &Frame,
     log: &views::LogPage<'_, Event>,
-    matching: usize,
+    matching: Option<usize>,
     filter: &views::EventFilter,
 ) -> Markup {
     let link = |cursor: &str| {
@@ -1044,9 +1175,12 @@ pub fn events(
             div.field { label for="kind" { "Kind" } input id="kind" name="kind" type="search" value=(filter.kind); }
             button type="submit" { "Filter" }
         }
-        p.hint { "The last 24 hours, newest first, " (LOG_ROWS) " a page. Older events: " code { "mofang events" } "." }
+        p.hint { "Newest first, " (LOG_ROWS) " a page: the last 24 hours live, then older ones from the store (" code { "mofang events --before ID" } ")." }
         div id="events" data-live {
-            p.muted { (matching) " events" @if let (Some(a), Some(b)) = (log.items.first(), log.items.last()) { " · this page: " (utc(b.at_ms)) " to " (utc(a.at_ms)) } }
+            p.muted {
+                @match matching { Some(n) => { (n) " events in the last 24 hours" }, None => { "Older events, from the store" } }
+                @if let (Some(a), Some(b)) = (log.items.first(), log.items.last()) { " · this page: " (utc(b.at_ms)) " to " (utc(a.at_ms)) }
+            }
             (event_rows(&evs, f.now_ms, true))
             (log_pager(log, link))
         }
@@ -1055,7 +1189,12 @@ pub fn events(
 }
 
 /// The audit log (admins), newest first, a page.
-pub fn audit(f: &Frame, log: &views::LogPage<'_, AuditEntry>, matching: usize, q: &str) -> Markup {
+pub fn audit(
+    f: &Frame,
+    log: &views::LogPage<'_, AuditEntry>,
+    matching: Option<usize>,
+    q: &str,
+) -> Markup {
     let link = |cursor: &str| format!("/ui/audit?q={}&{cursor}", encode_query(q));
     let main = html! {
         h1 { "Audit log" }
@@ -1063,8 +1202,8 @@ pub fn audit(f: &Frame, log: &views::LogPage<'_, AuditEntry>, matching: usize, q
             div.field { label for="q" { "Who, action or target" } input id="q" name="q" type="search" value=(q); }
             button type="submit" { "Filter" }
         }
-        p.hint { "Newest first, " (LOG_ROWS) " a page, of the last 10,000 entries. Older: " code { "mofang audit" } "." }
-        p.muted { (matching) " entries" }
+        p.hint { "Newest first, " (LOG_ROWS) " a page: the newest 10,000 entries, then older ones from the store (" code { "mofang audit --before ID" } ")." }
+        p.muted { @match matching { Some(n) => { (n) " of the newest entries" }, None => { "Older entries, from the store" } } }
         div.scroll id="audit" {
             table {
                 thead { tr { th { "Time" } th { "Who" } th { "Source" } th { "Action" } th { "Target" } th.num { "Status" } th { "Result" } } }

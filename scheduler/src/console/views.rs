@@ -708,6 +708,106 @@ impl Operation {
     }
 }
 
+/// A batch as `GET /v1/batches` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Batch {
+    /// Id.
+    pub id: String,
+    /// The label selector that chose the instances.
+    pub selector: String,
+    /// `restart`, `stop`, `start`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// At most this many at once.
+    pub max_parallel: usize,
+    /// No new one after this many failed.
+    pub max_failures: usize,
+    /// Created, unix ms.
+    pub created_ms: i64,
+    /// Cancel asked.
+    pub cancel_requested: bool,
+    /// Who asked.
+    pub requested_by: String,
+    /// Its instances in the order they are taken.
+    pub items: Vec<BatchItem>,
+}
+
+/// One instance of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BatchItem {
+    /// The instance.
+    pub instance: String,
+    /// Its operation, once started.
+    pub operation: Option<String>,
+    /// `pending`, the operation's state, or `not_started`.
+    pub state: String,
+    /// Why it failed or was not started.
+    pub reason: String,
+}
+
+impl Batch {
+    /// Still running: it may be cancelled.
+    pub fn is_live(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// Items in `state`.
+    pub fn count(&self, state: &str) -> usize {
+        self.items.iter().filter(|i| i.state == state).count()
+    }
+
+    /// Items whose operation has ended (or that will never start).
+    pub fn ended(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| !matches!(i.state.as_str(), "pending" | "running"))
+            .count()
+    }
+}
+
+/// The operations a batch may run (`POST /v1/batches`).
+pub const BATCH_TYPES: [&str; 3] = ["restart", "stop", "start"];
+
+/// The body of `POST /v1/batches` from the console's form, or the field that is not a whole
+/// number and why (ranges are the API's to check).
+pub fn batch_body(
+    form: &BTreeMap<String, String>,
+) -> Result<serde_json::Value, (&'static str, String)> {
+    let get = |k: &str| form.get(k).map_or("", |v| v.trim());
+    let mut body = serde_json::Map::new();
+    body.insert("selector".into(), serde_json::json!(get("selector")));
+    body.insert("type".into(), serde_json::json!(get("type")));
+    for k in ["max_parallel", "max_failures"] {
+        let v = get(k);
+        if v.is_empty() {
+            continue;
+        }
+        let n: u64 = v
+            .parse()
+            .map_err(|_| (k, format!("{k} must be a whole number, not {v:?}")))?;
+        body.insert(k.into(), serde_json::json!(n));
+    }
+    Ok(serde_json::Value::Object(body))
+}
+
+/// The batch form's field a refusal of `POST /v1/batches` is about (the selector when the
+/// message names no other).
+pub fn batch_field_of_error(message: &str) -> &'static str {
+    if message.contains("max_parallel") {
+        "max_parallel"
+    } else if message.contains("max_failures") {
+        "max_failures"
+    } else if message.contains("a batch runs") || message.contains("unknown variant") {
+        "type"
+    } else {
+        "selector"
+    }
+}
+
 /// Ids of the operations the events name (`operation_started`: "operation op-... (kind)
 /// started by ..."), newest first, each once.
 pub fn operation_ids(events: &[Event]) -> Vec<String> {
@@ -1152,12 +1252,15 @@ pub fn problems(instances: &[Instance], nodes: &[Node], mass_hold: bool) -> Vec<
 
 // ---- instances list -------------------------------------------------------------------------
 
-/// Filters of the instances list (`GET /ui/instances?q=&engine=&version=&status=`).
+/// Filters of the instances list
+/// (`GET /ui/instances?q=&labels=&engine=&version=&status=`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct InstanceFilter {
     /// Text in the name or a label (`key=value` or part of either).
     pub q: String,
+    /// A label selector as the API and batches take it (`k=v,k2=v2`, `k`, `k!=v`).
+    pub labels: String,
     /// Engine, exact.
     pub engine: String,
     /// Version, exact.
@@ -1167,7 +1270,7 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
-    /// Whether an instance passes every filter given.
+    /// Whether an instance passes every filter given (none when the selector is malformed).
     pub fn matches(&self, i: &Instance) -> bool {
         let q = self.q.trim().to_lowercase();
         let text = q.is_empty()
@@ -1176,9 +1279,19 @@ impl InstanceFilter {
                 .labels
                 .iter()
                 .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&q));
-        text && (self.engine.is_empty() || i.engine == self.engine)
+        let labels =
+            crate::cluster::matches_selector(&i.spec.labels, &self.labels).unwrap_or(false);
+        text && labels
+            && (self.engine.is_empty() || i.engine == self.engine)
             && (self.version.is_empty() || i.version == self.version)
             && (self.status.is_empty() || i.status == self.status)
+    }
+
+    /// Why the label selector is malformed (the API's words), if it is.
+    pub fn selector_error(&self) -> Option<String> {
+        crate::cluster::matches_selector(&BTreeMap::new(), &self.labels)
+            .err()
+            .map(|e| e.to_string())
     }
 }
 
@@ -1421,6 +1534,60 @@ pub fn log_page<T>(
     }
 }
 
+/// Where a page of a log comes from. The console keeps the log's tail (events of the last
+/// 24 hours, the newest 10,000 audit entries); ids below `floor` (the oldest kept) are read
+/// from the API when a page reaches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSource {
+    /// The tail the console keeps.
+    Kept,
+    /// The API, backward: entries with an id below this.
+    Older(u64),
+    /// The API, forward: entries with an id above `after` and below `floor`.
+    Newer { after: u64, floor: u64 },
+}
+
+/// Where the page at `cursor` comes from, `floor` the oldest id kept (everything below it is
+/// the API's only).
+pub fn log_source(cursor: Cursor, floor: u64) -> LogSource {
+    match (cursor.before, cursor.after) {
+        (Some(b), _) if b <= floor => LogSource::Older(b),
+        (None, Some(a)) if a.saturating_add(1) < floor => LogSource::Newer { after: a, floor },
+        _ => LogSource::Kept,
+    }
+}
+
+/// A page of the kept tail, its "Older" link continuing below the tail when the log goes
+/// further back than what is kept (`floor` > 1).
+pub fn past_the_tail<T>(mut page: LogPage<'_, T>, floor: u64) -> LogPage<'_, T> {
+    if page.older.is_none() && floor > 1 {
+        page.older = Some(floor);
+    }
+    page
+}
+
+/// A page read from the API past the kept tail, newest first: the entries and its links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPage<T> {
+    /// Newest first.
+    pub items: Vec<T>,
+    /// `after=` of the newer page.
+    pub newer: Option<u64>,
+    /// `before=` of the older page.
+    pub older: Option<u64>,
+}
+
+impl<T> ReadPage<T> {
+    /// As a page the templates show.
+    pub fn page(&self) -> LogPage<'_, T> {
+        LogPage {
+            items: self.items.iter().collect(),
+            newer: self.newer,
+            older: self.older,
+        }
+    }
+}
+
 // ---- formatting -----------------------------------------------------------------------------
 
 /// A unix-ms time as `2026-12-02 07:30:39Z` (empty for 0).
@@ -1507,6 +1674,113 @@ mod tests {
             members: 1,
             ..Node::default()
         }
+    }
+
+    #[test]
+    fn the_batch_form_sends_numbers_and_names_the_field_a_refusal_is_about() {
+        let form = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let body = batch_body(&form(&[
+            ("selector", " team=pay "),
+            ("type", "restart"),
+            ("max_parallel", "4"),
+            ("max_failures", ""),
+            ("csrf", "x"),
+        ]))
+        .expect("a body");
+        assert_eq!(
+            body,
+            serde_json::json!({"selector": "team=pay", "type": "restart", "max_parallel": 4})
+        );
+        let (field, why) = batch_body(&form(&[("max_failures", "two")])).expect_err("refused");
+        assert_eq!(field, "max_failures");
+        assert!(why.contains("whole number"), "{why}");
+        // The API's own messages (cluster::start_batch, serde on `type`).
+        assert_eq!(
+            batch_field_of_error("max_parallel must be 1 ..= 100"),
+            "max_parallel"
+        );
+        assert_eq!(
+            batch_field_of_error("max_failures must be at least 1"),
+            "max_failures"
+        );
+        assert_eq!(
+            batch_field_of_error("a batch runs restart, stop or start, not scale"),
+            "type"
+        );
+        assert_eq!(
+            batch_field_of_error("unknown variant `bogus`, expected one of `scale`, `resize`"),
+            "type"
+        );
+        assert_eq!(
+            batch_field_of_error("selector \"team=nobody\" matches no instance"),
+            "selector"
+        );
+    }
+
+    #[test]
+    fn pages_past_the_kept_tail_come_from_the_api() {
+        let c = |before: Option<u64>, after: Option<u64>| Cursor { before, after };
+        // The tail holds ids 1000 and up.
+        assert_eq!(log_source(c(None, None), 1000), LogSource::Kept);
+        assert_eq!(log_source(c(Some(1500), None), 1000), LogSource::Kept);
+        assert_eq!(
+            log_source(c(Some(1000), None), 1000),
+            LogSource::Older(1000)
+        );
+        assert_eq!(log_source(c(Some(12), None), 1000), LogSource::Older(12));
+        assert_eq!(log_source(c(None, Some(999)), 1000), LogSource::Kept);
+        assert_eq!(
+            log_source(c(None, Some(500)), 1000),
+            LogSource::Newer {
+                after: 500,
+                floor: 1000
+            }
+        );
+        // Everything kept (the log starts at 1): nothing past the tail.
+        assert_eq!(log_source(c(Some(1), None), 1), LogSource::Older(1));
+        let items: Vec<u64> = (1000..1010).rev().collect();
+        let last = log_page(&items, |e| *e, c(None, None), 100);
+        assert_eq!(last.older, None);
+        assert_eq!(past_the_tail(last.clone(), 1000).older, Some(1000));
+        assert_eq!(
+            past_the_tail(last, 1).older,
+            None,
+            "the log's first entry is kept"
+        );
+        let first = log_page(&items, |e| *e, c(None, None), 4);
+        assert_eq!(
+            past_the_tail(first, 1000).older,
+            Some(1006),
+            "a page inside the tail"
+        );
+    }
+
+    #[test]
+    fn a_batch_counts_what_has_ended() {
+        let item = |state: &str| BatchItem {
+            instance: state.to_owned(),
+            state: state.to_owned(),
+            ..BatchItem::default()
+        };
+        let b = Batch {
+            state: "running".into(),
+            items: vec![
+                item("succeeded"),
+                item("running"),
+                item("pending"),
+                item("failed"),
+                item("not_started"),
+            ],
+            ..Batch::default()
+        };
+        assert!(b.is_live());
+        assert_eq!(b.ended(), 3);
+        assert_eq!(b.count("succeeded"), 1);
     }
 
     #[test]
@@ -1700,6 +1974,7 @@ mod tests {
             engine: engine.into(),
             version: version.into(),
             status: status.into(),
+            ..InstanceFilter::default()
         };
         assert!(f("", "", "", "").matches(&i));
         assert!(f("SHOP", "", "", "").matches(&i));
@@ -1708,6 +1983,28 @@ mod tests {
         assert!(!f("", "redis", "", "").matches(&i));
         assert!(!f("", "", "11.8", "").matches(&i));
         assert!(!f("", "", "", "degraded").matches(&i));
+        // The label selector, as batches resolve it: every term holds.
+        let sel = |labels: &str| InstanceFilter {
+            labels: labels.into(),
+            ..InstanceFilter::default()
+        };
+        assert!(sel("team=pay").matches(&i));
+        assert!(sel("team").matches(&i));
+        assert!(sel("team=pay, env!=prod").matches(&i));
+        assert!(!sel("team!=pay").matches(&i));
+        assert!(!sel("team=pay,env").matches(&i));
+        assert!(
+            !sel("team=p").matches(&i),
+            "a selector is exact, not a search"
+        );
+        assert_eq!(sel("team=pay").selector_error(), None);
+        let bad = sel("team~pay");
+        assert!(!bad.matches(&i));
+        assert!(
+            bad.selector_error().is_some_and(|e| e.contains("team~pay")),
+            "{:?}",
+            bad.selector_error()
+        );
     }
 
     #[test]

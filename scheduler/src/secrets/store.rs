@@ -290,6 +290,19 @@ impl Store for SealedStore {
         self.inner.audit(since, limit).await
     }
 
+    async fn events_before(
+        &self,
+        instance: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.inner.events_before(instance, before, limit).await
+    }
+
+    async fn audit_before(&self, before: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.inner.audit_before(before, limit).await
+    }
+
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         match self.inner.get_meta(key).await? {
             Some(v) => Ok(Some(self.open_meta(key, v).await?)),

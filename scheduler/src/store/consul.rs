@@ -192,6 +192,16 @@ impl Kv for ConsulKv {
             .collect())
     }
 
+    async fn scan_back(&self, prefix: &str, before: &str, limit: usize) -> Result<Vec<Entry>> {
+        let all = self.read("list", || self.client.kv_list(prefix)).await?;
+        let below: Vec<_> = all
+            .into_iter()
+            .filter(|e| e.key.as_str() < before)
+            .collect();
+        let skip = below.len().saturating_sub(limit);
+        Ok(below.into_iter().skip(skip).map(entry).collect())
+    }
+
     async fn commit(&self, ops: &[Op]) -> Result<Commit> {
         let mut txn = Vec::with_capacity(ops.len() + 4);
         // Index of the logical op behind each Consul op.

@@ -268,6 +268,21 @@ async fn events_filter_by_instance_and_since(b: &dyn Backend) -> Result<()> {
     ensure!(store.events(Some("a"), 5, 100).await?.is_empty());
     ensure!(store.events(None, 0, 0).await?.is_empty());
     ensure!(store.events(None, u64::MAX, usize::MAX).await?.is_empty());
+    // Backward: the newest `limit` below an id, oldest first.
+    ensure!(store.events_before(None, 6, 100).await? == stored);
+    ensure!(kinds(&store.events_before(None, 5, 2).await?) == ["e3", "e4"]);
+    ensure!(kinds(&store.events_before(None, u64::MAX, 1).await?) == ["e5"]);
+    ensure!(kinds(&store.events_before(Some("a"), 5, 100).await?) == ["e1", "e4"]);
+    ensure!(kinds(&store.events_before(Some("a"), 4, 1).await?) == ["e1"]);
+    ensure!(kinds(&store.events_before(Some("a"), u64::MAX, 2).await?) == ["e4", "e5"]);
+    ensure!(store.events_before(Some("a"), 1, 100).await?.is_empty());
+    ensure!(store
+        .events_before(Some("zz"), u64::MAX, 100)
+        .await?
+        .is_empty());
+    ensure!(store.events_before(None, 1, 100).await?.is_empty());
+    ensure!(store.events_before(None, 0, 100).await?.is_empty());
+    ensure!(store.events_before(None, 6, 0).await?.is_empty());
     let more = store.append_events(&[event(Some("b"), "e6")]).await?;
     ensure!(more[0].id == 6);
     Ok(())
@@ -283,8 +298,12 @@ async fn audit_append_and_list(b: &dyn Backend) -> Result<()> {
         .await?;
     ensure!((first.id, second.id) == (1, 2));
     ensure!(store.audit(0, 10).await? == [first.clone(), second.clone()]);
-    ensure!(store.audit(1, 10).await? == [second]);
-    ensure!(store.audit(0, 1).await? == [first]);
+    ensure!(store.audit(1, 10).await? == std::slice::from_ref(&second));
+    ensure!(store.audit(0, 1).await? == std::slice::from_ref(&first));
+    ensure!(store.audit_before(3, 10).await? == [first.clone(), second.clone()]);
+    ensure!(store.audit_before(u64::MAX, 1).await? == [second]);
+    ensure!(store.audit_before(2, 10).await? == [first]);
+    ensure!(store.audit_before(1, 10).await?.is_empty());
     Ok(())
 }
 
@@ -523,6 +542,23 @@ async fn ids_stay_ordered_across_chunks(b: &dyn Backend) -> Result<()> {
     let audit = store.audit(998, 5).await?;
     ensure!(audit.iter().map(|a| a.id).eq(999..=1003), "{audit:?}");
     ensure!(store.audit(0, usize::MAX).await?.len() == 1100);
+    // Backward across the chunk boundary at 1000 (the key-value stores chunk ids by 1000).
+    let back: Vec<u64> = store
+        .events_before(None, 1005, 10)
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    ensure!(back == (995..=1004).collect::<Vec<_>>(), "{back:?}");
+    let all_back = store.events_before(None, u64::MAX, usize::MAX).await?;
+    ensure!(all_back == all, "the whole log backward");
+    let audit_back = store.audit_before(1002, 4).await?;
+    ensure!(
+        audit_back.iter().map(|a| a.id).eq(998..=1001),
+        "{audit_back:?}"
+    );
+    let even_back = store.events_before(Some("even"), u64::MAX, 3).await?;
+    ensure!(even_back[..] == even[547..], "{even_back:?}");
     Ok(())
 }
 

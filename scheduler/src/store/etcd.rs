@@ -12,8 +12,8 @@ use super::kv::{Commit, Entry, Expect, Kv, KvStore, Op};
 use super::{Error, Result};
 use crate::config::BackendTls;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -228,6 +228,31 @@ impl Kv for EtcdKv {
             })
             .await?;
         resp.kvs().iter().map(entry).collect()
+    }
+
+    async fn scan_back(&self, prefix: &str, before: &str, limit: usize) -> Result<Vec<Entry>> {
+        // [prefix, min(before, the prefix's end)), newest key first, then put in key order.
+        let end = prefix_end(prefix);
+        let end = if before.as_bytes() < end.as_slice() {
+            before.as_bytes().to_vec()
+        } else {
+            end
+        };
+        let mut options = GetOptions::new()
+            .with_range(end)
+            .with_sort(SortTarget::Key, SortOrder::Descend);
+        if let Ok(limit) = i64::try_from(limit) {
+            options = options.with_limit(limit);
+        }
+        let resp = self
+            .read(|mut c| {
+                let options = options.clone();
+                async move { c.get(prefix, Some(options)).await }
+            })
+            .await?;
+        let mut out: Vec<Entry> = resp.kvs().iter().map(entry).collect::<Result<_>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     async fn commit(&self, ops: &[Op]) -> Result<Commit> {

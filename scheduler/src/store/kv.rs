@@ -111,6 +111,9 @@ pub trait Kv: Send + Sync + 'static {
     /// Entries whose key starts with `prefix` and is >= `from`, in key order, at most `limit`
     /// (linearizable).
     async fn scan(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<Entry>>;
+    /// Entries whose key starts with `prefix` and is < `before`: the last `limit` of them in
+    /// key order, returned in key order (linearizable).
+    async fn scan_back(&self, prefix: &str, before: &str, limit: usize) -> Result<Vec<Entry>>;
     /// Applies all ops atomically, or none if a condition fails. An `Err` leaves it unknown
     /// whether they were applied.
     async fn commit(&self, ops: &[Op]) -> Result<Commit>;
@@ -279,6 +282,48 @@ impl<K: Kv> KvStore<K> {
         }
         Ok(out)
     }
+
+    /// Entries of a numbered log with id < `before`, the newest `limit`, oldest first: chunk
+    /// by chunk backward from the one holding `before - 1` (or the last id).
+    async fn numbered_before<T: DeserializeOwned>(
+        &self,
+        seq: Sequence,
+        before: u64,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        if before <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = self.last_id(seq).await?;
+        let top = (before - 1).min(last);
+        if top == 0 {
+            return Ok(Vec::new());
+        }
+        // Every key of a chunk below `before`'s sorts below `before`'s own key.
+        let bound = self.layout.numbered(seq, before.min(last + 1));
+        let mut pages: Vec<Vec<Entry>> = Vec::new();
+        let mut found = 0;
+        let mut chunk = top / CHUNK;
+        loop {
+            let page = self
+                .kv
+                .scan_back(&self.layout.chunk(seq, chunk), &bound, limit - found)
+                .await?;
+            found += page.len();
+            pages.push(page);
+            if found >= limit || chunk == 0 {
+                break;
+            }
+            chunk -= 1;
+        }
+        pages
+            .iter()
+            .rev()
+            .flatten()
+            .map(|entry| decode(what, entry))
+            .collect()
+    }
 }
 
 #[async_trait::async_trait]
@@ -402,6 +447,32 @@ impl<K: Kv> Store for KvStore<K> {
             .collect()
     }
 
+    async fn events_before(
+        &self,
+        instance: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let Some(name) = instance else {
+            return self
+                .numbered_before(Sequence::Events, before, limit, "event")
+                .await;
+        };
+        if before <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.kv
+            .scan_back(
+                &self.layout.instance_events(name),
+                &self.layout.instance_event(name, before),
+                limit,
+            )
+            .await?
+            .iter()
+            .map(|e| decode("event", e))
+            .collect()
+    }
+
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry> {
         match self.write(Write::Audit(entry.clone())).await? {
             Done::Audit(entry) => Ok(entry),
@@ -411,6 +482,11 @@ impl<K: Kv> Store for KvStore<K> {
 
     async fn audit(&self, since: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         self.numbered(Sequence::Audit, since, limit, "audit entry")
+            .await
+    }
+
+    async fn audit_before(&self, before: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.numbered_before(Sequence::Audit, before, limit, "audit entry")
             .await
     }
 
@@ -1120,6 +1196,28 @@ mod tests {
                 })
                 .collect())
         }
+        async fn scan_back(&self, prefix: &str, before: &str, limit: usize) -> Result<Vec<Entry>> {
+            if before <= prefix {
+                return Ok(Vec::new());
+            }
+            let data = self.data.lock().unwrap();
+            let mut out: Vec<Entry> = data
+                .0
+                .range(prefix.to_owned()..before.to_owned())
+                .rev()
+                // Keys past the prefix's own sort after all of its keys.
+                .skip_while(|(k, _)| !k.starts_with(prefix))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit)
+                .map(|(k, (v, ver))| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                    version: *ver,
+                })
+                .collect();
+            out.reverse();
+            Ok(out)
+        }
         async fn commit(&self, ops: &[Op]) -> Result<Commit> {
             self.commits.fetch_add(1, Ordering::Relaxed);
             let mut data = self.data.lock().unwrap();
@@ -1196,6 +1294,9 @@ mod tests {
         }
         async fn scan(&self, prefix: &str, from: &str, limit: usize) -> Result<Vec<Entry>> {
             self.0.scan(prefix, from, limit).await
+        }
+        async fn scan_back(&self, prefix: &str, before: &str, limit: usize) -> Result<Vec<Entry>> {
+            self.0.scan_back(prefix, before, limit).await
         }
         async fn commit(&self, ops: &[Op]) -> Result<Commit> {
             self.0.commit(ops).await

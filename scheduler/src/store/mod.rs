@@ -86,6 +86,16 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry>;
     /// Audit entries with id > `since`, oldest first, at most `limit`.
     async fn audit(&self, since: u64, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// Events with id < `before` (optionally of one instance): the newest `limit` of them,
+    /// oldest first. Reads a log backward from anywhere, as a page older than another.
+    async fn events_before(
+        &self,
+        instance: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+    /// Audit entries with id < `before`: the newest `limit` of them, oldest first.
+    async fn audit_before(&self, before: u64, limit: usize) -> Result<Vec<AuditEntry>>;
     /// Small key/value for scheduler metadata (e.g. generated token hash).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     /// Sets a metadata value, replacing any previous one.

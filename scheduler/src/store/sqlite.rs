@@ -355,6 +355,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn events_before(
+        &self,
+        instance: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let instance = instance.map(str::to_owned);
+        let before = clamp(before);
+        let limit = clamp(limit);
+        let mut newest_first = self
+            .read(move |conn| match instance {
+                Some(name) => select_events(
+                    conn,
+                    "SELECT id, json FROM events WHERE instance = ?3 AND id < ?1 \
+                     ORDER BY id DESC LIMIT ?2",
+                    params![before, limit, name],
+                ),
+                None => select_events(
+                    conn,
+                    "SELECT id, json FROM events WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                    params![before, limit],
+                ),
+            })
+            .await?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry> {
         let mut entry = entry.clone();
         self.write(move |conn| {
@@ -371,23 +399,29 @@ impl Store for SqliteStore {
         let since = clamp(since);
         let limit = clamp(limit);
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id, json FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2")
-                .context("list audit")?;
-            let rows = stmt
-                .query_map(params![since, limit], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                })
-                .context("list audit")?;
-            rows.map(|row| {
-                let (id, json) = row.context("list audit")?;
-                let mut entry: AuditEntry = decode("audit entry", &json)?;
-                entry.id = from_sql(id)?;
-                Ok(entry)
-            })
-            .collect()
+            select_audit(
+                conn,
+                "SELECT id, json FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![since, limit],
+            )
         })
         .await
+    }
+
+    async fn audit_before(&self, before: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let before = clamp(before);
+        let limit = clamp(limit);
+        let mut newest_first = self
+            .read(move |conn| {
+                select_audit(
+                    conn,
+                    "SELECT id, json FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                    params![before, limit],
+                )
+            })
+            .await?;
+        newest_first.reverse();
+        Ok(newest_first)
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -618,18 +652,42 @@ fn check_revision(conn: &Connection, name: &str, expected: u64) -> Result<()> {
     Ok(())
 }
 
+fn select_audit(conn: &Connection, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<AuditEntry>> {
+    select_numbered(
+        conn,
+        sql,
+        params,
+        "audit entry",
+        |e: &mut AuditEntry, id| {
+            e.id = id;
+        },
+    )
+}
+
 fn select_events(conn: &Connection, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(sql).context("list events")?;
+    select_numbered(conn, sql, params, "event", |e: &mut Event, id| e.id = id)
+}
+
+/// Rows of `(id, json)` of a numbered log, each decoded and given its id.
+fn select_numbered<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn ToSql],
+    what: &str,
+    set_id: fn(&mut T, u64),
+) -> Result<Vec<T>> {
+    let doing = format!("list {what}");
+    let mut stmt = conn.prepare_cached(sql).context(&doing)?;
     let rows = stmt
         .query_map(params, |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
         })
-        .context("list events")?;
+        .context(&doing)?;
     rows.map(|row| {
-        let (id, json) = row.context("list events")?;
-        let mut event: Event = decode("event", &json)?;
-        event.id = from_sql(id)?;
-        Ok(event)
+        let (id, json) = row.context(&doing)?;
+        let mut item: T = decode(what, &json)?;
+        set_id(&mut item, from_sql(id)?);
+        Ok(item)
     })
     .collect()
 }
