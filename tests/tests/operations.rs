@@ -1900,3 +1900,183 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
     .await?;
     Ok(())
 }
+
+/// `CONFIG GET <param>` on a Redis member as the platform's admin user.
+async fn redis_config(addr: &str, admin: &str, param: &str) -> Result<String> {
+    let mut c = mofang_tests::agent_scenarios::redis_conn(addr, "mofang_admin", admin).await?;
+    let kv: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(param)
+        .query_async(&mut c)
+        .await?;
+    kv.get(1)
+        .cloned()
+        .with_context(|| format!("{param}: {kv:?}"))
+}
+
+/// Redis parameters end to end (issue 17): Redis 1 + 1 under the set writer, reconfigured
+/// live (`maxmemory-policy`, `hz`: every member's server runs them at once, no container
+/// restarted, in sync), then with a restart-needing one (`databases`: a rolling restart,
+/// every server runs it, no acknowledged write lost, the primary unchanged); a `CONFIG SET`
+/// behind the platform's back on the replica shows as drift on that member only, and a
+/// reconfigure to the desired value clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> Result<()> {
+    let env = Env::start_with(2, FAST).await?;
+    let name = unique_name("rpm");
+    let inst = env.create_ready(&name, "redis", 1).await?;
+    let pw = env.app_password(&name).await?;
+    let creds = env
+        .get(&format!("/v1/instances/{name}/credentials"))
+        .await?;
+    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let addresses: BTreeMap<String, String> = inst["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m["id"].as_str()?.to_owned(),
+                m["address"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let replica = addresses
+        .keys()
+        .find(|m| **m != primary)
+        .context("replica")?
+        .clone();
+    let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
+    writer.wait_acked(50, Duration::from_secs(60)).await?;
+
+    // Live: applied by CONFIG SET on the running servers, nothing restarted.
+    let before = started_at(&inst)?;
+    let reconfigure = |settings: &'static [&'static str]| {
+        let env = &env;
+        let name = name.clone();
+        async move {
+            let mut args = vec!["--json", "instance", "reconfigure", name.as_str()];
+            for s in settings {
+                args.extend(["--set", s]);
+            }
+            args.push("--wait");
+            let out = mofang_cli(env, &args).await?;
+            if !out.status.success() {
+                bail!(
+                    "mofang instance reconfigure {settings:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let op: Value = serde_json::from_slice(&out.stdout)?;
+            anyhow::ensure!(op["state"] == "succeeded", "{op}");
+            Ok(op)
+        }
+    };
+    let op = reconfigure(&["maxmemory-policy=allkeys-lru", "hz=20"]).await?;
+    assert!(
+        step_lines(&op).iter().all(|l| !l.starts_with("restart")),
+        "a live change restarts nothing: {:?}",
+        step_lines(&op)
+    );
+    for addr in addresses.values() {
+        assert_eq!(
+            redis_config(addr, &admin, "maxmemory-policy").await?,
+            "allkeys-lru"
+        );
+        assert_eq!(redis_config(addr, &admin, "hz").await?, "20");
+    }
+    assert_eq!(started_at(&inst)?, before, "no container restarted");
+    eventually("both in sync", Duration::from_secs(60), || async {
+        let v = parameters(&env, &name).await?;
+        for m in addresses.keys() {
+            for p in ["maxmemory-policy", "hz"] {
+                let e = member_param(&v, m, p)?;
+                if e["state"] != "in_sync" {
+                    bail!("{m} {p}: {e}");
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+
+    // Restart-needing: a rolling restart, replicas first; every server runs it after.
+    let op = reconfigure(&["databases=32"]).await?;
+    let restarts: Vec<String> = step_lines(&op)
+        .into_iter()
+        .filter(|l| l.starts_with("restart"))
+        .collect();
+    assert_eq!(
+        restarts.len(),
+        2,
+        "each member restarted once: {:?}",
+        step_lines(&op)
+    );
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
+    for m in v["members"].as_array().context("members")? {
+        let addr = m["address"].as_str().context("address")?;
+        assert_eq!(redis_config(addr, &admin, "databases").await?, "32", "{m}");
+        // The live values survive the restart (rendered into the config too).
+        assert_eq!(redis_config(addr, &admin, "hz").await?, "20", "{m}");
+    }
+    writer
+        .wait_acked(writer.acked() + 50, Duration::from_secs(60))
+        .await?;
+    let outcome = writer.stop().await?;
+    let now = Env::primary_member(&v)?;
+    let present = set_contents("redis", now["address"].as_str().context("address")?, &pw).await?;
+    assert!(
+        outcome.lost(&present).is_empty(),
+        "lost across the rolling restart: {:?}",
+        outcome.lost(&present)
+    );
+
+    // Behind the platform's back: CONFIG SET on the replica's own server.
+    let replica_addr = v["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["id"] == replica.as_str())
+        .and_then(|m| m["address"].as_str())
+        .context("replica address")?
+        .to_owned();
+    let mut c =
+        mofang_tests::agent_scenarios::redis_conn(&replica_addr, "mofang_admin", &admin).await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("hz")
+        .arg("5")
+        .query_async(&mut c)
+        .await?;
+    let v = eventually("the replica drifts", Duration::from_secs(60), || async {
+        let v = parameters(&env, &name).await?;
+        if v["drift"].as_array().is_some_and(|d| !d.is_empty()) {
+            Ok(v)
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    assert_eq!(
+        v["drift"],
+        json!([{"member": replica, "parameter": "hz", "desired": "20", "effective": "5"}]),
+        "{v}"
+    );
+    assert_eq!(member_param(&v, &primary, "hz")?["state"], "in_sync", "{v}");
+    reconfigure(&["hz=20"]).await?;
+    eventually("the drift is gone", Duration::from_secs(60), || async {
+        let v = parameters(&env, &name).await?;
+        if v["drift"] == json!([]) && redis_config(&replica_addr, &admin, "hz").await? == "20" {
+            Ok(())
+        } else {
+            bail!("{v}")
+        }
+    })
+    .await?;
+    Ok(())
+}

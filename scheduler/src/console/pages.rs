@@ -993,7 +993,7 @@ pub fn batches_table(f: &Frame, batches: &[views::Batch]) -> Markup {
                                 td { (b.requested_by) }
                                 td {
                                     details {
-                                        summary { (b.items.len()) " instances" }
+                                        summary { (b.items.len()) @if b.items.len() == 1 { " instance" } @else { " instances" } }
                                         ol {
                                             @for i in &b.items {
                                                 li data-instance=(i.instance) data-state=(i.state) {
