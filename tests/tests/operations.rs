@@ -1917,7 +1917,8 @@ async fn redis_config(addr: &str, admin: &str, param: &str) -> Result<String> {
 /// Redis parameters end to end (issue 17): Redis 1 + 1 under the set writer, reconfigured
 /// live (`maxmemory-policy`, `hz`: every member's server runs them at once, no container
 /// restarted, in sync), then with a restart-needing one (`databases`: a rolling restart,
-/// every server runs it, no acknowledged write lost, the primary unchanged); a `CONFIG SET`
+/// the replica first, a switchover, the old primary last; every server runs it, no
+/// acknowledged write lost); a `CONFIG SET`
 /// behind the platform's back on the replica shows as drift on that member only, and a
 /// reconfigure to the desired value clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1930,10 +1931,6 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
         .get(&format!("/v1/instances/{name}/credentials"))
         .await?;
     let admin = creds["admin"].as_str().context("admin")?.to_owned();
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
     let addresses: BTreeMap<String, String> = inst["members"]
         .as_array()
         .context("members")?
@@ -1945,11 +1942,6 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
             ))
         })
         .collect();
-    let replica = addresses
-        .keys()
-        .find(|m| **m != primary)
-        .context("replica")?
-        .clone();
     let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
     writer.wait_acked(50, Duration::from_secs(60)).await?;
 
@@ -2016,8 +2008,21 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
         "each member restarted once: {:?}",
         step_lines(&op)
     );
+    assert!(
+        step_lines(&op).iter().any(|l| l.starts_with("switchover")),
+        "the primary last, after a switchover: {:?}",
+        step_lines(&op)
+    );
     let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
+    let primary = Env::primary_member(&v)?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let replica = addresses
+        .keys()
+        .find(|m| **m != primary)
+        .context("replica")?
+        .clone();
     for m in v["members"].as_array().context("members")? {
         let addr = m["address"].as_str().context("address")?;
         assert_eq!(redis_config(addr, &admin, "databases").await?, "32", "{m}");

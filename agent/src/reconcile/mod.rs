@@ -248,7 +248,13 @@ async fn reconcile_member(
     params::apply(&m, &cfg, &server, &mut st).await;
     let note = role::apply(&m, &cfg, &server, &running.id, &mut st, &orig, memo).await?;
     let obs = step!(observe::observe(&m, &cfg, &server, &running.id).await);
-    params::read(&m, &cfg, &server, &running.id, &st, memo).await;
+    // A restart keeps the container id: its start time tells the server process apart.
+    let this_start = format!(
+        "{}@{}",
+        running.id,
+        running.started_at.as_deref().unwrap_or_default()
+    );
+    params::read(&m, &cfg, &server, &this_start, &st, memo).await;
     memo.followed = memo
         .follow_asked
         .take()
@@ -960,24 +966,33 @@ mod tests {
         );
     }
 
-    /// The parameters' cadence: first read at once, again in a new container or after a
-    /// new generation was applied, otherwise only every `PARAMETERS_EVERY`.
+    /// The parameters' cadence: first read at once, again in a new container, after the
+    /// same container restarted (its start time) or after a new generation was applied,
+    /// otherwise only every `PARAMETERS_EVERY`.
     #[test]
     fn parameters_are_read_when_due_and_not_at_every_pass() {
         use super::params::{parameters_due, ParametersRead, PARAMETERS_EVERY};
         let t0 = std::time::Instant::now();
-        assert!(parameters_due(None, t0, "c1", 0));
+        let c1 = "c1@2026-12-03T14:00:00Z";
+        assert!(parameters_due(None, t0, c1, 0));
         let last = ParametersRead {
             at: t0,
-            container: "c1".into(),
+            container: c1.into(),
             generation: 2,
         };
         let soon = t0 + Duration::from_millis(250);
-        assert!(!parameters_due(Some(&last), soon, "c1", 2));
-        assert!(parameters_due(Some(&last), soon, "c2", 2), "restarted");
-        assert!(parameters_due(Some(&last), soon, "c1", 3), "new generation");
-        assert!(parameters_due(Some(&last), t0 + PARAMETERS_EVERY, "c1", 2));
+        assert!(!parameters_due(Some(&last), soon, c1, 2));
+        assert!(
+            parameters_due(Some(&last), soon, "c2@2026-12-03T14:00:05Z", 2),
+            "recreated"
+        );
+        assert!(
+            parameters_due(Some(&last), soon, "c1@2026-12-03T14:00:05Z", 2),
+            "restarted in place (a rolling restart)"
+        );
+        assert!(parameters_due(Some(&last), soon, c1, 3), "new generation");
+        assert!(parameters_due(Some(&last), t0 + PARAMETERS_EVERY, c1, 2));
         // A clock that went back never makes a read overdue forever nor panics.
-        assert!(!parameters_due(Some(&last), t0, "c1", 2));
+        assert!(!parameters_due(Some(&last), t0, c1, 2));
     }
 }

@@ -23,10 +23,14 @@ use tracing::{debug, info, warn};
 /// How often a member's effective parameters are read when nothing changed.
 pub(super) const PARAMETERS_EVERY: Duration = Duration::from_secs(10);
 
-/// When, in which container and at which applied generation the parameters were last read.
+/// When, in which container start and at which applied generation the parameters were last
+/// read.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ParametersRead {
     pub at: Instant,
+    /// `<container id>@<started at>`: a restart (same container) starts a new server, whose
+    /// values are read at once (a reconfigure's rolling restart would otherwise show its
+    /// restart-needed values as drift for up to [`PARAMETERS_EVERY`] after it ended).
     pub container: String,
     pub generation: u64,
 }
