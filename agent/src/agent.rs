@@ -9,7 +9,7 @@ use crate::reconcile::{self, Shared, Statuses};
 use crate::runtime::{Cni, ContainerRuntime, ContainerdOptions, ContainerdRuntime, DockerRuntime};
 use crate::state::LocalState;
 use crate::volume::VolumeManager;
-use mofang_common::proto::{DesiredState, Disk, HeartbeatRequest, RegisterRequest};
+use mofang_common::proto::{DesiredState, Disk, HeartbeatRequest, HostUsage, RegisterRequest};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -38,6 +38,25 @@ struct Source {
     desired: watch::Receiver<Option<DesiredState>>,
     changed: Arc<tokio::sync::Notify>,
     jobs: crate::backup::Jobs,
+    /// The host's CPU time at the previous heartbeat (its usage is the difference).
+    cpu_before: std::sync::Mutex<Option<crate::metrics::procfs::CpuSample>>,
+}
+
+impl Source {
+    /// The host's CPU use since the previous heartbeat and its memory in use now.
+    fn host_usage(&self) -> Option<HostUsage> {
+        use crate::metrics::procfs;
+        let now = procfs::cpu_sample(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        let before = self.cpu_before.lock().ok().and_then(|mut b| b.replace(now));
+        let (memory_used_bytes, memory_total_bytes) =
+            procfs::memory_used(&std::fs::read_to_string("/proc/meminfo").ok()?);
+        Some(HostUsage {
+            cpu_cores_busy: before.map_or(0.0, |b| procfs::cores_busy(&b, &now)),
+            cpu_cores: now.cpus,
+            memory_used_bytes,
+            memory_total_bytes,
+        })
+    }
 }
 
 fn disks(v: &VolumeManager) -> Vec<Disk> {
@@ -111,6 +130,7 @@ impl NodeSource for Source {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
             jobs: self.jobs.statuses(),
+            usage: self.host_usage(),
             // Complete: the link reduces it to what changed (link::delta) and numbers it.
             ..Default::default()
         }
@@ -269,6 +289,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired: desired_rx,
         changed: shared.status_changed.clone(),
         jobs,
+        cpu_before: std::sync::Mutex::new(None),
     });
     let link_cfg = LinkConfig {
         node: cfg.node.clone(),

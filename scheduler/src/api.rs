@@ -233,9 +233,30 @@ async fn health(State(api): State<Api>) -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeView2])))]
-async fn list_nodes(State(api): State<Api>) -> Json<Vec<NodeView2>> {
-    Json(api.cluster.nodes())
+/// Query of `GET /v1/nodes`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct NodesQuery {
+    /// Each node's usage samples of the last ten minutes; without it only the newest.
+    #[serde(default)]
+    pub history: bool,
+}
+
+#[utoipa::path(get, path = "/v1/nodes", params(NodesQuery), responses((status = 200, body = [NodeView2]), (status = 400, body = ErrorBody)))]
+async fn list_nodes(
+    State(api): State<Api>,
+    q: Result<Query<NodesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<NodeView2>>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let mut nodes = api.cluster.nodes();
+    if !q.history {
+        for n in &mut nodes {
+            let newest = n.usage.pop();
+            n.usage = newest.into_iter().collect();
+        }
+    }
+    Ok(Json(nodes))
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{name}", params(("name" = String, Path)), responses((status = 200, body = NodeView2), (status = 404, body = ErrorBody)))]

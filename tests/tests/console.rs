@@ -898,6 +898,32 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         epoch
     );
 
+    // The nodes page draws each host's use of the last minutes, live: by now (minutes into
+    // the test, a sample per 10 s) several samples, CPU within the host's cores and memory
+    // within what is installed, as the API gives them.
+    let nodes = env.get("/v1/nodes?history=true").await?;
+    for n in nodes.as_array().context("nodes")? {
+        let usage = n["usage"].as_array().context("usage")?;
+        assert!(usage.len() >= 3, "{n}");
+        for s in usage {
+            let cores = s["cpu_cores"].as_f64().context("cores")?;
+            let busy = s["cpu_cores_busy"].as_f64().context("busy")?;
+            let used = s["memory_used_bytes"].as_u64().context("used")?;
+            let total = s["memory_total_bytes"].as_u64().context("total")?;
+            assert!(cores >= 1.0 && (0.0..=cores).contains(&busy), "{s}");
+            assert!(used > 0 && used < total, "{s}");
+        }
+    }
+    let newest_only = env.get("/v1/nodes").await?;
+    assert_eq!(newest_only[0]["usage"].as_array().map(Vec::len), Some(1));
+    b.goto(&ui("/ui/nodes")).await?;
+    assert_eq!(b.count("#nodes svg.usage").await?, 3, "a graph per node");
+    let points = b
+        .attr("#nodes svg.usage polyline.cpu", "points")
+        .await?
+        .unwrap_or_default();
+    assert!(points.split(' ').count() >= 3, "{points}");
+
     // The other pages, with screenshots and their weights.
     for (path, shot) in [
         ("/ui", "overview"),

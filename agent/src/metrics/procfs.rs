@@ -71,6 +71,51 @@ pub fn boot_time(stat: &str) -> Option<u64> {
         .map(|k| k.btime)
 }
 
+/// The host's CPU time so far (`/proc/stat`'s `cpu` line), in seconds: busy (all but idle
+/// and iowait) and in all; with the number of CPUs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuSample {
+    pub busy_secs: f64,
+    pub total_secs: f64,
+    pub cpus: u32,
+}
+
+/// [`CpuSample`] of `/proc/stat`; none when it does not parse.
+pub fn cpu_sample(stat: &str) -> Option<CpuSample> {
+    let k = KernelStats::from_read(stat.as_bytes(), procfs::current_system_info()).ok()?;
+    let modes = modes(&k.total);
+    let total: f64 = modes.iter().map(|(_, s)| s).sum();
+    let idle: f64 = modes
+        .iter()
+        .filter(|(m, _)| matches!(*m, "idle" | "iowait"))
+        .map(|(_, s)| s)
+        .sum();
+    Some(CpuSample {
+        busy_secs: total - idle,
+        total_secs: total,
+        cpus: u32::try_from(k.cpu_time.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Cores busy between two samples: the busy share of the CPU time that passed, times the
+/// CPUs. Zero without time passing (or a counter that went back).
+pub fn cores_busy(before: &CpuSample, now: &CpuSample) -> f64 {
+    let total = now.total_secs - before.total_secs;
+    let busy = now.busy_secs - before.busy_secs;
+    if total <= 0.0 || busy < 0.0 {
+        return 0.0;
+    }
+    (busy / total).min(1.0) * f64::from(now.cpus)
+}
+
+/// Memory in use and installed, from `/proc/meminfo`: MemTotal less MemAvailable, MemTotal.
+pub fn memory_used(meminfo: &str) -> (u64, u64) {
+    let fields = parse_meminfo(meminfo);
+    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map_or(0, |(_, v)| *v);
+    let total = get("MemTotal");
+    (total.saturating_sub(get("MemAvailable")), total)
+}
+
 /// `/proc/meminfo` as `(field, bytes)`.
 pub fn parse_meminfo(text: &str) -> Vec<(String, u64)> {
     text.lines()
@@ -238,6 +283,31 @@ mod tests {
         assert_eq!(t[0].modes[0], ("user", 347.63));
         assert_eq!(t[1].modes[3], ("idle", 202.29));
         assert_eq!(t[1].modes.len(), 8);
+    }
+
+    #[test]
+    fn cores_busy_is_the_busy_share_of_the_time_passed_times_the_cpus() {
+        // user nice system idle iowait irq softirq steal (hundredths of a second).
+        let before = cpu_sample("cpu  1000 0 1000 8000 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n")
+            .expect("a sample");
+        assert_eq!(before.cpus, 2);
+        assert!((before.busy_secs - 20.0).abs() < 1e-9, "{before:?}");
+        assert!((before.total_secs - 100.0).abs() < 1e-9, "{before:?}");
+        // 100 s of CPU time later (50 s on each of two CPUs): 30 busy, 70 idle or iowait.
+        let now = cpu_sample("cpu  3000 0 2000 13000 2000 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n")
+            .expect("a sample");
+        assert!((cores_busy(&before, &now) - 0.6).abs() < 1e-9);
+        assert_eq!(cores_busy(&now, &now), 0.0, "no time passed");
+        assert_eq!(cores_busy(&now, &before), 0.0, "a counter that went back");
+        assert_eq!(cpu_sample("garbage"), None);
+        let (used, total) =
+            memory_used("MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 400 kB\n");
+        assert_eq!((used, total), (600 * 1024, 1000 * 1024));
+        // This host's own: a real sample, the memory in use within what is installed.
+        let here = cpu_sample(&std::fs::read_to_string("/proc/stat").unwrap()).expect("here");
+        assert!(here.cpus >= 1 && here.busy_secs > 0.0 && here.total_secs > here.busy_secs);
+        let (used, total) = memory_used(&std::fs::read_to_string("/proc/meminfo").unwrap());
+        assert!(used > 0 && used < total, "{used} of {total}");
     }
 
     #[test]

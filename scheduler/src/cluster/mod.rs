@@ -26,6 +26,7 @@ mod rotation;
 mod schedules;
 #[cfg(test)]
 mod testkit;
+mod usage;
 mod verify;
 mod views;
 
@@ -38,6 +39,7 @@ pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
 pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
 pub use rotation::RotationView;
 pub use schedules::BackupHealthView;
+pub use usage::UsageSample;
 pub use verify::{judge, verify_node};
 pub use views::{InstanceView, MemberView, NodeView2, RestorePhaseView, RestoreProgress};
 

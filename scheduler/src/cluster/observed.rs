@@ -24,6 +24,8 @@ pub(super) struct Live {
     /// one of the same process arriving late changes nothing.
     pub(super) boot: u64,
     pub(super) seq: u64,
+    /// What the host used over the last minutes (its agent's `HostUsage`).
+    pub(super) usage: super::usage::UsageHistory,
 }
 
 /// What a heartbeat's answer tells the agent.
@@ -91,9 +93,13 @@ impl Cluster {
             complete: false,
             boot: 0,
             seq: 0,
+            usage: Default::default(),
         });
         live.last_heartbeat = Instant::now();
         live.last_heartbeat_ms = now_ms();
+        if let Some(u) = &hb.usage {
+            live.usage.record(live.last_heartbeat_ms, u);
+        }
         let was_down = std::mem::replace(&mut live.down_reported, false);
         let mut members = hb.members;
         if overtaken(hb.boot, hb.seq, live.boot, live.seq) {

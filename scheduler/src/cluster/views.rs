@@ -173,6 +173,9 @@ pub struct NodeView2 {
     pub reserved_memory_mib: u64,
     /// Members placed here.
     pub members: u32,
+    /// The host's CPU and memory use over the last ten minutes, a sample per 10 s, oldest
+    /// first (the leader's memory; empty from agents that do not report it).
+    pub usage: Vec<crate::cluster::UsageSample>,
 }
 
 impl Cluster {
@@ -205,6 +208,11 @@ impl Cluster {
             reserved_cpu: r.cpu,
             reserved_memory_mib: r.memory_mib,
             members: r.members,
+            usage: inner
+                .live
+                .get(&n.name)
+                .map(|l| l.usage.samples())
+                .unwrap_or_default(),
         }
     }
 

@@ -422,7 +422,7 @@ impl Console {
             // A follower: through the API router, which forwards to the leader.
             (
                 self.get(v, "/v1/instances").await?,
-                self.get(v, "/v1/nodes").await?,
+                self.get(v, "/v1/nodes?history=true").await?,
             )
         };
         // Only the leader knows the hold; a follower shows none rather than a stale one.

@@ -1095,6 +1095,33 @@ pub fn operations(
 /// Batches the operations page lists.
 pub const BATCHES_SHOWN: usize = 20;
 
+/// A node's host use over the last ten minutes: CPU busy and memory used, each as a share of
+/// the host's, drawn as two lines (live: the page polls), the newest figures under it.
+fn usage_graph(n: &Node, now_ms: i64) -> Markup {
+    let Some(last) = n.usage.last() else {
+        return html! { span.muted { "not reported" } };
+    };
+    let (cpu, mem) = views::usage_lines(&n.usage, now_ms, 600_000, 120.0, 32.0);
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let figures = format!(
+        "CPU {:.1} of {} cores busy, memory {:.1} of {:.1} GiB used",
+        last.cpu_cores_busy,
+        last.cpu_cores,
+        gib(last.memory_used_bytes),
+        gib(last.memory_total_bytes)
+    );
+    html! {
+        svg.usage viewBox="0 0 120 32" width="120" height="32" role="img"
+            aria-label=(format!("{figures}; the last 10 minutes")) data-samples=(n.usage.len()) {
+            rect.frame x="0" y="0" width="120" height="32" {}
+            polyline.cpu points=(cpu) {}
+            polyline.mem points=(mem) {}
+        }
+        br;
+        span.muted { span.key-cpu { "CPU" } (format!(" {:.1}/{}", last.cpu_cores_busy, last.cpu_cores)) " · " span.key-mem { "mem" } (format!(" {:.1}/{:.1} GiB", gib(last.memory_used_bytes), gib(last.memory_total_bytes))) }
+    }
+}
+
 /// The nodes page: capacity and reservations, and cordon/drain/uncordon for operators.
 pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
     let main = html! {
@@ -1102,7 +1129,7 @@ pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
         @if let Some(m) = flash { p.flash role="status" { (m) } }
         div.scroll id="nodes" data-live {
             table {
-                thead { tr { th { "Node" } th { "Zone" } th { "State" } th { "Heartbeat" } th.num { "Members" } th { "CPU reserved" } th { "Memory reserved" } th { "Agent" } @if f.can_act { th { "Actions" } } } }
+                thead { tr { th { "Node" } th { "Zone" } th { "State" } th { "Heartbeat" } th.num { "Members" } th { "CPU reserved" } th { "Memory reserved" } th { "Host use, 10 min" } th { "Agent" } @if f.can_act { th { "Actions" } } } }
                 tbody {
                     @for n in nodes {
                         @let fill = views::node_fill(n);
@@ -1114,6 +1141,7 @@ pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
                             td.num { (n.members) }
                             td { meter min="0" max="1" value=(format!("{:.3}", fill.cpu.fraction())) aria-label="CPU reserved" {} br; (format!("{:.1} / {:.1}", fill.cpu.used, fill.cpu.capacity)) }
                             td { meter min="0" max="1" value=(format!("{:.3}", fill.memory_mib.fraction())) aria-label="memory reserved" {} br; (format!("{:.0} / {:.0} MiB", fill.memory_mib.used, fill.memory_mib.capacity)) }
+                            td { (usage_graph(n, f.now_ms)) }
                             td { (n.agent_version) }
                             @if f.can_act {
                                 td {

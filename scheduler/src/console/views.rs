@@ -539,6 +539,8 @@ pub struct Node {
     pub members: u32,
     /// Agent version.
     pub agent_version: String,
+    /// The host's CPU and memory use of the last ten minutes, oldest first.
+    pub usage: Vec<crate::cluster::UsageSample>,
 }
 
 impl Node {
@@ -546,6 +548,34 @@ impl Node {
     pub fn zone(&self) -> &str {
         self.labels.get("zone").map_or("-", String::as_str)
     }
+}
+
+/// The two lines of a node's usage graph as SVG `points` (CPU busy of its cores, memory
+/// used of installed), in a `w` x `h` box whose right edge is `now_ms` and left edge
+/// `window_ms` before; a sample's share 0..=1 goes from the bottom to the top.
+pub fn usage_lines(
+    samples: &[crate::cluster::UsageSample],
+    now_ms: i64,
+    window_ms: i64,
+    w: f64,
+    h: f64,
+) -> (String, String) {
+    let x = |at: i64| {
+        let from_right = (now_ms - at).clamp(0, window_ms) as f64 / window_ms.max(1) as f64;
+        w * (1.0 - from_right)
+    };
+    let y = |share: f64| h * (1.0 - share.clamp(0.0, 1.0));
+    let line = |share: &dyn Fn(&crate::cluster::UsageSample) -> f64| {
+        samples
+            .iter()
+            .filter(|s| now_ms - s.at_ms <= window_ms)
+            .map(|s| format!("{:.1},{:.1}", x(s.at_ms), y(share(s))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let cpu = line(&|s| s.cpu_cores_busy / f64::from(s.cpu_cores.max(1)));
+    let mem = line(&|s| s.memory_used_bytes as f64 / s.memory_total_bytes.max(1) as f64);
+    (cpu, mem)
 }
 
 /// An event as `GET /v1/events` shows it.
@@ -980,6 +1010,7 @@ impl From<&crate::cluster::NodeView2> for Node {
             reserved_memory_mib: n.reserved_memory_mib,
             members: n.members,
             agent_version: n.node.agent_version.clone(),
+            usage: n.usage.clone(),
         }
     }
 }
@@ -1757,6 +1788,31 @@ mod tests {
             past_the_tail(first, 1000).older,
             Some(1006),
             "a page inside the tail"
+        );
+    }
+
+    #[test]
+    fn the_usage_graph_runs_from_ten_minutes_ago_to_now_bottom_to_top() {
+        let s = |at_ms: i64, busy: f64, used: u64| crate::cluster::UsageSample {
+            at_ms,
+            cpu_cores_busy: busy,
+            cpu_cores: 2,
+            memory_used_bytes: used,
+            memory_total_bytes: 100,
+        };
+        let now = 1_000_000;
+        let samples = [
+            s(now - 700_000, 2.0, 100), // older than the window: not drawn
+            s(now - 600_000, 0.0, 0),
+            s(now - 300_000, 1.0, 50),
+            s(now, 4.0, 100), // more than its cores (a sampling edge): at the top
+        ];
+        let (cpu, mem) = usage_lines(&samples, now, 600_000, 120.0, 30.0);
+        assert_eq!(cpu, "0.0,30.0 60.0,15.0 120.0,0.0");
+        assert_eq!(mem, "0.0,30.0 60.0,15.0 120.0,0.0");
+        assert_eq!(
+            usage_lines(&[], now, 600_000, 120.0, 30.0),
+            (String::new(), String::new())
         );
     }
 
