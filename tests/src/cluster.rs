@@ -520,6 +520,16 @@ impl SchedulerProcess {
         self.spawn()
     }
 
+    /// Freezes the process (`SIGSTOP`): its sockets stay open, nothing answers.
+    pub fn pause(&self) -> Result<()> {
+        crate::coord::signal(&self.child, "-STOP")
+    }
+
+    /// Thaws it (`SIGCONT`).
+    pub fn resume(&self) -> Result<()> {
+        crate::coord::signal(&self.child, "-CONT")
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         read_log(self.dir.path(), "scheduler")

@@ -45,7 +45,7 @@ fn kill9(child: &mut Option<Child>) {
     }
 }
 
-fn signal(child: &Option<Child>, sig: &str) -> Result<()> {
+pub(crate) fn signal(child: &Option<Child>, sig: &str) -> Result<()> {
     let Some(c) = child else { bail!("not running") };
     let status = Command::new("kill")
         .args([sig, &c.id().to_string()])

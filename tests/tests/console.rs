@@ -1130,9 +1130,11 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 /// like the API does"; "a leader change shows a banner and reconnects, never a blank
 /// page"): three schedulers on a real Consul, two agents. Signed in on a follower, its
 /// nodes page lists the leader's nodes; an instance created through the follower's form is
-/// ready on the follower's page (the form forwarded to the leader); the leader `kill -9`ed
-/// with that page open: another leads and the page stays whole, showing the instance from
-/// the new leader without a reload; the follower itself killed: the page keeps what it
+/// ready on the follower's page (the form forwarded to the leader); the leader frozen with
+/// that page open: the page says the scheduler does not answer under a banner, and once
+/// another leads it is whole again without a reload (the thawed leader steps down); the
+/// follower itself frozen: after 10 s unanswered the banner says so, and goes once thawed;
+/// the follower killed: the page keeps what it
 /// showed under a banner saying the scheduler does not answer, and once it is started again
 /// (its sessions gone) goes to sign-in and back to the page after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1172,11 +1174,12 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
     let form = ui("/ui/instances/new");
     create_from_form(&b, &env, &form, &name).await?;
     assert_eq!(b.count("#topology .member").await?, 2);
-    b.shot("follower-instance").await?;
 
-    // The leader killed with the page open on the follower: another leads within a couple
-    // of seconds (docs/ha.md), shorter than a poll or two, so the page may never see the
-    // gap; what it must do is stay whole and show the instance from the new leader.
+    // The leader frozen (SIGSTOP: its sockets open, nothing answered) with the page open on
+    // the follower: the follower's polls wait on it, so after 10 s without an answer the
+    // page says so (banner) and keeps polling; once another leads (its session expired in
+    // Consul), the banner goes and the page shows the instance from the new leader. Thawed,
+    // the old leader leads no more.
     let banner_seen = |b: &Browser| {
         let b = b.client.clone();
         async move {
@@ -1189,9 +1192,6 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
             anyhow::Ok(v == json!(true))
         }
     };
-    env.scheduler_mut(leader)?.kill9()?;
-    let new_leader = env.leader(Duration::from_secs(30)).await?;
-    assert_ne!(new_leader, leader, "a new leader");
     let whole = || async {
         let status = b.text("#status").await?;
         let members = b.count("#topology .member").await?;
@@ -1201,19 +1201,99 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
             bail!("status {status}, {members} members")
         }
     };
+    env.schedulers()
+        .nth(leader)
+        .context("the leader")?
+        .pause()?;
+    let banner = explain(
+        &b,
+        eventually(
+            "the page says the scheduler does not answer",
+            Duration::from_secs(30),
+            || async {
+                if banner_seen(&b).await? {
+                    b.text("#conn-banner").await
+                } else {
+                    bail!("no banner yet")
+                }
+            },
+        )
+        .await,
+    )
+    .await?;
+    // The follower answers 503 (it finds the leader unreachable) or not at all (the page
+    // gives up after 10 s): either way a banner.
+    assert!(banner.contains("retrying"), "{banner}");
+    assert_eq!(b.count("#topology .member").await?, 2, "the page kept");
     explain(
         &b,
         eventually(
-            "the follower's page whole under the new leader",
-            Duration::from_secs(60),
+            "the follower's page whole under a new leader",
+            Duration::from_secs(90),
             whole,
         )
         .await,
     )
     .await?;
-    // Polled again and again from the new leader: still whole (a blank page would show).
+    let new_leader = env.leader(Duration::from_secs(30)).await?;
+    assert_ne!(new_leader, leader, "a new leader");
+    env.schedulers()
+        .nth(leader)
+        .context("the old leader")?
+        .resume()?;
+    let old = env.schedulers().nth(leader).context("the old leader")?;
+    eventually(
+        "the thawed leader steps down",
+        Duration::from_secs(30),
+        || async {
+            let h: Value = env
+                .http
+                .get(format!("{}/v1/health", old.rest))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if h["leader"] == false {
+                Ok(())
+            } else {
+                bail!("{h}")
+            }
+        },
+    )
+    .await?;
+    // Polled again and again: still whole (a blank page would show).
     tokio::time::sleep(Duration::from_secs(5)).await;
     explain(&b, whole().await).await?;
+
+    // The page's own scheduler frozen: nothing answers its polls, so after 10 s the page
+    // says so; thawed, the banner goes.
+    let own = env.schedulers().nth(follower).context("the follower")?;
+    own.pause()?;
+    let banner = explain(
+        &b,
+        eventually(
+            "the page says its scheduler has not answered",
+            Duration::from_secs(30),
+            || async {
+                if banner_seen(&b).await? {
+                    b.text("#conn-banner").await
+                } else {
+                    bail!("no banner yet")
+                }
+            },
+        )
+        .await,
+    )
+    .await;
+    own.resume()?;
+    let banner = banner?;
+    assert!(banner.contains("has not answered for 10 s"), "{banner}");
+    explain(
+        &b,
+        eventually("whole again once thawed", Duration::from_secs(60), whole).await,
+    )
+    .await?;
 
     // The page's own scheduler killed: the banner says so, and polling goes on; started
     // again (sessions are in its memory: this one is gone), the page goes to sign-in and

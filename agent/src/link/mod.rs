@@ -21,8 +21,13 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default lifetime of the lease after the last acknowledged heartbeat.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// How long dialing one endpoint may take.
+/// How long dialing one endpoint may take (the TCP connection) ...
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// ... and the whole connection with its TLS and HTTP/2 handshakes: a frozen scheduler
+/// (stopped, hung) still completes the TCP connection in its kernel and then never answers
+/// the handshake, which held the agent there for as long as it stayed frozen, away from the
+/// new leader (found by the console's follower test, a leader under SIGSTOP).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long `Register` and opening the watch stream may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// First delay between two sessions.
@@ -585,15 +590,19 @@ async fn connect(
                 source,
             })?;
     }
-    let channel = ep
+    let ep = ep
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // A silently vanished scheduler (partition, dead host) must end the watch stream too.
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect()
+        .keep_alive_while_idle(true);
+    let channel = tokio::time::timeout(HANDSHAKE_TIMEOUT, ep.connect())
         .await
+        .map_err(|_| Error::Timeout {
+            call: "Connect (TLS and HTTP/2 handshakes)",
+            after: HANDSHAKE_TIMEOUT,
+        })?
         .map_err(Error::Connect)?;
     debug!(endpoint = %endpoint, "connected to the scheduler");
     Ok(AgentControlClient::new(channel))
@@ -1018,6 +1027,53 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!lease.valid());
+    }
+
+    /// A scheduler frozen (SIGSTOP) still completes the TCP connection in its kernel and
+    /// never answers the TLS handshake: the dial gives up after `HANDSHAKE_TIMEOUT`, so the
+    /// link goes on to the next scheduler (the new leader) instead of waiting there.
+    #[tokio::test]
+    async fn a_scheduler_that_accepts_and_never_answers_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = mofang_common::tls::pki::Ca::create("test CA", 1).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let issued = ca
+            .issue(
+                &mofang_common::tls::pki::CertKind::Agent("n1".into()),
+                &[],
+                1,
+            )
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("n1.pem"), dir.path().join("n1.key"));
+        std::fs::write(&cert_file, &issued.cert_pem).unwrap();
+        std::fs::write(&key_file, &issued.key_pem).unwrap();
+        let tls = crate::tls::LinkTls {
+            node: "n1".into(),
+            ca_file,
+            cert_file,
+            key_file,
+            server_name: "mofang-scheduler".into(),
+            join_token: None,
+        };
+        // Accepts (the kernel's part) and holds every connection without a byte back.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                kept.push(sock);
+            }
+        });
+        let started = std::time::Instant::now();
+        let r = connect(&format!("https://127.0.0.1:{port}"), Some(&tls)).await;
+        let took = started.elapsed();
+        held.abort();
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{:?}", r.err());
+        assert!(
+            took < HANDSHAKE_TIMEOUT + Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 // Mofang console: live updates by polling. Every element with `data-live` and an id is
 // refreshed from a fresh copy of the same page (rendered by the scheduler, so there is one
 // renderer); forms outside those elements are never touched. A lost connection (scheduler
-// restarting, leader changing) shows a banner and polling goes on; an expired session goes
+// restarting, leader changing) or a poll unanswered for 10 s (a frozen scheduler or leader)
+// shows a banner and polling goes on; an expired session goes
 // back to sign-in, remembering the page.
 (function () {
   'use strict';
@@ -49,9 +50,14 @@
       }
     }
   }
+  // A poll that has not been answered in this long is given up: a frozen scheduler (or a
+  // follower waiting on a frozen leader) keeps the connection open without answering.
+  var answerWithin = 10000;
   function tick() {
     if (document.hidden) { schedule(); return; }
-    fetch(url, { credentials: 'same-origin', headers: { 'X-Mofang-Live': '1' } })
+    var ctl = new AbortController();
+    var timer = window.setTimeout(function () { ctl.abort(); }, answerWithin);
+    fetch(url, { credentials: 'same-origin', headers: { 'X-Mofang-Live': '1' }, signal: ctl.signal })
       .then(function (r) {
         if (r.redirected && r.url.indexOf('/ui/login') !== -1) {
           window.location.assign(r.url);
@@ -66,8 +72,12 @@
       .then(function (html) {
         if (html !== null) { hide(); apply(html); }
       })
-      .catch(function () { show('Connection to the scheduler lost; reconnecting…'); })
-      .then(schedule);
+      .catch(function (e) {
+        show(e && e.name === 'AbortError'
+          ? 'The scheduler has not answered for ' + answerWithin / 1000 + ' s; retrying…'
+          : 'Connection to the scheduler lost; reconnecting…');
+      })
+      .then(function () { window.clearTimeout(timer); schedule(); });
   }
   if (every > 0) { schedule(); }
 })();
