@@ -299,6 +299,20 @@ async fn a_member_runs_on_a_standalone_containerd_with_the_dockers_limits_and_ha
         (ContainerState::Exited, Some(137))
     );
 
+    // Removed to be made again at once (an upgrade): the new container, on the same
+    // namespace, answers at the same address.
+    rt.remove_keeping_address(&id).await?;
+    assert!(matches!(rt.inspect(&id).await, Err(Error::NotFound(_))));
+    let id = rt.create(&spec).await?;
+    rt.start(&id).await?;
+    eventually(
+        "redis made again answers at the same address",
+        Duration::from_secs(30),
+        || async { redis_ping(&ip) },
+    )
+    .await?;
+    assert_eq!(rt.inspect(&id).await?.ips.get(NET), Some(&ip));
+
     // Removed: gone from containerd, its network namespace and address released.
     rt.remove(&id, true).await?;
     assert!(matches!(rt.inspect(&id).await, Err(Error::NotFound(_))));

@@ -986,7 +986,21 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
         .call(reqwest::Method::POST, "/v1/instances", Some(body))
         .await?;
     assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
-    env.wait_instance_ready(&name).await?;
+    let first = env.wait_instance_ready(&name).await?;
+    let addresses = |inst: &Value| -> BTreeMap<String, String> {
+        inst["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((
+                    m["id"].as_str()?.to_owned(),
+                    m["address"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let before = addresses(&first);
     let pw = env.app_password(&name).await?;
     // One rung at a time, never down.
     let top = ladder[ladder.len() - 1];
@@ -1119,6 +1133,8 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
     let switchover = writer.stop().await?;
 
     let now = env.wait_instance_ready(&name).await?;
+    // Every container was made again on each rung; every member kept its address.
+    assert_eq!(addresses(&now), before, "{now}");
     let primary = Env::primary_member(&now)?;
     let present =
         set_contents(engine, primary["address"].as_str().context("address")?, &pw).await?;

@@ -220,7 +220,8 @@ pub(super) async fn running(
             st.version = a.version.clone();
             st.upgrade_pending = m.engine.upgrade_command().is_some();
             sh.state.save_member(member, st)?;
-            sh.runtime.remove(&container.id, true).await?;
+            // Its address stays: clients, replicas and the member's certificate keep it.
+            sh.runtime.remove_keeping_address(&container.id).await?;
             memo.answered_in = None;
             memo.ping_failures = 0;
             report(

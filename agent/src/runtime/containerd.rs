@@ -941,6 +941,52 @@ impl ContainerdRuntime {
         })
     }
 
+    /// Removes a member's container and task, and its network namespace unless
+    /// `keep_netns` (the member is made again at once: the same namespace, the same address).
+    async fn remove_member(&self, id: &str, force: bool, keep_netns: bool) -> Result<()> {
+        let c = self.get_container(id).await?;
+        if let Some(p) = self.task(id).await? {
+            if p.status == TaskStatus::Running as i32 || p.status == TaskStatus::Paused as i32 {
+                if !force {
+                    return Err(Error::Api(format!(
+                        "{id}: container is running (stop it first)"
+                    )));
+                }
+                match self.signal(id, 9).await {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.wait_exit(id, Duration::from_secs(30)).await?;
+            }
+            self.delete_task(id).await?;
+        }
+        let spec = Self::spec_of(&c).ok();
+        if !keep_netns && spec.as_ref().and_then(netns_of).is_some() {
+            let netns = netns_name(&self.opts.namespace, id);
+            if let Err(e) = self.opts.cni.teardown(id, &netns).await {
+                tracing::warn!(container = %id, error = %e, "CNI teardown failed");
+            }
+        }
+        self.containers()
+            .delete(self.req(DeleteContainerRequest { id: id.to_owned() }))
+            .await
+            .map_err(|e| map_status(id, e))?;
+        match self
+            .snapshots()
+            .remove(self.req(RemoveSnapshotRequest {
+                snapshotter: c.snapshotter.clone(),
+                key: c.snapshot_key.clone(),
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(map_status(id, s)),
+        }
+        let _ = std::fs::remove_file(self.log_path(id));
+        let _ = std::fs::remove_dir_all(self.etc_dir(id));
+        Ok(())
+    }
     /// The member's address: its namespace made and joined to the CNI network.
     async fn ensure_network(&self, id: &str) -> Result<String> {
         let netns = netns_name(&self.opts.namespace, id);
@@ -1154,48 +1200,11 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<()> {
-        let c = self.get_container(id).await?;
-        if let Some(p) = self.task(id).await? {
-            if p.status == TaskStatus::Running as i32 || p.status == TaskStatus::Paused as i32 {
-                if !force {
-                    return Err(Error::Api(format!(
-                        "{id}: container is running (stop it first)"
-                    )));
-                }
-                match self.signal(id, 9).await {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                self.wait_exit(id, Duration::from_secs(30)).await?;
-            }
-            self.delete_task(id).await?;
-        }
-        let spec = Self::spec_of(&c).ok();
-        if spec.as_ref().and_then(netns_of).is_some() {
-            let netns = netns_name(&self.opts.namespace, id);
-            if let Err(e) = self.opts.cni.teardown(id, &netns).await {
-                tracing::warn!(container = %id, error = %e, "CNI teardown failed");
-            }
-        }
-        self.containers()
-            .delete(self.req(DeleteContainerRequest { id: id.to_owned() }))
-            .await
-            .map_err(|e| map_status(id, e))?;
-        match self
-            .snapshots()
-            .remove(self.req(RemoveSnapshotRequest {
-                snapshotter: c.snapshotter.clone(),
-                key: c.snapshot_key.clone(),
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(map_status(id, s)),
-        }
-        let _ = std::fs::remove_file(self.log_path(id));
-        let _ = std::fs::remove_dir_all(self.etc_dir(id));
-        Ok(())
+        self.remove_member(id, force, false).await
+    }
+
+    async fn remove_keeping_address(&self, id: &str) -> Result<()> {
+        self.remove_member(id, true, true).await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInfo> {

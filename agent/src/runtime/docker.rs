@@ -199,6 +199,28 @@ impl DockerRuntime {
         Ok(name)
     }
 
+    /// Removes a member's container, and its holder unless `keep_holder` (the member is made
+    /// again at once and joins the same holder: same address).
+    async fn remove_member(&self, id: &str, force: bool, keep_holder: bool) -> Result<()> {
+        let holder = match self.docker.inspect_container(id, None).await {
+            Ok(r) => holder_of(&r),
+            Err(e) => return Err(map_err(id, e)),
+        };
+        let opts = RemoveContainerOptions {
+            force,
+            v: false,
+            link: false,
+        };
+        self.docker
+            .remove_container(id, Some(opts))
+            .await
+            .map_err(|e| map_err(id, e))?;
+        if let Some(holder) = holder.filter(|_| !keep_holder) {
+            self.remove_holder(&holder).await?;
+        }
+        Ok(())
+    }
+
     /// Removes a holder; one already gone is fine.
     async fn remove_holder(&self, name: &str) -> Result<()> {
         let opts = RemoveContainerOptions {
@@ -442,23 +464,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<()> {
-        let holder = match self.docker.inspect_container(id, None).await {
-            Ok(r) => holder_of(&r),
-            Err(e) => return Err(map_err(id, e)),
-        };
-        let opts = RemoveContainerOptions {
-            force,
-            v: false,
-            link: false,
-        };
-        self.docker
-            .remove_container(id, Some(opts))
-            .await
-            .map_err(|e| map_err(id, e))?;
-        if let Some(holder) = holder {
-            self.remove_holder(&holder).await?;
-        }
-        Ok(())
+        self.remove_member(id, force, false).await
+    }
+
+    async fn remove_keeping_address(&self, id: &str) -> Result<()> {
+        self.remove_member(id, true, true).await
     }
 
     async fn update_limits(&self, id: &str, cpus: f64, memory_bytes: i64) -> Result<()> {

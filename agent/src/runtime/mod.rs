@@ -265,6 +265,13 @@ pub trait ContainerRuntime: Send + Sync {
     async fn kill(&self, id: &str, signal: &str) -> Result<()>;
     /// Removes a stopped container (`force` also kills a running one).
     async fn remove(&self, id: &str, force: bool) -> Result<()>;
+    /// Removes a member's container (killing it if it runs) to create it again at once, on
+    /// another image (an upgrade): what holds the member's address (Docker's holder,
+    /// containerd's network namespace) stays, so the new container has the same address.
+    /// Runtimes without such a holder remove as `remove` does.
+    async fn remove_keeping_address(&self, id: &str) -> Result<()> {
+        self.remove(id, true).await
+    }
     /// Inspects one container.
     async fn inspect(&self, id: &str) -> Result<ContainerInfo>;
     /// Changes a container's CPU (cores) and memory (bytes, swap none beyond it) limits,
