@@ -914,10 +914,29 @@ async fn the_console_in_a_real_browser() -> Result<()> {
             assert!(used > 0 && used < total, "{s}");
         }
     }
+    // Disk reserved against capacity (every member here has the form's 512 MiB).
+    for n in nodes.as_array().context("nodes")? {
+        let reserved: u64 = n["reserved_disk_mib"]
+            .as_object()
+            .context("reserved_disk_mib")?
+            .values()
+            .filter_map(Value::as_u64)
+            .sum();
+        assert_eq!(
+            reserved,
+            512 * n["members"].as_u64().context("members")?,
+            "{n}"
+        );
+    }
     let newest_only = env.get("/v1/nodes").await?;
     assert_eq!(newest_only[0]["usage"].as_array().map(Vec::len), Some(1));
     b.goto(&ui("/ui/nodes")).await?;
     assert_eq!(b.count("#nodes svg.usage").await?, 3, "a graph per node");
+    assert_eq!(
+        b.count("#nodes meter[aria-label='disk reserved']").await?,
+        3,
+        "disk reserved per node"
+    );
     let points = b
         .attr("#nodes svg.usage polyline.cpu", "points")
         .await?

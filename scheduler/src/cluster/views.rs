@@ -171,6 +171,8 @@ pub struct NodeView2 {
     pub reserved_cpu: f64,
     /// Reserved memory, MiB.
     pub reserved_memory_mib: u64,
+    /// Reserved disk, MiB, per disk class.
+    pub reserved_disk_mib: std::collections::BTreeMap<String, u64>,
     /// Members placed here.
     pub members: u32,
     /// The host's CPU and memory use over the last ten minutes, a sample per 10 s, oldest
@@ -207,6 +209,7 @@ impl Cluster {
                 .unwrap_or(0),
             reserved_cpu: r.cpu,
             reserved_memory_mib: r.memory_mib,
+            reserved_disk_mib: r.disk_mib.clone(),
             members: r.members,
             usage: inner
                 .live

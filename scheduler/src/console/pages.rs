@@ -196,9 +196,10 @@ fn fill_card(f: &Fill, what: &str) -> Markup {
             div.fill {
                 (meter_row("CPU", f.cpu, "cores", 1))
                 (meter_row("Memory", f.memory_mib, "MiB", 0))
-                (meter_row("Disk", f.disk_mib, "MiB used", 0))
+                (meter_row("Disk", f.disk_reserved_mib, "MiB", 0))
+                (meter_row("Disk used", f.disk_mib, "MiB", 0))
             }
-            p.hint { (f.members) " members · CPU and memory reserved by members; disk as the filesystems report it" }
+            p.hint { (f.members) " members · CPU, memory and disk reserved by members against capacity; disk used as the filesystems report it" }
         }
     }
 }
@@ -1129,7 +1130,7 @@ pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
         @if let Some(m) = flash { p.flash role="status" { (m) } }
         div.scroll id="nodes" data-live {
             table {
-                thead { tr { th { "Node" } th { "Zone" } th { "State" } th { "Heartbeat" } th.num { "Members" } th { "CPU reserved" } th { "Memory reserved" } th { "Host use, 10 min" } th { "Agent" } @if f.can_act { th { "Actions" } } } }
+                thead { tr { th { "Node" } th { "Zone" } th { "State" } th { "Heartbeat" } th.num { "Members" } th { "CPU reserved" } th { "Memory reserved" } th { "Disk reserved" } th { "Host use, 10 min" } th { "Agent" } @if f.can_act { th { "Actions" } } } }
                 tbody {
                     @for n in nodes {
                         @let fill = views::node_fill(n);
@@ -1141,6 +1142,7 @@ pub fn nodes(f: &Frame, nodes: &[Node], flash: Option<&str>) -> Markup {
                             td.num { (n.members) }
                             td { meter min="0" max="1" value=(format!("{:.3}", fill.cpu.fraction())) aria-label="CPU reserved" {} br; (format!("{:.1} / {:.1}", fill.cpu.used, fill.cpu.capacity)) }
                             td { meter min="0" max="1" value=(format!("{:.3}", fill.memory_mib.fraction())) aria-label="memory reserved" {} br; (format!("{:.0} / {:.0} MiB", fill.memory_mib.used, fill.memory_mib.capacity)) }
+                            td { meter min="0" max="1" value=(format!("{:.3}", fill.disk_reserved_mib.fraction())) aria-label="disk reserved" {} br; (format!("{:.0} / {:.0} MiB", fill.disk_reserved_mib.used, fill.disk_reserved_mib.capacity)) }
                             td { (usage_graph(n, f.now_ms)) }
                             td { (n.agent_version) }
                             @if f.can_act {

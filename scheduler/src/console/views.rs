@@ -535,6 +535,8 @@ pub struct Node {
     pub reserved_cpu: f64,
     /// Memory reserved by members, MiB.
     pub reserved_memory_mib: u64,
+    /// Disk reserved by members, MiB, per disk class.
+    pub reserved_disk_mib: BTreeMap<String, u64>,
     /// Members placed here.
     pub members: u32,
     /// Agent version.
@@ -1008,6 +1010,7 @@ impl From<&crate::cluster::NodeView2> for Node {
             last_heartbeat_ms: n.last_heartbeat_ms,
             reserved_cpu: n.reserved_cpu,
             reserved_memory_mib: n.reserved_memory_mib,
+            reserved_disk_mib: n.reserved_disk_mib.clone(),
             members: n.members,
             agent_version: n.node.agent_version.clone(),
             usage: n.usage.clone(),
@@ -1058,6 +1061,8 @@ pub struct Fill {
     pub cpu: Usage,
     /// Memory MiB reserved / offered.
     pub memory_mib: Usage,
+    /// Disk MiB reserved by members / capacity.
+    pub disk_reserved_mib: Usage,
     /// Disk MiB used / capacity (as the agent reports its filesystems).
     pub disk_mib: Usage,
     /// Members placed.
@@ -1084,6 +1089,10 @@ pub fn node_fill(n: &Node) -> Fill {
             used: n.reserved_memory_mib as f64,
             capacity: n.memory_bytes as f64 / MIB,
         },
+        disk_reserved_mib: Usage {
+            used: n.reserved_disk_mib.values().sum::<u64>() as f64,
+            capacity: cap as f64 / MIB,
+        },
         disk_mib: Usage {
             used: cap.saturating_sub(free) as f64 / MIB,
             capacity: cap as f64 / MIB,
@@ -1107,6 +1116,10 @@ pub fn zone_fill(nodes: &[Node]) -> Vec<Fill> {
                 used: 0.0,
                 capacity: 0.0,
             },
+            disk_reserved_mib: Usage {
+                used: 0.0,
+                capacity: 0.0,
+            },
             disk_mib: Usage {
                 used: 0.0,
                 capacity: 0.0,
@@ -1116,6 +1129,7 @@ pub fn zone_fill(nodes: &[Node]) -> Vec<Fill> {
         for (a, b) in [
             (&mut z.cpu, f.cpu),
             (&mut z.memory_mib, f.memory_mib),
+            (&mut z.disk_reserved_mib, f.disk_reserved_mib),
             (&mut z.disk_mib, f.disk_mib),
         ] {
             a.used += b.used;
@@ -1702,6 +1716,7 @@ mod tests {
             state: state.into(),
             reserved_cpu: 0.5,
             reserved_memory_mib: 512,
+            reserved_disk_mib: [("ssd".to_owned(), 1024)].into(),
             members: 1,
             ..Node::default()
         }
@@ -1966,11 +1981,15 @@ mod tests {
         assert_eq!(f.memory_mib.fraction(), 0.25);
         assert_eq!(f.disk_mib.used, 3072.0);
         assert_eq!(f.disk_mib.fraction(), 0.75);
+        assert_eq!(f.disk_reserved_mib.used, 1024.0);
+        assert_eq!(f.disk_reserved_mib.fraction(), 0.25);
         let z = zone_fill(&nodes);
         assert_eq!(z.len(), 2);
         assert_eq!(z[0].name, "a");
         assert_eq!(z[0].cpu.capacity, 4.0);
         assert_eq!(z[0].members, 2);
+        assert_eq!(z[0].disk_reserved_mib.used, 2048.0);
+        assert_eq!(z[0].disk_reserved_mib.capacity, 8192.0);
         assert_eq!(
             Usage {
                 used: 1.0,
