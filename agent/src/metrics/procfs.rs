@@ -288,14 +288,21 @@ mod tests {
     #[test]
     fn cores_busy_is_the_busy_share_of_the_time_passed_times_the_cpus() {
         // user nice system idle iowait irq softirq steal (hundredths of a second).
-        let before = cpu_sample("cpu  1000 0 1000 8000 0 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n")
-            .expect("a sample");
+        // The fields the kernel always writes after the CPU lines.
+        let rest = "intr 1\nctxt 12345\nbtime 1700000000\nprocesses 4321\nprocs_running 2\nprocs_blocked 0\n";
+        let two_cpus = "cpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n";
+        let before = cpu_sample(&format!(
+            "cpu  1000 0 1000 8000 0 0 0 0 0 0\n{two_cpus}{rest}"
+        ))
+        .expect("a sample");
         assert_eq!(before.cpus, 2);
         assert!((before.busy_secs - 20.0).abs() < 1e-9, "{before:?}");
         assert!((before.total_secs - 100.0).abs() < 1e-9, "{before:?}");
         // 100 s of CPU time later (50 s on each of two CPUs): 30 busy, 70 idle or iowait.
-        let now = cpu_sample("cpu  3000 0 2000 13000 2000 0 0 0 0 0\ncpu0 1 0 0 0 0 0 0 0 0 0\ncpu1 1 0 0 0 0 0 0 0 0 0\n")
-            .expect("a sample");
+        let now = cpu_sample(&format!(
+            "cpu  3000 0 2000 13000 2000 0 0 0 0 0\n{two_cpus}{rest}"
+        ))
+        .expect("a sample");
         assert!((cores_busy(&before, &now) - 0.6).abs() < 1e-9);
         assert_eq!(cores_busy(&now, &now), 0.0, "no time passed");
         assert_eq!(cores_busy(&now, &before), 0.0, "a counter that went back");
