@@ -326,6 +326,28 @@ impl Browser {
         self.shot(name).await
     }
 
+    /// The connection banner's text while it shows (`None`: hidden).
+    async fn banner(&self) -> Result<Option<String>> {
+        let v = self
+            .client
+            .execute(
+                "const e = document.getElementById('conn-banner');
+                 return e && !e.hidden ? e.textContent : null;",
+                vec![],
+            )
+            .await?;
+        Ok(v.as_str().map(str::to_owned))
+    }
+
+    /// Waits up to `secs` for the connection banner; its text.
+    async fn wait_banner(&self, what: &str, secs: u64) -> Result<String> {
+        let r = eventually(what, Duration::from_secs(secs), || async {
+            self.banner().await?.context("no banner yet")
+        })
+        .await;
+        explain(self, r).await
+    }
+
     /// Whether the page fits the window's width (no sideways scrolling of the page).
     async fn fits_width(&self) -> Result<bool> {
         let v = self
@@ -1238,22 +1260,10 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
     // page says so (banner) and keeps polling; once another leads (its session expired in
     // Consul), the banner goes and the page shows the instance from the new leader. Thawed,
     // the old leader leads no more.
-    let banner_seen = |b: &Browser| {
-        let b = b.client.clone();
-        async move {
-            let v = b
-                .execute(
-                    "const e = document.getElementById('conn-banner'); return !!e && !e.hidden;",
-                    vec![],
-                )
-                .await?;
-            anyhow::Ok(v == json!(true))
-        }
-    };
     let whole = || async {
         let status = b.text("#status").await?;
         let members = b.count("#topology .member").await?;
-        if !banner_seen(&b).await? && status == "ready" && members == 2 {
+        if b.banner().await?.is_none() && status == "ready" && members == 2 {
             Ok(())
         } else {
             bail!("status {status}, {members} members")
@@ -1263,22 +1273,9 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
         .nth(leader)
         .context("the leader")?
         .pause()?;
-    let banner = explain(
-        &b,
-        eventually(
-            "the page says the scheduler does not answer",
-            Duration::from_secs(30),
-            || async {
-                if banner_seen(&b).await? {
-                    b.text("#conn-banner").await
-                } else {
-                    bail!("no banner yet")
-                }
-            },
-        )
-        .await,
-    )
-    .await?;
+    let banner = b
+        .wait_banner("the page says the scheduler does not answer", 30)
+        .await?;
     // The follower answers 503 (it finds the leader unreachable) or not at all (the page
     // gives up after 10 s): either way a banner.
     assert!(banner.contains("retrying"), "{banner}");
@@ -1328,22 +1325,9 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
     // says so; thawed, the banner goes.
     let own = env.schedulers().nth(follower).context("the follower")?;
     own.pause()?;
-    let banner = explain(
-        &b,
-        eventually(
-            "the page says its scheduler has not answered",
-            Duration::from_secs(30),
-            || async {
-                if banner_seen(&b).await? {
-                    b.text("#conn-banner").await
-                } else {
-                    bail!("no banner yet")
-                }
-            },
-        )
-        .await,
-    )
-    .await;
+    let banner = b
+        .wait_banner("the page says its scheduler has not answered", 30)
+        .await;
     own.resume()?;
     let banner = banner?;
     assert!(banner.contains("has not answered for 10 s"), "{banner}");
@@ -1358,22 +1342,9 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
     // back to itself after it.
     let page = b.path().await?;
     env.scheduler_mut(follower)?.kill9()?;
-    let banner = explain(
-        &b,
-        eventually(
-            "the page says the scheduler does not answer",
-            Duration::from_secs(20),
-            || async {
-                if banner_seen(&b).await? {
-                    b.text("#conn-banner").await
-                } else {
-                    bail!("no banner yet")
-                }
-            },
-        )
-        .await,
-    )
-    .await?;
+    let banner = b
+        .wait_banner("the page says the scheduler does not answer", 20)
+        .await?;
     assert!(banner.contains("reconnecting"), "{banner}");
     assert_eq!(b.count("#topology .member").await?, 2, "the page kept");
     b.shot("follower-scheduler-lost").await?;

@@ -94,7 +94,8 @@ fn with_variable(variables: &mut Arc<Vec<(String, String)>>, name: &str, value: 
 fn pairs(rows: Vec<Row>) -> Vec<(String, String)> {
     rows.into_iter()
         .filter_map(|r| {
-            let mut values = r.unwrap().into_iter();
+            // `unwrap_raw`, not `unwrap`: the latter panics on a value already taken.
+            let mut values = r.unwrap_raw().into_iter().map(|v| v.unwrap_or(Value::NULL));
             let name = owned_text(values.next()?)?;
             Some((name, values.next().and_then(owned_text).unwrap_or_default()))
         })

@@ -422,7 +422,7 @@ impl Console {
             // A follower: through the API router, which forwards to the leader.
             (
                 self.get(v, "/v1/instances").await?,
-                self.get(v, "/v1/nodes?history=true").await?,
+                self.get(v, "/v1/nodes").await?,
             )
         };
         // Only the leader knows the hold; a follower shows none rather than a stale one.
@@ -1132,13 +1132,22 @@ async fn nodes_page(
     q: Result<Query<DoneQuery>, QueryRejection>,
 ) -> Response {
     let done = q.ok().and_then(|Query(q)| q.done);
-    match c.fleet(&v).await {
-        Ok((_, nodes, p)) => html(
-            StatusCode::OK,
-            pages::nodes(&v.frame(p.len()), &nodes, flash(done.as_deref())),
-        ),
-        Err(e) => failed(&c, &v, &e),
+    let (_, mut nodes, p) = match c.fleet(&v).await {
+        Ok(f) => f,
+        Err(e) => return failed(&c, &v, &e),
+    };
+    // A follower's fleet carries each node's newest usage sample only (every page reads the
+    // fleet); this page draws ten minutes of them.
+    if !c.inner.api.cluster.is_active() {
+        match c.get::<Vec<Node>>(&v, "/v1/nodes?history=true").await {
+            Ok(n) => nodes = n,
+            Err(e) => return failed(&c, &v, &e),
+        }
     }
+    html(
+        StatusCode::OK,
+        pages::nodes(&v.frame(p.len()), &nodes, flash(done.as_deref())),
+    )
 }
 
 async fn node_action(
@@ -1786,58 +1795,29 @@ mod tests {
         let html = text(r).await;
         assert!(html.contains("id=\"labels-error\""), "{html}");
         assert!(!html.contains("href=\"/ui/instances/shop\""), "{html}");
-        let (status, r) = send(
-            &app,
-            post(
-                "/ui/batches",
-                &cookie,
-                &format!(
-                    "csrf={csrf}&selector=team%3Dnobody&type=restart&max_parallel=3&max_failures=1"
-                ),
-            ),
-        )
-        .await;
+        let start = |form: &str| {
+            let (app, cookie) = (app.clone(), cookie.clone());
+            let form = format!("csrf={csrf}&{form}");
+            async move { send(&app, post("/ui/batches", &cookie, &form)).await }
+        };
+        let (status, r) =
+            start("selector=team%3Dnobody&type=restart&max_parallel=3&max_failures=1").await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         let html = text(r).await;
         assert!(html.contains("id=\"batch-selector-error\""), "{html}");
         assert!(html.contains("matches no instance"), "{html}");
         assert!(html.contains("value=\"team=nobody\""), "{html}");
         assert!(html.contains("value=\"3\""), "{html}");
-        let (status, r) = send(
-            &app,
-            post(
-                "/ui/batches",
-                &cookie,
-                &format!("csrf={csrf}&selector=team%3Dpay&type=restart&max_parallel=many"),
-            ),
-        )
-        .await;
+        let (status, r) = start("selector=team%3Dpay&type=restart&max_parallel=many").await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(text(r).await.contains("id=\"batch-max_parallel-error\""));
-        let (status, r) = send(
-            &app,
-            post(
-                "/ui/batches",
-                &cookie,
-                &format!("csrf={csrf}&selector=team%3Dpay&type=scale"),
-            ),
-        )
-        .await;
+        let (status, r) = start("selector=team%3Dpay&type=scale").await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(text(r).await.contains("id=\"batch-type-error\""));
         assert!(cluster.batches(10).await.expect("batches").is_empty());
 
-        let (status, r) = send(
-            &app,
-            post(
-                "/ui/batches",
-                &cookie,
-                &format!(
-                    "csrf={csrf}&selector=team%3Dpay&type=restart&max_parallel=1&max_failures=1"
-                ),
-            ),
-        )
-        .await;
+        let (status, r) =
+            start("selector=team%3Dpay&type=restart&max_parallel=1&max_failures=1").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(
             r.headers().get(header::LOCATION).expect("location"),
