@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod backup_crypt;
 pub mod config;
+pub mod exposition;
 pub mod ids;
 pub mod labels;
 pub mod params;

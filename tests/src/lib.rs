@@ -15,6 +15,7 @@ pub mod coord;
 pub mod fake_scheduler;
 pub mod faults;
 pub mod pki;
+pub mod promtool;
 pub mod s3;
 pub mod scenario;
 

@@ -1777,6 +1777,31 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
             && metrics.contains("mofang_backup_missed_total{mofang_instance=\"sc\"} "),
         "{metrics}"
     );
+    // Prometheus's own parser and linter on the scheduler's exposition (text format), and
+    // the OpenMetrics answer to a scrape that asks for it, as Prometheus does.
+    mofang_tests::promtool::check_metrics(&metrics)?;
+    let om = env
+        .http
+        .get(format!("{}/metrics", env.sched.rest))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await?;
+    ensure!(
+        om.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/openmetrics-text")),
+        "{:?}",
+        om.headers()
+    );
+    let om = om.text().await?;
+    ensure!(
+        om.ends_with("# EOF\n") && om.contains("# TYPE mofang_backup_missed counter\n"),
+        "{om}"
+    );
     eprintln!(
         "figures: {succeeded} scheduled backups succeeded, {} backup_expired events, {} backup_missed; {acked} of {} writes acknowledged during the backups; the backed-up member seen healthy {observed} times while its backup ran ({silent} times its node's heartbeat late), its position moving during {advanced} of {} backups seen running (distinct positions seen per backup: {:?}); the newest backup's app.pitr count {pitr_rows}; `backup verify --wait` of {newest_id} took {verify_took:?}",
         events_of(&env, "sc", "backup_expired").await?.len(),

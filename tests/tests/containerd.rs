@@ -405,29 +405,6 @@ fn container_families(exposition: &str) -> String {
         .collect()
 }
 
-fn promtool_check(exposition: &str) -> Result<()> {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running promtool (Debian package `prometheus`)")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(exposition.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// How a test kills a member's container: through the runtime its host runs.
 async fn kill_member(
     env: &mofang_tests::scenario::Env,
@@ -555,7 +532,7 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
             "{family} for {cname} missing"
         );
     }
-    promtool_check(&container_families(&metrics))?;
+    mofang_tests::promtool::check_metrics(&container_families(&metrics))?;
 
     // Redis: primary and replicas, the writes on every replica.
     let rname = unique_name("crd");

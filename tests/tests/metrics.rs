@@ -12,7 +12,6 @@ use mofang_tests::fake_scheduler::FakeScheduler;
 use mofang_tests::{docker, eventually, unique_name};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -214,21 +213,8 @@ fn is_inherited_exporter_name(metric: &str) -> bool {
 /// Runs `promtool check metrics` on an exposition; parse errors fail, and lint problems fail
 /// unless they are about names inherited from the replaced exporters.
 fn promtool_check_metrics(exposition: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running promtool (Debian package `prometheus`)")?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(exposition.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = mofang_tests::promtool::check_metrics_verdict(exposition)?;
+    let (stderr, stdout) = (v.stderr.as_str(), v.stdout.as_str());
     ensure!(
         !stderr.contains("error while linting"),
         "promtool could not parse the exposition:\n{stderr}"
@@ -245,14 +231,14 @@ fn promtool_check_metrics(exposition: &str) -> Result<()> {
     ensure!(
         problems.is_empty(),
         "promtool check metrics found problems (exit {:?}):\n{}",
-        out.status.code(),
+        v.code,
         problems.join("\n")
     );
     // 0: clean; 3: lint problems only (the inherited names above).
     ensure!(
-        matches!(out.status.code(), Some(0) | Some(3)),
+        matches!(v.code, Some(0) | Some(3)),
         "promtool check metrics exit {:?}: {stderr}",
-        out.status.code()
+        v.code
     );
     Ok(())
 }

@@ -23,7 +23,7 @@ pub(super) struct ArchiveFrom {
 }
 
 /// The PITR state of an instance as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PitrWindow {
     /// Earliest time it can be restored to (RFC 3339, whole seconds).
     pub from: String,
@@ -318,39 +318,22 @@ impl Cluster {
         }
     }
 
-    /// `/metrics` lines of the binlog archives: `mofang_pitr_archive_lag_seconds` (0 when
-    /// the primary holds nothing unarchived, else the seconds since the latest archived event)
-    /// and `mofang_pitr_ready` per archiving instance.
-    /// Only the leader, which refreshes them, exports them.
-    pub fn pitr_metrics(&self) -> String {
+    /// What `/metrics` exports of the binlog archives, per archiving instance by name: the
+    /// archive lag (`mofang_pitr_archive_lag_seconds`: 0 when the primary holds nothing
+    /// unarchived, else the seconds since the latest archived event; `None` not known yet) and
+    /// whether the archive continues the latest full backup (`mofang_pitr_ready`). Only the
+    /// leader, which refreshes them, exports them: empty on a follower.
+    pub fn pitr_states(&self) -> Vec<(String, Option<i64>, bool)> {
         if !self.is_active() {
-            return String::new();
+            return Vec::new();
         }
         let inner = lock(&self.inner);
-        let mut lag = String::from(
-            "# HELP mofang_pitr_archive_lag_seconds Seconds since the latest archived binlog event while the primary holds unarchived transactions (0: none).\n\
-             # TYPE mofang_pitr_archive_lag_seconds gauge\n",
-        );
-        let mut ready = String::from(
-            "# HELP mofang_pitr_ready 1 when the binlog archive continues the latest full backup without a gap.\n\
-             # TYPE mofang_pitr_ready gauge\n",
-        );
-        for (name, s) in inner
+        inner
             .pitr
             .iter()
             .filter(|(k, _)| inner.instances.contains_key(*k))
-        {
-            if let Some(l) = s.lag_s {
-                lag.push_str(&format!(
-                    "mofang_pitr_archive_lag_seconds{{mofang_instance=\"{name}\"}} {l}\n"
-                ));
-            }
-            ready.push_str(&format!(
-                "mofang_pitr_ready{{mofang_instance=\"{name}\"}} {}\n",
-                u8::from(s.readiness.ready)
-            ));
-        }
-        lag + &ready
+            .map(|(name, s)| (name.clone(), s.lag_s, s.readiness.ready))
+            .collect()
     }
 
     /// Plans a restore of `from_instance` to `time`: the backup (named, or the latest that
@@ -575,9 +558,7 @@ mod tests {
                 to: pitr::format_utc(130)
             })
         );
-        assert!(c
-            .pitr_metrics()
-            .contains("mofang_pitr_ready{mofang_instance=\"db\"} 0"));
+        assert_eq!(c.pitr_states(), [("db".to_owned(), None, false)]);
         let kinds = |evs: Vec<crate::model::Event>| -> Vec<String> {
             evs.into_iter()
                 .map(|e| e.kind)

@@ -271,33 +271,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// `/metrics` lines of schedules: `mofang_backup_missed_total` per instance (leader only).
-    pub fn schedule_metrics(&self) -> String {
+    /// Scheduled backups and verifications missed per instance with a backup policy, by
+    /// name (`mofang_backup_missed_total`), from 0 so that `increase()` sees the first miss.
+    /// Leader only: empty on a follower.
+    pub fn backup_missed(&self) -> std::collections::BTreeMap<String, u64> {
         if !self.is_active() {
-            return String::new();
+            return Default::default();
         }
         let inner = lock(&self.inner);
-        let mut out = String::from(
-            "# HELP mofang_backup_missed_total Scheduled backups and verifications that did not run at their slot, since this scheduler leads.\n\
-             # TYPE mofang_backup_missed_total counter\n",
-        );
-        // Every instance with a policy has the series, from 0: `increase()` then sees its
-        // first miss.
-        let mut missed: std::collections::BTreeMap<&str, u64> = inner
+        let mut missed: std::collections::BTreeMap<String, u64> = inner
             .instances
             .values()
             .filter(|i| i.spec.backup.is_some())
-            .map(|i| (i.spec.name.as_str(), 0))
+            .map(|i| (i.spec.name.clone(), 0))
             .collect();
         for (name, n) in &inner.backup_missed {
-            missed.insert(name, *n);
+            missed.insert(name.clone(), *n);
         }
-        for (name, n) in missed {
-            out.push_str(&format!(
-                "mofang_backup_missed_total{{mofang_instance=\"{name}\"}} {n}\n"
-            ));
-        }
-        out
+        missed
     }
 
     /// Backup health per existing instance, by name, from the backup records
@@ -361,58 +352,6 @@ impl Cluster {
             .collect();
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(out)
-    }
-
-    /// `/metrics` lines of backup health per existing instance (leader only), from
-    /// [`Cluster::backup_health`]: the newest success's end, duration and size, whether the
-    /// newest finished backup and the newest verification failed, and how overdue a
-    /// scheduled backup is.
-    pub async fn backup_metrics(&self) -> String {
-        if !self.is_active() {
-            return String::new();
-        }
-        let health = match self.backup_health().await {
-            Ok(h) => h,
-            Err(e) => {
-                warn!(error = %e, "backup records not read for /metrics");
-                return String::new();
-            }
-        };
-        let mut fams: [(&str, &str, &str, String); 6] = [
-            ("mofang_backup_last_success_timestamp_seconds", "gauge", "End of the newest succeeded backup (unix seconds).", String::new()),
-            ("mofang_backup_duration_seconds", "gauge", "Duration of the newest succeeded backup.", String::new()),
-            ("mofang_backup_size_bytes", "gauge", "Bytes stored by the newest succeeded backup.", String::new()),
-            ("mofang_backup_last_failed", "gauge", "1 when the newest finished backup failed.", String::new()),
-            ("mofang_backup_verify_last_failed", "gauge", "1 when the newest verification of a backup failed.", String::new()),
-            ("mofang_backup_overdue_seconds", "gauge", "Seconds since the first slot of the backup schedule after the newest succeeded backup was asked for; 0 before it.", String::new()),
-        ];
-        for h in health {
-            let label = format!("{{mofang_instance=\"{}\"}}", h.instance);
-            let mut put =
-                |i: usize, v: String| fams[i].3.push_str(&format!("{}{label} {v}\n", fams[i].0));
-            if let (Some(end), Some(took), Some(size)) =
-                (h.last_success_ms, h.last_duration_ms, h.last_size)
-            {
-                put(0, format!("{:.3}", end as f64 / 1000.0));
-                put(1, format!("{:.3}", took as f64 / 1000.0));
-                put(2, size.to_string());
-            }
-            if let Some(f) = h.last_failed {
-                put(3, u8::from(f).to_string());
-            }
-            if let Some(f) = h.verify_failed {
-                put(4, u8::from(f).to_string());
-            }
-            if let Some(s) = h.overdue_s {
-                put(5, s.to_string());
-            }
-        }
-        fams.iter()
-            .filter(|f| !f.3.is_empty())
-            .map(|(name, kind, help, lines)| {
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{lines}")
-            })
-            .collect()
     }
 }
 
@@ -549,13 +488,11 @@ mod tests {
                 .backup_slot_ms,
             t + 500
         );
-        assert!(c2
-            .schedule_metrics()
-            .contains("mofang_backup_missed_total{mofang_instance=\"one\"} 1\n"));
+        assert_eq!(c2.backup_missed().get("one"), Some(&1));
         // Backup health: the schedule's overdue figure for the instance, on the leader.
-        assert!(c2
-            .backup_metrics()
-            .await
-            .contains("mofang_backup_overdue_seconds{mofang_instance=\"one\"} "));
+        let health = c2.backup_health().await.expect("health");
+        assert!(health
+            .iter()
+            .any(|h| h.instance == "one" && h.overdue_s.is_some()));
     }
 }

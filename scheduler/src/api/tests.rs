@@ -1,0 +1,302 @@
+use super::*;
+use crate::auth::Tokens;
+use crate::cluster::{self, Cluster};
+use crate::config::TokenRole;
+use crate::store::sqlite::SqliteStore;
+use axum::body::Bytes;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use std::sync::Arc;
+use tower::ServiceExt;
+use utoipa::OpenApi;
+
+/// An activated scheduler on an in-memory store, with no token accepted.
+async fn api_without_tokens() -> Api {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load");
+    cluster.activate().await.expect("activate");
+    Api {
+        tls: None,
+        cluster,
+        tokens: Arc::new(Tokens::from_config(&[])),
+        sealed: None,
+    }
+}
+
+/// A create refused while a new leader warms up (decision 134): 503 with Retry-After in
+/// whole seconds (rounded up) and the JSON error naming the nodes not heard from.
+#[tokio::test]
+async fn a_leader_warming_up_answers_503_with_retry_after() {
+    let e = cluster::Error::WarmingUp {
+        unheard: vec!["node-a".into(), "node-b".into()],
+        retry_after: std::time::Duration::from_millis(1200),
+    };
+    let res = ApiError::from(e).into_response();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(v["error"]["code"], "leader_warming_up");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("node(s) node-a, node-b") && message.contains("retry in 2s"),
+        "{message}"
+    );
+}
+
+/// A request refused before its handler (no token) still has its body read to the end, so
+/// the connection is not reset under a client still sending it.
+#[tokio::test]
+async fn a_refused_request_has_its_body_read_to_the_end() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = api_without_tokens().await;
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let chunks = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(Bytes::from_static(b"{\"replicas\":")),
+        Ok(Bytes::from_static(b"2}")),
+    ])
+    .chain(futures::stream::poll_fn(move |_| {
+        d.store(true, Ordering::SeqCst);
+        std::task::Poll::Ready(None)
+    }));
+    let req = axum::http::Request::post("/v1/instances/db/operations")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(chunks))
+        .expect("request");
+    let res = router(api).oneshot(req).await.expect("answer");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the body was not read to its end"
+    );
+}
+
+/// A body over the limit is read to its end before the 413 (`read_whole_body`): answered
+/// at the first byte over, the client still sending saw the connection reset instead.
+#[tokio::test]
+async fn an_oversized_body_is_read_to_its_end_before_the_413() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let api = api_without_tokens().await;
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let chunk = Bytes::from(vec![b' '; 64 << 10]);
+    let chunks = futures::stream::iter(
+        std::iter::repeat_n(chunk, 3 * MAX_BODY / (64 << 10)).map(Ok::<_, std::io::Error>),
+    )
+    .chain(futures::stream::poll_fn(move |_| {
+        d.store(true, Ordering::SeqCst);
+        std::task::Poll::Ready(None)
+    }));
+    let req = axum::http::Request::post("/v1/instances")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(chunks))
+        .expect("request");
+    let res = router(api).oneshot(req).await.expect("answer");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the body was not read to its end"
+    );
+}
+
+/// Every authenticated operation documents the errors any operation may answer (an API
+/// fuzzer checks each answer's status against the document); health documents none.
+#[test]
+fn every_authenticated_operation_documents_the_generic_errors() {
+    let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut checked = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("item") {
+            let codes = op["responses"].as_object().expect("responses");
+            if path == "/v1/health" {
+                assert!(!codes.contains_key("401"), "{method} {path}");
+                continue;
+            }
+            for code in ["400", "401", "403", "413", "422", "503"] {
+                assert!(codes.contains_key(code), "{method} {path} lacks {code}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked} operations");
+    let rotate = &paths["/v1/instances/{name}/credentials/rotate"]["post"]["responses"];
+    assert!(
+        rotate["202"].is_object() && rotate["409"].is_object(),
+        "{rotate}"
+    );
+}
+
+/// `GET /v1/instances/{name}/parameters` (issue 17): documented with its view, open to a
+/// viewer, 404 JSON for an unknown instance.
+#[tokio::test]
+async fn parameters_of_an_unknown_instance_are_a_json_404_and_documented() {
+    let mut api = api_without_tokens().await;
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("viewer-token-0123456789", "grafana", TokenRole::Viewer);
+    api.tokens = Arc::new(tokens);
+    let res = router(api)
+        .oneshot(
+            axum::http::Request::get("/v1/instances/nope/parameters")
+                .header(header::AUTHORIZATION, "Bearer viewer-token-0123456789")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let b = axum::body::to_bytes(res.into_body(), MAX_BODY)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+    let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+    let op = &doc["paths"]["/v1/instances/{name}/parameters"]["get"]["responses"];
+    assert!(op["200"].is_object() && op["404"].is_object(), "{op}");
+    assert!(doc["components"]["schemas"]["ParametersView"].is_object());
+    assert!(doc["components"]["schemas"]["ParamState"].is_object());
+}
+
+/// HA soak, leader kill (failover.md defect 7): a starting scheduler answered
+/// `leader: true` before its election ran, so clients and agents took it for the leader.
+#[tokio::test]
+async fn a_scheduler_that_has_not_won_says_it_does_not_lead() {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load");
+    let app = router(Api {
+        tls: None,
+        cluster: cluster.clone(),
+        tokens: Arc::new(Tokens::from_config(&[])),
+        sealed: None,
+    });
+    let leader = |app: Router| async move {
+        let r = app
+            .oneshot(
+                axum::http::Request::get("/v1/health")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        v["leader"].clone()
+    };
+    assert_eq!(leader(app.clone()).await, serde_json::json!(false));
+    cluster.activate().await.expect("activate");
+    assert_eq!(leader(app).await, serde_json::json!(true));
+}
+
+/// HA soak, leader kill: a scheduler restarted on the leader's address was still named
+/// leader by Consul and forwarded API calls to itself, over and over. A forwarded request
+/// is never forwarded again.
+#[tokio::test]
+async fn a_forwarded_request_is_answered_not_forwarded_again() {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load");
+    cluster.deactivate();
+    cluster.set_leader_hint(Some("http://127.0.0.1:1".into()));
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
+    let app = router(Api {
+        tls: None,
+        cluster,
+        tokens: Arc::new(tokens),
+        sealed: None,
+    });
+    let call = |forwarded: bool| {
+        let mut b = axum::http::Request::get("/v1/instances")
+            .header(header::AUTHORIZATION, "Bearer secret-token-0123456789");
+        if forwarded {
+            b = b.header(FORWARDED, "1");
+        }
+        app.clone()
+            .oneshot(b.body(axum::body::Body::empty()).expect("request"))
+    };
+    let code = |r: Response| async move {
+        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        v["error"]["code"].as_str().unwrap_or_default().to_owned()
+    };
+    let direct = call(false).await.expect("answer");
+    assert_eq!(direct.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(direct).await, "leader_unreachable", "forwarded once");
+    let again = call(true).await.expect("answer");
+    assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(again).await, "no_leader", "never forwarded twice");
+}
+
+/// Database TLS needs the scheduler to sign members' certificates: without a CA key the
+/// request is refused with its reason and nothing is created; a bad value names the field.
+#[tokio::test]
+async fn an_instance_with_tls_needs_a_scheduler_that_signs() {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load");
+    cluster.activate().await.expect("activate");
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
+    let app = router(Api {
+        tls: None,
+        cluster: cluster.clone(),
+        tokens: Arc::new(tokens),
+        sealed: None,
+    });
+    let create = |tls: serde_json::Value| {
+        let body = serde_json::json!({"name": "shop", "engine": "mariadb", "version": "10.11",
+            "replicas": 0, "resources": {"cpu": 0.5, "memory": 256, "disk": 512}, "tls": tls});
+        app.clone().oneshot(
+            axum::http::Request::post("/v1/instances")
+                .header(header::AUTHORIZATION, "Bearer secret-token-0123456789")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .expect("request"),
+        )
+    };
+    let error = |r: Response| async move {
+        let status = r.status();
+        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        (status, v["error"].clone())
+    };
+    let (status, e) = error(create(serde_json::json!("required")).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["code"], "tls_unavailable", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tls.ca_key_file"),
+        "{e}"
+    );
+    let (status, e) = error(create(serde_json::json!("always")).await.expect("answer")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown variant `always`"),
+        "{e}"
+    );
+    assert!(cluster.instances().is_empty(), "nothing created");
+}
