@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod console;

@@ -260,6 +260,14 @@ impl Env {
         Ok(v)
     }
 
+    /// The typed API client of the first scheduler (a follower forwards to the leader),
+    /// with the admin token. Unlike [`Env::call`] it does not pass over a scheduler that is
+    /// down; it sends a request again while a new leader warms up.
+    pub fn client(&self) -> mofang_scheduler::client::Client {
+        mofang_scheduler::client::Client::new(self.sched.rest.clone(), self.http.clone())
+            .with_token(Some(self.token.clone()))
+    }
+
     /// See the test files.
     pub async fn wait_ready_nodes(&self, n: usize) -> Result<()> {
         eventually("nodes ready", Duration::from_secs(30), || async {
@@ -311,6 +319,15 @@ pub fn spec(name: &str, engine: &str, replicas: u32) -> Value {
     let version = if engine == "redis" { "7.0" } else { "10.11" };
     json!({"name": name, "engine": engine, "version": version, "replicas": replicas,
            "resources": {"cpu": 0.5, "memory": 384, "disk": 512}})
+}
+
+/// [`spec`] as the API's own type, for [`Env::client`].
+pub fn instance_spec(
+    name: &str,
+    engine: &str,
+    replicas: u32,
+) -> Result<mofang_scheduler::model::InstanceSpec> {
+    Ok(serde_json::from_value(spec(name, engine, replicas))?)
 }
 
 /// The application account's connection to `addr` (database `app`).

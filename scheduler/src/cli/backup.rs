@@ -1,12 +1,14 @@
 //! `mofang backup ...` and `mofang backup-repo ...`: backups and their repositories
 //! (docs/backup.md), read through the API's own types.
 
-use super::{table, Client};
+use super::render::{print_json, table};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use mofang_scheduler::backup::{Backup, BackupState};
-use mofang_scheduler::cluster::{BackupRepoView, RestoreProgress};
-use serde_json::{json, Value};
+use mofang_scheduler::client::{Client, NewBackup, NewBackupRepo};
+use mofang_scheduler::cluster::RestoreProgress;
+use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +188,16 @@ fn position(b: &Backup) -> String {
     }
 }
 
+/// A verification under way, as one line: `db-1: verifying` until its outcome.
+fn verify_line(b: &Backup) -> String {
+    match (b.verifying, b.verify_ok) {
+        (true, _) => format!("{}: verifying", b.id),
+        (false, Some(true)) => format!("{}: verified", b.id),
+        (false, Some(false)) => format!("{}: verification failed", b.id),
+        (false, None) => format!("{}: not verified", b.id),
+    }
+}
+
 fn print_backup(b: &Backup) {
     println!("id:        {}", b.id);
     println!("instance:  {} ({} {})", b.instance, b.engine, b.version);
@@ -232,12 +244,7 @@ fn print_backup(b: &Backup) {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
-    Ok(serde_json::from_value(v)?)
-}
-
 pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Result<()> {
-    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match cmd {
         BackupCmd::Create {
             instance,
@@ -247,17 +254,15 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             wait,
             timeout,
         } => {
-            let mut body = json!({ "repo": repo, "primary": primary });
-            if let Some(m) = member {
-                body["member"] = json!(m);
-            }
-            let v = c
-                .post(&format!("/v1/instances/{instance}/backups"), body)
-                .await?;
-            let b: Backup = parse(v.clone())?;
+            let req = NewBackup {
+                repo,
+                member,
+                primary,
+            };
+            let b = c.create_backup(&instance, &req).await?;
             if !wait {
                 if json_out {
-                    out(&v)
+                    print_json(&b)
                 } else {
                     println!("backup {} of {instance} on {}: {}", b.id, b.member, b.state);
                 }
@@ -267,8 +272,7 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             let mut last = String::new();
             let (mut prev_bytes, mut prev_at) = (0u64, Instant::now());
             loop {
-                let v = c.get(&format!("/v1/backups/{}", b.id)).await?;
-                let now: Backup = parse(v.clone())?;
+                let now = c.backup(&b.id).await?;
                 let dt = prev_at.elapsed().as_secs_f64().max(0.001);
                 let rate = now.bytes.saturating_sub(prev_bytes) as f64 / dt / (1 << 20) as f64;
                 let line = format!("{} {}: {} read", now.id, now.state, mib(now.bytes));
@@ -282,7 +286,7 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
                 }
                 if now.state.is_final() {
                     if json_out {
-                        out(&v)
+                        print_json(&now)
                     } else {
                         print_backup(&now)
                     }
@@ -298,12 +302,11 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             }
         }
         BackupCmd::List { instance } => {
-            let v = c.get(&format!("/v1/instances/{instance}/backups")).await?;
+            let list = c.backups(&instance).await?;
             if json_out {
-                out(&v);
+                print_json(&list);
                 return Ok(());
             }
-            let list: Vec<Backup> = parse(v)?;
             let rows = list
                 .iter()
                 .map(|b| {
@@ -327,33 +330,36 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             );
         }
         BackupCmd::Show { id } => {
-            let v = c.get(&format!("/v1/backups/{id}")).await?;
+            let b = c.backup(&id).await?;
             if json_out {
-                out(&v)
+                print_json(&b)
             } else {
-                print_backup(&parse(v)?)
+                print_backup(&b)
             }
         }
         BackupCmd::Verify { id, wait, timeout } => {
-            let v = c
-                .post(&format!("/v1/backups/{id}/verify"), json!({}))
-                .await?;
+            let v = c.verify_backup(&id).await?;
             if !wait {
                 if json_out {
-                    out(&v)
+                    print_json(&v)
                 } else {
                     println!("{id}: verification started");
                 }
                 return Ok(());
             }
             let start = Instant::now();
+            let mut last = String::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let v = c.get(&format!("/v1/backups/{id}")).await?;
-                let b: Backup = parse(v.clone())?;
+                let b = c.backup(&id).await?;
+                let line = verify_line(&b);
+                if line != last && !json_out {
+                    eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+                    last = line;
+                }
                 if !b.verifying {
                     if json_out {
-                        out(&v)
+                        print_json(&b)
                     } else {
                         print_backup(&b)
                     }
@@ -368,10 +374,9 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
             }
         }
         BackupCmd::Delete { id } => {
-            c.call(reqwest::Method::DELETE, &format!("/v1/backups/{id}"), None)
-                .await?;
+            c.delete_backup(&id).await?;
             if json_out {
-                out(&json!({ "id": id, "deleted": true }))
+                print_json(&json!({ "id": id, "deleted": true }))
             } else {
                 println!("{id}: deleted with its objects");
             }
@@ -381,7 +386,6 @@ pub(crate) async fn run_backup(c: &Client, cmd: BackupCmd, json_out: bool) -> Re
 }
 
 pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> Result<()> {
-    let out = |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match cmd {
         BackupRepoCmd::Add {
             name,
@@ -397,16 +401,10 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
             encrypt,
             encryption_key,
         } => {
-            let mut body = json!({ "name": name, "kind": kind });
-            if encrypt {
-                body["encrypt"] = json!(true);
-            }
-            if let Some(k) = encryption_key {
-                body["encryption_key"] = json!(k);
-            }
+            let mut fields = BTreeMap::new();
             let mut set = |k: &str, v: Option<String>| {
                 if let Some(v) = v {
-                    body[k] = json!(v);
+                    fields.insert(k.to_owned(), json!(v));
                 }
             };
             if kind == "s3" {
@@ -416,18 +414,24 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
                 set("region", region);
                 set("access_key_id", access_key_id);
                 set("secret_access_key", secret_access_key);
-                body["path_style"] = json!(!virtual_hosted);
+                fields.insert("path_style".to_owned(), json!(!virtual_hosted));
             } else {
                 set("path", path);
             }
+            let repo = NewBackupRepo {
+                name: name.clone(),
+                kind,
+                fields,
+                encrypt,
+                encryption_key,
+            };
             if !json_out {
                 eprintln!("checking {name} from the scheduler and every live agent ...");
             }
-            let v = c.post("/v1/backup-repos", body).await?;
+            let r = c.add_backup_repo(&repo).await?;
             if json_out {
-                out(&v)
+                print_json(&r)
             } else {
-                let r: BackupRepoView = parse(v)?;
                 match &r.key_id {
                     Some(k) => println!(
                         "{}: {} repository added, encrypted (key {k})",
@@ -438,12 +442,11 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
             }
         }
         BackupRepoCmd::List => {
-            let v = c.get("/v1/backup-repos").await?;
+            let list = c.backup_repos().await?;
             if json_out {
-                out(&v);
+                print_json(&list);
                 return Ok(());
             }
-            let list: Vec<BackupRepoView> = parse(v)?;
             let rows = list
                 .iter()
                 .map(|r| {
@@ -463,14 +466,9 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
             table(&["NAME", "KIND", "WHERE", "ENCRYPTION KEY ID"], rows);
         }
         BackupRepoCmd::Delete { name } => {
-            c.call(
-                reqwest::Method::DELETE,
-                &format!("/v1/backup-repos/{name}"),
-                None,
-            )
-            .await?;
+            c.delete_backup_repo(&name).await?;
             if json_out {
-                out(&json!({ "name": name, "deleted": true }))
+                print_json(&json!({ "name": name, "deleted": true }))
             } else {
                 println!("{name}: forgotten (its objects stay in the store)");
             }

@@ -11,7 +11,7 @@
 //! protocol, which HAProxy cannot originate: its traffic stays passed through, and clients
 //! verify end to end.
 
-use serde_json::Value;
+use mofang_scheduler::cluster::InstanceView;
 use std::fmt::Write;
 
 /// Ports and bind address of the rendered frontends.
@@ -35,7 +35,7 @@ pub struct Ports {
 }
 
 /// How HAProxy reaches the members of `inst`, or why it cannot as asked.
-fn member_tls(inst: &Value, p: &Ports) -> Result<Option<String>, String> {
+fn member_tls(inst: &InstanceView, p: &Ports) -> Result<Option<String>, String> {
     let Some(ca) = &p.ca_file else {
         if p.frontend_cert.is_some() {
             return Err(
@@ -46,12 +46,11 @@ fn member_tls(inst: &Value, p: &Ports) -> Result<Option<String>, String> {
         }
         return Ok(None);
     };
-    let tls = inst["spec"]["tls"].as_str().unwrap_or("off");
-    let engine = inst["engine"].as_str().unwrap_or_default();
-    if tls == "off" {
+    let engine = inst.engine.as_str();
+    if !inst.spec.tls.is_on() {
         return Err(format!(
             "--ca-file: instance {} has tls off; its members serve no certificate",
-            inst["name"].as_str().unwrap_or_default()
+            inst.name
         ));
     }
     if engine != "redis" {
@@ -66,15 +65,13 @@ fn member_tls(inst: &Value, p: &Ports) -> Result<Option<String>, String> {
 
 /// Renders the config for an instance view (`GET /v1/instances/{name}`). Members without a
 /// known address or check address are left out, with a comment saying so.
-pub fn render(inst: &Value, p: &Ports) -> Result<String, String> {
-    let name = inst["name"].as_str().unwrap_or("instance");
+pub fn render(inst: &InstanceView, p: &Ports) -> Result<String, String> {
+    let name = inst.name.as_str();
     let tls = member_tls(inst, p)?;
     let mut servers = String::new();
     let mut skipped = String::new();
-    for m in inst["members"].as_array().into_iter().flatten() {
-        let id = m["id"].as_str().unwrap_or_default();
-        let addr = m["address"].as_str().unwrap_or_default();
-        let check = m["check_address"].as_str().unwrap_or_default();
+    for m in &inst.members {
+        let (id, addr, check) = (&m.id, &m.address, &m.check_address);
         match (addr.is_empty(), check.rsplit_once(':')) {
             (false, Some((host, port))) => {
                 // The check goes to the agent in plain HTTP (`no-check-ssl`); the traffic to
@@ -150,15 +147,20 @@ pub fn render(inst: &Value, p: &Ports) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::instance::fixture::{instance, member};
 
     #[test]
     fn one_server_line_per_member_with_its_agent_check() {
-        let inst = json!({"name": "shop", "members": [
-            {"id": "shop-0", "address": "10.0.0.5:3306", "check_address": "10.0.0.5:9187"},
-            {"id": "shop-1", "address": "10.0.0.6:3306", "check_address": "10.0.0.6:9187"},
-            {"id": "shop-2", "address": "", "check_address": ""}
-        ]});
+        let inst = instance(
+            "shop",
+            "mariadb",
+            "off",
+            vec![
+                member("shop-0", "primary", "10.0.0.5:3306", "10.0.0.5:9187"),
+                member("shop-1", "replica", "10.0.0.6:3306", "10.0.0.6:9187"),
+                member("shop-2", "replica", "", ""),
+            ],
+        );
         let c = render(&inst, &ports(None, None)).expect("render");
         assert!(c.contains("server shop-0 10.0.0.5:3306 check addr 10.0.0.5 port 9187"));
         assert_eq!(c.matches("server shop-1 ").count(), 2, "{c}");
@@ -181,11 +183,15 @@ mod tests {
 
     #[test]
     fn haproxy_verifies_each_redis_members_name_when_given_the_ca() {
-        let inst = json!({"name": "cache", "engine": "redis", "spec": {"tls": "required"},
-            "members": [
-            {"id": "cache-0", "address": "10.0.0.5:6379", "check_address": "10.0.0.5:9187"},
-            {"id": "cache-1", "address": "10.0.0.6:6379", "check_address": "10.0.0.6:9187"}
-        ]});
+        let inst = instance(
+            "cache",
+            "redis",
+            "required",
+            vec![
+                member("cache-0", "primary", "10.0.0.5:6379", "10.0.0.5:9187"),
+                member("cache-1", "replica", "10.0.0.6:6379", "10.0.0.6:9187"),
+            ],
+        );
         let c = render(&inst, &ports(Some("/etc/haproxy/ca.pem"), None)).expect("render");
         for id in ["cache-0", "cache-1"] {
             assert_eq!(
@@ -211,12 +217,10 @@ mod tests {
 
     #[test]
     fn member_tls_is_refused_where_haproxy_cannot_speak_it() {
-        let maria = json!({"name": "shop", "engine": "mariadb", "spec": {"tls": "required"},
-            "members": []});
+        let maria = instance("shop", "mariadb", "required", vec![]);
         let e = render(&maria, &ports(Some("ca.pem"), None)).expect_err("mariadb");
         assert!(e.contains("inside its own protocol"), "{e}");
-        let off = json!({"name": "cache", "engine": "redis", "spec": {"tls": "off"},
-            "members": []});
+        let off = instance("cache", "redis", "off", vec![]);
         let e = render(&off, &ports(Some("ca.pem"), None)).expect_err("off");
         assert!(e.contains("tls off"), "{e}");
         let e = render(&off, &ports(None, Some("h.pem"))).expect_err("frontend alone");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 /// A rotation as the API shows it (never a password).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RotationView {
     /// The account: `admin`, `repl`, `monitor` or `app`.
     pub account: String,

@@ -6,7 +6,7 @@ use crate::model::{Credentials, Instance, InstanceSpec, Node, NodeState};
 use mofang_common::Role;
 
 /// A member as the API shows it: decision plus observation.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MemberView {
     /// Member id.
     pub id: String,
@@ -45,7 +45,7 @@ pub struct MemberView {
 }
 
 /// An instance as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// Name.
     pub name: String,
@@ -158,7 +158,7 @@ impl RestorePhaseView {
 }
 
 /// A node as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NodeView2 {
     /// The record.
     #[serde(flatten)]

@@ -26,12 +26,13 @@
 //! whole stop and start: that difference is what the figures show.
 
 use anyhow::{bail, Context, Result};
+use mofang_scheduler::client::{Client, NewOperation};
+use mofang_scheduler::ops::{OpKind, OpState};
 use mofang_tests::scenario::{
-    docker_cli, loadavg, set_contents, spec, Ack, Env, PrimarySource, SetOutcome, SetWriter,
+    docker_cli, instance_spec, loadavg, set_contents, Ack, Env, PrimarySource, SetOutcome,
+    SetWriter,
 };
 use mofang_tests::{test_label, unique_name};
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// A server or operation not done by then has failed.
@@ -84,97 +85,84 @@ async fn settle(writer: &SetWriter) -> Result<()> {
 }
 
 /// Runs one operation through the API until it ends; fails unless it succeeded.
-async fn operation(env: &Env, name: &str, what: &str, body: Value) -> Result<Measured> {
+async fn operation(c: &Client, name: &str, what: &str, op: NewOperation) -> Result<Measured> {
     let from = Instant::now();
-    let (s, op) = env
-        .call(
-            Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(body),
-        )
-        .await?;
-    if s != StatusCode::ACCEPTED {
-        bail!("{what}: {s} {op}");
+    let started = c
+        .start_operation(name, &op)
+        .await
+        .with_context(|| what.to_owned())?;
+    let ended = tokio::time::timeout(LIMIT, c.wait_operation(&started.id, POLL, |_| {}))
+        .await
+        .with_context(|| format!("{what}: not done within {LIMIT:?}"))??;
+    if ended.state != OpState::Succeeded {
+        bail!("{what}: {ended:?}");
     }
-    let id = op["id"].as_str().context("operation id")?.to_owned();
-    loop {
-        let v = env.get(&format!("/v1/operations/{id}")).await?;
-        match v["state"].as_str() {
-            Some("succeeded") => {
-                let to = Instant::now();
-                let steps = v["steps"].as_array().map_or(0, Vec::len);
-                return Ok(Measured {
-                    what: what.to_owned(),
-                    took: to - from,
-                    from,
-                    to,
-                    note: format!("{steps} step(s)"),
-                });
-            }
-            Some("failed" | "cancelled") => bail!("{what}: {v}"),
-            _ => {}
-        }
-        if from.elapsed() > LIMIT {
-            bail!("{what}: not done within {LIMIT:?}: {v}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let to = Instant::now();
+    Ok(Measured {
+        what: what.to_owned(),
+        took: to - from,
+        from,
+        to,
+        note: format!("{} step(s)", ended.steps.len()),
+    })
 }
 
 async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     let env = Env::start_with(4, "").await?;
+    let c = env.client();
     let name = unique_name("bop");
-    let mut body = spec(&name, "mariadb", 2);
-    body["version"] = json!("10.5");
-    let (s, v) = env.call(Method::POST, "/v1/instances", Some(body)).await?;
-    if s != StatusCode::CREATED {
-        bail!("create {name}: {s} {v}");
-    }
+    let mut spec = instance_spec(&name, "mariadb", 2)?;
+    spec.version = "10.5".into();
+    c.create_instance(&spec)
+        .await
+        .with_context(|| format!("create {name}"))?;
     env.wait_instance_ready(&name).await?;
-    let pw = env.app_password(&name).await?;
+    let pw = c.credentials(&name).await?.credentials.app;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    let with = |kind: OpKind, set: fn(&mut NewOperation)| {
+        let mut op = NewOperation::new(kind);
+        set(&mut op);
+        op
+    };
     let ops = [
-        ("restart", json!({"type": "restart"})),
+        ("restart", NewOperation::new(OpKind::Restart)),
         (
             "resize memory 384 -> 512 MiB",
-            json!({"type": "resize", "memory": 512}),
+            with(OpKind::Resize, |o| o.memory = Some(512)),
         ),
         (
             "upgrade 10.5 -> 10.11",
-            json!({"type": "upgrade", "version": "10.11"}),
+            with(OpKind::Upgrade, |o| o.version = Some("10.11".into())),
         ),
         (
             "scale up 2 -> 3 replicas",
-            json!({"type": "scale", "replicas": 3}),
+            with(OpKind::Scale, |o| o.replicas = Some(3)),
         ),
         (
             "scale down 3 -> 2 replicas",
-            json!({"type": "scale", "replicas": 2}),
+            with(OpKind::Scale, |o| o.replicas = Some(2)),
         ),
     ];
     let mut out = Vec::new();
-    for (what, body) in ops {
+    for (what, op) in ops {
         env.wait_instance_ready(&name).await?;
         settle(&writer).await?;
-        let m = operation(&env, &name, what, body).await?;
+        let m = operation(&c, &name, what, op).await?;
         eprintln!("mofang: {what}: {}", secs(m.took));
         out.push(m);
     }
     settle(&writer).await?;
     let outcome = writer.stop().await?;
-    let v = env.wait_instance_ready(&name).await?;
-    let present = set_contents(
-        "mariadb",
-        Env::primary_member(&v)?["address"]
-            .as_str()
-            .context("address")?,
-        &pw,
-    )
-    .await?;
+    env.wait_instance_ready(&name).await?;
+    let v = c.instance(&name).await?;
+    let primary = v
+        .members
+        .iter()
+        .find(|m| m.role == "primary")
+        .context("no primary member")?;
+    let present = set_contents("mariadb", &primary.address, &pw).await?;
     let lost = outcome.lost(&present).len();
-    let _ = env
-        .call(Method::DELETE, &format!("/v1/instances/{name}"), None)
-        .await;
+    let _ = c.delete_instance(&name).await;
     Ok((out, outcome, lost))
 }
 

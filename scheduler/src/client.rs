@@ -1,0 +1,1059 @@
+//! A typed client of the REST API v1 (`mofang_scheduler::api`): what the `mofang` CLI, the
+//! end-to-end tests and the benchmarks call instead of writing paths and JSON by hand. Each
+//! method returns the type the handler serializes (`InstanceView`, `Operation`, `Batch`,
+//! `Backup`, ...); a refusal is an [`Error::Api`] carrying the API's error code, so a caller
+//! matches on `not_found` or `operation_running` rather than on text.
+//!
+//! A new leader refuses mutating requests with 503 `leader_warming_up` until it has heard
+//! from its nodes (decision 134): the client sends such a request again after the
+//! `Retry-After` it gave, for at most [`WARM_UP_PATIENCE`] in all ([`warm_up_wait`]).
+
+use crate::backup::schedule::BackupPolicy;
+use crate::backup::Backup;
+use crate::cluster::{
+    BackupHealthView, BackupRepoView, InstanceView, JoinToken, NodeView2, Revocation,
+};
+use crate::model::{AuditEntry, Credentials, Event, InstanceSpec};
+use crate::ops::batch::Batch;
+use crate::ops::drift::ParametersView;
+use crate::ops::{OpKind, Operation};
+use crate::secrets::{KeyringStatus, Rotation};
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a call of the API can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The scheduler answered with an error status and its JSON error (`{"error": {"code",
+    /// "message"}}`); a body without one has the code `error` and the body as the message.
+    #[error("{code} ({status}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's error code (`not_found`, `operation_running`, ...).
+        code: String,
+        /// What the scheduler said.
+        message: String,
+    },
+    /// The scheduler's address and a path do not make a URL.
+    #[error("{url:?} is not a URL of the scheduler's API (give its address as https://host:port)")]
+    Address {
+        /// The address and path as joined.
+        url: String,
+    },
+    /// The request was not sent or no answer came (connection refused, TLS, timeout).
+    #[error("cannot reach the scheduler at {addr}")]
+    Send {
+        /// The scheduler's address.
+        addr: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer's body could not be read.
+    #[error("reading the answer to {method} {path}")]
+    Read {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A request body could not be written as JSON.
+    #[error("writing a request body as JSON")]
+    Encode(#[source] serde_json::Error),
+    /// The answer is not the JSON this client expects of the path.
+    #[error("the answer to {method} {path} did not parse")]
+    Decode {
+        /// The request's method.
+        method: Method,
+        /// The request's path.
+        path: String,
+        /// What failed.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The API's error code of a refusal; None for a transport or decoding failure.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A 404: no such instance, operation, backup, ...
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+/// The result of a call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The longest the client waits in all for a new leader to warm up before it gives its
+/// refusal.
+pub const WARM_UP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long to wait before sending a request again: only after a 503 `leader_warming_up`
+/// (nothing was done: a new leader has not heard from its nodes yet, decision 134), for the
+/// `Retry-After` it gave (1 to 10 s), and not past [`WARM_UP_PATIENCE`] in all.
+pub fn warm_up_wait(
+    status: u16,
+    code: &str,
+    retry_after_secs: Option<u64>,
+    waited: Duration,
+) -> Option<Duration> {
+    if status != 503 || code != "leader_warming_up" {
+        return None;
+    }
+    let wait = Duration::from_secs(retry_after_secs.unwrap_or(1).clamp(1, 10));
+    (waited + wait <= WARM_UP_PATIENCE).then_some(wait)
+}
+
+/// The error an answer with a failing `status` and body `text` stands for.
+pub fn api_error(status: u16, text: &str) -> Error {
+    let v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    let code = v["error"]["code"].as_str().unwrap_or("error").to_owned();
+    let message = v["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v.to_string());
+    Error::Api {
+        status,
+        code,
+        message,
+    }
+}
+
+/// The URL of `segments` under the API at `addr`, each segment percent-encoded (a name
+/// holding `/` or `?` stays one segment), with `query` form-encoded.
+pub fn url(addr: &str, segments: &[&str], query: &[(&str, String)]) -> Result<Url> {
+    let bad = || Error::Address {
+        url: format!("{}/{}", addr.trim_end_matches('/'), segments.join("/")),
+    };
+    let mut u = Url::parse(addr).map_err(|_| bad())?;
+    u.path_segments_mut()
+        .map_err(|_| bad())?
+        .pop_if_empty()
+        .extend(segments);
+    if !query.is_empty() {
+        let mut q = u.query_pairs_mut();
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+    }
+    Ok(u)
+}
+
+/// The URL of `path` (with any query, as given) under the API at `addr`.
+pub fn raw_url(addr: &str, path: &str) -> Result<Url> {
+    let joined = format!("{}{path}", addr.trim_end_matches('/'));
+    Url::parse(&joined).map_err(|_| Error::Address { url: joined })
+}
+
+/// Told how long the client waits before sending a request again to a warming-up leader.
+pub type WarmUpHook = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// A client of one scheduler's REST API (a follower forwards to the leader).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+    on_warm_up: Option<WarmUpHook>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Answer of `DELETE /v1/instances/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The instance.
+    pub name: String,
+    /// `deleting`: agents remove containers, then volumes.
+    pub status: String,
+}
+
+/// Answer of `GET /v1/instances/{name}/credentials` (admin).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CredentialsView {
+    /// The passwords.
+    #[serde(flatten)]
+    pub credentials: Credentials,
+    /// The instance's database traffic TLS: `off`, `optional` or `required`.
+    pub tls: String,
+    /// With TLS on: the cluster CA (PEM) the members' certificates chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for CredentialsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsView")
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// Body of `PATCH /v1/instances/{name}` (a JSON merge patch): only what is set is sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InstancePatch {
+    /// Labels to set; `None` removes one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Option<String>>,
+    /// `Some(None)` removes the backup policy; `Some(Some(p))` replaces it whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Option<BackupPolicy>>,
+    /// Database traffic TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<mofang_common::DbTls>,
+}
+
+/// Body of `POST /v1/instances/{name}/operations`: the type and its own fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewOperation {
+    /// What it does.
+    #[serde(rename = "type")]
+    pub kind: OpKind,
+    /// `rebuild`: the member; `switchover`: the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// `scale`: the replica count wanted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `resize`: CPU cores of each member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// `resize`: memory of each member, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// `reconfigure`: parameter values by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<BTreeMap<String, String>>,
+    /// `expand`: disk of each member, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
+    /// `upgrade`: the engine version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The operation fails after this long, seconds (default 3600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<i64>,
+}
+
+impl NewOperation {
+    /// An operation of `kind` with no field of its own set.
+    pub fn new(kind: OpKind) -> Self {
+        NewOperation {
+            kind,
+            member: None,
+            replicas: None,
+            cpu: None,
+            memory: None,
+            settings: None,
+            disk: None,
+            version: None,
+            timeout_s: None,
+        }
+    }
+}
+
+/// Body of `POST /v1/batches`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewBatch {
+    /// Label selector of the instances.
+    pub selector: String,
+    /// `restart`, `stop` or `start`.
+    #[serde(rename = "type")]
+    pub kind: OpKind,
+    /// Each operation's timeout, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<i64>,
+    /// At most this many operations at once.
+    pub max_parallel: usize,
+    /// After this many failed operations no new one starts.
+    pub max_failures: usize,
+}
+
+/// Body of `POST /v1/instances/{name}/backups`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NewBackup {
+    /// Repository to keep it in.
+    pub repo: String,
+    /// Take it on this member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// Take it on the primary.
+    pub primary: bool,
+}
+
+/// Body of `POST /v1/backup-repos`: the name, the kind and the kind's own fields (`s3`:
+/// `endpoint`, `bucket`, `prefix`, `region`, `access_key_id`, `secret_access_key`,
+/// `path_style`; `fs`: `path`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NewBackupRepo {
+    /// Name (DNS label).
+    pub name: String,
+    /// `s3` or `fs`.
+    pub kind: String,
+    /// The kind's fields.
+    #[serde(flatten)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+    /// Encrypt what is stored in it, on the agents.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypt: bool,
+    /// With `encrypt`: the repository key rather than a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
+}
+
+/// One settable engine parameter (`GET /v1/engines`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineParameter {
+    /// The engine's own name.
+    pub name: String,
+    /// `integer` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Integers: the smallest allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    /// Integers: the largest allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+    /// Enums: the allowed words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Unit of an integer, empty if none.
+    #[serde(default)]
+    pub unit: String,
+    /// Applied live (true) or by a rolling restart.
+    pub dynamic: bool,
+    /// One line.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An engine the scheduler runs (`GET /v1/engines`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineView {
+    /// `mariadb` or `redis`.
+    pub engine: String,
+    /// Versions, newest first.
+    pub versions: Vec<String>,
+    /// What `reconfigure` may set.
+    pub parameters: Vec<EngineParameter>,
+}
+
+/// Answer of `POST /v1/keyring/rotate-root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootRotation {
+    /// The new root key.
+    pub root_key: u32,
+    /// Root keys removed from the file.
+    pub retired_root_keys: Vec<u32>,
+    /// What the operator does next.
+    pub next: String,
+}
+
+/// Answer of `POST /v1/failover/resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// The mass-failure guard still holds.
+    pub mass_hold: bool,
+}
+
+/// Answer of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// This scheduler leads.
+    pub leader: bool,
+}
+
+/// Which part of a log (events, audit) to read: forward from an id, or backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogRange {
+    /// Only entries after this id.
+    pub since: Option<u64>,
+    /// Only the newest `limit` entries before this id.
+    pub before: Option<u64>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl LogRange {
+    /// The query pairs of this range.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(s) = self.since {
+            q.push(("since", s.to_string()));
+        }
+        if let Some(b) = self.before {
+            q.push(("before", b.to_string()));
+        }
+        if let Some(l) = self.limit {
+            q.push(("limit", l.to_string()));
+        }
+        q
+    }
+}
+
+impl Client {
+    /// A client of the API at `addr` (`https://host:port`) over `http` (which carries the
+    /// TLS settings: the cluster CA, a client certificate).
+    pub fn new(addr: impl Into<String>, http: reqwest::Client) -> Self {
+        Client {
+            http,
+            addr: addr.into(),
+            token: None,
+            on_warm_up: None,
+        }
+    }
+
+    /// Sends `token` as the bearer token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Calls `hook` with the wait before each request sent again to a warming-up leader.
+    pub fn on_warm_up(mut self, hook: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.on_warm_up = Some(Arc::new(hook));
+        self
+    }
+
+    /// The scheduler's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends a request to `url`, again while a new leader warms up; the body of a success.
+    async fn send(&self, method: Method, url: Url, body: Option<Vec<u8>>) -> Result<String> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = &body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            let resp = req.send().await.map_err(|source| Error::Send {
+                addr: self.addr.clone(),
+                source,
+            })?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<u64>().ok());
+            let text = resp.text().await.map_err(|source| Error::Read {
+                method: method.clone(),
+                path: url.path().to_owned(),
+                source,
+            })?;
+            if (200..300).contains(&status) {
+                return Ok(text);
+            }
+            let err = api_error(status, &text);
+            let code = err.code().unwrap_or_default();
+            match warm_up_wait(status, code, retry_after, waited) {
+                Some(wait) => {
+                    if let Some(hook) = &self.on_warm_up {
+                        hook(wait);
+                    }
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                }
+                None => return Err(err),
+            }
+        }
+    }
+
+    /// A typed call of `segments` (each percent-encoded) with `query` and a JSON `body`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        let url = url(&self.addr, segments, query)?;
+        let path = url.path().to_owned();
+        let text = self.send(method.clone(), url, body).await?;
+        decode(&method, &path, &text)
+    }
+
+    /// As [`Client::call`], the answer's body ignored (a 204).
+    async fn call_unit(&self, method: Method, segments: &[&str]) -> Result<()> {
+        let url = url(&self.addr, segments, &[])?;
+        self.send(method, url, None).await.map(drop)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T> {
+        self.call(Method::GET, segments, &[], None).await
+    }
+
+    async fn post<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::POST, segments, &[], Some(json(body)?))
+            .await
+    }
+
+    // ---- raw JSON, for callers that only pass it through
+
+    /// `GET path` (with any query, as given): the answer as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        self.call_json(Method::GET, path, None).await
+    }
+
+    /// `method path` with a JSON body: the answer as JSON (`null` when empty).
+    pub async fn call_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let url = raw_url(&self.addr, path)?;
+        let body = body.map(json).transpose()?;
+        let text = self.send(method.clone(), url, body).await?;
+        if text.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        decode(&method, path, &text)
+    }
+
+    // ---- the scheduler
+
+    /// `GET /v1/health` (no token needed).
+    pub async fn health(&self) -> Result<Health> {
+        self.get(&["v1", "health"]).await
+    }
+
+    /// `GET /v1/engines`: the engines, their versions and parameters.
+    pub async fn engines(&self) -> Result<Vec<EngineView>> {
+        self.get(&["v1", "engines"]).await
+    }
+
+    // ---- nodes
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeView2>> {
+        self.get(&["v1", "nodes"]).await
+    }
+
+    /// `GET /v1/nodes/{name}`.
+    pub async fn node(&self, name: &str) -> Result<NodeView2> {
+        self.get(&["v1", "nodes", name]).await
+    }
+
+    /// `POST /v1/nodes/{name}/{action}`: `drain`, `cordon` or `uncordon`.
+    pub async fn node_action(&self, name: &str, action: NodeAction) -> Result<NodeView2> {
+        self.post(&["v1", "nodes", name, action.as_str()], &EMPTY)
+            .await
+    }
+
+    /// `POST /v1/nodes/{name}/revoke` (admin).
+    pub async fn revoke_node(&self, name: &str) -> Result<Revocation> {
+        self.post(&["v1", "nodes", name, "revoke"], &EMPTY).await
+    }
+
+    /// `POST /v1/join-tokens` (admin): a token valid `ttl_secs`, for `node` or any new one.
+    pub async fn create_join_token(
+        &self,
+        ttl_secs: Option<u64>,
+        node: Option<&str>,
+    ) -> Result<JoinToken> {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            ttl_secs: Option<u64>,
+            node: Option<&'a str>,
+        }
+        self.post(&["v1", "join-tokens"], &Req { ttl_secs, node })
+            .await
+    }
+
+    // ---- instances
+
+    /// `POST /v1/instances`.
+    pub async fn create_instance(&self, spec: &InstanceSpec) -> Result<InstanceView> {
+        self.post(&["v1", "instances"], spec).await
+    }
+
+    /// `GET /v1/instances`, only those matching `selector` when given.
+    pub async fn instances(&self, selector: Option<&str>) -> Result<Vec<InstanceView>> {
+        let query: Vec<(&str, String)> = selector
+            .map(|s| ("selector", s.to_owned()))
+            .into_iter()
+            .collect();
+        self.call(Method::GET, &["v1", "instances"], &query, None)
+            .await
+    }
+
+    /// `GET /v1/instances/{name}`.
+    pub async fn instance(&self, name: &str) -> Result<InstanceView> {
+        self.get(&["v1", "instances", name]).await
+    }
+
+    /// `PATCH /v1/instances/{name}`.
+    pub async fn patch_instance(&self, name: &str, patch: &InstancePatch) -> Result<InstanceView> {
+        self.call(
+            Method::PATCH,
+            &["v1", "instances", name],
+            &[],
+            Some(json(patch)?),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/instances/{name}`.
+    pub async fn delete_instance(&self, name: &str) -> Result<Deleted> {
+        self.call(Method::DELETE, &["v1", "instances", name], &[], None)
+            .await
+    }
+
+    /// `GET /v1/instances/{name}/parameters`.
+    pub async fn parameters(&self, name: &str) -> Result<ParametersView> {
+        self.get(&["v1", "instances", name, "parameters"]).await
+    }
+
+    /// `GET /v1/instances/{name}/credentials` (admin).
+    pub async fn credentials(&self, name: &str) -> Result<CredentialsView> {
+        self.get(&["v1", "instances", name, "credentials"]).await
+    }
+
+    /// `POST /v1/instances/{name}/credentials/rotate` (admin): `account` is `app`, `admin`,
+    /// `repl` or `monitor`.
+    pub async fn rotate_credentials(
+        &self,
+        name: &str,
+        account: &str,
+        grace_s: Option<u64>,
+    ) -> Result<InstanceView> {
+        #[derive(Serialize)]
+        struct Req<'a> {
+            account: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            grace_s: Option<u64>,
+        }
+        self.post(
+            &["v1", "instances", name, "credentials", "rotate"],
+            &Req { account, grace_s },
+        )
+        .await
+    }
+
+    /// `POST /v1/instances/{name}/switchover`: answers once done.
+    pub async fn switchover(&self, name: &str, target: Option<&str>) -> Result<InstanceView> {
+        self.post(&["v1", "instances", name, "switchover"], &Target { target })
+            .await
+    }
+
+    /// `POST /v1/instances/{name}/failover`: answers once decided.
+    pub async fn failover(&self, name: &str, target: Option<&str>) -> Result<InstanceView> {
+        self.post(&["v1", "instances", name, "failover"], &Target { target })
+            .await
+    }
+
+    /// `POST /v1/instances/{name}/failover/ack`.
+    pub async fn failover_ack(&self, name: &str) -> Result<InstanceView> {
+        self.post(&["v1", "instances", name, "failover", "ack"], &EMPTY)
+            .await
+    }
+
+    /// `PUT /v1/instances/{name}/auto-failover`.
+    pub async fn set_auto_failover(&self, name: &str, enabled: bool) -> Result<InstanceView> {
+        #[derive(Serialize)]
+        struct Req {
+            enabled: bool,
+        }
+        self.call(
+            Method::PUT,
+            &["v1", "instances", name, "auto-failover"],
+            &[],
+            Some(json(&Req { enabled })?),
+        )
+        .await
+    }
+
+    /// `POST /v1/failover/resume`.
+    pub async fn failover_resume(&self) -> Result<Resumed> {
+        self.post(&["v1", "failover", "resume"], &EMPTY).await
+    }
+
+    // ---- operations
+
+    /// `POST /v1/instances/{name}/operations`.
+    pub async fn start_operation(&self, name: &str, op: &NewOperation) -> Result<Operation> {
+        self.post(&["v1", "instances", name, "operations"], op)
+            .await
+    }
+
+    /// `GET /v1/instances/{name}/operations`: newest first.
+    pub async fn operations(&self, name: &str) -> Result<Vec<Operation>> {
+        self.get(&["v1", "instances", name, "operations"]).await
+    }
+
+    /// `GET /v1/operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<Operation> {
+        self.get(&["v1", "operations", id]).await
+    }
+
+    /// `POST /v1/operations/{id}/cancel`.
+    pub async fn cancel_operation(&self, id: &str) -> Result<Operation> {
+        self.post(&["v1", "operations", id, "cancel"], &EMPTY).await
+    }
+
+    /// Polls operation `id` every `poll` until it has ended (succeeded, failed or
+    /// cancelled), showing each answer to `seen`; the operation as it ended.
+    pub async fn wait_operation(
+        &self,
+        id: &str,
+        poll: Duration,
+        mut seen: impl FnMut(&Operation),
+    ) -> Result<Operation> {
+        loop {
+            let op = self.operation(id).await?;
+            seen(&op);
+            if op.state.is_terminal() {
+                return Ok(op);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    // ---- batches
+
+    /// `POST /v1/batches`.
+    pub async fn start_batch(&self, batch: &NewBatch) -> Result<Batch> {
+        self.post(&["v1", "batches"], batch).await
+    }
+
+    /// `GET /v1/batches`: the newest, newest first.
+    pub async fn batches(&self, limit: Option<usize>) -> Result<Vec<Batch>> {
+        let query: Vec<(&str, String)> = limit
+            .map(|l| ("limit", l.to_string()))
+            .into_iter()
+            .collect();
+        self.call(Method::GET, &["v1", "batches"], &query, None)
+            .await
+    }
+
+    /// `GET /v1/batches/{id}`.
+    pub async fn batch(&self, id: &str) -> Result<Batch> {
+        self.get(&["v1", "batches", id]).await
+    }
+
+    /// `POST /v1/batches/{id}/cancel`.
+    pub async fn cancel_batch(&self, id: &str) -> Result<Batch> {
+        self.post(&["v1", "batches", id, "cancel"], &EMPTY).await
+    }
+
+    // ---- events and audit
+
+    /// `GET /v1/events`, of `instance` only when given.
+    pub async fn events(&self, instance: Option<&str>, range: LogRange) -> Result<Vec<Event>> {
+        let mut query = range.query();
+        if let Some(i) = instance {
+            query.push(("instance", i.to_owned()));
+        }
+        self.call(Method::GET, &["v1", "events"], &query, None)
+            .await
+    }
+
+    /// `GET /v1/audit` (admin).
+    pub async fn audit(&self, range: LogRange) -> Result<Vec<AuditEntry>> {
+        self.call(Method::GET, &["v1", "audit"], &range.query(), None)
+            .await
+    }
+
+    // ---- keyring
+
+    /// `GET /v1/keyring` (admin).
+    pub async fn keyring(&self) -> Result<KeyringStatus> {
+        self.get(&["v1", "keyring"]).await
+    }
+
+    /// `POST /v1/keyring/rotate` (admin).
+    pub async fn rotate_keyring(&self) -> Result<Rotation> {
+        self.post(&["v1", "keyring", "rotate"], &EMPTY).await
+    }
+
+    /// `POST /v1/keyring/rotate-root` (admin).
+    pub async fn rotate_root_keyring(&self) -> Result<RootRotation> {
+        self.post(&["v1", "keyring", "rotate-root"], &EMPTY).await
+    }
+
+    // ---- backups
+
+    /// `POST /v1/instances/{name}/backups`.
+    pub async fn create_backup(&self, instance: &str, req: &NewBackup) -> Result<Backup> {
+        self.post(&["v1", "instances", instance, "backups"], req)
+            .await
+    }
+
+    /// `GET /v1/instances/{name}/backups` (also of a deleted instance).
+    pub async fn backups(&self, instance: &str) -> Result<Vec<Backup>> {
+        self.get(&["v1", "instances", instance, "backups"]).await
+    }
+
+    /// `GET /v1/backups`: every backup.
+    pub async fn all_backups(&self) -> Result<Vec<Backup>> {
+        self.get(&["v1", "backups"]).await
+    }
+
+    /// `GET /v1/backup-health`.
+    pub async fn backup_health(&self) -> Result<Vec<BackupHealthView>> {
+        self.get(&["v1", "backup-health"]).await
+    }
+
+    /// `GET /v1/backups/{id}`.
+    pub async fn backup(&self, id: &str) -> Result<Backup> {
+        self.get(&["v1", "backups", id]).await
+    }
+
+    /// `DELETE /v1/backups/{id}`: the backup and its objects.
+    pub async fn delete_backup(&self, id: &str) -> Result<()> {
+        self.call_unit(Method::DELETE, &["v1", "backups", id]).await
+    }
+
+    /// `POST /v1/backups/{id}/verify`.
+    pub async fn verify_backup(&self, id: &str) -> Result<Backup> {
+        self.post(&["v1", "backups", id, "verify"], &EMPTY).await
+    }
+
+    /// `POST /v1/backup-repos` (admin): checked from the scheduler and every live agent.
+    pub async fn add_backup_repo(&self, repo: &NewBackupRepo) -> Result<BackupRepoView> {
+        self.post(&["v1", "backup-repos"], repo).await
+    }
+
+    /// `GET /v1/backup-repos`.
+    pub async fn backup_repos(&self) -> Result<Vec<BackupRepoView>> {
+        self.get(&["v1", "backup-repos"]).await
+    }
+
+    /// `GET /v1/backup-repos/{name}`.
+    pub async fn backup_repo(&self, name: &str) -> Result<BackupRepoView> {
+        self.get(&["v1", "backup-repos", name]).await
+    }
+
+    /// `DELETE /v1/backup-repos/{name}` (admin): forgotten, its objects kept.
+    pub async fn delete_backup_repo(&self, name: &str) -> Result<()> {
+        self.call_unit(Method::DELETE, &["v1", "backup-repos", name])
+            .await
+    }
+}
+
+/// What `POST /v1/nodes/{name}/...` asks of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Stop placing on it and move its members away.
+    Drain,
+    /// Stop placing on it.
+    Cordon,
+    /// Place on it again.
+    Uncordon,
+}
+
+impl NodeAction {
+    /// The path's last segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Drain => "drain",
+            NodeAction::Cordon => "cordon",
+            NodeAction::Uncordon => "uncordon",
+        }
+    }
+}
+
+/// `{"target": ...}` of a switchover or failover.
+#[derive(Serialize)]
+struct Target<'a> {
+    target: Option<&'a str>,
+}
+
+/// `{}`: the body of a POST that takes none.
+#[derive(Serialize)]
+struct Empty {}
+
+const EMPTY: Empty = Empty {};
+
+/// A JSON answer read as `T`.
+fn decode<T: DeserializeOwned>(method: &Method, path: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|source| Error::Decode {
+        method: method.clone(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A request body as JSON.
+fn json<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>> {
+    serde_json::to_vec(body).map_err(Error::Encode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_refused_while_the_leader_warms_up_is_sent_again_within_a_bound() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", Some(2), s(0)),
+            Some(s(2))
+        );
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", None, s(0)),
+            Some(s(1))
+        );
+        assert_eq!(
+            warm_up_wait(503, "leader_warming_up", Some(600), s(0)),
+            Some(s(10))
+        );
+        assert_eq!(warm_up_wait(503, "leader_warming_up", Some(2), s(29)), None);
+        assert_eq!(warm_up_wait(503, "no_leader", Some(2), s(0)), None);
+        assert_eq!(warm_up_wait(409, "unplaceable", None, s(0)), None);
+        assert_eq!(warm_up_wait(201, "", None, s(0)), None);
+    }
+
+    #[test]
+    fn an_api_error_carries_its_code_and_reads_as_the_cli_said_it() {
+        let e = api_error(
+            404,
+            r#"{"error": {"code": "not_found", "message": "instance shop not found"}}"#,
+        );
+        assert!(e.is_not_found());
+        assert_eq!(e.code(), Some("not_found"));
+        assert_eq!(e.to_string(), "not_found (404): instance shop not found");
+        // Not our JSON (a proxy's page): the code `error`, the body as the message.
+        let e = api_error(502, "Bad Gateway");
+        assert_eq!(e.code(), Some("error"));
+        assert_eq!(e.to_string(), r#"error (502): "Bad Gateway""#);
+        let e = api_error(500, r#"{"detail": "x"}"#);
+        assert_eq!(e.to_string(), r#"error (500): {"detail":"x"}"#);
+    }
+
+    #[test]
+    fn path_segments_and_queries_are_encoded() {
+        let u = url("https://127.0.0.1:8080", &["v1", "instances", "shop"], &[]).unwrap();
+        assert_eq!(u.as_str(), "https://127.0.0.1:8080/v1/instances/shop");
+        let u = url("https://h:1/", &["v1", "backups", "a/b?c d#e"], &[]).unwrap();
+        assert_eq!(u.as_str(), "https://h:1/v1/backups/a%2Fb%3Fc%20d%23e");
+        let u = url(
+            "http://h:1",
+            &["v1", "instances"],
+            &[("selector", "env=prod,tier!=db&x".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://h:1/v1/instances?selector=env%3Dprod%2Ctier%21%3Ddb%26x"
+        );
+        // A base under a path prefix (a reverse proxy) keeps it.
+        let u = url("https://h/mofang/", &["v1", "health"], &[]).unwrap();
+        assert_eq!(u.as_str(), "https://h/mofang/v1/health");
+        assert!(matches!(
+            url("not a url", &["v1"], &[]),
+            Err(Error::Address { .. })
+        ));
+        let u = raw_url("https://h:1/", "/v1/events?since=3").unwrap();
+        assert_eq!(u.as_str(), "https://h:1/v1/events?since=3");
+    }
+
+    #[test]
+    fn a_log_range_sends_only_what_is_set() {
+        let r = LogRange {
+            before: Some(u64::MAX),
+            limit: Some(5),
+            ..LogRange::default()
+        };
+        assert_eq!(
+            r.query(),
+            [("before", u64::MAX.to_string()), ("limit", "5".into())]
+        );
+        assert_eq!(
+            LogRange {
+                since: Some(0),
+                ..LogRange::default()
+            }
+            .query(),
+            [("since", "0".to_owned())]
+        );
+    }
+
+    #[test]
+    fn request_bodies_send_only_what_is_set() {
+        let mut op = NewOperation::new(OpKind::Resize);
+        op.memory = Some(512);
+        op.timeout_s = Some(3600);
+        assert_eq!(
+            serde_json::to_value(&op).unwrap(),
+            serde_json::json!({"type": "resize", "memory": 512, "timeout_s": 3600})
+        );
+        let patch = InstancePatch {
+            backup: Some(None),
+            ..InstancePatch::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!({"backup": null})
+        );
+        let mut labels = BTreeMap::new();
+        labels.insert("team".to_owned(), Some("pay".to_owned()));
+        labels.insert("old".to_owned(), None);
+        let patch = InstancePatch {
+            labels,
+            ..InstancePatch::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!({"labels": {"team": "pay", "old": null}})
+        );
+        let mut fields = BTreeMap::new();
+        fields.insert("path".to_owned(), serde_json::json!("/srv/b"));
+        let repo = NewBackupRepo {
+            name: "main".into(),
+            kind: "fs".into(),
+            fields,
+            ..NewBackupRepo::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&repo).unwrap(),
+            serde_json::json!({"name": "main", "kind": "fs", "path": "/srv/b"})
+        );
+    }
+}
