@@ -997,13 +997,13 @@ mod tests {
     #[test]
     fn a_log_range_sends_only_what_is_set() {
         let r = LogRange {
-            before: Some(u64::MAX),
+            before: Some(i64::MAX as u64),
             limit: Some(5),
             ..LogRange::default()
         };
         assert_eq!(
             r.query(),
-            [("before", u64::MAX.to_string()), ("limit", "5".into())]
+            [("before", i64::MAX.to_string()), ("limit", "5".into())]
         );
         assert_eq!(
             LogRange {

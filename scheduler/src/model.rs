@@ -86,10 +86,13 @@ pub struct Node {
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU cores (0.1 .. 64).
+    #[schema(minimum = 0.1, maximum = 64)]
     pub cpu: f64,
     /// Memory in MiB (64 .. 1 TiB).
+    #[schema(minimum = 64, maximum = 1048576)]
     pub memory: u64,
     /// Disk in MiB (64 .. 64 TiB).
+    #[schema(minimum = 64, maximum = 67108864)]
     pub disk: u64,
 }
 
@@ -121,18 +124,23 @@ pub struct PlacementSpec {
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
     /// Instance name (DNS label, at most 40 characters).
+    #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 40)]
     pub name: String,
-    /// Engine.
-    #[schema(value_type = String, example = "mariadb")]
+    /// Engine: `mariadb` or `redis`.
+    #[schema(schema_with = crate::api::schema::engine)]
     pub engine: EngineKind,
-    /// Engine version (`10.11` for MariaDB, `7.0` for Redis).
+    /// Engine version: MariaDB `11.8`, `10.11`, `10.5`; Redis `8.0`, `7.0`, `6.0`
+    /// (`GET /v1/engines`).
+    #[schema(schema_with = crate::api::schema::version)]
     pub version: String,
     /// Number of replicas besides the primary (0 .. 8).
+    #[schema(maximum = 8)]
     pub replicas: u32,
     /// Resources of each member.
     pub resources: Resources,
     /// Disk class; any when absent.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 32)]
     pub disk_class: Option<String>,
     /// Placement constraints.
     #[serde(default)]
@@ -150,7 +158,7 @@ pub struct InstanceSpec {
     /// serves a certificate of the cluster CA naming its address, and replication is
     /// encrypted and verified (docs/security.md).
     #[serde(default)]
-    #[schema(value_type = String, example = "required")]
+    #[schema(schema_with = crate::api::schema::db_tls)]
     pub tls: mofang_common::DbTls,
     /// Scheduled backups, their retention and verification
     /// ([`crate::backup::schedule::BackupPolicy`]); none when absent. Changed later with

@@ -20,9 +20,11 @@ use tracing::error;
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only entries with a larger id (oldest first from there).
+    #[param(maximum = 9223372036854775807_i64)]
     pub since: Option<u64>,
-    /// Only entries with a smaller id: the newest `limit` of them, oldest first (not with
-    /// `since`).
+    /// Only entries with a smaller id: the newest `limit` of them, oldest first (with
+    /// `since`, the newest `limit` between the two).
+    #[param(maximum = 9223372036854775807_i64)]
     pub before: Option<u64>,
     /// At most this many (default 1000, max 10000).
     pub limit: Option<usize>,
@@ -36,11 +38,14 @@ pub(super) async fn audit(
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     need(&id, TokenRole::Admin)?;
     let Query(q) = q.map_err(bad_query)?;
-    one_direction(q.since, q.before)?;
+    log_window(q.since, q.before)?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let store = api.cluster.store();
     let entries = match q.before {
-        Some(before) => store.audit_before(before, limit).await,
+        Some(before) => store
+            .audit_before(before, limit)
+            .await
+            .map(|es| above(es, q.since, |e| e.id)),
         None => store.audit(q.since.unwrap_or(0), limit).await,
     }
     .map_err(cluster::Error::Store)?;

@@ -131,6 +131,7 @@ pub(super) async fn delete_backup_repo(
 #[serde(deny_unknown_fields)]
 pub struct NewBackup {
     /// The backup repository to keep it in.
+    #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub repo: String,
     /// Take it on this member (it must be healthy).
     #[serde(default)]

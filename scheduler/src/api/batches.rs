@@ -15,19 +15,27 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBatch {
-    /// Label selector of the instances (`k=v,k2=v2`, `k`, `k!=v`), resolved now.
+    /// Label selector of the instances (`k=v,k2=v2`, `k`, `k!=v`), resolved now; one that
+    /// matches no instance is answered 404 `no_match`.
+    #[schema(
+        pattern = r"^\s*([^,=]*=[^,]*|[A-Za-z0-9._/-]*)\s*(,\s*([^,=]*=[^,]*|[A-Za-z0-9._/-]*)\s*)*$"
+    )]
     pub selector: String,
     /// The operation on each: `restart`, `stop`, `start`.
     #[serde(rename = "type")]
+    #[schema(schema_with = super::schema::batch_kind)]
     pub kind: crate::ops::OpKind,
     /// Each operation's timeout (60 ..= 86400 s). Default 3600.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 86400)]
     pub timeout_s: Option<i64>,
     /// At most this many operations at once (1 ..= 100). Default 1.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_parallel: usize,
     /// After this many failed operations no new one starts (at least 1). Default 1.
     #[serde(default = "one")]
+    #[schema(minimum = 1)]
     pub max_failures: usize,
 }
 
@@ -36,7 +44,7 @@ pub(super) fn one() -> usize {
 }
 
 #[utoipa::path(post, path = "/v1/batches", request_body = NewBatch,
-    responses((status = 202, body = crate::ops::batch::Batch), (status = 422, body = ErrorBody)))]
+    responses((status = 202, body = crate::ops::batch::Batch), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn start_batch(
     State(api): State<Api>,
     axum::Extension(id): axum::Extension<Identity>,

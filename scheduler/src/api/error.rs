@@ -31,8 +31,8 @@ pub struct ErrorDetail {
 /// An API error with its status.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    pub(super) status: StatusCode,
+    pub(super) code: &'static str,
     message: String,
     /// Seconds for a `Retry-After` header (a 503 the client should retry).
     retry_after: Option<u64>,
@@ -86,6 +86,7 @@ impl From<cluster::Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            E::NoMatch(_) => ApiError::new(StatusCode::NOT_FOUND, "no_match", e.to_string()),
             E::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.code(), r.to_string()),
             E::Rotation(r) => {
                 let status = match r {
@@ -159,7 +160,7 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => {
@@ -167,7 +168,40 @@ pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
             }
             _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
         }
-    })
+    })?;
+    // Every body is a JSON object: serde would also read a struct from an array of its
+    // fields in order (`[null, null]`), which the document does not allow.
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the body must be a JSON object",
+        ));
+    }
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()))
+}
+
+/// JSON Schema's `integer` includes `3600.0`; serde's integers do not. Numbers written with a
+/// fraction of zero that fit an integer are read as that integer (a client that writes every
+/// number as a float is not refused); any other number is left as it is.
+pub(super) fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                // Within ±2^53 a float is an exact integer; beyond, it is left a float.
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if f.abs() <= EXACT {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 pub(super) async fn not_found() -> ApiError {

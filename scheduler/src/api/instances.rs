@@ -95,7 +95,7 @@ pub struct InstancePatch {
     /// `off` <-> `optional`/`required` restarts the members one at a time, replicas first (a
     /// rolling restart operation); `optional` <-> `required` is set live. Absent: unchanged.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::db_tls)]
     pub tls: Option<mofang_common::DbTls>,
 }
 
@@ -280,6 +280,7 @@ pub struct RotateRequest {
     /// How long the old password stays accepted after the new one is in use, seconds
     /// (0 ..= 604800, a week). Default 0: dropped as soon as every member uses the new one.
     #[serde(default)]
+    #[schema(maximum = 604800)]
     pub grace_s: Option<u64>,
 }
 

@@ -15,6 +15,7 @@ mod keyring;
 mod metrics;
 mod nodes;
 mod operations;
+pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 

@@ -97,10 +97,12 @@ pub(super) async fn uncordon_node(
 pub struct JoinTokenRequest {
     /// Lifetime, seconds (60 ..= 604800, one week). Default 3600.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 604800)]
     pub ttl_secs: Option<u64>,
     /// The only node the token admits (a host joined again). Default: any node not
     /// registered yet.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub node: Option<String>,
 }
 
@@ -133,7 +135,7 @@ pub(super) async fn create_join_token(
     Ok((StatusCode::CREATED, Json(token)))
 }
 
-#[utoipa::path(post, path = "/v1/nodes/{name}/revoke", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/v1/nodes/{name}/revoke", params(("name" = String, Path, pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)),
     responses((status = 200, body = crate::cluster::Revocation), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(super) async fn revoke_node(
     State(api): State<Api>,

@@ -52,6 +52,7 @@ pub struct NewOperation {
     pub version: Option<String>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 86400)]
     pub timeout_s: Option<i64>,
 }
 

@@ -300,3 +300,40 @@ async fn an_instance_with_tls_needs_a_scheduler_that_signs() {
     );
     assert!(cluster.instances().is_empty(), "nothing created");
 }
+
+/// A body is a JSON object (serde alone also reads a struct from an array of its fields),
+/// and a whole number written as a float is the integer JSON Schema says it is.
+#[test]
+fn bodies_are_objects_and_whole_floats_are_integers() {
+    let parse =
+        |b: &'static str| parse_body::<JoinTokenRequest>(Ok(Bytes::from_static(b.as_bytes())));
+    let err = parse("[null, null]").expect_err("an array is refused");
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    let req = parse(r#"{"ttl_secs": 3600.0}"#).expect("a whole float is an integer");
+    assert_eq!(req.ttl_secs, Some(3600));
+    let err = parse(r#"{"ttl_secs": 3600.5}"#).expect_err("a fraction is not");
+    assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let err = parse("{").expect_err("not JSON");
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::BAD_REQUEST, "bad_json")
+    );
+}
+
+/// Log reads: ids above the store's signed 64-bit range are refused; `since` with `before`
+/// is the newest entries between the two.
+#[test]
+fn log_reads_take_ids_up_to_i64_max_and_a_window() {
+    assert!(log_window(Some(MAX_ID), Some(MAX_ID)).is_ok());
+    let err = log_window(None, Some(MAX_ID + 1)).expect_err("past the range");
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::BAD_REQUEST, "bad_query")
+    );
+    // events_before(10, 3) gave ids 7, 8, 9; with since=7 the window is 8 and 9.
+    assert_eq!(above(vec![7u64, 8, 9], Some(7), |i| *i), [8, 9]);
+    assert_eq!(above(vec![7u64, 8, 9], None, |i| *i), [7, 8, 9]);
+}

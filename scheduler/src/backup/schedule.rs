@@ -20,6 +20,7 @@ pub const MISSED_CAP: u32 = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct BackupPolicy {
     /// The backup repository (`/v1/backup-repos`).
+    #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub repo: String,
     /// When to take a full backup: cron, UTC, five fields (`0 3 * * *`) or six with seconds
     /// first (`*/30 * * * * *`); `@daily`, `@hourly` and the like too.
@@ -40,9 +41,11 @@ pub struct BackupPolicy {
 pub struct Retention {
     /// Days a backup is kept after it ended (1 ..= 36500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 36500)]
     pub days: Option<u32>,
     /// How many succeeded backups are kept (1 ..= 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: Option<u32>,
 }
 

@@ -30,7 +30,7 @@ impl Backward {
                 ..LogRange::default()
             },
             (None, Some(last)) => LogRange {
-                before: Some(u64::MAX),
+                before: Some(i64::MAX as u64),
                 limit: Some(last),
                 ..LogRange::default()
             },
@@ -129,7 +129,7 @@ mod tests {
         );
         assert_eq!(
             back(None, Some(5)).range(0).query(),
-            [("before", u64::MAX.to_string()), ("limit", "5".into())]
+            [("before", i64::MAX.to_string()), ("limit", "5".into())]
         );
     }
 

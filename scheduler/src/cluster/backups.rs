@@ -40,6 +40,8 @@ impl Cluster {
         repo: &str,
         ask: Ask,
     ) -> Result<Backup> {
+        // An unknown instance is 404 whatever the request names.
+        self.existing(instance)?;
         let spec = self.backup_repo(repo).await.map_err(|e| match e {
             Error::NotFound(what) => Error::Invalid(format!("{what} not found")),
             other => other,

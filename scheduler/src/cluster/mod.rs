@@ -86,6 +86,9 @@ pub enum Error {
     /// No such object (404).
     #[error("{0} not found")]
     NotFound(String),
+    /// A selector matches no instance (404 `no_match`).
+    #[error("{0}")]
+    NoMatch(String),
     /// The store refused or failed.
     #[error(transparent)]
     Store(store::Error),
@@ -321,6 +324,17 @@ impl Cluster {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// `NotFound` unless the instance exists (created, not being deleted away): checked
+    /// before a request's other fields, so an unknown instance is always a 404.
+    pub(crate) fn existing(&self, name: &str) -> Result<()> {
+        lock(&self.inner)
+            .instances
+            .get(name)
+            .filter(|i| i.revision > 0)
+            .map(|_| ())
+            .ok_or_else(|| Error::NotFound(format!("instance {name}")))
     }
 
     /// True while this scheduler leads and acts.

@@ -116,7 +116,7 @@ impl Cluster {
             }
         }
         if names.is_empty() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NoMatch(format!(
                 "selector {selector:?} matches no instance"
             )));
         }
@@ -332,6 +332,8 @@ impl Cluster {
     ) -> Result<Operation> {
         let now = now_ms();
         let member = args.member.clone();
+        // An unknown instance is 404 whatever the arguments.
+        self.existing(instance)?;
         check_args(kind, &args)?;
         match (&kind, &member) {
             (OpKind::Rebuild, None) => {

@@ -397,6 +397,8 @@ impl Cluster {
         tls: Option<DbTls>,
         by: &str,
     ) -> Result<Instance> {
+        // An unknown instance is 404 whatever the patch holds.
+        self.existing(name)?;
         if let Some(Some(b)) = &backup {
             b.validate().map_err(Error::Invalid)?;
             self.backup_repo(&b.repo).await.map_err(|e| match e {

@@ -1802,7 +1802,8 @@ mod tests {
         };
         let (status, r) =
             start("selector=team%3Dnobody&type=restart&max_parallel=3&max_failures=1").await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        // The API's answer, relayed: nothing matches (404 `no_match`).
+        assert_eq!(status, StatusCode::NOT_FOUND);
         let html = text(r).await;
         assert!(html.contains("id=\"batch-selector-error\""), "{html}");
         assert!(html.contains("matches no instance"), "{html}");
