@@ -549,7 +549,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
         return Next::Cancel;
     }
     match op.kind {
-        OpKind::Restart => next_restart(op, members),
+        OpKind::Restart => next_restart(op, members, now_ms),
         OpKind::Rebuild => next_rebuild(op, members),
         OpKind::Switchover if !op.steps.is_empty() => Next::Succeed,
         OpKind::Switchover => match members.iter().find(|m| m.primary) {
@@ -583,7 +583,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 _ => false,
             };
             if memory_changed {
-                next_restart(op, members)
+                next_restart(op, members, now_ms)
             } else {
                 Next::Succeed
             }
@@ -595,7 +595,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                     None => Next::SetVersion,
                 };
             }
-            next_restart(op, members)
+            next_restart(op, members, now_ms)
         }
         OpKind::Reconfigure => {
             if op.steps.is_empty() {
@@ -605,7 +605,7 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 };
             }
             if op.restart_needed {
-                next_restart(op, members)
+                next_restart(op, members, now_ms)
             } else {
                 Next::Succeed
             }
@@ -803,8 +803,12 @@ fn next_rebuild(op: &Operation, members: &[MemberNow]) -> Next {
     }
 }
 
+/// How long a rolling operation waits, after its last replica step, for a replica to catch
+/// up with the primary before it switches over regardless.
+pub const CATCH_UP_WAIT_MS: i64 = 30_000;
+
 /// The rolling restart's next step (no step under way, not cancelled).
-fn next_restart(op: &Operation, members: &[MemberNow]) -> Next {
+fn next_restart(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
     if let Some(m) = members.iter().find(|m| !m.whole()) {
         return Next::Wait(format!(
             "{} is not healthy{}: every member must be before the next step",
@@ -822,6 +826,24 @@ fn next_restart(op: &Operation, members: &[MemberNow]) -> Next {
     match members.iter().find(|m| m.primary) {
         Some(p) if todo(&p) => {
             if members.iter().any(|m| !m.primary) {
+                // The switchover fences the primary and waits for its target to replay up
+                // to the fence: a replica just restarted (on a new version, a starved CPU)
+                // may still be replaying what it missed, and the writes would wait for that
+                // too. So hand over once a replica has caught up, or after CATCH_UP_WAIT_MS
+                // in any case (the switchover's own catch-up then bounds it, as before).
+                let caught_up =
+                    |m: &MemberNow| !m.primary && (m.lag_seconds == 0 || m.position >= p.position);
+                let since = op
+                    .steps
+                    .last()
+                    .map_or(op.created_ms, |s| s.ended_ms.max(s.started_ms));
+                if !members.iter().any(caught_up) && now_ms - since < CATCH_UP_WAIT_MS {
+                    return Next::Wait(format!(
+                        "no replica has caught up with {} yet: the switchover waits for one (at most {} s)",
+                        p.id,
+                        CATCH_UP_WAIT_MS / 1000
+                    ));
+                }
                 Next::Switchover { from: p.id.clone() }
             } else {
                 // No replica to hand the writes to: restarted in place (a short outage).
@@ -1048,6 +1070,63 @@ mod tests {
             ]
         );
         assert!(ms.iter().all(|m| m.version == "11.8"));
+    }
+
+    /// The switchover waits for a replica that has caught up (lag 0, or at the primary's
+    /// position), so the fenced writes do not wait on a replica's replay; at most
+    /// CATCH_UP_WAIT_MS after the last replica step.
+    #[test]
+    fn the_switchover_waits_for_a_replica_that_caught_up() {
+        let mut op = op();
+        op.done = ["db-1".to_owned(), "db-2".to_owned()].into();
+        op.steps.push(OpStep {
+            action: StepAction::Restart {
+                member: "db-2".into(),
+                generation: 1,
+            },
+            state: StepState::Done,
+            started_ms: 1_000,
+            ended_ms: 5_000,
+            reason: String::new(),
+        });
+        let mut ms = vec![
+            m("db-0", true, 0, 0),
+            m("db-1", false, 1, 1),
+            m("db-2", false, 1, 1),
+        ];
+        ms[0].position = 500;
+        for r in &mut ms[1..] {
+            r.lag_seconds = 4;
+            r.position = 420;
+        }
+        match next(&op, &ms, 6_000) {
+            Next::Wait(why) => assert!(why.contains("caught up with db-0"), "{why}"),
+            other => panic!("switched over while replaying: {other:?}"),
+        }
+        // Past the wait, it switches over regardless.
+        assert_eq!(
+            next(&op, &ms, 5_000 + CATCH_UP_WAIT_MS),
+            Next::Switchover {
+                from: "db-0".into()
+            }
+        );
+        // One replica caught up: at once.
+        ms[2].lag_seconds = 0;
+        assert_eq!(
+            next(&op, &ms, 6_000),
+            Next::Switchover {
+                from: "db-0".into()
+            }
+        );
+        // Or at the primary's reported position (Redis: seconds since the last I/O).
+        ms[2].lag_seconds = 7;
+        ms[2].position = 500;
+        assert_eq!(
+            next(&op, &ms, 6_000),
+            Next::Switchover {
+                from: "db-0".into()
+            }
+        );
     }
 
     #[test]
