@@ -16,6 +16,7 @@ pub mod fake_scheduler;
 pub mod faults;
 pub mod pki;
 pub mod promtool;
+pub mod runtime_scenarios;
 pub mod s3;
 pub mod scenario;
 

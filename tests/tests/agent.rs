@@ -1,6 +1,7 @@
 //! The agent on real Docker with the real images, driven by an in-process scheduler stand-in:
 //! replication (MariaDB GTID + semi-sync, Redis), self-healing after `kill -9` of the
-//! database, adoption after `kill -9` of the agent, fencing, and refusal of bad input.
+//! database, adoption after `kill -9` of the agent, fencing, and refusal of bad input; and
+//! the runtime's report of an OOM kill, as on containerd.
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::engine::Secrets;
@@ -23,6 +24,18 @@ async fn mariadb_primary_and_replica_replicate_heal_and_fence() -> Result<()> {
 async fn redis_primary_and_replica_replicate_and_fence() -> Result<()> {
     let _rt = docker().await;
     mofang_tests::agent_scenarios::redis_replicate_and_fence("").await
+}
+
+/// OOM-kill detection on Docker, the twin of the containerd test of the same name
+/// (decision 160): Docker's `State.OOMKilled` until the next start; a `kill -9` is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_killed_task_is_reported_until_started_again_and_a_kill_9_is_not() -> Result<()> {
+    let rt = docker().await;
+    let restarted = async {
+        let rt = mofang_agent::runtime::DockerRuntime::connect().await?;
+        Ok(Box::new(rt) as Box<dyn ContainerRuntime>)
+    };
+    mofang_tests::runtime_scenarios::oom_kill_is_reported_until_the_next_start(&rt, restarted).await
 }
 
 /// Files under `dir` (links not followed, as `grep -r` does) that hold any of the passwords.

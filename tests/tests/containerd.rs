@@ -2,7 +2,8 @@
 //! test setup with its own root and socket) and the real Redis image imported from Docker:
 //! create, start, exec, limits in the task's cgroup, uid 999 without privileges, the member's
 //! own address on the CNI bridge, list by label, the event stream, kill, stop with grace,
-//! update of limits, remove; a missing image, a missing socket and Docker's namespace refused.
+//! update of limits, remove; an OOM kill told from a `kill -9`; a missing image, a missing
+//! socket and Docker's namespace refused.
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
@@ -372,6 +373,24 @@ async fn a_member_runs_on_a_standalone_containerd_with_the_dockers_limits_and_ha
         other => bail!("a missing image must be ImageMissing, got {other:?}"),
     }
     Ok(())
+}
+
+/// OOM-kill detection on containerd (decision 160): the server of a member pushed past its
+/// memory limit is reported `oom_killed` (by a runtime connected afresh too) until the next
+/// start; a `kill -9` by hand, the same exit code 137, is not. The Docker twin is in
+/// `tests/agent.rs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_killed_task_is_reported_until_started_again_and_a_kill_9_is_not() -> Result<()> {
+    let ctrd = containerd()?;
+    ctrd.import_images(&["mofang/redis:7.0"])?;
+    let work = tempfile::tempdir()?;
+    let opts = ctrd.options(&work.path().join("rt"), NET);
+    let rt = ContainerdRuntime::connect(opts.clone()).await?;
+    let restarted = async move {
+        let rt = ContainerdRuntime::connect(opts).await?;
+        Ok(Box::new(rt) as Box<dyn ContainerRuntime>)
+    };
+    mofang_tests::runtime_scenarios::oom_kill_is_reported_until_the_next_start(&rt, restarted).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -113,6 +113,22 @@ impl Mounts {
         }
         p
     }
+
+    /// The directories of cgroup `path` named outright rather than read from a process: a
+    /// runtime spec's `cgroupsPath` under runc's cgroupfs driver (`/<namespace>/<id>` on
+    /// containerd). A task that has exited has no process to ask, and its cgroup stays
+    /// until the task is deleted.
+    pub fn paths_named(&self, path: &str) -> Paths {
+        Paths {
+            id: path.to_owned(),
+            v2: self.v2.as_ref().map(|m| m.dir(path)),
+            v1: self
+                .v1
+                .iter()
+                .map(|(c, m)| (c.clone(), m.dir(path)))
+                .collect(),
+        }
+    }
 }
 
 /// Octal escapes (`\040` for a space) in mountinfo fields.
@@ -284,6 +300,23 @@ fn count_lines(dir: &Path, file: &str) -> Option<u64> {
     )
 }
 
+/// The `oom_kill` counter of v1 `memory.oom_control` or v2 `memory.events` text (both
+/// flat-keyed; v1 has it since Linux 4.13).
+pub fn parse_oom_kills(text: &str) -> Option<u64> {
+    flat_keyed(text).get("oom_kill").copied()
+}
+
+/// OOM kills counted by a cgroup since it was made, read from that one file (v1
+/// `memory.oom_control`, else v2 `memory.events`): None when the cgroup or the counter is
+/// not there.
+pub fn oom_kills(p: &Paths) -> Option<u64> {
+    if let Some(dir) = p.v1.get("memory") {
+        read(dir, "memory.oom_control").and_then(|t| parse_oom_kills(&t))
+    } else {
+        read(p.v2.as_deref()?, "memory.events").and_then(|t| parse_oom_kills(&t))
+    }
+}
+
 /// Reads one container's cgroup files.
 pub fn read_stats(p: &Paths) -> Stats {
     if p.v1.contains_key("memory") {
@@ -329,7 +362,7 @@ fn read_v2(dir: &Path) -> Stats {
     s.memory_limit = read_u64(dir, "memory.max");
     if let Some(t) = read(dir, "memory.events") {
         let kv = flat_keyed(&t);
-        s.oom_kills = kv.get("oom_kill").copied();
+        s.oom_kills = parse_oom_kills(&t);
         s.memory_failcnt = kv.get("max").copied();
     }
     if let Some(t) = read(dir, "io.stat") {
@@ -428,8 +461,7 @@ fn read_v1(p: &Paths) -> Stats {
         }
         s.memory_failcnt = read_u64(dir, "memory.failcnt");
         s.memory_limit = read_u64(dir, "memory.limit_in_bytes");
-        s.oom_kills =
-            read(dir, "memory.oom_control").and_then(|t| flat_keyed(&t).get("oom_kill").copied());
+        s.oom_kills = read(dir, "memory.oom_control").and_then(|t| parse_oom_kills(&t));
         s.processes = count_lines(dir, "cgroup.procs");
     }
     if let Some(dir) = p.v1.get("blkio") {
@@ -552,6 +584,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.working_set(), Some(0));
+    }
+
+    #[test]
+    fn a_cgroup_named_by_path_and_its_oom_kills() {
+        let p = Mounts::parse(HYBRID).paths_named("/mofang/mofang-db-0");
+        assert_eq!(p.id, "/mofang/mofang-db-0");
+        assert_eq!(
+            p.v1["memory"],
+            PathBuf::from("/sys/fs/cgroup/memory/mofang/mofang-db-0")
+        );
+        assert_eq!(
+            p.v1["pids"],
+            PathBuf::from("/sys/fs/cgroup/pids/mofang/mofang-db-0")
+        );
+        let v2 = Mounts::parse("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+            .paths_named("/mofang/x");
+        assert_eq!(v2.v2, Some(PathBuf::from("/sys/fs/cgroup/mofang/x")));
+        assert!(v2.v1.is_empty());
+        // v1 `memory.oom_control` and v2 `memory.events` as the kernel writes them.
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            Some(2)
+        );
+        assert_eq!(
+            parse_oom_kills("low 0\nhigh 0\nmax 31\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            Some(1)
+        );
+        // A kernel before 4.13 has no counter in v1's file.
+        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\n"), None);
     }
 
     #[test]

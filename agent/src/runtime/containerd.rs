@@ -11,6 +11,7 @@ use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, Error, ExecOutput, ExecStream,
     Input, Network, OneShot, Result, RuntimeEvent,
 };
+use crate::metrics::cgroup;
 use async_trait::async_trait;
 use containerd_client::services::v1::CloseIoRequest;
 use containerd_client::services::v1::{
@@ -70,6 +71,8 @@ pub struct ContainerdRuntime {
     channel: Channel,
     namespace: AsciiMetadataValue,
     opts: ContainerdOptions,
+    /// This host's cgroup mounts: where a task's cgroup files are.
+    cgroups: cgroup::Mounts,
 }
 
 impl std::fmt::Debug for ContainerdRuntime {
@@ -428,6 +431,20 @@ fn limits_of(spec: &Spec) -> (f64, i64) {
     ((cpus * 1000.0).round() / 1000.0, memory)
 }
 
+/// The cgroup a runtime spec puts its task in (`/<namespace>/<id>`).
+fn cgroups_path_of(spec: &Spec) -> Option<String> {
+    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
+    Some(path.to_string_lossy().into_owned())
+}
+
+/// Whether an exited task's run saw an OOM kill (decision 160): its cgroup, made afresh by
+/// each start and kept after the exit until the task is deleted (by the next start or the
+/// removal), counted one (`oom_kills`; None when it could not be read). A kill of any of its
+/// processes counts, as with Docker; a `kill -9` by hand counts nothing.
+fn oom_kill_in_run(oom_kills: Option<u64>) -> bool {
+    oom_kills.is_some_and(|n| n > 0)
+}
+
 /// A signal by name (`SIGKILL`, `KILL`) or number.
 fn signal_number(signal: &str) -> Option<u32> {
     if let Ok(n) = signal.parse::<u32>() {
@@ -489,6 +506,7 @@ impl ContainerdRuntime {
             channel,
             namespace,
             opts,
+            cgroups: cgroup::Mounts::detect(),
         };
         rt.ping().await?;
         Ok(rt)
@@ -918,6 +936,12 @@ impl ContainerdRuntime {
             },
         };
         let pid = pid.filter(|p| *p > 0);
+        // The counter is only read when it can matter: an exited task.
+        let oom_kills = match state {
+            ContainerState::Exited => cgroups_path_of(&spec)
+                .and_then(|path| cgroup::oom_kills(&self.cgroups.paths_named(&path))),
+            _ => None,
+        };
         let mut ips = BTreeMap::new();
         if netns_of(&spec).is_some() {
             if let Some(ip) = self.opts.cni.ip_of(&c.id) {
@@ -931,7 +955,7 @@ impl ContainerdRuntime {
             labels: c.labels.into_iter().collect(),
             state,
             exit_code,
-            oom_killed: false,
+            oom_killed: super::oom_killed_on_exit(state, oom_kill_in_run(oom_kills)),
             pid,
             ips,
             published: BTreeMap::new(),
@@ -1753,6 +1777,32 @@ mod tests {
         assert!(h.contains("127.0.0.1\tlocalhost\n"));
         assert!(h.contains("10.213.0.5\tmofang-db-0\n"));
         assert!(hosts_file("x", None).contains("127.0.1.1\tx\n"));
+    }
+
+    /// An OOM kill is what the task's cgroup counted, and nothing else: a `kill -9` by hand
+    /// exits 137 too, and counts nothing (decision 160).
+    #[test]
+    fn a_run_saw_an_oom_kill_when_its_cgroup_counted_one() {
+        assert!(oom_kill_in_run(Some(1)));
+        assert!(oom_kill_in_run(Some(3)));
+        assert!(!oom_kill_in_run(Some(0)), "killed by hand");
+        assert!(!oom_kill_in_run(None), "cgroup gone or no counter");
+    }
+
+    #[test]
+    fn the_task_cgroup_is_the_specs() {
+        let oci = runtime_spec(
+            &spec(),
+            &image(),
+            None,
+            "/mofang/mofang-db-0",
+            Path::new("/e"),
+        )
+        .expect("spec");
+        assert_eq!(
+            cgroups_path_of(&oci).as_deref(),
+            Some("/mofang/mofang-db-0")
+        );
     }
 
     #[test]

@@ -267,6 +267,7 @@ fn summary_state(s: Option<ContainerSummaryStateEnum>) -> ContainerState {
 
 fn info_of(r: ContainerInspectResponse) -> ContainerInfo {
     let state = r.state.unwrap_or_default();
+    let status = state_of(state.status);
     let config = r.config.unwrap_or_default();
     let host = r.host_config.unwrap_or_default();
     let cpus = match (host.cpu_quota, host.cpu_period, host.nano_cpus) {
@@ -306,9 +307,10 @@ fn info_of(r: ContainerInspectResponse) -> ContainerInfo {
             .to_owned(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
-        state: state_of(state.status),
+        state: status,
         exit_code: state.exit_code,
-        oom_killed: state.oom_killed.unwrap_or(false),
+        // Docker keeps the flag of the previous exit while the container runs again.
+        oom_killed: super::oom_killed_on_exit(status, state.oom_killed.unwrap_or(false)),
         pid: state
             .pid
             .filter(|p| *p > 0)

@@ -132,7 +132,9 @@ pub struct ContainerInfo {
     pub state: ContainerState,
     /// Exit code when exited.
     pub exit_code: Option<i64>,
-    /// Killed by the OOM killer.
+    /// It has exited, and the kernel's OOM killer killed one of its processes (the main one
+    /// or another) during the run that ended: Docker's `State.OOMKilled`. False while it runs
+    /// again (decision 160).
     pub oom_killed: bool,
     /// PID of the main process on the host, when running.
     pub pid: Option<u32>,
@@ -146,6 +148,14 @@ pub struct ContainerInfo {
     pub cpus: f64,
     /// Its memory limit in bytes (0: none or unknown).
     pub memory_bytes: i64,
+}
+
+/// [`ContainerInfo::oom_killed`] from a container's state and whether its last run saw an OOM
+/// kill (decision 160). Only an exited container reports one: Docker keeps `OOMKilled` of the
+/// previous exit while the container runs again, containerd's count starts afresh with each
+/// start, and the agent asks only of a container that has stopped.
+pub(crate) fn oom_killed_on_exit(state: ContainerState, oom_kill_in_run: bool) -> bool {
+    state == ContainerState::Exited && oom_kill_in_run
 }
 
 /// What a listing says of a container without inspecting it: enough to know which members
@@ -346,6 +356,17 @@ mod tests {
         assert!(!ready.broken);
         tx.unbounded_send(ev("d")).unwrap();
         assert_eq!(events.next().await.unwrap().unwrap().id, "d");
+    }
+
+    /// Only an exited container was OOM-killed; one running again, after an OOM kill, is not.
+    #[test]
+    fn an_oom_kill_is_reported_of_an_exited_container_only() {
+        use ContainerState::*;
+        assert!(oom_killed_on_exit(Exited, true));
+        assert!(!oom_killed_on_exit(Exited, false));
+        for not_exited in [Created, Running, Paused, Restarting, Other] {
+            assert!(!oom_killed_on_exit(not_exited, true), "{not_exited:?}");
+        }
     }
 
     /// A stream that failed or ended is reported broken, with what came before it.
