@@ -8,23 +8,29 @@
 //! from its nodes (decision 134): the client sends such a request again after the
 //! `Retry-After` it gave, for at most [`WARM_UP_PATIENCE`] in all ([`warm_up_wait`]).
 
-use crate::backup::schedule::BackupPolicy;
 use crate::backup::Backup;
 use crate::cluster::{
     BackupHealthView, BackupRepoView, InstanceView, JoinToken, NodeView2, Revocation,
 };
-use crate::model::{AuditEntry, Credentials, Event, InstanceSpec};
+use crate::model::{AuditEntry, Event, InstanceSpec};
 use crate::ops::batch::Batch;
 use crate::ops::drift::ParametersView;
-use crate::ops::{OpKind, Operation};
+use crate::ops::Operation;
 use crate::secrets::{KeyringStatus, Rotation};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The API's own request and answer types, the ones its handlers parse and write (one
+/// definition of each: what crosses the wire is named once).
+pub use crate::api::{
+    AutoFailover, CredentialsView, Deleted, EngineParameter, EngineView, Health, InstancePatch,
+    JoinTokenRequest, NewBackup, NewBackupRepo, NewBatch, NewOperation, PromoteRequest, Resumed,
+    RootRotation, RotateAccount, RotateRequest,
+};
 
 /// What a call of the API can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -189,214 +195,6 @@ impl std::fmt::Debug for Client {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
-}
-
-/// Answer of `DELETE /v1/instances/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deleted {
-    /// The instance.
-    pub name: String,
-    /// `deleting`: agents remove containers, then volumes.
-    pub status: String,
-}
-
-/// Answer of `GET /v1/instances/{name}/credentials` (admin).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct CredentialsView {
-    /// The passwords.
-    #[serde(flatten)]
-    pub credentials: Credentials,
-    /// The instance's database traffic TLS: `off`, `optional` or `required`.
-    pub tls: String,
-    /// With TLS on: the cluster CA (PEM) the members' certificates chain to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_pem: Option<String>,
-}
-
-impl std::fmt::Debug for CredentialsView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialsView")
-            .field("credentials", &self.credentials)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-/// Body of `PATCH /v1/instances/{name}` (a JSON merge patch): only what is set is sent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct InstancePatch {
-    /// Labels to set; `None` removes one.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, Option<String>>,
-    /// `Some(None)` removes the backup policy; `Some(Some(p))` replaces it whole.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backup: Option<Option<BackupPolicy>>,
-    /// Database traffic TLS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<mofang_common::DbTls>,
-}
-
-/// Body of `POST /v1/instances/{name}/operations`: the type and its own fields.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NewOperation {
-    /// What it does.
-    #[serde(rename = "type")]
-    pub kind: OpKind,
-    /// `rebuild`: the member; `switchover`: the target.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub member: Option<String>,
-    /// `scale`: the replica count wanted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u32>,
-    /// `resize`: CPU cores of each member.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<f64>,
-    /// `resize`: memory of each member, MiB.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<u64>,
-    /// `reconfigure`: parameter values by name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub settings: Option<BTreeMap<String, String>>,
-    /// `expand`: disk of each member, MiB.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk: Option<u64>,
-    /// `upgrade`: the engine version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// The operation fails after this long, seconds (default 3600).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_s: Option<i64>,
-}
-
-impl NewOperation {
-    /// An operation of `kind` with no field of its own set.
-    pub fn new(kind: OpKind) -> Self {
-        NewOperation {
-            kind,
-            member: None,
-            replicas: None,
-            cpu: None,
-            memory: None,
-            settings: None,
-            disk: None,
-            version: None,
-            timeout_s: None,
-        }
-    }
-}
-
-/// Body of `POST /v1/batches`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NewBatch {
-    /// Label selector of the instances.
-    pub selector: String,
-    /// `restart`, `stop` or `start`.
-    #[serde(rename = "type")]
-    pub kind: OpKind,
-    /// Each operation's timeout, seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_s: Option<i64>,
-    /// At most this many operations at once.
-    pub max_parallel: usize,
-    /// After this many failed operations no new one starts.
-    pub max_failures: usize,
-}
-
-/// Body of `POST /v1/instances/{name}/backups`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct NewBackup {
-    /// Repository to keep it in.
-    pub repo: String,
-    /// Take it on this member.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub member: Option<String>,
-    /// Take it on the primary.
-    pub primary: bool,
-}
-
-/// Body of `POST /v1/backup-repos`: the name, the kind and the kind's own fields (`s3`:
-/// `endpoint`, `bucket`, `prefix`, `region`, `access_key_id`, `secret_access_key`,
-/// `path_style`; `fs`: `path`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct NewBackupRepo {
-    /// Name (DNS label).
-    pub name: String,
-    /// `s3` or `fs`.
-    pub kind: String,
-    /// The kind's fields.
-    #[serde(flatten)]
-    pub fields: BTreeMap<String, serde_json::Value>,
-    /// Encrypt what is stored in it, on the agents.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub encrypt: bool,
-    /// With `encrypt`: the repository key rather than a new one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encryption_key: Option<String>,
-}
-
-/// One settable engine parameter (`GET /v1/engines`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EngineParameter {
-    /// The engine's own name.
-    pub name: String,
-    /// `integer` or `enum`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Integers: the smallest allowed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<i64>,
-    /// Integers: the largest allowed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<i64>,
-    /// Enums: the allowed words.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-    /// Unit of an integer, empty if none.
-    #[serde(default)]
-    pub unit: String,
-    /// Applied live (true) or by a rolling restart.
-    pub dynamic: bool,
-    /// One line.
-    #[serde(default)]
-    pub description: String,
-}
-
-/// An engine the scheduler runs (`GET /v1/engines`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EngineView {
-    /// `mariadb` or `redis`.
-    pub engine: String,
-    /// Versions, newest first.
-    pub versions: Vec<String>,
-    /// What `reconfigure` may set.
-    pub parameters: Vec<EngineParameter>,
-}
-
-/// Answer of `POST /v1/keyring/rotate-root`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RootRotation {
-    /// The new root key.
-    pub root_key: u32,
-    /// Root keys removed from the file.
-    pub retired_root_keys: Vec<u32>,
-    /// What the operator does next.
-    pub next: String,
-}
-
-/// Answer of `POST /v1/failover/resume`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Resumed {
-    /// The mass-failure guard still holds.
-    pub mass_hold: bool,
-}
-
-/// Answer of `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Health {
-    /// `ok`.
-    pub status: String,
-    /// This scheduler leads.
-    pub leader: bool,
 }
 
 /// Which part of a log (events, audit) to read: forward from an id, or backward.
@@ -597,13 +395,11 @@ impl Client {
         ttl_secs: Option<u64>,
         node: Option<&str>,
     ) -> Result<JoinToken> {
-        #[derive(Serialize)]
-        struct Req<'a> {
-            ttl_secs: Option<u64>,
-            node: Option<&'a str>,
-        }
-        self.post(&["v1", "join-tokens"], &Req { ttl_secs, node })
-            .await
+        let req = JoinTokenRequest {
+            ttl_secs,
+            node: node.map(str::to_owned),
+        };
+        self.post(&["v1", "join-tokens"], &req).await
     }
 
     // ---- instances
@@ -655,36 +451,35 @@ impl Client {
         self.get(&["v1", "instances", name, "credentials"]).await
     }
 
-    /// `POST /v1/instances/{name}/credentials/rotate` (admin): `account` is `app`, `admin`,
-    /// `repl` or `monitor`.
+    /// `POST /v1/instances/{name}/credentials/rotate` (admin).
     pub async fn rotate_credentials(
         &self,
         name: &str,
-        account: &str,
+        account: RotateAccount,
         grace_s: Option<u64>,
     ) -> Result<InstanceView> {
-        #[derive(Serialize)]
-        struct Req<'a> {
-            account: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            grace_s: Option<u64>,
-        }
         self.post(
             &["v1", "instances", name, "credentials", "rotate"],
-            &Req { account, grace_s },
+            &RotateRequest { account, grace_s },
         )
         .await
     }
 
     /// `POST /v1/instances/{name}/switchover`: answers once done.
     pub async fn switchover(&self, name: &str, target: Option<&str>) -> Result<InstanceView> {
-        self.post(&["v1", "instances", name, "switchover"], &Target { target })
+        let req = PromoteRequest {
+            target: target.map(str::to_owned),
+        };
+        self.post(&["v1", "instances", name, "switchover"], &req)
             .await
     }
 
     /// `POST /v1/instances/{name}/failover`: answers once decided.
     pub async fn failover(&self, name: &str, target: Option<&str>) -> Result<InstanceView> {
-        self.post(&["v1", "instances", name, "failover"], &Target { target })
+        let req = PromoteRequest {
+            target: target.map(str::to_owned),
+        };
+        self.post(&["v1", "instances", name, "failover"], &req)
             .await
     }
 
@@ -696,15 +491,11 @@ impl Client {
 
     /// `PUT /v1/instances/{name}/auto-failover`.
     pub async fn set_auto_failover(&self, name: &str, enabled: bool) -> Result<InstanceView> {
-        #[derive(Serialize)]
-        struct Req {
-            enabled: bool,
-        }
         self.call(
             Method::PUT,
             &["v1", "instances", name, "auto-failover"],
             &[],
-            Some(json(&Req { enabled })?),
+            Some(json(&AutoFailover { enabled })?),
         )
         .await
     }
@@ -899,12 +690,6 @@ impl NodeAction {
     }
 }
 
-/// `{"target": ...}` of a switchover or failover.
-#[derive(Serialize)]
-struct Target<'a> {
-    target: Option<&'a str>,
-}
-
 /// `{}`: the body of a POST that takes none.
 #[derive(Serialize)]
 struct Empty {}
@@ -928,6 +713,8 @@ fn json<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::OpKind;
+    use std::collections::BTreeMap;
 
     #[test]
     fn a_create_refused_while_the_leader_warms_up_is_sent_again_within_a_bound() {
@@ -1015,23 +802,31 @@ mod tests {
         );
     }
 
+    /// What the client sends is what the handler reads back: a body read again is the body.
+    fn reads_back<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+        body: &T,
+    ) -> serde_json::Value {
+        let v = serde_json::to_value(body).unwrap();
+        assert_eq!(&serde_json::from_value::<T>(v.clone()).unwrap(), body);
+        v
+    }
+
     #[test]
     fn request_bodies_send_only_what_is_set() {
         let mut op = NewOperation::new(OpKind::Resize);
         op.memory = Some(512);
         op.timeout_s = Some(3600);
         assert_eq!(
-            serde_json::to_value(&op).unwrap(),
+            reads_back(&op),
             serde_json::json!({"type": "resize", "memory": 512, "timeout_s": 3600})
         );
+        // Absent: unchanged; `null`: removed. The two must not be confused on the wire.
+        assert_eq!(reads_back(&InstancePatch::default()), serde_json::json!({}));
         let patch = InstancePatch {
             backup: Some(None),
             ..InstancePatch::default()
         };
-        assert_eq!(
-            serde_json::to_value(&patch).unwrap(),
-            serde_json::json!({"backup": null})
-        );
+        assert_eq!(reads_back(&patch), serde_json::json!({"backup": null}));
         let mut labels = BTreeMap::new();
         labels.insert("team".to_owned(), Some("pay".to_owned()));
         labels.insert("old".to_owned(), None);
@@ -1040,20 +835,80 @@ mod tests {
             ..InstancePatch::default()
         };
         assert_eq!(
-            serde_json::to_value(&patch).unwrap(),
+            reads_back(&patch),
             serde_json::json!({"labels": {"team": "pay", "old": null}})
         );
-        let mut fields = BTreeMap::new();
-        fields.insert("path".to_owned(), serde_json::json!("/srv/b"));
-        let repo = NewBackupRepo {
+        let batch = NewBatch {
+            selector: "env=prod".into(),
+            kind: OpKind::Restart,
+            timeout_s: None,
+            max_parallel: 2,
+            max_failures: 1,
+        };
+        assert_eq!(
+            reads_back(&batch),
+            serde_json::json!({"selector": "env=prod", "type": "restart", "max_parallel": 2, "max_failures": 1})
+        );
+        let backup = NewBackup {
+            repo: "main".into(),
+            ..NewBackup::default()
+        };
+        assert_eq!(
+            reads_back(&backup),
+            serde_json::json!({"repo": "main", "primary": false})
+        );
+        assert_eq!(
+            reads_back(&PromoteRequest::default()),
+            serde_json::json!({})
+        );
+        let rotate = RotateRequest {
+            account: RotateAccount::App,
+            grace_s: None,
+        };
+        assert_eq!(reads_back(&rotate), serde_json::json!({"account": "app"}));
+        assert_eq!(
+            reads_back(&JoinTokenRequest::default()),
+            serde_json::json!({})
+        );
+    }
+
+    /// The handler takes `name`, `encrypt` and `encryption_key` off a repository's body and
+    /// reads the rest as the kind's `RepoSpec`, which refuses another kind's fields.
+    #[test]
+    fn a_backup_repo_body_holds_its_kind_s_fields_only() {
+        use mofang_common::repo::{RepoSpec, Secret};
+        let spec_of = |repo: &NewBackupRepo| {
+            let mut v = reads_back(repo);
+            let fields = v.as_object_mut().unwrap();
+            for k in ["name", "encrypt", "encryption_key"] {
+                fields.remove(k);
+            }
+            serde_json::from_value::<RepoSpec>(v).unwrap()
+        };
+        let fs = NewBackupRepo {
             name: "main".into(),
             kind: "fs".into(),
-            fields,
+            path: Some("/srv/b".into()),
             ..NewBackupRepo::default()
         };
         assert_eq!(
-            serde_json::to_value(&repo).unwrap(),
+            reads_back(&fs),
             serde_json::json!({"name": "main", "kind": "fs", "path": "/srv/b"})
         );
+        assert_eq!(spec_of(&fs).kind(), "fs");
+        let s3 = NewBackupRepo {
+            name: "offsite".into(),
+            kind: "s3".into(),
+            endpoint: Some("http://10.0.0.5:8333".into()),
+            bucket: Some("b".into()),
+            access_key_id: Some("id".into()),
+            secret_access_key: Some(Secret("shh".into())),
+            path_style: Some(false),
+            encrypt: true,
+            encryption_key: Some(Secret("k".into())),
+            ..NewBackupRepo::default()
+        };
+        assert_eq!(spec_of(&s3).kind(), "s3");
+        assert!(!format!("{s3:?}").contains("shh"), "{s3:?}");
     }
 }

@@ -10,30 +10,67 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Body of `POST /v1/backup-repos`: `name` and the repository's fields, `kind` first
 /// (`s3`: `endpoint`, `bucket`, `prefix`, `region`, `access_key_id`, `secret_access_key`,
-/// `path_style`; `fs`: `path`), and `encrypt`. Unknown fields are refused.
-/// The document's schema only: the handler reads the fields one by one, so that it can refuse
-/// a field without quoting a secret.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+/// `path_style`; `fs`: `path`), and `encrypt`. Unknown fields, and another kind's, are refused.
+/// The document's schema and the client's body: the handler reads the JSON fields one by one
+/// rather than this struct, so that it can refuse a field without quoting a secret.
+// The kind's fields are `Option` so that a client leaves out what it does not set (another
+// kind's are refused); the document states them as plain strings and booleans, as the kind's
+// `RepoSpec` refuses `null` for them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewBackupRepo {
     /// Name (a DNS label).
     pub name: String,
     /// `s3` or `fs`.
     pub kind: String,
+    /// `s3`: endpoint URL, e.g. `http://10.0.0.5:8333`; absent or empty: AWS for `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub endpoint: Option<String>,
+    /// `s3` (required): bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub bucket: Option<String>,
+    /// `s3`: key prefix inside the bucket (no leading or trailing `/` needed). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub prefix: Option<String>,
+    /// `s3`: region. Default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub region: Option<String>,
+    /// `s3` (required): access key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub access_key_id: Option<String>,
+    /// `s3` (required): secret access key (never shown again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub secret_access_key: Option<mofang_common::repo::Secret>,
+    /// `s3`: path-style addressing (`endpoint/bucket/key`), as S3-compatible stores want;
+    /// false: virtual-hosted style (`bucket.endpoint/key`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = bool)]
+    pub path_style: Option<bool>,
+    /// `fs` (required): absolute path of a directory that exists at that path on every agent
+    /// host and on the scheduler (NFS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub path: Option<String>,
     /// Client-side encryption of every backup and archived binlog stored in it (default
     /// false). The scheduler makes a random repository key unless `encryption_key` gives one
     /// (32 bytes, base64url without padding: the same key on another cluster, or after the
     /// repository was deleted, opens its backups). Fixed for the repository's life.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypt: bool,
     /// With `encrypt`: the repository key to use rather than a new one (never shown again).
-    #[serde(default)]
-    pub encryption_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub encryption_key: Option<mofang_common::repo::Secret>,
 }
 
 #[utoipa::path(post, path = "/v1/backup-repos", request_body = NewBackupRepo,
@@ -127,14 +164,14 @@ pub(super) async fn delete_backup_repo(
 }
 
 /// Body of `POST /v1/instances/{name}/backups`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBackup {
     /// The backup repository to keep it in.
     #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub repo: String,
     /// Take it on this member (it must be healthy).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
     /// Take it on the primary (default: a healthy replica, the primary only if none is).
     #[serde(default)]

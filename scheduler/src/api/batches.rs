@@ -8,11 +8,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// `POST /v1/batches`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBatch {
     /// Label selector of the instances (`k=v,k2=v2`, `k`, `k!=v`), resolved now; one that
@@ -26,7 +26,7 @@ pub struct NewBatch {
     #[schema(schema_with = super::schema::batch_kind)]
     pub kind: crate::ops::OpKind,
     /// Each operation's timeout (60 ..= 86400 s). Default 3600.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 60, maximum = 86400)]
     pub timeout_s: Option<i64>,
     /// At most this many operations at once (1 ..= 100). Default 1.

@@ -13,16 +13,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Body of a switchover or failover request.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     /// Member to promote; default: the most advanced eligible replica.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
 }
 
 /// Body of `PUT /v1/instances/{name}/auto-failover`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoFailover {
     /// On or off.
@@ -108,7 +108,7 @@ pub(super) async fn auto_failover(
 }
 
 /// Answer to `POST /v1/failover/resume`.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Resumed {
     /// False: automatic failover runs again.
     pub mass_hold: bool,

@@ -80,21 +80,26 @@ pub(super) async fn list_instances(
     Ok(Json(out))
 }
 
-/// Body of `PATCH /v1/instances/{name}`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Body of `PATCH /v1/instances/{name}` (a JSON merge patch): what is absent stays as it
+/// is, so a client sends only what it sets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstancePatch {
     /// Labels to set; `null` removes one (JSON merge patch).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, Option<String>>,
     /// The backup policy, replaced whole; `null` removes it; absent: unchanged.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<crate::backup::schedule::BackupPolicy>)]
     pub backup: Option<Option<crate::backup::schedule::BackupPolicy>>,
     /// Database traffic TLS, changed on the running instance (MariaDB; docs/security.md):
     /// `off` <-> `optional`/`required` restarts the members one at a time, replicas first (a
     /// rolling restart operation); `optional` <-> `required` is set live. Absent: unchanged.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = super::schema::db_tls)]
     pub tls: Option<mofang_common::DbTls>,
 }
@@ -179,7 +184,7 @@ pub(super) async fn get_parameters(
 }
 
 /// Answer to a delete.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     /// The instance.
     pub name: String,
@@ -205,7 +210,7 @@ pub(super) async fn delete_instance(
 }
 
 /// An instance's credentials, and the CA its members' certificates chain to.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CredentialsView {
     /// The passwords.
     #[serde(flatten)]
@@ -246,7 +251,7 @@ pub(super) async fn credentials(
 }
 
 /// An account whose password `POST /v1/instances/{name}/credentials/rotate` changes.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RotateAccount {
     /// `mofang_admin`, the agents' account.
@@ -272,14 +277,14 @@ impl From<RotateAccount> for mofang_common::rotation::Account {
 }
 
 /// Body of `POST /v1/instances/{name}/credentials/rotate`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// The account whose password changes.
     pub account: RotateAccount,
     /// How long the old password stays accepted after the new one is in use, seconds
     /// (0 ..= 604800, a week). Default 0: dropped as soon as every member uses the new one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 604800)]
     pub grace_s: Option<u64>,
 }

@@ -47,7 +47,7 @@ pub(super) async fn keyring_rotate(
 }
 
 /// The root keyring after `POST /v1/keyring/rotate-root`.
-#[derive(Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RootRotation {
     /// The new root key: it seals the data keyring in the store now.
     pub root_key: u32,

@@ -34,6 +34,16 @@ use metrics::*;
 use nodes::*;
 use operations::*;
 
+// The wire types of the API, named once: the handlers parse and answer them, the typed
+// client (`crate::client`) sends and reads them.
+pub use backups::{NewBackup, NewBackupRepo};
+pub use batches::NewBatch;
+pub use failover::{AutoFailover, PromoteRequest, Resumed};
+pub use instances::{CredentialsView, Deleted, InstancePatch, RotateAccount, RotateRequest};
+pub use keyring::RootRotation;
+pub use nodes::JoinTokenRequest;
+pub use operations::{EngineParameter, EngineView, NewOperation};
+
 use crate::auth::Tokens;
 use crate::backup::Backup;
 use crate::cluster::{BackupRepoView, Cluster, InstanceView, MemberView, NodeView2};
@@ -48,7 +58,7 @@ use axum::middleware::{self};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::{OpenApi, ToSchema};
@@ -67,7 +77,7 @@ pub struct Api {
 }
 
 /// Health of the scheduler.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// `ok`.
     pub status: String,

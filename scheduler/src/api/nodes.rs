@@ -10,7 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Query of `GET /v1/nodes`.
@@ -92,16 +92,16 @@ pub(super) async fn uncordon_node(
 }
 
 /// Body of `POST /v1/join-tokens`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenRequest {
     /// Lifetime, seconds (60 ..= 604800, one week). Default 3600.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 60, maximum = 604800)]
     pub ttl_secs: Option<u64>,
     /// The only node the token admits (a host joined again). Default: any node not
     /// registered yet.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^[a-z]([a-z0-9-]*[a-z0-9])?$", max_length = 63)]
     pub node: Option<String>,
 }

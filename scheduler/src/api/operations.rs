@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-/// `POST /v1/instances/{name}/operations`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /v1/instances/{name}/operations`: the type and its own fields; a client sends only
+/// the fields set (absent: the default, or not the operation's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperation {
     /// The operation: `restart` (rolling), `stop`, `start`, `rebuild` (with `member`),
@@ -23,37 +24,54 @@ pub struct NewOperation {
     #[serde(rename = "type")]
     pub kind: crate::ops::OpKind,
     /// The member a `rebuild` is for.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
     /// `scale`: the replica count wanted (1 ..= 8).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 8)]
     pub replicas: Option<u32>,
     /// `resize`: CPU cores of each member (0.1 ..= 64).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0.1, maximum = 64)]
     pub cpu: Option<f64>,
     /// `resize`: memory of each member, MiB (64 ..= 1048576).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 64, maximum = 1048576)]
     pub memory: Option<u64>,
     /// `reconfigure`: parameter values by name (`GET /v1/engines` lists them); numbers may
     /// be given as JSON numbers or strings.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub settings: Option<BTreeMap<String, serde_json::Value>>,
     /// `expand`: disk of each member, MiB (64 ..= 67108864), more than now.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 64, maximum = 67108864)]
     pub disk: Option<u64>,
     /// `upgrade`: the engine version, the next one of the engine's ladder (`GET /v1/engines`
     /// lists the versions, newest first; one rung at a time, never down).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Fails after this long (60 ..= 86400 s). Default 3600.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 60, maximum = 86400)]
     pub timeout_s: Option<i64>,
+}
+
+impl NewOperation {
+    /// An operation of `kind` with no field of its own set.
+    pub fn new(kind: crate::ops::OpKind) -> Self {
+        NewOperation {
+            kind,
+            member: None,
+            replicas: None,
+            cpu: None,
+            memory: None,
+            settings: None,
+            disk: None,
+            version: None,
+            timeout_s: None,
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/v1/instances/{name}/operations", params(("name" = String, Path)), request_body = NewOperation,
@@ -134,7 +152,7 @@ pub(super) async fn cancel_operation(
 }
 
 /// One settable engine parameter (`reconfigure`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EngineParameter {
     /// The engine's own name.
     pub name: String,
@@ -142,13 +160,13 @@ pub struct EngineParameter {
     #[serde(rename = "type")]
     pub kind: String,
     /// Integers: the smallest allowed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<i64>,
     /// Integers: the largest allowed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<i64>,
     /// Enums: the allowed words.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
     /// Unit of an integer, empty if none.
     pub unit: String,
@@ -159,7 +177,7 @@ pub struct EngineParameter {
 }
 
 /// An engine this build runs: its versions and settable parameters.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EngineView {
     /// `mariadb` or `redis`.
     pub engine: String,

@@ -4,11 +4,11 @@
 use super::render::{print_json, table};
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use mofang_common::repo::Secret;
 use mofang_scheduler::backup::{Backup, BackupState};
 use mofang_scheduler::client::{Client, NewBackup, NewBackupRepo};
 use mofang_scheduler::cluster::RestoreProgress;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -401,29 +401,21 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
             encrypt,
             encryption_key,
         } => {
-            let mut fields = BTreeMap::new();
-            let mut set = |k: &str, v: Option<String>| {
-                if let Some(v) = v {
-                    fields.insert(k.to_owned(), json!(v));
-                }
-            };
-            if kind == "s3" {
-                set("endpoint", endpoint);
-                set("bucket", bucket);
-                set("prefix", prefix);
-                set("region", region);
-                set("access_key_id", access_key_id);
-                set("secret_access_key", secret_access_key);
-                fields.insert("path_style".to_owned(), json!(!virtual_hosted));
-            } else {
-                set("path", path);
-            }
+            // Only the kind's own fields: the scheduler refuses another kind's.
+            let s3 = kind == "s3";
             let repo = NewBackupRepo {
                 name: name.clone(),
                 kind,
-                fields,
+                endpoint: endpoint.filter(|_| s3),
+                bucket: bucket.filter(|_| s3),
+                prefix: prefix.filter(|_| s3),
+                region: region.filter(|_| s3),
+                access_key_id: access_key_id.filter(|_| s3),
+                secret_access_key: secret_access_key.filter(|_| s3).map(Secret),
+                path_style: s3.then_some(!virtual_hosted),
+                path: path.filter(|_| !s3),
                 encrypt,
-                encryption_key,
+                encryption_key: encryption_key.map(Secret),
             };
             if !json_out {
                 eprintln!("checking {name} from the scheduler and every live agent ...");

@@ -659,7 +659,12 @@ pub(crate) async fn run(c: &Client, cmd: InstanceCmd, json: bool) -> Result<()> 
             timeout,
         } => {
             let mut op = NewOperation::new(OpKind::Reconfigure);
-            op.settings = Some(settings.into_iter().collect());
+            op.settings = Some(
+                settings
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+            );
             operation::start(c, &name, op, wait, timeout, json).await?
         }
         InstanceCmd::RotateCredentials {
@@ -860,7 +865,9 @@ async fn rotate_credentials(
     timeout: u64,
     json: bool,
 ) -> Result<()> {
-    let mut v = c.rotate_credentials(name, account, grace).await?;
+    let mut v = c
+        .rotate_credentials(name, parse_word("--account", account)?, grace)
+        .await?;
     let start = Instant::now();
     let mut last = String::new();
     // Until the new password is in use (step switch or later, or the rotation over).
