@@ -506,6 +506,10 @@ impl SetWriter {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (s, a) = (stop.clone(), acked.clone());
+        // MOFANG_WRITER_TRACE=1: each failed connect or write on standard error, with the
+        // time since the writer started and the address it went to (where a gap went).
+        let trace = std::env::var_os("MOFANG_WRITER_TRACE").is_some();
+        let t0 = std::time::Instant::now();
         let task = tokio::spawn(async move {
             use std::sync::atomic::Ordering;
             let mut out = SetOutcome::default();
@@ -530,7 +534,18 @@ impl SetWriter {
                     .await;
                     match c {
                         Ok(Ok(c)) => conn = Some(c),
-                        _ => {
+                        other => {
+                            if trace {
+                                let why = match other {
+                                    Err(_) => "timed out (2 s)".to_owned(),
+                                    Ok(Err(e)) => format!("{e:#}"),
+                                    Ok(Ok(_)) => String::new(),
+                                };
+                                eprintln!(
+                                    "writer {:>8.3}s: connect to {primary:?} failed: {why}",
+                                    t0.elapsed().as_secs_f64()
+                                );
+                            }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
@@ -574,7 +589,18 @@ impl SetWriter {
                         });
                         a.fetch_add(1, Ordering::SeqCst);
                     }
-                    _ => {
+                    other => {
+                        if trace {
+                            let why = match other {
+                                Err(_) => "timed out (5 s)".to_owned(),
+                                Ok(Err(e)) => format!("{e:#}"),
+                                Ok(Ok(())) => String::new(),
+                            };
+                            eprintln!(
+                                "writer {:>8.3}s: write {id} to {primary:?} failed: {why}",
+                                t0.elapsed().as_secs_f64()
+                            );
+                        }
                         conn = None;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
