@@ -48,25 +48,67 @@ struct Measured {
     from: Instant,
     to: Instant,
     note: String,
+    /// The operation's steps: what, and when each began and ended after `from`.
+    steps: Vec<(String, Duration, Duration)>,
 }
 
 /// The longest time without an acknowledged write from `from` to the first
 /// acknowledgement after `to` (counting from the last one at or before `from`).
 fn outage(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+    longest_gap(acks, from, to).0
+}
+
+/// [`outage`] and the acknowledgement that began it.
+fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> (Duration, Instant) {
     let mut prev = acks
         .iter()
         .rev()
         .find(|a| a.at <= from)
         .map_or(from, |a| a.at);
-    let mut longest = Duration::ZERO;
+    let (mut longest, mut began) = (Duration::ZERO, from);
     for a in acks.iter().filter(|a| a.at > from) {
-        longest = longest.max(a.at - prev);
+        if a.at - prev > longest {
+            (longest, began) = (a.at - prev, prev);
+        }
         prev = a.at;
         if a.at > to {
             break;
         }
     }
-    longest
+    (longest, began)
+}
+
+/// Where an operation's longest write outage fell: its start and end after the POST, and
+/// the steps running then (the switchover, normally).
+fn outage_place(m: &Measured, acks: &[Ack]) -> String {
+    let (gap, began) = longest_gap(acks, m.from, m.to);
+    let (a, b) = (
+        began.saturating_duration_since(m.from),
+        began.saturating_duration_since(m.from) + gap,
+    );
+    let during: Vec<String> = m
+        .steps
+        .iter()
+        .filter(|(_, s, e)| *s < b && *e > a)
+        .map(|(what, s, e)| {
+            format!(
+                "{what} (+{:.2} to +{:.2} s)",
+                s.as_secs_f64(),
+                e.as_secs_f64()
+            )
+        })
+        .collect();
+    format!(
+        "{}: {} from +{:.2} s, during {}",
+        m.what,
+        secs(gap),
+        a.as_secs_f64(),
+        if during.is_empty() {
+            "no step".to_owned()
+        } else {
+            during.join(", ")
+        }
+    )
 }
 
 fn secs(d: Duration) -> String {
@@ -87,6 +129,7 @@ async fn settle(writer: &SetWriter) -> Result<()> {
 /// Runs one operation through the API until it ends; fails unless it succeeded.
 async fn operation(c: &Client, name: &str, what: &str, op: NewOperation) -> Result<Measured> {
     let from = Instant::now();
+    let from_ms = mofang_scheduler::model::now_ms();
     let started = c
         .start_operation(name, &op)
         .await
@@ -98,12 +141,25 @@ async fn operation(c: &Client, name: &str, what: &str, op: NewOperation) -> Resu
         bail!("{what}: {ended:?}");
     }
     let to = Instant::now();
+    let after = |ms: i64| Duration::from_millis(u64::try_from(ms - from_ms).unwrap_or(0));
+    let steps = ended
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                format!("{:?}", s.action),
+                after(s.started_ms),
+                after(s.ended_ms),
+            )
+        })
+        .collect();
     Ok(Measured {
         what: what.to_owned(),
         took: to - from,
         from,
         to,
         note: format!("{} step(s)", ended.steps.len()),
+        steps,
     })
 }
 
@@ -246,6 +302,7 @@ where
         from,
         to,
         note: note.to_owned(),
+        steps: Vec::new(),
     })
 }
 
@@ -403,6 +460,11 @@ async fn main() -> Result<()> {
         outcome.acked.len(),
         hand_outcome.acked.len()
     );
+    println!();
+    println!("where each Mofang outage fell (after the operation's POST):");
+    for m in &ops {
+        println!("- {}", outage_place(m, &outcome.acks));
+    }
     Ok(())
 }
 
@@ -429,5 +491,29 @@ mod tests {
         assert_eq!(outage(&acks, at(15), at(600)), Duration::from_millis(1490));
         assert_eq!(outage(&acks, at(15), at(400)), Duration::from_millis(480));
         assert_eq!(outage(&acks, at(2005), at(2006)), Duration::from_millis(10));
+        // The gap 510 -> 2000 began at the acknowledgement at 510.
+        assert_eq!(
+            longest_gap(&acks, at(15), at(600)),
+            (Duration::from_millis(1490), at(510))
+        );
+        let m = Measured {
+            what: "upgrade".into(),
+            took: Duration::from_millis(600),
+            from: at(0),
+            to: at(600),
+            note: String::new(),
+            steps: vec![
+                ("restart".into(), Duration::ZERO, Duration::from_millis(400)),
+                (
+                    "switchover".into(),
+                    Duration::from_millis(450),
+                    Duration::from_millis(2100),
+                ),
+            ],
+        };
+        assert_eq!(
+            outage_place(&m, &acks),
+            "upgrade: 1.49 s from +0.51 s, during switchover (+0.45 to +2.10 s)"
+        );
     }
 }
