@@ -357,7 +357,9 @@ impl Cluster {
 
 /// What an instance's backups say about its health (`GET /v1/backup-health`; the same
 /// figures as the `mofang_backup_*` metrics).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct BackupHealthView {
     /// The instance.
     pub instance: String,

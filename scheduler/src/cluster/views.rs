@@ -6,7 +6,9 @@ use crate::model::{Credentials, Instance, InstanceSpec, Node, NodeState};
 use mofang_common::Role;
 
 /// A member as the API shows it: decision plus observation.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct MemberView {
     /// Member id.
     pub id: String,
@@ -45,7 +47,7 @@ pub struct MemberView {
 }
 
 /// An instance as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// Name.
     pub name: String,

@@ -11,7 +11,10 @@ pub mod session;
 pub mod views;
 
 use crate::api::Api;
+use crate::api::{CredentialsView, EngineView};
+use crate::cluster::{BackupHealthView, BackupRepoView, InstanceView};
 use crate::model::now_ms;
+use crate::model::{AuditEntry, Event};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
@@ -30,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tower::ServiceExt;
 use tracing::{info, warn};
-use views::{Event, Instance, Node};
+use views::Node;
 
 /// Errors of the console's calls of the API.
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +128,9 @@ struct Inner {
     v1: Router,
     sessions: Sessions,
     recent: tokio::sync::Mutex<Tail<Event>>,
-    audit: tokio::sync::Mutex<Tail<views::AuditEntry>>,
+    audit: tokio::sync::Mutex<Tail<AuditEntry>>,
     /// `GET /v1/backup-health` as last read, and when.
-    backup_health: tokio::sync::Mutex<Option<(i64, Vec<views::BackupHealth>)>>,
+    backup_health: tokio::sync::Mutex<Option<(i64, Vec<BackupHealthView>)>>,
 }
 
 /// The console's state.
@@ -240,7 +243,7 @@ impl Console {
     /// The newest audit entries (at most [`AUDIT_KEPT`]), newest first, reading only those
     /// not read before. Each visit asks the API with the visitor's token first, so anyone
     /// but an admin gets its 403 and nothing read before.
-    async fn recent_audit(&self, v: &Visit) -> Result<Vec<views::AuditEntry>> {
+    async fn recent_audit(&self, v: &Visit) -> Result<Vec<AuditEntry>> {
         self.follow(
             v,
             &self.inner.audit,
@@ -395,7 +398,7 @@ impl Console {
 
     /// The API's backup health (`GET /v1/backup-health`), read again when older than
     /// [`BACKUP_HEALTH_TTL_MS`]: the figures are at most that old.
-    async fn backup_health(&self, v: &Visit) -> Result<Vec<views::BackupHealth>> {
+    async fn backup_health(&self, v: &Visit) -> Result<Vec<BackupHealthView>> {
         let mut cached = self.inner.backup_health.lock().await;
         let now = now_ms();
         if let Some((at, h)) = cached.as_ref() {
@@ -403,19 +406,22 @@ impl Console {
                 return Ok(h.clone());
             }
         }
-        let h: Vec<views::BackupHealth> = self.get(v, "/v1/backup-health").await?;
+        let h: Vec<BackupHealthView> = self.get(v, "/v1/backup-health").await?;
         *cached = Some((now, h.clone()));
         Ok(h)
     }
 
     /// Instances, nodes and the problems they show.
-    async fn fleet(&self, v: &Visit) -> Result<(Vec<Instance>, Vec<Node>, Vec<views::Problem>)> {
+    async fn fleet(
+        &self,
+        v: &Visit,
+    ) -> Result<(Vec<InstanceView>, Vec<Node>, Vec<views::Problem>)> {
         let cluster = &self.inner.api.cluster;
-        let (instances, nodes): (Vec<Instance>, Vec<Node>) = if cluster.is_active() {
+        let (instances, nodes): (Vec<InstanceView>, Vec<Node>) = if cluster.is_active() {
             // The leader: the API's views themselves (what `GET /v1/instances` and
             // `GET /v1/nodes` answer, any role may read them), without a JSON round trip.
             (
-                cluster.instances().iter().map(Instance::from).collect(),
+                cluster.instances(),
                 cluster.nodes().iter().map(Node::from).collect(),
             )
         } else {
@@ -834,7 +840,7 @@ async fn render_create(
     values: &BTreeMap<String, String>,
     errors: &BTreeMap<String, String>,
 ) -> Response {
-    let engines: Vec<views::Engine> = match c.get(v, "/v1/engines").await {
+    let engines: Vec<EngineView> = match c.get(v, "/v1/engines").await {
         Ok(e) => e,
         Err(e) => return failed(c, v, &e),
     };
@@ -915,7 +921,7 @@ async fn render_instance(
 struct Shown<'a> {
     flash: Option<&'a str>,
     action_error: Option<&'a str>,
-    credentials: Option<&'a views::Credentials>,
+    credentials: Option<&'a CredentialsView>,
     reconfigure: views::FormState,
 }
 
@@ -965,7 +971,7 @@ async fn render_instance_with(
         };
     backups.sort_by_key(|b| std::cmp::Reverse(b.requested_at_ms));
     backups.truncate(30);
-    let (repos, engines): (Vec<views::BackupRepo>, Vec<views::Engine>) = if v.session.can_act() {
+    let (repos, engines): (Vec<BackupRepoView>, Vec<EngineView>) = if v.session.can_act() {
         let repos = match c.get(v, "/v1/backup-repos").await {
             Ok(r) => r,
             Err(e) => return failed(c, v, &e),
@@ -1047,7 +1053,7 @@ async fn reveal_credentials(
     if !plain_name(&name) {
         return not_found(&v);
     }
-    let creds: views::Credentials = match c
+    let creds: CredentialsView = match c
         .get(&v, &format!("/v1/instances/{name}/credentials"))
         .await
     {
@@ -1272,7 +1278,7 @@ async fn audit_page(
         Err(e) => return failed(&c, &v, &e),
     };
     let needle = q.q.trim().to_lowercase();
-    let keeps = |e: &views::AuditEntry| {
+    let keeps = |e: &AuditEntry| {
         needle.is_empty()
             || format!("{} {} {}", e.who, e.action, e.target)
                 .to_lowercase()
@@ -1287,7 +1293,7 @@ async fn audit_page(
             .read_past(
                 &v,
                 "/v1/audit?",
-                |e: &views::AuditEntry| e.id,
+                |e: &AuditEntry| e.id,
                 source,
                 keeps,
                 pages::LOG_ROWS,
@@ -1302,7 +1308,7 @@ async fn audit_page(
             pages::audit(&v.frame(problems), &past.page(), None, q.q.trim()),
         );
     }
-    let matching: Vec<views::AuditEntry> = entries.into_iter().filter(|e| keeps(e)).collect();
+    let matching: Vec<AuditEntry> = entries.into_iter().filter(|e| keeps(e)).collect();
     let page = views::past_the_tail(
         views::log_page(&matching, |e| e.id, cursor, pages::LOG_ROWS),
         floor,
@@ -1713,8 +1719,8 @@ mod tests {
         let cluster = cluster_with_shop().await;
         let is = cluster.instances();
         assert_eq!(is.len(), 1);
-        let direct = Instance::from(&is[0]);
-        let json: Instance =
+        let direct = is[0].clone();
+        let json: InstanceView =
             serde_json::from_value(serde_json::to_value(&is[0]).expect("json")).expect("parses");
         assert_eq!(direct, json);
         assert_eq!(direct.members.len(), 2);

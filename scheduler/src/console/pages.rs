@@ -3,9 +3,12 @@
 
 use super::session::encode_query;
 use super::views::{
-    self, ago, count_by, lag, utc, AuditEntry, Event, Fill, Instance, InstanceFilter, Node,
-    Problem, Severity, Topology, TopologyNode,
+    self, ago, count_by, lag, utc, Fill, InstanceFilter, Node, Problem, Severity, Topology,
+    TopologyNode,
 };
+use crate::api::{CredentialsView, EngineView};
+use crate::cluster::{BackupRepoView, InstanceView};
+use crate::model::{AuditEntry, Event};
 use maud::{html, Markup, DOCTYPE};
 use std::collections::BTreeMap;
 
@@ -248,7 +251,7 @@ fn event_rows(events: &[Event], now_ms: i64, with_instance: bool) -> Markup {
 /// The overview.
 pub fn overview(
     f: &Frame,
-    instances: &[Instance],
+    instances: &[InstanceView],
     nodes: &[Node],
     problems: &[Problem],
     recent: &[Event],
@@ -257,7 +260,7 @@ pub fn overview(
     let by_status = count_by(instances, |i| i.status.clone());
     let by_engine = count_by(instances, |i| format!("{} {}", i.engine, i.version));
     let by_state = count_by(nodes, |n| n.state.clone());
-    let failed_over: Vec<&Instance> = instances
+    let failed_over: Vec<&InstanceView> = instances
         .iter()
         .filter(|i| i.last_failover_ms > f.now_ms - views::RECENT_MS)
         .collect();
@@ -315,18 +318,18 @@ fn select(name: &str, label: &str, current: &str, options: &[String]) -> Markup 
 /// The instances list with its filters.
 pub fn instances(
     f: &Frame,
-    all: &[Instance],
+    all: &[InstanceView],
     filter: &InstanceFilter,
     page_no: usize,
     flash: Option<&str>,
 ) -> Markup {
-    let distinct = |key: fn(&Instance) -> &str| -> Vec<String> {
+    let distinct = |key: fn(&InstanceView) -> &str| -> Vec<String> {
         let mut v: Vec<String> = all.iter().map(|i| key(i).to_owned()).collect();
         v.sort();
         v.dedup();
         v
     };
-    let matching: Vec<&Instance> = all.iter().filter(|i| filter.matches(i)).collect();
+    let matching: Vec<&InstanceView> = all.iter().filter(|i| filter.matches(i)).collect();
     let selector_error = filter.selector_error();
     let (page_no, pages, shown) = views::page_of(&matching, page_no, PAGE_SIZE);
     let link = |n: usize| {
@@ -401,7 +404,7 @@ pub fn pager(page_no: usize, pages: usize, link: impl Fn(usize) -> String) -> Ma
 /// (`errors[""]`: the form as a whole).
 pub fn create(
     f: &Frame,
-    engines: &[views::Engine],
+    engines: &[EngineView],
     values: &BTreeMap<String, String>,
     errors: &BTreeMap<String, String>,
 ) -> Markup {
@@ -625,7 +628,7 @@ fn pitr_svg(axis: &views::PitrAxis) -> Markup {
 
 /// An instance's backups: the PITR window and the full backups on a time axis, "restore to
 /// a time" (operators), the backups newest first.
-fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup {
+fn backup_timeline(f: &Frame, i: &InstanceView, backups: &[views::Backup]) -> Markup {
     let axis = views::pitr_axis(i, backups, f.now_ms);
     html! {
         @if let Some(w) = &i.pitr_window {
@@ -658,7 +661,7 @@ fn backup_timeline(f: &Frame, i: &Instance, backups: &[views::Backup]) -> Markup
 /// window, prefilled with its latest point, opens the restore form; the API judges the time
 /// (its reason shown next to the field there). Outside the live region: a time being picked
 /// is never replaced.
-fn restore_time_form(i: &Instance) -> Markup {
+fn restore_time_form(i: &InstanceView) -> Markup {
     html! {
         @if let Some(w) = &i.pitr_window {
             form.filters.act method="get" action="/ui/instances/new" id="restore-time" novalidate {
@@ -680,7 +683,7 @@ fn restore_time_form(i: &Instance) -> Markup {
 #[derive(Debug)]
 pub struct InstanceData<'a> {
     /// The instance.
-    pub instance: &'a Instance,
+    pub instance: &'a InstanceView,
     /// Its topology.
     pub topology: &'a Topology,
     /// Its last events, newest first.
@@ -690,11 +693,11 @@ pub struct InstanceData<'a> {
     /// Its backups, newest first.
     pub backups: &'a [views::Backup],
     /// The backup repositories (operators: "Back up now").
-    pub repos: &'a [views::BackupRepo],
+    pub repos: &'a [BackupRepoView],
     /// The credentials an admin asked to see (this answer only).
-    pub credentials: Option<&'a views::Credentials>,
+    pub credentials: Option<&'a CredentialsView>,
     /// The instance's engine with its parameter catalogue (operators: reconfigure).
-    pub engine: Option<&'a views::Engine>,
+    pub engine: Option<&'a EngineView>,
     /// The reconfigure form as sent, and the API's reason by field (a refusal).
     pub reconfigure: &'a views::FormState,
 }
@@ -739,10 +742,10 @@ pub fn instance(
                 h2 { "Credentials" }
                 p.hint { "Shown to you once, for this page; the reveal is in the audit log. Reload the page to hide them." }
                 dl.creds {
-                    dt { "app" } dd { code { (c.app) } }
-                    dt { "mofang_admin" } dd { code { (c.admin) } }
-                    dt { "mofang_repl" } dd { code { (c.repl) } }
-                    dt { "mofang_monitor" } dd { code { (c.monitor) } }
+                    dt { "app" } dd { code { (c.credentials.app) } }
+                    dt { "mofang_admin" } dd { code { (c.credentials.admin) } }
+                    dt { "mofang_repl" } dd { code { (c.credentials.repl) } }
+                    dt { "mofang_monitor" } dd { code { (c.credentials.monitor) } }
                     dt { "TLS" } dd { (c.tls) }
                 }
             }
@@ -833,7 +836,7 @@ pub fn instance(
 
 /// The form that starts a day-2 operation: the type and the fields it takes. The API says
 /// what a type needs (its reason is shown on the page).
-fn operation_form(f: &Frame, i: &Instance) -> Markup {
+fn operation_form(f: &Frame, i: &InstanceView) -> Markup {
     let kinds = [
         ("restart", "Restart (rolling, replicas first)"),
         ("scale", "Scale (replicas)"),
@@ -869,7 +872,7 @@ fn operation_form(f: &Frame, i: &Instance) -> Markup {
 /// one's value now, what it accepts and whether a change restarts the members; a field per
 /// parameter, those filled sent. The API judges the values (`novalidate`): its reason is
 /// shown next to the parameter it names, the values typed kept.
-fn reconfigure_form(f: &Frame, i: &Instance, e: &views::Engine, st: &views::FormState) -> Markup {
+fn reconfigure_form(f: &Frame, i: &InstanceView, e: &EngineView, st: &views::FormState) -> Markup {
     html! {
         form.card.stack.act.wide method="post" action=(format!("/ui/instances/{}/operations", i.name)) id="reconfigure" novalidate {
             (csrf_field(f))

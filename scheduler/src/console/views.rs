@@ -2,108 +2,15 @@
 //! API gives) by pure functions: summaries, the Problems list, topologies, filters, and where
 //! an API error belongs on a form. No I/O and no clock inside: `now_ms` is passed in.
 
+use crate::api::EngineParameter;
+use crate::cluster::{BackupHealthView, InstanceView, MemberView};
+use crate::model::{DiskInfo, Event};
+use crate::ops::batch::BatchItem;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// A member as `GET /v1/instances` shows it (the fields the console uses).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Member {
-    /// Member id.
-    pub id: String,
-    /// Node it runs on.
-    pub node: String,
-    /// Desired role (`primary`, `replica`).
-    pub role: String,
-    /// Observed state (`running`, `starting`, `failed`, `unknown`).
-    pub state: String,
-    /// Address clients use.
-    pub address: String,
-    /// Healthy as its agent sees it.
-    pub healthy: bool,
-    /// Role its server reports.
-    pub observed_role: String,
-    /// Replication lag in seconds (-1: unknown).
-    pub lag_seconds: i64,
-    /// Epoch its agent applied.
-    pub epoch: u64,
-    /// Why it is not healthy.
-    pub reason: String,
-}
-
-/// Resources of each member.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Resources {
-    /// CPU cores.
-    pub cpu: f64,
-    /// Memory, MiB.
-    pub memory: u64,
-    /// Disk, MiB.
-    pub disk: u64,
-}
-
-/// The parts of an instance's spec the console shows.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Spec {
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Resources of each member.
-    pub resources: Resources,
-}
-
-/// An instance as `GET /v1/instances` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Instance {
-    /// Name.
-    pub name: String,
-    /// Engine (`mariadb`, `redis`).
-    pub engine: String,
-    /// Engine version.
-    pub version: String,
-    /// Replicas besides the primary.
-    pub replicas: u32,
-    /// Current epoch.
-    pub epoch: u64,
-    /// `ready`, `creating`, `degraded`, `stopped`, `deleting`, ...
-    pub status: String,
-    /// Address of the primary.
-    pub primary: String,
-    /// Members.
-    pub members: Vec<Member>,
-    /// Spec.
-    pub spec: Spec,
-    /// Creation time, unix ms.
-    pub created_at_ms: i64,
-    /// Automatic failover on.
-    pub auto_failover: bool,
-    /// Last failover decided (unix ms, 0: never).
-    pub last_failover_ms: i64,
-    /// Binlog archive continuous since the last full backup (absent: no archive).
-    pub pitr_ready: Option<bool>,
-    /// Why the archive is not ready.
-    pub pitr_reason: Option<String>,
-    /// The times it can be restored to.
-    pub pitr_window: Option<PitrWindow>,
-    /// Seconds the binlog archive lags the primary (absent: no archive).
-    pub pitr_lag_s: Option<i64>,
-    /// Engine parameters set by `reconfigure` (name: value); empty: the defaults.
-    pub parameters: BTreeMap<String, String>,
-}
-
-/// The range of times an instance can be restored to (RFC 3339).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct PitrWindow {
-    /// Earliest.
-    pub from: String,
-    /// Latest.
-    pub to: String,
-}
-
 /// A backup as `GET /v1/instances/{name}/backups` shows it.
+/// Separate from `crate::backup::Backup`: the pages filter and print `state` as the JSON's word.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Backup {
@@ -137,36 +44,6 @@ pub struct Backup {
     pub verify_ok: Option<bool>,
     /// What it found.
     pub verify_reason: String,
-}
-
-/// A backup repository as `GET /v1/backup-repos` shows it (name and kind only).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct BackupRepo {
-    /// Name.
-    pub name: String,
-    /// `s3` or `fs`.
-    pub kind: String,
-}
-
-/// An instance's backup health as `GET /v1/backup-health` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct BackupHealth {
-    /// The instance.
-    pub instance: String,
-    /// Its backup schedule (cron), if any.
-    pub schedule: Option<String>,
-    /// How many backups it has.
-    pub backups: usize,
-    /// End of the newest succeeded backup, unix ms.
-    pub last_success_ms: Option<i64>,
-    /// Whether the newest finished backup failed.
-    pub last_failed: Option<bool>,
-    /// Whether the newest verification failed.
-    pub verify_failed: Option<bool>,
-    /// Seconds past the first slot after the newest success (with a schedule).
-    pub overdue_s: Option<i64>,
 }
 
 /// Seconds past a slot with no success after which a scheduled backup counts as overdue:
@@ -213,7 +90,7 @@ impl Standing {
 /// How an instance's backups stand, from its health: failing before overdue before a
 /// failed verification (the alerts `MofangBackupFailed`, `MofangBackupOverdue`,
 /// `MofangBackupVerificationFailed`).
-pub fn standing(h: &BackupHealth) -> Standing {
+pub fn standing(h: &BackupHealthView) -> Standing {
     if h.last_failed == Some(true) {
         Standing::Failing
     } else if h.overdue_s.is_some_and(|s| s > OVERDUE_AFTER_S) {
@@ -267,13 +144,17 @@ pub struct FleetBackups {
     /// Instances by standing: how many of each.
     pub counts: Vec<(Standing, usize)>,
     /// The instances the filter keeps that need attention, worst first.
-    pub attention: Vec<(Standing, BackupHealth)>,
+    pub attention: Vec<(Standing, BackupHealthView)>,
     /// The backups the filter keeps, in the page's order.
     pub backups: Vec<Backup>,
 }
 
 /// Builds the fleet backups page from the API's health and backup lists.
-pub fn fleet_backups(health: &[BackupHealth], all: &[Backup], f: &BackupFilter) -> FleetBackups {
+pub fn fleet_backups(
+    health: &[BackupHealthView],
+    all: &[Backup],
+    f: &BackupFilter,
+) -> FleetBackups {
     let of: BTreeMap<&str, Standing> = health
         .iter()
         .map(|h| (h.instance.as_str(), standing(h)))
@@ -282,7 +163,7 @@ pub fn fleet_backups(health: &[BackupHealth], all: &[Backup], f: &BackupFilter) 
     for s in of.values() {
         *counts.entry(*s).or_default() += 1;
     }
-    let mut attention: Vec<(Standing, BackupHealth)> = health
+    let mut attention: Vec<(Standing, BackupHealthView)> = health
         .iter()
         .map(|h| (standing(h), h.clone()))
         .filter(|(s, h)| s.needs_attention() && f.keeps_instance(&h.instance))
@@ -330,7 +211,7 @@ pub struct BackupSummary {
 }
 
 /// The overview's backup figures from the backup health and the instances' archives.
-pub fn backup_summary(health: &[BackupHealth], instances: &[Instance]) -> BackupSummary {
+pub fn backup_summary(health: &[BackupHealthView], instances: &[InstanceView]) -> BackupSummary {
     let mut s = BackupSummary::default();
     for h in health {
         if h.last_failed == Some(true) {
@@ -424,7 +305,7 @@ impl PitrAxis {
 
 /// The time axis of an instance's PITR window (`pitr_window`, RFC 3339, read with the API's
 /// own parser) and its full backups, through now; `None` with neither.
-pub fn pitr_axis(i: &Instance, backups: &[Backup], now_ms: i64) -> Option<PitrAxis> {
+pub fn pitr_axis(i: &InstanceView, backups: &[Backup], now_ms: i64) -> Option<PitrAxis> {
     let window = i.pitr_window.as_ref().and_then(|w| {
         let from = mofang_common::pitr::parse_utc(&w.from).ok()?;
         let to = mofang_common::pitr::parse_utc(&w.to).ok()?;
@@ -495,21 +376,9 @@ pub fn utc_of_local_input(v: &str) -> String {
     }
 }
 
-/// A data disk of a node.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Disk {
-    /// Path on the host.
-    pub path: String,
-    /// Class.
-    pub class: String,
-    /// Capacity, bytes.
-    pub capacity_bytes: u64,
-    /// Free bytes (last report).
-    pub free_bytes: u64,
-}
-
 /// A node as `GET /v1/nodes` shows it.
+/// Separate from `cluster::NodeView2`, which nests the record and types `admin` and `state` as
+/// enums: the pages group, compare and print them as the JSON's words.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Node {
@@ -524,7 +393,7 @@ pub struct Node {
     /// Memory offered, bytes.
     pub memory_bytes: u64,
     /// Data disks.
-    pub disks: Vec<Disk>,
+    pub disks: Vec<DiskInfo>,
     /// Operator setting (`active`, `cordoned`, `draining`).
     pub admin: String,
     /// State (`ready`, `down`, `draining`, `cordoned`).
@@ -580,81 +449,6 @@ pub fn usage_lines(
     (cpu, mem)
 }
 
-/// An event as `GET /v1/events` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Event {
-    /// Id (monotonic).
-    pub id: u64,
-    /// Time, unix ms.
-    pub at_ms: i64,
-    /// Instance concerned.
-    pub instance: Option<String>,
-    /// Node concerned.
-    pub node: Option<String>,
-    /// Kind (`failover_decided`, ...).
-    pub kind: String,
-    /// Detail.
-    pub message: String,
-}
-
-/// An audit entry as `GET /v1/audit` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct AuditEntry {
-    /// Id.
-    pub id: u64,
-    /// Time, unix ms.
-    pub at_ms: i64,
-    /// Token name.
-    pub who: String,
-    /// Source address.
-    pub source: String,
-    /// Method and path.
-    pub action: String,
-    /// Target.
-    pub target: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Result.
-    pub result: String,
-}
-
-/// An engine, its versions and settable parameters as `GET /v1/engines` shows them.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Engine {
-    /// `mariadb` or `redis`.
-    pub engine: String,
-    /// Supported versions.
-    pub versions: Vec<String>,
-    /// What `reconfigure` may set (the catalogue).
-    pub parameters: Vec<EngineParameter>,
-}
-
-/// A settable engine parameter as `GET /v1/engines` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct EngineParameter {
-    /// The engine's own name.
-    pub name: String,
-    /// `integer` or `enum`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Integers: the smallest allowed.
-    pub min: Option<i64>,
-    /// Integers: the largest allowed.
-    pub max: Option<i64>,
-    /// Enums: the allowed words.
-    pub values: Vec<String>,
-    /// Unit of an integer, empty if none.
-    pub unit: String,
-    /// Applied live (true) or by a rolling restart (false).
-    pub dynamic: bool,
-    /// One line.
-    pub description: String,
-}
-
 impl EngineParameter {
     /// What it accepts, for people: `10 ..= 10000 connections`, `noeviction | allkeys-lru`.
     pub fn allowed(&self) -> String {
@@ -685,6 +479,8 @@ pub fn parameter_of_error(code: &str, message: &str) -> Option<String> {
 }
 
 /// A step of an operation as the API shows it.
+/// Separate from `ops::OpStep`, whose action is a tagged enum: the pages show its `action`
+/// word and `member` whatever the action.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct OpStep {
@@ -703,6 +499,7 @@ pub struct OpStep {
 }
 
 /// A day-2 operation as `GET /v1/instances/{name}/operations` shows it.
+/// Separate from `ops::Operation`: the pages print `type` and `state` as the JSON's words.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Operation {
@@ -741,6 +538,7 @@ impl Operation {
 }
 
 /// A batch as `GET /v1/batches` shows it.
+/// Separate from `ops::batch::Batch`: the pages print `type` and `state` as the JSON's words.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct Batch {
@@ -765,20 +563,6 @@ pub struct Batch {
     pub requested_by: String,
     /// Its instances in the order they are taken.
     pub items: Vec<BatchItem>,
-}
-
-/// One instance of a batch.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct BatchItem {
-    /// The instance.
-    pub instance: String,
-    /// Its operation, once started.
-    pub operation: Option<String>,
-    /// `pending`, the operation's state, or `not_started`.
-    pub state: String,
-    /// Why it failed or was not started.
-    pub reason: String,
 }
 
 impl Batch {
@@ -899,84 +683,12 @@ pub fn operation_body(form: &BTreeMap<String, String>) -> serde_json::Value {
     serde_json::Value::Object(body)
 }
 
-/// An instance's credentials as `GET /v1/instances/{name}/credentials` shows them (admins).
-#[derive(Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct Credentials {
-    /// `mofang_admin` password.
-    pub admin: String,
-    /// `mofang_repl` password.
-    pub repl: String,
-    /// `mofang_monitor` password.
-    pub monitor: String,
-    /// `app` password.
-    pub app: String,
-    /// Database traffic TLS.
-    pub tls: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credentials(<redacted>)")
-    }
-}
-
 // ---- from the API's own view structs ----------------------------------------------------------
 
 // On the leader the console takes the API's views (`Cluster::instances`, `Cluster::nodes`:
-// what `GET /v1/instances` and `GET /v1/nodes` serialize) without a JSON round trip; these
-// conversions keep exactly the fields the JSON parse above keeps.
-
-impl From<&crate::cluster::MemberView> for Member {
-    fn from(m: &crate::cluster::MemberView) -> Self {
-        Member {
-            id: m.id.clone(),
-            node: m.node.clone(),
-            role: m.role.clone(),
-            state: m.state.clone(),
-            address: m.address.clone(),
-            healthy: m.healthy,
-            observed_role: m.observed_role.clone(),
-            lag_seconds: m.lag_seconds,
-            epoch: m.epoch,
-            reason: m.reason.clone(),
-        }
-    }
-}
-
-impl From<&crate::cluster::InstanceView> for Instance {
-    fn from(i: &crate::cluster::InstanceView) -> Self {
-        Instance {
-            name: i.name.clone(),
-            engine: i.engine.clone(),
-            version: i.version.clone(),
-            replicas: i.replicas,
-            epoch: i.epoch,
-            status: i.status.clone(),
-            primary: i.primary.clone(),
-            members: i.members.iter().map(Member::from).collect(),
-            spec: Spec {
-                labels: i.spec.labels.clone(),
-                resources: Resources {
-                    cpu: i.spec.resources.cpu,
-                    memory: i.spec.resources.memory,
-                    disk: i.spec.resources.disk,
-                },
-            },
-            created_at_ms: i.created_at_ms,
-            auto_failover: i.auto_failover,
-            last_failover_ms: i.last_failover_ms,
-            pitr_ready: i.pitr_ready,
-            pitr_reason: i.pitr_reason.clone(),
-            pitr_window: i.pitr_window.as_ref().map(|w| PitrWindow {
-                from: w.from.clone(),
-                to: w.to.clone(),
-            }),
-            pitr_lag_s: i.pitr_lag_s,
-            parameters: i.parameters.clone(),
-        }
-    }
-}
+// what `GET /v1/instances` and `GET /v1/nodes` serialize) without a JSON round trip: the
+// instances as they are, the nodes converted keeping exactly the fields the JSON parse of
+// [`Node`] keeps.
 
 /// An enum's serialized (lower-case) name, as the JSON shows it.
 fn serde_name<T: serde::Serialize>(v: &T) -> String {
@@ -994,17 +706,7 @@ impl From<&crate::cluster::NodeView2> for Node {
             labels: n.node.labels.clone(),
             cpu: n.node.cpu,
             memory_bytes: n.node.memory_bytes,
-            disks: n
-                .node
-                .disks
-                .iter()
-                .map(|d| Disk {
-                    path: d.path.clone(),
-                    class: d.class.clone(),
-                    capacity_bytes: d.capacity_bytes,
-                    free_bytes: d.free_bytes,
-                })
-                .collect(),
+            disks: n.node.disks.clone(),
             admin: serde_name(&n.node.admin),
             state: serde_name(&n.state),
             last_heartbeat_ms: n.last_heartbeat_ms,
@@ -1197,7 +899,7 @@ pub struct Problem {
 
 /// Why a replica does not replicate, if it does not: unhealthy, not running, its server not
 /// a replica, or its lag unknown.
-pub fn broken_replication(m: &Member) -> Option<String> {
+pub fn broken_replication(m: &MemberView) -> Option<String> {
     if m.role != "replica" {
         return None;
     }
@@ -1221,7 +923,7 @@ pub fn broken_replication(m: &Member) -> Option<String> {
 
 /// The Problems list: nodes down, the mass-failure hold, instances degraded or without a
 /// healthy primary, members not replicating, PITR archives with a gap. Most severe first.
-pub fn problems(instances: &[Instance], nodes: &[Node], mass_hold: bool) -> Vec<Problem> {
+pub fn problems(instances: &[InstanceView], nodes: &[Node], mass_hold: bool) -> Vec<Problem> {
     let mut out = Vec::new();
     if mass_hold {
         out.push(Problem {
@@ -1316,7 +1018,7 @@ pub struct InstanceFilter {
 
 impl InstanceFilter {
     /// Whether an instance passes every filter given (none when the selector is malformed).
-    pub fn matches(&self, i: &Instance) -> bool {
+    pub fn matches(&self, i: &InstanceView) -> bool {
         let q = self.q.trim().to_lowercase();
         let text = q.is_empty()
             || i.name.to_lowercase().contains(&q)
@@ -1346,7 +1048,7 @@ impl InstanceFilter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopologyNode {
     /// The member.
-    pub member: Member,
+    pub member: MemberView,
     /// Zone of its node (`-` if unknown).
     pub zone: String,
     /// For a replica: why the arrow from the primary is broken.
@@ -1363,7 +1065,7 @@ pub struct Topology {
 }
 
 /// The primary → replicas tree of an instance, zones from its nodes.
-pub fn topology(i: &Instance, nodes: &[Node]) -> Topology {
+pub fn topology(i: &InstanceView, nodes: &[Node]) -> Topology {
     let zone_of = |node: &str| {
         nodes
             .iter()
@@ -1671,9 +1373,10 @@ pub fn lag(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::EngineView;
 
-    fn member(id: &str, node: &str, role: &str) -> Member {
-        Member {
+    fn member(id: &str, node: &str, role: &str) -> MemberView {
+        MemberView {
             id: id.into(),
             node: node.into(),
             role: role.into(),
@@ -1683,20 +1386,49 @@ mod tests {
             observed_role: role.into(),
             lag_seconds: 0,
             epoch: 2,
-            reason: String::new(),
+            ..MemberView::default()
         }
     }
 
-    fn instance(name: &str, status: &str, members: Vec<Member>) -> Instance {
-        Instance {
+    fn instance(name: &str, status: &str, members: Vec<MemberView>) -> InstanceView {
+        let replicas = members.len().saturating_sub(1) as u32;
+        InstanceView {
             name: name.into(),
             engine: "mariadb".into(),
             version: "10.11".into(),
-            replicas: members.len().saturating_sub(1) as u32,
+            replicas,
             epoch: 2,
             status: status.into(),
+            primary: String::new(),
             members,
-            ..Instance::default()
+            spec: crate::model::InstanceSpec {
+                name: name.into(),
+                engine: mofang_common::EngineKind::Mariadb,
+                version: "10.11".into(),
+                replicas,
+                resources: crate::model::Resources {
+                    cpu: 0.0,
+                    memory: 0,
+                    disk: 0,
+                },
+                disk_class: None,
+                placement: None,
+                labels: BTreeMap::new(),
+                restore: None,
+                tls: Default::default(),
+                backup: None,
+            },
+            created_at_ms: 0,
+            auto_failover: false,
+            last_failover_ms: 0,
+            restored_from: None,
+            restore_progress: None,
+            rotation: None,
+            pitr_ready: None,
+            pitr_reason: None,
+            pitr_window: None,
+            pitr_lag_s: None,
+            parameters: BTreeMap::new(),
         }
     }
 
@@ -1706,7 +1438,7 @@ mod tests {
             labels: [("zone".to_owned(), zone.to_owned())].into(),
             cpu: 2.0,
             memory_bytes: 2048 * 1024 * 1024,
-            disks: vec![Disk {
+            disks: vec![DiskInfo {
                 path: "/d".into(),
                 class: "ssd".into(),
                 capacity_bytes: 4096 * 1024 * 1024,
@@ -1865,7 +1597,7 @@ mod tests {
             "spec": {"name": "shop", "engine": "mariadb", "version": "10.11", "replicas": 1,
                 "resources": {"cpu": 0.5, "memory": 256, "disk": 512}, "labels": {"team": "pay"}},
             "created_at_ms": 1, "auto_failover": true, "last_failover_ms": 0, "rotation": null});
-        let i: Instance = serde_json::from_value(v).expect("parses");
+        let i: InstanceView = serde_json::from_value(v).expect("parses");
         assert_eq!(i.members[0].epoch, 3);
         assert_eq!(i.spec.resources.memory, 256);
         assert_eq!(i.spec.labels["team"], "pay");
@@ -2027,7 +1759,9 @@ mod tests {
             id,
             at_ms,
             kind: kind.into(),
-            ..Event::default()
+            instance: None,
+            node: None,
+            message: String::new(),
         };
         let now = 10 * RECENT_MS;
         let evs = [
@@ -2181,7 +1915,9 @@ mod tests {
             id,
             kind: kind.into(),
             message: message.into(),
-            ..Event::default()
+            at_ms: 0,
+            instance: None,
+            node: None,
         };
         let evs = [
             e(
@@ -2248,7 +1984,7 @@ mod tests {
              "dynamic": false, "description": "d"},
             {"name": "timeout", "type": "integer", "min": 0, "max": 86400, "unit": "seconds",
              "dynamic": true, "description": "d"}]}]);
-        let e: Vec<Engine> = serde_json::from_value(v).expect("parses");
+        let e: Vec<EngineView> = serde_json::from_value(v).expect("parses");
         let ps = &e[0].parameters;
         assert_eq!(ps[0].allowed(), "noeviction | allkeys-lru");
         assert_eq!(ps[1].allowed(), "1 ..= 1024");
@@ -2269,13 +2005,13 @@ mod tests {
         assert_eq!(parameter_of_error("conflict", "settings.x: busy"), None);
     }
 
-    fn health(name: &str) -> BackupHealth {
-        BackupHealth {
+    fn health(name: &str) -> BackupHealthView {
+        BackupHealthView {
             instance: name.into(),
             backups: 1,
             last_success_ms: Some(1_000),
             last_failed: Some(false),
-            ..BackupHealth::default()
+            ..BackupHealthView::default()
         }
     }
 
@@ -2307,9 +2043,9 @@ mod tests {
         assert_eq!(standing(&h), Standing::Overdue);
         h.last_failed = Some(true);
         assert_eq!(standing(&h), Standing::Failing);
-        let none = BackupHealth {
+        let none = BackupHealthView {
             instance: "b".into(),
-            ..BackupHealth::default()
+            ..BackupHealthView::default()
         };
         assert_eq!(standing(&none), Standing::NoBackups);
         assert!(Standing::Overdue.needs_attention() && !Standing::Fine.needs_attention());
@@ -2421,7 +2157,7 @@ mod tests {
     fn the_pitr_axis_spans_the_window_the_backups_and_now() {
         let mut i = instance("db", "ready", vec![]);
         assert_eq!(pitr_axis(&i, &[], 5_000_000), None, "nothing to draw");
-        i.pitr_window = Some(PitrWindow {
+        i.pitr_window = Some(crate::cluster::PitrWindow {
             from: "1970-01-01T01:00:00Z".into(),
             to: "1970-01-01T02:00:00Z".into(),
         });
@@ -2459,7 +2195,7 @@ mod tests {
         };
         assert_eq!(week.label(3_600_000), "01-01 01:00");
         // A window the API's parser refuses is not drawn; the backups still are.
-        i.pitr_window = Some(PitrWindow {
+        i.pitr_window = Some(crate::cluster::PitrWindow {
             from: "yesterday".into(),
             to: "today".into(),
         });
