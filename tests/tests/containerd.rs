@@ -669,6 +669,12 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
             DOCKER_AGENT,
             "successor on containerd"
         );
+        // The second fault after recovery, not during it: the old primary, restarted as a
+        // replica, must be back first. While it does not answer its checks the failover
+        // rightly waits (decision 38: a live replica that does not answer may hold what the
+        // others lack); before ids went on from the first writer's, the duplicates below hid
+        // this wait by delaying the kill by seconds.
+        env.wait_instance_ready(&name).await?;
         // Ids go on from the first writer's: from 1 again, every write would be a
         // duplicate of a row already there until past them, and the first acknowledgement
         // (the gap's start) seconds late.
