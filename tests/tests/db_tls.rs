@@ -143,7 +143,8 @@ async fn bad_tls_values_are_refused_with_a_reason() -> Result<()> {
             422,
             "unknown variant `sometimes`, expected one of `off`, `optional`, `required`",
         ),
-        ("mariadb", json!(true), 400, "expected value"),
+        // Valid JSON of the wrong type: 422 (docs/api.md), the reason naming the type.
+        ("mariadb", json!(true), 422, "invalid type: boolean `true`"),
         (
             "redis",
             json!("optional"),
