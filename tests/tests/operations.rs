@@ -552,8 +552,20 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
         ((top[0] - 3)..top[0]).collect::<Vec<_>>(),
         "{older:?}"
     );
+    // `since` with `before` is a window (decision 161): the newest entries between them.
     let (s, v) = env
         .call(reqwest::Method::GET, "/v1/events?since=1&before=9", None)
+        .await?;
+    assert_eq!(s.as_u16(), 200, "{v}");
+    let window: Vec<Value> = serde_json::from_value(v)?;
+    assert_eq!(ids(&window), (2..9).collect::<Vec<_>>(), "{window:?}");
+    // Ids stop at the store's signed 64-bit range.
+    let (s, v) = env
+        .call(
+            reqwest::Method::GET,
+            "/v1/events?before=9223372036854775808",
+            None,
+        )
         .await?;
     assert_eq!(s.as_u16(), 400, "{v}");
     Ok(())
