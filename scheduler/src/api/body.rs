@@ -1,4 +1,5 @@
-//! The request body, read whole before anything answers.
+//! The request body, read whole before anything answers; then the request runs to its end
+//! whether or not the client stays.
 
 use super::*;
 use axum::extract::Request;
@@ -27,6 +28,9 @@ pub(super) const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs
 /// connection under a client still sending, which then saw "connection closed before message
 /// completed" instead of the 413 (`bad_requests_get_json_reasons_and_change_nothing` with a
 /// 2 MiB body, 2 runs in 7).
+///
+/// Once read, the request is handled in a task of its own, so a client that goes away
+/// (a timeout, a browser on a network change) does not cancel a change halfway (decision 162).
 pub(super) async fn read_whole_body(req: Request, next: Next) -> Response {
     use futures::StreamExt;
     let (parts, body) = req.into_parts();
@@ -74,6 +78,21 @@ pub(super) async fn read_whole_body(req: Request, next: Next) -> Response {
         )
         .into_response();
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
-        .await
+    // From here the request runs to its end even if the client goes away: a handler dropped
+    // halfway (a switchover after its fence, before its promotion) would leave the
+    // instance halfway (read-only until a restart). The console saw exactly that when
+    // Chromium dropped a form post on a network change.
+    let req = Request::from_parts(parts, axum::body::Body::from(kept));
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed inside the scheduler; see its log",
+            )
+            .into_response()
+        }
+    }
 }

@@ -337,3 +337,38 @@ fn log_reads_take_ids_up_to_i64_max_and_a_window() {
     assert_eq!(above(vec![7u64, 8, 9], Some(7), |i| *i), [8, 9]);
     assert_eq!(above(vec![7u64, 8, 9], None, |i| *i), [7, 8, 9]);
 }
+
+/// A request whose client goes away once it is sent still runs to its end (decision 162): a
+/// switchover dropped after its fence left the instance read-only (a browser's form post
+/// cut by a network change did exactly that).
+#[tokio::test]
+async fn a_request_runs_to_its_end_when_the_client_goes_away() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            axum::routing::post(move || {
+                let d = d.clone();
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    d.store(true, Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn(body::read_whole_body));
+    let req = axum::http::Request::post("/slow")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    // The client gives up after 20 ms: its future is dropped.
+    let gave_up =
+        tokio::time::timeout(std::time::Duration::from_millis(20), app.oneshot(req)).await;
+    assert!(gave_up.is_err(), "the slow handler answered within 20 ms");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the handler was cancelled with its client"
+    );
+}
