@@ -174,7 +174,7 @@ pub enum NoPromotion {
     /// A replica may still be receiving from the failed primary (its link is up, or it does
     /// not answer), so its position is not final: choosing now could pick a replica that
     /// lacks a write only this one has, which semi-sync acknowledged.
-    #[error("replica {replica} may still be receiving from the failed primary ({why}): waiting for its final position")]
+    #[error("replica {replica} may still be receiving from the failed primary ({why}): waiting for its final position, without a time bound (an operator who accepts the risk can fail over to a named replica)")]
     NotSettled {
         /// The replica.
         replica: String,
