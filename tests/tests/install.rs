@@ -371,6 +371,48 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
         verify.status,
         String::from_utf8_lossy(&verify.stderr)
     );
+    // The drop-in for an agent on containerd (docs/agent.md) verifies, and gives what it
+    // says: root, no mount namespace of its own (the members' network namespaces are bind
+    // mounts runc must see), namespaces and netlink allowed, six capabilities at most.
+    h.sh(
+        "install -D -m 0644 /usr/share/mofang-agent/containerd.conf \
+             /etc/systemd/system/mofang-agent.service.d/containerd.conf && \
+         systemctl daemon-reload",
+    )?;
+    let verify = h.exec("systemd-analyze verify /usr/lib/systemd/system/mofang-agent.service")?;
+    ensure!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify with the containerd drop-in: {}\n{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    for (prop, want) in [
+        ("User", "root"),
+        ("ProtectSystem", "no"),
+        ("ProtectHome", "no"),
+        ("PrivateTmp", "no"),
+        ("ProtectKernelTunables", "no"),
+        ("ProtectControlGroups", "no"),
+        ("ReadWritePaths", ""),
+        ("NoNewPrivileges", "yes"),
+        (
+            "CapabilityBoundingSet",
+            "cap_chown cap_dac_override cap_fowner cap_net_admin cap_net_raw cap_sys_admin",
+        ),
+    ] {
+        let got = h.unit_prop("mofang-agent", prop)?;
+        ensure!(
+            got == want,
+            "containerd drop-in: {prop}={got:?}, want {want:?}"
+        );
+    }
+    let families = h.unit_prop("mofang-agent", "RestrictAddressFamilies")?;
+    ensure!(
+        families.split_whitespace().any(|f| f == "AF_NETLINK"),
+        "containerd drop-in: RestrictAddressFamilies={families:?}"
+    );
+    h.sh("rm -r /etc/systemd/system/mofang-agent.service.d && systemctl daemon-reload")?;
+    ensure!(h.unit_prop("mofang-agent", "User")? == "mofang");
     // The scheduler works with the shipped config, so it is enabled and started; the agent
     // waits for its node name.
     ensure!(h.unit_prop("mofang-scheduler", "UnitFileState")? == "enabled");

@@ -1113,6 +1113,14 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        // The agent never publishes a member's port (docs/agent.md); refused rather than
+        // ignored, so a caller does not believe a port is reachable that is not.
+        if spec.publish.is_some() {
+            return Err(Error::Api(format!(
+                "{}: publishing a port is not supported on containerd",
+                spec.name
+            )));
+        }
         let (image_name, chain, image) = self.image_config(&spec.image).await?;
         let id = spec.name.clone();
         let netns = match &spec.network {
