@@ -118,6 +118,10 @@ pub struct MemberState {
     /// A restore from this backup was started on this volume (a volume holding data this agent
     /// did not restore is never wiped).
     pub restore_attempt: Option<String>,
+    /// A failed restore is not tried again before this (unix ms): every attempt reads the
+    /// whole backup from the repository, and the passes a heartbeat or an assignment wakes
+    /// must not turn a broken one into a download per second.
+    pub restore_retry_at_ms: i64,
     /// The credential rotation (its id) for which replication was last pointed at the
     /// primary with the new `repl` password: done once per rotation.
     pub repl_switched: Option<u64>,

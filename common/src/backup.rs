@@ -237,6 +237,11 @@ pub struct RestoreSource {
     /// (`mariadb-binlog --stop-datetime`, UTC, `2026-12-01 14:45:10`); empty: none.
     #[serde(default)]
     pub stop_datetime: String,
+    /// The volume of a new replica of the backup's own instance (a scale-up seeded from the
+    /// backup, decision 164): its replication starts at the backup's GTID position instead
+    /// of being cleared, and it follows its primary from there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
 }
 
 /// One archived binlog file a point-in-time restore replays.

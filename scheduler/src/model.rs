@@ -358,6 +358,11 @@ pub struct Instance {
     /// first snapshot from (MariaDB), instead of the primary. Cleared once it replicates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub seed_donors: BTreeMap<String, String>,
+    /// A MariaDB replica being added by a `scale` and the backup of this instance its volume
+    /// is filled from (a physical copy; decision 164), before it follows the primary from the
+    /// backup's GTID position. Cleared once it replicates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seed_backups: BTreeMap<String, Restored>,
     /// Engine parameters set by `reconfigure` (issue 17), checked against
     /// [`mofang_common::params`]; rendered into every member's config.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -406,6 +411,7 @@ impl Instance {
             rebuild_generations: BTreeMap::new(),
             stopped: false,
             seed_donors: BTreeMap::new(),
+            seed_backups: BTreeMap::new(),
             parameters: BTreeMap::new(),
             parameters_generation: 0,
             restored: None,

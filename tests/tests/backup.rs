@@ -2403,3 +2403,189 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     );
     Ok(())
 }
+
+/// A scale-up of a MariaDB instance that has a backup seeds the new replica from it
+/// (decision 164): a physical copy restored into the new member's volume, which then follows
+/// the primary from the backup's GTID position. No member serves a copy (no `FLUSH` on the
+/// primary or the replica, which the logical copy's `mariadb-dump --master-data` runs); the
+/// new replica holds the rows of the backup, the rows written after it (from the primary's
+/// binlog) and a row written after the scale, each exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start(3).await?;
+    env.wait_ready_nodes(3).await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(s3_repo(s3, "main", &s3.secret_key, "seed")),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let inst = env.create_ready("sd", "mariadb", 1).await?;
+    let primary = Env::primary_member(&inst)?["id"]
+        .as_str()
+        .context("primary id")?
+        .to_owned();
+    let replica = members_with(&inst, "replica").pop().context("a replica")?;
+    sql(
+        &primary,
+        "CREATE DATABASE sd; CREATE TABLE sd.t (id INT PRIMARY KEY); \
+         INSERT INTO sd.t SELECT seq FROM sd.seq_1_to_500",
+    )?;
+    let gtid = sql(&primary, "SELECT @@gtid_current_pos")?;
+    mofang_tests::eventually("replica caught up", Duration::from_secs(60), || async {
+        let at = sql(&replica, "SELECT @@gtid_current_pos").unwrap_or_default();
+        ensure!(at == gtid, "replica at {at:?}, primary at {gtid:?}");
+        Ok(())
+    })
+    .await?;
+    let first = request_backup(&env, "sd", json!({"repo": "main"})).await?;
+    let id = first["id"].as_str().context("id")?.to_owned();
+    let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
+    ensure!(b["state"] == "succeeded", "{b}");
+    // Only in the primary's binlog, not in the backup.
+    sql(&primary, "INSERT INTO sd.t SELECT seq FROM sd.seq_501_to_600")?;
+    let flushes = |m: &str| -> Result<u64> {
+        let out = sql(m, "SHOW GLOBAL STATUS LIKE 'Com_flush'")?;
+        Ok(out.split_whitespace().nth(1).context("Com_flush")?.parse()?)
+    };
+    let before = (flushes(&primary)?, flushes(&replica)?);
+
+    let (status, op) = env
+        .call(
+            Method::POST,
+            "/v1/instances/sd/operations",
+            Some(json!({"type": "scale", "replicas": 2})),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {op}");
+    let op_id = op["id"].as_str().context("op id")?.to_owned();
+    let op = mofang_tests::eventually("the scale ended", Duration::from_secs(300), || async {
+        let v = env.get(&format!("/v1/operations/{op_id}")).await?;
+        ensure!(
+            ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")),
+            "{v}"
+        );
+        Ok(v)
+    })
+    .await?;
+    ensure!(op["state"] == "succeeded", "{op}");
+    let add = op["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
+        .context("an add_replica step")?;
+    ensure!(add["backup"] == id.as_str(), "seeded from another source: {add}");
+    let new = add["member"].as_str().context("member")?.to_owned();
+    let events = events_of(&env, "sd", "operation_step").await?;
+    ensure!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("seeded from backup {id} (a physical copy")))),
+        "no step event names the backup: {events:?}"
+    );
+    // The new member's agent restored the backup and made no logical copy.
+    let after_inst = env.get("/v1/instances/sd").await?;
+    let agent = &env.agents[env.agent_of(&after_inst, &new)?];
+    let log = agent.log();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("data volume restored") && l.contains(&new)),
+        "{new}'s agent did not restore it:\n{log}"
+    );
+    ensure!(
+        !log.lines()
+            .any(|l| l.contains("seeding replica") && l.contains(&new)),
+        "{new} was copied from a live member:\n{log}"
+    );
+    ensure!(
+        (flushes(&primary)?, flushes(&replica)?) == before,
+        "a member served a copy (FLUSH counts {before:?} before)"
+    );
+    let rows = |m: &str| sql(m, "SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM sd.t");
+    ensure!(
+        rows(&new)?.split_whitespace().collect::<Vec<_>>() == ["600", "600", "1", "600"],
+        "{new}: {}",
+        rows(&new)?
+    );
+    sql(&primary, "INSERT INTO sd.t VALUES (601)")?;
+    mofang_tests::eventually("the new replica follows", Duration::from_secs(30), || async {
+        let got = rows(&new)?;
+        ensure!(
+            got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
+            "{new}: {got}"
+        );
+        Ok(())
+    })
+    .await?;
+
+    // The primary's binlogs no longer reach back to the backup: the replica seeded from it
+    // cannot follow (error 1236, purged), is rebuilt by its agent and copied from a replica.
+    let scale = |replicas: u32| {
+        let env = &env;
+        async move {
+            let (status, op) = env
+                .call(
+                    Method::POST,
+                    "/v1/instances/sd/operations",
+                    Some(json!({"type": "scale", "replicas": replicas})),
+                )
+                .await?;
+            ensure!(status == StatusCode::ACCEPTED, "{status} {op}");
+            let op_id = op["id"].as_str().context("op id")?.to_owned();
+            mofang_tests::eventually("the scale ended", Duration::from_secs(300), || async {
+                let v = env.get(&format!("/v1/operations/{op_id}")).await?;
+                ensure!(
+                    ["succeeded", "failed", "cancelled"]
+                        .contains(&v["state"].as_str().unwrap_or("")),
+                    "{v}"
+                );
+                Ok(v)
+            })
+            .await
+        }
+    };
+    let down = scale(1).await?;
+    ensure!(down["state"] == "succeeded", "{down}");
+    sql(&primary, "INSERT INTO sd.t VALUES (602); FLUSH BINARY LOGS")?;
+    // A log a replica's dump thread still reads is kept: purged once it moved on.
+    mofang_tests::eventually("the first binlog purged", Duration::from_secs(30), || async {
+        sql(&primary, "PURGE BINARY LOGS BEFORE NOW()")?;
+        let logs = sql(&primary, "SHOW BINARY LOGS")?;
+        ensure!(!logs.contains("mysql-bin.000001"), "{logs}");
+        Ok(())
+    })
+    .await?;
+    // Only what the agents log from here on counts (a member id may be used again).
+    let marks: Vec<usize> = env.agents.iter().map(|a| a.log().len()).collect();
+    let up = scale(2).await?;
+    ensure!(up["state"] == "succeeded", "{up}");
+    let add = up["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
+        .context("an add_replica step")?;
+    ensure!(add["backup"] == id.as_str(), "{add}");
+    let again = add["member"].as_str().context("member")?.to_owned();
+    let inst = env.get("/v1/instances/sd").await?;
+    let k = env.agent_of(&inst, &again)?;
+    let log = env.agents[k].log().split_off(marks[k]);
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("data volume restored") && l.contains(&again))
+            && log
+                .lines()
+                .any(|l| l.contains("seeding replica") && l.contains(&again)),
+        "{again} was not restored, then copied from a replica:\n{log}"
+    );
+    mofang_tests::eventually("the copied replica follows", Duration::from_secs(30), || async {
+        let got = rows(&again)?;
+        ensure!(
+            got.split_whitespace().collect::<Vec<_>>() == ["602", "602", "1", "602"],
+            "{again}: {got}"
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}

@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 /// The one-shot container's script (MariaDB, bash): unpack, prepare, replay the archived
 /// binlogs a point-in-time restore brought (`.mofang-pitr/plan`: one file and the GTID its
 /// replay starts after per line, `-` for none; each replay stops at `MOFANG_PITR_STOP`, UTC),
-/// clear the old replication state, hand the files to the server's user. It writes its phase
+/// clear the old replication state (a new replica's seed instead sets it to the backup's GTID
+/// position, `MOFANG_SEED_REPLICA=1`), hand the files to the server's user. It writes its phase
 /// to `restore_phase::MARKER` (`prepare`, `replay <done> <total>`), which the agent reads
 /// while it runs. A replay that stops
 /// at the time before it reached its start GTID (`never reached expected GTID state`) had
@@ -70,7 +71,23 @@ if [ -f .mofang-pitr/plan ]; then
   echo "replay $k $total" > .mofang-restore-phase
   rm -rf .mofang-pitr
 fi
-mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'
+if [ "${MOFANG_SEED_REPLICA:-}" = 1 ]; then
+  # A new replica of the backup's own instance: it follows its primary from the GTID
+  # position the copy is consistent at (mariadb-backup's binlog info: file, offset, GTID).
+  pos=
+  for f in mariadb_backup_binlog_info xtrabackup_binlog_info; do
+    if [ -f "$f" ]; then pos=$(awk 'NF >= 3 {print $3; exit}' "$f"); break; fi
+  done
+  if ! [[ "$pos" =~ ^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$ ]]; then
+    echo "the backup names no GTID position to replicate from: '$pos'"
+    mariadb -S /tmp/restore.sock -e 'SHUTDOWN' || true
+    exit 1
+  fi
+  mariadb -S /tmp/restore.sock -e "SET GLOBAL gtid_slave_pos = '$pos'"
+  echo "replica starts after GTID $pos"
+else
+  mariadb -S /tmp/restore.sock -e 'TRUNCATE TABLE mysql.gtid_slave_pos'
+fi
 mariadb -S /tmp/restore.sock -e 'SHUTDOWN'
 wait $pid || true
 rm -f /var/lib/mysql/xtrabackup_* /var/lib/mysql/mariadb_backup_* /var/lib/mysql/.mofang-restore-phase
@@ -303,8 +320,9 @@ pub async fn fill(
                 return Err(format!("stop time {:?}", src.stop_datetime));
             }
             let script = format!(
-                "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\n{MARIADB_SCRIPT}",
-                src.stop_datetime
+                "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\nexport MOFANG_SEED_REPLICA={}\n{MARIADB_SCRIPT}",
+                src.stop_datetime,
+                u8::from(src.replica)
             );
             let shot = OneShot {
                 name: format!("mofang-restore-{member}"),
@@ -478,6 +496,7 @@ mod tests {
             encryption: stored.encryption.clone(),
             binlogs: vec![],
             stop_datetime: String::new(),
+            replica: false,
         }
     }
 

@@ -109,6 +109,7 @@ pub async fn run(
         },
         binlogs: vec![],
         stop_datetime: String::new(),
+        replica: false,
     };
     let image = (ctx.image)(&engine, &param(params::VERSION));
     // Named by the job (one per verification): a cancelled one's leftovers never collide.

@@ -904,6 +904,10 @@ impl Engine for MariaDb {
             // domain the primary's stream does not (a transaction of its own, e.g. the
             // binlogged FLUSH SSL of agents before the fix): its history is not its primary's.
             || replication_error.contains("out-of-order sequence number")
+            // Error 1236 when the primary's binlogs no longer reach back to the replica's
+            // position (a replica seeded from an older backup, or one down for longer than
+            // the binlogs are kept): it can never catch up; a fresh copy is the only way.
+            || replication_error.contains("required binlog files have been purged")
     }
 }
 
@@ -1146,6 +1150,12 @@ mod tests {
         assert!(!MariaDb.diverged(
             "Got fatal error 1236 from master when reading data from binary log: 'Error: \
              connecting slave requested to start from GTID 0-2-9, which is not in the master's binlog'"
+        ));
+        // Older than the primary's binlogs reach (a seed from an old backup): a fresh copy.
+        assert!(MariaDb.diverged(
+            "Got fatal error 1236 from master when reading data from binary log: 'Could not \
+             find GTID state requested by slave in any binlog files. Probably the slave state \
+             is too old and required binlog files have been purged.'"
         ));
         assert!(!MariaDb
             .diverged("error connecting to master 'mofang_repl@172.18.0.2:3306' - retry-time: 1"));

@@ -45,7 +45,8 @@ pub(super) async fn present(
         );
         return Ok(Step::Stop(Action::Requeue(Duration::from_secs(1))));
     }
-    // A restored instance's primary: its volume is filled from the backup first.
+    // A restored instance's primary, or a replica seeded from a backup: its volume is filled
+    // from the backup first.
     if let Step::Stop(action) = super::restore::fill(m, vol, st).await? {
         return Ok(Step::Stop(action));
     }

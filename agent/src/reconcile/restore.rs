@@ -1,10 +1,13 @@
-//! Step 3, first: the primary of an instance restored from a backup has its data volume filled
+//! Step 3, first: the primary of an instance restored from a backup, or a new replica a
+//! scale-up seeds from a backup of its instance (decision 164), has its data volume filled
 //! from the backup (`backup::restore`) before its container is first created; its status
-//! says how far the restore is. Done once per member (`MemberState::restored_from`); a
-//! failed restore is tried again on the next pass, the volume wiped first.
+//! says how far the restore is. Done once per member (`MemberState::restored_from`): a
+//! replica rebuilt later (its copy too old for the primary's binlogs, a divergence) is seeded
+//! by a copy from a replica or its primary instead; a failed restore is tried again on the
+//! next pass, the volume wiped first.
 
 use super::status::{report, status};
-use super::{Action, Member, Result, Step};
+use super::{now_ms, Action, Member, Result, Step};
 use crate::state::MemberState;
 use crate::volume::Volume;
 use mofang_common::backup::RestoreSource;
@@ -18,7 +21,7 @@ use tracing::{info, warn};
 /// Fills the volume when the assignment asks for a restore not done yet.
 pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> Result<Step<()>> {
     let (sh, a, member) = (m.sh, m.a, m.name());
-    if a.restore.is_empty() || m.role.role() != Role::Primary {
+    if a.restore.is_empty() {
         return Ok(Step::Next(()));
     }
     let src: RestoreSource = match serde_json::from_str(&a.restore) {
@@ -36,7 +39,14 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
             return Ok(Step::Stop(Action::Requeue(Duration::from_secs(30))));
         }
     };
-    if st.restored_from.as_deref() == Some(src.backup.as_str()) {
+    // A restore fills a restored instance's primary, or seeds a new replica from a backup of
+    // its own instance (decision 164); a replica is never filled as a primary is.
+    let want = if src.replica {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
+    if m.role.role() != want || st.restored_from.as_deref() == Some(src.backup.as_str()) {
         return Ok(Step::Next(()));
     }
     let fresh = std::fs::read_dir(&vol.path)
@@ -45,6 +55,13 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
     if !fresh && st.restore_attempt.as_deref() != Some(src.backup.as_str()) {
         // Data this agent did not restore (the member ran before): never wiped.
         return Ok(Step::Next(()));
+    }
+    let wait_ms = st.restore_retry_at_ms - now_ms();
+    if st.restore_attempt.as_deref() == Some(src.backup.as_str()) && wait_ms > 0 {
+        // The failure's reason stays reported meanwhile.
+        return Ok(Step::Stop(Action::Requeue(Duration::from_millis(
+            wait_ms.unsigned_abs(),
+        ))));
     }
     if st.restore_attempt.as_deref() != Some(src.backup.as_str()) {
         st.restore_attempt = Some(src.backup.clone());
@@ -99,7 +116,9 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
             Ok(Step::Next(()))
         }
         Err(e) => {
-            warn!(member, backup = %src.backup, error = %e, "restore failed; trying again");
+            warn!(member, backup = %src.backup, error = %e, retry_in_s = RETRY.as_secs(), "restore failed; trying again");
+            st.restore_retry_at_ms = now_ms() + RETRY.as_millis() as i64;
+            sh.state.save_member(member, st)?;
             report(
                 sh,
                 a,
@@ -109,10 +128,13 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
                 false,
                 format!("restore from backup {} failed: {e}", src.backup),
             );
-            Ok(Step::Stop(Action::Requeue(Duration::from_secs(10))))
+            Ok(Step::Stop(Action::Requeue(RETRY)))
         }
     }
 }
+
+/// How long after a failed restore the next attempt starts.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// What the member's status last showed of the restore, to report a phase's change at once
 /// and the data's bytes once per 16 MiB, not once per chunk.

@@ -151,10 +151,11 @@ pub(crate) fn step_line(st: &OpStep) -> String {
             member,
             node,
             donor,
+            backup,
             ..
         } => format!(
             "add {member} on {node} (seeded from {})",
-            donor.as_deref().unwrap_or("the primary")
+            mofang_scheduler::ops::seeded_from(donor.as_deref(), backup.as_deref())
         ),
         StepAction::RemoveReplica { member } => format!("remove {member}"),
         StepAction::SetResources { cpu, memory } => {
@@ -261,6 +262,7 @@ mod tests {
             node: "n1".into(),
             disk_class: "ssd".into(),
             donor: None,
+            backup: None,
         });
         assert_eq!(
             step_line(&add),

@@ -52,9 +52,27 @@ fn next_revision(inner: &mut Inner) -> u64 {
 /// volume once, before the server's first start; the repository (with its secret) comes from
 /// the records in memory, `None` if it was deleted since (the agent then refuses).
 fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
-    let Some(r) = &i.restored else {
-        return String::new();
-    };
+    match &i.restored {
+        Some(r) => source_json(inner, i, r, false),
+        None => String::new(),
+    }
+}
+
+/// The backup a new replica of a `scale` is seeded from (JSON), or empty (decision 164): a
+/// consistent copy, no binlog replayed, its replication to start at the backup's position.
+fn seed_source(inner: &Inner, i: &crate::model::Instance, member: &str) -> String {
+    match i.seed_backups.get(member) {
+        Some(r) => source_json(inner, i, r, true),
+        None => String::new(),
+    }
+}
+
+fn source_json(
+    inner: &Inner,
+    i: &crate::model::Instance,
+    r: &crate::model::Restored,
+    replica: bool,
+) -> String {
     let src = mofang_common::backup::RestoreSource {
         backup: r.backup.clone(),
         engine: i.spec.engine.to_string(),
@@ -71,6 +89,7 @@ fn restore_source(inner: &Inner, i: &crate::model::Instance) -> String {
             .and_then(|t| mofang_common::pitr::parse_utc(t).ok())
             .map(mofang_common::pitr::format_sql_utc)
             .unwrap_or_default(),
+        replica,
     };
     serde_json::to_string(&src).unwrap_or_default()
 }
@@ -156,7 +175,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                     restore: if m.role == Role::Primary {
                         restore_source(inner, i)
                     } else {
-                        String::new()
+                        seed_source(inner, i, &m.id)
                     },
                     archive: if m.role == Role::Primary {
                         Cluster::archive_target(inner, i)

@@ -700,11 +700,13 @@ impl Cluster {
                 };
                 match placed {
                     Ok((node, disk_class)) => {
+                        let backup = self.seed_backup(&inst).await;
                         let action = StepAction::AddReplica {
                             member,
                             node,
                             disk_class,
                             donor,
+                            backup,
                         };
                         self.begin_step(&mut op, inst, action, now).await
                     }
@@ -798,11 +800,16 @@ impl Cluster {
                         }
                         StepAction::Stop => "every container stopped".into(),
                         StepAction::Start => "every member healthy and replicating".into(),
-                        StepAction::AddReplica { member, donor, .. } => {
+                        StepAction::AddReplica {
+                            member,
+                            donor,
+                            backup,
+                            ..
+                        } => {
                             op.done.insert(member.clone());
                             format!(
                                 "{member} added, seeded from {} and replicating",
-                                donor.as_deref().unwrap_or("the primary")
+                                ops::seeded_from(donor.as_deref(), backup.as_deref())
                             )
                         }
                         StepAction::RemoveReplica { member } => {
@@ -833,7 +840,8 @@ impl Cluster {
                         // Seeded: a later seed of it (a diverged replica rebuilt by its agent)
                         // copies from the primary as usual.
                         let mut next = inst;
-                        if next.seed_donors.remove(&member).is_some() {
+                        let donor = next.seed_donors.remove(&member).is_some();
+                        if next.seed_backups.remove(&member).is_some() || donor {
                             self.write(next, Vec::new()).await?;
                         }
                     }
@@ -945,6 +953,7 @@ impl Cluster {
                 node,
                 disk_class,
                 donor,
+                backup,
             } => {
                 inst.members.push(MemberRecord {
                     id: member.clone(),
@@ -956,12 +965,31 @@ impl Cluster {
                 if let Some(d) = donor {
                     inst.seed_donors.insert(member.clone(), d.clone());
                 }
+                // The backup's objects as recorded; one deleted since the step was decided
+                // leaves the copy to the donor.
+                let seed = match backup {
+                    Some(id) => match self.backup(id).await {
+                        Ok(b) => seed_restored(&b),
+                        Err(e) => {
+                            warn!(member = %member, backup = %id, error = %e, "seed backup gone: copying from a replica");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let text = match &seed {
+                    Some(r) => format!(
+                        "seeded from backup {} (a physical copy; then the primary's binlog from the backup's position)",
+                        r.backup
+                    ),
+                    None => format!("seeded from {}", donor.as_deref().unwrap_or("the primary")),
+                };
+                if let Some(r) = seed {
+                    inst.seed_backups.insert(member.clone(), r);
+                }
                 (
                     Some(node.clone()),
-                    format!(
-                        "adding replica {member} on {node} (reservation booked), seeded from {}",
-                        donor.as_deref().unwrap_or("the primary")
-                    ),
+                    format!("adding replica {member} on {node} (reservation booked), {text}"),
                 )
             }
             StepAction::RemoveReplica { member } => {
@@ -971,6 +999,7 @@ impl Cluster {
                 inst.restart_generations.remove(member);
                 inst.rebuild_generations.remove(member);
                 inst.seed_donors.remove(member);
+                inst.seed_backups.remove(member);
                 let stored = self
                     .write(
                         inst,
@@ -1250,7 +1279,65 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
     }
 }
 
+/// What a new replica's volume is filled from when it is seeded from backup `b`: its one data
+/// object, no binlog replayed (it replicates from the backup's position instead).
+fn seed_restored(b: &crate::backup::Backup) -> Option<crate::model::Restored> {
+    let [o] = b.objects.as_slice() else {
+        return None;
+    };
+    Some(crate::model::Restored {
+        backup: b.id.clone(),
+        repo: b.repo.clone(),
+        object: o.path.clone(),
+        size: o.size,
+        sha256: o.sha256.clone(),
+        raw_size: o.raw_size,
+        encryption: o.encryption.clone(),
+        time: None,
+        binlogs: Vec::new(),
+    })
+}
+
 impl Cluster {
+    /// The backup a new replica of `inst` is seeded from (decision 164): [`ops::seed_backup`]
+    /// over the stored backups, kept only while its repository is known, holds the object
+    /// and its key. None (logged): the replica is copied from a replica.
+    async fn seed_backup(&self, inst: &Instance) -> Option<String> {
+        if inst.spec.engine != mofang_common::EngineKind::Mariadb {
+            return None;
+        }
+        let backups = match self.all_backups().await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(instance = %inst.spec.name, error = %e, "backups not read: seeding from a replica");
+                return None;
+            }
+        };
+        let b = ops::seed_backup(&backups, inst)?;
+        let object = b.objects.first()?;
+        let unusable = |why: String| -> Option<String> {
+            warn!(instance = %inst.spec.name, backup = %b.id, why = %why, "backup not used to seed: seeding from a replica");
+            None
+        };
+        let repo = match self.backup_repo(&b.repo).await {
+            Ok(r) => r,
+            Err(e) => return unusable(format!("repository {}: {e}", b.repo)),
+        };
+        let store = match repo.spec.open() {
+            Ok(s) => s,
+            Err(e) => return unusable(format!("repository {}: {e}", b.repo)),
+        };
+        if let Some(enc) = &object.encryption {
+            if let Err(e) = enc.key_for(&object.path, store.key.as_ref()) {
+                return unusable(e.to_string());
+            }
+        }
+        if let Err(e) = store.store.head(&store.path(&object.path)).await {
+            return unusable(format!("object {}: {e}", object.path));
+        }
+        Some(b.id.clone())
+    }
+
     /// A node for one more replica of `inst`: placement over the nodes that have none of its
     /// members, with the instance's constraints; `Err` says why each node does not fit.
     fn place_replica(&self, inner: &Inner, inst: &Instance) -> Result<(String, String)> {
@@ -1657,6 +1744,7 @@ mod tests {
                 node: node.clone(),
                 disk_class,
                 donor,
+                backup: None,
             },
             state: StepState::Running,
             started_ms: now_ms(),

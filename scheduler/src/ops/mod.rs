@@ -134,6 +134,10 @@ pub enum StepAction {
         /// The replica it copies its first snapshot from (MariaDB); none: the primary.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         donor: Option<String>,
+        /// The backup of the instance its volume is filled from instead (MariaDB, a
+        /// physical copy; decision 164); the donor is then only the fallback.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<String>,
     },
     /// A replica removed: it leaves the record (reservation released); its agent removes the
     /// container and the volume.
@@ -736,6 +740,42 @@ pub fn seed_donor(members: &[MemberNow]) -> Option<&MemberNow> {
         })
 }
 
+/// Where a new replica's first copy comes from, in words: a backup (a physical copy), a
+/// replica (a logical copy), or the primary.
+pub fn seeded_from(donor: Option<&str>, backup: Option<&str>) -> String {
+    match (backup, donor) {
+        (Some(b), _) => format!("backup {b}"),
+        (None, Some(d)) => d.to_owned(),
+        (None, None) => "the primary".to_owned(),
+    }
+}
+
+/// The backup a new MariaDB replica of `inst` is seeded from (decision 164): the latest
+/// succeeded backup of this instance, of its engine and version (data files are not
+/// portable across versions), with one data object, a GTID position to replicate from, and
+/// no failed verification. None: the replica is copied from a replica instead. Whether the
+/// repository still holds it and its key is checked by the caller.
+pub fn seed_backup<'a>(
+    backups: &'a [crate::backup::Backup],
+    inst: &crate::model::Instance,
+) -> Option<&'a crate::backup::Backup> {
+    if inst.spec.engine != mofang_common::EngineKind::Mariadb {
+        return None;
+    }
+    backups
+        .iter()
+        .filter(|b| {
+            b.instance == inst.spec.name
+                && b.state == crate::backup::BackupState::Succeeded
+                && b.engine == inst.spec.engine.to_string()
+                && b.version == inst.spec.version
+                && b.objects.len() == 1
+                && !b.consistent_at.gtid.is_empty()
+                && b.verify_ok != Some(false)
+        })
+        .max_by(|a, b| a.ended_at_ms.cmp(&b.ended_at_ms).then(a.id.cmp(&b.id)))
+}
+
 /// The scale's next step (no step under way, not cancelled): one replica added or removed at
 /// a time, each on a whole instance.
 fn next_scale(op: &Operation, members: &[MemberNow]) -> Next {
@@ -972,6 +1012,7 @@ mod tests {
                 node: "n".into(),
                 disk_class: "ssd".into(),
                 donor: donor.clone(),
+                backup: None,
             })),
             Next::RemoveReplica { member } => op.steps.push(step(StepAction::RemoveReplica {
                 member: member.clone(),
@@ -1571,6 +1612,133 @@ mod tests {
             other => panic!("unexpected {other:?} after {seen:?}"),
         }
         true
+    }
+
+    /// A new MariaDB replica is seeded from the latest usable backup of its own instance:
+    /// succeeded, same engine and version, one object, a GTID position, not failed by a
+    /// verification. Anything else (or a Redis instance) is copied from a replica.
+    #[test]
+    fn a_scale_seeds_from_the_latest_usable_backup_of_the_instance() {
+        use crate::backup::{Backup, BackupObject, BackupState};
+        use crate::model::{Credentials, Instance, InstanceSpec, Resources};
+        use mofang_common::EngineKind;
+        let spec = InstanceSpec {
+            name: "shop".into(),
+            engine: EngineKind::Mariadb,
+            version: "10.11".into(),
+            replicas: 1,
+            resources: Resources {
+                cpu: 0.5,
+                memory: 256,
+                disk: 1024,
+            },
+            disk_class: None,
+            placement: None,
+            labels: Default::default(),
+            restore: None,
+            tls: Default::default(),
+            backup: None,
+        };
+        let creds = Credentials {
+            admin: "a".into(),
+            repl: "r".into(),
+            monitor: "m".into(),
+            app: "p".into(),
+        };
+        let inst = Instance::new(spec.clone(), Vec::new(), creds.clone());
+        let backup = |id: &str, ended: i64| Backup {
+            id: id.into(),
+            instance: "shop".into(),
+            engine: "mariadb".into(),
+            version: "10.11".into(),
+            repo: "r".into(),
+            member: "shop-1".into(),
+            node: "a".into(),
+            state: BackupState::Succeeded,
+            reason: String::new(),
+            requested_at_ms: ended - 10,
+            started_at_ms: ended - 5,
+            ended_at_ms: ended,
+            bytes: 100,
+            size: 10,
+            consistent_at: mofang_common::backup::ConsistentAt {
+                gtid: "0-1-42".into(),
+                ..Default::default()
+            },
+            objects: vec![BackupObject {
+                path: format!("backups/shop/{id}/data.mbstream.zst"),
+                size: 10,
+                sha256: "00".into(),
+                raw_size: 100,
+                encryption: None,
+            }],
+            manifest: String::new(),
+            tools: Default::default(),
+            row_counts: None,
+            keys: None,
+            verifying: false,
+            verified_at_ms: 0,
+            verify_ok: None,
+            verify_reason: String::new(),
+        };
+        let pick = |bs: &[Backup]| seed_backup(bs, &inst).map(|b| b.id.clone());
+        assert_eq!(pick(&[]), None, "no backup: a replica's copy");
+        let good = [backup("b1", 1000), backup("b2", 2000)];
+        assert_eq!(pick(&good).as_deref(), Some("b2"), "the latest");
+        let unusable = [
+            backup("b1", 1000),
+            Backup {
+                state: BackupState::Failed,
+                ..backup("failed", 5000)
+            },
+            Backup {
+                state: BackupState::Running,
+                ..backup("running", 5000)
+            },
+            Backup {
+                instance: "other".into(),
+                ..backup("other", 5000)
+            },
+            Backup {
+                version: "10.5".into(),
+                ..backup("before-upgrade", 5000)
+            },
+            Backup {
+                consistent_at: Default::default(),
+                ..backup("no-gtid", 5000)
+            },
+            Backup {
+                objects: Vec::new(),
+                ..backup("no-object", 5000)
+            },
+            Backup {
+                verify_ok: Some(false),
+                ..backup("failed-verification", 5000)
+            },
+        ];
+        assert_eq!(pick(&unusable).as_deref(), Some("b1"));
+        let kv = Instance::new(
+            InstanceSpec {
+                engine: EngineKind::Redis,
+                version: "7.0".into(),
+                ..spec
+            },
+            Vec::new(),
+            creds,
+        );
+        let redis = [Backup {
+            engine: "redis".into(),
+            version: "7.0".into(),
+            ..backup("kv", 1000)
+        }];
+        assert_eq!(
+            seed_backup(&redis, &kv),
+            None,
+            "Redis full-syncs from its primary"
+        );
+        assert_eq!(seeded_from(Some("shop-1"), Some("b2")), "backup b2");
+        assert_eq!(seeded_from(Some("shop-1"), None), "shop-1");
+        assert_eq!(seeded_from(None, None), "the primary");
     }
 
     #[test]
