@@ -2446,10 +2446,17 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
     ensure!(b["state"] == "succeeded", "{b}");
     // Only in the primary's binlog, not in the backup.
-    sql(&primary, "INSERT INTO sd.t SELECT seq FROM sd.seq_501_to_600")?;
+    sql(
+        &primary,
+        "INSERT INTO sd.t SELECT seq FROM sd.seq_501_to_600",
+    )?;
     let flushes = |m: &str| -> Result<u64> {
         let out = sql(m, "SHOW GLOBAL STATUS LIKE 'Com_flush'")?;
-        Ok(out.split_whitespace().nth(1).context("Com_flush")?.parse()?)
+        Ok(out
+            .split_whitespace()
+            .nth(1)
+            .context("Com_flush")?
+            .parse()?)
     };
     let before = (flushes(&primary)?, flushes(&replica)?);
 
@@ -2476,7 +2483,10 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         .as_array()
         .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
         .context("an add_replica step")?;
-    ensure!(add["backup"] == id.as_str(), "seeded from another source: {add}");
+    ensure!(
+        add["backup"] == id.as_str(),
+        "seeded from another source: {add}"
+    );
     let new = add["member"].as_str().context("member")?.to_owned();
     let events = events_of(&env, "sd", "operation_step").await?;
     ensure!(
@@ -2503,21 +2513,30 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         (flushes(&primary)?, flushes(&replica)?) == before,
         "a member served a copy (FLUSH counts {before:?} before)"
     );
-    let rows = |m: &str| sql(m, "SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM sd.t");
+    let rows = |m: &str| {
+        sql(
+            m,
+            "SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM sd.t",
+        )
+    };
     ensure!(
         rows(&new)?.split_whitespace().collect::<Vec<_>>() == ["600", "600", "1", "600"],
         "{new}: {}",
         rows(&new)?
     );
     sql(&primary, "INSERT INTO sd.t VALUES (601)")?;
-    mofang_tests::eventually("the new replica follows", Duration::from_secs(30), || async {
-        let got = rows(&new)?;
-        ensure!(
-            got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
-            "{new}: {got}"
-        );
-        Ok(())
-    })
+    mofang_tests::eventually(
+        "the new replica follows",
+        Duration::from_secs(30),
+        || async {
+            let got = rows(&new)?;
+            ensure!(
+                got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
+                "{new}: {got}"
+            );
+            Ok(())
+        },
+    )
     .await?;
 
     // The primary's binlogs no longer reach back to the backup: the replica seeded from it
@@ -2550,12 +2569,16 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     ensure!(down["state"] == "succeeded", "{down}");
     sql(&primary, "INSERT INTO sd.t VALUES (602); FLUSH BINARY LOGS")?;
     // A log a replica's dump thread still reads is kept: purged once it moved on.
-    mofang_tests::eventually("the first binlog purged", Duration::from_secs(30), || async {
-        sql(&primary, "PURGE BINARY LOGS BEFORE NOW()")?;
-        let logs = sql(&primary, "SHOW BINARY LOGS")?;
-        ensure!(!logs.contains("mysql-bin.000001"), "{logs}");
-        Ok(())
-    })
+    mofang_tests::eventually(
+        "the first binlog purged",
+        Duration::from_secs(30),
+        || async {
+            sql(&primary, "PURGE BINARY LOGS BEFORE NOW()")?;
+            let logs = sql(&primary, "SHOW BINARY LOGS")?;
+            ensure!(!logs.contains("mysql-bin.000001"), "{logs}");
+            Ok(())
+        },
+    )
     .await?;
     // Only what the agents log from here on counts (a member id may be used again).
     let marks: Vec<usize> = env.agents.iter().map(|a| a.log().len()).collect();
@@ -2578,14 +2601,18 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
                 .any(|l| l.contains("seeding replica") && l.contains(&again)),
         "{again} was not restored, then copied from a replica:\n{log}"
     );
-    mofang_tests::eventually("the copied replica follows", Duration::from_secs(30), || async {
-        let got = rows(&again)?;
-        ensure!(
-            got.split_whitespace().collect::<Vec<_>>() == ["602", "602", "1", "602"],
-            "{again}: {got}"
-        );
-        Ok(())
-    })
+    mofang_tests::eventually(
+        "the copied replica follows",
+        Duration::from_secs(30),
+        || async {
+            let got = rows(&again)?;
+            ensure!(
+                got.split_whitespace().collect::<Vec<_>>() == ["602", "602", "1", "602"],
+                "{again}: {got}"
+            );
+            Ok(())
+        },
+    )
     .await?;
     Ok(())
 }
