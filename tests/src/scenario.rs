@@ -712,6 +712,28 @@ impl Env {
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
+    /// Starts operation `body` on instance `name` (checks the 202) and waits up to `limit` for
+    /// it to end (succeeded, failed or cancelled); returns it as it ended.
+    pub async fn operate(&self, name: &str, body: Value, limit: Duration) -> Result<Value> {
+        let (status, op) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/instances/{name}/operations"),
+                Some(body),
+            )
+            .await?;
+        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "{status} {op}");
+        let id = op["id"].as_str().context("operation id")?.to_owned();
+        eventually("the operation ended", limit, || async {
+            let v = self.get(&format!("/v1/operations/{id}")).await?;
+            match v["state"].as_str() {
+                Some("succeeded" | "failed" | "cancelled") => Ok(v),
+                _ => bail!("{v}"),
+            }
+        })
+        .await
+    }
+
     /// Waits until the instance has a new healthy primary at an epoch above `epoch`.
     pub async fn wait_new_primary(&self, name: &str, epoch: u64, limit: Duration) -> Result<Value> {
         eventually("new primary", limit, || async {

@@ -2460,24 +2460,14 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     };
     let before = (flushes(&primary)?, flushes(&replica)?);
 
-    let (status, op) = env
-        .call(
-            Method::POST,
-            "/v1/instances/sd/operations",
-            Some(json!({"type": "scale", "replicas": 2})),
+    let scale = |replicas: u32| {
+        env.operate(
+            "sd",
+            json!({"type": "scale", "replicas": replicas}),
+            Duration::from_secs(300),
         )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {op}");
-    let op_id = op["id"].as_str().context("op id")?.to_owned();
-    let op = mofang_tests::eventually("the scale ended", Duration::from_secs(300), || async {
-        let v = env.get(&format!("/v1/operations/{op_id}")).await?;
-        ensure!(
-            ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")),
-            "{v}"
-        );
-        Ok(v)
-    })
-    .await?;
+    };
+    let op = scale(2).await?;
     ensure!(op["state"] == "succeeded", "{op}");
     let add = op["steps"]
         .as_array()
@@ -2541,30 +2531,6 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
 
     // The primary's binlogs no longer reach back to the backup: the replica seeded from it
     // cannot follow (error 1236, purged), is rebuilt by its agent and copied from a replica.
-    let scale = |replicas: u32| {
-        let env = &env;
-        async move {
-            let (status, op) = env
-                .call(
-                    Method::POST,
-                    "/v1/instances/sd/operations",
-                    Some(json!({"type": "scale", "replicas": replicas})),
-                )
-                .await?;
-            ensure!(status == StatusCode::ACCEPTED, "{status} {op}");
-            let op_id = op["id"].as_str().context("op id")?.to_owned();
-            mofang_tests::eventually("the scale ended", Duration::from_secs(300), || async {
-                let v = env.get(&format!("/v1/operations/{op_id}")).await?;
-                ensure!(
-                    ["succeeded", "failed", "cancelled"]
-                        .contains(&v["state"].as_str().unwrap_or("")),
-                    "{v}"
-                );
-                Ok(v)
-            })
-            .await
-        }
-    };
     let down = scale(1).await?;
     ensure!(down["state"] == "succeeded", "{down}");
     sql(&primary, "INSERT INTO sd.t VALUES (602); FLUSH BINARY LOGS")?;

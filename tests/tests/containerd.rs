@@ -891,3 +891,180 @@ async fn redis_on_containerd_replicates_and_fences() -> Result<()> {
     let extra = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
     mofang_tests::agent_scenarios::redis_replicate_and_fence(&extra).await
 }
+
+/// Backups on containerd (issues 16 and 20): on three agents that run containerd alone, a
+/// MariaDB backup streamed out of the replica's task (`exec_stream`) to real S3, its
+/// verification (a one-shot task that restores and counts), a scale-up whose new replica is
+/// seeded from it (a one-shot task restores it into the new member's volume; decision 164),
+/// and a new instance restored from it, each holding exactly the rows it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
+    use mofang_tests::cluster::Timings;
+    use mofang_tests::scenario::{mysql, Env};
+    use mysql_async::prelude::Queryable;
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+
+    let ctrd = containerd()?;
+    ctrd.import_images(&["mofang/mariadb:10.11"])?;
+    let s3 = mofang_tests::s3::SeaweedFs::shared().await?;
+    let on_containerd = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    let env = Env::start_each_with("", &vec![on_containerd; 3], &Timings::FAST, 4096).await?;
+    let (status, v) = env
+        .call(
+            Method::POST,
+            "/v1/backup-repos",
+            Some(json!({
+                "name": "main",
+                "kind": "s3",
+                "endpoint": s3.endpoint,
+                "bucket": s3.bucket,
+                "prefix": unique_name("ctrd"),
+                "access_key_id": s3.access_key,
+                "secret_access_key": s3.secret_key,
+            })),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let name = unique_name("cbk");
+    let inst = env.create_ready(&name, "mariadb", 1).await?;
+    let pw = env.app_password(&name).await?;
+    let addr = |inst: &serde_json::Value, id: &str| -> Result<String> {
+        inst["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == id))
+            .and_then(|m| m["address"].as_str())
+            .map(str::to_owned)
+            .context("member address")
+    };
+    let primary = Env::primary_member(&inst)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let mut c = mysql(&primary, &pw).await?;
+    c.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await?;
+    c.query_drop("INSERT INTO t SELECT seq FROM seq_1_to_300")
+        .await?;
+    let rows = |a: String, pw: String| async move {
+        let mut c = mysql(&a, &pw).await?;
+        let r: Option<(u64, u64, u64)> = c
+            .query_first("SELECT COUNT(*), COUNT(DISTINCT id), MAX(id) FROM t")
+            .await?;
+        r.context("no row")
+    };
+    // Taken on the replica once it has every row (the backup's default member).
+    let replica_id = inst["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+        .and_then(|m| m["id"].as_str())
+        .context("replica")?
+        .to_owned();
+    let replica = addr(&inst, &replica_id)?;
+    eventually("the replica has every row", Duration::from_secs(60), || {
+        let (a, pw) = (replica.clone(), pw.clone());
+        async move {
+            let got = rows(a, pw).await?;
+            ensure!(got == (300, 300, 300), "{got:?}");
+            Ok(())
+        }
+    })
+    .await?;
+    let (status, b) = env
+        .call(
+            Method::POST,
+            &format!("/v1/instances/{name}/backups"),
+            Some(json!({"repo": "main"})),
+        )
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {b}");
+    let id = b["id"].as_str().context("backup id")?.to_owned();
+    let b = eventually("the backup ended", Duration::from_secs(180), || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
+        Ok(b)
+    })
+    .await?;
+    ensure!(
+        b["state"] == "succeeded" && b["member"] == replica_id.as_str(),
+        "{b}"
+    );
+    ensure!(
+        b["row_counts"]["app.t"] == 300,
+        "row counts in the manifest: {b}"
+    );
+
+    // Verified by a one-shot task that restores it and counts its rows.
+    let (status, v) = env
+        .call(Method::POST, &format!("/v1/backups/{id}/verify"), None)
+        .await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    let v = eventually("verified", Duration::from_secs(180), || async {
+        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        ensure!(
+            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(0),
+            "{b}"
+        );
+        Ok(b)
+    })
+    .await?;
+    ensure!(v["verify_ok"] == true, "verification: {v}");
+
+    // A new replica seeded from it, then following the primary past it.
+    c.query_drop("INSERT INTO t SELECT seq FROM seq_301_to_350")
+        .await?;
+    drop(c);
+    let op = env
+        .operate(
+            &name,
+            json!({"type": "scale", "replicas": 2}),
+            Duration::from_secs(300),
+        )
+        .await?;
+    ensure!(op["state"] == "succeeded", "{op}");
+    let add = op["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
+        .context("an add_replica step")?;
+    ensure!(add["backup"] == id.as_str(), "{add}");
+    let new = add["member"].as_str().context("member")?.to_owned();
+    let inst = env.get(&format!("/v1/instances/{name}")).await?;
+    let log = env.agents[env.agent_of(&inst, &new)?].log();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("data volume restored") && l.contains(&new))
+            && !log
+                .lines()
+                .any(|l| l.contains("seeding replica") && l.contains(&new)),
+        "{new} was not seeded from the backup:\n{log}"
+    );
+    let new_addr = addr(&inst, &new)?;
+    eventually(
+        "the seeded replica has every row",
+        Duration::from_secs(60),
+        || {
+            let (a, pw) = (new_addr.clone(), pw.clone());
+            async move {
+                let got = rows(a, pw).await?;
+                ensure!(got == (350, 350, 350), "{got:?}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+
+    // A new instance restored from it: exactly the backup's rows.
+    let copy = unique_name("cre");
+    let mut spec = mofang_tests::scenario::spec(&copy, "mariadb", 1);
+    spec["restore"] = json!({"from_instance": name, "backup": id});
+    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let restored = env.wait_instance_ready(&copy).await?;
+    let rpw = env.app_password(&copy).await?;
+    let rprimary = Env::primary_member(&restored)?["address"]
+        .as_str()
+        .context("address")?
+        .to_owned();
+    let got = rows(rprimary, rpw).await?;
+    ensure!(got == (300, 300, 300), "restored: {got:?}");
+    Ok(())
+}

@@ -309,13 +309,15 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
     Ok(())
 }
 
-/// Rebuild of a replica as an operation, on MariaDB 1 + 2: its container and volume are
-/// replaced and seeded again from the primary, and it holds every row; a rebuild without a
-/// member is refused with 422.
+/// Rebuild of a replica as an operation, on MariaDB 1 + 2 over four nodes: its container and
+/// volume are replaced and seeded again from the other replica, and it holds every row; a
+/// rebuild without a member is refused with 422. Then a replica rebuilt on the fourth node
+/// (`--node`): a node holding a member is refused with 422, the move succeeds, the member is
+/// on the new node with every row, the old node's agent removed its container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<()> {
     use mysql_async::prelude::Queryable;
-    let env = Env::start_with(3, FAST).await?;
+    let env = Env::start_with(4, FAST).await?;
     let name = unique_name("rb");
     let inst = env.create_ready(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
@@ -433,6 +435,83 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     assert_eq!(done["state"], "succeeded", "{done}");
     let v = env.wait_instance_ready(&name).await?;
     assert_eq!(Env::primary_member(&v)?["id"], id.as_str(), "{v}");
+
+    // The other replica rebuilt on the node that has no member (`--node`).
+    let node_of = |v: &Value, m: &str| -> Result<String> {
+        v["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|x| x["id"] == m))
+            .and_then(|x| x["node"].as_str())
+            .map(str::to_owned)
+            .context("member's node")
+    };
+    let from = node_of(&v, &other)?;
+    let taken: Vec<String> = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["node"].as_str().map(str::to_owned))
+        .collect();
+    let free = env
+        .agents
+        .iter()
+        .map(|a| a.node.clone())
+        .find(|n| !taken.contains(n))
+        .context("a node without a member")?;
+    let (s, body) = env
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{name}/operations"),
+            Some(json!({"type": "rebuild", "member": other, "node": node_of(&v, &id)?})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("node"), "{body}");
+    let before = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&other)])?;
+    let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
+        .args([
+            "--json", "instance", "rebuild", &name, &other, "--node", &free, "--wait",
+        ])
+        .envs(env.sched.cli_env())
+        .env("MOFANG_TOKEN", &env.token)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "mofang instance rebuild --node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let op: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["node"], free.as_str(), "{op}");
+    let v = env.wait_instance_ready(&name).await?;
+    assert_eq!(node_of(&v, &other)?, free, "{v}");
+    let after = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&other)])?;
+    assert_ne!(before, after, "the same container: not moved");
+    let labels = docker_cli(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"mofang.node\"}}",
+        &container_of(&other),
+    ])?;
+    assert_eq!(labels.trim(), free, "the container is the new node's");
+    let m = v["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["id"] == other.as_str()))
+        .context("the moved member")?;
+    let mut c = mofang_tests::scenario::mysql(m["address"].as_str().context("addr")?, &pw).await?;
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
+    assert_eq!(n, Some(100), "rows on the moved replica");
+    drop(c);
+    let events = env.events(&name).await?;
+    let moved = format!("rebuilding {other} on {free} (moved from {from})");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"].as_str().is_some_and(|m| m.contains(&moved))),
+        "no event {moved:?}"
+    );
     Ok(())
 }
 

@@ -105,7 +105,8 @@ pub(super) async fn add_backup_repo(
     };
     // Never quoted in an error: serde's messages may echo the value.
     let given_key = match fields.remove("encryption_key") {
-        None => None,
+        // `null` is no key, as the document's nullable field says.
+        None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(k)) if encrypt => Some(k),
         Some(_) => {
             return Err(ApiError::new(

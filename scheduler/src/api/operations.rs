@@ -26,6 +26,10 @@ pub struct NewOperation {
     /// The member a `rebuild` is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// `rebuild`: the node the member moves to (its container and volume made anew there,
+    /// seeded as a rebuild is); absent: rebuilt where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// `scale`: the replica count wanted (1 ..= 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 8)]
@@ -63,6 +67,7 @@ impl NewOperation {
         NewOperation {
             kind,
             member: None,
+            node: None,
             replicas: None,
             cpu: None,
             memory: None,
@@ -108,6 +113,7 @@ pub(super) async fn start_operation(
     };
     let args = crate::ops::OpArgs {
         member: req.member,
+        node: req.node,
         replicas: req.replicas,
         cpu: req.cpu,
         memory: req.memory,

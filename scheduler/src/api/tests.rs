@@ -372,3 +372,48 @@ async fn a_request_runs_to_its_end_when_the_client_goes_away() {
         "the handler was cancelled with its client"
     );
 }
+
+/// `encryption_key: null` is no key, as the document's nullable field says (it was a 422);
+/// a key without `encrypt` is still refused.
+#[tokio::test]
+async fn a_null_encryption_key_is_no_key() {
+    let mut api = api_without_tokens().await;
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("admin-token-0123456789", "ops", TokenRole::Admin);
+    api.tokens = Arc::new(tokens);
+    let dir = tempfile::tempdir().expect("dir");
+    let post = |body: serde_json::Value| {
+        axum::http::Request::post("/v1/backup-repos")
+            .header(header::AUTHORIZATION, "Bearer admin-token-0123456789")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .expect("request")
+    };
+    let path = dir.path().to_string_lossy().into_owned();
+    let res = router(api.clone())
+        .oneshot(post(serde_json::json!({
+            "name": "r", "kind": "fs", "path": path, "encryption_key": null
+        })))
+        .await
+        .expect("answer");
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(v["encrypted"], false, "{v}");
+    let res = router(api)
+        .oneshot(post(serde_json::json!({
+            "name": "r2", "kind": "fs", "path": path,
+            "encryption_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        })))
+        .await
+        .expect("answer");
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -182,13 +182,17 @@ pub(crate) enum InstanceCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    /// Rebuild one member in place as an operation: a replica's container and volume are
-    /// removed and seeded again from the primary; a primary is switched over first.
+    /// Rebuild one member as an operation: a replica's container and volume are removed and
+    /// seeded again (from a healthy replica, else the primary), in place or on another node;
+    /// a primary is switched over first.
     Rebuild {
         /// Name.
         name: String,
         /// The member.
         member: String,
+        /// Move it to this node (its container and volume made anew there).
+        #[arg(long)]
+        node: Option<String>,
         /// Wait until the operation ends.
         #[arg(long)]
         wait: bool,
@@ -587,11 +591,13 @@ pub(crate) async fn run(c: &Client, cmd: InstanceCmd, json: bool) -> Result<()> 
         InstanceCmd::Rebuild {
             name,
             member,
+            node,
             wait,
             timeout,
         } => {
             let mut op = NewOperation::new(OpKind::Rebuild);
             op.member = Some(member);
+            op.node = node;
             operation::start(c, &name, op, wait, timeout, json).await?
         }
         InstanceCmd::Stop {

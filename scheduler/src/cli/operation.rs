@@ -143,7 +143,14 @@ pub(crate) fn progress_line(op: &Operation) -> String {
 pub(crate) fn step_line(st: &OpStep) -> String {
     let what = match &st.action {
         StepAction::Restart { member, .. } => format!("restart {member}"),
-        StepAction::Rebuild { member, .. } => format!("rebuild {member}"),
+        StepAction::Rebuild {
+            member, node: None, ..
+        } => format!("rebuild {member}"),
+        StepAction::Rebuild {
+            member,
+            node: Some(n),
+            ..
+        } => format!("rebuild {member} on {n}"),
         StepAction::Stop => "stop every member".into(),
         StepAction::Start => "start every member".into(),
         StepAction::Switchover { from } => format!("switchover from {from}"),

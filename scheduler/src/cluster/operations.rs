@@ -335,6 +335,12 @@ impl Cluster {
         // An unknown instance is 404 whatever the arguments.
         self.existing(instance)?;
         check_args(kind, &args)?;
+        if args.node.is_some() && kind != OpKind::Rebuild {
+            return Err(Error::Invalid(format!(
+                "`node` is for rebuild only, not {}",
+                kind_name(kind)
+            )));
+        }
         match (&kind, &member) {
             (OpKind::Rebuild, None) => {
                 return Err(Error::Invalid("a rebuild needs `member`".into()))
@@ -385,6 +391,10 @@ impl Cluster {
                         return Err(Error::NotReady(format!(
                             "{target} is the only member of {instance}: there is nothing to seed it from"
                         )));
+                    }
+                    // A move is checked now: a refusal changes nothing.
+                    if let Some(n) = &args.node {
+                        self.place_on(&inner, inst, target, n)?;
                     }
                 }
                 (_, false) => {
@@ -531,6 +541,7 @@ impl Cluster {
             done: Default::default(),
             total,
             member,
+            node: args.node.clone(),
             replicas,
             resources,
             from_memory,
@@ -688,8 +699,35 @@ impl Cluster {
                 self.begin_step(&mut op, inst, action, now).await
             }
             Next::Rebuild { member, generation } => {
-                let action = StepAction::Rebuild { member, generation };
-                self.begin_step(&mut op, inst, action, now).await
+                // A move: placed now on the node asked (it may have filled since the
+                // operation began); the step (with its node) is stored before the record
+                // books it.
+                let placed = match op.node.clone() {
+                    None => Ok(None),
+                    Some(n) => {
+                        let inner = lock(&self.inner);
+                        self.place_on(&inner, &inst, &member, &n).map(Some)
+                    }
+                };
+                match placed {
+                    Ok(to) => {
+                        let (node, disk_class) = to.unzip();
+                        let action = StepAction::Rebuild {
+                            member,
+                            generation,
+                            node,
+                            disk_class,
+                        };
+                        self.begin_step(&mut op, inst, action, now).await
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "{member} cannot move to {}: {e}",
+                            op.node.as_deref().unwrap_or_default()
+                        );
+                        self.finish(&mut op, OpState::Failed, reason).await
+                    }
+                }
             }
             Next::AddReplica { member, donor } => {
                 // Placed now, with the other members' nodes excluded (one member per node);
@@ -794,9 +832,14 @@ impl Cluster {
                         StepAction::Switchover { from } => {
                             format!("switched over away from {from}")
                         }
-                        StepAction::Rebuild { member, .. } => {
+                        StepAction::Rebuild { member, node, .. } => {
                             op.done.insert(member.clone());
-                            format!("{member} rebuilt, seeded and replicating")
+                            match node {
+                                Some(n) => format!(
+                                    "{member} rebuilt on {n}, seeded and replicating"
+                                ),
+                                None => format!("{member} rebuilt, seeded and replicating"),
+                            }
                         }
                         StepAction::Stop => "every container stopped".into(),
                         StepAction::Start => "every member healthy and replicating".into(),
@@ -905,6 +948,7 @@ impl Cluster {
                 .find(|r| r.id == m)
                 .map(|r| r.node.clone())
         };
+        let mut moved_from: Option<String> = None;
         let (node, text) = match action {
             StepAction::Restart { member, generation } => {
                 let node = node_of(member);
@@ -918,9 +962,24 @@ impl Cluster {
                     ),
                 )
             }
-            StepAction::Rebuild { member, generation } => {
+            StepAction::Rebuild {
+                member,
+                generation,
+                node: to,
+                disk_class,
+            } => {
                 let node = node_of(member);
                 inst.rebuild_generations.insert(member.clone(), *generation);
+                // A move: the member's record names its new node (the reservation moves with
+                // it in the same write); the old node's agent, told, removes its container
+                // and volume, the new one's makes them anew.
+                if let (Some(to), Some(r)) = (to, inst.members.iter_mut().find(|m| &m.id == member))
+                {
+                    if &r.node != to {
+                        moved_from = Some(std::mem::replace(&mut r.node, to.clone()));
+                        r.disk_class = disk_class.clone().unwrap_or_default();
+                    }
+                }
                 // Seeded from a healthy replica other than itself when there is one (the
                 // primary serves no copy), in the same write as the generation.
                 let donor = {
@@ -935,10 +994,14 @@ impl Cluster {
                     Some(d) => inst.seed_donors.insert(member.clone(), d.clone()),
                     None => inst.seed_donors.remove(member),
                 };
+                let where_ = match (&moved_from, to) {
+                    (Some(from), Some(to)) => format!(" on {to} (moved from {from})"),
+                    _ => String::new(),
+                };
                 (
-                    node,
+                    to.clone().or(node),
                     format!(
-                        "rebuilding {member} (container and volume removed, seeded again from {})",
+                        "rebuilding {member}{where_} (container and volume removed, seeded again from {})",
                         donor.as_deref().unwrap_or("the primary")
                     ),
                 )
@@ -1075,6 +1138,12 @@ impl Cluster {
             )],
         )
         .await?;
+        // The node a moved member left no longer has it in the record: told so, its agent
+        // removes it.
+        if let Some(old) = moved_from {
+            let mut inner = lock(&self.inner);
+            self.push_nodes(&mut inner, &[old]);
+        }
         Ok(())
     }
 
@@ -1171,8 +1240,16 @@ fn carried(inst: &Instance, action: &StepAction) -> bool {
         StepAction::Restart { member, generation } => {
             asked(&inst.restart_generations, member) >= *generation
         }
-        StepAction::Rebuild { member, generation } => {
+        StepAction::Rebuild {
+            member,
+            generation,
+            node,
+            ..
+        } => {
             asked(&inst.rebuild_generations, member) >= *generation
+                && node
+                    .as_ref()
+                    .is_none_or(|n| inst.members.iter().any(|m| &m.id == member && &m.node == n))
         }
         StepAction::Stop => inst.stopped,
         StepAction::Start => !inst.stopped,
@@ -1336,6 +1413,46 @@ impl Cluster {
             return unusable(format!("object {}: {e}", object.path));
         }
         Some(b.id.clone())
+    }
+
+    /// Where `member` of `inst` moves to on a rebuild on `node`: that node, if it is known,
+    /// holds no member of the instance, and fits one member by the placement rules (its
+    /// zone, disk class, free CPU, memory and disk, its admin state); the disk class found.
+    fn place_on(
+        &self,
+        inner: &Inner,
+        inst: &Instance,
+        member: &str,
+        node: &str,
+    ) -> Result<(String, String)> {
+        if !inner.nodes.contains_key(node) {
+            return Err(Error::Invalid(format!("node: {node} is not a known node")));
+        }
+        if let Some(m) = inst.members.iter().find(|m| m.node == node) {
+            return Err(Error::Invalid(if m.id == member {
+                format!(
+                    "node: {member} is on {node} already (leave `node` out to rebuild it there)"
+                )
+            } else {
+                format!(
+                    "node: {node} holds {} of {} already (one member per node)",
+                    m.id, inst.spec.name
+                )
+            }));
+        }
+        let views: Vec<NodeView<'_>> = self
+            .node_views(inner)
+            .into_iter()
+            .filter(|v| v.node.name == node)
+            .collect();
+        let mut one = inst.spec.clone();
+        one.replicas = 0;
+        let placed = placement::place(&one, &views)?;
+        placed
+            .members
+            .first()
+            .map(|m| (m.node.clone(), m.disk_class.clone()))
+            .ok_or_else(|| Error::Invalid("placement returned no member".into()))
     }
 
     /// A node for one more replica of `inst`: placement over the nodes that have none of its
@@ -1788,5 +1905,128 @@ mod tests {
             lock(&c2.inner).reserved.get(&node).map(|r| r.members),
             Some(1)
         );
+    }
+
+    /// A rebuild on another node (issue 17): `node` with another type, an unknown node, the
+    /// node the member is on and a node holding another member are refused (422) with nothing
+    /// stored; a node that fits takes the member at the step: the record names it, the
+    /// reservation moved with it, the generation raised; the old node is told and its desired
+    /// state no longer has the member. Done once the member reports the rebuild from there.
+    #[tokio::test]
+    async fn a_rebuild_on_another_node_moves_the_member_and_its_reservation() {
+        let mut nodes = super::super::testkit::three_ssd_nodes();
+        nodes.push(node("d", &[("ssd", 1000)]));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let c = cluster_on(store, &nodes).await;
+        c.activate().await.expect("activate");
+        beat(&c, &nodes);
+        let mut one = spec("db", 100, None);
+        one.replicas = 1;
+        c.create_instance(one).await.expect("create");
+        all_healthy(&c, "db");
+        let inst = lock(&c.inner).instances.get("db").cloned().expect("db");
+        let replica = inst
+            .members
+            .iter()
+            .find(|m| m.role == Role::Replica)
+            .cloned()
+            .expect("replica");
+        let primary = inst.primary().cloned().expect("primary");
+        let free = nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .find(|n| inst.members.iter().all(|m| &m.node != n))
+            .expect("a node without a member");
+        let args = |node: &str| OpArgs {
+            member: Some(replica.id.clone()),
+            node: Some(node.to_owned()),
+            ..OpArgs::default()
+        };
+        for (kind, a, why) in [
+            (
+                OpKind::Restart,
+                OpArgs {
+                    node: Some(free.clone()),
+                    ..OpArgs::default()
+                },
+                "rebuild only",
+            ),
+            (OpKind::Rebuild, args("nowhere"), "not a known node"),
+            (OpKind::Rebuild, args(&replica.node), "already"),
+            (OpKind::Rebuild, args(&primary.node), "one member per node"),
+        ] {
+            match c.start_operation("db", kind, a, None, "t").await {
+                Err(Error::Invalid(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        assert!(c.operations_of("db").await.expect("ops").is_empty());
+
+        let op = c
+            .start_operation("db", OpKind::Rebuild, args(&free), None, "t")
+            .await
+            .expect("a move to a free node");
+        assert_eq!(op.node.as_deref(), Some(free.as_str()));
+        let mut old_node = c.watch(&replica.node);
+        old_node.borrow_and_update();
+        c.step_operation(&op.id).await.expect("step");
+        let inst = lock(&c.inner).instances.get("db").cloned().expect("db");
+        let moved = inst
+            .members
+            .iter()
+            .find(|m| m.id == replica.id)
+            .expect("member");
+        assert_eq!(moved.node, free, "the record names the new node");
+        assert_eq!(inst.rebuild_generations.get(&replica.id), Some(&1));
+        {
+            let inner = lock(&c.inner);
+            let on = |n: &str| inner.reserved.get(n).map_or(0, |r| r.members);
+            assert_eq!(
+                (on(&free), on(&replica.node)),
+                (1, 0),
+                "the reservation moved"
+            );
+        }
+        assert!(
+            old_node.has_changed().expect("watch"),
+            "the old node was told"
+        );
+        assert!(
+            old_node
+                .borrow_and_update()
+                .members
+                .iter()
+                .all(|a| a.member != replica.id),
+            "the old node no longer runs it"
+        );
+        let op = c.operation(&op.id).await.expect("op");
+        match &op.steps[0].action {
+            StepAction::Rebuild { node, .. } => assert_eq!(node.as_deref(), Some(free.as_str())),
+            other => panic!("{other:?}"),
+        }
+        // The new node's agent reports it rebuilt, healthy and replicating: done.
+        all_healthy(&c, "db");
+        c.heartbeat(HeartbeatRequest {
+            node: free.clone(),
+            members: vec![MemberStatus {
+                member: replica.id.clone(),
+                instance: "db".into(),
+                healthy: true,
+                role: "replica".into(),
+                epoch: inst.epoch,
+                replication_ok: true,
+                container_state: "running".into(),
+                address: format!("{free}:3306"),
+                rebuild_generation: 1,
+                cpu: inst.spec.resources.cpu,
+                memory_bytes: inst.spec.resources.memory << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        c.step_operation(&op.id).await.expect("step");
+        c.step_operation(&op.id).await.expect("step");
+        let op = c.operation(&op.id).await.expect("op");
+        assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     }
 }

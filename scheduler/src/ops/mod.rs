@@ -111,12 +111,19 @@ pub enum StepAction {
         /// The primary when the step began.
         from: String,
     },
-    /// Rebuild a replica (its rebuild generation raised to `generation`).
+    /// Rebuild a replica (its rebuild generation raised to `generation`), where it is or on
+    /// `node` (its reservation moved there by the same record write).
     Rebuild {
         /// The member.
         member: String,
         /// The rebuild generation asked.
         generation: u64,
+        /// The node the member moves to; none: rebuilt where it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// The disk class of its volume there (with `node`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_class: Option<String>,
     },
     /// Mark the instance stopped: every container stops.
     Stop,
@@ -232,6 +239,9 @@ pub struct Operation {
     /// The member a `rebuild` is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// `rebuild`: the node the member moves to (none: rebuilt where it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// `scale`: the replica count asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
@@ -265,6 +275,8 @@ pub struct Operation {
 pub struct OpArgs {
     /// `rebuild`, `switchover`: the member.
     pub member: Option<String>,
+    /// `rebuild`: the node the member moves to (none: rebuilt where it is).
+    pub node: Option<String>,
     /// `scale`: the replica count.
     pub replicas: Option<u32>,
     /// `resize`: CPU cores.
@@ -440,7 +452,9 @@ pub fn next(op: &Operation, members: &[MemberNow], now_ms: i64) -> Next {
                 )),
                 Some(_) => Next::Wait(format!("{member} restarting")),
             },
-            StepAction::Rebuild { member, generation } => match find(member) {
+            StepAction::Rebuild {
+                member, generation, ..
+            } => match find(member) {
                 None => Next::StepFailed(format!("{member} left the instance while rebuilding")),
                 Some(m) if m.rebuild_done >= *generation && m.whole() => Next::StepDone,
                 Some(m) if overdue => Next::StepFailed(format!(
@@ -918,6 +932,7 @@ mod tests {
             done: BTreeSet::new(),
             total: 3,
             member: None,
+            node: None,
             replicas: None,
             resources: None,
             from_memory: None,
@@ -1004,6 +1019,8 @@ mod tests {
             Next::Rebuild { member, generation } => op.steps.push(step(StepAction::Rebuild {
                 member: member.clone(),
                 generation: *generation,
+                node: None,
+                disk_class: None,
             })),
             Next::Stop => op.steps.push(step(StepAction::Stop)),
             Next::Start => op.steps.push(step(StepAction::Start)),
