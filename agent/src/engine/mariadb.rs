@@ -176,6 +176,9 @@ fn native_hashes(create_user: &str) -> std::collections::BTreeSet<String> {
 struct Threads<'a> {
     io: &'a str,
     sql: &'a str,
+    /// `Master_Log_File`: empty after `CHANGE MASTER` until the primary's first event (the
+    /// binlog file it streams from) has arrived.
+    master_log_file: &'a str,
     io_errno: u32,
     io_error: &'a str,
     sql_errno: u32,
@@ -187,10 +190,21 @@ struct Threads<'a> {
 /// a connection not set up yet) **and** neither may carry an error: an I/O error is what a
 /// retrying connection leaves (a refused TLS handshake, a primary gone, access denied), and
 /// MariaDB clears it once a connection succeeds, so a replica that reconnected fine is
-/// replicating again (no flapping). The reason is MariaDB's own error text.
+/// replicating again (no flapping). The reason is MariaDB's own error text. And the primary
+/// must have begun to stream: between the I/O thread's `Yes` ("Waiting for master to send
+/// event") and the primary's first event or refusal there is a moment with no error yet, in
+/// which a replica whose position the primary's binlogs no longer reach (error 1236, purged)
+/// looked replicating (a scale's step once ended on it; seen against MariaDB 10.11:
+/// `Master_Log_File` stays empty until the first event names the binlog file).
 fn replication_state(t: &Threads<'_>) -> (bool, Option<String>) {
     let running = t.io == "Yes" && t.sql == "Yes";
     if running && t.io_errno == 0 && t.sql_errno == 0 {
+        if t.master_log_file.is_empty() {
+            return (
+                false,
+                Some("connected; waiting for the primary's first event".into()),
+            );
+        }
         return (true, None);
     }
     let mut why = Vec::new();
@@ -224,9 +238,11 @@ fn replication_of(row: &Row) -> (bool, Option<String>) {
         col("Last_IO_Error"),
         col("Last_SQL_Error"),
     );
+    let master_log_file = col("Master_Log_File");
     replication_state(&Threads {
         io: &io,
         sql: &sql,
+        master_log_file: &master_log_file,
         io_errno: errno("Last_IO_Errno"),
         io_error: &io_error,
         sql_errno: errno("Last_SQL_Errno"),
@@ -964,6 +980,7 @@ mod tests {
         Threads {
             io,
             sql: "Yes",
+            master_log_file: "mysql-bin.000001",
             io_errno,
             io_error,
             sql_errno: 0,
@@ -1002,6 +1019,18 @@ mod tests {
         assert_eq!(why.as_deref(), Some("IO thread error 2003"));
         // Reconnected: MariaDB cleared the error; replicating again.
         assert_eq!(replication_state(&threads("Yes", 0, "")), (true, None));
+        // Connected, the primary's first event (or its refusal, 1236) not there yet.
+        let waiting = Threads {
+            master_log_file: "",
+            ..threads("Yes", 0, "")
+        };
+        assert_eq!(
+            replication_state(&waiting),
+            (
+                false,
+                Some("connected; waiting for the primary's first event".into())
+            )
+        );
         // An SQL error with both threads up (a retried transaction's) is not hidden either.
         let sql = Threads {
             sql_errno: 1205,
