@@ -12,7 +12,9 @@
 //! of the memory (384 -> 512 MiB), `upgrade` to 10.11, `scale` to 3 replicas and back to 2.
 //! The time is from the POST to the operation's end as `GET /v1/operations/{id}` shows it
 //! (polled every 100 ms); the outage is the longest time between two acknowledged writes
-//! from the POST to the first write after the end.
+//! from the POST to the first write after the end. The primary's semi-sync counters are read
+//! every 250 ms meanwhile, and what they showed during each longest outage is printed (is
+//! the primary waiting for a replica's acknowledgement then?).
 //!
 //! By hand: one `docker run` of the same image on a named volume, port published, its
 //! default config, the `app` account made inside it, the same writer writing to it; then
@@ -163,7 +165,112 @@ async fn operation(c: &Client, name: &str, what: &str, op: NewOperation) -> Resu
     })
 }
 
-async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
+/// One reading of the primary's semi-sync counters: is an outage the primary waiting for a
+/// replica's acknowledgement (issue 17, the saturated upgrade)?
+struct SemiSync {
+    at: Instant,
+    primary: String,
+    /// `Rpl_semi_sync_master_status`: ON, or OFF once a wait timed out.
+    status: String,
+    /// Semi-sync replicas connected.
+    clients: u64,
+    /// Sessions waiting for an acknowledgement now.
+    wait_sessions: u64,
+    /// Commits acknowledged without a replica (after a timeout), so far.
+    no_tx: u64,
+}
+
+/// Reads the current primary's semi-sync counters every 250 ms until `stop`; a primary that
+/// does not answer within a second is skipped (the reading is missing then).
+async fn sample_semi_sync(
+    c: Client,
+    name: String,
+    pw: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<SemiSync> {
+    use mysql_async::prelude::Queryable;
+    let mut out = Vec::new();
+    let mut conn: Option<(String, mysql_async::Conn)> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let primary = c.instance(&name).await.ok().and_then(|v| {
+            v.members
+                .iter()
+                .find(|m| m.role == "primary")
+                .map(|m| m.address.clone())
+        });
+        if let Some(addr) = primary {
+            if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
+                conn = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    mofang_tests::scenario::mysql(&addr, &pw),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|cn| (addr.clone(), cn));
+            }
+            if let Some((a, cn)) = conn.as_mut() {
+                let q = cn.query::<(String, String), _>(
+                    "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', \
+                     'Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_wait_sessions', \
+                     'Rpl_semi_sync_master_no_tx')",
+                );
+                match tokio::time::timeout(Duration::from_secs(1), q).await {
+                    Ok(Ok(rows)) => {
+                        let get = |k: &str| {
+                            rows.iter()
+                                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default()
+                        };
+                        let num = |k: &str| get(k).parse().unwrap_or(0);
+                        out.push(SemiSync {
+                            at: Instant::now(),
+                            primary: a.clone(),
+                            status: get("Rpl_semi_sync_master_status"),
+                            clients: num("Rpl_semi_sync_master_clients"),
+                            wait_sessions: num("Rpl_semi_sync_master_wait_sessions"),
+                            no_tx: num("Rpl_semi_sync_master_no_tx"),
+                        });
+                    }
+                    _ => conn = None,
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    out
+}
+
+/// What the primary's semi-sync counters showed during an operation's longest outage.
+fn semi_sync_during(m: &Measured, acks: &[Ack], samples: &[SemiSync]) -> String {
+    let (gap, began) = longest_gap(acks, m.from, m.to);
+    let inside: Vec<&SemiSync> = samples
+        .iter()
+        .filter(|s| s.at >= began && s.at <= began + gap)
+        .collect();
+    let before = samples.iter().rev().find(|s| s.at < began);
+    let Some(last) = inside.last() else {
+        return format!("{}: no reading within its {} outage", m.what, secs(gap));
+    };
+    let waiting = inside.iter().map(|s| s.wait_sessions).max().unwrap_or(0);
+    let clients = inside.iter().map(|s| s.clients).min().unwrap_or(0);
+    let mut status: Vec<&str> = inside.iter().map(|s| s.status.as_str()).collect();
+    status.dedup();
+    let primaries: std::collections::BTreeSet<&str> =
+        inside.iter().map(|s| s.primary.as_str()).collect();
+    format!(
+        "{}: {} readings in its {} outage: sessions waiting for an ack at most {waiting}, semi-sync replicas at least {clients}, status {}, commits without an ack +{}, primary {}",
+        m.what,
+        inside.len(),
+        secs(gap),
+        status.join(" -> "),
+        before.map_or(0, |b| last.no_tx.saturating_sub(b.no_tx)),
+        primaries.into_iter().collect::<Vec<_>>().join(", ")
+    )
+}
+
+async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize, Vec<SemiSync>)> {
     let env = Env::start_with(4, "").await?;
     let c = env.client();
     let name = unique_name("bop");
@@ -175,6 +282,13 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     env.wait_instance_ready(&name).await?;
     let pw = c.credentials(&name).await?.credentials.app;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_semi_sync(
+        env.client(),
+        name.clone(),
+        pw.clone(),
+        stop.clone(),
+    ));
     let with = |kind: OpKind, set: fn(&mut NewOperation)| {
         let mut op = NewOperation::new(kind);
         set(&mut op);
@@ -209,6 +323,8 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     }
     settle(&writer).await?;
     let outcome = writer.stop().await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await?;
     env.wait_instance_ready(&name).await?;
     let v = c.instance(&name).await?;
     let primary = v
@@ -219,7 +335,7 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize)> {
     let present = set_contents("mariadb", &primary.address, &pw).await?;
     let lost = outcome.lost(&present).len();
     let _ = c.delete_instance(&name).await;
-    Ok((out, outcome, lost))
+    Ok((out, outcome, lost, samples))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -426,7 +542,7 @@ async fn main() -> Result<()> {
     mofang_tests::init_tracing();
     eprintln!("load before: {}", loadavg());
     let (hand, hand_outcome, hand_lost) = by_hand().await?;
-    let (ops, outcome, lost) = mofang().await?;
+    let (ops, outcome, lost, samples) = mofang().await?;
     println!();
     println!(
         "Day-2 operations on MariaDB, 3 members (Mofang) vs the same work by hand on one server"
@@ -464,6 +580,11 @@ async fn main() -> Result<()> {
     println!("where each Mofang outage fell (after the operation's POST):");
     for m in &ops {
         println!("- {}", outage_place(m, &outcome.acks));
+    }
+    println!();
+    println!("the primary's semi-sync counters during each longest outage (read every 250 ms):");
+    for m in &ops {
+        println!("- {}", semi_sync_during(m, &outcome.acks, &samples));
     }
     Ok(())
 }
