@@ -1356,6 +1356,19 @@ fn check_args(kind: OpKind, a: &OpArgs) -> Result<()> {
     }
 }
 
+/// One member of `inst` placed over `views` by the placement rules: its node and disk class;
+/// `Err` says why each node does not fit.
+fn place_one(inst: &Instance, views: &[NodeView<'_>]) -> Result<(String, String)> {
+    let mut one = inst.spec.clone();
+    one.replicas = 0;
+    let placed = placement::place(&one, views)?;
+    placed
+        .members
+        .first()
+        .map(|m| (m.node.clone(), m.disk_class.clone()))
+        .ok_or_else(|| Error::Invalid("placement returned no member".into()))
+}
+
 /// What a new replica's volume is filled from when it is seeded from backup `b`: its one data
 /// object, no binlog replayed (it replicates from the backup's position instead).
 fn seed_restored(b: &crate::backup::Backup) -> Option<crate::model::Restored> {
@@ -1445,14 +1458,7 @@ impl Cluster {
             .into_iter()
             .filter(|v| v.node.name == node)
             .collect();
-        let mut one = inst.spec.clone();
-        one.replicas = 0;
-        let placed = placement::place(&one, &views)?;
-        placed
-            .members
-            .first()
-            .map(|m| (m.node.clone(), m.disk_class.clone()))
-            .ok_or_else(|| Error::Invalid("placement returned no member".into()))
+        place_one(inst, &views)
     }
 
     /// A node for one more replica of `inst`: placement over the nodes that have none of its
@@ -1464,14 +1470,7 @@ impl Cluster {
             .into_iter()
             .filter(|v| !used.contains(v.node.name.as_str()))
             .collect();
-        let mut one = inst.spec.clone();
-        one.replicas = 0;
-        let placed = placement::place(&one, &views)?;
-        placed
-            .members
-            .first()
-            .map(|m| (m.node.clone(), m.disk_class.clone()))
-            .ok_or_else(|| Error::Invalid("placement returned no member".into()))
+        place_one(inst, &views)
     }
 
     /// Refuses a scale-up by `more` replicas that the nodes without a member of `inst`
