@@ -947,10 +947,12 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
         .await?;
     let rows = |a: String, pw: String| async move {
         let mut c = mysql(&a, &pw).await?;
-        let r: Option<(u64, u64, u64)> = c
+        // MAX is NULL on an empty table (a replica that has not caught up yet).
+        let r: Option<(u64, u64, Option<u64>)> = c
             .query_first("SELECT COUNT(*), COUNT(DISTINCT id), MAX(id) FROM t")
             .await?;
-        r.context("no row")
+        let (n, distinct, max) = r.context("no row")?;
+        Ok::<_, anyhow::Error>((n, distinct, max.unwrap_or(0)))
     };
     // Taken on the replica once it has every row (the backup's default member).
     let replica_id = inst["members"]
