@@ -26,13 +26,17 @@
 //! waited for a replica's acknowledgement.
 
 use anyhow::{bail, ensure, Context, Result};
+use mofang_common::repo::Secret;
+use mofang_common::EngineKind;
+use mofang_scheduler::backup::{Backup, BackupState};
+use mofang_scheduler::client::{Client, NewBackup, NewBackupRepo};
+use mofang_scheduler::cluster::InstanceView;
+use mofang_scheduler::model::{InstanceSpec, Resources, RestoreRequest};
 use mofang_tests::cluster::Timings;
 use mofang_tests::s3::SeaweedFs;
 use mofang_tests::scenario::{container_of, docker_cli, loadavg, mysql, percentile, Env};
 use mysql_async::prelude::Queryable;
 use object_store::{ObjectStore, WriteMultipart};
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,15 +73,18 @@ fn admin_sql(member: &str, query: &str) -> Result<String> {
     ])
 }
 
-fn member(inst: &Value, role: &str) -> Result<(String, String)> {
-    let m = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == role))
-        .with_context(|| format!("{role} of {inst}"))?;
-    Ok((
-        m["id"].as_str().context("id")?.to_owned(),
-        m["address"].as_str().context("address")?.to_owned(),
-    ))
+fn member(inst: &InstanceView, role: &str) -> Result<(String, String)> {
+    let m = inst
+        .members
+        .iter()
+        .find(|m| m.role == role)
+        .with_context(|| format!("{role} of {inst:?}"))?;
+    Ok((m.id.clone(), m.address.clone()))
+}
+
+/// An instance view from [`Env::wait_instance_ready`], read as the API's own type.
+fn view(v: serde_json::Value) -> Result<InstanceView> {
+    serde_json::from_value(v).context("the instance view")
 }
 
 /// One insert every 20 ms until `stop`: each one's send time and latency.
@@ -111,31 +118,31 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn wait_backup(env: &Env, id: &str) -> Result<(Value, Option<Instant>, Instant)> {
+async fn wait_backup(c: &Client, id: &str) -> Result<(Backup, Option<Instant>, Instant)> {
     let mut running = None;
     loop {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        if b["state"] == "running" && running.is_none() {
+        let b = c.backup(id).await.with_context(|| format!("backup {id}"))?;
+        if b.state == BackupState::Running && running.is_none() {
             running = Some(Instant::now());
         }
-        if b["state"] == "succeeded" {
+        if b.state == BackupState::Succeeded {
             return Ok((b, running, Instant::now()));
         }
-        ensure!(b["state"] != "failed", "backup failed: {b}");
+        ensure!(b.state != BackupState::Failed, "backup failed: {b:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn mofang_backup(env: &Env, repo: &str) -> Result<(Value, Option<Instant>, Instant)> {
-    let (s, v) = env
-        .call(
-            Method::POST,
-            "/v1/instances/bb/backups",
-            Some(json!({"repo": repo})),
-        )
-        .await?;
-    ensure!(s == StatusCode::ACCEPTED, "{s} {v}");
-    wait_backup(env, v["id"].as_str().context("id")?).await
+async fn mofang_backup(c: &Client, repo: &str) -> Result<(Backup, Option<Instant>, Instant)> {
+    let req = NewBackup {
+        repo: repo.to_owned(),
+        ..NewBackup::default()
+    };
+    let b = c
+        .create_backup("bb", &req)
+        .await
+        .with_context(|| format!("a backup of bb into {repo}"))?;
+    wait_backup(c, &b.id).await
 }
 
 /// The same backup by hand: the member's mariadb-backup piped into zstd, uploaded by this
@@ -343,16 +350,16 @@ async fn idle_window(primary: &str, addr: &str, pass: &str, secs: f64) -> Result
 /// Writes while a backup of a replica runs (only those sent while it was seen running); the
 /// backup and the seconds it was seen running.
 async fn backup_window(
-    env: &Env,
+    c: &Client,
     primary: &str,
     addr: &str,
     pass: &str,
-) -> Result<(Window, Value, f64)> {
+) -> Result<(Window, Backup, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(addr.to_owned(), pass.to_owned(), stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = semi_sync(primary)?;
-    let (b, running, ended) = mofang_backup(env, "bench").await?;
+    let (b, running, ended) = mofang_backup(c, "bench").await?;
     let after = semi_sync(primary)?;
     stop.store(true, Ordering::SeqCst);
     let running = running.context("the backup was never seen running")?;
@@ -395,56 +402,55 @@ async fn run(args: Args) -> Result<()> {
         disk,
     )
     .await?;
-    let (s, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(
-                json!({"name": "bench", "kind": "s3", "endpoint": s3.endpoint,
-                "bucket": s3.bucket, "prefix": "bench", "access_key_id": s3.access_key,
-                "secret_access_key": s3.secret_key}),
-            ),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "{s} {v}");
-    // The same store, encrypting (decision 119): the cost of encryption, side by side.
-    let (s, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(
-                json!({"name": "bench-enc", "kind": "s3", "endpoint": s3.endpoint,
-                "bucket": s3.bucket, "prefix": "bench-enc", "access_key_id": s3.access_key,
-                "secret_access_key": s3.secret_key, "encrypt": true}),
-            ),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "{s} {v}");
-    let member_disk = mib * 3 + 2048;
-    let spec = |name: &str, replicas: u32| {
-        json!({"name": name, "engine": "mariadb", "version": "10.11", "replicas": replicas,
-               "resources": {"cpu": 1.0, "memory": 1024, "disk": member_disk}})
+    let api = env.client();
+    let repo = |name: &str, encrypt: bool| NewBackupRepo {
+        name: name.to_owned(),
+        kind: "s3".to_owned(),
+        endpoint: Some(s3.endpoint.clone()),
+        bucket: Some(s3.bucket.clone()),
+        prefix: Some(name.to_owned()),
+        access_key_id: Some(s3.access_key.clone()),
+        secret_access_key: Some(Secret(s3.secret_key.clone())),
+        encrypt,
+        ..NewBackupRepo::default()
     };
-    let (s, v) = env
-        .call(
-            Method::POST,
-            "/v1/instances",
-            Some(spec("bb", args.replicas)),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "{s} {v}");
-    let inst = env.wait_instance_ready("bb").await?;
+    api.add_backup_repo(&repo("bench", false))
+        .await
+        .context("adding the repository bench")?;
+    // The same store, encrypting (decision 119): the cost of encryption, side by side.
+    api.add_backup_repo(&repo("bench-enc", true))
+        .await
+        .context("adding the repository bench-enc")?;
+    let member_disk = mib * 3 + 2048;
+    let spec = |name: &str, replicas: u32| InstanceSpec {
+        name: name.to_owned(),
+        engine: EngineKind::Mariadb,
+        version: "10.11".to_owned(),
+        replicas,
+        resources: Resources {
+            cpu: 1.0,
+            memory: 1024,
+            disk: member_disk,
+        },
+        disk_class: None,
+        placement: None,
+        labels: Default::default(),
+        restore: None,
+        tls: Default::default(),
+        backup: None,
+    };
+    api.create_instance(&spec("bb", args.replicas))
+        .await
+        .context("creating bb")?;
+    let inst = view(env.wait_instance_ready("bb").await?)?;
     let (primary, primary_addr) = member(&inst, "primary")?;
     let (replica, _) = member(&inst, "replica")?;
-    let replicas: Vec<String> = inst["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter(|m| m["role"] == "replica")
-                .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let replicas: Vec<String> = inst
+        .members
+        .iter()
+        .filter(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .collect();
     let pass = env.app_password("bb").await?;
 
     // ---- the dataset -------------------------------------------------------------------
@@ -508,21 +514,16 @@ async fn run(args: Args) -> Result<()> {
     let mut idle_all = first.latencies;
 
     // ---- throughput: Mofang, then by hand, nothing else running --------------------------
-    let (b, _, _) = mofang_backup(&env, "bench").await?;
-    let raw = b["objects"][0]["raw_size"].as_u64().context("raw_size")?;
-    let size = b["size"].as_u64().context("size")?;
-    let agent_secs = |b: &Value| {
-        (b["ended_at_ms"].as_i64().unwrap_or(0) - b["started_at_ms"].as_i64().unwrap_or(0)) as f64
-            / 1000.0
-    };
+    let (b, _, _) = mofang_backup(&api, "bench").await?;
+    let raw = b.objects.first().context("raw_size")?.raw_size;
+    let size = b.size;
+    let agent_secs = |b: &Backup| (b.ended_at_ms - b.started_at_ms) as f64 / 1000.0;
     let took = agent_secs(&b);
-    let wall = (b["ended_at_ms"].as_i64().unwrap_or(0) - b["requested_at_ms"].as_i64().unwrap_or(0))
-        as f64
-        / 1000.0;
+    let wall = (b.ended_at_ms - b.requested_at_ms) as f64 / 1000.0;
     let ours = raw as f64 / MIB / took;
     println!(
         "Mofang backup {}: {:.0} MiB read, {:.0} MiB stored, {took:.1} s in the agent ({wall:.1} s from the request): {ours:.1} MiB/s",
-        b["id"].as_str().unwrap_or_default(),
+        b.id,
         raw as f64 / MIB,
         size as f64 / MIB
     );
@@ -539,21 +540,21 @@ async fn run(args: Args) -> Result<()> {
         "  the row count by itself (consistent snapshot, every table): {count_took:.1} s; the stream alone then ~{streamed:.1} MiB/s"
     );
     // The same, into the encrypting repository, right after.
-    let (be, _, _) = mofang_backup(&env, "bench-enc").await?;
+    let (be, _, _) = mofang_backup(&api, "bench-enc").await?;
     let (eraw, etook) = (
-        be["objects"][0]["raw_size"].as_u64().context("raw_size")?,
+        be.objects.first().context("raw_size")?.raw_size,
         agent_secs(&be),
     );
     ensure!(
-        be["objects"][0]["encryption"]["key_id"].is_string(),
-        "the backup into bench-enc is not encrypted: {be}"
+        be.objects.first().is_some_and(|o| o.encryption.is_some()),
+        "the backup into bench-enc is not encrypted: {be:?}"
     );
     let encrypted = eraw as f64 / MIB / etook;
     println!(
         "Mofang backup {} into the encrypting repository: {:.0} MiB read, {:.0} MiB stored, {etook:.1} s in the agent: {encrypted:.1} MiB/s",
-        be["id"].as_str().unwrap_or_default(),
+        be.id,
         eraw as f64 / MIB,
-        be["size"].as_u64().unwrap_or(0) as f64 / MIB
+        be.size as f64 / MIB
     );
     let hand = if args.latency_only {
         f64::NAN
@@ -577,12 +578,12 @@ async fn run(args: Args) -> Result<()> {
     let mut during_all = Vec::new();
     let mut backed_up = String::new();
     for round in 1..=args.rounds {
-        let (w, b2, seen) = backup_window(&env, &primary, &primary_addr, &pass).await?;
-        backed_up = b2["member"].as_str().unwrap_or_default().to_owned();
+        let (w, b2, seen) = backup_window(&api, &primary, &primary_addr, &pass).await?;
+        backed_up = b2.member.clone();
         let (p50, p99, n) = p50_p99(w.latencies.clone());
         println!(
             "round {round}: writes during backup {} (on {backed_up}, {seen:.1} s seen running): p50 {} p99 {} ({n} writes); {}",
-            b2["id"].as_str().unwrap_or_default(),
+            b2.id,
             ms(p50),
             ms(p99),
             w.semi
@@ -620,20 +621,21 @@ async fn run(args: Args) -> Result<()> {
 
     // ---- restore -------------------------------------------------------------------------
     let mut r = spec("bb-copy", 0);
-    r["restore"] = json!({"from_instance": "bb", "backup": b["id"]});
+    r.restore = Some(RestoreRequest {
+        from_instance: "bb".to_owned(),
+        backup: Some(b.id.clone()),
+        time: None,
+    });
     let started = Instant::now();
-    let (s, v) = env.call(Method::POST, "/v1/instances", Some(r)).await?;
-    ensure!(s == StatusCode::CREATED, "{s} {v}");
+    api.create_instance(&r).await.context("creating bb-copy")?;
     let answered = started.elapsed().as_secs_f64();
     let copy = env.wait_instance_ready("bb-copy").await?;
     let restored = started.elapsed().as_secs_f64();
+    let copy = view(copy)?;
     let (copy_primary, _) = member(&copy, "primary")?;
     let n = admin_sql(&copy_primary, "SELECT COUNT(*) FROM app.data")?;
     ensure!(n == rows.to_string(), "the copy holds {n} rows, not {rows}");
-    let path = format!(
-        "bench/{}",
-        b["objects"][0]["path"].as_str().context("path")?
-    );
+    let path = format!("bench/{}", b.objects.first().context("path")?.path);
     println!(
         "Mofang restore: the API answered after {answered:.1} s (its check of the object), ready after {restored:.1} s, {n} rows"
     );

@@ -28,14 +28,15 @@
 //! or if members did not converge.
 
 use anyhow::{bail, Context, Result};
-use mofang_tests::cluster::{TestNetwork, Timings};
+use mofang_scheduler::client::{self, Client};
+use mofang_scheduler::cluster::{InstanceView, MemberView};
+use mofang_tests::cluster::{SchedulerProcess, TestNetwork, Timings};
 use mofang_tests::coord::ConsulProcess;
 use mofang_tests::faults::{isolate, rejoin};
 use mofang_tests::scenario::{
     container_of, docker_cli, set_contents, Env, PrimarySource, SetOutcome, SetWriter,
 };
 use mofang_tests::{eventually, test_label, unique_name};
-use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -325,38 +326,96 @@ impl Fault {
 /// found diverged and rebuilt).
 const SETTLED_FOR: Duration = Duration::from_millis(1500);
 
+/// Calls `call` with the typed client of each scheduler in turn, as [`Env::call`] does: one
+/// that is down or answers 503 (it knows no leader, or cannot reach it: nothing was applied)
+/// is passed over for the next; the last one's answer stands.
+async fn on_any<T, F, Fut>(env: &Env, call: F) -> Result<T, client::Error>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, client::Error>>,
+{
+    let client = |s: &SchedulerProcess| {
+        Client::new(s.rest.clone(), env.http.clone()).with_token(Some(env.token.clone()))
+    };
+    let passed_over = |r: &Result<T, client::Error>| match r {
+        Err(client::Error::Send { .. }) => true,
+        Err(e) => e.status() == Some(503),
+        Ok(_) => false,
+    };
+    let mut r = call(client(&env.sched)).await;
+    for s in &env.peers {
+        if !passed_over(&r) {
+            break;
+        }
+        r = call(client(s)).await;
+    }
+    r
+}
+
+/// `GET /v1/instances/{name}` through [`on_any`].
+async fn instance(env: &Env, name: &str) -> Result<InstanceView> {
+    on_any(env, |c| async move { c.instance(name).await })
+        .await
+        .with_context(|| format!("instance {name}"))
+}
+
+/// An instance view from an [`Env`] helper, read as the API's own type.
+fn view(v: serde_json::Value) -> Result<InstanceView> {
+    serde_json::from_value(v).context("the instance view")
+}
+
+/// An instance view as JSON, for a message.
+fn json_of(v: &InstanceView) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("{e}"))
+}
+
+/// The primary member of an instance view.
+fn primary_of(inst: &InstanceView) -> Result<&MemberView> {
+    inst.members
+        .iter()
+        .find(|m| m.role == "primary")
+        .context("no primary member")
+}
+
+/// The agent (index) running a member.
+fn agent_of(env: &Env, inst: &InstanceView, member: &str) -> Result<usize> {
+    let node = &inst
+        .members
+        .iter()
+        .find(|m| m.id == member)
+        .context("member's node")?
+        .node;
+    env.agents
+        .iter()
+        .position(|a| &a.node == node)
+        .context("agent of node")
+}
+
 /// Why an instance view is not whole: every member healthy in its assigned role at the
 /// instance's epoch, every replica replicating (lag known), and for MariaDB every member at
 /// the same GTID position (the writer is stopped, so replicas catch up).
-fn not_whole(v: &Value) -> Option<String> {
-    let ms = v["members"].as_array()?;
-    let members_ok = ms.iter().all(|m| {
-        m["healthy"] == true
-            && m["role"] == m["observed_role"]
-            && m["epoch"] == v["epoch"]
-            && (m["role"] == "primary"
-                || m["lag_seconds"]
-                    .as_i64()
-                    .is_some_and(|l| (0..=1).contains(&l)))
+fn not_whole(v: &InstanceView) -> Option<String> {
+    let members_ok = v.members.iter().all(|m| {
+        m.healthy
+            && m.role == m.observed_role
+            && m.epoch == v.epoch
+            && (m.role == "primary" || (0..=1).contains(&m.lag_seconds))
     });
-    let positions: BTreeSet<&str> = ms.iter().filter_map(|m| m["position"].as_str()).collect();
-    let caught_up = v["engine"] != "mariadb" || positions.len() == 1;
-    (v["status"] != "ready" || !members_ok || !caught_up).then(|| v.to_string())
+    let positions: BTreeSet<&str> = v.members.iter().map(|m| m.position.as_str()).collect();
+    let caught_up = v.engine != "mariadb" || positions.len() == 1;
+    (v.status != "ready" || !members_ok || !caught_up).then(|| json_of(v))
 }
 
 /// True when every member of a whole instance holds exactly the primary's ids of this round
 /// (read at each member with the application account; replicas serve reads).
-async fn converged(whole: &Value, engine: &str, pw: &str, first_id: u64) -> Result<bool> {
-    let primary = Env::primary_member(whole)?;
-    let addr = primary["address"].as_str().context("address")?;
+async fn converged(whole: &InstanceView, engine: &str, pw: &str, first_id: u64) -> Result<bool> {
+    let addr = &primary_of(whole)?.address;
     let round = |s: BTreeSet<u64>| -> BTreeSet<u64> {
         s.range(first_id..first_id + ID_BLOCK).copied().collect()
     };
     let want = round(set_contents(engine, addr, pw).await?);
-    for m in whole["members"].as_array().into_iter().flatten() {
-        let Some(a) = m["address"].as_str() else {
-            return Ok(false);
-        };
+    for m in &whole.members {
+        let a = m.address.as_str();
         // A replica may still apply the last events: give it a moment.
         let ok = eventually("replica converged", Duration::from_secs(20), || async {
             let have = round(set_contents(engine, a, pw).await?);
@@ -377,11 +436,11 @@ async fn converged(whole: &Value, engine: &str, pw: &str, first_id: u64) -> Resu
 
 /// Waits until the instance has been whole (see [`not_whole`]) for [`SETTLED_FOR`]: ready
 /// for the next fault.
-async fn wait_whole(env: &Env, name: &str, limit: Duration) -> Result<Value> {
+async fn wait_whole(env: &Env, name: &str, limit: Duration) -> Result<InstanceView> {
     let until = Instant::now() + limit;
     let mut since: Option<Instant> = None;
     loop {
-        let why = match env.get(&format!("/v1/instances/{name}")).await {
+        let why = match instance(env, name).await {
             Ok(v) => match not_whole(&v) {
                 None => {
                     if since.get_or_insert_with(Instant::now).elapsed() >= SETTLED_FOR {
@@ -412,10 +471,10 @@ async fn mofang_round(
     round: usize,
 ) -> Result<Round> {
     let inst = wait_whole(env, name, Duration::from_secs(180)).await?;
-    let epoch = inst["epoch"].as_u64().context("epoch")?;
-    let old = Env::primary_member(&inst)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
-    let old_addr = old["address"].as_str().context("address")?.to_owned();
+    let epoch = inst.epoch;
+    let old = primary_of(&inst)?;
+    let old_id = old.id.clone();
+    let old_addr = old.address.clone();
     let first_id = (round as u64 + 1) * ID_BLOCK + 1;
 
     let writer = SetWriter::start_from(PrimarySource::api(env, name), engine, pw, first_id).await?;
@@ -423,7 +482,7 @@ async fn mofang_round(
         .wait_acked(WARMUP_ACKS, Duration::from_secs(60))
         .await?;
     let container = container_of(&old_id);
-    let agent = env.agent_of(&inst, &old_id)?;
+    let agent = agent_of(env, &inst, &old_id)?;
     let leader = match fault {
         Fault::LeaderKill => env.leader(Duration::from_secs(60)).await?,
         _ => 0,
@@ -469,12 +528,11 @@ async fn mofang_round(
             new_leader = Some(killed.elapsed());
         }
         Fault::Partition => {
-            let peers: Vec<String> = inst["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["id"] != old["id"])
-                .filter_map(|m| Some(m["address"].as_str()?.rsplit_once(':')?.0.to_owned()))
+            let peers: Vec<String> = inst
+                .members
+                .iter()
+                .filter(|m| m.id != old_id)
+                .filter_map(|m| Some(m.address.rsplit_once(':')?.0.to_owned()))
                 .collect();
             env.links[agent].cut();
             isolate(&container, &peers)?;
@@ -483,24 +541,23 @@ async fn mofang_round(
     // When the API names another primary (what a reconnecting client gets). A leader just
     // elected may answer an error for a moment.
     let switched = loop {
-        let v = env.get(&format!("/v1/instances/{name}")).await;
-        let p = v
-            .as_ref()
-            .map_or("", |v| v["primary"].as_str().unwrap_or_default());
+        let v = instance(env, name).await;
+        let p = v.as_ref().map_or("", |v| v.primary.as_str());
         if !p.is_empty() && p != old_addr {
             break fault_at.elapsed();
         }
         if fault_at.elapsed() > Duration::from_secs(120) {
             bail!(
                 "no new primary named within 120 s: {}",
-                v.map_or_else(|e| format!("{e:#}"), |v| v.to_string())
+                v.map_or_else(|e| format!("{e:#}"), |v| json_of(&v))
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut after = env
-        .wait_new_primary(name, epoch, Duration::from_secs(120))
-        .await?;
+    let mut after = view(
+        env.wait_new_primary(name, epoch, Duration::from_secs(120))
+            .await?,
+    )?;
     let mut ended = if fault.deaths() > 0 {
         vec![old_id.clone()]
     } else {
@@ -508,19 +565,16 @@ async fn mofang_round(
     };
     if fault == Fault::DoubleKill {
         // The new primary dies too, before the first one is back.
-        let second = Env::primary_member(&after)?;
-        let second_id = second["id"].as_str().context("id")?.to_owned();
+        let second_id = primary_of(&after)?.id.clone();
         ended.push(second_id.clone());
-        let second_epoch = after["epoch"].as_u64().context("epoch")?;
+        let second_epoch = after.epoch;
         docker_off_runtime(&["kill", &container_of(&second_id)]).await?;
-        after = env
-            .wait_new_primary(name, second_epoch, Duration::from_secs(120))
-            .await?;
+        after = view(
+            env.wait_new_primary(name, second_epoch, Duration::from_secs(120))
+                .await?,
+        )?;
     }
-    let new_addr = Env::primary_member(&after)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let new_addr = primary_of(&after)?.address.clone();
     let n = writer.acked();
     writer
         .wait_acked(n + AFTER_ACKS, Duration::from_secs(60))
@@ -610,12 +664,12 @@ async fn mofang_scenario(
             if worst + fault.deaths() > DEATHS_PER_MEMBER {
                 deaths.clear();
                 if let Some((old, _)) = instance.take() {
-                    env.call(
-                        reqwest::Method::DELETE,
-                        &format!("/v1/instances/{old}"),
-                        None,
-                    )
-                    .await?;
+                    let old = old.as_str();
+                    // As before, whatever it answers: only a scheduler not reached fails.
+                    let deleted = on_any(&env, |c| async move { c.delete_instance(old).await });
+                    if let Err(e @ client::Error::Send { .. }) = deleted.await {
+                        return Err(e.into());
+                    }
                 }
             }
             let (name, pw) = match &instance {

@@ -32,13 +32,13 @@
 use anyhow::{bail, Context, Result};
 use futures::future::join_all;
 use mofang_agent::runtime::{ContainerRuntime, DockerRuntime};
-use mofang_common::{labels, EngineKind, Role};
+use mofang_common::{labels, EngineKind};
+use mofang_scheduler::client::{Client, LogRange};
+use mofang_scheduler::cluster::InstanceView;
 use mofang_tests::cluster::{binaries, Timings};
-use mofang_tests::scenario::{docker_cli, loadavg, mysql, percentile, spec, Env};
+use mofang_tests::scenario::{docker_cli, instance_spec, loadavg, mysql, percentile, Env};
 use mofang_tests::{eventually, test_label, unique_name};
 use mysql_async::prelude::Queryable;
-use reqwest::{Method, StatusCode};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,29 +124,6 @@ async fn bare_start(rt: &DockerRuntime, engine: EngineKind, limits: &[&str]) -> 
 
 // ---------------------------------------------------------------------------------------
 // Mofang
-
-/// An instance as the API shows it: the fields the phases read.
-#[derive(Debug, Clone, Deserialize)]
-struct InstanceSeen {
-    status: String,
-    primary: String,
-    members: Vec<MemberSeen>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct MemberSeen {
-    id: String,
-    role: Role,
-    healthy: bool,
-    observed_role: String,
-    address: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct EventSeen {
-    at_ms: i64,
-    kind: String,
-}
 
 /// A time per member.
 type PerMember = BTreeMap<String, Duration>;
@@ -238,23 +215,25 @@ struct ApiSeen {
 
 /// Polls the instance every 25 ms until it is ready, sharing each view with the probes.
 async fn watch_api(
-    env: &Env,
+    c: &Client,
     name: &str,
     t0: Instant,
-    view: watch::Sender<InstanceSeen>,
+    view: watch::Sender<InstanceView>,
 ) -> Result<ApiSeen> {
     let mut seen = ApiSeen::default();
     let mut tick = ticker(API_POLL);
     loop {
         tick.tick().await;
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        let inst = c
+            .instance(name)
+            .await
+            .with_context(|| format!("instance {name}"))?;
         let at = t0.elapsed();
-        let inst: InstanceSeen = serde_json::from_value(v).context("instance view")?;
         for m in &inst.members {
             if !matches!(m.observed_role.as_str(), "" | "unknown") {
                 seen.reported.entry(m.id.clone()).or_insert(at);
             }
-            if m.role == Role::Replica && m.healthy {
+            if m.role == "replica" && m.healthy {
                 seen.replicating.entry(m.id.clone()).or_insert(at);
             }
         }
@@ -319,7 +298,7 @@ async fn answers(engine: EngineKind, addr: &str) -> bool {
 /// Probes every member at the address the API reports, every 25 ms, until all answer.
 async fn watch_probes(
     engine: EngineKind,
-    view: watch::Receiver<InstanceSeen>,
+    view: watch::Receiver<InstanceView>,
     members: usize,
     t0: Instant,
 ) -> Result<PerMember> {
@@ -387,7 +366,7 @@ async fn watch_semi_sync(
     env: &Env,
     name: &str,
     engine: EngineKind,
-    view: watch::Receiver<InstanceSeen>,
+    view: watch::Receiver<InstanceView>,
     t0: Instant,
 ) -> Result<Option<Duration>> {
     if engine != EngineKind::Mariadb {
@@ -424,33 +403,32 @@ fn unix_ms() -> i64 {
 
 /// Creates instance `name` and watches it until every phase was seen.
 async fn create(env: &Env, rt: &DockerRuntime, engine: EngineKind, name: &str) -> Result<Creation> {
-    let body = spec(name, engine.as_str(), REPLICAS);
+    let c = env.client();
+    let body = instance_spec(name, engine.as_str(), REPLICAS)?;
     let sent_ms = unix_ms();
     let t0 = Instant::now();
-    let (status, answer) = env.call(Method::POST, "/v1/instances", Some(body)).await?;
+    let answer = c.create_instance(&body).await;
     let api = t0.elapsed();
-    if status != StatusCode::CREATED {
-        bail!("create {name}: {status} {answer}");
-    }
-    let inst: InstanceSeen = serde_json::from_value(answer).context("the created instance")?;
+    let inst = answer.with_context(|| format!("create {name}"))?;
     let members = inst.members.len();
     let primary = inst
         .members
         .iter()
-        .find(|m| m.role == Role::Primary)
+        .find(|m| m.role == "primary")
         .context("no primary member")?
         .id
         .clone();
     let (tx, rx) = watch::channel(inst);
     let (api_seen, created, probed, semi_sync) = tokio::try_join!(
-        watch_api(env, name, t0, tx),
+        watch_api(&c, name, t0, tx),
         watch_containers(rt, name, members, t0),
         watch_probes(engine, rx.clone(), members, t0),
         watch_semi_sync(env, name, engine, rx, t0),
     )?;
-    let events: Vec<EventSeen> =
-        serde_json::from_value(env.get(&format!("/v1/events?instance={name}")).await?)
-            .context("events")?;
+    let events = c
+        .events(Some(name), LogRange::default())
+        .await
+        .context("events")?;
     let placed_ms = events
         .iter()
         .filter(|e| e.kind == "placed")
@@ -472,12 +450,10 @@ async fn create(env: &Env, rt: &DockerRuntime, engine: EngineKind, name: &str) -
 
 /// Deletes the instance and waits until its containers are gone.
 async fn delete(env: &Env, rt: &DockerRuntime, name: &str) -> Result<()> {
-    let (s, v) = env
-        .call(Method::DELETE, &format!("/v1/instances/{name}"), None)
-        .await?;
-    if !s.is_success() {
-        bail!("delete {name}: {s} {v}");
-    }
+    env.client()
+        .delete_instance(name)
+        .await
+        .with_context(|| format!("delete {name}"))?;
     eventually("containers removed", Duration::from_secs(120), || async {
         let left = rt.list(&[(labels::INSTANCE, name)]).await?;
         if left.is_empty() {

@@ -13,6 +13,8 @@
 use anyhow::{bail, Context, Result};
 use mofang_common::proto::agent_control_client::AgentControlClient;
 use mofang_common::proto::{Disk, HeartbeatRequest, MemberStatus, RegisterRequest, WatchRequest};
+use mofang_scheduler::client::{self, Client};
+use mofang_scheduler::model::NodeState;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -382,20 +384,16 @@ async fn run(
         http = http.use_preconfigured_tls(mofang_common::tls::client_config(&p.ca_file(), None)?);
     }
     let http = http.build()?;
+    let api = Client::new(base.clone(), http.clone()).with_token(Some(token.clone()));
     // Wait until every node is registered and heartbeating.
     let t0 = Instant::now();
     loop {
-        let nodes: serde_json::Value = http
-            .get(format!("{base}/v1/nodes"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let ready = nodes
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-            .unwrap_or(0);
+        // A refusal counts no node ready (its JSON error is no list of nodes).
+        let ready = match api.nodes().await {
+            Ok(nodes) => nodes.iter().filter(|n| n.state == NodeState::Ready).count(),
+            Err(client::Error::Api { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
         if ready == n_agents {
             break;
         }
@@ -568,16 +566,15 @@ async fn run(
         .spawn()?;
     let mut seen = 0;
     for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("{base}/v1/instances"))
-            .bearer_auth(&token)
-            .send()
-            .await
-        {
-            if let Ok(v) = r.json::<serde_json::Value>().await {
-                seen = v.as_array().map(|a| a.len()).unwrap_or(0);
+        match api.instances(None).await {
+            Ok(v) => {
+                seen = v.len();
                 break;
             }
+            // An answer, but a refusal (its JSON error is no list of instances): none seen.
+            Err(client::Error::Api { .. }) => break,
+            // Not up yet, or no answer that parses: again.
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
