@@ -312,7 +312,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
         desired: shared.desired.clone(),
         lease: lease.clone(),
         max_lag_seconds: 30,
-    }));
+    }))
+    .merge(crate::seed::router(Arc::new(crate::seed::Donor::new(
+        shared.desired.clone(),
+        shared.statuses.clone(),
+        shared.runtime.clone(),
+        cfg.backup_nice,
+        crate::backup::run::Tuning {
+            throttle_mib_s: cfg.backup_throttle_mib_s,
+            ionice_idle: cfg.backup_ionice_idle,
+            zstd_threads: cfg.backup_zstd_threads,
+        },
+    ))));
     let link = tokio::spawn(
         link::run(link_cfg, source, desired_tx, lease, shutdown.child_token())
             .instrument(tracing::info_span!("link")),

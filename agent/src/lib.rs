@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod roles;
 pub mod runtime;
+pub mod seed;
 pub mod state;
 pub mod statuses;
 pub mod tls;

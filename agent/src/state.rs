@@ -122,6 +122,14 @@ pub struct MemberState {
     /// whole backup from the repository, and the passes a heartbeat or an assignment wakes
     /// must not turn a broken one into a download per second.
     pub restore_retry_at_ms: i64,
+    /// A physical copy from a donor replica's agent (`<donor>@<rebuild generation>`,
+    /// decision 167) was started on this volume: a volume holding data this agent did not
+    /// copy is never wiped.
+    pub seed_copy_attempt: Option<String>,
+    /// The physical copy (`<donor>@<rebuild generation>`) that ended, well or not: never tried
+    /// again for that donor and generation (a failed one leaves the logical copy; a replica
+    /// rebuilt after diverging copies logically too).
+    pub seed_copy_done: Option<String>,
     /// The credential rotation (its id) for which replication was last pointed at the
     /// primary with the new `repl` password: done once per rotation.
     pub repl_switched: Option<u64>,

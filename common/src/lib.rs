@@ -16,6 +16,7 @@ pub mod repo;
 pub mod restore_phase;
 pub mod rotation;
 pub mod sealed;
+pub mod seed;
 pub mod signal;
 pub mod spec;
 pub mod tls;

@@ -161,3 +161,57 @@ pub fn rejoin(container: &str) -> Result<()> {
     ns_iptables(pid, &["-F", "OUTPUT"])?;
     Ok(())
 }
+
+/// A loopback TCP port refused (RST) by a host iptables rule while this lives: a daemon's
+/// listener unreachable although it runs. The rule is removed when dropped.
+pub struct PortRefused {
+    port: String,
+}
+
+impl PortRefused {
+    fn rule(port: &str) -> [&str; 15] {
+        [
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-m",
+            "comment",
+            "--comment",
+            "mofang-test",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]
+    }
+
+    fn iptables(op: &str, port: &str) -> Result<()> {
+        let mut args = vec!["-w", op];
+        args.extend(Self::rule(port));
+        let out = Command::new("iptables").args(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "iptables {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses connections to `127.0.0.1:port` from now on.
+    pub fn start(port: u16) -> Result<PortRefused> {
+        let port = port.to_string();
+        Self::iptables("-I", &port)?;
+        Ok(PortRefused { port })
+    }
+}
+
+impl Drop for PortRefused {
+    fn drop(&mut self) {
+        let _ = Self::iptables("-D", &self.port);
+    }
+}

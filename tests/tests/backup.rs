@@ -2559,7 +2559,17 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         .pop()
         .context("the replica kept")?;
     let served = copies(&donor)?;
+    // The donor's agent refuses connections: its physical copy fails (decision 167), and the
+    // member falls back to the logical copy from that replica.
+    let donor_port: u16 = env.agents[env.agent_of(&kept, &donor)?]
+        .http
+        .rsplit(':')
+        .next()
+        .context("the donor agent's port")?
+        .parse()?;
+    let refused = mofang_tests::faults::PortRefused::start(donor_port)?;
     let up = scale(2).await?;
+    drop(refused);
     ensure!(up["state"] == "succeeded", "{up}");
     let add = up["steps"]
         .as_array()
@@ -2573,6 +2583,9 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     ensure!(
         log.lines()
             .any(|l| l.contains("data volume restored") && l.contains(&again))
+            && log
+                .lines()
+                .any(|l| l.contains("physical copy failed") && l.contains(&again))
             && log
                 .lines()
                 .any(|l| l.contains("seeding replica") && l.contains(&again)),

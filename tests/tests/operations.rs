@@ -314,6 +314,24 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
 /// rebuild without a member is refused with 422. Then a replica rebuilt on the fourth node
 /// (`--node`): a node holding a member is refused with 422, the move succeeds, the member is
 /// on the new node with every row, the old node's agent removed its container.
+/// What a member served as a copy, counted by its server: `(Com_backup, Com_show_create_db)`.
+/// `mariadb-backup` runs `BACKUP STAGE` (5 a copy, measured on MariaDB 10.11); the logical
+/// copy's `mariadb-dump --databases` asks `SHOW CREATE DATABASE` for each database.
+fn copies(member: &str) -> Result<(u64, u64)> {
+    let out = docker_cli(&[
+        "exec",
+        &container_of(member),
+        "mariadb",
+        "--defaults-extra-file=/etc/mofang/client.cnf",
+        "-N",
+        "-e",
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_backup', 'Com_show_create_db')",
+    ])?;
+    let mut v = out.split_whitespace().skip(1).step_by(2);
+    let mut next = || -> Result<u64> { Ok(v.next().context("a counter")?.parse()?) };
+    Ok((next()?, next()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<()> {
     use mysql_async::prelude::Queryable;
@@ -367,6 +385,18 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
         .context("a replica")?;
     let id = replica["id"].as_str().context("id")?.to_owned();
     let before = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&id)])?;
+    let donor_before = inst["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "replica" && m["id"] != id.as_str())
+        .filter_map(|m| {
+            Some((
+                m["id"].as_str()?.to_owned(),
+                copies(m["id"].as_str()?).ok()?,
+            ))
+        })
+        .collect::<BTreeMap<_, _>>();
 
     let (s, body) = env
         .call(
@@ -419,6 +449,12 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
             .as_str()
             .is_some_and(|m| m.contains(&seeded_from))),
         "no event {seeded_from:?}"
+    );
+    // ... as a physical copy (decision 167): mariadb-backup ran there, no dump.
+    let (was, now) = (donor_before.get(&other).copied(), copies(&other)?);
+    assert!(
+        was.is_some_and(|(b, d)| now.0 > b && now.1 == d),
+        "{other} served no physical copy (Com_backup, Com_show_create_db: {was:?} before, {now:?} after)"
     );
 
     // A switchover as an operation, to the rebuilt member.
@@ -760,6 +796,8 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     )
     .await?;
 
+    let before = (copies(&primary)?, copies(&replica)?);
+
     // Scale up through the CLI.
     let out = mofang_cli(
         &env,
@@ -791,6 +829,14 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
         "seeded from the replica, not the primary: {op}"
     );
     let added = steps[0]["member"].as_str().context("member")?.to_owned();
+    // A physical copy of the replica (decision 167): the replica ran mariadb-backup, nobody
+    // was dumped, and the primary served nothing.
+    let (after_primary, after_replica) = (copies(&primary)?, copies(&replica)?);
+    assert_eq!(after_primary, before.0, "the primary served a copy");
+    assert!(
+        after_replica.0 > before.1 .0 && after_replica.1 == before.1 .1,
+        "{replica} served no physical copy (Com_backup, Com_show_create_db: {before:?} before, {after_replica:?} after)"
+    );
     let v = env.wait_instance_ready(&name).await?;
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
     assert_eq!(v["replicas"], 2, "{v}");

@@ -118,14 +118,23 @@ struct Opener {
 }
 
 impl Opener {
-    /// An opener of `object`; `key`: the object's own key when it is encrypted.
+    /// An opener of `object`; `key`: the object's own key when it is encrypted (bound to
+    /// `object`'s name).
     fn new(object: &str, key: Option<zeroize::Zeroizing<[u8; 32]>>) -> Result<Self, String> {
+        Self::bound(object, key, object.as_bytes())
+    }
+
+    /// An opener of `object` sealed with `key` for the associated data `aad`.
+    fn bound(
+        object: &str,
+        key: Option<zeroize::Zeroizing<[u8; 32]>>,
+        aad: &[u8],
+    ) -> Result<Self, String> {
         Ok(Opener {
             object: object.to_owned(),
             hash: Sha256::new(),
             size: 0,
-            decryptor: key
-                .map(|k| mofang_common::backup_crypt::Decryptor::new(&k, object.as_bytes())),
+            decryptor: key.map(|k| mofang_common::backup_crypt::Decryptor::new(&k, aad)),
             decoder: zstd::stream::write::Decoder::new(Vec::new())
                 .map_err(|e| format!("zstd: {e}"))?,
         })
@@ -159,8 +168,9 @@ impl Opener {
     }
 
     /// The end of the stored bytes: the last plain bytes, or why the object is not the one
-    /// recorded (`size`, `sha256`), cut short, or not decompressible.
-    fn finish(mut self, size: u64, sha256: &str) -> Result<Vec<u8>, String> {
+    /// recorded (`expect`: its size and sha256, when known), cut short, or not
+    /// decompressible.
+    fn finish(mut self, expect: Option<(u64, &str)>) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         if let Some(d) = self.decryptor.take() {
             let mut plain = Vec::new();
@@ -174,6 +184,9 @@ impl Opener {
             .map_err(|e| format!("{}: zstd: {e}", self.object))?;
         out.append(self.decoder.get_mut());
         let sha = hex::encode(std::mem::take(&mut self.hash).finalize());
+        let Some((size, sha256)) = expect else {
+            return Ok(out);
+        };
         if sha != sha256 || self.size != size {
             return Err(format!(
                 "object {} is not the one backed up: {} bytes with sha256 {sha}, \
@@ -204,14 +217,15 @@ pub(super) fn verified_stream(src: &RestoreSource, progress: Progress) -> Result
         None => None,
     };
     let opener = Opener::new(&src.object, key)?;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
-    let (raw_tx, raw_rx) = mpsc::channel::<Result<Bytes, String>>(OPEN_CHANNEL);
-    let (size, sha256, raw_size) = (src.size, src.sha256.clone(), src.raw_size);
-    std::thread::Builder::new()
-        .name("backup-open".into())
-        .spawn(move || open_thread(opener, raw_rx, tx, (size, &sha256, raw_size), progress))
-        .map_err(|e| format!("starting the thread that opens {}: {e}", src.object))?;
     let object = src.object.clone();
+    let (raw_tx, raw_rx) = mpsc::channel::<Result<Bytes, String>>(OPEN_CHANNEL);
+    let input = opened(
+        opener,
+        raw_rx,
+        Some((src.size, src.sha256.clone())),
+        src.raw_size,
+        progress,
+    )?;
     tokio::spawn(async move {
         let path = repo.path(&object);
         let mut body = match repo.store.get(&path).await {
@@ -230,6 +244,48 @@ pub(super) fn verified_stream(src: &RestoreSource, progress: Progress) -> Result
             }
         }
     });
+    Ok(input)
+}
+
+/// A physical seed's copy as another agent streams it (decision 167), sealed with `key` for
+/// `aad`: opened and decompressed on a thread of its own as it comes; its last item is an
+/// error if it does not open (the wrong key, altered, meant for another member) or is cut
+/// short. `progress` is told the plain bytes so far (no total: the size is not known ahead).
+pub fn opened_seed(
+    name: &str,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    aad: &[u8],
+    mut body: futures::stream::BoxStream<'static, Result<Bytes, String>>,
+    progress: Progress,
+) -> Result<Input, String> {
+    let opener = Opener::bound(name, Some(key), aad)?;
+    let (raw_tx, raw_rx) = mpsc::channel::<Result<Bytes, String>>(OPEN_CHANNEL);
+    let input = opened(opener, raw_rx, None, 0, progress)?;
+    tokio::spawn(async move {
+        while let Some(item) = body.next().await {
+            let failed = item.is_err();
+            if raw_tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(input)
+}
+
+/// The opening thread of `opener` (`backup-open`), fed by `raw`: its plain output.
+fn opened(
+    opener: Opener,
+    raw: mpsc::Receiver<Result<Bytes, String>>,
+    expect: Option<(u64, String)>,
+    raw_size: u64,
+    progress: Progress,
+) -> Result<Input, String> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
+    let object = opener.object.clone();
+    std::thread::Builder::new()
+        .name("backup-open".into())
+        .spawn(move || open_thread(opener, raw, tx, (expect, raw_size), progress))
+        .map_err(|e| format!("starting the thread that opens {object}: {e}"))?;
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
@@ -239,7 +295,7 @@ fn open_thread(
     mut opener: Opener,
     mut input: mpsc::Receiver<Result<Bytes, String>>,
     output: mpsc::Sender<Result<Bytes, String>>,
-    (size, sha256, raw_size): (u64, &str, u64),
+    (expect, raw_size): (Option<(u64, String)>, u64),
     progress: Progress,
 ) {
     let mut raw = 0u64;
@@ -262,7 +318,7 @@ fn open_thread(
             }
         }
     }
-    match opener.finish(size, sha256) {
+    match opener.finish(expect.as_ref().map(|(size, sha)| (*size, sha.as_str()))) {
         Ok(out) => {
             emit(out);
         }
@@ -295,13 +351,7 @@ pub async fn fill(
     to: Into<'_>,
     progress: PhaseProgress,
 ) -> Result<(), String> {
-    let Into {
-        member,
-        image,
-        volume,
-        uid,
-        labels,
-    } = to;
+    let (volume, uid) = (to.volume, to.uid);
     if src.engine == "mariadb" {
         stage_binlogs(src, volume, &progress).await?;
     }
@@ -312,69 +362,99 @@ pub async fn fill(
     )?;
     match src.engine.as_str() {
         "mariadb" => {
-            if !src
-                .stop_datetime
-                .bytes()
-                .all(|c| c.is_ascii_digit() || b" :-".contains(&c))
-            {
-                return Err(format!("stop time {:?}", src.stop_datetime));
-            }
-            let script = format!(
-                "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\nexport MOFANG_SEED_REPLICA={}\n{MARIADB_SCRIPT}",
-                src.stop_datetime,
-                u8::from(src.replica)
-            );
-            let shot = OneShot {
-                name: format!("mofang-restore-{member}"),
-                image,
-                cmd: vec!["bash".into(), "-c".into(), script],
-                mounts: vec![Mount {
-                    source: volume.to_owned(),
-                    target: "/var/lib/mysql".into(),
-                    read_only: false,
-                }],
-                user: "0:0".into(),
-                labels,
-            };
-            // The container's phase, read from its marker while it runs (one a failed
-            // attempt left is not this attempt's).
-            let marker = volume.join(restore_phase::MARKER);
-            if let Err(e) = tokio::fs::remove_file(&marker).await {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(format!("{}: {e}", marker.display()));
-                }
-            }
-            let run = runtime.run_once(&shot, input);
-            tokio::pin!(run);
-            let mut seen = None;
-            let out = loop {
-                tokio::select! {
-                    out = &mut run => break out.map_err(|e| e.to_string())?,
-                    () = tokio::time::sleep(MARKER_POLL) => {
-                        let now = tokio::fs::read_to_string(&marker)
-                            .await
-                            .ok()
-                            .and_then(|t| restore_phase::parse_marker(&t));
-                        if let Some((phase, done, total)) = now.filter(|n| Some(*n) != seen) {
-                            progress(phase, done, total);
-                            seen = now;
-                        }
-                    }
-                }
-            };
-            if out.exit_code != 0 || !out.stdout.contains("restore-ok") {
-                let tail: Vec<&str> = out.stdout.lines().rev().take(8).collect();
-                return Err(format!(
-                    "unpacking and preparing the backup failed (exit code {}): {}",
-                    out.exit_code,
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ));
-            }
-            Ok(())
+            unpack_mariadb(
+                runtime,
+                input,
+                &src.stop_datetime,
+                src.replica,
+                to,
+                progress,
+            )
+            .await
         }
         "redis" => write_redis(input, volume, uid).await,
         other => Err(format!("no restore for engine {other:?}")),
     }
+}
+
+/// Unpacks and prepares a MariaDB copy (`input`: an mbstream, plain) into the member's
+/// volume in a one-shot container of its image ([`MARIADB_SCRIPT`]): a restore's (`stop`:
+/// the point-in-time replay's end, `replica`: a new replica's seed) or a physical seed's
+/// copy from another replica (decision 167). `progress` is told the container's phases.
+pub async fn unpack_mariadb(
+    runtime: &dyn ContainerRuntime,
+    input: Input,
+    stop: &str,
+    replica: bool,
+    to: Into<'_>,
+    progress: PhaseProgress,
+) -> Result<(), String> {
+    let Into {
+        member,
+        image,
+        volume,
+        uid,
+        labels,
+    } = to;
+    // Goes into the script: digits, dashes, colons and spaces only.
+    if !stop
+        .bytes()
+        .all(|c| c.is_ascii_digit() || b" :-".contains(&c))
+    {
+        return Err(format!("stop time {stop:?}"));
+    }
+    let script = format!(
+        "export MOFANG_UID={uid}\nexport MOFANG_PITR_STOP='{}'\nexport MOFANG_SEED_REPLICA={}\n{MARIADB_SCRIPT}",
+        stop,
+        u8::from(replica)
+    );
+    let shot = OneShot {
+        name: format!("mofang-restore-{member}"),
+        image,
+        cmd: vec!["bash".into(), "-c".into(), script],
+        mounts: vec![Mount {
+            source: volume.to_owned(),
+            target: "/var/lib/mysql".into(),
+            read_only: false,
+        }],
+        user: "0:0".into(),
+        labels,
+    };
+    // The container's phase, read from its marker while it runs (one a failed
+    // attempt left is not this attempt's).
+    let marker = volume.join(restore_phase::MARKER);
+    if let Err(e) = tokio::fs::remove_file(&marker).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("{}: {e}", marker.display()));
+        }
+    }
+    let run = runtime.run_once(&shot, input);
+    tokio::pin!(run);
+    let mut seen = None;
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out.map_err(|e| e.to_string())?,
+            () = tokio::time::sleep(MARKER_POLL) => {
+                let now = tokio::fs::read_to_string(&marker)
+                    .await
+                    .ok()
+                    .and_then(|t| restore_phase::parse_marker(&t));
+                if let Some((phase, done, total)) = now.filter(|n| Some(*n) != seen) {
+                    progress(phase, done, total);
+                    seen = now;
+                }
+            }
+        }
+    };
+    if out.exit_code != 0 || !out.stdout.contains("restore-ok") {
+        let tail: Vec<&str> = out.stdout.lines().rev().take(8).collect();
+        return Err(format!(
+            "unpacking and preparing the backup failed (exit code {}): {}",
+            out.exit_code,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    Ok(())
 }
 
 /// Directory of the volume where a point-in-time restore's binlogs wait for their replay.

@@ -10,7 +10,7 @@
 use super::counts;
 use super::stream::{self, Zstd};
 use crate::engine::{self, Secrets, Target};
-use crate::runtime::{ContainerRuntime, ExecOutput};
+use crate::runtime::{ContainerRuntime, ExecOutput, ExecStream};
 use crate::statuses::Statuses;
 use futures::StreamExt;
 use mofang_common::backup::{self as common, params, ConsistentAt, Manifest, ManifestObject};
@@ -335,9 +335,29 @@ async fn stream_command(
         .exec_stream(container, cmd, None)
         .await
         .map_err(|e| fail("stream", e))?;
+    let (input, outcome) = with_verdict(exec, cmd);
+    let stored = stream::store::<String>(repo, rel, input, zstd, progress)
+        .await
+        .map_err(|e| fail("stream", e))?;
+    let out = outcome
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| fail("stream", "the command's outcome is missing"))?;
+    Ok((stored, out))
+}
+
+/// A command's output as a stream ([`with_verdict`]).
+pub(crate) type Output = futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>;
+/// A command's outcome, once its output ended well ([`with_verdict`]).
+pub(crate) type Outcome = Arc<Mutex<Option<ExecOutput>>>;
+
+/// A command's output, then its verdict: one more item, an error naming the program (not
+/// `nice` or `ionice` before it) when it exited with another code than 0; its outcome (exit
+/// code, standard error) kept in the second value once the stream has ended well.
+pub(crate) fn with_verdict(exec: ExecStream, cmd: &[&str]) -> (Output, Outcome) {
     let outcome: Arc<Mutex<Option<ExecOutput>>> = Arc::default();
     let kept = outcome.clone();
-    // The program, not `nice` or `ionice` before it.
     let program = program_of(cmd);
     let name = program.clone();
     let done = exec.done;
@@ -363,15 +383,7 @@ async fn stream_command(
         .map(move |r| r.map_err(|e| format!("{name}: {e}")))
         .chain(verdict)
         .boxed();
-    let stored = stream::store::<String>(repo, rel, input, zstd, progress)
-        .await
-        .map_err(|e| fail("stream", e))?;
-    let out = outcome
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .ok_or_else(|| fail("stream", "the command's outcome is missing"))?;
-    Ok((stored, out))
+    (input, outcome)
 }
 
 async fn tool_version(ctx: &BackupContext, container: &str, cmd: &[&str]) -> String {

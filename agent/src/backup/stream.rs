@@ -116,11 +116,16 @@ struct Sealed {
 /// host this work would otherwise hold a runtime worker for seconds at a time and delay the
 /// agent's heartbeats past its lease (issue 16, decision 115). Ends when `input` closes (the
 /// compressor is finished and its tail sent) or when `output` is gone (the upload failed).
+///
+/// `failed` is set by the feeder before it closes `input` after a source error: the stream is
+/// then left unfinished (no compressor tail, no last encrypted chunk), so that a reader of an
+/// encrypted stream sees it cut short rather than complete.
 fn seal(
     mut input: tokio::sync::mpsc::Receiver<Bytes>,
     output: tokio::sync::mpsc::Sender<Vec<u8>>,
     zstd: Option<Zstd>,
     encrypt: Option<Encrypt>,
+    failed: &std::sync::atomic::AtomicBool,
 ) -> Result<Option<Sealed>> {
     let mut encryptor = encrypt
         .as_ref()
@@ -162,6 +167,9 @@ fn seal(
         if !emit(out) {
             return Ok(None);
         }
+    }
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
     }
     let mut tail = match encoder.take() {
         Some(e) => e.finish().map_err(Error::Compress)?,
@@ -259,7 +267,7 @@ pub async fn store_encrypted<E: std::fmt::Display>(
             if let Some(z) = zstd.filter(|z| z.nice > 0) {
                 lower_priority(z.nice);
             }
-            let _ = done_tx.send(seal(raw_rx, out_tx, zstd, encrypt));
+            let _ = done_tx.send(seal(raw_rx, out_tx, zstd, encrypt, &Default::default()));
         })
         .map_err(Error::Compress)?;
     let mut source_bytes = 0u64;
@@ -320,6 +328,61 @@ pub async fn store_encrypted<E: std::fmt::Display>(
     })
 }
 
+/// `input` compressed with `zstd` and sealed with `encrypt`, as a stream of its own (a
+/// physical seed's copy, served to another agent; decision 167). The compressing thread is
+/// [`seal`]'s; memory stays bounded by its channels, and a slow reader slows `input` down.
+/// When `input` fails, the stream ends with that error and without its last sealed chunk, so
+/// that the reader finds it cut short; when the reader goes away, `input` is dropped.
+pub fn sealed_stream(
+    mut input: BoxStream<'static, Result<Bytes, String>>,
+    zstd: Zstd,
+    encrypt: Encrypt,
+) -> Result<BoxStream<'static, Result<Bytes, String>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (raw_tx, raw_rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHANNEL);
+    let failed = Arc::new(AtomicBool::new(false));
+    let (error_tx, error_rx) = tokio::sync::oneshot::channel::<String>();
+    let seen = failed.clone();
+    std::thread::Builder::new()
+        .name("seed-zstd".into())
+        .spawn(move || {
+            if zstd.nice > 0 {
+                lower_priority(zstd.nice);
+            }
+            if let Err(e) = seal(raw_rx, out_tx, Some(zstd), Some(encrypt), &seen) {
+                tracing::warn!(error = %e, "sealing a seed copy failed");
+            }
+        })
+        .map_err(Error::Compress)?;
+    tokio::spawn(async move {
+        while let Some(chunk) = input.next().await {
+            match chunk {
+                Ok(c) => {
+                    if raw_tx.send(c).await.is_err() {
+                        // The reader or the sealing thread is gone: `input` is dropped.
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Flagged before the channel closes: the sealing thread then leaves
+                    // the stream unfinished.
+                    failed.store(true, Ordering::SeqCst);
+                    drop(raw_tx);
+                    let _ = error_tx.send(e);
+                    return;
+                }
+            }
+        }
+    });
+    let body = tokio_stream::wrappers::ReceiverStream::new(out_rx).map(|v| Ok(Bytes::from(v)));
+    // After the last sealed bytes: the source's error, if it failed.
+    let tail = futures::stream::once(async move { error_rx.await.ok().map(Err) })
+        .filter_map(futures::future::ready);
+    Ok(body.chain(tail).boxed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +395,73 @@ mod tests {
         }
         .open()
         .unwrap()
+    }
+
+    /// A physical seed's copy (decision 167): sealed by the donor, it opens to the input on
+    /// the other side; a source that fails ends the stream unsealed, so a reader that never
+    /// sees the error item (the connection simply closed) still finds the copy cut short.
+    #[tokio::test]
+    async fn a_seed_copy_opens_whole_and_a_failed_source_is_found_cut_short() {
+        use mofang_common::seed::SeedKeys;
+        let keys = SeedKeys::derive(
+            "adminPasswordOfTheInstance0123",
+            "orders",
+            "orders-1",
+            "orders-3",
+        );
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        let source = |fail: bool| {
+            let mut items: Vec<Result<Bytes, String>> = data
+                .chunks(100_003)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            if fail {
+                items.push(Err("mariadb-backup exited with code 1".into()));
+            }
+            futures::stream::iter(items).boxed()
+        };
+        let seal = |fail: bool| {
+            let encrypt = Encrypt {
+                key: zeroize::Zeroizing::new(*keys.stream_key()),
+                aad: keys.aad().as_bytes().to_vec(),
+            };
+            let zstd = Zstd {
+                level: 3,
+                threads: 2,
+                nice: 0,
+            };
+            sealed_stream(source(fail), zstd, encrypt).unwrap()
+        };
+        let open = |sealed: BoxStream<'static, Result<Bytes, String>>| {
+            crate::backup::restore::opened_seed(
+                "the copy",
+                zeroize::Zeroizing::new(*keys.stream_key()),
+                keys.aad().as_bytes(),
+                sealed,
+                std::sync::Arc::new(|_, _| {}),
+            )
+            .unwrap()
+        };
+        let mut got = Vec::new();
+        let mut opened = open(seal(false));
+        while let Some(item) = opened.next().await {
+            got.extend_from_slice(&item.unwrap());
+        }
+        assert!(got == data, "{} bytes opened of {}", got.len(), data.len());
+
+        // The donor's source fails: the error item comes last, after bytes left unsealed.
+        let items: Vec<_> = seal(true).collect().await;
+        assert_eq!(
+            items.last().and_then(|i| i.clone().err()).as_deref(),
+            Some("mariadb-backup exited with code 1")
+        );
+        // Without the error item (the connection closed): the reader finds it cut short.
+        let bytes_only = futures::stream::iter(items.into_iter().filter(Result::is_ok)).boxed();
+        let outcome: Vec<_> = open(bytes_only).collect().await;
+        let last = outcome.last().unwrap().clone().unwrap_err();
+        assert!(last.contains("cut short"), "{last}");
     }
 
     /// 20 MiB in odd chunks, compressed on 2 threads: the object decompresses to the input,

@@ -50,6 +50,11 @@ pub(super) async fn present(
     if let Step::Stop(action) = super::restore::fill(m, vol, st).await? {
         return Ok(Step::Stop(action));
     }
+    // A new or rebuilt MariaDB replica with a donor agent named: a physical copy of the
+    // donor (decision 167); a failed one leaves the logical copy below.
+    if let Step::Stop(action) = super::seed::copy(m, vol, st).await? {
+        return Ok(Step::Stop(action));
+    }
     // A replica on a fresh volume copies a snapshot of its primary first.
     let fresh = std::fs::read_dir(&vol.path)
         .map(|mut d| d.next().is_none())

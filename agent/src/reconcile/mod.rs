@@ -20,6 +20,7 @@ mod params;
 mod probe;
 mod restore;
 mod role;
+mod seed;
 mod shared;
 mod status;
 mod volume;

@@ -94,20 +94,50 @@ fn source_json(
     serde_json::to_string(&src).unwrap_or_default()
 }
 
-/// The address of the healthy replica a new replica of a `scale` copies from, or empty (the
-/// primary). Only while the donor is a replica of the record and reported healthy: a donor
-/// that failed leaves the seed to the primary rather than to a dead address.
-fn seed_from(inner: &Inner, i: &crate::model::Instance, member: &str) -> String {
+/// Where a new or rebuilt replica copies its first snapshot from, or empty (the primary):
+/// the address of the healthy replica the scheduler named as its donor and, for MariaDB, the
+/// donor's agent and member id, which stream it a physical copy (decision 167). Only while
+/// the donor is a replica of the record and reported healthy: a donor that failed leaves the
+/// seed to the primary rather than to a dead address.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SeedFrom {
+    address: String,
+    agent: String,
+    member: String,
+}
+
+fn seed_from(inner: &Inner, i: &crate::model::Instance, member: &str) -> SeedFrom {
     let Some(donor) = i.seed_donors.get(member) else {
-        return String::new();
+        return SeedFrom::default();
     };
-    i.members
+    let Some(d) = i
+        .members
         .iter()
         .find(|d| &d.id == donor && d.role == Role::Replica)
-        .and_then(|d| inner.live.get(&d.node)?.members.get(&d.id))
+    else {
+        return SeedFrom::default();
+    };
+    let Some(s) = inner
+        .live
+        .get(&d.node)
+        .and_then(|l| l.members.get(&d.id))
         .filter(|s| s.healthy && s.replication_ok && !s.address.is_empty())
-        .map(|s| s.address.clone())
-        .unwrap_or_default()
+    else {
+        return SeedFrom::default();
+    };
+    let agent = match inner.nodes.get(&d.node) {
+        Some(n) if i.spec.engine == mofang_common::EngineKind::Mariadb => n.http_address.clone(),
+        _ => String::new(),
+    };
+    SeedFrom {
+        address: s.address.clone(),
+        member: if agent.is_empty() {
+            String::new()
+        } else {
+            d.id.clone()
+        },
+        agent,
+    }
 }
 
 /// A node's full desired state: one assignment per member placed on it.
@@ -132,6 +162,7 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                 // it). A replica whose primary's address is not known yet (just created, or the
                 // scheduler just restarted) gets an empty address: the agent keeps it as it is.
                 let c = &i.credentials;
+                let seed = seed_from(inner, i, &m.id);
                 members.push(Assignment {
                     member: m.id.clone(),
                     instance: i.spec.name.clone(),
@@ -160,7 +191,9 @@ fn desired_for(inner: &Inner, node: &str, revision: u64) -> DesiredState {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .chain([("replicas".to_owned(), i.spec.replicas.to_string())])
                         .collect(),
-                    seed_from: seed_from(inner, i, &m.id),
+                    seed_from: seed.address,
+                    seed_agent: seed.agent,
+                    seed_member: seed.member,
                     parameters_generation: i.parameters_generation,
                     fence: m.role == Role::Primary && i.fence_primary,
                     promote_after: if m.role == Role::Primary {
