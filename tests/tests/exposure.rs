@@ -36,6 +36,13 @@ async fn unauthenticated_answers(env: &Env) -> Result<Vec<(String, String)>> {
             for check in ["primary", "replica"] {
                 urls.push(format!("http://{at}/v1/members/{id}/{check}"));
             }
+            // A physical seed copy asked for without a proof (decision 167): refused.
+            urls.push(format!(
+                "http://{at}/v1/members/{id}/seed?member=intruder&at={}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs()
+            ));
         }
     }
     let mut out = Vec::new();
@@ -48,6 +55,10 @@ async fn unauthenticated_answers(env: &Env) -> Result<Vec<(String, String)>> {
                 .send()
                 .await
                 .with_context(|| format!("GET {url}"))?;
+            ensure!(
+                !(url.contains("/seed?") && resp.status().is_success()),
+                "{url} served a copy without a proof"
+            );
             out.push((url.clone(), resp.text().await?));
         }
     }

@@ -214,11 +214,13 @@ impl Collector {
     /// Starts a task for each new target, hands changed targets (address, password, role
     /// label, TLS) to theirs (which collect again at once), and stops the tasks, connections and
     /// answers of members no longer among `targets`.
+    /// `(interval, timeout)`: the shortest cadence (`metrics_interval_ms`) and each
+    /// collection's deadline; `cadence` times the collections after the scrapes.
     pub fn sync(
         self: &Arc<Self>,
         targets: &[Target],
-        interval: Duration,
-        timeout: Duration,
+        (interval, timeout): (Duration, Duration),
+        cadence: &Arc<super::cadence::Cadence>,
         shutdown: &CancellationToken,
     ) {
         let names: Vec<&str> = targets.iter().map(|t| t.member.as_str()).collect();
@@ -241,8 +243,8 @@ impl Collector {
                         let stop = shutdown.child_token();
                         tokio::spawn(self.clone().collect_member(
                             rx,
-                            interval,
-                            timeout,
+                            (interval, timeout),
+                            cadence.clone(),
                             stop.clone(),
                         ));
                         tasks.insert(t.member.clone(), Task { target: tx, stop });
@@ -257,12 +259,13 @@ impl Collector {
             .retain(|m, _| names.contains(&m.as_str()));
     }
 
-    /// One member's loop: collect, keep the answer, wait for the next tick or a new target.
+    /// One member's loop: collect, keep the answer, wait for the next collection the scrapes'
+    /// cadence asks for (decision 168), a scrape after an idle spell, or a new target.
     async fn collect_member(
         self: Arc<Self>,
         mut target: watch::Receiver<Target>,
-        interval: Duration,
-        timeout: Duration,
+        (interval, timeout): (Duration, Duration),
+        cadence: Arc<super::cadence::Cadence>,
         stop: CancellationToken,
     ) {
         loop {
@@ -286,9 +289,11 @@ impl Collector {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(t.member.clone(), c);
+            let wait = cadence.next_wait(interval, took);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = cadence.woken() => {}
                 r = target.changed() => if r.is_err() { return },
             }
         }
@@ -540,8 +545,8 @@ mod tests {
         let targets = [hung.clone(), absent.clone()];
         c.sync(
             &targets,
-            Duration::from_millis(50),
-            Duration::from_millis(300),
+            (Duration::from_millis(50), Duration::from_millis(300)),
+            &Arc::default(),
             &shutdown,
         );
         // Reading the last answers never waits on the hung server.
@@ -570,8 +575,8 @@ mod tests {
         // A member that leaves takes its task and its answer with it.
         c.sync(
             &targets[1..],
-            Duration::from_millis(50),
-            Duration::from_millis(300),
+            (Duration::from_millis(50), Duration::from_millis(300)),
+            &Arc::default(),
             &shutdown,
         );
         assert!(c.last(&targets[..1])[0].is_none());
@@ -588,16 +593,16 @@ mod tests {
         // An hour between collections: only a change of target can bring the next one.
         c.sync(
             std::slice::from_ref(&before),
-            Duration::from_secs(3600),
-            Duration::from_millis(100),
+            (Duration::from_secs(3600), Duration::from_millis(100)),
+            &Arc::default(),
             &shutdown,
         );
         let first = wait_for(|| c.last(std::slice::from_ref(&before))[0].clone()).await;
         let after = target(EngineKind::Redis, "kv-0", Some(addr));
         c.sync(
             std::slice::from_ref(&after),
-            Duration::from_secs(3600),
-            Duration::from_millis(100),
+            (Duration::from_secs(3600), Duration::from_millis(100)),
+            &Arc::default(),
             &shutdown,
         );
         wait_for(|| {

@@ -9,6 +9,7 @@
 //! collection time (decision 154). Samples carry no timestamps
 //! (https://prometheus.io/docs/instrumenting/writing_exporters/): the age is a gauge of its own.
 
+pub mod cadence;
 pub mod cgroup;
 pub mod container;
 pub mod db;
@@ -151,6 +152,8 @@ pub struct Exporter {
     files: RwLock<Option<Arc<FilesReading>>>,
     /// Read the files again now (the containers changed).
     files_wake: Notify,
+    /// How often the collections run: the scrapes' cadence (decision 168).
+    cadence: Arc<cadence::Cadence>,
 }
 
 /// One reading of the cgroup and `/proc` files, written to sample lines: what every scrape
@@ -195,6 +198,7 @@ impl Exporter {
             files_seconds: histogram::Histogram::default(),
             files: RwLock::default(),
             files_wake: Notify::new(),
+            cadence: Arc::default(),
         })
     }
 
@@ -663,7 +667,8 @@ impl Exporter {
         let timeout = self.src.cfg.metrics_timeout();
         loop {
             let targets = self.db_targets(&self.inventory());
-            self.collector.sync(&targets, interval, timeout, &shutdown);
+            self.collector
+                .sync(&targets, (interval, timeout), &self.cadence, &shutdown);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -731,16 +736,22 @@ impl Exporter {
         }
     }
 
-    /// Reads the files every `metrics_interval` and at once when the containers change, until
-    /// shutdown (cAdvisor's housekeeping): a scrape never reads a file.
+    /// Reads the files on the scrapes' cadence (at most every `metrics_interval`, decision
+    /// 168) and at once when the containers change, until shutdown (cAdvisor's housekeeping):
+    /// a scrape never reads a file.
     pub async fn run_files(self: Arc<Self>, shutdown: CancellationToken) {
         let interval = self.src.cfg.metrics_interval();
         loop {
-            self.collect_files().await;
+            let took = self
+                .collect_files()
+                .await
+                .map_or(Duration::ZERO, |r| r.took);
+            let wait = self.cadence.next_wait(interval, took);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.files_wake.notified() => {}
+                _ = self.cadence.woken() => {}
             }
         }
     }
@@ -749,6 +760,8 @@ impl Exporter {
     /// collected: only copied here). Before the first file reading, the files are read now.
     pub async fn gather(self: &Arc<Self>) -> (Families, Vec<Arc<(model::Labels, Rendered)>>) {
         self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        // The collections follow the scrapes; the first after an idle spell wakes them.
+        self.cadence.scraped();
         let inventory = self.inventory();
         let targets = self.db_targets(&inventory);
         let collected = self.collector.last(&targets);

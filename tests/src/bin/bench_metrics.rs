@@ -9,7 +9,12 @@
 //! warmed up (connections opening, first collections, the tail of the creation's container
 //! events), then over `--idle-secs` after that (the steady cost the target is about).
 //!
-//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 10` `--settle-secs 30`, and `--agents
+//! The agent collects on its scrapers' cadence and once a minute while nobody scrapes
+//! (decision 168): `--idle-scrape-secs N` scrapes every N s through settle and idle, as a
+//! Prometheus would, and the idle figures then include those scrapes; 0 (the default): none.
+//!
+//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 10` `--settle-secs 30`
+//! `--idle-scrape-secs 0`, and `--agents
 //! NAME=PATH,NAME=PATH` to measure given `mofang-agent` binaries one after the other in the
 //! same run (side by side: before and after a change) instead of building this workspace's.
 
@@ -150,7 +155,7 @@ async fn wait_healthy(fake: &FakeScheduler, node: &str, n: usize) -> Result<Vec<
 async fn run(
     n: usize,
     scrapes: usize,
-    (settle, idle): (Duration, Duration),
+    (settle, idle, idle_scrape): (Duration, Duration, Duration),
     agent_bin: &Path,
 ) -> Result<Run> {
     let fake = FakeScheduler::start().await?;
@@ -219,7 +224,19 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The agent's background work (reconcile passes, heartbeats) without scrapes.
+    // The agent's background work (reconcile passes, heartbeats, collections) without
+    // scrapes, or with a scraper's every `idle_scrape`.
+    let scraper = (!idle_scrape.is_zero()).then(|| {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(idle_scrape).await;
+                if let Ok(r) = http.get(&url).send().await {
+                    let _ = r.text().await;
+                }
+            }
+        })
+    });
     eprintln!(
         "  agent pid {agent_pid}: settling for {} s",
         settle.as_secs_f64()
@@ -231,6 +248,9 @@ async fn run(
     let c0 = cpu_seconds(agent_pid);
     tokio::time::sleep(idle).await;
     let idle_rate = (cpu_seconds(agent_pid) - c0) / idle.as_secs_f64();
+    if let Some(s) = scraper {
+        s.abort();
+    }
 
     let mut lat = Vec::with_capacity(scrapes);
     let mut slowest_db = Vec::with_capacity(scrapes);
@@ -393,6 +413,7 @@ async fn main() -> Result<()> {
     let scrapes: usize = arg("--scrapes", "100").parse().unwrap_or(100);
     let idle = Duration::from_secs(arg("--idle-secs", "10").parse().unwrap_or(10));
     let settle = Duration::from_secs(arg("--settle-secs", "30").parse().unwrap_or(30));
+    let idle_scrape = Duration::from_secs(arg("--idle-scrape-secs", "0").parse().unwrap_or(0));
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let given: Vec<(String, PathBuf)> = arg("--agents", "")
@@ -423,11 +444,22 @@ async fn main() -> Result<()> {
     for n in sizes {
         for (name, bin) in &agents {
             eprintln!("running with {n} containers {name}...");
-            runs.push((name.clone(), run(n, scrapes, (settle, idle), bin).await?));
+            runs.push((
+                name.clone(),
+                run(n, scrapes, (settle, idle, idle_scrape), bin).await?,
+            ));
         }
     }
     println!();
     let settle_s = settle.as_secs();
+    if idle_scrape.is_zero() {
+        println!("idle: no scraper during settle and idle (the agent collects once a minute when nobody scrapes, decision 168)");
+    } else {
+        println!(
+            "idle: a scrape every {} s during settle and idle, counted in the idle figures",
+            idle_scrape.as_secs()
+        );
+    }
     println!("| agent | containers | agent p50 | agent p99 | slowest database in a scrape, p50 | agent CPU/scrape | agent RSS (anon + file) | agent idle CPU | idle CPU, first {settle_s} s | exporters p50 | exporters p99 | exporters CPU/scrape | exporters RSS (procs) | agent body |");
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
