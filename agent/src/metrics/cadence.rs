@@ -11,8 +11,21 @@ use tokio::sync::Notify;
 
 /// The cadence while nobody scrapes, and the longest gap between scrapes that still sets one.
 pub const IDLE: Duration = Duration::from_secs(60);
-/// A collection aims to end this long before the scrape it is for.
+/// A collection aims to end this long before the scrape it is for, plus its source's
+/// [`spread`].
 const LEAD: Duration = Duration::from_secs(1);
+/// The sources' collections are spread over this much before the lead, so that fifty of them
+/// do not start at the same instant and queue on the host's cores.
+const SPREAD_MS: u64 = 1000;
+
+/// A source's place in the spread (stable per source name): `0 ..` [`SPREAD_MS`] ms.
+pub fn spread(source: &str) -> Duration {
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let h = source.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Duration::from_millis(h % SPREAD_MS)
+}
 /// The shortest wait between two collections of a source.
 const FLOOR: Duration = Duration::from_millis(250);
 
@@ -44,7 +57,8 @@ impl Scrapes {
     }
 
     /// How long a source whose collection ended at `now` after `took` waits for its next
-    /// one; `base` is `metrics_interval_ms`, the shortest cadence.
+    /// one; `base` is `metrics_interval_ms`, the shortest cadence. `took` counts the source's
+    /// [`spread`] too: the collection aims to end that much earlier.
     pub fn next_wait(&self, base: Duration, now: Instant, took: Duration) -> Duration {
         let (Some(last), Some(gap)) = (self.last, self.gap) else {
             // Never scraped, or once: the configured cadence until the scraper's is known,
@@ -91,12 +105,13 @@ impl Cadence {
         idle
     }
 
-    /// The wait after a collection that took `took` ([`Scrapes::next_wait`]).
-    pub fn next_wait(&self, base: Duration, took: Duration) -> Duration {
+    /// The wait after a collection of `source` that took `took` ([`Scrapes::next_wait`],
+    /// the source's [`spread`] added).
+    pub fn next_wait(&self, base: Duration, source: &str, took: Duration) -> Duration {
         self.scrapes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .next_wait(base, Instant::now(), took)
+            .next_wait(base, Instant::now(), took + spread(source))
     }
 
     /// Resolves when a scrape ends an idle spell.
@@ -120,6 +135,19 @@ mod tests {
     fn close(a: Instant, b: Instant) {
         let d = a.max(b).duration_since(a.min(b));
         assert!(d < Duration::from_micros(1), "{a:?} vs {b:?}");
+    }
+
+    #[test]
+    fn the_sources_spread_over_a_second_each_in_a_stable_place() {
+        let places: std::collections::BTreeSet<Duration> =
+            (0..50).map(|i| spread(&format!("member-{i}"))).collect();
+        assert!(places.iter().all(|p| *p < Duration::from_millis(SPREAD_MS)));
+        assert!(
+            places.len() > 40,
+            "fifty sources in {} places",
+            places.len()
+        );
+        assert_eq!(spread("member-7"), spread("member-7"));
     }
 
     #[tokio::test]

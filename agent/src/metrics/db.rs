@@ -289,7 +289,7 @@ impl Collector {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(t.member.clone(), c);
-            let wait = cadence.next_wait(interval, took);
+            let wait = cadence.next_wait(interval, &t.member, took);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

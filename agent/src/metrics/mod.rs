@@ -746,7 +746,7 @@ impl Exporter {
                 .collect_files()
                 .await
                 .map_or(Duration::ZERO, |r| r.took);
-            let wait = self.cadence.next_wait(interval, took);
+            let wait = self.cadence.next_wait(interval, "files", took);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -760,8 +760,6 @@ impl Exporter {
     /// collected: only copied here). Before the first file reading, the files are read now.
     pub async fn gather(self: &Arc<Self>) -> (Families, Vec<Arc<(model::Labels, Rendered)>>) {
         self.src.counters.scrapes.fetch_add(1, Ordering::Relaxed);
-        // The collections follow the scrapes; the first after an idle spell wakes them.
-        self.cadence.scraped();
         let inventory = self.inventory();
         let targets = self.db_targets(&inventory);
         let collected = self.collector.last(&targets);
@@ -825,7 +823,11 @@ impl Exporter {
         let mut all: Vec<&Rendered> = Vec::with_capacity(parts.len() + 1);
         all.push(&own);
         all.extend(parts.iter().map(|p| &p.1));
-        model::write(&all, format)
+        let body = model::write(&all, format);
+        // The collections follow the scrapes (decision 168); the first scrape after an idle
+        // spell wakes them once its own body is written, so their burst does not slow it.
+        self.cadence.scraped();
+        body
     }
 }
 

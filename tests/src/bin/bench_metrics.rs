@@ -2,7 +2,7 @@
 //! database containers (half MariaDB, half Redis), against Debian's `prometheus-mysqld-exporter`
 //! (one process per MariaDB, its 0.14 has no multi-target mode) plus one
 //! `prometheus-redis-exporter` (multi-target `/scrape?target=`) scraping the same databases
-//! with the same monitoring account. Prints scrape latency (median, p99), RSS and CPU seconds
+//! with the same monitoring account, plus one `prometheus-node-exporter` for the host. Prints scrape latency (median, p99), RSS and CPU seconds
 //! per scrape. Figures only: nothing here asserts on time.
 //!
 //! Idle CPU is measured twice: over the first `--settle-secs` after the members are ready and
@@ -11,10 +11,11 @@
 //!
 //! The agent collects on its scrapers' cadence and once a minute while nobody scrapes
 //! (decision 168): `--idle-scrape-secs N` scrapes every N s through settle and idle, as a
-//! Prometheus would, and the idle figures then include those scrapes; 0 (the default): none.
+//! Prometheus would (15 by default), and the idle figures then include those scrapes; 0:
+//! no scraper.
 //!
-//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 10` `--settle-secs 30`
-//! `--idle-scrape-secs 0`, and `--agents
+//! Options: `--containers 10,50` `--scrapes 100` `--idle-secs 60` `--settle-secs 30`
+//! `--idle-scrape-secs 15`, and `--agents
 //! NAME=PATH,NAME=PATH` to measure given `mofang-agent` binaries one after the other in the
 //! same run (side by side: before and after a change) instead of building this workspace's.
 
@@ -296,6 +297,18 @@ async fn run(
         .context("prometheus-redis-exporter (run scripts/setup)")?;
     exporter_pids.push(redis_exporter.id());
     procs.0.push(redis_exporter);
+    // The host's statistics, which the agent serves too under node_exporter's names: Debian's
+    // node exporter with its default collectors, scraped in every round.
+    let node_port = free_port()?;
+    let node_exporter = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{node_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("prometheus-node-exporter (run scripts/setup)")?;
+    exporter_pids.push(node_exporter.id());
+    procs.0.push(node_exporter);
+    exporter_urls.push(format!("http://127.0.0.1:{node_port}/metrics"));
     for a in &assignments {
         let Some(address) = addr(&a.member) else {
             continue;
@@ -343,7 +356,13 @@ async fn run(
             .iter()
             .filter(|b| {
                 b.as_ref()
-                    .is_ok_and(|b| b.lines().any(|l| l == "mysql_up 1" || l == "redis_up 1"))
+                    .is_ok_and(|b| {
+                        b.lines().any(|l| {
+                            l == "mysql_up 1"
+                                || l == "redis_up 1"
+                                || l.starts_with("node_exporter_build_info{")
+                        })
+                    })
             })
             .count();
         (t.elapsed().as_secs_f64() * 1000.0, ok)
@@ -411,9 +430,9 @@ async fn main() -> Result<()> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let scrapes: usize = arg("--scrapes", "100").parse().unwrap_or(100);
-    let idle = Duration::from_secs(arg("--idle-secs", "10").parse().unwrap_or(10));
+    let idle = Duration::from_secs(arg("--idle-secs", "60").parse().unwrap_or(60));
     let settle = Duration::from_secs(arg("--settle-secs", "30").parse().unwrap_or(30));
-    let idle_scrape = Duration::from_secs(arg("--idle-scrape-secs", "0").parse().unwrap_or(0));
+    let idle_scrape = Duration::from_secs(arg("--idle-scrape-secs", "15").parse().unwrap_or(15));
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let given: Vec<(String, PathBuf)> = arg("--agents", "")
@@ -432,7 +451,7 @@ async fn main() -> Result<()> {
         given
     };
     println!(
-        "mofang metrics benchmark: agent /metrics vs prometheus-mysqld-exporter + prometheus-redis-exporter, {scrapes} scrapes each"
+        "mofang metrics benchmark: agent /metrics vs prometheus-mysqld-exporter + prometheus-redis-exporter + prometheus-node-exporter, {scrapes} scrapes each"
     );
     println!(
         "machine: {} cores; agent: release build; containers: half MariaDB 10.11, half Redis 7.0, on a Docker bridge network",
