@@ -26,7 +26,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use mofang_common::proto::{Assignment, DesiredState, MemberStatus};
 use mofang_common::seed::{SeedKeys, PROOF_HEADER};
-use mofang_common::Role;
+use mofang_common::{error_chain, Role};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -307,7 +307,7 @@ pub async fn fetch(
         .header(PROOF_HEADER, keys.proof(at))
         .send()
         .await
-        .map_err(|e| format!("asking {} for a copy: {}", a.seed_agent, causes(&e)))?;
+        .map_err(|e| format!("asking {} for a copy: {}", a.seed_agent, error_chain(&e)))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -326,7 +326,7 @@ pub async fn fetch(
                 Ok(Some(c)) => Some((Ok(c), Some(resp))),
                 Ok(None) => None,
                 Err(e) => Some((
-                    Err(format!("reading the copy from {from}: {}", causes(&e))),
+                    Err(format!("reading the copy from {from}: {}", error_chain(&e))),
                     None,
                 )),
             }
@@ -340,18 +340,6 @@ pub async fn fetch(
         body,
         progress,
     )
-}
-
-/// An error with its causes (reqwest's own text leaves out why a connection failed).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -217,7 +217,8 @@ pub fn check_files(cfg: &AgentConfig) -> Result<(), ConfigError> {
         return Ok(());
     }
     let ca = cfg.tls.ca_file.clone().unwrap_or_default();
-    mofang_common::tls::read_roots(&ca).map_err(|e| invalid("tls.ca_file", chain(&e)))?;
+    mofang_common::tls::read_roots(&ca)
+        .map_err(|e| invalid("tls.ca_file", mofang_common::error_chain(&e)))?;
     let (cert, key) = (cfg.cert_path(), cfg.key_path());
     if !cert.exists() {
         if cfg.tls.join_token.is_some() {
@@ -274,17 +275,6 @@ pub fn check_files(cfg: &AgentConfig) -> Result<(), ConfigError> {
         )),
         Err(e) => Err(invalid("tls.cert_file", format!("{}: {e}", cert.display()))),
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

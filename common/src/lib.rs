@@ -35,3 +35,34 @@ pub const FOLLOWER_METADATA: &str = "x-mofang-follower";
 pub mod proto {
     tonic::include_proto!("mofang.v1");
 }
+
+/// An error with its sources on one line, `a: b: c` (most errors' own text leaves out why:
+/// a failed connection's reason sits in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[test]
+    fn an_error_shows_its_sources_in_order() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(super::error_chain(&outer), "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("asking the donor")]
+        struct Ask(#[source] std::io::Error);
+        let e = Ask(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ));
+        assert_eq!(super::error_chain(&e), "asking the donor: refused");
+    }
+}

@@ -209,12 +209,10 @@ pub fn explain_send_error(e: &reqwest::Error, addr: &str, has_ca: bool) -> Strin
         }
         src = err.source();
     }
-    let mut text = format!("cannot reach the scheduler at {addr}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        text.push_str(&format!(": {inner}"));
-        src = inner.source();
-    }
+    let mut text = format!(
+        "cannot reach the scheduler at {addr}: {}",
+        mofang_common::error_chain(e)
+    );
     // The rustls error can sit inside an io::Error the chain skips (io::Error's source is
     // its inner error's source): read its text.
     if let Some((_, why)) = text.split_once("invalid peer certificate: ") {

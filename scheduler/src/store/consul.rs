@@ -71,19 +71,7 @@ fn transient(e: &consul::Error) -> bool {
 }
 
 fn backend(what: &str, e: &consul::Error) -> Error {
-    Error::Backend(format!("consul {what}: {}", error_chain(e)))
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    Error::Backend(format!("consul {what}: {}", mofang_common::error_chain(e)))
 }
 
 /// Whether a transaction error says a check-and-set condition did not hold (Consul 1.8's

@@ -270,19 +270,7 @@ fn tls_error(paths: &Paths, e: mofang_common::tls::Error) -> ConfigError {
         }
         E::Rustls { .. } => "tls.key_file",
     };
-    invalid(field, error_chain(&e))
-}
-
-/// An error with its sources, `a: b: c`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+    invalid(field, mofang_common::error_chain(&e))
 }
 
 fn load(paths: &Paths) -> Result<Material, ConfigError> {

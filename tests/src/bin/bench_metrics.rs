@@ -355,14 +355,13 @@ async fn run(
         let ok = bodies
             .iter()
             .filter(|b| {
-                b.as_ref()
-                    .is_ok_and(|b| {
-                        b.lines().any(|l| {
-                            l == "mysql_up 1"
-                                || l == "redis_up 1"
-                                || l.starts_with("node_exporter_build_info{")
-                        })
+                b.as_ref().is_ok_and(|b| {
+                    b.lines().any(|l| {
+                        l == "mysql_up 1"
+                            || l == "redis_up 1"
+                            || l.starts_with("node_exporter_build_info{")
                     })
+                })
             })
             .count();
         (t.elapsed().as_secs_f64() * 1000.0, ok)
