@@ -157,6 +157,11 @@ impl Drop for Busy {
     }
 }
 
+/// A JSON answer `{"error": why}` with `status`.
+fn refusal(status: StatusCode, why: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
+}
+
 fn now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -189,7 +194,7 @@ async fn serve(
         Ok(k) => k,
         Err((status, why)) => {
             warn!(donor = %donor, member = %q.member, status = status.as_u16(), why = %why, "seed copy refused");
-            return (status, axum::Json(serde_json::json!({ "error": why }))).into_response();
+            return refusal(status, why);
         }
     };
     if !d
@@ -198,12 +203,10 @@ async fn serve(
         .unwrap_or_else(PoisonError::into_inner)
         .insert(donor.clone())
     {
-        let why = format!("member {donor} is serving a copy already");
-        return (
+        return refusal(
             StatusCode::CONFLICT,
-            axum::Json(serde_json::json!({ "error": why })),
-        )
-            .into_response();
+            format!("member {donor} is serving a copy already"),
+        );
     }
     let busy = Busy {
         donor: donor.clone(),
@@ -217,11 +220,7 @@ async fn serve(
         Err(e) => {
             let why = format!("mariadb-backup in {container}: {e}");
             warn!(donor = %donor, member = %q.member, error = %why, "seed copy failed to start");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(serde_json::json!({ "error": why })),
-            )
-                .into_response();
+            return refusal(StatusCode::INTERNAL_SERVER_ERROR, why);
         }
     };
     let (output, outcome) = with_verdict(exec, &argv);
@@ -254,13 +253,7 @@ async fn serve(
     };
     let sealed = match sealed_stream(input, zstd, encrypt) {
         Ok(s) => s,
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(serde_json::json!({ "error": e.to_string() })),
-            )
-                .into_response()
-        }
+        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     info!(donor = %donor, member = %q.member, "serving a physical copy");
     let (member, shown) = (q.member.clone(), donor.clone());

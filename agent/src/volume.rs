@@ -174,6 +174,16 @@ pub struct Volume {
     pub quota_enforced: bool,
 }
 
+impl Volume {
+    /// Whether the directory holds nothing yet (a fresh volume, or one a rebuild or a failed
+    /// copy emptied); an unreadable one counts as holding data, which is never wiped.
+    pub fn is_fresh(&self) -> bool {
+        std::fs::read_dir(&self.path)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+    }
+}
+
 /// One disk as reported to the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskReport {

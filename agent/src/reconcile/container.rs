@@ -56,9 +56,7 @@ pub(super) async fn present(
         return Ok(Step::Stop(action));
     }
     // A replica on a fresh volume copies a snapshot of its primary first.
-    let fresh = std::fs::read_dir(&vol.path)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
+    let fresh = vol.is_fresh();
     if fresh && m.role.role() == Role::Replica && !st.needs_seed {
         st.needs_seed = true;
         sh.state.save_member(member, st)?;

@@ -49,9 +49,7 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
     if m.role.role() != want || st.restored_from.as_deref() == Some(src.backup.as_str()) {
         return Ok(Step::Next(()));
     }
-    let fresh = std::fs::read_dir(&vol.path)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
+    let fresh = vol.is_fresh();
     if !fresh && st.restore_attempt.as_deref() != Some(src.backup.as_str()) {
         // Data this agent did not restore (the member ran before): never wiped.
         return Ok(Step::Next(()));

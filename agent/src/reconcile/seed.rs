@@ -49,9 +49,7 @@ pub(super) fn copy_due(
 /// Copies the donor into the volume when [`copy_due`] says so.
 pub(super) async fn copy(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> Result<Step<()>> {
     let (sh, a, member) = (m.sh, m.a, m.name());
-    let fresh = std::fs::read_dir(&vol.path)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
+    let fresh = vol.is_fresh();
     let Some(key) = copy_due(a, m.role.role(), st, fresh) else {
         return Ok(Step::Next(()));
     };
