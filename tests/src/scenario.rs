@@ -776,6 +776,19 @@ pub fn container_of(member: &str) -> String {
     format!("mofang-{member}")
 }
 
+/// SQL as a MariaDB member's admin, through its container's client (`-N`: no column names).
+pub fn admin_sql(member: &str, query: &str) -> Result<String> {
+    docker_cli(&[
+        "exec",
+        &container_of(member),
+        "mariadb",
+        "--defaults-extra-file=/etc/mofang/client.cnf",
+        "-N",
+        "-e",
+        query,
+    ])
+}
+
 /// Nearest-rank percentile (`p` in 0..=1) of sorted samples; zero for none.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Context, Result};
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{container_of, docker_cli, Env};
+use mofang_tests::scenario::{admin_sql as sql, container_of, docker_cli, Env};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -245,19 +245,6 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
     let (status, _) = env.call(Method::GET, "/v1/backup-repos/main", None).await?;
     ensure!(status == StatusCode::NOT_FOUND, "{status}");
     Ok(())
-}
-
-/// SQL through the client inside a member's container, as `mofang_admin`.
-fn sql(member: &str, query: &str) -> Result<String> {
-    docker_cli(&[
-        "exec",
-        &container_of(member),
-        "mariadb",
-        "--defaults-extra-file=/etc/mofang/client.cnf",
-        "-N",
-        "-e",
-        query,
-    ])
 }
 
 /// `mariadb-backup --backup --stream=mbstream` run in a replica's own container, its output

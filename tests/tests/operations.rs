@@ -318,15 +318,10 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
 /// `mariadb-backup` runs `BACKUP STAGE` (5 a copy, measured on MariaDB 10.11); the logical
 /// copy's `mariadb-dump --databases` asks `SHOW CREATE DATABASE` for each database.
 fn copies(member: &str) -> Result<(u64, u64)> {
-    let out = docker_cli(&[
-        "exec",
-        &container_of(member),
-        "mariadb",
-        "--defaults-extra-file=/etc/mofang/client.cnf",
-        "-N",
-        "-e",
+    let out = mofang_tests::scenario::admin_sql(
+        member,
         "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_backup', 'Com_show_create_db')",
-    ])?;
+    )?;
     let mut v = out.split_whitespace().skip(1).step_by(2);
     let mut next = || -> Result<u64> { Ok(v.next().context("a counter")?.parse()?) };
     Ok((next()?, next()?))

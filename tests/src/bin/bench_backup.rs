@@ -34,7 +34,7 @@ use mofang_scheduler::cluster::InstanceView;
 use mofang_scheduler::model::{InstanceSpec, Resources, RestoreRequest};
 use mofang_tests::cluster::Timings;
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{container_of, docker_cli, loadavg, mysql, percentile, Env};
+use mofang_tests::scenario::{admin_sql, container_of, loadavg, mysql, percentile, Env};
 use mysql_async::prelude::Queryable;
 use object_store::{ObjectStore, WriteMultipart};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,19 +58,6 @@ fn zstd_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().min(4))
         .unwrap_or(1)
-}
-
-/// SQL as the member's admin, through its container's client.
-fn admin_sql(member: &str, query: &str) -> Result<String> {
-    docker_cli(&[
-        "exec",
-        &container_of(member),
-        "mariadb",
-        "--defaults-extra-file=/etc/mofang/client.cnf",
-        "-N",
-        "-e",
-        query,
-    ])
 }
 
 fn member(inst: &InstanceView, role: &str) -> Result<(String, String)> {
