@@ -5,6 +5,10 @@ use crate::cluster::{AgentProcess, SchedulerProcess, TestNetwork, Timings};
 use crate::faults::Link;
 use crate::{docker, eventually, unique_name};
 use anyhow::{bail, Context, Result};
+use mofang_scheduler::client::{LogRange, NewOperation};
+use mofang_scheduler::cluster::{InstanceView, MemberView};
+use mofang_scheduler::model::Event;
+use mofang_scheduler::ops::Operation;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -296,7 +300,33 @@ impl Env {
             }
         })
         .await;
-        if let Err(e) = &r {
+        self.report_not_ready(name, &r);
+        r
+    }
+
+    /// The instance as the API shows it, through the typed client.
+    pub async fn instance(&self, name: &str) -> Result<InstanceView> {
+        Ok(self.client().instance(name).await?)
+    }
+
+    /// Waits up to 120 s until the instance is `ready`; on failure prints why and the
+    /// agents' logs.
+    pub async fn ready(&self, name: &str) -> Result<InstanceView> {
+        let r = eventually("instance ready", Duration::from_secs(120), || async {
+            let v = self.instance(name).await?;
+            if v.status == "ready" {
+                Ok(v)
+            } else {
+                bail!("{}", serde_json::to_string(&v)?)
+            }
+        })
+        .await;
+        self.report_not_ready(name, &r);
+        r
+    }
+
+    fn report_not_ready<T>(&self, name: &str, r: &Result<T>) {
+        if let Err(e) = r {
             // The reason first: CI keeps the head and the tail of a failure's output, and the
             // agents' logs in between are long.
             eprintln!("---- {name} not ready ----\n{e:#}");
@@ -310,7 +340,6 @@ impl Env {
                 eprintln!("---- {} ----\n{}", a.node, kept.join("\n"));
             }
         }
-        r
     }
 }
 
@@ -734,6 +763,80 @@ impl Env {
         .await
     }
 
+    /// Creates an instance from [`instance_spec`] through the typed client and waits until
+    /// it is ready.
+    pub async fn create(&self, name: &str, engine: &str, replicas: u32) -> Result<InstanceView> {
+        self.client()
+            .create_instance(&instance_spec(name, engine, replicas)?)
+            .await
+            .with_context(|| format!("create {name}"))?;
+        self.ready(name).await
+    }
+
+    /// The agent (index) running `member` of the instance.
+    pub fn agent_running(&self, inst: &InstanceView, member: &str) -> Result<usize> {
+        let node = &inst
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .with_context(|| format!("no member {member}"))?
+            .node;
+        self.agents
+            .iter()
+            .position(|a| &a.node == node)
+            .with_context(|| format!("no agent on node {node}"))
+    }
+
+    /// An instance's events, oldest first.
+    pub async fn instance_events(&self, name: &str) -> Result<Vec<Event>> {
+        Ok(self
+            .client()
+            .events(Some(name), LogRange::default())
+            .await?)
+    }
+
+    /// Starts `op` on instance `name` through the typed client and waits up to `limit` for
+    /// it to end (succeeded, failed or cancelled); returns it as it ended.
+    pub async fn run_operation(
+        &self,
+        name: &str,
+        op: &NewOperation,
+        limit: Duration,
+    ) -> Result<Operation> {
+        let c = self.client();
+        let started = c.start_operation(name, op).await?;
+        let id = started.id;
+        eventually("the operation ended", limit, || async {
+            let o = c.operation(&id).await?;
+            if o.state.is_terminal() {
+                Ok(o)
+            } else {
+                bail!("{}", serde_json::to_string(&o)?)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the instance has a new healthy primary at an epoch above `epoch`
+    /// (typed: [`Env::wait_new_primary`]).
+    pub async fn new_primary(
+        &self,
+        name: &str,
+        epoch: u64,
+        limit: Duration,
+    ) -> Result<InstanceView> {
+        eventually("new primary", limit, || async {
+            let v = self.instance(name).await?;
+            let p = primary_of(&v)?;
+            if v.epoch > epoch && p.healthy && p.epoch == v.epoch && p.observed_role == "primary" {
+                Ok(v)
+            } else {
+                bail!("epoch {} primary {p:?}", v.epoch)
+            }
+        })
+        .await
+    }
+
     /// Waits until the instance has a new healthy primary at an epoch above `epoch`.
     pub async fn wait_new_primary(&self, name: &str, epoch: u64, limit: Duration) -> Result<Value> {
         eventually("new primary", limit, || async {
@@ -751,6 +854,14 @@ impl Env {
         })
         .await
     }
+}
+
+/// The member whose desired role is primary.
+pub fn primary_of(inst: &InstanceView) -> Result<&MemberView> {
+    inst.members
+        .iter()
+        .find(|m| m.role == "primary")
+        .with_context(|| format!("{}: no primary member", inst.name))
 }
 
 /// `docker` CLI, failing with its stderr.

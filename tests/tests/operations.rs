@@ -2,35 +2,90 @@
 //! the Jepsen set writer of `tests/src/scenario.rs`.
 
 use anyhow::{bail, Context, Result};
-use mofang_tests::scenario::{container_of, docker_cli, set_contents, Env, SetWriter};
+use mofang_scheduler::client::{self, InstancePatch, LogRange, NewOperation};
+use mofang_scheduler::cluster::InstanceView;
+use mofang_scheduler::model::{Event, Resources};
+use mofang_scheduler::ops::batch::Batch;
+use mofang_scheduler::ops::drift::{Drift, ParamState, ParameterValue, ParametersView};
+use mofang_scheduler::ops::{OpKind, OpState, OpStep, Operation, StepAction, StepState};
+use mofang_tests::scenario::{
+    container_of, docker_cli, instance_spec, primary_of, set_contents, Env, SetWriter,
+};
 use mofang_tests::{eventually, unique_name};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n";
 
 /// When each member's container last started (`docker inspect`).
-fn started_at(inst: &Value) -> Result<BTreeMap<String, String>> {
+fn started_at(inst: &InstanceView) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for m in inst["members"].as_array().context("members")? {
-        let id = m["id"].as_str().context("id")?.to_owned();
-        let at = docker_cli(&["inspect", "-f", "{{.State.StartedAt}}", &container_of(&id)])?;
-        out.insert(id, at);
+    for m in &inst.members {
+        let at = docker_cli(&[
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}}",
+            &container_of(&m.id),
+        ])?;
+        out.insert(m.id.clone(), at);
     }
     Ok(out)
 }
 
 /// Waits until operation `id` has ended (succeeded, failed or cancelled); returns it.
-async fn operation_ended(env: &Env, id: &str, limit: Duration) -> Result<Value> {
+async fn operation_ended(env: &Env, id: &str, limit: Duration) -> Result<Operation> {
+    let c = env.client();
     eventually("operation ended", limit, || async {
-        let v = env.get(&format!("/v1/operations/{id}")).await?;
-        match v["state"].as_str() {
-            Some("succeeded" | "failed" | "cancelled") => Ok(v),
-            _ => bail!("{v}"),
+        let v = c.operation(id).await?;
+        if v.state.is_terminal() {
+            Ok(v)
+        } else {
+            bail!("{v:?}")
         }
     })
     .await
+}
+
+/// The refusal a call was expected to end with; an error if it was accepted.
+fn refusal<T: std::fmt::Debug>(r: client::Result<T>) -> Result<client::Error> {
+    match r {
+        Ok(v) => bail!("accepted: {v:?}"),
+        Err(e) => Ok(e),
+    }
+}
+
+/// What the scheduler said of a refusal (the API's `error.message`); empty for any other
+/// failure.
+fn message(e: &client::Error) -> &str {
+    match e {
+        client::Error::Api { message, .. } => message,
+        _ => "",
+    }
+}
+
+/// The labels of a PATCH that sets each of `pairs`.
+fn set_labels(pairs: &[(&str, &str)]) -> InstancePatch {
+    InstancePatch {
+        labels: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Some((*v).to_owned())))
+            .collect(),
+        ..InstancePatch::default()
+    }
+}
+
+/// A `reconfigure` with `settings` as JSON values.
+fn reconfigure_op(settings: &[(&str, serde_json::Value)]) -> NewOperation {
+    NewOperation {
+        settings: Some(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        ),
+        ..NewOperation::new(OpKind::Reconfigure)
+    }
 }
 
 /// A rolling restart of MariaDB 1 + 2 under the set writer, with the scheduler `kill -9`ed
@@ -41,12 +96,9 @@ async fn operation_ended(env: &Env, id: &str, limit: Duration) -> Result<Value> 
 async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothing() -> Result<()> {
     let mut env = Env::start_with(3, FAST).await?;
     let name = unique_name("rr");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let old_primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let old_primary = primary_of(&inst)?.id.clone();
     let before = started_at(&inst)?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(200, Duration::from_secs(60)).await?;
@@ -64,61 +116,35 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    let id = op["id"].as_str().context("operation id")?.to_owned();
-    assert_eq!(op["state"], "running", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    let id = op.id.clone();
+    assert_eq!(op.state, OpState::Running, "{op:?}");
 
     // One at a time.
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "restart"})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "operation_running", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&id),
-        "{body}"
-    );
+    let c = env.client();
+    let err = refusal(
+        c.start_operation(&name, &NewOperation::new(OpKind::Restart))
+            .await,
+    )?;
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(err.code(), Some("operation_running"), "{err}");
+    assert!(message(&err).contains(&id), "{err}");
 
     // The scheduler dies once the first replica's restart is done.
     eventually("a first step done", Duration::from_secs(120), || async {
-        let v = env.get(&format!("/v1/operations/{id}")).await?;
-        let done = v["steps"]
-            .as_array()
-            .is_some_and(|st| st.iter().any(|s| s["state"] == "done"));
-        if done {
+        let v = c.operation(&id).await?;
+        if v.steps.iter().any(|s| s.state == StepState::Done) {
             Ok(())
         } else {
-            bail!("{v}")
+            bail!("{v:?}")
         }
     })
     .await?;
     env.sched.restart()?;
 
     let v = operation_ended(&env, &id, Duration::from_secs(300)).await?;
-    assert_eq!(v["state"], "succeeded", "{v}");
-    let steps: Vec<String> = v["steps"]
-        .as_array()
-        .context("steps")?
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {} {}",
-                s["action"].as_str().unwrap_or_default(),
-                s["member"]
-                    .as_str()
-                    .or(s["from"].as_str())
-                    .unwrap_or_default(),
-                s["state"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
+    assert_eq!(v.state, OpState::Succeeded, "{v:?}");
+    let steps = step_lines(&v);
     assert_eq!(steps.len(), 4, "{steps:?}");
     assert!(
         steps[0].starts_with("restart ") && steps[1].starts_with("restart "),
@@ -138,19 +164,10 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
         .wait_acked(acked + 200, Duration::from_secs(60))
         .await?;
     let outcome = writer.stop().await?;
-    let now = env.wait_instance_ready(&name).await?;
-    let primary = Env::primary_member(&now)?;
-    assert_ne!(
-        primary["id"],
-        old_primary.as_str(),
-        "the primary moved: {now}"
-    );
-    let present = set_contents(
-        "mariadb",
-        primary["address"].as_str().context("address")?,
-        &pw,
-    )
-    .await?;
+    let now = env.ready(&name).await?;
+    let primary = primary_of(&now)?;
+    assert_ne!(primary.id, old_primary, "the primary moved: {now:?}");
+    let present = set_contents("mariadb", &primary.address, &pw).await?;
     eprintln!(
         "rolling restart: acknowledged {}, lost {}, longest write outage {:?}",
         outcome.acked.len(),
@@ -169,21 +186,25 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
     for (m, at) in &before {
         assert_ne!(after.get(m), Some(at), "{m} was not restarted");
     }
-    let kinds: Vec<String> = env
-        .events(&name)
-        .await?
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-        .collect();
+    let kinds = event_kinds(&env.instance_events(&name).await?);
     assert!(kinds.iter().any(|k| k == "operation_started"), "{kinds:?}");
     assert!(
         kinds.iter().any(|k| k == "operation_succeeded"),
         "{kinds:?}"
     );
     // The operation is listed with the instance.
-    let list = env.get(&format!("/v1/instances/{name}/operations")).await?;
-    assert_eq!(list[0]["id"], id.as_str(), "{list}");
+    let list = env.client().operations(&name).await?;
+    assert_eq!(
+        list.first().map(|o| o.id.as_str()),
+        Some(id.as_str()),
+        "{list:?}"
+    );
     Ok(())
+}
+
+/// The kinds of `events`, in order.
+fn event_kinds(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.kind.clone()).collect()
 }
 
 /// Stop and start as operations, on Redis 1 + 1: a stopped instance's containers stop, its
@@ -194,47 +215,29 @@ async fn rolling_restart_under_writes_survives_a_scheduler_kill_and_loses_nothin
 async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("ss");
-    let inst = env.create_ready(&name, "redis", 1).await?;
+    let inst = env.create(&name, "redis", 1).await?;
     let pw = env.app_password(&name).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let primary = primary_of(&inst)?.id.clone();
     let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
     writer.wait_acked(200, Duration::from_secs(60)).await?;
     let outcome = writer.stop().await?;
 
     // Labels: set by PATCH, selected by the list.
-    let (s, body) = env
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/instances/{name}"),
-            Some(json!({"labels": {"team": "pay", "env": "prod"}})),
-        )
-        .await?;
-    assert!(s.is_success(), "{body}");
-    let names = |v: Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["name"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let hit = names(
-        env.get("/v1/instances?selector=team%3Dpay%2Cenv%3Dprod")
-            .await?,
-    );
+    let c = env.client();
+    c.patch_instance(&name, &set_labels(&[("team", "pay"), ("env", "prod")]))
+        .await
+        .context("PATCH labels")?;
+    let names = |v: Vec<InstanceView>| -> Vec<String> { v.into_iter().map(|i| i.name).collect() };
+    let hit = names(c.instances(Some("team=pay,env=prod")).await?);
     assert!(hit.contains(&name), "{hit:?}");
-    let miss = names(env.get("/v1/instances?selector=team%3Dops").await?);
+    let miss = names(c.instances(Some("team=ops")).await?);
     assert!(!miss.contains(&name), "{miss:?}");
-    let (s, body) = env
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/instances/{name}"),
-            Some(json!({"labels": {"bad key": "x"}})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let err = refusal(
+        c.patch_instance(&name, &set_labels(&[("bad key", "x")]))
+            .await,
+    )?;
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert_eq!(err.code(), Some("invalid"), "{err}");
 
     let cli = |args: &[&str]| {
         let mut cmd = tokio::process::Command::new(
@@ -254,25 +257,22 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    for m in inst["members"].as_array().context("members")? {
-        let id = m["id"].as_str().context("id")?;
+    for m in &inst.members {
+        let id = &m.id;
         let running = docker_cli(&["inspect", "-f", "{{.State.Running}}", &container_of(id)])?;
         assert_eq!(running, "false", "{id} still runs");
     }
     // Longer than the lease and the failover detection: still nothing failed over.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["status"], "stopped", "{v}");
-    assert_eq!(v["epoch"], inst["epoch"], "failed over while stopped: {v}");
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "restart"})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "instance_not_ready", "{body}");
+    let v = c.instance(&name).await?;
+    assert_eq!(v.status, "stopped", "{v:?}");
+    assert_eq!(v.epoch, inst.epoch, "failed over while stopped: {v:?}");
+    let err = refusal(
+        c.start_operation(&name, &NewOperation::new(OpKind::Restart))
+            .await,
+    )?;
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(err.code(), Some("instance_not_ready"), "{err}");
 
     let out = cli(&["instance", "start", &name, "--wait"]).await?;
     if !out.status.success() {
@@ -281,22 +281,17 @@ async fn a_stopped_instance_is_never_failed_over_and_starts_with_its_data() -> R
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["epoch"], inst["epoch"], "{v}");
-    let now = Env::primary_member(&v)?;
-    assert_eq!(now["id"], primary.as_str(), "{v}");
-    let present = set_contents("redis", now["address"].as_str().context("address")?, &pw).await?;
+    let v = env.ready(&name).await?;
+    assert_eq!(v.epoch, inst.epoch, "{v:?}");
+    let now = primary_of(&v)?;
+    assert_eq!(now.id, primary, "{v:?}");
+    let present = set_contents("redis", &now.address, &pw).await?;
     assert!(
         outcome.lost(&present).is_empty(),
         "lost across stop and start: {:?}",
         outcome.lost(&present)
     );
-    let kinds: Vec<String> = env
-        .events(&name)
-        .await?
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-        .collect();
+    let kinds = event_kinds(&env.instance_events(&name).await?);
     assert!(
         !kinds.iter().any(|k| k.starts_with("failover")),
         "{kinds:?}"
@@ -332,13 +327,11 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     use mysql_async::prelude::Queryable;
     let env = Env::start_with(4, FAST).await?;
     let name = unique_name("rb");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let primary = Env::primary_member(&inst)?;
+    let primary = primary_of(&inst)?;
     {
-        let mut c =
-            mofang_tests::scenario::mysql(primary["address"].as_str().context("addr")?, &pw)
-                .await?;
+        let mut c = mofang_tests::scenario::mysql(&primary.address, &pw).await?;
         c.query_drop("CREATE TABLE kept (id INT PRIMARY KEY)")
             .await?;
         for i in 0..100 {
@@ -347,15 +340,11 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     }
     // Cancel: a rolling restart cancelled at once stops at its next safe point (the restart
     // under way finishes), ends `cancelled`, and leaves the instance whole.
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "restart"})),
-        )
+    let api = env.client();
+    let op = api
+        .start_operation(&name, &NewOperation::new(OpKind::Restart))
         .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let op_id = op["id"].as_str().context("id")?.to_owned();
+    let op_id = op.id.clone();
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .args(["operation", "cancel", &op_id])
         .envs(env.sched.cli_env())
@@ -368,39 +357,35 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
         String::from_utf8_lossy(&out.stderr)
     );
     let cancelled = operation_ended(&env, &op_id, Duration::from_secs(120)).await?;
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    let steps = cancelled["steps"].as_array().context("steps")?;
-    assert!(steps.len() <= 1, "{cancelled}");
-    assert!(steps.iter().all(|s| s["state"] == "done"), "{cancelled}");
-    let inst = env.wait_instance_ready(&name).await?;
+    assert_eq!(cancelled.state, OpState::Cancelled, "{cancelled:?}");
+    let steps = &cancelled.steps;
+    assert!(steps.len() <= 1, "{cancelled:?}");
+    assert!(
+        steps.iter().all(|s| s.state == StepState::Done),
+        "{cancelled:?}"
+    );
+    let inst = env.ready(&name).await?;
 
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
+    let replica = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
         .context("a replica")?;
-    let id = replica["id"].as_str().context("id")?.to_owned();
+    let id = replica.id.clone();
     let before = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&id)])?;
-    let donor_before = inst["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["role"] == "replica" && m["id"] != id.as_str())
-        .filter_map(|m| {
-            Some((
-                m["id"].as_str()?.to_owned(),
-                copies(m["id"].as_str()?).ok()?,
-            ))
-        })
+    let donor_before = inst
+        .members
+        .iter()
+        .filter(|m| m.role == "replica" && m.id != id)
+        .filter_map(|m| Some((m.id.clone(), copies(&m.id).ok()?)))
         .collect::<BTreeMap<_, _>>();
 
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "rebuild"})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let err = refusal(
+        api.start_operation(&name, &NewOperation::new(OpKind::Rebuild))
+            .await,
+    )?;
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert_eq!(err.code(), Some("invalid"), "{err}");
 
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .args(["--json", "instance", "rebuild", &name, &id, "--wait"])
@@ -414,35 +399,32 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let after = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&id)])?;
     assert_ne!(before, after, "the same container: not rebuilt");
-    let v = env.wait_instance_ready(&name).await?;
-    let m = v["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["id"] == id.as_str()))
+    let v = env.ready(&name).await?;
+    let m = v
+        .members
+        .iter()
+        .find(|m| m.id == id)
         .context("the rebuilt member")?;
-    let mut c = mofang_tests::scenario::mysql(m["address"].as_str().context("addr")?, &pw).await?;
+    let mut c = mofang_tests::scenario::mysql(&m.address, &pw).await?;
     let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
     assert_eq!(n, Some(100), "rows on the rebuilt replica");
     drop(c);
     // Seeded from the other replica, not the primary (the step's event names the donor).
-    let other = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["role"] == "replica" && m["id"] != id.as_str())
-        .and_then(|m| m["id"].as_str())
-        .context("the other replica")?
-        .to_owned();
+    let other = v
+        .members
+        .iter()
+        .find(|m| m.role == "replica" && m.id != id)
+        .map(|m| m.id.clone())
+        .context("the other replica")?;
     let seeded_from =
         format!("rebuilding {id} (container and volume removed, seeded again from {other})");
-    let events = env.events(&name).await?;
+    let events = env.instance_events(&name).await?;
     assert!(
-        events.iter().any(|e| e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(&seeded_from))),
+        events.iter().any(|e| e.message.contains(&seeded_from)),
         "no event {seeded_from:?}"
     );
     // ... as a physical copy (decision 167): mariadb-backup ran there, no dump.
@@ -453,51 +435,50 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     );
 
     // A switchover as an operation, to the rebuilt member.
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "switchover", "member": id})),
+    let op = api
+        .start_operation(
+            &name,
+            &NewOperation {
+                member: Some(id.clone()),
+                ..NewOperation::new(OpKind::Switchover)
+            },
         )
         .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let op_id = op["id"].as_str().context("id")?.to_owned();
-    let done = operation_ended(&env, &op_id, Duration::from_secs(120)).await?;
-    assert_eq!(done["state"], "succeeded", "{done}");
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(Env::primary_member(&v)?["id"], id.as_str(), "{v}");
+    let done = operation_ended(&env, &op.id, Duration::from_secs(120)).await?;
+    assert_eq!(done.state, OpState::Succeeded, "{done:?}");
+    let v = env.ready(&name).await?;
+    assert_eq!(primary_of(&v)?.id, id, "{v:?}");
 
     // The other replica rebuilt on the node that has no member (`--node`).
-    let node_of = |v: &Value, m: &str| -> Result<String> {
-        v["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|x| x["id"] == m))
-            .and_then(|x| x["node"].as_str())
-            .map(str::to_owned)
+    let node_of = |v: &InstanceView, m: &str| -> Result<String> {
+        v.members
+            .iter()
+            .find(|x| x.id == m)
+            .map(|x| x.node.clone())
             .context("member's node")
     };
     let from = node_of(&v, &other)?;
-    let taken: Vec<String> = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["node"].as_str().map(str::to_owned))
-        .collect();
+    let taken: Vec<String> = v.members.iter().map(|m| m.node.clone()).collect();
     let free = env
         .agents
         .iter()
         .map(|a| a.node.clone())
         .find(|n| !taken.contains(n))
         .context("a node without a member")?;
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "rebuild", "member": other, "node": node_of(&v, &id)?})),
+    let err = refusal(
+        api.start_operation(
+            &name,
+            &NewOperation {
+                member: Some(other.clone()),
+                node: Some(node_of(&v, &id)?),
+                ..NewOperation::new(OpKind::Rebuild)
+            },
         )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body.to_string().contains("node"), "{body}");
+        .await,
+    )?;
+    assert_eq!(err.status(), Some(422), "{err}");
+    assert_eq!(err.code(), Some("invalid"), "{err}");
+    assert!(message(&err).contains("node"), "{err}");
     let before = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&other)])?;
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .args([
@@ -513,11 +494,11 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
-    assert_eq!(op["node"], free.as_str(), "{op}");
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(node_of(&v, &other)?, free, "{v}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+    assert_eq!(op.node.as_deref(), Some(free.as_str()), "{op:?}");
+    let v = env.ready(&name).await?;
+    assert_eq!(node_of(&v, &other)?, free, "{v:?}");
     let after = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&other)])?;
     assert_ne!(before, after, "the same container: not moved");
     let labels = docker_cli(&[
@@ -527,20 +508,19 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
         &container_of(&other),
     ])?;
     assert_eq!(labels.trim(), free, "the container is the new node's");
-    let m = v["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["id"] == other.as_str()))
+    let m = v
+        .members
+        .iter()
+        .find(|m| m.id == other)
         .context("the moved member")?;
-    let mut c = mofang_tests::scenario::mysql(m["address"].as_str().context("addr")?, &pw).await?;
+    let mut c = mofang_tests::scenario::mysql(&m.address, &pw).await?;
     let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM kept").await?;
     assert_eq!(n, Some(100), "rows on the moved replica");
     drop(c);
-    let events = env.events(&name).await?;
+    let events = env.instance_events(&name).await?;
     let moved = format!("rebuilding {other} on {free} (moved from {from})");
     assert!(
-        events
-            .iter()
-            .any(|e| e["message"].as_str().is_some_and(|m| m.contains(&moved))),
+        events.iter().any(|e| e.message.contains(&moved)),
         "no event {moved:?}"
     );
     Ok(())
@@ -552,19 +532,15 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
+    let c = env.client();
     let tag = unique_name("b");
     let mut names = Vec::new();
     for i in 0..4 {
         let name = format!("{tag}-{i}");
-        env.create_ready(&name, "redis", 0).await?;
-        let (s, body) = env
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/v1/instances/{name}"),
-                Some(json!({"labels": {"batch": tag}})),
-            )
-            .await?;
-        assert!(s.is_success(), "{body}");
+        env.create(&name, "redis", 0).await?;
+        c.patch_instance(&name, &set_labels(&[("batch", tag.as_str())]))
+            .await
+            .with_context(|| format!("PATCH {name} labels"))?;
         names.push(name);
     }
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
@@ -590,24 +566,18 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let b: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(b["state"], "succeeded", "{b}");
-    let items = b["items"].as_array().context("items")?;
-    assert_eq!(items.len(), 4, "{b}");
+    let b: Batch = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(b.state, OpState::Succeeded, "{b:?}");
+    let items = &b.items;
+    assert_eq!(items.len(), 4, "{b:?}");
     let mut spans = Vec::new();
     for it in items {
-        assert_eq!(it["state"], "succeeded", "{b}");
-        let op = env
-            .get(&format!(
-                "/v1/operations/{}",
-                it["operation"].as_str().unwrap_or_default()
-            ))
+        assert_eq!(it.state, "succeeded", "{b:?}");
+        let op = c
+            .operation(it.operation.as_deref().unwrap_or_default())
             .await?;
-        assert_eq!(op["state"], "succeeded", "{op}");
-        spans.push((
-            op["created_ms"].as_i64().context("created")?,
-            op["ended_ms"].as_i64().context("ended")?,
-        ));
+        assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+        spans.push((op.created_ms, op.ended_ms));
     }
     // The most operations running at any one start time.
     let most = spans
@@ -626,23 +596,35 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(listed[0]["id"], b["id"], "{listed}");
-    let all = env.get("/v1/events?limit=10000").await?;
-    let last = all.as_array().and_then(|a| a.last()).context("events")?["id"].as_u64();
+    let listed: Vec<Batch> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        listed.first().map(|l| l.id.as_str()),
+        Some(b.id.as_str()),
+        "{listed:?}"
+    );
+    let all = c
+        .events(
+            None,
+            LogRange {
+                limit: Some(10000),
+                ..LogRange::default()
+            },
+        )
+        .await?;
+    let last = all.last().context("events")?.id;
     let out = mofang_cli(&env, &["--json", "events", "--last", "5"]).await?;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let newest: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-    let ids = |evs: &[Value]| -> Vec<u64> { evs.iter().filter_map(|e| e["id"].as_u64()).collect() };
+    let newest: Vec<Event> = serde_json::from_slice(&out.stdout)?;
+    let ids = |evs: &[Event]| -> Vec<u64> { evs.iter().map(|e| e.id).collect() };
     let top = ids(&newest);
     assert_eq!(top.len(), 5, "{newest:?}");
     assert!(top.windows(2).all(|w| w[0] < w[1]), "oldest first: {top:?}");
     assert!(
-        top.last().copied() >= last,
+        top.last().copied() >= Some(last),
         "the newest: {top:?} vs {last:?}"
     );
     let before = top[0].to_string();
@@ -656,28 +638,37 @@ async fn a_batch_restarts_the_selected_instances_at_most_max_parallel_at_once() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let older: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let older: Vec<Event> = serde_json::from_slice(&out.stdout)?;
     assert_eq!(
         ids(&older),
         ((top[0] - 3)..top[0]).collect::<Vec<_>>(),
         "{older:?}"
     );
     // `since` with `before` is a window (decision 161): the newest entries between them.
-    let (s, v) = env
-        .call(reqwest::Method::GET, "/v1/events?since=1&before=9", None)
-        .await?;
-    assert_eq!(s.as_u16(), 200, "{v}");
-    let window: Vec<Value> = serde_json::from_value(v)?;
-    assert_eq!(ids(&window), (2..9).collect::<Vec<_>>(), "{window:?}");
-    // Ids stop at the store's signed 64-bit range.
-    let (s, v) = env
-        .call(
-            reqwest::Method::GET,
-            "/v1/events?before=9223372036854775808",
+    let window = c
+        .events(
             None,
+            LogRange {
+                since: Some(1),
+                before: Some(9),
+                limit: None,
+            },
         )
         .await?;
-    assert_eq!(s.as_u16(), 400, "{v}");
+    assert_eq!(ids(&window), (2..9).collect::<Vec<_>>(), "{window:?}");
+    // Ids stop at the store's signed 64-bit range.
+    let err = refusal(
+        c.events(
+            None,
+            LogRange {
+                before: Some(9_223_372_036_854_775_808),
+                ..LogRange::default()
+            },
+        )
+        .await,
+    )?;
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert_eq!(err.code(), Some("bad_query"), "{err}");
     Ok(())
 }
 
@@ -693,39 +684,66 @@ async fn mofang_cli(env: &Env, args: &[&str]) -> Result<std::process::Output> {
     )
 }
 
-/// Starts an operation and expects a refusal: the status and a message naming `names`.
-async fn refused(env: &Env, name: &str, body: Value, status: u16, names: &str) -> Result<()> {
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(body.clone()),
-        )
-        .await?;
-    assert_eq!(s.as_u16(), status, "{body} -> {v}");
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(names), "{body} -> {v}");
+/// Starts an operation and expects a refusal: the status (a 422 with the code `invalid`)
+/// and a message naming `names`.
+async fn refused(env: &Env, name: &str, op: &NewOperation, status: u16, names: &str) -> Result<()> {
+    let body = serde_json::to_string(op)?;
+    let err =
+        refusal(env.client().start_operation(name, op).await).with_context(|| body.clone())?;
+    assert_eq!(err.status(), Some(status), "{body} -> {err}");
+    if status == 422 {
+        assert_eq!(err.code(), Some("invalid"), "{body} -> {err}");
+    }
+    assert!(message(&err).contains(names), "{body} -> {err}");
     Ok(())
 }
 
+/// The member a step is for, when it names one.
+fn step_member(action: &StepAction) -> Option<&str> {
+    match action {
+        StepAction::Restart { member, .. }
+        | StepAction::Rebuild { member, .. }
+        | StepAction::AddReplica { member, .. }
+        | StepAction::RemoveReplica { member } => Some(member),
+        StepAction::Switchover { .. }
+        | StepAction::Stop
+        | StepAction::Start
+        | StepAction::SetResources { .. }
+        | StepAction::SetParameters { .. }
+        | StepAction::SetDisk { .. }
+        | StepAction::SetVersion { .. } => None,
+    }
+}
+
+/// A step as `action member-or-from state`, its action and state as the API names them.
+fn step_line(s: &OpStep) -> String {
+    let (action, from) = match &s.action {
+        StepAction::Restart { .. } => ("restart", None),
+        StepAction::Rebuild { .. } => ("rebuild", None),
+        StepAction::AddReplica { .. } => ("add_replica", None),
+        StepAction::RemoveReplica { .. } => ("remove_replica", None),
+        StepAction::Switchover { from } => ("switchover", Some(from.as_str())),
+        StepAction::Stop => ("stop", None),
+        StepAction::Start => ("start", None),
+        StepAction::SetResources { .. } => ("set_resources", None),
+        StepAction::SetParameters { .. } => ("set_parameters", None),
+        StepAction::SetDisk { .. } => ("set_disk", None),
+        StepAction::SetVersion { from, .. } => ("set_version", Some(from.as_str())),
+    };
+    let state = match s.state {
+        StepState::Running => "running",
+        StepState::Done => "done",
+        StepState::Failed => "failed",
+    };
+    format!(
+        "{action} {} {state}",
+        step_member(&s.action).or(from).unwrap_or_default()
+    )
+}
+
 /// The steps of an operation as `action member-or-from state`.
-fn step_lines(op: &Value) -> Vec<String> {
-    op["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            format!(
-                "{} {} {}",
-                s["action"].as_str().unwrap_or_default(),
-                s["member"]
-                    .as_str()
-                    .or(s["from"].as_str())
-                    .unwrap_or_default(),
-                s["state"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
+fn step_lines(op: &Operation) -> Vec<String> {
+    op.steps.iter().map(step_line).collect()
 }
 
 /// Scale, resize, reconfigure and expand, one MariaDB instance driven through all four under the
@@ -739,57 +757,32 @@ fn step_lines(op: &Value) -> Vec<String> {
 async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_nothing() -> Result<()>
 {
     let env = Env::start_with(3, FAST).await?;
+    let api = env.client();
     let name = unique_name("sc");
-    let inst = env.create_ready(&name, "mariadb", 1).await?;
+    let inst = env.create(&name, "mariadb", 1).await?;
     let pw = env.app_password(&name).await?;
-    let first = Env::primary_member(&inst)?;
-    let primary = first["id"].as_str().context("id")?.to_owned();
-    let replica = inst["members"]
-        .as_array()
-        .context("members")?
+    let first = primary_of(&inst)?.clone();
+    let primary = first.id.clone();
+    let replica = inst
+        .members
         .iter()
-        .find(|m| m["role"] == "replica")
-        .and_then(|m| m["id"].as_str())
-        .context("replica")?
-        .to_owned();
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("replica")?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(100, Duration::from_secs(60)).await?;
 
     // Bad input: nothing starts.
-    refused(&env, &name, json!({"type": "scale"}), 422, "replicas").await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "scale", "replicas": 0}),
-        422,
-        "replicas",
-    )
-    .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "scale", "replicas": 9}),
-        422,
-        "replicas",
-    )
-    .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "scale", "replicas": 1}),
-        422,
-        "already",
-    )
-    .await?;
+    let scale = |replicas: Option<u32>| NewOperation {
+        replicas,
+        ..NewOperation::new(OpKind::Scale)
+    };
+    refused(&env, &name, &scale(None), 422, "replicas").await?;
+    refused(&env, &name, &scale(Some(0)), 422, "replicas").await?;
+    refused(&env, &name, &scale(Some(9)), 422, "replicas").await?;
+    refused(&env, &name, &scale(Some(1)), 422, "already").await?;
     // 1 + 3 needs four nodes, one member per node: refused with each node's reason.
-    refused(
-        &env,
-        &name,
-        json!({"type": "scale", "replicas": 3}),
-        409,
-        "cannot place",
-    )
-    .await?;
+    refused(&env, &name, &scale(Some(3)), 409, "cannot place").await?;
 
     let before = (copies(&primary)?, copies(&replica)?);
 
@@ -813,17 +806,19 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
-    let steps = op["steps"].as_array().context("steps")?;
-    assert_eq!(steps.len(), 1, "{op}");
-    assert_eq!(steps[0]["action"], "add_replica", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+    let steps = &op.steps;
+    assert_eq!(steps.len(), 1, "{op:?}");
+    let StepAction::AddReplica { member, donor, .. } = &steps[0].action else {
+        bail!("not an add_replica step: {op:?}");
+    };
     assert_eq!(
-        steps[0]["donor"],
-        replica.as_str(),
-        "seeded from the replica, not the primary: {op}"
+        donor.as_deref(),
+        Some(replica.as_str()),
+        "seeded from the replica, not the primary: {op:?}"
     );
-    let added = steps[0]["member"].as_str().context("member")?.to_owned();
+    let added = member.clone();
     // A physical copy of the replica (decision 167): the replica ran mariadb-backup, nobody
     // was dumped, and the primary served nothing.
     let (after_primary, after_replica) = (copies(&primary)?, copies(&replica)?);
@@ -832,28 +827,24 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
         after_replica.0 > before.1 .0 && after_replica.1 == before.1 .1,
         "{replica} served no physical copy (Com_backup, Com_show_create_db: {before:?} before, {after_replica:?} after)"
     );
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
-    assert_eq!(v["replicas"], 2, "{v}");
-    let new = v["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["id"] == added.as_str())
+    let v = env.ready(&name).await?;
+    assert_eq!(v.members.len(), 3, "{v:?}");
+    assert_eq!(v.replicas, 2, "{v:?}");
+    let new = v
+        .members
+        .iter()
+        .find(|m| m.id == added)
         .context("the new member")?
         .clone();
-    assert_eq!(new["role"], "replica", "{v}");
-    assert_ne!(new["node"], first["node"], "{v}");
+    assert_eq!(new.role, "replica", "{v:?}");
+    assert_ne!(new.node, first.node, "{v:?}");
     // It holds every row acknowledged so far (and keeps replicating).
     let acked_now = writer.acked();
     writer
         .wait_acked(acked_now + 50, Duration::from_secs(60))
         .await?;
-    let addr = new["address"].as_str().context("address")?.to_owned();
-    let primary_addr = Env::primary_member(&v)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let addr = new.address.clone();
+    let primary_addr = primary_of(&v)?.address.clone();
     eventually(
         "the new replica holds what the primary has",
         Duration::from_secs(60),
@@ -871,25 +862,17 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     .await?;
 
     // Scale down: the newest of two equal replicas goes; the primary stays.
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "scale", "replicas": 1})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let id = op["id"].as_str().context("id")?.to_owned();
-    let op = operation_ended(&env, &id, Duration::from_secs(180)).await?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op = api.start_operation(&name, &scale(Some(1))).await?;
+    let op = operation_ended(&env, &op.id, Duration::from_secs(180)).await?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let lines = step_lines(&op);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("remove_replica "), "{lines:?}");
     assert!(!lines[0].contains(&primary), "never the primary: {lines:?}");
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["members"].as_array().map(Vec::len), Some(2), "{v}");
-    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
-    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    let v = env.ready(&name).await?;
+    assert_eq!(v.members.len(), 2, "{v:?}");
+    assert_eq!(primary_of(&v)?.id, primary, "{v:?}");
+    assert_eq!(v.epoch, inst.epoch, "no failover: {v:?}");
     let removed = lines[0].split(' ').nth(1).context("member")?.to_owned();
     eventually(
         "the removed member's container is gone",
@@ -904,35 +887,20 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     .await?;
 
     // Resize: a size no node holds is refused with the figures; then memory and CPU.
-    refused(&env, &name, json!({"type": "resize"}), 422, "cpu").await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "resize", "cpu": 100}),
-        422,
-        "cpu",
-    )
-    .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "resize", "memory": 1_000_000}),
-        409,
-        "MiB free",
-    )
-    .await?;
+    let resize = |cpu: Option<f64>, memory: Option<u64>| NewOperation {
+        cpu,
+        memory,
+        ..NewOperation::new(OpKind::Resize)
+    };
+    refused(&env, &name, &resize(None, None), 422, "cpu").await?;
+    refused(&env, &name, &resize(Some(100.0), None), 422, "cpu").await?;
+    refused(&env, &name, &resize(None, Some(1_000_000)), 409, "MiB free").await?;
     let before = started_at(&v)?;
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "resize", "cpu": 0.75, "memory": 512})),
-        )
+    let op = api
+        .start_operation(&name, &resize(Some(0.75), Some(512)))
         .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let id = op["id"].as_str().context("id")?.to_owned();
-    let op = operation_ended(&env, &id, Duration::from_secs(300)).await?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op = operation_ended(&env, &op.id, Duration::from_secs(300)).await?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let lines = step_lines(&op);
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(lines[0].starts_with("set_resources"), "{lines:?}");
@@ -942,11 +910,11 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     );
     assert_eq!(lines[2], format!("switchover {primary} done"), "{lines:?}");
     assert_eq!(lines[3], format!("restart {primary} done"), "{lines:?}");
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["spec"]["resources"]["memory"], 512, "{v}");
+    let v = env.ready(&name).await?;
+    assert_eq!(v.spec.resources.memory, 512, "{v:?}");
     let after = started_at(&v)?;
-    for m in v["members"].as_array().context("members")? {
-        let id = m["id"].as_str().context("id")?;
+    for m in &v.members {
+        let id = &m.id;
         let limits = docker_cli(&[
             "inspect",
             "-f",
@@ -954,27 +922,26 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
             &container_of(id),
         ])?;
         assert_eq!(limits, format!("{} 75000 100000", 512u64 << 20), "{id}");
-        assert_eq!(m["memory_bytes"], 512u64 << 20, "{v}");
-        assert_eq!(m["cpu"], 0.75, "{v}");
+        assert_eq!(m.memory_bytes, 512u64 << 20, "{v:?}");
+        assert_eq!(m.cpu, 0.75, "{v:?}");
         assert_ne!(after.get(id), before.get(id), "{id} was not restarted");
     }
 
     // Reconfigure: the catalogue, bad input, then max_connections live everywhere.
-    let engines = env.get("/v1/engines").await?;
-    let param = engines
-        .as_array()
+    let param = api
+        .engines()
+        .await?
         .into_iter()
-        .flatten()
-        .filter(|e| e["engine"] == "mariadb")
-        .flat_map(|e| e["parameters"].as_array().cloned().unwrap_or_default())
-        .find(|p| p["name"] == "max_connections")
+        .filter(|e| e.engine == "mariadb")
+        .flat_map(|e| e.parameters)
+        .find(|p| p.name == "max_connections")
         .context("max_connections in /v1/engines")?;
-    assert_eq!(param["dynamic"], true, "{param}");
-    assert_eq!(param["type"], "integer", "{param}");
+    assert!(param.dynamic, "{param:?}");
+    assert_eq!(param.kind, "integer", "{param:?}");
     refused(
         &env,
         &name,
-        json!({"type": "reconfigure", "settings": {"max_conections": 300}}),
+        &reconfigure_op(&[("max_conections", json!(300))]),
         422,
         "settings.max_conections",
     )
@@ -982,7 +949,7 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     refused(
         &env,
         &name,
-        json!({"type": "reconfigure", "settings": {"max_connections": 5}}),
+        &reconfigure_op(&[("max_connections", json!(5))]),
         422,
         "10 ..= 10000",
     )
@@ -1007,37 +974,30 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
-    assert_eq!(step_lines(&op), ["set_parameters  done"], "{op}");
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["parameters"]["max_connections"], "321", "{v}");
-    for m in v["members"].as_array().context("members")? {
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+    assert_eq!(step_lines(&op), ["set_parameters  done"], "{op:?}");
+    let v = api.instance(&name).await?;
+    assert_eq!(
+        v.parameters.get("max_connections").map(String::as_str),
+        Some("321"),
+        "{v:?}"
+    );
+    for m in &v.members {
         use mysql_async::prelude::Queryable;
-        let addr = m["address"].as_str().context("address")?;
-        let mut c = mofang_tests::scenario::mysql(addr, &pw).await?;
+        let mut c = mofang_tests::scenario::mysql(&m.address, &pw).await?;
         let n: Option<u64> = c.query_first("SELECT @@global.max_connections").await?;
-        assert_eq!(n, Some(321), "{}", m["id"]);
+        assert_eq!(n, Some(321), "{}", m.id);
     }
     assert_eq!(started_at(&v)?, before, "a live change restarts nothing");
 
     // Expand: volumes only grow, within the disk's room; in place, no restart.
-    refused(
-        &env,
-        &name,
-        json!({"type": "expand", "disk": 256}),
-        422,
-        "disk",
-    )
-    .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "expand", "disk": 100_000}),
-        409,
-        "MiB free",
-    )
-    .await?;
+    let expand = |disk: u64| NewOperation {
+        disk: Some(disk),
+        ..NewOperation::new(OpKind::Expand)
+    };
+    refused(&env, &name, &expand(256), 422, "disk").await?;
+    refused(&env, &name, &expand(100_000), 409, "MiB free").await?;
     let out = mofang_cli(
         &env,
         &[
@@ -1051,27 +1011,20 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
-    assert_eq!(step_lines(&op), ["set_disk  done"], "{op}");
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["spec"]["resources"]["disk"], 1024, "{v}");
-    for m in v["members"].as_array().context("members")? {
-        assert_eq!(m["volume_bytes"], 1024u64 << 20, "{v}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+    assert_eq!(step_lines(&op), ["set_disk  done"], "{op:?}");
+    let v = api.instance(&name).await?;
+    assert_eq!(v.spec.resources.disk, 1024, "{v:?}");
+    for m in &v.members {
+        assert_eq!(m.volume_bytes, 1024u64 << 20, "{v:?}");
     }
     assert_eq!(started_at(&v)?, before, "an expand restarts nothing");
 
     // Nothing acknowledged was lost through all of it.
     let outcome = writer.stop().await?;
-    let v = env.wait_instance_ready(&name).await?;
-    let present = set_contents(
-        "mariadb",
-        Env::primary_member(&v)?["address"]
-            .as_str()
-            .context("address")?,
-        &pw,
-    )
-    .await?;
+    let v = env.ready(&name).await?;
+    let present = set_contents("mariadb", &primary_of(&v)?.address, &pw).await?;
     eprintln!(
         "scale, resize, reconfigure, expand: acknowledged {}, lost {}, longest write outage {:?}",
         outcome.acked.len(),
@@ -1088,10 +1041,10 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
 }
 
 /// Each member's container image (`docker inspect`) and the server binary's version in it.
-fn member_versions(inst: &Value, engine: &str) -> Result<Vec<(String, String, String)>> {
+fn member_versions(inst: &InstanceView, engine: &str) -> Result<Vec<(String, String, String)>> {
     let mut out = Vec::new();
-    for m in inst["members"].as_array().context("members")? {
-        let id = m["id"].as_str().context("id")?.to_owned();
+    for m in &inst.members {
+        let id = m.id.clone();
         let c = container_of(&id);
         let image = docker_cli(&["inspect", "-f", "{{.Config.Image}}", &c])?;
         let binary = match engine {
@@ -1103,6 +1056,32 @@ fn member_versions(inst: &Value, engine: &str) -> Result<Vec<(String, String, St
     Ok(out)
 }
 
+/// Creates an instance of `engine` on `version` with `replicas` replicas and waits until it
+/// is ready.
+async fn create_on(
+    env: &Env,
+    name: &str,
+    engine: &str,
+    version: &str,
+    replicas: u32,
+) -> Result<InstanceView> {
+    let mut spec = instance_spec(name, engine, replicas)?;
+    spec.version = version.to_owned();
+    env.client()
+        .create_instance(&spec)
+        .await
+        .with_context(|| format!("create {name} on {engine} {version}"))?;
+    env.ready(name).await
+}
+
+/// An `upgrade` to `version`, or without one.
+fn upgrade(version: Option<&str>) -> NewOperation {
+    NewOperation {
+        version: version.map(str::to_owned),
+        ..NewOperation::new(OpKind::Upgrade)
+    }
+}
+
 /// An instance of `engine` on the first version of `ladder`, with two replicas, upgraded rung
 /// by rung to the last under the Jepsen set writer (issue 17): a skip and a downgrade are
 /// refused with 422 naming the versions; each upgrade sets the record's version, then restarts
@@ -1112,24 +1091,11 @@ fn member_versions(inst: &Value, engine: &str) -> Result<Vec<(String, String, St
 async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name(&format!("up{}", &engine[..1]));
-    let mut body = mofang_tests::scenario::spec(&name, engine, 2);
-    body["version"] = json!(ladder[0]);
-    let (s, v) = env
-        .call(reqwest::Method::POST, "/v1/instances", Some(body))
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
-    let first = env.wait_instance_ready(&name).await?;
-    let addresses = |inst: &Value| -> BTreeMap<String, String> {
-        inst["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| {
-                Some((
-                    m["id"].as_str()?.to_owned(),
-                    m["address"].as_str()?.to_owned(),
-                ))
-            })
+    let first = create_on(&env, &name, engine, ladder[0], 2).await?;
+    let addresses = |inst: &InstanceView| -> BTreeMap<String, String> {
+        inst.members
+            .iter()
+            .map(|m| (m.id.clone(), m.address.clone()))
             .collect()
     };
     let before = addresses(&first);
@@ -1139,27 +1105,13 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
     refused(
         &env,
         &name,
-        json!({"type": "upgrade", "version": top}),
+        &upgrade(Some(top)),
         422,
         &format!("skips {}", ladder[1]),
     )
     .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "upgrade", "version": ladder[0]}),
-        422,
-        "already runs",
-    )
-    .await?;
-    refused(
-        &env,
-        &name,
-        json!({"type": "upgrade"}),
-        422,
-        "needs `version`",
-    )
-    .await?;
+    refused(&env, &name, &upgrade(Some(ladder[0])), 422, "already runs").await?;
+    refused(&env, &name, &upgrade(None), 422, "needs `version`").await?;
 
     let writer = SetWriter::start(&env, &name, engine, &pw).await?;
     writer.wait_acked(200, Duration::from_secs(60)).await?;
@@ -1172,16 +1124,15 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let op: Value = serde_json::from_slice(&out.stdout)?;
-        let id = op["id"].as_str().context("operation id")?.to_owned();
-        let v = operation_ended(&env, &id, Duration::from_secs(600)).await?;
+        let op: Operation = serde_json::from_slice(&out.stdout)?;
+        let v = operation_ended(&env, &op.id, Duration::from_secs(600)).await?;
         let steps = step_lines(&v);
         eprintln!(
-            "{engine} {from} -> {to}: {} in {:?}: {steps:?}",
-            v["state"],
+            "{engine} {from} -> {to}: {:?} in {:?}: {steps:?}",
+            v.state,
             started.elapsed()
         );
-        assert_eq!(v["state"], "succeeded", "{v}");
+        assert_eq!(v.state, OpState::Succeeded, "{v:?}");
         assert_eq!(steps.len(), 5, "{steps:?}");
         assert_eq!(steps[0], format!("set_version {from} done"), "{steps:?}");
         assert!(
@@ -1196,16 +1147,16 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
         refused(
             &env,
             &name,
-            json!({"type": "upgrade", "version": from}),
+            &upgrade(Some(from)),
             422,
             "cannot be downgraded",
         )
         .await?;
 
-        let inst = env.wait_instance_ready(&name).await?;
-        assert_eq!(inst["version"], *to, "{inst}");
-        for m in inst["members"].as_array().context("members")? {
-            assert_eq!(m["version"], *to, "every member reports {to}: {inst}");
+        let inst = env.ready(&name).await?;
+        assert_eq!(inst.version, *to, "{inst:?}");
+        for m in &inst.members {
+            assert_eq!(m.version, *to, "every member reports {to}: {inst:?}");
         }
         for (id, image, binary) in member_versions(&inst, engine)? {
             eprintln!("  {id}: {image}: {binary}");
@@ -1239,37 +1190,26 @@ async fn upgrade_ladder_under_writes(engine: &str, ladder: &[&str]) -> Result<()
     writer.wait_acked(100, Duration::from_secs(60)).await?;
     // An operation begins on a whole instance: the last upgraded member may still be
     // catching up when the instance reads ready (409 instance_not_ready meanwhile).
+    let api = env.client();
     let op = eventually("switchover accepted", Duration::from_secs(60), || async {
-        let (s, op) = env
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/instances/{name}/operations"),
-                Some(json!({"type": "switchover"})),
-            )
-            .await?;
-        anyhow::ensure!(s == reqwest::StatusCode::ACCEPTED, "{s} {op}");
-        Ok(op)
+        Ok(api
+            .start_operation(&name, &NewOperation::new(OpKind::Switchover))
+            .await?)
     })
     .await?;
-    let v = operation_ended(
-        &env,
-        op["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    assert_eq!(v["state"], "succeeded", "{v}");
+    let v = operation_ended(&env, &op.id, Duration::from_secs(120)).await?;
+    assert_eq!(v.state, OpState::Succeeded, "{v:?}");
     let acked = writer.acked();
     writer
         .wait_acked(acked + 100, Duration::from_secs(60))
         .await?;
     let switchover = writer.stop().await?;
 
-    let now = env.wait_instance_ready(&name).await?;
+    let now = env.ready(&name).await?;
     // Every container was made again on each rung; every member kept its address.
-    assert_eq!(addresses(&now), before, "{now}");
-    let primary = Env::primary_member(&now)?;
-    let present =
-        set_contents(engine, primary["address"].as_str().context("address")?, &pw).await?;
+    assert_eq!(addresses(&now), before, "{now:?}");
+    let primary = primary_of(&now)?;
+    let present = set_contents(engine, &primary.address, &pw).await?;
     eprintln!(
         "{engine} upgrade {}: acknowledged {}, lost {}, longest write outage {:?}; a plain switchover's: {:?}",
         ladder.join(" -> "),
@@ -1315,27 +1255,15 @@ async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing(
     let (from, to) = ("10.5", "10.11");
     let mut env = Env::start_with(3, FAST).await?;
     let name = unique_name("upk");
-    let mut body = mofang_tests::scenario::spec(&name, "mariadb", 2);
-    body["version"] = json!(from);
-    let (s, v) = env
-        .call(reqwest::Method::POST, "/v1/instances", Some(body))
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
-    env.wait_instance_ready(&name).await?;
+    create_on(&env, &name, "mariadb", from, 2).await?;
     let pw = env.app_password(&name).await?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(200, Duration::from_secs(60)).await?;
 
     let started = std::time::Instant::now();
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "upgrade", "version": to})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let id = op["id"].as_str().context("operation id")?.to_owned();
+    let api = env.client();
+    let op = api.start_operation(&name, &upgrade(Some(to))).await?;
+    let id = op.id.clone();
 
     // Each new step seen: the scheduler dies and comes back on the same data. A step done at
     // once (`set_version`) may be seen done; the kill still lands between two steps.
@@ -1348,14 +1276,11 @@ async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing(
             "the upgrade did not end in 900 s; kills at {kills:?}"
         );
         // Just restarted, the scheduler may not answer yet.
-        let Ok(v) = env.get(&format!("/v1/operations/{id}")).await else {
+        let Ok(v) = api.operation(&id).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        if matches!(
-            v["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        ) {
+        if v.state.is_terminal() {
             break v;
         }
         let steps = step_lines(&v);
@@ -1370,12 +1295,12 @@ async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing(
     };
     let steps = step_lines(&end);
     eprintln!(
-        "upgrade {from} -> {to} with {} scheduler kills: {} in {:?}: {steps:?}",
+        "upgrade {from} -> {to} with {} scheduler kills: {:?} in {:?}: {steps:?}",
         kills.len(),
-        end["state"],
+        end.state,
         started.elapsed()
     );
-    assert_eq!(end["state"], "succeeded", "{end}\nkills at {kills:?}");
+    assert_eq!(end.state, OpState::Succeeded, "{end:?}\nkills at {kills:?}");
     assert_eq!(steps.len(), 5, "{steps:?}");
     assert_eq!(steps[0], format!("set_version {from} done"), "{steps:?}");
     assert!(
@@ -1395,15 +1320,15 @@ async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing(
         .wait_acked(acked + 200, Duration::from_secs(120))
         .await?;
     let outcome = writer.stop().await?;
-    let inst = env.wait_instance_ready(&name).await?;
-    let members = inst["members"].as_array().context("members")?;
+    let inst = env.ready(&name).await?;
+    let members = &inst.members;
     assert_eq!(
-        members.iter().filter(|m| m["role"] == "primary").count(),
+        members.iter().filter(|m| m.role == "primary").count(),
         1,
-        "one primary: {inst}"
+        "one primary: {inst:?}"
     );
     for m in members {
-        assert_eq!(m["version"], to, "every member reports {to}: {inst}");
+        assert_eq!(m.version, to, "every member reports {to}: {inst:?}");
     }
     for (id, image, binary) in member_versions(&inst, "mariadb")? {
         eprintln!("  {id}: {image}: {binary}");
@@ -1413,13 +1338,8 @@ async fn an_upgrade_resumes_after_a_scheduler_kill_at_every_step_losing_nothing(
         );
         assert!(binary.contains(&format!("Ver {to}.")), "{id}: {binary}");
     }
-    let primary = Env::primary_member(&inst)?;
-    let present = set_contents(
-        "mariadb",
-        primary["address"].as_str().context("address")?,
-        &pw,
-    )
-    .await?;
+    let primary = primary_of(&inst)?;
+    let present = set_contents("mariadb", &primary.address, &pw).await?;
     eprintln!(
         "upgrade under scheduler kills: acknowledged {}, lost {}, longest write outage {:?}",
         outcome.acked.len(),
@@ -1445,32 +1365,20 @@ async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instan
     let (from, to) = ("10.5", "10.11");
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("upc");
-    let mut body = mofang_tests::scenario::spec(&name, "mariadb", 2);
-    body["version"] = json!(from);
-    let (s, v) = env
-        .call(reqwest::Method::POST, "/v1/instances", Some(body))
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
-    env.wait_instance_ready(&name).await?;
+    create_on(&env, &name, "mariadb", from, 2).await?;
     let pw = env.app_password(&name).await?;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(200, Duration::from_secs(60)).await?;
 
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "upgrade", "version": to})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let id = op["id"].as_str().context("operation id")?.to_owned();
+    let api = env.client();
+    let op = api.start_operation(&name, &upgrade(Some(to))).await?;
+    let id = op.id.clone();
     // The first replica's restart step done: it runs 10.11 beside a 10.5 primary.
     let first = eventually(
         "the first replica upgraded",
         Duration::from_secs(300),
         || async {
-            let v = env.get(&format!("/v1/operations/{id}")).await?;
+            let v = api.operation(&id).await?;
             let steps = step_lines(&v);
             match steps.get(1) {
                 Some(s) if s.starts_with("restart ") && s.ends_with(" done") => {
@@ -1489,11 +1397,8 @@ async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instan
     );
     let end = operation_ended(&env, &id, Duration::from_secs(600)).await?;
     let steps = step_lines(&end);
-    eprintln!(
-        "upgrade cancelled after {first}: {} {steps:?}",
-        end["state"]
-    );
-    assert_eq!(end["state"], "cancelled", "{end}");
+    eprintln!("upgrade cancelled after {first}: {:?} {steps:?}", end.state);
+    assert_eq!(end.state, OpState::Cancelled, "{end:?}");
     assert!(steps.iter().all(|s| s.ends_with(" done")), "{steps:?}");
 
     let acked = writer.acked();
@@ -1501,32 +1406,32 @@ async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instan
         .wait_acked(acked + 200, Duration::from_secs(120))
         .await?;
     let outcome = writer.stop().await?;
-    let inst = env.wait_instance_ready(&name).await?;
-    let members = inst["members"].as_array().context("members")?;
-    assert_eq!(members.len(), 3, "{inst}");
+    let inst = env.ready(&name).await?;
+    let members = &inst.members;
+    assert_eq!(members.len(), 3, "{inst:?}");
     assert_eq!(
-        members.iter().filter(|m| m["role"] == "primary").count(),
+        members.iter().filter(|m| m.role == "primary").count(),
         1,
-        "one primary: {inst}"
+        "one primary: {inst:?}"
     );
     for m in members {
-        assert_eq!(m["healthy"], true, "{inst}");
+        assert!(m.healthy, "{inst:?}");
         assert!(
-            m["version"] == from || m["version"] == to,
-            "{} on {}: {inst}",
-            m["id"],
-            m["version"]
+            m.version == from || m.version == to,
+            "{} on {}: {inst:?}",
+            m.id,
+            m.version
         );
-        if m["id"] == first.as_str() {
-            assert_eq!(m["version"], to, "{first} was upgraded: {inst}");
+        if m.id == first {
+            assert_eq!(m.version, to, "{first} was upgraded: {inst:?}");
         }
     }
     for (id, image, binary) in member_versions(&inst, "mariadb")? {
         eprintln!("  {id}: {image}: {binary}");
         let reported = members
             .iter()
-            .find(|m| m["id"] == id.as_str())
-            .and_then(|m| m["version"].as_str())
+            .find(|m| m.id == id)
+            .map(|m| m.version.as_str())
             .unwrap_or_default();
         assert!(
             image.ends_with(&format!("/mariadb:{reported}")),
@@ -1537,13 +1442,8 @@ async fn an_upgrade_cancelled_after_the_first_replica_leaves_a_consistent_instan
             "{id}: {binary}"
         );
     }
-    let primary = Env::primary_member(&inst)?;
-    let present = set_contents(
-        "mariadb",
-        primary["address"].as_str().context("address")?,
-        &pw,
-    )
-    .await?;
+    let primary = primary_of(&inst)?;
+    let present = set_contents("mariadb", &primary.address, &pw).await?;
     eprintln!(
         "cancelled upgrade: acknowledged {}, lost {}, longest write outage {:?}",
         outcome.acked.len(),
@@ -1577,22 +1477,26 @@ fn most_at_once(spans: &[(i64, i64)]) -> usize {
 async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once() -> Result<()> {
     const N: usize = 20;
     let env = Env::start_with(3, FAST).await?;
+    let api = env.client();
     let tag = unique_name("b20");
     let mut names = Vec::new();
     for i in 0..N {
         let name = format!("{tag}-{i}");
-        let mut body = mofang_tests::scenario::spec(&name, "redis", 0);
+        let mut spec = instance_spec(&name, "redis", 0)?;
         // Twenty on three agents of 2 cores and 2 GiB each.
-        body["resources"] = json!({"cpu": 0.2, "memory": 128, "disk": 128});
-        body["labels"] = json!({"batch": tag});
-        let (s, v) = env
-            .call(reqwest::Method::POST, "/v1/instances", Some(body))
-            .await?;
-        assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+        spec.resources = Resources {
+            cpu: 0.2,
+            memory: 128,
+            disk: 128,
+        };
+        spec.labels = BTreeMap::from([("batch".to_owned(), tag.clone())]);
+        api.create_instance(&spec)
+            .await
+            .with_context(|| format!("create {name}"))?;
         names.push(name);
     }
     for name in &names {
-        env.wait_instance_ready(name).await?;
+        env.ready(name).await?;
     }
     let started = std::time::Instant::now();
     let out = mofang_cli(
@@ -1617,32 +1521,27 @@ async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once()
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let b: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(b["state"], "succeeded", "{b}");
-    let items = b["items"].as_array().context("items")?;
-    assert_eq!(items.len(), N, "{b}");
+    let b: Batch = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(b.state, OpState::Succeeded, "{b:?}");
+    let items = &b.items;
+    assert_eq!(items.len(), N, "{b:?}");
 
     let mut from_ops = Vec::new();
     let mut from_events = Vec::new();
     for it in items {
-        assert_eq!(it["state"], "succeeded", "{b}");
-        let id = it["operation"].as_str().context("operation")?;
-        let op = env.get(&format!("/v1/operations/{id}")).await?;
-        assert_eq!(op["state"], "succeeded", "{op}");
-        from_ops.push((
-            op["created_ms"].as_i64().context("created")?,
-            op["ended_ms"].as_i64().context("ended")?,
-        ));
+        assert_eq!(it.state, "succeeded", "{b:?}");
+        let id = it.operation.as_deref().context("operation")?;
+        let op = api.operation(id).await?;
+        assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+        from_ops.push((op.created_ms, op.ended_ms));
         // The instance's own record of it.
-        let instance = op["instance"].as_str().context("instance")?;
-        let events = env.events(instance).await?;
+        let instance = &op.instance;
+        let events = env.instance_events(instance).await?;
         let at = |kind: &str| {
             events
                 .iter()
-                .find(|e| {
-                    e["kind"] == kind && e["message"].as_str().is_some_and(|m| m.contains(id))
-                })
-                .and_then(|e| e["at_ms"].as_i64())
+                .find(|e| e.kind == kind && e.message.contains(id))
+                .map(|e| e.at_ms)
         };
         let (Some(s), Some(e)) = (at("operation_started"), at("operation_succeeded")) else {
             bail!("{instance}: no start or end event for {id}: {events:?}");
@@ -1665,25 +1564,31 @@ async fn a_batch_restart_of_twenty_instances_never_runs_more_than_four_at_once()
 }
 
 /// The parameters of each member (issue 17, `GET /v1/instances/{name}/parameters`).
-async fn parameters(env: &Env, name: &str) -> Result<Value> {
-    env.get(&format!("/v1/instances/{name}/parameters")).await
+async fn parameters(env: &Env, name: &str) -> Result<ParametersView> {
+    Ok(env.client().parameters(name).await?)
 }
 
 /// One member's entry for `param` in the parameters view.
-fn member_param<'v>(view: &'v Value, member: &str, param: &str) -> Result<&'v Value> {
-    view["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["member"] == member)
-        .and_then(|m| {
-            m["parameters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["name"] == param)
-        })
-        .with_context(|| format!("{member} {param} in {view}"))
+fn member_param<'v>(
+    view: &'v ParametersView,
+    member: &str,
+    param: &str,
+) -> Result<&'v ParameterValue> {
+    view.members
+        .iter()
+        .find(|m| m.member == member)
+        .and_then(|m| m.parameters.iter().find(|p| p.name == param))
+        .with_context(|| format!("{member} {param} in {view:?}"))
+}
+
+/// One drifting value of the parameters view.
+fn drift(member: &str, parameter: &str, desired: &str, effective: &str) -> Drift {
+    Drift {
+        member: member.to_owned(),
+        parameter: parameter.to_owned(),
+        desired: desired.to_owned(),
+        effective: effective.to_owned(),
+    }
 }
 
 /// Desired against effective parameters (issue 17): MariaDB 1 + 1 reconfigured live to
@@ -1695,19 +1600,14 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
 ) -> Result<()> {
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("prm");
-    let inst = env.create_ready(&name, "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
-    let replica = inst["members"]
-        .as_array()
-        .context("members")?
+    let inst = env.create(&name, "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
+    let replica = inst
+        .members
         .iter()
-        .find(|m| m["role"] == "replica")
-        .and_then(|m| m["id"].as_str())
-        .context("replica")?
-        .to_owned();
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("replica")?;
     let members = [primary.clone(), replica.clone()];
 
     // Before any reconfigure: every value is the server's own, read from it; nothing drifts.
@@ -1718,25 +1618,19 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
             let v = parameters(&env, &name).await?;
             for m in &members {
                 let p = member_param(&v, m, "max_connections")?;
-                if p["state"] != "default" || !p["effective"].is_string() {
-                    bail!("{m}: {p}");
+                if p.state != ParamState::Default || p.effective.is_none() {
+                    bail!("{m}: {p:?}");
                 }
             }
             Ok(v)
         },
     )
     .await?;
-    assert_eq!(v["drift"], json!([]), "{v}");
-    assert_eq!(v["engine"], "mariadb", "{v}");
-    let (s, body) = env
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/t-no-such/parameters",
-            None,
-        )
-        .await?;
-    assert_eq!(s.as_u16(), 404, "{body}");
-    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    assert!(v.drift.is_empty(), "{v:?}");
+    assert_eq!(v.engine, "mariadb", "{v:?}");
+    let err = refusal(env.client().parameters("t-no-such").await)?;
+    assert_eq!(err.status(), Some(404), "{err}");
+    assert_eq!(err.code(), Some("not_found"), "{err}");
 
     // A live reconfigure: the new value on every member, in sync, no drift.
     let before = started_at(&inst)?;
@@ -1759,8 +1653,8 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let v = eventually(
         "every member runs max_connections 321",
         Duration::from_secs(60),
@@ -1768,20 +1662,24 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
             let v = parameters(&env, &name).await?;
             for m in &members {
                 let p = member_param(&v, m, "max_connections")?;
-                if p["state"] != "in_sync" {
-                    bail!("{m}: {p}");
+                if p.state != ParamState::InSync {
+                    bail!("{m}: {p:?}");
                 }
             }
             Ok(v)
         },
     )
     .await?;
-    assert_eq!(v["desired"], json!({"max_connections": "321"}), "{v}");
-    assert_eq!(v["drift"], json!([]), "{v}");
+    assert_eq!(
+        v.desired,
+        BTreeMap::from([("max_connections".to_owned(), "321".to_owned())]),
+        "{v:?}"
+    );
+    assert!(v.drift.is_empty(), "{v:?}");
     for m in &members {
         let p = member_param(&v, m, "max_connections")?;
-        assert_eq!(p["effective"], "321", "{v}");
-        assert_eq!(p["desired"], "321", "{v}");
+        assert_eq!(p.effective.as_deref(), Some("321"), "{v:?}");
+        assert_eq!(p.desired.as_deref(), Some("321"), "{v:?}");
     }
     assert_eq!(started_at(&inst)?, before, "a live change restarts nothing");
     let out = mofang_cli(&env, &["instance", "parameters", &name]).await?;
@@ -1805,28 +1703,28 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
         Duration::from_secs(60),
         || async {
             let v = parameters(&env, &name).await?;
-            if v["drift"].as_array().is_some_and(|d| !d.is_empty()) {
-                Ok(v)
+            if v.drift.is_empty() {
+                bail!("{v:?}")
             } else {
-                bail!("{v}")
+                Ok(v)
             }
         },
     )
     .await?;
     assert_eq!(
-        v["drift"],
-        json!([{"member": replica, "parameter": "max_connections", "desired": "321", "effective": "77"}]),
-        "{v}"
+        v.drift,
+        [drift(&replica, "max_connections", "321", "77")],
+        "{v:?}"
     );
     assert_eq!(
-        member_param(&v, &replica, "max_connections")?["state"],
-        "drift",
-        "{v}"
+        member_param(&v, &replica, "max_connections")?.state,
+        ParamState::Drift,
+        "{v:?}"
     );
     assert_eq!(
-        member_param(&v, &primary, "max_connections")?["state"],
-        "in_sync",
-        "{v}"
+        member_param(&v, &primary, "max_connections")?.state,
+        ParamState::InSync,
+        "{v:?}"
     );
     let out = mofang_cli(&env, &["instance", "parameters", &name]).await?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1838,8 +1736,8 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
     );
     eprintln!("{text}");
     let out = mofang_cli(&env, &["--json", "instance", "parameters", &name]).await?;
-    let j: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(j["drift"], v["drift"], "{j}");
+    let j: ParametersView = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(j.drift, v.drift, "{j:?}");
 
     // A reconfigure with the desired value sets it again: the drift is gone.
     let out = mofang_cli(
@@ -1855,15 +1753,15 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
         ],
     )
     .await?;
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     eventually("the drift is gone", Duration::from_secs(60), || async {
         let v = parameters(&env, &name).await?;
         let p = member_param(&v, &replica, "max_connections")?;
-        if v["drift"] == json!([]) && p["effective"] == "321" {
+        if v.drift.is_empty() && p.effective.as_deref() == Some("321") {
             Ok(())
         } else {
-            bail!("{v}")
+            bail!("{v:?}")
         }
     })
     .await?;
@@ -1880,10 +1778,9 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
 {
     let env = Env::start_with(4, FAST).await?;
     let name = unique_name("rsc");
-    let inst = env.create_ready(&name, "redis", 1).await?;
+    let inst = env.create(&name, "redis", 1).await?;
     let pw = env.app_password(&name).await?;
-    let first = Env::primary_member(&inst)?;
-    let primary = first["id"].as_str().context("id")?.to_owned();
+    let primary = primary_of(&inst)?.id.clone();
     let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
     writer.wait_acked(100, Duration::from_secs(60)).await?;
 
@@ -1907,30 +1804,28 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let op: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op: Operation = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let lines = step_lines(&op);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines.iter().all(|l| l.starts_with("add_replica ")),
         "{lines:?}"
     );
-    let added: Vec<String> = op["steps"]
-        .as_array()
-        .context("steps")?
+    let added: Vec<String> = op
+        .steps
         .iter()
-        .filter_map(|s| s["member"].as_str().map(str::to_owned))
+        .filter_map(|s| step_member(&s.action).map(str::to_owned))
         .collect();
-    assert_eq!(added.len(), 2, "{op}");
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["replicas"], 3, "{v}");
-    let members = v["members"].as_array().context("members")?;
-    assert_eq!(members.len(), 4, "{v}");
-    let nodes: std::collections::BTreeSet<&str> =
-        members.iter().filter_map(|m| m["node"].as_str()).collect();
-    assert_eq!(nodes.len(), 4, "one member per node: {v}");
-    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
-    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    assert_eq!(added.len(), 2, "{op:?}");
+    let v = env.ready(&name).await?;
+    assert_eq!(v.replicas, 3, "{v:?}");
+    let members = &v.members;
+    assert_eq!(members.len(), 4, "{v:?}");
+    let nodes: std::collections::BTreeSet<&str> = members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(nodes.len(), 4, "one member per node: {v:?}");
+    assert_eq!(primary_of(&v)?.id, primary, "{v:?}");
+    assert_eq!(v.epoch, inst.epoch, "no failover: {v:?}");
 
     // Each new replica holds every write acknowledged before it was looked at, and follows.
     let acked_now = writer.acked();
@@ -1938,16 +1833,10 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
         .wait_acked(acked_now + 50, Duration::from_secs(60))
         .await?;
     for id in &added {
-        let m = members
-            .iter()
-            .find(|m| m["id"] == id.as_str())
-            .context("new member")?;
-        assert_eq!(m["role"], "replica", "{v}");
-        let addr = m["address"].as_str().context("address")?.to_owned();
-        let primary_addr = Env::primary_member(&v)?["address"]
-            .as_str()
-            .context("address")?
-            .to_owned();
+        let m = members.iter().find(|m| m.id == *id).context("new member")?;
+        assert_eq!(m.role, "replica", "{v:?}");
+        let addr = m.address.clone();
+        let primary_addr = primary_of(&v)?.address.clone();
         eventually(
             "the new replica holds every key the primary has",
             Duration::from_secs(60),
@@ -1966,17 +1855,18 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
     }
 
     // Back to one replica through the API: two removals, never the primary.
-    let (s, op) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/operations"),
-            Some(json!({"type": "scale", "replicas": 1})),
+    let op = env
+        .client()
+        .start_operation(
+            &name,
+            &NewOperation {
+                replicas: Some(1),
+                ..NewOperation::new(OpKind::Scale)
+            },
         )
         .await?;
-    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{op}");
-    let id = op["id"].as_str().context("id")?.to_owned();
-    let op = operation_ended(&env, &id, Duration::from_secs(300)).await?;
-    assert_eq!(op["state"], "succeeded", "{op}");
+    let op = operation_ended(&env, &op.id, Duration::from_secs(300)).await?;
+    assert_eq!(op.state, OpState::Succeeded, "{op:?}");
     let lines = step_lines(&op);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let mut removed = Vec::new();
@@ -1986,11 +1876,11 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
         assert_ne!(m, primary, "never the primary: {lines:?}");
         removed.push(m);
     }
-    let v = env.wait_instance_ready(&name).await?;
-    assert_eq!(v["replicas"], 1, "{v}");
-    assert_eq!(v["members"].as_array().map(Vec::len), Some(2), "{v}");
-    assert_eq!(Env::primary_member(&v)?["id"], primary.as_str(), "{v}");
-    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    let v = env.ready(&name).await?;
+    assert_eq!(v.replicas, 1, "{v:?}");
+    assert_eq!(v.members.len(), 2, "{v:?}");
+    assert_eq!(primary_of(&v)?.id, primary, "{v:?}");
+    assert_eq!(v.epoch, inst.epoch, "no failover: {v:?}");
     for m in &removed {
         eventually(
             "the removed member's container is gone",
@@ -2007,15 +1897,8 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
 
     // Nothing acknowledged was lost; the replica left holds it all too.
     let outcome = writer.stop().await?;
-    let v = env.wait_instance_ready(&name).await?;
-    let present = set_contents(
-        "redis",
-        Env::primary_member(&v)?["address"]
-            .as_str()
-            .context("address")?,
-        &pw,
-    )
-    .await?;
+    let v = env.ready(&name).await?;
+    let present = set_contents("redis", &primary_of(&v)?.address, &pw).await?;
     let lost = outcome.lost(&present);
     eprintln!(
         "redis scale 1 -> 3 -> 1: acknowledged {}, lost {}, longest write outage {:?}, removed {removed:?}",
@@ -2024,14 +1907,12 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
         outcome.longest_gap
     );
     assert!(lost.is_empty(), "lost {lost:?}");
-    let left = v["members"]
-        .as_array()
-        .context("members")?
+    let left = v
+        .members
         .iter()
-        .find(|m| m["role"] == "replica")
-        .and_then(|m| m["address"].as_str())
-        .context("replica")?
-        .to_owned();
+        .find(|m| m.role == "replica")
+        .map(|m| m.address.clone())
+        .context("replica")?;
     eventually(
         "the replica left holds every acknowledged key",
         Duration::from_secs(60),
@@ -2073,22 +1954,14 @@ async fn redis_config(addr: &str, admin: &str, param: &str) -> Result<String> {
 async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> Result<()> {
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("rpm");
-    let inst = env.create_ready(&name, "redis", 1).await?;
+    let inst = env.create(&name, "redis", 1).await?;
     let pw = env.app_password(&name).await?;
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
-    let addresses: BTreeMap<String, String> = inst["members"]
-        .as_array()
-        .context("members")?
+    let creds = env.client().credentials(&name).await?;
+    let admin = creds.credentials.admin.clone();
+    let addresses: BTreeMap<String, String> = inst
+        .members
         .iter()
-        .filter_map(|m| {
-            Some((
-                m["id"].as_str()?.to_owned(),
-                m["address"].as_str()?.to_owned(),
-            ))
-        })
+        .map(|m| (m.id.clone(), m.address.clone()))
         .collect();
     let writer = SetWriter::start(&env, &name, "redis", &pw).await?;
     writer.wait_acked(50, Duration::from_secs(60)).await?;
@@ -2111,8 +1984,8 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let op: Value = serde_json::from_slice(&out.stdout)?;
-            anyhow::ensure!(op["state"] == "succeeded", "{op}");
+            let op: Operation = serde_json::from_slice(&out.stdout)?;
+            anyhow::ensure!(op.state == OpState::Succeeded, "{op:?}");
             Ok(op)
         }
     };
@@ -2135,8 +2008,8 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
         for m in addresses.keys() {
             for p in ["maxmemory-policy", "hz"] {
                 let e = member_param(&v, m, p)?;
-                if e["state"] != "in_sync" {
-                    bail!("{m} {p}: {e}");
+                if e.state != ParamState::InSync {
+                    bail!("{m} {p}: {e:?}");
                 }
             }
         }
@@ -2161,28 +2034,29 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
         "the primary last, after a switchover: {:?}",
         step_lines(&op)
     );
-    let v = env.wait_instance_ready(&name).await?;
-    let primary = Env::primary_member(&v)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let v = env.ready(&name).await?;
+    let primary = primary_of(&v)?.id.clone();
     let replica = addresses
         .keys()
         .find(|m| **m != primary)
         .context("replica")?
         .clone();
-    for m in v["members"].as_array().context("members")? {
-        let addr = m["address"].as_str().context("address")?;
-        assert_eq!(redis_config(addr, &admin, "databases").await?, "32", "{m}");
+    for m in &v.members {
+        let addr = &m.address;
+        assert_eq!(
+            redis_config(addr, &admin, "databases").await?,
+            "32",
+            "{m:?}"
+        );
         // The live values survive the restart (rendered into the config too).
-        assert_eq!(redis_config(addr, &admin, "hz").await?, "20", "{m}");
+        assert_eq!(redis_config(addr, &admin, "hz").await?, "20", "{m:?}");
     }
     writer
         .wait_acked(writer.acked() + 50, Duration::from_secs(60))
         .await?;
     let outcome = writer.stop().await?;
-    let now = Env::primary_member(&v)?;
-    let present = set_contents("redis", now["address"].as_str().context("address")?, &pw).await?;
+    let now = primary_of(&v)?;
+    let present = set_contents("redis", &now.address, &pw).await?;
     assert!(
         outcome.lost(&present).is_empty(),
         "lost across the rolling restart: {:?}",
@@ -2190,14 +2064,12 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
     );
 
     // Behind the platform's back: CONFIG SET on the replica's own server.
-    let replica_addr = v["members"]
-        .as_array()
-        .context("members")?
+    let replica_addr = v
+        .members
         .iter()
-        .find(|m| m["id"] == replica.as_str())
-        .and_then(|m| m["address"].as_str())
-        .context("replica address")?
-        .to_owned();
+        .find(|m| m.id == replica)
+        .map(|m| m.address.clone())
+        .context("replica address")?;
     let mut c =
         mofang_tests::agent_scenarios::redis_conn(&replica_addr, "mofang_admin", &admin).await?;
     let _: () = redis::cmd("CONFIG")
@@ -2208,26 +2080,26 @@ async fn redis_parameters_apply_live_or_by_rolling_restart_and_show_drift() -> R
         .await?;
     let v = eventually("the replica drifts", Duration::from_secs(60), || async {
         let v = parameters(&env, &name).await?;
-        if v["drift"].as_array().is_some_and(|d| !d.is_empty()) {
-            Ok(v)
+        if v.drift.is_empty() {
+            bail!("{v:?}")
         } else {
-            bail!("{v}")
+            Ok(v)
         }
     })
     .await?;
+    assert_eq!(v.drift, [drift(&replica, "hz", "20", "5")], "{v:?}");
     assert_eq!(
-        v["drift"],
-        json!([{"member": replica, "parameter": "hz", "desired": "20", "effective": "5"}]),
-        "{v}"
+        member_param(&v, &primary, "hz")?.state,
+        ParamState::InSync,
+        "{v:?}"
     );
-    assert_eq!(member_param(&v, &primary, "hz")?["state"], "in_sync", "{v}");
     reconfigure(&["hz=20"]).await?;
     eventually("the drift is gone", Duration::from_secs(60), || async {
         let v = parameters(&env, &name).await?;
-        if v["drift"] == json!([]) && redis_config(&replica_addr, &admin, "hz").await? == "20" {
+        if v.drift.is_empty() && redis_config(&replica_addr, &admin, "hz").await? == "20" {
             Ok(())
         } else {
-            bail!("{v}")
+            bail!("{v:?}")
         }
     })
     .await?;
