@@ -9,34 +9,43 @@
 //! are refused with a JSON reason.
 
 use anyhow::{bail, ensure, Context, Result};
-use mofang_tests::scenario::{container_of, docker_cli, Env};
+use mofang_common::DbTls;
+use mofang_scheduler::backup::BackupState;
+use mofang_scheduler::client::{
+    CredentialsView, InstancePatch, LogRange, NewBackup, NewBackupRepo,
+};
+use mofang_scheduler::cluster::InstanceView;
+use mofang_scheduler::model::InstanceSpec;
+use mofang_scheduler::ops::{OpKind, OpState};
+use mofang_tests::scenario::{container_of, docker_cli, instance_spec, primary_of, Env};
 use mofang_tests::{eventually, unique_name};
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Fast knobs: agents' lease 2 s (tests/src/cluster.rs).
 const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 60000\n";
 
-fn spec(name: &str, engine: &str, tls: &str) -> Value {
-    let mut s = mofang_tests::scenario::spec(name, engine, 1);
-    s["tls"] = json!(tls);
-    s
+fn spec(name: &str, engine: &str, tls: DbTls) -> Result<InstanceSpec> {
+    let mut s = instance_spec(name, engine, 1)?;
+    s.tls = tls;
+    Ok(s)
 }
 
-async fn create_ready(env: &Env, name: &str, engine: &str) -> Result<Value> {
+/// Creates `name` (1+1) with `tls` through the typed client and waits until it is ready.
+async fn create_with(env: &Env, name: &str, engine: &str, tls: DbTls) -> Result<InstanceView> {
+    env.client()
+        .create_instance(&spec(name, engine, tls)?)
+        .await
+        .with_context(|| format!("create {name}"))?;
+    env.ready(name).await
+}
+
+async fn create_ready(env: &Env, name: &str, engine: &str) -> Result<InstanceView> {
     let started = std::time::Instant::now();
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(spec(name, engine, "required")),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
-    let ready = env.wait_instance_ready(name).await?;
+    let ready = create_with(env, name, engine, DbTls::Required).await?;
     // A figure for the record (not asserted): the certificates are on the way to `ready`.
     eprintln!(
         "{engine} 1+1 with tls required: ready {:.1} s after the create request",
@@ -45,13 +54,12 @@ async fn create_ready(env: &Env, name: &str, engine: &str) -> Result<Value> {
     Ok(ready)
 }
 
-fn member_address(inst: &Value, role: &str) -> Result<String> {
-    inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == role))
-        .and_then(|m| m["address"].as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("{role} address in {inst}"))
+fn member_address(inst: &InstanceView, role: &str) -> Result<String> {
+    inst.members
+        .iter()
+        .find(|m| m.role == role)
+        .map(|m| m.address.clone())
+        .with_context(|| format!("{role} address in {inst:?}"))
 }
 
 /// A MariaDB session as `user`; over TLS trusting only `ca` and verifying the address dialed
@@ -119,15 +127,10 @@ async fn redis_tls(
     Ok(conn)
 }
 
-async fn credentials(env: &Env, name: &str) -> Result<(Value, String)> {
-    let c = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    ensure!(c["tls"] == "required", "credentials: {c}");
-    let ca = c["ca_pem"]
-        .as_str()
-        .context("ca_pem in credentials")?
-        .to_owned();
+async fn credentials(env: &Env, name: &str) -> Result<(CredentialsView, String)> {
+    let c = env.client().credentials(name).await?;
+    ensure!(c.tls == "required", "credentials: {c:?}");
+    let ca = c.ca_pem.clone().context("ca_pem in credentials")?;
     ensure!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
     Ok((c, ca))
 }
@@ -136,6 +139,8 @@ async fn credentials(env: &Env, name: &str) -> Result<(Value, String)> {
 async fn bad_tls_values_are_refused_with_a_reason() -> Result<()> {
     mofang_tests::init_tracing();
     let env = Env::start(1).await?;
+    // Bodies the typed client cannot write (a value no `DbTls` has, a JSON type that is not
+    // a string): sent raw.
     for (engine, tls, status_wanted, want) in [
         (
             "mariadb",
@@ -145,14 +150,8 @@ async fn bad_tls_values_are_refused_with_a_reason() -> Result<()> {
         ),
         // Valid JSON of the wrong type: 422 (docs/api.md), the reason naming the type.
         ("mariadb", json!(true), 422, "invalid type: boolean `true`"),
-        (
-            "redis",
-            json!("optional"),
-            422,
-            "tls: optional is not available for redis",
-        ),
     ] {
-        let mut s = spec(&unique_name("bad"), engine, "off");
+        let mut s = mofang_tests::scenario::spec(&unique_name("bad"), engine, 1);
         s["tls"] = tls.clone();
         let (status, v) = env
             .call(reqwest::Method::POST, "/v1/instances", Some(s))
@@ -164,11 +163,25 @@ async fn bad_tls_values_are_refused_with_a_reason() -> Result<()> {
         let msg = v["error"]["message"].as_str().unwrap_or_default();
         ensure!(msg.contains(want), "{engine} {tls}: {v}");
     }
-    let list = env.get("/v1/instances").await?;
+    // A well-formed request the scheduler refuses: through the typed client.
+    let err = match env
+        .client()
+        .create_instance(&spec(&unique_name("bad"), "redis", DbTls::Optional)?)
+        .await
+    {
+        Ok(v) => bail!("redis with tls optional was created: {v:?}"),
+        Err(e) => e,
+    };
     ensure!(
-        list.as_array().is_some_and(|a| a.is_empty()),
-        "nothing created: {list}"
+        err.status() == Some(422)
+            && err.code() == Some("invalid")
+            && err
+                .to_string()
+                .contains("tls: optional is not available for redis"),
+        "redis optional: {err}"
     );
+    let list = env.client().instances(None).await?;
+    ensure!(list.is_empty(), "nothing created: {list:?}");
     Ok(())
 }
 
@@ -179,10 +192,10 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("tlsdb");
     let inst = create_ready(&env, &name, "mariadb").await?;
-    ensure!(inst["spec"]["tls"] == "required", "{inst}");
+    ensure!(inst.spec.tls == DbTls::Required, "{inst:?}");
     let (creds, ca) = credentials(&env, &name).await?;
-    let app = creds["app"].as_str().context("app")?.to_owned();
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let app = creds.credentials.app.clone();
+    let admin = creds.credentials.admin.clone();
     let primary = member_address(&inst, "primary")?;
     let replica = member_address(&inst, "replica")?;
 
@@ -281,11 +294,8 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
 
     // The member's key: in its config directory 0600 for the database's uid (999) only, and
     // nowhere in clear in the agent's state directory or in any log.
-    let primary_id = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
-    let agent = env.agent_of(&inst, &primary_id)?;
+    let primary_id = primary_of(&inst)?.id.clone();
+    let agent = env.agent_running(&inst, &primary_id)?;
     let key_file = env.agents[agent]
         .run_dir()
         .join(&primary_id)
@@ -346,16 +356,12 @@ async fn mariadb_with_tls_required_refuses_plain_text_and_replicates_over_verifi
     .await?;
 
     // One kill of the primary: the new primary has the row, and serves TLS only.
-    let old = Env::primary_member(&inst)?;
-    docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
+    let old = primary_of(&inst)?;
+    docker_cli(&["kill", &container_of(&old.id)])?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
-    let new_primary = after["primary"].as_str().context("primary")?.to_owned();
+    let new_primary = after.primary.clone();
     ensure!(
         new_primary == replica,
         "promoted {new_primary}, expected {replica}"
@@ -379,9 +385,9 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("tlsrd");
     let inst = create_ready(&env, &name, "redis").await?;
-    ensure!(inst["spec"]["tls"] == "required", "{inst}");
+    ensure!(inst.spec.tls == DbTls::Required, "{inst:?}");
     let (creds, ca) = credentials(&env, &name).await?;
-    let app = creds["app"].as_str().context("app")?.to_owned();
+    let app = creds.credentials.app.clone();
     let primary = member_address(&inst, "primary")?;
     let replica = member_address(&inst, "replica")?;
 
@@ -417,7 +423,7 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
     )
     .await?;
     // The replica's link is up although its primary has no plain-text port: replication is TLS.
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let admin = creds.credentials.admin.clone();
     let mut r = redis_tls(&replica, "mofang_admin", &admin, &ca).await?;
     let info: String = redis::cmd("INFO")
         .arg("replication")
@@ -445,52 +451,50 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
 
     // A backup (BGSAVE through the agent's TLS session with the member) to a real S3.
     let s3 = mofang_tests::s3::SeaweedFs::shared().await?;
-    let (status, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/backup-repos",
-            Some(
-                json!({"name": "tlsrepo", "kind": "s3", "endpoint": s3.endpoint,
-                "bucket": s3.bucket, "prefix": unique_name("tls"),
-                "access_key_id": s3.access_key, "secret_access_key": s3.secret_key}),
-            ),
+    let client = env.client();
+    client
+        .add_backup_repo(&NewBackupRepo {
+            name: "tlsrepo".into(),
+            kind: "s3".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            bucket: Some(s3.bucket.clone()),
+            prefix: Some(unique_name("tls")),
+            access_key_id: Some(s3.access_key.clone()),
+            secret_access_key: Some(mofang_common::repo::Secret(s3.secret_key.clone())),
+            ..NewBackupRepo::default()
+        })
+        .await
+        .context("backup repository")?;
+    let b = client
+        .create_backup(
+            &name,
+            &NewBackup {
+                repo: "tlsrepo".into(),
+                primary: true,
+                ..NewBackup::default()
+            },
         )
-        .await?;
-    ensure!(
-        status == StatusCode::CREATED,
-        "backup repository: {status} {v}"
-    );
-    let (status, b) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/backups"),
-            Some(json!({"repo": "tlsrepo", "primary": true})),
-        )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "backup: {status} {b}");
-    let id = b["id"].as_str().context("backup id")?.to_owned();
+        .await
+        .context("backup")?;
+    let id = b.id;
     let done = eventually("the backup ended", Duration::from_secs(60), || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
+        let b = client.backup(&id).await?;
+        ensure!(b.state.is_final(), "{b:?}");
         Ok(b)
     })
     .await?;
     ensure!(
-        done["state"] == "succeeded",
-        "backup of a TLS member: {done}"
+        done.state == BackupState::Succeeded,
+        "backup of a TLS member: {done:?}"
     );
 
     // One kill of the primary after the write reached the replica: the new primary has it.
-    let old = Env::primary_member(&inst)?;
-    docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
+    let old = primary_of(&inst)?;
+    docker_cli(&["kill", &container_of(&old.id)])?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
-    let new_primary = after["primary"].as_str().context("primary")?.to_owned();
+    let new_primary = after.primary.clone();
     let mut c = redis_tls(&new_primary, "app", &app, &ca).await?;
     let v: Option<String> = redis::cmd("GET").arg("mark").query_async(&mut c).await?;
     ensure!(
@@ -505,8 +509,9 @@ async fn redis_with_tls_required_refuses_plain_text_and_replicates_over_tls() ->
     Ok(())
 }
 
-/// `mofang --json ARGS...` against the environment's scheduler.
-async fn cli(env: &Env, args: &[&str]) -> Result<Value> {
+/// `mofang --json ARGS...` against the environment's scheduler, its output read as `T` (the
+/// API's type the CLI prints).
+async fn cli<T: serde::de::DeserializeOwned>(env: &Env, args: &[&str]) -> Result<T> {
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .arg("--json")
         .args(args)
@@ -526,7 +531,7 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
     mofang_tests::init_tracing();
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("tlsopt");
-    let created = cli(
+    let created: InstanceView = cli(
         &env,
         &[
             "instance",
@@ -547,11 +552,11 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
         ],
     )
     .await?;
-    ensure!(created["spec"]["tls"] == "optional", "{created}");
-    let inst = env.wait_instance_ready(&name).await?;
+    ensure!(created.spec.tls == DbTls::Optional, "{created:?}");
+    let inst = env.ready(&name).await?;
     let dir = tempfile::tempdir()?;
     let ca_file = dir.path().join("ca.pem");
-    let creds = cli(
+    let creds: CredentialsView = cli(
         &env,
         &[
             "instance",
@@ -562,14 +567,14 @@ async fn mariadb_with_tls_optional_through_the_cli_accepts_both_and_replicates_o
         ],
     )
     .await?;
-    ensure!(creds["tls"] == "optional", "{creds}");
+    ensure!(creds.tls == "optional", "{creds:?}");
     let ca = std::fs::read_to_string(&ca_file)?;
     ensure!(
-        Some(ca.as_str()) == creds["ca_pem"].as_str(),
+        Some(ca.as_str()) == creds.ca_pem.as_deref(),
         "--ca-out wrote the CA"
     );
-    let app = creds["app"].as_str().context("app")?.to_owned();
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let app = creds.credentials.app.clone();
+    let admin = creds.credentials.admin.clone();
     let primary = member_address(&inst, "primary")?;
     let replica = member_address(&inst, "replica")?;
 
@@ -743,7 +748,7 @@ async fn haproxy_reaches_redis_members_over_tls_verifying_each_members_name() ->
     let name = unique_name("hatls");
     let inst = create_ready(&env, &name, "redis").await?;
     let (creds, ca) = credentials(&env, &name).await?;
-    let app = creds["app"].as_str().context("app")?.to_owned();
+    let app = creds.credentials.app.clone();
     let ca_file = env.sched.dir.path().join("instance-ca.pem");
     std::fs::write(&ca_file, &ca)?;
 
@@ -772,13 +777,8 @@ async fn haproxy_reaches_redis_members_over_tls_verifying_each_members_name() ->
 
     // The same config, but each member checked against a name its certificate does not
     // carry: HAProxy refuses the handshake and forwards nothing, though the chain is good.
-    let ids: Vec<String> = inst["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["id"].as_str().map(str::to_owned))
-        .collect();
-    ensure!(ids.len() == 2, "{inst}");
+    let ids: Vec<String> = inst.members.iter().map(|m| m.id.clone()).collect();
+    ensure!(ids.len() == 2, "{inst:?}");
     let (_wrong, rw2, _) = run_haproxy(&env, &name, &ca_file, "haproxy-wrong.cfg", |c| {
         ids.iter().fold(c, |c, id| {
             // HAProxy checks the SNI name when one is sent (`verifyhost` otherwise, seen
@@ -809,30 +809,20 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
     mofang_tests::init_tracing();
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("refused");
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(spec(&name, "mariadb", "off")),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
-    let inst = env.wait_instance_ready(&name).await?;
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
-    let app = creds["app"].as_str().context("app")?.to_owned();
+    let inst = create_with(&env, &name, "mariadb", DbTls::Off).await?;
+    let creds = env.client().credentials(&name).await?;
+    let admin = creds.credentials.admin.clone();
+    let app = creds.credentials.app.clone();
     let primary_at = member_address(&inst, "primary")?;
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .cloned()
+    let replica = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
         .context("replica")?;
-    let replica_id = replica["id"].as_str().context("id")?.to_owned();
+    let replica_id = replica.id.clone();
     let check = format!(
         "http://{}/v1/members/{replica_id}/replica",
-        replica["check_address"].as_str().context("check address")?
+        replica.check_address
     );
 
     // The primary refuses the replication account in plain text, and the replica's current
@@ -851,26 +841,27 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
     for id in dumps {
         p.query_drop(format!("KILL {id}")).await?;
     }
-    let path = format!("/v1/instances/{name}");
+    let replica_of = |v: &InstanceView| {
+        v.members
+            .iter()
+            .find(|m| m.id == replica_id)
+            .cloned()
+            .context("replica")
+    };
     let refused = eventually(
         "the replica is reported not healthy, with the reason",
         Duration::from_secs(30),
         || async {
-            let v = env.get(&path).await?;
-            let m = v["members"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
-                .cloned()
-                .context("replica")?;
-            ensure!(m["healthy"] == false, "{m}");
+            let m = replica_of(&env.instance(&name).await?)?;
+            ensure!(!m.healthy, "{m:?}");
             Ok(m)
         },
     )
     .await?;
-    let reason = refused["reason"].as_str().unwrap_or_default();
+    let reason = &refused.reason;
     ensure!(
         reason.contains("connecting to master") && reason.contains("Access denied"),
-        "the reason names MariaDB's Last_IO_Error: {refused}"
+        "the reason names MariaDB's Last_IO_Error: {refused:?}"
     );
     // What a load balancer asks: not a replica to send reads to.
     let r = env.http.get(&check).send().await?;
@@ -882,10 +873,10 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
     // It stays so while the retries go on (the state is not a transient of one look).
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let v = env.get(&path).await?;
+        let v = env.instance(&name).await?;
         ensure!(
-            v["status"] != "ready",
-            "ready while its replica is refused: {v}"
+            v.status != "ready",
+            "ready while its replica is refused: {v:?}"
         );
     }
 
@@ -899,17 +890,12 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
     w.query_drop("INSERT INTO app.after_refusal VALUES (1)")
         .await?;
     drop(w);
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
     for i in 0..10 {
-        let v = env.get(&path).await?;
-        let m = v["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["id"] == replica_id.as_str()))
-            .cloned()
-            .context("replica")?;
+        let m = replica_of(&env.instance(&name).await?)?;
         ensure!(
-            m["healthy"] == true && m["reason"] == "",
-            "sample {i}: the reconnected replica flapped: {m}"
+            m.healthy && m.reason.is_empty(),
+            "sample {i}: the reconnected replica flapped: {m:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -919,7 +905,7 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
         "replica check: {}",
         r.status()
     );
-    let replica_at = member_address(&env.get(&path).await?, "replica")?;
+    let replica_at = member_address(&env.instance(&name).await?, "replica")?;
     eventually(
         "the row is on the replica",
         Duration::from_secs(30),
@@ -941,21 +927,12 @@ async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> R
     mofang_tests::init_tracing();
     let env = Env::start_with(2, FAST).await?;
     let name = unique_name("tlsup");
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(spec(&name, "mariadb", "off")),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "create {name}: {s} {v}");
-    let inst = env.wait_instance_ready(&name).await?;
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    ensure!(creds["tls"] == "off", "{creds}");
-    let app = creds["app"].as_str().context("app")?.to_owned();
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let inst = create_with(&env, &name, "mariadb", DbTls::Off).await?;
+    let client = env.client();
+    let creds = client.credentials(&name).await?;
+    ensure!(creds.tls == "off", "{creds:?}");
+    let app = creds.credentials.app.clone();
+    let admin = creds.credentials.admin.clone();
     let mut c = mysql(&member_address(&inst, "primary")?, "app", &app, None, None).await?;
     c.query_drop("CREATE TABLE app.marks (id BIGINT PRIMARY KEY)")
         .await?;
@@ -963,50 +940,41 @@ async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> R
         .await?;
     drop(c);
 
-    let path = format!("/v1/instances/{name}");
-    let (s, v) = env
-        .call(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"tls": "required"})),
-        )
-        .await?;
-    ensure!(s == StatusCode::OK, "patch tls: {s} {v}");
-    ensure!(v["spec"]["tls"] == "required", "{v}");
+    let tls = |t: DbTls| InstancePatch {
+        tls: Some(t),
+        ..InstancePatch::default()
+    };
+    let v = client
+        .patch_instance(&name, &tls(DbTls::Required))
+        .await
+        .context("patch tls")?;
+    ensure!(v.spec.tls == DbTls::Required, "{v:?}");
     // One change at a time: the rolling restart is under way.
-    let (s, v) = env
-        .call(
-            reqwest::Method::PATCH,
-            &path,
-            Some(json!({"tls": "optional"})),
-        )
-        .await?;
-    ensure!(
-        s == StatusCode::CONFLICT && v["error"]["code"] == "operation_running",
-        "a second change while the first rolls: {s} {v}"
-    );
+    match client.patch_instance(&name, &tls(DbTls::Optional)).await {
+        Ok(v) => bail!("a second change while the first rolls was accepted: {v:?}"),
+        Err(e) => ensure!(
+            e.status() == Some(409) && e.code() == Some("operation_running"),
+            "a second change while the first rolls: {e}"
+        ),
+    }
     let op = eventually(
         "the rolling restart succeeded",
         Duration::from_secs(240),
         || async {
-            let ops = env.get(&format!("{path}/operations")).await?;
-            let op = ops
-                .as_array()
-                .and_then(|a| a.first())
-                .cloned()
-                .context("no operation")?;
-            if op["state"] == "failed" || op["state"] == "cancelled" {
+            let ops = client.operations(&name).await?;
+            let op = ops.first().cloned().context("no operation")?;
+            if matches!(op.state, OpState::Failed | OpState::Cancelled) {
                 return Ok(Err(op));
             }
-            ensure!(op["state"] == "succeeded", "{op}");
+            ensure!(op.state == OpState::Succeeded, "{op:?}");
             Ok(Ok(op))
         },
     )
     .await?;
-    let op = op.map_err(|op| anyhow::anyhow!("the rolling restart did not succeed: {op}"))?;
-    ensure!(op["type"] == "restart", "{op}");
+    let op = op.map_err(|op| anyhow::anyhow!("the rolling restart did not succeed: {op:?}"))?;
+    ensure!(op.kind == OpKind::Restart, "{op:?}");
 
-    let inst = env.wait_instance_ready(&name).await?;
+    let inst = env.ready(&name).await?;
     let (_, ca) = credentials(&env, &name).await?;
     let primary = member_address(&inst, "primary")?;
     let replica = member_address(&inst, "replica")?;
@@ -1066,8 +1034,8 @@ async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> R
 
     // Back: `optional` (through the CLI) is set live (no restart, no operation): plain text
     // gets in again.
-    let v = cli(&env, &["instance", "tls", &name, "optional"]).await?;
-    ensure!(v["spec"]["tls"] == "optional", "{v}");
+    let v: InstanceView = cli(&env, &["instance", "tls", &name, "optional"]).await?;
+    ensure!(v.spec.tls == DbTls::Optional, "{v:?}");
     eventually(
         "plain text accepted with tls optional",
         Duration::from_secs(20),
@@ -1077,33 +1045,31 @@ async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> R
         },
     )
     .await?;
-    let ops = env.get(&format!("{path}/operations")).await?;
+    let ops = client.operations(&name).await?;
     ensure!(
-        ops.as_array().map(Vec::len) == Some(1),
-        "optional <-> required restarts nothing: {ops}"
+        ops.len() == 1,
+        "optional <-> required restarts nothing: {ops:?}"
     );
     // And off: a second rolling restart; replication back to plain text, no row lost.
-    let (s, v) = env
-        .call(reqwest::Method::PATCH, &path, Some(json!({"tls": "off"})))
-        .await?;
-    ensure!(s == StatusCode::OK, "patch tls off: {s} {v}");
+    client
+        .patch_instance(&name, &tls(DbTls::Off))
+        .await
+        .context("patch tls off")?;
     eventually(
         "the second rolling restart succeeded",
         Duration::from_secs(240),
         || async {
-            let ops = env.get(&format!("{path}/operations")).await?;
-            let states: Vec<Value> = ops
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|o| o["state"].clone())
-                .collect();
-            ensure!(states == [json!("succeeded"), json!("succeeded")], "{ops}");
+            let ops = client.operations(&name).await?;
+            let states: Vec<OpState> = ops.iter().map(|o| o.state).collect();
+            ensure!(
+                states == [OpState::Succeeded, OpState::Succeeded],
+                "{ops:?}"
+            );
             Ok(())
         },
     )
     .await?;
-    let inst = env.wait_instance_ready(&name).await?;
+    let inst = env.ready(&name).await?;
     let primary = member_address(&inst, "primary")?;
     let replica = member_address(&inst, "replica")?;
     let mut c = mysql(&primary, "app", &app, None, None).await?;
@@ -1129,18 +1095,18 @@ async fn mariadb_tls_turned_on_and_off_on_a_running_instance_loses_no_row() -> R
     .await?;
 
     // The changes are events, and their requests are in the audit log.
-    let events = env.events(&name).await?;
+    let events = env.instance_events(&name).await?;
     ensure!(
-        events.iter().any(|e| e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("tls off -> required"))),
+        events
+            .iter()
+            .any(|e| e.message.contains("tls off -> required")),
         "no event for the change: {events:?}"
     );
-    let audit = env.get("/v1/audit").await?;
+    let audit = client.audit(LogRange::default()).await?;
     ensure!(
-        audit.as_array().is_some_and(|a| a
+        audit
             .iter()
-            .any(|e| e["action"] == format!("PATCH /v1/instances/{name}") && e["status"] == 200)),
+            .any(|e| e.action == format!("PATCH /v1/instances/{name}") && e.status == 200),
         "no audit entry for the change"
     );
     Ok(())
@@ -1177,14 +1143,11 @@ async fn errant_gtids(
 
 /// What the replication looks like when a row did not arrive, for the failure message:
 /// each member's `SHOW SLAVE STATUS` essentials and the tail of its server log.
-async fn replication_report(inst: &Value, admin: &str, ca: &str) -> String {
+async fn replication_report(inst: &InstanceView, admin: &str, ca: &str) -> String {
     let mut out = String::new();
-    for m in inst["members"].as_array().into_iter().flatten() {
-        let (id, addr) = (
-            m["id"].as_str().unwrap_or_default(),
-            m["address"].as_str().unwrap_or_default(),
-        );
-        out.push_str(&format!("\n---- {id} at {addr} ({})\n", m["role"]));
+    for m in &inst.members {
+        let (id, addr) = (m.id.as_str(), m.address.as_str());
+        out.push_str(&format!("\n---- {id} at {addr} ({})\n", m.role));
         match mysql(addr, "mofang_admin", admin, Some(ca), None).await {
             Ok(mut c) => {
                 let row: Result<Option<mysql_async::Row>, _> =

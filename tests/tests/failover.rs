@@ -5,37 +5,40 @@
 //! the fault every acknowledged id must be on the new primary and nothing else.
 
 use anyhow::{bail, Context, Result};
+use mofang_scheduler::cluster::{InstanceView, MemberView};
+use mofang_scheduler::model::Event;
 use mofang_tests::faults::{isolate, rejoin};
-use mofang_tests::scenario::{container_of, docker_cli, set_contents, Env, SetWriter};
+use mofang_tests::scenario::{container_of, docker_cli, primary_of, set_contents, Env, SetWriter};
 use mofang_tests::{eventually, unique_name};
-use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Fast knobs for tests: agents' lease is 2 s (tests/src/cluster.rs), node_ttl 1.5 s.
 const FAST: &str = "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\n";
 
-fn member<'a>(inst: &'a Value, id: &str) -> Result<&'a Value> {
-    inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["id"] == id))
-        .with_context(|| format!("member {id} in {inst}"))
-}
-
-fn kinds(events: &[Value]) -> Vec<String> {
-    events
+fn member<'a>(inst: &'a InstanceView, id: &str) -> Result<&'a MemberView> {
+    inst.members
         .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-        .collect()
+        .find(|m| m.id == id)
+        .with_context(|| format!("member {id} in {inst:?}"))
 }
 
-async fn wait_replica_rejoined(env: &Env, name: &str, id: &str, limit: Duration) -> Result<Value> {
+fn kinds(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.kind.clone()).collect()
+}
+
+async fn wait_replica_rejoined(
+    env: &Env,
+    name: &str,
+    id: &str,
+    limit: Duration,
+) -> Result<MemberView> {
     eventually("old primary rejoined as a replica", limit, || async {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
+        let v = env.instance(name).await?;
         let m = member(&v, id)?.clone();
-        if m["role"] == "replica" && m["healthy"] == true && m["observed_role"] == "replica" {
+        if m.role == "replica" && m.healthy && m.observed_role == "replica" {
             Ok(m)
         } else {
-            bail!("{m}")
+            bail!("{m:?}")
         }
     })
     .await
@@ -50,21 +53,17 @@ async fn kill_primary_under_writes(engine: &str) -> Result<()> {
 async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("kill");
-    let inst = env.create_ready(&name, engine, 2).await?;
+    let inst = env.create(&name, engine, 2).await?;
     let pw = env.app_password(&name).await?;
-    let old = Env::primary_member(&inst)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
+    let old = primary_of(&inst)?;
+    let old_id = old.id.clone();
 
     let writer = SetWriter::start(&env, &name, engine, &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
     let killed_at = Instant::now();
     docker_cli(&[fault, &container_of(&old_id)])?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
     let detected = killed_at.elapsed();
     if fault == "pause" {
@@ -76,9 +75,9 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         .wait_acked(acked_before.max(1000) + 200, Duration::from_secs(120))
         .await?;
     let out = writer.stop().await?;
-    let new = Env::primary_member(&after)?;
-    assert_ne!(new["id"], old["id"], "a replica took over");
-    let present = set_contents(engine, new["address"].as_str().context("address")?, &pw).await?;
+    let new = primary_of(&after)?;
+    assert_ne!(new.id, old.id, "a replica took over");
+    let present = set_contents(engine, &new.address, &pw).await?;
     let lost = out.lost(&present);
     let unexpected = out.unexpected(&present);
     eprintln!(
@@ -94,7 +93,7 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         unexpected.is_empty(),
         "writes never attempted: {unexpected:?}"
     );
-    let events = env.events(&name).await?;
+    let events = env.instance_events(&name).await?;
     let k = kinds(&events);
     for want in [
         "failover_detected",
@@ -107,8 +106,8 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
     // compares with the old primary's last one), never an empty one.
     let decided = events
         .iter()
-        .find(|e| e["kind"] == "failover_decided")
-        .and_then(|e| e["message"].as_str())
+        .find(|e| e.kind == "failover_decided")
+        .map(|e| e.message.as_str())
         .unwrap_or_default();
     assert!(
         decided.contains("promoting") && !decided.contains("(position )"),
@@ -151,7 +150,7 @@ async fn fault_primary_under_writes(engine: &str, fault: &str) -> Result<()> {
         assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
         // The old primary comes back as a replica of the new one, with every write.
         let m = wait_replica_rejoined(&env, &name, &old_id, Duration::from_secs(120)).await?;
-        let addr = m["address"].as_str().context("address")?.to_owned();
+        let addr = m.address;
         let on_old = eventually("old primary caught up", Duration::from_secs(30), || async {
             let s = set_contents(engine, &addr, &pw).await?;
             if out.lost(&s).is_empty() {
@@ -206,12 +205,10 @@ async fn redis_primary_killed_under_writes_fails_over() -> Result<()> {
 }
 
 /// read_only flags of every member reachable from the host: (member, writable).
-async fn writable_members(inst: &Value, admin: &str) -> Vec<(String, bool)> {
+async fn writable_members(inst: &InstanceView, admin: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
-    for m in inst["members"].as_array().into_iter().flatten() {
-        let (Some(id), Some(addr)) = (m["id"].as_str(), m["address"].as_str()) else {
-            continue;
-        };
+    for m in &inst.members {
+        let (id, addr) = (&m.id, &m.address);
         let Some((host, port)) = addr.rsplit_once(':') else {
             continue;
         };
@@ -239,20 +236,17 @@ async fn writable_members(inst: &Value, admin: &str) -> Vec<(String, bool)> {
 async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("part");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    let admin = creds["admin"].as_str().context("admin")?.to_owned();
+    let inst = env.create(&name, "mariadb", 2).await?;
+    let creds = env.client().credentials(&name).await?;
+    let admin = creds.credentials.admin.clone();
     let pw = env.app_password(&name).await?;
-    let old = Env::primary_member(&inst)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
-    let peers: Vec<String> = inst["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["id"] != old["id"])
-        .filter_map(|m| Some(m["address"].as_str()?.rsplit_once(':')?.0.to_owned()))
+    let old = primary_of(&inst)?;
+    let old_id = old.id.clone();
+    let peers: Vec<String> = inst
+        .members
+        .iter()
+        .filter(|m| m.id != old.id)
+        .filter_map(|m| Some(m.address.rsplit_once(':')?.0.to_owned()))
         .collect();
 
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
@@ -260,7 +254,7 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
 
     // Partition the primary's host: its agent loses the scheduler, its database the other
     // hosts' members. The agent still reaches its own database, as on a real host.
-    let a = env.agent_of(&inst, &old_id)?;
+    let a = env.agent_running(&inst, &old_id)?;
     let cut_at = Instant::now();
     env.links[a].cut();
     isolate(&container_of(&old_id), &peers)?;
@@ -271,17 +265,17 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     let until = Instant::now() + Duration::from_secs(60);
     let new = loop {
         if Instant::now() > until {
-            bail!("no failover within 60 s: {view}");
+            bail!("no failover within 60 s: {view:?}");
         }
-        view = env.get(&format!("/v1/instances/{name}")).await?;
+        view = env.instance(&name).await?;
         let w = writable_members(&view, &admin).await;
         worst = worst.max(w.iter().filter(|(_, w)| *w).count());
         if fenced_after.is_none() && w.iter().any(|(id, w)| id == &old_id && !w) {
             fenced_after = Some(cut_at.elapsed());
         }
-        let p = Env::primary_member(&view)?;
-        if p["id"] != old["id"] && p["healthy"] == true && p["observed_role"] == "primary" {
-            break p;
+        let p = primary_of(&view)?;
+        if p.id != old.id && p.healthy && p.observed_role == "primary" {
+            break p.clone();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -305,7 +299,7 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
         .wait_acked(acked + 300, Duration::from_secs(60))
         .await?;
     let out = writer.stop().await?;
-    let present = set_contents("mariadb", new["address"].as_str().context("addr")?, &pw).await?;
+    let present = set_contents("mariadb", &new.address, &pw).await?;
     assert!(
         out.lost(&present).is_empty(),
         "lost {:?}",
@@ -317,12 +311,12 @@ async fn partitioned_primary_host_is_fenced_failed_over_and_rejoins() -> Result<
     rejoin(&container_of(&old_id))?;
     env.links[a].heal();
     let m = wait_replica_rejoined(&env, &name, &old_id, Duration::from_secs(120)).await?;
-    let on_old = set_contents("mariadb", m["address"].as_str().context("addr")?, &pw).await?;
+    let on_old = set_contents("mariadb", &m.address, &pw).await?;
     eventually(
         "old primary holds every write",
         Duration::from_secs(30),
         || async {
-            let s = set_contents("mariadb", m["address"].as_str().unwrap_or_default(), &pw).await?;
+            let s = set_contents("mariadb", &m.address, &pw).await?;
             if out.lost(&s).is_empty() {
                 Ok(())
             } else {
@@ -340,19 +334,19 @@ async fn lost_agent_or_scheduler_link_alone_is_no_failover() -> Result<()> {
     let env_ = Env::start_with(3, FAST).await?;
     let mut env = env_;
     let name = unique_name("calm");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let old = Env::primary_member(&inst)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
-    let addr = old["address"].as_str().context("addr")?.to_owned();
-    let a = env.agent_of(&inst, &old_id)?;
+    let old = primary_of(&inst)?;
+    let old_id = old.id.clone();
+    let addr = old.address.clone();
+    let a = env.agent_running(&inst, &old_id)?;
 
     // 1. The primary's agent is killed: the database is fine, the replicas still see it.
     env.agents[a].kill9()?;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
-    assert_eq!(Env::primary_member(&v)?["id"], old["id"]);
+    let v = env.instance(&name).await?;
+    assert_eq!(v.epoch, inst.epoch, "no failover: {v:?}");
+    assert_eq!(primary_of(&v)?.id, old.id);
     let mut c = mofang_tests::scenario::mysql(&addr, &pw).await?;
     {
         use mysql_async::prelude::Queryable;
@@ -361,17 +355,17 @@ async fn lost_agent_or_scheduler_link_alone_is_no_failover() -> Result<()> {
         c.query_drop("INSERT INTO calm VALUES (1)").await?;
     }
     drop(c);
-    let k = kinds(&env.events(&name).await?);
+    let k = kinds(&env.instance_events(&name).await?);
     assert!(k.iter().any(|x| x == "failover_not_needed"), "{k:?}");
     env.agents[a].restart()?;
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
 
     // 2. Only the scheduler link of the primary's host is cut: no failover. Its agent fences
     // the primary when its lease runs out (it cannot know), and lifts it when back.
     env.links[a].cut();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["epoch"], inst["epoch"], "no failover: {v}");
+    let v = env.instance(&name).await?;
+    assert_eq!(v.epoch, inst.epoch, "no failover: {v:?}");
     env.links[a].heal();
     eventually("writes accepted again", Duration::from_secs(60), || async {
         use mysql_async::prelude::Queryable;
@@ -380,8 +374,8 @@ async fn lost_agent_or_scheduler_link_alone_is_no_failover() -> Result<()> {
         Ok(())
     })
     .await?;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["epoch"], inst["epoch"], "still no failover");
+    let v = env.instance(&name).await?;
+    assert_eq!(v.epoch, inst.epoch, "still no failover");
     Ok(())
 }
 
@@ -389,19 +383,16 @@ async fn lost_agent_or_scheduler_link_alone_is_no_failover() -> Result<()> {
 async fn switchover_under_writes_loses_nothing() -> Result<()> {
     let env = Env::start_with(3, FAST).await?;
     let name = unique_name("swo");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let old = Env::primary_member(&inst)?;
+    let old = primary_of(&inst)?;
     // A failover of a healthy primary is refused with its own code: that is a switchover.
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/failover"),
-            Some(json!({})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "primary_healthy", "{body}");
+    let err = match env.client().failover(&name, None).await {
+        Ok(v) => bail!("a failover of a healthy primary was accepted: {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(err.status(), Some(409), "{err}");
+    assert_eq!(err.code(), Some("primary_healthy"), "{err}");
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(300, Duration::from_secs(60)).await?;
     // Through the CLI, as an operator would. Refused while the primary is not healthy (on a
@@ -428,29 +419,18 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
         "mofang instance switchover: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    let new = Env::primary_member(&v)?;
-    assert_ne!(new["id"], old["id"]);
+    let v: InstanceView = serde_json::from_slice(&out.stdout)?;
+    let new = primary_of(&v)?;
+    assert_ne!(new.id, old.id);
     let acked = writer.acked();
     writer
         .wait_acked(acked + 300, Duration::from_secs(60))
         .await?;
     let out = writer.stop().await?;
     let v = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(30),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(30))
         .await?;
-    let present = set_contents(
-        "mariadb",
-        Env::primary_member(&v)?["address"]
-            .as_str()
-            .context("addr")?,
-        &pw,
-    )
-    .await?;
+    let present = set_contents("mariadb", &primary_of(&v)?.address, &pw).await?;
     eprintln!(
         "switchover: acknowledged {}, lost {}, outage {:?}",
         out.acked.len(),
@@ -463,14 +443,8 @@ async fn switchover_under_writes_loses_nothing() -> Result<()> {
         out.lost(&present)
     );
     assert!(out.unexpected(&present).is_empty());
-    wait_replica_rejoined(
-        &env,
-        &name,
-        old["id"].as_str().unwrap_or_default(),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let k = kinds(&env.events(&name).await?);
+    wait_replica_rejoined(&env, &name, &old.id, Duration::from_secs(60)).await?;
+    let k = kinds(&env.instance_events(&name).await?);
     assert!(k.iter().any(|x| x == "switchover_completed"), "{k:?}");
     Ok(())
 }
@@ -485,9 +459,8 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
     );
     let env = Env::start_with(3, &cfg).await?;
     let name = unique_name("rail");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
-    let old = Env::primary_member(&inst)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
+    let inst = env.create(&name, "mariadb", 2).await?;
+    let old_id = primary_of(&inst)?.id.clone();
 
     // A pre_failover hook that fails aborts the failover.
     std::fs::write(&veto, "no")?;
@@ -496,7 +469,7 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
         "failover aborted by the hook",
         Duration::from_secs(30),
         || async {
-            let k = kinds(&env.events(&name).await?);
+            let k = kinds(&env.instance_events(&name).await?);
             if k.iter().any(|x| x == "failover_aborted") {
                 Ok(())
             } else {
@@ -506,28 +479,20 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(
-        v["epoch"], inst["epoch"],
-        "no failover while the hook refuses"
-    );
+    let v = env.instance(&name).await?;
+    assert_eq!(v.epoch, inst.epoch, "no failover while the hook refuses");
     // The hook agrees: the failover goes ahead.
     std::fs::remove_file(&veto)?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
     wait_replica_rejoined(&env, &name, &old_id, Duration::from_secs(120)).await?;
 
     // A second failure within failover_block_period is not failed over automatically...
-    let second = Env::primary_member(&after)?;
-    let second_id = second["id"].as_str().context("id")?.to_owned();
+    let second_id = primary_of(&after)?.id.clone();
     docker_cli(&["kill", &container_of(&second_id)])?;
     eventually("failover blocked", Duration::from_secs(30), || async {
-        let k = kinds(&env.events(&name).await?);
+        let k = kinds(&env.instance_events(&name).await?);
         if k.iter().any(|x| x == "failover_blocked") {
             Ok(())
         } else {
@@ -536,23 +501,12 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["epoch"], after["epoch"], "blocked: {v}");
+    let v = env.instance(&name).await?;
+    assert_eq!(v.epoch, after.epoch, "blocked: {v:?}");
     // ... until an operator acknowledges the first one.
-    let (s, body) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/failover/ack"),
-            Some(json!({})),
-        )
+    env.client().failover_ack(&name).await.context("ack")?;
+    env.new_primary(&name, after.epoch, Duration::from_secs(60))
         .await?;
-    assert!(s.is_success(), "ack: {s} {body}");
-    env.wait_new_primary(
-        &name,
-        after["epoch"].as_u64().unwrap_or(2),
-        Duration::from_secs(60),
-    )
-    .await?;
     Ok(())
 }
 
@@ -560,16 +514,14 @@ async fn pre_failover_hook_and_block_period_hold_failover_back() -> Result<()> {
 async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Result<()> {
     let mut env = Env::start_with(4, FAST).await?;
     let name = unique_name("heal");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let primary = Env::primary_member(&inst)?;
+    let primary = primary_of(&inst)?;
     // The 100 rows, written again until all are in: on a saturated machine the primary's
     // agent may miss the suite's lease and fence it for a moment, closing the connection.
     eventually("100 rows written", Duration::from_secs(60), || async {
         use mysql_async::prelude::Queryable;
-        let mut c =
-            mofang_tests::scenario::mysql(primary["address"].as_str().context("addr")?, &pw)
-                .await?;
+        let mut c = mofang_tests::scenario::mysql(&primary.address, &pw).await?;
         c.query_drop("CREATE TABLE IF NOT EXISTS kept (id INT PRIMARY KEY)")
             .await?;
         for i in 0..100 {
@@ -580,13 +532,14 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
     })
     .await?;
     // A replica's host goes down for good: agent and containers gone.
-    let lost = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .cloned()
-        .context("a replica")?;
-    let lost_id = lost["id"].as_str().context("id")?.to_owned();
-    let a = env.agent_of(&inst, &lost_id)?;
+    let lost_id = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
+        .context("a replica")?
+        .id
+        .clone();
+    let a = env.agent_running(&inst, &lost_id)?;
     let dead_node = env.agents[a].node.clone();
     env.agents[a].kill9()?;
     docker_cli(&["kill", &container_of(&lost_id)])?;
@@ -595,32 +548,24 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
         "member rebuilt elsewhere",
         Duration::from_secs(180),
         || async {
-            let v = env.get(&format!("/v1/instances/{name}")).await?;
-            let ms = v["members"].as_array().context("members")?;
-            let on_dead = ms.iter().any(|m| m["node"] == dead_node.as_str());
-            let all_ok = ms.len() == 3 && ms.iter().all(|m| m["healthy"] == true);
+            let v = env.instance(&name).await?;
+            let ms = &v.members;
+            let on_dead = ms.iter().any(|m| m.node == dead_node);
+            let all_ok = ms.len() == 3 && ms.iter().all(|m| m.healthy);
             if !on_dead && all_ok {
                 Ok(v)
             } else {
-                bail!("{v}")
+                bail!("{v:?}")
             }
         },
     )
     .await?;
-    let new = healed["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| {
-            !inst["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|o| o["id"] == m["id"])
-        })
-        .cloned()
+    let new = healed
+        .members
+        .iter()
+        .find(|m| !inst.members.iter().any(|o| o.id == m.id))
         .context("the replacement member")?;
-    let addr = new["address"].as_str().context("addr")?.to_owned();
+    let addr = new.address.clone();
     let n: i64 = {
         use mysql_async::prelude::Queryable;
         let mut c = mofang_tests::scenario::mysql(&addr, &pw).await?;
@@ -629,7 +574,7 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
             .context("count")?
     };
     assert_eq!(n, 100, "the rebuilt member holds every row");
-    let k = kinds(&env.events(&name).await?);
+    let k = kinds(&env.instance_events(&name).await?);
     assert!(k.iter().any(|x| x == "member_replaced"), "{k:?}");
     let _ = &mut env;
     Ok(())

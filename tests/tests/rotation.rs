@@ -9,9 +9,11 @@
 //! that logs in with the new passwords (its server restarted on the re-rendered files).
 
 use anyhow::{bail, Context, Result};
-use mofang_tests::scenario::{container_of, docker_cli, set_contents, Env, SetWriter};
+use mofang_scheduler::client::{CredentialsView, LogRange, RotateAccount};
+use mofang_scheduler::cluster::InstanceView;
+use mofang_tests::scenario::{container_of, docker_cli, primary_of, set_contents, Env, SetWriter};
 use mofang_tests::{eventually, unique_name};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 /// Fast knobs: agents' lease 2 s (tests/src/cluster.rs), node_ttl 1.5 s.
@@ -58,31 +60,46 @@ fn user(account: &str) -> &'static str {
     }
 }
 
+/// The API's name of an account.
+fn rotate_account(account: &str) -> Result<RotateAccount> {
+    Ok(match account {
+        "admin" => RotateAccount::Admin,
+        "repl" => RotateAccount::Repl,
+        "monitor" => RotateAccount::Monitor,
+        "app" => RotateAccount::App,
+        _ => bail!("no account {account}"),
+    })
+}
+
+/// The password of `account` in `c`.
+fn password<'a>(c: &'a CredentialsView, account: &str) -> Result<&'a str> {
+    Ok(c.credentials.get(rotate_account(account)?.into()))
+}
+
+/// The rotation's step, if one is under way.
+fn step(v: &InstanceView) -> Option<&str> {
+    v.rotation.as_ref().map(|r| r.step.as_str())
+}
+
 /// Every member's client address.
-fn addresses(inst: &Value) -> Result<Vec<String>> {
-    inst["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .map(|m| m["address"].as_str().map(str::to_owned).context("address"))
-        .collect()
+fn addresses(inst: &InstanceView) -> Result<Vec<String>> {
+    Ok(inst.members.iter().map(|m| m.address.clone()).collect())
 }
 
 /// The replica's address (the instance has one).
-fn replica_address(inst: &Value) -> Result<String> {
-    inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["address"].as_str())
-        .map(str::to_owned)
+fn replica_address(inst: &InstanceView) -> Result<String> {
+    inst.members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.address.clone())
         .context("replica address")
 }
 
 /// Writes `id` into the `marks` set (MariaDB table `app.marks`, Redis set `marks`) at the
 /// primary with the application password, and waits until the replica has it.
 async fn replicated(env: &Env, name: &str, engine: &str, app: &str, id: u64) -> Result<()> {
-    let inst = env.wait_instance_ready(name).await?;
-    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    let inst = env.ready(name).await?;
+    let primary = inst.primary.clone();
     if engine == "mariadb" {
         use mysql_async::prelude::Queryable;
         let mut c = mofang_tests::scenario::mysql(&primary, app).await?;
@@ -131,28 +148,20 @@ async fn replicated(env: &Env, name: &str, engine: &str, app: &str, id: u64) -> 
 }
 
 /// Starts a rotation through the API.
-async fn rotate(env: &Env, name: &str, account: &str, grace_s: u64) -> Result<Value> {
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/instances/{name}/credentials/rotate"),
-            Some(json!({"account": account, "grace_s": grace_s})),
-        )
-        .await?;
-    if s != reqwest::StatusCode::ACCEPTED {
-        bail!("rotate {account}: {s} {v}");
-    }
-    Ok(v)
+async fn rotate(env: &Env, name: &str, account: &str, grace_s: u64) -> Result<InstanceView> {
+    env.client()
+        .rotate_credentials(name, rotate_account(account)?, Some(grace_s))
+        .await
+        .with_context(|| format!("rotate {account}"))
 }
 
 /// Waits until the instance has no rotation under way.
-async fn rotation_over(env: &Env, name: &str) -> Result<Value> {
+async fn rotation_over(env: &Env, name: &str) -> Result<InstanceView> {
     eventually("rotation over", Duration::from_secs(120), || async {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        if v["rotation"].is_null() {
-            Ok(v)
-        } else {
-            bail!("rotation {}", v["rotation"])
+        let v = env.instance(name).await?;
+        match &v.rotation {
+            None => Ok(v),
+            Some(r) => bail!("rotation {r:?}"),
         }
     })
     .await
@@ -170,7 +179,7 @@ async fn check_rotated(
     new: &str,
 ) -> Result<()> {
     assert_ne!(old, new, "{account}: a new password");
-    let inst = env.wait_instance_ready(name).await?;
+    let inst = env.ready(name).await?;
     for addr in addresses(&inst)? {
         login(engine, &addr, user(account), new)
             .await
@@ -246,12 +255,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn credentials(env: &Env, name: &str) -> Result<Value> {
-    env.get(&format!("/v1/instances/{name}/credentials")).await
+async fn credentials(env: &Env, name: &str) -> Result<CredentialsView> {
+    Ok(env.client().credentials(name).await?)
 }
 
-/// Runs the `mofang` CLI with the cluster's address, CA and admin token.
-async fn cli(env: &Env, args: &[&str]) -> Result<Value> {
+/// Runs the `mofang` CLI with the cluster's address, CA and admin token; its JSON output
+/// read as `T` (the API's type it prints).
+async fn cli<T: serde::de::DeserializeOwned>(env: &Env, args: &[&str]) -> Result<T> {
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .arg("--json")
         .args(args)
@@ -266,15 +276,15 @@ async fn cli(env: &Env, args: &[&str]) -> Result<Value> {
 }
 
 /// `<engine>_up{...mofang_member="<member>"...} 1` on the member's agent's `/metrics`.
-async fn scraped(env: &Env, engine: &str, inst: &Value) -> Result<()> {
+async fn scraped(env: &Env, engine: &str, inst: &InstanceView) -> Result<()> {
     let metric = if engine == "mariadb" {
         "mysql_up{"
     } else {
         "redis_up{"
     };
-    for m in inst["members"].as_array().context("members")? {
-        let id = m["id"].as_str().context("id")?;
-        let at = m["check_address"].as_str().context("check address")?;
+    for m in &inst.members {
+        let id = &m.id;
+        let at = &m.check_address;
         let label = format!("mofang_member=\"{id}\"");
         eventually(
             "monitoring scrapes the member",
@@ -310,9 +320,9 @@ async fn scraped(env: &Env, engine: &str, inst: &Value) -> Result<()> {
 async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     let mut env = Env::start_with(2, FAST).await?;
     let name = unique_name("rot");
-    let inst = env.create_ready(&name, engine, 1).await?;
+    let inst = env.create(&name, engine, 1).await?;
     let first = credentials(&env, &name).await?;
-    let app0 = first["app"].as_str().context("app")?.to_owned();
+    let app0 = first.credentials.app.clone();
     let writer = SetWriter::start(&env, &name, engine, &app0).await?;
     writer.wait_acked(100, Duration::from_secs(60)).await?;
     let mut mark = 1;
@@ -322,7 +332,7 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     for account in ["repl", "monitor", "admin"] {
         let before = credentials(&env, &name).await?;
         if account == "monitor" {
-            let v = cli(
+            let v: InstanceView = cli(
                 &env,
                 &[
                     "instance",
@@ -334,39 +344,48 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
             )
             .await?;
             // It returns once the new password is in use.
-            assert_ne!(v["rotation"]["step"], "add", "{v}");
+            assert_ne!(step(&v), Some("add"), "{v:?}");
         } else {
             let v = rotate(&env, &name, account, 0).await?;
-            assert_eq!(v["rotation"]["account"], account, "{v}");
-            assert_eq!(v["rotation"]["step"], "add", "{v}");
+            assert_eq!(
+                v.rotation.as_ref().map(|r| r.account.as_str()),
+                Some(account),
+                "{v:?}"
+            );
+            assert_eq!(step(&v), Some("add"), "{v:?}");
             // One rotation at a time.
-            let (s, body) = env
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/instances/{name}/credentials/rotate"),
-                    Some(json!({"account": "app"})),
-                )
-                .await?;
-            if s != reqwest::StatusCode::ACCEPTED {
-                assert_eq!(s, reqwest::StatusCode::CONFLICT, "{body}");
-                assert_eq!(body["error"]["code"], "rotation_in_progress", "{body}");
-            } else {
-                bail!("a second rotation was accepted while one is under way: {body}");
+            match env
+                .client()
+                .rotate_credentials(&name, RotateAccount::App, None)
+                .await
+            {
+                Err(e) => {
+                    assert_eq!(e.status(), Some(409), "{e}");
+                    assert_eq!(e.code(), Some("rotation_in_progress"), "{e}");
+                }
+                Ok(v) => {
+                    bail!("a second rotation was accepted while one is under way: {v:?}")
+                }
             }
         }
         rotation_over(&env, &name).await?;
         let after = credentials(&env, &name).await?;
         for other in ["admin", "repl", "monitor", "app"] {
             if other == account {
-                assert_ne!(after[other], before[other], "{account} changed");
+                assert_ne!(
+                    password(&after, other)?,
+                    password(&before, other)?,
+                    "{account} changed"
+                );
             } else {
-                assert_eq!(after[other], before[other], "{other} unchanged");
+                assert_eq!(
+                    password(&after, other)?,
+                    password(&before, other)?,
+                    "{other} unchanged"
+                );
             }
         }
-        let (old, new) = (
-            before[account].as_str().context("old")?,
-            after[account].as_str().context("new")?,
-        );
+        let (old, new) = (password(&before, account)?, password(&after, account)?);
         check_rotated(&env, &name, engine, account, old, new).await?;
         replicated(&env, &name, engine, &app0, mark).await?;
         mark += 1;
@@ -376,40 +395,40 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     for a in env.agents.iter_mut() {
         a.restart()?;
     }
-    let inst_now = env.wait_instance_ready(&name).await?;
+    let inst_now = env.ready(&name).await?;
     scraped(&env, engine, &inst_now).await?;
     // The CLI shows the new passwords.
-    let shown = cli(&env, &["instance", "credentials", &name]).await?;
-    assert_eq!(shown, credentials(&env, &name).await?);
-    assert_ne!(shown["admin"], first["admin"]);
+    let shown: CredentialsView = cli(&env, &["instance", "credentials", &name]).await?;
+    let now = credentials(&env, &name).await?;
+    assert!(
+        shown.credentials == now.credentials && shown.tls == now.tls && shown.ca_pem == now.ca_pem,
+        "the CLI shows {shown:?}, the API {now:?}"
+    );
+    assert_ne!(shown.credentials.admin, first.credentials.admin);
 
     // A failover after rotating repl and admin: no acknowledged write lost.
-    let old = Env::primary_member(&inst_now)?;
-    let old_id = old["id"].as_str().context("id")?.to_owned();
-    let epoch = inst_now["epoch"].as_u64().unwrap_or(1);
+    let old = primary_of(&inst_now)?;
+    let old_id = old.id.clone();
+    let epoch = inst_now.epoch;
     if engine == "mariadb" {
         docker_cli(&["kill", &container_of(&old_id)])?;
     } else {
-        let (s, v) = env
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/instances/{name}/switchover"),
-                Some(json!({})),
-            )
-            .await?;
-        assert!(s.is_success(), "switchover: {s} {v}");
+        env.client()
+            .switchover(&name, None)
+            .await
+            .context("switchover")?;
     }
     let after = env
-        .wait_new_primary(&name, epoch, Duration::from_secs(60))
+        .new_primary(&name, epoch, Duration::from_secs(60))
         .await?;
-    let new_primary = Env::primary_member(&after)?;
-    assert_ne!(new_primary["id"], old["id"], "a replica took over");
+    let new_primary = primary_of(&after)?;
+    assert_ne!(new_primary.id, old.id, "a replica took over");
     let acked = writer.acked();
     writer
         .wait_acked(acked + 200, Duration::from_secs(120))
         .await?;
     let out = writer.stop().await?;
-    let addr = new_primary["address"].as_str().context("address")?;
+    let addr = &new_primary.address;
     let present = set_contents(engine, addr, &app0).await?;
     eprintln!(
         "{engine}: acknowledged {}, lost {}, outage {:?}",
@@ -425,26 +444,23 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     assert!(out.unexpected(&present).is_empty());
     // The old primary is a replica again (MariaDB: restarted from files rendered with the
     // new passwords), replicating with the new repl password.
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
     replicated(&env, &name, engine, &app0, mark).await?;
     mark += 1;
 
     // app, with a grace: both passwords log in while it runs, then only the new one.
     let v = rotate(&env, &name, "app", 20).await?;
-    assert_eq!(v["rotation"]["grace_s"], 20, "{v}");
+    assert_eq!(v.rotation.as_ref().map(|r| r.grace_s), Some(20), "{v:?}");
     let switched = eventually("app switched", Duration::from_secs(60), || async {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        if v["rotation"]["step"] == "switch" {
+        let v = env.instance(&name).await?;
+        if step(&v) == Some("switch") {
             Ok(v)
         } else {
-            bail!("{}", v["rotation"])
+            bail!("{:?}", v.rotation)
         }
     })
     .await?;
-    let app1 = credentials(&env, &name).await?["app"]
-        .as_str()
-        .context("app")?
-        .to_owned();
+    let app1 = credentials(&env, &name).await?.credentials.app;
     assert_ne!(app1, app0);
     for addr in addresses(&switched)? {
         login(engine, &addr, "app", &app1).await?;
@@ -452,10 +468,11 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
             .await
             .context("the old app password during the grace")?;
     }
-    let still = env.get(&format!("/v1/instances/{name}")).await?;
+    let still = env.instance(&name).await?;
     assert_eq!(
-        still["rotation"]["step"], "switch",
-        "the old password was checked within the grace: {still}"
+        step(&still),
+        Some("switch"),
+        "the old password was checked within the grace: {still:?}"
     );
     let writer = SetWriter::start_from(
         mofang_tests::scenario::PrimarySource::api(&env, &name),
@@ -466,8 +483,10 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     .await?;
     writer.wait_acked(50, Duration::from_secs(60)).await?;
     let done = rotation_over(&env, &name).await?;
-    let until = switched["rotation"]["old_accepted_until_ms"]
-        .as_i64()
+    let until = switched
+        .rotation
+        .as_ref()
+        .and_then(|r| r.old_accepted_until_ms)
         .context("until")?;
     assert!(
         now_ms() >= until,
@@ -476,32 +495,33 @@ async fn rotate_every_account_under_writes(engine: &str) -> Result<()> {
     check_rotated(&env, &name, engine, "app", &app0, &app1).await?;
     replicated(&env, &name, engine, &app1, mark).await?;
     let out2 = writer.stop().await?;
-    let present = set_contents(engine, done["primary"].as_str().context("primary")?, &app1).await?;
+    let present = set_contents(engine, &done.primary, &app1).await?;
     assert!(out2.lost(&present).is_empty(), "{:?}", out2.lost(&present));
 
     // Audited with the account, never a password; events say what happened.
-    let audit = env.get("/v1/audit").await?;
-    let text = audit.to_string();
+    let audit = env.client().audit(LogRange::default()).await?;
+    let text = serde_json::to_string(&audit)?;
     for account in ["repl", "monitor", "admin", "app"] {
         assert!(
-            audit
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["action"] == "rotate credentials"
-                    && e["target"] == format!("instances/{name}/credentials/{account}"))),
-            "audit entry for {account}: {audit}"
+            audit.iter().any(|e| e.action == "rotate credentials"
+                && e.target == format!("instances/{name}/credentials/{account}")),
+            "audit entry for {account}: {text}"
         );
     }
     let now = credentials(&env, &name).await?;
-    for pw in [&first, &now].iter().flat_map(|c| {
-        ["admin", "repl", "monitor", "app"].map(|k| c[k].as_str().unwrap_or("-").to_owned())
-    }) {
-        assert!(!text.contains(&pw), "a password in the audit log");
+    for c in [&first, &now] {
+        for account in ["admin", "repl", "monitor", "app"] {
+            assert!(
+                !text.contains(password(c, account)?),
+                "a password in the audit log"
+            );
+        }
     }
     let kinds: Vec<String> = env
-        .events(&name)
+        .instance_events(&name)
         .await?
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .into_iter()
+        .map(|e| e.kind)
         .collect();
     for k in [
         "credentials_rotating",
@@ -534,16 +554,13 @@ async fn redis_every_account_rotates_under_writes_and_a_switchover_loses_nothing
 async fn bad_rotation_requests_are_refused_with_a_reason() -> Result<()> {
     let env = Env::start(1).await?;
     let name = unique_name("rotbad");
-    env.create_ready(&name, "redis", 0).await?;
+    env.create(&name, "redis", 0).await?;
     let path = format!("/v1/instances/{name}/credentials/rotate");
+    // Bodies the typed client cannot write (an unknown account or field, a negative grace,
+    // no account): sent raw.
     for (body, status, code) in [
         (json!({"account": "root"}), 422, "invalid"),
         (json!({"account": "app", "later": true}), 422, "invalid"),
-        (
-            json!({"account": "app", "grace_s": 604_801}),
-            422,
-            "invalid",
-        ),
         (json!({"account": "app", "grace_s": -1}), 422, "invalid"),
         (json!({}), 422, "invalid"),
     ] {
@@ -553,15 +570,26 @@ async fn bad_rotation_requests_are_refused_with_a_reason() -> Result<()> {
         assert_eq!(s.as_u16(), status, "{body}: {v}");
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
     }
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances/nosuch/credentials/rotate",
-            Some(json!({"account": "app"})),
-        )
-        .await?;
-    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "{v}");
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert!(v["rotation"].is_null(), "nothing started: {v}");
+    // Well-formed requests the scheduler refuses: a grace over a week, an unknown instance.
+    let client = env.client();
+    match client
+        .rotate_credentials(&name, RotateAccount::App, Some(604_801))
+        .await
+    {
+        Err(e) => {
+            assert_eq!(e.status(), Some(422), "grace_s 604801: {e}");
+            assert_eq!(e.code(), Some("invalid"), "grace_s 604801: {e}");
+        }
+        Ok(v) => bail!("a grace over a week was accepted: {v:?}"),
+    }
+    match client
+        .rotate_credentials("nosuch", RotateAccount::App, None)
+        .await
+    {
+        Err(e) => assert_eq!(e.status(), Some(404), "{e}"),
+        Ok(v) => bail!("a rotation of an unknown instance was accepted: {v:?}"),
+    }
+    let v = env.instance(&name).await?;
+    assert!(v.rotation.is_none(), "nothing started: {v:?}");
     Ok(())
 }

@@ -5,8 +5,10 @@
 
 use anyhow::{bail, Context, Result};
 use mofang_agent::runtime::ContainerRuntime;
+use mofang_scheduler::client::{self, LogRange};
+use mofang_scheduler::model::NodeState;
 use mofang_tests::cluster::binaries;
-use mofang_tests::scenario::{mysql, spec, Env};
+use mofang_tests::scenario::{instance_spec, mysql, spec, Env};
 use mofang_tests::{docker, eventually, unique_name};
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
@@ -50,27 +52,25 @@ async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()
         "{shown}"
     );
 
-    let inst = env.wait_instance_ready(&name).await?;
-    let members = inst["members"].as_array().context("members")?.clone();
+    let inst = env.ready(&name).await?;
+    let members = &inst.members;
     assert_eq!(members.len(), 3);
-    let mut nodes: Vec<&str> = members.iter().filter_map(|m| m["node"].as_str()).collect();
+    let mut nodes: Vec<&str> = members.iter().map(|m| m.node.as_str()).collect();
     nodes.sort();
     nodes.dedup();
     assert_eq!(nodes.len(), 3, "one member per host");
 
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    let pw = creds["app"].as_str().context("app password")?.to_owned();
-    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    let client = env.client();
+    let pw = client.credentials(&name).await?.credentials.app;
+    let primary = inst.primary.clone();
     let mut c = mysql(&primary, &pw).await?;
     c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(32))")
         .await?;
     c.exec_drop("INSERT INTO t VALUES (?, ?)", (1, "on every replica"))
         .await?;
     drop(c);
-    for m in members.iter().filter(|m| m["role"] == "replica") {
-        let addr = m["address"].as_str().context("address")?.to_owned();
+    for m in members.iter().filter(|m| m.role == "replica") {
+        let addr = m.address.clone();
         let pw = pw.clone();
         let v: String = eventually("row on replica", Duration::from_secs(20), || {
             let (addr, pw) = (addr.clone(), pw.clone());
@@ -85,31 +85,20 @@ async fn mariadb_with_two_replicas_across_three_hosts_via_the_cli() -> Result<()
     }
 
     // Events and audit say what happened and who did it.
-    let evs = env.get(&format!("/v1/events?instance={name}")).await?;
-    let placed = evs
-        .as_array()
-        .map(|a| a.iter().filter(|e| e["kind"] == "placed").count())
-        .unwrap_or(0);
-    assert_eq!(placed, 3, "{evs}");
-    let audit = env.get("/v1/audit").await?;
+    let evs = env.instance_events(&name).await?;
+    let placed = evs.iter().filter(|e| e.kind == "placed").count();
+    assert_eq!(placed, 3, "{evs:?}");
+    let audit = client.audit(LogRange::default()).await?;
     assert!(
         audit
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["action"] == "POST /v1/instances"
-                && e["who"] == "admin"
-                && e["status"] == 201)),
-        "{audit}"
+            .iter()
+            .any(|e| e.action == "POST /v1/instances" && e.who == "admin" && e.status == 201),
+        "{audit:?}"
     );
 
     // Delete removes containers and volumes on every host.
-    let (s, _) = env
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/instances/{name}"),
-            None,
-        )
-        .await?;
-    assert_eq!(s, StatusCode::ACCEPTED);
+    let deleted = client.delete_instance(&name).await?;
+    assert_eq!(deleted.status, "deleting", "{deleted:?}");
     eventually(
         "containers and volumes gone",
         Duration::from_secs(60),
@@ -162,32 +151,25 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
     let mut env = Env::start(2).await?;
     let rt = docker().await;
     let name = unique_name("cache");
-    let (s, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(spec(&name, "redis", 1)),
-        )
-        .await?;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let inst = env.wait_instance_ready(&name).await?;
-    let creds = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    let pw = creds["app"].as_str().context("pw")?.to_owned();
+    let inst = env.create(&name, "redis", 1).await?;
+    let creds = env.client().credentials(&name).await?;
+    let pw = creds.credentials.app.clone();
     // Secrets at rest (issue 15 point 5): no password in the scheduler's data directory (the
     // SQLite file and its WAL) nor in any agent's state directory.
-    let passwords: Vec<String> = ["admin", "repl", "monitor", "app"]
-        .iter()
-        .map(|a| creds[*a].as_str().map(str::to_owned).context("password"))
-        .collect::<Result<_>>()?;
+    let c = &creds.credentials;
+    let passwords: Vec<String> = vec![
+        c.admin.clone(),
+        c.repl.clone(),
+        c.monitor.clone(),
+        c.app.clone(),
+    ];
     let mut dirs = vec![env.sched.dir.path().join("data")];
     dirs.extend(env.agents.iter().map(|a| a.state_dir()));
     for dir in &dirs {
         let found = files_holding(dir, &passwords)?;
         assert!(found.is_empty(), "passwords in clear: {found:?}");
     }
-    let primary = inst["primary"].as_str().context("primary")?.to_owned();
+    let primary = inst.primary.clone();
     let client = redis::Client::open(format!("redis://app:{pw}@{primary}/"))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("SET")
@@ -195,11 +177,12 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
         .arg("v1")
         .query_async(&mut conn)
         .await?;
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["role"] == "replica"))
+    let replica = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
         .context("replica")?;
-    let raddr = replica["address"].as_str().context("addr")?.to_owned();
+    let raddr = replica.address.clone();
     let rclient = redis::Client::open(format!("redis://app:{pw}@{raddr}/"))?;
     eventually("key on replica", Duration::from_secs(10), || async {
         let mut rc = rclient.get_multiplexed_async_connection().await?;
@@ -226,21 +209,28 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
     env.sched.restart()?;
     env.token = env.sched.admin_token()?;
     env.wait_ready_nodes(2).await?;
-    let again = env.wait_instance_ready(&name).await?;
-    assert_eq!(
-        again["members"],
-        inst["members"]
-            .clone()
-            .as_array()
-            .map(|_| again["members"].clone())
-            .unwrap_or_default()
-    );
-    assert_eq!(again["epoch"], inst["epoch"]);
-    let creds_again = env
-        .get(&format!("/v1/instances/{name}/credentials"))
-        .await?;
-    assert_eq!(
-        creds_again, creds,
+    let again = env.ready(&name).await?;
+    // The same members where they were (their observations, lag and position, move on).
+    let placed = |i: &mofang_scheduler::cluster::InstanceView| {
+        i.members
+            .iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.node.clone(),
+                    m.role.clone(),
+                    m.address.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(placed(&again), placed(&inst));
+    assert_eq!(again.epoch, inst.epoch);
+    let creds_again = env.client().credentials(&name).await?;
+    assert!(
+        creds_again.credentials == creds.credentials
+            && creds_again.tls == creds.tls
+            && creds_again.ca_pem == creds.ca_pem,
         "the restarted scheduler opens every secret"
     );
     let mut containers_after = Vec::new();
@@ -260,22 +250,20 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
     // An agent silent for longer than node_ttl: its node shows down.
     let silent = env.agents[1].node.clone();
     env.agents[1].kill9()?;
+    let client = env.client();
     eventually("node down", Duration::from_secs(15), || async {
-        let n = env.get(&format!("/v1/nodes/{silent}")).await?;
-        if n["state"] == "down" {
+        let n = client.node(&silent).await?;
+        if n.state == NodeState::Down {
             Ok(())
         } else {
-            bail!("{n}")
+            bail!("{n:?}")
         }
     })
     .await?;
     eventually("node_down event", Duration::from_secs(5), || async {
-        let evs = env.get("/v1/events").await?;
-        evs.as_array()
-            .is_some_and(|a| {
-                a.iter()
-                    .any(|e| e["kind"] == "node_down" && e["node"] == silent.as_str())
-            })
+        let evs = client.events(None, LogRange::default()).await?;
+        evs.iter()
+            .any(|e| e.kind == "node_down" && e.node.as_deref() == Some(silent.as_str()))
             .then_some(())
             .context("no node_down event yet")
     })
@@ -286,15 +274,23 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_reasons_and_change_nothing() -> Result<()> {
     let env = Env::start(2).await?;
+    let client = env.client();
     let post = |body: Value| env.call(reqwest::Method::POST, "/v1/instances", Some(body));
+    let refused = |r: client::Result<_>| match r {
+        Ok(v) => bail!("created: {v:?}"),
+        Err(e) => Ok(e),
+    };
 
     // Cannot be placed: the reason names every node and the figures.
-    let mut big = spec("too-big", "mariadb", 1);
-    big["resources"]["memory"] = json!(4096);
-    let (s, v) = post(big).await?;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert_eq!(v["error"]["code"], "unplaceable");
-    let msg = v["error"]["message"].as_str().unwrap_or("");
+    let mut big = instance_spec("too-big", "mariadb", 1)?;
+    big.resources.memory = 4096;
+    let e = refused(client.create_instance(&big).await)?;
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert_eq!(e.code(), Some("unplaceable"), "{e}");
+    let msg = match &e {
+        client::Error::Api { message, .. } => message.as_str(),
+        _ => "",
+    };
     for a in &env.agents {
         assert!(
             msg.contains(&format!("{}: memory 2048 MiB free, 4096 MiB asked", a.node)),
@@ -302,8 +298,14 @@ async fn bad_requests_get_json_reasons_and_change_nothing() -> Result<()> {
         );
     }
     // Anti-affinity: three members cannot fit on two hosts.
-    let (s, v) = post(spec("three", "redis", 2)).await?;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let e = refused(
+        client
+            .create_instance(&instance_spec("three", "redis", 2)?)
+            .await,
+    )?;
+    assert_eq!(e.status(), Some(409), "{e}");
+
+    // Each body's refusal is a JSON error (`code` and `message`): sent raw, to read its shape.
 
     for (body, want) in [
         (
@@ -376,10 +378,11 @@ async fn bad_requests_get_json_reasons_and_change_nothing() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let (s, _) = env
-        .call(reqwest::Method::GET, "/v1/instances/nope", None)
-        .await?;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let e = match client.instance("nope").await {
+        Ok(v) => bail!("an unknown instance was found: {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.status(), Some(404), "{e}");
     // Health needs no token.
     let r = env
         .http
@@ -389,8 +392,8 @@ async fn bad_requests_get_json_reasons_and_change_nothing() -> Result<()> {
     assert_eq!(r.status(), StatusCode::OK);
 
     // Nothing was created by any of that.
-    let list = env.get("/v1/instances").await?;
-    assert_eq!(list.as_array().map(|a| a.len()), Some(0), "{list}");
+    let list = client.instances(None).await?;
+    assert_eq!(list.len(), 0, "{list:?}");
 
     // The OpenAPI document validates as OpenAPI 3.
     let doc = env
