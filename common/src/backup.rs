@@ -77,13 +77,20 @@ impl ObjectEncryption {
         }
     }
 
-    /// The repository key that opens an object of `rel` encrypted like this, or why none can:
-    /// another algorithm, no key, or another key than the one it was encrypted with.
+    /// The key that opens an object of `rel` encrypted like this, derived from the
+    /// repository's current `key` or one of its `retired` keys (decision 169), whichever has
+    /// the recorded id; or why none can: another algorithm, no key, or no key with that id.
     pub fn key_for(
         &self,
         rel: &str,
         key: Option<&crate::backup_crypt::RepoKey>,
+        retired: &[crate::backup_crypt::RepoKey],
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+        if let Some(k) = retired.iter().find(|k| k.id() == self.key_id) {
+            if self.algorithm == crate::backup_crypt::ALGORITHM {
+                return Ok(k.object_key(rel));
+            }
+        }
         if self.algorithm != crate::backup_crypt::ALGORITHM {
             return Err(format!(
                 "object {rel} is encrypted with {:?}, which this version does not know",
@@ -96,11 +103,21 @@ impl ObjectEncryption {
                  encryption key",
                 self.key_id
             )),
-            Some(k) if k.id() != self.key_id => Err(format!(
-                "object {rel} was encrypted with repository key {}, the repository holds key {}",
+            Some(k) if k.id() != self.key_id => {
+                Err(format!(
+                "object {rel} was encrypted with repository key {}, the repository holds key {}{}",
                 self.key_id,
-                k.id()
-            )),
+                k.id(),
+                if retired.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " and retired keys {}",
+                        retired.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            ))
+            }
             Some(k) => Ok(k.object_key(rel)),
         }
     }

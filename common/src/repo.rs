@@ -76,6 +76,10 @@ pub enum RepoSpec {
         /// absent: objects are stored in clear.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         encryption_key: Option<Secret>,
+        /// Keys replaced by a rotation (decision 169): they open the objects encrypted
+        /// before it, and encrypt nothing.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retired_keys: Vec<Secret>,
     },
     /// A directory at the same absolute path on every agent host and the scheduler (NFS).
     Fs {
@@ -84,6 +88,9 @@ pub enum RepoSpec {
         /// As for `s3`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         encryption_key: Option<Secret>,
+        /// As for `s3`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        retired_keys: Vec<Secret>,
     },
 }
 
@@ -135,16 +142,66 @@ impl RepoSpec {
 
     /// The client-side encryption key, if the repository encrypts.
     pub fn key(&self) -> Result<Option<crate::backup_crypt::RepoKey>> {
-        self.encryption_key()
-            .map(|k| {
-                crate::backup_crypt::RepoKey::parse(&k.0).map_err(|e| Error::Invalid(e.to_string()))
-            })
-            .transpose()
+        self.encryption_key().map(parse_key).transpose()
+    }
+
+    /// The keys a rotation replaced, oldest first: they open what they encrypted.
+    pub fn retired_keys(&self) -> &[Secret] {
+        match self {
+            RepoSpec::S3 { retired_keys, .. } | RepoSpec::Fs { retired_keys, .. } => retired_keys,
+        }
+    }
+
+    fn retired_keys_mut(&mut self) -> &mut Vec<Secret> {
+        match self {
+            RepoSpec::S3 { retired_keys, .. } | RepoSpec::Fs { retired_keys, .. } => retired_keys,
+        }
+    }
+
+    /// The retired keys, parsed.
+    pub fn retired(&self) -> Result<Vec<crate::backup_crypt::RepoKey>> {
+        self.retired_keys().iter().map(parse_key).collect()
+    }
+
+    /// Replaces the encryption key by `new` (decision 169): what is stored from now on is
+    /// encrypted with a key derived from `new`; the replaced key is kept among the retired
+    /// ones, so everything it encrypted still opens. Refused for a repository that does not
+    /// encrypt and for a key it holds already.
+    pub fn rotate_key(&mut self, new: crate::backup_crypt::RepoKey) -> Result<()> {
+        let Some(old) = self.key()? else {
+            return Err(Error::Invalid(
+                "the repository does not encrypt: it has no key to replace".into(),
+            ));
+        };
+        let id = new.id();
+        if old.id() == id || self.retired()?.iter().any(|k| k.id() == id) {
+            return Err(Error::Invalid(format!(
+                "the repository holds key {id} already"
+            )));
+        }
+        let old_text = self.encryption_key().cloned();
+        self.set_encryption_key(Some(Secret(new.to_text().to_string())));
+        self.retired_keys_mut().extend(old_text);
+        Ok(())
+    }
+
+    /// Forgets the retired key `id` (what it encrypted no longer opens). False when no
+    /// retired key has that id (the current key cannot be retired: rotate first).
+    pub fn retire_key(&mut self, id: &str) -> Result<bool> {
+        let keep: Vec<bool> = self.retired()?.iter().map(|k| k.id() != id).collect();
+        if keep.iter().all(|k| *k) {
+            return Ok(false);
+        }
+        let mut it = keep.into_iter();
+        self.retired_keys_mut()
+            .retain(|_| it.next().unwrap_or(true));
+        Ok(true)
     }
 
     /// Checks what can be checked without reaching the store.
     pub fn validate(&self) -> Result<()> {
         self.key()?;
+        self.retired()?;
         match self {
             RepoSpec::S3 {
                 bucket,
@@ -182,6 +239,7 @@ impl RepoSpec {
     pub fn open(&self) -> Result<Repo> {
         self.validate()?;
         let key = self.key()?;
+        let retired = self.retired()?;
         match self {
             RepoSpec::S3 {
                 endpoint,
@@ -210,6 +268,7 @@ impl RepoSpec {
                     store: Arc::new(store),
                     prefix: ObjectPath::from(prefix.as_str()),
                     key,
+                    retired,
                 })
             }
             RepoSpec::Fs { path, .. } => {
@@ -219,6 +278,7 @@ impl RepoSpec {
                     store: Arc::new(store),
                     prefix: ObjectPath::default(),
                     key,
+                    retired,
                 })
             }
         }
@@ -268,9 +328,25 @@ pub struct Repo {
     /// Client-side encryption: every data object stored through this repository is
     /// encrypted with a key derived from this one (decision 119); `None`: in clear.
     pub key: Option<crate::backup_crypt::RepoKey>,
+    /// Keys a rotation replaced: they open what they encrypted (decision 169).
+    pub retired: Vec<crate::backup_crypt::RepoKey>,
+}
+
+fn parse_key(k: &Secret) -> Result<crate::backup_crypt::RepoKey> {
+    crate::backup_crypt::RepoKey::parse(&k.0).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 impl Repo {
+    /// The key that opens object `rel`, encrypted as `enc` records: the current key or a
+    /// retired one with the recorded id; or why none does.
+    pub fn opening_key(
+        &self,
+        enc: &crate::backup::ObjectEncryption,
+        rel: &str,
+    ) -> std::result::Result<zeroize::Zeroizing<[u8; 32]>, String> {
+        enc.key_for(rel, self.key.as_ref(), &self.retired)
+    }
+
     /// The full path of `rel` (a `/`-separated path) in this repository.
     pub fn path(&self, rel: &str) -> ObjectPath {
         let mut p = self.prefix.clone();
@@ -445,6 +521,7 @@ mod tests {
         let spec = RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         };
         check(&spec, "scheduler", "n1").await.unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.join(".mofang-probe"))
@@ -456,6 +533,7 @@ mod tests {
         let missing = RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         };
         match check(&missing, "node-1", "n2").await {
             Err(Error::Probe { step, .. }) => assert_eq!(step, ProbeStep::Open),
@@ -477,7 +555,8 @@ mod tests {
         assert!(serde_json::from_str::<RepoSpec>(r#"{"kind":"fs","path":"/x","y":1}"#).is_err());
         assert!(RepoSpec::Fs {
             path: "rel".into(),
-            encryption_key: None
+            encryption_key: None,
+            retired_keys: Vec::new(),
         }
         .validate()
         .is_err());
@@ -494,6 +573,7 @@ mod tests {
         let spec = RepoSpec::Fs {
             path: dir.path().to_string_lossy().into_owned(),
             encryption_key: Some(Secret(key.to_text().to_string())),
+            retired_keys: Vec::new(),
         };
         check(&spec, "node-1", "n3").await.unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.path().join(".mofang-probe"))
@@ -525,5 +605,61 @@ mod tests {
         clear.extend_from_slice(plain);
         let e = open_probe(&key, rel, &clear, plain).unwrap_err();
         assert!(e.contains("in clear"), "{e}");
+    }
+
+    /// A rotation keeps the replaced key among the retired ones: an object encrypted before
+    /// it opens with the retired key, one encrypted after with the new key, and the key the
+    /// object names is the one used (another key's object is refused naming every key
+    /// held). A repository in clear has nothing to rotate; a key held already is refused;
+    /// retiring forgets only a retired key, after which its objects no longer open.
+    #[test]
+    fn a_rotated_key_still_opens_what_it_encrypted_until_it_is_retired() {
+        use crate::backup::ObjectEncryption;
+        use crate::backup_crypt::RepoKey;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_string_lossy().into_owned();
+        let mut clear = RepoSpec::Fs {
+            path: path.clone(),
+            encryption_key: None,
+            retired_keys: Vec::new(),
+        };
+        let e = clear.rotate_key(RepoKey::generate()).unwrap_err();
+        assert!(e.to_string().contains("does not encrypt"), "{e}");
+
+        let (k1, k2) = (RepoKey::generate(), RepoKey::generate());
+        let mut spec = RepoSpec::Fs {
+            path,
+            encryption_key: Some(Secret(k1.to_text().to_string())),
+            retired_keys: Vec::new(),
+        };
+        let before = ObjectEncryption::with(&k1);
+        spec.rotate_key(k2.clone()).unwrap();
+        assert_eq!(spec.key().unwrap().unwrap().id(), k2.id());
+        let retired: Vec<String> = spec.retired().unwrap().iter().map(|k| k.id()).collect();
+        assert_eq!(retired, vec![k1.id()]);
+        let e = spec.rotate_key(k1.clone()).unwrap_err();
+        assert!(e.to_string().contains("holds key"), "{e}");
+        let e = spec.rotate_key(k2.clone()).unwrap_err();
+        assert!(e.to_string().contains("holds key"), "{e}");
+        // Through JSON, as the spec travels to agents.
+        let spec: RepoSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+
+        let repo = spec.open().unwrap();
+        let rel = "bk/x/full.zst";
+        assert_eq!(*repo.opening_key(&before, rel).unwrap(), *k1.object_key(rel));
+        let after = ObjectEncryption::with(&k2);
+        assert_eq!(*repo.opening_key(&after, rel).unwrap(), *k2.object_key(rel));
+        let stranger = ObjectEncryption::with(&RepoKey::generate());
+        let e = repo.opening_key(&stranger, rel).unwrap_err();
+        assert!(e.contains(&k2.id()) && e.contains(&k1.id()), "{e}");
+
+        let mut spec = spec;
+        assert!(!spec.retire_key(&k2.id()).unwrap(), "the current key is not retired");
+        assert!(!spec.retire_key("nope").unwrap());
+        assert!(spec.retire_key(&k1.id()).unwrap());
+        assert!(spec.retired_keys().is_empty());
+        let e = spec.open().unwrap().opening_key(&before, rel).unwrap_err();
+        assert!(e.contains(&k1.id()), "{e}");
+        assert!(!e.contains(k1.to_text().as_str()), "no key is quoted");
     }
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use crate::api::{
     AutoFailover, CredentialsView, Deleted, EngineParameter, EngineView, Health, InstancePatch,
     JoinTokenRequest, NewBackup, NewBackupRepo, NewBatch, NewOperation, PromoteRequest, Resumed,
-    RootRotation, RotateAccount, RotateRequest,
+    RootRotation, RotateAccount, RotateRepoKey, RotateRequest,
 };
 
 /// What a call of the API can fail with.
@@ -665,6 +665,32 @@ impl Client {
     pub async fn delete_backup_repo(&self, name: &str) -> Result<()> {
         self.call_unit(Method::DELETE, &["v1", "backup-repos", name])
             .await
+    }
+
+    /// `POST /v1/backup-repos/{name}/rotate-key`: a new repository key (`key`, or a random
+    /// one); the old one is retired.
+    pub async fn rotate_repo_key(
+        &self,
+        name: &str,
+        key: Option<mofang_common::repo::Secret>,
+    ) -> Result<BackupRepoView> {
+        let body = RotateRepoKey {
+            encryption_key: key,
+        };
+        self.post(&["v1", "backup-repos", name, "rotate-key"], &body)
+            .await
+    }
+
+    /// `DELETE /v1/backup-repos/{name}/keys/{key_id}`: forgets a retired key (refused,
+    /// `key_in_use`, while anything stored needs it).
+    pub async fn retire_repo_key(&self, name: &str, key_id: &str) -> Result<BackupRepoView> {
+        self.call(
+            Method::DELETE,
+            &["v1", "backup-repos", name, "keys", key_id],
+            &[],
+            None,
+        )
+        .await
     }
 }
 

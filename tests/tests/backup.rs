@@ -311,6 +311,7 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
         secret_access_key: mofang_common::repo::Secret(s3.secret_key.clone()),
         path_style: true,
         encryption_key: None,
+        retired_keys: Vec::new(),
     }
     .open()?;
     let stored = stream::store(

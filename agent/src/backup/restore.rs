@@ -213,7 +213,7 @@ pub(super) fn verified_stream(src: &RestoreSource, progress: Progress) -> Result
         .ok_or_else(|| format!("the repository of backup {} is unknown", src.backup))?;
     let repo = spec.open().map_err(|e| e.to_string())?;
     let key = match &src.encryption {
-        Some(enc) => Some(enc.key_for(&src.object, repo.key.as_ref())?),
+        Some(enc) => Some(repo.opening_key(enc, &src.object)?),
         None => None,
     };
     let opener = Opener::new(&src.object, key)?;
@@ -568,6 +568,7 @@ mod tests {
             repo: Some(RepoSpec::Fs {
                 path: dir.to_string_lossy().into_owned(),
                 encryption_key: None,
+                retired_keys: Vec::new(),
             }),
             object: "backups/kv/b1/dump.rdb.zst".into(),
             size: stored.size,
@@ -589,6 +590,7 @@ mod tests {
         let repo = RepoSpec::Fs {
             path: repo_dir.path().to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         }
         .open()
         .unwrap();
@@ -647,6 +649,7 @@ mod tests {
         RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
             encryption_key: Some(mofang_common::repo::Secret(key.to_text().to_string())),
+            retired_keys: Vec::new(),
         }
     }
 
@@ -710,6 +713,7 @@ mod tests {
         keyless.repo = Some(RepoSpec::Fs {
             path: repo_dir.path().to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         });
         let e = verified_stream(&keyless, Arc::new(|_, _| {}))
             .map(|_| ())
@@ -826,6 +830,7 @@ mod tests {
         let repo = RepoSpec::Fs {
             path: repo_dir.path().to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         }
         .open()
         .unwrap();

@@ -392,6 +392,7 @@ mod tests {
         RepoSpec::Fs {
             path: dir.to_string_lossy().into_owned(),
             encryption_key: None,
+            retired_keys: Vec::new(),
         }
         .open()
         .unwrap()
@@ -763,6 +764,7 @@ mod tests {
             }),
             prefix: object_store::path::Path::default(),
             key: None,
+            retired: Vec::new(),
         };
         let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = read.clone();

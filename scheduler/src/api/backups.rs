@@ -164,6 +164,60 @@ pub(super) async fn delete_backup_repo(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Body of `POST /v1/backup-repos/{name}/rotate-key` (optional: without a body, or with no
+/// `encryption_key`, the scheduler makes a random key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRepoKey {
+    /// The new repository key to use rather than a random one (32 bytes, base64url without
+    /// padding; never shown again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub encryption_key: Option<mofang_common::repo::Secret>,
+}
+
+#[utoipa::path(post, path = "/v1/backup-repos/{name}/rotate-key", params(("name" = String, Path)),
+    request_body = RotateRepoKey,
+    responses((status = 200, body = BackupRepoView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub(super) async fn rotate_repo_key(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<BackupRepoView>> {
+    need(&id, TokenRole::Admin)?;
+    let req: RotateRepoKey = super::failover::parse_optional(body)?;
+    use mofang_common::backup_crypt::RepoKey;
+    let key = match req.encryption_key {
+        // Never quoted in an error: the parser's message may echo the value.
+        Some(text) => RepoKey::parse(&text.0).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "encryption_key is not a repository key (32 bytes, base64url without padding)",
+            )
+        })?,
+        None => RepoKey::generate(),
+    };
+    let repo = api.cluster.rotate_repo_key(&name, key).await?;
+    Ok(Json(BackupRepoView::from(&repo)))
+}
+
+#[utoipa::path(delete, path = "/v1/backup-repos/{name}/keys/{key_id}",
+    params(("name" = String, Path), ("key_id" = String, Path)),
+    responses((status = 200, body = BackupRepoView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn retire_repo_key(
+    State(api): State<Api>,
+    axum::Extension(id): axum::Extension<Identity>,
+    Path((name, key_id)): Path<(String, String)>,
+) -> ApiResult<Json<BackupRepoView>> {
+    need(&id, TokenRole::Admin)?;
+    let repo = api.cluster.retire_repo_key(&name, &key_id).await?;
+    Ok(Json(BackupRepoView::from(&repo)))
+}
+
 /// Body of `POST /v1/instances/{name}/backups`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -97,6 +97,7 @@ impl From<cluster::Error> for ApiError {
                 };
                 ApiError::new(status, r.code(), r.to_string())
             }
+            E::KeyInUse(_) => ApiError::new(StatusCode::CONFLICT, "key_in_use", e.to_string()),
             E::RepoRefused(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "repo_check_failed",

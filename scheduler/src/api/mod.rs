@@ -36,7 +36,7 @@ use operations::*;
 
 // The wire types of the API, named once: the handlers parse and answer them, the typed
 // client (`crate::client`) sends and reads them.
-pub use backups::{NewBackup, NewBackupRepo};
+pub use backups::{NewBackup, NewBackupRepo, RotateRepoKey};
 pub use batches::NewBatch;
 pub use failover::{AutoFailover, PromoteRequest, Resumed};
 pub use instances::{CredentialsView, Deleted, InstancePatch, RotateAccount, RotateRequest};
@@ -106,7 +106,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         failover, failover_ack, auto_failover, failover_resume, keyring_status, keyring_rotate, keyring_rotate_root,
         rotate_credentials,
         create_join_token, revoke_node, add_backup_repo, list_backup_repos, get_backup_repo,
-        delete_backup_repo, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
+        delete_backup_repo, rotate_repo_key, retire_repo_key, patch_instance, start_operation, list_operations, get_operation, cancel_operation,
         start_batch, list_batches, get_batch, cancel_batch, engines,
         create_backup, list_backups, list_all_backups, backup_health, get_backup, delete_backup,
         verify_backup
@@ -117,7 +117,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
         RotateRequest, RotateAccount, crate::cluster::RotationView, crate::cluster::PitrWindow, crate::cluster::RestoreProgress, crate::cluster::RestorePhaseView,
         PromoteRequest, AutoFailover, Resumed, KeyringStatus, KeyStatus, Rotation, RootRotation,
         JoinTokenRequest, crate::cluster::JoinToken, crate::cluster::Revocation,
-        NewBackupRepo, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
+        NewBackupRepo, RotateRepoKey, BackupRepoView, InstancePatch, NewOperation, NewBatch, crate::ops::batch::Batch, crate::ops::batch::BatchItem, crate::ops::Operation, crate::ops::OpKind,
         crate::ops::OpState, crate::ops::OpStep, EngineView, EngineParameter, crate::ops::StepState, crate::ops::StepAction,
         crate::ops::drift::ParametersView, crate::ops::drift::MemberParameters, crate::ops::drift::ParameterValue,
         crate::ops::drift::ParamState, crate::ops::drift::Drift,
@@ -241,6 +241,11 @@ pub fn v1_router(api: Api) -> Router {
         .route(
             "/v1/backup-repos/{name}",
             get(get_backup_repo).delete(delete_backup_repo),
+        )
+        .route("/v1/backup-repos/{name}/rotate-key", post(rotate_repo_key))
+        .route(
+            "/v1/backup-repos/{name}/keys/{key_id}",
+            axum::routing::delete(retire_repo_key),
         )
         .route(
             "/v1/instances/{name}/operations",

@@ -417,3 +417,130 @@ async fn a_null_encryption_key_is_no_key() {
         .expect("answer");
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// `POST /v1/backup-repos/{name}/rotate-key` and `DELETE .../keys/{key_id}` (decision 169):
+/// a repository in clear has no key to rotate (422); a rotation answers the new key id
+/// with the old one retired, a given key is used (and never echoed when malformed); the
+/// current key cannot be retired (422), an unknown one is 404, and a retired key nothing
+/// needs is forgotten.
+#[tokio::test]
+async fn a_repository_key_rotates_and_its_retired_key_is_forgotten() {
+    let mut api = api_without_tokens().await;
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("admin-token-0123456789", "ops", TokenRole::Admin);
+    api.tokens = Arc::new(tokens);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().to_string_lossy().into_owned();
+    let call = |method: &str, uri: &str, body: Option<serde_json::Value>| {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, "Bearer admin-token-0123456789")
+            .header(header::CONTENT_TYPE, "application/json");
+        let api = api.clone();
+        async move {
+            let req = req
+                .body(axum::body::Body::from(
+                    body.map(|b| b.to_string()).unwrap_or_default(),
+                ))
+                .expect("request");
+            let res = router(api).oneshot(req).await.expect("answer");
+            let status = res.status();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (status, v)
+        }
+    };
+    let (s, _) = call(
+        "POST",
+        "/v1/backup-repos",
+        Some(serde_json::json!({"name": "clear", "kind": "fs", "path": path})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = call("POST", "/v1/backup-repos/clear/rotate-key", None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not encrypt"),
+        "{v}"
+    );
+
+    let (s, v) = call(
+        "POST",
+        "/v1/backup-repos",
+        Some(serde_json::json!({"name": "enc", "kind": "fs", "path": path, "encrypt": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let first = v["key_id"].as_str().expect("key id").to_owned();
+    let (s, v) = call("POST", "/v1/backup-repos/enc/rotate-key", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let second = v["key_id"].as_str().expect("key id").to_owned();
+    assert_ne!(first, second);
+    assert_eq!(v["retired_key_ids"], serde_json::json!([first]), "{v}");
+    assert!(v["key_rotated_at_ms"].as_i64() > Some(0), "{v}");
+
+    let given = mofang_common::backup_crypt::RepoKey::generate();
+    let (s, v) = call(
+        "POST",
+        "/v1/backup-repos/enc/rotate-key",
+        Some(serde_json::json!({"encryption_key": given.to_text().as_str()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["key_id"], given.id().as_str(), "{v}");
+    assert_eq!(
+        v["retired_key_ids"],
+        serde_json::json!([first, second]),
+        "{v}"
+    );
+    let bad = "not-a-key-but-a-secret-looking-string";
+    let (s, v) = call(
+        "POST",
+        "/v1/backup-repos/enc/rotate-key",
+        Some(serde_json::json!({"encryption_key": bad})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(!v.to_string().contains(bad), "the value is not echoed: {v}");
+
+    let current = given.id();
+    let (s, v) = call(
+        "DELETE",
+        &format!("/v1/backup-repos/enc/keys/{current}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rotate it first"),
+        "{v}"
+    );
+    let (s, _) = call("DELETE", "/v1/backup-repos/enc/keys/0000000000000000", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = call(
+        "DELETE",
+        &format!("/v1/backup-repos/enc/keys/{first}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["retired_key_ids"], serde_json::json!([second]), "{v}");
+    let (s, v) = call("GET", "/v1/backup-repos/enc", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["retired_key_ids"],
+        serde_json::json!([second]),
+        "stored: {v}"
+    );
+    let (s, _) = call("POST", "/v1/backup-repos/nope/rotate-key", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

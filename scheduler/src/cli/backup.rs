@@ -118,6 +118,23 @@ pub(crate) enum BackupRepoCmd {
         /// Name.
         name: String,
     },
+    /// Replace an encrypting repository's key: what is stored from now on is encrypted with
+    /// the new key; the old one is retired and still opens what it encrypted (admin).
+    RotateKey {
+        /// Name.
+        name: String,
+        /// The new key (32 bytes, base64url without padding) rather than a random one;
+        /// better from the environment than on a command line.
+        #[arg(long, env = "MOFANG_BACKUP_ENCRYPTION_KEY", hide_env_values = true)]
+        encryption_key: Option<String>,
+    },
+    /// Forget a retired key once no backup or archived binlog needs it (admin).
+    RetireKey {
+        /// Name.
+        name: String,
+        /// The retired key's id (`backup-repo list` shows them).
+        key_id: String,
+    },
 }
 
 fn mib(bytes: u64) -> String {
@@ -452,10 +469,53 @@ pub(crate) async fn run_repo(c: &Client, cmd: BackupRepoCmd, json_out: bool) -> 
                         _ => r.path.clone().unwrap_or_default(),
                     };
                     let enc = r.key_id.clone().unwrap_or_else(|| "-".into());
-                    vec![r.name.clone(), r.kind.clone(), place, enc]
+                    let retired = if r.retired_key_ids.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        r.retired_key_ids.join(",")
+                    };
+                    vec![r.name.clone(), r.kind.clone(), place, enc, retired]
                 })
                 .collect();
-            table(&["NAME", "KIND", "WHERE", "ENCRYPTION KEY ID"], rows);
+            table(
+                &[
+                    "NAME",
+                    "KIND",
+                    "WHERE",
+                    "ENCRYPTION KEY ID",
+                    "RETIRED KEY IDS",
+                ],
+                rows,
+            );
+        }
+        BackupRepoCmd::RotateKey {
+            name,
+            encryption_key,
+        } => {
+            if !json_out {
+                eprintln!(
+                    "checking {name} with the new key from the scheduler and every live agent ..."
+                );
+            }
+            let r = c.rotate_repo_key(&name, encryption_key.map(Secret)).await?;
+            if json_out {
+                print_json(&r)
+            } else {
+                println!(
+                    "{}: new key {}; retired keys {} still open what they encrypted",
+                    r.name,
+                    r.key_id.clone().unwrap_or_default(),
+                    r.retired_key_ids.join(", ")
+                );
+            }
+        }
+        BackupRepoCmd::RetireKey { name, key_id } => {
+            let r = c.retire_repo_key(&name, &key_id).await?;
+            if json_out {
+                print_json(&r)
+            } else {
+                println!("{}: key {key_id} forgotten", r.name);
+            }
         }
         BackupRepoCmd::Delete { name } => {
             c.delete_backup_repo(&name).await?;

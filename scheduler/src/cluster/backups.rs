@@ -361,7 +361,8 @@ impl Cluster {
         // An encrypted object whose key the repository no longer holds (a repository added
         // again with another key) is refused by name before anything is created.
         if let Some(enc) = &object.encryption {
-            enc.key_for(&object.path, store.key.as_ref())
+            store
+                .opening_key(enc, &object.path)
                 .map_err(|e| refuse(format!("backup {} in repository {}: {e}", b.id, b.repo)))?;
         }
         let manifest = store.path(&b.manifest);
@@ -648,8 +649,10 @@ mod tests {
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
                 encryption_key: None,
+                retired_keys: Vec::new(),
             },
             created_at_ms: 0,
+            key_rotated_at_ms: 0,
         };
         c.store
             .put_meta(
@@ -812,8 +815,10 @@ mod tests {
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
                 encryption_key: None,
+                retired_keys: Vec::new(),
             },
             created_at_ms: 0,
+            key_rotated_at_ms: 0,
         };
         c.store
             .put_meta(

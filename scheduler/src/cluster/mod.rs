@@ -36,7 +36,7 @@ pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use member_certs::MemberCertRefusal;
 pub use pitr::PitrWindow;
 pub use records::{matches_selector, validate_labels, validate_spec, Resealed};
-pub use repos::{BackupRepo, BackupRepoView, RepoRefusal};
+pub use repos::{retire_refusal, BackupRepo, BackupRepoView, KeyUse, RepoRefusal};
 pub use rotation::RotationView;
 pub use schedules::BackupHealthView;
 pub use usage::UsageSample;
@@ -133,6 +133,9 @@ pub enum Error {
     /// The backup repository failed a listing or a deletion (503 `repo_unavailable`).
     #[error("backup repository: {0}")]
     RepoFailed(String),
+    /// A retired repository key still opens something stored, or may (409 `key_in_use`).
+    #[error("{0}")]
+    KeyInUse(String),
     /// A credential rotation cannot start (409 while one is under way, 422 for a bad grace).
     #[error(transparent)]
     Rotation(#[from] crate::rotation::Refusal),

@@ -1418,7 +1418,7 @@ impl Cluster {
             Err(e) => return unusable(format!("repository {}: {e}", b.repo)),
         };
         if let Some(enc) = &object.encryption {
-            if let Err(e) = enc.key_for(&object.path, store.key.as_ref()) {
+            if let Err(e) = store.opening_key(enc, &object.path) {
                 return unusable(e.to_string());
             }
         }

@@ -410,37 +410,7 @@ impl Cluster {
 mod tests {
     use super::*;
 
-    fn backup(id: &str, instance: &str, state: BackupState, ended: i64, repo: &str) -> Backup {
-        Backup {
-            id: id.into(),
-            instance: instance.into(),
-            engine: "mariadb".into(),
-            version: "10.11".into(),
-            repo: repo.into(),
-            member: String::new(),
-            node: String::new(),
-            state,
-            reason: String::new(),
-            requested_at_ms: 0,
-            started_at_ms: 0,
-            ended_at_ms: ended,
-            bytes: 0,
-            size: 0,
-            consistent_at: mofang_common::backup::ConsistentAt {
-                gtid: format!("0-1-{ended}"),
-                ..Default::default()
-            },
-            objects: vec![],
-            manifest: String::new(),
-            tools: Default::default(),
-            row_counts: None,
-            keys: None,
-            verifying: false,
-            verified_at_ms: 0,
-            verify_ok: None,
-            verify_reason: String::new(),
-        }
-    }
+    use super::super::testkit::backup_record as backup;
 
     /// Each instance archives to the repository of its latest succeeded backup, from its GTID.
     #[test]
@@ -477,8 +447,10 @@ mod tests {
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
                 encryption_key: None,
+                retired_keys: Vec::new(),
             },
             created_at_ms: 0,
+            key_rotated_at_ms: 0,
         };
         c.store
             .put_meta(

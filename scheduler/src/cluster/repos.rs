@@ -30,6 +30,9 @@ pub struct BackupRepo {
     pub spec: RepoSpec,
     /// When it was added (unix ms).
     pub created_at_ms: i64,
+    /// When its encryption key was last replaced (unix ms; 0: never).
+    #[serde(default)]
+    pub key_rotated_at_ms: i64,
 }
 
 /// A backup repository as the API shows it: everything but the secret.
@@ -66,6 +69,14 @@ pub struct BackupRepoView {
     /// The id of the repository key (what manifests record), when encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Ids of the keys a rotation replaced, oldest first: they still open what they
+    /// encrypted and encrypt nothing (`DELETE /v1/backup-repos/{name}/keys/{key_id}` forgets
+    /// one once nothing stored needs it).
+    #[serde(default)]
+    pub retired_key_ids: Vec<String>,
+    /// When the key was last replaced (unix ms; 0: never).
+    #[serde(default)]
+    pub key_rotated_at_ms: i64,
     /// When it was added (unix ms).
     pub created_at_ms: i64,
 }
@@ -84,6 +95,12 @@ impl From<&BackupRepo> for BackupRepoView {
             path: None,
             encrypted: r.spec.encryption_key().is_some(),
             key_id: r.spec.key().ok().flatten().map(|k| k.id()),
+            retired_key_ids: r
+                .spec
+                .retired()
+                .map(|ks| ks.iter().map(|k| k.id()).collect())
+                .unwrap_or_default(),
+            key_rotated_at_ms: r.key_rotated_at_ms,
             created_at_ms: r.created_at_ms,
         };
         match &r.spec {
@@ -152,6 +169,94 @@ pub fn judge(
     Ok(())
 }
 
+/// What a retired key of a repository still protects, as the scheduler finds it: the
+/// repository's backup records and, per instance archiving into it, its binlog indexes.
+pub struct KeyUse<'a> {
+    /// The repository's backups (any state).
+    pub backups: &'a [crate::backup::Backup],
+    /// Instances archiving into the repository now, each with its archive's indexes.
+    pub archives: &'a [(String, Vec<mofang_common::pitr::BinlogIndex>)],
+    /// The repository's current key id.
+    pub current: &'a str,
+}
+
+/// Why the retired key `id` cannot be forgotten yet (decision 169), or `None`: a backup or
+/// an archived binlog is encrypted with it; a backup is under way (it may have begun with
+/// it); or an instance archiving into the repository has stored nothing with the current
+/// key yet (an upload begun before the rotation may still be using it: archiving is one file
+/// after another, so once a file is stored with the new key, none is in flight with the old).
+pub fn retire_refusal(id: &str, using: &KeyUse) -> Option<String> {
+    use crate::backup::BackupState;
+    let encrypted_with = |e: &Option<mofang_common::backup::ObjectEncryption>| {
+        e.as_ref().is_some_and(|e| e.key_id == id)
+    };
+    let mut why = Vec::new();
+    let held: Vec<&str> = using
+        .backups
+        .iter()
+        .filter(|b| b.objects.iter().any(|o| encrypted_with(&o.encryption)))
+        .map(|b| b.id.as_str())
+        .collect();
+    if !held.is_empty() {
+        why.push(format!(
+            "{} backup(s) are encrypted with it ({}): delete them, or let retention expire them",
+            held.len(),
+            shortlist(&held)
+        ));
+    }
+    let running: Vec<&str> = using
+        .backups
+        .iter()
+        .filter(|b| matches!(b.state, BackupState::Pending | BackupState::Running))
+        .map(|b| b.id.as_str())
+        .collect();
+    if !running.is_empty() {
+        why.push(format!(
+            "backup(s) {} are under way and may be encrypting with it",
+            shortlist(&running)
+        ));
+    }
+    for (instance, indexes) in using.archives {
+        let old = indexes
+            .iter()
+            .filter(|i| encrypted_with(&i.encryption))
+            .count();
+        if old > 0 {
+            why.push(format!(
+                "{old} archived binlog file(s) of instance {instance} are encrypted with it \
+                 (kept until retention deletes the binlogs no retained backup needs)"
+            ));
+        }
+        let newest = indexes.iter().max_by_key(|i| (i.archived_at_ms, i.last));
+        let fresh = newest
+            .and_then(|i| i.encryption.as_ref())
+            .is_some_and(|e| e.key_id == using.current);
+        if !fresh {
+            why.push(format!(
+                "instance {instance} has archived no binlog with the current key {} yet: an \
+                 upload begun before the rotation may still be using this one",
+                using.current
+            ));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The first few of `ids`, and how many more.
+fn shortlist(ids: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = ids
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        s.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    s
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -179,8 +284,120 @@ impl Cluster {
         {
             return Err(Error::AlreadyExists(format!("backup repository {name}")));
         }
+        let agents = self.probe_everywhere(name, &spec).await?;
+        let record = BackupRepo {
+            name: name.to_owned(),
+            spec,
+            created_at_ms: now_ms(),
+            key_rotated_at_ms: 0,
+        };
+        self.write_repo(&record).await?;
+        info!(repo = %name, kind = record.spec.kind(), agents, "backup repository added");
+        Ok(record)
+    }
+
+    /// Writes a repository's record (sealed whole by the store) and makes it the one jobs
+    /// and assignments carry from now on; every node gets a new desired state (an archive
+    /// target or a restore source may carry it).
+    async fn write_repo(&self, record: &BackupRepo) -> Result<()> {
+        let json = serde_json::to_string(record).map_err(|e| Error::Invalid(e.to_string()))?;
+        let writing = self.repo_writes.lock().await;
+        self.store
+            .put_meta(&format!("{PREFIX}{}", record.name), &json)
+            .await?;
+        drop(writing);
+        let mut inner = lock(&self.inner);
+        inner.repos.insert(record.name.clone(), record.spec.clone());
+        let nodes: Vec<String> = inner.nodes.keys().cloned().collect();
+        self.push_nodes(&mut inner, &nodes);
+        Ok(())
+    }
+
+    /// Replaces an encrypting repository's key (decision 169): checked from this scheduler
+    /// and every live agent with the new key first (as when a repository is added), then
+    /// written; what is stored from then on is encrypted with the new key, and the old one is
+    /// kept, retired, to open what it encrypted.
+    pub async fn rotate_repo_key(
+        &self,
+        name: &str,
+        new: mofang_common::backup_crypt::RepoKey,
+    ) -> Result<BackupRepo> {
+        let mut record = self.backup_repo(name).await?;
+        let new_id = new.id();
+        record.spec.rotate_key(new).map_err(|e| match e {
+            repo::Error::Invalid(m) => Error::Invalid(format!("backup repository {name}: {m}")),
+            other => Error::Invalid(format!("backup repository {name}: {other}")),
+        })?;
+        self.probe_everywhere(name, &record.spec).await?;
+        record.key_rotated_at_ms = now_ms();
+        self.write_repo(&record).await?;
+        info!(repo = %name, key_id = %new_id, retired = record.spec.retired_keys().len(),
+            "backup repository key replaced");
+        Ok(record)
+    }
+
+    /// Forgets a retired key of a repository once nothing stored needs it
+    /// ([`retire_refusal`]): 404 for no retired key with that id, 422 for the current key.
+    pub async fn retire_repo_key(&self, name: &str, id: &str) -> Result<BackupRepo> {
+        let mut record = self.backup_repo(name).await?;
+        let current = record
+            .spec
+            .key()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .map(|k| k.id())
+            .unwrap_or_default();
+        if current == id {
+            return Err(Error::Invalid(format!(
+                "key {id} is the current key of backup repository {name}: rotate it first"
+            )));
+        }
+        let mut check = record.spec.clone();
+        if !check
+            .retire_key(id)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+        {
+            return Err(Error::NotFound(format!(
+                "retired key {id} of backup repository {name}"
+            )));
+        }
+        let backups: Vec<crate::backup::Backup> = self
+            .all_backups()
+            .await?
+            .into_iter()
+            .filter(|b| b.repo == name)
+            .collect();
+        let archiving: Vec<String> = lock(&self.inner)
+            .archives
+            .iter()
+            .filter(|(_, a)| a.repo == name)
+            .map(|(i, _)| i.clone())
+            .collect();
+        let mut archives = Vec::new();
+        for instance in archiving {
+            let indexes = self.archive_indexes(name, &instance).await?;
+            archives.push((instance, indexes));
+        }
+        let using = KeyUse {
+            backups: &backups,
+            archives: &archives,
+            current: &current,
+        };
+        if let Some(why) = retire_refusal(id, &using) {
+            return Err(Error::KeyInUse(format!(
+                "key {id} of backup repository {name} is still needed: {why}"
+            )));
+        }
+        record.spec = check;
+        self.write_repo(&record).await?;
+        info!(repo = %name, key_id = %id, "retired backup repository key forgotten");
+        Ok(record)
+    }
+
+    /// Probes `spec` from this scheduler, then from every live agent; the first failure is
+    /// the refusal. Returns how many agents checked it.
+    async fn probe_everywhere(&self, name: &str, spec: &RepoSpec) -> Result<usize> {
         let nonce = format!("{:016x}", rand::random::<u64>());
-        if let Err(e) = repo::check(&spec, "scheduler", &nonce).await {
+        if let Err(e) = repo::check(spec, "scheduler", &nonce).await {
             let (step, message) = match e {
                 repo::Error::Probe { step, message, .. } => (step.to_string(), message),
                 other => ("open".to_owned(), other.to_string()),
@@ -203,7 +420,7 @@ impl Cluster {
                 .map(|n| n.name.clone())
                 .collect()
         };
-        let repo_json = serde_json::to_string(&spec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let repo_json = serde_json::to_string(spec).map_err(|e| Error::Invalid(e.to_string()))?;
         let asked: Vec<(String, String)> = nodes
             .iter()
             .map(|n| (n.clone(), format!("probe-{nonce}-{n}")))
@@ -232,23 +449,7 @@ impl Cluster {
                 error = %refusal.message, "backup repository refused");
             return Err(refusal.into());
         }
-        let record = BackupRepo {
-            name: name.to_owned(),
-            spec,
-            created_at_ms: now_ms(),
-        };
-        let json = serde_json::to_string(&record).map_err(|e| Error::Invalid(e.to_string()))?;
-        let writing = self.repo_writes.lock().await;
-        self.store
-            .put_meta(&format!("{PREFIX}{name}"), &json)
-            .await?;
-        drop(writing);
-        lock(&self.inner)
-            .repos
-            .insert(name.to_owned(), record.spec.clone());
-        info!(repo = %name, kind = record.spec.kind(), agents = nodes.len(),
-            "backup repository added");
-        Ok(record)
+        Ok(nodes.len())
     }
 
     /// Every repository, by name.
@@ -357,5 +558,96 @@ mod tests {
         assert!(!valid_name("-a"));
         assert!(!valid_name(""));
         assert!(!valid_name("a/b"));
+    }
+
+    /// A retired key is needed while a backup or an archived binlog is encrypted with it,
+    /// while a backup is under way, and while an instance archiving into the repository has
+    /// stored nothing with the current key; once none holds, it can go. Long lists are cut.
+    #[test]
+    fn a_retired_key_goes_only_once_nothing_needs_it() {
+        use crate::backup::{BackupObject, BackupState};
+        use mofang_common::backup::ObjectEncryption;
+        let enc = |id: &str| {
+            Some(ObjectEncryption {
+                algorithm: mofang_common::backup_crypt::ALGORITHM.into(),
+                key_id: id.into(),
+            })
+        };
+        let with_key = |id: &str, key: &str, state: BackupState| {
+            let mut b = super::super::testkit::backup_record(id, "db", state, 1, "r");
+            b.objects.push(BackupObject {
+                path: format!("bk/{id}"),
+                size: 1,
+                sha256: String::new(),
+                raw_size: 1,
+                encryption: enc(key),
+            });
+            b
+        };
+        let index = |at_ms: i64, key: &str| {
+            let mut i: mofang_common::pitr::BinlogIndex = serde_json::from_value(serde_json::json!({
+                "instance": "db", "member": "db-1", "server_id": 1, "file": "mysql-bin.000001",
+                "object": "binlogs/db/1.zst", "size": 1, "sha256": "", "raw_size": 1, "domain": 0,
+                "begin": 0, "first": 1, "last": 2, "first_gtid": "0-1-1", "last_gtid": "0-1-2",
+                "transactions": 2, "first_ts": 1, "last_ts": 2, "archived_at_ms": at_ms
+            }))
+            .expect("index");
+            i.encryption = enc(key);
+            i
+        };
+        let nothing: Vec<(String, Vec<mofang_common::pitr::BinlogIndex>)> = vec![];
+        let ok = |backups: &[crate::backup::Backup], archives: &[(String, Vec<_>)]| {
+            retire_refusal(
+                "old",
+                &KeyUse {
+                    backups,
+                    archives,
+                    current: "new",
+                },
+            )
+        };
+
+        // Nothing stored with it, nothing under way: it can go.
+        let done = [with_key("b2", "new", BackupState::Succeeded)];
+        assert_eq!(ok(&done, &nothing), None);
+        let fresh = vec![("db".to_owned(), vec![index(1, "old"), index(2, "new")])];
+        let why = ok(&done, &fresh).expect("an old binlog");
+        assert!(
+            why.contains("1 archived binlog file(s) of instance db"),
+            "{why}"
+        );
+        assert!(!why.contains("no binlog with the current key"), "{why}");
+
+        let held = [
+            with_key("b1", "old", BackupState::Succeeded),
+            with_key("b2", "new", BackupState::Succeeded),
+        ];
+        let why = ok(&held, &nothing).expect("b1");
+        assert!(
+            why.contains("1 backup(s)") && why.contains("b1") && !why.contains("b2"),
+            "{why}"
+        );
+
+        let running = [with_key("b3", "new", BackupState::Running)];
+        let why = ok(&running, &nothing).expect("under way");
+        assert!(why.contains("b3 are under way"), "{why}");
+
+        // Archiving, the newest file still with the old key (or none yet): an upload may be
+        // in flight with it.
+        let stale = vec![("db".to_owned(), vec![])];
+        let why = ok(&done, &stale).expect("nothing archived with the new key");
+        assert!(
+            why.contains("instance db has archived no binlog with the current key new"),
+            "{why}"
+        );
+
+        let many: Vec<_> = (0..7)
+            .map(|i| with_key(&format!("b{i}"), "old", BackupState::Succeeded))
+            .collect();
+        let why = ok(&many, &nothing).expect("many");
+        assert!(
+            why.contains("7 backup(s)") && why.contains("and 2 more") && !why.contains("b6"),
+            "{why}"
+        );
     }
 }

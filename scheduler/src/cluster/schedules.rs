@@ -434,8 +434,10 @@ mod tests {
             spec: mofang_common::repo::RepoSpec::Fs {
                 path: dir.path().to_string_lossy().into_owned(),
                 encryption_key: None,
+                retired_keys: Vec::new(),
             },
             created_at_ms: 0,
+            key_rotated_at_ms: 0,
         };
         store
             .put_meta(

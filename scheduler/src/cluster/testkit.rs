@@ -88,3 +88,43 @@ pub(super) fn three_ssd_nodes() -> Vec<Node> {
         .map(|n| node(n, &[("ssd", 1000)]))
         .collect()
 }
+
+/// A MariaDB backup record of `instance` in `repo`, ended at `ended` ms, consistent at GTID
+/// `0-1-<ended>`, with no object.
+pub(super) fn backup_record(
+    id: &str,
+    instance: &str,
+    state: crate::backup::BackupState,
+    ended: i64,
+    repo: &str,
+) -> crate::backup::Backup {
+    crate::backup::Backup {
+        id: id.into(),
+        instance: instance.into(),
+        engine: "mariadb".into(),
+        version: "10.11".into(),
+        repo: repo.into(),
+        member: String::new(),
+        node: String::new(),
+        state,
+        reason: String::new(),
+        requested_at_ms: 0,
+        started_at_ms: 0,
+        ended_at_ms: ended,
+        bytes: 0,
+        size: 0,
+        consistent_at: mofang_common::backup::ConsistentAt {
+            gtid: format!("0-1-{ended}"),
+            ..Default::default()
+        },
+        objects: vec![],
+        manifest: String::new(),
+        tools: Default::default(),
+        row_counts: None,
+        keys: None,
+        verifying: false,
+        verified_at_ms: 0,
+        verify_ok: None,
+        verify_reason: String::new(),
+    }
+}
