@@ -14,7 +14,7 @@
 //!
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
-//! [--rounds N] [--latency-only] (default 2048 MiB of rows, half random bytes and half text;
+//! [--rounds N] [--latency-only] [--split-cores] (default 2048 MiB of rows, half random bytes and half text;
 //! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
 //! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
@@ -23,7 +23,10 @@
 //! backup ran, then writes during a backup): both sides see the same drift of a shared
 //! machine's load. `--latency-only` skips the by-hand backup and both restores. The
 //! primary's semi-sync status counters are read around each window: how much of a commit
-//! waited for a replica's acknowledgement.
+//! waited for a replica's acknowledgement. `--split-cores` puts the two sides on cores of
+//! their own, as if on two hosts sharing one disk: CPU 0 for the primary's container and
+//! agent, the scheduler and this process (the application); CPU 1 for the replicas'
+//! containers and agents and SeaweedFS (the backup's reading, compressing and storing).
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::repo::Secret;
@@ -34,7 +37,9 @@ use mofang_scheduler::cluster::InstanceView;
 use mofang_scheduler::model::{InstanceSpec, Resources, RestoreRequest};
 use mofang_tests::cluster::Timings;
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{admin_sql, container_of, loadavg, mysql, percentile, Env};
+use mofang_tests::scenario::{
+    admin_sql, container_of, docker_cli, loadavg, mysql, percentile, Env,
+};
 use mysql_async::prelude::Queryable;
 use object_store::{ObjectStore, WriteMultipart};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,6 +251,75 @@ async fn hand_restore(s3: &SeaweedFs, path: &str) -> Result<f64> {
     Ok(took)
 }
 
+/// `--split-cores`: the primary's side.
+const PRIMARY_CPU: u32 = 0;
+/// `--split-cores`: the replicas' side (the backup's).
+const REPLICA_CPU: u32 = 1;
+
+/// Binds every thread of process `pid` to `cpu` (threads it starts later inherit it).
+fn pin(pid: u32, cpu: u32) -> Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .context("taskset")?;
+    ensure!(
+        out.status.success(),
+        "taskset {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Binds a member's container (and every `docker exec` in it: `mariadb-backup`) to `cpu`.
+fn pin_container(member: &str, cpu: u32) -> Result<()> {
+    docker_cli(&[
+        "update",
+        "--cpuset-cpus",
+        &cpu.to_string(),
+        &container_of(member),
+    ])?;
+    Ok(())
+}
+
+/// The cores each container is bound to, as Docker reports them.
+fn cpuset_of(member: &str) -> String {
+    docker_cli(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.CpusetCpus}}",
+        &container_of(member),
+    ])
+    .map_or_else(|e| format!("unknown ({e:#})"), |s| s.trim().to_owned())
+}
+
+/// Moves the replicas' containers and agents and SeaweedFS to [`REPLICA_CPU`] and binds the
+/// primary's container to [`PRIMARY_CPU`] (its agent, the scheduler and this process are
+/// there since [`pin`] at the start).
+fn split_cores(env: &Env, inst: &InstanceView, s3: &SeaweedFs) -> Result<()> {
+    for m in &inst.members {
+        let cpu = if m.role == "primary" {
+            PRIMARY_CPU
+        } else {
+            REPLICA_CPU
+        };
+        pin_container(&m.id, cpu)?;
+        if cpu == REPLICA_CPU {
+            let agent = &env.agents[env.agent_running(inst, &m.id)?];
+            pin(
+                agent.pid().context("the replica's agent is not running")?,
+                cpu,
+            )?;
+        }
+    }
+    let weed = std::fs::read_to_string(s3.dir.join("weed.pid")).context("weed.pid")?;
+    pin(weed.trim().parse().context("weed.pid")?, REPLICA_CPU)?;
+    println!(
+        "split cores: CPU {PRIMARY_CPU}: the primary's container and agent, the scheduler, the \
+        writer; CPU {REPLICA_CPU}: the replicas' containers and agents, SeaweedFS (the disk is shared)"
+    );
+    Ok(())
+}
+
 /// What the command line asks.
 #[derive(Debug, Clone)]
 struct Args {
@@ -258,6 +332,7 @@ struct Args {
     replicas: u32,
     rounds: u32,
     latency_only: bool,
+    split_cores: bool,
 }
 
 impl Args {
@@ -379,6 +454,11 @@ async fn run(args: Args) -> Result<()> {
         loadavg(),
         nice.map_or("default (19)".to_owned(), |n| n.to_string())
     );
+    if args.split_cores {
+        // Before anything starts: every process this one starts inherits CPU 0; the replica
+        // side is moved to CPU 1 once the instance is up.
+        pin(std::process::id(), PRIMARY_CPU)?;
+    }
     let s3 = SeaweedFs::start().await?;
     let disk = mib * 8 + 8192;
     let env = Env::start_sized_with(
@@ -439,6 +519,9 @@ async fn run(args: Args) -> Result<()> {
         .map(|m| m.id.clone())
         .collect();
     let pass = env.app_password("bb").await?;
+    if args.split_cores {
+        split_cores(&env, &inst, &s3)?;
+    }
 
     // ---- the dataset -------------------------------------------------------------------
     let loading = Instant::now();
@@ -594,6 +677,12 @@ async fn run(args: Args) -> Result<()> {
     }
     let idle = p50_p99(idle_all);
     let during = p50_p99(during_all);
+    if args.split_cores {
+        // Still where they were put: nothing (an agent's update) undid the binding.
+        for m in &inst.members {
+            println!("  {} ({}): cores {}", m.id, m.role, cpuset_of(&m.id));
+        }
+    }
 
     if args.latency_only {
         println!();
@@ -699,10 +788,11 @@ async fn main() -> Result<()> {
         replicas: 1,
         rounds: 1,
         latency_only: false,
+        split_cores: false,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
-        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only]";
+        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -712,6 +802,10 @@ async fn main() -> Result<()> {
             }
             "--latency-only" => {
                 args.latency_only = true;
+                continue;
+            }
+            "--split-cores" => {
+                args.split_cores = true;
                 continue;
             }
             _ => {}
@@ -734,6 +828,9 @@ async fn main() -> Result<()> {
     }
     if !(1..=2).contains(&args.replicas) {
         bail!("--replicas must be 1 or 2");
+    }
+    if args.split_cores && std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
+        bail!("--split-cores needs two cores");
     }
     // Ctrl-C drops the run: the daemons, their containers and SeaweedFS go with it.
     tokio::select! {
