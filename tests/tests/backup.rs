@@ -2,23 +2,90 @@
 //! binary): backup repositories are checked from the scheduler and from every live agent
 //! before they are kept, and refused naming the host and the failing step.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use mofang_common::repo::Secret;
+use mofang_scheduler::backup::schedule::{BackupPolicy, Retention};
+use mofang_scheduler::backup::{Backup, BackupState};
+use mofang_scheduler::client::{
+    self, InstancePatch, LogRange, NewBackup, NewBackupRepo, NewOperation,
+};
+use mofang_scheduler::cluster::{BackupRepoView, InstanceView, RestoreProgress};
+use mofang_scheduler::model::{Event, InstanceSpec, RestoreRequest};
+use mofang_scheduler::ops::{OpKind, OpState, Operation, StepAction};
+use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{admin_sql as sql, container_of, docker_cli, Env};
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use mofang_tests::scenario::{
+    admin_sql as sql, container_of, docker_cli, instance_spec, primary_of, Env,
+};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use std::time::Duration;
 
-fn s3_repo(s3: &SeaweedFs, name: &str, secret: &str, prefix: &str) -> Value {
-    json!({
-        "name": name,
-        "kind": "s3",
-        "endpoint": s3.endpoint,
-        "bucket": s3.bucket,
-        "prefix": prefix,
-        "access_key_id": s3.access_key,
-        "secret_access_key": secret,
-    })
+fn s3_repo(s3: &SeaweedFs, name: &str, secret: &str, prefix: &str) -> NewBackupRepo {
+    NewBackupRepo {
+        name: name.into(),
+        kind: "s3".into(),
+        endpoint: Some(s3.endpoint.clone()),
+        bucket: Some(s3.bucket.clone()),
+        prefix: Some(prefix.into()),
+        access_key_id: Some(s3.access_key.clone()),
+        secret_access_key: Some(Secret(secret.into())),
+        ..NewBackupRepo::default()
+    }
+}
+
+/// A value as compact JSON, for failure messages.
+fn js<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("<not JSON: {e}>"))
+}
+
+/// What the API answered to a request it refused.
+#[derive(Debug)]
+struct Refusal {
+    /// HTTP status.
+    status: u16,
+    /// The API's error code.
+    code: String,
+    /// Its message.
+    message: String,
+}
+
+/// The refusal of a call expected to be refused; an answer, or no answer, is an error.
+fn refusal<T: std::fmt::Debug>(r: client::Result<T>) -> Result<Refusal> {
+    match r {
+        Err(client::Error::Api {
+            status,
+            code,
+            message,
+        }) => Ok(Refusal {
+            status,
+            code,
+            message,
+        }),
+        Err(e) => Err(e.into()),
+        Ok(v) => bail!("accepted: {v:?}"),
+    }
+}
+
+/// [`instance_spec`] created from a backup of `from`: `backup` (default: its latest), to
+/// `time` (a point-in-time restore) when given.
+fn restoring(
+    name: &str,
+    engine: &str,
+    replicas: u32,
+    from: &str,
+    backup: Option<&str>,
+    time: Option<String>,
+) -> Result<InstanceSpec> {
+    let mut spec = instance_spec(name, engine, replicas)?;
+    spec.restore = Some(RestoreRequest {
+        from_instance: from.to_owned(),
+        backup: backup.map(str::to_owned),
+        time,
+    });
+    Ok(spec)
 }
 
 /// A good S3 repository is probed by the scheduler and by both agents, then listed without
@@ -32,18 +99,15 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start(2).await?;
     env.wait_ready_nodes(2).await?;
+    let c = env.client();
 
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "backups")),
-        )
+    let v = c
+        .add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "backups"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
     ensure!(
-        v["kind"] == "s3" && v["bucket"] == s3.bucket.as_str(),
-        "{v}"
+        v.kind == "s3" && v.bucket.as_deref() == Some(s3.bucket.as_str()),
+        "{}",
+        js(&v)
     );
     // Both agents ran the probe (and it succeeded: the add would have been refused).
     for a in &env.agents {
@@ -54,12 +118,15 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
             a.node
         );
     }
-    let listed = env.get("/v1/backup-repos").await?;
-    ensure!(listed.as_array().map(Vec::len) == Some(1), "{listed}");
+    // Raw JSON: the whole answer, fields this client does not know included, must not hold
+    // the secret.
+    let raw = c.get_json("/v1/backup-repos").await?;
     ensure!(
-        !listed.to_string().contains(&s3.secret_key),
-        "the secret is shown: {listed}"
+        !raw.to_string().contains(&s3.secret_key),
+        "the secret is shown: {raw}"
     );
+    let listed: Vec<BackupRepoView> = serde_json::from_value(raw)?;
+    ensure!(listed.len() == 1, "{}", js(&listed));
     ensure!(
         !env.sched.log().contains(&s3.secret_key),
         "the secret is logged"
@@ -119,10 +186,11 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
         "backup-repo add --encrypt: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_str(&stdout)?;
+    let v: BackupRepoView = serde_json::from_str(&stdout)?;
     ensure!(
-        v["encrypted"] == true && v["key_id"] == key.id().as_str(),
-        "{v} (key id {})",
+        v.encrypted && v.key_id.as_deref() == Some(key.id().as_str()),
+        "{} (key id {})",
+        js(&v),
         key.id()
     );
     for a in &env.agents {
@@ -134,10 +202,12 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
         );
         ensure!(!log.contains(&key_text), "agent {} logged the key", a.node);
     }
-    let listed = env.get("/v1/backup-repos/vault").await?;
+    // Raw JSON: the whole answer must not hold the key.
+    let raw = c.get_json("/v1/backup-repos/vault").await?;
+    let listed: BackupRepoView = serde_json::from_value(raw.clone())?;
     ensure!(
-        listed["encrypted"] == true && !listed.to_string().contains(&key_text),
-        "{listed}"
+        listed.encrypted && !raw.to_string().contains(&key_text),
+        "{raw}"
     );
     ensure!(
         !stdout.contains(&key_text) && !env.sched.log().contains(&key_text),
@@ -161,89 +231,61 @@ async fn repositories_are_checked_everywhere_before_they_are_kept() -> Result<()
         "a malformed key through the CLI: {} {stderr}",
         out.status
     );
-    let (status, _) = env
-        .call(Method::GET, "/v1/backup-repos/vault2", None)
-        .await?;
-    ensure!(
-        status == StatusCode::NOT_FOUND,
-        "a refused repository is kept: {status}"
-    );
-    let (status, _) = env
-        .call(Method::DELETE, "/v1/backup-repos/vault", None)
-        .await?;
-    ensure!(status == StatusCode::NO_CONTENT, "{status}");
+    let r = refusal(c.backup_repo("vault2").await)?;
+    ensure!(r.status == 404, "a refused repository is kept: {r:?}");
+    c.delete_backup_repo("vault").await?;
 
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "x")),
-        )
-        .await?;
-    ensure!(
-        status == StatusCode::CONFLICT,
-        "same name twice: {status} {v}"
-    );
+    let r = refusal(
+        c.add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "x"))
+            .await,
+    )?;
+    ensure!(r.status == 409, "same name twice: {r:?}");
 
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "wrong", "not-the-secret", "backups")),
-        )
-        .await?;
-    ensure!(status == StatusCode::UNPROCESSABLE_ENTITY, "{status} {v}");
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    let r = refusal(
+        c.add_backup_repo(&s3_repo(s3, "wrong", "not-the-secret", "backups"))
+            .await,
+    )?;
+    ensure!(r.status == 422, "{r:?}");
     ensure!(
-        v["error"]["code"] == "repo_check_failed" && msg.contains("on scheduler at step write"),
-        "{v}"
+        r.code == "repo_check_failed" && r.message.contains("on scheduler at step write"),
+        "{r:?}"
     );
 
     let missing = std::env::temp_dir().join(mofang_tests::unique_name("no-such-dir"));
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(json!({"name": "nfs", "kind": "fs", "path": missing})),
-        )
-        .await?;
-    ensure!(status == StatusCode::UNPROCESSABLE_ENTITY, "{status} {v}");
-    ensure!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("at step open"),
-        "{v}"
-    );
+    let r = refusal(
+        c.add_backup_repo(&NewBackupRepo {
+            name: "nfs".into(),
+            kind: "fs".into(),
+            path: Some(missing.to_str().context("temp path")?.to_owned()),
+            ..NewBackupRepo::default()
+        })
+        .await,
+    )?;
+    ensure!(r.status == 422, "{r:?}");
+    ensure!(r.message.contains("at step open"), "{r:?}");
 
     // The second agent's link is cut just before the add: its node is still live, is asked,
     // and never answers.
     env.links[1].cut();
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "second", &s3.secret_key, "other")),
-        )
-        .await?;
+    let added = c
+        .add_backup_repo(&s3_repo(s3, "second", &s3.secret_key, "other"))
+        .await;
     env.links[1].heal();
-    ensure!(status == StatusCode::UNPROCESSABLE_ENTITY, "{status} {v}");
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    let r = refusal(added)?;
+    ensure!(r.status == 422, "{r:?}");
     ensure!(
-        msg.contains(&format!("on {} at step answer", env.agents[1].node)),
-        "{v}"
+        r.message
+            .contains(&format!("on {} at step answer", env.agents[1].node)),
+        "{r:?}"
     );
     ensure!(
-        env.get("/v1/backup-repos").await?.as_array().map(Vec::len) == Some(1),
+        c.backup_repos().await?.len() == 1,
         "a refused repository is not kept"
     );
 
-    let (status, _) = env
-        .call(Method::DELETE, "/v1/backup-repos/main", None)
-        .await?;
-    ensure!(status == StatusCode::NO_CONTENT, "{status}");
-    let (status, _) = env.call(Method::GET, "/v1/backup-repos/main", None).await?;
-    ensure!(status == StatusCode::NOT_FOUND, "{status}");
+    c.delete_backup_repo("main").await?;
+    let r = refusal(c.backup_repo("main").await)?;
+    ensure!(r.status == 404, "{r:?}");
     Ok(())
 }
 
@@ -263,17 +305,14 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start(2).await?;
     env.wait_ready_nodes(2).await?;
-    let inst = env.create_ready("bk", "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary id")?
-        .to_owned();
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["id"].as_str())
-        .context("replica id")?
-        .to_owned();
+    let inst = env.create("bk", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
+    let replica = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("replica id")?;
     sql(
         &primary,
         "CREATE DATABASE bk; CREATE TABLE bk.t (id INT PRIMARY KEY); \
@@ -395,27 +434,34 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
 }
 
 /// Polls a backup until its state is final (or `limit` passes).
-async fn wait_backup(env: &Env, id: &str, limit: Duration) -> Result<Value> {
+async fn wait_backup(env: &Env, id: &str, limit: Duration) -> Result<Backup> {
+    let c = env.client();
     mofang_tests::eventually("backup ended", limit, || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
+        let b = c.backup(id).await?;
+        ensure!(
+            b.state == BackupState::Succeeded || b.state == BackupState::Failed,
+            "{}",
+            js(&b)
+        );
         Ok(b)
     })
     .await
 }
 
-/// Asks for a backup; checks the 202 and returns the record.
-async fn request_backup(env: &Env, instance: &str, body: Value) -> Result<Value> {
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/instances/{instance}/backups"),
-            Some(body),
+/// Asks for a backup into `repo`; checks it is accepted `pending` and returns the record.
+async fn request_backup(env: &Env, instance: &str, repo: &str) -> Result<Backup> {
+    let b = env
+        .client()
+        .create_backup(
+            instance,
+            &NewBackup {
+                repo: repo.to_owned(),
+                ..NewBackup::default()
+            },
         )
         .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
-    ensure!(v["state"] == "pending", "{v}");
-    Ok(v)
+    ensure!(b.state == BackupState::Pending, "{}", js(&b));
+    Ok(b)
 }
 
 /// The objects under a prefix of the bucket.
@@ -442,13 +488,18 @@ async fn object(s3: &SeaweedFs, path: &str) -> Result<Vec<u8>> {
         .to_vec())
 }
 
-/// Runs the `mofang` CLI against the cluster; its JSON output.
-async fn mofang_cli(env: &Env, args: &[&str]) -> Result<Value> {
+/// Runs the `mofang` CLI against the cluster; its JSON output, read as the API type it
+/// prints.
+async fn mofang_cli<T: DeserializeOwned>(env: &Env, args: &[&str]) -> Result<T> {
     mofang_cli_env(env, args, &[]).await
 }
 
 /// [`mofang_cli`] with more environment.
-async fn mofang_cli_env(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Result<Value> {
+async fn mofang_cli_env<T: DeserializeOwned>(
+    env: &Env,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Result<T> {
     let out = tokio::process::Command::new(mofang_tests::cluster::binaries()?.join("mofang"))
         .args(args)
         .envs(env.sched.cli_env())
@@ -461,20 +512,21 @@ async fn mofang_cli_env(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Res
         "mofang {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "mofang {args:?} printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The member ids of an instance view with `role`.
-fn members_with(inst: &Value, role: &str) -> Vec<String> {
-    inst["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter(|m| m["role"] == role)
-                .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+fn members_with(inst: &InstanceView, role: &str) -> Vec<String> {
+    inst.members
+        .iter()
+        .filter(|m| m.role == role)
+        .map(|m| m.id.clone())
+        .collect()
 }
 
 /// Backups as records and jobs, on one cluster (two agents, a SeaweedFS of its own):
@@ -495,8 +547,9 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     let s3 = SeaweedFs::start().await?;
     let env = Env::start(2).await?;
     env.wait_ready_nodes(2).await?;
+    let c = env.client();
     // Through the CLI, the secret from the environment.
-    let v = mofang_cli_env(
+    let v: BackupRepoView = mofang_cli_env(
         &env,
         &[
             "--json",
@@ -517,14 +570,11 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         &[("MOFANG_S3_SECRET_ACCESS_KEY", &s3.secret_key)],
     )
     .await?;
-    ensure!(v["name"] == "main" && v["kind"] == "s3", "{v}");
+    ensure!(v.name == "main" && v.kind == "s3", "{}", js(&v));
 
     // ---- MariaDB: the default member, 409, the manifest ----------------------------------
-    let inst = env.create_ready("db", "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary id")?
-        .to_owned();
+    let inst = env.create("db", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
     let replica = members_with(&inst, "replica").pop().context("a replica")?;
     // 1000 small rows, and ~60 MiB that zstd cannot shrink (more than the upload holds in
     // flight, so a frozen store stops the backup midway).
@@ -543,53 +593,45 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     })
     .await?;
 
-    let first = request_backup(&env, "db", json!({"repo": "main"})).await?;
-    let id = first["id"].as_str().context("id")?.to_owned();
-    ensure!(
-        first["member"] == replica.as_str(),
-        "not the replica: {first}"
-    );
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/instances/db/backups",
-            Some(json!({"repo": "main", "primary": true})),
+    let first = request_backup(&env, "db", "main").await?;
+    let id = first.id.clone();
+    ensure!(first.member == replica, "not the replica: {}", js(&first));
+    let r = refusal(
+        c.create_backup(
+            "db",
+            &NewBackup {
+                repo: "main".into(),
+                primary: true,
+                ..NewBackup::default()
+            },
         )
-        .await?;
+        .await,
+    )?;
     ensure!(
-        status == StatusCode::CONFLICT
-            && v["error"]["code"] == "backup_running"
-            && v["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&id),
-        "a second backup while one runs: {status} {v}"
+        r.status == 409 && r.code == "backup_running" && r.message.contains(&id),
+        "a second backup while one runs: {r:?}"
     );
     let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
-    ensure!(b["state"] == "succeeded", "{b}");
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
     ensure!(
-        b["consistent_at"]["gtid"] == gtid.as_str(),
-        "consistent at {} while the primary is at {gtid}: {b}",
-        b["consistent_at"]
+        b.consistent_at.gtid == gtid,
+        "consistent at {:?} while the primary is at {gtid}: {}",
+        b.consistent_at,
+        js(&b)
     );
     ensure!(
-        b["tools"]["mariadb-backup"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("10.11"),
-        "{b}"
+        b.tools
+            .get("mariadb-backup")
+            .is_some_and(|t| t.contains("10.11")),
+        "{}",
+        js(&b)
     );
-    let objects = b["objects"].as_array().context("objects")?;
-    ensure!(objects.len() == 1, "{b}");
-    let data = object(
-        &s3,
-        &format!("bk/{}", objects[0]["path"].as_str().context("path")?),
-    )
-    .await?;
+    let objects = &b.objects;
+    ensure!(objects.len() == 1, "{}", js(&b));
+    let data = object(&s3, &format!("bk/{}", objects[0].path)).await?;
     ensure!(
-        data.len() as u64 == objects[0]["size"].as_u64().unwrap_or_default()
-            && hex::encode(sha2::Sha256::digest(&data))
-                == objects[0]["sha256"].as_str().unwrap_or_default(),
+        data.len() as u64 == objects[0].size
+            && hex::encode(sha2::Sha256::digest(&data)) == objects[0].sha256,
         "the stored object differs from its record"
     );
     let raw = zstd::decode_all(&data[..])?;
@@ -599,32 +641,27 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         "{} bytes: the table is missing",
         raw.len()
     );
-    let manifest: Value = serde_json::from_slice(
-        &object(
-            &s3,
-            &format!("bk/{}", b["manifest"].as_str().context("manifest")?),
-        )
-        .await?,
-    )?;
+    let manifest: mofang_common::backup::Manifest =
+        serde_json::from_slice(&object(&s3, &format!("bk/{}", b.manifest)).await?)?;
     ensure!(
-        manifest["id"] == id.as_str()
-            && manifest["instance"] == "db"
-            && manifest["engine"] == "mariadb"
-            && manifest["version"] == "10.11"
-            && manifest["consistent_at"]["gtid"] == gtid.as_str()
-            && manifest["objects"][0]["sha256"] == objects[0]["sha256"],
-        "manifest {manifest}"
+        manifest.id == id
+            && manifest.instance == "db"
+            && manifest.engine == "mariadb"
+            && manifest.version == "10.11"
+            && manifest.consistent_at.gtid == gtid
+            && manifest.objects.first().map(|o| &o.sha256) == Some(&objects[0].sha256),
+        "manifest {manifest:?}"
     );
     let kinds: Vec<String> = env
-        .events("db")
+        .instance_events("db")
         .await?
-        .iter()
-        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .into_iter()
+        .map(|e| e.kind)
         .collect();
     for k in ["backup_requested", "backup_started", "backup_succeeded"] {
         ensure!(kinds.iter().any(|x| x == k), "no {k} event: {kinds:?}");
     }
-    let audit = env.get("/v1/audit").await?.to_string();
+    let audit = js(&c.audit(LogRange::default()).await?);
     ensure!(
         audit.contains("POST /v1/instances/db/backups") && audit.contains("backup_succeeded"),
         "audit: {audit}"
@@ -632,7 +669,7 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
 
     // ---- killed mid-backup ---------------------------------------------------------------
     s3.freeze(true)?;
-    let killed = request_backup(&env, "db", json!({"repo": "main"})).await;
+    let killed = request_backup(&env, "db", "main").await;
     let killed = match killed {
         Ok(k) => k,
         Err(e) => {
@@ -640,13 +677,10 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
             return Err(e);
         }
     };
-    let kid = killed["id"].as_str().context("id")?.to_owned();
+    let kid = killed.id.clone();
     let midway = mofang_tests::eventually("backup midway", Duration::from_secs(60), || async {
-        let b = env.get(&format!("/v1/backups/{kid}")).await?;
-        ensure!(
-            b["state"] == "running" && b["bytes"].as_u64() > Some(0),
-            "{b}"
-        );
+        let b = c.backup(&kid).await?;
+        ensure!(b.state == BackupState::Running && b.bytes > 0, "{}", js(&b));
         Ok(b)
     })
     .await;
@@ -654,33 +688,31 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     s3.freeze(false)?;
     kill?;
     let b = wait_backup(&env, &kid, Duration::from_secs(120)).await?;
-    let reason = b["reason"].as_str().unwrap_or_default();
     ensure!(
-        b["state"] == "failed"
-            && reason.contains("stream failed")
-            && reason.contains("mariadb-backup"),
-        "{b}"
+        b.state == BackupState::Failed
+            && b.reason.contains("stream failed")
+            && b.reason.contains("mariadb-backup"),
+        "{}",
+        js(&b)
     );
     let left = objects_under(&s3, &format!("bk/backups/db/{kid}")).await?;
     ensure!(left.is_empty(), "a failed backup left {left:?}");
     ensure!(
-        env.events("db")
+        env.instance_events("db")
             .await?
             .iter()
-            .any(|e| e["kind"] == "backup_failed"
-                && e["message"].as_str().unwrap_or_default().contains(&kid)),
+            .any(|e| e.kind == "backup_failed" && e.message.contains(&kid)),
         "no backup_failed event"
     );
-    env.wait_instance_ready("db").await?;
-    let again = request_backup(&env, "db", json!({"repo": "main"})).await?;
-    let again = wait_backup(
-        &env,
-        again["id"].as_str().context("id")?,
-        Duration::from_secs(180),
-    )
-    .await?;
-    ensure!(again["state"] == "succeeded", "the next backup: {again}");
-    let again_id = again["id"].as_str().context("id")?.to_owned();
+    env.ready("db").await?;
+    let again = request_backup(&env, "db", "main").await?;
+    let again = wait_backup(&env, &again.id, Duration::from_secs(180)).await?;
+    ensure!(
+        again.state == BackupState::Succeeded,
+        "the next backup: {}",
+        js(&again)
+    );
+    let again_id = again.id.clone();
 
     // ---- MariaDB restore: exactly the rows of the backup --------------------------------
     // Rows written after the backup must not be in the restored instance.
@@ -688,18 +720,23 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         &primary,
         "INSERT INTO bk.t SELECT seq FROM bk.seq_1001_to_1100",
     )?;
-    let mut restore_spec = mofang_tests::scenario::spec("db2", "mariadb", 1);
-    restore_spec["restore"] = json!({"from_instance": "db", "backup": again_id});
-    let (status, v) = env
-        .call(Method::POST, "/v1/instances", Some(restore_spec))
+    let v = c
+        .create_instance(&restoring(
+            "db2",
+            "mariadb",
+            1,
+            "db",
+            Some(&again_id),
+            None,
+        )?)
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    ensure!(v["restored_from"] == again_id.as_str(), "{v}");
-    let db2 = env.wait_instance_ready("db2").await?;
-    let db2_primary = Env::primary_member(&db2)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    ensure!(
+        v.restored_from.as_deref() == Some(again_id.as_str()),
+        "{}",
+        js(&v)
+    );
+    let db2 = env.ready("db2").await?;
+    let db2_primary = primary_of(&db2)?.id.clone();
     let db2_replica = members_with(&db2, "replica").pop().context("replica")?;
     let want = "1000\t1\t1000\t60000";
     let q = "SELECT COUNT(*), MIN(id), MAX(id), (SELECT COUNT(*) FROM bk.big) FROM bk.t";
@@ -728,66 +765,53 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     .await?;
 
     // ---- a restore whose object is missing or tampered: refused naming it, nothing made --
-    let first_path = objects[0]["path"].as_str().context("path")?.to_owned();
+    let first_path = objects[0].path.clone();
     let first_object = format!("bk/{first_path}");
-    let mut bad = mofang_tests::scenario::spec("db3", "mariadb", 1);
-    bad["restore"] = json!({"from_instance": "db", "backup": id});
+    let bad = restoring("db3", "mariadb", 1, "db", Some(&id), None)?;
     {
         use object_store::ObjectStore;
         let store = s3.object_store()?;
         store.delete(&first_object.as_str().into()).await?;
-        let (status, v) = env
-            .call(Method::POST, "/v1/instances", Some(bad.clone()))
-            .await?;
+        let r = refusal(c.create_instance(&bad).await)?;
         ensure!(
-            status == StatusCode::UNPROCESSABLE_ENTITY
-                && v["error"]["code"] == "restore_refused"
-                && v["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains(&first_path),
-            "a missing object: {status} {v}"
+            r.status == 422 && r.code == "restore_refused" && r.message.contains(&first_path),
+            "a missing object: {r:?}"
         );
-        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
-        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+        let r = refusal(c.instance("db3").await)?;
+        ensure!(r.status == 404, "an instance was created: {r:?}");
         let mut tampered = data.clone();
         let mid = tampered.len() / 2;
         tampered[mid] ^= 0xff;
         store
             .put(&first_object.as_str().into(), tampered.into())
             .await?;
-        let (status, v) = env.call(Method::POST, "/v1/instances", Some(bad)).await?;
-        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        let r = refusal(c.create_instance(&bad).await)?;
         ensure!(
-            status == StatusCode::UNPROCESSABLE_ENTITY
-                && v["error"]["code"] == "restore_refused"
-                && msg.contains(&first_path)
-                && msg.contains("sha256"),
-            "a tampered object: {status} {v}"
+            r.status == 422
+                && r.code == "restore_refused"
+                && r.message.contains(&first_path)
+                && r.message.contains("sha256"),
+            "a tampered object: {r:?}"
         );
-        let (s2, _) = env.call(Method::GET, "/v1/instances/db3", None).await?;
-        ensure!(s2 == StatusCode::NOT_FOUND, "an instance was created: {s2}");
+        let r = refusal(c.instance("db3").await)?;
+        ensure!(r.status == 404, "an instance was created: {r:?}");
     }
 
     // ---- Redis ---------------------------------------------------------------------------
-    let kv = env.create_ready("kv", "redis", 1).await?;
-    let kv_primary = Env::primary_member(&kv)?;
-    let addr = kv_primary["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let kv = env.create("kv", "redis", 1).await?;
+    let addr = primary_of(&kv)?.address.clone();
     let pass = env.app_password("kv").await?;
     let client = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?;
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut rc = client.get_multiplexed_async_connection().await?;
     for k in 0..500u32 {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
             .arg(k)
-            .query_async(&mut c)
+            .query_async(&mut rc)
             .await?;
     }
     // Through the CLI, as an operator would: `--wait` ends with the backup's record.
-    let rb = mofang_cli(
+    let rb: Backup = mofang_cli(
         &env,
         &[
             "--json", "backup", "create", "kv", "--repo", "main", "--wait",
@@ -795,17 +819,13 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
     )
     .await?;
     let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
-    ensure!(rb["member"] == kv_replica.as_str(), "{rb}");
-    ensure!(rb["state"] == "succeeded", "{rb}");
-    ensure!(rb["consistent_at"]["offset"].as_u64() > Some(0), "{rb}");
-    let rdb = object(
-        &s3,
-        &format!("bk/{}", rb["objects"][0]["path"].as_str().context("path")?),
-    )
-    .await?;
+    ensure!(rb.member == kv_replica, "{}", js(&rb));
+    ensure!(rb.state == BackupState::Succeeded, "{}", js(&rb));
+    ensure!(rb.consistent_at.offset > Some(0), "{}", js(&rb));
+    let rb_object = rb.objects.first().context("objects")?;
+    let rdb = object(&s3, &format!("bk/{}", rb_object.path)).await?;
     ensure!(
-        hex::encode(sha2::Sha256::digest(&rdb))
-            == rb["objects"][0]["sha256"].as_str().unwrap_or_default(),
+        hex::encode(sha2::Sha256::digest(&rdb)) == rb_object.sha256,
         "RDB sha256"
     );
     ensure!(
@@ -817,31 +837,26 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
             .arg(k)
-            .query_async(&mut c)
+            .query_async(&mut rc)
             .await?;
     }
 
     // ---- delete a backup; delete an instance ---------------------------------------------
-    let (status, _) = env
-        .call(Method::DELETE, &format!("/v1/backups/{id}"), None)
-        .await?;
-    ensure!(status == StatusCode::NO_CONTENT, "{status}");
+    c.delete_backup(&id).await?;
     let left = objects_under(&s3, &format!("bk/backups/db/{id}")).await?;
     ensure!(left.is_empty(), "a deleted backup left {left:?}");
-    let (status, _) = env
-        .call(Method::GET, &format!("/v1/backups/{id}"), None)
-        .await?;
-    ensure!(status == StatusCode::NOT_FOUND, "{status}");
-    let (status, _) = env.call(Method::DELETE, "/v1/instances/kv", None).await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status}");
-    let kept = env.get("/v1/instances/kv/backups").await?;
+    let r = refusal(c.backup(&id).await)?;
+    ensure!(r.status == 404, "{r:?}");
+    c.delete_instance("kv").await?;
+    let kept = c.backups("kv").await?;
     ensure!(
-        kept.as_array().map(Vec::len) == Some(1) && kept[0]["id"] == rb["id"],
-        "the deleted instance's backups: {kept}"
+        kept.len() == 1 && kept[0].id == rb.id,
+        "the deleted instance's backups: {}",
+        js(&kept)
     );
 
     // ---- Redis restore from a deleted instance's latest backup: exactly its keys ---------
-    let kv2 = mofang_cli(
+    let kv2: InstanceView = mofang_cli(
         &env,
         &[
             "--json",
@@ -860,15 +875,18 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
         ],
     )
     .await?;
-    let listed = env.get("/v1/instances/kv2").await?;
-    ensure!(listed["restored_from"] == rb["id"], "{listed}");
-    let listed = mofang_cli(&env, &["--json", "backup", "list", "kv"]).await?;
-    ensure!(listed.as_array().map(Vec::len) == Some(1), "{listed}");
+    let listed = c.instance("kv2").await?;
+    ensure!(
+        listed.restored_from.as_deref() == Some(rb.id.as_str()),
+        "{}",
+        js(&listed)
+    );
+    let listed: Vec<Backup> = mofang_cli(&env, &["--json", "backup", "list", "kv"]).await?;
+    ensure!(listed.len() == 1, "{}", js(&listed));
     let pass2 = env.app_password("kv2").await?;
     let want: Vec<String> = (0..500).map(|k| format!("k{k}")).collect();
-    for m in kv2["members"].as_array().context("members")? {
-        let addr = m["address"].as_str().context("address")?;
-        let client = redis::Client::open(format!("redis://app:{pass2}@{addr}/"))?;
+    for m in &kv2.members {
+        let client = redis::Client::open(format!("redis://app:{pass2}@{}/", m.address))?;
         mofang_tests::eventually("restored keys", Duration::from_secs(60), || async {
             let mut c = client.get_multiplexed_async_connection().await?;
             // DBSIZE 500 and every k0..k499 there: exactly the backup's keys.
@@ -882,7 +900,7 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
             ensure!(
                 n == 500 && present == 500,
                 "{} holds {n} keys, {present} of the backup's 500",
-                m["id"]
+                m.id
             );
             let v: u32 = redis::cmd("GET").arg("k499").query_async(&mut c).await?;
             ensure!(v == 499, "k499 = {v}");
@@ -893,17 +911,12 @@ async fn backups_are_records_run_by_agents_and_fail_cleanly() -> Result<()> {
 
     // ---- the repository unreachable ------------------------------------------------------
     drop(s3);
-    let gone = request_backup(&env, "db", json!({"repo": "main"})).await?;
-    let gone = wait_backup(
-        &env,
-        gone["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    let reason = gone["reason"].as_str().unwrap_or_default();
+    let gone = request_backup(&env, "db", "main").await?;
+    let gone = wait_backup(&env, &gone.id, Duration::from_secs(120)).await?;
     ensure!(
-        gone["state"] == "failed" && reason.contains("to the repository"),
-        "{gone}"
+        gone.state == BackupState::Failed && gone.reason.contains("to the repository"),
+        "{}",
+        js(&gone)
     );
     Ok(())
 }
@@ -997,26 +1010,29 @@ async fn sleep_until(t: i64) {
 /// pending after; the binlog files downloaded and replayed counted against the same total;
 /// the current `phase` the running one), and that none is shown once ready. Returns the
 /// view and the phases seen running, in the order first seen.
-async fn ready_watching_phases(env: &Env, name: &str) -> Result<(Value, Vec<String>)> {
+async fn ready_watching_phases(env: &Env, name: &str) -> Result<(InstanceView, Vec<String>)> {
+    let c = env.client();
     let mut seen: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        if v["status"] == "ready" {
+        let v = c.instance(name).await?;
+        if v.status == "ready" {
             ensure!(
-                v.get("restore_progress").is_none_or(Value::is_null),
-                "progress shown after the restore: {v}"
+                v.restore_progress.is_none(),
+                "progress shown after the restore: {}",
+                js(&v)
             );
             return Ok((v, seen));
         }
-        if let Some(p) = v.get("restore_progress").filter(|p| !p.is_null()) {
-            let phases = p["phases"].as_array().cloned().unwrap_or_default();
-            let names: Vec<&str> = phases.iter().filter_map(|x| x["name"].as_str()).collect();
+        if let Some(p) = &v.restore_progress {
+            let phases = &p.phases;
+            let names: Vec<&str> = phases.iter().map(|x| x.name.as_str()).collect();
             ensure!(
                 names == ["binlogs", "data", "prepare", "replay"],
-                "phases of a point-in-time restore: {p}"
+                "phases of a point-in-time restore: {}",
+                js(p)
             );
-            let states: Vec<&str> = phases.iter().filter_map(|x| x["state"].as_str()).collect();
+            let states: Vec<&str> = phases.iter().map(|x| x.state.as_str()).collect();
             let running = states.iter().position(|s| *s == "running");
             let ordered = states.iter().enumerate().all(|(i, s)| match running {
                 Some(r) if i < r => *s == "done",
@@ -1024,18 +1040,17 @@ async fn ready_watching_phases(env: &Env, name: &str) -> Result<(Value, Vec<Stri
                 Some(_) => true,
                 None => *s == "pending",
             });
-            let files = phases[0]["total"].as_u64().unwrap_or(0);
+            let files = phases[0].total;
             ensure!(
                 ordered
                     && files > 0
-                    && phases[3]["total"].as_u64() == Some(files)
-                    && phases
-                        .iter()
-                        .all(|x| x["done"].as_u64() <= x["total"].as_u64() || x["name"] == "data"),
-                "phase states and counters: {p}"
+                    && phases[3].total == files
+                    && phases.iter().all(|x| x.done <= x.total || x.name == "data"),
+                "phase states and counters: {}",
+                js(p)
             );
             if let Some(r) = running {
-                ensure!(p["phase"] == names[r], "current phase: {p}");
+                ensure!(p.phase == names[r], "current phase: {}", js(p));
                 if !seen.iter().any(|s| s == names[r]) {
                     seen.push(names[r].to_owned());
                 }
@@ -1043,7 +1058,8 @@ async fn ready_watching_phases(env: &Env, name: &str) -> Result<(Value, Vec<Stri
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "{name} is not ready: {v}"
+            "{name} is not ready: {}",
+            js(&v)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1063,7 +1079,7 @@ async fn check_restore_to(
     let time = mofang_common::pitr::format_utc(at);
     let started = std::time::Instant::now();
     if cli {
-        mofang_cli(
+        let _: InstanceView = mofang_cli(
             env,
             &[
                 "--json",
@@ -1086,13 +1102,17 @@ async fn check_restore_to(
         )
         .await?;
     } else {
-        let mut spec = mofang_tests::scenario::spec(name, "mariadb", 1);
-        spec["restore"] = json!({"from_instance": from, "time": time});
-        let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-        ensure!(
-            status == StatusCode::CREATED,
-            "restore to {at}: {status} {v}"
-        );
+        env.client()
+            .create_instance(&restoring(
+                name,
+                "mariadb",
+                1,
+                from,
+                None,
+                Some(time.clone()),
+            )?)
+            .await
+            .with_context(|| format!("restore to {at}"))?;
     }
     let (inst, phases) = ready_watching_phases(env, name).await?;
     eprintln!(
@@ -1154,22 +1174,15 @@ async fn check_restore_to(
 async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Result<()> {
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start_with(3, "\n[backup]\narchive_interval_s = 2\n").await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "pitr")),
-        )
+    let c = env.client();
+    c.add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "pitr"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let inst = env.create_ready("src", "mariadb", 2).await?;
+    let inst = env.create("src", "mariadb", 2).await?;
     let password = env.app_password("src").await?;
     {
         use mysql_async::prelude::Queryable;
-        let p = Env::primary_member(&inst)?;
-        let mut c =
-            mofang_tests::scenario::mysql(p["address"].as_str().context("address")?, &password)
-                .await?;
+        let p = primary_of(&inst)?;
+        let mut c = mofang_tests::scenario::mysql(&p.address, &password).await?;
         c.query_drop("CREATE TABLE pitr (id BIGINT PRIMARY KEY)")
             .await?;
     }
@@ -1177,51 +1190,36 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
     let writer = pitr_writer(&env, "src", password, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let b = request_backup(&env, "src", json!({"repo": "main"})).await?;
-    let b = wait_backup(
-        &env,
-        b["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(b["state"] == "succeeded", "{b}");
+    let b = request_backup(&env, "src", "main").await?;
+    let b = wait_backup(&env, &b.id, Duration::from_secs(120)).await?;
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
     let archiving = mofang_tests::eventually("a window", Duration::from_secs(60), || async {
-        let v = env.get("/v1/instances/src").await?;
+        let v = c.instance("src").await?;
         ensure!(
-            v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(),
-            "{v}"
+            v.pitr_ready == Some(true) && v.pitr_window.is_some(),
+            "{}",
+            js(&v)
         );
         Ok(v)
     })
     .await?;
-    eprintln!("window after the backup: {}", archiving["pitr_window"]);
+    eprintln!("window after the backup: {:?}", archiving.pitr_window);
 
     // Switchover.
-    let epoch = archiving["epoch"].as_u64().unwrap_or(1);
-    let (s, v) = env
-        .call(
-            Method::POST,
-            "/v1/instances/src/switchover",
-            Some(json!({})),
-        )
-        .await?;
-    ensure!(s.is_success(), "switchover: {s} {v}");
+    let epoch = archiving.epoch;
+    c.switchover("src", None).await.context("switchover")?;
     let after_switch = env
-        .wait_new_primary("src", epoch, Duration::from_secs(60))
+        .new_primary("src", epoch, Duration::from_secs(60))
         .await?;
     let t1 = now_s() + 3;
     sleep_until(t1 + 3).await;
 
     // Failover: the primary's container killed.
-    let old = Env::primary_member(&after_switch)?;
+    let old = primary_of(&after_switch)?;
     let killed = std::time::Instant::now();
-    docker_cli(&["kill", &container_of(old["id"].as_str().context("id")?)])?;
+    docker_cli(&["kill", &container_of(&old.id)])?;
     let after_fail = env
-        .wait_new_primary(
-            "src",
-            after_switch["epoch"].as_u64().unwrap_or(epoch),
-            Duration::from_secs(60),
-        )
+        .new_primary("src", after_switch.epoch, Duration::from_secs(60))
         .await?;
     let failover_s = killed.elapsed().as_secs_f64();
     let t2 = now_s() + 2;
@@ -1241,21 +1239,25 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
         "{} writes, {acked} acknowledged, longest time between two acknowledgements {outage:.2} s; \
          kill to new primary {failover_s:.1} s; primaries {} -> {} -> {}",
         writes.len(),
-        Env::primary_member(&inst)?["id"],
-        old["id"],
-        Env::primary_member(&after_fail)?["id"]
+        primary_of(&inst)?.id,
+        old.id,
+        primary_of(&after_fail)?.id
     );
 
     // The archive reaches past T2 and has no gap across the switchover and the failover.
     let done = mofang_tests::eventually("the archive past T2", Duration::from_secs(60), || async {
-        let v = env.get("/v1/instances/src").await?;
-        let to = v["pitr_window"]["to"].as_str().unwrap_or_default();
+        let v = c.instance("src").await?;
+        let to = v
+            .pitr_window
+            .as_ref()
+            .map(|w| w.to.as_str())
+            .unwrap_or_default();
         let to = mofang_common::pitr::parse_utc(to).unwrap_or(0);
-        ensure!(v["pitr_ready"] == true && to > t2, "{v}");
+        ensure!(v.pitr_ready == Some(true) && to > t2, "{}", js(&v));
         Ok(v)
     })
     .await?;
-    eprintln!("window at the end: {}", done["pitr_window"]);
+    eprintln!("window at the end: {:?}", done.pitr_window);
 
     // Each primary in turn archived: index objects from at least two members, and the
     // scheduler's metrics say the archive is ready and caught up.
@@ -1297,23 +1299,26 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
     ensure!(n2 > n1, "later time, more rows");
 
     // Outside the window: 422 naming it.
-    let from = mofang_common::pitr::parse_utc(done["pitr_window"]["from"].as_str().unwrap_or(""))
-        .unwrap_or(0);
-    let mut spec = mofang_tests::scenario::spec("too-early", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "src",
-        "time": mofang_common::pitr::format_utc(from - 3600)});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    let window_from = done.pitr_window.as_ref().map(|w| w.from.as_str());
+    let from = mofang_common::pitr::parse_utc(window_from.unwrap_or("")).unwrap_or(0);
+    let r = refusal(
+        c.create_instance(&restoring(
+            "too-early",
+            "mariadb",
+            0,
+            "src",
+            None,
+            Some(mofang_common::pitr::format_utc(from - 3600)),
+        )?)
+        .await,
+    )?;
     ensure!(
-        status == StatusCode::UNPROCESSABLE_ENTITY
-            && msg.contains("outside the point-in-time window")
-            && msg.contains(done["pitr_window"]["from"].as_str().unwrap_or("?")),
-        "{status} {v}"
+        r.status == 422
+            && r.message.contains("outside the point-in-time window")
+            && r.message.contains(window_from.unwrap_or("?")),
+        "{r:?}"
     );
-    ensure!(
-        env.get("/v1/instances/too-early").await.is_err(),
-        "nothing created"
-    );
+    ensure!(c.instance("too-early").await.is_err(), "nothing created");
     Ok(())
 }
 
@@ -1325,37 +1330,25 @@ async fn pitr_restores_exactly_to_a_time_across_switchover_and_failover() -> Res
 async fn purged_binlogs_are_a_gap_until_the_next_full_backup() -> Result<()> {
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "gap")),
-        )
+    let c = env.client();
+    c.add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "gap"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let inst = env.create_ready("gp", "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary")?
-        .to_owned();
+    let inst = env.create("gp", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
     sql(
         &primary,
         "CREATE TABLE app.g (id INT PRIMARY KEY); INSERT INTO app.g VALUES (1),(2),(3)",
     )?;
-    let b = request_backup(&env, "gp", json!({"repo": "main"})).await?;
-    let b = wait_backup(
-        &env,
-        b["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(b["state"] == "succeeded", "{b}");
+    let b = request_backup(&env, "gp", "main").await?;
+    let b = wait_backup(&env, &b.id, Duration::from_secs(120)).await?;
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
     sql(&primary, "INSERT INTO app.g VALUES (4)")?;
     mofang_tests::eventually("a window", Duration::from_secs(60), || async {
-        let v = env.get("/v1/instances/gp").await?;
+        let v = c.instance("gp").await?;
         ensure!(
-            v["pitr_ready"] == true && v["pitr_window"]["to"].is_string(),
-            "{v}"
+            v.pitr_ready == Some(true) && v.pitr_window.is_some(),
+            "{}",
+            js(&v)
         );
         Ok(())
     })
@@ -1372,72 +1365,72 @@ async fn purged_binlogs_are_a_gap_until_the_next_full_backup() -> Result<()> {
          PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY; INSERT INTO app.g VALUES (8)",
     )?;
     let gap = mofang_tests::eventually("a gap", Duration::from_secs(60), || async {
-        let v = env.get("/v1/instances/gp").await?;
-        ensure!(v["pitr_ready"] == false, "{v}");
+        let v = c.instance("gp").await?;
+        ensure!(v.pitr_ready == Some(false), "{}", js(&v));
         Ok(v)
     })
     .await?;
-    let reason = gap["pitr_reason"].as_str().unwrap_or_default();
+    let reason = gap.pitr_reason.as_deref().unwrap_or_default();
     ensure!(
         reason.contains("no transactions") && reason.contains("next full backup"),
-        "{gap}"
+        "{}",
+        js(&gap)
     );
-    let events = env.events("gp").await?;
+    let events = env.instance_events("gp").await?;
     ensure!(
-        events.iter().any(|e| e["kind"] == "pitr_gap"),
+        events.iter().any(|e| e.kind == "pitr_gap"),
         "no pitr_gap event: {events:?}"
     );
     // A time after the gap cannot be restored to.
-    let mut spec = mofang_tests::scenario::spec("gp-late", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "gp",
-        "time": mofang_common::pitr::format_utc(now_s())});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    let r = refusal(
+        c.create_instance(&restoring(
+            "gp-late",
+            "mariadb",
+            0,
+            "gp",
+            None,
+            Some(mofang_common::pitr::format_utc(now_s())),
+        )?)
+        .await,
+    )?;
     ensure!(
-        status == StatusCode::UNPROCESSABLE_ENTITY
-            && v["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("outside the point-in-time window"),
-        "{status} {v}"
+        r.status == 422 && r.message.contains("outside the point-in-time window"),
+        "{r:?}"
     );
 
     // The next full backup closes it.
-    let b2 = request_backup(&env, "gp", json!({"repo": "main"})).await?;
-    let b2 = wait_backup(
-        &env,
-        b2["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(b2["state"] == "succeeded", "{b2}");
+    let b2 = request_backup(&env, "gp", "main").await?;
+    let b2 = wait_backup(&env, &b2.id, Duration::from_secs(120)).await?;
+    ensure!(b2.state == BackupState::Succeeded, "{}", js(&b2));
     sql(&primary, "INSERT INTO app.g VALUES (9)")?;
     let after = now_s() + 2;
     sleep_until(after + 1).await;
     sql(&primary, "INSERT INTO app.g VALUES (10)")?;
     let ready = mofang_tests::eventually("ready again", Duration::from_secs(60), || async {
-        let v = env.get("/v1/instances/gp").await?;
-        let to = mofang_common::pitr::parse_utc(v["pitr_window"]["to"].as_str().unwrap_or(""))
-            .unwrap_or(0);
-        ensure!(v["pitr_ready"] == true && to >= after, "{v}");
+        let v = c.instance("gp").await?;
+        let to = v.pitr_window.as_ref().map(|w| w.to.as_str()).unwrap_or("");
+        let to = mofang_common::pitr::parse_utc(to).unwrap_or(0);
+        ensure!(v.pitr_ready == Some(true) && to >= after, "{}", js(&v));
         Ok(v)
     })
     .await?;
-    eprintln!("after the gap: {}", ready["pitr_window"]);
-    let events = env.events("gp").await?;
+    eprintln!("after the gap: {:?}", ready.pitr_window);
+    let events = env.instance_events("gp").await?;
     ensure!(
-        events.iter().any(|e| e["kind"] == "pitr_ready"),
+        events.iter().any(|e| e.kind == "pitr_ready"),
         "no pitr_ready event: {events:?}"
     );
-    let mut spec = mofang_tests::scenario::spec("gp-now", "mariadb", 0);
-    spec["restore"] =
-        json!({"from_instance": "gp", "time": mofang_common::pitr::format_utc(after)});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let restored = env.wait_instance_ready("gp-now").await?;
-    let member = Env::primary_member(&restored)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    c.create_instance(&restoring(
+        "gp-now",
+        "mariadb",
+        0,
+        "gp",
+        None,
+        Some(mofang_common::pitr::format_utc(after)),
+    )?)
+    .await?;
+    let restored = env.ready("gp-now").await?;
+    let member = primary_of(&restored)?.id.clone();
     let rows = mofang_tests::eventually("restored rows", Duration::from_secs(60), || async {
         sql(&member, "SELECT GROUP_CONCAT(id ORDER BY id) FROM app.g")
     })
@@ -1450,23 +1443,21 @@ async fn purged_binlogs_are_a_gap_until_the_next_full_backup() -> Result<()> {
 }
 
 /// The events of `kind` of an instance.
-async fn events_of(env: &Env, instance: &str, kind: &str) -> Result<Vec<Value>> {
+async fn events_of(env: &Env, instance: &str, kind: &str) -> Result<Vec<Event>> {
     Ok(env
-        .events(instance)
+        .instance_events(instance)
         .await?
         .into_iter()
-        .filter(|e| e["kind"] == kind)
+        .filter(|e| e.kind == kind)
         .collect())
 }
 
 /// Polls a backup until no verification of it runs.
-async fn wait_verified(env: &Env, id: &str) -> Result<Value> {
+async fn wait_verified(env: &Env, id: &str) -> Result<Backup> {
+    let c = env.client();
     mofang_tests::eventually("verification ended", Duration::from_secs(180), || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        ensure!(
-            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(0),
-            "{b}"
-        );
+        let b = c.backup(id).await?;
+        ensure!(!b.verifying && b.verified_at_ms > 0, "{}", js(&b));
         Ok(b)
     })
     .await
@@ -1495,58 +1486,53 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
     env.wait_ready_nodes(2).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "sched")),
-        )
+    let c = env.client();
+    c.add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "sched"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let policy =
+        |repo: &str, schedule: &str, count: Option<u32>, verify: Option<&str>| BackupPolicy {
+            repo: repo.to_owned(),
+            schedule: schedule.to_owned(),
+            retention: Retention { days: None, count },
+            verify: verify.map(str::to_owned),
+        };
 
     // ---- refusals naming the field ---------------------------------------------------------
-    for (policy, field) in [
+    for (p, field) in [
         (
-            json!({"repo": "main", "schedule": "every minute"}),
+            policy("main", "every minute", None, None),
             "backup.schedule",
         ),
         (
-            json!({"repo": "main", "schedule": "@daily", "verify": "61 * * * *"}),
+            policy("main", "@daily", None, Some("61 * * * *")),
             "backup.verify",
         ),
         (
-            json!({"repo": "main", "schedule": "@daily", "retention": {"count": 0}}),
+            policy("main", "@daily", Some(0), None),
             "backup.retention.count",
         ),
-        (
-            json!({"repo": "nowhere", "schedule": "@daily"}),
-            "backup.repo",
-        ),
+        (policy("nowhere", "@daily", None, None), "backup.repo"),
     ] {
-        let mut s = mofang_tests::scenario::spec("sc", "mariadb", 1);
-        s["backup"] = policy;
-        let (status, v) = env.call(Method::POST, "/v1/instances", Some(s)).await?;
+        let mut s = instance_spec("sc", "mariadb", 1)?;
+        s.backup = Some(p);
+        let r = refusal(c.create_instance(&s).await)?;
         ensure!(
-            status == StatusCode::UNPROCESSABLE_ENTITY
-                && v["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with(field),
-            "{field}: {status} {v}"
+            r.status == 422 && r.message.starts_with(field),
+            "{field}: {r:?}"
         );
     }
 
     // ---- a schedule of every 4 s, retention count 2 ----------------------------------------
-    let mut s = mofang_tests::scenario::spec("sc", "mariadb", 1);
-    s["backup"] = json!({"repo": "main", "schedule": "*/6 * * * * *", "retention": {"count": 2}});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(s)).await?;
-    ensure!(status.is_success(), "{status} {v}");
-    let inst = env.wait_instance_ready("sc").await?;
-    ensure!(inst["spec"]["backup"]["retention"]["count"] == 2, "{inst}");
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary")?
-        .to_owned();
+    let mut s = instance_spec("sc", "mariadb", 1)?;
+    s.backup = Some(policy("main", "*/6 * * * * *", Some(2), None));
+    c.create_instance(&s).await?;
+    let inst = env.ready("sc").await?;
+    ensure!(
+        inst.spec.backup.as_ref().and_then(|b| b.retention.count) == Some(2),
+        "{}",
+        js(&inst)
+    );
+    let primary = primary_of(&inst)?.id.clone();
     sql(
         &primary,
         "CREATE TABLE app.s (id INT PRIMARY KEY); CREATE TABLE app.u (id INT PRIMARY KEY); \
@@ -1573,38 +1559,33 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         loop {
             // While a backup runs on the replica, it stays healthy and replicating, and its
             // position moves on.
-            let list = env.get("/v1/instances/sc/backups").await?;
-            let running: Vec<(String, String)> = list
-                .as_array()
+            let running: Vec<(String, String)> = c
+                .backups("sc")
+                .await?
                 .into_iter()
-                .flatten()
-                .filter(|b| b["state"] == "running")
-                .filter_map(|b| {
-                    Some((
-                        b["id"].as_str()?.to_owned(),
-                        b["member"].as_str()?.to_owned(),
-                    ))
-                })
+                .filter(|b| b.state == BackupState::Running)
+                .map(|b| (b.id, b.member))
                 .collect();
-            let v = env.get("/v1/instances/sc").await?;
-            for m in v["members"].as_array().into_iter().flatten() {
-                let reason = m["reason"].as_str().unwrap_or_default();
+            let v = c.instance("sc").await?;
+            for m in &v.members {
                 ensure!(
-                    !reason.contains("SQL thread"),
-                    "a replica shown stopped or broken during a backup: {m}"
+                    !m.reason.contains("SQL thread"),
+                    "a replica shown stopped or broken during a backup: {}",
+                    js(m)
                 );
                 for (id, member) in &running {
                     // A node whose heartbeats are late shows `unknown` (nothing the backup
                     // did to replication): counted apart.
-                    if m["id"] == member.as_str() && m["state"] == "unknown" {
+                    if m.id == *member && m.state == "unknown" {
                         silent += 1;
-                    } else if m["id"] == member.as_str() {
+                    } else if m.id == *member {
                         observed += 1;
                         ensure!(
-                            m["healthy"] == true,
-                            "the backed-up member during backup {id}: {m}"
+                            m.healthy,
+                            "the backed-up member during backup {id}: {}",
+                            js(m)
                         );
-                        let pos = m["position"].as_str().unwrap_or_default().to_owned();
+                        let pos = m.position.clone();
                         let seen = during.entry(id.clone()).or_default();
                         if seen.last() != Some(&pos) {
                             seen.push(pos);
@@ -1636,35 +1617,34 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     let expired = events_of(&env, "sc", "backup_expired").await?;
     ensure!(!expired.is_empty(), "no backup expired");
     // A yearly schedule: no more backups; retention goes on.
-    let (status, v) = env
-        .call(
-            Method::PATCH,
-            "/v1/instances/sc",
-            Some(json!({"backup": {"repo": "main", "schedule": "0 0 1 1 *", "retention": {"count": 2}}})),
+    let v = c
+        .patch_instance(
+            "sc",
+            &InstancePatch {
+                backup: Some(Some(policy("main", "0 0 1 1 *", Some(2), None))),
+                ..InstancePatch::default()
+            },
         )
         .await?;
     ensure!(
-        status == StatusCode::OK && v["spec"]["backup"]["schedule"] == "0 0 1 1 *",
-        "{status} {v}"
+        v.spec.backup.as_ref().map(|b| b.schedule.as_str()) == Some("0 0 1 1 *"),
+        "{}",
+        js(&v)
     );
     let kept = mofang_tests::eventually("two backups left", Duration::from_secs(60), || async {
-        let list = env.get("/v1/instances/sc/backups").await?;
-        let list = list.as_array().context("list")?.clone();
+        let list = c.backups("sc").await?;
         ensure!(
-            list.len() == 2 && list.iter().all(|b| b["state"] == "succeeded"),
+            list.len() == 2 && list.iter().all(|b| b.state == BackupState::Succeeded),
             "{}",
             list.iter()
-                .map(|b| format!("{} {}", b["id"], b["state"]))
+                .map(|b| format!("{} {}", b.id, b.state))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         Ok(list)
     })
     .await?;
-    let ids: Vec<String> = kept
-        .iter()
-        .filter_map(|b| b["id"].as_str().map(str::to_owned))
-        .collect();
+    let ids: Vec<String> = kept.iter().map(|b| b.id.clone()).collect();
     let succeeded = events_of(&env, "sc", "backup_succeeded").await?.len();
     ensure!(succeeded >= 6, "{succeeded} scheduled backups");
     let left = objects_under(s3, "sched/backups/sc").await?;
@@ -1687,9 +1667,12 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     // Archived binlogs: none left that ends at or before the older kept backup's GTID, and
     // some were deleted.
     let older = &kept[0];
-    let older_seq: u64 = older["consistent_at"]["gtid"]
-        .as_str()
-        .and_then(|g| g.rsplit('-').next()?.parse().ok())
+    let older_seq: u64 = older
+        .consistent_at
+        .gtid
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
         .context("gtid")?;
     mofang_tests::eventually(
         "unneeded binlogs deleted",
@@ -1718,38 +1701,44 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         events_of(&env, "sc", "backup_expired")
             .await?
             .iter()
-            .any(|e| e["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("archived binlog files")),
+            .any(|e| e.message.contains("archived binlog files")),
         "no archived binlog deleted"
     );
 
     // ---- verification ----------------------------------------------------------------------
     let newest = &kept[1];
-    let newest_id = newest["id"].as_str().context("id")?;
+    let newest_id = newest.id.as_str();
     // Taken while the writer ran: `app.pitr` has some count, the others are known.
-    let pitr_rows = newest["row_counts"]["app.pitr"]
-        .as_u64()
+    let pitr_rows = newest
+        .row_counts
+        .as_ref()
+        .and_then(|r| r.get("app.pitr"))
+        .copied()
         .unwrap_or_default();
+    let counts: std::collections::BTreeMap<String, u64> = [
+        ("app.big", 40000),
+        ("app.pitr", pitr_rows),
+        ("app.s", 500),
+        ("app.u", 3),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_owned(), n))
+    .collect();
     ensure!(
-        newest["row_counts"]
-            == json!({"app.big": 40000, "app.pitr": pitr_rows, "app.s": 500, "app.u": 3})
+        newest.row_counts.as_ref() == Some(&counts)
             && pitr_rows > 0
             && pitr_rows <= writes.len() as u64
-            && kept.iter().all(|b| b["row_counts"].is_object()),
-        "row counts at backup time: {kept:?}"
+            && kept.iter().all(|b| b.row_counts.is_some()),
+        "row counts at backup time: {}",
+        js(&kept)
     );
     let verify_started = std::time::Instant::now();
-    let v = mofang_cli(&env, &["--json", "backup", "verify", newest_id, "--wait"]).await?;
+    let v: Backup = mofang_cli(&env, &["--json", "backup", "verify", newest_id, "--wait"]).await?;
     let verify_took = verify_started.elapsed();
     ensure!(
-        v["verify_ok"] == true
-            && v["verify_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("match those recorded"),
-        "{v}"
+        v.verify_ok == Some(true) && v.verify_reason.contains("match those recorded"),
+        "{}",
+        js(&v)
     );
     // Backup health on the leader's /metrics: the newest succeeded, none failed, not overdue.
     let metrics = env
@@ -1800,61 +1789,58 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     );
 
     // ---- restore progress as a field, on a restore of the newest backup --------------------
-    let mut r = mofang_tests::scenario::spec("sc-copy", "mariadb", 0);
-    r["restore"] = json!({"from_instance": "sc", "backup": newest_id});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(r)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let raw = newest["objects"][0]["raw_size"]
-        .as_u64()
-        .context("raw_size")?;
-    let mut seen = Vec::new();
+    c.create_instance(&restoring(
+        "sc-copy",
+        "mariadb",
+        0,
+        "sc",
+        Some(newest_id),
+        None,
+    )?)
+    .await?;
+    let raw = newest.objects.first().context("raw_size")?.raw_size;
+    let mut seen: Vec<RestoreProgress> = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let copy = loop {
-        let v = env.get("/v1/instances/sc-copy").await?;
-        if let Some(p) = v.get("restore_progress").filter(|p| !p.is_null()) {
+        let v = c.instance("sc-copy").await?;
+        if let Some(p) = &v.restore_progress {
             seen.push(p.clone());
         }
-        if v["status"] == "ready" {
+        if v.status == "ready" {
             break v;
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "the restored copy is not ready: {v}"
+            "the restored copy is not ready: {}",
+            js(&v)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     ensure!(
-        copy.get("restore_progress").is_none_or(Value::is_null),
-        "progress shown after the restore: {copy}"
+        copy.restore_progress.is_none(),
+        "progress shown after the restore: {}",
+        js(&copy)
     );
     ensure!(
         !seen.is_empty()
-            && seen
-                .iter()
-                .all(|p| p["backup"] == newest_id && p["total"] == raw)
-            && seen.iter().all(|p| p["bytes"].as_u64() <= Some(raw)),
+            && seen.iter().all(|p| p.backup == newest_id && p.total == raw)
+            && seen.iter().all(|p| p.bytes <= raw),
         "restore progress seen: {seen:?} (raw size {raw})"
     );
     eprintln!(
         "figures: restore_progress seen {} times: {:?}",
         seen.len(),
-        seen.iter().map(|p| p["bytes"].clone()).collect::<Vec<_>>()
+        seen.iter().map(|p| p.bytes).collect::<Vec<_>>()
     );
-    let copy_primary = Env::primary_member(&copy)?["id"]
-        .as_str()
-        .context("primary")?
-        .to_owned();
+    let copy_primary = primary_of(&copy)?.id.clone();
     ensure!(
         sql(&copy_primary, "SELECT COUNT(*) FROM app.s")? == "500",
         "the copy's rows"
     );
 
     // The older one's data object overwritten in the bucket.
-    let older_id = older["id"].as_str().context("id")?;
-    let path = older["objects"][0]["path"]
-        .as_str()
-        .context("path")?
-        .to_owned();
+    let older_id = older.id.as_str();
+    let path = older.objects.first().context("path")?.path.clone();
     {
         use object_store::ObjectStore;
         let store = s3.object_store()?;
@@ -1866,36 +1852,18 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
             .put(&format!("sched/{path}").as_str().into(), tampered.into())
             .await?;
     }
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/backups/{older_id}/verify"),
-            Some(json!({})),
-        )
-        .await?;
+    let v = c.verify_backup(older_id).await?;
+    ensure!(v.verifying, "{}", js(&v));
+    let r = refusal(c.verify_backup(older_id).await)?;
     ensure!(
-        status == StatusCode::ACCEPTED && v["verifying"] == true,
-        "{status} {v}"
-    );
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/backups/{older_id}/verify"),
-            Some(json!({})),
-        )
-        .await?;
-    ensure!(
-        status == StatusCode::CONFLICT && v["error"]["code"] == "verify_running",
-        "a second verification meanwhile: {status} {v}"
+        r.status == 409 && r.code == "verify_running",
+        "a second verification meanwhile: {r:?}"
     );
     let b = wait_verified(&env, older_id).await?;
     ensure!(
-        b["verify_ok"] == false
-            && b["verify_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&path),
-        "a tampered backup: {b}"
+        b.verify_ok == Some(false) && b.verify_reason.contains(&path),
+        "a tampered backup: {}",
+        js(&b)
     );
     ensure!(
         !events_of(&env, "sc", "verify_failed").await?.is_empty(),
@@ -1914,65 +1882,66 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
     );
 
     // ---- a verification schedule -----------------------------------------------------------
-    let before = env.get(&format!("/v1/backups/{newest_id}")).await?["verified_at_ms"]
-        .as_i64()
-        .unwrap_or_default();
-    let (status, v) = env
-        .call(
-            Method::PATCH,
-            "/v1/instances/sc",
-            Some(json!({"backup": {"repo": "main", "schedule": "0 0 1 1 *", "retention": {"count": 2}, "verify": "*/3 * * * * *"}})),
-        )
-        .await?;
-    ensure!(status == StatusCode::OK, "{status} {v}");
+    let before = c.backup(newest_id).await?.verified_at_ms;
+    c.patch_instance(
+        "sc",
+        &InstancePatch {
+            backup: Some(Some(policy(
+                "main",
+                "0 0 1 1 *",
+                Some(2),
+                Some("*/3 * * * * *"),
+            ))),
+            ..InstancePatch::default()
+        },
+    )
+    .await?;
     mofang_tests::eventually(
         "a scheduled verification",
         Duration::from_secs(120),
         || async {
-            let b = env.get(&format!("/v1/backups/{newest_id}")).await?;
+            let b = c.backup(newest_id).await?;
             ensure!(
-                b["verified_at_ms"].as_i64() > Some(before) && b["verify_ok"] == true,
-                "{b}"
+                b.verified_at_ms > before && b.verify_ok == Some(true),
+                "{}",
+                js(&b)
             );
             Ok(())
         },
     )
     .await?;
     // Removed through the CLI.
-    let v = mofang_cli(
+    let v: InstanceView = mofang_cli(
         &env,
         &["--json", "instance", "backup-policy", "sc", "--none"],
     )
     .await?;
-    ensure!(v["spec"]["backup"].is_null(), "{v}");
+    ensure!(v.spec.backup.is_none(), "{}", js(&v));
     ensure!(
-        env.get("/v1/instances/sc").await?["spec"]["backup"].is_null(),
+        c.instance("sc").await?.spec.backup.is_none(),
         "policy removed"
     );
 
     // ---- Redis -----------------------------------------------------------------------------
-    let kv = env.create_ready("skv", "redis", 1).await?;
-    let addr = Env::primary_member(&kv)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let kv = env.create("skv", "redis", 1).await?;
+    let addr = primary_of(&kv)?.address.clone();
     let pass = env.app_password("skv").await?;
     let client = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?;
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
     for k in 0..300u32 {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
             .arg(k)
-            .query_async(&mut c)
+            .query_async(&mut conn)
             .await?;
     }
     let kv_replica = members_with(&kv, "replica").pop().context("replica")?;
-    let replica_addr = kv["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["id"] == kv_replica.as_str()))
-        .and_then(|m| m["address"].as_str())
-        .context("replica address")?
-        .to_owned();
+    let replica_addr = kv
+        .members
+        .iter()
+        .find(|m| m.id == kv_replica)
+        .map(|m| m.address.clone())
+        .context("replica address")?;
     let rc = redis::Client::open(format!("redis://app:{pass}@{replica_addr}/"))?;
     let rc = rc.get_multiplexed_async_connection().await?;
     mofang_tests::eventually("replica holds 300 keys", Duration::from_secs(30), || {
@@ -1984,23 +1953,23 @@ async fn scheduled_backups_are_kept_by_retention_and_verified() -> Result<()> {
         }
     })
     .await?;
-    let rb = mofang_cli(
+    let rb: Backup = mofang_cli(
         &env,
         &[
             "--json", "backup", "create", "skv", "--repo", "main", "--wait",
         ],
     )
     .await?;
-    ensure!(rb["state"] == "succeeded" && rb["keys"] == 300, "{rb}");
-    let id = rb["id"].as_str().context("id")?;
-    let v = mofang_cli(&env, &["--json", "backup", "verify", id, "--wait"]).await?;
     ensure!(
-        v["verify_ok"] == true
-            && v["verify_reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("300 keys"),
-        "{v}"
+        rb.state == BackupState::Succeeded && rb.keys == Some(300),
+        "{}",
+        js(&rb)
+    );
+    let v: Backup = mofang_cli(&env, &["--json", "backup", "verify", &rb.id, "--wait"]).await?;
+    ensure!(
+        v.verify_ok == Some(true) && v.verify_reason.contains("300 keys"),
+        "{}",
+        js(&v)
     );
     Ok(())
 }
@@ -2014,42 +1983,42 @@ async fn repositories_still_work_after_a_keyring_rotation_retires_their_key() ->
     let s3 = SeaweedFs::shared().await?;
     let mut env = Env::start(2).await?;
     env.wait_ready_nodes(2).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "rot", &s3.secret_key, "rotation")),
-        )
+    env.client()
+        .add_backup_repo(&s3_repo(s3, "rot", &s3.secret_key, "rotation"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    env.create_ready("rkv", "redis", 1).await?;
-    let before = mofang_cli(&env, &["keyring", "status", "--json"]).await?;
+    env.create("rkv", "redis", 1).await?;
+    let before: KeyringStatus = mofang_cli(&env, &["keyring", "status", "--json"]).await?;
     ensure!(
-        before["active_key"] == 1 && before["keys"][0]["sealed_values"] == 5,
-        "four credentials and the repository under key 1: {before}"
+        before.active_key == 1 && before.keys.first().map(|k| k.sealed_values) == Some(5),
+        "four credentials and the repository under key 1: {}",
+        js(&before)
     );
 
-    let r = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    let r: Rotation = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    ensure!(r.active_key == 2 && r.retired_keys == [1], "{}", js(&r));
     ensure!(
-        r["active_key"] == 2 && r["retired_keys"] == json!([1]),
-        "{r}"
-    );
-    ensure!(
-        r["status"]["pending_records"] == 0
-            && r["status"]["keys"].as_array().map(Vec::len) == Some(1)
-            && r["status"]["keys"][0]["sealed_values"] == 5,
-        "{r}"
+        r.status.pending_records == 0
+            && r.status.keys.len() == 1
+            && r.status.keys[0].sealed_values == 5,
+        "{}",
+        js(&r)
     );
 
     env.sched.restart()?;
     env.token = env.sched.admin_token()?;
     env.wait_ready_nodes(2).await?;
-    let listed = env.get("/v1/backup-repos").await?;
-    ensure!(listed[0]["name"] == "rot", "{listed}");
-    let b = request_backup(&env, "rkv", json!({"repo": "rot"})).await?;
-    let id = b["id"].as_str().context("id")?.to_owned();
+    // The client of the restarted scheduler, with its new token.
+    let c = env.client();
+    let listed = c.backup_repos().await?;
+    ensure!(
+        listed.first().map(|r| r.name.as_str()) == Some("rot"),
+        "{}",
+        js(&listed)
+    );
+    let b = request_backup(&env, "rkv", "rot").await?;
+    let id = b.id.clone();
     let b = wait_backup(&env, &id, Duration::from_secs(300)).await?;
-    ensure!(b["state"] == "succeeded", "{b}");
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
     let stored = objects_under(s3, &format!("rotation/backups/rkv/{id}")).await?;
     ensure!(
         stored.iter().any(|p| p.ends_with("manifest.json")),
@@ -2078,59 +2047,83 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     // Instance names unique in this binary: container names are `mofang-<member>` on the one
     // Docker host, so two tests running at once with an instance `db` took each other's
     // containers (make test, session 11: "the container name /mofang-db-0 is already in use").
+    use mofang_common::backup::ObjectEncryption;
     use mofang_common::backup_crypt::{ALGORITHM, MAGIC};
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
     env.wait_ready_nodes(2).await?;
+    let c = env.client();
 
     // ---- bad input: refused, nothing kept ------------------------------------------------
-    for (extra, what) in [
+    // A malformed key, and a key without `encrypt`, through the typed client.
+    for (repo, what) in [
         (
-            json!({"encrypt": true, "encryption_key": "c2hvcnQ"}),
+            NewBackupRepo {
+                encrypt: true,
+                encryption_key: Some(Secret("c2hvcnQ".into())),
+                ..s3_repo(s3, "bad", &s3.secret_key, "enc-bad")
+            },
             "encryption_key",
         ),
-        (json!({"encryption_key": "A".repeat(43)}), "encrypt"),
-        (json!({"encrypt": "yes"}), "encrypt"),
+        (
+            NewBackupRepo {
+                encryption_key: Some(Secret("A".repeat(43))),
+                ..s3_repo(s3, "bad", &s3.secret_key, "enc-bad")
+            },
+            "encrypt",
+        ),
     ] {
-        let mut body = s3_repo(s3, "bad", &s3.secret_key, "enc-bad");
-        for (k, v) in extra.as_object().context("object")? {
-            body[k] = v.clone();
-        }
+        let r = refusal(c.add_backup_repo(&repo).await)?;
+        ensure!(
+            r.status == 422 && r.message.contains(what) && !r.message.contains("c2hvcnQ"),
+            "{repo:?} ({:?}): {r:?}",
+            repo.encryption_key.as_ref().map(|k| &k.0)
+        );
+    }
+    // `encrypt` not a boolean: a body the typed client cannot send, raw.
+    {
+        let mut body = serde_json::to_value(s3_repo(s3, "bad", &s3.secret_key, "enc-bad"))?;
+        body["encrypt"] = Value::from("yes");
         let (status, v) = env
             .call(Method::POST, "/v1/backup-repos", Some(body))
             .await?;
         let msg = v["error"]["message"].as_str().unwrap_or_default();
         ensure!(
-            status == StatusCode::UNPROCESSABLE_ENTITY
-                && msg.contains(what)
+            status == reqwest::StatusCode::UNPROCESSABLE_ENTITY
+                && msg.contains("encrypt")
                 && !msg.contains("c2hvcnQ"),
-            "{extra}: {status} {v}"
+            "{{\"encrypt\": \"yes\"}}: {status} {v}"
         );
     }
     ensure!(
-        env.get("/v1/backup-repos").await?.as_array().map(Vec::len) == Some(0),
+        c.backup_repos().await?.is_empty(),
         "a refused repository was kept"
     );
 
     // ---- an encrypting repository ----------------------------------------------------------
-    let mut body = s3_repo(s3, "enc", &s3.secret_key, "enc");
-    body["encrypt"] = json!(true);
-    let (status, repo) = env
-        .call(Method::POST, "/v1/backup-repos", Some(body))
+    // Raw JSON through the client: the answer must have no `encryption_key` field at all
+    // (which the typed view would not see).
+    let body = serde_json::to_value(NewBackupRepo {
+        encrypt: true,
+        ..s3_repo(s3, "enc", &s3.secret_key, "enc")
+    })?;
+    let raw = c
+        .call_json(Method::POST, "/v1/backup-repos", Some(&body))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {repo}");
-    let key_id = repo["key_id"].as_str().unwrap_or_default().to_owned();
+    let repo: BackupRepoView = serde_json::from_value(raw.clone())?;
+    let key_id = repo.key_id.clone().unwrap_or_default();
     ensure!(
-        repo["encrypted"] == true && key_id.len() == 16 && repo.get("encryption_key").is_none(),
-        "{repo}"
+        repo.encrypted && key_id.len() == 16 && raw.get("encryption_key").is_none(),
+        "{raw}"
     );
+    let encrypted = ObjectEncryption {
+        algorithm: ALGORITHM.to_owned(),
+        key_id: key_id.clone(),
+    };
 
     // ---- MariaDB: known rows, a backup, rows after it -------------------------------------
-    let inst = env.create_ready("edb", "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary")?
-        .to_owned();
+    let inst = env.create("edb", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
     let marker = "mofang-plaintext-marker";
     sql(
         &primary,
@@ -2139,19 +2132,20 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
              INSERT INTO app.t SELECT seq, CONCAT('{marker}-', seq) FROM app.seq_1_to_1000"
         ),
     )?;
-    let b = request_backup(&env, "edb", json!({"repo": "enc"})).await?;
-    let id = b["id"].as_str().context("id")?.to_owned();
+    let b = request_backup(&env, "edb", "enc").await?;
+    let id = b.id.clone();
     let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
-    ensure!(b["state"] == "succeeded", "{b}");
-    let enc = &b["objects"][0]["encryption"];
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
+    let first = b.objects.first().context("objects")?;
     ensure!(
-        enc["algorithm"] == ALGORITHM && enc["key_id"] == key_id.as_str(),
-        "the record: {b}"
+        first.encryption.as_ref() == Some(&encrypted),
+        "the record: {}",
+        js(&b)
     );
-    let path = b["objects"][0]["path"].as_str().context("path")?.to_owned();
+    let path = first.path.clone();
     let raw = object(s3, &format!("enc/{path}")).await?;
     ensure!(
-        raw.starts_with(MAGIC) && raw.len() as u64 == b["objects"][0]["size"].as_u64().unwrap_or(0),
+        raw.starts_with(MAGIC) && raw.len() as u64 == first.size,
         "the stored object does not start with the encryption header ({} bytes)",
         raw.len()
     );
@@ -2159,12 +2153,11 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
         "a row's text is readable in the stored object"
     );
-    let manifest: Value =
+    let manifest: mofang_common::backup::Manifest =
         serde_json::from_slice(&object(s3, &format!("enc/backups/edb/{id}/manifest.json")).await?)?;
     ensure!(
-        manifest["objects"][0]["encryption"]["algorithm"] == ALGORITHM
-            && manifest["objects"][0]["encryption"]["key_id"] == key_id.as_str(),
-        "the manifest: {manifest}"
+        manifest.objects.first().and_then(|o| o.encryption.as_ref()) == Some(&encrypted),
+        "the manifest: {manifest:?}"
     );
     sql(
         &primary,
@@ -2183,27 +2176,22 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
 
     // ---- a keyring rotation retires the key that sealed the repository record; the backup
     // ---- still restores (the repository key inside the record did not change) -----------
-    let r = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    let r: Rotation = mofang_cli(&env, &["keyring", "rotate", "--json"]).await?;
+    ensure!(r.active_key == 2 && r.retired_keys == [1], "{}", js(&r));
+    let listed = c.backup_repos().await?;
     ensure!(
-        r["active_key"] == 2 && r["retired_keys"] == json!([1]),
-        "{r}"
-    );
-    let listed = env.get("/v1/backup-repos").await?;
-    ensure!(
-        listed[0]["key_id"] == key_id.as_str() && listed[0]["encrypted"] == true,
-        "{listed}"
+        listed
+            .first()
+            .is_some_and(|r| r.key_id.as_deref() == Some(key_id.as_str()) && r.encrypted),
+        "{}",
+        js(&listed)
     );
 
     // ---- a restore of the backup: exactly its rows ------------------------------------------
-    let mut spec = mofang_tests::scenario::spec("edb2", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "edb", "backup": id});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let db2 = env.wait_instance_ready("edb2").await?;
-    let db2_primary = Env::primary_member(&db2)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    c.create_instance(&restoring("edb2", "mariadb", 0, "edb", Some(&id), None)?)
+        .await?;
+    let db2 = env.ready("edb2").await?;
+    let db2_primary = primary_of(&db2)?.id.clone();
     let q =
         format!("SELECT COUNT(*), MIN(id), MAX(id), SUM(v = CONCAT('{marker}-', id)) FROM app.t");
     let got = sql(&db2_primary, &q)?;
@@ -2215,12 +2203,13 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         "the window past the time",
         Duration::from_secs(90),
         || async {
-            let v = env.get("/v1/instances/edb").await?;
-            let end = v["pitr_window"]["to"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            ensure!(v["pitr_ready"] == true && end >= to, "{v}");
+            let v = c.instance("edb").await?;
+            let end = v
+                .pitr_window
+                .as_ref()
+                .map(|w| w.to.clone())
+                .unwrap_or_default();
+            ensure!(v.pitr_ready == Some(true) && end >= to, "{}", js(&v));
             Ok(())
         },
     )
@@ -2230,11 +2219,10 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     for p in &archived {
         let bytes = object(s3, p).await?;
         if p.ends_with(".json") {
-            let idx: Value = serde_json::from_slice(&bytes)?;
+            let idx: mofang_common::pitr::BinlogIndex = serde_json::from_slice(&bytes)?;
             ensure!(
-                idx["encryption"]["algorithm"] == ALGORITHM
-                    && idx["encryption"]["key_id"] == key_id.as_str(),
-                "index {p}: {idx}"
+                idx.encryption.as_ref() == Some(&encrypted),
+                "index {p}: {idx:?}"
             );
             indexes += 1;
         } else {
@@ -2247,15 +2235,17 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         }
     }
     ensure!(data > 0 && indexes > 0, "archived: {archived:?}");
-    let mut spec = mofang_tests::scenario::spec("edb3", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "edb", "time": mofang_common::pitr::format_utc(t)});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let db3 = env.wait_instance_ready("edb3").await?;
-    let db3_primary = Env::primary_member(&db3)?["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    c.create_instance(&restoring(
+        "edb3",
+        "mariadb",
+        0,
+        "edb",
+        None,
+        Some(mofang_common::pitr::format_utc(t)),
+    )?)
+    .await?;
+    let db3 = env.ready("edb3").await?;
+    let db3_primary = primary_of(&db3)?.id.clone();
     let got = sql(&db3_primary, &q)?;
     ensure!(
         got == "1100\t1\t1100\t1100",
@@ -2263,17 +2253,10 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     );
 
     // ---- verification: passes, then fails on one altered byte, naming the object ----------
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/backups/{id}/verify"),
-            Some(json!({})),
-        )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    c.verify_backup(&id).await?;
     let v = wait_verified(&env, &id).await?;
-    ensure!(v["verify_ok"] == true, "{v}");
-    let before = v["verified_at_ms"].as_i64().unwrap_or(0);
+    ensure!(v.verify_ok == Some(true), "{}", js(&v));
+    let before = v.verified_at_ms;
     {
         use object_store::ObjectStore;
         let mut tampered = raw.clone();
@@ -2283,74 +2266,54 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
             .put(&format!("enc/{path}").as_str().into(), tampered.into())
             .await?;
     }
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/backups/{id}/verify"),
-            Some(json!({})),
-        )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    c.verify_backup(&id).await?;
     let v = mofang_tests::eventually("verification ended", Duration::from_secs(180), || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        ensure!(
-            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(before),
-            "{b}"
-        );
+        let b = c.backup(&id).await?;
+        ensure!(!b.verifying && b.verified_at_ms > before, "{}", js(&b));
         Ok(b)
     })
     .await?;
-    let reason = v["verify_reason"].as_str().unwrap_or_default();
     ensure!(
-        v["verify_ok"] == false && reason.contains(&path),
-        "a tampered encrypted backup: {v}"
+        v.verify_ok == Some(false) && v.verify_reason.contains(&path),
+        "a tampered encrypted backup: {}",
+        js(&v)
     );
-    eprintln!("tampered backup's verification: {reason}");
-    let mut spec = mofang_tests::scenario::spec("edb4", "mariadb", 0);
-    spec["restore"] = json!({"from_instance": "edb", "backup": id});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
+    eprintln!("tampered backup's verification: {}", v.verify_reason);
+    let r = refusal(
+        c.create_instance(&restoring("edb4", "mariadb", 0, "edb", Some(&id), None)?)
+            .await,
+    )?;
     ensure!(
-        status == StatusCode::UNPROCESSABLE_ENTITY
-            && v["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&path),
-        "a restore of the tampered backup: {status} {v}"
+        r.status == 422 && r.message.contains(&path),
+        "a restore of the tampered backup: {r:?}"
     );
-    let (status, _) = env.call(Method::GET, "/v1/instances/edb4", None).await?;
-    ensure!(
-        status == StatusCode::NOT_FOUND,
-        "an instance was created: {status}"
-    );
+    let r = refusal(c.instance("edb4").await)?;
+    ensure!(r.status == 404, "an instance was created: {r:?}");
 
     // ---- Redis: the RDB stored encrypted, restored exactly ---------------------------------
-    let kv = env.create_ready("ekv", "redis", 0).await?;
-    let addr = Env::primary_member(&kv)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let kv = env.create("ekv", "redis", 0).await?;
+    let addr = primary_of(&kv)?.address.clone();
     let pass = env.app_password("ekv").await?;
-    let mut c = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
+    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
         .get_multiplexed_async_connection()
         .await?;
     for k in 0..200u32 {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
             .arg(format!("{marker}-{k}"))
-            .query_async(&mut c)
+            .query_async(&mut conn)
             .await?;
     }
-    let rb = request_backup(&env, "ekv", json!({"repo": "enc"})).await?;
-    let rb = wait_backup(
-        &env,
-        rb["id"].as_str().context("id")?,
-        Duration::from_secs(120),
-    )
-    .await?;
-    ensure!(rb["state"] == "succeeded" && rb["keys"] == 200, "{rb}");
+    let rb = request_backup(&env, "ekv", "enc").await?;
+    let rb = wait_backup(&env, &rb.id, Duration::from_secs(120)).await?;
+    ensure!(
+        rb.state == BackupState::Succeeded && rb.keys == Some(200),
+        "{}",
+        js(&rb)
+    );
     let rdb = object(
         s3,
-        &format!("enc/{}", rb["objects"][0]["path"].as_str().context("path")?),
+        &format!("enc/{}", rb.objects.first().context("path")?.path),
     )
     .await?;
     ensure!(
@@ -2361,18 +2324,13 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
             .arg(k)
-            .query_async(&mut c)
+            .query_async(&mut conn)
             .await?;
     }
-    let mut spec = mofang_tests::scenario::spec("ekv2", "redis", 0);
-    spec["restore"] = json!({"from_instance": "ekv"});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let kv2 = env.wait_instance_ready("ekv2").await?;
-    let addr2 = Env::primary_member(&kv2)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    c.create_instance(&restoring("ekv2", "redis", 0, "ekv", None, None)?)
+        .await?;
+    let kv2 = env.ready("ekv2").await?;
+    let addr2 = primary_of(&kv2)?.address.clone();
     let pass2 = env.app_password("ekv2").await?;
     let mut c2 = redis::Client::open(format!("redis://app:{pass2}@{addr2}/"))?
         .get_multiplexed_async_connection()
@@ -2392,6 +2350,17 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     Ok(())
 }
 
+/// The member and the backup of an operation's first `add_replica` step.
+fn added_replica(op: &Operation) -> Result<(String, Option<String>)> {
+    op.steps
+        .iter()
+        .find_map(|s| match &s.action {
+            StepAction::AddReplica { member, backup, .. } => Some((member.clone(), backup.clone())),
+            _ => None,
+        })
+        .with_context(|| format!("an add_replica step: {}", js(&op.steps)))
+}
+
 /// A scale-up of a MariaDB instance that has a backup seeds the new replica from it
 /// (decision 164): a physical copy restored into the new member's volume, which then follows
 /// the primary from the backup's GTID position. No member serves a copy (no `SHOW CREATE
@@ -2404,19 +2373,11 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start(3).await?;
     env.wait_ready_nodes(3).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(s3_repo(s3, "main", &s3.secret_key, "seed")),
-        )
+    let c = env.client();
+    c.add_backup_repo(&s3_repo(s3, "main", &s3.secret_key, "seed"))
         .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let inst = env.create_ready("sd", "mariadb", 1).await?;
-    let primary = Env::primary_member(&inst)?["id"]
-        .as_str()
-        .context("primary id")?
-        .to_owned();
+    let inst = env.create("sd", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
     let replica = members_with(&inst, "replica").pop().context("a replica")?;
     sql(
         &primary,
@@ -2430,10 +2391,10 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         Ok(())
     })
     .await?;
-    let first = request_backup(&env, "sd", json!({"repo": "main"})).await?;
-    let id = first["id"].as_str().context("id")?.to_owned();
+    let first = request_backup(&env, "sd", "main").await?;
+    let id = first.id.clone();
     let b = wait_backup(&env, &id, Duration::from_secs(180)).await?;
-    ensure!(b["state"] == "succeeded", "{b}");
+    ensure!(b.state == BackupState::Succeeded, "{}", js(&b));
     // Only in the primary's binlog, not in the backup.
     sql(
         &primary,
@@ -2455,33 +2416,29 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     let before = (copies(&primary)?, copies(&replica)?);
 
     let scale = |replicas: u32| {
-        env.operate(
-            "sd",
-            json!({"type": "scale", "replicas": replicas}),
-            Duration::from_secs(300),
-        )
+        let mut op = NewOperation::new(OpKind::Scale);
+        op.replicas = Some(replicas);
+        let env = &env;
+        async move { env.run_operation("sd", &op, Duration::from_secs(300)).await }
     };
     let op = scale(2).await?;
-    ensure!(op["state"] == "succeeded", "{op}");
-    let add = op["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
-        .context("an add_replica step")?;
+    ensure!(op.state == OpState::Succeeded, "{}", js(&op));
+    let (new, backup) = added_replica(&op)?;
     ensure!(
-        add["backup"] == id.as_str(),
-        "seeded from another source: {add}"
+        backup.as_deref() == Some(id.as_str()),
+        "seeded from another source: {}",
+        js(&op.steps)
     );
-    let new = add["member"].as_str().context("member")?.to_owned();
     let events = events_of(&env, "sd", "operation_step").await?;
     ensure!(
-        events.iter().any(|e| e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(&format!("seeded from backup {id} (a physical copy")))),
+        events.iter().any(|e| e
+            .message
+            .contains(&format!("seeded from backup {id} (a physical copy"))),
         "no step event names the backup: {events:?}"
     );
     // The new member's agent restored the backup and made no logical copy.
-    let after_inst = env.get("/v1/instances/sd").await?;
-    let agent = &env.agents[env.agent_of(&after_inst, &new)?];
+    let after_inst = c.instance("sd").await?;
+    let agent = &env.agents[env.agent_running(&after_inst, &new)?];
     let log = agent.log();
     ensure!(
         log.lines()
@@ -2526,7 +2483,7 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     // The primary's binlogs no longer reach back to the backup: the replica seeded from it
     // cannot follow (error 1236, purged), is rebuilt by its agent and copied from a replica.
     let down = scale(1).await?;
-    ensure!(down["state"] == "succeeded", "{down}");
+    ensure!(down.state == OpState::Succeeded, "{}", js(&down));
     sql(&primary, "INSERT INTO sd.t VALUES (602); FLUSH BINARY LOGS")?;
     // A log a replica's dump thread still reads is kept: purged once it moved on.
     mofang_tests::eventually(
@@ -2542,14 +2499,14 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     .await?;
     // Only what the agents log from here on counts (a member id may be used again).
     let marks: Vec<usize> = env.agents.iter().map(|a| a.log().len()).collect();
-    let kept = env.get("/v1/instances/sd").await?;
+    let kept = c.instance("sd").await?;
     let donor = members_with(&kept, "replica")
         .pop()
         .context("the replica kept")?;
     let served = copies(&donor)?;
     // The donor's agent refuses connections: its physical copy fails (decision 167), and the
     // member falls back to the logical copy from that replica.
-    let donor_port: u16 = env.agents[env.agent_of(&kept, &donor)?]
+    let donor_port: u16 = env.agents[env.agent_running(&kept, &donor)?]
         .http
         .rsplit(':')
         .next()
@@ -2558,15 +2515,11 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     let refused = mofang_tests::faults::PortRefused::start(donor_port)?;
     let up = scale(2).await?;
     drop(refused);
-    ensure!(up["state"] == "succeeded", "{up}");
-    let add = up["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
-        .context("an add_replica step")?;
-    ensure!(add["backup"] == id.as_str(), "{add}");
-    let again = add["member"].as_str().context("member")?.to_owned();
-    let inst = env.get("/v1/instances/sd").await?;
-    let k = env.agent_of(&inst, &again)?;
+    ensure!(up.state == OpState::Succeeded, "{}", js(&up));
+    let (again, backup) = added_replica(&up)?;
+    ensure!(backup.as_deref() == Some(id.as_str()), "{}", js(&up.steps));
+    let inst = c.instance("sd").await?;
+    let k = env.agent_running(&inst, &again)?;
     let log = env.agents[k].log().split_off(marks[k]);
     ensure!(
         log.lines()
