@@ -2551,3 +2551,267 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     .await?;
     Ok(())
 }
+
+/// The ids of the repository keys the binlog indexes of `instance` under `prefix` record.
+async fn index_key_ids(s3: &SeaweedFs, prefix: &str, instance: &str) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for p in objects_under(s3, &format!("{prefix}/binlogs/{instance}")).await? {
+        if p.ends_with(".json") {
+            let idx: mofang_common::pitr::BinlogIndex =
+                serde_json::from_slice(&object(s3, &p).await?)?;
+            ids.push(idx.encryption.map(|e| e.key_id).unwrap_or_default());
+        }
+    }
+    Ok(ids)
+}
+
+/// A repository's key replaced in place (decision 169), against real SeaweedFS, MariaDB
+/// and Redis:
+/// - MariaDB: a backup and binlogs archived under the first key, the key rotated, binlogs
+///   archived under the second: the indexes record both keys, a later backup records the
+///   second; the first key cannot be retired (409 naming the backup and the binlogs); a
+///   point-in-time restore to a time after the rotation, from the backup taken before it
+///   through binlogs of both keys, holds exactly the rows written before that time;
+/// - Redis, in a repository of its own: a backup under the first key, the key rotated (the
+///   CLI), the old backup still restores exactly; retiring the old key is refused while the
+///   backup exists and succeeds once it is deleted; a backup under the new key restores
+///   after the old key is gone; the repository view never shows a key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Result<()> {
+    let s3 = SeaweedFs::shared().await?;
+    let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
+    env.wait_ready_nodes(2).await?;
+    let c = env.client();
+    let repo = c
+        .add_backup_repo(&NewBackupRepo {
+            encrypt: true,
+            ..s3_repo(s3, "rot", &s3.secret_key, "rot")
+        })
+        .await?;
+    let k1 = repo.key_id.clone().context("key id")?;
+
+    // ---- MariaDB: a backup and binlogs under the first key --------------------------------
+    let inst = env.create("kdb", "mariadb", 1).await?;
+    let primary = primary_of(&inst)?.id.clone();
+    sql(
+        &primary,
+        "CREATE TABLE app.t (id INT PRIMARY KEY); \
+         INSERT INTO app.t SELECT seq FROM app.seq_1_to_100",
+    )?;
+    let b1 = request_backup(&env, "kdb", "rot").await?;
+    let b1 = wait_backup(&env, &b1.id, Duration::from_secs(180)).await?;
+    ensure!(
+        b1.state == BackupState::Succeeded
+            && b1
+                .objects
+                .iter()
+                .all(|o| o.encryption.as_ref().map(|e| e.key_id.as_str()) == Some(k1.as_str())),
+        "{}",
+        js(&b1)
+    );
+    sql(
+        &primary,
+        "INSERT INTO app.t SELECT seq FROM app.seq_101_to_200",
+    )?;
+    mofang_tests::eventually(
+        "binlogs archived under the first key",
+        Duration::from_secs(60),
+        || async {
+            let ids = index_key_ids(s3, "rot", "kdb").await?;
+            ensure!(ids.iter().any(|k| k == &k1), "{ids:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // ---- the key replaced in place ----------------------------------------------------------
+    let rotated = c.rotate_repo_key("rot", None).await?;
+    let k2 = rotated.key_id.clone().context("new key id")?;
+    ensure!(
+        k2 != k1 && rotated.retired_key_ids == [k1.clone()] && rotated.encrypted,
+        "{}",
+        js(&rotated)
+    );
+    sql(
+        &primary,
+        "INSERT INTO app.t SELECT seq FROM app.seq_201_to_300",
+    )?;
+    let t = now_s() + 2;
+    sleep_until(t + 1).await;
+    sql(
+        &primary,
+        "INSERT INTO app.t SELECT seq FROM app.seq_301_to_400",
+    )?;
+    let to = mofang_common::pitr::format_utc(t + 1);
+    mofang_tests::eventually(
+        "binlogs archived under the new key, the window past the time",
+        Duration::from_secs(90),
+        || async {
+            let ids = index_key_ids(s3, "rot", "kdb").await?;
+            ensure!(
+                ids.iter().any(|k| k == &k2) && ids.iter().all(|k| k == &k1 || k == &k2),
+                "{ids:?}"
+            );
+            let v = c.instance("kdb").await?;
+            let end = v
+                .pitr_window
+                .as_ref()
+                .map(|w| w.to.clone())
+                .unwrap_or_default();
+            ensure!(v.pitr_ready == Some(true) && end >= to, "{}", js(&v));
+            Ok(())
+        },
+    )
+    .await?;
+
+    // The first key still opens a backup and binlogs: it cannot go.
+    let r = refusal(c.retire_repo_key("rot", &k1).await)?;
+    ensure!(
+        r.status == 409
+            && r.code == "key_in_use"
+            && r.message.contains(&b1.id)
+            && r.message.contains("archived binlog"),
+        "{r:?}"
+    );
+    let r = refusal(c.retire_repo_key("rot", &k2).await)?;
+    ensure!(
+        r.status == 422 && r.message.contains("rotate it first"),
+        "{r:?}"
+    );
+
+    // A point-in-time restore after the rotation: the backup of the first key, binlogs of both.
+    c.create_instance(&restoring(
+        "kdb2",
+        "mariadb",
+        0,
+        "kdb",
+        Some(&b1.id),
+        Some(mofang_common::pitr::format_utc(t)),
+    )?)
+    .await?;
+    let kdb2 = env.ready("kdb2").await?;
+    let got = sql(
+        &primary_of(&kdb2)?.id,
+        "SELECT COUNT(*), MIN(id), MAX(id) FROM app.t",
+    )?;
+    ensure!(
+        got == "300\t1\t300",
+        "the point-in-time restore across the rotation holds {got:?}"
+    );
+    let b2 = request_backup(&env, "kdb", "rot").await?;
+    let b2 = wait_backup(&env, &b2.id, Duration::from_secs(180)).await?;
+    ensure!(
+        b2.state == BackupState::Succeeded
+            && b2
+                .objects
+                .iter()
+                .all(|o| o.encryption.as_ref().map(|e| e.key_id.as_str()) == Some(k2.as_str())),
+        "{}",
+        js(&b2)
+    );
+
+    // ---- Redis, in a repository of its own: retire once nothing needs the key -------------
+    let rrepo = c
+        .add_backup_repo(&NewBackupRepo {
+            encrypt: true,
+            ..s3_repo(s3, "rotkv", &s3.secret_key, "rotkv")
+        })
+        .await?;
+    let ka = rrepo.key_id.clone().context("key id")?;
+    let kv = env.create("kkv", "redis", 0).await?;
+    let addr = primary_of(&kv)?.address.clone();
+    let pass = env.app_password("kkv").await?;
+    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    for k in 0..100u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut conn)
+            .await?;
+    }
+    let r1 = request_backup(&env, "kkv", "rotkv").await?;
+    let r1 = wait_backup(&env, &r1.id, Duration::from_secs(120)).await?;
+    ensure!(
+        r1.state == BackupState::Succeeded && r1.keys == Some(100),
+        "{}",
+        js(&r1)
+    );
+    // Through the CLI, with the key from the environment: the one given is the one used.
+    let given = mofang_common::backup_crypt::RepoKey::generate();
+    let rotated: BackupRepoView = mofang_cli_env(
+        &env,
+        &["backup-repo", "rotate-key", "rotkv", "--json"],
+        &[("MOFANG_BACKUP_ENCRYPTION_KEY", given.to_text().as_str())],
+    )
+    .await?;
+    ensure!(
+        rotated.key_id.as_deref() == Some(given.id().as_str())
+            && rotated.retired_key_ids == [ka.clone()],
+        "{}",
+        js(&rotated)
+    );
+    let raw = c
+        .call_json(Method::GET, "/v1/backup-repos/rotkv", None::<&Value>)
+        .await?;
+    ensure!(
+        !raw.to_string().contains(given.to_text().as_str())
+            && raw.get("encryption_key").is_none()
+            && raw.get("retired_keys").is_none(),
+        "a key is shown: {raw}"
+    );
+    for k in 100..150u32 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{k}"))
+            .arg(k)
+            .query_async(&mut conn)
+            .await?;
+    }
+    let r = refusal(c.retire_repo_key("rotkv", &ka).await)?;
+    ensure!(r.status == 409 && r.message.contains(&r1.id), "{r:?}");
+    // The old backup restores with the retired key.
+    c.create_instance(&restoring("kkv2", "redis", 0, "kkv", Some(&r1.id), None)?)
+        .await?;
+    let kv2 = env.ready("kkv2").await?;
+    ensure!(
+        redis_keys(&env, &kv2, "kkv2").await? == 100,
+        "the restore of the first key's backup"
+    );
+    let r2 = request_backup(&env, "kkv", "rotkv").await?;
+    let r2 = wait_backup(&env, &r2.id, Duration::from_secs(120)).await?;
+    ensure!(
+        r2.state == BackupState::Succeeded && r2.keys == Some(150),
+        "{}",
+        js(&r2)
+    );
+    c.delete_backup(&r1.id).await?;
+    let done = c.retire_repo_key("rotkv", &ka).await?;
+    ensure!(
+        done.retired_key_ids.is_empty() && done.key_id == rotated.key_id,
+        "{}",
+        js(&done)
+    );
+    c.create_instance(&restoring("kkv3", "redis", 0, "kkv", Some(&r2.id), None)?)
+        .await?;
+    let kv3 = env.ready("kkv3").await?;
+    ensure!(
+        redis_keys(&env, &kv3, "kkv3").await? == 150,
+        "the restore of the new key's backup"
+    );
+    eprintln!(
+        "repository keys: {k1} -> {k2} (MariaDB), {ka} -> {} (Redis), retired and forgotten",
+        given.id()
+    );
+    Ok(())
+}
+
+/// `DBSIZE` of a Redis instance's primary, as the app account.
+async fn redis_keys(env: &Env, inst: &InstanceView, name: &str) -> Result<u64> {
+    let addr = primary_of(inst)?.address.clone();
+    let pass = env.app_password(name).await?;
+    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    Ok(redis::cmd("DBSIZE").query_async(&mut conn).await?)
+}
