@@ -275,15 +275,15 @@ impl Env {
     /// See the test files.
     pub async fn wait_ready_nodes(&self, n: usize) -> Result<()> {
         eventually("nodes ready", Duration::from_secs(30), || async {
-            let v = self.get("/v1/nodes").await?;
-            let ready = v
-                .as_array()
-                .map(|a| a.iter().filter(|n| n["state"] == "ready").count())
-                .unwrap_or(0);
+            let nodes = self.client().nodes().await?;
+            let ready = nodes
+                .iter()
+                .filter(|n| n.state == mofang_scheduler::model::NodeState::Ready)
+                .count();
             if ready == n {
                 Ok(())
             } else {
-                bail!("{ready}/{n} ready: {v}")
+                bail!("{ready}/{n} ready: {}", serde_json::to_string(&nodes)?)
             }
         })
         .await
@@ -304,9 +304,39 @@ impl Env {
         r
     }
 
-    /// The instance as the API shows it, through the typed client.
+    /// `call` with the typed client of each scheduler in turn, as [`Env::call`] does: one
+    /// that is down (the request is not sent) or answers 503 (it knows no leader, or cannot
+    /// reach it: nothing was applied) is passed over for the next.
+    pub async fn on_any<T, F, Fut>(&self, call: F) -> Result<T, mofang_scheduler::client::Error>
+    where
+        F: Fn(mofang_scheduler::client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, mofang_scheduler::client::Error>>,
+    {
+        use mofang_scheduler::client::{Client, Error};
+        let client = |s: &SchedulerProcess| {
+            Client::new(s.rest.clone(), self.http.clone()).with_token(Some(self.token.clone()))
+        };
+        let passed_over = |r: &Result<T, Error>| match r {
+            Err(Error::Send { .. }) => true,
+            Err(e) => e.status() == Some(503),
+            Ok(_) => false,
+        };
+        let mut r = call(client(&self.sched)).await;
+        for s in &self.peers {
+            if !passed_over(&r) {
+                break;
+            }
+            r = call(client(s)).await;
+        }
+        r
+    }
+
+    /// The instance as the API shows it, through the typed client of the first scheduler
+    /// that answers ([`Env::on_any`]).
     pub async fn instance(&self, name: &str) -> Result<InstanceView> {
-        Ok(self.client().instance(name).await?)
+        self.on_any(|c| async move { c.instance(name).await })
+            .await
+            .with_context(|| format!("instance {name}"))
     }
 
     /// Waits up to 120 s until the instance is `ready`; on failure prints why and the
@@ -404,12 +434,8 @@ pub struct Ack {
 pub enum PrimarySource {
     /// The instance's `primary` as the Mofang API reports it.
     Api {
-        /// HTTP client.
-        http: reqwest::Client,
-        /// REST base URL.
-        rest: String,
-        /// Bearer token.
-        token: String,
+        /// The typed API client.
+        client: mofang_scheduler::client::Client,
         /// Instance name.
         instance: String,
     },
@@ -428,9 +454,7 @@ impl PrimarySource {
     /// The Mofang API of `env` for `instance`.
     pub fn api(env: &Env, instance: &str) -> Self {
         PrimarySource::Api {
-            http: env.http.clone(),
-            rest: env.sched.rest.clone(),
-            token: env.token.clone(),
+            client: env.client(),
             instance: instance.to_owned(),
         }
     }
@@ -438,21 +462,7 @@ impl PrimarySource {
     /// The current primary's `host:port`.
     pub async fn primary(&self) -> Result<String> {
         match self {
-            PrimarySource::Api {
-                http,
-                rest,
-                token,
-                instance,
-            } => {
-                let v: Value = http
-                    .get(format!("{rest}/v1/instances/{instance}"))
-                    .bearer_auth(token)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                Ok(v["primary"].as_str().unwrap_or_default().to_owned())
-            }
+            PrimarySource::Api { client, instance } => Ok(client.instance(instance).await?.primary),
             PrimarySource::Fixed(addr) => Ok(addr.clone()),
             PrimarySource::Sentinel { sentinels, master } => {
                 let mut last = anyhow::anyhow!("no sentinel configured");
@@ -692,10 +702,7 @@ pub async fn set_contents(
 impl Env {
     /// The app password of an instance.
     pub async fn app_password(&self, name: &str) -> Result<String> {
-        let c = self
-            .get(&format!("/v1/instances/{name}/credentials"))
-            .await?;
-        Ok(c["app"].as_str().context("app password")?.to_owned())
+        Ok(self.client().credentials(name).await?.credentials.app)
     }
 
     /// Creates an instance and waits until it is ready.

@@ -74,11 +74,6 @@ fn member(inst: &InstanceView, role: &str) -> Result<(String, String)> {
     Ok((m.id.clone(), m.address.clone()))
 }
 
-/// An instance view from [`Env::wait_instance_ready`], read as the API's own type.
-fn view(v: serde_json::Value) -> Result<InstanceView> {
-    serde_json::from_value(v).context("the instance view")
-}
-
 /// One insert every 20 ms until `stop`: each one's send time and latency.
 fn writer(
     addr: String,
@@ -509,7 +504,7 @@ async fn run(args: Args) -> Result<()> {
     api.create_instance(&spec("bb", args.replicas))
         .await
         .context("creating bb")?;
-    let inst = view(env.wait_instance_ready("bb").await?)?;
+    let inst = env.ready("bb").await?;
     let (primary, primary_addr) = member(&inst, "primary")?;
     let (replica, _) = member(&inst, "replica")?;
     let replicas: Vec<String> = inst
@@ -705,9 +700,8 @@ async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     api.create_instance(&r).await.context("creating bb-copy")?;
     let answered = started.elapsed().as_secs_f64();
-    let copy = env.wait_instance_ready("bb-copy").await?;
+    let copy = env.ready("bb-copy").await?;
     let restored = started.elapsed().as_secs_f64();
-    let copy = view(copy)?;
     let (copy_primary, _) = member(&copy, "primary")?;
     let n = admin_sql(&copy_primary, "SELECT COUNT(*) FROM app.data")?;
     ensure!(n == rows.to_string(), "the copy holds {n} rows, not {rows}");

@@ -28,13 +28,13 @@
 //! or if members did not converge.
 
 use anyhow::{bail, Context, Result};
-use mofang_scheduler::client::{self, Client};
-use mofang_scheduler::cluster::{InstanceView, MemberView};
-use mofang_tests::cluster::{SchedulerProcess, TestNetwork, Timings};
+use mofang_scheduler::client;
+use mofang_scheduler::cluster::InstanceView;
+use mofang_tests::cluster::{TestNetwork, Timings};
 use mofang_tests::coord::ConsulProcess;
 use mofang_tests::faults::{isolate, rejoin};
 use mofang_tests::scenario::{
-    container_of, docker_cli, set_contents, Env, PrimarySource, SetOutcome, SetWriter,
+    container_of, docker_cli, primary_of, set_contents, Env, PrimarySource, SetOutcome, SetWriter,
 };
 use mofang_tests::{eventually, test_label, unique_name};
 use std::collections::{BTreeSet, HashMap};
@@ -326,69 +326,14 @@ impl Fault {
 /// found diverged and rebuilt).
 const SETTLED_FOR: Duration = Duration::from_millis(1500);
 
-/// Calls `call` with the typed client of each scheduler in turn, as [`Env::call`] does: one
-/// that is down or answers 503 (it knows no leader, or cannot reach it: nothing was applied)
-/// is passed over for the next; the last one's answer stands.
-async fn on_any<T, F, Fut>(env: &Env, call: F) -> Result<T, client::Error>
-where
-    F: Fn(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, client::Error>>,
-{
-    let client = |s: &SchedulerProcess| {
-        Client::new(s.rest.clone(), env.http.clone()).with_token(Some(env.token.clone()))
-    };
-    let passed_over = |r: &Result<T, client::Error>| match r {
-        Err(client::Error::Send { .. }) => true,
-        Err(e) => e.status() == Some(503),
-        Ok(_) => false,
-    };
-    let mut r = call(client(&env.sched)).await;
-    for s in &env.peers {
-        if !passed_over(&r) {
-            break;
-        }
-        r = call(client(s)).await;
-    }
-    r
-}
-
-/// `GET /v1/instances/{name}` through [`on_any`].
+/// `GET /v1/instances/{name}` from the first scheduler that answers.
 async fn instance(env: &Env, name: &str) -> Result<InstanceView> {
-    on_any(env, |c| async move { c.instance(name).await })
-        .await
-        .with_context(|| format!("instance {name}"))
-}
-
-/// An instance view from an [`Env`] helper, read as the API's own type.
-fn view(v: serde_json::Value) -> Result<InstanceView> {
-    serde_json::from_value(v).context("the instance view")
+    env.instance(name).await
 }
 
 /// An instance view as JSON, for a message.
 fn json_of(v: &InstanceView) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{e}"))
-}
-
-/// The primary member of an instance view.
-fn primary_of(inst: &InstanceView) -> Result<&MemberView> {
-    inst.members
-        .iter()
-        .find(|m| m.role == "primary")
-        .context("no primary member")
-}
-
-/// The agent (index) running a member.
-fn agent_of(env: &Env, inst: &InstanceView, member: &str) -> Result<usize> {
-    let node = &inst
-        .members
-        .iter()
-        .find(|m| m.id == member)
-        .context("member's node")?
-        .node;
-    env.agents
-        .iter()
-        .position(|a| &a.node == node)
-        .context("agent of node")
 }
 
 /// Why an instance view is not whole: every member healthy in its assigned role at the
@@ -482,7 +427,7 @@ async fn mofang_round(
         .wait_acked(WARMUP_ACKS, Duration::from_secs(60))
         .await?;
     let container = container_of(&old_id);
-    let agent = agent_of(env, &inst, &old_id)?;
+    let agent = env.agent_running(&inst, &old_id)?;
     let leader = match fault {
         Fault::LeaderKill => env.leader(Duration::from_secs(60)).await?,
         _ => 0,
@@ -554,10 +499,9 @@ async fn mofang_round(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut after = view(
-        env.wait_new_primary(name, epoch, Duration::from_secs(120))
-            .await?,
-    )?;
+    let mut after = env
+        .new_primary(name, epoch, Duration::from_secs(120))
+        .await?;
     let mut ended = if fault.deaths() > 0 {
         vec![old_id.clone()]
     } else {
@@ -569,10 +513,9 @@ async fn mofang_round(
         ended.push(second_id.clone());
         let second_epoch = after.epoch;
         docker_off_runtime(&["kill", &container_of(&second_id)]).await?;
-        after = view(
-            env.wait_new_primary(name, second_epoch, Duration::from_secs(120))
-                .await?,
-        )?;
+        after = env
+            .new_primary(name, second_epoch, Duration::from_secs(120))
+            .await?;
     }
     let new_addr = primary_of(&after)?.address.clone();
     let n = writer.acked();
@@ -666,7 +609,7 @@ async fn mofang_scenario(
                 if let Some((old, _)) = instance.take() {
                     let old = old.as_str();
                     // As before, whatever it answers: only a scheduler not reached fails.
-                    let deleted = on_any(&env, |c| async move { c.delete_instance(old).await });
+                    let deleted = env.on_any(|c| async move { c.delete_instance(old).await });
                     if let Err(e @ client::Error::Send { .. }) = deleted.await {
                         return Err(e.into());
                     }
@@ -677,7 +620,7 @@ async fn mofang_scenario(
                 None => {
                     let name = unique_name("bench");
                     let t = Instant::now();
-                    env.create_ready(&name, engine, 2).await?;
+                    env.create(&name, engine, 2).await?;
                     println!("  {label}: instance {name} ready in {}", secs(t.elapsed()));
                     let pw = env.app_password(&name).await?;
                     instance.insert((name, pw)).clone()

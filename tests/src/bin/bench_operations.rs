@@ -279,7 +279,7 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize, Vec<SemiSync>)> {
     c.create_instance(&spec)
         .await
         .with_context(|| format!("create {name}"))?;
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
     let pw = c.credentials(&name).await?.credentials.app;
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -315,7 +315,7 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize, Vec<SemiSync>)> {
     ];
     let mut out = Vec::new();
     for (what, op) in ops {
-        env.wait_instance_ready(&name).await?;
+        env.ready(&name).await?;
         settle(&writer).await?;
         let m = operation(&c, &name, what, op).await?;
         eprintln!("mofang: {what}: {}", secs(m.took));
@@ -325,7 +325,7 @@ async fn mofang() -> Result<(Vec<Measured>, SetOutcome, usize, Vec<SemiSync>)> {
     let outcome = writer.stop().await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.await?;
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
     let v = c.instance(&name).await?;
     let primary = v
         .members
