@@ -245,6 +245,10 @@ pub struct Cluster {
     /// Writes of backup repository records, one at a time: a record written again by the
     /// re-encryption pass must not bring back one deleted meanwhile.
     repo_writes: tokio::sync::Mutex<()>,
+    /// Changes of backup repositories (add, key rotation, key retirement, delete), one at a
+    /// time: each reads the record, checks, probes and writes it back, and two at once
+    /// could write back a record without the other's key (decision 169).
+    repo_edits: tokio::sync::Mutex<()>,
     /// An agent reported a job's status.
     jobs_changed: tokio::sync::Notify,
     /// The tasks failover passes started (pruned as they end), for tests to wait on.
@@ -319,6 +323,7 @@ impl Cluster {
             revoked: watch::Sender::new(revoked),
             joins: tokio::sync::Mutex::new(()),
             repo_writes: tokio::sync::Mutex::new(()),
+            repo_edits: tokio::sync::Mutex::new(()),
             jobs_changed: tokio::sync::Notify::new(),
             pass_handles: Mutex::new(Vec::new()),
         }))

@@ -276,6 +276,7 @@ impl Cluster {
             )));
         }
         spec.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        let _editing = self.repo_edits.lock().await;
         if self
             .store
             .get_meta(&format!("{PREFIX}{name}"))
@@ -322,6 +323,7 @@ impl Cluster {
         name: &str,
         new: mofang_common::backup_crypt::RepoKey,
     ) -> Result<BackupRepo> {
+        let _editing = self.repo_edits.lock().await;
         let mut record = self.backup_repo(name).await?;
         let new_id = new.id();
         record.spec.rotate_key(new).map_err(|e| match e {
@@ -339,6 +341,7 @@ impl Cluster {
     /// Forgets a retired key of a repository once nothing stored needs it
     /// ([`retire_refusal`]): 404 for no retired key with that id, 422 for the current key.
     pub async fn retire_repo_key(&self, name: &str, id: &str) -> Result<BackupRepo> {
+        let _editing = self.repo_edits.lock().await;
         let mut record = self.backup_repo(name).await?;
         let current = record
             .spec
@@ -497,6 +500,7 @@ impl Cluster {
 
     /// Forgets a repository (what it holds stays where it is).
     pub async fn delete_backup_repo(&self, name: &str) -> Result<()> {
+        let _editing = self.repo_edits.lock().await;
         let _writing = self.repo_writes.lock().await;
         self.backup_repo(name).await?;
         self.store.delete_meta(&format!("{PREFIX}{name}")).await?;
