@@ -10,7 +10,9 @@
 
 use anyhow::{bail, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
-use mofang_tests::scenario::{container_of, docker_cli, Env};
+use mofang_scheduler::client::NewBackupRepo;
+use mofang_scheduler::cluster::NodeView2;
+use mofang_tests::scenario::{container_of, docker_cli, primary_of, Env};
 use mofang_tests::{eventually, unique_name};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -370,15 +372,17 @@ impl Drop for Browser {
 
 /// Whether instance `name` exists (and is not being deleted).
 async fn exists(env: &Env, name: &str) -> Result<bool> {
-    let (status, v) = env
-        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
-        .await?;
-    Ok(status.is_success() && v["status"] != "deleting")
+    match env.client().instance(name).await {
+        Ok(v) => Ok(v.status != "deleting"),
+        // Refused (not found, or no answer from the leader): not there as far as one can tell.
+        Err(e) if e.status().is_some() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// How many items `GET path` lists.
-async fn listed(env: &Env, path: &str) -> Result<usize> {
-    Ok(env.get(path).await?.as_array().map_or(0, Vec::len))
+/// How many operations instance `name` has.
+async fn operations(env: &Env, name: &str) -> Result<usize> {
+    Ok(env.client().operations(name).await?.len())
 }
 
 /// `r`, or its error with where the browser is and what the page says.
@@ -467,10 +471,11 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         Some("true")
     );
     b.shot("create-error").await?;
-    let (status, _) = env
-        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
-        .await?;
-    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing created");
+    let r = env.client().instance(&name).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.is_not_found()),
+        "nothing created: {r:?}"
+    );
 
     // Create a MariaDB instance with one replica through the form; the page turns ready by
     // itself (live updates).
@@ -509,15 +514,15 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.shot("instance").await?;
 
     // Switch over to the replica from the instance page; the diagram follows.
-    let inst = env.get(&format!("/v1/instances/{name}")).await?;
+    let inst = env.instance(&name).await?;
     let old = diagram_primary(&b).await?;
-    assert_eq!(Env::primary_member(&inst)?["id"], json!(old));
-    let target = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["id"].as_str())
-        .context("a replica")?
-        .to_owned();
+    assert_eq!(primary_of(&inst)?.id, old);
+    let target = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("a replica")?;
     b.client
         .find(Locator::Id("target"))
         .await?
@@ -529,8 +534,8 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         // The request reached the scheduler when the switchover has begun (its first write
         // fences the primary with this event); submitting again would race the first.
         async || {
-            let events = env.events(&name).await?;
-            Ok(events.iter().any(|e| e["kind"] == "switchover_started"))
+            let events = env.instance_events(&name).await?;
+            Ok(events.iter().any(|e| e.kind == "switchover_started"))
         },
         &format!("{page}?done=switchover"),
     )
@@ -566,19 +571,20 @@ async fn the_console_in_a_real_browser() -> Result<()> {
             "the old primary replicates again",
             Duration::from_secs(90),
             || async {
-                let v = env.get(&format!("/v1/instances/{name}")).await?;
-                let m = v["members"]
-                    .as_array()
-                    .and_then(|ms| ms.iter().find(|m| m["id"] == json!(old)))
+                let v = env.instance(&name).await?;
+                let m = v
+                    .members
+                    .iter()
+                    .find(|m| m.id == old)
                     .context("the old primary")?;
-                if m["role"] == "replica"
-                    && m["healthy"] == true
-                    && m["observed_role"] == "replica"
-                    && m["lag_seconds"] == 0
+                if m.role == "replica"
+                    && m.healthy
+                    && m.observed_role == "replica"
+                    && m.lag_seconds == 0
                 {
                     Ok(())
                 } else {
-                    bail!("{m}")
+                    bail!("{m:?}")
                 }
             },
         )
@@ -622,7 +628,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.submit_checked(
         "#operation button[type=submit]",
         &page,
-        async || Ok(listed(&env, &format!("/v1/instances/{name}/operations")).await? > 0),
+        async || Ok(operations(&env, &name).await? > 0),
         &format!("{page}?done=operation"),
     )
     .await?;
@@ -647,8 +653,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // Reconfigure with the engine's catalogue on the page: a value out of range is refused
     // next to its parameter, nothing started; one in range is applied (live).
-    let ops = format!("/v1/instances/{name}/operations");
-    let before = listed(&env, &ops).await?;
+    let before = operations(&env, &name).await?;
     b.goto(&page).await?;
     let row = b
         .text("#reconfigure tr[data-param=innodb_log_buffer_size]")
@@ -659,12 +664,12 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     let why = b.text("#param-max_connections-error").await?;
     assert!(why.contains("10 ..= 10000"), "{why}");
     b.shot_at("reconfigure-error", "reconfigure").await?;
-    assert_eq!(listed(&env, &ops).await?, before, "nothing started");
+    assert_eq!(operations(&env, &name).await?, before, "nothing started");
     b.fill("param-max_connections", "300").await?;
     b.submit_checked(
         "#reconfigure button[type=submit]",
         &page,
-        async || Ok(listed(&env, &ops).await? > before),
+        async || Ok(operations(&env, &name).await? > before),
         &format!("{page}?done=operation"),
     )
     .await?;
@@ -685,8 +690,12 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .await,
     )
     .await?;
-    let v = env.get(&format!("/v1/instances/{name}")).await?;
-    assert_eq!(v["parameters"]["max_connections"], "300", "{v}");
+    let v = env.instance(&name).await?;
+    assert_eq!(
+        v.parameters.get("max_connections").map(String::as_str),
+        Some("300"),
+        "{v:?}"
+    );
     b.goto(&page).await?;
     assert!(b
         .text("#reconfigure tr[data-param=max_connections]")
@@ -701,7 +710,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.submit_checked(
         "#batch button[type=submit]",
         &ops_page,
-        async || Ok(listed(&env, "/v1/batches").await? > 0),
+        async || Ok(!env.client().batches(None).await?.is_empty()),
         &format!("{ops_page}?done=batch"),
     )
     .await?;
@@ -728,9 +737,10 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     )
     .await?;
     b.shot_at("operations-batches", "batches-heading").await?;
-    let v = env.get("/v1/batches").await?;
-    assert_eq!(v[0]["selector"], "team=console", "{v}");
-    assert_eq!(v[0]["items"].as_array().map(Vec::len), Some(1), "{v}");
+    let v = env.client().batches(None).await?;
+    let newest = v.first().context("a batch")?;
+    assert_eq!(newest.selector, "team=console", "{v:?}");
+    assert_eq!(newest.items.len(), 1, "{v:?}");
     b.goto(&page).await?;
     wait_ready(&b, "ready after the batch", 90).await?;
 
@@ -739,14 +749,15 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     let repo_dir = tempfile::Builder::new()
         .prefix("mofang-console-repo-")
         .tempdir_in("/var/tmp")?;
-    let (status, v) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/backup-repos",
-            Some(json!({"name": "local", "kind": "fs", "path": repo_dir.path().display().to_string()})),
-        )
-        .await?;
-    assert!(status.is_success(), "{status} {v}");
+    env.client()
+        .add_backup_repo(&NewBackupRepo {
+            name: "local".into(),
+            kind: "fs".into(),
+            path: Some(repo_dir.path().display().to_string()),
+            ..NewBackupRepo::default()
+        })
+        .await
+        .context("backup repository")?;
     b.goto(&ui(&format!("/ui/instances/{name}"))).await?;
     b.client
         .find(Locator::Id("repo"))
@@ -756,7 +767,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.submit_checked(
         "#backup button[type=submit]",
         &page,
-        async || Ok(listed(&env, &format!("/v1/instances/{name}/backups")).await? > 0),
+        async || Ok(!env.client().backups(&name).await?.is_empty()),
         &format!("{page}?done=backup"),
     )
     .await?;
@@ -800,33 +811,27 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     b.fill("replicas", "0").await?;
     b.shot("restore-form").await?;
     create_from_form(&b, &env, &restore_link, &restored).await?;
-    let v = env.get(&format!("/v1/instances/{restored}")).await?;
+    let v = env.instance(&restored).await?;
     assert!(
-        v["restored_from"]
-            .as_str()
+        v.restored_from
+            .as_deref()
             .is_some_and(|b| b.starts_with(&name)),
-        "{v}"
+        "{v:?}"
     );
-    let (status, v) = env
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/instances/{restored}"),
-            None,
-        )
-        .await?;
-    assert!(status.is_success(), "{status} {v}");
+    env.client()
+        .delete_instance(&restored)
+        .await
+        .with_context(|| format!("delete {restored}"))?;
 
     // Point-in-time: rows written after the backup are archived; the window shows on the
     // time axis by itself. A time picked outside it: the API's reason next to the time
     // field, nothing created; the latest point (prefilled): restored, ready.
     {
         use mysql_async::prelude::Queryable;
-        let v = env.get(&format!("/v1/instances/{name}")).await?;
-        let p = Env::primary_member(&v)?;
+        let v = env.instance(&name).await?;
+        let p = primary_of(&v)?;
         let password = env.app_password(&name).await?;
-        let mut c =
-            mofang_tests::scenario::mysql(p["address"].as_str().context("address")?, &password)
-                .await?;
+        let mut c = mofang_tests::scenario::mysql(&p.address, &password).await?;
         c.query_drop("CREATE TABLE IF NOT EXISTS picked (id INT PRIMARY KEY)")
             .await?;
         c.query_drop("INSERT INTO picked VALUES (1), (2), (3)")
@@ -879,14 +884,10 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         "/ui/instances/new?restore_from={name}&time={latest}"
     ));
     create_from_form(&b, &env, &form_page, &at_time).await?;
-    let (status, v) = env
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/instances/{at_time}"),
-            None,
-        )
-        .await?;
-    assert!(status.is_success(), "{status} {v}");
+    env.client()
+        .delete_instance(&at_time)
+        .await
+        .with_context(|| format!("delete {at_time}"))?;
 
     // Every instance's backups on one page; the overview's backup figures.
     b.goto(&ui("/ui/backups")).await?;
@@ -910,48 +911,36 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     assert_eq!(b.count("#credentials-shown").await?, 0, "shown once");
 
     // A form without its CSRF token is refused, and nothing changes.
-    let epoch = env.get(&format!("/v1/instances/{name}")).await?["epoch"].clone();
+    let epoch = env.instance(&name).await?.epoch;
     let status = b
         .post(&format!("/ui/instances/{name}/switchover"), "target=")
         .await?;
     assert_eq!(status, 403, "a switchover form without its CSRF token");
-    assert_eq!(
-        env.get(&format!("/v1/instances/{name}")).await?["epoch"],
-        epoch
-    );
+    assert_eq!(env.instance(&name).await?.epoch, epoch);
 
     // The nodes page draws each host's use of the last minutes, live: by now (minutes into
     // the test, a sample per 10 s) several samples, CPU within the host's cores and memory
     // within what is installed, as the API gives them.
-    let nodes = env.get("/v1/nodes?history=true").await?;
-    for n in nodes.as_array().context("nodes")? {
-        let usage = n["usage"].as_array().context("usage")?;
-        assert!(usage.len() >= 3, "{n}");
-        for s in usage {
-            let cores = s["cpu_cores"].as_f64().context("cores")?;
-            let busy = s["cpu_cores_busy"].as_f64().context("busy")?;
-            let used = s["memory_used_bytes"].as_u64().context("used")?;
-            let total = s["memory_total_bytes"].as_u64().context("total")?;
-            assert!(cores >= 1.0 && (0.0..=cores).contains(&busy), "{s}");
-            assert!(used > 0 && used < total, "{s}");
+    // (The typed client's `nodes()` asks for the newest sample only: no `history` query.)
+    let nodes: Vec<NodeView2> =
+        serde_json::from_value(env.client().get_json("/v1/nodes?history=true").await?)?;
+    for n in &nodes {
+        assert!(n.usage.len() >= 3, "{n:?}");
+        for s in &n.usage {
+            let cores = f64::from(s.cpu_cores);
+            let busy = s.cpu_cores_busy;
+            let (used, total) = (s.memory_used_bytes, s.memory_total_bytes);
+            assert!(cores >= 1.0 && (0.0..=cores).contains(&busy), "{s:?}");
+            assert!(used > 0 && used < total, "{s:?}");
         }
     }
     // Disk reserved against capacity (every member here has the form's 512 MiB).
-    for n in nodes.as_array().context("nodes")? {
-        let reserved: u64 = n["reserved_disk_mib"]
-            .as_object()
-            .context("reserved_disk_mib")?
-            .values()
-            .filter_map(Value::as_u64)
-            .sum();
-        assert_eq!(
-            reserved,
-            512 * n["members"].as_u64().context("members")?,
-            "{n}"
-        );
+    for n in &nodes {
+        let reserved: u64 = n.reserved_disk_mib.values().sum();
+        assert_eq!(reserved, 512 * u64::from(n.members), "{n:?}");
     }
-    let newest_only = env.get("/v1/nodes").await?;
-    assert_eq!(newest_only[0]["usage"].as_array().map(Vec::len), Some(1));
+    let newest_only = env.client().nodes().await?;
+    assert_eq!(newest_only.first().map(|n| n.usage.len()), Some(1));
     b.goto(&ui("/ui/nodes")).await?;
     assert_eq!(b.count("#nodes svg.usage").await?, 3, "a graph per node");
     assert_eq!(
@@ -1007,15 +996,12 @@ async fn the_console_in_a_real_browser() -> Result<()> {
 
     // Paging: 110 automatic-failover settings, each an event and two audit entries. The
     // events and audit pages show 100 a page, newest first; "Older" keeps the filters.
+    let client = env.client();
     for _ in 0..110 {
-        let (status, v) = env
-            .call(
-                reqwest::Method::PUT,
-                &format!("/v1/instances/{name}/auto-failover"),
-                Some(json!({"enabled": true})),
-            )
-            .await?;
-        assert!(status.is_success(), "{status} {v}");
+        client
+            .set_auto_failover(&name, true)
+            .await
+            .context("auto-failover")?;
     }
     b.goto(&ui(&format!(
         "/ui/events?instance={name}&kind=auto_failover"
@@ -1139,10 +1125,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         )
         .await?;
     assert_eq!(status, 403, "a viewer's hand-made POST");
-    assert_eq!(
-        env.get(&format!("/v1/instances/{name}")).await?["epoch"],
-        epoch
-    );
+    assert_eq!(env.instance(&name).await?.epoch, epoch);
 
     // A lost session goes back to sign-in and returns to the page after it.
     b.client.delete_all_cookies().await?;
@@ -1174,10 +1157,8 @@ async fn the_console_in_a_real_browser() -> Result<()> {
         .text("#action-error")
         .await?
         .contains("Nothing was deleted"));
-    let (status, _) = env
-        .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
-        .await?;
-    assert_eq!(status, reqwest::StatusCode::OK, "still there");
+    let r = env.client().instance(&name).await;
+    assert!(r.is_ok(), "still there: {r:?}");
     b.fill("confirm", &name).await?;
     b.submit_checked(
         "#delete button[type=submit]",
@@ -1190,13 +1171,10 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     explain(
         &b,
         eventually("the instance is gone", Duration::from_secs(60), || async {
-            let (status, v) = env
-                .call(reqwest::Method::GET, &format!("/v1/instances/{name}"), None)
-                .await?;
-            if status == reqwest::StatusCode::NOT_FOUND {
-                Ok(())
-            } else {
-                bail!("{status} {}", v["status"])
+            match env.client().instance(&name).await {
+                Err(e) if e.is_not_found() => Ok(()),
+                Ok(v) => bail!("{}", v.status),
+                Err(e) => bail!("{e}"),
             }
         })
         .await,
@@ -1301,18 +1279,12 @@ async fn the_console_on_a_follower_and_through_a_leader_change() -> Result<()> {
         "the thawed leader steps down",
         Duration::from_secs(30),
         || async {
-            let h: Value = env
-                .http
-                .get(format!("{}/v1/health", old.rest))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if h["leader"] == false {
+            let api = mofang_scheduler::client::Client::new(old.rest.clone(), env.http.clone());
+            let h = tokio::time::timeout(Duration::from_secs(2), api.health()).await??;
+            if !h.leader {
                 Ok(())
             } else {
-                bail!("{h}")
+                bail!("{h:?}")
             }
         },
     )

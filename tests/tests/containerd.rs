@@ -429,11 +429,11 @@ async fn kill_member(
     env: &mofang_tests::scenario::Env,
     rt: &ContainerdRuntime,
     docker_agent: usize,
-    inst: &serde_json::Value,
+    inst: &mofang_scheduler::cluster::InstanceView,
     member: &str,
 ) -> Result<()> {
     let container = format!("mofang-{member}");
-    if env.agent_of(inst, member)? == docker_agent {
+    if env.agent_running(inst, member)? == docker_agent {
         mofang_tests::scenario::docker_cli(&["kill", &container])?;
     } else {
         rt.kill(&container, "SIGKILL").await?;
@@ -452,7 +452,7 @@ async fn kill_member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_over() -> Result<()> {
     use mofang_tests::cluster::Timings;
-    use mofang_tests::scenario::{mysql, set_contents, Env, SetWriter};
+    use mofang_tests::scenario::{instance_spec, mysql, primary_of, set_contents, Env, SetWriter};
     use mysql_async::prelude::Queryable;
 
     let ctrd = containerd()?;
@@ -474,23 +474,23 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     // MariaDB: a primary and two replicas, on both runtimes; the row on every replica.
     let name = unique_name("cdb");
     let t = Instant::now();
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     println!(
         "figure: MariaDB primary + 2 replicas ready (Docker + containerd) in {:?}",
         t.elapsed()
     );
     let pw = env.app_password(&name).await?;
-    let members: Vec<serde_json::Value> = inst["members"].as_array().cloned().context("members")?;
-    let primary = Env::primary_member(&inst)?;
-    let primary_id = primary["id"].as_str().context("id")?.to_owned();
-    let mut c = mysql(primary["address"].as_str().context("address")?, &pw).await?;
+    let members = inst.members.clone();
+    let primary = primary_of(&inst)?;
+    let primary_id = primary.id.clone();
+    let mut c = mysql(&primary.address, &pw).await?;
     c.query_drop("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(64))")
         .await?;
     c.exec_drop("INSERT INTO orders VALUES (?, ?)", (1, "first"))
         .await?;
     drop(c);
-    for replica in members.iter().filter(|m| m["role"] == "replica") {
-        let raddr = replica["address"].as_str().context("address")?.to_owned();
+    for replica in members.iter().filter(|m| m.role == "replica") {
+        let raddr = replica.address.clone();
         let item: String = eventually("row on the replica", Duration::from_secs(30), || async {
             let mut rc = mysql(&raddr, &pw).await?;
             let v: Option<String> = rc
@@ -499,14 +499,13 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
             v.context("no row yet")
         })
         .await?;
-        assert_eq!(item, "first", "on {replica}");
+        assert_eq!(item, "first", "on {replica:?}");
     }
     // Members of the containerd hosts are containerd tasks; the Docker host's, a container.
     let mut on_ctrd = Vec::new();
     for m in &members {
-        let id = m["id"].as_str().context("id")?;
-        if env.agent_of(&inst, id)? != DOCKER_AGENT {
-            on_ctrd.push(id.to_owned());
+        if env.agent_running(&inst, &m.id)? != DOCKER_AGENT {
+            on_ctrd.push(m.id.clone());
         }
     }
     let tasks = rt.list(&[(labels::INSTANCE, &name)]).await?;
@@ -529,7 +528,7 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
 
     // Container metrics of a containerd member: cAdvisor's names, promtool-clean.
     let ctrd_member = on_ctrd[0].clone();
-    let ca = env.agent_of(&inst, &ctrd_member)?;
+    let ca = env.agent_running(&inst, &ctrd_member)?;
     let metrics = env
         .http
         .get(format!("{}/metrics", env.agents[ca].http))
@@ -555,18 +554,13 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
 
     // Redis: primary and replicas, the writes on every replica.
     let rname = unique_name("crd");
-    let rinst = env.create_ready(&rname, "redis", 2).await?;
+    let rinst = env.create(&rname, "redis", 2).await?;
     let rpw = env.app_password(&rname).await?;
     let rwriter = SetWriter::start(&env, &rname, "redis", &rpw).await?;
     rwriter.wait_acked(50, Duration::from_secs(60)).await?;
     let rout = rwriter.stop().await?;
-    for rep in rinst["members"]
-        .as_array()
-        .context("members")?
-        .iter()
-        .filter(|m| m["role"] == "replica")
-    {
-        let addr = rep["address"].as_str().context("address")?.to_owned();
+    for rep in rinst.members.iter().filter(|m| m.role == "replica") {
+        let addr = rep.address.clone();
         eventually(
             "redis writes on the replica",
             Duration::from_secs(30),
@@ -589,13 +583,13 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
         "restarted agent reports its members",
         Duration::from_secs(60),
         || async {
-            let v = env.get(&format!("/v1/instances/{name}")).await?;
-            let m = v["members"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["id"] == ctrd_member.as_str()))
-                .cloned()
+            let v = env.instance(&name).await?;
+            let m = v
+                .members
+                .iter()
+                .find(|m| m.id == ctrd_member)
                 .context("member")?;
-            ensure!(m["healthy"] == true, "{m}");
+            ensure!(m.healthy, "{m:?}");
             Ok(())
         },
     )
@@ -623,16 +617,12 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     let killed = Instant::now();
     kill_member(&env, &rt, DOCKER_AGENT, &inst, &primary_id).await?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
     println!(
         "figure: new primary healthy {:?} after the primary was killed (old primary on {})",
         killed.elapsed(),
-        if env.agent_of(&inst, &primary_id)? == DOCKER_AGENT {
+        if env.agent_running(&inst, &primary_id)? == DOCKER_AGENT {
             "Docker"
         } else {
             "containerd"
@@ -643,9 +633,9 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
         .wait_acked(acked + 200, Duration::from_secs(60))
         .await?;
     let out = writer.stop().await?;
-    let new = Env::primary_member(&after)?;
-    assert_ne!(new["id"], primary_id.as_str(), "a replica took over");
-    let present = set_contents("mariadb", new["address"].as_str().context("address")?, &pw).await?;
+    let new = primary_of(&after)?.clone();
+    assert_ne!(new.id, primary_id, "a replica took over");
+    let present = set_contents("mariadb", &new.address, &pw).await?;
     println!(
         "figure: failover in the mixed cluster: acknowledged {}, lost {}, longest gap {:?}",
         out.acked.len(),
@@ -661,11 +651,11 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
 
     // The first primary was on Docker: its successor, on containerd, is killed as well (its
     // task), and a replica takes over again with nothing acknowledged lost.
-    if env.agent_of(&inst, &primary_id)? == DOCKER_AGENT {
+    if env.agent_running(&inst, &primary_id)? == DOCKER_AGENT {
         let current = after;
-        let victim = new["id"].as_str().context("id")?.to_owned();
+        let victim = new.id.clone();
         assert_ne!(
-            env.agent_of(&inst, &victim)?,
+            env.agent_running(&inst, &victim)?,
             DOCKER_AGENT,
             "successor on containerd"
         );
@@ -674,7 +664,7 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
         // rightly waits (decision 38: a live replica that does not answer may hold what the
         // others lack); before ids went on from the first writer's, the duplicates below hid
         // this wait by delaying the kill by seconds.
-        env.wait_instance_ready(&name).await?;
+        env.ready(&name).await?;
         // Ids go on from the first writer's: from 1 again, every write would be a
         // duplicate of a row already there until past them, and the first acknowledgement
         // (the gap's start) seconds late.
@@ -690,16 +680,12 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
         let killed = Instant::now();
         kill_member(&env, &rt, DOCKER_AGENT, &current, &victim).await?;
         let next = env
-            .wait_new_primary(
-                &name,
-                current["epoch"].as_u64().unwrap_or(1),
-                Duration::from_secs(60),
-            )
+            .new_primary(&name, current.epoch, Duration::from_secs(60))
             .await?;
         println!(
             "figure: new primary healthy {:?} after the primary was killed (old primary on {})",
             killed.elapsed(),
-            if env.agent_of(&current, &victim)? == DOCKER_AGENT {
+            if env.agent_running(&current, &victim)? == DOCKER_AGENT {
                 "Docker"
             } else {
                 "containerd"
@@ -711,10 +697,9 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
             .await?;
         let first = out;
         let out = writer.stop().await?;
-        let np = Env::primary_member(&next)?;
-        assert_ne!(np["id"], victim.as_str(), "a replica took over");
-        let present =
-            set_contents("mariadb", np["address"].as_str().context("address")?, &pw).await?;
+        let np = primary_of(&next)?;
+        assert_ne!(np.id, victim, "a replica took over");
+        let present = set_contents("mariadb", &np.address, &pw).await?;
         println!(
             "figure: failover in the mixed cluster: acknowledged {}, lost {}, longest gap {:?}",
             out.acked.len(),
@@ -738,39 +723,29 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     // An image not imported into containerd (MariaDB 10.5 is built for Docker only here): a
     // member on a containerd host cannot start and says why.
     let missing = unique_name("cmi");
-    let (status, body) = env
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(
-                serde_json::json!({"name": missing, "engine": "mariadb", "version": "10.5",
-                "replicas": 2, "resources": {"cpu": 0.5, "memory": 384, "disk": 512}}),
-            ),
-        )
-        .await?;
-    ensure!(status == reqwest::StatusCode::CREATED, "{status} {body}");
+    let mut spec = instance_spec(&missing, "mariadb", 2)?;
+    spec.version = "10.5".into();
+    env.client()
+        .create_instance(&spec)
+        .await
+        .with_context(|| format!("create {missing}"))?;
     let reason = eventually(
         "a containerd member reports the missing image",
         Duration::from_secs(60),
         || async {
-            let v = env.get(&format!("/v1/instances/{missing}")).await?;
-            let ms = v["members"].as_array().cloned().context("members")?;
-            let m = ms
-                .iter()
+            let v = env.instance(&missing).await?;
+            let m = v
+                .members
+                .into_iter()
                 .find(|m| {
                     env.agents
                         .iter()
-                        .position(|a| m["node"] == a.node.as_str())
+                        .position(|a| m.node == a.node)
                         .is_some_and(|i| i != DOCKER_AGENT)
                 })
-                .cloned()
                 .context("a member on a containerd host")?;
-            let reason = m["reason"].as_str().unwrap_or_default().to_owned();
-            ensure!(
-                m["healthy"] == false && reason.contains("not present"),
-                "{m}"
-            );
-            Ok(reason)
+            ensure!(!m.healthy && m.reason.contains("not present"), "{m:?}");
+            Ok(m.reason)
         },
     )
     .await?;
@@ -899,48 +874,46 @@ async fn redis_on_containerd_replicates_and_fences() -> Result<()> {
 /// and a new instance restored from it, each holding exactly the rows it should.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
+    use mofang_common::repo::Secret;
+    use mofang_scheduler::backup::BackupState;
+    use mofang_scheduler::client::{NewBackup, NewBackupRepo, NewOperation};
+    use mofang_scheduler::cluster::InstanceView;
+    use mofang_scheduler::model::RestoreRequest;
+    use mofang_scheduler::ops::{OpKind, OpState, StepAction};
     use mofang_tests::cluster::Timings;
-    use mofang_tests::scenario::{mysql, Env};
+    use mofang_tests::scenario::{instance_spec, mysql, primary_of, Env};
     use mysql_async::prelude::Queryable;
-    use reqwest::{Method, StatusCode};
-    use serde_json::json;
 
     let ctrd = containerd()?;
     ctrd.import_images(&["mofang/mariadb:10.11"])?;
     let s3 = mofang_tests::s3::SeaweedFs::shared().await?;
     let on_containerd = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
     let env = Env::start_each_with("", &vec![on_containerd; 3], &Timings::FAST, 4096).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(json!({
-                "name": "main",
-                "kind": "s3",
-                "endpoint": s3.endpoint,
-                "bucket": s3.bucket,
-                "prefix": unique_name("ctrd"),
-                "access_key_id": s3.access_key,
-                "secret_access_key": s3.secret_key,
-            })),
-        )
-        .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    let client = env.client();
+    client
+        .add_backup_repo(&NewBackupRepo {
+            name: "main".into(),
+            kind: "s3".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            bucket: Some(s3.bucket.clone()),
+            prefix: Some(unique_name("ctrd")),
+            access_key_id: Some(s3.access_key.clone()),
+            secret_access_key: Some(Secret(s3.secret_key.clone())),
+            ..NewBackupRepo::default()
+        })
+        .await
+        .context("backup repository")?;
     let name = unique_name("cbk");
-    let inst = env.create_ready(&name, "mariadb", 1).await?;
+    let inst = env.create(&name, "mariadb", 1).await?;
     let pw = env.app_password(&name).await?;
-    let addr = |inst: &serde_json::Value, id: &str| -> Result<String> {
-        inst["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["id"] == id))
-            .and_then(|m| m["address"].as_str())
-            .map(str::to_owned)
+    let addr = |inst: &InstanceView, id: &str| -> Result<String> {
+        inst.members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.address.clone())
             .context("member address")
     };
-    let primary = Env::primary_member(&inst)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let primary = primary_of(&inst)?.address.clone();
     let mut c = mysql(&primary, &pw).await?;
     c.query_drop("CREATE TABLE t (id INT PRIMARY KEY)").await?;
     c.query_drop("INSERT INTO t SELECT seq FROM seq_1_to_300")
@@ -955,12 +928,12 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
         Ok::<_, anyhow::Error>((n, distinct, max.unwrap_or(0)))
     };
     // Taken on the replica once it has every row (the backup's default member).
-    let replica_id = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["id"].as_str())
-        .context("replica")?
-        .to_owned();
+    let replica_id = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("replica")?;
     let replica = addr(&inst, &replica_id)?;
     eventually("the replica has every row", Duration::from_secs(60), || {
         let (a, pw) = (replica.clone(), pw.clone());
@@ -971,66 +944,67 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
         }
     })
     .await?;
-    let (status, b) = env
-        .call(
-            Method::POST,
-            &format!("/v1/instances/{name}/backups"),
-            Some(json!({"repo": "main"})),
+    let b = client
+        .create_backup(
+            &name,
+            &NewBackup {
+                repo: "main".into(),
+                ..NewBackup::default()
+            },
         )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {b}");
-    let id = b["id"].as_str().context("backup id")?.to_owned();
+        .await
+        .context("backup")?;
+    let id = b.id;
     let b = eventually("the backup ended", Duration::from_secs(180), || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
-        ensure!(b["state"] == "succeeded" || b["state"] == "failed", "{b}");
-        Ok(b)
-    })
-    .await?;
-    ensure!(
-        b["state"] == "succeeded" && b["member"] == replica_id.as_str(),
-        "{b}"
-    );
-    ensure!(
-        b["row_counts"]["app.t"] == 300,
-        "row counts in the manifest: {b}"
-    );
-
-    // Verified by a one-shot task that restores it and counts its rows.
-    let (status, v) = env
-        .call(Method::POST, &format!("/v1/backups/{id}/verify"), None)
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
-    let v = eventually("verified", Duration::from_secs(180), || async {
-        let b = env.get(&format!("/v1/backups/{id}")).await?;
+        let b = client.backup(&id).await?;
         ensure!(
-            b["verifying"] == false && b["verified_at_ms"].as_i64() > Some(0),
-            "{b}"
+            b.state == BackupState::Succeeded || b.state == BackupState::Failed,
+            "{b:?}"
         );
         Ok(b)
     })
     .await?;
-    ensure!(v["verify_ok"] == true, "verification: {v}");
+    ensure!(
+        b.state == BackupState::Succeeded && b.member == replica_id,
+        "{b:?}"
+    );
+    ensure!(
+        b.row_counts.as_ref().and_then(|r| r.get("app.t")) == Some(&300),
+        "row counts in the manifest: {b:?}"
+    );
+
+    // Verified by a one-shot task that restores it and counts its rows.
+    client.verify_backup(&id).await.context("verify")?;
+    let v = eventually("verified", Duration::from_secs(180), || async {
+        let b = client.backup(&id).await?;
+        ensure!(!b.verifying && b.verified_at_ms > 0, "{b:?}");
+        Ok(b)
+    })
+    .await?;
+    ensure!(v.verify_ok == Some(true), "verification: {v:?}");
 
     // A new replica seeded from it, then following the primary past it.
     c.query_drop("INSERT INTO t SELECT seq FROM seq_301_to_350")
         .await?;
     drop(c);
+    let mut scale = NewOperation::new(OpKind::Scale);
+    scale.replicas = Some(2);
     let op = env
-        .operate(
-            &name,
-            json!({"type": "scale", "replicas": 2}),
-            Duration::from_secs(300),
-        )
+        .run_operation(&name, &scale, Duration::from_secs(300))
         .await?;
-    ensure!(op["state"] == "succeeded", "{op}");
-    let add = op["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["action"] == "add_replica"))
+    ensure!(op.state == OpState::Succeeded, "{op:?}");
+    let add = op
+        .steps
+        .iter()
+        .find(|s| matches!(s.action, StepAction::AddReplica { .. }))
         .context("an add_replica step")?;
-    ensure!(add["backup"] == id.as_str(), "{add}");
-    let new = add["member"].as_str().context("member")?.to_owned();
-    let inst = env.get(&format!("/v1/instances/{name}")).await?;
-    let log = env.agents[env.agent_of(&inst, &new)?].log();
+    let StepAction::AddReplica { member, backup, .. } = &add.action else {
+        bail!("{add:?}");
+    };
+    ensure!(backup.as_deref() == Some(id.as_str()), "{add:?}");
+    let new = member.clone();
+    let inst = env.instance(&name).await?;
+    let log = env.agents[env.agent_running(&inst, &new)?].log();
     ensure!(
         log.lines()
             .any(|l| l.contains("data volume restored") && l.contains(&new))
@@ -1056,16 +1030,19 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
 
     // A new instance restored from it: exactly the backup's rows.
     let copy = unique_name("cre");
-    let mut spec = mofang_tests::scenario::spec(&copy, "mariadb", 1);
-    spec["restore"] = json!({"from_instance": name, "backup": id});
-    let (status, v) = env.call(Method::POST, "/v1/instances", Some(spec)).await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
-    let restored = env.wait_instance_ready(&copy).await?;
+    let mut spec = instance_spec(&copy, "mariadb", 1)?;
+    spec.restore = Some(RestoreRequest {
+        from_instance: name.clone(),
+        backup: Some(id.clone()),
+        time: None,
+    });
+    client
+        .create_instance(&spec)
+        .await
+        .with_context(|| format!("create {copy}"))?;
+    let restored = env.ready(&copy).await?;
     let rpw = env.app_password(&copy).await?;
-    let rprimary = Env::primary_member(&restored)?["address"]
-        .as_str()
-        .context("address")?
-        .to_owned();
+    let rprimary = primary_of(&restored)?.address.clone();
     let got = rows(rprimary, rpw).await?;
     ensure!(got == (300, 300, 300), "restored: {got:?}");
     Ok(())

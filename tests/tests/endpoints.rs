@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use mofang_tests::cluster::binaries;
 use mofang_tests::coord::{free_port, ConsulProcess};
 use mofang_tests::eventually;
-use mofang_tests::scenario::{container_of, docker_cli, mysql, Env};
+use mofang_tests::scenario::{container_of, docker_cli, mysql, primary_of, Env};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -63,20 +63,16 @@ async fn consul_tags_and_haproxy_follow_a_failover() -> Result<()> {
     )
     .await?;
     let name = mofang_tests::unique_name("ep");
-    let inst = env.create_ready(&name, "mariadb", 2).await?;
+    let inst = env.create(&name, "mariadb", 2).await?;
     let pw = env.app_password(&name).await?;
-    let primary = Env::primary_member(&inst)?;
-    let pid = primary["id"].as_str().context("id")?.to_owned();
+    let primary = primary_of(&inst)?;
+    let pid = primary.id.clone();
 
     // Consul: exactly the primary behind `primary.<instance>`, the replicas behind `replica`.
     eventually("primary in Consul", Duration::from_secs(30), || async {
         let p = consul_members(&consul.http, &name, "primary").await?;
         let r = consul_members(&consul.http, &name, "replica").await?;
-        if p.len() == 1
-            && p[0].0 == pid
-            && p[0].1 == primary["address"].as_str().unwrap_or_default()
-            && r.len() == 2
-        {
+        if p.len() == 1 && p[0].0 == pid && p[0].1 == primary.address && r.len() == 2 {
             Ok(())
         } else {
             bail!("primary {p:?} replicas {r:?}")
@@ -200,15 +196,11 @@ async fn consul_tags_and_haproxy_follow_a_failover() -> Result<()> {
     let killed = Instant::now();
     docker_cli(&["kill", &container_of(&pid)])?;
     let after = env
-        .wait_new_primary(
-            &name,
-            inst["epoch"].as_u64().unwrap_or(1),
-            Duration::from_secs(60),
-        )
+        .new_primary(&name, inst.epoch, Duration::from_secs(60))
         .await?;
     let healthy_at = Instant::now();
-    let new = Env::primary_member(&after)?;
-    let nid = new["id"].as_str().context("id")?.to_owned();
+    let new = primary_of(&after)?;
+    let nid = new.id.clone();
     eventually(
         "Consul's primary tag follows",
         Duration::from_secs(30),
@@ -246,7 +238,7 @@ async fn consul_tags_and_haproxy_follow_a_failover() -> Result<()> {
         !after_kill.is_empty(),
         "writes work again through the same port after the failover"
     );
-    let mut c = mysql(new["address"].as_str().context("addr")?, &pw).await?;
+    let mut c = mysql(&new.address, &pw).await?;
     let present: BTreeSet<u64> = c
         .query::<u64, _>("SELECT id FROM via")
         .await?

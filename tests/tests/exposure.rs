@@ -5,11 +5,12 @@
 //! says.
 
 use anyhow::{ensure, Context, Result};
+use mofang_common::repo::Secret;
+use mofang_scheduler::client::{NewBackupRepo, RotateAccount};
 use mofang_tests::s3::SeaweedFs;
 use mofang_tests::scenario::{container_of, docker_cli, Env};
 use mofang_tests::{eventually, unique_name};
-use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -22,17 +23,16 @@ async fn unauthenticated_answers(env: &Env) -> Result<Vec<(String, String)>> {
         // Refused, but the refusal is an answer too.
         format!("{}/v1/instances", env.sched.rest),
     ];
-    let instances = env.get("/v1/instances").await?;
+    let instances = env.client().instances(None).await?;
     for a in &env.agents {
         urls.push(format!("{}/metrics", a.http));
         urls.push(format!("{}/healthz", a.http));
         urls.push(format!("{}/v1/health", a.http));
         urls.push(format!("{}/v1/members/nosuch/primary", a.http));
     }
-    for i in instances.as_array().context("instances")? {
-        for m in i["members"].as_array().context("members")? {
-            let at = m["check_address"].as_str().context("check address")?;
-            let id = m["id"].as_str().context("id")?;
+    for i in &instances {
+        for m in &i.members {
+            let (at, id) = (&m.check_address, &m.id);
             for check in ["primary", "replica"] {
                 urls.push(format!("http://{at}/v1/members/{id}/{check}"));
             }
@@ -89,9 +89,9 @@ async fn secrets(env: &Env, names: &[&str], extra: &[&str]) -> Result<BTreeSet<S
     let mut out: BTreeSet<String> = extra.iter().map(|s| (*s).to_owned()).collect();
     out.insert(env.token.clone());
     for n in names {
-        let c = env.get(&format!("/v1/instances/{n}/credentials")).await?;
-        for k in ["admin", "repl", "monitor", "app"] {
-            out.insert(c[k].as_str().context("password")?.to_owned());
+        let c = env.client().credentials(n).await?.credentials;
+        for p in [c.admin, c.repl, c.monitor, c.app] {
+            out.insert(p);
         }
     }
     Ok(out)
@@ -102,37 +102,39 @@ async fn no_unauthenticated_answer_and_no_log_reveals_a_secret() -> Result<()> {
     let s3 = SeaweedFs::shared().await?;
     let env = Env::start(2).await?;
     let (my, rd) = (unique_name("expmy"), unique_name("exprd"));
-    env.create_ready(&my, "mariadb", 1).await?;
-    env.create_ready(&rd, "redis", 1).await?;
-    let (status, v) = env
-        .call(
-            Method::POST,
-            "/v1/backup-repos",
-            Some(json!({
-                "name": "exposure", "kind": "s3", "endpoint": s3.endpoint, "bucket": s3.bucket,
-                "prefix": "exposure", "access_key_id": s3.access_key,
-                "secret_access_key": s3.secret_key,
-            })),
-        )
-        .await?;
-    ensure!(status == StatusCode::CREATED, "{status} {v}");
+    env.create(&my, "mariadb", 1).await?;
+    env.create(&rd, "redis", 1).await?;
+    let client = env.client();
+    client
+        .add_backup_repo(&NewBackupRepo {
+            name: "exposure".into(),
+            kind: "s3".into(),
+            endpoint: Some(s3.endpoint.clone()),
+            bucket: Some(s3.bucket.clone()),
+            prefix: Some("exposure".into()),
+            access_key_id: Some(s3.access_key.clone()),
+            secret_access_key: Some(Secret(s3.secret_key.clone())),
+            ..NewBackupRepo::default()
+        })
+        .await
+        .context("backup repository")?;
     let mut all = secrets(&env, &[&my, &rd], &[&s3.secret_key]).await?;
 
     // Steady state.
     assert_clean("steady", &unauthenticated_answers(&env).await?, &all);
 
     // During a rotation: the new app password travels to the agents beside the old one.
-    let (status, v) = env
-        .call(
-            Method::POST,
-            &format!("/v1/instances/{my}/credentials/rotate"),
-            Some(json!({"account": "app", "grace_s": 600})),
-        )
-        .await?;
-    ensure!(status == StatusCode::ACCEPTED, "{status} {v}");
+    client
+        .rotate_credentials(&my, RotateAccount::App, Some(600))
+        .await
+        .context("rotate")?;
     eventually("switched", Duration::from_secs(60), || async {
-        let v: Value = env.get(&format!("/v1/instances/{my}")).await?;
-        ensure!(v["rotation"]["step"] == "switch", "{}", v["rotation"]);
+        let v = env.instance(&my).await?;
+        ensure!(
+            v.rotation.as_ref().is_some_and(|r| r.step == "switch"),
+            "{:?}",
+            v.rotation
+        );
         Ok(())
     })
     .await?;
@@ -140,25 +142,25 @@ async fn no_unauthenticated_answer_and_no_log_reveals_a_secret() -> Result<()> {
     assert_clean("rotating", &unauthenticated_answers(&env).await?, &all);
 
     // A member down: its failures are reported (role checks answer 503 with a reason).
-    let inst = env.get(&format!("/v1/instances/{rd}")).await?;
-    let replica = inst["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["role"] == "replica"))
-        .and_then(|m| m["id"].as_str())
-        .context("replica")?
-        .to_owned();
+    let inst = env.instance(&rd).await?;
+    let replica = inst
+        .members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.id.clone())
+        .context("replica")?;
     docker_cli(&["pause", &container_of(&replica)])?;
     let seen = eventually(
         "the paused replica reported",
         Duration::from_secs(30),
         || async {
-            let v: Value = env.get(&format!("/v1/instances/{rd}")).await?;
-            let m = v["members"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["id"] == replica.as_str()))
-                .cloned()
+            let v = env.instance(&rd).await?;
+            let m = v
+                .members
+                .into_iter()
+                .find(|m| m.id == replica)
                 .context("member")?;
-            ensure!(m["healthy"] == false && m["reason"] != "", "{m}");
+            ensure!(!m.healthy && !m.reason.is_empty(), "{m:?}");
             Ok(m)
         },
     )
@@ -249,7 +251,7 @@ fn hex_bytes(s: &str) -> Result<Vec<u8>> {
 async fn the_agent_listens_only_where_configured() -> Result<()> {
     let env = Env::start(1).await?;
     let name = unique_name("bind");
-    env.create_ready(&name, "redis", 0).await?;
+    env.create(&name, "redis", 0).await?;
     for a in &env.agents {
         let pid = a.pid().context("agent runs")?;
         let want = a.http.trim_start_matches("http://").to_owned();

@@ -5,12 +5,17 @@
 //! Consul must follow a failover.
 
 use anyhow::{bail, Context, Result};
+use mofang_common::rotation::Account;
+use mofang_common::DbTls;
+use mofang_scheduler::client::{Client, CredentialsView, LogRange};
+use mofang_scheduler::cluster::InstanceView;
+use mofang_scheduler::model::{InstanceSpec, NodeState};
 use mofang_tests::cluster::{binaries, AgentProcess, SchedulerProcess, TestNetwork, Timings};
 use mofang_tests::coord::{ConsulProcess, EtcdProcess};
 use mofang_tests::pki::TestPki;
-use mofang_tests::scenario::{container_of, docker_cli, spec};
+use mofang_tests::scenario::{container_of, docker_cli, instance_spec, primary_of};
 use mofang_tests::{docker, eventually, unique_name};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -154,11 +159,10 @@ impl Ha {
                 if Some(i) == skip {
                     continue;
                 }
-                let h: Value = match self.http.get(format!("{}/v1/health", s.rest)).send().await {
-                    Ok(r) => r.json().await?,
-                    Err(_) => continue,
+                let Ok(h) = api_of(s, &self.http).health().await else {
+                    continue;
                 };
-                if h["leader"] == true {
+                if h.leader {
                     return Ok(i);
                 }
             }
@@ -167,37 +171,38 @@ impl Ha {
         .await
     }
 
-    async fn call(
-        &self,
-        via: usize,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(reqwest::StatusCode, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.scheds[via].rest))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await?;
-        let s = r.status();
-        Ok((s, r.json().await.unwrap_or(Value::Null)))
+    /// The typed API client of scheduler `via` (a follower forwards to the leader).
+    fn api(&self, via: usize) -> Client {
+        api_of(&self.scheds[via], &self.http)
     }
 
-    async fn get(&self, via: usize, path: &str) -> Result<Value> {
-        let (s, v) = self.call(via, reqwest::Method::GET, path, None).await?;
-        if !s.is_success() {
-            bail!("GET {path}: {s} {v}");
-        }
-        Ok(v)
+    /// How many nodes scheduler `via` shows ready.
+    async fn ready_nodes(&self, via: usize) -> Result<usize> {
+        let nodes = self.api(via).nodes().await?;
+        let n = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+        Ok(n)
     }
 }
 
-fn tiny(name: &str) -> Value {
-    json!({"name": name, "engine": "redis", "version": "7.0", "replicas": 0,
-           "resources": {"cpu": 0.1, "memory": 64, "disk": 64}})
+/// The typed API client of `sched` over `http`, with the admin token.
+fn api_of(sched: &SchedulerProcess, http: &reqwest::Client) -> Client {
+    Client::new(sched.rest.clone(), http.clone()).with_token(Some(TOKEN.to_owned()))
+}
+
+fn tiny(name: &str) -> Result<InstanceSpec> {
+    let mut s = instance_spec(name, "redis", 0)?;
+    s.resources.cpu = 0.1;
+    s.resources.memory = 64;
+    s.resources.disk = 64;
+    Ok(s)
+}
+
+/// Up to `n` events or audit entries (`?limit=n`).
+fn up_to(n: usize) -> LogRange {
+    LogRange {
+        limit: Some(n),
+        ..LogRange::default()
+    }
 }
 
 async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Result<()> {
@@ -205,70 +210,38 @@ async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Res
     let first = ha.leader(None).await?;
     let via = (first + 1) % 3; // a follower: requests are redirected to the leader
     eventually("nodes ready", Duration::from_secs(30), || async {
-        let v = ha.get(via, "/v1/nodes").await?;
-        let n = v
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
-        if n == Some(3) {
+        let n = ha.ready_nodes(via).await?;
+        if n == 3 {
             Ok(())
         } else {
-            bail!("{v}")
+            bail!("{n}/3 nodes ready")
         }
     })
     .await?;
     let db = unique_name("ha");
-    let (s, v) = ha
-        .call(
-            via,
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(spec(&db, "mariadb", 2)),
-        )
-        .await?;
-    assert_eq!(
-        s,
-        reqwest::StatusCode::CREATED,
-        "create through a follower: {v}"
-    );
-    let ready = eventually("instance ready", Duration::from_secs(120), || async {
-        let v = ha.get(via, &format!("/v1/instances/{db}")).await?;
-        if v["status"] == "ready" {
-            Ok(v)
-        } else {
-            bail!("{v}")
-        }
-    })
-    .await?;
-    let events_before = ha
-        .get(via, "/v1/events?limit=1000")
-        .await?
-        .as_array()
-        .map_or(0, Vec::len);
-    let audit_before = ha
-        .get(via, "/v1/audit?limit=1000")
-        .await?
-        .as_array()
-        .map_or(0, Vec::len);
+    ha.api(via)
+        .create_instance(&instance_spec(&db, "mariadb", 2)?)
+        .await
+        .context("create through a follower")?;
+    let ready = ready(&ha, via, &db).await?;
+    let events_before = ha.api(via).events(None, up_to(1000)).await?.len();
+    let audit_before = ha.api(via).audit(up_to(1000)).await?.len();
 
     // API traffic through the other follower while the leader dies.
-    let other = (first + 2) % 3;
-    let (rest, http) = (ha.scheds[other].rest.clone(), ha.http.clone());
+    let other = ha.api((first + 2) % 3);
     let traffic = tokio::spawn(async move {
         let mut acked = BTreeSet::new();
         let mut refused = 0u32;
         for i in 0..40 {
             let name = format!("t{i}-{}", std::process::id());
-            let r = http
-                .post(format!("{rest}/v1/instances"))
-                .bearer_auth(TOKEN)
-                .json(&tiny(&name))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => {
-                    acked.insert(name);
-                }
-                _ => refused += 1,
+            let r = match tiny(&name) {
+                Ok(spec) => other.create_instance(&spec).await.is_ok(),
+                Err(_) => false,
+            };
+            if r {
+                acked.insert(name);
+            } else {
+                refused += 1;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -294,57 +267,40 @@ async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Res
 
     // Nothing acknowledged is lost; nothing written before is gone.
     let names: BTreeSet<String> = ha
-        .get(second, "/v1/instances")
+        .api(second)
+        .instances(None)
         .await?
-        .as_array()
-        .context("instances")?
-        .iter()
-        .filter_map(|i| i["name"].as_str().map(str::to_owned))
+        .into_iter()
+        .map(|i| i.name)
         .collect();
     for n in &acked {
         assert!(names.contains(n), "acknowledged {n} lost");
     }
     assert!(names.contains(&db));
-    let events_after = ha
-        .get(second, "/v1/events?limit=1000")
-        .await?
-        .as_array()
-        .map_or(0, Vec::len);
-    let audit_after = ha
-        .get(second, "/v1/audit?limit=1000")
-        .await?
-        .as_array()
-        .map_or(0, Vec::len);
+    let events_after = ha.api(second).events(None, up_to(1000)).await?.len();
+    let audit_after = ha.api(second).audit(up_to(1000)).await?.len();
     assert!(events_after >= events_before && audit_after >= audit_before);
 
     // The agents follow the new leader; a failover after the change works.
     eventually("agents reconnected", Duration::from_secs(30), || async {
-        let v = ha.get(second, "/v1/nodes").await?;
-        let n = v
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
-        if n == Some(3) {
+        let n = ha.ready_nodes(second).await?;
+        if n == 3 {
             Ok(())
         } else {
-            bail!("{v}")
+            bail!("{n}/3 nodes ready")
         }
     })
     .await?;
-    let primary = ready["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
-        .and_then(|m| m["id"].as_str())
-        .context("primary")?
-        .to_owned();
+    let primary = primary_of(&ready)?.id.clone();
     eventually(
         "instance ready on the new leader",
         Duration::from_secs(60),
         || async {
-            let v = ha.get(second, &format!("/v1/instances/{db}")).await?;
-            if v["status"] == "ready" {
+            let v = ha.api(second).instance(&db).await?;
+            if v.status == "ready" {
                 Ok(())
             } else {
-                bail!("{v}")
+                bail!("{v:?}")
             }
         },
     )
@@ -354,19 +310,12 @@ async fn leader_killed_under_traffic(store: String, consul: Option<&str>) -> Res
         "failover under the new leader",
         Duration::from_secs(60),
         || async {
-            let v = ha.get(second, &format!("/v1/instances/{db}")).await?;
-            let p = v["members"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
-                .cloned()
-                .unwrap_or_default();
-            if v["epoch"].as_u64() > ready["epoch"].as_u64()
-                && p["healthy"] == true
-                && p["id"] != primary.as_str()
-            {
+            let v = ha.api(second).instance(&db).await?;
+            let p = v.members.iter().find(|m| m.role == "primary");
+            if v.epoch > ready.epoch && p.is_some_and(|p| p.healthy && p.id != primary) {
                 Ok(())
             } else {
-                bail!("{v}")
+                bail!("{v:?}")
             }
         },
     )
@@ -475,30 +424,22 @@ async fn member_certificates_after_a_leader_change(store: String) -> Result<()> 
     }
     ha._agents = agents;
     ha._net = Some(net);
-    let with_tls = |name: &str| {
-        let mut s = tiny(name);
-        s["tls"] = json!("required");
-        s
+    let with_tls = |name: &str| -> Result<InstanceSpec> {
+        let mut s = tiny(name)?;
+        s.tls = DbTls::Required;
+        Ok(s)
     };
     eventually("nodes ready", Duration::from_secs(30), || async {
-        let v = ha.get(0, "/v1/nodes").await?;
-        let n = v
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
-        anyhow::ensure!(n == Some(2), "{v}");
+        let n = ha.ready_nodes(0).await?;
+        anyhow::ensure!(n == 2, "{n}/2 nodes ready");
         Ok(())
     })
     .await?;
     let first = unique_name("tlsa");
-    let (s, v) = ha
-        .call(
-            0,
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(with_tls(&first)),
-        )
-        .await?;
-    anyhow::ensure!(s.is_success(), "create {first}: {s} {v}");
+    ha.api(0)
+        .create_instance(&with_tls(&first)?)
+        .await
+        .with_context(|| format!("create {first}"))?;
     ready(&ha, 0, &first).await?;
 
     // The leader dies; the other one, holding the CA key too, leads and signs.
@@ -507,7 +448,7 @@ async fn member_certificates_after_a_leader_change(store: String) -> Result<()> 
     // A new leader knows a node is up only from its own heartbeats: a create at once is
     // asked to retry until the agents have reached it (503 leader_warming_up, decision 134).
     let second = unique_name("tlsb");
-    create_on_a_new_leader(&ha, 1, &with_tls(&second)).await?;
+    create_on_a_new_leader(&ha, 1, &with_tls(&second)?).await?;
     ready(&ha, 1, &second).await?;
     anyhow::ensure!(
         !ha.scheds[1].log().contains("holds no CA key"),
@@ -529,14 +470,8 @@ async fn member_certificates_after_a_leader_change(store: String) -> Result<()> 
         "the scheduler without the CA key leads",
         Duration::from_secs(30),
         || async {
-            let h: Value = ha
-                .http
-                .get(format!("{}/v1/health", ha.scheds[2].rest))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::ensure!(h["leader"] == true, "{h}");
+            let h = ha.api(2).health().await?;
+            anyhow::ensure!(h.leader, "{h:?}");
             Ok(())
         },
     )
@@ -556,33 +491,19 @@ async fn member_certificates_after_a_leader_change(store: String) -> Result<()> 
         said.contains("WARN") && said.contains(&first) && said.contains(&second),
         "the warning names the instances with TLS: {said}"
     );
-    let events = ha.get(2, "/v1/events?limit=1000").await?;
+    let events = ha.api(2).events(None, up_to(1000)).await?;
     let ev = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["kind"] == "tls_signing_unavailable")
-        .cloned()
-        .with_context(|| format!("no tls_signing_unavailable event: {events}"))?;
-    anyhow::ensure!(
-        ev["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Give tls.ca_key_file"),
-        "{ev}"
-    );
+        .iter()
+        .find(|e| e.kind == "tls_signing_unavailable")
+        .with_context(|| format!("no tls_signing_unavailable event: {events:?}"))?;
+    anyhow::ensure!(ev.message.contains("Give tls.ca_key_file"), "{ev:?}");
     let third = unique_name("tlsc");
-    let (s, v) = ha
-        .call(
-            2,
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(with_tls(&third)),
-        )
-        .await?;
+    let r = ha.api(2).create_instance(&with_tls(&third)?).await;
+    let e = r.as_ref().err();
     anyhow::ensure!(
-        s == reqwest::StatusCode::UNPROCESSABLE_ENTITY && v["error"]["code"] == "tls_unavailable",
-        "create with TLS under a leader without the CA key: {s} {v}"
+        e.and_then(|e| e.status()) == Some(422)
+            && e.and_then(|e| e.code()) == Some("tls_unavailable"),
+        "create with TLS under a leader without the CA key: {r:?}"
     );
     Ok(())
 }
@@ -602,23 +523,22 @@ async fn etcd_member_certificates_after_a_leader_change_are_signed_or_the_leader
 }
 
 /// The accounts of a Redis instance and their users (docs/api.md).
-const ACCOUNTS: [(&str, &str); 4] = [
-    ("admin", "mofang_admin"),
-    ("repl", "mofang_repl"),
-    ("monitor", "mofang_monitor"),
-    ("app", "app"),
+const ACCOUNTS: [(Account, &str); 4] = [
+    (Account::Admin, "mofang_admin"),
+    (Account::Repl, "mofang_repl"),
+    (Account::Monitor, "mofang_monitor"),
+    (Account::App, "app"),
 ];
 
 /// The instance's credentials as `GET /v1/instances/{name}/credentials` gives them, after
 /// checking that its Redis member accepts each of them.
-async fn credentials_accepted(ha: &Ha, via: usize, name: &str) -> Result<Value> {
+async fn credentials_accepted(ha: &Ha, via: usize, name: &str) -> Result<CredentialsView> {
     let inst = ready(ha, via, name).await?;
-    let addr = inst["primary"].as_str().context("primary")?.to_owned();
-    let creds = ha
-        .get(via, &format!("/v1/instances/{name}/credentials"))
-        .await?;
+    let addr = inst.primary.clone();
+    let creds = ha.api(via).credentials(name).await?;
     for (account, user) in ACCOUNTS {
-        let pw = creds[account].as_str().context("password")?;
+        let pw = creds.credentials.get(account);
+        let account = account.as_str();
         eventually(
             "the database accepts the password",
             Duration::from_secs(30),
@@ -641,20 +561,25 @@ async fn credentials_accepted(ha: &Ha, via: usize, name: &str) -> Result<Value> 
 }
 
 /// The passwords of `creds` found in `kvs`, by account.
-fn passwords_in(kvs: &[(String, Vec<u8>)], creds: &Value) -> Vec<String> {
+fn passwords_in(kvs: &[(String, Vec<u8>)], creds: &CredentialsView) -> Vec<String> {
     ACCOUNTS
         .iter()
         .filter_map(|(account, _)| {
-            let pw = creds[*account].as_str().unwrap_or_default().as_bytes();
+            let pw = creds.credentials.get(*account).as_bytes();
             let found = !pw.is_empty()
                 && kvs.iter().any(|(k, v)| {
                     [k.as_bytes(), v]
                         .iter()
                         .any(|b| b.windows(pw.len()).any(|w| w == pw))
                 });
-            found.then(|| (*account).to_owned())
+            found.then(|| account.as_str().to_owned())
         })
         .collect()
+}
+
+/// Credentials as the API wrote them (passwords, `tls`, `ca_pem`), to compare and to show.
+fn js(c: &CredentialsView) -> Value {
+    serde_json::to_value(c).unwrap_or_default()
 }
 
 /// Root keyring rotation with three schedulers on Consul (decision 114, docs/secrets.md):
@@ -673,24 +598,16 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
     let mut ha = Ha::start(&consul_store(&consul, &name), None).await?;
     let first = ha.leader(None).await?;
     eventually("nodes ready", Duration::from_secs(30), || async {
-        let v = ha.get(first, "/v1/nodes").await?;
-        let n = v
-            .as_array()
-            .map(|a| a.iter().filter(|n| n["state"] == "ready").count());
-        anyhow::ensure!(n == Some(3), "{v}");
+        let n = ha.ready_nodes(first).await?;
+        anyhow::ensure!(n == 3, "{n}/3 nodes ready");
         Ok(())
     })
     .await?;
     let db = unique_name("rootkr");
-    let (s, v) = ha
-        .call(
-            first,
-            reqwest::Method::POST,
-            "/v1/instances",
-            Some(tiny(&db)),
-        )
-        .await?;
-    anyhow::ensure!(s == reqwest::StatusCode::CREATED, "create {db}: {s} {v}");
+    ha.api(first)
+        .create_instance(&tiny(&db)?)
+        .await
+        .with_context(|| format!("create {db}"))?;
     let creds = credentials_accepted(&ha, first, &db).await?;
 
     // The operator rotates the root key on the leader, with the CLI.
@@ -749,14 +666,8 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
         "the log says what to do: {line}"
     );
     for f in [a, b] {
-        let h: Value = ha
-            .http
-            .get(format!("{}/v1/health", ha.scheds[f].rest))
-            .send()
-            .await?
-            .json()
-            .await?;
-        anyhow::ensure!(h["leader"] == false, "{f} leads without the file: {h}");
+        let h = ha.api(f).health().await?;
+        anyhow::ensure!(!h.leader, "{f} leads without the file: {h:?}");
     }
     anyhow::ensure!(
         data(consul.kv_export(&prefix)?) == before,
@@ -773,9 +684,14 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
     // A create at once: before the agents have reached the new leader it is asked to retry
     // (503 `leader_warming_up`), never refused 409.
     let db2 = unique_name("rootkr");
-    create_on_a_new_leader(&ha, a, &tiny(&db2)).await?;
+    create_on_a_new_leader(&ha, a, &tiny(&db2)?).await?;
     let after = credentials_accepted(&ha, a, &db).await?;
-    anyhow::ensure!(after == creds, "credentials changed: {after} != {creds}");
+    anyhow::ensure!(
+        js(&after) == js(&creds),
+        "credentials changed: {} != {}",
+        js(&after),
+        js(&creds)
+    );
     let creds2 = credentials_accepted(&ha, a, &db2).await?;
     let kvs = consul.kv_export(&prefix)?;
     for c in [&creds, &creds2] {
@@ -787,7 +703,10 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
     }
     anyhow::ensure!(
         passwords_in(
-            &[("k".into(), creds["app"].to_string().into_bytes())],
+            &[(
+                "k".into(),
+                format!("{:?}", creds.credentials.app).into_bytes()
+            )],
             &creds
         ) == ["app"],
         "the search finds a password where there is one"
@@ -798,10 +717,13 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
     ha.scheds[a].kill9()?;
     ensure_eq(ha.leader(Some(a)).await?, b, "the last scheduler leads")?;
     for (name, c) in [(&db, &creds), (&db2, &creds2)] {
-        let got = ha
-            .get(b, &format!("/v1/instances/{name}/credentials"))
-            .await?;
-        anyhow::ensure!(got == *c, "{name}: credentials changed: {got} != {c}");
+        let got = ha.api(b).credentials(name).await?;
+        anyhow::ensure!(
+            js(&got) == js(c),
+            "{name}: credentials changed: {} != {}",
+            js(&got),
+            js(c)
+        );
     }
     Ok(())
 }
@@ -810,7 +732,7 @@ async fn consul_root_keyring_rotated_on_the_leader_loses_no_secret_across_leader
 /// have reached it the answer may be 503 `leader_warming_up` with a `Retry-After` (decision
 /// 134), sent again after half a second (also a 503 `no_leader`); anything else but 201
 /// fails. Returns how many `leader_warming_up` answers came first.
-async fn create_on_a_new_leader(ha: &Ha, via: usize, spec: &Value) -> Result<u32> {
+async fn create_on_a_new_leader(ha: &Ha, via: usize, spec: &InstanceSpec) -> Result<u32> {
     let (mut warming, mut tries) = (0, 0);
     loop {
         let r = ha
@@ -834,7 +756,7 @@ async fn create_on_a_new_leader(ha: &Ha, via: usize, spec: &Value) -> Result<u32
                 && ((code == "leader_warming_up" && retry.is_some()) || code == "no_leader")
                 && tries < 60,
             "create {} under a new leader: {s} {v}",
-            spec["name"]
+            spec.name
         );
         tries += 1;
         warming += u32::from(code == "leader_warming_up");
@@ -847,13 +769,13 @@ fn ensure_eq(got: usize, want: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-async fn ready(ha: &Ha, via: usize, name: &str) -> Result<Value> {
+async fn ready(ha: &Ha, via: usize, name: &str) -> Result<InstanceView> {
     eventually("instance ready", Duration::from_secs(120), || async {
-        let v = ha.get(via, &format!("/v1/instances/{name}")).await?;
-        if v["status"] == "ready" {
+        let v = ha.api(via).instance(name).await?;
+        if v.status == "ready" {
             Ok(v)
         } else {
-            bail!("{v}")
+            bail!("{}", serde_json::to_string(&v)?)
         }
     })
     .await

@@ -9,6 +9,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::Role;
+use mofang_scheduler::client::{Client, NodeAction};
 use mofang_scheduler::config::SchedulerConfig;
 use mofang_scheduler::consul::ConsulClient;
 use mofang_scheduler::election::{
@@ -1066,14 +1067,14 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd_over_tls() -> Resul
     // With a shared store a scheduler acts once it leads; after a kill -9 the old session or
     // lease must expire first.
     let leads = |sched: &SchedulerProcess| {
-        let (url, http) = (format!("{}/v1/health", sched.rest), sched.http.clone());
+        let api = api_of(sched, None);
         async move {
             mofang_tests::eventually("scheduler leads", Duration::from_secs(90), || async {
-                let h: Value = http.get(&url).send().await?.json().await?;
-                if h["leader"] == true {
+                let h = api.health().await?;
+                if h.leader {
                     Ok(())
                 } else {
-                    anyhow::bail!("{h}")
+                    anyhow::bail!("{h:?}")
                 }
             })
             .await
@@ -1081,35 +1082,23 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd_over_tls() -> Resul
     };
     for (kind, extra) in &configs {
         let mut sched = SchedulerProcess::start(extra)?;
-        let http = sched.http.clone();
         leads(&sched).await?;
         let token = sched.admin_token()?;
-        let resp = http
-            .post(format!("{}/v1/nodes/ghost/cordon", sched.rest))
-            .bearer_auth(&token)
-            .send()
-            .await?;
-        ensure!(resp.status() == 404, "{kind}: {}", resp.status());
-        let audit_of = |sched: &SchedulerProcess| {
-            let url = format!("{}/v1/audit", sched.rest);
-            let req = http.get(url).bearer_auth(&token);
-            async move {
-                let entries: Value = req.send().await?.error_for_status()?.json().await?;
-                Ok::<_, anyhow::Error>(entries)
-            }
-        };
-        let before = audit_of(&sched).await?;
+        let api = api_of(&sched, Some(&token));
+        let cordon = api.node_action("ghost", NodeAction::Cordon).await;
         ensure!(
-            before.as_array().map(Vec::len) == Some(2),
-            "{kind}: {before}"
+            cordon.as_ref().err().and_then(|e| e.status()) == Some(404),
+            "{kind}: {cordon:?}"
         );
-        ensure!(before[1]["result"] == "error 404", "{kind}: {before}");
+        let before = api.audit(Default::default()).await?;
+        ensure!(before.len() == 2, "{kind}: {before:?}");
+        ensure!(before[1].result == "error 404", "{kind}: {before:?}");
         sched.restart()?;
         leads(&sched).await?;
-        let after = audit_of(&sched).await?;
+        let after = api.audit(Default::default()).await?;
         ensure!(
             after == before,
-            "{kind}: audit changed across a restart: {after}"
+            "{kind}: audit changed across a restart: {after:?}"
         );
         let log = sched.log();
         ensure!(log.contains(&format!("store: {kind}")), "{kind}: {log}");
@@ -1153,6 +1142,11 @@ async fn scheduler_daemon_keeps_its_state_in_consul_and_etcd_over_tls() -> Resul
         ensure!(stderr.contains(field), "{text}: {stderr}");
     }
     Ok(())
+}
+
+/// The typed API client of `sched`, with `token` when given.
+fn api_of(sched: &mofang_tests::cluster::SchedulerProcess, token: Option<&str>) -> Client {
+    Client::new(sched.rest.clone(), sched.http.clone()).with_token(token.map(str::to_owned))
 }
 
 // ---- Secrets at rest -------------------------------------------------------------------------
@@ -1240,22 +1234,13 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     };
     let mut sched = SchedulerProcess::start(&extra)?;
     let token = sched.admin_token()?;
-    let http = sched.http.clone();
-    let keyring = |sched: &SchedulerProcess| {
-        let req = http
-            .get(format!("{}/v1/keyring", sched.rest))
-            .bearer_auth(&token);
-        async move {
-            let v: Value = req.send().await?.error_for_status()?.json().await?;
-            Ok::<_, anyhow::Error>(v)
-        }
-    };
+    let api = api_of(&sched, Some(&token));
     // The first start as leader seals what it finds in clear.
     mofang_tests::eventually("sealed on first start", Duration::from_secs(90), || async {
-        let k = keyring(&sched).await?;
+        let k = api.keyring().await?;
         ensure!(
-            k["clear_values"] == 0 && k["pending_instances"] == 0 && k["active_key"] == 1,
-            "{k}"
+            k.clear_values == 0 && k.pending_instances == 0 && k.active_key == 1,
+            "{k:?}"
         );
         Ok(())
     })
@@ -1267,17 +1252,13 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     );
 
     // Rotation: key 2 seals everything, key 1 is retired.
-    let r: Value = http
-        .post(format!("{}/v1/keyring/rotate", sched.rest))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    ensure!(r["active_key"] == 2, "{kind}: {r}");
-    ensure!(r["retired_keys"] == serde_json::json!([1]), "{kind}: {r}");
-    ensure!(r["status"]["keys"][0]["sealed_values"] == 4, "{kind}: {r}");
+    let r = api.rotate_keyring().await?;
+    ensure!(r.active_key == 2, "{kind}: {r:?}");
+    ensure!(r.retired_keys == [1], "{kind}: {r:?}");
+    ensure!(
+        r.status.keys.first().map(|k| k.sealed_values) == Some(4),
+        "{kind}: {r:?}"
+    );
     let raw = raw_dump(&b, &prefix).await?;
     let found = holds(&raw, &legacy);
     ensure!(
@@ -1315,23 +1296,15 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
     let creds = mofang_tests::eventually(
         "credentials after a restart",
         Duration::from_secs(90),
-        || async {
-            let resp = http
-                .get(format!("{}/v1/instances/legacy/credentials", sched.rest))
-                .bearer_auth(&token)
-                .send()
-                .await?;
-            ensure!(resp.status() == 200, "{}", resp.status());
-            Ok(resp.json::<Credentials>().await?)
-        },
+        || async { Ok(api.credentials("legacy").await?.credentials) },
     )
     .await?;
     ensure!(
         creds == legacy.credentials,
         "{kind}: credentials changed across the restart"
     );
-    let k = keyring(&sched).await?;
-    ensure!(k["active_key"] == 2, "{kind}: {k}");
+    let k = api.keyring().await?;
+    ensure!(k.active_key == 2, "{kind}: {k:?}");
 
     // Without the keyring file: exit 64 naming the field, nothing created, nothing changed.
     sched.kill9()?;

@@ -5,9 +5,11 @@
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::proto::{HeartbeatRequest, RegisterRequest, WatchRequest};
 use mofang_common::tls::pki::{CertKind, OffsetDateTime, TimeDuration};
+use mofang_scheduler::client::LogRange;
+use mofang_scheduler::model::{Event, NodeState};
 use mofang_tests::cluster::{binaries, AgentProcess, SchedulerProcess, Timings};
 use mofang_tests::pki::{grpc_client, TestPki};
-use mofang_tests::scenario::Env;
+use mofang_tests::scenario::{primary_of, Env};
 use mofang_tests::{eventually, unique_name};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -38,6 +40,13 @@ fn cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// Events or audit entries: up to 10000 (`?limit=10000`).
+const ALL: LogRange = LogRange {
+    since: None,
+    before: None,
+    limit: Some(10000),
+};
 
 fn code_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
     match r {
@@ -165,56 +174,44 @@ async fn agent_calls_act_only_as_the_node_their_certificate_names() -> Result<()
     .await?;
 
     // The rogue node never appeared, the real ones are still ready.
-    let nodes = env.get("/v1/nodes").await?;
-    let names: Vec<&str> = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n["name"].as_str())
-        .collect();
+    let client = env.client();
+    let nodes = client.nodes().await?;
+    let names: Vec<&str> = nodes.iter().map(|n| n.node.name.as_str()).collect();
     ensure!(!names.contains(&"rogue-node"), "{names:?}");
     env.wait_ready_nodes(2).await?;
 
     // Events and audit entries with the caller's address.
-    let events = env.get("/v1/events?limit=10000").await?;
-    let refused: Vec<&Value> = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == "agent_refused")
+    let events = client.events(None, ALL).await?;
+    let refused: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == "agent_refused")
         .collect();
     ensure!(
-        refused.iter().any(|e| e["node"] == a.as_str()
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("node {b}'s")))),
+        refused
+            .iter()
+            .any(|e| e.node.as_deref() == Some(a.as_str())
+                && e.message.contains(&format!("node {b}'s"))),
         "an agent_refused event for node b acting as a: {refused:?}"
     );
-    let audit = env.get("/v1/audit?limit=10000").await?;
+    let audit = client.audit(ALL).await?;
     let entry = audit
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .find(|e| {
-            e["who"] == format!("node:{b}")
-                && e["action"] == "gRPC Heartbeat"
-                && e["target"] == format!("nodes/{a}")
+            e.who == format!("node:{b}")
+                && e.action == "gRPC Heartbeat"
+                && e.target == format!("nodes/{a}")
         })
-        .with_context(|| format!("an audit entry for b's heartbeat as a: {audit}"))?;
-    ensure!(entry["result"] == "refused: other_node", "{entry}");
+        .with_context(|| format!("an audit entry for b's heartbeat as a: {audit:?}"))?;
+    ensure!(entry.result == "refused: other_node", "{entry:?}");
     ensure!(
-        entry["source"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("127.0.0.1:")),
-        "the peer address is recorded: {entry}"
+        entry.source.starts_with("127.0.0.1:"),
+        "the peer address is recorded: {entry:?}"
     );
     ensure!(
         audit
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["who"] == "no certificate" && e["result"] == "refused: no_certificate"),
-        "the anonymous probe is audited: {audit}"
+            .iter()
+            .any(|e| e.who == "no certificate" && e.result == "refused: no_certificate"),
+        "the anonymous probe is audited: {audit:?}"
     );
     Ok(())
 }
@@ -228,10 +225,9 @@ async fn a_revoked_node_is_refused_at_once_and_handled_as_lost() -> Result<()> {
     let env = Env::start(2).await?;
     let pki = env.sched.pki.clone().context("TLS")?;
     let name = unique_name("cache");
-    let inst = env.create_ready(&name, "redis", 1).await?;
-    let primary = Env::primary_member(&inst)?;
-    let victim = primary["node"].as_str().context("node")?.to_owned();
-    let epoch = inst["epoch"].as_u64().context("epoch")?;
+    let inst = env.create(&name, "redis", 1).await?;
+    let victim = primary_of(&inst)?.node.clone();
+    let epoch = inst.epoch;
     let probes = tempfile::tempdir()?;
     let victim_cert = pki.issue(&CertKind::Agent(victim.clone()), probes.path())?;
     let mut probe = grpc_client(&env.sched.grpc, &pki.ca_file(), Some(&victim_cert)).await?;
@@ -254,20 +250,21 @@ async fn a_revoked_node_is_refused_at_once_and_handled_as_lost() -> Result<()> {
     ensure!(status.message().contains("revoked"), "{status:?}");
 
     // The real agent is refused too, the node goes down, the primary fails over.
+    let client = env.client();
     eventually("the revoked node down", Duration::from_secs(30), || async {
-        let n = env.get(&format!("/v1/nodes/{victim}")).await?;
-        if n["state"] == "down" {
+        let n = client.node(&victim).await?;
+        if n.state == NodeState::Down {
             Ok(())
         } else {
-            bail!("{n}")
+            bail!("{n:?}")
         }
     })
     .await?;
     let after = env
-        .wait_new_primary(&name, epoch, Duration::from_secs(60))
+        .new_primary(&name, epoch, Duration::from_secs(60))
         .await?;
-    let new_primary = Env::primary_member(&after)?;
-    ensure!(new_primary["node"] != victim.as_str(), "{after}");
+    let new_primary = primary_of(&after)?;
+    ensure!(new_primary.node != victim, "{after:?}");
     let i = env
         .agents
         .iter()
@@ -277,14 +274,12 @@ async fn a_revoked_node_is_refused_at_once_and_handled_as_lost() -> Result<()> {
         env.agents[i].log().contains("revoked"),
         "the agent's log says why"
     );
-    let audit = env.get("/v1/audit?limit=10000").await?;
+    let audit = client.audit(ALL).await?;
     ensure!(
         audit
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["who"] == format!("node:{victim}") && e["result"] == "refused: revoked"),
-        "{audit}"
+            .iter()
+            .any(|e| e.who == format!("node:{victim}") && e.result == "refused: revoked"),
+        "{audit:?}"
     );
     // The survivor keeps working.
     let other = env
@@ -292,8 +287,8 @@ async fn a_revoked_node_is_refused_at_once_and_handled_as_lost() -> Result<()> {
         .iter()
         .find(|a| a.node != victim)
         .context("other agent")?;
-    let n = env.get(&format!("/v1/nodes/{}", other.node)).await?;
-    ensure!(n["state"] == "ready", "{n}");
+    let n = client.node(&other.node).await?;
+    ensure!(n.state == NodeState::Ready, "{n:?}");
     Ok(())
 }
 
@@ -359,19 +354,18 @@ async fn a_join_token_works_once() -> Result<()> {
         !second.state_dir().join("tls/agent.pem").exists(),
         "no certificate for the second agent"
     );
-    let nodes = env.get("/v1/nodes").await?;
+    let client = env.client();
+    let nodes = serde_json::to_string(&client.nodes().await?)?;
     ensure!(
-        !nodes.to_string().contains(&second.node),
+        !nodes.contains(&second.node),
         "the refused node never appears: {nodes}"
     );
-    let events = env.get("/v1/events?limit=10000").await?;
+    let events = client.events(None, ALL).await?;
     ensure!(
         events
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["kind"] == "node_joined" && e["node"] == first.node.as_str()),
-        "{events}"
+            .iter()
+            .any(|e| e.kind == "node_joined" && e.node.as_deref() == Some(first.node.as_str())),
+        "{events:?}"
     );
     Ok(())
 }
@@ -575,7 +569,7 @@ async fn an_agent_renews_its_certificate_without_restarting_its_databases() -> R
     let env = Env::start(1).await?;
     let pki = env.sched.pki.clone().context("TLS")?;
     let name = unique_name("renew");
-    env.create_ready(&name, "redis", 0).await?;
+    env.create(&name, "redis", 0).await?;
     let agent = &env.agents[0];
     let started = |agent: &AgentProcess| -> Result<String> {
         let out = Command::new("docker")
@@ -612,7 +606,7 @@ async fn an_agent_renews_its_certificate_without_restarting_its_databases() -> R
     )
     .await?;
     env.wait_ready_nodes(1).await?;
-    env.wait_instance_ready(&name).await?;
+    env.ready(&name).await?;
     ensure!(
         started(agent)? == before,
         "the database container was not restarted"
