@@ -76,8 +76,14 @@ impl SeaweedFs {
 
     /// Starts a server of its own (stopped on drop) and waits until its S3 gateway answers.
     pub async fn start() -> Result<Self> {
+        SeaweedFs::start_in(&std::env::temp_dir()).await
+    }
+
+    /// [`SeaweedFs::start`] with its data under `base` (a benchmark puts it on a tmpfs: the
+    /// store's disk stands in for another host's).
+    pub async fn start_in(base: &Path) -> Result<Self> {
         let weed = weed_binary()?;
-        let dir = std::env::temp_dir().join(crate::unique_name("seaweedfs"));
+        let dir = base.join(crate::unique_name("seaweedfs"));
         std::fs::create_dir_all(dir.join("data"))?;
         let access_key = format!("AK{}", hex_token(8));
         let secret_key = hex_token(20);

@@ -205,14 +205,9 @@ impl Env {
     pub async fn leader(&self, limit: Duration) -> Result<usize> {
         eventually("a scheduler leads", limit, || async {
             for (i, s) in self.schedulers().enumerate() {
-                let h = self
-                    .http
-                    .get(format!("{}/v1/health", s.rest))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                let Ok(h) = h else { continue };
-                if h.json::<Value>().await.is_ok_and(|h| h["leader"] == true) {
+                let c = mofang_scheduler::client::Client::new(s.rest.clone(), self.http.clone());
+                let h = tokio::time::timeout(Duration::from_secs(2), c.health()).await;
+                if matches!(h, Ok(Ok(h)) if h.leader) {
                     return Ok(i);
                 }
             }
@@ -255,15 +250,6 @@ impl Env {
         bail!("no scheduler")
     }
 
-    /// See the test files.
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        let (s, v) = self.call(reqwest::Method::GET, path, None).await?;
-        if !s.is_success() {
-            bail!("GET {path}: {s} {v}");
-        }
-        Ok(v)
-    }
-
     /// The typed API client of the first scheduler (a follower forwards to the leader),
     /// with the admin token. Unlike [`Env::call`] it does not pass over a scheduler that is
     /// down; it sends a request again while a new leader warms up.
@@ -287,21 +273,6 @@ impl Env {
             }
         })
         .await
-    }
-
-    /// See the test files.
-    pub async fn wait_instance_ready(&self, name: &str) -> Result<Value> {
-        let r = eventually("instance ready", Duration::from_secs(120), || async {
-            let v = self.get(&format!("/v1/instances/{name}")).await?;
-            if v["status"] == "ready" {
-                Ok(v)
-            } else {
-                bail!("{v}")
-            }
-        })
-        .await;
-        self.report_not_ready(name, &r);
-        r
     }
 
     /// `call` with the typed client of each scheduler in turn, as [`Env::call`] does: one
@@ -705,71 +676,6 @@ impl Env {
         Ok(self.client().credentials(name).await?.credentials.app)
     }
 
-    /// Creates an instance and waits until it is ready.
-    pub async fn create_ready(&self, name: &str, engine: &str, replicas: u32) -> Result<Value> {
-        let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/instances",
-                Some(spec(name, engine, replicas)),
-            )
-            .await?;
-        if s != StatusCode::CREATED {
-            bail!("create {name}: {s} {v}");
-        }
-        self.wait_instance_ready(name).await
-    }
-
-    /// The agent (index) running a member.
-    pub fn agent_of(&self, inst: &Value, member: &str) -> Result<usize> {
-        let node = inst["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["id"] == member))
-            .and_then(|m| m["node"].as_str())
-            .context("member's node")?;
-        self.agents
-            .iter()
-            .position(|a| a.node == node)
-            .context("agent of node")
-    }
-
-    /// The primary member of an instance view.
-    pub fn primary_member(inst: &Value) -> Result<Value> {
-        inst["members"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["role"] == "primary"))
-            .cloned()
-            .context("no primary member")
-    }
-
-    /// Events of an instance.
-    pub async fn events(&self, name: &str) -> Result<Vec<Value>> {
-        let v = self.get(&format!("/v1/events?instance={name}")).await?;
-        Ok(v.as_array().cloned().unwrap_or_default())
-    }
-
-    /// Starts operation `body` on instance `name` (checks the 202) and waits up to `limit` for
-    /// it to end (succeeded, failed or cancelled); returns it as it ended.
-    pub async fn operate(&self, name: &str, body: Value, limit: Duration) -> Result<Value> {
-        let (status, op) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/instances/{name}/operations"),
-                Some(body),
-            )
-            .await?;
-        anyhow::ensure!(status == reqwest::StatusCode::ACCEPTED, "{status} {op}");
-        let id = op["id"].as_str().context("operation id")?.to_owned();
-        eventually("the operation ended", limit, || async {
-            let v = self.get(&format!("/v1/operations/{id}")).await?;
-            match v["state"].as_str() {
-                Some("succeeded" | "failed" | "cancelled") => Ok(v),
-                _ => bail!("{v}"),
-            }
-        })
-        .await
-    }
-
     /// Creates an instance from [`instance_spec`] through the typed client and waits until
     /// it is ready.
     pub async fn create(&self, name: &str, engine: &str, replicas: u32) -> Result<InstanceView> {
@@ -839,24 +745,6 @@ impl Env {
                 Ok(v)
             } else {
                 bail!("epoch {} primary {p:?}", v.epoch)
-            }
-        })
-        .await
-    }
-
-    /// Waits until the instance has a new healthy primary at an epoch above `epoch`.
-    pub async fn wait_new_primary(&self, name: &str, epoch: u64, limit: Duration) -> Result<Value> {
-        eventually("new primary", limit, || async {
-            let v = self.get(&format!("/v1/instances/{name}")).await?;
-            let p = Self::primary_member(&v)?;
-            if v["epoch"].as_u64() > Some(epoch)
-                && p["healthy"] == true
-                && p["epoch"] == v["epoch"]
-                && p["observed_role"] == "primary"
-            {
-                Ok(v)
-            } else {
-                bail!("epoch {} primary {p}", v["epoch"])
             }
         })
         .await

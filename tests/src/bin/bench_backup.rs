@@ -14,7 +14,7 @@
 //!
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
-//! [--rounds N] [--latency-only] [--split-cores] (default 2048 MiB of rows, half random bytes and half text;
+//! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] (default 2048 MiB of rows, half random bytes and half text;
 //! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
 //! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
@@ -26,7 +26,12 @@
 //! waited for a replica's acknowledgement. `--split-cores` puts the two sides on cores of
 //! their own, as if on two hosts sharing one disk: CPU 0 for the primary's container and
 //! agent, the scheduler and this process (the application); CPU 1 for the replicas'
-//! containers and agents and SeaweedFS (the backup's reading, compressing and storing).
+//! containers and agents and SeaweedFS (the backup's reading, compressing and storing), and
+//! SeaweedFS's data on /dev/shm (the store's disk is another host's; the replica's volume
+//! stays on the primary's disk). `--replica-disk DIR` puts the replicas' volumes under DIR
+//! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
+//! `--mib` well under the member's 1 GiB) and the primary's on this machine's disk (a
+//! switchover makes the first agent's member the primary).
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::repo::Secret;
@@ -310,7 +315,8 @@ fn split_cores(env: &Env, inst: &InstanceView, s3: &SeaweedFs) -> Result<()> {
     pin(weed.trim().parse().context("weed.pid")?, REPLICA_CPU)?;
     println!(
         "split cores: CPU {PRIMARY_CPU}: the primary's container and agent, the scheduler, the \
-        writer; CPU {REPLICA_CPU}: the replicas' containers and agents, SeaweedFS (the disk is shared)"
+        writer; CPU {REPLICA_CPU}: the replicas' containers and agents, SeaweedFS (its data on \
+        /dev/shm; the members' volumes share one disk)"
     );
     Ok(())
 }
@@ -328,6 +334,7 @@ struct Args {
     rounds: u32,
     latency_only: bool,
     split_cores: bool,
+    replica_disk: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -454,16 +461,38 @@ async fn run(args: Args) -> Result<()> {
         // side is moved to CPU 1 once the instance is up.
         pin(std::process::id(), PRIMARY_CPU)?;
     }
-    let s3 = SeaweedFs::start().await?;
+    let s3 = if args.split_cores {
+        // The store on a host of its own: its writes do not share the members' disk.
+        SeaweedFs::start_in(std::path::Path::new("/dev/shm")).await?
+    } else {
+        SeaweedFs::start().await?
+    };
     let disk = mib * 8 + 8192;
-    let env = Env::start_sized_with(
-        args.replicas as usize + 1,
-        "",
-        &args.agent_extra(),
-        &Timings::PRODUCTION,
-        disk,
-    )
-    .await?;
+    // `--replica-disk`: every member's volume on a disk class `bench` each agent has: the
+    // first agent's on this machine's disk, the others' under the directory given.
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-backup-")
+        .tempdir_in("/var/tmp")?;
+    let extras: Vec<String> = (0..=args.replicas)
+        .map(|i| -> Result<String> {
+            let Some(elsewhere) = &args.replica_disk else {
+                return Ok(args.agent_extra());
+            };
+            let base = if i == 0 {
+                scratch.path().to_path_buf()
+            } else {
+                elsewhere.join(scratch.path().file_name().context("scratch name")?)
+            };
+            let dir = base.join(format!("bench-{i}"));
+            std::fs::create_dir_all(&dir)?;
+            Ok(format!(
+                "{}\n[[disks]]\npath = \"{}\"\nclass = \"bench\"\ncapacity_mib = {disk}\n",
+                args.agent_extra(),
+                dir.display()
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let env = Env::start_each_with("", &extras, &Timings::PRODUCTION, disk).await?;
     let api = env.client();
     let repo = |name: &str, encrypt: bool| NewBackupRepo {
         name: name.to_owned(),
@@ -494,7 +523,7 @@ async fn run(args: Args) -> Result<()> {
             memory: 1024,
             disk: member_disk,
         },
-        disk_class: None,
+        disk_class: args.replica_disk.as_ref().map(|_| "bench".to_owned()),
         placement: None,
         labels: Default::default(),
         restore: None,
@@ -504,7 +533,42 @@ async fn run(args: Args) -> Result<()> {
     api.create_instance(&spec("bb", args.replicas))
         .await
         .context("creating bb")?;
-    let inst = env.ready("bb").await?;
+    let mut inst = env.ready("bb").await?;
+    if args.replica_disk.is_some() {
+        // The primary on the first agent, whose volume is on this machine's disk.
+        let first = &env.agents[0].node;
+        let on_first = inst
+            .members
+            .iter()
+            .find(|m| &m.node == first)
+            .context("no member on the first agent")?;
+        if on_first.role != "primary" {
+            let target = on_first.id.clone();
+            api.switchover("bb", Some(&target)).await?;
+            inst = mofang_tests::eventually(
+                "the switchover to the first agent's member",
+                Duration::from_secs(120),
+                || async {
+                    let v = env.ready("bb").await?;
+                    ensure!(
+                        v.members.iter().any(|m| m.id == target
+                            && m.role == "primary"
+                            && m.observed_role == "primary"),
+                        "{v:?}"
+                    );
+                    Ok(v)
+                },
+            )
+            .await?;
+        }
+        println!(
+            "volumes: the primary's on this machine's disk ({}), the replicas' under {}",
+            scratch.path().display(),
+            args.replica_disk
+                .as_ref()
+                .map_or(String::new(), |d| d.display().to_string())
+        );
+    }
     let (primary, primary_addr) = member(&inst, "primary")?;
     let (replica, _) = member(&inst, "replica")?;
     let replicas: Vec<String> = inst
@@ -783,10 +847,11 @@ async fn main() -> Result<()> {
         rounds: 1,
         latency_only: false,
         split_cores: false,
+        replica_disk: None,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
-        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores]";
+        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -814,6 +879,7 @@ async fn main() -> Result<()> {
             "--zstd-threads" => args.zstd_threads = Some(v.parse().with_context(bad)?),
             "--replicas" => args.replicas = v.parse().with_context(bad)?,
             "--rounds" => args.rounds = v.parse().with_context(bad)?,
+            "--replica-disk" => args.replica_disk = Some(v.into()),
             other => bail!("{usage}; got {other:?}"),
         }
     }
