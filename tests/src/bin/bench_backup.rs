@@ -26,7 +26,8 @@
 //! waited for a replica's acknowledgement. `--split-cores` puts the two sides on cores of
 //! their own, as if on two hosts sharing one disk: CPU 0 for the primary's container and
 //! agent, the scheduler and this process (the application); CPU 1 for the replicas'
-//! containers and agents and SeaweedFS (the backup's reading, compressing and storing), and
+//! containers and agents, SeaweedFS and the container engine (the backup's reading,
+//! compressing, carrying and storing; the engine is given every core back at the end), and
 //! SeaweedFS's data on /dev/shm (the store's disk is another host's; the replica's volume
 //! stays on the primary's disk). `--replica-disk DIR` puts the replicas' volumes under DIR
 //! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
@@ -292,6 +293,41 @@ fn cpuset_of(member: &str) -> String {
     .map_or_else(|e| format!("unknown ({e:#})"), |s| s.trim().to_owned())
 }
 
+/// The container engine's processes: `dockerd`, `containerd` and the shims.
+fn engine_pids() -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if matches!(comm.trim(), "dockerd" | "containerd" | "containerd-shim")
+            || comm.starts_with("containerd-shim")
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Gives the container engine every core again (`--split-cores` bound it to one).
+struct EngineUnpinned;
+
+impl Drop for EngineUnpinned {
+    fn drop(&mut self) {
+        // The machine's cores, not this process's (bound to one since the start).
+        let all = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "0-1".to_owned());
+        for pid in engine_pids().unwrap_or_default() {
+            let _ = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", &all, &pid.to_string()])
+                .output();
+        }
+    }
+}
+
 /// Moves the replicas' containers and agents and SeaweedFS to [`REPLICA_CPU`] and binds the
 /// primary's container to [`PRIMARY_CPU`] (its agent, the scheduler and this process are
 /// there since [`pin`] at the start).
@@ -313,10 +349,15 @@ fn split_cores(env: &Env, inst: &InstanceView, s3: &SeaweedFs) -> Result<()> {
     }
     let weed = std::fs::read_to_string(s3.dir.join("weed.pid")).context("weed.pid")?;
     pin(weed.trim().parse().context("weed.pid")?, REPLICA_CPU)?;
+    // The container engine carries the backup's stream (`docker exec`'s output through the
+    // daemon to the agent): on two hosts it is the replica's host's engine.
+    for pid in engine_pids()? {
+        pin(pid, REPLICA_CPU)?;
+    }
     println!(
         "split cores: CPU {PRIMARY_CPU}: the primary's container and agent, the scheduler, the \
         writer; CPU {REPLICA_CPU}: the replicas' containers and agents, SeaweedFS (its data on \
-        /dev/shm; the members' volumes share one disk)"
+        /dev/shm), the container engine (dockerd, containerd, shims)"
     );
     Ok(())
 }
@@ -578,6 +619,7 @@ async fn run(args: Args) -> Result<()> {
         .map(|m| m.id.clone())
         .collect();
     let pass = env.app_password("bb").await?;
+    let _unpinned = args.split_cores.then_some(EngineUnpinned);
     if args.split_cores {
         split_cores(&env, &inst, &s3)?;
     }
