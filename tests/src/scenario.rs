@@ -759,6 +759,14 @@ pub fn primary_of(inst: &InstanceView) -> Result<&MemberView> {
         .with_context(|| format!("{}: no primary member", inst.name))
 }
 
+/// The first member whose desired role is replica.
+pub fn replica_of(inst: &InstanceView) -> Result<&MemberView> {
+    inst.members
+        .iter()
+        .find(|m| m.role == "replica")
+        .with_context(|| format!("{}: no replica member", inst.name))
+}
+
 /// `docker` CLI, failing with its stderr.
 /// `docker unpause`; a container that is no longer paused is fine: its agent kills a
 /// deposed primary that stays silent (decision 74), and restarts it.

@@ -15,7 +15,7 @@ use mofang_scheduler::ops::{OpKind, OpState, Operation, StepAction};
 use mofang_scheduler::secrets::{KeyringStatus, Rotation};
 use mofang_tests::s3::SeaweedFs;
 use mofang_tests::scenario::{
-    admin_sql as sql, container_of, docker_cli, instance_spec, primary_of, Env,
+    admin_sql as sql, container_of, docker_cli, instance_spec, primary_of, replica_of, Env,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -307,12 +307,7 @@ async fn a_replica_streams_a_mariadb_backup_that_prepares_and_holds_its_rows() -
     env.wait_ready_nodes(2).await?;
     let inst = env.create("bk", "mariadb", 1).await?;
     let primary = primary_of(&inst)?.id.clone();
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("replica id")?;
+    let replica = replica_of(&inst)?.id.clone();
     sql(
         &primary,
         "CREATE DATABASE bk; CREATE TABLE bk.t (id INT PRIMARY KEY); \
@@ -2292,11 +2287,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
 
     // ---- Redis: the RDB stored encrypted, restored exactly ---------------------------------
     let kv = env.create("ekv", "redis", 0).await?;
-    let addr = primary_of(&kv)?.address.clone();
-    let pass = env.app_password("ekv").await?;
-    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = redis_app(&env, &kv).await?;
     for k in 0..200u32 {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
@@ -2330,11 +2321,7 @@ async fn encrypted_repositories_store_nothing_readable_and_restore_exactly() -> 
     c.create_instance(&restoring("ekv2", "redis", 0, "ekv", None, None)?)
         .await?;
     let kv2 = env.ready("ekv2").await?;
-    let addr2 = primary_of(&kv2)?.address.clone();
-    let pass2 = env.app_password("ekv2").await?;
-    let mut c2 = redis::Client::open(format!("redis://app:{pass2}@{addr2}/"))?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut c2 = redis_app(&env, &kv2).await?;
     let n: u64 = redis::cmd("DBSIZE").query_async(&mut c2).await?;
     let v: String = redis::cmd("GET").arg("k7").query_async(&mut c2).await?;
     ensure!(
@@ -2552,6 +2539,18 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     Ok(())
 }
 
+/// Adds an encrypting repository `name` (prefix `name`) of the store; its key's id.
+async fn encrypting_repo(c: &client::Client, s3: &SeaweedFs, name: &str) -> Result<String> {
+    let repo = c
+        .add_backup_repo(&NewBackupRepo {
+            encrypt: true,
+            ..s3_repo(s3, name, &s3.secret_key, name)
+        })
+        .await?;
+    repo.key_id
+        .context("an encrypting repository without a key id")
+}
+
 /// The ids of the repository keys the binlog indexes of `instance` under `prefix` record.
 async fn index_key_ids(s3: &SeaweedFs, prefix: &str, instance: &str) -> Result<Vec<String>> {
     let mut ids = Vec::new();
@@ -2582,13 +2581,7 @@ async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Resul
     let env = Env::start_with(2, "\n[backup]\narchive_interval_s = 2\n").await?;
     env.wait_ready_nodes(2).await?;
     let c = env.client();
-    let repo = c
-        .add_backup_repo(&NewBackupRepo {
-            encrypt: true,
-            ..s3_repo(s3, "rot", &s3.secret_key, "rot")
-        })
-        .await?;
-    let k1 = repo.key_id.clone().context("key id")?;
+    let k1 = encrypting_repo(&c, s3, "rot").await?;
 
     // ---- MariaDB: a backup and binlogs under the first key --------------------------------
     let inst = env.create("kdb", "mariadb", 1).await?;
@@ -2711,19 +2704,9 @@ async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Resul
     );
 
     // ---- Redis, in a repository of its own: retire once nothing needs the key -------------
-    let rrepo = c
-        .add_backup_repo(&NewBackupRepo {
-            encrypt: true,
-            ..s3_repo(s3, "rotkv", &s3.secret_key, "rotkv")
-        })
-        .await?;
-    let ka = rrepo.key_id.clone().context("key id")?;
+    let ka = encrypting_repo(&c, s3, "rotkv").await?;
     let kv = env.create("kkv", "redis", 0).await?;
-    let addr = primary_of(&kv)?.address.clone();
-    let pass = env.app_password("kkv").await?;
-    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = redis_app(&env, &kv).await?;
     for k in 0..100u32 {
         let _: () = redis::cmd("SET")
             .arg(format!("k{k}"))
@@ -2775,7 +2758,7 @@ async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Resul
         .await?;
     let kv2 = env.ready("kkv2").await?;
     ensure!(
-        redis_keys(&env, &kv2, "kkv2").await? == 100,
+        redis_keys(&env, &kv2).await? == 100,
         "the restore of the first key's backup"
     );
     let r2 = request_backup(&env, "kkv", "rotkv").await?;
@@ -2796,7 +2779,7 @@ async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Resul
         .await?;
     let kv3 = env.ready("kkv3").await?;
     ensure!(
-        redis_keys(&env, &kv3, "kkv3").await? == 150,
+        redis_keys(&env, &kv3).await? == 150,
         "the restore of the new key's backup"
     );
     eprintln!(
@@ -2806,12 +2789,17 @@ async fn a_repository_key_rotates_without_losing_a_backup_or_a_binlog() -> Resul
     Ok(())
 }
 
-/// `DBSIZE` of a Redis instance's primary, as the app account.
-async fn redis_keys(env: &Env, inst: &InstanceView, name: &str) -> Result<u64> {
+/// A connection to a Redis instance's primary as its app account.
+async fn redis_app(env: &Env, inst: &InstanceView) -> Result<redis::aio::MultiplexedConnection> {
     let addr = primary_of(inst)?.address.clone();
-    let pass = env.app_password(name).await?;
-    let mut conn = redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
+    let pass = env.app_password(&inst.name).await?;
+    Ok(redis::Client::open(format!("redis://app:{pass}@{addr}/"))?
         .get_multiplexed_async_connection()
-        .await?;
+        .await?)
+}
+
+/// `DBSIZE` of a Redis instance's primary, as the app account.
+async fn redis_keys(env: &Env, inst: &InstanceView) -> Result<u64> {
+    let mut conn = redis_app(env, inst).await?;
     Ok(redis::cmd("DBSIZE").query_async(&mut conn).await?)
 }

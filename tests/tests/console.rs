@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mofang_scheduler::client::NewBackupRepo;
 use mofang_scheduler::cluster::NodeView2;
-use mofang_tests::scenario::{container_of, docker_cli, primary_of, Env};
+use mofang_tests::scenario::{container_of, docker_cli, primary_of, replica_of, Env};
 use mofang_tests::{eventually, unique_name};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -517,12 +517,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     let inst = env.instance(&name).await?;
     let old = diagram_primary(&b).await?;
     assert_eq!(primary_of(&inst)?.id, old);
-    let target = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("a replica")?;
+    let target = replica_of(&inst)?.id.clone();
     b.client
         .find(Locator::Id("target"))
         .await?

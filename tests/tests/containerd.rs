@@ -881,7 +881,7 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
     use mofang_scheduler::model::RestoreRequest;
     use mofang_scheduler::ops::{OpKind, OpState, StepAction};
     use mofang_tests::cluster::Timings;
-    use mofang_tests::scenario::{instance_spec, mysql, primary_of, Env};
+    use mofang_tests::scenario::{instance_spec, mysql, primary_of, replica_of, Env};
     use mysql_async::prelude::Queryable;
 
     let ctrd = containerd()?;
@@ -928,12 +928,7 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
         Ok::<_, anyhow::Error>((n, distinct, max.unwrap_or(0)))
     };
     // Taken on the replica once it has every row (the backup's default member).
-    let replica_id = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("replica")?;
+    let replica_id = replica_of(&inst)?.id.clone();
     let replica = addr(&inst, &replica_id)?;
     eventually("the replica has every row", Duration::from_secs(60), || {
         let (a, pw) = (replica.clone(), pw.clone());

@@ -17,7 +17,9 @@ use mofang_scheduler::client::{
 use mofang_scheduler::cluster::InstanceView;
 use mofang_scheduler::model::InstanceSpec;
 use mofang_scheduler::ops::{OpKind, OpState};
-use mofang_tests::scenario::{container_of, docker_cli, instance_spec, primary_of, Env};
+use mofang_tests::scenario::{
+    container_of, docker_cli, instance_spec, primary_of, replica_of, Env,
+};
 use mofang_tests::{eventually, unique_name};
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
@@ -814,11 +816,7 @@ async fn a_mariadb_replica_whose_primary_refuses_it_is_not_healthy_until_it_reco
     let admin = creds.credentials.admin.clone();
     let app = creds.credentials.app.clone();
     let primary_at = member_address(&inst, "primary")?;
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .context("replica")?;
+    let replica = replica_of(&inst)?;
     let replica_id = replica.id.clone();
     let check = format!(
         "http://{}/v1/members/{replica_id}/replica",

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use mofang_common::repo::Secret;
 use mofang_scheduler::client::{NewBackupRepo, RotateAccount};
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{container_of, docker_cli, Env};
+use mofang_tests::scenario::{container_of, docker_cli, replica_of, Env};
 use mofang_tests::{eventually, unique_name};
 use reqwest::StatusCode;
 use std::collections::BTreeSet;
@@ -143,12 +143,7 @@ async fn no_unauthenticated_answer_and_no_log_reveals_a_secret() -> Result<()> {
 
     // A member down: its failures are reported (role checks answer 503 with a reason).
     let inst = env.instance(&rd).await?;
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("replica")?;
+    let replica = replica_of(&inst)?.id.clone();
     docker_cli(&["pause", &container_of(&replica)])?;
     let seen = eventually(
         "the paused replica reported",

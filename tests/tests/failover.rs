@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use mofang_scheduler::cluster::{InstanceView, MemberView};
 use mofang_scheduler::model::Event;
 use mofang_tests::faults::{isolate, rejoin};
-use mofang_tests::scenario::{container_of, docker_cli, primary_of, set_contents, Env, SetWriter};
+use mofang_tests::scenario::{
+    container_of, docker_cli, primary_of, replica_of, set_contents, Env, SetWriter,
+};
 use mofang_tests::{eventually, unique_name};
 use std::time::{Duration, Instant};
 
@@ -532,13 +534,7 @@ async fn host_down_past_replace_after_is_rebuilt_elsewhere_with_all_data() -> Re
     })
     .await?;
     // A replica's host goes down for good: agent and containers gone.
-    let lost_id = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .context("a replica")?
-        .id
-        .clone();
+    let lost_id = replica_of(&inst)?.id.clone();
     let a = env.agent_running(&inst, &lost_id)?;
     let dead_node = env.agents[a].node.clone();
     env.agents[a].kill9()?;

@@ -9,7 +9,7 @@ use mofang_scheduler::ops::batch::Batch;
 use mofang_scheduler::ops::drift::{Drift, ParamState, ParameterValue, ParametersView};
 use mofang_scheduler::ops::{OpKind, OpState, OpStep, Operation, StepAction, StepState};
 use mofang_tests::scenario::{
-    container_of, docker_cli, instance_spec, primary_of, set_contents, Env, SetWriter,
+    container_of, docker_cli, instance_spec, primary_of, replica_of, set_contents, Env, SetWriter,
 };
 use mofang_tests::{eventually, unique_name};
 use serde_json::json;
@@ -366,11 +366,7 @@ async fn a_rebuilt_replica_is_a_new_container_seeded_with_every_row() -> Result<
     );
     let inst = env.ready(&name).await?;
 
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .context("a replica")?;
+    let replica = replica_of(&inst)?;
     let id = replica.id.clone();
     let before = docker_cli(&["inspect", "-f", "{{.Id}}", &container_of(&id)])?;
     let donor_before = inst
@@ -763,12 +759,7 @@ async fn scale_resize_reconfigure_and_expand_one_instance_under_writes_lose_noth
     let pw = env.app_password(&name).await?;
     let first = primary_of(&inst)?.clone();
     let primary = first.id.clone();
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("replica")?;
+    let replica = replica_of(&inst)?.id.clone();
     let writer = SetWriter::start(&env, &name, "mariadb", &pw).await?;
     writer.wait_acked(100, Duration::from_secs(60)).await?;
 
@@ -1602,12 +1593,7 @@ async fn parameters_show_the_live_value_on_every_member_and_a_change_behind_the_
     let name = unique_name("prm");
     let inst = env.create(&name, "mariadb", 1).await?;
     let primary = primary_of(&inst)?.id.clone();
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.id.clone())
-        .context("replica")?;
+    let replica = replica_of(&inst)?.id.clone();
     let members = [primary.clone(), replica.clone()];
 
     // Before any reconfigure: every value is the server's own, read from it; nothing drifts.
@@ -1907,12 +1893,7 @@ async fn redis_scales_from_one_to_three_replicas_and_back_under_writes_losing_no
         outcome.longest_gap
     );
     assert!(lost.is_empty(), "lost {lost:?}");
-    let left = v
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.address.clone())
-        .context("replica")?;
+    let left = replica_of(&v)?.address.clone();
     eventually(
         "the replica left holds every acknowledged key",
         Duration::from_secs(60),

@@ -11,7 +11,9 @@
 use anyhow::{bail, Context, Result};
 use mofang_scheduler::client::{CredentialsView, LogRange, RotateAccount};
 use mofang_scheduler::cluster::InstanceView;
-use mofang_tests::scenario::{container_of, docker_cli, primary_of, set_contents, Env, SetWriter};
+use mofang_tests::scenario::{
+    container_of, docker_cli, primary_of, replica_of, set_contents, Env, SetWriter,
+};
 use mofang_tests::{eventually, unique_name};
 use serde_json::json;
 use std::time::Duration;
@@ -88,11 +90,7 @@ fn addresses(inst: &InstanceView) -> Result<Vec<String>> {
 
 /// The replica's address (the instance has one).
 fn replica_address(inst: &InstanceView) -> Result<String> {
-    inst.members
-        .iter()
-        .find(|m| m.role == "replica")
-        .map(|m| m.address.clone())
-        .context("replica address")
+    Ok(replica_of(inst)?.address.clone())
 }
 
 /// Writes `id` into the `marks` set (MariaDB table `app.marks`, Redis set `marks`) at the

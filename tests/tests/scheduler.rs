@@ -8,7 +8,7 @@ use mofang_agent::runtime::ContainerRuntime;
 use mofang_scheduler::client::{self, LogRange};
 use mofang_scheduler::model::NodeState;
 use mofang_tests::cluster::binaries;
-use mofang_tests::scenario::{instance_spec, mysql, spec, Env};
+use mofang_tests::scenario::{instance_spec, mysql, replica_of, spec, Env};
 use mofang_tests::{docker, eventually, unique_name};
 use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
@@ -177,11 +177,7 @@ async fn redis_survives_scheduler_kill9_and_silent_agent_goes_down() -> Result<(
         .arg("v1")
         .query_async(&mut conn)
         .await?;
-    let replica = inst
-        .members
-        .iter()
-        .find(|m| m.role == "replica")
-        .context("replica")?;
+    let replica = replica_of(&inst)?;
     let raddr = replica.address.clone();
     let rclient = redis::Client::open(format!("redis://app:{pw}@{raddr}/"))?;
     eventually("key on replica", Duration::from_secs(10), || async {
