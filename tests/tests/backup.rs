@@ -2467,6 +2467,73 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     )
     .await?;
 
+    // A rebuild of it is filled from the same backup, as a new replica is: no live member
+    // serves a copy, logical (`SHOW CREATE DATABASE`) or physical (`BACKUP STAGE`).
+    let backups_served = |m: &str| -> Result<u64> {
+        let out = sql(m, "SHOW GLOBAL STATUS LIKE 'Com_backup'")?;
+        Ok(out
+            .split_whitespace()
+            .nth(1)
+            .context("Com_backup")?
+            .parse()?)
+    };
+    let before = (
+        copies(&primary)?,
+        copies(&replica)?,
+        backups_served(&primary)?,
+        backups_served(&replica)?,
+    );
+    let marks: Vec<usize> = env.agents.iter().map(|a| a.log().len()).collect();
+    let mut op = NewOperation::new(OpKind::Rebuild);
+    op.member = Some(new.clone());
+    let rb = env
+        .run_operation("sd", &op, Duration::from_secs(300))
+        .await?;
+    ensure!(rb.state == OpState::Succeeded, "{}", js(&rb));
+    ensure!(
+        rb.steps.iter().any(|s| matches!(
+            &s.action,
+            StepAction::Rebuild { member, backup, .. }
+                if member == &new && backup.as_deref() == Some(id.as_str())
+        )),
+        "the rebuild names no backup: {}",
+        js(&rb.steps)
+    );
+    let rebuilt = c.instance("sd").await?;
+    let k = env.agent_running(&rebuilt, &new)?;
+    let log = env.agents[k].log();
+    let since = &log[marks[k].min(log.len())..];
+    ensure!(
+        since
+            .lines()
+            .any(|l| l.contains("data volume restored") && l.contains(&new)),
+        "{new}'s rebuild was not restored from the backup:\n{since}"
+    );
+    let after = (
+        copies(&primary)?,
+        copies(&replica)?,
+        backups_served(&primary)?,
+        backups_served(&replica)?,
+    );
+    ensure!(
+        after == before,
+        "a member served a copy for the rebuild (primary logical, replica logical, primary \
+         physical, replica physical: {before:?} before, {after:?} after)\n{since}"
+    );
+    mofang_tests::eventually(
+        "the rebuilt replica holds every row",
+        Duration::from_secs(30),
+        || async {
+            let got = rows(&new)?;
+            ensure!(
+                got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
+                "{new} after its rebuild: {got}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+
     // The primary's binlogs no longer reach back to the backup: the replica seeded from it
     // cannot follow (error 1236, purged), is rebuilt by its agent and copied from a replica.
     let down = scale(1).await?;

@@ -187,6 +187,11 @@ pub(super) async fn running(
             rebuild(sh, member, &container.id).await?;
             *st = sh.state.load_member(member)?;
             st.rebuild_generation = a.rebuild_generation;
+            // The scheduler may fill it from a backup again, even one it was filled from
+            // before (a rebuild this agent decides, on divergence, keeps the mark: the same
+            // backup would diverge the same way, so it copies from a live member instead).
+            st.restored_from = None;
+            st.restore_attempt = None;
             st.restart_generation = st.restart_generation.max(a.restart_generation);
             sh.state.save_member(member, st)?;
             memo.answered_in = None;

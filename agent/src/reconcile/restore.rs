@@ -110,6 +110,8 @@ pub(super) async fn fill(m: &Member<'_>, vol: &Volume, st: &mut MemberState) -> 
         Ok(()) => {
             info!(member, backup = %src.backup, "data volume restored");
             st.restored_from = Some(src.backup);
+            // Filled: no copy from a live member follows (a rebuild asked for one).
+            st.needs_seed = false;
             sh.state.save_member(member, st)?;
             Ok(Step::Next(()))
         }

@@ -712,11 +712,13 @@ impl Cluster {
                 match placed {
                     Ok(to) => {
                         let (node, disk_class) = to.unzip();
+                        let backup = self.seed_backup(&inst).await;
                         let action = StepAction::Rebuild {
                             member,
                             generation,
                             node,
                             disk_class,
+                            backup,
                         };
                         self.begin_step(&mut op, inst, action, now).await
                     }
@@ -967,6 +969,7 @@ impl Cluster {
                 generation,
                 node: to,
                 disk_class,
+                backup,
             } => {
                 let node = node_of(member);
                 inst.rebuild_generations.insert(member.clone(), *generation);
@@ -998,11 +1001,23 @@ impl Cluster {
                     (Some(from), Some(to)) => format!(" on {to} (moved from {from})"),
                     _ => String::new(),
                 };
+                // Filled from the instance's latest backup when it has one, as a new
+                // replica is; the donor is then the fallback.
+                let from = match self.seed_of(member, backup.as_deref()).await {
+                    Some(r) => {
+                        let text = format!("backup {} (a physical copy)", r.backup);
+                        inst.seed_backups.insert(member.clone(), r);
+                        text
+                    }
+                    None => {
+                        inst.seed_backups.remove(member);
+                        donor.as_deref().unwrap_or("the primary").to_owned()
+                    }
+                };
                 (
                     to.clone().or(node),
                     format!(
-                        "rebuilding {member}{where_} (container and volume removed, seeded again from {})",
-                        donor.as_deref().unwrap_or("the primary")
+                        "rebuilding {member}{where_} (container and volume removed, seeded again from {from})"
                     ),
                 )
             }
@@ -1028,18 +1043,7 @@ impl Cluster {
                 if let Some(d) = donor {
                     inst.seed_donors.insert(member.clone(), d.clone());
                 }
-                // The backup's objects as recorded; one deleted since the step was decided
-                // leaves the copy to the donor.
-                let seed = match backup {
-                    Some(id) => match self.backup(id).await {
-                        Ok(b) => seed_restored(&b),
-                        Err(e) => {
-                            warn!(member = %member, backup = %id, error = %e, "seed backup gone: copying from a replica");
-                            None
-                        }
-                    },
-                    None => None,
-                };
+                let seed = self.seed_of(member, backup.as_deref()).await;
                 let text = match &seed {
                     Some(r) => format!(
                         "seeded from backup {} (a physical copy; then the primary's binlog from the backup's position)",
@@ -1389,6 +1393,19 @@ fn seed_restored(b: &crate::backup::Backup) -> Option<crate::model::Restored> {
 }
 
 impl Cluster {
+    /// What `member` is filled from when its step names `backup`: the backup's objects as
+    /// recorded; one deleted since the step was decided leaves the copy to the donor.
+    async fn seed_of(&self, member: &str, backup: Option<&str>) -> Option<crate::model::Restored> {
+        let id = backup?;
+        match self.backup(id).await {
+            Ok(b) => seed_restored(&b),
+            Err(e) => {
+                warn!(member = %member, backup = %id, error = %e, "seed backup gone: copying from a replica");
+                None
+            }
+        }
+    }
+
     /// The backup a new replica of `inst` is seeded from (decision 164): [`ops::seed_backup`]
     /// over the stored backups, kept only while its repository is known, holds the object
     /// and its key. None (logged): the replica is copied from a replica.
@@ -1904,6 +1921,139 @@ mod tests {
             lock(&c2.inner).reserved.get(&node).map(|r| r.members),
             Some(1)
         );
+    }
+
+    /// A rebuild is filled from the instance's latest usable backup when it has one, as a
+    /// new replica is (decision 164): the step names the backup, the member's assignment
+    /// carries it as a replica's restore source in the same write as its rebuild
+    /// generation; once the step is done the source goes. Without a backup, nothing names
+    /// one (the copy is a replica's).
+    #[tokio::test]
+    async fn a_rebuild_is_filled_from_the_latest_backup() {
+        use crate::backup::{BackupObject, BackupState};
+        let nodes = super::super::testkit::three_ssd_nodes();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = super::super::BackupRepo {
+            name: "r".into(),
+            spec: mofang_common::repo::RepoSpec::Fs {
+                path: dir.path().to_string_lossy().into_owned(),
+                encryption_key: None,
+                retired_keys: Vec::new(),
+            },
+            created_at_ms: 0,
+            key_rotated_at_ms: 0,
+        };
+        store
+            .put_meta(
+                "backup-repo/r",
+                &serde_json::to_string(&repo).expect("json"),
+            )
+            .await
+            .expect("repo");
+        let c = cluster_on(store, &nodes).await;
+        c.activate().await.expect("activate");
+        beat(&c, &nodes);
+        let mut one = spec("db", 100, None);
+        one.replicas = 1;
+        c.create_instance(one).await.expect("create");
+        all_healthy(&c, "db");
+        let inst = lock(&c.inner).instances.get("db").cloned().expect("db");
+        let replica = inst
+            .members
+            .iter()
+            .find(|m| m.role == Role::Replica)
+            .cloned()
+            .expect("replica");
+        let rebuild = |c: Arc<Cluster>| {
+            let member = replica.id.clone();
+            async move {
+                let op = c
+                    .start_operation(
+                        "db",
+                        OpKind::Rebuild,
+                        OpArgs {
+                            member: Some(member),
+                            ..OpArgs::default()
+                        },
+                        None,
+                        "t",
+                    )
+                    .await
+                    .expect("rebuild");
+                c.step_operation(&op.id).await.expect("step");
+                c.operation(&op.id).await.expect("op")
+            }
+        };
+        let restore_of = |c: &Cluster| {
+            c.watch(&replica.node)
+                .borrow()
+                .members
+                .iter()
+                .find(|a| a.member == replica.id)
+                .map(|a| a.restore.clone())
+                .expect("assignment")
+        };
+
+        // No backup: the step names none, the assignment carries no source.
+        let op = rebuild(c.clone()).await;
+        match &op.steps[0].action {
+            StepAction::Rebuild { backup, .. } => assert_eq!(backup, &None),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(restore_of(&c), "");
+        // Its agent reports it rebuilt, healthy and replicating: done.
+        c.heartbeat(HeartbeatRequest {
+            node: replica.node.clone(),
+            members: vec![MemberStatus {
+                member: replica.id.clone(),
+                instance: "db".into(),
+                healthy: true,
+                role: "replica".into(),
+                epoch: inst.epoch,
+                replication_ok: true,
+                container_state: "running".into(),
+                address: format!("{}:3306", replica.node),
+                rebuild_generation: 1,
+                cpu: inst.spec.resources.cpu,
+                memory_bytes: inst.spec.resources.memory << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        c.step_operation(&op.id).await.expect("step");
+        c.step_operation(&op.id).await.expect("step");
+        let op = c.operation(&op.id).await.expect("op");
+        assert_eq!(op.state, OpState::Succeeded, "{op:?}");
+
+        // A backup whose object is in the repository.
+        let mut b =
+            super::super::testkit::backup_record("db-1", "db", BackupState::Succeeded, 100, "r");
+        let path = "backups/db/db-1/full.mbstream.zst";
+        b.objects.push(BackupObject {
+            path: path.into(),
+            size: 5,
+            sha256: "00".into(),
+            raw_size: 5,
+            encryption: None,
+        });
+        std::fs::create_dir_all(dir.path().join("backups/db/db-1")).expect("dir");
+        std::fs::write(dir.path().join(path), b"bytes").expect("object");
+        c.put_backup(&b).await.expect("record");
+        let op = rebuild(c.clone()).await;
+        match &op.steps[0].action {
+            StepAction::Rebuild { backup, .. } => assert_eq!(backup.as_deref(), Some("db-1")),
+            other => panic!("{other:?}"),
+        }
+        let src: mofang_common::backup::RestoreSource =
+            serde_json::from_str(&restore_of(&c)).expect("a restore source");
+        assert!(
+            src.replica && src.backup == "db-1" && src.object == path,
+            "{src:?}"
+        );
+        let inst = lock(&c.inner).instances.get("db").cloned().expect("db");
+        assert_eq!(inst.rebuild_generations.get(&replica.id), Some(&2));
+        assert!(inst.seed_backups.contains_key(&replica.id));
     }
 
     /// A rebuild on another node (issue 17): `node` with another type, an unknown node, the

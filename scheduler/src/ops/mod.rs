@@ -124,6 +124,10 @@ pub enum StepAction {
         /// The disk class of its volume there (with `node`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         disk_class: Option<String>,
+        /// The backup of the instance its new volume is filled from (MariaDB, a physical
+        /// copy, as a new replica's: decision 164); none, or gone: copied from a replica.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<String>,
     },
     /// Mark the instance stopped: every container stops.
     Stop,
@@ -1021,6 +1025,7 @@ mod tests {
                 generation: *generation,
                 node: None,
                 disk_class: None,
+                backup: None,
             })),
             Next::Stop => op.steps.push(step(StepAction::Stop)),
             Next::Start => op.steps.push(step(StepAction::Start)),
