@@ -646,7 +646,10 @@ mod tests {
 
         let repo = spec.open().unwrap();
         let rel = "bk/x/full.zst";
-        assert_eq!(*repo.opening_key(&before, rel).unwrap(), *k1.object_key(rel));
+        assert_eq!(
+            *repo.opening_key(&before, rel).unwrap(),
+            *k1.object_key(rel)
+        );
         let after = ObjectEncryption::with(&k2);
         assert_eq!(*repo.opening_key(&after, rel).unwrap(), *k2.object_key(rel));
         let stranger = ObjectEncryption::with(&RepoKey::generate());
@@ -654,7 +657,10 @@ mod tests {
         assert!(e.contains(&k2.id()) && e.contains(&k1.id()), "{e}");
 
         let mut spec = spec;
-        assert!(!spec.retire_key(&k2.id()).unwrap(), "the current key is not retired");
+        assert!(
+            !spec.retire_key(&k2.id()).unwrap(),
+            "the current key is not retired"
+        );
         assert!(!spec.retire_key("nope").unwrap());
         assert!(spec.retire_key(&k1.id()).unwrap());
         assert!(spec.retired_keys().is_empty());
