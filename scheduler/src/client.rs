@@ -368,9 +368,21 @@ impl Client {
 
     // ---- nodes
 
-    /// `GET /v1/nodes`.
+    /// `GET /v1/nodes`: each node with its newest usage sample.
     pub async fn nodes(&self) -> Result<Vec<NodeView2>> {
         self.get(&["v1", "nodes"]).await
+    }
+
+    /// `GET /v1/nodes?history=true`: each node with its usage samples of the last ten
+    /// minutes.
+    pub async fn nodes_with_history(&self) -> Result<Vec<NodeView2>> {
+        self.call(
+            Method::GET,
+            &["v1", "nodes"],
+            &[("history", "true".to_owned())],
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/nodes/{name}`.

@@ -916,9 +916,7 @@ async fn the_console_in_a_real_browser() -> Result<()> {
     // The nodes page draws each host's use of the last minutes, live: by now (minutes into
     // the test, a sample per 10 s) several samples, CPU within the host's cores and memory
     // within what is installed, as the API gives them.
-    // (The typed client's `nodes()` asks for the newest sample only: no `history` query.)
-    let nodes: Vec<NodeView2> =
-        serde_json::from_value(env.client().get_json("/v1/nodes?history=true").await?)?;
+    let nodes: Vec<NodeView2> = env.client().nodes_with_history().await?;
     for n in &nodes {
         assert!(n.usage.len() >= 3, "{n:?}");
         for s in &n.usage {

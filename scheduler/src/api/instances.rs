@@ -210,7 +210,7 @@ pub(super) async fn delete_instance(
 }
 
 /// An instance's credentials, and the CA its members' certificates chain to.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CredentialsView {
     /// The passwords.
     #[serde(flatten)]
