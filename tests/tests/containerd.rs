@@ -939,6 +939,73 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
         }
     })
     .await?;
+
+    // No backup yet: a new replica is a physical copy streamed from the replica's agent
+    // (decision 167), its `mariadb-backup` run by a containerd exec. The donor's server
+    // counts the copy's `BACKUP STAGE`s; no member answers `SHOW CREATE DATABASE` (the
+    // logical copy's signature).
+    let served = |a: String, pw: String| async move {
+        let mut c = mysql(&a, &pw).await?;
+        let r: Vec<(String, String)> = c
+            .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_backup', 'Com_show_create_db')")
+            .await?;
+        let get = |n: &str| -> Result<u64> {
+            Ok(r.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .with_context(|| format!("{n}: {r:?}"))?
+                .1
+                .parse()?)
+        };
+        Ok::<_, anyhow::Error>((get("Com_backup")?, get("Com_show_create_db")?))
+    };
+    let before = (
+        served(primary.clone(), pw.clone()).await?,
+        served(replica.clone(), pw.clone()).await?,
+    );
+    let mut up = NewOperation::new(OpKind::Scale);
+    up.replicas = Some(2);
+    let op = env
+        .run_operation(&name, &up, Duration::from_secs(300))
+        .await?;
+    ensure!(op.state == OpState::Succeeded, "{op:?}");
+    let after = (
+        served(primary.clone(), pw.clone()).await?,
+        served(replica.clone(), pw.clone()).await?,
+    );
+    ensure!(
+        after.0 == before.0 && after.1 .0 > before.1 .0 && after.1 .1 == before.1 .1,
+        "the copy was not a physical one from {replica_id} ((Com_backup, Com_show_create_db) of \
+         the primary and the replica: {before:?} before, {after:?} after)"
+    );
+    let copied = env.instance(&name).await?;
+    let copy = copied
+        .members
+        .iter()
+        .find(|m| m.id != replica_id && m.role == "replica")
+        .map(|m| m.address.clone())
+        .context("the new replica")?;
+    eventually(
+        "the physical copy holds every row",
+        Duration::from_secs(60),
+        || {
+            let (a, pw) = (copy.clone(), pw.clone());
+            async move {
+                let got = rows(a, pw).await?;
+                ensure!(got == (300, 300, 300), "{got:?}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let mut down = NewOperation::new(OpKind::Scale);
+    down.replicas = Some(1);
+    let op = env
+        .run_operation(&name, &down, Duration::from_secs(300))
+        .await?;
+    ensure!(op.state == OpState::Succeeded, "{op:?}");
+    // The replica kept (the most lagging one went): the backup's member below.
+    let inst = env.instance(&name).await?;
+    let replica_id = replica_of(&inst)?.id.clone();
     let b = client
         .create_backup(
             &name,
@@ -984,6 +1051,9 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
     drop(c);
     let mut scale = NewOperation::new(OpKind::Scale);
     scale.replicas = Some(2);
+    // Only what the agents log from here on counts (the member id of the copy above may
+    // be used again).
+    let marks: Vec<usize> = env.agents.iter().map(|a| a.log().len()).collect();
     let op = env
         .run_operation(&name, &scale, Duration::from_secs(300))
         .await?;
@@ -999,7 +1069,9 @@ async fn backups_verify_seed_and_restore_on_containerd() -> Result<()> {
     ensure!(backup.as_deref() == Some(id.as_str()), "{add:?}");
     let new = member.clone();
     let inst = env.instance(&name).await?;
-    let log = env.agents[env.agent_running(&inst, &new)?].log();
+    let k = env.agent_running(&inst, &new)?;
+    let log = env.agents[k].log();
+    let log = &log[marks[k].min(log.len())..];
     ensure!(
         log.lines()
             .any(|l| l.contains("data volume restored") && l.contains(&new))
