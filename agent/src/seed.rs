@@ -46,7 +46,7 @@ pub struct Donor {
     /// The copy's pressure on the host (the agent's backup tuning).
     pub tuning: Tuning,
     /// Donors serving a copy now: one copy per donor at a time.
-    serving: Mutex<BTreeSet<String>>,
+    serving: Arc<Serving>,
 }
 
 impl Donor {
@@ -64,7 +64,7 @@ impl Donor {
             runtime,
             nice,
             tuning,
-            serving: Mutex::default(),
+            serving: Arc::default(),
         }
     }
 }
@@ -141,16 +141,35 @@ pub fn admit(
     Ok(keys)
 }
 
+/// The donors serving a copy now.
+#[derive(Debug, Default)]
+struct Serving(Mutex<BTreeSet<String>>);
+
+impl Serving {
+    /// Marks `donor` busy until the returned guard drops; `None` while it serves a copy.
+    fn claim(self: &Arc<Self>, donor: &str) -> Option<Busy> {
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(donor.to_owned());
+        fresh.then(|| Busy {
+            donor: donor.to_owned(),
+            owner: self.clone(),
+        })
+    }
+}
+
 /// Marks a donor busy while its copy streams; dropped with the response's body.
 struct Busy {
     donor: String,
-    owner: Arc<Donor>,
+    owner: Arc<Serving>,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
         self.owner
-            .serving
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.donor);
@@ -197,20 +216,11 @@ async fn serve(
             return refusal(status, why);
         }
     };
-    if !d
-        .serving
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(donor.clone())
-    {
+    let Some(busy) = d.serving.claim(&donor) else {
         return refusal(
             StatusCode::CONFLICT,
             format!("member {donor} is serving a copy already"),
         );
-    }
-    let busy = Busy {
-        donor: donor.clone(),
-        owner: d.clone(),
     };
     let cmd = d.tuning.mariadb_backup(d.nice);
     let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
@@ -341,6 +351,22 @@ mod tests {
     use std::collections::HashMap;
 
     const ADMIN: &str = "adminPasswordOfTheInstance0123";
+
+    /// One copy per donor at a time: a second claim is refused while the first one's
+    /// guard lives (the response's body), and taken once it dropped; other donors are free.
+    #[test]
+    fn a_donor_serves_one_copy_at_a_time() {
+        let serving = Arc::new(Serving::default());
+        let first = serving.claim("orders-1").expect("free");
+        assert!(serving.claim("orders-1").is_none(), "serving already");
+        let other = serving.claim("orders-2").expect("another donor is free");
+        drop(first);
+        assert!(
+            serving.claim("orders-1").is_some(),
+            "free again once the copy ended"
+        );
+        drop(other);
+    }
 
     fn donor(role: &str) -> Assignment {
         Assignment {
