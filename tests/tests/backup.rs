@@ -2392,14 +2392,7 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
     // `--single-transaction --gtid --master-data` runs no `FLUSH` and no `SHOW MASTER STATUS`,
     // and the binlog archiver's `FLUSH BINARY LOGS` made `Com_flush` no signal). Shown to
     // count a copy in the second half of this test.
-    let copies = |m: &str| -> Result<u64> {
-        let out = sql(m, "SHOW GLOBAL STATUS LIKE 'Com_show_create_db'")?;
-        Ok(out
-            .split_whitespace()
-            .nth(1)
-            .context("Com_show_create_db")?
-            .parse()?)
-    };
+    let copies = |m: &str| status_counter(m, "Com_show_create_db");
     let before = (copies(&primary)?, copies(&replica)?);
 
     let scale = |replicas: u32| {
@@ -2453,30 +2446,11 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         rows(&new)?
     );
     sql(&primary, "INSERT INTO sd.t VALUES (601)")?;
-    mofang_tests::eventually(
-        "the new replica follows",
-        Duration::from_secs(30),
-        || async {
-            let got = rows(&new)?;
-            ensure!(
-                got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
-                "{new}: {got}"
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    sd_rows_reach(&new, 601, "the new replica follows").await?;
 
     // A rebuild of it is filled from the same backup, as a new replica is: no live member
     // serves a copy, logical (`SHOW CREATE DATABASE`) or physical (`BACKUP STAGE`).
-    let backups_served = |m: &str| -> Result<u64> {
-        let out = sql(m, "SHOW GLOBAL STATUS LIKE 'Com_backup'")?;
-        Ok(out
-            .split_whitespace()
-            .nth(1)
-            .context("Com_backup")?
-            .parse()?)
-    };
+    let backups_served = |m: &str| status_counter(m, "Com_backup");
     let before = (
         copies(&primary)?,
         copies(&replica)?,
@@ -2520,19 +2494,7 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         "a member served a copy for the rebuild (primary logical, replica logical, primary \
          physical, replica physical: {before:?} before, {after:?} after)\n{since}"
     );
-    mofang_tests::eventually(
-        "the rebuilt replica holds every row",
-        Duration::from_secs(30),
-        || async {
-            let got = rows(&new)?;
-            ensure!(
-                got.split_whitespace().collect::<Vec<_>>() == ["601", "601", "1", "601"],
-                "{new} after its rebuild: {got}"
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    sd_rows_reach(&new, 601, "the rebuilt replica holds every row").await?;
 
     // The primary's binlogs no longer reach back to the backup: the replica seeded from it
     // cannot follow (error 1236, purged), is rebuilt by its agent and copied from a replica.
@@ -2590,20 +2552,35 @@ async fn a_scale_up_seeds_the_new_replica_from_the_latest_backup() -> Result<()>
         copies(&donor)? > served,
         "the copy from {donor} is not counted: the first half's check would not see one"
     );
-    mofang_tests::eventually(
-        "the copied replica follows",
-        Duration::from_secs(30),
-        || async {
-            let got = rows(&again)?;
-            ensure!(
-                got.split_whitespace().collect::<Vec<_>>() == ["602", "602", "1", "602"],
-                "{again}: {got}"
-            );
-            Ok(())
-        },
-    )
-    .await?;
+    sd_rows_reach(&again, 602, "the copied replica follows").await?;
     Ok(())
+}
+
+/// A global status counter of a member's server (`Com_backup`, ...).
+fn status_counter(member: &str, name: &str) -> Result<u64> {
+    let out = sql(member, &format!("SHOW GLOBAL STATUS LIKE '{name}'"))?;
+    Ok(out
+        .split_whitespace()
+        .nth(1)
+        .context(name.to_owned())?
+        .parse()?)
+}
+
+/// Waits up to 30 s until table `sd.t` of `member` holds exactly the ids 1..=n, each once.
+async fn sd_rows_reach(member: &str, n: u64, what: &str) -> Result<()> {
+    let want = [n, n, 1, n].map(|v| v.to_string());
+    mofang_tests::eventually(what, Duration::from_secs(30), || async {
+        let got = sql(
+            member,
+            "SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM sd.t",
+        )?;
+        ensure!(
+            got.split_whitespace().collect::<Vec<_>>() == want,
+            "{member}: {got}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 /// Adds an encrypting repository `name` (prefix `name`) of the store; its key's id.

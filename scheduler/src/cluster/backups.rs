@@ -644,23 +644,7 @@ mod tests {
             });
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = super::super::BackupRepo {
-            name: "r".into(),
-            spec: mofang_common::repo::RepoSpec::Fs {
-                path: dir.path().to_string_lossy().into_owned(),
-                encryption_key: None,
-                retired_keys: Vec::new(),
-            },
-            created_at_ms: 0,
-            key_rotated_at_ms: 0,
-        };
-        c.store
-            .put_meta(
-                "backup-repo/r",
-                &serde_json::to_string(&repo).expect("json"),
-            )
-            .await
-            .expect("repo record");
+        super::super::testkit::put_fs_repo(&*c.store, dir.path()).await;
         let inst = c
             .create_instance(spec("one", 100, None))
             .await
@@ -810,23 +794,7 @@ mod tests {
         use sha2::Digest;
         let c = cluster(&three_ssd_nodes()).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = super::super::BackupRepo {
-            name: "r".into(),
-            spec: mofang_common::repo::RepoSpec::Fs {
-                path: dir.path().to_string_lossy().into_owned(),
-                encryption_key: None,
-                retired_keys: Vec::new(),
-            },
-            created_at_ms: 0,
-            key_rotated_at_ms: 0,
-        };
-        c.store
-            .put_meta(
-                "backup-repo/r",
-                &serde_json::to_string(&repo).expect("json"),
-            )
-            .await
-            .expect("repo record");
+        super::super::testkit::put_fs_repo(&*c.store, dir.path()).await;
         let data = b"the backed-up bytes".to_vec();
         let backup = |id: &str, state: BackupState, ended: i64, engine: &str| {
             let d = common::dir("old", id);

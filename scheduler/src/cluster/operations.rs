@@ -1610,6 +1610,29 @@ mod tests {
         }
     }
 
+    /// The agent of `node` reports `member` of `inst` rebuilt to `generation`, healthy and
+    /// replicating at the instance's epoch.
+    fn rebuilt(c: &Cluster, inst: &Instance, member: &str, node: &str, generation: u64) {
+        c.heartbeat(HeartbeatRequest {
+            node: node.to_owned(),
+            members: vec![MemberStatus {
+                member: member.to_owned(),
+                instance: inst.spec.name.clone(),
+                healthy: true,
+                role: "replica".into(),
+                epoch: inst.epoch,
+                replication_ok: true,
+                container_state: "running".into(),
+                address: format!("{node}:3306"),
+                rebuild_generation: generation,
+                cpu: inst.spec.resources.cpu,
+                memory_bytes: inst.spec.resources.memory << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+
     /// A store that refuses to write operations while `fail_ops` is set (a backend failing
     /// between two writes); everything else goes to SQLite in memory.
     struct FailingOps {
@@ -1934,23 +1957,7 @@ mod tests {
         let nodes = super::super::testkit::three_ssd_nodes();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = super::super::BackupRepo {
-            name: "r".into(),
-            spec: mofang_common::repo::RepoSpec::Fs {
-                path: dir.path().to_string_lossy().into_owned(),
-                encryption_key: None,
-                retired_keys: Vec::new(),
-            },
-            created_at_ms: 0,
-            key_rotated_at_ms: 0,
-        };
-        store
-            .put_meta(
-                "backup-repo/r",
-                &serde_json::to_string(&repo).expect("json"),
-            )
-            .await
-            .expect("repo");
+        super::super::testkit::put_fs_repo(&*store, dir.path()).await;
         let c = cluster_on(store, &nodes).await;
         c.activate().await.expect("activate");
         beat(&c, &nodes);
@@ -2003,24 +2010,7 @@ mod tests {
         }
         assert_eq!(restore_of(&c), "");
         // Its agent reports it rebuilt, healthy and replicating: done.
-        c.heartbeat(HeartbeatRequest {
-            node: replica.node.clone(),
-            members: vec![MemberStatus {
-                member: replica.id.clone(),
-                instance: "db".into(),
-                healthy: true,
-                role: "replica".into(),
-                epoch: inst.epoch,
-                replication_ok: true,
-                container_state: "running".into(),
-                address: format!("{}:3306", replica.node),
-                rebuild_generation: 1,
-                cpu: inst.spec.resources.cpu,
-                memory_bytes: inst.spec.resources.memory << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        rebuilt(&c, &inst, &replica.id, &replica.node, 1);
         c.step_operation(&op.id).await.expect("step");
         c.step_operation(&op.id).await.expect("step");
         let op = c.operation(&op.id).await.expect("op");
@@ -2155,24 +2145,7 @@ mod tests {
         }
         // The new node's agent reports it rebuilt, healthy and replicating: done.
         all_healthy(&c, "db");
-        c.heartbeat(HeartbeatRequest {
-            node: free.clone(),
-            members: vec![MemberStatus {
-                member: replica.id.clone(),
-                instance: "db".into(),
-                healthy: true,
-                role: "replica".into(),
-                epoch: inst.epoch,
-                replication_ok: true,
-                container_state: "running".into(),
-                address: format!("{free}:3306"),
-                rebuild_generation: 1,
-                cpu: inst.spec.resources.cpu,
-                memory_bytes: inst.spec.resources.memory << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        rebuilt(&c, &inst, &replica.id, &free, 1);
         c.step_operation(&op.id).await.expect("step");
         c.step_operation(&op.id).await.expect("step");
         let op = c.operation(&op.id).await.expect("op");

@@ -442,23 +442,7 @@ mod tests {
         let nodes = three_ssd_nodes();
         let c = cluster(&nodes).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = super::super::BackupRepo {
-            name: "r".into(),
-            spec: mofang_common::repo::RepoSpec::Fs {
-                path: dir.path().to_string_lossy().into_owned(),
-                encryption_key: None,
-                retired_keys: Vec::new(),
-            },
-            created_at_ms: 0,
-            key_rotated_at_ms: 0,
-        };
-        c.store
-            .put_meta(
-                "backup-repo/r",
-                &serde_json::to_string(&repo).expect("json"),
-            )
-            .await
-            .expect("repo");
+        super::super::testkit::put_fs_repo(&*c.store, dir.path()).await;
         c.activate().await.expect("activate");
         for n in &nodes {
             c.heartbeat(mofang_common::proto::HeartbeatRequest {

@@ -429,23 +429,7 @@ mod tests {
         c1.activate().await.expect("activate");
         beat(&c1);
         let dir = tempfile::tempdir().expect("tempdir");
-        let repo = super::super::BackupRepo {
-            name: "r".into(),
-            spec: mofang_common::repo::RepoSpec::Fs {
-                path: dir.path().to_string_lossy().into_owned(),
-                encryption_key: None,
-                retired_keys: Vec::new(),
-            },
-            created_at_ms: 0,
-            key_rotated_at_ms: 0,
-        };
-        store
-            .put_meta(
-                "backup-repo/r",
-                &serde_json::to_string(&repo).expect("json"),
-            )
-            .await
-            .expect("repo record");
+        super::super::testkit::put_fs_repo(&*store, dir.path()).await;
         let mut s = spec("one", 100, None);
         s.backup = Some(BackupPolicy {
             repo: "r".into(),

@@ -128,3 +128,24 @@ pub(super) fn backup_record(
         verify_reason: String::new(),
     }
 }
+
+/// Stores a backup repository record `r` of kind `fs` at `dir`, in clear.
+pub(super) async fn put_fs_repo(store: &dyn Store, dir: &std::path::Path) {
+    let repo = super::BackupRepo {
+        name: "r".into(),
+        spec: mofang_common::repo::RepoSpec::Fs {
+            path: dir.to_string_lossy().into_owned(),
+            encryption_key: None,
+            retired_keys: Vec::new(),
+        },
+        created_at_ms: 0,
+        key_rotated_at_ms: 0,
+    };
+    store
+        .put_meta(
+            "backup-repo/r",
+            &serde_json::to_string(&repo).expect("json"),
+        )
+        .await
+        .expect("repository record");
+}
