@@ -243,6 +243,112 @@ async fn a_forwarded_request_is_answered_not_forwarded_again() {
     assert_eq!(code(again).await, "no_leader", "never forwarded twice");
 }
 
+/// Who leads instead of the leader a request was forwarded to: a change only when this
+/// scheduler took charge or the election names another one.
+#[test]
+fn a_forwarded_request_follows_the_lead_only_when_it_moved() {
+    let old = "https://10.0.0.1:8080";
+    assert_eq!(successor(old, false, Some(old)), None, "still the leader");
+    assert_eq!(
+        successor(old, false, None),
+        None,
+        "nobody won yet: keep waiting"
+    );
+    assert_eq!(
+        successor(old, false, Some("https://10.0.0.2:8080")).as_deref(),
+        Some("https://10.0.0.2:8080")
+    );
+    assert_eq!(
+        successor(old, true, Some(old)).as_deref(),
+        Some("this scheduler"),
+        "this one took charge before the hint moved"
+    );
+}
+
+/// A leader frozen (SIGSTOP) accepts connections and answers nothing: a request a follower
+/// forwarded to it waited for the client's 90 s timeout. Once another leads, a read is
+/// asked again of the new leader (here this scheduler, which took charge) and a write is
+/// answered 503 `leader_changed`; neither waits for the frozen one.
+#[tokio::test]
+async fn a_request_forwarded_to_a_frozen_leader_ends_when_the_lead_moves() {
+    // The frozen leader: connections accepted and held, never read or answered.
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let frozen_url = format!("http://{}", frozen.local_addr().expect("address"));
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = frozen.accept().await {
+            conns.push(c);
+        }
+    });
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load");
+    cluster.deactivate();
+    cluster.set_leader_hint(Some(frozen_url.clone()));
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
+    let app = router(Api {
+        tls: None,
+        cluster: cluster.clone(),
+        tokens: Arc::new(tokens),
+        sealed: None,
+    });
+    let request = |method: &str, path: &str, body: &str| {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, "Bearer secret-token-0123456789")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request")
+    };
+    let error_code = |r: Response| async move {
+        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        v["error"]["code"].as_str().unwrap_or_default().to_owned()
+    };
+
+    // A write: another scheduler is named leader while it waits.
+    let write = tokio::spawn(app.clone().oneshot(request(
+        "POST",
+        "/v1/instances",
+        r#"{"name":"w","engine":"redis","replicas":0}"#,
+    )));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(!write.is_finished(), "the frozen leader answered nothing");
+    cluster.set_leader_hint(Some("http://127.0.0.1:9".into()));
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), write)
+        .await
+        .expect("answered once another leads")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(r).await, "leader_changed");
+
+    // A read: this scheduler takes charge while it waits, and answers it itself.
+    cluster.set_leader_hint(Some(frozen_url));
+    let read = tokio::spawn(app.oneshot(request("GET", "/v1/instances", "")));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(!read.is_finished(), "the frozen leader answered nothing");
+    cluster.activate().await.expect("activate");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("answered once this one leads")
+        .expect("task")
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::OK);
+    let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+        .await
+        .expect("body");
+    assert_eq!(b.as_ref(), b"[]", "this scheduler's (empty) instance list");
+    held.abort();
+}
+
 /// Database TLS needs the scheduler to sign members' certificates: without a CA key the
 /// request is refused with its reason and nothing is created; a bad value names the field.
 #[tokio::test]
