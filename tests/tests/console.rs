@@ -15,6 +15,7 @@ use mofang_scheduler::cluster::NodeView2;
 use mofang_tests::scenario::{container_of, docker_cli, primary_of, replica_of, Env};
 use mofang_tests::{eventually, unique_name};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,7 +49,11 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        // chromedriver and the Chromium it starts in a process group of their own, so that
+        // dropping the browser ends both (killing chromedriver alone left Chromium and its
+        // renderers running for the rest of the suite).
         let driver = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -365,6 +370,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -468,16 +468,32 @@ async fn backup_window(
     let after = semi_sync(primary)?;
     stop.store(true, Ordering::SeqCst);
     let running = running.context("the backup was never seen running")?;
-    let latencies = w
+    let sent: Vec<(Instant, Duration)> = w
         .await??
         .into_iter()
         .filter(|(t, _)| *t >= running && *t <= ended)
-        .map(|(_, d)| d)
+        .collect();
+    // When the slowest writes were sent, as a share of the time the backup was seen running
+    // (a tail bunched at one phase of mariadb-backup points at that phase, not at the CPU).
+    let mut slowest = sent.clone();
+    slowest.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    let span = (ended - running).as_secs_f64().max(f64::EPSILON);
+    let at: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(t, d)| {
+            let after = (*t - running).as_secs_f64();
+            format!("{} at {after:.1} s ({:.0}%)", ms(*d), after / span * 100.0)
+        })
         .collect();
     Ok((
         Window {
-            latencies,
-            semi: semi_sync_delta(before, after),
+            latencies: sent.into_iter().map(|(_, d)| d).collect(),
+            semi: format!(
+                "{}; slowest: {}",
+                semi_sync_delta(before, after),
+                at.join(", ")
+            ),
         },
         b,
         (ended - running).as_secs_f64(),
