@@ -11,12 +11,17 @@ use std::sync::Arc;
 use tower::ServiceExt;
 use utoipa::OpenApi;
 
+/// A scheduler on an in-memory store, not yet leading.
+async fn memory_cluster() -> Arc<Cluster> {
+    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    Cluster::load(store, std::time::Duration::from_secs(30))
+        .await
+        .expect("load")
+}
+
 /// An activated scheduler on an in-memory store, with no token accepted.
 async fn api_without_tokens() -> Api {
-    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-        .await
-        .expect("load");
+    let cluster = memory_cluster().await;
     cluster.activate().await.expect("activate");
     Api {
         tls: None,
@@ -24,6 +29,30 @@ async fn api_without_tokens() -> Api {
         tokens: Arc::new(Tokens::from_config(&[])),
         sealed: None,
     }
+}
+
+/// The admin token of [`admin_router`].
+const ADMIN: &str = "secret-token-0123456789";
+
+/// The API of `cluster` accepting [`ADMIN`] as an admin token.
+fn admin_router(cluster: Arc<Cluster>) -> Router {
+    let mut tokens = Tokens::from_config(&[]);
+    tokens.insert(ADMIN, "admin", TokenRole::Admin);
+    router(Api {
+        tls: None,
+        cluster,
+        tokens: Arc::new(tokens),
+        sealed: None,
+    })
+}
+
+/// The `error.code` of a JSON error answer.
+async fn error_code(r: Response) -> String {
+    let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
+        .await
+        .expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
 }
 
 /// A create refused while a new leader warms up (decision 134): 503 with Retry-After in
@@ -169,10 +198,7 @@ async fn parameters_of_an_unknown_instance_are_a_json_404_and_documented() {
 /// `leader: true` before its election ran, so clients and agents took it for the leader.
 #[tokio::test]
 async fn a_scheduler_that_has_not_won_says_it_does_not_lead() {
-    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-        .await
-        .expect("load");
+    let cluster = memory_cluster().await;
     let app = router(Api {
         tls: None,
         cluster: cluster.clone(),
@@ -205,42 +231,32 @@ async fn a_scheduler_that_has_not_won_says_it_does_not_lead() {
 /// is never forwarded again.
 #[tokio::test]
 async fn a_forwarded_request_is_answered_not_forwarded_again() {
-    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-        .await
-        .expect("load");
-    cluster.deactivate();
+    let cluster = memory_cluster().await;
     cluster.set_leader_hint(Some("http://127.0.0.1:1".into()));
-    let mut tokens = Tokens::from_config(&[]);
-    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
-    let app = router(Api {
-        tls: None,
-        cluster,
-        tokens: Arc::new(tokens),
-        sealed: None,
-    });
+    let app = admin_router(cluster);
     let call = |forwarded: bool| {
         let mut b = axum::http::Request::get("/v1/instances")
-            .header(header::AUTHORIZATION, "Bearer secret-token-0123456789");
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
         if forwarded {
             b = b.header(FORWARDED, "1");
         }
         app.clone()
             .oneshot(b.body(axum::body::Body::empty()).expect("request"))
     };
-    let code = |r: Response| async move {
-        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
-            .await
-            .expect("body");
-        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-        v["error"]["code"].as_str().unwrap_or_default().to_owned()
-    };
     let direct = call(false).await.expect("answer");
     assert_eq!(direct.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(code(direct).await, "leader_unreachable", "forwarded once");
+    assert_eq!(
+        error_code(direct).await,
+        "leader_unreachable",
+        "forwarded once"
+    );
     let again = call(true).await.expect("answer");
     assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(code(again).await, "no_leader", "never forwarded twice");
+    assert_eq!(
+        error_code(again).await,
+        "no_leader",
+        "never forwarded twice"
+    );
 }
 
 /// Who leads instead of the leader a request was forwarded to: a change only when this
@@ -282,35 +298,17 @@ async fn a_request_forwarded_to_a_frozen_leader_ends_when_the_lead_moves() {
             conns.push(c);
         }
     });
-    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-        .await
-        .expect("load");
-    cluster.deactivate();
+    let cluster = memory_cluster().await;
     cluster.set_leader_hint(Some(frozen_url.clone()));
-    let mut tokens = Tokens::from_config(&[]);
-    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
-    let app = router(Api {
-        tls: None,
-        cluster: cluster.clone(),
-        tokens: Arc::new(tokens),
-        sealed: None,
-    });
+    let app = admin_router(cluster.clone());
     let request = |method: &str, path: &str, body: &str| {
         axum::http::Request::builder()
             .method(method)
             .uri(path)
-            .header(header::AUTHORIZATION, "Bearer secret-token-0123456789")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
             .header(header::CONTENT_TYPE, "application/json")
             .body(axum::body::Body::from(body.to_owned()))
             .expect("request")
-    };
-    let error_code = |r: Response| async move {
-        let b = axum::body::to_bytes(r.into_body(), MAX_BODY)
-            .await
-            .expect("body");
-        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-        v["error"]["code"].as_str().unwrap_or_default().to_owned()
     };
 
     // A write: another scheduler is named leader while it waits.
@@ -353,25 +351,15 @@ async fn a_request_forwarded_to_a_frozen_leader_ends_when_the_lead_moves() {
 /// request is refused with its reason and nothing is created; a bad value names the field.
 #[tokio::test]
 async fn an_instance_with_tls_needs_a_scheduler_that_signs() {
-    let store = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-    let cluster = Cluster::load(store, std::time::Duration::from_secs(30))
-        .await
-        .expect("load");
+    let cluster = memory_cluster().await;
     cluster.activate().await.expect("activate");
-    let mut tokens = Tokens::from_config(&[]);
-    tokens.insert("secret-token-0123456789", "admin", TokenRole::Admin);
-    let app = router(Api {
-        tls: None,
-        cluster: cluster.clone(),
-        tokens: Arc::new(tokens),
-        sealed: None,
-    });
+    let app = admin_router(cluster.clone());
     let create = |tls: serde_json::Value| {
         let body = serde_json::json!({"name": "shop", "engine": "mariadb", "version": "10.11",
             "replicas": 0, "resources": {"cpu": 0.5, "memory": 256, "disk": 512}, "tls": tls});
         app.clone().oneshot(
             axum::http::Request::post("/v1/instances")
-                .header(header::AUTHORIZATION, "Bearer secret-token-0123456789")
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(axum::body::Body::from(body.to_string()))
                 .expect("request"),
