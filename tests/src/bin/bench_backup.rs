@@ -43,9 +43,7 @@ use mofang_scheduler::cluster::InstanceView;
 use mofang_scheduler::model::{InstanceSpec, Resources, RestoreRequest};
 use mofang_tests::cluster::Timings;
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{
-    admin_sql, container_of, docker_cli, loadavg, mysql, percentile, Env,
-};
+use mofang_tests::scenario::{container_of, docker_cli, loadavg, mysql, percentile, Env};
 use mysql_async::prelude::Queryable;
 use object_store::{ObjectStore, WriteMultipart};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -282,6 +280,73 @@ fn pin_container(member: &str, cpu: u32) -> Result<()> {
     Ok(())
 }
 
+/// The standalone containerd (socket, namespace) the replicas run on, with
+/// `--replicas-on-containerd`.
+static CONTAINERD: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// SQL as a member's admin through its container's client: Docker's, or containerd's for a
+/// member there.
+fn admin_sql(member: &str, query: &str) -> Result<String> {
+    let docker = mofang_tests::scenario::admin_sql(member, query);
+    let (Err(e), Some((socket, ns))) = (&docker, CONTAINERD.get()) else {
+        return docker;
+    };
+    let exec_id = format!("sql-{}", std::process::id() ^ rand_suffix());
+    let out = std::process::Command::new("ctr")
+        .args([
+            "-a",
+            socket,
+            "-n",
+            ns,
+            "tasks",
+            "exec",
+            "--exec-id",
+            &exec_id,
+        ])
+        .arg(container_of(member))
+        .args([
+            "mariadb",
+            "--defaults-extra-file=/etc/mofang/client.cnf",
+            "-N",
+            "-e",
+            query,
+        ])
+        .output()
+        .context("ctr")?;
+    ensure!(
+        out.status.success(),
+        "{e:#}; ctr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A number to tell apart the execs of one process.
+fn rand_suffix() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 16
+}
+
+/// Binds every process of a containerd member (its task's cgroup ends with its container's
+/// name) to `cpu`; its `exec`s (mariadb-backup) start from the shim, bound with the engine.
+fn pin_cgroup(member: &str, cpu: u32) -> Result<()> {
+    let needle = format!("/{}", container_of(member));
+    let mut pinned = 0;
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cgroups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        if cgroups.lines().any(|l| l.ends_with(&needle)) {
+            pin(pid, cpu)?;
+            pinned += 1;
+        }
+    }
+    ensure!(pinned > 0, "no process in a cgroup ending with {needle}");
+    Ok(())
+}
+
 /// The cores each container is bound to, as Docker reports them.
 fn cpuset_of(member: &str) -> String {
     docker_cli(&[
@@ -331,14 +396,23 @@ impl Drop for EngineUnpinned {
 /// Moves the replicas' containers and agents and SeaweedFS to [`REPLICA_CPU`] and binds the
 /// primary's container to [`PRIMARY_CPU`] (its agent, the scheduler and this process are
 /// there since [`pin`] at the start).
-fn split_cores(env: &Env, inst: &InstanceView, s3: &SeaweedFs) -> Result<()> {
+fn split_cores(
+    env: &Env,
+    inst: &InstanceView,
+    s3: &SeaweedFs,
+    replicas_on_containerd: bool,
+) -> Result<()> {
     for m in &inst.members {
         let cpu = if m.role == "primary" {
             PRIMARY_CPU
         } else {
             REPLICA_CPU
         };
-        pin_container(&m.id, cpu)?;
+        if cpu == REPLICA_CPU && replicas_on_containerd {
+            pin_cgroup(&m.id, cpu)?;
+        } else {
+            pin_container(&m.id, cpu)?;
+        }
         if cpu == REPLICA_CPU {
             let agent = &env.agents[env.agent_running(inst, &m.id)?];
             pin(
@@ -376,6 +450,9 @@ struct Args {
     latency_only: bool,
     split_cores: bool,
     replica_disk: Option<std::path::PathBuf>,
+    /// The replicas' agents on the containerd runtime (a standalone containerd): the backup
+    /// stream leaves through its shim's FIFO, not through `dockerd`.
+    replicas_on_containerd: bool,
 }
 
 impl Args {
@@ -530,10 +607,25 @@ async fn run(args: Args) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("bench-backup-")
         .tempdir_in("/var/tmp")?;
+    // A replica's agent on containerd: the top-level key first, its table after every other
+    // line (a key after a table header belongs to that table).
+    let (runtime_key, runtime_table) = if args.replicas_on_containerd {
+        let ctrd = mofang_tests::containerd::containerd()?;
+        ctrd.import_images(&["mofang/mariadb:10.11"])?;
+        let _ = CONTAINERD.set((ctrd.socket.display().to_string(), ctrd.namespace.clone()));
+        ("runtime = \"containerd\"\n", ctrd.agent_toml())
+    } else {
+        ("", String::new())
+    };
     let extras: Vec<String> = (0..=args.replicas)
         .map(|i| -> Result<String> {
+            let (key, table) = if i == 0 {
+                ("", "")
+            } else {
+                (runtime_key, runtime_table.as_str())
+            };
             let Some(elsewhere) = &args.replica_disk else {
-                return Ok(args.agent_extra());
+                return Ok(format!("{}{key}{table}", args.agent_extra()));
             };
             let base = if i == 0 {
                 scratch.path().to_path_buf()
@@ -543,7 +635,7 @@ async fn run(args: Args) -> Result<()> {
             let dir = base.join(format!("bench-{i}"));
             std::fs::create_dir_all(&dir)?;
             Ok(format!(
-                "{}\n[[disks]]\npath = \"{}\"\nclass = \"bench\"\ncapacity_mib = {disk}\n",
+                "{}{key}\n[[disks]]\npath = \"{}\"\nclass = \"bench\"\ncapacity_mib = {disk}\n{table}",
                 args.agent_extra(),
                 dir.display()
             ))
@@ -591,8 +683,8 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("creating bb")?;
     let mut inst = env.ready("bb").await?;
-    if args.replica_disk.is_some() {
-        // The primary on the first agent, whose volume is on this machine's disk.
+    if args.replica_disk.is_some() || args.replicas_on_containerd {
+        // The primary on the first agent (Docker), whose volume is on this machine's disk.
         let first = &env.agents[0].node;
         let on_first = inst
             .members
@@ -637,7 +729,7 @@ async fn run(args: Args) -> Result<()> {
     let pass = env.app_password("bb").await?;
     let _unpinned = args.split_cores.then_some(EngineUnpinned);
     if args.split_cores {
-        split_cores(&env, &inst, &s3)?;
+        split_cores(&env, &inst, &s3, args.replicas_on_containerd)?;
     }
 
     // ---- the dataset -------------------------------------------------------------------
@@ -906,10 +998,12 @@ async fn main() -> Result<()> {
         latency_only: false,
         split_cores: false,
         replica_disk: None,
+        replicas_on_containerd: false,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
-        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR]";
+        [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] \
+        [--replicas-on-containerd]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -923,6 +1017,10 @@ async fn main() -> Result<()> {
             }
             "--split-cores" => {
                 args.split_cores = true;
+                continue;
+            }
+            "--replicas-on-containerd" => {
+                args.replicas_on_containerd = true;
                 continue;
             }
             _ => {}
