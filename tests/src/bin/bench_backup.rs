@@ -291,7 +291,11 @@ fn admin_sql(member: &str, query: &str) -> Result<String> {
     let (Err(e), Some((socket, ns))) = (&docker, CONTAINERD.get()) else {
         return docker;
     };
-    let exec_id = format!("sql-{}", std::process::id() ^ rand_suffix());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let exec_id = format!(
+        "sql-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let out = std::process::Command::new("ctr")
         .args([
             "-a",
@@ -319,12 +323,6 @@ fn admin_sql(member: &str, query: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// A number to tell apart the execs of one process.
-fn rand_suffix() -> u32 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 16
 }
 
 /// Binds every process of a containerd member (its task's cgroup ends with its container's
