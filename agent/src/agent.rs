@@ -277,7 +277,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     );
     // Binlog archiving of this node's primaries, when their assignment asks (issue 16).
     let archivers = tokio::spawn(
-        crate::backup::archive::Archivers::new(shared.runtime.clone())
+        crate::backup::archive::Archivers::new(shared.runtime.clone(), shared.state.clone())
             .run_loop(desired_rx.clone(), shutdown.child_token())
             .instrument(tracing::info_span!("archivers")),
     );
@@ -323,6 +323,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
             ionice_idle: cfg.backup_ionice_idle,
             zstd_threads: cfg.backup_zstd_threads,
         },
+        shared.state.clone(),
     ))));
     let link = tokio::spawn(
         link::run(link_cfg, source, desired_tx, lease, shutdown.child_token())

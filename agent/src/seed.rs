@@ -13,7 +13,8 @@
 
 use crate::backup::run::{with_verdict, Tuning};
 use crate::backup::stream::{sealed_stream, Encrypt, Zstd};
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{exec_piped, ContainerRuntime, PipeDir};
+use crate::state::LocalState;
 use crate::statuses::Statuses;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -45,6 +46,8 @@ pub struct Donor {
     pub nice: i32,
     /// The copy's pressure on the host (the agent's backup tuning).
     pub tuning: Tuning,
+    /// The agent's state (the donor's configuration directory, where the copy's FIFO is made).
+    pub state: LocalState,
     /// Donors serving a copy now: one copy per donor at a time.
     serving: Arc<Serving>,
 }
@@ -57,6 +60,7 @@ impl Donor {
         runtime: Arc<dyn ContainerRuntime>,
         nice: i32,
         tuning: Tuning,
+        state: LocalState,
     ) -> Self {
         Donor {
             desired,
@@ -64,6 +68,7 @@ impl Donor {
             runtime,
             nice,
             tuning,
+            state,
             serving: Arc::default(),
         }
     }
@@ -225,7 +230,8 @@ async fn serve(
     let cmd = d.tuning.mariadb_backup(d.nice);
     let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let container = format!("mofang-{donor}");
-    let exec = match d.runtime.exec_stream(&container, &argv, None).await {
+    let pipe = PipeDir::config(d.state.config_dir(&donor));
+    let exec = match exec_piped(d.runtime.as_ref(), &container, &pipe, &argv).await {
         Ok(e) => e,
         Err(e) => {
             let why = format!("mariadb-backup in {container}: {e}");

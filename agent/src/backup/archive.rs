@@ -18,7 +18,8 @@
 
 use super::binlog::Scanner;
 use super::stream::{self, Zstd};
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{exec_piped, ContainerRuntime, PipeDir};
+use crate::state::LocalState;
 use futures::{StreamExt, TryStreamExt};
 use mofang_common::pitr::{self, ArchiveTarget, BinlogIndex};
 use mofang_common::position::Position;
@@ -44,6 +45,7 @@ const CLIENT: [&str; 5] = [
 #[derive(Clone)]
 pub struct Archivers {
     runtime: Arc<dyn ContainerRuntime>,
+    state: LocalState,
     running: Arc<Mutex<HashMap<String, (String, CancellationToken)>>>,
 }
 
@@ -54,10 +56,12 @@ impl std::fmt::Debug for Archivers {
 }
 
 impl Archivers {
-    /// Archivers using `runtime`.
-    pub fn new(runtime: Arc<dyn ContainerRuntime>) -> Self {
+    /// Archivers using `runtime`; a member's files are read through a FIFO in its
+    /// configuration directory (`state`'s).
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, state: LocalState) -> Self {
         Archivers {
             runtime,
+            state,
             running: Arc::default(),
         }
     }
@@ -93,6 +97,7 @@ impl Archivers {
             let cancel = CancellationToken::new();
             running.insert(member.clone(), (json, cancel.clone()));
             let runtime = self.runtime.clone();
+            let pipe = PipeDir::config(self.state.config_dir(&member));
             let span =
                 tracing::info_span!("archive", member = %member, instance = %target.instance);
             tokio::spawn(
@@ -100,7 +105,7 @@ impl Archivers {
                     info!("binlog archiving started");
                     tokio::select! {
                         _ = cancel.cancelled() => info!("binlog archiving stopped"),
-                        () = archive(runtime, member, target) => {}
+                        () = archive(runtime, pipe, member, target) => {}
                     }
                 }
                 .instrument(span),
@@ -132,11 +137,17 @@ impl Archivers {
 
 /// One member's archiver: a pass every `interval / 4` (1 to 10 s); a failed pass is logged
 /// (once per distinct error) and the next one tries again.
-async fn archive(runtime: Arc<dyn ContainerRuntime>, member: String, target: ArchiveTarget) {
+async fn archive(
+    runtime: Arc<dyn ContainerRuntime>,
+    pipe: PipeDir,
+    member: String,
+    target: ArchiveTarget,
+) {
     let interval = Duration::from_secs(target.interval_s.max(1));
     let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut a = Archiver {
         runtime,
+        pipe,
         container: format!("mofang-{member}"),
         server_id: crate::engine::server_id(&member),
         member,
@@ -172,6 +183,8 @@ async fn archive(runtime: Arc<dyn ContainerRuntime>, member: String, target: Arc
 
 struct Archiver {
     runtime: Arc<dyn ContainerRuntime>,
+    /// Where a file's FIFO is made (the member's configuration directory).
+    pipe: PipeDir,
     member: String,
     container: String,
     server_id: u32,
@@ -326,11 +339,14 @@ impl Archiver {
         let at_ms = now_ms();
         let rel = pitr::data_object(&self.target.instance, self.server_id, file, at_ms);
         let path = format!("/var/lib/mysql/{file}");
-        let exec = self
-            .runtime
-            .exec_stream(&self.container, &["cat", &path], None)
-            .await
-            .map_err(|e| Upload::Failed(format!("cat {path}: {e}")))?;
+        let exec = exec_piped(
+            self.runtime.as_ref(),
+            &self.container,
+            &self.pipe,
+            &["cat", &path],
+        )
+        .await
+        .map_err(|e| Upload::Failed(format!("cat {path}: {e}")))?;
         let scanner = Arc::new(Mutex::new(Scanner::default()));
         let fed = scanner.clone();
         let done = exec.done;

@@ -10,7 +10,7 @@
 use super::counts;
 use super::stream::{self, Zstd};
 use crate::engine::{self, Secrets, Target};
-use crate::runtime::{ContainerRuntime, ExecOutput, ExecStream};
+use crate::runtime::{exec_piped, ContainerRuntime, ExecOutput, ExecStream, PipeDir};
 use crate::statuses::Statuses;
 use futures::StreamExt;
 use mofang_common::backup::{self as common, params, ConsistentAt, Manifest, ManifestObject};
@@ -167,7 +167,7 @@ pub async fn run(
             let (stored, out) = stream_command(
                 ctx,
                 &repo,
-                &container,
+                &job.member,
                 &argv,
                 &format!("{dir}/{}", common::MARIADB_DATA),
                 zstd,
@@ -257,7 +257,7 @@ pub async fn run(
             let (stored, _) = stream_command(
                 ctx,
                 &repo,
-                &container,
+                &job.member,
                 &["cat", &snap.path],
                 &format!("{dir}/{}", common::REDIS_DATA),
                 zstd,
@@ -319,22 +319,28 @@ fn niced(nice: i32, cmd: &[&str]) -> Vec<String> {
     v
 }
 
-/// Streams `cmd`'s output to `rel`; the command's exit code is checked before the upload is
-/// completed (a failure aborts it: nothing is left).
+/// Streams the output of `cmd`, run in `member`'s container, to `rel`; the command's exit
+/// code is checked before the upload is completed (a failure aborts it: nothing is left).
 async fn stream_command(
     ctx: &BackupContext,
     repo: &Repo,
-    container: &str,
+    member: &str,
     cmd: &[&str],
     rel: &str,
     zstd: Option<Zstd>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(stream::Stored, ExecOutput), Failure> {
-    let exec = ctx
-        .runtime
-        .exec_stream(container, cmd, None)
-        .await
-        .map_err(|e| fail("stream", e))?;
+    // Through a FIFO in the member's configuration directory, not through the engine
+    // (decision 171).
+    let pipe = PipeDir::config(ctx.state.config_dir(member));
+    let exec = exec_piped(
+        ctx.runtime.as_ref(),
+        &format!("mofang-{member}"),
+        &pipe,
+        cmd,
+    )
+    .await
+    .map_err(|e| fail("stream", e))?;
     let (input, outcome) = with_verdict(exec, cmd);
     let stored = stream::store::<String>(repo, rel, input, zstd, progress)
         .await

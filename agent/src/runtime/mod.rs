@@ -5,10 +5,12 @@
 mod cni;
 mod containerd;
 mod docker;
+mod piped;
 
 pub use cni::Cni;
 pub use containerd::{normalize_image, ContainerdOptions, ContainerdRuntime};
 pub use docker::DockerRuntime;
+pub use piped::{exec_piped, PipeDir};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
