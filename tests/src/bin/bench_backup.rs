@@ -14,7 +14,8 @@
 //!
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
-//! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] (default 2048 MiB of rows, half random bytes and half text;
+//! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] [--replicas-on-containerd]
+//! [--parent-cpu-shares N] (default 2048 MiB of rows, half random bytes and half text;
 //! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
 //! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
@@ -32,7 +33,10 @@
 //! stays on the primary's disk). `--replica-disk DIR` puts the replicas' volumes under DIR
 //! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
 //! `--mib` well under the member's 1 GiB) and the primary's on this machine's disk (a
-//! switchover makes the first agent's member the primary).
+//! switchover makes the first agent's member the primary). `--replicas-on-containerd` runs
+//! the replicas' agents on the tests' standalone containerd. `--parent-cpu-shares N` sets the
+//! `cpu.shares` of the replicas' parent cgroup for the run (cgroup v1; `/docker` with Docker's
+//! cgroupfs driver, the agent's namespace on containerd) and puts it back at the end.
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::repo::Secret;
@@ -328,8 +332,22 @@ fn admin_sql(member: &str, query: &str) -> Result<String> {
 /// Binds every process of a containerd member (its task's cgroup ends with its container's
 /// name) to `cpu`; its `exec`s (mariadb-backup) start from the shim, bound with the engine.
 fn pin_cgroup(member: &str, cpu: u32) -> Result<()> {
+    let pids = pids_in_cgroup_of(member)?;
+    ensure!(
+        !pids.is_empty(),
+        "no process in a cgroup ending with /{}",
+        container_of(member)
+    );
+    for pid in pids {
+        pin(pid, cpu)?;
+    }
+    Ok(())
+}
+
+/// The processes of a containerd member: those whose cgroup ends with its container's name.
+fn pids_in_cgroup_of(member: &str) -> Result<Vec<u32>> {
     let needle = format!("/{}", container_of(member));
-    let mut pinned = 0;
+    let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -337,12 +355,10 @@ fn pin_cgroup(member: &str, cpu: u32) -> Result<()> {
         };
         let cgroups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
         if cgroups.lines().any(|l| l.ends_with(&needle)) {
-            pin(pid, cpu)?;
-            pinned += 1;
+            pids.push(pid);
         }
     }
-    ensure!(pinned > 0, "no process in a cgroup ending with {needle}");
-    Ok(())
+    Ok(pids)
 }
 
 /// The cores each container is bound to, as Docker reports them.
@@ -388,6 +404,65 @@ impl Drop for EngineUnpinned {
                 .args(["-a", "-p", "-c", &all, &pid.to_string()])
                 .output();
         }
+    }
+}
+
+/// A member's parent cgroup's `cpu.shares` (cgroup v1) set for the run, put back on drop
+/// (`--parent-cpu-shares`): nice values rank threads only inside one cgroup, so against the
+/// host's own processes (the agent's compression, SeaweedFS) a container counts with its
+/// parent's weight (benchmarks.md, session 26).
+struct ParentShares {
+    file: std::path::PathBuf,
+    was: String,
+}
+
+impl ParentShares {
+    fn set(member: &str, shares: u64, on_containerd: bool) -> Result<Self> {
+        let pid = if on_containerd {
+            pids_in_cgroup_of(member)?
+                .first()
+                .copied()
+                .with_context(|| format!("no process of {member}"))?
+        } else {
+            docker_cli(&["inspect", "-f", "{{.State.Pid}}", &container_of(member)])?
+                .trim()
+                .parse()
+                .context("docker inspect: the member's pid")?
+        };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let path = cgroups
+            .lines()
+            .filter_map(|l| {
+                // `hierarchy-id:controllers:path`
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                Some((controllers, path))
+            })
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu"))
+            .map(|(_, path)| path.to_owned())
+            .context("--parent-cpu-shares needs cgroup v1's cpu controller")?;
+        let parent = std::path::Path::new(&path)
+            .parent()
+            .context("the member's cgroup has no parent")?;
+        ensure!(
+            parent != std::path::Path::new("/"),
+            "the member's cgroup is at the root"
+        );
+        let file = std::path::Path::new("/sys/fs/cgroup/cpu")
+            .join(parent.strip_prefix("/").unwrap_or(parent))
+            .join("cpu.shares");
+        let was = std::fs::read_to_string(&file)
+            .with_context(|| file.display().to_string())?
+            .trim()
+            .to_owned();
+        std::fs::write(&file, shares.to_string()).with_context(|| file.display().to_string())?;
+        Ok(ParentShares { file, was })
+    }
+}
+
+impl Drop for ParentShares {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.file, &self.was);
     }
 }
 
@@ -451,6 +526,9 @@ struct Args {
     /// The replicas' agents on the containerd runtime (a standalone containerd): the backup
     /// stream leaves through its shim's FIFO, not through `dockerd`.
     replicas_on_containerd: bool,
+    /// `cpu.shares` of the replicas' parent cgroup for the run (cgroup v1): `/docker` for a
+    /// Docker member (the cgroupfs driver), the agent's namespace for a containerd one.
+    parent_cpu_shares: Option<u64>,
 }
 
 impl Args {
@@ -729,6 +807,18 @@ async fn run(args: Args) -> Result<()> {
     if args.split_cores {
         split_cores(&env, &inst, &s3, args.replicas_on_containerd)?;
     }
+    let mut _weighted = Vec::new();
+    if let Some(shares) = args.parent_cpu_shares {
+        for r in &replicas {
+            let w = ParentShares::set(r, shares, args.replicas_on_containerd)?;
+            println!(
+                "cgroup: {} at cpu.shares {shares} (was {}) for the run: the parent of {r}'s cgroup",
+                w.file.display(),
+                w.was
+            );
+            _weighted.push(w);
+        }
+    }
 
     // ---- the dataset -------------------------------------------------------------------
     let loading = Instant::now();
@@ -997,11 +1087,12 @@ async fn main() -> Result<()> {
         split_cores: false,
         replica_disk: None,
         replicas_on_containerd: false,
+        parent_cpu_shares: None,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
         [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] \
-        [--replicas-on-containerd]";
+        [--replicas-on-containerd] [--parent-cpu-shares N]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1034,6 +1125,7 @@ async fn main() -> Result<()> {
             "--replicas" => args.replicas = v.parse().with_context(bad)?,
             "--rounds" => args.rounds = v.parse().with_context(bad)?,
             "--replica-disk" => args.replica_disk = Some(v.into()),
+            "--parent-cpu-shares" => args.parent_cpu_shares = Some(v.parse().with_context(bad)?),
             other => bail!("{usage}; got {other:?}"),
         }
     }
