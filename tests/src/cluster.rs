@@ -1,6 +1,7 @@
 //! Simulated hosts for end-to-end tests: a Docker network the test owns, and real
 //! `mofang-agent` processes (built from this workspace) each with its own state and disks.
 
+use crate::coord::free_port;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -379,12 +380,6 @@ pub struct SchedulerProcess {
     /// An HTTP client for [`SchedulerProcess::rest`] (trusting the CA).
     pub http: reqwest::Client,
     child: Option<Child>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl SchedulerProcess {

@@ -14,11 +14,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (free when asked; another process may take it later).
+/// A free TCP port on 127.0.0.1 for a server a test starts, taken below the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default). A port from
+/// `bind(":0")` comes from that range, and between the check and the server's own bind the
+/// kernel may hand it to any client's outgoing connection on this machine: a scheduler once
+/// failed to start with "cannot listen on 127.0.0.1:39597" in `tls::a_join_token_works_once`.
+/// Below the range no connection is given it; each call of this process moves on to the next
+/// port (tests of one binary run in parallel), starting from a place set by the process id
+/// (test binaries run one after another, and a bind check skips a port in use).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span.min(5_000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between {LOW} and {high}")
 }
 
 fn spawn_logged(cmd: &mut Command, dir: &Path, log: &str) -> Result<Child> {

@@ -46,9 +46,7 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Result<Browser> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = mofang_tests::coord::free_port()?;
         // chromedriver and the Chromium it starts in a process group of their own, so that
         // dropping the browser ends both (killing chromedriver alone left Chromium and its
         // renderers running for the rest of the suite).

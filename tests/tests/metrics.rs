@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use mofang_agent::engine::Secrets;
 use mofang_common::proto::{Assignment, MemberStatus};
 use mofang_tests::cluster::{AgentProcess, TestNetwork};
+use mofang_tests::coord::free_port;
 use mofang_tests::fake_scheduler::FakeScheduler;
 use mofang_tests::{docker, eventually, unique_name};
 use serde_json::Value;
@@ -85,12 +86,6 @@ async fn wait_healthy(
         },
     )
     .await
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A Prometheus server (the Debian package's binary) with its own config and data directory.
