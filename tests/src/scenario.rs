@@ -819,3 +819,30 @@ pub fn loadavg() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// The cgroup v1 directory of `controller` for process `pid`.
+pub fn cgroup_dir(pid: u32, controller: &str) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = text
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
+        })
+        .with_context(|| format!("no {controller} cgroup for {pid}"))?;
+    let mount = match controller {
+        "cpu" => "cpu,cpuacct",
+        other => other,
+    };
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let dir = if base.join(mount).exists() {
+        base.join(mount)
+    } else {
+        base.join(controller)
+    };
+    Ok(dir.join(path.trim_start_matches('/')))
+}

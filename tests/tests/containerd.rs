@@ -12,6 +12,7 @@ use mofang_agent::runtime::{
 };
 use mofang_common::labels;
 use mofang_tests::containerd::containerd;
+use mofang_tests::scenario::cgroup_dir;
 use mofang_tests::{eventually, unique_name};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -20,33 +21,6 @@ use std::time::{Duration, Instant};
 
 const MIB: i64 = 1 << 20;
 const NET: &str = "t-ctrd-net";
-
-/// The cgroup v1 directory of `controller` for process `pid`.
-fn cgroup_dir(pid: u32, controller: &str) -> Result<std::path::PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    let path = text
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == controller)
-                .then(|| path.to_owned())
-        })
-        .with_context(|| format!("no {controller} cgroup for {pid}"))?;
-    let mount = match controller {
-        "cpu" => "cpu,cpuacct",
-        other => other,
-    };
-    let base = Path::new("/sys/fs/cgroup");
-    let dir = if base.join(mount).exists() {
-        base.join(mount)
-    } else {
-        base.join(controller)
-    };
-    Ok(dir.join(path.trim_start_matches('/')))
-}
 
 fn read_num(p: &Path) -> Result<i64> {
     let s = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;

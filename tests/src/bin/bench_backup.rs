@@ -47,7 +47,9 @@ use mofang_scheduler::cluster::InstanceView;
 use mofang_scheduler::model::{InstanceSpec, Resources, RestoreRequest};
 use mofang_tests::cluster::Timings;
 use mofang_tests::s3::SeaweedFs;
-use mofang_tests::scenario::{container_of, docker_cli, loadavg, mysql, percentile, Env};
+use mofang_tests::scenario::{
+    cgroup_dir, container_of, docker_cli, loadavg, mysql, percentile, Env,
+};
 use mysql_async::prelude::Queryable;
 use object_store::{ObjectStore, WriteMultipart};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -347,14 +349,21 @@ fn pin_cgroup(member: &str, cpu: u32) -> Result<()> {
 /// The processes of a containerd member: those whose cgroup ends with its container's name.
 fn pids_in_cgroup_of(member: &str) -> Result<Vec<u32>> {
     let needle = format!("/{}", container_of(member));
+    pids_where(|proc_dir| {
+        let cgroups = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap_or_default();
+        cgroups.lines().any(|l| l.ends_with(&needle))
+    })
+}
+
+/// The processes whose `/proc/<pid>` directory satisfies `matches`.
+fn pids_where(matches: impl Fn(&std::path::Path) -> bool) -> Result<Vec<u32>> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let cgroups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-        if cgroups.lines().any(|l| l.ends_with(&needle)) {
+        if matches(&e.path()) {
             pids.push(pid);
         }
     }
@@ -374,20 +383,10 @@ fn cpuset_of(member: &str) -> String {
 
 /// The container engine's processes: `dockerd`, `containerd` and the shims.
 fn engine_pids() -> Result<Vec<u32>> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc")? {
-        let e = e?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if matches!(comm.trim(), "dockerd" | "containerd" | "containerd-shim")
-            || comm.starts_with("containerd-shim")
-        {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
+    pids_where(|proc_dir| {
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        matches!(comm.trim(), "dockerd" | "containerd") || comm.starts_with("containerd-shim")
+    })
 }
 
 /// Gives the container engine every core again (`--split-cores` bound it to one).
@@ -429,28 +428,15 @@ impl ParentShares {
                 .parse()
                 .context("docker inspect: the member's pid")?
         };
-        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        let path = cgroups
-            .lines()
-            .filter_map(|l| {
-                // `hierarchy-id:controllers:path`
-                let mut f = l.splitn(3, ':');
-                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-                Some((controllers, path))
-            })
-            .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpu"))
-            .map(|(_, path)| path.to_owned())
-            .context("--parent-cpu-shares needs cgroup v1's cpu controller")?;
-        let parent = std::path::Path::new(&path)
-            .parent()
-            .context("the member's cgroup has no parent")?;
+        let own = cgroup_dir(pid, "cpu").context("--parent-cpu-shares needs cgroup v1")?;
+        let parent = own.parent().context("the member's cgroup has no parent")?;
+        // Below the controller's mount (`/sys/fs/cgroup/<controller>`: five components):
+        // the root's weight is not a setting.
         ensure!(
-            parent != std::path::Path::new("/"),
+            parent.components().count() > 5,
             "the member's cgroup is at the root"
         );
-        let file = std::path::Path::new("/sys/fs/cgroup/cpu")
-            .join(parent.strip_prefix("/").unwrap_or(parent))
-            .join("cpu.shares");
+        let file = parent.join("cpu.shares");
         let was = std::fs::read_to_string(&file)
             .with_context(|| file.display().to_string())?
             .trim()
