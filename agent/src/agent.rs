@@ -170,6 +170,29 @@ fn containerd_options(cfg: &AgentConfig) -> ContainerdOptions {
             data_dir: state_dir.join("cni"),
         },
         state_dir,
+        cgroup_parent: cfg.member_cgroup_parent.clone(),
+    }
+}
+
+/// Gives the members' parent cgroup its `member_cpu_weight`, when one is configured, before
+/// any member is made under it. A failure (no rights on the cgroup files) is logged: the
+/// members still run, at the runtime's default weight.
+fn weigh_members(cfg: &AgentConfig) {
+    let (Some(weight), Some(parent)) = (cfg.member_cpu_weight, cfg.members_cgroup()) else {
+        return;
+    };
+    let writes = crate::metrics::cgroup::Mounts::detect().cpu_weight_writes(&parent, weight);
+    if writes.is_empty() {
+        warn!(cgroup = %parent, "member_cpu_weight: this host mounts no cpu cgroup controller");
+        return;
+    }
+    match crate::metrics::cgroup::apply_writes(&writes) {
+        Ok(()) => info!(cgroup = %parent, weight, "members' CPU weight set"),
+        Err(e) => warn!(
+            cgroup = %parent,
+            error = %e,
+            "member_cpu_weight not set: the members run at the runtime's default weight"
+        ),
     }
 }
 
@@ -183,9 +206,10 @@ async fn connect_runtime(
     let kind = cfg.runtime_kind().unwrap_or(RuntimeKind::Docker);
     loop {
         let connected: crate::runtime::Result<Arc<dyn ContainerRuntime>> = match kind {
-            RuntimeKind::Docker => DockerRuntime::connect()
-                .await
-                .map(|rt| Arc::new(rt) as Arc<dyn ContainerRuntime>),
+            RuntimeKind::Docker => DockerRuntime::connect().await.map(|rt| {
+                Arc::new(rt.with_cgroup_parent(cfg.member_cgroup_parent.clone()))
+                    as Arc<dyn ContainerRuntime>
+            }),
             RuntimeKind::Containerd => ContainerdRuntime::connect(containerd_options(cfg))
                 .await
                 .map(|rt| Arc::new(rt) as Arc<dyn ContainerRuntime>),
@@ -227,6 +251,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     let Some(runtime) = connect_runtime(&cfg, &shutdown).await else {
         return Ok(());
     };
+    weigh_members(&cfg);
     let shared = Shared::new(
         cfg.clone(),
         runtime,

@@ -131,6 +131,21 @@ pub struct AgentConfig {
     /// cores, at most 4.
     #[serde(default)]
     pub backup_zstd_threads: u32,
+    /// The cgroup the members' containers are made under (Docker's `--cgroup-parent`): an
+    /// absolute path such as `/mofang` with Docker's cgroupfs driver, a slice such as
+    /// `mofang.slice` with its systemd driver. On containerd, the path that replaces the
+    /// default `/<containerd.namespace>`. Default none: the runtime's own (`/docker`, or
+    /// `/system.slice` under systemd). Changes apply to containers made after it.
+    #[serde(default)]
+    pub member_cgroup_parent: Option<String>,
+    /// CPU weight of that parent cgroup against the host's other work (1 ..= 10000, the scale
+    /// of cgroup v2's `cpu.weight` and systemd's `CPUWeight=`; 100 is a default process's;
+    /// on cgroup v1 written as `cpu.shares` = weight × 1024 / 100). The agent writes it when
+    /// it starts, so it needs write access to the cgroup files (not under the packaged
+    /// unit: there, set `CPUWeight=` on the slice). Default none: not written
+    /// (docs/agent.md, "CPU weight of the members").
+    #[serde(default)]
+    pub member_cpu_weight: Option<u32>,
     /// `[tls]`: how the agent proves its node and checks the scheduler (docs/security.md).
     #[serde(default)]
     pub tls: AgentTlsConfig,
@@ -479,8 +494,64 @@ impl AgentConfig {
             ));
         }
         self.validate_runtime()?;
+        self.validate_cgroup()?;
         // Last: a config with other mistakes names those first.
         self.validate_tls()
+    }
+
+    fn validate_cgroup(&self) -> Result<()> {
+        if let Some(p) = &self.member_cgroup_parent {
+            let slice = p.ends_with(".slice") && !p.contains('/');
+            let path = p.starts_with('/')
+                && p.len() > 1
+                && p.split('/')
+                    .skip(1)
+                    .all(|c| !c.is_empty() && c != "." && c != "..");
+            if !slice && !path {
+                return Err(invalid(
+                    "member_cgroup_parent",
+                    format!(
+                        "'{p}' is neither an absolute cgroup path such as /mofang nor a \
+                         systemd slice such as mofang.slice"
+                    ),
+                ));
+            }
+            if slice && self.runtime_kind() == Some(RuntimeKind::Containerd) {
+                return Err(invalid(
+                    "member_cgroup_parent",
+                    "the containerd runtime makes cgroupfs paths: an absolute path such as /mofang",
+                ));
+            }
+        }
+        let Some(w) = self.member_cpu_weight else {
+            return Ok(());
+        };
+        if !(1..=10_000).contains(&w) {
+            return Err(invalid("member_cpu_weight", "must be between 1 and 10000"));
+        }
+        match self.members_cgroup() {
+            Some(p) if p.ends_with(".slice") => Err(invalid(
+                "member_cpu_weight",
+                "systemd owns a slice's weight: set CPUWeight= on the slice unit instead",
+            )),
+            Some(_) => Ok(()),
+            None => Err(invalid(
+                "member_cpu_weight",
+                "needs member_cgroup_parent with the docker runtime (Docker's own parent is shared)",
+            )),
+        }
+    }
+
+    /// The cgroup path the members' cgroups are made under, when the agent knows it:
+    /// `member_cgroup_parent`, or on containerd `/<containerd.namespace>`.
+    pub fn members_cgroup(&self) -> Option<String> {
+        match (&self.member_cgroup_parent, self.runtime_kind()) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(RuntimeKind::Containerd)) => {
+                Some(format!("/{}", self.containerd.namespace))
+            }
+            (None, _) => None,
+        }
     }
 
     fn validate_runtime(&self) -> Result<()> {
@@ -744,6 +815,82 @@ mod tests {
                 "{field}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn the_members_cgroup_and_its_weight() {
+        let base = "node = \"a\"\n[[disks]]\npath = \"/d\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.members_cgroup(), None, "Docker's own parent by default");
+        let c = parse(&format!("runtime = \"containerd\"\n{base}")).unwrap();
+        assert_eq!(c.members_cgroup().as_deref(), Some("/mofang"));
+        let c = parse(&format!(
+            "member_cgroup_parent = \"/db/members\"\nmember_cpu_weight = 1000\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(c.members_cgroup().as_deref(), Some("/db/members"));
+        assert_eq!(c.member_cpu_weight, Some(1000));
+        let c = parse(&format!("member_cgroup_parent = \"mofang.slice\"\n{base}")).unwrap();
+        assert_eq!(c.members_cgroup().as_deref(), Some("mofang.slice"));
+        for (bad, field, says) in [
+            (
+                "member_cgroup_parent = \"mofang\"",
+                "member_cgroup_parent",
+                "absolute",
+            ),
+            (
+                "member_cgroup_parent = \"/\"",
+                "member_cgroup_parent",
+                "absolute",
+            ),
+            (
+                "member_cgroup_parent = \"/a/../b\"",
+                "member_cgroup_parent",
+                "absolute",
+            ),
+            (
+                "member_cgroup_parent = \"/a//b\"",
+                "member_cgroup_parent",
+                "absolute",
+            ),
+            (
+                "runtime = \"containerd\"\nmember_cgroup_parent = \"m.slice\"",
+                "member_cgroup_parent",
+                "cgroupfs",
+            ),
+            (
+                "member_cpu_weight = 100",
+                "member_cpu_weight",
+                "member_cgroup_parent",
+            ),
+            (
+                "member_cgroup_parent = \"/m\"\nmember_cpu_weight = 0",
+                "member_cpu_weight",
+                "1 and 10000",
+            ),
+            (
+                "member_cgroup_parent = \"/m\"\nmember_cpu_weight = 10001",
+                "member_cpu_weight",
+                "1 and 10000",
+            ),
+            (
+                "member_cgroup_parent = \"m.slice\"\nmember_cpu_weight = 500",
+                "member_cpu_weight",
+                "CPUWeight=",
+            ),
+        ] {
+            let e = parse(&format!("{bad}\n{base}")).unwrap_err();
+            assert!(
+                matches!(&e, Error::Invalid { field: f, .. } if f == field),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let c = parse(&format!(
+            "runtime = \"containerd\"\nmember_cpu_weight = 10000\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(c.member_cpu_weight, Some(10000), "the namespace's cgroup");
     }
 
     #[test]

@@ -384,6 +384,35 @@ async fn a_missing_socket_is_unreachable_and_dockers_namespace_is_refused() -> R
 }
 
 /// Only the container families (cAdvisor's names) of an exposition, for promtool.
+/// Asserts that process `pid`'s CPU cgroup is a child of cgroup `parent`, whose weight is
+/// `weight` (v1: `cpu.shares` = weight × 1024 / 100; v2: `cpu.weight`).
+fn assert_weighted(pid: u32, parent: &str, weight: u64) -> Result<()> {
+    let v1 = Path::new("/sys/fs/cgroup/cpu").exists()
+        || Path::new("/sys/fs/cgroup/cpu,cpuacct").exists();
+    let (dir, file, want) = if v1 {
+        (cgroup_dir(pid, "cpu")?, "cpu.shares", weight * 1024 / 100)
+    } else {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let path = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("no v2 cgroup")?;
+        (
+            Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')),
+            "cpu.weight",
+            weight,
+        )
+    };
+    let up = dir.parent().context("a member's cgroup has a parent")?;
+    ensure!(
+        up.ends_with(parent.trim_start_matches('/')),
+        "{} is not under {parent}",
+        dir.display()
+    );
+    assert_eq!(read_num(&up.join(file))?, want as i64, "{}", up.display());
+    Ok(())
+}
+
 fn container_families(exposition: &str) -> String {
     exposition
         .lines()
@@ -432,11 +461,19 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     let ctrd = containerd()?;
     ctrd.import_images(&["mofang/mariadb:10.11", "mofang/redis:7.0"])?;
     let work = tempfile::tempdir()?;
-    let on_containerd = format!("runtime = \"containerd\"\n{}", ctrd.agent_toml());
+    // Every agent weighs its members' parent cgroup: the Docker one a parent of its own,
+    // the containerd ones their namespace's.
+    let on_containerd = format!(
+        "runtime = \"containerd\"\nmember_cpu_weight = 400\n{}",
+        ctrd.agent_toml()
+    );
+    let docker_parent = format!("/{}-docker", ctrd.namespace);
+    let on_docker =
+        format!("member_cgroup_parent = \"{docker_parent}\"\nmember_cpu_weight = 400\n");
     const DOCKER_AGENT: usize = 0;
     let mut env = Env::start_each_with(
         "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\nfailover_block_period_ms = 0\n",
-        &[String::new(), on_containerd.clone(), on_containerd],
+        &[on_docker, on_containerd.clone(), on_containerd],
         &Timings::FAST,
         4096,
     )
@@ -499,6 +536,17 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
         members.len() - on_ctrd.len(),
         "{in_docker:?}"
     );
+    // Each member's CPU cgroup is a child of its agent's parent, weighted 400 (cgroup v1:
+    // 4096 shares) against the host's other work.
+    let ctrd_parent = format!("/{}", ctrd.namespace);
+    for (c, parent) in tasks
+        .iter()
+        .map(|t| (t, &ctrd_parent))
+        .chain(in_docker.iter().map(|c| (c, &docker_parent)))
+    {
+        let pid = c.pid.context("a running member has a pid")?;
+        assert_weighted(pid, parent, 400)?;
+    }
 
     // Container metrics of a containerd member: cAdvisor's names, promtool-clean.
     let ctrd_member = on_ctrd[0].clone();

@@ -129,6 +129,46 @@ impl Mounts {
                 .collect(),
         }
     }
+
+    /// The file writes that give cgroup `path` the CPU weight `weight` (cgroup v2's scale,
+    /// 1 ..= 10000), in order. cgroup v1 (the `cpu` controller mounted): its `cpu.shares`,
+    /// `weight × 1024 / 100` as systemd maps `CPUWeight=`. cgroup v2: `+cpu` in the
+    /// `cgroup.subtree_control` of every ancestor below the mount (the controller must be
+    /// enabled above a cgroup for its `cpu.weight` to exist), then its `cpu.weight`. Empty when
+    /// the host mounts no cpu controller. Pure: [`apply_writes`] does them.
+    pub fn cpu_weight_writes(&self, path: &str, weight: u32) -> Vec<(PathBuf, String)> {
+        if let Some(m) = self.v1.get("cpu") {
+            let shares = (u64::from(weight) * 1024 / 100).clamp(2, 262_144);
+            return vec![(m.dir(path).join("cpu.shares"), shares.to_string())];
+        }
+        let Some(m) = &self.v2 else {
+            return Vec::new();
+        };
+        let dir = m.dir(path);
+        let mut writes: Vec<(PathBuf, String)> = dir
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&m.point))
+            .map(|a| (a.join("cgroup.subtree_control"), "+cpu".to_owned()))
+            .collect();
+        writes.reverse();
+        writes.push((dir.join("cpu.weight"), weight.to_string()));
+        writes
+    }
+}
+
+/// Does `writes` in order, making each file's directory first (a cgroup directory made by
+/// `mkdir` is a new cgroup). The first failure stops, naming the file.
+pub fn apply_writes(writes: &[(PathBuf, String)]) -> std::io::Result<()> {
+    for (file, value) in writes {
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", file.display()));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(named)?;
+        }
+        std::fs::write(file, value).map_err(named)?;
+    }
+    Ok(())
 }
 
 /// Octal escapes (`\040` for a space) in mountinfo fields.
@@ -505,6 +545,55 @@ pub fn device_name(majmin: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn a_cpu_weight_is_shares_on_v1_and_weight_under_enabled_ancestors_on_v2() {
+        let hybrid = Mounts::parse(HYBRID);
+        assert_eq!(
+            hybrid.cpu_weight_writes("/mofang", 1000),
+            vec![(
+                PathBuf::from("/sys/fs/cgroup/cpu/mofang/cpu.shares"),
+                "10240".to_owned()
+            )],
+            "v1 controllers take precedence over a hybrid's empty unified tree"
+        );
+        assert_eq!(hybrid.cpu_weight_writes("/m", 1)[0].1, "10", "1024 / 100");
+        assert_eq!(hybrid.cpu_weight_writes("/m", 10_000)[0].1, "102400");
+        let v2 = Mounts::parse(
+            "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
+        assert_eq!(
+            v2.cpu_weight_writes("/db/members", 500),
+            vec![
+                (
+                    PathBuf::from("/sys/fs/cgroup/cgroup.subtree_control"),
+                    "+cpu".to_owned()
+                ),
+                (
+                    PathBuf::from("/sys/fs/cgroup/db/cgroup.subtree_control"),
+                    "+cpu".to_owned()
+                ),
+                (
+                    PathBuf::from("/sys/fs/cgroup/db/members/cpu.weight"),
+                    "500".to_owned()
+                ),
+            ]
+        );
+        assert!(Mounts::default().cpu_weight_writes("/m", 100).is_empty());
+    }
+
+    #[test]
+    fn writes_make_the_directories_and_name_the_failing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a/b/cpu.shares");
+        apply_writes(&[(file.clone(), "2048".into())]).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "2048");
+        let blocked = dir.path().join("a/b/cpu.shares/x");
+        let e = apply_writes(&[(blocked.clone(), "1".into())]).unwrap_err();
+        assert!(
+            e.to_string().contains(&blocked.display().to_string()),
+            "{e}"
+        );
+    }
 
     const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
         32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\

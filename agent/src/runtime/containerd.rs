@@ -61,6 +61,8 @@ pub struct ContainerdOptions {
     pub snapshotter: String,
     /// Where the runtime keeps its files: task logs, exec pipes, CNI allocations.
     pub state_dir: PathBuf,
+    /// The cgroup path tasks are made under (`/<parent>/<id>`); none: `/<namespace>`.
+    pub cgroup_parent: Option<String>,
     /// The CNI network members attach to when the agent's `network` is not `host`.
     pub cni: Cni,
 }
@@ -73,6 +75,17 @@ pub struct ContainerdRuntime {
     opts: ContainerdOptions,
     /// This host's cgroup mounts: where a task's cgroup files are.
     cgroups: cgroup::Mounts,
+}
+
+impl ContainerdRuntime {
+    /// The cgroup path of task `id` (runc's cgroupfs form): under `cgroup_parent`, or under
+    /// `/<namespace>`.
+    fn cgroups_path(&self, id: &str) -> String {
+        match &self.opts.cgroup_parent {
+            Some(p) => format!("{}/{id}", p.trim_end_matches('/')),
+            None => format!("/{}/{id}", self.opts.namespace),
+        }
+    }
 }
 
 impl std::fmt::Debug for ContainerdRuntime {
@@ -1127,7 +1140,7 @@ impl ContainerRuntime for ContainerdRuntime {
             Network::Host => None,
             Network::Named(_) => Some(cni::netns_path(&netns_name(&self.opts.namespace, &id))),
         };
-        let cgroups = format!("/{}/{id}", self.opts.namespace);
+        let cgroups = self.cgroups_path(&id);
         let ip = match netns {
             Some(_) => Some(self.ensure_network(&id).await?),
             None => None,
@@ -1510,7 +1523,7 @@ impl ContainerRuntime for ContainerdRuntime {
             working_dir: image.config.working_dir.clone(),
         };
         let etc = self.write_etc(&id, None)?;
-        let cgroups = format!("/{}/{id}", self.opts.namespace);
+        let cgroups = self.cgroups_path(&id);
         let mut oci = runtime_spec(&as_member, &config, None, &cgroups, &etc)?;
         if let Some(linux) = oci.linux_mut().as_mut() {
             let mut res = resources(1.0, 0, None);

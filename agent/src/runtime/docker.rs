@@ -28,6 +28,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// `--cgroup-parent` of the members' containers; none: Docker's own.
+    cgroup_parent: Option<String>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -43,7 +45,16 @@ impl DockerRuntime {
         let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime {
+            docker,
+            cgroup_parent: None,
+        })
+    }
+
+    /// The members' containers made under cgroup `parent` (the agent's `member_cgroup_parent`).
+    pub fn with_cgroup_parent(mut self, parent: Option<String>) -> Self {
+        self.cgroup_parent = parent;
+        self
     }
 }
 
@@ -388,6 +399,7 @@ impl ContainerRuntime for DockerRuntime {
                 maximum_retry_count: None,
             }),
             init: Some(false),
+            cgroup_parent: self.cgroup_parent.clone(),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -15,7 +15,7 @@
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
 //! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] [--replicas-on-containerd]
-//! [--parent-cpu-shares N] (default 2048 MiB of rows, half random bytes and half text;
+//! [--member-cpu-weight N] (default 2048 MiB of rows, half random bytes and half text;
 //! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
 //! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
@@ -34,9 +34,10 @@
 //! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
 //! `--mib` well under the member's 1 GiB) and the primary's on this machine's disk (a
 //! switchover makes the first agent's member the primary). `--replicas-on-containerd` runs
-//! the replicas' agents on the tests' standalone containerd. `--parent-cpu-shares N` sets the
-//! `cpu.shares` of the replicas' parent cgroup for the run (cgroup v1; `/docker` with Docker's
-//! cgroupfs driver, the agent's namespace on containerd) and puts it back at the end.
+//! the replicas' agents on the tests' standalone containerd. `--member-cpu-weight N` sets every
+//! agent's `member_cpu_weight` (the members' parent cgroup's weight against the host's other
+//! work; the Docker agents' members under `member_cgroup_parent = "/mofang-bench"`, the
+//! containerd agents' under their namespace's cgroup; the agents write the weight).
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::repo::Secret;
@@ -406,50 +407,38 @@ impl Drop for EngineUnpinned {
     }
 }
 
-/// A member's parent cgroup's `cpu.shares` (cgroup v1) set for the run, put back on drop
-/// (`--parent-cpu-shares`): nice values rank threads only inside one cgroup, so against the
-/// host's own processes (the agent's compression, SeaweedFS) a container counts with its
-/// parent's weight (benchmarks.md, session 26).
-struct ParentShares {
-    file: std::path::PathBuf,
-    was: String,
-}
+/// The Docker agents' `member_cgroup_parent` with `--member-cpu-weight`.
+const BENCH_CGROUP: &str = "/mofang-bench";
 
-impl ParentShares {
-    fn set(member: &str, shares: u64, on_containerd: bool) -> Result<Self> {
-        let pid = if on_containerd {
-            pids_in_cgroup_of(member)?
-                .first()
-                .copied()
-                .with_context(|| format!("no process of {member}"))?
-        } else {
-            docker_cli(&["inspect", "-f", "{{.State.Pid}}", &container_of(member)])?
-                .trim()
-                .parse()
-                .context("docker inspect: the member's pid")?
-        };
-        let own = cgroup_dir(pid, "cpu").context("--parent-cpu-shares needs cgroup v1")?;
-        let parent = own.parent().context("the member's cgroup has no parent")?;
-        // Below the controller's mount (`/sys/fs/cgroup/<controller>`: five components):
-        // the root's weight is not a setting.
-        ensure!(
-            parent.components().count() > 5,
-            "the member's cgroup is at the root"
-        );
-        let file = parent.join("cpu.shares");
-        let was = std::fs::read_to_string(&file)
-            .with_context(|| file.display().to_string())?
+/// Where member `m`'s CPU cgroup is and its parent's weight as the agent wrote it (cgroup v1:
+/// `cpu.shares`), for the run's record.
+fn weight_of_parent(
+    m: &mofang_scheduler::cluster::MemberView,
+    replicas: &[String],
+    replicas_on_containerd: bool,
+) -> Result<String> {
+    let pid = if replicas_on_containerd && replicas.contains(&m.id) {
+        pids_in_cgroup_of(&m.id)?
+            .first()
+            .copied()
+            .with_context(|| format!("no process of {}", m.id))?
+    } else {
+        docker_cli(&["inspect", "-f", "{{.State.Pid}}", &container_of(&m.id)])?
             .trim()
-            .to_owned();
-        std::fs::write(&file, shares.to_string()).with_context(|| file.display().to_string())?;
-        Ok(ParentShares { file, was })
-    }
-}
-
-impl Drop for ParentShares {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.file, &self.was);
-    }
+            .parse()
+            .context("docker inspect: the member's pid")?
+    };
+    let own = cgroup_dir(pid, "cpu").context("--member-cpu-weight is reported on cgroup v1")?;
+    let parent = own.parent().context("the member's cgroup has no parent")?;
+    let shares = std::fs::read_to_string(parent.join("cpu.shares"))
+        .with_context(|| parent.display().to_string())?;
+    Ok(format!(
+        "{} ({}) in {}, cpu.shares {}",
+        m.id,
+        m.role,
+        own.display(),
+        shares.trim()
+    ))
 }
 
 /// Moves the replicas' containers and agents and SeaweedFS to [`REPLICA_CPU`] and binds the
@@ -512,9 +501,9 @@ struct Args {
     /// The replicas' agents on the containerd runtime (a standalone containerd): the backup
     /// stream leaves through its shim's FIFO, not through `dockerd`.
     replicas_on_containerd: bool,
-    /// `cpu.shares` of the replicas' parent cgroup for the run (cgroup v1): `/docker` for a
-    /// Docker member (the cgroupfs driver), the agent's namespace for a containerd one.
-    parent_cpu_shares: Option<u64>,
+    /// The agents' `member_cpu_weight` (the Docker agents' members under
+    /// [`BENCH_CGROUP`], the containerd agents' under their namespace).
+    member_cpu_weight: Option<u32>,
 }
 
 impl Args {
@@ -532,6 +521,9 @@ impl Args {
         }
         if let Some(n) = self.zstd_threads {
             extra.push_str(&format!("backup_zstd_threads = {n}\n"));
+        }
+        if let Some(w) = self.member_cpu_weight {
+            extra.push_str(&format!("member_cpu_weight = {w}\n"));
         }
         extra
     }
@@ -681,8 +673,16 @@ async fn run(args: Args) -> Result<()> {
     };
     let extras: Vec<String> = (0..=args.replicas)
         .map(|i| -> Result<String> {
+            let on_docker = i == 0 || !args.replicas_on_containerd;
+            let parent = if on_docker && args.member_cpu_weight.is_some() {
+                format!("member_cgroup_parent = \"{BENCH_CGROUP}\"\n")
+            } else {
+                String::new()
+            };
             let (key, table) = if i == 0 {
-                ("", "")
+                (parent.as_str(), "")
+            } else if on_docker {
+                (parent.as_str(), runtime_table.as_str())
             } else {
                 (runtime_key, runtime_table.as_str())
             };
@@ -793,16 +793,12 @@ async fn run(args: Args) -> Result<()> {
     if args.split_cores {
         split_cores(&env, &inst, &s3, args.replicas_on_containerd)?;
     }
-    let mut _weighted = Vec::new();
-    if let Some(shares) = args.parent_cpu_shares {
-        for r in &replicas {
-            let w = ParentShares::set(r, shares, args.replicas_on_containerd)?;
+    if args.member_cpu_weight.is_some() {
+        for m in &inst.members {
             println!(
-                "cgroup: {} at cpu.shares {shares} (was {}) for the run: the parent of {r}'s cgroup",
-                w.file.display(),
-                w.was
+                "cgroup: {}",
+                weight_of_parent(m, &replicas, args.replicas_on_containerd)?
             );
-            _weighted.push(w);
         }
     }
 
@@ -1073,12 +1069,12 @@ async fn main() -> Result<()> {
         split_cores: false,
         replica_disk: None,
         replicas_on_containerd: false,
-        parent_cpu_shares: None,
+        member_cpu_weight: None,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
         [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] \
-        [--replicas-on-containerd] [--parent-cpu-shares N]";
+        [--replicas-on-containerd] [--member-cpu-weight N]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1111,7 +1107,7 @@ async fn main() -> Result<()> {
             "--replicas" => args.replicas = v.parse().with_context(bad)?,
             "--rounds" => args.rounds = v.parse().with_context(bad)?,
             "--replica-disk" => args.replica_disk = Some(v.into()),
-            "--parent-cpu-shares" => args.parent_cpu_shares = Some(v.parse().with_context(bad)?),
+            "--member-cpu-weight" => args.member_cpu_weight = Some(v.parse().with_context(bad)?),
             other => bail!("{usage}; got {other:?}"),
         }
     }
