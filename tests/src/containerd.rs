@@ -63,9 +63,10 @@ if [ -f "$dir/containerd.pid" ]; then
 fi
 # Shims of this containerd still alive (a task that would not die): killed with their tasks.
 for p in $(pgrep -f -- "-address $dir/containerd.sock"); do pkill -9 -P "$p"; kill -9 "$p"; done
-# The tasks' parent cgroups (and the Docker agent's `<ns>-docker`), once empty.
+# The tasks' parent cgroups (and the tests' own parents `<ns>-docker`, `<ns>-ctrd`), once empty.
 sleep 2
-for d in /sys/fs/cgroup/*/"$ns" /sys/fs/cgroup/*/"$ns"-docker /sys/fs/cgroup/"$ns" /sys/fs/cgroup/"$ns"-docker; do
+for d in /sys/fs/cgroup/*/"$ns" /sys/fs/cgroup/*/"$ns"-docker /sys/fs/cgroup/*/"$ns"-ctrd \
+  /sys/fs/cgroup/"$ns" /sys/fs/cgroup/"$ns"-docker /sys/fs/cgroup/"$ns"-ctrd; do
   [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
 done
 awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done

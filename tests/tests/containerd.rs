@@ -470,10 +470,14 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     let docker_parent = format!("/{}-docker", ctrd.namespace);
     let on_docker =
         format!("member_cgroup_parent = \"{docker_parent}\"\nmember_cpu_weight = 400\n");
+    // The third agent's tasks under a parent of its own instead of the namespace's.
+    let ctrd_own_parent = format!("/{}-ctrd", ctrd.namespace);
+    let on_containerd_own =
+        format!("member_cgroup_parent = \"{ctrd_own_parent}\"\n{on_containerd}");
     const DOCKER_AGENT: usize = 0;
     let mut env = Env::start_each_with(
         "[failover]\nlease_ttl_ms = 2000\nreplace_after_ms = 8000\nfailover_block_period_ms = 0\n",
-        &[on_docker, on_containerd.clone(), on_containerd],
+        &[on_docker, on_containerd.clone(), on_containerd_own],
         &Timings::FAST,
         4096,
     )
@@ -539,9 +543,13 @@ async fn a_mixed_cluster_on_docker_and_containerd_replicates_adopts_and_fails_ov
     // Each member's CPU cgroup is a child of its agent's parent, weighted 400 (cgroup v1:
     // 4096 shares) against the host's other work.
     let ctrd_parent = format!("/{}", ctrd.namespace);
+    let own_node = env.agents[2].node.clone();
     for (c, parent) in tasks
         .iter()
-        .map(|t| (t, &ctrd_parent))
+        .map(|t| {
+            let own = t.labels.get(labels::NODE) == Some(&own_node);
+            (t, if own { &ctrd_own_parent } else { &ctrd_parent })
+        })
         .chain(in_docker.iter().map(|c| (c, &docker_parent)))
     {
         let pid = c.pid.context("a running member has a pid")?;

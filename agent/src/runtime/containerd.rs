@@ -78,13 +78,18 @@ pub struct ContainerdRuntime {
 }
 
 impl ContainerdRuntime {
-    /// The cgroup path of task `id` (runc's cgroupfs form): under `cgroup_parent`, or under
-    /// `/<namespace>`.
+    /// The cgroup path of task `id`: [`cgroups_path`] with this runtime's options.
     fn cgroups_path(&self, id: &str) -> String {
-        match &self.opts.cgroup_parent {
-            Some(p) => format!("{}/{id}", p.trim_end_matches('/')),
-            None => format!("/{}/{id}", self.opts.namespace),
-        }
+        cgroups_path(self.opts.cgroup_parent.as_deref(), &self.opts.namespace, id)
+    }
+}
+
+/// The cgroup path of task `id` (runc's cgroupfs form): under `parent` (the agent's
+/// `member_cgroup_parent`), or under `/<namespace>`.
+fn cgroups_path(parent: Option<&str>, namespace: &str, id: &str) -> String {
+    match parent {
+        Some(p) => format!("{}/{id}", p.trim_end_matches('/')),
+        None => format!("/{namespace}/{id}"),
     }
 }
 
@@ -1808,6 +1813,16 @@ mod tests {
         assert!(oom_kill_in_run(Some(3)));
         assert!(!oom_kill_in_run(Some(0)), "killed by hand");
         assert!(!oom_kill_in_run(None), "cgroup gone or no counter");
+    }
+
+    #[test]
+    fn a_task_cgroup_is_under_the_configured_parent_or_the_namespace() {
+        assert_eq!(cgroups_path(None, "mofang", "db-0"), "/mofang/db-0");
+        assert_eq!(
+            cgroups_path(Some("/db/members"), "mofang", "db-0"),
+            "/db/members/db-0"
+        );
+        assert_eq!(cgroups_path(Some("/db/"), "mofang", "db-0"), "/db/db-0");
     }
 
     #[test]
