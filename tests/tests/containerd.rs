@@ -383,25 +383,17 @@ async fn a_missing_socket_is_unreachable_and_dockers_namespace_is_refused() -> R
     Ok(())
 }
 
-/// Only the container families (cAdvisor's names) of an exposition, for promtool.
 /// Asserts that process `pid`'s CPU cgroup is a child of cgroup `parent`, whose weight is
-/// `weight` (v1: `cpu.shares` = weight × 1024 / 100; v2: `cpu.weight`).
+/// `weight` (v1: `cpu.shares` = weight × 1024 / 100; v2: `cpu.weight`). The directories are
+/// found as the agent's metrics find them (`/proc/<pid>/cgroup` and the host's mounts).
 fn assert_weighted(pid: u32, parent: &str, weight: u64) -> Result<()> {
-    let v1 = Path::new("/sys/fs/cgroup/cpu").exists()
-        || Path::new("/sys/fs/cgroup/cpu,cpuacct").exists();
-    let (dir, file, want) = if v1 {
-        (cgroup_dir(pid, "cpu")?, "cpu.shares", weight * 1024 / 100)
-    } else {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        let path = text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .context("no v2 cgroup")?;
-        (
-            Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')),
-            "cpu.weight",
-            weight,
-        )
+    let paths = mofang_agent::metrics::cgroup::Mounts::detect()
+        .paths_of(pid)
+        .context("the member's cgroup")?;
+    let (dir, file, want) = match (paths.v1.get("cpu"), paths.v2) {
+        (Some(v1), _) => (v1.clone(), "cpu.shares", weight * 1024 / 100),
+        (None, Some(v2)) => (v2, "cpu.weight", weight),
+        (None, None) => bail!("no cpu cgroup for {pid}"),
     };
     let up = dir.parent().context("a member's cgroup has a parent")?;
     ensure!(
@@ -413,6 +405,7 @@ fn assert_weighted(pid: u32, parent: &str, weight: u64) -> Result<()> {
     Ok(())
 }
 
+/// Only the container families (cAdvisor's names) of an exposition, for promtool.
 fn container_families(exposition: &str) -> String {
     exposition
         .lines()
