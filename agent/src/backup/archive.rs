@@ -46,7 +46,60 @@ const CLIENT: [&str; 5] = [
 pub struct Archivers {
     runtime: Arc<dyn ContainerRuntime>,
     state: LocalState,
-    running: Arc<Mutex<HashMap<String, (String, CancellationToken)>>>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+/// A member's archiver task: its target (the starting point can move under it) and how to
+/// stop it.
+struct Running {
+    target: watch::Sender<ArchiveTarget>,
+    cancel: CancellationToken,
+}
+
+/// What [`Archivers::sync`] does to one member's archiver.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    Start(String, ArchiveTarget),
+    Stop(String),
+    /// Same repository, instance and interval; only `after` moved.
+    Update(String, ArchiveTarget),
+}
+
+/// From the running archivers' targets to the wanted ones: a task is kept when only its
+/// starting point (`after`) moves, restarted when anything else changes. Stops come first,
+/// so a restart is a stop then a start.
+fn changes(
+    running: &HashMap<String, ArchiveTarget>,
+    mut wanted: HashMap<String, ArchiveTarget>,
+) -> Vec<Change> {
+    let mut stops = Vec::new();
+    let mut rest = Vec::new();
+    let mut members: Vec<&String> = running.keys().collect();
+    members.sort();
+    for member in members {
+        let now = &running[member];
+        match wanted.remove(member) {
+            Some(t) if t == *now => {}
+            Some(t)
+                if ArchiveTarget {
+                    after: now.after.clone(),
+                    ..t.clone()
+                } == *now =>
+            {
+                rest.push(Change::Update(member.clone(), t));
+            }
+            Some(t) => {
+                stops.push(Change::Stop(member.clone()));
+                rest.push(Change::Start(member.clone(), t));
+            }
+            None => stops.push(Change::Stop(member.clone())),
+        }
+    }
+    let mut new: Vec<(String, ArchiveTarget)> = wanted.into_iter().collect();
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    rest.extend(new.into_iter().map(|(m, t)| Change::Start(m, t)));
+    stops.extend(rest);
+    stops
 }
 
 impl std::fmt::Debug for Archivers {
@@ -67,49 +120,62 @@ impl Archivers {
     }
 
     /// Starts an archiver for each assignment that asks for one (or asks differently),
-    /// stops those no longer asked for.
+    /// stops those no longer asked for, and hands a running one its new starting point when
+    /// only that changed (each full backup moves it: restarting would throw away what the
+    /// task knows and cost the primary one `SHOW BINLOG EVENTS` per closed file).
     pub fn sync(&self, desired: &DesiredState) {
-        let wanted: HashMap<String, String> = desired
-            .members
-            .iter()
-            .filter(|a| !a.archive.is_empty())
-            .map(|a| (a.member.clone(), a.archive.clone()))
-            .collect();
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.retain(|member, (json, cancel)| {
-            let keep = wanted.get(member) == Some(json);
-            if !keep {
-                cancel.cancel();
-            }
-            keep
-        });
-        for (member, json) in wanted {
-            if running.contains_key(&member) {
-                continue;
-            }
-            let target: ArchiveTarget = match serde_json::from_str(&json) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(member = %member, error = %e, "archive target unreadable");
-                    continue;
+        let mut wanted: HashMap<String, ArchiveTarget> = HashMap::new();
+        for a in desired.members.iter().filter(|a| !a.archive.is_empty()) {
+            match serde_json::from_str(&a.archive) {
+                Ok(t) => {
+                    wanted.insert(a.member.clone(), t);
                 }
-            };
-            let cancel = CancellationToken::new();
-            running.insert(member.clone(), (json, cancel.clone()));
-            let runtime = self.runtime.clone();
-            let pipe = PipeDir::config(self.state.config_dir(&member));
-            let span =
-                tracing::info_span!("archive", member = %member, instance = %target.instance);
-            tokio::spawn(
-                async move {
-                    info!("binlog archiving started");
-                    tokio::select! {
-                        _ = cancel.cancelled() => info!("binlog archiving stopped"),
-                        () = archive(runtime, pipe, member, target) => {}
+                Err(e) => warn!(member = %a.member, error = %e, "archive target unreadable"),
+            }
+        }
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let current: HashMap<String, ArchiveTarget> = running
+            .iter()
+            .map(|(m, r)| (m.clone(), r.target.borrow().clone()))
+            .collect();
+        for change in changes(&current, wanted) {
+            match change {
+                Change::Stop(member) => {
+                    if let Some(r) = running.remove(&member) {
+                        r.cancel.cancel();
                     }
                 }
-                .instrument(span),
-            );
+                Change::Update(member, target) => {
+                    if let Some(r) = running.get(&member) {
+                        debug!(member = %member, after = %target.after, "archive starting point moved");
+                        r.target.send_replace(target);
+                    }
+                }
+                Change::Start(member, target) => {
+                    let cancel = CancellationToken::new();
+                    let (tx, rx) = watch::channel(target.clone());
+                    running.insert(
+                        member.clone(),
+                        Running {
+                            target: tx,
+                            cancel: cancel.clone(),
+                        },
+                    );
+                    let runtime = self.runtime.clone();
+                    let pipe = PipeDir::config(self.state.config_dir(&member));
+                    let span = tracing::info_span!("archive", member = %member, instance = %target.instance);
+                    tokio::spawn(
+                        async move {
+                            info!("binlog archiving started");
+                            tokio::select! {
+                                _ = cancel.cancelled() => info!("binlog archiving stopped"),
+                                () = archive(runtime, pipe, member, rx) => {}
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
         }
     }
 
@@ -129,8 +195,8 @@ impl Archivers {
             }
         }
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, cancel) in running.values() {
-            cancel.cancel();
+        for r in running.values() {
+            r.cancel.cancel();
         }
     }
 }
@@ -141,8 +207,9 @@ async fn archive(
     runtime: Arc<dyn ContainerRuntime>,
     pipe: PipeDir,
     member: String,
-    target: ArchiveTarget,
+    mut targets: watch::Receiver<ArchiveTarget>,
 ) {
+    let target = targets.borrow_and_update().clone();
     let interval = Duration::from_secs(target.interval_s.max(1));
     let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let mut a = Archiver {
@@ -161,6 +228,9 @@ async fn archive(
     };
     let mut last_error = String::new();
     loop {
+        if targets.has_changed().unwrap_or(false) {
+            a.target.after = targets.borrow_and_update().after.clone();
+        }
         match a.pass().await {
             Ok(again) => {
                 last_error.clear();
@@ -510,5 +580,49 @@ mod tests {
         );
         assert!(valid_file("mysql-bin.000003"));
         assert!(!valid_file("x'; DROP TABLE t; --"));
+    }
+
+    fn target(after: &str, interval_s: u64) -> ArchiveTarget {
+        serde_json::from_value(serde_json::json!({
+            "repo": {"kind": "fs", "path": "/srv/backups"},
+            "instance": "orders",
+            "after": after,
+            "interval_s": interval_s,
+        }))
+        .expect("a target")
+    }
+
+    #[test]
+    fn a_moved_starting_point_keeps_the_task_anything_else_restarts_it() {
+        let running: HashMap<String, ArchiveTarget> = [
+            ("m1".to_owned(), target("0-1-10", 60)),
+            ("m2".to_owned(), target("0-1-10", 60)),
+            ("m3".to_owned(), target("0-1-10", 60)),
+            ("m4".to_owned(), target("0-1-10", 60)),
+        ]
+        .into();
+        let wanted: HashMap<String, ArchiveTarget> = [
+            // The same: nothing to do.
+            ("m1".to_owned(), target("0-1-10", 60)),
+            // A full backup moved the starting point: kept, told.
+            ("m2".to_owned(), target("0-1-42", 60)),
+            // Another interval: restarted.
+            ("m3".to_owned(), target("0-1-42", 30)),
+            // m4 no longer primary: stopped. m5 new primary: started.
+            ("m5".to_owned(), target("0-1-42", 60)),
+        ]
+        .into();
+        assert_eq!(
+            changes(&running, wanted),
+            [
+                Change::Stop("m3".into()),
+                Change::Stop("m4".into()),
+                Change::Update("m2".into(), target("0-1-42", 60)),
+                Change::Start("m3".into(), target("0-1-42", 30)),
+                Change::Start("m5".into(), target("0-1-42", 60)),
+            ]
+        );
+        assert_eq!(changes(&running, HashMap::new()).len(), 4);
+        assert!(changes(&HashMap::new(), HashMap::new()).is_empty());
     }
 }

@@ -107,6 +107,12 @@ fn writer(
     })
 }
 
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn p50_p99(mut v: Vec<Duration>) -> (Duration, Duration, usize) {
     v.sort();
     (percentile(&v, 0.50), percentile(&v, 0.99), v.len())
@@ -609,12 +615,24 @@ async fn backup_window(
     let mut slowest = sent.clone();
     slowest.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
     let span = (ended - running).as_secs_f64().max(f64::EPSILON);
+    // And against the end the scheduler recorded (wall clock): a slow write just after it
+    // comes from what the completion sets off, not from the backup.
+    let (now, wall_ms) = (Instant::now(), unix_ms());
+    let recorded_end = |t: Instant| -> f64 {
+        let t_ms = wall_ms as f64 - (now - t).as_secs_f64() * 1000.0;
+        (t_ms - b.ended_at_ms as f64) / 1000.0
+    };
     let at: Vec<String> = slowest
         .iter()
         .take(5)
         .map(|(t, d)| {
             let after = (*t - running).as_secs_f64();
-            format!("{} at {after:.1} s ({:.0}%)", ms(*d), after / span * 100.0)
+            format!(
+                "{} at {after:.1} s ({:.0}%, end{:+.2} s)",
+                ms(*d),
+                after / span * 100.0,
+                recorded_end(*t)
+            )
         })
         .collect();
     Ok((
