@@ -618,20 +618,19 @@ async fn backup_window(
     // And against the end the scheduler recorded (wall clock): a slow write just after it
     // comes from what the completion sets off, not from the backup.
     let (now, wall_ms) = (Instant::now(), unix_ms());
-    let recorded_end = |t: Instant| -> f64 {
-        let t_ms = wall_ms as f64 - (now - t).as_secs_f64() * 1000.0;
-        (t_ms - b.ended_at_ms as f64) / 1000.0
-    };
+    let wall = |t: Instant| wall_ms as f64 - (now - t).as_secs_f64() * 1000.0;
+    let recorded_end = |t: Instant| (wall(t) - b.ended_at_ms as f64) / 1000.0;
     let at: Vec<String> = slowest
         .iter()
         .take(5)
         .map(|(t, d)| {
             let after = (*t - running).as_secs_f64();
             format!(
-                "{} at {after:.1} s ({:.0}%, end{:+.2} s)",
+                "{} at {after:.1} s ({:.0}%, end{:+.2} s, unix {:.3})",
                 ms(*d),
                 after / span * 100.0,
-                recorded_end(*t)
+                recorded_end(*t),
+                wall(*t) / 1000.0
             )
         })
         .collect();
