@@ -95,6 +95,38 @@ pub struct SchedulerConfig {
     /// `[backup]`: backup and binlog archiving knobs (docs/backup.md).
     #[serde(default)]
     pub backup: BackupConfig,
+    /// `[history]`: how long events and finished operations are kept (decision 174).
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// `[history]`: retention of the store's history. The audit log is never pruned: it is the
+/// record of who did what, and is exported (`mofang audit`), not aged out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events older than this many days are deleted by the leader (0: kept forever).
+    /// Default 90.
+    #[serde(default = "default_keep_days")]
+    pub events_keep_days: u32,
+    /// Finished day-2 operations and batches that ended more than this many days ago are
+    /// deleted by the leader (0: kept forever); an operation of a batch still kept stays.
+    /// Default 90.
+    #[serde(default = "default_keep_days")]
+    pub operations_keep_days: u32,
+}
+
+fn default_keep_days() -> u32 {
+    90
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            events_keep_days: default_keep_days(),
+            operations_keep_days: default_keep_days(),
+        }
+    }
 }
 
 /// `[backup]`: backup and binlog archiving knobs.
@@ -626,6 +658,7 @@ impl Default for SchedulerConfig {
             etcd: EtcdConfig::default(),
             tls: TlsConfig::default(),
             backup: BackupConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -677,6 +710,17 @@ impl SchedulerConfig {
                 "backup.archive_interval_s",
                 "between 1 and 86400 seconds",
             ));
+        }
+        for (field, days) in [
+            ("history.events_keep_days", self.history.events_keep_days),
+            (
+                "history.operations_keep_days",
+                self.history.operations_keep_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(invalid(field, "at most 36500 days (0 keeps forever)"));
+            }
         }
         if let Err((field, why)) = self.failover.validate() {
             return Err(invalid(field, why));
@@ -784,6 +828,33 @@ mod tests {
         assert!(e.to_string().contains("tokens[0]"));
         let e = SchedulerConfig::parse("node_ttl_ms = 1", Path::new("s")).unwrap_err();
         assert!(e.to_string().contains("node_ttl_ms"));
+    }
+
+    #[test]
+    fn history_retention_defaults_to_90_days_and_0_keeps_forever() {
+        let c = SchedulerConfig::parse("", Path::new("s")).unwrap();
+        assert_eq!(
+            (c.history.events_keep_days, c.history.operations_keep_days),
+            (90, 90)
+        );
+        let c = SchedulerConfig::parse(
+            "[history]\nevents_keep_days = 0\noperations_keep_days = 7\n",
+            Path::new("s"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.history.events_keep_days, c.history.operations_keep_days),
+            (0, 7)
+        );
+        let e = SchedulerConfig::parse("[history]\nevents_keep_days = 40000\n", Path::new("s"))
+            .unwrap_err();
+        assert!(e.to_string().contains("history.events_keep_days"), "{e}");
+        let e =
+            SchedulerConfig::parse("[history]\naudit_keep_days = 1\n", Path::new("s")).unwrap_err();
+        assert!(e.to_string().contains("audit_keep_days"), "{e}");
+        let e = SchedulerConfig::parse("[history]\nevents_keep_days = -1\n", Path::new("s"))
+            .unwrap_err();
+        assert!(e.to_string().contains("events_keep_days"), "{e}");
     }
 
     #[test]

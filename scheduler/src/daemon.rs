@@ -25,6 +25,9 @@ const FAILOVER_WAKE_SPACING: Duration = Duration::from_millis(50);
 /// this of its time).
 const SCHEDULE_TICK: Duration = Duration::from_millis(500);
 
+/// How often the leader deletes history older than `[history]` keeps it.
+const HISTORY_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often the leader refreshes each binlog archive's window and gaps.
 const PITR_REFRESH: Duration = Duration::from_secs(2);
 
@@ -412,6 +415,31 @@ pub async fn start(
             }
         }
         .instrument(tracing::info_span!("schedules")),
+    ));
+    // History retention (decision 174): the leader deletes events and finished operations
+    // older than `[history]` keeps them, every HISTORY_EVERY.
+    let (sd, c, history) = (shutdown.clone(), cluster.clone(), cfg.history.clone());
+    tasks.push(tokio::spawn(
+        async move {
+            // A pass on taking the lead, then every HISTORY_EVERY while leading.
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last: Option<std::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        if !c.is_active() {
+                            last = None;
+                        } else if last.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
+                            c.prune_history_now(&history).await;
+                            last = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("history")),
     ));
     // Day-2 operations: the leader takes each unfinished one a step further (issue 17).
     let (sd, c) = (shutdown.clone(), cluster.clone());

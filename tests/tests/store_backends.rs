@@ -1348,3 +1348,123 @@ async fn consul_holds_no_password_and_a_restart_reads_them_back() -> Result<()> 
 async fn etcd_holds_no_password_and_a_restart_reads_them_back() -> Result<()> {
     secrets_sealed_in("etcd").await
 }
+
+/// History retention (decision 174) by a real scheduler daemon on Consul and on etcd: on
+/// taking the lead it deletes the events and finished operations older than `[history]`
+/// keeps them, from the log and from their instance's, and keeps the recent ones and the
+/// audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_prunes_old_history_in_consul_and_etcd() -> Result<()> {
+    use mofang_tests::cluster::SchedulerProcess;
+    mofang_tests::init_tracing();
+    let now = mofang_scheduler::model::now_ms();
+    let day = 86_400_000;
+    let consul = Backend::start("consul").await?;
+    let etcd = Backend::start("etcd").await?;
+    for (kind, backend) in [("consul", &consul), ("etcd", &etcd)] {
+        let p = prefix();
+        let store = backend.open(&p).await?;
+        // 1,010 events ten days old (more than one chunk of ids), then 3 from today.
+        for n in 0..101 {
+            let batch: Vec<Event> = (0..10)
+                .map(|k| {
+                    let mut e = event(Some("shop"), &format!("old{}", n * 10 + k));
+                    e.at_ms = now - 10 * day;
+                    e
+                })
+                .collect();
+            store.append_events(&batch).await?;
+        }
+        let recent: Vec<Event> = (0..3)
+            .map(|k| {
+                let mut e = event(Some("shop"), &format!("new{k}"));
+                e.at_ms = now - day;
+                e
+            })
+            .collect();
+        store.append_events(&recent).await?;
+        store.append_audit(&audit_entry("old-but-audited")).await?;
+        let op = |id: &str, ended_ms: i64| {
+            serde_json::json!({
+                "id": id, "instance": "shop", "type": "restart", "state": "succeeded",
+                "created_ms": ended_ms - 60_000, "ended_ms": ended_ms, "timeout_ms": 600_000,
+            })
+            .to_string()
+        };
+        store
+            .put_meta("operation/op-old", &op("op-old", now - 9 * day))
+            .await?;
+        store
+            .put_meta("operation/op-new", &op("op-new", now - day))
+            .await?;
+        let addr = match backend {
+            Backend::Consul(c) => format!(
+                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{p}\"\n",
+                c.http
+            ),
+            Backend::Etcd(e) => format!(
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{p}\"\n",
+                e.endpoint
+            ),
+        };
+        let sched = SchedulerProcess::start(&format!(
+            "{addr}[history]\nevents_keep_days = 7\noperations_keep_days = 7\n"
+        ))?;
+        let token = sched.admin_token()?;
+        let api = api_of(&sched, Some(&token));
+        eventually(
+            &format!("{kind}: old history pruned"),
+            Duration::from_secs(60),
+            || async {
+                let shop = api
+                    .events(
+                        Some("shop"),
+                        mofang_scheduler::client::LogRange {
+                            limit: Some(5000),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                ensure!(
+                    kinds(&shop) == ["new0", "new1", "new2"],
+                    "{:?}",
+                    kinds(&shop)
+                );
+                Ok(())
+            },
+        )
+        .await?;
+        let all = api
+            .events(
+                None,
+                mofang_scheduler::client::LogRange {
+                    limit: Some(5000),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        ensure!(
+            all.iter().all(|e| e.at_ms >= now - 7 * day),
+            "{kind}: an old event is left"
+        );
+        ensure!(all.first().map(|e| e.id) == Some(1011), "{kind}: {all:?}");
+        let gone = api.operation("op-old").await;
+        ensure!(
+            gone.as_ref().err().and_then(|e| e.status()) == Some(404),
+            "{kind}: {gone:?}"
+        );
+        ensure!(api.operation("op-new").await?.id == "op-new", "{kind}");
+        let audit = store.audit(0, 10).await?;
+        ensure!(
+            audit.iter().any(|a| a.action == "old-but-audited"),
+            "{kind}: {audit:?}"
+        );
+        ensure!(
+            sched
+                .log()
+                .contains("history older than its retention deleted"),
+            "{kind}: nothing logged"
+        );
+    }
+    Ok(())
+}

@@ -14,6 +14,7 @@ mod books;
 mod desired;
 mod endpoints;
 mod failover;
+mod history;
 mod identity;
 mod jobs;
 mod member_certs;
@@ -32,6 +33,7 @@ mod views;
 
 pub use endpoints::Registered;
 pub use failover::Trigger;
+pub use history::Pruned;
 pub use identity::{JoinRefusal, JoinToken, JoinTokenRecord, Revocation};
 pub use member_certs::MemberCertRefusal;
 pub use pitr::PitrWindow;

@@ -18,9 +18,9 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 /// Metadata prefix of operation records.
-const PREFIX: &str = "operation/";
+pub(super) const PREFIX: &str = "operation/";
 /// Metadata prefix of batch records.
-const BATCH_PREFIX: &str = "batch/";
+pub(super) const BATCH_PREFIX: &str = "batch/";
 
 fn key(id: &str) -> String {
     format!("{PREFIX}{id}")
@@ -1688,6 +1688,9 @@ mod tests {
             e: &[crate::model::Event],
         ) -> crate::store::Result<Vec<crate::model::Event>> {
             self.inner.append_events(e).await
+        }
+        async fn prune_events(&self, before_ms: i64, limit: usize) -> crate::store::Result<usize> {
+            self.inner.prune_events(before_ms, limit).await
         }
         async fn events(
             &self,

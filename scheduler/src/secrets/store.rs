@@ -278,6 +278,10 @@ impl Store for SealedStore {
         self.inner.append_events(events).await
     }
 
+    async fn prune_events(&self, before_ms: i64, limit: usize) -> Result<usize> {
+        self.inner.prune_events(before_ms, limit).await
+    }
+
     async fn events(&self, instance: Option<&str>, since: u64, limit: usize) -> Result<Vec<Event>> {
         self.inner.events(instance, since, limit).await
     }

@@ -50,6 +50,7 @@ pub async fn run(b: &dyn Backend) -> Result<()> {
     check!(failed_requests_in_a_batch_fail_alone);
     check!(concurrent_updates_at_one_revision_one_wins);
     check!(ids_stay_ordered_across_chunks);
+    check!(old_events_are_pruned_and_ids_go_on);
     check!(two_schedulers_on_one_prefix);
     Ok(())
 }
@@ -559,6 +560,53 @@ async fn ids_stay_ordered_across_chunks(b: &dyn Backend) -> Result<()> {
     );
     let even_back = store.events_before(Some("even"), u64::MAX, 3).await?;
     ensure!(even_back[..] == even[547..], "{even_back:?}");
+    Ok(())
+}
+
+/// History retention (decision 174): the oldest events go, from the log and from their
+/// instance's, a prefix of the log at a time and across a chunk boundary; ids go on.
+async fn old_events_are_pruned_and_ids_go_on(b: &dyn Backend) -> Result<()> {
+    let store = b.open(&space()).await?;
+    // Event n (1 ..= 1005) at 10 n ms; instances a, b and none in turn.
+    let at = |n: u64| 10 * n as i64;
+    let mut n = 0u64;
+    while n < 1005 {
+        let batch: Vec<Event> = (n + 1..=(n + 5).min(1005))
+            .map(|k| {
+                let who = ["a", "b", ""][(k % 3) as usize];
+                let mut e = event((!who.is_empty()).then_some(who), &format!("e{k}"));
+                e.at_ms = at(k);
+                e
+            })
+            .collect();
+        n += batch.len() as u64;
+        store.append_events(&batch).await?;
+    }
+    let ids = |v: &[Event]| v.iter().map(|e| e.id).collect::<Vec<_>>();
+    // Nothing older than the oldest event: nothing goes.
+    ensure!(store.prune_events(at(1), 100).await? == 0);
+    // At most `limit`, oldest first.
+    ensure!(store.prune_events(at(1003), 25).await? == 25);
+    ensure!(ids(&store.events(None, 0, 3).await?) == [26, 27, 28]);
+    // The rest before event 1003, across the chunk boundary at 1000.
+    let went = store.prune_events(at(1003), usize::MAX).await?;
+    ensure!(went == 977, "{went} pruned");
+    ensure!(ids(&store.events(None, 0, usize::MAX).await?) == [1003, 1004, 1005]);
+    ensure!(ids(&store.events_before(None, u64::MAX, usize::MAX).await?) == [1003, 1004, 1005]);
+    ensure!(ids(&store.events(Some("a"), 0, usize::MAX).await?) == [1005]);
+    ensure!(ids(&store.events(Some("b"), 0, usize::MAX).await?) == [1003]);
+    ensure!(store.events_before(Some("a"), 1005, 10).await?.is_empty());
+    ensure!(store.events(None, 500, 10).await?.len() == 3);
+    ensure!(store.prune_events(at(1003), usize::MAX).await? == 0);
+    // Ids are not handed out again, even once the log is empty.
+    ensure!(ids(&store.append_events(&[event(Some("a"), "late")]).await?) == [1006]);
+    ensure!(store.prune_events(i64::MAX, usize::MAX).await? == 4);
+    ensure!(store.events(None, 0, usize::MAX).await?.is_empty());
+    ensure!(store.events_before(None, u64::MAX, 10).await?.is_empty());
+    ensure!(ids(&store.append_events(&[event(None, "next")]).await?) == [1007]);
+    // The audit log is never pruned.
+    store.append_audit(&audit_entry("kept")).await?;
+    ensure!(store.audit(0, 10).await?.len() == 1);
     Ok(())
 }
 

@@ -160,6 +160,14 @@ impl Layout {
             Sequence::Audit => format!("{}counters/audit", self.prefix),
         }
     }
+    /// The first id a numbered log still holds once its oldest entries were pruned (absent:
+    /// nothing pruned); only events are pruned (decision 174).
+    fn floor(&self, seq: Sequence) -> String {
+        match seq {
+            Sequence::Events => format!("{}counters/events-floor", self.prefix),
+            Sequence::Audit => format!("{}counters/audit-floor", self.prefix),
+        }
+    }
     fn chunk(&self, seq: Sequence, chunk: u64) -> String {
         match seq {
             Sequence::Events => format!("{}events/{chunk:017}/", self.prefix),
@@ -237,19 +245,20 @@ impl<K: Kv> KvStore<K> {
             .map_err(|_| Error::Backend("the store writer stopped before answering".to_owned()))?
     }
 
-    /// The last id of a sequence (0 if none yet).
-    async fn last_id(&self, seq: Sequence) -> Result<u64> {
-        let key = self.layout.counter(seq);
-        match self
-            .kv
-            .get(std::slice::from_ref(&key))
-            .await?
-            .pop()
-            .flatten()
-        {
-            Some(entry) => parse_counter(&entry),
-            None => Ok(0),
-        }
+    /// The first id a sequence still holds (1 if nothing was pruned) and its last id (0 if
+    /// none yet), in one read.
+    async fn bounds(&self, seq: Sequence) -> Result<(u64, u64)> {
+        let keys = [self.layout.floor(seq), self.layout.counter(seq)];
+        let mut found = self.kv.get(&keys).await?.into_iter();
+        let floor = match found.next().flatten() {
+            Some(entry) => parse_counter(&entry)?.max(1),
+            None => 1,
+        };
+        let last = match found.next().flatten() {
+            Some(entry) => parse_counter(&entry)?,
+            None => 0,
+        };
+        Ok((floor, last))
     }
 
     /// Records of a numbered sequence with id > `since`, oldest first, at most `limit`.
@@ -266,7 +275,8 @@ impl<K: Kv> KvStore<K> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let last = self.last_id(seq).await?;
+        let (floor, last) = self.bounds(seq).await?;
+        let first = first.max(floor);
         let mut out = Vec::new();
         let mut chunk = first / CHUNK;
         while chunk <= last / CHUNK && out.len() < limit {
@@ -295,9 +305,9 @@ impl<K: Kv> KvStore<K> {
         if before <= 1 || limit == 0 {
             return Ok(Vec::new());
         }
-        let last = self.last_id(seq).await?;
+        let (floor, last) = self.bounds(seq).await?;
         let top = (before - 1).min(last);
-        if top == 0 {
+        if top == 0 || top < floor {
             return Ok(Vec::new());
         }
         // Every key of a chunk below `before`'s sorts below `before`'s own key.
@@ -312,7 +322,7 @@ impl<K: Kv> KvStore<K> {
                 .await?;
             found += page.len();
             pages.push(page);
-            if found >= limit || chunk == 0 {
+            if found >= limit || chunk == 0 || chunk <= floor / CHUNK {
                 break;
             }
             chunk -= 1;
@@ -445,6 +455,102 @@ impl<K: Kv> Store for KvStore<K> {
             .iter()
             .map(|e| decode("event", e))
             .collect()
+    }
+
+    async fn prune_events(&self, before_ms: i64, limit: usize) -> Result<usize> {
+        // Not through the writer: events are never rewritten, so each delete is conditional
+        // on the version just read, and the floor moves in the same transaction as the
+        // events below it. Another scheduler pruning at the same time makes a transaction
+        // fail whole; what it did stays done, the rest waits for the next pass.
+        let (floor, last) = self.bounds(Sequence::Events).await?;
+        let mut doomed: Vec<(Entry, Event)> = Vec::new();
+        let mut chunk = floor / CHUNK;
+        'scan: while chunk <= last / CHUNK && doomed.len() < limit {
+            let from = self
+                .layout
+                .numbered(Sequence::Events, floor.max(chunk * CHUNK));
+            let entries = self
+                .kv
+                .scan(
+                    &self.layout.chunk(Sequence::Events, chunk),
+                    &from,
+                    limit - doomed.len(),
+                )
+                .await?;
+            for entry in entries {
+                let event: Event = decode("event", &entry)?;
+                if event.at_ms >= before_ms {
+                    break 'scan;
+                }
+                doomed.push((entry, event));
+            }
+            chunk += 1;
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let index_keys: Vec<String> = doomed
+            .iter()
+            .filter_map(|(_, e)| {
+                e.instance
+                    .as_deref()
+                    .map(|name| self.layout.instance_event(name, e.id))
+            })
+            .collect();
+        let versions: HashMap<String, u64> = self
+            .kv
+            .get(&index_keys)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|entry| (entry.key, entry.version))
+            .collect();
+        let floor_put = |next: u64| Op::Put {
+            key: self.layout.floor(Sequence::Events),
+            value: next.to_string().into_bytes(),
+            expect: None,
+        };
+        let room = self.kv.max_ops();
+        let mut pruned = 0;
+        let mut ops: Vec<Op> = Vec::new();
+        let mut cost = self.kv.cost(&floor_put(0));
+        let mut in_txn = 0;
+        for (k, (entry, event)) in doomed.iter().enumerate() {
+            let mut pair = vec![Op::Delete {
+                key: entry.key.clone(),
+                version: entry.version,
+            }];
+            if let Some(name) = event.instance.as_deref() {
+                let key = self.layout.instance_event(name, event.id);
+                if let Some(version) = versions.get(&key) {
+                    pair.push(Op::Delete {
+                        key,
+                        version: *version,
+                    });
+                }
+            }
+            let pair_cost: usize = pair.iter().map(|op| self.kv.cost(op)).sum();
+            if cost + pair_cost > room && !ops.is_empty() {
+                ops.push(floor_put(doomed[k - 1].1.id + 1));
+                match self.kv.commit(&ops).await? {
+                    Commit::Applied(_) => pruned += in_txn,
+                    Commit::Rejected(_) => return Ok(pruned),
+                }
+                ops.clear();
+                cost = self.kv.cost(&floor_put(0));
+                in_txn = 0;
+            }
+            cost += pair_cost;
+            ops.extend(pair);
+            in_txn += 1;
+        }
+        if let Some((_, newest)) = doomed.last() {
+            ops.push(floor_put(newest.id + 1));
+            if let Commit::Applied(_) = self.kv.commit(&ops).await? {
+                pruned += in_txn;
+            }
+        }
+        Ok(pruned)
     }
 
     async fn events_before(
@@ -1340,7 +1446,7 @@ mod tests {
         *store.kv.interfere.lock().unwrap() = Some("t/counters/events".to_owned());
         let second = store.append_events(&[event("b")]).await.unwrap();
         assert_eq!(second[0].id, 3);
-        assert_eq!(store.last_id(Sequence::Events).await.unwrap(), 3);
+        assert_eq!(store.bounds(Sequence::Events).await.unwrap().1, 3);
     }
 
     #[tokio::test]

@@ -82,6 +82,11 @@ pub trait Store: Send + Sync + 'static {
     /// Events with id > `since`, optionally only of one instance, oldest first, at most
     /// `limit`.
     async fn events(&self, instance: Option<&str>, since: u64, limit: usize) -> Result<Vec<Event>>;
+    /// Deletes the oldest events, from the log and from their instance's, up to the first one
+    /// at or after `before_ms` (events are appended in time order: what goes is always a
+    /// prefix of the log), at most `limit` of them; returns how many went. Ids are never
+    /// reused, and audit entries are never deleted (history retention, decision 174).
+    async fn prune_events(&self, before_ms: i64, limit: usize) -> Result<usize>;
     /// Appends an audit entry (id assigned); returns it. Durable when it returns.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditEntry>;
     /// Audit entries with id > `since`, oldest first, at most `limit`.

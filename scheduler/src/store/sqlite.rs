@@ -355,6 +355,38 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_events(&self, before_ms: i64, limit: usize) -> Result<usize> {
+        let limit = clamp(limit);
+        self.write(move |conn| {
+            // The oldest `limit` events; the prefix of them older than `before_ms` goes
+            // (AUTOINCREMENT: the ids are not handed out again).
+            let mut stmt = conn
+                .prepare_cached("SELECT id, at_ms FROM events ORDER BY id LIMIT ?1")
+                .context("prune events")?;
+            let rows = stmt
+                .query_map(params![limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .context("prune events")?;
+            let mut last = None;
+            for row in rows {
+                let (id, at_ms) = row.context("prune events")?;
+                if at_ms >= before_ms {
+                    break;
+                }
+                last = Some(id);
+            }
+            let Some(last) = last else {
+                return Ok(0);
+            };
+            let n = conn
+                .execute("DELETE FROM events WHERE id <= ?1", params![last])
+                .context("prune events")?;
+            Ok(n)
+        })
+        .await
+    }
+
     async fn events_before(
         &self,
         instance: Option<&str>,
