@@ -1138,8 +1138,46 @@ async fn main() -> Result<()> {
         bail!("--split-cores needs two cores");
     }
     // Ctrl-C drops the run: the daemons, their containers and SeaweedFS go with it.
-    tokio::select! {
+    let weighted = args.member_cpu_weight.is_some();
+    let outcome = tokio::select! {
         r = run(args) => r,
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if weighted {
+        remove_bench_cgroups();
+    }
+    outcome
+}
+
+/// The Docker agents' members' parent ([`BENCH_CGROUP`]) under every cgroup mount, once its
+/// containers are gone: removed when empty, deepest first (a directory still holding a
+/// process is left).
+fn remove_bench_cgroups() {
+    let mounts = ["/sys/fs/cgroup"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(
+            std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
+    for mount in mounts {
+        let top = mount.join(BENCH_CGROUP.trim_start_matches('/'));
+        if !top.is_dir() {
+            continue;
+        }
+        let mut dirs = vec![top.clone()];
+        let mut k = 0;
+        while k < dirs.len() {
+            if let Ok(entries) = std::fs::read_dir(&dirs[k]) {
+                dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+            k += 1;
+        }
+        for dir in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
