@@ -57,6 +57,20 @@ impl Backend {
         })
     }
 
+    /// A scheduler's `store` settings for this server, under `prefix`.
+    fn scheduler_toml(&self, prefix: &str) -> String {
+        match self {
+            Backend::Consul(c) => format!(
+                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}\"\n",
+                c.http
+            ),
+            Backend::Etcd(e) => format!(
+                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n",
+                e.endpoint
+            ),
+        }
+    }
+
     async fn open(&self, prefix: &str) -> Result<Arc<dyn Store>> {
         Ok(match self {
             Backend::Consul(c) => Arc::new(ConsulStore::consul(
@@ -1222,16 +1236,7 @@ async fn secrets_sealed_in(kind: &str) -> Result<()> {
         "{kind}: the old code's record is in clear"
     );
 
-    let extra = match &b {
-        Backend::Consul(c) => format!(
-            "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{prefix}\"\n",
-            c.http
-        ),
-        Backend::Etcd(e) => format!(
-            "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n",
-            e.endpoint
-        ),
-    };
+    let extra = b.scheduler_toml(&prefix);
     let mut sched = SchedulerProcess::start(&extra)?;
     let token = sched.admin_token()?;
     let api = api_of(&sched, Some(&token));
@@ -1384,29 +1389,19 @@ async fn the_leader_prunes_old_history_in_consul_and_etcd() -> Result<()> {
             .collect();
         store.append_events(&recent).await?;
         store.append_audit(&audit_entry("old-but-audited")).await?;
-        let op = |id: &str, ended_ms: i64| {
-            serde_json::json!({
-                "id": id, "instance": "shop", "type": "restart", "state": "succeeded",
-                "created_ms": ended_ms - 60_000, "ended_ms": ended_ms, "timeout_ms": 600_000,
-            })
-            .to_string()
-        };
         store
-            .put_meta("operation/op-old", &op("op-old", now - 9 * day))
+            .put_meta(
+                "operation/op-old",
+                &contract::finished_operation("op-old", "shop", now - 9 * day),
+            )
             .await?;
         store
-            .put_meta("operation/op-new", &op("op-new", now - day))
+            .put_meta(
+                "operation/op-new",
+                &contract::finished_operation("op-new", "shop", now - day),
+            )
             .await?;
-        let addr = match backend {
-            Backend::Consul(c) => format!(
-                "store = \"consul\"\n[consul]\naddress = \"{}\"\nprefix = \"{p}\"\n",
-                c.http
-            ),
-            Backend::Etcd(e) => format!(
-                "store = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{p}\"\n",
-                e.endpoint
-            ),
-        };
+        let addr = backend.scheduler_toml(&p);
         let sched = SchedulerProcess::start(&format!(
             "{addr}[history]\nevents_keep_days = 7\noperations_keep_days = 7\n"
         ))?;

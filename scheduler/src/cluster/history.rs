@@ -146,6 +146,7 @@ impl Cluster {
 mod tests {
     use super::*;
     use crate::model::Event;
+    use crate::store::contract::finished_operation;
     use crate::store::Store;
 
     fn rec(id: &str, finished: bool, ended_ms: i64) -> Record {
@@ -207,19 +208,18 @@ mod tests {
             ])
             .await
             .expect("events");
-        let op = |id: &str, ended_ms: i64| {
-            serde_json::json!({
-                "id": id, "instance": "db", "type": "restart", "state": "succeeded",
-                "created_ms": ended_ms - 1_000, "ended_ms": ended_ms, "timeout_ms": 600_000,
-            })
-            .to_string()
-        };
         store
-            .put_meta("operation/op-old", &op("op-old", now - 95 * DAY_MS))
+            .put_meta(
+                "operation/op-old",
+                &finished_operation("op-old", "db", now - 95 * DAY_MS),
+            )
             .await
             .expect("op");
         store
-            .put_meta("operation/op-new", &op("op-new", now - 2 * DAY_MS))
+            .put_meta(
+                "operation/op-new",
+                &finished_operation("op-new", "db", now - 2 * DAY_MS),
+            )
             .await
             .expect("op");
         let cluster = super::super::testkit::cluster_on(store.clone(), &[]).await;

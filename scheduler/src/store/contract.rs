@@ -106,6 +106,16 @@ pub fn event(instance: Option<&str>, kind: &str) -> Event {
     }
 }
 
+/// A succeeded `restart` operation record of `instance` (stored as metadata
+/// `operation/<id>`) that ended at `ended_ms`.
+pub fn finished_operation(id: &str, instance: &str, ended_ms: i64) -> String {
+    serde_json::json!({
+        "id": id, "instance": instance, "type": "restart", "state": "succeeded",
+        "created_ms": ended_ms - 60_000, "ended_ms": ended_ms, "timeout_ms": 600_000,
+    })
+    .to_string()
+}
+
 /// A node record, first registered at 1 ms.
 pub fn node(name: &str) -> Node {
     Node {
