@@ -461,16 +461,19 @@ async fn run(
                                   "resources": {"cpu": 0.5, "memory": 512, "disk": 1024}});
                 let t = Instant::now();
                 let r = http.post(format!("{base}/v1/instances")).bearer_auth(&token).json(&body).send().await;
+                // The answer is read to its end, as a client does: a response dropped unread
+                // may cost its connection (a new TCP, and TLS, handshake for the next).
+                let created = match r {
+                    Ok(r) => r.status().as_u16() == 201 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
                 let d = t.elapsed();
-                match r {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        if let Ok(mut l) = lat.lock() {
-                            l.push(d);
-                        }
+                if created {
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(d);
                     }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
