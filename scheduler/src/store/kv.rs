@@ -160,13 +160,10 @@ impl Layout {
             Sequence::Audit => format!("{}counters/audit", self.prefix),
         }
     }
-    /// The first id a numbered log still holds once its oldest entries were pruned (absent:
-    /// nothing pruned); only events are pruned (decision 174).
-    fn floor(&self, seq: Sequence) -> String {
-        match seq {
-            Sequence::Events => format!("{}counters/events-floor", self.prefix),
-            Sequence::Audit => format!("{}counters/audit-floor", self.prefix),
-        }
+    /// The first id the event log still holds once its oldest events were pruned (absent:
+    /// nothing pruned); the audit log is never pruned (decision 174).
+    fn events_floor(&self) -> String {
+        format!("{}counters/events-floor", self.prefix)
     }
     fn chunk(&self, seq: Sequence, chunk: u64) -> String {
         match seq {
@@ -245,20 +242,30 @@ impl<K: Kv> KvStore<K> {
             .map_err(|_| Error::Backend("the store writer stopped before answering".to_owned()))?
     }
 
-    /// The first id a sequence still holds (1 if nothing was pruned) and its last id (0 if
-    /// none yet), in one read.
+    /// The first id a sequence still holds (1 if nothing was pruned: the audit log never is)
+    /// and its last id (0 if none yet). The two keys are read as two single reads at once:
+    /// one read of both would cost Consul a second round trip whenever the floor is absent.
     async fn bounds(&self, seq: Sequence) -> Result<(u64, u64)> {
-        let keys = [self.layout.floor(seq), self.layout.counter(seq)];
-        let mut found = self.kv.get(&keys).await?.into_iter();
-        let floor = match found.next().flatten() {
-            Some(entry) => parse_counter(&entry)?.max(1),
-            None => 1,
+        let one = |key: String| async move {
+            match self
+                .kv
+                .get(std::slice::from_ref(&key))
+                .await?
+                .pop()
+                .flatten()
+            {
+                Some(entry) => parse_counter(&entry).map(Some),
+                None => Ok(None),
+            }
         };
-        let last = match found.next().flatten() {
-            Some(entry) => parse_counter(&entry)?,
-            None => 0,
+        let (floor, last) = match seq {
+            Sequence::Audit => (None, one(self.layout.counter(seq)).await?),
+            Sequence::Events => futures::try_join!(
+                one(self.layout.events_floor()),
+                one(self.layout.counter(seq))
+            )?,
         };
-        Ok((floor, last))
+        Ok((floor.unwrap_or(1).max(1), last.unwrap_or(0)))
     }
 
     /// Records of a numbered sequence with id > `since`, oldest first, at most `limit`.
@@ -506,7 +513,7 @@ impl<K: Kv> Store for KvStore<K> {
             .map(|entry| (entry.key, entry.version))
             .collect();
         let floor_put = |next: u64| Op::Put {
-            key: self.layout.floor(Sequence::Events),
+            key: self.layout.events_floor(),
             value: next.to_string().into_bytes(),
             expect: None,
         };
