@@ -27,6 +27,13 @@ const EX_CONFIG: u8 = 64;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // No transparent huge pages for this process (decision 175): mimalloc asks for them on
+    // its arenas, and every page it gives back and takes again was then a 2 MiB page zeroed
+    // by the kernel (clear_page was 7.6 % of the scheduler's CPU while creating; without them
+    // 0.32-0.34 ms instead of 0.39-0.40 ms CPU per placement and 64 instead of 100 MiB idle,
+    // docs/benchmarks.md). The first thing done, so nearly every page the process touches
+    // is a small one; a kernel that refuses leaves things as they were (logged below).
+    let thp = rustix::thread::disable_transparent_huge_pages(true);
     let args = Args::parse();
     let cfg = match &args.config {
         Some(p) => match SchedulerConfig::load(p) {
@@ -49,6 +56,9 @@ fn main() -> ExitCode {
         builder.json().init();
     } else {
         builder.init();
+    }
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "transparent huge pages stay on for this process (prctl PR_SET_THP_DISABLE refused)");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

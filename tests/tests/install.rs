@@ -441,6 +441,14 @@ async fn deb_packages_install_run_upgrade_and_remove_on_a_clean_debian_host() ->
     );
     h.sh("systemctl reset-failed mofang-agent")?;
     assert_sandboxed(&h, "mofang-scheduler.service", 0)?;
+    // Decision 175: the scheduler turns transparent huge pages off for itself, and the
+    // unit's system call filter lets it.
+    let pid = h.unit_prop("mofang-scheduler.service", "MainPID")?;
+    let thp = h.sh(&format!("grep THP_enabled /proc/{pid}/status"))?;
+    ensure!(
+        thp.split_whitespace().nth(1) == Some("0"),
+        "the packaged scheduler keeps transparent huge pages: {thp:?}"
+    );
 
     // --- the operator configures both and starts the agent ----------------------------------
     let node = unique_name("pkg");
