@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
@@ -310,7 +309,7 @@ impl AgentControl for AgentService {
         let w = req.into_inner();
         debug!(node = %w.node, known = w.known_revision, "agent watching assignments");
         let rx = self.cluster.watch(&w.node);
-        Ok(Response::new(Box::pin(WatchStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(rx.into_stream().map(Ok))))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {

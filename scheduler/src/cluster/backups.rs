@@ -679,7 +679,7 @@ mod tests {
             .expect("request");
         assert_eq!(b.state, BackupState::Pending);
         assert_eq!(b.member, replicas[1].id, "the least lagging replica");
-        let job = c.watch(&b.node).borrow().jobs.clone();
+        let job = c.watch(&b.node).current().jobs.clone();
         assert_eq!(job.len(), 1);
         assert_eq!(job[0].kind, common::JOB_KIND);
         assert_eq!(job[0].params[params::ID], b.id);
@@ -741,12 +741,12 @@ mod tests {
         );
         assert_eq!((done.size, done.bytes), (10, 30));
         for _ in 0..500 {
-            if c.watch(&b.node).borrow().jobs.is_empty() {
+            if c.watch(&b.node).current().jobs.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(c.watch(&b.node).borrow().jobs.is_empty(), "job taken out");
+        assert!(c.watch(&b.node).current().jobs.is_empty(), "job taken out");
 
         // The next one may start; it fails at the agent.
         let mut second = None;

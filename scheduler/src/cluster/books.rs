@@ -337,7 +337,7 @@ mod tests {
             .await
             .expect("first instance fits");
         assert!(i.members.iter().all(|m| m.disk_class == "hdd"), "{i:?}");
-        let ds = c.watch("a").borrow().clone();
+        let ds = c.watch("a").current();
         assert!(
             ds.members.iter().all(|a| a.disk_class == "hdd"),
             "the agent is told the class: {ds:?}"

@@ -7,33 +7,87 @@ use super::{lock, Cluster, Inner};
 use mofang_common::proto::{Assignment, CredentialRotation, DesiredState};
 use mofang_common::Role;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 impl Cluster {
     /// Subscribes to a node's desired state (sent on connect, then on every change).
-    pub fn watch(&self, node: &str) -> watch::Receiver<DesiredState> {
+    pub fn watch(self: &Arc<Self>, node: &str) -> DesiredWatch {
         let mut inner = lock(&self.inner);
-        if let Some(tx) = inner.watchers.get(node) {
-            return tx.subscribe();
+        let rx = match inner.watchers.get(node) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(next_revision(&mut inner));
+                inner.watchers.insert(node.to_owned(), tx);
+                rx
+            }
+        };
+        DesiredWatch {
+            cluster: self.clone(),
+            node: node.to_owned(),
+            rx,
         }
-        let rev = next_revision(&mut inner);
-        let ds = desired_for(&inner, node, rev);
-        let (tx, rx) = watch::channel(ds);
-        inner.watchers.insert(node.to_owned(), tx);
-        rx
     }
 
-    /// Sends a new revision of their desired state to the nodes that watch.
+    /// Tells the nodes that watch that their desired state has a new revision. Only the
+    /// revision moves here, under the lock the change was made under; the state itself is
+    /// built when the node's stream reads it (decision 176), so a node told twice before it
+    /// reads builds and sends once.
     pub(super) fn push_nodes(&self, inner: &mut Inner, nodes: &[String]) {
         for n in nodes {
             if inner.watchers.contains_key(n) {
                 let rev = next_revision(inner);
-                let ds = desired_for(inner, n, rev);
                 if let Some(tx) = inner.watchers.get(n) {
-                    tx.send_replace(ds);
+                    tx.send_replace(rev);
                 }
             }
         }
+    }
+}
+
+/// One node's desired state as its agent follows it: the channel carries the newest
+/// revision, and the state is built from the records when it is read, under the same lock
+/// every change and every revision step is made under, so what is read is at least as new as
+/// the revision it is sent with.
+pub struct DesiredWatch {
+    cluster: Arc<Cluster>,
+    node: String,
+    rx: watch::Receiver<u64>,
+}
+
+impl DesiredWatch {
+    /// The desired state as it is now (not marked as seen).
+    pub fn current(&self) -> DesiredState {
+        let inner = lock(&self.cluster.inner);
+        let rev = *self.rx.borrow();
+        desired_for(&inner, &self.node, rev)
+    }
+
+    /// The desired state as it is now, marked as seen; `None` once this scheduler stopped
+    /// serving the node (it lost the lead, or the node was revoked).
+    pub fn current_and_update(&mut self) -> Option<DesiredState> {
+        let inner = lock(&self.cluster.inner);
+        // Under the lock: a sender is only dropped, and a revision only moves, under it.
+        self.rx.has_changed().ok()?;
+        let rev = *self.rx.borrow_and_update();
+        Some(desired_for(&inner, &self.node, rev))
+    }
+
+    /// A revision not yet seen is waiting (`Err` once the scheduler stopped serving the node).
+    pub fn has_changed(&self) -> Result<bool, watch::error::RecvError> {
+        self.rx.has_changed()
+    }
+
+    /// The desired state now, then again after every change, until the scheduler stops
+    /// serving the node.
+    pub fn into_stream(self) -> impl futures::Stream<Item = DesiredState> + Send + 'static {
+        futures::stream::unfold((self, true), |(mut w, first)| async move {
+            if !first {
+                w.rx.changed().await.ok()?;
+            }
+            let ds = w.current_and_update()?;
+            Some((ds, (w, false)))
+        })
     }
 }
 
@@ -262,7 +316,7 @@ mod tests {
         let first: Vec<u64> = rx
             .iter_mut()
             .map(|r| {
-                let ds = r.borrow_and_update();
+                let ds = r.current_and_update().expect("served");
                 assert!(ds.members.is_empty(), "nothing placed yet: {ds:?}");
                 ds.revision
             })
@@ -283,7 +337,7 @@ mod tests {
                 .map(|m| m.id.as_str())
                 .collect();
             let changed = rx[k].has_changed().expect("sender alive");
-            let ds = rx[k].borrow_and_update().clone();
+            let ds = rx[k].current_and_update().expect("served");
             assert_eq!(ds.node, *name);
             if mine.is_empty() {
                 assert!(!changed, "{name} has no member, no new revision");
@@ -313,7 +367,7 @@ mod tests {
             .iter()
             .find(|n| i.members.iter().all(|m| m.node != **n))
             .expect("one node of four is left out");
-        let late = c.watch(empty).borrow().clone();
+        let late = c.watch(empty).current();
         assert!(late.members.is_empty(), "{late:?}");
 
         // The primary's agent reports its address: the replicas' nodes are told it.
@@ -330,7 +384,7 @@ mod tests {
         for m in i.members.iter().filter(|m| m.role == Role::Replica) {
             let k = names.iter().position(|n| *n == m.node).expect("node");
             assert!(rx[k].has_changed().expect("sender alive"));
-            let ds = rx[k].borrow_and_update().clone();
+            let ds = rx[k].current_and_update().expect("served");
             let a = ds
                 .members
                 .iter()
@@ -338,5 +392,33 @@ mod tests {
                 .expect("replica");
             assert_eq!(a.primary_address, "10.0.0.1:3306");
         }
+    }
+
+    /// A node told twice before its stream reads gets one state holding both changes, with
+    /// the newest revision; the stream ends when the scheduler stops serving the node.
+    #[tokio::test]
+    async fn a_stream_builds_once_for_changes_made_before_it_reads_and_ends_with_its_node() {
+        use futures::StreamExt;
+        let names = ["a", "b", "c"];
+        let nodes: Vec<_> = names.iter().map(|n| node(n, &[("ssd", 1000)])).collect();
+        let c = cluster(&nodes).await;
+        let mut stream = Box::pin(c.watch("a").into_stream());
+        let first = stream.next().await.expect("the state on connect");
+        assert!(first.members.is_empty(), "{first:?}");
+        // Three members each on three nodes: every node holds one of each instance.
+        for name in ["one", "two"] {
+            c.create_instance(spec(name, 100, None))
+                .await
+                .expect("create");
+        }
+        let newest = *super::lock(&c.inner).watchers["a"].borrow();
+        let ds = stream.next().await.expect("the change");
+        let on_a: BTreeSet<&str> = ds.members.iter().map(|a| a.instance.as_str()).collect();
+        assert_eq!(on_a, BTreeSet::from(["one", "two"]), "{ds:?}");
+        assert_eq!(ds.revision, newest, "sent with the newest revision");
+        assert!(ds.revision > first.revision);
+        // Revoked, or the lead lost: the sender goes, and so does the stream.
+        super::lock(&c.inner).watchers.remove("a");
+        assert!(stream.next().await.is_none(), "the stream ends");
     }
 }

@@ -1460,7 +1460,7 @@ mod tests {
             .iter()
             .map(|m| c.watch(&node_of(m)))
             .collect();
-        let revisions = || -> Vec<u64> { watchers.iter().map(|w| w.borrow().revision).collect() };
+        let revisions = || -> Vec<u64> { watchers.iter().map(|w| w.current().revision).collect() };
         let status = |id: &str| MemberStatus {
             member: id.into(),
             instance: "one".into(),

@@ -12,6 +12,7 @@
 mod backups;
 mod books;
 mod desired;
+pub use desired::DesiredWatch;
 mod endpoints;
 mod failover;
 mod history;
@@ -50,7 +51,6 @@ use crate::model::{now_ms, Event, EventKind, Instance, Node};
 use crate::placement;
 use crate::store::{self, Store};
 use books::{reserve, Reserved};
-use mofang_common::proto::DesiredState;
 use observed::Live;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -163,7 +163,8 @@ struct Inner {
     // Ordered by node name like `nodes`, so placement walks all three in step, no hashing.
     reserved: BTreeMap<String, Reserved>,
     live: BTreeMap<String, Live>,
-    watchers: HashMap<String, watch::Sender<DesiredState>>,
+    /// Per watched node, its desired state's newest revision (`desired.rs`).
+    watchers: HashMap<String, watch::Sender<u64>>,
     revision: u64,
     /// Last replication lag each member reported while replicating (failover eligibility).
     last_lag: HashMap<String, i64>,

@@ -185,7 +185,7 @@ impl Cluster {
             revision: inner
                 .watchers
                 .get(&hb.node)
-                .map(|w| w.borrow().revision)
+                .map(|w| *w.borrow())
                 .unwrap_or(0),
             want_full,
         })

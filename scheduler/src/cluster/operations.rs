@@ -1995,9 +1995,9 @@ mod tests {
                 c.operation(&op.id).await.expect("op")
             }
         };
-        let restore_of = |c: &Cluster| {
+        let restore_of = |c: &Arc<Cluster>| {
             c.watch(&replica.node)
-                .borrow()
+                .current()
                 .members
                 .iter()
                 .find(|a| a.member == replica.id)
@@ -2110,7 +2110,7 @@ mod tests {
             .expect("a move to a free node");
         assert_eq!(op.node.as_deref(), Some(free.as_str()));
         let mut old_node = c.watch(&replica.node);
-        old_node.borrow_and_update();
+        old_node.current_and_update().expect("served");
         c.step_operation(&op.id).await.expect("step");
         let inst = lock(&c.inner).instances.get("db").cloned().expect("db");
         let moved = inst
@@ -2135,7 +2135,8 @@ mod tests {
         );
         assert!(
             old_node
-                .borrow_and_update()
+                .current_and_update()
+                .expect("served")
                 .members
                 .iter()
                 .all(|a| a.member != replica.id),

@@ -546,7 +546,7 @@ mod tests {
             .iter()
             .find(|m| m.role == Role::Primary)
             .expect("primary");
-        let ds = c.watch(&primary.node).borrow().clone();
+        let ds = c.watch(&primary.node).current();
         let a = ds
             .members
             .iter()

@@ -122,6 +122,7 @@ async fn agent(
                 _ = stop2.cancelled() => break,
                 msg = watch.next() => match msg {
                     Some(Ok(ds)) => {
+                        DESIRED.fetch_add(1, Ordering::Relaxed);
                         let st: Vec<MemberStatus> = ds.members.iter().map(|a| MemberStatus {
                             member: a.member.clone(), instance: a.instance.clone(), engine: a.engine.clone(),
                             container_state: "running".into(), healthy: true, role: a.role.clone(), epoch: a.epoch,
@@ -159,6 +160,9 @@ async fn agent(
         }
     }
 }
+
+/// Desired states the simulated agents received, all together.
+static DESIRED: AtomicU64 = AtomicU64::new(0);
 
 fn rand_ms(seed: &str) -> u64 {
     seed.bytes()
@@ -533,6 +537,7 @@ async fn run(
     // Phase 3: steady state with every instance placed: each heartbeat now carries a status
     // for every member on its node, and the failover loop watches every instance.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let d3 = DESIRED.load(Ordering::Relaxed);
     let (cpu3, b3, s3, w3) = (
         cpu_seconds(pid)?,
         beats.load(Ordering::Relaxed),
@@ -546,13 +551,15 @@ async fn run(
         statuses.load(Ordering::Relaxed),
         w3.elapsed().as_secs_f64(),
     );
+    let d4 = DESIRED.load(Ordering::Relaxed);
     let (rss_full, _) = rss_mib(pid)?;
     figures.steady_cpu_pct = (cpu4 - cpu3) / wall * 100.0;
     figures.rss_full_mib = rss_full;
     println!(
-        "steady state with {ok} instances, changed statuses only (decision 75): {:.0} heartbeats/s carrying {:.0} member statuses/s; scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
+        "steady state with {ok} instances, changed statuses only (decision 75): {:.0} heartbeats/s carrying {:.0} member statuses/s ({:.0} desired states/s sent to the agents); scheduler CPU {:.1}% of one core (heartbeats + failover checks); RSS {rss_full:.0} MiB",
         (b4 - b3) as f64 / wall,
         (s4 - s3) as f64 / wall,
+        (d4 - d3) as f64 / wall,
         (cpu4 - cpu3) / wall * 100.0
     );
     // The same, every heartbeat carrying every status (as before decision 75).
