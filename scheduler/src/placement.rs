@@ -55,7 +55,7 @@ pub struct Placed {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Not enough nodes pass the filters for the hard anti-affinity (one member per node).
-    #[error("cannot place {wanted} members of {instance}: {fit} nodes fit; {}", .reasons.join("; "))]
+    #[error("cannot place {wanted} members of {instance}: {fit} nodes fit; {}", listed(.reasons))]
     Unplaceable {
         /// Instance name.
         instance: String,
@@ -67,6 +67,22 @@ pub enum Error {
         /// e.g. `node-b: memory 512 MiB free, 1024 MiB asked`.
         reasons: Vec<String>,
     },
+}
+
+/// Reasons shown in an error's text; the rest are counted. The text goes into events and
+/// API answers, so it stays short however many nodes there are (1,000 nodes, all down, made
+/// an 18 KB event).
+const REASONS_SHOWN: usize = 10;
+
+fn listed(reasons: &[String]) -> String {
+    match reasons.len() {
+        n if n <= REASONS_SHOWN => reasons.join("; "),
+        n => format!(
+            "{}; and {} more",
+            reasons[..REASONS_SHOWN].join("; "),
+            n - REASONS_SHOWN
+        ),
+    }
 }
 
 /// Result of this module.
@@ -647,6 +663,23 @@ mod tests {
             "cannot place 3 members of db: 1 nodes fit; \
              node-b: memory 512 MiB free, 1024 MiB asked; node-c: cpu 0.5 free, 1 asked"
         );
+    }
+
+    #[test]
+    fn an_error_names_ten_reasons_and_counts_the_rest() {
+        let err = Error::Unplaceable {
+            instance: "db".to_owned(),
+            wanted: 1,
+            fit: 0,
+            reasons: (0..1000).map(|i| format!("node-{i:04}: down")).collect(),
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot place 1 members of db: 0 nodes fit; node-0000: down; "),
+            "{text}"
+        );
+        assert!(text.ends_with("node-0009: down; and 990 more"), "{text}");
+        assert!(text.len() < 300, "{} bytes", text.len());
     }
 
     #[test]

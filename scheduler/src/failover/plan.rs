@@ -17,7 +17,7 @@ pub struct Plan {
     /// The primary's node is lost but its replicas still see it: (instance, reason).
     pub witnessed: Vec<(String, String)>,
     /// Conditions reported earlier have cleared: forget them.
-    pub cleared: Vec<String>,
+    pub cleared: Vec<Cleared>,
     /// Replace a lost replica: (instance, member, why).
     pub replace: Vec<(String, String, String)>,
     /// A replacement replicates: the lost member leaves (instance, lost, replacement).
@@ -26,6 +26,16 @@ pub struct Plan {
     pub calm: Vec<String>,
     /// The mass-failure guard trips now: (instances failing, total, limit).
     pub mass_hold: Option<(usize, usize, usize)>,
+}
+
+/// An instance whose primary is fine again after a condition of it was reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    /// The instance.
+    pub instance: String,
+    /// A member is still lost: that its replacement could not be done stays reported (it
+    /// is reported again only once the member is no longer lost and is lost anew).
+    pub member_lost: bool,
 }
 
 /// The mass-failure guard's knobs.
@@ -74,7 +84,10 @@ pub fn plan<'a, 'b>(
             p.calm.push(name.clone());
         }
         match health {
-            Health::Fine if c.reported => p.cleared.push(name.clone()),
+            Health::Fine if c.reported => p.cleared.push(Cleared {
+                instance: name.clone(),
+                member_lost: lost.is_some(),
+            }),
             Health::Fine => {}
             Health::Failed { reason, wait } if wait.is_zero() => {
                 p.fail_over.push((name.clone(), reason))
@@ -277,8 +290,34 @@ mod tests {
             ..cand(&a)
         };
         let p = plan([reported], |i, m| w.seen(i, m), &rules(), 1, GUARD);
-        assert_eq!(p.cleared, ["a"]);
+        assert_eq!(
+            p.cleared,
+            [Cleared {
+                instance: "a".into(),
+                member_lost: false
+            }]
+        );
         assert_eq!(p.calm, ["a"]);
+    }
+
+    #[test]
+    fn a_lost_member_keeps_its_report_when_the_primary_is_fine() {
+        let a = inst("a");
+        let mut w = World::new(&[&a]);
+        w.dead.push("a-2".into());
+        let reported = Candidate {
+            reported: true,
+            ..cand(&a)
+        };
+        let p = plan([reported], |i, m| w.seen(i, m), &rules(), 1, GUARD);
+        assert_eq!(
+            p.cleared,
+            [Cleared {
+                instance: "a".into(),
+                member_lost: true
+            }]
+        );
+        assert_eq!(p.replace.len(), 1, "still replaced: {p:?}");
     }
 
     #[test]
