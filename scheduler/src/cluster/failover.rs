@@ -1243,7 +1243,7 @@ impl Drop for PassTask {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::testkit::{cluster_on, spec, three_ssd_nodes};
+    use crate::cluster::testkit::{cluster_on, one_on_three_nodes, spec, three_ssd_nodes};
     use crate::failover::FailoverConfig;
     use crate::store::sqlite::SqliteStore;
     use crate::store::Store;
@@ -1263,13 +1263,7 @@ mod tests {
     /// no block period, took charge of the same store. Returns the store, the new scheduler
     /// and the instance as first created.
     async fn restarted_after_a_decision() -> (Arc<dyn Store>, Arc<Cluster>, Instance) {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
-        let i = first
-            .create_instance(spec("one", 100, None))
-            .await
-            .expect("create");
+        let (store, first, i) = one_on_three_nodes().await;
         let mut next = i.clone();
         next.epoch = 2;
         next.last_failover_ms = now_ms();
@@ -1577,13 +1571,7 @@ mod tests {
     /// and filled its disk: 61 GB in 18 minutes at 4,944 instances and 1,000 nodes).
     #[tokio::test]
     async fn a_replacement_with_nowhere_to_go_is_reported_once() {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let c = cluster_on(store.clone(), &three_ssd_nodes()).await;
-        let i = c
-            .create_instance(spec("one", 100, None))
-            .await
-            .expect("create");
+        let (store, c, i) = one_on_three_nodes().await;
         // Never reported by any agent: the primary was never up, nothing to fail over; the
         // member on node c is lost once c falls silent, and no fourth node can take it.
         let lost = i.members.iter().find(|m| m.node == "c").expect("on c");

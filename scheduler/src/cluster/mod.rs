@@ -432,7 +432,7 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use super::testkit::{cluster_on, spec, three_ssd_nodes};
+    use super::testkit::one_on_three_nodes;
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
@@ -456,13 +456,7 @@ mod tests {
     /// and its promotion left the primary fenced for good.
     #[tokio::test]
     async fn a_switchover_cut_short_by_a_restart_is_undone() {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let c = cluster_on(store.clone(), &three_ssd_nodes()).await;
-        let i = c
-            .create_instance(spec("one", 100, None))
-            .await
-            .expect("create");
+        let (store, c, i) = one_on_three_nodes().await;
         let mut fenced = i.clone();
         fenced.fence_primary = true;
         c.write(fenced, vec![]).await.expect("fence");

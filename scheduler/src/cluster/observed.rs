@@ -254,7 +254,7 @@ pub(super) fn state_of(alive: bool, admin: NodeAdmin) -> NodeState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{cluster_on, spec, three_ssd_nodes};
+    use super::super::testkit::{cluster_on, one_on_three_nodes, spec, three_ssd_nodes};
     use super::super::Trigger;
     use super::*;
     use crate::store::sqlite::SqliteStore;
@@ -280,13 +280,7 @@ mod tests {
     /// instead of promoting a replica. Agents now report the last lag seen with the link up.
     #[tokio::test]
     async fn a_scheduler_started_after_the_primary_died_promotes_a_replica() {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
-        let first = cluster_on(store.clone(), &three_ssd_nodes()).await;
-        let i = first
-            .create_instance(spec("one", 100, None))
-            .await
-            .expect("create");
+        let (store, first, i) = one_on_three_nodes().await;
         drop(first);
         // A new scheduler on the same store; the primary is held dead, the replicas' links
         // are down (they were down before this scheduler started).

@@ -2,7 +2,7 @@
 //! on an in-memory store with its nodes registered and heartbeating.
 
 use super::Cluster;
-use crate::model::{DiskInfo, InstanceSpec, Node, NodeAdmin, Resources};
+use crate::model::{DiskInfo, Instance, InstanceSpec, Node, NodeAdmin, Resources};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use mofang_common::proto::HeartbeatRequest;
@@ -79,6 +79,18 @@ pub(super) async fn cluster_on(store: Arc<dyn Store>, nodes: &[Node]) -> Arc<Clu
         });
     }
     c
+}
+
+/// A fresh in-memory store, a cluster on it with [`three_ssd_nodes`], and instance `one`
+/// (three members, one a node) created.
+pub(super) async fn one_on_three_nodes() -> (Arc<dyn Store>, Arc<Cluster>, Instance) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("in-memory store"));
+    let c = cluster_on(store.clone(), &three_ssd_nodes()).await;
+    let i = c
+        .create_instance(spec("one", 100, None))
+        .await
+        .expect("create");
+    (store, c, i)
 }
 
 /// Three ssd nodes `a`, `b`, `c` with 1000 MiB each.

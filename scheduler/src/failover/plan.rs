@@ -282,42 +282,27 @@ mod tests {
     }
 
     #[test]
-    fn a_cleared_condition_is_forgotten_once() {
+    fn a_cleared_condition_is_forgotten_once_and_a_lost_member_keeps_its_report() {
         let a = inst("a");
-        let w = World::new(&[&a]);
-        let reported = Candidate {
-            reported: true,
-            ..cand(&a)
-        };
-        let p = plan([reported], |i, m| w.seen(i, m), &rules(), 1, GUARD);
-        assert_eq!(
-            p.cleared,
-            [Cleared {
+        for lost in [false, true] {
+            let mut w = World::new(&[&a]);
+            if lost {
+                w.dead.push("a-2".into());
+            }
+            let reported = Candidate {
+                reported: true,
+                ..cand(&a)
+            };
+            let p = plan([reported], |i, m| w.seen(i, m), &rules(), 1, GUARD);
+            let cleared = Cleared {
                 instance: "a".into(),
-                member_lost: false
-            }]
-        );
-        assert_eq!(p.calm, ["a"]);
-    }
-
-    #[test]
-    fn a_lost_member_keeps_its_report_when_the_primary_is_fine() {
-        let a = inst("a");
-        let mut w = World::new(&[&a]);
-        w.dead.push("a-2".into());
-        let reported = Candidate {
-            reported: true,
-            ..cand(&a)
-        };
-        let p = plan([reported], |i, m| w.seen(i, m), &rules(), 1, GUARD);
-        assert_eq!(
-            p.cleared,
-            [Cleared {
-                instance: "a".into(),
-                member_lost: true
-            }]
-        );
-        assert_eq!(p.replace.len(), 1, "still replaced: {p:?}");
+                member_lost: lost,
+            };
+            assert_eq!(p.cleared, [cleared], "lost: {lost}");
+            // Still replaced while lost; calm only when nothing is.
+            assert_eq!(p.replace.len(), usize::from(lost), "{p:?}");
+            assert_eq!(p.calm.is_empty(), lost, "{p:?}");
+        }
     }
 
     #[test]
