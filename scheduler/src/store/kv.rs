@@ -242,18 +242,17 @@ impl<K: Kv> KvStore<K> {
             .map_err(|_| Error::Backend("the store writer stopped before answering".to_owned()))?
     }
 
+    /// One key's entry, if it exists.
+    async fn get_one(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self.kv.get(&[key.to_owned()]).await?.pop().flatten())
+    }
+
     /// The first id a sequence still holds (1 if nothing was pruned: the audit log never is)
     /// and its last id (0 if none yet). The two keys are read as two single reads at once:
     /// one read of both would cost Consul a second round trip whenever the floor is absent.
     async fn bounds(&self, seq: Sequence) -> Result<(u64, u64)> {
         let one = |key: String| async move {
-            match self
-                .kv
-                .get(std::slice::from_ref(&key))
-                .await?
-                .pop()
-                .flatten()
-            {
+            match self.get_one(&key).await? {
                 Some(entry) => parse_counter(&entry).map(Some),
                 None => Ok(None),
             }
@@ -413,11 +412,8 @@ impl<K: Kv> Store for KvStore<K> {
 
     async fn instance(&self, name: &str) -> Result<Option<Instance>> {
         let key = self.layout.instance(name);
-        self.kv
-            .get(std::slice::from_ref(&key))
+        self.get_one(&key)
             .await?
-            .pop()
-            .flatten()
             .map(|e| decode("instance", &e))
             .transpose()
     }
@@ -605,13 +601,7 @@ impl<K: Kv> Store for KvStore<K> {
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = self.layout.meta(key);
-        match self
-            .kv
-            .get(std::slice::from_ref(&key))
-            .await?
-            .pop()
-            .flatten()
-        {
+        match self.get_one(&key).await? {
             Some(entry) => String::from_utf8(entry.value)
                 .map(Some)
                 .map_err(|_| Error::Backend(format!("corrupt meta record {key}: not UTF-8"))),
@@ -657,13 +647,7 @@ impl<K: Kv> Store for KvStore<K> {
         // a delete at the version just read is enough (a write in between wins, as it
         // would have a moment later).
         let key = self.layout.meta(key);
-        let Some(entry) = self
-            .kv
-            .get(std::slice::from_ref(&key))
-            .await?
-            .pop()
-            .flatten()
-        else {
+        let Some(entry) = self.get_one(&key).await? else {
             return Ok(());
         };
         self.kv
