@@ -122,6 +122,9 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// How often a backup's state is read while waiting for it (and in the quiet windows).
+const POLL: Duration = Duration::from_millis(100);
+
 async fn wait_backup(c: &Client, id: &str) -> Result<(Backup, Option<Instant>, Instant)> {
     let mut running = None;
     loop {
@@ -133,7 +136,7 @@ async fn wait_backup(c: &Client, id: &str) -> Result<(Backup, Option<Instant>, I
             return Ok((b, running, Instant::now()));
         }
         ensure!(b.state != BackupState::Failed, "backup failed: {b:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -377,6 +380,33 @@ fn pids_where(matches: impl Fn(&std::path::Path) -> bool) -> Result<Vec<u32>> {
     Ok(pids)
 }
 
+/// The user-space storage driver serving a member's container's root file system (Docker's
+/// `fuse-overlayfs` driver runs one `fuse-overlayfs` process per container, outside it):
+/// every `docker exec` in the container (`mariadb-backup` and its libraries) reads through
+/// it. Empty with a kernel driver (overlay2), whose work runs in the reading process.
+fn storage_pids(member: &str) -> Result<Vec<u32>> {
+    let merged = docker_cli(&[
+        "inspect",
+        "-f",
+        "{{.GraphDriver.Data.MergedDir}}",
+        &container_of(member),
+    ])?;
+    // `/var/lib/docker/fuse-overlayfs/<layer>/merged`: the process names `<layer>/diff`.
+    let Some(layer) = std::path::Path::new(merged.trim())
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|l| format!("/{}/", l.to_string_lossy()))
+    else {
+        return Ok(Vec::new());
+    };
+    pids_where(|proc_dir| {
+        let comm = std::fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+        comm.trim() == "fuse-overlayfs"
+            && std::fs::read(proc_dir.join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&layer))
+    })
+}
+
 /// The cores each container is bound to, as Docker reports them.
 fn cpuset_of(member: &str) -> String {
     docker_cli(&[
@@ -466,6 +496,10 @@ fn split_cores(
             pin_cgroup(&m.id, cpu)?;
         } else {
             pin_container(&m.id, cpu)?;
+            // On two hosts the container's storage driver is its host's.
+            for pid in storage_pids(&m.id)? {
+                pin(pid, cpu)?;
+            }
         }
         if cpu == REPLICA_CPU {
             let agent = &env.agents[env.agent_running(inst, &m.id)?];
@@ -483,9 +517,10 @@ fn split_cores(
         pin(pid, REPLICA_CPU)?;
     }
     println!(
-        "split cores: CPU {PRIMARY_CPU}: the primary's container and agent, the scheduler, the \
-        writer; CPU {REPLICA_CPU}: the replicas' containers and agents, SeaweedFS (its data on \
-        /dev/shm), the container engine (dockerd, containerd, shims)"
+        "split cores: CPU {PRIMARY_CPU}: the primary's container (and its storage driver) and \
+        agent, the scheduler, the writer; CPU {REPLICA_CPU}: the replicas' containers (and \
+        their storage drivers) and agents, SeaweedFS (its data on /dev/shm), the container \
+        engine (dockerd, containerd, shims)"
     );
     Ok(())
 }
@@ -575,12 +610,33 @@ struct Window {
     semi: String,
 }
 
-/// Writes for `secs` with nothing else running.
-async fn idle_window(primary: &str, addr: &str, pass: &str, secs: f64) -> Result<Window> {
+/// Writes for `secs` with no backup running, reading a backup (`poll`'s id) or, before there
+/// is one, the instance as often as [`wait_backup`] reads a running backup: the bench's own
+/// requests and the scheduler's answers (on the primary's core with `--split-cores`) weigh
+/// on both windows alike, so they are not counted as the backup's cost.
+async fn idle_window(
+    primary: &str,
+    addr: &str,
+    pass: &str,
+    secs: f64,
+    c: &Client,
+    poll: Option<&str>,
+) -> Result<Window> {
     let before = semi_sync(primary)?;
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(addr.to_owned(), pass.to_owned(), stop.clone());
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        match poll {
+            Some(id) => {
+                c.backup(id).await.with_context(|| format!("backup {id}"))?;
+            }
+            None => {
+                c.instance("bb").await.context("instance bb")?;
+            }
+        }
+        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let latencies = w.await??.into_iter().map(|(_, d)| d).collect();
     Ok(Window {
@@ -875,7 +931,15 @@ async fn run(args: Args) -> Result<()> {
             "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS'"
         )?
     );
-    let first = idle_window(&primary, &primary_addr, &pass, write_secs as f64).await?;
+    let first = idle_window(
+        &primary,
+        &primary_addr,
+        &pass,
+        write_secs as f64,
+        &api,
+        None,
+    )
+    .await?;
     println!("no backup ({write_secs} s): {}", first.semi);
     let mut idle_all = first.latencies;
 
@@ -925,7 +989,17 @@ async fn run(args: Args) -> Result<()> {
     let hand = if args.latency_only {
         f64::NAN
     } else {
-        let (hraw, hsize, htook) = hand_backup(&s3, &replica).await?;
+        // On the replica's side, as the agent's own backup is: with `--split-cores` the
+        // pipeline's zstd and this process's upload would otherwise have the primary's idle
+        // core to themselves.
+        if args.split_cores {
+            pin(std::process::id(), REPLICA_CPU)?;
+        }
+        let hand = hand_backup(&s3, &replica).await;
+        if args.split_cores {
+            pin(std::process::id(), PRIMARY_CPU)?;
+        }
+        let (hraw, hsize, htook) = hand?;
         println!(
             "by hand (mariadb-backup | zstd -3 -T{} | multipart upload): {:.0} MiB read, {:.0} MiB stored, {htook:.1} s: {:.1} MiB/s",
             zstd_threads(),
@@ -958,7 +1032,15 @@ async fn run(args: Args) -> Result<()> {
         if round < args.rounds {
             // As long as that backup ran, with no backup: the same stretch of the machine's
             // load on both sides.
-            let quiet = idle_window(&primary, &primary_addr, &pass, seen.max(5.0)).await?;
+            let quiet = idle_window(
+                &primary,
+                &primary_addr,
+                &pass,
+                seen.max(5.0),
+                &api,
+                Some(&b2.id),
+            )
+            .await?;
             let (p50, p99, n) = p50_p99(quiet.latencies.clone());
             println!(
                 "round {}: no backup ({:.1} s): p50 {} p99 {} ({n} writes); {}",
