@@ -88,9 +88,13 @@ impl Env {
         let mut links = Vec::new();
         for (z, agent_extra) in ["a", "b", "c", "d", "e"].iter().zip(agent_extras) {
             let link = Link::start(&sched.grpc).await?;
-            let extra = format!(
-                "labels = {{ zone = \"{z}\" }}\ncpu = 2.0\nmemory_mib = 2048\n{agent_extra}"
-            );
+            // 2 GiB of memory to place members in, unless the entry says how much.
+            let memory = if agent_extra.lines().any(|l| l.starts_with("memory_mib")) {
+                ""
+            } else {
+                "memory_mib = 2048\n"
+            };
+            let extra = format!("labels = {{ zone = \"{z}\" }}\ncpu = 2.0\n{memory}{agent_extra}");
             agents.push(AgentProcess::start_secure(
                 &unique_name("node"),
                 std::slice::from_ref(&link.endpoint),

@@ -15,7 +15,7 @@
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
 //! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] [--replicas-on-containerd]
-//! [--member-cpu-weight N] (default 2048 MiB of rows, half random bytes and half text;
+//! [--member-cpu-weight N] [--member-memory-mib N] (default 2048 MiB of rows, half random bytes and half text;
 //! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
 //! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
@@ -32,12 +32,14 @@
 //! SeaweedFS's data on /dev/shm (the store's disk is another host's; the replica's volume
 //! stays on the primary's disk). `--replica-disk DIR` puts the replicas' volumes under DIR
 //! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
-//! `--mib` well under the member's 1 GiB) and the primary's on this machine's disk (a
+//! `--mib` well under the member's memory, 1 GiB unless `--member-memory-mib` says more) and
+//! the primary's on this machine's disk (a
 //! switchover makes the first agent's member the primary). `--replicas-on-containerd` runs
 //! the replicas' agents on the tests' standalone containerd. `--member-cpu-weight N` sets every
 //! agent's `member_cpu_weight` (the members' parent cgroup's weight against the host's other
 //! work; the Docker agents' members under `member_cgroup_parent = "/mofang-bench"`, the
 //! containerd agents' under their namespace's cgroup; the agents write the weight).
+//! `--member-memory-mib N` gives every member N MiB (the agents room for three such members).
 
 use anyhow::{bail, ensure, Context, Result};
 use mofang_common::repo::Secret;
@@ -525,6 +527,9 @@ fn split_cores(
     Ok(())
 }
 
+/// A member's memory unless `--member-memory-mib` says otherwise, MiB.
+const DEFAULT_MEMBER_MEMORY_MIB: u64 = 1024;
+
 /// What the command line asks.
 #[derive(Debug, Clone)]
 struct Args {
@@ -545,6 +550,8 @@ struct Args {
     /// The agents' `member_cpu_weight` (the Docker agents' members under
     /// [`BENCH_CGROUP`], the containerd agents' under their namespace).
     member_cpu_weight: Option<u32>,
+    /// Each member's memory, MiB (the agents' `memory_mib` made room for three).
+    member_memory_mib: u64,
 }
 
 impl Args {
@@ -565,6 +572,9 @@ impl Args {
         }
         if let Some(w) = self.member_cpu_weight {
             extra.push_str(&format!("member_cpu_weight = {w}\n"));
+        }
+        if self.member_memory_mib > DEFAULT_MEMBER_MEMORY_MIB {
+            extra.push_str(&format!("memory_mib = {}\n", self.member_memory_mib * 3));
         }
         extra
     }
@@ -804,7 +814,7 @@ async fn run(args: Args) -> Result<()> {
         replicas,
         resources: Resources {
             cpu: 1.0,
-            memory: 1024,
+            memory: args.member_memory_mib,
             disk: member_disk,
         },
         disk_class: args.replica_disk.as_ref().map(|_| "bench".to_owned()),
@@ -1169,11 +1179,12 @@ async fn main() -> Result<()> {
         replica_disk: None,
         replicas_on_containerd: false,
         member_cpu_weight: None,
+        member_memory_mib: DEFAULT_MEMBER_MEMORY_MIB,
     };
     let usage =
         "usage: bench-backup [--mib N] [--write-secs S] [--backup-nice 0..19] [--throttle MIB_S] \
         [--ionice] [--zstd-threads N] [--replicas 1|2] [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] \
-        [--replicas-on-containerd] [--member-cpu-weight N]";
+        [--replicas-on-containerd] [--member-cpu-weight N] [--member-memory-mib N]";
     let mut it = argv.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1207,6 +1218,7 @@ async fn main() -> Result<()> {
             "--rounds" => args.rounds = v.parse().with_context(bad)?,
             "--replica-disk" => args.replica_disk = Some(v.into()),
             "--member-cpu-weight" => args.member_cpu_weight = Some(v.parse().with_context(bad)?),
+            "--member-memory-mib" => args.member_memory_mib = v.parse().with_context(bad)?,
             other => bail!("{usage}; got {other:?}"),
         }
     }
