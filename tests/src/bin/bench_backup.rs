@@ -744,6 +744,13 @@ async fn run(args: Args) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("bench-backup-")
         .tempdir_in("/var/tmp")?;
+    // The replicas' volumes under `--replica-disk`, removed at the end like `scratch` (after
+    // `env`, declared later, has removed the members): on a tmpfs a run's volumes left
+    // behind hold memory until the next reboot.
+    let replica_dir = match &args.replica_disk {
+        Some(dir) => Some(tempfile::TempDir::with_prefix_in("bench-backup-", dir)?),
+        None => None,
+    };
     // A replica's agent on containerd: the top-level key first, its table after every other
     // line (a key after a table header belongs to that table).
     let (runtime_key, runtime_table) = if args.replicas_on_containerd {
@@ -769,14 +776,10 @@ async fn run(args: Args) -> Result<()> {
             } else {
                 (runtime_key, runtime_table.as_str())
             };
-            let Some(elsewhere) = &args.replica_disk else {
+            let Some(elsewhere) = &replica_dir else {
                 return Ok(format!("{}{key}{table}", args.agent_extra()));
             };
-            let base = if i == 0 {
-                scratch.path().to_path_buf()
-            } else {
-                elsewhere.join(scratch.path().file_name().context("scratch name")?)
-            };
+            let base = if i == 0 { scratch.path() } else { elsewhere.path() };
             let dir = base.join(format!("bench-{i}"));
             std::fs::create_dir_all(&dir)?;
             Ok(format!(
