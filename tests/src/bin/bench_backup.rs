@@ -15,9 +15,10 @@
 //! Prints figures; asserts no timing. Usage: bench-backup [--mib N] [--write-secs S]
 //! [--backup-nice N] [--throttle MIB_S] [--ionice] [--zstd-threads N] [--replicas 1|2]
 //! [--rounds N] [--latency-only] [--split-cores] [--replica-disk DIR] [--replicas-on-containerd]
-//! [--member-cpu-weight N] [--member-memory-mib N] (default 2048 MiB of rows, half random bytes and half text;
-//! 30 s; the agents' defaults: `backup_nice` 19, no throttle, no ionice, zstd on the cores (at
-//! most 4); one replica; one round). The knobs set the agents' `backup_*` settings;
+//! [--member-cpu-weight N] [--member-memory-mib N] (default 2048 MiB of rows, half random
+//! bytes and half text; 30 s; the agents' defaults: `backup_nice` 19, no throttle, no
+//! ionice, zstd on the cores (at most 4); one replica; one round). The knobs set the agents'
+//! `backup_*` settings;
 //! `--replicas 2` makes the instance a primary and two replicas (three agents), so the
 //! semi-sync acknowledgement can come from the replica not being backed up. With `--rounds N`
 //! the latency figures pool N rounds of (writes with no backup for as long as the previous
@@ -33,8 +34,8 @@
 //! stays on the primary's disk). `--replica-disk DIR` puts the replicas' volumes under DIR
 //! (another disk, or a tmpfs: its pages count against the container's memory limit, so keep
 //! `--mib` well under the member's memory, 1 GiB unless `--member-memory-mib` says more) and
-//! the primary's on this machine's disk (a
-//! switchover makes the first agent's member the primary). `--replicas-on-containerd` runs
+//! the primary's on this machine's disk (a switchover makes the first agent's member the
+//! primary). `--replicas-on-containerd` runs
 //! the replicas' agents on the tests' standalone containerd. `--member-cpu-weight N` sets every
 //! agent's `member_cpu_weight` (the members' parent cgroup's weight against the host's other
 //! work; the Docker agents' members under `member_cgroup_parent = "/mofang-bench"`, the
